@@ -1,0 +1,42 @@
+# sevisflow — every set-up step is here; `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with sevisflow and its test tools
+
+deps: venv ## install the local stack's parts: PostgreSQL server (apt) and Kafka jars (Maven)
+	$(PY) -c "from deploy.local.stack import ensure_pg_installed, ensure_kafka_jars; print('PostgreSQL:', ensure_pg_installed()); print('Kafka jars:', ensure_kafka_jars())"
+
+test: deps ## run unit and integration tests against a real local Kafka + PostgreSQL
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+unit: venv ## run only the unit tests (no services)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: deps ## run the whole pipeline end to end on a generated school
+	$(VENV)/bin/sevisflow demo
+
+bench: deps ## run the benchmarks (results in bench/README.md)
+	$(PY) -m bench.run
+
+duplicates: ## show repeated code
+	duplicates --most 20
+
+clean: ## remove local stacks, outbox and caches (not the Kafka jar cache)
+	rm -rf .local .pytest_cache .hypothesis
+
+.PHONY: help venv deps test unit demo bench duplicates clean

@@ -1,0 +1,73 @@
+"""The ``sevisflow`` command line: ``main(argv) -> int``.
+
+One module per command group under ``sevisflow/cli/`` exposing
+``register(subparsers) -> None``; each sets ``func(args) -> int`` on its parser.
+Exit codes: 0 ok; 1 an expected failure (:class:`~sevisflow.errors.SevisflowError`,
+printed as one clear message); 2 an unexpected error (a bug: the traceback is
+printed so it can be reported); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import traceback
+from typing import Sequence
+
+from sevisflow import __version__
+from sevisflow.errors import SevisflowError
+
+# Command modules, in the order --help lists them. A module that is not there yet is skipped.
+COMMAND_MODULES = [
+    "stack", "demo", "config_cmd", "topics", "run", "connector", "process", "batch", "student",
+    "issues_cmd", "sink", "results", "sevis_sim", "replay", "audit", "verify",
+]
+
+EXIT_OK, EXIT_EXPECTED, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sevisflow",
+        description="SIS changes → Kafka → SEVIS batch uploads. Every command has --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"sevisflow {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="settings file (default: $SEVISFLOW_CONFIG or ./sevisflow.toml)")
+    parser.add_argument("--log-level", default="WARNING", help="log level for the JSON logs on stderr (default WARNING)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        modname = f"sevisflow.cli.{name}"
+        if importlib.util.find_spec(modname) is None:
+            continue
+        importlib.import_module(modname).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    from sevisflow import log
+
+    log.configure(args.log_level.upper())
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_EXPECTED if args.command is None else EXIT_OK
+    try:
+        return int(func(args) or 0)
+    except SevisflowError as exc:
+        print(f"sevisflow: error: {exc}", file=sys.stderr)
+        return EXIT_EXPECTED
+    except KeyboardInterrupt:
+        print("sevisflow: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001 - the top-level handler for bugs
+        traceback.print_exc()
+        print("sevisflow: unexpected error (a bug); please report it with the trace above", file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""The one settings object of sevisflow.
+
+Settings come from a TOML file (``sevisflow.toml`` by default) and from
+``SEVISFLOW_<SECTION>_<KEY>`` environment variables, which win over the file.
+Every field is declared once, in the section dataclasses below, with its type,
+default and a docstring-like ``help``. Unknown keys and values of the wrong type
+are rejected at start with a message that names the key, so a typo never
+silently falls back to a default. Secrets are :class:`Secret` values whose
+``repr``/``str`` is masked, so printing or logging the config never leaks them.
+
+Connector keys also accept the dotted names Debezium users know
+(``slot.name``, ``publication.name``, ``topic.prefix``, ``snapshot.mode`` …):
+each field's ``alias`` says which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from sevisflow.errors import ConfigError
+
+ENV_PREFIX = "SEVISFLOW_"
+DEFAULT_CONFIG_FILE = "sevisflow.toml"
+
+
+class Secret:
+    """A string that is never printed: ``str()`` and ``repr()`` show ``****``.
+
+    Use :meth:`reveal` at the single place where the value is handed to a client.
+    A value of the form ``file:/path`` is read from that file when revealed, so
+    secrets can live in mounted files instead of the TOML.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        if self._value.startswith("file:"):
+            return Path(self._value[5:]).read_text(encoding="utf-8").strip()
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('****')" if self._value else "Secret('')"
+
+    def __str__(self) -> str:
+        return "****" if self._value else ""
+
+
+def setting(default: Any, help: str, alias: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a setting: its default, what it is for, and optional Debezium-style alias."""
+    meta = {"help": help, "alias": alias, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma separated", alias="bootstrap.servers")
+    security_protocol: str = setting(
+        "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", alias="security.protocol",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    ssl_ca_location: str = setting("", "CA bundle that signed the brokers' certificates", alias="ssl.ca.location")
+    ssl_certificate_location: str = setting("", "client certificate (PEM) for mutual TLS", alias="ssl.certificate.location")
+    ssl_key_location: str = setting("", "client private key (PEM) for mutual TLS", alias="ssl.key.location")
+    ssl_key_password: Secret = setting(Secret(""), "password of the client key", alias="ssl.key.password")
+    sasl_mechanism: str = setting("SCRAM-SHA-512", "SASL mechanism", alias="sasl.mechanism",
+                                  choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_username: str = setting("", "SASL user name", alias="sasl.username")
+    sasl_password: Secret = setting(Secret(""), "SASL password (or file:/path)", alias="sasl.password")
+    replication_factor: int = setting(1, "replication factor for topics sevisflow creates")
+    min_insync_replicas: int = setting(1, "min.insync.replicas for topics sevisflow creates")
+    partitions: int = setting(3, "default partition count for topics sevisflow creates")
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    host: str = setting("127.0.0.1", "SIS database host", alias="database.hostname")
+    port: int = setting(5432, "SIS database port", alias="database.port")
+    dbname: str = setting("sis", "SIS database name", alias="database.dbname")
+    user: str = setting("postgres", "user with REPLICATION and SELECT on the captured tables", alias="database.user")
+    password: Secret = setting(Secret(""), "password (or file:/path)", alias="database.password")
+    sslmode: str = setting("prefer", "libpq sslmode", alias="database.sslmode")
+
+    def conninfo(self, **extra: str) -> str:
+        """A libpq conninfo string (the password revealed only here)."""
+        parts = {
+            "host": self.host, "port": str(self.port), "dbname": self.dbname,
+            "user": self.user, "sslmode": self.sslmode, **extra,
+        }
+        pw = self.password.reveal() if self.password else ""
+        if pw:
+            parts["password"] = pw
+        return " ".join(f"{k}={_quote_conninfo(v)}" for k, v in parts.items())
+
+
+def _quote_conninfo(value: str) -> str:
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class ConnectorSettings:
+    name: str = setting("sevisflow-sis", "logical connector name (source.name)", alias="name")
+    topic_prefix: str = setting("sis", "prefix of change topics: <prefix>.<schema>.<table>", alias="topic.prefix")
+    slot_name: str = setting("sevisflow", "logical replication slot", alias="slot.name")
+    publication_name: str = setting("sevisflow_sis", "publication the slot reads", alias="publication.name")
+    publication_autocreate_mode: str = setting(
+        "filtered", "disabled | all_tables | filtered (like Debezium)", alias="publication.autocreate.mode",
+        choices=("disabled", "all_tables", "filtered"),
+    )
+    table_include_list: list[str] = setting(
+        ["public.person", "public.immigration", "public.address", "public.program", "public.term",
+         "public.enrollment", "public.finance", "public.dependent"],
+        "captured tables, schema.table", alias="table.include.list",
+    )
+    snapshot_mode: str = setting("initial", "initial | never | initial_only | when_needed", alias="snapshot.mode",
+                                 choices=("initial", "never", "initial_only", "when_needed"))
+    snapshot_fetch_size: int = setting(10000, "rows per snapshot chunk", alias="snapshot.fetch.size")
+    heartbeat_interval_ms: int = setting(10000, "heartbeat period; 0 disables", alias="heartbeat.interval.ms")
+    provide_transaction_metadata: bool = setting(True, "write BEGIN/END to <prefix>.transaction",
+                                                 alias="provide.transaction.metadata")
+    schemas_enable: bool = setting(False, "JsonConverter schemas.enable: wrap payloads with their schema",
+                                   alias="value.converter.schemas.enable")
+    offsets_dir: str = setting(".local/connector", "where the connector keeps its snapshot progress")
+    metrics_port: int = setting(0, "Prometheus /metrics port; 0 = off", alias="metrics.port")
+
+
+@dataclass(frozen=True)
+class SchoolSettings:
+    org_id: str = setting("ZZZ214F99999000", "the school's SEVIS code (OrgID), e.g. ABC214F12345000")
+    timezone: str = setting("America/Chicago", "the school's local time zone (scheduled close, dates)")
+    mapping_file: str = setting("deploy/sis/mapping.toml", "how the SIS tables map to the canonical student")
+    close_at: str = setting("", "scheduled daily close, local HH:MM; empty = off")
+    close_dso: str = setting("", "SEVIS user id (10 chars) recorded for scheduled closes")
+
+
+@dataclass(frozen=True)
+class SevisSettings:
+    xsd_dir: str = setting("../shared/sevis/xsd", "folder with the official SEVIS XSDs (from ICE; never committed)")
+    outbox_dir: str = setting(".local/outbox", "where validated batch XML files are written")
+    environment: str = setting("test", "test | production", choices=("test", "production"))
+    upload_url: str = setting("", "batchUpload URL; empty = the environment's default")
+    download_url: str = setting("", "batchDownload URL; empty = the environment's default")
+    client_cert: str = setting("", "client certificate: PEM file, or PKCS#12 (.p12/.pfx)")
+    client_key: str = setting("", "client key PEM (when client_cert is PEM)")
+    client_key_password: Secret = setting(Secret(""), "password of the key or PKCS#12 file (or file:/path)")
+    ca_bundle: str = setting("", "CA bundle to verify SEVIS's server certificate; empty = system CAs")
+    user_id: str = setting("", "SEVIS batch user id (10 chars) sent with uploads")
+    poll_interval_s: float = setting(60.0, "seconds between result downloads for a pending batch")
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    students: str = setting("sevisflow.students", "compacted canonical student view")
+    events: str = setting("sevis.events", "SEVIS events, keyed by OrgID")
+    commands: str = setting("sevis.batch.commands", "DSO / scheduler commands")
+    batches: str = setting("sevis.batches", "batch lifecycle")
+    results: str = setting("sevis.results", "per-record SEVIS results")
+    dlq: str = setting("sevisflow.dlq", "dead letters with reason and source position")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything sevisflow can be told. Build it with :func:`load_settings`."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    connector: ConnectorSettings = field(default_factory=ConnectorSettings)
+    school: SchoolSettings = field(default_factory=SchoolSettings)
+    sevis: SevisSettings = field(default_factory=SevisSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+
+    def replace(self, **sections: Mapping[str, Any]) -> "Settings":
+        """A copy with some fields changed, e.g. ``replace(kafka={"bootstrap_servers": b})``."""
+        changed = {}
+        for name, values in sections.items():
+            current = getattr(self, name)
+            changed[name] = dataclasses.replace(current, **dict(values))
+        return dataclasses.replace(self, **changed)
+
+    def masked(self) -> dict[str, dict[str, Any]]:
+        """The resolved settings as plain data, secrets masked: safe to log or print."""
+        out: dict[str, dict[str, Any]] = {}
+        for sec in dataclasses.fields(self):
+            obj = getattr(self, sec.name)
+            out[sec.name] = {f.name: (str(v) if isinstance(v := getattr(obj, f.name), Secret) else v)
+                             for f in dataclasses.fields(obj)}
+        return out
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if it exists) and apply SEVISFLOW_* overrides.
+
+    ``path`` None means ``$SEVISFLOW_CONFIG`` or ./sevisflow.toml when present.
+    Raises :class:`ConfigError` naming the offending key.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or "SEVISFLOW_CONFIG" in env
+    file = Path(path if path is not None else env.get("SEVISFLOW_CONFIG", DEFAULT_CONFIG_FILE))
+    raw: dict[str, Any] = {}
+    if file.exists():
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist (fix the path or unset SEVISFLOW_CONFIG)")
+    return settings_from_mapping(raw, env, origin=str(file))
+
+
+def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, origin: str = "config") -> Settings:
+    """Build :class:`Settings` from parsed TOML plus environment overrides."""
+    env = {} if env is None else env
+    sections: dict[str, Any] = {}
+    unknown_sections = set(raw) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown_sections:
+        raise ConfigError(f"{origin}: unknown section [{sorted(unknown_sections)[0]}] "
+                          f"(known: {', '.join(f.name for f in dataclasses.fields(Settings))})")
+    for sec in dataclasses.fields(Settings):
+        cls = _section_type(sec)
+        values = raw.get(sec.name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: {sec.name} must be a table [{sec.name}]")
+        sections[sec.name] = _build_section(cls, sec.name, values, env, origin)
+    return Settings(**sections)
+
+
+def _section_type(sec: dataclasses.Field[Any]) -> type:
+    hints = typing.get_type_hints(Settings)
+    return hints[sec.name]
+
+
+def _build_section(cls: type, section: str, values: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    by_key: dict[str, dataclasses.Field[Any]] = {}
+    for f in dataclasses.fields(cls):
+        by_key[f.name] = f
+        if f.metadata.get("alias"):
+            by_key[f.metadata["alias"]] = f
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        f = by_key.get(key)
+        if f is None:
+            raise ConfigError(f"{origin}: unknown key {section}.{key} "
+                              f"(known: {', '.join(x.name for x in dataclasses.fields(cls))})")
+        kwargs[f.name] = _coerce(value, hints[f.name], f"{section}.{key}", f, from_env=False)
+    for f in dataclasses.fields(cls):
+        env_key = f"{ENV_PREFIX}{section}_{f.name}".upper()
+        if env_key in env:
+            kwargs[f.name] = _coerce(env[env_key], hints[f.name], env_key, f, from_env=True)
+    known_env = {f"{ENV_PREFIX}{section}_{f.name}".upper() for f in dataclasses.fields(cls)}
+    for key in env:
+        if key.startswith(f"{ENV_PREFIX}{section.upper()}_") and key not in known_env:
+            raise ConfigError(f"unknown environment variable {key} (known: {', '.join(sorted(known_env))})")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, where: str, f: dataclasses.Field[Any], from_env: bool) -> Any:
+    origin = typing.get_origin(typ)
+    try:
+        if typ is Secret:
+            if not isinstance(value, str):
+                raise TypeError
+            return Secret(value)
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            raise TypeError
+        if typ is int:
+            if isinstance(value, bool):
+                raise TypeError
+            if isinstance(value, int):
+                return value
+            if from_env and isinstance(value, str):
+                return int(value)
+            raise TypeError
+        if typ is float:
+            if isinstance(value, bool):
+                raise TypeError
+            if isinstance(value, (int, float)):
+                return float(value)
+            if from_env and isinstance(value, str):
+                return float(value)
+            raise TypeError
+        if typ is str:
+            if not isinstance(value, str):
+                raise TypeError
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{where} = {value!r} is not allowed; use one of: {', '.join(choices)}")
+            return value
+        if origin is list:
+            if from_env and isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise TypeError
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        name = getattr(typ, "__name__", str(typ))
+        shown = "****" if typ is Secret else repr(value)
+        raise ConfigError(f"{where}: expected {name}, got {shown}") from None
+    raise ConfigError(f"{where}: unsupported setting type {typ}")  # pragma: no cover
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every setting: used by ``sevisflow config --help-keys``."""
+    rows = []
+    for sec in dataclasses.fields(Settings):
+        cls = _section_type(sec)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            alias = f.metadata.get("alias")
+            key = f"{sec.name}.{f.name}" + (f" ({alias})" if alias else "")
+            rows.append((key, str(default), f.metadata.get("help", "")))
+    return rows
+

@@ -1,0 +1,479 @@
+"""The one Kafka client wrapper of sevisflow (confluent-kafka underneath).
+
+Everything that talks to Kafka goes through here: client configuration from
+:class:`~sevisflow.config.KafkaSettings` (TLS/SASL included), topic creation,
+reading a topic to its end, and :class:`TransactionalLoop`, the exactly-once
+read-process-write loop every stream processor runs in.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from sevisflow.config import KafkaSettings
+from sevisflow.errors import TerminalError, UnreachableError
+from sevisflow.log import get_logger
+
+log = get_logger(__name__)
+
+
+def client_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
+    """librdkafka settings for any client: bootstrap servers plus security."""
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol}
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        if kafka.ssl_ca_location:
+            conf["ssl.ca.location"] = kafka.ssl_ca_location
+        if kafka.ssl_certificate_location:
+            conf["ssl.certificate.location"] = kafka.ssl_certificate_location
+        if kafka.ssl_key_location:
+            conf["ssl.key.location"] = kafka.ssl_key_location
+        if kafka.ssl_key_password:
+            conf["ssl.key.password"] = kafka.ssl_key_password.reveal()
+    if kafka.security_protocol.startswith("SASL"):
+        conf["sasl.mechanism"] = kafka.sasl_mechanism
+        conf["sasl.username"] = kafka.sasl_username
+        conf["sasl.password"] = kafka.sasl_password.reveal()
+    conf.update(overrides)
+    return conf
+
+
+def make_producer(kafka: KafkaSettings, transactional_id: str | None = None, **overrides: Any) -> Producer:
+    """An idempotent producer (acks=all); transactional when ``transactional_id`` is given."""
+    conf = client_config(kafka, **{
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.max.bytes": 8 * 1024 * 1024,
+    })
+    if transactional_id:
+        conf["transactional.id"] = transactional_id
+        conf["transaction.timeout.ms"] = 60000
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> Consumer:
+    """A consumer that never auto-commits and reads only committed transactions."""
+    conf = client_config(kafka, **{
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": "cooperative-sticky",
+    })
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def make_admin(kafka: KafkaSettings) -> AdminClient:
+    return AdminClient(client_config(kafka))
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as code: name, partitions, replication and topic-level config."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def ensure_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], timeout_s: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    admin = make_admin(kafka)
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise UnreachableError(f"Kafka at {kafka.bootstrap_servers} is not reachable: {exc}") from exc
+    wanted = [s for s in specs if s.name not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
+                  config=dict(s.config)) for s in wanted],
+        operation_timeout=timeout_s,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TerminalError(f"could not create topic {name}: {exc.args[0].str()}") from exc
+    _wait_for_metadata(admin, [s.name for s in wanted], timeout_s)
+    return created
+
+
+def _wait_for_metadata(admin: AdminClient, names: Iterable[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    names = list(names)
+    while time.monotonic() < deadline:
+        md = admin.list_topics(timeout=timeout_s)
+        if all(n in md.topics and md.topics[n].error is None and
+               all(p.leader >= 0 for p in md.topics[n].partitions.values()) for n in names):
+            return
+        time.sleep(0.1)
+    raise UnreachableError(f"topics {names} did not get leaders within {timeout_s}s")
+
+
+def delivery_raiser(errors: list[KafkaError]) -> Callable[[KafkaError | None, Message], None]:
+    """A delivery callback that records failures so :func:`flush_or_raise` can report them."""
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+    return on_delivery
+
+
+def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
+            partition: int | None = None, headers: list[tuple[str, bytes]] | None = None,
+            on_delivery: Callable[..., None] | None = None) -> None:
+    """Produce one record, waiting for queue space instead of failing (backpressure)."""
+    kwargs: dict[str, Any] = {"key": key, "value": value}
+    if partition is not None:
+        kwargs["partition"] = partition
+    if headers:
+        kwargs["headers"] = headers
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def flush_or_raise(producer: Producer, errors: list[KafkaError], timeout_s: float = 60.0) -> None:
+    """Flush and raise if any record was not acknowledged."""
+    left = producer.flush(timeout_s)
+    if left:
+        raise UnreachableError(f"{left} records not acknowledged by Kafka within {timeout_s}s")
+    if errors:
+        raise UnreachableError(f"Kafka refused {len(errors)} records: {errors[0].str()}")
+
+
+def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0,
+               start: Mapping[int, int] | None = None) -> Iterator[Message]:
+    """Every committed record of ``topic`` from the beginning (or ``start`` offsets) to its current end.
+
+    Uses manual assignment and no group commits, so it never moves anyone's offsets:
+    safe for the CLI, auditors and tests.
+    """
+    consumer = make_consumer(kafka, group_id=f"sevisflow-reader-{uuid.uuid4().hex[:12]}",
+                             **{"enable.partition.eof": True})
+    try:
+        try:
+            md = consumer.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:
+            raise UnreachableError(f"Kafka at {kafka.bootstrap_servers} is not reachable: {exc}") from exc
+        tmd = md.topics.get(topic)
+        if tmd is None or tmd.error is not None:
+            return
+        parts = sorted(tmd.partitions)
+        ends: dict[int, int] = {}
+        assign = []
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            begin = max(low, (start or {}).get(p, low))
+            if high > begin:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, begin if start else OFFSET_BEGINNING))
+        if not assign:
+            return
+        consumer.assign(assign)
+        deadline = time.monotonic() + timeout_s
+        done: set[int] = set()
+        while len(done) < len(assign):
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    raise UnreachableError(f"timed out reading {topic} to its end")
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    done.add(msg.partition())
+                    continue
+                raise UnreachableError(f"reading {topic}: {msg.error().str()}")
+            deadline = time.monotonic() + timeout_s
+            yield msg
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+    finally:
+        consumer.close()
+
+
+# --------------------------------------------------------------------------- exactly-once loop
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record a processor wants written, atomically with its input's offsets."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+class StateStore:
+    """Per-input-partition key/value state, backed by a compacted changelog topic.
+
+    Writes are staged during a transaction and produced to the changelog partition
+    that equals the input partition, inside the same Kafka transaction; they become
+    visible to :meth:`get` at once but are dropped again if the transaction aborts.
+    """
+
+    def __init__(self) -> None:
+        self._committed: dict[int, dict[bytes, bytes]] = {}
+        self._staged: dict[int, dict[bytes, bytes | None]] = {}
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        staged = self._staged.get(partition, {})
+        if key in staged:
+            return staged[key]
+        return self._committed.get(partition, {}).get(key)
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self._staged.setdefault(partition, {})[key] = value
+
+    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        merged = dict(self._committed.get(partition, {}))
+        for k, v in self._staged.get(partition, {}).items():
+            if v is None:
+                merged.pop(k, None)
+            else:
+                merged[k] = v
+        return iter(merged.items())
+
+    def staged(self) -> dict[int, dict[bytes, bytes | None]]:
+        return self._staged
+
+    def commit(self) -> None:
+        for p, kv in self._staged.items():
+            target = self._committed.setdefault(p, {})
+            for k, v in kv.items():
+                if v is None:
+                    target.pop(k, None)
+                else:
+                    target[k] = v
+        self._staged = {}
+
+    def abort(self) -> None:
+        self._staged = {}
+
+    def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
+        self._committed[partition] = data
+
+    def drop_partition(self, partition: int) -> None:
+        self._committed.pop(partition, None)
+        self._staged.pop(partition, None)
+
+
+class RecordHandler(Protocol):
+    def __call__(self, msg: Message, state: StateStore) -> Iterable[Output]: ...
+
+
+class TransactionalLoop:
+    """Exactly-once read → process → write, the way every processor runs.
+
+    The commit order, per batch of polled records:
+
+    1. ``begin_transaction``;
+    2. hand each record to ``handler(msg, state)``; produce its outputs;
+    3. produce the staged state changes to the changelog (same partition number as the input);
+    4. ``send_offsets_to_transaction`` with the consumer's next positions and group metadata;
+    5. ``commit_transaction``; only then make the staged state the committed state.
+
+    If anything in 1–5 fails with an abortable error, the transaction is aborted,
+    staged state dropped, and the consumer rewound to the last committed offsets,
+    so the same records are processed again: nothing is lost and, because
+    downstream reads with ``read_committed``, nothing appears twice.
+    A fatal error (e.g. this instance was fenced by a newer one) stops the loop.
+    """
+
+    def __init__(self, kafka: KafkaSettings, group_id: str, input_topics: Sequence[str],
+                 handler: RecordHandler, transactional_id: str | None = None,
+                 state_topic: str | None = None, batch_size: int = 500, batch_timeout_s: float = 0.2,
+                 on_idle: Callable[[StateStore], Iterable[Output]] | None = None) -> None:
+        self.kafka = kafka
+        self.group_id = group_id
+        self.input_topics = list(input_topics)
+        self.handler = handler
+        self.state_topic = state_topic
+        self.state = StateStore()
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.on_idle = on_idle
+        self._running = True
+        self.transactional_id = transactional_id or f"{group_id}-{uuid.uuid4().hex[:8]}"
+        self.consumer = make_consumer(kafka, group_id)
+        self.producer = make_producer(kafka, transactional_id=self.transactional_id)
+        self.processed = 0
+        self.aborts = 0
+
+    # -- lifecycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current transaction and return (safe from a signal handler)."""
+        self._running = False
+
+    def run(self, max_idle_polls: int | None = None) -> None:
+        """Run until :meth:`stop` (or ``max_idle_polls`` empty polls in a row, for tests)."""
+        try:
+            self.producer.init_transactions(60)
+        except KafkaException as exc:
+            raise UnreachableError(f"could not initialise Kafka transactions: {exc.args[0].str()}") from exc
+        self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        idle = 0
+        try:
+            while self._running:
+                batch = self.consumer.consume(self.batch_size, self.batch_timeout_s)
+                records = [m for m in batch if not self._is_error(m)]
+                idle_outputs = list(self.on_idle(self.state)) if (self.on_idle and not records) else []
+                if not records and not idle_outputs and not self.state.staged():
+                    idle += 1
+                    if max_idle_polls is not None and idle >= max_idle_polls:
+                        return
+                    continue
+                idle = 0
+                self._process_in_transaction(records, idle_outputs)
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+
+    # -- internals
+
+    @staticmethod
+    def _is_error(msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        if err.code() == KafkaError._PARTITION_EOF:
+            return True
+        if err.fatal():
+            raise TerminalError(f"Kafka consumer error: {err.str()}")
+        log.warning("kafka.consumer_error", error=err.str())
+        return True
+
+    def _process_in_transaction(self, records: list[Message], extra: list[Output]) -> None:
+        try:
+            self.producer.begin_transaction()
+            for out in extra:
+                self._produce(out)
+            for msg in records:
+                for out in self.handler(msg, self.state):
+                    self._produce(out)
+            self._produce_state()
+            if records:
+                positions = self._next_positions(records)
+                self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 60)
+            self.producer.commit_transaction(60)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal():
+                raise TerminalError(f"Kafka transaction failed fatally ({err.str()}); restart the process") from exc
+            log.warning("kafka.transaction_aborted", error=err.str(), records=len(records))
+            self._abort_and_rewind()
+            return
+        except BaseException:
+            self._abort_and_rewind()
+            raise
+        self.state.commit()
+        self.processed += len(records)
+
+    def _produce(self, out: Output) -> None:
+        produce(self.producer, out.topic, out.key, out.value, partition=out.partition, headers=out.headers)
+
+    def _produce_state(self) -> None:
+        if not self.state_topic:
+            return
+        for partition, kv in self.state.staged().items():
+            for key, value in kv.items():
+                produce(self.producer, self.state_topic, key, value, partition=partition)
+
+    def _next_positions(self, records: list[Message]) -> list[TopicPartition]:
+        last: dict[tuple[str, int], int] = {}
+        for m in records:
+            last[(m.topic(), m.partition())] = m.offset() + 1
+        return [TopicPartition(t, p, o) for (t, p), o in last.items()]
+
+    def _abort_and_rewind(self) -> None:
+        self.aborts += 1
+        try:
+            self.producer.abort_transaction(60)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise TerminalError(f"could not abort Kafka transaction: {exc.args[0].str()}") from exc
+        self.state.abort()
+        assignment = self.consumer.assignment()
+        if assignment:
+            committed = self.consumer.committed(assignment, timeout=30)
+            for tp in committed:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition,
+                                                  tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self.state_topic:
+            for p in {tp.partition for tp in partitions}:
+                self.state.load_partition(p, restore_partition(self.kafka, self.state_topic, p))
+        log.info("kafka.assigned", group=self.group_id, partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in {tp.partition for tp in partitions}:
+            self.state.drop_partition(p)
+        log.info("kafka.revoked", group=self.group_id, partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])
+
+
+def restore_partition(kafka: KafkaSettings, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes]:
+    """Rebuild one partition of a compacted changelog into a dict (last value per key wins)."""
+    data: dict[bytes, bytes] = {}
+    consumer = make_consumer(kafka, group_id=f"sevisflow-restore-{uuid.uuid4().hex[:12]}")
+    try:
+        tp = TopicPartition(topic, partition)
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        if high <= low:
+            return data
+        consumer.assign([TopicPartition(topic, partition, low)])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                position = consumer.position([tp])[0].offset
+                if position >= high:
+                    break
+                if time.monotonic() > deadline:
+                    raise UnreachableError(f"timed out restoring state from {topic}[{partition}]")
+                continue
+            if msg.error():
+                raise UnreachableError(f"restoring state from {topic}[{partition}]: {msg.error().str()}")
+            key = msg.key()
+            if key is not None:
+                if msg.value() is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = msg.value()
+            if msg.offset() + 1 >= high:
+                break
+    finally:
+        consumer.close()
+    return data
