@@ -325,7 +325,10 @@ class TransactionalLoop:
         self.on_idle = on_idle
         self._running = True
         self.transactional_id = transactional_id or f"{group_id}-{uuid.uuid4().hex[:8]}"
-        self.consumer = make_consumer(kafka, group_id)
+        # A stable transactional id is also the consumer's static group membership: a restarted
+        # instance takes its partitions back at once instead of waiting for the session timeout.
+        static = {"group.instance.id": transactional_id, "session.timeout.ms": 30000} if transactional_id else {}
+        self.consumer = make_consumer(kafka, group_id, **static)
         self.producer = make_producer(kafka, transactional_id=self.transactional_id)
         self.processed = 0
         self.aborts = 0

@@ -1,0 +1,86 @@
+"""The settings object: file + environment, strict about keys and types, secrets masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from sevisflow.config import Secret, describe, load_settings, settings_from_mapping
+from sevisflow.errors import ConfigError
+
+
+def test_defaults_without_any_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(env={})
+    assert s.connector.slot_name == "sevisflow"
+    assert s.kafka.security_protocol == "PLAINTEXT"
+
+
+def test_file_values_and_debezium_aliases(tmp_path):
+    f = tmp_path / "sevisflow.toml"
+    f.write_text('[connector]\n"slot.name" = "myslot"\n"table.include.list" = "public.a, public.b"\n'
+                 '[kafka]\nbootstrap_servers = "k:1"\n')
+    s = load_settings(f, env={})
+    assert s.connector.slot_name == "myslot"
+    assert s.connector.table_include_list == ["public.a", "public.b"]
+    assert s.kafka.bootstrap_servers == "k:1"
+
+
+def test_environment_overrides_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[postgres]\nport = 5433\n')
+    s = load_settings(f, env={"SEVISFLOW_POSTGRES_PORT": "6000", "SEVISFLOW_CONNECTOR_PROVIDE_TRANSACTION_METADATA": "false"})
+    assert s.postgres.port == 6000
+    assert s.connector.provide_transaction_metadata is False
+
+
+@pytest.mark.parametrize("toml, key", [
+    ('[kafka]\nbootstrap_server = "x"\n', "kafka.bootstrap_server"),
+    ('[nosuch]\na = 1\n', "[nosuch]"),
+    ('[postgres]\nport = "five"\n', "postgres.port"),
+    ('[connector]\n"snapshot.mode" = "sometimes"\n', "connector.snapshot.mode"),
+    ('[connector]\nheartbeat_interval_ms = true\n', "connector.heartbeat_interval_ms"),
+])
+def test_bad_file_values_name_the_key(tmp_path, toml, key):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert key in str(err.value)
+
+
+def test_unknown_environment_variable_is_rejected():
+    with pytest.raises(ConfigError, match="SEVISFLOW_KAFKA_BOOTSTRAP"):
+        settings_from_mapping({}, env={"SEVISFLOW_KAFKA_BOOTSTRAP": "x"})
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match="SEVISFLOW_POSTGRES_PORT"):
+        settings_from_mapping({}, env={"SEVISFLOW_POSTGRES_PORT": "lots"})
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_secrets_are_masked_everywhere(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[kafka]\nsasl_password = "hunter2"\n[postgres]\npassword = "pgpass"\n')
+    s = load_settings(f, env={})
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.masked())
+    assert "pgpass" not in repr(s.postgres)
+    assert s.kafka.sasl_password.reveal() == "hunter2"
+    assert "password=pgpass" in s.postgres.conninfo()
+
+
+def test_secret_from_file(tmp_path):
+    p = tmp_path / "pw"
+    p.write_text("from-file\n")
+    assert Secret(f"file:{p}").reveal() == "from-file"
+    assert str(Secret(f"file:{p}")) == "****"
+
+
+def test_every_setting_is_documented():
+    rows = describe()
+    assert len(rows) > 30
+    assert all(help_text for _, _, help_text in rows)
