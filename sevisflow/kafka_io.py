@@ -8,6 +8,7 @@ read-process-write loop every stream processor runs in.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,7 +34,9 @@ log = get_logger(__name__)
 
 def client_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for any client: bootstrap servers plus security."""
-    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol}
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol,
+                            # librdkafka's own messages go through our JSON logs, not raw to stderr
+                            "logger": logging.getLogger("sevisflow.librdkafka")}
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         if kafka.ssl_ca_location:
             conf["ssl.ca.location"] = kafka.ssl_ca_location
