@@ -340,3 +340,31 @@ def describe() -> list[tuple[str, str, str]]:
             rows.append((key, str(default), f.metadata.get("help", "")))
     return rows
 
+
+
+def example_toml() -> str:
+    """A commented sevisflow.toml with every setting at its default (``sevisflow config --example``)."""
+    lines = ["# sevisflow settings. Every key is optional; shown values are the defaults.",
+             "# Environment variables SEVISFLOW_<SECTION>_<KEY> override this file.", ""]
+    for sec in dataclasses.fields(Settings):
+        cls = _section_type(sec)
+        lines.append(f"[{sec.name}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            alias = f.metadata.get("alias")
+            lines.append(f"# {f.metadata.get('help', '')}" + (f" (also: \"{alias}\")" if alias else ""))
+            lines.append(f"# {f.name} = {_toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, Secret):
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sevisflow.cli.common import format_table, print_json, settings_from_args
-from sevisflow.config import describe
+from sevisflow.config import describe, example_toml
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -13,10 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Print the settings in effect after sevisflow.toml and SEVISFLOW_* overrides. "
                                    "Secrets print as ****.")
     p.add_argument("--keys", action="store_true", help="list every setting with its default and meaning")
+    p.add_argument("--example", action="store_true", help="print a commented example sevisflow.toml")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.example:
+        print(example_toml(), end="")
+        return 0
     if args.keys:
         print(format_table(["key", "default", "meaning"], describe()))
         return 0

@@ -84,3 +84,21 @@ def test_every_setting_is_documented():
     rows = describe()
     assert len(rows) > 30
     assert all(help_text for _, _, help_text in rows)
+
+
+def test_example_file_uncommented_gives_the_defaults():
+    import re
+
+    from sevisflow.config import Settings, example_toml
+
+    text = re.sub(r"(?m)^# (\w+ = )", r"\1", example_toml())
+    assert settings_from_mapping(__import__("tomllib").loads(text), env={}) == Settings()
+
+
+def test_committed_example_is_current():
+    from pathlib import Path
+
+    from sevisflow.config import example_toml
+
+    committed = Path(__file__).resolve().parents[2] / "sevisflow.example.toml"
+    assert committed.read_text() == example_toml(), "regenerate: sevisflow config --example > sevisflow.example.toml"
