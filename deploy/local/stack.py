@@ -131,6 +131,7 @@ class PostgresInfo:
     user: str = "postgres"
     dbname: str = "sis"
     pid: int = 0
+    root: str = ""
 
     @property
     def dsn(self) -> str:
@@ -156,17 +157,20 @@ class PostgresService:
     def start(self) -> PostgresInfo:
         bindir = ensure_pg_installed()
         ids = ensure_os_user()
-        datadir = self.base / "pg" / "data"
-        datadir.parent.mkdir(parents=True, exist_ok=True)
         if ids:
-            # the owner must be able to reach the folder: open the path to it
-            for p in [self.base, datadir.parent]:
-                os.chown(p, ids[0], ids[1])
-                p.chmod(0o755) if p == self.base else p.chmod(0o700)
-        log = self.base / "pg" / "postgres.log"
+            # As root, the cluster lives in its own folder directly under the system temp dir,
+            # owned by the unprivileged user: the repo's folders may not be reachable for it
+            # (a clone inside a 0700 folder, say).
+            root = Path(tempfile.mkdtemp(prefix="sevisflow-pg-"))
+            os.chown(root, ids[0], ids[1])
+        else:
+            root = self.base / "pg"
+            root.mkdir(parents=True, exist_ok=True)
+        datadir = root / "data"
+        log = root / "postgres.log"
         _run("PostgreSQL initdb", self._as_owner([str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
                                                   "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
-                                                  "--no-sync"]))
+                                                  "--no-sync"]), cwd=root)
         port = free_port()
         conf = {
             "listen_addresses": "'127.0.0.1'",
@@ -193,11 +197,11 @@ class PostgresService:
         if ids:
             os.chown(log, *ids)
         proc = subprocess.run(self._as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log),
-                                              "-w", "-t", "60", "start"]), capture_output=True, text=True)
+                                              "-w", "-t", "60", "start"]), capture_output=True, text=True, cwd=root)
         if proc.returncode != 0:
             raise StackError("PostgreSQL start", f"pg_ctl exited {proc.returncode}", tail(log))
         pid = int((datadir / "postmaster.pid").read_text().split()[0])
-        info = PostgresInfo(port=port, datadir=str(datadir), socket_dir=str(datadir), pid=pid)
+        info = PostgresInfo(port=port, datadir=str(datadir), socket_dir=str(datadir), pid=pid, root=str(root))
         _run("PostgreSQL create database", [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                                             "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", "CREATE DATABASE sis"],
              log=log)
@@ -212,8 +216,10 @@ class PostgresService:
             cmd = [str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "-t", "30", "stop"]
             if os.geteuid() == 0:
                 cmd = ["runuser", "-u", PG_USER, "--"] + cmd
-            subprocess.run(cmd, capture_output=True, text=True)
+            subprocess.run(cmd, capture_output=True, text=True, cwd="/")
         _kill_if_alive(info.pid)
+        if info.root:
+            shutil.rmtree(info.root, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- Kafka
