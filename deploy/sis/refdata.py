@@ -259,8 +259,6 @@ CIP_VOCATIONAL: tuple[str, ...] = (
 )
 CIP_LANGUAGE = "32.0109"  # Second Language Learning (intensive English)
 
-BIRTH_CITY_FALLBACK = "Unknown"
-
 SCHOOL_FUND_REMARKS: tuple[str, ...] = (
     "Graduate research assistantship", "Graduate teaching assistantship",
     "International merit scholarship", "Tuition waiver",

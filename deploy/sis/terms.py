@@ -9,6 +9,7 @@ after this one" is plain arithmetic, which program start/end dates need.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, timedelta
 
 # season -> (earliest start month/day, length in days, display name); starts fall on a Monday and
@@ -62,6 +63,7 @@ def _start(year: int, season: str) -> date:
     return earliest + timedelta(days=(7 - earliest.weekday()) % 7)
 
 
+@lru_cache(maxsize=4096)
 def term(year: int, season: str) -> Term:
     """The term of `season` ('SP', 'SU', 'FA') in `year`."""
     start = _start(year, season)
@@ -70,6 +72,7 @@ def term(year: int, season: str) -> Term:
     return Term(year, season, start, end, next_start)
 
 
+@lru_cache(maxsize=4096)
 def regular(ordinal: int) -> Term:
     """The regular (SP/FA) term with this ordinal."""
     return term(ordinal // 2, "FA" if ordinal % 2 else "SP")
