@@ -1,0 +1,1 @@
+"""Benchmarks of the sinks (``python -m bench.sinks``)."""

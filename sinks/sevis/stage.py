@@ -1,0 +1,70 @@
+"""The SEVIS sink stage: the outbox ⇄ SEVIS, results → ``sevis.results``, refusals → ``requeue``."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from sevisflow.config import Settings
+from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
+from sevisflow.log import get_logger
+from sevisflow.serde import registry
+from sinks.sevis.uploader import SevisSink
+from sinks.xml.stage import make_outbox, requeue_command
+
+log = get_logger(__name__)
+
+RESULT_SCHEMA = "sevisflow.results.SevisResult"
+
+
+class KafkaPublisher:
+    """Publishes results and requeue commands with an idempotent producer and waits for the acks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = make_producer(settings.kafka)
+
+    def results(self, org_id: str, records: list[dict[str, Any]]) -> None:
+        errors: list[KafkaError] = []
+        cb = delivery_raiser(errors)
+        for rec in records:
+            produce(self.producer, self.settings.topics.results, org_id.encode(),
+                    registry().encode(RESULT_SCHEMA, rec), on_delivery=cb)
+        flush_or_raise(self.producer, errors)
+
+    def requeue(self, org_id: str, batch_id: str, record_ids: list[str], reason: str, code: str) -> None:
+        import time
+
+        out = requeue_command(self.settings, org_id, batch_id, record_ids, reason=reason,
+                              at_ms=int(time.time() * 1000), command_id=f"requeue-{batch_id}",
+                              extra={"code": code})
+        errors: list[KafkaError] = []
+        produce(self.producer, out.topic, out.key, out.value, on_delivery=delivery_raiser(errors))
+        flush_or_raise(self.producer, errors)
+
+    def close(self) -> None:
+        self.producer.flush(10)
+
+
+def run(settings: Settings, stop_event: threading.Event, tick_s: float = 1.0,
+        publisher: Any = None, client: Any = None) -> None:
+    """Upload ready batches and download results until ``stop_event`` is set.
+
+    Raises :class:`~sevisflow.errors.TerminalError` (e.g. a client certificate SEVIS
+    refuses) so the operator sees it; the batch stays in ``sending`` and is probed
+    before any new upload once the problem is fixed.
+    """
+    outbox = make_outbox(settings)
+    pub = publisher if publisher is not None else KafkaPublisher(settings)
+    sink = SevisSink(settings, outbox, pub, client=client)
+    log.info("sink_sevis.started", outbox=str(outbox.root), upload_url=sink.client.__dict__.get("upload_url"))
+    try:
+        while not stop_event.is_set():
+            sink.step()
+            stop_event.wait(min(tick_s, max(0.05, settings.sevis.poll_interval_s)))
+    finally:
+        if hasattr(pub, "close"):
+            pub.close()
+        log.info("sink_sevis.stopped")

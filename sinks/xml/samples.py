@@ -1,0 +1,78 @@
+"""Fictional batch records for tests, the benchmark and dry runs (no real person anywhere).
+
+Payload dicts are deliberately built in *reverse* XSD order, so anything that renders
+them correctly proves the renderer orders children from the XSD.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sinks.xml.render import ClosedBatch
+
+ORG_ID = "ZZZ214F99999000"
+DSO = "dsouser001"
+
+
+def _rev(d: dict[str, Any]) -> dict[str, Any]:
+    return dict(reversed(list(d.items())))
+
+
+def create_payload(last: str = "Quellmar", first: str = "Ansel", birth: str = "2004-03-17",
+                   address1: str = "Rua Ficticia 100", start: str = "2025-08-25", end: str = "2029-05-15") -> dict[str, Any]:
+    return _rev({
+        "@printForm": "true",
+        "PersonalInfo": _rev({"FullName": _rev({"LastName": last, "FirstName": first}), "BirthDate": birth,
+                              "Gender": "F", "BirthCountryCode": "BR", "CitizenshipCountryCode": "BR",
+                              "Email": "student@example.org", "VisaType": "01"}),
+        "IssueReason": "I",
+        "ForeignAddress": _rev({"Address1": address1, "City": "Curitiba", "CountryCode": "BR",
+                                "PostalCode": "80000-000"}),
+        "EducationalInfo": _rev({"EduLevel": {"Level": "04"}, "MajorCode1": "11.0701", "IssDate": "2025-05-01",
+                                 "PrgStartDate": start, "PrgEndDate": end,
+                                 "EngProficiency": _rev({"EngRequired": "true", "RequirementsMet": "true"})}),
+        "FinancialInfo": _rev({"AcademicTerm": "09", "Expense": _rev({"Tuition": "32000", "LivingExpense": "15000"}),
+                               "Funding": {"Personal": "47000"}}),
+    })
+
+
+def create_record(i: int, **payload: Any) -> dict[str, Any]:
+    key = f"S{i:08d}"
+    return {"record_id": f"{key}:Create", "request_id": f"C{i:08d}", "section": "create", "student_key": key,
+            "sevis_id": None, "kind": "Create", "payload": create_payload(**payload),
+            "user_defined_a": None, "user_defined_b": key, "event_ids": [f"e{i}"], "lineage": []}
+
+
+def update_record(i: int, kind: str = "PersonalInfo", payload: dict[str, Any] | None = None,
+                  sevis_id: str | None = None) -> dict[str, Any]:
+    key = f"S{i:08d}"
+    if payload is None:
+        payload = {
+            "PersonalInfo": _rev({"@printForm": "false", "USAddress": _rev({
+                "Address1": f"{i} College St", "City": "Springfield", "State": "IL", "PostalCode": "62704"}),
+                "Email": "student@example.org"}),
+            "Registration": _rev({"@printForm": "false", "LastSession": "false",
+                                  "CurrentSessionStartDate": "2025-08-25", "CurrentSessionEndDate": "2025-12-19",
+                                  "NextSessionStartDate": "2026-01-12"}),
+            "Program.Extension": _rev({"@printForm": "true", "NewPrgEndDate": "2027-05-15",
+                                       "Explanation": "Research delayed; advisor approved one more term."}),
+            "Program.Shorten": {"@printForm": "true", "NewPrgEndDate": "2026-12-18"},
+            "Status.Complete": {},
+            "Status.Terminate": {"Reason": "01", "Remarks": "Withdrew"},
+        }[kind]
+    short = kind.replace(".", "")[:8]
+    return {"record_id": f"{key}:{kind}", "request_id": f"U{i:08d}{short}"[:20], "section": "update",
+            "student_key": key, "sevis_id": sevis_id or f"N{i:010d}", "kind": kind, "payload": payload,
+            "user_defined_a": None, "user_defined_b": key, "event_ids": [f"u{i}"], "lineage": []}
+
+
+UPDATE_KINDS = ("PersonalInfo", "Registration", "Program.Extension", "Program.Shorten", "Status.Complete",
+                "Status.Terminate")
+
+
+def sample_batch(creates: int, updates: int, batch_id: str = "SFTEST00000001", at_ms: int = 1748900000000,
+                 org_id: str = ORG_ID) -> ClosedBatch:
+    """A closed batch with ``creates`` new students and ``updates`` update records (kinds rotate)."""
+    recs = [create_record(i) for i in range(1, creates + 1)]
+    recs += [update_record(100000 + i, UPDATE_KINDS[i % len(UPDATE_KINDS)]) for i in range(updates)]
+    return ClosedBatch(org_id=org_id, batch_id=batch_id, closed_by=DSO, at_ms=at_ms, records=tuple(recs))

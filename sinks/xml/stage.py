@@ -1,0 +1,202 @@
+"""The XML sink stage: closed batches from ``sevis.batches`` → validated files in the outbox.
+
+Per closed batch (:func:`sink_closed_batch`):
+
+* valid → ``<outbox>/<day>/ready/<BatchID>/`` (XML + manifest), where the uploader
+  picks it up. A re-delivered batch finds its folder (in any state) and writes
+  nothing: same BatchID, same day (from the close time), same bytes.
+* invalid → the document and ``problems.json`` go to the quarantine, never to the
+  outbox. Each record at fault goes to the DSO as a dead letter (code, the
+  validator's message without the value, student key, field). The records that
+  are fine (or only over the 250 limit) are re-queued with one ``requeue``
+  BatchCommand listing their ``record_ids``, so the batcher puts them into the next
+  batch under a new BatchID; the refused ones wait for the DSO to fix the SIS data,
+  which produces new events. A header problem (BatchID, OrgID, the DSO's userID)
+  refuses the whole batch and re-queues every record.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import orjson
+from confluent_kafka import Message
+
+from sevisflow.config import Settings
+from sevisflow.dlq import dead_letter
+from sevisflow.kafka_io import Output, StateStore, TransactionalLoop
+from sevisflow.log import get_logger
+from sevisflow.serde import SerializationError, registry
+from sinks.outbox import BatchDir, Outbox, day_for, safe_name, sha256
+from sinks.xml.render import Checked, ClosedBatch, Problem, check_batch
+from sinks.xml.xsd import StudentSchema, load_schema
+
+log = get_logger(__name__)
+
+STAGE = "sink_xml"
+BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
+COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
+GROUP_ID = "sevisflow-sink-xml"
+
+
+@dataclass
+class XmlOutcome:
+    """What happened to one closed batch."""
+
+    batch: ClosedBatch
+    status: str  # "written" | "exists" | "quarantined"
+    path: str
+    checked: Checked | None = None
+    requeue_record_ids: list[str] = field(default_factory=list)
+    dead: list[Problem] = field(default_factory=list)
+
+
+def manifest_for(batch: ClosedBatch, checked: Checked, day: str, schema: StudentSchema, file_name: str) -> dict[str, Any]:
+    """The manifest kept beside the XML: what is in the file and its sha256 (no personal data)."""
+    return {
+        "batch_id": batch.batch_id,
+        "org_id": batch.org_id,
+        "closed_by": batch.closed_by,
+        "closed_at_ms": batch.at_ms,
+        "day": day,
+        "file": file_name,
+        "sha256": sha256(checked.xml),
+        "bytes": len(checked.xml),
+        "record_count": len(checked.rendered),
+        "creates": sum(1 for r in checked.rendered if r.get("kind") == "Create" or r.get("section") == "create"),
+        "updates": sum(1 for r in checked.rendered if not (r.get("kind") == "Create" or r.get("section") == "create")),
+        "schema_version": schema.version,
+        "records": [{"request_id": r.get("request_id"), "record_id": r.get("record_id"),
+                     "student_key": r.get("student_key"), "kind": r.get("kind"), "section": r.get("section"),
+                     "sevis_id": r.get("sevis_id")}
+                    for r in batch.records],
+    }
+
+
+def sink_closed_batch(batch: ClosedBatch, schema: StudentSchema, outbox: Outbox) -> XmlOutcome:
+    """Render, validate and file one closed batch. Idempotent: the same batch always gives the same result.
+
+    The order: 1. render + validate (pure); 2. look for the batch's folder (outbox,
+    any state, or quarantine) — found means done before, nothing is written;
+    3. write the folder atomically (temp folder, fsync, rename).
+    """
+    day = day_for(batch.at_ms, outbox.tz)
+    checked = check_batch(batch, schema)
+    file_name = f"{safe_name(batch.batch_id)}.xml"
+    manifest = manifest_for(batch, checked, day, schema, file_name)
+    if checked.ok:
+        found = outbox.find(batch.batch_id, day)
+        if found is not None:
+            _check_same(found, manifest)
+            return XmlOutcome(batch, "exists", str(found.path), checked)
+        bd, created = outbox.write_ready(day, batch.batch_id, checked.xml, manifest)
+        log.info("sink_xml.written" if created else "sink_xml.exists", batch_id=batch.batch_id, day=day,
+                 records=len(checked.rendered), sha256=manifest["sha256"])
+        return XmlOutcome(batch, "written" if created else "exists", str(bd.path), checked)
+    problems = checked.problems
+    bad = checked.bad_request_ids()
+    requeue = [r.get("record_id") for r in batch.records if r.get("request_id") not in bad]
+    path, created = outbox.write_quarantine(day, batch.batch_id, checked.xml, manifest,
+                                            [p.as_dict() for p in problems])
+    log.warning("sink_xml.quarantined", batch_id=batch.batch_id, day=day, problems=len(problems),
+                refused=len(bad), requeued=len(requeue), first_written=created)
+    dead = [p for p in problems if p.at_fault]
+    return XmlOutcome(batch, "quarantined", str(path), checked, [r for r in requeue if r], dead)
+
+
+def _check_same(found: BatchDir, manifest: dict[str, Any]) -> None:
+    try:
+        old = found.manifest()
+    except (OSError, ValueError):
+        return
+    if old.get("sha256") != manifest["sha256"]:
+        log.error("sink_xml.closed_batch_changed", batch_id=manifest["batch_id"], state=found.state,
+                  kept_sha256=old.get("sha256"), new_sha256=manifest["sha256"])
+
+
+def outputs_for(outcome: XmlOutcome, settings: Settings, msg: Message | None = None) -> list[Output]:
+    """Dead letters for the refused records and one ``requeue`` command for the rest (deterministic)."""
+    if outcome.status != "quarantined":
+        return []
+    b = outcome.batch
+    outs: list[Output] = []
+    for p in outcome.dead:
+        where = f"record {p.request_id} ({p.kind})" if p.request_id else "the batch header"
+        reason = (f"batch {b.batch_id}: {where} does not validate against the SEVIS XSD: "
+                  f"{p.field or '-'}: {p.message}. The batch was quarantined; "
+                  + ("fix the data in the SIS and the change goes into a later batch."
+                     if p.request_id else "fix the setting or the DSO user id and close again."))
+        outs.append(dead_letter(settings.topics.dlq, STAGE, p.code, reason, b.at_ms, msg=msg,
+                                student_key=p.student_key, field=p.field))
+    if outcome.requeue_record_ids:
+        outs.append(requeue_command(settings, b.org_id, b.batch_id, outcome.requeue_record_ids,
+                                    reason="batch failed XSD validation; valid records re-queued",
+                                    at_ms=b.at_ms, command_id=f"requeue-{b.batch_id}-xsd",
+                                    extra={"refused_request_ids": sorted(outcome.checked.bad_request_ids())
+                                           if outcome.checked else []}))
+    return outs
+
+
+def requeue_command(settings: Settings, org_id: str, batch_id: str, record_ids: list[str], reason: str,
+                    at_ms: int, command_id: str, extra: dict[str, Any] | None = None) -> Output:
+    """A ``requeue`` BatchCommand: these records of ``batch_id`` go back into the open batch."""
+    record = {
+        "command_id": command_id, "org_id": org_id, "kind": "requeue", "dso_user_id": None, "student_key": None,
+        "record_ids": list(record_ids), "reviewed_revision": None, "batch_id": batch_id, "reason": reason,
+        "requested_at_ms": at_ms, "payload_json": orjson.dumps(extra).decode() if extra else None,
+    }
+    return Output(settings.topics.commands, org_id.encode(), registry().encode(COMMAND_SCHEMA, record))
+
+
+def decode_closed(value: bytes) -> ClosedBatch | None:
+    """The closed batch in a BatchEvent value, or None for other event types."""
+    event = registry().decode(value, BATCH_SCHEMA)
+    if event.get("type") != "closed":
+        return None
+    records = orjson.loads(event.get("records_json") or "[]")
+    return ClosedBatch.from_event(event, records)
+
+
+def make_handler(settings: Settings, schema: StudentSchema, outbox: Outbox):  # type: ignore[no-untyped-def]
+    def handle(msg: Message, state: StateStore) -> Iterable[Output]:
+        if msg.value() is None:
+            return []
+        try:
+            batch = decode_closed(msg.value())
+        except (SerializationError, ValueError, KeyError) as exc:
+            return [dead_letter(settings.topics.dlq, STAGE, "bad_batch_event",
+                                f"undecodable BatchEvent: {type(exc).__name__}: {exc}",
+                                msg.timestamp()[1] if msg.timestamp()[1] > 0 else 0, msg=msg)]
+        if batch is None:
+            return []
+        outcome = sink_closed_batch(batch, schema, outbox)
+        return outputs_for(outcome, settings, msg)
+    return handle
+
+
+def make_outbox(settings: Settings) -> Outbox:
+    return Outbox(settings.sevis.outbox_dir, settings.sevis.quarantine_dir, settings.school.timezone)
+
+
+def run(settings: Settings, stop_event: threading.Event, max_idle_polls: int | None = None) -> None:
+    """Run the XML sink until ``stop_event`` is set.
+
+    Commit order per polled batch of records (STYLE #1), inside one Kafka transaction:
+    1. decode each closed BatchEvent; render and validate it (pure);
+    2. write the file (or the quarantine folder) atomically and fsync it;
+    3. produce the dead letters and the ``requeue`` command;
+    4. commit the consumer offsets with the transaction.
+    A crash before 4 replays the records: step 2 finds the folder and writes nothing,
+    step 3 produces the same records again in the new transaction.
+    """
+    schema = load_schema(settings.sevis.xsd_dir)
+    outbox = make_outbox(settings)
+    loop = TransactionalLoop(settings.kafka, GROUP_ID, [settings.topics.batches],
+                             make_handler(settings, schema, outbox), batch_size=50)
+    watcher = threading.Thread(target=lambda: (stop_event.wait(), loop.stop()), daemon=True, name="sink-xml-stop")
+    watcher.start()
+    log.info("sink_xml.started", topic=settings.topics.batches, outbox=str(outbox.root))
+    loop.run(max_idle_polls=max_idle_polls)
+    log.info("sink_xml.stopped", processed=loop.processed)

@@ -1,0 +1,223 @@
+"""The uploader/downloader against the simulator over real TLS (publisher faked; Kafka in test_sink_kafka)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from sinks.outbox import Outbox
+from sinks.sevis.client import CertificateError, SevisClient
+from sinks.sevis.uploader import SevisSink
+from sinks.sevis_sim import SevisSimulator
+from sinks.sevis_sim.certs import make_ca, make_leaf
+from sinks.xml.render import ClosedBatch
+from sinks.xml.samples import DSO, ORG_ID, create_record, update_record
+from sinks.xml.stage import sink_closed_batch
+from sinks.xml.xsd import load_schema
+from tests.helpers import XSD_DIR, make_settings
+
+pytestmark = pytest.mark.integration
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[dict] = []
+        self.requeued: list[dict] = []
+
+    def results(self, org_id, records):
+        self.published.extend(records)
+
+    def requeue(self, org_id, batch_id, record_ids, reason, code):
+        self.requeued.append({"batch_id": batch_id, "record_ids": record_ids, "code": code})
+
+
+@pytest.fixture
+def sim(tmp_path: Path):
+    s = SevisSimulator(tmp_path / "certs", XSD_DIR, known_sevis_ids=["N0000000002"])
+    s.start()
+    yield s
+    s.stop()
+
+
+def settings_for(sim: SevisSimulator, tmp_path: Path, **over):
+    sevis = {"upload_url": sim.upload_url, "download_url": sim.download_url,
+             "client_cert": str(sim.certs.client_cert), "client_key": str(sim.certs.client_key),
+             "ca_bundle": str(sim.certs.ca_cert), "outbox_dir": str(tmp_path / "outbox"),
+             "quarantine_dir": str(tmp_path / "quarantine"), "poll_interval_s": 0.0, "retry_base_s": 0.01,
+             "retry_max_s": 0.05, "http_timeout_s": 5.0}
+    sevis.update(over)
+    return make_settings(sevis=sevis)
+
+
+def outbox_of(settings) -> Outbox:
+    return Outbox(settings.sevis.outbox_dir, settings.sevis.quarantine_dir, settings.school.timezone)
+
+
+def put_batch(settings, batch_id="UPLTEST0000001", records=None) -> ClosedBatch:
+    records = records or (create_record(1), update_record(2, "Status.Complete", sevis_id="N0000000002"),
+                          update_record(3, "Status.Complete", sevis_id="N0000000003"))
+    batch = ClosedBatch(ORG_ID, batch_id, DSO, 1748921400000, tuple(records))
+    assert sink_closed_batch(batch, load_schema(XSD_DIR), outbox_of(settings)).status == "written"
+    return batch
+
+
+def drive(sink: SevisSink, done, steps: int = 60) -> None:
+    for _ in range(steps):
+        sink.step()
+        if done():
+            return
+        time.sleep(0.02)
+    raise AssertionError("did not get there")
+
+
+def states(settings) -> dict[str, list[str]]:
+    ob = outbox_of(settings)
+    return {st: [b.name for b in ob.batches(st)] for st in ("ready", "sending", "uploaded", "processed", "failed")
+            if list(ob.batches(st))}
+
+
+def test_upload_download_partial_success(sim, tmp_path):
+    settings = settings_for(sim, tmp_path)
+    batch = put_batch(settings)
+    pub = FakePublisher()
+    sink = SevisSink(settings, outbox_of(settings), pub)
+    drive(sink, lambda: states(settings) == {"processed": ["UPLTEST0000001"]})
+    assert [(r["request_id"], r["status"], r["error_code"]) for r in pub.published] == [
+        (batch.records[0]["request_id"], "success", None),
+        (batch.records[1]["request_id"], "success", None),
+        (batch.records[2]["request_id"], "failure", "S1003")]
+    new_id = pub.published[0]["sevis_id"]
+    assert new_id and new_id.startswith("N") and pub.published[0]["student_key"] == "S00000001"
+    assert all(r["process_code"] == "S0020" for r in pub.published)
+    folder = next(outbox_of(settings).batches("processed")).path
+    assert (folder / "results" / "sevis_transaction_log.xml").is_file()
+    assert (folder / "results" / f"{new_id}_I20.pdf").is_file()
+    assert sim.upload_count("UPLTEST0000001") == 1
+
+
+def test_retry_on_http_errors_and_s0001_then_never_again_after_restart(sim, tmp_path):
+    settings = settings_for(sim, tmp_path)
+    put_batch(settings)
+    sim.fail("upload", "http500", 2)
+    sim.fail("upload", "S0001", 1)
+    pub = FakePublisher()
+    drive(SevisSink(settings, outbox_of(settings), pub), lambda: "processed" in states(settings))
+    assert sim.upload_count("UPLTEST0000001", "S0000") == 1 and sim.upload_count(code="S0010") == 0
+    state = next(outbox_of(settings).batches("processed")).state_data()
+    assert state["upload_tries"] >= 3
+    # a restart: a new process over the same outbox uploads nothing and publishes nothing again
+    pub2 = FakePublisher()
+    restarted = SevisSink(settings, outbox_of(settings), pub2)
+    for _ in range(3):
+        restarted.step()
+    assert sim.upload_count("UPLTEST0000001") == 2 and not pub2.published  # 1 S0001 + 1 S0000
+
+
+def test_crash_after_sevis_accepted_does_not_upload_twice(sim, tmp_path):
+    settings = settings_for(sim, tmp_path)
+    put_batch(settings)
+    ob = outbox_of(settings)
+    bd = ob.move(next(ob.batches("ready")), "sending")
+    # the POST reached SEVIS, then the process died before it could record the answer
+    SevisClient(settings.sevis).upload(ORG_ID, DSO, "UPLTEST0000001", bd.xml_path.name, bd.xml_path.read_bytes())
+    bd.save_state({"upload_tries": 1, "outcome_unknown": True})
+    pub = FakePublisher()
+    drive(SevisSink(settings, outbox_of(settings), pub), lambda: "processed" in states(settings))
+    assert sim.upload_count("UPLTEST0000001") == 1 and sim.upload_count(code="S0010") == 0
+    assert len(pub.published) == 3 and not pub.requeued
+
+
+def test_network_drop_is_retried_after_asking_sevis(sim, tmp_path):
+    settings = settings_for(sim, tmp_path)
+    put_batch(settings)
+    sim.fail("upload", "drop", 1)
+    pub = FakePublisher()
+    drive(SevisSink(settings, outbox_of(settings), pub), lambda: "processed" in states(settings))
+    downloads = [r for r in sim.requests if r["op"] == "download"]
+    assert downloads[0]["code"] == "S0031"  # the probe before the second POST
+    assert sim.upload_count("UPLTEST0000001", "S0000") == 1
+
+
+def test_duplicate_batch_id_fails_the_batch_and_requeues(sim, tmp_path):
+    settings = settings_for(sim, tmp_path)
+    batch = put_batch(settings)
+    other = ClosedBatch(ORG_ID, "UPLTEST0000001", DSO, 0, (create_record(99),))
+    from sinks.xml.render import render_batch
+
+    assert SevisClient(settings.sevis).upload(ORG_ID, DSO, "UPLTEST0000001", "x.xml",
+                                              render_batch(other, load_schema(XSD_DIR))).code == "S0000"
+    pub = FakePublisher()
+    drive(SevisSink(settings, outbox_of(settings), pub), lambda: "failed" in states(settings))
+    assert pub.requeued == [{"batch_id": "UPLTEST0000001", "record_ids": [r["record_id"] for r in batch.records],
+                             "code": "S0010"}]
+    folder = next(outbox_of(settings).batches("failed")).path
+    assert json.loads((folder / "reason.json").read_text())["code"] == "S0010"
+    sink = SevisSink(settings, outbox_of(settings), pub)
+    sink.step()
+    assert sim.upload_count("UPLTEST0000001") == 2 and len(pub.requeued) == 1
+
+
+def test_malformed_transaction_log_is_downloaded_again(sim, tmp_path):
+    settings = settings_for(sim, tmp_path)
+    put_batch(settings)
+    sim.fail("download", "malformed", 1)
+    pub = FakePublisher()
+    sink = SevisSink(settings, outbox_of(settings), pub)
+    sink.step()  # upload
+    sink.step()  # download: malformed
+    assert states(settings) == {"uploaded": ["UPLTEST0000001"]} and not pub.published
+    assert "unusable results" in next(outbox_of(settings).batches("uploaded")).state_data()["last_download_error"]
+    drive(sink, lambda: "processed" in states(settings))
+    assert len(pub.published) == 3
+
+
+def test_results_not_ready_then_sevis_forgot_the_batch(sim, tmp_path):
+    settings = settings_for(sim, tmp_path)
+    put_batch(settings)
+    pub = FakePublisher()
+    sim.results_delay_s = 3600
+    sink = SevisSink(settings, outbox_of(settings), pub)
+    sink.step()
+    sink.step()
+    assert states(settings) == {"uploaded": ["UPLTEST0000001"]}
+    assert next(outbox_of(settings).batches("uploaded")).state_data()["last_download_code"] == "S0030"
+    with sim.lock:
+        sim.batches.clear()  # SEVIS answers S0031 now: upload again
+    sim.results_delay_s = 0
+    drive(sink, lambda: "processed" in states(settings))
+    assert sim.upload_count("UPLTEST0000001", "S0000") == 2 and len(pub.published) == 3
+
+
+def test_missing_client_certificate_is_a_clear_error(sim, tmp_path):
+    settings = settings_for(sim, tmp_path, client_cert="", client_key="")
+    with pytest.raises(CertificateError, match=r"no client certificate configured.*client_cert"):
+        SevisSink(settings, outbox_of(settings), FakePublisher())
+    settings = settings_for(sim, tmp_path, client_cert=str(tmp_path / "nope.pem"))
+    with pytest.raises(CertificateError, match="does not exist"):
+        SevisSink(settings, outbox_of(settings), FakePublisher())
+
+
+def test_wrong_client_certificate_is_a_clear_error_and_recoverable(sim, tmp_path):
+    ca, ca_key = make_ca(tmp_path / "rogue", "rogue-ca")
+    cert, key = make_leaf(tmp_path / "rogue", "client", ca, ca_key, server=False)
+    settings = settings_for(sim, tmp_path, client_cert=str(cert), client_key=str(key))
+    put_batch(settings)
+    sink = SevisSink(settings, outbox_of(settings), FakePublisher())
+    with pytest.raises(CertificateError, match="refused our TLS client certificate"):
+        sink.step()
+    assert states(settings) == {"sending": ["UPLTEST0000001"]}
+    assert sim.upload_count() == 0
+    good = settings_for(sim, tmp_path)
+    pub = FakePublisher()
+    drive(SevisSink(good, outbox_of(good), pub), lambda: "processed" in states(good))
+    assert sim.upload_count("UPLTEST0000001") == 1
+
+
+def test_untrusted_server_is_a_clear_error(sim, tmp_path):
+    ca, _ = make_ca(tmp_path / "other", "other-ca")
+    settings = settings_for(sim, tmp_path, ca_bundle=str(ca))
+    with pytest.raises(CertificateError, match="not trusted"):
+        SevisClient(settings.sevis).download(ORG_ID, DSO, "UPLTEST0000001")
