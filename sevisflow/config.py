@@ -89,6 +89,7 @@ class KafkaSettings:
     replication_factor: int = setting(1, "replication factor for topics sevisflow creates")
     min_insync_replicas: int = setting(1, "min.insync.replicas for topics sevisflow creates")
     partitions: int = setting(3, "default partition count for topics sevisflow creates")
+    topics_file: str = setting("", "topic specs (TOML) for `sevisflow topics apply`; empty = the built-in deploy/topics.toml")
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,19 @@ class ConnectorSettings:
                                    alias="value.converter.schemas.enable")
     offsets_dir: str = setting(".local/connector", "where the connector keeps its snapshot progress")
     metrics_port: int = setting(0, "Prometheus /metrics port; 0 = off", alias="metrics.port")
+    offset_flush_interval_ms: int = setting(
+        1000, "how often the connector waits for Kafka's acks and then confirms the LSN to PostgreSQL",
+        alias="offset.flush.interval.ms")
+    decimal_handling_mode: str = setting(
+        "precise", "numeric columns: precise (Connect Decimal, base64 bytes) | string | double",
+        alias="decimal.handling.mode", choices=("precise", "string", "double"))
+    tombstones_on_delete: bool = setting(True, "send a tombstone (null value) after each delete",
+                                         alias="tombstones.on.delete")
+    slot_max_retries: int = setting(6, "attempts while the slot is in use by another process",
+                                    alias="slot.max.retries")
+    slot_retry_delay_ms: int = setting(10000, "wait between those attempts", alias="slot.retry.delay.ms")
+    errors_max_retries: int = setting(-1, "restarts after transient errors (PostgreSQL/Kafka down); -1 = no limit",
+                                      alias="errors.max.retries")
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,25 @@ class SevisSettings:
     ca_bundle: str = setting("", "CA bundle to verify SEVIS's server certificate; empty = system CAs")
     user_id: str = setting("", "SEVIS batch user id (10 chars) sent with uploads")
     poll_interval_s: float = setting(60.0, "seconds between result downloads for a pending batch")
+    quarantine_dir: str = setting(".local/quarantine", "where batches that fail XSD validation are kept (never uploaded)")
+    http_timeout_s: float = setting(120.0, "timeout of one upload/download HTTPS request")
+    retry_base_s: float = setting(30.0, "first back-off after a network error, HTTP 5xx or S0001 (doubles per try)")
+    retry_max_s: float = setting(1800.0, "longest back-off between tries of one upload or download")
+
+    ENDPOINTS = {
+        "test": ("https://egov.ice.gov/sbtsevisbatch/action/batchUpload",
+                 "https://egov.ice.gov/sbtsevisbatch/action/batchDownload"),
+        "production": ("https://egov.ice.gov/sevisbatch/action/batchUpload",
+                       "https://egov.ice.gov/sevisbatch/action/batchDownload"),
+    }
+
+    def upload_endpoint(self) -> str:
+        """The batchUpload URL: ``upload_url`` or the environment's default (SBT test / production)."""
+        return self.upload_url or self.ENDPOINTS[self.environment][0]
+
+    def download_endpoint(self) -> str:
+        """The batchDownload URL: ``download_url`` or the environment's default."""
+        return self.download_url or self.ENDPOINTS[self.environment][1]
 
 
 @dataclass(frozen=True)
