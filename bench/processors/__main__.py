@@ -1,0 +1,111 @@
+"""Benchmark normalize + sevis_events on one core: pure functions, then through a real Kafka.
+
+``python -m bench.processors [--students N] [--kafka BOOTSTRAP | --pure-only]``
+Without --kafka it starts a throwaway local Kafka (deploy/local/stack.py) and stops it after.
+The input is a generated school history in Debezium format (processors/normalize/debezium.py):
+per student a five-table admission commit, activation, term registration, and an end-date +
+e-mail change; every change topic has 3 partitions and transaction metadata is on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import uuid
+
+from processors.normalize.debezium import SisFeed
+from processors.normalize.mapping import load_mapping
+from processors.sevis_events.pure import PurePipeline
+from tests.helpers import REPO, KafkaHandle, make_settings
+from tests.integration.test_processors import ORG, school_history
+
+MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")
+
+
+def pure(n: int) -> dict[str, float]:
+    feed = SisFeed(primary_keys={"public.term": ("term_id",)})
+    school_history(feed, n)
+    t0 = time.perf_counter()
+    out = PurePipeline(MAPPING, org_id=ORG).feed(feed.records)
+    dt = time.perf_counter() - t0
+    changes = sum(1 for r in feed.records if r.value is not None and not r.topic.endswith(".transaction"))
+    return {"records": len(feed.records), "row_changes": changes, "events": len(out.events), "seconds": dt,
+            "row_changes_per_s": changes / dt, "events_per_s": len(out.events) / dt}
+
+
+def through_kafka(n: int, bootstrap: str) -> dict[str, float]:
+    from processors.normalize.stage import build_loop as build_normalize, normalize_topics
+    from processors.sevis_events.stage import build_loop as build_events, events_topics
+    from sevisflow.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce
+    from sevisflow.topics import pipeline_topics
+
+    unique = uuid.uuid4().hex[:8]
+    settings = make_settings(KafkaHandle(bootstrap), unique=unique, school={"org_id": ORG})
+    prefix = settings.connector.topic_prefix
+    ensure_topics(settings.kafka, pipeline_topics(settings) + normalize_topics(settings) + events_topics(settings)
+                  + [TopicSpec(f"{prefix}.{t}", 3, 1) for t in MAPPING.tables()]
+                  + [TopicSpec(f"{prefix}.transaction", 1, 1)])
+    feed = SisFeed(prefix=prefix, primary_keys={"public.term": ("term_id",)})
+    school_history(feed, n)
+    producer = make_producer(settings.kafka)
+    errors: list = []
+    for r in feed.records:
+        produce(producer, r.topic, r.key, r.value, on_delivery=delivery_raiser(errors))
+    flush_or_raise(producer, errors)
+    changes = sum(1 for r in feed.records if r.value is not None and not r.topic.endswith(".transaction"))
+    res: dict[str, float] = {"records": len(feed.records), "row_changes": changes}
+    loop, _ = build_normalize(settings, MAPPING)
+    t0 = time.perf_counter()
+    loop.run(max_idle_polls=15)
+    res["normalize_s"] = time.perf_counter() - t0 - 15 * loop.batch_timeout_s
+    views = loop.processed
+    loop2, _ = build_events(settings, instance="bench")
+    t0 = time.perf_counter()
+    loop2.run(max_idle_polls=15)
+    res["events_stage_s"] = time.perf_counter() - t0 - 15 * loop2.batch_timeout_s
+    from sevisflow.kafka_io import read_topic
+    n_events = sum(1 for _ in read_topic(settings.kafka, settings.topics.events))
+    res.update({"normalize_inputs": views, "student_versions": loop2.processed, "events": n_events,
+                "row_changes_per_s": changes / (res["normalize_s"] + res["events_stage_s"]),
+                "events_per_s": n_events / (res["normalize_s"] + res["events_stage_s"])})
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.processors")
+    ap.add_argument("--students", type=int, default=2000)
+    ap.add_argument("--kafka", help="bootstrap servers of a running Kafka (default: start a local one)")
+    ap.add_argument("--pure-only", action="store_true")
+    args = ap.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})   # one core
+    p = pure(args.students)
+    print(f"pure functions, {args.students} students: {p['row_changes']} row changes → {p['events']} events "
+          f"in {p['seconds']:.2f}s = {p['row_changes_per_s']:,.0f} row changes/s, {p['events_per_s']:,.0f} events/s")
+    if args.pure_only:
+        return 0
+    info = None
+    bootstrap = args.kafka
+    if not bootstrap:
+        from deploy.local.stack import start_stack
+
+        info = start_stack(name="bench-processors", postgres=False, progress=lambda *_: None)
+        bootstrap = info.kafka.bootstrap
+    try:
+        k = through_kafka(args.students, bootstrap)
+    finally:
+        if info is not None:
+            from deploy.local.stack import stop_stack
+
+            stop_stack(info, remove=True)
+    print(f"through Kafka (exactly-once, both stages, one core): {k['row_changes']} row changes → {k['events']} "
+          f"events; normalize {k['normalize_s']:.1f}s + sevis_events {k['events_stage_s']:.1f}s = "
+          f"{k['row_changes_per_s']:,.0f} row changes/s, {k['events_per_s']:,.0f} events/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

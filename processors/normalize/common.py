@@ -1,0 +1,62 @@
+"""Small pieces both processor stages share: topic-name suffixes, dead-letter outputs, stop wiring."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from sevisflow.config import Settings
+from sevisflow.dlq import SCHEMA as DLQ_SCHEMA
+from sevisflow.dlq import dead_letter_record
+from sevisflow.kafka_io import Output, TransactionalLoop
+from sevisflow.serde import registry
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def suffix(settings: Settings) -> str:
+    """Per-deployment suffix taken from the students topic (tests use ``sevisflow.students.<unique>``)."""
+    default = "sevisflow.students"
+    name = settings.topics.students
+    return name[len(default) + 1:] if name.startswith(default + ".") else ""
+
+
+def with_suffix(name: str, settings: Settings) -> str:
+    s = suffix(settings)
+    return f"{name}.{s}" if s else name
+
+
+def dlq_output(settings: Settings, stage: str, code: str, reason: str, *, at_ms: int, student_key: str | None,
+               field: str | None, topic: str | None, partition: int | None, offset: int | None,
+               key: bytes | None, value: bytes | None) -> Output:
+    """A dead letter whose source position may be an earlier record than the one being handled."""
+    rec = dead_letter_record(stage, code, reason, at_ms, student_key=student_key, field=field,
+                             source_key=key, source_value=value)
+    rec.update({"source_topic": topic, "source_partition": partition, "source_offset": offset})
+    out_key = student_key.encode() if student_key else key
+    return Output(settings.topics.dlq, out_key, registry().encode(DLQ_SCHEMA, rec))
+
+
+def mapping_path(settings: Settings) -> Path:
+    """``school.mapping_file``, relative to the working directory or else to the repository."""
+    p = Path(settings.school.mapping_file)
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO / p
+
+
+def stop_with(loop: TransactionalLoop, stop_event: threading.Event, name: str) -> None:
+    def watch() -> None:
+        stop_event.wait()
+        loop.stop()
+
+    threading.Thread(target=watch, name=f"{name}-stop", daemon=True).start()
+
+
+def msg_time(msg: Any) -> int:
+    """The record's own timestamp (ms): the only time a dead letter may carry (no wall clock)."""
+    try:
+        return int(msg.timestamp()[1])
+    except Exception:  # noqa: BLE001 - fakes in tests
+        return 0

@@ -1,0 +1,181 @@
+"""The normalize stage on Kafka: change topics (+ transaction topic) → ``sevisflow.students``.
+
+A thin shell around :class:`~processors.normalize.view.Normalizer`, run in
+:class:`~sevisflow.kafka_io.TransactionalLoop`: the student views it publishes, its dead letters,
+its state changes and its input offsets commit in one Kafka transaction, so after ``kill -9`` at
+any point a restarted instance restores the state from the changelog and carries on with the first
+uncommitted record — nothing lost, nothing published twice (read_committed).
+
+One sequencer. Per-table topics do not share keys or partitions, and a transaction spans tables,
+so putting a transaction back together needs every change topic and the transaction topic in one
+place. normalize therefore keeps all its state under state partition 0 of its changelog
+(``sevisflow.normalize.state``) and runs as a single active instance: every instance uses the same
+static ``group.instance.id``/``transactional.id``, so a new one fences the old one (a standby can wait
+to take over). That matches the source: a PostgreSQL replication slot is one ordered stream too.
+What scales out is everything after it: ``sevisflow.students`` is keyed by student, and
+sevis_events runs one instance per partition (docs/ARCHITECTURE.md, "Processors").
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+from confluent_kafka import Message
+
+from processors.normalize.common import dlq_output, mapping_path, msg_time, stop_with, suffix, with_suffix
+from processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
+from processors.normalize.mapping import Mapping, load_mapping
+from processors.normalize.view import Normalizer, Result
+from sevisflow.config import Settings
+from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics, make_consumer
+from sevisflow.log import get_logger
+from sevisflow.serde import registry
+from sevisflow.topics import pipeline_topics
+
+log = get_logger(__name__)
+
+STUDENT_SCHEMA = "sevisflow.students.StudentView"
+STATE_TOPIC = "sevisflow.normalize.state"
+GROUP_ID = "sevisflow-normalize"
+STATE_PARTITION = 0
+PROCESSOR_VERSION = "sevisflow-normalize/1"
+
+
+class StoreKV:
+    """The Normalizer's key/value view of the loop's state store (partition 0), with a decode cache."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.cache: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        if key in self.cache:
+            return self.cache[key]
+        raw = self.store.get(STATE_PARTITION, key.encode())
+        value = None if raw is None else orjson.loads(raw)
+        self.cache[key] = value
+        return value
+
+    def put(self, key: str, value: Any) -> None:
+        self.cache[key] = value
+        self.store.put(STATE_PARTITION, key.encode(), None if value is None else orjson.dumps(value))
+
+
+class NormalizeStore(StateStore):
+    """State store whose decoded cache is dropped whenever staged state is (abort, reassignment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kv = StoreKV(self)
+
+    def abort(self) -> None:
+        super().abort()
+        self.kv.cache.clear()
+
+    def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
+        super().load_partition(partition, data)
+        self.kv.cache.clear()
+
+    def drop_partition(self, partition: int) -> None:
+        super().drop_partition(partition)
+        self.kv.cache.clear()
+
+
+def input_topics(settings: Settings, mapping: Mapping) -> tuple[list[str], str | None]:
+    prefix = settings.connector.topic_prefix
+    tables = [f"{prefix}.{t}" for t in mapping.tables()]
+    tx = f"{prefix}.transaction" if settings.connector.provide_transaction_metadata else None
+    return tables + ([tx] if tx else []), tx
+
+
+def normalize_topics(settings: Settings) -> list[TopicSpec]:
+    k = settings.kafka
+    # only partition 0 holds state; the others exist because the loop restores the partition
+    # numbers it is assigned on its inputs
+    return [TopicSpec(with_suffix(STATE_TOPIC, settings), k.partitions, k.replication_factor, {
+        "cleanup.policy": "compact", "min.insync.replicas": str(k.min_insync_replicas),
+        "max.message.bytes": str(8 * 1024 * 1024)})]
+
+
+class NormalizeStage:
+    def __init__(self, settings: Settings, mapping: Mapping, store: NormalizeStore) -> None:
+        self.settings = settings
+        self.mapping = mapping
+        self.store = store
+        self.topics, self.tx_topic = input_topics(settings, mapping)
+        self.normalizer = Normalizer(mapping, store.kv, use_transactions=self.tx_topic is not None)
+
+    def handle(self, msg: Message, state: StateStore) -> list[Output]:
+        try:
+            if msg.topic() == self.tx_topic:
+                marker = parse_tx_marker(msg.value())
+                res = self.normalizer.on_marker(marker) if marker else Result()
+            else:
+                ch = parse_change(msg.key(), msg.value(), msg.topic(), msg.partition(), msg.offset())
+                res = self.normalizer.on_change(ch) if ch else Result()
+        except ChangeFormatError as exc:
+            log.warning("normalize.bad_record", topic=msg.topic(), partition=msg.partition(), offset=msg.offset())
+            return [dlq_output(self.settings, "normalize", "bad_change_event", str(exc), at_ms=msg_time(msg),
+                               student_key=None, field=None, topic=msg.topic(), partition=msg.partition(),
+                               offset=msg.offset(), key=msg.key(), value=msg.value())]
+        return self.outputs(res, msg)
+
+    def outputs(self, res: Result, msg: Message | None) -> list[Output]:
+        outs: list[Output] = []
+        for d in res.dead:
+            ch = d.change
+            log.info("normalize.dead_letter", code=d.code, student=d.student_key,
+                     topic=ch.topic if ch else None, offset=ch.offset if ch else None)
+            value = orjson.dumps(ch.to_json()) if ch else (msg.value() if msg is not None else None)
+            outs.append(dlq_output(self.settings, "normalize", d.code, d.reason,
+                                   at_ms=(ch.commit_ts_ms if ch and ch.commit_ts_ms else msg_time(msg)),
+                                   student_key=d.student_key, field=d.field,
+                                   topic=ch.topic if ch else (msg.topic() if msg is not None else None),
+                                   partition=ch.partition if ch else (msg.partition() if msg is not None else None),
+                                   offset=ch.offset if ch else (msg.offset() if msg is not None else None),
+                                   key=orjson.dumps(ch.key) if ch else None, value=value))
+        for u in res.updates:
+            commit = max((x.get("commit_ts_ms") or 0 for x in u.lineage), default=0) or None
+            rec = {"student_key": u.student_key, "exists": bool(u.view.get("exists")),
+                   "international": bool(u.view.get("international")),
+                   "sevis_id": u.view.get("student", {}).get("sevis_id"),
+                   "view_json": orjson.dumps(u.view).decode(), "unit_id": u.unit_id, "snapshot": u.snapshot,
+                   "commit_ts_ms": commit, "lineage": u.lineage, "processor_version": PROCESSOR_VERSION}
+            outs.append(Output(self.settings.topics.students, u.student_key.encode(),
+                               registry().encode(STUDENT_SCHEMA, rec)))
+        return outs
+
+
+def build_loop(settings: Settings, mapping: Mapping | None = None, batch_size: int = 500
+               ) -> tuple[TransactionalLoop, NormalizeStage]:
+    """The normalize stage's transactional loop (not started)."""
+    mapping = mapping or load_mapping(mapping_path(settings))
+    sfx = suffix(settings)
+    group = f"{GROUP_ID}-{sfx}" if sfx else GROUP_ID
+    store = NormalizeStore()
+    stage = NormalizeStage(settings, mapping, store)
+    instance = f"{group}-sequencer"   # the same for every instance: the newest fences the others
+    loop = TransactionalLoop(settings.kafka, group, stage.topics, stage.handle, transactional_id=instance,
+                             state_topic=with_suffix(STATE_TOPIC, settings), batch_size=batch_size)
+    loop.consumer.close()
+    loop.consumer = make_consumer(settings.kafka, group, **{"group.instance.id": instance,
+                                                           "session.timeout.ms": 10000,
+                                                           "topic.metadata.refresh.interval.ms": 5000})
+    loop.state = store
+    return loop, stage
+
+
+def ensure_stage_topics(settings: Settings) -> None:
+    ensure_topics(settings.kafka, pipeline_topics(settings) + normalize_topics(settings))
+
+
+def run(settings: Settings, stop_event: threading.Event, mapping: Mapping | None = None) -> None:
+    """Run normalize until ``stop_event`` is set (the all-in-one runner and ``sevisflow process normalize``)."""
+    ensure_stage_topics(settings)
+    loop, stage = build_loop(settings, mapping)
+    stop_with(loop, stop_event, "normalize")
+    log.info("normalize.start", group=loop.group_id, inputs=len(stage.topics), transactions=bool(stage.tx_topic))
+    loop.run()
+    log.info("normalize.stop", processed=loop.processed, aborts=loop.aborts)

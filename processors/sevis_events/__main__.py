@@ -1,0 +1,17 @@
+"""``python -m processors.sevis_events``: run the sevis_events stage (settings from $SEVISFLOW_CONFIG / ./sevisflow.toml)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from processors.sevis_events import run
+from sevisflow import log
+from sevisflow.config import load_settings
+
+if __name__ == "__main__":
+    log.configure("INFO")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(load_settings(), stop)

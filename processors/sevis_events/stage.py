@@ -1,0 +1,104 @@
+"""The sevis_events stage on Kafka: ``sevisflow.students`` → ``sevis.events`` (key OrgID) + dead letters.
+
+Runs :func:`~processors.sevis_events.derive.derive` in :class:`~sevisflow.kafka_io.TransactionalLoop`.
+State (changelog ``sevisflow.events.state``, compacted, partition = input partition): per student
+key, the last view this stage derived from — the "previous view" of the next version. Events,
+dead letters, the new previous-view and the input offset commit in one transaction, so a crash
+between any two steps replays the student version and derives the same events with the same ids,
+and read_committed consumers see them once. Scales out: one instance per students partition.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any
+
+import orjson
+from confluent_kafka import Message
+
+from processors.normalize.common import dlq_output, msg_time, stop_with, suffix, with_suffix
+from processors.sevis_events.derive import Context, derive
+from sevisflow.config import Settings
+from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
+from sevisflow.log import get_logger
+from sevisflow.serde import SerializationError, registry
+from sevisflow.topics import pipeline_topics
+
+log = get_logger(__name__)
+
+STUDENT_SCHEMA = "sevisflow.students.StudentView"
+EVENT_SCHEMA = "sevisflow.events.SevisEvent"
+STATE_TOPIC = "sevisflow.events.state"
+GROUP_ID = "sevisflow-events"
+
+
+def events_topics(settings: Settings) -> list[TopicSpec]:
+    k = settings.kafka
+    return [TopicSpec(with_suffix(STATE_TOPIC, settings), k.partitions, k.replication_factor, {
+        "cleanup.policy": "compact", "min.insync.replicas": str(k.min_insync_replicas),
+        "max.message.bytes": str(8 * 1024 * 1024)})]
+
+
+class EventsStage:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def handle(self, msg: Message, state: StateStore) -> list[Output]:
+        key = msg.key()
+        if msg.value() is None or key is None:
+            return []
+        try:
+            rec = registry().decode(msg.value(), STUDENT_SCHEMA)
+            view = orjson.loads(rec["view_json"])
+        except (SerializationError, orjson.JSONDecodeError) as exc:
+            return [dlq_output(self.settings, "sevis_events", "bad_student_record", str(exc), at_ms=msg_time(msg),
+                               student_key=None, field=None, topic=msg.topic(), partition=msg.partition(),
+                               offset=msg.offset(), key=key, value=msg.value())]
+        raw_prev = state.get(msg.partition(), key)
+        prev = orjson.loads(raw_prev) if raw_prev else None
+        lineage = list(rec.get("lineage") or [])
+        ctx = Context(self.settings.school.org_id, rec["unit_id"], lineage, rec.get("commit_ts_ms"),
+                      bool(rec.get("snapshot")))
+        out = derive(prev, view, ctx)
+        state.put(msg.partition(), key, rec["view_json"].encode())
+        outs: list[Output] = []
+        org = self.settings.school.org_id.encode()
+        for e in out.events:
+            outs.append(Output(self.settings.topics.events, org, registry().encode(EVENT_SCHEMA, e)))
+        first: dict[str, Any] = lineage[0] if lineage else {}
+        for i in out.issues:
+            log.info("sevis_events.issue", code=i.code, student=rec["student_key"], field=i.field)
+            outs.append(dlq_output(self.settings, "sevis_events", i.code, i.reason,
+                                   at_ms=rec.get("commit_ts_ms") or msg_time(msg), student_key=rec["student_key"],
+                                   field=i.field, topic=first.get("topic", msg.topic()),
+                                   partition=first.get("partition", msg.partition()),
+                                   offset=first.get("offset", msg.offset()), key=key, value=None))
+        return outs
+
+
+def build_loop(settings: Settings, instance: str | None = None, batch_size: int = 500
+               ) -> tuple[TransactionalLoop, EventsStage]:
+    sfx = suffix(settings)
+    group = f"{GROUP_ID}-{sfx}" if sfx else GROUP_ID
+    instance = instance or os.environ.get("SEVISFLOW_INSTANCE") or socket.gethostname()
+    stage = EventsStage(settings)
+    loop = TransactionalLoop(settings.kafka, group, [settings.topics.students], stage.handle,
+                             transactional_id=f"{group}-{instance}", state_topic=with_suffix(STATE_TOPIC, settings),
+                             batch_size=batch_size)
+    return loop, stage
+
+
+def ensure_stage_topics(settings: Settings) -> None:
+    ensure_topics(settings.kafka, pipeline_topics(settings) + events_topics(settings))
+
+
+def run(settings: Settings, stop_event: threading.Event, instance: str | None = None) -> None:
+    """Run sevis_events until ``stop_event`` is set (the all-in-one runner and ``sevisflow process events``)."""
+    ensure_stage_topics(settings)
+    loop, _ = build_loop(settings, instance)
+    stop_with(loop, stop_event, "sevis_events")
+    log.info("sevis_events.start", group=loop.group_id)
+    loop.run()
+    log.info("sevis_events.stop", processed=loop.processed, aborts=loop.aborts)

@@ -1,0 +1,39 @@
+"""``sevisflow process normalize|events``: run one processor stage in the foreground until SIGTERM/Ctrl-C.
+
+Each stage is exactly-once (Kafka transactions) and resumes where it stopped; run one normalize
+(it is the sequencer; a second instance takes over from the first) and any number of events
+instances (one per partition of ``sevisflow.students`` at most).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from sevisflow.cli.common import settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("process", help="run a stream processor (normalize | events)",
+                       description="Run a processor stage in the foreground; stop it with Ctrl-C or SIGTERM.")
+    p.add_argument("stage", choices=("normalize", "events"),
+                   help="normalize: change topics → sevisflow.students; events: sevisflow.students → sevis.events")
+    p.add_argument("--instance", default=None, help="events: stable instance id (default $SEVISFLOW_INSTANCE or host)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.stage == "normalize":
+        from processors.normalize import run as run_normalize
+
+        run_normalize(settings, stop)
+    else:
+        from processors.sevis_events import run as run_events
+
+        run_events(settings, stop, args.instance)
+    return 0

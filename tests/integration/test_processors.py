@@ -1,0 +1,140 @@
+"""normalize + sevis_events on a real Kafka: exactly-once under kill -9, dead letters, `sevisflow issues`."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from processors.normalize.debezium import SisFeed
+from processors.normalize.stage import normalize_topics
+from processors.sevis_events.pure import PurePipeline
+from processors.sevis_events.stage import events_topics
+from sevisflow.cli import main as cli_main
+from sevisflow.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.serde import registry
+from sevisflow.topics import pipeline_topics
+from tests.helpers import REPO, make_settings
+from tests.unit.test_events_scenarios import MAPPING, PKS, TABLES, base_rows
+
+pytestmark = pytest.mark.integration
+ORG = "ABC214F12345000"
+
+
+def school_history(feed: SisFeed, n: int) -> None:
+    """n students: admitted, created, then a term of changes, several tables per commit."""
+    feed.tx(("c", "public.term", None, base_rows()["term"]))
+    for i in range(n):
+        rows = base_rows(sevis_id=None, status="ADMITTED")
+        pid = 100 + i
+        for r in rows.values():
+            if "person_id" in r:
+                r["person_id"] = pid
+        rows["person"]["school_id"] = f"S{pid:08d}"
+        for name, k in (("us", "address_id"), ("foreign", "address_id"), ("program", "program_id"),
+                        ("enrollment", "enrollment_id")):
+            rows[name][k] = pid * 10 + len(k) + ("foreign" == name)
+        if i % 7 == 3:
+            rows["person"]["last_name"] = "R2D2"   # rejected name → issue instead of Create
+        feed.tx(*[("c", TABLES[n2], None, r) for n2, r in rows.items() if n2 != "term"])
+        p, imm, e = rows["program"], rows["immigration"], rows["enrollment"]
+        feed.tx(("u", "public.immigration", imm, {**imm, "sevis_id": f"N{pid:010d}", "sevis_status": "ACTIVE"}),
+                ("u", "public.program", p, {**p, "status": "ACTIVE"}))
+        p = {**p, "status": "ACTIVE"}
+        feed.tx(("u", "public.enrollment", e, {**e, "status": "ENROLLED"}))
+        feed.tx(("u", "public.program", p, {**p, "expected_end_date": date(2027, 12, 15)}),
+                ("u", "public.person", rows["person"], {**rows["person"], "email": f"s{pid}@example.org"}))
+
+
+def write_config(settings, path: Path) -> Path:
+    t = settings.topics
+    path.write_text(
+        f'[kafka]\nbootstrap_servers = "{settings.kafka.bootstrap_servers}"\npartitions = 3\n'
+        f'[connector]\n"topic.prefix" = "{settings.connector.topic_prefix}"\n'
+        f'[school]\norg_id = "{ORG}"\nmapping_file = "{REPO / "deploy/sis/mapping.toml"}"\n'
+        f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
+        f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n')
+    return path
+
+
+def start(stage: str, config: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "SEVISFLOW_CONFIG": str(config), "SEVISFLOW_INSTANCE": "it"}
+    return subprocess.Popen([sys.executable, "-m", f"processors.{stage}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+
+
+def test_kill_9_at_any_point_loses_nothing_and_duplicates_nothing(kafka_stack, unique, tmp_path):
+    settings = make_settings(kafka_stack, unique=unique, school={"org_id": ORG})
+    prefix = settings.connector.topic_prefix
+    change_topics = [TopicSpec(f"{prefix}.{t}", 2, 1) for t in MAPPING.tables()] + \
+        [TopicSpec(f"{prefix}.transaction", 1, 1)]
+    ensure_topics(settings.kafka, pipeline_topics(settings) + normalize_topics(settings) + events_topics(settings)
+                  + change_topics)
+    feed = SisFeed(prefix=prefix, primary_keys=PKS)
+    school_history(feed, 40)
+    expected = PurePipeline(MAPPING, org_id=ORG, tx_topic=f"{prefix}.transaction").feed(feed.records)
+    want = Counter(e["event_id"] for e in expected.events)
+    assert len(want) == len(expected.events) > 100
+
+    producer = make_producer(settings.kafka)
+    errors: list = []
+    for r in feed.records:
+        produce(producer, r.topic, r.key, r.value, on_delivery=delivery_raiser(errors))
+    flush_or_raise(producer, errors)
+
+    config = write_config(settings, tmp_path / "sevisflow.toml")
+    procs = {s: start(s, config, tmp_path / f"{s}.log") for s in ("normalize", "sevis_events")}
+    rng = random.Random(7)
+    kills = 0
+    deadline = time.monotonic() + 100
+    got: Counter = Counter()
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.8, 2.0))
+            if kills < 6:
+                victim = rng.choice(sorted(procs))
+                procs[victim].send_signal(signal.SIGKILL)
+                procs[victim].wait()
+                kills += 1
+                procs[victim] = start(victim, config, tmp_path / f"{victim}.log")
+                continue
+            got = Counter(registry().decode(m.value())["event_id"] for m in read_topic(settings.kafka, settings.topics.events))
+            if sum(got.values()) >= len(want):
+                time.sleep(3)   # anything extra (a duplicate) would show up now
+                got = Counter(registry().decode(m.value())["event_id"]
+                              for m in read_topic(settings.kafka, settings.topics.events))
+                break
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert kills == 6
+    assert [k for k, n in got.items() if n > 1] == []
+    assert set(got) == set(want), (tmp_path / "normalize.log").read_text()[-3000:]
+    # per student, events arrive in source order
+    events = [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.events)]
+    order = {e["event_id"]: i for i, e in enumerate(expected.events)}
+    by_student: dict[str, list[int]] = {}
+    for e in events:
+        by_student.setdefault(e["student_key"], []).append(order[e["event_id"]])
+    assert all(v == sorted(v) for v in by_student.values())
+
+    # dead letters for the rejected names, listed by the DSO CLI
+    code = cli_main(["--config", str(config), "issues", "--code", "name_rejected", "--json"])
+    assert code == 0
+    issues = [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.dlq)]
+    rejected = {i["student_key"] for i in issues if i["code"] == "name_rejected"}
+    assert rejected == {f"S{100 + i:08d}" for i in range(40) if i % 7 == 3}
+    assert all(i["source_topic"] and i["source_offset"] is not None for i in issues)
