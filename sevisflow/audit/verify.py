@@ -1,0 +1,529 @@
+"""``verify``: prove an archived batch document by re-deriving it from the retained log.
+
+For one batch, the checks (each ``ok``, ``failed`` with the first difference, or ``skipped``
+with the reason), from the file back to the SIS:
+
+1. ``archive``  — the outbox folder's document hashes to the manifest's ``sha256`` and the
+   manifest names this batch;
+2. ``render``   — the ``closed`` event on ``sevis.batches``, rendered with the XML sink's own
+   pure renderer (:func:`sinks.xml.render.check_batch`) and the configured XSDs, gives the
+   archived bytes (sha256 equal); else the first differing byte, its line/column and element;
+3. ``batching`` — the batcher's pure state machine (:func:`processors.batcher.core.apply`)
+   re-run over the retained ``sevis.events``, ``sevis.batch.commands`` and ``sevis.results``
+   of the school reproduces every ``sevis.batches`` event up to and including this batch's
+   ``closed`` event, identical. The three input topics are separate logs, so their
+   interleaving is not recorded; the replay follows each topic's order and at every step
+   takes the input whose outputs are the next recorded ones (:func:`guided_batcher_replay`),
+   which proves the recorded stream is an execution of the pure batcher over those inputs;
+4. ``events``   — normalize + sevis_events (:class:`processors.sevis_events.pure.PurePipeline`)
+   re-run over the retained change topics re-derive every SEVIS event the batch's records
+   were made of, field for field;
+5. ``sources``  — every lineage position of the batch's records still exists on its change
+   topic, with the LSN and transaction id the lineage recorded.
+
+``verify --all`` runs this for every batch of the outbox, checks that every closed batch on
+``sevis.batches`` is in the outbox (or quarantine), checks the hash chain of the audit ledger
+(:mod:`sevisflow.audit.ledger`) — a sealed batch whose folder was deleted or whose document
+or manifest changed is reported — and seals the newly verified batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import orjson
+
+from sevisflow.audit.decode import Decoded
+from sevisflow.audit.ledger import Ledger, check_chain, new_entry
+from sevisflow.serde import registry
+
+EVENT_SCHEMA = "sevisflow.events.SevisEvent"
+BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
+COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
+RESULT_SCHEMA = "sevisflow.results.SevisResult"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | failed | skipped
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.name, "status": self.status, "message": self.message}
+
+
+@dataclass
+class Verdict:
+    batch_id: str
+    checks: list[Check] = field(default_factory=list)
+    location: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "failed" for c in self.checks) and any(c.status == "ok" for c in self.checks)
+
+    def add(self, name: str, status: str, message: str) -> None:
+        self.checks.append(Check(name, status, message))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "ok": self.ok, "location": self.location,
+                "seconds": round(self.seconds, 4), "checks": [c.to_json() for c in self.checks]}
+
+
+# ----------------------------------------------------------------------------- differences
+
+
+def first_difference(expected: bytes, actual: bytes) -> str:
+    """Where two documents first differ: byte offset, line:column and the element there (no values)."""
+    n = min(len(expected), len(actual))
+    i = next((k for k in range(n) if expected[k] != actual[k]), n)
+    if i == n and len(expected) == len(actual):
+        return "identical"
+    line = actual.count(b"\n", 0, i) + 1
+    col = i - (actual.rfind(b"\n", 0, i) + 1) + 1
+    where = element_at(actual, line) or element_at(expected, line) or "?"
+    if i == n:
+        longer = "re-derived" if len(expected) > len(actual) else "archived"
+        return (f"the {longer} document is longer: the first {n} bytes agree, then it goes on "
+                f"({len(expected)} vs {len(actual)} bytes; line {line}, element {where})")
+    return (f"first difference at byte {i} (line {line}, column {col}) in element {where}: "
+            f"re-derived has {expected[i:i + 1]!r}, archived has {actual[i:i + 1]!r} "
+            f"(re-derived {len(expected)} bytes, archived {len(actual)} bytes)")
+
+
+def element_at(xml: bytes, line: int) -> str | None:
+    """The XPath of the last element that starts at or before ``line`` (None when not parseable)."""
+    try:
+        from lxml import etree
+
+        root = etree.fromstring(xml, parser=etree.XMLParser(resolve_entities=False, recover=True))
+    except Exception:  # noqa: BLE001 - anything unparseable: no element to name
+        return None
+    if root is None:
+        return None
+    best = None
+    for el in root.iter():
+        if isinstance(el.tag, str) and el.sourceline is not None and el.sourceline <= line:
+            best = el
+    return root.getroottree().getpath(best) if best is not None else None
+
+
+def first_json_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The JSON path where two values first differ (None when equal). Values are not shown."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a:
+                return f"{path}.{k}: only in the recorded value"
+            if k not in b:
+                return f"{path}.{k}: only in the re-derived value"
+            d = first_json_difference(a[k], b[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = first_json_difference(x, y, f"{path}[{i}]")
+            if d:
+                return d
+        if len(a) != len(b):
+            return f"{path}: {len(a)} items re-derived, {len(b)} recorded"
+        return None
+    if isinstance(a, str) and isinstance(b, str) and a[:1] in "{[" and b[:1] in "{[":
+        try:
+            return first_json_difference(orjson.loads(a), orjson.loads(b), path + "(json)")
+        except orjson.JSONDecodeError:
+            pass
+    return None if a == b else f"{path or '.'}: values differ"
+
+
+# ----------------------------------------------------------------------------- batching (pure)
+
+
+@dataclass
+class BatcherReplay:
+    """Outcome of :func:`guided_batcher_replay` for one school."""
+
+    reproduced: int            # recorded sevis.batches events reproduced, in order
+    recorded: int              # recorded sevis.batches events of the school
+    closed: dict[str, dict[str, Any]]  # batch_id → reproduced closed event
+    divergence: str | None     # why the replay stopped early
+
+
+def _raw(d: Decoded, schema: str) -> dict[str, Any]:
+    return registry().decode(d.raw or b"", schema)
+
+
+def guided_batcher_replay(org_id: str, events: Iterable[Decoded], commands: Iterable[Decoded],
+                          results: Iterable[Decoded], batches: Iterable[Decoded],
+                          until_batch: str | None = None) -> BatcherReplay:
+    """Re-run :func:`processors.batcher.core.apply` over the school's inputs and match the recorded output.
+
+    Each input topic is taken in its own log order; at each step, of the three topics' next
+    inputs the first (by log timestamp) whose published events equal the next recorded
+    events is applied; when none publishes anything an input with no output is applied;
+    otherwise the replay has diverged and says where. Stops after ``until_batch``'s closed
+    event when given. Pure apart from the batcher it calls.
+    """
+    from processors.batcher.core import CommandIn, EventIn, Publish, ResultIn, School, apply
+
+    def mine(ds: Iterable[Decoded], schema: str) -> list[tuple[int, dict[str, Any]]]:
+        out = []
+        for d in sorted(ds, key=lambda x: (x.partition, x.offset)):
+            if d.raw is None or d.schema != schema:
+                continue
+            rec = _raw(d, schema)
+            if rec.get("org_id") == org_id:
+                out.append((d.timestamp_ms or 0, rec))
+        return out
+
+    queues: list[list[Any]] = [
+        [(ts, EventIn(r, ts)) for ts, r in mine(events, EVENT_SCHEMA)],
+        [(ts, CommandIn(r)) for ts, r in mine(commands, COMMAND_SCHEMA)],
+        [(ts, ResultIn(r, ts)) for ts, r in mine(results, RESULT_SCHEMA)],
+    ]
+    recorded = [r for _, r in mine(batches, BATCH_SCHEMA)]
+    heads = [0, 0, 0]
+    state = School(org_id=org_id)
+    pos = 0
+    closed: dict[str, dict[str, Any]] = {}
+    names = ("sevis.events", "sevis.batch.commands", "sevis.results")
+    while any(heads[i] < len(queues[i]) for i in range(3)):
+        if until_batch and until_batch in closed:
+            break
+        order = sorted((queues[i][heads[i]][0], i) for i in range(3) if heads[i] < len(queues[i]))
+        silent = None
+        chosen = None
+        tried = []
+        for _, i in order:
+            new, outs = apply(state, queues[i][heads[i]][1])
+            pubs = [o.event for o in outs if isinstance(o, Publish)]
+            if pubs and pubs == recorded[pos:pos + len(pubs)]:
+                chosen = (i, new, pubs)
+                break
+            if not pubs and silent is None:
+                silent = (i, new, pubs)
+            tried.append((i, pubs))
+        chosen = chosen or silent
+        if chosen is None:
+            nxt = recorded[pos] if pos < len(recorded) else None
+            want = (f"recorded event #{pos + 1} ({nxt['type']}, revision {nxt['revision']})" if nxt
+                    else "no further recorded event")
+            got = []
+            for i, pubs in tried:
+                d = first_json_difference(pubs[0], nxt) if nxt else None
+                got.append(f"the next {names[i]} input gives {pubs[0]['type']} revision {pubs[0]['revision']}"
+                           + (f" (first difference at {d})" if d else ""))
+            return BatcherReplay(pos, len(recorded), closed, f"cannot reproduce {want}: " + "; ".join(got))
+        i, state, pubs = chosen
+        heads[i] += 1
+        for p in pubs:
+            if p["type"] == "closed" and p.get("batch_id"):
+                closed[p["batch_id"]] = p
+        pos += len(pubs)
+    return BatcherReplay(pos, len(recorded), closed, None)
+
+
+# ----------------------------------------------------------------------------- events (pure pipeline)
+
+
+def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_topic: str | None,
+                    ) -> dict[str, dict[str, Any]]:
+    """event_id → SevisEvent re-derived by normalize + sevis_events from the change records (Avro-canonical)."""
+    from processors.sevis_events.pure import PureOutput, PurePipeline
+
+    pipe = PurePipeline(mapping, org_id=org_id, tx_topic=tx_topic)
+    out = PureOutput()
+    ordered = sorted(changes, key=lambda d: (d.timestamp_ms or 0, d.topic, d.partition, d.offset))
+    for d in ordered:
+        pipe.feed_one(d.topic, _key_bytes(d), d.raw, out, d.partition, d.offset)
+    events = {}
+    for e in out.events:
+        canon = registry().decode(registry().encode(EVENT_SCHEMA, e), EVENT_SCHEMA)
+        events[canon["event_id"]] = canon
+    return events
+
+
+def _key_bytes(d: Decoded) -> bytes | None:
+    if d.raw_key is not None:
+        return d.raw_key
+    return orjson.dumps(d.key) if d.key is not None else None
+
+
+# ----------------------------------------------------------------------------- the whole verification
+
+
+@dataclass
+class VerifyContext:
+    """Everything verify reads, loaded once: decoded topics, outbox, XSD schema, optional pipeline pieces."""
+
+    batches: list[Decoded]
+    events: list[Decoded]
+    commands: list[Decoded]
+    results: list[Decoded]
+    changes: list[Decoded]
+    outbox: Any                       # sinks.outbox.Outbox
+    schema: Any | None                # sinks.xml.xsd.StudentSchema, None = no XSDs
+    mapping: Any | None = None        # processors.normalize.mapping.Mapping, None = skip the events check
+    tx_topic: str | None = None
+    skip_reasons: dict[str, str] = field(default_factory=dict)
+    _closed: dict[str, Decoded] | None = None
+    _replays: dict[str, BatcherReplay] = field(default_factory=dict)
+    _events: dict[str, dict[str, Any]] | None = None
+
+    def closed_events(self) -> dict[str, Decoded]:
+        if self._closed is None:
+            self._closed = {}
+            for d in self.batches:
+                if d.schema == BATCH_SCHEMA and isinstance(d.value, dict) and d.value.get("type") == "closed":
+                    self._closed.setdefault(d.value.get("batch_id") or "", d)
+        return self._closed
+
+    def replay_for(self, org_id: str) -> BatcherReplay:
+        if org_id not in self._replays:
+            self._replays[org_id] = guided_batcher_replay(org_id, self.events, self.commands, self.results,
+                                                          self.batches)
+        return self._replays[org_id]
+
+    def rederived_events(self) -> dict[str, dict[str, Any]]:
+        if self._events is None:
+            orgs = {d.value.get("org_id") for d in self.events if isinstance(d.value, dict)}
+            self._events = {}
+            for org in sorted(o for o in orgs if o):
+                self._events.update(rederive_events(self.changes, self.mapping, org, self.tx_topic))
+        return self._events
+
+
+def verify_batch(batch_id: str, ctx: VerifyContext) -> Verdict:
+    """Run the checks of the module docstring for one batch."""
+    t0 = time.perf_counter()
+    v = Verdict(batch_id)
+    bd = ctx.outbox.find(batch_id)
+    archived: bytes | None = None
+    if bd is None:
+        q = ctx.outbox.find_quarantined(batch_id)
+        v.add("archive", "failed", "not in the outbox" + (f" (quarantined at {q}: it never validated, "
+                                                            "so it was never uploaded)" if q else ""))
+    else:
+        v.location = f"{bd.day}/{bd.state}"
+        try:
+            manifest = bd.manifest()
+        except (OSError, ValueError) as exc:
+            manifest = None
+            v.add("archive", "failed", f"manifest.json missing or unreadable ({type(exc).__name__})")
+        xml_path = bd.path / ((manifest or {}).get("file") or bd.xml_path.name)
+        if not xml_path.exists():
+            v.add("archive", "failed", f"document {xml_path.name} is missing from {bd.path}")
+        else:
+            archived = xml_path.read_bytes()
+            if manifest is not None:
+                if manifest.get("batch_id") != batch_id:
+                    v.add("archive", "failed", f"manifest names batch {manifest.get('batch_id')}, not {batch_id}")
+                elif manifest.get("sha256") != sha256(archived):
+                    v.add("archive", "failed", f"document sha256 {sha256(archived)} does not match the manifest's "
+                                               f"{manifest.get('sha256')}: the archived file was altered")
+                else:
+                    v.add("archive", "ok", f"sha256 {sha256(archived)} matches the manifest")
+
+    closed = ctx.closed_events().get(batch_id)
+    if closed is None:
+        v.add("render", "failed", "no 'closed' event for this BatchID on the batches topic (retention, or not "
+                                  "produced by this pipeline)")
+        v.seconds = time.perf_counter() - t0
+        return v
+    event = _raw(closed, BATCH_SCHEMA)
+    records = orjson.loads(event.get("records_json") or "[]")
+
+    # 2. render
+    if ctx.schema is None:
+        v.add("render", "skipped", ctx.skip_reasons.get("render", "no SEVIS XSDs configured"))
+    else:
+        from sinks.xml.render import ClosedBatch, check_batch
+
+        rendered = check_batch(ClosedBatch.from_event(event, records), ctx.schema).xml
+        if archived is None:
+            v.add("render", "skipped", f"nothing archived to compare with (re-derived sha256 {sha256(rendered)})")
+        elif rendered == archived:
+            v.add("render", "ok", f"re-rendered from {closed.ref}: identical, sha256 {sha256(rendered)}")
+        else:
+            v.add("render", "failed", f"re-rendered from {closed.ref} (sha256 {sha256(rendered)}) differs from "
+                                      f"the archive: {first_difference(rendered, archived)}")
+
+    # 3. batching
+    if "batching" in ctx.skip_reasons:
+        v.add("batching", "skipped", ctx.skip_reasons["batching"])
+    else:
+        rep = ctx.replay_for(event["org_id"])
+        got = rep.closed.get(batch_id)
+        if got is not None and got == event:
+            n_ev = len({e for r in records for e in r.get("event_ids") or []})
+            v.add("batching", "ok", f"the batcher re-run over the retained events/commands/results reproduces "
+                                    f"the closed event ({len(records)} records from {n_ev} events; "
+                                    f"{rep.reproduced} of {rep.recorded} batch events of {event['org_id']} "
+                                    "reproduced)")
+        elif got is not None:
+            v.add("batching", "failed", f"re-derived closed event differs: {first_json_difference(got, event)}")
+        else:
+            v.add("batching", "failed", f"the batcher re-run stopped after {rep.reproduced} of {rep.recorded} "
+                                        f"recorded batch events: {rep.divergence or 'this batch was never closed'}")
+
+    # 4. events
+    if ctx.mapping is None or "events" in ctx.skip_reasons or not ctx.changes:
+        v.add("events", "skipped", ctx.skip_reasons.get("events", "no mapping file: events not re-derived"
+                                                        if ctx.mapping is None else
+                                                        "no change topics retained: events not re-derived"))
+    else:
+        recorded = {}
+        for d in ctx.events:
+            if d.schema == EVENT_SCHEMA and d.raw is not None:
+                e = _raw(d, EVENT_SCHEMA)
+                recorded.setdefault(e["event_id"], e)
+        derived = ctx.rederived_events()
+        wanted = [e for r in records for e in r.get("event_ids") or []]
+        problems = []
+        dso = 0
+        for eid in wanted:
+            rec = recorded.get(eid)
+            if rec is None:
+                problems.append(f"event {eid} is not on the events topic")
+            elif rec.get("origin") == "dso":
+                dso += 1  # added by a DSO with the CLI: no SIS change to re-derive it from
+            elif eid not in derived:
+                problems.append(f"event {eid} is not re-derived from the retained change topics")
+            else:
+                d = first_json_difference(derived[eid], rec)
+                if d:
+                    problems.append(f"event {eid} re-derived differently at {d}")
+        if problems:
+            v.add("events", "failed", f"{len(problems)} of {len(wanted)} events: " + "; ".join(problems[:3]))
+        else:
+            v.add("events", "ok", f"all {len(wanted) - dso} SIS-derived events re-derived identically from the "
+                                  f"change topics" + (f" ({dso} DSO-added)" if dso else ""))
+
+    # 5. sources
+    if not ctx.changes:
+        v.add("sources", "skipped", ctx.skip_reasons.get("sources", "no change topics retained"))
+    else:
+        index = {(d.topic, d.partition, d.offset): d for d in ctx.changes}
+        missing, mismatch, n = [], [], 0
+        for r in records:
+            for p in r.get("lineage") or []:
+                n += 1
+                d = index.get((p.get("topic"), p.get("partition"), p.get("offset")))
+                if d is None:
+                    missing.append(f"{p.get('topic')}[{p.get('partition')}]@{p.get('offset')}")
+                    continue
+                src = (d.value or {}).get("source") or {} if isinstance(d.value, dict) else {}
+                if (p.get("lsn") is not None and src.get("lsn") != p.get("lsn")) or \
+                        (p.get("tx_id") is not None and src.get("txId") != p.get("tx_id")):
+                    mismatch.append(d.ref)
+        if missing or mismatch:
+            v.add("sources", "failed", f"{len(missing)} lineage position(s) not retained ({', '.join(missing[:3])}), "
+                                       f"{len(mismatch)} with another LSN/txId ({', '.join(mismatch[:3])})")
+        else:
+            v.add("sources", "ok", f"all {n} source positions found on the change topics with their LSN/txId")
+    v.seconds = time.perf_counter() - t0
+    return v
+
+
+@dataclass
+class AllReport:
+    verdicts: list[Verdict]
+    missing: list[str]                 # closed on the topic, in neither outbox nor quarantine
+    chain_problems: list[str]
+    head: str
+    sealed_now: list[str]
+    expected_head_found: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts) and not self.missing and not self.chain_problems \
+            and self.expected_head_found is not False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "batches": [v.to_json() for v in self.verdicts], "missing": self.missing,
+                "ledger": {"head": self.head, "problems": self.chain_problems, "sealed_now": self.sealed_now,
+                           "expected_head_found": self.expected_head_found}}
+
+
+def verify_all(ctx: VerifyContext, ledger: Ledger, seal: bool = True, expect_head: str | None = None,
+               progress: Callable[[Verdict], None] | None = None) -> AllReport:
+    """Every outbox batch, every closed batch, and the ledger chain; seal what verified and is not sealed yet."""
+    from sinks.outbox import STATES
+
+    ob = ctx.outbox
+    in_outbox = [bd for st in STATES for bd in ob.batches(st)]
+    by_id: dict[str, Any] = {}
+    for bd in in_outbox:
+        try:
+            bid = bd.manifest().get("batch_id") or bd.name
+        except (OSError, ValueError):
+            bid = bd.name
+        by_id[bid] = bd
+    ids = sorted(set(by_id) | set(ctx.closed_events()))
+    verdicts = []
+    for bid in ids:
+        v = verify_batch(bid, ctx)
+        verdicts.append(v)
+        if progress:
+            progress(v)
+    missing = [bid for bid in ctx.closed_events() if bid not in by_id and ob.find_quarantined(bid) is None]
+    # quarantined batches are never uploaded: a missing archive is not a failure for them
+    verdicts = [v for v in verdicts if not (ob.find(v.batch_id) is None and ob.find_quarantined(v.batch_id))]
+
+    entries = ledger.entries()
+    problems, head = check_chain(entries)
+    chain = [f"ledger line {p.line} ({p.batch_id}): {p.message}" for p in problems]
+    for e in entries:
+        bid = e.get("batch_id")
+        if not bid:
+            continue
+        bd = ob.find(bid)
+        if bd is None:
+            chain.append(f"sealed batch {bid} (ledger line {e.get('seq')}) is no longer in the outbox: "
+                         "its folder was deleted or moved out")
+            continue
+        mpath = bd.path / "manifest.json"
+        xpath = bd.path / (e.get("file") or bd.xml_path.name)
+        if not mpath.exists() or sha256(mpath.read_bytes()) != e.get("manifest_sha256"):
+            chain.append(f"sealed batch {bid}: manifest.json differs from the one sealed on ledger line {e.get('seq')}")
+        if not xpath.exists() or sha256(xpath.read_bytes()) != e.get("xml_sha256"):
+            chain.append(f"sealed batch {bid}: the document differs from the one sealed on ledger line {e.get('seq')}")
+    sealed = {e.get("batch_id") for e in entries}
+    new_entries: list[dict[str, Any]] = []
+    if seal and not problems:
+        ok_ids = [v.batch_id for v in verdicts if v.ok and v.batch_id in by_id and v.batch_id not in sealed
+                  and any(c.name == "render" and c.status == "ok" for c in v.checks)]
+        # seal in close order, so the chain follows the order the batches were made
+        ok_ids.sort(key=lambda b: (ctx.closed_events()[b].value or {}).get("at_ms", 0) if b in ctx.closed_events()
+                    else 0)
+        for bid in ok_ids:
+            bd = by_id[bid]
+            m = bd.manifest()
+            new_entries.append(new_entry(entries + new_entries, batch_id=bid, day=bd.day,
+                                         file=m.get("file") or bd.xml_path.name,
+                                         xml_sha256=sha256((bd.path / (m.get("file") or bd.xml_path.name)).read_bytes()),
+                                         manifest_sha256=sha256((bd.path / "manifest.json").read_bytes()),
+                                         closed_at_ms=m.get("closed_at_ms")))
+        ledger.append(new_entries)
+        if new_entries:
+            head = new_entries[-1]["hash"]
+    found = None
+    if expect_head:
+        found = any(e.get("hash") == expect_head for e in entries + new_entries)
+        if not found:
+            chain.append(f"the expected ledger head {expect_head[:16]}… is not in the ledger: "
+                         "the ledger was truncated or replaced")
+    return AllReport(verdicts, sorted(missing), chain, head, [e["batch_id"] for e in new_entries], found)
+
+
+def summarize_checks(v: Verdict) -> Mapping[str, str]:
+    return {c.name: c.status for c in v.checks}
