@@ -6,24 +6,32 @@ demo with exit 1 and its reason, and the stack is always stopped at the end.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psycopg
+from lxml import etree
 
 from deploy.local.stack import StackInfo, start_stack, stop_stack
+from deploy.sis.activity import generate_activity
 from deploy.sis.generator import generate_school
-from deploy.sis.load import create_schema, load_school
+from deploy.sis.load import create_schema, load_school, play_activity
 from sevisflow.config import Settings, settings_from_mapping
 from sevisflow.errors import SevisflowError
 from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
-from sevisflow.topics import pipeline_topics
+from sevisflow.runner import STAGES, Pipeline
+from sevisflow.serde import registry
+from sevisflow.topics import all_topics
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_TODAY = date(2026, 10, 5)  # a fixed "today" so every demo run generates the same school
+DSO_USER_ID = "dsodemo001"      # the demo DSO's SEVIS user id (exactly 10 characters)
 
 
 class DemoFailed(SevisflowError):
@@ -36,23 +44,80 @@ class DemoContext:
     international_share: float
     seed: int
     xsd_dir: str
+    activity: int = 150
     stack: StackInfo | None = None
     settings: Settings | None = None
-    facts: dict[str, object] = field(default_factory=dict)
+    simulator: Any = None
+    pipeline: Pipeline | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a CLI subprocess: the demo's settings file, nothing else inherited from SEVISFLOW_*."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
+        env["SEVISFLOW_CONFIG"] = str(self.facts["config_file"])
+        return env
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _wait(what: str, predicate: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        if ctx_pipeline_failed():
+            raise DemoFailed(f"a pipeline stage failed while waiting for {what}: {ctx_pipeline_failed()}")
+        time.sleep(every_s)
+
+
+_RUNNING: list[Pipeline] = []
+
+
+def ctx_pipeline_failed() -> str:
+    for p in _RUNNING:
+        failed = p.failed()
+        if failed:
+            return "; ".join(f"{t.name}: {t.error!r}" for t in failed)
+    return ""
+
+
+def _settled(read: Callable[[], int], quiet_s: float) -> Callable[[], int]:
+    """A predicate that is true once ``read()`` is above zero and has not changed for ``quiet_s``."""
+    state = {"value": -1, "since": time.monotonic()}
+
+    def check() -> int:
+        value = read()
+        now = time.monotonic()
+        if value != state["value"]:
+            state["value"], state["since"] = value, now
+            return 0
+        return value if value > 0 and now - state["since"] >= quiet_s else 0
+    return check
+
+
+def _count(settings: Settings, topic: str) -> int:
+    return sum(1 for _ in read_topic(settings.kafka, topic))
+
+
 def step_stack(ctx: DemoContext) -> str:
     ctx.stack = start_stack(name="demo", progress=lambda m: _say(f"    {m}"))
     assert ctx.stack.kafka and ctx.stack.postgres
-    ctx.settings = settings_from_mapping({
+    base = Path(ctx.stack.base)
+    raw = {
         "kafka": {"bootstrap_servers": ctx.stack.kafka.bootstrap},
         "postgres": {"host": "127.0.0.1", "port": ctx.stack.postgres.port, "dbname": "sis", "user": "postgres"},
-        "sevis": {"xsd_dir": ctx.xsd_dir, "outbox_dir": str(Path(ctx.stack.base) / "outbox")},
-    }, env={})
+        "connector": {"offsets_dir": str(base / "connector"), "heartbeat.interval.ms": 2000},
+        "school": {"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
+        "sevis": {"xsd_dir": ctx.xsd_dir, "outbox_dir": str(base / "outbox"),
+                  "quarantine_dir": str(base / "quarantine")},
+    }
+    ctx.settings = settings_from_mapping(raw, env={})
+    ctx.facts["raw_settings"] = raw
     return f"Kafka {ctx.stack.kafka.bootstrap}, PostgreSQL 127.0.0.1:{ctx.stack.postgres.port}"
 
 
@@ -68,8 +133,8 @@ def step_sis(ctx: DemoContext) -> str:
 
 def step_topics(ctx: DemoContext) -> str:
     assert ctx.settings
-    created = ensure_topics(ctx.settings.kafka, pipeline_topics(ctx.settings))
-    return f"{len(created)} topics created: {', '.join(created)}"
+    created = ensure_topics(ctx.settings.kafka, all_topics(ctx.settings))
+    return f"{len(created)} topics created: {', '.join(sorted(created))}"
 
 
 def step_prove_slot(ctx: DemoContext) -> str:
@@ -103,19 +168,230 @@ def step_prove_kafka(ctx: DemoContext) -> str:
     return "produced and read back one message"
 
 
+def step_simulator(ctx: DemoContext) -> str:
+    """A SEVIS batch simulator over mutual TLS that knows the school's existing SEVIS IDs."""
+    from sinks.sevis_sim.server import SevisSimulator
+
+    assert ctx.stack and ctx.settings
+    school = ctx.facts["school"]
+    known = sorted({row["sevis_id"] for row in school["immigration"] if row.get("sevis_id")})
+    sim = SevisSimulator(Path(ctx.stack.base) / "sevis-certs", ctx.xsd_dir, known_sevis_ids=known,
+                         results_delay_s=1.0, org_ids=[ctx.settings.school.org_id])
+    sim.start()
+    ctx.simulator = sim
+    certs = sim.certs
+    raw = ctx.facts["raw_settings"]
+    raw["sevis"].update({
+        "upload_url": sim.upload_url, "download_url": sim.download_url,
+        "client_cert": str(certs.client_cert), "client_key": str(certs.client_key),
+        "ca_bundle": str(certs.ca_cert), "user_id": DSO_USER_ID,
+        "poll_interval_s": 1.0, "retry_base_s": 0.5, "retry_max_s": 2.0,
+    })
+    ctx.settings = settings_from_mapping(raw, env={})
+    config_file = Path(ctx.stack.base) / "sevisflow.toml"
+    config_file.write_text(_to_toml(raw))
+    config_file.chmod(0o600)
+    ctx.facts["config_file"] = config_file
+    return f"listening on {sim.upload_url.rsplit('/', 2)[0]} (client certificate required), {len(known)} SEVIS IDs known"
+
+
+def _to_toml(raw: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for section, values in raw.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                rendered = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                rendered = str(value)
+            else:
+                rendered = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            lines.append(f'"{key}" = {rendered}')
+        lines.append("")
+    return "\n".join(lines)
+
+
+def step_pipeline(ctx: DemoContext) -> str:
+    assert ctx.settings
+    ctx.pipeline = Pipeline(ctx.settings, list(STAGES)).start()
+    _RUNNING.append(ctx.pipeline)
+    return f"stages running: {', '.join(STAGES)}"
+
+
+def step_snapshot(ctx: DemoContext) -> str:
+    """The connector snapshots the SIS; normalize builds each student's view; new admits become Creates."""
+    assert ctx.settings
+    s = ctx.settings
+    views = _wait("the student views", _settled(lambda: _count(s, s.topics.students), quiet_s=4), 240)
+    events = _count(s, s.topics.events)
+    ctx.facts["events_after_snapshot"] = events
+    return f"{views} student view updates on {s.topics.students}; {events} SEVIS events (Creates for new admits)"
+
+
+def step_activity(ctx: DemoContext) -> str:
+    assert ctx.stack and ctx.stack.postgres and ctx.settings
+    school = ctx.facts["school"]
+    txs = generate_activity(school, ctx.activity, ctx.seed, DEMO_TODAY)
+    played = play_activity(ctx.stack.postgres.dsn, txs)
+    kinds: dict[str, int] = {}
+    for tx in txs:
+        kinds[tx.kind] = kinds.get(tx.kind, 0) + 1
+    s = ctx.settings
+    before = ctx.facts.get("events_after_snapshot", 0)
+    events = _wait("the SEVIS events of the activity",
+                   _settled(lambda: max(0, _count(s, s.topics.events) - before), quiet_s=5), 300)
+    ctx.facts["activity_kinds"] = kinds
+    summary = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    return f"{played} SIS transactions committed ({summary}) → {events} more SEVIS events"
+
+
+def _cli(ctx: DemoContext, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "sevisflow.cli.__main__", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ctx.env(), timeout=timeout_s, cwd=REPO)
+    if proc.returncode != 0:
+        raise DemoFailed(f"`sevisflow {' '.join(args)}` exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+def step_dso_review(ctx: DemoContext) -> str:
+    """The DSO reviews the open batch: `sevisflow batch show`."""
+    import orjson
+
+    shown = _cli(ctx, "batch", "show").stdout.rstrip().splitlines()
+    _say("    $ sevisflow batch show   (the DSO's terminal; first lines)")
+    for line in shown[:14]:
+        _say(f"      {line}")
+    if len(shown) > 14:
+        _say(f"      … {len(shown) - 14} more lines")
+    data = orjson.loads(_cli(ctx, "batch", "show", "--json").stdout)
+    ctx.facts["open_batch"] = data
+    records = data.get("records", data) if isinstance(data, dict) else data
+    return f"{len(records)} records in the open batch"
+
+
+def step_dso_close(ctx: DemoContext) -> str:
+    """The DSO closes what they reviewed: `sevisflow batch close --dso <SEVIS user id>`."""
+    out = _cli(ctx, "batch", "close", "--dso", DSO_USER_ID, "--timeout", "60").stdout
+    _say(f"    $ sevisflow batch close --dso {DSO_USER_ID}")
+    for line in out.rstrip().splitlines():
+        _say(f"      {line}")
+    import re
+
+    batch_ids = re.findall(r"\b([A-Za-z0-9-]{14})\b", out)
+    closed = [b for b in dict.fromkeys(batch_ids) if _is_closed(ctx, b)]
+    if not closed:
+        raise DemoFailed("the close printed no BatchID that appears as closed on sevis.batches")
+    ctx.facts["batch_ids"] = closed
+    return f"closed {len(closed)} batch(es): {', '.join(closed)}"
+
+
+def _is_closed(ctx: DemoContext, batch_id: str) -> bool:
+    assert ctx.settings
+    for msg in read_topic(ctx.settings.kafka, ctx.settings.topics.batches):
+        ev = registry().decode(msg.value())
+        if ev["type"] == "closed" and ev.get("batch_id") == batch_id:
+            return True
+    return False
+
+
+def step_xml(ctx: DemoContext) -> str:
+    """The XML sink renders each closed batch; the demo checks every file against the XSD itself."""
+    from sinks.outbox import Outbox
+
+    assert ctx.settings
+    s = ctx.settings
+    outbox = Outbox(s.sevis.outbox_dir, s.sevis.quarantine_dir, s.school.timezone)
+    schema = etree.XMLSchema(etree.parse(str(Path(ctx.xsd_dir) / "Create-UpdateStudent.xsd")))
+    lines = []
+    for batch_id in ctx.facts["batch_ids"]:
+        found = _wait(f"the XML of {batch_id}", lambda b=batch_id: outbox.find(b), 120)
+        xml_path = found.xml_path
+        doc = etree.parse(str(xml_path))
+        if not schema.validate(doc):
+            raise DemoFailed(f"{xml_path} does not validate: {schema.error_log.last_error}")
+        mode = oct(xml_path.stat().st_mode & 0o777)
+        n_create = len(doc.findall("CreateStudent/Student"))
+        n_update = len(doc.findall("UpdateStudent/Student"))
+        lines.append(f"{xml_path.relative_to(Path(s.sevis.outbox_dir))}: {n_create} creates + {n_update} updates, "
+                     f"XSD-valid, mode {mode}, sha256 {found.manifest().get('sha256', '')[:16]}…")
+    for line in lines:
+        _say(f"      {line}")
+    return f"{len(lines)} document(s) written and validated against {Path(ctx.xsd_dir) / 'Create-UpdateStudent.xsd'}"
+
+
+def step_results(ctx: DemoContext) -> str:
+    """The uploader sends each batch to the simulator over TLS, downloads the log, publishes results."""
+    from sevisflow.cli.results import batch_results
+
+    assert ctx.settings
+    totals = {"sent": 0, "accepted": 0, "rejected": 0}
+    reasons: dict[str, int] = {}
+    for batch_id in ctx.facts["batch_ids"]:
+        expected = _records_in_closed(ctx, batch_id)
+        rows = _wait(f"SEVIS results of {batch_id}",
+                     lambda b=batch_id: (r if len(r := batch_results(ctx.settings, b)) >= expected else None), 180)
+        out = _cli(ctx, "results", batch_id).stdout.rstrip().splitlines()
+        _say(f"    $ sevisflow results {batch_id}   (last lines)")
+        for line in out[-6:]:
+            _say(f"      {line}")
+        totals["sent"] += len(rows)
+        for r in rows:
+            if r["status"] == "success":
+                totals["accepted"] += 1
+            else:
+                totals["rejected"] += 1
+                key = f"{r.get('error_code')} {r.get('error_message')}"
+                reasons[key] = reasons.get(key, 0) + 1
+    ctx.facts["totals"] = totals
+    ctx.facts["reasons"] = reasons
+    why = "; ".join(f"{n}× {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
+    return (f"records sent {totals['sent']}, accepted {totals['accepted']}, rejected {totals['rejected']}"
+            + (f" ({why})" if why else ""))
+
+
+def _records_in_closed(ctx: DemoContext, batch_id: str) -> int:
+    import orjson
+
+    assert ctx.settings
+    for msg in read_topic(ctx.settings.kafka, ctx.settings.topics.batches):
+        ev = registry().decode(msg.value())
+        if ev["type"] == "closed" and ev.get("batch_id") == batch_id:
+            return len(orjson.loads(ev["records_json"] or "[]"))
+    return 0
+
+
+def step_issues(ctx: DemoContext) -> str:
+    """What the DSO still has to look at: dead letters (`sevisflow issues`)."""
+    out = _cli(ctx, "issues").stdout.rstrip().splitlines()
+    _say("    $ sevisflow issues   (first lines)")
+    for line in out[:8]:
+        _say(f"      {line}")
+    return f"{max(0, len(out) - 2)} line(s) listed for the DSO"
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("start the local stack (real PostgreSQL + Apache Kafka)", step_stack),
     ("create the reference SIS and load a generated school", step_sis),
     ("create the pipeline topics", step_topics),
     ("prove logical replication", step_prove_slot),
     ("prove a Kafka round trip", step_prove_kafka),
+    ("start the SEVIS batch simulator (HTTPS, client certificate)", step_simulator),
+    ("start the pipeline: connector, normalize, events, batcher, XML sink, SEVIS sink", step_pipeline),
+    ("initial snapshot of the SIS flows through", step_snapshot),
+    ("a term of SIS activity", step_activity),
+    ("DSO reviews the open batch", step_dso_review),
+    ("DSO closes the batch", step_dso_close),
+    ("XML batch files in the outbox", step_xml),
+    ("upload to SEVIS (simulator), results back into the pipeline", step_results),
+    ("items for the DSO", step_issues),
 ]
 
 
 def run_demo(students: int = 300, international_share: float = 0.35, seed: int = 7,
-             xsd_dir: str | None = None, keep: bool = False) -> int:
+             xsd_dir: str | None = None, keep: bool = False, activity: int = 150) -> int:
     xsd = xsd_dir or str(REPO.parent / "shared" / "sevis" / "xsd")
-    ctx = DemoContext(students=students, international_share=international_share, seed=seed, xsd_dir=xsd)
+    ctx = DemoContext(students=students, international_share=international_share, seed=seed, xsd_dir=xsd,
+                      activity=activity)
     started = time.monotonic()
     try:
         for number, (title, fn) in enumerate(STEPS, 1):
@@ -124,8 +400,20 @@ def run_demo(students: int = 300, international_share: float = 0.35, seed: int =
             result = fn(ctx)
             _say(f"    ok ({time.monotonic() - t0:.1f}s): {result}")
     finally:
+        if ctx.pipeline:
+            _say("stopping the pipeline")
+            failed = ctx.pipeline.stop()
+            _RUNNING.clear()
+            for t in failed:
+                _say(f"    stage {t.name} had failed: {t.error!r}")
+        if ctx.simulator:
+            ctx.simulator.stop()
         if ctx.stack and not keep:
             _say("stopping the local stack")
             stop_stack(ctx.stack, remove=True)
+    totals = ctx.facts.get("totals")
+    if totals:
+        _say(f"summary: {totals['sent']} records sent to SEVIS, {totals['accepted']} accepted, "
+             f"{totals['rejected']} rejected")
     _say(f"demo finished in {time.monotonic() - started:.1f}s")
     return 0

@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--international-share", type=float, default=0.35, help="share of F/M/J students (default 0.35)")
     p.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
     p.add_argument("--xsd-dir", default=None, help="folder with the SEVIS XSDs (default ../shared/sevis/xsd)")
+    p.add_argument("--activity", type=int, default=150, help="SIS change transactions to play (default 150)")
     p.add_argument("--keep", action="store_true", help="leave the stack running at the end")
     p.set_defaults(func=run)
 
@@ -22,4 +23,4 @@ def run(args: argparse.Namespace) -> int:
     from sevisflow.demo import run_demo
 
     return run_demo(students=args.students, international_share=args.international_share, seed=args.seed,
-                    xsd_dir=args.xsd_dir, keep=args.keep)
+                    xsd_dir=args.xsd_dir, keep=args.keep, activity=args.activity)

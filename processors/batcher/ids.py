@@ -1,0 +1,74 @@
+"""BatchIDs, requestIDs and SEVIS user ids: the identifiers the batcher hands out or checks.
+
+BatchID scheme (see docs/ARCHITECTURE.md, "Batcher"): ``"S"`` + a 13-digit
+millisecond *stamp*, e.g. ``S1718791200000``. The stamp of a new batch is
+``max(close command's requested_at_ms, school's last stamp + 1)``:
+
+* strictly increasing per school, because the last stamp lives in the batcher's
+  exactly-once state (changelog topic) and moves with the school on a rebalance,
+  so restarts, a second instance or a redeploy continue from it;
+* anchored to time, so even if that state were lost, a new stamp starts from the
+  close command's clock, which is later than every stamp handed out before;
+* derived only from the log (the command and the state), so an auditor replaying
+  the topics gets the same BatchIDs.
+
+A requestID is ``<base36 record sequence>.<student key>``, cut to 20 characters.
+The sequence is per school and never reused, so two records of one batch never
+share a requestID, and the student key in it lets a DSO read a SEVIS log by eye.
+"""
+
+from __future__ import annotations
+
+import re
+
+BATCH_ID_PREFIX = "S"
+BATCH_ID_LEN = 14
+REQUEST_ID_MAX = 20
+USER_ID_LEN = 10
+_MAX_STAMP = 10 ** (BATCH_ID_LEN - len(BATCH_ID_PREFIX)) - 1
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def next_stamp(requested_at_ms: int, last_stamp: int) -> int:
+    """The stamp of the next BatchID of a school: never below the clock of the close, always above the last."""
+    stamp = max(int(requested_at_ms), int(last_stamp) + 1)
+    if stamp > _MAX_STAMP:  # year 2286; refuse rather than wrap into an old id
+        raise ValueError("BatchID stamp overflow")
+    return stamp
+
+
+def batch_id(stamp: int) -> str:
+    """``S`` + 13 digits: exactly 14 characters."""
+    value = f"{BATCH_ID_PREFIX}{stamp:013d}"
+    assert len(value) == BATCH_ID_LEN, value
+    return value
+
+
+def base36(n: int) -> str:
+    if n < 0:
+        raise ValueError("negative")
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _B36[r] + out
+        if n == 0:
+            return out
+
+
+def request_id(seq: int, student_key: str) -> str:
+    """Deterministic, ≤20 characters, none of ``: / \\`` and no blanks; unique per (school, seq)."""
+    student = _UNSAFE.sub("_", student_key)
+    return f"{base36(seq)}.{student}"[:REQUEST_ID_MAX]
+
+
+def user_id_problem(user_id: str | None) -> str | None:
+    """Why ``user_id`` cannot be a SEVIS userID (exactly 10 characters), or None when it can."""
+    if not user_id:
+        return "a SEVIS user id is required (exactly 10 characters, as you log in to SEVIS)"
+    if len(user_id) != USER_ID_LEN:
+        return (f"SEVIS user id {user_id!r} has {len(user_id)} characters; SEVIS needs exactly "
+                f"{USER_ID_LEN} (the user name you log in to SEVIS with)")
+    if any(c.isspace() or not c.isprintable() for c in user_id):
+        return f"SEVIS user id {user_id!r} contains blanks or control characters"
+    return None

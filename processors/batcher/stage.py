@@ -1,0 +1,358 @@
+"""The batcher's Kafka adapter: a thin shell around :func:`processors.batcher.core.apply`.
+
+Inputs, all keyed by OrgID and co-partitioned (same partition count and the
+same partitioner, so one school's events, commands and results share a partition
+number): ``sevis.events``, ``sevis.batch.commands``, ``sevis.results``.
+Output: ``sevis.batches`` (plus the scheduled close commands on
+``sevis.batch.commands`` and dead letters on ``sevisflow.dlq``).
+
+It runs in :class:`~sevisflow.kafka_io.TransactionalLoop`: outputs, state changes
+and input offsets commit in one Kafka transaction. Two details differ from the
+loop's defaults, both because the state of a school must live in exactly one
+place: the consumer uses the *range* assignor (it gives one member the same
+partition number of every input topic, the cooperative-sticky default does not),
+and a stable ``group.instance.id``/``transactional.id`` per instance, so a
+restarted instance fences its crashed predecessor and aborts its open
+transaction at once instead of after the transaction timeout.
+
+Persisted state (changelog ``sevisflow.batcher.state``, compacted, partition = input
+partition), one key per item so a change writes only what changed:
+
+=========================  =====================================================
+key                        value (JSON)
+=========================  =====================================================
+``m|<org>``                meta: revision, seq, last BatchID stamp, open_since, sched_date, held
+``r|<org>|<record_id>``    one open-batch record (status open / held / waiting)
+``s|<org>|<student_key>``  the student's SEVIS ID
+``c|<org>|<command_id>``   an applied command and what it produced (idempotence)
+``b|<org>|<batch_id>``     a closed batch's content (requeue, result matching)
+=========================  =====================================================
+
+Resume rule: the state is exactly the effect of every input up to the committed
+offsets of the three input topics; after a crash the loop restores it and goes
+on with the first uncommitted input.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any, Iterable
+
+import orjson
+from confluent_kafka import Message
+
+from processors.batcher.core import (
+    CommandIn,
+    EventIn,
+    Publish,
+    Reject,
+    ResultIn,
+    School,
+    SendCommand,
+    Tick,
+    apply,
+)
+from processors.batcher.ids import user_id_problem
+from sevisflow.config import Settings
+from sevisflow.dlq import dead_letter
+from sevisflow.errors import ConfigError
+from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, make_consumer
+from sevisflow.log import get_logger
+from sevisflow.serde import SerializationError, registry
+
+log = get_logger(__name__)
+
+EVENT_SCHEMA = "sevisflow.events.SevisEvent"
+COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
+RESULT_SCHEMA = "sevisflow.results.SevisResult"
+BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
+STATE_TOPIC = "sevisflow.batcher.state"
+GROUP_ID = "sevisflow-batcher"
+TICK_EVERY_S = 2.0
+FAULT_ENV = "SEVISFLOW_BATCHER_FAULT"
+"""Fault injection for tests: ``kill_before_commit_close`` = SIGKILL itself after producing a
+closed batch inside the transaction but before committing it."""
+
+
+def _suffix(settings: Settings) -> str:
+    """Per-deployment suffix: tests use topics like ``sevis.batches.<unique>``."""
+    default = "sevis.batches"
+    name = settings.topics.batches
+    return name[len(default) + 1:] if name.startswith(default + ".") else ""
+
+
+def state_topic(settings: Settings) -> str:
+    s = _suffix(settings)
+    return f"{STATE_TOPIC}.{s}" if s else STATE_TOPIC
+
+
+def group_id(settings: Settings) -> str:
+    s = _suffix(settings)
+    return f"{GROUP_ID}-{s}" if s else GROUP_ID
+
+
+def batcher_topics(settings: Settings) -> list[TopicSpec]:
+    """The batcher's own topic: its state changelog (for sevisflow/topics.py)."""
+    k = settings.kafka
+    return [TopicSpec(state_topic(settings), k.partitions, k.replication_factor, {
+        "cleanup.policy": "compact",
+        "min.insync.replicas": str(k.min_insync_replicas),
+        "max.message.bytes": str(8 * 1024 * 1024),
+        "min.compaction.lag.ms": "0",
+    })]
+
+
+# ----------------------------------------------------------------------------- state store
+
+
+class BatcherStore(StateStore):
+    """The loop's state store plus a cache of decoded :class:`School` values, dropped on abort."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache: dict[tuple[int, str], School] = {}
+        self.partitions: set[int] = set()
+
+    def abort(self) -> None:
+        super().abort()
+        self.cache.clear()
+
+    def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
+        super().load_partition(partition, data)
+        self._forget(partition)
+        self.partitions.add(partition)
+
+    def drop_partition(self, partition: int) -> None:
+        super().drop_partition(partition)
+        self._forget(partition)
+        self.partitions.discard(partition)
+
+    def _forget(self, partition: int) -> None:
+        for key in [k for k in self.cache if k[0] == partition]:
+            del self.cache[key]
+
+    def orgs(self, partition: int) -> list[str]:
+        return sorted(k[2:].decode() for k, _ in self.items(partition) if k.startswith(b"m|"))
+
+
+def _k(kind: str, org: str, rest: str = "") -> bytes:
+    return f"{kind}|{org}|{rest}".encode() if rest else f"{kind}|{org}".encode()
+
+
+def load_school(store: StateStore, partition: int, org: str) -> School:
+    """Rebuild one school's state from the store's keys."""
+    meta: dict[str, Any] | None = None
+    records, sevis_ids, commands, batches = {}, {}, {}, {}
+    prefix_meta = _k("m", org)
+    for key, value in store.items(partition):
+        if key == prefix_meta:
+            meta = orjson.loads(value)
+            continue
+        parts = key.split(b"|", 2)
+        if len(parts) != 3 or parts[1].decode() != org:
+            continue
+        kind, rest = parts[0], parts[2].decode()
+        if kind == b"r":
+            records[rest] = orjson.loads(value)
+        elif kind == b"s":
+            sevis_ids[rest] = orjson.loads(value)
+        elif kind == b"c":
+            commands[rest] = orjson.loads(value)
+        elif kind == b"b":
+            batches[rest] = orjson.loads(value)
+    m = meta or {}
+    return School(org_id=org, revision=m.get("revision", 0), seq=m.get("seq", 0),
+                  last_stamp=m.get("last_stamp", 0), open_since=m.get("open_since"),
+                  sched_date=m.get("sched_date"), held=m.get("held", {}), records=records,
+                  sevis_ids=sevis_ids, commands=commands, batches=batches)
+
+
+def save_diff(store: StateStore, partition: int, old: School, new: School) -> None:
+    """Stage the keys that changed between ``old`` and ``new`` (apply() copies what it changes)."""
+    org = new.org_id
+    if old.meta() != new.meta():
+        store.put(partition, _k("m", org), orjson.dumps(new.meta()))
+    for kind, a, b in (("r", old.records, new.records), ("s", old.sevis_ids, new.sevis_ids),
+                       ("c", old.commands, new.commands), ("b", old.batches, new.batches)):
+        if a is b:
+            continue
+        for key in set(a) | set(b):
+            va, vb = a.get(key), b.get(key)
+            if va is vb or (kind == "s" and va == vb):
+                continue
+            store.put(partition, _k(kind, org, key), None if vb is None else orjson.dumps(vb))
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+class BatcherStage:
+    """Decodes inputs, runs the core, encodes outputs; one instance per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        t = settings.topics
+        self.topics = {t.events: "event", t.commands: "command", t.results: "result"}
+        self.armed_fault = os.environ.get(FAULT_ENV, "")
+        self.close_pending = False
+        self._last_tick = 0.0
+        school = settings.school
+        if school.close_at:
+            _check_schedule(school.close_at, school.close_dso, school.timezone)
+
+    # -- record path
+
+    def handle(self, msg: Message, store: StateStore) -> list[Output]:
+        kind = self.topics.get(msg.topic())
+        value = msg.value()
+        if kind is None or value is None:
+            return []
+        try:
+            if kind == "event":
+                rec = registry().decode(value, EVENT_SCHEMA)
+                inp: Any = EventIn(rec, self._log_time(msg, rec))
+            elif kind == "command":
+                rec = registry().decode(value, COMMAND_SCHEMA)
+                inp = CommandIn(rec)
+            else:
+                rec = registry().decode(value, RESULT_SCHEMA)
+                inp = ResultIn(rec, self._log_time(msg, rec))
+        except SerializationError as exc:
+            return [dead_letter(self.settings.topics.dlq, "batcher", "undecodable", f"{kind} not decodable: {exc}",
+                                self._log_time(msg, {}), msg=msg)]
+        org = rec.get("org_id") or (msg.key() or b"").decode(errors="replace")
+        return self._apply(store, msg.partition(), org, inp, msg)
+
+    def _apply(self, store: StateStore, partition: int, org: str, inp: Any, msg: Message | None) -> list[Output]:
+        cache = store.cache if isinstance(store, BatcherStore) else {}
+        old = cache.get((partition, org)) or load_school(store, partition, org)
+        new, outs = apply(old, inp)
+        save_diff(store, partition, old, new)
+        cache[(partition, org)] = new
+        return self._encode(org, outs, msg)
+
+    def _encode(self, org: str, outs: Iterable[Any], msg: Message | None) -> list[Output]:
+        t = self.settings.topics
+        key = org.encode()
+        result: list[Output] = []
+        for out in outs:
+            if isinstance(out, Publish):
+                ev = out.event
+                result.append(Output(t.batches, key, registry().encode(BATCH_SCHEMA, ev)))
+                if ev["type"] == "closed":
+                    n = len(orjson.loads(ev["records_json"]))
+                    log.info("batcher.closed", org=org, batch_id=ev["batch_id"], records=n,
+                             command_id=ev["command_id"])
+                    if self.armed_fault == "kill_before_commit_close":
+                        self.close_pending = True
+                elif ev["type"] == "command_rejected":
+                    log.warning("batcher.command_rejected", org=org, command_id=ev["command_id"])
+            elif isinstance(out, SendCommand):
+                log.info("batcher.scheduled_close", org=org, command_id=out.command["command_id"])
+                result.append(Output(t.commands, key, registry().encode(COMMAND_SCHEMA, out.command)))
+            elif isinstance(out, Reject):
+                log.warning("batcher.rejected_input", org=org, code=out.code, student_key=out.student_key)
+                result.append(dead_letter(t.dlq, "batcher", out.code, out.reason,
+                                          self._log_time(msg, {}) if msg is not None else 0,
+                                          msg=msg, student_key=out.student_key))
+        return result
+
+    @staticmethod
+    def _log_time(msg: Message | None, rec: dict[str, Any]) -> int:
+        """The input's time from the log (never the batcher's clock): the Kafka record timestamp."""
+        if msg is None:
+            return 0
+        ts_type, ts = msg.timestamp()
+        return int(ts) if ts and ts > 0 else 0
+
+    # -- idle path: the daily scheduled close
+
+    def on_idle(self, store: StateStore) -> list[Output]:
+        school = self.settings.school
+        if not school.close_at or not isinstance(store, BatcherStore):
+            return []
+        now = time.time()
+        if now - self._last_tick < TICK_EVERY_S:
+            return []
+        self._last_tick = now
+        tick = Tick(now_ms=int(now * 1000), timezone=school.timezone, close_at=school.close_at,
+                    close_dso=school.close_dso)
+        outs: list[Output] = []
+        for p in sorted(store.partitions):
+            for org in store.orgs(p):
+                outs += self._apply(store, p, org, tick, None)
+        return outs
+
+
+def _check_schedule(close_at: str, close_dso: str, timezone: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    try:
+        hh, mm = (int(x) for x in close_at.split(":"))
+        assert 0 <= hh < 24 and 0 <= mm < 60
+    except (ValueError, AssertionError):
+        raise ConfigError(f"school.close_at = {close_at!r}: use local HH:MM, e.g. 16:30") from None
+    problem = user_id_problem(close_dso)
+    if problem:
+        raise ConfigError(f"school.close_dso: {problem} (needed because school.close_at is set)")
+    try:
+        ZoneInfo(timezone)
+    except Exception:  # noqa: BLE001 - zoneinfo raises several types
+        raise ConfigError(f"school.timezone = {timezone!r} is not a known time zone (e.g. America/Chicago)") from None
+
+
+class _KillBeforeCommit:
+    """Producer proxy for the crash test: flush the open transaction, then die before committing it."""
+
+    def __init__(self, producer: Any, stage: BatcherStage) -> None:
+        self._producer = producer
+        self._stage = stage
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def commit_transaction(self, *args: Any) -> Any:
+        if self._stage.close_pending:
+            self._producer.flush(30)
+            log.warning("batcher.fault_injected", fault="kill_before_commit_close")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self._producer.commit_transaction(*args)
+
+
+def build_loop(settings: Settings, instance: str | None = None,
+               consumer_overrides: dict[str, Any] | None = None) -> tuple[TransactionalLoop, BatcherStage]:
+    """The batcher's transactional loop (not started)."""
+    stage = BatcherStage(settings)
+    group = group_id(settings)
+    instance = instance or os.environ.get("SEVISFLOW_INSTANCE") or socket.gethostname()
+    t = settings.topics
+    loop = TransactionalLoop(settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
+                             transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
+                             on_idle=stage.on_idle)
+    loop.consumer.close()
+    overrides = {"partition.assignment.strategy": "range", "group.instance.id": f"{group}-{instance}"}
+    overrides.update(consumer_overrides or {})
+    loop.consumer = make_consumer(settings.kafka, group, **overrides)
+    loop.state = BatcherStore()
+    if stage.armed_fault == "kill_before_commit_close":
+        loop.producer = _KillBeforeCommit(loop.producer, stage)  # type: ignore[assignment]
+    return loop, stage
+
+
+def run(settings: Settings, stop_event: threading.Event, instance: str | None = None,
+        consumer_overrides: dict[str, Any] | None = None) -> None:
+    """Run the batcher until ``stop_event`` is set (for ``sevisflow run`` and tests)."""
+    loop, _ = build_loop(settings, instance=instance, consumer_overrides=consumer_overrides)
+
+    def watch() -> None:
+        stop_event.wait()
+        loop.stop()
+
+    threading.Thread(target=watch, name="batcher-stop", daemon=True).start()
+    log.info("batcher.start", group=loop.group_id, state_topic=loop.state_topic)
+    loop.run()
+    log.info("batcher.stop", processed=loop.processed, aborts=loop.aborts)

@@ -1,0 +1,116 @@
+"""What the DSO sees: ``sevis.batches`` (and ``sevis.results``) folded into a view of one school.
+
+Pure: :func:`fold` takes decoded BatchEvents in log order. The CLI reads the
+topics with :func:`sevisflow.kafka_io.read_topic` (never moving any offsets)
+and renders this view; the golden tests render views built from fixed events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+
+@dataclass
+class ClosedBatch:
+    batch_id: str
+    closed_by: str | None
+    at_ms: int
+    command_id: str | None
+    reason: str | None
+    records: list[dict[str, Any]]
+    status: str = "closed"
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def creates(self) -> int:
+        return sum(1 for r in self.records if r["section"] == "create")
+
+    @property
+    def updates(self) -> int:
+        return sum(1 for r in self.records if r["section"] == "update")
+
+    def state(self) -> str:
+        """closed / requeued / results in: n ok, m failed."""
+        if self.status != "closed":
+            return self.status
+        if not self.results:
+            return "closed, no SEVIS result yet"
+        ok = sum(1 for r in self.results.values() if r.get("status") == "success")
+        bad = len(self.results) - ok
+        return f"processed: {ok} ok, {bad} failed" + ("" if len(self.results) >= len(self.records)
+                                                      else f", {len(self.records) - len(self.results)} pending")
+
+
+@dataclass
+class BatchView:
+    org_id: str
+    revision: int = 0
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batches: dict[str, ClosedBatch] = field(default_factory=dict)
+    by_command: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def open_records(self) -> list[dict[str, Any]]:
+        """The open batch in the order it will be sent: creates first, then updates, each by sequence."""
+        return sorted(self.records.values(), key=lambda r: (r["section"] != "create", r["seq"]))
+
+    def counts(self) -> dict[str, int]:
+        recs = self.records.values()
+        return {
+            "records": len(self.records),
+            "creates": sum(1 for r in recs if r["section"] == "create"),
+            "updates": sum(1 for r in recs if r["section"] == "update"),
+            "ready": sum(1 for r in recs if r["status"] == "open"),
+            "held": sum(1 for r in recs if r["status"] == "held"),
+            "waiting": sum(1 for r in recs if r["status"] == "waiting"),
+        }
+
+
+def fold(view: BatchView, ev: Mapping[str, Any]) -> None:
+    """Apply one BatchEvent (decoded) of ``view.org_id``."""
+    if ev.get("org_id") != view.org_id:
+        return
+    t = ev["type"]
+    view.revision = max(view.revision, ev.get("revision") or 0)
+    if ev.get("command_id"):
+        view.by_command.setdefault(ev["command_id"], []).append(dict(ev))
+    rec = orjson.loads(ev["record_json"]) if ev.get("record_json") else None
+    if t in ("record_added", "record_replaced", "record_held", "record_released", "record_waiting") and rec:
+        view.records[rec["record_id"]] = rec
+    elif t == "record_removed" and rec:
+        view.records.pop(rec["record_id"], None)
+    elif t == "student_held" and rec:
+        view.held[rec["student_key"]] = {"at_ms": ev["at_ms"], "reason": ev.get("reason")}
+    elif t == "student_released" and rec:
+        view.held.pop(rec["student_key"], None)
+    elif t == "closed":
+        records = orjson.loads(ev["records_json"] or "[]")
+        for r in records:
+            cur = view.records.get(r["record_id"])
+            if cur is not None and cur.get("request_id") == r.get("request_id"):
+                del view.records[r["record_id"]]
+        view.batches[ev["batch_id"]] = ClosedBatch(ev["batch_id"], ev.get("closed_by"), ev["at_ms"],
+                                                   ev.get("command_id"), ev.get("reason"), records)
+    elif t in ("requeued", "failed", "accepted") and ev.get("batch_id") in view.batches:
+        view.batches[ev["batch_id"]].status = t
+
+
+def fold_result(view: BatchView, res: Mapping[str, Any]) -> None:
+    if res.get("org_id") != view.org_id:
+        return
+    batch = view.batches.get(res.get("batch_id") or "")
+    if batch is not None:
+        batch.results[res["request_id"]] = dict(res)
+
+
+def build_view(org_id: str, events: Iterable[Mapping[str, Any]],
+               results: Iterable[Mapping[str, Any]] = ()) -> BatchView:
+    view = BatchView(org_id)
+    for ev in events:
+        fold(view, ev)
+    for res in results:
+        fold_result(view, res)
+    return view

@@ -1,0 +1,248 @@
+"""``sevisflow student add-info``: SEVIS-only data the SIS does not hold, stored as events on sevis.events.
+
+What the SEVIS student batch schema (Create-UpdateStudent.xsd 6.55) can carry:
+
+* passport: only the *name as written in the passport* — ``PersonalInfo/FullName/PassportName``
+  (≤39 characters, no digits; ``FullName`` needs the student's ``LastName`` too). The schema
+  has no element for a student's passport number, issuing country or expiry date (Common.xsd's
+  TravelType is not used by the student schema): those are entered in SEVIS RTI.
+* dependents: ``Dependent/Add`` — name, birth date, gender, birth country, citizenship,
+  visa type (F-2 ``04`` / M-2 ``05``) and relationship (spouse ``01`` / child ``02``).
+
+Each piece becomes one SevisEvent with ``origin = "dso"``; the batcher treats it like any
+other change (review, hold, close). Values are checked against the XSD's rules and code
+lists before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import time
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sevisflow.cli.batch import KAFKA_TIMEOUT_S, check_kafka, org_of
+from sevisflow.cli.common import add_json_flag, print_json, settings_from_args
+from sevisflow.config import Settings
+from sevisflow.errors import SevisflowError
+from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.serde import registry
+
+EVENT_SCHEMA = "sevisflow.events.SevisEvent"
+SEVIS_ID = re.compile(r"^N\d{10}$")
+RELATIONSHIP = {"spouse": "01", "child": "02", "01": "01", "02": "02"}
+VISA = {"f-2": "04", "f2": "04", "04": "04", "m-2": "05", "m2": "05", "05": "05"}
+DEP_KEYS = {"last", "first", "birth-date", "gender", "birth-city", "birth-country", "citizenship",
+            "relationship", "visa", "email"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("student", help="add SEVIS-only information about a student (passport name, dependents)")
+    p.add_argument("--org", default=None, help="the school's SEVIS code (default: school.org_id of the settings)")
+    ssub = p.add_subparsers(dest="student_command", metavar="ACTION", required=True)
+    a = ssub.add_parser("add-info", help="record passport name / dependents for the next batch",
+                        description="Record SEVIS-only data; it goes into the open batch like any other change.")
+    a.add_argument("student", help="the student's id in the SIS (student key)")
+    a.add_argument("--passport", metavar="NAME",
+                   help="the name exactly as printed in the passport (SEVIS PassportName, ≤39 characters, no "
+                        "digits). Passport numbers and dates cannot be sent by batch: enter them in SEVIS RTI")
+    a.add_argument("--last-name", help="the student's last name in SEVIS (needed with --passport when the "
+                                       "pipeline has not seen it)")
+    a.add_argument("--dependent", action="append", default=[], metavar="SPEC",
+                   help="a new F-2/M-2 dependent, e.g. \"last=Li,first=Mei,birth-date=2019-03-02,gender=F,"
+                        "birth-country=CH,citizenship=CH,relationship=child,visa=F-2\" (birth-city, email optional); "
+                        "repeat for several")
+    a.add_argument("--sevis-id", help="the student's SEVIS ID (N + 10 digits) when the pipeline does not know it")
+    a.add_argument("--print-form", choices=("true", "false"), default=None,
+                   help="ask SEVIS for a new I-20 (default: true for dependents, false for the passport name)")
+    add_json_flag(a)
+    a.set_defaults(func=cmd_add_info)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@lru_cache(maxsize=4)
+def code_list(xsd_dir: str, type_name: str) -> frozenset[str] | None:
+    """The enumeration of a SEVISTable.xsd simple type, or None when the XSDs are not there."""
+    path = Path(xsd_dir) / "SEVISTable.xsd"
+    if not path.exists():
+        return None
+    from lxml import etree
+
+    ns = {"xs": "http://www.w3.org/2001/XMLSchema"}
+    tree = etree.parse(str(path))
+    values = tree.xpath(f"//xs:simpleType[@name='{type_name}']//xs:enumeration/@value", namespaces=ns)
+    return frozenset(str(v) for v in values)
+
+
+def _name(value: str, what: str, max_len: int, required: bool = True) -> str:
+    value = value.strip()
+    if not value:
+        if required:
+            raise SevisflowError(f"{what} is required")
+        return value
+    if len(value) > max_len:
+        raise SevisflowError(f"{what} is {len(value)} characters long; SEVIS allows at most {max_len}")
+    if any(c.isdigit() for c in value):
+        raise SevisflowError(f"{what} may not contain digits (SEVIS rule)"
+                             + ("; passport numbers cannot be sent in a student batch — enter them in SEVIS RTI"
+                                if what == "passport name" else ""))
+    return value
+
+
+def _country(value: str, what: str, settings: Settings, type_name: str) -> str:
+    value = value.strip().upper()
+    codes = code_list(settings.sevis.xsd_dir, type_name)
+    if codes is None:
+        if not re.fullmatch(r"[A-Z]{2}", value):
+            raise SevisflowError(f"{what} {value!r} is not a two-letter SEVIS country code")
+    elif value not in codes:
+        raise SevisflowError(f"{what} {value!r} is not a SEVIS country code ({type_name}); SEVIS uses its own "
+                             "codes, e.g. CH = China, GM = Germany, KS = South Korea")
+    return value
+
+
+def parse_dependent(spec: str, settings: Settings) -> dict[str, Any]:
+    """``key=value,…`` → the content of ``Dependent/Add``; raises with a clear message."""
+    fields: dict[str, str] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise SevisflowError(f"--dependent: {part.strip()!r} is not key=value")
+        k, v = part.split("=", 1)
+        k = k.strip().lower()
+        if k not in DEP_KEYS:
+            raise SevisflowError(f"--dependent: unknown key {k!r} (known: {', '.join(sorted(DEP_KEYS))})")
+        fields[k] = v.strip()
+    missing = [k for k in ("last", "birth-date", "gender", "birth-country", "citizenship", "relationship")
+               if not fields.get(k)]
+    if missing:
+        raise SevisflowError(f"--dependent: {', '.join(missing)} missing")
+    try:
+        born = date.fromisoformat(fields["birth-date"])
+    except ValueError:
+        raise SevisflowError(f"--dependent: birth-date {fields['birth-date']!r} is not a date (YYYY-MM-DD)") from None
+    if born > date.today():
+        raise SevisflowError("--dependent: birth-date is in the future")
+    gender = fields["gender"].upper()
+    if gender not in ("M", "F", "U"):
+        raise SevisflowError("--dependent: gender must be M, F or U")
+    rel = RELATIONSHIP.get(fields["relationship"].lower())
+    if rel is None:
+        raise SevisflowError("--dependent: relationship must be spouse or child")
+    visa = VISA.get(fields.get("visa", "F-2").lower())
+    if visa is None:
+        raise SevisflowError("--dependent: visa must be F-2 or M-2")
+    full = {"LastName": _name(fields["last"], "dependent's last name", 80)}
+    if fields.get("first"):
+        full["FirstName"] = _name(fields["first"], "dependent's first name", 80)
+    payload: dict[str, Any] = {
+        "FullName": full, "BirthDate": born.isoformat(), "Gender": gender,
+        "BirthCountryCode": _country(fields["birth-country"], "birth-country", settings, "BirthCntryCodeType"),
+        "CitizenshipCountryCode": _country(fields["citizenship"], "citizenship", settings, "CntryCodeWithoutType"),
+        "VisaType": visa, "Relationship": rel,
+    }
+    if fields.get("birth-city"):
+        if len(fields["birth-city"]) > 100:
+            raise SevisflowError("--dependent: birth-city is longer than 100 characters")
+        payload["BirthCity"] = fields["birth-city"]
+    if fields.get("email"):
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", fields["email"]):
+            raise SevisflowError("--dependent: email is not an e-mail address")
+        payload["Email"] = fields["email"]
+    return payload
+
+
+# ----------------------------------------------------------------------------- what the pipeline knows
+
+
+def known_student(settings: Settings, org: str, student: str) -> dict[str, Any]:
+    """SEVIS ID, last name and display name of a student from the latest events on sevis.events."""
+    info: dict[str, Any] = {"sevis_id": None, "last_name": None, "display_name": None, "seen": False}
+    for msg in read_topic(settings.kafka, settings.topics.events, timeout_s=KAFKA_TIMEOUT_S * 3):
+        if msg.value() is None:
+            continue
+        ev = registry().decode(msg.value(), EVENT_SCHEMA)
+        if ev["org_id"] != org or ev["student_key"] != student:
+            continue
+        info["seen"] = True
+        info["sevis_id"] = ev.get("sevis_id") or info["sevis_id"]
+        info["display_name"] = ev.get("display_name") or info["display_name"]
+        try:
+            payload = orjson.loads(ev["payload_json"])
+        except orjson.JSONDecodeError:
+            continue
+        full = (payload.get("PersonalInfo") or {}).get("FullName") if ev["kind"] == "Create" else payload.get("FullName")
+        if isinstance(full, dict) and full.get("LastName"):
+            info["last_name"] = full["LastName"]
+    return info
+
+
+def _event(org: str, student: str, sevis_id: str, kind: str, ckey: str, payload: dict[str, Any],
+           after: dict[str, Any], display_name: str | None, at_ms: int) -> dict[str, Any]:
+    digest = hashlib.sha256(orjson.dumps([org, student, kind, payload, at_ms], option=orjson.OPT_SORT_KEYS))
+    return {"event_id": f"dso-{digest.hexdigest()[:24]}", "org_id": org, "student_key": student,
+            "sevis_id": sevis_id, "kind": kind, "coalesce_key": ckey, "payload_json": orjson.dumps(payload).decode(),
+            "before_json": orjson.dumps({k: None for k in after}).decode(), "after_json": orjson.dumps(after).decode(),
+            "origin": "dso", "display_name": display_name, "problems": [], "processor_version": "cli",
+            "lineage": []}
+
+
+def cmd_add_info(args: argparse.Namespace) -> int:
+    if not args.passport and not args.dependent:
+        raise SevisflowError("nothing to add: give --passport and/or --dependent")
+    if args.sevis_id and not SEVIS_ID.fullmatch(args.sevis_id):
+        raise SevisflowError(f"--sevis-id {args.sevis_id!r} is not a SEVIS ID (N followed by 10 digits)")
+    settings = settings_from_args(args)
+    org = org_of(args, settings)
+    passport = _name(args.passport, "passport name", 39) if args.passport else None
+    dependents = [parse_dependent(spec, settings) for spec in args.dependent]
+    check_kafka(settings, [settings.topics.events])
+    known = known_student(settings, org, args.student)
+    sevis_id = args.sevis_id or known["sevis_id"]
+    if not sevis_id:
+        raise SevisflowError(f"no SEVIS ID is known for student {args.student}: SEVIS-only data can be sent once "
+                             "the student is in SEVIS; give the ID with --sevis-id N0000000000")
+    at_ms = int(time.time() * 1000)
+    events = []
+    if passport:
+        last = args.last_name or known["last_name"]
+        if not last:
+            raise SevisflowError(f"the last name of student {args.student} is not known to the pipeline; give it "
+                                 "with --last-name (SEVIS needs it next to the passport name)")
+        pf = args.print_form or "false"
+        events.append(_event(org, args.student, sevis_id, "PersonalInfo", "PersonalInfo.PassportName",
+                             {"@printForm": pf, "FullName": {"LastName": _name(last, "last name", 80),
+                                                             "PassportName": passport}},
+                             {"passport_name": passport}, known["display_name"], at_ms))
+    for dep in dependents:
+        pf = args.print_form or "true"
+        ident = hashlib.sha256(orjson.dumps([dep["FullName"], dep["BirthDate"]], option=orjson.OPT_SORT_KEYS))
+        label = f"{dep['FullName']['LastName']}, {dep['FullName'].get('FirstName', '')} " \
+                f"({'spouse' if dep['Relationship'] == '01' else 'child'}, born {dep['BirthDate']})"
+        events.append(_event(org, args.student, sevis_id, "Dependent.Add", f"Dependent:new-{ident.hexdigest()[:10]}",
+                             {"@printForm": pf, **dep}, {"new_dependent": label}, known["display_name"], at_ms))
+    producer = make_producer(settings.kafka)
+    errors: list[Any] = []
+    for ev in events:
+        produce(producer, settings.topics.events, org.encode(), registry().encode(EVENT_SCHEMA, ev),
+                on_delivery=delivery_raiser(errors))
+    flush_or_raise(producer, errors, timeout_s=KAFKA_TIMEOUT_S * 2)
+    if args.json:
+        print_json({"student_key": args.student, "sevis_id": sevis_id,
+                    "events": [{"event_id": e["event_id"], "kind": e["kind"], "coalesce_key": e["coalesce_key"]}
+                               for e in events]})
+    else:
+        what = (["passport name"] if passport else []) + [f"dependent {i + 1}" for i in range(len(dependents))]
+        print(f"Stored for student {args.student} ({sevis_id}): {', '.join(what)}. "
+              "They appear in `sevisflow batch show` as soon as the batcher has them, and go to SEVIS with the "
+              "next batch you close.")
+    return 0

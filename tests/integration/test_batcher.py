@@ -1,0 +1,321 @@
+"""The batcher against a real Kafka: exactly-once close, crash recovery, rollover, rebalance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import pytest
+
+from processors.batcher import batcher_topics
+from processors.batcher import run as run_batcher
+from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from processors.batcher.view import BatchView, build_view
+from sevisflow.cli import main as cli_main
+from sevisflow.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.serde import registry
+from sevisflow.topics import pipeline_topics
+from tests.helpers import REPO, make_settings
+
+pytestmark = pytest.mark.integration
+
+DSO = "DSOUSER001"
+ORG2 = "XYZ214F00001000"
+FAST = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+# ----------------------------------------------------------------------------- helpers (shared with test_batcher_cli)
+
+
+def batcher_settings(kafka_stack, unique, **school):
+    return make_settings(kafka_stack, unique=unique, school={"org_id": ORG, "timezone": "America/Chicago", **school})
+
+
+def setup_topics(settings) -> None:
+    ensure_topics(settings.kafka, pipeline_topics(settings) + batcher_topics(settings))
+
+
+def write_config(settings, path: Path) -> Path:
+    t = settings.topics
+    path.write_text(
+        f'[kafka]\nbootstrap_servers = "{settings.kafka.bootstrap_servers}"\n'
+        f'[school]\norg_id = "{settings.school.org_id}"\ntimezone = "{settings.school.timezone}"\n'
+        f'[sevis]\nxsd_dir = "{settings.sevis.xsd_dir}"\n'
+        f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
+        f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n')
+    return path
+
+
+def send(settings, topic: str, schema: str, records: list[dict[str, Any]]) -> None:
+    producer = make_producer(settings.kafka)
+    errors: list[Any] = []
+    for r in records:
+        produce(producer, topic, r["org_id"].encode(), registry().encode(schema, r), on_delivery=delivery_raiser(errors))
+    flush_or_raise(producer, errors)
+
+
+def send_events(settings, events) -> None:
+    send(settings, settings.topics.events, "sevisflow.events.SevisEvent", events)
+
+
+def send_command(settings, cmd) -> None:
+    send(settings, settings.topics.commands, "sevisflow.commands.BatchCommand", [cmd])
+
+
+def batch_events(settings) -> list[dict[str, Any]]:
+    return [registry().decode(m.value(), "sevisflow.batches.BatchEvent")
+            for m in read_topic(settings.kafka, settings.topics.batches) if m.value() is not None]
+
+
+def wait_for(settings, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 40.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        evs = batch_events(settings)
+        if pred(evs):
+            return evs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; last types: {[e['type'] for e in evs][-10:]}")
+        time.sleep(0.3)
+
+
+def view_of(settings, org: str = ORG) -> BatchView:
+    return build_view(org, batch_events(settings))
+
+
+def closed_of(evs, org: str = ORG) -> list[dict[str, Any]]:
+    return [e for e in evs if e["type"] == "closed" and e["org_id"] == org]
+
+
+def records_of(closed_event) -> list[dict[str, Any]]:
+    return orjson.loads(closed_event["records_json"])
+
+
+class Batcher:
+    """The batcher in a thread of the test process."""
+
+    def __init__(self, settings, instance: str = "t1") -> None:
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                run_batcher(settings, self.stop_event, instance=instance, consumer_overrides=FAST)
+            except BaseException as exc:  # noqa: BLE001 - reported by stop()
+                self.error = exc
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        if self.error:
+            raise self.error
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_swap(monkeypatch):
+    """cli.main() installs a log handler on the (captured) stderr of the moment; keep pytest's instead."""
+    monkeypatch.setattr("sevisflow.log.configure", lambda *a, **k: None)
+
+
+@pytest.fixture
+def env(kafka_stack, unique):
+    settings = batcher_settings(kafka_stack, unique)
+    setup_topics(settings)
+    return settings
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_close_while_events_keep_arriving(env, tmp_path, capsys):
+    """Several DSO closes while 300 events stream in: each event in exactly one batch, none lost."""
+    cfg = write_config(env, tmp_path / "sevisflow.toml")
+    batcher = Batcher(env)
+    events = [event(f"S{i:04d}", n=i) for i in range(300)]
+    sent_ids = {e["event_id"] for e in events}
+
+    def stream() -> None:
+        for i in range(0, 300, 10):
+            send_events(env, events[i:i + 10])
+            time.sleep(0.2)
+
+    producer = threading.Thread(target=stream)
+    try:
+        producer.start()
+        closes = 0
+        while producer.is_alive():
+            code = cli_main(["--config", str(cfg), "batch", "close", "--dso", DSO, "--json"])
+            out = capsys.readouterr()
+            assert code in (0, 1), out.err
+            closes += code == 0
+            time.sleep(0.1)
+        producer.join()
+        assert closes >= 1
+        evs = wait_for(env, lambda evs: sum(len(records_of(c)) for c in closed_of(evs))
+                       + build_view(ORG, evs).counts()["records"] == 300)
+        if build_view(ORG, evs).counts()["records"]:
+            assert cli_main(["--config", str(cfg), "batch", "close", "--dso", DSO]) == 0
+            evs = batch_events(env)
+    finally:
+        batcher.stop()
+    closed = closed_of(evs)
+    assert len(closed) >= 2
+    placed = [eid for c in closed for r in records_of(c) for eid in r["event_ids"]]
+    assert sorted(placed) == sorted(sent_ids)  # nothing lost, nothing twice
+    ids = [c["batch_id"] for c in closed]
+    assert len(set(ids)) == len(ids) and ids == sorted(ids)
+
+
+def test_kill_9_between_close_and_publish_gives_exactly_one_batch(env, tmp_path):
+    cfg = write_config(env, tmp_path / "sevisflow.toml")
+    argv = [sys.executable, "-m", "processors.batcher", "--config", str(cfg), "--instance", "crash",
+            "--session-timeout-ms", "6000", "--log-level", "WARNING"]
+    proc_env = dict(os.environ, SEVISFLOW_BATCHER_FAULT="kill_before_commit_close", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(argv, cwd=REPO, env=proc_env)
+    try:
+        send_events(env, [event(f"S{i}", n=i) for i in range(5)])
+        wait_for(env, lambda evs: sum(e["type"] == "record_added" for e in evs) == 5)
+        cmd = command("close", "close-crash-1", dso_user_id=DSO, at_ms=BASE_MS)
+        send_command(env, cmd)
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert closed_of(batch_events(env)) == []  # the uncommitted close is invisible
+    del proc_env["SEVISFLOW_BATCHER_FAULT"]
+    proc = subprocess.Popen(argv, cwd=REPO, env=proc_env)
+    try:
+        evs = wait_for(env, lambda evs: len(closed_of(evs)) >= 1)
+        send_command(env, cmd)  # the same command again: still one batch
+        send_events(env, [event("S99", n=99)])
+        evs = wait_for(env, lambda evs: any(e["type"] == "record_added" and "S99" in e["record_json"] for e in evs))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    closed = closed_of(evs)
+    assert len(closed) == 1
+    assert sorted(r["student_key"] for r in records_of(closed[0])) == [f"S{i}" for i in range(5)]
+
+
+def test_600_updates_make_three_batches_in_order(env):
+    batcher = Batcher(env)
+    try:
+        send_events(env, [event(f"S{i:04d}", n=i) for i in range(600)])
+        wait_for(env, lambda evs: build_view(ORG, evs).counts()["records"] == 600)
+        send_command(env, command("close", "c600", dso_user_id=DSO, at_ms=BASE_MS))
+        evs = wait_for(env, lambda evs: len(closed_of(evs)) == 3)
+    finally:
+        batcher.stop()
+    closed = closed_of(evs)
+    assert [len(records_of(c)) for c in closed] == [250, 250, 100]
+    assert [c["batch_id"] for c in closed] == sorted(c["batch_id"] for c in closed)
+    assert [r["student_key"] for c in closed for r in records_of(c)] == [f"S{i:04d}" for i in range(600)]
+    assert all(len(c["batch_id"]) == 14 and c["closed_by"] == DSO and c["at_ms"] == BASE_MS for c in closed)
+
+
+def test_coalesce_undo_hold_release_and_waiting_updates(env):
+    batcher = Batcher(env)
+    try:
+        send_events(env, [
+            event("S1", n=1, before={"email": "a"}, after={"email": "b"}),
+            event("S1", n=2, before={"email": "b"}, after={"email": "c"}),          # replaces n=1
+            event("S2", "Program.Extension", n=3, coalesce_key="Program.EndDate",
+                  before={"end": "2026-05-15"}, after={"end": "2026-12-15"}),
+            event("S2", "Program.Shorten", n=4, coalesce_key="Program.EndDate",
+                  before={"end": "2026-12-15"}, after={"end": "2026-05-15"}),        # undoes n=3
+            event("S3", "Create", n=5, payload={"@printForm": "true"}),
+            event("S3", "Registration", n=6, sevis_id=None),                         # waits for the ID
+            event("S4", n=7),
+        ])
+        send_command(env, command("hold", "h1", student_key="S4", dso_user_id=DSO))
+        wait_for(env, lambda evs: any(e["type"] == "student_held" for e in evs))
+        view = view_of(env)
+        assert sorted(view.records) == ["S1:PersonalInfo", "S3:Create", "S3:Registration", "S4:PersonalInfo"]
+        assert view.records["S1:PersonalInfo"]["after"] == {"email": "c"}
+        assert view.records["S3:Registration"]["status"] == "waiting"
+        assert view.records["S4:PersonalInfo"]["status"] == "held"
+        send_command(env, command("close", "c1", dso_user_id=DSO, at_ms=BASE_MS))
+        evs = wait_for(env, lambda evs: len(closed_of(evs)) == 1)
+        (first,) = closed_of(evs)
+        assert sorted(r["record_id"] for r in records_of(first)) == ["S1:PersonalInfo", "S3:Create"]
+        create = next(r for r in records_of(first) if r["kind"] == "Create")
+        send(env, env.topics.results, "sevisflow.results.SevisResult",
+             [result(first["batch_id"], create["request_id"], status="success", sevis_id="N0000012345")])
+        send_command(env, command("release", "r1", student_key="S4", dso_user_id=DSO))
+        wait_for(env, lambda evs: any(e["type"] == "student_released" for e in evs)
+                 and any(e["type"] == "record_released" and "S3" in e["record_json"] for e in evs))
+        send_command(env, command("close", "c2", dso_user_id=DSO, at_ms=BASE_MS))
+        evs = wait_for(env, lambda evs: len(closed_of(evs)) == 2)
+    finally:
+        batcher.stop()
+    second = closed_of(evs)[1]
+    recs = {r["record_id"]: r for r in records_of(second)}
+    assert sorted(recs) == ["S3:Registration", "S4:PersonalInfo"]
+    assert recs["S3:Registration"]["sevis_id"] == "N0000012345"
+    assert second["batch_id"] > first["batch_id"]
+
+
+def test_batch_ids_unique_across_restarts_and_two_instances(env):
+    """Every close uses the same requested time (skewed clocks): ids still never repeat."""
+    ids: dict[str, list[str]] = {ORG: [], ORG2: []}
+    n = 0
+
+    def close_both() -> None:
+        nonlocal n
+        for org in (ORG, ORG2):
+            n += 1
+            send_events(env, [event(f"S{n}", n=n, org=org)])
+        # a DSO closes what they saw: wait until both schools show their new record
+        wait_for(env, lambda evs: all(build_view(o, evs).counts()["records"] == 1 for o in ids), timeout=60)
+        for org in (ORG, ORG2):
+            send_command(env, command("close", f"c{n}-{org}", dso_user_id=DSO, org=org, at_ms=BASE_MS))
+        evs = wait_for(env, lambda evs: all(len(closed_of(evs, o)) == len(ids[o]) + 1 for o in ids), timeout=60)
+        for org in ids:
+            ids[org] = [c["batch_id"] for c in closed_of(evs, org)]
+
+    running: list[Batcher] = []
+    try:
+        running.append(Batcher(env, instance="a"))
+        close_both()
+        running.pop().stop()
+        running.append(Batcher(env, instance="a"))    # restart
+        close_both()
+        running.append(Batcher(env, instance="b"))    # second instance: rebalance
+        close_both()
+        running.pop(0).stop()                          # b takes everything after a's session times out
+        close_both()
+    finally:
+        for b in running:
+            b.stop()
+    for org, got in ids.items():
+        assert len(got) == 4 and len(set(got)) == 4 and got == sorted(got), got
+        assert all(len(x) == 14 for x in got)
+
+
+def test_scheduled_close_runs_in_the_batcher(kafka_stack, unique):
+    """close_at in the past today: the batcher's idle tick sends one close command for today and closes."""
+    settings = batcher_settings(kafka_stack, unique, close_at="00:00", close_dso=DSO)
+    setup_topics(settings)
+    send_events(settings, [event("S1", n=1), event("S2", n=2)])  # before the batcher starts: one poll sees both
+    batcher = Batcher(settings)
+    try:
+        evs = wait_for(settings, lambda evs: len(closed_of(evs)) == 1)
+        send_events(settings, [event("S3", n=3)])
+        wait_for(settings, lambda evs: any(e["type"] == "record_added" and "S3" in e["record_json"] for e in evs))
+        time.sleep(3)  # more idle ticks: the day is decided, no second close
+        evs = batch_events(settings)
+    finally:
+        batcher.stop()
+    (closed,) = closed_of(evs)
+    assert closed["command_id"].startswith(f"scheduled:{ORG}:") and closed["closed_by"] == DSO
+    assert sorted(r["student_key"] for r in records_of(closed)) == ["S1", "S2"]

@@ -1,0 +1,328 @@
+"""The batch state machine without Kafka: coalescing, undo, waiting, hold, close, requeue, schedule."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.batcher import core
+from processors.batcher.core import CommandIn, EventIn, Publish, Reject, ResultIn, School, SendCommand, Tick, apply
+from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from processors.batcher.ids import BATCH_ID_LEN, REQUEST_ID_MAX
+
+DSO = "DSOUSER001"
+
+
+def run(state: School, *inputs):
+    outs = []
+    for inp in inputs:
+        state, o = apply(state, inp)
+        outs += o
+    return state, outs
+
+
+def ev(e, at=None):
+    return EventIn(e, at or BASE_MS)
+
+
+def types(outs):
+    return [o.event["type"] for o in outs if isinstance(o, Publish)]
+
+
+def closed(outs):
+    return [o.event for o in outs if isinstance(o, Publish) and o.event["type"] == "closed"]
+
+
+def recs(closed_event):
+    return orjson.loads(closed_event["records_json"])
+
+
+def fresh():
+    return School(ORG)
+
+
+def test_first_record_opens_batch_and_is_added():
+    s, outs = run(fresh(), ev(event("S1", n=1)))
+    assert types(outs) == ["opened", "record_added"]
+    (rec,) = s.records.values()
+    assert rec["record_id"] == "S1:PersonalInfo" and rec["status"] == "open" and rec["rev"] == s.revision == 2
+
+
+def test_apply_does_not_mutate_input_state():
+    s1, _ = run(fresh(), ev(event("S1", n=1)))
+    snapshot = orjson.dumps(s1.records, option=orjson.OPT_SORT_KEYS)
+    run(s1, ev(event("S1", n=2)), CommandIn(command("close", "c1", dso_user_id=DSO)))
+    assert orjson.dumps(s1.records, option=orjson.OPT_SORT_KEYS) == snapshot
+
+
+def test_later_change_of_same_kind_replaces_and_says_why():
+    s, outs = run(fresh(), ev(event("S1", n=1, before={"email": "a"}, after={"email": "b"})),
+                  ev(event("S1", n=2, before={"email": "b"}, after={"email": "c"})))
+    assert types(outs)[-1] == "record_replaced"
+    rep = [o.event for o in outs if o.event["type"] == "record_replaced"][0]
+    assert "replaces event ev-S1-PersonalInfo-1" in rep["reason"]
+    (rec,) = s.records.values()
+    assert rec["event_ids"] == ["ev-S1-PersonalInfo-1", "ev-S1-PersonalInfo-2"]
+    assert rec["before"] == {"email": "a"} and rec["after"] == {"email": "c"}
+    assert rec["replaced"][0]["by_event_id"] == "ev-S1-PersonalInfo-2"
+    assert len(rec["lineage"]) == 2
+
+
+def test_coalescing_merges_changed_elements_of_the_same_kind():
+    a = event("S1", n=1, payload={"@printForm": "false", "Email": "a@x.edu"}, before={"email": "o"}, after={"email": "a"})
+    b = event("S1", n=2, payload={"@printForm": "false", "Telephone": {"TelephoneExemptInd": "N"}},
+              before={"phone": "1"}, after={"phone": "2"})
+    s, _ = run(fresh(), ev(a), ev(b))
+    assert s.records["S1:PersonalInfo"]["payload"] == {"@printForm": "false", "Email": "a@x.edu",
+                                                       "Telephone": {"TelephoneExemptInd": "N"}}
+    ext = event("S2", "Program.Extension", n=3, coalesce_key="Program.EndDate",
+                payload={"@printForm": "true", "NewPrgEndDate": "2027-01-01", "Explanation": "x"})
+    sho = event("S2", "Program.Shorten", n=4, coalesce_key="Program.EndDate",
+                payload={"@printForm": "true", "NewPrgEndDate": "2026-01-01"})
+    s, _ = run(s, ev(ext), ev(sho))
+    rec = s.records["S2:Program.EndDate"]
+    assert rec["kind"] == "Program.Shorten" and rec["payload"] == {"@printForm": "true", "NewPrgEndDate": "2026-01-01"}
+
+
+def test_requeue_of_only_some_records():
+    s, _ = run(fresh(), ev(event("S1", n=1)), ev(event("S2", n=2)))
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    bid = closed(outs)[0]["batch_id"]
+    s, outs = run(s, CommandIn(command("requeue", f"requeue-{bid}-xsd", batch_id=bid, record_ids=["S2:PersonalInfo"])))
+    assert sorted(s.records) == ["S2:PersonalInfo"]
+
+
+def test_different_kinds_are_separate_records():
+    s, _ = run(fresh(), ev(event("S1", n=1)), ev(event("S1", "Registration", n=2)))
+    assert sorted(s.records) == ["S1:PersonalInfo", "S1:Registration"]
+
+
+def test_undo_leaves_no_record():
+    later = event("S1", "Program.Extension", n=1, coalesce_key="Program.EndDate",
+                  before={"program_end": "2026-05-15"}, after={"program_end": "2026-12-15"})
+    back = event("S1", "Program.Shorten", n=2, coalesce_key="Program.EndDate",
+                 before={"program_end": "2026-12-15"}, after={"program_end": "2026-05-15"})
+    s, outs = run(fresh(), ev(later), ev(back))
+    assert s.records == {}
+    assert types(outs)[-1] == "record_removed"
+    assert "undone by event" in outs[-1].event["reason"]
+    _, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    assert types(outs) == ["command_rejected"]
+
+
+def test_partial_undo_keeps_record_with_original_before():
+    a = event("S1", n=1, before={"email": "a", "phone": "1"}, after={"email": "b", "phone": "2"})
+    b = event("S1", n=2, before={"email": "b"}, after={"email": "a"})
+    s, _ = run(fresh(), ev(a), ev(b))
+    (rec,) = s.records.values()
+    assert rec["before"] == {"email": "a", "phone": "1"} and rec["after"] == {"email": "a", "phone": "2"}
+
+
+def test_update_without_sevis_id_waits_until_create_result():
+    create = event("S9", "Create", n=1, payload={"@printForm": "true", "IssueReason": "I"})
+    upd = event("S9", n=2, sevis_id=None)
+    s, outs = run(fresh(), ev(create), ev(upd))
+    assert s.records["S9:PersonalInfo"]["status"] == "waiting"
+    assert types(outs)[-1] == "record_waiting"
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    (c,) = closed(outs)
+    assert [r["kind"] for r in recs(c)] == ["Create"]
+    assert "S9:PersonalInfo" in s.records  # still waiting in the next batch
+    create_req = recs(c)[0]["request_id"]
+    s, outs = run(s, ResultIn(result(c["batch_id"], create_req, status="success", sevis_id="N0012345678"), BASE_MS))
+    assert types(outs) == ["record_released"]
+    rec = s.records["S9:PersonalInfo"]
+    assert rec["status"] == "open" and rec["sevis_id"] == "N0012345678"
+    s, outs = run(s, ev(event("S9", "Registration", n=3, sevis_id=None)))
+    assert s.records["S9:Registration"]["status"] == "open"  # the batcher remembers the SEVIS ID
+
+
+def test_failed_create_keeps_updates_waiting_with_a_problem():
+    s, _ = run(fresh(), ev(event("S9", "Create", n=1)), ev(event("S9", n=2, sevis_id=None)))
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    (c,) = closed(outs)
+    s, outs = run(s, ResultIn(result(c["batch_id"], recs(c)[0]["request_id"], status="failure",
+                                     error_code="S1004"), BASE_MS))
+    assert s.records["S9:PersonalInfo"]["status"] == "waiting"
+    assert "S1004" in s.records["S9:PersonalInfo"]["problems"][-1]
+
+
+def test_hold_and_release():
+    s, _ = run(fresh(), ev(event("S1", n=1)), ev(event("S2", n=2)))
+    s, outs = run(s, CommandIn(command("hold", "h1", student_key="S1", dso_user_id=DSO, reason="check passport")))
+    assert types(outs) == ["record_held", "student_held"]
+    s, outs = run(s, ev(event("S1", "Registration", n=3)))
+    assert s.records["S1:Registration"]["status"] == "held"
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    assert [r["student_key"] for r in recs(closed(outs)[0])] == ["S2"]
+    assert sorted(s.records) == ["S1:PersonalInfo", "S1:Registration"]
+    s, outs = run(s, CommandIn(command("release", "r1", student_key="S1", dso_user_id=DSO)))
+    assert types(outs) == ["record_released", "record_released", "student_released"]
+    assert {r["status"] for r in s.records.values()} == {"open"}
+
+
+def test_close_is_idempotent_per_command_id():
+    s, _ = run(fresh(), ev(event("S1", n=1)))
+    s, outs1 = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    s, _ = run(s, ev(event("S2", n=2)))
+    s, outs2 = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    assert len(closed(outs1)) == 1 and outs2 == []
+    assert "S2:PersonalInfo" in s.records
+
+
+def test_close_takes_only_what_was_reviewed():
+    s, _ = run(fresh(), ev(event("S1", n=1)), ev(event("S2", n=2)))
+    reviewed = s.revision
+    ids = sorted(s.records)
+    # during the DSO's review: a new record, and a change to a reviewed one
+    s, _ = run(s, ev(event("S3", n=3)), ev(event("S2", n=4, before={"x": 1}, after={"x": 2})))
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO, record_ids=ids, reviewed_revision=reviewed)))
+    (c,) = closed(outs)
+    assert [r["student_key"] for r in recs(c)] == ["S1"]
+    assert "changed after revision" in c["reason"]
+    assert sorted(s.records) == ["S2:PersonalInfo", "S3:PersonalInfo"]
+    assert types(outs)[-1] == "opened"
+
+
+def test_close_records_dso_and_command_time_and_rejects_bad_user_id():
+    s, _ = run(fresh(), ev(event("S1", n=1)))
+    _, outs = run(s, CommandIn(command("close", "bad", dso_user_id="short")))
+    assert types(outs) == ["command_rejected"] and "exactly 10" in outs[0].event["reason"]
+    at = BASE_MS + 123_456
+    _, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO, at_ms=at)))
+    (c,) = closed(outs)
+    assert c["closed_by"] == DSO and c["at_ms"] == at
+    assert len(c["batch_id"]) == BATCH_ID_LEN
+
+
+def test_600_updates_roll_over_into_three_batches_in_order():
+    s = fresh()
+    for i in range(600):
+        s, _ = apply(s, ev(event(f"S{i:04d}", n=i)))
+    for i in range(3):  # creates go into the same documents, ≤250 each
+        s, _ = apply(s, ev(event(f"C{i}", "Create", n=1000 + i)))
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    docs = closed(outs)
+    assert [len(recs(d)) for d in docs] == [253, 250, 100]
+    ids = [d["batch_id"] for d in docs]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    students = [r["student_key"] for d in docs for r in recs(d) if r["section"] == "update"]
+    assert students == [f"S{i:04d}" for i in range(600)]
+    first = recs(docs[0])
+    assert [r["section"] for r in first[:3]] == ["create"] * 3  # creates first
+    for d in docs:
+        rids = [r["request_id"] for r in recs(d)]
+        assert len(set(rids)) == len(rids)
+        assert all(1 <= len(x) <= REQUEST_ID_MAX and not set(x) & set(":/\\ ") for x in rids)
+        assert sum(r["section"] == "update" for r in recs(d)) <= 250
+    assert s.records == {}
+
+
+def test_batch_ids_strictly_increase_even_when_clock_goes_back():
+    s = fresh()
+    seen = []
+    for i, at in enumerate([BASE_MS, BASE_MS, BASE_MS - 50_000, BASE_MS + 1]):
+        s, _ = apply(s, ev(event(f"S{i}", n=i)))
+        s, outs = apply(s, CommandIn(command("close", f"c{i}", dso_user_id=DSO, at_ms=at)))
+        seen.append(closed(outs)[0]["batch_id"])
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+def test_requeue_puts_records_back_and_next_close_gets_a_new_batch_id():
+    s, _ = run(fresh(), ev(event("S1", n=1, before={"e": "a"}, after={"e": "b"})), ev(event("S2", n=2)))
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    first = closed(outs)[0]
+    s, _ = run(s, ev(event("S1", n=3, before={"e": "b"}, after={"e": "c"})))  # newer change meanwhile
+    s, outs = run(s, CommandIn(command("requeue", "q1", batch_id=first["batch_id"], reason="S0013")))
+    assert types(outs)[-1] == "requeued"
+    assert s.records["S1:PersonalInfo"]["before"] == {"e": "a"}  # what SEVIS still has
+    assert s.records["S1:PersonalInfo"]["after"] == {"e": "c"}
+    _, outs = run(s, CommandIn(command("requeue", "q2", batch_id=first["batch_id"])))
+    assert types(outs) == ["command_rejected"]
+    s, outs = run(s, CommandIn(command("close", "c2", dso_user_id=DSO, at_ms=BASE_MS)))
+    second = closed(outs)[0]
+    assert second["batch_id"] > first["batch_id"]
+    assert sorted(r["student_key"] for r in recs(second)) == ["S1", "S2"]
+
+
+def test_duplicate_event_is_ignored():
+    e = event("S1", n=1)
+    s, _ = run(fresh(), ev(e))
+    s2, outs = run(s, ev(e))
+    assert outs == [] and s2.records == s.records
+
+
+def test_bad_event_goes_to_dlq_without_personal_data():
+    e = event("S1", n=1, display_name="Secret Name")
+    e["payload_json"] = "{not json"
+    s, outs = run(fresh(), ev(e))
+    assert isinstance(outs[0], Reject) and "Secret" not in outs[0].reason
+    assert s.records == {}
+
+
+def _tick(local: str, close_at="16:30", tz="America/Chicago", dso=DSO):
+    dt = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo(tz))
+    return Tick(int(dt.timestamp() * 1000), tz, close_at, dso)
+
+
+def test_scheduled_close_fires_once_a_day_at_local_time_and_skips_empty():
+    s, _ = run(fresh(), ev(event("S1", n=1)))
+    s, outs = run(s, _tick("2025-03-08T16:29:59"))
+    assert outs == []
+    s, outs = run(s, _tick("2025-03-08T16:30:05"))
+    (cmd,) = [o.command for o in outs if isinstance(o, SendCommand)]
+    assert cmd["command_id"] == f"scheduled:{ORG}:2025-03-08" and cmd["dso_user_id"] == DSO
+    due = datetime(2025, 3, 8, 16, 30, tzinfo=ZoneInfo("America/Chicago"))
+    assert cmd["requested_at_ms"] == int(due.timestamp() * 1000)
+    s, outs = run(s, _tick("2025-03-08T18:00:00"))
+    assert outs == []
+    # DST starts on 2025-03-09 in Chicago: still 16:30 local
+    s, _ = run(s, CommandIn(cmd))
+    s, outs = run(s, _tick("2025-03-09T16:31:00"))
+    assert outs == [] and s.sched_date == "2025-03-09"  # empty batch: skipped, decided
+    s, _ = run(s, ev(event("S2", n=2)))
+    s, outs = run(s, _tick("2025-03-10T16:30:00"))
+    (cmd,) = [o.command for o in outs if isinstance(o, SendCommand)]
+    assert cmd["requested_at_ms"] == int(datetime(2025, 3, 10, 16, 30, tzinfo=ZoneInfo("America/Chicago")).timestamp() * 1000)
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("ev"), st.integers(0, 5), st.sampled_from(["PersonalInfo", "Registration"]), st.integers(0, 3)),
+    st.tuples(st.just("close"), st.integers(0, 3)),
+    st.tuples(st.just("hold"), st.integers(0, 5)),
+    st.tuples(st.just("release"), st.integers(0, 5)),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_property_every_event_ends_up_in_exactly_one_place(program):
+    """Each non-undone event is in exactly one closed batch or still open; BatchIDs unique; ≤250."""
+    s = fresh()
+    closed_events = []
+    sent = set()
+    for i, op in enumerate(program):
+        if op[0] == "ev":
+            _, stu, kind, val = op
+            e = event(f"S{stu}", kind, n=i, before={"v": 0}, after={"v": val})
+            sent.add(e["event_id"])
+            s, outs = apply(s, EventIn(e, BASE_MS + i))
+        elif op[0] == "close":
+            s, outs = apply(s, CommandIn(command("close", f"c{i}", dso_user_id=DSO, at_ms=BASE_MS + op[1])))
+        else:
+            s, outs = apply(s, CommandIn(command(op[0], f"{op[0]}{i}", student_key=f"S{op[1]}")))
+        closed_events += closed(outs)
+    ids = [c["batch_id"] for c in closed_events]
+    assert len(set(ids)) == len(ids)
+    placed = [eid for c in closed_events for r in recs(c) for eid in r["event_ids"]]
+    placed += [eid for r in s.records.values() for eid in r["event_ids"]]
+    assert len(placed) == len(set(placed))
+    assert set(placed) <= sent
+    for c in closed_events:
+        keys = [r["record_id"] for r in recs(c)]
+        assert len(keys) == len(set(keys))  # at most one record per student and kind
