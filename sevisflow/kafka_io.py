@@ -194,7 +194,7 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0,
         ends: dict[int, int] = {}
         assign = []
         for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            low, high = _watermarks(consumer, TopicPartition(topic, p), timeout_s)
             begin = max(low, (start or {}).get(p, low))
             if high > begin:
                 ends[p] = high
@@ -221,6 +221,24 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0,
                 done.add(msg.partition())
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """Low and high watermark, retrying while a new leader catches up (right after a broker loss)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not err.retriable() and err.code() not in (KafkaError.OFFSET_NOT_AVAILABLE,
+                                                          KafkaError.LEADER_NOT_AVAILABLE,
+                                                          KafkaError.NOT_LEADER_FOR_PARTITION):
+                raise
+            if time.monotonic() > deadline:
+                raise UnreachableError(f"no watermarks for {tp.topic}[{tp.partition}]: {err.str()}") from exc
+            time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- exactly-once loop
@@ -316,7 +334,8 @@ class TransactionalLoop:
     def __init__(self, kafka: KafkaSettings, group_id: str, input_topics: Sequence[str],
                  handler: RecordHandler, transactional_id: str | None = None,
                  state_topic: str | None = None, batch_size: int = 500, batch_timeout_s: float = 0.2,
-                 on_idle: Callable[[StateStore], Iterable[Output]] | None = None) -> None:
+                 on_idle: Callable[[StateStore], Iterable[Output]] | None = None,
+                 consumer_overrides: Mapping[str, Any] | None = None) -> None:
         self.kafka = kafka
         self.group_id = group_id
         self.input_topics = list(input_topics)
@@ -331,6 +350,7 @@ class TransactionalLoop:
         # A stable transactional id is also the consumer's static group membership: a restarted
         # instance takes its partitions back at once instead of waiting for the session timeout.
         static = {"group.instance.id": transactional_id, "session.timeout.ms": 30000} if transactional_id else {}
+        static.update(consumer_overrides or {})
         self.consumer = make_consumer(kafka, group_id, **static)
         self.producer = make_producer(kafka, transactional_id=self.transactional_id)
         self.processed = 0
@@ -456,7 +476,7 @@ def restore_partition(kafka: KafkaSettings, topic: str, partition: int, timeout_
     consumer = make_consumer(kafka, group_id=f"sevisflow-restore-{uuid.uuid4().hex[:12]}")
     try:
         tp = TopicPartition(topic, partition)
-        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        low, high = _watermarks(consumer, tp, timeout_s)
         if high <= low:
             return data
         consumer.assign([TopicPartition(topic, partition, low)])
