@@ -15,6 +15,10 @@ service's log tail, see :class:`~sevisflow.errors.StackError`):
 4. Kafka jars present (fetched once with Maven into the user cache, see kafka/pom.xml);
 5. ``kafka-storage format`` (KRaft, single combined broker+controller), start, wait until
    the broker answers metadata requests.
+
+Options: ``kafka_security="sasl_ssl"`` (TLS with client certificates + SASL/SCRAM, the CA and
+certificates made at start by deploy/local/tls.py) and ``kafka_brokers=3`` (a three-node KRaft
+cluster, deploy/local/cluster.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -258,110 +263,327 @@ def java_bin() -> str:
     return java
 
 
+SECURITY_MODES = ("plaintext", "sasl_ssl")
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+ADMIN_USER = "admin"
+CLIENT_USER = "sevisflow"
+
+
 @dataclass
-class KafkaInfo:
+class KafkaNode:
+    """One broker+controller JVM of a multi-node local cluster (see deploy/local/cluster.py)."""
+
+    node_id: int
     port: int
     controller_port: int
+    home: str
     datadir: str
     log: str
     pid: int = 0
+    heap: str = ""
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
 
-class KafkaService:
-    """A single-node KRaft Kafka (combined broker + controller) that can run transactions."""
+@dataclass
+class KafkaInfo:
+    """A running local Kafka: one node, or several (``nodes``) for the cluster option.
 
-    def __init__(self, base: Path, heap: str = "768m") -> None:
+    With ``security="sasl_ssl"`` the client listener requires TLS with a client
+    certificate signed by the stack's CA plus SASL/SCRAM-SHA-512; ``tls_dir`` holds
+    the PEM files and ``sasl_password_file`` the client user's password (0600).
+    """
+
+    port: int
+    controller_port: int
+    datadir: str
+    log: str
+    pid: int = 0
+    security: str = "plaintext"
+    tls_dir: str = ""
+    sasl_username: str = ""
+    sasl_password_file: str = ""
+    nodes: list[KafkaNode] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        if self.nodes:
+            return ",".join(n.bootstrap for n in self.nodes)
+        return f"127.0.0.1:{self.port}"
+
+    def all_pids(self) -> list[int]:
+        return [n.pid for n in self.nodes] if self.nodes else [self.pid]
+
+    def all_ports(self) -> list[int]:
+        if self.nodes:
+            return [p for n in self.nodes for p in (n.port, n.controller_port)]
+        return [self.port, self.controller_port]
+
+    def kafka_settings(self) -> dict[str, str]:
+        """The ``[kafka]`` settings (sevisflow.config field names) that reach this Kafka.
+
+        The password is passed as ``file:<path>`` so nothing printed or saved holds it.
+        """
+        out = {"bootstrap_servers": self.bootstrap}
+        if self.security == "sasl_ssl":
+            tls = Path(self.tls_dir)
+            out.update({
+                "security_protocol": "SASL_SSL",
+                "ssl_ca_location": str(tls / "ca.pem"),
+                "ssl_certificate_location": str(tls / "client.pem"),
+                "ssl_key_location": str(tls / "client.key"),
+                "ssl_key_password": f"file:{tls / 'client.key.password'}",
+                "sasl_mechanism": SCRAM_MECHANISM,
+                "sasl_username": self.sasl_username,
+                "sasl_password": f"file:{self.sasl_password_file}",
+            })
+        return out
+
+    def probe_config(self) -> dict[str, object]:
+        """librdkafka settings for the stack's own readiness probe (secrets read from their files)."""
+        conf: dict[str, object] = {"bootstrap.servers": self.bootstrap}
+        if self.security == "sasl_ssl":
+            tls = Path(self.tls_dir)
+            conf.update({
+                "security.protocol": "SASL_SSL", "ssl.ca.location": str(tls / "ca.pem"),
+                "ssl.certificate.location": str(tls / "client.pem"), "ssl.key.location": str(tls / "client.key"),
+                "ssl.key.password": (tls / "client.key.password").read_text().strip(),
+                "sasl.mechanism": SCRAM_MECHANISM, "sasl.username": self.sasl_username,
+                "sasl.password": Path(self.sasl_password_file).read_text().strip(),
+            })
+        return conf
+
+
+@dataclass(frozen=True)
+class _Security:
+    """What the broker configs of a secured stack need: TLS files and the SCRAM users' passwords."""
+
+    mode: str
+    tls_dir: str = ""
+    admin_password: str = ""
+    client_password_file: str = ""
+
+    @classmethod
+    def prepare(cls, mode: str, home: Path) -> "_Security":
+        if mode not in SECURITY_MODES:
+            raise StackError("Kafka security", f"unknown security mode {mode!r}; use one of {', '.join(SECURITY_MODES)}")
+        if mode == "plaintext":
+            return cls(mode)
+        from deploy.local.tls import make_tls_files
+
+        secret_dir = home / "secrets"
+        tls = make_tls_files(secret_dir)
+        client_pw = secrets.token_hex(16)
+        pw_file = secret_dir / "sasl.password"
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(client_pw)
+        return cls(mode, tls_dir=tls.dir, admin_password=secrets.token_hex(16), client_password_file=str(pw_file))
+
+    def client_password(self) -> str:
+        return Path(self.client_password_file).read_text().strip()
+
+    def format_args(self) -> list[str]:
+        """``kafka-storage format --add-scram`` arguments: the SCRAM users exist from the first start."""
+        if self.mode == "plaintext":
+            return []
+        return ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={self.admin_password}]",
+                "--add-scram", f"{SCRAM_MECHANISM}=[name={CLIENT_USER},password={self.client_password()}]"]
+
+
+def broker_properties(node_id: int, port: int, controller_port: int, voters: str, data: Path,
+                      security: _Security, internal_rf: int = 1) -> dict[str, str]:
+    """server.properties of one combined broker+controller node.
+
+    ``voters`` is the static controller quorum (``1@127.0.0.1:p1,2@…``); ``internal_rf`` the
+    replication factor of the offsets and transaction-state topics (1 on one node, 3 on a cluster,
+    with min.isr 2, so transactions survive the loss of one node).
+    """
+    client = "SASL_SSL" if security.mode == "sasl_ssl" else "PLAINTEXT"
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters,
+        "listeners": f"{client}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"{client}://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": client,
+        "listener.security.protocol.map": f"{client}:{client},CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": str(internal_rf),
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": str(internal_rf),
+        "transaction.state.log.min.isr": str(min(2, internal_rf)),
+        "transaction.state.log.num.partitions": "10",
+        "share.coordinator.state.topic.replication.factor": str(internal_rf),
+        "share.coordinator.state.topic.min.isr": str(min(2, internal_rf)),
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        "log.flush.interval.messages": "9223372036854775807",
+        "log.retention.hours": "-1",
+    }
+    if internal_rf > 1:
+        # fail over quickly: a dead node is fenced (and leaves the ISRs) after 3 s, not 9 s
+        props.update({
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "3000",
+            "controller.quorum.election.timeout.ms": "1000",
+            "controller.quorum.fetch.timeout.ms": "2000",
+            "default.replication.factor": str(internal_rf),
+            "min.insync.replicas": str(min(2, internal_rf)),
+            "unclean.leader.election.enable": "false",
+            "num.replica.fetchers": "1",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "background.threads": "2",
+            "log.cleaner.threads": "1",
+        })
+    if security.mode == "sasl_ssl":
+        tls = Path(security.tls_dir)
+        listener = client.lower()
+        props.update({
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.{listener}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{ADMIN_USER}" password="{security.admin_password}";',
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(tls / "broker.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(tls / "ca.pem"),
+            # mutual TLS on a SASL_SSL listener needs the listener prefix (the bare key applies to SSL listeners only)
+            f"listener.name.{listener}.ssl.client.auth": "required",
+            "ssl.endpoint.identification.algorithm": "https",
+        })
+    return props
+
+
+def write_node_files(home: Path, props: dict[str, str]) -> tuple[Path, Path]:
+    """Write server.properties (0600: it may hold the inter-broker password) and log4j2.properties."""
+    home.mkdir(parents=True, exist_ok=True)
+    props_file = home / "server.properties"
+    fd = os.open(props_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(f"{k}={v}\n" for k, v in props.items()))
+    log = home / "server.log"
+    (home / "log4j2.properties").write_text(
+        "status = error\n"
+        "appender.file.type = File\nappender.file.name = file\n"
+        f"appender.file.fileName = {log}\n"
+        "appender.file.layout.type = PatternLayout\nappender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+        "rootLogger.level = INFO\nrootLogger.appenderRef.file.ref = file\n"
+        "logger.kafka.name = kafka\nlogger.kafka.level = WARN\n"
+        "logger.state.name = state.change.logger\nlogger.state.level = WARN\n"
+        "logger.org.name = org.apache.kafka\nlogger.org.level = WARN\n"
+        "logger.started.name = kafka.server.KafkaRaftServer\nlogger.started.level = INFO\n"
+    )
+    return props_file, log
+
+
+def java_cmd(home: Path, heap: str) -> list[str]:
+    """The JVM command line (small heap, serial GC, C1 only: quick to start on small machines)."""
+    libs = ensure_kafka_jars()
+    return [java_bin(), f"-Xmx{heap}", "-Xss1m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+            "-cp", f"{libs}/*"]
+
+
+def format_storage(home: Path, heap: str, cluster_id: str, security: _Security) -> None:
+    """``kafka-storage format`` for one node (creating the SCRAM users of a secured stack)."""
+    _run("Kafka storage format", java_cmd(home, heap) + [
+        "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(home / "server.properties"),
+        "--ignore-formatted"] + security.format_args(), log=home / "server.log")
+
+
+def launch_node(home: Path, heap: str) -> subprocess.Popen[bytes]:
+    """Start one node in its own process group (so a stop or kill -9 reaches the whole JVM)."""
+    stdout = open(home / "stdout.log", "ab")
+    try:
+        return subprocess.Popen(java_cmd(home, heap) + ["kafka.Kafka", str(home / "server.properties")],
+                                stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        stdout.close()
+
+
+class KafkaService:
+    """A single-node KRaft Kafka (combined broker + controller) that can run transactions.
+
+    ``security="sasl_ssl"`` makes the one client listener require TLS (the stack's CA, a client
+    certificate) and SASL/SCRAM-SHA-512; the users ``admin`` (inter-broker) and ``sevisflow`` (clients)
+    are created at format time. :meth:`KafkaInfo.kafka_settings` gives the client settings.
+    """
+
+    def __init__(self, base: Path, heap: str = "768m", security: str = "plaintext") -> None:
         self.base = base
         self.heap = heap
+        self.security = security
 
     def start(self) -> KafkaInfo:
-        libs = ensure_kafka_jars()
-        java = java_bin()
+        ensure_kafka_jars()
         home = self.base / "kafka"
         data = home / "data"
         data.mkdir(parents=True, exist_ok=True)
+        security = _Security.prepare(self.security, home)
         port, cport = free_port(), free_port()
         while cport == port:
             cport = free_port()
-        props = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{cport}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "log.dirs": str(data),
-            "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "transaction.state.log.num.partitions": "10",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "false",
-            "log.flush.interval.messages": "9223372036854775807",
-            "log.retention.hours": "-1",
-        }
-        (home / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        log = home / "server.log"
-        (home / "log4j2.properties").write_text(
-            "status = error\n"
-            "appender.file.type = File\nappender.file.name = file\n"
-            f"appender.file.fileName = {log}\n"
-            "appender.file.layout.type = PatternLayout\nappender.file.layout.pattern = [%d] %p %m (%c)%n\n"
-            "rootLogger.level = INFO\nrootLogger.appenderRef.file.ref = file\n"
-            "logger.kafka.name = kafka\nlogger.kafka.level = WARN\n"
-            "logger.state.name = state.change.logger\nlogger.state.level = WARN\n"
-            "logger.org.name = org.apache.kafka\nlogger.org.level = WARN\n"
-            "logger.started.name = kafka.server.KafkaRaftServer\nlogger.started.level = INFO\n"
-        )
-        base_cmd = [java, f"-Xmx{self.heap}", "-Xss1m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                    "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
-                    "-cp", f"{libs}/*"]
-        cluster_id = _kafka_cluster_id()
-        _run("Kafka storage format", base_cmd + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                                                  "-c", str(home / "server.properties"), "--ignore-formatted"], log=log)
-        stdout = open(home / "stdout.log", "wb")
-        proc = subprocess.Popen(base_cmd + ["kafka.Kafka", str(home / "server.properties")], stdout=stdout,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        info = KafkaInfo(port=port, controller_port=cport, datadir=str(data), log=str(log), pid=proc.pid)
+        props = broker_properties(1, port, cport, f"1@127.0.0.1:{cport}", data, security)
+        _, log = write_node_files(home, props)
+        format_storage(home, self.heap, _kafka_cluster_id(), security)
+        proc = launch_node(home, self.heap)
+        info = KafkaInfo(port=port, controller_port=cport, datadir=str(data), log=str(log), pid=proc.pid,
+                         security=self.security, tls_dir=security.tls_dir,
+                         sasl_username=CLIENT_USER if self.security != "plaintext" else "",
+                         sasl_password_file=security.client_password_file)
         self._wait_ready(info, proc, home)
         return info
 
     @staticmethod
-    def _wait_ready(info: KafkaInfo, proc: subprocess.Popen[bytes], home: Path, timeout_s: float = 90) -> None:
+    def _wait_ready(info: KafkaInfo, proc: subprocess.Popen[bytes], home: Path, timeout_s: float = 90,
+                    brokers: int = 1, port: int | None = None) -> None:
         from confluent_kafka.admin import AdminClient
 
+        port = port or info.port
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise StackError("Kafka start", f"broker exited with {proc.returncode}",
-                                 tail(Path(info.log)) or tail(home / "stdout.log"))
-            if port_open(info.port):
-                admin = AdminClient({"bootstrap.servers": info.bootstrap, "log_level": 0,
-                                     "logger": _null_logger()})
+                                 tail(home / "server.log") or tail(home / "stdout.log"))
+            if port_open(port):
+                conf = dict(info.probe_config(), log_level=0, logger=_null_logger())
+                conf["bootstrap.servers"] = f"127.0.0.1:{port}"
+                admin = AdminClient(conf)
                 try:
                     md = admin.list_topics(timeout=2)
-                    if md.brokers:
+                    if len(md.brokers) >= brokers:
                         return
                 except Exception:  # noqa: BLE001 - not ready yet, keep waiting
                     pass
             time.sleep(0.3)
         proc.kill()
         raise StackError("Kafka start", f"broker not ready within {timeout_s}s",
-                         tail(Path(info.log)) or tail(home / "stdout.log"))
+                         tail(home / "server.log") or tail(home / "stdout.log"))
 
     @staticmethod
     def stop(info: KafkaInfo, timeout_s: float = 30) -> None:
-        _terminate(info.pid, timeout_s)
+        """SIGTERM every node at once (a throwaway cluster need not shut down in order), SIGKILL stragglers."""
+        pids = [pid for pid in info.all_pids() if _alive(pid)]
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (timeout_s if len(pids) <= 1 else min(timeout_s, 15))
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            for pid in pids:
+                _reap(pid)
+            time.sleep(0.1)
+        for pid in info.all_pids():
+            _kill_if_alive(pid)
+            _reap(pid)
 
 
 def _null_logger():  # type: ignore[no-untyped-def]
@@ -455,14 +677,15 @@ class StackInfo:
         raw = json.loads((base / STATE_FILE).read_text())
         return cls(name=raw["name"], base=raw["base"],
                    postgres=PostgresInfo(**raw["postgres"]) if raw.get("postgres") else None,
-                   kafka=KafkaInfo(**raw["kafka"]) if raw.get("kafka") else None,
+                   kafka=_kafka_info_from(raw["kafka"]) if raw.get("kafka") else None,
                    extra=raw.get("extra", {}))
 
     def env(self) -> dict[str, str]:
         """SEVISFLOW_* variables that point the pipeline at this stack."""
         out = {}
         if self.kafka:
-            out["SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap
+            # secrets appear as file:<path> references, never as values
+            out.update({f"SEVISFLOW_KAFKA_{k.upper()}": v for k, v in self.kafka.kafka_settings().items()})
         if self.postgres:
             out["SEVISFLOW_POSTGRES_HOST"] = "127.0.0.1"
             out["SEVISFLOW_POSTGRES_PORT"] = str(self.postgres.port)
@@ -471,13 +694,24 @@ class StackInfo:
         return out
 
 
+def _kafka_info_from(raw: dict[str, object]) -> KafkaInfo:
+    fields = dict(raw)
+    fields["nodes"] = [KafkaNode(**n) for n in fields.get("nodes") or []]  # type: ignore[union-attr]
+    return KafkaInfo(**fields)  # type: ignore[arg-type]
+
+
 def stacks_root() -> Path:
     return Path(os.environ.get("SEVISFLOW_STACKS_DIR", Path.cwd() / ".local" / "stacks"))
 
 
 def start_stack(name: str | None = None, base: Path | None = None, postgres: bool = True, kafka: bool = True,
-                pg_timezone: str = "UTC", progress=print) -> StackInfo:  # type: ignore[no-untyped-def]
-    """Start PostgreSQL and/or Kafka in a fresh folder; stop what started if a later step fails."""
+                pg_timezone: str = "UTC", progress=print,  # type: ignore[no-untyped-def]
+                kafka_brokers: int = 1, kafka_security: str = "plaintext") -> StackInfo:
+    """Start PostgreSQL and/or Kafka in a fresh folder; stop what started if a later step fails.
+
+    ``kafka_brokers=3`` starts a three-node KRaft cluster (deploy/local/cluster.py) instead of
+    one node; ``kafka_security="sasl_ssl"`` makes Kafka require TLS + SASL/SCRAM.
+    """
     name = name or f"stack-{uuid.uuid4().hex[:8]}"
     if base is None:
         root = stacks_root()
@@ -492,8 +726,14 @@ def start_stack(name: str | None = None, base: Path | None = None, postgres: boo
             info.save()
             progress(f"  PostgreSQL ready on 127.0.0.1:{info.postgres.port}")
         if kafka:
-            progress("starting Kafka (KRaft, single node)…")
-            info.kafka = KafkaService(base).start()
+            if kafka_brokers > 1:
+                from deploy.local.cluster import KafkaCluster
+
+                progress(f"starting Kafka (KRaft, {kafka_brokers} nodes, {kafka_security})…")
+                info.kafka = KafkaCluster(base, nodes=kafka_brokers, security=kafka_security).start()
+            else:
+                progress(f"starting Kafka (KRaft, single node, {kafka_security})…")
+                info.kafka = KafkaService(base, security=kafka_security).start()
             info.save()
             progress(f"  Kafka ready on {info.kafka.bootstrap}")
     except BaseException:
@@ -509,8 +749,7 @@ def stop_stack(info: StackInfo, remove: bool = True) -> None:
         KafkaService.stop(info.kafka)
     if info.postgres:
         PostgresService.stop(info.postgres)
-    for port in [p for p in ((info.kafka.port, info.kafka.controller_port) if info.kafka else ())] + \
-            ([info.postgres.port] if info.postgres else []):
+    for port in (info.kafka.all_ports() if info.kafka else []) + ([info.postgres.port] if info.postgres else []):
         deadline = time.monotonic() + 10
         while port_open(port) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -524,7 +763,9 @@ def stack_status(info: StackInfo) -> dict[str, object]:
         "base": info.base,
         "postgres": {"port": info.postgres.port, "running": _alive(info.postgres.pid) and port_open(info.postgres.port)}
         if info.postgres else None,
-        "kafka": {"bootstrap": info.kafka.bootstrap, "running": _alive(info.kafka.pid) and port_open(info.kafka.port)}
+        "kafka": {"bootstrap": info.kafka.bootstrap, "security": info.kafka.security,
+                  "nodes": len(info.kafka.nodes) or 1,
+                  "running": all(_alive(pid) for pid in info.kafka.all_pids()) and port_open(info.kafka.port)}
         if info.kafka else None,
     }
 

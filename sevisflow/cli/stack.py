@@ -1,7 +1,8 @@
 """``sevisflow stack up|down|status``: the local Kafka + PostgreSQL for trying sevisflow out.
 
 ``up`` starts both services in the background and writes their addresses to
-``.local/stacks/<name>/stack.json`` and a ``.env`` file you can ``source``;
+``.local/stacks/<name>/stack.json`` and a ``.env`` file you can ``source`` (``--brokers 3``: a
+three-node KRaft cluster; ``--secure``: TLS + SASL/SCRAM, secrets passed as ``file:`` paths);
 ``down`` stops them and removes their data; ``status`` shows what runs.
 """
 
@@ -23,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up.add_argument("--name", default="default", help="stack name (several may run at once)")
     up.add_argument("--no-postgres", action="store_true", help="start only Kafka")
     up.add_argument("--no-kafka", action="store_true", help="start only PostgreSQL")
+    up.add_argument("--brokers", type=int, default=1, metavar="N",
+                    help="Kafka nodes: 1 (default) or 3 for a replicated KRaft cluster (RF 3, min.insync.replicas 2)")
+    up.add_argument("--secure", action="store_true",
+                    help="Kafka requires TLS (client certificates from a throwaway CA) and SASL/SCRAM-SHA-512")
     up.set_defaults(func=cmd_up)
     down = ssub.add_parser("down", help="stop a stack and delete its data")
     down.add_argument("--name", default="default")
@@ -40,8 +45,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     base = _base(args.name)
     if (base / "stack.json").exists():
         raise SevisflowError(f"stack {args.name!r} is already up ({base}); run `sevisflow stack down --name {args.name}`")
-    info = start_stack(name=args.name, base=base, postgres=not args.no_postgres, kafka=not args.no_kafka)
+    if args.brokers < 1:
+        raise SevisflowError("--brokers must be at least 1")
+    info = start_stack(name=args.name, base=base, postgres=not args.no_postgres, kafka=not args.no_kafka,
+                       kafka_brokers=args.brokers, kafka_security="sasl_ssl" if args.secure else "plaintext")
     env = info.env()
+    if args.brokers >= 3 and not args.no_kafka:
+        env["SEVISFLOW_KAFKA_REPLICATION_FACTOR"] = "3"
+        env["SEVISFLOW_KAFKA_MIN_INSYNC_REPLICAS"] = "2"
     (base / ".env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
     print(f"stack {args.name!r} is up. Point sevisflow at it with:\n  source {base / '.env'}")
     for k, v in env.items():
