@@ -1,8 +1,9 @@
-"""``sevisflow process normalize|events``: run one processor stage in the foreground until SIGTERM/Ctrl-C.
+"""``sevisflow process normalize|events|batcher``: run one processor stage in the foreground until SIGTERM/Ctrl-C.
 
 Each stage is exactly-once (Kafka transactions) and resumes where it stopped; run one normalize
 (it is the sequencer; a second instance takes over from the first) and any number of events
-instances (one per partition of ``sevisflow.students`` at most).
+instances (one per partition of ``sevisflow.students`` at most), and any number of batcher
+instances (schools are spread over the partitions of ``sevis.events``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from sevisflow.cli.common import settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("process", help="run a stream processor (normalize | events)",
+    p = sub.add_parser("process", help="run a stream processor (normalize | events | batcher)",
                        description="Run a processor stage in the foreground; stop it with Ctrl-C or SIGTERM.")
-    p.add_argument("stage", choices=("normalize", "events"),
-                   help="normalize: change topics → sevisflow.students; events: sevisflow.students → sevis.events")
-    p.add_argument("--instance", default=None, help="events: stable instance id (default $SEVISFLOW_INSTANCE or host)")
+    p.add_argument("stage", choices=("normalize", "events", "batcher"),
+                   help="normalize: change topics → sevisflow.students; events: sevisflow.students → sevis.events; "
+                        "batcher: sevis.events + commands + results → sevis.batches")
+    p.add_argument("--instance", default=None,
+                   help="events/batcher: stable instance id (default $SEVISFLOW_INSTANCE or host)")
     p.set_defaults(func=run)
 
 
@@ -32,8 +35,12 @@ def run(args: argparse.Namespace) -> int:
         from processors.normalize import run as run_normalize
 
         run_normalize(settings, stop)
-    else:
+    elif args.stage == "events":
         from processors.sevis_events import run as run_events
 
         run_events(settings, stop, args.instance)
+    else:
+        from processors.batcher.stage import run as run_batcher
+
+        run_batcher(settings, stop, args.instance)
     return 0
