@@ -224,17 +224,23 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0,
 
 
 def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
-    """Low and high watermark, retrying while a new leader catches up (right after a broker loss)."""
+    """Low and high watermark, retrying while a new leader takes over (right after a broker loss).
+
+    Each try waits at most 5 s: a request to a leader that just died can hang until it times
+    out, and the next try asks the partition's new leader.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+            low, high = consumer.get_watermark_offsets(tp, timeout=min(5.0, max(1.0, deadline - time.monotonic())))
             return int(low), int(high)
         except KafkaException as exc:
             err = exc.args[0]
             if not err.retriable() and err.code() not in (KafkaError.OFFSET_NOT_AVAILABLE,
                                                           KafkaError.LEADER_NOT_AVAILABLE,
-                                                          KafkaError.NOT_LEADER_FOR_PARTITION):
+                                                          KafkaError.NOT_LEADER_FOR_PARTITION,
+                                                          KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+                                                          KafkaError.REQUEST_TIMED_OUT):
                 raise
             if time.monotonic() > deadline:
                 raise UnreachableError(f"no watermarks for {tp.topic}[{tp.partition}]: {err.str()}") from exc
@@ -335,13 +341,16 @@ class TransactionalLoop:
                  handler: RecordHandler, transactional_id: str | None = None,
                  state_topic: str | None = None, batch_size: int = 500, batch_timeout_s: float = 0.2,
                  on_idle: Callable[[StateStore], Iterable[Output]] | None = None,
-                 consumer_overrides: Mapping[str, Any] | None = None) -> None:
+                 consumer_overrides: Mapping[str, Any] | None = None, state: StateStore | None = None,
+                 state_partitions: Iterable[int] | None = None) -> None:
         self.kafka = kafka
         self.group_id = group_id
         self.input_topics = list(input_topics)
         self.handler = handler
         self.state_topic = state_topic
-        self.state = StateStore()
+        self.state = state if state is not None else StateStore()
+        # which state partitions exist: None = the partition numbers assigned on the inputs
+        self.state_partitions = None if state_partitions is None else frozenset(state_partitions)
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
         self.on_idle = on_idle
@@ -460,8 +469,11 @@ class TransactionalLoop:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.state_topic:
-            for p in {tp.partition for tp in partitions}:
-                self.state.load_partition(p, restore_partition(self.kafka, self.state_topic, p))
+            wanted = {tp.partition for tp in partitions}
+            if self.state_partitions is not None:
+                wanted &= self.state_partitions
+            for p, data in restore_partitions(self.kafka, self.state_topic, sorted(wanted)).items():
+                self.state.load_partition(p, data)
         log.info("kafka.assigned", group=self.group_id, partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -472,34 +484,52 @@ class TransactionalLoop:
 
 def restore_partition(kafka: KafkaSettings, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes]:
     """Rebuild one partition of a compacted changelog into a dict (last value per key wins)."""
-    data: dict[bytes, bytes] = {}
+    return restore_partitions(kafka, topic, [partition], timeout_s)[partition]
+
+
+def restore_partitions(kafka: KafkaSettings, topic: str, partitions: Sequence[int],
+                       timeout_s: float = 60.0) -> dict[int, dict[bytes, bytes]]:
+    """Rebuild partitions of a compacted changelog into dicts (last value per key wins), one consumer for all."""
+    out: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+    if not partitions:
+        return out
     consumer = make_consumer(kafka, group_id=f"sevisflow-restore-{uuid.uuid4().hex[:12]}")
     try:
-        tp = TopicPartition(topic, partition)
-        low, high = _watermarks(consumer, tp, timeout_s)
-        if high <= low:
-            return data
-        consumer.assign([TopicPartition(topic, partition, low)])
+        ends: dict[int, int] = {}
+        assign = []
+        for p in partitions:
+            low, high = _watermarks(consumer, TopicPartition(topic, p), timeout_s)
+            if high > low:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, low))
+        if not assign:
+            return out
+        consumer.assign(assign)
         deadline = time.monotonic() + timeout_s
-        while True:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                position = consumer.position([tp])[0].offset
-                if position >= high:
-                    break
-                if time.monotonic() > deadline:
-                    raise UnreachableError(f"timed out restoring state from {topic}[{partition}]")
+        while ends:
+            msgs = consumer.consume(10000, 0.5)
+            if not msgs:
+                for tp in consumer.position([TopicPartition(topic, p) for p in list(ends)]):
+                    if tp.offset >= ends[tp.partition]:
+                        ends.pop(tp.partition)
+                if ends and time.monotonic() > deadline:
+                    raise UnreachableError(f"timed out restoring state from {topic}{sorted(ends)}")
                 continue
-            if msg.error():
-                raise UnreachableError(f"restoring state from {topic}[{partition}]: {msg.error().str()}")
-            key = msg.key()
-            if key is not None:
-                if msg.value() is None:
-                    data.pop(key, None)
-                else:
-                    data[key] = msg.value()
-            if msg.offset() + 1 >= high:
-                break
+            deadline = time.monotonic() + timeout_s
+            for msg in msgs:
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise UnreachableError(f"restoring state from {topic}[{msg.partition()}]: {msg.error().str()}")
+                p = msg.partition()
+                key = msg.key()
+                if key is not None:
+                    if msg.value() is None:
+                        out[p].pop(key, None)
+                    else:
+                        out[p][key] = msg.value()
+                if p in ends and msg.offset() + 1 >= ends[p]:
+                    ends.pop(p)
     finally:
         consumer.close()
-    return data
+    return out

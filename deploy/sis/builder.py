@@ -511,6 +511,8 @@ class SchoolBuilder:
         personal = total - school_funds - other_funds + rng.randint(0, 8000)
         return {"person_id": person_id, "academic_term_months": months, "tuition": tuition,
                 "living_expenses": living, "dependent_expenses": dependent_expenses,
-                "other_costs": other_costs, "personal_funds": personal,
+                "other_costs": other_costs,
+                "other_costs_remarks": refdata.OTHER_COST_REMARKS if other_costs else None,
+                "personal_funds": personal,
                 "school_funds": school_funds, "school_funds_remarks": remarks,
                 "other_funds": other_funds, "other_funds_source": source}

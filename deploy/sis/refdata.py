@@ -259,6 +259,7 @@ CIP_VOCATIONAL: tuple[str, ...] = (
 )
 CIP_LANGUAGE = "32.0109"  # Second Language Learning (intensive English)
 
+OTHER_COST_REMARKS = "Books, supplies and health insurance"
 SCHOOL_FUND_REMARKS: tuple[str, ...] = (
     "Graduate research assistantship", "Graduate teaching assistantship",
     "International merit scholarship", "Tuition waiver",

@@ -106,13 +106,16 @@ CREATE TABLE public.finance (
     living_expenses      integer NOT NULL DEFAULT 0 CHECK (living_expenses BETWEEN 0 AND 99999999),
     dependent_expenses   integer NOT NULL DEFAULT 0 CHECK (dependent_expenses BETWEEN 0 AND 99999999),
     other_costs          integer NOT NULL DEFAULT 0 CHECK (other_costs BETWEEN 0 AND 99999999),
+    other_costs_remarks  text,
     personal_funds       integer NOT NULL DEFAULT 0 CHECK (personal_funds BETWEEN 0 AND 99999999),
     school_funds         integer NOT NULL DEFAULT 0 CHECK (school_funds BETWEEN 0 AND 99999999),
     school_funds_remarks text,
     other_funds          integer NOT NULL DEFAULT 0 CHECK (other_funds BETWEEN 0 AND 99999999),
     other_funds_source   text,
     CONSTRAINT finance_school_funds_explained CHECK (school_funds = 0 OR school_funds_remarks IS NOT NULL),
-    CONSTRAINT finance_other_funds_explained CHECK (other_funds = 0 OR other_funds_source IS NOT NULL)
+    CONSTRAINT finance_other_funds_explained CHECK (other_funds = 0 OR other_funds_source IS NOT NULL),
+    -- SEVIS takes "other" costs only with remarks (FinancialInfo/Expense/Other/Remarks)
+    CONSTRAINT finance_other_costs_explained CHECK (other_costs = 0 OR other_costs_remarks IS NOT NULL)
 );
 
 CREATE TABLE public.dependent (

@@ -60,7 +60,7 @@ from processors.batcher.ids import user_id_problem
 from sevisflow.config import Settings
 from sevisflow.dlq import dead_letter
 from sevisflow.errors import ConfigError
-from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, make_consumer
+from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop
 from sevisflow.log import get_logger
 from sevisflow.serde import SerializationError, registry
 
@@ -330,14 +330,11 @@ def build_loop(settings: Settings, instance: str | None = None,
     group = group_id(settings)
     instance = instance or os.environ.get("SEVISFLOW_INSTANCE") or socket.gethostname()
     t = settings.topics
+    overrides: dict[str, Any] = {"partition.assignment.strategy": "range"}
+    overrides.update(consumer_overrides or {})
     loop = TransactionalLoop(settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
                              transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
-                             on_idle=stage.on_idle)
-    loop.consumer.close()
-    overrides = {"partition.assignment.strategy": "range", "group.instance.id": f"{group}-{instance}"}
-    overrides.update(consumer_overrides or {})
-    loop.consumer = make_consumer(settings.kafka, group, **overrides)
-    loop.state = BatcherStore()
+                             on_idle=stage.on_idle, consumer_overrides=overrides, state=BatcherStore())
     if stage.armed_fault == "kill_before_commit_close":
         loop.producer = _KillBeforeCommit(loop.producer, stage)  # type: ignore[assignment]
     return loop, stage

@@ -215,6 +215,7 @@ class TxMarker:
     tx_id: int | None
     event_count: int
     counts: dict[str, int]
+    lsn: int | None = None       # the LSN in Debezium's "txId:LSN" transaction id, when present
 
 
 def parse_tx_marker(value_bytes: bytes | None) -> TxMarker | None:
@@ -226,9 +227,11 @@ def parse_tx_marker(value_bytes: bytes | None) -> TxMarker | None:
         raise ChangeFormatError("transaction record is not JSON") from exc
     if not isinstance(raw, dict) or raw.get("status") not in ("BEGIN", "END"):
         raise ChangeFormatError("not a transaction BEGIN/END record")
-    tx_id = _int_or_none(str(raw.get("id", "")).split(":")[0])
+    id_parts = str(raw.get("id", "")).split(":")
+    tx_id = _int_or_none(id_parts[0])
+    id_lsn = _int_or_none(id_parts[1]) if len(id_parts) > 1 else None
     counts = {}
     for dc in raw.get("data_collections") or []:
         if isinstance(dc, dict) and dc.get("data_collection"):
             counts[str(dc["data_collection"])] = _int_or_none(dc.get("event_count")) or 0
-    return TxMarker(raw["status"], tx_id, _int_or_none(raw.get("event_count")) or 0, counts)
+    return TxMarker(raw["status"], tx_id, _int_or_none(raw.get("event_count")) or 0, counts, id_lsn)

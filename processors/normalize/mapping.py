@@ -102,6 +102,8 @@ class Mapping:
     references: tuple[Reference, ...]
     values: dict[str, ValueTable]
     origin: str = "mapping"
+    # visas of students SEVIS holds in another batch (J-1 → EV): their changes become dead letters
+    other_sevis_visas: frozenset[str] = frozenset()
 
     def tables(self) -> list[str]:
         """Every SIS table (schema.table) the mapping reads, in a stable order."""
@@ -156,8 +158,9 @@ def mapping_from_dict(raw: TMapping[str, Any], origin: str = "mapping") -> Mappi
     student_key = _need(st, "key", "[student]", origin)
     student_id = st.get("id", student_key)
     intl = raw.get("international", {})
-    _check_keys(intl, {"visa_types"}, "international", origin)
+    _check_keys(intl, {"visa_types", "not_reported_visa_types"}, "international", origin)
     visas = frozenset(intl.get("visa_types", ["01", "02"]))
+    other_visas = frozenset(intl.get("not_reported_visa_types", [])) - visas
 
     values: dict[str, ValueTable] = {}
     for name, spec in raw.get("values", {}).items():
@@ -233,7 +236,8 @@ def mapping_from_dict(raw: TMapping[str, Any], origin: str = "mapping") -> Mappi
                 values[ft.values] = _value_table(ft.values, {"builtin": ft.builtin_default}, origin)
     if "us_state" not in values:
         values["us_state"] = _value_table("us_state", {"builtin": "us_state_names"}, origin)
-    return Mapping(student_table, student_key, student_id, visas, tuple(feeds), tuple(references), values, origin)
+    return Mapping(student_table, student_key, student_id, visas, tuple(feeds), tuple(references), values, origin,
+                   other_visas)
 
 
 def _value_table(name: str, spec: Any, origin: str) -> ValueTable:

@@ -27,9 +27,10 @@ never are.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from processors.normalize.canonical import SECTIONS, ValueProblem, convert, new_view
 from processors.normalize.changes import RowChange, TxMarker
@@ -123,41 +124,47 @@ class Normalizer:
         if marker.status != "END" or marker.tx_id is None or not self.use_transactions:
             return Result()
         counts = {t: n for t, n in marker.counts.items() if t in self.tables}
-        q = list(self.kv.get("q") or [])
-        q.append({"tx": marker.tx_id, "counts": counts, "total": marker.event_count,
-                  "by_table": bool(marker.counts)})
-        self.kv.put("q", q)
+        q = self.kv.get("q") or []
+        entry = {"tx": marker.tx_id, "counts": counts, "total": marker.event_count, "by_table": bool(marker.counts)}
+        if marker.lsn is not None:
+            entry["lsn"] = marker.lsn
+        self.kv.put("q", [*q, entry])
         return self._flush()
 
     # ------------------------------------------------------------------ transactions
 
     def _flush(self) -> Result:
         out = Result()
-        q = list(self.kv.get("q") or [])
-        changed = False
-        while q:
-            head = q[0]
-            buf = [RowChange.from_json(d) for d in (self.kv.get(f"t:{head['tx']}") or [])]
-            if head["by_table"]:
-                have: dict[str, int] = {}
-                for c in buf:
-                    have[c.table] = have.get(c.table, 0) + 1
-                complete = all(have.get(t, 0) >= n for t, n in head["counts"].items())
-            else:
-                complete = len(buf) >= head["total"]
-            if not complete:
-                break
-            q.pop(0)
-            changed = True
-            self.kv.put(f"t:{head['tx']}", None)
-            if buf:
-                buf.sort(key=lambda c: (c.position, c.table, c.offset))
+        q = self.kv.get("q") or []
+        done = 0
+        while done < len(q):
+            head = q[done]
+            raw = self.kv.get(f"t:{head['tx']}") or []
+            upto = tuple((self.kv.get("m") or {}).get("upto", (-1, -1)))
+            # An END behind a transaction already applied means the transaction topic is not in commit
+            # order (it must have one partition). Its rows that arrive late are applied on arrival (they
+            # are behind ``upto``), so waiting for them would block every later transaction for good.
+            late = head.get("lsn") is not None and head["lsn"] < upto[0]
+            if not late:
+                if head["by_table"]:
+                    have: dict[str, int] = {}
+                    for d in raw:
+                        have[d["t"]] = have.get(d["t"], 0) + 1
+                    complete = all(have.get(t, 0) >= n for t, n in head["counts"].items())
+                else:
+                    complete = len(raw) >= head["total"]
+                if not complete:
+                    break
+            done += 1
+            if raw:
+                self.kv.put(f"t:{head['tx']}", None)
+                buf = sorted((RowChange.from_json(d) for d in raw), key=lambda c: (c.position, c.table, c.offset))
                 out.extend(self._apply_unit(buf))
                 meta = dict(self.kv.get("m") or {})
                 meta["upto"] = list(max(tuple(meta.get("upto", (-1, -1))), buf[-1].position))
                 self.kv.put("m", meta)
-        if changed:
-            self.kv.put("q", q or None)
+        if done:
+            self.kv.put("q", q[done:] or None)
         return out
 
     # ------------------------------------------------------------------ applying
@@ -185,7 +192,7 @@ class Normalizer:
         if skey not in before:
             # copy on first write in a unit: published views are never mutated afterwards
             before[skey] = view
-            view = copy.deepcopy(view) if view is not None else None
+            view = orjson.loads(orjson.dumps(view)) if view is not None else None  # JSON data only: faster than deepcopy
             if view is not None:
                 self.kv.put(f"v:{skey}", view)
         if view is None:
@@ -405,6 +412,10 @@ class Normalizer:
         touched.add(skey)
 
     def _finish(self, view: dict[str, Any]) -> None:
-        view["international"] = bool(view["exists"] and
-                                     view["student"].get("visa_type") in self.mapping.international_visas)
+        visa = view["student"].get("visa_type")
+        view["international"] = bool(view["exists"] and visa in self.mapping.international_visas)
+        if view["exists"] and visa in self.mapping.other_sevis_visas:
+            view["not_reported_visa"] = visa
+        else:
+            view.pop("not_reported_visa", None)
         self.kv.put(f"v:{view['student_key']}", view)

@@ -164,8 +164,10 @@ class _Builder:
 
 def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context) -> Derived:
     """Events and issues for one new version of a student's view."""
-    if new is None or not _intl(new):
+    if new is None:
         return Derived()
+    if not _intl(new):
+        return _not_reported(prev, new, ctx)
     b = _Builder(prev if _intl(prev) else None, new, ctx)
     p = b.prev
     if not _sevis_id(new):
@@ -197,6 +199,21 @@ def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context
     _status_events(b)
     _dependents(b)
     return b.out
+
+
+def _not_reported(prev: dict[str, Any] | None, new: dict[str, Any], ctx: Context) -> Derived:
+    """A student SEVIS holds in a batch sevisflow does not produce (J-1 → EV): what would have been an
+    event becomes an issue naming the update, so the RO/ARO files it in SEVIS; nothing is dropped silently."""
+    visa = new.get("not_reported_visa")
+    if not visa or (prev is not None and prev.get("not_reported_visa") != visa):
+        return Derived()
+    shadow = derive(None if prev is None else {**prev, "international": True}, {**new, "international": True}, ctx)
+    out = Derived()
+    for e in shadow.events:
+        what = "a new SEVIS record" if e["kind"] == "Create" else f"the update {e['kind']}"
+        out.issues.append(Issue("not_reported_visa", f"{visa} student: SEVIS needs {what}, which sevisflow cannot "
+                                f"send ({visa} records are updated in SEVIS RTI / the EV batch)", "student.visa_type"))
+    return out
 
 
 # ---------------------------------------------------------------------------- Create

@@ -78,7 +78,7 @@ class EventsStage:
         return outs
 
 
-def build_loop(settings: Settings, instance: str | None = None, batch_size: int = 500
+def build_loop(settings: Settings, instance: str | None = None, batch_size: int = 2000
                ) -> tuple[TransactionalLoop, EventsStage]:
     sfx = suffix(settings)
     group = f"{GROUP_ID}-{sfx}" if sfx else GROUP_ID

@@ -47,7 +47,8 @@ def base_rows(sevis_id: str | None = "N0001234567", visa: str | None = "F-1", st
                     "english_met": True, "english_not_required_reason": None, "is_current": True},
         "finance": {"person_id": 7, "academic_term_months": 9, "tuition": 30000, "living_expenses": 15000,
                     "dependent_expenses": 0, "other_costs": 0, "personal_funds": 50000, "school_funds": 0,
-                    "school_funds_remarks": None, "other_funds": 0, "other_funds_source": None},
+                    "school_funds_remarks": None, "other_funds": 0, "other_funds_source": None,
+                    "other_costs_remarks": None},
         "enrollment": {"enrollment_id": 74, "person_id": 7, "term_id": "2026FA", "status": "REGISTERED",
                        "credit_hours": Decimal("12.0"), "full_time": True, "confirmed_at": None},
     }

@@ -117,6 +117,7 @@ def check_school(school: School, today: date, max_age: int = 45) -> None:
         assert funds >= costs, f
         assert f["school_funds"] == 0 or f["school_funds_remarks"]
         assert f["other_funds"] == 0 or f["other_funds_source"]
+        assert f["other_costs"] == 0 or f["other_costs_remarks"]   # SEVIS takes other costs only with remarks
 
     spouses = Counter(d["person_id"] for d in school["dependent"]
                       if d["relationship"] == "SPOUSE" and d["status"] == "ACTIVE")
