@@ -213,6 +213,14 @@ class TopicSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    port: int = setting(0, "port of /metrics, /health and /ready for this process; 0 = off "
+                           "(conventional ports: deploy/systemd/*.env)")
+    host: str = setting("0.0.0.0", "address the metrics server listens on")
+    stall_after_s: float = setting(120.0, "/health fails when a stage's loop has not turned for this long")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything sevisflow can be told. Build it with :func:`load_settings`."""
 
@@ -222,6 +230,7 @@ class Settings:
     school: SchoolSettings = field(default_factory=SchoolSettings)
     sevis: SevisSettings = field(default_factory=SevisSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def replace(self, **sections: Mapping[str, Any]) -> "Settings":
         """A copy with some fields changed, e.g. ``replace(kafka={"bootstrap_servers": b})``."""

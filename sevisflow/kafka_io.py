@@ -28,8 +28,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from sevisflow.config import KafkaSettings
 from sevisflow.errors import TerminalError, UnreachableError
 from sevisflow.log import get_logger
+from sevisflow.serde import registry
+from sevisflow.observability import ConsumerLagSampler, Heartbeat, StageMetrics, register_probe, unregister_probe
 
 log = get_logger(__name__)
+DEAD_LETTER_SCHEMA = "sevisflow.dlq.DeadLetter"
 
 
 def client_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
@@ -342,7 +345,8 @@ class TransactionalLoop:
                  state_topic: str | None = None, batch_size: int = 500, batch_timeout_s: float = 0.2,
                  on_idle: Callable[[StateStore], Iterable[Output]] | None = None,
                  consumer_overrides: Mapping[str, Any] | None = None, state: StateStore | None = None,
-                 state_partitions: Iterable[int] | None = None) -> None:
+                 state_partitions: Iterable[int] | None = None, stage: str | None = None,
+                 stall_after_s: float = 120.0) -> None:
         self.kafka = kafka
         self.group_id = group_id
         self.input_topics = list(input_topics)
@@ -364,6 +368,23 @@ class TransactionalLoop:
         self.producer = make_producer(kafka, transactional_id=self.transactional_id)
         self.processed = 0
         self.aborts = 0
+        # observability: metrics labelled with the stage, a heartbeat for /health, a probe for /ready
+        self.stage = stage or group_id
+        self.metrics = StageMetrics(self.stage)
+        self.heartbeat = Heartbeat()
+        self.stall_after_s = stall_after_s
+        self._lag = ConsumerLagSampler(self.consumer, self.metrics)
+        self._polling = False
+        self._out_counts: dict[str, int] = {}
+        self._dead_letters = {}
+
+    def health(self) -> tuple[bool, str]:
+        """Alive while the loop keeps turning (a stuck transaction call shows up here)."""
+        age = self.heartbeat.age()
+        return (age <= self.stall_after_s, "ok" if age <= self.stall_after_s else f"loop stalled for {age:.0f}s")
+
+    def ready(self) -> tuple[bool, str]:
+        return (self._polling, "ok" if self._polling else "starting")
 
     # -- lifecycle
 
@@ -379,10 +400,15 @@ class TransactionalLoop:
             raise UnreachableError(f"could not initialise Kafka transactions: {exc.args[0].str()}") from exc
         self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
+        probe = f"{self.stage}:{self.transactional_id}"
+        register_probe(probe, self.health, self.ready)
         idle = 0
         try:
             while self._running:
+                self.heartbeat.beat()
                 batch = self.consumer.consume(self.batch_size, self.batch_timeout_s)
+                self._polling = True
+                self._lag.maybe_sample()
                 records = [m for m in batch if not self._is_error(m)]
                 idle_outputs = list(self.on_idle(self.state)) if (self.on_idle and not records) else []
                 if not records and not idle_outputs and not self.state.staged():
@@ -393,6 +419,7 @@ class TransactionalLoop:
                 idle = 0
                 self._process_in_transaction(records, idle_outputs)
         finally:
+            unregister_probe(probe)
             self.consumer.close()
             self.producer.flush(10)
 
@@ -411,6 +438,8 @@ class TransactionalLoop:
         return True
 
     def _process_in_transaction(self, records: list[Message], extra: list[Output]) -> None:
+        self._out_counts = {}
+        self._dead_letters: dict[str, int] = {}
         try:
             self.producer.begin_transaction()
             for out in extra:
@@ -428,16 +457,33 @@ class TransactionalLoop:
             if err.fatal():
                 raise TerminalError(f"Kafka transaction failed fatally ({err.str()}); restart the process") from exc
             log.warning("kafka.transaction_aborted", error=err.str(), records=len(records))
+            self.metrics.transaction("abort")
             self._abort_and_rewind()
             return
         except BaseException:
+            self.metrics.transaction("abort")
             self._abort_and_rewind()
             raise
         self.state.commit()
         self.processed += len(records)
+        self.metrics.transaction("commit")
+        self.metrics.batch(len(records))
+        per_topic: dict[str, int] = {}
+        for m in records:
+            per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
+        for topic, n in per_topic.items():
+            self.metrics.records_in(topic, n)
+        for topic, n in self._out_counts.items():
+            self.metrics.records_out(topic, n)
+        for code, n in self._dead_letters.items():
+            self.metrics.dead_letter(code, n)
 
     def _produce(self, out: Output) -> None:
         produce(self.producer, out.topic, out.key, out.value, partition=out.partition, headers=out.headers)
+        self._out_counts[out.topic] = self._out_counts.get(out.topic, 0) + 1
+        if out.value is not None and registry().schema_name_of(out.value) == DEAD_LETTER_SCHEMA:
+            code = registry().decode(out.value).get("code", "unknown")
+            self._dead_letters[code] = self._dead_letters.get(code, 0) + 1
 
     def _produce_state(self) -> None:
         if not self.state_topic:

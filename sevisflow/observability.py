@@ -214,6 +214,49 @@ class Heartbeat:
         return self.age() <= max_age_s
 
 
+# --------------------------------------------------------------------------- process-wide probes
+
+
+@dataclass
+class _Probe:
+    health: Callable[[], ReadyResult]
+    ready: Callable[[], ReadyResult]
+
+
+_PROBES: dict[str, _Probe] = {}
+_PROBES_LOCK = threading.Lock()
+
+
+def register_probe(name: str, health: Callable[[], ReadyResult], ready: Callable[[], ReadyResult]) -> None:
+    """Let a loop of this process take part in /health and /ready (e.g. each stage of ``sevisflow run``)."""
+    with _PROBES_LOCK:
+        _PROBES[name] = _Probe(health, ready)
+
+
+def unregister_probe(name: str) -> None:
+    with _PROBES_LOCK:
+        _PROBES.pop(name, None)
+
+
+def _all_probes(kind: str) -> ReadyResult:
+    """Healthy/ready when every registered probe is; the reason names the first that is not."""
+    with _PROBES_LOCK:
+        probes = dict(_PROBES)
+    for name, probe in sorted(probes.items()):
+        ok, why = _verdict(probe.health if kind == "health" else probe.ready)
+        if not ok:
+            return False, f"{name}: {why}"
+    return True, "ok"
+
+
+def serve_for(port: int, host: str = "0.0.0.0") -> "ObservabilityServer | None":
+    """Start the process's /metrics, /health and /ready on ``port`` (0 = off), backed by the probes."""
+    if port <= 0:
+        return None
+    return ObservabilityServer(port, process_registry(), ready=lambda: _all_probes("ready"),
+                               health=lambda: _all_probes("health"), host=host).start()
+
+
 # --------------------------------------------------------------------------- HTTP server
 
 

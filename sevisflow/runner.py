@@ -12,10 +12,11 @@ import importlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from sevisflow.config import Settings
 from sevisflow.log import get_logger
+from sevisflow.observability import serve_for
 
 log = get_logger(__name__)
 
@@ -49,8 +50,10 @@ class Pipeline:
     names: list[str]
     stop_event: threading.Event = field(default_factory=threading.Event)
     threads: list[StageThread] = field(default_factory=list)
+    server: Any = None
 
     def start(self) -> "Pipeline":
+        self.server = serve_for(self.settings.metrics.port, self.settings.metrics.host)
         for name in self.names:
             fn = stage_function(name)
             holder = StageThread(name, threading.Thread())
@@ -79,4 +82,7 @@ class Pipeline:
             t.thread.join(max(0.0, deadline - time.monotonic()))
             if t.thread.is_alive():
                 log.warning("stage.stop_timeout", stage=t.name)
+        if self.server:
+            self.server.stop()
+            self.server = None
         return self.failed()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 
@@ -32,3 +32,23 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells[1:]]
     return "\n".join(lines)
+
+
+def run_stage(settings: Settings, stage: Callable[..., None], *extra: Any) -> int:
+    """Run a long-lived stage in the foreground: SIGTERM/Ctrl-C ask it to drain and stop, and
+    /metrics, /health and /ready are served on ``metrics.port`` while it runs (when set)."""
+    import signal
+    import threading
+
+    from sevisflow.observability import serve_for
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = serve_for(settings.metrics.port, settings.metrics.host)
+    try:
+        stage(settings, stop, *extra)
+    finally:
+        if server:
+            server.stop()
+    return 0

@@ -9,10 +9,8 @@ instances (schools are spread over the partitions of ``sevis.events``).
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 
-from sevisflow.cli.common import settings_from_args
+from sevisflow.cli.common import run_stage, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,19 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     if args.stage == "normalize":
         from processors.normalize import run as run_normalize
 
-        run_normalize(settings, stop)
-    elif args.stage == "events":
+        return run_stage(settings, run_normalize)
+    if args.stage == "events":
         from processors.sevis_events import run as run_events
 
-        run_events(settings, stop, args.instance)
-    else:
-        from processors.batcher.stage import run as run_batcher
+        return run_stage(settings, run_events, args.instance)
+    from processors.batcher.stage import run as run_batcher
 
-        run_batcher(settings, stop, args.instance)
-    return 0
+    return run_stage(settings, run_batcher, args.instance)

@@ -9,11 +9,9 @@ state (the folder each sits in).
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
-from sevisflow.cli.common import add_json_flag, format_table, print_json, settings_from_args
+from sevisflow.cli.common import add_json_flag, format_table, print_json, run_stage, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,23 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.set_defaults(func=cmd_status)
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
-
-
 def cmd_xml(args: argparse.Namespace) -> int:
     from sinks.xml.stage import run
 
-    settings = settings_from_args(args)
-    run(settings, _stop_on_signals())
-    return 0
+    return run_stage(settings_from_args(args), run)
 
 
 def cmd_sevis(args: argparse.Namespace) -> int:
@@ -65,8 +50,7 @@ def cmd_sevis(args: argparse.Namespace) -> int:
         return 0
     from sinks.sevis.stage import run
 
-    run(settings, _stop_on_signals())
-    return 0
+    return run_stage(settings, run)
 
 
 def outbox_rows(settings: Any) -> list[dict[str, Any]]:

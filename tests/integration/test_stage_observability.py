@@ -1,0 +1,70 @@
+"""Every processor serves /metrics, /health and /ready when metrics.port is set."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from deploy.local.stack import free_port
+from sevisflow.kafka_io import ensure_topics
+from sevisflow.topics import all_topics
+from tests.helpers import REPO, make_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
+    settings = make_settings(kafka=kafka_stack, unique=unique)
+    ensure_topics(settings.kafka, all_topics(settings))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
+    env.update({
+        "SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS": kafka_stack.bootstrap,
+        "SEVISFLOW_METRICS_PORT": str(port),
+        "SEVISFLOW_METRICS_HOST": "127.0.0.1",
+        **{f"SEVISFLOW_TOPICS_{k.upper()}": getattr(settings.topics, k)
+           for k in ("students", "events", "commands", "batches", "results", "dlq")},
+    })
+    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.cli.__main__", "process", "batcher",
+                             "--instance", f"obs-{unique}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        ready = (0, "")
+        while time.monotonic() < deadline:
+            ready = _get(f"http://127.0.0.1:{port}/ready")
+            if ready[0] == 200:
+                break
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.5)
+        assert ready[0] == 200, ready
+        health = _get(f"http://127.0.0.1:{port}/health")
+        assert health[0] == 200, health
+        status, body = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert "sevisflow_transactions" in body and "sevisflow_consumer_lag" in body
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        assert proc.returncode == 0, proc.stderr.read()[-2000:]
+        assert time.monotonic() - started < 45, "SIGTERM did not drain within the bound"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
