@@ -55,7 +55,7 @@ def load_context(settings: Settings, with_sources: bool = True, timeout_s: float
     mapping = None
     if with_sources:
         try:
-            from processors.common import mapping_path
+            from processors.normalize.common import mapping_path
             from processors.normalize.mapping import load_mapping
 
             mapping = load_mapping(mapping_path(settings))
