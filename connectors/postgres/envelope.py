@@ -1,0 +1,372 @@
+"""Debezium change events as Kafka Connect's JsonConverter writes them — pure functions.
+
+One :class:`TableMeta` per captured table holds what the events of that table need
+(topic, column names and converters, primary-key columns, Connect schemas);
+:class:`EventBuilder` turns decoded rows into ``Record`` s (topic, key bytes, value bytes,
+headers). Nothing here does I/O, so snapshot, stream and tests share it.
+
+Envelope (value), Debezium 3.x field order::
+
+    {"before": {...}|null, "after": {...}|null,
+     "source": {"version", "connector": "postgresql", "name", "ts_ms", "snapshot", "db", "sequence",
+                "ts_us", "ts_ns", "schema", "table", "txId", "lsn", "xmin": null, "origin": null,
+                "origin_lsn": null},
+     "transaction": {"id", "total_order", "data_collection_order"}|null,
+     "op": "r|c|u|d|t", "ts_ms", "ts_us", "ts_ns"}
+
+Positions. ``source.lsn`` is the LSN of the change record; ``source.sequence`` is the JSON
+string ``["<commit lsn>","<lsn>"]`` (decimal LSNs, as Debezium writes them). We fill the first
+element with the commit LSN of the event's own transaction (pgoutput's Begin.final_lsn)
+rather than "the last commit before it": both grow in commit order, but ours is a pure
+function of the WAL, so a change re-sent after a crash carries exactly the same sequence and
+(commit lsn, lsn) orders every event of the stream. Snapshot events carry the slot's
+consistent point as ``lsn`` and ``[null,"<lsn>"]``.
+
+Unchanged TOAST values. When an UPDATE leaves a large (TOASTed) value untouched, pgoutput does
+not send it. With REPLICA IDENTITY FULL the server sends the whole old row, detoasted, so we copy
+the old value into ``after`` — the event is then complete and correct. Without an old row we emit
+Debezium's placeholder ``__debezium_unavailable_value`` (base64 of its bytes for bytea), exactly
+what Debezium does, and consumers must treat it as "unchanged".
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import orjson
+
+from connectors.postgres.convert import ColumnMapping
+from connectors.postgres.pgoutput import UNCHANGED, Value
+
+UNAVAILABLE = "__debezium_unavailable_value"
+UNAVAILABLE_BYTES = base64.b64encode(UNAVAILABLE.encode()).decode()
+
+# (topic, key, value, headers)
+Record = tuple[str, Optional[bytes], Optional[bytes], Optional[list[tuple[str, bytes]]]]
+
+SNAPSHOT_ALLOWED = "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
+
+
+@dataclass
+class TableMeta:
+    """Everything about one captured table that its events need."""
+
+    schema: str
+    table: str
+    topic: str
+    columns: tuple[str, ...]
+    mappings: tuple[ColumnMapping, ...]
+    key_columns: tuple[str, ...]               # primary key, in key order; empty = no key (null Kafka key)
+    optional: tuple[bool, ...] = ()            # per column: nullable (for schemas.enable)
+    relid: int = 0
+    _key_idx: tuple[int, ...] = field(default=(), init=False)
+    _convs: tuple[Any, ...] = field(default=(), init=False)
+    _conv_items: tuple[Any, ...] = field(default=(), init=False)
+    _placeholders: tuple[str, ...] = field(default=(), init=False)
+    value_schema: dict[str, Any] | None = field(default=None, init=False)
+    key_schema: dict[str, Any] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        pos = {c: i for i, c in enumerate(self.columns)}
+        missing = [k for k in self.key_columns if k not in pos]
+        if missing:
+            raise ValueError(f"{self.schema}.{self.table}: key columns {missing} not among the columns")
+        self._key_idx = tuple(pos[k] for k in self.key_columns)
+        self._convs = tuple(m.convert for m in self.mappings)
+        self._conv_items = tuple((i, c, m.convert) for i, (c, m) in enumerate(zip(self.columns, self.mappings))
+                                 if m.convert is not None)
+        self._placeholders = tuple(UNAVAILABLE_BYTES if m.schema.get("type") == "bytes" else UNAVAILABLE
+                                   for m in self.mappings)
+        if not self.optional:
+            self.optional = tuple(c not in self.key_columns for c in self.columns)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    def row(self, values: Sequence[Value], old: Sequence[Value] | None = None,
+            old_row: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Column name → JSON value. ``old`` (the FULL old row) fills unchanged TOAST values of an update;
+        ``old_row`` (``old`` already converted) saves converting the columns an update left equal."""
+        out = dict(zip(self.columns, values))
+        if old_row and old is not None:
+            for i, name, conv in self._conv_items:
+                v = values[i]
+                if v is not None and v is not UNCHANGED:
+                    out[name] = old_row[name] if v == old[i] else conv(v)
+        else:
+            for i, name, conv in self._conv_items:
+                v = values[i]
+                if v is not None and v is not UNCHANGED:
+                    out[name] = conv(v)
+        if old_row is not None and UNCHANGED in values:  # only an update's new row can hold 'u' values
+            for i, name in enumerate(self.columns):
+                if out[name] is UNCHANGED:
+                    ov = old[i] if old is not None and i < len(old) else UNCHANGED
+                    if ov is UNCHANGED:
+                        out[name] = self._placeholders[i]
+                    else:
+                        conv = self._convs[i]
+                        out[name] = None if ov is None else (conv(ov) if conv else ov)
+        return out
+
+    def key_of(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The key struct, taken from an already converted row."""
+        if not self.key_columns:
+            return None
+        return {k: row[k] for k in self.key_columns}
+
+    def key(self, values: Sequence[Value]) -> dict[str, Any] | None:
+        if not self._key_idx:
+            return None
+        out = {}
+        for i in self._key_idx:
+            v = values[i]
+            conv = self._convs[i]
+            out[self.columns[i]] = v if (v is None or conv is None or v is UNCHANGED) else conv(v)  # type: ignore[arg-type]
+        return out
+
+    def key_text(self, values: Sequence[Value]) -> tuple[Value, ...]:
+        """The primary-key values as text (for comparing old and new keys, and snapshot chunking)."""
+        return tuple(values[i] for i in self._key_idx)
+
+
+def _field(schema: dict[str, Any], name: str, optional: bool) -> dict[str, Any]:
+    return {**schema, "optional": optional, "field": name}
+
+
+def source_schema() -> dict[str, Any]:
+    s = "string"
+    return {
+        "type": "struct", "name": "io.debezium.connector.postgresql.Source", "optional": False, "field": "source",
+        "fields": [
+            {"type": s, "optional": False, "field": "version"},
+            {"type": s, "optional": False, "field": "connector"},
+            {"type": s, "optional": False, "field": "name"},
+            {"type": "int64", "optional": False, "field": "ts_ms"},
+            {"type": s, "optional": True, "name": "io.debezium.data.Enum", "version": 1,
+             "parameters": {"allowed": SNAPSHOT_ALLOWED}, "default": "false", "field": "snapshot"},
+            {"type": s, "optional": False, "field": "db"},
+            {"type": s, "optional": True, "field": "sequence"},
+            {"type": "int64", "optional": True, "field": "ts_us"},
+            {"type": "int64", "optional": True, "field": "ts_ns"},
+            {"type": s, "optional": False, "field": "schema"},
+            {"type": s, "optional": False, "field": "table"},
+            {"type": "int64", "optional": True, "field": "txId"},
+            {"type": "int64", "optional": True, "field": "lsn"},
+            {"type": "int64", "optional": True, "field": "xmin"},
+            {"type": s, "optional": True, "field": "origin"},
+            {"type": "int64", "optional": True, "field": "origin_lsn"},
+        ],
+    }
+
+
+def transaction_block_schema() -> dict[str, Any]:
+    return {"type": "struct", "name": "event.block", "version": 1, "optional": True, "field": "transaction",
+            "fields": [{"type": "string", "optional": False, "field": "id"},
+                       {"type": "int64", "optional": False, "field": "total_order"},
+                       {"type": "int64", "optional": False, "field": "data_collection_order"}]}
+
+
+def build_schemas(meta: TableMeta) -> None:
+    """Fill ``meta.value_schema`` / ``meta.key_schema`` (Connect JSON schemas) once per table version."""
+    row_fields = [_field(m.schema, c, o) for c, m, o in zip(meta.columns, meta.mappings, meta.optional)]
+    row_name = f"{meta.topic}.Value"
+    meta.value_schema = {
+        "type": "struct", "optional": False, "name": f"{meta.topic}.Envelope", "version": 2,
+        "fields": [
+            {"type": "struct", "fields": row_fields, "optional": True, "name": row_name, "field": "before"},
+            {"type": "struct", "fields": row_fields, "optional": True, "name": row_name, "field": "after"},
+            source_schema(),
+            transaction_block_schema(),
+            {"type": "string", "optional": False, "field": "op"},
+            {"type": "int64", "optional": True, "field": "ts_ms"},
+            {"type": "int64", "optional": True, "field": "ts_us"},
+            {"type": "int64", "optional": True, "field": "ts_ns"},
+        ],
+    }
+    if meta.key_columns:
+        idx = {c: i for i, c in enumerate(meta.columns)}
+        meta.key_schema = {"type": "struct", "optional": False, "name": f"{meta.topic}.Key",
+                           "fields": [_field(meta.mappings[idx[k]].schema, k, False) for k in meta.key_columns]}
+
+
+@dataclass
+class TxContext:
+    """The transaction an event belongs to, as the stream (or snapshot) knows it."""
+
+    xid: int | None
+    commit_lsn: int | None          # None for snapshot events
+    ts_us: int                      # commit time (stream) / snapshot start time
+    snapshot: str = "false"
+    begin_lsn: int | None = None    # LSN of the Begin message: Debezium's transaction id is "<txId>:<begin lsn>"
+    total_order: int = 0
+    per_table: dict[str, int] = field(default_factory=dict)
+    source_bases: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.xid}:{self.begin_lsn if self.begin_lsn is not None else self.commit_lsn}"
+
+
+class EventBuilder:
+    """Builds the change records of one connector (its name, database and converter options)."""
+
+    def __init__(self, name: str, db: str, version: str, schemas_enable: bool = False,
+                 tombstones_on_delete: bool = True, transaction_metadata: bool = False) -> None:
+        self.name = name
+        self.db = db
+        self.version = version
+        self.schemas_enable = schemas_enable
+        self.tombstones_on_delete = tombstones_on_delete
+        self.transaction_metadata = transaction_metadata
+        self._read_sources: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.now_us = 0     # processing time for ts_ms; the stream loop sets it once per read batch (0 = clock)
+
+    # -- serialisation
+
+    def _value_bytes(self, meta: TableMeta | None, payload: dict[str, Any], schema: dict[str, Any] | None = None
+                     ) -> bytes:
+        if not self.schemas_enable:
+            return orjson.dumps(payload)
+        if schema is None and meta is not None:
+            if meta.value_schema is None:
+                build_schemas(meta)
+            schema = meta.value_schema
+        return orjson.dumps({"schema": schema, "payload": payload})
+
+    def key_bytes(self, meta: TableMeta, key: dict[str, Any] | None) -> bytes | None:
+        if key is None:
+            return None
+        if not self.schemas_enable:
+            return orjson.dumps(key)
+        if meta.value_schema is None:
+            build_schemas(meta)
+        return orjson.dumps({"schema": meta.key_schema, "payload": key})
+
+    # -- pieces
+
+    def source(self, meta: TableMeta | None, tx: TxContext, lsn: int | None, snapshot: str | None = None
+               ) -> dict[str, Any]:
+        base_key = (meta.full_name if meta else "", snapshot)
+        base = tx.source_bases.get(base_key)
+        if base is None:
+            ts_us = tx.ts_us
+            base = tx.source_bases[base_key] = {
+                "version": self.version, "connector": "postgresql", "name": self.name,
+                "ts_ms": ts_us // 1000, "snapshot": snapshot or tx.snapshot, "db": self.db,
+                "sequence": None, "ts_us": ts_us, "ts_ns": ts_us * 1000,
+                "schema": meta.schema if meta else "", "table": meta.table if meta else "",
+                "txId": tx.xid, "lsn": None, "xmin": None, "origin": None, "origin_lsn": None,
+            }
+        src = base.copy()
+        commit = tx.commit_lsn
+        src["sequence"] = (f'["{commit}",' if commit is not None else "[null,") + \
+            (f'"{lsn}"]' if lsn is not None else "null]")
+        src["lsn"] = lsn
+        return src
+
+    def _tx_block(self, meta: TableMeta, tx: TxContext) -> dict[str, Any] | None:
+        if not self.transaction_metadata or tx.commit_lsn is None:
+            return None
+        tx.total_order += 1
+        n = tx.per_table.get(meta.full_name, 0) + 1
+        tx.per_table[meta.full_name] = n
+        return {"id": tx.id, "total_order": tx.total_order, "data_collection_order": n}
+
+    def _envelope(self, meta: TableMeta, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
+                  tx: TxContext, lsn: int | None, snapshot: str | None = None) -> bytes:
+        now_us = self.now_us or time.time_ns() // 1000
+        payload = {"before": before, "after": after, "source": self.source(meta, tx, lsn, snapshot),
+                   "transaction": self._tx_block(meta, tx), "op": op,
+                   "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
+        return self._value_bytes(meta, payload)
+
+    # -- events
+
+    def read(self, meta: TableMeta, values: Sequence[Value], tx: TxContext, lsn: int, snapshot: str) -> Record:
+        """A snapshot row (op ``r``). Its source block is the same for every row of a table: built once."""
+        after = meta.row(values)
+        key = self.key_bytes(meta, meta.key_of(after))
+        ck = (meta.topic, tx.xid, tx.ts_us, lsn, snapshot)
+        src = self._read_sources.get(ck)
+        if src is None:
+            if len(self._read_sources) > 64:
+                self._read_sources.clear()
+            src = self._read_sources[ck] = self.source(meta, tx, lsn, snapshot)
+        now_us = time.time_ns() // 1000
+        payload = {"before": None, "after": after, "source": src, "transaction": None, "op": "r",
+                   "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
+        return (meta.topic, key, self._value_bytes(meta, payload), None)
+
+    def insert(self, meta: TableMeta, new: Sequence[Value], tx: TxContext, lsn: int) -> list[Record]:
+        after = meta.row(new)
+        key = self.key_bytes(meta, meta.key_of(after))
+        return [(meta.topic, key, self._envelope(meta, "c", None, after, tx, lsn), None)]
+
+    def update(self, meta: TableMeta, old: Sequence[Value] | None, old_kind: str | None, new: Sequence[Value],
+               tx: TxContext, lsn: int) -> list[Record]:
+        """An update; a changed primary key becomes delete + tombstone + create, as in Debezium."""
+        full_old = old if old_kind == "O" else None
+        before = meta.row(old) if full_old is not None else None
+        after = meta.row(new, full_old, before if before is not None else {})
+        if old is not None and meta.key_columns and any(old[i] != new[i] for i in meta._key_idx):
+            # a 'K' tuple has every column, non-key ones null
+            if UNCHANGED not in meta.key_text(new):
+                old_key = self.key_bytes(meta, meta.key(old))
+                new_key = self.key_bytes(meta, meta.key(new))
+                if before is None:  # only the key columns were sent ('K')
+                    before = {c: None for c in meta.columns}
+                    before.update(meta.key(old) or {})
+                out: list[Record] = [(meta.topic, old_key, self._envelope(meta, "d", before, None, tx, lsn),
+                                      [("__debezium.newkey", new_key or b"")])]
+                if self.tombstones_on_delete:
+                    out.append((meta.topic, old_key, None, None))
+                out.append((meta.topic, new_key, self._envelope(meta, "c", None, after, tx, lsn),
+                            [("__debezium.oldkey", old_key or b"")]))
+                return out
+        key = self.key_bytes(meta, meta.key_of(after))
+        return [(meta.topic, key, self._envelope(meta, "u", before, after, tx, lsn), None)]
+
+    def delete(self, meta: TableMeta, old: Sequence[Value], old_kind: str, tx: TxContext, lsn: int) -> list[Record]:
+        if old_kind == "O":
+            before = meta.row(old)
+        else:  # key only: the other columns are unknown
+            before = {c: None for c in meta.columns}
+            before.update(meta.key(old) or {})
+        key = self.key_bytes(meta, meta.key_of(before))
+        out: list[Record] = [(meta.topic, key, self._envelope(meta, "d", before, None, tx, lsn), None)]
+        if self.tombstones_on_delete and key is not None:
+            out.append((meta.topic, key, None, None))
+        return out
+
+    def truncate(self, meta: TableMeta, tx: TxContext, lsn: int) -> Record:
+        return (meta.topic, None, self._envelope(meta, "t", None, None, tx, lsn), None)
+
+    def message(self, topic: str, prefix: str, content: bytes, tx: TxContext, lsn: int) -> Record:
+        """A logical decoding message (``pg_logical_emit_message``) on ``<prefix>.message``, op ``m``."""
+        now_us = time.time_ns() // 1000
+        payload = {"op": "m", "ts_ms": now_us // 1000, "source": self.source(None, tx, lsn),
+                   "message": {"prefix": prefix, "content": base64.b64encode(content).decode()}}
+        key = orjson.dumps({"prefix": prefix})
+        if self.schemas_enable:
+            return (topic, key, orjson.dumps({"schema": None, "payload": payload}), None)
+        return (topic, key, orjson.dumps(payload), None)
+
+    def transaction_event(self, topic: str, tx: TxContext, status: str) -> Record:
+        """BEGIN / END on ``<prefix>.transaction`` (key: the transaction id)."""
+        end = status == "END"
+        payload = {
+            "status": status, "id": tx.id,
+            "event_count": tx.total_order if end else None,
+            "data_collections": [{"data_collection": k, "event_count": v} for k, v in tx.per_table.items()]
+            if end else None,
+            "ts_ms": tx.ts_us // 1000,
+        }
+        key = orjson.dumps({"id": tx.id})
+        if self.schemas_enable:
+            return (topic, key, orjson.dumps({"schema": None, "payload": payload}), None)
+        return (topic, key, orjson.dumps(payload), None)

@@ -1,0 +1,142 @@
+"""What the connector shows about itself: Prometheus metrics and a status file for ``sevisflow connector status``.
+
+Both carry counts, positions and times only — never row values. The status file
+(``<offsets_dir>/<name>.<slot>.status.json``) is rewritten about once a second by the running
+connector; ``connector status`` reads it and adds the live slot lag from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from connectors.postgres.offsets import write_atomic
+
+
+class ConnectorMetrics:
+    """Counters and gauges of one connector, in their own registry (several may run in one process)."""
+
+    def __init__(self, name: str, slot: str) -> None:
+        self.name = name
+        self.slot = slot
+        self.registry = CollectorRegistry()
+        labels = {"connector": name, "slot": slot}
+        lbl = list(labels)
+        self._events = Counter("sevisflow_connector_events", "change events produced to Kafka", lbl + ["op"],
+                               registry=self.registry)
+        self._snapshot_rows = Counter("sevisflow_connector_snapshot_rows", "snapshot rows produced", lbl,
+                                      registry=self.registry)
+        self._snap_progress = Gauge("sevisflow_connector_snapshot_progress_ratio",
+                                    "snapshot progress 0..1 (1 when done or not needed)", lbl, registry=self.registry)
+        self._lag = Gauge("sevisflow_connector_slot_lag_bytes", "WAL bytes between the server's position and "
+                          "the slot's confirmed_flush_lsn", lbl, registry=self.registry)
+        self._confirmed = Gauge("sevisflow_connector_confirmed_lsn", "last LSN confirmed to PostgreSQL", lbl,
+                                registry=self.registry)
+        self._last_event = Gauge("sevisflow_connector_last_event_timestamp_seconds",
+                                 "wall-clock time of the last change event produced", lbl, registry=self.registry)
+        self._behind = Gauge("sevisflow_connector_millis_behind_source",
+                             "now minus the commit time of the last streamed transaction", lbl, registry=self.registry)
+        self._restarts = Counter("sevisflow_connector_restarts", "task restarts after transient errors", lbl,
+                                 registry=self.registry)
+        self._labels = labels
+        self.events_total = 0
+        self.snapshot_rows = 0
+        self.state = "starting"
+        self.last_event_ms: int | None = None
+        self.last_commit_ms: int | None = None
+        self.confirmed_lsn: int | None = None
+        self.slot_lag_bytes: int | None = None
+        self.snapshot: dict[str, Any] | None = None
+        self.last_error: str | None = None
+        self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self._server: Any = None
+
+    # -- updates (called per batch, not per event)
+
+    def events(self, op_counts: dict[str, int]) -> None:
+        n = 0
+        for op, c in op_counts.items():
+            if c:
+                self._events.labels(**self._labels, op=op).inc(c)
+                n += c
+        if n:
+            self.events_total += n
+            now = time.time()
+            self.last_event_ms = int(now * 1000)
+            self._last_event.labels(**self._labels).set(now)
+
+    def snapshot_progress(self, rows_added: int, info: dict[str, Any]) -> None:
+        if rows_added:
+            self._snapshot_rows.labels(**self._labels).inc(rows_added)
+            self.snapshot_rows += rows_added
+            self.last_event_ms = int(time.time() * 1000)
+        self.snapshot = info
+        total = info.get("total_estimate") or 0
+        ratio = 1.0 if info.get("completed") else (min(info.get("rows", 0) / total, 0.999) if total else 0.0)
+        self._snap_progress.labels(**self._labels).set(ratio)
+
+    def snapshot_not_needed(self) -> None:
+        self._snap_progress.labels(**self._labels).set(1.0)
+
+    def commit_seen(self, commit_ts_ms: int) -> None:
+        self.last_commit_ms = commit_ts_ms
+        self._behind.labels(**self._labels).set(max(0, int(time.time() * 1000) - commit_ts_ms))
+
+    def confirmed(self, lsn: int) -> None:
+        self.confirmed_lsn = lsn
+        self._confirmed.labels(**self._labels).set(lsn)
+
+    def slot_lag(self, lag: int | None) -> None:
+        self.slot_lag_bytes = lag
+        if lag is not None:
+            self._lag.labels(**self._labels).set(lag)
+
+    def restarted(self, error: str) -> None:
+        self.last_error = error
+        self._restarts.labels(**self._labels).inc()
+
+    def events_per_second(self) -> float:
+        now = time.monotonic()
+        self._rate.append((now, self.events_total + self.snapshot_rows))
+        while len(self._rate) > 2 and now - self._rate[0][0] > 10:
+            self._rate.popleft()
+        (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    # -- outputs
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "connector": self.name, "slot": self.slot, "state": self.state, "pid": os.getpid(),
+            "events_total": self.events_total, "snapshot_rows": self.snapshot_rows,
+            "events_per_second": round(self.events_per_second(), 1),
+            "last_event_ms": self.last_event_ms, "last_commit_ms": self.last_commit_ms,
+            "confirmed_lsn": self.confirmed_lsn, "slot_lag_bytes": self.slot_lag_bytes,
+            "snapshot": self.snapshot, "last_error": self.last_error, "updated_ms": int(time.time() * 1000),
+        }
+
+    def write_status(self, path: os.PathLike[str] | str) -> None:
+        from pathlib import Path
+
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(p, orjson.dumps(self.status()).decode(), durable=False)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        if port and self._server is None:
+            self._server = start_http_server(port, addr=addr, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            server = self._server[0] if isinstance(self._server, tuple) else self._server
+            try:
+                server.shutdown()
+                server.server_close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._server = None

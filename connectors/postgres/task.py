@@ -1,0 +1,543 @@
+"""The connector task: config → checks → publication → slot → snapshot → stream, and the retry wrapper.
+
+Delivery rule (the one that must never break): an LSN is confirmed to PostgreSQL only after
+Kafka acknowledged every event produced before it. The task keeps two positions:
+
+* ``safe_lsn`` — the highest position such that every event before it has been *produced*:
+  a Commit's end LSN, our own heartbeat message's LSN, or a keepalive's WAL end, the last two
+  only between transactions;
+* ``confirmed_lsn`` — what PostgreSQL has been told (the slot's confirmed_flush_lsn).
+
+:meth:`ConnectorTask._checkpoint` moves one to the other, in this order:
+
+1. note ``target = safe_lsn`` (everything before it is already in the producer);
+2. ``producer.flush()`` until nothing is in flight (status updates keep the walsender alive meanwhile);
+3. if any delivery failed, raise :class:`TransientError` — the task restarts from the slot and
+   re-sends; nothing after the old confirmed position was confirmed;
+4. send the standby status update with ``flushed = target``; ``confirmed_lsn = target``.
+
+It runs every ``offset.flush.interval.ms`` and at shutdown. After a crash the stream resumes
+at ``confirmed_lsn``: at most one flush interval of events is sent again, with the same
+``source.sequence``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaError, Message, Producer
+
+from connectors.postgres import admin
+from connectors.postgres.convert import SESSION_OPTIONS
+from connectors.postgres.envelope import EventBuilder, Record, TableMeta, TxContext
+from connectors.postgres.errors import SlotInUseError, classify
+from connectors.postgres.metrics import ConnectorMetrics
+from connectors.postgres.offsets import ConnectorState, SnapshotProgress, StateStore
+from connectors.postgres.pgoutput import (
+    Begin, Commit, Delete, Insert, Message as PgMessage, Relation, Truncate, TypeInfo, Update, decode, format_lsn,
+)
+from connectors.postgres.replication import ReplicationConnection
+from connectors.postgres.snapshot import begin_snapshot_transaction, read_chunks, snapshotter_for
+from sevisflow import __version__
+from sevisflow.config import Settings
+from sevisflow.errors import SevisflowError, TerminalError, TransientError
+from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer
+from sevisflow.log import get_logger
+
+log = get_logger(__name__)
+
+HEARTBEAT_PREFIX = "sevisflow.heartbeat"
+STATUS_INTERVAL_S = 1.0
+LAG_INTERVAL_S = 2.0
+READ_BATCH = 4000
+FLUSH_TIMEOUT_S = 120.0
+
+
+class ConnectorTask:
+    """One run of the connector, from connecting to stopping (or failing)."""
+
+    def __init__(self, settings: Settings, stop: threading.Event, metrics: ConnectorMetrics) -> None:
+        self.settings = settings
+        self.c = settings.connector
+        self.stop = stop
+        self.metrics = metrics
+        self.conninfo = settings.postgres.conninfo()
+        self.store = StateStore(self.c.offsets_dir, self.c.name, self.c.slot_name)
+        self.patterns = admin.compile_include_list(self.c.table_include_list)
+        self.query: psycopg.Connection[Any] | None = None
+        self.repl: ReplicationConnection | None = None
+        self.producer: Producer | None = None
+        self.delivery_errors: list[KafkaError] = []
+        self.safe_lsn = 0
+        self.confirmed_lsn = 0
+        self.known_topics: set[str] = set()
+        self.builder = EventBuilder(
+            name=self.c.name, db=settings.postgres.dbname, version=__version__,
+            schemas_enable=self.c.schemas_enable, tombstones_on_delete=self.c.tombstones_on_delete,
+            transaction_metadata=self.c.provide_transaction_metadata)
+        self.tx_topic = f"{self.c.topic_prefix}.transaction"
+        self.msg_topic = f"{self.c.topic_prefix}.message"
+        self._heartbeat_ok = True
+        self._next_status = 0.0
+        self._next_lag = 0.0
+        self._next_heartbeat = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Connect, prepare, snapshot if the mode says so, then stream until ``stop`` is set."""
+        c = self.c
+        try:
+            self.query = psycopg.connect(self.conninfo, autocommit=True, options=SESSION_OPTIONS,
+                                         application_name="sevisflow-connector-query", connect_timeout=10)
+            info = admin.server_info(self.query)
+        except psycopg.Error as exc:
+            raise classify(exc, "connecting to the SIS database") from exc
+        admin.check_server(info)
+        try:
+            tables = admin.resolve_tables(self.query, self.patterns)
+            admin.check_select(self.query, tables)
+            pub = admin.ensure_publication(self.query, c.publication_name, c.publication_autocreate_mode, tables)
+            slot = admin.slot_info(self.query, c.slot_name)
+        except psycopg.Error as exc:
+            raise classify(exc, "preparing the publication") from exc
+        if not tables:
+            log.warning("connector.no_tables", include_list=len(c.table_include_list))
+        self.catalog = admin.Catalog(self.query, c.topic_prefix, c.decimal_handling_mode)
+        log.info("connector.starting", slot=c.slot_name, publication=c.publication_name, publication_action=pub,
+                 tables=tables, snapshot_mode=c.snapshot_mode, slot_exists=slot is not None)
+        if slot is not None:
+            admin.check_slot(slot, info.dbname)
+            if slot.active:
+                raise SlotInUseError(f"replication slot {c.slot_name!r} is in use by another process "
+                                     f"(pid {slot.active_pid}); stop that connector or choose another slot.name")
+
+        self.producer = make_producer(self.settings.kafka, **{
+            "on_delivery": self._on_delivery, "delivery.report.only.error": True,
+            "partitioner": "murmur2_random",      # Java's partitioner: same partition as Debezium for a key
+            "linger.ms": 20, "batch.size": 1_000_000, "queue.buffering.max.kbytes": 65536,
+            "queue.buffering.max.messages": 200_000,
+        })
+        self._ensure_topics([self.catalog.topic_for(*t.split(".", 1)) for t in tables]
+                            + ([self.tx_topic] if c.provide_transaction_metadata else []))
+
+        state = self.store.load()
+        if state.slot_name != c.slot_name:  # pragma: no cover - the file name contains the slot
+            state = ConnectorState(slot_name=c.slot_name)
+        policy = snapshotter_for(c.snapshot_mode)
+        decision = policy.decide(state.offset_exists, state.snapshot is not None, slot is not None)
+        new_tables = [t for t in tables if t not in state.snapshotted_tables] \
+            if state.snapshot_completed and policy.snapshot_new_tables() else []
+
+        self.repl = ReplicationConnection(self.conninfo)
+        if slot is None:
+            lsn, snap_name = self.repl.create_slot(c.slot_name, export_snapshot=decision.snapshot)
+            log.info("connector.slot_created", slot=c.slot_name, consistent_lsn=format_lsn(lsn))
+            self.safe_lsn = self.confirmed_lsn = lsn
+            if decision.snapshot:
+                state = ConnectorState(slot_name=c.slot_name, snapshot=self._new_progress(lsn, tables))
+                self.store.save(state)
+                assert snap_name is not None
+                self._snapshot(snap_name, state)
+            else:
+                state = ConnectorState(slot_name=c.slot_name, snapshot_completed=True, snapshotted_tables=tables)
+                self.store.save(state)
+        else:
+            self.safe_lsn = self.confirmed_lsn = slot.confirmed_flush_lsn or 0
+            if decision.snapshot or new_tables:
+                if state.snapshot is None:
+                    state.snapshot = self._new_progress(0, tables if decision.snapshot else new_tables)
+                self._snapshot_with_temporary_slot(state)
+        if self.stop.is_set():
+            return
+        if state.snapshot is None:
+            self.metrics.snapshot_not_needed()
+        if not decision.stream:
+            log.info("connector.snapshot_only_done", slot=c.slot_name)
+            self.metrics.state = "done"
+            self._write_status(force=True)
+            return
+        if state.snapshot is not None:  # interrupted by stop
+            return
+        self._stream()
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(10)
+        if self.repl is not None:
+            self.repl.close()
+        if self.query is not None:
+            try:
+                self.query.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    # ------------------------------------------------------------------ Kafka
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.delivery_errors.append(err)
+
+    def _ensure_topics(self, names: list[str]) -> None:
+        from sevisflow.topics import AUDIT_RETENTION_MS
+
+        k = self.settings.kafka
+        wanted = [n for n in names if n not in self.known_topics]
+        if not wanted:
+            return
+        # the transaction topic has one partition: its BEGIN/END records stay in commit order
+        ensure_topics(k, [TopicSpec(n, 1 if n == self.tx_topic else k.partitions, k.replication_factor,
+                                    {"cleanup.policy": "delete", "retention.ms": AUDIT_RETENTION_MS,
+                                     "min.insync.replicas": str(k.min_insync_replicas)}) for n in wanted])
+        self.known_topics.update(wanted)
+
+    def _produce(self, records: list[Record]) -> None:
+        produce = self.producer.produce  # type: ignore[union-attr]
+        for topic, key, value, headers in records:
+            while True:
+                try:
+                    if headers:
+                        produce(topic, value, key, headers=headers)
+                    else:
+                        produce(topic, value, key)
+                    break
+                except BufferError:
+                    self._wait_for_queue()
+
+    def _wait_for_queue(self) -> None:
+        self.producer.poll(0.05)  # type: ignore[union-attr]
+        self._keep_walsender_alive()
+
+    def _keep_walsender_alive(self) -> None:
+        repl = self.repl
+        if repl is not None and repl.streaming and time.monotonic() >= self._next_status:
+            repl.send_status(self.confirmed_lsn)
+            self._next_status = time.monotonic() + STATUS_INTERVAL_S
+
+    def _flush(self) -> None:
+        """Wait until Kafka acknowledged everything produced so far; raise if anything failed."""
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while self.producer.flush(1.0):  # type: ignore[union-attr]
+            self._keep_walsender_alive()
+            if time.monotonic() > deadline:
+                raise TransientError(f"Kafka did not acknowledge the connector's events within {FLUSH_TIMEOUT_S:.0f}s")
+        if self.delivery_errors:
+            first = self.delivery_errors[0]
+            n = len(self.delivery_errors)
+            raise TransientError(f"Kafka refused {n} change events ({first.str()}); restarting from the slot")
+
+    def _checkpoint(self) -> None:
+        """The commit order of the stream (see the module docstring): flush, check, then confirm."""
+        target = self.safe_lsn
+        self._flush()
+        if target > self.confirmed_lsn and self.repl is not None and self.repl.streaming:
+            self.repl.send_status(target)
+            self.confirmed_lsn = target
+            self.metrics.confirmed(target)
+            self._next_status = time.monotonic() + STATUS_INTERVAL_S
+
+    # ------------------------------------------------------------------ snapshot
+
+    def _new_progress(self, lsn: int, tables: list[str]) -> SnapshotProgress:
+        total = sum(self.catalog.estimate_rows(t) for t in tables)
+        return SnapshotProgress(lsn=lsn, tables=list(tables), total_estimate=total, started_ms=int(time.time() * 1000))
+
+    def _snapshot_with_temporary_slot(self, state: ConnectorState) -> None:
+        """Resume / extend a snapshot at a new exported snapshot (a temporary slot's consistent point)."""
+        assert state.snapshot is not None
+        tmp = ReplicationConnection(self.conninfo, application_name="sevisflow-connector-snapshot")
+        try:
+            name = f"{self.c.slot_name[:40]}_snap_{int(time.time())}"
+            lsn, snap_name = tmp.create_slot(name, temporary=True, export_snapshot=True)
+            if state.snapshot.rows or state.snapshot.done:
+                state.snapshot.resumed += 1
+            state.snapshot.lsn = lsn
+            self.store.save(state)
+            log.info("connector.snapshot_resume", consistent_lsn=format_lsn(lsn), tables=state.snapshot.tables,
+                     done=len(state.snapshot.done), rows=state.snapshot.rows)
+            assert snap_name is not None
+            self._snapshot(snap_name, state)
+        finally:
+            tmp.close()
+
+    def _snapshot(self, snapshot_name: str, state: ConnectorState) -> None:
+        """Read every table of ``state.snapshot`` at ``snapshot_name``; progress is saved only after acks."""
+        prog = state.snapshot
+        assert prog is not None
+        self.metrics.state = "snapshot"
+        conn = psycopg.connect(self.conninfo, options=SESSION_OPTIONS, autocommit=True,
+                               application_name="sevisflow-connector-snapshot")
+        try:
+            xmin = begin_snapshot_transaction(conn, snapshot_name, [t for t in prog.tables if t not in prog.done])
+            tx = TxContext(xid=xmin, commit_lsn=None, ts_us=time.time_ns() // 1000, snapshot="true")
+            lsn = prog.lsn
+            read = self.builder.read
+            first = prog.rows == 0 and not prog.done and prog.resumed == 0
+            pending: tuple[TableMeta, list[Any]] | None = None
+            produced_table: str | None = prog.current
+            produced_key: list[Any] | None = prog.last_key
+            finished: list[str] = list(prog.done)
+            rows = prog.rows
+            log.info("connector.snapshot_started", tables=prog.tables, consistent_lsn=format_lsn(lsn),
+                     rows_estimate=prog.total_estimate, resumed=prog.resumed)
+
+            def checkpoint() -> None:
+                nonlocal rows
+                self._flush()
+                done = [t for t in finished if not (pending and pending[0].full_name == t)]
+                prog.done = done
+                if produced_table and produced_table not in done:
+                    prog.current, prog.last_key = produced_table, produced_key
+                else:
+                    prog.current, prog.last_key = None, None
+                added = rows - prog.rows
+                prog.rows = rows
+                self.store.save(state)
+                self.metrics.snapshot_progress(added, {"table": prog.current, "rows": rows, "tables_done": len(done),
+                                                       "tables": len(prog.tables), "total_estimate": prog.total_estimate,
+                                                       "completed": False})
+                self._write_status()
+
+            for table in prog.tables:
+                if table in finished:
+                    continue
+                schema, name = table.split(".", 1)
+                cols = self.catalog.table_columns(table)
+                meta = self.catalog.table_meta(schema, name, [(n, oid, mod) for n, oid, mod, _ in cols])
+                self._ensure_topics([meta.topic])
+                key_types = self.catalog.column_types(table, meta.key_columns)
+                after = prog.last_key if table == prog.current else None
+                batch: list[Record] = []
+                for chunk in read_chunks(conn, meta, key_types, after, max(1, self.c.snapshot_fetch_size)):
+                    for values in chunk:
+                        if pending is not None:
+                            pmeta, pvalues = pending
+                            batch.append(read(pmeta, pvalues, tx, lsn, "first" if first else "true"))
+                            first = False
+                            produced_table, produced_key = pmeta.full_name, list(pmeta.key_text(pvalues))
+                            rows += 1
+                        pending = (meta, values)
+                    self._produce(batch)
+                    batch = []
+                    checkpoint()
+                    if self.stop.is_set():
+                        log.info("connector.snapshot_interrupted", rows=rows)
+                        return
+                finished.append(table)
+            if pending is not None:
+                pmeta, pvalues = pending
+                self._produce([read(pmeta, pvalues, tx, lsn, "first" if first else "last")])
+                produced_table, produced_key = pmeta.full_name, list(pmeta.key_text(pvalues))
+                rows += 1
+                pending = None
+            checkpoint()
+            conn.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            raise classify(exc, "reading the snapshot") from exc
+        finally:
+            conn.close()
+        state.snapshot_completed = True
+        state.snapshotted_tables = sorted(set(state.snapshotted_tables) | set(prog.tables))
+        state.snapshot = None
+        self.store.save(state)
+        self.metrics.snapshot_progress(0, {"table": None, "rows": rows, "tables_done": len(prog.tables),
+                                           "tables": len(prog.tables), "total_estimate": prog.total_estimate,
+                                           "completed": True})
+        log.info("connector.snapshot_completed", rows=rows, tables=len(prog.tables))
+
+    # ------------------------------------------------------------------ stream
+
+    def _stream(self) -> None:
+        c = self.c
+        repl = self.repl
+        assert repl is not None and self.query is not None
+        repl.start(c.slot_name, c.publication_name, 0)
+        self.metrics.state = "streaming"
+        self.metrics.confirmed(self.confirmed_lsn)
+        log.info("connector.streaming", slot=c.slot_name, from_lsn=format_lsn(self.confirmed_lsn))
+        metas: dict[int, TableMeta | None] = {}
+        builder = self.builder
+        produce = self._produce
+        txmeta = c.provide_transaction_metadata
+        tx: TxContext | None = None
+        tx_announced = False
+        flush_every = max(0.05, c.offset_flush_interval_ms / 1000)
+        next_flush = time.monotonic() + flush_every
+        hb_every = c.heartbeat_interval_ms / 1000 if c.heartbeat_interval_ms > 0 else None
+        self._next_heartbeat = time.monotonic() + (hb_every or 0)
+        counts = {"c": 0, "u": 0, "d": 0, "t": 0, "m": 0}
+        dummy_tx = TxContext(xid=None, commit_lsn=None, ts_us=0)
+        try:
+            while not self.stop.is_set():
+                items = repl.read_batch(READ_BATCH, 0.1)
+                builder.now_us = time.time_ns() // 1000
+                for lsn, payload in items:
+                    if payload is None:  # keepalive: between transactions, its WAL end is safe
+                        if tx is None and lsn > self.safe_lsn:
+                            self.safe_lsn = lsn
+                        continue
+                    kind = payload[0]
+                    if kind == 73 or kind == 85 or kind == 68:  # I U D
+                        msg = decode(payload)
+                        meta = metas.get(msg.relid)  # type: ignore[union-attr]
+                        if meta is None or tx is None:
+                            continue
+                        if txmeta and not tx_announced:
+                            produce([builder.transaction_event(self.tx_topic, tx, "BEGIN")])
+                            tx_announced = True
+                        if kind == 73:
+                            produce(builder.insert(meta, msg.new, tx, lsn))  # type: ignore[union-attr]
+                            counts["c"] += 1
+                        elif kind == 85:
+                            produce(builder.update(meta, msg.old, msg.old_kind, msg.new, tx, lsn))  # type: ignore[union-attr]
+                            counts["u"] += 1
+                        else:
+                            produce(builder.delete(meta, msg.old, msg.old_kind, tx, lsn))  # type: ignore[union-attr]
+                            counts["d"] += 1
+                        continue
+                    msg = decode(payload)
+                    if isinstance(msg, Begin):
+                        tx = TxContext(xid=msg.xid, commit_lsn=msg.final_lsn, ts_us=msg.commit_ts_us, begin_lsn=lsn)
+                        tx_announced = False
+                    elif isinstance(msg, Commit):
+                        if tx is not None and tx_announced:
+                            produce([builder.transaction_event(self.tx_topic, tx, "END")])
+                        tx = None
+                        if msg.end_lsn > self.safe_lsn:
+                            self.safe_lsn = msg.end_lsn
+                        self.metrics.commit_seen(msg.commit_ts_us // 1000)
+                    elif isinstance(msg, Relation):
+                        metas[msg.relid] = self._relation(msg)
+                    elif isinstance(msg, TypeInfo):
+                        self.catalog.forget_type(msg.oid)
+                    elif isinstance(msg, Truncate):
+                        for relid in msg.relids:
+                            meta = metas.get(relid)
+                            if meta is not None:
+                                if txmeta and tx is not None and not tx_announced:
+                                    produce([builder.transaction_event(self.tx_topic, tx, "BEGIN")])
+                                    tx_announced = True
+                                produce([builder.truncate(meta, tx or dummy_tx, lsn)])
+                                counts["t"] += 1
+                    elif isinstance(msg, PgMessage):
+                        if msg.prefix == HEARTBEAT_PREFIX:
+                            if not msg.transactional and tx is None and msg.lsn > self.safe_lsn:
+                                self.safe_lsn = msg.lsn
+                        else:
+                            self._ensure_topics([self.msg_topic])
+                            mtx = tx if (msg.transactional and tx is not None) else dummy_tx
+                            produce([builder.message(self.msg_topic, msg.prefix, msg.content, mtx, msg.lsn)])
+                            counts["m"] += 1
+                self.producer.poll(0)  # type: ignore[union-attr]
+                if any(counts.values()):
+                    self.metrics.events(counts)
+                    counts = dict.fromkeys(counts, 0)
+                now = time.monotonic()
+                if now >= next_flush:
+                    self._checkpoint()
+                    next_flush = time.monotonic() + flush_every
+                if repl.reply_requested:
+                    repl.send_status(self.confirmed_lsn)
+                    self._next_status = now + STATUS_INTERVAL_S
+                if hb_every is not None and now >= self._next_heartbeat:
+                    self._heartbeat()
+                    self._next_heartbeat = now + hb_every
+                self._keep_walsender_alive()
+                self._write_status()
+            self._checkpoint()
+            self.metrics.state = "stopped"
+            self._write_status(force=True)
+            log.info("connector.stopped", confirmed_lsn=format_lsn(self.confirmed_lsn))
+        except psycopg.Error as exc:
+            raise classify(exc, "streaming changes") from exc
+
+    def _relation(self, rel: Relation) -> TableMeta | None:
+        """A Relation message (first use of a table, or its columns changed): rebuild its TableMeta."""
+        name = f"{rel.namespace}.{rel.name}"
+        if not admin.included(name, self.patterns):
+            return None
+        identity = [col.name for col in rel.columns if col.is_key] if rel.replica_identity != "f" else []
+        meta = self.catalog.table_meta(rel.namespace, rel.name, [(col.name, col.type_oid, col.typmod)
+                                                                  for col in rel.columns], rel.relid, identity)
+        self._ensure_topics([meta.topic])
+        log.info("connector.relation", table=name, columns=len(rel.columns), key=list(meta.key_columns))
+        return meta
+
+    def _heartbeat(self) -> None:
+        """A logical message on an idle database lets the slot advance (see anti-pattern 3 in STYLE.md)."""
+        if self._heartbeat_ok:
+            try:
+                admin.emit_heartbeat(self.query, HEARTBEAT_PREFIX, self.c.name)  # type: ignore[arg-type]
+            except psycopg.errors.InsufficientPrivilege:
+                self._heartbeat_ok = False
+                log.warning("connector.heartbeat_disabled", reason="no EXECUTE on pg_logical_emit_message; "
+                            "the slot still advances on server keepalives")
+            except psycopg.Error as exc:
+                raise classify(exc, "emitting a heartbeat") from exc
+
+    def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if now >= self._next_lag or force:
+            self._next_lag = now + LAG_INTERVAL_S
+            try:
+                slot = admin.slot_info(self.query, self.c.slot_name)  # type: ignore[arg-type]
+                self.metrics.slot_lag(slot.lag_bytes if slot else None)
+            except psycopg.Error:
+                pass
+        if force or now >= getattr(self, "_next_status_file", 0.0):
+            self._next_status_file = now + STATUS_INTERVAL_S
+            self.metrics.write_status(self.store.status_path)
+
+
+def run_connector(settings: Settings, stop_event: threading.Event) -> None:
+    """Run the PostgreSQL connector until ``stop_event`` is set (or ``snapshot.mode=initial_only`` is done).
+
+    Transient failures (PostgreSQL or Kafka unreachable, server restart, a slot still held by a
+    dying process) restart the task from the slot after a backoff; terminal ones (bad config,
+    missing privileges, wal_level) raise a :class:`~sevisflow.errors.SevisflowError` naming the fix.
+    """
+    c = settings.connector
+    metrics = ConnectorMetrics(c.name, c.slot_name)
+    metrics.serve(c.metrics_port)
+    attempts = 0
+    slot_attempts = 0
+    try:
+        while not stop_event.is_set():
+            task = ConnectorTask(settings, stop_event, metrics)
+            started = time.monotonic()
+            try:
+                task.run()
+                return
+            except SlotInUseError as exc:
+                slot_attempts += 1
+                if slot_attempts > c.slot_max_retries:
+                    raise TerminalError(f"{exc} (gave up after {c.slot_max_retries} retries)") from exc
+                delay = c.slot_retry_delay_ms / 1000
+                log.warning("connector.slot_in_use", attempt=slot_attempts, retry_in_s=delay)
+                metrics.restarted(str(exc))
+            except TransientError as exc:
+                attempts = 0 if time.monotonic() - started > 60 else attempts + 1
+                if 0 <= c.errors_max_retries < attempts:
+                    raise
+                delay = min(30.0, exc.retry_after_s * (2 ** min(attempts, 5)) / 2)
+                log.warning("connector.restarting", error=str(exc), attempt=attempts, retry_in_s=delay)
+                metrics.restarted(str(exc))
+                metrics.state = "restarting"
+            except SevisflowError:
+                metrics.state = "failed"
+                raise
+            except (psycopg.Error, OSError) as exc:
+                err = classify(exc, "running the connector")
+                if isinstance(err, TerminalError):
+                    raise err from exc
+                delay = 1.0
+                log.warning("connector.restarting", error=str(err), attempt=attempts)
+                metrics.restarted(str(err))
+            finally:
+                task.close()
+            stop_event.wait(delay)
+    finally:
+        metrics.close()
