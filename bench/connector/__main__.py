@@ -1,0 +1,305 @@
+"""``python -m bench.connector``: WAL → Kafka throughput of the connector against the physical limit.
+
+Starts its own PostgreSQL + Kafka (the local stack), then:
+
+1. ``bench_person`` (11 columns like the reference SIS person/students table, REPLICA IDENTITY FULL)
+   with ``--rows`` preloaded rows, a publication, and a *template* slot created just before the workload;
+2. the workload: ``--changes`` changes in transactions of 100 statements, 40% INSERT, 50% UPDATE,
+   10% DELETE (a PL/pgSQL procedure, so the client does not limit the write rate);
+3. every measured run copies the template slot (``pg_copy_logical_replication_slot``), drains the
+   copy to the workload's end and drops it — so every run decodes the identical WAL:
+   * ``raw``: psycopg 3 CopyBoth reader, batch reads + 20 ms sleep when drained, no decoding (the
+     walsender's streaming ceiling, as in ../shared/reference/pg-cdc-bench.md row 1e);
+   * ``pg_recvlogical`` → /dev/null (reference only: it reads message by message);
+   * ``connector``: the real connector (run_connector's task), until the slot *confirmed* the end LSN,
+     i.e. Kafka acknowledged every event (idempotent producer, acks=all);
+4. snapshot: ``bench_snap`` with ``--rows`` rows read by the connector (snapshot.mode=initial_only)
+   into Kafka, acknowledged.
+
+Each connector/raw run is a child process (bench/connector/child.py): client CPU is its
+getrusage (user+sys, librdkafka threads included), peak RSS its ru_maxrss.
+Results: a Markdown table on stdout and raw JSON in bench/results/connector.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCHEMA = """
+DROP TABLE IF EXISTS bench_person, bench_snap;
+CREATE TABLE bench_person (
+    id bigint PRIMARY KEY, sevis_id text, first_name text, last_name text, birth_date date, citizenship char(2),
+    visa_type text, email text, major_cip text, program_end date, updated_at timestamptz);
+ALTER TABLE bench_person REPLICA IDENTITY FULL;
+CREATE TABLE bench_snap (LIKE bench_person INCLUDING ALL);
+ALTER TABLE bench_snap REPLICA IDENTITY FULL;
+CREATE OR REPLACE FUNCTION bench_row(i bigint) RETURNS bench_person LANGUAGE sql IMMUTABLE AS $$
+  SELECT i, 'N' || lpad(i::text, 10, '0'), 'First' || (i % 9973), 'Last' || (i % 7919),
+         date '1990-01-01' + (i % 4000)::int, (ARRAY['IN','CN','BR','NG','DE','KR'])[1 + i % 6],
+         (ARRAY['F-1','J-1','M-1'])[1 + i % 3], 'student' || i || '@example.edu',
+         lpad((i % 99)::text, 2, '0') || '.' || lpad((i % 9999)::text, 4, '0'),
+         date '2026-05-15' + (i % 900)::int, timestamptz '2026-01-01 00:00:00+00' + (i || ' seconds')::interval
+$$;
+CREATE OR REPLACE PROCEDURE bench_changes(n_tx int, rows_base bigint) LANGUAGE plpgsql AS $$
+DECLARE
+  ins bigint := 10000000; del bigint := rows_base; upd bigint := 0; j int; r bench_person;
+BEGIN
+  FOR t IN 1..n_tx LOOP
+    FOR j IN 0..99 LOOP
+      IF j % 10 IN (0, 3, 5, 8) THEN
+        ins := ins + 1; r := bench_row(ins);
+        INSERT INTO bench_person VALUES (r.*);
+      ELSIF j % 10 = 9 THEN
+        DELETE FROM bench_person WHERE id = del; del := del - 1;
+      ELSE
+        upd := upd + 7919;
+        UPDATE bench_person SET email = 'u' || t || '.' || j || '@example.edu', updated_at = now()
+          WHERE id = 1 + upd % (rows_base / 2);
+      END IF;
+    END LOOP;
+    COMMIT;
+  END LOOP;
+END $$;
+"""
+
+
+def _lsn(conn: psycopg.Connection[Any]) -> int:
+    return int(conn.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8").fetchone()[0])  # type: ignore[index]
+
+
+def _child(kind: str, job: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "bench.connector.child", kind], input=json.dumps(job),
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {kind} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.connector", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--changes", type=int, default=500_000, help="row changes in the workload (multiple of 100)")
+    ap.add_argument("--rows", type=int, default=500_000, help="preloaded rows (and snapshot table size)")
+    ap.add_argument("--repeat", type=int, default=3, help="measured runs of each kind")
+    ap.add_argument("--skip-snapshot", action="store_true")
+    ap.add_argument("--no-debezium", action="store_true", help="skip the Debezium 3.6.1 (Kafka Connect) comparison")
+    args = ap.parse_args(argv)
+
+    import signal
+
+    from deploy.local.stack import find_pg_bin, start_stack, stop_stack
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally below: stop the stack
+
+    root = REPO / ".local" / "stacks"
+    root.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="bench-connector-", dir=root))
+    base.chmod(0o755)
+    print("starting PostgreSQL + Kafka…", flush=True)
+    info = start_stack(name="bench-connector", base=base, progress=lambda *_: None)
+    results: dict[str, Any] = {"args": vars(args), "runs": {}}
+    try:
+        assert info.postgres and info.kafka
+        dsn = info.postgres.dsn
+        n_tx = args.changes // 100
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
+            conn.execute("ALTER SYSTEM SET logical_decoding_work_mem = '256MB'")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(SCHEMA)
+            print(f"preloading {args.rows} rows…", flush=True)
+            conn.execute("INSERT INTO bench_person SELECT r.* FROM generate_series(1, %s) g, LATERAL bench_row(g) r",
+                         (args.rows,))
+            conn.execute("INSERT INTO bench_snap SELECT * FROM bench_person")
+            conn.execute("VACUUM ANALYZE bench_person")
+            conn.execute("VACUUM ANALYZE bench_snap")
+            conn.execute("CREATE PUBLICATION bench_pub FOR TABLE bench_person")
+            conn.execute("SELECT pg_create_logical_replication_slot('tmpl', 'pgoutput')")
+            start_lsn = _lsn(conn)
+            print(f"workload: {n_tx} transactions × 100 changes (40% I / 50% U / 10% D)…", flush=True)
+            t0 = time.monotonic()
+            conn.execute("SET synchronous_commit = off")
+            conn.execute("CALL bench_changes(%s, %s)", (n_tx, args.rows))
+            gen_s = time.monotonic() - t0
+            end_lsn = _lsn(conn)
+        results["workload"] = {"transactions": n_tx, "changes": n_tx * 100, "wal_bytes": end_lsn - start_lsn,
+                               "generate_s": round(gen_s, 1)}
+        print(f"  {n_tx * 100} changes, {(end_lsn - start_lsn) / 1e6:.0f} MB WAL in {gen_s:.0f}s", flush=True)
+
+        def copy_slot(name: str) -> None:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("SELECT pg_copy_logical_replication_slot('tmpl', %s)", (name,))
+
+        def drop_slot(name: str) -> None:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                          "WHERE slot_name = %s", (name,))
+
+        conninfo = f"host=127.0.0.1 port={info.postgres.port} dbname=sis user=postgres"
+        runs: dict[str, list[dict[str, Any]]] = {"raw": [], "raw_pg2": [], "pg_recvlogical": [], "connector": [],
+                                                 "snapshot": [], "debezium": []}
+
+        def slot_state(name: str) -> tuple[bool, int]:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                row = c.execute("SELECT active, (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots "
+                                "WHERE slot_name = %s", (name,)).fetchone()
+            return (bool(row[0]), int(row[1] or 0)) if row else (False, 0)
+        bindir = find_pg_bin()
+        for rep in range(args.repeat):
+            slot = f"raw_{rep}"
+            copy_slot(slot)
+            r = _child("raw", {"conninfo": conninfo, "slot": slot, "publication": "bench_pub", "commits": n_tx})
+            drop_slot(slot)
+            runs["raw"].append(r)
+            print(f"  raw drain #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s", flush=True)
+
+            slot = f"pg2_{rep}"
+            copy_slot(slot)
+            r = _child("raw_pg2", {"conninfo": conninfo, "slot": slot, "publication": "bench_pub", "commits": n_tx})
+            drop_slot(slot)
+            runs["raw_pg2"].append(r)
+            print(f"  psycopg2 drain #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s", flush=True)
+
+            slot = f"rl_{rep}"
+            copy_slot(slot)
+            t0 = time.monotonic()
+            subprocess.run([str(bindir / "pg_recvlogical"), "-h", "127.0.0.1", "-p", str(info.postgres.port),
+                            "-U", "postgres", "-d", "sis", "-S", slot, "--start", "--no-loop", "-f", "/dev/null",
+                            "-E", f"{end_lsn >> 32:X}/{end_lsn & 0xFFFFFFFF:X}",
+                            "-o", "proto_version=1", "-o", "publication_names=bench_pub"], check=True,
+                           capture_output=True, timeout=600)
+            rl_s = time.monotonic() - t0
+            drop_slot(slot)
+            runs["pg_recvlogical"].append({"seconds": rl_s})
+            print(f"  pg_recvlogical #{rep + 1}: {n_tx * 100 / rl_s:,.0f} changes/s", flush=True)
+
+            slot = f"conn_{rep}"
+            copy_slot(slot)
+            offsets = base / f"offsets_{rep}"
+            offsets.mkdir()
+            name = f"bench{rep}"
+            (offsets / f"{name}.{slot}.json").write_text(json.dumps(
+                {"slot_name": slot, "snapshot_completed": True, "snapshotted_tables": ["public.bench_person"],
+                 "snapshot": None}))
+            settings = {"kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
+                        "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
+                        "connector": {"name": name, "slot_name": slot, "topic_prefix": f"bench{rep}",
+                                      "publication_name": "bench_pub", "table_include_list": ["public.bench_person"],
+                                      "offsets_dir": str(offsets), "heartbeat_interval_ms": 0}}
+            r = _child("stream", {"settings": settings, "end_lsn": end_lsn})
+            drop_slot(slot)
+            runs["connector"].append(r)
+            print(f"  connector #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s acked, "
+                  f"{r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
+                  flush=True)
+
+            if not args.no_debezium:
+                from bench.connector import debezium_run
+
+                slot = f"dbz_{rep}"
+                copy_slot(slot)
+                try:
+                    r = debezium_run.run(base / f"dbz_{rep}", info.kafka.bootstrap, info.postgres.port, slot,
+                                         "bench_pub", f"dbz{rep}", end_lsn, slot_state)
+                    runs["debezium"].append(r)
+                    print(f"  Debezium {debezium_run.VERSION} #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s "
+                          f"acked, {r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, "
+                          f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB", flush=True)
+                except Exception as exc:  # noqa: BLE001 - report, keep the other figures
+                    print(f"  Debezium run failed: {exc}", flush=True)
+                    results.setdefault("debezium_errors", []).append(str(exc))
+                finally:
+                    drop_slot(slot)
+
+            if not args.skip_snapshot:
+                slot = f"snap_{rep}"
+                offsets = base / f"snap_offsets_{rep}"
+                settings = {"kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
+                            "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
+                            "connector": {"name": f"snap{rep}", "slot_name": slot, "topic_prefix": f"snap{rep}",
+                                          "publication_name": f"snap_pub{rep}",
+                                          "table_include_list": ["public.bench_snap"], "offsets_dir": str(offsets),
+                                          "snapshot_mode": "initial_only", "heartbeat_interval_ms": 0,
+                                          "provide_transaction_metadata": False}}
+                r = _child("snapshot", {"settings": settings})
+                drop_slot(slot)
+                runs["snapshot"].append(r)
+                print(f"  snapshot #{rep + 1}: {r['rows'] / r['seconds']:,.0f} rows/s acked, "
+                      f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB", flush=True)
+        results["runs"] = runs
+        t0 = time.perf_counter()
+        for _ in range(10_000_000):
+            pass
+        results["calibration_ms"] = (time.perf_counter() - t0) * 1000
+        _report(results)
+        out = REPO / "bench" / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "connector.json").write_text(json.dumps(results, indent=1))
+    finally:
+        stop_stack(info, remove=True)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def _report(results: dict[str, Any]) -> None:
+    n = results["workload"]["changes"]
+    runs = results["runs"]
+
+    def med_rate(rs: list[dict[str, Any]], count: float) -> tuple[float, float, float]:
+        rates = sorted(count / r["seconds"] for r in rs)
+        return rates[0], statistics.median(rates), rates[-1]
+
+    raw = med_rate(runs["raw"], n)
+    rl = med_rate(runs["pg_recvlogical"], n)
+    con = med_rate(runs["connector"], n)
+    calib = results.get("calibration_ms")
+    cpu = statistics.median(r["cpu_s"] / n * 1e6 for r in runs["connector"])
+    rss = max(r["maxrss_kb"] for r in runs["connector"]) / 1024
+    print()
+    print(f"| what ({n:,} changes, {results['workload']['wal_bytes'] / 1e6:.0f} MB WAL) | min | median | max |")
+    print("|---|---|---|---|")
+    print(f"| physical limit: raw batch drain, no decode (changes/s) | {raw[0]:,.0f} | **{raw[1]:,.0f}** | {raw[2]:,.0f} |")
+    if runs.get("raw_pg2"):
+        p2 = med_rate(runs["raw_pg2"], n)
+        print(f"| psycopg2 LogicalReplicationConnection drain, no decode (changes/s) | {p2[0]:,.0f} | {p2[1]:,.0f} "
+              f"| {p2[2]:,.0f} |")
+    print(f"| pg_recvlogical → /dev/null (changes/s) | {rl[0]:,.0f} | {rl[1]:,.0f} | {rl[2]:,.0f} |")
+    print(f"| **connector, WAL → Kafka acknowledged (changes/s)** | {con[0]:,.0f} | **{con[1]:,.0f}** | {con[2]:,.0f} |")
+    print(f"| connector / physical limit | | **{con[1] / raw[1]:.2f}×** | |")
+    print(f"| connector client CPU per change (µs, median) | | **{cpu:.2f}** | |")
+    print(f"| connector peak RSS (MiB, max of runs) | | **{rss:.0f}** | |")
+    if runs.get("debezium"):
+        dz = med_rate(runs["debezium"], n)
+        dcpu = statistics.median(r["cpu_s"] / n * 1e6 for r in runs["debezium"])
+        drss = max(r["maxrss_kb"] for r in runs["debezium"]) / 1024
+        print(f"| Debezium 3.6.1.Final on Kafka Connect 4.3.0 standalone (broker 4.4.0), acknowledged (changes/s) | {dz[0]:,.0f} "
+              f"| **{dz[1]:,.0f}** | {dz[2]:,.0f} |")
+        print(f"| Debezium JVM CPU per change (µs) / peak RSS (MiB) | | {dcpu:.2f} / {drss:.0f} | |")
+        print(f"| connector / Debezium (median throughput) | | **{con[1] / dz[1]:.2f}×** | |")
+    if calib:
+        print(f"| machine load check: 10M empty Python loop iterations, ms (lower = less contended) | | {calib:.0f} | |")
+    if runs["snapshot"]:
+        snaps = [r for r in runs["snapshot"]]
+        sn = med_rate(snaps, snaps[0]["rows"])
+        srss = max(r["maxrss_kb"] for r in snaps) / 1024
+        scpu = statistics.median(r["cpu_s"] / r["rows"] * 1e6 for r in snaps)
+        print(f"| **snapshot → Kafka acknowledged (rows/s)** | {sn[0]:,.0f} | **{sn[1]:,.0f}** | {sn[2]:,.0f} |")
+        print(f"| snapshot client CPU per row (µs) / peak RSS (MiB) | | {scpu:.2f} / {srss:.0f} | |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""One measured connector run in its own process (so CPU time and peak RSS are the connector's alone).
+
+``python -m bench.connector.child stream|snapshot|raw`` with a JSON job on stdin; prints a JSON result.
+
+* ``stream``: run_connector on a copied slot until the slot confirmed ``end_lsn`` (Kafka acked all);
+* ``snapshot``: run_connector with snapshot.mode=initial_only on a fresh slot until it returns;
+* ``raw``: the physical limit — drain the copied slot with the same psycopg 3 CopyBoth reader, batch
+  reads and a 20 ms sleep whenever the socket is empty, counting messages, decoding nothing;
+* ``raw_pg2``: the same count with psycopg2's LogicalReplicationConnection (message by message),
+  the alternative client the choice in docs/ARCHITECTURE.md is measured against.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+import time
+from typing import Any
+
+
+def _usage() -> tuple[float, int]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss
+
+
+def run_stream(job: dict[str, Any]) -> dict[str, Any]:
+    from connectors.postgres.task import ConnectorTask
+    from sevisflow.config import settings_from_mapping
+
+    settings = settings_from_mapping(job["settings"], env={})
+    stop = threading.Event()
+    from connectors.postgres.metrics import ConnectorMetrics
+
+    metrics = ConnectorMetrics(settings.connector.name, settings.connector.slot_name)
+    task = ConnectorTask(settings, stop, metrics)
+    err: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            task.run()
+        except BaseException as exc:  # noqa: BLE001
+            err.append(exc)
+
+    th = threading.Thread(target=target, daemon=True)
+    cpu0, _ = _usage()
+    th.start()
+    while metrics.state not in ("streaming", "done", "stopped") and th.is_alive():
+        time.sleep(0.001)
+    t0 = time.monotonic()
+    cpu_start, _ = _usage()
+    end = job["end_lsn"]
+    while th.is_alive() and (metrics.confirmed_lsn or 0) < end:
+        time.sleep(0.005)
+    t1 = time.monotonic()
+    cpu_end, rss = _usage()
+    stop.set()
+    th.join(60)
+    task.close()
+    if err:
+        raise err[0]
+    return {"seconds": t1 - t0, "cpu_s": cpu_end - cpu_start, "cpu_total_s": cpu_end - cpu0, "maxrss_kb": rss,
+            "events": metrics.events_total}
+
+
+def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
+    from connectors.postgres.metrics import ConnectorMetrics
+    from connectors.postgres.task import ConnectorTask
+    from sevisflow.config import settings_from_mapping
+
+    settings = settings_from_mapping(job["settings"], env={})
+    metrics = ConnectorMetrics(settings.connector.name, settings.connector.slot_name)
+    task = ConnectorTask(settings, threading.Event(), metrics)
+    cpu0, _ = _usage()
+    t0 = time.monotonic()
+    task.run()
+    t1 = time.monotonic()
+    cpu1, rss = _usage()
+    task.close()
+    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, "rows": metrics.snapshot_rows}
+
+
+def run_raw(job: dict[str, Any]) -> dict[str, Any]:
+    from connectors.postgres.replication import ReplicationConnection
+
+    repl = ReplicationConnection(job["conninfo"])
+    repl.start(job["slot"], job["publication"], 0)
+    commits = 0
+    messages = 0
+    nbytes = 0
+    want = job["commits"]
+    cpu0, _ = _usage()
+    t0 = time.monotonic()
+    while commits < want:
+        items = repl.read_batch(100_000, 0.0)
+        if not items:
+            time.sleep(0.02)   # let the server's send buffer fill: batched sends are cheaper for the walsender
+            continue
+        for _, payload in items:
+            if payload is not None:
+                messages += 1
+                nbytes += len(payload)
+                if payload[0] == 67:
+                    commits += 1
+    t1 = time.monotonic()
+    cpu1, rss = _usage()
+    repl.close()
+    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, "messages": messages, "bytes": nbytes}
+
+
+def run_raw_pg2(job: dict[str, Any]) -> dict[str, Any]:
+    """The same drain with psycopg2's LogicalReplicationConnection (the alternative client), decode=False."""
+    import psycopg2
+    import psycopg2.extras
+
+    conn = psycopg2.connect(job["conninfo"], connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    cur = conn.cursor()
+    cur.start_replication(slot_name=job["slot"], decode=False,
+                          options={"proto_version": "1", "publication_names": job["publication"]})
+    state = {"commits": 0, "messages": 0, "bytes": 0}
+    want = job["commits"]
+
+    class Done(Exception):
+        pass
+
+    def consume(msg: Any) -> None:
+        state["messages"] += 1
+        state["bytes"] += len(msg.payload)
+        if msg.payload[0] == 67:
+            state["commits"] += 1
+            if state["commits"] >= want:
+                raise Done
+
+    cpu0, _ = _usage()
+    t0 = time.monotonic()
+    try:
+        cur.consume_stream(consume, keepalive_interval=10)
+    except Done:
+        pass
+    t1 = time.monotonic()
+    cpu1, rss = _usage()
+    conn.close()
+    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, **state}
+
+
+def main() -> int:
+    kind = sys.argv[1]
+    job = json.loads(sys.stdin.read())
+    out = {"stream": run_stream, "snapshot": run_snapshot, "raw": run_raw, "raw_pg2": run_raw_pg2}[kind](job)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
