@@ -22,6 +22,8 @@ from sevisflow.kafka_io import make_consumer
 @dataclass
 class AuditInputs:
     changes: list[Decoded] = field(default_factory=list)
+    transactions: list[Decoded] = field(default_factory=list)
+    """``<prefix>.transaction`` (BEGIN/END markers): normalize orders transactions by them"""
     events: list[Decoded] = field(default_factory=list)
     batches: list[Decoded] = field(default_factory=list)
     results: list[Decoded] = field(default_factory=list)
@@ -46,7 +48,8 @@ def change_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
 
 
 def load_inputs(settings: Settings, *, with_changes: bool = True, timeout_s: float = 30.0) -> AuditInputs:
-    """Every record of the SEVIS-side topics (and, optionally, the change topics), decoded, in log order."""
+    """Every record of the SEVIS-side topics (and, optionally, the change topics and the transaction
+    topic), decoded, in log order."""
     t = settings.topics
     existing = set(list_topics(settings, timeout_s))
 
@@ -59,7 +62,8 @@ def load_inputs(settings: Settings, *, with_changes: bool = True, timeout_s: flo
         prefix = settings.connector.topic_prefix
         for topic in sorted(x for x in existing if is_change_topic(x, prefix)):
             inputs.changes += read_all(settings.kafka, topic, timeout_s)
-    for lst in (inputs.events, inputs.batches, inputs.results, inputs.commands, inputs.changes):
+        inputs.transactions = read(f"{prefix}.transaction")
+    for lst in (inputs.events, inputs.batches, inputs.results, inputs.commands, inputs.changes, inputs.transactions):
         lst.sort(key=lambda d: (d.topic, d.partition, d.offset))
     return inputs
 

@@ -235,15 +235,56 @@ def guided_batcher_replay(org_id: str, events: Iterable[Decoded], commands: Iter
 # ----------------------------------------------------------------------------- events (pure pipeline)
 
 
+def stage_feed(changes: Iterable[Decoded], transactions: Iterable[Decoded] = (),
+               input_topics: Iterable[str] | None = None) -> list[Decoded]:
+    """The records the normalize stage consumes, in one order it could have consumed them.
+
+    The stage reads every mapped change topic *and* the transaction topic (its BEGIN/END
+    markers decide when a transaction is complete and in which order transactions are
+    applied; without them every streamed row change waits for an END forever). Kafka
+    guarantees order only within a partition, so the feed keeps each partition's offset
+    order and merges the partitions by log timestamp (ties by topic, partition): the order
+    the records were written in, as a live consumer sees them. ``input_topics`` limits the
+    change topics to the stage's inputs (the mapping's tables); None = all of them.
+    """
+    import heapq
+
+    wanted = set(input_topics) if input_topics is not None else None
+    parts: dict[tuple[str, int], list[Decoded]] = {}
+    for d in changes:
+        if wanted is None or d.topic in wanted:
+            parts.setdefault((d.topic, d.partition), []).append(d)
+    for d in transactions:
+        parts.setdefault((d.topic, d.partition), []).append(d)
+    heap: list[tuple[int, str, int, int]] = []
+    for (topic, part), lst in parts.items():
+        lst.sort(key=lambda x: x.offset)
+        heap.append((lst[0].timestamp_ms or 0, topic, part, 0))
+    heapq.heapify(heap)
+    out: list[Decoded] = []
+    while heap:
+        _, topic, part, i = heapq.heappop(heap)
+        lst = parts[(topic, part)]
+        out.append(lst[i])
+        if i + 1 < len(lst):
+            heapq.heappush(heap, (lst[i + 1].timestamp_ms or 0, topic, part, i + 1))
+    return out
+
+
 def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_topic: str | None,
+                    transactions: Iterable[Decoded] = (), input_topics: Iterable[str] | None = None,
                     ) -> dict[str, dict[str, Any]]:
-    """event_id → SevisEvent re-derived by normalize + sevis_events from the change records (Avro-canonical)."""
+    """event_id → SevisEvent re-derived by normalize + sevis_events from the change records (Avro-canonical).
+
+    ``transactions`` are the records of ``tx_topic`` (None when the connector writes no
+    transaction metadata, as the stage then runs without it); see :func:`stage_feed`.
+    """
     from processors.sevis_events.pure import PureOutput, PurePipeline
 
     pipe = PurePipeline(mapping, org_id=org_id, tx_topic=tx_topic)
     out = PureOutput()
-    ordered = sorted(changes, key=lambda d: (d.timestamp_ms or 0, d.topic, d.partition, d.offset))
-    for d in ordered:
+    txs = [d for d in transactions if d.topic == tx_topic] if tx_topic else []
+    for d in stage_feed(changes, txs, input_topics):
         pipe.feed_one(d.topic, _key_bytes(d), d.raw, out, d.partition, d.offset)
     events = {}
     for e in out.events:
@@ -273,7 +314,9 @@ class VerifyContext:
     outbox: Any                       # sinks.outbox.Outbox
     schema: Any | None                # sinks.xml.xsd.StudentSchema, None = no XSDs
     mapping: Any | None = None        # processors.normalize.mapping.Mapping, None = skip the events check
-    tx_topic: str | None = None
+    tx_topic: str | None = None       # the transaction topic normalize reads (None: no transaction metadata)
+    transactions: list[Decoded] = field(default_factory=list)   # its records
+    input_topics: list[str] | None = None  # the change topics normalize reads (None: every change topic)
     skip_reasons: dict[str, str] = field(default_factory=dict)
     _closed: dict[str, Decoded] | None = None
     _replays: dict[str, BatcherReplay] = field(default_factory=dict)
@@ -298,7 +341,8 @@ class VerifyContext:
             orgs = {d.value.get("org_id") for d in self.events if isinstance(d.value, dict)}
             self._events = {}
             for org in sorted(o for o in orgs if o):
-                self._events.update(rederive_events(self.changes, self.mapping, org, self.tx_topic))
+                self._events.update(rederive_events(self.changes, self.mapping, org, self.tx_topic,
+                                                    self.transactions, self.input_topics))
         return self._events
 
 

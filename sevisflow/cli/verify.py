@@ -53,21 +53,31 @@ def load_context(settings: Settings, with_sources: bool = True, timeout_s: float
     except SevisflowError as exc:
         skip["render"] = f"SEVIS XSDs not loadable: {exc}"
     mapping = None
+    tx_topic: str | None = None
+    topics: list[str] | None = None
     if with_sources:
         try:
             from processors.normalize.common import mapping_path
             from processors.normalize.mapping import load_mapping
+            from processors.normalize.stage import input_topics
 
             mapping = load_mapping(mapping_path(settings))
+            # exactly what the normalize stage subscribes to: the mapped change topics + the transaction topic
+            stage_inputs, tx_topic = input_topics(settings, mapping)
+            topics = [t for t in stage_inputs if t != tx_topic]
         except Exception as exc:  # noqa: BLE001 - any failure: the check is skipped and says why
             skip["events"] = f"mapping file not loadable ({type(exc).__name__}: {exc})"
+        if mapping is not None and tx_topic and not inputs.transactions and any(
+                isinstance(d.value, dict) and isinstance(d.value.get("transaction"), dict) for d in inputs.changes):
+            skip["events"] = (f"the transaction topic {tx_topic} is not retained: normalize applies transactions "
+                              "in the order of its END records, so the events cannot be re-derived without it")
     else:
         skip["events"] = "--no-sources: events not re-derived"
         skip["sources"] = "--no-sources: change topics not read"
     return VerifyContext(batches=inputs.batches, events=inputs.events, commands=inputs.commands,
                          results=inputs.results, changes=inputs.changes, outbox=make_outbox(settings),
-                         schema=schema, mapping=mapping,
-                         tx_topic=f"{settings.connector.topic_prefix}.transaction", skip_reasons=skip)
+                         schema=schema, mapping=mapping, tx_topic=tx_topic, transactions=inputs.transactions,
+                         input_topics=topics, skip_reasons=skip)
 
 
 def _print_verdict(v: Verdict) -> None:

@@ -197,11 +197,18 @@ def test_full_chain_from_change_records_to_document(tmp_path):
     res = sink_closed_batch(ClosedBatch.from_event(closed[0], orjson.loads(closed[0]["records_json"])), schema, outbox)
     assert res.status == "written", [p.as_dict() for p in (res.checked.problems if res.checked else [])]
 
-    ctx = VerifyContext(batches=dec_batches, events=events, commands=commands, results=[], changes=changes,
-                        outbox=outbox, schema=schema, mapping=scen.MAPPING, tx_topic=feed.tx_topic)
+    # as the reader gives them: the transaction topic apart from the change topics
+    txs = [d for d in changes if d.topic == feed.tx_topic]
+    rows = [d for d in changes if d.topic != feed.tx_topic]
+    ctx = VerifyContext(batches=dec_batches, events=events, commands=commands, results=[], changes=rows,
+                        outbox=outbox, schema=schema, mapping=scen.MAPPING, tx_topic=feed.tx_topic, transactions=txs)
     v = verify_batch(closed[0]["batch_id"], ctx)
     assert {c.name: c.status for c in v.checks} == {"archive": "ok", "render": "ok", "batching": "ok",
                                                     "events": "ok", "sources": "ok"}, v.to_json()
+    # without the transaction topic every streamed change waits for an END: nothing is re-derived
+    bare = VerifyContext(batches=dec_batches, events=events, commands=commands, results=[], changes=rows,
+                         outbox=outbox, schema=schema, mapping=scen.MAPPING, tx_topic=feed.tx_topic)
+    assert next(c for c in verify_batch(closed[0]["batch_id"], bare).checks if c.name == "events").status == "failed"
 
     # a change record altered in the retained log: the events check names the event and the field
     i = next(k for k, d in enumerate(changes) if d.topic.endswith("person") and d.value["op"] == "u")
