@@ -2,8 +2,15 @@
 
 In production every stage is its own process (``sevisflow connector run``, ``sevisflow process …``,
 ``sevisflow sink …``); a small school can run them all together. Each stage is a function
-``run(settings, stop_event)`` that returns when ``stop_event`` is set. If one stage fails, the
-others are stopped too and the failure is reported, so a half-running pipeline never hides.
+``run(settings, stop_event)`` that returns when ``stop_event`` is set.
+
+A stage that raises :class:`~sevisflow.errors.TransientError` (``UnreachableError`` included: Kafka
+or PostgreSQL cannot be reached, a broker died, a transaction timed out) is started again after a
+backoff (``restart_base_s`` doubling up to ``restart_max_s``, at least the error's ``retry_after_s``),
+and each restart is logged as ``stage.restarting`` with the stage name and the error *class* only
+(messages may quote data). A stage that ran for ``restart_reset_s`` without failing starts its
+backoff from the beginning again. Any other error (``TerminalError``, a bug) stops the others too
+and is reported, so a half-running pipeline never hides.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sevisflow.config import Settings
+from sevisflow.errors import TransientError
 from sevisflow.log import get_logger
 from sevisflow.observability import serve_for
 
@@ -40,6 +48,10 @@ class StageThread:
     name: str
     thread: threading.Thread
     error: BaseException | None = None
+    restarts: int = 0
+    """How often the stage was started again after a transient error."""
+    last_transient: str | None = None
+    """Class name of the last transient error the stage was restarted after."""
 
 
 @dataclass
@@ -51,11 +63,18 @@ class Pipeline:
     stop_event: threading.Event = field(default_factory=threading.Event)
     threads: list[StageThread] = field(default_factory=list)
     server: Any = None
+    restart_base_s: float = 1.0
+    restart_max_s: float = 30.0
+    restart_reset_s: float = 120.0
+    functions: dict[str, Callable[[Settings, threading.Event], None]] = field(default_factory=dict)
+    """Stage functions by name instead of :data:`STAGES` (tests)."""
+    serve_metrics: bool = True
 
     def start(self) -> "Pipeline":
-        self.server = serve_for(self.settings.metrics.port, self.settings.metrics.host)
+        if self.serve_metrics:
+            self.server = serve_for(self.settings.metrics.port, self.settings.metrics.host)
         for name in self.names:
-            fn = stage_function(name)
+            fn = self.functions.get(name) or stage_function(name)
             holder = StageThread(name, threading.Thread())
             holder.thread = threading.Thread(target=self._guard, args=(holder, fn), name=f"stage-{name}", daemon=True)
             self.threads.append(holder)
@@ -64,12 +83,38 @@ class Pipeline:
         return self
 
     def _guard(self, holder: StageThread, fn: Callable[[Settings, threading.Event], None]) -> None:
-        try:
-            fn(self.settings, self.stop_event)
-        except BaseException as exc:  # noqa: BLE001 - reported by failed()/stop()
-            holder.error = exc
-            log.error("stage.failed", stage=holder.name, error=repr(exc))
-            self.stop_event.set()
+        attempt = 0
+        while True:
+            began = time.monotonic()
+            try:
+                fn(self.settings, self.stop_event)
+                return
+            except TransientError as exc:
+                if self.stop_event.is_set():
+                    log.info("stage.stopped_after_error", stage=holder.name, error=type(exc).__name__)
+                    return
+                attempt = 1 if time.monotonic() - began >= self.restart_reset_s else attempt + 1
+                delay = self.backoff_s(attempt, exc.retry_after_s)
+                holder.restarts += 1
+                holder.last_transient = type(exc).__name__
+                log.warning("stage.restarting", stage=holder.name, error=type(exc).__name__, attempt=attempt,
+                            restarts=holder.restarts, backoff_s=round(delay, 2))
+                if self.stop_event.wait(delay):
+                    return
+            except BaseException as exc:  # noqa: BLE001 - reported by failed()/stop()
+                holder.error = exc
+                log.error("stage.failed", stage=holder.name, error=type(exc).__name__, detail=str(exc)[:500])
+                self.stop_event.set()
+                return
+
+    def backoff_s(self, attempt: int, retry_after_s: float = 0.0) -> float:
+        """Seconds to wait before restart number ``attempt`` (1, 2, …) of a stage."""
+        delay = min(self.restart_max_s, self.restart_base_s * 2 ** max(0, attempt - 1))
+        return max(delay, min(self.restart_max_s, retry_after_s or 0.0))
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts after transient errors, by stage name."""
+        return {t.name: t.restarts for t in self.threads}
 
     def failed(self) -> list[StageThread]:
         return [t for t in self.threads if t.error is not None]

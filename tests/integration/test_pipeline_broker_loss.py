@@ -1,0 +1,358 @@
+"""The whole pipeline on a three-node KRaft cluster while one broker is killed with ``kill -9``.
+
+PostgreSQL (the reference SIS: 60 students, 35 % international) → connector → normalize →
+sevis_events → batcher, all in one process (``runner.Pipeline``), on a local three-node Kafka
+with every topic at replication factor 3 and min.insync.replicas 2 (the transaction topic keeps
+its single partition, deploy/topics.toml). After the snapshot, 60 SIS transactions are committed
+at a steady pace; after a third of them the broker leading the connector's transaction topic is
+killed with SIGKILL and started again 20 s later with the same data — what Kubernetes or systemd
+does with a crashed broker; the pipeline itself is not touched. Then a DSO closes the batch with
+``sevisflow batch close --dso …``.
+
+What must hold: no stage fails (a stage that hits a transient Kafka error is restarted by the
+runner and that is counted, not hidden); ``sevis.events`` holds exactly the events the pure
+pipeline (``PurePipeline`` over ``SisFeed``, the same school and activity) derives — none
+missing, none twice; and the closed batch equals what the pure batcher core closes from those
+events: the same records with the same content, each made of the same number of events and
+source changes, no event id in two places. Figures are printed and written to
+``.local/pipeline-cluster-figures.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from deploy.local.cluster import kill_node, restart_node
+from deploy.local.stack import KafkaInfo, start_stack, stop_stack
+from deploy.sis.load import create_schema, load_school, play_activity
+from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+from sevisflow.cli import main
+from sevisflow.config import Settings, settings_from_mapping
+from sevisflow.demo import _to_toml
+from sevisflow.kafka_io import client_config, ensure_topics, read_topic
+from sevisflow.runner import Pipeline
+from sevisflow.serde import registry
+from sevisflow.topics import all_topics
+from tests.helpers import REPO, XSD_DIR
+from tests.unit.test_reference_school_events import Replay
+
+pytestmark = pytest.mark.integration
+
+STUDENTS, SHARE, SEED, ACTIVITY = 60, 0.35, 7, 60
+DSO = "dsotest001"
+RESTART_AFTER_S = 20          # the supervisor (Kubernetes, systemd) brings the killed broker back
+PACE_S = 0.3                  # one SIS commit every 0.3 s: the load runs before, during and after the kill
+STAGES = ["connector", "normalize", "events", "batcher"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[KafkaInfo]:
+    (REPO / ".local" / "stacks").mkdir(parents=True, exist_ok=True)
+    info = start_stack(name="pytest-pipeline-cluster", postgres=False, kafka_brokers=3, progress=lambda *_: None)
+    assert info.kafka is not None and len(info.kafka.nodes) == 3
+    try:
+        yield info.kafka
+    finally:
+        stop_stack(info, remove=True)
+
+
+def pipeline_raw(kafka: dict[str, Any], pg: Any, unique: str, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Settings for a full pipeline run with per-test topic names (also written to a file for the CLI)."""
+    topics = {name: f"{default}.{unique}" for name, default in [
+        ("students", "sevisflow.students"), ("events", "sevis.events"), ("commands", "sevis.batch.commands"),
+        ("batches", "sevis.batches"), ("results", "sevis.results"), ("dlq", "sevisflow.dlq")]}
+    return {
+        "kafka": kafka,
+        "postgres": {"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user},
+        "connector": {"topic.prefix": f"sis{unique}", "slot.name": f"slot_{unique}",
+                      "publication.name": f"pub_{unique}", "name": f"conn-{unique}",
+                      "offsets_dir": str(tmp_path / "connector"), "heartbeat.interval.ms": 500,
+                      "offset.flush.interval.ms": 200},
+        "school": {"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
+        "sevis": {"xsd_dir": str(XSD_DIR), "outbox_dir": str(tmp_path / "outbox"),
+                  "quarantine_dir": str(tmp_path / "quarantine")},
+        "topics": topics,
+    }
+
+
+def write_config(raw: dict[str, dict[str, Any]], path: Path) -> Path:
+    path.write_text(_to_toml(raw))
+    path.chmod(0o600)
+    return path
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout_s: float, pipeline: Pipeline, every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = pred()
+        if value:
+            return value
+        failed = pipeline.failed()
+        assert not failed, f"a stage failed while waiting for {what}: {[(t.name, t.error) for t in failed]}"
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
+        time.sleep(every_s)
+
+
+def settled(read: Callable[[], int], quiet_s: float, at_least: int = 1) -> Callable[[], int]:
+    """True once ``read()`` is ≥ ``at_least`` and has not changed for ``quiet_s``."""
+    state = {"value": -1, "since": time.monotonic()}
+
+    def check() -> int:
+        value, now = read(), time.monotonic()
+        if value != state["value"]:
+            state["value"], state["since"] = value, now
+            return 0
+        return value if value >= at_least and now - state["since"] >= quiet_s else 0
+    return check
+
+
+def decoded(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    return [registry().decode(m.value()) for m in read_topic(settings.kafka, topic, timeout_s=30)]
+
+
+def count(settings: Settings, topic: str) -> int:
+    return sum(1 for _ in read_topic(settings.kafka, topic, timeout_s=30))
+
+
+def expected_outcome(org_id: str, close_at_ms: int, students: int = STUDENTS, share: float = SHARE, seed: int = SEED,
+                     activity: int = ACTIVITY) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
+    """(events, closed records, students with a snapshot Create) the pure pipeline + pure batcher give."""
+    r = Replay(students=students, share=share, seed=seed, n_activity=activity)
+    events = list(r.snapshot.events)
+    snapshot_creates = {e["student_key"] for e in events if e["kind"] == "Create"}
+    for tx in r.activity:
+        events.extend(r.play(tx).events)
+    state = School(org_id=org_id)
+    for ev in events:
+        state, _ = apply(state, EventIn({**ev, "org_id": org_id}, at_ms=close_at_ms))
+    state, outs = apply(state, CommandIn({"command_id": "expected-close", "kind": "close", "org_id": org_id,
+                                          "dso_user_id": DSO, "requested_at_ms": close_at_ms}))
+    closed = [o.event for o in outs if isinstance(o, Publish) and o.event["type"] == "closed"]
+    assert len(closed) == 1
+    return events, orjson.loads(closed[0]["records_json"]), snapshot_creates
+
+
+def _commit_date(lineage: list[dict[str, Any]]) -> str | None:
+    ms = max((p.get("commit_ts_ms") or 0 for p in lineage or []), default=0)
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date().isoformat() if ms else None
+
+
+def _payload(payload: Any, lineage: list[dict[str, Any]]) -> bytes:
+    """The payload as canonical JSON, with an I-20 issue date that is the commit date written as such.
+
+    A Create without ``i20_issue_date`` in the SIS takes the source commit's date (derive.py): the pure
+    feed commits at the activity's generated time, the real SIS at the wall clock; both must be *their*
+    commit date, and everything else must be equal."""
+    day = _commit_date(lineage)
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: ("<commit date>" if k == "IssDate" and x == day else walk(x)) for k, x in v.items()}
+        return [walk(x) for x in v] if isinstance(v, list) else v
+    return orjson.dumps(walk(payload), option=orjson.OPT_SORT_KEYS)
+
+
+def event_content(e: dict[str, Any]) -> tuple[Any, ...]:
+    return (e["student_key"], e["kind"], e["coalesce_key"], _payload(orjson.loads(e["payload_json"]), e["lineage"]),
+            len(e["lineage"]))
+
+
+def shape(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """What must agree between a real and a pure record (ids, request ids and source positions differ)."""
+    return (rec["record_id"], rec["section"], rec["kind"], _payload(rec["payload"], rec["lineage"]),
+            len(rec["event_ids"]), len(rec["lineage"]))
+
+
+def compare_with_pure(events: list[dict[str, Any]], records: list[dict[str, Any]],
+                      expected_events: list[dict[str, Any]], expected_records: list[dict[str, Any]],
+                      snapshot_creates: set[str]) -> dict[str, Any]:
+    """Events on sevis.events and records of the closed batch(es) against the pure pipeline's.
+
+    A snapshot Create is compared by student and kind only: its content depends on the order the
+    snapshot rows arrive in (known, connector + normalize; see tests/integration/test_verify_pipeline.py)."""
+    def ev(e: dict[str, Any]) -> tuple[Any, ...]:
+        c = event_content(e)
+        return c[:3] if e["kind"] == "Create" and e["student_key"] in snapshot_creates else c
+
+    def rec(r: dict[str, Any]) -> tuple[Any, ...]:
+        c = shape(r)
+        return c[:3] if r["kind"] == "Create" and r["student_key"] in snapshot_creates else c
+    ids = Counter(e["event_id"] for e in events)
+    got, want = Counter(map(ev, events)), Counter(map(ev, expected_events))
+    in_batch = Counter(i for r in records for i in r["event_ids"])
+    rgot, rwant = Counter(map(rec, records)), Counter(map(rec, expected_records))
+    report = {
+        "events_expected": len(expected_events), "events_on_topic": len(events),
+        "duplicate_event_ids": sum(1 for n in ids.values() if n > 1),
+        "events_missing": sum((want - got).values()), "events_unexpected": sum((got - want).values()),
+        "records_expected": len(expected_records), "records_closed": len(records),
+        "records_missing": sum((rwant - rgot).values()), "records_unexpected": sum((rgot - rwant).values()),
+        "event_ids_in_batch": len(in_batch), "event_ids_twice_in_batch": sum(1 for n in in_batch.values() if n > 1),
+        "batch_event_ids_not_on_topic": len(set(in_batch) - set(ids)),
+        "differences": {"events_missing": [k[:2] for k in want - got], "events_unexpected": [k[:2] for k in got - want],
+                        "records_missing": [k[:3] for k in rwant - rgot],
+                        "records_unexpected": [k[:3] for k in rgot - rwant]},
+    }
+    report["ok"] = (report["duplicate_event_ids"] == report["events_missing"] == report["events_unexpected"]
+                    == report["records_missing"] == report["records_unexpected"] == report["event_ids_twice_in_batch"]
+                    == report["batch_event_ids_not_on_topic"] == 0 and len(events) == len(expected_events)
+                    and len(records) == len(expected_records))
+    return report
+
+
+def close_with_cli(config: Path, capsys: Any) -> list[str]:
+    capsys.readouterr()
+    assert main(["--config", str(config), "batch", "close", "--dso", DSO, "--json", "--timeout", "60"]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    ids = out.get("batch_ids") or [b["batch_id"] for b in out.get("batches", [])]
+    assert ids, out
+    return ids
+
+
+class Progress:
+    """Samples the high watermarks of the student view topic (normalize's output) every 0.25 s."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        self.consumer = Consumer({**client_config(settings.kafka), "group.id": "progress-probe",
+                                  "enable.auto.commit": False})
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.tps = [TopicPartition(topic, p) for p in parts]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                n = sum(self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)[1] for tp in self.tps)
+                self.samples.append((time.monotonic(), n))
+            except Exception:  # noqa: BLE001 - a partition without a leader for a moment
+                pass
+            self.stop.wait(0.25)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.consumer.close()
+
+    def longest_stall_after(self, t0: float, until: float) -> float:
+        """Longest time in [t0, until] during which the watermark did not move."""
+        pts = [(t, n) for t, n in self.samples if t0 <= t <= until]
+        stall, last_t, last_n = 0.0, t0, pts[0][1] if pts else 0
+        for t, n in pts:
+            if n != last_n:
+                stall, last_t, last_n = max(stall, t - last_t), t, n
+        return round(max(stall, (pts[-1][0] - last_t) if pts else 0.0), 2)
+
+
+def leader_of(settings: Settings, topic: str, partition: int = 0) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient(client_config(settings.kafka)).list_topics(topic, timeout=10)
+    return int(md.topics[topic].partitions[partition].leader)
+
+
+def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_once(
+        cluster, fresh_db, unique, tmp_path, capsys):
+    from deploy.sis.activity import generate_activity
+    from deploy.sis.generator import generate_school
+    from tests.unit.test_reference_school_events import TODAY
+
+    t_start = time.monotonic()
+    raw = pipeline_raw({**cluster.kafka_settings(), "replication_factor": 3, "min_insync_replicas": 2},
+                       fresh_db, unique, tmp_path)
+    settings = settings_from_mapping(raw, env={})
+    config = write_config(raw, tmp_path / "sevisflow.toml")
+    t = settings.topics
+    tx_topic = f"{settings.connector.topic_prefix}.transaction"
+
+    create_schema(fresh_db.dsn)
+    school = generate_school(STUDENTS, SHARE, SEED, TODAY)
+    load_school(fresh_db.dsn, school)
+    activity = generate_activity(school, ACTIVITY, SEED, TODAY)
+    specs = all_topics(settings)
+    ensure_topics(settings.kafka, specs)
+    by_name = {s.name: s for s in specs}
+    assert by_name[tx_topic].partitions == 1 and all(s.replication_factor == 3 for s in specs)
+    assert all(s.config.get("min.insync.replicas") == "2" for s in specs)
+
+    expected_events, expected_records, snapshot_creates = expected_outcome(settings.school.org_id, int(time.time() * 1000))
+    pipeline = Pipeline(settings, STAGES, restart_base_s=1.0, restart_max_s=5.0, serve_metrics=False).start()
+    progress: Progress | None = None
+    restarter: threading.Timer | None = None
+    restart: dict[str, float] = {}
+    figures: dict[str, Any] = {}
+    try:
+        wait_for("the snapshot's student views", settled(lambda: count(settings, t.students), 3.0), 90, pipeline)
+        progress = Progress(settings, t.students)
+        victim = leader_of(settings, tx_topic)
+        killed_at = 0.0
+        for i, tx in enumerate(activity):
+            play_activity(fresh_db.dsn, [tx])
+            if i == ACTIVITY // 3:
+                killed_at = time.monotonic()
+                kill_node(cluster, victim)
+
+                def bring_back() -> None:
+                    restart["started"] = time.monotonic()
+                    restart_node(cluster, victim)
+                    restart["ready"] = time.monotonic()
+                restarter = threading.Timer(RESTART_AFTER_S, bring_back)
+                restarter.daemon = True
+                restarter.start()
+            time.sleep(PACE_S)
+        activity_done = time.monotonic()
+        n_expected = len(expected_events)
+        wait_for(f"all {n_expected} SEVIS events", settled(lambda: count(settings, t.events), 3.0, n_expected),
+                 150, pipeline, every_s=1.0)
+        caught_up = time.monotonic()
+        # the batcher has taken in every event once its open batch holds what the pure batcher holds
+        from sevisflow.cli.batch import load_view
+
+        want_open = {r["record_id"] for r in expected_records}
+        wait_for("the open batch to hold every expected record",
+                 lambda: want_open <= {r["record_id"] for r in load_view(settings, settings.school.org_id)
+                                       .open_records() if r["status"] == "open"}, 60, pipeline)
+        batch_ids = close_with_cli(config, capsys)
+        if restarter is not None:
+            restarter.join(RESTART_AFTER_S + 120)
+        figures = {
+            "sis_transactions": ACTIVITY, "killed_node": victim, "node_down_s": round(
+                restart.get("started", killed_at) - killed_at, 1),
+            "node_back_s_after_restart": round(restart.get("ready", 0) - restart.get("started", 0), 1),
+            "activity_ended_s_after_kill": round(activity_done - killed_at, 1),
+            "all_events_s_after_kill": round(caught_up - killed_at, 1),
+            "longest_view_stall_after_kill_s": progress.longest_stall_after(killed_at, caught_up),
+            "stage_restarts": pipeline.restarts(),
+            "restart_errors": {th.name: th.last_transient for th in pipeline.threads if th.last_transient},
+        }
+    finally:
+        if progress is not None:
+            progress.close()
+        failed = pipeline.stop(60)
+    assert not failed, [(f.name, f.error) for f in failed]
+    assert restart.get("ready"), "the killed broker did not come back"
+
+    events = decoded(settings, t.events)
+    closed = [e for e in decoded(settings, t.batches) if e["type"] == "closed"]
+    assert [e["batch_id"] for e in closed] == batch_ids
+    records = [r for e in closed for r in orjson.loads(e["records_json"])]
+    figures.update(compare_with_pure(events, records, expected_events, expected_records, snapshot_creates))
+    figures["test_s"] = round(time.monotonic() - t_start, 1)
+    print("pipeline cluster figures:", json.dumps(figures))
+    out = Path(os.environ.get("SEVISFLOW_PIPELINE_CLUSTER_FIGURES", REPO / ".local" / "pipeline-cluster-figures.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    assert figures["ok"], figures

@@ -1,0 +1,146 @@
+"""The whole pipeline against a Kafka that requires TLS (client certificate) and SASL/SCRAM-SHA-512.
+
+PostgreSQL (a small reference school) → connector → normalize → sevis_events → batcher, in one
+process (``runner.Pipeline``), every client configured only through sevisflow settings; the
+secrets are given as literal environment values (the hardest case for masking: no ``file:``
+indirection). A few SIS transactions, then a DSO close with ``sevisflow batch close``. The closed
+batch must be what the pure pipeline + pure batcher close for the same school and activity, and
+neither the SASL password nor the client-key password may appear in the JSON logs of the run
+(DEBUG, every logger) or in what ``sevisflow config`` prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+import pytest
+
+from deploy.local.stack import StackInfo, start_stack, stop_stack
+from deploy.sis.activity import generate_activity
+from deploy.sis.generator import generate_school
+from deploy.sis.load import create_schema, load_school, play_activity
+from sevisflow import log as sflog
+from sevisflow.cli import main
+from sevisflow.cli.batch import load_view
+from sevisflow.config import settings_from_mapping
+from sevisflow.kafka_io import ensure_topics
+from sevisflow.runner import Pipeline
+from sevisflow.topics import all_topics
+from tests.helpers import REPO
+from tests.integration.test_pipeline_broker_loss import (
+    close_with_cli,
+    compare_with_pure,
+    count,
+    decoded,
+    expected_outcome,
+    pipeline_raw,
+    settled,
+    wait_for,
+    write_config,
+)
+from tests.unit.test_reference_school_events import TODAY
+
+pytestmark = pytest.mark.integration
+
+STUDENTS, SHARE, SEED, ACTIVITY = 40, 0.5, 7, 15
+SECRET_KEYS = {"sasl_password": "SEVISFLOW_KAFKA_SASL_PASSWORD", "ssl_key_password": "SEVISFLOW_KAFKA_SSL_KEY_PASSWORD"}
+
+
+@pytest.fixture(scope="module")
+def secure_kafka() -> Iterator[StackInfo]:
+    (REPO / ".local" / "stacks").mkdir(parents=True, exist_ok=True)
+    info = start_stack(name="pytest-pipeline-secure", postgres=False, kafka_security="sasl_ssl",
+                       progress=lambda *_: None)
+    try:
+        yield info
+    finally:
+        stop_stack(info, remove=True)
+
+
+@contextlib.contextmanager
+def json_logs() -> Iterator[io.StringIO]:
+    """Every log record of the process (DEBUG and up, librdkafka's included) as sevisflow's JSON lines."""
+    sflog.configure("DEBUG")
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(sflog.JsonFormatter())
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield buf
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)
+
+
+def test_pipeline_over_tls_and_sasl_closes_the_expected_batch_and_leaks_no_secret(
+        secure_kafka, fresh_db, unique, tmp_path, capsys, monkeypatch):
+    assert secure_kafka.kafka is not None
+    kafka = dict(secure_kafka.kafka.kafka_settings())
+    assert kafka["security_protocol"] == "SASL_SSL"
+    # the secrets as literal values in the environment; the settings file holds none
+    secrets = {key: Path(kafka.pop(key)[len("file:"):]).read_text().strip() for key in SECRET_KEYS}
+    assert all(len(v) >= 8 for v in secrets.values())
+    for key, var in SECRET_KEYS.items():
+        monkeypatch.setenv(var, secrets[key])
+    raw = pipeline_raw(kafka, fresh_db, unique, tmp_path)
+    config = write_config(raw, tmp_path / "sevisflow.toml")
+    settings = settings_from_mapping(raw, env={var: secrets[key] for key, var in SECRET_KEYS.items()})
+    t = settings.topics
+
+    create_schema(fresh_db.dsn)
+    school = generate_school(STUDENTS, SHARE, SEED, TODAY)
+    load_school(fresh_db.dsn, school)
+    activity = generate_activity(school, ACTIVITY, SEED, TODAY)
+    expected_events, expected_records, snapshot_creates = expected_outcome(
+        settings.school.org_id, int(time.time() * 1000), STUDENTS, SHARE, SEED, ACTIVITY)
+    assert expected_records, "the activity must leave records to close"
+
+    started = time.monotonic()
+    with json_logs() as logs:
+        capsys.readouterr()
+        assert main(["--config", str(config), "--log-level", "DEBUG", "config"]) == 0
+        printed = capsys.readouterr()
+        ensure_topics(settings.kafka, all_topics(settings))
+        pipeline = Pipeline(settings, ["connector", "normalize", "events", "batcher"], serve_metrics=False,
+                            restart_base_s=1.0, restart_max_s=5.0).start()
+        try:
+            wait_for("the snapshot's student views", settled(lambda: count(settings, t.students), 2.0), 90, pipeline)
+            play_activity(fresh_db.dsn, activity)
+            wait_for(f"all {len(expected_events)} SEVIS events",
+                     settled(lambda: count(settings, t.events), 2.0, len(expected_events)), 90, pipeline)
+            want = {r["record_id"] for r in expected_records}
+            wait_for("the open batch to hold every expected record",
+                     lambda: want <= {r["record_id"] for r in load_view(settings, settings.school.org_id)
+                                      .open_records() if r["status"] == "open"}, 60, pipeline)
+            batch_ids = close_with_cli(config, capsys)
+        finally:
+            failed = pipeline.stop(60)
+        assert not failed, [(f.name, type(f.error).__name__) for f in failed]
+        restarts = pipeline.restarts()
+    took = time.monotonic() - started
+
+    events = decoded(settings, t.events)
+    closed = [e for e in decoded(settings, t.batches) if e["type"] == "closed"]
+    assert [e["batch_id"] for e in closed] == batch_ids
+    records = [r for e in closed for r in orjson.loads(e["records_json"])]
+    report = compare_with_pure(events, records, expected_events, expected_records, snapshot_creates)
+    print(f"secure pipeline: {len(records)} records closed in {took:.1f}s, restarts {restarts}, {report}")
+    assert report["ok"], report
+
+    text = logs.getvalue()
+    assert '"stage.started"' in text and "sasl" in (text + printed.out).lower()
+    assert "****" in printed.out, "sevisflow config should show the secrets masked"
+    for name, secret in secrets.items():
+        assert secret not in text, f"the {name} appears in the logs"
+        assert secret not in printed.out and secret not in printed.err, f"the {name} appears in `sevisflow config`"
+        assert secret not in repr(settings) and secret not in str(settings.masked())
+        assert secret not in config.read_text()

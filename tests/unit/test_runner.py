@@ -1,0 +1,143 @@
+"""runner.Pipeline: a stage that fails with a transient error is started again after a backoff;
+any other error stops the pipeline and is reported. Fake stage functions, no Kafka."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+
+import orjson
+import pytest
+
+from sevisflow import log as sflog
+from sevisflow.config import settings_from_mapping
+from sevisflow.errors import TerminalError, TransientError, UnreachableError
+from sevisflow.runner import Pipeline
+
+SETTINGS = settings_from_mapping({}, env={})
+
+
+def _pipeline(**fns) -> Pipeline:
+    return Pipeline(SETTINGS, list(fns), functions=fns, serve_metrics=False,
+                    restart_base_s=0.05, restart_max_s=0.2)
+
+
+def _wait(pred, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def logs():
+    """The JSON log lines written while the test runs (a handler on the root logger, like configure's)."""
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(sflog.JsonFormatter())
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield buf
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)
+
+
+def _events(buf: io.StringIO) -> list[dict]:
+    out = []
+    for line in buf.getvalue().splitlines():
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+    return out
+
+
+def test_transient_errors_restart_the_stage_with_backoff_and_are_logged_by_class(logs):
+    calls: list[float] = []
+    running = threading.Event()
+
+    def flaky(settings, stop):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise UnreachableError("Kafka at 127.0.0.1:1 is not reachable: student Jane Doe")
+        if len(calls) <= 3:
+            raise TransientError("broker gone", retry_after_s=0.0)
+        running.set()
+        stop.wait()
+
+    def steady(settings, stop):
+        stop.wait()
+
+    p = _pipeline(flaky=flaky, steady=steady).start()
+    try:
+        _wait(running.is_set)
+        assert not p.failed() and not p.stop_event.is_set()
+        assert p.restarts() == {"flaky": 3, "steady": 0}
+    finally:
+        assert p.stop(5) == []
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert gaps[0] >= 0.045 and gaps[1] >= 0.09 and gaps[2] >= 0.18, gaps   # 0.05, 0.1, 0.2 (the cap)
+    restarts = [e for e in _events(logs) if e.get("event") == "stage.restarting"]
+    assert [(e["stage"], e["error"], e["attempt"]) for e in restarts] == [
+        ("flaky", "UnreachableError", 1), ("flaky", "TransientError", 2), ("flaky", "TransientError", 3)]
+    assert "Jane" not in logs.getvalue() and "127.0.0.1:1" not in logs.getvalue()   # class only, no message
+
+
+def test_backoff_doubles_up_to_the_cap_and_honours_retry_after():
+    p = Pipeline(SETTINGS, [], restart_base_s=1.0, restart_max_s=30.0, serve_metrics=False)
+    assert [p.backoff_s(n) for n in (1, 2, 3, 4, 5, 6, 7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert p.backoff_s(1, retry_after_s=5.0) == 5.0
+    assert p.backoff_s(1, retry_after_s=500.0) == 30.0
+
+
+def test_a_terminal_error_stops_every_stage_and_is_reported(logs):
+    def broken(settings, stop):
+        raise TerminalError("SASL authentication failed")
+
+    stopped = threading.Event()
+
+    def other(settings, stop):
+        stop.wait()
+        stopped.set()
+
+    p = _pipeline(broken=broken, other=other).start()
+    _wait(p.stop_event.is_set)
+    failed = p.stop(5)
+    assert [(t.name, type(t.error)) for t in failed] == [("broken", TerminalError)]
+    assert stopped.is_set() and p.restarts() == {"broken": 0, "other": 0}
+    ev = [e for e in _events(logs) if e.get("event") == "stage.failed"]
+    assert ev and ev[0]["stage"] == "broken" and ev[0]["error"] == "TerminalError"
+
+
+def test_stop_during_the_backoff_ends_the_stage_without_a_failure():
+    attempts = []
+
+    def always_down(settings, stop):
+        attempts.append(1)
+        raise UnreachableError("PostgreSQL is not reachable")
+
+    p = Pipeline(SETTINGS, ["pg"], functions={"pg": always_down}, serve_metrics=False,
+                 restart_base_s=30.0, restart_max_s=30.0).start()
+    _wait(lambda: p.threads[0].restarts == 1)
+    t0 = time.monotonic()
+    assert p.stop(5) == []
+    assert time.monotonic() - t0 < 2 and not p.threads[0].thread.is_alive() and attempts == [1]
+
+
+def test_a_transient_error_while_stopping_is_not_a_failure_and_not_restarted():
+    attempts = []
+
+    def dies_on_stop(settings, stop):
+        attempts.append(1)
+        stop.wait()
+        raise TransientError("broker went away during shutdown")
+
+    p = _pipeline(s=dies_on_stop).start()
+    _wait(lambda: attempts == [1])
+    assert p.stop(5) == [] and attempts == [1] and p.restarts() == {"s": 0}
