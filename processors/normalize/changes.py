@@ -55,6 +55,7 @@ class RowChange:
     partition: int = 0
     offset: int = 0
     in_tx: bool = False          # carries Debezium's "transaction" block: an END marker will follow
+    snapshot_mark: str | None = None   # source.snapshot as sent: "first" | "true" | "last" | "incremental" …
 
     @property
     def row_id(self) -> str:
@@ -69,12 +70,13 @@ class RowChange:
         return {"t": self.table, "op": self.op, "k": self.key, "b": self.before, "a": self.after,
                 "pos": list(self.position), "lsn": self.lsn, "seq": self.sequence, "tx": self.tx_id,
                 "ts": self.commit_ts_ms, "snap": self.snapshot, "topic": self.topic, "p": self.partition,
-                "o": self.offset, "tx_b": self.in_tx}
+                "o": self.offset, "tx_b": self.in_tx, "sm": self.snapshot_mark}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RowChange":
         return cls(d["t"], d["op"], d["k"], d["b"], d["a"], (d["pos"][0], d["pos"][1]), d["lsn"], d["seq"],
-                   d["tx"], d["ts"], d["snap"], d["topic"], d["p"], d["o"], d.get("tx_b", False))
+                   d["tx"], d["ts"], d["snap"], d["topic"], d["p"], d["o"], d.get("tx_b", False),
+                   d.get("sm"))
 
 
 def _unwrap(obj: Any) -> tuple[Any, dict[str, Any] | None]:
@@ -197,6 +199,7 @@ def parse_change(key_bytes: bytes | None, value_bytes: bytes | None, topic: str 
         tx_id = _int_or_none(str(payload["transaction"].get("id", "")).split(":")[0])
     snap = source.get("snapshot")
     snapshot = op == "r" or (snap not in (None, False, "false", "incremental"))
+    mark = ("true" if snap else "false") if isinstance(snap, bool) else (str(snap) if snap is not None else None)
     ts = _int_or_none(source.get("ts_ms")) or _int_or_none(payload.get("ts_ms"))
     if op in ("c", "r", "u") and after is None:
         raise ChangeFormatError(f"op {op} without 'after'")
@@ -204,7 +207,7 @@ def parse_change(key_bytes: bytes | None, value_bytes: bytes | None, topic: str 
         raise ChangeFormatError("delete without 'before' or key")
     return RowChange(f"{schema_name}.{table_name}", op, key, before, after,
                      (commit_order(sequence, lsn), lsn or 0), lsn, sequence, tx_id, ts, snapshot,
-                     topic, partition, offset, isinstance(payload.get("transaction"), dict))
+                     topic, partition, offset, isinstance(payload.get("transaction"), dict), mark)
 
 
 @dataclass(frozen=True)

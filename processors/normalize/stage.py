@@ -92,6 +92,9 @@ class NormalizeStore(StateStore):
     def __init__(self) -> None:
         super().__init__()
         self.kv = StoreKV(self)
+        # next offset handled per input (topic, partition) in this run, since the last commit point
+        # at most: cleared whenever staged state is dropped, so it never runs ahead of the state
+        self.handled: dict[tuple[str, int], int] = {}
 
     def staged(self) -> dict[int, dict[bytes, bytes | None]]:
         self.kv.flush()
@@ -108,14 +111,17 @@ class NormalizeStore(StateStore):
     def abort(self) -> None:
         super().abort()
         self.kv.reset()
+        self.handled.clear()
 
     def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
         super().load_partition(partition, data)
         self.kv.reset()
+        self.handled.clear()
 
     def drop_partition(self, partition: int) -> None:
         super().drop_partition(partition)
         self.kv.reset()
+        self.handled.clear()
 
 
 def input_topics(settings: Settings, mapping: Mapping) -> tuple[list[str], str | None]:
@@ -140,9 +146,93 @@ class NormalizeStage:
         self.mapping = mapping
         self.store = store
         self.topics, self.tx_topic = input_topics(settings, mapping)
-        self.normalizer = Normalizer(mapping, store.kv, use_transactions=self.tx_topic is not None)
+        self.normalizer = Normalizer(mapping, store.kv, use_transactions=self.tx_topic is not None,
+                                     hold_streamed=True)
+        self.consumer: Any = None    # the loop's consumer (build_loop): watermarks and positions
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
+        outs = self._handle(msg)
+        self.store.handled[(msg.topic(), msg.partition())] = msg.offset() + 1
+        if self.normalizer.snapshot_status() is not None:
+            outs.extend(self.check_snapshot(msg, idle=False))
+        return outs
+
+    def on_idle(self, state: StateStore) -> list[Output]:
+        if self.normalizer.snapshot_status() is None:
+            return []
+        return self.check_snapshot(None, idle=True)
+
+    # -- the initial snapshot (docs/MAPPING.md, "The initial snapshot")
+
+    def check_snapshot(self, msg: Message | None, idle: bool) -> list[Output]:
+        """Apply the held snapshot once it is complete: its end was seen (a row with source.snapshot
+        "last", or a streamed record after it) and every input partition has been consumed up to the
+        high watermark read at that moment, so every row produced before the end has been held."""
+        st = self.normalizer.snapshot_status()
+        if not st or not (st.get("last") or st.get("ended")):
+            return []
+        marks = self.store.kv.get("sw")
+        if marks is None:
+            marks = self._watermarks()
+            if marks is None:
+                return []          # broker not answering: try again on the next record or idle turn
+            self.store.kv.put("sw", marks)
+            log.info("normalize.snapshot_end_seen", rows=st.get("n"), by="last" if st.get("last") else "stream",
+                     partitions=len(marks))
+        if not self._reached(marks, idle):
+            return []
+        res = self.normalizer.release_snapshot()
+        self.store.kv.put("sw", None)
+        log.info("normalize.snapshot_applied", rows=st.get("n"), views=len(res.updates), dead=len(res.dead))
+        return self.outputs(res, msg)
+
+    def _watermarks(self) -> dict[str, list[int]] | None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if self.consumer is None:
+            return {}
+        marks: dict[str, list[int]] = {}
+        try:
+            md = self.consumer.list_topics(timeout=10)
+            for topic in self.topics:
+                tmd = md.topics.get(topic)
+                if tmd is None or tmd.error is not None:
+                    continue
+                for p in tmd.partitions:
+                    low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    marks[f"{topic}|{p}"] = [low, high]
+        except KafkaException as exc:
+            log.warning("normalize.snapshot_watermarks_failed", error=exc.args[0].str())
+            return None
+        return marks
+
+    def _reached(self, marks: dict[str, list[int]], idle: bool) -> bool:
+        """Whether this consumer is at or past every watermark. Between polls only the records handled
+        count; in an idle turn (everything polled is handled) the consumer's position, or the committed
+        offset where it has none yet, counts too (it also steps over transaction markers)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        missing: list[TopicPartition] = []
+        for name, (low, high) in marks.items():
+            topic, p = name.rsplit("|", 1)
+            if high <= low or self.store.handled.get((topic, int(p)), -1) >= high:
+                continue
+            if not idle or self.consumer is None:
+                return False
+            missing.append(TopicPartition(topic, int(p)))
+        if not missing:
+            return True
+        try:
+            pos = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(missing)}
+            unknown = [tp for tp in missing if pos.get((tp.topic, tp.partition), -1) < 0]
+            if unknown:
+                for tp in self.consumer.committed(unknown, timeout=10):
+                    pos[(tp.topic, tp.partition)] = tp.offset
+        except KafkaException:
+            return False
+        return all(pos.get((tp.topic, tp.partition), -1) >= marks[f"{tp.topic}|{tp.partition}"][1] for tp in missing)
+
+    def _handle(self, msg: Message) -> list[Output]:
         try:
             if msg.topic() == self.tx_topic:
                 marker = parse_tx_marker(msg.value())
@@ -194,9 +284,10 @@ def build_loop(settings: Settings, mapping: Mapping | None = None, batch_size: i
     instance = f"{group}-sequencer"   # the same for every instance: the newest fences the others
     loop = TransactionalLoop(settings.kafka, group, stage.topics, stage.handle, transactional_id=instance,
                              state_topic=with_suffix(STATE_TOPIC, settings), batch_size=batch_size,
-                             state=store, state_partitions={STATE_PARTITION},
+                             state=store, state_partitions={STATE_PARTITION}, on_idle=stage.on_idle,
                              consumer_overrides={"session.timeout.ms": 10000,
                                                  "topic.metadata.refresh.interval.ms": 5000})
+    stage.consumer = loop.consumer
     return loop, stage
 
 

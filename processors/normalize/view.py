@@ -21,8 +21,28 @@ the affected views are published once per transaction. So the output does not de
 per-table topics interleave. Without transaction metadata every row change is its own unit (in
 arrival order per topic partition); a multi-table transaction can then show intermediate views.
 Only row changes that carry Debezium's ``transaction`` block are buffered (the connector sets it
-when ``provide.transaction.metadata`` is on, and then writes the END); snapshot rows (op ``r``)
-never are.
+when ``provide.transaction.metadata`` is on, and then writes the END).
+
+Snapshot rows (op ``r`` / ``source.snapshot`` first|true|last) all share one position and carry no
+transaction block, and they arrive interleaved across every change topic and partition in no fixed
+order. They are *held* (``s:``/``si:``/``s`` keys below; a re-delivered row replaces the earlier copy
+of the same table + key) and applied as one unit when the snapshot is complete, sorted by
+:meth:`Normalizer.snapshot_order` (references, the student table, then the other tables in mapping
+order; primary key within a table): each affected student's view is published once, with the
+lineage of all its snapshot rows, so a new admit gives one complete Create whose id does not depend
+on arrival order. Who decides "complete": the Kafka stage (``hold_streamed=True``: streamed work
+waits behind the snapshot in ``sp`` / the END queue, and the stage calls :meth:`release_snapshot`
+once it has consumed everything produced before the snapshot's end); the pure pipeline
+(``hold_streamed=False``) releases it just before the first streamed change is applied, or at the
+end of the feed (:meth:`finish`).
+
+==============  ==========================================================================
+``s``            the held snapshot: ``k`` id chunks, ``n`` rows, ``last`` ("last" row seen),
+                 ``ended`` (a streamed record seen after it)
+``s:<row id>``   one held snapshot row (the last copy delivered)
+``si:<n>``       the row ids of the held snapshot, in chunks of :data:`SNAPSHOT_CHUNK`
+``sp``           streamed row changes applied on arrival, held behind an incomplete snapshot
+==============  ==========================================================================
 """
 
 from __future__ import annotations
@@ -37,6 +57,7 @@ from processors.normalize.changes import RowChange, TxMarker
 from processors.normalize.mapping import Feed, Mapping
 
 US_SLOTS = ("us_physical", "us_mailing")
+SNAPSHOT_CHUNK = 500   # row ids per ``si:<n>`` key: a changelog record stays small, writes stay O(rows)
 
 
 class KV(Protocol):
@@ -99,20 +120,38 @@ class _Skip(Exception):
 class Normalizer:
     """Turns row changes (and transaction markers) into student view updates and dead items."""
 
-    def __init__(self, mapping: Mapping, kv: KV, use_transactions: bool = True) -> None:
+    def __init__(self, mapping: Mapping, kv: KV, use_transactions: bool = True, hold_streamed: bool = False) -> None:
         self.mapping = mapping
         self.kv = kv
         self.use_transactions = use_transactions
+        self.hold_streamed = hold_streamed
         self.tables = set(mapping.tables())
+        rank: dict[str, int] = {}
+        for t in [r.table for r in mapping.references] + [mapping.student_table] + mapping.tables():
+            rank.setdefault(t, len(rank))
+        self._table_rank = rank
 
     # ------------------------------------------------------------------ entry points
 
     def on_change(self, ch: RowChange) -> Result:
         if ch.table not in self.tables:
+            if ch.snapshot and ch.snapshot_mark == "last" and self.snapshot_status() is not None:
+                self._snap_flag("last")   # the snapshot's last row may be of a table we do not read
+            return Result()
+        if ch.snapshot and ch.op != "t" and ch.snapshot_mark != "incremental":
+            self._hold_snapshot(ch)
             return Result()
         meta = self.kv.get("m") or {}
         upto = tuple(meta.get("upto", (-1, -1)))
         if not self.use_transactions or ch.snapshot or not ch.in_tx or ch.tx_id is None or ch.position <= upto:
+            if self.snapshot_status() is not None:
+                if self.hold_streamed:
+                    self.kv.put("sp", [*(self.kv.get("sp") or []), ch.to_json()])
+                    self._snap_flag("ended")
+                    return Result()
+                out = self._release_rows()
+                out.extend(self._apply_unit([ch]))
+                return out
             return self._apply_unit([ch])
         key = f"t:{ch.tx_id}"
         buf = list(self.kv.get(key) or [])
@@ -121,6 +160,8 @@ class Normalizer:
         return self._flush()
 
     def on_marker(self, marker: TxMarker) -> Result:
+        if self.snapshot_status() is not None:
+            self._snap_flag("ended")   # transaction markers only come from streaming, after the snapshot
         if marker.status != "END" or marker.tx_id is None or not self.use_transactions:
             return Result()
         counts = {t: n for t, n in marker.counts.items() if t in self.tables}
@@ -155,6 +196,10 @@ class Normalizer:
                     complete = len(raw) >= head["total"]
                 if not complete:
                     break
+            if self.snapshot_status() is not None:
+                if self.hold_streamed:
+                    break          # applied after the snapshot (release_snapshot)
+                out.extend(self._release_rows())
             done += 1
             if raw:
                 self.kv.put(f"t:{head['tx']}", None)
@@ -166,6 +211,74 @@ class Normalizer:
         if done:
             self.kv.put("q", q[done:] or None)
         return out
+
+    # ------------------------------------------------------------------ the initial snapshot
+
+    def snapshot_status(self) -> dict[str, Any] | None:
+        """The held snapshot's meta (``n`` rows, ``last``, ``ended``), None when nothing is held."""
+        return self.kv.get("s")
+
+    def snapshot_order(self, ch: RowChange) -> tuple[Any, ...]:
+        """Where a snapshot row goes in the snapshot unit: independent of arrival order."""
+        return (self._table_rank.get(ch.table, len(self._table_rank)), ch.table, ch.row_id)
+
+    def _snap_flag(self, flag: str) -> None:
+        meta = self.kv.get("s")
+        if meta is not None and not meta.get(flag):
+            self.kv.put("s", {**meta, flag: True})
+
+    def _hold_snapshot(self, ch: RowChange) -> None:
+        meta = dict(self.kv.get("s") or {"k": 0, "n": 0})
+        rid = ch.row_id
+        if self.kv.get(f"s:{rid}") is None:
+            k = max(meta["k"] - 1, 0)
+            chunk = list(self.kv.get(f"si:{k}") or [])
+            if len(chunk) >= SNAPSHOT_CHUNK:
+                k, chunk = k + 1, []
+            chunk.append(rid)
+            self.kv.put(f"si:{k}", chunk)
+            meta["k"] = k + 1
+            meta["n"] += 1
+        self.kv.put(f"s:{rid}", ch.to_json())   # a re-delivered row (resumed snapshot): the last copy wins
+        if ch.snapshot_mark == "last":
+            meta["last"] = True
+        self.kv.put("s", meta)
+
+    def _release_rows(self) -> Result:
+        """Apply the held snapshot rows as one unit (deterministic order) and forget them."""
+        meta = self.kv.get("s")
+        if meta is None:
+            return Result()
+        rows: list[RowChange] = []
+        for k in range(meta["k"]):
+            for rid in self.kv.get(f"si:{k}") or []:
+                d = self.kv.get(f"s:{rid}")
+                if d is not None:
+                    rows.append(RowChange.from_json(d))
+                    self.kv.put(f"s:{rid}", None)
+            self.kv.put(f"si:{k}", None)
+        self.kv.put("s", None)
+        if not rows:
+            return Result()
+        rows.sort(key=self.snapshot_order)
+        return self._apply_unit(rows)
+
+    def release_snapshot(self) -> Result:
+        """Apply the held snapshot, then the streamed work held behind it (the stage calls this once
+        the snapshot is complete; :meth:`finish` at the end of a pure feed)."""
+        out = self._release_rows()
+        held = self.kv.get("sp") or []
+        if held:
+            self.kv.put("sp", None)
+            for d in held:
+                out.extend(self.on_change(RowChange.from_json(d)))
+        if self.use_transactions:
+            out.extend(self._flush())
+        return out
+
+    def finish(self) -> Result:
+        """End of a pure feed: whatever snapshot is still held is complete."""
+        return self.release_snapshot()
 
     # ------------------------------------------------------------------ applying
 

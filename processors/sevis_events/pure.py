@@ -42,7 +42,13 @@ class PurePipeline:
         out = PureOutput()
         for r in records:
             self.feed_one(r.topic, r.key, r.value, out)
+        self.finish(out)
         return out
+
+    def finish(self, out: PureOutput) -> None:
+        """The end of the feed: apply a snapshot still held (normalize holds snapshot rows until the
+        snapshot is complete; without Kafka, "complete" is the first streamed change or the end)."""
+        self._take(self.normalizer.finish(), out)
 
     def feed_one(self, topic: str, key: bytes | None, value: bytes | None, out: PureOutput, partition: int = 0,
                  offset: int = 0) -> None:
@@ -56,6 +62,9 @@ class PurePipeline:
         except ChangeFormatError as exc:
             out.dead.append(DeadItem("bad_change_event", str(exc), None))
             return
+        self._take(res, out)
+
+    def _take(self, res: Result, out: PureOutput) -> None:
         out.dead.extend(res.dead)
         for upd in res.updates:
             out.views.append(upd)

@@ -286,6 +286,7 @@ def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_to
     txs = [d for d in transactions if d.topic == tx_topic] if tx_topic else []
     for d in stage_feed(changes, txs, input_topics):
         pipe.feed_one(d.topic, _key_bytes(d), d.raw, out, d.partition, d.offset)
+    pipe.finish(out)   # a snapshot with nothing streamed after it is applied at the end, as the stage does
     events = {}
     for e in out.events:
         canon = registry().decode(registry().encode(EVENT_SCHEMA, e), EVENT_SCHEMA)
