@@ -278,7 +278,7 @@ def render_show(view: BatchView, tz: str) -> str:
                              f"(event {x['event_id']}) was replaced by a later change (event {x['by_event_id']})"
                              + (f", after batch {x['requeued_from']} was refused" if x.get("requeued_from") else ""))
     if c["ready"]:
-        lines += ["", f"Close what you reviewed with: sevisflow batch close --dso <your SEVIS user id>"]
+        lines += ["", "Close what you reviewed with: sevisflow batch close --dso <your SEVIS user id>"]
     return "\n".join(lines)
 
 

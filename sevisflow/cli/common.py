@@ -34,21 +34,31 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_stage(settings: Settings, stage: Callable[..., None], *extra: Any) -> int:
-    """Run a long-lived stage in the foreground: SIGTERM/Ctrl-C ask it to drain and stop, and
-    /metrics, /health and /ready are served on ``metrics.port`` while it runs (when set)."""
+def run_stage(settings: Settings, stage: Callable[..., None], *extra: Any, name: str = "stage") -> int:
+    """Run one long-lived stage in the foreground, the way ``sevisflow run`` runs several.
+
+    SIGTERM/Ctrl-C ask it to drain and stop; a transient failure (Kafka or PostgreSQL not
+    reachable) restarts it after a growing backoff instead of exiting; /metrics, /health and
+    /ready are served on ``metrics.port`` while it runs (when set). Returns 0 after a clean stop.
+    """
     import signal
-    import threading
+    import time
 
-    from sevisflow.observability import serve_for
+    from sevisflow.errors import SevisflowError
+    from sevisflow.runner import Pipeline
 
-    stop = threading.Event()
+    def fn(s: Settings, stop: Any) -> None:
+        stage(s, stop, *extra)
+
+    pipeline = Pipeline(settings, [name], functions={name: fn}).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    server = serve_for(settings.metrics.port, settings.metrics.host)
-    try:
-        stage(settings, stop, *extra)
-    finally:
-        if server:
-            server.stop()
+        signal.signal(sig, lambda *_: pipeline.stop_event.set())
+    while not pipeline.stop_event.is_set() and any(t.thread.is_alive() for t in pipeline.threads):
+        time.sleep(0.2)
+    failed = pipeline.stop()
+    if failed:
+        err = failed[0].error
+        if isinstance(err, SevisflowError):
+            raise err
+        raise RuntimeError(f"stage {name} failed") from err
     return 0

@@ -29,11 +29,11 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "normalize":
         from processors.normalize import run as run_normalize
 
-        return run_stage(settings, run_normalize)
+        return run_stage(settings, run_normalize, name="normalize")
     if args.stage == "events":
         from processors.sevis_events import run as run_events
 
-        return run_stage(settings, run_events, args.instance)
+        return run_stage(settings, run_events, args.instance, name="events")
     from processors.batcher.stage import run as run_batcher
 
-    return run_stage(settings, run_batcher, args.instance)
+    return run_stage(settings, run_batcher, args.instance, name="batcher")

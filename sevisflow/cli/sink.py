@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_xml(args: argparse.Namespace) -> int:
     from sinks.xml.stage import run
 
-    return run_stage(settings_from_args(args), run)
+    return run_stage(settings_from_args(args), run, name="sink-xml")
 
 
 def cmd_sevis(args: argparse.Namespace) -> int:
@@ -50,7 +50,7 @@ def cmd_sevis(args: argparse.Namespace) -> int:
         return 0
     from sinks.sevis.stage import run
 
-    return run_stage(settings, run)
+    return run_stage(settings, run, name="sink-sevis")
 
 
 def outbox_rows(settings: Any) -> list[dict[str, Any]]:

@@ -6,11 +6,9 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import orjson
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.batcher import core
 from processors.batcher.core import CommandIn, EventIn, Publish, Reject, ResultIn, School, SendCommand, Tick, apply
 from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
 from processors.batcher.ids import BATCH_ID_LEN, REQUEST_ID_MAX
