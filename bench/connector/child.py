@@ -37,11 +37,17 @@ def run_stream(job: dict[str, Any]) -> dict[str, Any]:
     task = ConnectorTask(settings, stop, metrics)
     err: list[BaseException] = []
 
+    thread_cpu: list[float] = []
+
     def target() -> None:
+        prof = _profiler()
         try:
             task.run()
         except BaseException as exc:  # noqa: BLE001
             err.append(exc)
+        finally:
+            thread_cpu.append(time.thread_time())
+            _dump_profile(prof, "stream")
 
     th = threading.Thread(target=target, daemon=True)
     cpu0, _ = _usage()
@@ -61,7 +67,7 @@ def run_stream(job: dict[str, Any]) -> dict[str, Any]:
     if err:
         raise err[0]
     return {"seconds": t1 - t0, "cpu_s": cpu_end - cpu_start, "cpu_total_s": cpu_end - cpu0, "maxrss_kb": rss,
-            "events": metrics.events_total}
+            "events": metrics.events_total, "task_thread_cpu_s": thread_cpu[0] if thread_cpu else None}
 
 
 def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
@@ -73,12 +79,40 @@ def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
     metrics = ConnectorMetrics(settings.connector.name, settings.connector.slot_name)
     task = ConnectorTask(settings, threading.Event(), metrics)
     cpu0, _ = _usage()
+    tcpu0 = time.thread_time()
     t0 = time.monotonic()
+    prof = _profiler()
     task.run()
     t1 = time.monotonic()
+    tcpu1 = time.thread_time()
+    _dump_profile(prof, "snapshot")
     cpu1, rss = _usage()
     task.close()
-    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, "rows": metrics.snapshot_rows}
+    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, "rows": metrics.snapshot_rows,
+            "task_thread_cpu_s": tcpu1 - tcpu0}
+
+
+def _profiler() -> Any:
+    """cProfile of the calling thread when BENCH_PROFILE names a directory (development aid, off by default)."""
+    import os
+
+    if not os.environ.get("BENCH_PROFILE"):
+        return None
+    import cProfile
+
+    prof = cProfile.Profile(time.thread_time) if os.environ.get("BENCH_PROFILE_CPU") else cProfile.Profile()
+    prof.enable()
+    return prof
+
+
+def _dump_profile(prof: Any, kind: str) -> None:
+    if prof is None:
+        return
+    import os
+
+    prof.disable()
+    out = os.path.join(os.environ["BENCH_PROFILE"], f"{kind}.prof")
+    prof.dump_stats(out)
 
 
 def run_raw(job: dict[str, Any]) -> dict[str, Any]:

@@ -23,9 +23,10 @@ at ``confirmed_lsn``: at most one flush interval of events is sent again, with t
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import psycopg
 from confluent_kafka import KafkaError, Message, Producer
@@ -53,6 +54,7 @@ HEARTBEAT_PREFIX = "sevisflow.heartbeat"
 STATUS_INTERVAL_S = 1.0
 LAG_INTERVAL_S = 2.0
 READ_BATCH = 4000
+_U32 = struct.Struct(">I").unpack_from
 FLUSH_TIMEOUT_S = 120.0
 
 
@@ -207,6 +209,21 @@ class ConnectorTask:
                 except BufferError:
                     self._wait_for_queue()
 
+    def _produce_values(self, topic: str, pairs: Iterable[tuple[bytes | None, bytes]]) -> None:
+        """Produce (key, value) pairs to one topic (no headers) as they come: the snapshot's path."""
+        produce = self.producer.produce  # type: ignore[union-attr]
+        for key, value in pairs:
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                while True:
+                    self._wait_for_queue()
+                    try:
+                        produce(topic, value, key)
+                        break
+                    except BufferError:
+                        pass
+
     def _wait_for_queue(self) -> None:
         self.producer.poll(0.05)  # type: ignore[union-attr]
         self._keep_walsender_alive()
@@ -275,6 +292,7 @@ class ConnectorTask:
             tx = TxContext(xid=xmin, commit_lsn=None, ts_us=time.time_ns() // 1000, snapshot="true")
             lsn = prog.lsn
             read = self.builder.read
+            read_values = self.builder.iter_read_values
             first = prog.rows == 0 and not prog.done and prog.resumed == 0
             pending: tuple[TableMeta, list[Any]] | None = None
             produced_table: str | None = prog.current
@@ -310,18 +328,29 @@ class ConnectorTask:
                 self._ensure_topics([meta.topic])
                 key_types = self.catalog.column_types(table, meta.key_columns)
                 after = prog.last_key if table == prog.current else None
-                batch: list[Record] = []
                 for chunk in read_chunks(conn, meta, key_types, after, max(1, self.c.snapshot_fetch_size)):
-                    for values in chunk:
-                        if pending is not None:
-                            pmeta, pvalues = pending
-                            batch.append(read(pmeta, pvalues, tx, lsn, "first" if first else "true"))
+                    if not chunk:
+                        continue
+                    # every row is produced once the next one is known (the very last row is "last"):
+                    # the row held back from the previous chunk first, then all of this chunk but its last
+                    if pending is not None:
+                        pmeta, pvalues = pending
+                        self._produce_values(pmeta.topic, read_values(pmeta, [pvalues], tx, lsn,
+                                                                      "first" if first else "true"))
+                        first = False
+                        produced_table, produced_key = pmeta.full_name, list(pmeta.key_text(pvalues))
+                        rows += 1
+                    if len(chunk) > 1:
+                        body = chunk[:-1]
+                        if first:
+                            self._produce_values(meta.topic, read_values(meta, body[:1], tx, lsn, "first"))
                             first = False
-                            produced_table, produced_key = pmeta.full_name, list(pmeta.key_text(pvalues))
-                            rows += 1
-                        pending = (meta, values)
-                    self._produce(batch)
-                    batch = []
+                            body = body[1:]
+                        if body:
+                            self._produce_values(meta.topic, read_values(meta, body, tx, lsn, "true"))
+                        produced_table, produced_key = meta.full_name, list(meta.key_text(chunk[-2]))
+                        rows += len(chunk) - 1
+                    pending = (meta, chunk[-1])
                     checkpoint()
                     if self.stop.is_set():
                         log.info("connector.snapshot_interrupted", rows=rows)
@@ -370,6 +399,11 @@ class ConnectorTask:
         self._next_heartbeat = time.monotonic() + (hb_every or 0)
         counts = {"c": 0, "u": 0, "d": 0, "t": 0, "m": 0}
         dummy_tx = TxContext(xid=None, commit_lsn=None, ts_us=0)
+        fast_change = builder.fast_change
+        kproduce = self.producer.produce  # type: ignore[union-attr]
+        tombstones = builder.tombstones_on_delete
+        n_c = n_u = n_d = 0
+        last_commit_ms: int | None = None
         try:
             while not self.stop.is_set():
                 items = repl.read_batch(READ_BATCH, 0.1)
@@ -381,13 +415,34 @@ class ConnectorTask:
                         continue
                     kind = payload[0]
                     if kind == 73 or kind == 85 or kind == 68:  # I U D
-                        msg = decode(payload)
-                        meta = metas.get(msg.relid)  # type: ignore[union-attr]
+                        meta = metas.get(_U32(payload, 1)[0]) if len(payload) >= 6 else None
                         if meta is None or tx is None:
+                            decode(payload)  # raises DecodeError if malformed, as before
                             continue
                         if txmeta and not tx_announced:
                             produce([builder.transaction_event(self.tx_topic, tx, "BEGIN")])
                             tx_announced = True
+                        rec = fast_change(meta, payload, tx, lsn)
+                        if rec is not None:  # the common case: one pass from bytes to the record
+                            op, key, value = rec
+                            topic = meta.topic
+                            try:
+                                kproduce(topic, value, key)
+                            except BufferError:
+                                produce([(topic, key, value, None)])
+                            if op == "d":
+                                if tombstones and key is not None:
+                                    try:
+                                        kproduce(topic, None, key)
+                                    except BufferError:
+                                        produce([(topic, key, None, None)])
+                                n_d += 1
+                            elif op == "u":
+                                n_u += 1
+                            else:
+                                n_c += 1
+                            continue
+                        msg = decode(payload)
                         if kind == 73:
                             produce(builder.insert(meta, msg.new, tx, lsn))  # type: ignore[union-attr]
                             counts["c"] += 1
@@ -408,7 +463,7 @@ class ConnectorTask:
                         tx = None
                         if msg.end_lsn > self.safe_lsn:
                             self.safe_lsn = msg.end_lsn
-                        self.metrics.commit_seen(msg.commit_ts_us // 1000)
+                        last_commit_ms = msg.commit_ts_us // 1000
                     elif isinstance(msg, Relation):
                         metas[msg.relid] = self._relation(msg)
                     elif isinstance(msg, TypeInfo):
@@ -432,6 +487,14 @@ class ConnectorTask:
                             produce([builder.message(self.msg_topic, msg.prefix, msg.content, mtx, msg.lsn)])
                             counts["m"] += 1
                 self.producer.poll(0)  # type: ignore[union-attr]
+                if last_commit_ms is not None:  # metrics once per batch, not per transaction
+                    self.metrics.commit_seen(last_commit_ms)
+                    last_commit_ms = None
+                if n_c or n_u or n_d:
+                    counts["c"] += n_c
+                    counts["u"] += n_u
+                    counts["d"] += n_d
+                    n_c = n_u = n_d = 0
                 if any(counts.values()):
                     self.metrics.events(counts)
                     counts = dict.fromkeys(counts, 0)
