@@ -55,6 +55,14 @@ class ConnectorMetrics:
         self.last_error: str | None = None
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
         self._server: Any = None
+        # also exposed through the process's /metrics (metrics.port), next to the other stages
+        from sevisflow.observability import process_registry
+
+        self._process_registry = process_registry()
+        try:
+            self._process_registry.register(self.registry)  # a registry is a collector of its metrics
+        except ValueError:  # same metric names already there (a second connector in one process)
+            self._process_registry = None
 
     # -- updates (called per batch, not per event)
 
@@ -132,6 +140,12 @@ class ConnectorMetrics:
             self._server = start_http_server(port, addr=addr, registry=self.registry)
 
     def close(self) -> None:
+        if self._process_registry is not None:
+            try:
+                self._process_registry.unregister(self.registry)
+            except KeyError:
+                pass
+            self._process_registry = None
         if self._server is not None:
             server = self._server[0] if isinstance(self._server, tuple) else self._server
             try:

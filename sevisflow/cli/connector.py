@@ -18,6 +18,7 @@ import orjson
 
 from sevisflow.cli.common import add_json_flag, format_table, print_json, settings_from_args
 from sevisflow.log import get_logger
+from sevisflow.observability import serve_for
 
 log = get_logger("sevisflow.connector")
 
@@ -47,9 +48,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    server = serve_for(settings.metrics.port, settings.metrics.host)
     try:
         run_connector(settings, stop)
     finally:
+        if server:
+            server.stop()
         for s, h in previous.items():
             signal.signal(s, h)
     return 0
