@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from sevisflow.config import Settings, settings_from_mapping
 
@@ -52,3 +56,63 @@ def make_settings(kafka: KafkaHandle | None = None, pg: PgHandle | None = None, 
     return settings_from_mapping(raw, env={})
 
 
+
+
+# --------------------------------------------------------------------------- waiting on a running pipeline
+
+
+def settled(read: Callable[[], int], quiet_s: float, at_least: int = 1) -> Callable[[], int]:
+    """A predicate: true once ``read()`` is ≥ ``at_least`` and has not changed for ``quiet_s``."""
+    import time
+
+    state = {"value": -1, "since": time.monotonic()}
+
+    def check() -> int:
+        value, now = read(), time.monotonic()
+        if value != state["value"]:
+            state["value"], state["since"] = value, now
+            return 0
+        return value if value >= at_least and now - state["since"] >= quiet_s else 0
+    return check
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout_s: float, pipeline: Any, every_s: float = 0.5) -> Any:
+    """Poll ``pred`` until it is truthy; fail at once if a pipeline stage failed, or after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = pred()
+        if value:
+            return value
+        failed = pipeline.failed()
+        assert not failed, f"a stage failed while waiting for {what}: {[(t.name, t.error) for t in failed]}"
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
+        time.sleep(every_s)
+
+
+def count(settings: Settings, topic: str) -> int:
+    """Committed records on ``topic`` (read-only, no group offsets moved)."""
+    from sevisflow.kafka_io import read_topic
+
+    return sum(1 for _ in read_topic(settings.kafka, topic))
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[io.StringIO]:
+    """Every log record of the process (DEBUG and up, librdkafka's included) as sevisflow's JSON lines."""
+    from sevisflow import log as sflog
+
+    sflog.configure("DEBUG")  # install the JSON handler first: later configure() calls keep ours
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(sflog.JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield buf
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import orjson
 import pytest
@@ -44,7 +44,7 @@ from sevisflow.kafka_io import client_config, ensure_topics, read_topic
 from sevisflow.runner import Pipeline
 from sevisflow.serde import registry
 from sevisflow.topics import all_topics
-from tests.helpers import REPO, XSD_DIR
+from tests.helpers import REPO, XSD_DIR, count, settled, wait_for
 from tests.unit.test_reference_school_events import Replay
 
 pytestmark = pytest.mark.integration
@@ -92,37 +92,8 @@ def write_config(raw: dict[str, dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def wait_for(what: str, pred: Callable[[], Any], timeout_s: float, pipeline: Pipeline, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        failed = pipeline.failed()
-        assert not failed, f"a stage failed while waiting for {what}: {[(t.name, t.error) for t in failed]}"
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
-        time.sleep(every_s)
-
-
-def settled(read: Callable[[], int], quiet_s: float, at_least: int = 1) -> Callable[[], int]:
-    """True once ``read()`` is ≥ ``at_least`` and has not changed for ``quiet_s``."""
-    state = {"value": -1, "since": time.monotonic()}
-
-    def check() -> int:
-        value, now = read(), time.monotonic()
-        if value != state["value"]:
-            state["value"], state["since"] = value, now
-            return 0
-        return value if value >= at_least and now - state["since"] >= quiet_s else 0
-    return check
-
-
 def decoded(settings: Settings, topic: str) -> list[dict[str, Any]]:
     return [registry().decode(m.value()) for m in read_topic(settings.kafka, topic, timeout_s=30)]
-
-
-def count(settings: Settings, topic: str) -> int:
-    return sum(1 for _ in read_topic(settings.kafka, topic, timeout_s=30))
 
 
 def expected_outcome(org_id: str, close_at_ms: int, students: int = STUDENTS, share: float = SHARE, seed: int = SEED,

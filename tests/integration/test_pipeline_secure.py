@@ -11,9 +11,6 @@ neither the SASL password nor the client-key password may appear in the JSON log
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import time
 from pathlib import Path
 from typing import Iterator
@@ -25,23 +22,19 @@ from deploy.local.stack import StackInfo, start_stack, stop_stack
 from deploy.sis.activity import generate_activity
 from deploy.sis.generator import generate_school
 from deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow import log as sflog
 from sevisflow.cli import main
 from sevisflow.cli.batch import load_view
 from sevisflow.config import settings_from_mapping
 from sevisflow.kafka_io import ensure_topics
 from sevisflow.runner import Pipeline
 from sevisflow.topics import all_topics
-from tests.helpers import REPO
+from tests.helpers import REPO, captured_logs, count, settled, wait_for
 from tests.integration.test_pipeline_broker_loss import (
     close_with_cli,
     compare_with_pure,
-    count,
     decoded,
     expected_outcome,
     pipeline_raw,
-    settled,
-    wait_for,
     write_config,
 )
 from tests.unit.test_reference_school_events import TODAY
@@ -61,24 +54,6 @@ def secure_kafka() -> Iterator[StackInfo]:
         yield info
     finally:
         stop_stack(info, remove=True)
-
-
-@contextlib.contextmanager
-def json_logs() -> Iterator[io.StringIO]:
-    """Every log record of the process (DEBUG and up, librdkafka's included) as sevisflow's JSON lines."""
-    sflog.configure("DEBUG")
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(sflog.JsonFormatter())
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield buf
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
 
 
 def test_pipeline_over_tls_and_sasl_closes_the_expected_batch_and_leaks_no_secret(
@@ -105,7 +80,7 @@ def test_pipeline_over_tls_and_sasl_closes_the_expected_batch_and_leaks_no_secre
     assert expected_records, "the activity must leave records to close"
 
     started = time.monotonic()
-    with json_logs() as logs:
+    with captured_logs() as logs:
         capsys.readouterr()
         assert main(["--config", str(config), "--log-level", "DEBUG", "config"]) == 0
         printed = capsys.readouterr()

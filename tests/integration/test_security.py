@@ -10,8 +10,6 @@ own debug output included.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import threading
 import time
@@ -23,7 +21,6 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from deploy.local.stack import StackInfo, start_stack, stop_stack
-from sevisflow import log as sflog
 from sevisflow.cli import main
 from sevisflow.config import Settings, settings_from_mapping
 from sevisflow.kafka_io import (
@@ -35,7 +32,7 @@ from sevisflow.kafka_io import (
     make_producer,
     read_topic,
 )
-from tests.helpers import REPO
+from tests.helpers import REPO, captured_logs
 
 pytestmark = pytest.mark.integration
 
@@ -68,23 +65,6 @@ def _env(info: StackInfo, literal: bool = False) -> dict[str, str]:
 def _settings(info: StackInfo, literal: bool = False) -> Settings:
     return settings_from_mapping({}, env=_env(info, literal))
 
-
-@contextlib.contextmanager
-def _captured_logs() -> Iterator[io.StringIO]:
-    """Every log line (JSON, DEBUG and up, librdkafka included) written to a buffer."""
-    sflog.configure("DEBUG")  # install the JSON handler first: later configure() calls keep ours
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(sflog.JsonFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield buf
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 def test_stack_writes_no_secret_and_requires_tls_and_sasl(secure_stack):
@@ -127,7 +107,7 @@ def test_topics_produce_consume_and_transactional_loop_over_sasl_ssl(secure_stac
     kafka = settings.kafka
     inp, out, state, group = f"sec.in.{unique}", f"sec.out.{unique}", f"sec.state.{unique}", f"sec-{unique}"
     secrets = _secrets(secure_stack)
-    with _captured_logs() as logs:
+    with captured_logs() as logs:
         # the CLI, with the secrets given as literal environment values: config print, topics as code
         for key, value in _env(secure_stack, literal=True).items():
             monkeypatch.setenv(key, value)

@@ -8,19 +8,18 @@ Kafka stages made, and requires every check of every batch to pass — none fail
 
 from __future__ import annotations
 
-import time
 from datetime import date
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from deploy.sis.activity import generate_activity
 from deploy.sis.generator import generate_school
 from deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow.kafka_io import ensure_topics, read_topic
+from sevisflow.kafka_io import ensure_topics
 from sevisflow.runner import Pipeline
 from sevisflow.topics import all_topics
-from tests.helpers import REPO, XSD_DIR, make_settings
+from tests.helpers import REPO, XSD_DIR, count, make_settings, settled, wait_for
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="no SEVIS XSDs")]
@@ -28,35 +27,6 @@ pytestmark = [pytest.mark.integration,
 TODAY = date(2026, 10, 5)
 SEED = 7
 DSO = "dsotest001"
-
-
-def _count(settings: Any, topic: str) -> int:
-    return sum(1 for _ in read_topic(settings.kafka, topic, timeout_s=10))
-
-
-def _wait(what: str, pred: Callable[[], Any], timeout_s: float, pipeline: Pipeline, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        failed = pipeline.failed()
-        assert not failed, f"a stage failed while waiting for {what}: {[(t.name, t.error) for t in failed]}"
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
-        time.sleep(every_s)
-
-
-def _settled(read: Callable[[], int], quiet_s: float) -> Callable[[], int]:
-    """True once ``read()`` is above zero and has not changed for ``quiet_s``."""
-    state = {"value": -1, "since": time.monotonic()}
-
-    def check() -> int:
-        value, now = read(), time.monotonic()
-        if value != state["value"]:
-            state["value"], state["since"] = value, now
-            return 0
-        return value if value > 0 and now - state["since"] >= quiet_s else 0
-    return check
 
 
 def _close(settings: Any) -> str:
@@ -99,14 +69,14 @@ def test_verify_all_over_the_real_pipeline(kafka_stack, fresh_db, unique, tmp_pa
     pipeline = Pipeline(settings, ["connector", "normalize", "events", "batcher", "sink-xml"]).start()
     try:
         t = settings.topics
-        _wait("the snapshot's student views", _settled(lambda: _count(settings, t.students), 2.0), 60, pipeline)
-        before = _count(settings, t.events)
+        wait_for("the snapshot's student views", settled(lambda: count(settings, t.students), 2.0), 60, pipeline)
+        before = count(settings, t.events)
         play_activity(fresh_db.dsn, generate_activity(school, 40, SEED, TODAY))
-        _wait("the activity's SEVIS events",
-              _settled(lambda: max(0, _count(settings, t.events) - before), 3.0), 60, pipeline)
+        wait_for("the activity's SEVIS events",
+              settled(lambda: max(0, count(settings, t.events) - before), 3.0), 60, pipeline)
         batch_id = _close(settings)
         outbox = make_outbox(settings)
-        _wait(f"the outbox document of {batch_id}", lambda: outbox.find(batch_id), 30, pipeline)
+        wait_for(f"the outbox document of {batch_id}", lambda: outbox.find(batch_id), 30, pipeline)
     finally:
         failed = pipeline.stop()
     assert not failed, [(f.name, f.error) for f in failed]

@@ -4,16 +4,15 @@ any other error stops the pipeline and is reported. Fake stage functions, no Kaf
 from __future__ import annotations
 
 import io
-import logging
 import threading
 import time
 
 import orjson
 import pytest
 
-from sevisflow import log as sflog
 from sevisflow.config import settings_from_mapping
 from sevisflow.errors import TerminalError, TransientError, UnreachableError
+from tests.helpers import captured_logs
 from sevisflow.runner import Pipeline
 
 SETTINGS = settings_from_mapping({}, env={})
@@ -33,19 +32,9 @@ def _wait(pred, timeout_s: float = 10.0) -> None:
 
 @pytest.fixture
 def logs():
-    """The JSON log lines written while the test runs (a handler on the root logger, like configure's)."""
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(sflog.JsonFormatter())
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    """The JSON log lines written while the test runs."""
+    with captured_logs() as buf:
         yield buf
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
 
 
 def _events(buf: io.StringIO) -> list[dict]:
