@@ -106,14 +106,26 @@ def test_topics_apply_replicates_three_ways_and_shows_drift(cluster, unique):
         ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([alter])[alter].result()
     _config_value(admin, settings.topics.events, "retention.ms", "3600000")
-    plan = plan_topics(settings.kafka, specs)
-    assert [(c.topic, c.key, c.current) for c in plan.config_changes] == [
-        (settings.topics.events, "retention.ms", "3600000")]
+    expected = [(settings.topics.events, "retention.ms", "3600000")]
+    plan = _settled_plan(settings.kafka, specs, lambda p: [(c.topic, c.key, c.current) for c in p.config_changes]
+                         == expected)
+    assert [(c.topic, c.key, c.current) for c in plan.config_changes] == expected
     apply_topics(settings.kafka, specs, allow_partition_increase=True)
     _config_value(admin, settings.topics.events, "retention.ms", AUDIT_RETENTION_MS)
-    plan = plan_topics(settings.kafka, specs)
+    plan = _settled_plan(settings.kafka, specs, lambda p: p.empty())
     assert plan.empty(), plan.render()
     assert len(plan.problems) == 1 and "replication factor is 2" in plan.problems[0]
+
+
+def _settled_plan(kafka: KafkaSettings, specs, done, timeout_s: float = 20):  # type: ignore[no-untyped-def]
+    """The plan once ``done(plan)`` holds or the time is up: a config change reaches the broker
+    that answers DescribeConfigs a moment after the one that applied it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        plan = plan_topics(kafka, specs)
+        if done(plan) or time.monotonic() > deadline:
+            return plan
+        time.sleep(0.5)
 
 
 def _config_value(admin: AdminClient, topic: str, key: str, expect: str, timeout_s: float = 15) -> str:
