@@ -9,6 +9,7 @@ read-process-write loop every stream processor runs in.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -59,6 +60,11 @@ def client_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
 
 def make_producer(kafka: KafkaSettings, transactional_id: str | None = None, **overrides: Any) -> Producer:
     """An idempotent producer (acks=all); transactional when ``transactional_id`` is given."""
+    return Producer(producer_config(kafka, transactional_id, **overrides))
+
+
+def producer_config(kafka: KafkaSettings, transactional_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """The settings :func:`make_producer` uses."""
     conf = client_config(kafka, **{
         "enable.idempotence": True,
         "acks": "all",
@@ -70,7 +76,7 @@ def make_producer(kafka: KafkaSettings, transactional_id: str | None = None, **o
         conf["transactional.id"] = transactional_id
         conf["transaction.timeout.ms"] = 60000
     conf.update(overrides)
-    return Producer(conf)
+    return conf
 
 
 def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> Consumer:
@@ -318,6 +324,62 @@ class StateStore:
         self._staged.pop(partition, None)
 
 
+TXN_CALL_TIMEOUT_S = 30.0
+"""The timeout handed to librdkafka's transactional calls (send offsets, commit, abort, init)."""
+TXN_CALL_GRACE_S = 10.0
+"""How much longer than its own timeout a transactional call may block before the producer is
+written off as stuck: librdkafka's ``send_offsets_to_transaction`` can ignore its timeout and block
+forever when the group coordinator's broker died (librdkafka issues #5456 and #5511)."""
+
+
+class ProducerStuck(Exception):
+    """A transactional call did not return within its deadline; the producer cannot be trusted."""
+
+    def __init__(self, call: str, waited_s: float) -> None:
+        super().__init__(f"{call} did not return within {waited_s:.0f}s")
+        self.call = call
+        self.waited_s = waited_s
+
+
+def call_with_deadline(call: str, fn: Callable[[], Any], deadline_s: float) -> Any:
+    """Run ``fn`` in a helper thread and return its result, or raise :class:`ProducerStuck`.
+
+    A blocked C call cannot be interrupted from Python; the helper thread is left to finish or
+    hang on its own (it holds the only other reference to the stuck client), and the caller moves
+    on with a fresh client.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"kafka-{call}", daemon=True).start()
+    if not done.wait(deadline_s):
+        raise ProducerStuck(call, deadline_s)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _release(client: Any) -> None:
+    """Let a replaced client be destroyed off the loop's thread (destroy can block on a sick cluster).
+
+    The thread's arguments hold the last reference of the caller; it is dropped, and the client
+    destroyed, in that thread when it ends.
+    """
+    threading.Thread(target=_keep_until_done, args=(client,), name="kafka-release", daemon=True).start()
+
+
+def _keep_until_done(client: Any) -> None:
+    del client
+
+
 class RecordHandler(Protocol):
     def __call__(self, msg: Message, state: StateStore) -> Iterable[Output]: ...
 
@@ -338,6 +400,12 @@ class TransactionalLoop:
     so the same records are processed again: nothing is lost and, because
     downstream reads with ``read_committed``, nothing appears twice.
     A fatal error (e.g. this instance was fenced by a newer one) stops the loop.
+
+    Watchdog: the transactional calls run with a deadline (``txn_timeout_s`` plus
+    :data:`TXN_CALL_GRACE_S`). A producer whose call blocks past it (librdkafka #5456/#5511
+    after a broker loss), or whose abort fails, is replaced by a new producer with the same
+    ``transactional.id``; its ``init_transactions`` fences the old one and makes the broker
+    abort the old open transaction, and the consumer is rewound as after any abort.
     """
 
     def __init__(self, kafka: KafkaSettings, group_id: str, input_topics: Sequence[str],
@@ -346,7 +414,8 @@ class TransactionalLoop:
                  on_idle: Callable[[StateStore], Iterable[Output]] | None = None,
                  consumer_overrides: Mapping[str, Any] | None = None, state: StateStore | None = None,
                  state_partitions: Iterable[int] | None = None, stage: str | None = None,
-                 stall_after_s: float = 120.0) -> None:
+                 stall_after_s: float = 120.0, txn_timeout_s: float = TXN_CALL_TIMEOUT_S,
+                 producer_factory: Callable[[str], Producer] | None = None) -> None:
         self.kafka = kafka
         self.group_id = group_id
         self.input_topics = list(input_topics)
@@ -365,9 +434,12 @@ class TransactionalLoop:
         static = {"group.instance.id": transactional_id, "session.timeout.ms": 30000} if transactional_id else {}
         static.update(consumer_overrides or {})
         self.consumer = make_consumer(kafka, group_id, **static)
-        self.producer = make_producer(kafka, transactional_id=self.transactional_id)
+        self.txn_timeout_s = txn_timeout_s
+        self._producer_factory = producer_factory or (lambda tid: make_producer(kafka, transactional_id=tid))
+        self.producer = self._producer_factory(self.transactional_id)
         self.processed = 0
         self.aborts = 0
+        self.producer_replacements = 0
         # observability: metrics labelled with the stage, a heartbeat for /health, a probe for /ready
         self.stage = stage or group_id
         self.metrics = StageMetrics(self.stage)
@@ -394,10 +466,7 @@ class TransactionalLoop:
 
     def run(self, max_idle_polls: int | None = None) -> None:
         """Run until :meth:`stop` (or ``max_idle_polls`` empty polls in a row, for tests)."""
-        try:
-            self.producer.init_transactions(60)
-        except KafkaException as exc:
-            raise UnreachableError(f"could not initialise Kafka transactions: {exc.args[0].str()}") from exc
+        self._init_transactions()
         self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         probe = f"{self.stage}:{self.transactional_id}"
@@ -449,9 +518,8 @@ class TransactionalLoop:
                     self._produce(out)
             self._produce_state()
             if records:
-                positions = self._next_positions(records)
-                self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 60)
-            self.producer.commit_transaction(60)
+                self._send_offsets(self._next_positions(records))
+            self._commit()
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal():
@@ -459,6 +527,13 @@ class TransactionalLoop:
             log.warning("kafka.transaction_aborted", error=err.str(), records=len(records))
             self.metrics.transaction("abort")
             self._abort_and_rewind()
+            return
+        except ProducerStuck as exc:
+            log.warning("kafka.producer_stuck", stage=self.stage, call=exc.call, waited_s=round(exc.waited_s, 1),
+                        records=len(records))
+            self.metrics.transaction("abort")
+            self._replace_producer(exc.call)
+            self._rewind()
             return
         except BaseException:
             self.metrics.transaction("abort")
@@ -477,6 +552,57 @@ class TransactionalLoop:
             self.metrics.records_out(topic, n)
         for code, n in self._dead_letters.items():
             self.metrics.dead_letter(code, n)
+
+    # -- transactional calls, each with a deadline librdkafka itself does not always keep
+
+    @property
+    def _deadline_s(self) -> float:
+        return self.txn_timeout_s + TXN_CALL_GRACE_S
+
+    def _init_transactions(self) -> None:
+        producer, timeout = self.producer, self.txn_timeout_s
+        try:
+            call_with_deadline("init_transactions", lambda: producer.init_transactions(timeout), self._deadline_s)
+        except KafkaException as exc:
+            raise UnreachableError(f"could not initialise Kafka transactions: {exc.args[0].str()}") from exc
+        except ProducerStuck as exc:
+            raise UnreachableError(f"could not initialise Kafka transactions: {exc}") from exc
+
+    def _send_offsets(self, positions: list[TopicPartition]) -> None:
+        producer, timeout = self.producer, self.txn_timeout_s
+        group = self.consumer.consumer_group_metadata()
+        call_with_deadline("send_offsets_to_transaction",
+                           lambda: producer.send_offsets_to_transaction(positions, group, timeout), self._deadline_s)
+
+    def _commit(self) -> None:
+        """Commit; a retriable failure (e.g. a timeout while the coordinator moves) is retried, not aborted."""
+        producer, timeout = self.producer, self.txn_timeout_s
+        give_up = time.monotonic() + self._deadline_s
+        while True:
+            try:
+                call_with_deadline("commit_transaction", lambda: producer.commit_transaction(timeout), self._deadline_s)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and not err.txn_requires_abort() and time.monotonic() < give_up:
+                    log.info("kafka.commit_retry", stage=self.stage, error=err.str())
+                    continue
+                raise
+
+    def _replace_producer(self, why: str) -> None:
+        """Fence this loop's own producer with a fresh one of the same ``transactional.id``.
+
+        ``init_transactions`` on the new producer bumps the epoch: the broker aborts whatever the old
+        producer had open, and anything the old one still sends is refused. The old producer is let go.
+        """
+        old = self.producer
+        self.producer_replacements += 1
+        self.metrics.transaction("producer_replaced")
+        log.warning("kafka.producer_replaced", stage=self.stage, reason=why, replacements=self.producer_replacements)
+        self.producer = self._producer_factory(self.transactional_id)
+        _release(old)
+        del old
+        self._init_transactions()
 
     def _produce(self, out: Output) -> None:
         produce(self.producer, out.topic, out.key, out.value, partition=out.partition, headers=out.headers)
@@ -499,12 +625,21 @@ class TransactionalLoop:
         return [TopicPartition(t, p, o) for (t, p), o in last.items()]
 
     def _abort_and_rewind(self) -> None:
+        """Abort the open transaction (or fence it, if the abort itself fails) and rewind."""
         self.aborts += 1
+        producer, timeout = self.producer, self.txn_timeout_s
         try:
-            self.producer.abort_transaction(60)
+            call_with_deadline("abort_transaction", lambda: producer.abort_transaction(timeout), self._deadline_s)
         except KafkaException as exc:
             if exc.args[0].fatal():
                 raise TerminalError(f"could not abort Kafka transaction: {exc.args[0].str()}") from exc
+            self._replace_producer(f"abort_transaction: {exc.args[0].name()}")
+        except ProducerStuck as exc:
+            self._replace_producer(exc.call)
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Drop staged state and seek back to the committed offsets: the batch is processed again."""
         self.state.abort()
         assignment = self.consumer.assignment()
         if assignment:

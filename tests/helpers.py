@@ -87,8 +87,25 @@ def wait_for(what: str, pred: Callable[[], Any], timeout_s: float, pipeline: Any
             return value
         failed = pipeline.failed()
         assert not failed, f"a stage failed while waiting for {what}: {[(t.name, t.error) for t in failed]}"
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
+        assert time.monotonic() < deadline, (f"timed out after {timeout_s:.0f}s waiting for {what}; "
+                                             f"stage threads now:\n{stage_stacks()}")
         time.sleep(every_s)
+
+
+def stage_stacks() -> str:
+    """Where each ``stage-*`` thread is right now: the first thing to read when a pipeline test hangs."""
+    import sys
+    import threading
+    import traceback
+
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        name = names.get(ident, "")
+        if name.startswith("stage-"):
+            stack = "".join(traceback.format_stack(frame)[-6:])
+            parts.append(f"--- {name}\n{stack}")
+    return "\n".join(parts) or "(no stage threads)"
 
 
 def count(settings: Settings, topic: str) -> int:
