@@ -131,7 +131,7 @@ class ConnectorSettings:
     )
     table_include_list: list[str] = setting(
         ["public.person", "public.immigration", "public.address", "public.program", "public.term",
-         "public.enrollment", "public.finance", "public.dependent"],
+         "public.enrollment", "public.finance", "public.dependent", "public.student_authorization"],
         "captured tables, schema.table", alias="table.include.list",
     )
     snapshot_mode: str = setting("initial", "initial | never | initial_only | when_needed", alias="snapshot.mode",
@@ -143,7 +143,6 @@ class ConnectorSettings:
     schemas_enable: bool = setting(False, "JsonConverter schemas.enable: wrap payloads with their schema",
                                    alias="value.converter.schemas.enable")
     offsets_dir: str = setting(".local/connector", "where the connector keeps its snapshot progress")
-    metrics_port: int = setting(0, "Prometheus /metrics port; 0 = off", alias="metrics.port")
     offset_flush_interval_ms: int = setting(
         1000, "how often the connector waits for Kafka's acks and then confirms the LSN to PostgreSQL",
         alias="offset.flush.interval.ms")
@@ -209,6 +208,7 @@ class TopicSettings:
     commands: str = setting("sevis.batch.commands", "DSO / scheduler commands")
     batches: str = setting("sevis.batches", "batch lifecycle")
     results: str = setting("sevis.results", "per-record SEVIS results")
+    open_batches: str = setting("sevis.batch.open", "compacted open batch per school (what `batch show` reads)")
     dlq: str = setting("sevisflow.dlq", "dead letters with reason and source position")
 
 
@@ -292,6 +292,24 @@ def _section_type(sec: dataclasses.Field[Any]) -> type:
     return hints[sec.name]
 
 
+# Keys that were removed because another setting took their place: (section, key) -> the new key.
+# Naming the replacement beats "unknown key" for an operator upgrading an old config.
+MOVED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    ("connector", "metrics_port"): ("metrics", "port"),  # the process serves one /metrics for every stage
+    ("connector", "metrics.port"): ("metrics", "port"),
+}
+
+
+def _moved(section: str, key: str, where: str) -> ConfigError | None:
+    """A ConfigError naming the replacement of a removed key, or None when the key never existed."""
+    target = MOVED_KEYS.get((section, key))
+    if target is None:
+        return None
+    new_sec, new_key = target
+    return ConfigError(f"{where} is no longer a setting: use [{new_sec}] {new_key} instead "
+                       f"(env {ENV_PREFIX}{new_sec.upper()}_{new_key.upper()})")
+
+
 def _build_section(cls: type, section: str, values: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Any:
     hints = typing.get_type_hints(cls)
     by_key: dict[str, dataclasses.Field[Any]] = {}
@@ -303,6 +321,9 @@ def _build_section(cls: type, section: str, values: Mapping[str, Any], env: Mapp
     for key, value in values.items():
         f = by_key.get(key)
         if f is None:
+            moved = _moved(section, key, f"{origin}: {section}.{key}")
+            if moved is not None:
+                raise moved
             raise ConfigError(f"{origin}: unknown key {section}.{key} "
                               f"(known: {', '.join(x.name for x in dataclasses.fields(cls))})")
         kwargs[f.name] = _coerce(value, hints[f.name], f"{section}.{key}", f, from_env=False)
@@ -313,6 +334,9 @@ def _build_section(cls: type, section: str, values: Mapping[str, Any], env: Mapp
     known_env = {f"{ENV_PREFIX}{section}_{f.name}".upper() for f in dataclasses.fields(cls)}
     for key in env:
         if key.startswith(f"{ENV_PREFIX}{section.upper()}_") and key not in known_env:
+            moved = _moved(section, key[len(ENV_PREFIX) + len(section) + 1:].lower(), f"environment variable {key}")
+            if moved is not None:
+                raise moved
             raise ConfigError(f"unknown environment variable {key} (known: {', '.join(sorted(known_env))})")
     return cls(**kwargs)
 
@@ -396,6 +420,17 @@ def example_toml() -> str:
             alias = f.metadata.get("alias")
             lines.append(f"# {f.metadata.get('help', '')}" + (f" (also: \"{alias}\")" if alias else ""))
             lines.append(f"# {f.name} = {_toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def settings_toml(raw: Mapping[str, Mapping[str, Any]]) -> str:
+    """``{section: {key: value}}`` as a sevisflow.toml that :func:`load_settings` reads back the same
+    (the demo and tests write the settings they built; keys are quoted, so ``topic.prefix`` stays one key)."""
+    lines = []
+    for section, values in raw.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{_toml_value(str(key))} = {_toml_value(value)}" for key, value in values.items())
         lines.append("")
     return "\n".join(lines)
 

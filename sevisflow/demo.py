@@ -19,10 +19,10 @@ import psycopg
 from lxml import etree
 
 from deploy.local.stack import StackInfo, start_stack, stop_stack
-from deploy.sis.activity import generate_activity
+from deploy.sis.activity import generate_activity, generate_authorizations
 from deploy.sis.generator import generate_school
 from deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow.config import Settings, settings_from_mapping
+from sevisflow.config import Settings, settings_from_mapping, settings_toml
 from sevisflow.errors import SevisflowError
 from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
 from sevisflow.runner import STAGES, Pipeline
@@ -189,26 +189,10 @@ def step_simulator(ctx: DemoContext) -> str:
     })
     ctx.settings = settings_from_mapping(raw, env={})
     config_file = Path(ctx.stack.base) / "sevisflow.toml"
-    config_file.write_text(_to_toml(raw))
+    config_file.write_text(settings_toml(raw))
     config_file.chmod(0o600)
     ctx.facts["config_file"] = config_file
     return f"listening on {sim.upload_url.rsplit('/', 2)[0]} (client certificate required), {len(known)} SEVIS IDs known"
-
-
-def _to_toml(raw: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for section, values in raw.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                rendered = "true" if value else "false"
-            elif isinstance(value, (int, float)):
-                rendered = str(value)
-            else:
-                rendered = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-            lines.append(f'"{key}" = {rendered}')
-        lines.append("")
-    return "\n".join(lines)
 
 
 def step_pipeline(ctx: DemoContext) -> str:
@@ -231,7 +215,9 @@ def step_snapshot(ctx: DemoContext) -> str:
 def step_activity(ctx: DemoContext) -> str:
     assert ctx.stack and ctx.stack.postgres and ctx.settings
     school = ctx.facts["school"]
-    txs = generate_activity(school, ctx.activity, ctx.seed, DEMO_TODAY)
+    # a term of changes, then the DSO's approvals of reduced course load, CPT and OPT (and a withdrawal)
+    txs = generate_activity(school, ctx.activity, ctx.seed, DEMO_TODAY) + \
+        generate_authorizations(school, ctx.seed, DEMO_TODAY)
     played = play_activity(ctx.stack.postgres.dsn, txs)
     kinds: dict[str, int] = {}
     for tx in txs:

@@ -192,18 +192,12 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0,
     consumer = make_consumer(kafka, group_id=f"sevisflow-reader-{uuid.uuid4().hex[:12]}",
                              **{"enable.partition.eof": True})
     try:
-        try:
-            md = consumer.list_topics(topic, timeout=timeout_s)
-        except KafkaException as exc:
-            raise UnreachableError(f"Kafka at {kafka.bootstrap_servers} is not reachable: {exc}") from exc
-        tmd = md.topics.get(topic)
-        if tmd is None or tmd.error is not None:
+        parts = topic_partitions(consumer, kafka, topic, timeout_s)
+        if parts is None:
             return
-        parts = sorted(tmd.partitions)
         ends: dict[int, int] = {}
         assign = []
-        for p in parts:
-            low, high = _watermarks(consumer, TopicPartition(topic, p), timeout_s)
+        for p, (low, high) in watermarks(consumer, topic, parts, timeout_s).items():
             begin = max(low, (start or {}).get(p, low))
             if high > begin:
                 ends[p] = high
@@ -230,6 +224,24 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0,
                 done.add(msg.partition())
     finally:
         consumer.close()
+
+
+def topic_partitions(consumer: Consumer, kafka: KafkaSettings, topic: str, timeout_s: float) -> list[int] | None:
+    """The partition numbers of ``topic``, sorted; None when the topic does not exist (metadata only)."""
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise UnreachableError(f"Kafka at {kafka.bootstrap_servers} is not reachable: {exc}") from exc
+    tmd = md.topics.get(topic)
+    if tmd is None or tmd.error is not None:
+        return None
+    return sorted(tmd.partitions)
+
+
+def watermarks(consumer: Consumer, topic: str, partitions: Iterable[int], timeout_s: float
+               ) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, high)}``, each retried while a new leader takes over (see :func:`_watermarks`)."""
+    return {p: _watermarks(consumer, TopicPartition(topic, p), timeout_s) for p in partitions}
 
 
 def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:

@@ -85,6 +85,9 @@ class _Families:
                               "(current WAL LSN minus confirmed flush LSN)", ["stage", "slot"], registry=r)
         self.last_progress = Gauge("sevisflow_last_progress_timestamp_seconds", "when the stage last did work",
                                    ["stage"], registry=r)
+        self.remote_answers = Counter("sevisflow_remote_answers", "answers of a remote service (SEVIS) by operation "
+                                      "(upload, probe, download, process) and result code (S0000, S0010, …)",
+                                      ["stage", "op", "code"], registry=r)
 
 
 _FAMILIES: dict[int, _Families] = {}
@@ -151,6 +154,10 @@ class StageMetrics:
 
     def slot_lag(self, slot: str, lag_bytes: int) -> None:
         self._f.slot_lag.labels(self.stage, slot).set(lag_bytes)
+
+    def remote_answer(self, op: str, code: str) -> None:
+        """Count a remote service's answer by its result code (a code such as S0000, never a message)."""
+        self._f.remote_answers.labels(self.stage, op, code).inc()
 
 
 def compute_lag(positions: Mapping[tuple[str, int], int], high_watermarks: Mapping[tuple[str, int], int]) -> dict[
@@ -238,10 +245,19 @@ def unregister_probe(name: str) -> None:
         _PROBES.pop(name, None)
 
 
+def probe_names() -> list[str]:
+    """The loops that currently take part in /health and /ready."""
+    with _PROBES_LOCK:
+        return sorted(_PROBES)
+
+
 def _all_probes(kind: str) -> ReadyResult:
     """Healthy/ready when every registered probe is; the reason names the first that is not."""
     with _PROBES_LOCK:
         probes = dict(_PROBES)
+    if not probes and kind == "ready":
+        # the process answers before its stages have built their clients: not ready to be routed to yet
+        return False, "no stage has started yet"
     for name, probe in sorted(probes.items()):
         ok, why = _verdict(probe.health if kind == "health" else probe.ready)
         if not ok:

@@ -49,7 +49,8 @@ def make_settings(kafka: KafkaHandle | None = None, pg: PgHandle | None = None, 
         raw.setdefault("topics", {})
         for name, default in [("students", "sevisflow.students"), ("events", "sevis.events"),
                               ("commands", "sevis.batch.commands"), ("batches", "sevis.batches"),
-                              ("results", "sevis.results"), ("dlq", "sevisflow.dlq")]:
+                              ("results", "sevis.results"), ("dlq", "sevisflow.dlq"),
+                              ("open_batches", "sevis.batch.open")]:
             raw["topics"].setdefault(name, f"{default}.{unique}")
         raw.setdefault("connector", {}).setdefault("topic.prefix", f"sis{unique}")
         raw["connector"].setdefault("slot.name", f"slot_{unique}")

@@ -12,9 +12,13 @@ Starts its own PostgreSQL + Kafka (the local stack), then:
      walsender's streaming ceiling, as in ../shared/reference/pg-cdc-bench.md row 1e);
    * ``pg_recvlogical`` → /dev/null (reference only: it reads message by message);
    * ``connector``: the real connector (run_connector's task), until the slot *confirmed* the end LSN,
-     i.e. Kafka acknowledged every event (idempotent producer, acks=all);
+     i.e. Kafka acknowledged every event (idempotent producer, acks=all) — with ``--decoder both`` (the
+     default) once with the C tuple decoder and once with the pure-Python one
+     (``SEVISFLOW_PURE_PYTHON_DECODER=1``), the order alternating from repeat to repeat;
 4. snapshot: ``bench_snap`` with ``--rows`` rows read by the connector (snapshot.mode=initial_only)
-   into Kafka, acknowledged.
+   into Kafka, acknowledged (per decoder, as the stream).
+
+``python -m bench.connector.micro`` times the decode + envelope work alone, offline, per decoder.
 
 Each connector/raw run is a child process (bench/connector/child.py): client CPU is its
 getrusage (user+sys, librdkafka threads included), peak RSS its ru_maxrss.
@@ -81,8 +85,11 @@ def _lsn(conn: psycopg.Connection[Any]) -> int:
     return int(conn.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8").fetchone()[0])  # type: ignore[index]
 
 
-def _child(kind: str, job: dict[str, Any]) -> dict[str, Any]:
+def _child(kind: str, job: dict[str, Any], decoder: str | None = None) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("SEVISFLOW_PURE_PYTHON_DECODER", None)
+    if decoder == "python":
+        env["SEVISFLOW_PURE_PYTHON_DECODER"] = "1"
     proc = subprocess.run([sys.executable, "-m", "bench.connector.child", kind], input=json.dumps(job),
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     if proc.returncode != 0:
@@ -97,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="measured runs of each kind")
     ap.add_argument("--skip-snapshot", action="store_true")
     ap.add_argument("--no-debezium", action="store_true", help="skip the Debezium 3.6.1 (Kafka Connect) comparison")
+    ap.add_argument("--decoder", choices=["c", "python", "both"], default="both",
+                    help="tuple decoder of the connector runs: the C extension, pure Python (forced with "
+                         "SEVISFLOW_PURE_PYTHON_DECODER=1), or both, alternating within each repeat")
     args = ap.parse_args(argv)
 
     import signal
@@ -151,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 
         conninfo = f"host=127.0.0.1 port={info.postgres.port} dbname=sis user=postgres"
         runs: dict[str, list[dict[str, Any]]] = {"raw": [], "raw_pg2": [], "pg_recvlogical": [], "connector": [],
-                                                 "snapshot": [], "debezium": []}
+                                                 "snapshot": [], "debezium": [], "connector_python": [],
+                                                 "snapshot_python": []}
+        decoders = ["c", "python"] if args.decoder == "both" else [args.decoder]
 
         def slot_state(name: str) -> tuple[bool, int]:
             with psycopg.connect(dsn, autocommit=True) as c:
@@ -187,25 +199,29 @@ def main(argv: list[str] | None = None) -> int:
             runs["pg_recvlogical"].append({"seconds": rl_s})
             print(f"  pg_recvlogical #{rep + 1}: {n_tx * 100 / rl_s:,.0f} changes/s", flush=True)
 
-            slot = f"conn_{rep}"
-            copy_slot(slot)
-            offsets = base / f"offsets_{rep}"
-            offsets.mkdir()
-            name = f"bench{rep}"
-            (offsets / f"{name}.{slot}.json").write_text(json.dumps(
-                {"slot_name": slot, "snapshot_completed": True, "snapshotted_tables": ["public.bench_person"],
-                 "snapshot": None}))
-            settings = {"kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
-                        "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
-                        "connector": {"name": name, "slot_name": slot, "topic_prefix": f"bench{rep}",
-                                      "publication_name": "bench_pub", "table_include_list": ["public.bench_person"],
-                                      "offsets_dir": str(offsets), "heartbeat_interval_ms": 0}}
-            r = _child("stream", {"settings": settings, "end_lsn": end_lsn})
-            drop_slot(slot)
-            runs["connector"].append(r)
-            print(f"  connector #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s acked, "
-                  f"{r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
-                  flush=True)
+            # both decoders in every repeat, the order alternating, so that load drift hits both alike
+            for dec in (decoders if rep % 2 == 0 else decoders[::-1]):
+                tag = f"{rep}{'' if dec == 'c' else 'py'}"
+                slot = f"conn_{tag}"
+                copy_slot(slot)
+                offsets = base / f"offsets_{tag}"
+                offsets.mkdir()
+                name = f"bench{tag}"
+                (offsets / f"{name}.{slot}.json").write_text(json.dumps(
+                    {"slot_name": slot, "snapshot_completed": True, "snapshotted_tables": ["public.bench_person"],
+                     "snapshot": None}))
+                settings = {"kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
+                            "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
+                            "connector": {"name": name, "slot_name": slot, "topic_prefix": f"bench{tag}",
+                                          "publication_name": "bench_pub",
+                                          "table_include_list": ["public.bench_person"],
+                                          "offsets_dir": str(offsets), "heartbeat_interval_ms": 0}}
+                r = _child("stream", {"settings": settings, "end_lsn": end_lsn}, dec)
+                drop_slot(slot)
+                runs["connector" if dec == "c" else "connector_python"].append(r)
+                print(f"  connector ({r.get('decoder')} decoder) #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} "
+                      f"changes/s acked, {r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, "
+                      f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB", flush=True)
 
             if not args.no_debezium:
                 from bench.connector import debezium_run
@@ -225,21 +241,23 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     drop_slot(slot)
 
-            if not args.skip_snapshot:
-                slot = f"snap_{rep}"
-                offsets = base / f"snap_offsets_{rep}"
+            for dec in (decoders if rep % 2 == 0 else decoders[::-1]) if not args.skip_snapshot else ():
+                tag = f"{rep}{'' if dec == 'c' else 'py'}"
+                slot = f"snap_{tag}"
+                offsets = base / f"snap_offsets_{tag}"
                 settings = {"kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
                             "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
-                            "connector": {"name": f"snap{rep}", "slot_name": slot, "topic_prefix": f"snap{rep}",
-                                          "publication_name": f"snap_pub{rep}",
+                            "connector": {"name": f"snap{tag}", "slot_name": slot, "topic_prefix": f"snap{tag}",
+                                          "publication_name": f"snap_pub{tag}",
                                           "table_include_list": ["public.bench_snap"], "offsets_dir": str(offsets),
                                           "snapshot_mode": "initial_only", "heartbeat_interval_ms": 0,
                                           "provide_transaction_metadata": False}}
-                r = _child("snapshot", {"settings": settings})
+                r = _child("snapshot", {"settings": settings}, dec)
                 drop_slot(slot)
-                runs["snapshot"].append(r)
-                print(f"  snapshot #{rep + 1}: {r['rows'] / r['seconds']:,.0f} rows/s acked, "
-                      f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB", flush=True)
+                runs["snapshot" if dec == "c" else "snapshot_python"].append(r)
+                print(f"  snapshot ({r.get('decoder')} decoder) #{rep + 1}: {r['rows'] / r['seconds']:,.0f} rows/s "
+                      f"acked, {r['cpu_s'] / r['rows'] * 1e6:.2f} µs CPU/row, peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
+                      flush=True)
         results["runs"] = runs
         t0 = time.perf_counter()
         for _ in range(10_000_000):
@@ -265,10 +283,7 @@ def _report(results: dict[str, Any]) -> None:
 
     raw = med_rate(runs["raw"], n)
     rl = med_rate(runs["pg_recvlogical"], n)
-    con = med_rate(runs["connector"], n)
     calib = results.get("calibration_ms")
-    cpu = statistics.median(r["cpu_s"] / n * 1e6 for r in runs["connector"])
-    rss = max(r["maxrss_kb"] for r in runs["connector"]) / 1024
     print()
     print(f"| what ({n:,} changes, {results['workload']['wal_bytes'] / 1e6:.0f} MB WAL) | min | median | max |")
     print("|---|---|---|---|")
@@ -278,10 +293,20 @@ def _report(results: dict[str, Any]) -> None:
         print(f"| psycopg2 LogicalReplicationConnection drain, no decode (changes/s) | {p2[0]:,.0f} | {p2[1]:,.0f} "
               f"| {p2[2]:,.0f} |")
     print(f"| pg_recvlogical → /dev/null (changes/s) | {rl[0]:,.0f} | {rl[1]:,.0f} | {rl[2]:,.0f} |")
-    print(f"| **connector, WAL → Kafka acknowledged (changes/s)** | {con[0]:,.0f} | **{con[1]:,.0f}** | {con[2]:,.0f} |")
-    print(f"| connector / physical limit | | **{con[1] / raw[1]:.2f}×** | |")
-    print(f"| connector client CPU per change (µs, median) | | **{cpu:.2f}** | |")
-    print(f"| connector peak RSS (MiB, max of runs) | | **{rss:.0f}** | |")
+    con = (0.0, 0.0, 0.0)
+    for key, label in (("connector", "C decoder"), ("connector_python", "pure-Python decoder")):
+        if not runs.get(key):
+            continue
+        con = med_rate(runs[key], n)
+        cpu = statistics.median(r["cpu_s"] / n * 1e6 for r in runs[key])
+        rss = max(r["maxrss_kb"] for r in runs[key]) / 1024
+        print(f"| **connector ({label}), WAL → Kafka acknowledged (changes/s)** | {con[0]:,.0f} | **{con[1]:,.0f}** "
+              f"| {con[2]:,.0f} |")
+        print(f"| connector ({label}) / physical limit | | **{con[1] / raw[1]:.2f}×** | |")
+        print(f"| connector ({label}) client CPU per change (µs, median) | | **{cpu:.2f}** | |")
+        print(f"| connector ({label}) peak RSS (MiB, max of runs) | | **{rss:.0f}** | |")
+    if runs.get("connector"):
+        con = med_rate(runs["connector"], n)
     if runs.get("debezium"):
         dz = med_rate(runs["debezium"], n)
         dcpu = statistics.median(r["cpu_s"] / n * 1e6 for r in runs["debezium"])
@@ -292,13 +317,16 @@ def _report(results: dict[str, Any]) -> None:
         print(f"| connector / Debezium (median throughput) | | **{con[1] / dz[1]:.2f}×** | |")
     if calib:
         print(f"| machine load check: 10M empty Python loop iterations, ms (lower = less contended) | | {calib:.0f} | |")
-    if runs["snapshot"]:
-        snaps = [r for r in runs["snapshot"]]
+    for key, label in (("snapshot", "C decoder"), ("snapshot_python", "pure-Python decoder")):
+        snaps = runs.get(key) or []
+        if not snaps:
+            continue
         sn = med_rate(snaps, snaps[0]["rows"])
         srss = max(r["maxrss_kb"] for r in snaps) / 1024
         scpu = statistics.median(r["cpu_s"] / r["rows"] * 1e6 for r in snaps)
-        print(f"| **snapshot → Kafka acknowledged (rows/s)** | {sn[0]:,.0f} | **{sn[1]:,.0f}** | {sn[2]:,.0f} |")
-        print(f"| snapshot client CPU per row (µs) / peak RSS (MiB) | | {scpu:.2f} / {srss:.0f} | |")
+        print(f"| **snapshot ({label}) → Kafka acknowledged (rows/s)** | {sn[0]:,.0f} | **{sn[1]:,.0f}** "
+              f"| {sn[2]:,.0f} |")
+        print(f"| snapshot ({label}) client CPU per row (µs) / peak RSS (MiB) | | {scpu:.2f} / {srss:.0f} | |")
 
 
 if __name__ == "__main__":

@@ -182,6 +182,9 @@ def main() -> int:
     kind = sys.argv[1]
     job = json.loads(sys.stdin.read())
     out = {"stream": run_stream, "snapshot": run_snapshot, "raw": run_raw, "raw_pg2": run_raw_pg2}[kind](job)
+    if kind in ("stream", "snapshot"):
+        from connectors.postgres import decoder
+        out["decoder"] = decoder.name()   # c, or python (not built / SEVISFLOW_PURE_PYTHON_DECODER=1)
     print(json.dumps(out))
     return 0
 

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 
+from bench.common import kafka_bootstrap
 from processors.normalize.debezium import SisFeed
 from processors.normalize.mapping import load_mapping
 from processors.sevis_events.pure import PurePipeline
@@ -88,20 +89,8 @@ def main(argv: list[str] | None = None) -> int:
           f"in {p['seconds']:.2f}s = {p['row_changes_per_s']:,.0f} row changes/s, {p['events_per_s']:,.0f} events/s")
     if args.pure_only:
         return 0
-    info = None
-    bootstrap = args.kafka
-    if not bootstrap:
-        from deploy.local.stack import start_stack
-
-        info = start_stack(name="bench-processors", postgres=False, progress=lambda *_: None)
-        bootstrap = info.kafka.bootstrap
-    try:
+    with kafka_bootstrap(args.kafka, "bench-processors") as bootstrap:
         k = through_kafka(args.students, bootstrap)
-    finally:
-        if info is not None:
-            from deploy.local.stack import stop_stack
-
-            stop_stack(info, remove=True)
     print(f"through Kafka (exactly-once, both stages, one core): {k['row_changes']} row changes → {k['events']} "
           f"events; normalize {k['normalize_s']:.1f}s + sevis_events {k['events_stage_s']:.1f}s = "
           f"{k['row_changes_per_s']:,.0f} row changes/s, {k['events_per_s']:,.0f} events/s "

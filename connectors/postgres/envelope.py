@@ -40,6 +40,7 @@ from typing import Any, Iterator, Optional, Sequence
 import orjson
 
 from connectors.postgres import convert as cv
+from connectors.postgres import decoder as _decoder
 from connectors.postgres.convert import ColumnMapping
 from connectors.postgres.pgoutput import UNCHANGED, Value
 
@@ -332,28 +333,9 @@ class EventBuilder:
             key = self.key_bytes(meta, {k: key_row[k] for k in key_columns})
         else:
             key = _dumps({k: key_row[k] for k in key_columns})
-        full_name = meta._full_name
-        base = tx.source_bases.get((full_name, None))
-        if base is None:
-            src = self.source(meta, tx, lsn)
-        else:
-            src = base.copy()
-            commit = tx.commit_lsn
-            src["sequence"] = f'["{commit}","{lsn}"]' if commit is not None else f'[null,"{lsn}"]'
-            src["lsn"] = lsn
-        if self.transaction_metadata and tx.commit_lsn is not None:
-            tx.total_order += 1
-            per_table = tx.per_table
-            n = per_table.get(full_name, 0) + 1
-            per_table[full_name] = n
-            tid = tx.id_cache
-            if tid is None:
-                tid = tx.id_cache = tx.id
-            txb: dict[str, Any] | None = {"id": tid, "total_order": tx.total_order, "data_collection_order": n}
-        else:
-            txb = None
         now_us = self.now_us or time.time_ns() // 1000
-        payload = {"before": payload_before, "after": payload_after, "source": src, "transaction": txb, "op": op,
+        payload = {"before": payload_before, "after": payload_after, "source": self.source(meta, tx, lsn),
+                   "transaction": self._tx_block(meta, tx), "op": op,
                    "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
         if self.schemas_enable:
             return op, key, self._value_bytes(meta, payload)
@@ -369,12 +351,7 @@ class EventBuilder:
         """:meth:`read_values` one row at a time. Produce each pair before taking the next: holding a
         chunk's worth of fresh ~600-byte values costs new memory pages (measured: about 2× the CPU per row
         on the bench box), while producing at once lets the allocator reuse the same memory."""
-        ck = (meta.topic, tx.xid, tx.ts_us, lsn, snapshot)
-        src = self._read_sources.get(ck)
-        if src is None:
-            if len(self._read_sources) > 64:
-                self._read_sources.clear()
-            src = self._read_sources[ck] = self.source(meta, tx, lsn, snapshot)
+        src = self._read_source(meta, tx, lsn, snapshot)
         columns = meta.columns
         conv_items = meta._conv_memo_items
         key_columns = meta.key_columns
@@ -382,20 +359,23 @@ class EventBuilder:
         dumps = _dumps
         now_us = time.time_ns() // 1000
         ts_ms, ts_ns = now_us // 1000, now_us * 1000
+        c_read_row, fields = _c_read_row, meta._fields  # the C decoder's row loop, or None
         for values in rows:
-            after = dict(zip(columns, values))
-            for i, name, conv, memo in conv_items:
-                v = values[i]
-                if v is not None:
-                    if memo is None:
-                        after[name] = conv(v)
-                    else:
-                        r = memo.get(v, _MISS)
-                        if r is _MISS:
-                            if len(memo) >= _MEMO_SIZE:
-                                memo.clear()
-                            r = memo[v] = conv(v)
-                        after[name] = r
+            after = c_read_row(values, fields) if c_read_row is not None else None
+            if after is None:
+                after = dict(zip(columns, values))
+                for i, name, conv, memo in conv_items:
+                    v = values[i]
+                    if v is not None:
+                        if memo is None:
+                            after[name] = conv(v)
+                        else:
+                            r = memo.get(v, _MISS)
+                            if r is _MISS:
+                                if len(memo) >= _MEMO_SIZE:
+                                    memo.clear()
+                                r = memo[v] = conv(v)
+                            after[name] = r
             if not key_columns:
                 key = None
             elif schemas:
@@ -410,7 +390,9 @@ class EventBuilder:
 
     def source(self, meta: TableMeta | None, tx: TxContext, lsn: int | None, snapshot: str | None = None
                ) -> dict[str, Any]:
-        base_key = (meta.full_name if meta else "", snapshot)
+        """The ``source`` block: the transaction's per-table template (built once) with this event's positions.
+        Every path (the stream's fast path included) builds it here, so their bytes cannot drift apart."""
+        base_key = (meta._full_name if meta else "", snapshot)
         base = tx.source_bases.get(base_key)
         if base is None:
             ts_us = tx.ts_us
@@ -423,18 +405,36 @@ class EventBuilder:
             }
         src = base.copy()
         commit = tx.commit_lsn
-        src["sequence"] = (f'["{commit}",' if commit is not None else "[null,") + \
-            (f'"{lsn}"]' if lsn is not None else "null]")
+        if lsn is not None:
+            src["sequence"] = f'["{commit}","{lsn}"]' if commit is not None else f'[null,"{lsn}"]'
+        else:
+            src["sequence"] = f'["{commit}",null]' if commit is not None else "[null,null]"
         src["lsn"] = lsn
         return src
 
+    def _read_source(self, meta: TableMeta, tx: TxContext, lsn: int, snapshot: str) -> dict[str, Any]:
+        """The source block of a snapshot row: the same for every row of a table, so built once and shared."""
+        ck = (meta.topic, tx.xid, tx.ts_us, lsn, snapshot)
+        src = self._read_sources.get(ck)
+        if src is None:
+            if len(self._read_sources) > 64:
+                self._read_sources.clear()
+            src = self._read_sources[ck] = self.source(meta, tx, lsn, snapshot)
+        return src
+
     def _tx_block(self, meta: TableMeta, tx: TxContext) -> dict[str, Any] | None:
+        """The ``transaction`` block, counting the event in its transaction (total and per-table order);
+        None without transaction metadata and for snapshot events. Shared by every path."""
         if not self.transaction_metadata or tx.commit_lsn is None:
             return None
         tx.total_order += 1
-        n = tx.per_table.get(meta.full_name, 0) + 1
-        tx.per_table[meta.full_name] = n
-        return {"id": tx.id, "total_order": tx.total_order, "data_collection_order": n}
+        per_table = tx.per_table
+        name = meta._full_name
+        n = per_table[name] = per_table.get(name, 0) + 1
+        tid = tx.id_cache
+        if tid is None:
+            tid = tx.id_cache = tx.id
+        return {"id": tid, "total_order": tx.total_order, "data_collection_order": n}
 
     def _envelope(self, meta: TableMeta, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
                   tx: TxContext, lsn: int | None, snapshot: str | None = None) -> bytes:
@@ -450,12 +450,7 @@ class EventBuilder:
         """A snapshot row (op ``r``). Its source block is the same for every row of a table: built once."""
         after = meta.row(values)
         key = self.key_bytes(meta, meta.key_of(after))
-        ck = (meta.topic, tx.xid, tx.ts_us, lsn, snapshot)
-        src = self._read_sources.get(ck)
-        if src is None:
-            if len(self._read_sources) > 64:
-                self._read_sources.clear()
-            src = self._read_sources[ck] = self.source(meta, tx, lsn, snapshot)
+        src = self._read_source(meta, tx, lsn, snapshot)
         now_us = time.time_ns() // 1000
         payload = {"before": None, "after": after, "source": src, "transaction": None, "op": "r",
                    "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
@@ -576,3 +571,10 @@ def _fast_row(buf: bytes, pos: int, fields: tuple[tuple[str, Any, Any], ...]) ->
     if pos > len(buf):
         return None
     return out, pos
+
+
+# The C decoder (connectors/postgres/decoder.py) replaces the per-value loops above when it is built and
+# not disabled: same results, or None where the Python code must run. decoder.set_active switches at runtime.
+_py_fast_row = _fast_row
+_fast_row = _decoder.pick(_py_fast_row, "fast_row")
+_c_read_row = _decoder.pick(None, "read_row")

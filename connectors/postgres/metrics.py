@@ -13,9 +13,10 @@ from collections import deque
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from connectors.postgres.offsets import write_atomic
+from sevisflow.observability import Heartbeat
 
 
 class ConnectorMetrics:
@@ -47,6 +48,8 @@ class ConnectorMetrics:
         self.events_total = 0
         self.snapshot_rows = 0
         self.state = "starting"
+        # liveness for /health: the stream loop and the snapshot beat it on every turn / chunk
+        self.heartbeat = Heartbeat()
         self.last_event_ms: int | None = None
         self.last_commit_ms: int | None = None
         self.confirmed_lsn: int | None = None
@@ -54,8 +57,8 @@ class ConnectorMetrics:
         self.snapshot: dict[str, Any] | None = None
         self.last_error: str | None = None
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
-        self._server: Any = None
-        # also exposed through the process's /metrics (metrics.port), next to the other stages
+        # exposed through the process's /metrics ([metrics] port, sevisflow.observability.serve_for)
+        # next to the other stages; the connector has no server of its own
         from sevisflow.observability import process_registry
 
         self._process_registry = process_registry()
@@ -135,10 +138,6 @@ class ConnectorMetrics:
         p.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(p, orjson.dumps(self.status()).decode(), durable=False)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        if port and self._server is None:
-            self._server = start_http_server(port, addr=addr, registry=self.registry)
-
     def close(self) -> None:
         if self._process_registry is not None:
             try:
@@ -146,11 +145,3 @@ class ConnectorMetrics:
             except KeyError:
                 pass
             self._process_registry = None
-        if self._server is not None:
-            server = self._server[0] if isinstance(self._server, tuple) else self._server
-            try:
-                server.shutdown()
-                server.server_close()
-            except Exception:  # noqa: BLE001
-                pass
-            self._server = None

@@ -330,6 +330,27 @@ def encode(msg: PgOutputMessage) -> bytes:
     raise TypeError(f"cannot encode {type(msg).__name__}")
 
 
+# --------------------------------------------------------------------------- the C decoder
+# connectors/postgres/decoder.py: when the extension is active, _decode walks tuples in C; anything the C
+# loop does not accept (malformed data) is decoded again here, so the proper DecodeError is raised.
+
+from connectors.postgres import decoder as _decoder  # noqa: E402 - decoder must not import this module
+
+if _decoder.c_module is not None:
+    _decoder.c_module.set_unchanged(UNCHANGED)
+_py_tuple = _tuple
+_c_tuple_values = _decoder.c_module.tuple_values if _decoder.c_module is not None else None
+
+
+def _c_tuple(buf: bytes, pos: int) -> tuple[list[Value], int]:
+    r = _c_tuple_values(buf, pos)  # type: ignore[misc]
+    return _py_tuple(buf, pos) if r is None else r
+
+
+if _decoder.active is not None:
+    _tuple = _c_tuple  # noqa: F811
+
+
 def format_lsn(lsn: int) -> str:
     """``0/16B3748`` style, as PostgreSQL prints LSNs."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Sequence
 import psycopg
 from psycopg import pq, sql
 
+from connectors.postgres import decoder as _decoder
 from connectors.postgres.envelope import TableMeta
 from connectors.postgres.pgoutput import Value
 from sevisflow.errors import ConfigError, TerminalError
@@ -216,8 +217,25 @@ def _copy_rows(conn: psycopg.Connection[Any], query: bytes) -> list[list[Value]]
         pass
     if not parts:
         return []
-    text = b"".join(parts).decode()
+    return split_copy_text(b"".join(parts))
+
+
+def split_copy_text(data: bytes) -> list[list[Value]]:
+    """COPY text output (rows ending in newlines) → rows of text values, None for ``\\N``."""
+    if _c_split_copy is not None:  # the C decoder: the same lists, made straight from the bytes
+        rows = _c_split_copy(data)
+        if rows is not None:
+            return rows
+    return _py_split_copy_text(data)
+
+
+def _py_split_copy_text(data: bytes) -> list[list[Value]]:
+    text = data.decode()
     lines = text[:-1].split("\n")
     if "\\" not in text:  # no escapes and no \N anywhere: every value is its text as is
-        return [line.split("\t") for line in lines]
+        return [line.split("\t") for line in lines]  # type: ignore[misc]
     return [parse_copy_line(line) for line in lines]
+
+
+# split_copy of the C decoder (connectors/postgres/decoder.py), or None: the Python split above
+_c_split_copy = _decoder.pick(None, "split_copy")

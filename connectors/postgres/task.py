@@ -31,14 +31,14 @@ from typing import Any, Iterable
 import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 
-from connectors.postgres import admin
+from connectors.postgres import admin, decoder
 from connectors.postgres.convert import SESSION_OPTIONS
 from connectors.postgres.envelope import EventBuilder, Record, TableMeta, TxContext
 from connectors.postgres.errors import SlotInUseError, classify
 from connectors.postgres.metrics import ConnectorMetrics
 from connectors.postgres.offsets import ConnectorState, SnapshotProgress, StateStore
 from connectors.postgres.pgoutput import (
-    Begin, Commit, Delete, Insert, Message as PgMessage, Relation, Truncate, TypeInfo, Update, decode, format_lsn,
+    Begin, Commit, Message as PgMessage, Relation, Truncate, TypeInfo, decode, format_lsn,
 )
 from connectors.postgres.replication import ReplicationConnection
 from connectors.postgres.snapshot import begin_snapshot_transaction, read_chunks, snapshotter_for
@@ -47,6 +47,7 @@ from sevisflow.config import Settings
 from sevisflow.errors import SevisflowError, TerminalError, TransientError
 from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer
 from sevisflow.log import get_logger
+from sevisflow.observability import register_probe, unregister_probe
 
 log = get_logger(__name__)
 
@@ -111,6 +112,7 @@ class ConnectorTask:
         self.catalog = admin.Catalog(self.query, c.topic_prefix, c.decimal_handling_mode)
         log.info("connector.starting", slot=c.slot_name, publication=c.publication_name, publication_action=pub,
                  tables=tables, snapshot_mode=c.snapshot_mode, slot_exists=slot is not None)
+        decoder.log_choice()  # connector.decoder: c or python, once per process
         if slot is not None:
             admin.check_slot(slot, info.dbname)
             if slot.active:
@@ -303,7 +305,7 @@ class ConnectorTask:
                      rows_estimate=prog.total_estimate, resumed=prog.resumed)
 
             def checkpoint() -> None:
-                nonlocal rows
+                self.metrics.heartbeat.beat()
                 self._flush()
                 done = [t for t in finished if not (pending and pending[0].full_name == t)]
                 prog.done = done
@@ -405,7 +407,9 @@ class ConnectorTask:
         n_c = n_u = n_d = 0
         last_commit_ms: int | None = None
         try:
+            beat = self.metrics.heartbeat.beat
             while not self.stop.is_set():
+                beat()
                 items = repl.read_batch(READ_BATCH, 0.1)
                 builder.now_us = time.time_ns() // 1000
                 for lsn, payload in items:
@@ -563,8 +567,20 @@ def run_connector(settings: Settings, stop_event: threading.Event) -> None:
     missing privileges, wal_level) raise a :class:`~sevisflow.errors.SevisflowError` naming the fix.
     """
     c = settings.connector
-    metrics = ConnectorMetrics(c.name, c.slot_name)
-    metrics.serve(c.metrics_port)
+    metrics = ConnectorMetrics(c.name, c.slot_name)  # served on the process's [metrics] port (serve_for)
+    stall_s = settings.metrics.stall_after_s
+
+    def health() -> tuple[bool, str]:
+        """Alive while the stream loop or the snapshot keeps turning (a hung call shows up here)."""
+        age = metrics.heartbeat.age()
+        return (age <= stall_s, "ok" if age <= stall_s else f"connector loop stalled for {age:.0f}s")
+
+    def ready() -> tuple[bool, str]:
+        ok = metrics.state in ("snapshot", "streaming", "done")
+        return (ok, "ok" if ok else metrics.state)
+
+    probe = f"connector:{c.name}"
+    register_probe(probe, health, ready)
     attempts = 0
     slot_attempts = 0
     try:
@@ -603,4 +619,5 @@ def run_connector(settings: Settings, stop_event: threading.Event) -> None:
                 task.close()
             stop_event.wait(delay)
     finally:
+        unregister_probe(probe)
         metrics.close()

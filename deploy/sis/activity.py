@@ -20,8 +20,8 @@ from deploy.sis import refdata, terms
 from deploy.sis.builder import UTC, IdCounters, SchoolBuilder, ascii_fold, weighted
 from deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER, Op, Row, School, Transaction, World
 
-__all__ = ["CHANGE_KINDS", "EXTRA_KINDS", "Op", "Transaction", "World", "activity_span",
-           "generate_activity", "in_registration_window"]
+__all__ = ["AUTHORIZATION_KINDS", "CHANGE_KINDS", "EXTRA_KINDS", "Op", "Transaction", "World", "activity_span",
+           "generate_activity", "generate_authorizations", "in_registration_window"]
 
 # The kinds the brief asks for; every activity of at least len(CHANGE_KINDS) changes has each.
 CHANGE_KINDS: tuple[str, ...] = (
@@ -425,4 +425,88 @@ def generate_activity(school: School, n_changes: int, seed: int, today: date) ->
             nxt = rng.choices(left, weights=[w[k] for k in left])[0] if len(tried) < 5 and left else "new_admit"
             tried.add(nxt)
             candidates.append(nxt)
+    return out
+
+
+# ---- school-approved authorisations (RCL, CPT, OPT, STEM OPT) ----------------------------------------
+
+# Kept out of generate_activity's schedule on purpose: a new kind there would re-draw every later
+# change of every seed (and the demo's expected counts). generate_authorizations is its own stream.
+AUTHORIZATION_KINDS: tuple[str, ...] = ("rcl_approved", "cpt_approved", "opt_recommended", "stem_extension",
+                                        "authorization_withdrawn")
+_RCL_REASONS = ("ENGLISH_LANGUAGE", "READING", "TEACHING_METHODS", "COURSE_LEVEL", "MEDICAL", "FINAL_TERM")
+
+
+def _authorization_row(act: _Activity, pid: int, kind: str, start: date, end: date) -> Row:
+    rng = act.rng
+    row: Row = {"authorization_id": act.ids.take("student_authorization"), "person_id": pid, "kind": kind,
+                "status": "APPROVED", "start_date": start, "end_date": end, "time_basis": None,
+                "employer_name": None, "employer_line1": None, "employer_line2": None, "employer_city": None,
+                "employer_state": None, "employer_postal_code": None, "course_relevance": None,
+                "rcl_reason": None, "academic_year_met": None, "remarks": None}
+    if kind == "RCL":
+        row["rcl_reason"] = rng.choice(_RCL_REASONS)
+    else:
+        row["time_basis"] = "PART_TIME" if kind == "CPT" and rng.random() < 0.6 else "FULL_TIME"
+    if kind == "OPT":
+        row["academic_year_met"] = True
+    if kind in ("CPT", "STEM_OPT"):
+        place = act.builder().us_place("US_PHYSICAL", local=rng.random() < 0.7)
+        row.update({"employer_name": rng.choice(refdata.EMPLOYERS), "employer_line1": place["line1"],
+                    "employer_line2": place["line2"], "employer_city": place["city"],
+                    "employer_state": place["state"], "employer_postal_code": place["postal_code"],
+                    "course_relevance": "Training directly related to the student's major field of study"})
+    return row
+
+
+def _authorize(act: _Activity, kind: str) -> tuple[int, str] | None:
+    """One approval (or a withdrawal) for a fitting student: active F-1 with a SEVIS ID."""
+    def fits(pid: int) -> bool:
+        imm = act.world.immigration(pid) or {}
+        return bool(act.active(pid) and imm.get("visa_type") == "F-1" and imm.get("sevis_id"))
+
+    pool = [pid for pid in act.world.international if fits(pid)]
+    if kind == "authorization_withdrawn":
+        approved = [a for pid in pool for a in act.world.of("student_authorization", pid) if a["status"] == "APPROVED"]
+        if not approved:
+            return None
+        row = approved[act.rng.randrange(len(approved))]
+        act.tx.update("student_authorization", row, status="WITHDRAWN")
+        return row["person_id"], f"{row['kind']} withdrawn"
+    taken = {a["person_id"] for pid in pool for a in act.world.of("student_authorization", pid)}
+    pool = [pid for pid in pool if pid not in taken]
+    if not pool:
+        return None
+    pid = pool[act.rng.randrange(len(pool))]
+    program = act.world.program(pid) or {}
+    day = act.day
+    if kind == "rcl_approved":
+        term = act.target_term()
+        row = _authorization_row(act, pid, "RCL", max(day, term.start_date), term.end_date)
+    elif kind == "cpt_approved":
+        row = _authorization_row(act, pid, "CPT", day + timedelta(days=14), day + timedelta(days=14 + 84))
+    else:
+        start = max(program.get("expected_end_date") or day, day) + timedelta(days=30)
+        if kind == "opt_recommended":
+            row = _authorization_row(act, pid, "OPT", start, start + timedelta(days=364))
+        else:
+            row = _authorization_row(act, pid, "STEM_OPT", start, start + timedelta(days=729))
+    act.tx.insert("student_authorization", row)
+    return pid, kind.replace("_", " ")
+
+
+def generate_authorizations(school: School, seed: int, today: date, *,
+                            kinds: tuple[str, ...] = AUTHORIZATION_KINDS) -> list[Transaction]:
+    """A few DSO approvals (and one withdrawal) for active F-1 students, one commit each, a day apart.
+
+    Deterministic from (school, seed, today); its own random stream, so generate_activity is unchanged.
+    A kind no student fits is skipped, so fewer than len(kinds) may come back.
+    """
+    act = _Activity(school, seed * 7919 + 17, today)
+    out: list[Transaction] = []
+    for i, kind in enumerate(kinds):
+        act.at = datetime.combine(today + timedelta(days=i + 1), time(10), UTC)
+        picked = _authorize(act, kind)
+        if picked is not None and act.tx.ops:
+            out.append(_finish(act, kind, picked[0], True, picked[1]))
     return out

@@ -73,6 +73,7 @@ class IdCounters:
     program: int = 1
     enrollment: int = 1
     dependent: int = 1
+    student_authorization: int = 1
 
     def take(self, table: str) -> int:
         """Allocate the next id of `table`."""
@@ -91,6 +92,7 @@ class IdCounters:
             program=nxt("program", "program_id", 1),
             enrollment=nxt("enrollment", "enrollment_id", 1),
             dependent=nxt("dependent", "dependent_id", 1),
+            student_authorization=nxt("student_authorization", "authorization_id", 1),
         )
 
 

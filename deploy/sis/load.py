@@ -1,7 +1,7 @@
 """Create the reference SIS in PostgreSQL, bulk-load a school, play activity; plus the CLI.
 
     python -m deploy.sis.load --dsn "host=… port=… dbname=…" --students 2000 \\
-        --international-share 0.3 --seed 7 [--activity 500] [--today 2026-10-05] [--replace]
+        --international-share 0.3 --seed 7 [--activity 500] [--authorizations] [--today 2026-10-05] [--replace]
 
 The school is loaded with COPY in one transaction (fast: 20k students in seconds); each activity
 transaction is its own commit, so the connector sees the same transaction boundaries every run.
@@ -19,7 +19,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from deploy.sis.activity import Transaction, generate_activity
+from deploy.sis.activity import Transaction, generate_activity, generate_authorizations
 from deploy.sis.generator import TABLE_ORDER, School, generate_school
 
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--activity", type=int, default=0, metavar="K",
                    help="after loading, play K change transactions (default 0)")
+    p.add_argument("--authorizations", action="store_true",
+                   help="then play a few DSO approvals (RCL, CPT, OPT, STEM OPT) and one withdrawal")
     p.add_argument("--today", type=date.fromisoformat, default=None,
                    help="the date the data is generated for, YYYY-MM-DD (default: the current date)")
     p.add_argument("--replace", action="store_true", help="drop existing SIS tables first")
@@ -112,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         played = 0
         if args.activity:
             played = play_activity(args.dsn, generate_activity(school, args.activity, args.seed, today))
+        if args.authorizations:
+            played += play_activity(args.dsn, generate_authorizations(school, args.seed, today))
     except (psycopg.Error, ActivityDriftError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

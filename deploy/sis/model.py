@@ -18,15 +18,17 @@ School = dict[str, list[Row]]
 # Load order: parents before children (foreign keys).
 TABLE_ORDER: tuple[str, ...] = (
     "person", "immigration", "address", "term", "program", "enrollment", "finance", "dependent",
+    "student_authorization",
 )
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "person": ("person_id",), "immigration": ("person_id",), "address": ("address_id",),
     "term": ("term_id",), "program": ("program_id",), "enrollment": ("enrollment_id",),
     "finance": ("person_id",), "dependent": ("dependent_id",),
+    "student_authorization": ("authorization_id",),
 }
 INTERNATIONAL_VISAS = frozenset({"F-1", "M-1", "J-1"})
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-_PERSON_TABLES = ("address", "program", "enrollment", "dependent")
+_PERSON_TABLES = ("address", "program", "enrollment", "dependent", "student_authorization")
 
 
 def empty_school() -> School:

@@ -268,3 +268,9 @@ OTHER_FUND_SOURCES: tuple[str, ...] = (
     "Saudi Arabian Cultural Mission", "CAPES (Brazil)", "Fulbright Program",
     "Government of Indonesia LPDP", "Employer sponsorship", "Family friend (notarized letter)",
 )
+
+# Fictional employers for practical training (CPT, STEM OPT): no real company.
+EMPLOYERS: tuple[str, ...] = (
+    "Prairie Widget Works", "Illini Data Labs", "Boneyard Analytics", "Corn Belt Robotics",
+    "Sangamon Software Cooperative", "Kaskaskia Bioworks",
+)

@@ -135,6 +135,34 @@ CREATE UNIQUE INDEX dependent_one_active_spouse ON public.dependent (person_id)
     WHERE relationship = 'SPOUSE' AND status = 'ACTIVE';
 CREATE INDEX dependent_person ON public.dependent (person_id);
 
+-- School-approved authorisations SEVIS must hear about: reduced course load (RCL), curricular
+-- practical training (CPT), optional practical training (OPT) and its STEM extension (STEM_OPT).
+-- A DSO approves (status APPROVED) or withdraws (WITHDRAWN) one; dates are the authorised period.
+-- CPT and STEM_OPT name the employer (US address, state as a full name like address.state);
+-- RCL names the school's reason code; OPT says whether the academic-year requirement is met.
+CREATE TABLE public.student_authorization (
+    authorization_id     bigint PRIMARY KEY,
+    person_id            bigint NOT NULL REFERENCES public.person (person_id),
+    kind                 text NOT NULL CHECK (kind IN ('RCL', 'CPT', 'OPT', 'STEM_OPT')),
+    status               text NOT NULL DEFAULT 'APPROVED' CHECK (status IN ('APPROVED', 'WITHDRAWN')),
+    start_date           date NOT NULL,
+    end_date             date NOT NULL,
+    time_basis           text CHECK (time_basis IN ('FULL_TIME', 'PART_TIME')),
+    employer_name        text,
+    employer_line1       text,
+    employer_line2       text,
+    employer_city        text,
+    employer_state       text,
+    employer_postal_code text CHECK (employer_postal_code ~ '^[0-9]{5}$'),
+    course_relevance     text,
+    rcl_reason           text CHECK (rcl_reason IN
+        ('ENGLISH_LANGUAGE', 'READING', 'TEACHING_METHODS', 'COURSE_LEVEL', 'MEDICAL', 'FINAL_TERM')),
+    academic_year_met    boolean,
+    remarks              text,
+    CONSTRAINT authorization_dates CHECK (end_date >= start_date)
+);
+CREATE INDEX student_authorization_person ON public.student_authorization (person_id);
+
 ALTER TABLE public.person      REPLICA IDENTITY FULL;
 ALTER TABLE public.immigration REPLICA IDENTITY FULL;
 ALTER TABLE public.address     REPLICA IDENTITY FULL;
@@ -143,7 +171,8 @@ ALTER TABLE public.term        REPLICA IDENTITY FULL;
 ALTER TABLE public.enrollment  REPLICA IDENTITY FULL;
 ALTER TABLE public.finance     REPLICA IDENTITY FULL;
 ALTER TABLE public.dependent   REPLICA IDENTITY FULL;
+ALTER TABLE public.student_authorization REPLICA IDENTITY FULL;
 
 CREATE PUBLICATION sevisflow_sis FOR TABLE
     public.person, public.immigration, public.address, public.program,
-    public.term, public.enrollment, public.finance, public.dependent;
+    public.term, public.enrollment, public.finance, public.dependent, public.student_authorization;

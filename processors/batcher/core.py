@@ -155,6 +155,11 @@ def final_record(rec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in rec.items() if k not in INTERNAL_FIELDS}
 
 
+def hold_reason(by: str | None, reason: str | None) -> str:
+    """The text of a hold, as the ``student_held`` event and the open-batch view carry it."""
+    return f"held by {by or 'a DSO'}" + (f": {reason}" if reason else "")
+
+
 def status_of(section: str, student_key: str, sevis_id: str | None, held: Mapping[str, Any]) -> str:
     if student_key in held:
         return "held"
@@ -263,6 +268,36 @@ class _Tx:
                 self.put_record(new, "record_released", at_ms, reason=f"SEVIS ID {sevis_id} arrived ({why})")
             else:
                 self.put_record(new, "record_replaced", at_ms, reason=f"SEVIS ID {sevis_id} set ({why})")
+
+
+# ----------------------------------------------------------------------------- open-batch view
+
+MAX_OPEN_VIEW_BYTES = 6 * 1024 * 1024
+"""Above this the view carries no records (readers fold sevis.batches): Kafka refuses records over
+8 MiB, and a refused record would abort the batcher's transaction again and again."""
+
+
+def view_changed(old: School, new: School) -> bool:
+    """Whether ``apply`` changed what ``batch show`` displays (apply copies what it changes)."""
+    return old.revision != new.revision or old.records is not new.records or old.held is not new.held
+
+
+def open_view(school: School) -> dict[str, Any]:
+    """The open batch as the DSO CLI shows it (an OpenBatch record for the compacted view topic).
+
+    Equal to folding the school's ``sevis.batches`` events (:func:`processors.batcher.view.fold`):
+    every record event carries the stored record, and every change of the records, the holds or
+    the revision is published as an event.
+    """
+    records = sorted(school.records.values(), key=lambda r: (r["section"] != "create", r["seq"]))
+    text: str | None = dumps(records)
+    if len(text) > MAX_OPEN_VIEW_BYTES:
+        text = None
+    return {
+        "org_id": school.org_id, "revision": school.revision, "records_json": text, "record_count": len(records),
+        "held": [{"student_key": k, "at_ms": int(v.get("at_ms") or 0), "reason": hold_reason(v.get("by"), v.get("reason"))}
+                 for k, v in sorted(school.held.items())],
+    }
 
 
 # ----------------------------------------------------------------------------- apply
@@ -494,8 +529,7 @@ def _hold(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     if not student:
         tx.reject_command(cmd, at_ms, "hold needs the student's key")
         return
-    who = cmd.get("dso_user_id") or "a DSO"
-    why = f"held by {who}" + (f": {cmd['reason']}" if cmd.get("reason") else "")
+    why = hold_reason(cmd.get("dso_user_id"), cmd.get("reason"))
     tx.w("held")[student] = {"by": cmd.get("dso_user_id"), "reason": cmd.get("reason"), "at_ms": at_ms}
     n = 0
     for rec in tx.student_records(student):

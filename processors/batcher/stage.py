@@ -4,7 +4,12 @@ Inputs, all keyed by OrgID and co-partitioned (same partition count and the
 same partitioner, so one school's events, commands and results share a partition
 number): ``sevis.events``, ``sevis.batch.commands``, ``sevis.results``.
 Output: ``sevis.batches`` (plus the scheduled close commands on
-``sevis.batch.commands`` and dead letters on ``sevisflow.dlq``).
+``sevis.batch.commands`` and dead letters on ``sevisflow.dlq``), and the compacted
+per-school view ``sevis.batch.open`` (key OrgID, one OpenBatch record = the open batch as
+``batch show`` displays it). The view is written once per school per transaction, after all
+the transaction's inputs, in the same transaction as the events it summarises; after a restart
+or a rebalance every school of the taken partitions is written once more, so the view heals
+itself (e.g. after an upgrade, or if the topic was recreated).
 
 It runs in :class:`~sevisflow.kafka_io.TransactionalLoop`: outputs, state changes
 and input offsets commit in one Kafka transaction. Two details differ from the
@@ -55,14 +60,17 @@ from processors.batcher.core import (
     SendCommand,
     Tick,
     apply,
+    open_view,
+    view_changed,
 )
 from processors.batcher.ids import user_id_problem
 from sevisflow.config import Settings
 from sevisflow.dlq import dead_letter
 from sevisflow.errors import ConfigError
-from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop
+from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
 from sevisflow.log import get_logger
 from sevisflow.serde import SerializationError, registry
+from sevisflow.topics import pipeline_topics
 
 log = get_logger(__name__)
 
@@ -70,6 +78,7 @@ EVENT_SCHEMA = "sevisflow.events.SevisEvent"
 COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
 RESULT_SCHEMA = "sevisflow.results.SevisResult"
 BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
+OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
 STATE_TOPIC = "sevisflow.batcher.state"
 GROUP_ID = "sevisflow-batcher"
 TICK_EVERY_S = 2.0
@@ -110,21 +119,34 @@ def batcher_topics(settings: Settings) -> list[TopicSpec]:
 
 
 class BatcherStore(StateStore):
-    """The loop's state store plus a cache of decoded :class:`School` values, dropped on abort."""
+    """The loop's state store plus a cache of decoded :class:`School` values, dropped on abort.
+
+    It also tracks which schools' open-batch view must be (re)published: ``view_dirty`` until a
+    transaction that carried the view commits (``view_sent`` are those of the open transaction).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.cache: dict[tuple[int, str], School] = {}
         self.partitions: set[int] = set()
+        self.view_dirty: set[tuple[int, str]] = set()
+        self.view_sent: set[tuple[int, str]] = set()
+
+    def commit(self) -> None:
+        super().commit()
+        self.view_dirty -= self.view_sent
+        self.view_sent.clear()
 
     def abort(self) -> None:
         super().abort()
         self.cache.clear()
+        self.view_sent.clear()
 
     def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
         super().load_partition(partition, data)
         self._forget(partition)
         self.partitions.add(partition)
+        self.view_dirty |= {(partition, org) for org in self.orgs(partition)}
 
     def drop_partition(self, partition: int) -> None:
         super().drop_partition(partition)
@@ -134,6 +156,8 @@ class BatcherStore(StateStore):
     def _forget(self, partition: int) -> None:
         for key in [k for k in self.cache if k[0] == partition]:
             del self.cache[key]
+        self.view_dirty = {k for k in self.view_dirty if k[0] != partition}
+        self.view_sent = {k for k in self.view_sent if k[0] != partition}
 
     def orgs(self, partition: int) -> list[str]:
         return sorted(k[2:].decode() for k, _ in self.items(partition) if k.startswith(b"m|"))
@@ -233,7 +257,22 @@ class BatcherStage:
         new, outs = apply(old, inp)
         save_diff(store, partition, old, new)
         cache[(partition, org)] = new
+        if isinstance(store, BatcherStore) and view_changed(old, new):
+            store.view_dirty.add((partition, org))
+            store.view_sent.discard((partition, org))  # changed after its view went out: send it again
         return self._encode(org, outs, msg)
+
+    def view_outputs(self, store: StateStore) -> list[Output]:
+        """The open-batch view of every school changed (or taken over) and not yet in this transaction."""
+        if not isinstance(store, BatcherStore):
+            return []
+        outs = []
+        for partition, org in sorted(store.view_dirty - store.view_sent):
+            school = store.cache.get((partition, org)) or load_school(store, partition, org)
+            outs.append(Output(self.settings.topics.open_batches, org.encode(),
+                               registry().encode(OPEN_BATCH_SCHEMA, open_view(school))))
+            store.view_sent.add((partition, org))
+        return outs
 
     def _encode(self, org: str, outs: Iterable[Any], msg: Message | None) -> list[Output]:
         t = self.settings.topics
@@ -272,6 +311,10 @@ class BatcherStage:
     # -- idle path: the daily scheduled close
 
     def on_idle(self, store: StateStore) -> list[Output]:
+        """The scheduler's tick, and the views still to publish (e.g. after a restart or a rebalance)."""
+        return self._tick(store) + self.view_outputs(store)
+
+    def _tick(self, store: StateStore) -> list[Output]:
         school = self.settings.school
         if not school.close_at or not isinstance(store, BatcherStore):
             return []
@@ -323,6 +366,24 @@ class _KillBeforeCommit:
         return self._producer.commit_transaction(*args)
 
 
+class BatcherLoop(TransactionalLoop):
+    """The transactional loop, plus the open-batch views of the transaction's schools.
+
+    The views go out once per school per transaction, after every input of the transaction was
+    handled (so a 500-event poll writes one view, not 500) and before the offsets are sent: they
+    commit or abort together with the events they summarise.
+    """
+
+    def __init__(self, stage: BatcherStage, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batcher = stage
+
+    def _produce_state(self) -> None:
+        for out in self.batcher.view_outputs(self.state):
+            self._produce(out)
+        super()._produce_state()
+
+
 def build_loop(settings: Settings, instance: str | None = None,
                consumer_overrides: dict[str, Any] | None = None) -> tuple[TransactionalLoop, BatcherStage]:
     """The batcher's transactional loop (not started)."""
@@ -332,9 +393,10 @@ def build_loop(settings: Settings, instance: str | None = None,
     t = settings.topics
     overrides: dict[str, Any] = {"partition.assignment.strategy": "range"}
     overrides.update(consumer_overrides or {})
-    loop = TransactionalLoop(settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
-                             transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
-                             on_idle=stage.on_idle, consumer_overrides=overrides, state=BatcherStore())
+    loop = BatcherLoop(stage, settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
+                       transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
+                       on_idle=stage.on_idle, consumer_overrides=overrides, state=BatcherStore(),
+                       stall_after_s=settings.metrics.stall_after_s)
     if stage.armed_fault == "kill_before_commit_close":
         loop.producer = _KillBeforeCommit(loop.producer, stage)  # type: ignore[assignment]
     return loop, stage
@@ -344,6 +406,9 @@ def run(settings: Settings, stop_event: threading.Event, instance: str | None = 
         consumer_overrides: dict[str, Any] | None = None) -> None:
     """Run the batcher until ``stop_event`` is set (for ``sevisflow run`` and tests)."""
     loop, _ = build_loop(settings, instance=instance, consumer_overrides=consumer_overrides)
+    # like the other processors: create what is missing (after an upgrade, the open-batch view topic),
+    # so a missing topic cannot make every transaction abort
+    ensure_topics(settings.kafka, pipeline_topics(settings) + batcher_topics(settings))
 
     def watch() -> None:
         stop_event.wait()

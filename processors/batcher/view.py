@@ -1,6 +1,7 @@
 """What the DSO sees: ``sevis.batches`` (and ``sevis.results``) folded into a view of one school.
 
-Pure: :func:`fold` takes decoded BatchEvents in log order. The CLI reads the
+Pure: :func:`fold` takes decoded BatchEvents in log order; :func:`from_open_batch` reads the
+batcher's compacted per-school view (one OpenBatch record, the fast path of ``batch show``). The CLI reads the
 topics with :func:`sevisflow.kafka_io.read_topic` (never moving any offsets)
 and renders this view; the golden tests render views built from fixed events.
 """
@@ -104,6 +105,22 @@ def fold_result(view: BatchView, res: Mapping[str, Any]) -> None:
     batch = view.batches.get(res.get("batch_id") or "")
     if batch is not None:
         batch.results[res["request_id"]] = dict(res)
+
+
+def from_open_batch(value: Mapping[str, Any]) -> BatchView | None:
+    """The view of an OpenBatch record (the compacted view topic), or None when it holds no records.
+
+    Gives the same ``revision``, ``records`` and ``held`` as :func:`build_view` over the history;
+    closed batches and per-command events are not in it (``batch list``/``status`` read the history).
+    """
+    if value.get("records_json") is None:
+        return None
+    view = BatchView(value["org_id"], revision=int(value["revision"]))
+    for rec in orjson.loads(value["records_json"]):
+        view.records[rec["record_id"]] = rec
+    for h in value.get("held") or []:
+        view.held[h["student_key"]] = {"at_ms": h["at_ms"], "reason": h.get("reason")}
+    return view
 
 
 def build_view(org_id: str, events: Iterable[Mapping[str, Any]],

@@ -94,7 +94,18 @@ SECTIONS: dict[str, Section] = {s.name: s for s in [
         "relationship": FieldType("enum", "relationship"), "visa_type": FieldType("enum", "dependent_visa"),
         "status": FieldType("enum", "dependent_status"), "dependent_sevis_id": S,
     }, keyed=True, slot_name="dependent"),
+    Section("authorization", {
+        "kind": FieldType("enum", "authorization_kind"), "status": FieldType("enum", "authorization_status"),
+        "start_date": D, "end_date": D, "time_basis": FieldType("enum", "employment_time"),
+        "employer_name": S, "employer_line1": S, "employer_line2": S, "employer_city": S,
+        "employer_state": FieldType("enum", "us_state", "us_state_names"), "employer_postal_code": S,
+        "course_relevance": S, "rcl_reason": FieldType("enum", "rcl_reason"), "academic_year_met": B, "remarks": S,
+    }, keyed=True, slot_name="authorization"),
 ]}
+
+#: canonical authorisation kinds and statuses the events stage understands
+AUTHORIZATION_KINDS = ("rcl", "cpt", "opt", "opt_stem")
+AUTHORIZATION_STATUSES = ("approved", "withdrawn")
 
 #: canonical program statuses the events stage understands
 PROGRAM_STATUSES = ("initial", "active", "completed", "terminated", "canceled", "deferred")
@@ -231,5 +242,5 @@ def new_view(student_key: str, link: str | None) -> dict[str, Any]:
     return {
         "student_key": student_key, "link": link, "exists": False, "international": False,
         "student": {}, "address": {}, "program": {}, "finance": {}, "registration": {}, "dependent": {},
-        "src": {},
+        "authorization": {}, "src": {},
     }

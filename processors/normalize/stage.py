@@ -286,7 +286,8 @@ def build_loop(settings: Settings, mapping: Mapping | None = None, batch_size: i
                              state_topic=with_suffix(STATE_TOPIC, settings), batch_size=batch_size,
                              state=store, state_partitions={STATE_PARTITION}, on_idle=stage.on_idle,
                              consumer_overrides={"session.timeout.ms": 10000,
-                                                 "topic.metadata.refresh.interval.ms": 5000})
+                                                 "topic.metadata.refresh.interval.ms": 5000},
+                             stall_after_s=settings.metrics.stall_after_s)
     stage.consumer = loop.consumer
     return loop, stage
 

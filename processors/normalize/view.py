@@ -486,6 +486,7 @@ class Normalizer:
         if section == "student" and ch.table == self.mapping.student_table and self.mapping.feeds[fi].link is None:
             view["exists"] = True
             view["link"] = str((ch.after or {}).get(self.mapping.student_id))
+        view.setdefault(section, {})  # a view stored before this section existed
         if sec.keyed:
             entry = dict(view[section].get(slot) or {})
             entry.update(vals)
@@ -508,6 +509,7 @@ class Normalizer:
             return
         view = self._view(skey, None, before)
         sec = SECTIONS[section]
+        view.setdefault(section, {})
         if sec.keyed:
             if view["src"].get(f"{section}/{slot}") == row_id:
                 view[section].pop(slot, None)

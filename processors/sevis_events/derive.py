@@ -16,7 +16,9 @@ Rules (DOMAIN.md §4; docs/MAPPING.md "What is reported"):
   later/earlier), ``Program.Edit`` (majors, minor, English proficiency), ``EducationLevel.Change``
   (degree level; carries full EducationalInfo + FinancialInfo and replaces Program/Financial events),
   ``Status.Complete`` / ``Status.Terminate`` / ``Status.Cancel``, ``FinancialInfo``,
-  ``Dependent.Add`` / ``Dependent.Edit`` / ``Dependent.Terminate``.
+  ``Dependent.Add`` / ``Dependent.Edit`` / ``Dependent.Terminate``, and from school-approved
+  authorisations ``AuthDropBelowFC.Add`` / ``CPTEmployment.Add`` / ``OPTEmployment.Add`` /
+  ``OPTEmployment.Extend`` (STEM) when one is approved, the matching ``….Cancel`` when it is withdrawn.
 * A value SEVIS would reject never reaches an event: the element is left out and an issue (dead
   letter for the DSO) names the field; an event with nothing left is not emitted.
 """
@@ -188,6 +190,7 @@ def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context
     if not (_sevis_id(p) or create_ready(p)):
         return b.out
     if _status(p) in TERMINAL and _status(new) in TERMINAL:
+        _authorizations(b)  # OPT / a STEM extension may follow completion (SEVIS keeps the record Active)
         return b.out
     level_changed = _level_change(b)
     _personal_info(b)
@@ -198,6 +201,7 @@ def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context
         _financial(b)
     _status_events(b)
     _dependents(b)
+    _authorizations(b)
     return b.out
 
 
@@ -632,3 +636,176 @@ def _dependents(b: _Builder) -> None:
             else:
                 problems.append("dependentSevisID unknown: fill it from SEVIS's result before closing")
             b.event("Dependent.Terminate", ck, payload, p, n, sub=slot, problems=problems)
+
+
+# ---------------------------------------------------------------------------- authorisations
+
+AUTH_EVENT = {"rcl": "AuthDropBelowFC", "cpt": "CPTEmployment", "opt": "OPTEmployment", "opt_stem": "OPTEmployment"}
+AUTH_LABEL = {"rcl": "reduced course load", "cpt": "CPT", "opt": "OPT", "opt_stem": "STEM OPT extension"}
+# programme statuses in which SEVIS takes the Add (S1054: the record must be Active; an OPT recommendation or a
+# STEM extension may come after the programme is completed, while SEVIS keeps the record Active for OPT)
+AUTH_ADD_STATUSES = {"rcl": ("active",), "cpt": ("active",), "opt": ("active", "completed"),
+                     "opt_stem": ("active", "completed")}
+# F-1 only (8 CFR 214.2(f)(10)): CPT and the STEM extension; RCL and OPT exist for F-1 and M-1
+AUTH_F1_ONLY = ("cpt", "opt_stem")
+AUTH_FIELDS = ("kind", "start_date", "end_date", "time_basis", "employer_name", "employer_line1", "employer_line2",
+               "employer_city", "employer_state", "employer_postal_code", "course_relevance", "rcl_reason",
+               "academic_year_met", "remarks")
+# what each event needs from the canonical authorisation (the rest is optional or formatted below)
+AUTH_REQUIRED = {
+    ("rcl", False): ("rcl_reason", "start_date", "end_date"),
+    ("rcl", True): ("rcl_reason", "start_date", "end_date"),
+    ("cpt", False): ("start_date", "end_date", "time_basis", "employer_name"),
+    ("cpt", True): ("start_date", "end_date", "time_basis", "employer_name"),
+    ("opt", False): ("start_date", "end_date", "time_basis", "academic_year_met"),
+    ("opt", True): ("start_date", "end_date", "time_basis"),
+    ("opt_stem", False): ("start_date", "end_date", "time_basis", "course_relevance"),
+    ("opt_stem", True): ("start_date", "end_date", "time_basis"),
+}
+
+
+def _approved(a: dict[str, Any] | None) -> bool:
+    return bool(a) and a.get("status") == "approved"  # type: ignore[union-attr]
+
+
+def _slot_order(slot: str) -> tuple[int, str]:
+    return (len(slot), slot)
+
+
+def _authorizations(b: _Builder) -> None:
+    """Approved → the kind's Add (STEM: OPTEmployment/Extend); approved → withdrawn or deleted → its Cancel.
+
+    One record per authorisation (coalesce key ``Authorization:<slot>``); before/after carry only whether it
+    is approved, so an Add withdrawn before the batch closes (or a Cancel re-approved) is undone by the batcher.
+    """
+    pa, na = _sub(b.prev, "authorization"), _sub(b.new, "authorization")
+    for slot in sorted(set(pa) | set(na), key=_slot_order):
+        p, n = pa.get(slot), na.get(slot)
+        p_ok, n_ok = _approved(p), _approved(n)
+        where = f"authorization[{slot}]"
+        if p_ok and n_ok:
+            changed = bool(_changed(p, n, AUTH_FIELDS))
+            if _add_problem(b.prev, p, where) is not None:
+                # SEVIS never got this one (it was incomplete or the record not Active): try the Add again
+                if n.get("kind") in AUTH_EVENT and (changed or _add_problem(b.new, n, where) is None):
+                    _auth_add(b, slot, n["kind"], n)
+            elif changed:
+                b.issue("needs_dso", f"{where} ({AUTH_LABEL.get(n.get('kind'), 'authorisation')}) changed after "
+                        "approval; sevisflow derives no edit of it: change it in SEVIS RTI, or withdraw it and enter "
+                        "a new one", where)
+            continue
+        if p_ok == n_ok:
+            continue
+        a = n if n_ok else p
+        kind = a.get("kind")
+        if kind not in AUTH_EVENT:
+            b.issue("bad_code", f"{where} has no known kind (rcl, cpt, opt, opt_stem in [values.authorization_kind])",
+                    f"{where}.kind")
+            continue
+        if n_ok:
+            _auth_add(b, slot, kind, a)
+        elif _add_problem(b.prev, p, where) is None:  # else SEVIS never got it: nothing to cancel
+            _auth_cancel(b, slot, kind, a)
+
+
+def _add_problem(v: dict[str, Any] | None, a: dict[str, Any], where: str) -> tuple[str, str, str] | None:
+    """Why SEVIS could not take (or was not sent) the Add of authorisation ``a`` in view ``v``: (code, reason,
+    field), or None when the Add is sendable. Pure: the same check decides whether an earlier Add went out."""
+    kind = a.get("kind")
+    if kind not in AUTH_EVENT:
+        return ("bad_code", f"{where} has no known kind (rcl, cpt, opt, opt_stem in [values.authorization_kind])",
+                f"{where}.kind")
+    status = _status(v)
+    if status not in AUTH_ADD_STATUSES[kind]:
+        return ("bad_transition", f"{AUTH_LABEL[kind]} ({where}) needs an Active SEVIS record; the programme is "
+                f"{status or 'unknown'} (SEVIS would reject it, S1054)", f"{where}.status")
+    if kind in AUTH_F1_ONLY and _sub(v, "student").get("visa_type") != "01":
+        return ("bad_transition", f"{AUTH_LABEL[kind]} ({where}) exists for F-1 students only", f"{where}.kind")
+    missing = [f for f in AUTH_REQUIRED[(kind, False)] if a.get(f) is None]
+    if missing:
+        what = f"{AUTH_EVENT[kind]}/{'Extend' if kind == 'opt_stem' else 'Add'}"
+        return ("incomplete_record", f"{what} for {where} ({AUTH_LABEL[kind]}) waits for: " + ", ".join(missing),
+                f"{where}.{missing[0]}")
+    if kind in ("cpt", "opt_stem"):
+        try:
+            fmt.employer_address(a, f"{where}.employer", "USAddressType" if kind == "cpt" else "USAddrDoctorType")
+        except FormatProblem as p:
+            return (p.code, p.reason, p.field)
+    return None
+
+
+def _auth_missing(b: _Builder, slot: str, kind: str, a: dict[str, Any], cancel: bool) -> bool:
+    missing = [f for f in AUTH_REQUIRED[(kind, cancel)] if a.get(f) is None]
+    if missing:
+        what = f"{AUTH_EVENT[kind]}/{'Cancel' if cancel else ('Extend' if kind == 'opt_stem' else 'Add')}"
+        b.issue("incomplete_record", f"{what} for authorization {slot} ({AUTH_LABEL[kind]}) waits for: "
+                + ", ".join(missing), f"authorization[{slot}].{missing[0]}")
+    return bool(missing)
+
+
+def _auth_flags(a: dict[str, Any], approved: bool) -> dict[str, Any]:
+    return {"approved": approved, "kind": a.get("kind"), "start_date": a.get("start_date"),
+            "end_date": a.get("end_date")}
+
+
+def _auth_add(b: _Builder, slot: str, kind: str, a: dict[str, Any]) -> None:
+    where = f"authorization[{slot}]"
+    problem = _add_problem(b.new, a, where)
+    if problem is not None:
+        b.issue(*problem)
+        return
+    payload: dict[str, Any] = {"@printForm": "true"}
+    if kind == "rcl":
+        payload.update({"Reason": a["rcl_reason"], "StartDate": a["start_date"], "EndDate": a["end_date"]})
+        if a.get("remarks"):
+            payload["Remarks"] = str(a["remarks"])[:500]
+        sub = "Add"
+    elif kind == "cpt":
+        addr = b.attempt(lambda: fmt.employer_address(a, f"{where}.employer", "USAddressType"))
+        if addr is None:
+            return
+        payload.update({"StartDate": a["start_date"], "EndDate": a["end_date"],
+                        "FullPartTimeIndicator": a["time_basis"], "EmployerName": fmt._clip(a["employer_name"], 100),
+                        "EmployerAddress": addr})
+        if a.get("course_relevance"):
+            payload["CourseRelevance"] = str(a["course_relevance"])[:250]
+        if a.get("remarks"):
+            payload["EmploymentRemarks"] = str(a["remarks"])[:250]
+        sub = "Add"
+    elif kind == "opt":
+        payload.update({"StartDate": a["start_date"], "EndDate": a["end_date"],
+                        "FullPartTimeIndicator": a["time_basis"], "AcademicYearMet": fmt.yes_no(a["academic_year_met"])})
+        if a.get("remarks"):
+            payload["Remarks"] = str(a["remarks"])[:250]
+        sub = "Add"
+    else:  # opt_stem: the extension names the employer (≥1 Employer)
+        addr = b.attempt(lambda: fmt.employer_address(a, f"{where}.employer", "USAddrDoctorType"))
+        if addr is None:
+            return
+        employer: dict[str, Any] = {}
+        if a.get("employer_name"):
+            employer["EmployerName"] = fmt._clip(a["employer_name"], 121)
+        employer.update({"EmployerAddress": addr, "CourseRelevance": str(a["course_relevance"])[:1000],
+                         "FullPartTimeIndicator": a["time_basis"], "StartDate": a["start_date"],
+                         "EndDate": a["end_date"]})
+        payload.update({"StartDate": a["start_date"], "EndDate": a["end_date"],
+                        "FullPartTimeIndicator": a["time_basis"], "Employer": [employer]})
+        sub = "Extend"
+    b.event(f"{AUTH_EVENT[kind]}.{sub}", f"Authorization:{slot}", payload, _auth_flags(a, False),
+            _auth_flags(a, True), sub=slot)
+
+
+def _auth_cancel(b: _Builder, slot: str, kind: str, a: dict[str, Any]) -> None:
+    """Withdrawn (or the row deleted): cancel what SEVIS was told, so the payload is the approved version."""
+    if _auth_missing(b, slot, kind, a, cancel=True):
+        return
+    payload: dict[str, Any] = {"@printForm": "false"}
+    if kind == "rcl":
+        payload.update({"Reason": a["rcl_reason"], "StartDate": a["start_date"], "EndDate": a["end_date"]})
+    else:
+        payload.update({"StartDate": a["start_date"], "EndDate": a["end_date"],
+                        "FullPartTimeIndicator": a["time_basis"]})
+        if kind == "cpt":
+            payload["EmployerName"] = fmt._clip(a["employer_name"], 100)
+    b.event(f"{AUTH_EVENT[kind]}.Cancel", f"Authorization:{slot}", payload, _auth_flags(a, True),
+            _auth_flags(a, False), sub=slot)

@@ -152,3 +152,22 @@ def cip(value: Any, field: str, allow_zero: bool) -> str | None:
 
 def yes_no(value: Any) -> str:
     return "true" if value else "false"
+
+
+def employer_address(auth: dict[str, Any], field: str, sevis_type: str) -> dict[str, str]:
+    """The employer's US address of an authorisation, for ``USAddressType`` (CPT: Address1 ≤60, City and
+    State required) or ``USAddrDoctorType`` (OPT Employer: Address1 ≤64, City/State optional)."""
+    strict = sevis_type == "USAddressType"
+    a = {k: auth.get(f"employer_{k}") for k in ("line1", "line2", "city", "state", "postal_code")}
+    try:
+        out = us_address(a, field)
+    except FormatProblem as p:  # name the canonical field (employer_line1), not an address slot's
+        raise FormatProblem(p.code, p.field.replace(f"{field}.", f"{field}_"), p.reason) from None
+    if strict:
+        for k, el in (("city", "City"), ("state", "State")):
+            if el not in out:
+                raise FormatProblem("missing_field", f"{field}_{k}", f"{field} needs a {k} (SEVIS requires it here)")
+        out["Address1"] = out["Address1"][:60]
+        if "Address2" in out:
+            out["Address2"] = out["Address2"][:60]
+    return out

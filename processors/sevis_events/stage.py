@@ -86,7 +86,7 @@ def build_loop(settings: Settings, instance: str | None = None, batch_size: int 
     stage = EventsStage(settings)
     loop = TransactionalLoop(settings.kafka, group, [settings.topics.students], stage.handle,
                              transactional_id=f"{group}-{instance}", state_topic=with_suffix(STATE_TOPIC, settings),
-                             batch_size=batch_size)
+                             batch_size=batch_size, stall_after_s=settings.metrics.stall_after_s)
     return loop, stage
 
 

@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import orjson
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 
 from sevisflow.audit.decode import Decoded, decode_message, iso_ms
 from sevisflow.config import KafkaSettings, Settings
-from sevisflow.errors import SevisflowError, UnreachableError
-from sevisflow.kafka_io import make_consumer, read_topic
+from sevisflow.errors import SevisflowError
+from sevisflow.kafka_io import make_consumer, read_topic, topic_partitions, watermarks
 
 _NEVER = 2 ** 62
 _PER_PARTITION = re.compile(r"^\d+:\d+(,\d+:\d+)*$")
@@ -246,15 +246,10 @@ def plan_replay(kafka: KafkaSettings, topic: str, frm: Bound, to: Bound, timeout
     """Resolve the bounds of ``topic`` to offsets with a metadata-only consumer (never subscribes or commits)."""
     consumer = make_consumer(kafka, group_id=f"sevisflow-audit-{uuid.uuid4().hex[:12]}")
     try:
-        try:
-            md = consumer.list_topics(topic, timeout=timeout_s)
-        except KafkaException as exc:
-            raise UnreachableError(f"Kafka at {kafka.bootstrap_servers} is not reachable: {exc}") from exc
-        tmd = md.topics.get(topic)
-        if tmd is None or tmd.error is not None:
+        parts = topic_partitions(consumer, kafka, topic, timeout_s)
+        if parts is None:
             raise SevisflowError(f"topic {topic!r} does not exist (list them with `sevisflow topics list`)")
-        parts = sorted(tmd.partitions)
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s) for p in parts}
+        marks = watermarks(consumer, topic, parts, timeout_s)
         cache: dict[tuple[int, int], int] = {}
 
         def for_time(p: int, ms: int) -> int:

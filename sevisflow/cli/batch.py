@@ -1,8 +1,11 @@
 """``sevisflow batch show|close|hold|release|list|status``: the DSO's review of the open batch.
 
-Reads the batch view from ``sevis.batches`` (and ``sevis.results``) with
-:func:`~sevisflow.kafka_io.read_topic`, which never moves any pipeline offset, and
-writes commands to ``sevis.batch.commands``; the batcher applies them. Commands
+``show`` and ``close`` read the open batch from the batcher's compacted per-school view
+(``sevis.batch.open``): the latest record of the school's key, read from the end of the topic,
+so they cost the same however long the history is. ``--from-history`` (and the fallback when the
+view has no usable record for the school) folds the whole of ``sevis.batches`` instead, as
+``list`` and ``status`` always do (they need the closed batches and ``sevis.results``). Reading
+never moves any pipeline offset. Commands go to ``sevis.batch.commands``; the batcher applies them. Commands
 that change something wait for the batcher's answer on ``sevis.batches`` and say
 so plainly when it does not come (the batcher is probably not running).
 
@@ -20,10 +23,10 @@ from typing import Any, Iterator, Mapping
 from zoneinfo import ZoneInfo
 
 import orjson
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from processors.batcher.ids import user_id_problem
-from processors.batcher.view import BatchView, ClosedBatch, fold, fold_result
+from processors.batcher.view import BatchView, ClosedBatch, fold, fold_result, from_open_batch
 from sevisflow.cli.common import add_json_flag, format_table, print_json, settings_from_args
 from sevisflow.config import Settings
 from sevisflow.errors import SevisflowError, UnreachableError
@@ -35,12 +38,17 @@ from sevisflow.kafka_io import (
     make_producer,
     produce,
     read_topic,
+    topic_partitions,
+    watermarks,
 )
 from sevisflow.serde import registry
 
 BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
 COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
 RESULT_SCHEMA = "sevisflow.results.SevisResult"
+OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
+TAIL_WINDOW = 8
+"""Offsets read first from the end of each partition of the view topic (x8 each time the key is not there)."""
 STATUS_TEXT = {"open": "ready", "held": "HELD", "waiting": "waiting for SEVIS ID"}
 KAFKA_TIMEOUT_S = 10.0
 
@@ -53,12 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     show = bsub.add_parser("show", help="the open batch: every record, what changed, where it came from")
     add_json_flag(show)
+    _add_history_flag(show)
     show.set_defaults(func=cmd_show)
 
     close = bsub.add_parser("close", help="close what you reviewed into batch(es) for upload")
     close.add_argument("--dso", required=True, metavar="USERID", help="your SEVIS user id (exactly 10 characters)")
     close.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
     add_json_flag(close)
+    _add_history_flag(close)
     close.set_defaults(func=cmd_close)
 
     for name, helptext in (("hold", "keep a student's records out of the batch until released"),
@@ -80,6 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.add_argument("batch_id", metavar="BatchID")
     add_json_flag(st)
     st.set_defaults(func=cmd_status)
+
+
+def _add_history_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-history", action="store_true",
+                   help="rebuild the open batch from the whole history of sevis.batches instead of reading the "
+                        "batcher's open-batch view (slower; the same result)")
 
 
 # ----------------------------------------------------------------------------- Kafka access
@@ -112,9 +128,11 @@ def _decoded(settings: Settings, topic: str, schema: str, start: Mapping[int, in
             yield registry().decode(msg.value(), schema)
 
 
-def load_view(settings: Settings, org: str, results: bool = False) -> BatchView:
+def load_view(settings: Settings, org: str, results: bool = False, check: bool = True) -> BatchView:
+    """The school's view folded from the whole history of sevis.batches (+ sevis.results)."""
     t = settings.topics
-    check_kafka(settings, [t.batches, t.commands] + ([t.results] if results else []))
+    if check:
+        check_kafka(settings, [t.batches, t.commands] + ([t.results] if results else []))
     view = BatchView(org)
     for ev in _decoded(settings, t.batches, BATCH_SCHEMA):
         fold(view, ev)
@@ -122,6 +140,103 @@ def load_view(settings: Settings, org: str, results: bool = False) -> BatchView:
         for res in _decoded(settings, t.results, RESULT_SCHEMA):
             fold_result(view, res)
     return view
+
+
+def read_open_batch(settings: Settings, org: str) -> dict[str, Any] | None:
+    """The school's latest OpenBatch record, read from the end of the compacted view topic; None if none.
+
+    Each partition is read backwards in growing windows until the school's key shows up, so the
+    cost does not depend on the topic's history (nor on when compaction last ran). The key lives
+    in one partition; if partitions were ever added, the highest revision wins.
+    """
+    topic = settings.topics.open_batches
+    key = org.encode()
+    # the end of a partition is known only from an empty fetch (the last offsets are transaction
+    # markers, never delivered): answer it at once instead of after the default 500 ms long poll
+    consumer = make_consumer(settings.kafka, group_id=f"sevisflow-cli-{uuid.uuid4().hex[:8]}",
+                             **{"enable.partition.eof": True, "fetch.wait.max.ms": 10})
+    try:
+        try:
+            partitions = topic_partitions(consumer, settings.kafka, topic, KAFKA_TIMEOUT_S)
+            if partitions is None:
+                return None
+            best: dict[str, Any] | None = None
+            # watermarks are retried while a leader is elected (a new topic, a broker loss)
+            for p, (low, high) in watermarks(consumer, topic, partitions, KAFKA_TIMEOUT_S).items():
+                end, window = high, TAIL_WINDOW
+                while end > low:
+                    begin = max(low, end - window)
+                    value = _last_value(consumer, topic, p, begin, end, key)
+                    if value is not None:
+                        rec = registry().decode(value, OPEN_BATCH_SCHEMA)
+                        if best is None or rec["revision"] > best["revision"]:
+                            best = rec
+                        break
+                    end, window = begin, window * 8
+            return best
+        except KafkaException as exc:
+            raise UnreachableError(f"Kafka at {settings.kafka.bootstrap_servers} is not reachable: {exc}") from None
+    finally:
+        consumer.close()
+
+
+def _last_value(consumer: Any, topic: str, partition: int, begin: int, end: int, key: bytes) -> bytes | None:
+    """The value of the last committed record with ``key`` at offsets [begin, end) of one partition."""
+    consumer.assign([TopicPartition(topic, partition, begin)])
+    found = None
+    deadline = time.monotonic() + KAFKA_TIMEOUT_S * 3
+    while True:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            if time.monotonic() > deadline:
+                raise UnreachableError(f"timed out reading {topic}[{partition}] at offsets {begin}-{end}")
+            continue
+        if msg.error() and msg.error().code() != KafkaError._PARTITION_EOF:
+            raise UnreachableError(f"reading {topic}: {msg.error().str()}")
+        if msg.partition() != partition:
+            continue  # left over from an earlier assignment (librdkafka drops these; be sure)
+        if msg.error():
+            break  # EOF; read_committed: the end of what is committed (aborted data and markers are skipped)
+        if msg.offset() < begin:
+            continue
+        if msg.offset() >= end:
+            break
+        if msg.key() == key and msg.value() is not None:
+            found = msg.value()
+        if msg.offset() >= end - 1:
+            break
+    consumer.unassign()
+    return found
+
+
+def load_open_view(settings: Settings, org: str, from_history: bool = False) -> BatchView:
+    """The open batch for ``batch show``/``close``: the batcher's view, or the history when asked or needed.
+
+    Falls back to the history when the view topic is missing (pipeline not upgraded yet), holds
+    no record of the school (nothing happened yet, or the batcher has not run since the upgrade)
+    or its record has no records (an open batch too large for one Kafka record).
+    """
+    t = settings.topics
+    check_kafka(settings, [t.batches, t.commands])
+    if not from_history:
+        value = read_open_batch(settings, org)
+        view = from_open_batch(value) if value is not None else None
+        if view is not None:
+            return view
+    return load_view(settings, org, check=False)
+
+
+def await_view(settings: Settings, org: str, revision: int, timeout_s: float = 5.0) -> None:
+    """Wait (briefly) until the open-batch view shows ``revision``, so a `batch show` right after a
+    command shows its effect: Kafka writes a transaction's commit markers partition by partition, so
+    the view may become visible a moment after the command's events. A view that does not catch up
+    (or is not there) only costs ``show`` its fallback; it never blocks the command."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read_open_batch(settings, org)
+        if value is None or value["revision"] >= revision or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -370,7 +485,7 @@ def render_status(view: BatchView, batch_id: str, tz: str) -> str:
 
 def cmd_show(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    view = load_view(settings, org_of(args, settings))
+    view = load_open_view(settings, org_of(args, settings), from_history=args.from_history)
     if args.json:
         print_json(show_json(view, settings.school.timezone))
     else:
@@ -384,7 +499,7 @@ def cmd_close(args: argparse.Namespace) -> int:
         raise SevisflowError(f"not closed: {problem}")
     settings = settings_from_args(args)
     org = org_of(args, settings)
-    view = load_view(settings, org)
+    view = load_open_view(settings, org, from_history=args.from_history)
     ready = [r for r in view.open_records() if r["status"] == "open"]
     if not ready:
         c = view.counts()
@@ -399,6 +514,7 @@ def cmd_close(args: argparse.Namespace) -> int:
     if rejected:
         raise SevisflowError(f"the batcher refused: {rejected[0]['reason']}")
     result = close_json(events, cmd["command_id"])
+    await_view(settings, org, max(e["revision"] for e in events))
     if args.json:
         print_json(result)
     else:
@@ -421,6 +537,7 @@ def _hold_or_release(args: argparse.Namespace, kind: str) -> int:
     if rejected:
         raise SevisflowError(f"the batcher refused: {rejected[0]['reason']}")
     summary = orjson.loads(next(e for e in events if e["type"] == done)["record_json"])
+    await_view(settings, org, max(e["revision"] for e in events))
     if args.json:
         print_json({"command_id": cmd["command_id"], "action": kind, **summary})
     elif kind == "hold":

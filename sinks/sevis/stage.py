@@ -1,4 +1,9 @@
-"""The SEVIS sink stage: the outbox ⇄ SEVIS, results → ``sevis.results``, refusals → ``requeue``."""
+"""The SEVIS sink stage: the outbox ⇄ SEVIS, results → ``sevis.results``, refusals → ``requeue``.
+
+Observability like the ``TransactionalLoop`` stages: the stage registers a probe, so the process's
+``/health`` fails when no HTTP exchange or loop turn happened for ``metrics.stall_after_s`` (a
+hung SEVIS call), and ``/ready`` answers 200 once the first pass over the outbox is done.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from confluent_kafka import KafkaError
 from sevisflow.config import Settings
 from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
 from sevisflow.log import get_logger
+from sevisflow.observability import StageMetrics, register_probe, unregister_probe
 from sevisflow.serde import registry
-from sinks.sevis.uploader import SevisSink
+from sinks.sevis.uploader import STAGE, SevisSink, error_kind
 from sinks.xml.stage import make_outbox, requeue_command
 
 log = get_logger(__name__)
@@ -58,13 +64,42 @@ def run(settings: Settings, stop_event: threading.Event, tick_s: float = 1.0,
     """
     outbox = make_outbox(settings)
     pub = publisher if publisher is not None else KafkaPublisher(settings)
-    sink = SevisSink(settings, outbox, pub, client=client)
+    try:
+        sink = SevisSink(settings, outbox, pub, client=client)  # loads the client certificate at once
+    except Exception as exc:
+        StageMetrics(STAGE).error(error_kind(exc))  # e.g. sevis_certificate: the process stops with its message
+        if hasattr(pub, "close"):
+            pub.close()
+        raise
+    stall_after_s = settings.metrics.stall_after_s
+    if stall_after_s < settings.sevis.http_timeout_s:
+        log.warning("sink_sevis.stall_below_http_timeout", stall_after_s=stall_after_s,
+                    http_timeout_s=settings.sevis.http_timeout_s,
+                    hint="a slow but answering SEVIS makes /health fail: raise [metrics] stall_after_s "
+                         "above [sevis] http_timeout_s")
+    passes = 0
+
+    def health() -> tuple[bool, str]:
+        age = sink.heartbeat.age()
+        return (age <= stall_after_s, "ok" if age <= stall_after_s else f"loop stalled for {age:.0f}s")
+
+    def ready() -> tuple[bool, str]:
+        return (passes > 0, "ok" if passes else "first pass over the outbox not done yet")
+
     log.info("sink_sevis.started", outbox=str(outbox.root), upload_url=sink.client.__dict__.get("upload_url"))
+    register_probe(STAGE, health, ready)
     try:
         while not stop_event.is_set():
-            sink.step()
+            sink.heartbeat.beat()
+            try:
+                sink.step()
+            except Exception as exc:
+                sink.metrics.error(error_kind(exc))
+                raise
+            passes += 1
             stop_event.wait(min(tick_s, max(0.05, settings.sevis.poll_interval_s)))
     finally:
+        unregister_probe(STAGE)
         if hasattr(pub, "close"):
             pub.close()
         log.info("sink_sevis.stopped")

@@ -19,6 +19,12 @@ Retry: network errors, HTTP 5xx, unknown answers and S0001 back off exponentiall
 (``retry_base_s`` doubling up to ``retry_max_s``; ``Retry-After`` when SEVIS sends
 one); S0030 polls every ``poll_interval_s``. Try counts, last codes and the next
 due time are in the batch folder's ``state.json``.
+
+Observability (stage ``sink-sevis``): records in (label ``outbox``) when a batch is first taken
+for upload, records out per topic (results, requeue commands), every SEVIS answer by operation
+and result code (``sevisflow_remote_answers_total{op="upload",code="S0010"}``), errors by kind
+(:func:`error_kind`), and a heartbeat beaten before every HTTP exchange, so a call that hangs
+shows on ``/health`` (see :mod:`sinks.sevis.stage`). Labels are codes and topic names only.
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ from typing import Any, Callable, Protocol
 import orjson
 
 from sevisflow.config import Settings
-from sevisflow.errors import TerminalError, TransientError
+from sevisflow.errors import TerminalError, TransientError, UnreachableError
 from sevisflow.log import get_logger
+from sevisflow.observability import Heartbeat, StageMetrics
 from sinks.outbox import BatchDir, Outbox, replace_private, write_private
-from sinks.sevis.client import Backpressure, DownloadReply, SevisClient
+from sinks.sevis.client import Backpressure, CertificateError, DownloadReply, SevisClient
 from sinks.sevis.translog import TransactionLog, TranslogError, parse_translog
 
 log = get_logger(__name__)
@@ -44,6 +51,27 @@ log = get_logger(__name__)
 FATAL_UPLOAD_CODES = {"S0002", "S0010", "S0011", "S0012", "S0013"}
 RETRY_UPLOAD_CODES = {"S0001", "S0003"}
 TRANSLOG_NAME = "sevis_transaction_log.xml"
+STAGE = "sink-sevis"
+OUTBOX_LABEL = "outbox"  # the ``topic`` label of records_in: this stage reads batch folders, not a topic
+
+
+def error_kind(exc: BaseException) -> str:
+    """The ``kind`` label of an error of this stage (a fixed word: messages may quote values)."""
+    if isinstance(exc, CertificateError):
+        return "sevis_certificate"
+    if isinstance(exc, Backpressure):
+        return "sevis_backpressure"
+    if isinstance(exc, TranslogError):
+        return "sevis_translog"
+    if isinstance(exc, UnreachableError):
+        return "kafka"  # the publisher's producer; the SEVIS client raises plain TransientError
+    if isinstance(exc, TransientError):
+        return "sevis_http"
+    if isinstance(exc, TerminalError):
+        return "sevis_terminal"
+    if isinstance(exc, OSError):
+        return "outbox_io"
+    return "unexpected"
 
 
 class Publisher(Protocol):
@@ -74,12 +102,16 @@ class SevisSink:
     """One pass over the outbox per :meth:`step`; safe to run again after a crash at any point."""
 
     def __init__(self, settings: Settings, outbox: Outbox, publisher: Publisher,
-                 client: Transport | None = None, clock: Callable[[], float] = time.time) -> None:
+                 client: Transport | None = None, clock: Callable[[], float] = time.time,
+                 metrics: StageMetrics | None = None) -> None:
         self.settings = settings
         self.outbox = outbox
         self.publisher = publisher
         self.client = client if client is not None else SevisClient(settings.sevis)
         self.clock = clock
+        self.metrics = metrics if metrics is not None else StageMetrics(STAGE)
+        # beaten before every HTTP exchange: its age is how long the current call has been hanging
+        self.heartbeat = Heartbeat()
 
     # ------------------------------------------------------------------ helpers
 
@@ -99,12 +131,15 @@ class SevisSink:
         """Download due results, then upload due batches (like eca-kmt2: results first)."""
         report = StepReport()
         now = self.clock()
+        self.heartbeat.beat()
         for bd in list(self.outbox.batches("uploaded")):
             if bd.state_data().get("next_download_at", 0) <= now:
+                self.heartbeat.beat()
                 self._download(bd, report)
         for state in ("sending", "ready"):
             for bd in list(self.outbox.batches(state)):
                 if bd.state_data().get("next_upload_at", 0) <= now:
+                    self.heartbeat.beat()
                     self._upload(bd, report)
         return report
 
@@ -120,6 +155,7 @@ class SevisSink:
         state = bd.state_data()
         if bd.state == "ready":
             bd = self.outbox.move(bd, "sending")
+            self.metrics.records_in(OUTBOX_LABEL, _record_count(manifest))
         elif state.get("outcome_unknown"):
             if self._probe(bd, manifest, state, report):
                 return
@@ -134,6 +170,7 @@ class SevisSink:
         except TerminalError:
             raise
         except TransientError as exc:
+            self.metrics.error(error_kind(exc))
             delay = self._backoff(state["upload_tries"], exc.retry_after_s if isinstance(exc, Backpressure) else 0)
             state.update(last_upload_error=str(exc), next_upload_at=self.clock() + delay)
             self._history(state, "upload_error", error=str(exc))
@@ -142,9 +179,11 @@ class SevisSink:
             log.warning("sevis.upload_retry", batch_id=batch_id, error=str(exc), retry_in_s=round(delay, 2))
             return
         code = reply.code or "none"
+        self.metrics.remote_answer("upload", code)
         state["last_upload_code"] = code
         self._history(state, "upload", code=code)
         if code == "S0000":
+            self.metrics.batch(_record_count(manifest), "upload")
             write_private(bd.path / "upload-response.xml", reply.body)
             state.update(outcome_unknown=False, accepted_at=self.clock(),
                          next_download_at=self.clock() + self.settings.sevis.poll_interval_s)
@@ -174,12 +213,14 @@ class SevisSink:
         except TerminalError:
             raise
         except TransientError as exc:
+            self.metrics.error(error_kind(exc))
             state.update(next_upload_at=self.clock() + self._backoff(state.get("upload_tries", 1)),
                          last_upload_error=f"probe: {exc}")
             bd.save_state(state)
             report.retried += 1
             return True
         code = reply.code
+        self.metrics.remote_answer("probe", code or "none")
         self._history(state, "probe", code=code)
         if code == "S0031":
             return False  # never received: POST again
@@ -204,6 +245,7 @@ class SevisSink:
         """Batch refused as a whole: re-queue its records (durably), then move it to ``failed``."""
         record_ids = [r["record_id"] for r in manifest.get("records", []) if r.get("record_id")]
         self.publisher.requeue(manifest["org_id"], manifest["batch_id"], record_ids, reason, code)
+        self.metrics.records_out(self.settings.topics.commands, len(record_ids))
         replace_private(bd.path / "reason.json",
                         orjson.dumps({"code": code, "reason": reason, "requeued": len(record_ids)},
                                      option=orjson.OPT_INDENT_2))
@@ -223,6 +265,7 @@ class SevisSink:
         except TerminalError:
             raise
         except TransientError as exc:
+            self.metrics.error(error_kind(exc))
             delay = self._backoff(state["download_tries"], exc.retry_after_s if isinstance(exc, Backpressure) else 0)
             state.update(last_download_error=str(exc), next_download_at=self.clock() + delay)
             bd.save_state(state)
@@ -230,6 +273,7 @@ class SevisSink:
             log.warning("sevis.download_retry", batch_id=batch_id, error=str(exc))
             return
         code = reply.code
+        self.metrics.remote_answer("download", code or "none")
         state["last_download_code"] = code
         if reply.zip_bytes is not None:
             self._process_zip(bd, manifest, state, reply.zip_bytes, report)
@@ -262,6 +306,7 @@ class SevisSink:
             if tlog.process is None:
                 raise TranslogError("transaction log has no Process part yet")
         except (TranslogError, zipfile.BadZipFile) as exc:
+            self.metrics.error("sevis_translog")
             state.update(last_download_error=f"unusable results: {exc}",
                          next_download_at=self.clock() + self._backoff(state.get("download_tries", 1)))
             self._history(state, "download_bad_log", error=str(exc))
@@ -276,6 +321,8 @@ class SevisSink:
             write_private(out / name, content)
         results = build_results(manifest, tlog)
         self.publisher.results(manifest["org_id"], results)
+        self.metrics.remote_answer("process", tlog.process_code or "none")
+        self.metrics.records_out(self.settings.topics.results, len(results))
         state.update(processed_at=self.clock(), process_code=tlog.process_code,
                      success=sum(1 for r in results if r["status"] == "success"),
                      failure=sum(1 for r in results if r["status"] != "success"))
@@ -285,6 +332,11 @@ class SevisSink:
         report.processed += 1
         log.info("sevis.processed", batch_id=batch_id, process_code=tlog.process_code,
                  success=state["success"], failure=state["failure"])
+
+
+def _record_count(manifest: dict[str, Any]) -> int:
+    count = manifest.get("record_count")
+    return int(count) if isinstance(count, int) else len(manifest.get("records", []))
 
 
 def _unzip(data: bytes) -> tuple[bytes, dict[str, bytes]]:

@@ -43,6 +43,31 @@ def create_record(i: int, **payload: Any) -> dict[str, Any]:
             "user_defined_a": None, "user_defined_b": key, "event_ids": [f"e{i}"], "lineage": []}
 
 
+_EMPLOYER = {"Address1": "200 Industry Way", "City": "Champaign", "State": "IL", "PostalCode": "61820"}
+# one payload per authorisation event sevis_events derives (RCL, CPT, OPT, STEM OPT extension)
+AUTHORIZATION_PAYLOADS: dict[str, dict[str, Any]] = {
+    "AuthDropBelowFC.Add": _rev({"@printForm": "true", "Reason": "05", "StartDate": "2026-08-24",
+                                 "EndDate": "2026-12-18", "Remarks": "Medical condition documented"}),
+    "AuthDropBelowFC.Cancel": _rev({"@printForm": "false", "Reason": "05", "StartDate": "2026-08-24",
+                                    "EndDate": "2026-12-18"}),
+    "CPTEmployment.Add": _rev({"@printForm": "true", "StartDate": "2026-06-01", "EndDate": "2026-08-14",
+                               "FullPartTimeIndicator": "01", "EmployerName": "Fictional Widgets Inc",
+                               "EmployerAddress": _rev(_EMPLOYER), "CourseRelevance": "Required internship"}),
+    "CPTEmployment.Cancel": _rev({"@printForm": "false", "StartDate": "2026-06-01", "EndDate": "2026-08-14",
+                                  "FullPartTimeIndicator": "01", "EmployerName": "Fictional Widgets Inc"}),
+    "OPTEmployment.Add": _rev({"@printForm": "true", "StartDate": "2027-06-01", "EndDate": "2028-05-31",
+                               "FullPartTimeIndicator": "01", "AcademicYearMet": "true"}),
+    "OPTEmployment.Cancel": _rev({"@printForm": "false", "StartDate": "2027-06-01", "EndDate": "2028-05-31",
+                                  "FullPartTimeIndicator": "01"}),
+    "OPTEmployment.Extend": _rev({"@printForm": "true", "StartDate": "2028-06-01", "EndDate": "2030-05-31",
+                                  "FullPartTimeIndicator": "01", "Employer": [_rev({
+                                      "EmployerName": "Fictional Widgets Inc", "EmployerAddress": _rev(_EMPLOYER),
+                                      "CourseRelevance": "Data engineering in the field of the degree",
+                                      "FullPartTimeIndicator": "01", "StartDate": "2028-06-01",
+                                      "EndDate": "2030-05-31"})]}),
+}
+
+
 def update_record(i: int, kind: str = "PersonalInfo", payload: dict[str, Any] | None = None,
                   sevis_id: str | None = None) -> dict[str, Any]:
     key = f"S{i:08d}"
@@ -59,6 +84,7 @@ def update_record(i: int, kind: str = "PersonalInfo", payload: dict[str, Any] | 
             "Program.Shorten": {"@printForm": "true", "NewPrgEndDate": "2026-12-18"},
             "Status.Complete": {},
             "Status.Terminate": {"Reason": "01", "Remarks": "Withdrew"},
+            **AUTHORIZATION_PAYLOADS,
         }[kind]
     short = kind.replace(".", "")[:8]
     return {"record_id": f"{key}:{kind}", "request_id": f"U{i:08d}{short}"[:20], "section": "update",
@@ -66,6 +92,7 @@ def update_record(i: int, kind: str = "PersonalInfo", payload: dict[str, Any] | 
             "user_defined_a": None, "user_defined_b": key, "event_ids": [f"u{i}"], "lineage": []}
 
 
+AUTHORIZATION_KINDS = tuple(AUTHORIZATION_PAYLOADS)
 UPDATE_KINDS = ("PersonalInfo", "Registration", "Program.Extension", "Program.Shorten", "Status.Complete",
                 "Status.Terminate")
 

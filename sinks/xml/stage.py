@@ -194,7 +194,8 @@ def run(settings: Settings, stop_event: threading.Event, max_idle_polls: int | N
     schema = load_schema(settings.sevis.xsd_dir)
     outbox = make_outbox(settings)
     loop = TransactionalLoop(settings.kafka, GROUP_ID, [settings.topics.batches],
-                             make_handler(settings, schema, outbox), batch_size=50)
+                             make_handler(settings, schema, outbox), batch_size=50,
+                             stall_after_s=settings.metrics.stall_after_s)
     watcher = threading.Thread(target=lambda: (stop_event.wait(), loop.stop()), daemon=True, name="sink-xml-stop")
     watcher.start()
     log.info("sink_xml.started", topic=settings.topics.batches, outbox=str(outbox.root))

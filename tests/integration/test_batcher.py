@@ -49,7 +49,8 @@ def write_config(settings, path: Path) -> Path:
         f'[school]\norg_id = "{settings.school.org_id}"\ntimezone = "{settings.school.timezone}"\n'
         f'[sevis]\nxsd_dir = "{settings.sevis.xsd_dir}"\n'
         f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
-        f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n')
+        f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n'
+        f'open_batches = "{t.open_batches}"\n')
     return path
 
 

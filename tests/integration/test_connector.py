@@ -250,13 +250,14 @@ def test_idle_database_heartbeat_advances_slot_and_status(kafka_stack: KafkaHand
     execute(fresh_db.dsn, "CREATE TABLE captured (id int PRIMARY KEY)", "CREATE TABLE noise (id int, pad text)")
     from deploy.local.stack import free_port
     from sevisflow.cli.connector import status_data
+    from sevisflow.observability import probe_names, serve_for
 
     port = free_port()
     s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{"table.include.list": ["public.captured"],
-                                                                        "heartbeat.interval.ms": 300,
-                                                                        "metrics.port": port})
+                                                                        "heartbeat.interval.ms": 300})
 
-    with RunningConnector(s):
+    server = serve_for(port, "127.0.0.1")  # what `connector run` does with [metrics] port
+    with server, RunningConnector(s):
         wait_until(lambda: slot_confirmed(fresh_db.dsn, s.connector.slot_name) is not None, 30, "slot")
         start = slot_confirmed(fresh_db.dsn, s.connector.slot_name) or 0
         for i in range(20):
@@ -270,6 +271,12 @@ def test_idle_database_heartbeat_advances_slot_and_status(kafka_stack: KafkaHand
         import urllib.request
 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        # the connector takes part in /health (its loop turns) and /ready (it is streaming)
+        assert f"connector:{s.connector.name}" in probe_names()
+        for path in ("/health", "/ready"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                assert answer.status == 200 and answer.read() == b"ok\n", path
+    assert f"connector:{s.connector.name}" not in probe_names(), "the probe must go when the connector stops"
     lag_lines = [ln for ln in metrics.splitlines() if ln.startswith("sevisflow_connector_slot_lag_bytes{")]
     assert lag_lines and float(lag_lines[0].rsplit(" ", 1)[1]) < 100_000
     assert "sevisflow_connector_confirmed_lsn{" in metrics and "sevisflow_connector_snapshot_progress_ratio{" in metrics

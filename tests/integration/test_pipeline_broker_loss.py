@@ -38,14 +38,13 @@ from deploy.local.stack import KafkaInfo, start_stack, stop_stack
 from deploy.sis.load import create_schema, load_school, play_activity
 from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
 from sevisflow.cli import main
-from sevisflow.config import Settings, settings_from_mapping
-from sevisflow.demo import _to_toml
+from sevisflow.config import Settings, settings_from_mapping, settings_toml
 from sevisflow.kafka_io import client_config, ensure_topics, read_topic
 from sevisflow.runner import Pipeline
 from sevisflow.serde import registry
 from sevisflow.topics import all_topics
 from tests.helpers import REPO, XSD_DIR, count, settled, wait_for
-from tests.unit.test_reference_school_events import Replay
+from tests.school_replay import Replay
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +70,8 @@ def pipeline_raw(kafka: dict[str, Any], pg: Any, unique: str, tmp_path: Path) ->
     """Settings for a full pipeline run with per-test topic names (also written to a file for the CLI)."""
     topics = {name: f"{default}.{unique}" for name, default in [
         ("students", "sevisflow.students"), ("events", "sevis.events"), ("commands", "sevis.batch.commands"),
-        ("batches", "sevis.batches"), ("results", "sevis.results"), ("dlq", "sevisflow.dlq")]}
+        ("batches", "sevis.batches"), ("results", "sevis.results"), ("dlq", "sevisflow.dlq"),
+        ("open_batches", "sevis.batch.open")]}
     return {
         "kafka": kafka,
         "postgres": {"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user},
@@ -87,7 +87,7 @@ def pipeline_raw(kafka: dict[str, Any], pg: Any, unique: str, tmp_path: Path) ->
 
 
 def write_config(raw: dict[str, dict[str, Any]], path: Path) -> Path:
-    path.write_text(_to_toml(raw))
+    path.write_text(settings_toml(raw))
     path.chmod(0o600)
     return path
 
@@ -228,6 +228,18 @@ class Progress:
         return round(max(stall, (pts[-1][0] - last_t) if pts else 0.0), 2)
 
 
+def producers_replaced() -> dict[str, int]:
+    """Transactional producers the loops' watchdog replaced, by stage (librdkafka #5456/#5511)."""
+    from sevisflow.observability import process_registry
+
+    found: dict[str, int] = {}
+    for family in process_registry().collect():
+        for sample in family.samples:
+            if sample.name == "sevisflow_transactions_total" and sample.labels.get("outcome") == "producer_replaced":
+                found[sample.labels["stage"]] = found.get(sample.labels["stage"], 0) + int(sample.value)
+    return found
+
+
 def leader_of(settings: Settings, topic: str, partition: int = 0) -> int:
     from confluent_kafka.admin import AdminClient
 
@@ -239,7 +251,7 @@ def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_onc
         cluster, fresh_db, unique, tmp_path, capsys):
     from deploy.sis.activity import generate_activity
     from deploy.sis.generator import generate_school
-    from tests.unit.test_reference_school_events import TODAY
+    from tests.school_replay import TODAY
 
     t_start = time.monotonic()
     raw = pipeline_raw({**cluster.kafka_settings(), "replication_factor": 3, "min_insync_replicas": 2},
@@ -260,6 +272,7 @@ def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_onc
     assert all(s.config.get("min.insync.replicas") == "2" for s in specs)
 
     expected_events, expected_records, snapshot_creates = expected_outcome(settings.school.org_id, int(time.time() * 1000))
+    replaced_before = producers_replaced()
     pipeline = Pipeline(settings, STAGES, restart_base_s=1.0, restart_max_s=5.0, serve_metrics=False).start()
     progress: Progress | None = None
     restarter: threading.Timer | None = None
@@ -308,6 +321,9 @@ def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_onc
             "longest_view_stall_after_kill_s": progress.longest_stall_after(killed_at, caught_up),
             "stage_restarts": pipeline.restarts(),
             "restart_errors": {th.name: th.last_transient for th in pipeline.threads if th.last_transient},
+            "stuck_producers_replaced": {stage: n - replaced_before.get(stage, 0)
+                                         for stage, n in producers_replaced().items()
+                                         if n > replaced_before.get(stage, 0)},
         }
     finally:
         if progress is not None:

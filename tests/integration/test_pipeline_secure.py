@@ -37,7 +37,7 @@ from tests.integration.test_pipeline_broker_loss import (
     pipeline_raw,
     write_config,
 )
-from tests.unit.test_reference_school_events import TODAY
+from tests.school_replay import TODAY
 
 pytestmark = pytest.mark.integration
 

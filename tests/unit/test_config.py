@@ -102,3 +102,16 @@ def test_committed_example_is_current():
 
     committed = Path(__file__).resolve().parents[2] / "sevisflow.example.toml"
     assert committed.read_text() == example_toml(), "regenerate: sevisflow config --example > sevisflow.example.toml"
+
+
+@pytest.mark.parametrize("toml", ['[connector]\nmetrics_port = 9400\n', '[connector]\n"metrics.port" = 9400\n'])
+def test_connector_metrics_port_moved_to_the_metrics_section(tmp_path, toml):
+    f = tmp_path / "old.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError, match=r"connector\.metrics[._]port is no longer a setting: use \[metrics\] port "
+                                          r"instead \(env SEVISFLOW_METRICS_PORT\)"):
+        load_settings(f, env={})
+    with pytest.raises(ConfigError, match=r"SEVISFLOW_CONNECTOR_METRICS_PORT is no longer a setting: use \[metrics\] port"):
+        settings_from_mapping({}, env={"SEVISFLOW_CONNECTOR_METRICS_PORT": "9400"})
+    f.write_text("[metrics]\nport = 9400\n")
+    assert load_settings(f, env={}).metrics.port == 9400

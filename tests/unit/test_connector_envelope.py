@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from connectors.postgres import convert as cv
+from connectors.postgres import convert as cv, decoder
 from connectors.postgres.envelope import UNAVAILABLE, EventBuilder, TableMeta, TxContext
 from connectors.postgres.pgoutput import UNCHANGED
 from connectors.postgres.snapshot import (
@@ -207,11 +207,16 @@ def _fast_vs_generic(schemas: bool, txmeta: bool, tombstones: bool) -> None:
         assert a == b and list(pa) == list(pb)
 
 
+@pytest.mark.parametrize("use_c", [True, False], ids=["c-decoder", "python-decoder"])
 @pytest.mark.parametrize("schemas", [False, True])
 @pytest.mark.parametrize("txmeta", [False, True])
 @pytest.mark.parametrize("tombstones", [False, True])
-def test_fast_paths_are_byte_identical_to_the_generic_ones(schemas: bool, txmeta: bool, tombstones: bool) -> None:
-    _fast_vs_generic(schemas, txmeta, tombstones)
+def test_fast_paths_are_byte_identical_to_the_generic_ones(schemas: bool, txmeta: bool, tombstones: bool,
+                                                           use_c: bool) -> None:
+    assert not use_c or decoder.c_module is not None, "the C extension is not built: pip install -e ."
+    with decoder.using(use_c):
+        assert decoder.name() == ("c" if use_c else "python")
+        _fast_vs_generic(schemas, txmeta, tombstones)
 
 
 def test_copy_rows_without_escapes_split_like_parse_copy_line() -> None:

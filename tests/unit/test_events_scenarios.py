@@ -57,7 +57,7 @@ def base_rows(sevis_id: str | None = "N0001234567", visa: str | None = "F-1", st
 TABLES = {"term": "public.term", "person": "public.person", "immigration": "public.immigration",
           "us": "public.address", "foreign": "public.address", "program": "public.program",
           "finance": "public.finance", "enrollment": "public.enrollment", "dependent": "public.dependent",
-          "mail": "public.address"}
+          "mail": "public.address", "auth": "public.student_authorization"}
 
 
 class School:

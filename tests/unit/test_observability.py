@@ -51,6 +51,9 @@ def test_metrics_endpoint_exposes_stage_metrics():
     m.consumer_lag({("sis.public.person", 0): 7, ("sis.public.person", 1): 0})
     m.slot_lag("sevisflow", 123456)
     other.batch(250, kind="sevis_document")
+    sink = StageMetrics("sink-sevis", registry)
+    sink.remote_answer("upload", "S0010")
+    sink.remote_answer("upload", "S0010")
     with ObservabilityServer(0, registry, host="127.0.0.1") as server:
         status, ctype, body = _get(server.port, "/metrics")
     assert status == 200 and ctype.startswith("text/plain")
@@ -65,6 +68,7 @@ def test_metrics_endpoint_exposes_stage_metrics():
     assert s[("sevisflow_replication_slot_lag_bytes", (("slot", "sevisflow"), ("stage", "normalize")))] == 123456
     assert s[("sevisflow_batch_records_count", (("kind", "sevis_document"), ("stage", "batcher")))] == 1
     assert s[("sevisflow_batch_records_bucket", (("kind", "poll"), ("le", "50.0"), ("stage", "normalize")))] == 1
+    assert s[("sevisflow_remote_answers_total", (("code", "S0010"), ("op", "upload"), ("stage", "sink-sevis")))] == 2
 
 
 def test_ready_follows_its_callable_and_health_its_heartbeat():
@@ -159,3 +163,27 @@ def test_lag_sampler_samples_at_most_every_interval_and_forgets_revoked_partitio
 def test_every_stage_has_a_distinct_metrics_port():
     assert set(runner.STAGES) <= set(STAGE_METRICS_PORTS)
     assert len(set(STAGE_METRICS_PORTS.values())) == len(STAGE_METRICS_PORTS)
+
+
+def test_process_endpoint_is_not_ready_until_a_stage_registers_and_ready_once_it_is(monkeypatch):
+    from sevisflow import observability
+    from sevisflow.observability import register_probe, serve_for, unregister_probe
+
+    monkeypatch.setattr(observability, "_PROBES", {})  # this process's probes only, not other tests' stages
+    server = serve_for(free_port_for_test(), "127.0.0.1")
+    assert server is not None
+    try:
+        status, _, body = _get(server.port, "/ready")
+        assert (status, body) == (503, "no stage has started yet\n")
+        assert _get(server.port, "/health")[0] == 200, "alive even before a stage registers"
+        register_probe("test-stage:1", lambda: (True, "ok"), lambda: (True, "ok"))
+        assert _get(server.port, "/ready")[0::2] == (200, "ok\n")
+    finally:
+        unregister_probe("test-stage:1")
+        server.stop()
+
+
+def free_port_for_test() -> int:
+    from deploy.local.stack import free_port
+
+    return free_port()

@@ -177,7 +177,7 @@ def test_the_stage_holds_streamed_transactions_until_the_snapshot_is_released(sc
     the streamed transactions in order — the same as the pure pipeline."""
     data, _ = school
     activity = generate_activity(data, 15, 7, TODAY)
-    from tests.unit.test_reference_school_events import feed_ops
+    from tests.school_replay import feed_ops
     from deploy.sis.model import World
 
     world, feed = World(data), SisFeed(primary_keys=PKS, lsn=SNAPSHOT_LSN + 1000)

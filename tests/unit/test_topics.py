@@ -34,7 +34,7 @@ def _settings(**kafka):
 def test_pipeline_topics_keep_their_names_and_take_replication_from_settings():
     local = {s.name: s for s in pipeline_topics(_settings())}
     assert list(local) == ["sevisflow.students", "sevis.events", "sevis.batch.commands", "sevis.batches",
-                           "sevis.results", "sevisflow.dlq"]
+                           "sevis.results", "sevisflow.dlq", "sevis.batch.open"]
     assert all(s.partitions == 3 and s.replication_factor == 1 for s in local.values())
     assert local["sevisflow.students"].config["cleanup.policy"] == "compact"
     assert local["sevis.events"].config["retention.ms"] == AUDIT_RETENTION_MS
@@ -183,7 +183,7 @@ def test_plan_of_a_cluster_that_matches_is_empty():
     admin = FakeAdmin(brokers=1, topics={s.name: (s.partitions, s.replication_factor, dict(s.config)) for s in specs})
     plan = plan_topics(None, specs, admin=admin)  # type: ignore[arg-type]
     assert plan.empty() and not plan.problems
-    assert plan.render().startswith("= nothing to change (6 topics")
+    assert plan.render().startswith("= nothing to change (7 topics")
 
 
 # --------------------------------------------------------------------------- Strimzi resources and the CLI
