@@ -402,7 +402,8 @@ class TransactionalLoop:
     The commit order, per batch of polled records:
 
     1. ``begin_transaction``;
-    2. hand each record to ``handler(msg, state)``; produce its outputs;
+    2. hand each record to ``handler(msg, state)``; produce its outputs, then those of
+       ``before_commit(state)`` (outputs that summarise the transaction);
     3. produce the staged state changes to the changelog (same partition number as the input);
     4. ``send_offsets_to_transaction`` with the consumer's next positions and group metadata;
     5. ``commit_transaction``; only then make the staged state the committed state.
@@ -427,7 +428,8 @@ class TransactionalLoop:
                  consumer_overrides: Mapping[str, Any] | None = None, state: StateStore | None = None,
                  state_partitions: Iterable[int] | None = None, stage: str | None = None,
                  stall_after_s: float = 120.0, txn_timeout_s: float = TXN_CALL_TIMEOUT_S,
-                 producer_factory: Callable[[str], Producer] | None = None) -> None:
+                 producer_factory: Callable[[str], Producer] | None = None,
+                 before_commit: Callable[[StateStore], Iterable[Output]] | None = None) -> None:
         self.kafka = kafka
         self.group_id = group_id
         self.input_topics = list(input_topics)
@@ -439,6 +441,8 @@ class TransactionalLoop:
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
         self.on_idle = on_idle
+        # outputs that summarise the whole transaction (e.g. one view per changed key), written last
+        self.before_commit = before_commit
         self._running = True
         self.transactional_id = transactional_id or f"{group_id}-{uuid.uuid4().hex[:8]}"
         # A stable transactional id is also the consumer's static group membership: a restarted
@@ -527,6 +531,9 @@ class TransactionalLoop:
                 self._produce(out)
             for msg in records:
                 for out in self.handler(msg, self.state):
+                    self._produce(out)
+            if self.before_commit is not None:
+                for out in self.before_commit(self.state):
                     self._produce(out)
             self._produce_state()
             if records:

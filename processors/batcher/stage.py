@@ -366,24 +366,6 @@ class _KillBeforeCommit:
         return self._producer.commit_transaction(*args)
 
 
-class BatcherLoop(TransactionalLoop):
-    """The transactional loop, plus the open-batch views of the transaction's schools.
-
-    The views go out once per school per transaction, after every input of the transaction was
-    handled (so a 500-event poll writes one view, not 500) and before the offsets are sent: they
-    commit or abort together with the events they summarise.
-    """
-
-    def __init__(self, stage: BatcherStage, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.batcher = stage
-
-    def _produce_state(self) -> None:
-        for out in self.batcher.view_outputs(self.state):
-            self._produce(out)
-        super()._produce_state()
-
-
 def build_loop(settings: Settings, instance: str | None = None,
                consumer_overrides: dict[str, Any] | None = None) -> tuple[TransactionalLoop, BatcherStage]:
     """The batcher's transactional loop (not started)."""
@@ -393,10 +375,12 @@ def build_loop(settings: Settings, instance: str | None = None,
     t = settings.topics
     overrides: dict[str, Any] = {"partition.assignment.strategy": "range"}
     overrides.update(consumer_overrides or {})
-    loop = BatcherLoop(stage, settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
-                       transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
-                       on_idle=stage.on_idle, consumer_overrides=overrides, state=BatcherStore(),
-                       stall_after_s=settings.metrics.stall_after_s)
+    # the open-batch views go out once per changed school per transaction, after every input was
+    # handled (a 500-event poll writes one view, not 500): they commit or abort with their events
+    loop = TransactionalLoop(settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
+                             transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
+                             on_idle=stage.on_idle, consumer_overrides=overrides, state=BatcherStore(),
+                             stall_after_s=settings.metrics.stall_after_s, before_commit=stage.view_outputs)
     if stage.armed_fault == "kill_before_commit_close":
         loop.producer = _KillBeforeCommit(loop.producer, stage)  # type: ignore[assignment]
     return loop, stage
