@@ -239,6 +239,23 @@ def _cli(ctx: DemoContext, *args: str, timeout_s: float = 120, check: bool = Tru
     return proc
 
 
+def step_dso_report(ctx: DemoContext) -> str:
+    """A DSO reports what no SIS change triggers: `sevisflow student report <student> reprint`."""
+    import orjson
+
+    data = orjson.loads(_cli(ctx, "batch", "show", "--json").stdout)
+    records = data.get("records", []) if isinstance(data, dict) else data
+    known = sorted({r["student_key"] for r in records if r.get("section") == "update" and r.get("sevis_id")})
+    if not known:
+        raise DemoFailed("no student with a SEVIS ID in the open batch to report a reprint for")
+    student = known[0]
+    _say(f"    $ sevisflow student report {student} reprint --reason 02 --dso {DSO_USER_ID}")
+    out = orjson.loads(_cli(ctx, "student", "report", student, "reprint", "--reason", "02",
+                            "--dso", DSO_USER_ID, "--json").stdout)
+    ctx.facts["reported"] = out
+    return f"{out['kind']} for student {student}: {out['outcome']} (origin: DSO {DSO_USER_ID})"
+
+
 def step_dso_review(ctx: DemoContext) -> str:
     """The DSO reviews the open batch: `sevisflow batch show`."""
     import orjson
@@ -280,6 +297,11 @@ def _is_closed(ctx: DemoContext, batch_id: str) -> bool:
     return False
 
 
+UPDATE_ELEMENTS = ("PersonalInfo", "Registration", "Program", "EducationLevel", "Status", "FinancialInfo",
+                   "AuthDropBelowFC", "CPTEmployment", "OPTEmployment", "Dependent", "DisciplinaryAction", "Reprint")
+"""The UpdateStudent event elements the demo counts in the written documents."""
+
+
 def step_xml(ctx: DemoContext) -> str:
     """The XML sink renders each closed batch; the demo checks every file against the XSD itself."""
     from sinks.outbox import Outbox
@@ -289,6 +311,7 @@ def step_xml(ctx: DemoContext) -> str:
     outbox = Outbox(s.sevis.outbox_dir, s.sevis.quarantine_dir, s.school.timezone)
     schema = etree.XMLSchema(etree.parse(str(Path(ctx.xsd_dir) / "Create-UpdateStudent.xsd")))
     lines = []
+    elements: dict[str, int] = {}
     for batch_id in ctx.facts["batch_ids"]:
         found = _wait(f"the XML of {batch_id}", lambda b=batch_id: outbox.find(b), 120)
         xml_path = found.xml_path
@@ -298,10 +321,15 @@ def step_xml(ctx: DemoContext) -> str:
         mode = oct(xml_path.stat().st_mode & 0o777)
         n_create = len(doc.findall("CreateStudent/Student"))
         n_update = len(doc.findall("UpdateStudent/Student"))
+        for student in doc.findall("UpdateStudent/Student"):
+            for child in student:
+                if child.tag in UPDATE_ELEMENTS:
+                    elements[child.tag] = elements.get(child.tag, 0) + 1
         lines.append(f"{xml_path.relative_to(Path(s.sevis.outbox_dir))}: {n_create} creates + {n_update} updates, "
                      f"XSD-valid, mode {mode}, sha256 {found.manifest().get('sha256', '')[:16]}…")
     for line in lines:
         _say(f"      {line}")
+    _say("      update elements: " + ", ".join(f"{k} {n}" for k, n in sorted(elements.items())))
     return f"{len(lines)} document(s) written and validated against {Path(ctx.xsd_dir) / 'Create-UpdateStudent.xsd'}"
 
 
@@ -384,6 +412,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("start the pipeline: connector, normalize, events, batcher, XML sink, SEVIS sink", step_pipeline),
     ("initial snapshot of the SIS flows through", step_snapshot),
     ("a term of SIS activity", step_activity),
+    ("a DSO reports a reprint (no SIS change triggers one)", step_dso_report),
     ("DSO reviews the open batch", step_dso_review),
     ("DSO closes the batch", step_dso_close),
     ("XML batch files in the outbox", step_xml),

@@ -175,6 +175,8 @@ def _source(lineage: list[dict[str, Any]]) -> str:
     if not lineage:
         return "the DSO"
     last = lineage[-1]
+    if last.get("command_id"):
+        return f"DSO {last.get('dso_user_id')} (command {last['command_id']})"
     return f"{last.get('table') or last.get('topic')} (offset {last.get('offset')})"
 
 
@@ -322,7 +324,7 @@ def apply(state: School, inp: Input) -> tuple[School, list[Output]]:
 # -- events
 
 
-def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int) -> None:
+def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None = None) -> None:
     student = ev.get("student_key") or ""
     kind = ev.get("kind") or ""
     ckey = ev.get("coalesce_key") or ""
@@ -366,7 +368,7 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int) -> None:
                 and merged_after == merged_before:
             fields = ", ".join(sorted(merged_before)) or "the values"
             tx.drop_record(rid, commit_ms, reason=f"undone by event {event_id} from {_source(lineage)}: "
-                                                    f"{fields} back to what SEVIS already has")
+                                                    f"{fields} back to what SEVIS already has", command_id=command_id)
             return
         seq = tx.next_seq()
         rec = dict(existing)
@@ -388,7 +390,7 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int) -> None:
         rec["status"] = status_of(section, student, sevis_id, tx.held)
         tx.put_record(rec, "record_replaced", commit_ms,
                       reason=f"later change of {ckey} (event {event_id} from {_source(lineage)}) "
-                             f"replaces event {existing['event_ids'][-1]}")
+                             f"replaces event {existing['event_ids'][-1]}", command_id=command_id)
         return
 
     seq = tx.next_seq()
@@ -403,7 +405,7 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int) -> None:
     rec["status"] = status_of(section, student, sevis_id, tx.held)
     reason = {"open": None, "held": f"student {student} is on hold",
               "waiting": "waiting for the student's SEVIS ID (SEVIS assigns it when it processes the Create)"}
-    tx.put_record(rec, _TYPE_FOR_STATUS[rec["status"]], commit_ms, reason=reason[rec["status"]])
+    tx.put_record(rec, _TYPE_FOR_STATUS[rec["status"]], commit_ms, reason=reason[rec["status"]], command_id=command_id)
 
 
 # -- results
@@ -450,6 +452,8 @@ def _on_command(tx: _Tx, cmd: Mapping[str, Any]) -> None:
         _release(tx, cmd, at_ms)
     elif kind == "requeue":
         _requeue(tx, cmd, at_ms)
+    elif kind == "report":
+        _report(tx, cmd, at_ms)
     elif kind == "result":
         try:
             res = _json_obj(cmd.get("payload_json"), "payload_json") or {}
@@ -459,7 +463,8 @@ def _on_command(tx: _Tx, cmd: Mapping[str, Any]) -> None:
         tx.w("commands")[cid] = {"kind": kind, "at_ms": at_ms}
         _on_result(tx, res, at_ms)
     else:
-        tx.reject_command(cmd, at_ms, f"unknown command kind {kind!r} (close, hold, release, requeue, result)")
+        tx.reject_command(cmd, at_ms, f"unknown command kind {kind!r} (close, hold, release, requeue, "
+                                      "result, report)")
 
 
 def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
@@ -602,6 +607,55 @@ def _requeue(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     tx.w("batches")[bid] = dict(stored, requeued=True)
     tx.w("commands")[cid] = {"kind": "requeue", "at_ms": at_ms, "batch_id": bid}
     tx.emit("requeued", at_ms, batch=bid, command_id=cid, reason=why)
+
+
+REPORT_KINDS: dict[str, tuple[str, ...]] = {
+    "Reprint": ("Reason",), "Status.Verify": (), "DisciplinaryAction": ("Explanation",)}
+"""Events a DSO reports with ``sevisflow student report`` (no SIS change triggers them) → required children."""
+
+
+def _report(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
+    """A DSO-reported UpdateStudent event: becomes a record like an SIS-derived event, with the command as lineage.
+
+    The CLI validated the content against the XSD's rules; this re-checks only what the batcher needs to
+    keep the open batch sendable (known kind, required children, SEVIS ID, the DSO's user id).
+    """
+    cid, student = cmd["command_id"], cmd.get("student_key") or ""
+    dso = cmd.get("dso_user_id")
+    problem = user_id_problem(dso)
+    if problem:
+        tx.reject_command(cmd, at_ms, f"report not added: {problem}")
+        return
+    if not student:
+        tx.reject_command(cmd, at_ms, "report needs the student's key")
+        return
+    try:
+        body = _json_obj(cmd.get("payload_json"), "payload_json") or {}
+    except ValueError as exc:
+        tx.reject_command(cmd, at_ms, f"report: {exc}")
+        return
+    kind, payload = body.get("kind"), body.get("payload")
+    if kind not in REPORT_KINDS or not isinstance(payload, dict):
+        tx.reject_command(cmd, at_ms, f"report: event {kind!r} cannot be reported by a DSO "
+                                      f"(one of {', '.join(REPORT_KINDS)}, with a payload object)")
+        return
+    missing = [k for k in REPORT_KINDS[kind] if not payload.get(k)]
+    if missing:
+        tx.reject_command(cmd, at_ms, f"report: {kind} needs {', '.join(missing)}")
+        return
+    sevis_id = body.get("sevis_id") or tx.sevis_ids.get(student)
+    if not sevis_id:
+        tx.reject_command(cmd, at_ms, f"report: no SEVIS ID is known for student {student}; {kind} can only be "
+                                      "sent for a student already in SEVIS")
+        return
+    tx.w("commands")[cid] = {"kind": "report", "at_ms": at_ms}
+    _on_event(tx, {
+        "event_id": cid, "student_key": student, "sevis_id": sevis_id, "kind": kind, "coalesce_key": kind,
+        "payload_json": dumps(payload), "before_json": None, "after_json": dumps(body.get("after") or {}),
+        "origin": "dso", "display_name": body.get("display_name"), "problems": [],
+        "lineage": [{"command_id": cid, "dso_user_id": dso,
+                     "requested_at_ms": at_ms}],
+    }, at_ms, command_id=cid)
 
 
 # -- scheduler

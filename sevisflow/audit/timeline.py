@@ -69,6 +69,8 @@ COMMAND = "sevisflow.commands.BatchCommand"
 
 
 def lineage_ref(pos: Mapping[str, Any]) -> str:
+    if pos.get("command_id"):  # an event a DSO reported with `sevisflow student report`
+        return f"command {pos['command_id']} by {pos.get('dso_user_id')}"
     return f"{pos.get('topic')}[{pos.get('partition')}]@{pos.get('offset')}"
 
 

@@ -19,7 +19,8 @@ with the reason), from the file back to the SIS:
    re-run over the retained change topics re-derive every SEVIS event the batch's records
    were made of, field for field;
 5. ``sources``  — every lineage position of the batch's records still exists on its change
-   topic, with the LSN and transaction id the lineage recorded.
+   topic, with the LSN and transaction id the lineage recorded (for an event a DSO reported with
+   ``sevisflow student report``: its ``report`` command is still on ``sevis.batch.commands``).
 
 ``verify --all`` runs this for every batch of the outbox, checks that every closed batch on
 ``sevis.batches`` is in the outbox (or quarantine), checks the hash chain of the audit ledger
@@ -337,6 +338,11 @@ class VerifyContext:
                                                           self.batches)
         return self._replays[org_id]
 
+    def reported_commands(self) -> set[str]:
+        """Ids of the retained ``report`` commands (DSO-reported events have no SIS change behind them)."""
+        return {d.value.get("command_id") for d in self.commands
+                if d.schema == COMMAND_SCHEMA and isinstance(d.value, dict) and d.value.get("kind") == "report"}
+
     def rederived_events(self) -> dict[str, dict[str, Any]]:
         if self._events is None:
             orgs = {d.value.get("org_id") for d in self.events if isinstance(d.value, dict)}
@@ -433,11 +439,14 @@ def verify_batch(batch_id: str, ctx: VerifyContext) -> Verdict:
                 recorded.setdefault(e["event_id"], e)
         derived = ctx.rederived_events()
         wanted = [e for r in records for e in r.get("event_ids") or []]
+        reported = ctx.reported_commands()
         problems = []
         dso = 0
         for eid in wanted:
             rec = recorded.get(eid)
-            if rec is None:
+            if rec is None and eid in reported:
+                dso += 1  # reported by a DSO with `sevisflow student report`: the command is the source
+            elif rec is None:
                 problems.append(f"event {eid} is not on the events topic")
             elif rec.get("origin") == "dso":
                 dso += 1  # added by a DSO with the CLI: no SIS change to re-derive it from
@@ -459,9 +468,14 @@ def verify_batch(batch_id: str, ctx: VerifyContext) -> Verdict:
     else:
         index = {(d.topic, d.partition, d.offset): d for d in ctx.changes}
         missing, mismatch, n = [], [], 0
+        reported = ctx.reported_commands()
         for r in records:
             for p in r.get("lineage") or []:
                 n += 1
+                if p.get("command_id"):  # a DSO's report: the command must still be on the commands topic
+                    if p["command_id"] not in reported:
+                        missing.append(f"command {p['command_id']}")
+                    continue
                 d = index.get((p.get("topic"), p.get("partition"), p.get("offset")))
                 if d is None:
                     missing.append(f"{p.get('topic')}[{p.get('partition')}]@{p.get('offset')}")

@@ -334,14 +334,18 @@ def change_text(rec: Mapping[str, Any]) -> str:
 def source(rec: Mapping[str, Any], tz: str) -> dict[str, Any]:
     lineage = rec.get("lineage") or []
     last = lineage[-1] if lineage else {}
-    return {"origin": rec.get("origin") or "sis", "table": last.get("table"),
-            "commit_time": local_time(last.get("commit_ts_ms") or rec.get("at_ms"), tz),
-            "changes_merged": len(rec.get("event_ids") or [])}
+    out = {"origin": rec.get("origin") or "sis", "table": last.get("table"),
+           "commit_time": local_time(last.get("commit_ts_ms") or rec.get("at_ms"), tz),
+           "changes_merged": len(rec.get("event_ids") or [])}
+    if last.get("command_id"):  # reported with `sevisflow student report`
+        out.update(command_id=last["command_id"], dso_user_id=last.get("dso_user_id"))
+    return out
 
 
 def source_text(rec: Mapping[str, Any], tz: str) -> str:
     s = source(rec, tz)
-    where = "DSO (add-info)" if s["origin"] == "dso" else (s["table"] or "SIS")
+    where = (f"DSO {s['dso_user_id']} (report)" if s.get("command_id") else "DSO (add-info)") \
+        if s["origin"] == "dso" else (s["table"] or "SIS")
     text = f"{where}, {s['commit_time']}"
     return text + (f" (+{s['changes_merged'] - 1} earlier)" if s["changes_merged"] > 1 else "")
 

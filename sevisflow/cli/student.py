@@ -12,6 +12,12 @@ What the SEVIS student batch schema (Create-UpdateStudent.xsd 6.55) can carry:
 Each piece becomes one SevisEvent with ``origin = "dso"``; the batcher treats it like any
 other change (review, hold, close). Values are checked against the XSD's rules and code
 lists before anything is written.
+
+``sevisflow student report``: UpdateStudent events no SIS change triggers — ``Reprint`` (a new
+I-20: travel, lost, damaged), ``Status/Verify`` and ``DisciplinaryAction``. Each is one
+``report`` BatchCommand on sevis.batch.commands carrying the DSO's SEVIS user id; the batcher
+turns it into an open-batch record (origin ``dso``) whose lineage is the command (id, DSO,
+time), so ``sevisflow verify`` re-derives it from the retained commands.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from typing import Any
 
 import orjson
 
-from sevisflow.cli.batch import KAFKA_TIMEOUT_S, check_kafka, org_of
+from processors.batcher.ids import user_id_problem
+from sevisflow.cli.batch import (KAFKA_TIMEOUT_S, await_answer, await_view, check_kafka, end_offsets, new_command,
+                                 org_of, send_command)
 from sevisflow.cli.common import add_json_flag, print_json, settings_from_args
 from sevisflow.config import Settings
 from sevisflow.errors import SevisflowError
@@ -43,7 +51,8 @@ DEP_KEYS = {"last", "first", "birth-date", "gender", "birth-city", "birth-countr
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("student", help="add SEVIS-only information about a student (passport name, dependents)")
+    p = sub.add_parser("student", help="add SEVIS-only information about a student (passport name, dependents) "
+                                       "or report a Reprint / Status Verify / DisciplinaryAction")
     p.add_argument("--org", default=None, help="the school's SEVIS code (default: school.org_id of the settings)")
     ssub = p.add_subparsers(dest="student_command", metavar="ACTION", required=True)
     a = ssub.add_parser("add-info", help="record passport name / dependents for the next batch",
@@ -63,6 +72,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="ask SEVIS for a new I-20 (default: true for dependents, false for the passport name)")
     add_json_flag(a)
     a.set_defaults(func=cmd_add_info)
+
+    r = ssub.add_parser("report", help="report a Reprint, Status/Verify or DisciplinaryAction for the next batch",
+                        description="Report a SEVIS event no SIS change triggers; it goes into the open batch with "
+                                    "you as its origin, to be reviewed and closed like any other record.")
+    r.add_argument("student", help="the student's id in the SIS (student key)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dso", required=True, metavar="USERID",
+                        help="your SEVIS user id (exactly 10 characters), recorded as who reported it")
+    common.add_argument("--sevis-id", help="the student's SEVIS ID (N + 10 digits) when the pipeline does not know it")
+    common.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
+    add_json_flag(common)
+    rsub = r.add_subparsers(dest="report_event", metavar="EVENT", required=True)
+    rp = rsub.add_parser("reprint", parents=[common], help="Reprint: SEVIS prints a new I-20 (travel, lost, damaged)")
+    rp.add_argument("--reason", required=True, metavar="CODE",
+                    help="SEVIS reprint reason code (StudentReprintRequestReasonType: 01, 02, 03, 04, 50, 53)")
+    rp.add_argument("--remarks", default=None, help="optional remarks (≤500 characters)")
+    rp.add_argument("--print-form", choices=("true", "false"), default=None,
+                    help="whether SEVIS prints the form (XSD default: true)")
+    rsub.add_parser("verify", parents=[common], help="Status/Verify: verify the student's status")
+    dp = rsub.add_parser("disciplinary", parents=[common],
+                         help="DisciplinaryAction: a disciplinary action the school took against the student")
+    dp.add_argument("--explanation", required=True, help="what happened (1-500 characters; sent to SEVIS)")
+    r.set_defaults(func=cmd_report)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -161,6 +193,50 @@ def parse_dependent(spec: str, settings: Settings) -> dict[str, Any]:
     return payload
 
 
+REPRINT_REASONS_TYPE = "StudentReprintRequestReasonType"
+REMARKS_MAX = 500
+"""common:RemarksType (DisciplinaryAction/Explanation, Reprint/Remarks): 1-500 characters."""
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _remarks(value: str, what: str) -> str:
+    """Text for a common:RemarksType element; refuses what SEVIS cannot take (too long, characters XML cannot carry)."""
+    value = value.strip()
+    if not value:
+        raise SevisflowError(f"{what} is empty; SEVIS needs 1 to {REMARKS_MAX} characters")
+    if len(value) > REMARKS_MAX:
+        raise SevisflowError(f"{what} is {len(value)} characters long; SEVIS allows at most {REMARKS_MAX}: shorten it")
+    bad = _XML_BAD.search(value)
+    if bad:
+        raise SevisflowError(f"{what} contains a control character (U+{ord(bad.group()):04X} at position "
+                             f"{bad.start() + 1}) that a SEVIS batch cannot carry: remove it")
+    return value
+
+
+def report_event(event: str, settings: Settings, *, reason: str | None = None, remarks: str | None = None,
+                 print_form: str | None = None, explanation: str | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(kind, payload, after) of a DSO-reported event, checked against the XSD's rules; raises with the fix."""
+    if event == "reprint":
+        code = (reason or "").strip()
+        codes = code_list(settings.sevis.xsd_dir, REPRINT_REASONS_TYPE)
+        if (codes is None and not re.fullmatch(r"\d{2}", code)) or (codes is not None and code not in codes):
+            allowed = ", ".join(sorted(codes)) if codes else "two digits"
+            raise SevisflowError(f"--reason {code!r} is not a SEVIS reprint reason code ({REPRINT_REASONS_TYPE}); "
+                                 f"use one of: {allowed}")
+        payload: dict[str, Any] = {"Reason": code}
+        if remarks is not None:
+            payload["Remarks"] = _remarks(remarks, "--remarks")
+        if print_form is not None:
+            payload["@printForm"] = print_form
+        return "Reprint", payload, {"reprint_reason": code}
+    if event == "verify":
+        return "Status.Verify", {}, {"status": "verify"}
+    if event == "disciplinary":
+        text = _remarks(explanation or "", "--explanation")
+        return "DisciplinaryAction", {"Explanation": text}, {"disciplinary_action": text}
+    raise SevisflowError(f"unknown event {event!r} (reprint, verify, disciplinary)")
+
+
 # ----------------------------------------------------------------------------- what the pipeline knows
 
 
@@ -245,4 +321,50 @@ def cmd_add_info(args: argparse.Namespace) -> int:
         print(f"Stored for student {args.student} ({sevis_id}): {', '.join(what)}. "
               "They appear in `sevisflow batch show` as soon as the batcher has them, and go to SEVIS with the "
               "next batch you close.")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Send one ``report`` command and wait until the batcher has the record in the open batch."""
+    problem = user_id_problem(args.dso)
+    if problem:
+        raise SevisflowError(f"not reported: {problem}; give it with --dso")
+    if args.sevis_id and not SEVIS_ID.fullmatch(args.sevis_id):
+        raise SevisflowError(f"--sevis-id {args.sevis_id!r} is not a SEVIS ID (N followed by 10 digits)")
+    settings = settings_from_args(args)
+    org = org_of(args, settings)
+    kind, payload, after = report_event(args.report_event, settings, reason=getattr(args, "reason", None),
+                                        remarks=getattr(args, "remarks", None),
+                                        print_form=getattr(args, "print_form", None),
+                                        explanation=getattr(args, "explanation", None))
+    check_kafka(settings, [settings.topics.events, settings.topics.commands, settings.topics.batches])
+    known = known_student(settings, org, args.student)
+    sevis_id = args.sevis_id or known["sevis_id"]
+    if not sevis_id:
+        raise SevisflowError(f"no SEVIS ID is known for student {args.student}: {kind} can only be sent for a "
+                             "student already in SEVIS; give the ID with --sevis-id N0000000000 (nothing was sent)")
+    start = end_offsets(settings, settings.topics.batches)
+    body = {"kind": kind, "payload": payload, "sevis_id": sevis_id, "after": after,
+            "display_name": known["display_name"]}
+    cmd = new_command(org, "report", dso_user_id=args.dso, student_key=args.student,
+                      reason=f"{kind} reported with sevisflow student report",
+                      payload_json=orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode())
+    send_command(settings, cmd)
+    events = await_answer(settings, cmd["command_id"], start,
+                          {"record_added", "record_replaced", "record_held"}, args.timeout)
+    rejected = [e for e in events if e["type"] == "command_rejected"]
+    if rejected:
+        raise SevisflowError(f"the batcher refused: {rejected[0]['reason']}")
+    done = next(e for e in events if e["type"] in ("record_added", "record_replaced", "record_held"))
+    rec = orjson.loads(done["record_json"])
+    await_view(settings, org, max(e["revision"] for e in events))
+    if args.json:
+        print_json({"command_id": cmd["command_id"], "student_key": args.student, "sevis_id": sevis_id,
+                    "kind": kind, "record_id": rec["record_id"], "request_id": rec["request_id"],
+                    "status": rec["status"], "outcome": done["type"], "dso_user_id": args.dso})
+    else:
+        note = {"record_added": "is in the open batch", "record_replaced": "replaces the earlier one in the open batch",
+                "record_held": "is in the open batch but HELD (the student is on hold)"}[done["type"]]
+        print(f"{kind} for student {args.student} ({sevis_id}) {note}, reported by {args.dso}. Review it with "
+              "`sevisflow batch show`; it goes to SEVIS with the next batch you close.")
     return 0

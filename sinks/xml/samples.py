@@ -67,6 +67,14 @@ AUTHORIZATION_PAYLOADS: dict[str, dict[str, Any]] = {
                                       "EndDate": "2030-05-31"})]}),
 }
 
+# one payload per event a DSO reports with `sevisflow student report` (no SIS change triggers them)
+REPORT_PAYLOADS: dict[str, dict[str, Any]] = {
+    "Reprint": _rev({"@printForm": "true", "Reason": "02", "Remarks": "Travel signature needed"}),
+    "Status.Verify": {},
+    "DisciplinaryAction": {"Explanation": "Suspended for one term after a conduct hearing."},
+}
+REPORT_KINDS = tuple(REPORT_PAYLOADS)
+
 
 def update_record(i: int, kind: str = "PersonalInfo", payload: dict[str, Any] | None = None,
                   sevis_id: str | None = None) -> dict[str, Any]:
@@ -85,6 +93,7 @@ def update_record(i: int, kind: str = "PersonalInfo", payload: dict[str, Any] | 
             "Status.Complete": {},
             "Status.Terminate": {"Reason": "01", "Remarks": "Withdrew"},
             **AUTHORIZATION_PAYLOADS,
+            **REPORT_PAYLOADS,
         }[kind]
     short = kind.replace(".", "")[:8]
     return {"record_id": f"{key}:{kind}", "request_id": f"U{i:08d}{short}"[:20], "section": "update",

@@ -37,6 +37,14 @@ def test_demo_runs_every_step_to_the_end(demo_run):
     steps = re.findall(r"^\[(\d+)/(\d+)\]", out, flags=re.M)
     assert steps and steps[-1][0] == steps[-1][1], "the demo stopped before its last step"
     assert "XSD-valid, mode 0o600" in out
+    # the DSO's reprint and the DSO-approved CPT/OPT/RCL reach the validated documents
+    assert re.search(r"Reprint for student \S+: record_added", out), out[-3000:]
+    elements = dict((k, int(n)) for k, n in re.findall(r"(\w+) (\d+)", out.split("update elements: ", 1)[1]
+                                                        .splitlines()[0]))
+    assert elements.get("Reprint", 0) >= 1, elements
+    # four approvals (RCL, CPT, OPT, STEM extension), one of them withdrawn before the close: it cancels out
+    authorizations = sum(elements.get(k, 0) for k in ("AuthDropBelowFC", "CPTEmployment", "OPTEmployment"))
+    assert authorizations == 3, elements
     summary = re.search(r"summary: (\d+) records sent to SEVIS, (\d+) accepted, (\d+) rejected", out)
     assert summary, out[-2000:]
     sent, accepted, rejected = map(int, summary.groups())
