@@ -21,6 +21,11 @@ import pytest
 from deploy.local.stack import start_stack, stop_stack
 from tests.helpers import REPO, KafkaHandle, PgHandle
 
+# The support modules are plain modules (not test modules): have pytest rewrite their asserts too, so a
+# failing helper assert reports its values like one in the test that calls it.
+pytest.register_assert_rewrite("tests.audit_scenario", "tests.batcher_support", "tests.pipeline_support",
+                               "tests.upload_support", "tests.integration.connector_support")
+
 PG_TIMEZONE = "Pacific/Pago_Pago"
 
 

@@ -5,7 +5,8 @@ No services: builds pgoutput payloads of the bench workload's shape (``bench_per
 then times, in one process and interleaved so that machine load hits both alike:
 
 * ``fast_change`` (the stream's hot path: pgoutput bytes → key + Debezium JSON) with the C decoder
-  and with the pure-Python one;
+  and with the pure-Python one, and the C decoder's ``change_batch`` (the stream loop's run of changes,
+  calling a no-op ``produce``) — against a Python loop over ``fast_change`` making the same calls;
 * ``iter_read_values`` (the snapshot's row → key + JSON) and ``split_copy_text`` (the snapshot's COPY
   text → rows) with both;
 * the generic path (``decode`` + ``insert``/``update``/``delete``) for reference.
@@ -91,6 +92,29 @@ def main(argv: list[str] | None = None) -> int:
             if fc(meta, p, tx, lsn) is None:
                 raise SystemExit("a bench payload left the fast path")
 
+    items = list(enumerate(msgs))
+
+    def _produce(topic: str, value: bytes | None, key: bytes | None) -> None:
+        pass
+
+    def batch() -> None:
+        tx = TxContext(xid=7, commit_lsn=9_000_000, ts_us=1_700_000_000_000_000, begin_lsn=8_000_000)
+        run, rels, i = b.change_batch, {1: b.batch_entry(meta, tx)}, 0
+        while i < len(items):
+            nxt = run(items, i, rels, b.batch_tx(tx), b.batch_tail(), _produce, True)[0]
+            if nxt <= i:
+                raise SystemExit("a bench payload left the C batch")
+            i = nxt
+
+    def loop() -> None:
+        tx = TxContext(xid=7, commit_lsn=9_000_000, ts_us=1_700_000_000_000_000, begin_lsn=8_000_000)
+        fc, topic = b.fast_change, meta.topic
+        for lsn, p in items:
+            op, key, value = fc(meta, p, tx, lsn)  # type: ignore[misc]
+            _produce(topic, value, key)
+            if op == "d":
+                _produce(topic, None, key)
+
     def generic() -> None:
         tx = TxContext(xid=7, commit_lsn=9_000_000, ts_us=1_700_000_000_000_000, begin_lsn=8_000_000)
         for lsn, p in enumerate(msgs):
@@ -113,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             with decoder.using(use_c):
                 tag = "c" if use_c else "python"
                 res.setdefault(f"stream {tag}", []).append(_best(stream, n, args.repeat))
+                res.setdefault(f"loop {tag}", []).append(_best(loop, n, args.repeat))
+                if use_c:
+                    res.setdefault("batch c", []).append(_best(batch, n, args.repeat))
                 res.setdefault(f"snapshot {tag}", []).append(_best(snapshot, n, args.repeat))
                 res.setdefault(f"split {tag}", []).append(_best(lambda: snap.split_copy_text(copy_text), n, args.repeat))
                 res.setdefault(f"generic {tag}", []).append(_best(generic, n, max(2, args.repeat // 2)))
@@ -124,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| µs per item, best of {args.repeat} × 2 ({n:,} items) | C decoder | pure Python | Python ÷ C |")
     print("|---|---|---|---|")
     for label, key in (("stream `fast_change` (bytes → key + JSON)", "stream"),
+                       ("stream loop: per-change Python loop over `fast_change` + produce", "loop"),
                        ("snapshot `iter_read_values` (text row → key + JSON)", "snapshot"),
                        ("snapshot `split_copy_text` (COPY text → rows)", "split"),
                        ("generic `decode` + builder (reference)", "generic")):
         c, py = best.get(f"{key} c"), best[f"{key} python"]
         print(f"| {label} | {c:.2f} | {py:.2f} | {py / c:.2f}× |" if c else f"| {label} | – | {py:.2f} | |")
+    print(f"| stream loop: `change_batch` (C) + produce | {min(res['batch c']):.2f} | – | |" if "batch c" in res else "")
     print(f"\nmachine load check: 10M empty Python loop iterations {calib:.0f} ms")
     return 0
 

@@ -20,7 +20,7 @@ from processors.normalize.debezium import SisFeed
 from processors.normalize.mapping import load_mapping
 from processors.sevis_events.pure import PurePipeline
 from tests.helpers import REPO, KafkaHandle, make_settings
-from tests.integration.test_processors import ORG, school_history
+from tests.scenarios import ORG, school_history
 
 MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")
 

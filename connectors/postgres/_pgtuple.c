@@ -5,7 +5,9 @@
  * TupleData (unpack a length, slice, decode, convert — ~16 values per change) and pure Python is at
  * its floor there. These functions do the same walk in C and return exactly the objects the Python
  * functions return; whenever anything is unusual they return None so that the caller falls back to
- * the Python path, which then produces the result (or raises the proper error) itself.
+ * the Python path, which then produces the result (or raises the proper error) itself. Once that walk
+ * was in C, building the envelope dicts, serialising them and the per-event Python of the stream loop
+ * were the larger part: change_event / read_event / change_batch write whole events as JSON bytes.
  *
  *   configure(to_bool, to_date_days, to_zoned_timestamp, memo_size)
  *                                              the converters recognised (and done in C in their common
@@ -18,6 +20,12 @@
  *                                              dict, or None when values do not match fields
  *   split_copy(data)                           == snapshot.split_copy_text on COPY text without
  *                                              backslashes: list of lists of str; None otherwise
+ *   set_dumps(orjson.dumps)                    what serialises the values the JSON writer does not know
+ *   change_event(buf, ctx, lsn, ...)           == EventBuilder.fast_change without schemas: the finished
+ *                                              (op, key bytes, value bytes), or None (see below)
+ *   read_event(values, fields, names, ...)     == one iteration of iter_read_values without schemas
+ *   change_batch(items, start, rels, ...)      the stream loop's common case over a run of read-batch
+ *                                              items: change_event + produce() per change
  *
  * ``fields`` is TableMeta._fields: a tuple of (name, converter or None, memo dict or None). Converters
  * done in C: None (text as is), int (int2/int4/int8/oid text without sign tricks, at most 18 digits),
@@ -418,6 +426,661 @@ fail:
     return fallback_none();  /* not UTF-8: the Python code raises its own error */
 }
 
+/* ---------------------------------------------------------------------------------------------------
+ * Whole events as JSON bytes (API 4). orjson (no options) writes no whitespace, dict keys in insertion
+ * order, str with only '"', '\\' and the control characters escaped and everything else (non-ASCII
+ * included) as raw UTF-8, and int in decimal: the writer below does exactly that for None, bool, int,
+ * str and pgoutput text; any other value is handed to orjson.dumps itself and its bytes spliced in. So
+ * the bytes equal orjson.dumps of the dicts the Python path builds (the unit and property tests compare
+ * them byte for byte). The envelope's keys are Debezium's; the source block arrives from Python as
+ * pre-serialised pieces around its two LSNs.
+ */
+static PyObject *g_dumps = NULL;       /* orjson.dumps */
+
+typedef struct {
+    char *p;
+    Py_ssize_t n, cap;
+} wbuf;
+
+static int w_grow(wbuf *w, Py_ssize_t extra) {
+    Py_ssize_t need = w->n + extra;
+    if (need <= w->cap)
+        return 1;
+    Py_ssize_t cap = w->cap * 2 > need ? w->cap * 2 : need + 256;
+    char *p = PyMem_Realloc(w->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    w->p = p;
+    w->cap = cap;
+    return 1;
+}
+
+static inline int w_put(wbuf *w, const char *s, Py_ssize_t n) {
+    if (!w_grow(w, n))
+        return 0;
+    memcpy(w->p + w->n, s, n);
+    w->n += n;
+    return 1;
+}
+
+#define W_LIT(w, s) w_put((w), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+static inline int w_bytes(wbuf *w, PyObject *b) {  /* b: bytes (checked by the caller) */
+    return w_put(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+}
+
+static int w_ll(wbuf *w, long long v) {
+    char tmp[24];
+    int k = 24;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--k] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        tmp[--k] = '-';
+    return w_put(w, tmp + k, 24 - k);
+}
+
+/* A JSON string from valid UTF-8 bytes, escaped as orjson escapes. */
+static int w_str(wbuf *w, const char *s, Py_ssize_t n) {
+    static const char hex[] = "0123456789abcdef";
+    if (!w_grow(w, n + 2))
+        return 0;
+    w->p[w->n++] = '"';
+    Py_ssize_t run = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if (!w_put(w, s + run, i - run))
+            return 0;
+        run = i + 1;
+        char e[6] = {'\\', 0, 0, 0, 0, 0};
+        int k = 2;
+        switch (c) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\b': e[1] = 'b'; break;
+        case '\t': e[1] = 't'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\r': e[1] = 'r'; break;
+        default:
+            e[1] = 'u'; e[2] = '0'; e[3] = '0'; e[4] = hex[c >> 4]; e[5] = hex[c & 15];
+            k = 6;
+        }
+        if (!w_put(w, e, k))
+            return 0;
+    }
+    if (!w_put(w, s + run, n - run))
+        return 0;
+    return W_LIT(w, "\"");
+}
+
+/* Any JSON value object as orjson.dumps writes it. */
+static int w_obj(wbuf *w, PyObject *v) {
+    if (v == Py_None)
+        return W_LIT(w, "null");
+    if (v == Py_True)
+        return W_LIT(w, "true");
+    if (v == Py_False)
+        return W_LIT(w, "false");
+    if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (!overflow) {
+            if (x == -1 && PyErr_Occurred())
+                return 0;
+            return w_ll(w, x);
+        }
+    } else if (PyUnicode_CheckExact(v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &n);  /* fails for lone surrogates, as orjson does */
+        return s != NULL && w_str(w, s, n);
+    }
+    if (g_dumps == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_pgtuple.set_dumps() was not called");
+        return 0;
+    }
+    PyObject *b = PyObject_CallOneArg(g_dumps, v);
+    if (b == NULL)
+        return 0;
+    int ok = PyBytes_Check(b) && w_bytes(w, b);
+    Py_DECREF(b);
+    if (!ok && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "dumps did not return bytes");
+    return ok;
+}
+
+/* '-'? digit{1,18}: 1 and *out, else 0 (Python's int() then decides). */
+static inline int small_int(const char *p, Py_ssize_t n, long long *out) {
+    Py_ssize_t i = 0;
+    int neg = 0;
+    if (n > 0 && p[0] == '-') {
+        neg = 1;
+        i = 1;
+    }
+    if (n - i < 1 || n - i > 18)
+        return 0;
+    long long v = 0;
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c < '0' || c > '9')
+            return 0;
+        v = v * 10 + (c - '0');
+    }
+    *out = neg ? -v : v;
+    return 1;
+}
+
+/* Check names: a tuple of bytes ('"name":') as long as fields. */
+static int names_ok(PyObject *fields, PyObject *names) {
+    if (!PyTuple_CheckExact(fields) || !PyTuple_CheckExact(names) || PyTuple_GET_SIZE(names) != PyTuple_GET_SIZE(fields))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++)
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(names, i)))
+            return 0;
+    return 1;
+}
+
+/*
+ * pgoutput TupleData at *pos as a JSON object (what orjson.dumps(_fast_row(...)[0]) gives). Records
+ * where each value's JSON starts and ends in w (vs, ve). 1 = written, 0 = fall back (error maybe set).
+ */
+static int w_tuple(wbuf *w, const unsigned char *buf, Py_ssize_t len, Py_ssize_t *pos_io, PyObject *fields,
+                   PyObject *names, Py_ssize_t *vs, Py_ssize_t *ve) {
+    Py_ssize_t pos = *pos_io, nf = PyTuple_GET_SIZE(fields);
+    if (pos < 0 || pos + 2 > len || (Py_ssize_t)(((unsigned)buf[pos] << 8) | buf[pos + 1]) != nf)
+        return 0;
+    pos += 2;
+    if (!W_LIT(w, "{"))
+        return 0;
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        PyObject *name, *conv, *memo;
+        if (!field_parts(PyTuple_GET_ITEM(fields, i), &name, &conv, &memo) || pos >= len)
+            return 0;
+        if ((i > 0 && !W_LIT(w, ",")) || !w_bytes(w, PyTuple_GET_ITEM(names, i)))
+            return 0;
+        vs[i] = w->n;
+        unsigned char kind = buf[pos];
+        if (kind == 'n') {
+            if (!W_LIT(w, "null"))
+                return 0;
+            pos += 1;
+        } else if (kind == 't') {
+            if (pos + 5 > len)
+                return 0;
+            Py_ssize_t n = (Py_ssize_t)be32(buf + pos + 1);
+            if (n > len - pos - 5)
+                return 0;
+            const char *p = (const char *)buf + pos + 5;
+            pos += 5 + n;
+            long long iv;
+            if (conv == Py_None) {
+                Py_ssize_t k = 0;
+                while (k < n && (unsigned char)p[k] < 0x80)
+                    k++;
+                if (k < n) {  /* not ASCII: only valid UTF-8 passes, as with bytes.decode() */
+                    PyObject *t = PyUnicode_DecodeUTF8(p, n, NULL);
+                    if (t == NULL)
+                        return 0;
+                    Py_DECREF(t);
+                }
+                if (!w_str(w, p, n))
+                    return 0;
+            } else if (conv == (PyObject *)&PyLong_Type && small_int(p, n, &iv)) {
+                if (!w_ll(w, iv))
+                    return 0;
+            } else {
+                PyObject *v = convert_value(p, n, NULL, conv, memo);
+                if (v == NULL)
+                    return 0;
+                int ok = w_obj(w, v);
+                Py_DECREF(v);
+                if (!ok)
+                    return 0;
+            }
+        } else {
+            return 0;  /* 'u' (unchanged TOAST), 'b' (binary) or garbage: the generic path */
+        }
+        ve[i] = w->n;
+    }
+    if (!W_LIT(w, "}"))
+        return 0;
+    *pos_io = pos;
+    return 1;
+}
+
+/* The key {"k":v,...} from the value fragments of one row in w: a new bytes object, or NULL. */
+static PyObject *key_json(wbuf *w, PyObject *names, PyObject *key_idx, Py_ssize_t *vs, Py_ssize_t *ve) {
+    Py_ssize_t nk = PyTuple_GET_SIZE(key_idx), total = 2;
+    for (Py_ssize_t j = 0; j < nk; j++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(key_idx, j));
+        total += 1 + PyBytes_GET_SIZE(PyTuple_GET_ITEM(names, i)) + ve[i] - vs[i];
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total - (nk > 0 ? 1 : 0));
+    if (out == NULL)
+        return NULL;
+    char *q = PyBytes_AS_STRING(out);
+    *q++ = '{';
+    for (Py_ssize_t j = 0; j < nk; j++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(key_idx, j));
+        PyObject *nm = PyTuple_GET_ITEM(names, i);
+        if (j > 0)
+            *q++ = ',';
+        memcpy(q, PyBytes_AS_STRING(nm), PyBytes_GET_SIZE(nm));
+        q += PyBytes_GET_SIZE(nm);
+        memcpy(q, w->p + vs[i], ve[i] - vs[i]);
+        q += ve[i] - vs[i];
+    }
+    *q = '}';
+    return out;
+}
+
+/* key_idx: a tuple of ints, each a valid column index. */
+static int key_idx_ok(PyObject *key_idx, Py_ssize_t nf) {
+    if (!PyTuple_CheckExact(key_idx))
+        return 0;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(key_idx); j++) {
+        PyObject *o = PyTuple_GET_ITEM(key_idx, j);
+        if (!PyLong_CheckExact(o))
+            return 0;
+        Py_ssize_t i = PyLong_AsSsize_t(o);
+        if (i < 0 || i >= nf) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/*
+ * change_event(buf, ctx, lsn, total_order, data_collection_order, tail) -> (op, key bytes | None, value) | None
+ * EventBuilder.fast_change without schemas, as bytes. ctx (EventBuilder._c_context, one per transaction
+ * and table) = (fields, names, key_idx, fast_keys, src1, src2, src3, tx1, tx2, tx3):
+ *   value = {"before":B,"after":A,"source":src1 LSN src2 LSN src3,"transaction":T,"op":"o" tail
+ * with T = tx1 total_order tx2 data_collection_order tx3, or null when tx1 is None. None (no side effect
+ * but the converter memos) wherever fast_change returns None, and for anything it cannot write exactly.
+ */
+static PyObject *change_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "change_event(buf, ctx, lsn, total_order, data_collection_order, tail)");
+        return NULL;
+    }
+    PyObject *ctx = args[1];
+    if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != 10 || !PyBytes_CheckExact(args[5]))
+        Py_RETURN_NONE;
+    PyObject *fields = PyTuple_GET_ITEM(ctx, 0), *names = PyTuple_GET_ITEM(ctx, 1), *key_idx = PyTuple_GET_ITEM(ctx, 2);
+    PyObject *src1 = PyTuple_GET_ITEM(ctx, 4), *src2 = PyTuple_GET_ITEM(ctx, 5), *src3 = PyTuple_GET_ITEM(ctx, 6);
+    PyObject *tx1 = PyTuple_GET_ITEM(ctx, 7), *tx2 = PyTuple_GET_ITEM(ctx, 8), *tx3 = PyTuple_GET_ITEM(ctx, 9);
+    int fast_keys = PyTuple_GET_ITEM(ctx, 3) == Py_True;
+    int txmeta = tx1 != Py_None;
+    if (!PyBytes_CheckExact(src1) || !PyBytes_CheckExact(src2) || !PyBytes_CheckExact(src3) ||
+        (txmeta && (!PyBytes_CheckExact(tx1) || !PyBytes_CheckExact(tx2) || !PyBytes_CheckExact(tx3))) ||
+        !names_ok(fields, names) || !key_idx_ok(key_idx, PyTuple_GET_SIZE(fields)) ||
+        !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[3]) || !PyLong_CheckExact(args[4]))
+        return fallback_none();
+    int overflow = 0;
+    long long lsn = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+    if (overflow || (lsn == -1 && PyErr_Occurred()))
+        return fallback_none();
+    long long total_order = PyLong_AsLongLongAndOverflow(args[3], &overflow);
+    if (overflow || (total_order == -1 && PyErr_Occurred()))
+        return fallback_none();
+    long long dco = PyLong_AsLongLongAndOverflow(args[4], &overflow);
+    if (overflow || (dco == -1 && PyErr_Occurred()))
+        return fallback_none();
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return fallback_none();
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    Py_ssize_t len = view.len, nf = PyTuple_GET_SIZE(fields), nk = PyTuple_GET_SIZE(key_idx);
+    wbuf w = {NULL, 0, 0};
+    Py_ssize_t *offs = PyMem_Malloc(sizeof(Py_ssize_t) * (4 * nf + 1));
+    PyObject *key = NULL, *value = NULL;
+    const char *op;
+    if (offs == NULL || !w_grow(&w, 1024) || len < 6)
+        goto none;
+    Py_ssize_t *bs = offs, *be = offs + nf, *as = offs + 2 * nf, *ae = offs + 3 * nf, *ks = as, *ke = ae;
+    Py_ssize_t pos = 6;
+    if (!W_LIT(&w, "{\"before\":"))
+        goto none;
+    unsigned char kind = buf[0];
+    if (kind == 'I') {
+        op = "c";
+        if (buf[5] != 'N' || !W_LIT(&w, "null,\"after\":") || !w_tuple(&w, buf, len, &pos, fields, names, as, ae))
+            goto none;
+    } else if (kind == 'U') {
+        op = "u";
+        unsigned char marker = buf[5];
+        int have_old = 0;
+        if (marker == 'O') {
+            if (!w_tuple(&w, buf, len, &pos, fields, names, bs, be) || pos >= len)
+                goto none;
+            have_old = 1;
+            marker = buf[pos++];
+        } else if (!W_LIT(&w, "null")) {
+            goto none;
+        }
+        if (marker != 'N' || !W_LIT(&w, ",\"after\":") || !w_tuple(&w, buf, len, &pos, fields, names, as, ae))
+            goto none;
+        if (have_old && nk > 0) {
+            if (!fast_keys)
+                goto none;
+            for (Py_ssize_t j = 0; j < nk; j++) {  /* a changed key: delete + create, the generic path */
+                Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(key_idx, j));
+                if (be[i] - bs[i] != ae[i] - as[i] || memcmp(w.p + bs[i], w.p + as[i], be[i] - bs[i]) != 0)
+                    goto none;
+            }
+        }
+    } else if (kind == 'D') {
+        op = "d";
+        if (buf[5] != 'O' || !w_tuple(&w, buf, len, &pos, fields, names, bs, be) || !W_LIT(&w, ",\"after\":null"))
+            goto none;
+        ks = bs;
+        ke = be;
+    } else {
+        goto none;
+    }
+    if (pos > len)
+        goto none;
+    if (!W_LIT(&w, ",\"source\":") || !w_bytes(&w, src1) || !w_ll(&w, lsn) || !w_bytes(&w, src2) ||
+        !w_ll(&w, lsn) || !w_bytes(&w, src3) || !W_LIT(&w, ",\"transaction\":"))
+        goto none;
+    if (txmeta ? (!w_bytes(&w, tx1) || !w_ll(&w, total_order) || !w_bytes(&w, tx2) || !w_ll(&w, dco) ||
+                  !w_bytes(&w, tx3))
+               : !W_LIT(&w, "null"))
+        goto none;
+    if (!W_LIT(&w, ",\"op\":\"") || !w_put(&w, op, 1) || !W_LIT(&w, "\"") || !w_bytes(&w, args[5]))
+        goto none;
+    if (nk > 0) {
+        key = key_json(&w, names, key_idx, ks, ke);
+        if (key == NULL)
+            goto none;
+    } else {
+        key = Py_NewRef(Py_None);
+    }
+    value = PyBytes_FromStringAndSize(w.p, w.n);
+    if (value == NULL)
+        goto none;
+    PyMem_Free(offs);
+    PyMem_Free(w.p);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(sNN)", op, key, value);
+none:
+    Py_XDECREF(key);
+    PyMem_Free(offs);
+    PyMem_Free(w.p);
+    PyBuffer_Release(&view);
+    return fallback_none();
+}
+
+/*
+ * read_event(values, fields, names, key_idx, head, tail) -> (key bytes | None, value bytes) | None
+ * A snapshot row: value = head + the row as JSON + tail (head/tail: the envelope around "after",
+ * serialised once per table). None, as read_row, when values do not match fields; conversion errors
+ * propagate, as in the Python loop.
+ */
+static PyObject *read_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "read_event(values, fields, names, key_idx, head, tail)");
+        return NULL;
+    }
+    PyObject *values = args[0], *fields = args[1], *names = args[2], *key_idx = args[3];
+    if (!PyList_CheckExact(values) || !names_ok(fields, names) || PyList_GET_SIZE(values) != PyTuple_GET_SIZE(fields) ||
+        !key_idx_ok(key_idx, PyTuple_GET_SIZE(fields)) || !PyBytes_CheckExact(args[4]) || !PyBytes_CheckExact(args[5]))
+        Py_RETURN_NONE;
+    Py_ssize_t nf = PyTuple_GET_SIZE(fields);
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        PyObject *name, *conv, *memo, *v = PyList_GET_ITEM(values, i);
+        if (!field_parts(PyTuple_GET_ITEM(fields, i), &name, &conv, &memo) || !(v == Py_None || PyUnicode_CheckExact(v)))
+            Py_RETURN_NONE;
+    }
+    wbuf w = {NULL, 0, 0};
+    Py_ssize_t *offs = PyMem_Malloc(sizeof(Py_ssize_t) * (2 * nf + 1));
+    PyObject *key = NULL, *value = NULL;
+    if (offs == NULL || !w_grow(&w, 1024) || !w_bytes(&w, args[4]) || !W_LIT(&w, "{"))
+        goto fail;
+    Py_ssize_t *vs = offs, *ve = offs + nf;
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        PyObject *name = NULL, *conv = NULL, *memo = NULL, *v;
+        if (i >= PyList_GET_SIZE(values) || !field_parts(PyTuple_GET_ITEM(fields, i), &name, &conv, &memo)) {
+            PyErr_SetString(PyExc_RuntimeError, "read_event: values changed during conversion");
+            goto fail;
+        }
+        if ((i > 0 && !W_LIT(&w, ",")) || !w_bytes(&w, PyTuple_GET_ITEM(names, i)))
+            goto fail;
+        vs[i] = w.n;
+        v = PyList_GET_ITEM(values, i);
+        Py_INCREF(v);  /* a converter is arbitrary code: keep v alive whatever it does */
+        int ok;
+        if (v == Py_None || conv == Py_None) {
+            ok = w_obj(&w, v);
+        } else {
+            const char *p = NULL;
+            Py_ssize_t n = 0;
+            long long iv;
+            if (PyUnicode_IS_COMPACT_ASCII(v)) {
+                p = (const char *)PyUnicode_1BYTE_DATA(v);
+                n = PyUnicode_GET_LENGTH(v);
+            }
+            if (p != NULL && conv == (PyObject *)&PyLong_Type && small_int(p, n, &iv)) {
+                ok = w_ll(&w, iv);
+            } else {
+                PyObject *r = convert_value(p, n, v, conv, memo);
+                ok = r != NULL && w_obj(&w, r);
+                Py_XDECREF(r);
+            }
+        }
+        Py_DECREF(v);
+        if (!ok)
+            goto fail;
+        ve[i] = w.n;
+    }
+    if (!W_LIT(&w, "}") || !w_bytes(&w, args[5]))
+        goto fail;
+    if (PyTuple_GET_SIZE(key_idx) > 0) {
+        key = key_json(&w, names, key_idx, vs, ve);
+        if (key == NULL)
+            goto fail;
+    } else {
+        key = Py_NewRef(Py_None);
+    }
+    value = PyBytes_FromStringAndSize(w.p, w.n);
+    if (value == NULL)
+        goto fail;
+    PyMem_Free(offs);
+    PyMem_Free(w.p);
+    PyObject *res = PyTuple_Pack(2, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    return res;
+fail:
+    Py_XDECREF(key);
+    PyMem_Free(offs);
+    PyMem_Free(w.p);
+    return fallback_none();  /* the Python loop redoes the row and raises its own error */
+}
+
+/* produce(topic, value, key): 1 done, 0 BufferError (cleared: the caller hands the record back), -1 error. */
+static int produce3(PyObject *produce, PyObject *topic, PyObject *value, PyObject *key) {
+    PyObject *a[3] = {topic, value, key};
+    PyObject *r = PyObject_Vectorcall(produce, a, 3, NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/*
+ * change_batch(items, start, rels, tx, tail, produce, tombstones) -> (next, n_c, n_u, n_d, pending)
+ * The stream loop's common case for a run of read-batch items: from items[start] on, every
+ * Insert/Update/Delete (lsn, payload) of a relation in ``rels`` (relid → (topic, table name, ctx),
+ * filled by the stream loop for the current transaction) that change_event writes is produced with
+ * produce(topic, value, key) — and a delete's tombstone produce(topic, None, key) when ``tombstones``
+ * and a key — counting the transaction's events (``tx``: the TxContext with transaction metadata, else
+ * None). Stops before the first item it does not take (another message, an unknown relation, anything
+ * change_event declines) and returns its index, the op counts and ``pending``: None, or the records of
+ * the last event whose produce() raised BufferError (already counted), for the caller's waiting produce.
+ */
+static PyObject *change_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "change_batch(items, start, rels, tx, tail, produce, tombstones)");
+        return NULL;
+    }
+    PyObject *items = args[0], *rels = args[2], *tx = args[3], *tail = args[4], *produce = args[5];
+    int tombstones = PyObject_IsTrue(args[6]);
+    Py_ssize_t j = PyLong_AsSsize_t(args[1]);
+    if (tombstones < 0 || (j == -1 && PyErr_Occurred()))
+        return NULL;
+    if (!PyList_CheckExact(items) || !PyDict_CheckExact(rels) || !PyBytes_CheckExact(tail) || j < 0)
+        return Py_BuildValue("(niiiO)", j, 0, 0, 0, Py_None);
+    PyObject *per_table = NULL, *total_obj = NULL, *pending = Py_None, *res = NULL;
+    long long total = 0;
+    long counts[3] = {0, 0, 0};
+    int txmeta = tx != Py_None, failed = 0, counting = 0;
+    Py_INCREF(pending);
+    if (txmeta) {
+        per_table = PyObject_GetAttrString(tx, "per_table");
+        total_obj = PyObject_GetAttrString(tx, "total_order");
+        if (per_table == NULL || total_obj == NULL || !PyDict_CheckExact(per_table) || !PyLong_CheckExact(total_obj)) {
+            PyErr_Clear();
+            res = Py_BuildValue("(niiiO)", j, 0, 0, 0, Py_None);
+            goto out;
+        }
+        total = PyLong_AsLongLong(total_obj);
+        if (total == -1 && PyErr_Occurred())
+            goto fail;
+        counting = 1;
+    }
+    for (; j < PyList_GET_SIZE(items); j++) {
+        PyObject *item = PyList_GET_ITEM(items, j);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            break;
+        PyObject *lsn = PyTuple_GET_ITEM(item, 0), *payload = PyTuple_GET_ITEM(item, 1);
+        if (!PyBytes_CheckExact(payload) || PyBytes_GET_SIZE(payload) < 6)
+            break;
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(payload);
+        if (p[0] != 'I' && p[0] != 'U' && p[0] != 'D')
+            break;
+        PyObject *relid = PyLong_FromUnsignedLong(be32(p + 1));
+        if (relid == NULL)
+            goto fail;
+        PyObject *entry = PyDict_GetItemWithError(rels, relid);  /* borrowed */
+        Py_DECREF(relid);
+        if (entry == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            break;
+        }
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
+            break;
+        PyObject *topic = PyTuple_GET_ITEM(entry, 0), *name = PyTuple_GET_ITEM(entry, 1);
+        long long dco = 0;
+        if (txmeta) {
+            PyObject *n = PyDict_GetItemWithError(per_table, name);
+            if (n == NULL && PyErr_Occurred())
+                goto fail;
+            dco = n == NULL ? 1 : PyLong_AsLongLong(n) + 1;
+            if (dco == 0 && PyErr_Occurred())
+                goto fail;
+        }
+        PyObject *t1 = PyLong_FromLongLong(total + 1), *t2 = PyLong_FromLongLong(dco);
+        PyObject *ev = NULL;
+        if (t1 != NULL && t2 != NULL) {
+            PyObject *ea[6] = {payload, PyTuple_GET_ITEM(entry, 2), lsn, t1, t2, tail};
+            ev = change_event(NULL, ea, 6);
+        }
+        Py_XDECREF(t1);
+        if (ev == NULL) {
+            Py_XDECREF(t2);
+            goto fail;
+        }
+        if (ev == Py_None) {  /* declined: the Python path takes this item */
+            Py_DECREF(ev);
+            Py_XDECREF(t2);
+            break;
+        }
+        if (txmeta) {
+            total += 1;
+            int rc = PyDict_SetItem(per_table, name, t2);
+            if (rc < 0) {
+                Py_DECREF(t2);
+                Py_DECREF(ev);
+                goto fail;
+            }
+        }
+        Py_DECREF(t2);
+        PyObject *op = PyTuple_GET_ITEM(ev, 0), *key = PyTuple_GET_ITEM(ev, 1), *value = PyTuple_GET_ITEM(ev, 2);
+        char o = PyUnicode_READ_CHAR(op, 0);
+        counts[o == 'c' ? 0 : o == 'u' ? 1 : 2]++;
+        int stone = o == 'd' && tombstones && key != Py_None;
+        int rc = produce3(produce, topic, value, key);
+        if (rc > 0 && stone) {
+            rc = produce3(produce, topic, Py_None, key);
+            if (rc == 0) {  /* the value is in; its tombstone is not */
+                Py_SETREF(pending, Py_BuildValue("[(OOOO)]", topic, key, Py_None, Py_None));
+                rc = pending == NULL ? -1 : 0;
+            }
+        } else if (rc == 0) {
+            Py_SETREF(pending, stone ? Py_BuildValue("[(OOOO)(OOOO)]", topic, key, value, Py_None, topic, key,
+                                                     Py_None, Py_None)
+                                     : Py_BuildValue("[(OOOO)]", topic, key, value, Py_None));
+            rc = pending == NULL ? -1 : 0;
+        }
+        Py_DECREF(ev);
+        if (rc < 0)
+            goto fail;
+        if (rc == 0) {  /* hand the rest back: the caller waits for room */
+            j++;
+            break;
+        }
+    }
+    res = Py_BuildValue("(nlllO)", j, counts[0], counts[1], counts[2], pending);
+    goto out;
+fail:
+    failed = 1;
+out:
+    if (counting) {  /* the events written count, even on error */
+        PyObject *err_type, *err_value, *err_tb;
+        PyErr_Fetch(&err_type, &err_value, &err_tb);
+        PyObject *t = PyLong_FromLongLong(total);
+        if (t == NULL || PyObject_SetAttrString(tx, "total_order", t) < 0) {
+            Py_XDECREF(t);
+            Py_XDECREF(err_type);
+            Py_XDECREF(err_value);
+            Py_XDECREF(err_tb);
+            Py_XDECREF(res);
+            res = NULL;
+            failed = 1;
+        } else {
+            Py_DECREF(t);
+            PyErr_Restore(err_type, err_value, err_tb);
+        }
+    }
+    Py_XDECREF(per_table);
+    Py_XDECREF(total_obj);
+    Py_XDECREF(pending);
+    if (failed) {
+        Py_XDECREF(res);
+        return NULL;
+    }
+    return res;
+}
+
+static PyObject *set_dumps(PyObject *self, PyObject *fn) {
+    Py_XSETREF(g_dumps, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *to_bool, *to_date, *to_zts;
     Py_ssize_t memo_size;
@@ -446,6 +1109,13 @@ static PyMethodDef methods[] = {
      "read_row(values, fields) -> dict | None: a snapshot row's text values into column name -> JSON value"},
     {"split_copy", split_copy, METH_O,
      "split_copy(data) -> list[list[str]] | None: COPY text rows without escapes, split on newlines and tabs"},
+    {"set_dumps", set_dumps, METH_O, "set_dumps(orjson.dumps): what serialises values the writer does not know"},
+    {"change_event", (PyCFunction)(void (*)(void))change_event, METH_FASTCALL,
+     "change_event(buf, ctx, lsn, total_order, data_collection_order, tail) -> (op, key, value) | None"},
+    {"change_batch", (PyCFunction)(void (*)(void))change_batch, METH_FASTCALL,
+     "change_batch(items, start, rels, tx, tail, produce, tombstones) -> (next, n_c, n_u, n_d, pending)"},
+    {"read_event", (PyCFunction)(void (*)(void))read_event, METH_FASTCALL,
+     "read_event(values, fields, names, key_idx, head, tail) -> (key, value) | None: a snapshot row's record"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -455,7 +1125,7 @@ static struct PyModuleDef module = {
 };
 
 /* Bumped whenever a signature changes: decoder.py refuses a stale build (and uses Python) instead of failing. */
-#define PGTUPLE_API 3
+#define PGTUPLE_API 5
 
 PyMODINIT_FUNC PyInit__pgtuple(void) {
     PyObject *m = PyModule_Create(&module);

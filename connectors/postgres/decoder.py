@@ -2,7 +2,7 @@
 
 ``connectors.postgres._pgtuple`` (built from ``_pgtuple.c`` when a C compiler is present at install)
 does the per-value loops — pgoutput TupleData → values, a row's text values → JSON values, COPY text →
-rows — and
+rows — and, without ``schemas.enable``, writes whole stream and snapshot events as JSON bytes; it
 returns exactly the objects the Python functions return, or None where the Python path must take
 over. Without it, or with ``SEVISFLOW_PURE_PYTHON_DECODER=1`` in the environment at import, the
 connector runs the pure-Python functions. :func:`log_choice` logs the choice once per process
@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
+import orjson
+
 from connectors.postgres import convert as cv
 from sevisflow.log import get_logger
 
@@ -25,7 +27,7 @@ MEMO_SIZE = 8192    # memo entries per column before the memo is cleared (envelo
 log = get_logger(__name__)
 
 
-API = 3             # _pgtuple.API this code expects; a stale build (not rebuilt since) is ignored
+API = 5             # _pgtuple.API this code expects; a stale build (not rebuilt since) is ignored
 _stale = False
 
 
@@ -40,6 +42,7 @@ def _load() -> ModuleType | None:
         return None
     # pgoutput registers its UNCHANGED marker itself (this module must not import pgoutput)
     _pgtuple.configure(cv.to_bool, cv.to_date_days, cv.to_zoned_timestamp, MEMO_SIZE)
+    _pgtuple.set_dumps(orjson.dumps)  # values its JSON writer does not know are serialised by orjson itself
     return _pgtuple
 
 
@@ -82,6 +85,9 @@ def set_active(use_c: bool) -> None:
     active = c_module if use_c else None
     envelope._fast_row = pick(envelope._py_fast_row, "fast_row")
     envelope._c_read_row = pick(None, "read_row")
+    envelope._c_change_event = pick(None, "change_event")
+    envelope._c_read_event = pick(None, "read_event")
+    envelope._c_change_batch = pick(None, "change_batch")
     pgoutput._tuple = pgoutput._c_tuple if active is not None else pgoutput._py_tuple
     snapshot._c_split_copy = pick(None, "split_copy")
 

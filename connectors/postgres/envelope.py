@@ -77,6 +77,7 @@ class TableMeta:
     _conv_memo_items: tuple[tuple[int, str, Any, Any], ...] = field(default=(), init=False)
     _full_name: str = field(default="", init=False)
     _fast_keys: bool = field(default=False, init=False)     # converted key values compare like their text
+    _c_names: tuple[bytes, ...] | None = field(default=None, init=False)  # b'"column":' each, for the C writer
     value_schema: dict[str, Any] | None = field(default=None, init=False)
     key_schema: dict[str, Any] | None = field(default=None, init=False)
 
@@ -103,6 +104,10 @@ class TableMeta:
         # the fast path detects a primary-key change on converted values: only exact for converters that
         # map distinct text to distinct values (text itself, integers); other key types take the generic path
         self._fast_keys = all(self._convs[i] is None or self._convs[i] is int for i in self._key_idx)
+        # the C event writer emits every column and key column in order: only right when names are unique
+        # (a dict would merge duplicates)
+        if len(set(self.columns)) == len(self.columns) and len(set(self.key_columns)) == len(self.key_columns):
+            self._c_names = tuple(orjson.dumps(c) + b":" for c in self.columns)
 
     @property
     def full_name(self) -> str:
@@ -227,6 +232,7 @@ class TxContext:
     total_order: int = 0
     per_table: dict[str, int] = field(default_factory=dict)
     source_bases: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
+    c_contexts: dict[str, tuple[Any, tuple[Any, ...]]] = field(default_factory=dict)  # table → (meta, _c_context)
     id_cache: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -246,7 +252,8 @@ class EventBuilder:
         self.tombstones_on_delete = tombstones_on_delete
         self.transaction_metadata = transaction_metadata
         self._read_sources: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self.now_us = 0     # processing time for ts_ms; the stream loop sets it once per read batch (0 = clock)
+        self._now_us = 0    # see now_us
+        self._tail = b""    # b',"ts_ms":…,"ts_us":…,"ts_ns":…}' of now_us: the envelope's end, for the C writer
 
     # -- serialisation
 
@@ -280,7 +287,30 @@ class EventBuilder:
         unchanged-TOAST or binary values, a column count that differs from ``meta``, key-only ('K')
         old tuples, a changed primary key (delete + tombstone + create), anything malformed.
         A delete's tombstone (``tombstones_on_delete`` and a key) is the caller's to produce.
+
+        With the C decoder and without ``schemas.enable`` the whole record is written in C
+        (``_pgtuple.change_event``): the same bytes as the dicts below through orjson, with the source
+        block serialised once per transaction and table (:meth:`_c_context`) and only its LSNs
+        written per event. Whatever it declines runs the Python code below.
         """
+        c_event = _c_change_event
+        if c_event is not None:
+            ctx = self._c_ctx(meta, tx)
+            if ctx:
+                name = meta._full_name
+                tail = self._tail if self._now_us else self._clock_tail()
+                if self.transaction_metadata:  # the counters move only once the event is written
+                    per_table = tx.per_table
+                    n = per_table.get(name, 0) + 1
+                    rec = c_event(buf, ctx, lsn, tx.total_order + 1, n, tail)
+                    if rec is not None:
+                        tx.total_order += 1
+                        per_table[name] = n
+                        return rec
+                else:
+                    rec = c_event(buf, ctx, lsn, 0, 0, tail)
+                    if rec is not None:
+                        return rec
         fields = meta._fields
         kind = buf[0]
         before = None
@@ -333,13 +363,85 @@ class EventBuilder:
             key = self.key_bytes(meta, {k: key_row[k] for k in key_columns})
         else:
             key = _dumps({k: key_row[k] for k in key_columns})
-        now_us = self.now_us or time.time_ns() // 1000
+        now_us = self._now_us or time.time_ns() // 1000
         payload = {"before": payload_before, "after": payload_after, "source": self.source(meta, tx, lsn),
                    "transaction": self._tx_block(meta, tx), "op": op,
                    "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
         if self.schemas_enable:
             return op, key, self._value_bytes(meta, payload)
         return op, key, _dumps(payload)
+
+    # -- the stream loop's batch: _pgtuple.change_batch over a run of read-batch items
+
+    @property
+    def change_batch(self) -> Any:
+        """``_pgtuple.change_batch`` when the C decoder writes this builder's events (else None): the stream
+        loop hands it runs of changes; see :meth:`batch_entry`, :meth:`batch_tx`, :meth:`batch_tail`."""
+        return _c_change_batch if not self.schemas_enable else None
+
+    def batch_entry(self, meta: TableMeta, tx: TxContext) -> tuple[str, str, tuple[Any, ...]] | None:
+        """``change_batch``'s entry for ``meta`` in ``tx`` — (topic, table name, change_event context) — or
+        None when the C writer cannot take this table's events (the stream loop then uses fast_change)."""
+        if _c_change_batch is None:
+            return None
+        ctx = self._c_ctx(meta, tx)
+        return (meta.topic, meta._full_name, ctx) if ctx else None
+
+    def batch_tx(self, tx: TxContext) -> TxContext | None:
+        """The TxContext whose counters change_batch moves: with transaction metadata only."""
+        return tx if self.transaction_metadata else None
+
+    def batch_tail(self) -> bytes:
+        """The envelope's end (timestamps) for this read batch's events."""
+        return self._tail if self._now_us else self._clock_tail()
+
+    def _c_ctx(self, meta: TableMeta, tx: TxContext) -> tuple[Any, ...]:
+        name = meta._full_name
+        entry = tx.c_contexts.get(name)
+        if entry is None or entry[0] is not meta:  # a Relation message may replace meta mid-transaction
+            entry = tx.c_contexts[name] = (meta, self._c_context(meta, tx))
+        return entry[1]
+
+    def _c_context(self, meta: TableMeta, tx: TxContext) -> tuple[Any, ...]:
+        """What ``_pgtuple.change_event`` needs for the events of ``meta`` in ``tx``: the table's fields,
+        JSON column names and key, the source block as JSON cut around its two LSNs (the one inside
+        ``sequence`` and ``lsn``) and the transaction block cut around its two counters (None without
+        transaction metadata). Both are serialised from :meth:`source` / :meth:`_tx_block`'s own fields,
+        so the bytes cannot drift from the Python path. () — the Python path — with ``schemas.enable``,
+        for a table the C writer cannot take, or if a block cannot be cut (a marker collides)."""
+        if self.schemas_enable or meta._c_names is None or tx.commit_lsn is None:
+            return ()
+        mark = b"%d" % _LSN_MARK
+        src = tuple(_dumps(self.source(meta, tx, _LSN_MARK)).split(mark))
+        if len(src) != 3:
+            return ()
+        txb: tuple[Any, ...] = (None, None, None)
+        if self.transaction_metadata:
+            tid = tx.id_cache
+            if tid is None:
+                tid = tx.id_cache = tx.id
+            txb = tuple(_dumps({"id": tid, "total_order": _LSN_MARK, "data_collection_order": _LSN_MARK}).split(mark))
+            if len(txb) != 3:
+                return ()
+        return (meta._fields, meta._c_names, meta._key_idx, meta._fast_keys, *src, *txb)
+
+    @property
+    def now_us(self) -> int:
+        """Processing time for ``ts_ms``; the stream loop sets it once per read batch (0 = the clock)."""
+        return self._now_us
+
+    @now_us.setter
+    def now_us(self, value: int) -> None:
+        self._now_us = value
+        self._tail = self._tail_for(value) if value else b""
+
+    @staticmethod
+    def _tail_for(now_us: int) -> bytes:
+        """The envelope's end after ``op`` (its three timestamps) as JSON, for the C writer."""
+        return b',"ts_ms":%d,"ts_us":%d,"ts_ns":%d}' % (now_us // 1000, now_us, now_us * 1000)
+
+    def _clock_tail(self) -> bytes:
+        return self._tail_for(time.time_ns() // 1000)
 
     def read_values(self, meta: TableMeta, rows: Sequence[Sequence[Value]], tx: TxContext, lsn: int,
                     snapshot: str) -> list[tuple[bytes | None, bytes]]:
@@ -360,7 +462,19 @@ class EventBuilder:
         now_us = time.time_ns() // 1000
         ts_ms, ts_ns = now_us // 1000, now_us * 1000
         c_read_row, fields = _c_read_row, meta._fields  # the C decoder's row loop, or None
+        # the C decoder writes the whole record (without schemas): the envelope around "after" is the same
+        # for every row of this call, serialised once
+        c_read_event = _c_read_event if not schemas and meta._c_names is not None else None
+        names, key_idx = meta._c_names, meta._key_idx
+        head = b'{"before":null,"after":'
+        tail = b',"source":%b,"transaction":null,"op":"r","ts_ms":%d,"ts_us":%d,"ts_ns":%d}' % (
+            dumps(src), ts_ms, now_us, ts_ns) if c_read_event is not None else b""
         for values in rows:
+            if c_read_event is not None:
+                rec = c_read_event(values, fields, names, key_idx, head, tail)
+                if rec is not None:
+                    yield rec
+                    continue
             after = c_read_row(values, fields) if c_read_row is not None else None
             if after is None:
                 after = dict(zip(columns, values))
@@ -528,6 +642,7 @@ class EventBuilder:
 
 _dumps = orjson.dumps
 _MISS = object()
+_LSN_MARK = 7_394_512_840_193_846_271  # stands for the LSN in the serialised source block (_source_parts)
 _MEMO_SIZE = 8192
 
 _U16 = struct.Struct(">H").unpack_from
@@ -578,3 +693,6 @@ def _fast_row(buf: bytes, pos: int, fields: tuple[tuple[str, Any, Any], ...]) ->
 _py_fast_row = _fast_row
 _fast_row = _decoder.pick(_py_fast_row, "fast_row")
 _c_read_row = _decoder.pick(None, "read_row")
+_c_change_event = _decoder.pick(None, "change_event")
+_c_read_event = _decoder.pick(None, "read_event")
+_c_change_batch = _decoder.pick(None, "change_batch")

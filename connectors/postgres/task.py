@@ -56,6 +56,7 @@ STATUS_INTERVAL_S = 1.0
 LAG_INTERVAL_S = 2.0
 READ_BATCH = 4000
 _U32 = struct.Struct(">I").unpack_from
+_NO_ENTRY = object()  # "relation not looked up yet" in the stream loop's rels
 FLUSH_TIMEOUT_S = 120.0
 
 
@@ -404,6 +405,8 @@ class ConnectorTask:
         fast_change = builder.fast_change
         kproduce = self.producer.produce  # type: ignore[union-attr]
         tombstones = builder.tombstones_on_delete
+        c_batch = builder.change_batch  # the C writer's loop over a run of changes, or None
+        rels: dict[int, tuple[Any, ...] | None] = {}  # relid → builder.batch_entry, for the current transaction
         n_c = n_u = n_d = 0
         last_commit_ms: int | None = None
         try:
@@ -412,7 +415,10 @@ class ConnectorTask:
                 beat()
                 items = repl.read_batch(READ_BATCH, 0.1)
                 builder.now_us = time.time_ns() // 1000
-                for lsn, payload in items:
+                i, n_items = 0, len(items)
+                while i < n_items:
+                    lsn, payload = items[i]
+                    i += 1
                     if payload is None:  # keepalive: between transactions, its WAL end is safe
                         if tx is None and lsn > self.safe_lsn:
                             self.safe_lsn = lsn
@@ -426,6 +432,22 @@ class ConnectorTask:
                         if txmeta and not tx_announced:
                             produce([builder.transaction_event(self.tx_topic, tx, "BEGIN")])
                             tx_announced = True
+                        if c_batch is not None:  # the C writer takes this change and the run after it
+                            relid = _U32(payload, 1)[0]
+                            entry = rels.get(relid, _NO_ENTRY)
+                            if entry is _NO_ENTRY:
+                                entry = rels[relid] = builder.batch_entry(meta, tx)
+                            if entry is not None:
+                                nxt, a, b, d, pending = c_batch(items, i - 1, rels, builder.batch_tx(tx),
+                                                                builder.batch_tail(), kproduce, tombstones)
+                                n_c += a
+                                n_u += b
+                                n_d += d
+                                if pending:  # its produce() found the queue full
+                                    produce(pending)
+                                if nxt >= i:
+                                    i = nxt
+                                    continue
                         rec = fast_change(meta, payload, tx, lsn)
                         if rec is not None:  # the common case: one pass from bytes to the record
                             op, key, value = rec
@@ -461,6 +483,7 @@ class ConnectorTask:
                     if isinstance(msg, Begin):
                         tx = TxContext(xid=msg.xid, commit_lsn=msg.final_lsn, ts_us=msg.commit_ts_us, begin_lsn=lsn)
                         tx_announced = False
+                        rels.clear()
                     elif isinstance(msg, Commit):
                         if tx is not None and tx_announced:
                             produce([builder.transaction_event(self.tx_topic, tx, "END")])
@@ -470,6 +493,7 @@ class ConnectorTask:
                         last_commit_ms = msg.commit_ts_us // 1000
                     elif isinstance(msg, Relation):
                         metas[msg.relid] = self._relation(msg)
+                        rels.clear()
                     elif isinstance(msg, TypeInfo):
                         self.catalog.forget_type(msg.oid)
                     elif isinstance(msg, Truncate):

@@ -7,14 +7,14 @@ import pytest
 
 from sevisflow.audit.scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT
 from sevisflow.cli import main
-from tests.integration.test_replay_readonly import _config, load_scenario
+from tests.audit_scenario import load_scenario, scenario_config
 
 pytestmark = pytest.mark.integration
 
 
 def test_audit_student_and_batch(kafka_stack, unique, tmp_path, capsys):
     load_scenario(kafka_stack, unique)
-    cfg = _config(tmp_path, kafka_stack.bootstrap, unique)
+    cfg = scenario_config(tmp_path, kafka_stack.bootstrap, unique)
 
     capsys.readouterr()
     assert main(["--config", str(cfg), "audit", "student", STUDENT]) == 0

@@ -8,131 +8,31 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable
 
-import orjson
 import pytest
 
-from processors.batcher import batcher_topics
-from processors.batcher import run as run_batcher
 from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
-from processors.batcher.view import BatchView, build_view
+from processors.batcher.view import build_view
 from sevisflow.cli import main as cli_main
-from sevisflow.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.serde import registry
-from sevisflow.topics import pipeline_topics
-from tests.helpers import REPO, make_settings
+from tests.batcher_support import (
+    DSO,
+    ORG2,
+    Batcher,
+    batch_events,
+    batcher_settings,
+    closed_of,
+    records_of,
+    send,
+    send_command,
+    send_events,
+    setup_topics,
+    view_of,
+    wait_for,
+    write_config,
+)
+from tests.helpers import REPO
 
-pytestmark = pytest.mark.integration
-
-DSO = "DSOUSER001"
-ORG2 = "XYZ214F00001000"
-FAST = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
-
-
-# ----------------------------------------------------------------------------- helpers (shared with test_batcher_cli)
-
-
-def batcher_settings(kafka_stack, unique, **school):
-    return make_settings(kafka_stack, unique=unique, school={"org_id": ORG, "timezone": "America/Chicago", **school})
-
-
-def setup_topics(settings) -> None:
-    ensure_topics(settings.kafka, pipeline_topics(settings) + batcher_topics(settings))
-
-
-def write_config(settings, path: Path) -> Path:
-    t = settings.topics
-    path.write_text(
-        f'[kafka]\nbootstrap_servers = "{settings.kafka.bootstrap_servers}"\n'
-        f'[school]\norg_id = "{settings.school.org_id}"\ntimezone = "{settings.school.timezone}"\n'
-        f'[sevis]\nxsd_dir = "{settings.sevis.xsd_dir}"\n'
-        f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
-        f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n'
-        f'open_batches = "{t.open_batches}"\n')
-    return path
-
-
-def send(settings, topic: str, schema: str, records: list[dict[str, Any]]) -> None:
-    producer = make_producer(settings.kafka)
-    errors: list[Any] = []
-    for r in records:
-        produce(producer, topic, r["org_id"].encode(), registry().encode(schema, r), on_delivery=delivery_raiser(errors))
-    flush_or_raise(producer, errors)
-
-
-def send_events(settings, events) -> None:
-    send(settings, settings.topics.events, "sevisflow.events.SevisEvent", events)
-
-
-def send_command(settings, cmd) -> None:
-    send(settings, settings.topics.commands, "sevisflow.commands.BatchCommand", [cmd])
-
-
-def batch_events(settings) -> list[dict[str, Any]]:
-    return [registry().decode(m.value(), "sevisflow.batches.BatchEvent")
-            for m in read_topic(settings.kafka, settings.topics.batches) if m.value() is not None]
-
-
-def wait_for(settings, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 40.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        evs = batch_events(settings)
-        if pred(evs):
-            return evs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; last types: {[e['type'] for e in evs][-10:]}")
-        time.sleep(0.3)
-
-
-def view_of(settings, org: str = ORG) -> BatchView:
-    return build_view(org, batch_events(settings))
-
-
-def closed_of(evs, org: str = ORG) -> list[dict[str, Any]]:
-    return [e for e in evs if e["type"] == "closed" and e["org_id"] == org]
-
-
-def records_of(closed_event) -> list[dict[str, Any]]:
-    return orjson.loads(closed_event["records_json"])
-
-
-class Batcher:
-    """The batcher in a thread of the test process."""
-
-    def __init__(self, settings, instance: str = "t1") -> None:
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                run_batcher(settings, self.stop_event, instance=instance, consumer_overrides=FAST)
-            except BaseException as exc:  # noqa: BLE001 - reported by stop()
-                self.error = exc
-
-        self.thread = threading.Thread(target=target, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-        if self.error:
-            raise self.error
-
-
-@pytest.fixture(autouse=True)
-def _no_log_handler_swap(monkeypatch):
-    """cli.main() installs a log handler on the (captured) stderr of the moment; keep pytest's instead."""
-    monkeypatch.setattr("sevisflow.log.configure", lambda *a, **k: None)
-
-
-@pytest.fixture
-def env(kafka_stack, unique):
-    settings = batcher_settings(kafka_stack, unique)
-    setup_topics(settings)
-    return settings
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
 
 
 # ----------------------------------------------------------------------------- tests

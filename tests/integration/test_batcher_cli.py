@@ -6,29 +6,11 @@ import orjson
 import pytest
 
 from processors.batcher.fixtures import ORG, event
-from sevisflow.cli import batch as batch_cli
-from sevisflow.cli import main as cli_main
-from tests.integration.test_batcher import (  # noqa: F401 - fixtures
-    DSO,
-    Batcher,
-    _no_log_handler_swap,
-    batch_events,
-    closed_of,
-    env,
-    records_of,
-    send_events,
-    wait_for,
-    write_config,
-)
 from processors.batcher.view import build_view
+from sevisflow.cli import batch as batch_cli
+from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, send_events, wait_for, write_config
 
-pytestmark = pytest.mark.integration
-
-
-def cli(capsys, cfg, *argv):
-    code = cli_main(["--config", str(cfg), *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
 
 
 def test_dso_day_through_the_cli(env, tmp_path, capsys):

@@ -11,8 +11,7 @@ from processors.batcher.fixtures import ORG, event
 from processors.batcher.view import build_view
 from sevisflow.cli import batch as batch_cli
 from sevisflow.cli import main as cli_main
-from tests.integration import test_batcher
-from tests.integration.test_batcher import (
+from tests.batcher_support import (
     DSO,
     ORG2,
     Batcher,
@@ -24,10 +23,7 @@ from tests.integration.test_batcher import (
     write_config,
 )
 
-pytestmark = pytest.mark.integration
-
-env = test_batcher.env  # fixtures shared with the batcher's tests
-_no_log_handler_swap = test_batcher._no_log_handler_swap
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
 
 
 def cli(capsys, cfg, *argv) -> str:

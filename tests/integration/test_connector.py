@@ -20,7 +20,7 @@ import pytest
 from connectors.postgres.envelope import UNAVAILABLE
 from sevisflow.errors import SevisflowError, TerminalError
 from tests.helpers import KafkaHandle, PgHandle
-from tests.integration.test_connector_support import (
+from tests.integration.connector_support import (
     RunningConnector, by_partition, current_lsn, changes, connector_settings, events, execute, slot_confirmed, wait_caught_up,
     in_source_order, run_to_end, wait_streaming, wait_until,
 )

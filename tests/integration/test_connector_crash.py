@@ -23,7 +23,7 @@ import pytest
 from deploy.local.stack import PG_USER, find_pg_bin, start_stack, stop_stack
 from sevisflow.errors import TerminalError
 from tests.helpers import REPO, KafkaHandle, PgHandle
-from tests.integration.test_connector_support import (
+from tests.integration.connector_support import (
     RunningConnector, connector_settings, events, execute, run_to_end, wait_caught_up, wait_until,
 )
 

@@ -7,22 +7,10 @@ import pytest
 
 from processors.batcher.fixtures import ORG, event
 from processors.batcher.view import build_view
+from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, records_of, send_events, wait_for, write_config
 from tests.helpers import XSD_DIR
-from tests.integration.test_batcher import (  # noqa: F401 - fixtures
-    DSO,
-    Batcher,
-    _no_log_handler_swap,
-    batch_events,
-    closed_of,
-    env,
-    records_of,
-    send_events,
-    wait_for,
-    write_config,
-)
-from tests.integration.test_batcher_cli import cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
 
 
 def test_dso_reports_a_reprint_through_the_cli(env, tmp_path, capsys):

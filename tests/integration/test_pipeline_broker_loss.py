@@ -24,8 +24,6 @@ import json
 import os
 import threading
 import time
-from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,20 +34,16 @@ from confluent_kafka import Consumer, TopicPartition
 from deploy.local.cluster import kill_node, restart_node
 from deploy.local.stack import KafkaInfo, start_stack, stop_stack
 from deploy.sis.load import create_schema, load_school, play_activity
-from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from sevisflow.cli import main
-from sevisflow.config import Settings, settings_from_mapping, settings_toml
-from sevisflow.kafka_io import client_config, ensure_topics, read_topic
+from sevisflow.config import Settings, settings_from_mapping
+from sevisflow.kafka_io import client_config, ensure_topics
 from sevisflow.runner import Pipeline
-from sevisflow.serde import registry
 from sevisflow.topics import all_topics
-from tests.helpers import REPO, XSD_DIR, count, settled, wait_for
-from tests.school_replay import Replay
+from tests.helpers import REPO, count, settled, wait_for
+from tests.pipeline_support import close_with_cli, compare_with_pure, decoded, expected_outcome, pipeline_raw, write_config
 
 pytestmark = pytest.mark.integration
 
 STUDENTS, SHARE, SEED, ACTIVITY = 60, 0.35, 7, 60
-DSO = "dsotest001"
 RESTART_AFTER_S = 20          # the supervisor (Kubernetes, systemd) brings the killed broker back
 PACE_S = 0.3                  # one SIS commit every 0.3 s: the load runs before, during and after the kill
 STAGES = ["connector", "normalize", "events", "batcher"]
@@ -64,131 +58,6 @@ def cluster() -> Iterator[KafkaInfo]:
         yield info.kafka
     finally:
         stop_stack(info, remove=True)
-
-
-def pipeline_raw(kafka: dict[str, Any], pg: Any, unique: str, tmp_path: Path) -> dict[str, dict[str, Any]]:
-    """Settings for a full pipeline run with per-test topic names (also written to a file for the CLI)."""
-    topics = {name: f"{default}.{unique}" for name, default in [
-        ("students", "sevisflow.students"), ("events", "sevis.events"), ("commands", "sevis.batch.commands"),
-        ("batches", "sevis.batches"), ("results", "sevis.results"), ("dlq", "sevisflow.dlq"),
-        ("open_batches", "sevis.batch.open")]}
-    return {
-        "kafka": kafka,
-        "postgres": {"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user},
-        "connector": {"topic.prefix": f"sis{unique}", "slot.name": f"slot_{unique}",
-                      "publication.name": f"pub_{unique}", "name": f"conn-{unique}",
-                      "offsets_dir": str(tmp_path / "connector"), "heartbeat.interval.ms": 500,
-                      "offset.flush.interval.ms": 200},
-        "school": {"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
-        "sevis": {"xsd_dir": str(XSD_DIR), "outbox_dir": str(tmp_path / "outbox"),
-                  "quarantine_dir": str(tmp_path / "quarantine")},
-        "topics": topics,
-    }
-
-
-def write_config(raw: dict[str, dict[str, Any]], path: Path) -> Path:
-    path.write_text(settings_toml(raw))
-    path.chmod(0o600)
-    return path
-
-
-def decoded(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    return [registry().decode(m.value()) for m in read_topic(settings.kafka, topic, timeout_s=30)]
-
-
-def expected_outcome(org_id: str, close_at_ms: int, students: int = STUDENTS, share: float = SHARE, seed: int = SEED,
-                     activity: int = ACTIVITY) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
-    """(events, closed records, students with a snapshot Create) the pure pipeline + pure batcher give."""
-    r = Replay(students=students, share=share, seed=seed, n_activity=activity)
-    events = list(r.snapshot.events)
-    snapshot_creates = {e["student_key"] for e in events if e["kind"] == "Create"}
-    for tx in r.activity:
-        events.extend(r.play(tx).events)
-    state = School(org_id=org_id)
-    for ev in events:
-        state, _ = apply(state, EventIn({**ev, "org_id": org_id}, at_ms=close_at_ms))
-    state, outs = apply(state, CommandIn({"command_id": "expected-close", "kind": "close", "org_id": org_id,
-                                          "dso_user_id": DSO, "requested_at_ms": close_at_ms}))
-    closed = [o.event for o in outs if isinstance(o, Publish) and o.event["type"] == "closed"]
-    assert len(closed) == 1
-    return events, orjson.loads(closed[0]["records_json"]), snapshot_creates
-
-
-def _commit_date(lineage: list[dict[str, Any]]) -> str | None:
-    ms = max((p.get("commit_ts_ms") or 0 for p in lineage or []), default=0)
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date().isoformat() if ms else None
-
-
-def _payload(payload: Any, lineage: list[dict[str, Any]]) -> bytes:
-    """The payload as canonical JSON, with an I-20 issue date that is the commit date written as such.
-
-    A Create without ``i20_issue_date`` in the SIS takes the source commit's date (derive.py): the pure
-    feed commits at the activity's generated time, the real SIS at the wall clock; both must be *their*
-    commit date, and everything else must be equal."""
-    day = _commit_date(lineage)
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: ("<commit date>" if k == "IssDate" and x == day else walk(x)) for k, x in v.items()}
-        return [walk(x) for x in v] if isinstance(v, list) else v
-    return orjson.dumps(walk(payload), option=orjson.OPT_SORT_KEYS)
-
-
-def event_content(e: dict[str, Any]) -> tuple[Any, ...]:
-    return (e["student_key"], e["kind"], e["coalesce_key"], _payload(orjson.loads(e["payload_json"]), e["lineage"]),
-            len(e["lineage"]))
-
-
-def shape(rec: dict[str, Any]) -> tuple[Any, ...]:
-    """What must agree between a real and a pure record (ids, request ids and source positions differ)."""
-    return (rec["record_id"], rec["section"], rec["kind"], _payload(rec["payload"], rec["lineage"]),
-            len(rec["event_ids"]), len(rec["lineage"]))
-
-
-def compare_with_pure(events: list[dict[str, Any]], records: list[dict[str, Any]],
-                      expected_events: list[dict[str, Any]], expected_records: list[dict[str, Any]],
-                      snapshot_creates: set[str]) -> dict[str, Any]:
-    """Events on sevis.events and records of the closed batch(es) against the pure pipeline's.
-
-    A snapshot Create is compared by student and kind only: its content depends on the order the
-    snapshot rows arrive in (known, connector + normalize; see tests/integration/test_verify_pipeline.py)."""
-    def ev(e: dict[str, Any]) -> tuple[Any, ...]:
-        c = event_content(e)
-        return c[:3] if e["kind"] == "Create" and e["student_key"] in snapshot_creates else c
-
-    def rec(r: dict[str, Any]) -> tuple[Any, ...]:
-        c = shape(r)
-        return c[:3] if r["kind"] == "Create" and r["student_key"] in snapshot_creates else c
-    ids = Counter(e["event_id"] for e in events)
-    got, want = Counter(map(ev, events)), Counter(map(ev, expected_events))
-    in_batch = Counter(i for r in records for i in r["event_ids"])
-    rgot, rwant = Counter(map(rec, records)), Counter(map(rec, expected_records))
-    report = {
-        "events_expected": len(expected_events), "events_on_topic": len(events),
-        "duplicate_event_ids": sum(1 for n in ids.values() if n > 1),
-        "events_missing": sum((want - got).values()), "events_unexpected": sum((got - want).values()),
-        "records_expected": len(expected_records), "records_closed": len(records),
-        "records_missing": sum((rwant - rgot).values()), "records_unexpected": sum((rgot - rwant).values()),
-        "event_ids_in_batch": len(in_batch), "event_ids_twice_in_batch": sum(1 for n in in_batch.values() if n > 1),
-        "batch_event_ids_not_on_topic": len(set(in_batch) - set(ids)),
-        "differences": {"events_missing": [k[:2] for k in want - got], "events_unexpected": [k[:2] for k in got - want],
-                        "records_missing": [k[:3] for k in rwant - rgot],
-                        "records_unexpected": [k[:3] for k in rgot - rwant]},
-    }
-    report["ok"] = (report["duplicate_event_ids"] == report["events_missing"] == report["events_unexpected"]
-                    == report["records_missing"] == report["records_unexpected"] == report["event_ids_twice_in_batch"]
-                    == report["batch_event_ids_not_on_topic"] == 0 and len(events) == len(expected_events)
-                    and len(records) == len(expected_records))
-    return report
-
-
-def close_with_cli(config: Path, capsys: Any) -> list[str]:
-    capsys.readouterr()
-    assert main(["--config", str(config), "batch", "close", "--dso", DSO, "--json", "--timeout", "60"]) == 0
-    out = orjson.loads(capsys.readouterr().out)
-    ids = out.get("batch_ids") or [b["batch_id"] for b in out.get("batches", [])]
-    assert ids, out
-    return ids
 
 
 class Progress:
@@ -271,7 +140,8 @@ def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_onc
     assert by_name[tx_topic].partitions == 1 and all(s.replication_factor == 3 for s in specs)
     assert all(s.config.get("min.insync.replicas") == "2" for s in specs)
 
-    expected_events, expected_records, snapshot_creates = expected_outcome(settings.school.org_id, int(time.time() * 1000))
+    expected_events, expected_records, snapshot_creates = expected_outcome(
+        settings.school.org_id, int(time.time() * 1000), STUDENTS, SHARE, SEED, ACTIVITY)
     replaced_before = producers_replaced()
     pipeline = Pipeline(settings, STAGES, restart_base_s=1.0, restart_max_s=5.0, serve_metrics=False).start()
     progress: Progress | None = None

@@ -29,7 +29,7 @@ from sevisflow.kafka_io import ensure_topics
 from sevisflow.runner import Pipeline
 from sevisflow.topics import all_topics
 from tests.helpers import REPO, captured_logs, count, settled, wait_for
-from tests.integration.test_pipeline_broker_loss import (
+from tests.pipeline_support import (
     close_with_cli,
     compare_with_pure,
     decoded,

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -23,35 +22,9 @@ from sevisflow.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_
 from sevisflow.serde import registry
 from sevisflow.topics import pipeline_topics
 from tests.helpers import REPO, make_settings
-from tests.unit.test_events_scenarios import MAPPING, PKS, TABLES, base_rows
+from tests.scenarios import MAPPING, ORG, PKS, school_history
 
 pytestmark = pytest.mark.integration
-ORG = "ABC214F12345000"
-
-
-def school_history(feed: SisFeed, n: int) -> None:
-    """n students: admitted, created, then a term of changes, several tables per commit."""
-    feed.tx(("c", "public.term", None, base_rows()["term"]))
-    for i in range(n):
-        rows = base_rows(sevis_id=None, status="ADMITTED")
-        pid = 100 + i
-        for r in rows.values():
-            if "person_id" in r:
-                r["person_id"] = pid
-        rows["person"]["school_id"] = f"S{pid:08d}"
-        for name, k in (("us", "address_id"), ("foreign", "address_id"), ("program", "program_id"),
-                        ("enrollment", "enrollment_id")):
-            rows[name][k] = pid * 10 + len(k) + ("foreign" == name)
-        if i % 7 == 3:
-            rows["person"]["last_name"] = "R2D2"   # rejected name → issue instead of Create
-        feed.tx(*[("c", TABLES[n2], None, r) for n2, r in rows.items() if n2 != "term"])
-        p, imm, e = rows["program"], rows["immigration"], rows["enrollment"]
-        feed.tx(("u", "public.immigration", imm, {**imm, "sevis_id": f"N{pid:010d}", "sevis_status": "ACTIVE"}),
-                ("u", "public.program", p, {**p, "status": "ACTIVE"}))
-        p = {**p, "status": "ACTIVE"}
-        feed.tx(("u", "public.enrollment", e, {**e, "status": "ENROLLED"}))
-        feed.tx(("u", "public.program", p, {**p, "expected_end_date": date(2027, 12, 15)}),
-                ("u", "public.person", rows["person"], {**rows["person"], "email": f"s{pid}@example.org"}))
 
 
 def write_config(settings, path: Path) -> Path:

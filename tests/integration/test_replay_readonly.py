@@ -3,52 +3,18 @@
 from __future__ import annotations
 
 import stat
-from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from sevisflow.audit.scenario import OTHER, STUDENT, T0, scenario_records
+from sevisflow.audit.scenario import OTHER, STUDENT, T0
 from sevisflow.cli import main
 from sevisflow.kafka_io import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
+from tests.audit_scenario import load_scenario, scenario_config
 from tests.helpers import make_settings
 
 pytestmark = pytest.mark.integration
-
-
-def _config(tmp_path: Path, bootstrap: str, unique: str) -> Path:
-    cfg = tmp_path / "sevisflow.toml"
-    cfg.write_text(f"""
-[kafka]
-bootstrap_servers = "{bootstrap}"
-[connector]
-topic_prefix = "sis{unique}"
-[topics]
-events = "sevis.events.{unique}"
-batches = "sevis.batches.{unique}"
-commands = "sevis.batch.commands.{unique}"
-results = "sevis.results.{unique}"
-[sevis]
-outbox_dir = "{tmp_path / 'outbox'}"
-quarantine_dir = "{tmp_path / 'quarantine'}"
-""")
-    return cfg
-
-
-def load_scenario(kafka_stack, unique: str) -> dict[str, str]:
-    """Produce the synthetic audit scenario into per-test topics (1 partition each, as in its lineage)."""
-    settings = make_settings(kafka_stack, unique=unique)
-    t = settings.topics
-    names = dict(prefix=f"sis{unique}", events=t.events, batches=t.batches, commands=t.commands,
-                 results=t.results)
-    recs = scenario_records(**names)
-    ensure_topics(settings.kafka, [TopicSpec(n, 1, 1) for n in sorted({r[0] for r in recs})])
-    producer = make_producer(settings.kafka)
-    for topic, key, value, ts in recs:
-        producer.produce(topic, key=key, value=value, timestamp=ts, partition=0)
-    assert producer.flush(30) == 0
-    return names
 
 
 def _committed(kafka, group: str, topic: str, parts: int) -> dict[int, int]:
@@ -81,7 +47,7 @@ def test_replay_never_moves_committed_offsets_nor_creates_groups(kafka_stack, un
     assert before == {0: 7, 1: 3, 2: 20}
     groups_before = _groups(settings.kafka)
 
-    cfg = _config(tmp_path, kafka_stack.bootstrap, unique)
+    cfg = scenario_config(tmp_path, kafka_stack.bootstrap, unique)
     out = tmp_path / "all.jsonl"
     assert main(["--config", str(cfg), "replay", topic, "--output", str(out)]) == 0
     assert main(["--config", str(cfg), "replay", topic, "--from", "5", "--to", "0:10,1:9,2:8",
@@ -97,7 +63,7 @@ def test_replay_never_moves_committed_offsets_nor_creates_groups(kafka_stack, un
 
 def test_replay_by_time_offset_and_student(kafka_stack, unique, tmp_path, capsys):
     names = load_scenario(kafka_stack, unique)
-    cfg = _config(tmp_path, kafka_stack.bootstrap, unique)
+    cfg = scenario_config(tmp_path, kafka_stack.bootstrap, unique)
     prefix = names["prefix"]
 
     def run(*args: str) -> list[dict]:
@@ -125,6 +91,6 @@ def test_replay_by_time_offset_and_student(kafka_stack, unique, tmp_path, capsys
 
 
 def test_replay_unknown_topic_is_a_clear_error(kafka_stack, unique, tmp_path, capsys):
-    cfg = _config(tmp_path, kafka_stack.bootstrap, unique)
+    cfg = scenario_config(tmp_path, kafka_stack.bootstrap, unique)
     assert main(["--config", str(cfg), "replay", f"no.such.{unique}"]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from sinks.xml.render import ClosedBatch, render_batch
 from sinks.xml.samples import DSO, ORG_ID, create_record
 from sinks.xml.xsd import load_schema
 from tests.helpers import REPO, XSD_DIR, make_settings
-from tests.integration.test_upload import FakePublisher, put_batch, settings_for, states
+from tests.upload_support import FakePublisher, put_batch, settings_for, states
 
 pytestmark = pytest.mark.integration
 

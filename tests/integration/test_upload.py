@@ -8,30 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from sinks.outbox import Outbox
 from sinks.sevis.client import CertificateError, SevisClient
 from sinks.sevis.uploader import SevisSink
 from sinks.sevis_sim import SevisSimulator
 from sinks.sevis_sim.certs import make_ca, make_leaf
 from sinks.xml.render import ClosedBatch
-from sinks.xml.samples import DSO, ORG_ID, create_record, update_record
-from sinks.xml.stage import sink_closed_batch
+from sinks.xml.samples import DSO, ORG_ID, create_record
 from sinks.xml.xsd import load_schema
-from tests.helpers import XSD_DIR, make_settings
+from tests.helpers import XSD_DIR
+from tests.upload_support import FakePublisher, outbox_of, put_batch, settings_for, states
 
 pytestmark = pytest.mark.integration
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.published: list[dict] = []
-        self.requeued: list[dict] = []
-
-    def results(self, org_id, records):
-        self.published.extend(records)
-
-    def requeue(self, org_id, batch_id, record_ids, reason, code):
-        self.requeued.append({"batch_id": batch_id, "record_ids": record_ids, "code": code})
 
 
 @pytest.fixture
@@ -42,28 +29,6 @@ def sim(tmp_path: Path):
     s.stop()
 
 
-def settings_for(sim: SevisSimulator, tmp_path: Path, **over):
-    sevis = {"upload_url": sim.upload_url, "download_url": sim.download_url,
-             "client_cert": str(sim.certs.client_cert), "client_key": str(sim.certs.client_key),
-             "ca_bundle": str(sim.certs.ca_cert), "outbox_dir": str(tmp_path / "outbox"),
-             "quarantine_dir": str(tmp_path / "quarantine"), "poll_interval_s": 0.0, "retry_base_s": 0.01,
-             "retry_max_s": 0.05, "http_timeout_s": 5.0}
-    sevis.update(over)
-    return make_settings(sevis=sevis)
-
-
-def outbox_of(settings) -> Outbox:
-    return Outbox(settings.sevis.outbox_dir, settings.sevis.quarantine_dir, settings.school.timezone)
-
-
-def put_batch(settings, batch_id="UPLTEST0000001", records=None) -> ClosedBatch:
-    records = records or (create_record(1), update_record(2, "Status.Complete", sevis_id="N0000000002"),
-                          update_record(3, "Status.Complete", sevis_id="N0000000003"))
-    batch = ClosedBatch(ORG_ID, batch_id, DSO, 1748921400000, tuple(records))
-    assert sink_closed_batch(batch, load_schema(XSD_DIR), outbox_of(settings)).status == "written"
-    return batch
-
-
 def drive(sink: SevisSink, done, steps: int = 60) -> None:
     for _ in range(steps):
         sink.step()
@@ -71,12 +36,6 @@ def drive(sink: SevisSink, done, steps: int = 60) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("did not get there")
-
-
-def states(settings) -> dict[str, list[str]]:
-    ob = outbox_of(settings)
-    return {st: [b.name for b in ob.batches(st)] for st in ("ready", "sending", "uploaded", "processed", "failed")
-            if list(ob.batches(st))}
 
 
 def test_upload_download_partial_success(sim, tmp_path):

@@ -11,8 +11,8 @@ from sevisflow.audit.scenario import batcher_run
 from sevisflow.cli import main
 from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer
 from sevisflow.serde import registry
+from tests.audit_scenario import scenario_config
 from tests.helpers import XSD_DIR, make_settings
-from tests.integration.test_replay_readonly import _config
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="no SEVIS XSDs")]
@@ -34,7 +34,7 @@ def test_verify_all_then_tamper(kafka_stack, unique, tmp_path, capsys):
         for key, value, ts in recs:
             producer.produce(names[k], key=key, value=value, timestamp=ts)
     assert producer.flush(30) == 0
-    cfg = _config(tmp_path, kafka_stack.bootstrap, unique)
+    cfg = scenario_config(tmp_path, kafka_stack.bootstrap, unique)
     cfg.write_text(cfg.read_text().replace("[sevis]", f'[sevis]\nxsd_dir = "{XSD_DIR}"'))
     outbox = Outbox(tmp_path / "outbox", tmp_path / "quarantine", settings.school.timezone)
     schema = load_schema(XSD_DIR)

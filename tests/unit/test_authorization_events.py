@@ -23,7 +23,7 @@ from sinks.xml.render import ClosedBatch, check_batch
 from sinks.xml.samples import AUTHORIZATION_KINDS, DSO, ORG_ID, update_record
 from sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR
-from tests.unit.test_events_scenarios import MAPPING, PKS, TABLES, School, base_rows, payload
+from tests.scenarios import MAPPING, PKS, TABLES, School, base_rows, payload
 
 EMPLOYER_ADDR = {"Address1": "200 Industry Way", "City": "Champaign", "State": "IL", "PostalCode": "61820"}
 

@@ -95,10 +95,13 @@ def test_the_extension_is_built_and_chosen() -> None:
     with decoder.using(False):
         assert decoder.name() == "python"
         assert envelope._fast_row is envelope._py_fast_row and envelope._c_read_row is None
+        assert envelope._c_change_event is None and envelope._c_read_event is None
         assert snapshot._c_split_copy is None
     with decoder.using(True):
         assert decoder.name() == "c"
         assert envelope._fast_row is decoder.c_module.fast_row
+        assert envelope._c_change_event is decoder.c_module.change_event
+        assert envelope._c_read_event is decoder.c_module.read_event
         assert snapshot._c_split_copy is decoder.c_module.split_copy
 
 
@@ -333,6 +336,231 @@ def test_random_copy_text_splits_alike(rows: list[list[str]], junk: bytes) -> No
     for d in (data, data + junk, junk + data):
         c, py = _both(lambda: _outcome(lambda: snapshot.split_copy_text(d)))
         assert c == py
+
+
+# --------------------------------------------------------------------------- the C event writer
+
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[bool]:
+    """Wrap envelope.<name> (the C writer) to record whether each call wrote the record."""
+    real, seen = getattr(envelope, name), []
+
+    def spy(*a: Any) -> Any:
+        r = real(*a)
+        seen.append(r is not None)
+        return r
+    monkeypatch.setattr(envelope, name, spy)
+    return seen
+
+
+def _python_fast(fn: Any) -> Any:
+    """fn() with the C tuple loops but without the C event writer: the Python envelope code."""
+    with decoder.using(True):
+        keep = envelope._c_change_event, envelope._c_read_event
+        envelope._c_change_event = envelope._c_read_event = None
+        try:
+            return fn()
+        finally:
+            envelope._c_change_event, envelope._c_read_event = keep
+
+
+@pytest.mark.parametrize("txmeta", [True, False])
+def test_c_writer_takes_the_common_events_and_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch,
+                                                                   txmeta: bool) -> None:
+    meta = _meta()
+
+    def run() -> list[Any]:
+        b, tx, out = _builder(txmeta=txmeta), _tx(), []
+        for i, m in enumerate(MESSAGES):
+            out.append(_records(b, meta, encode(m), tx, 4100 + i))
+        out.append(b.transaction_event("t", tx, "END"))
+        return out
+
+    expected = _python_fast(run)
+    with decoder.using(True):
+        seen = _counting(monkeypatch, "_c_change_event")
+        assert run() == expected
+    # every event the fast path takes is written in C: insert, update (with and without the old row), delete
+    assert seen == [True, True, True, True, False, False, False, False, True, False, True]
+    assert expected == _both(run)[1]
+
+
+def test_c_writer_escapes_text_as_orjson_does() -> None:
+    cols = (("id", cv.INT8, -1), ("t", cv.TEXT, -1), ("\"k\u00e9\n", cv.TEXT, -1))
+    meta = TableMeta(schema="s", table="t", topic="x.s.t", columns=tuple(c for c, _, _ in cols),
+                     mappings=tuple(cv.column_mapping(o, m) for _, o, m in cols), key_columns=("id", "\"k\u00e9\n"))
+    texts = ["".join(map(chr, range(1, 128))), 'a"b\\c', "Zoë 李 🎓 \u2028\u2029\ufeff\x7f", "", "x" * 5000]
+    for t in texts:
+        payload = encode(Insert(1, ["1", t, t]))
+        ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"{", b",", b"}", None, None, None)
+        assert decoder.c_module.change_event(payload, ctx, 1, 0, 0, b"}") is not None  # type: ignore[union-attr]
+        c, py = _both(lambda: _builder().fast_change(meta, payload, _tx(), 9))
+        assert c == py == _python_fast(lambda: _builder().fast_change(meta, payload, _tx(), 9)), t
+
+
+def test_c_writer_hands_over_what_it_cannot_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    meta = _meta((("id", cv.INT8, -1), ("name", cv.TEXT, -1), ("n", cv.INT8, -1)))
+    not_utf8 = b"I\x00\x00\x00\x01N\x00\x03t\x00\x00\x00\x011t\x00\x00\x00\x01\xffn"
+    huge = encode(Insert(1, ["1", "a", str(2**64)]))   # int() works, orjson refuses it
+    for payload in (not_utf8, huge):
+        with decoder.using(True):
+            c_out = _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9))
+        ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"", b"", b"", None, None, None)
+        assert decoder.c_module.change_event(payload, ctx, 1, 0, 0, b"}") is None  # type: ignore[union-attr]
+        assert c_out == _python_fast(lambda: _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9)))
+    # a source block that cannot be cut around the LSN (its commit LSN is the marker): the Python path, same bytes
+    tx = TxContext(xid=1, commit_lsn=envelope._LSN_MARK, ts_us=5, begin_lsn=4)
+    payload = encode(Insert(1, ["1", "a", "2"]))
+    with decoder.using(True):
+        seen = _counting(monkeypatch, "_c_change_event")
+        c = _builder().fast_change(meta, payload, tx, 9)
+    assert seen == [] and tx.c_contexts == {"sis.person": (meta, ())}
+    assert c == _python_fast(lambda: _builder().fast_change(
+        meta, payload, TxContext(xid=1, commit_lsn=envelope._LSN_MARK, ts_us=5, begin_lsn=4), 9))
+    # duplicate column names: a dict would merge them, so the C writer is not used
+    dup = TableMeta(schema="s", table="t", topic="x", columns=("a", "a"),
+                    mappings=(cv.column_mapping(cv.TEXT, -1),) * 2, key_columns=())
+    assert dup._c_names is None
+
+
+def test_c_writer_follows_a_table_redefined_mid_transaction() -> None:
+    """A Relation message inside a transaction replaces the table's meta: the next event uses the new one."""
+    old = _meta((("id", cv.INT8, -1), ("v", cv.INT4, -1)))
+    new = _meta((("id", cv.INT8, -1), ("v", cv.TEXT, -1)))
+
+    def run() -> list[Any]:
+        b, tx = _builder(), _tx()
+        return [b.fast_change(m, encode(Insert(1, ["1", "7"])), tx, 10 + i) for i, m in enumerate((old, new, old))]
+
+    c = _both(run)[0]
+    assert c == _python_fast(run) and b'"v":7' in c[0][2] and b'"v":"7"' in c[1][2] and b'"v":7' in c[2][2]
+
+
+def _stream_like(msgs: list[Any], txmeta: bool, tombstones: bool, fail_at: int | None, use_batch: bool
+                 ) -> tuple[list[Any], TxContext]:
+    """The stream loop's produce sequence for ``msgs`` (None = a keepalive), with change_batch taking runs
+    of changes (``use_batch``) or change by change (fast_change, else the generic path); ``fail_at``:
+    the produce() call that finds the queue full."""
+    meta = _meta()
+    b = EventBuilder(name="sis", db="d", version="v", tombstones_on_delete=tombstones, transaction_metadata=txmeta)
+    b.now_us = 1_700_000_000_000_001
+    tx, out, calls = _tx(), [], [0]
+    items = [(4100 + i, None if m is None else encode(m)) for i, m in enumerate(msgs)]
+
+    def produce(topic: str, value: bytes | None, key: bytes | None) -> None:
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise BufferError("queue full")
+        out.append((topic, key, value, None))
+
+    rels = {1: b.batch_entry(meta, tx)}
+    i = 0
+    while i < len(items):
+        lsn, payload = items[i]
+        if payload is None:
+            i += 1
+            continue
+        if use_batch:
+            nxt, _, _, _, pending = b.change_batch(items, i, rels, b.batch_tx(tx), b.batch_tail(), produce, tombstones)
+            out.extend(pending or [])
+            if nxt > i:
+                i = nxt
+                continue
+        out.extend(_records(b, meta, payload, tx, lsn))
+        i += 1
+    return out, tx
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_messages(), st.sampled_from(MESSAGES), st.none()), min_size=1, max_size=8),
+       st.booleans(), st.booleans(), st.one_of(st.none(), st.integers(1, 6)))
+def test_c_batch_produces_what_the_loop_produces(msgs: list[Any], txmeta: bool, tombstones: bool,
+                                                 fail_at: int | None) -> None:
+    def outcome(r: Any) -> Any:  # a value that does not convert raises, the same either way
+        return r if isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], type) else \
+            (r[0], r[1].total_order, r[1].per_table)
+
+    with decoder.using(True):
+        assert envelope._c_change_batch is not None
+        got = outcome(_outcome(lambda: _stream_like(msgs, txmeta, tombstones, fail_at, True)))
+    want = outcome(_python_fast(lambda: _outcome(lambda: _stream_like(msgs, txmeta, tombstones, None, False))))
+    assert got == want
+    with decoder.using(False):
+        assert outcome(_outcome(lambda: _stream_like(msgs, txmeta, tombstones, None, False))) == want
+
+
+def test_c_batch_stops_where_it_must() -> None:
+    meta = _meta()
+    with decoder.using(True):
+        b = _builder()
+        tx = _tx()
+        fast, slow = encode(Insert(1, ROW1)), encode(Update(1, None, None, ROW1[:19] + [UNCHANGED]))
+        items = [(1, fast), (2, fast), (3, slow), (4, fast), (5, None), (6, encode(Insert(2, ROW1))), (7, b"B")]
+        seen: list[Any] = []
+        rels = {1: b.batch_entry(meta, tx)}
+        run = b.change_batch
+        assert run(items, 0, rels, tx, b.batch_tail(), lambda *a: seen.append(a), True)[:4] == (2, 2, 0, 0)
+        assert run(items, 2, rels, tx, b.batch_tail(), lambda *a: seen.append(a), True)[0] == 2  # unchanged TOAST
+        assert run(items, 3, rels, tx, b.batch_tail(), lambda *a: seen.append(a), True)[0] == 4  # keepalive
+        assert run(items, 5, rels, tx, b.batch_tail(), lambda *a: seen.append(a), True)[0] == 5  # unknown relid
+        assert run(items, 6, rels, tx, b.batch_tail(), lambda *a: seen.append(a), True)[0] == 6  # not I/U/D
+        assert len(seen) == 3 and tx.total_order == 3
+        with pytest.raises(ZeroDivisionError):  # produce()'s own errors propagate; the counters stay right
+            run(items, 0, rels, tx, b.batch_tail(), lambda *a: 1 / 0, True)
+        assert tx.total_order == 4
+        assert _builder(schemas=True).change_batch is None
+    with decoder.using(False):
+        assert _builder().change_batch is None and _builder().batch_entry(meta, _tx()) is None
+
+
+_KEYED: dict[str, TableMeta] = {
+    "no key": TableMeta(schema="s", table="n", topic="x.s.n", columns=("a", "b"),
+                        mappings=(cv.column_mapping(cv.TEXT, -1), cv.column_mapping(cv.INT4, -1)), key_columns=()),
+    "two keys": TableMeta(schema="s", table="k", topic="x.s.k", columns=("a", "b", "c"),
+                          mappings=(cv.column_mapping(cv.TEXT, -1), cv.column_mapping(cv.INT4, -1),
+                                    cv.column_mapping(cv.FLOAT8, -1)), key_columns=("b", "a")),
+}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(_KEYED)), st.lists(st.tuples(st.sampled_from(["I", "UO", "U", "D"]),
+       st.lists(st.one_of(st.none(), _text, st.integers(-3, 3).map(str)), min_size=3, max_size=3),
+       st.lists(st.one_of(st.none(), _text, st.integers(-3, 3).map(str)), min_size=3, max_size=3)),
+       min_size=1, max_size=4), st.booleans())
+def test_random_keys_and_text_write_the_same_bytes(table: str, changes: list[Any], txmeta: bool) -> None:
+    meta = _KEYED[table]
+    n = len(meta.columns)
+
+    def run() -> list[Any]:
+        b, tx, out = _builder(txmeta=txmeta), _tx(), []
+        for i, (kind, old, new) in enumerate(changes):
+            m = (Insert(1, new[:n]) if kind == "I" else Update(1, "O", old[:n], new[:n]) if kind == "UO"
+                 else Update(1, None, None, new[:n]) if kind == "U" else Delete(1, "O", old[:n]))
+            out.append(_outcome(lambda: _records(b, meta, encode(m), tx, 4100 + i)))
+        out.append(b.transaction_event("t", tx, "END"))
+        return out
+
+    c, py = _both(run)
+    assert c == py == _python_fast(run)
+
+
+def test_c_snapshot_writer_takes_the_rows_and_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(envelope.time, "time_ns", lambda: 1_700_000_000_000_000_123)
+    meta = _meta()
+    rows = [list(ROW1), list(ROW2), ["44"] + [None] * 19, tuple(ROW1), ["45"] + ROW1[1:5] + ["\x01\"\\ ü"] + ROW1[6:]]
+    tx = TxContext(xid=9, commit_lsn=None, ts_us=1000, snapshot="true")
+    expected = _python_fast(lambda: _builder().read_values(meta, rows, tx, 77, "true"))
+    with decoder.using(True):
+        seen = _counting(monkeypatch, "_c_read_event")
+        assert _builder().read_values(meta, rows, tx, 77, "true") == expected
+    assert seen == [True, True, True, False, True]   # a tuple row is the Python loop's
+    assert expected == [(r[1], r[2]) for r in (_builder().read(meta, row, tx, 77, "true") for row in rows)]
+    assert _both(lambda: _builder().read_values(meta, rows, tx, 77, "true"))[1] == expected
+    # a failing conversion raises the Python loop's error
+    bad = [["x"] + ROW2[1:]]
+    with decoder.using(True):
+        c = _outcome(lambda: _builder().read_values(meta, bad, tx, 77, "true"))
+    assert c == _python_fast(lambda: _outcome(lambda: _builder().read_values(meta, bad, tx, 77, "true")))
+    assert c[0] is ValueError
 
 
 def test_the_choice_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:

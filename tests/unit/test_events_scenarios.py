@@ -13,86 +13,11 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
-import orjson
 import pytest
 
 from processors.normalize.debezium import SisFeed
-from processors.normalize.mapping import load_mapping
 from processors.sevis_events.pure import PureOutput, PurePipeline
-from tests.helpers import REPO
-
-MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")
-PKS = {"public.term": ("term_id",)}
-
-
-def base_rows(sevis_id: str | None = "N0001234567", visa: str | None = "F-1", status: str = "ACTIVE"
-              ) -> dict[str, dict[str, Any]]:
-    return {
-        "term": {"term_id": "2026FA", "name": "Fall 2026", "start_date": date(2026, 8, 24),
-                 "end_date": date(2026, 12, 18), "next_term_start": date(2027, 1, 19)},
-        "person": {"person_id": 7, "school_id": "S00000007", "first_name": "Zoë", "middle_name": None,
-                   "last_name": "O'Brien-Müller", "preferred_name": None, "birth_date": date(2002, 3, 1),
-                   "gender": "F", "birth_city": "Köln", "birth_country": "DE", "citizenship_country": "DE",
-                   "email": "zoe@example.com", "phone": "2175550123", "phone_country_code": "1",
-                   "updated_at": datetime(2026, 1, 1, tzinfo=timezone.utc)},
-        "immigration": {"person_id": 7, "visa_type": visa, "sevis_id": sevis_id,
-                        "sevis_status": "ACTIVE" if sevis_id else None, "issue_reason": "I", "i20_issue_date": None},
-        "us": {"address_id": 71, "person_id": 7, "kind": "US_PHYSICAL", "line1": "100 Green St", "line2": None,
-               "city": "Urbana", "state": "Illinois", "postal_code": "61801", "country": "US"},
-        "foreign": {"address_id": 72, "person_id": 7, "kind": "FOREIGN", "line1": "Hauptstraße 5", "line2": None,
-                    "city": "Köln", "state": "Nordrhein-Westfalen", "postal_code": "50923", "country": "DE"},
-        "program": {"program_id": 73, "person_id": 7, "degree_level": "MASTERS", "major_cip": "11.0701",
-                    "second_major_cip": None, "minor_cip": None, "start_date": date(2025, 8, 25),
-                    "expected_end_date": date(2027, 5, 15), "status": status, "english_required": True,
-                    "english_met": True, "english_not_required_reason": None, "is_current": True},
-        "finance": {"person_id": 7, "academic_term_months": 9, "tuition": 30000, "living_expenses": 15000,
-                    "dependent_expenses": 0, "other_costs": 0, "personal_funds": 50000, "school_funds": 0,
-                    "school_funds_remarks": None, "other_funds": 0, "other_funds_source": None,
-                    "other_costs_remarks": None},
-        "enrollment": {"enrollment_id": 74, "person_id": 7, "term_id": "2026FA", "status": "REGISTERED",
-                       "credit_hours": Decimal("12.0"), "full_time": True, "confirmed_at": None},
-    }
-
-
-TABLES = {"term": "public.term", "person": "public.person", "immigration": "public.immigration",
-          "us": "public.address", "foreign": "public.address", "program": "public.program",
-          "finance": "public.finance", "enrollment": "public.enrollment", "dependent": "public.dependent",
-          "mail": "public.address", "auth": "public.student_authorization"}
-
-
-class School:
-    """The reference SIS with one student, seeded, and a pipeline that has seen it all."""
-
-    def __init__(self, **kw: Any) -> None:
-        self.rows = base_rows(**kw)
-        self.feed = SisFeed(primary_keys=PKS)
-        self.pipe = PurePipeline(MAPPING)
-        self.feed.tx(*[("c", TABLES[n], None, r) for n, r in self.rows.items()])
-        self.seed_out = self.pipe.feed(self.feed)
-        self.feed.records.clear()
-
-    def tx(self, *ops: tuple[str, str, dict[str, Any]]) -> PureOutput:
-        """ops: ("u", name, changes) | ("c", name, row) | ("d", name, {})."""
-        out = []
-        for op, name, data in ops:
-            if op == "u":
-                old = self.rows[name]
-                new = {**old, **data}
-                out.append(("u", TABLES[name], old, new))
-                self.rows[name] = new
-            elif op == "c":
-                self.rows[name] = data
-                out.append(("c", TABLES[name.split(":")[0]], None, data))
-            else:
-                out.append(("d", TABLES[name], self.rows.pop(name), None))
-        self.feed.tx(*out)
-        res = self.pipe.feed(self.feed)
-        self.feed.records.clear()
-        return res
-
-
-def payload(out: PureOutput, kind: str) -> dict[str, Any]:
-    return orjson.loads(next(e for e in out.events if e["kind"] == kind)["payload_json"])
+from tests.scenarios import MAPPING, PKS, TABLES, School, base_rows, payload
 
 
 @dataclass

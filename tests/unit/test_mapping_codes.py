@@ -9,7 +9,7 @@ import pytest
 from deploy.sis import refdata
 from processors.normalize.codes import ISO2_TO_SEVIS, US_STATE_NAMES
 from tests.helpers import XSD_DIR
-from tests.unit.test_events_scenarios import MAPPING
+from tests.scenarios import MAPPING
 
 TABLE = (XSD_DIR / "SEVISTable.xsd").read_text(encoding="utf-8")
 

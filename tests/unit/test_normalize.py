@@ -15,7 +15,7 @@ from processors.normalize.mapping import load_mapping, mapping_from_dict
 from processors.sevis_events.pure import PurePipeline
 from sevisflow.errors import ConfigError
 from tests.helpers import REPO
-from tests.unit.test_events_scenarios import MAPPING, PKS, TABLES, base_rows
+from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 
 
 def _history(feed: SisFeed) -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from processors.normalize.debezium import SisFeed
 from processors.sevis_events.pure import PurePipeline
-from tests.unit.test_events_scenarios import MAPPING, PKS, TABLES, base_rows
+from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 
 ANY = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.text(max_size=12),
                 st.dates(date(1, 1, 1), date(9999, 12, 31)), st.floats(allow_nan=True, allow_infinity=True),

@@ -12,7 +12,7 @@ from deploy.sis.generator import PRIMARY_KEYS, TABLE_ORDER, generate_school
 from deploy.sis.load import SCHEMA_SQL
 from processors.normalize.debezium import SisFeed
 from processors.sevis_events.pure import PurePipeline
-from tests.unit.test_events_scenarios import MAPPING
+from tests.scenarios import MAPPING
 
 TODAY = date(2026, 10, 5)
 EXPECTED = {"rcl_approved": "AuthDropBelowFC.Add", "cpt_approved": "CPTEmployment.Add",

@@ -1,4 +1,4 @@
-"""Helpers shared by the connector's integration tests (this module holds no tests of its own)."""
+"""Helpers shared by the connector's integration tests (a plain module, not a test module: no tests here)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,27 @@
+"""Fixtures shared by integration test modules (pytest finds them here; no imports needed).
+
+The session fixtures of the real stack (kafka_stack, pg_stack, fresh_db, unique) are in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.batcher_support import batcher_settings, setup_topics
+
+
+@pytest.fixture
+def no_log_handler_swap(monkeypatch):
+    """cli.main() installs a log handler on the (captured) stderr of the moment; keep pytest's instead.
+
+    Not autouse: a module that calls the CLI in-process opts in with
+    ``pytest.mark.usefixtures("no_log_handler_swap")`` in its pytestmark."""
+    monkeypatch.setattr("sevisflow.log.configure", lambda *a, **k: None)
+
+
+@pytest.fixture
+def env(kafka_stack, unique):
+    """Settings of a per-test batcher (org ORG, America/Chicago) whose topics exist."""
+    settings = batcher_settings(kafka_stack, unique)
+    setup_topics(settings)
+    return settings
