@@ -8,9 +8,10 @@ importing it pulls in no other module's tests and no pytest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -117,3 +118,15 @@ def school_history(feed: SisFeed, n: int) -> None:
         feed.tx(("u", "public.enrollment", e, {**e, "status": "ENROLLED"}))
         feed.tx(("u", "public.program", p, {**p, "expected_end_date": date(2027, 12, 15)}),
                 ("u", "public.person", rows["person"], {**rows["person"], "email": f"s{pid}@example.org"}))
+
+
+@dataclass
+class Case:
+    """One table-driven scenario: SIS ops (after optional ``pre`` transactions) → expected event kinds."""
+    name: str
+    ops: list[tuple[str, str, Any]]
+    kinds: list[str]
+    check: Callable[[PureOutput], None] | None = None
+    issues: list[str] = field(default_factory=list)
+    pre: list[list[tuple[str, str, Any]]] = field(default_factory=list)
+    school: dict[str, Any] = field(default_factory=dict)

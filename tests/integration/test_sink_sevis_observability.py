@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,7 +26,7 @@ from sinks.sevis_sim import SevisSimulator
 from sinks.xml.render import ClosedBatch, render_batch
 from sinks.xml.samples import DSO, ORG_ID, create_record
 from sinks.xml.xsd import load_schema
-from tests.helpers import REPO, XSD_DIR, make_settings
+from tests.helpers import REPO, XSD_DIR, http_get, make_settings
 from tests.upload_support import FakePublisher, put_batch, settings_for, states
 
 pytestmark = pytest.mark.integration
@@ -44,14 +42,6 @@ def sim(tmp_path):
     s.stop()
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def _samples(body: str) -> Samples:
@@ -86,7 +76,7 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
 
     server = serve_for(free_port(), "127.0.0.1")
     base = f"http://127.0.0.1:{server.port}"
-    before = _samples(_get(f"{base}/metrics")[1])
+    before = _samples(http_get(f"{base}/metrics")[1])
     stop = threading.Event()
     pub = FakePublisher()
     errors: list[BaseException] = []
@@ -102,8 +92,8 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
     try:
         # while the upload hangs: /health fails once it hangs past stall_after_s; not ready before a first pass
         def hung() -> tuple[tuple[int, str], tuple[int, str]] | None:
-            ready = _get(f"{base}/ready")
-            health = _get(f"{base}/health")
+            ready = http_get(f"{base}/ready")
+            health = http_get(f"{base}/health")
             return (ready, health) if health[0] == 503 else None
 
         ready, health = _wait_for(hung, 20, "/health to report the hung upload")
@@ -113,9 +103,9 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
         # the answer comes: healthy again, ready, both batches handled
         _wait_for(lambda: states(settings) == {"processed": ["OBSGOOD0000001"], "failed": ["OBSDUPE0000001"]},
                   60, "both batches to be handled")
-        _wait_for(lambda: _get(f"{base}/ready")[0] == 200, 20, "/ready")
-        assert _get(f"{base}/health") == (200, "ok\n")
-        status, body = _get(f"{base}/metrics")
+        _wait_for(lambda: http_get(f"{base}/ready")[0] == 200, 20, "/ready")
+        assert http_get(f"{base}/health") == (200, "ok\n")
+        status, body = http_get(f"{base}/metrics")
         assert status == 200 and not errors
     finally:
         stop.set()
@@ -177,14 +167,14 @@ def test_sink_sevis_process_serves_health_ready_and_metrics(kafka_stack, unique,
     try:
         def ready() -> bool:
             assert proc.poll() is None, proc.stderr.read()[-2000:]
-            return _get(f"{base}/ready")[0] == 200
+            return http_get(f"{base}/ready")[0] == 200
 
         _wait_for(ready, 60, "/ready")
-        assert _get(f"{base}/health") == (200, "ok\n")
+        assert http_get(f"{base}/health") == (200, "ok\n")
 
         def processed() -> Samples | None:
             assert proc.poll() is None, proc.stderr.read()[-2000:]
-            s = _samples(_get(f"{base}/metrics")[1])
+            s = _samples(http_get(f"{base}/metrics")[1])
             return s if _value(s, "sevisflow_remote_answers_total", op="process", code="S0020") == 1 else None
 
         samples = _wait_for(processed, 60, "the results to be processed")

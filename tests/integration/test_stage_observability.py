@@ -7,27 +7,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from deploy.local.stack import free_port
 from sevisflow.kafka_io import ensure_topics
 from sevisflow.topics import all_topics
-from tests.helpers import REPO, make_settings
+from tests.helpers import REPO, http_get, make_settings
 
 pytestmark = pytest.mark.integration
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
@@ -49,15 +39,15 @@ def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
         deadline = time.monotonic() + 60
         ready = (0, "")
         while time.monotonic() < deadline:
-            ready = _get(f"http://127.0.0.1:{port}/ready")
+            ready = http_get(f"http://127.0.0.1:{port}/ready")
             if ready[0] == 200:
                 break
             assert proc.poll() is None, proc.stderr.read()[-2000:]
             time.sleep(0.5)
         assert ready[0] == 200, ready
-        health = _get(f"http://127.0.0.1:{port}/health")
+        health = http_get(f"http://127.0.0.1:{port}/health")
         assert health[0] == 200, health
-        status, body = _get(f"http://127.0.0.1:{port}/metrics")
+        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
         assert "sevisflow_transactions" in body and "sevisflow_consumer_lag" in body
         started = time.monotonic()

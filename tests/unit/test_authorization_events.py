@@ -9,7 +9,6 @@ payload into a batch document and validates it against the official XSD.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Callable
 
@@ -23,7 +22,7 @@ from sinks.xml.render import ClosedBatch, check_batch
 from sinks.xml.samples import AUTHORIZATION_KINDS, DSO, ORG_ID, update_record
 from sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR
-from tests.scenarios import MAPPING, PKS, TABLES, School, base_rows, payload
+from tests.scenarios import MAPPING, PKS, TABLES, Case, School, base_rows, payload
 
 EMPLOYER_ADDR = {"Address1": "200 Industry Way", "City": "Champaign", "State": "IL", "PostalCode": "61820"}
 
@@ -55,15 +54,6 @@ def auth(kind: str, **kw: Any) -> dict[str, Any]:
     return row
 
 
-@dataclass
-class Case:
-    name: str
-    ops: list[tuple[str, str, Any]]
-    kinds: list[str]
-    check: Callable[[PureOutput], None] | None = None
-    issues: list[str] = field(default_factory=list)
-    pre: list[list[tuple[str, str, Any]]] = field(default_factory=list)
-    school: dict[str, Any] = field(default_factory=dict)
 
 
 def _eq(kind: str, want: dict[str, Any]) -> Callable[[PureOutput], None]:

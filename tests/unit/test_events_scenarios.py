@@ -8,26 +8,17 @@ derived event kinds, issues and selected payload fields.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from processors.normalize.debezium import SisFeed
-from processors.sevis_events.pure import PureOutput, PurePipeline
-from tests.scenarios import MAPPING, PKS, TABLES, School, base_rows, payload
+from processors.sevis_events.pure import PurePipeline
+from tests.scenarios import MAPPING, PKS, TABLES, Case, School, base_rows, payload
 
 
-@dataclass
-class Case:
-    name: str
-    ops: list[tuple[str, str, Any]]
-    kinds: list[str]
-    check: Callable[[PureOutput], None] | None = None
-    issues: list[str] = field(default_factory=list)
-    school: dict[str, Any] = field(default_factory=dict)
 
 
 def _dep(**kw: Any) -> dict[str, Any]:
