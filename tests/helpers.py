@@ -148,3 +148,21 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+
+
+def stage_env(settings: Settings, metrics_port: int) -> dict[str, str]:
+    """The environment of a stage started as its own process: this test's Kafka, topics and metrics port.
+
+    Inherited ``SEVISFLOW_*`` variables are dropped, so only what the test sets counts.
+    """
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
+    env.update({
+        "SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "SEVISFLOW_METRICS_PORT": str(metrics_port),
+        "SEVISFLOW_METRICS_HOST": "127.0.0.1",
+        **{f"SEVISFLOW_TOPICS_{k.upper()}": getattr(settings.topics, k)
+           for k in ("students", "events", "commands", "batches", "results", "dlq")},
+    })
+    return env

@@ -31,14 +31,19 @@ class FakePublisher:
         self.requeued.append({"batch_id": batch_id, "record_ids": record_ids, "code": code})
 
 
-def settings_for(sim: SevisSimulator, tmp_path: Path, **over):
+def sim_sevis(sim: SevisSimulator, tmp_path: Path, **over) -> dict:
+    """The [sevis] settings that point at ``sim`` with an outbox under ``tmp_path``."""
     sevis = {"upload_url": sim.upload_url, "download_url": sim.download_url,
              "client_cert": str(sim.certs.client_cert), "client_key": str(sim.certs.client_key),
              "ca_bundle": str(sim.certs.ca_cert), "outbox_dir": str(tmp_path / "outbox"),
-             "quarantine_dir": str(tmp_path / "quarantine"), "poll_interval_s": 0.0, "retry_base_s": 0.01,
-             "retry_max_s": 0.05, "http_timeout_s": 5.0}
+             "quarantine_dir": str(tmp_path / "quarantine")}
     sevis.update(over)
-    return make_settings(sevis=sevis)
+    return sevis
+
+
+def settings_for(sim: SevisSimulator, tmp_path: Path, **over):
+    return make_settings(sevis=sim_sevis(sim, tmp_path, **{"poll_interval_s": 0.0, "retry_base_s": 0.01,
+                                                             "retry_max_s": 0.05, "http_timeout_s": 5.0, **over}))
 
 
 def outbox_of(settings) -> Outbox:

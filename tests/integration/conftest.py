@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from sinks.sevis_sim import SevisSimulator
 from tests.batcher_support import batcher_settings, setup_topics
+from tests.helpers import XSD_DIR
 
 
 @pytest.fixture
@@ -25,3 +27,12 @@ def env(kafka_stack, unique):
     settings = batcher_settings(kafka_stack, unique)
     setup_topics(settings)
     return settings
+
+
+@pytest.fixture
+def sim(tmp_path):
+    """A SEVIS batch simulator (HTTPS, client certificates) that knows SEVIS ID N0000000002."""
+    s = SevisSimulator(tmp_path / "certs", XSD_DIR, known_sevis_ids=["N0000000002"])
+    s.start()
+    yield s
+    s.stop()

@@ -17,6 +17,7 @@ from sinks.sevis_sim import SevisSimulator
 from sinks.xml.render import ClosedBatch
 from sinks.xml.samples import DSO, ORG_ID, create_record, update_record
 from tests.helpers import XSD_DIR, make_settings
+from tests.upload_support import sim_sevis
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +46,8 @@ def test_closed_batch_to_results(kafka_stack, unique, tmp_path: Path, capsys):
     sim = SevisSimulator(tmp_path / "certs", XSD_DIR, known_sevis_ids=["N0000000002"])
     sim.start()
     try:
-        settings = make_settings(kafka_stack, unique=unique, sevis={
-            "upload_url": sim.upload_url, "download_url": sim.download_url,
-            "client_cert": str(sim.certs.client_cert), "client_key": str(sim.certs.client_key),
-            "ca_bundle": str(sim.certs.ca_cert), "outbox_dir": str(tmp_path / "outbox"),
-            "quarantine_dir": str(tmp_path / "quarantine"), "poll_interval_s": 0.2, "retry_base_s": 0.1,
-            "retry_max_s": 0.5})
+        settings = make_settings(kafka_stack, unique=unique, sevis=sim_sevis(
+            sim, tmp_path, poll_interval_s=0.2, retry_base_s=0.1, retry_max_s=0.5))
         ensure_topics(settings.kafka, pipeline_topics(settings))
         good = ClosedBatch(ORG_ID, f"KT{unique:0>12}", DSO, 1748921400000,
                            (create_record(1), update_record(2, "Status.Complete", sevis_id="N0000000002"),

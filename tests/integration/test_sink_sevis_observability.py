@@ -6,7 +6,6 @@ the first pass. As a process (`sevisflow sink sevis` on real Kafka): the endpoin
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,24 +21,15 @@ from sevisflow.observability import serve_for
 from sevisflow.topics import pipeline_topics
 from sinks.sevis.client import SevisClient
 from sinks.sevis.stage import run as run_sevis
-from sinks.sevis_sim import SevisSimulator
 from sinks.xml.render import ClosedBatch, render_batch
 from sinks.xml.samples import DSO, ORG_ID, create_record
 from sinks.xml.xsd import load_schema
-from tests.helpers import REPO, XSD_DIR, http_get, make_settings
-from tests.upload_support import FakePublisher, put_batch, settings_for, states
+from tests.helpers import REPO, stage_env, XSD_DIR, http_get, make_settings
+from tests.upload_support import FakePublisher, put_batch, settings_for, sim_sevis, states
 
 pytestmark = pytest.mark.integration
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-def sim(tmp_path):
-    s = SevisSimulator(tmp_path / "certs", XSD_DIR, known_sevis_ids=["N0000000002"])
-    s.start()
-    yield s
-    s.stop()
 
 
 
@@ -140,23 +130,14 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
 
 
 def test_sink_sevis_process_serves_health_ready_and_metrics(kafka_stack, unique, sim, tmp_path):
-    settings = make_settings(kafka_stack, unique=unique, sevis={
-        "upload_url": sim.upload_url, "download_url": sim.download_url,
-        "client_cert": str(sim.certs.client_cert), "client_key": str(sim.certs.client_key),
-        "ca_bundle": str(sim.certs.ca_cert), "outbox_dir": str(tmp_path / "outbox"),
-        "quarantine_dir": str(tmp_path / "quarantine"), "poll_interval_s": 0.2, "retry_base_s": 0.1,
-        "retry_max_s": 0.5})
+    settings = make_settings(kafka_stack, unique=unique, sevis=sim_sevis(
+        sim, tmp_path, poll_interval_s=0.2, retry_base_s=0.1, retry_max_s=0.5))
     ensure_topics(settings.kafka, pipeline_topics(settings))
     batch_id = f"OP{unique:0>12}"
     put_batch(settings, batch_id)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
+    env = stage_env(settings, port)
     env.update({
-        "SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS": kafka_stack.bootstrap,
-        "SEVISFLOW_METRICS_PORT": str(port),
-        "SEVISFLOW_METRICS_HOST": "127.0.0.1",
-        **{f"SEVISFLOW_TOPICS_{k.upper()}": getattr(settings.topics, k)
-           for k in ("students", "events", "commands", "batches", "results", "dlq")},
         **{f"SEVISFLOW_SEVIS_{k.upper()}": str(getattr(settings.sevis, k))
            for k in ("xsd_dir", "upload_url", "download_url", "client_cert", "client_key", "ca_bundle",
                      "outbox_dir", "quarantine_dir", "poll_interval_s", "retry_base_s", "retry_max_s")},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from deploy.local.stack import free_port
 from sevisflow.kafka_io import ensure_topics
 from sevisflow.topics import all_topics
-from tests.helpers import REPO, http_get, make_settings
+from tests.helpers import REPO, stage_env, http_get, make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +23,7 @@ def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
     settings = make_settings(kafka=kafka_stack, unique=unique)
     ensure_topics(settings.kafka, all_topics(settings))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
-    env.update({
-        "SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS": kafka_stack.bootstrap,
-        "SEVISFLOW_METRICS_PORT": str(port),
-        "SEVISFLOW_METRICS_HOST": "127.0.0.1",
-        **{f"SEVISFLOW_TOPICS_{k.upper()}": getattr(settings.topics, k)
-           for k in ("students", "events", "commands", "batches", "results", "dlq")},
-    })
+    env = stage_env(settings, port)
     proc = subprocess.Popen([sys.executable, "-m", "sevisflow.cli.__main__", "process", "batcher",
                              "--instance", f"obs-{unique}"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

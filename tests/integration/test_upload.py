@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from sinks.sevis.client import CertificateError, SevisClient
 from sinks.sevis.uploader import SevisSink
-from sinks.sevis_sim import SevisSimulator
 from sinks.sevis_sim.certs import make_ca, make_leaf
 from sinks.xml.render import ClosedBatch
 from sinks.xml.samples import DSO, ORG_ID, create_record
@@ -19,14 +17,6 @@ from tests.helpers import XSD_DIR
 from tests.upload_support import FakePublisher, outbox_of, put_batch, settings_for, states
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sim(tmp_path: Path):
-    s = SevisSimulator(tmp_path / "certs", XSD_DIR, known_sevis_ids=["N0000000002"])
-    s.start()
-    yield s
-    s.stop()
 
 
 def drive(sink: SevisSink, done, steps: int = 60) -> None:
