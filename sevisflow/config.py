@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -158,13 +159,31 @@ class ConnectorSettings:
                                       alias="errors.max.retries")
 
 
+# SEVIS's OrganizationIDType: a school code (F/M schools) or an exchange-visitor program number.
+ORG_ID_PATTERN = re.compile(r"[A-Z]{3}214F\d{8}|P-[1-4]-\d{5}|G-[1-7]-\d{5}")
+
+
 @dataclass(frozen=True)
 class SchoolSettings:
-    org_id: str = setting("ZZZ214F99999000", "the school's SEVIS code (OrgID), e.g. ABC214F12345000")
+    org_id: str = setting("", "REQUIRED: the school's SEVIS code (OrgID), e.g. ABC214F12345000 — no default, "
+                              "because a made-up code would send a school's records under another OrgID")
     timezone: str = setting("America/Chicago", "the school's local time zone (scheduled close, dates)")
     mapping_file: str = setting("deploy/sis/mapping.toml", "how the SIS tables map to the canonical student")
     close_at: str = setting("", "scheduled daily close, local HH:MM; empty = off")
     close_dso: str = setting("", "SEVIS user id (10 chars) recorded for scheduled closes")
+
+    def __post_init__(self) -> None:
+        if self.org_id and not ORG_ID_PATTERN.fullmatch(self.org_id):
+            raise ConfigError(f"school.org_id = {self.org_id!r} is not a SEVIS OrgID: use your school code as SEVIS "
+                              "shows it (3 letters, 214F, 8 digits, e.g. ABC214F12345000) or a J program number "
+                              "(P-1-12345)")
+
+    def require_org_id(self) -> str:
+        """The OrgID, or a ConfigError naming the fix: every stage that reports for a school needs it."""
+        if not self.org_id:
+            raise ConfigError("school.org_id is not set: add org_id = \"<your SEVIS school code>\" under [school] "
+                              f"in the config file (or set {ENV_PREFIX}SCHOOL_ORG_ID)")
+        return self.org_id
 
 
 @dataclass(frozen=True)
@@ -184,6 +203,15 @@ class SevisSettings:
     http_timeout_s: float = setting(120.0, "timeout of one upload/download HTTPS request")
     retry_base_s: float = setting(30.0, "first back-off after a network error, HTTP 5xx or S0001 (doubles per try)")
     retry_max_s: float = setting(1800.0, "longest back-off between tries of one upload or download")
+    repost_after_s: float = setting(1800.0, "an upload whose outcome is unknown is posted again (same BatchID) only "
+                                            "after SEVIS answered S0031 for this long since our last POST ...")
+    repost_after_checks: int = setting(3, "... and at least this many times in a row")
+    max_posts: int = setting(3, "most POSTs of one BatchID; past it an unknown outcome waits for the operator")
+    max_response_bytes: int = setting(134217728, "largest HTTPS answer read from SEVIS (the download zip included)")
+    max_unzipped_bytes: int = setting(536870912, "largest total size of the files in a downloaded results zip")
+    max_zip_entries: int = setting(2000, "most files in a downloaded results zip")
+    max_entry_bytes: int = setting(67108864, "largest single file in a results zip (the transaction log included)")
+    max_compression_ratio: float = setting(200.0, "largest uncompressed/compressed ratio of one zip entry")
 
     ENDPOINTS = {
         "test": ("https://egov.ice.gov/sbtsevisbatch/action/batchUpload",
@@ -410,7 +438,7 @@ def describe() -> list[tuple[str, str, str]]:
 
 def example_toml() -> str:
     """A commented sevisflow.toml with every setting at its default (``sevisflow config --example``)."""
-    lines = ["# sevisflow settings. Every key is optional; shown values are the defaults.",
+    lines = ["# sevisflow settings. Every key is optional except those marked REQUIRED; shown values are the defaults.",
              "# Environment variables SEVISFLOW_<SECTION>_<KEY> override this file.", ""]
     for sec in dataclasses.fields(Settings):
         cls = _section_type(sec)

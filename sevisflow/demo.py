@@ -30,6 +30,7 @@ from sevisflow.serde import registry
 from sevisflow.topics import all_topics
 
 REPO = Path(__file__).resolve().parent.parent
+DEMO_ORG_ID = "ZZZ214F99999000"  # the generated school's OrgID (ZZZ: not a real school)
 DEMO_TODAY = date(2026, 10, 5)  # a fixed "today" so every demo run generates the same school
 DSO_USER_ID = "dsodemo001"      # the demo DSO's SEVIS user id (exactly 10 characters)
 
@@ -112,7 +113,7 @@ def step_stack(ctx: DemoContext) -> str:
         "kafka": {"bootstrap_servers": ctx.stack.kafka.bootstrap},
         "postgres": {"host": "127.0.0.1", "port": ctx.stack.postgres.port, "dbname": "sis", "user": "postgres"},
         "connector": {"offsets_dir": str(base / "connector"), "heartbeat.interval.ms": 2000},
-        "school": {"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
+        "school": {"org_id": DEMO_ORG_ID, "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
         "sevis": {"xsd_dir": ctx.xsd_dir, "outbox_dir": str(base / "outbox"),
                   "quarantine_dir": str(base / "quarantine")},
     }

@@ -36,6 +36,9 @@ class KafkaHandle:
 
 
 
+TEST_ORG_ID = "ZZZ214F99999000"  # the test school's OrgID (there is no default: a school must set its own)
+
+
 def make_settings(kafka: KafkaHandle | None = None, pg: PgHandle | None = None, unique: str = "",
                   **sections: dict) -> Settings:
     """Settings pointing at the test stack; per-test topic names when ``unique`` is given."""
@@ -45,6 +48,7 @@ def make_settings(kafka: KafkaHandle | None = None, pg: PgHandle | None = None, 
     if pg:
         raw.setdefault("postgres", {}).update({"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user})
     raw.setdefault("sevis", {}).setdefault("xsd_dir", str(XSD_DIR))
+    raw.setdefault("school", {}).setdefault("org_id", TEST_ORG_ID)
     if unique:
         raw.setdefault("topics", {})
         for name, default in [("students", "sevisflow.students"), ("events", "sevis.events"),

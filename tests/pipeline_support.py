@@ -20,7 +20,7 @@ from sevisflow.cli import main
 from sevisflow.config import Settings, settings_toml
 from sevisflow.kafka_io import read_topic
 from sevisflow.serde import registry
-from tests.helpers import REPO, XSD_DIR
+from tests.helpers import REPO, TEST_ORG_ID, XSD_DIR
 from tests.school_replay import Replay
 
 DSO = "dsotest001"
@@ -39,7 +39,7 @@ def pipeline_raw(kafka: dict[str, Any], pg: Any, unique: str, tmp_path: Path) ->
                       "publication.name": f"pub_{unique}", "name": f"conn-{unique}",
                       "offsets_dir": str(tmp_path / "connector"), "heartbeat.interval.ms": 500,
                       "offset.flush.interval.ms": 200},
-        "school": {"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
+        "school": {"org_id": TEST_ORG_ID, "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
         "sevis": {"xsd_dir": str(XSD_DIR), "outbox_dir": str(tmp_path / "outbox"),
                   "quarantine_dir": str(tmp_path / "quarantine")},
         "topics": topics,

@@ -45,6 +45,7 @@ from connectors.postgres.snapshot import begin_snapshot_transaction, read_chunks
 from sevisflow import __version__
 from sevisflow.config import Settings
 from sevisflow.errors import SevisflowError, TerminalError, TransientError
+from sevisflow.faults import crash_point
 from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer
 from sevisflow.log import get_logger
 from sevisflow.observability import register_probe, unregister_probe
@@ -254,7 +255,9 @@ class ConnectorTask:
         target = self.safe_lsn
         self._flush()
         if target > self.confirmed_lsn and self.repl is not None and self.repl.streaming:
+            crash_point("connector.before_lsn_ack")
             self.repl.send_status(target)
+            crash_point("connector.after_lsn_ack")
             self.confirmed_lsn = target
             self.metrics.confirmed(target)
             self._next_status = time.monotonic() + STATUS_INTERVAL_S
@@ -316,7 +319,9 @@ class ConnectorTask:
                     prog.current, prog.last_key = None, None
                 added = rows - prog.rows
                 prog.rows = rows
+                crash_point("connector.before_snapshot_progress")
                 self.store.save(state)
+                crash_point("connector.after_snapshot_progress")
                 self.metrics.snapshot_progress(added, {"table": prog.current, "rows": rows, "tables_done": len(done),
                                                        "tables": len(prog.tables), "total_estimate": prog.total_estimate,
                                                        "completed": False})
@@ -374,7 +379,9 @@ class ConnectorTask:
         state.snapshot_completed = True
         state.snapshotted_tables = sorted(set(state.snapshotted_tables) | set(prog.tables))
         state.snapshot = None
+        crash_point("connector.before_snapshot_done")
         self.store.save(state)
+        crash_point("connector.after_snapshot_done")
         self.metrics.snapshot_progress(0, {"table": None, "rows": rows, "tables_done": len(prog.tables),
                                            "tables": len(prog.tables), "total_estimate": prog.total_estimate,
                                            "completed": True})

@@ -44,6 +44,7 @@ def events_topics(settings: Settings) -> list[TopicSpec]:
 class EventsStage:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.org_id = settings.school.require_org_id()
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
         key = msg.key()
@@ -59,12 +60,12 @@ class EventsStage:
         raw_prev = state.get(msg.partition(), key)
         prev = orjson.loads(raw_prev) if raw_prev else None
         lineage = list(rec.get("lineage") or [])
-        ctx = Context(self.settings.school.org_id, rec["unit_id"], lineage, rec.get("commit_ts_ms"),
+        ctx = Context(self.org_id, rec["unit_id"], lineage, rec.get("commit_ts_ms"),
                       bool(rec.get("snapshot")))
         out = derive(prev, view, ctx)
         state.put(msg.partition(), key, rec["view_json"].encode())
         outs: list[Output] = []
-        org = self.settings.school.org_id.encode()
+        org = self.org_id.encode()
         for e in out.events:
             outs.append(Output(self.settings.topics.events, org, registry().encode(EVENT_SCHEMA, e)))
         first: dict[str, Any] = lineage[0] if lineage else {}

@@ -226,3 +226,54 @@ def test_postgres_restart_mid_stream_then_wal_level_check(kafka_stack: KafkaHand
 def _slots(dsn: str) -> list[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots")]
+
+
+# Each boundary the connector crosses, crashed just before and just after, in the order one run meets them:
+# the snapshot's progress file (saved only after Kafka acked the chunk), the "snapshot done" state, and the
+# LSN acknowledgement to PostgreSQL (sent only after Kafka acked everything up to it).
+CRASH_SEQUENCE = [
+    "connector.before_snapshot_progress:3", "connector.after_snapshot_progress:2",
+    "connector.before_snapshot_done", "connector.after_snapshot_done",
+    "connector.before_lsn_ack:3", "connector.after_lsn_ack:3",
+]
+
+
+def test_crash_on_both_sides_of_every_connector_boundary_loses_nothing(
+        kafka_stack: KafkaHandle, fresh_db: PgHandle, unique: str, tmp_path: Path) -> None:
+    execute(fresh_db.dsn, "CREATE TABLE k (id int PRIMARY KEY, v int NOT NULL)", "ALTER TABLE k REPLICA IDENTITY FULL",
+            "INSERT INTO k SELECT g, 7 FROM generate_series(1, 6000) g")
+    s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{"table.include.list": ["public.k"],
+                                                                        "snapshot.fetch.size": 500,
+                                                                        "offset.flush.interval.ms": 200})
+    cmd = [sys.executable, "-m", "connectors.postgres"]
+    writer = Writer(fresh_db.dsn)
+    crashed: list[str] = []
+    with open(tmp_path / "connector.log", "ab") as log:
+        try:
+            for point in CRASH_SEQUENCE:
+                env = {**_env(s), "SEVISFLOW_CRASH_AT": point}
+                proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log)
+                if not writer.thread.is_alive() and "lsn_ack" in point:
+                    # streamed changes from here on: the snapshot is complete and the slot exists
+                    wait_until(lambda: s.connector.slot_name in _slots(fresh_db.dsn), 60, "the slot")
+                    writer.thread.start()
+                assert proc.wait(120) == 137, f"{point} was never reached:\n" + \
+                    (tmp_path / "connector.log").read_text()[-3000:]
+                crashed.append(point)
+            proc = subprocess.Popen(cmd, env=_env(s), cwd=tmp_path, stdout=log, stderr=log)
+            time.sleep(2)
+            writer.stop.set()
+            writer.thread.join(30)
+            wait_caught_up(fresh_db.dsn, s.connector.slot_name, timeout=90)
+        finally:
+            writer.stop.set()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0, (tmp_path / "connector.log").read_text()[-3000:]
+    assert crashed == CRASH_SEQUENCE and len(writer.expected) > 50
+    seen, _ = _observed(s)
+    assert set(range(1, 6001)) <= {i for op, i, _ in seen if op == "r"}, "snapshot rows missing after the crashes"
+    stats = _check_complete(writer, s)      # every committed change present; duplicates identical
+    assert stats["unique"] == len(writer.expected)
+    text = (tmp_path / "connector.log").read_text()
+    assert text.count('"event":"crash_point"') == len(CRASH_SEQUENCE)

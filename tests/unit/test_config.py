@@ -115,3 +115,27 @@ def test_connector_metrics_port_moved_to_the_metrics_section(tmp_path, toml):
         settings_from_mapping({}, env={"SEVISFLOW_CONNECTOR_METRICS_PORT": "9400"})
     f.write_text("[metrics]\nport = 9400\n")
     assert load_settings(f, env={}).metrics.port == 9400
+
+
+def test_org_id_has_no_made_up_default_and_a_stage_refuses_to_start_without_it():
+    from processors.sevis_events.stage import EventsStage
+
+    s = settings_from_mapping({}, env={})
+    assert s.school.org_id == ""
+    with pytest.raises(ConfigError, match=r"school.org_id is not set: add org_id = .* under \[school\]"):
+        EventsStage(s)
+    assert EventsStage(settings_from_mapping({"school": {"org_id": "ABC214F12345000"}}, env={})).org_id \
+        == "ABC214F12345000"
+
+
+@pytest.mark.parametrize("org", ["ABC214F12345000", "P-1-12345", "G-7-00001"])
+def test_org_id_accepts_school_codes_and_program_numbers(org):
+    assert settings_from_mapping({"school": {"org_id": org}}, env={}).school.org_id == org
+
+
+@pytest.mark.parametrize("org", ["abc214F12345000", "ABC214F1234500", "ABC214M12345000", "P-5-12345", "ZZZ"])
+def test_org_id_in_the_wrong_format_is_refused_when_the_config_loads(org):
+    with pytest.raises(ConfigError, match="is not a SEVIS OrgID"):
+        settings_from_mapping({"school": {"org_id": org}}, env={"SEVISFLOW_SCHOOL_TIMEZONE": "UTC"})
+    with pytest.raises(ConfigError, match="is not a SEVIS OrgID"):
+        settings_from_mapping({}, env={"SEVISFLOW_SCHOOL_ORG_ID": org})
