@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sevisflow.errors import ConfigError
 
@@ -72,6 +73,12 @@ def setting(default: Any, help: str, alias: str | None = None, choices: tuple[st
     return field(default=default, metadata=meta)
 
 
+def _check_port(where: str, port: int, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ConfigError(f"{where} = {port} is not a TCP port: use {low}–65535")
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap_servers: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma separated", alias="bootstrap.servers")
@@ -92,6 +99,15 @@ class KafkaSettings:
     partitions: int = setting(3, "default partition count for topics sevisflow creates")
     topics_file: str = setting("", "topic specs (TOML) for `sevisflow topics apply`; empty = the built-in deploy/topics.toml")
 
+    def __post_init__(self) -> None:
+        for name in ("partitions", "replication_factor", "min_insync_replicas"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"kafka.{name} = {getattr(self, name)}: must be at least 1")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ConfigError(f"kafka.min_insync_replicas = {self.min_insync_replicas} is more than "
+                              f"kafka.replication_factor = {self.replication_factor}: no write could ever succeed; "
+                              "lower min_insync_replicas")
+
 
 @dataclass(frozen=True)
 class PostgresSettings:
@@ -101,6 +117,9 @@ class PostgresSettings:
     user: str = setting("postgres", "user with REPLICATION and SELECT on the captured tables", alias="database.user")
     password: Secret = setting(Secret(""), "password (or file:/path)", alias="database.password")
     sslmode: str = setting("prefer", "libpq sslmode", alias="database.sslmode")
+
+    def __post_init__(self) -> None:
+        _check_port("postgres.port", self.port)
 
     def conninfo(self, **extra: str) -> str:
         """A libpq conninfo string (the password revealed only here)."""
@@ -171,8 +190,22 @@ class SchoolSettings:
     mapping_file: str = setting("deploy/sis/mapping.toml", "how the SIS tables map to the canonical student")
     close_at: str = setting("", "scheduled daily close, local HH:MM; empty = off")
     close_dso: str = setting("", "SEVIS user id (10 chars) recorded for scheduled closes")
+    dso_user_ids: list[str] = setting([], "SEVIS user ids (10 chars each) of the school's DSOs: the batcher refuses "
+                                          "close/hold/release/report from anyone else")
+    dso_principals: list[str] = setting([], "with Kafka authentication: \"principal=SEVISUSER\" entries, e.g. "
+                                            "\"User:alice=JSMITH0001\"; a DSO command must come from the principal "
+                                            "mapped to its user id (empty = principals are not checked)")
+    default_dso: str = setting("", "SEVIS user id the DSO commands use when --dso is not given (echoed)")
 
     def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"school.timezone = {self.timezone!r} is not a known time zone: use an IANA name "
+                              "such as America/Chicago") from None
+        if self.close_at and not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", self.close_at):
+            raise ConfigError(f"school.close_at = {self.close_at!r}: use local HH:MM (24-hour), e.g. 17:30, "
+                              "or leave it empty for no scheduled close")
         if self.org_id and not ORG_ID_PATTERN.fullmatch(self.org_id):
             raise ConfigError(f"school.org_id = {self.org_id!r} is not a SEVIS OrgID: use your school code as SEVIS "
                               "shows it (3 letters, 214F, 8 digits, e.g. ABC214F12345000) or a J program number "
@@ -247,6 +280,42 @@ class MetricsSettings:
     host: str = setting("0.0.0.0", "address the metrics server listens on")
     stall_after_s: float = setting(120.0, "/health fails when a stage's loop has not turned for this long")
 
+    def __post_init__(self) -> None:
+        _check_port("metrics.port", self.port, allow_zero=True)
+
+
+PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+
+
+@dataclass(frozen=True)
+class AclSettings:
+    """The Kafka principals (SASL user names) of each role, for the ACLs of sevisflow/acls.py."""
+
+    admin: str = setting("sevisflow-admin", "operator principal: applies topics and ACLs (a super user of the "
+                                            "local secure stack; holds no ACL of its own)")
+    connector: str = setting("sevisflow-connector", "principal of the connector stage")
+    normalize: str = setting("sevisflow-normalize", "principal of the normalize stage")
+    events: str = setting("sevisflow-events", "principal of the sevis_events stage")
+    batcher: str = setting("sevisflow-batcher", "principal of the batcher stage")
+    sink_xml: str = setting("sevisflow-sink-xml", "principal of the XML sink")
+    sink_sevis: str = setting("sevisflow-sink-sevis", "principal of the SEVIS sink")
+    dso: list[str] = setting(["sevisflow-dso"], "principals of the DSOs (one per person is best)")
+    auditor: list[str] = setting(["sevisflow-auditor"], "principals of auditors (read only)")
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for role in ("admin", "connector", "normalize", "events", "batcher", "sink_xml", "sink_sevis", "dso",
+                     "auditor"):
+            value = getattr(self, role)
+            for name in (value if isinstance(value, list) else [value]):
+                if not PRINCIPAL_NAME.fullmatch(name):
+                    raise ConfigError(f"acls.{role} = {name!r} is not a principal name: use letters, digits and "
+                                      ". _ @ - (the SASL user name, without 'User:')")
+                if name in seen:
+                    raise ConfigError(f"acls.{role}: {name!r} is also acls.{seen[name]}; give every role its own "
+                                      "principal, or least privilege is lost")
+                seen[name] = role
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -259,6 +328,7 @@ class Settings:
     sevis: SevisSettings = field(default_factory=SevisSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    acls: AclSettings = field(default_factory=AclSettings)
 
     def replace(self, **sections: Mapping[str, Any]) -> "Settings":
         """A copy with some fields changed, e.g. ``replace(kafka={"bootstrap_servers": b})``."""
@@ -288,14 +358,25 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     explicit = path is not None or "SEVISFLOW_CONFIG" in env
     file = Path(path if path is not None else env.get("SEVISFLOW_CONFIG", DEFAULT_CONFIG_FILE))
     raw: dict[str, Any] = {}
+    if file.is_dir():
+        raise ConfigError(f"config path {file} is a folder, not a settings file: pass the file itself "
+                          f"(e.g. --config {file / DEFAULT_CONFIG_FILE})")
     if file.exists():
         try:
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): "
+                              "save the file as UTF-8") from None
+        except PermissionError:
+            raise ConfigError(f"{file}: not readable by this user: fix its owner or mode (it may hold "
+                              "secrets, so 0600 for the user that runs sevisflow)") from None
     elif explicit:
         raise ConfigError(f"config file {file} does not exist (fix the path or unset SEVISFLOW_CONFIG)")
-    return settings_from_mapping(raw, env, origin=str(file))
+    settings = settings_from_mapping(raw, env, origin=str(file))
+    _check_secret_files(settings, str(file))
+    return settings
 
 
 def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, origin: str = "config") -> Settings:
@@ -313,6 +394,22 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
             raise ConfigError(f"{origin}: {sec.name} must be a table [{sec.name}]")
         sections[sec.name] = _build_section(cls, sec.name, values, env, origin)
     return Settings(**sections)
+
+
+def _check_secret_files(settings: Settings, origin: str) -> None:
+    """A ``file:`` secret must exist and be readable when the config loads, not when a client first needs it."""
+    for sec in dataclasses.fields(settings):
+        obj = getattr(settings, sec.name)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, Secret) and value._value.startswith("file:"):
+                path = Path(value._value[5:])
+                if not path.is_file():
+                    raise ConfigError(f"{origin}: {sec.name}.{f.name} names the secret file {path}, which does not "
+                                      "exist: create it or fix the path")
+                if not os.access(path, os.R_OK):
+                    raise ConfigError(f"{origin}: {sec.name}.{f.name}: secret file {path} is not readable by this "
+                                      "user: fix its owner or mode (0600 for the user that runs sevisflow)")
 
 
 def _section_type(sec: dataclasses.Field[Any]) -> type:

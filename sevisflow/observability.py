@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from sevisflow.errors import ConfigError
 from sevisflow.log import get_logger
 
 log = get_logger(__name__)
@@ -356,7 +357,12 @@ class ObservabilityServer:
 
     def start(self) -> "ObservabilityServer":
         handler = type("Handler", (_Handler,), {"routes": self.routes})
-        self._httpd = ThreadingHTTPServer((self.host, self.requested_port), handler)
+        try:
+            self._httpd = ThreadingHTTPServer((self.host, self.requested_port), handler)
+        except OSError as exc:
+            raise ConfigError(f"metrics.port {self.requested_port} on {self.host}: cannot listen ({exc.strerror}); "
+                              "another process (another sevisflow stage?) uses it: pick a free port or 0 to "
+                              "turn the metrics server off") from None
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name=f"observability-{self.port}", daemon=True)

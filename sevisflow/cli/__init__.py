@@ -4,7 +4,9 @@ One module per command group under ``sevisflow/cli/`` exposing
 ``register(subparsers) -> None``; each sets ``func(args) -> int`` on its parser.
 Exit codes: 0 ok; 1 an expected failure (:class:`~sevisflow.errors.SevisflowError`,
 printed as one clear message); 2 an unexpected error (a bug: the traceback is
-printed so it can be reported); 130 interrupted.
+printed so it can be reported); 64 a usage error (an unknown command or option, a
+missing or malformed argument: argparse's message and the usage line); 130 interrupted. Output cut short by its reader (``| head``)
+ends quietly with 0.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import importlib
 import importlib.util
 import sys
 import traceback
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from sevisflow import __version__
 from sevisflow.errors import SevisflowError
@@ -26,16 +28,34 @@ COMMAND_MODULES = [
 ]
 
 EXIT_OK, EXIT_EXPECTED, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_USAGE = 64  # sysexits' EX_USAGE: argparse's own 2 would read as "a bug" (EXIT_UNEXPECTED)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its own exit code for usage errors (sub-commands inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown log level {value!r}: use one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sevisflow",
         description="SIS changes → Kafka → SEVIS batch uploads. Every command has --help.",
     )
     parser.add_argument("--version", action="version", version=f"sevisflow {__version__}")
     parser.add_argument("--config", metavar="FILE", help="settings file (default: $SEVISFLOW_CONFIG or ./sevisflow.toml)")
-    parser.add_argument("--log-level", default="WARNING", help="log level for the JSON logs on stderr (default WARNING)")
+    parser.add_argument("--log-level", default="WARNING", type=_log_level, metavar="LEVEL",
+                        help=f"log level for the JSON logs on stderr: {', '.join(LOG_LEVELS)} (default WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         modname = f"sevisflow.cli.{name}"
@@ -60,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SevisflowError as exc:
         print(f"sevisflow: error: {exc}", file=sys.stderr)
         return EXIT_EXPECTED
+    except BrokenPipeError:  # `sevisflow … | head`: the reader has what it wanted
+        from sevisflow.cli.common import quiet_broken_pipe
+
+        quiet_broken_pipe()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("sevisflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -70,4 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()   # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:  # also `sevisflow --help | head -1`
+        from sevisflow.cli.common import quiet_broken_pipe
+
+        quiet_broken_pipe()
+        code = EXIT_OK
+    sys.exit(code)
