@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from connectors.postgres.convert import PgType, column_mapping
+from connectors.postgres.columns import ColumnPolicy
 from connectors.postgres.envelope import TableMeta
 from sevisflow.errors import ConfigError, TerminalError
 
@@ -179,10 +180,12 @@ def emit_heartbeat(conn: psycopg.Connection[Any], prefix: str, content: str) -> 
 class Catalog:
     """Cached catalog look-ups the decoder needs: key columns, nullability, non-builtin types."""
 
-    def __init__(self, conn: psycopg.Connection[Any], topic_prefix: str, decimal_mode: str) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], topic_prefix: str, decimal_mode: str,
+                 columns: ColumnPolicy | None = None) -> None:
         self.conn = conn
         self.topic_prefix = topic_prefix
         self.decimal_mode = decimal_mode
+        self.columns = columns if columns is not None else ColumnPolicy()
         self._types: dict[int, PgType | None] = {}
 
     def lookup_type(self, oid: int) -> PgType | None:
@@ -252,5 +255,8 @@ class Catalog:
             pk = [k for k in identity_keys if k in names]
         mappings = tuple(column_mapping(oid, typmod, self.lookup_type, self.decimal_mode) for _, oid, typmod in columns)
         optional = tuple(not notnull.get(n, False) and n not in pk for n in names)
+        # varchar(n) / char(n) carry n + 4 in their typmod: a hash mask is cut to the column's length, as Debezium does
+        lengths = [typmod - 4 if oid in (1042, 1043) and typmod > 4 else None for _, oid, typmod in columns]
+        policy = self.columns.for_table(schema, table, names, pk, lengths)
         return TableMeta(schema=schema, table=table, topic=self.topic_for(schema, table), columns=tuple(names),
-                         mappings=mappings, key_columns=tuple(pk), optional=optional, relid=relid)
+                         mappings=mappings, key_columns=tuple(pk), optional=optional, relid=relid, policy=policy)

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Optional, Sequence
 import orjson
 
 from connectors.postgres import convert as cv
+from connectors.postgres.columns import TablePolicy
 from connectors.postgres import decoder as _decoder
 from connectors.postgres.convert import ColumnMapping
 from connectors.postgres.pgoutput import UNCHANGED, Value
@@ -69,6 +70,7 @@ class TableMeta:
     key_columns: tuple[str, ...]               # primary key, in key order; empty = no key (null Kafka key)
     optional: tuple[bool, ...] = ()            # per column: nullable (for schemas.enable)
     relid: int = 0
+    policy: TablePolicy | None = None          # columns excluded or hash-masked (connectors/postgres/columns.py)
     _key_idx: tuple[int, ...] = field(default=(), init=False)
     _convs: tuple[Any, ...] = field(default=(), init=False)
     _conv_items: tuple[Any, ...] = field(default=(), init=False)
@@ -106,7 +108,9 @@ class TableMeta:
         self._fast_keys = all(self._convs[i] is None or self._convs[i] is int for i in self._key_idx)
         # the C event writer emits every column and key column in order: only right when names are unique
         # (a dict would merge duplicates)
-        if len(set(self.columns)) == len(self.columns) and len(set(self.key_columns)) == len(self.key_columns):
+        # (a table with excluded or masked columns takes the generic path: the C writer emits every column as is)
+        if len(set(self.columns)) == len(self.columns) and len(set(self.key_columns)) == len(self.key_columns) \
+                and self.policy is None:
             self._c_names = tuple(orjson.dumps(c) + b":" for c in self.columns)
 
     @property
@@ -199,7 +203,9 @@ def transaction_block_schema() -> dict[str, Any]:
 
 def build_schemas(meta: TableMeta) -> None:
     """Fill ``meta.value_schema`` / ``meta.key_schema`` (Connect JSON schemas) once per table version."""
-    row_fields = [_field(m.schema, c, o) for c, m, o in zip(meta.columns, meta.mappings, meta.optional)]
+    dropped = meta.policy.excluded if meta.policy is not None else frozenset()
+    row_fields = [_field(m.schema, c, o) for c, m, o in zip(meta.columns, meta.mappings, meta.optional)
+                  if c not in dropped]
     row_name = f"{meta.topic}.Value"
     meta.value_schema = {
         "type": "struct", "optional": False, "name": f"{meta.topic}.Envelope", "version": 2,
@@ -293,6 +299,8 @@ class EventBuilder:
         block serialised once per transaction and table (:meth:`_c_context`) and only its LSNs
         written per event. Whatever it declines runs the Python code below.
         """
+        if meta.policy is not None:
+            return None
         c_event = _c_change_event
         if c_event is not None:
             ctx = self._c_ctx(meta, tx)
@@ -462,6 +470,7 @@ class EventBuilder:
         now_us = time.time_ns() // 1000
         ts_ms, ts_ns = now_us // 1000, now_us * 1000
         c_read_row, fields = _c_read_row, meta._fields  # the C decoder's row loop, or None
+        policy = meta.policy
         # the C decoder writes the whole record (without schemas): the envelope around "after" is the same
         # for every row of this call, serialised once
         c_read_event = _c_read_event if not schemas and meta._c_names is not None else None
@@ -496,6 +505,8 @@ class EventBuilder:
                 key = self.key_bytes(meta, {k: after[k] for k in key_columns})
             else:
                 key = dumps({k: after[k] for k in key_columns})
+            if policy is not None:
+                after = policy.apply(after)
             payload = {"before": None, "after": after, "source": src, "transaction": None, "op": "r",
                        "ts_ms": ts_ms, "ts_us": now_us, "ts_ns": ts_ns}
             yield key, (self._value_bytes(meta, payload) if schemas else dumps(payload))
@@ -553,6 +564,8 @@ class EventBuilder:
     def _envelope(self, meta: TableMeta, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
                   tx: TxContext, lsn: int | None, snapshot: str | None = None) -> bytes:
         now_us = self.now_us or time.time_ns() // 1000
+        if meta.policy is not None:
+            before, after = meta.policy.apply(before), meta.policy.apply(after)
         payload = {"before": before, "after": after, "source": self.source(meta, tx, lsn, snapshot),
                    "transaction": self._tx_block(meta, tx), "op": op,
                    "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
@@ -566,7 +579,8 @@ class EventBuilder:
         key = self.key_bytes(meta, meta.key_of(after))
         src = self._read_source(meta, tx, lsn, snapshot)
         now_us = time.time_ns() // 1000
-        payload = {"before": None, "after": after, "source": src, "transaction": None, "op": "r",
+        payload = {"before": None, "after": meta.policy.apply(after) if meta.policy is not None else after,
+                   "source": src, "transaction": None, "op": "r",
                    "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
         return (meta.topic, key, self._value_bytes(meta, payload), None)
 

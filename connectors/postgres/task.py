@@ -32,6 +32,7 @@ import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 
 from connectors.postgres import admin, decoder
+from connectors.postgres.columns import ColumnPolicy
 from connectors.postgres.convert import SESSION_OPTIONS
 from connectors.postgres.envelope import EventBuilder, Record, TableMeta, TxContext
 from connectors.postgres.errors import SlotInUseError, classify
@@ -111,7 +112,8 @@ class ConnectorTask:
             raise classify(exc, "preparing the publication") from exc
         if not tables:
             log.warning("connector.no_tables", include_list=len(c.table_include_list))
-        self.catalog = admin.Catalog(self.query, c.topic_prefix, c.decimal_handling_mode)
+        self.catalog = admin.Catalog(self.query, c.topic_prefix, c.decimal_handling_mode,
+                                     ColumnPolicy.from_settings(c.column_exclude_list, c.column_mask_hash))
         log.info("connector.starting", slot=c.slot_name, publication=c.publication_name, publication_action=pub,
                  tables=tables, snapshot_mode=c.snapshot_mode, slot_exists=slot is not None)
         decoder.log_choice()  # connector.decoder: c or python, once per process

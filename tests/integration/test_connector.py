@@ -6,6 +6,7 @@ Each test has its own database (``fresh_db``), slot, publication, topic prefix a
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import threading
@@ -19,6 +20,7 @@ import pytest
 
 from connectors.postgres.envelope import UNAVAILABLE
 from sevisflow.errors import SevisflowError, TerminalError
+from sevisflow.kafka_io import read_topic
 from tests.helpers import KafkaHandle, PgHandle
 from tests.integration.connector_support import (
     RunningConnector, by_partition, current_lsn, changes, connector_settings, events, execute, slot_confirmed, wait_caught_up,
@@ -313,3 +315,32 @@ def test_bad_configuration_gives_clear_errors(kafka_stack: KafkaHandle, fresh_db
     with pytest.raises(SevisflowError, match="not a valid regular expression"):
         run_to_end(bad)
     execute(fresh_db.dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+def test_excluded_and_hash_masked_columns_never_reach_the_change_topics(
+        kafka_stack: KafkaHandle, fresh_db: PgHandle, unique: str, tmp_path: Path) -> None:
+    execute(fresh_db.dsn, "CREATE TABLE person (id int PRIMARY KEY, name text, born date, passport_no varchar(12))",
+            "ALTER TABLE person REPLICA IDENTITY FULL",
+            "INSERT INTO person VALUES (1, 'Ana', '1990-05-01', 'X1234567')")
+    salt = "k3ep-0ff"
+    s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{
+        "table.include.list": ["public.person"], "column.exclude.list": [r"public\.person\.born"],
+        f"column.mask.hash.v2.SHA-256.with.salt.{salt}": r"public\.person\.passport_no"})
+    with RunningConnector(s):
+        wait_streaming(s)
+        execute(fresh_db.dsn, "INSERT INTO person VALUES (2, 'Bo', '1991-06-02', 'Y7654321')",
+                "UPDATE person SET name = 'Ana B', passport_no = 'Z1111111' WHERE id = 1",
+                "DELETE FROM person WHERE id = 2")
+        wait_caught_up(fresh_db.dsn, s.connector.slot_name)
+    evs = [v for _, _, _, v in events(s, f"{s.connector.topic_prefix}.public.person") if v is not None]
+    assert [e["op"] for e in evs] == ["r", "c", "u", "d"]
+
+    def masked(v: str) -> str:
+        return hashlib.sha256((salt + v).encode()).hexdigest()[:12]    # cut to varchar(12)
+
+    rows = [r for e in evs for r in (e["before"], e["after"]) if r is not None]
+    assert all(set(r) == {"id", "name", "passport_no"} for r in rows)           # born: never on the topic
+    assert [r["passport_no"] for r in rows] == [masked("X1234567"), masked("Y7654321"), masked("X1234567"),
+                                                masked("Z1111111"), masked("Y7654321")]
+    raw = b"".join(m.value() or b"" for m in read_topic(s.kafka, f"{s.connector.topic_prefix}.public.person"))
+    assert b"1990" not in raw and b"X1234567" not in raw and b"Z1111111" not in raw
