@@ -16,6 +16,7 @@ each field's ``alias`` says which.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -176,6 +177,12 @@ class ConnectorSettings:
     slot_retry_delay_ms: int = setting(10000, "wait between those attempts", alias="slot.retry.delay.ms")
     errors_max_retries: int = setting(-1, "restarts after transient errors (PostgreSQL/Kafka down); -1 = no limit",
                                       alias="errors.max.retries")
+    column_exclude_list: list[str] = setting(
+        [], "columns never sent to the change topics: regular expressions on schema.table.column",
+        alias="column.exclude.list")
+    column_mask_hash: dict[str, str] = setting(
+        {}, "hash-masked columns, written with Debezium's key names: "
+            '"column.mask.hash.v2.SHA-256.with.salt.<salt>" = "<regex on schema.table.column>, …"')
 
 
 # SEVIS's OrganizationIDType: a school code (F/M schools) or an exchange-visitor program number.
@@ -190,6 +197,9 @@ class SchoolSettings:
     mapping_file: str = setting("deploy/sis/mapping.toml", "how the SIS tables map to the canonical student")
     close_at: str = setting("", "scheduled daily close, local HH:MM; empty = off")
     close_dso: str = setting("", "SEVIS user id (10 chars) recorded for scheduled closes")
+    close_early_when_due: bool = setting(False, "with close_at: also close at once (a scheduled close, not "
+                                                "reviewed) when a ready record would be overdue before the next "
+                                                "scheduled close ([deadlines] rules)")
     dso_user_ids: list[str] = setting([], "SEVIS user ids (10 chars each) of the school's DSOs: the batcher refuses "
                                           "close/hold/release/report from anyone else")
     dso_principals: list[str] = setting([], "with Kafka authentication: \"principal=SEVISUSER\" entries, e.g. "
@@ -206,6 +216,9 @@ class SchoolSettings:
         if self.close_at and not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", self.close_at):
             raise ConfigError(f"school.close_at = {self.close_at!r}: use local HH:MM (24-hour), e.g. 17:30, "
                               "or leave it empty for no scheduled close")
+        if self.close_early_when_due and not self.close_at:
+            raise ConfigError("school.close_early_when_due = true needs school.close_at (the scheduled close it "
+                              "runs ahead of): set close_at, or turn close_early_when_due off")
         if self.org_id and not ORG_ID_PATTERN.fullmatch(self.org_id):
             raise ConfigError(f"school.org_id = {self.org_id!r} is not a SEVIS OrgID: use your school code as SEVIS "
                               "shows it (3 letters, 214F, 8 digits, e.g. ABC214F12345000) or a J program number "
@@ -238,13 +251,21 @@ class SevisSettings:
     retry_max_s: float = setting(1800.0, "longest back-off between tries of one upload or download")
     repost_after_s: float = setting(1800.0, "an upload whose outcome is unknown is posted again (same BatchID) only "
                                             "after SEVIS answered S0031 for this long since our last POST ...")
-    repost_after_checks: int = setting(3, "... and at least this many times in a row")
+    repost_after_checks: int = setting(3, "... and at least this many times since that POST")
     max_posts: int = setting(3, "most POSTs of one BatchID; past it an unknown outcome waits for the operator")
     max_response_bytes: int = setting(134217728, "largest HTTPS answer read from SEVIS (the download zip included)")
     max_unzipped_bytes: int = setting(536870912, "largest total size of the files in a downloaded results zip")
     max_zip_entries: int = setting(2000, "most files in a downloaded results zip")
     max_entry_bytes: int = setting(67108864, "largest single file in a results zip (the transaction log included)")
     max_compression_ratio: float = setting(200.0, "largest uncompressed/compressed ratio of one zip entry")
+
+    def __post_init__(self) -> None:
+        for key in ("max_posts", "max_response_bytes", "max_unzipped_bytes", "max_zip_entries", "max_entry_bytes",
+                    "max_compression_ratio", "repost_after_checks"):
+            if not getattr(self, key) >= 1:
+                raise ConfigError(f"sevis.{key} = {getattr(self, key)!r} must be at least 1")
+        if self.repost_after_s < 0:
+            raise ConfigError(f"sevis.repost_after_s = {self.repost_after_s!r} must not be negative")
 
     ENDPOINTS = {
         "test": ("https://egov.ice.gov/sbtsevisbatch/action/batchUpload",
@@ -271,6 +292,9 @@ class TopicSettings:
     results: str = setting("sevis.results", "per-record SEVIS results")
     open_batches: str = setting("sevis.batch.open", "compacted open batch per school (what `batch show` reads)")
     dlq: str = setting("sevisflow.dlq", "dead letters with reason and source position")
+    worklist: str = setting("sevis.worklist", "the DSO worklist's done marks (who, when, note)")
+    ledger: str = setting("sevis.audit.ledger", "compacted: the audit ledger's head, anchored by the sinks "
+                                                    "each time they seal (verify checks the ledger file against it)")
 
 
 @dataclass(frozen=True)
@@ -303,6 +327,9 @@ class AclSettings:
     auditor: list[str] = setting(["sevisflow-auditor"], "principals of auditors (read only)")
 
     def __post_init__(self) -> None:
+        # stage roles may share a principal (it gets the union: `sevisflow run` in one process);
+        # a DSO, an auditor and the admin never share one with anybody else
+        kind = {"admin": "admin", "dso": "dso", "auditor": "auditor"}
         seen: dict[str, str] = {}
         for role in ("admin", "connector", "normalize", "events", "batcher", "sink_xml", "sink_sevis", "dso",
                      "auditor"):
@@ -311,10 +338,24 @@ class AclSettings:
                 if not PRINCIPAL_NAME.fullmatch(name):
                     raise ConfigError(f"acls.{role} = {name!r} is not a principal name: use letters, digits and "
                                       ". _ @ - (the SASL user name, without 'User:')")
-                if name in seen:
-                    raise ConfigError(f"acls.{role}: {name!r} is also acls.{seen[name]}; give every role its own "
-                                      "principal, or least privilege is lost")
-                seen[name] = role
+                if name in seen and (kind.get(role, "stage") != kind.get(seen[name], "stage") or role in kind):
+                    raise ConfigError(f"acls.{role}: {name!r} is also acls.{seen[name]}; a DSO, an auditor and the "
+                                      "admin each need a principal of their own, or least privilege is lost")
+                seen.setdefault(name, role)
+
+
+@dataclass(frozen=True)
+class DeadlineSettings:
+    limits: dict[str, int] = setting(
+        {}, "legal limits in days to override, by rule (name_address, program_change, dependents, status_end, "
+            "discipline, registration), e.g. a stricter internal target: { name_address = 14 }")
+    soon_days: int = setting(7, "a record due within this many days is 'soon'")
+    urgent_days: int = setting(2, "a record due within this many days is 'urgent'")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.urgent_days <= self.soon_days:
+            raise ConfigError(f"deadlines: urgent_days = {self.urgent_days} and soon_days = {self.soon_days}: "
+                              "use 0 ≤ urgent_days ≤ soon_days")
 
 
 @dataclass(frozen=True)
@@ -328,6 +369,7 @@ class Settings:
     sevis: SevisSettings = field(default_factory=SevisSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     acls: AclSettings = field(default_factory=AclSettings)
 
     def replace(self, **sections: Mapping[str, Any]) -> "Settings":
@@ -444,6 +486,12 @@ def _build_section(cls: type, section: str, values: Mapping[str, Any], env: Mapp
             by_key[f.metadata["alias"]] = f
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
+        if section == "connector" and key.startswith("column.mask.hash."):
+            # Debezium spells the algorithm and the salt inside the key name: collect such keys into one setting
+            if not isinstance(value, str):
+                raise ConfigError(f"{origin}: connector.{key}: expected a comma-separated list of column patterns")
+            kwargs.setdefault("column_mask_hash", {})[key] = value
+            continue
         f = by_key.get(key)
         if f is None:
             moved = _moved(section, key, f"{origin}: {section}.{key}")
@@ -502,6 +550,14 @@ def _coerce(value: Any, typ: Any, where: str, f: dataclasses.Field[Any], from_en
             if choices and value not in choices:
                 raise ConfigError(f"{where} = {value!r} is not allowed; use one of: {', '.join(choices)}")
             return value
+        if origin is dict:
+            if from_env and isinstance(value, str):
+                value = json.loads(value)
+            item_type = typing.get_args(typ)[1]
+            if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, item_type)
+                                               and not isinstance(v, bool) for k, v in value.items()):
+                return dict(value)
+            raise TypeError
         if origin is list:
             if from_env and isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
@@ -569,4 +625,6 @@ def _toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

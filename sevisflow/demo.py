@@ -113,7 +113,8 @@ def step_stack(ctx: DemoContext) -> str:
         "kafka": {"bootstrap_servers": ctx.stack.kafka.bootstrap},
         "postgres": {"host": "127.0.0.1", "port": ctx.stack.postgres.port, "dbname": "sis", "user": "postgres"},
         "connector": {"offsets_dir": str(base / "connector"), "heartbeat.interval.ms": 2000},
-        "school": {"org_id": DEMO_ORG_ID, "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
+        "school": {"org_id": DEMO_ORG_ID, "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml"),
+                   "dso_user_ids": [DSO_USER_ID]},
         "sevis": {"xsd_dir": ctx.xsd_dir, "outbox_dir": str(base / "outbox"),
                   "quarantine_dir": str(base / "quarantine")},
     }
@@ -261,8 +262,8 @@ def step_dso_review(ctx: DemoContext) -> str:
     """The DSO reviews the open batch: `sevisflow batch show`."""
     import orjson
 
-    shown = _cli(ctx, "batch", "show").stdout.rstrip().splitlines()
-    _say("    $ sevisflow batch show   (the DSO's terminal; first lines)")
+    shown = _cli(ctx, "batch", "show", "--width", "100").stdout.rstrip().splitlines()
+    _say("    $ sevisflow batch show   (the DSO's terminal, 100 columns; first lines)")
     for line in shown[:14]:
         _say(f"      {line}")
     if len(shown) > 14:
@@ -274,9 +275,10 @@ def step_dso_review(ctx: DemoContext) -> str:
 
 
 def step_dso_close(ctx: DemoContext) -> str:
-    """The DSO closes what they reviewed: `sevisflow batch close --dso <SEVIS user id>`."""
-    out = _cli(ctx, "batch", "close", "--dso", DSO_USER_ID, "--timeout", "60").stdout
-    _say(f"    $ sevisflow batch close --dso {DSO_USER_ID}")
+    """The DSO closes what they reviewed: `sevisflow batch close --revision N --dso <SEVIS user id>`."""
+    revision = str(ctx.facts["open_batch"]["revision"])  # the revision `batch show` displayed in the review step
+    out = _cli(ctx, "batch", "close", "--revision", revision, "--dso", DSO_USER_ID, "--timeout", "60").stdout
+    _say(f"    $ sevisflow batch close --revision {revision} --dso {DSO_USER_ID}")
     for line in out.rstrip().splitlines():
         _say(f"      {line}")
     import re

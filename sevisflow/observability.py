@@ -89,6 +89,17 @@ class _Families:
         self.remote_answers = Counter("sevisflow_remote_answers", "answers of a remote service (SEVIS) by operation "
                                       "(upload, probe, download, process) and result code (S0000, S0010, …)",
                                       ["stage", "op", "code"], registry=r)
+        # the DSO's worklist, from the batcher's open batch and kept batches (processors/batcher/gauges.py)
+        self.deadline_records = Gauge("sevisflow_deadline_records", "open-batch records by legal deadline band "
+                                      "(overdue, urgent, soon, ok; none = no legal limit)", ["stage", "band"],
+                                      registry=r)
+        self.oldest_ready = Gauge("sevisflow_oldest_ready_record_age_seconds", "age of the oldest record ready to "
+                                  "send, from the SIS change that started its legal clock (0 = none)", ["stage"],
+                                  registry=r)
+        self.rejections_open = Gauge("sevisflow_rejections_open", "records SEVIS rejected and no later batch got "
+                                     "accepted (resent ones included until accepted)", ["stage"], registry=r)
+        self.oldest_rejection = Gauge("sevisflow_oldest_open_rejection_age_seconds", "age of the oldest open SEVIS "
+                                      "rejection, from its result (0 = none)", ["stage"], registry=r)
 
 
 _FAMILIES: dict[int, _Families] = {}
@@ -155,6 +166,15 @@ class StageMetrics:
 
     def slot_lag(self, slot: str, lag_bytes: int) -> None:
         self._f.slot_lag.labels(self.stage, slot).set(lag_bytes)
+
+    def worklist(self, by_band: Mapping[str, int], oldest_ready_s: float, rejections_open: int,
+                 oldest_rejection_s: float) -> None:
+        """Set the worklist gauges (counts and ages only: no student is named)."""
+        for band, n in by_band.items():
+            self._f.deadline_records.labels(self.stage, band).set(n)
+        self._f.oldest_ready.labels(self.stage).set(oldest_ready_s)
+        self._f.rejections_open.labels(self.stage).set(rejections_open)
+        self._f.oldest_rejection.labels(self.stage).set(oldest_rejection_s)
 
     def remote_answer(self, op: str, code: str) -> None:
         """Count a remote service's answer by its result code (a code such as S0000, never a message)."""

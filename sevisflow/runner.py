@@ -10,7 +10,17 @@ backoff (``restart_base_s`` doubling up to ``restart_max_s``, at least the error
 and each restart is logged as ``stage.restarting`` with the stage name and the error *class* only
 (messages may quote data). A stage that ran for ``restart_reset_s`` without failing starts its
 backoff from the beginning again. Any other error (``TerminalError``, a bug) stops the others too
-and is reported, so a half-running pipeline never hides.
+and is reported, so a half-running pipeline never hides: until the process ends, ``/health`` is
+false and names the failed stage.
+
+Second instance with the same identity: a stage whose loop raises
+:class:`~sevisflow.kafka_io.InstanceFenced` (another process started with the same
+``transactional.id``/``group.instance.id`` and fenced it) becomes a **passive standby**: it is
+not restarted at once (that would fence the other back, and so on), ``/ready`` says
+``standby`` (``/health`` stays true), and every ``standby_check_s`` it asks the group whether a
+member with its identity is still there; only when none is (the active one stopped or died and its
+session timed out) does it start again and take over. So the newest instance is the active one,
+and two instances never fence each other in a loop.
 """
 
 from __future__ import annotations
@@ -23,8 +33,9 @@ from typing import Any, Callable
 
 from sevisflow.config import Settings
 from sevisflow.errors import TransientError
+from sevisflow.kafka_io import InstanceFenced
 from sevisflow.log import get_logger
-from sevisflow.observability import serve_for
+from sevisflow.observability import register_probe, serve_for, unregister_probe
 
 log = get_logger(__name__)
 
@@ -52,6 +63,10 @@ class StageThread:
     """How often the stage was started again after a transient error."""
     last_transient: str | None = None
     """Class name of the last transient error the stage was restarted after."""
+    standbys: int = 0
+    """How often the stage was fenced by another instance of the same identity and stood by."""
+    standby: bool = False
+    """True while the stage waits as a passive standby."""
 
 
 @dataclass
@@ -66,6 +81,8 @@ class Pipeline:
     restart_base_s: float = 1.0
     restart_max_s: float = 30.0
     restart_reset_s: float = 120.0
+    standby_check_s: float = 15.0
+    """How often a standby stage asks whether the active instance of its identity is gone."""
     functions: dict[str, Callable[[Settings, threading.Event], None]] = field(default_factory=dict)
     """Stage functions by name instead of :data:`STAGES` (tests)."""
     serve_metrics: bool = True
@@ -89,6 +106,10 @@ class Pipeline:
             try:
                 fn(self.settings, self.stop_event)
                 return
+            except InstanceFenced as exc:
+                if self.stop_event.is_set() or not self._stand_by(holder, exc):
+                    return
+                attempt = 0
             except TransientError as exc:
                 if self.stop_event.is_set():
                     log.info("stage.stopped_after_error", stage=holder.name, error=type(exc).__name__)
@@ -104,8 +125,29 @@ class Pipeline:
             except BaseException as exc:  # noqa: BLE001 - reported by failed()/stop()
                 holder.error = exc
                 log.error("stage.failed", stage=holder.name, error=type(exc).__name__, detail=str(exc)[:500])
+                why = f"stage {holder.name} failed: {type(exc).__name__}"
+                register_probe(f"stage:{holder.name}", lambda: (False, why), lambda: (False, why))
                 self.stop_event.set()
                 return
+
+    def _stand_by(self, holder: StageThread, fenced: InstanceFenced) -> bool:
+        """Wait, passive, until no live member holds the stage's identity; False when asked to stop."""
+        holder.standbys += 1
+        holder.standby = True
+        probe = f"stage:{holder.name}:standby"
+        why = f"standby: {fenced.instance_id} is active in another process"
+        register_probe(probe, lambda: (True, "ok"), lambda: (False, why))
+        log.warning("stage.standby", stage=holder.name, instance=fenced.instance_id, group=fenced.group_id,
+                    check_every_s=self.standby_check_s, standbys=holder.standbys, detail=str(fenced)[:500])
+        try:
+            while not self.stop_event.wait(self.standby_check_s):
+                if not fenced.identity_in_use():
+                    log.warning("stage.taking_over", stage=holder.name, instance=fenced.instance_id)
+                    return True
+            return False
+        finally:
+            holder.standby = False
+            unregister_probe(probe)
 
     def backoff_s(self, attempt: int, retry_after_s: float = 0.0) -> float:
         """Seconds to wait before restart number ``attempt`` (1, 2, …) of a stage."""
@@ -130,4 +172,6 @@ class Pipeline:
         if self.server:
             self.server.stop()
             self.server = None
+        for t in self.threads:
+            unregister_probe(f"stage:{t.name}")
         return self.failed()

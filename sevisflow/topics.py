@@ -40,7 +40,7 @@ AUDIT_RETENTION_MS = str(7 * 365 * DAY_MS)
 DLQ_RETENTION_MS = str(90 * DAY_MS)
 DEFAULT_TOPICS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "topics.toml"
 
-PIPELINE_KEYS = ("students", "events", "commands", "batches", "results", "dlq", "open_batches")
+PIPELINE_KEYS = ("students", "events", "commands", "batches", "results", "dlq", "open_batches", "worklist", "ledger")
 
 # Processors declare their own state changelog topics next to their code; listed here so
 # `topics apply` and the Kubernetes manifests cover them. A module not there yet is skipped.

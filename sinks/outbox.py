@@ -3,24 +3,33 @@
 Layout (all folders 0700, all files 0600; ``<day>`` is the close day in the
 school's time zone, ``<B>`` the BatchID made file-name safe)::
 
-    <outbox_dir>/<day>/ready/<B>/        validated, never sent      <B>.xml  manifest.json
-                      /sending/<B>/      an upload was attempted;   + state.json
-                                         outcome not known yet
-                      /uploaded/<B>/     SEVIS accepted it (S0000); + upload-response.xml
-                                         waiting for results
-                      /processed/<B>/    results downloaded and     + results/sevis_transaction_log.xml,
-                                         published                    results/*.pdf
-                      /failed/<B>/       SEVIS refused the whole    + reason.json
-                                         file; records re-queued
-    <quarantine_dir>/<day>/<B>/          failed XSD validation      <B>.xml  manifest.json  problems.json
+    <outbox_dir>/.sink-sevis.lock        held (flock) by the one running SEVIS sink: pid, host, since
+    <outbox_dir>/audit-ledger.jsonl      the audit ledger (sevisflow.audit.ledger): what each batch folder
+                                         held, sealed by the sinks; never rewritten
+    <outbox_dir>/<day>/ready/<B>/        validated, never posted            <B>.xml  manifest.json
+                      /sending/<B>/      posted (or about to be): SEVIS's    + post-<n>.json, post-<n>.answer.json
+                                         answer decides; never re-posted       (append-only evidence), state.json
+                                         unless the evidence proves SEVIS
+                                         did not take it
+                      /uploaded/<B>/     SEVIS has it (S0000, S0030 or a     + upload-response.xml (when answered)
+                                         zip): only ever downloaded
+                      /processed/<B>/    results downloaded and published    + results/sevis_transaction_log.xml,
+                                                                               results/*.pdf
+                      /failed/<B>/       SEVIS provably did not take it;     + reason.json
+                                         records re-queued
+    <quarantine_dir>/<day>/<B>/          failed XSD validation               <B>.xml  manifest.json  problems.json
                                          (never uploadable)
 
-Every state change is one ``rename`` of the batch folder, so a crash leaves the
-batch in exactly one state. Operators inspect with ``ls`` and re-drive a batch by
-moving its folder (e.g. ``failed/`` → ``ready/`` after fixing a certificate).
-New batch folders are assembled under ``<day>/.tmp/`` (files written, fsynced)
-and renamed into ``ready/`` (or the quarantine) in one step.
+One source of truth: every state change is one ``rename`` of the batch folder, so a
+crash leaves the batch in exactly one state, and states only move forward (:meth:`Outbox.move`
+refuses e.g. ``processed`` → ``ready``). Inside a folder, the ``post-*`` files are
+append-only evidence (created with O_EXCL, never rewritten) that the uploader reads to
+decide what a ``sending/`` batch needs; ``state.json`` holds only timing and display
+data (next check, counts, history): deleting it changes *when* the next step happens,
+never *what* it is. New batch folders are assembled under ``<day>/.tmp/`` (files
+written, fsynced) and renamed into ``ready/`` (or the quarantine) in one step.
 """
+
 
 from __future__ import annotations
 
@@ -29,16 +38,24 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 from zoneinfo import ZoneInfo
 
+from sevisflow.errors import TerminalError
+
 STATES = ("ready", "sending", "uploaded", "processed", "failed")
+_FORWARD = {"ready": {"sending", "uploaded", "processed", "failed"}, "sending": {"uploaded", "processed", "failed"},
+            "uploaded": {"processed"}}
+"""The state moves there are (forward only); anything else (e.g. processed → ready) is refused by :meth:`Outbox.move`."""
 MANIFEST = "manifest.json"
 STATE_FILE = "state.json"
+LOCK_FILE = ".sink-sevis.lock"
 _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -80,6 +97,53 @@ def write_private(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def copy_private(path: Path, source: BinaryIO, limit: int, what: str) -> int:
+    """Stream ``source`` into a new 0600 file, at most ``limit`` bytes; returns the size.
+
+    Raises :class:`ValueError` naming ``what`` when the source is longer (the file is removed):
+    used to unpack downloads without ever holding a whole member in memory."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    size = 0
+    try:
+        os.fchmod(fd, 0o600)
+        while True:
+            chunk = source.read(min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"{what} is larger than {limit} bytes")
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return size
+
+
+def create_evidence(path: Path, data: bytes) -> bool:
+    """Create an append-only evidence file (O_EXCL, fsynced, folder fsynced); False if it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+    return True
 
 
 def replace_private(path: Path, data: bytes) -> None:
@@ -215,6 +279,10 @@ class Outbox:
         """Change a batch's state: one rename of its folder."""
         if state not in STATES:
             raise ValueError(f"unknown outbox state {state!r}")
+        if not _FORWARD.get(batch.state, set()) >= {state}:
+            raise ValueError(f"batch {batch.name} ({batch.day}): moving it from {batch.state}/ to {state}/ goes "
+                             "backwards; the outbox only moves forward "
+                             "(ready → sending → uploaded → processed, sending → failed)")
         target_parent = self.root / batch.day / state
         _mkdir(target_parent)
         target = target_parent / batch.name
@@ -222,3 +290,62 @@ class Outbox:
         _fsync_dir(target_parent)
         _fsync_dir(batch.path.parent)
         return BatchDir(target, batch.day, state)
+
+
+class OutboxLocked(TerminalError):
+    """Another SEVIS sink holds the outbox (raised with its pid and host)."""
+
+
+class OutboxLock:
+    """An exclusive ``flock`` on ``<outbox_dir>/.sink-sevis.lock``: one SEVIS sink per outbox.
+
+    Why an OS lock: it is released by the kernel when the holder dies (kill -9 included), so
+    a crash never leaves a stale lock, and a second sink on the same outbox (another host on
+    a shared volume with working flock, or a second process) is refused at start instead of
+    racing the first one on the same batches. The file says who holds it, for the error."""
+
+    def __init__(self, outbox_dir: str | Path, role: str = "sink-sevis") -> None:
+        self.path = Path(outbox_dir) / LOCK_FILE
+        self.role = role
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutboxLock":
+        import fcntl
+
+        _mkdir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            os.close(fd)
+            since = holder.get("since")
+            raise OutboxLocked(
+                f"the outbox {self.path.parent} is in use by another SEVIS sink ({holder.get('role', '?')}, pid "
+                f"{holder.get('pid', '?')} on host {holder.get('host', '?')}"
+                + (f", since {datetime.fromtimestamp(since, tz=timezone.utc).isoformat(timespec='seconds')}"
+                   if isinstance(since, (int, float)) else "")
+                + "): stop it first; two uploaders on one outbox could post a batch twice") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"role": self.role, "pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": round(time.time(), 3)}).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "OutboxLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -26,6 +26,7 @@ events = "sevis.events.{unique}"
 batches = "sevis.batches.{unique}"
 commands = "sevis.batch.commands.{unique}"
 results = "sevis.results.{unique}"
+ledger = "sevis.audit.ledger.{unique}"
 [sevis]
 outbox_dir = "{tmp_path / 'outbox'}"
 quarantine_dir = "{tmp_path / 'quarantine'}"

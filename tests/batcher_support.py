@@ -37,15 +37,16 @@ def setup_topics(settings) -> None:
     ensure_topics(settings.kafka, pipeline_topics(settings) + batcher_topics(settings))
 
 
-def write_config(settings, path: Path) -> Path:
+def write_config(settings, path: Path, school_extra: str = "") -> Path:
+    """The DSO's sevisflow.toml for the CLI (``school_extra``: more [school] lines, e.g. default_dso)."""
     t = settings.topics
     path.write_text(
         f'[kafka]\nbootstrap_servers = "{settings.kafka.bootstrap_servers}"\n'
-        f'[school]\norg_id = "{settings.school.org_id}"\ntimezone = "{settings.school.timezone}"\n'
+        f'[school]\norg_id = "{settings.school.org_id}"\ntimezone = "{settings.school.timezone}"\n{school_extra}'
         f'[sevis]\nxsd_dir = "{settings.sevis.xsd_dir}"\n'
         f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
         f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n'
-        f'open_batches = "{t.open_batches}"\n')
+        f'open_batches = "{t.open_batches}"\nworklist = "{t.worklist}"\n')
     return path
 
 

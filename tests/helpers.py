@@ -37,6 +37,8 @@ class KafkaHandle:
 
 
 TEST_ORG_ID = "ZZZ214F99999000"  # the test school's OrgID (there is no default: a school must set its own)
+TEST_DSO_USER_IDS = ("DSOUSER001", "dsotest001", "JSMITH0001", "dsouser001")
+"""The SEVIS user ids the tests' DSOs use: the batcher refuses commands of anyone not in school.dso_user_ids."""
 
 
 def make_settings(kafka: KafkaHandle | None = None, pg: PgHandle | None = None, unique: str = "",
@@ -49,12 +51,14 @@ def make_settings(kafka: KafkaHandle | None = None, pg: PgHandle | None = None, 
         raw.setdefault("postgres", {}).update({"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user})
     raw.setdefault("sevis", {}).setdefault("xsd_dir", str(XSD_DIR))
     raw.setdefault("school", {}).setdefault("org_id", TEST_ORG_ID)
+    raw["school"].setdefault("dso_user_ids", list(TEST_DSO_USER_IDS))
     if unique:
         raw.setdefault("topics", {})
         for name, default in [("students", "sevisflow.students"), ("events", "sevis.events"),
                               ("commands", "sevis.batch.commands"), ("batches", "sevis.batches"),
                               ("results", "sevis.results"), ("dlq", "sevisflow.dlq"),
-                              ("open_batches", "sevis.batch.open")]:
+                              ("open_batches", "sevis.batch.open"), ("worklist", "sevis.worklist"),
+                              ("ledger", "sevis.audit.ledger")]:
             raw["topics"].setdefault(name, f"{default}.{unique}")
         raw.setdefault("connector", {}).setdefault("topic.prefix", f"sis{unique}")
         raw["connector"].setdefault("slot.name", f"slot_{unique}")
@@ -167,6 +171,6 @@ def stage_env(settings: Settings, metrics_port: int) -> dict[str, str]:
         "SEVISFLOW_METRICS_PORT": str(metrics_port),
         "SEVISFLOW_METRICS_HOST": "127.0.0.1",
         **{f"SEVISFLOW_TOPICS_{k.upper()}": getattr(settings.topics, k)
-           for k in ("students", "events", "commands", "batches", "results", "dlq")},
+           for k in ("students", "events", "commands", "batches", "results", "dlq", "ledger")},
     })
     return env

@@ -9,7 +9,6 @@ module), so importing it pulls in no other module's tests.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ from sevisflow.cli import main
 from sevisflow.config import Settings, settings_toml
 from sevisflow.kafka_io import read_topic
 from sevisflow.serde import registry
+from deploy.sis.replay import canonical_payload, event_content, expected_events
 from tests.helpers import REPO, TEST_ORG_ID, XSD_DIR
-from tests.school_replay import Replay
 
 DSO = "dsotest001"
 
@@ -39,7 +38,8 @@ def pipeline_raw(kafka: dict[str, Any], pg: Any, unique: str, tmp_path: Path) ->
                       "publication.name": f"pub_{unique}", "name": f"conn-{unique}",
                       "offsets_dir": str(tmp_path / "connector"), "heartbeat.interval.ms": 500,
                       "offset.flush.interval.ms": 200},
-        "school": {"org_id": TEST_ORG_ID, "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
+        "school": {"org_id": TEST_ORG_ID, "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml"),
+                   "dso_user_ids": [DSO]},
         "sevis": {"xsd_dir": str(XSD_DIR), "outbox_dir": str(tmp_path / "outbox"),
                   "quarantine_dir": str(tmp_path / "quarantine")},
         "topics": topics,
@@ -60,11 +60,7 @@ def expected_outcome(org_id: str, close_at_ms: int, students: int, share: float,
                      activity: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[str]]:
     """(events, closed records, students with a snapshot Create) the pure pipeline + pure batcher give
     for the reference school (`generate_school(students, share, seed)`) and `activity` SIS transactions."""
-    r = Replay(students=students, share=share, seed=seed, n_activity=activity)
-    events = list(r.snapshot.events)
-    snapshot_creates = {e["student_key"] for e in events if e["kind"] == "Create"}
-    for tx in r.activity:
-        events.extend(r.play(tx).events)
+    events, snapshot_creates = expected_events(students, share, seed, activity)
     state = School(org_id=org_id)
     for ev in events:
         state, _ = apply(state, EventIn({**ev, "org_id": org_id}, at_ms=close_at_ms))
@@ -75,34 +71,9 @@ def expected_outcome(org_id: str, close_at_ms: int, students: int, share: float,
     return events, orjson.loads(closed[0]["records_json"]), snapshot_creates
 
 
-def _commit_date(lineage: list[dict[str, Any]]) -> str | None:
-    ms = max((p.get("commit_ts_ms") or 0 for p in lineage or []), default=0)
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date().isoformat() if ms else None
-
-
-def _payload(payload: Any, lineage: list[dict[str, Any]]) -> bytes:
-    """The payload as canonical JSON, with an I-20 issue date that is the commit date written as such.
-
-    A Create without ``i20_issue_date`` in the SIS takes the source commit's date (derive.py): the pure
-    feed commits at the activity's generated time, the real SIS at the wall clock; both must be *their*
-    commit date, and everything else must be equal."""
-    day = _commit_date(lineage)
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: ("<commit date>" if k == "IssDate" and x == day else walk(x)) for k, x in v.items()}
-        return [walk(x) for x in v] if isinstance(v, list) else v
-    return orjson.dumps(walk(payload), option=orjson.OPT_SORT_KEYS)
-
-
-def event_content(e: dict[str, Any]) -> tuple[Any, ...]:
-    return (e["student_key"], e["kind"], e["coalesce_key"], _payload(orjson.loads(e["payload_json"]), e["lineage"]),
-            len(e["lineage"]))
-
-
 def shape(rec: dict[str, Any]) -> tuple[Any, ...]:
     """What must agree between a real and a pure record (ids, request ids and source positions differ)."""
-    return (rec["record_id"], rec["section"], rec["kind"], _payload(rec["payload"], rec["lineage"]),
+    return (rec["record_id"], rec["section"], rec["kind"], canonical_payload(rec["payload"], rec["lineage"]),
             len(rec["event_ids"]), len(rec["lineage"]))
 
 
@@ -145,7 +116,11 @@ def compare_with_pure(events: list[dict[str, Any]], records: list[dict[str, Any]
 
 def close_with_cli(config: Path, capsys: Any) -> list[str]:
     capsys.readouterr()
-    assert main(["--config", str(config), "batch", "close", "--dso", DSO, "--json", "--timeout", "60"]) == 0
+    # the DSO reviews (`batch show`), then closes exactly the revision shown
+    assert main(["--config", str(config), "batch", "show", "--json"]) == 0
+    revision = orjson.loads(capsys.readouterr().out)["revision"]
+    assert main(["--config", str(config), "batch", "close", "--revision", str(revision), "--dso", DSO, "--json",
+                 "--timeout", "60"]) == 0
     out = orjson.loads(capsys.readouterr().out)
     ids = out.get("batch_ids") or [b["batch_id"] for b in out.get("batches", [])]
     assert ids, out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from sevisflow.audit.ledger import Ledger, LedgerWriter
 from sevisflow.audit.scenario import batcher_run, scenario_records
 from sevisflow.config import KafkaSettings
 from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer
@@ -45,10 +46,16 @@ def main() -> None:
     root = Path(a.outbox)
     outbox = Outbox(root, root.parent / "quarantine", "America/Chicago")
     schema = load_schema(XSD_DIR)
+    # sealed and anchored as the XML sink does it (the anchor on sevis.audit.ledger.v, see docs/AUDIT.md)
+    writer = LedgerWriter(Ledger(root), "sink-xml", "ABC214F12345000")
+    ensure_topics(kafka, [TopicSpec("sevis.audit.ledger.v", 1, 1, {"cleanup.policy": "compact"})])
     for _, value, _ in run["batches"]:
         ev = registry().decode(value)
         if ev["type"] == "closed":
             sink_closed_batch(ClosedBatch.from_event(ev, orjson.loads(ev["records_json"])), schema, outbox)
+            key, head = writer.seal_archive(outbox.find(ev["batch_id"]), ev["batch_id"])
+            producer.produce("sevis.audit.ledger.v", key=key, value=head)
+    assert producer.flush(30) == 0
     print(f"{len(recs)} records produced; outbox {root}")
 
 

@@ -1,7 +1,7 @@
 """The real Debezium PostgreSQL connector (3.6.1.Final) under Kafka Connect standalone, same workload.
 
-Jars come from Maven Central with ``bench/connector/debezium/pom.xml`` (connect-runtime, connect-json
-and debezium-connector-postgres of the versions there), cached in ``~/.cache/sevisflow/debezium-<v>-connect-<v>``.
+Jars come from Maven Central with ``bench/connector/debezium/pom.xml`` through ``deploy/local/debezium.py``
+(the same jars the "bring your own Debezium" test runs), cached in ``~/.cache/sevisflow/debezium-<v>-connect-<v>``.
 Connect is 4.3.0, the Kafka version Debezium 3.6.1 is built against: on connect-runtime 4.4.0 its task
 dies with ``NoClassDefFoundError: org/apache/kafka/common/utils/Sanitizer`` (moved in 4.4.0).
 The worker runs with JsonConverter (schemas.enable=false), file offsets and
@@ -21,31 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-HERE = Path(__file__).resolve().parent
-VERSION = "3.6.1.Final"
-CONNECT_VERSION = "4.3.0"   # the Kafka version Debezium 3.6.1 is built against (see debezium/pom.xml)
-
-
-def jars_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sevisflow" / f"debezium-{VERSION}-connect-{CONNECT_VERSION}"
-    return base / "libs"
-
-
-def ensure_jars() -> Path:
-    libs = jars_dir()
-    if (libs / ".complete").exists():
-        return libs
-    if not shutil.which("mvn"):
-        raise RuntimeError("Maven (mvn) is needed to fetch Debezium's jars")
-    tmp = libs.with_name("libs.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    subprocess.run(["mvn", "-q", "-B", "-f", str(HERE / "debezium" / "pom.xml"), "dependency:copy-dependencies",
-                    f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"], check=True, timeout=900)
-    (tmp / ".complete").write_text(VERSION)
-    shutil.rmtree(libs, ignore_errors=True)
-    tmp.rename(libs)
-    return libs
+from deploy.local.debezium import CONNECT_VERSION, VERSION, ensure_jars, jars_dir  # noqa: F401 - re-exported
 
 
 def _proc_cpu_s(pid: int) -> float:

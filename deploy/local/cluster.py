@@ -52,20 +52,22 @@ DEFAULT_HEAP = "320m"
 class KafkaCluster:
     """``nodes`` combined broker+controller nodes forming one KRaft cluster."""
 
-    def __init__(self, base: Path, nodes: int = 3, security: str = "plaintext", heap: str = DEFAULT_HEAP) -> None:
+    def __init__(self, base: Path, nodes: int = 3, security: str = "plaintext", heap: str = DEFAULT_HEAP,
+                 users: tuple[str, ...] | list[str] = ()) -> None:
         if nodes < 1:
             raise StackError("Kafka cluster", "needs at least one node")
         self.base = base
         self.nodes = nodes
         self.security = security
         self.heap = heap
+        self.users = tuple(users)  # SCRAM users of a secure cluster (sevisflow/acls.py principals)
 
     def start(self, timeout_s: float = 120) -> KafkaInfo:
         """Format every node, start them all at once, wait until each sees all brokers."""
         ensure_kafka_jars()
         root = self.base / "kafka"
         root.mkdir(parents=True, exist_ok=True)
-        security = _Security.prepare(self.security, root)
+        security = _Security.prepare(self.security, root, self.users)
         ports = _distinct_ports(2 * self.nodes)
         voters = ",".join(f"{i + 1}@127.0.0.1:{ports[2 * i + 1]}" for i in range(self.nodes))
         internal_rf = min(3, self.nodes)
@@ -91,7 +93,8 @@ class KafkaCluster:
         info = KafkaInfo(port=first.port, controller_port=first.controller_port, datadir=first.datadir,
                          log=first.log, pid=first.pid, security=self.security, tls_dir=security.tls_dir,
                          sasl_username=CLIENT_USER if self.security != "plaintext" else "",
-                         sasl_password_file=security.client_password_file, nodes=nodes)
+                         sasl_password_file=security.client_password_file, nodes=nodes,
+                         principal_password_files=dict(security.principal_files))
         try:
             for node, proc in zip(nodes, procs):
                 KafkaService._wait_ready(info, proc, Path(node.home), timeout_s=timeout_s,

@@ -17,7 +17,8 @@ service's log tail, see :class:`~sevisflow.errors.StackError`):
    the broker answers metadata requests.
 
 Options: ``kafka_security="sasl_ssl"`` (TLS with client certificates + SASL/SCRAM, the CA and
-certificates made at start by deploy/local/tls.py) and ``kafka_brokers=3`` (a three-node KRaft
+certificates made at start by deploy/local/tls.py; KRaft's StandardAuthorizer with a SCRAM user per
+principal of sevisflow/acls.py and their ACLs applied) and ``kafka_brokers=3`` (a three-node KRaft
 cluster, deploy/local/cluster.py).
 """
 
@@ -35,10 +36,15 @@ import sys
 import tempfile
 import time
 import uuid
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sevisflow.errors import StackError
+
+if TYPE_CHECKING:
+    from sevisflow.config import Settings
 
 HERE = Path(__file__).resolve().parent
 KAFKA_VERSION = "4.4.0"
@@ -266,7 +272,11 @@ def java_bin() -> str:
 SECURITY_MODES = ("plaintext", "sasl_ssl")
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 ADMIN_USER = "admin"
-CLIENT_USER = "sevisflow"
+"""The brokers' own SASL user (inter-broker link): a super user."""
+CLIENT_USER = "sevisflow-admin"
+"""The operator's SASL user (``.env`` of a secure stack: topics apply, acls apply): a super user.
+Stages, DSOs and auditors get their own users and ACLs (``principals/<user>.env``)."""
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
 
 @dataclass
@@ -306,6 +316,8 @@ class KafkaInfo:
     sasl_username: str = ""
     sasl_password_file: str = ""
     nodes: list[KafkaNode] = field(default_factory=list)
+    principal_password_files: dict[str, str] = field(default_factory=dict)
+    """SASL user → its password file (0600), for every principal of the ACL model (secure stacks)."""
 
     @property
     def bootstrap(self) -> str:
@@ -321,14 +333,18 @@ class KafkaInfo:
             return [p for n in self.nodes for p in (n.port, n.controller_port)]
         return [self.port, self.controller_port]
 
-    def kafka_settings(self) -> dict[str, str]:
-        """The ``[kafka]`` settings (sevisflow.config field names) that reach this Kafka.
+    def kafka_settings(self, user: str | None = None) -> dict[str, str]:
+        """The ``[kafka]`` settings (sevisflow.config field names) that reach this Kafka, as the
+        operator (super user) or, with ``user``, as that principal of the ACL model.
 
         The password is passed as ``file:<path>`` so nothing printed or saved holds it.
         """
         out = {"bootstrap_servers": self.bootstrap}
         if self.security == "sasl_ssl":
             tls = Path(self.tls_dir)
+            if user is not None and user not in self.principal_password_files:
+                raise StackError("Kafka principals", f"no SASL user {user!r} in this stack "
+                                 f"(known: {', '.join(sorted(self.principal_password_files))})")
             out.update({
                 "security_protocol": "SASL_SSL",
                 "ssl_ca_location": str(tls / "ca.pem"),
@@ -336,8 +352,8 @@ class KafkaInfo:
                 "ssl_key_location": str(tls / "client.key"),
                 "ssl_key_password": f"file:{tls / 'client.key.password'}",
                 "sasl_mechanism": SCRAM_MECHANISM,
-                "sasl_username": self.sasl_username,
-                "sasl_password": f"file:{self.sasl_password_file}",
+                "sasl_username": user or self.sasl_username,
+                "sasl_password": f"file:{self.principal_password_files[user] if user else self.sasl_password_file}",
             })
         return out
 
@@ -364,9 +380,10 @@ class _Security:
     tls_dir: str = ""
     admin_password: str = ""
     client_password_file: str = ""
+    principal_files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, mode: str, home: Path) -> "_Security":
+    def prepare(cls, mode: str, home: Path, users: tuple[str, ...] | list[str] = ()) -> "_Security":
         if mode not in SECURITY_MODES:
             raise StackError("Kafka security", f"unknown security mode {mode!r}; use one of {', '.join(SECURITY_MODES)}")
         if mode == "plaintext":
@@ -375,12 +392,12 @@ class _Security:
 
         secret_dir = home / "secrets"
         tls = make_tls_files(secret_dir)
-        client_pw = secrets.token_hex(16)
-        pw_file = secret_dir / "sasl.password"
-        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(client_pw)
-        return cls(mode, tls_dir=tls.dir, admin_password=secrets.token_hex(16), client_password_file=str(pw_file))
+        pw_file = _write_secret(secret_dir / "sasl.password", secrets.token_hex(16))
+        # one SCRAM user per principal of the ACL model, each password in its own 0600 file
+        files = {u: str(_write_secret(secret_dir / f"{u}.password", secrets.token_hex(16)))
+                 for u in users if u not in (ADMIN_USER, CLIENT_USER)}
+        return cls(mode, tls_dir=tls.dir, admin_password=secrets.token_hex(16), client_password_file=str(pw_file),
+                   principal_files=files)
 
     def client_password(self) -> str:
         return Path(self.client_password_file).read_text().strip()
@@ -389,8 +406,19 @@ class _Security:
         """``kafka-storage format --add-scram`` arguments: the SCRAM users exist from the first start."""
         if self.mode == "plaintext":
             return []
-        return ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={self.admin_password}]",
+        args = ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={self.admin_password}]",
                 "--add-scram", f"{SCRAM_MECHANISM}=[name={CLIENT_USER},password={self.client_password()}]"]
+        for user, path in sorted(self.principal_files.items()):
+            args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={Path(path).read_text().strip()}]"]
+        return args
+
+
+def _write_secret(path: Path, value: str) -> Path:
+    """Write a secret file 0600 from the start (never world-readable, not even for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return path
 
 
 def broker_properties(node_id: int, port: int, controller_port: int, voters: str, data: Path,
@@ -457,6 +485,13 @@ def broker_properties(node_id: int, port: int, controller_port: int, voters: str
             # mutual TLS on a SASL_SSL listener needs the listener prefix (the bare key applies to SSL listeners only)
             f"listener.name.{listener}.ssl.client.auth": "required",
             "ssl.endpoint.identification.algorithm": "https",
+            # least privilege: KRaft's authorizer, deny what no ACL allows (sevisflow/acls.py gives the ACLs).
+            # Super users: the brokers' own user, the operator, and ANONYMOUS — the principal of the
+            # CONTROLLER listener, which is plaintext on the loopback interface of this local stack only
+            # (brokers register with the controllers over it); the client listener has no anonymous access.
+            "authorizer.class.name": AUTHORIZER,
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{ADMIN_USER};User:{CLIENT_USER};User:ANONYMOUS",
         })
     return props
 
@@ -516,17 +551,19 @@ class KafkaService:
     are created at format time. :meth:`KafkaInfo.kafka_settings` gives the client settings.
     """
 
-    def __init__(self, base: Path, heap: str = "768m", security: str = "plaintext") -> None:
+    def __init__(self, base: Path, heap: str = "768m", security: str = "plaintext",
+                 users: tuple[str, ...] | list[str] = ()) -> None:
         self.base = base
         self.heap = heap
         self.security = security
+        self.users = tuple(users)
 
     def start(self) -> KafkaInfo:
         ensure_kafka_jars()
         home = self.base / "kafka"
         data = home / "data"
         data.mkdir(parents=True, exist_ok=True)
-        security = _Security.prepare(self.security, home)
+        security = _Security.prepare(self.security, home, self.users)
         port, cport = free_port(), free_port()
         while cport == port:
             cport = free_port()
@@ -537,7 +574,8 @@ class KafkaService:
         info = KafkaInfo(port=port, controller_port=cport, datadir=str(data), log=str(log), pid=proc.pid,
                          security=self.security, tls_dir=security.tls_dir,
                          sasl_username=CLIENT_USER if self.security != "plaintext" else "",
-                         sasl_password_file=security.client_password_file)
+                         sasl_password_file=security.client_password_file,
+                         principal_password_files=dict(security.principal_files))
         self._wait_ready(info, proc, home)
         return info
 
@@ -706,12 +744,20 @@ def stacks_root() -> Path:
 
 def start_stack(name: str | None = None, base: Path | None = None, postgres: bool = True, kafka: bool = True,
                 pg_timezone: str = "UTC", progress=print,  # type: ignore[no-untyped-def]
-                kafka_brokers: int = 1, kafka_security: str = "plaintext") -> StackInfo:
+                kafka_brokers: int = 1, kafka_security: str = "plaintext",
+                acl_settings: "Settings | None" = None) -> StackInfo:
     """Start PostgreSQL and/or Kafka in a fresh folder; stop what started if a later step fails.
 
     ``kafka_brokers=3`` starts a three-node KRaft cluster (deploy/local/cluster.py) instead of
-    one node; ``kafka_security="sasl_ssl"`` makes Kafka require TLS + SASL/SCRAM.
+    one node; ``kafka_security="sasl_ssl"`` makes Kafka require TLS + SASL/SCRAM and authorize
+    every request: a SCRAM user per principal of ``acl_settings`` ([acls] and the topic names;
+    default settings when None), their ACLs applied, one ``principals/<user>.env`` each (0600).
     """
+    from sevisflow.acls import principals
+    from sevisflow.config import Settings as _Settings
+
+    acl_settings = acl_settings or _Settings()
+    users = [u for names in principals(acl_settings).values() for u in names] if kafka_security == "sasl_ssl" else []
     name = name or f"stack-{uuid.uuid4().hex[:8]}"
     if base is None:
         root = stacks_root()
@@ -730,17 +776,54 @@ def start_stack(name: str | None = None, base: Path | None = None, postgres: boo
                 from deploy.local.cluster import KafkaCluster
 
                 progress(f"starting Kafka (KRaft, {kafka_brokers} nodes, {kafka_security})…")
-                info.kafka = KafkaCluster(base, nodes=kafka_brokers, security=kafka_security).start()
+                info.kafka = KafkaCluster(base, nodes=kafka_brokers, security=kafka_security, users=users).start()
             else:
                 progress(f"starting Kafka (KRaft, single node, {kafka_security})…")
-                info.kafka = KafkaService(base, security=kafka_security).start()
+                info.kafka = KafkaService(base, security=kafka_security, users=users).start()
             info.save()
             progress(f"  Kafka ready on {info.kafka.bootstrap}")
+            if kafka_security == "sasl_ssl":
+                progress("applying the ACLs of every principal (StandardAuthorizer)…")
+                info.extra["principals_dir"] = str(write_principal_envs(info, acl_settings, progress))
+                info.save()
     except BaseException:
         stop_stack(info, remove=True)
         raise
     info.save()
     return info
+
+
+def apply_stack_acls(info: StackInfo, acl_settings: "Settings") -> Any:
+    """Apply the ACL model of ``acl_settings`` to the stack's Kafka, as its operator (super user)."""
+    from sevisflow.acls import apply_acls
+
+    assert info.kafka is not None
+    kafka = _settings_kafka(info.kafka.kafka_settings())
+    return apply_acls(dataclasses.replace(acl_settings, kafka=kafka))
+
+
+def _settings_kafka(values: dict[str, str]) -> Any:
+    from sevisflow.config import settings_from_mapping
+
+    return settings_from_mapping({"kafka": values}, env={}).kafka
+
+
+def write_principal_envs(info: StackInfo, acl_settings: "Settings", progress=print) -> Path:  # type: ignore[no-untyped-def]
+    """Apply the ACLs, then write ``principals/<user>.env`` (0600): the SEVISFLOW_KAFKA_* settings
+    of each principal, its password as a ``file:`` reference, so a stage runs with its own rights."""
+    from sevisflow.acls import principal_role
+
+    assert info.kafka is not None
+    plan = apply_stack_acls(info, acl_settings)
+    progress(f"  {len(plan.creates)} ACLs created for {len(info.kafka.principal_password_files)} principals")
+    folder = Path(info.base) / "principals"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    roles = principal_role(acl_settings)
+    for user in sorted(info.kafka.principal_password_files):
+        env = {f"SEVISFLOW_KAFKA_{k.upper()}": v for k, v in info.kafka.kafka_settings(user).items()}
+        _write_secret(folder / f"{user}.env", f"# sevisflow principal {user} (role {roles.get(user, '?')})\n"
+                      + "".join(f"export {k}={v}\n" for k, v in env.items()))
+    return folder
 
 
 def stop_stack(info: StackInfo, remove: bool = True) -> None:

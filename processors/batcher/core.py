@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Mapping, Union
 from zoneinfo import ZoneInfo
 
 import orjson
 
-from processors.batcher.ids import batch_id, next_stamp, request_id, user_id_problem
+from processors.batcher.guard import CommandPolicy, malformed, unauthorized, untimely
+from processors.batcher.ids import BATCH_ID_PREFIX, batch_id, next_batch_stamp, request_id, user_id_problem
+from sevisflow.worklist.deadlines import Deadlines, first_change_ms, session_start_of
 
 MAX_PER_SECTION = 250
 """XSD maxOccurs of CreateStudent/Student and UpdateStudent/Student."""
@@ -54,10 +57,15 @@ class School:
     """Last record sequence number handed out (requestIDs derive from it; never reused)."""
     last_stamp: int = 0
     """Stamp of the last BatchID handed out (see ids.py)."""
+    id_prefix: str = BATCH_ID_PREFIX
+    """Letter of the BatchIDs (``S``; the next letter only if a corrupted far-future stamp exhausted it)."""
     open_since: int | None = None
     """Revision of the ``opened`` event of the current open batch, None when nothing is open."""
     sched_date: str | None = None
     """Local date of the last scheduled-close decision (so a day is closed at most once)."""
+    early_rev: int = 0
+    """Revision of the last early-close decision (a ready record due before the next scheduled close):
+    records at or below it were covered by that close, so a tick does not send it twice."""
     held: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     records: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     sevis_ids: Mapping[str, str] = field(default_factory=dict)
@@ -67,7 +75,8 @@ class School:
     def meta(self) -> dict[str, Any]:
         return {"org_id": self.org_id, "revision": self.revision, "seq": self.seq,
                 "last_stamp": self.last_stamp, "open_since": self.open_since,
-                "sched_date": self.sched_date, "held": dict(self.held)}
+                "sched_date": self.sched_date, "held": dict(self.held), "id_prefix": self.id_prefix,
+                "early_rev": self.early_rev}
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,18 @@ class EventIn:
 
 @dataclass(frozen=True)
 class CommandIn:
+    """A BatchCommand, with what the batcher checks it against.
+
+    ``log_ms`` is the command's Kafka timestamp (the time window of ``requested_at_ms`` is checked
+    against it); ``policy`` says who may act (None: not checked, e.g. in pure tests); ``refused`` is a
+    refusal decided outside the core (the stage's clock check, or a refusal ``sevisflow verify`` reads
+    from the log): the command is rejected with that reason.
+    """
+
     command: Mapping[str, Any]
+    log_ms: int | None = None
+    policy: CommandPolicy | None = None
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,8 @@ class Tick:
     timezone: str
     close_at: str
     close_dso: str
+    close_early: Deadlines | None = None
+    """[school] close_early_when_due: the rule table in force (None = never close early)."""
 
 
 Input = Union[EventIn, CommandIn, ResultIn, Tick]
@@ -118,11 +140,17 @@ class SendCommand:
 
 @dataclass(frozen=True)
 class Reject:
-    """Input the batcher cannot use: goes to the DLQ with the reason (no personal data in it)."""
+    """Input the batcher cannot use (or a scheduler notice): goes to the DLQ with the reason (no personal data)."""
 
     code: str
     reason: str
     student_key: str | None = None
+    at_ms: int | None = None       # when the input has no log time (a tick): the clock reading it came from
+    stage: str = "batcher"         # the dead letter's stage (SCHEDULER_STAGE: shown to the DSO)
+
+
+SCHEDULER_STAGE = "scheduler"
+"""Dead-letter stage of the scheduler's notices (a missed daily close): the DSO's worklist shows them."""
 
 
 Output = Union[Publish, SendCommand, Reject]
@@ -180,6 +208,10 @@ def _source(lineage: list[dict[str, Any]]) -> str:
     return f"{last.get('table') or last.get('topic')} (offset {last.get('offset')})"
 
 
+def _short(value: Any) -> str | None:
+    return value[:100] if isinstance(value, str) and value else None
+
+
 # ----------------------------------------------------------------------------- transaction
 
 
@@ -191,8 +223,10 @@ class _Tx:
         self.revision = s.revision
         self.seq = s.seq
         self.last_stamp = s.last_stamp
+        self.id_prefix = s.id_prefix
         self.open_since = s.open_since
         self.sched_date = s.sched_date
+        self.early_rev = s.early_rev
         self.held = s.held
         self.records = s.records
         self.sevis_ids = s.sevis_ids
@@ -210,8 +244,9 @@ class _Tx:
 
     def finish(self) -> School:
         return dataclasses.replace(
-            self.s, revision=self.revision, seq=self.seq, last_stamp=self.last_stamp,
-            open_since=self.open_since, sched_date=self.sched_date, held=self.held, records=self.records,
+            self.s, revision=self.revision, seq=self.seq, last_stamp=self.last_stamp, id_prefix=self.id_prefix,
+            open_since=self.open_since, sched_date=self.sched_date, early_rev=self.early_rev, held=self.held,
+            records=self.records,
             sevis_ids=self.sevis_ids, commands=self.commands, batches=self.batches)
 
     def emit(self, type_: str, at_ms: int, *, record: Mapping[str, Any] | None = None,
@@ -253,9 +288,18 @@ class _Tx:
         return sorted((r for r in self.records.values() if r["student_key"] == student_key),
                       key=lambda r: r["seq"])
 
-    def reject_command(self, cmd: Mapping[str, Any], at_ms: int, reason: str) -> None:
-        self.w("commands")[cmd["command_id"]] = {"kind": cmd.get("kind"), "at_ms": at_ms, "rejected": reason}
-        self.emit("command_rejected", at_ms, command_id=cmd["command_id"], reason=reason, bump=False)
+    def reject_command(self, cmd: Mapping[str, Any], at_ms: int, reason: str, dead_letter: str | None = None) -> None:
+        """Refuse ``cmd`` with ``reason`` (a ``command_rejected`` event the CLI shows); ``dead_letter`` = also
+        send it to the DLQ under that code. A well-formed command's refusal is remembered, so the same
+        command id can never take effect later (a replay after the settings changed); a malformed one is not
+        stored (garbage must not grow the state)."""
+        if malformed(cmd) is None:
+            self.w("commands")[cmd["command_id"]] = {"kind": cmd.get("kind"), "at_ms": at_ms, "rejected": reason}
+        self.emit("command_rejected", at_ms, command_id=str(cmd.get("command_id") or "")[:200], reason=reason,
+                  bump=False)
+        if dead_letter:
+            self.out.append(Reject(dead_letter, f"command {str(cmd.get('command_id'))[:200]!r}: {reason}",
+                                   _short(cmd.get("student_key"))))
 
     def learn_sevis_id(self, student_key: str, sevis_id: str, at_ms: int, why: str) -> None:
         """Remember the student's SEVIS ID and release their waiting updates."""
@@ -297,7 +341,8 @@ def open_view(school: School) -> dict[str, Any]:
         text = None
     return {
         "org_id": school.org_id, "revision": school.revision, "records_json": text, "record_count": len(records),
-        "held": [{"student_key": k, "at_ms": int(v.get("at_ms") or 0), "reason": hold_reason(v.get("by"), v.get("reason"))}
+        "held": [{"student_key": k, "at_ms": int(v.get("at_ms") or 0), "reason": hold_reason(v.get("by"), v.get("reason")),
+                  "by": v.get("by"), "why": v.get("reason")}
                  for k, v in sorted(school.held.items())],
     }
 
@@ -311,11 +356,12 @@ def apply(state: School, inp: Input) -> tuple[School, list[Output]]:
     if isinstance(inp, EventIn):
         _on_event(tx, inp.event, inp.at_ms)
     elif isinstance(inp, CommandIn):
-        _on_command(tx, inp.command)
+        _on_command(tx, inp)
     elif isinstance(inp, ResultIn):
         _on_result(tx, inp.result, inp.at_ms)
     elif isinstance(inp, Tick):
         _on_tick(tx, inp)
+        _early_close(tx, inp)
     else:  # pragma: no cover - programming error
         raise TypeError(f"unknown input {type(inp).__name__}")
     return tx.finish(), tx.out
@@ -345,6 +391,13 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None
 
     event_id = ev["event_id"]
     section = "create" if kind == "Create" else "update"
+    known = tx.sevis_ids.get(student)
+    if (ev.get("origin") == "dso" and section == "update" and ev.get("sevis_id") and known
+            and ev["sevis_id"] != known):
+        tx.out.append(Reject("sevis_id_mismatch", f"event {event_id}: the DSO gave SEVIS ID {ev['sevis_id']} but "
+                             f"{known} is the one known for the student (from SEVIS or the SIS); the event is not "
+                             "used and no open update is re-targeted - resend it with the right ID", student))
+        return
     if ev.get("sevis_id") and section == "update":
         tx.learn_sevis_id(student, ev["sevis_id"], at_ms, f"on event {event_id}")
     sevis_id = None if section == "create" else (ev.get("sevis_id") or tx.sevis_ids.get(student))
@@ -419,6 +472,8 @@ def _on_result(tx: _Tx, res: Mapping[str, Any], at_ms: int) -> None:
         rec = next((r for r in stored["records"] if r.get("request_id") == res.get("request_id")), None)
         if not stored.get("processed"):
             tx.w("batches")[bid] = dict(stored, processed=True)
+        if rec is not None:
+            _note_outcome(tx, bid, rec, res, at_ms)
     student = res.get("student_key") or (rec or {}).get("student_key")
     kind = res.get("kind") or (rec or {}).get("kind")
     if not student or kind != "Create":
@@ -435,15 +490,69 @@ def _on_result(tx: _Tx, res: Mapping[str, Any], at_ms: int) -> None:
                 tx.put_record(new, "record_waiting", at_ms, reason=note)
 
 
+def _note_outcome(tx: _Tx, bid: str, rec: Mapping[str, Any], res: Mapping[str, Any], at_ms: int) -> None:
+    """Remember SEVIS's rejections per batch (what ``resend`` may put back, and the open-rejection gauge);
+    an acceptance of the same record later marks its earlier rejections resolved. Only rejections and
+    their resolution write the state: a batch SEVIS accepted costs nothing more."""
+    rid = rec["record_id"]
+    if res.get("status") != "success":
+        stored = tx.batches[bid]
+        rejected = dict(stored.get("rejected") or {})
+        rejected[rec["request_id"]] = {"record_id": rid, "code": res.get("error_code"), "at_ms": at_ms}
+        tx.w("batches")[bid] = dict(stored, rejected=rejected)
+        return
+    for other, b in list(tx.batches.items()):
+        open_rej = {q: r for q, r in (b.get("rejected") or {}).items()
+                    if r["record_id"] == rid and not r.get("resolved_in") and other != bid}
+        if open_rej:
+            rejected = dict(b["rejected"])
+            for q, r in open_rej.items():
+                rejected[q] = dict(r, resolved_in=bid, resolved_at_ms=at_ms)
+            tx.w("batches")[other] = dict(tx.batches[other], rejected=rejected)
+
+
+def open_rejections(school: School) -> list[dict[str, Any]]:
+    """SEVIS rejections of the kept batches not yet made good by a later acceptance of the same record."""
+    return [dict(r, batch_id=bid, request_id=q) for bid, b in school.batches.items()
+            for q, r in (b.get("rejected") or {}).items() if not r.get("resolved_in")]
+
+
 # -- commands
 
 
-def _on_command(tx: _Tx, cmd: Mapping[str, Any]) -> None:
-    cid = cmd.get("command_id") or ""
-    at_ms = int(cmd.get("requested_at_ms") or 0)
-    if not cid or cid in tx.commands:
-        return  # applied before: a command id takes effect once
-    kind = cmd.get("kind")
+def _on_command(tx: _Tx, inp: CommandIn) -> None:
+    """Check the command (shape, time, who), then apply it; every refusal says why (guard.py)."""
+    cmd = inp.command
+    raw_at = cmd.get("requested_at_ms")
+    at_ms = raw_at if isinstance(raw_at, int) and 0 < raw_at < 10 ** 13 else int(inp.log_ms or 0)
+    problem = malformed(cmd)
+    if problem and not (isinstance(cmd.get("command_id"), str) and cmd.get("command_id")):
+        tx.out.append(Reject("malformed_command", problem, _short(cmd.get("student_key"))))
+        return
+    cid = cmd["command_id"]
+    if cid in tx.commands:
+        done = tx.commands[cid]
+        tx.out.append(Reject("duplicate_command", f"command {cid[:200]!r} was applied before "
+                             f"({'refused' if done.get('rejected') else done.get('kind')}); a command id takes "
+                             "effect once", _short(cmd.get("student_key"))))
+        return
+    if problem:
+        tx.reject_command(cmd, at_ms, f"malformed command: {problem}", dead_letter="malformed_command")
+        return
+    if inp.refused:
+        tx.reject_command(cmd, at_ms, inp.refused, dead_letter="refused_command")
+        return
+    problem = untimely(cmd, inp.log_ms)
+    if problem:
+        # recorded at the command's Kafka time: its own time is the forged part
+        tx.reject_command(cmd, int(inp.log_ms or at_ms), f"not applied: {problem}", dead_letter="untimely_command")
+        return
+    if inp.policy is not None:
+        problem = unauthorized(cmd, inp.policy)
+        if problem:
+            tx.reject_command(cmd, at_ms, f"not applied: {problem}", dead_letter="unauthorized_command")
+            return
+    kind = cmd["kind"]
     if kind == "close":
         _close(tx, cmd, at_ms)
     elif kind == "hold":
@@ -454,17 +563,8 @@ def _on_command(tx: _Tx, cmd: Mapping[str, Any]) -> None:
         _requeue(tx, cmd, at_ms)
     elif kind == "report":
         _report(tx, cmd, at_ms)
-    elif kind == "result":
-        try:
-            res = _json_obj(cmd.get("payload_json"), "payload_json") or {}
-        except ValueError as exc:
-            tx.reject_command(cmd, at_ms, f"result command: {exc}")
-            return
-        tx.w("commands")[cid] = {"kind": kind, "at_ms": at_ms}
-        _on_result(tx, res, at_ms)
-    else:
-        tx.reject_command(cmd, at_ms, f"unknown command kind {kind!r} (close, hold, release, requeue, "
-                                      "result, report)")
+    elif kind == "resend":
+        _resend(tx, cmd, at_ms)
 
 
 def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
@@ -476,7 +576,12 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         tx.reject_command(cmd, at_ms, f"not closed: {problem}")
         return
     wanted = set(cmd.get("record_ids") or []) or None
-    limit = cmd.get("reviewed_revision")
+    reviewed = cmd.get("reviewed_revision")
+    limit = reviewed if reviewed is not None else cmd.get("basis_revision")
+    if limit is not None and limit > tx.revision:
+        tx.reject_command(cmd, at_ms, f"nothing closed: revision {limit} does not exist (the open batch is at "
+                                      f"revision {tx.revision}); close a revision `sevisflow batch show` displayed")
+        return
     eligible, changed, kept = [], 0, 0
     for rec in tx.records.values():
         if wanted is not None and rec["record_id"] not in wanted:
@@ -507,9 +612,28 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     ids = []
     records = tx.w("records")
     batches = tx.w("batches")
+    stamps = []
+    prefix, last = tx.id_prefix, tx.last_stamp
+    try:
+        for _ in range(n_docs):
+            prefix, last = next_batch_stamp(at_ms, last, prefix)
+            stamps.append((prefix, last))
+    except ValueError as exc:
+        tx.reject_command(cmd, at_ms, f"nothing closed: no BatchID can be made ({exc})", dead_letter="bad_stamp")
+        return
+    if prefix != tx.id_prefix:
+        notes.append(f"BatchIDs now start with {prefix}: the {tx.id_prefix} ids were exhausted by a far-future "
+                     "time stored before commands were time-checked")
+    if cid.startswith("scheduled:"):
+        notes.append("scheduled close: no person reviewed these records")
+    elif reviewed is not None:
+        notes.append(f"{dso} reviewed revision {reviewed}")
+    elif cmd.get("kind") == "close":  # not the batcher's own re-send of a requeue (close_now)
+        notes.append(f"closed without a reviewed revision (as read at revision {limit})" if limit is not None
+                     else "closed without a reviewed revision")
     for i in range(n_docs):
-        tx.last_stamp = next_stamp(at_ms, tx.last_stamp)
-        bid = batch_id(tx.last_stamp)
+        tx.id_prefix, tx.last_stamp = stamps[i]
+        bid = batch_id(tx.last_stamp, tx.id_prefix)
         ids.append(bid)
         part = creates[i * MAX_PER_SECTION:(i + 1) * MAX_PER_SECTION] + \
             updates[i * MAX_PER_SECTION:(i + 1) * MAX_PER_SECTION]
@@ -524,35 +648,37 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     for old in sorted(batches, key=lambda b: batches[b]["at_ms"])[:max(0, len(batches) - KEEP_CLOSED_BATCHES)]:
         del batches[old]
     tx.open_since = None
-    tx.w("commands")[cid] = {"kind": "close", "at_ms": at_ms, "batch_ids": ids}
+    tx.w("commands")[cid] = {"kind": "close", "at_ms": at_ms, "batch_ids": ids, "reviewed_revision": reviewed}
     if tx.records:
         tx.ensure_open(at_ms, reason=f"{len(tx.records)} record(s) carried over", command_id=cid)
 
 
 def _hold(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
-    cid, student = cmd["command_id"], cmd.get("student_key")
-    if not student:
-        tx.reject_command(cmd, at_ms, "hold needs the student's key")
+    cid, student = cmd["command_id"], cmd["student_key"]
+    dso, why_text = cmd.get("dso_user_id"), cmd.get("reason")
+    current = tx.held.get(student)
+    if current is not None:
+        tx.reject_command(cmd, at_ms, f"student {student} is already on hold "
+                                      f"({hold_reason(current.get('by'), current.get('reason'))}); nothing changed")
         return
-    why = hold_reason(cmd.get("dso_user_id"), cmd.get("reason"))
-    tx.w("held")[student] = {"by": cmd.get("dso_user_id"), "reason": cmd.get("reason"), "at_ms": at_ms}
+    why = hold_reason(dso, why_text)
+    tx.w("held")[student] = {"by": dso, "reason": why_text, "at_ms": at_ms}
     n = 0
     for rec in tx.student_records(student):
         if rec["status"] != "held":
             tx.put_record(dict(rec, status="held"), "record_held", at_ms, reason=why, command_id=cid)
             n += 1
     tx.w("commands")[cid] = {"kind": "hold", "at_ms": at_ms}
-    tx.emit("student_held", at_ms, record={"student_key": student, "records": n}, command_id=cid, reason=why)
+    tx.emit("student_held", at_ms, record={"student_key": student, "records": n, "by": dso, "why": why_text},
+            command_id=cid, reason=why)
 
 
 def _release(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
-    cid, student = cmd["command_id"], cmd.get("student_key")
-    if not student:
-        tx.reject_command(cmd, at_ms, "release needs the student's key")
+    cid, student = cmd["command_id"], cmd["student_key"]
+    if student not in tx.held:
+        tx.reject_command(cmd, at_ms, f"student {student} is not on hold; nothing to release")
         return
-    was_held = student in tx.held
-    if was_held:
-        del tx.w("held")[student]
+    del tx.w("held")[student]
     who = cmd.get("dso_user_id") or "a DSO"
     n = 0
     for rec in tx.student_records(student):
@@ -562,7 +688,7 @@ def _release(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
             tx.put_record(new, "record_released", at_ms, reason=f"released by {who}", command_id=cid)
             n += 1
     tx.w("commands")[cid] = {"kind": "release", "at_ms": at_ms}
-    tx.emit("student_released", at_ms, record={"student_key": student, "records": n, "was_held": was_held},
+    tx.emit("student_released", at_ms, record={"student_key": student, "records": n, "was_held": True, "by": who},
             command_id=cid, reason=f"released by {who}")
 
 
@@ -578,40 +704,144 @@ def _requeue(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         return
     why = f"requeued from batch {bid}" + (f" ({cmd['reason']})" if cmd.get("reason") else "")
     only = set(cmd.get("record_ids") or [])  # the XML sink re-queues only the records that were valid
+    fresh: list[str] = []  # put back as they were closed (no newer open change): what close_now sends again
     for old in stored["records"]:
         if only and old["record_id"] not in only and old.get("request_id") not in only:
             continue
-        rid = old["record_id"]
-        current = tx.records.get(rid)
-        student = old["student_key"]
-        if current is not None:
-            # the open record is the newer change; what SEVIS has is still the requeued record's "before"
-            rec = dict(current)
-            if old["kind"] == current["kind"]:
-                rec["payload"] = {**old["payload"], **current["payload"]}
-            rec["event_ids"] = [*old["event_ids"], *current["event_ids"]]
-            rec["lineage"] = [*old["lineage"], *current["lineage"]]
-            if old.get("before") is not None or current.get("before") is not None:
-                rec["before"] = {**(current.get("before") or {}), **(old.get("before") or {})}
-            rec["replaced"] = [*old.get("replaced", []), {"event_id": old["event_ids"][-1], "kind": old["kind"],
-                                                          "at_ms": old["at_ms"], "by_event_id": current["event_ids"][-1],
-                                                          "by_kind": current["kind"], "requeued_from": bid},
-                               *current.get("replaced", [])]
-            tx.put_record(rec, "record_replaced", at_ms, reason=f"{why}; the newer open change wins", command_id=cid)
-            continue
-        seq = tx.next_seq()
-        sevis_id = old.get("sevis_id") or (tx.sevis_ids.get(student) if old["section"] == "update" else None)
-        rec = dict(old, seq=seq, request_id=request_id(seq, student), sevis_id=sevis_id)
-        rec["status"] = status_of(old["section"], student, sevis_id, tx.held)
-        tx.put_record(rec, _TYPE_FOR_STATUS[rec["status"]], at_ms, reason=why, command_id=cid)
+        if _put_back(tx, old, bid, why, cid, at_ms):
+            fresh.append(old["record_id"])
     tx.w("batches")[bid] = dict(stored, requeued=True)
     tx.w("commands")[cid] = {"kind": "requeue", "at_ms": at_ms, "batch_id": bid}
     tx.emit("requeued", at_ms, batch=bid, command_id=cid, reason=why)
+    if fresh and _close_now(cmd):
+        # the XML sink refused some records of a batch a DSO closed: the valid ones go out at once in a new
+        # document (new BatchID, same DSO, same close time), without waiting for another close; records that
+        # meanwhile changed, are held or wait for a SEVIS ID stay open for the DSO's review
+        _close(tx, {"command_id": cid, "dso_user_id": stored.get("closed_by"), "record_ids": fresh,
+                    "reviewed_revision": None, "reason": f"re-sent at once: the records of {bid} that passed the "
+                                                         "XSD (the others went to the DSO)"}, at_ms)
+        tx.w("commands")[cid] = {**tx.commands[cid], "kind": "requeue", "batch_id": bid}
+
+
+def _put_back(tx: _Tx, old: Mapping[str, Any], bid: str, why: str, cid: str, at_ms: int,
+              extra: Mapping[str, Any] | None = None, known_id_first: bool = False) -> bool:
+    """Put a record of closed batch ``bid`` back into the open batch; True when it went back as it was
+    closed and is ready (no newer open change of the same key). A newer open change of the same key is
+    not duplicated: it wins, and takes the old record's elements it does not change (SEVIS never got
+    them) and its "before" (what SEVIS still has). It keeps the old record's clock (``replaced``)."""
+    rid = old["record_id"]
+    current = tx.records.get(rid)
+    student = old["student_key"]
+    if current is not None:
+        rec = dict(current, **(extra or {}))
+        if old["kind"] == current["kind"]:
+            rec["payload"] = {**old["payload"], **current["payload"]}
+        rec["event_ids"] = [*old["event_ids"], *current["event_ids"]]
+        rec["lineage"] = [*old["lineage"], *current["lineage"]]
+        if old.get("before") is not None or current.get("before") is not None:
+            rec["before"] = {**(current.get("before") or {}), **(old.get("before") or {})}
+        rec["replaced"] = [*old.get("replaced", []), {"event_id": old["event_ids"][-1], "kind": old["kind"],
+                                                      "at_ms": old["at_ms"], "by_event_id": current["event_ids"][-1],
+                                                      "by_kind": current["kind"], "requeued_from": bid},
+                           *current.get("replaced", [])]
+        tx.put_record(rec, "record_replaced", at_ms, reason=f"{why}; the newer open change wins", command_id=cid)
+        return False
+    seq = tx.next_seq()
+    known = tx.sevis_ids.get(student) if old["section"] == "update" else None
+    # a resend after a fix: the SEVIS ID known now (e.g. corrected) wins over the one that was sent
+    sevis_id = (known or old.get("sevis_id")) if known_id_first else (old.get("sevis_id") or known)
+    rec = dict(old, seq=seq, request_id=request_id(seq, student), sevis_id=sevis_id, **(extra or {}))
+    rec["status"] = status_of(old["section"], student, sevis_id, tx.held)
+    tx.put_record(rec, _TYPE_FOR_STATUS[rec["status"]], at_ms, reason=why, command_id=cid)
+    return rec["status"] == "open"
+
+
+def _resend(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
+    """A DSO puts records SEVIS rejected back into the open batch, once the cause is fixed (the next close
+    sends them with a new requestID). Only rejected, unresolved, not yet resent records of a kept batch."""
+    cid, bid, dso = cmd["command_id"], cmd.get("batch_id") or "", cmd.get("dso_user_id")
+    stored = tx.batches.get(bid)
+    if stored is None:
+        tx.reject_command(cmd, at_ms, f"resend: batch {bid} is unknown to the batcher (it keeps the last "
+                                      f"{KEEP_CLOSED_BATCHES} closed batches); check the BatchID with "
+                                      "`sevisflow batch list`")
+        return
+    if stored.get("requeued"):
+        tx.reject_command(cmd, at_ms, f"resend: batch {bid} was re-queued as a whole before; its records are "
+                                      "already back in the open batch or in a later batch")
+        return
+    rejected = stored.get("rejected") or {}
+    by_record = {r["record_id"]: (q, r) for q, r in rejected.items()}
+    records = {r["record_id"]: r for r in stored["records"]}
+    by_request = {r["request_id"]: r["record_id"] for r in stored["records"]}
+    wanted = [by_request.get(x, x) for x in (cmd.get("record_ids") or [])] or \
+        sorted(rid for rid, (_, r) in by_record.items() if not r.get("resolved_in") and not r.get("resent_at_ms"))
+    if not wanted:
+        why = ("SEVIS rejected none of its records" if stored.get("processed") and not rejected else
+               "it has no SEVIS result yet" if not stored.get("processed") else
+               "every rejected record was accepted later or resent before")
+        tx.reject_command(cmd, at_ms, f"resend: nothing to resend in batch {bid}: {why}")
+        return
+    for rid in wanted:
+        problem = None
+        if rid not in records:
+            problem = "is not a record of this batch"
+        elif rid not in by_record:
+            problem = "was not rejected by SEVIS in this batch (no result yet, or accepted)"
+        elif by_record[rid][1].get("resolved_in"):
+            problem = f"was accepted by SEVIS since, in batch {by_record[rid][1]['resolved_in']}"
+        elif by_record[rid][1].get("resent_at_ms"):
+            problem = f"was resent before (by {by_record[rid][1].get('resent_by')})"
+        if problem:
+            tx.reject_command(cmd, at_ms, f"resend: record {rid[:120]} {problem}; nothing was resent")
+            return
+    note = f"resent from batch {bid} by {dso} after SEVIS rejected it"
+    why = note + (f" ({cmd['reason']})" if cmd.get("reason") else "")
+    new_rejected = dict(rejected)
+    for rid in wanted:
+        q, r = by_record[rid]
+        marker = {"resent_from": {"batch_id": bid, "request_id": q, "code": r.get("code"), "by": dso,
+                                  "at_ms": at_ms}}
+        _put_back(tx, records[rid], bid, why, cid, at_ms, extra=marker, known_id_first=True)
+        new_rejected[q] = dict(r, resent_at_ms=at_ms, resent_by=dso)
+    tx.w("batches")[bid] = dict(stored, rejected=new_rejected)
+    tx.w("commands")[cid] = {"kind": "resend", "at_ms": at_ms, "batch_id": bid, "record_ids": wanted}
+    tx.emit("resent", at_ms, batch=bid, command_id=cid, reason=why,
+            record={"batch_id": bid, "record_ids": wanted, "by": dso})
+
+
+def _close_now(cmd: Mapping[str, Any]) -> bool:
+    """``payload_json.close_now`` of a requeue (set by the XML sink when it refused only some records)."""
+    try:
+        body = _json_obj(cmd.get("payload_json"), "payload_json") or {}
+    except ValueError:
+        return False
+    return body.get("close_now") is True
 
 
 REPORT_KINDS: dict[str, tuple[str, ...]] = {
     "Reprint": ("Reason",), "Status.Verify": (), "DisciplinaryAction": ("Explanation",)}
 """Events a DSO reports with ``sevisflow student report`` (no SIS change triggers them) → required children."""
+ADD_INFO_KINDS: dict[str, tuple[str, ...]] = {
+    "PersonalInfo": ("FullName",),
+    "Dependent.Add": ("FullName", "BirthDate", "Gender", "BirthCountryCode", "CitizenshipCountryCode", "VisaType",
+                      "Relationship")}
+"""SEVIS-only data a DSO adds with ``sevisflow student add-info`` (passport name, a new dependent) → required
+children; sent as ``report`` commands too, so they are checked like every DSO command."""
+_DEPENDENT_KEY = re.compile(r"Dependent:new-[0-9a-f]{10}")
+_SEVIS_ID = re.compile(r"N\d{10}")
+
+
+def _coalesce_key(kind: str, body: Mapping[str, Any], payload: Mapping[str, Any]) -> str | None:
+    """The open-batch key of a DSO-reported record, or None when the body does not fit its kind."""
+    if kind in REPORT_KINDS:
+        return kind
+    if kind == "PersonalInfo":
+        full = payload.get("FullName")
+        ok = isinstance(full, dict) and full.get("PassportName") and body.get("coalesce_key") == "PersonalInfo.PassportName"
+        return "PersonalInfo.PassportName" if ok else None
+    key = body.get("coalesce_key")
+    return key if isinstance(key, str) and _DEPENDENT_KEY.fullmatch(key) else None
 
 
 def _report(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
@@ -635,24 +865,41 @@ def _report(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         tx.reject_command(cmd, at_ms, f"report: {exc}")
         return
     kind, payload = body.get("kind"), body.get("payload")
-    if kind not in REPORT_KINDS or not isinstance(payload, dict):
-        tx.reject_command(cmd, at_ms, f"report: event {kind!r} cannot be reported by a DSO "
-                                      f"(one of {', '.join(REPORT_KINDS)}, with a payload object)")
+    allowed = {**REPORT_KINDS, **ADD_INFO_KINDS}
+    if kind not in allowed or not isinstance(payload, dict):
+        tx.reject_command(cmd, at_ms, f"report: event {str(kind)[:40]!r} cannot be reported by a DSO "
+                                      f"(one of {', '.join(allowed)}, with a payload object)")
         return
-    missing = [k for k in REPORT_KINDS[kind] if not payload.get(k)]
+    missing = [k for k in allowed[kind] if not payload.get(k)]
     if missing:
         tx.reject_command(cmd, at_ms, f"report: {kind} needs {', '.join(missing)}")
         return
-    sevis_id = body.get("sevis_id") or tx.sevis_ids.get(student)
+    ckey = _coalesce_key(kind, body, payload)
+    if ckey is None:
+        tx.reject_command(cmd, at_ms, f"report: {kind} needs a passport name (PersonalInfo.PassportName) or a "
+                                      "new-dependent key (Dependent:new-<10 hex digits>)")
+        return
+    known = tx.sevis_ids.get(student)
+    if body.get("sevis_id") is not None and not (isinstance(body["sevis_id"], str) and _SEVIS_ID.fullmatch(body["sevis_id"])):
+        tx.reject_command(cmd, at_ms, f"report: {str(body['sevis_id'])[:20]!r} is not a SEVIS ID (N and 10 digits)",
+                          dead_letter="malformed_command")
+        return
+    if body.get("sevis_id") and known and body["sevis_id"] != known:
+        tx.reject_command(cmd, at_ms, f"report: SEVIS ID {body['sevis_id']} differs from {known}, the SEVIS ID known "
+                                      f"for student {student}; nothing was added (fix the ID, or the SIS record)")
+        return
+    sevis_id = body.get("sevis_id") or known
     if not sevis_id:
         tx.reject_command(cmd, at_ms, f"report: no SEVIS ID is known for student {student}; {kind} can only be "
                                       "sent for a student already in SEVIS")
         return
     tx.w("commands")[cid] = {"kind": "report", "at_ms": at_ms}
     _on_event(tx, {
-        "event_id": cid, "student_key": student, "sevis_id": sevis_id, "kind": kind, "coalesce_key": kind,
-        "payload_json": dumps(payload), "before_json": None, "after_json": dumps(body.get("after") or {}),
-        "origin": "dso", "display_name": body.get("display_name"), "problems": [],
+        "event_id": cid, "student_key": student, "sevis_id": sevis_id, "kind": kind, "coalesce_key": ckey,
+        "payload_json": dumps(payload), "before_json": None,
+        "after_json": dumps(body["after"] if isinstance(body.get("after"), dict) else {}),
+        "origin": "dso", "problems": [],
+        "display_name": body["display_name"][:200] if isinstance(body.get("display_name"), str) else None,
         "lineage": [{"command_id": cid, "dso_user_id": dso,
                      "requested_at_ms": at_ms}],
     }, at_ms, command_id=cid)
@@ -661,20 +908,44 @@ def _report(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
 # -- scheduler
 
 
+LATE_AFTER_MS = 10 * 60 * 1000
+"""A scheduled close that runs later than this after its time is *late*: it is recorded at the time it
+ran (its reason names the scheduled time), and logged; within it (the scheduler's own jitter) it stands
+at its scheduled time."""
+
+
 def scheduled_close(tx_state: School, tick: Tick) -> tuple[str, int] | None:
-    """(local date, due time in ms) when the daily close is due now and not yet decided today."""
+    """(local date, due time in ms) of the latest daily close whose time has passed and that is not
+    decided yet — today's once its time passed, else yesterday's (a close missed across midnight runs
+    late instead of never); see :func:`missed_closes` for the days before it."""
     if not tick.close_at:
         return None
     tz = ZoneInfo(tick.timezone)
     now = datetime.fromtimestamp(tick.now_ms / 1000, tz)
     hh, mm = (int(x) for x in tick.close_at.split(":"))
+    day = now.date()
     if (now.hour, now.minute) < (hh, mm):
+        if tx_state.sched_date is None:
+            return None  # never scheduled before: nothing can have been missed
+        day = day - timedelta(days=1)
+    if tx_state.sched_date is not None and tx_state.sched_date >= day.isoformat():
         return None
-    day = now.date().isoformat()
-    if tx_state.sched_date == day:
-        return None
-    due = datetime(now.year, now.month, now.day, hh, mm, tzinfo=tz)
-    return day, int(due.timestamp() * 1000)
+    due = datetime(day.year, day.month, day.day, hh, mm, tzinfo=tz)
+    return day.isoformat(), int(due.timestamp() * 1000)
+
+
+def missed_closes(tx_state: School, day: str) -> list[str]:
+    """The local dates strictly between the last decided close and ``day``: their close time passed while
+    the batcher was not running, so they had no close of their own (their records go into ``day``'s)."""
+    if tx_state.sched_date is None:
+        return []
+    d = date.fromisoformat(tx_state.sched_date) + timedelta(days=1)
+    last = date.fromisoformat(day)
+    out = []
+    while d < last:
+        out.append(d.isoformat())
+        d += timedelta(days=1)
+    return out
 
 
 def _on_tick(tx: _Tx, tick: Tick) -> None:
@@ -682,14 +953,77 @@ def _on_tick(tx: _Tx, tick: Tick) -> None:
     if due is None:
         return
     day, due_ms = due
+    missed = missed_closes(tx.s, day)
     tx.sched_date = day
+    tz = ZoneInfo(tick.timezone)
+    ran = datetime.fromtimestamp(tick.now_ms / 1000, tz).isoformat(timespec="seconds")
+    late_ms = tick.now_ms - due_ms
+    if missed:
+        shown = missed if len(missed) <= 5 else missed[:2] + [f"… {len(missed) - 4} more …"] + missed[-2:]
+        tx.out.append(Reject("scheduled_close_missed",
+                             f"the scheduled daily close ({tick.close_at} {tick.timezone}) did not run on "
+                             f"{len(missed)} day(s): {', '.join(shown)} — the batcher was not running at that time. "
+                             f"Records of those days were not sent then; they go with the close of {day}, run at "
+                             f"{ran}. Check with `sevisflow batch status` that nothing had a deadline on those days.",
+                             at_ms=tick.now_ms, stage=SCHEDULER_STAGE))
     if not any(r["status"] == "open" for r in tx.records.values()):
         return  # skipped when empty
     if user_id_problem(tick.close_dso):
         return  # checked at start-up; never send a close SEVIS would refuse
+    late = late_ms > LATE_AFTER_MS
+    when = (f"scheduled daily close of {day} at {tick.close_at} {tick.timezone}, run at {ran}"
+            + (f", {late_ms // 60000} min late (the batcher was not running at its time)" if late else ""))
     tx.out.append(SendCommand({
         "command_id": f"scheduled:{tx.s.org_id}:{day}", "org_id": tx.s.org_id, "kind": "close",
         "dso_user_id": tick.close_dso, "student_key": None, "record_ids": [], "reviewed_revision": None,
-        "batch_id": None, "reason": f"scheduled daily close at {tick.close_at} {tick.timezone}",
-        "requested_at_ms": due_ms, "payload_json": None,
+        "batch_id": None, "reason": when,
+        # on time it stands at its scheduled time; late, at the time it really ran (the reason has both)
+        "requested_at_ms": tick.now_ms if late else due_ms,
+        "payload_json": dumps({"scheduled_for": day, "scheduled_at_ms": due_ms, "ran_at_ms": tick.now_ms,
+                               "missed_days": missed}),
+        "principal": None, "basis_revision": None,
+    }))
+
+
+def next_close_day(tick: Tick) -> date:
+    """The local day of the next scheduled close: today while its time has not come, else tomorrow."""
+    now = datetime.fromtimestamp(tick.now_ms / 1000, ZoneInfo(tick.timezone))
+    hh, mm = (int(x) for x in tick.close_at.split(":"))
+    return now.date() if (now.hour, now.minute) < (hh, mm) else now.date() + timedelta(days=1)
+
+
+def _early_close(tx: _Tx, tick: Tick) -> None:
+    """``[school] close_early_when_due``: close now when a ready record would be overdue before the next
+    scheduled close (its legal due day is before that close's day). It is a scheduled close like the
+    others (school.close_dso, no reviewed revision, everything ready), with its own id."""
+    deadlines = tick.close_early
+    if deadlines is None or not tick.close_at or user_id_problem(tick.close_dso):
+        return
+    if any(isinstance(o, SendCommand) for o in tx.out):
+        return  # the daily close runs in this very tick
+    next_day = next_close_day(tick)
+    urgent = []
+    for r in tx.records.values():
+        if r["status"] != "open" or r.get("rev", 0) <= tx.early_rev:
+            continue
+        due = deadlines.due(r["kind"], first_change_ms(r), session_start_of(r))
+        if due is not None and due.due_on < next_day:
+            urgent.append(due.due_on)
+    if not urgent:
+        return
+    tz = ZoneInfo(tick.timezone)
+    now = datetime.fromtimestamp(tick.now_ms / 1000, tz)
+    today = now.date().isoformat()
+    tx.early_rev = tx.revision
+    reason = (f"early scheduled close at {now.isoformat(timespec='seconds')}: {len(urgent)} ready record(s) would be "
+              f"overdue before the next scheduled close ({next_day.isoformat()} {tick.close_at} {tick.timezone}); "
+              f"the first was due {min(urgent).isoformat()}")
+    tx.out.append(SendCommand({
+        "command_id": f"scheduled:{tx.s.org_id}:{today}:early-{tx.revision}", "org_id": tx.s.org_id,
+        "kind": "close", "dso_user_id": tick.close_dso, "student_key": None, "record_ids": [],
+        "reviewed_revision": None, "batch_id": None, "reason": reason, "requested_at_ms": tick.now_ms,
+        "payload_json": dumps({"early": True, "scheduled_for": today, "scheduled_at_ms": tick.now_ms,
+                               "ran_at_ms": tick.now_ms, "missed_days": [], "next_scheduled_day": next_day.isoformat(),
+                               "first_due": min(urgent).isoformat()}),
+        "principal": None, "basis_revision": None,
     }))

@@ -38,9 +38,29 @@ def next_stamp(requested_at_ms: int, last_stamp: int) -> int:
     return stamp
 
 
-def batch_id(stamp: int) -> str:
+def next_batch_stamp(requested_at_ms: int, last_stamp: int, prefix: str = BATCH_ID_PREFIX) -> tuple[str, int]:
+    """(prefix, stamp) of the next BatchID; never raises for a corrupted state.
+
+    A stamp far in the future stored in the state (accepted before commands were time-checked) can
+    exhaust the 13 digits; then the school moves to the next letter (``S`` → ``T`` …), whose ids cannot
+    collide with any id of the old letter, and starts again from the close's clock. Raises ValueError
+    only when ``requested_at_ms`` itself does not fit (refused by the batcher's time check before).
+    """
+    if not 0 < int(requested_at_ms) <= _MAX_STAMP:
+        raise ValueError(f"requested time {requested_at_ms} does not fit a BatchID stamp")
+    if int(last_stamp) < _MAX_STAMP:
+        return prefix, next_stamp(requested_at_ms, last_stamp)
+    letters = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    start = letters.index(prefix) if prefix in letters else letters.index(BATCH_ID_PREFIX)
+    new = letters[(start + 1) % len(letters)]
+    if new == BATCH_ID_PREFIX:
+        raise ValueError("every BatchID letter is exhausted")
+    return new, int(requested_at_ms)
+
+
+def batch_id(stamp: int, prefix: str = BATCH_ID_PREFIX) -> str:
     """``S`` + 13 digits: exactly 14 characters."""
-    value = f"{BATCH_ID_PREFIX}{stamp:013d}"
+    value = f"{prefix}{stamp:013d}"
     assert len(value) == BATCH_ID_LEN, value
     return value
 
@@ -59,6 +79,7 @@ def base36(n: int) -> str:
 def request_id(seq: int, student_key: str) -> str:
     """Deterministic, ≤20 characters, none of ``: / \\`` and no blanks; unique per (school, seq)."""
     student = _UNSAFE.sub("_", student_key)
+    # cut on purpose: the requestID is a tracking id (unique by its sequence part); the record keeps the full key
     return f"{base36(seq)}.{student}"[:REQUEST_ID_MAX]
 
 

@@ -41,6 +41,7 @@ on with the first uncommitted input.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -63,7 +64,9 @@ from processors.batcher.core import (
     open_view,
     view_changed,
 )
-from processors.batcher.ids import user_id_problem
+from processors.batcher.gauges import worklist_gauges
+from processors.batcher.guard import MAX_FUTURE_MS, CommandPolicy, parse_principals
+from processors.batcher.ids import BATCH_ID_PREFIX, user_id_problem
 from sevisflow.config import Settings
 from sevisflow.dlq import dead_letter
 from sevisflow.errors import ConfigError
@@ -71,6 +74,8 @@ from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop,
 from sevisflow.log import get_logger
 from sevisflow.serde import SerializationError, registry
 from sevisflow.topics import pipeline_topics
+from sevisflow.observability import StageMetrics
+from sevisflow.worklist.deadlines import Deadlines
 
 log = get_logger(__name__)
 
@@ -82,6 +87,7 @@ OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
 STATE_TOPIC = "sevisflow.batcher.state"
 GROUP_ID = "sevisflow-batcher"
 TICK_EVERY_S = 2.0
+GAUGES_EVERY_S = 5.0
 FAULT_ENV = "SEVISFLOW_BATCHER_FAULT"
 """Fault injection for tests: ``kill_before_commit_close`` = SIGKILL itself after producing a
 closed batch inside the transaction but before committing it."""
@@ -190,8 +196,10 @@ def load_school(store: StateStore, partition: int, org: str) -> School:
             batches[rest] = orjson.loads(value)
     m = meta or {}
     return School(org_id=org, revision=m.get("revision", 0), seq=m.get("seq", 0),
-                  last_stamp=m.get("last_stamp", 0), open_since=m.get("open_since"),
-                  sched_date=m.get("sched_date"), held=m.get("held", {}), records=records,
+                  last_stamp=m.get("last_stamp", 0), id_prefix=m.get("id_prefix") or BATCH_ID_PREFIX,
+                  open_since=m.get("open_since"),
+                  sched_date=m.get("sched_date"), early_rev=int(m.get("early_rev") or 0), held=m.get("held", {}),
+                  records=records,
                   sevis_ids=sevis_ids, commands=commands, batches=batches)
 
 
@@ -224,9 +232,22 @@ class BatcherStage:
         self.armed_fault = os.environ.get(FAULT_ENV, "")
         self.close_pending = False
         self._last_tick = 0.0
+        self._last_gauges = 0.0
+        self.metrics: StageMetrics | None = None  # the loop's (build_loop sets it): the worklist gauges
         school = settings.school
         if school.close_at:
             _check_schedule(school.close_at, school.close_dso, school.timezone)
+        self.policy = command_policy(settings)
+        d = settings.deadlines
+        try:  # the rule table in force: the early close and the deadline gauges use it
+            self.deadlines = Deadlines.configured(d.limits, d.soon_days, d.urgent_days, school.timezone)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not self.policy.dso_user_ids:
+            log.warning("batcher.no_dsos", fix="set school.dso_user_ids: every DSO command is refused until then")
+        elif not self.policy.principals and settings.kafka.security_protocol != "PLAINTEXT":
+            log.warning("batcher.principals_unchecked",
+                        fix="set school.dso_principals to bind each DSO user id to its Kafka principal")
 
     # -- record path
 
@@ -241,7 +262,8 @@ class BatcherStage:
                 inp: Any = EventIn(rec, self._log_time(msg, rec))
             elif kind == "command":
                 rec = registry().decode(value, COMMAND_SCHEMA)
-                inp = CommandIn(rec)
+                log_ms = self._log_time(msg, rec)
+                inp = CommandIn(rec, log_ms=log_ms, policy=self.policy, refused=_clock_problem(log_ms))
             else:
                 rec = registry().decode(value, RESULT_SCHEMA)
                 inp = ResultIn(rec, self._log_time(msg, rec))
@@ -249,12 +271,24 @@ class BatcherStage:
             return [dead_letter(self.settings.topics.dlq, "batcher", "undecodable", f"{kind} not decodable: {exc}",
                                 self._log_time(msg, {}), msg=msg)]
         org = rec.get("org_id") or (msg.key() or b"").decode(errors="replace")
+        if not ORG_ID.fullmatch(org):
+            return [dead_letter(self.settings.topics.dlq, "batcher", "bad_org_id",
+                                f"{kind} names OrgID {org[:40]!r}, which is not a SEVIS OrgID", self._log_time(msg, {}),
+                                msg=msg)]
         return self._apply(store, msg.partition(), org, inp, msg)
 
     def _apply(self, store: StateStore, partition: int, org: str, inp: Any, msg: Message | None) -> list[Output]:
         cache = store.cache if isinstance(store, BatcherStore) else {}
         old = cache.get((partition, org)) or load_school(store, partition, org)
-        new, outs = apply(old, inp)
+        try:
+            new, outs = apply(old, inp)
+        except Exception as exc:  # noqa: BLE001 - one input never stops the school: dead-letter it, keep the state
+            log.error("batcher.input_failed", org=org, error=type(exc).__name__)
+            if msg is None:
+                return []
+            return [dead_letter(self.settings.topics.dlq, "batcher", "batcher_error",
+                                f"the batcher could not apply this input ({type(exc).__name__}: {str(exc)[:300]}); "
+                                "the school's state is unchanged", self._log_time(msg, {}), msg=msg)]
         save_diff(store, partition, old, new)
         cache[(partition, org)] = new
         if isinstance(store, BatcherStore) and view_changed(old, new):
@@ -272,6 +306,8 @@ class BatcherStage:
             outs.append(Output(self.settings.topics.open_batches, org.encode(),
                                registry().encode(OPEN_BATCH_SCHEMA, open_view(school))))
             store.view_sent.add((partition, org))
+        if outs:  # a school's records changed: the gauges follow (throttled)
+            self.update_gauges(store)
         return outs
 
     def _encode(self, org: str, outs: Iterable[Any], msg: Message | None) -> list[Output]:
@@ -291,12 +327,19 @@ class BatcherStage:
                 elif ev["type"] == "command_rejected":
                     log.warning("batcher.command_rejected", org=org, command_id=ev["command_id"])
             elif isinstance(out, SendCommand):
-                log.info("batcher.scheduled_close", org=org, command_id=out.command["command_id"])
+                sched = orjson.loads(out.command.get("payload_json") or "{}")
+                late_s = (out.command["requested_at_ms"] - sched.get("scheduled_at_ms", 0)) / 1000
+                log.info("batcher.scheduled_close", org=org, command_id=out.command["command_id"],
+                         scheduled_at_ms=sched.get("scheduled_at_ms"), ran_at_ms=sched.get("ran_at_ms"))
+                if late_s > 0:
+                    log.warning("batcher.scheduled_close_late", org=org, command_id=out.command["command_id"],
+                                late_s=round(late_s), missed_days=len(sched.get("missed_days") or []))
                 result.append(Output(t.commands, key, registry().encode(COMMAND_SCHEMA, out.command)))
             elif isinstance(out, Reject):
-                log.warning("batcher.rejected_input", org=org, code=out.code, student_key=out.student_key)
-                result.append(dead_letter(t.dlq, "batcher", out.code, out.reason,
-                                          self._log_time(msg, {}) if msg is not None else 0,
+                log.warning("batcher.scheduled_close_missed" if out.stage != "batcher" else "batcher.rejected_input",
+                            org=org, code=out.code, student_key=out.student_key)
+                result.append(dead_letter(t.dlq, out.stage, out.code, out.reason,
+                                          self._log_time(msg, {}) if msg is not None else (out.at_ms or 0),
                                           msg=msg, student_key=out.student_key))
         return result
 
@@ -312,7 +355,23 @@ class BatcherStage:
 
     def on_idle(self, store: StateStore) -> list[Output]:
         """The scheduler's tick, and the views still to publish (e.g. after a restart or a rebalance)."""
-        return self._tick(store) + self.view_outputs(store)
+        outs = self._tick(store) + self.view_outputs(store)
+        self.update_gauges(store)
+        return outs
+
+    def update_gauges(self, store: StateStore, force: bool = False) -> None:
+        """The worklist gauges over this instance's schools, at most every GAUGES_EVERY_S (idle ticks and
+        commits both call it: the bands move with the calendar as well as with the records)."""
+        if self.metrics is None or not isinstance(store, BatcherStore):
+            return
+        now = time.time()
+        if not force and now - self._last_gauges < GAUGES_EVERY_S:
+            return
+        self._last_gauges = now
+        schools = [store.cache.get((p, org)) or load_school(store, p, org)
+                   for p in sorted(store.partitions) for org in store.orgs(p)]
+        g = worklist_gauges(schools, self.deadlines, int(now * 1000))
+        self.metrics.worklist(g.records_by_band, g.oldest_ready_age_s, g.rejections_open, g.oldest_rejection_age_s)
 
     def _tick(self, store: StateStore) -> list[Output]:
         school = self.settings.school
@@ -323,12 +382,45 @@ class BatcherStage:
             return []
         self._last_tick = now
         tick = Tick(now_ms=int(now * 1000), timezone=school.timezone, close_at=school.close_at,
-                    close_dso=school.close_dso)
+                    close_dso=school.close_dso, close_early=self.deadlines if school.close_early_when_due else None)
         outs: list[Output] = []
         for p in sorted(store.partitions):
             for org in store.orgs(p):
                 outs += self._apply(store, p, org, tick, None)
         return outs
+
+
+ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,29}")
+"""What an OrgID in a state key may look like: a school code or a J program number (``P-1-12345``), never a
+``|`` (it separates the state key's parts) nor anything long."""
+
+
+def command_policy(settings: Settings) -> CommandPolicy:
+    """Who may act for the school, from [school] dso_user_ids / dso_principals / close_dso."""
+    school = settings.school
+    for user in school.dso_user_ids:
+        problem = user_id_problem(user)
+        if problem:
+            raise ConfigError(f"school.dso_user_ids: {problem}")
+    try:
+        principals = parse_principals(school.dso_principals)
+    except ValueError as exc:
+        raise ConfigError(f"school.dso_principals: {exc}") from None
+    unknown = sorted(set(principals.values()) - set(school.dso_user_ids))
+    if unknown:
+        raise ConfigError(f"school.dso_principals maps to {unknown[0]}, which is not in school.dso_user_ids: add it "
+                          "there or remove the mapping")
+    return CommandPolicy(frozenset(school.dso_user_ids), principals, school.close_dso)
+
+
+def _clock_problem(log_ms: int, now_ms: int | None = None) -> str | None:
+    """A command whose Kafka timestamp is ahead of the batcher's clock was produced with a forged timestamp
+    (the time window of requested_at_ms is checked against it): refused before the core sees it."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if log_ms > now_ms + MAX_FUTURE_MS:
+        return (f"not applied: the command's Kafka timestamp is {(log_ms - now_ms) / 60000:.0f} minutes ahead of the "
+                "batcher's clock; check the clock of the computer that sent it")
+    return None
 
 
 def _check_schedule(close_at: str, close_dso: str, timezone: str) -> None:
@@ -380,9 +472,11 @@ def build_loop(settings: Settings, instance: str | None = None,
     loop = TransactionalLoop(settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
                              transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
                              on_idle=stage.on_idle, consumer_overrides=overrides, state=BatcherStore(),
-                             stall_after_s=settings.metrics.stall_after_s, before_commit=stage.view_outputs)
+                             stall_after_s=settings.metrics.stall_after_s, before_commit=stage.view_outputs,
+                             dlq_topic=settings.topics.dlq)
     if stage.armed_fault == "kill_before_commit_close":
         loop.producer = _KillBeforeCommit(loop.producer, stage)  # type: ignore[assignment]
+    stage.metrics = loop.metrics
     return loop, stage
 
 

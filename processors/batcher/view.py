@@ -24,6 +24,8 @@ class ClosedBatch:
     records: list[dict[str, Any]]
     status: str = "closed"
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """record_id → who resent it (``sevisflow batch resend``) and when, for records SEVIS rejected."""
 
     @property
     def creates(self) -> int:
@@ -58,6 +60,19 @@ class BatchView:
         """The open batch in the order it will be sent: creates first, then updates, each by sequence."""
         return sorted(self.records.values(), key=lambda r: (r["section"] != "create", r["seq"]))
 
+    def held_students(self) -> list[dict[str, Any]]:
+        """Every student on hold, with or without records yet: key, name (when a record gives one), who held
+        them (``by``, a SEVIS user id), why (``why``, as typed), when (``at_ms``), the full text (``reason``) and
+        how many open-batch records are held now (``records``; 0 = none yet, later changes are held too)."""
+        out = []
+        for key, h in sorted(self.held.items()):
+            recs = [r for r in self.records.values() if r["student_key"] == key]
+            name = next((r.get("display_name") for r in recs if r.get("display_name")), None)
+            out.append({"student_key": key, "display_name": name, "by": h.get("by"), "why": h.get("why"),
+                        "at_ms": h.get("at_ms"), "reason": h.get("reason"),
+                        "records": sum(1 for r in recs if r["status"] == "held")})
+        return out
+
     def counts(self) -> dict[str, int]:
         recs = self.records.values()
         return {
@@ -84,7 +99,8 @@ def fold(view: BatchView, ev: Mapping[str, Any]) -> None:
     elif t == "record_removed" and rec:
         view.records.pop(rec["record_id"], None)
     elif t == "student_held" and rec:
-        view.held[rec["student_key"]] = {"at_ms": ev["at_ms"], "reason": ev.get("reason")}
+        view.held[rec["student_key"]] = {"at_ms": ev["at_ms"], "reason": ev.get("reason"), "by": rec.get("by"),
+                                         "why": rec.get("why")}
     elif t == "student_released" and rec:
         view.held.pop(rec["student_key"], None)
     elif t == "closed":
@@ -97,6 +113,9 @@ def fold(view: BatchView, ev: Mapping[str, Any]) -> None:
                                                    ev.get("command_id"), ev.get("reason"), records)
     elif t in ("requeued", "failed", "accepted") and ev.get("batch_id") in view.batches:
         view.batches[ev["batch_id"]].status = t
+    elif t == "resent" and rec and ev.get("batch_id") in view.batches:  # rejected records back in the open batch
+        for rid in rec.get("record_ids") or []:
+            view.batches[ev["batch_id"]].resent[rid] = {"by": rec.get("by"), "at_ms": ev["at_ms"]}
 
 
 def fold_result(view: BatchView, res: Mapping[str, Any]) -> None:
@@ -119,7 +138,8 @@ def from_open_batch(value: Mapping[str, Any]) -> BatchView | None:
     for rec in orjson.loads(value["records_json"]):
         view.records[rec["record_id"]] = rec
     for h in value.get("held") or []:
-        view.held[h["student_key"]] = {"at_ms": h["at_ms"], "reason": h.get("reason")}
+        view.held[h["student_key"]] = {"at_ms": h["at_ms"], "reason": h.get("reason"), "by": h.get("by"),
+                                       "why": h.get("why")}
     return view
 
 

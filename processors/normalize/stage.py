@@ -125,10 +125,18 @@ class NormalizeStore(StateStore):
 
 
 def input_topics(settings: Settings, mapping: Mapping) -> tuple[list[str], str | None]:
+    """The topics whose records normalize applies: the mapped tables' change topics and the transaction topic."""
     prefix = settings.connector.topic_prefix
     tables = [f"{prefix}.{t}" for t in mapping.tables()]
     tx = f"{prefix}.transaction" if settings.connector.provide_transaction_metadata else None
     return tables + ([tx] if tx else []), tx
+
+
+def connector_pattern(settings: Settings) -> str:
+    """Every topic the connector writes (``<prefix>.…``), as a subscription pattern: normalize also reads
+    the captured tables the mapping does not use, only to see where the snapshot ends (their rows are
+    skipped; a ``last`` row or a streamed row there ends the snapshot hold)."""
+    return "^" + settings.connector.topic_prefix.replace(".", "\\.") + "\\..+"
 
 
 def normalize_topics(settings: Settings) -> list[TopicSpec]:
@@ -146,6 +154,9 @@ class NormalizeStage:
         self.mapping = mapping
         self.store = store
         self.topics, self.tx_topic = input_topics(settings, mapping)
+        self.applied = frozenset(self.topics)
+        self.prefix = settings.connector.topic_prefix + "."
+        self.subscription = [*self.topics, connector_pattern(settings)]
         self.normalizer = Normalizer(mapping, store.kv, use_transactions=self.tx_topic is not None,
                                      hold_streamed=True)
         self.consumer: Any = None    # the loop's consumer (build_loop): watermarks and positions
@@ -166,8 +177,10 @@ class NormalizeStage:
 
     def check_snapshot(self, msg: Message | None, idle: bool) -> list[Output]:
         """Apply the held snapshot once it is complete: its end was seen (a row with source.snapshot
-        "last", or a streamed record after it) and every input partition has been consumed up to the
-        high watermark read at that moment, so every row produced before the end has been held."""
+        "last" of any captured table, or any streamed record — a row of any table or a transaction
+        marker) and every partition of every connector topic has been consumed up to the high
+        watermark read at that moment, so every row produced before the end has been held. No
+        particular row has to be read first: see docs/MAPPING.md, "The initial snapshot"."""
         st = self.normalizer.snapshot_status()
         if not st or not (st.get("last") or st.get("ended")):
             return []
@@ -194,7 +207,7 @@ class NormalizeStage:
         marks: dict[str, list[int]] = {}
         try:
             md = self.consumer.list_topics(timeout=10)
-            for topic in self.topics:
+            for topic in sorted(set(self.topics) | {t for t in md.topics if t.startswith(self.prefix)}):
                 tmd = md.topics.get(topic)
                 if tmd is None or tmd.error is not None:
                     continue
@@ -233,6 +246,8 @@ class NormalizeStage:
         return all(pos.get((tp.topic, tp.partition), -1) >= marks[f"{tp.topic}|{tp.partition}"][1] for tp in missing)
 
     def _handle(self, msg: Message) -> list[Output]:
+        if msg.topic() not in self.applied:
+            return self._handle_other(msg)
         try:
             if msg.topic() == self.tx_topic:
                 marker = parse_tx_marker(msg.value())
@@ -246,6 +261,19 @@ class NormalizeStage:
                                student_key=None, field=None, topic=msg.topic(), partition=msg.partition(),
                                offset=msg.offset(), key=msg.key(), value=msg.value())]
         return self.outputs(res, msg)
+
+    def _handle_other(self, msg: Message) -> list[Output]:
+        """A record of a captured table the mapping does not read: only its snapshot mark matters, and
+        only while a snapshot is held (not our data: a malformed one is skipped, not dead-lettered)."""
+        if not self.normalizer.holding():
+            return []
+        try:
+            ch = parse_change(msg.key(), msg.value(), msg.topic(), msg.partition(), msg.offset())
+        except ChangeFormatError:
+            return []
+        if ch is not None:
+            self.normalizer.on_change(ch)
+        return []
 
     def outputs(self, res: Result, msg: Message | None) -> list[Output]:
         outs: list[Output] = []
@@ -282,12 +310,12 @@ def build_loop(settings: Settings, mapping: Mapping | None = None, batch_size: i
     store = NormalizeStore()
     stage = NormalizeStage(settings, mapping, store)
     instance = f"{group}-sequencer"   # the same for every instance: the newest fences the others
-    loop = TransactionalLoop(settings.kafka, group, stage.topics, stage.handle, transactional_id=instance,
+    loop = TransactionalLoop(settings.kafka, group, stage.subscription, stage.handle, transactional_id=instance,
                              state_topic=with_suffix(STATE_TOPIC, settings), batch_size=batch_size,
                              state=store, state_partitions={STATE_PARTITION}, on_idle=stage.on_idle,
                              consumer_overrides={"session.timeout.ms": 10000,
                                                  "topic.metadata.refresh.interval.ms": 5000},
-                             stall_after_s=settings.metrics.stall_after_s)
+                             stall_after_s=settings.metrics.stall_after_s, dlq_topic=settings.topics.dlq)
     stage.consumer = loop.consumer
     return loop, stage
 

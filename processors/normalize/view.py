@@ -9,10 +9,29 @@ Kafka) and never looks at a clock. State keys:
 ``l:<link>``     the student id the other tables point at → student key
 ``o:<link>``     row changes that arrived before their student row (replayed when it comes)
 ``ref:<n>:<k>``  reference rows (e.g. terms), joined into feeds by key
-``t:<txId>``     row changes of a transaction whose END has not been applied yet
-``q``            END markers in arrival order (the commit order) waiting for their rows
+``lm:<link>``    the rows linked to the student through ``<link>`` (re-linked when the student's key changes)
+``t:<txId>``     row changes of a transaction whose END has not been applied yet (a chunked list)
+``q``            END markers in arrival order (the commit order) waiting for their rows (a chunked list)
 ``m``            ``upto``: the position of the last applied transaction
+``b``            the start-up hold is over (stage mode, see below)
 ==============  ==========================================================================
+
+Chunked lists (:class:`Chunked`): everything that grows with one SIS transaction or with the work
+held behind a snapshot — a transaction's buffer, the END queue, the held streamed rows — is stored
+as a small header ``<name>`` (item count, per-table counts, chunk range) and numbered chunks
+``<name>:<i>`` of at most :data:`CHUNK_ITEMS` items and about :data:`CHUNK_BYTES` bytes. An append
+rewrites only the last chunk, so no changelog record grows with the transaction (a 50,000-row
+transaction is ~200 chunk records, each far below the message size limit) and the bytes written
+per appended row stay constant (no re-encoding of the whole buffer).
+
+Identity: a non-student row reaches its student through ``l:<link>`` and is listed in
+``lm:<link>``. When the student row's key changes (an update of the key column, or a delete and
+insert of the student row in one transaction — how a primary-key update is captured), every row in
+``lm:<link>`` moves to the new key in the index and its view parts move to the new view, so later
+changes of those rows are reported under the new key. When the student row is deleted (and not
+re-inserted in the same transaction) ``l:<link>`` and ``lm:<link>`` are removed: a student who
+later reuses the id starts empty and never receives the deleted student's rows. The new key's view
+carries ``rekeyed_from`` (the old key), so sevis_events does not take it for a new student.
 
 Ordering (DESIGN.md "Cross-table order"): with transaction metadata, a transaction's row changes
 are buffered until its END has arrived *and* every row change it announced for the tables we read;
@@ -36,12 +55,20 @@ once it has consumed everything produced before the snapshot's end); the pure pi
 (``hold_streamed=False``) releases it just before the first streamed change is applied, or at the
 end of the feed (:meth:`finish`).
 
+Start-up (stage mode): until the first release (``b`` unset) the normalizer holds everything from
+its first record on, snapshot rows or not, because it cannot know yet whether a snapshot is coming:
+a consumer may read the transaction topic, or a partition's streamed rows, before any snapshot row.
+The end of the snapshot is *seen* (``last`` / ``ended`` in ``s``) on a row marked ``last`` of any
+table — mapped or not — or on any streamed record (a streamed row of any table, in a transaction or
+not, or a transaction marker): the connector streams only after its snapshot. The stage then
+releases once it has consumed every input partition up to the high watermarks read at that moment.
+
 ==============  ==========================================================================
 ``s``            the held snapshot: ``k`` id chunks, ``n`` rows, ``last`` ("last" row seen),
-                 ``ended`` (a streamed record seen after it)
+                 ``ended`` (a streamed record seen after it), ``boot`` (the start-up hold)
 ``s:<row id>``   one held snapshot row (the last copy delivered)
 ``si:<n>``       the row ids of the held snapshot, in chunks of :data:`SNAPSHOT_CHUNK`
-``sp``           streamed row changes applied on arrival, held behind an incomplete snapshot
+``sp``           streamed row changes applied on arrival, held behind an incomplete snapshot (chunked)
 ==============  ==========================================================================
 """
 
@@ -58,7 +85,14 @@ from processors.normalize.mapping import Feed, Mapping
 
 US_SLOTS = ("us_physical", "us_mailing")
 SNAPSHOT_CHUNK = 500   # row ids per ``si:<n>`` key: a changelog record stays small, writes stay O(rows)
+CHUNK_ITEMS = 256      # items per chunk of a chunked list (transaction buffer, END queue, held rows)
+CHUNK_BYTES = 256 * 1024   # ... and about this many bytes of JSON: far below the changelog's message limit
 
+
+
+APPLIED_TX_MEMORY = 256
+"""How many applied transaction ids normalize remembers, to drop an END that arrives again (a connector
+re-sends at most what it had not confirmed: one offset-flush interval, far fewer transactions than this)."""
 
 class KV(Protocol):
     def get(self, key: str) -> Any: ...
@@ -79,6 +113,100 @@ class DictKV:
             self.data.pop(key, None)
         else:
             self.data[key] = value
+
+
+class Chunked:
+    """A list stored as a small header ``name`` plus numbered chunks ``name:<i>``: appends touch the
+    last chunk only, and no single state value grows with the list (see the module docstring).
+
+    Header: ``h``/``e`` first live / next chunk number, ``o`` items already taken from chunk ``h``,
+    ``n`` live items, ``b`` approximate JSON bytes of the last chunk, ``c`` item count per ``"t"``
+    (the table of a buffered row change). A value stored by an older version as a plain list is
+    read as one chunk and rewritten in this form on the next write.
+    """
+
+    def __init__(self, kv: KV, name: str) -> None:
+        self.kv = kv
+        self.name = name
+
+    def header(self) -> dict[str, Any] | None:
+        h = self.kv.get(self.name)
+        if isinstance(h, list):   # stored by an older version: migrate in place
+            items, h = h, None
+            self.kv.put(self.name, None)
+            for item in items:
+                self.append(item)
+            h = self.kv.get(self.name)
+        return h
+
+    def __len__(self) -> int:
+        h = self.header()
+        return h["n"] if h else 0
+
+    def counts(self) -> dict[str, int]:
+        h = self.header()
+        return h["c"] if h else {}
+
+    def append(self, item: Any) -> None:
+        h = self.header()
+        h = {"h": 0, "e": 0, "o": 0, "n": 0, "b": 0, "c": {}} if h is None else dict(h)
+        size = len(orjson.dumps(item))
+        last = h["e"] - 1
+        chunk = self.kv.get(f"{self.name}:{last}") if last >= h["h"] else None
+        if chunk is None or len(chunk) >= CHUNK_ITEMS or (chunk and h["b"] + size > CHUNK_BYTES):
+            last, chunk, h["b"] = h["e"], [], 0
+            h["e"] = last + 1
+        chunk.append(item)          # in place: the KV hands out its own decoded copy
+        self.kv.put(f"{self.name}:{last}", chunk)
+        h["b"] += size
+        h["n"] += 1
+        t = item.get("t") if isinstance(item, dict) else None
+        if isinstance(t, str):
+            h["c"] = {**h["c"], t: h["c"].get(t, 0) + 1}
+        self.kv.put(self.name, h)
+
+    def first(self) -> Any:
+        h = self.header()
+        if not h or not h["n"]:
+            return None
+        return (self.kv.get(f"{self.name}:{h['h']}") or [])[h["o"]]
+
+    def drop_first(self) -> None:
+        h = self.header()
+        if not h or not h["n"]:
+            return
+        h = dict(h)
+        chunk = self.kv.get(f"{self.name}:{h['h']}") or []
+        h["o"] += 1
+        h["n"] -= 1
+        t = chunk[h["o"] - 1].get("t") if isinstance(chunk[h["o"] - 1], dict) else None
+        if isinstance(t, str) and t in h["c"]:
+            h["c"] = {**h["c"], t: h["c"][t] - 1}
+        if h["o"] >= len(chunk):
+            self.kv.put(f"{self.name}:{h['h']}", None)
+            h["h"] += 1
+            h["o"] = 0
+        if h["n"] == 0:
+            self.clear()
+            return
+        self.kv.put(self.name, h)
+
+    def items(self) -> list[Any]:
+        h = self.header()
+        if not h:
+            return []
+        out: list[Any] = []
+        for i in range(h["h"], h["e"]):
+            chunk = self.kv.get(f"{self.name}:{i}") or []
+            out.extend(chunk[h["o"]:] if i == h["h"] else chunk)
+        return out
+
+    def clear(self) -> None:
+        h = self.header()
+        if h:
+            for i in range(h["h"], h["e"]):
+                self.kv.put(f"{self.name}:{i}", None)
+        self.kv.put(self.name, None)
 
 
 @dataclass
@@ -130,13 +258,22 @@ class Normalizer:
         for t in [r.table for r in mapping.references] + [mapping.student_table] + mapping.tables():
             rank.setdefault(t, len(rank))
         self._table_rank = rank
+        self._unlinks: dict[str, str] = {}          # student ids deleted in the unit being applied
+        self._moves: list[tuple[str, str, str]] = []   # (link, old key, new key) found by the current change
 
     # ------------------------------------------------------------------ entry points
 
     def on_change(self, ch: RowChange) -> Result:
+        self._boot()
+        streamed = not ch.snapshot or ch.snapshot_mark == "incremental"
         if ch.table not in self.tables:
-            if ch.snapshot and ch.snapshot_mark == "last" and self.snapshot_status() is not None:
-                self._snap_flag("last")   # the snapshot's last row may be of a table we do not read
+            # a table we do not read still tells where the snapshot is: its "last" row may be the
+            # snapshot's last, and any streamed row means the connector has finished the snapshot
+            if self.snapshot_status() is not None:
+                if streamed:
+                    self._snap_flag("ended")
+                elif ch.snapshot_mark == "last":
+                    self._snap_flag("last")
             return Result()
         if ch.snapshot and ch.op != "t" and ch.snapshot_mark != "incremental":
             self._hold_snapshot(ch)
@@ -146,76 +283,92 @@ class Normalizer:
         if not self.use_transactions or ch.snapshot or not ch.in_tx or ch.tx_id is None or ch.position <= upto:
             if self.snapshot_status() is not None:
                 if self.hold_streamed:
-                    self.kv.put("sp", [*(self.kv.get("sp") or []), ch.to_json()])
+                    Chunked(self.kv, "sp").append(ch.to_json())
                     self._snap_flag("ended")
                     return Result()
                 out = self._release_rows()
                 out.extend(self._apply_unit([ch]))
                 return out
             return self._apply_unit([ch])
-        key = f"t:{ch.tx_id}"
-        buf = list(self.kv.get(key) or [])
-        buf.append(ch.to_json())
-        self.kv.put(key, buf)
+        if self.snapshot_status() is not None:
+            self._snap_flag("ended")   # a streamed transaction's row: the snapshot is over at the source
+        Chunked(self.kv, f"t:{ch.tx_id}").append(ch.to_json())
         return self._flush()
 
     def on_marker(self, marker: TxMarker) -> Result:
+        self._boot()
         if self.snapshot_status() is not None:
             self._snap_flag("ended")   # transaction markers only come from streaming, after the snapshot
         if marker.status != "END" or marker.tx_id is None or not self.use_transactions:
             return Result()
+        if marker.tx_id in (self.kv.get("m") or {}).get("done", ()):
+            return Result()     # an END re-sent after its transaction was applied (an at-least-once connector)
         counts = {t: n for t, n in marker.counts.items() if t in self.tables}
-        q = self.kv.get("q") or []
         entry = {"tx": marker.tx_id, "counts": counts, "total": marker.event_count, "by_table": bool(marker.counts)}
         if marker.lsn is not None:
             entry["lsn"] = marker.lsn
-        self.kv.put("q", [*q, entry])
+        Chunked(self.kv, "q").append(entry)
         return self._flush()
 
     # ------------------------------------------------------------------ transactions
 
     def _flush(self) -> Result:
         out = Result()
-        q = self.kv.get("q") or []
-        done = 0
-        while done < len(q):
-            head = q[done]
-            raw = self.kv.get(f"t:{head['tx']}") or []
-            upto = tuple((self.kv.get("m") or {}).get("upto", (-1, -1)))
+        q = Chunked(self.kv, "q")
+        while True:
+            head = q.first()
+            if head is None:
+                break
+            buf = Chunked(self.kv, f"t:{head['tx']}")
+            meta_now = self.kv.get("m") or {}
+            if head["tx"] in meta_now.get("done", ()) and not len(buf):
+                q.drop_first()  # the same END twice in the queue: the first one applied the transaction
+                continue
+            upto = tuple(meta_now.get("upto", (-1, -1)))
             # An END behind a transaction already applied means the transaction topic is not in commit
             # order (it must have one partition). Its rows that arrive late are applied on arrival (they
             # are behind ``upto``), so waiting for them would block every later transaction for good.
             late = head.get("lsn") is not None and head["lsn"] < upto[0]
             if not late:
                 if head["by_table"]:
-                    have: dict[str, int] = {}
-                    for d in raw:
-                        have[d["t"]] = have.get(d["t"], 0) + 1
+                    have = buf.counts()
                     complete = all(have.get(t, 0) >= n for t, n in head["counts"].items())
                 else:
-                    complete = len(raw) >= head["total"]
+                    complete = len(buf) >= head["total"]
                 if not complete:
                     break
             if self.snapshot_status() is not None:
                 if self.hold_streamed:
                     break          # applied after the snapshot (release_snapshot)
                 out.extend(self._release_rows())
-            done += 1
+            q.drop_first()
+            raw = buf.items()
             if raw:
-                self.kv.put(f"t:{head['tx']}", None)
-                buf = sorted((RowChange.from_json(d) for d in raw), key=lambda c: (c.position, c.table, c.offset))
-                out.extend(self._apply_unit(buf))
-                meta = dict(self.kv.get("m") or {})
-                meta["upto"] = list(max(tuple(meta.get("upto", (-1, -1))), buf[-1].position))
-                self.kv.put("m", meta)
-        if done:
-            self.kv.put("q", q[done:] or None)
+                buf.clear()
+                rows = sorted((RowChange.from_json(d) for d in raw), key=lambda c: (c.position, c.table, c.offset))
+                out.extend(self._apply_unit(rows))
+            meta = dict(self.kv.get("m") or {})
+            if raw:
+                meta["upto"] = list(max(tuple(meta.get("upto", (-1, -1))), rows[-1].position))
+            meta["done"] = [*meta.get("done", ())[-(APPLIED_TX_MEMORY - 1):], head["tx"]]
+            self.kv.put("m", meta)
         return out
 
     # ------------------------------------------------------------------ the initial snapshot
 
+    def _boot(self) -> None:
+        """Stage mode, first record ever: hold everything until the snapshot question is settled."""
+        if self.hold_streamed and self.kv.get("b") is None and self.kv.get("s") is None:
+            self.kv.put("s", {"k": 0, "n": 0, "boot": True})
+
+    def holding(self) -> bool:
+        """Whether a snapshot (or the start-up hold) is held now: only then do the rows of tables the
+        mapping does not read matter (the stage skips them unparsed otherwise)."""
+        self._boot()
+        return self.kv.get("s") is not None
+
     def snapshot_status(self) -> dict[str, Any] | None:
-        """The held snapshot's meta (``n`` rows, ``last``, ``ended``), None when nothing is held."""
+        """The held snapshot's meta (``n`` rows, ``last``, ``ended``, ``boot``), None when nothing is held."""
         return self.kv.get("s")
 
     def snapshot_order(self, ch: RowChange) -> tuple[Any, ...]:
@@ -232,7 +385,7 @@ class Normalizer:
         rid = ch.row_id
         if self.kv.get(f"s:{rid}") is None:
             k = max(meta["k"] - 1, 0)
-            chunk = list(self.kv.get(f"si:{k}") or [])
+            chunk = self.kv.get(f"si:{k}") or []
             if len(chunk) >= SNAPSHOT_CHUNK:
                 k, chunk = k + 1, []
             chunk.append(rid)
@@ -258,6 +411,8 @@ class Normalizer:
                     self.kv.put(f"s:{rid}", None)
             self.kv.put(f"si:{k}", None)
         self.kv.put("s", None)
+        if self.hold_streamed:
+            self.kv.put("b", True)
         if not rows:
             return Result()
         rows.sort(key=self.snapshot_order)
@@ -267,9 +422,10 @@ class Normalizer:
         """Apply the held snapshot, then the streamed work held behind it (the stage calls this once
         the snapshot is complete; :meth:`finish` at the end of a pure feed)."""
         out = self._release_rows()
-        held = self.kv.get("sp") or []
+        sp = Chunked(self.kv, "sp")
+        held = sp.items()
         if held:
-            self.kv.put("sp", None)
+            sp.clear()
             for d in held:
                 out.extend(self.on_change(RowChange.from_json(d)))
         if self.use_transactions:
@@ -286,8 +442,16 @@ class Normalizer:
         res = Result()
         before: dict[str, Any] = {}
         lineage: dict[str, list[dict[str, Any]]] = {}
+        self._unlinks = {}
         for ch in changes:
             self._apply_change(ch, before, lineage, res)
+        for link, skey in self._unlinks.items():
+            # a student row deleted (or moved to another id) and not back by the end of the unit: the
+            # id belongs to nobody now, and a student who reuses it must not inherit these rows
+            if self.kv.get(f"l:{link}") == skey:
+                self.kv.put(f"l:{link}", None)
+                self.kv.put(f"lm:{link}", None)
+        self._unlinks = {}
         last = changes[-1]
         unit_id = f"{last.tx_id if last.tx_id is not None else 'n'}:{last.position[0]}:{last.position[1]}"
         if last.tx_id is None or last.snapshot:
@@ -334,6 +498,11 @@ class Normalizer:
             if not self.mapping.feeds_of(ch.table):
                 return
         old_contrib = [tuple(c) for c in idx.get("c", [])]
+        self._moves = []
+        is_student_row = ch.table == self.mapping.student_table
+        old_link = idx.get("l")
+        if is_student_row and old_link is None and ch.before is not None:
+            old_link = ch.before.get(self.mapping.student_id)
         if ch.op == "d":
             new_contrib: list[tuple[Any, ...]] = []
             values: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -341,7 +510,11 @@ class Normalizer:
             try:
                 new_contrib, values = self._contributions(ch, res)
             except _Skip:
-                self.kv.put(idx_key, {"p": list(ch.position), "c": [list(c) for c in old_contrib]})
+                entry = {**idx, "p": list(ch.position), "c": [list(c) for c in old_contrib]}
+                self.kv.put(idx_key, entry)
+                for link, old, _new in self._moves:   # the student row was not applied: nor is its new key
+                    self.kv.put(f"l:{link}", old)
+                self._moves = []
                 return
             if new_contrib is None:  # orphan, parked until its student row arrives
                 return
@@ -351,7 +524,18 @@ class Normalizer:
                 self._remove(c, ch.row_id, before, touched)
         for c in new_contrib:
             self._set(c, values[c], ch, before, touched)
-        self.kv.put(idx_key, {"p": list(ch.position), "c": [list(c) for c in new_contrib]})
+        entry = {"p": list(ch.position), "c": [list(c) for c in new_contrib]}
+        if is_student_row:
+            new_link = None if ch.after is None else ch.after.get(self.mapping.student_id)
+            if new_link is not None:
+                entry["l"] = str(new_link)
+            if old_link is not None and str(old_link) != str(new_link):
+                old_skey = next((c[0] for c in old_contrib if self.mapping.feeds[c[3]].link is None), None)
+                if old_skey is not None:
+                    self._unlinks.setdefault(str(old_link), old_skey)
+        self._track_links(ch, idx, entry)
+        self.kv.put(idx_key, entry)
+        self._relink_all(before, touched)
         for skey in touched:
             lineage.setdefault(skey, []).append(ch.lineage())
         # the student row arrived: replay what waited for it
@@ -362,6 +546,87 @@ class Normalizer:
                 self.kv.put(f"o:{link}", None)
                 for d in sorted(parked, key=lambda d: tuple(d["pos"])):
                     self._apply_change(RowChange.from_json(d), before, lineage, res)
+
+    # ------------------------------------------------------------------ identity
+
+    def _track_links(self, ch: RowChange, idx: dict[str, Any], entry: dict[str, Any]) -> None:
+        """Keep ``lm:<link>`` (the rows linked to a student id) in step with the row's link columns."""
+        row = ch.after if ch.op != "d" else None
+        new_links: set[str] = set()
+        if row is not None:
+            for feed in self.mapping.feeds_of(ch.table):
+                if feed.link is not None and row.get(feed.link) is not None:
+                    new_links.add(str(row[feed.link]))
+        old_links = set(idx.get("k") or [])
+        if new_links:
+            entry["k"] = sorted(new_links)
+        rid = ch.row_id
+        for link in old_links - new_links:
+            members = self.kv.get(f"lm:{link}")
+            if members and rid in members:
+                members.remove(rid)
+                self.kv.put(f"lm:{link}", members or None)
+        for link in new_links - old_links:
+            members = self.kv.get(f"lm:{link}") or []
+            if rid not in members:
+                members.append(rid)
+                self.kv.put(f"lm:{link}", members)
+
+    def _relink_all(self, before: dict[str, Any], touched: set[str]) -> None:
+        """Carry out the key changes the current change made (its lineage goes to both views)."""
+        moves, self._moves = self._moves, []
+        for link, old, new in moves:
+            self._relink(link, old, new, before, touched)
+
+    def _relink(self, link: str, old: str, new: str, before: dict[str, Any], touched: set[str]) -> None:
+        """The student with id ``link`` changed key ``old`` → ``new``: its rows and their view parts follow."""
+        for rid in list(self.kv.get(f"lm:{link}") or []):
+            idx = self.kv.get(f"r:{rid}")
+            if not idx or not any(c[0] == old for c in idx.get("c", [])):
+                continue
+            moved = []
+            for c in idx["c"]:
+                if c[0] == old:
+                    self._move_part(tuple(c), new, rid, before)
+                    c = [new, *c[1:]]
+                moved.append(c)
+            self.kv.put(f"r:{rid}", {**idx, "c": moved})
+        if self.kv.get(f"v:{old}") is not None:
+            gone = self._view(old, None, before)
+            gone["rekeyed_to"] = new       # not a removed student: it goes on under the new key
+            self._finish(gone)
+            touched.add(old)
+        if self.kv.get(f"v:{new}") is not None:
+            view = self._view(new, None, before)
+            view["rekeyed_from"] = old     # sevis_events must not take it for a new student (no 2nd Create)
+            self._finish(view)
+            touched.add(new)
+
+    def _move_part(self, c: tuple[Any, ...], new: str, rid: str, before: dict[str, Any]) -> None:
+        old, section, slot, fi = c
+        if self.kv.get(f"v:{old}") is None:
+            return
+        src = self._view(old, None, before)
+        dst = self._view(new, None, before)
+        src.setdefault(section, {})
+        dst.setdefault(section, {})
+        if SECTIONS[section].keyed:
+            if src["src"].get(f"{section}/{slot}") != rid:
+                return
+            entry = src[section].pop(slot, None)
+            src["src"].pop(f"{section}/{slot}", None)
+            if entry is not None:
+                dst[section][slot] = entry
+                dst["src"][f"{section}/{slot}"] = rid
+        else:
+            if src["src"].get(f"{section}#{fi}") != rid:
+                return
+            for spec in self.mapping.feeds[fi].fields:
+                for k in [k for k in src[section] if k == spec.name or k.startswith(spec.name + "_")]:
+                    dst[section][k] = src[section].pop(k)
+            dst["src"][f"{section}#{fi}"] = src["src"].pop(f"{section}#{fi}")
+        self._finish(src)
+        self._finish(dst)
 
     def _contributions(self, ch: RowChange, res: Result) -> tuple[Any, Any]:
         row = ch.after or {}
@@ -400,7 +665,11 @@ class Normalizer:
                                          f"({m.student_key})", ch, field=m.student_key))
                 raise _Skip
             link = row.get(m.student_id)
+            prev = self.kv.get(f"l:{link}")
             self.kv.put(f"l:{link}", str(skey))
+            self._unlinks.pop(str(link), None)   # deleted and back in the same unit: a key change
+            if prev is not None and prev != str(skey):
+                self._moves.append((str(link), prev, str(skey)))
             return str(skey)
         link = row.get(feed.link or "")
         if link is None:
@@ -484,6 +753,9 @@ class Normalizer:
         view = self._view(skey, None, before)
         sec = SECTIONS[section]
         if section == "student" and ch.table == self.mapping.student_table and self.mapping.feeds[fi].link is None:
+            if not view["exists"]:     # a student (re)appears under this key: no earlier key change applies
+                view.pop("rekeyed_from", None)
+                view.pop("rekeyed_to", None)
             view["exists"] = True
             view["link"] = str((ch.after or {}).get(self.mapping.student_id))
         view.setdefault(section, {})  # a view stored before this section existed

@@ -2,9 +2,16 @@
 
 Rules (DOMAIN.md §4; docs/MAPPING.md "What is reported"):
 
-* Only *international* views (visa type is a reported SEVIS code) produce anything; a student who
-  stops being international stops being reported; views built from a snapshot set the baseline and
-  produce no updates (SEVIS already has that state), only a Create when one is due.
+* Only *international* views (visa type is a reported SEVIS code) produce events; a student who
+  stops being international stops being reported — one SEVIS holds as open becomes an issue
+  ``status_left_fmj`` (``student_removed`` when the student row is gone); views built from a snapshot set
+  the baseline and produce no updates (SEVIS already has that state), only a Create when one is due (or
+  ``incomplete_record`` when it cannot be made).
+* Nothing silent: a name spelled differently for SEVIS is sent with both spellings in the event's
+  ``problems`` and an issue ``name_altered``; a value removed in the SIS, a change a batch cannot make
+  (a closed record reopened, an active record's start date, a deferred admission's end date) and a
+  J-1 student's update (naming the changed fields) are issues. Every quiet ``return``/``continue`` is
+  annotated ``# reported:`` / ``# not-reportable:`` (tests/unit/test_nothing_silent.py).
 * No SEVIS ID yet: ``Create`` once the record is complete and the programme is initial/active (the
   first view that is create-ready); before that, an ``incomplete_record`` issue that lists the
   missing fields, raised again only when that list changes. After the Create, updates are derived as
@@ -20,7 +27,10 @@ Rules (DOMAIN.md §4; docs/MAPPING.md "What is reported"):
   authorisations ``AuthDropBelowFC.Add`` / ``CPTEmployment.Add`` / ``OPTEmployment.Add`` /
   ``OPTEmployment.Extend`` (STEM) when one is approved, the matching ``….Cancel`` when it is withdrawn.
 * A value SEVIS would reject never reaches an event: the element is left out and an issue (dead
-  letter for the DSO) names the field; an event with nothing left is not emitted.
+  letter for the DSO) names the field; an event with nothing left is not emitted. Every payload passes
+  :func:`processors.sevis_events.hygiene.check_event` before it is emitted (control characters, lengths,
+  amounts, dates): a finding refuses that event only. A Create that was refused is tried again by the next
+  create-ready version.
 """
 
 from __future__ import annotations
@@ -28,10 +38,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Callable
+from zoneinfo import ZoneInfo
 
 import orjson
 
+from processors.sevis_events import hygiene
 from processors.sevis_events import sevis_format as fmt
 from processors.sevis_events.sevis_format import FormatProblem
 
@@ -55,6 +68,7 @@ class Context:
     lineage: list[dict[str, Any]]
     commit_ts_ms: int | None = None
     snapshot: bool = False
+    timezone: str = "UTC"     # the school's time zone (school.timezone): a commit's local calendar date
 
 
 @dataclass
@@ -88,10 +102,17 @@ def _sub(v: dict[str, Any] | None, section: str) -> dict[str, Any]:
     return (v or {}).get(section) or {}
 
 
+@lru_cache(maxsize=8)
+def _zone(name: str) -> Any:
+    return timezone.utc if name == "UTC" else ZoneInfo(name)
+
+
 def _commit_date(ctx: Context) -> str | None:
+    """The SIS commit's date where the school is: the I-20 issue date when the SIS gives none (a
+    commit at 19:00 in Chicago is that day there, though it is already the next day in UTC)."""
     if ctx.commit_ts_ms is None:
         return None
-    return datetime.fromtimestamp(ctx.commit_ts_ms / 1000, tz=timezone.utc).date().isoformat()
+    return datetime.fromtimestamp(ctx.commit_ts_ms / 1000, tz=_zone(ctx.timezone)).date().isoformat()
 
 
 def missing_for_create(v: dict[str, Any]) -> list[str]:
@@ -102,6 +123,8 @@ def missing_for_create(v: dict[str, Any]) -> list[str]:
             ("program", pg, ("degree_level", "major_cip", "start_date", "end_date", "english_required")),
             ("finance", fi, ("academic_term_months", "tuition", "living_expenses", "personal_funds"))]
     out = [f"{name}.{f}" for name, sec, fields in need for f in fields if sec.get(f) is None]
+    if pg.get("status") is None:
+        out.append("program.status")
     fa = _sub(v, "address").get("foreign") or {}
     if not fa.get("line1") or not fa.get("country"):
         out.append("address.foreign")
@@ -117,6 +140,33 @@ def _display(v: dict[str, Any]) -> str | None:
     st = _sub(v, "student")
     last, first = st.get("last_name"), st.get("first_name")
     return ", ".join(x for x in (last, first) if x) or None
+
+
+SPELLING = "spelling for SEVIS"
+"""Prefix of the ``problems`` note that shows a name's SIS spelling next to the one sent (``batch show``, ``todo``)."""
+
+
+def _spelling(who: dict[str, Any], prefix: str, label: str) -> tuple[list[str], list["Issue"]]:
+    """Names SEVIS gets spelled differently from the SIS (accents, hyphens, apostrophes, periods): a note per
+    field with both spellings for the record's ``problems`` (records hold names anyway), and a ``name_altered``
+    issue for the DSO's worklist whose reason names the field and the change, never the name — the caller adds
+    the issues once the event carrying the name went out."""
+    notes: list[str] = []
+    issues: list[Issue] = []
+    for f in NAME_FIELDS:
+        text = who.get(f)
+        how = fmt.name_alterations(text) if isinstance(text, str) else []
+        if not how:
+            continue  # not-reportable: SEVIS gets the SIS spelling (spaces aside)
+        try:
+            sent = fmt.sevis_name(text, prefix + f, 180 if f == "preferred_name" else 80)
+        except FormatProblem:
+            continue  # reported: name_rejected, raised where the name is formatted
+        notes.append(f'{SPELLING} — {label}{f.replace("_", " ")}: SIS "{text}" → sent "{sent}" ({", ".join(how)})')
+        issues.append(Issue("name_altered", f"the SIS spelling of {prefix}{f} was changed for SEVIS "
+                            f"({', '.join(how)}); the record is sent: `sevisflow batch show --student <key>` shows "
+                            "both spellings — if the passport spells it otherwise, correct the SIS", prefix + f))
+    return notes, issues
 
 
 class _Builder:
@@ -141,7 +191,18 @@ class _Builder:
             return None
 
     def event(self, kind: str, coalesce_key: str, payload: dict[str, Any], before: Any = None,
-              after: Any = None, sub: str = "", problems: list[str] | None = None) -> None:
+              after: Any = None, sub: str = "", problems: list[str] | None = None,
+              told: list[Issue] | None = None) -> bool:
+        """Emit the event (True), or refuse it with an issue per hygiene finding (False). ``told``: issues that
+        hold only if the event goes out (a name altered for SEVIS)."""
+        # data hygiene at the door: a value SEVIS cannot carry refuses this event (an issue per finding), never
+        # the batch it would have joined; other events and students are not affected
+        day = _commit_date(self.ctx)
+        findings = hygiene.check_event(kind, payload, self.new, hygiene.parse_date(day) if day else None)
+        if findings:
+            for f in findings:
+                self.issue(f.code, hygiene.refusal_reason(kind, [f]), f.field)
+            return False  # reported: an issue per finding
         skey = self.new["student_key"]
         digest = hashlib.sha256(f"{self.ctx.org_id}|{skey}|{self.ctx.unit_id}|{kind}|{sub}".encode()).hexdigest()
         self.out.events.append({
@@ -160,38 +221,62 @@ class _Builder:
             "processor_version": PROCESSOR_VERSION,
             "lineage": self.ctx.lineage,
         })
+        self.out.issues.extend(told or [])
+        return True
 
 
 # ---------------------------------------------------------------------------- entry point
 
 def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context) -> Derived:
-    """Events and issues for one new version of a student's view."""
+    """Events and issues for one new version of a student's view.
+
+    Every ``return``/``continue`` that leaves a change without an event or an issue says why on its line
+    (``# reported: …`` / ``# not-reportable: …``); tests/unit/test_nothing_silent.py fails on one that does not."""
     if new is None:
-        return Derived()
+        return Derived()  # not-reportable: a tombstone carries no SIS data (a deleted student is a view, exists=false)
     if not _intl(new):
-        return _not_reported(prev, new, ctx)
+        return _not_reported(prev, new, ctx)  # reported: status_left_fmj / student_removed / not_reported_visa
     b = _Builder(prev if _intl(prev) else None, new, ctx)
     p = b.prev
     if not _sevis_id(new):
-        if create_ready(new) and not create_ready(p):
+        if new.get("rekeyed_from") and create_ready(new):
+            # the student's SIS key changed before SEVIS returned an ID: a Create may already be on its
+            # way under the old key, and a second one would make a duplicate SEVIS record (told once)
+            if p is not None and p.get("rekeyed_from") == new["rekeyed_from"] and create_ready(p):
+                return b.out  # reported: student_key_changed, by the first version under the new key
+            b.issue("student_key_changed", f"student key changed from {new['rekeyed_from']} before SEVIS "
+                    "returned a SEVIS ID: no second CreateStudent is sent; if the Create for the old key "
+                    "was accepted, enter its SEVIS ID in the SIS, else create the record in SEVIS RTI",
+                    "student.sevis_id")
+            return b.out
+        if create_ready(new) and not _create_went_out(p, ctx):
             _create(b)
-            return b.out
-        if not create_ready(new):
-            if _status(new) in ("initial", "active") and not ctx.snapshot:
+            return b.out  # reported: the Create, or the issues that hold it back
+        if not create_ready(new) and not _create_went_out(p, ctx):
+            if _status(new) in (None, "initial", "active"):
                 missing = missing_for_create(new)
-                before = missing_for_create(p) if (p and not _sevis_id(p) and _status(p) in ("initial", "active")) \
-                    else None
+                before = missing_for_create(p) if (p and not _sevis_id(p) and _status(p) in (None, "initial", "active")
+                                                   and not ctx.snapshot) else None
                 if missing != before:
-                    b.issue("incomplete_record", "CreateStudent waits for: " + ", ".join(missing), ",".join(missing))
-            return b.out
+                    b.issue("incomplete_record", "CreateStudent waits for: " + ", ".join(missing) + ": complete the "
+                            "SIS record (the Create goes out by itself), or create the record in SEVIS RTI and "
+                            "enter its SEVIS ID in the SIS", ",".join(missing))
+                return b.out  # reported: incomplete_record, again whenever the list of missing fields changes
+            return b.out  # not-reportable: no SEVIS record and none due (a deferred admit, or closed before a Create)
+        # not create-ready any more after our Create went out: what changed is an update of that record
     # updates: only for a record SEVIS has (or will have from our Create)
     if p is None or ctx.snapshot:
-        return b.out
+        return b.out  # not-reportable: the baseline — SEVIS already holds this state (a snapshot, a first view)
     if not (_sevis_id(p) or create_ready(p)):
-        return b.out
+        return b.out  # not-reportable: the SEVIS ID came from SEVIS RTI (record made there): the baseline
+    _closed_status(b)
+    if _status(p) is not None and _status(p) not in TERMINAL and _status(new) is None:
+        b.issue("missing_field", "the programme record was removed in the SIS (or lost its status): SEVIS keeps the "
+                "record as it was, and no programme change or registration is reported until the SIS has it again — "
+                "restore it in the SIS", "program.status")
     if _status(p) in TERMINAL and _status(new) in TERMINAL:
         _authorizations(b)  # OPT / a STEM extension may follow completion (SEVIS keeps the record Active)
-        return b.out
+        return b.out  # not-reportable: SEVIS takes no update of a closed record (a status change is told above)
     level_changed = _level_change(b)
     _personal_info(b)
     _registration(b)
@@ -205,18 +290,91 @@ def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context
     return b.out
 
 
+def _create_went_out(p: dict[str, Any] | None, ctx: Context) -> bool:
+    """Whether the previous version's Create was emitted. One that was refused (a rejected name, a value SEVIS
+    cannot carry) was not: the next create-ready version tries the Create again instead of deriving updates."""
+    return create_ready(p) and any(e["kind"] == "Create" for e in derive(None, p, ctx).events)
+
+
+def _sevis_active(v: dict[str, Any] | None, ctx: Context) -> bool:
+    """Whether SEVIS holds (or will hold, from our Create) an open F, M or J record for the student of view ``v``."""
+    if not v or _status(v) not in OPEN_STATUSES:
+        return False
+    if _intl(v):
+        return bool(_sevis_id(v)) or _create_went_out(v, ctx)
+    return bool(v.get("not_reported_visa") and _sevis_id(v))
+
+
+def _closed_status(b: _Builder) -> None:
+    """A closed record (completed/terminated/canceled) whose SIS status changes again: SEVIS takes no second
+    ending and does not reopen a record from a batch, so the DSO must act in SEVIS (or correct the SIS)."""
+    old, new = _status(b.prev), _status(b.new)
+    if old not in TERMINAL or new == old:
+        return  # not-reportable: not a closed record, or its status did not change
+    if new in TERMINAL:
+        b.issue("needs_dso", f"the programme status changed from {old} to {new} after the SEVIS record was closed: "
+                "SEVIS takes no second ending from a batch — if SEVIS shows the wrong one, request a correction "
+                "from the SEVIS Help Desk, else correct the SIS", "program.status")
+    else:
+        b.issue("needs_dso", f"the programme is {new or 'without a status'} again after it was {old}: a batch cannot "
+                "reopen a closed SEVIS record — apply for reinstatement or request a correction in SEVIS, or correct "
+                "the SIS", "program.status")
+
+
 def _not_reported(prev: dict[str, Any] | None, new: dict[str, Any], ctx: Context) -> Derived:
-    """A student SEVIS holds in a batch sevisflow does not produce (J-1 → EV): what would have been an
-    event becomes an issue naming the update, so the RO/ARO files it in SEVIS; nothing is dropped silently."""
-    visa = new.get("not_reported_visa")
-    if not visa or (prev is not None and prev.get("not_reported_visa") != visa):
-        return Derived()
-    shadow = derive(None if prev is None else {**prev, "international": True}, {**new, "international": True}, ctx)
+    """A student sevisflow does not report (any more). One SEVIS holds as open while the SIS no longer shows an
+    F/M visa becomes ``status_left_fmj`` (or ``student_removed``). A student SEVIS holds in a batch sevisflow does
+    not produce (J-1 → EV): what would have been an event becomes an issue naming the update and the fields that
+    changed, so the RO/ARO files it in SEVIS RTI; nothing is dropped silently."""
     out = Derived()
+    visa = new.get("not_reported_visa")
+    if _sevis_active(prev, ctx) and not (visa and visa == (prev or {}).get("not_reported_visa")):
+        if not new.get("exists", True):
+            if new.get("rekeyed_to") and not new.get("exists"):
+                # not-reportable: the key changed: the record goes on under the new key (normalize moved its rows)
+                return out
+            out.issues.append(Issue("student_removed", "the student is no longer in the SIS (the student row was "
+                                    "deleted) while SEVIS holds the record as active: complete, transfer or terminate "
+                                    "the record in SEVIS, or restore the student in the SIS", "student"))
+        elif visa:
+            out.issues.append(Issue("status_left_fmj", f"the SIS now shows a {visa} visa for a student SEVIS holds as "
+                                    f"an active F/M record: complete, transfer or terminate that record in SEVIS (the "
+                                    f"{visa} record is kept in SEVIS RTI), or correct the SIS", "student.visa_type"))
+        else:
+            out.issues.append(Issue("status_left_fmj", "the SIS no longer shows an F/M/J visa for a student SEVIS "
+                                    "holds as active: complete, transfer or terminate the record in SEVIS, or correct "
+                                    "the SIS", "student.visa_type"))
+    if not visa:
+        return out  # not-reportable: not international (one SEVIS held as open is reported just above)
+    same = prev is not None and prev.get("not_reported_visa") == visa
+    shadow = derive({**prev, "international": True} if same else None, {**new, "international": True}, ctx)
     for e in shadow.events:
-        what = "a new SEVIS record" if e["kind"] == "Create" else f"the update {e['kind']}"
+        if e["kind"] == "Create":
+            what = "a new SEVIS record"
+        else:
+            fields = _changed_fields(e)
+            what = f"the update {e['kind']}" + (f" (changed in the SIS: {', '.join(fields)})" if fields else "")
         out.issues.append(Issue("not_reported_visa", f"{visa} student: SEVIS needs {what}, which sevisflow cannot "
                                 f"send ({visa} records are updated in SEVIS RTI / the EV batch)", "student.visa_type"))
+    return out
+
+
+def _changed_fields(e: dict[str, Any]) -> list[str]:
+    """The names (never the values) of what an event's before → after changes, for a reason that is logged; none
+    for an event that adds something whole (a dependant: its kind says it)."""
+    if not e.get("before_json"):
+        return []
+    before = orjson.loads(e["before_json"])
+    after = orjson.loads(e["after_json"]) if e.get("after_json") else {}
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return []
+    out = []
+    for k in sorted(set(before) | set(after)):
+        bv, av = before.get(k), after.get(k)
+        if isinstance(bv, dict) and isinstance(av, dict) and k not in ("registration",) and not k.startswith("address"):
+            out += [f"{k}.{x}" for x in sorted(set(bv) | set(av)) if bv.get(x) != av.get(x)]
+        elif bv != av:
+            out.append(k)
     return out
 
 
@@ -233,7 +391,10 @@ def _edu_info(b: _Builder, v: dict[str, Any]) -> dict[str, Any] | None:
         return None
     major1 = b.attempt(lambda: fmt.cip(pg.get("major_cip"), "program.major_cip", allow_zero=False))
     if major1 is None:
-        return None
+        if pg.get("major_cip") is None:
+            b.issue("missing_field", "program.major_cip is empty: SEVIS needs the major with the education level; "
+                    "enter it in the SIS", "program.major_cip")
+        return None  # reported: missing_field above, or bad_code by the formatter
     out: dict[str, Any] = {"EduLevel": level, "MajorCode1": major1}
     for f, el in (("second_major_cip", "MajorCode2"), ("minor_cip", "Minor")):
         val = b.attempt(lambda f=f: fmt.cip(pg.get(f), f"program.{f}", allow_zero=True))
@@ -250,26 +411,28 @@ def _eng(pg: dict[str, Any]) -> dict[str, Any]:
     if pg.get("english_met") is not None:
         eng["RequirementsMet"] = fmt.yes_no(pg.get("english_met"))
     if pg.get("english_required") is False and pg.get("english_not_required_reason"):
-        eng["NotRequiredReason"] = pg["english_not_required_reason"][:500]
+        eng["NotRequiredReason"] = pg["english_not_required_reason"]
     return eng
 
 
 def _amount(b: _Builder, amount: Any, remarks: Any, what: str) -> dict[str, Any] | None:
     if not amount:
-        return None
+        return None  # not-reportable: no amount, nothing to send
     if not remarks:
         b.issue("missing_field", f"{what} needs remarks (SEVIS requires them with the amount)", f"finance.{what}")
         return None
-    return {"Amount": str(amount), "Remarks": str(remarks)[:500]}
+    return {"Amount": str(amount), "Remarks": str(remarks)}  # checked (amount, length) by the event check
 
 
 def _money(b: _Builder, value: Any, fld: str) -> str | None:
     if value is None:
+        return None  # not-reportable: no amount (a required one is listed by missing_for_create / the event check)
+    n = hygiene.whole_amount(value)
+    if n is None:
+        b.issue("bad_amount", f"finance.{fld} must be a whole number of dollars from 0 to 99,999,999: correct it "
+                "in the SIS", f"finance.{fld}")
         return None
-    if not 0 <= int(value) <= 99_999_999:
-        b.issue("bad_amount", f"finance.{fld} is outside 0-99,999,999 dollars", f"finance.{fld}")
-        return None
-    return str(int(value))
+    return str(n)
 
 
 def _fin_info(b: _Builder, v: dict[str, Any]) -> dict[str, Any]:
@@ -277,8 +440,9 @@ def _fin_info(b: _Builder, v: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     months = fi.get("academic_term_months")
     if months is not None:
-        if 1 <= int(months) <= 12:
-            out["AcademicTerm"] = f"{int(months):02d}"
+        n = hygiene.whole_amount(months)
+        if n is not None and 1 <= n <= 12:
+            out["AcademicTerm"] = f"{n:02d}"
         else:
             b.issue("bad_code", "academic term must be 1-12 months", "finance.academic_term_months")
     exp: dict[str, Any] = {}
@@ -315,7 +479,7 @@ def _dependent_bio(b: _Builder, d: dict[str, Any], slot: str) -> dict[str, Any] 
     if missing:
         b.issue("missing_field", f"dependent {slot} lacks " + ", ".join(missing), where + missing[0])
     if name is None or missing:
-        return None
+        return None  # reported: missing_field above, or the name's issue (name_rejected, missing_field)
     out = {"FullName": name, "BirthDate": d["birth_date"], "Gender": d["gender"]}
     if d.get("birth_city"):
         out["BirthCity"] = fmt._clip(d["birth_city"], 100)
@@ -341,7 +505,7 @@ def _create(b: _Builder) -> None:
     if mail:
         personal["Email"] = mail
     personal["VisaType"] = st["visa_type"]
-    tel = fmt.telephone(st)
+    tel = b.attempt(lambda: fmt.telephone(st))
     if tel:
         personal["Telephone"] = tel
     payload: dict[str, Any] = {"@printForm": "true", "PersonalInfo": personal, "IssueReason": st["issue_reason"]}
@@ -360,23 +524,28 @@ def _create(b: _Builder) -> None:
     if edu:
         payload["EducationalInfo"] = edu
     payload["FinancialInfo"] = _fin_info(b, v)
-    deps = []
+    deps, dep_slots = [], []
     for slot, d in sorted(_sub(v, "dependent").items()):
         if d.get("status") == "removed":
-            continue
+            continue  # not-reportable: a removed dependant is not part of a new record
         bio = _dependent_bio(b, d, slot)
         if bio:
             deps.append(bio)
+            dep_slots.append(slot)
     if deps:
-        payload["CreateDependent"] = {"Dependent": deps[:25]}
+        payload["CreateDependent"] = {"Dependent": deps}  # > 25 is refused by the event check, not cut
     if st.get("issue_reason") not in ("I", "S"):
         b.issue("bad_code", "issue reason must be I (initial) or S (change of status)", "student.issue_reason")
     if len(b.out.issues) > before_issues and ("FullName" not in personal or "ForeignAddress" not in payload
                                               or "EducationalInfo" not in payload
                                               or st.get("issue_reason") not in ("I", "S")):
-        return  # not sendable: the issues say why; a later change re-tries when the view changes
+        return  # reported: the issues above say why it is not sendable; a later change re-tries
+    notes, told = _spelling(st, "student.", "")
+    for slot in dep_slots:
+        more, also = _spelling(_sub(v, "dependent")[slot], f"dependent[{slot}].", f"dependent {slot} ")
+        notes, told = notes + more, told + also
     b.event("Create", "Create", payload, None, {"student": "new record"},
-            problems=[i.reason for i in b.out.issues[before_issues:]])
+            problems=[i.reason for i in b.out.issues[before_issues:]] + notes, told=told)
 
 
 # ---------------------------------------------------------------------------- updates
@@ -404,9 +573,9 @@ def _personal_info(b: _Builder) -> None:
         if ps.get(f) != ns.get(f):
             before[f], after[f] = ps.get(f), ns.get(f)
             if ns.get(f) is None:
-                if f in ("birth_date", "gender", "birth_country", "citizenship_country"):
-                    b.issue("missing_field", f"student.{f} was removed in the SIS; SEVIS keeps the old value",
-                            f"student.{f}")
+                b.issue("missing_field", f"student.{f} was removed in the SIS; a batch cannot remove it, so SEVIS "
+                        "keeps the old value: enter the right value in the SIS, or correct it in SEVIS RTI",
+                        f"student.{f}")
                 continue
             payload[el] = fmt.yes_no(ns[f]) if f == "commuter" else ns[f]
     if ps.get("email") != ns.get("email"):
@@ -418,34 +587,43 @@ def _personal_info(b: _Builder) -> None:
             b.issue("missing_field", "e-mail removed in the SIS; SEVIS requires one", "student.email")
     if _changed(ps, ns, ("phone", "phone_country_code")):
         before["phone"], after["phone"] = ps.get("phone"), ns.get("phone")
-        tel = fmt.telephone(ns)
+        tel = b.attempt(lambda: fmt.telephone(ns))
         if tel:
             payload["Telephone"] = tel
+        elif not ns.get("phone"):
+            b.issue("missing_field", "student.phone was removed in the SIS; a batch cannot remove it, so SEVIS keeps "
+                    "the old number: enter the new one in the SIS, or correct it in SEVIS RTI", "student.phone")
+        elif not any(i.field == "student.phone" for i in b.out.issues):
+            b.issue("bad_phone", "student.phone has no digits: enter the number in the SIS", "student.phone")
     for slot, el, f in (("us_physical", "USAddress", fmt.us_address), ("us_mailing", "MailingAddress", fmt.us_address),
                         ("foreign", "ForeignAddress", fmt.foreign_address)):
         if pa.get(slot) != na.get(slot):
             before[f"address.{slot}"], after[f"address.{slot}"] = pa.get(slot), na.get(slot)
             if na.get(slot) is None:
-                if slot != "us_mailing":
-                    b.issue("missing_field", f"address.{slot} was removed in the SIS; SEVIS keeps the old one",
-                            f"address.{slot}")
+                b.issue("missing_field", f"address.{slot} was removed in the SIS; a batch cannot remove it, so SEVIS "
+                        "keeps the old one: enter the current address in the SIS, or update it in SEVIS RTI",
+                        f"address.{slot}")
                 continue
             val = b.attempt(lambda slot=slot, f=f: f(na.get(slot), f"address.{slot}"))
             if val:
                 payload[el] = val
     if payload:
-        b.event("PersonalInfo", "PersonalInfo", {"@printForm": "false", **payload}, before, after)
+        # the notes go with every PersonalInfo while the name is altered: a later event of the record (an e-mail)
+        # replaces the record's problems, and the name sent earlier stays in its payload
+        notes, told = _spelling(ns, "student.", "")
+        b.event("PersonalInfo", "PersonalInfo", {"@printForm": "false", **payload}, before, after, problems=notes,
+                told=told if "FullName" in payload else None)
 
 
 def _registration(b: _Builder) -> None:
     if _status(b.new) not in ("initial", "active"):
-        return
+        return  # not-reportable: SEVIS registers only initial/active records (a closed one takes no update)
     pr, nr = _sub(b.prev, "registration"), _sub(b.new, "registration")
     end = _sub(b.new, "program").get("end_date")
     for slot in sorted(nr):
         r = nr[slot]
         if r.get("status") != "enrolled" or (pr.get(slot) or {}).get("status") == "enrolled":
-            continue
+            continue  # not-reportable: only the first confirmed enrolment of a session is reported
         if not r.get("session_start") or not r.get("session_end"):
             b.issue("missing_field", f"registration {slot}: session dates unknown (term row missing?)",
                     f"registration[{slot}].session_start")
@@ -473,14 +651,29 @@ def _registration(b: _Builder) -> None:
 
 def _level_change(b: _Builder) -> bool:
     pp, np_ = _sub(b.prev, "program"), _sub(b.new, "program")
-    if not pp.get("degree_level") or not np_.get("degree_level") or pp["degree_level"] == np_["degree_level"]:
-        return False
+    if pp.get("degree_level") == np_.get("degree_level"):
+        return False  # not-reportable: the level did not change
+    if not np_.get("degree_level"):
+        if pp and np_:  # the whole programme row gone is one issue, raised by derive
+            b.issue("missing_field", "program.degree_level was removed in the SIS; SEVIS keeps the old education "
+                    "level: enter it in the SIS", "program.degree_level")
+        return False  # reported: missing_field here or, for a removed programme row, by derive
+    if not pp.get("degree_level"):
+        if pp:
+            b.issue("needs_dso", "program.degree_level was set in the SIS where it was empty: sevisflow cannot tell "
+                    "whether SEVIS holds the same level — check the record in SEVIS RTI and change the education "
+                    "level there if it differs", "program.degree_level")
+        return False  # reported: needs_dso above; not-reportable for a first programme row (the baseline)
     if np_.get("status") not in ("initial", "active"):
+        status = np_.get("status") or "without a status"
+        b.issue("needs_dso", f"program.degree_level changed while the programme is {status}: SEVIS changes the "
+                "education level of initial or active records only — change it in SEVIS "
+                "RTI if it applies, or correct the SIS", "program.degree_level")
         return False
     edu = _edu_info(b, b.new)
     fin = _fin_info(b, b.new)
     if edu is None:
-        return True
+        return True  # reported: _edu_info raised the issue that holds the EducationLevel.Change back
     b.event("EducationLevel.Change", "EducationLevel", {"@printForm": "true", "EducationalInfo": edu,
                                                         "FinancialInfo": fin},
             {"program": pp}, {"program": np_})
@@ -490,7 +683,20 @@ def _level_change(b: _Builder) -> bool:
 def _program_dates(b: _Builder) -> None:
     pp, np_ = _sub(b.prev, "program"), _sub(b.new, "program")
     if np_.get("status") not in OPEN_STATUSES or not pp:
-        return
+        return  # not-reportable: a closed record takes no date change; a first programme row is the baseline
+    for f in ("start_date", "end_date"):
+        if pp.get(f) and not np_.get(f):
+            b.issue("missing_field", f"program.{f} was removed in the SIS; SEVIS keeps the old date: enter it in the "
+                    "SIS", f"program.{f}")
+        elif np_.get(f) and not pp.get(f):
+            b.issue("needs_dso", f"program.{f} was set in the SIS where it was empty: sevisflow cannot tell whether "
+                    "SEVIS holds the same date — check the record in SEVIS RTI and correct it there if it differs",
+                    f"program.{f}")
+    if pp.get("start_date") and np_.get("start_date") and pp["start_date"] != np_["start_date"] \
+            and np_.get("status") == "active":
+        b.issue("needs_dso", "program.start_date changed for an active record: SEVIS takes a new programme start "
+                "date for initial records only — request a correction in SEVIS (or correct the SIS)",
+                "program.start_date")
     if pp.get("start_date") != np_.get("start_date") and np_.get("status") in ("initial", "deferred") \
             and np_.get("start_date") and np_.get("end_date"):
         iss = _sub(b.new, "student").get("i20_issue_date") or _commit_date(b.ctx)
@@ -501,14 +707,19 @@ def _program_dates(b: _Builder) -> None:
                 {"start_date": np_["start_date"], "end_date": np_["end_date"]})
         return
     old, new = pp.get("end_date"), np_.get("end_date")
-    if not old or not new or old == new or np_.get("status") == "deferred":
+    if not old or not new or old == new:
+        return  # reported: a removed or newly set date above; else not-reportable: the end date did not change
+    if np_.get("status") == "deferred":
+        b.issue("needs_dso", "program.end_date changed for a deferred admission without a new start date: SEVIS "
+                "moves both together (Program/ManageSessionDates) — update the dates in SEVIS RTI, or change the "
+                "start date in the SIS too", "program.end_date")
         return
     if new > old:
         reason = np_.get("extension_reason")
         problems = [] if reason else ["Explanation is a default text: confirm the reason for the extension"]
         b.event("Program.Extension", "Program.EndDate",
                 {"@printForm": "true", "NewPrgEndDate": new,
-                 "Explanation": (reason or f"Program completion date moved from {old} to {new} by the school")[:500]},
+                 "Explanation": reason or f"Program completion date moved from {old} to {new} by the school"},
                 {"end_date": old}, {"end_date": new}, problems=problems)
     else:
         b.event("Program.Shorten", "Program.EndDate", {"@printForm": "true", "NewPrgEndDate": new},
@@ -518,7 +729,7 @@ def _program_dates(b: _Builder) -> None:
 def _program_edit(b: _Builder) -> None:
     pp, np_ = _sub(b.prev, "program"), _sub(b.new, "program")
     if np_.get("status") not in OPEN_STATUSES or not pp:
-        return
+        return  # not-reportable: a closed record takes no programme edit; a first programme row is the baseline
     payload: dict[str, Any] = {}
     ch = _changed(pp, np_, ("major_cip", "second_major_cip", "minor_cip"))
     for f, el, zero in (("major_cip", "MajorCode1", False), ("second_major_cip", "MajorCode2", True),
@@ -528,14 +739,18 @@ def _program_edit(b: _Builder) -> None:
                 if zero:
                     payload[el] = "00.0000"
                 else:
-                    b.issue("missing_field", "major removed in the SIS", "program.major_cip")
-                continue
+                    b.issue("missing_field", "program.major_cip was removed in the SIS; SEVIS keeps the old major: "
+                            "enter it in the SIS", "program.major_cip")
+                continue  # reported: 00.0000 sent, or the issue above
             val = b.attempt(lambda f=f, zero=zero: fmt.cip(np_.get(f), f"program.{f}", zero))
             if val:
                 payload[el] = val
     eng = _changed(pp, np_, ("english_required", "english_met", "english_not_required_reason"))
     if eng and np_.get("english_required") is not None:
         payload["EngProficiency"] = _eng(np_)
+    elif eng:
+        b.issue("missing_field", "program.english_required is empty: SEVIS needs it with any English proficiency "
+                "change — enter it in the SIS", "program.english_required")
     if payload:
         fields = tuple(ch + eng)
         b.event("Program.Edit", "Program.Edit", {"@printForm": "true", **payload},
@@ -545,19 +760,38 @@ def _program_edit(b: _Builder) -> None:
 def _financial(b: _Builder) -> None:
     pf, nf = _sub(b.prev, "finance"), _sub(b.new, "finance")
     ch = _changed(pf, nf, FINANCE_FIELDS)
-    if not ch or not nf:
+    if not ch:
+        return  # not-reportable: no finance field changed
+    if not nf:
+        b.issue("missing_field", "the finance record was removed in the SIS; SEVIS keeps the old figures: enter the "
+                "current ones in the SIS", "finance")
         return
+    for f in ch:  # the update leaves an element out = no change: a value emptied in the SIS stays in SEVIS
+        if nf.get(f) is None and pf.get(f) not in (None, 0):
+            b.issue("missing_field", f"finance.{f} was removed in the SIS; a batch cannot remove it, so SEVIS keeps "
+                    "the old value: enter the current one (0 if none) in the SIS", f"finance.{f}")
+    told = len(b.out.issues)
     payload = _fin_info(b, b.new)
     if payload:
         b.event("FinancialInfo", "FinancialInfo", {"@printForm": "true", **payload},
                 {f: pf.get(f) for f in ch}, {f: nf.get(f) for f in ch})
+    elif len(b.out.issues) == told:
+        b.issue("missing_field", "the finance record has no value SEVIS can take (term, costs and funds are empty): "
+                "enter them in the SIS", "finance")
 
 
 def _status_events(b: _Builder) -> None:
     pp, np_ = _sub(b.prev, "program"), _sub(b.new, "program")
     old, new = pp.get("status"), np_.get("status")
+    if old == "active" and new in ("initial", "deferred"):
+        b.issue("needs_dso", f"the programme went from active back to {new} in the SIS: a SEVIS record does not go "
+                "back to Initial — correct the SIS, or handle the change in SEVIS RTI", "program.status")
+    elif old == "initial" and new == "deferred" and pp.get("start_date") == np_.get("start_date"):
+        b.issue("needs_dso", "the admission was deferred in the SIS without a new programme start date: enter the new "
+                "start date in the SIS (Program/ManageSessionDates then goes out), or update it in SEVIS RTI",
+                "program.start_date")
     if old == new or new not in TERMINAL:
-        return
+        return  # not-reportable: not an ending (SEVIS activates a record itself on Registration; reopening: above)
     was_initial = old in ("initial", "deferred") or _sub(b.prev, "student").get("sevis_status") == "INITIAL"
     before, after = {"status": old}, {"status": new}
     if new == "completed":
@@ -600,11 +834,21 @@ def _dependents(b: _Builder) -> None:
         if n_active and not p_active:
             bio = _dependent_bio(b, n, slot)
             if bio:
-                b.event("Dependent.Add", ck, {"@printForm": "true", **bio}, p, n, sub=slot)
+                notes, told = _spelling(n, f"dependent[{slot}].", f"dependent {slot} ")
+                b.event("Dependent.Add", ck, {"@printForm": "true", **bio}, p, n, sub=slot, problems=notes, told=told)
         elif p_active and n_active:
             ch = _changed(p, n, DEP_BIO)
+            if p.get("visa_type") != n.get("visa_type") and n.get("visa_type") not in ("04", "05"):
+                b.issue("needs_dso", f"dependent {slot}'s visa type is no longer F-2/M-2 in the SIS: SEVIS keeps the "
+                        "dependant until terminated — terminate them in SEVIS RTI with a reason, or correct the SIS",
+                        f"dependent[{slot}].visa_type")
+            removed = [f for f in ch if n.get(f) is None]
+            if removed:
+                b.issue("missing_field", f"dependent {slot}: {', '.join(removed)} removed in the SIS; a batch cannot "
+                        "remove it, so SEVIS keeps the old value: enter it in the SIS",
+                        f"dependent[{slot}].{removed[0]}")
             if not ch:
-                continue
+                continue  # not-reportable: no field SEVIS holds for the dependant changed (a visa change: above)
             payload: dict[str, Any] = {"@printForm": "true"}
             problems = []
             if n.get("dependent_sevis_id"):
@@ -621,8 +865,9 @@ def _dependents(b: _Builder) -> None:
                 if f in ch and n.get(f) is not None:
                     payload[el] = n[f]
             if len(payload) > 1 + ("@dependentSevisID" in payload):
+                notes, told = _spelling(n, f"dependent[{slot}].", f"dependent {slot} ")
                 b.event("Dependent.Edit", ck, payload, {f: p.get(f) for f in ch}, {f: n.get(f) for f in ch},
-                        sub=slot, problems=problems)
+                        sub=slot, problems=problems + notes, told=told if "FullName" in payload else None)
         elif p_active and not n_active:
             reason = (n or {}).get("status_reason")
             if not reason:
@@ -693,9 +938,9 @@ def _authorizations(b: _Builder) -> None:
                 b.issue("needs_dso", f"{where} ({AUTH_LABEL.get(n.get('kind'), 'authorisation')}) changed after "
                         "approval; sevisflow derives no edit of it: change it in SEVIS RTI, or withdraw it and enter "
                         "a new one", where)
-            continue
+            continue  # reported: the Add again, the issue above, or the Add's own issue when it was first refused
         if p_ok == n_ok:
-            continue
+            continue  # not-reportable: neither version is approved (SEVIS hears of school-approved ones only)
         a = n if n_ok else p
         kind = a.get("kind")
         if kind not in AUTH_EVENT:
@@ -731,7 +976,8 @@ def _add_problem(v: dict[str, Any] | None, a: dict[str, Any], where: str) -> tup
             fmt.employer_address(a, f"{where}.employer", "USAddressType" if kind == "cpt" else "USAddrDoctorType")
         except FormatProblem as p:
             return (p.code, p.reason, p.field)
-    return None
+    bad = hygiene.authorization_problem(kind, a, where)  # dates, characters, lengths: refused Adds are retried
+    return None if bad is None else (bad.code, bad.reason, bad.field)
 
 
 def _auth_missing(b: _Builder, slot: str, kind: str, a: dict[str, Any], cancel: bool) -> bool:
@@ -758,34 +1004,34 @@ def _auth_add(b: _Builder, slot: str, kind: str, a: dict[str, Any]) -> None:
     if kind == "rcl":
         payload.update({"Reason": a["rcl_reason"], "StartDate": a["start_date"], "EndDate": a["end_date"]})
         if a.get("remarks"):
-            payload["Remarks"] = str(a["remarks"])[:500]
+            payload["Remarks"] = str(a["remarks"])
         sub = "Add"
     elif kind == "cpt":
         addr = b.attempt(lambda: fmt.employer_address(a, f"{where}.employer", "USAddressType"))
         if addr is None:
-            return
+            return  # reported: the formatter's issue (b.attempt)
         payload.update({"StartDate": a["start_date"], "EndDate": a["end_date"],
                         "FullPartTimeIndicator": a["time_basis"], "EmployerName": fmt._clip(a["employer_name"], 100),
                         "EmployerAddress": addr})
         if a.get("course_relevance"):
-            payload["CourseRelevance"] = str(a["course_relevance"])[:250]
+            payload["CourseRelevance"] = str(a["course_relevance"])
         if a.get("remarks"):
-            payload["EmploymentRemarks"] = str(a["remarks"])[:250]
+            payload["EmploymentRemarks"] = str(a["remarks"])
         sub = "Add"
     elif kind == "opt":
         payload.update({"StartDate": a["start_date"], "EndDate": a["end_date"],
                         "FullPartTimeIndicator": a["time_basis"], "AcademicYearMet": fmt.yes_no(a["academic_year_met"])})
         if a.get("remarks"):
-            payload["Remarks"] = str(a["remarks"])[:250]
+            payload["Remarks"] = str(a["remarks"])
         sub = "Add"
     else:  # opt_stem: the extension names the employer (≥1 Employer)
         addr = b.attempt(lambda: fmt.employer_address(a, f"{where}.employer", "USAddrDoctorType"))
         if addr is None:
-            return
+            return  # reported: the formatter's issue (b.attempt)
         employer: dict[str, Any] = {}
         if a.get("employer_name"):
             employer["EmployerName"] = fmt._clip(a["employer_name"], 121)
-        employer.update({"EmployerAddress": addr, "CourseRelevance": str(a["course_relevance"])[:1000],
+        employer.update({"EmployerAddress": addr, "CourseRelevance": str(a["course_relevance"]),
                          "FullPartTimeIndicator": a["time_basis"], "StartDate": a["start_date"],
                          "EndDate": a["end_date"]})
         payload.update({"StartDate": a["start_date"], "EndDate": a["end_date"],
@@ -798,7 +1044,7 @@ def _auth_add(b: _Builder, slot: str, kind: str, a: dict[str, Any]) -> None:
 def _auth_cancel(b: _Builder, slot: str, kind: str, a: dict[str, Any]) -> None:
     """Withdrawn (or the row deleted): cancel what SEVIS was told, so the payload is the approved version."""
     if _auth_missing(b, slot, kind, a, cancel=True):
-        return
+        return  # reported: incomplete_record, raised by _auth_missing
     payload: dict[str, Any] = {"@printForm": "false"}
     if kind == "rcl":
         payload.update({"Reason": a["rcl_reason"], "StartDate": a["start_date"], "EndDate": a["end_date"]})

@@ -61,7 +61,7 @@ class EventsStage:
         prev = orjson.loads(raw_prev) if raw_prev else None
         lineage = list(rec.get("lineage") or [])
         ctx = Context(self.org_id, rec["unit_id"], lineage, rec.get("commit_ts_ms"),
-                      bool(rec.get("snapshot")))
+                      bool(rec.get("snapshot")), self.settings.school.timezone)
         out = derive(prev, view, ctx)
         state.put(msg.partition(), key, rec["view_json"].encode())
         outs: list[Output] = []
@@ -87,7 +87,8 @@ def build_loop(settings: Settings, instance: str | None = None, batch_size: int 
     stage = EventsStage(settings)
     loop = TransactionalLoop(settings.kafka, group, [settings.topics.students], stage.handle,
                              transactional_id=f"{group}-{instance}", state_topic=with_suffix(STATE_TOPIC, settings),
-                             batch_size=batch_size, stall_after_s=settings.metrics.stall_after_s)
+                             batch_size=batch_size, stall_after_s=settings.metrics.stall_after_s,
+                             dlq_topic=settings.topics.dlq)
     return loop, stage
 
 

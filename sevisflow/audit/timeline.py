@@ -290,6 +290,17 @@ class BatchReport:
                 "lifecycle": self.lifecycle, "unmatched_results": self.unmatched_results, "upload": self.upload}
 
 
+def reviewed_by(close: Mapping[str, Any]) -> str:
+    """Who reviewed what a close command closed, as the command itself records it (never re-read)."""
+    if str(close.get("command_id") or "").startswith("scheduled:"):
+        return "none (scheduled close: no person reviewed it)"
+    if close.get("reviewed_revision") is None:
+        basis = close.get("basis_revision")
+        return ("none (closed with --yes without a reviewed revision"
+                + (f"; bound to revision {basis} as read" if basis is not None else "") + ")")
+    return f"{close.get('dso_user_id')} (revision {close['reviewed_revision']})"
+
+
 def batch_report(batch_id: str, *, batches: Iterable[Decoded], results: Iterable[Decoded] = (),
                  commands: Iterable[Decoded] = (), upload: Mapping[str, Any] | None = None) -> BatchReport:
     """Who closed ``batch_id``, when, what it contained, and what SEVIS answered per record."""
@@ -318,6 +329,7 @@ def batch_report(batch_id: str, *, batches: Iterable[Decoded], results: Iterable
                                     "requested_at": iso_ms(c.get("requested_at_ms")),
                                     "requested_at_ms": c.get("requested_at_ms"),
                                     "reviewed_revision": c.get("reviewed_revision"),
+                                    "reviewed_by": reviewed_by(c),
                                     "record_ids": len(c.get("record_ids") or []), "reason": c.get("reason"),
                                     "ref": d.ref}
             break

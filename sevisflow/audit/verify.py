@@ -22,10 +22,14 @@ with the reason), from the file back to the SIS:
    topic, with the LSN and transaction id the lineage recorded (for an event a DSO reported with
    ``sevisflow student report``: its ``report`` command is still on ``sevis.batch.commands``).
 
-``verify --all`` runs this for every batch of the outbox, checks that every closed batch on
-``sevis.batches`` is in the outbox (or quarantine), checks the hash chain of the audit ledger
-(:mod:`sevisflow.audit.ledger`) — a sealed batch whose folder was deleted or whose document
-or manifest changed is reported — and seals the newly verified batches.
+``verify --all`` runs this for every batch of the outbox; checks that every closed batch on
+``sevis.batches`` is in the outbox (or, invalid, in the quarantine), that every batch SEVIS
+answered (``sevis.results``) is in ``uploaded/`` or ``processed/``, and the audit ledger
+(:mod:`sevisflow.audit.ledger`): its hash chain, the heads the sinks anchored on the ledger topic,
+every sealed file (document, manifest, POST evidence, SEVIS's answers, transaction log, PDFs) and
+state (a folder moved backwards), and that every outbox batch was sealed. It only reads: the
+sinks seal. A check that cannot run is ``skipped`` and makes the run *incomplete* (not ok to an
+auditor unless accepted with ``--allow-skipped``).
 """
 
 from __future__ import annotations
@@ -56,9 +60,11 @@ class Check:
     name: str
     status: str  # ok | failed | skipped
     message: str
+    requested: bool = False  # skipped because the auditor asked (--no-sources), not because it could not run
 
     def to_json(self) -> dict[str, Any]:
-        return {"check": self.name, "status": self.status, "message": self.message}
+        return {"check": self.name, "status": self.status, "message": self.message,
+                **({"requested": True} if self.requested else {})}
 
 
 @dataclass
@@ -72,8 +78,13 @@ class Verdict:
     def ok(self) -> bool:
         return all(c.status != "failed" for c in self.checks) and any(c.status == "ok" for c in self.checks)
 
-    def add(self, name: str, status: str, message: str) -> None:
-        self.checks.append(Check(name, status, message))
+    @property
+    def complete(self) -> bool:
+        """Every check ran, except those the auditor turned off (``--no-sources``)."""
+        return all(c.status != "skipped" or c.requested for c in self.checks)
+
+    def add(self, name: str, status: str, message: str, requested: bool = False) -> None:
+        self.checks.append(Check(name, status, message, requested and status == "skipped"))
 
     def to_json(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "ok": self.ok, "location": self.location,
@@ -188,7 +199,7 @@ def guided_batcher_replay(org_id: str, events: Iterable[Decoded], commands: Iter
 
     queues: list[list[Any]] = [
         [(ts, EventIn(r, ts)) for ts, r in mine(events, EVENT_SCHEMA)],
-        [(ts, CommandIn(r)) for ts, r in mine(commands, COMMAND_SCHEMA)],
+        [(ts, CommandIn(r, log_ms=ts)) for ts, r in mine(commands, COMMAND_SCHEMA)],
         [(ts, ResultIn(r, ts)) for ts, r in mine(results, RESULT_SCHEMA)],
     ]
     recorded = [r for _, r in mine(batches, BATCH_SCHEMA)]
@@ -205,7 +216,14 @@ def guided_batcher_replay(org_id: str, events: Iterable[Decoded], commands: Iter
         chosen = None
         tried = []
         for _, i in order:
-            new, outs = apply(state, queues[i][heads[i]][1])
+            inp = queues[i][heads[i]][1]
+            nxt_ev = recorded[pos] if pos < len(recorded) else None
+            if (i == 1 and nxt_ev and nxt_ev["type"] == "command_rejected"
+                    and nxt_ev.get("command_id") == inp.command.get("command_id")):
+                # who may act and the batcher's clock are settings of the day, not in the log: a refusal the
+                # batcher recorded is taken as recorded (a refusal sends nothing to SEVIS)
+                inp = CommandIn(inp.command, log_ms=inp.log_ms, refused=nxt_ev.get("reason"))
+            new, outs = apply(state, inp)
             pubs = [o.event for o in outs if isinstance(o, Publish)]
             if pubs and pubs == recorded[pos:pos + len(pubs)]:
                 chosen = (i, new, pubs)
@@ -274,7 +292,7 @@ def stage_feed(changes: Iterable[Decoded], transactions: Iterable[Decoded] = (),
 
 def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_topic: str | None,
                     transactions: Iterable[Decoded] = (), input_topics: Iterable[str] | None = None,
-                    ) -> dict[str, dict[str, Any]]:
+                    timezone: str = "UTC") -> dict[str, dict[str, Any]]:
     """event_id → SevisEvent re-derived by normalize + sevis_events from the change records (Avro-canonical).
 
     ``transactions`` are the records of ``tx_topic`` (None when the connector writes no
@@ -282,7 +300,7 @@ def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_to
     """
     from processors.sevis_events.pure import PureOutput, PurePipeline
 
-    pipe = PurePipeline(mapping, org_id=org_id, tx_topic=tx_topic)
+    pipe = PurePipeline(mapping, org_id=org_id, tx_topic=tx_topic, timezone=timezone)   # as sevis_events derives
     out = PureOutput()
     txs = [d for d in transactions if d.topic == tx_topic] if tx_topic else []
     for d in stage_feed(changes, txs, input_topics):
@@ -319,7 +337,10 @@ class VerifyContext:
     tx_topic: str | None = None       # the transaction topic normalize reads (None: no transaction metadata)
     transactions: list[Decoded] = field(default_factory=list)   # its records
     input_topics: list[str] | None = None  # the change topics normalize reads (None: every change topic)
+    timezone: str = "UTC"             # school.timezone: sevis_events dates an I-20 by the commit's local day
     skip_reasons: dict[str, str] = field(default_factory=dict)
+    requested_skips: set[str] = field(default_factory=set)   # checks the auditor turned off (not failures)
+    report_skips: dict[str, str] = field(default_factory=dict)  # topics that could not be read: what is not checked
     _closed: dict[str, Decoded] | None = None
     _replays: dict[str, BatcherReplay] = field(default_factory=dict)
     _events: dict[str, dict[str, Any]] | None = None
@@ -349,7 +370,7 @@ class VerifyContext:
             self._events = {}
             for org in sorted(o for o in orgs if o):
                 self._events.update(rederive_events(self.changes, self.mapping, org, self.tx_topic,
-                                                    self.transactions, self.input_topics))
+                                                    self.transactions, self.input_topics, self.timezone))
         return self._events
 
 
@@ -489,6 +510,8 @@ def verify_batch(batch_id: str, ctx: VerifyContext) -> Verdict:
                                        f"{len(mismatch)} with another LSN/txId ({', '.join(mismatch[:3])})")
         else:
             v.add("sources", "ok", f"all {n} source positions found on the change topics with their LSN/txId")
+    for c in v.checks:
+        c.requested = c.status == "skipped" and c.name in ctx.requested_skips
     v.seconds = time.perf_counter() - t0
     return v
 
@@ -497,25 +520,93 @@ def verify_batch(batch_id: str, ctx: VerifyContext) -> Verdict:
 class AllReport:
     verdicts: list[Verdict]
     missing: list[str]                 # closed on the topic, in neither outbox nor quarantine
-    chain_problems: list[str]
+    chain_problems: list[str]          # the ledger: chain, anchors, sealed files and states
     head: str
-    sealed_now: list[str]
+    answered: list[str] = field(default_factory=list)   # SEVIS has it, but the folder is not where it must be
+    skipped: list[str] = field(default_factory=list)    # whole-outbox checks that could not run, with the reason
+    anchored: tuple[int, str] | None = None             # the furthest head anchored on the ledger topic
+    unanchored: int = 0                # ledger lines after the anchored head (a sink between sealing and anchoring)
     expected_head_found: bool | None = None
 
     @property
     def ok(self) -> bool:
+        """Nothing failed (checks that could not run aside: see :attr:`complete`)."""
         return all(v.ok for v in self.verdicts) and not self.missing and not self.chain_problems \
-            and self.expected_head_found is not False
+            and not self.answered and self.expected_head_found is not False
+
+    @property
+    def complete(self) -> bool:
+        """Every check ran (a check the auditor turned off, e.g. ``--no-sources``, does not count)."""
+        return not self.skipped and all(v.complete for v in self.verdicts)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "batches": [v.to_json() for v in self.verdicts], "missing": self.missing,
-                "ledger": {"head": self.head, "problems": self.chain_problems, "sealed_now": self.sealed_now,
-                           "expected_head_found": self.expected_head_found}}
+        return {"ok": self.ok, "complete": self.complete, "batches": [v.to_json() for v in self.verdicts],
+                "missing": self.missing, "answered_problems": self.answered, "skipped": self.skipped,
+                "ledger": {"head": self.head, "problems": self.chain_problems,
+                           "anchored": {"seq": self.anchored[0], "hash": self.anchored[1]} if self.anchored else None,
+                           "unanchored_lines": self.unanchored, "expected_head_found": self.expected_head_found}}
 
 
-def verify_all(ctx: VerifyContext, ledger: Ledger, seal: bool = True, expect_head: str | None = None,
-               progress: Callable[[Verdict], None] | None = None) -> AllReport:
-    """Every outbox batch, every closed batch, and the ledger chain; seal what verified and is not sealed yet."""
+def answered_batches(results: Iterable[Decoded]) -> dict[str, str]:
+    """batch_id → where SEVIS's first answer for it is kept (``sevis.results[p]@o``)."""
+    out: dict[str, str] = {}
+    for d in results:
+        if d.schema == RESULT_SCHEMA and isinstance(d.value, dict) and d.value.get("batch_id"):
+            out.setdefault(d.value["batch_id"], d.ref)
+    return out
+
+
+def _ledger_problems(entries: list[dict[str, Any]], ob: Any, by_id: Mapping[str, Any]) -> list[str]:
+    """Every sealed file and state against the outbox; every outbox batch against the ledger."""
+    from sevisflow.audit.ledger import STATE_RANK, evidence_files, file_sha256, sealed_by_batch
+
+    out: list[str] = []
+    sealed = sealed_by_batch(entries)
+    for bid, s in sealed.items():
+        lines = ", ".join(str(n) for n in s["lines"][:3])
+        bd = ob.find(bid)
+        if bd is None:
+            where = ("is in the quarantine now: a batch the XML sink filed as valid was moved there"
+                     if ob.find_quarantined(bid) is not None else "is no longer in the outbox: its folder was "
+                                                                      "deleted or moved out")
+            out.append(f"sealed batch {bid} (ledger line {lines}) {where}")
+            continue
+        a = s["archive"]
+        if a is not None:
+            mpath, xpath = bd.path / "manifest.json", bd.path / (a.get("file") or bd.xml_path.name)
+            if not mpath.exists() or file_sha256(mpath) != a.get("manifest_sha256"):
+                out.append(f"sealed batch {bid}: manifest.json differs from the one sealed on ledger line {a.get('seq')}")
+            if not xpath.exists() or file_sha256(xpath) != a.get("xml_sha256"):
+                out.append(f"sealed batch {bid}: the document differs from the one sealed on ledger line {a.get('seq')}")
+        else:
+            out.append(f"batch {bid}: its evidence is sealed (ledger line {lines}) but its document never was")
+        for rel, digest in sorted(s["files"].items()):
+            p = bd.path / rel
+            if not p.is_file():
+                out.append(f"sealed batch {bid}: {rel} is gone (sealed on the ledger)")
+            elif file_sha256(p) != digest:
+                out.append(f"sealed batch {bid}: {rel} differs from the copy sealed on the ledger")
+        if s["state"] and STATE_RANK.get(bd.state, 0) < STATE_RANK[s["state"]]:
+            out.append(f"batch {bid} was sealed in {s['state']}/ but its folder is in {bd.day}/{bd.state}/: it was "
+                       "moved backwards (the SEVIS sink refuses to post it again)")
+        extra = sorted(set(evidence_files(bd.path, bd.xml_path.name)) - set(s["files"]))
+        if extra:
+            out.append(f"batch {bid}: {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''} not sealed (added by "
+                       "hand, or the SEVIS sink stopped before sealing it: it seals leftovers when it starts)")
+    for bid in sorted(set(by_id) - set(sealed)):
+        out.append(f"batch {bid} is in the outbox ({by_id[bid].day}/{by_id[bid].state}) but was never sealed: the XML "
+                   "sink seals every batch it files, so this folder was put there by hand (or before sealing existed)")
+    return out
+
+
+def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = None,
+               progress: Callable[[Verdict], None] | None = None,
+               anchors: Mapping[str, Mapping[str, Any]] | None = None) -> AllReport:
+    """Every outbox batch, every closed batch, every batch SEVIS answered, and the ledger against its anchors.
+
+    Read-only: the sinks seal (see :mod:`sevisflow.audit.ledger`). ``anchors`` are the heads read from
+    the ledger topic (None when it could not be read: that check is then reported as skipped)."""
+    from sevisflow.audit.ledger import anchored_head, anchors_for, check_anchors
     from sinks.outbox import STATES
 
     ob = ctx.outbox
@@ -535,53 +626,58 @@ def verify_all(ctx: VerifyContext, ledger: Ledger, seal: bool = True, expect_hea
         if progress:
             progress(v)
     missing = [bid for bid in ctx.closed_events() if bid not in by_id and ob.find_quarantined(bid) is None]
-    # quarantined batches are never uploaded: a missing archive is not a failure for them
-    verdicts = [v for v in verdicts if not (ob.find(v.batch_id) is None and ob.find_quarantined(v.batch_id))]
+    quarantined = [v.batch_id for v in verdicts if ob.find(v.batch_id) is None and ob.find_quarantined(v.batch_id)]
+    # quarantined batches are never uploaded: no archive to prove; but they must really be invalid (below)
+    verdicts = [v for v in verdicts if v.batch_id not in quarantined]
+    skipped = [f"{name}: {why}" for name, why in sorted(ctx.report_skips.items())]
+
+    # every batch SEVIS answered must be in uploaded/ or processed/ (a crash may leave it in uploaded/)
+    answered: list[str] = []
+    for bid, ref in sorted(answered_batches(ctx.results).items()):
+        bd = ob.find(bid)
+        if bd is not None and bd.state in ("uploaded", "processed"):
+            continue
+        where = (f"back in {bd.day}/{bd.state}/" if bd is not None else
+                 "in the quarantine (never uploadable)" if ob.find_quarantined(bid) is not None else
+                 "missing from the outbox")
+        answered.append(f"batch {bid}: SEVIS answered it ({ref}) but its folder is {where}")
+    if ctx.schema is not None:
+        from sinks.xml.render import ClosedBatch, check_batch
+
+        for bid in quarantined:
+            closed = ctx.closed_events().get(bid)
+            if closed is None:
+                continue
+            event = _raw(closed, BATCH_SCHEMA)
+            if check_batch(ClosedBatch.from_event(event, orjson.loads(event.get("records_json") or "[]")),
+                           ctx.schema).ok:
+                answered.append(f"batch {bid} is in the quarantine but its document validates against the XSDs: "
+                                "the XML sink quarantines only invalid batches, so its folder was moved there")
+    elif quarantined:
+        skipped.append(f"quarantine: {len(quarantined)} quarantined batch(es) not re-validated "
+                       f"({ctx.skip_reasons.get('render', 'no SEVIS XSDs')})")
 
     entries = ledger.entries()
     problems, head = check_chain(entries)
     chain = [f"ledger line {p.line} ({p.batch_id}): {p.message}" for p in problems]
-    for e in entries:
-        bid = e.get("batch_id")
-        if not bid:
-            continue
-        bd = ob.find(bid)
-        if bd is None:
-            chain.append(f"sealed batch {bid} (ledger line {e.get('seq')}) is no longer in the outbox: "
-                         "its folder was deleted or moved out")
-            continue
-        mpath = bd.path / "manifest.json"
-        xpath = bd.path / (e.get("file") or bd.xml_path.name)
-        if not mpath.exists() or sha256(mpath.read_bytes()) != e.get("manifest_sha256"):
-            chain.append(f"sealed batch {bid}: manifest.json differs from the one sealed on ledger line {e.get('seq')}")
-        if not xpath.exists() or sha256(xpath.read_bytes()) != e.get("xml_sha256"):
-            chain.append(f"sealed batch {bid}: the document differs from the one sealed on ledger line {e.get('seq')}")
-    sealed = {e.get("batch_id") for e in entries}
-    new_entries: list[dict[str, Any]] = []
-    if seal and not problems:
-        ok_ids = [v.batch_id for v in verdicts if v.ok and v.batch_id in by_id and v.batch_id not in sealed
-                  and any(c.name == "render" and c.status == "ok" for c in v.checks)]
-        # seal in close order, so the chain follows the order the batches were made
-        ok_ids.sort(key=lambda b: (ctx.closed_events()[b].value or {}).get("at_ms", 0) if b in ctx.closed_events()
-                    else 0)
-        for bid in ok_ids:
-            bd = by_id[bid]
-            m = bd.manifest()
-            new_entries.append(new_entry(entries + new_entries, batch_id=bid, day=bd.day,
-                                         file=m.get("file") or bd.xml_path.name,
-                                         xml_sha256=sha256((bd.path / (m.get("file") or bd.xml_path.name)).read_bytes()),
-                                         manifest_sha256=sha256((bd.path / "manifest.json").read_bytes()),
-                                         closed_at_ms=m.get("closed_at_ms")))
-        ledger.append(new_entries)
-        if new_entries:
-            head = new_entries[-1]["hash"]
+    anchored = None
+    unanchored = 0
+    if anchors is None:
+        skipped.append("anchor: the ledger topic could not be read, so a truncated or replaced ledger would not "
+                       "show" + (f" ({ctx.skip_reasons['anchor']})" if "anchor" in ctx.skip_reasons else ""))
+    else:
+        anchors = anchors_for(anchors, ledger.path)
+        chain += check_anchors(entries, anchors)
+        anchored = anchored_head(anchors)
+        unanchored = max(0, len(entries) - anchored[0])
+    chain += _ledger_problems(entries, ob, by_id)
     found = None
     if expect_head:
-        found = any(e.get("hash") == expect_head for e in entries + new_entries)
+        found = any(e.get("hash") == expect_head for e in entries)
         if not found:
             chain.append(f"the expected ledger head {expect_head[:16]}… is not in the ledger: "
                          "the ledger was truncated or replaced")
-    return AllReport(verdicts, sorted(missing), chain, head, [e["batch_id"] for e in new_entries], found)
+    return AllReport(verdicts, sorted(missing), chain, head, answered, skipped, anchored, unanchored, found)
 
 
 def summarize_checks(v: Verdict) -> Mapping[str, str]:

@@ -23,8 +23,8 @@ from sevisflow.errors import SevisflowError
 
 # Command modules, in the order --help lists them. A module that is not there yet is skipped.
 COMMAND_MODULES = [
-    "stack", "demo", "config_cmd", "topics", "run", "connector", "process", "batch", "student",
-    "issues_cmd", "sink", "results", "sevis_sim", "replay", "audit", "verify",
+    "stack", "demo", "config_cmd", "topics", "acls", "run", "connector", "process", "batch", "student",
+    "todo", "issues_cmd", "sink", "results", "sevis_sim", "replay", "audit", "verify",
 ]
 
 EXIT_OK, EXIT_EXPECTED, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -19,7 +19,7 @@ from sevisflow.audit.timeline import (
     student_timeline,
     summarize,
 )
-from sevisflow.cli.common import add_json_flag, format_table, print_json, settings_from_args
+from sevisflow.cli.common import add_json_flag, clean, format_table, print_json, settings_from_args
 from sevisflow.errors import SevisflowError
 
 
@@ -86,17 +86,17 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print(f"  closed by     {c.get('closed_by')} at {c.get('at')} (revision {c.get('revision')}, {c.get('ref')})")
     if cmd:
         print(f"  close command {cmd.get('command_id')} by {cmd.get('dso_user_id') or 'the scheduler'}, "
-              f"requested {cmd.get('requested_at')}, reviewed revision {cmd.get('reviewed_revision')} "
-              f"({cmd.get('ref')})")
+              f"requested {cmd.get('requested_at')} ({cmd.get('ref')})")
+        print(f"  reviewed by   {cmd.get('reviewed_by')}")
     if c.get("reason"):
-        print(f"  note          {c['reason']}")
+        print(f"  note          {clean(c['reason'])}")
     print(f"  content       {n['records']} record(s): {n['creates']} create, {n['updates']} update")
     print(f"  SEVIS answer  {n['success']} success, {n['failure']} failure, {n['pending']} pending")
     up = report.upload
     if up:
         print(f"  outbox        {up.get('state')} ({up.get('day', '')}) sha256 {up.get('sha256', '-')}")
     for ev in report.lifecycle:
-        print(f"  {ev['type']:<13} {ev['at']} {ev.get('reason') or ''}")
+        print(f"  {ev['type']:<13} {ev['at']} {clean(ev.get('reason') or '')}")
     print(format_table(["REQUEST ID", "STUDENT", "KIND", "SEVIS ID", "SOURCES", "SEVIS RESULT"],
                        format_batch_records(report)))
     if report.unmatched_results:

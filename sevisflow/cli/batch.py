@@ -9,8 +9,8 @@ never moves any pipeline offset. Commands go to ``sevis.batch.commands``; the ba
 that change something wait for the batcher's answer on ``sevis.batches`` and say
 so plainly when it does not come (the batcher is probably not running).
 
-The renderers (``render_*`` / ``*_json``) are pure functions of a
-:class:`~processors.batcher.view.BatchView`: the golden tests pin their output.
+The renderers (``render_*`` / ``*_json``, the people's screens in :mod:`sevisflow.cli.review`)
+are pure functions of a :class:`~processors.batcher.view.BatchView`: the golden tests pin their output.
 """
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
-from datetime import datetime
 from typing import Any, Iterator, Mapping
-from zoneinfo import ZoneInfo
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from processors.batcher.ids import user_id_problem
 from processors.batcher.view import BatchView, ClosedBatch, fold, fold_result, from_open_batch
-from sevisflow.cli.common import add_json_flag, format_table, print_json, settings_from_args
+from sevisflow.cli import review
+from sevisflow.cli.common import add_json_flag, add_pager_flag, emit, format_table, print_json, settings_from_args
 from sevisflow.config import Settings
 from sevisflow.errors import SevisflowError, UnreachableError
+from sevisflow.labels import Labels
 from sevisflow.kafka_io import (
+    kafka_failure,
     delivery_raiser,
     flush_or_raise,
     make_admin,
@@ -49,7 +49,6 @@ RESULT_SCHEMA = "sevisflow.results.SevisResult"
 OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
 TAIL_WINDOW = 8
 """Offsets read first from the end of each partition of the view topic (x8 each time the key is not there)."""
-STATUS_TEXT = {"open": "ready", "held": "HELD", "waiting": "waiting for SEVIS ID"}
 KAFKA_TIMEOUT_S = 10.0
 
 
@@ -59,13 +58,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--org", default=None, help="the school's SEVIS code (default: school.org_id of the settings)")
     bsub = p.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
 
-    show = bsub.add_parser("show", help="the open batch: every record, what changed, where it came from")
+    show = bsub.add_parser("show", help="the open batch: every record, what changes, where it came from",
+                           description="The open batch in plain language: per record only the fields that change "
+                                       "(before → after), codes with their meaning, what happened in the SIS, and "
+                                       "the status. Fits the terminal; long output is paged; plain lines in a pipe.")
+    show.add_argument("--student", metavar="KEY", help="only this student (SIS student key), in full detail")
+    show.add_argument("--name", metavar="TEXT", help="only students whose name contains TEXT (any case)")
+    show.add_argument("--status", choices=["ready", "held", "waiting"], help="only records with this status")
+    show.add_argument("--element", metavar="NAME",
+                      help="only this SEVIS element: CreateStudent, PersonalInfo, Registration, Program, "
+                           "Program/Extension, FinancialInfo, Dependent, Status …")
+    show.add_argument("--verbose", "-v", action="store_true",
+                      help="also the SIS tables, record/request/event ids and replaced changes of every record")
     add_json_flag(show)
+    add_pager_flag(show, width=True)
     _add_history_flag(show)
     show.set_defaults(func=cmd_show)
 
-    close = bsub.add_parser("close", help="close what you reviewed into batch(es) for upload")
-    close.add_argument("--dso", required=True, metavar="USERID", help="your SEVIS user id (exactly 10 characters)")
+    close = bsub.add_parser("close", help="close what you reviewed into batch(es) for upload",
+                            description="Close the ready records of the revision you reviewed (`batch show` prints "
+                                        "it). Records added or changed since stay open for the next review.")
+    close.add_argument("--revision", type=int, default=None, metavar="N",
+                       help="the revision `sevisflow batch show` displayed: exactly its ready records are closed "
+                            "(required without a terminal, unless --yes)")
+    close.add_argument("--yes", action="store_true",
+                       help="do not ask for confirmation; without --revision: close what is ready now, recorded "
+                            "as closed without a reviewed revision (for scripts)")
+    close.add_argument("--dso", default=None, metavar="USERID",
+                       help="your SEVIS user id (exactly 10 characters; default: school.default_dso)")
     close.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
     add_json_flag(close)
     _add_history_flag(close)
@@ -75,20 +95,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            ("release", "put a held student's records back into the batch")):
         c = bsub.add_parser(name, help=helptext)
         c.add_argument("student", help="the student's id in the SIS (student key)")
-        c.add_argument("--dso", default=None, metavar="USERID", help="your SEVIS user id (recorded with the hold)")
-        c.add_argument("--reason", default=None, help="why (recorded, shown to other DSOs)")
+        c.add_argument("--dso", default=None, metavar="USERID",
+                       help="your SEVIS user id, recorded with the action (default: school.default_dso)")
+        c.add_argument("--reason", default=None, required=name == "hold",
+                       help="why (one line, at most 500 characters; recorded and shown to other DSOs)"
+                       + ("" if name == "hold" else " (optional)"))
         c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
         add_json_flag(c)
         c.set_defaults(func=cmd_hold if name == "hold" else cmd_release)
 
+    rs = bsub.add_parser("resend", help="after a fix, put records SEVIS rejected back into the open batch",
+                         description="Once the cause of a SEVIS rejection is fixed (in the SIS, with `sevisflow student "
+                                     "add-info`, or in SEVIS RTI), put the rejected record(s) of a closed batch back "
+                                     "into the open batch: the next close sends them (new requestID, original due "
+                                     "day). A newer open change of the same record is not duplicated: it wins.")
+    rs.add_argument("batch_id", metavar="BatchID", help="the closed batch SEVIS answered (`sevisflow todo` names it)")
+    rs.add_argument("--record", action="append", default=[], metavar="RECORD_ID",
+                    help="a rejected record (record id or requestID); repeat for several; default: every rejected "
+                         "record of the batch not yet resent")
+    rs.add_argument("--dso", default=None, metavar="USERID",
+                    help="your SEVIS user id, recorded with the action (default: school.default_dso)")
+    rs.add_argument("--reason", default=None, help="what was fixed (one line, at most 500 characters; recorded)")
+    rs.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
+    add_json_flag(rs)
+    rs.set_defaults(func=cmd_resend)
+
     lst = bsub.add_parser("list", help="closed batches and their SEVIS status, newest first")
     lst.add_argument("--limit", type=int, default=20, help="how many closed batches to show (default 20)")
     add_json_flag(lst)
+    add_pager_flag(lst)
     lst.set_defaults(func=cmd_list)
 
     st = bsub.add_parser("status", help="one closed batch: its records and SEVIS's result for each")
     st.add_argument("batch_id", metavar="BatchID")
     add_json_flag(st)
+    add_pager_flag(st)
     st.set_defaults(func=cmd_status)
 
 
@@ -102,7 +143,7 @@ def _add_history_flag(p: argparse.ArgumentParser) -> None:
 
 
 def org_of(args: argparse.Namespace, settings: Settings) -> str:
-    return getattr(args, "org", None) or settings.school.org_id
+    return getattr(args, "org", None) or settings.school.require_org_id()
 
 
 def check_kafka(settings: Settings, topics: list[str]) -> None:
@@ -110,9 +151,11 @@ def check_kafka(settings: Settings, topics: list[str]) -> None:
     try:
         md = make_admin(settings.kafka).list_topics(timeout=KAFKA_TIMEOUT_S)
     except KafkaException as exc:
-        raise UnreachableError(
-            f"Kafka at {settings.kafka.bootstrap_servers} is not reachable ({exc.args[0].str()}). "
-            "Is the pipeline running? Check kafka.bootstrap_servers in your settings.") from None
+        failure = kafka_failure(settings.kafka, exc)
+        if isinstance(failure, UnreachableError):
+            raise UnreachableError(f"{failure}. Is the pipeline running? Check kafka.bootstrap_servers in your "
+                                   "settings.") from None
+        raise failure from None
     missing = [t for t in topics if t not in md.topics]
     if missing:
         raise SevisflowError(f"topic {missing[0]} does not exist in Kafka at {settings.kafka.bootstrap_servers}; "
@@ -264,7 +307,7 @@ def new_command(org: str, kind: str, **fields: Any) -> dict[str, Any]:
     cmd: dict[str, Any] = {
         "command_id": f"{kind}-{uuid.uuid4().hex}", "org_id": org, "kind": kind, "dso_user_id": None,
         "student_key": None, "record_ids": [], "reviewed_revision": None, "batch_id": None, "reason": None,
-        "requested_at_ms": int(time.time() * 1000), "payload_json": None,
+        "requested_at_ms": int(time.time() * 1000), "payload_json": None, "principal": None, "basis_revision": None,
     }
     cmd.update(fields)
     return cmd
@@ -299,106 +342,27 @@ def _n(count: int, word: str) -> str:
 
 
 def local_time(ms: int | None, tz: str) -> str:
-    if not ms:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z")
+    """A moment in the school's time zone, written as every review screen writes it."""
+    return review.when(ms, tz)
 
 
-def element(rec: Mapping[str, Any]) -> str:
-    if rec["kind"] == "Create":
-        return "CreateStudent"
-    return rec["kind"].replace(".", "/")
+element = review.element
 
 
-def _val(v: Any) -> str:
-    if v is None:
-        return "(none)"
-    if isinstance(v, (dict, list)):
-        return orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
-    return str(v)
+def labels_of(settings: Settings) -> Labels:
+    """Code labels for this school: CIP titles come from the configured SEVIS XSDs."""
+    return Labels(settings.sevis.xsd_dir)
 
 
-def changes(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
-    before, after = rec.get("before") or {}, rec.get("after") or {}
-    keys = sorted(set(before) | set(after))
-    return [{"field": k, "before": before.get(k), "after": after.get(k)} for k in keys]
+def show_json(view: BatchView, tz: str, labels: Labels | None = None,
+              flt: review.Filter = review.Filter()) -> dict[str, Any]:
+    return review.show_json(view, tz, labels or Labels(None), flt)
 
 
-def change_text(rec: Mapping[str, Any]) -> str:
-    ch = changes(rec)
-    if not ch:
-        return "new record" if rec["section"] == "create" else "(see payload)"
-    return "; ".join(f"{c['field']}: {_val(c['before'])} → {_val(c['after'])}" for c in ch)
-
-
-def source(rec: Mapping[str, Any], tz: str) -> dict[str, Any]:
-    lineage = rec.get("lineage") or []
-    last = lineage[-1] if lineage else {}
-    out = {"origin": rec.get("origin") or "sis", "table": last.get("table"),
-           "commit_time": local_time(last.get("commit_ts_ms") or rec.get("at_ms"), tz),
-           "changes_merged": len(rec.get("event_ids") or [])}
-    if last.get("command_id"):  # reported with `sevisflow student report`
-        out.update(command_id=last["command_id"], dso_user_id=last.get("dso_user_id"))
-    return out
-
-
-def source_text(rec: Mapping[str, Any], tz: str) -> str:
-    s = source(rec, tz)
-    where = (f"DSO {s['dso_user_id']} (report)" if s.get("command_id") else "DSO (add-info)") \
-        if s["origin"] == "dso" else (s["table"] or "SIS")
-    text = f"{where}, {s['commit_time']}"
-    return text + (f" (+{s['changes_merged'] - 1} earlier)" if s["changes_merged"] > 1 else "")
-
-
-def status_text(rec: Mapping[str, Any]) -> str:
-    text = STATUS_TEXT.get(rec["status"], rec["status"])
-    n = len(rec.get("replaced") or [])
-    return text + (f", replaced {n}x" if n else "")
-
-
-def record_json(rec: Mapping[str, Any], tz: str) -> dict[str, Any]:
-    return {
-        "record_id": rec["record_id"], "request_id": rec["request_id"], "student_key": rec["student_key"],
-        "display_name": rec.get("display_name"), "sevis_id": rec.get("sevis_id"), "section": rec["section"],
-        "element": element(rec), "kind": rec["kind"], "status": rec["status"], "changes": changes(rec),
-        "source": source(rec, tz), "problems": list(rec.get("problems") or []),
-        "replaced": list(rec.get("replaced") or []), "event_ids": list(rec.get("event_ids") or []),
-        "revision": rec.get("rev"),
-    }
-
-
-def show_json(view: BatchView, tz: str) -> dict[str, Any]:
-    return {"org_id": view.org_id, "revision": view.revision, "counts": view.counts(),
-            "held_students": sorted(view.held), "records": [record_json(r, tz) for r in view.open_records()]}
-
-
-def render_show(view: BatchView, tz: str) -> str:
-    c = view.counts()
-    lines = [f"Open batch of {view.org_id} (revision {view.revision})"]
-    if not c["records"]:
-        lines.append("The open batch is empty: nothing waits to be sent to SEVIS.")
-        return "\n".join(lines)
-    lines.append(f"{_n(c['records'], 'record')}: {_n(c['creates'], 'new student')} (CreateStudent), "
-                 f"{_n(c['updates'], 'update')}. "
-                 f"Ready to send: {c['ready']}; held: {c['held']}; waiting for a SEVIS ID: {c['waiting']}.")
-    lines.append("")
-    rows = []
-    for i, r in enumerate(view.open_records(), 1):
-        rows.append([i, r["student_key"], r.get("display_name") or "", element(r), change_text(r),
-                     source_text(r, tz), status_text(r), "; ".join(r.get("problems") or [])])
-    lines.append(format_table(["#", "Student", "Name", "SEVIS element", "Change (before → after)", "From",
-                               "Status", "Problems"], rows))
-    replaced = [r for r in view.open_records() if r.get("replaced")]
-    if replaced:
-        lines += ["", "Replaced changes (only the latest change of each kind is sent):"]
-        for r in replaced:
-            for x in r["replaced"]:
-                lines.append(f"  {r['student_key']} {element(r)}: the change of {local_time(x.get('at_ms'), tz)} "
-                             f"(event {x['event_id']}) was replaced by a later change (event {x['by_event_id']})"
-                             + (f", after batch {x['requeued_from']} was refused" if x.get("requeued_from") else ""))
-    if c["ready"]:
-        lines += ["", "Close what you reviewed with: sevisflow batch close --dso <your SEVIS user id>"]
-    return "\n".join(lines)
+def render_show(view: BatchView, tz: str, labels: Labels | None = None, width: int = 100,
+                flt: review.Filter = review.Filter()) -> str:
+    """``batch show`` as a terminal of ``width`` columns shows it (without colours)."""
+    return review.render_text(review.show_table(view, tz, labels or Labels(None), flt, width=width), width)
 
 
 def close_json(events: list[dict[str, Any]], command_id: str) -> dict[str, Any]:
@@ -436,21 +400,11 @@ def list_json(view: BatchView, limit: int) -> dict[str, Any]:
     return {"org_id": view.org_id, "open": view.counts(),
             "batches": [{"batch_id": b.batch_id, "closed_at_ms": b.at_ms, "closed_by": b.closed_by,
                          "creates": b.creates, "updates": b.updates, "status": b.state(),
-                         "command_id": b.command_id} for b in batches]}
+                         "state_words": review.batch_state(b), "command_id": b.command_id} for b in batches]}
 
 
-def render_list(view: BatchView, tz: str, limit: int) -> str:
-    c = view.counts()
-    lines = [f"Open batch of {view.org_id}: {c['records']} records ({c['ready']} ready, {c['held']} held, "
-             f"{c['waiting']} waiting for a SEVIS ID)", ""]
-    batches = sorted(view.batches.values(), key=lambda b: b.batch_id, reverse=True)[:limit]
-    if not batches:
-        lines.append("No batch has been closed yet.")
-        return "\n".join(lines)
-    lines.append(format_table(["BatchID", "Closed", "By", "Creates", "Updates", "Status"],
-                              [[b.batch_id, local_time(b.at_ms, tz), b.closed_by, b.creates, b.updates, b.state()]
-                               for b in batches]))
-    return "\n".join(lines)
+def render_list(view: BatchView, tz: str, limit: int, width: int = 100) -> str:
+    return review.render_text(review.list_table(view, tz, limit), width)
 
 
 def _batch(view: BatchView, batch_id: str) -> ClosedBatch:
@@ -466,22 +420,12 @@ def status_json(view: BatchView, batch_id: str, tz: str) -> dict[str, Any]:
             "status": b.state(), "creates": b.creates, "updates": b.updates, "note": b.reason,
             "records": [{"request_id": r["request_id"], "student_key": r["student_key"],
                          "display_name": r.get("display_name"), "sevis_id": r.get("sevis_id"),
-                         "element": element(r), "result": b.results.get(r["request_id"])} for r in b.records]}
+                         "element": element(r), "result": b.results.get(r["request_id"]),
+                         "result_words": review.result_words(b.results.get(r["request_id"]))} for r in b.records]}
 
 
-def render_status(view: BatchView, batch_id: str, tz: str) -> str:
-    b = _batch(view, batch_id)
-    lines = [f"Batch {b.batch_id} of {view.org_id}: {_n(b.creates, 'create')}, {_n(b.updates, 'update')}",
-             f"Closed by {b.closed_by} at {local_time(b.at_ms, tz)}; status: {b.state()}", ""]
-    rows = []
-    for r in b.records:
-        res = b.results.get(r["request_id"])
-        outcome = "pending" if res is None else ("ok" if res.get("status") == "success" else "FAILED")
-        detail = "" if res is None else " ".join(x for x in (res.get("sevis_id") if outcome == "ok" else None,
-                                                             res.get("error_code"), res.get("error_message")) if x)
-        rows.append([r["request_id"], r["student_key"], r.get("display_name") or "", element(r), outcome, detail])
-    lines.append(format_table(["Request ID", "Student", "Name", "SEVIS element", "Result", "Detail"], rows))
-    return "\n".join(lines)
+def render_status(view: BatchView, batch_id: str, tz: str, width: int = 100) -> str:
+    return review.render_text(review.batch_table(view, _batch(view, batch_id), tz), width)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -490,50 +434,109 @@ def render_status(view: BatchView, batch_id: str, tz: str) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     view = load_open_view(settings, org_of(args, settings), from_history=args.from_history)
+    tz, labels = settings.school.timezone, labels_of(settings)
+    from sevisflow.cli.todo import deadlines_of, today_of
+
+    review.annotate_due(view, deadlines_of(settings), today_of(settings, None))
+    flt = review.Filter(student=args.student, name=args.name, status=args.status, element=args.element)
     if args.json:
-        print_json(show_json(view, settings.school.timezone))
-    else:
-        print(render_show(view, settings.school.timezone))
+        print_json(show_json(view, tz, labels, flt))
+        return 0
+    if flt.student and not review.selected(view, flt) and flt.student not in view.held:
+        raise SevisflowError(f"student {flt.student} has no record in the open batch of {view.org_id} "
+                             f"(revision {view.revision}); `sevisflow batch show` lists them all")
+    emit(lambda width: review.show_table(view, tz, labels, flt, args.verbose, width),
+         lambda: review.show_lines(view, tz, labels, flt, args.verbose), use_pager=not args.no_pager,
+         width=max(40, args.width) if args.width else None)
     return 0
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    problem = user_id_problem(args.dso)
-    if problem:
-        raise SevisflowError(f"not closed: {problem}")
+    """Close the ready records of the reviewed revision (see sevisflow/cli/dso.py and docs/DSO-GUIDE.md)."""
+    from sevisflow.cli import dso as dso_cli
+
     settings = settings_from_args(args)
+    dso = dso_cli.resolve_dso(args.dso, settings, "closed")
     org = org_of(args, settings)
-    view = load_open_view(settings, org, from_history=args.from_history)
-    ready = [r for r in view.open_records() if r["status"] == "open"]
-    if not ready:
-        c = view.counts()
-        raise SevisflowError("nothing to close: the open batch has no record ready to send"
-                             + (f" ({c['held']} held, {c['waiting']} waiting for a SEVIS ID)" if c["records"] else ""))
+    person = dso_cli.interactive() and not args.json  # --json is for scripts: it never asks
+    if args.revision is None and not person and not args.yes:
+        raise SevisflowError("not closed: say which revision you reviewed. Run `sevisflow batch show`, then "
+                             "`sevisflow batch close --revision N` with the revision it printed (a script that closes "
+                             "whatever is ready, unreviewed, says --yes)")
+    current = load_open_view(settings, org, from_history=args.from_history)
+    revision = current.revision if args.revision is None else args.revision
+    if revision > current.revision or revision < 0:
+        raise SevisflowError(f"not closed: revision {revision} does not exist; the open batch of {org} is at revision "
+                             f"{current.revision} (`sevisflow batch show`)")
+    reviewed_view = current if revision == current.revision else dso_cli.view_at_revision(settings, org, revision)
+    plan = dso_cli.plan_close(reviewed_view, current)
+    changes = plan.changes_text()
+    if not plan.closing:
+        c = current.counts()
+        why = ("; ".join(changes) if changes else
+               f"revision {revision} has no record ready to send"
+               + (f" ({c['held']} held, {c['waiting']} waiting for a SEVIS ID)" if c["records"] else ""))
+        raise SevisflowError(f"nothing to close: {why}")
+    reviewed = args.revision is not None or person
+    if person and not args.yes:
+        print(f"You are closing revision {revision} of the open batch of {org} as {dso}:")
+        for what, n in plan.counts():
+            print(f"  {n:>4}  {what}")
+        print(f"  {len(plan.closing):>4}  record(s) in all")
+        for line in changes:
+            print(f"Not closed: {line}")
+        if not dso_cli.confirm("Send these to SEVIS? Type yes to close: "):
+            print("Not closed; nothing was sent.")
+            return 1
     start = end_offsets(settings, settings.topics.batches)
-    cmd = new_command(org, "close", dso_user_id=args.dso, record_ids=[r["record_id"] for r in ready],
-                      reviewed_revision=view.revision, reason="closed with sevisflow batch close")
+    cmd = new_command(org, "close", dso_user_id=dso, record_ids=[r["record_id"] for r in plan.ready],
+                      reviewed_revision=revision if reviewed else None,
+                      basis_revision=None if reviewed else revision,
+                      principal=dso_cli.principal_of(settings.kafka),
+                      reason="closed with sevisflow batch close" + ("" if reviewed else " --yes (not reviewed)"))
     send_command(settings, cmd)
     events = await_answer(settings, cmd["command_id"], start, {"closed"}, args.timeout)
     rejected = [e for e in events if e["type"] == "command_rejected"]
     if rejected:
         raise SevisflowError(f"the batcher refused: {rejected[0]['reason']}")
     result = close_json(events, cmd["command_id"])
+    result.update(reviewed_revision=revision if reviewed else None, plan=plan.to_json())
     await_view(settings, org, max(e["revision"] for e in events))
     if args.json:
         print_json(result)
     else:
         print(render_close(result, settings.school.timezone))
+        if plan.added:  # the batcher's notes name what it left open of the reviewed records; this is the rest
+            print(f"Still open for your next review: {plan.changes_text()[-1]}")
     return 0
 
 
 def _hold_or_release(args: argparse.Namespace, kind: str) -> int:
-    if args.dso is not None and user_id_problem(args.dso):
-        raise SevisflowError(str(user_id_problem(args.dso)))
+    from sevisflow.cli import dso as dso_cli
+
     settings = settings_from_args(args)
+    doing = "held" if kind == "hold" else "released"
+    dso = dso_cli.resolve_dso(args.dso, settings, doing)
+    reason = dso_cli.check_reason(args.reason) if kind == "hold" else args.reason
+    if kind == "release" and reason is not None:
+        problem = dso_cli.text_problem(reason, "the reason", dso_cli.MAX_REASON_LEN)
+        if problem:
+            raise SevisflowError(f"not released: {problem}")
     org = org_of(args, settings)
-    check_kafka(settings, [settings.topics.batches, settings.topics.commands])
+    view = load_open_view(settings, org)
+    held = view.held.get(args.student)
+    tz = settings.school.timezone
+    if kind == "hold" and held is not None:
+        raise SevisflowError(f"student {args.student} is already on hold (by {held.get('by') or 'a DSO'} since "
+                             f"{local_time(held.get('at_ms'), tz)}: {held.get('why') or 'no reason given'}); "
+                             "nothing changed")
+    if kind == "release" and held is None:
+        raise SevisflowError(f"student {args.student} is not on hold; nothing to release")
+    if kind == "hold" and not dso_cli.known_to_pipeline(settings, view, args.student):
+        raise dso_cli.unknown_student(args.student, settings)
     start = end_offsets(settings, settings.topics.batches)
-    cmd = new_command(org, kind, student_key=args.student, dso_user_id=args.dso, reason=args.reason)
+    cmd = new_command(org, kind, student_key=args.student, dso_user_id=dso, reason=reason,
+                      principal=dso_cli.principal_of(settings.kafka))
     send_command(settings, cmd)
     done = "student_held" if kind == "hold" else "student_released"
     events = await_answer(settings, cmd["command_id"], start, {done}, args.timeout)
@@ -543,14 +546,14 @@ def _hold_or_release(args: argparse.Namespace, kind: str) -> int:
     summary = orjson.loads(next(e for e in events if e["type"] == done)["record_json"])
     await_view(settings, org, max(e["revision"] for e in events))
     if args.json:
-        print_json({"command_id": cmd["command_id"], "action": kind, **summary})
+        print_json({"command_id": cmd["command_id"], "action": kind, "dso_user_id": dso, **summary})
     elif kind == "hold":
-        print(f"Student {args.student} is on hold: {summary['records']} open record(s) are kept out of the batch, "
-              "and later changes of this student are held too, until you run "
-              f"`sevisflow batch release {args.student}`.")
+        print(f"Student {args.student} is on hold (by {dso}: {reason}): {summary['records']} open record(s) are kept "
+              "out of the batch, and later changes of this student are held too, until you run "
+              f"`sevisflow batch release {args.student} --dso {dso}`.")
     else:
-        print(f"Student {args.student} is released: {summary['records']} record(s) are back in the open batch."
-              + ("" if summary.get("was_held") else " (The student was not on hold.)"))
+        print(f"Student {args.student} is released by {dso}: {summary['records']} record(s) are back in the "
+              "open batch.")
     return 0
 
 
@@ -565,18 +568,81 @@ def cmd_release(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     view = load_view(settings, org_of(args, settings), results=True)
+    tz = settings.school.timezone
     if args.json:
         print_json(list_json(view, args.limit))
     else:
-        print(render_list(view, settings.school.timezone, args.limit))
+        emit(lambda _: review.list_table(view, tz, args.limit), lambda: review.list_lines(view, tz, args.limit),
+             use_pager=not args.no_pager)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     view = load_view(settings, org_of(args, settings), results=True)
+    tz = settings.school.timezone
     if args.json:
-        print_json(status_json(view, args.batch_id, settings.school.timezone))
+        print_json(status_json(view, args.batch_id, tz))
     else:
-        print(render_status(view, args.batch_id, settings.school.timezone))
+        b = _batch(view, args.batch_id)
+        emit(lambda _: review.batch_table(view, b, tz), lambda: review.batch_lines(view, b, tz),
+             use_pager=not args.no_pager)
+    return 0
+
+
+def rejected_records(b: ClosedBatch) -> list[dict[str, Any]]:
+    """The records of ``b`` SEVIS rejected and nobody resent yet (what ``batch resend`` puts back)."""
+    return [r for r in b.records if (b.results.get(r["request_id"]) or {}).get("status") not in (None, "success")
+            and r["record_id"] not in b.resent]
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    """Put SEVIS-rejected records of a closed batch back into the open batch (the batcher checks it again)."""
+    from sevisflow.cli import dso as dso_cli
+
+    settings = settings_from_args(args)
+    dso = dso_cli.resolve_dso(args.dso, settings, "resent")
+    if args.reason is not None:
+        problem = dso_cli.text_problem(args.reason, "the reason", dso_cli.MAX_REASON_LEN)
+        if problem:
+            raise SevisflowError(f"not resent: {problem}")
+    org = org_of(args, settings)
+    view = load_view(settings, org, results=True)
+    b = _batch(view, args.batch_id)
+    if not b.results:
+        raise SevisflowError(f"not resent: batch {b.batch_id} has no SEVIS result yet; only records SEVIS rejected "
+                             "can be resent (`sevisflow batch status " + b.batch_id + "`)")
+    rejected = {r["record_id"]: r for r in rejected_records(b)}
+    by_request = {r["request_id"]: r["record_id"] for r in b.records}
+    wanted = [by_request.get(x, x) for x in args.record] or sorted(rejected)
+    if not wanted:
+        raise SevisflowError(f"not resent: batch {b.batch_id} has no rejected record left to resend (SEVIS accepted "
+                             "the others, or they were resent before)")
+    for rid in wanted:
+        if rid not in rejected:
+            known = rid in {r["record_id"] for r in b.records}
+            why = ("was resent before" if rid in b.resent else "was not rejected by SEVIS") if known else \
+                "is not a record of this batch"
+            raise SevisflowError(f"not resent: record {rid} {why} (rejected records of {b.batch_id}: "
+                                 f"{', '.join(sorted(rejected)) or 'none'}); nothing was sent")
+    start = end_offsets(settings, settings.topics.batches)
+    cmd = new_command(org, "resend", dso_user_id=dso, batch_id=b.batch_id, record_ids=wanted, reason=args.reason,
+                      principal=dso_cli.principal_of(settings.kafka))
+    send_command(settings, cmd)
+    events = await_answer(settings, cmd["command_id"], start, {"resent"}, args.timeout)
+    refused = [e for e in events if e["type"] == "command_rejected"]
+    if refused:
+        raise SevisflowError(f"the batcher refused: {refused[0]['reason']}")
+    newer = [orjson.loads(e["record_json"])["record_id"] for e in events if e["type"] == "record_replaced"]
+    await_view(settings, org, max(e["revision"] for e in events))
+    if args.json:
+        print_json({"command_id": cmd["command_id"], "batch_id": b.batch_id, "dso_user_id": dso,
+                    "record_ids": wanted, "merged_into_newer_change": newer})
+        return 0
+    print(f"Resent by {dso}: {_n(len(wanted), 'record')} of batch {b.batch_id} back in the open batch; the next close "
+          "sends them (`sevisflow batch show`).")
+    for rid in wanted:
+        res = b.results.get(rejected[rid]["request_id"]) or {}
+        merged = " — merged into a newer open change of the same record" if rid in newer else ""
+        print(f"  {rid}: SEVIS said {res.get('error_code') or ''} {res.get('error_message') or ''}".rstrip() + merged)
     return 0

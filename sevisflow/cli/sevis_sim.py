@@ -35,8 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--org-id", action="append", help="accept only these OrgIDs (S0002 for others); repeatable")
     p.add_argument("--fail-uploads", type=int, default=0, metavar="N", help="make the first N uploads fail")
     p.add_argument("--fail-downloads", type=int, default=0, metavar="N", help="make the first N downloads fail")
-    p.add_argument("--fail-mode", default="http500", choices=("http500", "http503", "S0001", "slow", "malformed", "drop"))
+    p.add_argument("--fail-mode", default="http500",
+                   choices=("http500", "http503", "S0001", "slow", "malformed", "drop", "slow_accept", "drop_after",
+                            "S0010", "S0013", "S0031"),
+                   help="slow_accept / drop_after: the upload is accepted, then answered late / the connection "
+                        "reset; S0010/S0013 (uploads) and S0031 (downloads): that answer without looking")
     p.add_argument("--slow-seconds", type=float, default=5.0)
+    p.add_argument("--registration-delay", type=float, default=0.0, metavar="S",
+                   help="downloads answer S0031 for S seconds after a batch was accepted (not registered yet)")
+    p.add_argument("--registration-delay-downloads", type=int, default=0, metavar="N",
+                   help="the first N downloads of an accepted batch answer S0031")
     p.set_defaults(func=cmd_sim)
 
 
@@ -59,7 +67,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
         known = read_known_ids(args.known_sevis_ids)
     sim = SevisSimulator(args.cert_dir, xsd_dir, host=args.host, port=args.port, known_sevis_ids=known,
                          accept_any_sevis_id=args.accept_any_sevis_id, results_delay_s=args.results_delay,
-                         org_ids=args.org_id)
+                         org_ids=args.org_id, registration_delay_s=args.registration_delay,
+                         registration_delay_downloads=args.registration_delay_downloads)
     if args.fail_uploads:
         sim.fail("upload", args.fail_mode, args.fail_uploads, args.slow_seconds)
     if args.fail_downloads:

@@ -2,7 +2,9 @@
 
 ``up`` starts both services in the background and writes their addresses to
 ``.local/stacks/<name>/stack.json`` and a ``.env`` file you can ``source`` (``--brokers 3``: a
-three-node KRaft cluster; ``--secure``: TLS + SASL/SCRAM, secrets passed as ``file:`` paths);
+three-node KRaft cluster; ``--secure``: TLS + SASL/SCRAM, secrets passed as ``file:`` paths, the
+StandardAuthorizer with one SCRAM user per principal of the ACL model and their ACLs applied; the ``.env``
+is the operator's (a super user), ``principals/<user>.env`` each stage's, DSO's and auditor's);
 ``down`` stops them and removes their data; ``status`` shows what runs.
 """
 
@@ -27,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up.add_argument("--brokers", type=int, default=1, metavar="N",
                     help="Kafka nodes: 1 (default) or 3 for a replicated KRaft cluster (RF 3, min.insync.replicas 2)")
     up.add_argument("--secure", action="store_true",
-                    help="Kafka requires TLS (client certificates from a throwaway CA) and SASL/SCRAM-SHA-512")
+                    help="Kafka requires TLS (client certificates from a throwaway CA) and SASL/SCRAM-SHA-512, and "
+                         "authorizes every request: one user per principal ([acls] settings) with its ACLs")
     up.set_defaults(func=cmd_up)
     down = ssub.add_parser("down", help="stop a stack and delete its data")
     down.add_argument("--name", default="default")
@@ -47,8 +50,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise SevisflowError(f"stack {args.name!r} is already up ({base}); run `sevisflow stack down --name {args.name}`")
     if args.brokers < 1:
         raise SevisflowError("--brokers must be at least 1")
+    acl_settings = None
+    if args.secure:
+        from sevisflow.cli.common import settings_from_args
+
+        acl_settings = settings_from_args(args)  # [acls] principal names and the topic names the ACLs cover
     info = start_stack(name=args.name, base=base, postgres=not args.no_postgres, kafka=not args.no_kafka,
-                       kafka_brokers=args.brokers, kafka_security="sasl_ssl" if args.secure else "plaintext")
+                       kafka_brokers=args.brokers, kafka_security="sasl_ssl" if args.secure else "plaintext",
+                       acl_settings=acl_settings)
     env = info.env()
     if args.brokers >= 3 and not args.no_kafka:
         env["SEVISFLOW_KAFKA_REPLICATION_FACTOR"] = "3"
@@ -57,6 +66,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"stack {args.name!r} is up. Point sevisflow at it with:\n  source {base / '.env'}")
     for k, v in env.items():
         print(f"  {k}={v}")
+    if info.extra.get("principals_dir"):
+        print(f"That is the operator (a super user: topics apply, acls apply). Each stage, DSO and auditor has its "
+              f"own user and rights (docs/SECURITY.md); run it with its file:\n  source "
+              f"{Path(info.extra['principals_dir']) / '<user>.env'}")
+        for user in sorted(info.kafka.principal_password_files if info.kafka else {}):
+            print(f"  {user}")
     return 0
 
 

@@ -9,9 +9,12 @@ What the SEVIS student batch schema (Create-UpdateStudent.xsd 6.55) can carry:
 * dependents: ``Dependent/Add`` — name, birth date, gender, birth country, citizenship,
   visa type (F-2 ``04`` / M-2 ``05``) and relationship (spouse ``01`` / child ``02``).
 
-Each piece becomes one SevisEvent with ``origin = "dso"``; the batcher treats it like any
-other change (review, hold, close). Values are checked against the XSD's rules and code
-lists before anything is written.
+Each piece becomes one ``report`` BatchCommand carrying the DSO's SEVIS user id (``--dso`` or
+``school.default_dso``), checked by the batcher like every DSO command (who, when, the student's
+SEVIS ID) and turned into an open-batch record with ``origin = "dso"`` (review, hold, close).
+Values are checked against the XSD's rules and code lists before anything is sent, and the
+meaning of every code is echoed (country names, visa type, relationship) so a person catches
+``CN`` (Comoros) typed for China (``CH``).
 
 ``sevisflow student report``: UpdateStudent events no SIS change triggers — ``Reprint`` (a new
 I-20: travel, lost, damaged), ``Status/Verify`` and ``DisciplinaryAction``. Each is one
@@ -25,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import time
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -33,13 +35,13 @@ from typing import Any
 
 import orjson
 
-from processors.batcher.ids import user_id_problem
+from processors.sevis_events.hygiene import require_clean_add_info
 from sevisflow.cli.batch import (KAFKA_TIMEOUT_S, await_answer, await_view, check_kafka, end_offsets, new_command,
                                  org_of, send_command)
 from sevisflow.cli.common import add_json_flag, print_json, settings_from_args
 from sevisflow.config import Settings
 from sevisflow.errors import SevisflowError
-from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.kafka_io import read_topic
 from sevisflow.serde import registry
 
 EVENT_SCHEMA = "sevisflow.events.SevisEvent"
@@ -67,7 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="a new F-2/M-2 dependent, e.g. \"last=Li,first=Mei,birth-date=2019-03-02,gender=F,"
                         "birth-country=CH,citizenship=CH,relationship=child,visa=F-2\" (birth-city, email optional); "
                         "repeat for several")
-    a.add_argument("--sevis-id", help="the student's SEVIS ID (N + 10 digits) when the pipeline does not know it")
+    a.add_argument("--sevis-id", help="the student's SEVIS ID (N + 10 digits) when the pipeline does not know it; "
+                                      "refused when it differs from the one SEVIS returned or the pipeline knows")
+    a.add_argument("--dso", default=None, metavar="USERID",
+                   help="your SEVIS user id, recorded as who added it (default: school.default_dso)")
+    a.add_argument("--yes", action="store_true", help="on a terminal, add without asking to confirm the codes' meanings")
+    a.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
     a.add_argument("--print-form", choices=("true", "false"), default=None,
                    help="ask SEVIS for a new I-20 (default: true for dependents, false for the passport name)")
     add_json_flag(a)
@@ -78,8 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                     "you as its origin, to be reviewed and closed like any other record.")
     r.add_argument("student", help="the student's id in the SIS (student key)")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dso", required=True, metavar="USERID",
-                        help="your SEVIS user id (exactly 10 characters), recorded as who reported it")
+    common.add_argument("--dso", default=None, metavar="USERID",
+                        help="your SEVIS user id (exactly 10 characters), recorded as who reported it "
+                             "(default: school.default_dso)")
     common.add_argument("--sevis-id", help="the student's SEVIS ID (N + 10 digits) when the pipeline does not know it")
     common.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
     add_json_flag(common)
@@ -262,17 +270,73 @@ def known_student(settings: Settings, org: str, student: str) -> dict[str, Any]:
     return info
 
 
-def _event(org: str, student: str, sevis_id: str, kind: str, ckey: str, payload: dict[str, Any],
-           after: dict[str, Any], display_name: str | None, at_ms: int) -> dict[str, Any]:
-    digest = hashlib.sha256(orjson.dumps([org, student, kind, payload, at_ms], option=orjson.OPT_SORT_KEYS))
-    return {"event_id": f"dso-{digest.hexdigest()[:24]}", "org_id": org, "student_key": student,
-            "sevis_id": sevis_id, "kind": kind, "coalesce_key": ckey, "payload_json": orjson.dumps(payload).decode(),
-            "before_json": orjson.dumps({k: None for k in after}).decode(), "after_json": orjson.dumps(after).decode(),
-            "origin": "dso", "display_name": display_name, "problems": [], "processor_version": "cli",
-            "lineage": []}
+CODE_FIELDS = (("BirthCountryCode", "birth country", "country"), ("CitizenshipCountryCode", "citizenship", "country"),
+               ("VisaType", "visa", "visa_type"), ("Relationship", "relationship", "relationship"),
+               ("Gender", "gender", "gender"))
+"""The coded fields of a new dependent, and the label table (sevisflow.labels) that says what each code means."""
+
+
+def code_meanings(dep: dict[str, Any], settings: Settings) -> list[tuple[str, str]]:
+    """(field, "meaning (code)") for every code of a dependent, e.g. ("birth country", "Comoros (CN)").
+
+    Country names: :mod:`sevisflow.labels` (the ISO 3166-1 name of the ISO code that
+    processors/normalize/codes.py maps to the SEVIS code, a table checked against SEVISTable.xsd); a SEVIS
+    code without an ISO counterpart is shown as the code with "no label source". Visa type, relationship
+    and gender: the SEVISTable.xsd annotations of those types."""
+    from sevisflow.labels import Labels
+
+    labels = Labels(settings.sevis.xsd_dir)
+    return [(what, labels.describe(kind, dep[key])) for key, what, kind in CODE_FIELDS if dep.get(key)]
+
+
+def sevis_id_from_sevis(settings: Settings, org: str, student: str) -> str | None:
+    """The SEVIS ID SEVIS returned for the student's Create (sevis.results), if any."""
+    found = None
+    for msg in read_topic(settings.kafka, settings.topics.results, timeout_s=KAFKA_TIMEOUT_S * 3):
+        if msg.value() is None:
+            continue
+        res = registry().decode(msg.value(), "sevisflow.results.SevisResult")
+        if res.get("org_id") == org and res.get("student_key") == student and res.get("status") == "success" \
+                and res.get("sevis_id"):
+            found = res["sevis_id"]
+    return found
+
+
+def settle_sevis_id(given: str | None, known: dict[str, Any], from_sevis: str | None, student: str,
+                    doing: str) -> str | None:
+    """The SEVIS ID to use; refuses one that differs from what SEVIS returned or the pipeline knows."""
+    reference = from_sevis or known.get("sevis_id")
+    if given and reference and given != reference:
+        where = "SEVIS returned" if from_sevis else "the pipeline knows (from the SIS)"
+        raise SevisflowError(f"--sevis-id {given} differs from {reference}, the SEVIS ID {where} for student "
+                             f"{student}; nothing was {doing}. Use {reference}, or correct the SIS record if it "
+                             "holds the wrong ID")
+    return given or reference
+
+
+def send_report(settings: Settings, org: str, student: str, dso: str, body: dict[str, Any], reason: str,
+                start: dict[int, int], timeout_s: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """One ``report`` command, and the batcher's answer: (command, the deciding event, the record)."""
+    from sevisflow.cli.dso import principal_of
+
+    cmd = new_command(org, "report", dso_user_id=dso, student_key=student, reason=reason,
+                      payload_json=orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(),
+                      principal=principal_of(settings.kafka))
+    send_command(settings, cmd)
+    events = await_answer(settings, cmd["command_id"], start, {"record_added", "record_replaced", "record_held"},
+                          timeout_s)
+    rejected = [e for e in events if e["type"] == "command_rejected"]
+    if rejected:
+        raise SevisflowError(f"the batcher refused: {rejected[0]['reason']}")
+    done = next(e for e in events if e["type"] in ("record_added", "record_replaced", "record_held"))
+    return cmd, done, orjson.loads(done["record_json"])
 
 
 def cmd_add_info(args: argparse.Namespace) -> int:
+    """Passport name / new dependents as DSO ``report`` commands: checked by the batcher like every DSO action."""
+    from sevisflow.cli import dso as dso_cli
+    from sevisflow.cli.batch import load_open_view
+
     if not args.passport and not args.dependent:
         raise SevisflowError("nothing to add: give --passport and/or --dependent")
     if args.sevis_id and not SEVIS_ID.fullmatch(args.sevis_id):
@@ -281,81 +345,101 @@ def cmd_add_info(args: argparse.Namespace) -> int:
     org = org_of(args, settings)
     passport = _name(args.passport, "passport name", 39) if args.passport else None
     dependents = [parse_dependent(spec, settings) for spec in args.dependent]
-    check_kafka(settings, [settings.topics.events])
+    dso = dso_cli.resolve_dso(args.dso, settings, "added")
+    require_clean_add_info(passport, args.last_name, dependents)  # control characters, lengths, dates: before Kafka
+    t = settings.topics
+    check_kafka(settings, [t.events, t.commands, t.batches, t.results])
     known = known_student(settings, org, args.student)
-    sevis_id = args.sevis_id or known["sevis_id"]
+    if not known["seen"] and not dso_cli.known_to_pipeline(settings, load_open_view(settings, org), args.student):
+        raise dso_cli.unknown_student(args.student, settings)
+    sevis_id = settle_sevis_id(args.sevis_id, known, sevis_id_from_sevis(settings, org, args.student), args.student,
+                               "added")
     if not sevis_id:
         raise SevisflowError(f"no SEVIS ID is known for student {args.student}: SEVIS-only data can be sent once "
                              "the student is in SEVIS; give the ID with --sevis-id N0000000000")
-    at_ms = int(time.time() * 1000)
-    events = []
+    bodies: list[tuple[str, dict[str, Any]]] = []
     if passport:
         last = args.last_name or known["last_name"]
         if not last:
             raise SevisflowError(f"the last name of student {args.student} is not known to the pipeline; give it "
                                  "with --last-name (SEVIS needs it next to the passport name)")
         pf = args.print_form or "false"
-        events.append(_event(org, args.student, sevis_id, "PersonalInfo", "PersonalInfo.PassportName",
-                             {"@printForm": pf, "FullName": {"LastName": _name(last, "last name", 80),
-                                                             "PassportName": passport}},
-                             {"passport_name": passport}, known["display_name"], at_ms))
+        bodies.append((f"passport name {passport}", {
+            "kind": "PersonalInfo", "coalesce_key": "PersonalInfo.PassportName", "sevis_id": sevis_id,
+            "payload": {"@printForm": pf, "FullName": {"LastName": _name(last, "last name", 80),
+                                                       "PassportName": passport}},
+            "after": {"passport_name": passport}, "display_name": known["display_name"]}))
+    meanings = []
     for dep in dependents:
         pf = args.print_form or "true"
         ident = hashlib.sha256(orjson.dumps([dep["FullName"], dep["BirthDate"]], option=orjson.OPT_SORT_KEYS))
         label = f"{dep['FullName']['LastName']}, {dep['FullName'].get('FirstName', '')} " \
                 f"({'spouse' if dep['Relationship'] == '01' else 'child'}, born {dep['BirthDate']})"
-        events.append(_event(org, args.student, sevis_id, "Dependent.Add", f"Dependent:new-{ident.hexdigest()[:10]}",
-                             {"@printForm": pf, **dep}, {"new_dependent": label}, known["display_name"], at_ms))
-    producer = make_producer(settings.kafka)
-    errors: list[Any] = []
-    for ev in events:
-        produce(producer, settings.topics.events, org.encode(), registry().encode(EVENT_SCHEMA, ev),
-                on_delivery=delivery_raiser(errors))
-    flush_or_raise(producer, errors, timeout_s=KAFKA_TIMEOUT_S * 2)
+        meanings.append((label, code_meanings(dep, settings)))
+        bodies.append((f"dependent {label}", {
+            "kind": "Dependent.Add", "coalesce_key": f"Dependent:new-{ident.hexdigest()[:10]}", "sevis_id": sevis_id,
+            "payload": {"@printForm": pf, **dep}, "after": {"new_dependent": label},
+            "display_name": known["display_name"]}))
+    if not args.json:
+        print(f"Student {args.student} ({sevis_id}), as {dso}:")
+        if passport:
+            print(f"  passport name: {passport}")
+        for label, codes in meanings:
+            print(f"  dependent {label}:")
+            for what, meaning in codes:
+                print(f"    {what:<15} {meaning}")
+    if dso_cli.interactive() and not args.json and not args.yes \
+            and not dso_cli.confirm("Is every code what you mean? Type yes to add: "):
+        print("Nothing was added.")
+        return 1
+    start = end_offsets(settings, t.batches)
+    results = []
+    for what, body in bodies:
+        cmd, done, rec = send_report(settings, org, args.student, dso, body,
+                                     f"{body['kind']} added with sevisflow student add-info", start, args.timeout)
+        results.append({"command_id": cmd["command_id"], "kind": body["kind"], "coalesce_key": body["coalesce_key"],
+                        "record_id": rec["record_id"], "status": rec["status"], "outcome": done["type"], "what": what,
+                        "revision": done["revision"]})
+    await_view(settings, org, max(r["revision"] for r in results))
     if args.json:
-        print_json({"student_key": args.student, "sevis_id": sevis_id,
-                    "events": [{"event_id": e["event_id"], "kind": e["kind"], "coalesce_key": e["coalesce_key"]}
-                               for e in events]})
+        print_json({"student_key": args.student, "sevis_id": sevis_id, "dso_user_id": dso, "records": results,
+                    "codes": [{"dependent": label, **{what: meaning for what, meaning in codes}}
+                              for label, codes in meanings]})
     else:
-        what = (["passport name"] if passport else []) + [f"dependent {i + 1}" for i in range(len(dependents))]
-        print(f"Stored for student {args.student} ({sevis_id}): {', '.join(what)}. "
-              "They appear in `sevisflow batch show` as soon as the batcher has them, and go to SEVIS with the "
-              "next batch you close.")
+        held = any(r["status"] == "held" for r in results)
+        print(f"Added to the open batch: {', '.join(r['what'] for r in results)}"
+              + (" (HELD: the student is on hold)" if held else "")
+              + ". Review them with `sevisflow batch show`; they go to SEVIS with the next batch you close.")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Send one ``report`` command and wait until the batcher has the record in the open batch."""
-    problem = user_id_problem(args.dso)
-    if problem:
-        raise SevisflowError(f"not reported: {problem}; give it with --dso")
+    from sevisflow.cli.dso import resolve_dso
+
     if args.sevis_id and not SEVIS_ID.fullmatch(args.sevis_id):
         raise SevisflowError(f"--sevis-id {args.sevis_id!r} is not a SEVIS ID (N followed by 10 digits)")
     settings = settings_from_args(args)
+    args.dso = resolve_dso(args.dso, settings, "reported")
     org = org_of(args, settings)
     kind, payload, after = report_event(args.report_event, settings, reason=getattr(args, "reason", None),
                                         remarks=getattr(args, "remarks", None),
                                         print_form=getattr(args, "print_form", None),
                                         explanation=getattr(args, "explanation", None))
-    check_kafka(settings, [settings.topics.events, settings.topics.commands, settings.topics.batches])
+    check_kafka(settings, [settings.topics.events, settings.topics.commands, settings.topics.batches,
+                           settings.topics.results])
     known = known_student(settings, org, args.student)
-    sevis_id = args.sevis_id or known["sevis_id"]
+    sevis_id = settle_sevis_id(args.sevis_id, known, sevis_id_from_sevis(settings, org, args.student), args.student,
+                               "reported")
     if not sevis_id:
         raise SevisflowError(f"no SEVIS ID is known for student {args.student}: {kind} can only be sent for a "
                              "student already in SEVIS; give the ID with --sevis-id N0000000000 (nothing was sent)")
     start = end_offsets(settings, settings.topics.batches)
     body = {"kind": kind, "payload": payload, "sevis_id": sevis_id, "after": after,
             "display_name": known["display_name"]}
-    cmd = new_command(org, "report", dso_user_id=args.dso, student_key=args.student,
-                      reason=f"{kind} reported with sevisflow student report",
-                      payload_json=orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode())
-    send_command(settings, cmd)
-    events = await_answer(settings, cmd["command_id"], start,
-                          {"record_added", "record_replaced", "record_held"}, args.timeout)
-    rejected = [e for e in events if e["type"] == "command_rejected"]
-    if rejected:
-        raise SevisflowError(f"the batcher refused: {rejected[0]['reason']}")
-    done = next(e for e in events if e["type"] in ("record_added", "record_replaced", "record_held"))
+    cmd, done, rec = send_report(settings, org, args.student, args.dso, body,
+                                 f"{kind} reported with sevisflow student report", start, args.timeout)
+    events = [done]
     rec = orjson.loads(done["record_json"])
     await_view(settings, org, max(e["revision"] for e in events))
     if args.json:

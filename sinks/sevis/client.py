@@ -1,18 +1,26 @@
 """Destination: the SEVIS batch HTTPS endpoints (standard library only: http.client + ssl).
 
 The client only moves bytes: ``upload`` POSTs ``multipart/form-data`` with the text
-parts ``orgid``, ``userid``, ``batchid`` and the file part ``xml`` (DOMAIN §6), over
+parts ``orgid``, ``userid``, ``batchid`` and the file part ``xml`` over
 TLS with the school's client certificate; ``download`` POSTs the three text parts
 and gets a zip (or a TransactionLog saying S0030/S0031).
 
-Every failure is classified once, here (STYLE #6):
+Every failure is classified once, here:
 
 * :class:`~sevisflow.errors.TransientError` — network errors, timeouts, HTTP 5xx,
   a response that is not a transaction log: try again with back-off;
 * :class:`Backpressure` — HTTP 429/503 with ``Retry-After``: wait that long;
 * :class:`CertificateError` (terminal) — no/unreadable client certificate, wrong key
   password, server certificate not trusted, or SEVIS refusing our certificate;
-* :class:`~sevisflow.errors.TerminalError` — other HTTP 4xx.
+* :class:`~sevisflow.errors.TerminalError` — other HTTP 4xx;
+* :class:`NotSent` (transient) — the connection could not be opened (nothing was sent);
+* :class:`~sinks.sevis.translog.LimitError` (transient) — an answer longer than
+  ``[sevis] max_response_bytes`` (read in chunks and abandoned at the cap, never whole).
+
+Every :class:`~sevisflow.errors.TerminalError` this client raises means SEVIS's application
+did not take the request (TLS refused, HTTP 4xx, not https): the uploader counts it as proof
+that the upload was not taken. A :class:`TransientError` other than :class:`NotSent` leaves the
+outcome of an upload unknown.
 
 The private key is never logged, never put in an exception message, and a PKCS#12
 key only touches the disk re-encrypted with a one-time password in a private temp
@@ -35,9 +43,10 @@ from urllib.parse import urlsplit
 
 from sevisflow.config import SevisSettings
 from sevisflow.errors import TerminalError, TransientError
-from sinks.sevis.translog import TransactionLog, TranslogError, parse_translog
+from sinks.sevis.translog import LimitError, TransactionLog, TranslogError, parse_translog
 
 USER_AGENT = "sevisflow/0.1 (batch client)"
+_CHUNK = 64 * 1024
 _CERT_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN",
                 "ACCESS_DENIED", "HANDSHAKE_FAILURE", "CERTIFICATE_REVOKED", "CERTIFICATE_EXPIRED",
                 "DECRYPT_ERROR", "UNSUPPORTED_CERTIFICATE")
@@ -49,6 +58,14 @@ class CertificateError(TerminalError):
 
 class Backpressure(TransientError):
     """SEVIS asked us to slow down (HTTP 429/503 with Retry-After); ``retry_after_s`` says how long."""
+
+
+class NotSent(TransientError):
+    """The connection to SEVIS could not be opened: no byte of the request left this host.
+
+    The one transient failure that *proves* an upload was not taken (the uploader may post
+    the same BatchID again at once); every failure after the connection opened leaves the
+    outcome unknown."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +202,23 @@ class SevisClient:
                                  f"transaction log ({exc}); will retry") from None
         return DownloadReply(status, None, log)
 
+    def _read_capped(self, resp: http.client.HTTPResponse, host: str) -> bytes:
+        """The answer's body, read in chunks; :class:`LimitError` past ``max_response_bytes`` (never read whole)."""
+        cap = self.settings.max_response_bytes
+        declared = resp.getheader("Content-Length")
+        if declared and declared.strip().isdigit() and int(declared) > cap:
+            raise LimitError(f"the answer from {host} announces {int(declared)} bytes, more than [sevis] "
+                             f"max_response_bytes = {cap}; raise it if SEVIS really sends that much")
+        buf = bytearray()
+        while True:
+            chunk = resp.read(min(_CHUNK, cap + 1 - len(buf)))
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+            if len(buf) > cap:
+                raise LimitError(f"the answer from {host} is longer than [sevis] max_response_bytes = {cap} "
+                                 "bytes; reading stopped there (raise it if SEVIS really sends that much)")
+
     def _diagnose(self, host: str, port: int) -> None:
         """After a reset: was it our certificate? Raises :class:`CertificateError` if so.
 
@@ -227,9 +261,26 @@ class SevisClient:
                                            timeout=self.timeout)
         try:
             try:
+                conn.connect()
+            except ssl.SSLCertVerificationError as exc:
+                raise CertificateError(
+                    f"the server at {parts.hostname} is not trusted ({exc.verify_message}); set [sevis] ca_bundle "
+                    "to the CA that signed it") from None
+            except ssl.SSLError as exc:
+                reason = (exc.reason or "").upper()
+                if any(a in reason for a in _CERT_ALERTS):
+                    raise CertificateError(
+                        f"the server at {parts.hostname} refused our TLS client certificate ({exc.reason}): is "
+                        "[sevis] client_cert the certificate registered for batch in SEVIS RTI?") from None
+                raise NotSent(f"TLS handshake with {parts.hostname} failed ({exc.reason or exc}); nothing was "
+                              "sent") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise NotSent(f"cannot reach {parts.hostname}:{parts.port or 443} ({type(exc).__name__}: {exc}); "
+                              "nothing was sent") from None
+            try:
                 conn.request("POST", path, body=body, headers=headers)
                 resp = conn.getresponse()
-                data = resp.read()
+                data = self._read_capped(resp, parts.hostname or "")
             except ssl.SSLCertVerificationError as exc:
                 raise CertificateError(
                     f"the server at {parts.hostname} is not trusted ({exc.verify_message}); set [sevis] ca_bundle "

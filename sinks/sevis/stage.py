@@ -1,5 +1,9 @@
 """The SEVIS sink stage: the outbox ⇄ SEVIS, results → ``sevis.results``, refusals → ``requeue``.
 
+One SEVIS sink per outbox: the stage holds :class:`~sinks.outbox.OutboxLock` (an OS ``flock`` on
+``<outbox_dir>/.sink-sevis.lock``) while it runs; a second one stops at once with an error naming
+the holder's pid and host.
+
 Observability like the ``TransactionalLoop`` stages: the stage registers a probe, so the process's
 ``/health`` fails when no HTTP exchange or loop turn happened for ``metrics.stall_after_s`` (a
 hung SEVIS call), and ``/ready`` answers 200 once the first pass over the outbox is done.
@@ -12,11 +16,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
+from sevisflow.audit.ledger import Ledger, LedgerWriter, writer_anchors
 from sevisflow.config import Settings
 from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
 from sevisflow.log import get_logger
 from sevisflow.observability import StageMetrics, register_probe, unregister_probe
 from sevisflow.serde import registry
+from sinks.outbox import OutboxLock
 from sinks.sevis.uploader import STAGE, SevisSink, error_kind
 from sinks.xml.stage import make_outbox, requeue_command
 
@@ -50,6 +56,12 @@ class KafkaPublisher:
         produce(self.producer, out.topic, out.key, out.value, on_delivery=delivery_raiser(errors))
         flush_or_raise(self.producer, errors)
 
+    def anchor(self, key: bytes, value: bytes) -> None:
+        """Publish the audit ledger's new head on the ledger topic (compacted) and wait for the ack."""
+        errors: list[KafkaError] = []
+        produce(self.producer, self.settings.topics.ledger, key, value, on_delivery=delivery_raiser(errors))
+        flush_or_raise(self.producer, errors)
+
     def close(self) -> None:
         self.producer.flush(10)
 
@@ -63,13 +75,22 @@ def run(settings: Settings, stop_event: threading.Event, tick_s: float = 1.0,
     before any new upload once the problem is fixed.
     """
     outbox = make_outbox(settings)
-    pub = publisher if publisher is not None else KafkaPublisher(settings)
+    lock = OutboxLock(outbox.root).acquire()  # before anything else: a second sink stops here
     try:
-        sink = SevisSink(settings, outbox, pub, client=client)  # loads the client certificate at once
+        pub = publisher if publisher is not None else KafkaPublisher(settings)
+    except BaseException:
+        lock.release()
+        raise
+    try:
+        anchors = writer_anchors(settings.kafka, settings.topics.ledger) if isinstance(pub, KafkaPublisher) else {}
+        writer = LedgerWriter(Ledger(outbox.root), STAGE, settings.school.org_id, anchors)
+        sink = SevisSink(settings, outbox, pub, client=client, ledger=writer)  # loads the client certificate
+        sink.reconcile()  # a ledger that lost its anchors stops the stage here; crash leftovers are sealed
     except Exception as exc:
         StageMetrics(STAGE).error(error_kind(exc))  # e.g. sevis_certificate: the process stops with its message
         if hasattr(pub, "close"):
             pub.close()
+        lock.release()
         raise
     stall_after_s = settings.metrics.stall_after_s
     if stall_after_s < settings.sevis.http_timeout_s:
@@ -100,6 +121,9 @@ def run(settings: Settings, stop_event: threading.Event, tick_s: float = 1.0,
             stop_event.wait(min(tick_s, max(0.05, settings.sevis.poll_interval_s)))
     finally:
         unregister_probe(STAGE)
-        if hasattr(pub, "close"):
-            pub.close()
+        try:
+            if hasattr(pub, "close"):
+                pub.close()
+        finally:
+            lock.release()
         log.info("sink_sevis.stopped")

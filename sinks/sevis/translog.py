@@ -1,7 +1,7 @@
 """Lenient parsing of SEVIS transaction logs (upload responses and downloaded results).
 
 SEVIS logs have broken strict parsers before (a corrected address without a state
-code, DOMAIN §11), so this parser never validates against the XSD: it matches
+code), so this parser never validates against the XSD: it matches
 elements by local name (any or no namespace), ignores elements it does not know,
 and treats missing optional parts as absent. It only refuses input that is not
 well-formed XML or has no ``TransactionLog`` root, because publishing results from
@@ -10,8 +10,9 @@ a truncated file would be worse than downloading it again.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import BinaryIO
 
 from lxml import etree
 
@@ -20,6 +21,19 @@ from sevisflow.errors import TransientError
 
 class TranslogError(TransientError):
     """The transaction log is not usable (not XML, wrong root): download it again later."""
+
+
+class LimitError(TranslogError):
+    """An answer or results zip from SEVIS is larger than a configured cap (``[sevis] max_*``).
+
+    Nothing of it is applied; the batch stays where it is and is downloaded again after
+    a back-off, so raising the cap and restarting resolves it."""
+
+
+class MismatchError(TranslogError):
+    """A transaction log names another BatchID/OrgID (or other requests) than the batch's manifest.
+
+    No result of it is published; the batch stays in ``uploaded/`` for the operator."""
 
 
 @dataclass(frozen=True)
@@ -72,26 +86,25 @@ class TransactionLog:
         return self.download.code if self.download else None
 
 
-def _local(el: etree._Element) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+def _local(tag: object) -> str:
+    return etree.QName(tag).localname if isinstance(tag, str) else ""
 
 
-def _children(el: etree._Element | None, name: str) -> Iterator[etree._Element]:
-    if el is None:
-        return iter(())
-    return (c for c in el if isinstance(c.tag, str) and _local(c) == name)
+def _text_of(el: etree._Element | None) -> str | None:
+    if el is None or el.text is None:
+        return None
+    t = el.text.strip()
+    return t or None
 
 
 def _child(el: etree._Element | None, name: str) -> etree._Element | None:
-    return next(_children(el, name), None)
+    if el is None:
+        return None
+    return next((c for c in el if isinstance(c.tag, str) and _local(c.tag) == name), None)
 
 
 def _text(el: etree._Element | None, name: str) -> str | None:
-    c = _child(el, name)
-    if c is None or c.text is None:
-        return None
-    t = c.text.strip()
-    return t or None
+    return _text_of(_child(el, name))
 
 
 def _attr(el: etree._Element | None, name: str) -> str | None:
@@ -123,48 +136,98 @@ def _disposition(el: etree._Element | None) -> Disposition | None:
     return Disposition(code=_attr(el, "resultCode"), at=_attr(el, "dateTimeStamp"))
 
 
-def parse_translog(data: bytes) -> TransactionLog:
-    """Parse a transaction log leniently. Raises :class:`TranslogError` when it is not one."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_comments=True, huge_tree=False)
+def _record(rec: etree._Element) -> RecordResult | None:
+    rid = _attr(rec, "requestID")
+    if not rid:
+        return None
+    result = _child(rec, "Result")
+    ok = _bool(_attr(result, "status"))
+    code = _text(result, "ErrorCode")
+    deps = tuple({"dependent_sevis_id": _attr(d, "dependentSevisID"),
+                  "user_defined_a": _text(d, "UserDefinedA"), "user_defined_b": _text(d, "UserDefinedB")}
+                 for d in rec if isinstance(d.tag, str) and _local(d.tag) == "Dependent")
+    return RecordResult(
+        request_id=rid,
+        ok=bool(ok) if ok is not None else code is None and result is not None,
+        sevis_id=_attr(rec, "sevisID"), user_id=_attr(rec, "userID"),
+        user_defined_a=_text(rec, "UserDefinedA"), user_defined_b=_text(rec, "UserDefinedB"),
+        processed_at=_text(rec, "ProcessDate"), error_code=code, error_message=_text(result, "ErrorMessage"),
+        dependents=deps,
+    )
+
+
+def parse_translog(data: bytes | BinaryIO) -> TransactionLog:
+    """Parse a transaction log leniently. Raises :class:`TranslogError` when it is not one.
+
+    ``data`` is the log's bytes or an open binary file. Parsing is incremental
+    (``iterparse``): each ``Record`` is turned into a :class:`RecordResult` and its
+    element freed at once, so memory grows with the number of results, not with the
+    document's tree. No entities are resolved, no DTD or network is loaded, and
+    libxml2's limits stay on (``huge_tree`` off): no XXE, no entity expansion.
+    """
+    source: BinaryIO = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    events = etree.iterparse(source, events=("start", "end"), resolve_entities=False, no_network=True,
+                             load_dtd=False, dtd_validation=False, huge_tree=False, remove_comments=True,
+                             remove_pis=True)
+    path: list[str] = []
+    root_seen = False
+    batch_id = org_id = system = upload_file = None
+    status: bool | None = None
+    upload = process = download = None
+    counts: dict[str, int] = {}
+    records: list[RecordResult] = []
     try:
-        root = etree.fromstring(data, parser=parser)
+        for event, el in events:
+            if not isinstance(el.tag, str):
+                continue
+            name = _local(el.tag)
+            if event == "start":
+                if not root_seen:
+                    root_seen = True
+                    if name != "TransactionLog":
+                        raise TranslogError(f"expected a TransactionLog document, got <{name}>")
+                path.append(name)
+                continue
+            # end of an element: its children are complete
+            where = tuple(path)
+            path.pop()
+            if where == ("TransactionLog", "BatchHeader", "BatchID"):
+                batch_id = _text_of(el)
+            elif where == ("TransactionLog", "BatchHeader", "OrgID"):
+                org_id = _text_of(el)
+            elif where == ("TransactionLog", "BatchDetail", "Upload"):
+                if upload is None:
+                    upload, upload_file = _disposition(el), _text(el, "FileName")
+            elif where == ("TransactionLog", "BatchDetail", "Download"):
+                if download is None:
+                    download = _disposition(el)
+            elif where == ("TransactionLog", "BatchDetail", "Process", "RecordCount"):
+                for cname in ("Success", "Failure", "Total"):
+                    n = _int(_text(el, cname))
+                    if n is not None:
+                        counts[cname.lower()] = n
+            elif where == ("TransactionLog", "BatchDetail", "Process", "Record"):
+                r = _record(el)
+                if r is not None:
+                    records.append(r)
+            elif where == ("TransactionLog", "BatchDetail", "Process"):
+                if process is None:
+                    process = _disposition(el)
+            elif where == ("TransactionLog", "BatchDetail"):
+                status, system = _bool(_attr(el, "status")), _attr(el, "system")
+            if len(where) <= 3 or (len(where) == 4 and where[2] == "Process"):
+                # read: free it and its already-read elder siblings, so the tree never holds more
+                # than one Record (or one header part) at a time
+                el.clear(keep_tail=False)
+                parent = el.getparent()
+                while parent is not None and el.getprevious() is not None:
+                    del parent[0]
     except etree.XMLSyntaxError as exc:
         raise TranslogError(f"transaction log is not well-formed XML ({exc.msg})") from exc
-    if _local(root) != "TransactionLog":
-        raise TranslogError(f"expected a TransactionLog document, got <{_local(root)}>")
-    header = _child(root, "BatchHeader")
-    detail = _child(root, "BatchDetail")
-    upload = _child(detail, "Upload")
-    process = _child(detail, "Process")
-    counts: dict[str, int] = {}
-    rc = _child(process, "RecordCount")
-    for name in ("Success", "Failure", "Total"):
-        n = _int(_text(rc, name))
-        if n is not None:
-            counts[name.lower()] = n
-    records = []
-    for rec in _children(process, "Record"):
-        rid = _attr(rec, "requestID")
-        if not rid:
-            continue
-        result = _child(rec, "Result")
-        ok = _bool(_attr(result, "status"))
-        code = _text(result, "ErrorCode")
-        deps = tuple({"dependent_sevis_id": _attr(d, "dependentSevisID"),
-                      "user_defined_a": _text(d, "UserDefinedA"), "user_defined_b": _text(d, "UserDefinedB")}
-                     for d in _children(rec, "Dependent"))
-        records.append(RecordResult(
-            request_id=rid,
-            ok=bool(ok) if ok is not None else code is None and result is not None,
-            sevis_id=_attr(rec, "sevisID"), user_id=_attr(rec, "userID"),
-            user_defined_a=_text(rec, "UserDefinedA"), user_defined_b=_text(rec, "UserDefinedB"),
-            processed_at=_text(rec, "ProcessDate"), error_code=code, error_message=_text(result, "ErrorMessage"),
-            dependents=deps,
-        ))
+    if not root_seen:
+        raise TranslogError("transaction log is empty")
     return TransactionLog(
-        batch_id=_text(header, "BatchID"), org_id=_text(header, "OrgID"),
-        status=_bool(_attr(detail, "status")), system=_attr(detail, "system"),
-        upload=_disposition(upload), upload_file_name=_text(upload, "FileName"),
-        process=_disposition(process), download=_disposition(_child(detail, "Download")),
+        batch_id=batch_id, org_id=org_id, status=status, system=system,
+        upload=upload, upload_file_name=upload_file, process=process, download=download,
         counts=counts, records=tuple(records),
     )

@@ -1,6 +1,6 @@
 """A SEVIS batch simulator: a real HTTPS server that requires a client certificate.
 
-It speaks the upload/download protocol of DOMAIN §6 and applies the rules a
+It speaks the SEVIS batch upload/download protocol and applies the rules a
 school's system must cope with:
 
 * upload: multipart fields ``orgid``, ``userid``, ``batchid``, file ``xml``; answers a
@@ -16,7 +16,18 @@ school's system must cope with:
   after the upload, then a zip with ``sevis_transaction_log.xml`` and a (fake) I-20
   PDF per create with ``printForm`` true;
 * faults on demand (:meth:`SevisSimulator.fail`, or ``POST /_sim/control``): HTTP 500,
-  S0001, a slow answer, a malformed log, a dropped connection.
+  S0001, a slow answer, a malformed log, a dropped connection (``drop``: before the upload is
+  looked at), and the ones where SEVIS took the upload but the client cannot know:
+  ``slow_accept`` (accepted, answer only after ``delay_s``: the client times out),
+  ``drop_after`` (accepted, then the connection is reset without an answer); answers on demand:
+  ``S0010``/``S0013`` (upload refused as a used BatchID / invalid, nothing registered) and ``S0031``
+  (download);
+  hostile downloads: ``foreign_log`` (the log names another BatchID), ``bomb`` (a 32 MiB PDF of
+  zeros deflated to a few KiB), ``huge`` (a 4 MiB answer);
+* delayed registration: an accepted batch is answered S0031 by downloads for
+  ``registration_delay_s`` seconds and for its first ``registration_delay_downloads`` downloads;
+* :meth:`SevisSimulator.post_count` counts every upload POST that reached it per BatchID (faults
+  included): what "sent once" is measured by.
 
 Start it in-process with ``SevisSimulator(...).start()`` (returns the base URL) and
 stop it with ``.stop()``; ``sevisflow sevis-sim`` runs it from the command line.
@@ -49,7 +60,8 @@ ORG_RE = re.compile(r"^([A-Z]{3}214F\d{8}|[PG]-\d-\d{4,5})$")
 SEVIS_ID_RE = re.compile(r"^N\d{10}$")
 UPLOAD_PATH = "/sevisbatch/action/batchUpload"
 DOWNLOAD_PATH = "/sevisbatch/action/batchDownload"
-FAULT_MODES = ("http500", "S0001", "slow", "malformed", "drop", "http503")
+FAULT_MODES = ("http500", "S0001", "slow", "malformed", "drop", "http503", "slow_accept", "drop_after", "S0010",
+               "S0013", "S0031", "foreign_log", "bomb", "huge")
 
 
 @dataclass
@@ -61,6 +73,7 @@ class _Batch:
     file_name: str
     records: list[dict[str, Any]] = field(default_factory=list)
     pdfs: dict[str, bytes] = field(default_factory=dict)
+    unregistered_downloads: int = 0  # downloads still answered S0031 (delayed registration)
 
     @property
     def process_code(self) -> str:
@@ -86,7 +99,8 @@ class SevisSimulator:
                  known_sevis_ids: Iterable[str] = (), accept_any_sevis_id: bool = False,
                  results_delay_s: float = 0.0, org_ids: Iterable[str] | None = None,
                  record_errors: dict[str, tuple[str, str]] | None = None, system: str = "PROD-SIM",
-                 make_missing_certs: bool = True) -> None:
+                 make_missing_certs: bool = True, registration_delay_s: float = 0.0,
+                 registration_delay_downloads: int = 0) -> None:
         cert_dir = Path(cert_dir)
         if make_missing_certs and not (cert_dir / "server.pem").is_file():
             self.certs: CertPaths = make_certs(cert_dir, hosts=tuple({host, "127.0.0.1", "localhost"}))
@@ -97,6 +111,9 @@ class SevisSimulator:
         self.known: set[str] = set(known_sevis_ids)
         self.accept_any = accept_any_sevis_id
         self.results_delay_s = results_delay_s
+        self.registration_delay_s = registration_delay_s
+        self.registration_delay_downloads = registration_delay_downloads
+        self.posts: dict[str, int] = {}  # BatchID → upload POSTs that reached the simulator (faults included)
         self.org_ids = set(org_ids) if org_ids else None
         self.record_errors = dict(record_errors or {})
         self.system = system
@@ -202,6 +219,10 @@ class SevisSimulator:
             self.known.update(body.get("known_sevis_ids", []))
             if "results_delay_s" in body:
                 self.results_delay_s = float(body["results_delay_s"])
+            if "registration_delay_s" in body:
+                self.registration_delay_s = float(body["registration_delay_s"])
+            if "registration_delay_downloads" in body:
+                self.registration_delay_downloads = int(body["registration_delay_downloads"])
             if "accept_any_sevis_id" in body:
                 self.accept_any = bool(body["accept_any_sevis_id"])
             for rid, (code, msg) in (body.get("record_errors") or {}).items():
@@ -213,7 +234,14 @@ class SevisSimulator:
             return {"batches": [{"org_id": b.org_id, "batch_id": b.batch_id, "records": len(b.records),
                                  "process_code": b.process_code} for b in self.batches.values()],
                     "requests": list(self.requests), "known_sevis_ids": len(self.known),
-                    "pending_faults": [f.__dict__ for f in self.faults], "results_delay_s": self.results_delay_s}
+                    "pending_faults": [f.__dict__ for f in self.faults], "results_delay_s": self.results_delay_s,
+                    "registration_delay_s": self.registration_delay_s,
+                    "registration_delay_downloads": self.registration_delay_downloads, "posts": dict(self.posts)}
+
+    def post_count(self, batch_id: str) -> int:
+        """Upload POSTs of ``batch_id`` that reached the simulator, whatever was answered (faults included)."""
+        with self.lock:
+            return self.posts.get(batch_id, 0)
 
     def upload_count(self, batch_id: str | None = None, code: str | None = None) -> int:
         with self.lock:
@@ -304,7 +332,8 @@ class SevisSimulator:
                 return answer("S0013")
             if len(doc.findall("CreateStudent/Student")) > 250 or len(doc.findall("UpdateStudent/Student")) > 250:
                 return answer("S0013")
-            b = _Batch(org, batch_id, user, time.time(), fname)
+            b = _Batch(org, batch_id, user, time.time(), fname,
+                       unregistered_downloads=self.registration_delay_downloads)
             self._process(b, doc)
             self.batches[(org, batch_id)] = b
             return answer("S0000")
@@ -354,6 +383,12 @@ class SevisSimulator:
         org, batch_id = str(fields.get("orgid", "")).strip(), str(fields.get("batchid", "")).strip()
         with self.lock:
             b = self.batches.get((org, batch_id))
+            if b is not None and fault is not None and fault.mode == "S0031":
+                b = None
+            if b is not None and (b.unregistered_downloads > 0
+                                  or time.time() < b.received_at + self.registration_delay_s):
+                b.unregistered_downloads = max(0, b.unregistered_downloads - 1)
+                b = None  # accepted, but not registered yet: SEVIS does not know it
             if b is None:
                 code = "S0031"
             elif time.time() < b.received_at + self.results_delay_s:
@@ -368,11 +403,22 @@ class SevisSimulator:
                                 status=b.process_code == "S0000")
             if fault is not None and fault.mode == "malformed":
                 log = log[: len(log) // 2]
+            if fault is not None and fault.mode == "foreign_log":
+                log = log.replace(f"<BatchID>{batch_id}</BatchID>".encode(), b"<BatchID>FOREIGN0000001</BatchID>")
+            if fault is not None and fault.mode == "huge":
+                return 200, b"PK\x03\x04" + bytes(4 * 1024 * 1024), "application/zip", code
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
                 zf.writestr(zipfile.ZipInfo("sevis_transaction_log.xml", date_time=(2020, 1, 1, 0, 0, 0)), log)
                 for name, pdf in sorted(b.pdfs.items()):
                     zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), pdf)
+                if fault is not None and fault.mode == "bomb":
+                    bomb = zipfile.ZipInfo("N0000000000_I20.pdf", date_time=(2020, 1, 1, 0, 0, 0))
+                    bomb.compress_type = zipfile.ZIP_DEFLATED
+                    with zf.open(bomb, "w") as w:
+                        zero = bytes(1 << 20)
+                        for _ in range(32):
+                            w.write(zero)
             return 200, buf.getvalue(), "application/zip", code
 
 
@@ -450,13 +496,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return f, True
         if f.mode == "drop":
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._drop()
             return f, True
         return f, False
+
+    def _drop(self) -> None:
+        """Close the connection with a TCP reset and no answer (SO_LINGER 0)."""
+        self.close_connection = True
+        try:
+            import struct
+
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def do_GET(self) -> None:  # noqa: N802
         parts = urlsplit(self.path)
@@ -482,10 +535,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(400, str(exc).encode(), "text/plain")
             return
         if path.endswith("/batchUpload"):
+            sim = self.simulator
+            with sim.lock:
+                bid = str((fields or {}).get("batchid", "")).strip()
+                sim.posts[bid] = sim.posts.get(bid, 0) + 1
             fault, done = self._fault("upload")
             if done:
                 return
-            sim = self.simulator
             if fault is not None and fault.mode in ("S0001", "malformed"):
                 body = sim._log_xml(str((fields or {}).get("orgid", "")), str((fields or {}).get("batchid", "")),
                                     upload=("S0001", None), status=False)
@@ -500,7 +556,19 @@ class _Handler(BaseHTTPRequestHandler):
             if fields is None:
                 self._send(200, sim._log_xml("", "", upload=("S0012", None), status=False))
                 return
+            if fault is not None and fault.mode in ("S0010", "S0013"):
+                org, bid = str(fields.get("orgid", "")), str(fields.get("batchid", ""))
+                with sim.lock:
+                    sim.requests.append({"op": "upload", "org_id": org, "batch_id": bid, "code": fault.mode,
+                                         "at": time.time()})
+                self._send(200, sim._log_xml(org, bid, upload=(fault.mode, None), status=False))
+                return
             status, body, _ = sim.handle_upload(fields)
+            if fault is not None and fault.mode == "slow_accept":
+                time.sleep(fault.delay_s)  # processed already: the client times out while SEVIS has it
+            if fault is not None and fault.mode == "drop_after":
+                self._drop()  # processed already: the client sees a reset and no answer
+                return
             self._send(status, body)
         elif path.endswith("/batchDownload"):
             self._download(fields or {})

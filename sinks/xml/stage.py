@@ -9,14 +9,19 @@ Per closed batch (:func:`sink_closed_batch`):
   outbox. Each record at fault goes to the DSO as a dead letter (code, the
   validator's message without the value, student key, field). The records that
   are fine (or only over the 250 limit) are re-queued with one ``requeue``
-  BatchCommand listing their ``record_ids``, so the batcher puts them into the next
-  batch under a new BatchID; the refused ones wait for the DSO to fix the SIS data,
-  which produces new events. A header problem (BatchID, OrgID, the DSO's userID)
-  refuses the whole batch and re-queues every record.
+  BatchCommand listing their ``record_ids`` with ``close_now``: the batcher closes
+  them again at once into a new document (new BatchID, the same DSO and close time),
+  which comes back here, so only the offending records wait; they wait for the DSO
+  to fix the SIS data, which produces new events. Every step is on the log, so
+  ``sevisflow verify`` re-derives the new batch byte for byte. A header problem
+  (BatchID, OrgID, the DSO's userID) refuses the whole batch and re-queues every
+  record without ``close_now`` (it needs the DSO).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -24,9 +29,10 @@ from typing import Any, Iterable
 import orjson
 from confluent_kafka import Message
 
+from sevisflow.audit.ledger import Ledger, LedgerWriter, writer_anchors
 from sevisflow.config import Settings
 from sevisflow.dlq import dead_letter
-from sevisflow.kafka_io import Output, StateStore, TransactionalLoop
+from sevisflow.kafka_io import Output, StateStore, TransactionalLoop, fence_predecessor
 from sevisflow.log import get_logger
 from sevisflow.serde import SerializationError, registry
 from sinks.outbox import BatchDir, Outbox, day_for, safe_name, sha256
@@ -122,20 +128,27 @@ def outputs_for(outcome: XmlOutcome, settings: Settings, msg: Message | None = N
         return []
     b = outcome.batch
     outs: list[Output] = []
+    header = any(p.request_id is None for p in outcome.dead)
+    others = "wait for the DSO's next close" if header else "are sent again at once"
     for p in outcome.dead:
         where = f"record {p.request_id} ({p.kind})" if p.request_id else "the batch header"
         reason = (f"batch {b.batch_id}: {where} does not validate against the SEVIS XSD: "
-                  f"{p.field or '-'}: {p.message}. The batch was quarantined; "
-                  + ("fix the data in the SIS and the change goes into a later batch."
-                     if p.request_id else "fix the setting or the DSO user id and close again."))
+                  f"{p.field or '-'}: {p.message}. "
+                  + (f"This record was taken out (the document is kept in the quarantine); the batch's other "
+                     f"records {others}. Fix the data in the SIS and the change goes into a later batch."
+                     if p.request_id else "The batch was quarantined; fix the setting or the DSO user id and close "
+                     "again."))
         outs.append(dead_letter(settings.topics.dlq, STAGE, p.code, reason, b.at_ms, msg=msg,
                                 student_key=p.student_key, field=p.field))
     if outcome.requeue_record_ids:
+        refused = sorted(outcome.checked.bad_request_ids()) if outcome.checked else []
+        # only records at fault and no header problem: the batcher closes the valid ones again at once (new
+        # BatchID); each round refuses at least one record, so this ends. A header problem waits for the DSO.
         outs.append(requeue_command(settings, b.org_id, b.batch_id, outcome.requeue_record_ids,
-                                    reason="batch failed XSD validation; valid records re-queued",
+                                    reason="batch failed XSD validation; valid records re-queued"
+                                           + ("" if header or not refused else " and sent again at once"),
                                     at_ms=b.at_ms, command_id=f"requeue-{b.batch_id}-xsd",
-                                    extra={"refused_request_ids": sorted(outcome.checked.bad_request_ids())
-                                           if outcome.checked else []}))
+                                    extra={"refused_request_ids": refused, "close_now": bool(refused) and not header}))
     return outs
 
 
@@ -159,7 +172,21 @@ def decode_closed(value: bytes) -> ClosedBatch | None:
     return ClosedBatch.from_event(event, records)
 
 
-def make_handler(settings: Settings, schema: StudentSchema, outbox: Outbox):  # type: ignore[no-untyped-def]
+def seal_output(settings: Settings, writer: LedgerWriter, outbox: Outbox, outcome: XmlOutcome) -> list[Output]:
+    """Seal a filed batch on the audit ledger (appended + fsynced now, before the commit) and the new head
+    for the ledger topic, produced in this transaction. A re-delivery seals nothing new and re-publishes
+    the head, so a crash between the append and the commit is settled by the replay."""
+    if outcome.status not in ("written", "exists"):
+        return []
+    bd = outbox.find(outcome.batch.batch_id)
+    if bd is None:
+        return []
+    key, value = writer.seal_archive(bd, outcome.batch.batch_id)
+    return [Output(settings.topics.ledger, key, value)]
+
+
+def make_handler(settings: Settings, schema: StudentSchema, outbox: Outbox,  # type: ignore[no-untyped-def]
+                 writer: LedgerWriter | None = None):
     def handle(msg: Message, state: StateStore) -> Iterable[Output]:
         if msg.value() is None:
             return []
@@ -172,7 +199,7 @@ def make_handler(settings: Settings, schema: StudentSchema, outbox: Outbox):  # 
         if batch is None:
             return []
         outcome = sink_closed_batch(batch, schema, outbox)
-        return outputs_for(outcome, settings, msg)
+        return outputs_for(outcome, settings, msg) + (seal_output(settings, writer, outbox, outcome) if writer else [])
     return handle
 
 
@@ -180,22 +207,62 @@ def make_outbox(settings: Settings) -> Outbox:
     return Outbox(settings.sevis.outbox_dir, settings.sevis.quarantine_dir, settings.school.timezone)
 
 
-def run(settings: Settings, stop_event: threading.Event, max_idle_polls: int | None = None) -> None:
+def group_id(settings: Settings) -> str:
+    """The consumer group: per deployment, like the processors' (tests get their own from the topic names)."""
+    default = "sevis.batches"
+    name = settings.topics.batches
+    return f"{GROUP_ID}-{name[len(default) + 1:]}" if name.startswith(default + ".") else GROUP_ID
+
+
+def ledger_writer(settings: Settings, outbox: Outbox) -> LedgerWriter:
+    """The sink's ledger writer, checked against the heads anchored on the ledger topic (TerminalError when
+    the file lost them: it was truncated, replaced or re-linked while the sink was down)."""
+    anchors = writer_anchors(settings.kafka, settings.topics.ledger)
+    writer = LedgerWriter(Ledger(outbox.root), "sink-xml", settings.school.org_id, anchors)
+    writer.head()
+    return writer
+
+
+def build_loop(settings: Settings, schema: StudentSchema, outbox: Outbox,
+               instance: str | None = None, writer: LedgerWriter | None = None) -> TransactionalLoop:
+    """The XML sink's loop with a stable identity, like the processors'.
+
+    ``transactional.id`` = ``group.instance.id`` = ``<group>-<instance>`` (``$SEVISFLOW_INSTANCE``,
+    else the host name): a restarted sink fences its crashed predecessor, whose open transaction
+    the broker aborts at once (read_committed readers of the commands and DLQ topics do not wait
+    for ``transaction.timeout.ms``), and takes its partitions back without a session timeout.
+    """
+    return TransactionalLoop(settings.kafka, group_id(settings), [settings.topics.batches],
+                             make_handler(settings, schema, outbox, writer),
+                             transactional_id=transactional_id(settings, instance),
+                             batch_size=50, dlq_topic=settings.topics.dlq,
+                             stall_after_s=settings.metrics.stall_after_s)
+
+
+def transactional_id(settings: Settings, instance: str | None = None) -> str:
+    """``<group>-<instance>``: ``instance``, else ``$SEVISFLOW_INSTANCE``, else the host name."""
+    return f"{group_id(settings)}-{instance or os.environ.get('SEVISFLOW_INSTANCE') or socket.gethostname()}"
+
+
+def run(settings: Settings, stop_event: threading.Event, max_idle_polls: int | None = None,
+        instance: str | None = None) -> None:
     """Run the XML sink until ``stop_event`` is set.
 
     Commit order per polled batch of records (STYLE #1), inside one Kafka transaction:
     1. decode each closed BatchEvent; render and validate it (pure);
     2. write the file (or the quarantine folder) atomically and fsync it;
-    3. produce the dead letters and the ``requeue`` command;
+    3. produce the dead letters and the ``requeue`` command; seal the filed batch on the audit ledger
+       (append + fsync) and produce the ledger's new head on the ledger topic;
     4. commit the consumer offsets with the transaction.
     A crash before 4 replays the records: step 2 finds the folder and writes nothing,
     step 3 produces the same records again in the new transaction.
     """
     schema = load_schema(settings.sevis.xsd_dir)
     outbox = make_outbox(settings)
-    loop = TransactionalLoop(settings.kafka, GROUP_ID, [settings.topics.batches],
-                             make_handler(settings, schema, outbox), batch_size=50,
-                             stall_after_s=settings.metrics.stall_after_s)
+    # fence a crashed predecessor first: the ledger's anchors are read read_committed, and its open
+    # transaction (which may hold a ledger head) would hold that read up to transaction.timeout.ms
+    fence_predecessor(settings.kafka, transactional_id(settings, instance))
+    loop = build_loop(settings, schema, outbox, instance, ledger_writer(settings, outbox))
     watcher = threading.Thread(target=lambda: (stop_event.wait(), loop.stop()), daemon=True, name="sink-xml-stop")
     watcher.start()
     log.info("sink_xml.started", topic=settings.topics.batches, outbox=str(outbox.root))

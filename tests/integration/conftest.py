@@ -36,3 +36,20 @@ def sim(tmp_path):
     s.start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_stack():
+    """One Kafka per session that requires TLS + SASL/SCRAM and authorizes every request (KRaft's
+    StandardAuthorizer): the operator is a super user (``info.env()``), every principal of the ACL
+    model has its own SCRAM user (``info.kafka.kafka_settings(user)``). Tests apply the ACLs of their
+    own topic names with ``deploy.local.stack.apply_stack_acls``."""
+    from deploy.local.stack import start_stack, stop_stack
+    from tests.helpers import REPO
+
+    (REPO / ".local" / "stacks").mkdir(parents=True, exist_ok=True)
+    info = start_stack(name="pytest-secure", postgres=False, kafka_security="sasl_ssl", progress=lambda *_: None)
+    try:
+        yield info
+    finally:
+        stop_stack(info, remove=True)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from processors.batcher.fixtures import ORG, command, event, result
 from processors.batcher.view import build_view
 from sevisflow.cli import main as cli_main
 from tests.batcher_support import (
@@ -33,6 +33,9 @@ from tests.batcher_support import (
 from tests.helpers import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
+NOW = int(time.time() * 1000)
+"""The requested time of the tests' commands: fixed (every close may ask at the same time), and within the
+batcher's window around the command's Kafka timestamp (processors/batcher/guard.py)."""
 
 
 # ----------------------------------------------------------------------------- tests
@@ -55,7 +58,7 @@ def test_close_while_events_keep_arriving(env, tmp_path, capsys):
         producer.start()
         closes = 0
         while producer.is_alive():
-            code = cli_main(["--config", str(cfg), "batch", "close", "--dso", DSO, "--json"])
+            code = cli_main(["--config", str(cfg), "batch", "close", "--dso", DSO, "--yes", "--json"])
             out = capsys.readouterr()
             assert code in (0, 1), out.err
             closes += code == 0
@@ -65,7 +68,7 @@ def test_close_while_events_keep_arriving(env, tmp_path, capsys):
         evs = wait_for(env, lambda evs: sum(len(records_of(c)) for c in closed_of(evs))
                        + build_view(ORG, evs).counts()["records"] == 300)
         if build_view(ORG, evs).counts()["records"]:
-            assert cli_main(["--config", str(cfg), "batch", "close", "--dso", DSO]) == 0
+            assert cli_main(["--config", str(cfg), "batch", "close", "--dso", DSO, "--yes"]) == 0
             evs = batch_events(env)
     finally:
         batcher.stop()
@@ -78,7 +81,8 @@ def test_close_while_events_keep_arriving(env, tmp_path, capsys):
 
 
 def test_kill_9_between_close_and_publish_gives_exactly_one_batch(env, tmp_path):
-    cfg = write_config(env, tmp_path / "sevisflow.toml")
+    # the batcher process's settings: its DSOs too (it refuses commands of anyone else)
+    cfg = write_config(env, tmp_path / "sevisflow.toml", school_extra=f'dso_user_ids = ["{DSO}"]\n')
     argv = [sys.executable, "-m", "processors.batcher", "--config", str(cfg), "--instance", "crash",
             "--session-timeout-ms", "6000", "--log-level", "WARNING"]
     proc_env = dict(os.environ, SEVISFLOW_BATCHER_FAULT="kill_before_commit_close", PYTHONPATH=str(REPO))
@@ -86,7 +90,7 @@ def test_kill_9_between_close_and_publish_gives_exactly_one_batch(env, tmp_path)
     try:
         send_events(env, [event(f"S{i}", n=i) for i in range(5)])
         wait_for(env, lambda evs: sum(e["type"] == "record_added" for e in evs) == 5)
-        cmd = command("close", "close-crash-1", dso_user_id=DSO, at_ms=BASE_MS)
+        cmd = command("close", "close-crash-1", dso_user_id=DSO, at_ms=NOW)
         send_command(env, cmd)
         assert proc.wait(60) == -signal.SIGKILL
     finally:
@@ -113,7 +117,7 @@ def test_600_updates_make_three_batches_in_order(env):
     try:
         send_events(env, [event(f"S{i:04d}", n=i) for i in range(600)])
         wait_for(env, lambda evs: build_view(ORG, evs).counts()["records"] == 600)
-        send_command(env, command("close", "c600", dso_user_id=DSO, at_ms=BASE_MS))
+        send_command(env, command("close", "c600", dso_user_id=DSO, at_ms=NOW))
         evs = wait_for(env, lambda evs: len(closed_of(evs)) == 3)
     finally:
         batcher.stop()
@@ -121,7 +125,7 @@ def test_600_updates_make_three_batches_in_order(env):
     assert [len(records_of(c)) for c in closed] == [250, 250, 100]
     assert [c["batch_id"] for c in closed] == sorted(c["batch_id"] for c in closed)
     assert [r["student_key"] for c in closed for r in records_of(c)] == [f"S{i:04d}" for i in range(600)]
-    assert all(len(c["batch_id"]) == 14 and c["closed_by"] == DSO and c["at_ms"] == BASE_MS for c in closed)
+    assert all(len(c["batch_id"]) == 14 and c["closed_by"] == DSO and c["at_ms"] == NOW for c in closed)
 
 
 def test_coalesce_undo_hold_release_and_waiting_updates(env):
@@ -138,24 +142,24 @@ def test_coalesce_undo_hold_release_and_waiting_updates(env):
             event("S3", "Registration", n=6, sevis_id=None),                         # waits for the ID
             event("S4", n=7),
         ])
-        send_command(env, command("hold", "h1", student_key="S4", dso_user_id=DSO))
+        send_command(env, command("hold", "h1", student_key="S4", dso_user_id=DSO, reason="check the I-20", at_ms=NOW))
         wait_for(env, lambda evs: any(e["type"] == "student_held" for e in evs))
         view = view_of(env)
         assert sorted(view.records) == ["S1:PersonalInfo", "S3:Create", "S3:Registration", "S4:PersonalInfo"]
         assert view.records["S1:PersonalInfo"]["after"] == {"email": "c"}
         assert view.records["S3:Registration"]["status"] == "waiting"
         assert view.records["S4:PersonalInfo"]["status"] == "held"
-        send_command(env, command("close", "c1", dso_user_id=DSO, at_ms=BASE_MS))
+        send_command(env, command("close", "c1", dso_user_id=DSO, at_ms=NOW))
         evs = wait_for(env, lambda evs: len(closed_of(evs)) == 1)
         (first,) = closed_of(evs)
         assert sorted(r["record_id"] for r in records_of(first)) == ["S1:PersonalInfo", "S3:Create"]
         create = next(r for r in records_of(first) if r["kind"] == "Create")
         send(env, env.topics.results, "sevisflow.results.SevisResult",
              [result(first["batch_id"], create["request_id"], status="success", sevis_id="N0000012345")])
-        send_command(env, command("release", "r1", student_key="S4", dso_user_id=DSO))
+        send_command(env, command("release", "r1", student_key="S4", dso_user_id=DSO, at_ms=NOW))
         wait_for(env, lambda evs: any(e["type"] == "student_released" for e in evs)
                  and any(e["type"] == "record_released" and "S3" in e["record_json"] for e in evs))
-        send_command(env, command("close", "c2", dso_user_id=DSO, at_ms=BASE_MS))
+        send_command(env, command("close", "c2", dso_user_id=DSO, at_ms=NOW))
         evs = wait_for(env, lambda evs: len(closed_of(evs)) == 2)
     finally:
         batcher.stop()
@@ -179,7 +183,7 @@ def test_batch_ids_unique_across_restarts_and_two_instances(env):
         # a DSO closes what they saw: wait until both schools show their new record
         wait_for(env, lambda evs: all(build_view(o, evs).counts()["records"] == 1 for o in ids), timeout=60)
         for org in (ORG, ORG2):
-            send_command(env, command("close", f"c{n}-{org}", dso_user_id=DSO, org=org, at_ms=BASE_MS))
+            send_command(env, command("close", f"c{n}-{org}", dso_user_id=DSO, org=org, at_ms=NOW))
         evs = wait_for(env, lambda evs: all(len(closed_of(evs, o)) == len(ids[o]) + 1 for o in ids), timeout=60)
         for org in ids:
             ids[org] = [c["batch_id"] for c in closed_of(evs, org)]

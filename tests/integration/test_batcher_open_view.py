@@ -86,7 +86,8 @@ def test_show_from_the_view_equals_the_history_through_a_dso_day(env, tmp_path, 
 
         # close through the view: exactly the ready records the DSO saw, nothing else
         ready = {r["record_id"] for r in shown["records"] if r["status"] == "open"}
-        closed = orjson.loads(cli(capsys, cfg, "batch", "close", "--dso", DSO, "--json"))
+        closed = orjson.loads(cli(capsys, cfg, "batch", "close", "--dso", DSO, "--revision", str(shown["revision"]),
+                                  "--json"))
         (batch,) = closed["batches"]
         closed_ev = next(e for e in closed_of(batch_events(env)) if e["batch_id"] == batch["batch_id"])
         assert {r["record_id"] for r in records_of(closed_ev)} == ready
@@ -99,7 +100,7 @@ def test_show_from_the_view_equals_the_history_through_a_dso_day(env, tmp_path, 
         records_in_history(env, 302)
         shown = both_paths(capsys, cfg, env)
         assert shown["counts"]["ready"] == 302
-        closed = orjson.loads(cli(capsys, cfg, "batch", "close", "--dso", DSO, "--json"))
+        closed = orjson.loads(cli(capsys, cfg, "batch", "close", "--dso", DSO, "--yes", "--json"))
         assert [b["records"] for b in closed["batches"]] == [250, 52]
         shown = both_paths(capsys, cfg, env)
         assert shown["counts"]["records"] == 0

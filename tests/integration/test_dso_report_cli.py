@@ -46,9 +46,15 @@ def test_dso_reports_a_reprint_through_the_cli(env, tmp_path, capsys):
         assert rep["source"]["origin"] == "dso" and rep["source"]["dso_user_id"] == DSO
         assert rep["source"]["command_id"] == reported["command_id"]
         code, out, _ = cli(capsys, cfg, "batch", "show")
-        assert f"DSO {DSO} (report)" in out
+        assert f"reported by DSO {DSO} with `sevisflow student report`" in out
 
-        code, out, _ = cli(capsys, cfg, "batch", "close", "--dso", DSO, "--json")
+        # checked by the batcher too: a SEVIS user id that is not one of the school's DSOs, a differing SEVIS ID
+        code, _, err = cli(capsys, cfg, "student", "report", "S1", "verify", "--dso", "NOTADSO001")
+        assert code == 1 and "the batcher refused" in err and "'NOTADSO001' is not one of the school's DSOs" in err
+        code, _, err = cli(capsys, cfg, "student", "report", "S1", "verify", "--dso", DSO, "--sevis-id", "N0000000666")
+        assert code == 1 and "--sevis-id N0000000666 differs from N0000000001" in err and "nothing was reported" in err
+
+        code, out, _ = cli(capsys, cfg, "batch", "close", "--dso", DSO, "--yes", "--json")
         assert code == 0 and orjson.loads(out)["batches"][0]["records"] == 2
     finally:
         batcher.stop()

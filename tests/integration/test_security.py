@@ -1,5 +1,8 @@
 """A local Kafka that requires TLS (client certificates from the stack's CA) and SASL/SCRAM-SHA-512.
 
+The session's secure broker (``secure_stack``) also runs the StandardAuthorizer; these tests use its
+operator principal (a super user). What each other principal may do is tests/integration/test_acls.py.
+
 Everything goes through sevisflow.config and sevisflow.kafka_io, the way a stage reaches
 a production cluster: settings from SEVISFLOW_* variables (as ``sevisflow stack up --secure``
 writes them), topics applied, records produced and read, and an exactly-once
@@ -15,12 +18,11 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from deploy.local.stack import StackInfo, start_stack, stop_stack
+from deploy.local.stack import StackInfo
 from sevisflow.cli import main
 from sevisflow.config import Settings, settings_from_mapping
 from sevisflow.kafka_io import (
@@ -32,19 +34,10 @@ from sevisflow.kafka_io import (
     make_producer,
     read_topic,
 )
-from tests.helpers import REPO, captured_logs
+from tests.helpers import captured_logs
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def secure_stack() -> Iterator[StackInfo]:
-    (REPO / ".local" / "stacks").mkdir(parents=True, exist_ok=True)
-    info = start_stack(name="pytest-secure", postgres=False, kafka_security="sasl_ssl", progress=lambda *_: None)
-    try:
-        yield info
-    finally:
-        stop_stack(info, remove=True)
 
 
 def _secrets(info: StackInfo) -> list[str]:
@@ -76,6 +69,17 @@ def test_stack_writes_no_secret_and_requires_tls_and_sasl(secure_stack):
         assert secret not in saved and secret not in repr(env)
     for name in ("sasl.password", "client.key.password", "client.key", "broker.pem"):
         assert (Path(secure_stack.kafka.tls_dir) / name).stat().st_mode & 0o077 == 0, name
+    # one SCRAM user per principal of the ACL model: passwords and env files 0600, never in stack.json
+    files = secure_stack.kafka.principal_password_files
+    assert len(files) >= 8
+    envs = sorted(Path(secure_stack.extra["principals_dir"]).glob("*.env"))
+    assert {p.stem for p in envs} == set(files)
+    for path in [Path(f) for f in files.values()] + envs:
+        assert path.stat().st_mode & 0o077 == 0, path
+    for path in files.values():
+        assert Path(path).read_text().strip() not in saved
+    dso_env = (Path(secure_stack.extra["principals_dir"]) / "sevisflow-dso.env").read_text()
+    assert "SEVISFLOW_KAFKA_SASL_USERNAME=sevisflow-dso" in dso_env and "SASL_PASSWORD=file:" in dso_env
 
 
 def _metadata_error(conf: dict[str, object]) -> str | None:

@@ -94,3 +94,104 @@ def test_a_send_offsets_call_that_never_returns_is_fenced_and_every_input_writte
     assert len(outputs) == TOTAL, f"expected {TOTAL} outputs, got {len(outputs)}"
     assert set(values) == {f"m{i}".encode() for i in range(TOTAL)}
     assert all(n == 1 for n in values.values()), "an input was written twice"
+
+
+class CommitsThenHangs(Producer):
+    """A real transactional producer whose ``hang_on``-th ``commit_transaction`` commits on the broker
+    and then blocks until released: the loop's deadline passes although the transaction landed."""
+
+    hung = 0
+
+    def __init__(self, conf: dict, hang_on: int, release: threading.Event) -> None:
+        super().__init__(conf)
+        self.hang_on = hang_on
+        self.release = release
+        self.commits = 0
+
+    def commit_transaction(self, *args, **kwargs):  # type: ignore[override]
+        self.commits += 1
+        result = super().commit_transaction(*args, **kwargs)
+        if self.commits == self.hang_on:
+            CommitsThenHangs.hung += 1
+            self.release.wait()
+        return result
+
+
+def _wait_outputs(kafka, topic, n, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    outputs: list = []
+    while time.monotonic() < deadline:
+        outputs = list(read_topic(kafka, topic, timeout_s=10))
+        if len(outputs) >= n:
+            break
+        time.sleep(0.5)
+    return outputs
+
+
+def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_changelog(kafka_stack, unique,
+                                                                                       monkeypatch):
+    """The broker committed, the loop only saw a deadline pass: it must take state and offsets from Kafka.
+
+    Before the fix the loop dropped its staged state and kept its older in-memory state while the
+    committed offsets had moved on: the next transaction wrote older counts back (a repeat per key).
+    """
+    import sevisflow.kafka_io as kio
+
+    monkeypatch.setattr(kio, "TXN_CALL_GRACE_S", 1.0)
+    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
+    inp, out, state, group = f"uo.in.{unique}", f"uo.out.{unique}", f"uo.state.{unique}", f"uo-{unique}"
+    ensure_topics(kafka, [TopicSpec(inp, 2, 1), TopicSpec(out, 2, 1),
+                          TopicSpec(state, 2, 1, {"cleanup.policy": "compact"})])
+    keys = [f"k{i}".encode() for i in range(5)]
+    sent: Counter = Counter()
+    feeder = make_producer(kafka)
+
+    def feed(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            sent[keys[i % len(keys)]] += 1
+            feeder.produce(inp, key=keys[i % len(keys)], value=f"m{i}".encode())
+        assert feeder.flush(30) == 0
+
+    release = threading.Event()
+    made: list = []
+
+    def factory(transactional_id: str) -> Producer:
+        conf = producer_config(kafka, transactional_id)
+        made.append(CommitsThenHangs(conf, 2, release) if not made else Producer(conf))
+        return made[-1]
+
+    def count(msg, st):
+        n = int(st.get(msg.partition(), msg.key()) or b"0") + 1
+        st.put(msg.partition(), msg.key(), str(n).encode())
+        yield Output(out, msg.key(), msg.value() + b"#" + str(n).encode())
+
+    CommitsThenHangs.hung = 0
+    loop = TransactionalLoop(kafka, group, [inp], count, transactional_id=f"{group}-0", state_topic=state,
+                             batch_size=20, txn_timeout_s=8.0, producer_factory=factory, retry_base_s=0.1)
+    feed(0, 150)
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while loop.rebuilds == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert loop.rebuilds >= 1, "the commit's unknown outcome was not handled by a rebuild"
+        feed(150, 150)  # processed on the rebuilt state
+        outputs = _wait_outputs(kafka, out, 300, 60)
+        time.sleep(2)  # anything written twice would show up now
+        outputs = list(read_topic(kafka, out, timeout_s=10))
+    finally:
+        loop.stop()
+        runner.join(30)
+        release.set()
+    assert CommitsThenHangs.hung == 1, "the injected hang after the commit was not reached"
+    assert loop.producer_replacements >= 1 and len(made) >= 2
+    originals = Counter(m.value().split(b"#")[0] for m in outputs)
+    assert len(outputs) == 300, f"expected 300 outputs, got {len(outputs)}"
+    assert set(originals) == {f"m{i}".encode() for i in range(300)}
+    assert all(n == 1 for n in originals.values()), "an input was written twice"
+    per_key: dict = {}
+    for m in outputs:
+        per_key.setdefault(m.key(), []).append(int(m.value().split(b"#")[1]))
+    for key, counts in per_key.items():
+        assert counts == list(range(1, sent[key] + 1)), (key, counts)

@@ -55,17 +55,23 @@ def test_retry_on_http_errors_and_s0001_then_never_again_after_restart(sim, tmp_
     pub = FakePublisher()
     drive(SevisSink(settings, outbox_of(settings), pub), lambda: "processed" in states(settings))
     assert sim.upload_count("UPLTEST0000001", "S0000") == 1 and sim.upload_count(code="S0010") == 0
-    state = next(outbox_of(settings).batches("processed")).state_data()
-    assert state["upload_tries"] >= 3
+    folder = next(outbox_of(settings).batches("processed")).path
+    # the two HTTP 500s left the outcome unknown: each was followed by a download (S0031) before the next POST
+    assert sorted(p.name for p in folder.glob("post-*.json") if "answer" not in p.name) == \
+        ["post-1.json", "post-2.json", "post-3.json", "post-4.json"]
+    assert sim.post_count("UPLTEST0000001") == 4
+    probes = [r["code"] for r in sim.requests if r["op"] == "download"]
+    assert probes[:2] == ["S0031", "S0031"]
     # a restart: a new process over the same outbox uploads nothing and publishes nothing again
     pub2 = FakePublisher()
     restarted = SevisSink(settings, outbox_of(settings), pub2)
     for _ in range(3):
         restarted.step()
-    assert sim.upload_count("UPLTEST0000001") == 2 and not pub2.published  # 1 S0001 + 1 S0000
+    assert sim.post_count("UPLTEST0000001") == 4 and not pub2.published
 
 
 def test_crash_after_sevis_accepted_does_not_upload_twice(sim, tmp_path):
+    """Also a folder written before the evidence files (state.json says a POST was tried): never re-posted."""
     settings = settings_for(sim, tmp_path)
     put_batch(settings)
     ob = outbox_of(settings)
@@ -123,7 +129,7 @@ def test_malformed_transaction_log_is_downloaded_again(sim, tmp_path):
     assert len(pub.published) == 3
 
 
-def test_results_not_ready_then_sevis_forgot_the_batch(sim, tmp_path):
+def test_accepted_batch_is_never_posted_again_even_when_sevis_answers_s0031(sim, tmp_path):
     settings = settings_for(sim, tmp_path)
     put_batch(settings)
     pub = FakePublisher()
@@ -133,11 +139,19 @@ def test_results_not_ready_then_sevis_forgot_the_batch(sim, tmp_path):
     sink.step()
     assert states(settings) == {"uploaded": ["UPLTEST0000001"]}
     assert next(outbox_of(settings).batches("uploaded")).state_data()["last_download_code"] == "S0030"
+    sim.fail("download", "S0031", 1000)  # SEVIS "forgets" it for a while: S0031 after S0000 = not registered yet
+    for _ in range(8):
+        sink.step()
+        time.sleep(0.02)
+    assert states(settings) == {"uploaded": ["UPLTEST0000001"]} and not pub.published and not pub.requeued
+    from sinks.sevis.uploader import describe
+
+    assert "S0031 since" in describe(next(outbox_of(settings).batches("uploaded")))
     with sim.lock:
-        sim.batches.clear()  # SEVIS answers S0031 now: upload again
+        sim.faults.clear()
     sim.results_delay_s = 0
     drive(sink, lambda: "processed" in states(settings))
-    assert sim.upload_count("UPLTEST0000001", "S0000") == 2 and len(pub.published) == 3
+    assert sim.post_count("UPLTEST0000001") == 1 and len(pub.published) == 3 and not pub.requeued
 
 
 def test_missing_client_certificate_is_a_clear_error(sim, tmp_path):

@@ -84,7 +84,10 @@ def test_verify_all_over_the_real_pipeline(kafka_stack, fresh_db, unique, tmp_pa
     ctx = load_context(settings, with_sources=True, timeout_s=30)
     assert ctx.transactions, "the transaction topic is read"
 
-    report = verify_all(ctx, Ledger(settings.sevis.outbox_dir), seal=True)
+    from sevisflow.audit.ledger import read_anchors
+
+    anchors = read_anchors(settings.kafka, settings.topics.ledger)
+    report = verify_all(ctx, Ledger(settings.sevis.outbox_dir), anchors=anchors)
     assert [v.batch_id for v in report.verdicts] == [batch_id]
     checks = {c.name: (c.status, c.message) for c in report.verdicts[0].checks}
     assert set(checks) == {"archive", "render", "batching", "events", "sources"}
@@ -92,4 +95,7 @@ def test_verify_all_over_the_real_pipeline(kafka_stack, fresh_db, unique, tmp_pa
     # applied as one sorted unit: the snapshot Creates re-derive exactly, like everything streamed
     assert all(status == "ok" for status, _ in checks.values()), checks
     assert "SIS-derived events re-derived identically" in checks["events"][1]
-    assert report.ok and report.missing == [] and report.chain_problems == [] and report.sealed_now == [batch_id]
+    assert report.ok and report.missing == [] and report.chain_problems == [], report.chain_problems
+    # the XML sink sealed the batch in its transaction and anchored the head on the ledger topic
+    assert [e["batch_id"] for e in Ledger(settings.sevis.outbox_dir).entries()] == [batch_id]
+    assert report.anchored == (1, Ledger(settings.sevis.outbox_dir).entries()[0]["hash"]) and report.unanchored == 0

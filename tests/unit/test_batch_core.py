@@ -169,7 +169,8 @@ def test_close_is_idempotent_per_command_id():
     s, outs1 = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
     s, _ = run(s, ev(event("S2", n=2)))
     s, outs2 = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
-    assert len(closed(outs1)) == 1 and outs2 == []
+    assert len(closed(outs1)) == 1 and types(outs2) == []
+    assert [(o.code, "applied before" in o.reason) for o in outs2] == [("duplicate_command", True)]  # dead-lettered
     assert "S2:PersonalInfo" in s.records
 
 
@@ -313,7 +314,8 @@ def test_property_every_event_ends_up_in_exactly_one_place(program):
         elif op[0] == "close":
             s, outs = apply(s, CommandIn(command("close", f"c{i}", dso_user_id=DSO, at_ms=BASE_MS + op[1])))
         else:
-            s, outs = apply(s, CommandIn(command(op[0], f"{op[0]}{i}", student_key=f"S{op[1]}")))
+            s, outs = apply(s, CommandIn(command(op[0], f"{op[0]}{i}", student_key=f"S{op[1]}", dso_user_id=DSO,
+                                                 reason="check the I-20" if op[0] == "hold" else None)))
         closed_events += closed(outs)
     ids = [c["batch_id"] for c in closed_events]
     assert len(set(ids)) == len(ids)
@@ -324,3 +326,153 @@ def test_property_every_event_ends_up_in_exactly_one_place(program):
     for c in closed_events:
         keys = [r["record_id"] for r in recs(c)]
         assert len(keys) == len(set(keys))  # at most one record per student and kind
+
+
+# -- resend: rejected records back into the open batch after a fix
+
+
+def _closed_with_results(*outcomes):
+    """S1 and S2 closed into one batch, SEVIS's answer per student: 'ok' or an error code."""
+    s, _ = run(fresh(), ev(event("S1", n=1, before={"e": "a"}, after={"e": "b"})), ev(event("S2", n=2)))
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    (c,) = closed(outs)
+    for r, outcome in zip(recs(c), outcomes):
+        ok = outcome == "ok"
+        s, _ = run(s, ResultIn(result(c["batch_id"], r["request_id"], status="success" if ok else "failure",
+                                      error_code=None if ok else outcome), BASE_MS))
+    return s, c
+
+
+def test_resend_puts_only_the_rejected_record_back_with_its_clock_and_a_new_request_id():
+    from processors.batcher.core import open_rejections
+
+    s, c = _closed_with_results("S1003", "ok")
+    bid = c["batch_id"]
+    assert [(r["record_id"], r["code"]) for r in open_rejections(s)] == [("S1:PersonalInfo", "S1003")]
+    old = recs(c)[0]
+    s, outs = run(s, CommandIn(command("resend", "rs1", batch_id=bid, dso_user_id=DSO)))
+    assert types(outs) == ["opened", "record_added", "resent"]
+    rec = s.records["S1:PersonalInfo"]
+    assert rec["request_id"] != old["request_id"] and rec["at_ms"] == old["at_ms"]    # same clock
+    assert rec["resent_from"]["batch_id"] == bid and rec["resent_from"]["code"] == "S1003"
+    assert "S2:PersonalInfo" not in s.records                                          # accepted: not resent
+    _, again = run(s, CommandIn(command("resend", "rs2", batch_id=bid, dso_user_id=DSO)))
+    assert types(again) == ["command_rejected"] and "resent before" in again[0].event["reason"]
+    # the next close sends it; SEVIS accepts it: the rejection is resolved
+    s, outs = run(s, CommandIn(command("close", "c2", dso_user_id=DSO, at_ms=BASE_MS + 7_200_000)))
+    (c2,) = closed(outs)
+    s, _ = run(s, ResultIn(result(c2["batch_id"], recs(c2)[0]["request_id"]), BASE_MS))
+    assert open_rejections(s) == []
+
+
+def test_resend_refuses_what_sevis_did_not_reject_and_unknown_batches():
+    s, c = _closed_with_results("S1003", "ok")
+    bid = c["batch_id"]
+    for cid, fields, why in (
+            ("x1", {"batch_id": "S0000000000001"}, "unknown to the batcher"),
+            ("x2", {"batch_id": bid, "record_ids": ["S2:PersonalInfo"]}, "was not rejected by SEVIS"),
+            ("x3", {"batch_id": bid, "record_ids": ["S9:Nope"]}, "is not a record of this batch")):
+        s2, outs = run(s, CommandIn(command("resend", cid, dso_user_id=DSO, **fields)))
+        assert types(outs) == ["command_rejected"] and why in outs[0].event["reason"], outs
+        assert s2.records == {}
+    s, c = _closed_with_results()                                   # no result yet
+    _, outs = run(s, CommandIn(command("resend", "x4", batch_id=c["batch_id"], dso_user_id=DSO)))
+    assert "no SEVIS result yet" in outs[0].event["reason"]
+
+
+def test_resend_of_a_record_with_a_newer_open_change_does_not_duplicate_it():
+    s, c = _closed_with_results("S1003", "ok")
+    s, _ = run(s, ev(event("S1", n=5, payload={"@printForm": "false", "Telephone": "1"}, before={"e": "b"},
+                           after={"e": "c"})))
+    s, outs = run(s, CommandIn(command("resend", "rs1", batch_id=c["batch_id"], dso_user_id=DSO,
+                                       record_ids=[recs(c)[0]["request_id"]])))
+    assert types(outs) == ["record_replaced", "resent"]
+    (rec,) = s.records.values()
+    assert rec["payload"] == {"@printForm": "false", "Email": "s1@example.edu", "Telephone": "1"}
+    assert rec["before"] == {"e": "a"} and rec["after"] == {"e": "c"} and rec["resent_from"]["code"] == "S1003"
+
+
+def test_resend_is_a_dso_command_checked_like_the_others():
+    from processors.batcher.guard import CommandPolicy
+
+    s, c = _closed_with_results("S1003", "ok")
+    policy = CommandPolicy(frozenset({DSO}))
+    _, outs = run(s, CommandIn(command("resend", "u1", batch_id=c["batch_id"], dso_user_id="NOTADSO001"),
+                               log_ms=BASE_MS + 3_600_000, policy=policy))
+    assert types(outs) == ["command_rejected"] and "not one of the school's DSOs" in outs[0].event["reason"]
+    _, outs = run(s, CommandIn(command("resend", "u2", batch_id=c["batch_id"], dso_user_id=DSO),
+                               log_ms=BASE_MS + 3_600_000 + 30 * 3600 * 1000, policy=policy))
+    assert "stale or replayed" in outs[0].event["reason"]
+    _, outs = run(s, CommandIn(command("resend", "u3", dso_user_id=DSO), log_ms=BASE_MS + 3_600_000, policy=policy))
+    assert "resend: the batch id is missing" in outs[0].event["reason"]
+
+
+# -- early close: a ready record that would be overdue before the next scheduled close
+
+
+def _early_tick(local: str, close_at="16:30"):
+    from sevisflow.worklist.deadlines import Deadlines
+
+    dt = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("America/Chicago"))
+    return Tick(int(dt.timestamp() * 1000), "America/Chicago", close_at, DSO,
+                close_early=Deadlines(timezone="America/Chicago"))
+
+
+def test_early_close_fires_once_when_a_ready_record_would_be_overdue_before_the_next_close():
+    # BASE_MS is 2025-06-15 (Chicago): a PersonalInfo change then is due 2025-07-06 (21 days)
+    s, _ = run(fresh(), ev(event("S1", n=1)))
+    s, _ = run(s, _tick("2025-07-05T16:31:00"))                     # decide the daily closes up to the 5th
+    s, _ = run(s, CommandIn(command("close", "c0", dso_user_id=DSO)))  # (the records went out)
+    s, _ = run(s, ev(event("S2", n=2)))                              # due 2025-07-06 as well
+    s, outs = run(s, _early_tick("2025-07-05T18:00:00"))             # next close: 07-06 16:30, still on time
+    assert [o for o in outs if isinstance(o, SendCommand)] == []
+    s, _ = run(s, _early_tick("2025-07-06T16:31:00"))                # the daily close of the 6th runs
+    s, _ = run(s, ev(event("S3", n=3)))                              # after it: due 07-06, next close 07-07
+    s, outs = run(s, _early_tick("2025-07-06T17:00:00"))
+    (cmd,) = [o.command for o in outs if isinstance(o, SendCommand)]
+    assert cmd["command_id"].startswith(f"scheduled:{ORG}:2025-07-06:early-")
+    assert cmd["dso_user_id"] == DSO and cmd["reviewed_revision"] is None and "overdue" in cmd["reason"]
+    _, again = run(s, _early_tick("2025-07-06T17:00:02"))             # not twice before it is applied
+    assert [o for o in again if isinstance(o, SendCommand)] == []
+    s, outs = run(s, CommandIn(cmd))
+    (c,) = closed(outs)
+    assert "scheduled close: no person reviewed these records" in c["reason"]
+
+
+def test_without_the_setting_or_for_records_without_a_limit_no_early_close():
+    s, _ = run(fresh(), ev(event("S1", n=1)), ev(event("S9", "Create", n=2)))
+    _, outs = run(s, _tick("2025-07-10T10:00:00"))                    # overdue, but the setting is off
+    assert [o.command["command_id"] for o in outs if isinstance(o, SendCommand)] == []
+    s, _ = run(fresh(), ev(event("S9", "Create", n=2)))             # a Create has no legal limit
+    _, outs = run(s, _early_tick("2025-07-10T10:00:00"))
+    assert [o for o in outs if isinstance(o, SendCommand)] == []
+
+
+def test_the_batcher_stage_tick_sends_the_early_close_on_the_commands_topic():
+    """The stage's idle tick (its clock, the settings' rule table) reaches the early close of the core."""
+    from datetime import datetime as _dt
+
+    from processors.batcher.stage import BatcherStage, BatcherStore
+    from sevisflow.config import settings_from_mapping
+    from sevisflow.serde import registry
+
+    settings = settings_from_mapping({"school": {
+        "org_id": ORG, "timezone": "America/Chicago", "close_at": "16:30", "close_dso": DSO,
+        "close_early_when_due": True, "dso_user_ids": [DSO]}}, env={})
+    stage, store = BatcherStage(settings), BatcherStore()
+    store.load_partition(0, {})
+    today = _dt.now(ZoneInfo("America/Chicago")).date().isoformat()
+    stage._apply(store, 0, ORG, ev(event("S1", n=1)), None)            # a 2025 change: long overdue
+    store.cache[(0, ORG)] = dataclasses_replace(store.cache[(0, ORG)], sched_date=today)  # today's close decided
+    outs = stage._tick(store)
+    (cmd,) = [registry().decode(o.value, "sevisflow.commands.BatchCommand") for o in outs
+              if o.topic == settings.topics.commands]
+    assert cmd["command_id"].startswith(f"scheduled:{ORG}:{today}:early-") and cmd["dso_user_id"] == DSO
+    stage._last_tick = 0.0
+    assert not [o for o in stage._tick(store) if o.topic == settings.topics.commands]  # decided: not twice
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)

@@ -32,7 +32,7 @@ def _dep(**kw: Any) -> dict[str, Any]:
 CASES = [
     Case("legal name change → PersonalInfo/FullName", [("u", "person", {"last_name": "Schäfer"})], ["PersonalInfo"],
          lambda o: (payload(o, "PersonalInfo")["FullName"] == {"LastName": "Schafer", "FirstName": "Zoe"}) or
-         pytest.fail(str(payload(o, "PersonalInfo")))),
+         pytest.fail(str(payload(o, "PersonalInfo"))), issues=["name_altered", "name_altered"]),
     Case("birth date correction → PersonalInfo/BirthDate", [("u", "person", {"birth_date": date(2002, 3, 2)})],
          ["PersonalInfo"], lambda o: payload(o, "PersonalInfo")["BirthDate"] == "2002-03-02" or pytest.fail()),
     Case("citizenship correction → ISO→SEVIS code", [("u", "person", {"citizenship_country": "CH"})],
@@ -96,20 +96,37 @@ CASES = [
          [("c", "dependent", _dep()), ("u", "finance", {"dependent_expenses": 6000, "personal_funds": 56000})],
          ["Dependent.Add", "FinancialInfo"],
          lambda o: (payload(o, "Dependent.Add")["VisaType"], payload(o, "Dependent.Add")["Relationship"]) ==
-         ("04", "01") or pytest.fail()),
+         ("04", "01") or pytest.fail(), issues=["name_altered"]),
     Case("domestic student change → nothing", [("u", "person", {"last_name": "Smith"})], [],
          school={"visa": "H-1B", "sevis_id": None}),
     Case("field SEVIS does not hold (updated_at) → nothing",
          [("u", "person", {"updated_at": datetime(2026, 2, 1, tzinfo=timezone.utc)})], []),
     Case("no-op update → nothing", [("u", "person", {})], []),
-    Case("stops being international → nothing", [("u", "immigration", {"visa_type": "H-1B"}),
-                                                  ("u", "person", {"last_name": "Smith"})], []),
+    Case("stops being international → no event, status_left_fmj for the DSO",
+         [("u", "immigration", {"visa_type": "H-1B"}), ("u", "person", {"last_name": "Smith"})], [],
+         issues=["status_left_fmj"]),
     Case("name with digits → name_rejected issue, no event", [("u", "person", {"last_name": "Sm1th"})], [],
          issues=["name_rejected"]),
     Case("name in another script → name_rejected", [("u", "person", {"first_name": "王"})], [],
          issues=["name_rejected"]),
     Case("unknown country code → dead letter, view unchanged", [("u", "person", {"citizenship_country": "ZZ"})], [],
          issues=["dlq:bad_code"]),
+    # data hygiene at the door: the value never reaches an event, the DSO gets an issue naming the field
+    Case("control character in the US address → issue, no event", [("u", "us", {"line1": "9 Elm\x01St"})], [],
+         issues=["invalid_character"]),
+    Case("control character in the address, e-mail changed too → PersonalInfo without the address",
+         [("u", "us", {"line1": "9 Elm\x1fSt"}), ("u", "person", {"email": "z@example.org"})], ["PersonalInfo"],
+         lambda o: ("USAddress" not in payload(o, "PersonalInfo") and [i.field for _, i in o.issues] ==
+                    ["address.us_physical.line1"]) or pytest.fail(str(o.issues)), issues=["invalid_character"]),
+    Case("foreign address line over 60 characters → too_long, never cut", [("u", "foreign", {"line1": "Weg " * 16})],
+         [], issues=["too_long"]),
+    Case("negative tuition → bad_amount, FinancialInfo without it", [("u", "finance", {"tuition": -31000})],
+         ["FinancialInfo"], lambda o: "Tuition" not in payload(o, "FinancialInfo")["Expense"] or pytest.fail(),
+         issues=["bad_amount"]),
+    Case("tuition beyond the XSD's 8 digits → bad_amount", [("u", "finance", {"tuition": 100_000_000})],
+         ["FinancialInfo"], issues=["bad_amount"]),
+    Case("programme end moved before its start → date_order, no Shorten",
+         [("u", "program", {"expected_end_date": date(2025, 1, 15)})], [], issues=["date_order"]),
 ]
 
 

@@ -1,7 +1,8 @@
 """The production manifests (deploy/k8s, deploy/systemd) parse and agree with the code.
 
 What this checks: every file parses; the KafkaTopic resources equal what the topic specs
-generate; every container runs a command the real CLI parser accepts, for a stage the runner
+generate; the KafkaUser resources (one per principal, with its ACLs) equal what the ACL model
+generates, and every stage logs in as its own user with its own Secret; every container runs a command the real CLI parser accepts, for a stage the runner
 knows, with its probes and metrics port where observability.py says; every SEVISFLOW_* variable
 is a real setting; every Secret a pod mounts is declared (or made by Strimzi); no private key
 is committed. What it cannot check: that Kubernetes, Strimzi or systemd accept and run them —
@@ -22,6 +23,7 @@ from sevisflow import runner
 from sevisflow.cli import build_parser
 from sevisflow.config import Settings, settings_from_mapping
 from sevisflow.observability import METRICS_PORT, STAGE_METRICS_PORTS
+from sevisflow.acls import kafka_user_resources, principals
 from sevisflow.topics import all_topics, kafka_topic_resources, to_yaml
 from tests.helpers import REPO
 
@@ -122,13 +124,49 @@ def test_strimzi_cluster_listener_and_user_match_the_settings():
     assert host.startswith(f"{name}-kafka-bootstrap.")
     listener = [lst for lst in kafka["spec"]["kafka"]["listeners"] if lst["port"] == int(port)][0]
     assert listener["tls"] is True and listener["authentication"]["type"] == "scram-sha-512"
-    user = [u for u in _kind("KafkaUser") if u["metadata"]["name"] == s.kafka.sasl_username][0]
-    prefixes = {a["resource"]["type"]: [] for a in user["spec"]["authorization"]["acls"]}
-    for acl in user["spec"]["authorization"]["acls"]:
-        prefixes[acl["resource"]["type"]].append(acl["resource"].get("name", ""))
-    for topic in all_topics(s):
-        assert any(topic.name.startswith(p) for p in prefixes["topic"]), f"no ACL covers topic {topic.name}"
-    assert all(p.startswith("sevisflow") for p in prefixes["group"] + prefixes["transactionalId"])
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+
+
+def test_kafka_users_are_generated_from_the_acl_model():
+    s = _k8s_settings()
+    kafka = _kind("Kafka")[0]
+    expected = to_yaml(kafka_user_resources(s, cluster=kafka["metadata"]["name"], namespace="sevisflow"))
+    text = (K8S / "users.yaml").read_text()
+    body = "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))
+    assert body == expected, ("deploy/k8s/users.yaml is stale: sevisflow --config deploy/k8s/sevisflow.toml "
+                              "acls manifests > deploy/k8s/users.yaml (and keep its header comment)")
+    users = {u["metadata"]["name"]: u for u in _kind("KafkaUser")}
+    assert set(users) == {n for names in principals(s).values() for n in names}
+    for u in users.values():
+        assert u["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert "password" not in u["spec"]["authentication"], "Strimzi makes each user's password Secret"
+        for acl in u["spec"]["authorization"]["acls"]:
+            assert acl["resource"]["type"] in ("topic", "group", "transactionalId"), "no cluster-wide right"
+    # a DSO writes the commands topic (and the worklist), never sevis.events; an auditor writes nothing
+    dso = users[principals(s)["dso"][0]]["spec"]["authorization"]["acls"]
+    written = {a["resource"]["name"] for a in dso if "Write" in a["operations"]}
+    assert s.topics.commands in written and s.topics.events not in written and s.topics.batches not in written
+    auditor = users[principals(s)["auditor"][0]]["spec"]["authorization"]["acls"]
+    assert all(set(a["operations"]) <= {"Read", "Describe"} for a in auditor)
+
+
+def test_each_stage_logs_in_as_its_own_kafka_user():
+    s = _k8s_settings()
+    users = {u["metadata"]["name"] for u in _kind("KafkaUser")}
+    seen = set()
+    for w, c in _containers():
+        stage = c["name"]
+        env = {e["name"]: e.get("value", "") for e in c["env"]}
+        user = env["SEVISFLOW_KAFKA_SASL_USERNAME"]
+        assert user == principals(s)[stage][0] and user in users, stage
+        path = env["SEVISFLOW_KAFKA_SASL_PASSWORD"][len("file:"):]
+        mount = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        assert len(mount) == 1, f"{stage}: the password file {path} is on no single mount"
+        volume = [v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == mount[0]["name"]][0]
+        assert volume["secret"]["secretName"] == user, f"{stage} mounts another user's Secret"
+        assert volume["secret"]["defaultMode"] == 0o400
+        seen.add(user)
+    assert len(seen) == len(STAGE_COMMANDS), "one Kafka user per stage"
 
 
 def _containers() -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -210,7 +248,8 @@ def test_env_vars_are_settings_and_secrets_come_from_files():
 def test_mounted_secrets_are_declared_or_made_by_strimzi():
     declared = {d["metadata"]["name"] for d in _kind("Secret")}
     kafka_name = _kind("Kafka")[0]["metadata"]["name"]
-    made_by_strimzi = {f"{kafka_name}-cluster-ca-cert"}
+    # the cluster CA, and one password Secret per KafkaUser (the user operator makes them)
+    made_by_strimzi = {f"{kafka_name}-cluster-ca-cert"} | {u["metadata"]["name"] for u in _kind("KafkaUser")}
     configmaps = {"sevisflow-config", "sevis-xsd"}
     for w in _kind("Deployment") + _kind("StatefulSet"):
         for v in w["spec"]["template"]["spec"]["volumes"]:
@@ -221,8 +260,6 @@ def test_mounted_secrets_are_declared_or_made_by_strimzi():
             if "persistentVolumeClaim" in v:
                 assert v["persistentVolumeClaim"]["claimName"] in {d["metadata"]["name"] for d in
                                                                     _kind("PersistentVolumeClaim")}
-    user = _kind("KafkaUser")[0]
-    assert user["spec"]["authentication"]["password"]["valueFrom"]["secretKeyRef"]["name"] in declared
 
 
 def test_no_private_key_or_real_password_is_committed():

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from deploy.sis.model import Transaction
+from processors.sevis_events.derive import SPELLING
 from processors.sevis_events.pure import PureOutput
 from tests.school_replay import Replay, feed_ops
 
@@ -37,11 +38,20 @@ EXPECTED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 
 
+# a name SEVIS gets spelled differently (accents, hyphens, apostrophes) is sent, and told to the DSO: a note with
+# both spellings in the event's problems and a name_altered issue — not a problem left, so filtered out below
+TOLD = {"name_altered"}
+
+
+def problems(out: PureOutput) -> list[tuple[str, str]]:
+    return [(x.code, x.reason) for _, x in out.issues if x.code not in TOLD]
+
+
 @pytest.fixture(scope="module")
 def replayed() -> list[tuple[Transaction, str | None, PureOutput]]:
     r = Replay()
     assert Counter(r.snapshot.kinds()) == {"Create": 4}   # new admits of the snapshot still need an I-20
-    assert not r.snapshot.dead and not r.snapshot.issues
+    assert not r.snapshot.dead and not problems(r.snapshot)
     return [(tx, r.visa(tx), r.play(tx)) for tx in r.activity]
 
 
@@ -79,9 +89,10 @@ def test_no_sevis_problem_is_left_for_the_dso(replayed):
     """Realistic SIS data gives complete events: no dead letters at all for F-1/M-1 students."""
     for tx, visa, out in replayed:
         if visa in ("F-1", "M-1"):
-            assert not out.dead and not out.issues, (tx.kind, [(x.code, x.reason) for _, x in out.issues])
+            assert not out.dead and not problems(out), (tx.kind, problems(out))
             for e in out.events:
-                assert e["problems"] == [] or e["kind"] == "Program.Extension", e   # default Explanation flagged
+                warnings = [p for p in e["problems"] if not p.startswith(SPELLING)]
+                assert warnings == [] or e["kind"] == "Program.Extension", e   # default Explanation flagged
 
 
 def test_j1_changes_become_dead_letters_naming_the_update(replayed):

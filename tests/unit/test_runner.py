@@ -12,8 +12,10 @@ import pytest
 
 from sevisflow.config import settings_from_mapping
 from sevisflow.errors import TerminalError, TransientError, UnreachableError
-from tests.helpers import captured_logs
+from sevisflow.kafka_io import InstanceFenced
+from sevisflow.observability import _all_probes, probe_names
 from sevisflow.runner import Pipeline
+from tests.helpers import captured_logs
 
 SETTINGS = settings_from_mapping({}, env={})
 
@@ -130,3 +132,64 @@ def test_a_transient_error_while_stopping_is_not_a_failure_and_not_restarted():
     p = _pipeline(s=dies_on_stop).start()
     _wait(lambda: attempts == [1])
     assert p.stop(5) == [] and attempts == [1] and p.restarts() == {"s": 0}
+
+
+class _Fenced(InstanceFenced):
+    """An InstanceFenced whose "is the identity still in use?" answers come from the test."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        super().__init__(SETTINGS.kafka, "g", "g-1", "producer: fenced by a newer instance")
+        self.answers = answers
+
+    def identity_in_use(self) -> bool:
+        return self.answers.pop(0) if self.answers else False
+
+
+def test_a_fenced_stage_stands_by_until_its_identity_is_free_then_takes_over(logs):
+    runs: list[int] = []
+    answers = [True, True, True]
+    seen_ready: list = []
+
+    def stage(settings, stop):
+        runs.append(1)
+        if len(runs) == 1:
+            raise _Fenced(answers)
+        stop.wait()
+
+    p = Pipeline(SETTINGS, ["proc"], functions={"proc": stage}, serve_metrics=False, standby_check_s=0.05).start()
+    try:
+        _wait(lambda: p.threads[0].standby or len(runs) == 2)
+        seen_ready.append(_all_probes("ready"))
+        seen_ready.append(_all_probes("health"))
+        _wait(lambda: len(runs) == 2)
+        assert answers == [], "it took over before the identity was free"
+        assert not p.failed() and not p.stop_event.is_set() and p.threads[0].standbys == 1
+        assert p.restarts() == {"proc": 0}, "a standby is not a restart loop"
+    finally:
+        assert p.stop(5) == []
+    assert seen_ready[0][0] is False and "standby: g-1 is active in another process" in seen_ready[0][1]
+    assert seen_ready[1] == (True, "ok"), "a standby is alive"
+    ev = [e["event"] for e in _events(logs) if e.get("event", "").startswith("stage.")]
+    assert ev.count("stage.standby") == 1 and ev.count("stage.taking_over") == 1
+
+
+def test_a_standby_stops_on_request():
+    def stage(settings, stop):
+        raise _Fenced([True] * 1000)
+
+    p = Pipeline(SETTINGS, ["proc"], functions={"proc": stage}, serve_metrics=False, standby_check_s=0.05).start()
+    _wait(lambda: p.threads[0].standby)
+    assert p.stop(5) == [] and not p.threads[0].thread.is_alive()
+    assert "stage:proc:standby" not in probe_names()
+
+
+def test_a_failed_stage_turns_health_false_with_its_name_until_the_pipeline_stops():
+    def broken(settings, stop):
+        raise TerminalError("SASL authentication failed")
+
+    p = _pipeline(broken=broken).start()
+    _wait(p.stop_event.is_set)
+    ok, why = _all_probes("health")
+    assert not ok and why == "stage:broken: stage broken failed: TerminalError"
+    p.stop(5)
+    assert "stage:broken" not in probe_names()

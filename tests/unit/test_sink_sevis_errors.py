@@ -6,7 +6,7 @@ import pytest
 
 from sevisflow.errors import TerminalError, TransientError, UnreachableError
 from sinks.sevis.client import Backpressure, CertificateError
-from sinks.sevis.translog import TranslogError
+from sinks.sevis.translog import LimitError, MismatchError, TranslogError
 from sinks.sevis.uploader import error_kind
 
 
@@ -14,6 +14,8 @@ from sinks.sevis.uploader import error_kind
     (CertificateError("refused our TLS client certificate"), "sevis_certificate"),
     (Backpressure("retry after 60s", retry_after_s=60), "sevis_backpressure"),
     (TranslogError("not well-formed"), "sevis_translog"),
+    (LimitError("zip entry over max_entry_bytes"), "sevis_limit"),
+    (MismatchError("the log names another BatchID"), "sevis_mismatch"),
     (UnreachableError("Kafka refused 3 records"), "kafka"),
     (TransientError("SEVIS answered HTTP 500"), "sevis_http"),
     (TerminalError("SEVIS answered HTTP 404"), "sevis_terminal"),

@@ -34,7 +34,8 @@ def _settings(**kafka):
 def test_pipeline_topics_keep_their_names_and_take_replication_from_settings():
     local = {s.name: s for s in pipeline_topics(_settings())}
     assert list(local) == ["sevisflow.students", "sevis.events", "sevis.batch.commands", "sevis.batches",
-                           "sevis.results", "sevisflow.dlq", "sevis.batch.open"]
+                           "sevis.results", "sevisflow.dlq", "sevis.batch.open", "sevis.worklist",
+                           "sevis.audit.ledger"]
     assert all(s.partitions == 3 and s.replication_factor == 1 for s in local.values())
     assert local["sevisflow.students"].config["cleanup.policy"] == "compact"
     assert local["sevis.events"].config["retention.ms"] == AUDIT_RETENTION_MS
@@ -70,7 +71,7 @@ def test_copartitioned_topics_have_equal_partitions():
     s = _settings(partitions=6)
     by_name = {t.name: t for t in pipeline_topics(s)}
     groups = copartition_groups(s)
-    assert set(groups["org"]) == {"sevis.events", "sevis.batch.commands", "sevis.batches", "sevis.results"}
+    assert set(groups["org"]) == {"sevis.events", "sevis.batch.commands", "sevis.batches", "sevis.results", "sevis.worklist"}
     for names in groups.values():
         assert len({by_name[n].partitions for n in names}) == 1
 
@@ -183,7 +184,7 @@ def test_plan_of_a_cluster_that_matches_is_empty():
     admin = FakeAdmin(brokers=1, topics={s.name: (s.partitions, s.replication_factor, dict(s.config)) for s in specs})
     plan = plan_topics(None, specs, admin=admin)  # type: ignore[arg-type]
     assert plan.empty() and not plan.problems
-    assert plan.render().startswith("= nothing to change (7 topics")
+    assert plan.render().startswith("= nothing to change (9 topics")
 
 
 # --------------------------------------------------------------------------- Strimzi resources and the CLI

@@ -52,3 +52,58 @@ def test_no_entity_expansion():
     <TransactionLog><BatchHeader><BatchID>&x;</BatchID></BatchHeader></TransactionLog>"""
     log = parse_translog(data)
     assert log.batch_id is None or "root:" not in log.batch_id
+
+
+def test_billion_laughs_is_refused_not_expanded():
+    lol = b'<!ENTITY a0 "lollollollollollollollollollol">' + b"".join(
+        f'<!ENTITY a{i} "{("&a" + str(i - 1) + ";") * 10}">'.encode() for i in range(1, 10))
+    data = b'<?xml version="1.0"?><!DOCTYPE TransactionLog [' + lol + b']><TransactionLog><BatchHeader>' \
+           b'<BatchID>&a9;</BatchID></BatchHeader></TransactionLog>'
+    try:
+        log = parse_translog(data)
+    except TranslogError:
+        return  # libxml2 refused the amplification: fine
+    assert log.batch_id is None or len(log.batch_id) < 1000
+
+
+def test_a_text_node_over_libxml2s_limit_is_refused():
+    data = b"<TransactionLog><BatchHeader><BatchID>" + b"x" * (11 * 1024 * 1024) + b"</BatchID></BatchHeader>" \
+           b"</TransactionLog>"
+    with pytest.raises(TranslogError, match="not well-formed"):
+        parse_translog(data)
+
+
+def test_parsing_is_incremental_memory_follows_one_record_not_the_document(tmp_path):
+    """A 40 MB log (20,000 records with long address blocks the parser skips), parsed in a fresh
+    process: its peak RSS grows by far less than the document (a whole tree would take several
+    times the document's size), while every result is read."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    rec = ('<Record requestID="R{0}" sevisID="N{0:010d}"><ProcessDate>2025-01-01</ProcessDate>'
+           '<Result status="true"/><PhysicalCorrectedAddress><Address1>' + "a" * 2000 +
+           '</Address1></PhysicalCorrectedAddress></Record>')
+    path = tmp_path / "log.xml"
+    with open(path, "w") as fh:
+        fh.write('<TransactionLog><BatchHeader><BatchID>B1</BatchID><OrgID>O1</OrgID></BatchHeader>'
+                 '<BatchDetail status="true"><Upload resultCode="S0000"><FileName>f.xml</FileName></Upload>'
+                 '<Process resultCode="S0000"><RecordCount><Success>20000</Success></RecordCount>')
+        for i in range(20000):
+            fh.write(rec.format(i))
+        fh.write('</Process><Download resultCode="S0000"/></BatchDetail></TransactionLog>')
+    size = path.stat().st_size
+    probe = (
+        "import resource, sys\n"
+        "from sinks.sevis.translog import parse_translog\n"
+        "parse_translog(b'<TransactionLog/>')\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "with open(sys.argv[1], 'rb') as fh:\n"
+        "    log = parse_translog(fh)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "print(len(log.records), log.records[-1].sevis_id, log.batch_id, log.counts['success'], after - before)\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    assert out[:4] == ["20000", "N0000019999", "B1", "20000"]
+    assert int(out[4]) < size / 2, f"parsing a {size} byte log grew the process by {out[4]} bytes"

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from sevisflow.audit.decode import decode_record
-from sevisflow.audit.ledger import Ledger, check_chain
+from sevisflow.audit.ledger import Ledger, LedgerWriter, check_chain
 from sevisflow.audit.scenario import batcher_run
 from sevisflow.audit.verify import VerifyContext, first_difference, first_json_difference, verify_all, verify_batch
 from sevisflow.serde import registry
@@ -37,10 +37,12 @@ def world(tmp_path):
     outbox = Outbox(tmp_path / "outbox", tmp_path / "quarantine", "America/Chicago")
     closed = [x for x in d["batches"] if x.value["type"] == "closed"]
     assert len(closed) == 2
+    writer = LedgerWriter(Ledger(tmp_path / "outbox"), "sink-xml", "ZZZ")
     for c in closed:
         ev = registry().decode(c.raw)
         out = sink_closed_batch(ClosedBatch.from_event(ev, orjson.loads(ev["records_json"])), schema, outbox)
         assert out.status == "written", out
+        writer.seal_archive(outbox.find(ev["batch_id"]), ev["batch_id"])  # what the XML sink does in its transaction
     ctx = VerifyContext(batches=d["batches"], events=d["events"], commands=d["commands"], results=[], changes=[],
                         outbox=outbox, schema=schema)
     return ctx, [c.value["batch_id"] for c in closed], outbox, tmp_path
@@ -94,18 +96,20 @@ def test_tampered_event_breaks_the_batching_check(world):
     assert b.status == "failed" and "cannot reproduce recorded event" in b.message
 
 
-def test_verify_all_seals_then_detects_deletion_and_ledger_edits(world):
+def test_verify_all_checks_what_the_sink_sealed_then_detects_deletion(world):
     ctx, ids, outbox, tmp_path = world
     ledger = Ledger(tmp_path / "outbox")
-    r1 = verify_all(ctx, ledger)
-    assert r1.ok and r1.sealed_now == ids and r1.missing == []
+    before = ledger.path.read_bytes()
+    r1 = verify_all(ctx, ledger, anchors={})
+    assert r1.ok and r1.missing == [] and r1.chain_problems == [], r1.chain_problems
+    assert [e["batch_id"] for e in ledger.entries()] == ids and ledger.path.read_bytes() == before, "verify only reads"
     assert oct(ledger.path.stat().st_mode & 0o777) == "0o600"
-    r2 = verify_all(ctx, ledger, expect_head=r1.head)
-    assert r2.ok and r2.sealed_now == [] and r2.head == r1.head and r2.expected_head_found
+    r2 = verify_all(ctx, ledger, expect_head=r1.head, anchors={})
+    assert r2.ok and r2.head == r1.head and r2.expected_head_found
 
     # an auditor-visible deletion: the folder of a sealed batch disappears
     shutil.rmtree(outbox.find(ids[0]).path)
-    r3 = verify_all(ctx, ledger)
+    r3 = verify_all(ctx, ledger, anchors={})
     assert not r3.ok
     assert r3.missing == [ids[0]]
     assert any("no longer in the outbox" in p for p in r3.chain_problems)
@@ -114,7 +118,7 @@ def test_verify_all_seals_then_detects_deletion_and_ledger_edits(world):
 def test_ledger_line_edit_and_truncation_are_detected(world):
     ctx, ids, _, tmp_path = world
     ledger = Ledger(tmp_path / "outbox")
-    head = verify_all(ctx, ledger).head
+    head = verify_all(ctx, ledger, anchors={}).head
     lines = ledger.path.read_bytes().splitlines()
     e = orjson.loads(lines[0])
     e["xml_sha256"] = "0" * 64
@@ -130,7 +134,7 @@ def test_ledger_line_edit_and_truncation_are_detected(world):
     assert [(p.line, "link broken" in p.message) for p in problems] == [(2, True)]
     ledger.path.write_bytes(lines[0] + b"\n")  # truncated: the last line removed
     assert check_chain(ledger.entries())[0] == []
-    r = verify_all(ctx, ledger, seal=False, expect_head=head)
+    r = verify_all(ctx, ledger, expect_head=head, anchors={})
     assert not r.ok and any("truncated" in p for p in r.chain_problems)
 
 

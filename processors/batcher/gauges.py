@@ -1,0 +1,45 @@
+"""The worklist gauges the batcher exports: open-batch records per legal deadline band, the age of the
+oldest ready record, SEVIS rejections not yet made good and the age of the oldest. Pure: schools in,
+numbers out (the stage sets the Prometheus gauges from them, see docs/OPERATIONS.md "Observability").
+
+Why the batcher: it holds every open-batch record (with its first-change clock) and every kept closed
+batch with SEVIS's rejections (``rejected`` of a stored batch, resolved by a later acceptance of the same
+record), so the numbers need no extra reading of Kafka. A school's "today" is its own time zone's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from processors.batcher.core import School, open_rejections
+from sevisflow.worklist.deadlines import BANDS, Deadlines, first_change_ms, session_start_of
+
+ALL_BANDS = (*BANDS, "none")
+"""Deadline bands of the gauge; ``none`` = a record no legal limit covers (a Create, financial information)."""
+
+
+@dataclass
+class WorklistGauges:
+    records_by_band: dict[str, int] = field(default_factory=lambda: {b: 0 for b in ALL_BANDS})
+    oldest_ready_age_s: float = 0.0
+    rejections_open: int = 0
+    oldest_rejection_age_s: float = 0.0
+
+
+def worklist_gauges(schools: Iterable[School], deadlines: Deadlines, now_ms: int) -> WorklistGauges:
+    """The gauges over ``schools`` at ``now_ms`` (ages in seconds; 0 when there is nothing)."""
+    g = WorklistGauges()
+    today = deadlines.local_day(now_ms)
+    for school in schools:
+        for rec in school.records.values():
+            clock = first_change_ms(rec)
+            due = deadlines.due(rec["kind"], clock, session_start_of(rec))
+            g.records_by_band[deadlines.band(due.due_on, today) if due else "none"] += 1
+            if rec.get("status") == "open" and clock:
+                g.oldest_ready_age_s = max(g.oldest_ready_age_s, (now_ms - clock) / 1000)
+        for rej in open_rejections(school):
+            g.rejections_open += 1
+            if rej.get("at_ms"):
+                g.oldest_rejection_age_s = max(g.oldest_rejection_age_s, (now_ms - int(rej["at_ms"])) / 1000)
+    return g

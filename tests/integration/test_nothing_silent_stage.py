@@ -1,0 +1,83 @@
+"""On real Kafka: what the sevis_events stage alters or cannot send reaches the dead-letter topic for the DSO.
+
+Three students change at once: one's legal name is spelled differently for SEVIS (the PersonalInfo goes out
+with both spellings in its problems, and a ``name_altered`` dead letter names the field and how, not the name);
+one's visa is changed to a non-F/M/J status while SEVIS holds the record as active (no event, a
+``status_left_fmj`` dead letter); one's programme row is removed (no event, ``missing_field``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+
+from processors.sevis_events.derive import SPELLING
+from processors.sevis_events.stage import events_topics
+from sevisflow.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.serde import registry
+from sevisflow.topics import pipeline_topics
+from tests.helpers import make_settings
+from tests.integration.test_events_hygiene import _view
+
+pytestmark = pytest.mark.integration
+
+
+def _top(rec: dict, **top: object) -> dict:
+    """The StudentView record with top-level view keys changed (``international``) or sections dropped (None)."""
+    v = orjson.loads(rec["view_json"])
+    for k, value in top.items():
+        if value is None:
+            v.pop(k, None)
+        else:
+            v[k] = value
+    return {**rec, "international": bool(v.get("international")), "view_json": orjson.dumps(v).decode()}
+
+
+def test_altered_left_and_incomplete_students_reach_the_dead_letter_topic(kafka_stack, unique):
+    settings = make_settings(kafka_stack, unique=unique)
+    ensure_topics(settings.kafka, pipeline_topics(settings) + events_topics(settings))
+    views = [_view("S1", 1, {("student", "last_name"): "Smith"}), _view("S2", 2), _view("S3", 3),  # baselines
+             _view("S1", 4),                                                       # back to "O'Brien-Müller"
+             _top(_view("S2", 5, {("student", "visa_type"): "H-1B"}), international=False),
+             _top(_view("S3", 6), program=None)]
+    producer = make_producer(settings.kafka)
+    errors: list = []
+    for v in views:
+        produce(producer, settings.topics.students, v["student_key"].encode(),
+                registry().encode("sevisflow.students.StudentView", v), on_delivery=delivery_raiser(errors))
+    flush_or_raise(producer, errors)
+
+    from processors.sevis_events.stage import run
+
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(settings, stop), kwargs={"instance": "silent"}, daemon=True)
+    t.start()
+
+    def dead() -> list[dict]:
+        return [registry().decode(m.value(), "sevisflow.dlq.DeadLetter")
+                for m in read_topic(settings.kafka, settings.topics.dlq) if m.value()]
+
+    try:
+        deadline = time.monotonic() + 90
+        while len({d["student_key"] for d in dead()}) < 3:
+            assert time.monotonic() < deadline, "the events stage wrote no dead letters for the three students"
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(40)
+    events = [registry().decode(m.value(), "sevisflow.events.SevisEvent")
+              for m in read_topic(settings.kafka, settings.topics.events) if m.value()]
+    assert [(e["student_key"], e["kind"]) for e in events] == [("S1", "PersonalInfo")]
+    assert orjson.loads(events[0]["payload_json"])["FullName"]["LastName"] == "OBrien Muller"
+    notes = [p for p in events[0]["problems"] if p.startswith(SPELLING)]
+    assert any('SIS "O\'Brien-Müller" → sent "OBrien Muller"' in n for n in notes), notes
+    got = sorted((d["stage"], d["student_key"], d["code"], d["field"]) for d in dead())
+    assert got == [("sevis_events", "S1", "name_altered", "student.first_name"),
+                   ("sevis_events", "S1", "name_altered", "student.last_name"),
+                   ("sevis_events", "S2", "status_left_fmj", "student.visa_type"),
+                   ("sevis_events", "S3", "missing_field", "program.status")]
+    for d in dead():
+        assert not any(x in d["reason"] for x in ("O'Brien", "Müller", "Zoë", "Zoe")), d["reason"]
