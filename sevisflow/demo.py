@@ -274,6 +274,25 @@ def step_dso_review(ctx: DemoContext) -> str:
     return f"{len(records)} records in the open batch"
 
 
+def step_sevis_forgets(ctx: DemoContext) -> str:
+    """One record will be rejected by SEVIS: the simulator is told it does not know one student's SEVIS ID,
+    as if the SIS held a mistyped one (SEVIS answers S1003 for that record only)."""
+    reported = (ctx.facts.get("reported") or {}).get("student_key")
+    records = ctx.facts["open_batch"].get("records", [])
+    ready = [r for r in records if r.get("section") == "update" and r.get("sevis_id") and r.get("status") == "open"
+             and r.get("student_key") != reported]
+    if not ready:
+        raise DemoFailed("no ready update in the open batch for SEVIS to reject")
+    victim = ready[0]
+    sid = victim["sevis_id"]
+    sharing = sum(1 for r in records if r.get("sevis_id") == sid)
+    with ctx.simulator.lock:
+        ctx.simulator.known.discard(sid)
+    ctx.facts["victim"] = {"student_key": victim["student_key"], "sevis_id": sid}
+    return (f"the simulator no longer knows {sid} (student {victim['student_key']}): its {sharing} record(s) in "
+            "this batch will be rejected with S1003")
+
+
 def step_dso_close(ctx: DemoContext) -> str:
     """The DSO closes what they reviewed: `sevisflow batch close --revision N --dso <SEVIS user id>`."""
     revision = str(ctx.facts["open_batch"]["revision"])  # the revision `batch show` displayed in the review step
@@ -338,12 +357,21 @@ def step_xml(ctx: DemoContext) -> str:
 
 def step_results(ctx: DemoContext) -> str:
     """The uploader sends each batch to the simulator over TLS, downloads the log, publishes results."""
+    _count_results(ctx, ctx.facts["batch_ids"])
+    totals, reasons = ctx.facts["totals"], ctx.facts["reasons"]
+    why = "; ".join(f"{n}× {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
+    return (f"records sent {totals['sent']}, accepted {totals['accepted']}, rejected {totals['rejected']}"
+            + (f" ({why})" if why else ""))
+
+
+def _count_results(ctx: DemoContext, batch_ids: list[str]) -> None:
+    """Wait for SEVIS's result of every record of ``batch_ids``; add them to the demo's totals."""
     from sevisflow.cli.results import batch_results
 
     assert ctx.settings
-    totals = {"sent": 0, "accepted": 0, "rejected": 0}
-    reasons: dict[str, int] = {}
-    for batch_id in ctx.facts["batch_ids"]:
+    totals = ctx.facts.setdefault("totals", {"sent": 0, "accepted": 0, "rejected": 0})
+    reasons: dict[str, int] = ctx.facts.setdefault("reasons", {})
+    for batch_id in batch_ids:
         expected = _records_in_closed(ctx, batch_id)
         rows = _wait(f"SEVIS results of {batch_id}",
                      lambda b=batch_id: (r if len(r := batch_results(ctx.settings, b)) >= expected else None), 180)
@@ -359,11 +387,6 @@ def step_results(ctx: DemoContext) -> str:
                 totals["rejected"] += 1
                 key = f"{r.get('error_code')} {r.get('error_message')}"
                 reasons[key] = reasons.get(key, 0) + 1
-    ctx.facts["totals"] = totals
-    ctx.facts["reasons"] = reasons
-    why = "; ".join(f"{n}× {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
-    return (f"records sent {totals['sent']}, accepted {totals['accepted']}, rejected {totals['rejected']}"
-            + (f" ({why})" if why else ""))
 
 
 def _records_in_closed(ctx: DemoContext, batch_id: str) -> int:
@@ -384,6 +407,63 @@ def step_issues(ctx: DemoContext) -> str:
     for line in out[:8]:
         _say(f"      {line}")
     return f"{max(0, len(out) - 2)} line(s) listed for the DSO"
+
+
+def _show(lines: list[str], first: int, title: str) -> None:
+    _say(f"    $ {title}")
+    for line in lines[:first]:
+        _say(f"      {line}")
+    if len(lines) > first:
+        _say(f"      … {len(lines) - first} more lines")
+
+
+def step_worklist(ctx: DemoContext) -> str:
+    """The DSO's worklist: legal due days, the SEVIS rejection and its fix, and what else the data triggers."""
+    import orjson
+
+    todo = orjson.loads(_cli(ctx, "todo", "--json").stdout)
+    items = todo["items"]
+    lines = _cli(ctx, "todo", "--no-pager").stdout.rstrip().splitlines()
+    _show(lines, 22, "sevisflow todo   (first lines)")
+    by_what: dict[str, int] = {}
+    for i in items:
+        by_what[i["what"]] = by_what.get(i["what"], 0) + 1
+    _say("      items by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(by_what.items())))
+    victim = ctx.facts["victim"]
+    rejections = [i for i in items if i["what"] == "rejected" and i["student_key"] == victim["student_key"]]
+    if not rejections:
+        raise DemoFailed(f"the worklist does not show the SEVIS rejection of student {victim['student_key']}")
+    for item in rejections[:1]:
+        _say(f"    the rejection, as the worklist shows it ({item['item_id']}):")
+        for line in [item["title"], *item["detail"], f"due {item['due_on']} ({item['band']})", f"to do: {item['action']}"]:
+            _say(f"      {line}")
+    batch_id = rejections[0]["title"].rsplit(" ", 1)[1]
+    # the fix: the SEVIS ID is right after all (the simulator stands in for SEVIS RTI / the corrected SIS)
+    with ctx.simulator.lock:
+        ctx.simulator.known.add(victim["sevis_id"])
+    _say(f"    fix: SEVIS knows {victim['sevis_id']} again (the simulator stands in for the correction)")
+    args = ["batch", "resend", batch_id, "--dso", DSO_USER_ID, "--reason", "SEVIS ID checked in SEVIS RTI"]
+    out = _cli(ctx, *args).stdout.rstrip().splitlines()
+    _show(out, 8, "sevisflow " + " ".join(args[:3]) + f" --dso {DSO_USER_ID} --reason \"SEVIS ID checked in SEVIS RTI\"")
+    shown = orjson.loads(_cli(ctx, "batch", "show", "--json").stdout)
+    revision = str(shown["revision"])
+    out = _cli(ctx, "batch", "close", "--revision", revision, "--dso", DSO_USER_ID, "--timeout", "60").stdout
+    _show(out.rstrip().splitlines(), 8, f"sevisflow batch close --revision {revision} --dso {DSO_USER_ID}")
+    import re
+
+    new_ids = [b for b in dict.fromkeys(re.findall(r"\b(S\d{13})\b", out)) if _is_closed(ctx, b)]
+    if not new_ids:
+        raise DemoFailed("the close after the resend printed no closed BatchID")
+    ctx.facts["batch_ids"] += new_ids
+    _count_results(ctx, new_ids)
+    after = orjson.loads(_cli(ctx, "todo", "--json").stdout)["items"]
+    left = [i for i in after if i["what"] in ("rejected", "resent") and i["student_key"] == victim["student_key"]]
+    if left:
+        raise DemoFailed(f"the rejection is still in the worklist after SEVIS accepted the resend: {left[0]['title']}")
+    counts = orjson.loads(_cli(ctx, "todo", "--json").stdout)["counts"]
+    _say(f"    $ sevisflow todo   (after the fix) — {len(after)} item(s): " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    return (f"{len(items)} worklist item(s); the rejection of {victim['student_key']} in {batch_id} was fixed, resent "
+            f"in {', '.join(new_ids)}, accepted, and left the worklist")
 
 
 def step_verify(ctx: DemoContext) -> str:
@@ -417,10 +497,12 @@ STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("a term of SIS activity", step_activity),
     ("a DSO reports a reprint (no SIS change triggers one)", step_dso_report),
     ("DSO reviews the open batch", step_dso_review),
+    ("SEVIS will reject one record (the simulator forgets one SEVIS ID)", step_sevis_forgets),
     ("DSO closes the batch", step_dso_close),
     ("XML batch files in the outbox", step_xml),
     ("upload to SEVIS (simulator), results back into the pipeline", step_results),
     ("items for the DSO", step_issues),
+    ("the DSO's worklist: due days, the SEVIS rejection and its fix", step_worklist),
     ("an auditor verifies the archived batches", step_verify),
 ]
 
@@ -452,6 +534,8 @@ def run_demo(students: int = 300, international_share: float = 0.35, seed: int =
     totals = ctx.facts.get("totals")
     if totals:
         _say(f"summary: {totals['sent']} records sent to SEVIS, {totals['accepted']} accepted, "
-             f"{totals['rejected']} rejected")
+             f"{totals['rejected']} rejected"
+             + (" (the rejected record was fixed, resent and accepted: it is counted once in each)"
+                if ctx.facts.get("victim") and totals["rejected"] else ""))
     _say(f"demo finished in {time.monotonic() - started:.1f}s")
     return 0

@@ -32,14 +32,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--close-every", type=float, default=d.close_every_s, help="seconds between DSO closes")
     ap.add_argument("--registration-delay", type=float, default=d.registration_delay_s,
                     help="seconds an accepted upload stays unknown to downloads (S0031) at the simulator")
-    ap.add_argument("--fault-every", type=int, default=d.drop_every, help="every n-th kill also arms a SEVIS fault")
+    ap.add_argument("--fault-every", type=int, default=d.fault_every, help="every n-th kill also arms a SEVIS fault")
     ap.add_argument("--in-flight-share", type=float, default=d.in_flight_share,
                     help="share of the kills that hit sink sevis while SEVIS holds its upload/download")
     ap.add_argument("--xsd-dir", default=str(REPO.parent / "shared" / "sevis" / "xsd"))
     ap.add_argument("--keep", action="store_true", help="keep the stack folder (logs, outbox) for a post-mortem")
     args = ap.parse_args(argv)
     plan = Plan(students=args.students, share=args.share, activity=args.activity, minutes=args.minutes,
-                kills=args.kills, seed=args.seed, close_every_s=args.close_every, drop_every=args.fault_every,
+                kills=args.kills, seed=args.seed, close_every_s=args.close_every, fault_every=args.fault_every,
                 in_flight_share=args.in_flight_share, registration_delay_s=args.registration_delay)
 
     from deploy.local.stack import start_stack, stop_stack

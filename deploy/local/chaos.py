@@ -1,8 +1,10 @@
 """Chaos run of the whole pipeline: every stage its own OS process, ``kill -9`` at random moments.
 
 A local stack (PostgreSQL + Kafka, deploy/local/stack.py) holds a generated school; the SEVIS
-simulator (sinks/sevis_sim) answers over mutual TLS, with its fault knobs on (slow acceptance,
-delayed results, dropped connections). The six stages run as separate ``sevisflow`` processes —
+simulator (sinks/sevis_sim) answers over mutual TLS, with its fault knobs on (slow answers before and
+after it took an upload, delayed registration and results, connections reset before and after it
+took an upload, S0010/S0013/S0031 answers, HTTP 500). The six stages run as separate ``sevisflow``
+processes —
 ``connector run``, ``process normalize|events|batcher``, ``sink xml``, ``sink sevis`` — while the
 school's activity is committed to the SIS and a DSO closes batches with ``sevisflow batch close``.
 A seeded schedule kills a random stage with SIGKILL and starts it again; some kills of
@@ -82,7 +84,7 @@ class Plan:
     in_flight_share: float = 0.35      # of the kills: sink sevis while the simulator holds an upload/download
     results_delay_s: float = 3.0       # SEVIS's results are ready this long after the upload (S0030 before)
     registration_delay_s: float = 2.0  # an accepted upload is unknown to downloads (S0031) this long
-    drop_every: int = 4                # every n-th kill also arms one SEVIS fault (FAULTS; 0 = never)
+    fault_every: int = 4                # every n-th kill also arms one SEVIS fault (FAULTS; 0 = never)
     settle_timeout_s: float = 420.0
     verify: bool = True                # end with `sevisflow verify --all` (re-derives every closed batch)
 
@@ -576,7 +578,7 @@ class Chaos:
             while time.monotonic() < at:
                 self.stages.check()
                 time.sleep(0.2)
-            if p.drop_every and k % p.drop_every == p.drop_every - 1:
+            if p.fault_every and k % p.fault_every == p.fault_every - 1:
                 from sinks.sevis_sim.server import FAULT_MODES
 
                 op, mode = self.rng.choice([f for f in FAULTS if f[1] in FAULT_MODES])

@@ -26,7 +26,7 @@ partition), one key per item so a change writes only what changed:
 =========================  =====================================================
 key                        value (JSON)
 =========================  =====================================================
-``m|<org>``                meta: revision, seq, last BatchID stamp, open_since, sched_date, held
+``m|<org>``                meta: revision, seq, last BatchID stamp, open_since, sched_date, early_rev, held
 ``r|<org>|<record_id>``    one open-batch record (status open / held / waiting)
 ``s|<org>|<student_key>``  the student's SEVIS ID
 ``c|<org>|<command_id>``   an applied command and what it produced (idempotence)

@@ -200,6 +200,18 @@ def to_bool(raw: Any) -> bool:
     raise ValueProblem("bad_boolean", "not a yes/no value")
 
 
+def rounds(ft: FieldType, raw: Any, scale: int | None = None) -> bool:
+    """Whether :func:`convert` rounds this value (a whole-number field given a fraction, e.g. $30,000.50):
+    SEVIS takes whole dollars, so the value is rounded — and the DSO is told, never silently."""
+    if ft.kind != "int" or raw is None:
+        return False
+    try:
+        d = _decimal(raw, scale)
+    except ValueProblem:
+        return False
+    return d.is_finite() and d != d.to_integral_value()
+
+
 def convert(ft: FieldType, raw: Any, scale: int | None = None) -> Any:
     """Convert a non-null SIS value to the canonical form of a non-enum field type."""
     k = ft.kind

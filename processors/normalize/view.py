@@ -79,7 +79,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from processors.normalize.canonical import SECTIONS, ValueProblem, convert, new_view
+from processors.normalize.canonical import SECTIONS, ValueProblem, convert, new_view, rounds
 from processors.normalize.changes import RowChange, TxMarker
 from processors.normalize.mapping import Feed, Mapping
 
@@ -732,6 +732,11 @@ class Normalizer:
                         out[spec.name] = val
                 else:
                     out[spec.name] = convert(ft, raw, spec.scale)
+                    if rounds(ft, raw, spec.scale):
+                        # a note, not a refusal: the rounded value is used and the DSO sees both
+                        res.dead.append(DeadItem("value_rounded", f"{ch.table}.{spec.column} → {fname}: a fraction "
+                                                 "in a whole-dollar field was rounded to the nearest dollar for "
+                                                 "SEVIS; correct the SIS if the amount is wrong", ch, skey, fname))
                     if feed.section == "address" and spec.name == "state" and slot in US_SLOTS \
                             and out[spec.name] is not None:
                         found, val = self.mapping.values["us_state"].lookup(out[spec.name])

@@ -213,8 +213,10 @@ def student_timeline(student: str, *, changes: Iterable[Decoded] = (), events: I
                               details={"command_id": v.get("command_id"), "kind": kind,
                                        "dso_user_id": v.get("dso_user_id"), "reason": v.get("reason"),
                                        "reviewed_revision": v.get("reviewed_revision")}))
-        elif kind == "requeue" and v.get("batch_id") in student_batches:
-            steps.append(Step(v.get("requested_at_ms"), "command", f"requeue of batch {v.get('batch_id')}",
+        elif kind in ("requeue", "resend") and v.get("batch_id") in student_batches:
+            what = (f"resend of rejected records of batch {v.get('batch_id')} by {v.get('dso_user_id')}"
+                    if kind == "resend" else f"requeue of batch {v.get('batch_id')}")
+            steps.append(Step(v.get("requested_at_ms"), "command", what,
                               d.ref, batch_id=v.get("batch_id"),
                               details={"command_id": v.get("command_id"), "reason": v.get("reason")}))
 

@@ -168,8 +168,8 @@ def dead_letter_items(letters: Iterable[Mapping[str, Any]]) -> list[Item]:
     """Dead letters meant for a DSO, one item per (student, code): repeated changes fold into one."""
     grouped: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for d in letters:
-        if d.get("stage") not in DSO_STAGES:
-            continue
+        if d.get("stage") not in DSO_STAGES and not (d.get("stage") == "normalize" and d.get("student_key")):
+            continue        # normalize's letters that name a student are about the SIS data (a bad code, a rounding)
         grouped.setdefault((d.get("student_key") or "", d["code"]), []).append(d)
     out = []
     for (student, code), ds in sorted(grouped.items()):

@@ -28,7 +28,7 @@ pipe_ex="\n".join(pipe[j:k]).rstrip()
 blocks={"Open batch of ABC214F12345000, revision 13\n8 records": excerpt, "#2  S1003": stu_ex, r"#\d+  S1005": pipe_ex,
         "Open batch of ABC214F12345000 (revision": G('batch_list.txt'), "Batch S1750007200000 of": G('batch_status.txt'),
         "Batch S1750007200000: ": G('results_80.txt'), "When          Student": G('issues_80.txt'),
-        "Jun 15, 2025 10:07 CDT  normalize": G('issues_pipe.txt')}
+        "Jun 15, 2025 10:07 CDT  normalize": G('issues_pipe.txt'), "Worklist for ": G('todo_80.txt')}
 for first, new in blocks.items():
     pattern = first if first.startswith("#") else re.escape(first)   # the pipe excerpt's number follows the order
     m = re.search(r"```\n(" + pattern + r".*?)\n```", s, re.S)

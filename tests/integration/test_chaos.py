@@ -26,7 +26,7 @@ from tests.helpers import XSD_DIR
 pytestmark = pytest.mark.integration
 
 PLAN = Plan(students=40, share=0.5, activity=30, minutes=1.25, kills=5, seed=5, close_every_s=20.0,
-            in_flight_share=0.5, results_delay_s=2.0, drop_every=3, settle_timeout_s=240.0, verify=False)
+            in_flight_share=0.5, results_delay_s=2.0, fault_every=3, settle_timeout_s=240.0, verify=False)
 
 
 @pytest.mark.timeout(900)

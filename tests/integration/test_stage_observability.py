@@ -42,6 +42,22 @@ def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
         status, body = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
         assert "sevisflow_transactions" in body and "sevisflow_consumer_lag" in body
+        # the worklist gauges follow the open batch: one 2025 change (long overdue) and one Create (no limit)
+        from processors.batcher.fixtures import event
+        from tests.batcher_support import send_events
+
+        send_events(settings, [event("S1", n=1), event("S2", "Create", n=2)])
+        want = ('sevisflow_deadline_records{band="overdue"', 'sevisflow_deadline_records{band="none"')
+        while time.monotonic() < deadline + 60:
+            body = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+            lines = [x for x in body.splitlines() if x.startswith(want)]
+            if len(lines) == 2 and all(x.endswith(" 1.0") for x in lines):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError([x for x in body.splitlines() if "deadline" in x or "oldest" in x])
+        age = next(x for x in body.splitlines() if x.startswith("sevisflow_oldest_ready_record_age_seconds{"))
+        assert float(age.rsplit(" ", 1)[1]) > 86400 * 30
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

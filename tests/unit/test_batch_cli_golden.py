@@ -215,3 +215,46 @@ def test_the_dso_guide_shows_the_real_output():
         assert (GOLDEN / name).read_text().rstrip() in guide, name
     show = (GOLDEN / "batch_show_80.txt").read_text().split("\n")
     assert "\n".join(show[:30]) in guide and "\n".join(show[-14:]).rstrip() in guide
+
+
+def todo_items():
+    """The DSO's worklist on GOLDEN_TODAY: the scenario's open batch, a batch of which SEVIS rejected the
+    extension, a student not registered for a session that started, a data problem and an operator one."""
+    from sevisflow.worklist.items import worklist
+
+    view, published, feed = views()
+    sent = [r["record_id"] for r in view.open_records() if r["kind"] in ("Create", "Program.Extension")]
+    outs = feed(CommandIn(command("close", "close-1", dso_user_id=DSO, record_ids=sent, at_ms=BASE_MS + 7_200_000)))
+    published = published + [o.event for o in outs if isinstance(o, Publish)]
+    closed = next(o.event for o in outs if isinstance(o, Publish) and o.event["type"] == "closed")
+    recs = {r["kind"]: r for r in orjson.loads(closed["records_json"])}
+    results = [result(closed["batch_id"], recs["Create"]["request_id"], sevis_id="N0009876543"),
+               dict(result(closed["batch_id"], recs["Program.Extension"]["request_id"], status="failure",
+                           error_code="S1003"), error_message="SEVIS ID not found")]
+    view = build_view(ORG, published, results)
+    students = [{"student_key": "S1010", "student": {"first_name": "Ji-woo", "last_name": "Kim"},
+                 "program": {"status": "initial"},
+                 "registration": {"SU25": {"status": "not_enrolled", "session_start": "2025-06-02"}}}]
+    return worklist(view.open_records(), view.batches.values(), students, ISSUES, {}, Deadlines(timezone=TZ),
+                    GOLDEN_TODAY)
+
+
+def test_todo_golden():
+    from sevisflow.cli.todo import todo_lines
+
+    check("todo_80.txt", "\n".join(todo_lines(todo_items(), GOLDEN_TODAY)) + "\n")
+
+
+def test_the_dso_guide_shows_the_worklist_and_every_deadline_rule():
+    """The guide's `todo` capture is the golden file, and its rule table is the code's rule table."""
+    import re
+
+    from sevisflow.worklist.deadlines import RULES
+
+    guide = (GOLDEN.parent.parent / "docs" / "DSO-GUIDE.md").read_text()
+    assert (GOLDEN / "todo_80.txt").read_text().rstrip() in guide
+    section = guide.split("Which rule gives each due date", 1)[1]
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \| (\d+) days \| (.+?) \| (.+?) \|$", section, flags=re.M)
+    clocks = {"change": "the SIS change (first change of the record)", "session_start": "the session's start date"}
+    assert [(r.name, ", ".join(f"`{k}`" for k in r.kinds), r.days, clocks[r.clock], r.source) for r in RULES] == \
+        [(n, kinds, int(d), clock, src) for n, kinds, d, clock, src in rows]

@@ -7,6 +7,8 @@ it applied (tests/integration/test_debezium_e2e.py runs the real Debezium)."""
 
 from __future__ import annotations
 
+import orjson
+
 from processors.normalize.debezium import SisFeed
 from processors.sevis_events.pure import PureOutput, PurePipeline
 from tests.scenarios import MAPPING, PKS, TABLES, base_rows
@@ -48,3 +50,28 @@ def test_a_resent_end_alone_does_not_stop_later_transactions():
     assert b'"END"' in end.value
     records = feed.records[:start + 3] + [end] + feed.records[start + 3:]
     assert _events(records) == _events(feed.records)
+
+
+def test_a_fraction_in_a_whole_dollar_amount_is_rounded_and_the_dso_is_told():
+    """Not a duplicate, but the same kind of quiet change: SEVIS takes whole dollars, so 30,000.50 is sent as
+    30,001 — and a dead letter names the field (never the amount), which the worklist shows."""
+    from decimal import Decimal
+
+    from sevisflow.worklist.deadlines import Deadlines
+    from sevisflow.worklist.items import worklist
+
+    feed, rows = _feed()
+    feed.style = "iso"
+    feed.tx(("u", "public.finance", rows["finance"], {**rows["finance"], "tuition": Decimal("30000.50")}))
+    pipe, out = PurePipeline(MAPPING), PureOutput()
+    for i, r in enumerate(feed.records):
+        pipe.feed_one(r.topic, r.key, r.value, out, 0, i)
+    pipe.finish(out)
+    fin = [e for e in out.events if e["kind"] == "FinancialInfo"]
+    assert fin and orjson.loads(fin[-1]["payload_json"])["Expense"]["Tuition"] == "30001"
+    [note] = [d for d in out.dead if d.code == "value_rounded"]
+    assert note.field == "finance.tuition" and "30000" not in note.reason
+    letter = {"stage": "normalize", "code": note.code, "student_key": note.student_key, "field": note.field,
+              "reason": note.reason, "at_ms": 1}
+    [item] = worklist([], [], [], [letter], {}, Deadlines(), __import__("datetime").date(2026, 1, 1))
+    assert item.student_key == note.student_key and "finance.tuition" in item.title
