@@ -169,8 +169,12 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
                            "events, commands, results", "batches and the open-batch view")
     out["sink-xml"] = stage("sink-xml", [t.batches], [t.commands], "closed batches", "requeue commands")
     ledger = [t.ledger] if "ledger" in PIPELINE_KEYS else []  # the audit ledger's anchored head
-    out["sink-xml"] += [_g(TOPIC, n, (READ, WRITE, DESCRIBE), "anchors the audit ledger's head") for n in ledger]
-    out["sink-sevis"] = [_g(TOPIC, n, (READ, WRITE, DESCRIBE), "anchors the audit ledger's head") for n in ledger]
+    anchors_reader = [_g(GROUP, READER_GROUP_PREFIX, (READ, DESCRIBE), "reads the ledger's anchors at start "
+                         "(one-shot reader, never commits)", PREFIXED)] if ledger else []
+    out["sink-xml"] += [_g(TOPIC, n, (READ, WRITE, DESCRIBE), "anchors the audit ledger's head")
+                        for n in ledger] + anchors_reader
+    out["sink-sevis"] = [_g(TOPIC, n, (READ, WRITE, DESCRIBE), "anchors the audit ledger's head")
+                         for n in ledger] + anchors_reader
     out["sink-sevis"] += [_g(TOPIC, t.results, (WRITE, DESCRIBE), "SEVIS results"),
                          _g(TOPIC, t.commands, (WRITE, DESCRIBE), "requeue commands"),
                          _g(TOPIC, t.dlq, (WRITE, DESCRIBE), "dead letters")]
@@ -376,7 +380,7 @@ def kafka_user_resources(settings: Settings, cluster: str, namespace: str) -> li
                    for o in sorted(g.operations)]
             acls.append({"resource": resource, "operations": ops})
         docs.append({
-            "apiVersion": "kafka.strimzi.io/v1beta2",
+            "apiVersion": "kafka.strimzi.io/v1",
             "kind": "KafkaUser",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {"strimzi.io/cluster": cluster, "app.kubernetes.io/part-of": "sevisflow",

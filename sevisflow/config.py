@@ -359,6 +359,27 @@ class DeadlineSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """Where the processors keep their working state (the changelog topics stay the source of truth)."""
+
+    backend: str = setting("memory", "processor state store: memory (Python dicts: fastest, memory grows with the "
+                                     "SIS) or rocksdb (on disk under state.dir: memory bounded by the cache and "
+                                     "write buffers below); both are rebuilt from the changelog topics on start",
+                           choices=("memory", "rocksdb"))
+    dir: str = setting(".local/state", "folder of the rocksdb state stores, one sub-folder per stage instance "
+                                "(0700, files 0600: state holds personal data)")
+    block_cache_mb: int = setting(64, "rocksdb: block cache per stage instance, in MiB")
+    write_buffer_mb: int = setting(16, "rocksdb: memtable size per stage instance, in MiB (two may be in memory)")
+
+    def __post_init__(self) -> None:
+        for name in ("block_cache_mb", "write_buffer_mb"):
+            if not 1 <= getattr(self, name) <= 65536:
+                raise ConfigError(f"state.{name} = {getattr(self, name)} is out of range: use 1–65536 (MiB)")
+        if not self.dir.strip():
+            raise ConfigError("state.dir is empty: name the folder for the rocksdb state stores")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything sevisflow can be told. Build it with :func:`load_settings`."""
 
@@ -371,6 +392,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     acls: AclSettings = field(default_factory=AclSettings)
+    state: StateSettings = field(default_factory=StateSettings)
 
     def replace(self, **sections: Mapping[str, Any]) -> "Settings":
         """A copy with some fields changed, e.g. ``replace(kafka={"bootstrap_servers": b})``."""

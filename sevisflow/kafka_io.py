@@ -32,6 +32,7 @@ from sevisflow.errors import ConfigError, TerminalError, TransientError, Unreach
 from sevisflow.faults import crash_point
 from sevisflow.log import get_logger
 from sevisflow.serde import registry
+from sevisflow.state import CommittedState, MemoryState
 from sevisflow.observability import ConsumerLagSampler, Heartbeat, StageMetrics, register_probe, unregister_probe
 
 log = get_logger(__name__)
@@ -335,52 +336,69 @@ class StateStore:
     Writes are staged during a transaction and produced to the changelog partition
     that equals the input partition, inside the same Kafka transaction; they become
     visible to :meth:`get` at once but are dropped again if the transaction aborts.
+    The committed state lives in ``committed`` (:mod:`sevisflow.state`: dicts by default, or
+    RocksDB for bounded memory, per ``[state]``); :meth:`commit` hands it the whole
+    transaction as one write.
     """
 
-    def __init__(self) -> None:
-        self._committed: dict[int, dict[bytes, bytes]] = {}
+    def __init__(self, committed: CommittedState | None = None) -> None:
+        self.committed: CommittedState = committed if committed is not None else MemoryState()
         self._staged: dict[int, dict[bytes, bytes | None]] = {}
 
     def get(self, partition: int, key: bytes) -> bytes | None:
-        staged = self._staged.get(partition, {})
-        if key in staged:
+        staged = self._staged.get(partition)
+        if staged is not None and key in staged:
             return staged[key]
-        return self._committed.get(partition, {}).get(key)
+        return self.committed.get(partition, key)
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         self._staged.setdefault(partition, {})[key] = value
 
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        merged = dict(self._committed.get(partition, {}))
-        for k, v in self._staged.get(partition, {}).items():
-            if v is None:
-                merged.pop(k, None)
-            else:
-                merged[k] = v
-        return iter(merged.items())
+        staged = self._staged.get(partition)
+        if not staged:
+            return self.committed.items(partition)
+        return self._merged(partition, dict(staged))
+
+    def _merged(self, partition: int, staged: dict[bytes, bytes | None]) -> Iterator[tuple[bytes, bytes]]:
+        for k, v in self.committed.items(partition):
+            if k not in staged:
+                yield k, v
+            elif (new := staged.pop(k)) is not None:
+                yield k, new
+        for k, v in staged.items():
+            if v is not None:
+                yield k, v
+
+    def committed_partition(self, partition: int) -> Mapping[bytes, bytes]:
+        """The committed state of one partition, read-only (staged writes not included)."""
+        return self.committed.partition(partition)
+
+    def staged_partition(self, partition: int) -> dict[bytes, bytes | None]:
+        """The staged writes of one partition, for a caller that stages in bulk."""
+        return self._staged.setdefault(partition, {})
 
     def staged(self) -> dict[int, dict[bytes, bytes | None]]:
         return self._staged
 
     def commit(self) -> None:
-        for p, kv in self._staged.items():
-            target = self._committed.setdefault(p, {})
-            for k, v in kv.items():
-                if v is None:
-                    target.pop(k, None)
-                else:
-                    target[k] = v
+        self.committed.apply(self._staged)
         self._staged = {}
 
     def abort(self) -> None:
         self._staged = {}
 
     def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
-        self._committed[partition] = data
+        self.committed.load(partition, data)
 
     def drop_partition(self, partition: int) -> None:
-        self._committed.pop(partition, None)
+        self.committed.drop(partition)
         self._staged.pop(partition, None)
+
+    def close(self) -> None:
+        """Release the committed layer (a RocksDB folder is removed: the changelog has everything)."""
+        self._staged = {}
+        self.committed.close()
 
 
 TXN_CALL_TIMEOUT_S = 30.0
@@ -722,6 +740,7 @@ class TransactionalLoop:
             unregister_probe(probe)
             self.consumer.close()
             self.producer.flush(10)
+            self.state.close()
 
     # -- internals
 
@@ -1086,9 +1105,25 @@ class TransactionalLoop:
             wanted = {tp.partition for tp in self.consumer.assignment()}
             if self.state_partitions is not None:
                 wanted &= self.state_partitions
-            for p, data in restore_partitions(self.kafka, self.state_topic, sorted(wanted)).items():
-                self.state.load_partition(p, data)
+            self._restore_state(sorted(wanted))
         self._rewind()
+
+    def _restore_state(self, partitions: list[int]) -> None:
+        """Replace the state of ``partitions`` with the changelog's (last value per key wins).
+
+        A committed layer on disk is wiped and written chunk by chunk as the changelog is read, so a
+        restore does not hold a partition in memory; then ``load_partition`` is called with the
+        layer's own view (a no-op write) so stores that keep caches reset them as for any load.
+        """
+        if not getattr(self.state.committed, "streams_restore", False):
+            for p, data in restore_partitions(self.kafka, self.state_topic, partitions).items():
+                self.state.load_partition(p, data)
+            return
+        for p in partitions:
+            self.state.committed.drop(p)
+        restore_partitions(self.kafka, self.state_topic, partitions, into=self.state.committed.apply)
+        for p in partitions:
+            self.state.load_partition(p, self.state.committed.partition(p))
 
     def _abort_and_rewind(self) -> None:
         """Abort the open transaction (or fence it, if the abort itself fails) and rewind."""
@@ -1121,8 +1156,7 @@ class TransactionalLoop:
             wanted = {tp.partition for tp in partitions}
             if self.state_partitions is not None:
                 wanted &= self.state_partitions
-            for p, data in restore_partitions(self.kafka, self.state_topic, sorted(wanted)).items():
-                self.state.load_partition(p, data)
+            self._restore_state(sorted(wanted))
         log.info("kafka.assigned", group=self.group_id, partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -1136,9 +1170,14 @@ def restore_partition(kafka: KafkaSettings, topic: str, partition: int, timeout_
     return restore_partitions(kafka, topic, [partition], timeout_s)[partition]
 
 
-def restore_partitions(kafka: KafkaSettings, topic: str, partitions: Sequence[int],
-                       timeout_s: float = 60.0) -> dict[int, dict[bytes, bytes]]:
-    """Rebuild partitions of a compacted changelog into dicts (last value per key wins), one consumer for all."""
+def restore_partitions(kafka: KafkaSettings, topic: str, partitions: Sequence[int], timeout_s: float = 60.0,
+                       into: Callable[[dict[int, dict[bytes, bytes | None]]], None] | None = None
+                       ) -> dict[int, dict[bytes, bytes]]:
+    """Rebuild partitions of a compacted changelog into dicts (last value per key wins), one consumer for all.
+
+    With ``into``, nothing is kept: each polled chunk goes to ``into`` as ``{partition: {key: value or
+    None for a tombstone}}`` in log order (a disk-backed store applies it), and the dicts returned are empty.
+    """
     out: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
     if not partitions:
         return out
@@ -1165,6 +1204,7 @@ def restore_partitions(kafka: KafkaSettings, topic: str, partitions: Sequence[in
                     raise UnreachableError(f"timed out restoring state from {topic}{sorted(ends)}")
                 continue
             deadline = time.monotonic() + timeout_s
+            chunk: dict[int, dict[bytes, bytes | None]] = {}
             for msg in msgs:
                 if msg.error():
                     if msg.error().code() == KafkaError._PARTITION_EOF:
@@ -1173,12 +1213,16 @@ def restore_partitions(kafka: KafkaSettings, topic: str, partitions: Sequence[in
                 p = msg.partition()
                 key = msg.key()
                 if key is not None:
-                    if msg.value() is None:
+                    if into is not None:
+                        chunk.setdefault(p, {})[key] = msg.value()
+                    elif msg.value() is None:
                         out[p].pop(key, None)
                     else:
                         out[p][key] = msg.value()
                 if p in ends and msg.offset() + 1 >= ends[p]:
                     ends.pop(p)
+            if into is not None and chunk:
+                into(chunk)
     finally:
         consumer.close()
     return out

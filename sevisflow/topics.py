@@ -366,7 +366,7 @@ def kafka_topic_resources(specs: Sequence[TopicSpec], cluster: str, namespace: s
     out = []
     for s in specs:
         out.append({
-            "apiVersion": "kafka.strimzi.io/v1beta2",
+            "apiVersion": "kafka.strimzi.io/v1",
             "kind": "KafkaTopic",
             "metadata": {"name": k8s_name(s.name), "namespace": namespace,
                          "labels": {"strimzi.io/cluster": cluster, "app.kubernetes.io/part-of": "sevisflow"}},

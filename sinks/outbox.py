@@ -48,6 +48,7 @@ from typing import Any, BinaryIO, Iterator
 from zoneinfo import ZoneInfo
 
 from sevisflow.errors import TerminalError
+from sevisflow.faults import crash_point
 
 STATES = ("ready", "sending", "uploaded", "processed", "failed")
 _FORWARD = {"ready": {"sending", "uploaded", "processed", "failed"}, "sending": {"uploaded", "processed", "failed"},
@@ -235,12 +236,15 @@ class Outbox:
         tmp_root = day_root / ".tmp"
         _mkdir(tmp_root)
         _mkdir(target.parent)
+        for stale in tmp_root.glob(f"{target.name}.*"):   # left by a writer killed before its rename
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = tmp_root / f"{target.name}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir(mode=0o700)
         try:
             for fname, data in files.items():
                 write_private(tmp / fname, data)
             _fsync_dir(tmp)
+            crash_point("outbox.before_rename")
             try:
                 os.rename(tmp, target)
             except OSError:
@@ -248,6 +252,7 @@ class Outbox:
                     return target, False
                 raise
             _fsync_dir(target.parent)
+            crash_point("outbox.after_rename")
             return target, True
         finally:
             if tmp.exists():

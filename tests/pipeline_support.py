@@ -30,7 +30,7 @@ def pipeline_raw(kafka: dict[str, Any], pg: Any, unique: str, tmp_path: Path) ->
     topics = {name: f"{default}.{unique}" for name, default in [
         ("students", "sevisflow.students"), ("events", "sevis.events"), ("commands", "sevis.batch.commands"),
         ("batches", "sevis.batches"), ("results", "sevis.results"), ("dlq", "sevisflow.dlq"),
-        ("open_batches", "sevis.batch.open")]}
+        ("open_batches", "sevis.batch.open"), ("ledger", "sevis.audit.ledger")]}
     return {
         "kafka": kafka,
         "postgres": {"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user},

@@ -4,15 +4,16 @@ Starts its own PostgreSQL + Kafka (the local stack), creates a small made-up tab
 then runs, on the same database at the same time:
 
 * Debezium 3.6.1 under Kafka Connect 4.3.0 standalone (``deploy/local/debezium.py``, the shipped
-  ``deploy/debezium/sevisflow-sis.properties``) as two connectors in one worker: JsonConverter with
-  ``schemas.enable`` true and false;
+  ``deploy/debezium/sevisflow-sis.properties``) as three connectors in one worker: JsonConverter with
+  ``schemas.enable`` true and false, and once more (schemas off) with ``extended.headers.enabled=false`` and
+  the converter's ``replace.null.with.default=false`` (``debezium-aligned``);
 * sevisflow's connector twice (``schemas_enable`` true and false).
 
 Each of the four snapshots the seeded rows, then the same streamed operations are played: insert, update,
 delete under REPLICA IDENTITY FULL and DEFAULT, a primary-key change, column defaults, every common type,
 a composite key whose key order differs from the column order, and a multi-table transaction.
 Every record of every topic (topic, partition, exact key text, value JSON, headers) is written to
-``tests/fixtures/debezium/<debezium|sevisflow>-schemas-<on|off>.json``; ``tests/unit/test_debezium_conformance.py``
+``tests/fixtures/debezium/<debezium|debezium-aligned|sevisflow>-schemas-<on|off>.json``; ``tests/unit/test_debezium_conformance.py``
 compares them. Topic prefixes are replaced by ``sis`` so the files do not depend on the run.
 """
 
@@ -110,6 +111,11 @@ def _wait(what: str, pred: Any, timeout: float, alive: Any = lambda: True) -> No
         time.sleep(0.3)
 
 
+def _unprefixed(text: str, prefix: str) -> str:
+    """The run's topic prefix (in schema names and ``source.name``) written as ``sis``, as in a school's setup."""
+    return text.replace(f'"{prefix}.', '"sis.').replace(f'"name":"{prefix}"', '"name":"sis"')
+
+
 def _read(kafka: Any, topic: str, prefix: str) -> list[dict[str, Any]]:
     from sevisflow.kafka_io import read_topic
 
@@ -118,9 +124,9 @@ def _read(kafka: Any, topic: str, prefix: str) -> list[dict[str, Any]]:
         k, v = m.key(), m.value()
         out.append({
             "topic": "sis" + topic[len(prefix):], "partition": m.partition(), "offset": m.offset(),
-            "key": None if k is None else k.decode(),
-            "value": None if v is None else json.loads(v),
-            "headers": [[h, None if b is None else b.decode()] for h, b in (m.headers() or [])],
+            "key": None if k is None else _unprefixed(k.decode(), prefix),
+            "value": None if v is None else json.loads(_unprefixed(v.decode(), prefix)),
+            "headers": [[h, None if b is None else _unprefixed(b.decode(), prefix)] for h, b in (m.headers() or [])],
         })
     return sorted(out, key=lambda r: (r["partition"], r["offset"]))
 
@@ -130,7 +136,7 @@ def _settings(info: Any, prefix: str, slot: str, schemas: bool, work: Path) -> A
 
     pg = info.postgres
     return settings_from_mapping({
-        "kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 1, "replication_factor": 1},
+        "kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3, "replication_factor": 1},
         "postgres": {"host": "127.0.0.1", "port": pg.port, "dbname": pg.dbname, "user": pg.user},
         "school": {"org_id": "ABC214F00001000"},
         "connector": {"name": f"conn-{prefix}", "topic.prefix": prefix, "slot.name": slot,
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SCHEMA)
             conn.execute(SEED)
-        runs = {("debezium", True): "dbzon", ("debezium", False): "dbzoff",
+        runs = {("debezium", True): "dbzon", ("debezium", False): "dbzoff", ("debezium-aligned", False): "dbzal",
                 ("sevisflow", True): "sfon", ("sevisflow", False): "sfoff"}
         # Debezium: one worker, two connectors (converters per connector)
         libs = ensure_jars()
@@ -177,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         write_properties(work / "worker.properties", worker)
         files = []
         for (who, schemas), prefix in runs.items():
-            if who != "debezium":
+            if not who.startswith("debezium"):
                 continue
             on = "true" if schemas else "false"
             props = connector_properties(
@@ -187,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                     "key.converter": "org.apache.kafka.connect.json.JsonConverter",
                     "value.converter": "org.apache.kafka.connect.json.JsonConverter",
                     "key.converter.schemas.enable": on, "value.converter.schemas.enable": on,
-                    "topic.creation.default.partitions": "1"})
+                    "topic.creation.default.partitions": "3"})
             props["database.user"] = info.postgres.user
+            if who == "debezium-aligned":   # the two settings that make Debezium write what sevisflow writes
+                props.update({"extended.headers.enabled": "false", "value.converter.replace.null.with.default": "false"})
             write_properties(work / f"{prefix}.properties", props)
             files.append(str(work / f"{prefix}.properties"))
         log4j = work / "log4j2.properties"
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                          "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
                          "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n")
         out = open(work / "stdout.log", "wb")
-        print("starting Debezium 3.6.1 (two connectors) and sevisflow's connector (twice)…", flush=True)
+        print("starting Debezium 3.6.1 (three connectors) and sevisflow's connector (twice)…", flush=True)
         proc = subprocess.Popen([java_bin(), "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
                                  "org.apache.kafka.connect.cli.ConnectStandalone", str(work / "worker.properties"),
                                  *files], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

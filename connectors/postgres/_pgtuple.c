@@ -700,9 +700,10 @@ static int key_idx_ok(PyObject *key_idx, Py_ssize_t nf) {
 /*
  * change_event(buf, ctx, lsn, total_order, data_collection_order, tail) -> (op, key bytes | None, value) | None
  * EventBuilder.fast_change without schemas, as bytes. ctx (EventBuilder._c_context, one per transaction
- * and table) = (fields, names, key_idx, fast_keys, src1, src2, src3, tx1, tx2, tx3):
+ * and table) = (fields, names, key_idx, fast_keys, src1, src2, src3, tx1, tx2, tx3, tx4):
  *   value = {"before":B,"after":A,"source":src1 LSN src2 LSN src3,"transaction":T,"op":"o" tail
- * with T = tx1 total_order tx2 data_collection_order tx3, or null when tx1 is None. None (no side effect
+ * with T = tx1 LSN tx2 total_order tx3 data_collection_order tx4 (the id is "<txId>:<LSN>"), or null
+ * when tx1 is None. None (no side effect
  * but the converter memos) wherever fast_change returns None, and for anything it cannot write exactly.
  */
 static PyObject *change_event(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -711,15 +712,17 @@ static PyObject *change_event(PyObject *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     PyObject *ctx = args[1];
-    if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != 10 || !PyBytes_CheckExact(args[5]))
+    if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != 11 || !PyBytes_CheckExact(args[5]))
         Py_RETURN_NONE;
     PyObject *fields = PyTuple_GET_ITEM(ctx, 0), *names = PyTuple_GET_ITEM(ctx, 1), *key_idx = PyTuple_GET_ITEM(ctx, 2);
     PyObject *src1 = PyTuple_GET_ITEM(ctx, 4), *src2 = PyTuple_GET_ITEM(ctx, 5), *src3 = PyTuple_GET_ITEM(ctx, 6);
     PyObject *tx1 = PyTuple_GET_ITEM(ctx, 7), *tx2 = PyTuple_GET_ITEM(ctx, 8), *tx3 = PyTuple_GET_ITEM(ctx, 9);
+    PyObject *tx4 = PyTuple_GET_ITEM(ctx, 10);
     int fast_keys = PyTuple_GET_ITEM(ctx, 3) == Py_True;
     int txmeta = tx1 != Py_None;
     if (!PyBytes_CheckExact(src1) || !PyBytes_CheckExact(src2) || !PyBytes_CheckExact(src3) ||
-        (txmeta && (!PyBytes_CheckExact(tx1) || !PyBytes_CheckExact(tx2) || !PyBytes_CheckExact(tx3))) ||
+        (txmeta && (!PyBytes_CheckExact(tx1) || !PyBytes_CheckExact(tx2) || !PyBytes_CheckExact(tx3) ||
+                    !PyBytes_CheckExact(tx4))) ||
         !names_ok(fields, names) || !key_idx_ok(key_idx, PyTuple_GET_SIZE(fields)) ||
         !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[3]) || !PyLong_CheckExact(args[4]))
         return fallback_none();
@@ -790,8 +793,8 @@ static PyObject *change_event(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (!W_LIT(&w, ",\"source\":") || !w_bytes(&w, src1) || !w_ll(&w, lsn) || !w_bytes(&w, src2) ||
         !w_ll(&w, lsn) || !w_bytes(&w, src3) || !W_LIT(&w, ",\"transaction\":"))
         goto none;
-    if (txmeta ? (!w_bytes(&w, tx1) || !w_ll(&w, total_order) || !w_bytes(&w, tx2) || !w_ll(&w, dco) ||
-                  !w_bytes(&w, tx3))
+    if (txmeta ? (!w_bytes(&w, tx1) || !w_ll(&w, lsn) || !w_bytes(&w, tx2) || !w_ll(&w, total_order) ||
+                  !w_bytes(&w, tx3) || !w_ll(&w, dco) || !w_bytes(&w, tx4))
                : !W_LIT(&w, "null"))
         goto none;
     if (!W_LIT(&w, ",\"op\":\"") || !w_put(&w, op, 1) || !W_LIT(&w, "\"") || !w_bytes(&w, args[5]))

@@ -15,9 +15,9 @@ from typing import Any, Sequence
 import psycopg
 from psycopg import sql
 
-from connectors.postgres.convert import PgType, column_mapping
+from connectors.postgres.convert import ColumnMapping, PgType, column_mapping
 from connectors.postgres.columns import ColumnPolicy
-from connectors.postgres.envelope import TableMeta
+from connectors.postgres.envelope import NO_DEFAULT, TableMeta
 from sevisflow.errors import ConfigError, TerminalError
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
@@ -212,6 +212,15 @@ class Catalog:
             "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
             "AND a.attgenerated = '' ORDER BY a.attnum", (schema, table)).fetchall()]
 
+    def column_defaults(self, qualified: str) -> dict[str, str]:
+        """Each column's default expression (``pg_get_expr``), for the Connect schema's ``default``."""
+        schema, table = qualified.split(".", 1)
+        return dict(self.conn.execute(
+            "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
+            "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+            "JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attgenerated = ''", (schema, table)).fetchall())
+
     def primary_key(self, qualified: str) -> list[str]:
         schema, table = qualified.split(".", 1)
         rows = self.conn.execute(
@@ -248,8 +257,9 @@ class Catalog:
         try:
             pk = self.primary_key(qualified)
             notnull = {c[0]: c[3] for c in self.table_columns(qualified)}
+            exprs = self.column_defaults(qualified)
         except psycopg.Error:
-            pk, notnull = [], {}
+            pk, notnull, exprs = [], {}, {}
         names = [c[0] for c in columns]
         if not pk or any(k not in names for k in pk):
             pk = [k for k in identity_keys if k in names]
@@ -258,5 +268,34 @@ class Catalog:
         # varchar(n) / char(n) carry n + 4 in their typmod: a hash mask is cut to the column's length, as Debezium does
         lengths = [typmod - 4 if oid in (1042, 1043) and typmod > 4 else None for _, oid, typmod in columns]
         policy = self.columns.for_table(schema, table, names, pk, lengths)
+        defaults = tuple(default_value(exprs.get(n), m) for n, m in zip(names, mappings))
         return TableMeta(schema=schema, table=table, topic=self.topic_for(schema, table), columns=tuple(names),
-                         mappings=mappings, key_columns=tuple(pk), optional=optional, relid=relid, policy=policy)
+                         mappings=mappings, key_columns=tuple(pk), optional=optional, relid=relid, policy=policy,
+                         defaults=defaults)
+
+
+_QUOTED_DEFAULT = re.compile(r"^'((?:[^']|'')*)'(?:::[\w \".\[\]()]+)?$")
+_NUMBER_DEFAULT = re.compile(r"^\(?(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\)?(?:::[\w ]+)?$")
+
+
+def default_value(expr: str | None, mapping: ColumnMapping) -> Any:
+    """A column's default as the Connect schema's ``default``: only for a constant (a literal, a number,
+    true/false), converted like a value of the column; NO_DEFAULT for none, NULL, or an expression
+    (``now()``, ``nextval(…)``) — evaluating those would need the server and could have side effects."""
+    if expr is None:
+        return NO_DEFAULT
+    expr = expr.strip()
+    text: str | None = None
+    m = _QUOTED_DEFAULT.match(expr)
+    if m:
+        text = m.group(1).replace("''", "'")
+    elif (m := _NUMBER_DEFAULT.match(expr)):
+        text = m.group(1)
+    elif expr in ("true", "false"):
+        text = expr[0]
+    if text is None:
+        return NO_DEFAULT
+    try:
+        return mapping.convert(text) if mapping.convert is not None else text
+    except (ValueError, TypeError, ArithmeticError):
+        return NO_DEFAULT

@@ -11,7 +11,7 @@ Envelope (value), Debezium 3.x field order::
      "source": {"version", "connector": "postgresql", "name", "ts_ms", "snapshot", "db", "sequence",
                 "ts_us", "ts_ns", "schema", "table", "txId", "lsn", "xmin": null, "origin": null,
                 "origin_lsn": null},
-     "transaction": {"id", "total_order", "data_collection_order"}|null,
+     "transaction": {"id": "<txId>:<lsn>", "total_order", "data_collection_order"}|null,
      "op": "r|c|u|d|t", "ts_ms", "ts_us", "ts_ns"}
 
 Positions. ``source.lsn`` is the LSN of the change record; ``source.sequence`` is the JSON
@@ -55,6 +55,26 @@ Record = tuple[str, Optional[bytes], Optional[bytes], Optional[list[tuple[str, b
 _MEMO_CONVERTERS = frozenset({cv.to_date_days, cv.to_zoned_timestamp, cv.to_micro_timestamp, cv.to_milli_timestamp,
                               cv.to_micro_time, cv.to_milli_time})
 
+NO_DEFAULT = object()    # a column without a constant default (TableMeta.defaults)
+
+# Kafka Connect's JsonConverter writes a schema's members in this order (asJsonSchema, then "field"):
+# the key's bytes, and so its murmur2 partition, depend on it
+_CONNECT_ORDER = ("type", "fields", "items", "keys", "values", "optional", "name", "version", "doc", "parameters",
+                  "default", "field")
+
+
+def connect_order(schema: Any) -> Any:
+    """``schema`` with every member in JsonConverter's order (recursively), so our bytes equal Debezium's."""
+    if isinstance(schema, list):
+        return [connect_order(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    known = {k: connect_order(schema[k]) if k in ("fields", "items", "keys", "values") else schema[k]
+             for k in _CONNECT_ORDER if k in schema}
+    known.update((k, v) for k, v in schema.items() if k not in known)
+    return known
+
+
 SNAPSHOT_ALLOWED = "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"
 
 
@@ -71,6 +91,7 @@ class TableMeta:
     optional: tuple[bool, ...] = ()            # per column: nullable (for schemas.enable)
     relid: int = 0
     policy: TablePolicy | None = None          # columns excluded or hash-masked (connectors/postgres/columns.py)
+    defaults: tuple[Any, ...] = ()             # per column: its constant default, converted, or NO_DEFAULT
     _key_idx: tuple[int, ...] = field(default=(), init=False)
     _convs: tuple[Any, ...] = field(default=(), init=False)
     _conv_items: tuple[Any, ...] = field(default=(), init=False)
@@ -143,6 +164,17 @@ class TableMeta:
                         out[name] = None if ov is None else (conv(ov) if conv else ov)
         return out
 
+    def key_only_row(self) -> dict[str, Any]:
+        """The ``before`` of an old row that has only its key columns (REPLICA IDENTITY DEFAULT), before the
+        key goes in: null for every column, except that a NOT NULL column with a constant default gets the
+        default — what Debezium writes, since its Connect schema does not allow null there."""
+        out: dict[str, Any] = {c: None for c in self.columns}
+        if self.defaults:
+            for c, opt, d in zip(self.columns, self.optional, self.defaults):
+                if not opt and d is not NO_DEFAULT:
+                    out[c] = d
+        return out
+
     def key_of(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """The key struct, taken from an already converted row."""
         if not self.key_columns:
@@ -164,14 +196,19 @@ class TableMeta:
         return tuple(values[i] for i in self._key_idx)
 
 
-def _field(schema: dict[str, Any], name: str, optional: bool) -> dict[str, Any]:
-    return {**schema, "optional": optional, "field": name}
+def _field(schema: dict[str, Any], name: str, optional: bool, default: Any = NO_DEFAULT) -> dict[str, Any]:
+    out = {**schema, "optional": optional}
+    if default is not NO_DEFAULT and default is not None:
+        out["default"] = default    # the column's constant default, as Debezium puts it in the Connect schema
+    out["field"] = name
+    return out
 
 
 def source_schema() -> dict[str, Any]:
     s = "string"
     return {
-        "type": "struct", "name": "io.debezium.connector.postgresql.Source", "optional": False, "field": "source",
+        "type": "struct", "name": "io.debezium.connector.postgresql.Source", "version": 1, "optional": False,
+        "field": "source",
         "fields": [
             {"type": s, "optional": False, "field": "version"},
             {"type": s, "optional": False, "field": "connector"},
@@ -201,13 +238,30 @@ def transaction_block_schema() -> dict[str, Any]:
                        {"type": "int64", "optional": False, "field": "data_collection_order"}]}
 
 
+_S, _I = "string", "int64"
+# the Connect schemas of the transaction topic's records, as Debezium 3.6.1 writes them (schemas.enable=true)
+TX_KEY_SCHEMA = {"type": "struct", "fields": [{"type": _S, "optional": False, "field": "id"}], "optional": False,
+                 "name": "io.debezium.connector.common.TransactionMetadataKey", "version": 1}
+TX_VALUE_SCHEMA = {
+    "type": "struct", "fields": [
+        {"type": _S, "optional": False, "field": "status"}, {"type": _S, "optional": False, "field": "id"},
+        {"type": _I, "optional": True, "field": "event_count"},
+        {"type": "array", "items": {"type": "struct", "fields": [
+            {"type": _S, "optional": False, "field": "data_collection"},
+            {"type": _I, "optional": False, "field": "event_count"}],
+            "optional": True, "name": "event.collection", "version": 1}, "optional": True, "field": "data_collections"},
+        {"type": _I, "optional": False, "field": "ts_ms"}],
+    "optional": False, "name": "io.debezium.connector.common.TransactionMetadataValue", "version": 1}
+
+
 def build_schemas(meta: TableMeta) -> None:
     """Fill ``meta.value_schema`` / ``meta.key_schema`` (Connect JSON schemas) once per table version."""
     dropped = meta.policy.excluded if meta.policy is not None else frozenset()
-    row_fields = [_field(m.schema, c, o) for c, m, o in zip(meta.columns, meta.mappings, meta.optional)
+    defaults = meta.defaults or (NO_DEFAULT,) * len(meta.columns)
+    row_fields = [_field(m.schema, c, o, d) for c, m, o, d in zip(meta.columns, meta.mappings, meta.optional, defaults)
                   if c not in dropped]
     row_name = f"{meta.topic}.Value"
-    meta.value_schema = {
+    meta.value_schema = connect_order({
         "type": "struct", "optional": False, "name": f"{meta.topic}.Envelope", "version": 2,
         "fields": [
             {"type": "struct", "fields": row_fields, "optional": True, "name": row_name, "field": "before"},
@@ -219,11 +273,12 @@ def build_schemas(meta: TableMeta) -> None:
             {"type": "int64", "optional": True, "field": "ts_us"},
             {"type": "int64", "optional": True, "field": "ts_ns"},
         ],
-    }
+    })
     if meta.key_columns:
         idx = {c: i for i, c in enumerate(meta.columns)}
-        meta.key_schema = {"type": "struct", "optional": False, "name": f"{meta.topic}.Key",
-                           "fields": [_field(meta.mappings[idx[k]].schema, k, False) for k in meta.key_columns]}
+        meta.key_schema = connect_order({"type": "struct", "optional": False, "name": f"{meta.topic}.Key",
+                                         "fields": [_field(meta.mappings[idx[k]].schema, k, False)
+                                                    for k in meta.key_columns]})
 
 
 @dataclass
@@ -234,12 +289,12 @@ class TxContext:
     commit_lsn: int | None          # None for snapshot events
     ts_us: int                      # commit time (stream) / snapshot start time
     snapshot: str = "false"
-    begin_lsn: int | None = None    # LSN of the Begin message: Debezium's transaction id is "<txId>:<begin lsn>"
+    begin_lsn: int | None = None    # LSN of the Begin message: Debezium's BEGIN id is "<txId>:<begin lsn>"
+    end_lsn: int | None = None      # end of the commit record, once the Commit came: the END record's id
     total_order: int = 0
     per_table: dict[str, int] = field(default_factory=dict)
     source_bases: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
     c_contexts: dict[str, tuple[Any, tuple[Any, ...]]] = field(default_factory=dict)  # table → (meta, _c_context)
-    id_cache: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -373,7 +428,7 @@ class EventBuilder:
             key = _dumps({k: key_row[k] for k in key_columns})
         now_us = self._now_us or time.time_ns() // 1000
         payload = {"before": payload_before, "after": payload_after, "source": self.source(meta, tx, lsn),
-                   "transaction": self._tx_block(meta, tx), "op": op,
+                   "transaction": self._tx_block(meta, tx, lsn), "op": op,
                    "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
         if self.schemas_enable:
             return op, key, self._value_bytes(meta, payload)
@@ -423,13 +478,11 @@ class EventBuilder:
         src = tuple(_dumps(self.source(meta, tx, _LSN_MARK)).split(mark))
         if len(src) != 3:
             return ()
-        txb: tuple[Any, ...] = (None, None, None)
+        txb: tuple[Any, ...] = (None, None, None, None)
         if self.transaction_metadata:
-            tid = tx.id_cache
-            if tid is None:
-                tid = tx.id_cache = tx.id
-            txb = tuple(_dumps({"id": tid, "total_order": _LSN_MARK, "data_collection_order": _LSN_MARK}).split(mark))
-            if len(txb) != 3:
+            txb = tuple(_dumps({"id": f"{tx.xid}:{_LSN_MARK}", "total_order": _LSN_MARK,
+                                "data_collection_order": _LSN_MARK}).split(mark))
+            if len(txb) != 4:
                 return ()
         return (meta._fields, meta._c_names, meta._key_idx, meta._fast_keys, *src, *txb)
 
@@ -547,19 +600,17 @@ class EventBuilder:
             src = self._read_sources[ck] = self.source(meta, tx, lsn, snapshot)
         return src
 
-    def _tx_block(self, meta: TableMeta, tx: TxContext) -> dict[str, Any] | None:
+    def _tx_block(self, meta: TableMeta, tx: TxContext, lsn: int | None) -> dict[str, Any] | None:
         """The ``transaction`` block, counting the event in its transaction (total and per-table order);
-        None without transaction metadata and for snapshot events. Shared by every path."""
+        None without transaction metadata and for snapshot events. Shared by every path. Its id is
+        ``<txId>:<this event's LSN>``, as Debezium 3.6.1 writes it (the xid part names the transaction)."""
         if not self.transaction_metadata or tx.commit_lsn is None:
             return None
         tx.total_order += 1
         per_table = tx.per_table
         name = meta._full_name
         n = per_table[name] = per_table.get(name, 0) + 1
-        tid = tx.id_cache
-        if tid is None:
-            tid = tx.id_cache = tx.id
-        return {"id": tid, "total_order": tx.total_order, "data_collection_order": n}
+        return {"id": f"{tx.xid}:{lsn}", "total_order": tx.total_order, "data_collection_order": n}
 
     def _envelope(self, meta: TableMeta, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
                   tx: TxContext, lsn: int | None, snapshot: str | None = None) -> bytes:
@@ -567,7 +618,7 @@ class EventBuilder:
         if meta.policy is not None:
             before, after = meta.policy.apply(before), meta.policy.apply(after)
         payload = {"before": before, "after": after, "source": self.source(meta, tx, lsn, snapshot),
-                   "transaction": self._tx_block(meta, tx), "op": op,
+                   "transaction": self._tx_block(meta, tx, lsn), "op": op,
                    "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
         return self._value_bytes(meta, payload)
 
@@ -601,14 +652,16 @@ class EventBuilder:
                 old_key = self.key_bytes(meta, meta.key(old))
                 new_key = self.key_bytes(meta, meta.key(new))
                 if before is None:  # only the key columns were sent ('K')
-                    before = {c: None for c in meta.columns}
+                    before = meta.key_only_row()
                     before.update(meta.key(old) or {})
-                out: list[Record] = [(meta.topic, old_key, self._envelope(meta, "d", before, None, tx, lsn),
-                                      [("__debezium.newkey", new_key or b"")])]
-                if self.tombstones_on_delete:
-                    out.append((meta.topic, old_key, None, None))
+                # the headers hold the other key as Connect's SimpleHeaderConverter writes a struct: plain
+                # JSON, without the schema wrapper even with schemas.enable (as Debezium's do)
+                new_hdr = [("__debezium.newkey", orjson.dumps(meta.key(new)))]
+                out: list[Record] = [(meta.topic, old_key, self._envelope(meta, "d", before, None, tx, lsn), new_hdr)]
+                if self.tombstones_on_delete:   # Debezium puts the newkey header on the tombstone too
+                    out.append((meta.topic, old_key, None, list(new_hdr)))
                 out.append((meta.topic, new_key, self._envelope(meta, "c", None, after, tx, lsn),
-                            [("__debezium.oldkey", old_key or b"")]))
+                            [("__debezium.oldkey", orjson.dumps(meta.key(old)))]))
                 return out
         key = self.key_bytes(meta, meta.key_of(after))
         return [(meta.topic, key, self._envelope(meta, "u", before, after, tx, lsn), None)]
@@ -617,7 +670,7 @@ class EventBuilder:
         if old_kind == "O":
             before = meta.row(old)
         else:  # key only: the other columns are unknown
-            before = {c: None for c in meta.columns}
+            before = meta.key_only_row()
             before.update(meta.key(old) or {})
         key = self.key_bytes(meta, meta.key_of(before))
         out: list[Record] = [(meta.topic, key, self._envelope(meta, "d", before, None, tx, lsn), None)]
@@ -639,19 +692,22 @@ class EventBuilder:
         return (topic, key, orjson.dumps(payload), None)
 
     def transaction_event(self, topic: str, tx: TxContext, status: str) -> Record:
-        """BEGIN / END on ``<prefix>.transaction`` (key: the transaction id)."""
+        """BEGIN / END on ``<prefix>.transaction`` (key: the transaction id). As Debezium 3.6.1 writes them,
+        BEGIN's id is ``<txId>:<LSN of the Begin message>`` and END's ``<txId>:<end LSN of the commit
+        record>`` (pgoutput's Commit.end_lsn; the BEGIN id without it)."""
         end = status == "END"
+        tid = f"{tx.xid}:{tx.end_lsn}" if end and tx.end_lsn is not None else tx.id
         payload = {
-            "status": status, "id": tx.id,
+            "status": status, "id": tid,
             "event_count": tx.total_order if end else None,
             "data_collections": [{"data_collection": k, "event_count": v} for k, v in tx.per_table.items()]
             if end else None,
             "ts_ms": tx.ts_us // 1000,
         }
-        key = orjson.dumps({"id": tx.id})
         if self.schemas_enable:
-            return (topic, key, orjson.dumps({"schema": None, "payload": payload}), None)
-        return (topic, key, orjson.dumps(payload), None)
+            return (topic, orjson.dumps({"schema": TX_KEY_SCHEMA, "payload": {"id": tid}}),
+                    orjson.dumps({"schema": TX_VALUE_SCHEMA, "payload": payload}), None)
+        return (topic, orjson.dumps({"id": tid}), orjson.dumps(payload), None)
 
 
 _dumps = orjson.dumps

@@ -81,7 +81,7 @@ class ConnectorTask:
         self.confirmed_lsn = 0
         self.known_topics: set[str] = set()
         self.builder = EventBuilder(
-            name=self.c.name, db=settings.postgres.dbname, version=__version__,
+            name=self.c.topic_prefix, db=settings.postgres.dbname, version=__version__,
             schemas_enable=self.c.schemas_enable, tombstones_on_delete=self.c.tombstones_on_delete,
             transaction_metadata=self.c.provide_transaction_metadata)
         self.tx_topic = f"{self.c.topic_prefix}.transaction"
@@ -302,7 +302,7 @@ class ConnectorTask:
             read = self.builder.read
             read_values = self.builder.iter_read_values
             first = prog.rows == 0 and not prog.done and prog.resumed == 0
-            pending: tuple[TableMeta, list[Any]] | None = None
+            pending: tuple[TableMeta, list[Any], bool, bool] | None = None   # row, first overall, first in table
             produced_table: str | None = prog.current
             produced_key: list[Any] | None = prog.last_key
             finished: list[str] = list(prog.done)
@@ -329,6 +329,10 @@ class ConnectorTask:
                                                        "completed": False})
                 self._write_status()
 
+            # Debezium 3's markers: "first" (the snapshot's first row), "last" (its last row),
+            # "first_in_data_collection" / "last_in_data_collection" (a table's first / last row), "true" between.
+            # A row is produced once the next one is known, so one row (with its flags) is held back.
+            pending_last_in_table = False
             for table in prog.tables:
                 if table in finished:
                     continue
@@ -338,37 +342,42 @@ class ConnectorTask:
                 self._ensure_topics([meta.topic])
                 key_types = self.catalog.column_types(table, meta.key_columns)
                 after = prog.last_key if table == prog.current else None
+                table_first = after is None     # no row of this table produced yet (not a resume mid-table)
                 for chunk in read_chunks(conn, meta, key_types, after, max(1, self.c.snapshot_fetch_size)):
                     if not chunk:
                         continue
-                    # every row is produced once the next one is known (the very last row is "last"):
                     # the row held back from the previous chunk first, then all of this chunk but its last
                     if pending is not None:
-                        pmeta, pvalues = pending
-                        self._produce_values(pmeta.topic, read_values(pmeta, [pvalues], tx, lsn,
-                                                                      "first" if first else "true"))
-                        first = False
+                        pmeta, pvalues, pfirst_all, pfirst_tab = pending
+                        self._produce_values(pmeta.topic, read_values(
+                            pmeta, [pvalues], tx, lsn,
+                            snapshot_marker(pfirst_all, pfirst_tab, pending_last_in_table, False)))
                         produced_table, produced_key = pmeta.full_name, list(pmeta.key_text(pvalues))
                         rows += 1
                     if len(chunk) > 1:
                         body = chunk[:-1]
-                        if first:
-                            self._produce_values(meta.topic, read_values(meta, body[:1], tx, lsn, "first"))
-                            first = False
+                        if first or table_first:
+                            self._produce_values(meta.topic, read_values(
+                                meta, body[:1], tx, lsn, snapshot_marker(first, table_first, False, False)))
+                            first = table_first = False
                             body = body[1:]
                         if body:
                             self._produce_values(meta.topic, read_values(meta, body, tx, lsn, "true"))
                         produced_table, produced_key = meta.full_name, list(meta.key_text(chunk[-2]))
                         rows += len(chunk) - 1
-                    pending = (meta, chunk[-1])
+                    pending = (meta, chunk[-1], first, table_first)
+                    pending_last_in_table = False
+                    first = table_first = False
                     checkpoint()
                     if self.stop.is_set():
                         log.info("connector.snapshot_interrupted", rows=rows)
                         return
+                if pending is not None and pending[0] is meta:
+                    pending_last_in_table = True    # the table ended: its held-back row is its last
                 finished.append(table)
             if pending is not None:
-                pmeta, pvalues = pending
-                self._produce([read(pmeta, pvalues, tx, lsn, "first" if first else "last")])
+                pmeta, pvalues, pfirst_all, pfirst_tab = pending
+                self._produce([read(pmeta, pvalues, tx, lsn, snapshot_marker(pfirst_all, pfirst_tab, True, True))])
                 produced_table, produced_key = pmeta.full_name, list(pmeta.key_text(pvalues))
                 rows += 1
                 pending = None
@@ -495,6 +504,7 @@ class ConnectorTask:
                         rels.clear()
                     elif isinstance(msg, Commit):
                         if tx is not None and tx_announced:
+                            tx.end_lsn = msg.end_lsn
                             produce([builder.transaction_event(self.tx_topic, tx, "END")])
                         tx = None
                         if msg.end_lsn > self.safe_lsn:
@@ -590,6 +600,19 @@ class ConnectorTask:
         if force or now >= getattr(self, "_next_status_file", 0.0):
             self._next_status_file = now + STATUS_INTERVAL_S
             self.metrics.write_status(self.store.status_path)
+
+
+def snapshot_marker(first: bool, first_in_table: bool, last_in_table: bool, last: bool) -> str:
+    """``source.snapshot`` of a snapshot row, as Debezium 3 sets it (the snapshot's ends win over a table's)."""
+    if first:
+        return "first"
+    if last:
+        return "last"
+    if first_in_table:
+        return "first_in_data_collection"
+    if last_in_table:
+        return "last_in_data_collection"
+    return "true"
 
 
 def run_connector(settings: Settings, stop_event: threading.Event) -> None:

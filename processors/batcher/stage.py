@@ -71,6 +71,7 @@ from sevisflow.config import Settings
 from sevisflow.dlq import dead_letter
 from sevisflow.errors import ConfigError
 from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
+from sevisflow.state import CommittedState, open_committed
 from sevisflow.log import get_logger
 from sevisflow.serde import SerializationError, registry
 from sevisflow.topics import pipeline_topics
@@ -131,8 +132,8 @@ class BatcherStore(StateStore):
     transaction that carried the view commits (``view_sent`` are those of the open transaction).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, committed: CommittedState | None = None) -> None:
+        super().__init__(committed)
         self.cache: dict[tuple[int, str], School] = {}
         self.partitions: set[int] = set()
         self.view_dirty: set[tuple[int, str]] = set()
@@ -471,7 +472,8 @@ def build_loop(settings: Settings, instance: str | None = None,
     # handled (a 500-event poll writes one view, not 500): they commit or abort with their events
     loop = TransactionalLoop(settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
                              transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
-                             on_idle=stage.on_idle, consumer_overrides=overrides, state=BatcherStore(),
+                             on_idle=stage.on_idle, consumer_overrides=overrides,
+                             state=BatcherStore(open_committed(settings.state, f"{group}-{instance}")),
                              stall_after_s=settings.metrics.stall_after_s, before_commit=stage.view_outputs,
                              dlq_topic=settings.topics.dlq)
     if stage.armed_fault == "kill_before_commit_close":

@@ -32,6 +32,7 @@ from sevisflow.config import Settings
 from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
 from sevisflow.log import get_logger
 from sevisflow.serde import registry
+from sevisflow.state import CommittedState, open_committed
 from sevisflow.topics import pipeline_topics
 
 log = get_logger(__name__)
@@ -89,8 +90,8 @@ class StoreKV:
 class NormalizeStore(StateStore):
     """State store whose decoded cache is dropped whenever staged state is (abort, reassignment)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, committed: CommittedState | None = None) -> None:
+        super().__init__(committed)
         self.kv = StoreKV(self)
         # next offset handled per input (topic, partition) in this run, since the last commit point
         # at most: cleared whenever staged state is dropped, so it never runs ahead of the state
@@ -101,12 +102,6 @@ class NormalizeStore(StateStore):
         if not self._staged.get(STATE_PARTITION, True):
             self._staged.pop(STATE_PARTITION)
         return super().staged()
-
-    def committed_partition(self, partition: int) -> dict[bytes, bytes]:
-        return self._committed.get(partition, {})
-
-    def staged_partition(self, partition: int) -> dict[bytes, bytes | None]:
-        return self._staged.setdefault(partition, {})
 
     def abort(self) -> None:
         super().abort()
@@ -307,9 +302,9 @@ def build_loop(settings: Settings, mapping: Mapping | None = None, batch_size: i
     mapping = mapping or load_mapping(mapping_path(settings))
     sfx = suffix(settings)
     group = f"{GROUP_ID}-{sfx}" if sfx else GROUP_ID
-    store = NormalizeStore()
-    stage = NormalizeStage(settings, mapping, store)
     instance = f"{group}-sequencer"   # the same for every instance: the newest fences the others
+    store = NormalizeStore(open_committed(settings.state, instance))
+    stage = NormalizeStage(settings, mapping, store)
     loop = TransactionalLoop(settings.kafka, group, stage.subscription, stage.handle, transactional_id=instance,
                              state_topic=with_suffix(STATE_TOPIC, settings), batch_size=batch_size,
                              state=store, state_partitions={STATE_PARTITION}, on_idle=stage.on_idle,

@@ -22,6 +22,7 @@ from processors.normalize.common import dlq_output, msg_time, stop_with, suffix,
 from processors.sevis_events.derive import Context, derive
 from sevisflow.config import Settings
 from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
+from sevisflow.state import open_committed
 from sevisflow.log import get_logger
 from sevisflow.serde import SerializationError, registry
 from sevisflow.topics import pipeline_topics
@@ -88,7 +89,8 @@ def build_loop(settings: Settings, instance: str | None = None, batch_size: int 
     loop = TransactionalLoop(settings.kafka, group, [settings.topics.students], stage.handle,
                              transactional_id=f"{group}-{instance}", state_topic=with_suffix(STATE_TOPIC, settings),
                              batch_size=batch_size, stall_after_s=settings.metrics.stall_after_s,
-                             dlq_topic=settings.topics.dlq)
+                             dlq_topic=settings.topics.dlq,
+                             state=StateStore(open_committed(settings.state, f"{group}-{instance}")))
     return loop, stage
 
 

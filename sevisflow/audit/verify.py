@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 
 from sevisflow.audit.decode import Decoded
-from sevisflow.audit.ledger import Ledger, check_chain, new_entry
+from sevisflow.audit.ledger import Ledger, check_chain
 from sevisflow.serde import registry
 
 EVENT_SCHEMA = "sevisflow.events.SevisEvent"
@@ -601,11 +602,12 @@ def _ledger_problems(entries: list[dict[str, Any]], ob: Any, by_id: Mapping[str,
 
 def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = None,
                progress: Callable[[Verdict], None] | None = None,
-               anchors: Mapping[str, Mapping[str, Any]] | None = None) -> AllReport:
+               anchors: Mapping[str, Mapping[str, Any]] | None = None, anchored_as: str | None = None) -> AllReport:
     """Every outbox batch, every closed batch, every batch SEVIS answered, and the ledger against its anchors.
 
     Read-only: the sinks seal (see :mod:`sevisflow.audit.ledger`). ``anchors`` are the heads read from
-    the ledger topic (None when it could not be read: that check is then reported as skipped)."""
+    the ledger topic (None when it could not be read: that check is then reported as skipped);
+    ``anchored_as`` the path the sinks wrote the ledger at, when this is a copy elsewhere."""
     from sevisflow.audit.ledger import anchored_head, anchors_for, check_anchors
     from sinks.outbox import STATES
 
@@ -666,7 +668,12 @@ def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = Non
         skipped.append("anchor: the ledger topic could not be read, so a truncated or replaced ledger would not "
                        "show" + (f" ({ctx.skip_reasons['anchor']})" if "anchor" in ctx.skip_reasons else ""))
     else:
-        anchors = anchors_for(anchors, ledger.path)
+        mine = anchors_for(anchors, Path(anchored_as) if anchored_as else ledger.path)
+        if not mine and anchors:
+            others = sorted({str(a.get("ledger")) for a in anchors.values() if a.get("ledger")})
+            skipped.append(f"anchor: the ledger topic anchors ledger(s) at {', '.join(others[:3])}, not at "
+                           f"{ledger.path}: if this outbox is a copy, pass --anchored-as <the original ledger path>")
+        anchors = mine
         chain += check_anchors(entries, anchors)
         anchored = anchored_head(anchors)
         unanchored = max(0, len(entries) - anchored[0])

@@ -1,4 +1,4 @@
-"""``sevisflow batch show|close|hold|release|list|status``: the DSO's review of the open batch.
+"""``sevisflow batch show|close|hold|release|resend|list|status``: the DSO's review of the open batch.
 
 ``show`` and ``close`` read the open batch from the batcher's compacted per-school view
 (``sevis.batch.open``): the latest record of the school's key, read from the end of the topic,

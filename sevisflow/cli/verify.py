@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "without it such a run exits 3")
     p.add_argument("--head", default=None, metavar="HASH",
                    help="--all: a ledger head noted earlier; fails when it is no longer in the chain")
+    p.add_argument("--anchored-as", default=None, metavar="PATH",
+                   help="--all on a copy of the outbox: the path of audit-ledger.jsonl where the sinks wrote it "
+                        "(the anchors on the ledger topic name it)")
     p.add_argument("--no-sources", action="store_true",
                    help="skip the change topics (no events/sources checks; much faster on big SIS histories)")
     p.add_argument("--timeout", type=float, default=30.0, help="Kafka timeout in seconds")
@@ -143,7 +146,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if anchors is None:
         ctx.skip_reasons.setdefault("anchor", f"topic {settings.topics.ledger} does not exist or is not readable")
     load_s = time.perf_counter() - t0
-    report = verify_all(ctx, Ledger(settings.sevis.outbox_dir), expect_head=args.head, anchors=anchors)
+    report = verify_all(ctx, Ledger(settings.sevis.outbox_dir), expect_head=args.head, anchors=anchors,
+                        anchored_as=args.anchored_as)
     if args.json:
         print_json(report.to_json())
         return _exit(report.ok, report.complete, args.allow_skipped)

@@ -86,14 +86,21 @@ def open_batch_items(records: Iterable[Mapping[str, Any]], deadlines: Deadlines,
             "held": ("held", "release it when the hold is settled: sevisflow batch release"),
             "waiting": ("waiting", "nothing yet: it goes out once SEVIS returns the student's SEVIS ID"),
         }.get(status, ("send", "review it: sevisflow batch show"))
+        detail = list(r.get("problems") or [])
+        if r.get("resent_from"):  # `sevisflow batch resend`: the rejection it answers, on the record itself
+            rf = r["resent_from"]
+            detail.append(f"SEVIS rejected it in batch {rf.get('batch_id')} ({rf.get('code') or 'no code'}); resent by "
+                          f"{rf.get('by')}: it keeps its original due day")
         item = Item(_id("record", r["record_id"], r.get("request_id")), r.get("student_key"), r.get("display_name"),
-                    what, f"{r['kind']} to report", list(r.get("problems") or []), action=action)
+                    what, f"{r['kind']} to report", detail, action=action)
         out.append(_with_due(item, deadlines, today, r["kind"], first_change_ms(r), session_start_of(r)))
     return out
 
 
-def rejection_items(batches: Iterable[Any], deadlines: Deadlines, today: date) -> list[Item]:
-    """SEVIS rejections not yet made good by a later accepted result for the same record."""
+def rejection_items(batches: Iterable[Any], deadlines: Deadlines, today: date,
+                    open_ids: frozenset[str] | set[str] = frozenset()) -> list[Item]:
+    """SEVIS rejections not yet made good by a later accepted result for the same record. A resent record
+    still in the open batch (``open_ids``) is that batch's item; once closed again it shows as "resent"."""
     accepted_after: dict[str, int] = {}
     rejected: dict[str, tuple[int, Any, Mapping[str, Any], Mapping[str, Any]]] = {}
     for b in sorted(batches, key=lambda b: b.at_ms):
@@ -116,6 +123,8 @@ def rejection_items(batches: Iterable[Any], deadlines: Deadlines, today: date) -
         if meaning:
             detail.append(f"meaning: {meaning}")
         resent = getattr(b, "resent", {}).get(rid)
+        if resent and rid in open_ids:
+            continue
         if resent:  # fixed and resent: shown until SEVIS accepts it (a new rejection is a new item)
             detail.append(f"resent by {resent.get('by')}: in the open batch or a later batch, waiting for SEVIS")
             item = Item(_id("resent", b.batch_id, rec.get("request_id"), code), rec.get("student_key"),
@@ -208,7 +217,8 @@ def worklist(open_records: Sequence[Mapping[str, Any]], batches: Iterable[Any],
              include_done: bool = False) -> list[Item]:
     """Every item, grouped per student and sorted by due day (overdue first; no limit last)."""
     pending = {r["student_key"] for r in open_records if r.get("kind") == "Registration"}
-    items = (open_batch_items(open_records, deadlines, today) + rejection_items(batches, deadlines, today)
+    open_ids = {r["record_id"] for r in open_records}
+    items = (open_batch_items(open_records, deadlines, today) + rejection_items(batches, deadlines, today, open_ids)
              + registration_items(students, pending, deadlines, today) + dead_letter_items(letters))
     names = {i.student_key: i.name for i in items if i.name}
     for i in items:

@@ -218,6 +218,13 @@ def _iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
 
 
+def later_evidence(bd: BatchDir) -> str | None:
+    """A file in a ``ready/`` folder that only a later state writes (the folder was moved back), or None."""
+    later = [n for n in ("upload-response.xml", "results", "reason.json", OPERATOR_REQUEUE)
+             if (bd.path / n).exists()] + [p.name for p in bd.path.glob("post-*.json")]
+    return sorted(later)[0] if later else None
+
+
 def describe(bd: BatchDir, now: float | None = None, max_posts: int = 3) -> str:
     """One line for ``sevisflow sink status``: what the batch waits for, since when, next check."""
     now = time.time() if now is None else now
@@ -225,6 +232,9 @@ def describe(bd: BatchDir, now: float | None = None, max_posts: int = 3) -> str:
     nxt = state.get("next_check_at")
     when = "now" if not nxt or nxt <= now else _iso(nxt)
     if bd.state == "ready":
+        later = later_evidence(bd)
+        if later:
+            return f"NOT posted: moved back by hand ({later} is in its folder); it left ready/ before — check SEVIS"
         return "waiting for its first upload"
     if bd.state == "sending":
         posts = posts_of(bd)
@@ -349,10 +359,9 @@ class SevisSink:
     def moved_back(self, bd: BatchDir) -> str | None:
         """Why a ``ready/`` batch must not be posted: its folder or the ledger shows it went further before
         (a folder moved back by hand); None when it is a fresh batch."""
-        later = [n for n in ("upload-response.xml", "results", "reason.json", OPERATOR_REQUEUE)
-                 if (bd.path / n).exists()] + [p.name for p in bd.path.glob("post-*.json")]
+        later = later_evidence(bd)
         if later:
-            return f"its folder holds {sorted(later)[0]}, written after it left ready/"
+            return f"its folder holds {later}, written after it left ready/"
         try:
             bid = bd.manifest().get("batch_id") or bd.name
         except (OSError, ValueError):
@@ -627,6 +636,7 @@ class SevisSink:
             report.retried += 1
             log.warning("sevis.results_refused", batch_id=batch_id, kind=error_kind(err), error=str(err))
             return
+        self._seal(bd)  # the downloaded log and PDFs are sealed as soon as they are in place, before publishing
         results = build_results(manifest, tlog)
         crash_point("sevis.before_publish")
         self.publisher.results(manifest["org_id"], results)

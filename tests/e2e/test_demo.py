@@ -49,6 +49,15 @@ def test_demo_runs_every_step_to_the_end(demo_run):
     assert summary, out[-2000:]
     sent, accepted, rejected = map(int, summary.groups())
     assert sent > 0 and sent == accepted + rejected
+    # the worklist: due days, the rejection SEVIS gave (the simulator forgot one SEVIS ID), its fix and resend
+    worklist = out.split("the DSO's worklist", 1)[1].split("an auditor verifies", 1)[0]
+    assert re.search(r"Worklist for \d{4}-\d\d-\d\d: \d+ item\(s\)", worklist), worklist[:2000]
+    assert re.search(r"due \d{4}-\d\d-\d\d \(in \d+ day\(s\)\)", worklist), worklist[:2000]
+    assert "SEVIS said: S1003 SEVIS ID not found" in worklist and "sevisflow batch resend S" in worklist
+    assert re.search(r"Resent by dsodemo001: \d+ records? of batch S\d{13} back in the open batch", worklist)
+    assert "accepted, and left the worklist" in worklist
+    resent = re.search(r"; (\d+) of the rejected were fixed, resent and accepted", out)
+    assert resent and 1 <= int(resent.group(1)) <= rejected, out[-1000:]
 
 
 def test_demo_logs_carry_no_personal_data(demo_run):

@@ -4,7 +4,8 @@ Run as ``python -m tests.integration.eos_worker BOOTSTRAP IN OUT STATE GROUP`` s
 (or arm ``SEVISFLOW_CRASH_AT``). It runs under :class:`sevisflow.runner.Pipeline`, like every stage
 process, so a fenced instance stands by the way a real one does. Optional environment:
 ``EOS_INSTANCE`` (default ``worker``: the identity is ``<GROUP>-<instance>``), ``EOS_METRICS_PORT``
-(serve /health and /ready), ``EOS_SESSION_TIMEOUT_MS``, ``EOS_STANDBY_CHECK_S``.
+(serve /health and /ready), ``EOS_SESSION_TIMEOUT_MS``, ``EOS_STANDBY_CHECK_S``, ``EOS_STATE_DIR`` (keep the
+committed state in RocksDB under this folder, ``[state] backend = "rocksdb"``, instead of in memory).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sevisflow.config import settings_from_mapping
 from sevisflow.kafka_io import Output, StateStore, TransactionalLoop
 from sevisflow.log import configure
 from sevisflow.runner import Pipeline
+from sevisflow.state import open_committed
 
 
 def main(bootstrap: str, inp: str, out: str, state_topic: str, group: str) -> int:
@@ -35,14 +37,17 @@ def main(bootstrap: str, inp: str, out: str, state_topic: str, group: str) -> in
     def stage(settings, stop: threading.Event) -> None:
         loop = TransactionalLoop(settings.kafka, group, [inp], handler, transactional_id=f"{group}-{instance}",
                                  state_topic=state_topic, batch_size=50, consumer_overrides=overrides,
-                                 dlq_topic=f"{out}.dlq")
+                                 dlq_topic=f"{out}.dlq",
+                                 state=StateStore(open_committed(settings.state, f"{group}-{instance}")))
         threading.Thread(target=lambda: (stop.wait(), loop.stop()), daemon=True).start()
         loop.run()
 
     configure()  # JSON lines on stderr: the tests read the stage's events from them
     port = int(os.environ.get("EOS_METRICS_PORT", "0"))
+    state_dir = os.environ.get("EOS_STATE_DIR", "")
+    state = {"backend": "rocksdb", "dir": state_dir, "block_cache_mb": 8, "write_buffer_mb": 4} if state_dir else {}
     settings = settings_from_mapping({"kafka": {"bootstrap_servers": bootstrap},
-                                      "metrics": {"port": port, "host": "127.0.0.1"}}, env={})
+                                      "metrics": {"port": port, "host": "127.0.0.1"}, "state": state}, env={})
     pipeline = Pipeline(settings, ["eos"], functions={"eos": stage},
                         standby_check_s=float(os.environ.get("EOS_STANDBY_CHECK_S", "15"))).start()
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop_event.set())

@@ -51,7 +51,9 @@ def test_resend_puts_the_rejected_record_back_and_the_worklist_follows_it(env, t
 
         code, out, _ = cli(capsys, cfg, "todo", "--today", TODAY, "--json")
         items = {(i["student_key"], i["what"]): i for i in orjson.loads(out)["items"]}
-        assert ("S1", "rejected") not in items and items[("S1", "resent")]["due_on"] == "2025-07-06"
+        assert ("S1", "rejected") not in items and ("S1", "resent") not in items     # one item: the open record's
+        assert items[("S1", "send")]["due_on"] == "2025-07-06"                       # with its original clock
+        assert f"SEVIS rejected it in batch {bid} (S1003); resent by {DSO}" in items[("S1", "send")]["detail"][-1]
         code, _, err = cli(capsys, cfg, "batch", "resend", bid, "--dso", DSO)
         assert code == 1 and "no rejected record left" in err                  # resent once only
 
@@ -59,6 +61,8 @@ def test_resend_puts_the_rejected_record_back_and_the_worklist_follows_it(env, t
         assert code == 0, err
         second = [c for c in closed_of(wait_for(env, lambda evs: len(closed_of(evs)) == 2)) if c["batch_id"] != bid][0]
         (again,) = records_of(second)
+        code, out, _ = cli(capsys, cfg, "todo", "--today", TODAY, "--json")      # in flight: shown as resent
+        assert [i["what"] for i in orjson.loads(out)["items"] if i["student_key"] == "S1"] == ["resent"]
         send(env, env.topics.results, RESULT, [_result(second["batch_id"], again, True)])
         wait_for(env, lambda evs: True)
         for _ in range(40):

@@ -103,3 +103,51 @@ def test_kill_9_of_the_xml_sink_mid_transaction_then_restart_writes_once_and_blo
     assert len(list(outbox.rglob(f"{good.batch_id}.xml"))) == 1
     assert len(list(quarantine.rglob(f"{bad.batch_id}.xml"))) == 1
     assert not list(outbox.rglob(f"{bad.batch_id}*"))
+
+
+@pytest.mark.parametrize("point", ["outbox.before_rename:1", "outbox.after_rename:1"])
+def test_a_crash_on_either_side_of_the_outbox_rename_writes_the_batch_exactly_once(kafka_stack, unique, tmp_path,
+                                                                                   point):
+    """The outbox write is one rename of a fsynced temp folder, and the Kafka offsets move only after it:
+    killed just before the rename, the batch is not in ready/ and the restart writes it; killed just after,
+    it is in ready/ and the restart (reading the same closed event again) finds it and writes nothing."""
+    outbox, quarantine = tmp_path / "outbox", tmp_path / "quarantine"
+    settings = make_settings(kafka_stack, unique=unique, sevis={
+        "outbox_dir": str(outbox), "quarantine_dir": str(quarantine), "xsd_dir": str(XSD_DIR)},
+        topics={"ledger": f"sevis.audit.ledger.{unique}"})
+    ensure_topics(settings.kafka, pipeline_topics(settings))
+    good = ClosedBatch(ORG_ID, f"KR{unique:0>12}", DSO, 1748921400000,
+                       (create_record(1), update_record(2, "Status.Complete", sevis_id="N0000000002")))
+    producer = make_producer(settings.kafka)
+    produce(producer, settings.topics.batches, ORG_ID.encode(), closed_event(good))
+    flush_or_raise(producer, [])
+    env = stage_env(settings, free_port())
+    env.update({"SEVISFLOW_SEVIS_OUTBOX_DIR": str(outbox), "SEVISFLOW_SEVIS_QUARANTINE_DIR": str(quarantine),
+                "SEVISFLOW_SEVIS_XSD_DIR": str(XSD_DIR), "SEVISFLOW_SCHOOL_ORG_ID": ORG_ID,
+                "SEVISFLOW_INSTANCE": "xml-1", "SEVISFLOW_TOPICS_LEDGER": settings.topics.ledger})
+    cmd = [sys.executable, "-m", "sevisflow.cli.__main__", "--log-level", "INFO", "sink", "xml"]
+    first = subprocess.run(cmd, cwd=REPO, env={**env, ENV_VAR: point}, capture_output=True, text=True, timeout=120)
+    assert first.returncode == EXIT_CODE, first.stderr[-2000:]
+    written = list(outbox.glob(f"*/ready/{good.batch_id}/{good.batch_id}.xml"))
+    assert len(written) == (0 if "before" in point else 1)
+
+    log_path = tmp_path / "second.log"
+    with open(log_path, "w") as log:
+        second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 90
+        while not list(outbox.glob(f"*/ready/{good.batch_id}/{good.batch_id}.xml")):
+            assert second.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.3)
+        time.sleep(3)   # the redelivered event is handled: a second copy would show up now
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(60)
+    assert second.returncode == 0, log_path.read_text()[-2000:]
+    copies = [p for p in outbox.rglob(f"{good.batch_id}*") if p.is_dir()]
+    assert len(copies) == 1, copies                       # exactly once, in ready/, no stray temp folder left
+    assert not [p for p in outbox.rglob(".tmp/*") if good.batch_id in p.name]
+    xml = (copies[0] / f"{good.batch_id}.xml").read_bytes()
+    manifest = (copies[0] / "manifest.json").read_text()
+    import hashlib
+    assert hashlib.sha256(xml).hexdigest() in manifest

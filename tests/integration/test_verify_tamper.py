@@ -310,3 +310,70 @@ def test_anchored_head_survives_a_restart_and_catches_an_older_copy(world, capsy
         ledger_writer(world.settings, ob)
     with pytest.raises(TerminalError, match="not the one anchored"):
         run_sevis(world.settings, stop)
+
+
+def test_a_copy_of_the_outbox_is_verified_against_the_anchors_of_the_original(world, capsys):
+    """An auditor's copy elsewhere: the anchors name the original ledger path; without it the anchor check
+    cannot run (exit 3, named), with --anchored-as it runs and still catches an older copy."""
+    world.restore()
+    copy = world.base / "auditor-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(world.outbox_dir, copy / "outbox")
+    (copy / "quarantine").mkdir()
+    cfg = world.base / "copy.toml"
+    cfg.write_text(world.cfg.read_text().replace(str(world.outbox_dir), str(copy / "outbox"))
+                   .replace(str(world.quarantine_dir), str(copy / "quarantine")))
+    code, out = world.verify(capsys, cfg=cfg)
+    assert code == 3 and "--anchored-as" in out, out
+    original = str(Ledger(world.outbox_dir).path)
+    assert world.verify(capsys, "--anchored-as", original, cfg=cfg)[0] == 0
+    shutil.copy(world.older_ledger, copy / "outbox" / "audit-ledger.jsonl")
+    code, out = world.verify(capsys, "--anchored-as", original, cfg=cfg)
+    assert code == 1 and "replaced by an older copy" in out, out
+
+
+def test_xml_sink_killed_between_sealing_and_commit_anchors_the_head_on_restart(kafka_stack, unique, tmp_path):
+    """Crash safety of the seal: the ledger line is fsynced before the transaction that anchors it commits.
+    Killed at ``kafka.before_commit`` the file is one line ahead of the anchor (never behind); the restarted
+    sink replays the closed event, seals nothing new and anchors the head."""
+    import subprocess
+    import sys
+
+    from deploy.local.stack import free_port
+    from sevisflow.audit.ledger import GENESIS, anchored_head, anchors_for, check_anchors, read_anchors
+    from sevisflow.faults import ENV_VAR, EXIT_CODE
+    from sevisflow.kafka_io import flush_or_raise, produce
+    from sinks.xml.render import ClosedBatch
+    from sinks.xml.samples import DSO, ORG_ID, create_record
+    from sevisflow.kafka_io import fence_predecessor
+    from sinks.xml.stage import run as run_xml, transactional_id
+    from tests.helpers import REPO, stage_env
+    from tests.integration.test_sink_kafka import closed_event
+
+    outbox = tmp_path / "outbox"
+    settings = make_settings(kafka_stack, unique=unique, sevis={
+        "outbox_dir": str(outbox), "quarantine_dir": str(tmp_path / "quarantine"), "xsd_dir": str(XSD_DIR)})
+    ensure_topics(settings.kafka, pipeline_topics(settings))
+    batch = ClosedBatch(ORG_ID, f"LG{unique:0>12}", DSO, 1748921400000, (create_record(1),))
+    producer = make_producer(settings.kafka)
+    produce(producer, settings.topics.batches, ORG_ID.encode(), closed_event(batch))
+    flush_or_raise(producer, [])
+    env = {**stage_env(settings, free_port()), "SEVISFLOW_SEVIS_OUTBOX_DIR": str(outbox),
+           "SEVISFLOW_SEVIS_QUARANTINE_DIR": str(tmp_path / "quarantine"), "SEVISFLOW_SEVIS_XSD_DIR": str(XSD_DIR),
+           "SEVISFLOW_SCHOOL_ORG_ID": settings.school.org_id, "SEVISFLOW_INSTANCE": "xml-1",
+           ENV_VAR: "kafka.before_commit:1"}
+    first = subprocess.run([sys.executable, "-m", "sevisflow.cli.__main__", "sink", "xml"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == EXIT_CODE, first.stderr[-2000:]
+    ledger = Ledger(outbox)
+    entries = ledger.entries()
+    assert [e["batch_id"] for e in entries] == [batch.batch_id], "sealed (fsynced) before the commit"
+    fence_predecessor(settings.kafka, transactional_id(settings, "xml-1"))  # abort its open transaction now
+    before = anchors_for(read_anchors(settings.kafka, settings.topics.ledger) or {}, ledger.path)
+    assert anchored_head(before) == (0, GENESIS) and check_anchors(entries, before) == [], "ahead, never behind"
+
+    run_xml(settings, threading.Event(), max_idle_polls=6, instance="xml-1")  # fences the dead one, replays
+    assert ledger.entries() == entries, "the replay found the batch sealed: no second line"
+    anchors = anchors_for(read_anchors(settings.kafka, settings.topics.ledger) or {}, ledger.path)
+    assert check_anchors(entries, anchors) == []
+    assert anchored_head(anchors) == (1, entries[0]["hash"]) != (0, GENESIS)

@@ -391,7 +391,7 @@ def test_c_writer_escapes_text_as_orjson_does() -> None:
     texts = ["".join(map(chr, range(1, 128))), 'a"b\\c', "Zoë 李 🎓 \u2028\u2029\ufeff\x7f", "", "x" * 5000]
     for t in texts:
         payload = encode(Insert(1, ["1", t, t]))
-        ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"{", b",", b"}", None, None, None)
+        ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"{", b",", b"}", None, None, None, None)
         assert decoder.c_module.change_event(payload, ctx, 1, 0, 0, b"}") is not None  # type: ignore[union-attr]
         c, py = _both(lambda: _builder().fast_change(meta, payload, _tx(), 9))
         assert c == py == _python_fast(lambda: _builder().fast_change(meta, payload, _tx(), 9)), t
@@ -404,7 +404,7 @@ def test_c_writer_hands_over_what_it_cannot_write(monkeypatch: pytest.MonkeyPatc
     for payload in (not_utf8, huge):
         with decoder.using(True):
             c_out = _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9))
-        ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"", b"", b"", None, None, None)
+        ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"", b"", b"", None, None, None, None)
         assert decoder.c_module.change_event(payload, ctx, 1, 0, 0, b"}") is None  # type: ignore[union-attr]
         assert c_out == _python_fast(lambda: _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9)))
     # a source block that cannot be cut around the LSN (its commit LSN is the marker): the Python path, same bytes

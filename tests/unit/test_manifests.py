@@ -11,6 +11,7 @@ no cluster or systemd is available here (see docs/OPERATIONS.md).
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -181,15 +182,31 @@ def test_every_stage_runs_once_with_a_command_the_cli_accepts():
     seen: dict[str, int] = {}
     pending = []
     for w, c in _containers():
-        assert c["args"][0] == "sevisflow"
+        assert "command" not in c, "the image's ENTRYPOINT is the CLI; containers pass only args"
         stage = _stage_of(c["args"])
         assert c["name"] == stage
         seen[stage] = seen.get(stage, 0) + 1
-        if not _parses(c["args"][1:]):
+        if not _parses(c["args"]):
             pending.append(" ".join(STAGE_COMMANDS[stage]))
     assert seen == {stage: 1 for stage in STAGE_COMMANDS}
     # a command the CLI does not have yet is allowed only for the stage still being built
     assert set(pending) <= {"process batcher"}, pending
+
+
+def test_image_is_configured_in_one_place():
+    """Every container names one image, which kustomization.yaml's `images:` maps to a registry and tag;
+    that image's ENTRYPOINT (the repository's Dockerfile) is the CLI the containers' args are for."""
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    names = {c["image"] for _, c in _containers()}
+    assert len(names) == 1, names
+    (name,) = names
+    assert ":" not in name and "/" not in name, "tag and registry belong in kustomization.yaml's images:"
+    images = {i["name"]: i for i in kust["images"]}
+    assert set(images) == {name}
+    assert images[name]["newName"] and isinstance(images[name]["newTag"], str) and images[name]["newTag"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    entry = re.findall(r"^ENTRYPOINT\s+(\[.*\])\s*$", dockerfile, re.M)
+    assert entry and json.loads(entry[-1]) == ["sevisflow"], entry
 
 
 def test_singletons_and_scaling():
@@ -312,10 +329,24 @@ def test_systemd_units_run_every_stage_with_its_port():
     assert _values(template, "Service", "KillSignal") == ["SIGTERM"]
     env = dict(v.split("=", 1) for v in _values(template, "Service", "Environment"))
     _check_env_vars(env)
-    credentials = {v.split(":", 1)[0] for v in _values(template, "Service", "LoadCredential")}
-    for key, value in env.items():
-        if key.endswith("PASSWORD"):
-            assert value.startswith("file:%d/") and value[len("file:%d/"):] in credentials, key
+    # no secret in the unit itself (it runs as is on a plaintext single server); the credential
+    # drop-ins hand each password over as a systemd credential read through file:%d/<name>
+    assert not _values(template, "Service", "LoadCredential")
+    assert not [k for k in env if k.endswith("PASSWORD")]
+    dropins = sorted(SYSTEMD.glob("*.service.d/*.conf"))
+    assert {p.parent.name for p in dropins} == {"sevisflow@.service.d", "sevisflow@sink-sevis.service.d",
+                                                 "sevisflow-topics.service.d"}
+    for path in dropins:
+        dropin = _unit(path)
+        denv = dict(v.split("=", 1) for v in _values(dropin, "Service", "Environment"))
+        _check_env_vars(denv)
+        credentials = {v.split(":", 1)[0] for v in _values(dropin, "Service", "LoadCredential")}
+        secrets = {k: v for k, v in denv.items() if k.endswith("PASSWORD")}
+        assert secrets, path
+        for key, value in secrets.items():
+            assert value.startswith("file:%d/") and value[len("file:%d/"):] in credentials, (path, key)
+        for source in (v.split(":", 1)[1] for v in _values(dropin, "Service", "LoadCredential")):
+            assert source.startswith("/etc/sevisflow/credentials/"), source
 
     stage_files = {p.stem: _env_file(p) for p in (SYSTEMD / "stages").glob("*.env")}
     assert set(stage_files) == set(STAGE_COMMANDS)

@@ -91,3 +91,17 @@ def test_missed_days_are_reported_even_when_nothing_was_open():
     assert [o.code for o in outs if isinstance(o, Reject)] == ["scheduled_close_missed"]
     assert not [o for o in outs if isinstance(o, SendCommand)]  # nothing open: no close, but the gap is reported
     assert s.sched_date == "2025-03-06"
+
+
+def test_the_missed_close_reaches_the_dso_worklist_and_other_batcher_letters_do_not():
+    from sevisflow.dlq import dead_letter_record
+    from sevisflow.worklist.items import dead_letter_items
+
+    s = _closed_once_on("2025-03-03")
+    _, outs = _run(s, _tick("2025-03-06T17:00:00"))
+    (notice,) = [o for o in outs if isinstance(o, Reject)]
+    letters = [dead_letter_record(notice.stage, notice.code, notice.reason, notice.at_ms),
+               dead_letter_record("batcher", "malformed_command", "operator's business", notice.at_ms)]
+    (item,) = dead_letter_items(letters)
+    assert item.title == "scheduled close missed" and "2025-03-04, 2025-03-05" in item.detail[0]
+    assert item.student_key is None and "batch status" in item.action
