@@ -11,17 +11,22 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml setup.py connectors/postgres/_pgtuple.c  # the C decoder is built by pip install -e
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $@
+	@echo "==> creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@echo "==> installing sevisflow, its dependencies and the test tools into $(VENV) (about a minute the first time)"
+	@$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@echo "==> $(VENV) ready"
+	@touch $@
 
 venv: $(VENV)/.installed ## create .venv with sevisflow and its test tools
 
 deps: venv ## install the local stack's parts: PostgreSQL server (apt) and Kafka jars (Maven)
-	$(PY) -c "from deploy.local.stack import ensure_pg_installed, ensure_kafka_jars; print('PostgreSQL:', ensure_pg_installed()); print('Kafka jars:', ensure_kafka_jars())"
+	@echo "==> checking the PostgreSQL server and Kafka's jars (the first time: apt-get and a Maven download, 1-3 minutes)"
+	@$(PY) -c "from deploy.local.stack import ensure_pg_installed, ensure_kafka_jars; print('PostgreSQL:', ensure_pg_installed()); print('Kafka jars:', ensure_kafka_jars())"
 
-test: deps ## run unit and integration tests against a real local Kafka + PostgreSQL
+test: deps ## run unit and integration tests against a real local Kafka + PostgreSQL (12-20 min on 2 cores)
+	@echo "==> running every test against a real Kafka and PostgreSQL: 12-20 minutes on 2 cores"
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 unit: venv ## run only the unit tests (no services)

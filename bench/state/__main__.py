@@ -68,6 +68,8 @@ def child(stage: str, backend: str, bootstrap: str, unique: str, state_dir: str)
     """Run one stage over everything on its input (until 15 empty polls); report time, CPU and peak RSS."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})   # one core, as bench.processors
+    from sevisflow.log import configure
+    configure()   # the stage's JSON log on stderr (kept by the parent only when a child fails)
     settings = _settings(bootstrap, unique, backend, state_dir)
     if stage == "normalize":
         from processors.normalize.stage import build_loop

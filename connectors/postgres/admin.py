@@ -87,13 +87,19 @@ def included(name: str, patterns: Sequence[re.Pattern[str]]) -> bool:
 
 
 def resolve_tables(conn: psycopg.Connection[Any], patterns: Sequence[re.Pattern[str]]) -> list[str]:
-    """The existing ordinary/partitioned tables matching the include list, as ``schema.table``."""
+    """The existing ordinary/partitioned tables matching the include list, as ``schema.table``, in Debezium's
+    snapshot order: by the first include-list pattern each matches, then by name."""
     rows = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname <> ALL(%s) "
         "AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2", (list(SYSTEM_SCHEMAS),)
     ).fetchall()
-    return [f"{s}.{t}" for s, t in rows if included(f"{s}.{t}", patterns)]
+    return include_list_order([f"{s}.{t}" for s, t in rows if included(f"{s}.{t}", patterns)], patterns)
+
+
+def include_list_order(names: Sequence[str], patterns: Sequence[re.Pattern[str]]) -> list[str]:
+    """Included ``names`` in Debezium's snapshot order: by the first pattern each matches, then by name."""
+    return sorted(names, key=lambda n: (next(i for i, p in enumerate(patterns) if p.fullmatch(n)), n))
 
 
 def check_select(conn: psycopg.Connection[Any], tables: Sequence[str]) -> None:

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the date the data is generated for, YYYY-MM-DD (default: the current date)")
     p.add_argument("--replace", action="store_true", help="drop existing SIS tables first")
     p.add_argument("--no-schema", action="store_true", help="the schema exists already")
+    p.add_argument("--play-only", action="store_true",
+                   help="do not create or load: play --activity/--authorizations on the school loaded before "
+                        "with the same --students, --international-share, --seed and --today (while the pipeline runs)")
     return p
 
 
@@ -108,9 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     today: date = args.today or date.today()
     try:
         school = generate_school(args.students, args.international_share, args.seed, today)
-        if not args.no_schema:
+        counts: dict[str, int] = {}
+        if not args.no_schema and not args.play_only:
             create_schema(args.dsn, replace=args.replace)
-        counts = load_school(args.dsn, school)
+        if not args.play_only:
+            counts = load_school(args.dsn, school)
         played = 0
         if args.activity:
             played = play_activity(args.dsn, generate_activity(school, args.activity, args.seed, today))

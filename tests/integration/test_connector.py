@@ -79,6 +79,7 @@ def test_every_op_and_type(kafka_stack: KafkaHandle, fresh_db: PgHandle, unique:
     assert [v["op"] for v in vals] == ["r", "c", "u", "d", "c", "d"]
     snap = vals[0]
     assert snap["after"]["t"] == "snap" and snap["source"]["snapshot"] in ("first", "last")
+    assert all(v["source"]["name"] == prefix for v in vals)     # Debezium's source.name is topic.prefix
 
     after = vals[1]["after"]
     assert after["i2"] == -32768 and after["i4"] == 2147483647

@@ -159,3 +159,23 @@ def test_cli_creates_loads_and_plays(fresh_db: PgHandle) -> None:
     new_admits = sum(1 for tx in generate_activity(generate_school(300, 0.3, 7, day), 50, 7, day)
                      if tx.kind == "new_admit")
     assert persons == (300 + new_admits,)
+
+
+def test_cli_plays_activity_on_the_school_loaded_before(fresh_db: PgHandle) -> None:
+    """--play-only: load first, play the activity later (while a pipeline runs); a second play drifts."""
+    base = [sys.executable, "-m", "deploy.sis.load", "--dsn", fresh_db.dsn, "--students", "300",
+            "--seed", "7", "--today", "2026-10-05"]
+    subprocess.run(base, cwd=REPO, check=True, capture_output=True, text=True)
+    play = base + ["--play-only", "--activity", "50"]
+    report = orjson.loads(subprocess.run(play, cwd=REPO, check=True, capture_output=True, text=True).stdout)
+    assert report["rows"] == {} and report["activity"] == 50
+    day = date(2026, 10, 5)
+    new_admits = sum(1 for tx in generate_activity(generate_school(300, 0.3, 7, day), 50, 7, day)
+                     if tx.kind == "new_admit")
+    with psycopg.connect(fresh_db.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM person").fetchone() == (300 + new_admits,)
+    # the same activity again no longer matches the SIS: refused, nothing half-applied
+    again = subprocess.run(play, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 1 and again.stderr.startswith("error:"), again.stderr
+    with psycopg.connect(fresh_db.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM person").fetchone() == (300 + new_admits,)

@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from connectors.postgres import convert as cv
-from connectors.postgres.admin import default_value
+from connectors.postgres.admin import compile_include_list, default_value, include_list_order
 from connectors.postgres.envelope import NO_DEFAULT, EventBuilder, TableMeta, TxContext, build_schemas
 from connectors.postgres.task import snapshot_marker
 from processors.normalize.changes import parse_change, parse_tx_marker
@@ -39,8 +39,6 @@ ALLOWED = {
     "source.version": "the product version (Debezium's '3.6.1.Final' vs sevisflow's own)",
     "snapshot position": "a snapshot row's source.lsn/sequence/txId/ts_*: each connector reads at its own "
                          "slot's consistent point, in its own snapshot transaction, at its own time",
-    "snapshot table order": "sevisflow snapshots tables in schema.table name order; Debezium in its own order: "
-                            "only which table carries 'first'/'last' differs (checked by rule below)",
     "source.sequence[0]": "Debezium writes the last commit LSN it had processed; sevisflow the commit LSN of the "
                           "event's own transaction, a pure function of the WAL, identical after any restart",
     "context headers": "Debezium 3.6.1 adds __debezium.context.{connectorLogicalName,taskId,connectorName,runId} "
@@ -98,7 +96,7 @@ def _comparable(rec: dict[str, Any], schemas: bool, defaults: dict[tuple[str, st
     src = p["source"]
     src.pop("version")                                                                      # source.version
     if p["op"] == "r":
-        for k in ("lsn", "sequence", "txId", "ts_ms", "ts_us", "ts_ns", "snapshot"):        # snapshot position/order
+        for k in ("lsn", "sequence", "txId", "ts_ms", "ts_us", "ts_ns"):                    # snapshot position
             src.pop(k)
     else:
         src["sequence"] = json.loads(src["sequence"])[1]                                    # source.sequence[0]
@@ -184,8 +182,9 @@ def test_transaction_records_and_ids_as_debezium_writes_them(mode: str) -> None:
 
 @pytest.mark.parametrize("who", ["debezium", "sevisflow"])
 def test_snapshot_markers_follow_debezium_3s_rule(who: str) -> None:
-    """first / first_in_data_collection / true / last_in_data_collection / last, in each connector's own
-    table order (the order is an ALLOWED difference; the markers given the order are not)."""
+    """first / first_in_data_collection / true / last_in_data_collection / last, tables in include-list order
+    (the recording's table.include.list is rec_full, rec_default, rec_ckey — also their creation order; name
+    order would put rec_ckey first)."""
     for mode in ("off", "on"):
         recs = _load(f"{who}-schemas-{mode}")
         rows = [(r["topic"], _payload(json.loads(r["key"]), mode == "on"), _payload(r["value"], mode == "on"))
@@ -199,7 +198,7 @@ def test_snapshot_markers_follow_debezium_3s_rule(who: str) -> None:
             by_table.setdefault(topic, []).append(v["source"]["snapshot"])
         firsts = [t for t, m in by_table.items() if m[0] == "first"]
         lasts = [t for t, m in by_table.items() if m[-1] == "last"]
-        assert len(firsts) == 1 and len(lasts) == 1 and firsts != lasts
+        assert firsts == ["sis.public.rec_full"] and lasts == ["sis.public.rec_ckey"]
         for t, marks in by_table.items():
             n = len(marks)
             expected = [snapshot_marker(t in firsts and i == 0, i == 0, i == n - 1, t in lasts and i == n - 1)
@@ -207,6 +206,13 @@ def test_snapshot_markers_follow_debezium_3s_rule(who: str) -> None:
             assert marks == expected, (who, mode, t)
         assert {m for ms in by_table.values() for m in ms} == {
             "first", "first_in_data_collection", "last_in_data_collection", "last"}
+
+
+def test_snapshot_reads_tables_in_include_list_order() -> None:
+    pats = compile_include_list(["public.rec_full", "public.rec_d.*", "public\\..*"])
+    names = ["public.a", "public.rec_ckey", "public.rec_default", "public.rec_dz", "public.rec_full"]
+    assert include_list_order(names, pats) == ["public.rec_full", "public.rec_default", "public.rec_dz",
+                                               "public.a", "public.rec_ckey"]
 
 
 def test_snapshot_marker_rule() -> None:
