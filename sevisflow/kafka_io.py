@@ -74,14 +74,23 @@ def _remember_auth_failures(kafka: KafkaSettings) -> Callable[[KafkaError], None
 
     def on_error(err: KafkaError) -> None:
         if err.code() in _AUTH_CODES:
+            if key not in _AUTH_FAILURES:
+                log.warning("kafka.authentication_failed", user=kafka.sasl_username, reason=err.str())
             _AUTH_FAILURES[key] = err.str()
-        log.warning("kafka.client_error", code=err.name(), reason=err.str())
+        else:
+            log.warning("kafka.client_error", code=err.name(), reason=err.str())
 
     return on_error
 
 
-def kafka_failure(kafka: KafkaSettings, exc: KafkaException | None, doing: str = "") -> UnreachableError | TerminalError:
-    """The error to raise when a Kafka request failed: a refused login is terminal and says so."""
+def kafka_failure(kafka: KafkaSettings, exc: KafkaException | None, doing: str = "",
+                  client: Any = None) -> UnreachableError | TerminalError:
+    """The error to raise when a Kafka request failed: a refused login is terminal and says so.
+
+    librdkafka reports a refused SASL login only through ``error_cb``, served by ``poll``: with the
+    ``client`` that failed, its queued errors are served first, so the answer names the real cause."""
+    if client is not None and kafka.security_protocol.startswith("SASL"):
+        client.poll(0.5)
     reason = _AUTH_FAILURES.get((kafka.bootstrap_servers, kafka.sasl_username))
     if reason is None and exc is not None and exc.args and isinstance(exc.args[0], KafkaError) \
             and exc.args[0].code() in _AUTH_CODES:
@@ -161,7 +170,7 @@ def ensure_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], timeout_s: f
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        raise kafka_failure(kafka, exc) from exc
+        raise kafka_failure(kafka, exc, client=admin) from exc
     wanted = [s for s in specs if s.name not in existing]
     if not wanted:
         return []

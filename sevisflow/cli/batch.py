@@ -148,10 +148,11 @@ def org_of(args: argparse.Namespace, settings: Settings) -> str:
 
 def check_kafka(settings: Settings, topics: list[str]) -> None:
     """Fail fast and plainly when Kafka is down or the pipeline's topics are missing."""
+    admin = make_admin(settings.kafka)
     try:
-        md = make_admin(settings.kafka).list_topics(timeout=KAFKA_TIMEOUT_S)
+        md = admin.list_topics(timeout=KAFKA_TIMEOUT_S)
     except KafkaException as exc:
-        failure = kafka_failure(settings.kafka, exc)
+        failure = kafka_failure(settings.kafka, exc, client=admin)
         if isinstance(failure, UnreachableError):
             raise UnreachableError(f"{failure}. Is the pipeline running? Check kafka.bootstrap_servers in your "
                                    "settings.") from None

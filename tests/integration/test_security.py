@@ -162,3 +162,22 @@ def test_topics_produce_consume_and_transactional_loop_over_sasl_ssl(secure_stac
     assert "sasl" in logs.getvalue().lower(), "librdkafka's debug output should have been captured"
     for secret in secrets:
         assert secret not in text, "a secret leaked into printed config or logs"
+
+
+def test_a_refused_sasl_login_and_a_wrong_key_password_are_named_as_such(secure_stack, tmp_path, capsys,
+                                                                         monkeypatch):
+    """Exit 1 with what is wrong and which setting to fix — not "Kafka unreachable", not a traceback."""
+    cfg = tmp_path / "sevisflow.toml"
+    cfg.write_text('[school]\norg_id = "ABC214F12345000"\n')
+    for key, value in _env(secure_stack, literal=True).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SEVISFLOW_KAFKA_SASL_PASSWORD", "not-the-password")
+    code = main(["--config", str(cfg), "batch", "list"])
+    err = capsys.readouterr().err
+    assert code == 1 and "refused the login of SASL user" in err and "kafka.sasl_password" in err, err
+    assert "not-the-password" not in err and "Traceback" not in err
+    monkeypatch.setenv("SEVISFLOW_KAFKA_SASL_PASSWORD", _env(secure_stack, literal=True)["SEVISFLOW_KAFKA_SASL_PASSWORD"])
+    monkeypatch.setenv("SEVISFLOW_KAFKA_SSL_KEY_PASSWORD", "wrong-key-password")
+    code = main(["--config", str(cfg), "batch", "list"])
+    err = capsys.readouterr().err
+    assert code == 1 and "check kafka.ssl_key_password" in err and "wrong-key-password" not in err, err
