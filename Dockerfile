@@ -35,7 +35,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && python -c "import connectors.postgres._pgtuple, sevisflow.serde as s; s.registry().schema('sevisflow.events.SevisEvent')"
 WORKDIR /var/lib/sevisflow
 USER 10001:10001
-# /metrics, /health and /ready (the stage ports of sevisflow/observability.py; deploy/k8s/stages.yaml)
-EXPOSE 9400-9405
+# /metrics, /health and /ready: one port per stage, 9409 for `sevisflow run` (sevisflow/observability.py)
+EXPOSE 9400-9405 9409
 ENTRYPOINT ["sevisflow"]
 CMD ["--help"]

@@ -5,8 +5,9 @@ generate; the KafkaUser resources (one per principal, with its ACLs) equal what 
 generates, and every stage logs in as its own user with its own Secret; every container runs a command the real CLI parser accepts, for a stage the runner
 knows, with its probes and metrics port where observability.py says; every SEVISFLOW_* variable
 is a real setting; every Secret a pod mounts is declared (or made by Strimzi); no private key
-is committed. What it cannot check: that Kubernetes, Strimzi or systemd accept and run them —
-no cluster or systemd is available here (see docs/OPERATIONS.md).
+is committed; every container names the one image that kustomization.yaml maps. Schema validation
+against Strimzi's CRDs and Kubernetes' OpenAPI is in test_strimzi_crds.py, systemd's own checks in
+test_systemd.py. What none can check: that a cluster or systemd runs them (see docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
