@@ -9,7 +9,7 @@ Starts its own PostgreSQL + Kafka (the local stack), then:
 3. every measured run copies the template slot (``pg_copy_logical_replication_slot``), drains the
    copy to the workload's end and drops it — so every run decodes the identical WAL:
    * ``raw``: psycopg 3 CopyBoth reader, batch reads + 20 ms sleep when drained, no decoding (the
-     walsender's streaming ceiling, as in ../shared/reference/pg-cdc-bench.md row 1e);
+     walsender's streaming ceiling);
    * ``pg_recvlogical`` → /dev/null (reference only: it reads message by message);
    * ``connector``: the real connector (run_connector's task), until the slot *confirmed* the end LSN,
      i.e. Kafka acknowledged every event (idempotent producer, acks=all) — with ``--decoder both`` (the

@@ -577,7 +577,7 @@ class ConnectorTask:
         return meta
 
     def _heartbeat(self) -> None:
-        """A logical message on an idle database lets the slot advance (see anti-pattern 3 in STYLE.md)."""
+        """A logical message on an idle database lets the slot advance (without it a filtered or idle database never lets PostgreSQL free WAL)."""
         if self._heartbeat_ok:
             try:
                 admin.emit_heartbeat(self.query, HEARTBEAT_PREFIX, self.c.name)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ re-inserted in the same transaction) ``l:<link>`` and ``lm:<link>`` are removed:
 later reuses the id starts empty and never receives the deleted student's rows. The new key's view
 carries ``rekeyed_from`` (the old key), so sevis_events does not take it for a new student.
 
-Ordering (DESIGN.md "Cross-table order"): with transaction metadata, a transaction's row changes
+Ordering: with transaction metadata, a transaction's row changes
 are buffered until its END has arrived *and* every row change it announced for the tables we read;
 complete transactions are applied strictly in END order, each one's rows sorted by position, and
 the affected views are published once per transaction. So the output does not depend on how the

@@ -1,6 +1,6 @@
 """(previous view, new view) → SEVIS events and DSO issues: a pure function, no clock, no I/O.
 
-Rules (DOMAIN.md §4; docs/MAPPING.md "What is reported"):
+Rules (docs/MAPPING.md "What is reported"):
 
 * Only *international* views (visa type is a reported SEVIS code) produce events; a student who
   stops being international stops being reported — one SEVIS holds as open becomes an issue

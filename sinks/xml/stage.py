@@ -248,7 +248,7 @@ def run(settings: Settings, stop_event: threading.Event, max_idle_polls: int | N
         instance: str | None = None) -> None:
     """Run the XML sink until ``stop_event`` is set.
 
-    Commit order per polled batch of records (STYLE #1), inside one Kafka transaction:
+    Commit order per polled batch of records, inside one Kafka transaction:
     1. decode each closed BatchEvent; render and validate it (pure);
     2. write the file (or the quarantine folder) atomically and fsync it;
     3. produce the dead letters and the ``requeue`` command; seal the filed batch on the audit ledger
