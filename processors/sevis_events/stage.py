@@ -42,6 +42,34 @@ def events_topics(settings: Settings) -> list[TopicSpec]:
         "max.message.bytes": str(8 * 1024 * 1024)})]
 
 
+
+MAX_CHANGES = 40
+_NOT_DATA = ("src", "student_key", "link", "exists", "international", "rekeyed_to", "rekeyed_from")
+
+
+def view_changes(prev: dict[str, Any] | None, new: dict[str, Any], field: str | None = None) -> dict[str, list[Any]]:
+    """``path → [before, after]`` of the student view's values that changed, within the issue's section when
+    it names one (``address.us_physical.city`` → the ``address`` section), at most :data:`MAX_CHANGES`."""
+    out: dict[str, list[Any]] = {}
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if len(out) >= MAX_CHANGES or a == b:
+            return
+        if isinstance(a, dict) or isinstance(b, dict):
+            a, b = a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+            return
+        out[path] = [a, b]
+
+    section = (field or "").split(".")[0].split("[")[0]
+    prev = prev or {}
+    for top in sorted(set(prev) | set(new)):
+        if top in _NOT_DATA or (section and section in new and top != section):
+            continue
+        walk(prev.get(top), new.get(top), top)
+    return out
+
 class EventsStage:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -72,11 +100,15 @@ class EventsStage:
         first: dict[str, Any] = lineage[0] if lineage else {}
         for i in out.issues:
             log.info("sevis_events.issue", code=i.code, student=rec["student_key"], field=i.field)
+            # the dead letter keeps what changed in the SIS (before → after) so the DSO can act in SEVIS RTI
+            # without opening the SIS; its reason stays free of values, since reasons are logged
+            changed = view_changes(prev, view, i.field)
             outs.append(dlq_output(self.settings, "sevis_events", i.code, i.reason,
                                    at_ms=rec.get("commit_ts_ms") or msg_time(msg), student_key=rec["student_key"],
                                    field=i.field, topic=first.get("topic", msg.topic()),
                                    partition=first.get("partition", msg.partition()),
-                                   offset=first.get("offset", msg.offset()), key=key, value=None))
+                                   offset=first.get("offset", msg.offset()), key=key,
+                                   value=orjson.dumps({"changes": changed}) if changed else None))
         return outs
 
 

@@ -101,12 +101,37 @@ def read_done(settings: Settings, org: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def read_letters(settings: Settings) -> list[dict[str, Any]]:
+    """The dead letters, with what changed in the SIS (``changes``) where the events stage recorded it: the
+    DSO sees it in the terminal; it never goes to a log."""
+    from sevisflow.dlq import SCHEMA
+
+    out = []
+    for msg in read_topic(settings.kafka, settings.topics.dlq, timeout_s=30.0):
+        if msg.value() is None:
+            continue
+        try:
+            rec = registry().decode(msg.value(), SCHEMA)
+        except SerializationError:
+            continue
+        raw = rec.pop("source_value", None)
+        rec.pop("source_key", None)
+        if rec.get("stage") == "sevis_events" and raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body = None
+            if isinstance(body, dict) and isinstance(body.get("changes"), dict):
+                rec["changes"] = body["changes"]
+        out.append(rec)
+    return out
+
+
 def build(settings: Settings, org: str, today: date, include_done: bool) -> list[Item]:
     from sevisflow.cli.batch import load_view
-    from sevisflow.cli.issues_cmd import load_issues
 
     view = load_view(settings, org, results=True)
-    return worklist(view.open_records(), view.batches.values(), read_students(settings), load_issues(settings),
+    return worklist(view.open_records(), view.batches.values(), read_students(settings), read_letters(settings),
                     read_done(settings, org), deadlines_of(settings), today, include_done)
 
 

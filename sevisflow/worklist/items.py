@@ -191,11 +191,27 @@ def dead_letter_items(letters: Iterable[Mapping[str, Any]]) -> list[Item]:
                             detail, "check that nothing due on those days is late (`sevisflow batch status`); "
                                     "mark it done once checked"))
             continue
+        detail += changed_lines(ds)
         out.append(Item(_id("dlq", student, code, last.get("at_ms")), student or None, None, "fix data",
                         f"{code.replace('_', ' ')}" + (f" ({last.get('field')})" if last.get("field") else ""),
                         detail, DSO_ACTIONS.get(code, "correct it in the SIS (a new change is sent automatically), "
                                                       "or report it in SEVIS RTI").replace("<key>", student)))
     return out
+
+
+def changed_lines(letters: Sequence[Mapping[str, Any]], limit: int = 12) -> list[str]:
+    """What changed in the SIS across an item's letters (``changes``: path → [before, after], oldest first):
+    each path's first "before" and last "after", so the DSO can act in SEVIS RTI without opening the SIS."""
+    merged: dict[str, list[Any]] = {}
+    for d in sorted(letters, key=lambda d: d.get("at_ms") or 0):
+        for path, (before, after) in (d.get("changes") or {}).items():
+            merged[path] = [merged[path][0] if path in merged else before, after]
+    lines = [f"in the SIS: {p}: {_show(b)} → {_show(a)}" for p, (b, a) in merged.items() if b != a]
+    return lines[:limit] + ([f"… {len(lines) - limit} more change(s) (`--json`)"] if len(lines) > limit else [])
+
+
+def _show(value: Any) -> str:
+    return "(none)" if value is None or value == "" else str(value)
 
 
 # what to do for the codes the events stage raises when it sent something altered or nothing at all

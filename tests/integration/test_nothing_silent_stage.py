@@ -81,3 +81,11 @@ def test_altered_left_and_incomplete_students_reach_the_dead_letter_topic(kafka_
                    ("sevis_events", "S3", "missing_field", "program.status")]
     for d in dead():
         assert not any(x in d["reason"] for x in ("O'Brien", "Müller", "Zoë", "Zoe")), d["reason"]
+    # what changed in the SIS travels with the letter (never in its reason): `sevisflow todo` shows it
+    from sevisflow.cli.todo import read_letters
+    from sevisflow.worklist.items import dead_letter_items
+
+    left = next(d for d in read_letters(settings) if d["code"] == "status_left_fmj")
+    assert left["changes"]["student.visa_type"][1] == "H-1B"
+    [item] = [i for i in dead_letter_items([left])]
+    assert any(line.startswith("in the SIS: student.visa_type:") and line.endswith("→ H-1B") for line in item.detail)

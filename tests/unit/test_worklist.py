@@ -131,3 +131,19 @@ def test_batch_show_puts_the_most_urgent_record_first_and_says_when_it_is_due():
     lines = "\n".join(review.show_lines(view, TZ, Labels(None)))
     assert "OVERDUE: was due Oct 16, 2026 (4 days ago): 21-day limit from the SIS change" in lines
     assert "due Nov 5, 2026 (in 16 days)" in lines
+
+
+def test_a_dso_item_says_what_changed_in_the_sis_so_the_dso_can_act_in_rti():
+    from processors.sevis_events.stage import view_changes
+
+    prev = {"student_key": "S9", "src": {"x": 1}, "student": {"email": "a@x.edu", "visa_type": "J1"},
+            "address": {"us_physical": {"city": "Urbana", "line1": "1 A St"}}}
+    new = {"student_key": "S9", "src": {"x": 2}, "student": {"email": "b@x.edu", "visa_type": "J1"},
+           "address": {"us_physical": {"city": "Champaign", "line1": "1 A St"}}}
+    assert view_changes(prev, new) == {"address.us_physical.city": ["Urbana", "Champaign"],
+                                       "student.email": ["a@x.edu", "b@x.edu"]}
+    assert view_changes(prev, new, "address.us_physical.city") == {"address.us_physical.city": ["Urbana", "Champaign"]}
+    letters = [{"stage": "sevis_events", "code": "not_reported_visa", "student_key": "S9", "reason": "J-1: changed",
+                "at_ms": n, "changes": {"student.email": [f"e{n}", f"e{n + 1}"]}} for n in (1, 2)]
+    [item] = worklist([], [], [], letters, {}, Deadlines(timezone=TZ), TODAY)
+    assert "in the SIS: student.email: e1 → e3" in item.detail          # first before, last after
