@@ -252,7 +252,9 @@ class SevisSettings:
     repost_after_s: float = setting(1800.0, "an upload whose outcome is unknown is posted again (same BatchID) only "
                                             "after SEVIS answered S0031 for this long since our last POST ...")
     repost_after_checks: int = setting(3, "... and at least this many times since that POST")
-    max_posts: int = setting(3, "most POSTs of one BatchID; past it an unknown outcome waits for the operator")
+    max_posts: int = setting(1, "most POSTs of one BatchID whose outcome is unknown; 1 (the default) never posts a "
+                                "batch again by itself: an unknown outcome is settled by downloading, or waits for "
+                                "the operator (`sevisflow sink requeue`); more allows re-posting after S0031")
     max_response_bytes: int = setting(134217728, "largest HTTPS answer read from SEVIS (the download zip included)")
     max_unzipped_bytes: int = setting(536870912, "largest total size of the files in a downloaded results zip")
     max_zip_entries: int = setting(2000, "most files in a downloaded results zip")

@@ -57,7 +57,7 @@ class Sink:
 
     def __init__(self, kafka_stack, unique: str, sim, tmp_path: Path, **sevis) -> None:
         over = {"poll_interval_s": 0.2, "retry_base_s": 0.1, "retry_max_s": 0.5, "http_timeout_s": 5.0,
-                "repost_after_s": 0.0, "repost_after_checks": 1, **sevis}
+                "repost_after_s": 0.0, "repost_after_checks": 1, "max_posts": 3, **sevis}
         self.settings = make_settings(kafka_stack, unique=unique, sevis=sim_sevis(sim, tmp_path, **over))
         ensure_topics(self.settings.kafka, pipeline_topics(self.settings))
         self.sim = sim

@@ -57,7 +57,8 @@ def test_accepted_but_the_client_never_saw_the_answer(sim, tmp_path, mode):
 
 def test_delayed_registration_within_the_grace_is_waited_out(sim, tmp_path):
     """S0031 right after our own (unanswered) POST means "not registered yet": no re-post before the grace."""
-    settings = settings_for(sim, tmp_path, http_timeout_s=1.0, repost_after_checks=6, repost_after_s=0.0)
+    settings = settings_for(sim, tmp_path, http_timeout_s=1.0, repost_after_checks=6, repost_after_s=0.0,
+                            max_posts=3)
     put_batch(settings)
     sim.registration_delay_downloads = 4
     sim.fail("upload", "slow_accept", 1, delay_s=3.0)
@@ -71,7 +72,8 @@ def test_delayed_registration_within_the_grace_is_waited_out(sim, tmp_path):
 def test_registration_slower_than_the_grace_never_makes_sevis_process_twice(sim, tmp_path):
     """Past the grace the same BatchID is posted again: SEVIS answers S0010 (it has it), which after our
     own POST is "unknown" again: resolved by download, not re-queued. SEVIS processed it once."""
-    settings = settings_for(sim, tmp_path, http_timeout_s=1.0, repost_after_checks=2, repost_after_s=0.0)
+    settings = settings_for(sim, tmp_path, http_timeout_s=1.0, repost_after_checks=2, repost_after_s=0.0,
+                            max_posts=3)
     put_batch(settings)
     sim.registration_delay_downloads = 3
     sim.fail("upload", "drop_after", 1)
@@ -102,7 +104,7 @@ def test_unknown_outcome_waits_visibly_and_posts_at_most_max_posts(sim, tmp_path
 def test_a_refusal_after_an_unknown_post_requeues_nothing(sim, tmp_path):
     """The first POST is lost (unknown), the re-post is refused (S0013): the first may still have been
     taken, so nothing is re-queued and nothing is posted again; the status asks for the operator."""
-    settings = settings_for(sim, tmp_path)
+    settings = settings_for(sim, tmp_path, max_posts=3)   # a school that allows re-posting
     put_batch(settings)
     sim.fail("upload", "drop", 1)   # the first POST: no answer
     sim.fail("upload", "S0013", 1)  # the re-post (after S0031; grace 0 in this test): refused
