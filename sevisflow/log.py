@@ -34,6 +34,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(payload, default=str).decode()
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (a replaced or closed stream of the
+    moment ``configure`` ran would lose the record, or fail with "I/O operation on closed file")."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure(level: str = "INFO", stream: Any = None) -> None:
     """Install the JSON formatter on the root logger once (idempotent)."""
     global _CONFIGURED
@@ -41,7 +57,7 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
     if _CONFIGURED:
         root.setLevel(level)
         return
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.setFormatter(JsonFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -164,6 +164,7 @@ def test_topics_produce_consume_and_transactional_loop_over_sasl_ssl(secure_stac
         assert secret not in text, "a secret leaked into printed config or logs"
 
 
+@pytest.mark.usefixtures("no_log_handler_swap")
 def test_a_refused_sasl_login_and_a_wrong_key_password_are_named_as_such(secure_stack, tmp_path, capsys,
                                                                          monkeypatch):
     """Exit 1 with what is wrong and which setting to fix — not "Kafka unreachable", not a traceback."""
