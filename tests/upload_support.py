@@ -44,7 +44,7 @@ def sim_sevis(sim: SevisSimulator, tmp_path: Path, **over) -> dict:
 def settings_for(sim: SevisSimulator, tmp_path: Path, **over):
     return make_settings(sevis=sim_sevis(sim, tmp_path, **{"poll_interval_s": 0.0, "retry_base_s": 0.01,
                                                              "retry_max_s": 0.05, "http_timeout_s": 5.0,
-                                                             "repost_after_s": 0.0, "repost_after_checks": 1,
+                                                             "repost_after_s": 0.0, "repost_after_checks": 1, "max_posts": 3,
                                                              **over}))
 
 
