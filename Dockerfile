@@ -32,10 +32,10 @@ RUN groupadd --system --gid 10001 sevisflow \
        --shell /usr/sbin/nologin sevisflow
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels /wheels/sevisflow-*.whl \
-    && python -c "import connectors.postgres._pgtuple, sevisflow.serde as s; s.registry().schema('sevisflow.events.SevisEvent')"
+    && python -c "import sevisflow.connectors.postgres._pgtuple, sevisflow.core.serde as s; s.registry().schema('sevisflow.events.SevisEvent')"
 WORKDIR /var/lib/sevisflow
 USER 10001:10001
-# /metrics, /health and /ready: one port per stage, 9409 for `sevisflow run` (sevisflow/observability.py)
+# /metrics, /health and /ready: one port per stage, 9409 for `sevisflow run` (sevisflow/core/observability.py)
 EXPOSE 9400-9405 9409
 ENTRYPOINT ["sevisflow"]
 CMD ["--help"]

@@ -23,7 +23,7 @@ venv: $(VENV)/.installed ## create .venv with sevisflow and its test tools
 
 deps: venv ## install the local stack's parts: PostgreSQL server (apt) and Kafka jars (Maven)
 	@echo "==> checking the PostgreSQL server and Kafka's jars (the first time: apt-get and a Maven download, 1-3 minutes)"
-	@$(PY) -c "from deploy.local.stack import ensure_pg_installed, ensure_kafka_jars; print('PostgreSQL:', ensure_pg_installed()); print('Kafka jars:', ensure_kafka_jars())"
+	@$(PY) -c "from sevisflow.deploy.local.stack import ensure_pg_installed, ensure_kafka_jars; print('PostgreSQL:', ensure_pg_installed()); print('Kafka jars:', ensure_kafka_jars())"
 
 test: deps ## run unit and integration tests against a real local Kafka + PostgreSQL (12-20 min on 2 cores)
 	@echo "==> running every test against a real Kafka and PostgreSQL: 12-20 minutes on 2 cores"

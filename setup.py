@@ -1,6 +1,6 @@
 """Build hook for the optional C extension; everything else is in pyproject.toml.
 
-``connectors.postgres._pgtuple`` speeds up the connector's per-value loops. It is optional: when
+``sevisflow.connectors.postgres._pgtuple`` speeds up the connector's per-value loops. It is optional: when
 there is no C compiler (or no Python headers) the install still succeeds and the connector uses its
 pure-Python decoder, which produces identical output (see connectors/postgres/decoder.py).
 """
@@ -35,6 +35,6 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("connectors.postgres._pgtuple", ["connectors/postgres/_pgtuple.c"], optional=True)],
+    ext_modules=[Extension("sevisflow.connectors.postgres._pgtuple", ["connectors/postgres/_pgtuple.c"], optional=True)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

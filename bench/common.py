@@ -13,7 +13,7 @@ def kafka_bootstrap(given: str | None, name: str) -> Iterator[str]:
     if given:
         yield given
         return
-    from deploy.local.stack import start_stack, stop_stack
+    from sevisflow.deploy.local.stack import start_stack, stop_stack
 
     info = start_stack(name=name, postgres=False, progress=lambda *_: None)
     try:

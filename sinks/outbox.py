@@ -4,7 +4,7 @@ Layout (all folders 0700, all files 0600; ``<day>`` is the close day in the
 school's time zone, ``<B>`` the BatchID made file-name safe)::
 
     <outbox_dir>/.sink-sevis.lock        held (flock) by the one running SEVIS sink: pid, host, since
-    <outbox_dir>/audit-ledger.jsonl      the audit ledger (sevisflow.audit.ledger): what each batch folder
+    <outbox_dir>/audit-ledger.jsonl      the audit ledger (sevisflow.core.ledger): what each batch folder
                                          held, sealed by the sinks; never rewritten
     <outbox_dir>/<day>/ready/<B>/        validated, never posted            <B>.xml  manifest.json
                       /sending/<B>/      posted (or about to be): SEVIS's    + post-<n>.json, post-<n>.answer.json
@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 from zoneinfo import ZoneInfo
 
-from sevisflow.errors import TerminalError
-from sevisflow.faults import crash_point
+from sevisflow.core.errors import TerminalError
+from sevisflow.core.faults import crash_point
 
 STATES = ("ready", "sending", "uploaded", "processed", "failed")
 _FORWARD = {"ready": {"sending", "uploaded", "processed", "failed"}, "sending": {"uploaded", "processed", "failed"},

@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 import orjson
 
-from processors.batcher import batcher_topics
-from processors.batcher import run as run_batcher
-from processors.batcher.fixtures import ORG
-from processors.batcher.view import BatchView, build_view
-from sevisflow.cli import main as cli_main
-from sevisflow.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.serde import registry
-from sevisflow.topics import pipeline_topics
+from sevisflow.processors.batcher import batcher_topics
+from sevisflow.processors.batcher import run as run_batcher
+from sevisflow.processors.batcher.fixtures import ORG
+from sevisflow.processors.batcher.view import BatchView, build_view
+from sevisflow.app.cli import main as cli_main
+from sevisflow.core.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import pipeline_topics
 from tests.helpers import make_settings
 
 DSO = "DSOUSER001"

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from deploy.local.stack import start_stack, stop_stack
+from sevisflow.deploy.local.stack import start_stack, stop_stack
 from tests.helpers import REPO, KafkaHandle, PgHandle
 
 # The support modules are plain modules (not test modules): have pytest rewrite their asserts too, so a

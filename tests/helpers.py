@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sevisflow.config import Settings, settings_from_mapping
+from sevisflow.core.config import Settings, settings_from_mapping
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -119,7 +119,7 @@ def stage_stacks() -> str:
 
 def count(settings: Settings, topic: str) -> int:
     """Committed records on ``topic`` (read-only, no group offsets moved)."""
-    from sevisflow.kafka_io import read_topic
+    from sevisflow.core.kafka_io import read_topic
 
     return sum(1 for _ in read_topic(settings.kafka, topic))
 
@@ -127,7 +127,7 @@ def count(settings: Settings, topic: str) -> int:
 @contextlib.contextmanager
 def captured_logs() -> Iterator[io.StringIO]:
     """Every log record of the process (DEBUG and up, librdkafka's included) as sevisflow's JSON lines."""
-    from sevisflow import log as sflog
+    from sevisflow.core import log as sflog
 
     sflog.configure("DEBUG")  # install the JSON handler first: later configure() calls keep ours
     buf = io.StringIO()

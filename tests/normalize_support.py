@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from processors.normalize.debezium import Record, SisFeed
+from sevisflow.processors.normalize.debezium import Record, SisFeed
 from tests.scenarios import PKS, TABLES, base_rows
 
 N_STUDENTS, N_TERMS = 1000, 50
@@ -56,7 +56,7 @@ def student_rows(n: int) -> dict[str, Any]:
 
 
 def school_tables() -> dict[str, list[dict[str, Any]]]:
-    """The whole school by table (for ``deploy.sis.load.load_school``)."""
+    """The whole school by table (for ``sevisflow.deploy.sis.load.load_school``)."""
     out: dict[str, list[dict[str, Any]]] = {"term": [term_row(i) for i in range(N_TERMS)], "person": [],
                                             "immigration": [], "address": [], "program": [], "finance": [],
                                             "enrollment": []}

@@ -14,12 +14,12 @@ from typing import Any
 
 import orjson
 
-from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from sevisflow.cli import main
-from sevisflow.config import Settings, settings_toml
-from sevisflow.kafka_io import read_topic
-from sevisflow.serde import registry
-from deploy.sis.replay import canonical_payload, event_content, expected_events
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+from sevisflow.app.cli import main
+from sevisflow.core.config import Settings, settings_toml
+from sevisflow.core.kafka_io import read_topic
+from sevisflow.core.serde import registry
+from sevisflow.deploy.sis.replay import canonical_payload, event_content, expected_events
 from tests.helpers import REPO, TEST_ORG_ID, XSD_DIR
 
 DSO = "dsotest001"

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import orjson
 
-from processors.normalize.debezium import SisFeed
-from processors.normalize.mapping import load_mapping
-from processors.sevis_events.pure import PureOutput, PurePipeline
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.normalize.mapping import load_mapping
+from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 from tests.helpers import REPO
 
 MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")

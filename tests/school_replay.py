@@ -8,6 +8,6 @@ uses it too and must not import tests); this plain module keeps the tests' impor
 
 from __future__ import annotations
 
-from deploy.sis.replay import MAPPING, PKS, TODAY, Replay, feed_ops
+from sevisflow.deploy.sis.replay import MAPPING, PKS, TODAY, Replay, feed_ops
 
 __all__ = ["MAPPING", "PKS", "TODAY", "Replay", "feed_ops"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from deploy.local.stack import cache_dir
+from sevisflow.deploy.local.stack import cache_dir
 
 STRIMZI_VERSION = "1.2.0"
 """The Strimzi release whose CRDs the manifests are validated against (tests/strimzi/pom.xml)."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sinks.outbox import Outbox
-from sinks.sevis_sim import SevisSimulator
-from sinks.xml.render import ClosedBatch
-from sinks.xml.samples import DSO, ORG_ID, create_record, update_record
-from sinks.xml.stage import sink_closed_batch
-from sinks.xml.xsd import load_schema
+from sevisflow.sinks.outbox import Outbox
+from sevisflow.sinks.sevis_sim import SevisSimulator
+from sevisflow.sinks.xml.render import ClosedBatch
+from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, update_record
+from sevisflow.sinks.xml.stage import sink_closed_batch
+from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR, make_settings
 
 

@@ -1,7 +1,7 @@
 """How long `sevisflow verify` takes per batch (the pure part: render + guided batcher replay + hashing).
 
 Builds ``--batches`` batches of ``--size`` records with the real batcher and XML sink in a temp
-outbox, then times :func:`sevisflow.audit.verify.verify_batch` for each (reading Kafka is not
+outbox, then times :func:`sevisflow.app.audit.verify.verify_batch` for each (reading Kafka is not
 included: it is printed by the CLI as "Read the log in … s"). Run:
 
     .venv/bin/python -m bench.audit.bench_verify --batches 5 --size 250
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import orjson
 
-from sevisflow.audit.decode import decode_record
-from sevisflow.audit.ledger import Ledger, LedgerWriter
-from sevisflow.audit.scenario import batcher_run
-from sevisflow.audit.verify import VerifyContext, verify_all, verify_batch
-from sevisflow.serde import registry
+from sevisflow.app.audit.decode import decode_record
+from sevisflow.core.ledger import Ledger, LedgerWriter
+from sevisflow.app.audit.scenario import batcher_run
+from sevisflow.app.audit.verify import VerifyContext, verify_all, verify_batch
+from sevisflow.core.serde import registry
 from tests.helpers import XSD_DIR
 
 
@@ -30,10 +30,10 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=5)
     ap.add_argument("--size", type=int, default=250, help="update records per batch (plus 10 creates)")
     a = ap.parse_args()
-    from sinks.outbox import Outbox
-    from sinks.xml.render import ClosedBatch
-    from sinks.xml.stage import sink_closed_batch
-    from sinks.xml.xsd import load_schema
+    from sevisflow.sinks.outbox import Outbox
+    from sevisflow.sinks.xml.render import ClosedBatch
+    from sevisflow.sinks.xml.stage import sink_closed_batch
+    from sevisflow.sinks.xml.xsd import load_schema
 
     t0 = time.perf_counter()
     run = batcher_run(updates=a.size, creates=10, batches=a.batches)

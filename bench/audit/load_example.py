@@ -11,11 +11,11 @@ from pathlib import Path
 
 import orjson
 
-from sevisflow.audit.ledger import Ledger, LedgerWriter
-from sevisflow.audit.scenario import batcher_run, scenario_records
-from sevisflow.config import KafkaSettings
-from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer
-from sevisflow.serde import registry
+from sevisflow.core.ledger import Ledger, LedgerWriter
+from sevisflow.app.audit.scenario import batcher_run, scenario_records
+from sevisflow.core.config import KafkaSettings
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
+from sevisflow.core.serde import registry
 from tests.helpers import XSD_DIR
 
 
@@ -24,10 +24,10 @@ def main() -> None:
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--outbox", required=True)
     a = ap.parse_args()
-    from sinks.outbox import Outbox
-    from sinks.xml.render import ClosedBatch
-    from sinks.xml.stage import sink_closed_batch
-    from sinks.xml.xsd import load_schema
+    from sevisflow.sinks.outbox import Outbox
+    from sevisflow.sinks.xml.render import ClosedBatch
+    from sevisflow.sinks.xml.stage import sink_closed_batch
+    from sevisflow.sinks.xml.xsd import load_schema
 
     kafka = KafkaSettings(bootstrap_servers=a.bootstrap)
     recs = scenario_records()

@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from deploy.local.chaos import REPO, Chaos, Plan
+from sevisflow.deploy.local.chaos import REPO, Chaos, Plan
 
 
 def main(argv: list[str]) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
                 kills=args.kills, seed=args.seed, close_every_s=args.close_every, fault_every=args.fault_every,
                 in_flight_share=args.in_flight_share, registration_delay_s=args.registration_delay)
 
-    from deploy.local.stack import start_stack, stop_stack
+    from sevisflow.deploy.local.stack import start_stack, stop_stack
 
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import signal
 
-    from deploy.local.stack import find_pg_bin, start_stack, stop_stack
+    from sevisflow.deploy.local.stack import find_pg_bin, start_stack, stop_stack
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally below: stop the stack
 

@@ -26,12 +26,12 @@ def _usage() -> tuple[float, int]:
 
 
 def run_stream(job: dict[str, Any]) -> dict[str, Any]:
-    from connectors.postgres.task import ConnectorTask
-    from sevisflow.config import settings_from_mapping
+    from sevisflow.connectors.postgres.task import ConnectorTask
+    from sevisflow.core.config import settings_from_mapping
 
     settings = settings_from_mapping(job["settings"], env={})
     stop = threading.Event()
-    from connectors.postgres.metrics import ConnectorMetrics
+    from sevisflow.connectors.postgres.metrics import ConnectorMetrics
 
     metrics = ConnectorMetrics(settings.connector.name, settings.connector.slot_name)
     task = ConnectorTask(settings, stop, metrics)
@@ -71,9 +71,9 @@ def run_stream(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
-    from connectors.postgres.metrics import ConnectorMetrics
-    from connectors.postgres.task import ConnectorTask
-    from sevisflow.config import settings_from_mapping
+    from sevisflow.connectors.postgres.metrics import ConnectorMetrics
+    from sevisflow.connectors.postgres.task import ConnectorTask
+    from sevisflow.core.config import settings_from_mapping
 
     settings = settings_from_mapping(job["settings"], env={})
     metrics = ConnectorMetrics(settings.connector.name, settings.connector.slot_name)
@@ -116,7 +116,7 @@ def _dump_profile(prof: Any, kind: str) -> None:
 
 
 def run_raw(job: dict[str, Any]) -> dict[str, Any]:
-    from connectors.postgres.replication import ReplicationConnection
+    from sevisflow.connectors.postgres.replication import ReplicationConnection
 
     repl = ReplicationConnection(job["conninfo"])
     repl.start(job["slot"], job["publication"], 0)
@@ -183,7 +183,7 @@ def main() -> int:
     job = json.loads(sys.stdin.read())
     out = {"stream": run_stream, "snapshot": run_snapshot, "raw": run_raw, "raw_pg2": run_raw_pg2}[kind](job)
     if kind in ("stream", "snapshot"):
-        from connectors.postgres import decoder
+        from sevisflow.connectors.postgres import decoder
         out["decoder"] = decoder.name()   # c, or python (not built / SEVISFLOW_PURE_PYTHON_DECODER=1)
     print(json.dumps(out))
     return 0

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from deploy.local.debezium import CONNECT_VERSION, VERSION, ensure_jars, jars_dir  # noqa: F401 - re-exported
+from sevisflow.deploy.local.debezium import CONNECT_VERSION, VERSION, ensure_jars, jars_dir  # noqa: F401 - re-exported
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -40,7 +40,7 @@ def _proc_hwm_kb(pid: int) -> int:
 def run(work: Path, bootstrap: str, pg_port: int, slot: str, publication: str, prefix: str, end_lsn: int,
         slot_state: Callable[[str], tuple[bool, int]], timeout_s: float = 900) -> dict[str, Any]:
     """One Debezium run; ``slot_state(slot)`` returns (active, confirmed_flush_lsn)."""
-    from deploy.local.stack import free_port, java_bin
+    from sevisflow.deploy.local.stack import free_port, java_bin
 
     libs = ensure_jars()
     work.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,9 @@ import time
 from datetime import date, timedelta
 from typing import Any, Callable
 
-from connectors.postgres import convert as cv, decoder, snapshot as snap
-from connectors.postgres.envelope import EventBuilder, TableMeta, TxContext
-from connectors.postgres.pgoutput import Delete, Insert, Update, Value, decode, encode
+from sevisflow.connectors.postgres import convert as cv, decoder, snapshot as snap
+from sevisflow.connectors.postgres.envelope import EventBuilder, TableMeta, TxContext
+from sevisflow.connectors.postgres.pgoutput import Delete, Insert, Update, Value, decode, encode
 
 COLUMNS = (("id", cv.INT8, -1), ("sevis_id", cv.TEXT, -1), ("first_name", cv.TEXT, -1), ("last_name", cv.TEXT, -1),
            ("birth_date", cv.DATE, -1), ("citizenship", cv.BPCHAR, 6), ("visa_type", cv.TEXT, -1),

@@ -117,7 +117,7 @@ def _unprefixed(text: str, prefix: str) -> str:
 
 
 def _read(kafka: Any, topic: str, prefix: str) -> list[dict[str, Any]]:
-    from sevisflow.kafka_io import read_topic
+    from sevisflow.core.kafka_io import read_topic
 
     out = []
     for m in read_topic(kafka, topic, timeout_s=30):
@@ -132,7 +132,7 @@ def _read(kafka: Any, topic: str, prefix: str) -> list[dict[str, Any]]:
 
 
 def _settings(info: Any, prefix: str, slot: str, schemas: bool, work: Path) -> Any:
-    from sevisflow.config import settings_from_mapping
+    from sevisflow.core.config import settings_from_mapping
 
     pg = info.postgres
     return settings_from_mapping({
@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
 
-    from connectors.postgres import run_connector
-    from deploy.local.debezium import connector_properties, ensure_jars, read_properties, SHIPPED_WORKER, write_properties
-    from deploy.local.stack import free_port, java_bin, start_stack, stop_stack
+    from sevisflow.connectors.postgres import run_connector
+    from sevisflow.deploy.local.debezium import connector_properties, ensure_jars, read_properties, SHIPPED_WORKER, write_properties
+    from sevisflow.deploy.local.stack import free_port, java_bin, start_stack, stop_stack
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = REPO / ".local" / "stacks"
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _kafka(info: Any) -> Any:
-    from sevisflow.config import settings_from_mapping
+    from sevisflow.core.config import settings_from_mapping
 
     return settings_from_mapping({"kafka": {"bootstrap_servers": info.kafka.bootstrap},
                                   "school": {"org_id": "ABC214F00001000"}}, env={}).kafka

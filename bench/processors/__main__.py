@@ -16,9 +16,9 @@ import time
 import uuid
 
 from bench.common import kafka_bootstrap
-from processors.normalize.debezium import SisFeed
-from processors.normalize.mapping import load_mapping
-from processors.sevis_events.pure import PurePipeline
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.normalize.mapping import load_mapping
+from sevisflow.processors.sevis_events.pure import PurePipeline
 from tests.helpers import REPO, KafkaHandle, make_settings
 from tests.scenarios import ORG, school_history
 
@@ -37,10 +37,10 @@ def pure(n: int) -> dict[str, float]:
 
 
 def through_kafka(n: int, bootstrap: str) -> dict[str, float]:
-    from processors.normalize.stage import build_loop as build_normalize, normalize_topics
-    from processors.sevis_events.stage import build_loop as build_events, events_topics
-    from sevisflow.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce
-    from sevisflow.topics import pipeline_topics
+    from sevisflow.processors.normalize.stage import build_loop as build_normalize, normalize_topics
+    from sevisflow.processors.sevis_events.stage import build_loop as build_events, events_topics
+    from sevisflow.core.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce
+    from sevisflow.core.topics import pipeline_topics
 
     unique = uuid.uuid4().hex[:8]
     settings = make_settings(KafkaHandle(bootstrap), unique=unique, school={"org_id": ORG})
@@ -68,7 +68,7 @@ def through_kafka(n: int, bootstrap: str) -> dict[str, float]:
     loop2.run(max_idle_polls=15)
     res["events_stage_s"] = time.perf_counter() - t0 - 15 * loop2.batch_timeout_s
     res["events_cpu_s"] = time.process_time() - c0
-    from sevisflow.kafka_io import read_topic
+    from sevisflow.core.kafka_io import read_topic
     n_events = sum(1 for _ in read_topic(settings.kafka, settings.topics.events))
     res.update({"normalize_inputs": views, "student_versions": loop2.processed, "events": n_events,
                 "row_changes_per_s": changes / (res["normalize_s"] + res["events_stage_s"]),

@@ -38,9 +38,9 @@ KEYS = [k for k, _ in LABELS]
 
 def build_view():
     """The fictional 250-record open batch (deterministic)."""
-    from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-    from processors.batcher.fixtures import BASE_MS, ORG, command, event
-    from processors.batcher.view import build_view as fold
+    from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+    from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+    from sevisflow.processors.batcher.view import build_view as fold
 
     cips = ["11.0701", "52.0301", "26.0101", "14.0901", "40.0801", "45.0601"]
     countries = ["CH", "IN", "KS", "BR", "MX", "VM", "NI", "TU"]
@@ -102,7 +102,7 @@ def _render(view, labels, out: dict, prefix: str) -> str:
     """Render the terminal table piece by piece as `batch show` does; note the first screen and the end."""
     from rich.console import Console
 
-    from sevisflow.cli import review
+    from sevisflow.app.cli import review
 
     con = Console(width=100, color_system=None, force_terminal=False, highlight=False, soft_wrap=False)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -128,14 +128,14 @@ def one_process(warm: int) -> dict:
     xsd = Path(REPO / ".." / "shared" / "sevis" / "xsd").resolve()
     out: dict = {}
     t0, c0 = time.perf_counter(), time.process_time()
-    from sevisflow.labels import Labels
+    from sevisflow.app.labels import Labels
 
     labels = Labels(xsd)
     text = _render(view, labels, out, "cold_")
     out["cold_table_ms"] = (time.perf_counter() - t0) * 1000
     out["cold_table_cpu_ms"] = (time.process_time() - c0) * 1000
     assert "250 records" in text and "Computer Science" in text and "China (CH)" in text
-    from sevisflow.cli import review
+    from sevisflow.app.cli import review
 
     t0 = time.perf_counter()
     lines = list(review.show_lines(view, "America/Chicago", labels))

@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from sinks.outbox import Outbox
-    from sinks.xml.render import build_tree, check_batch, serialize
-    from sinks.xml.samples import sample_batch
-    from sinks.xml.stage import sink_closed_batch
-    from sinks.xml.xsd import StudentSchema
+    from sevisflow.sinks.outbox import Outbox
+    from sevisflow.sinks.xml.render import build_tree, check_batch, serialize
+    from sevisflow.sinks.xml.samples import sample_batch
+    from sevisflow.sinks.xml.stage import sink_closed_batch
+    from sevisflow.sinks.xml.xsd import StudentSchema
 
     t0 = time.perf_counter()
     schema = StudentSchema(args.xsd_dir)

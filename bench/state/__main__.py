@@ -39,12 +39,12 @@ def _settings(bootstrap: str, unique: str, backend: str, state_dir: str):
 
 def produce_workload(bootstrap: str, students: int) -> tuple[str, int]:
     """A fresh school history on topics of its own; returns (unique suffix, SIS row changes)."""
-    from processors.normalize.debezium import SisFeed
-    from processors.normalize.mapping import load_mapping
-    from processors.normalize.stage import normalize_topics
-    from processors.sevis_events.stage import events_topics
-    from sevisflow.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce
-    from sevisflow.topics import pipeline_topics
+    from sevisflow.processors.normalize.debezium import SisFeed
+    from sevisflow.processors.normalize.mapping import load_mapping
+    from sevisflow.processors.normalize.stage import normalize_topics
+    from sevisflow.processors.sevis_events.stage import events_topics
+    from sevisflow.core.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce
+    from sevisflow.core.topics import pipeline_topics
 
     mapping = load_mapping(REPO / "deploy/sis/mapping.toml")
     unique = uuid.uuid4().hex[:8]
@@ -68,14 +68,14 @@ def child(stage: str, backend: str, bootstrap: str, unique: str, state_dir: str)
     """Run one stage over everything on its input (until 15 empty polls); report time, CPU and peak RSS."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})   # one core, as bench.processors
-    from sevisflow.log import configure
+    from sevisflow.core.log import configure
     configure()   # the stage's JSON log on stderr (kept by the parent only when a child fails)
     settings = _settings(bootstrap, unique, backend, state_dir)
     if stage == "normalize":
-        from processors.normalize.stage import build_loop
+        from sevisflow.processors.normalize.stage import build_loop
         loop, _ = build_loop(settings)
     else:
-        from processors.sevis_events.stage import build_loop as build_events
+        from sevisflow.processors.sevis_events.stage import build_loop as build_events
         loop, _ = build_events(settings, instance="bench")
     rss_start = _peak_rss_mib()
     disk = {"bytes": 0}

@@ -1,7 +1,7 @@
 """PostgreSQL change-data-capture connector: pgoutput logical replication → Debezium-compatible Kafka topics.
 
 Entry points: :func:`run_connector` (used by ``sevisflow connector run`` and the all-in-one
-``sevisflow run``) and ``python -m connectors.postgres`` (the same, configured by SEVISFLOW_*
+``sevisflow run``) and ``python -m sevisflow.connectors.postgres`` (the same, configured by SEVISFLOW_*
 variables or ``--config``). Module map:
 
 * :mod:`.pgoutput` — pure decoder of the replication messages;
@@ -18,6 +18,6 @@ variables or ``--config``). Module map:
 
 from __future__ import annotations
 
-from connectors.postgres.task import ConnectorTask, run_connector
+from sevisflow.connectors.postgres.task import ConnectorTask, run_connector
 
 __all__ = ["ConnectorTask", "run_connector"]

@@ -1,6 +1,6 @@
 """Pre-flight checks, publication and slot management, and catalog look-ups (plain SQL, psycopg 3).
 
-Every check fails with a :class:`~sevisflow.errors.TerminalError` that names the setting or the
+Every check fails with a :class:`~sevisflow.core.errors.TerminalError` that names the setting or the
 privilege to fix: wal_level not logical, a server older than 10, a user without REPLICATION,
 captured tables that do not exist or cannot be read, a publication that is missing while
 ``publication.autocreate.mode=disabled``, a slot that belongs to another database or plugin.
@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import psycopg
 from psycopg import sql
 
-from connectors.postgres.convert import ColumnMapping, PgType, column_mapping
-from connectors.postgres.columns import ColumnPolicy
-from connectors.postgres.envelope import NO_DEFAULT, TableMeta
-from sevisflow.errors import ConfigError, TerminalError
+from sevisflow.connectors.postgres.convert import ColumnMapping, PgType, column_mapping
+from sevisflow.connectors.postgres.columns import ColumnPolicy
+from sevisflow.connectors.postgres.envelope import NO_DEFAULT, TableMeta
+from sevisflow.core.errors import ConfigError, TerminalError
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from sevisflow.errors import ConfigError
+from sevisflow.core.errors import ConfigError
 
 # column.mask.hash.<algorithm>.with.salt.<salt> and column.mask.hash.v2.<algorithm>.with.salt.<salt>
 MASK_KEY = re.compile(r"column\.mask\.hash\.(?:(v[12])\.)?([A-Za-z0-9-]+)\.with\.salt\.(.+)")

@@ -1,6 +1,6 @@
 """Which implementation decodes tuples: the optional C extension or the pure-Python reference.
 
-``connectors.postgres._pgtuple`` (built from ``_pgtuple.c`` when a C compiler is present at install)
+``sevisflow.connectors.postgres._pgtuple`` (built from ``_pgtuple.c`` when a C compiler is present at install)
 does the per-value loops — pgoutput TupleData → values, a row's text values → JSON values, COPY text →
 rows — and, without ``schemas.enable``, writes whole stream and snapshot events as JSON bytes; it
 returns exactly the objects the Python functions return, or None where the Python path must take
@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from connectors.postgres import convert as cv
-from sevisflow.log import get_logger
+from sevisflow.connectors.postgres import convert as cv
+from sevisflow.core.log import get_logger
 
 FORCE_PYTHON_ENV = "SEVISFLOW_PURE_PYTHON_DECODER"
 MEMO_SIZE = 8192    # memo entries per column before the memo is cleared (envelope._MEMO_SIZE is this)
@@ -34,7 +34,7 @@ _stale = False
 def _load() -> ModuleType | None:
     global _stale
     try:
-        from connectors.postgres import _pgtuple
+        from sevisflow.connectors.postgres import _pgtuple
     except ImportError:
         return None
     if getattr(_pgtuple, "API", None) != API:
@@ -81,7 +81,7 @@ def set_active(use_c: bool) -> None:
     """Switch every hook to the C (``True``, if built) or the Python loops at runtime: for the tests that
     run both and the offline micro-benchmark; the connector itself decides once, at import."""
     global active
-    from connectors.postgres import envelope, pgoutput, snapshot
+    from sevisflow.connectors.postgres import envelope, pgoutput, snapshot
     active = c_module if use_c else None
     envelope._fast_row = pick(envelope._py_fast_row, "fast_row")
     envelope._c_read_row = pick(None, "read_row")

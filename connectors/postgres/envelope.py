@@ -39,11 +39,11 @@ from typing import Any, Iterator, Optional, Sequence
 
 import orjson
 
-from connectors.postgres import convert as cv
-from connectors.postgres.columns import TablePolicy
-from connectors.postgres import decoder as _decoder
-from connectors.postgres.convert import ColumnMapping
-from connectors.postgres.pgoutput import UNCHANGED, Value
+from sevisflow.connectors.postgres import convert as cv
+from sevisflow.connectors.postgres.columns import TablePolicy
+from sevisflow.connectors.postgres import decoder as _decoder
+from sevisflow.connectors.postgres.convert import ColumnMapping
+from sevisflow.connectors.postgres.pgoutput import UNCHANGED, Value
 
 UNAVAILABLE = "__debezium_unavailable_value"
 UNAVAILABLE_BYTES = base64.b64encode(UNAVAILABLE.encode()).decode()

@@ -1,8 +1,8 @@
 """Every PostgreSQL / Kafka failure of the connector is classified here, once.
 
-:func:`classify` maps an exception to :class:`~sevisflow.errors.TransientError` (the task is
+:func:`classify` maps an exception to :class:`~sevisflow.core.errors.TransientError` (the task is
 restarted from the slot after a backoff: nothing is lost because nothing unacknowledged was
-confirmed) or :class:`~sevisflow.errors.TerminalError` (an operator must change something).
+confirmed) or :class:`~sevisflow.core.errors.TerminalError` (an operator must change something).
 The decision is by SQLSTATE class, like Debezium's PostgresErrorHandler:
 
 * ``08`` connection exception, ``57P01-03`` server shutting down / starting, no SQLSTATE at all
@@ -18,7 +18,7 @@ from __future__ import annotations
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
 
-from sevisflow.errors import SevisflowError, TerminalError, TransientError
+from sevisflow.core.errors import SevisflowError, TerminalError, TransientError
 
 TRANSIENT_SQLSTATES = {"55006", "57P01", "57P02", "57P03", "40001", "40P01", "53300"}
 

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from connectors.postgres.offsets import write_atomic
-from sevisflow.observability import Heartbeat
+from sevisflow.connectors.postgres.offsets import write_atomic
+from sevisflow.core.observability import Heartbeat
 
 
 class ConnectorMetrics:
@@ -57,9 +57,9 @@ class ConnectorMetrics:
         self.snapshot: dict[str, Any] | None = None
         self.last_error: str | None = None
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
-        # exposed through the process's /metrics ([metrics] port, sevisflow.observability.serve_for)
+        # exposed through the process's /metrics ([metrics] port, sevisflow.core.observability.serve_for)
         # next to the other stages; the connector has no server of its own
-        from sevisflow.observability import process_registry
+        from sevisflow.core.observability import process_registry
 
         self._process_registry = process_registry()
         try:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sevisflow.errors import TerminalError
+from sevisflow.core.errors import TerminalError
 
 
 @dataclass

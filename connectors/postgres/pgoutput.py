@@ -3,7 +3,7 @@
 :func:`decode` turns one CopyData payload (the part after the XLogData header) into a
 small message object. Tuple values stay in PostgreSQL's *text* representation (``str``),
 ``None`` for SQL NULL, or :data:`UNCHANGED` for an unchanged TOASTed value the server did
-not send; :mod:`connectors.postgres.convert` turns text into JSON values. The decoder keeps
+not send; :mod:`sevisflow.connectors.postgres.convert` turns text into JSON values. The decoder keeps
 no state: the caller caches :class:`Relation` messages by ``relid`` (see
 :class:`RelationCache`), so a column added or dropped at runtime is picked up from the
 next Relation message the server sends.
@@ -334,7 +334,7 @@ def encode(msg: PgOutputMessage) -> bytes:
 # connectors/postgres/decoder.py: when the extension is active, _decode walks tuples in C; anything the C
 # loop does not accept (malformed data) is decoded again here, so the proper DecodeError is raised.
 
-from connectors.postgres import decoder as _decoder  # noqa: E402 - decoder must not import this module
+from sevisflow.connectors.postgres import decoder as _decoder  # noqa: E402 - decoder must not import this module
 
 if _decoder.c_module is not None:
     _decoder.c_module.set_unchanged(UNCHANGED)

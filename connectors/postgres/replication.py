@@ -26,10 +26,10 @@ import time
 from typing import Any
 
 import psycopg
-from connectors.postgres.convert import SESSION_OPTIONS
-from connectors.postgres.errors import classify
-from connectors.postgres.pgoutput import PG_EPOCH_UNIX_US, format_lsn, parse_lsn
-from sevisflow.errors import ConfigError, TransientError
+from sevisflow.connectors.postgres.convert import SESSION_OPTIONS
+from sevisflow.connectors.postgres.errors import classify
+from sevisflow.connectors.postgres.pgoutput import PG_EPOCH_UNIX_US, format_lsn, parse_lsn
+from sevisflow.core.errors import ConfigError, TransientError
 
 _XLOG = struct.Struct(">QQq").unpack_from
 _KEEPALIVE = struct.Struct(">QqB").unpack_from

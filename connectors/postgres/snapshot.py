@@ -40,10 +40,10 @@ from typing import Any, Iterator, Sequence
 import psycopg
 from psycopg import pq, sql
 
-from connectors.postgres import decoder as _decoder
-from connectors.postgres.envelope import TableMeta
-from connectors.postgres.pgoutput import Value
-from sevisflow.errors import ConfigError, TerminalError
+from sevisflow.connectors.postgres import decoder as _decoder
+from sevisflow.connectors.postgres.envelope import TableMeta
+from sevisflow.connectors.postgres.pgoutput import Value
+from sevisflow.core.errors import ConfigError, TerminalError
 
 
 @dataclass(frozen=True)

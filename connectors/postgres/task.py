@@ -31,25 +31,25 @@ from typing import Any, Iterable
 import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 
-from connectors.postgres import admin, decoder
-from connectors.postgres.columns import ColumnPolicy
-from connectors.postgres.convert import SESSION_OPTIONS
-from connectors.postgres.envelope import EventBuilder, Record, TableMeta, TxContext
-from connectors.postgres.errors import SlotInUseError, classify
-from connectors.postgres.metrics import ConnectorMetrics
-from connectors.postgres.offsets import ConnectorState, SnapshotProgress, StateStore
-from connectors.postgres.pgoutput import (
+from sevisflow.connectors.postgres import admin, decoder
+from sevisflow.connectors.postgres.columns import ColumnPolicy
+from sevisflow.connectors.postgres.convert import SESSION_OPTIONS
+from sevisflow.connectors.postgres.envelope import EventBuilder, Record, TableMeta, TxContext
+from sevisflow.connectors.postgres.errors import SlotInUseError, classify
+from sevisflow.connectors.postgres.metrics import ConnectorMetrics
+from sevisflow.connectors.postgres.offsets import ConnectorState, SnapshotProgress, StateStore
+from sevisflow.connectors.postgres.pgoutput import (
     Begin, Commit, Message as PgMessage, Relation, Truncate, TypeInfo, decode, format_lsn,
 )
-from connectors.postgres.replication import ReplicationConnection
-from connectors.postgres.snapshot import begin_snapshot_transaction, read_chunks, snapshotter_for
+from sevisflow.connectors.postgres.replication import ReplicationConnection
+from sevisflow.connectors.postgres.snapshot import begin_snapshot_transaction, read_chunks, snapshotter_for
 from sevisflow import __version__
-from sevisflow.config import Settings
-from sevisflow.errors import SevisflowError, TerminalError, TransientError
-from sevisflow.faults import crash_point
-from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer
-from sevisflow.log import get_logger
-from sevisflow.observability import register_probe, unregister_probe
+from sevisflow.core.config import Settings
+from sevisflow.core.errors import SevisflowError, TerminalError, TransientError
+from sevisflow.core.faults import crash_point
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
+from sevisflow.core.log import get_logger
+from sevisflow.core.observability import register_probe, unregister_probe
 
 log = get_logger(__name__)
 
@@ -190,7 +190,7 @@ class ConnectorTask:
             self.delivery_errors.append(err)
 
     def _ensure_topics(self, names: list[str]) -> None:
-        from sevisflow.topics import AUDIT_RETENTION_MS
+        from sevisflow.core.topics import AUDIT_RETENTION_MS
 
         k = self.settings.kafka
         wanted = [n for n in names if n not in self.known_topics]
@@ -620,7 +620,7 @@ def run_connector(settings: Settings, stop_event: threading.Event) -> None:
 
     Transient failures (PostgreSQL or Kafka unreachable, server restart, a slot still held by a
     dying process) restart the task from the slot after a backoff; terminal ones (bad config,
-    missing privileges, wal_level) raise a :class:`~sevisflow.errors.SevisflowError` naming the fix.
+    missing privileges, wal_level) raise a :class:`~sevisflow.core.errors.SevisflowError` naming the fix.
     """
     c = settings.connector
     metrics = ConnectorMetrics(c.name, c.slot_name)  # served on the process's [metrics] port (serve_for)

@@ -42,8 +42,8 @@ from typing import Any, Callable, TextIO
 
 import orjson
 
-from deploy.sis.replay import TODAY, compare_events, replay_events
-from sinks.outbox import STATES, safe_name
+from sevisflow.deploy.sis.replay import TODAY, compare_events, replay_events
+from sevisflow.sinks.outbox import STATES, safe_name
 
 REPO = Path(__file__).resolve().parents[2]
 ORG_ID = "ZZZ214F99999000"          # a made-up OrgID (ZZZ: no real school)
@@ -202,7 +202,7 @@ class Stages:
                 old.close()
             self.files[name] = log
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "sevisflow.cli.__main__", "--log-level", "INFO", *STAGES[name]],
+                [sys.executable, "-m", "sevisflow.app.cli.__main__", "--log-level", "INFO", *STAGES[name]],
                 cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
     def start_all(self) -> None:
@@ -248,7 +248,7 @@ def cli(config: Path, *args: str, timeout_s: float = 120) -> subprocess.Complete
     """``sevisflow ARGS`` as the DSO runs it (its own process, no terminal)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
     env["SEVISFLOW_CONFIG"] = str(config)
-    return subprocess.run([sys.executable, "-m", "sevisflow.cli.__main__", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sevisflow.app.cli.__main__", *args], capture_output=True, text=True,
                           env=env, timeout=timeout_s, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
@@ -290,8 +290,8 @@ def dso_close(config: Path, timeout_s: float = 60) -> tuple[bool, str]:
 
 
 def _decoded(settings: Any, topic: str) -> list[dict[str, Any]]:
-    from sevisflow.kafka_io import read_topic
-    from sevisflow.serde import registry
+    from sevisflow.core.kafka_io import read_topic
+    from sevisflow.core.serde import registry
 
     return [registry().decode(m.value()) for m in read_topic(settings.kafka, topic, timeout_s=60) if m.value()]
 
@@ -319,7 +319,7 @@ def invalid_documents(outbox_dir: Path, quarantine_dir: Path, xsd_dir: str) -> t
     """(documents checked, failing the XSD, quarantined batches)."""
     from lxml import etree
 
-    from sinks.xml.xsd import load_schema
+    from sevisflow.sinks.xml.xsd import load_schema
 
     schema = load_schema(xsd_dir)
     checked = bad = 0
@@ -348,7 +348,7 @@ class EndState:
 
 
 def read_end_state(settings: Any) -> EndState:
-    from sevisflow.cli.batch import load_view
+    from sevisflow.app.cli.batch import load_view
 
     closed: dict[str, list[dict[str, Any]]] = {}
     requeued: set[str] = set()
@@ -463,13 +463,13 @@ class Chaos:
     # -- set-up
 
     def _setup(self) -> tuple[list[Any], list[dict[str, Any]], set[str]]:
-        from deploy.sis.activity import generate_activity
-        from deploy.sis.generator import generate_school
-        from deploy.sis.load import create_schema, load_school
-        from sevisflow.config import settings_from_mapping, settings_toml
-        from sevisflow.kafka_io import ensure_topics
-        from sevisflow.topics import all_topics
-        from sinks.sevis_sim import SevisSimulator
+        from sevisflow.deploy.sis.activity import generate_activity
+        from sevisflow.deploy.sis.generator import generate_school
+        from sevisflow.deploy.sis.load import create_schema, load_school
+        from sevisflow.core.config import settings_from_mapping, settings_toml
+        from sevisflow.core.kafka_io import ensure_topics
+        from sevisflow.core.topics import all_topics
+        from sevisflow.sinks.sevis_sim import SevisSimulator
 
         p = self.plan
         self.work.mkdir(parents=True, exist_ok=True)
@@ -493,7 +493,7 @@ class Chaos:
         return activity, snapshot + later, {e["student_key"] for e in snapshot if e["kind"] == "Create"}
 
     def _count(self, topic: str) -> int:
-        from sevisflow.kafka_io import read_topic
+        from sevisflow.core.kafka_io import read_topic
 
         return sum(1 for _ in read_topic(self.settings.kafka, topic))
 
@@ -520,7 +520,7 @@ class Chaos:
     # -- the actors
 
     def _play(self, activity: list[Any]) -> None:
-        from deploy.sis.load import play_activity
+        from sevisflow.deploy.sis.load import play_activity
 
         pace = self.plan.minutes * 60 * 0.8 / max(1, len(activity))
         try:
@@ -546,7 +546,7 @@ class Chaos:
 
     def _in_flight_kill(self) -> bool:
         """Hold the next upload or download at the simulator, and kill ``sink sevis`` while it is held."""
-        from sinks.sevis_sim.server import FAULT_MODES
+        from sevisflow.sinks.sevis_sim.server import FAULT_MODES
 
         op = self.rng.choice(["upload", "download"])
         mode = self.rng.choice([m for m in IN_FLIGHT[op] if m in FAULT_MODES])
@@ -581,7 +581,7 @@ class Chaos:
                 self.stages.check()
                 time.sleep(0.2)
             if p.fault_every and k % p.fault_every == p.fault_every - 1:
-                from sinks.sevis_sim.server import FAULT_MODES
+                from sevisflow.sinks.sevis_sim.server import FAULT_MODES
 
                 op, mode = self.rng.choice([f for f in FAULTS if f[1] in FAULT_MODES])
                 self.sim.fail(op, mode, 1)

@@ -27,7 +27,7 @@ import signal
 import time
 from pathlib import Path
 
-from deploy.local.stack import (
+from sevisflow.deploy.local.stack import (
     CLIENT_USER,
     KafkaInfo,
     KafkaNode,
@@ -44,7 +44,7 @@ from deploy.local.stack import (
     tail,
     write_node_files,
 )
-from sevisflow.errors import StackError
+from sevisflow.core.errors import StackError
 
 DEFAULT_HEAP = "320m"
 
@@ -60,7 +60,7 @@ class KafkaCluster:
         self.nodes = nodes
         self.security = security
         self.heap = heap
-        self.users = tuple(users)  # SCRAM users of a secure cluster (sevisflow/acls.py principals)
+        self.users = tuple(users)  # SCRAM users of a secure cluster (sevisflow/core/acls.py principals)
 
     def start(self, timeout_s: float = 120) -> KafkaInfo:
         """Format every node, start them all at once, wait until each sees all brokers."""

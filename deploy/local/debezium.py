@@ -84,7 +84,7 @@ class ConnectStandalone:
     """Kafka Connect standalone with Debezium, started in its own process group; ``stop()`` ends it."""
 
     def __init__(self, work: Path, bootstrap: str, connector: Mapping[str, str]) -> None:
-        from deploy.local.stack import free_port, java_bin
+        from sevisflow.deploy.local.stack import free_port, java_bin
 
         libs = ensure_jars()
         work.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ running. Used by ``sevisflow stack up|down|status``, ``make demo``, the pytest
 session fixtures and bench/.
 
 Start order and what each step checks (a failure names the step and shows the
-service's log tail, see :class:`~sevisflow.errors.StackError`):
+service's log tail, see :class:`~sevisflow.core.errors.StackError`):
 
 1. PostgreSQL binaries present (``apt-get install postgresql`` when missing);
 2. an unprivileged OS user to run it (initdb refuses root);
@@ -18,7 +18,7 @@ service's log tail, see :class:`~sevisflow.errors.StackError`):
 
 Options: ``kafka_security="sasl_ssl"`` (TLS with client certificates + SASL/SCRAM, the CA and
 certificates made at start by deploy/local/tls.py; KRaft's StandardAuthorizer with a SCRAM user per
-principal of sevisflow/acls.py and their ACLs applied) and ``kafka_brokers=3`` (a three-node KRaft
+principal of sevisflow/core/acls.py and their ACLs applied) and ``kafka_brokers=3`` (a three-node KRaft
 cluster, deploy/local/cluster.py).
 """
 
@@ -41,10 +41,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sevisflow.errors import StackError
+from sevisflow.core.errors import StackError
 
 if TYPE_CHECKING:
-    from sevisflow.config import Settings
+    from sevisflow.core.config import Settings
 
 HERE = Path(__file__).resolve().parent
 KAFKA_VERSION = "4.4.0"
@@ -334,7 +334,7 @@ class KafkaInfo:
         return [self.port, self.controller_port]
 
     def kafka_settings(self, user: str | None = None) -> dict[str, str]:
-        """The ``[kafka]`` settings (sevisflow.config field names) that reach this Kafka, as the
+        """The ``[kafka]`` settings (sevisflow.core.config field names) that reach this Kafka, as the
         operator (super user) or, with ``user``, as that principal of the ACL model.
 
         The password is passed as ``file:<path>`` so nothing printed or saved holds it.
@@ -388,7 +388,7 @@ class _Security:
             raise StackError("Kafka security", f"unknown security mode {mode!r}; use one of {', '.join(SECURITY_MODES)}")
         if mode == "plaintext":
             return cls(mode)
-        from deploy.local.tls import make_tls_files
+        from sevisflow.deploy.local.tls import make_tls_files
 
         secret_dir = home / "secrets"
         tls = make_tls_files(secret_dir)
@@ -485,7 +485,7 @@ def broker_properties(node_id: int, port: int, controller_port: int, voters: str
             # mutual TLS on a SASL_SSL listener needs the listener prefix (the bare key applies to SSL listeners only)
             f"listener.name.{listener}.ssl.client.auth": "required",
             "ssl.endpoint.identification.algorithm": "https",
-            # least privilege: KRaft's authorizer, deny what no ACL allows (sevisflow/acls.py gives the ACLs).
+            # least privilege: KRaft's authorizer, deny what no ACL allows (sevisflow/core/acls.py gives the ACLs).
             # Super users: the brokers' own user, the operator, and ANONYMOUS — the principal of the
             # CONTROLLER listener, which is plaintext on the loopback interface of this local stack only
             # (brokers register with the controllers over it); the client listener has no anonymous access.
@@ -753,8 +753,8 @@ def start_stack(name: str | None = None, base: Path | None = None, postgres: boo
     every request: a SCRAM user per principal of ``acl_settings`` ([acls] and the topic names;
     default settings when None), their ACLs applied, one ``principals/<user>.env`` each (0600).
     """
-    from sevisflow.acls import principals
-    from sevisflow.config import Settings as _Settings
+    from sevisflow.core.acls import principals
+    from sevisflow.core.config import Settings as _Settings
 
     acl_settings = acl_settings or _Settings()
     users = [u for names in principals(acl_settings).values() for u in names] if kafka_security == "sasl_ssl" else []
@@ -773,7 +773,7 @@ def start_stack(name: str | None = None, base: Path | None = None, postgres: boo
             progress(f"  PostgreSQL ready on 127.0.0.1:{info.postgres.port}")
         if kafka:
             if kafka_brokers > 1:
-                from deploy.local.cluster import KafkaCluster
+                from sevisflow.deploy.local.cluster import KafkaCluster
 
                 progress(f"starting Kafka (KRaft, {kafka_brokers} nodes, {kafka_security})…")
                 info.kafka = KafkaCluster(base, nodes=kafka_brokers, security=kafka_security, users=users).start()
@@ -795,7 +795,7 @@ def start_stack(name: str | None = None, base: Path | None = None, postgres: boo
 
 def apply_stack_acls(info: StackInfo, acl_settings: "Settings") -> Any:
     """Apply the ACL model of ``acl_settings`` to the stack's Kafka, as its operator (super user)."""
-    from sevisflow.acls import apply_acls
+    from sevisflow.core.acls import apply_acls
 
     assert info.kafka is not None
     kafka = _settings_kafka(info.kafka.kafka_settings())
@@ -803,7 +803,7 @@ def apply_stack_acls(info: StackInfo, acl_settings: "Settings") -> Any:
 
 
 def _settings_kafka(values: dict[str, str]) -> Any:
-    from sevisflow.config import settings_from_mapping
+    from sevisflow.core.config import settings_from_mapping
 
     return settings_from_mapping({"kafka": values}, env={}).kafka
 
@@ -811,7 +811,7 @@ def _settings_kafka(values: dict[str, str]) -> Any:
 def write_principal_envs(info: StackInfo, acl_settings: "Settings", progress=print) -> Path:  # type: ignore[no-untyped-def]
     """Apply the ACLs, then write ``principals/<user>.env`` (0600): the SEVISFLOW_KAFKA_* settings
     of each principal, its password as a ``file:`` reference, so a stage runs with its own rights."""
-    from sevisflow.acls import principal_role
+    from sevisflow.core.acls import principal_role
 
     assert info.kafka is not None
     plan = apply_stack_acls(info, acl_settings)

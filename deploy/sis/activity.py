@@ -5,7 +5,7 @@ one student's change often spans tables in one commit (a withdrawal updates prog
 enrollment; a new admit inserts five tables), domestic students change too (the pipeline must
 ignore them), and deletes happen. `generate_activity` models the school in memory so each change is
 valid against the rows the earlier ones left (updates hit exactly one row, keys stay unique), and
-returns structured ops; `Op.sql` renders them, `deploy.sis.load.play_activity` runs them.
+returns structured ops; `Op.sql` renders them, `sevisflow.deploy.sis.load.play_activity` runs them.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, Callable
 
-from deploy.sis import refdata, terms
-from deploy.sis.builder import UTC, IdCounters, SchoolBuilder, ascii_fold, weighted
-from deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER, Op, Row, School, Transaction, World
+from sevisflow.deploy.sis import refdata, terms
+from sevisflow.deploy.sis.builder import UTC, IdCounters, SchoolBuilder, ascii_fold, weighted
+from sevisflow.deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER, Op, Row, School, Transaction, World
 
 __all__ = ["AUTHORIZATION_KINDS", "CHANGE_KINDS", "EXTRA_KINDS", "Op", "Transaction", "World", "activity_span",
            "generate_activity", "generate_authorizations", "in_registration_window"]

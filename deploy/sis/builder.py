@@ -14,9 +14,9 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Sequence, TypeVar
 
-from deploy.sis import refdata, terms
-from deploy.sis.model import Row, School, empty_school
-from deploy.sis.terms import Term
+from sevisflow.deploy.sis import refdata, terms
+from sevisflow.deploy.sis.model import Row, School, empty_school
+from sevisflow.deploy.sis.terms import Term
 
 SCHOOL_EMAIL_DOMAIN = "students.example.edu"
 

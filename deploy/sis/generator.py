@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from datetime import date
 
-from deploy.sis.builder import SchoolBuilder
-from deploy.sis.model import (
+from sevisflow.deploy.sis.builder import SchoolBuilder
+from sevisflow.deploy.sis.model import (
     INTERNATIONAL_VISAS, PRIMARY_KEYS, TABLE_ORDER, Row, School, empty_school, is_international, merge,
 )
 

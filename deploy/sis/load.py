@@ -1,6 +1,6 @@
 """Create the reference SIS in PostgreSQL, bulk-load a school, play activity; plus the CLI.
 
-    python -m deploy.sis.load --dsn "host=… port=… dbname=…" --students 2000 \\
+    python -m sevisflow.deploy.sis.load --dsn "host=… port=… dbname=…" --students 2000 \\
         --international-share 0.3 --seed 7 [--activity 500] [--authorizations] [--today 2026-10-05] [--replace]
 
 The school is loaded with COPY in one transaction (fast: 20k students in seconds); each activity
@@ -19,8 +19,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from deploy.sis.activity import Transaction, generate_activity, generate_authorizations
-from deploy.sis.generator import TABLE_ORDER, School, generate_school
+from sevisflow.deploy.sis.activity import Transaction, generate_activity, generate_authorizations
+from sevisflow.deploy.sis.generator import TABLE_ORDER, School, generate_school
 
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 PUBLICATION = "sevisflow_sis"
@@ -84,7 +84,7 @@ def play_activity(conninfo: str, transactions: Iterable[Transaction]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deploy.sis.load", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sevisflow.deploy.sis.load", description=__doc__.split("\n")[0])
     p.add_argument("--dsn", required=True, help="libpq conninfo or URI of the SIS database")
     p.add_argument("--students", type=int, required=True, help="number of students")
     p.add_argument("--international-share", type=float, default=0.3,
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: create, load, optionally play activity; print counts as JSON. 0 ok, 1 failure."""
     args = _parser().parse_args(argv)
-    # The only wall-clock read of deploy.sis, and only when the user gives no --today.
+    # The only wall-clock read of sevisflow.deploy.sis, and only when the user gives no --today.
     today: date = args.today or date.today()
     try:
         school = generate_school(args.students, args.international_share, args.seed, today)

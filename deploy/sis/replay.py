@@ -16,12 +16,12 @@ from typing import Any
 
 import orjson
 
-from deploy.sis.activity import generate_activity
-from deploy.sis.generator import generate_school
-from deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER, Transaction, World
-from processors.normalize.debezium import SisFeed
-from processors.normalize.mapping import load_mapping
-from processors.sevis_events.pure import PureOutput, PurePipeline
+from sevisflow.deploy.sis.activity import generate_activity
+from sevisflow.deploy.sis.generator import generate_school
+from sevisflow.deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER, Transaction, World
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.normalize.mapping import load_mapping
+from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 
 MAPPING = load_mapping(Path(__file__).resolve().parent / "mapping.toml")
 TODAY = date(2026, 10, 5)

@@ -1,4 +1,4 @@
-"""``python -m processors.batcher [--config FILE] [--instance NAME]``: run the batcher until SIGTERM/SIGINT."""
+"""``python -m sevisflow.processors.batcher [--config FILE] [--instance NAME]``: run the batcher until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import signal
 import sys
 import threading
 
-from sevisflow import log
-from sevisflow.config import load_settings
-from sevisflow.errors import SevisflowError
+from sevisflow.core import log
+from sevisflow.core.config import load_settings
+from sevisflow.core.errors import SevisflowError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m processors.batcher", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m sevisflow.processors.batcher", description=__doc__)
     p.add_argument("--config", default=None, help="settings file (default: $SEVISFLOW_CONFIG or ./sevisflow.toml)")
     p.add_argument("--instance", default=None,
                    help="stable name of this instance (default $SEVISFLOW_INSTANCE or the host name); "
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     log.configure(args.log_level.upper())
-    from processors.batcher.stage import run
+    from sevisflow.processors.batcher.stage import run
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -34,9 +34,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from processors.batcher.guard import CommandPolicy, malformed, unauthorized, untimely
-from processors.batcher.ids import BATCH_ID_PREFIX, batch_id, next_batch_stamp, request_id, user_id_problem
-from sevisflow.worklist.deadlines import Deadlines, first_change_ms, session_start_of
+from sevisflow.processors.batcher.guard import CommandPolicy, malformed, unauthorized, untimely
+from sevisflow.processors.batcher.ids import BATCH_ID_PREFIX, batch_id, next_batch_stamp, request_id, user_id_problem
+from sevisflow.core.worklist.deadlines import Deadlines, first_change_ms, session_start_of
 
 MAX_PER_SECTION = 250
 """XSD maxOccurs of CreateStudent/Student and UpdateStudent/Student."""
@@ -331,7 +331,7 @@ def view_changed(old: School, new: School) -> bool:
 def open_view(school: School) -> dict[str, Any]:
     """The open batch as the DSO CLI shows it (an OpenBatch record for the compacted view topic).
 
-    Equal to folding the school's ``sevis.batches`` events (:func:`processors.batcher.view.fold`):
+    Equal to folding the school's ``sevis.batches`` events (:func:`sevisflow.processors.batcher.view.fold`):
     every record event carries the stored record, and every change of the records, the holds or
     the revision is published as an event.
     """

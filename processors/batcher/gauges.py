@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from processors.batcher.core import School, open_rejections
-from sevisflow.worklist.deadlines import BANDS, Deadlines, first_change_ms, session_start_of
+from sevisflow.processors.batcher.core import School, open_rejections
+from sevisflow.core.worklist.deadlines import BANDS, Deadlines, first_change_ms, session_start_of
 
 ALL_BANDS = (*BANDS, "none")
 """Deadline bands of the gauge; ``none`` = a record no legal limit covers (a Create, financial information)."""

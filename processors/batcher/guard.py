@@ -22,7 +22,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from processors.batcher.ids import user_id_problem
+from sevisflow.processors.batcher.ids import user_id_problem
 
 KINDS = ("close", "hold", "release", "requeue", "report", "resend")
 """Command kinds the batcher applies. ``result`` is gone: SEVIS results come only from sevis.results."""

@@ -1,4 +1,4 @@
-"""The batcher's Kafka adapter: a thin shell around :func:`processors.batcher.core.apply`.
+"""The batcher's Kafka adapter: a thin shell around :func:`sevisflow.processors.batcher.core.apply`.
 
 Inputs, all keyed by OrgID and co-partitioned (same partition count and the
 same partitioner, so one school's events, commands and results share a partition
@@ -11,7 +11,7 @@ the transaction's inputs, in the same transaction as the events it summarises; a
 or a rebalance every school of the taken partitions is written once more, so the view heals
 itself (e.g. after an upgrade, or if the topic was recreated).
 
-It runs in :class:`~sevisflow.kafka_io.TransactionalLoop`: outputs, state changes
+It runs in :class:`~sevisflow.core.kafka_io.TransactionalLoop`: outputs, state changes
 and input offsets commit in one Kafka transaction. Two details differ from the
 loop's defaults, both because the state of a school must live in exactly one
 place: the consumer uses the *range* assignor (it gives one member the same
@@ -51,7 +51,7 @@ from typing import Any, Iterable
 import orjson
 from confluent_kafka import Message
 
-from processors.batcher.core import (
+from sevisflow.processors.batcher.core import (
     CommandIn,
     EventIn,
     Publish,
@@ -64,19 +64,20 @@ from processors.batcher.core import (
     open_view,
     view_changed,
 )
-from processors.batcher.gauges import worklist_gauges
-from processors.batcher.guard import MAX_FUTURE_MS, CommandPolicy, parse_principals
-from processors.batcher.ids import BATCH_ID_PREFIX, user_id_problem
-from sevisflow.config import Settings
-from sevisflow.dlq import dead_letter
-from sevisflow.errors import ConfigError
-from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
-from sevisflow.state import CommittedState, open_committed
-from sevisflow.log import get_logger
-from sevisflow.serde import SerializationError, registry
-from sevisflow.topics import pipeline_topics
-from sevisflow.observability import StageMetrics
-from sevisflow.worklist.deadlines import Deadlines
+from sevisflow.processors.batcher.gauges import worklist_gauges
+from sevisflow.processors.batcher.guard import MAX_FUTURE_MS, CommandPolicy, parse_principals
+from sevisflow.processors.batcher.ids import BATCH_ID_PREFIX, user_id_problem
+from sevisflow.core.config import Settings
+from sevisflow.core.dlq import dead_letter
+from sevisflow.core.errors import ConfigError
+from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
+from sevisflow.core.state import CommittedState, open_committed
+from sevisflow.core.log import get_logger
+from sevisflow.core.serde import SerializationError, registry
+from sevisflow.core.topics import pipeline_topics, stage_group, state_topic_spec
+from sevisflow.core.topics import state_topic as core_state_topic
+from sevisflow.core.observability import StageMetrics
+from sevisflow.core.worklist.deadlines import Deadlines
 
 log = get_logger(__name__)
 
@@ -85,8 +86,6 @@ COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
 RESULT_SCHEMA = "sevisflow.results.SevisResult"
 BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
 OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
-STATE_TOPIC = "sevisflow.batcher.state"
-GROUP_ID = "sevisflow-batcher"
 TICK_EVERY_S = 2.0
 GAUGES_EVERY_S = 5.0
 FAULT_ENV = "SEVISFLOW_BATCHER_FAULT"
@@ -94,32 +93,17 @@ FAULT_ENV = "SEVISFLOW_BATCHER_FAULT"
 closed batch inside the transaction but before committing it."""
 
 
-def _suffix(settings: Settings) -> str:
-    """Per-deployment suffix: tests use topics like ``sevis.batches.<unique>``."""
-    default = "sevis.batches"
-    name = settings.topics.batches
-    return name[len(default) + 1:] if name.startswith(default + ".") else ""
-
-
 def state_topic(settings: Settings) -> str:
-    s = _suffix(settings)
-    return f"{STATE_TOPIC}.{s}" if s else STATE_TOPIC
+    return core_state_topic(settings, "batcher")
 
 
 def group_id(settings: Settings) -> str:
-    s = _suffix(settings)
-    return f"{GROUP_ID}-{s}" if s else GROUP_ID
+    return stage_group(settings, "batcher")
 
 
 def batcher_topics(settings: Settings) -> list[TopicSpec]:
-    """The batcher's own topic: its state changelog (for sevisflow/topics.py)."""
-    k = settings.kafka
-    return [TopicSpec(state_topic(settings), k.partitions, k.replication_factor, {
-        "cleanup.policy": "compact",
-        "min.insync.replicas": str(k.min_insync_replicas),
-        "max.message.bytes": str(8 * 1024 * 1024),
-        "min.compaction.lag.ms": "0",
-    })]
+    """The batcher's own topic: its state changelog."""
+    return [state_topic_spec(settings, "batcher")]
 
 
 # ----------------------------------------------------------------------------- state store

@@ -2,7 +2,7 @@
 
 Pure: :func:`fold` takes decoded BatchEvents in log order; :func:`from_open_batch` reads the
 batcher's compacted per-school view (one OpenBatch record, the fast path of ``batch show``). The CLI reads the
-topics with :func:`sevisflow.kafka_io.read_topic` (never moving any offsets)
+topics with :func:`sevisflow.core.kafka_io.read_topic` (never moving any offsets)
 and renders this view; the golden tests render views built from fixed events.
 """
 

@@ -12,7 +12,7 @@ from typing import Any
 
 def run(settings: Any, stop_event: Any, mapping: Any = None) -> None:
     """Run the normalize stage until ``stop_event`` is set."""
-    from processors.normalize.stage import run as _run
+    from sevisflow.processors.normalize.stage import run as _run
 
     _run(settings, stop_event, mapping)
 

@@ -1,4 +1,4 @@
-"""Small pieces both processor stages share: topic-name suffixes, dead-letter outputs, stop wiring."""
+"""Small pieces both processor stages share: dead-letter outputs, the mapping file, stop wiring."""
 
 from __future__ import annotations
 
@@ -6,25 +6,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sevisflow.config import Settings
-from sevisflow.dlq import SCHEMA as DLQ_SCHEMA
-from sevisflow.dlq import dead_letter_record
-from sevisflow.kafka_io import Output, TransactionalLoop
-from sevisflow.serde import registry
+from sevisflow.core import PACKAGE_ROOT
+from sevisflow.core.config import Settings
+from sevisflow.core.dlq import SCHEMA as DLQ_SCHEMA
+from sevisflow.core.dlq import dead_letter_record
+from sevisflow.core.kafka_io import Output, TransactionalLoop
+from sevisflow.core.serde import registry
 
-REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def suffix(settings: Settings) -> str:
-    """Per-deployment suffix taken from the students topic (tests use ``sevisflow.students.<unique>``)."""
-    default = "sevisflow.students"
-    name = settings.topics.students
-    return name[len(default) + 1:] if name.startswith(default + ".") else ""
-
-
-def with_suffix(name: str, settings: Settings) -> str:
-    s = suffix(settings)
-    return f"{name}.{s}" if s else name
 
 
 def dlq_output(settings: Settings, stage: str, code: str, reason: str, *, at_ms: int, student_key: str | None,
@@ -39,11 +27,11 @@ def dlq_output(settings: Settings, stage: str, code: str, reason: str, *, at_ms:
 
 
 def mapping_path(settings: Settings) -> Path:
-    """``school.mapping_file``, relative to the working directory or else to the repository."""
+    """``school.mapping_file``, relative to the working directory or else to the sevisflow package."""
     p = Path(settings.school.mapping_file)
     if p.is_absolute() or p.exists():
         return p
-    return REPO / p
+    return PACKAGE_ROOT / p
 
 
 def stop_with(loop: TransactionalLoop, stop_event: threading.Event, name: str) -> None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping as TMapping
 
-from processors.normalize import codes
-from processors.normalize.canonical import SECTIONS, FieldType
-from sevisflow.errors import ConfigError
+from sevisflow.processors.normalize import codes
+from sevisflow.processors.normalize.canonical import SECTIONS, FieldType
+from sevisflow.core.errors import ConfigError
 
 UNMAPPED_POLICIES = ("error", "keep", "null")
 

@@ -1,7 +1,7 @@
 """The normalize stage on Kafka: change topics (+ transaction topic) → ``sevisflow.students``.
 
-A thin shell around :class:`~processors.normalize.view.Normalizer`, run in
-:class:`~sevisflow.kafka_io.TransactionalLoop`: the student views it publishes, its dead letters,
+A thin shell around :class:`~sevisflow.processors.normalize.view.Normalizer`, run in
+:class:`~sevisflow.core.kafka_io.TransactionalLoop`: the student views it publishes, its dead letters,
 its state changes and its input offsets commit in one Kafka transaction, so after ``kill -9`` at
 any point a restarted instance restores the state from the changelog and carries on with the first
 uncommitted record — nothing lost, nothing published twice (read_committed).
@@ -24,22 +24,20 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from processors.normalize.common import dlq_output, mapping_path, msg_time, stop_with, suffix, with_suffix
-from processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
-from processors.normalize.mapping import Mapping, load_mapping
-from processors.normalize.view import Normalizer, Result
-from sevisflow.config import Settings
-from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
-from sevisflow.log import get_logger
-from sevisflow.serde import registry
-from sevisflow.state import CommittedState, open_committed
-from sevisflow.topics import pipeline_topics
+from sevisflow.processors.normalize.common import dlq_output, mapping_path, msg_time, stop_with
+from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
+from sevisflow.processors.normalize.mapping import Mapping, load_mapping
+from sevisflow.processors.normalize.view import Normalizer, Result
+from sevisflow.core.config import Settings
+from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
+from sevisflow.core.log import get_logger
+from sevisflow.core.serde import registry
+from sevisflow.core.state import CommittedState, open_committed
+from sevisflow.core.topics import pipeline_topics, stage_group, state_topic, state_topic_spec
 
 log = get_logger(__name__)
 
 STUDENT_SCHEMA = "sevisflow.students.StudentView"
-STATE_TOPIC = "sevisflow.normalize.state"
-GROUP_ID = "sevisflow-normalize"
 STATE_PARTITION = 0
 PROCESSOR_VERSION = "sevisflow-normalize/1"
 
@@ -135,12 +133,9 @@ def connector_pattern(settings: Settings) -> str:
 
 
 def normalize_topics(settings: Settings) -> list[TopicSpec]:
-    k = settings.kafka
     # only partition 0 holds state; the others exist because the loop restores the partition
     # numbers it is assigned on its inputs
-    return [TopicSpec(with_suffix(STATE_TOPIC, settings), k.partitions, k.replication_factor, {
-        "cleanup.policy": "compact", "min.insync.replicas": str(k.min_insync_replicas),
-        "max.message.bytes": str(8 * 1024 * 1024)})]
+    return [state_topic_spec(settings, "normalize")]
 
 
 class NormalizeStage:
@@ -300,13 +295,12 @@ def build_loop(settings: Settings, mapping: Mapping | None = None, batch_size: i
                ) -> tuple[TransactionalLoop, NormalizeStage]:
     """The normalize stage's transactional loop (not started)."""
     mapping = mapping or load_mapping(mapping_path(settings))
-    sfx = suffix(settings)
-    group = f"{GROUP_ID}-{sfx}" if sfx else GROUP_ID
+    group = stage_group(settings, "normalize")
     instance = f"{group}-sequencer"   # the same for every instance: the newest fences the others
     store = NormalizeStore(open_committed(settings.state, instance))
     stage = NormalizeStage(settings, mapping, store)
     loop = TransactionalLoop(settings.kafka, group, stage.subscription, stage.handle, transactional_id=instance,
-                             state_topic=with_suffix(STATE_TOPIC, settings), batch_size=batch_size,
+                             state_topic=state_topic(settings, "normalize"), batch_size=batch_size,
                              state=store, state_partitions={STATE_PARTITION}, on_idle=stage.on_idle,
                              consumer_overrides={"session.timeout.ms": 10000,
                                                  "topic.metadata.refresh.interval.ms": 5000},
@@ -320,7 +314,7 @@ def check_transaction_topic(settings: Settings, stage: NormalizeStage) -> None:
     commit order, and transactions may be applied out of order (deploy/topics.toml sets one)."""
     if not stage.tx_topic:
         return
-    from sevisflow.kafka_io import make_admin
+    from sevisflow.core.kafka_io import make_admin
 
     try:
         md = make_admin(settings.kafka).list_topics(stage.tx_topic, timeout=10)

@@ -79,9 +79,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from processors.normalize.canonical import SECTIONS, ValueProblem, convert, new_view, rounds
-from processors.normalize.changes import RowChange, TxMarker
-from processors.normalize.mapping import Feed, Mapping
+from sevisflow.processors.normalize.canonical import SECTIONS, ValueProblem, convert, new_view, rounds
+from sevisflow.processors.normalize.changes import RowChange, TxMarker
+from sevisflow.processors.normalize.mapping import Feed, Mapping
 
 US_SLOTS = ("us_physical", "us_mailing")
 SNAPSHOT_CHUNK = 500   # row ids per ``si:<n>`` key: a changelog record stays small, writes stay O(rows)

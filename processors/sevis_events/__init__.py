@@ -10,7 +10,7 @@ from typing import Any
 
 def run(settings: Any, stop_event: Any, instance: str | None = None) -> None:
     """Run the sevis_events stage until ``stop_event`` is set."""
-    from processors.sevis_events.stage import run as _run
+    from sevisflow.processors.sevis_events.stage import run as _run
 
     _run(settings, stop_event, instance)
 

@@ -1,13 +1,13 @@
-"""``python -m processors.sevis_events``: run the sevis_events stage (settings from $SEVISFLOW_CONFIG / ./sevisflow.toml)."""
+"""``python -m sevisflow.processors.sevis_events``: run the sevis_events stage (settings from $SEVISFLOW_CONFIG / ./sevisflow.toml)."""
 
 from __future__ import annotations
 
 import signal
 import threading
 
-from processors.sevis_events import run
-from sevisflow import log
-from sevisflow.config import load_settings
+from sevisflow.processors.sevis_events import run
+from sevisflow.core import log
+from sevisflow.core.config import load_settings
 
 if __name__ == "__main__":
     log.configure("INFO")

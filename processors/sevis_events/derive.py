@@ -28,7 +28,7 @@ Rules (docs/MAPPING.md "What is reported"):
   ``OPTEmployment.Extend`` (STEM) when one is approved, the matching ``….Cancel`` when it is withdrawn.
 * A value SEVIS would reject never reaches an event: the element is left out and an issue (dead
   letter for the DSO) names the field; an event with nothing left is not emitted. Every payload passes
-  :func:`processors.sevis_events.hygiene.check_event` before it is emitted (control characters, lengths,
+  :func:`sevisflow.processors.sevis_events.hygiene.check_event` before it is emitted (control characters, lengths,
   amounts, dates): a finding refuses that event only. A Create that was refused is tried again by the next
   create-ready version.
 """
@@ -44,9 +44,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from processors.sevis_events import hygiene
-from processors.sevis_events import sevis_format as fmt
-from processors.sevis_events.sevis_format import FormatProblem
+from sevisflow.processors.sevis_events import hygiene
+from sevisflow.processors.sevis_events import sevis_format as fmt
+from sevisflow.processors.sevis_events.sevis_format import FormatProblem
 
 PROCESSOR_VERSION = "sevisflow-events/1"
 OPEN_STATUSES = ("initial", "active", "deferred")

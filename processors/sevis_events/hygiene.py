@@ -1,6 +1,6 @@
 """Data hygiene where the data enters: refuse what a SEVIS batch cannot carry before an event exists.
 
-Pure functions, no clock, no I/O. The events stage (:mod:`processors.sevis_events.derive`, in
+Pure functions, no clock, no I/O. The events stage (:mod:`sevisflow.processors.sevis_events.derive`, in
 ``_Builder.event``) and ``sevisflow student add-info`` run :func:`check_event` on every payload
 they are about to emit; a finding refuses *that* event (the student's record) with an issue for the
 DSO, and nothing else: other events of the same student that are clean, and other students, flow.
@@ -308,8 +308,8 @@ def add_info_findings(passport: str | None, last_name: str | None,
 
 def require_clean_add_info(passport: str | None, last_name: str | None,
                            dependents: Iterable[Mapping[str, Any]]) -> None:
-    """Raise :class:`~sevisflow.errors.SevisflowError` (exit 1) listing every refused value; nothing is sent."""
-    from sevisflow.errors import SevisflowError
+    """Raise :class:`~sevisflow.core.errors.SevisflowError` (exit 1) listing every refused value; nothing is sent."""
+    from sevisflow.core.errors import SevisflowError
 
     problems = add_info_findings(passport, last_name, list(dependents))
     if problems:

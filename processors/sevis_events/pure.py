@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
-from processors.normalize.mapping import Mapping
-from processors.normalize.view import DeadItem, DictKV, Normalizer, Result, StudentUpdate
-from processors.sevis_events.derive import Context, Issue, derive
+from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
+from sevisflow.processors.normalize.mapping import Mapping
+from sevisflow.processors.normalize.view import DeadItem, DictKV, Normalizer, Result, StudentUpdate
+from sevisflow.processors.sevis_events.derive import Context, Issue, derive
 
 
 @dataclass

@@ -24,7 +24,7 @@ import re
 import unicodedata
 from typing import Any
 
-from processors.sevis_events import hygiene
+from sevisflow.processors.sevis_events import hygiene
 
 _SPECIAL = str.maketrans({"ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O",
                           "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "ł": "l", "Ł": "L", "ı": "i", "þ": "th",
@@ -107,7 +107,7 @@ def full_name(st: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def _clip(text: Any, n: int, field: str | None = None) -> str | None:
     """Folded text with whitespace runs collapsed; never cut. With ``field``, a control or XML-invalid
     character or more than ``n`` characters is a :class:`FormatProblem` naming that SIS field; without it,
-    the event check (:mod:`processors.sevis_events.hygiene`) refuses the event instead."""
+    the event check (:mod:`sevisflow.processors.sevis_events.hygiene`) refuses the event instead."""
     if text is None:
         return None
     raw = fold(str(text))

@@ -1,6 +1,6 @@
 """The sevis_events stage on Kafka: ``sevisflow.students`` → ``sevis.events`` (key OrgID) + dead letters.
 
-Runs :func:`~processors.sevis_events.derive.derive` in :class:`~sevisflow.kafka_io.TransactionalLoop`.
+Runs :func:`~sevisflow.processors.sevis_events.derive.derive` in :class:`~sevisflow.core.kafka_io.TransactionalLoop`.
 State (changelog ``sevisflow.events.state``, compacted, partition = input partition): per student
 key, the last view this stage derived from — the "previous view" of the next version. Events,
 dead letters, the new previous-view and the input offset commit in one transaction, so a crash
@@ -18,29 +18,23 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from processors.normalize.common import dlq_output, msg_time, stop_with, suffix, with_suffix
-from processors.sevis_events.derive import Context, derive
-from sevisflow.config import Settings
-from sevisflow.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
-from sevisflow.state import open_committed
-from sevisflow.log import get_logger
-from sevisflow.serde import SerializationError, registry
-from sevisflow.topics import pipeline_topics
+from sevisflow.processors.normalize.common import dlq_output, msg_time, stop_with
+from sevisflow.processors.sevis_events.derive import Context, derive
+from sevisflow.core.config import Settings
+from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
+from sevisflow.core.state import open_committed
+from sevisflow.core.log import get_logger
+from sevisflow.core.serde import SerializationError, registry
+from sevisflow.core.topics import pipeline_topics, stage_group, state_topic, state_topic_spec
 
 log = get_logger(__name__)
 
 STUDENT_SCHEMA = "sevisflow.students.StudentView"
 EVENT_SCHEMA = "sevisflow.events.SevisEvent"
-STATE_TOPIC = "sevisflow.events.state"
-GROUP_ID = "sevisflow-events"
 
 
 def events_topics(settings: Settings) -> list[TopicSpec]:
-    k = settings.kafka
-    return [TopicSpec(with_suffix(STATE_TOPIC, settings), k.partitions, k.replication_factor, {
-        "cleanup.policy": "compact", "min.insync.replicas": str(k.min_insync_replicas),
-        "max.message.bytes": str(8 * 1024 * 1024)})]
-
+    return [state_topic_spec(settings, "events")]
 
 
 MAX_CHANGES = 40
@@ -114,12 +108,11 @@ class EventsStage:
 
 def build_loop(settings: Settings, instance: str | None = None, batch_size: int = 2000
                ) -> tuple[TransactionalLoop, EventsStage]:
-    sfx = suffix(settings)
-    group = f"{GROUP_ID}-{sfx}" if sfx else GROUP_ID
+    group = stage_group(settings, "events")
     instance = instance or os.environ.get("SEVISFLOW_INSTANCE") or socket.gethostname()
     stage = EventsStage(settings)
     loop = TransactionalLoop(settings.kafka, group, [settings.topics.students], stage.handle,
-                             transactional_id=f"{group}-{instance}", state_topic=with_suffix(STATE_TOPIC, settings),
+                             transactional_id=f"{group}-{instance}", state_topic=state_topic(settings, "events"),
                              batch_size=batch_size, stall_after_s=settings.metrics.stall_after_s,
                              dlq_topic=settings.topics.dlq,
                              state=StateStore(open_committed(settings.state, f"{group}-{instance}")))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import threading
 
-from sevisflow.config import Settings
+from sevisflow.core.config import Settings
 
 
 def run(settings: Settings, stop_event: threading.Event) -> None:
     """Run the SEVIS upload/download stage until ``stop_event`` is set."""
-    from sinks.sevis.stage import run as _run
+    from sevisflow.sinks.sevis.stage import run as _run
 
     _run(settings, stop_event)

@@ -7,17 +7,17 @@ and gets a zip (or a TransactionLog saying S0030/S0031).
 
 Every failure is classified once, here:
 
-* :class:`~sevisflow.errors.TransientError` — network errors, timeouts, HTTP 5xx,
+* :class:`~sevisflow.core.errors.TransientError` — network errors, timeouts, HTTP 5xx,
   a response that is not a transaction log: try again with back-off;
 * :class:`Backpressure` — HTTP 429/503 with ``Retry-After``: wait that long;
 * :class:`CertificateError` (terminal) — no/unreadable client certificate, wrong key
   password, server certificate not trusted, or SEVIS refusing our certificate;
-* :class:`~sevisflow.errors.TerminalError` — other HTTP 4xx;
+* :class:`~sevisflow.core.errors.TerminalError` — other HTTP 4xx;
 * :class:`NotSent` (transient) — the connection could not be opened (nothing was sent);
-* :class:`~sinks.sevis.translog.LimitError` (transient) — an answer longer than
+* :class:`~sevisflow.sinks.sevis.translog.LimitError` (transient) — an answer longer than
   ``[sevis] max_response_bytes`` (read in chunks and abandoned at the cap, never whole).
 
-Every :class:`~sevisflow.errors.TerminalError` this client raises means SEVIS's application
+Every :class:`~sevisflow.core.errors.TerminalError` this client raises means SEVIS's application
 did not take the request (TLS refused, HTTP 4xx, not https): the uploader counts it as proof
 that the upload was not taken. A :class:`TransientError` other than :class:`NotSent` leaves the
 outcome of an upload unknown.
@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sevisflow.config import SevisSettings
-from sevisflow.errors import TerminalError, TransientError
-from sinks.sevis.translog import LimitError, TransactionLog, TranslogError, parse_translog
+from sevisflow.core.config import SevisSettings
+from sevisflow.core.errors import TerminalError, TransientError
+from sevisflow.sinks.sevis.translog import LimitError, TransactionLog, TranslogError, parse_translog
 
 USER_AGENT = "sevisflow/0.1 (batch client)"
 _CHUNK = 64 * 1024

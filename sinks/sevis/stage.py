@@ -1,6 +1,6 @@
 """The SEVIS sink stage: the outbox ⇄ SEVIS, results → ``sevis.results``, refusals → ``requeue``.
 
-One SEVIS sink per outbox: the stage holds :class:`~sinks.outbox.OutboxLock` (an OS ``flock`` on
+One SEVIS sink per outbox: the stage holds :class:`~sevisflow.sinks.outbox.OutboxLock` (an OS ``flock`` on
 ``<outbox_dir>/.sink-sevis.lock``) while it runs; a second one stops at once with an error naming
 the holder's pid and host.
 
@@ -16,15 +16,15 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from sevisflow.audit.ledger import Ledger, LedgerWriter, writer_anchors
-from sevisflow.config import Settings
-from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
-from sevisflow.log import get_logger
-from sevisflow.observability import StageMetrics, register_probe, unregister_probe
-from sevisflow.serde import registry
-from sinks.outbox import OutboxLock
-from sinks.sevis.uploader import STAGE, SevisSink, error_kind
-from sinks.xml.stage import make_outbox, requeue_command
+from sevisflow.core.ledger import Ledger, LedgerWriter, writer_anchors
+from sevisflow.core.config import Settings
+from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
+from sevisflow.core.log import get_logger
+from sevisflow.core.observability import StageMetrics, register_probe, unregister_probe
+from sevisflow.core.serde import registry
+from sevisflow.sinks.outbox import OutboxLock
+from sevisflow.sinks.sevis.uploader import STAGE, SevisSink, error_kind
+from sevisflow.sinks.xml.stage import make_outbox, requeue_command
 
 log = get_logger(__name__)
 
@@ -70,7 +70,7 @@ def run(settings: Settings, stop_event: threading.Event, tick_s: float = 1.0,
         publisher: Any = None, client: Any = None) -> None:
     """Upload ready batches and download results until ``stop_event`` is set.
 
-    Raises :class:`~sevisflow.errors.TerminalError` (e.g. a client certificate SEVIS
+    Raises :class:`~sevisflow.core.errors.TerminalError` (e.g. a client certificate SEVIS
     refuses) so the operator sees it; the batch stays in ``sending`` and is probed
     before any new upload once the problem is fixed.
     """

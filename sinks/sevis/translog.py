@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from lxml import etree
 
-from sevisflow.errors import TransientError
+from sevisflow.core.errors import TransientError
 
 
 class TranslogError(TransientError):

@@ -1,6 +1,6 @@
 """The SEVIS uploader/downloader: moves batch folders through the outbox states.
 
-State machine (each arrow is one rename of the batch folder; see :mod:`sinks.outbox`)::
+State machine (each arrow is one rename of the batch folder; see :mod:`sevisflow.sinks.outbox`)::
 
     ready ──▶ sending ──S0000 / download S0030 or zip──▶ uploaded ──zip──▶ processed
                 │ ▲
@@ -42,7 +42,7 @@ the operator. A batch in ``uploaded/`` is never posted again, whatever SEVIS ans
 
 Results: the zip is read with caps (:func:`extract_results`), the transaction log parsed
 incrementally, its BatchID/OrgID (and request ids) checked against the manifest
-(:class:`~sinks.sevis.translog.MismatchError`), the results published and acknowledged, then the
+(:class:`~sevisflow.sinks.sevis.translog.MismatchError`), the results published and acknowledged, then the
 folder renamed to ``processed/``. A crash before that rename publishes the same results again
 (same key and value; consumers key them by batch_id + request_id).
 
@@ -50,9 +50,9 @@ Observability (stage ``sink-sevis``): records in (label ``outbox``) when a batch
 for upload, records out per topic (results, requeue commands), every SEVIS answer by operation
 and result code (``sevisflow_remote_answers_total{op="upload",code="S0010"}``), errors by kind
 (:func:`error_kind`), and a heartbeat beaten before every HTTP exchange, so a call that hangs
-shows on ``/health`` (see :mod:`sinks.sevis.stage`). Labels are codes and topic names only.
+shows on ``/health`` (see :mod:`sevisflow.sinks.sevis.stage`). Labels are codes and topic names only.
 
-Crash points (:func:`sevisflow.faults.crash_point`, armed only by tests through
+Crash points (:func:`sevisflow.core.faults.crash_point`, armed only by tests through
 ``SEVISFLOW_CRASH_AT``) sit just before and just after each side effect: ``sevis.<before|after>_``
 ``move_sending``, ``post``, ``move_uploaded``, ``download``, ``publish``, ``move_processed``,
 ``requeue``, ``move_failed``.
@@ -74,15 +74,15 @@ from typing import Any, Callable, Protocol
 
 import orjson
 
-from sevisflow.audit.ledger import STATE_RANK, Ledger, LedgerWriter, evidence_files, sealed_by_batch
-from sevisflow.config import Settings
-from sevisflow.errors import TerminalError, TransientError, UnreachableError
-from sevisflow.faults import crash_point
-from sevisflow.log import get_logger
-from sevisflow.observability import Heartbeat, StageMetrics
-from sinks.outbox import BatchDir, Outbox, copy_private, create_evidence, replace_private, write_private
-from sinks.sevis.client import Backpressure, CertificateError, DownloadReply, NotSent, SevisClient
-from sinks.sevis.translog import LimitError, MismatchError, TransactionLog, TranslogError, parse_translog
+from sevisflow.core.ledger import STATE_RANK, Ledger, LedgerWriter, evidence_files, sealed_by_batch
+from sevisflow.core.config import Settings
+from sevisflow.core.errors import TerminalError, TransientError, UnreachableError
+from sevisflow.core.faults import crash_point
+from sevisflow.core.log import get_logger
+from sevisflow.core.observability import Heartbeat, StageMetrics
+from sevisflow.sinks.outbox import BatchDir, Outbox, copy_private, create_evidence, replace_private, write_private
+from sevisflow.sinks.sevis.client import Backpressure, CertificateError, DownloadReply, NotSent, SevisClient
+from sevisflow.sinks.sevis.translog import LimitError, MismatchError, TransactionLog, TranslogError, parse_translog
 
 log = get_logger(__name__)
 

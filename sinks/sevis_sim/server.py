@@ -53,8 +53,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from lxml import etree
 
-from sinks.sevis_sim.certs import CertPaths, load_certs, make_certs
-from sinks.xml.xsd import load_schema
+from sevisflow.sinks.sevis_sim.certs import CertPaths, load_certs, make_certs
+from sevisflow.sinks.xml.xsd import load_schema
 
 ORG_RE = re.compile(r"^([A-Z]{3}214F\d{8}|[PG]-\d-\d{4,5})$")
 SEVIS_ID_RE = re.compile(r"^N\d{10}$")

@@ -3,7 +3,7 @@
 :func:`render_batch` is a pure function of the closed batch and the schema: the same
 batch gives the same bytes, whatever key order its payload dicts use, because
 every element's children are ordered by the XSD's content model
-(:mod:`sinks.xml.xsd`). Nothing is taken from a clock. :func:`check_batch` renders
+(:mod:`sevisflow.sinks.xml.xsd`). Nothing is taken from a clock. :func:`check_batch` renders
 *and* validates against the official XSD, and maps every problem to the batch
 record (student, request id) and the field it concerns, so a failing record can be
 sent back to the DSO while the others are re-queued.
@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 from lxml import etree
 
-from sinks.xml.xsd import ROOT, ElementModel, StudentSchema
+from sevisflow.sinks.xml.xsd import ROOT, ElementModel, StudentSchema
 
 MAX_RECORDS_PER_SECTION = 250
 REQUEST_ID_RE = re.compile(r"^[^:/\\]{1,20}$")

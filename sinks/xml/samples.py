@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sinks.xml.render import ClosedBatch
+from sevisflow.sinks.xml.render import ClosedBatch
 
 ORG_ID = "ZZZ214F99999000"
 DSO = "dsouser001"

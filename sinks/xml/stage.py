@@ -29,22 +29,22 @@ from typing import Any, Iterable
 import orjson
 from confluent_kafka import Message
 
-from sevisflow.audit.ledger import Ledger, LedgerWriter, writer_anchors
-from sevisflow.config import Settings
-from sevisflow.dlq import dead_letter
-from sevisflow.kafka_io import Output, StateStore, TransactionalLoop, fence_predecessor
-from sevisflow.log import get_logger
-from sevisflow.serde import SerializationError, registry
-from sinks.outbox import BatchDir, Outbox, day_for, safe_name, sha256
-from sinks.xml.render import Checked, ClosedBatch, Problem, check_batch
-from sinks.xml.xsd import StudentSchema, load_schema
+from sevisflow.core.ledger import Ledger, LedgerWriter, writer_anchors
+from sevisflow.core.config import Settings
+from sevisflow.core.dlq import dead_letter
+from sevisflow.core.kafka_io import Output, StateStore, TransactionalLoop, fence_predecessor
+from sevisflow.core.topics import stage_group
+from sevisflow.core.log import get_logger
+from sevisflow.core.serde import SerializationError, registry
+from sevisflow.sinks.outbox import BatchDir, Outbox, day_for, safe_name, sha256
+from sevisflow.sinks.xml.render import Checked, ClosedBatch, Problem, check_batch
+from sevisflow.sinks.xml.xsd import StudentSchema, load_schema
 
 log = get_logger(__name__)
 
 STAGE = "sink_xml"
 BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
 COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
-GROUP_ID = "sevisflow-sink-xml"
 
 
 @dataclass
@@ -209,9 +209,7 @@ def make_outbox(settings: Settings) -> Outbox:
 
 def group_id(settings: Settings) -> str:
     """The consumer group: per deployment, like the processors' (tests get their own from the topic names)."""
-    default = "sevis.batches"
-    name = settings.topics.batches
-    return f"{GROUP_ID}-{name[len(default) + 1:]}" if name.startswith(default + ".") else GROUP_ID
+    return stage_group(settings, "sink-xml")
 
 
 def ledger_writer(settings: Settings, outbox: Outbox) -> LedgerWriter:

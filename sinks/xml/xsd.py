@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from sevisflow.errors import ConfigError
+from sevisflow.core.errors import ConfigError
 
 XS = "http://www.w3.org/2001/XMLSchema"
 STUDENT_XSD = "Create-UpdateStudent.xsd"

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from deploy.sis.generator import generate_school
-from sevisflow.demo import DEMO_TODAY
+from sevisflow.deploy.sis.generator import generate_school
+from sevisflow.app.demo import DEMO_TODAY
 from tests.helpers import REPO, XSD_DIR
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ STUDENTS, SHARE, SEED, ACTIVITY = 150, 0.4, 11, 80
 @pytest.fixture(scope="module")
 def demo_run():
     proc = subprocess.run(
-        [sys.executable, "-m", "sevisflow.cli.__main__", "--log-level", "INFO", "demo", "--students", str(STUDENTS),
+        [sys.executable, "-m", "sevisflow.app.cli.__main__", "--log-level", "INFO", "demo", "--students", str(STUDENTS),
          "--international-share", str(SHARE), "--seed", str(SEED), "--activity", str(ACTIVITY),
          "--xsd-dir", str(XSD_DIR)],
         cwd=REPO, capture_output=True, text=True, timeout=900)

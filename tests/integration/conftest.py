@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.sevis_sim import SevisSimulator
+from sevisflow.sinks.sevis_sim import SevisSimulator
 from tests.batcher_support import batcher_settings, setup_topics
 from tests.helpers import XSD_DIR
 
@@ -18,7 +18,7 @@ def no_log_handler_swap(monkeypatch):
 
     Not autouse: a module that calls the CLI in-process opts in with
     ``pytest.mark.usefixtures("no_log_handler_swap")`` in its pytestmark."""
-    monkeypatch.setattr("sevisflow.log.configure", lambda *a, **k: None)
+    monkeypatch.setattr("sevisflow.core.log.configure", lambda *a, **k: None)
 
 
 @pytest.fixture
@@ -43,8 +43,8 @@ def secure_stack():
     """One Kafka per session that requires TLS + SASL/SCRAM and authorizes every request (KRaft's
     StandardAuthorizer): the operator is a super user (``info.env()``), every principal of the ACL
     model has its own SCRAM user (``info.kafka.kafka_settings(user)``). Tests apply the ACLs of their
-    own topic names with ``deploy.local.stack.apply_stack_acls``."""
-    from deploy.local.stack import start_stack, stop_stack
+    own topic names with ``sevisflow.deploy.local.stack.apply_stack_acls``."""
+    from sevisflow.deploy.local.stack import start_stack, stop_stack
     from tests.helpers import REPO
 
     (REPO / ".local" / "stacks").mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,9 @@ from typing import Any, Iterator
 import orjson
 import psycopg
 
-from connectors.postgres import run_connector
-from sevisflow.config import Settings
-from sevisflow.kafka_io import read_topic
+from sevisflow.connectors.postgres import run_connector
+from sevisflow.core.config import Settings
+from sevisflow.core.kafka_io import read_topic
 from tests.helpers import KafkaHandle, PgHandle, make_settings
 
 
@@ -114,7 +114,7 @@ def by_partition(evs: list[tuple[int, int, Any, Any]]) -> Iterator[list[tuple[in
 
 def wait_streaming(settings: Settings, timeout: float = 60) -> None:
     """Until the connector reports it finished its snapshot and streams."""
-    from sevisflow.cli.connector import status_data
+    from sevisflow.app.cli.connector import status_data
 
     wait_until(lambda: ((status_data(settings).get("reported") or {}).get("state") == "streaming"), timeout,
                "the connector to stream", interval=0.2)

@@ -1,7 +1,7 @@
 """A tiny processor for the exactly-once tests: copies input to output and counts per key in state.
 
 Run as ``python -m tests.integration.eos_worker BOOTSTRAP IN OUT STATE GROUP`` so a test can kill -9 it
-(or arm ``SEVISFLOW_CRASH_AT``). It runs under :class:`sevisflow.runner.Pipeline`, like every stage
+(or arm ``SEVISFLOW_CRASH_AT``). It runs under :class:`sevisflow.app.runner.Pipeline`, like every stage
 process, so a fenced instance stands by the way a real one does. Optional environment:
 ``EOS_INSTANCE`` (default ``worker``: the identity is ``<GROUP>-<instance>``), ``EOS_METRICS_PORT``
 (serve /health and /ready), ``EOS_SESSION_TIMEOUT_MS``, ``EOS_STANDBY_CHECK_S``, ``EOS_STATE_DIR`` (keep the
@@ -15,11 +15,11 @@ import signal
 import sys
 import threading
 
-from sevisflow.config import settings_from_mapping
-from sevisflow.kafka_io import Output, StateStore, TransactionalLoop
-from sevisflow.log import configure
-from sevisflow.runner import Pipeline
-from sevisflow.state import open_committed
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.kafka_io import Output, StateStore, TransactionalLoop
+from sevisflow.core.log import configure
+from sevisflow.app.runner import Pipeline
+from sevisflow.core.state import open_committed
 
 
 def main(bootstrap: str, inp: str, out: str, state_topic: str, group: str) -> int:

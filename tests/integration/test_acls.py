@@ -1,6 +1,6 @@
 """Least privilege on a real broker with KRaft's StandardAuthorizer on (``stack up --secure``).
 
-Every principal of sevisflow/acls.py logs in with its own SCRAM user and tries, against the broker:
+Every principal of sevisflow/core/acls.py logs in with its own SCRAM user and tries, against the broker:
 
 * to write every topic of the deployment: exactly the topics the model allows take the record,
   every other one answers TOPIC_AUTHORIZATION_FAILED (a DSO cannot write sevis.events, an auditor
@@ -24,8 +24,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
-from deploy.local.stack import StackInfo, _settings_kafka, apply_stack_acls
-from sevisflow.acls import (
+from sevisflow.deploy.local.stack import StackInfo, _settings_kafka, apply_stack_acls
+from sevisflow.core.acls import (
     READ,
     TOPIC,
     WRITE,
@@ -36,12 +36,12 @@ from sevisflow.acls import (
     stage_groups,
     state_topics,
 )
-from sevisflow.cli import main
-from sevisflow.config import Settings, settings_toml
-from sevisflow.errors import TerminalError
-from sevisflow.kafka_io import TopicSpec, client_config, ensure_topics, make_admin, make_consumer, make_producer
-from sevisflow.kafka_io import restore_partitions
-from sevisflow.topics import all_topics
+from sevisflow.app.cli import main
+from sevisflow.core.config import Settings, settings_toml
+from sevisflow.core.errors import TerminalError
+from sevisflow.core.kafka_io import TopicSpec, client_config, ensure_topics, make_admin, make_consumer, make_producer
+from sevisflow.core.kafka_io import restore_partitions
+from sevisflow.core.topics import all_topics
 from tests.helpers import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]

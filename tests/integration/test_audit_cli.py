@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sevisflow.audit.scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT
-from sevisflow.cli import main
+from sevisflow.app.audit.scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT
+from sevisflow.app.cli import main
 from tests.audit_scenario import load_scenario, scenario_config
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from processors.batcher.fixtures import ORG, event
-from processors.batcher.view import build_view
+from sevisflow.processors.batcher.fixtures import ORG, event
+from sevisflow.processors.batcher.view import build_view
 from tests.batcher_support import DSO, Batcher, cli, closed_of, records_of, send, send_events, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]

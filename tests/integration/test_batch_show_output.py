@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from processors.batcher.fixtures import ORG, event
-from processors.batcher.view import build_view
+from sevisflow.processors.batcher.fixtures import ORG, event
+from sevisflow.processors.batcher.view import build_view
 from tests.batcher_support import Batcher, send_events, wait_for, write_config
 from tests.helpers import REPO
 
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration]
 
 
 def _run(cfg, *argv: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sevisflow.cli", "--config", str(cfg), "batch", "show", *argv],
+    return subprocess.run([sys.executable, "-m", "sevisflow.app.cli", "--config", str(cfg), "batch", "show", *argv],
                           stdout=stdout, stderr=subprocess.PIPE, cwd=REPO, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -44,7 +44,7 @@ def test_batch_show_into_a_pipe_head_and_filters(env, tmp_path):
         assert done.returncode == 0 and done.stderr.decode() == "", done.stderr.decode()
 
         done = subprocess.run(["bash", "-c", "set -o pipefail; " + " ".join(
-            [sys.executable, "-m", "sevisflow.cli", "--config", str(cfg), "batch", "show", "|", "head", "-3"])],
+            [sys.executable, "-m", "sevisflow.app.cli", "--config", str(cfg), "batch", "show", "|", "head", "-3"])],
             capture_output=True, cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert done.returncode == 0 and done.stderr.decode() == "", done.stderr.decode()
         lines = done.stdout.decode().splitlines()

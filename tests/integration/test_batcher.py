@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from processors.batcher.fixtures import ORG, command, event, result
-from processors.batcher.view import build_view
-from sevisflow.cli import main as cli_main
+from sevisflow.processors.batcher.fixtures import ORG, command, event, result
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.app.cli import main as cli_main
 from tests.batcher_support import (
     DSO,
     ORG2,
@@ -83,7 +83,7 @@ def test_close_while_events_keep_arriving(env, tmp_path, capsys):
 def test_kill_9_between_close_and_publish_gives_exactly_one_batch(env, tmp_path):
     # the batcher process's settings: its DSOs too (it refuses commands of anyone else)
     cfg = write_config(env, tmp_path / "sevisflow.toml", school_extra=f'dso_user_ids = ["{DSO}"]\n')
-    argv = [sys.executable, "-m", "processors.batcher", "--config", str(cfg), "--instance", "crash",
+    argv = [sys.executable, "-m", "sevisflow.processors.batcher", "--config", str(cfg), "--instance", "crash",
             "--session-timeout-ms", "6000", "--log-level", "WARNING"]
     proc_env = dict(os.environ, SEVISFLOW_BATCHER_FAULT="kill_before_commit_close", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, cwd=REPO, env=proc_env)

@@ -10,11 +10,11 @@ import time
 import orjson
 import pytest
 
-from processors.batcher.fixtures import ORG, command, event
-from processors.batcher.stage import state_topic
-from processors.batcher.view import build_view
-from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.serde import registry
+from sevisflow.processors.batcher.fixtures import ORG, command, event
+from sevisflow.processors.batcher.stage import state_topic
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.core.serde import registry
 from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, send_command, send_events, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]

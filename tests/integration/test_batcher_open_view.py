@@ -7,10 +7,10 @@ import time
 import orjson
 import pytest
 
-from processors.batcher.fixtures import ORG, event
-from processors.batcher.view import build_view
-from sevisflow.cli import batch as batch_cli
-from sevisflow.cli import main as cli_main
+from sevisflow.processors.batcher.fixtures import ORG, event
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.app.cli import batch as batch_cli
+from sevisflow.app.cli import main as cli_main
 from tests.batcher_support import (
     DSO,
     ORG2,
@@ -133,9 +133,9 @@ def test_show_falls_back_to_the_history_when_the_view_has_nothing(env, tmp_path,
 
 def test_the_view_reader_finds_the_latest_committed_value_far_back_and_skips_aborted_ones(env):
     """Other schools' views after ours (past the first read window), and an aborted newer one."""
-    from processors.batcher.core import School, open_view
-    from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
-    from sevisflow.serde import registry
+    from sevisflow.processors.batcher.core import School, open_view
+    from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
+    from sevisflow.core.serde import registry
 
     topic = env.topics.open_batches
 

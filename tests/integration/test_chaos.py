@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.chaos import ORG_ID, Chaos, Plan
+from sevisflow.deploy.local.chaos import ORG_ID, Chaos, Plan
 from tests.helpers import XSD_DIR
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ import time
 import orjson
 import pytest
 
-from processors.batcher.fixtures import ORG, event
-from processors.batcher.view import build_view
-from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
+from sevisflow.processors.batcher.fixtures import ORG, event
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
 from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, records_of, send_events, wait_for, write_config
 from tests.helpers import REPO
 
@@ -89,7 +89,7 @@ def _run_on_a_terminal(argv: list[str], answer: str, timeout_s: float = 90.0,
                        prompt: bytes = b"Type yes to close:") -> tuple[int, str]:
     """Run the CLI with stdin and stdout on a pseudo-terminal, type ``answer`` at the prompt."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.cli.__main__", *argv], stdin=slave, stdout=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.app.cli.__main__", *argv], stdin=slave, stdout=slave,
                             stderr=slave, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), close_fds=True)
     os.close(slave)
     out, answered = b"", False

@@ -29,10 +29,10 @@ from typing import Iterator
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from deploy.local.cluster import kill_node, restart_node
-from deploy.local.stack import KafkaInfo, start_stack, stop_stack
-from sevisflow.config import KafkaSettings, Settings, settings_from_mapping
-from sevisflow.kafka_io import (
+from sevisflow.deploy.local.cluster import kill_node, restart_node
+from sevisflow.deploy.local.stack import KafkaInfo, start_stack, stop_stack
+from sevisflow.core.config import KafkaSettings, Settings, settings_from_mapping
+from sevisflow.core.kafka_io import (
     Output,
     StateStore,
     TopicSpec,
@@ -42,7 +42,7 @@ from sevisflow.kafka_io import (
     make_producer,
     read_topic,
 )
-from sevisflow.topics import AUDIT_RETENTION_MS, apply_topics, pipeline_topics, plan_topics
+from sevisflow.core.topics import AUDIT_RETENTION_MS, apply_topics, pipeline_topics, plan_topics
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 ``send_offsets_to_transaction`` / ``commit_transaction`` loses and duplicates nothing.
 
 A real processor process (``tests/integration/eos_worker.py``: copy + a per-key count in state) is
-armed with ``SEVISFLOW_CRASH_AT=<point>:<nth>`` (``sevisflow/faults.py``), so it ends itself with
+armed with ``SEVISFLOW_CRASH_AT=<point>:<nth>`` (``sevisflow/core/faults.py``), so it ends itself with
 exit code 137, like ``kill -9``, exactly at that boundary; the next process restores its state from
 the changelog and goes on. The end state is compared with the pure expectation: every input once
 in the output, per-key counts 1..n (a lost or replayed state write shows as a gap or a repeat).
@@ -19,9 +19,9 @@ from collections import Counter
 
 import pytest
 
-from sevisflow.config import KafkaSettings
-from sevisflow.faults import ENV_VAR, EXIT_CODE
-from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
+from sevisflow.core.config import KafkaSettings
+from sevisflow.core.faults import ENV_VAR, EXIT_CODE
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from connectors.postgres.envelope import UNAVAILABLE
-from sevisflow.errors import SevisflowError, TerminalError
-from sevisflow.kafka_io import read_topic
+from sevisflow.connectors.postgres.envelope import UNAVAILABLE
+from sevisflow.core.errors import SevisflowError, TerminalError
+from sevisflow.core.kafka_io import read_topic
 from tests.helpers import KafkaHandle, PgHandle
 from tests.integration.connector_support import (
     RunningConnector, by_partition, current_lsn, changes, connector_settings, events, execute, slot_confirmed, wait_caught_up,
@@ -125,7 +125,7 @@ def test_every_op_and_type(kafka_stack: KafkaHandle, fresh_db: PgHandle, unique:
     assert len(msgs) == 1 and msgs[0]["op"] == "m" and msgs[0]["message"]["prefix"] == "app.audit"
     assert base64.b64decode(msgs[0]["message"]["content"]) == b"hello"
 
-    from sevisflow.kafka_io import make_admin
+    from sevisflow.core.kafka_io import make_admin
 
     md = make_admin(s.kafka).list_topics(timeout=10)
     assert len(md.topics[f"{prefix}.transaction"].partitions) == 1, "BEGIN/END must stay in commit order"
@@ -252,9 +252,9 @@ def test_idle_database_heartbeat_advances_slot_and_status(kafka_stack: KafkaHand
                                                           tmp_path: Path) -> None:
     """Only an uncaptured table is written: the slot still confirms, lag stays small and is visible."""
     execute(fresh_db.dsn, "CREATE TABLE captured (id int PRIMARY KEY)", "CREATE TABLE noise (id int, pad text)")
-    from deploy.local.stack import free_port
-    from sevisflow.cli.connector import status_data
-    from sevisflow.observability import probe_names, serve_for
+    from sevisflow.deploy.local.stack import free_port
+    from sevisflow.app.cli.connector import status_data
+    from sevisflow.core.observability import probe_names, serve_for
 
     port = free_port()
     s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{"table.include.list": ["public.captured"],

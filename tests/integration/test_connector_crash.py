@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from deploy.local.stack import PG_USER, find_pg_bin, start_stack, stop_stack
-from sevisflow.errors import TerminalError
+from sevisflow.deploy.local.stack import PG_USER, find_pg_bin, start_stack, stop_stack
+from sevisflow.core.errors import TerminalError
 from tests.helpers import REPO, KafkaHandle, PgHandle
 from tests.integration.connector_support import (
     RunningConnector, connector_settings, events, execute, run_to_end, wait_caught_up, wait_until,
@@ -135,7 +135,7 @@ def test_kill_9_at_random_moments_loses_nothing(kafka_stack: KafkaHandle, fresh_
                                                                         "offset.flush.interval.ms": 300})
     env = _env(s)
     log = open(tmp_path / "connector.log", "ab")
-    cmd = [sys.executable, "-m", "connectors.postgres"]
+    cmd = [sys.executable, "-m", "sevisflow.connectors.postgres"]
     rnd = random.Random()
     writer = Writer(fresh_db.dsn)
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log)
@@ -245,7 +245,7 @@ def test_crash_on_both_sides_of_every_connector_boundary_loses_nothing(
     s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{"table.include.list": ["public.k"],
                                                                         "snapshot.fetch.size": 500,
                                                                         "offset.flush.interval.ms": 200})
-    cmd = [sys.executable, "-m", "connectors.postgres"]
+    cmd = [sys.executable, "-m", "sevisflow.connectors.postgres"]
     writer = Writer(fresh_db.dsn)
     crashed: list[str] = []
     with open(tmp_path / "connector.log", "ab") as log:

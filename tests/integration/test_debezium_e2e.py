@@ -16,15 +16,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from deploy.local.debezium import ConnectStandalone, connector_properties
-from deploy.sis.activity import generate_activity
-from deploy.sis.generator import generate_school
-from deploy.sis.load import PUBLICATION, create_schema, load_school, play_activity
-from processors.normalize.mapping import load_mapping
-from processors.normalize.stage import input_topics, mapping_path
-from sevisflow.audit.replay import read_all
-from sevisflow.audit.verify import rederive_events
-from sevisflow.config import Settings
+from sevisflow.deploy.local.debezium import ConnectStandalone, connector_properties
+from sevisflow.deploy.sis.activity import generate_activity
+from sevisflow.deploy.sis.generator import generate_school
+from sevisflow.deploy.sis.load import PUBLICATION, create_schema, load_school, play_activity
+from sevisflow.processors.normalize.mapping import load_mapping
+from sevisflow.processors.normalize.stage import input_topics, mapping_path
+from sevisflow.app.audit.replay import read_all
+from sevisflow.app.audit.verify import rederive_events
+from sevisflow.core.config import Settings
 from tests.helpers import KafkaHandle, PgHandle
 from tests.integration.connector_support import (
     RunningConnector, connector_settings, wait_caught_up, wait_streaming, wait_until,

@@ -9,12 +9,12 @@ import dataclasses
 import orjson
 import pytest
 
-from processors.batcher.fixtures import ORG, command, event
-from processors.batcher.view import build_view
-from sevisflow.acls import principals
-from sevisflow.config import settings_from_mapping, settings_toml
-from sevisflow.kafka_io import ensure_topics
-from sevisflow.topics import all_topics
+from sevisflow.processors.batcher.fixtures import ORG, command, event
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.core.acls import principals
+from sevisflow.core.config import settings_from_mapping, settings_toml
+from sevisflow.core.kafka_io import ensure_topics
+from sevisflow.core.topics import all_topics
 from tests.batcher_support import Batcher, batch_events, cli, closed_of, send_command, send_events, wait_for
 from tests.helpers import XSD_DIR, make_settings
 
@@ -26,7 +26,7 @@ def test_a_dso_command_is_applied_only_for_the_user_id_its_principal_is_mapped_t
                                                                                     capsys):
     import time
 
-    from deploy.local.stack import apply_stack_acls
+    from sevisflow.deploy.local.stack import apply_stack_acls
 
     assert secure_stack.kafka is not None
     topics = dataclasses.asdict(make_settings(unique=unique).topics)

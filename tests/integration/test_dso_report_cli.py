@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from processors.batcher.fixtures import ORG, event
-from processors.batcher.view import build_view
+from sevisflow.processors.batcher.fixtures import ORG, event
+from sevisflow.processors.batcher.view import build_view
 from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, records_of, send_events, wait_for, write_config
 from tests.helpers import XSD_DIR
 
@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_s
 
 
 def test_dso_reports_a_reprint_through_the_cli(env, tmp_path, capsys):
-    from sinks.xml.render import ClosedBatch, check_batch
-    from sinks.xml.xsd import load_schema
+    from sevisflow.sinks.xml.render import ClosedBatch, check_batch
+    from sevisflow.sinks.xml.xsd import load_schema
 
     cfg = write_config(env, tmp_path / "sevisflow.toml")
     batcher = Batcher(env)

@@ -14,10 +14,10 @@ import time
 import orjson
 import pytest
 
-from processors.sevis_events.stage import events_topics
-from sevisflow.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.serde import registry
-from sevisflow.topics import pipeline_topics
+from sevisflow.processors.sevis_events.stage import events_topics
+from sevisflow.core.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import pipeline_topics
 from tests.helpers import make_settings
 from tests.scenarios import School
 
@@ -56,7 +56,7 @@ def test_control_character_is_refused_in_the_events_stage_other_students_flow(ka
                 registry().encode("sevisflow.students.StudentView", v), on_delivery=delivery_raiser(errors))
     flush_or_raise(producer, errors)
 
-    from processors.sevis_events.stage import run
+    from sevisflow.processors.sevis_events.stage import run
 
     stop = threading.Event()
     t = threading.Thread(target=run, args=(settings, stop), kwargs={"instance": "hyg"}, daemon=True)

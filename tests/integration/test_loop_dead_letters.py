@@ -21,9 +21,9 @@ from collections import Counter
 import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
-from deploy.local.stack import free_port
-from sevisflow.config import KafkaSettings
-from sevisflow.kafka_io import (
+from sevisflow.deploy.local.stack import free_port
+from sevisflow.core.config import KafkaSettings
+from sevisflow.core.kafka_io import (
     Output,
     TopicSpec,
     TransactionalLoop,
@@ -32,8 +32,8 @@ from sevisflow.kafka_io import (
     make_producer,
     read_topic,
 )
-from sevisflow.observability import serve_for
-from sevisflow.serde import registry
+from sevisflow.core.observability import serve_for
+from sevisflow.core.serde import registry
 from tests.helpers import http_get
 
 pytestmark = pytest.mark.integration

@@ -10,14 +10,14 @@ from typing import Any
 import orjson
 import pytest
 
-from processors.normalize.mapping import load_mapping
-from processors.normalize.stage import NormalizeStage, NormalizeStore, normalize_topics
-from processors.sevis_events.pure import PureOutput, PurePipeline
-from sevisflow.kafka_io import (TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_consumer, make_producer,
+from sevisflow.processors.normalize.mapping import load_mapping
+from sevisflow.processors.normalize.stage import NormalizeStage, NormalizeStore, normalize_topics
+from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
+from sevisflow.core.kafka_io import (TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_consumer, make_producer,
                                 produce, read_topic)
-from sevisflow.runner import Pipeline
-from sevisflow.serde import registry
-from sevisflow.topics import all_topics, pipeline_topics
+from sevisflow.app.runner import Pipeline
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import all_topics, pipeline_topics
 from tests.helpers import REPO, make_settings, settled, wait_for
 from tests.normalize_support import (BIG_TRANSACTION_SQL, CONFIRMED, CURRENT, N_STUDENTS, N_TERMS, school_tables,
                                      snapshot_records, streamed_after_snapshot)
@@ -120,7 +120,7 @@ def test_the_stage_releases_the_snapshot_whatever_topic_it_reads_first(kafka_sta
     assert [(v["student_key"], v["view_json"]) for v in views] == \
         [(u.student_key, orjson.dumps(u.view).decode()) for u in expected.views]
     derived = PureOutput()
-    from processors.normalize.view import StudentUpdate
+    from sevisflow.processors.normalize.view import StudentUpdate
     replay = PurePipeline(MAPPING, org_id=settings.school.org_id)
     for v in views:
         replay.apply_view(StudentUpdate(v["student_key"], orjson.loads(v["view_json"]), v["lineage"], v["unit_id"],
@@ -135,7 +135,7 @@ def test_a_50000_row_sis_transaction_flows_through_to_the_right_events(kafka_sta
     exactly the events `sevisflow verify`'s pure re-derivation finds in the same change topics."""
     import psycopg
 
-    from deploy.sis.load import create_schema, load_school
+    from sevisflow.deploy.sis.load import create_schema, load_school
 
     settings = make_settings(
         kafka_stack, fresh_db, unique,
@@ -177,7 +177,7 @@ def test_a_50000_row_sis_transaction_flows_through_to_the_right_events(kafka_sta
 
 def _rederived(settings: Any) -> dict[str, Any]:
     """What `sevisflow verify` re-derives from the change topics the connector wrote."""
-    from sevisflow.cli.verify import load_context
+    from sevisflow.app.cli.verify import load_context
 
     ctx = load_context(settings, with_sources=True, timeout_s=60)
     assert ctx.transactions, "the transaction topic is read"

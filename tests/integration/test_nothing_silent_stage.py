@@ -14,11 +14,11 @@ import time
 import orjson
 import pytest
 
-from processors.sevis_events.derive import SPELLING
-from processors.sevis_events.stage import events_topics
-from sevisflow.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.serde import registry
-from sevisflow.topics import pipeline_topics
+from sevisflow.processors.sevis_events.derive import SPELLING
+from sevisflow.processors.sevis_events.stage import events_topics
+from sevisflow.core.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import pipeline_topics
 from tests.helpers import make_settings
 from tests.integration.test_events_hygiene import _view
 
@@ -50,7 +50,7 @@ def test_altered_left_and_incomplete_students_reach_the_dead_letter_topic(kafka_
                 registry().encode("sevisflow.students.StudentView", v), on_delivery=delivery_raiser(errors))
     flush_or_raise(producer, errors)
 
-    from processors.sevis_events.stage import run
+    from sevisflow.processors.sevis_events.stage import run
 
     stop = threading.Event()
     t = threading.Thread(target=run, args=(settings, stop), kwargs={"instance": "silent"}, daemon=True)
@@ -82,8 +82,8 @@ def test_altered_left_and_incomplete_students_reach_the_dead_letter_topic(kafka_
     for d in dead():
         assert not any(x in d["reason"] for x in ("O'Brien", "Müller", "Zoë", "Zoe")), d["reason"]
     # what changed in the SIS travels with the letter (never in its reason): `sevisflow todo` shows it
-    from sevisflow.cli.todo import read_letters
-    from sevisflow.worklist.items import dead_letter_items
+    from sevisflow.app.cli.todo import read_letters
+    from sevisflow.core.worklist.items import dead_letter_items
 
     left = next(d for d in read_letters(settings) if d["code"] == "status_left_fmj")
     assert left["changes"]["student.visa_type"][1] == "H-1B"

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from processors.batcher.fixtures import ORG, command, event
-from sevisflow.audit.decode import decode_message
-from sevisflow.audit.verify import guided_batcher_replay
-from sevisflow.kafka_io import read_topic
-from sevisflow.serde import registry
-from sinks.xml.render import ClosedBatch, check_batch
-from sinks.xml.xsd import load_schema
+from sevisflow.processors.batcher.fixtures import ORG, command, event
+from sevisflow.app.audit.decode import decode_message
+from sevisflow.app.audit.verify import guided_batcher_replay
+from sevisflow.core.kafka_io import read_topic
+from sevisflow.core.serde import registry
+from sevisflow.sinks.xml.render import ClosedBatch, check_batch
+from sevisflow.sinks.xml.xsd import load_schema
 from tests.batcher_support import DSO, Batcher, closed_of, records_of, send_command, send_events, setup_topics, wait_for
 from tests.helpers import XSD_DIR, make_settings
 
@@ -41,7 +41,7 @@ def test_one_bad_record_quarantined_the_good_ones_go_out_without_another_close(k
     bad = event("S0009", n=9, payload={"@printForm": "false", "Email": "not an e-mail"})
     send_events(settings, [event(f"S000{i}", n=i) for i in range(1, GOOD + 1)] + [bad])
 
-    from sinks.xml import run as run_xml
+    from sevisflow.sinks.xml import run as run_xml
 
     batcher = Batcher(settings)
     stop = threading.Event()

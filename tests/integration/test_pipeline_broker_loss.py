@@ -31,13 +31,13 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from deploy.local.cluster import kill_node, restart_node
-from deploy.local.stack import KafkaInfo, start_stack, stop_stack
-from deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow.config import Settings, settings_from_mapping
-from sevisflow.kafka_io import client_config, ensure_topics
-from sevisflow.runner import Pipeline
-from sevisflow.topics import all_topics
+from sevisflow.deploy.local.cluster import kill_node, restart_node
+from sevisflow.deploy.local.stack import KafkaInfo, start_stack, stop_stack
+from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
+from sevisflow.core.config import Settings, settings_from_mapping
+from sevisflow.core.kafka_io import client_config, ensure_topics
+from sevisflow.app.runner import Pipeline
+from sevisflow.core.topics import all_topics
 from tests.helpers import REPO, count, settled, wait_for
 from tests.pipeline_support import close_with_cli, compare_with_pure, decoded, expected_outcome, pipeline_raw, write_config
 
@@ -99,7 +99,7 @@ class Progress:
 
 def producers_replaced() -> dict[str, int]:
     """Transactional producers the loops' watchdog replaced, by stage (librdkafka #5456/#5511)."""
-    from sevisflow.observability import process_registry
+    from sevisflow.core.observability import process_registry
 
     found: dict[str, int] = {}
     for family in process_registry().collect():
@@ -118,8 +118,8 @@ def leader_of(settings: Settings, topic: str, partition: int = 0) -> int:
 
 def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_once(
         cluster, fresh_db, unique, tmp_path, capsys):
-    from deploy.sis.activity import generate_activity
-    from deploy.sis.generator import generate_school
+    from sevisflow.deploy.sis.activity import generate_activity
+    from sevisflow.deploy.sis.generator import generate_school
     from tests.school_replay import TODAY
 
     t_start = time.monotonic()
@@ -173,7 +173,7 @@ def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_onc
                  150, pipeline, every_s=1.0)
         caught_up = time.monotonic()
         # the batcher has taken in every event once its open batch holds what the pure batcher holds
-        from sevisflow.cli.batch import load_view
+        from sevisflow.app.cli.batch import load_view
 
         want_open = {r["record_id"] for r in expected_records}
         wait_for("the open batch to hold every expected record",

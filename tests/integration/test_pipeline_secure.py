@@ -1,5 +1,5 @@
 """The whole pipeline against a Kafka that requires TLS (client certificate) and SASL/SCRAM-SHA-512
-and authorizes every request (StandardAuthorizer, the ACLs of sevisflow/acls.py).
+and authorizes every request (StandardAuthorizer, the ACLs of sevisflow/core/acls.py).
 
 PostgreSQL (a small reference school) → connector → normalize → sevis_events → batcher, in one
 process (``runner.Pipeline``) but each stage with its own principal and nothing but its ACLs — the
@@ -18,17 +18,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from deploy.local.stack import apply_stack_acls
-from deploy.sis.activity import generate_activity
-from deploy.sis.generator import generate_school
-from deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow.cli import main
-from sevisflow.cli.batch import load_view
-from sevisflow.acls import principals
-from sevisflow.config import settings_from_mapping
-from sevisflow.kafka_io import ensure_topics
-from sevisflow.runner import Pipeline, stage_function
-from sevisflow.topics import all_topics
+from sevisflow.deploy.local.stack import apply_stack_acls
+from sevisflow.deploy.sis.activity import generate_activity
+from sevisflow.deploy.sis.generator import generate_school
+from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
+from sevisflow.app.cli import main
+from sevisflow.app.cli.batch import load_view
+from sevisflow.core.acls import principals
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.kafka_io import ensure_topics
+from sevisflow.app.runner import Pipeline, stage_function
+from sevisflow.core.topics import all_topics
 from tests.helpers import captured_logs, count, settled, wait_for
 from tests.pipeline_support import (
     DSO,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from processors.normalize.debezium import SisFeed
-from processors.normalize.stage import normalize_topics
-from processors.sevis_events.pure import PurePipeline
-from processors.sevis_events.stage import events_topics
-from sevisflow.cli import main as cli_main
-from sevisflow.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.serde import registry
-from sevisflow.topics import pipeline_topics
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.normalize.stage import normalize_topics
+from sevisflow.processors.sevis_events.pure import PurePipeline
+from sevisflow.processors.sevis_events.stage import events_topics
+from sevisflow.app.cli import main as cli_main
+from sevisflow.core.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import pipeline_topics
 from tests.helpers import REPO, make_settings
 from tests.scenarios import MAPPING, ORG, PKS, school_history
 

@@ -8,9 +8,9 @@ import orjson
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from sevisflow.audit.scenario import OTHER, STUDENT, T0
-from sevisflow.cli import main
-from sevisflow.kafka_io import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
+from sevisflow.app.audit.scenario import OTHER, STUDENT, T0
+from sevisflow.app.cli import main
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
 from tests.audit_scenario import load_scenario, scenario_config
 from tests.helpers import make_settings
 

@@ -18,9 +18,9 @@ from collections import Counter
 
 import pytest
 
-from deploy.local.stack import free_port
-from sevisflow.config import KafkaSettings
-from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
+from sevisflow.deploy.local.stack import free_port
+from sevisflow.core.config import KafkaSettings
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
 from tests.helpers import REPO, http_get
 
 pytestmark = pytest.mark.integration

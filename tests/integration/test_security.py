@@ -3,7 +3,7 @@
 The session's secure broker (``secure_stack``) also runs the StandardAuthorizer; these tests use its
 operator principal (a super user). What each other principal may do is tests/integration/test_acls.py.
 
-Everything goes through sevisflow.config and sevisflow.kafka_io, the way a stage reaches
+Everything goes through sevisflow.core.config and sevisflow.core.kafka_io, the way a stage reaches
 a production cluster: settings from SEVISFLOW_* variables (as ``sevisflow stack up --secure``
 writes them), topics applied, records produced and read, and an exactly-once
 ``TransactionalLoop`` run. The secrets (SASL password, client-key password) must never show
@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from deploy.local.stack import StackInfo
-from sevisflow.cli import main
-from sevisflow.config import Settings, settings_from_mapping
-from sevisflow.kafka_io import (
+from sevisflow.deploy.local.stack import StackInfo
+from sevisflow.app.cli import main
+from sevisflow.core.config import Settings, settings_from_mapping
+from sevisflow.core.kafka_io import (
     Output,
     TopicSpec,
     TransactionalLoop,

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from sinks.sevis.client import CertificateError, SevisClient
-from sinks.sevis.translog import parse_translog
-from sinks.sevis_sim import SevisSimulator
-from sinks.xml.render import render_batch
-from sinks.xml.samples import DSO, ORG_ID, create_record, sample_batch, update_record
-from sinks.xml.render import ClosedBatch
-from sinks.xml.xsd import load_schema, load_translog_schema
+from sevisflow.sinks.sevis.client import CertificateError, SevisClient
+from sevisflow.sinks.sevis.translog import parse_translog
+from sevisflow.sinks.sevis_sim import SevisSimulator
+from sevisflow.sinks.xml.render import render_batch
+from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, sample_batch, update_record
+from sevisflow.sinks.xml.render import ClosedBatch
+from sevisflow.sinks.xml.xsd import load_schema, load_translog_schema
 from tests.helpers import EXAMPLES_DIR, XSD_DIR, make_settings
 
 pytestmark = pytest.mark.integration

@@ -9,13 +9,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sevisflow.cli import main as cli_main
-from sevisflow.kafka_io import ensure_topics, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.serde import registry
-from sevisflow.topics import pipeline_topics
-from sinks.sevis_sim import SevisSimulator
-from sinks.xml.render import ClosedBatch
-from sinks.xml.samples import DSO, ORG_ID, create_record, update_record
+from sevisflow.app.cli import main as cli_main
+from sevisflow.core.kafka_io import ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import pipeline_topics
+from sevisflow.sinks.sevis_sim import SevisSimulator
+from sevisflow.sinks.xml.render import ClosedBatch
+from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, update_record
 from tests.helpers import XSD_DIR, make_settings
 from tests.upload_support import sim_sevis
 
@@ -60,8 +60,8 @@ def test_closed_batch_to_results(kafka_stack, unique, tmp_path: Path, capsys):
             produce(producer, settings.topics.batches, ORG_ID.encode(), closed_event(b))
         flush_or_raise(producer, errors)
 
-        from sinks.sevis import run as run_sevis
-        from sinks.xml import run as run_xml
+        from sevisflow.sinks.sevis import run as run_sevis
+        from sevisflow.sinks.xml import run as run_xml
 
         stop = threading.Event()
         threads = [threading.Thread(target=run_xml, args=(settings, stop), daemon=True),

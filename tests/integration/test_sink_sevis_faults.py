@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from sinks.sevis.uploader import SevisSink, describe, posts_of
+from sevisflow.sinks.sevis.uploader import SevisSink, describe, posts_of
 from tests.upload_support import FakePublisher, outbox_of, put_batch, settings_for, states
 
 pytestmark = pytest.mark.integration

@@ -15,15 +15,15 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local.stack import free_port
-from sevisflow.kafka_io import ensure_topics, read_topic
-from sevisflow.observability import serve_for
-from sevisflow.topics import pipeline_topics
-from sinks.sevis.client import SevisClient
-from sinks.sevis.stage import run as run_sevis
-from sinks.xml.render import ClosedBatch, render_batch
-from sinks.xml.samples import DSO, ORG_ID, create_record
-from sinks.xml.xsd import load_schema
+from sevisflow.deploy.local.stack import free_port
+from sevisflow.core.kafka_io import ensure_topics, read_topic
+from sevisflow.core.observability import serve_for
+from sevisflow.core.topics import pipeline_topics
+from sevisflow.sinks.sevis.client import SevisClient
+from sevisflow.sinks.sevis.stage import run as run_sevis
+from sevisflow.sinks.xml.render import ClosedBatch, render_batch
+from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record
+from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import REPO, stage_env, XSD_DIR, http_get, make_settings
 from tests.upload_support import FakePublisher, put_batch, settings_for, sim_sevis, states
 
@@ -124,7 +124,7 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
                      if k in ("student_key", "sevis_id", "request_id") and v}
     assert record_values and not any(v in body for v in record_values)
     # the stage's probe is gone once it stopped (a restarted stage registers it again)
-    from sevisflow.observability import _PROBES
+    from sevisflow.core.observability import _PROBES
 
     assert "sink-sevis" not in _PROBES
 
@@ -142,7 +142,7 @@ def test_sink_sevis_process_serves_health_ready_and_metrics(kafka_stack, unique,
            for k in ("xsd_dir", "upload_url", "download_url", "client_cert", "client_key", "ca_bundle",
                      "outbox_dir", "quarantine_dir", "poll_interval_s", "retry_base_s", "retry_max_s")},
     })
-    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.cli.__main__", "sink", "sevis"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.app.cli.__main__", "sink", "sevis"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

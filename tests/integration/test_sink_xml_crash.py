@@ -20,14 +20,14 @@ import time
 
 import pytest
 
-from deploy.local.stack import free_port
-from sevisflow.errors import UnreachableError
-from sevisflow.faults import ENV_VAR, EXIT_CODE
-from sevisflow.kafka_io import ensure_topics, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.serde import registry
-from sevisflow.topics import pipeline_topics
-from sinks.xml.render import ClosedBatch
-from sinks.xml.samples import DSO, ORG_ID, create_record, update_record
+from sevisflow.deploy.local.stack import free_port
+from sevisflow.core.errors import UnreachableError
+from sevisflow.core.faults import ENV_VAR, EXIT_CODE
+from sevisflow.core.kafka_io import ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import pipeline_topics
+from sevisflow.sinks.xml.render import ClosedBatch
+from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, update_record
 from tests.helpers import REPO, XSD_DIR, make_settings, stage_env
 from tests.integration.test_sink_kafka import closed_event
 
@@ -63,7 +63,7 @@ def test_kill_9_of_the_xml_sink_mid_transaction_then_restart_writes_once_and_blo
     env.update({"SEVISFLOW_SEVIS_OUTBOX_DIR": str(outbox), "SEVISFLOW_SEVIS_QUARANTINE_DIR": str(quarantine),
                 "SEVISFLOW_SEVIS_XSD_DIR": str(XSD_DIR), "SEVISFLOW_SCHOOL_ORG_ID": ORG_ID,
                 "SEVISFLOW_INSTANCE": "xml-1", "SEVISFLOW_TOPICS_LEDGER": settings.topics.ledger})
-    cmd = [sys.executable, "-m", "sevisflow.cli.__main__", "--log-level", "INFO", "sink", "xml"]
+    cmd = [sys.executable, "-m", "sevisflow.app.cli.__main__", "--log-level", "INFO", "sink", "xml"]
     first = subprocess.run(cmd, cwd=REPO, env={**env, ENV_VAR: "kafka.before_commit:1"}, capture_output=True,
                            text=True, timeout=120)
     assert first.returncode == EXIT_CODE, first.stderr[-2000:]
@@ -125,7 +125,7 @@ def test_a_crash_on_either_side_of_the_outbox_rename_writes_the_batch_exactly_on
     env.update({"SEVISFLOW_SEVIS_OUTBOX_DIR": str(outbox), "SEVISFLOW_SEVIS_QUARANTINE_DIR": str(quarantine),
                 "SEVISFLOW_SEVIS_XSD_DIR": str(XSD_DIR), "SEVISFLOW_SCHOOL_ORG_ID": ORG_ID,
                 "SEVISFLOW_INSTANCE": "xml-1", "SEVISFLOW_TOPICS_LEDGER": settings.topics.ledger})
-    cmd = [sys.executable, "-m", "sevisflow.cli.__main__", "--log-level", "INFO", "sink", "xml"]
+    cmd = [sys.executable, "-m", "sevisflow.app.cli.__main__", "--log-level", "INFO", "sink", "xml"]
     first = subprocess.run(cmd, cwd=REPO, env={**env, ENV_VAR: point}, capture_output=True, text=True, timeout=120)
     assert first.returncode == EXIT_CODE, first.stderr[-2000:]
     written = list(outbox.glob(f"*/ready/{good.batch_id}/{good.batch_id}.xml"))

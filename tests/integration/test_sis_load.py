@@ -14,9 +14,9 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from deploy.sis.activity import World, generate_activity
-from deploy.sis.generator import PRIMARY_KEYS, TABLE_ORDER, generate_school
-from deploy.sis.load import PUBLICATION, ActivityDriftError, create_schema, load_school, play_activity
+from sevisflow.deploy.sis.activity import World, generate_activity
+from sevisflow.deploy.sis.generator import PRIMARY_KEYS, TABLE_ORDER, generate_school
+from sevisflow.deploy.sis.load import PUBLICATION, ActivityDriftError, create_schema, load_school, play_activity
 from tests.helpers import REPO, PgHandle
 
 pytestmark = pytest.mark.integration
@@ -144,7 +144,7 @@ def test_activity_on_drifted_data_stops_and_rolls_that_transaction_back(fresh_db
 
 
 def test_cli_creates_loads_and_plays(fresh_db: PgHandle) -> None:
-    args = [sys.executable, "-m", "deploy.sis.load", "--dsn", fresh_db.dsn, "--students", "300",
+    args = [sys.executable, "-m", "sevisflow.deploy.sis.load", "--dsn", fresh_db.dsn, "--students", "300",
             "--international-share", "0.3", "--seed", "7", "--activity", "50", "--today", "2026-10-05"]
     first = subprocess.run(args, cwd=REPO, check=True, capture_output=True, text=True)
     report = orjson.loads(first.stdout)
@@ -163,7 +163,7 @@ def test_cli_creates_loads_and_plays(fresh_db: PgHandle) -> None:
 
 def test_cli_plays_activity_on_the_school_loaded_before(fresh_db: PgHandle) -> None:
     """--play-only: load first, play the activity later (while a pipeline runs); a second play drifts."""
-    base = [sys.executable, "-m", "deploy.sis.load", "--dsn", fresh_db.dsn, "--students", "300",
+    base = [sys.executable, "-m", "sevisflow.deploy.sis.load", "--dsn", fresh_db.dsn, "--students", "300",
             "--seed", "7", "--today", "2026-10-05"]
     subprocess.run(base, cwd=REPO, check=True, capture_output=True, text=True)
     play = base + ["--play-only", "--activity", "50"]

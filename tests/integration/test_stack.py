@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from confluent_kafka import TopicPartition
 
-from deploy.local.stack import port_open, start_stack, stop_stack, stacks_root
-from sevisflow.config import KafkaSettings
-from sevisflow.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer, read_topic
+from sevisflow.deploy.local.stack import port_open, start_stack, stop_stack, stacks_root
+from sevisflow.core.config import KafkaSettings
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from deploy.local.stack import free_port
-from sevisflow.kafka_io import ensure_topics
-from sevisflow.topics import all_topics
+from sevisflow.deploy.local.stack import free_port
+from sevisflow.core.kafka_io import ensure_topics
+from sevisflow.core.topics import all_topics
 from tests.helpers import REPO, stage_env, http_get, make_settings
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
     ensure_topics(settings.kafka, all_topics(settings))
     port = free_port()
     env = stage_env(settings, port)
-    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.cli.__main__", "process", "batcher",
+    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.app.cli.__main__", "process", "batcher",
                              "--instance", f"obs-{unique}"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -43,7 +43,7 @@ def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
         assert status == 200
         assert "sevisflow_transactions" in body and "sevisflow_consumer_lag" in body
         # the worklist gauges follow the open batch: one 2025 change (long overdue) and one Create (no limit)
-        from processors.batcher.fixtures import event
+        from sevisflow.processors.batcher.fixtures import event
         from tests.batcher_support import send_events
 
         send_events(settings, [event("S1", n=1), event("S2", "Create", n=2)])

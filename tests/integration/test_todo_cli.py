@@ -6,10 +6,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from processors.batcher.fixtures import BASE_MS, ORG, event
-from processors.batcher.view import build_view
-from sevisflow.dlq import dead_letter
-from sevisflow.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, event
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.core.dlq import dead_letter
+from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce, read_topic
 from tests.batcher_support import DSO, Batcher, cli, send, send_events, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from sevisflow.config import KafkaSettings
-from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
+from sevisflow.core.config import KafkaSettings
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration

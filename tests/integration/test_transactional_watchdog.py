@@ -15,8 +15,8 @@ from collections import Counter
 import pytest
 from confluent_kafka import Producer
 
-from sevisflow.config import KafkaSettings
-from sevisflow.kafka_io import (
+from sevisflow.core.config import KafkaSettings
+from sevisflow.core.kafka_io import (
     Output,
     TopicSpec,
     TransactionalLoop,
@@ -135,7 +135,7 @@ def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_c
     Before the fix the loop dropped its staged state and kept its older in-memory state while the
     committed offsets had moved on: the next transaction wrote older counts back (a repeat per key).
     """
-    import sevisflow.kafka_io as kio
+    import sevisflow.core.kafka_io as kio
 
     monkeypatch.setattr(kio, "TXN_CALL_GRACE_S", 1.0)
     kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from sinks.sevis.client import CertificateError, SevisClient
-from sinks.sevis.uploader import SevisSink
-from sinks.sevis_sim.certs import make_ca, make_leaf
-from sinks.xml.render import ClosedBatch
-from sinks.xml.samples import DSO, ORG_ID, create_record
-from sinks.xml.xsd import load_schema
+from sevisflow.sinks.sevis.client import CertificateError, SevisClient
+from sevisflow.sinks.sevis.uploader import SevisSink
+from sevisflow.sinks.sevis_sim.certs import make_ca, make_leaf
+from sevisflow.sinks.xml.render import ClosedBatch
+from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record
+from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR
 from tests.upload_support import FakePublisher, outbox_of, put_batch, settings_for, states
 
@@ -100,7 +100,7 @@ def test_duplicate_batch_id_fails_the_batch_and_requeues(sim, tmp_path):
     settings = settings_for(sim, tmp_path)
     batch = put_batch(settings)
     other = ClosedBatch(ORG_ID, "UPLTEST0000001", DSO, 0, (create_record(99),))
-    from sinks.xml.render import render_batch
+    from sevisflow.sinks.xml.render import render_batch
 
     assert SevisClient(settings.sevis).upload(ORG_ID, DSO, "UPLTEST0000001", "x.xml",
                                               render_batch(other, load_schema(XSD_DIR))).code == "S0000"
@@ -144,7 +144,7 @@ def test_accepted_batch_is_never_posted_again_even_when_sevis_answers_s0031(sim,
         sink.step()
         time.sleep(0.02)
     assert states(settings) == {"uploaded": ["UPLTEST0000001"]} and not pub.published and not pub.requeued
-    from sinks.sevis.uploader import describe
+    from sevisflow.sinks.sevis.uploader import describe
 
     assert "S0031 since" in describe(next(outbox_of(settings).batches("uploaded")))
     with sim.lock:

@@ -7,11 +7,11 @@ import shutil
 import orjson
 import pytest
 
-from sevisflow.audit.ledger import Ledger, LedgerWriter
-from sevisflow.audit.scenario import batcher_run
-from sevisflow.cli import main
-from sevisflow.kafka_io import TopicSpec, ensure_topics, make_producer
-from sevisflow.serde import registry
+from sevisflow.core.ledger import Ledger, LedgerWriter
+from sevisflow.app.audit.scenario import batcher_run
+from sevisflow.app.cli import main
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
+from sevisflow.core.serde import registry
 from tests.audit_scenario import scenario_config
 from tests.helpers import XSD_DIR, make_settings
 
@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.integration,
 
 
 def test_verify_all_then_tamper(kafka_stack, unique, tmp_path, capsys):
-    from sinks.outbox import Outbox
-    from sinks.xml.render import ClosedBatch
-    from sinks.xml.stage import sink_closed_batch
-    from sinks.xml.xsd import load_schema
+    from sevisflow.sinks.outbox import Outbox
+    from sevisflow.sinks.xml.render import ClosedBatch
+    from sevisflow.sinks.xml.stage import sink_closed_batch
+    from sevisflow.sinks.xml.xsd import load_schema
 
     settings = make_settings(kafka_stack, unique=unique)
     t = settings.topics

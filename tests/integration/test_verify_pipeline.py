@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from deploy.sis.activity import generate_activity
-from deploy.sis.generator import generate_school
-from deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow.kafka_io import ensure_topics
-from sevisflow.runner import Pipeline
-from sevisflow.topics import all_topics
+from sevisflow.deploy.sis.activity import generate_activity
+from sevisflow.deploy.sis.generator import generate_school
+from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
+from sevisflow.core.kafka_io import ensure_topics
+from sevisflow.app.runner import Pipeline
+from sevisflow.core.topics import all_topics
 from tests.helpers import REPO, XSD_DIR, count, make_settings, settled, wait_for
 
 pytestmark = [pytest.mark.integration,
@@ -31,7 +31,7 @@ DSO = "dsotest001"
 
 def _close(settings: Any) -> str:
     """What ``sevisflow batch close --dso …`` does: close the open batch as reviewed, wait for the batcher."""
-    from sevisflow.cli.batch import await_answer, end_offsets, load_view, new_command, send_command
+    from sevisflow.app.cli.batch import await_answer, end_offsets, load_view, new_command, send_command
 
     org = settings.school.org_id
     view = load_view(settings, org)
@@ -48,10 +48,10 @@ def _close(settings: Any) -> str:
 
 
 def test_verify_all_over_the_real_pipeline(kafka_stack, fresh_db, unique, tmp_path):
-    from sevisflow.audit.ledger import Ledger
-    from sevisflow.audit.verify import verify_all
-    from sevisflow.cli.verify import load_context
-    from sinks.xml.stage import make_outbox
+    from sevisflow.core.ledger import Ledger
+    from sevisflow.app.audit.verify import verify_all
+    from sevisflow.app.cli.verify import load_context
+    from sevisflow.sinks.xml.stage import make_outbox
 
     settings = make_settings(
         kafka_stack, fresh_db, unique,
@@ -84,7 +84,7 @@ def test_verify_all_over_the_real_pipeline(kafka_stack, fresh_db, unique, tmp_pa
     ctx = load_context(settings, with_sources=True, timeout_s=30)
     assert ctx.transactions, "the transaction topic is read"
 
-    from sevisflow.audit.ledger import read_anchors
+    from sevisflow.core.ledger import read_anchors
 
     anchors = read_anchors(settings.kafka, settings.topics.ledger)
     report = verify_all(ctx, Ledger(settings.sevis.outbox_dir), anchors=anchors)

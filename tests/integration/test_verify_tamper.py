@@ -1,7 +1,7 @@
 """An insider with file-system access against ``sevisflow verify --all``: each tamper case of the audit issue.
 
 One world per module, made by the real stages: the batcher's closed batches on Kafka, the real XML sink
-(``sinks.xml.stage.run``: files each batch, seals it on the audit ledger and anchors the head on the
+(``sevisflow.sinks.xml.stage.run``: files each batch, seals it on the audit ledger and anchors the head on the
 ledger topic in its transaction), the real SEVIS sink stage against the HTTPS simulator (uploads,
 downloads, publishes results, seals every file it writes and anchors the head). Each test starts from a
 copy of that outbox (restored at the same path: the anchors name the ledger file), tampers with it, and
@@ -18,15 +18,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sevisflow.audit.ledger import Ledger, chain
-from sevisflow.audit.scenario import batcher_run
-from sevisflow.cli import main
-from sevisflow.errors import TerminalError
-from sevisflow.kafka_io import ensure_topics, make_producer
-from sevisflow.serde import registry
-from sevisflow.topics import pipeline_topics
-from sinks.outbox import Outbox
-from sinks.sevis_sim import SevisSimulator
+from sevisflow.core.ledger import Ledger, chain
+from sevisflow.app.audit.scenario import batcher_run
+from sevisflow.app.cli import main
+from sevisflow.core.errors import TerminalError
+from sevisflow.core.kafka_io import ensure_topics, make_producer
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import pipeline_topics
+from sevisflow.sinks.outbox import Outbox
+from sevisflow.sinks.sevis_sim import SevisSimulator
 from tests.helpers import XSD_DIR, make_settings
 from tests.upload_support import FakePublisher, sim_sevis
 
@@ -80,8 +80,8 @@ class World:
 def world(kafka_stack, tmp_path_factory):
     import uuid
 
-    from sinks.sevis.stage import run as run_sevis
-    from sinks.xml.stage import run as run_xml
+    from sevisflow.sinks.sevis.stage import run as run_sevis
+    from sevisflow.sinks.xml.stage import run as run_xml
 
     base = tmp_path_factory.mktemp("tamper")
     sim = SevisSimulator(base / "certs", XSD_DIR, accept_any_sevis_id=True)
@@ -266,7 +266,7 @@ def test_state_json_is_not_evidence(world, capsys):
 
 def test_processed_batch_moved_back_to_ready_fails_and_is_never_posted_again(world, capsys):
     """Tamper case 5: before, verify passed and the SEVIS sink could upload it again."""
-    from sinks.sevis.uploader import SevisSink
+    from sevisflow.sinks.sevis.uploader import SevisSink
 
     ob = world.restore()
     bd = _processed(ob, world.ids[0])
@@ -292,8 +292,8 @@ def test_processed_batch_moved_back_to_ready_fails_and_is_never_posted_again(wor
 def test_anchored_head_survives_a_restart_and_catches_an_older_copy(world, capsys):
     """The head lives on Kafka, not in the sinks: restarted sinks accept the true ledger and refuse an older copy;
     verify names the older copy without being given a head."""
-    from sinks.sevis.stage import run as run_sevis
-    from sinks.xml.stage import ledger_writer
+    from sevisflow.sinks.sevis.stage import run as run_sevis
+    from sevisflow.sinks.xml.stage import ledger_writer
 
     ob = world.restore()
     ledger_writer(world.settings, ob)              # a restarted XML sink: the ledger holds its anchor
@@ -339,14 +339,14 @@ def test_xml_sink_killed_between_sealing_and_commit_anchors_the_head_on_restart(
     import subprocess
     import sys
 
-    from deploy.local.stack import free_port
-    from sevisflow.audit.ledger import GENESIS, anchored_head, anchors_for, check_anchors, read_anchors
-    from sevisflow.faults import ENV_VAR, EXIT_CODE
-    from sevisflow.kafka_io import flush_or_raise, produce
-    from sinks.xml.render import ClosedBatch
-    from sinks.xml.samples import DSO, ORG_ID, create_record
-    from sevisflow.kafka_io import fence_predecessor
-    from sinks.xml.stage import run as run_xml, transactional_id
+    from sevisflow.deploy.local.stack import free_port
+    from sevisflow.core.ledger import GENESIS, anchored_head, anchors_for, check_anchors, read_anchors
+    from sevisflow.core.faults import ENV_VAR, EXIT_CODE
+    from sevisflow.core.kafka_io import flush_or_raise, produce
+    from sevisflow.sinks.xml.render import ClosedBatch
+    from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record
+    from sevisflow.core.kafka_io import fence_predecessor
+    from sevisflow.sinks.xml.stage import run as run_xml, transactional_id
     from tests.helpers import REPO, stage_env
     from tests.integration.test_sink_kafka import closed_event
 
@@ -362,7 +362,7 @@ def test_xml_sink_killed_between_sealing_and_commit_anchors_the_head_on_restart(
            "SEVISFLOW_SEVIS_QUARANTINE_DIR": str(tmp_path / "quarantine"), "SEVISFLOW_SEVIS_XSD_DIR": str(XSD_DIR),
            "SEVISFLOW_SCHOOL_ORG_ID": settings.school.org_id, "SEVISFLOW_INSTANCE": "xml-1",
            ENV_VAR: "kafka.before_commit:1"}
-    first = subprocess.run([sys.executable, "-m", "sevisflow.cli.__main__", "sink", "xml"], cwd=REPO, env=env,
+    first = subprocess.run([sys.executable, "-m", "sevisflow.app.cli.__main__", "sink", "xml"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == EXIT_CODE, first.stderr[-2000:]
     ledger = Ledger(outbox)

@@ -1,4 +1,4 @@
-"""The pure ACL model (sevisflow/acls.py): who may do what, derived from the topics and the settings.
+"""The pure ACL model (sevisflow/core/acls.py): who may do what, derived from the topics and the settings.
 
 The broker-side proof (each right works, everything else is refused) is tests/integration/test_acls.py.
 """
@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from sevisflow.acls import (
+from sevisflow.core.acls import (
     CREATE,
     DESCRIBE,
     GROUP,
@@ -30,9 +30,9 @@ from sevisflow.acls import (
     stage_groups,
     state_topics,
 )
-from sevisflow.config import Settings, settings_from_mapping
-from sevisflow.errors import ConfigError
-from sevisflow.topics import PIPELINE_KEYS, all_topics
+from sevisflow.core.config import Settings, settings_from_mapping
+from sevisflow.core.errors import ConfigError
+from sevisflow.core.topics import PIPELINE_KEYS, all_topics
 from tests.helpers import REPO, make_settings
 
 S = make_settings(unique="u1")
@@ -188,8 +188,8 @@ def _doc_table() -> list[tuple[str, str, str]]:
 
 def test_the_table_in_docs_security_is_the_model():
     """docs/SECURITY.md shows the rights of every role for the default settings; regenerate it with
-    `python -m sevisflow.acls` when the model changes."""
+    `python -m sevisflow.core.acls` when the model changes."""
     expected = [(r, ops, res) for r, ops, res, _ in role_table(Settings())]
-    assert _doc_table() == expected, "docs/SECURITY.md's ACL table is stale: python -m sevisflow.acls"
+    assert _doc_table() == expected, "docs/SECURITY.md's ACL table is stale: python -m sevisflow.core.acls"
     assert {r for r, _, _ in expected} == set(ROLES)
     assert re.search(r"sevisflow-dso", (REPO / "docs" / "SECURITY.md").read_text())

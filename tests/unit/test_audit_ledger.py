@@ -7,11 +7,11 @@ import threading
 import orjson
 import pytest
 
-from sevisflow.audit.ledger import (Ledger, LedgerWriter, anchor_key, anchored_head, anchors_for, chain,
+from sevisflow.core.ledger import (Ledger, LedgerWriter, anchor_key, anchored_head, anchors_for, chain,
                                     check_anchors, check_chain, latest_anchors, seal_archive, seal_evidence,
                                     sealed_by_batch)
-from sevisflow.errors import TerminalError
-from sinks.outbox import Outbox
+from sevisflow.core.errors import TerminalError
+from sevisflow.sinks.outbox import Outbox
 
 
 def _batch(tmp_path, bid="SLEDGER0000001"):

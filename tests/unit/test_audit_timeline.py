@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sevisflow.audit.scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT, decoded_scenario
-from sevisflow.audit.timeline import batch_report, format_batch_records, format_timeline, student_timeline
+from sevisflow.app.audit.scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT, decoded_scenario
+from sevisflow.app.audit.timeline import batch_report, format_batch_records, format_timeline, student_timeline
 
 
 def _inputs():

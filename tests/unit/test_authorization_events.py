@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 import pytest
 
-from processors.batcher.core import EventIn, Publish, apply
-from processors.batcher.core import School as BatchSchool
-from processors.normalize.debezium import SisFeed
-from processors.sevis_events.pure import PureOutput, PurePipeline
-from sinks.xml.render import ClosedBatch, check_batch
-from sinks.xml.samples import AUTHORIZATION_KINDS, DSO, ORG_ID, update_record
-from sinks.xml.xsd import load_schema
+from sevisflow.processors.batcher.core import EventIn, Publish, apply
+from sevisflow.processors.batcher.core import School as BatchSchool
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
+from sevisflow.sinks.xml.render import ClosedBatch, check_batch
+from sevisflow.sinks.xml.samples import AUTHORIZATION_KINDS, DSO, ORG_ID, update_record
+from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR
 from tests.scenarios import MAPPING, PKS, TABLES, Case, School, base_rows, payload
 

@@ -1,7 +1,7 @@
 """Golden tests of the DSO's screens: `batch show|close|list|status`, as a terminal of 80 and of 200
 columns shows them, as plain lines in a pipe, and as --json.
 
-The views are built by the real state machine (processors.batcher.core) from fixed inputs, so the
+The views are built by the real state machine (sevisflow.processors.batcher.core) from fixed inputs, so the
 files in tests/golden/ pin both the batcher's records and the CLI's rendering. The labels of CIP
 codes come from the SEVIS XSDs of the test settings (tests/helpers.py XSD_DIR), as at run time.
 
@@ -20,13 +20,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
-from processors.batcher.view import build_view
-from sevisflow.cli import batch as cli
-from sevisflow.cli import review
-from sevisflow.labels import Labels
-from sevisflow.worklist.deadlines import Deadlines
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.app.cli import batch as cli
+from sevisflow.app.cli import review
+from sevisflow.app.labels import Labels
+from sevisflow.core.worklist.deadlines import Deadlines
 from tests.helpers import XSD_DIR
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -176,7 +176,7 @@ def test_batch_close_list_status_golden():
     check("batch_status_pipe.txt", "\n".join(review.batch_lines(view, view.batches[closed["batch_id"]], TZ)) + "\n")
     check("batch_status.json", as_json(cli.status_json(view, closed["batch_id"], TZ)))
     # `sevisflow results`: the same words and names as `batch status`
-    from sevisflow.cli.results import result_lines, result_table
+    from sevisflow.app.cli.results import result_lines, result_table
 
     b = view.batches[closed["batch_id"]]
     names = {r["request_id"]: (r.get("display_name") or "", f"{review.title(r)} ({review.element(r)})")
@@ -201,7 +201,7 @@ ISSUES = [
 
 
 def test_issues_golden():
-    from sevisflow.cli.issues_cmd import issue_lines, issue_table
+    from sevisflow.app.cli.issues_cmd import issue_lines, issue_table
 
     check("issues_80.txt", review.render_text(issue_table(ISSUES, TZ, 80), 80))
     check("issues_pipe.txt", "\n".join(issue_lines(ISSUES, TZ)) + "\n")
@@ -220,7 +220,7 @@ def test_the_dso_guide_shows_the_real_output():
 def todo_items():
     """The DSO's worklist on GOLDEN_TODAY: the scenario's open batch, a batch of which SEVIS rejected the
     extension, a student not registered for a session that started, a data problem and an operator one."""
-    from sevisflow.worklist.items import worklist
+    from sevisflow.core.worklist.items import worklist
 
     view, published, feed = views()
     sent = [r["record_id"] for r in view.open_records() if r["kind"] in ("Create", "Program.Extension")]
@@ -240,7 +240,7 @@ def todo_items():
 
 
 def test_todo_golden():
-    from sevisflow.cli.todo import todo_lines
+    from sevisflow.app.cli.todo import todo_lines
 
     check("todo_80.txt", "\n".join(todo_lines(todo_items(), GOLDEN_TODAY)) + "\n")
 
@@ -249,7 +249,7 @@ def test_the_dso_guide_shows_the_worklist_and_every_deadline_rule():
     """The guide's `todo` capture is the golden file, and its rule table is the code's rule table."""
     import re
 
-    from sevisflow.worklist.deadlines import RULES
+    from sevisflow.core.worklist.deadlines import RULES
 
     guide = (GOLDEN.parent.parent / "docs" / "DSO-GUIDE.md").read_text()
     assert (GOLDEN / "todo_80.txt").read_text().rstrip() in guide

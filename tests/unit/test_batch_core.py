@@ -9,9 +9,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.batcher.core import CommandIn, EventIn, Publish, Reject, ResultIn, School, SendCommand, Tick, apply
-from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
-from processors.batcher.ids import BATCH_ID_LEN, REQUEST_ID_MAX
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, Reject, ResultIn, School, SendCommand, Tick, apply
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from sevisflow.processors.batcher.ids import BATCH_ID_LEN, REQUEST_ID_MAX
 
 DSO = "DSOUSER001"
 
@@ -344,7 +344,7 @@ def _closed_with_results(*outcomes):
 
 
 def test_resend_puts_only_the_rejected_record_back_with_its_clock_and_a_new_request_id():
-    from processors.batcher.core import open_rejections
+    from sevisflow.processors.batcher.core import open_rejections
 
     s, c = _closed_with_results("S1003", "ok")
     bid = c["batch_id"]
@@ -393,7 +393,7 @@ def test_resend_of_a_record_with_a_newer_open_change_does_not_duplicate_it():
 
 
 def test_resend_is_a_dso_command_checked_like_the_others():
-    from processors.batcher.guard import CommandPolicy
+    from sevisflow.processors.batcher.guard import CommandPolicy
 
     s, c = _closed_with_results("S1003", "ok")
     policy = CommandPolicy(frozenset({DSO}))
@@ -411,7 +411,7 @@ def test_resend_is_a_dso_command_checked_like_the_others():
 
 
 def _early_tick(local: str, close_at="16:30"):
-    from sevisflow.worklist.deadlines import Deadlines
+    from sevisflow.core.worklist.deadlines import Deadlines
 
     dt = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("America/Chicago"))
     return Tick(int(dt.timestamp() * 1000), "America/Chicago", close_at, DSO,
@@ -452,9 +452,9 @@ def test_the_batcher_stage_tick_sends_the_early_close_on_the_commands_topic():
     """The stage's idle tick (its clock, the settings' rule table) reaches the early close of the core."""
     from datetime import datetime as _dt
 
-    from processors.batcher.stage import BatcherStage, BatcherStore
-    from sevisflow.config import settings_from_mapping
-    from sevisflow.serde import registry
+    from sevisflow.processors.batcher.stage import BatcherStage, BatcherStore
+    from sevisflow.core.config import settings_from_mapping
+    from sevisflow.core.serde import registry
 
     settings = settings_from_mapping({"school": {
         "org_id": ORG, "timezone": "America/Chicago", "close_at": "16:30", "close_dso": DSO,

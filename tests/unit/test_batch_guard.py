@@ -11,15 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.batcher.core import CommandIn, EventIn, Publish, Reject, School, apply
-from processors.batcher.fixtures import BASE_MS, ORG, command, event
-from processors.batcher.guard import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_RECORD_IDS, CommandPolicy, malformed,
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, Reject, School, apply
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+from sevisflow.processors.batcher.guard import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_RECORD_IDS, CommandPolicy, malformed,
                                       parse_principals)
-from processors.batcher.ids import _MAX_STAMP, next_batch_stamp
-from processors.batcher.stage import BatcherStage, BatcherStore, _clock_problem, command_policy, load_school, save_diff
-from sevisflow.config import settings_from_mapping
-from sevisflow.errors import ConfigError
-from sevisflow.serde import registry
+from sevisflow.processors.batcher.ids import _MAX_STAMP, next_batch_stamp
+from sevisflow.processors.batcher.stage import BatcherStage, BatcherStore, _clock_problem, command_policy, load_school, save_diff
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.errors import ConfigError
+from sevisflow.core.serde import registry
 
 DSO, OTHER = "DSOUSER001", "DSOUSER002"
 POLICY = CommandPolicy(frozenset({DSO, OTHER}), {"User:alice": DSO, "User:bob": OTHER}, close_dso="SCHEDDSO01")
@@ -167,8 +167,8 @@ def test_already_on_hold_is_said_as_such_and_release_of_a_student_not_held_is_re
 
 
 def test_the_open_view_carries_who_held_when_and_why_also_without_records():
-    from processors.batcher.core import open_view
-    from processors.batcher.view import from_open_batch
+    from sevisflow.processors.batcher.core import open_view
+    from sevisflow.processors.batcher.view import from_open_batch
 
     s = school_with_two_ready()
     s, _ = apply(s, cmd_in(command("hold", "h1", student_key="S9", dso_user_id=DSO, principal="User:alice",
@@ -484,7 +484,7 @@ def test_property_no_command_crashes_the_batcher_and_each_is_dead_lettered_or_re
 
 def test_an_input_that_makes_the_core_raise_is_dead_lettered_and_the_state_is_kept(monkeypatch):
     """The adapter's last line: whatever a future bug makes ``apply`` raise stops one input, not the school."""
-    import processors.batcher.stage as stage_mod
+    import sevisflow.processors.batcher.stage as stage_mod
 
     stage, store = BatcherStage(SETTINGS), BatcherStore()
     now = int(time.time() * 1000)
@@ -506,8 +506,8 @@ def test_an_input_that_makes_the_core_raise_is_dead_lettered_and_the_state_is_ke
 def test_verify_replays_a_log_with_refusals_whatever_the_settings_are_today():
     """Who may act is a setting of the day: `sevisflow verify` takes a refusal the batcher recorded as recorded,
     and re-derives everything else (the close that followed) from the log."""
-    from sevisflow.audit.decode import decode_record
-    from sevisflow.audit.verify import guided_batcher_replay
+    from sevisflow.app.audit.decode import decode_record
+    from sevisflow.app.audit.verify import guided_batcher_replay
 
     ts = 1_767_300_000_000
     s, recorded, events, commands = School(ORG), [], [], []

@@ -6,8 +6,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.batcher import core
-from processors.batcher.core import (
+from sevisflow.processors.batcher import core
+from sevisflow.processors.batcher.core import (
     MAX_OPEN_VIEW_BYTES,
     CommandIn,
     EventIn,
@@ -17,11 +17,11 @@ from processors.batcher.core import (
     apply,
     open_view,
 )
-from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
-from processors.batcher.stage import OPEN_BATCH_SCHEMA, BatcherStage, BatcherStore, save_diff
-from processors.batcher.view import BatchView, fold, from_open_batch
-from sevisflow.config import settings_from_mapping
-from sevisflow.serde import registry
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from sevisflow.processors.batcher.stage import OPEN_BATCH_SCHEMA, BatcherStage, BatcherStore, save_diff
+from sevisflow.processors.batcher.view import BatchView, fold, from_open_batch
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.serde import registry
 
 DSO = "DSOUSER001"
 ORG2 = "XYZ214F00001000"
@@ -162,7 +162,7 @@ def test_stage_republishes_every_school_of_a_partition_it_takes_over():
 
 def test_save_diff_and_view_agree_on_a_restored_school():
     """The view written after a restore is built from the changelog's keys: the same as before the restart."""
-    from processors.batcher.stage import load_school
+    from sevisflow.processors.batcher.stage import load_school
 
     s = School(ORG)
     s, _ = apply(s, EventIn(event("S1", n=1), BASE_MS))

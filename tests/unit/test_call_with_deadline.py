@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from sevisflow.kafka_io import ProducerStuck, call_with_deadline
+from sevisflow.core.kafka_io import ProducerStuck, call_with_deadline
 
 
 def test_returns_what_the_call_returns():

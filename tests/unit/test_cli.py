@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from sevisflow import cli
-from sevisflow.errors import SevisflowError
+from sevisflow.app import cli
+from sevisflow.core.errors import SevisflowError
 
 
 def _all_command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -45,7 +45,7 @@ def test_expected_failure_is_exit_1_with_message(tmp_path, capsys):
 
 
 def test_bug_is_exit_2_with_trace(monkeypatch, capsys):
-    from sevisflow.cli import config_cmd
+    from sevisflow.app.cli import config_cmd
 
     def boom(args):
         raise ZeroDivisionError("bug")
@@ -56,7 +56,7 @@ def test_bug_is_exit_2_with_trace(monkeypatch, capsys):
 
 
 def test_sevisflow_error_subclasses_are_expected(monkeypatch, capsys):
-    from sevisflow.cli import config_cmd
+    from sevisflow.app.cli import config_cmd
 
     monkeypatch.setattr(config_cmd, "run", lambda args: (_ for _ in ()).throw(SevisflowError("nice message")))
     assert cli.main(["config"]) == cli.EXIT_EXPECTED
@@ -70,13 +70,13 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from sevisflow.cli import common  # noqa: E402
+from sevisflow.app.cli import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _sevisflow(*argv: str, stdout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sevisflow.cli", *argv], stdout=stdout, stderr=subprocess.PIPE,
+    return subprocess.run([sys.executable, "-m", "sevisflow.app.cli", *argv], stdout=stdout, stderr=subprocess.PIPE,
                           cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -94,7 +94,7 @@ def test_a_reader_that_went_away_ends_the_command_quietly(argv):
 
 
 def test_piped_into_head_exits_cleanly():
-    done = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m sevisflow.cli config --keys | head -1"],
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m sevisflow.app.cli config --keys | head -1"],
                           capture_output=True, cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0 and done.stderr.decode() == ""
     assert done.stdout.decode().splitlines()[0].startswith("key")
@@ -131,8 +131,8 @@ TERMINAL_SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r})
 from tests.unit.test_batch_cli_golden import views, TZ, LABELS
-from sevisflow.cli import review
-from sevisflow.cli.common import emit
+from sevisflow.app.cli import review
+from sevisflow.app.cli.common import emit
 view = views()[0]
 emit(lambda width: review.show_table(view, TZ, LABELS, width=width), lambda: review.show_lines(view, TZ, LABELS))
 """
@@ -169,7 +169,7 @@ def test_on_a_terminal_the_table_takes_the_terminals_width(columns):
 
 
 def test_width_lays_the_table_out_even_into_a_pipe(capsys):
-    from sevisflow.cli import review
+    from sevisflow.app.cli import review
     from tests.unit.test_batch_cli_golden import LABELS, TZ, views
 
     view = views()[0]

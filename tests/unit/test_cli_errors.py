@@ -10,11 +10,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sevisflow.cli import EXIT_EXPECTED, EXIT_USAGE, main
-from sevisflow.config import KafkaSettings, Secret, load_settings, settings_from_mapping
-from sevisflow.errors import ConfigError
-from sevisflow.kafka_io import make_producer
-from sevisflow.observability import ObservabilityServer
+from sevisflow.app.cli import EXIT_EXPECTED, EXIT_USAGE, main
+from sevisflow.core.config import KafkaSettings, Secret, load_settings, settings_from_mapping
+from sevisflow.core.errors import ConfigError
+from sevisflow.core.kafka_io import make_producer
+from sevisflow.core.observability import ObservabilityServer
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sevisflow.config import Secret, describe, load_settings, settings_from_mapping
-from sevisflow.errors import ConfigError
+from sevisflow.core.config import Secret, describe, load_settings, settings_from_mapping
+from sevisflow.core.errors import ConfigError
 
 
 def test_defaults_without_any_file(tmp_path, monkeypatch):
@@ -89,7 +89,7 @@ def test_every_setting_is_documented():
 def test_example_file_uncommented_gives_the_defaults():
     import re
 
-    from sevisflow.config import Settings, example_toml
+    from sevisflow.core.config import Settings, example_toml
 
     text = re.sub(r"(?m)^# (\w+ = )", r"\1", example_toml())
     assert settings_from_mapping(__import__("tomllib").loads(text), env={}) == Settings()
@@ -98,7 +98,7 @@ def test_example_file_uncommented_gives_the_defaults():
 def test_committed_example_is_current():
     from pathlib import Path
 
-    from sevisflow.config import example_toml
+    from sevisflow.core.config import example_toml
 
     committed = Path(__file__).resolve().parents[2] / "sevisflow.example.toml"
     assert committed.read_text() == example_toml(), "regenerate: sevisflow config --example > sevisflow.example.toml"
@@ -118,7 +118,7 @@ def test_connector_metrics_port_moved_to_the_metrics_section(tmp_path, toml):
 
 
 def test_org_id_has_no_made_up_default_and_a_stage_refuses_to_start_without_it():
-    from processors.sevis_events.stage import EventsStage
+    from sevisflow.processors.sevis_events.stage import EventsStage
 
     s = settings_from_mapping({}, env={})
     assert s.school.org_id == ""

@@ -7,11 +7,11 @@ import hashlib
 import orjson
 import pytest
 
-from connectors.postgres import convert as cv
-from connectors.postgres.columns import ColumnPolicy
-from connectors.postgres.envelope import EventBuilder, TableMeta, TxContext, build_schemas
-from sevisflow.config import settings_from_mapping
-from sevisflow.errors import ConfigError
+from sevisflow.connectors.postgres import convert as cv
+from sevisflow.connectors.postgres.columns import ColumnPolicy
+from sevisflow.connectors.postgres.envelope import EventBuilder, TableMeta, TxContext, build_schemas
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.errors import ConfigError
 
 SALT = "pepper"
 MASK_KEY = f"column.mask.hash.v2.SHA-256.with.salt.{SALT}"

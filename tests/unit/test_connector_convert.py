@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.postgres import convert as cv
+from sevisflow.connectors.postgres import convert as cv
 
 
 def _numeric_typmod(precision: int, scale: int) -> int:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from connectors.postgres import convert as cv, decoder, envelope, pgoutput, snapshot
-from connectors.postgres.envelope import EventBuilder, TableMeta, TxContext
-from connectors.postgres.pgoutput import UNCHANGED, DecodeError, Delete, Insert, Update, Value, decode, encode
+from sevisflow.connectors.postgres import convert as cv, decoder, envelope, pgoutput, snapshot
+from sevisflow.connectors.postgres.envelope import EventBuilder, TableMeta, TxContext
+from sevisflow.connectors.postgres.pgoutput import UNCHANGED, DecodeError, Delete, Insert, Update, Value, decode, encode
 
 # (column, type oid, typmod): every type the reference SIS schema uses, and then some
 SIS_COLUMNS: tuple[tuple[str, int, int], ...] = (
@@ -90,7 +90,7 @@ def _outcome(fn: Any) -> Any:
 
 
 def test_the_extension_is_built_and_chosen() -> None:
-    assert decoder.c_module is not None, "connectors.postgres._pgtuple is missing: run `pip install -e .` (needs gcc)"
+    assert decoder.c_module is not None, "sevisflow.connectors.postgres._pgtuple is missing: run `pip install -e .` (needs gcc)"
     assert decoder.forced_python or decoder.name() == "c"
     with decoder.using(False):
         assert decoder.name() == "python"

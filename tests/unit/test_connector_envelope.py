@@ -5,14 +5,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from connectors.postgres import convert as cv, decoder
-from connectors.postgres.envelope import UNAVAILABLE, EventBuilder, TableMeta, TxContext
-from connectors.postgres.pgoutput import UNCHANGED
-from connectors.postgres.snapshot import (
+from sevisflow.connectors.postgres import convert as cv, decoder
+from sevisflow.connectors.postgres.envelope import UNAVAILABLE, EventBuilder, TableMeta, TxContext
+from sevisflow.connectors.postgres.pgoutput import UNCHANGED
+from sevisflow.connectors.postgres.snapshot import (
     InitialOnlySnapshotter, InitialSnapshotter, NeverSnapshotter, SnapshotDecision, WhenNeededSnapshotter,
     chunk_query, parse_copy_line, snapshotter_for,
 )
-from sevisflow.errors import ConfigError, TerminalError
+from sevisflow.core.errors import ConfigError, TerminalError
 
 
 def _meta() -> TableMeta:
@@ -150,7 +150,7 @@ def test_chunk_query_is_resumable_by_key() -> None:
 
 
 def _fast_vs_generic(schemas: bool, txmeta: bool, tombstones: bool) -> None:
-    from connectors.postgres.pgoutput import Delete, Insert, Update, encode
+    from sevisflow.connectors.postgres.pgoutput import Delete, Insert, Update, encode
 
     meta = TableMeta(schema="public", table="person", topic="sis.public.person",
                      columns=("id", "name", "born", "notes", "at"),

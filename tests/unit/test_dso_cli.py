@@ -7,13 +7,13 @@ import io
 
 import pytest
 
-from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from processors.batcher.fixtures import BASE_MS, ORG, command, event
-from processors.batcher.view import build_view
-from sevisflow.cli import dso as dso_cli
-from sevisflow.cli.student import code_meanings, settle_sevis_id
-from sevisflow.config import settings_from_mapping
-from sevisflow.errors import SevisflowError
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.app.cli import dso as dso_cli
+from sevisflow.app.cli.student import code_meanings, settle_sevis_id
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.errors import SevisflowError
 from tests.helpers import XSD_DIR
 
 DSO = "DSOUSER001"
@@ -128,7 +128,7 @@ def test_a_differing_sevis_id_is_refused_naming_the_known_one():
 
 
 def test_audit_says_who_reviewed_a_close_as_its_command_records_it():
-    from sevisflow.audit.timeline import reviewed_by
+    from sevisflow.app.audit.timeline import reviewed_by
 
     assert reviewed_by({"command_id": "close-1", "dso_user_id": DSO, "reviewed_revision": 42}) == f"{DSO} (revision 42)"
     assert reviewed_by({"command_id": "scheduled:ZZZ214F99999000:2026-12-03", "dso_user_id": "SCHEDDSO01",

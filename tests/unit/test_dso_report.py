@@ -5,13 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from processors.batcher.fixtures import BASE_MS, ORG, command, event
-from sevisflow.cli.student import report_event
-from sevisflow.errors import SevisflowError
-from sinks.xml.render import ClosedBatch, check_batch
-from sinks.xml.samples import DSO as SAMPLE_DSO
-from sinks.xml.samples import ORG_ID, REPORT_KINDS, update_record
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+from sevisflow.app.cli.student import report_event
+from sevisflow.core.errors import SevisflowError
+from sevisflow.sinks.xml.render import ClosedBatch, check_batch
+from sevisflow.sinks.xml.samples import DSO as SAMPLE_DSO
+from sevisflow.sinks.xml.samples import ORG_ID, REPORT_KINDS, update_record
 from tests.helpers import XSD_DIR, make_settings
 
 DSO = "DSOUSER001"
@@ -24,7 +24,7 @@ def settings():
 
 @pytest.fixture(scope="module")
 def schema():
-    from sinks.xml.xsd import load_schema
+    from sevisflow.sinks.xml.xsd import load_schema
 
     return load_schema(XSD_DIR)
 
@@ -168,11 +168,11 @@ def test_too_long_explanation_fails_the_xsd_for_that_record(schema):
 
 def test_batch_with_a_reported_record_verifies_identical(tmp_path, schema):
     """Events + a report command + close → sink → verify: archive, render, batching and sources all ok."""
-    from sevisflow.audit.decode import decode_record
-    from sevisflow.audit.verify import VerifyContext, verify_batch
-    from sevisflow.serde import registry
-    from sinks.outbox import Outbox
-    from sinks.xml.stage import sink_closed_batch
+    from sevisflow.app.audit.decode import decode_record
+    from sevisflow.app.audit.verify import VerifyContext, verify_batch
+    from sevisflow.core.serde import registry
+    from sevisflow.sinks.outbox import Outbox
+    from sevisflow.sinks.xml.stage import sink_closed_batch
 
     org = ORG_ID
     ev = event("S2", n=1, org=org, origin="dso", payload={"@printForm": "false", "Email": "s@example.edu"})

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from processors.normalize.debezium import SisFeed
-from processors.sevis_events.pure import PurePipeline
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.sevis_events.pure import PurePipeline
 from tests.scenarios import MAPPING, PKS, TABLES, Case, School, base_rows, payload
 
 

@@ -1,4 +1,4 @@
-"""sevisflow.faults.crash_point: a no-op unless SEVISFLOW_CRASH_AT arms it; then it ends the process (137)."""
+"""sevisflow.core.faults.crash_point: a no-op unless SEVISFLOW_CRASH_AT arms it; then it ends the process (137)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from sevisflow import faults
+from sevisflow.core import faults
 from tests.helpers import REPO
 
-SCRIPT = ("from sevisflow.faults import crash_point\n"
+SCRIPT = ("from sevisflow.core.faults import crash_point\n"
           "for i in range(1, 6):\n"
           "    crash_point('other')\n"
           "    print('before', i, flush=True)\n"

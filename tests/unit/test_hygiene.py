@@ -15,19 +15,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.batcher.core import CommandIn, EventIn, Publish, apply
-from processors.batcher.core import School as SchoolState
-from processors.batcher.fixtures import BASE_MS, command, event
-from processors.sevis_events import hygiene
-from processors.sevis_events.derive import Context, derive
-from processors.sevis_events.hygiene import MAX_LENGTH, check_event, text_problem, whole_amount
-from sevisflow.config import settings_from_mapping
-from sevisflow.serde import registry
-from sinks.outbox import Outbox
-from sinks.xml.render import ClosedBatch, check_batch
-from sinks.xml.samples import DSO, ORG_ID
-from sinks.xml.stage import COMMAND_SCHEMA, outputs_for, sink_closed_batch
-from sinks.xml.xsd import ROOT, STUDENT_XSD, _Builder, _q, load_schema
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, apply
+from sevisflow.processors.batcher.core import School as SchoolState
+from sevisflow.processors.batcher.fixtures import BASE_MS, command, event
+from sevisflow.processors.sevis_events import hygiene
+from sevisflow.processors.sevis_events.derive import Context, derive
+from sevisflow.processors.sevis_events.hygiene import MAX_LENGTH, check_event, text_problem, whole_amount
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.serde import registry
+from sevisflow.sinks.outbox import Outbox
+from sevisflow.sinks.xml.render import ClosedBatch, check_batch
+from sevisflow.sinks.xml.samples import DSO, ORG_ID
+from sevisflow.sinks.xml.stage import COMMAND_SCHEMA, outputs_for, sink_closed_batch
+from sevisflow.sinks.xml.xsd import ROOT, STUDENT_XSD, _Builder, _q, load_schema
 from tests.helpers import XSD_DIR
 from tests.scenarios import School
 
@@ -406,7 +406,7 @@ def test_property_exercised_both_outcomes() -> None:
 
 
 def test_add_info_refuses_control_characters_before_touching_kafka(tmp_path: Path, capsys) -> None:
-    from sevisflow.cli import main as cli_main
+    from sevisflow.app.cli import main as cli_main
 
     cfg = tmp_path / "s.toml"
     cfg.write_text(f'[school]\norg_id = "{ORG_ID}"\n[sevis]\nxsd_dir = "{XSD_DIR}"\n'

@@ -77,7 +77,7 @@ def test_dockerfile_shape() -> None:
     assert any("gcc" in i for i in build), "the build stage compiles the C decoder"
     assert any("pip wheel" in i and "_pgtuple" in i for i in build), "a wheel without the decoder fails the build"
     assert not any("gcc" in i for i in run), "no compiler in the runtime image"
-    assert any("import connectors.postgres._pgtuple" in i for i in run)
+    assert any("import sevisflow.connectors.postgres._pgtuple" in i for i in run)
     users = [i.split()[1] for i in run if i.startswith("USER ")]
     assert users and re.fullmatch(r"[1-9]\d+:[1-9]\d+", users[-1]), "runs as a non-root numeric uid:gid"
     entry = [json.loads(i.split(None, 1)[1]) for i in run if i.startswith("ENTRYPOINT ")]
@@ -112,11 +112,19 @@ def test_wheel_carries_the_runtime_data(wheel: Path) -> None:
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    schemas = {p.relative_to(REPO).as_posix() for p in (REPO / "schemas").rglob("*.avsc")}
+    schemas = {"sevisflow/" + p.relative_to(REPO).as_posix() for p in (REPO / "schemas").rglob("*.avsc")}
     assert schemas and schemas <= names, schemas - names
-    for data in ("deploy/topics.toml", "deploy/sis/mapping.toml", "deploy/sis/schema.sql"):
+    for data in ("sevisflow/deploy/topics.toml", "sevisflow/deploy/sis/mapping.toml", "sevisflow/deploy/sis/schema.sql"):
         assert data in names, data
-    assert any(re.fullmatch(r"connectors/postgres/_pgtuple\..*\.so", n) for n in names), "C decoder missing"
+    assert any(re.fullmatch(r"sevisflow/connectors/postgres/_pgtuple\..*\.so", n) for n in names), "C decoder missing"
+
+
+def test_wheel_installs_only_the_sevisflow_namespace(wheel: Path) -> None:
+    import zipfile
+
+    tops = {n.split("/", 1)[0] for n in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"sevisflow", "sevisflow-0.1.0.dist-info"}, tops
+    assert not any("/tests/" in n or n.startswith("tests/") for n in zipfile.ZipFile(wheel).namelist())
 
 
 def test_wheel_works_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
@@ -126,8 +134,8 @@ def test_wheel_works_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
                            str(wheel)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = (
-        "import json, connectors.postgres._pgtuple as c, sevisflow.serde as s, sevisflow.topics as t\n"
-        "import deploy.sis.load as l, deploy.sis.replay as r\n"
+        "import json, sevisflow.connectors.postgres._pgtuple as c, sevisflow.core.serde as s, sevisflow.core.topics as t\n"
+        "import sevisflow.deploy.sis.load as l, sevisflow.deploy.sis.replay as r\n"
         "s.registry().schema('sevisflow.events.SevisEvent')\n"
         "print(json.dumps([c.__file__, s.__file__, str(s.SCHEMA_DIR), str(t.DEFAULT_TOPICS_FILE),\n"
         "                  str(l.SCHEMA_SQL), r.__file__]))\n"

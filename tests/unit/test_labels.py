@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from lxml import etree
 
-from sevisflow import labels as L
-from sevisflow.labels import Labels
+from sevisflow.app import labels as L
+from sevisflow.app.labels import Labels
 from tests.helpers import XSD_DIR
 
 XS = "{http://www.w3.org/2001/XMLSchema}"

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
-from sevisflow import runner
-from sevisflow.cli import build_parser
-from sevisflow.config import Settings, settings_from_mapping
-from sevisflow.observability import METRICS_PORT, STAGE_METRICS_PORTS
-from sevisflow.acls import kafka_user_resources, principals
-from sevisflow.topics import all_topics, kafka_topic_resources, to_yaml
+from sevisflow.app import runner
+from sevisflow.app.cli import build_parser
+from sevisflow.core.config import Settings, settings_from_mapping
+from sevisflow.core.observability import METRICS_PORT, STAGE_METRICS_PORTS
+from sevisflow.core.acls import kafka_user_resources, principals
+from sevisflow.core.topics import all_topics, kafka_topic_resources, to_yaml
 from tests.helpers import REPO
 
 K8S = REPO / "deploy" / "k8s"

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from deploy.sis import refdata
-from processors.normalize.codes import ISO2_TO_SEVIS, US_STATE_NAMES
+from sevisflow.deploy.sis import refdata
+from sevisflow.processors.normalize.codes import ISO2_TO_SEVIS, US_STATE_NAMES
 from tests.helpers import XSD_DIR
 from tests.scenarios import MAPPING
 

@@ -9,11 +9,11 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from processors.normalize.changes import ChangeFormatError, parse_change
-from processors.normalize.debezium import SisFeed
-from processors.normalize.mapping import load_mapping, mapping_from_dict
-from processors.sevis_events.pure import PurePipeline
-from sevisflow.errors import ConfigError
+from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.normalize.mapping import load_mapping, mapping_from_dict
+from sevisflow.processors.sevis_events.pure import PurePipeline
+from sevisflow.core.errors import ConfigError
 from tests.helpers import REPO
 from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import orjson
 
-from processors.normalize.debezium import SisFeed
-from processors.sevis_events.pure import PureOutput, PurePipeline
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 
 
@@ -57,8 +57,8 @@ def test_a_fraction_in_a_whole_dollar_amount_is_rounded_and_the_dso_is_told():
     30,001 — and a dead letter names the field (never the amount), which the worklist shows."""
     from decimal import Decimal
 
-    from sevisflow.worklist.deadlines import Deadlines
-    from sevisflow.worklist.items import worklist
+    from sevisflow.core.worklist.deadlines import Deadlines
+    from sevisflow.core.worklist.items import worklist
 
     feed, rows = _feed()
     feed.style = "iso"

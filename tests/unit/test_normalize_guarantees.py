@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 import pytest
 
-from processors.normalize.debezium import Record, SisFeed
-from processors.normalize.stage import NormalizeStore
-from processors.normalize.view import CHUNK_BYTES, Chunked, DictKV, Normalizer
-from processors.sevis_events.derive import Context, derive
-from processors.sevis_events.pure import PureOutput, PurePipeline
+from sevisflow.processors.normalize.debezium import Record, SisFeed
+from sevisflow.processors.normalize.stage import NormalizeStore
+from sevisflow.processors.normalize.view import CHUNK_BYTES, Chunked, DictKV, Normalizer
+from sevisflow.processors.sevis_events.derive import Context, derive
+from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 from tests.normalize_support import (N_STUDENTS, N_TERMS, big_school, big_transaction, snapshot_records,
                                      streamed_after_snapshot)
 from tests.scenarios import MAPPING, PKS, TABLES, School, base_rows
@@ -291,7 +291,7 @@ def test_the_i20_issue_date_fallback_is_the_commits_date_in_the_schools_time_zon
     # the pure pipeline (and so `sevisflow verify`) passes the same zone through
     pipe = PurePipeline(MAPPING, timezone="America/Chicago")
     out = PureOutput()
-    from processors.normalize.view import StudentUpdate
+    from sevisflow.processors.normalize.view import StudentUpdate
     pipe.apply_view(StudentUpdate("S00000007", view, [{"commit_ts_ms": at}], "u1", False), out)
     assert orjson.loads(out.events[0]["payload_json"])["EducationalInfo"]["IssDate"] == "2026-01-01"
 
@@ -333,9 +333,9 @@ class _Msg:
 
 @pytest.mark.parametrize("tz,day", [("America/Chicago", "2026-01-01"), ("Europe/Berlin", "2026-01-02")])
 def test_the_events_stage_dates_the_i20_in_the_configured_school_time_zone(tz, day):
-    from processors.sevis_events.stage import EVENT_SCHEMA, STUDENT_SCHEMA, EventsStage
-    from sevisflow.kafka_io import StateStore
-    from sevisflow.serde import registry
+    from sevisflow.processors.sevis_events.stage import EVENT_SCHEMA, STUDENT_SCHEMA, EventsStage
+    from sevisflow.core.kafka_io import StateStore
+    from sevisflow.core.serde import registry
     from tests.helpers import make_settings
 
     school = School(sevis_id=None, status="ADMITTED")

@@ -8,8 +8,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.normalize.debezium import SisFeed
-from processors.sevis_events.pure import PurePipeline
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.sevis_events.pure import PurePipeline
 from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 
 ANY = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.text(max_size=12),

@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 import pytest
 
-from processors.sevis_events import derive as derive_mod
-from processors.sevis_events.derive import SPELLING, Context, derive
-from sevisflow.worklist.deadlines import Deadlines
-from sevisflow.worklist.items import worklist
+from sevisflow.processors.sevis_events import derive as derive_mod
+from sevisflow.processors.sevis_events.derive import SPELLING, Context, derive
+from sevisflow.core.worklist.deadlines import Deadlines
+from sevisflow.core.worklist.items import worklist
 from tests.scenarios import School
 
 CTX = Context("ZZZ214F99999000", "u1", [{"topic": "sis.public.person", "partition": 0, "offset": 1}],
@@ -196,8 +196,8 @@ def test_altered_name_is_shown_side_by_side_in_the_record_and_batch_show() -> No
     [reason] = {i.reason for i in out.issues if i.field == "student.last_name"}
     assert "accents removed" in reason and "hyphen made a space" in reason and "apostrophe dropped" in reason
     # batch show renders the record's problems: both spellings, next to each other
-    from sevisflow.cli.review import record_lines
-    from sevisflow.labels import Labels
+    from sevisflow.app.cli.review import record_lines
+    from sevisflow.app.labels import Labels
 
     rec = {"record_id": "S00000007:PersonalInfo", "request_id": "1.S00000007", "kind": "PersonalInfo",
            "student_key": "S00000007", "payload": orjson.loads(event["payload_json"]),
@@ -210,7 +210,7 @@ def test_altered_name_is_shown_side_by_side_in_the_record_and_batch_show() -> No
 
 def test_todo_shows_both_spellings_under_the_student() -> None:
     """The worklist (``sevisflow todo``): the open record shows the spellings, the dead letter says why."""
-    from sevisflow.cli.todo import todo_lines
+    from sevisflow.app.cli.todo import todo_lines
 
     out = derive(copy.deepcopy(view(student__last_name="Smith")), copy.deepcopy(BASE), CTX)
     [event] = out.events

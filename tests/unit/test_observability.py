@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from sevisflow import runner
-from sevisflow.observability import (
+from sevisflow.app import runner
+from sevisflow.core.observability import (
     STAGE_METRICS_PORTS,
     ConsumerLagSampler,
     Heartbeat,
@@ -166,8 +166,8 @@ def test_every_stage_has_a_distinct_metrics_port():
 
 
 def test_process_endpoint_is_not_ready_until_a_stage_registers_and_ready_once_it_is(monkeypatch):
-    from sevisflow import observability
-    from sevisflow.observability import register_probe, serve_for, unregister_probe
+    from sevisflow.core import observability
+    from sevisflow.core.observability import register_probe, serve_for, unregister_probe
 
     monkeypatch.setattr(observability, "_PROBES", {})  # this process's probes only, not other tests' stages
     server = serve_for(free_port_for_test(), "127.0.0.1")
@@ -184,6 +184,6 @@ def test_process_endpoint_is_not_ready_until_a_stage_registers_and_ready_once_it
 
 
 def free_port_for_test() -> int:
-    from deploy.local.stack import free_port
+    from sevisflow.deploy.local.stack import free_port
 
     return free_port()

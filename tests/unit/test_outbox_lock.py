@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from sinks.outbox import LOCK_FILE, OutboxLock, OutboxLocked
+from sevisflow.sinks.outbox import LOCK_FILE, OutboxLock, OutboxLocked
 from tests.helpers import REPO
 
 HOLDER = """
 import sys, time
-from sinks.outbox import OutboxLock
+from sevisflow.sinks.outbox import OutboxLock
 OutboxLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.postgres import pgoutput as pg
-from connectors.postgres.pgoutput import UNCHANGED
+from sevisflow.connectors.postgres import pgoutput as pg
+from sevisflow.connectors.postgres.pgoutput import UNCHANGED
 
 
 def test_begin_and_commit_by_hand() -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from deploy.sis.model import Transaction
-from processors.sevis_events.derive import SPELLING
-from processors.sevis_events.pure import PureOutput
+from sevisflow.deploy.sis.model import Transaction
+from sevisflow.processors.sevis_events.derive import SPELLING
+from sevisflow.processors.sevis_events.pure import PureOutput
 from tests.school_replay import Replay, feed_ops
 
 # activity kind → (SEVIS kinds it must give, kinds it may give besides) for an F-1/M-1 student

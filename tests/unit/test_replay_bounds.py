@@ -8,8 +8,8 @@ import stat
 import orjson
 import pytest
 
-from sevisflow.audit.decode import decode_record, decode_value, iso_ms
-from sevisflow.audit.replay import (
+from sevisflow.app.audit.decode import decode_record, decode_value, iso_ms
+from sevisflow.app.audit.replay import (
     Bound,
     StudentMatcher,
     jsonl_line,
@@ -19,9 +19,9 @@ from sevisflow.audit.replay import (
     resolve_range,
     table_rows,
 )
-from sevisflow.audit.scenario import BATCH_1, OTHER, STUDENT, decoded_scenario
-from sevisflow.errors import SevisflowError
-from sevisflow.serde import registry
+from sevisflow.app.audit.scenario import BATCH_1, OTHER, STUDENT, decoded_scenario
+from sevisflow.core.errors import SevisflowError
+from sevisflow.core.serde import registry
 
 
 def test_parse_bound_forms():

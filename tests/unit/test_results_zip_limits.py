@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sevisflow.config import SevisSettings
-from sinks.sevis.translog import LimitError, TranslogError
-from sinks.sevis.uploader import TRANSLOG_NAME, extract_results
+from sevisflow.core.config import SevisSettings
+from sevisflow.sinks.sevis.translog import LimitError, TranslogError
+from sevisflow.sinks.sevis.uploader import TRANSLOG_NAME, extract_results
 
 LOG = b'<?xml version="1.0"?><TransactionLog><BatchHeader><BatchID>B</BatchID></BatchHeader></TransactionLog>'
 MIB = 1 << 20
@@ -124,8 +124,8 @@ def test_a_zip_without_a_transaction_log_is_refused(tmp_path):
 @pytest.mark.parametrize("key, value", [("max_zip_entries", 0), ("max_entry_bytes", -1), ("max_compression_ratio", 0.5),
                                         ("max_response_bytes", 0), ("max_posts", 0), ("repost_after_s", -1.0)])
 def test_caps_are_checked_when_the_config_loads(key, value):
-    from sevisflow.config import settings_from_mapping
-    from sevisflow.errors import ConfigError
+    from sevisflow.core.config import settings_from_mapping
+    from sevisflow.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"sevis.{key}"):
         settings_from_mapping({"school": {"org_id": "ZZZ214F99999000"}, "sevis": {key: value}})

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from processors.batcher.fixtures import BASE_MS, ORG, command, event
-from processors.batcher.view import build_view
-from sevisflow.cli import review
-from sevisflow.cli.common import clean, format_table
-from sevisflow.labels import Labels
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+from sevisflow.processors.batcher.view import build_view
+from sevisflow.app.cli import review
+from sevisflow.app.cli.common import clean, format_table
+from sevisflow.app.labels import Labels
 from tests.helpers import XSD_DIR
 
 TZ = "America/Chicago"
@@ -131,7 +131,7 @@ def test_show_json_keeps_raw_values_and_sis_tables():
 
 
 def test_issues_show_school_time_and_escaped_text():
-    from sevisflow.cli.issues_cmd import issue_lines, issue_rows
+    from sevisflow.app.cli.issues_cmd import issue_lines, issue_rows
 
     item = {"at_ms": BASE_MS, "stage": "normalize", "code": "bad_code", "student_key": "S1\x1b[31m",
             "field": "student.birth_country", "reason": "not a SEVIS country code\x07", "source_topic": "sis.public.person",
@@ -144,7 +144,7 @@ def test_issues_show_school_time_and_escaped_text():
 
 
 def test_results_use_the_words_and_names_of_batch_status():
-    from sevisflow.cli.results import result_lines, result_rows
+    from sevisflow.app.cli.results import result_lines, result_rows
 
     rows = [{"request_id": "4.S1", "student_key": "S1", "kind": "Create", "status": "success",
              "sevis_id": "N0009876543", "error_code": None, "error_message": None, "process_code": "S0000"},
@@ -173,8 +173,8 @@ def test_an_authorization_says_what_was_approved():
 def test_derived_events_of_the_reference_sis_render_in_words():
     """Events as the real sevis_events stage derives them (the scenario school), through the real batcher:
     no raw JSON, no Python booleans, no exponent notation reaches the screen."""
-    from processors.normalize.debezium import SisFeed
-    from processors.sevis_events.pure import PurePipeline
+    from sevisflow.processors.normalize.debezium import SisFeed
+    from sevisflow.processors.sevis_events.pure import PurePipeline
     from tests.scenarios import MAPPING, PKS, school_history
     from tests.scenarios import School as SisSchool
     from tests.unit.test_events_scenarios import CASES

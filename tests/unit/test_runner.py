@@ -10,11 +10,11 @@ import time
 import orjson
 import pytest
 
-from sevisflow.config import settings_from_mapping
-from sevisflow.errors import TerminalError, TransientError, UnreachableError
-from sevisflow.kafka_io import InstanceFenced
-from sevisflow.observability import _all_probes, probe_names
-from sevisflow.runner import Pipeline
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.errors import TerminalError, TransientError, UnreachableError
+from sevisflow.core.kafka_io import InstanceFenced
+from sevisflow.core.observability import _all_probes, probe_names
+from sevisflow.app.runner import Pipeline
 from tests.helpers import captured_logs
 
 SETTINGS = settings_from_mapping({}, env={})

@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from processors.batcher.core import (LATE_AFTER_MS, SCHEDULER_STAGE, CommandIn, EventIn, Reject, School,
+from sevisflow.processors.batcher.core import (LATE_AFTER_MS, SCHEDULER_STAGE, CommandIn, EventIn, Reject, School,
                                      SendCommand, Tick, apply)
-from processors.batcher.fixtures import ORG, event
-from sevisflow.worklist.items import DSO_STAGES
+from sevisflow.processors.batcher.fixtures import ORG, event
+from sevisflow.core.worklist.items import DSO_STAGES
 
 DSO = "DSOUSER001"
 TZ = "America/Chicago"
@@ -94,8 +94,8 @@ def test_missed_days_are_reported_even_when_nothing_was_open():
 
 
 def test_the_missed_close_reaches_the_dso_worklist_and_other_batcher_letters_do_not():
-    from sevisflow.dlq import dead_letter_record
-    from sevisflow.worklist.items import dead_letter_items
+    from sevisflow.core.dlq import dead_letter_record
+    from sevisflow.core.worklist.items import dead_letter_items
 
     s = _closed_once_on("2025-03-03")
     _, outs = _run(s, _tick("2025-03-06T17:00:00"))

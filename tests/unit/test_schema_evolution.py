@@ -8,7 +8,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from sevisflow.serde import MAGIC, SCHEMA_DIR, SchemaRegistry, fingerprint
+from sevisflow.core.serde import MAGIC, SCHEMA_DIR, SchemaRegistry, fingerprint
 
 REG = SchemaRegistry()
 HISTORY = sorted((SCHEMA_DIR / "history").glob("*.avsc"))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sevisflow.serde import MAGIC, SchemaRegistry, SerializationError, decode_json, encode_json, registry
+from sevisflow.core.serde import MAGIC, SchemaRegistry, SerializationError, decode_json, encode_json, registry
 
 EVENT = "sevisflow.events.SevisEvent"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from sevisflow.config import load_settings, settings_from_mapping, settings_toml
+from sevisflow.core.config import load_settings, settings_from_mapping, settings_toml
 
 
 def test_settings_toml_round_trips_dotted_keys_quotes_and_types(tmp_path) -> None:

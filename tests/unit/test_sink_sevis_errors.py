@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sevisflow.errors import TerminalError, TransientError, UnreachableError
-from sinks.sevis.client import Backpressure, CertificateError
-from sinks.sevis.translog import LimitError, MismatchError, TranslogError
-from sinks.sevis.uploader import error_kind
+from sevisflow.core.errors import TerminalError, TransientError, UnreachableError
+from sevisflow.sinks.sevis.client import Backpressure, CertificateError
+from sevisflow.sinks.sevis.translog import LimitError, MismatchError, TranslogError
+from sevisflow.sinks.sevis.uploader import error_kind
 
 
 @pytest.mark.parametrize("exc, kind", [

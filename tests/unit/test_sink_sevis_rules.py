@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.sevis.uploader import Post, classify, unknown_posts
+from sevisflow.sinks.sevis.uploader import Post, classify, unknown_posts
 
 
 def posts(*codes: str | None) -> list[Post]:

@@ -7,11 +7,11 @@ import re
 from datetime import date
 from typing import Any
 
-from deploy.sis.activity import AUTHORIZATION_KINDS, generate_authorizations
-from deploy.sis.generator import PRIMARY_KEYS, TABLE_ORDER, generate_school
-from deploy.sis.load import SCHEMA_SQL
-from processors.normalize.debezium import SisFeed
-from processors.sevis_events.pure import PurePipeline
+from sevisflow.deploy.sis.activity import AUTHORIZATION_KINDS, generate_authorizations
+from sevisflow.deploy.sis.generator import PRIMARY_KEYS, TABLE_ORDER, generate_school
+from sevisflow.deploy.sis.load import SCHEMA_SQL
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.sevis_events.pure import PurePipeline
 from tests.scenarios import MAPPING
 
 TODAY = date(2026, 10, 5)

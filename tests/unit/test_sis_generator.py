@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.sis import refdata
-from deploy.sis.activity import (
+from sevisflow.deploy.sis import refdata
+from sevisflow.deploy.sis.activity import (
     CHANGE_KINDS, EXTRA_KINDS, Op, Transaction, World, activity_span, generate_activity,
 )
-from deploy.sis.generator import (
+from sevisflow.deploy.sis.generator import (
     INTERNATIONAL_VISAS, PRIMARY_KEYS, TABLE_ORDER, School, generate_school,
 )
 
@@ -174,8 +174,8 @@ def test_activity_does_not_modify_the_school(school: School) -> None:
 _DIGEST = """
 import hashlib, orjson
 from datetime import date
-from deploy.sis.generator import generate_school
-from deploy.sis.activity import generate_activity
+from sevisflow.deploy.sis.generator import generate_school
+from sevisflow.deploy.sis.activity import generate_activity
 s = generate_school(300, 0.5, 5, date(2026, 1, 20))
 a = generate_activity(s, 150, 5, date(2026, 1, 20))
 print(hashlib.sha256(orjson.dumps([s, [t.statements() for t in a]], default=str)).hexdigest())

@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 import pytest
 
-from deploy.sis.activity import generate_activity
-from deploy.sis.generator import generate_school
-from deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER
-from processors.normalize.debezium import Record, SisFeed
-from processors.normalize.mapping import load_mapping
-from processors.normalize.view import DictKV, Normalizer
-from processors.sevis_events.pure import PureOutput, PurePipeline
+from sevisflow.deploy.sis.activity import generate_activity
+from sevisflow.deploy.sis.generator import generate_school
+from sevisflow.deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER
+from sevisflow.processors.normalize.debezium import Record, SisFeed
+from sevisflow.processors.normalize.mapping import load_mapping
+from sevisflow.processors.normalize.view import DictKV, Normalizer
+from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 from tests.helpers import REPO
 
 MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")
@@ -178,7 +178,7 @@ def test_the_stage_holds_streamed_transactions_until_the_snapshot_is_released(sc
     data, _ = school
     activity = generate_activity(data, 15, 7, TODAY)
     from tests.school_replay import feed_ops
-    from deploy.sis.model import World
+    from sevisflow.deploy.sis.model import World
 
     world, feed = World(data), SisFeed(primary_keys=PKS, lsn=SNAPSHOT_LSN + 1000)
     for tx in activity:

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from sevisflow.config import settings_from_mapping
-from sevisflow.kafka_io import StateStore
-from sevisflow.state import MemoryState, RocksState, open_committed
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.kafka_io import StateStore
+from sevisflow.core.state import MemoryState, RocksState, open_committed
 
 
 @pytest.fixture(params=["memory", "rocksdb"])

@@ -23,10 +23,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy.local.stack import cache_dir
-from sevisflow.acls import kafka_user_resources
-from sevisflow.config import settings_from_mapping
-from sevisflow.topics import all_topics, kafka_topic_resources
+from sevisflow.deploy.local.stack import cache_dir
+from sevisflow.core.acls import kafka_user_resources
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.topics import all_topics, kafka_topic_resources
 from tests.helpers import REPO
 from tests.strimzi_crds import STRIMZI_VERSION, ensure_crds, load_crds, served_schema
 

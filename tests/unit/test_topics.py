@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sevisflow.cli import main
-from sevisflow.config import settings_from_mapping
-from sevisflow.errors import ConfigError
-from sevisflow.kafka_io import TopicSpec
-from sevisflow.topics import (
+from sevisflow.app.cli import main
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.errors import ConfigError
+from sevisflow.core.kafka_io import TopicSpec
+from sevisflow.core.topics import (
     AUDIT_RETENTION_MS,
     DEFAULT_TOPICS_FILE,
     all_topics,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.sevis.translog import TranslogError, parse_translog
+from sevisflow.sinks.sevis.translog import TranslogError, parse_translog
 from tests.helpers import EXAMPLES_DIR
 
 
@@ -96,7 +96,7 @@ def test_parsing_is_incremental_memory_follows_one_record_not_the_document(tmp_p
     size = path.stat().st_size
     probe = (
         "import resource, sys\n"
-        "from sinks.sevis.translog import parse_translog\n"
+        "from sevisflow.sinks.sevis.translog import parse_translog\n"
         "parse_translog(b'<TransactionLog/>')\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
         "with open(sys.argv[1], 'rb') as fh:\n"

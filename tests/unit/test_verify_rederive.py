@@ -8,11 +8,11 @@ import shutil
 import orjson
 import pytest
 
-from sevisflow.audit.decode import decode_record
-from sevisflow.audit.ledger import Ledger, LedgerWriter, check_chain
-from sevisflow.audit.scenario import batcher_run
-from sevisflow.audit.verify import VerifyContext, first_difference, first_json_difference, verify_all, verify_batch
-from sevisflow.serde import registry
+from sevisflow.app.audit.decode import decode_record
+from sevisflow.core.ledger import Ledger, LedgerWriter, check_chain
+from sevisflow.app.audit.scenario import batcher_run
+from sevisflow.app.audit.verify import VerifyContext, first_difference, first_json_difference, verify_all, verify_batch
+from sevisflow.core.serde import registry
 from tests.helpers import XSD_DIR
 
 pytestmark = pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="SEVIS XSDs not present")
@@ -26,10 +26,10 @@ def _decoded(run, topic_names=None):
 
 @pytest.fixture
 def world(tmp_path):
-    from sinks.outbox import Outbox
-    from sinks.xml.render import ClosedBatch
-    from sinks.xml.stage import sink_closed_batch
-    from sinks.xml.xsd import load_schema
+    from sevisflow.sinks.outbox import Outbox
+    from sevisflow.sinks.xml.render import ClosedBatch
+    from sevisflow.sinks.xml.stage import sink_closed_batch
+    from sevisflow.sinks.xml.xsd import load_schema
 
     schema = load_schema(XSD_DIR)
     run = batcher_run(updates=6, creates=2, batches=2)
@@ -126,7 +126,7 @@ def test_ledger_line_edit_and_truncation_are_detected(world):
     problems, _ = check_chain(ledger.entries())
     assert [(p.line, "altered" in p.message) for p in problems] == [(1, True)]
     # re-hashing the edited line does not help: the next line's link breaks
-    from sevisflow.audit.ledger import entry_hash
+    from sevisflow.core.ledger import entry_hash
 
     e["hash"] = entry_hash(e)
     ledger.path.write_bytes(orjson.dumps(e, option=orjson.OPT_SORT_KEYS) + b"\n" + lines[1] + b"\n")
@@ -151,13 +151,13 @@ def test_first_difference_and_json_difference():
 def test_full_chain_from_change_records_to_document(tmp_path):
     """SIS change records → normalize + sevis_events → batcher → sink; verify re-derives every step."""
     scen = pytest.importorskip("tests.unit.test_events_scenarios")
-    from processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-    from processors.normalize.debezium import SisFeed
-    from processors.sevis_events.pure import PureOutput, PurePipeline
-    from sinks.outbox import Outbox
-    from sinks.xml.render import ClosedBatch
-    from sinks.xml.stage import sink_closed_batch
-    from sinks.xml.xsd import load_schema
+    from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+    from sevisflow.processors.normalize.debezium import SisFeed
+    from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
+    from sevisflow.sinks.outbox import Outbox
+    from sevisflow.sinks.xml.render import ClosedBatch
+    from sevisflow.sinks.xml.stage import sink_closed_batch
+    from sevisflow.sinks.xml.xsd import load_schema
 
     org = "ZZZ214F99999000"
     rows = scen.base_rows()

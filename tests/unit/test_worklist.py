@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from processors.batcher.view import ClosedBatch
-from sevisflow.worklist.deadlines import Deadlines
-from sevisflow.worklist.items import band_counts, worklist
+from sevisflow.processors.batcher.view import ClosedBatch
+from sevisflow.core.worklist.deadlines import Deadlines
+from sevisflow.core.worklist.items import band_counts, worklist
 
 TZ = "America/Chicago"
 TODAY = date(2026, 10, 20)
@@ -115,9 +115,9 @@ def test_items_are_grouped_per_student_most_urgent_first_and_done_items_hidden()
 
 
 def test_batch_show_puts_the_most_urgent_record_first_and_says_when_it_is_due():
-    from processors.batcher.view import BatchView
-    from sevisflow.cli import review
-    from sevisflow.labels import Labels
+    from sevisflow.processors.batcher.view import BatchView
+    from sevisflow.app.cli import review
+    from sevisflow.app.labels import Labels
 
     view = BatchView("ABC214F12345000", revision=3)
     for i, (kind, day) in enumerate([("Create", "2026-10-01"), ("PersonalInfo", "2026-10-15"),
@@ -134,7 +134,7 @@ def test_batch_show_puts_the_most_urgent_record_first_and_says_when_it_is_due():
 
 
 def test_a_dso_item_says_what_changed_in_the_sis_so_the_dso_can_act_in_rti():
-    from processors.sevis_events.stage import view_changes
+    from sevisflow.processors.sevis_events.stage import view_changes
 
     prev = {"student_key": "S9", "src": {"x": 1}, "student": {"email": "a@x.edu", "visa_type": "J1"},
             "address": {"us_physical": {"city": "Urbana", "line1": "1 A St"}}}

@@ -8,11 +8,11 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from processors.batcher.core import CommandIn, EventIn, ResultIn, School, apply
-from processors.batcher.fixtures import BASE_MS, ORG, command, event, result
-from processors.batcher.gauges import worklist_gauges
-from sevisflow.observability import StageMetrics
-from sevisflow.worklist.deadlines import Deadlines
+from sevisflow.processors.batcher.core import CommandIn, EventIn, ResultIn, School, apply
+from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from sevisflow.processors.batcher.gauges import worklist_gauges
+from sevisflow.core.observability import StageMetrics
+from sevisflow.core.worklist.deadlines import Deadlines
 
 DSO = "DSOUSER001"
 TZ = "America/Chicago"

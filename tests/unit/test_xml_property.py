@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from sinks.outbox import Outbox
-from sinks.xml.render import ClosedBatch, check_batch
-from sinks.xml.samples import DSO, ORG_ID, UPDATE_KINDS, create_record, update_record
-from sinks.xml.stage import sink_closed_batch
-from sinks.xml.xsd import load_schema
+from sevisflow.sinks.outbox import Outbox
+from sevisflow.sinks.xml.render import ClosedBatch, check_batch
+from sevisflow.sinks.xml.samples import DSO, ORG_ID, UPDATE_KINDS, create_record, update_record
+from sevisflow.sinks.xml.stage import sink_closed_batch
+from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR
 
 STUDENTS_PER_BATCH = 25

@@ -1,0 +1,180 @@
+"""``sevisflow verify <BatchID>`` and ``sevisflow verify --all``.
+
+Re-derives archived batch documents from the retained topics with the pipeline's own
+pure functions and compares them with the outbox (sha256); ``--all`` also checks every batch
+SEVIS answered and the audit ledger (its hash chain, what it sealed, and the head the sinks
+anchored on the ledger topic). Read-only: the sinks seal. See :mod:`sevisflow.app.audit.verify`
+for the checks and docs/AUDIT.md for how to read the output.
+
+Exit codes: 0 everything verified; 1 something failed (a difference, a missing or moved batch, a
+broken or re-written ledger) or an error; 3 nothing failed but a check could not run (XSDs not
+loadable, a topic not readable, no change topics) and ``--allow-skipped`` was not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from sevisflow.core.ledger import Ledger
+from sevisflow.app.audit.verify import Verdict, VerifyContext, verify_all, verify_batch
+from sevisflow.app.cli.common import add_json_flag, print_json, settings_from_args
+from sevisflow.core.config import Settings
+from sevisflow.core.errors import SevisflowError
+
+EXIT_VERIFIED, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "verify", help="prove archived batches by re-deriving them from the log (sha256)",
+        description="Re-derive a batch from the retained topics (batcher, renderer and, with a mapping, "
+                    "normalize + sevis_events) and compare with the archived document; --all checks every "
+                    "batch and the audit ledger's hash chain.")
+    p.add_argument("batch_id", nargs="?", help="the BatchID to verify")
+    p.add_argument("--all", action="store_true", help="every batch of the outbox and of the batches topic, "
+                                                      "plus the ledger chain")
+    p.add_argument("--no-seal", action="store_true", help=argparse.SUPPRESS)  # verify no longer writes: kept for scripts
+    p.add_argument("--allow-skipped", action="store_true",
+                   help="exit 0 even when a check could not run (XSDs not loadable, a topic not readable); "
+                        "without it such a run exits 3")
+    p.add_argument("--head", default=None, metavar="HASH",
+                   help="--all: a ledger head noted earlier; fails when it is no longer in the chain")
+    p.add_argument("--anchored-as", default=None, metavar="PATH",
+                   help="--all on a copy of the outbox: the path of audit-ledger.jsonl where the sinks wrote it "
+                        "(the anchors on the ledger topic name it)")
+    p.add_argument("--no-sources", action="store_true",
+                   help="skip the change topics (no events/sources checks; much faster on big SIS histories)")
+    p.add_argument("--timeout", type=float, default=30.0, help="Kafka timeout in seconds")
+    add_json_flag(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def load_context(settings: Settings, with_sources: bool = True, timeout_s: float = 30.0) -> VerifyContext:
+    """Read the topics and load the XSDs and the mapping (what cannot be loaded is skipped, with the reason)."""
+    from sevisflow.app.audit.sources import load_inputs
+    from sevisflow.sinks.xml.stage import make_outbox
+
+    from sevisflow.app.audit.sources import list_topics
+
+    inputs = load_inputs(settings, with_changes=with_sources, timeout_s=timeout_s)
+    skip: dict[str, str] = {}
+    requested: set[str] = set()
+    existing = set(list_topics(settings, timeout_s))
+    t = settings.topics
+    report_skips = {name: f"topic {topic} does not exist or is not readable"
+                    for name, topic in (("batches", t.batches), ("events", t.events), ("commands", t.commands),
+                                        ("results", t.results)) if topic not in existing}
+    if t.batches not in existing or t.events not in existing or t.commands not in existing:
+        skip["batching"] = "the batches, events or commands topic is not readable: the batcher cannot be re-run"
+    schema = None
+    try:
+        from sevisflow.sinks.xml.xsd import load_schema
+
+        schema = load_schema(settings.sevis.xsd_dir)
+    except SevisflowError as exc:
+        skip["render"] = f"SEVIS XSDs not loadable: {exc}"
+    mapping = None
+    tx_topic: str | None = None
+    topics: list[str] | None = None
+    if with_sources:
+        try:
+            from sevisflow.processors.normalize.common import mapping_path
+            from sevisflow.processors.normalize.mapping import load_mapping
+            from sevisflow.processors.normalize.stage import input_topics
+
+            mapping = load_mapping(mapping_path(settings))
+            # exactly what the normalize stage subscribes to: the mapped change topics + the transaction topic
+            stage_inputs, tx_topic = input_topics(settings, mapping)
+            topics = [t for t in stage_inputs if t != tx_topic]
+        except Exception as exc:  # noqa: BLE001 - any failure: the check is skipped and says why
+            skip["events"] = f"mapping file not loadable ({type(exc).__name__}: {exc})"
+        if mapping is not None and tx_topic and not inputs.transactions and any(
+                isinstance(d.value, dict) and isinstance(d.value.get("transaction"), dict) for d in inputs.changes):
+            skip["events"] = (f"the transaction topic {tx_topic} is not retained: normalize applies transactions "
+                              "in the order of its END records, so the events cannot be re-derived without it")
+    else:
+        skip["events"] = "--no-sources: events not re-derived"
+        skip["sources"] = "--no-sources: change topics not read"
+        requested |= {"events", "sources"}
+    return VerifyContext(batches=inputs.batches, events=inputs.events, commands=inputs.commands,
+                         results=inputs.results, changes=inputs.changes, outbox=make_outbox(settings),
+                         schema=schema, mapping=mapping, tx_topic=tx_topic, transactions=inputs.transactions,
+                         input_topics=topics, skip_reasons=skip, timezone=settings.school.timezone,
+                         requested_skips=requested, report_skips=report_skips)
+
+
+def _print_verdict(v: Verdict) -> None:
+    print(f"{v.batch_id}  {'VERIFIED' if v.ok else 'FAILED'}  {v.location or '-'}  ({v.seconds * 1000:.0f} ms)")
+    for c in v.checks:
+        print(f"  {c.status:<7} {c.name:<9} {c.message}")
+
+
+def _exit(ok: bool, complete: bool, allow_skipped: bool) -> int:
+    if not ok:
+        print("verify: FAILED", file=sys.stderr)
+        return EXIT_FAILED
+    if not complete and not allow_skipped:
+        print("verify: INCOMPLETE — a check could not run (see 'skipped'); nothing is proven by it. "
+              "Fix what it names, or pass --allow-skipped to accept that", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_VERIFIED
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if bool(args.batch_id) == bool(args.all):
+        raise SevisflowError("give a BatchID or --all")
+    settings = settings_from_args(args)
+    t0 = time.perf_counter()
+    ctx = load_context(settings, with_sources=not args.no_sources, timeout_s=args.timeout)
+    if args.batch_id:
+        load_s = time.perf_counter() - t0
+        v = verify_batch(args.batch_id, ctx)
+        if args.json:
+            print_json(v.to_json())
+        else:
+            _print_verdict(v)
+        return _exit(v.ok, v.complete, args.allow_skipped)
+    from sevisflow.core.ledger import read_anchors
+
+    try:
+        anchors = read_anchors(settings.kafka, settings.topics.ledger, args.timeout)
+    except SevisflowError as exc:
+        anchors = None
+        ctx.skip_reasons["anchor"] = str(exc)
+    if anchors is None:
+        ctx.skip_reasons.setdefault("anchor", f"topic {settings.topics.ledger} does not exist or is not readable")
+    load_s = time.perf_counter() - t0
+    report = verify_all(ctx, Ledger(settings.sevis.outbox_dir), expect_head=args.head, anchors=anchors,
+                        anchored_as=args.anchored_as)
+    if args.json:
+        print_json(report.to_json())
+        return _exit(report.ok, report.complete, args.allow_skipped)
+    for v in report.verdicts:
+        _print_verdict(v)
+    for bid in report.missing:
+        print(f"{bid}  MISSING  closed on {settings.topics.batches} but in neither the outbox nor the quarantine")
+    for p in report.answered:
+        print(f"sevis   FAILED  {p}")
+    for p in report.chain_problems:
+        print(f"ledger  FAILED  {p}")
+    for p in report.skipped:
+        print(f"skipped {p}")
+    n_ok = sum(1 for v in report.verdicts if v.ok)
+    per = sum(v.seconds for v in report.verdicts) / max(1, len(report.verdicts))
+    if report.anchored is None:
+        anchor = "anchor not read"
+    elif report.anchored[0] == 0:
+        anchor = "nothing anchored yet"
+    else:
+        anchor = f"anchored line {report.anchored[0]} {report.anchored[1][:16]}… on {settings.topics.ledger}"
+        if report.unanchored:
+            anchor += f" ({report.unanchored} later line(s) not anchored yet: a sink stopped between sealing and " \
+                      "publishing; it anchors them when it starts)"
+    print(f"{n_ok} of {len(report.verdicts)} batch(es) verified; {len(report.missing)} missing; "
+          f"{len(report.answered)} SEVIS-answered batch(es) out of place; "
+          f"ledger {'intact' if not report.chain_problems else 'BROKEN'}, head {report.head}, {anchor}"
+          + (f"; {len(report.skipped)} check(s) could not run" if report.skipped else "")
+          + f". Read the log in {load_s:.1f} s, {per * 1000:.0f} ms per batch.")
+    return _exit(report.ok, report.complete, args.allow_skipped)
