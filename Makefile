@@ -25,7 +25,13 @@ deps: venv ## install the local stack's parts: PostgreSQL server (apt) and Kafka
 	@echo "==> checking the PostgreSQL server and Kafka's jars (the first time: apt-get and a Maven download, 1-3 minutes)"
 	@$(PY) -c "from sevisflow.deploy.local.stack import ensure_pg_installed, ensure_kafka_jars; print('PostgreSQL:', ensure_pg_installed()); print('Kafka jars:', ensure_kafka_jars())"
 
-test: deps ## run unit and integration tests against a real local Kafka + PostgreSQL (12-20 min on 2 cores)
+lint: venv ## ruff (lint + format check), mypy (strict on the core) and the import contracts: seconds, no services
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+test: lint deps ## lint, then run unit and integration tests against a real local Kafka + PostgreSQL (12-20 min on 2 cores)
 	@echo "==> running every test against a real Kafka and PostgreSQL: 12-20 minutes on 2 cores"
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
@@ -42,6 +48,6 @@ duplicates: ## show repeated code
 	duplicates --most 20
 
 clean: ## remove local stacks, outbox and caches (not the Kafka jar cache)
-	rm -rf .local .pytest_cache .hypothesis
+	rm -rf .local .pytest_cache .hypothesis .mypy_cache .ruff_cache
 
-.PHONY: help venv deps test unit demo bench duplicates clean
+.PHONY: help venv deps lint test unit demo bench duplicates clean

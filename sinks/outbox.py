@@ -48,7 +48,7 @@ from typing import Any, BinaryIO, Iterator
 from zoneinfo import ZoneInfo
 
 from sevisflow.core.errors import TerminalError
-from sevisflow.core.faults import crash_point
+from sevisflow.core.checkpoints import checkpoint
 
 STATES = ("ready", "sending", "uploaded", "processed", "failed")
 _FORWARD = {"ready": {"sending", "uploaded", "processed", "failed"}, "sending": {"uploaded", "processed", "failed"},
@@ -244,7 +244,7 @@ class Outbox:
             for fname, data in files.items():
                 write_private(tmp / fname, data)
             _fsync_dir(tmp)
-            crash_point("outbox.before_rename")
+            checkpoint("outbox.before_rename")
             try:
                 os.rename(tmp, target)
             except OSError:
@@ -252,7 +252,7 @@ class Outbox:
                     return target, False
                 raise
             _fsync_dir(target.parent)
-            crash_point("outbox.after_rename")
+            checkpoint("outbox.after_rename")
             return target, True
         finally:
             if tmp.exists():

@@ -1,4 +1,4 @@
-"""The synthetic audit scenario (sevisflow/app/audit/scenario.py) in per-test topics of a real Kafka.
+"""The synthetic audit scenario (testkit/audit_scenario.py) in per-test topics of a real Kafka.
 
 Shared by the replay, audit and verify CLI integration tests. A plain module (not a test module),
 so importing it pulls in no other module's tests.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sevisflow.app.audit.scenario import scenario_records
+from testkit.audit_scenario import scenario_records
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
 from tests.helpers import make_settings
 

@@ -16,7 +16,7 @@ import orjson
 
 from sevisflow.processors.batcher import batcher_topics
 from sevisflow.processors.batcher import run as run_batcher
-from sevisflow.processors.batcher.fixtures import ORG
+from testkit.batcher import ORG
 from sevisflow.processors.batcher.view import BatchView, build_view
 from sevisflow.app.cli import main as cli_main
 from sevisflow.core.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic

@@ -71,6 +71,15 @@ def kafka_stack(_stack_dir: Path) -> Iterator[KafkaHandle]:
         stop_stack(info, remove=True)
 
 
+@pytest.fixture(scope="session")
+def sevisflow_wheel() -> Path:
+    """sevisflow's wheel, built once per session from what a clone of the sources holds (cached by their
+    content across sessions; tests/wheel_support.py)."""
+    from tests.wheel_support import build_wheel
+
+    return build_wheel()
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for per-test topics, groups, slots and databases."""

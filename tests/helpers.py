@@ -6,65 +6,15 @@ import contextlib
 import io
 import logging
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sevisflow.core.config import Settings, settings_from_mapping
+from sevisflow.core.config import Settings
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-XSD_DIR = Path(os.environ.get("SEVISFLOW_TEST_XSD_DIR", SHARED / "sevis" / "xsd"))
-EXAMPLES_DIR = SHARED / "sevis" / "examples"
+from testkit.settings import (  # noqa: F401 - shared with bench/, which must not import tests/
+    REPO, TEST_DSO_USER_IDS, TEST_ORG_ID, XSD_DIR, KafkaHandle, PgHandle, make_settings,
+)
 
-
-@dataclass
-class PgHandle:
-    dsn: str
-    port: int
-    host: str = "127.0.0.1"
-    user: str = "postgres"
-    dbname: str = "sis"
-
-    def dsn_for(self, dbname: str) -> str:
-        return f"host={self.host} port={self.port} dbname={dbname} user={self.user}"
-
-
-@dataclass
-class KafkaHandle:
-    bootstrap: str
-
-
-
-TEST_ORG_ID = "ZZZ214F99999000"  # the test school's OrgID (there is no default: a school must set its own)
-TEST_DSO_USER_IDS = ("DSOUSER001", "dsotest001", "JSMITH0001", "dsouser001")
-"""The SEVIS user ids the tests' DSOs use: the batcher refuses commands of anyone not in school.dso_user_ids."""
-
-
-def make_settings(kafka: KafkaHandle | None = None, pg: PgHandle | None = None, unique: str = "",
-                  **sections: dict) -> Settings:
-    """Settings pointing at the test stack; per-test topic names when ``unique`` is given."""
-    raw: dict[str, dict] = {k: dict(v) for k, v in sections.items()}
-    if kafka:
-        raw.setdefault("kafka", {})["bootstrap_servers"] = kafka.bootstrap
-    if pg:
-        raw.setdefault("postgres", {}).update({"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user})
-    raw.setdefault("sevis", {}).setdefault("xsd_dir", str(XSD_DIR))
-    raw.setdefault("school", {}).setdefault("org_id", TEST_ORG_ID)
-    raw["school"].setdefault("dso_user_ids", list(TEST_DSO_USER_IDS))
-    if unique:
-        raw.setdefault("topics", {})
-        for name, default in [("students", "sevisflow.students"), ("events", "sevis.events"),
-                              ("commands", "sevis.batch.commands"), ("batches", "sevis.batches"),
-                              ("results", "sevis.results"), ("dlq", "sevisflow.dlq"),
-                              ("open_batches", "sevis.batch.open"), ("worklist", "sevis.worklist"),
-                              ("ledger", "sevis.audit.ledger")]:
-            raw["topics"].setdefault(name, f"{default}.{unique}")
-        raw.setdefault("connector", {}).setdefault("topic.prefix", f"sis{unique}")
-        raw["connector"].setdefault("slot.name", f"slot_{unique}")
-    return settings_from_mapping(raw, env={})
-
-
+EXAMPLES_DIR = REPO.parent / "shared" / "sevis" / "examples"
 
 
 # --------------------------------------------------------------------------- waiting on a running pipeline

@@ -1,9 +1,15 @@
-"""A school whose one SIS transaction updates 50,000 rows, shared by the unit and integration tests of
+"""A school whose one SIS transaction updates 20,000 rows, shared by the unit and integration tests of
 normalize's chunked state (a plain module, not a test module).
 
 ``N_STUDENTS`` F-1 students already in SEVIS, each registered (REGISTERED) for ``N_TERMS`` terms. The
 big transaction updates every enrollment row: the current term's become ENROLLED — one SEVIS
 Registration per student — and the others change credit hours, which SEVIS does not hear about.
+
+Why 20,000 rows: what the tests prove is that a transaction whose buffer does not fit in one
+changelog record (the state topic's ``max.message.bytes``, 8 MiB) still flows through. normalize
+buffers about 540 bytes per enrollment row, so the smallest such transaction is about 15,500 rows;
+20,000 rows buffer about 10.8 MB, 1.3 times the limit. Both tests measure the buffer they built and
+assert that it exceeds that limit (:data:`STATE_MESSAGE_LIMIT`), so a smaller school cannot pass unseen.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ from typing import Any
 
 import orjson
 
+from sevisflow.core.config import Settings
+from sevisflow.core.topics import state_topic_spec
 from sevisflow.processors.normalize.debezium import Record, SisFeed
 from tests.scenarios import PKS, TABLES, base_rows
 
-N_STUDENTS, N_TERMS = 1000, 50
+N_STUDENTS, N_TERMS = 400, 50
+STATE_MESSAGE_LIMIT = int(state_topic_spec(Settings(), "normalize").config["max.message.bytes"])
+"""The largest record normalize's state changelog takes (8 MiB)."""
 SNAPSHOT_LSN = 900_000
 CONFIRMED = datetime(2040, 1, 25, 15, 0, tzinfo=timezone.utc)
 

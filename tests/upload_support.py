@@ -11,7 +11,7 @@ from pathlib import Path
 from sevisflow.sinks.outbox import Outbox
 from sevisflow.sinks.sevis_sim import SevisSimulator
 from sevisflow.sinks.xml.render import ClosedBatch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, update_record
+from testkit.xml_samples import DSO, ORG_ID, create_record, update_record
 from sevisflow.sinks.xml.stage import sink_closed_batch
 from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR, make_settings

@@ -19,10 +19,10 @@ import orjson
 
 from sevisflow.app.audit.decode import decode_record
 from sevisflow.core.ledger import Ledger, LedgerWriter
-from sevisflow.app.audit.scenario import batcher_run
+from testkit.audit_scenario import batcher_run
 from sevisflow.app.audit.verify import VerifyContext, verify_all, verify_batch
 from sevisflow.core.serde import registry
-from tests.helpers import XSD_DIR
+from testkit.settings import XSD_DIR
 
 
 def main() -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import orjson
 
 from sevisflow.core.ledger import Ledger, LedgerWriter
-from sevisflow.app.audit.scenario import batcher_run, scenario_records
+from testkit.audit_scenario import batcher_run, scenario_records
 from sevisflow.core.config import KafkaSettings
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
 from sevisflow.core.serde import registry
-from tests.helpers import XSD_DIR
+from testkit.settings import XSD_DIR
 
 
 def main() -> None:

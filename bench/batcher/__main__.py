@@ -32,14 +32,14 @@ import orjson
 
 from bench.common import kafka_bootstrap
 from sevisflow.processors.batcher import batcher_topics, run
-from sevisflow.processors.batcher.fixtures import ORG, event
+from testkit.batcher import ORG, event
 from sevisflow.processors.batcher.view import build_view, from_open_batch
 from sevisflow.app.cli.batch import read_open_batch
 from sevisflow.app.cli import main as cli_main
 from sevisflow.core.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
 from sevisflow.core.serde import registry
 from sevisflow.core.topics import pipeline_topics
-from tests.helpers import KafkaHandle, make_settings
+from testkit.settings import KafkaHandle, make_settings
 
 DSO = "BENCHDSO01"
 

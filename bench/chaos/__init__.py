@@ -1,1 +1,1 @@
-"""Chaos bench: the whole pipeline, each stage its own process, under random ``kill -9`` (deploy/local/chaos.py)."""
+"""Chaos bench: the whole pipeline, each stage its own process, under random ``kill -9`` (testkit/chaos.py)."""

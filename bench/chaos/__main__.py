@@ -1,6 +1,6 @@
 """``python -m bench.chaos [--minutes M] [--kills K] [--seed S]``: a full-pipeline chaos run and its figures.
 
-Starts a throwaway local stack (PostgreSQL + Kafka), runs deploy/local/chaos.py on it (every stage
+Starts a throwaway local stack (PostgreSQL + Kafka), runs testkit/chaos.py on it (every stage
 its own process, SIGKILLed at seeded random moments, the SEVIS simulator's faults on), prints
 kills per stage and the end-state counts (lost, duplicated, sent twice, invalid), and writes the
 report to bench/results/chaos.json. Exit 1 when any of those counts is not zero.
@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sevisflow.deploy.local.chaos import REPO, Chaos, Plan
+from testkit.chaos import REPO, Chaos, Plan
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,9 @@
 
 ``python -m bench.connector.child stream|snapshot|raw`` with a JSON job on stdin; prints a JSON result.
 
-* ``stream``: run_connector on a copied slot until the slot confirmed ``end_lsn`` (Kafka acked all);
+* ``stream``: run_connector on a copied slot until every event up to the workload's last commit
+  (``last_commit_lsn``) is produced and Kafka acknowledged it (the producer's queue is empty): the
+  measured time; then on until the slot confirmed ``end_lsn`` (the offset flush; reported apart);
 * ``snapshot``: run_connector with snapshot.mode=initial_only on a fresh slot until it returns;
 * ``raw``: the physical limit — drain the copied slot with the same psycopg 3 CopyBoth reader, batch
   reads and a 20 ms sleep whenever the socket is empty, counting messages, decoding nothing;
@@ -56,18 +58,37 @@ def run_stream(job: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.001)
     t0 = time.monotonic()
     cpu_start, _ = _usage()
-    end = job["end_lsn"]
-    while th.is_alive() and (metrics.confirmed_lsn or 0) < end:
+    t1, cpu_end = _until_acked(task, job["last_commit_lsn"], th)
+    while th.is_alive() and (metrics.confirmed_lsn or 0) < job["end_lsn"]:
         time.sleep(0.005)
-    t1 = time.monotonic()
-    cpu_end, rss = _usage()
+    t2 = time.monotonic()
+    _, rss = _usage()
     stop.set()
     th.join(60)
     task.close()
     if err:
         raise err[0]
-    return {"seconds": t1 - t0, "cpu_s": cpu_end - cpu_start, "cpu_total_s": cpu_end - cpu0, "maxrss_kb": rss,
-            "events": metrics.events_total, "task_thread_cpu_s": thread_cpu[0] if thread_cpu else None}
+    if (metrics.confirmed_lsn or 0) < job["end_lsn"]:
+        raise RuntimeError(f"the slot was not confirmed to the workload's end ({metrics.confirmed_lsn} < {job['end_lsn']})")
+    return {"seconds": t1 - t0, "seconds_confirmed": t2 - t0, "cpu_s": cpu_end - cpu_start,
+            "cpu_total_s": cpu_end - cpu0, "maxrss_kb": rss, "events": metrics.events_total,
+            "task_thread_cpu_s": thread_cpu[0] if thread_cpu else None}
+
+
+def _until_acked(task: Any, last_commit_lsn: int, th: threading.Thread) -> tuple[float, float]:
+    """Wait until every event up to the workload's last commit is produced (``safe_lsn`` passed its end
+    LSN) and Kafka acknowledged all of them (nothing left in the producer's queue, no delivery error);
+    returns (monotonic time, process CPU) at that moment. Independent of the offset-flush period, which
+    only decides when the position is *confirmed* to PostgreSQL afterwards."""
+    while th.is_alive():
+        producer = task.producer
+        if task.safe_lsn >= last_commit_lsn and producer is not None and len(producer) == 0:
+            t, (cpu, _) = time.monotonic(), _usage()
+            if task.delivery_errors:
+                raise RuntimeError(f"Kafka refused {len(task.delivery_errors)} events")
+            return t, cpu
+        time.sleep(0.002)
+    raise RuntimeError("the connector stopped before the workload's last commit was acknowledged")
 
 
 def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +144,7 @@ def run_raw(job: dict[str, Any]) -> dict[str, Any]:
     commits = 0
     messages = 0
     nbytes = 0
+    last_commit_lsn = 0
     want = job["commits"]
     cpu0, _ = _usage()
     t0 = time.monotonic()
@@ -137,10 +159,12 @@ def run_raw(job: dict[str, Any]) -> dict[str, Any]:
                 nbytes += len(payload)
                 if payload[0] == 67:
                     commits += 1
+                    last_commit_lsn = int.from_bytes(payload[10:18], "big")   # Commit: flags, LSN, end LSN, ts
     t1 = time.monotonic()
     cpu1, rss = _usage()
     repl.close()
-    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, "messages": messages, "bytes": nbytes}
+    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, "messages": messages, "bytes": nbytes,
+            "last_commit_lsn": last_commit_lsn}
 
 
 def run_raw_pg2(job: dict[str, Any]) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def run(work: Path, bootstrap: str, pg_port: int, slot: str, publication: str, p
                      "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n")
     cmd = [java_bin(), "-Xmx1g", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
            "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(conn)]
-    out = open(work / "stdout.log", "wb")
+    out = open(work / "stdout.log", "wb")  # noqa: SIM115 - the worker's output while it runs; closed below
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s

@@ -204,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"appender.file.fileName = {work / 'connect.log'}\nappender.file.layout.type = PatternLayout\n"
                          "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
                          "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n")
-        out = open(work / "stdout.log", "wb")
         print("starting Debezium 3.6.1 (three connectors) and sevisflow's connector (twice)…", flush=True)
-        proc = subprocess.Popen([java_bin(), "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
-                                 "org.apache.kafka.connect.cli.ConnectStandalone", str(work / "worker.properties"),
-                                 *files], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(work / "stdout.log", "wb") as out:  # the worker keeps its own copy of the descriptor
+            proc = subprocess.Popen([java_bin(), "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "-cp",
+                                     f"{libs}/*", "org.apache.kafka.connect.cli.ConnectStandalone",
+                                     str(work / "worker.properties"), *files],
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         settings = {}
         for (who, schemas), prefix in runs.items():
             if who != "sevisflow":
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             threads.append((t, stop))
         alive = lambda: proc.poll() is None and all(t.is_alive() for t, _ in threads)  # noqa: E731
         for prefix in runs.values():
-            _wait(f"slot_{prefix} streaming", lambda: _slot(dsn, f"slot_{prefix}")[0], 300, alive)
+            _wait(f"slot_{prefix} streaming", lambda prefix=prefix: _slot(dsn, f"slot_{prefix}")[0], 300, alive)
         time.sleep(5)   # Debezium's snapshot rows are produced before its slot turns active; let them land
         print("playing the operations…", flush=True)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                         conn.execute(sql)
         target = _lsn(dsn)
         for prefix in runs.values():
-            _wait(f"slot_{prefix} to confirm", lambda: _slot(dsn, f"slot_{prefix}")[1] >= target, 300, alive)
+            _wait(f"slot_{prefix} to confirm", lambda prefix=prefix: _slot(dsn, f"slot_{prefix}")[1] >= target, 300,
+                  alive)
         time.sleep(3)
         args.out.mkdir(parents=True, exist_ok=True)
         for (who, schemas), prefix in runs.items():

@@ -19,8 +19,8 @@ from bench.common import kafka_bootstrap
 from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.normalize.mapping import load_mapping
 from sevisflow.processors.sevis_events.pure import PurePipeline
-from tests.helpers import REPO, KafkaHandle, make_settings
-from tests.scenarios import ORG, school_history
+from testkit.settings import REPO, KafkaHandle, make_settings
+from testkit.school import ORG, feed_on_kafka, school_history
 
 MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")
 
@@ -37,24 +37,14 @@ def pure(n: int) -> dict[str, float]:
 
 
 def through_kafka(n: int, bootstrap: str) -> dict[str, float]:
-    from sevisflow.processors.normalize.stage import build_loop as build_normalize, normalize_topics
-    from sevisflow.processors.sevis_events.stage import build_loop as build_events, events_topics
-    from sevisflow.core.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce
-    from sevisflow.core.topics import pipeline_topics
+    from sevisflow.processors.normalize.stage import build_loop as build_normalize
+    from sevisflow.processors.sevis_events.stage import build_loop as build_events
 
     unique = uuid.uuid4().hex[:8]
     settings = make_settings(KafkaHandle(bootstrap), unique=unique, school={"org_id": ORG})
-    prefix = settings.connector.topic_prefix
-    ensure_topics(settings.kafka, pipeline_topics(settings) + normalize_topics(settings) + events_topics(settings)
-                  + [TopicSpec(f"{prefix}.{t}", 3, 1) for t in MAPPING.tables()]
-                  + [TopicSpec(f"{prefix}.transaction", 1, 1)])
-    feed = SisFeed(prefix=prefix, primary_keys={"public.term": ("term_id",)})
+    feed = SisFeed(prefix=settings.connector.topic_prefix, primary_keys={"public.term": ("term_id",)})
     school_history(feed, n)
-    producer = make_producer(settings.kafka)
-    errors: list = []
-    for r in feed.records:
-        produce(producer, r.topic, r.key, r.value, on_delivery=delivery_raiser(errors))
-    flush_or_raise(producer, errors)
+    feed_on_kafka(settings, feed, MAPPING.tables(), partitions=3)
     changes = sum(1 for r in feed.records if r.value is not None and not r.topic.endswith(".transaction"))
     res: dict[str, float] = {"records": len(feed.records), "row_changes": changes}
     loop, _ = build_normalize(settings, MAPPING)

@@ -39,7 +39,7 @@ KEYS = [k for k, _ in LABELS]
 def build_view():
     """The fictional 250-record open batch (deterministic)."""
     from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-    from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+    from testkit.batcher import BASE_MS, ORG, command, event
     from sevisflow.processors.batcher.view import build_view as fold
 
     cips = ["11.0701", "52.0301", "26.0101", "14.0901", "40.0801", "45.0601"]

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sevisflow.sinks.outbox import Outbox
     from sevisflow.sinks.xml.render import build_tree, check_batch, serialize
-    from sevisflow.sinks.xml.samples import sample_batch
+    from testkit.xml_samples import sample_batch
     from sevisflow.sinks.xml.stage import sink_closed_batch
     from sevisflow.sinks.xml.xsd import StudentSchema
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     check_batch(batch, schema)  # warm-up
     render, validate, both, write = [], [], [], []
     size = 0
-    for i in range(args.repeat):
+    for _ in range(args.repeat):
         t = time.perf_counter()
         root, problems, _, _ = build_tree(batch, schema)
         xml = serialize(root)

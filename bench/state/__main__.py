@@ -4,10 +4,11 @@
 
 Per repeat, the parent produces a fresh school history (bench.processors' workload: generated
 Debezium changes, 3 partitions per change topic, transaction metadata on) to topics of its own,
-then runs each stage in a child process per backend — normalize, then sevis_events, each pinned to
-one core, ``[state] backend`` = memory or rocksdb — so each child's peak RSS (VmHWM) is that
-stage's alone. The backends alternate which goes first. Prints the medians; the raw runs go to
-bench/results/state.json.
+then runs each stage in a child process per variant (:data:`VARIANTS`: the memory store; RocksDB with
+normalize's decoded-value cache unbounded, as before ``[state] cache_entries``; RocksDB with the
+cache bounded, the default) — normalize, then sevis_events, each pinned to one core — so each
+child's peak RSS (VmHWM) is that stage's alone. Each variant goes first in turn. Prints the medians;
+the raw runs go to bench/results/state.json.
 """
 
 from __future__ import annotations
@@ -25,41 +26,34 @@ import uuid
 from pathlib import Path
 
 from bench.common import kafka_bootstrap
-from tests.helpers import REPO, KafkaHandle, make_settings
-from tests.scenarios import ORG, school_history
+from testkit.settings import REPO, KafkaHandle, make_settings
+from testkit.school import ORG, feed_on_kafka, school_history
 
-BACKENDS = ("memory", "rocksdb")
-STATE = {"block_cache_mb": 64, "write_buffer_mb": 16}   # the [state] defaults
+STATE = {"block_cache_mb": 64, "write_buffer_mb": 16, "cache_entries": 10000}   # the [state] defaults
+VARIANTS = {   # the store, and normalize's decoded-value cache
+    "memory": {"backend": "memory"},                                   # dicts (the cache is not bounded)
+    "rocksdb-unbounded": {"backend": "rocksdb", "cache_entries": 0},   # RocksDB, the cache as before
+    "rocksdb": {"backend": "rocksdb"},                                  # RocksDB, the cache bounded
+}
+BACKENDS = tuple(VARIANTS)
 
 
 def _settings(bootstrap: str, unique: str, backend: str, state_dir: str):
     return make_settings(KafkaHandle(bootstrap), unique=unique, school={"org_id": ORG},
-                         state={"backend": backend, "dir": state_dir, **STATE})
+                         state={**STATE, **VARIANTS[backend], "dir": state_dir})
 
 
 def produce_workload(bootstrap: str, students: int) -> tuple[str, int]:
     """A fresh school history on topics of its own; returns (unique suffix, SIS row changes)."""
     from sevisflow.processors.normalize.debezium import SisFeed
     from sevisflow.processors.normalize.mapping import load_mapping
-    from sevisflow.processors.normalize.stage import normalize_topics
-    from sevisflow.processors.sevis_events.stage import events_topics
-    from sevisflow.core.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce
-    from sevisflow.core.topics import pipeline_topics
 
     mapping = load_mapping(REPO / "deploy/sis/mapping.toml")
     unique = uuid.uuid4().hex[:8]
     settings = _settings(bootstrap, unique, "memory", "unused")
-    prefix = settings.connector.topic_prefix
-    ensure_topics(settings.kafka, pipeline_topics(settings) + normalize_topics(settings) + events_topics(settings)
-                  + [TopicSpec(f"{prefix}.{t}", 3, 1) for t in mapping.tables()]
-                  + [TopicSpec(f"{prefix}.transaction", 1, 1)])
-    feed = SisFeed(prefix=prefix, primary_keys={"public.term": ("term_id",)})
+    feed = SisFeed(prefix=settings.connector.topic_prefix, primary_keys={"public.term": ("term_id",)})
     school_history(feed, students)
-    producer = make_producer(settings.kafka)
-    errors: list = []
-    for r in feed.records:
-        produce(producer, r.topic, r.key, r.value, on_delivery=delivery_raiser(errors))
-    flush_or_raise(producer, errors)
+    feed_on_kafka(settings, feed, mapping.tables(), partitions=3)
     changes = sum(1 for r in feed.records if r.value is not None and not r.topic.endswith(".transaction"))
     return unique, changes
 
@@ -105,10 +99,12 @@ def _peak_rss_mib() -> float:
 
 
 def run_child(stage: str, backend: str, bootstrap: str, unique: str, state_dir: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.state", "--child", stage, backend, bootstrap, unique, state_dir],
-                         cwd=REPO, capture_output=True, text=True, timeout=1800)
+    log = Path(f"{state_dir}-{stage}.log")   # the child's JSON log, readable while it runs
+    with log.open("w") as err:
+        out = subprocess.run([sys.executable, "-m", "bench.state", "--child", stage, backend, bootstrap, unique,
+                              state_dir], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, timeout=1800)
     if out.returncode != 0:
-        raise SystemExit(f"bench.state child {stage}/{backend} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"bench.state child {stage}/{backend} failed:\n{log.read_text()[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -126,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
     with kafka_bootstrap(args.kafka, "bench-state") as bootstrap, tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
-            order = BACKENDS if i % 2 == 0 else BACKENDS[::-1]
+            order = BACKENDS[i % len(BACKENDS):] + BACKENDS[:i % len(BACKENDS)]   # each goes first in turn
             workloads = {b: produce_workload(bootstrap, args.students) for b in order}
             for backend in order:
                 unique, changes = workloads[backend]
@@ -136,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                        "row_changes_per_s": changes / (n["seconds"] + e["seconds"]),
                        "row_changes_per_cpu_s": changes / (n["cpu_s"] + e["cpu_s"])}
                 runs.append(run)
-                print(f"repeat {i} {backend:8s}: {run['row_changes_per_s']:,.0f} row changes/s "
+                print(f"repeat {i} {backend:17s}: {run['row_changes_per_s']:,.0f} row changes/s "
                       f"(normalize {n['seconds']:.1f}s, events {e['seconds']:.1f}s); peak RSS normalize "
                       f"{n['peak_rss_mib']:.0f} MiB, events {e['peak_rss_mib']:.0f} MiB", flush=True)
     results = Path(REPO / "bench/results/state.json")
@@ -152,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         def med(f) -> float:
             return statistics.median(f(r) for r in mine)
         disk = (f"{med(lambda r: r['normalize']['state_disk_mib']):.1f} / {med(lambda r: r['events']['state_disk_mib']):.1f} MiB"
-                if backend == "rocksdb" else "–")
+                if backend.startswith("rocksdb") else "–")
         print(f"| {backend} | {med(lambda r: r['row_changes_per_s']):,.0f} | {med(lambda r: r['row_changes_per_cpu_s']):,.0f} "
               f"| {med(lambda r: r['normalize']['seconds']):.1f} | {med(lambda r: r['events']['seconds']):.1f} "
               f"| {med(lambda r: r['normalize']['peak_rss_mib']):.0f} MiB | {med(lambda r: r['events']['peak_rss_mib']):.0f} MiB "

@@ -9,14 +9,15 @@ captured tables that do not exist or cannot be read, a publication that is missi
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from sevisflow.connectors.postgres.convert import ColumnMapping, PgType, column_mapping
 from sevisflow.connectors.postgres.columns import ColumnPolicy
+from sevisflow.connectors.postgres.convert import ColumnMapping, PgType, column_mapping
 from sevisflow.connectors.postgres.envelope import NO_DEFAULT, TableMeta
 from sevisflow.core.errors import ConfigError, TerminalError
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from sevisflow.core.errors import ConfigError
 
@@ -85,7 +86,7 @@ class ColumnPolicy:
     masks: tuple[HashMask, ...] = ()
 
     @classmethod
-    def from_settings(cls, exclude_list: Sequence[str], mask_hash: Mapping[str, str]) -> "ColumnPolicy":
+    def from_settings(cls, exclude_list: Sequence[str], mask_hash: Mapping[str, str]) -> ColumnPolicy:
         exclude = _patterns("connector.column.exclude.list", ",".join(exclude_list))
         masks = []
         for key, columns in mask_hash.items():

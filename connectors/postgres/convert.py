@@ -40,18 +40,20 @@ anything else                      its text form (string); Debezium would drop s
 from __future__ import annotations
 
 import base64
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
-Converter = Optional[Callable[[str], Any]]
+Converter = Callable[[str], Any] | None
 
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3"
 
 EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _EPOCH = datetime(1970, 1, 1)
-_EPOCH_TZ = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_TZ = datetime(1970, 1, 1, tzinfo=UTC)
 _US_PER_DAY = 86_400_000_000
 _DAYS_PER_MONTH_AVG = 365.25 / 12
 INT64_MAX = 2**63 - 1
@@ -84,7 +86,7 @@ class PgType:
     is_array: bool = False
 
 
-TypeLookup = Callable[[int], Optional[PgType]]
+TypeLookup = Callable[[int], PgType | None]
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ def to_zoned_timestamp(s: str, precision: int = 6) -> str:
         base = body[:dot] if dot >= 0 else body
         return s[:10] + "T" + base + ("." + (frac + "000000")[:precision] if precision else "") + "Z"
     try:
-        dt = datetime.fromisoformat(s).astimezone(timezone.utc)
+        dt = datetime.fromisoformat(s).astimezone(UTC)
     except ValueError:
         if s in ("infinity", "-infinity"):
             return s
@@ -251,7 +253,7 @@ def to_micro_duration(s: str) -> int:
         else:
             total += float(tok) * _INTERVAL_UNITS[tokens[i + 1]]
             i += 2
-    return int(round(total))
+    return round(total)
 
 
 def _unscaled_bytes(n: int) -> str:
@@ -259,29 +261,32 @@ def _unscaled_bytes(n: int) -> str:
     return base64.b64encode(n.to_bytes(bits // 8 + 1, "big", signed=True)).decode()
 
 
+def _finite_decimal(s: str) -> Decimal | None:
+    """``s`` as a Decimal, or None for text that is not a number and for NaN/±Infinity (Connect has no such value)."""
+    try:
+        d = Decimal(s)
+    except InvalidOperation:
+        return None
+    return d if d.is_finite() else None
+
+
 def make_decimal_precise(scale: int) -> Callable[[str], Any]:
     def conv(s: str) -> Any:
-        ip, dot, fp = s.partition(".")
+        ip, _, fp = s.partition(".")
         if len(fp) == scale and (ip[-1:].isdigit()):
             return _unscaled_bytes(int(ip + fp))
-        try:
-            d = Decimal(s)
-        except InvalidOperation:
-            return None
-        if not d.is_finite():
+        d = _finite_decimal(s)
+        if d is None:
             return None
         return _unscaled_bytes(int(d.scaleb(scale).to_integral_value()))
     return conv
 
 
 def to_variable_decimal(s: str) -> Any:
-    try:
-        d = Decimal(s)
-    except InvalidOperation:
+    d = _finite_decimal(s)
+    if d is None:
         return None
-    if not d.is_finite():
-        return None
-    sign, digits, exp = d.as_tuple()
+    exp = d.as_tuple().exponent
     scale = -exp if isinstance(exp, int) and exp < 0 else 0
     unscaled = int(d.scaleb(scale))
     return {"scale": scale, "value": _unscaled_bytes(unscaled)}
@@ -396,11 +401,11 @@ def column_mapping(type_oid: int, typmod: int, lookup: TypeLookup | None = None,
         return ColumnMapping(to_micro_timestamp, _schema("int64", "io.debezium.time.MicroTimestamp"), False)
     if type_oid == TIMESTAMPTZ:
         p = typmod if 0 <= typmod <= 6 else 6
-        conv = to_zoned_timestamp if p == 6 else (lambda s, p=p: to_zoned_timestamp(s, p))
+        conv = to_zoned_timestamp if p == 6 else functools.partial(to_zoned_timestamp, precision=p)
         return ColumnMapping(conv, _schema("string", "io.debezium.time.ZonedTimestamp"))
     if type_oid == TIMETZ:
         p = typmod if 0 <= typmod <= 6 else 6
-        return ColumnMapping(lambda s, p=p: to_zoned_time(s, p), _schema("string", "io.debezium.time.ZonedTime"))
+        return ColumnMapping(functools.partial(to_zoned_time, precision=p), _schema("string", "io.debezium.time.ZonedTime"))
     if type_oid == UUID:
         return ColumnMapping(None, _schema("string", "io.debezium.data.Uuid"))
     if type_oid in (JSON, JSONB):
@@ -420,7 +425,7 @@ def column_mapping(type_oid: int, typmod: int, lookup: TypeLookup | None = None,
     if elem_oid is not None:
         elem = column_mapping(elem_oid, -1 if elem_oid != NUMERIC else typmod, lookup, decimal_mode, _depth + 1)
         econv = elem.convert
-        return ColumnMapping(lambda s, e=econv: parse_array(s, e),
+        return ColumnMapping(functools.partial(parse_array, elem=econv),
                              _schema("array", items={**elem.schema, "optional": True}), False)
     if info is not None:
         if info.kind == "e":

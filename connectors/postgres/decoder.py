@@ -12,9 +12,10 @@ connector runs the pure-Python functions. :func:`log_choice` logs the choice onc
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any, TypeVar, overload
 
 import orjson
 
@@ -57,8 +58,16 @@ def name() -> str:
     return "c" if active is not None else "python"
 
 
-def pick(python_impl: Callable[..., Any], c_name: str) -> Callable[..., Any]:
-    """The C function ``c_name`` if the C decoder is active, else ``python_impl``."""
+_Impl = TypeVar("_Impl", bound=Callable[..., Any])
+
+
+@overload
+def pick(python_impl: _Impl, c_name: str) -> _Impl: ...
+@overload
+def pick(python_impl: None, c_name: str) -> Callable[..., Any] | None: ...
+def pick(python_impl: Callable[..., Any] | None, c_name: str) -> Callable[..., Any] | None:
+    """The C function ``c_name`` if the C decoder is active, else ``python_impl`` (None: no Python twin;
+    the caller runs its own Python loop). The C function takes and returns what the Python one does."""
     return getattr(active, c_name) if active is not None else python_impl
 
 

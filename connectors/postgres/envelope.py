@@ -34,14 +34,15 @@ from __future__ import annotations
 import base64
 import struct
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import orjson
 
 from sevisflow.connectors.postgres import convert as cv
-from sevisflow.connectors.postgres.columns import TablePolicy
 from sevisflow.connectors.postgres import decoder as _decoder
+from sevisflow.connectors.postgres.columns import TablePolicy
 from sevisflow.connectors.postgres.convert import ColumnMapping
 from sevisflow.connectors.postgres.pgoutput import UNCHANGED, Value
 
@@ -49,7 +50,7 @@ UNAVAILABLE = "__debezium_unavailable_value"
 UNAVAILABLE_BYTES = base64.b64encode(UNAVAILABLE.encode()).decode()
 
 # (topic, key, value, headers)
-Record = tuple[str, Optional[bytes], Optional[bytes], Optional[list[tuple[str, bytes]]]]
+Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 # pure converters returning immutable values, worth memoising in the fast paths
 _MEMO_CONVERTERS = frozenset({cv.to_date_days, cv.to_zoned_timestamp, cv.to_micro_timestamp, cv.to_milli_timestamp,
@@ -168,7 +169,7 @@ class TableMeta:
         """The ``before`` of an old row that has only its key columns (REPLICA IDENTITY DEFAULT), before the
         key goes in: null for every column, except that a NOT NULL column with a constant default gets the
         default — what Debezium writes, since its Connect schema does not allow null there."""
-        out: dict[str, Any] = {c: None for c in self.columns}
+        out: dict[str, Any] = dict.fromkeys(self.columns)
         if self.defaults:
             for c, opt, d in zip(self.columns, self.optional, self.defaults):
                 if not opt and d is not NO_DEFAULT:
@@ -328,6 +329,14 @@ class EventBuilder:
             schema = meta.value_schema
         return orjson.dumps({"schema": schema, "payload": payload})
 
+    def row_key(self, meta: TableMeta, row: dict[str, Any]) -> bytes | None:
+        """The key bytes of a converted row (None for a table without a key): every path's keys come from here."""
+        key_columns = meta.key_columns
+        if not key_columns:
+            return None
+        key = {k: row[k] for k in key_columns}
+        return self.key_bytes(meta, key) if self.schemas_enable else _dumps(key)
+
     def key_bytes(self, meta: TableMeta, key: dict[str, Any] | None) -> bytes | None:
         if key is None:
             return None
@@ -362,8 +371,8 @@ class EventBuilder:
             if ctx:
                 name = meta._full_name
                 tail = self._tail if self._now_us else self._clock_tail()
-                if self.transaction_metadata:  # the counters move only once the event is written
-                    per_table = tx.per_table
+                if self.transaction_metadata:  # the counters move only once the event is written (as _count,
+                    per_table = tx.per_table       # inlined: this is the measured path)
                     n = per_table.get(name, 0) + 1
                     rec = c_event(buf, ctx, lsn, tx.total_order + 1, n, tail)
                     if rec is not None:
@@ -374,62 +383,14 @@ class EventBuilder:
                     rec = c_event(buf, ctx, lsn, 0, 0, tail)
                     if rec is not None:
                         return rec
-        fields = meta._fields
-        kind = buf[0]
-        before = None
-        if kind == 73:  # 'I'
-            if buf[5] != 78:
-                return None
-            after = _fast_row(buf, 6, fields)
-            if after is None:
-                return None
-            row = after[0]
-            payload_before, payload_after, op, key_row = None, row, "c", row
-        elif kind == 85:  # 'U'
-            marker = buf[5]
-            pos = 6
-            if marker == 79:  # 'O': the whole old row (REPLICA IDENTITY FULL)
-                old = _fast_row(buf, 6, fields)
-                if old is None:
-                    return None
-                before, pos = old
-                marker = buf[pos]
-                pos += 1
-            if marker != 78:
-                return None
-            new = _fast_row(buf, pos, fields)
-            if new is None:
-                return None
-            row = new[0]
-            if before is not None and meta.key_columns:
-                if not meta._fast_keys:
-                    return None
-                for k in meta.key_columns:
-                    if before[k] != row[k]:
-                        return None
-            payload_before, payload_after, op, key_row = before, row, "u", row
-        elif kind == 68:  # 'D'
-            if buf[5] != 79:
-                return None
-            old = _fast_row(buf, 6, fields)
-            if old is None:
-                return None
-            row = old[0]
-            payload_before, payload_after, op, key_row = row, None, "d", row
-        else:
+        rows = _fast_rows(meta, buf)
+        if rows is None:
             return None
+        payload_before, payload_after, op, key_row = rows
         # from here on nothing returns None: the transaction counters below are updated exactly once
-        key_columns = meta.key_columns
-        if not key_columns:
-            key = None
-        elif self.schemas_enable:
-            key = self.key_bytes(meta, {k: key_row[k] for k in key_columns})
-        else:
-            key = _dumps({k: key_row[k] for k in key_columns})
-        now_us = self._now_us or time.time_ns() // 1000
-        payload = {"before": payload_before, "after": payload_after, "source": self.source(meta, tx, lsn),
-                   "transaction": self._tx_block(meta, tx, lsn), "op": op,
-                   "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
+        key = self.row_key(meta, key_row)
+        payload = _payload(payload_before, payload_after, self.source(meta, tx, lsn), self._tx_block(meta, tx, lsn),
+                           op, self._now_us or time.time_ns() // 1000)
         if self.schemas_enable:
             return op, key, self._value_bytes(meta, payload)
         return op, key, _dumps(payload)
@@ -517,11 +478,9 @@ class EventBuilder:
         src = self._read_source(meta, tx, lsn, snapshot)
         columns = meta.columns
         conv_items = meta._conv_memo_items
-        key_columns = meta.key_columns
         schemas = self.schemas_enable
         dumps = _dumps
         now_us = time.time_ns() // 1000
-        ts_ms, ts_ns = now_us // 1000, now_us * 1000
         c_read_row, fields = _c_read_row, meta._fields  # the C decoder's row loop, or None
         policy = meta.policy
         # the C decoder writes the whole record (without schemas): the envelope around "after" is the same
@@ -529,8 +488,8 @@ class EventBuilder:
         c_read_event = _c_read_event if not schemas and meta._c_names is not None else None
         names, key_idx = meta._c_names, meta._key_idx
         head = b'{"before":null,"after":'
-        tail = b',"source":%b,"transaction":null,"op":"r","ts_ms":%d,"ts_us":%d,"ts_ns":%d}' % (
-            dumps(src), ts_ms, now_us, ts_ns) if c_read_event is not None else b""
+        tail = b',"source":%b,"transaction":null,"op":"r"%b' % (dumps(src), self._tail_for(now_us)) \
+            if c_read_event is not None else b""
         for values in rows:
             if c_read_event is not None:
                 rec = c_read_event(values, fields, names, key_idx, head, tail)
@@ -547,21 +506,11 @@ class EventBuilder:
                             after[name] = conv(v)
                         else:
                             r = memo.get(v, _MISS)
-                            if r is _MISS:
-                                if len(memo) >= _MEMO_SIZE:
-                                    memo.clear()
-                                r = memo[v] = conv(v)
-                            after[name] = r
-            if not key_columns:
-                key = None
-            elif schemas:
-                key = self.key_bytes(meta, {k: after[k] for k in key_columns})
-            else:
-                key = dumps({k: after[k] for k in key_columns})
+                            after[name] = _remember(memo, conv, v) if r is _MISS else r
+            key = self.row_key(meta, after)
             if policy is not None:
                 after = policy.apply(after)
-            payload = {"before": None, "after": after, "source": src, "transaction": None, "op": "r",
-                       "ts_ms": ts_ms, "ts_us": now_us, "ts_ns": ts_ns}
+            payload = _payload(None, after, src, None, "r", now_us)
             yield key, (self._value_bytes(meta, payload) if schemas else dumps(payload))
 
     # -- pieces
@@ -606,20 +555,15 @@ class EventBuilder:
         ``<txId>:<this event's LSN>``, as Debezium 3.6.1 writes it (the xid part names the transaction)."""
         if not self.transaction_metadata or tx.commit_lsn is None:
             return None
-        tx.total_order += 1
-        per_table = tx.per_table
-        name = meta._full_name
-        n = per_table[name] = per_table.get(name, 0) + 1
+        n = _count(tx, meta._full_name)
         return {"id": f"{tx.xid}:{lsn}", "total_order": tx.total_order, "data_collection_order": n}
 
     def _envelope(self, meta: TableMeta, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
                   tx: TxContext, lsn: int | None, snapshot: str | None = None) -> bytes:
-        now_us = self.now_us or time.time_ns() // 1000
         if meta.policy is not None:
             before, after = meta.policy.apply(before), meta.policy.apply(after)
-        payload = {"before": before, "after": after, "source": self.source(meta, tx, lsn, snapshot),
-                   "transaction": self._tx_block(meta, tx, lsn), "op": op,
-                   "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
+        payload = _payload(before, after, self.source(meta, tx, lsn, snapshot), self._tx_block(meta, tx, lsn), op,
+                           self.now_us or time.time_ns() // 1000)
         return self._value_bytes(meta, payload)
 
     # -- events
@@ -627,12 +571,9 @@ class EventBuilder:
     def read(self, meta: TableMeta, values: Sequence[Value], tx: TxContext, lsn: int, snapshot: str) -> Record:
         """A snapshot row (op ``r``). Its source block is the same for every row of a table: built once."""
         after = meta.row(values)
-        key = self.key_bytes(meta, meta.key_of(after))
-        src = self._read_source(meta, tx, lsn, snapshot)
-        now_us = time.time_ns() // 1000
-        payload = {"before": None, "after": meta.policy.apply(after) if meta.policy is not None else after,
-                   "source": src, "transaction": None, "op": "r",
-                   "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
+        key = self.row_key(meta, after)
+        payload = _payload(None, meta.policy.apply(after) if meta.policy is not None else after,
+                           self._read_source(meta, tx, lsn, snapshot), None, "r", time.time_ns() // 1000)
         return (meta.topic, key, self._value_bytes(meta, payload), None)
 
     def insert(self, meta: TableMeta, new: Sequence[Value], tx: TxContext, lsn: int) -> list[Record]:
@@ -715,8 +656,79 @@ _MISS = object()
 _LSN_MARK = 7_394_512_840_193_846_271  # stands for the LSN in the serialised source block (_source_parts)
 _MEMO_SIZE = 8192
 
+
+def _payload(before: dict[str, Any] | None, after: dict[str, Any] | None, source: dict[str, Any],
+             transaction: dict[str, Any] | None, op: str, now_us: int) -> dict[str, Any]:
+    """The Debezium envelope's fields in their order (the C writer writes the same from ``_c_context``)."""
+    return {"before": before, "after": after, "source": source, "transaction": transaction, "op": op,
+            "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
+
+
+def _count(tx: TxContext, table: str) -> int:
+    """Count one more event in its transaction (total and per table); its per-table order."""
+    tx.total_order += 1
+    n = tx.per_table[table] = tx.per_table.get(table, 0) + 1
+    return n
+
+
+def _remember(memo: dict[Any, Any], conv: Any, v: Any) -> Any:
+    """A converter's value for ``v``, kept in its per-column memo (cleared when full): the fast paths' cache miss."""
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    r = memo[v] = conv(v)
+    return r
+
 _U16 = struct.Struct(">H").unpack_from
 _U32 = struct.Struct(">I").unpack_from
+
+
+def _fast_rows(meta: TableMeta, buf: bytes
+               ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str, dict[str, Any]] | None:
+    """An Insert/Update/Delete payload's (before, after, op, row holding the key), decoded by the fast row loop;
+    None — with no side effect — for anything the generic path must handle (see ``fast_change``)."""
+    fields = meta._fields
+    kind = buf[0]
+    before = None
+    if kind == 73:  # 'I'
+        if buf[5] != 78:
+            return None
+        after = _fast_row(buf, 6, fields)
+        if after is None:
+            return None
+        row = after[0]
+        return None, row, "c", row
+    if kind == 85:  # 'U'
+        marker = buf[5]
+        pos = 6
+        if marker == 79:  # 'O': the whole old row (REPLICA IDENTITY FULL)
+            old = _fast_row(buf, 6, fields)
+            if old is None:
+                return None
+            before, pos = old
+            marker = buf[pos]
+            pos += 1
+        if marker != 78:
+            return None
+        new = _fast_row(buf, pos, fields)
+        if new is None:
+            return None
+        row = new[0]
+        if before is not None and meta.key_columns:
+            if not meta._fast_keys:
+                return None
+            for k in meta.key_columns:
+                if before[k] != row[k]:
+                    return None
+        return before, row, "u", row
+    if kind == 68:  # 'D'
+        if buf[5] != 79:
+            return None
+        old = _fast_row(buf, 6, fields)
+        if old is None:
+            return None
+        row = old[0]
+        return row, None, "d", row
+    return None
 
 
 def _fast_row(buf: bytes, pos: int, fields: tuple[tuple[str, Any, Any], ...]) -> tuple[dict[str, Any], int] | None:
@@ -741,11 +753,7 @@ def _fast_row(buf: bytes, pos: int, fields: tuple[tuple[str, Any, Any], ...]) ->
                     out[name] = conv(v)
                 else:
                     r = memo.get(v, _MISS)
-                    if r is _MISS:
-                        if len(memo) >= _MEMO_SIZE:
-                            memo.clear()
-                        r = memo[v] = conv(v)
-                    out[name] = r
+                    out[name] = _remember(memo, conv, v) if r is _MISS else r
             elif kind == 110:  # 'n'
                 out[name] = None
                 pos += 1

@@ -16,7 +16,11 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sevisflow.connectors.postgres.offsets import write_atomic
-from sevisflow.core.observability import Heartbeat
+from sevisflow.core.log import get_status_logger
+from sevisflow.core.observability import Heartbeat, RateLimit, progress_lines, tally
+
+STAGE = "connector"
+status = get_status_logger()
 
 
 class ConnectorMetrics:
@@ -26,7 +30,7 @@ class ConnectorMetrics:
         self.name = name
         self.slot = slot
         self.registry = CollectorRegistry()
-        labels = {"connector": name, "slot": slot}
+        labels = {"stage": STAGE, "connector": name, "slot": slot}
         lbl = list(labels)
         self._events = Counter("sevisflow_connector_events", "change events produced to Kafka", lbl + ["op"],
                                registry=self.registry)
@@ -40,7 +44,7 @@ class ConnectorMetrics:
                                 registry=self.registry)
         self._last_event = Gauge("sevisflow_connector_last_event_timestamp_seconds",
                                  "wall-clock time of the last change event produced", lbl, registry=self.registry)
-        self._behind = Gauge("sevisflow_connector_millis_behind_source",
+        self._behind = Gauge("sevisflow_connector_behind_source_seconds",
                              "now minus the commit time of the last streamed transaction", lbl, registry=self.registry)
         self._restarts = Counter("sevisflow_connector_restarts", "task restarts after transient errors", lbl,
                                  registry=self.registry)
@@ -57,11 +61,12 @@ class ConnectorMetrics:
         self.snapshot: dict[str, Any] | None = None
         self.last_error: str | None = None
         self._rate: deque[tuple[float, int]] = deque(maxlen=64)
+        self._snapshot_line = RateLimit(scale=0.25)  # long work: a line every quarter progress interval
         # exposed through the process's /metrics ([metrics] port, sevisflow.core.observability.serve_for)
         # next to the other stages; the connector has no server of its own
         from sevisflow.core.observability import process_registry
 
-        self._process_registry = process_registry()
+        self._process_registry: CollectorRegistry | None = process_registry()
         try:
             self._process_registry.register(self.registry)  # a registry is a collector of its metrics
         except ValueError:  # same metric names already there (a second connector in one process)
@@ -77,6 +82,7 @@ class ConnectorMetrics:
                 n += c
         if n:
             self.events_total += n
+            tally(STAGE).add(records_out=n)
             now = time.time()
             self.last_event_ms = int(now * 1000)
             self._last_event.labels(**self._labels).set(now)
@@ -86,17 +92,31 @@ class ConnectorMetrics:
             self._snapshot_rows.labels(**self._labels).inc(rows_added)
             self.snapshot_rows += rows_added
             self.last_event_ms = int(time.time() * 1000)
+            tally(STAGE).add(records_out=rows_added)
         self.snapshot = info
         total = info.get("total_estimate") or 0
         ratio = 1.0 if info.get("completed") else (min(info.get("rows", 0) / total, 0.999) if total else 0.0)
         self._snap_progress.labels(**self._labels).set(ratio)
+        self._snapshot_line_maybe(info, ratio)
+
+    def _snapshot_line_maybe(self, info: dict[str, Any], ratio: float) -> None:
+        """``connector.snapshot_progress`` (rows done of the estimate, tables done): the first, then one per
+        quarter progress interval, and the last (``completed``) always."""
+        facts = {"snapshot_rows": info.get("rows", 0), "snapshot_rows_estimate": info.get("total_estimate") or None,
+                 "snapshot_tables_done": info.get("tables_done"), "snapshot_tables": info.get("tables")}
+        tally(STAGE).set(**facts)
+        if progress_lines() and (info.get("completed") or self._snapshot_line.due()):
+            status.info("connector.snapshot_progress", stage=STAGE, connector=self.name,
+                        rows=facts["snapshot_rows"], rows_estimate=facts["snapshot_rows_estimate"],
+                        tables_done=facts["snapshot_tables_done"], tables=facts["snapshot_tables"],
+                        percent=round(100 * ratio, 1), completed=bool(info.get("completed")))
 
     def snapshot_not_needed(self) -> None:
         self._snap_progress.labels(**self._labels).set(1.0)
 
     def commit_seen(self, commit_ts_ms: int) -> None:
         self.last_commit_ms = commit_ts_ms
-        self._behind.labels(**self._labels).set(max(0, int(time.time() * 1000) - commit_ts_ms))
+        self._behind.labels(**self._labels).set(max(0.0, time.time() - commit_ts_ms / 1000))
 
     def confirmed(self, lsn: int) -> None:
         self.confirmed_lsn = lsn
@@ -106,6 +126,7 @@ class ConnectorMetrics:
         self.slot_lag_bytes = lag
         if lag is not None:
             self._lag.labels(**self._labels).set(lag)
+            tally(STAGE).set(slot_lag_bytes=lag)
 
     def restarted(self, error: str) -> None:
         self.last_error = error

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Union
 
 PG_EPOCH_UNIX_US = 946_684_800_000_000
 
@@ -57,7 +56,7 @@ class _Unchanged:
 
 UNCHANGED = _Unchanged()
 
-Value = Union[str, bytes, None, _Unchanged]
+Value = str | bytes | None | _Unchanged
 
 
 class DecodeError(ValueError):
@@ -149,7 +148,7 @@ class Message:
     content: bytes
 
 
-PgOutputMessage = Union[Begin, Commit, Origin, Relation, TypeInfo, Insert, Update, Delete, Truncate, Message]
+PgOutputMessage = Begin | Commit | Origin | Relation | TypeInfo | Insert | Update | Delete | Truncate | Message
 
 
 def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
@@ -348,7 +347,7 @@ def _c_tuple(buf: bytes, pos: int) -> tuple[list[Value], int]:
 
 
 if _decoder.active is not None:
-    _tuple = _c_tuple  # noqa: F811
+    _tuple = _c_tuple
 
 
 def format_lsn(lsn: int) -> str:

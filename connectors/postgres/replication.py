@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import psycopg
+
 from sevisflow.connectors.postgres.convert import SESSION_OPTIONS
 from sevisflow.connectors.postgres.errors import classify
 from sevisflow.connectors.postgres.pgoutput import PG_EPOCH_UNIX_US, format_lsn, parse_lsn

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import pq, sql
@@ -239,3 +240,68 @@ def _py_split_copy_text(data: bytes) -> list[list[Value]]:
 
 # split_copy of the C decoder (connectors/postgres/decoder.py), or None: the Python split above
 _c_split_copy = _decoder.pick(None, "split_copy")
+
+
+def snapshot_marker(first: bool, first_in_table: bool, last_in_table: bool, last: bool) -> str:
+    """``source.snapshot`` of a snapshot row, as Debezium 3 sets it (the snapshot's ends win over a table's)."""
+    if first:
+        return "first"
+    if last:
+        return "last"
+    if first_in_table:
+        return "first_in_data_collection"
+    if last_in_table:
+        return "last_in_data_collection"
+    return "true"
+
+
+Run = tuple[TableMeta, Sequence[Sequence[Value]], str]
+"""Rows of one table to produce now, all with the same ``source.snapshot`` mark."""
+
+
+class SnapshotMarks:
+    """Debezium 3's ``source.snapshot`` marks over the snapshot's chunks: ``first`` / ``last`` on the
+    snapshot's first / last row, ``first_in_data_collection`` / ``last_in_data_collection`` on each
+    other table's first / last row, ``true`` between.
+
+    Whether a row is the last of its table (or of the snapshot) is known only once the next row
+    (or the end) is, so the last row of every chunk is held back until the next chunk or
+    :meth:`finish`. Pure: the caller produces the runs and keeps the progress.
+    """
+
+    def __init__(self, first: bool, resumed_table: str | None = None) -> None:
+        self._first = first                   # the snapshot's first row is still to come
+        self._resumed = resumed_table         # a table resumed mid-way: its first row was produced before
+        self._table: str | None = None        # the table of the last chunk taken
+        self._held: tuple[TableMeta, Sequence[Value], bool, bool] | None = None  # row, first overall, first in table
+
+    @property
+    def held_table(self) -> str | None:
+        """The table whose row is held back (not finished on Kafka yet, whatever the reader says)."""
+        return self._held[0].full_name if self._held is not None else None
+
+    def runs(self, meta: TableMeta, chunk: Sequence[Sequence[Value]]) -> Iterator[Run]:
+        """The runs to produce for a non-empty ``chunk`` of ``meta``'s rows (the row held back before it first);
+        the chunk's last row is held back in turn."""
+        name = meta.full_name
+        table_first = name != self._table and name != self._resumed
+        self._table = name
+        if self._held is not None:
+            hmeta, hrow, hfirst, htab = self._held
+            yield hmeta, [hrow], snapshot_marker(hfirst, htab, hmeta.full_name != name, False)
+        first, body = self._first, chunk[:-1]
+        if body and (first or table_first):
+            yield meta, body[:1], snapshot_marker(first, table_first, False, False)
+            first = table_first = False
+            body = body[1:]
+        if body:
+            yield meta, body, "true"
+        self._held = (meta, chunk[-1], first, table_first)
+        self._first = False
+
+    def finish(self) -> Iterator[Run]:
+        """The held-back row: the snapshot's last."""
+        if self._held is not None:
+            hmeta, hrow, hfirst, htab = self._held
+            self._held = None
+            yield hmeta, [hrow], snapshot_marker(hfirst, htab, True, True)

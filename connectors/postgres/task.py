@@ -26,11 +26,14 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 
+from sevisflow import __version__
 from sevisflow.connectors.postgres import admin, decoder
 from sevisflow.connectors.postgres.columns import ColumnPolicy
 from sevisflow.connectors.postgres.convert import SESSION_OPTIONS
@@ -39,14 +42,31 @@ from sevisflow.connectors.postgres.errors import SlotInUseError, classify
 from sevisflow.connectors.postgres.metrics import ConnectorMetrics
 from sevisflow.connectors.postgres.offsets import ConnectorState, SnapshotProgress, StateStore
 from sevisflow.connectors.postgres.pgoutput import (
-    Begin, Commit, Message as PgMessage, Relation, Truncate, TypeInfo, decode, format_lsn,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Relation,
+    Truncate,
+    TypeInfo,
+    Update,
+    decode,
+    format_lsn,
+)
+from sevisflow.connectors.postgres.pgoutput import (
+    Message as PgMessage,
 )
 from sevisflow.connectors.postgres.replication import ReplicationConnection
-from sevisflow.connectors.postgres.snapshot import begin_snapshot_transaction, read_chunks, snapshotter_for
-from sevisflow import __version__
+from sevisflow.connectors.postgres.snapshot import (
+    Run,
+    SnapshotMarks,
+    begin_snapshot_transaction,
+    read_chunks,
+    snapshotter_for,
+)
+from sevisflow.core.checkpoints import checkpoint
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import SevisflowError, TerminalError, TransientError
-from sevisflow.core.faults import crash_point
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
 from sevisflow.core.log import get_logger
 from sevisflow.core.observability import register_probe, unregister_probe
@@ -60,6 +80,31 @@ READ_BATCH = 4000
 _U32 = struct.Struct(">I").unpack_from
 _NO_ENTRY = object()  # "relation not looked up yet" in the stream loop's rels
 FLUSH_TIMEOUT_S = 120.0
+
+
+@dataclass(slots=True)
+class _Stream:
+    """The stream loop's state between read batches: the open transaction and the tables seen."""
+
+    metas: dict[int, TableMeta | None] = field(default_factory=dict)       # relid → its meta (None: not captured)
+    rels: dict[int, tuple[Any, ...] | None] = field(default_factory=dict)  # relid → builder.batch_entry, this transaction
+    tx: TxContext | None = None
+    announced: bool = False          # the open transaction's BEGIN record is produced
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys("cudtm", 0))
+    last_commit_ms: int | None = None
+    no_tx: TxContext = field(default_factory=lambda: TxContext(xid=None, commit_lsn=None, ts_us=0))  # events outside a transaction
+
+
+@dataclass
+class _SnapshotRun:
+    """A snapshot's progress while it runs: what Kafka has been handed so far."""
+
+    tx: TxContext
+    lsn: int
+    table: str | None              # the table of the last row produced
+    key: list[Any] | None          # its key (text), where a resumed snapshot goes on
+    finished: list[str]            # tables read to the end
+    rows: int
 
 
 class ConnectorTask:
@@ -257,9 +302,9 @@ class ConnectorTask:
         target = self.safe_lsn
         self._flush()
         if target > self.confirmed_lsn and self.repl is not None and self.repl.streaming:
-            crash_point("connector.before_lsn_ack")
+            checkpoint("connector.before_lsn_ack")
             self.repl.send_status(target)
-            crash_point("connector.after_lsn_ack")
+            checkpoint("connector.after_lsn_ack")
             self.confirmed_lsn = target
             self.metrics.confirmed(target)
             self._next_status = time.monotonic() + STATUS_INTERVAL_S
@@ -298,101 +343,85 @@ class ConnectorTask:
         try:
             xmin = begin_snapshot_transaction(conn, snapshot_name, [t for t in prog.tables if t not in prog.done])
             tx = TxContext(xid=xmin, commit_lsn=None, ts_us=time.time_ns() // 1000, snapshot="true")
-            lsn = prog.lsn
-            read = self.builder.read
-            read_values = self.builder.iter_read_values
-            first = prog.rows == 0 and not prog.done and prog.resumed == 0
-            pending: tuple[TableMeta, list[Any], bool, bool] | None = None   # row, first overall, first in table
-            produced_table: str | None = prog.current
-            produced_key: list[Any] | None = prog.last_key
-            finished: list[str] = list(prog.done)
-            rows = prog.rows
-            log.info("connector.snapshot_started", tables=prog.tables, consistent_lsn=format_lsn(lsn),
+            marks = SnapshotMarks(first=prog.rows == 0 and not prog.done and prog.resumed == 0,
+                                  resumed_table=prog.current)
+            run = _SnapshotRun(tx, prog.lsn, prog.current, prog.last_key, list(prog.done), prog.rows)
+            log.info("connector.snapshot_started", tables=prog.tables, consistent_lsn=format_lsn(prog.lsn),
                      rows_estimate=prog.total_estimate, resumed=prog.resumed)
-
-            def checkpoint() -> None:
-                self.metrics.heartbeat.beat()
-                self._flush()
-                done = [t for t in finished if not (pending and pending[0].full_name == t)]
-                prog.done = done
-                if produced_table and produced_table not in done:
-                    prog.current, prog.last_key = produced_table, produced_key
-                else:
-                    prog.current, prog.last_key = None, None
-                added = rows - prog.rows
-                prog.rows = rows
-                crash_point("connector.before_snapshot_progress")
-                self.store.save(state)
-                crash_point("connector.after_snapshot_progress")
-                self.metrics.snapshot_progress(added, {"table": prog.current, "rows": rows, "tables_done": len(done),
-                                                       "tables": len(prog.tables), "total_estimate": prog.total_estimate,
-                                                       "completed": False})
-                self._write_status()
-
-            # Debezium 3's markers: "first" (the snapshot's first row), "last" (its last row),
-            # "first_in_data_collection" / "last_in_data_collection" (a table's first / last row), "true" between.
-            # A row is produced once the next one is known, so one row (with its flags) is held back.
-            pending_last_in_table = False
             for table in prog.tables:
-                if table in finished:
+                if table in run.finished:
                     continue
-                schema, name = table.split(".", 1)
-                cols = self.catalog.table_columns(table)
-                meta = self.catalog.table_meta(schema, name, [(n, oid, mod) for n, oid, mod, _ in cols])
-                self._ensure_topics([meta.topic])
-                key_types = self.catalog.column_types(table, meta.key_columns)
-                after = prog.last_key if table == prog.current else None
-                table_first = after is None     # no row of this table produced yet (not a resume mid-table)
-                for chunk in read_chunks(conn, meta, key_types, after, max(1, self.c.snapshot_fetch_size)):
+                meta, chunks = self._table_chunks(conn, table, prog)
+                for chunk in chunks:
                     if not chunk:
                         continue
-                    # the row held back from the previous chunk first, then all of this chunk but its last
-                    if pending is not None:
-                        pmeta, pvalues, pfirst_all, pfirst_tab = pending
-                        self._produce_values(pmeta.topic, read_values(
-                            pmeta, [pvalues], tx, lsn,
-                            snapshot_marker(pfirst_all, pfirst_tab, pending_last_in_table, False)))
-                        produced_table, produced_key = pmeta.full_name, list(pmeta.key_text(pvalues))
-                        rows += 1
-                    if len(chunk) > 1:
-                        body = chunk[:-1]
-                        if first or table_first:
-                            self._produce_values(meta.topic, read_values(
-                                meta, body[:1], tx, lsn, snapshot_marker(first, table_first, False, False)))
-                            first = table_first = False
-                            body = body[1:]
-                        if body:
-                            self._produce_values(meta.topic, read_values(meta, body, tx, lsn, "true"))
-                        produced_table, produced_key = meta.full_name, list(meta.key_text(chunk[-2]))
-                        rows += len(chunk) - 1
-                    pending = (meta, chunk[-1], first, table_first)
-                    pending_last_in_table = False
-                    first = table_first = False
-                    checkpoint()
+                    self._produce_runs(marks.runs(meta, chunk), run)
+                    self._snapshot_checkpoint(state, run, marks.held_table)
                     if self.stop.is_set():
-                        log.info("connector.snapshot_interrupted", rows=rows)
+                        log.info("connector.snapshot_interrupted", rows=run.rows)
                         return
-                if pending is not None and pending[0] is meta:
-                    pending_last_in_table = True    # the table ended: its held-back row is its last
-                finished.append(table)
-            if pending is not None:
-                pmeta, pvalues, pfirst_all, pfirst_tab = pending
-                self._produce([read(pmeta, pvalues, tx, lsn, snapshot_marker(pfirst_all, pfirst_tab, True, True))])
-                produced_table, produced_key = pmeta.full_name, list(pmeta.key_text(pvalues))
-                rows += 1
-                pending = None
-            checkpoint()
+                run.finished.append(table)
+            self._produce_runs(marks.finish(), run)
+            self._snapshot_checkpoint(state, run, None)
             conn.execute("ROLLBACK")
         except psycopg.Error as exc:
             raise classify(exc, "reading the snapshot") from exc
         finally:
             conn.close()
+        self._snapshot_done(state, run.rows)
+
+    def _table_chunks(self, conn: psycopg.Connection[Any], table: str, prog: SnapshotProgress
+                      ) -> tuple[TableMeta, Iterator[list[Any]]]:
+        """The table's meta (its topic made) and its rows in key order, chunk by chunk, after the resumed key."""
+        schema, name = table.split(".", 1)
+        cols = self.catalog.table_columns(table)
+        meta = self.catalog.table_meta(schema, name, [(n, oid, mod) for n, oid, mod, _ in cols])
+        self._ensure_topics([meta.topic])
+        key_types = self.catalog.column_types(table, meta.key_columns)
+        after = prog.last_key if table == prog.current else None
+        return meta, read_chunks(conn, meta, key_types, after, max(1, self.c.snapshot_fetch_size))
+
+    def _produce_runs(self, runs: Iterable[Run], run: _SnapshotRun) -> None:
+        """Produce each run of rows with its mark, and note the last row produced."""
+        read_values = self.builder.iter_read_values
+        for meta, rows, mark in runs:
+            self._produce_values(meta.topic, read_values(meta, rows, run.tx, run.lsn, mark))
+            run.table, run.key = meta.full_name, list(meta.key_text(rows[-1]))
+            run.rows += len(rows)
+
+    def _snapshot_checkpoint(self, state: ConnectorState, run: _SnapshotRun, held_table: str | None) -> None:
+        """Wait for Kafka's acks, then save the progress: the tables done (not one whose row is held back)
+        and the last produced key of the current one."""
+        prog = state.snapshot
+        assert prog is not None
+        self.metrics.heartbeat.beat()
+        self._flush()
+        done = [t for t in run.finished if t != held_table]
+        prog.done = done
+        if run.table and run.table not in done:
+            prog.current, prog.last_key = run.table, run.key
+        else:
+            prog.current, prog.last_key = None, None
+        added = run.rows - prog.rows
+        prog.rows = run.rows
+        checkpoint("connector.before_snapshot_progress")
+        self.store.save(state)
+        checkpoint("connector.after_snapshot_progress")
+        self.metrics.snapshot_progress(added, {"table": prog.current, "rows": run.rows, "tables_done": len(done),
+                                               "tables": len(prog.tables), "total_estimate": prog.total_estimate,
+                                               "completed": False})
+        self._write_status()
+
+    def _snapshot_done(self, state: ConnectorState, rows: int) -> None:
+        """Mark the snapshot complete in the offsets (the stream may start)."""
+        prog = state.snapshot
+        assert prog is not None
         state.snapshot_completed = True
         state.snapshotted_tables = sorted(set(state.snapshotted_tables) | set(prog.tables))
         state.snapshot = None
-        crash_point("connector.before_snapshot_done")
+        checkpoint("connector.before_snapshot_done")
         self.store.save(state)
-        crash_point("connector.after_snapshot_done")
+        checkpoint("connector.after_snapshot_done")
         self.metrics.snapshot_progress(0, {"table": None, "rows": rows, "tables_done": len(prog.tables),
                                            "tables": len(prog.tables), "total_estimate": prog.total_estimate,
                                            "completed": True})
@@ -401,6 +430,7 @@ class ConnectorTask:
     # ------------------------------------------------------------------ stream
 
     def _stream(self) -> None:
+        """Stream from the slot until ``stop``: read a batch, write its changes, then the per-batch bookkeeping."""
         c = self.c
         repl = self.repl
         assert repl is not None and self.query is not None
@@ -408,143 +438,19 @@ class ConnectorTask:
         self.metrics.state = "streaming"
         self.metrics.confirmed(self.confirmed_lsn)
         log.info("connector.streaming", slot=c.slot_name, from_lsn=format_lsn(self.confirmed_lsn))
-        metas: dict[int, TableMeta | None] = {}
-        builder = self.builder
-        produce = self._produce
-        txmeta = c.provide_transaction_metadata
-        tx: TxContext | None = None
-        tx_announced = False
+        st = _Stream()
         flush_every = max(0.05, c.offset_flush_interval_ms / 1000)
         next_flush = time.monotonic() + flush_every
         hb_every = c.heartbeat_interval_ms / 1000 if c.heartbeat_interval_ms > 0 else None
         self._next_heartbeat = time.monotonic() + (hb_every or 0)
-        counts = {"c": 0, "u": 0, "d": 0, "t": 0, "m": 0}
-        dummy_tx = TxContext(xid=None, commit_lsn=None, ts_us=0)
-        fast_change = builder.fast_change
-        kproduce = self.producer.produce  # type: ignore[union-attr]
-        tombstones = builder.tombstones_on_delete
-        c_batch = builder.change_batch  # the C writer's loop over a run of changes, or None
-        rels: dict[int, tuple[Any, ...] | None] = {}  # relid → builder.batch_entry, for the current transaction
-        n_c = n_u = n_d = 0
-        last_commit_ms: int | None = None
         try:
             beat = self.metrics.heartbeat.beat
             while not self.stop.is_set():
                 beat()
                 items = repl.read_batch(READ_BATCH, 0.1)
-                builder.now_us = time.time_ns() // 1000
-                i, n_items = 0, len(items)
-                while i < n_items:
-                    lsn, payload = items[i]
-                    i += 1
-                    if payload is None:  # keepalive: between transactions, its WAL end is safe
-                        if tx is None and lsn > self.safe_lsn:
-                            self.safe_lsn = lsn
-                        continue
-                    kind = payload[0]
-                    if kind == 73 or kind == 85 or kind == 68:  # I U D
-                        meta = metas.get(_U32(payload, 1)[0]) if len(payload) >= 6 else None
-                        if meta is None or tx is None:
-                            decode(payload)  # raises DecodeError if malformed, as before
-                            continue
-                        if txmeta and not tx_announced:
-                            produce([builder.transaction_event(self.tx_topic, tx, "BEGIN")])
-                            tx_announced = True
-                        if c_batch is not None:  # the C writer takes this change and the run after it
-                            relid = _U32(payload, 1)[0]
-                            entry = rels.get(relid, _NO_ENTRY)
-                            if entry is _NO_ENTRY:
-                                entry = rels[relid] = builder.batch_entry(meta, tx)
-                            if entry is not None:
-                                nxt, a, b, d, pending = c_batch(items, i - 1, rels, builder.batch_tx(tx),
-                                                                builder.batch_tail(), kproduce, tombstones)
-                                n_c += a
-                                n_u += b
-                                n_d += d
-                                if pending:  # its produce() found the queue full
-                                    produce(pending)
-                                if nxt >= i:
-                                    i = nxt
-                                    continue
-                        rec = fast_change(meta, payload, tx, lsn)
-                        if rec is not None:  # the common case: one pass from bytes to the record
-                            op, key, value = rec
-                            topic = meta.topic
-                            try:
-                                kproduce(topic, value, key)
-                            except BufferError:
-                                produce([(topic, key, value, None)])
-                            if op == "d":
-                                if tombstones and key is not None:
-                                    try:
-                                        kproduce(topic, None, key)
-                                    except BufferError:
-                                        produce([(topic, key, None, None)])
-                                n_d += 1
-                            elif op == "u":
-                                n_u += 1
-                            else:
-                                n_c += 1
-                            continue
-                        msg = decode(payload)
-                        if kind == 73:
-                            produce(builder.insert(meta, msg.new, tx, lsn))  # type: ignore[union-attr]
-                            counts["c"] += 1
-                        elif kind == 85:
-                            produce(builder.update(meta, msg.old, msg.old_kind, msg.new, tx, lsn))  # type: ignore[union-attr]
-                            counts["u"] += 1
-                        else:
-                            produce(builder.delete(meta, msg.old, msg.old_kind, tx, lsn))  # type: ignore[union-attr]
-                            counts["d"] += 1
-                        continue
-                    msg = decode(payload)
-                    if isinstance(msg, Begin):
-                        tx = TxContext(xid=msg.xid, commit_lsn=msg.final_lsn, ts_us=msg.commit_ts_us, begin_lsn=lsn)
-                        tx_announced = False
-                        rels.clear()
-                    elif isinstance(msg, Commit):
-                        if tx is not None and tx_announced:
-                            tx.end_lsn = msg.end_lsn
-                            produce([builder.transaction_event(self.tx_topic, tx, "END")])
-                        tx = None
-                        if msg.end_lsn > self.safe_lsn:
-                            self.safe_lsn = msg.end_lsn
-                        last_commit_ms = msg.commit_ts_us // 1000
-                    elif isinstance(msg, Relation):
-                        metas[msg.relid] = self._relation(msg)
-                        rels.clear()
-                    elif isinstance(msg, TypeInfo):
-                        self.catalog.forget_type(msg.oid)
-                    elif isinstance(msg, Truncate):
-                        for relid in msg.relids:
-                            meta = metas.get(relid)
-                            if meta is not None:
-                                if txmeta and tx is not None and not tx_announced:
-                                    produce([builder.transaction_event(self.tx_topic, tx, "BEGIN")])
-                                    tx_announced = True
-                                produce([builder.truncate(meta, tx or dummy_tx, lsn)])
-                                counts["t"] += 1
-                    elif isinstance(msg, PgMessage):
-                        if msg.prefix == HEARTBEAT_PREFIX:
-                            if not msg.transactional and tx is None and msg.lsn > self.safe_lsn:
-                                self.safe_lsn = msg.lsn
-                        else:
-                            self._ensure_topics([self.msg_topic])
-                            mtx = tx if (msg.transactional and tx is not None) else dummy_tx
-                            produce([builder.message(self.msg_topic, msg.prefix, msg.content, mtx, msg.lsn)])
-                            counts["m"] += 1
-                self.producer.poll(0)  # type: ignore[union-attr]
-                if last_commit_ms is not None:  # metrics once per batch, not per transaction
-                    self.metrics.commit_seen(last_commit_ms)
-                    last_commit_ms = None
-                if n_c or n_u or n_d:
-                    counts["c"] += n_c
-                    counts["u"] += n_u
-                    counts["d"] += n_d
-                    n_c = n_u = n_d = 0
-                if any(counts.values()):
-                    self.metrics.events(counts)
-                    counts = dict.fromkeys(counts, 0)
+                self.builder.now_us = time.time_ns() // 1000
+                self._write_batch(items, st)
+                self._after_batch(st)
                 now = time.monotonic()
                 if now >= next_flush:
                     self._checkpoint()
@@ -563,6 +469,167 @@ class ConnectorTask:
             log.info("connector.stopped", confirmed_lsn=format_lsn(self.confirmed_lsn))
         except psycopg.Error as exc:
             raise classify(exc, "streaming changes") from exc
+
+    def _write_batch(self, items: list[tuple[int, bytes | None]], st: _Stream) -> None:
+        """The measured hot loop: every item of one read batch. Insert/Update/Delete are written here — runs
+        of them by the C writer (``change_batch``), else one by one by ``fast_change`` — and everything
+        else (keepalives aside) goes to :meth:`_dispatch`."""
+        builder = self.builder
+        fast_change = builder.fast_change
+        kproduce = self.producer.produce  # type: ignore[union-attr]
+        produce = self._produce
+        tombstones = builder.tombstones_on_delete
+        txmeta = self.c.provide_transaction_metadata
+        c_batch = builder.change_batch  # the C writer's loop over a run of changes, or None
+        metas = st.metas
+        n_c = n_u = n_d = 0
+        i, n_items = 0, len(items)
+        while i < n_items:
+            lsn, payload = items[i]
+            i += 1
+            if payload is None:  # keepalive: between transactions, its WAL end is safe
+                if st.tx is None and lsn > self.safe_lsn:
+                    self.safe_lsn = lsn
+                continue
+            kind = payload[0]
+            if kind != 73 and kind != 85 and kind != 68:  # not I U D
+                self._dispatch(decode(payload), lsn, st)
+                continue
+            tx = st.tx
+            relid = _U32(payload, 1)[0] if len(payload) >= 6 else -1
+            meta = metas.get(relid)
+            if meta is None or tx is None:
+                decode(payload)  # raises DecodeError if malformed, as before
+                continue
+            if txmeta and not st.announced:
+                self._announce(tx, st)
+            if c_batch is not None:  # the C writer takes this change and the run after it
+                nxt, a, b, d = self._c_run(items, i - 1, relid, meta, tx, st)
+                n_c += a
+                n_u += b
+                n_d += d
+                if nxt >= i:
+                    i = nxt
+                    continue
+            rec = fast_change(meta, payload, tx, lsn)
+            if rec is None:
+                self._generic_change(meta, payload, tx, lsn, st)
+                continue
+            op, key, value = rec  # the common case: one pass from bytes to the record
+            topic = meta.topic
+            try:
+                kproduce(topic, value, key)
+            except BufferError:
+                produce([(topic, key, value, None)])
+            if op == "d":
+                if tombstones and key is not None:
+                    try:
+                        kproduce(topic, None, key)
+                    except BufferError:
+                        produce([(topic, key, None, None)])
+                n_d += 1
+            elif op == "u":
+                n_u += 1
+            else:
+                n_c += 1
+        counts = st.counts
+        counts["c"] += n_c
+        counts["u"] += n_u
+        counts["d"] += n_d
+
+    def _c_run(self, items: list[tuple[int, bytes | None]], start: int, relid: int, meta: TableMeta,
+               tx: TxContext, st: _Stream) -> tuple[int, int, int, int]:
+        """Hand the run of changes from ``start`` to the C writer: (index after it, creates, updates, deletes).
+        The index is ``start`` when it took nothing (a table it does not write)."""
+        builder = self.builder
+        entry = st.rels.get(relid, _NO_ENTRY)
+        if entry is _NO_ENTRY:
+            entry = st.rels[relid] = builder.batch_entry(meta, tx)
+        if entry is None:
+            return start, 0, 0, 0
+        nxt, a, b, d, pending = builder.change_batch(items, start, st.rels, builder.batch_tx(tx), builder.batch_tail(),
+                                                     self.producer.produce, builder.tombstones_on_delete)  # type: ignore[union-attr]
+        if pending:  # its produce() found the queue full
+            self._produce(pending)
+        return nxt, a, b, d
+
+    def _generic_change(self, meta: TableMeta, payload: bytes, tx: TxContext, lsn: int, st: _Stream) -> None:
+        """A change the fast paths declined (unchanged TOAST, a key change, …): decoded, then built field by field."""
+        builder = self.builder
+        msg = decode(payload)
+        if isinstance(msg, Insert):
+            self._produce(builder.insert(meta, msg.new, tx, lsn))
+            st.counts["c"] += 1
+        elif isinstance(msg, Update):
+            self._produce(builder.update(meta, msg.old, msg.old_kind, msg.new, tx, lsn))
+            st.counts["u"] += 1
+        elif isinstance(msg, Delete):
+            self._produce(builder.delete(meta, msg.old, msg.old_kind, tx, lsn))
+            st.counts["d"] += 1
+
+    def _announce(self, tx: TxContext, st: _Stream) -> None:
+        """The transaction's BEGIN record, before its first event (transaction metadata on)."""
+        self._produce([self.builder.transaction_event(self.tx_topic, tx, "BEGIN")])
+        st.announced = True
+
+    def _dispatch(self, msg: Any, lsn: int, st: _Stream) -> None:
+        """Every pgoutput message but Insert/Update/Delete: transaction bounds, tables, types, truncates, messages."""
+        if isinstance(msg, Begin):
+            st.tx = TxContext(xid=msg.xid, commit_lsn=msg.final_lsn, ts_us=msg.commit_ts_us, begin_lsn=lsn)
+            st.announced = False
+            st.rels.clear()
+        elif isinstance(msg, Commit):
+            self._on_commit(msg, st)
+        elif isinstance(msg, Relation):
+            st.metas[msg.relid] = self._relation(msg)
+            st.rels.clear()
+        elif isinstance(msg, TypeInfo):
+            self.catalog.forget_type(msg.oid)
+        elif isinstance(msg, Truncate):
+            self._truncate(msg, lsn, st)
+        elif isinstance(msg, PgMessage):
+            self._logical_message(msg, st)
+
+    def _on_commit(self, msg: Commit, st: _Stream) -> None:
+        """The END record (if BEGIN went out); the commit's end is now a safe position."""
+        tx = st.tx
+        if tx is not None and st.announced:
+            tx.end_lsn = msg.end_lsn
+            self._produce([self.builder.transaction_event(self.tx_topic, tx, "END")])
+        st.tx = None
+        if msg.end_lsn > self.safe_lsn:
+            self.safe_lsn = msg.end_lsn
+        st.last_commit_ms = msg.commit_ts_us // 1000
+
+    def _truncate(self, msg: Truncate, lsn: int, st: _Stream) -> None:
+        for relid in msg.relids:
+            meta = st.metas.get(relid)
+            if meta is not None:
+                if self.c.provide_transaction_metadata and st.tx is not None and not st.announced:
+                    self._announce(st.tx, st)
+                self._produce([self.builder.truncate(meta, st.tx or st.no_tx, lsn)])
+                st.counts["t"] += 1
+
+    def _logical_message(self, msg: PgMessage, st: _Stream) -> None:
+        """Our heartbeat moves the safe position (between transactions); other messages go to ``<prefix>.message``."""
+        if msg.prefix == HEARTBEAT_PREFIX:
+            if not msg.transactional and st.tx is None and msg.lsn > self.safe_lsn:
+                self.safe_lsn = msg.lsn
+            return
+        self._ensure_topics([self.msg_topic])
+        mtx = st.tx if (msg.transactional and st.tx is not None) else st.no_tx
+        self._produce([self.builder.message(self.msg_topic, msg.prefix, msg.content, mtx, msg.lsn)])
+        st.counts["m"] += 1
+
+    def _after_batch(self, st: _Stream) -> None:
+        """Once per read batch, not per event: poll delivery reports, update the metrics."""
+        self.producer.poll(0)  # type: ignore[union-attr]
+        if st.last_commit_ms is not None:
+            self.metrics.commit_seen(st.last_commit_ms)
+            st.last_commit_ms = None
+        if any(st.counts.values()):
+            self.metrics.events(st.counts)
+            st.counts = dict.fromkeys(st.counts, 0)
 
     def _relation(self, rel: Relation) -> TableMeta | None:
         """A Relation message (first use of a table, or its columns changed): rebuild its TableMeta."""
@@ -600,19 +667,6 @@ class ConnectorTask:
         if force or now >= getattr(self, "_next_status_file", 0.0):
             self._next_status_file = now + STATUS_INTERVAL_S
             self.metrics.write_status(self.store.status_path)
-
-
-def snapshot_marker(first: bool, first_in_table: bool, last_in_table: bool, last: bool) -> str:
-    """``source.snapshot`` of a snapshot row, as Debezium 3 sets it (the snapshot's ends win over a table's)."""
-    if first:
-        return "first"
-    if last:
-        return "last"
-    if first_in_table:
-        return "first_in_data_collection"
-    if last_in_table:
-        return "last_in_data_collection"
-    return "true"
 
 
 def run_connector(settings: Settings, stop_event: threading.Event) -> None:

@@ -27,6 +27,7 @@ import signal
 import time
 from pathlib import Path
 
+from sevisflow.core.errors import StackError
 from sevisflow.deploy.local.stack import (
     CLIENT_USER,
     KafkaInfo,
@@ -44,7 +45,6 @@ from sevisflow.deploy.local.stack import (
     tail,
     write_node_files,
 )
-from sevisflow.core.errors import StackError
 
 DEFAULT_HEAP = "320m"
 

@@ -15,8 +15,8 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 REPO = Path(__file__).resolve().parents[2]
 POM = REPO / "bench" / "connector" / "debezium" / "pom.xml"
@@ -103,7 +103,7 @@ class ConnectStandalone:
         self.cmd = [java_bin(), "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
                     "org.apache.kafka.connect.cli.ConnectStandalone", str(work / "worker.properties"),
                     str(work / "connector.properties")]
-        self._out = open(work / "stdout.log", "wb")
+        self._out = open(work / "stdout.log", "wb")  # noqa: SIM115 - the worker's output for its lifetime; closed by stop()
         self.proc = subprocess.Popen(self.cmd, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def running(self) -> bool:

@@ -24,7 +24,9 @@ cluster, deploy/local/cluster.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import pwd
 import secrets
@@ -36,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -383,7 +385,7 @@ class _Security:
     principal_files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, mode: str, home: Path, users: tuple[str, ...] | list[str] = ()) -> "_Security":
+    def prepare(cls, mode: str, home: Path, users: tuple[str, ...] | list[str] = ()) -> _Security:
         if mode not in SECURITY_MODES:
             raise StackError("Kafka security", f"unknown security mode {mode!r}; use one of {', '.join(SECURITY_MODES)}")
         if mode == "plaintext":
@@ -535,12 +537,9 @@ def format_storage(home: Path, heap: str, cluster_id: str, security: _Security) 
 
 def launch_node(home: Path, heap: str) -> subprocess.Popen[bytes]:
     """Start one node in its own process group (so a stop or kill -9 reaches the whole JVM)."""
-    stdout = open(home / "stdout.log", "ab")
-    try:
+    with open(home / "stdout.log", "ab") as stdout:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(java_cmd(home, heap) + ["kafka.Kafka", str(home / "server.properties")],
                                 stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        stdout.close()
 
 
 class KafkaService:
@@ -591,7 +590,8 @@ class KafkaService:
                 raise StackError("Kafka start", f"broker exited with {proc.returncode}",
                                  tail(home / "server.log") or tail(home / "stdout.log"))
             if port_open(port):
-                conf = dict(info.probe_config(), log_level=0, logger=_null_logger())
+                # a logger object is a valid setting, though the client's annotations allow only scalars
+                conf: dict[str, Any] = {**info.probe_config(), "log_level": 0, "logger": _null_logger()}
                 conf["bootstrap.servers"] = f"127.0.0.1:{port}"
                 admin = AdminClient(conf)
                 try:
@@ -624,9 +624,7 @@ class KafkaService:
             _reap(pid)
 
 
-def _null_logger():  # type: ignore[no-untyped-def]
-    import logging
-
+def _null_logger() -> logging.Logger:
     lg = logging.getLogger("sevisflow.stack.kafka-probe")
     lg.addHandler(logging.NullHandler())
     lg.propagate = False
@@ -711,7 +709,7 @@ class StackInfo:
         Path(self.base, STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, base: Path) -> "StackInfo":
+    def load(cls, base: Path) -> StackInfo:
         raw = json.loads((base / STATE_FILE).read_text())
         return cls(name=raw["name"], base=raw["base"],
                    postgres=PostgresInfo(**raw["postgres"]) if raw.get("postgres") else None,
@@ -732,10 +730,11 @@ class StackInfo:
         return out
 
 
-def _kafka_info_from(raw: dict[str, object]) -> KafkaInfo:
+def _kafka_info_from(raw: dict[str, Any]) -> KafkaInfo:
+    """The KafkaInfo of a stack.json (JSON: its values are typed by KafkaInfo's fields)."""
     fields = dict(raw)
-    fields["nodes"] = [KafkaNode(**n) for n in fields.get("nodes") or []]  # type: ignore[union-attr]
-    return KafkaInfo(**fields)  # type: ignore[arg-type]
+    fields["nodes"] = [KafkaNode(**n) for n in fields.get("nodes") or []]
+    return KafkaInfo(**fields)
 
 
 def stacks_root() -> Path:
@@ -743,9 +742,9 @@ def stacks_root() -> Path:
 
 
 def start_stack(name: str | None = None, base: Path | None = None, postgres: bool = True, kafka: bool = True,
-                pg_timezone: str = "UTC", progress=print,  # type: ignore[no-untyped-def]
+                pg_timezone: str = "UTC", progress: Callable[[str], None] = print,
                 kafka_brokers: int = 1, kafka_security: str = "plaintext",
-                acl_settings: "Settings | None" = None) -> StackInfo:
+                acl_settings: Settings | None = None) -> StackInfo:
     """Start PostgreSQL and/or Kafka in a fresh folder; stop what started if a later step fails.
 
     ``kafka_brokers=3`` starts a three-node KRaft cluster (deploy/local/cluster.py) instead of
@@ -793,7 +792,7 @@ def start_stack(name: str | None = None, base: Path | None = None, postgres: boo
     return info
 
 
-def apply_stack_acls(info: StackInfo, acl_settings: "Settings") -> Any:
+def apply_stack_acls(info: StackInfo, acl_settings: Settings) -> Any:
     """Apply the ACL model of ``acl_settings`` to the stack's Kafka, as its operator (super user)."""
     from sevisflow.core.acls import apply_acls
 
@@ -808,7 +807,7 @@ def _settings_kafka(values: dict[str, str]) -> Any:
     return settings_from_mapping({"kafka": values}, env={}).kafka
 
 
-def write_principal_envs(info: StackInfo, acl_settings: "Settings", progress=print) -> Path:  # type: ignore[no-untyped-def]
+def write_principal_envs(info: StackInfo, acl_settings: Settings, progress: Callable[[str], None] = print) -> Path:
     """Apply the ACLs, then write ``principals/<user>.env`` (0600): the SEVISFLOW_KAFKA_* settings
     of each principal, its password as a ``file:`` reference, so a stage runs with its own rights."""
     from sevisflow.core.acls import principal_role

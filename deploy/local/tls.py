@@ -57,7 +57,7 @@ def _write(path: Path, data: bytes) -> None:
 def _issue(subject: str, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey,
            ca_name: x509.Name, days: int, *, ca: bool = False, sans: list[x509.GeneralName] | None = None,
            usages: list[x509.ObjectIdentifier] | None = None) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     builder = (x509.CertificateBuilder()
                .subject_name(_name(subject)).issuer_name(ca_name if not ca else _name(subject))
                .public_key(key.public_key()).serial_number(x509.random_serial_number())

@@ -1,7 +1,8 @@
 """Create the reference SIS in PostgreSQL, bulk-load a school, play activity; plus the CLI.
 
     python -m sevisflow.deploy.sis.load --dsn "host=… port=… dbname=…" --students 2000 \\
-        --international-share 0.3 --seed 7 [--activity 500] [--authorizations] [--today 2026-10-05] [--replace]
+        --international-share 0.3 --seed 7 [--activity 500] [--authorizations] [--today 2026-10-05] [--replace] \\
+        [--exchange 20 --exchange-activity 40]
 
 The school is loaded with COPY in one transaction (fast: 20k students in seconds); each activity
 transaction is its own commit, so the connector sees the same transaction boundaries every run.
@@ -20,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from sevisflow.deploy.sis.activity import Transaction, generate_activity, generate_authorizations
+from sevisflow.deploy.sis.exchange import generate_exchange_activity, with_exchange
 from sevisflow.deploy.sis.generator import TABLE_ORDER, School, generate_school
 
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
@@ -94,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="after loading, play K change transactions (default 0)")
     p.add_argument("--authorizations", action="store_true",
                    help="then play a few DSO approvals (RCL, CPT, OPT, STEM OPT) and one withdrawal")
+    p.add_argument("--exchange", type=int, default=0, metavar="N",
+                   help="the school sponsors J-1 exchange visitors: add N J-1 scholars (program RSCH) and the "
+                        "sponsor's records of its J-1 students (program STUD); F/M rows and activity are unchanged")
+    p.add_argument("--exchange-activity", type=int, default=0, metavar="K",
+                   help="with --exchange: then play K sponsor-side changes (arrivals, sites, extensions, ...)")
     p.add_argument("--today", type=date.fromisoformat, default=None,
                    help="the date the data is generated for, YYYY-MM-DD (default: the current date)")
     p.add_argument("--replace", action="store_true", help="drop existing SIS tables first")
@@ -111,16 +118,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     today: date = args.today or date.today()
     try:
         school = generate_school(args.students, args.international_share, args.seed, today)
+        # the F/M activity is generated from the school without the sponsor's rows: the same with or without them
+        full = with_exchange(school, args.seed, today, args.exchange) if args.exchange else school
         counts: dict[str, int] = {}
         if not args.no_schema and not args.play_only:
             create_schema(args.dsn, replace=args.replace)
         if not args.play_only:
-            counts = load_school(args.dsn, school)
+            counts = load_school(args.dsn, full)
         played = 0
         if args.activity:
             played = play_activity(args.dsn, generate_activity(school, args.activity, args.seed, today))
         if args.authorizations:
             played += play_activity(args.dsn, generate_authorizations(school, args.seed, today))
+        if args.exchange and args.exchange_activity:
+            played += play_activity(args.dsn, generate_exchange_activity(full, args.seed, today,
+                                                                         args.exchange_activity))
     except (psycopg.Error, ActivityDriftError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -18,17 +18,20 @@ School = dict[str, list[Row]]
 # Load order: parents before children (foreign keys).
 TABLE_ORDER: tuple[str, ...] = (
     "person", "immigration", "address", "term", "program", "enrollment", "finance", "dependent",
-    "student_authorization",
+    "student_authorization", "exchange_visitor", "exchange_funding", "exchange_site", "exchange_dependent",
 )
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "person": ("person_id",), "immigration": ("person_id",), "address": ("address_id",),
     "term": ("term_id",), "program": ("program_id",), "enrollment": ("enrollment_id",),
     "finance": ("person_id",), "dependent": ("dependent_id",),
     "student_authorization": ("authorization_id",),
+    "exchange_visitor": ("person_id",), "exchange_funding": ("person_id",), "exchange_site": ("site_id",),
+    "exchange_dependent": ("dependent_id",),
 }
 INTERNATIONAL_VISAS = frozenset({"F-1", "M-1", "J-1"})
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-_PERSON_TABLES = ("address", "program", "enrollment", "dependent", "student_authorization")
+_PERSON_TABLES = ("address", "program", "enrollment", "dependent", "student_authorization", "exchange_site",
+                  "exchange_dependent")
 
 
 def empty_school() -> School:

@@ -163,6 +163,103 @@ CREATE TABLE public.student_authorization (
 );
 CREATE INDEX student_authorization_person ON public.student_authorization (person_id);
 
+-- J-1 exchange visitors: what the university, as the J-1 sponsor, keeps about each exchange visitor — an
+-- HR-style "J-1 appointment" record next to the registrar's tables (research scholars, professors and
+-- short-term scholars are in person like everyone with a university id; J-1 students have their
+-- registrar rows too). Codes are the sponsor's own words; the mapping translates them to SEVIS codes.
+-- sponsor_program is the sponsor's code for a DOS-designated program (the settings map it to the
+-- program number P-x-xxxxx / G-x-xxxxx); home_country is the permanent residence country.
+CREATE TABLE public.exchange_visitor (
+    person_id          bigint PRIMARY KEY REFERENCES public.person (person_id),
+    sponsor_program    text NOT NULL CHECK (sponsor_program ~ '^[A-Z0-9_]{2,10}$'),
+    category           text NOT NULL CHECK (category IN ('PROFESSOR', 'RESEARCH_SCHOLAR', 'SHORT_TERM_SCHOLAR',
+                           'SPECIALIST', 'STUDENT_BACHELORS', 'STUDENT_MASTERS', 'STUDENT_DOCTORATE', 'STUDENT_NON_DEGREE')),
+    position_title     text NOT NULL CHECK (position_title IN ('PROFESSOR', 'ASSOCIATE_PROFESSOR', 'POSTDOC',
+                           'RESEARCHER', 'VISITING_SCHOLAR', 'GRADUATE_STUDENT', 'VISITING_STUDENT')),
+    department         text,
+    subject_cip        text NOT NULL CHECK (subject_cip ~ '^[0-9]{2}\.[0-9]{4}$' AND subject_cip <> '00.0000'),
+    subject_remarks    text NOT NULL CHECK (subject_remarks <> ''),
+    home_country       char(2) NOT NULL CHECK (home_country ~ '^[A-Z]{2}$'),
+    begin_date         date NOT NULL,
+    end_date           date NOT NULL,
+    status             text NOT NULL CHECK (status IN ('PENDING', 'CHECKED_IN', 'COMPLETED', 'NO_SHOW', 'CANCELLED',
+                           'TERMINATED')),
+    checked_in_on      date,
+    end_reason         text CHECK (end_reason IN ('WITHDREW', 'DEATH', 'OTHER')),    -- an early end (no misconduct)
+    end_remarks        text,
+    termination_reason text CHECK (termination_reason IN ('DISCIPLINARY', 'CONVICTION', 'UNAUTHORIZED_EMPLOYMENT',
+                           'NOT_PURSUING', 'NO_INSURANCE', 'OTHER')),
+    termination_date   date,
+    change_remarks     text,      -- why the last amendment (dates, subject) was made; printed on the DS-2019
+    CONSTRAINT exchange_dates CHECK (end_date > begin_date),
+    CONSTRAINT exchange_checked_in CHECK (status <> 'CHECKED_IN' OR checked_in_on IS NOT NULL),
+    CONSTRAINT exchange_terminated CHECK (status <> 'TERMINATED'
+                                          OR (termination_reason IS NOT NULL AND termination_date IS NOT NULL))
+);
+
+-- Who pays: whole dollars for the whole program (SEVIS FinancialInfo). Agencies and organisations are the
+-- SEVIS code lists' codes (NSF, NIH, UN, WB ...); other_org is a name.
+CREATE TABLE public.exchange_funding (
+    person_id        bigint PRIMARY KEY REFERENCES public.person (person_id),
+    us_govt_funds    boolean NOT NULL DEFAULT false,
+    sponsor_funds    integer NOT NULL DEFAULT 0 CHECK (sponsor_funds BETWEEN 0 AND 99999999),
+    us_agency        text CHECK (us_agency ~ '^[A-Z]{2,8}$'),
+    us_agency_funds  integer NOT NULL DEFAULT 0 CHECK (us_agency_funds BETWEEN 0 AND 99999999),
+    intl_org         text CHECK (intl_org ~ '^[A-Z]{2,8}$'),
+    intl_org_funds   integer NOT NULL DEFAULT 0 CHECK (intl_org_funds BETWEEN 0 AND 99999999),
+    home_govt_funds  integer NOT NULL DEFAULT 0 CHECK (home_govt_funds BETWEEN 0 AND 99999999),
+    binational_funds integer NOT NULL DEFAULT 0 CHECK (binational_funds BETWEEN 0 AND 99999999),
+    other_org        text,
+    other_org_funds  integer NOT NULL DEFAULT 0 CHECK (other_org_funds BETWEEN 0 AND 99999999),
+    personal_funds   integer NOT NULL DEFAULT 0 CHECK (personal_funds BETWEEN 0 AND 99999999),
+    CONSTRAINT exchange_funding_agency CHECK (us_agency_funds = 0 OR us_agency IS NOT NULL),
+    CONSTRAINT exchange_funding_intl CHECK (intl_org_funds = 0 OR intl_org IS NOT NULL),
+    CONSTRAINT exchange_funding_other CHECK (other_org_funds = 0 OR other_org IS NOT NULL)
+);
+
+-- Sites of activity (where the exchange visitor works), one primary; a closed site stays with is_active false.
+-- sevis_site_id is the SiteId SEVIS returned, when the office records it.
+CREATE TABLE public.exchange_site (
+    site_id       bigint PRIMARY KEY,
+    person_id     bigint NOT NULL REFERENCES public.person (person_id),
+    site_name     text NOT NULL CHECK (site_name <> ''),
+    line1         text NOT NULL CHECK (line1 <> ''),
+    line2         text,
+    city          text,
+    state         text,                                   -- full US state name, like address.state
+    postal_code   text NOT NULL CHECK (postal_code ~ '^[0-9]{5}$'),
+    is_primary    boolean NOT NULL DEFAULT false,
+    is_active     boolean NOT NULL DEFAULT true,
+    sevis_site_id text
+);
+CREATE UNIQUE INDEX exchange_site_one_primary ON public.exchange_site (person_id) WHERE is_primary AND is_active;
+CREATE INDEX exchange_site_person ON public.exchange_site (person_id);
+
+-- J-2 spouse and children. status DEPARTED / TERMINATED need end_reason; ENTERED_IN_ERROR: the row was a mistake.
+CREATE TABLE public.exchange_dependent (
+    dependent_id        bigint PRIMARY KEY,
+    person_id           bigint NOT NULL REFERENCES public.person (person_id),
+    first_name          text,
+    last_name           text NOT NULL CHECK (last_name <> ''),
+    birth_date          date NOT NULL,
+    gender              text CHECK (gender IN ('M', 'F', 'X')),
+    birth_city          text,
+    birth_country       char(2) CHECK (birth_country ~ '^[A-Z]{2}$'),
+    citizenship_country char(2) CHECK (citizenship_country ~ '^[A-Z]{2}$'),
+    residence_country   char(2) CHECK (residence_country ~ '^[A-Z]{2}$'),
+    relationship        text NOT NULL CHECK (relationship IN ('SPOUSE', 'CHILD')),
+    status              text NOT NULL DEFAULT 'ACTIVE' CHECK (status IN ('ACTIVE', 'DEPARTED', 'TERMINATED',
+                            'ENTERED_IN_ERROR')),
+    end_reason          text CHECK (end_reason IN ('DEATH', 'DIVORCE', 'CONVICTION', 'UNAUTHORIZED_EMPLOYMENT', 'OTHER')),
+    end_date            date,
+    accompanying        boolean NOT NULL DEFAULT true,      -- travels with the exchange visitor (DS-2019 purpose)
+    sevis_id            text UNIQUE CHECK (sevis_id ~ '^N[0-9]{10}$'),
+    CONSTRAINT exchange_dependent_ended CHECK (status IN ('ACTIVE', 'ENTERED_IN_ERROR') OR end_reason IS NOT NULL)
+);
+CREATE UNIQUE INDEX exchange_dependent_one_spouse ON public.exchange_dependent (person_id)
+    WHERE relationship = 'SPOUSE' AND status = 'ACTIVE';
+CREATE INDEX exchange_dependent_person ON public.exchange_dependent (person_id);
+
 ALTER TABLE public.person      REPLICA IDENTITY FULL;
 ALTER TABLE public.immigration REPLICA IDENTITY FULL;
 ALTER TABLE public.address     REPLICA IDENTITY FULL;
@@ -172,7 +269,12 @@ ALTER TABLE public.enrollment  REPLICA IDENTITY FULL;
 ALTER TABLE public.finance     REPLICA IDENTITY FULL;
 ALTER TABLE public.dependent   REPLICA IDENTITY FULL;
 ALTER TABLE public.student_authorization REPLICA IDENTITY FULL;
+ALTER TABLE public.exchange_visitor REPLICA IDENTITY FULL;
+ALTER TABLE public.exchange_funding REPLICA IDENTITY FULL;
+ALTER TABLE public.exchange_site REPLICA IDENTITY FULL;
+ALTER TABLE public.exchange_dependent REPLICA IDENTITY FULL;
 
 CREATE PUBLICATION sevisflow_sis FOR TABLE
     public.person, public.immigration, public.address, public.program,
-    public.term, public.enrollment, public.finance, public.dependent, public.student_authorization;
+    public.term, public.enrollment, public.finance, public.dependent, public.student_authorization,
+    public.exchange_visitor, public.exchange_funding, public.exchange_site, public.exchange_dependent;

@@ -34,12 +34,17 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from sevisflow.processors.batcher import ev_refs
 from sevisflow.processors.batcher.guard import CommandPolicy, malformed, unauthorized, untimely
-from sevisflow.processors.batcher.ids import BATCH_ID_PREFIX, batch_id, next_batch_stamp, request_id, user_id_problem
+from sevisflow.processors.batcher.ids import (BATCH_ID_PREFIX, is_program, next_org_stamp, org_batch_id, request_id,
+                                             user_id_problem)
 from sevisflow.core.worklist.deadlines import Deadlines, first_change_ms, session_start_of
 
 MAX_PER_SECTION = 250
-"""XSD maxOccurs of CreateStudent/Student and UpdateStudent/Student."""
+"""XSD maxOccurs of CreateStudent/Student and UpdateStudent/Student, and of CreateEV/ExchangeVisitor and
+UpdateEV/ExchangeVisitor (an exchange program's EV batches: the same 250 + 250 per document)."""
+CREATE_KINDS = frozenset({"Create", "EV.Create"})
+"""Event kinds that go into the create section (a new SEVIS record: F/M student, J-1 exchange visitor)."""
 KEEP_CLOSED_BATCHES = 60
 """Closed batches whose content the state keeps (for requeue and result matching)."""
 
@@ -188,10 +193,14 @@ def hold_reason(by: str | None, reason: str | None) -> str:
     return f"held by {by or 'a DSO'}" + (f": {reason}" if reason else "")
 
 
-def status_of(section: str, student_key: str, sevis_id: str | None, held: Mapping[str, Any]) -> str:
+def status_of(section: str, student_key: str, sevis_id: str | None, held: Mapping[str, Any],
+              rec: Mapping[str, Any] | None = None) -> str:
+    """held / waiting (no SEVIS ID yet; for ``rec``, an EV dependent event without its dependent SEVIS ID) / open."""
     if student_key in held:
         return "held"
     if section == "update" and not sevis_id:
+        return "waiting"
+    if rec is not None and ev_refs.waits_for(rec):
         return "waiting"
     return "open"
 
@@ -301,6 +310,22 @@ class _Tx:
             self.out.append(Reject(dead_letter, f"command {str(cmd.get('command_id'))[:200]!r}: {reason}",
                                    _short(cmd.get("student_key"))))
 
+    def learn_ev_ids(self, student_key: str, res: Mapping[str, Any], at_ms: int, why: str) -> None:
+        """Remember the dependent SEVIS IDs and SiteIds SEVIS assigned (with the SIS keys they belong to) and
+        put them into the exchange visitor's records that need them (a waiting dependent event is released)."""
+        for what, sis_key, new_id in ev_refs.learned(res):
+            key = ev_refs.ref_key(student_key, what, sis_key)
+            if self.sevis_ids.get(key) != new_id:
+                self.w("sevis_ids")[key] = new_id
+        for rec in self.student_records(student_key):
+            new = ev_refs.fill(rec, self.sevis_ids)
+            if new is None:
+                continue
+            new["status"] = status_of(rec["section"], student_key, new.get("sevis_id"), self.held, new)
+            released = rec["status"] == "waiting" and new["status"] != "waiting"
+            self.put_record(new, "record_released" if released else "record_replaced", at_ms,
+                            reason=f"SEVIS's id of the dependent or site arrived ({why})")
+
     def learn_sevis_id(self, student_key: str, sevis_id: str, at_ms: int, why: str) -> None:
         """Remember the student's SEVIS ID and release their waiting updates."""
         if self.sevis_ids.get(student_key) != sevis_id:
@@ -309,7 +334,7 @@ class _Tx:
             if rec["section"] != "update" or rec.get("sevis_id") == sevis_id:
                 continue
             new = dict(rec, sevis_id=sevis_id)
-            new["status"] = status_of("update", student_key, sevis_id, self.held)
+            new["status"] = status_of("update", student_key, sevis_id, self.held, new)
             if rec["status"] == "waiting":
                 self.put_record(new, "record_released", at_ms, reason=f"SEVIS ID {sevis_id} arrived ({why})")
             else:
@@ -390,7 +415,7 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None
         return
 
     event_id = ev["event_id"]
-    section = "create" if kind == "Create" else "update"
+    section = "create" if kind in CREATE_KINDS else "update"
     known = tx.sevis_ids.get(student)
     if (ev.get("origin") == "dso" and section == "update" and ev.get("sevis_id") and known
             and ev["sevis_id"] != known):
@@ -412,7 +437,7 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None
     problems = list(ev.get("problems") or [])
     if section == "create" and tx.sevis_ids.get(student):
         problems.append(f"student already has SEVIS ID {tx.sevis_ids[student]}; SEVIS rejects a second "
-                        "Create (S1004) - check the SIS record")
+                        f"Create ({'S2141' if kind == 'EV.Create' else 'S1004'}) - check the SIS record")
 
     if existing is not None:
         merged_before = {**(before or {}), **(existing.get("before") or {})}
@@ -440,7 +465,8 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None
                 "event_id": existing["event_ids"][-1], "kind": existing["kind"], "at_ms": existing["at_ms"],
                 "by_event_id": event_id, "by_kind": kind}],
         })
-        rec["status"] = status_of(section, student, sevis_id, tx.held)
+        rec = ev_refs.fill(rec, tx.sevis_ids) or rec
+        rec["status"] = status_of(section, student, sevis_id, tx.held, rec)
         tx.put_record(rec, "record_replaced", commit_ms,
                       reason=f"later change of {ckey} (event {event_id} from {_source(lineage)}) "
                              f"replaces event {existing['event_ids'][-1]}", command_id=command_id)
@@ -455,9 +481,11 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None
         "before": before, "after": after, "problems": problems, "origin": ev.get("origin") or "sis",
         "seq": seq, "at_ms": commit_ms, "replaced": [],
     }
-    rec["status"] = status_of(section, student, sevis_id, tx.held)
+    rec = ev_refs.fill(rec, tx.sevis_ids) or rec
+    rec["status"] = status_of(section, student, sevis_id, tx.held, rec)
     reason = {"open": None, "held": f"student {student} is on hold",
-              "waiting": "waiting for the student's SEVIS ID (SEVIS assigns it when it processes the Create)"}
+              "waiting": (sevis_id and ev_refs.waits_for(rec))
+              or "waiting for the student's SEVIS ID (SEVIS assigns it when it processes the Create)"}
     tx.put_record(rec, _TYPE_FOR_STATUS[rec["status"]], commit_ms, reason=reason[rec["status"]], command_id=command_id)
 
 
@@ -476,7 +504,9 @@ def _on_result(tx: _Tx, res: Mapping[str, Any], at_ms: int) -> None:
             _note_outcome(tx, bid, rec, res, at_ms)
     student = res.get("student_key") or (rec or {}).get("student_key")
     kind = res.get("kind") or (rec or {}).get("kind")
-    if not student or kind != "Create":
+    if student and str(kind).startswith("EV.") and ev_refs.learned(res):
+        tx.learn_ev_ids(student, res, at_ms, f"{kind} accepted in batch {bid}")
+    if not student or kind not in CREATE_KINDS:
         return
     if res.get("status") == "success" and res.get("sevis_id"):
         tx.learn_sevis_id(student, res["sevis_id"], at_ms, f"Create accepted in batch {bid}")
@@ -616,7 +646,7 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     prefix, last = tx.id_prefix, tx.last_stamp
     try:
         for _ in range(n_docs):
-            prefix, last = next_batch_stamp(at_ms, last, prefix)
+            prefix, last = next_org_stamp(tx.s.org_id, at_ms, last, prefix)
             stamps.append((prefix, last))
     except ValueError as exc:
         tx.reject_command(cmd, at_ms, f"nothing closed: no BatchID can be made ({exc})", dead_letter="bad_stamp")
@@ -633,7 +663,7 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
                      else "closed without a reviewed revision")
     for i in range(n_docs):
         tx.id_prefix, tx.last_stamp = stamps[i]
-        bid = batch_id(tx.last_stamp, tx.id_prefix)
+        bid = org_batch_id(tx.s.org_id, tx.last_stamp, tx.id_prefix)
         ids.append(bid)
         part = creates[i * MAX_PER_SECTION:(i + 1) * MAX_PER_SECTION] + \
             updates[i * MAX_PER_SECTION:(i + 1) * MAX_PER_SECTION]
@@ -684,7 +714,7 @@ def _release(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     for rec in tx.student_records(student):
         if rec["status"] == "held":
             new = dict(rec)
-            new["status"] = status_of(rec["section"], student, rec.get("sevis_id"), tx.held)
+            new["status"] = status_of(rec["section"], student, rec.get("sevis_id"), tx.held, new)
             tx.put_record(new, "record_released", at_ms, reason=f"released by {who}", command_id=cid)
             n += 1
     tx.w("commands")[cid] = {"kind": "release", "at_ms": at_ms}
@@ -751,7 +781,10 @@ def _put_back(tx: _Tx, old: Mapping[str, Any], bid: str, why: str, cid: str, at_
     # a resend after a fix: the SEVIS ID known now (e.g. corrected) wins over the one that was sent
     sevis_id = (known or old.get("sevis_id")) if known_id_first else (old.get("sevis_id") or known)
     rec = dict(old, seq=seq, request_id=request_id(seq, student), sevis_id=sevis_id, **(extra or {}))
-    rec["status"] = status_of(old["section"], student, sevis_id, tx.held)
+    filled = ev_refs.fill(rec, tx.sevis_ids)
+    if filled is not None:
+        rec = filled
+    rec["status"] = status_of(old["section"], student, sevis_id, tx.held, rec)
     tx.put_record(rec, _TYPE_FOR_STATUS[rec["status"]], at_ms, reason=why, command_id=cid)
     return rec["status"] == "open"
 
@@ -820,8 +853,9 @@ def _close_now(cmd: Mapping[str, Any]) -> bool:
 
 
 REPORT_KINDS: dict[str, tuple[str, ...]] = {
-    "Reprint": ("Reason",), "Status.Verify": (), "DisciplinaryAction": ("Explanation",)}
-"""Events a DSO reports with ``sevisflow student report`` (no SIS change triggers them) → required children."""
+    "Reprint": ("Reason",), "Status.Verify": (), "DisciplinaryAction": ("Explanation",), "EV.Reprint": ("Reason",)}
+"""Events a DSO (for an exchange program: its RO/ARO) reports with ``sevisflow student report`` (no SIS change
+triggers them) → required children."""
 ADD_INFO_KINDS: dict[str, tuple[str, ...]] = {
     "PersonalInfo": ("FullName",),
     "Dependent.Add": ("FullName", "BirthDate", "Gender", "BirthCountryCode", "CitizenshipCountryCode", "VisaType",
@@ -869,6 +903,11 @@ def _report(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     if kind not in allowed or not isinstance(payload, dict):
         tx.reject_command(cmd, at_ms, f"report: event {str(kind)[:40]!r} cannot be reported by a DSO "
                                       f"(one of {', '.join(allowed)}, with a payload object)")
+        return
+    if is_program(tx.s.org_id) != kind.startswith("EV."):
+        where = "an exchange program's EV batch" if is_program(tx.s.org_id) else "the school's student batch"
+        tx.reject_command(cmd, at_ms, f"report: {kind} cannot go into {where} ({tx.s.org_id}); EV events go under "
+                                      "the program number (--org P-…), student events under the school's code")
         return
     missing = [k for k in allowed[kind] if not payload.get(k)]
     if missing:

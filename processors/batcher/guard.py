@@ -13,7 +13,9 @@ Three layers, each answering with a reason (never an exception):
   5 min]: a far-future time can neither stamp a BatchID years ahead nor overflow the stamp.
 * :func:`unauthorized` — the SEVIS user id must be one of the school's DSOs (``school.dso_user_ids``)
   and, when principals are configured (authentication on), the command's principal must map to that
-  user id. A scheduled close must carry the configured ``school.close_dso``.
+  user id. A scheduled close must carry the configured ``school.close_dso``. A command for a J-1
+  program number (EV batches) must name a configured program (``[[exchange_programs]]``; any other is
+  refused, whoever sent it) and come from its RO or an ARO; its scheduled close carries the RO.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sevisflow.processors.batcher.ids import user_id_problem
+from sevisflow.processors.batcher.ids import PROGRAM_NUMBER, user_id_problem
 
 KINDS = ("close", "hold", "release", "requeue", "report", "resend")
 """Command kinds the batcher applies. ``result`` is gone: SEVIS results come only from sevis.results."""
@@ -52,6 +54,9 @@ class CommandPolicy:
     principals: Mapping[str, str] = field(default_factory=dict)
     """Kafka principal → SEVIS user id; empty = principals are not checked (no authentication)."""
     close_dso: str = ""
+    programs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """J-1 program number → the SEVIS user ids of its RO (first: the scheduled close signs with it) and AROs
+    ([[exchange_programs]]): only they act for the program; a program not listed is refused."""
 
 
 def parse_principals(entries: list[str]) -> dict[str, str]:
@@ -157,7 +162,10 @@ def untimely(cmd: Mapping[str, Any], log_ms: int | None) -> str | None:
 
 
 def unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy) -> str | None:
-    """Why the sender may not do this for the school, or None."""
+    """Why the sender may not do this for the school (or the exchange program), or None."""
+    org = str(cmd.get("org_id") or "")
+    if PROGRAM_NUMBER.fullmatch(org):
+        return _program_unauthorized(cmd, policy, org)
     kind = cmd["kind"]
     if kind not in DSO_KINDS:
         return None
@@ -175,14 +183,44 @@ def unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy) -> str | None:
                     "in the batcher's settings")
         return (f"SEVIS user id {user!r} is not one of the school's DSOs (school.dso_user_ids); "
                 "ask the administrator to add it")
-    if policy.principals:
-        principal = cmd.get("principal")
-        if not principal:
-            return ("the command carries no authenticated principal; send it with sevisflow using your own "
-                    "Kafka credentials")
-        mapped = policy.principals.get(principal)
-        if mapped is None:
-            return f"principal {principal!r} is not mapped to a DSO (school.dso_principals)"
-        if mapped != user:
-            return f"principal {principal!r} acts as {mapped}, not as {user!r}"
+    return _principal_problem(cmd, policy, user)
+
+
+def _program_unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy, org: str) -> str | None:
+    """An exchange program's commands: only a configured program, and only its RO/AROs act for it (SEVIS refuses
+    an EV batch whose userID is not an RO/ARO of the program, so nobody else may close or change one)."""
+    users = policy.programs.get(org)
+    if not users:
+        return (f"OrgID {org} is not a configured exchange program ([[exchange_programs]] in the batcher's "
+                "settings): nothing of it is batched or signed; add the program, or check the OrgID")
+    kind = cmd["kind"]
+    if kind not in DSO_KINDS:
+        return None
+    user = cmd.get("dso_user_id") or ""
+    if kind == "close" and str(cmd["command_id"]).startswith(SCHEDULED_PREFIX):
+        if user != users[0]:
+            return (f"a scheduled close of exchange program {org} must carry its RO's user id ({users[0]}), "
+                    f"not {user!r}")
+        if cmd.get("reviewed_revision") is not None:
+            return "a scheduled close cannot claim a reviewed revision: no person reviewed it"
+        return None
+    if user not in users:
+        return (f"SEVIS user id {user!r} is not the RO or an ARO of exchange program {org} (exchange_programs "
+                f"ro_user_id / aro_user_ids: {', '.join(users)}): SEVIS refuses an EV batch signed by anyone else")
+    return _principal_problem(cmd, policy, user)
+
+
+def _principal_problem(cmd: Mapping[str, Any], policy: CommandPolicy, user: str) -> str | None:
+    """With authentication on, the command's Kafka principal must be mapped to the user id it acts as."""
+    if not policy.principals:
+        return None
+    principal = cmd.get("principal")
+    if not principal:
+        return ("the command carries no authenticated principal; send it with sevisflow using your own "
+                "Kafka credentials")
+    mapped = policy.principals.get(principal)
+    if mapped is None:
+        return f"principal {principal!r} is not mapped to a DSO (school.dso_principals)"
+    if mapped != user:
+        return f"principal {principal!r} acts as {mapped}, not as {user!r}"
     return None

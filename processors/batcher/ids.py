@@ -12,6 +12,11 @@ millisecond *stamp*, e.g. ``S1718791200000``. The stamp of a new batch is
 * derived only from the log (the command and the state), so an auditor replaying
   the topics gets the same BatchIDs.
 
+An exchange program's EV batches (its OrgID is a program number, ``P-1-12345``) use
+:func:`ev_batch_id` instead: the program number without hyphens + 7 base-36 digits of a
+*seconds* stamp, ``P1123450TB5K3F`` — the same rules (per OrgID, strictly increasing,
+anchored to the close's clock, from the log only), and never equal to another OrgID's id.
+
 A requestID is ``<base36 record sequence>.<student key>``, cut to 20 characters.
 The sequence is per school and never reused, so two records of one batch never
 share a requestID, and the student key in it lets a DSO read a SEVIS log by eye.
@@ -93,3 +98,55 @@ def user_id_problem(user_id: str | None) -> str | None:
     if any(c.isspace() or not c.isprintable() for c in user_id):
         return f"SEVIS user id {user_id!r} contains blanks or control characters"
     return None
+
+# -- exchange programs (EV batches)
+
+PROGRAM_NUMBER = re.compile(r"[PG]-[1-7]-\d{5}")
+"""A J-1 program number (the OrgID of EV batches); the exact ranges are checked where programs are configured."""
+_EV_STAMP_LEN = BATCH_ID_LEN - 7
+_MAX_EV_STAMP = 36 ** _EV_STAMP_LEN - 1
+_B36_UPPER = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def is_program(org_id: str) -> bool:
+    """Whether ``org_id`` is a J-1 program number (its batches are EV batches), not a school code."""
+    return bool(PROGRAM_NUMBER.fullmatch(org_id))
+
+
+def next_ev_stamp(requested_at_ms: int, last_stamp: int) -> int:
+    """The stamp of a program's next BatchID, in seconds: never below the close's clock, always above the last."""
+    stamp = max(int(requested_at_ms) // 1000, int(last_stamp) + 1)
+    if stamp > _MAX_EV_STAMP:  # year 4453; refuse rather than wrap into an old id
+        raise ValueError("BatchID stamp overflow")
+    return stamp
+
+
+def ev_batch_id(org_id: str, stamp: int) -> str:
+    """``P112345`` (the program number without hyphens) + 7 base-36 digits of the stamp: exactly 14 characters.
+
+    Why not ``S`` + milliseconds as for the school: the outbox, the SEVIS sink and the audit find a batch by its
+    BatchID alone, so the BatchIDs of every OrgID of the institution must differ, and a scheduled close gives the
+    school and each program the same clock. The program number in the id keeps them apart, and the DSO sees whose
+    batch it is."""
+    digits = ""
+    n = stamp
+    while True:
+        n, r = divmod(n, 36)
+        digits = _B36_UPPER[r] + digits
+        if n == 0:
+            break
+    value = org_id.replace("-", "") + digits.rjust(_EV_STAMP_LEN, "0")
+    assert len(value) == BATCH_ID_LEN, value
+    return value
+
+
+def next_org_stamp(org_id: str, requested_at_ms: int, last_stamp: int, prefix: str) -> tuple[str, int]:
+    """(prefix, stamp) of the next BatchID of ``org_id`` (a school or a program); ValueError when none can be made."""
+    if is_program(org_id):
+        return prefix, next_ev_stamp(requested_at_ms, last_stamp)
+    return next_batch_stamp(requested_at_ms, last_stamp, prefix)
+
+
+def org_batch_id(org_id: str, stamp: int, prefix: str = BATCH_ID_PREFIX) -> str:
+    """The BatchID of ``stamp`` for ``org_id``: ``S`` + 13 digits for a school, the program's form for a program."""
+    return ev_batch_id(org_id, stamp) if is_program(org_id) else batch_id(stamp, prefix)

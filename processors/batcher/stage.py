@@ -40,12 +40,13 @@ on with the first uncommitted input.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-import signal
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import orjson
@@ -67,6 +68,7 @@ from sevisflow.processors.batcher.core import (
 from sevisflow.processors.batcher.gauges import worklist_gauges
 from sevisflow.processors.batcher.guard import MAX_FUTURE_MS, CommandPolicy, parse_principals
 from sevisflow.processors.batcher.ids import BATCH_ID_PREFIX, user_id_problem
+from sevisflow.core.checkpoints import checkpoint
 from sevisflow.core.config import Settings
 from sevisflow.core.dlq import dead_letter
 from sevisflow.core.errors import ConfigError
@@ -88,9 +90,6 @@ BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
 OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
 TICK_EVERY_S = 2.0
 GAUGES_EVERY_S = 5.0
-FAULT_ENV = "SEVISFLOW_BATCHER_FAULT"
-"""Fault injection for tests: ``kill_before_commit_close`` = SIGKILL itself after producing a
-closed batch inside the transaction but before committing it."""
 
 
 def state_topic(settings: Settings) -> str:
@@ -133,7 +132,7 @@ class BatcherStore(StateStore):
         self.cache.clear()
         self.view_sent.clear()
 
-    def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
+    def load_partition(self, partition: int, data: Mapping[bytes, bytes]) -> None:
         super().load_partition(partition, data)
         self._forget(partition)
         self.partitions.add(partition)
@@ -214,8 +213,6 @@ class BatcherStage:
         self.settings = settings
         t = settings.topics
         self.topics = {t.events: "event", t.commands: "command", t.results: "result"}
-        self.armed_fault = os.environ.get(FAULT_ENV, "")
-        self.close_pending = False
         self._last_tick = 0.0
         self._last_gauges = 0.0
         self.metrics: StageMetrics | None = None  # the loop's (build_loop sets it): the worklist gauges
@@ -307,8 +304,7 @@ class BatcherStage:
                     n = len(orjson.loads(ev["records_json"]))
                     log.info("batcher.closed", org=org, batch_id=ev["batch_id"], records=n,
                              command_id=ev["command_id"])
-                    if self.armed_fault == "kill_before_commit_close":
-                        self.close_pending = True
+                    checkpoint("batcher.closed")  # a crash test stops at the next commit (kafka.before_commit)
                 elif ev["type"] == "command_rejected":
                     log.warning("batcher.command_rejected", org=org, command_id=ev["command_id"])
             elif isinstance(out, SendCommand):
@@ -371,7 +367,9 @@ class BatcherStage:
         outs: list[Output] = []
         for p in sorted(store.partitions):
             for org in store.orgs(p):
-                outs += self._apply(store, p, org, tick, None)
+                program = self.settings.program(org)  # an exchange program's scheduled close is signed by its RO
+                org_tick = tick if program is None else dataclasses.replace(tick, close_dso=program.ro_user_id)
+                outs += self._apply(store, p, org, org_tick, None)
         return outs
 
 
@@ -381,7 +379,8 @@ ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,29}")
 
 
 def command_policy(settings: Settings) -> CommandPolicy:
-    """Who may act for the school, from [school] dso_user_ids / dso_principals / close_dso."""
+    """Who may act for the school, from [school] dso_user_ids / dso_principals / close_dso, and for each exchange
+    program ([[exchange_programs]]: its RO and AROs; a principal may be mapped to one of them too)."""
     school = settings.school
     for user in school.dso_user_ids:
         problem = user_id_problem(user)
@@ -391,11 +390,13 @@ def command_policy(settings: Settings) -> CommandPolicy:
         principals = parse_principals(school.dso_principals)
     except ValueError as exc:
         raise ConfigError(f"school.dso_principals: {exc}") from None
-    unknown = sorted(set(principals.values()) - set(school.dso_user_ids))
+    programs = {p.program_number: p.user_ids() for p in settings.exchange_programs}
+    officers = {u for users in programs.values() for u in users}
+    unknown = sorted(set(principals.values()) - set(school.dso_user_ids) - officers)
     if unknown:
-        raise ConfigError(f"school.dso_principals maps to {unknown[0]}, which is not in school.dso_user_ids: add it "
-                          "there or remove the mapping")
-    return CommandPolicy(frozenset(school.dso_user_ids), principals, school.close_dso)
+        raise ConfigError(f"school.dso_principals maps to {unknown[0]}, which is not in school.dso_user_ids (nor an "
+                          "RO/ARO of an exchange program): add it there or remove the mapping")
+    return CommandPolicy(frozenset(school.dso_user_ids), principals, school.close_dso, programs)
 
 
 def _clock_problem(log_ms: int, now_ms: int | None = None) -> str | None:
@@ -425,24 +426,6 @@ def _check_schedule(close_at: str, close_dso: str, timezone: str) -> None:
         raise ConfigError(f"school.timezone = {timezone!r} is not a known time zone (e.g. America/Chicago)") from None
 
 
-class _KillBeforeCommit:
-    """Producer proxy for the crash test: flush the open transaction, then die before committing it."""
-
-    def __init__(self, producer: Any, stage: BatcherStage) -> None:
-        self._producer = producer
-        self._stage = stage
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._producer, name)
-
-    def commit_transaction(self, *args: Any) -> Any:
-        if self._stage.close_pending:
-            self._producer.flush(30)
-            log.warning("batcher.fault_injected", fault="kill_before_commit_close")
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self._producer.commit_transaction(*args)
-
-
 def build_loop(settings: Settings, instance: str | None = None,
                consumer_overrides: dict[str, Any] | None = None) -> tuple[TransactionalLoop, BatcherStage]:
     """The batcher's transactional loop (not started)."""
@@ -459,9 +442,7 @@ def build_loop(settings: Settings, instance: str | None = None,
                              on_idle=stage.on_idle, consumer_overrides=overrides,
                              state=BatcherStore(open_committed(settings.state, f"{group}-{instance}")),
                              stall_after_s=settings.metrics.stall_after_s, before_commit=stage.view_outputs,
-                             dlq_topic=settings.topics.dlq)
-    if stage.armed_fault == "kill_before_commit_close":
-        loop.producer = _KillBeforeCommit(loop.producer, stage)  # type: ignore[assignment]
+                             dlq_topic=settings.topics.dlq, stage="batcher")
     stage.metrics = loop.metrics
     return loop, stage
 
@@ -474,11 +455,7 @@ def run(settings: Settings, stop_event: threading.Event, instance: str | None = 
     # so a missing topic cannot make every transaction abort
     ensure_topics(settings.kafka, pipeline_topics(settings) + batcher_topics(settings))
 
-    def watch() -> None:
-        stop_event.wait()
-        loop.stop()
-
-    threading.Thread(target=watch, name="batcher-stop", daemon=True).start()
+    loop.stop_when(stop_event, "batcher")
     log.info("batcher.start", group=loop.group_id, state_topic=loop.state_topic)
     loop.run()
     log.info("batcher.stop", processed=loop.processed, aborts=loop.aborts)

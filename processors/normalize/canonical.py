@@ -57,7 +57,7 @@ class Section:
 
 S = FieldType("str")
 D = FieldType("date")
-I = FieldType("int")
+I = FieldType("int")  # noqa: E741 - S, D, I, B: one-letter field types, so SECTIONS below reads as a table
 B = FieldType("bool")
 COUNTRY = FieldType("enum", "country", "iso2_to_sevis")
 GENDER = FieldType("enum", "gender")
@@ -101,7 +101,33 @@ SECTIONS: dict[str, Section] = {s.name: s for s in [
         "employer_state": FieldType("enum", "us_state", "us_state_names"), "employer_postal_code": S,
         "course_relevance": S, "rcl_reason": FieldType("enum", "rcl_reason"), "academic_year_met": B, "remarks": S,
     }, keyed=True, slot_name="authorization"),
+    # J-1 exchange visitors: the sponsor's records (docs/MAPPING.md, "Exchange visitors")
+    Section("exchange", {
+        "sis_program": S, "category": FieldType("enum", "ev_category"), "position": FieldType("enum", "ev_position"),
+        "subject_cip": S, "subject_remarks": S, "residence_country": COUNTRY, "start_date": D, "end_date": D,
+        "status": FieldType("enum", "ev_status"), "end_reason": FieldType("enum", "ev_end_reason"), "end_remarks": S,
+        "termination_reason": FieldType("enum", "ev_termination_reason"), "termination_date": D, "change_remarks": S,
+    }),
+    Section("ev_funding", {
+        "us_govt_funds": B, "sponsor_funds": I, "us_agency": S, "us_agency_funds": I, "intl_org": S,
+        "intl_org_funds": I, "home_govt_funds": I, "binational_funds": I, "other_org": S, "other_org_funds": I,
+        "personal_funds": I,
+    }),
+    Section("ev_site", {
+        "name": S, "line1": S, "line2": S, "city": S, "state": FieldType("enum", "us_state", "us_state_names"),
+        "postal_code": S, "primary": B, "active": B, "site_sevis_id": S,
+    }, keyed=True, slot_name="site of activity"),
+    Section("ev_dependent", {
+        "first_name": S, "last_name": S, "birth_date": D, "gender": GENDER, "birth_city": S, "birth_country": COUNTRY,
+        "citizenship_country": COUNTRY, "residence_country": COUNTRY, "relationship": FieldType("enum", "relationship"),
+        "status": FieldType("enum", "ev_dependent_status"), "end_reason": FieldType("enum", "ev_dependent_end_reason"),
+        "end_date": D, "accompanying": B, "dependent_sevis_id": S,
+    }, keyed=True, slot_name="J-2 dependent"),
 ]}
+
+#: canonical exchange-visitor statuses the events stage understands
+EV_STATUSES = ("initial", "active", "completed", "no_show", "invalid", "terminated")
+EV_DEPENDENT_STATUSES = ("active", "ended", "terminated", "deleted")
 
 #: canonical authorisation kinds and statuses the events stage understands
 AUTHORIZATION_KINDS = ("rcl", "cpt", "opt", "opt_stem")

@@ -23,13 +23,13 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-EPOCH_DT = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH_DT = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ChangeFormatError(Exception):
@@ -73,7 +73,7 @@ class RowChange:
                 "o": self.offset, "tx_b": self.in_tx, "sm": self.snapshot_mark}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RowChange":
+    def from_json(cls, d: dict[str, Any]) -> RowChange:
         return cls(d["t"], d["op"], d["k"], d["b"], d["a"], (d["pos"][0], d["pos"][1]), d["lsn"], d["seq"],
                    d["tx"], d["ts"], d["snap"], d["topic"], d["p"], d["o"], d.get("tx_b", False),
                    d.get("sm"))

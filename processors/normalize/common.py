@@ -1,8 +1,7 @@
-"""Small pieces both processor stages share: dead-letter outputs, the mapping file, stop wiring."""
+"""Small pieces both processor stages share: dead-letter outputs, the mapping file, record times."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +9,8 @@ from sevisflow.core import PACKAGE_ROOT
 from sevisflow.core.config import Settings
 from sevisflow.core.dlq import SCHEMA as DLQ_SCHEMA
 from sevisflow.core.dlq import dead_letter_record
-from sevisflow.core.kafka_io import Output, TransactionalLoop
+from sevisflow.core.kafka_io import Output
 from sevisflow.core.serde import registry
-
 
 
 def dlq_output(settings: Settings, stage: str, code: str, reason: str, *, at_ms: int, student_key: str | None,
@@ -34,17 +32,6 @@ def mapping_path(settings: Settings) -> Path:
     return PACKAGE_ROOT / p
 
 
-def stop_with(loop: TransactionalLoop, stop_event: threading.Event, name: str) -> None:
-    def watch() -> None:
-        stop_event.wait()
-        loop.stop()
-
-    threading.Thread(target=watch, name=f"{name}-stop", daemon=True).start()
-
-
 def msg_time(msg: Any) -> int:
     """The record's own timestamp (ms): the only time a dead letter may carry (no wall clock)."""
-    try:
-        return int(msg.timestamp()[1])
-    except Exception:  # noqa: BLE001 - fakes in tests
-        return 0
+    return int(msg.timestamp()[1])

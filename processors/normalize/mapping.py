@@ -10,13 +10,14 @@ dead letter at run time, never a crash.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping as TMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping as TMapping
+from typing import Any
 
+from sevisflow.core.errors import ConfigError
 from sevisflow.processors.normalize import codes
 from sevisflow.processors.normalize.canonical import SECTIONS, FieldType
-from sevisflow.core.errors import ConfigError
 
 UNMAPPED_POLICIES = ("error", "keep", "null")
 

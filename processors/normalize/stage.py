@@ -18,18 +18,20 @@ sevis_events runs one instance per partition (docs/ARCHITECTURE.md, "Processors"
 
 from __future__ import annotations
 
+import collections.abc
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import orjson
 from confluent_kafka import Message
 
-from sevisflow.processors.normalize.common import dlq_output, mapping_path, msg_time, stop_with
+from sevisflow.processors.normalize.common import dlq_output, mapping_path, msg_time
 from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
 from sevisflow.processors.normalize.mapping import Mapping, load_mapping
 from sevisflow.processors.normalize.view import Normalizer, Result
-from sevisflow.core.config import Settings
-from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
+from sevisflow.core.config import Settings, StateSettings
+from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics, position
 from sevisflow.core.log import get_logger
 from sevisflow.core.serde import registry
 from sevisflow.core.state import CommittedState, open_committed
@@ -48,15 +50,24 @@ class StoreKV:
     Values are JSON-encoded once per transaction, when the loop asks for the staged state
     (:meth:`flush`), not on every ``put``: a unit rewrites the same view, queue and index keys
     several times, and only the last version goes to the changelog.
+
+    ``max_entries`` bounds the cache (least recently used dropped first) so that with a store on disk
+    memory does not grow with the SIS. It is trimmed only in :meth:`flush`, between transactions: then
+    nothing is staged-but-unencoded and every dropped value is read back, equal, from the store; within
+    one transaction the cache holds what that transaction touched (the Normalizer may keep working on a
+    value it got until it puts it back). None = unbounded.
     """
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, max_entries: int | None = None) -> None:
         self.store = store
-        self.cache: dict[str, Any] = {}
+        self.cache: OrderedDict[str, Any] = OrderedDict()
         self.dirty: set[str] = set()
+        self.max_entries = max_entries
 
     def get(self, key: str) -> Any:
         if key in self.cache:
+            if self.max_entries is not None:
+                self.cache.move_to_end(key)
             return self.cache[key]
         raw = self.store.get(STATE_PARTITION, key.encode())
         value = None if raw is None else orjson.loads(raw)
@@ -65,10 +76,12 @@ class StoreKV:
 
     def put(self, key: str, value: Any) -> None:
         self.cache[key] = value
+        if self.max_entries is not None:
+            self.cache.move_to_end(key)
         self.dirty.add(key)
 
     def flush(self) -> None:
-        """Encode what changed since the last flush into the store's staged state."""
+        """Encode what changed since the last flush into the store's staged state; then trim the cache."""
         committed = self.store.committed_partition(STATE_PARTITION)
         staged = self.store.staged_partition(STATE_PARTITION)
         for key in self.dirty:
@@ -79,6 +92,9 @@ class StoreKV:
             else:
                 staged[k] = None if value is None else orjson.dumps(value)
         self.dirty.clear()
+        if self.max_entries is not None:
+            while len(self.cache) > self.max_entries:
+                self.cache.popitem(last=False)
 
     def reset(self) -> None:
         self.cache.clear()
@@ -88,9 +104,9 @@ class StoreKV:
 class NormalizeStore(StateStore):
     """State store whose decoded cache is dropped whenever staged state is (abort, reassignment)."""
 
-    def __init__(self, committed: CommittedState | None = None) -> None:
+    def __init__(self, committed: CommittedState | None = None, cache_entries: int | None = None) -> None:
         super().__init__(committed)
-        self.kv = StoreKV(self)
+        self.kv = StoreKV(self, cache_entries)
         # next offset handled per input (topic, partition) in this run, since the last commit point
         # at most: cleared whenever staged state is dropped, so it never runs ahead of the state
         self.handled: dict[tuple[str, int], int] = {}
@@ -106,7 +122,7 @@ class NormalizeStore(StateStore):
         self.kv.reset()
         self.handled.clear()
 
-    def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
+    def load_partition(self, partition: int, data: collections.abc.Mapping[bytes, bytes]) -> None:
         super().load_partition(partition, data)
         self.kv.reset()
         self.handled.clear()
@@ -115,6 +131,12 @@ class NormalizeStore(StateStore):
         super().drop_partition(partition)
         self.kv.reset()
         self.handled.clear()
+
+
+def cache_bound(state: StateSettings) -> int | None:
+    """How many decoded values normalize keeps between transactions: bounded with the rocksdb store (else
+    memory would still grow with the SIS); unbounded with the memory store, whose dicts hold it all anyway."""
+    return (state.cache_entries or None) if state.backend == "rocksdb" else None
 
 
 def input_topics(settings: Settings, mapping: Mapping) -> tuple[list[str], str | None]:
@@ -153,7 +175,8 @@ class NormalizeStage:
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
         outs = self._handle(msg)
-        self.store.handled[(msg.topic(), msg.partition())] = msg.offset() + 1
+        topic, partition, offset = position(msg)
+        self.store.handled[(topic, partition)] = offset + 1
         if self.normalizer.snapshot_status() is not None:
             outs.extend(self.check_snapshot(msg, idle=False))
         return outs
@@ -243,7 +266,7 @@ class NormalizeStage:
                 marker = parse_tx_marker(msg.value())
                 res = self.normalizer.on_marker(marker) if marker else Result()
             else:
-                ch = parse_change(msg.key(), msg.value(), msg.topic(), msg.partition(), msg.offset())
+                ch = parse_change(msg.key(), msg.value(), *position(msg))
                 res = self.normalizer.on_change(ch) if ch else Result()
         except ChangeFormatError as exc:
             log.warning("normalize.bad_record", topic=msg.topic(), partition=msg.partition(), offset=msg.offset())
@@ -258,7 +281,7 @@ class NormalizeStage:
         if not self.normalizer.holding():
             return []
         try:
-            ch = parse_change(msg.key(), msg.value(), msg.topic(), msg.partition(), msg.offset())
+            ch = parse_change(msg.key(), msg.value(), *position(msg))
         except ChangeFormatError:
             return []
         if ch is not None:
@@ -297,14 +320,15 @@ def build_loop(settings: Settings, mapping: Mapping | None = None, batch_size: i
     mapping = mapping or load_mapping(mapping_path(settings))
     group = stage_group(settings, "normalize")
     instance = f"{group}-sequencer"   # the same for every instance: the newest fences the others
-    store = NormalizeStore(open_committed(settings.state, instance))
+    store = NormalizeStore(open_committed(settings.state, instance), cache_bound(settings.state))
     stage = NormalizeStage(settings, mapping, store)
     loop = TransactionalLoop(settings.kafka, group, stage.subscription, stage.handle, transactional_id=instance,
                              state_topic=state_topic(settings, "normalize"), batch_size=batch_size,
                              state=store, state_partitions={STATE_PARTITION}, on_idle=stage.on_idle,
                              consumer_overrides={"session.timeout.ms": 10000,
                                                  "topic.metadata.refresh.interval.ms": 5000},
-                             stall_after_s=settings.metrics.stall_after_s, dlq_topic=settings.topics.dlq)
+                             stall_after_s=settings.metrics.stall_after_s, dlq_topic=settings.topics.dlq,
+                             stage="normalize")
     stage.consumer = loop.consumer
     return loop, stage
 
@@ -335,7 +359,7 @@ def run(settings: Settings, stop_event: threading.Event, mapping: Mapping | None
     ensure_stage_topics(settings)
     loop, stage = build_loop(settings, mapping)
     check_transaction_topic(settings, stage)
-    stop_with(loop, stop_event, "normalize")
+    loop.stop_when(stop_event, "normalize")
     log.info("normalize.start", group=loop.group_id, inputs=len(stage.topics), transactions=bool(stage.tx_topic))
     loop.run()
     log.info("normalize.stop", processed=loop.processed, aborts=loop.aborts)

@@ -137,7 +137,8 @@ class Chunked:
             for item in items:
                 self.append(item)
             h = self.kv.get(self.name)
-        return h
+        header: dict[str, Any] | None = h
+        return header
 
     def __len__(self) -> int:
         h = self.header()
@@ -236,7 +237,7 @@ class Result:
     updates: list[StudentUpdate] = field(default_factory=list)
     dead: list[DeadItem] = field(default_factory=list)
 
-    def extend(self, other: "Result") -> None:
+    def extend(self, other: Result) -> None:
         self.updates.extend(other.updates)
         self.dead.extend(other.dead)
 
@@ -369,7 +370,8 @@ class Normalizer:
 
     def snapshot_status(self) -> dict[str, Any] | None:
         """The held snapshot's meta (``n`` rows, ``last``, ``ended``, ``boot``), None when nothing is held."""
-        return self.kv.get("s")
+        status: dict[str, Any] | None = self.kv.get("s")
+        return status
 
     def snapshot_order(self, ch: RowChange) -> tuple[Any, ...]:
         """Where a snapshot row goes in the snapshot unit: independent of arrival order."""
@@ -465,7 +467,7 @@ class Normalizer:
         return res
 
     def _view(self, skey: str, link: Any, before: dict[str, Any]) -> dict[str, Any]:
-        view = self.kv.get(f"v:{skey}")
+        view: dict[str, Any] | None = self.kv.get(f"v:{skey}")
         if skey not in before:
             # copy on first write in a unit: published views are never mutated afterwards
             before[skey] = view
@@ -540,10 +542,10 @@ class Normalizer:
             lineage.setdefault(skey, []).append(ch.lineage())
         # the student row arrived: replay what waited for it
         if ch.table == self.mapping.student_table and ch.after is not None:
-            link = ch.after.get(self.mapping.student_id)
-            parked = self.kv.get(f"o:{link}")
+            arrived = ch.after.get(self.mapping.student_id)
+            parked = self.kv.get(f"o:{arrived}")
             if parked:
-                self.kv.put(f"o:{link}", None)
+                self.kv.put(f"o:{arrived}", None)
                 for d in sorted(parked, key=lambda d: tuple(d["pos"])):
                     self._apply_change(RowChange.from_json(d), before, lineage, res)
 

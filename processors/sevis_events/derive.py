@@ -39,7 +39,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -69,6 +69,8 @@ class Context:
     commit_ts_ms: int | None = None
     snapshot: bool = False
     timezone: str = "UTC"     # the school's time zone (school.timezone): a commit's local calendar date
+    # J-1 sponsor programs the settings configure: the SIS's program code → program number (the EV batch OrgID)
+    ev_programs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -234,6 +236,10 @@ def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context
     (``# reported: …`` / ``# not-reportable: …``); tests/unit/test_nothing_silent.py fails on one that does not."""
     if new is None:
         return Derived()  # not-reportable: a tombstone carries no SIS data (a deleted student is a view, exists=false)
+    from sevisflow.processors.sevis_events import ev_derive  # here: ev_derive builds on this module
+
+    if ev_derive.is_exchange(new):
+        return ev_derive.derive_ev(prev, new, ctx)  # reported: EV events, or issues (ev_derive's own rules)
     if not _intl(new):
         return _not_reported(prev, new, ctx)  # reported: status_left_fmj / student_removed / not_reported_visa
     b = _Builder(prev if _intl(prev) else None, new, ctx)

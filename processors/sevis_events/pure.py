@@ -30,9 +30,11 @@ class PurePipeline:
     """Feed change records (topic, key, value); collect views, events, dead letters and issues."""
 
     def __init__(self, mapping: Mapping, org_id: str = "ZZZ214F99999000", tx_topic: str | None = "sis.transaction",
-                 use_transactions: bool = True, timezone: str = "UTC") -> None:
+                 use_transactions: bool = True, timezone: str = "UTC",
+                 ev_programs: dict[str, str] | None = None) -> None:
         self.mapping = mapping
         self.org_id = org_id
+        self.ev_programs = dict(ev_programs or {})   # [[exchange_programs]]: SIS program code → program number
         self.timezone = timezone     # school.timezone, as the stage passes it (the I-20 issue-date fallback)
         self.tx_topic = tx_topic
         self.kv = DictKV()
@@ -74,7 +76,7 @@ class PurePipeline:
     def apply_view(self, upd: StudentUpdate, out: PureOutput) -> None:
         prev = self.last_view.get(upd.student_key)
         commit = max((x.get("commit_ts_ms") or 0 for x in upd.lineage), default=0) or None
-        ctx = Context(self.org_id, upd.unit_id, upd.lineage, commit, upd.snapshot, self.timezone)
+        ctx = Context(self.org_id, upd.unit_id, upd.lineage, commit, upd.snapshot, self.timezone, self.ev_programs)
         d = derive(prev, upd.view, ctx)
         out.events.extend(d.events)
         out.issues.extend((upd.student_key, i) for i in d.issues)

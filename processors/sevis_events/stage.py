@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from sevisflow.processors.normalize.common import dlq_output, msg_time, stop_with
+from sevisflow.processors.normalize.common import dlq_output, msg_time
 from sevisflow.processors.sevis_events.derive import Context, derive
 from sevisflow.core.config import Settings
 from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
@@ -68,6 +68,8 @@ class EventsStage:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.org_id = settings.school.require_org_id()
+        # J-1 sponsor programs: their exchange visitors' events go to the program number's EV batch stream
+        self.ev_programs = {p.sis_program: p.program_number for p in settings.exchange_programs}
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
         key = msg.key()
@@ -84,13 +86,12 @@ class EventsStage:
         prev = orjson.loads(raw_prev) if raw_prev else None
         lineage = list(rec.get("lineage") or [])
         ctx = Context(self.org_id, rec["unit_id"], lineage, rec.get("commit_ts_ms"),
-                      bool(rec.get("snapshot")), self.settings.school.timezone)
+                      bool(rec.get("snapshot")), self.settings.school.timezone, self.ev_programs)
         out = derive(prev, view, ctx)
         state.put(msg.partition(), key, rec["view_json"].encode())
         outs: list[Output] = []
-        org = self.org_id.encode()
-        for e in out.events:
-            outs.append(Output(self.settings.topics.events, org, registry().encode(EVENT_SCHEMA, e)))
+        for e in out.events:   # keyed by the event's OrgID: the school's code, or an EV program number
+            outs.append(Output(self.settings.topics.events, e["org_id"].encode(), registry().encode(EVENT_SCHEMA, e)))
         first: dict[str, Any] = lineage[0] if lineage else {}
         for i in out.issues:
             log.info("sevis_events.issue", code=i.code, student=rec["student_key"], field=i.field)
@@ -114,7 +115,7 @@ def build_loop(settings: Settings, instance: str | None = None, batch_size: int 
     loop = TransactionalLoop(settings.kafka, group, [settings.topics.students], stage.handle,
                              transactional_id=f"{group}-{instance}", state_topic=state_topic(settings, "events"),
                              batch_size=batch_size, stall_after_s=settings.metrics.stall_after_s,
-                             dlq_topic=settings.topics.dlq,
+                             dlq_topic=settings.topics.dlq, stage="events",
                              state=StateStore(open_committed(settings.state, f"{group}-{instance}")))
     return loop, stage
 
@@ -127,7 +128,7 @@ def run(settings: Settings, stop_event: threading.Event, instance: str | None = 
     """Run sevis_events until ``stop_event`` is set (the all-in-one runner and ``sevisflow process events``)."""
     ensure_stage_topics(settings)
     loop, _ = build_loop(settings, instance)
-    stop_with(loop, stop_event, "sevis_events")
+    loop.stop_when(stop_event, "sevis_events")
     log.info("sevis_events.start", group=loop.group_id)
     loop.run()
     log.info("sevis_events.stop", processed=loop.processed, aborts=loop.aborts)

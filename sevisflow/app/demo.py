@@ -20,10 +20,11 @@ from lxml import etree
 
 from sevisflow.deploy.local.stack import StackInfo, start_stack, stop_stack
 from sevisflow.deploy.sis.activity import generate_activity, generate_authorizations
+from sevisflow.deploy.sis.exchange import EXCHANGE_TABLES, SCHOLAR_PROGRAM, generate_exchange_activity, with_exchange
 from sevisflow.deploy.sis.generator import generate_school
 from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
 from sevisflow.core import PACKAGE_ROOT
-from sevisflow.core.config import Settings, settings_from_mapping, settings_toml
+from sevisflow.core.config import ConnectorSettings, Settings, settings_from_mapping, settings_toml
 from sevisflow.core.errors import SevisflowError
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
 from sevisflow.app.runner import STAGES, Pipeline
@@ -33,6 +34,8 @@ from sevisflow.core.topics import all_topics
 DEMO_ORG_ID = "ZZZ214F99999000"  # the generated school's OrgID (ZZZ: not a real school)
 DEMO_TODAY = date(2026, 10, 5)  # a fixed "today" so every demo run generates the same school
 DSO_USER_ID = "dsodemo001"      # the demo DSO's SEVIS user id (exactly 10 characters)
+DEMO_PROGRAM = "P-1-99999"      # the J-1 research-scholar program the demo school sponsors (fictional number)
+RO_USER_ID = "rodemo0001"       # the SEVIS user id of that program's Responsible Officer
 
 
 class DemoFailed(SevisflowError):
@@ -46,6 +49,8 @@ class DemoContext:
     seed: int
     xsd_dir: str
     activity: int = 150
+    scholars: int = 12
+    exchange_activity: int = 40
     stack: StackInfo | None = None
     settings: Settings | None = None
     simulator: Any = None
@@ -112,11 +117,17 @@ def step_stack(ctx: DemoContext) -> str:
     raw = {
         "kafka": {"bootstrap_servers": ctx.stack.kafka.bootstrap},
         "postgres": {"host": "127.0.0.1", "port": ctx.stack.postgres.port, "dbname": "sis", "user": "postgres"},
-        "connector": {"offsets_dir": str(base / "connector"), "heartbeat.interval.ms": 2000},
+        "connector": {"offsets_dir": str(base / "connector"), "heartbeat.interval.ms": 2000,
+                      # the sponsor's J-1 records too (the default list is the F/M tables)
+                      "table.include.list": ConnectorSettings().table_include_list
+                      + [f"public.{t}" for t in EXCHANGE_TABLES]},
         "school": {"org_id": DEMO_ORG_ID, "mapping_file": str(PACKAGE_ROOT / "deploy" / "sis" / "mapping.toml"),
                    "dso_user_ids": [DSO_USER_ID]},
         "sevis": {"xsd_dir": ctx.xsd_dir, "outbox_dir": str(base / "outbox"),
                   "quarantine_dir": str(base / "quarantine")},
+        # the research-scholar program is configured; the J-1 students' program (STUD) is not
+        "exchange_programs": [{"program_number": DEMO_PROGRAM, "sis_program": SCHOLAR_PROGRAM,
+                               "ro_user_id": RO_USER_ID}],
     }
     ctx.settings = settings_from_mapping(raw, env={})
     ctx.facts["raw_settings"] = raw
@@ -128,8 +139,10 @@ def step_sis(ctx: DemoContext) -> str:
     dsn = ctx.stack.postgres.dsn
     create_schema(dsn)
     school = generate_school(ctx.students, ctx.international_share, ctx.seed, DEMO_TODAY)
-    counts = load_school(dsn, school)
-    ctx.facts["school"] = school
+    # the international office also sponsors J-1 exchange visitors: scholars (RSCH) and its J-1 students (STUD)
+    full = with_exchange(school, ctx.seed, DEMO_TODAY, ctx.scholars)
+    counts = load_school(dsn, full)
+    ctx.facts["school"], ctx.facts["full"] = school, full
     return ", ".join(f"{t} {n}" for t, n in counts.items())
 
 
@@ -171,14 +184,15 @@ def step_prove_kafka(ctx: DemoContext) -> str:
 
 
 def step_simulator(ctx: DemoContext) -> str:
-    """A SEVIS batch simulator over mutual TLS that knows the school's existing SEVIS IDs."""
+    """A SEVIS batch simulator over mutual TLS that knows the school's existing SEVIS IDs (students and exchange
+    visitors) and takes batches of the school's code and of its exchange program's number."""
     from sevisflow.sinks.sevis_sim.server import SevisSimulator
 
     assert ctx.stack and ctx.settings
-    school = ctx.facts["school"]
-    known = sorted({row["sevis_id"] for row in school["immigration"] if row.get("sevis_id")})
+    full = ctx.facts["full"]
+    known = sorted({row["sevis_id"] for rows in full.values() for row in rows if row.get("sevis_id")})
     sim = SevisSimulator(Path(ctx.stack.base) / "sevis-certs", ctx.xsd_dir, known_sevis_ids=known,
-                         results_delay_s=1.0, org_ids=[ctx.settings.school.org_id])
+                         results_delay_s=1.0, org_ids=list(ctx.settings.org_ids()))
     sim.start()
     ctx.simulator = sim
     certs = sim.certs
@@ -199,7 +213,7 @@ def step_simulator(ctx: DemoContext) -> str:
 
 def step_pipeline(ctx: DemoContext) -> str:
     assert ctx.settings
-    ctx.pipeline = Pipeline(ctx.settings, list(STAGES)).start()
+    ctx.pipeline = Pipeline(ctx.settings, list(STAGES), status_lines=False).start()  # the demo narrates itself
     _RUNNING.append(ctx.pipeline)
     return f"stages running: {', '.join(STAGES)}"
 
@@ -218,8 +232,10 @@ def step_activity(ctx: DemoContext) -> str:
     assert ctx.stack and ctx.stack.postgres and ctx.settings
     school = ctx.facts["school"]
     # a term of changes, then the DSO's approvals of reduced course load, CPT and OPT (and a withdrawal)
+    # and a season of the sponsor's J-1 records: arrivals, sites, extensions, early ends, dependents …
     txs = generate_activity(school, ctx.activity, ctx.seed, DEMO_TODAY) + \
-        generate_authorizations(school, ctx.seed, DEMO_TODAY)
+        generate_authorizations(school, ctx.seed, DEMO_TODAY) + \
+        generate_exchange_activity(ctx.facts["full"], ctx.seed, DEMO_TODAY, ctx.exchange_activity)
     played = play_activity(ctx.stack.postgres.dsn, txs)
     kinds: dict[str, int] = {}
     for tx in txs:
@@ -310,6 +326,39 @@ def step_dso_close(ctx: DemoContext) -> str:
     return f"closed {len(closed)} batch(es): {', '.join(closed)}"
 
 
+def step_ro_ev_batch(ctx: DemoContext) -> str:
+    """The exchange program's Responsible Officer reviews its open EV batch, reports a DS-2019 reprint and closes
+    it: `sevisflow batch --org <program number> show|close`, `sevisflow student --org … report … reprint`."""
+    import re
+
+    import orjson
+
+    org = DEMO_PROGRAM
+    data = orjson.loads(_cli(ctx, "batch", "--org", org, "show", "--json").stdout)
+    if not data.get("records"):
+        raise DemoFailed(f"the open EV batch of {org} is empty: no exchange visitor's event reached the batcher")
+    shown = _cli(ctx, "batch", "--org", org, "show", "--width", "100").stdout.rstrip().splitlines()
+    _show(shown, 12, f"sevisflow batch --org {org} show   (the RO's terminal, 100 columns; first lines)")
+    visitors = sorted({r["student_key"] for r in data["records"] if r.get("section") == "update"
+                       and r.get("sevis_id") and r.get("status") == "open"})
+    if visitors:
+        out = orjson.loads(_cli(ctx, "student", "--org", org, "report", visitors[0], "reprint", "--reason", "05",
+                                "--json").stdout)
+        _say(f"    $ sevisflow student --org {org} report {visitors[0]} reprint --reason 05")
+        _say(f"      {out['kind']} for exchange visitor {visitors[0]}: {out['outcome']} (by {out['dso_user_id']})")
+        ctx.facts["ev_reprint"] = out
+    revision = str(orjson.loads(_cli(ctx, "batch", "--org", org, "show", "--json").stdout)["revision"])
+    out = _cli(ctx, "batch", "--org", org, "close", "--revision", revision, "--timeout", "60").stdout
+    _show(out.rstrip().splitlines(), 8, f"sevisflow batch --org {org} close --revision {revision}   (the RO)")
+    ids = [b for b in dict.fromkeys(re.findall(r"\b(P\d{6}[0-9A-Z]{7})\b", out)) if _is_closed(ctx, b)]
+    if not ids:
+        raise DemoFailed(f"the close of {org} printed no BatchID that appears as closed on sevis.batches")
+    ctx.facts["ev_batch_ids"] = ids
+    ctx.facts["batch_ids"] += ids
+    return (f"closed {len(ids)} EV batch(es) of exchange program {org}, signed by its RO {RO_USER_ID}: "
+            f"{', '.join(ids)}")
+
+
 def _is_closed(ctx: DemoContext, batch_id: str) -> bool:
     assert ctx.settings
     for msg in read_topic(ctx.settings.kafka, ctx.settings.topics.batches):
@@ -324,40 +373,88 @@ UPDATE_ELEMENTS = ("PersonalInfo", "Registration", "Program", "EducationLevel", 
 """The UpdateStudent event elements the demo counts in the written documents."""
 
 
+EV_ROOT = "SEVISBatchCreateUpdateEV"
+DOCUMENTS = {"SEVISBatchCreateUpdateStudent": ("Create-UpdateStudent.xsd", "CreateStudent/Student",
+                                               "UpdateStudent/Student"),
+             EV_ROOT: ("Create-UpdateExchangeVisitor.xsd", "CreateEV/ExchangeVisitor", "UpdateEV/ExchangeVisitor")}
+"""Per document root: the XSD the demo validates it with, its create and update records."""
+
+
 def step_xml(ctx: DemoContext) -> str:
-    """The XML sink renders each closed batch; the demo checks every file against the XSD itself."""
+    """The XML sink renders each closed batch; the demo checks every file against its XSD itself (the students'
+    or, for the exchange program's batch, the exchange visitors')."""
     from sevisflow.sinks.outbox import Outbox
 
     assert ctx.settings
     s = ctx.settings
     outbox = Outbox(s.sevis.outbox_dir, s.sevis.quarantine_dir, s.school.timezone)
-    schema = etree.XMLSchema(etree.parse(str(Path(ctx.xsd_dir) / "Create-UpdateStudent.xsd")))
+    schemas = {root: etree.XMLSchema(etree.parse(str(Path(ctx.xsd_dir) / xsd))) for root, (xsd, _, _)
+               in DOCUMENTS.items()}
     lines = []
-    elements: dict[str, int] = {}
+    elements: dict[str, dict[str, int]] = {root: {} for root in DOCUMENTS}
+    ctx.facts["batch_ids"] = [b for bid in ctx.facts["batch_ids"] for b in _written(ctx, outbox, bid)]
+    ctx.facts["ev_batch_ids"] = [b for b in ctx.facts["batch_ids"] if b.startswith(DEMO_PROGRAM.replace("-", ""))]
     for batch_id in ctx.facts["batch_ids"]:
         found = _wait(f"the XML of {batch_id}", lambda b=batch_id: outbox.find(b), 120)
         xml_path = found.xml_path
         doc = etree.parse(str(xml_path))
-        if not schema.validate(doc):
-            raise DemoFailed(f"{xml_path} does not validate: {schema.error_log.last_error}")
+        root = str(doc.getroot().tag)
+        if root not in schemas or not schemas[root].validate(doc):
+            raise DemoFailed(f"{xml_path} does not validate: "
+                             f"{schemas[root].error_log.last_error if root in schemas else root}")
+        _, creates, updates = DOCUMENTS[root]
         mode = oct(xml_path.stat().st_mode & 0o777)
-        n_create = len(doc.findall("CreateStudent/Student"))
-        n_update = len(doc.findall("UpdateStudent/Student"))
-        for student in doc.findall("UpdateStudent/Student"):
-            for child in student:
-                if child.tag in UPDATE_ELEMENTS:
-                    elements[child.tag] = elements.get(child.tag, 0) + 1
-        lines.append(f"{xml_path.relative_to(Path(s.sevis.outbox_dir))}: {n_create} creates + {n_update} updates, "
+        for record in doc.findall(updates):
+            for tag in (str(child.tag) for child in record):
+                if tag in UPDATE_ELEMENTS or (root == EV_ROOT and tag not in ("UserDefinedA", "UserDefinedB")):
+                    elements[root][tag] = elements[root].get(tag, 0) + 1
+        org = doc.findtext("BatchHeader/OrgID")
+        lines.append(f"{xml_path.relative_to(Path(s.sevis.outbox_dir))}: {root} of {org}, "
+                     f"{len(doc.findall(creates))} creates + {len(doc.findall(updates))} updates, "
                      f"XSD-valid, mode {mode}, sha256 {found.manifest().get('sha256', '')[:16]}…")
     for line in lines:
         _say(f"      {line}")
-    _say("      update elements: " + ", ".join(f"{k} {n}" for k, n in sorted(elements.items())))
-    return f"{len(lines)} document(s) written and validated against {Path(ctx.xsd_dir) / 'Create-UpdateStudent.xsd'}"
+    _say("      update elements: " + ", ".join(f"{k} {n}" for k, n in
+                                               sorted(elements["SEVISBatchCreateUpdateStudent"].items())))
+    _say("      EV update elements: " + ", ".join(f"{k} {n}" for k, n in sorted(elements[EV_ROOT].items())))
+    return f"{len(lines)} document(s) written and validated against the SEVIS XSDs in {ctx.xsd_dir}"
+
+
+def _written(ctx: DemoContext, outbox: Any, batch_id: str) -> list[str]:
+    """The BatchIDs whose documents carry ``batch_id``'s records: itself once written; or, when the XML sink
+    refused some of its records (the batch is quarantined, each refused record is a DSO item with the reason),
+    the batch it re-closed at once with the valid ones (closed by its ``requeue-<BatchID>-xsd`` command)."""
+    where = _wait(f"the XML of {batch_id}", lambda: outbox.find(batch_id) or outbox.find_quarantined(batch_id), 120)
+    if not isinstance(where, Path):
+        return [batch_id]
+    assert ctx.settings
+    command_id = f"requeue-{batch_id}-xsd"
+    follow = []
+    for msg in read_topic(ctx.settings.kafka, ctx.settings.topics.batches):
+        value = msg.value()
+        ev = registry().decode(value) if value else {}
+        if ev.get("type") == "closed" and ev.get("command_id") == command_id:
+            follow.append(ev["batch_id"])
+    _say(f"    {batch_id}: the XML sink refused some of its records (quarantined, each one a DSO item with the "
+         f"reason); the valid ones went out at once as {', '.join(follow) or 'nothing'}")
+    return follow
 
 
 def step_results(ctx: DemoContext) -> str:
     """The uploader sends each batch to the simulator over TLS, downloads the log, publishes results."""
+    from sevisflow.app.cli.results import batch_results
+
     _count_results(ctx, ctx.facts["batch_ids"])
+    for bid in ctx.facts.get("ev_batch_ids", []):
+        rows = batch_results(ctx.settings, bid)
+        ok = sum(1 for r in rows if r["status"] == "success")
+        if ctx.simulator.upload_count(bid, "S0000") != 1 or not ok:
+            raise DemoFailed(f"the EV batch {bid} was not accepted by SEVIS (uploads answered S0000: "
+                             f"{ctx.simulator.upload_count(bid, 'S0000')}, records accepted: {ok})")
+        created = sum(1 for r in rows if r["status"] == "success" and r.get("kind") == "EV.Create"
+                      and r.get("sevis_id"))
+        _say(f"    EV batch {bid} of {DEMO_PROGRAM}: accepted by SEVIS (S0000); {ok} of {len(rows)} exchange "
+             f"visitor record(s) accepted, {created} new exchange visitor(s) got a SEVIS ID")
     totals, reasons = ctx.facts["totals"], ctx.facts["reasons"]
     why = "; ".join(f"{n}× {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
     return (f"records sent {totals['sent']}, accepted {totals['accepted']}, rejected {totals['rejected']}"
@@ -407,6 +504,34 @@ def step_issues(ctx: DemoContext) -> str:
     for line in out[:8]:
         _say(f"      {line}")
     return f"{max(0, len(out) - 2)} line(s) listed for the DSO"
+
+
+def step_cannot_send(ctx: DemoContext) -> str:
+    """Before J-1 support every change of a J-1 person was a "cannot send" item for the DSO. Now the configured
+    program's exchange visitors have none (their changes went into the EV batch); the J-1 students of the
+    program the settings do not list (STUD) still have theirs, with the fix."""
+    from sevisflow.core.dlq import SCHEMA
+
+    assert ctx.settings
+    full = ctx.facts["full"]
+    keys = {p["person_id"]: p["school_id"] for p in full["person"]}
+    by_program: dict[str, set[str]] = {}
+    for ev in full.get("exchange_visitor", []):
+        by_program.setdefault(ev["sponsor_program"], set()).add(keys[ev["person_id"]])
+    cannot: dict[str, int] = {}
+    for msg in read_topic(ctx.settings.kafka, ctx.settings.topics.dlq):
+        value = msg.value()
+        letter = registry().decode(value, SCHEMA) if value else None
+        if letter and letter["code"] == "not_reported_visa":
+            program = next((p for p, who in by_program.items() if letter.get("student_key") in who), "none")
+            cannot[program] = cannot.get(program, 0) + 1
+    configured = len(by_program.get(SCHOLAR_PROGRAM, ()))
+    if cannot.get(SCHOLAR_PROGRAM):
+        raise DemoFailed(f"{cannot[SCHOLAR_PROGRAM]} \"cannot send\" item(s) for exchange visitors of the configured "
+                         f"program {SCHOLAR_PROGRAM} ({DEMO_PROGRAM})")
+    others = ", ".join(f"{n} for program {p} (not configured)" for p, n in sorted(cannot.items())) or "none elsewhere"
+    return (f"\"cannot send\" items: 0 for the {configured} exchange visitor(s) of {SCHOLAR_PROGRAM} ({DEMO_PROGRAM}, "
+            f"configured); {others}")
 
 
 def _show(lines: list[str], first: int, title: str) -> None:
@@ -500,19 +625,22 @@ STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("DSO reviews the open batch", step_dso_review),
     ("SEVIS will reject one student's records (the simulator forgets one SEVIS ID)", step_sevis_forgets),
     ("DSO closes the batch", step_dso_close),
+    ("the J-1 program's RO reviews, reports a DS-2019 reprint and closes its EV batch", step_ro_ev_batch),
     ("XML batch files in the outbox", step_xml),
     ("upload to SEVIS (simulator), results back into the pipeline", step_results),
     ("items for the DSO", step_issues),
+    ("no \"cannot send\" item for the configured J-1 program's exchange visitors", step_cannot_send),
     ("the DSO's worklist: due days, the SEVIS rejection and its fix", step_worklist),
     ("an auditor verifies the archived batches", step_verify),
 ]
 
 
 def run_demo(students: int = 300, international_share: float = 0.35, seed: int = 7,
-             xsd_dir: str | None = None, keep: bool = False, activity: int = 150) -> int:
+             xsd_dir: str | None = None, keep: bool = False, activity: int = 150, scholars: int = 12,
+             exchange_activity: int = 40) -> int:
     xsd = xsd_dir or str(Path("../shared/sevis/xsd").resolve())  # the [sevis] xsd_dir default
     ctx = DemoContext(students=students, international_share=international_share, seed=seed, xsd_dir=xsd,
-                      activity=activity)
+                      activity=activity, scholars=scholars, exchange_activity=exchange_activity)
     started = time.monotonic()
     try:
         for number, (title, fn) in enumerate(STEPS, 1):

@@ -92,10 +92,13 @@ def _cip_titles(xsd_dir: str) -> dict[str, str]:
     with _lock:
         tree = etree.parse(str(path))
     out: dict[str, str] = {}
-    for enum in tree.iterfind(f"{_XS}simpleType/{_XS}restriction/{_XS}enumeration"):
-        doc = enum.findtext(f"{_XS}annotation/{_XS}documentation")
-        if doc and doc.strip() and (enum.getparent().getparent().get("name") or "").startswith("ProgSubjectCode"):
-            out[enum.get("value")] = " ".join(doc.split())
+    for simple in tree.iterfind(f"{_XS}simpleType"):
+        if not (simple.get("name") or "").startswith("ProgSubjectCode"):
+            continue
+        for enum in simple.iterfind(f"{_XS}restriction/{_XS}enumeration"):
+            doc, value = enum.findtext(f"{_XS}annotation/{_XS}documentation"), enum.get("value")
+            if doc and doc.strip() and value is not None:
+                out[value] = " ".join(doc.split())
     return out
 
 
@@ -114,7 +117,7 @@ def _country_names() -> dict[str, str]:
     spec = importlib.util.find_spec("pycountry")
     if spec is None or not spec.submodule_search_locations:
         return {}
-    data = Path(list(spec.submodule_search_locations)[0]) / "databases" / "iso3166-1.json"
+    data = Path(next(iter(spec.submodule_search_locations))) / "databases" / "iso3166-1.json"
     iso = {c["alpha_2"]: c.get("common_name") or c["name"] for c in orjson.loads(data.read_bytes())["3166-1"]}
     return {sevis: iso[code] for code, sevis in ISO2_TO_SEVIS.items() if code in iso}
 

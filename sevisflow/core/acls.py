@@ -31,8 +31,9 @@ operator (``sevisflow topics apply`` as the admin principal, or Strimzi's topic 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from sevisflow.core.config import Settings
 from sevisflow.core.topics import PIPELINE_KEYS, STAGE_GROUPS, STATE_TOPICS, change_topics, stage_group, state_topic
@@ -265,14 +266,21 @@ def _from_binding(b: Any) -> Acl | None:
 def current_acls(kafka: Any, timeout_s: float = 30.0) -> list[Acl]:
     """The cluster's ALLOW rules (any host) on topics, groups and transactional ids."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
 
     from sevisflow.core.errors import TerminalError, UnreachableError
     from sevisflow.core.kafka_io import make_admin
 
     admin = make_admin(kafka)
-    flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
-                           AclPermissionType.ANY)
+    # None matches any name, principal and host (AclBindingFilter's docs), though its annotations say str
+    flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
+                           AclOperation.ANY, AclPermissionType.ANY)
     try:
         bindings = admin.describe_acls(flt, request_timeout=timeout_s).result()
     except KafkaException as exc:

@@ -30,6 +30,8 @@ from sevisflow.core.errors import ConfigError
 
 ENV_PREFIX = "SEVISFLOW_"
 DEFAULT_CONFIG_FILE = "sevisflow.toml"
+PROGRAMS = "exchange_programs"
+"""The one list-of-tables section: ``[[exchange_programs]]``."""
 
 
 class Secret:
@@ -74,6 +76,16 @@ def setting(default: Any, help: str, alias: str | None = None, choices: tuple[st
     return field(default=default, metadata=meta)
 
 
+def _check_range(section: str, obj: object, names: tuple[str, ...], low: float, high: float | None = None,
+                 unit: str = "") -> None:
+    """Each named setting of ``obj`` within [low, high] (no upper bound when None), or a ConfigError naming it."""
+    for name in names:
+        value = getattr(obj, name)
+        if not (value >= low and (high is None or value <= high)):  # NaN fails too
+            use = f"use {low:g}–{high:g}{unit}" if high is not None else f"must be at least {low:g}"
+            raise ConfigError(f"{section}.{name} = {value!r}: {use}")
+
+
 def _check_port(where: str, port: int, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if not low <= port <= 65535:
@@ -101,9 +113,7 @@ class KafkaSettings:
     topics_file: str = setting("", "topic specs (TOML) for `sevisflow topics apply`; empty = the built-in deploy/topics.toml")
 
     def __post_init__(self) -> None:
-        for name in ("partitions", "replication_factor", "min_insync_replicas"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"kafka.{name} = {getattr(self, name)}: must be at least 1")
+        _check_range("kafka", self, ("partitions", "replication_factor", "min_insync_replicas"), 1)
         if self.min_insync_replicas > self.replication_factor:
             raise ConfigError(f"kafka.min_insync_replicas = {self.min_insync_replicas} is more than "
                               f"kafka.replication_factor = {self.replication_factor}: no write could ever succeed; "
@@ -262,12 +272,9 @@ class SevisSettings:
     max_compression_ratio: float = setting(200.0, "largest uncompressed/compressed ratio of one zip entry")
 
     def __post_init__(self) -> None:
-        for key in ("max_posts", "max_response_bytes", "max_unzipped_bytes", "max_zip_entries", "max_entry_bytes",
-                    "max_compression_ratio", "repost_after_checks"):
-            if not getattr(self, key) >= 1:
-                raise ConfigError(f"sevis.{key} = {getattr(self, key)!r} must be at least 1")
-        if self.repost_after_s < 0:
-            raise ConfigError(f"sevis.repost_after_s = {self.repost_after_s!r} must not be negative")
+        _check_range("sevis", self, ("max_posts", "max_response_bytes", "max_unzipped_bytes", "max_zip_entries",
+                                     "max_entry_bytes", "max_compression_ratio", "repost_after_checks"), 1)
+        _check_range("sevis", self, ("repost_after_s",), 0)
 
     ENDPOINTS = {
         "test": ("https://egov.ice.gov/sbtsevisbatch/action/batchUpload",
@@ -305,9 +312,13 @@ class MetricsSettings:
                            "(conventional ports: deploy/systemd/*.env)")
     host: str = setting("0.0.0.0", "address the metrics server listens on")
     stall_after_s: float = setting(120.0, "/health fails when a stage's loop has not turned for this long")
+    progress_interval_s: float = setting(60.0, "how often long-running commands log a progress line (records "
+                                               "in/out, consumer lag per stage; snapshot rows every quarter of it)")
 
     def __post_init__(self) -> None:
         _check_port("metrics.port", self.port, allow_zero=True)
+        if not self.progress_interval_s > 0:
+            raise ConfigError(f"metrics.progress_interval_s = {self.progress_interval_s}: must be above 0 seconds")
 
 
 PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
@@ -372,13 +383,114 @@ class StateSettings:
                                 "(0700, files 0600: state holds personal data)")
     block_cache_mb: int = setting(64, "rocksdb: block cache per stage instance, in MiB")
     write_buffer_mb: int = setting(16, "rocksdb: memtable size per stage instance, in MiB (two may be in memory)")
+    cache_entries: int = setting(10000, "rocksdb: decoded state values normalize keeps in memory between Kafka "
+                                        "transactions (least recently used dropped first); 0 = keep every one")
 
     def __post_init__(self) -> None:
-        for name in ("block_cache_mb", "write_buffer_mb"):
-            if not 1 <= getattr(self, name) <= 65536:
-                raise ConfigError(f"state.{name} = {getattr(self, name)} is out of range: use 1–65536 (MiB)")
+        _check_range("state", self, ("block_cache_mb", "write_buffer_mb"), 1, 65536, " (MiB)")
+        if self.cache_entries < 0:
+            raise ConfigError(f"state.cache_entries = {self.cache_entries} is negative: use 0 (no bound) or more")
         if not self.dir.strip():
             raise ConfigError("state.dir is empty: name the folder for the rocksdb state stores")
+
+
+# J-1 exchange visitor programs: their EV batches go under the program number (SEVIS's ProgramNumberType).
+PROGRAM_NUMBER_PATTERN = re.compile(r"P-[1-4]-\d{5}|G-[1-7]-\d{5}")
+SEVIS_USER_ID = re.compile(r"[^\s]{10}")
+
+
+def _user_id_problem(where: str, value: str) -> str | None:
+    """Why ``value`` cannot be a SEVIS user id (exactly 10 characters, no blanks), or None."""
+    if not SEVIS_USER_ID.fullmatch(value) or not value.isprintable():
+        return (f"{where} = {value!r} is not a SEVIS user id: use the RO/ARO's SEVIS user name, exactly 10 "
+                "characters without blanks")
+    return None
+
+
+@dataclass(frozen=True)
+class ExchangeProgram:
+    """One J-1 exchange visitor program the institution sponsors (a ``[[exchange_programs]]`` table).
+
+    Why a list and not a key of [school]: SEVIS takes EV records only in batches under the program number,
+    one batch stream per program, signed by that program's RO/ARO; the school's F/M OrgID never carries them.
+    """
+
+    program_number: str = setting("", "REQUIRED: the program number SEVIS shows for the sponsor program, the OrgID "
+                                      "of its EV batches, e.g. P-1-12345 (P-1..4 or G-1..7, then 5 digits)")
+    sis_program: str = setting("", "REQUIRED: the SIS's code for this sponsor program (the J-1 rows carry it), "
+                                   "e.g. RSCH")
+    ro_user_id: str = setting("", "REQUIRED: SEVIS user id (10 chars) of the program's Responsible Officer: the "
+                                  "userID of its EV batches, and who `--org <program number>` acts as by default")
+    aro_user_ids: list[str] = setting([], "SEVIS user ids (10 chars each) of the program's Alternate Responsible "
+                                          "Officers, who may also review, hold and close its EV batches")
+
+    def __post_init__(self) -> None:
+        if not self.program_number:
+            raise ConfigError("program_number is missing: add program_number = \"P-1-12345\" (the program number "
+                              "SEVIS shows for the sponsor program)")
+        if not PROGRAM_NUMBER_PATTERN.fullmatch(self.program_number):
+            raise ConfigError(f"program_number = {self.program_number!r} is not a J-1 program number: use it as SEVIS "
+                              "shows it, P-<1-4>-<5 digits> or G-<1-7>-<5 digits>, e.g. P-1-12345")
+        if not self.sis_program.strip():
+            raise ConfigError(f"sis_program is missing for {self.program_number}: add the SIS's code of this sponsor "
+                              "program (the value its J-1 rows carry), e.g. sis_program = \"RSCH\"")
+        if not self.ro_user_id:
+            raise ConfigError(f"ro_user_id is missing for {self.program_number}: add the SEVIS user id of the "
+                              "program's RO/ARO (10 characters); SEVIS refuses an EV batch signed by anyone else")
+        for where, value in (("ro_user_id", self.ro_user_id),
+                             *(("aro_user_ids", v) for v in self.aro_user_ids)):
+            problem = _user_id_problem(where, value)
+            if problem:
+                raise ConfigError(problem)
+
+    def user_ids(self) -> tuple[str, ...]:
+        """Who may act for the program: the RO first (the scheduled close signs with it), then the AROs."""
+        return (self.ro_user_id, *(u for u in self.aro_user_ids if u != self.ro_user_id))
+
+
+def _build_programs(values: Any, origin: str) -> tuple[ExchangeProgram, ...]:
+    """``[[exchange_programs]]`` → programs; every error names the table (#n, and its number when known)."""
+    if values is None:
+        return ()
+    if not isinstance(values, list) or not all(isinstance(v, (dict, ExchangeProgram)) for v in values):
+        raise ConfigError(f"{origin}: exchange_programs must be a list of tables: write one [[exchange_programs]] "
+                          "(two brackets) per program, with program_number, sis_program and ro_user_id")
+    out: list[ExchangeProgram] = []
+    for i, raw in enumerate(values, 1):
+        where = f"[[exchange_programs]] #{i}"
+        if isinstance(raw, ExchangeProgram):
+            out.append(raw)
+            continue
+        shown = raw.get("program_number")
+        where += f" ({shown})" if isinstance(shown, str) and shown else ""
+        try:
+            out.append(_build_section(ExchangeProgram, "exchange_programs", raw, {}, origin))
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {where}: {str(exc).removeprefix(origin + ': ')}") from None
+    for field_name in ("program_number", "sis_program"):
+        seen: dict[str, int] = {}
+        for i, p in enumerate(out, 1):
+            value = getattr(p, field_name)
+            if value in seen:
+                raise ConfigError(f"{origin}: [[exchange_programs]] #{i}: {field_name} {value!r} is also in "
+                                  f"#{seen[value]}: list each sponsor program once")
+            seen[value] = i
+    return tuple(out)
+
+
+def _programs_from_env(env: Mapping[str, str], current: tuple[ExchangeProgram, ...],
+                       origin: str) -> tuple[ExchangeProgram, ...]:
+    """``SEVISFLOW_EXCHANGE_PROGRAMS`` (a JSON list of tables) replaces the file's list."""
+    text = env.get(f"{ENV_PREFIX}EXCHANGE_PROGRAMS")
+    if text is None:
+        return current
+    try:
+        values = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}EXCHANGE_PROGRAMS is not JSON: give a list of objects, e.g. "
+                          '[{"program_number": "P-1-12345", "sis_program": "RSCH", '
+                          '"ro_user_id": "ROUSER0001"}]') from None
+    return _build_programs(values, f"environment variable {ENV_PREFIX}EXCHANGE_PROGRAMS")
 
 
 @dataclass(frozen=True)
@@ -395,23 +507,45 @@ class Settings:
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     acls: AclSettings = field(default_factory=AclSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    exchange_programs: tuple[ExchangeProgram, ...] = ()
+    """The J-1 programs the institution sponsors ([[exchange_programs]]); empty = no J program."""
 
-    def replace(self, **sections: Mapping[str, Any]) -> "Settings":
-        """A copy with some fields changed, e.g. ``replace(kafka={"bootstrap_servers": b})``."""
-        changed = {}
+    def replace(self, **sections: Any) -> "Settings":
+        """A copy with some fields changed, e.g. ``replace(kafka={"bootstrap_servers": b})``;
+        ``exchange_programs`` takes the whole list (tables or :class:`ExchangeProgram`)."""
+        changed: dict[str, Any] = {}
         for name, values in sections.items():
+            if name == PROGRAMS:
+                changed[name] = _build_programs(list(values), "replace()")
+                continue
             current = getattr(self, name)
             changed[name] = dataclasses.replace(current, **dict(values))
         return dataclasses.replace(self, **changed)
 
-    def masked(self) -> dict[str, dict[str, Any]]:
+    def masked(self) -> dict[str, Any]:
         """The resolved settings as plain data, secrets masked: safe to log or print."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, Any] = {}
         for sec in dataclasses.fields(self):
             obj = getattr(self, sec.name)
+            if sec.name == PROGRAMS:
+                out[sec.name] = [dataclasses.asdict(p) for p in obj]
+                continue
             out[sec.name] = {f.name: (str(v) if isinstance(v := getattr(obj, f.name), Secret) else v)
                              for f in dataclasses.fields(obj)}
         return out
+
+    def program(self, org_id: str | None) -> ExchangeProgram | None:
+        """The configured exchange program whose program number is ``org_id``, or None (a school code, unknown)."""
+        return next((p for p in self.exchange_programs if p.program_number == org_id), None)
+
+    def program_of_sis(self, sis_program: str | None) -> ExchangeProgram | None:
+        """The configured exchange program of the SIS's program code ``sis_program``, or None."""
+        return next((p for p in self.exchange_programs if p.sis_program == sis_program), None)
+
+    def org_ids(self) -> tuple[str, ...]:
+        """Every OrgID sevisflow reports for: the school's F/M code (when set), then each program number."""
+        school = (self.school.org_id,) if self.school.org_id else ()
+        return school + tuple(p.program_number for p in self.exchange_programs)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -454,18 +588,30 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
         raise ConfigError(f"{origin}: unknown section [{sorted(unknown_sections)[0]}] "
                           f"(known: {', '.join(f.name for f in dataclasses.fields(Settings))})")
     for sec in dataclasses.fields(Settings):
+        if sec.name == PROGRAMS:
+            programs = _build_programs(raw.get(PROGRAMS, []), origin)
+            sections[sec.name] = _programs_from_env(env, programs, origin)
+            continue
         cls = _section_type(sec)
         values = raw.get(sec.name, {})
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: {sec.name} must be a table [{sec.name}]")
         sections[sec.name] = _build_section(cls, sec.name, values, env, origin)
-    return Settings(**sections)
+    settings = Settings(**sections)
+    clash = settings.program(settings.school.org_id)
+    if clash is not None:
+        raise ConfigError(f"{origin}: exchange program {clash.program_number} is school.org_id too: school.org_id is "
+                          "the school's F/M code (e.g. ABC214F12345000); a program number goes only under "
+                          "[[exchange_programs]]")
+    return settings
 
 
 def _check_secret_files(settings: Settings, origin: str) -> None:
     """A ``file:`` secret must exist and be readable when the config loads, not when a client first needs it."""
     for sec in dataclasses.fields(settings):
         obj = getattr(settings, sec.name)
+        if sec.name == PROGRAMS:
+            continue  # no secret in a program
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if isinstance(value, Secret) and value._value.startswith("file:"):
@@ -479,8 +625,10 @@ def _check_secret_files(settings: Settings, origin: str) -> None:
 
 
 def _section_type(sec: dataclasses.Field[Any]) -> type:
+    if sec.name == PROGRAMS:
+        return ExchangeProgram
     hints = typing.get_type_hints(Settings)
-    return hints[sec.name]
+    return hints[sec.name]  # type: ignore[no-any-return]
 
 
 # Keys that were removed because another setting took their place: (section, key) -> the new key.
@@ -607,7 +755,7 @@ def describe() -> list[tuple[str, str, str]]:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             alias = f.metadata.get("alias")
-            key = f"{sec.name}.{f.name}" + (f" ({alias})" if alias else "")
+            key = f"{sec.name}{'[]' if sec.name == PROGRAMS else ''}.{f.name}" + (f" ({alias})" if alias else "")
             rows.append((key, str(default), f.metadata.get("help", "")))
     return rows
 
@@ -619,6 +767,9 @@ def example_toml() -> str:
              "# Environment variables SEVISFLOW_<SECTION>_<KEY> override this file.", ""]
     for sec in dataclasses.fields(Settings):
         cls = _section_type(sec)
+        if sec.name == PROGRAMS:
+            lines += _example_programs()
+            continue
         lines.append(f"[{sec.name}]")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -629,14 +780,34 @@ def example_toml() -> str:
     return "\n".join(lines)
 
 
-def settings_toml(raw: Mapping[str, Mapping[str, Any]]) -> str:
+_PROGRAM_EXAMPLE = {"program_number": "P-1-12345", "sis_program": "RSCH", "ro_user_id": "ROUSER0001",
+                    "aro_user_ids": ["AROUSER001"]}
+
+
+def _example_programs() -> list[str]:
+    """The commented ``[[exchange_programs]]`` block of the example file (none by default: no J program)."""
+    lines = ["# J-1 exchange visitor programs the institution sponsors: one [[exchange_programs]] table per program",
+             "# number (none = no J program; nothing changes). Each program's EV batches go under its program number,",
+             "# never under school.org_id, and are signed by its RO/ARO. Environment: SEVISFLOW_EXCHANGE_PROGRAMS as",
+             "# a JSON list of tables replaces them. For example:",
+             "# [[exchange_programs]]"]
+    for f in dataclasses.fields(ExchangeProgram):
+        lines.append(f"#   # {f.metadata.get('help', '')}")
+        lines.append(f"#   {f.name} = {_toml_value(_PROGRAM_EXAMPLE[f.name])}")
+    return lines + [""]
+
+
+def settings_toml(raw: Mapping[str, Any]) -> str:
     """``{section: {key: value}}`` as a sevisflow.toml that :func:`load_settings` reads back the same
-    (the demo and tests write the settings they built; keys are quoted, so ``topic.prefix`` stays one key)."""
+    (the demo and tests write the settings they built; keys are quoted, so ``topic.prefix`` stays one key).
+    ``exchange_programs`` is a list of tables, written as ``[[exchange_programs]]`` blocks."""
     lines = []
     for section, values in raw.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{_toml_value(str(key))} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
+        tables = values if isinstance(values, list) else [values]
+        for table in tables:
+            lines.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            lines.extend(f"{_toml_value(str(key))} = {_toml_value(value)}" for key, value in table.items())
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -8,13 +8,16 @@ read-process-write loop every stream processor runs in.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -27,24 +30,43 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from sevisflow.core.checkpoints import checkpoint
 from sevisflow.core.config import KafkaSettings
 from sevisflow.core.errors import ConfigError, TerminalError, TransientError, UnreachableError
-from sevisflow.core.faults import crash_point
 from sevisflow.core.log import get_logger
+from sevisflow.core.observability import ConsumerLagSampler, Heartbeat, StageMetrics, register_probe, unregister_probe
 from sevisflow.core.serde import registry
 from sevisflow.core.state import CommittedState, MemoryState
-from sevisflow.core.observability import ConsumerLagSampler, Heartbeat, StageMetrics, register_probe, unregister_probe
 
 log = get_logger(__name__)
 DEAD_LETTER_SCHEMA = "sevisflow.dlq.DeadLetter"
 DEFAULT_DLQ_TOPIC = "sevisflow.dlq"
 
 
+# librdkafka warns about retries it then performs itself (a coordinator still loading after a broker
+# start, an idempotence/transactional PID not yet granted): nothing for an operator to do, so INFO.
+_SELF_RETRIED = re.compile(r"retrying|load in progress|not available: retrying", re.IGNORECASE)
+
+
+class _SelfRetriedAsInfo(logging.Filter):
+    """Log librdkafka's self-retried warnings at INFO (and drop them when INFO is off)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and _SELF_RETRIED.search(record.getMessage()):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return LIBRDKAFKA_LOG.isEnabledFor(logging.INFO)
+        return True
+
+
+LIBRDKAFKA_LOG = logging.getLogger("sevisflow.librdkafka")
+LIBRDKAFKA_LOG.addFilter(_SelfRetriedAsInfo())
+
+
 def client_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for any client: bootstrap servers plus security."""
     conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol,
                             # librdkafka's own messages go through our JSON logs, not raw to stderr
-                            "logger": logging.getLogger("sevisflow.librdkafka")}
+                            "logger": LIBRDKAFKA_LOG}
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         if kafka.ssl_ca_location:
             conf["ssl.ca.location"] = kafka.ssl_ca_location
@@ -104,7 +126,10 @@ def kafka_failure(kafka: KafkaSettings, exc: KafkaException | None, doing: str =
                             f"{shown}")
 
 
-def _new_client(factory: Callable[[dict[str, Any]], Any], conf: dict[str, Any]) -> Any:
+_Client = TypeVar("_Client")
+
+
+def _new_client(factory: Callable[[dict[str, Any]], _Client], conf: dict[str, Any]) -> _Client:
     """Build a librdkafka client; settings it refuses (a wrong key password, a missing file) are a ConfigError."""
     try:
         return factory(conf)
@@ -152,6 +177,17 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> Cons
 
 def make_admin(kafka: KafkaSettings) -> AdminClient:
     return _new_client(AdminClient, client_config(kafka))
+
+
+def position(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a record a consumer returned.
+
+    The client types them optional, since a message being produced has none yet; a consumed one always does.
+    """
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise TypeError("a message that was not consumed has no topic, partition and offset")
+    return topic, partition, offset
 
 
 @dataclass(frozen=True)
@@ -270,15 +306,19 @@ def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0,
                 if time.monotonic() > deadline:
                     raise UnreachableError(f"timed out reading {topic} to its end")
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof = msg.partition()
+                    if eof is not None:
+                        done.add(eof)
                     continue
-                raise UnreachableError(f"reading {topic}: {msg.error().str()}")
+                raise UnreachableError(f"reading {topic}: {err.str()}")
             deadline = time.monotonic() + timeout_s
             yield msg
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
+            _, partition, offset = position(msg)
+            if offset + 1 >= ends[partition]:
+                done.add(partition)
     finally:
         consumer.close()
 
@@ -375,9 +415,9 @@ class StateStore:
                 yield k, v
             elif (new := staged.pop(k)) is not None:
                 yield k, new
-        for k, v in staged.items():
-            if v is not None:
-                yield k, v
+        for k, value in staged.items():
+            if value is not None:
+                yield k, value
 
     def committed_partition(self, partition: int) -> Mapping[bytes, bytes]:
         """The committed state of one partition, read-only (staged writes not included)."""
@@ -397,7 +437,7 @@ class StateStore:
     def abort(self) -> None:
         self._staged = {}
 
-    def load_partition(self, partition: int, data: dict[bytes, bytes]) -> None:
+    def load_partition(self, partition: int, data: Mapping[bytes, bytes]) -> None:
         self.committed.load(partition, data)
 
     def drop_partition(self, partition: int) -> None:
@@ -475,7 +515,8 @@ def fence_predecessor(kafka: KafkaSettings, transactional_id: str, timeout_s: fl
     """
     producer = make_producer(kafka, transactional_id=transactional_id)
     try:
-        call_with_deadline("init_transactions", lambda: producer.init_transactions(timeout_s),
+        # a partial, not a closure: the `del` below must drop this frame's only reference
+        call_with_deadline("init_transactions", functools.partial(producer.init_transactions, timeout_s),
                            timeout_s + TXN_CALL_GRACE_S)
     except KafkaException as exc:
         raise UnreachableError(f"could not fence transactional id {transactional_id}: {exc.args[0].str()}") from exc
@@ -487,7 +528,9 @@ def fence_predecessor(kafka: KafkaSettings, transactional_id: str, timeout_s: fl
 
 
 class RecordHandler(Protocol):
-    def __call__(self, msg: Message, state: StateStore) -> Iterable[Output]: ...
+    """A stage's function of one record: its outputs (state is staged through ``state``)."""
+
+    def __call__(self, msg: Message, state: StateStore, /) -> Iterable[Output]: ...
 
 
 class InstanceFenced(TerminalError):
@@ -630,7 +673,7 @@ class TransactionalLoop:
     abort the old open transaction, and the consumer is rewound as after any abort (or, for
     ``commit_transaction``, the state rebuilt as above).
 
-    Crash points (:func:`sevisflow.core.faults.crash_point`): ``kafka.before_send_offsets``,
+    Checkpoints (:func:`sevisflow.core.checkpoints.checkpoint`, where the crash tests stop it): ``kafka.before_send_offsets``,
     ``kafka.before_commit``, ``kafka.after_commit``.
     """
 
@@ -664,6 +707,7 @@ class TransactionalLoop:
         self._running = True
         self._stop = threading.Event()
         self.static = transactional_id is not None
+        self._missing_topics_seen: set[str] = set()
         self.transactional_id = transactional_id or f"{group_id}-{uuid.uuid4().hex[:8]}"
         # A stable transactional id is also the consumer's static group membership: a restarted
         # instance takes its partitions back at once instead of waiting for the session timeout.
@@ -721,6 +765,14 @@ class TransactionalLoop:
         self._running = False
         self._stop.set()
 
+    def stop_when(self, stop_event: threading.Event, name: str) -> None:
+        """:meth:`stop` once ``stop_event`` is set (a stage's ``run(settings, stop_event)``), from a daemon thread."""
+        def watch() -> None:
+            stop_event.wait()
+            self.stop()
+
+        threading.Thread(target=watch, name=f"{name}-stop", daemon=True).start()
+
     def run(self, max_idle_polls: int | None = None) -> None:
         """Run until :meth:`stop` (or ``max_idle_polls`` empty polls in a row, for tests)."""
         self._init_transactions()
@@ -764,6 +816,14 @@ class TransactionalLoop:
             raise InstanceFenced(self.kafka, self.group_id, self.transactional_id, f"consumer: {err.str()}")
         if err.fatal() or err.code() == KafkaError._FATAL:
             raise TerminalError(f"Kafka consumer error: {err.str()}")
+        if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            # an input topic that does not exist yet (a mapped table the connector has not written to):
+            # librdkafka subscribes to it at its next metadata refresh after it appears and reads it from
+            # the start (auto.offset.reset=earliest), so this is news, not a warning
+            if err.str() not in self._missing_topics_seen:
+                self._missing_topics_seen.add(err.str())
+                log.info("kafka.input_topic_missing", error=err.str())
+            return True
         log.warning("kafka.consumer_error", error=err.str())
         return True
 
@@ -785,12 +845,12 @@ class TransactionalLoop:
             self._produce_state()
             self._flush()
             if records:
-                crash_point("kafka.before_send_offsets")
+                checkpoint("kafka.before_send_offsets")
                 self._send_offsets(self._next_positions(records))
-            crash_point("kafka.before_commit")
+            checkpoint("kafka.before_commit")
             committing = True
             self._commit()
-            crash_point("kafka.after_commit")
+            checkpoint("kafka.after_commit")
         except _RecordFailed as exc:
             # the handler may have staged part of its state: drop the whole try, redo it with the record dead-lettered
             self._poison[exc.position] = exc.reason
@@ -867,8 +927,9 @@ class TransactionalLoop:
         self._failing_since = None
         self._problem = None
         per_topic: dict[str, int] = {}
-        for m in records:
-            per_topic[m.topic()] = per_topic.get(m.topic(), 0) + 1
+        positions = [position(m) for m in records]
+        for topic, _, _ in positions:
+            per_topic[topic] = per_topic.get(topic, 0) + 1
         for topic, n in per_topic.items():
             self.metrics.records_in(topic, n)
         for topic, n in self._out_counts.items():
@@ -876,7 +937,7 @@ class TransactionalLoop:
         for code, n in self._dead_letters.items():
             self.metrics.dead_letter(code, n)
         self.dead_lettered += sum(n for code, n in self._dead_letters.items() if code in LOOP_DLQ_CODES)
-        done = {(t, p): o for t, p, o in ((m.topic(), m.partition(), m.offset()) for m in records)}
+        done = {(t, p): o for t, p, o in positions}
         if self._poison:
             self._poison = {k: v for k, v in self._poison.items() if k[2] > done.get((k[0], k[1]), -1)}
         if self._refused:  # hook outputs (on_idle, before_commit) were replaced in this very commit
@@ -885,7 +946,7 @@ class TransactionalLoop:
 
     def _handle(self, msg: Message) -> None:
         """Run the handler for one record (or dead-letter it when it failed before) and emit its outputs."""
-        pos = (msg.topic(), msg.partition(), msg.offset())
+        pos = position(msg)
         reason = self._poison.get(pos)
         if reason is not None:
             self._produce_dead_letter("handler_failed", reason, msg=msg)
@@ -894,7 +955,7 @@ class TransactionalLoop:
             outs = list(self.handler(msg, self.state))
         except (KafkaException, ProducerStuck, TransientError, TerminalError, ConfigError, OSError, MemoryError):
             raise  # the environment, not the record: retried (transient) or the stage stops (terminal)
-        except Exception as exc:  # noqa: BLE001 - one record the handler cannot process goes to the DLQ
+        except Exception as exc:  # any other failure is the record's: it goes to the DLQ
             raise _RecordFailed(pos, f"{self.stage} could not process {pos[0]}[{pos[1]}]@{pos[2]}: "
                                      f"{type(exc).__name__} at {_where(exc)}; the record was skipped. "
                                      "Fix the source data or the stage and re-send it if it matters") from exc
@@ -962,7 +1023,7 @@ class TransactionalLoop:
                                  "into smaller ones", retriable=False)
             self._refuse(origin, out, err, size)
         if culprits:
-            raise _Redo()
+            raise _Redo
         if other is not None:
             raise _TxnFailed(f"producing failed: {other.str()}", retriable=other.code() not in NON_RETRIABLE_CODES)
 
@@ -1065,8 +1126,8 @@ class TransactionalLoop:
 
     def _next_positions(self, records: list[Message]) -> list[TopicPartition]:
         last: dict[tuple[str, int], int] = {}
-        for m in records:
-            last[(m.topic(), m.partition())] = m.offset() + 1
+        for t, p, o in map(position, records):
+            last[(t, p)] = o + 1
         return [TopicPartition(t, p, o) for (t, p), o in last.items()]
 
     # -- failures, retries and recovery
@@ -1087,7 +1148,7 @@ class TransactionalLoop:
         """Seconds to wait before retrying after ``self._failures`` failed transactions in a row."""
         if self._failures <= 0:
             return 0.0
-        return min(self.retry_max_s, self.retry_base_s * 2 ** (self._failures - 1))
+        return min(self.retry_max_s, self.retry_base_s * 2.0 ** (self._failures - 1))
 
     def _back_off(self) -> None:
         """Wait before the next try; the heartbeat goes on (waiting on purpose is not a stall — a loop that
@@ -1114,10 +1175,10 @@ class TransactionalLoop:
             wanted = {tp.partition for tp in self.consumer.assignment()}
             if self.state_partitions is not None:
                 wanted &= self.state_partitions
-            self._restore_state(sorted(wanted))
+            self._restore_state(self.state_topic, sorted(wanted))
         self._rewind()
 
-    def _restore_state(self, partitions: list[int]) -> None:
+    def _restore_state(self, state_topic: str, partitions: list[int]) -> None:
         """Replace the state of ``partitions`` with the changelog's (last value per key wins).
 
         A committed layer on disk is wiped and written chunk by chunk as the changelog is read, so a
@@ -1125,12 +1186,12 @@ class TransactionalLoop:
         layer's own view (a no-op write) so stores that keep caches reset them as for any load.
         """
         if not getattr(self.state.committed, "streams_restore", False):
-            for p, data in restore_partitions(self.kafka, self.state_topic, partitions).items():
+            for p, data in restore_partitions(self.kafka, state_topic, partitions).items():
                 self.state.load_partition(p, data)
             return
         for p in partitions:
             self.state.committed.drop(p)
-        restore_partitions(self.kafka, self.state_topic, partitions, into=self.state.committed.apply)
+        restore_partitions(self.kafka, state_topic, partitions, into=self.state.committed.apply)
         for p in partitions:
             self.state.load_partition(p, self.state.committed.partition(p))
 
@@ -1165,7 +1226,7 @@ class TransactionalLoop:
             wanted = {tp.partition for tp in partitions}
             if self.state_partitions is not None:
                 wanted &= self.state_partitions
-            self._restore_state(sorted(wanted))
+            self._restore_state(self.state_topic, sorted(wanted))
         log.info("kafka.assigned", group=self.group_id, partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -1215,20 +1276,21 @@ def restore_partitions(kafka: KafkaSettings, topic: str, partitions: Sequence[in
             deadline = time.monotonic() + timeout_s
             chunk: dict[int, dict[bytes, bytes | None]] = {}
             for msg in msgs:
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         continue
-                    raise UnreachableError(f"restoring state from {topic}[{msg.partition()}]: {msg.error().str()}")
-                p = msg.partition()
-                key = msg.key()
+                    raise UnreachableError(f"restoring state from {topic}[{msg.partition()}]: {err.str()}")
+                _, p, offset = position(msg)
+                key, value = msg.key(), msg.value()
                 if key is not None:
                     if into is not None:
-                        chunk.setdefault(p, {})[key] = msg.value()
-                    elif msg.value() is None:
+                        chunk.setdefault(p, {})[key] = value
+                    elif value is None:
                         out[p].pop(key, None)
                     else:
-                        out[p][key] = msg.value()
-                if p in ends and msg.offset() + 1 >= ends[p]:
+                        out[p][key] = value
+                if p in ends and offset + 1 >= ends[p]:
                     ends.pop(p)
             if into is not None and chunk:
                 into(chunk)

@@ -33,9 +33,10 @@ import fcntl
 import hashlib
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 
@@ -315,8 +316,9 @@ def writer_anchors(kafka: Any, topic: str, timeout_s: float = 30.0) -> dict[str,
 
 def read_anchors(kafka: Any, topic: str, timeout_s: float = 30.0) -> dict[str, dict[str, Any]] | None:
     """The latest anchor per writer on the ledger topic; None when the topic does not exist."""
-    from sevisflow.core.kafka_io import make_consumer, topic_partitions, read_topic
     import uuid
+
+    from sevisflow.core.kafka_io import make_consumer, read_topic, topic_partitions
 
     consumer = make_consumer(kafka, group_id=f"sevisflow-reader-{uuid.uuid4().hex[:12]}")
     try:

@@ -4,6 +4,11 @@ Every log line is one JSON object: ``{"ts":…, "level":…, "logger":…, "even
 Callers pass an event name and identifiers only (student key, topic, offset, counts),
 never row values: names, birth dates and passport numbers stay out of logs.
 :func:`get_logger` returns a small adapter with ``info(event, **fields)``.
+
+Exceptions are logged by class and frames only (:func:`safe_traceback`): an exception's message
+may quote the record being processed, so it is left out unless it is about a setting.
+:func:`get_status_logger` is for start-up and progress lines: they show at the default level
+(WARNING) too, so a healthy long-running command is never silent.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 from typing import Any
 
 import orjson
 
 _CONFIGURED = False
+STATUS_LOGGER = "sevisflow.status"
+"""The logger of start-up and progress lines (see :func:`get_status_logger`)."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,8 +37,9 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             payload.update(fields)
-        if record.exc_info:
-            payload["error"] = repr(record.exc_info[1])
+        if record.exc_info and record.exc_info[1] is not None:
+            payload.setdefault("error", type(record.exc_info[1]).__name__)
+            payload["traceback"] = safe_traceback(record.exc_info[1])
         return orjson.dumps(payload, default=str).decode()
 
 
@@ -41,7 +50,7 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -56,12 +65,21 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     if _CONFIGURED:
         root.setLevel(level)
+        _set_status_level()
         return
     handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.setFormatter(JsonFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level)
+    _set_status_level()
     _CONFIGURED = True
+
+
+def _set_status_level() -> None:
+    """Status lines at INFO while the root shows WARNING or more; quiet when ERROR or less is asked for."""
+    root_level = logging.getLogger().level
+    logging.getLogger(STATUS_LOGGER).setLevel(min(logging.INFO, root_level) if root_level <= logging.WARNING
+                                              else root_level)
 
 
 class StructLogger:
@@ -89,3 +107,47 @@ class StructLogger:
 
 def get_logger(name: str) -> StructLogger:
     return StructLogger(name)
+
+
+def get_status_logger() -> StructLogger:
+    """The logger of start-up and progress lines (``info``): shown at the default log level."""
+    return StructLogger(STATUS_LOGGER)
+
+
+def safe_message(exc: BaseException) -> str | None:
+    """The exception's message when it cannot quote record values (it is about a setting), else None.
+
+    A class may vouch for its messages with ``pii_free_message = True`` (e.g. a certificate error
+    that names a file and the setting)."""
+    from sevisflow.core.errors import ConfigError
+
+    if isinstance(exc, ConfigError) or getattr(type(exc), "pii_free_message", False):
+        return str(exc)
+    return None
+
+
+def safe_traceback(exc: BaseException, limit: int = 40) -> str:
+    """The traceback of ``exc`` and its causes: every frame (file, line, function, source line) and
+    exception class, but no message (unless :func:`safe_message` allows it).
+
+    A message may quote the record being processed — a name, a birth date, a passport number —
+    while the classes and frames are enough to find the bug."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(seen) < 10:
+        seen.add(id(cur))
+        frames = traceback.extract_tb(cur.__traceback__, limit=limit)
+        lines = [f'  File "{f.filename}", line {f.lineno}, in {f.name}' + (f"\n    {f.line}" if f.line else "")
+                 for f in frames]
+        msg = safe_message(cur)
+        name = f"{type(cur).__module__}.{type(cur).__qualname__}".removeprefix("builtins.")
+        tail = f": {msg}" if msg is not None else " (message left out: it may quote record values)"
+        parts.append("\n".join(["Traceback (most recent call last):", *lines, name + tail]))
+        nxt = cur.__cause__ if cur.__cause__ is not None else (None if cur.__suppress_context__ else cur.__context__)
+        if nxt is not None:
+            parts.append("The above exception was the direct cause of the following exception:"
+                         if cur.__cause__ is not None else
+                         "During handling of the above exception, another exception occurred:")
+        cur = nxt
+    return "\n\n".join(reversed(parts))

@@ -27,19 +27,37 @@ personal data can reach the metrics.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from sevisflow.core.errors import ConfigError
-from sevisflow.core.log import get_logger
+from sevisflow.core.log import get_logger, get_status_logger
 
 log = get_logger(__name__)
+status = get_status_logger()
+
+# The ``*_created`` series prometheus_client adds next to every counter double the scrape and say
+# nothing a dashboard uses (a counter's reset shows in ``rate()`` already).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # The metrics port of each stage when several run on one host (systemd units); in Kubernetes
 # every pod has its own network namespace and uses the same port, METRICS_PORT.
@@ -82,13 +100,14 @@ class _Families:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.consumer_lag = Gauge("sevisflow_consumer_lag", "records between the group's position and the end "
                                   "of the partition", ["stage", "topic", "partition"], registry=r)
-        self.slot_lag = Gauge("sevisflow_replication_slot_lag_bytes", "WAL bytes PostgreSQL keeps for the slot "
-                              "(current WAL LSN minus confirmed flush LSN)", ["stage", "slot"], registry=r)
         self.last_progress = Gauge("sevisflow_last_progress_timestamp_seconds", "when the stage last did work",
                                    ["stage"], registry=r)
         self.remote_answers = Counter("sevisflow_remote_answers", "answers of a remote service (SEVIS) by operation "
                                       "(upload, probe, download, process) and result code (S0000, S0010, …)",
                                       ["stage", "op", "code"], registry=r)
+        self.sevis_results = Counter("sevisflow_sevis_results", "per-record results in SEVIS's transaction logs: "
+                                     "result (accepted, rejected) and SEVIS's error code (none when accepted)",
+                                     ["stage", "result", "code"], registry=r)
         # the DSO's worklist, from the batcher's open batch and kept batches (processors/batcher/gauges.py)
         self.deadline_records = Gauge("sevisflow_deadline_records", "open-batch records by legal deadline band "
                                       "(overdue, urgent, soon, ok; none = no legal limit)", ["stage", "band"],
@@ -107,12 +126,21 @@ _FAMILIES_LOCK = threading.Lock()
 _PROCESS_REGISTRY: CollectorRegistry | None = None
 
 
+def register_runtime_collectors(registry: CollectorRegistry) -> None:
+    """Add prometheus_client's process (CPU, memory, open files), platform (Python version) and
+    garbage-collector metrics: ``process_*``, ``python_info``, ``python_gc_*``."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
 def process_registry() -> CollectorRegistry:
     """The registry of this process (one per process, shared by the stages of ``sevisflow run``)."""
     global _PROCESS_REGISTRY
     with _FAMILIES_LOCK:
         if _PROCESS_REGISTRY is None:
             _PROCESS_REGISTRY = CollectorRegistry()
+            register_runtime_collectors(_PROCESS_REGISTRY)
         return _PROCESS_REGISTRY
 
 
@@ -135,9 +163,11 @@ class StageMetrics:
     def records_in(self, topic: str, n: int = 1) -> None:
         self._f.records_in.labels(self.stage, topic).inc(n)
         self._f.last_progress.labels(self.stage).set(time.time())
+        tally(self.stage).add(records_in=n)
 
     def records_out(self, topic: str, n: int = 1) -> None:
         self._f.records_out.labels(self.stage, topic).inc(n)
+        tally(self.stage).add(records_out=n)
 
     def error(self, kind: str) -> None:
         """Count an error by kind (a short code, never a message: messages may hold values)."""
@@ -155,6 +185,7 @@ class StageMetrics:
     def consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
         for (topic, partition), lag in lags.items():
             self._f.consumer_lag.labels(self.stage, topic, str(partition)).set(lag)
+        tally(self.stage).set(lag=sum(lags.values()), partitions=len(lags))
 
     def forget_partitions(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Drop the lag series of partitions this instance no longer owns (after a rebalance)."""
@@ -163,9 +194,6 @@ class StageMetrics:
                 self._f.consumer_lag.remove(self.stage, topic, str(partition))
             except KeyError:
                 pass
-
-    def slot_lag(self, slot: str, lag_bytes: int) -> None:
-        self._f.slot_lag.labels(self.stage, slot).set(lag_bytes)
 
     def worklist(self, by_band: Mapping[str, int], oldest_ready_s: float, rejections_open: int,
                  oldest_rejection_s: float) -> None:
@@ -179,6 +207,32 @@ class StageMetrics:
     def remote_answer(self, op: str, code: str) -> None:
         """Count a remote service's answer by its result code (a code such as S0000, never a message)."""
         self._f.remote_answers.labels(self.stage, op, code).inc()
+
+    def sevis_results(self, results: Iterable[Mapping[str, Any]]) -> None:
+        """Count SEVIS's per-record results (``status`` success/failure, ``error_code``): codes only."""
+        counts: dict[tuple[str, str], int] = {}
+        for r in results:
+            ok = r.get("status") == "success"
+            key = ("accepted" if ok else "rejected", result_code_label(None if ok else r.get("error_code")))
+            counts[key] = counts.get(key, 0) + 1
+        per_result: dict[str, int] = {}
+        for (result, code), n in counts.items():
+            self._f.sevis_results.labels(self.stage, result, code).inc(n)
+            per_result[f"sevis_{result}"] = per_result.get(f"sevis_{result}", 0) + n
+        tally(self.stage).add(**per_result)
+
+
+RESULT_CODE = re.compile(r"[A-Z]{1,3}[0-9]{3,5}")
+
+
+def result_code_label(code: Any) -> str:
+    """A label value for SEVIS's error code: the code itself when it looks like one (S1011), ``none``
+    when there is none, ``other`` for anything else — a hostile or garbled answer cannot blow up the
+    number of series nor put text into a label."""
+    if code is None or code == "":
+        return "none"
+    text = str(code).strip()
+    return text if RESULT_CODE.fullmatch(text) else "other"
 
 
 def compute_lag(positions: Mapping[tuple[str, int], int], high_watermarks: Mapping[tuple[str, int], int]) -> dict[
@@ -242,6 +296,156 @@ class Heartbeat:
         return self.age() <= max_age_s
 
 
+# --------------------------------------------------------------------------- progress lines
+
+DEFAULT_PROGRESS_INTERVAL_S = 60.0
+_progress_interval_s = DEFAULT_PROGRESS_INTERVAL_S
+
+
+def set_progress_interval(seconds: float) -> None:
+    """How often long-running commands print a progress line (``[metrics] progress_interval_s``)."""
+    global _progress_interval_s
+    _progress_interval_s = max(0.1, float(seconds))
+
+
+def progress_interval() -> float:
+    return _progress_interval_s
+
+
+_progress_lines = True
+
+
+def set_progress_lines(enabled: bool) -> None:
+    """Turn the stages' own progress lines (the connector's snapshot) on or off for this process: off
+    for a caller that narrates itself (the demo)."""
+    global _progress_lines
+    _progress_lines = enabled
+
+
+def progress_lines() -> bool:
+    return _progress_lines
+
+
+class RateLimit:
+    """True at the first ``due()``, then at most once per ``interval_s`` (default: ``scale`` times the
+    progress interval), so a progress line never floods the log however often the work reports."""
+
+    def __init__(self, interval_s: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 scale: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.scale = scale
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = self.clock()
+        every = self.interval_s if self.interval_s is not None else _progress_interval_s * self.scale
+        if self._last is not None and now - self._last < every:
+            return False
+        self._last = now
+        return True
+
+
+@dataclass
+class Tally:
+    """What a stage did, in plain numbers for the progress line: counters only grow, facts are the latest."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, **counts: int) -> None:
+        with _TALLY_LOCK:
+            for k, n in counts.items():
+                self.counters[k] = self.counters.get(k, 0) + int(n)
+
+    def set(self, **facts: Any) -> None:
+        with _TALLY_LOCK:
+            self.facts.update(facts)
+
+
+_TALLIES: dict[str, Tally] = {}
+_TALLY_LOCK = threading.Lock()
+
+
+def tally(stage: str) -> Tally:
+    """The process-wide tally of ``stage`` (created on first use)."""
+    with _TALLY_LOCK:
+        t = _TALLIES.get(stage)
+        if t is None:
+            t = _TALLIES[stage] = Tally()
+        return t
+
+
+def tallies() -> dict[str, tuple[dict[str, int], dict[str, Any]]]:
+    """A consistent copy of every stage's tally: (counters, facts) by stage."""
+    with _TALLY_LOCK:
+        return {s: (dict(t.counters), dict(t.facts)) for s, t in _TALLIES.items()}
+
+
+def progress_fields(stages: Iterable[str], before: Mapping[str, Mapping[str, int]], elapsed_s: float) -> dict[str, Any]:
+    """Per stage: each counter's total and its rate since ``before``, and the latest facts (lag, …)."""
+    now = tallies()
+    out: dict[str, Any] = {}
+    for stage in stages:
+        counters, facts = now.get(stage, ({}, {}))
+        entry: dict[str, Any] = dict(facts)
+        for k, total in sorted(counters.items()):
+            entry[k] = total
+            delta = total - before.get(stage, {}).get(k, 0)
+            if elapsed_s > 0 and k.startswith("records_"):
+                entry[f"{k}_per_s"] = round(delta / elapsed_s, 1)
+        out[stage] = entry
+    return out
+
+
+class ProgressReporter:
+    """A daemon thread that logs ``progress`` (records in/out and their rate, consumer lag, …, per stage)
+    every progress interval, at the default log level, until stopped."""
+
+    def __init__(self, stages: Iterable[str], stop_event: threading.Event | None = None) -> None:
+        self.stages = list(stages)
+        self._stop = stop_event if stop_event is not None else threading.Event()
+        self._own_stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ProgressReporter:
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        before = {s: c for s, (c, _) in tallies().items()}
+        last = time.monotonic()
+        while not self._wait(progress_interval()):
+            now = time.monotonic()
+            status.info("progress", interval_s=round(now - last, 1),
+                        stages=progress_fields(self.stages, before, now - last))
+            before = {s: c for s, (c, _) in tallies().items()}
+            last = now
+
+    def _wait(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._stop.is_set() or self._own_stop.is_set():
+                return True
+            self._own_stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+        return self._stop.is_set() or self._own_stop.is_set()
+
+    def stop(self) -> None:
+        self._own_stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+
+def metrics_url(server: ObservabilityServer | None) -> str:
+    """Where the process serves /metrics, for the start-up line ("off" when ``metrics.port`` is 0)."""
+    if server is None:
+        return "off (set [metrics] port)"
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "") else server.host
+    return f"http://{host}:{server.port}/metrics"
+
+
 # --------------------------------------------------------------------------- process-wide probes
 
 
@@ -272,6 +476,11 @@ def probe_names() -> list[str]:
         return sorted(_PROBES)
 
 
+def readiness() -> tuple[bool, str]:
+    """What /ready answers for this process: (ready, reason naming the first stage that is not)."""
+    return _verdict(lambda: _all_probes("ready"))
+
+
 def _all_probes(kind: str) -> ReadyResult:
     """Healthy/ready when every registered probe is; the reason names the first that is not."""
     with _PROBES_LOCK:
@@ -286,7 +495,7 @@ def _all_probes(kind: str) -> ReadyResult:
     return True, "ok"
 
 
-def serve_for(port: int, host: str = "0.0.0.0") -> "ObservabilityServer | None":
+def serve_for(port: int, host: str = "0.0.0.0") -> ObservabilityServer | None:
     """Start the process's /metrics, /health and /ready on ``port`` (0 = off), backed by the probes."""
     if port <= 0:
         return None
@@ -309,6 +518,17 @@ def _verdict(check: Callable[[], ReadyResult] | None) -> tuple[bool, str]:
     return bool(result), "ok" if result else "not ready"
 
 
+class _Sampled:
+    """The registry as served: a family with no sample yet (its stage runs elsewhere, or nothing happened
+    to count) is left out instead of showing as a HELP/TYPE pair with no value."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return (m for m in self.registry.collect() if m.samples)
+
+
 @dataclass
 class _Routes:
     registry: CollectorRegistry
@@ -321,10 +541,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "sevisflow"
     sys_version = ""
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._send(200, generate_latest(self.routes.registry), CONTENT_TYPE_LATEST)
+            self._send(200, generate_latest(_Sampled(self.routes.registry)), CONTENT_TYPE_LATEST)
         elif path in ("/health", "/healthz", "/livez"):
             ok, why = _verdict(self.routes.health)
             self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
@@ -334,7 +554,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found: try /metrics, /health or /ready\n", "text/plain; charset=utf-8")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.do_GET()
 
     def _send(self, status: int, body: bytes, ctype: str) -> None:
@@ -346,7 +566,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # probes every few seconds would flood the logs; errors are counted instead
 
 
@@ -375,7 +595,7 @@ class ObservabilityServer:
             return self.requested_port
         return int(self._httpd.server_address[1])
 
-    def start(self) -> "ObservabilityServer":
+    def start(self) -> ObservabilityServer:
         handler = type("Handler", (_Handler,), {"routes": self.routes})
         try:
             self._httpd = ThreadingHTTPServer((self.host, self.requested_port), handler)
@@ -399,7 +619,7 @@ class ObservabilityServer:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> "ObservabilityServer":
+    def __enter__(self) -> ObservabilityServer:
         return self.start() if self._httpd is None else self
 
     def __exit__(self, *exc: object) -> None:

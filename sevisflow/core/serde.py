@@ -23,7 +23,6 @@ from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from sevisflow.core import PACKAGE_ROOT
-
 from sevisflow.core.errors import SevisflowError
 
 SCHEMA_DIR = PACKAGE_ROOT / "schemas"
@@ -57,6 +56,8 @@ class SchemaRegistry:
             schema = fastavro.parse_schema(raw, named_schemas=named)
         except Exception as exc:  # fastavro raises several types for bad schemas
             raise SerializationError(f"schema {path.name} is not valid Avro: {exc}") from exc
+        if not isinstance(schema, dict):
+            raise SerializationError(f"schema {path.name} is not a named Avro schema (a JSON object with a name)")
         fp = fingerprint(schema)
         self.by_fingerprint[fp] = schema
         return schema
@@ -91,7 +92,7 @@ class SchemaRegistry:
         reader_schema = self.schema(reader) if reader else writer
         try:
             return fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, reader_schema)  # type: ignore[return-value]
-        except Exception as exc:  # noqa: BLE001 - fastavro raises many types
+        except Exception as exc:  # fastavro raises many types
             raise SerializationError(f"cannot decode record with {writer.get('name')}: {exc}") from exc
 
     def schema_name_of(self, data: bytes) -> str | None:

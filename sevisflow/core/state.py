@@ -86,7 +86,7 @@ def _prefix(partition: int) -> bytes:
 class _PartitionView(Mapping[bytes, bytes]):
     """A read-only mapping over one partition of a :class:`RocksState` (no copy in memory)."""
 
-    def __init__(self, state: "RocksState", partition: int) -> None:
+    def __init__(self, state: RocksState, partition: int) -> None:
         self._state = state
         self._partition = partition
 
@@ -165,7 +165,8 @@ class RocksState:
         finally:
             os.umask(old)
         self._write_opts = WriteOptions()
-        self._write_opts.disable_wal = True  # rebuilt from the changelog after any restart
+        # rebuilt from the changelog after any restart; rocksdict's stub types this property as a method
+        self._write_opts.disable_wal = True  # type: ignore[method-assign, assignment]
         self._db.set_write_options(self._write_opts)
         for f in self.path.iterdir():
             f.chmod(0o600)
@@ -253,7 +254,7 @@ def _sweep(base: Path, name: str) -> None:
             pass
 
 
-def open_committed(settings: "StateSettings", name: str) -> CommittedState:
+def open_committed(settings: StateSettings, name: str) -> CommittedState:
     """The committed layer ``[state]`` asks for; ``name`` is the stage instance (its transactional id)."""
     if settings.backend == "rocksdb":
         return RocksState(settings.dir, name, settings.block_cache_mb, settings.write_buffer_mb)

@@ -24,10 +24,11 @@ be kept for the student's whole stay plus the record-keeping period.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from sevisflow.core import PACKAGE_ROOT
 from sevisflow.core.config import KafkaSettings, Settings

@@ -55,6 +55,8 @@ _CERT_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIF
 class CertificateError(TerminalError):
     """The TLS client certificate is missing, unreadable or refused, or the server is not trusted."""
 
+    pii_free_message = True  # names a file and a [sevis] setting, never a record: logs may show it
+
 
 class Backpressure(TransientError):
     """SEVIS asked us to slow down (HTTP 429/503 with Retry-After); ``retry_after_s`` says how long."""
@@ -170,6 +172,22 @@ def multipart(fields: list[tuple[str, str]], file_field: tuple[str, str, bytes] 
     return bytes(out)
 
 
+def _certificate_refused(exc: ssl.SSLError, host: str) -> CertificateError | None:
+    """The server's TLS alert says it refused our client certificate: a terminal error naming the fix."""
+    if any(a in (exc.reason or "").upper() for a in _CERT_ALERTS):
+        return CertificateError(f"the server at {host} refused our TLS client certificate ({exc.reason}): is "
+                                "[sevis] client_cert the certificate registered for batch in SEVIS RTI?")
+    return None
+
+
+def _tls_failure(exc: ssl.SSLError, host: str) -> CertificateError | None:
+    """A TLS error that is about certificates (the server's not trusted, or ours refused), else None."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return CertificateError(f"the server at {host} is not trusted ({exc.verify_message}); set [sevis] ca_bundle "
+                                "to the CA that signed it")
+    return _certificate_refused(exc, host)
+
+
 class SevisClient:
     """Upload and download over client-certificate TLS. Build once; it loads the certificate at once."""
 
@@ -237,16 +255,15 @@ class SevisClient:
                     except (socket.timeout, TimeoutError):
                         pass
         except ssl.SSLError as exc:
-            reason = (exc.reason or "").upper()
-            if any(a in reason for a in _CERT_ALERTS):
-                raise CertificateError(
-                    f"the server at {host} refused our TLS client certificate ({exc.reason}): is "
-                    "[sevis] client_cert the certificate registered for batch in SEVIS RTI?") from None
+            refused = _certificate_refused(exc, host)
+            if refused is not None:
+                raise refused from None
         except OSError:
             pass
 
     def _post(self, url: str, fields: list[tuple[str, str]],
               file_field: tuple[str, str, bytes] | None) -> tuple[int, dict[str, str], bytes]:
+        """POST a multipart form; the answer's status, headers and body, or the error that classifies the failure."""
         parts = urlsplit(url)
         if parts.scheme != "https":
             raise TerminalError(f"SEVIS endpoint {url} is not https")
@@ -257,53 +274,53 @@ class SevisClient:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443, context=self._ctx,
-                                           timeout=self.timeout)
+        host, port = parts.hostname or "", parts.port or 443
+        conn = http.client.HTTPSConnection(host, port, context=self._ctx, timeout=self.timeout)
         try:
-            try:
-                conn.connect()
-            except ssl.SSLCertVerificationError as exc:
-                raise CertificateError(
-                    f"the server at {parts.hostname} is not trusted ({exc.verify_message}); set [sevis] ca_bundle "
-                    "to the CA that signed it") from None
-            except ssl.SSLError as exc:
-                reason = (exc.reason or "").upper()
-                if any(a in reason for a in _CERT_ALERTS):
-                    raise CertificateError(
-                        f"the server at {parts.hostname} refused our TLS client certificate ({exc.reason}): is "
-                        "[sevis] client_cert the certificate registered for batch in SEVIS RTI?") from None
-                raise NotSent(f"TLS handshake with {parts.hostname} failed ({exc.reason or exc}); nothing was "
-                              "sent") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise NotSent(f"cannot reach {parts.hostname}:{parts.port or 443} ({type(exc).__name__}: {exc}); "
-                              "nothing was sent") from None
-            try:
-                conn.request("POST", path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = self._read_capped(resp, parts.hostname or "")
-            except ssl.SSLCertVerificationError as exc:
-                raise CertificateError(
-                    f"the server at {parts.hostname} is not trusted ({exc.verify_message}); set [sevis] ca_bundle "
-                    "to the CA that signed it") from None
-            except ssl.SSLError as exc:
-                reason = (exc.reason or "").upper()
-                if any(a in reason for a in _CERT_ALERTS):
-                    raise CertificateError(
-                        f"the server at {parts.hostname} refused our TLS client certificate ({exc.reason}): is "
-                        "[sevis] client_cert the certificate registered for batch in SEVIS RTI?") from None
-                self._diagnose(parts.hostname or "", parts.port or 443)
-                raise TransientError(f"TLS error talking to {parts.hostname}: {exc.reason or exc}") from None
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                self._diagnose(parts.hostname or "", parts.port or 443)
-                raise TransientError(f"connection to {parts.hostname} was reset ({type(exc).__name__}); "
-                                     "if this repeats, check that the client certificate is accepted") from None
-            except (socket.timeout, TimeoutError):
-                raise TransientError(f"no answer from {parts.hostname} within {self.timeout}s") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise TransientError(f"cannot reach {parts.hostname}:{parts.port or 443} "
-                                     f"({type(exc).__name__}: {exc})") from None
+            self._connect(conn, host, port)
+            resp, data = self._exchange(conn, host, port, path, body, headers)
         finally:
             conn.close()
+        return self._answer(resp, data, parts.path)
+
+    @staticmethod
+    def _connect(conn: http.client.HTTPSConnection, host: str, port: int) -> None:
+        """Open the TLS connection; a failure here proves nothing was sent (:class:`NotSent`) unless it is ours."""
+        try:
+            conn.connect()
+        except ssl.SSLError as exc:
+            tls = _tls_failure(exc, host)
+            if tls is not None:
+                raise tls from None
+            raise NotSent(f"TLS handshake with {host} failed ({exc.reason or exc}); nothing was sent") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise NotSent(f"cannot reach {host}:{port} ({type(exc).__name__}: {exc}); nothing was sent") from None
+
+    def _exchange(self, conn: http.client.HTTPSConnection, host: str, port: int, path: str, body: bytes,
+                  headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
+        """Send the request and read the capped answer; once the request may have left, failures are transient."""
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp, self._read_capped(resp, host)
+        except ssl.SSLError as exc:
+            tls = _tls_failure(exc, host)
+            if tls is not None:
+                raise tls from None
+            self._diagnose(host, port)
+            raise TransientError(f"TLS error talking to {host}: {exc.reason or exc}") from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            self._diagnose(host, port)
+            raise TransientError(f"connection to {host} was reset ({type(exc).__name__}); "
+                                 "if this repeats, check that the client certificate is accepted") from None
+        except (socket.timeout, TimeoutError):
+            raise TransientError(f"no answer from {host} within {self.timeout}s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransientError(f"cannot reach {host}:{port} ({type(exc).__name__}: {exc})") from None
+
+    @staticmethod
+    def _answer(resp: http.client.HTTPResponse, data: bytes, url_path: str) -> tuple[int, dict[str, str], bytes]:
+        """The HTTP status classified: backpressure, transient, certificate refused, terminal, or the answer."""
         resp_headers = {k.lower(): v for k, v in resp.getheaders()}
         if resp.status in (429, 503) and "retry-after" in resp_headers:
             try:
@@ -317,6 +334,6 @@ class SevisClient:
             raise CertificateError(f"SEVIS answered HTTP {resp.status}: the client certificate is not allowed "
                                    "(registered for batch in SEVIS RTI?)")
         if resp.status >= 400:
-            raise TerminalError(f"SEVIS answered HTTP {resp.status} to {parts.path}: check [sevis] upload_url / "
+            raise TerminalError(f"SEVIS answered HTTP {resp.status} to {url_path}: check [sevis] upload_url / "
                                 "download_url")
         return resp.status, resp_headers, data

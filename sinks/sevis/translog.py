@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO, Mapping
 
 from lxml import etree
 
@@ -58,6 +58,9 @@ class RecordResult:
     error_code: str | None = None
     error_message: str | None = None
     dependents: tuple[dict[str, str | None], ...] = ()
+    """``Record/Dependent``: ``dependent_sevis_id`` and the echoed ``user_defined_a``/``user_defined_b``."""
+    sites: tuple[dict[str, str | None], ...] = ()
+    """``Record/SiteOfActivity`` (exchange visitors): ``site_id`` (the SiteId SEVIS assigned) and ``site_name``."""
 
 
 @dataclass(frozen=True)
@@ -146,13 +149,15 @@ def _record(rec: etree._Element) -> RecordResult | None:
     deps = tuple({"dependent_sevis_id": _attr(d, "dependentSevisID"),
                   "user_defined_a": _text(d, "UserDefinedA"), "user_defined_b": _text(d, "UserDefinedB")}
                  for d in rec if isinstance(d.tag, str) and _local(d.tag) == "Dependent")
+    sites = tuple({"site_id": _text(s, "SiteId"), "site_name": _text(s, "SiteName")}
+                  for s in rec if isinstance(s.tag, str) and _local(s.tag) == "SiteOfActivity")
     return RecordResult(
         request_id=rid,
         ok=bool(ok) if ok is not None else code is None and result is not None,
         sevis_id=_attr(rec, "sevisID"), user_id=_attr(rec, "userID"),
         user_defined_a=_text(rec, "UserDefinedA"), user_defined_b=_text(rec, "UserDefinedB"),
         processed_at=_text(rec, "ProcessDate"), error_code=code, error_message=_text(result, "ErrorMessage"),
-        dependents=deps,
+        dependents=deps, sites=sites,
     )
 
 
@@ -231,3 +236,39 @@ def parse_translog(data: bytes | BinaryIO) -> TransactionLog:
         upload=upload, upload_file_name=upload_file, process=process, download=download,
         counts=counts, records=tuple(records),
     )
+
+
+def _take(free: list[Mapping[str, Any]], field: str, value: str | None) -> Mapping[str, Any] | None:
+    found = next((e for e in free if value and e.get(field) == value), None)
+    if found is not None:
+        free.remove(found)
+    return found
+
+
+def assign_new_ids(expected: Mapping[str, Any] | None, result: RecordResult) -> tuple[list[dict[str, Any]],
+                                                                                    list[dict[str, Any]]]:
+    """The dependent SEVIS IDs and SiteIds of one record, each with the SIS key it belongs to (``sis_key``).
+
+    ``expected`` is the manifest's ``new_ids`` of the record (the dependents and sites it asked
+    SEVIS to create, with their SIS keys). A dependent is matched by its echoed ``UserDefinedB``, a
+    site by its ``SiteName``; when SEVIS left those out and returned exactly as many as were asked
+    for, by position. An id that matches nothing is kept with ``sis_key`` None (shown, never applied).
+    """
+    exp = expected or {}
+    deps_expected = [e for e in exp.get("dependents") or [] if isinstance(e, Mapping)]
+    sites_expected = [e for e in exp.get("sites") or [] if isinstance(e, Mapping)]
+    deps, free = [], list(deps_expected)
+    for i, d in enumerate(result.dependents):
+        match = _take(free, "user_defined_b", d.get("user_defined_b"))
+        if match is None and len(result.dependents) == len(deps_expected) and deps_expected[i] in free:
+            match = deps_expected[i]
+            free.remove(match)
+        deps.append({**d, "sis_key": match.get("sis_key") if match else None})
+    sites, free = [], list(sites_expected)
+    for i, site in enumerate(result.sites):
+        match = _take(free, "site_name", site.get("site_name"))
+        if match is None and len(result.sites) == len(sites_expected) and sites_expected[i] in free:
+            match = sites_expected[i]
+            free.remove(match)
+        sites.append({**site, "sis_key": match.get("sis_key") if match else None})
+    return deps, sites

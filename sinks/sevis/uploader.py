@@ -52,8 +52,8 @@ and result code (``sevisflow_remote_answers_total{op="upload",code="S0010"}``), 
 (:func:`error_kind`), and a heartbeat beaten before every HTTP exchange, so a call that hangs
 shows on ``/health`` (see :mod:`sevisflow.sinks.sevis.stage`). Labels are codes and topic names only.
 
-Crash points (:func:`sevisflow.core.faults.crash_point`, armed only by tests through
-``SEVISFLOW_CRASH_AT``) sit just before and just after each side effect: ``sevis.<before|after>_``
+Checkpoints (:func:`sevisflow.core.checkpoints.checkpoint`, where the crash tests stop the process)
+sit just before and just after each side effect: ``sevis.<before|after>_``
 ``move_sending``, ``post``, ``move_uploaded``, ``download``, ``publish``, ``move_processed``,
 ``requeue``, ``move_failed``.
 """
@@ -77,12 +77,14 @@ import orjson
 from sevisflow.core.ledger import STATE_RANK, Ledger, LedgerWriter, evidence_files, sealed_by_batch
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import TerminalError, TransientError, UnreachableError
-from sevisflow.core.faults import crash_point
+from sevisflow.core.checkpoints import checkpoint
 from sevisflow.core.log import get_logger
 from sevisflow.core.observability import Heartbeat, StageMetrics
 from sevisflow.sinks.outbox import BatchDir, Outbox, copy_private, create_evidence, replace_private, write_private
 from sevisflow.sinks.sevis.client import Backpressure, CertificateError, DownloadReply, NotSent, SevisClient
-from sevisflow.sinks.sevis.translog import LimitError, MismatchError, TransactionLog, TranslogError, parse_translog
+from sevisflow.sinks.sevis.translog import (
+    LimitError, MismatchError, RecordResult, TransactionLog, TranslogError, assign_new_ids, parse_translog,
+)
 
 log = get_logger(__name__)
 
@@ -311,9 +313,9 @@ class SevisSink:
         bd.save_state(state)
 
     def _move(self, bd: BatchDir, target: str) -> BatchDir:
-        crash_point(f"sevis.before_move_{target}")
+        checkpoint(f"sevis.before_move_{target}")
         moved = self.outbox.move(bd, target)
-        crash_point(f"sevis.after_move_{target}")
+        checkpoint(f"sevis.after_move_{target}")
         if target != "sending":
             self._seal(moved)
         return moved
@@ -442,7 +444,7 @@ class SevisSink:
         state.pop("s0031", None)
         xml = bd.xml_path.read_bytes()
         log.info("sevis.upload", batch_id=batch_id, records=manifest.get("record_count"), attempt=n)
-        crash_point("sevis.before_post")
+        checkpoint("sevis.before_post")
         try:
             reply = self.client.upload(manifest["org_id"], self._user(manifest), batch_id, bd.xml_path.name, xml)
         except NotSent as exc:
@@ -460,7 +462,7 @@ class SevisSink:
             self._retry_later(bd, state, report, f"upload outcome unknown: {exc}", 1, exc)
             log.warning("sevis.upload_outcome_unknown", batch_id=batch_id, error=str(exc))
             return
-        crash_point("sevis.after_post")
+        checkpoint("sevis.after_post")
         code = reply.code or "none"
         self.metrics.remote_answer("upload", code)
         state["last_upload_code"] = code
@@ -501,9 +503,9 @@ class SevisSink:
         batch_id = manifest["batch_id"]
         state["checks"] = state.get("checks", 0) + 1
         try:
-            crash_point("sevis.before_download")
+            checkpoint("sevis.before_download")
             reply = self.client.download(manifest["org_id"], self._user(manifest), batch_id)
-            crash_point("sevis.after_download")
+            checkpoint("sevis.after_download")
         except TerminalError:
             raise
         except TransientError as exc:
@@ -551,9 +553,9 @@ class SevisSink:
     def _fail(self, bd: BatchDir, manifest: dict[str, Any], code: str, reason: str) -> None:
         """Provably not taken: re-queue its records (durably, idempotent command id), then ``failed/``."""
         record_ids = [r["record_id"] for r in manifest.get("records", []) if r.get("record_id")]
-        crash_point("sevis.before_requeue")
+        checkpoint("sevis.before_requeue")
         self.publisher.requeue(manifest["org_id"], manifest["batch_id"], record_ids, reason, code)
-        crash_point("sevis.after_requeue")
+        checkpoint("sevis.after_requeue")
         self.metrics.records_out(self.settings.topics.commands, len(record_ids))
         replace_private(bd.path / "reason.json",
                         orjson.dumps({"code": code, "reason": reason, "requeued": len(record_ids)},
@@ -570,9 +572,9 @@ class SevisSink:
         state["download_tries"] = state.get("download_tries", 0) + 1
         state["last_download_try"] = self.clock()
         try:
-            crash_point("sevis.before_download")
+            checkpoint("sevis.before_download")
             reply = self.client.download(manifest["org_id"], self._user(manifest), batch_id)
-            crash_point("sevis.after_download")
+            checkpoint("sevis.after_download")
         except TerminalError:
             raise
         except TransientError as exc:
@@ -638,11 +640,12 @@ class SevisSink:
             return
         self._seal(bd)  # the downloaded log and PDFs are sealed as soon as they are in place, before publishing
         results = build_results(manifest, tlog)
-        crash_point("sevis.before_publish")
+        checkpoint("sevis.before_publish")
         self.publisher.results(manifest["org_id"], results)
-        crash_point("sevis.after_publish")
+        checkpoint("sevis.after_publish")
         self.metrics.remote_answer("process", tlog.process_code or "none")
         self.metrics.records_out(self.settings.topics.results, len(results))
+        self.metrics.sevis_results(results)  # per record: accepted, or rejected by SEVIS's error code
         state.update(processed_at=self.clock(), process_code=tlog.process_code, last_download_error=None,
                      success=sum(1 for r in results if r["status"] == "success"),
                      failure=sum(1 for r in results if r["status"] != "success"))
@@ -767,7 +770,7 @@ def build_results(manifest: dict[str, Any], tlog: TransactionLog) -> list[dict[s
         r = by_request.get(rid)
         base = {"org_id": manifest["org_id"], "batch_id": manifest["batch_id"], "request_id": rid,
                 "student_key": rec.get("student_key"), "kind": rec.get("kind"),
-                "process_code": tlog.process_code, "dependents_json": None}
+                "process_code": tlog.process_code, "dependents_json": None, "sites_json": None}
         if r is None:
             out.append({**base, "status": "failure", "sevis_id": rec.get("sevis_id"), "error_code": None,
                         "error_message": "SEVIS returned no result for this record in the transaction log",
@@ -776,12 +779,20 @@ def build_results(manifest: dict[str, Any], tlog: TransactionLog) -> list[dict[s
         out.append({**base, "status": "success" if r.ok else "failure",
                     "sevis_id": r.sevis_id or rec.get("sevis_id"), "error_code": r.error_code,
                     "error_message": r.error_message, "processed_at": r.processed_at,
-                    "dependents_json": orjson.dumps(list(r.dependents)).decode() if r.dependents else None})
+                    **_new_ids_json(rec.get("new_ids"), r)})
     for r in tlog.records:
         if r.request_id not in known:
             out.append({"org_id": manifest["org_id"], "batch_id": manifest["batch_id"], "request_id": r.request_id,
                         "student_key": None, "kind": None, "status": "success" if r.ok else "failure",
                         "sevis_id": r.sevis_id, "error_code": r.error_code, "error_message": r.error_message,
                         "process_code": tlog.process_code, "processed_at": r.processed_at,
-                        "dependents_json": orjson.dumps(list(r.dependents)).decode() if r.dependents else None})
+                        **_new_ids_json(None, r)})
     return out
+
+
+def _new_ids_json(expected: Any, r: RecordResult) -> dict[str, str | None]:
+    """``dependents_json`` / ``sites_json`` of a result: the ids SEVIS assigned (dependent SEVIS IDs, an
+    exchange visitor's SiteIds), each with the SIS key it belongs to when the manifest names it."""
+    deps, sites = assign_new_ids(expected if isinstance(expected, dict) else None, r)
+    return {"dependents_json": orjson.dumps(deps).decode() if deps else None,
+            "sites_json": orjson.dumps(sites).decode() if sites else None}

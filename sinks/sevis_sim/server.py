@@ -12,6 +12,10 @@ school's system must cope with:
   derived from (OrgID, BatchID, requestID); updates for SEVIS IDs it does not know
   fail with S1003, a requestID used twice with S1004; configured per-request errors
   (``record_errors``) fail with the given code; Process S0000 or S0020;
+* exchange visitors (``SEVISBatchCreateUpdateEV``, OrgID = a program number; validated against the EV
+  XSD; an EV document under a school code or a student one under a program number is S0002): new
+  SEVIS IDs for CreateEV, dependent SEVIS IDs and SiteIds in the log, S2xxx record codes
+  (:mod:`sevisflow.sinks.sevis_sim.ev`);
 * download: S0031 for a batch it never accepted, S0030 until ``results_delay_s``
   after the upload, then a zip with ``sevis_transaction_log.xml`` and a (fake) I-20
   PDF per create with ``printForm`` true;
@@ -53,11 +57,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from lxml import etree
 
+from sevisflow.sinks.sevis_sim import ev as ev_rules
 from sevisflow.sinks.sevis_sim.certs import CertPaths, load_certs, make_certs
 from sevisflow.sinks.xml.xsd import load_schema
+from sevisflow.sinks.xml.xsd_ev import EV_ROOT, EVSchema, load_ev_schema
 
 ORG_RE = re.compile(r"^([A-Z]{3}214F\d{8}|[PG]-\d-\d{4,5})$")
 SEVIS_ID_RE = re.compile(r"^N\d{10}$")
+PROGRAM_RE = re.compile(r"^(P-[1-4]-\d{5}|G-[1-7]-\d{5})$")
+SECTIONS = {EV_ROOT: ("CreateEV/ExchangeVisitor", "UpdateEV/ExchangeVisitor"),
+            "SEVISBatchCreateUpdateStudent": ("CreateStudent/Student", "UpdateStudent/Student")}
 UPLOAD_PATH = "/sevisbatch/action/batchUpload"
 DOWNLOAD_PATH = "/sevisbatch/action/batchDownload"
 FAULT_MODES = ("http500", "S0001", "slow", "malformed", "drop", "http503", "slow_accept", "drop_after", "S0010",
@@ -107,6 +116,9 @@ class SevisSimulator:
         else:
             self.certs = load_certs(cert_dir)
         self.schema = load_schema(xsd_dir)
+        self.xsd_dir = Path(xsd_dir)
+        self._ev_schema: EVSchema | None = None
+        self.ev = ev_rules.EVRegistry()  # exchange visitors' dependents and sites of activity
         self.host, self.port = host, port
         self.known: set[str] = set(known_sevis_ids)
         self.accept_any = accept_any_sevis_id
@@ -284,6 +296,11 @@ class SevisSimulator:
                 if not r["ok"]:
                     etree.SubElement(res, "ErrorCode").text = r["code"]
                     etree.SubElement(res, "ErrorMessage").text = r["message"]
+                for site in r.get("sites", []):
+                    se = etree.SubElement(rec, "SiteOfActivity")
+                    etree.SubElement(se, "SiteId").text = site["id"]
+                    if site.get("name"):
+                        etree.SubElement(se, "SiteName").text = site["name"]
                 for dep in r.get("dependents", []):
                     de = etree.SubElement(rec, "Dependent", dependentSevisID=dep["id"])
                     for tag in ("UserDefinedA", "UserDefinedB"):
@@ -325,18 +342,53 @@ class SevisSimulator:
             return answer("S0012")
         if doc.findtext("BatchHeader/BatchID") != batch_id or doc.findtext("BatchHeader/OrgID") != org:
             return answer("S0012")
+        is_ev = doc.tag == EV_ROOT
+        if is_ev != bool(PROGRAM_RE.match(org)):
+            return answer("S0002")  # an EV document under a school code, or a student one under a program
         with self.lock:
             if (org, batch_id) in self.batches:
                 return answer("S0010")
-            if self.schema.validate(doc):
+            if (self.ev_schema() if is_ev else self.schema).validate(doc):
                 return answer("S0013")
-            if len(doc.findall("CreateStudent/Student")) > 250 or len(doc.findall("UpdateStudent/Student")) > 250:
+            if any(len(doc.findall(path)) > 250 for path in SECTIONS.get(str(doc.tag), ("", ""))):
                 return answer("S0013")
             b = _Batch(org, batch_id, user, time.time(), fname,
                        unregistered_downloads=self.registration_delay_downloads)
-            self._process(b, doc)
+            (self._process_ev if is_ev else self._process)(b, doc)
             self.batches[(org, batch_id)] = b
             return answer("S0000")
+
+    def ev_schema(self) -> EVSchema:
+        """The EV schema, loaded at the first EV batch (a simulator for F/M schools needs none)."""
+        if self._ev_schema is None:
+            self._ev_schema = load_ev_schema(self.xsd_dir)
+        return self._ev_schema
+
+    def _process_ev(self, b: _Batch, doc: etree._Element) -> None:
+        """Exchange visitors: creates get SEVIS IDs (and their dependents' and sites' ids), S2xxx codes."""
+        seen: set[str] = set()
+        for section in ("CreateEV", "UpdateEV"):
+            for visitor in doc.findall(f"{section}/ExchangeVisitor"):
+                rid, sid = visitor.get("requestID", ""), visitor.get("sevisID") or ""
+                r: dict[str, Any] = {"request_id": rid, "UserDefinedA": visitor.findtext("UserDefinedA"),
+                                     "UserDefinedB": visitor.findtext("UserDefinedB")}
+                if sid:
+                    r["sevis_id"] = sid
+                seed = f"{b.org_id}|{b.batch_id}|{rid}"
+                if rid in seen:
+                    r.update(ok=False, code="S2099", message="Duplicate requestID in this batch")
+                elif rid in self.record_errors:
+                    code, msg = self.record_errors[rid]
+                    r.update(ok=False, code=code, message=msg)
+                elif section == "CreateEV":
+                    r.update(ev_rules.create_ev(self.ev, visitor, self._new_sevis_id(seed), self._new_sevis_id,
+                                                b.pdfs))
+                elif sid in self.known or (self.accept_any and SEVIS_ID_RE.match(sid)):
+                    r.update(ev_rules.update_ev(self.ev, visitor, sid, self._new_sevis_id, seed, b.pdfs))
+                else:
+                    r.update(ok=False, code="S2001", message="SEVIS ID not found")
+                seen.add(rid)
+                b.records.append(r)
 
     def _process(self, b: _Batch, doc: etree._Element) -> None:
         seen: set[str] = set()

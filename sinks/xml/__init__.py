@@ -1,7 +1,8 @@
-"""The XML sink: closed batches → XSD-valid SEVISBatchCreateUpdateStudent files in the outbox.
+"""The XML sink: closed batches → XSD-valid SEVISBatchCreateUpdateStudent (F/M) or SEVISBatchCreateUpdateEV
+(J-1 exchange visitors) files in the outbox.
 
-``render`` is the format (a pure batch → bytes function), ``sevisflow.sinks.outbox`` the
-destination, ``stage`` the Kafka loop. The lead's all-in-one runner calls :func:`run`.
+``render`` / ``render_ev`` are the formats (pure batch → bytes functions; ``document`` picks one by the
+batch's records), ``sevisflow.sinks.outbox`` the destination, ``stage`` the Kafka loop. The lead's all-in-one runner calls :func:`run`.
 """
 
 from __future__ import annotations

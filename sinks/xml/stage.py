@@ -16,6 +16,10 @@ Per closed batch (:func:`sink_closed_batch`):
   ``sevisflow verify`` re-derives the new batch byte for byte. A header problem
   (BatchID, OrgID, the DSO's userID) refuses the whole batch and re-queues every
   record without ``close_now`` (it needs the DSO).
+* which document: the batch's records pick the renderer (:mod:`sevisflow.sinks.xml.document`) —
+  F/M records a ``SEVISBatchCreateUpdateStudent``, ``EV.*`` records (one exchange program, OrgID =
+  its program number) a ``SEVISBatchCreateUpdateEV`` validated against the EV XSD. A batch holding
+  both is refused as a whole (a header problem whose dead letter names the fix).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import orjson
 from confluent_kafka import Message
@@ -37,7 +41,9 @@ from sevisflow.core.topics import stage_group
 from sevisflow.core.log import get_logger
 from sevisflow.core.serde import SerializationError, registry
 from sevisflow.sinks.outbox import BatchDir, Outbox, day_for, safe_name, sha256
-from sevisflow.sinks.xml.render import Checked, ClosedBatch, Problem, check_batch
+from sevisflow.sinks.xml.document import check_document
+from sevisflow.sinks.xml.render import Checked, ClosedBatch, Problem
+from sevisflow.sinks.xml.render_ev import EV_CREATE, new_ids
 from sevisflow.sinks.xml.xsd import StudentSchema, load_schema
 
 log = get_logger(__name__)
@@ -59,8 +65,23 @@ class XmlOutcome:
     dead: list[Problem] = field(default_factory=list)
 
 
-def manifest_for(batch: ClosedBatch, checked: Checked, day: str, schema: StudentSchema, file_name: str) -> dict[str, Any]:
-    """The manifest kept beside the XML: what is in the file and its sha256 (no personal data)."""
+def _is_create(r: Mapping[str, Any]) -> bool:
+    return r.get("kind") in ("Create", EV_CREATE) or r.get("section") == "create"
+
+
+def _manifest_record(r: Mapping[str, Any]) -> dict[str, Any]:
+    """One record of the manifest; an EV record that creates dependents or sites also lists their SIS keys
+    (``new_ids``), with which the SEVIS sink matches the ids SEVIS returns to them."""
+    out = {"request_id": r.get("request_id"), "record_id": r.get("record_id"), "student_key": r.get("student_key"),
+           "kind": r.get("kind"), "section": r.get("section"), "sevis_id": r.get("sevis_id")}
+    refs = new_ids(r)
+    return {**out, "new_ids": refs} if refs else out
+
+
+def manifest_for(batch: ClosedBatch, checked: Checked, day: str, schema: StudentSchema, file_name: str,
+                 version: str | None = None) -> dict[str, Any]:
+    """The manifest kept beside the XML: what is in the file and its sha256 (no personal data).
+    ``version``: the XSD version the document was checked with (default: the student schema's)."""
     return {
         "batch_id": batch.batch_id,
         "org_id": batch.org_id,
@@ -71,13 +92,10 @@ def manifest_for(batch: ClosedBatch, checked: Checked, day: str, schema: Student
         "sha256": sha256(checked.xml),
         "bytes": len(checked.xml),
         "record_count": len(checked.rendered),
-        "creates": sum(1 for r in checked.rendered if r.get("kind") == "Create" or r.get("section") == "create"),
-        "updates": sum(1 for r in checked.rendered if not (r.get("kind") == "Create" or r.get("section") == "create")),
-        "schema_version": schema.version,
-        "records": [{"request_id": r.get("request_id"), "record_id": r.get("record_id"),
-                     "student_key": r.get("student_key"), "kind": r.get("kind"), "section": r.get("section"),
-                     "sevis_id": r.get("sevis_id")}
-                    for r in batch.records],
+        "creates": sum(1 for r in checked.rendered if _is_create(r)),
+        "updates": sum(1 for r in checked.rendered if not _is_create(r)),
+        "schema_version": schema.version if version is None else version,
+        "records": [_manifest_record(r) for r in batch.records],
     }
 
 
@@ -89,9 +107,9 @@ def sink_closed_batch(batch: ClosedBatch, schema: StudentSchema, outbox: Outbox)
     3. write the folder atomically (temp folder, fsync, rename).
     """
     day = day_for(batch.at_ms, outbox.tz)
-    checked = check_batch(batch, schema)
+    checked, version = check_document(batch, schema)
     file_name = f"{safe_name(batch.batch_id)}.xml"
-    manifest = manifest_for(batch, checked, day, schema, file_name)
+    manifest = manifest_for(batch, checked, day, schema, file_name, version)
     if checked.ok:
         found = outbox.find(batch.batch_id, day)
         if found is not None:
@@ -234,7 +252,7 @@ def build_loop(settings: Settings, schema: StudentSchema, outbox: Outbox,
                              make_handler(settings, schema, outbox, writer),
                              transactional_id=transactional_id(settings, instance),
                              batch_size=50, dlq_topic=settings.topics.dlq,
-                             stall_after_s=settings.metrics.stall_after_s)
+                             stall_after_s=settings.metrics.stall_after_s, stage="sink-xml")
 
 
 def transactional_id(settings: Settings, instance: str | None = None) -> str:
@@ -261,8 +279,7 @@ def run(settings: Settings, stop_event: threading.Event, max_idle_polls: int | N
     # transaction (which may hold a ledger head) would hold that read up to transaction.timeout.ms
     fence_predecessor(settings.kafka, transactional_id(settings, instance))
     loop = build_loop(settings, schema, outbox, instance, ledger_writer(settings, outbox))
-    watcher = threading.Thread(target=lambda: (stop_event.wait(), loop.stop()), daemon=True, name="sink-xml-stop")
-    watcher.start()
+    loop.stop_when(stop_event, "sink-xml")
     log.info("sink_xml.started", topic=settings.topics.batches, outbox=str(outbox.root))
     loop.run(max_idle_polls=max_idle_polls)
     log.info("sink_xml.stopped", processed=loop.processed)

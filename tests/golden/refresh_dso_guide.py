@@ -16,14 +16,15 @@ def G(name: str) -> str:
 
 
 gold=G('batch_show_80.txt').split("\n")
-starts=[i for i,l in enumerate(gold) if re.match(r" ?\d+  S\d{4}", l)]   # the first line of each record
+starts=[i for i,line in enumerate(gold) if re.match(r" ?\d+  S\d{4}", line)]   # the first line of each record
 excerpt="\n".join(gold[:starts[3]]+["   …"]+gold[starts[-1]:]).rstrip()
 stu=G('batch_show_student.txt').split("\n")
-a=next(i for i,l in enumerate(stu) if l.startswith("#2 "))
+a=next(i for i,line in enumerate(stu) if line.startswith("#2 "))
 stu_ex="\n".join(stu[a:a+14]).rstrip()
 pipe=G('batch_show_pipe.txt').split("\n")
-heads=[i for i,l in enumerate(pipe) if re.match(r"#\d+  S\d{4}", l)]
-j=next(i for i in heads if "S1005" in pipe[i]); k=next(i for i in heads if i > j)
+heads=[i for i,line in enumerate(pipe) if re.match(r"#\d+  S\d{4}", line)]
+j=next(i for i in heads if "S1005" in pipe[i])
+k=next(i for i in heads if i > j)
 pipe_ex="\n".join(pipe[j:k]).rstrip()
 blocks={"Open batch of ABC214F12345000, revision 13\n8 records": excerpt, "#2  S1003": stu_ex, r"#\d+  S1005": pipe_ex,
         "Open batch of ABC214F12345000 (revision": G('batch_list.txt'), "Batch S1750007200000 of": G('batch_status.txt'),

@@ -39,6 +39,23 @@ def sim(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def kafka_cluster():
+    """One three-node KRaft cluster per session (replication factor 3, min.insync.replicas 2 for the
+    internal topics), shared by the tests that kill a broker: each restarts the node it killed
+    (``deploy.local.cluster.restart_node``) before it ends, so the next finds three nodes again."""
+    from sevisflow.deploy.local.stack import start_stack, stop_stack
+    from tests.helpers import REPO
+
+    (REPO / ".local" / "stacks").mkdir(parents=True, exist_ok=True)
+    info = start_stack(name="pytest-cluster", postgres=False, kafka_brokers=3, progress=lambda *_: None)
+    assert info.kafka is not None and len(info.kafka.nodes) == 3
+    try:
+        yield info.kafka
+    finally:
+        stop_stack(info, remove=True)
+
+
+@pytest.fixture(scope="session")
 def secure_stack():
     """One Kafka per session that requires TLS + SASL/SCRAM and authorizes every request (KRaft's
     StandardAuthorizer): the operator is a super user (``info.env()``), every principal of the ACL

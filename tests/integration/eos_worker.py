@@ -1,7 +1,7 @@
 """A tiny processor for the exactly-once tests: copies input to output and counts per key in state.
 
 Run as ``python -m tests.integration.eos_worker BOOTSTRAP IN OUT STATE GROUP`` so a test can kill -9 it
-(or arm ``SEVISFLOW_CRASH_AT``). It runs under :class:`sevisflow.app.runner.Pipeline`, like every stage
+(or arm ``SEVISFLOW_CRASH_AT``: it installs :mod:`tests.crashing`'s handler). It runs under :class:`sevisflow.app.runner.Pipeline`, like every stage
 process, so a fenced instance stands by the way a real one does. Optional environment:
 ``EOS_INSTANCE`` (default ``worker``: the identity is ``<GROUP>-<instance>``), ``EOS_METRICS_PORT``
 (serve /health and /ready), ``EOS_SESSION_TIMEOUT_MS``, ``EOS_STANDBY_CHECK_S``, ``EOS_STATE_DIR`` (keep the
@@ -20,6 +20,7 @@ from sevisflow.core.kafka_io import Output, StateStore, TransactionalLoop
 from sevisflow.core.log import configure
 from sevisflow.app.runner import Pipeline
 from sevisflow.core.state import open_committed
+from tests import crashing
 
 
 def main(bootstrap: str, inp: str, out: str, state_topic: str, group: str) -> int:
@@ -39,9 +40,10 @@ def main(bootstrap: str, inp: str, out: str, state_topic: str, group: str) -> in
                                  state_topic=state_topic, batch_size=50, consumer_overrides=overrides,
                                  dlq_topic=f"{out}.dlq",
                                  state=StateStore(open_committed(settings.state, f"{group}-{instance}")))
-        threading.Thread(target=lambda: (stop.wait(), loop.stop()), daemon=True).start()
+        loop.stop_when(stop, "eos")
         loop.run()
 
+    crashing.install()  # SEVISFLOW_CRASH_AT, when a test arms it
     configure()  # JSON lines on stderr: the tests read the stage's events from them
     port = int(os.environ.get("EOS_METRICS_PORT", "0"))
     state_dir = os.environ.get("EOS_STATE_DIR", "")

@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
-from sevisflow.deploy.local.stack import StackInfo, _settings_kafka, apply_stack_acls
+from sevisflow.app.cli import main
 from sevisflow.core.acls import (
     READ,
     TOPIC,
@@ -36,12 +36,19 @@ from sevisflow.core.acls import (
     stage_groups,
     state_topics,
 )
-from sevisflow.app.cli import main
 from sevisflow.core.config import Settings, settings_toml
 from sevisflow.core.errors import TerminalError
-from sevisflow.core.kafka_io import TopicSpec, client_config, ensure_topics, make_admin, make_consumer, make_producer
-from sevisflow.core.kafka_io import restore_partitions
+from sevisflow.core.kafka_io import (
+    TopicSpec,
+    client_config,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+    restore_partitions,
+)
 from sevisflow.core.topics import all_topics
+from sevisflow.deploy.local.stack import StackInfo, _settings_kafka, apply_stack_acls
 from tests.helpers import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
@@ -236,7 +243,7 @@ def test_idempotent_producers_of_the_non_transactional_roles(world):
         producer = make_producer(_as(world, _user(world, role)).kafka)
         errors: list = []
         for t in topics:
-            producer.produce(t, key=b"k", value=b"v", on_delivery=lambda e, m: errors.append(e) if e else None)
+            producer.produce(t, key=b"k", value=b"v", on_delivery=lambda e, m, errors=errors: errors.append(e) if e else None)
         assert producer.flush(30) == 0 and not errors, (role, errors)
 
 
@@ -260,7 +267,7 @@ def test_acls_apply_shows_the_diff_is_idempotent_and_repairs_drift(world, tmp_pa
     s = world["settings"]
     info = world["info"]
     config = tmp_path / "sevisflow.toml"
-    raw = {"kafka": {k: v for k, v in info.kafka.kafka_settings().items()},
+    raw = {"kafka": dict(info.kafka.kafka_settings().items()),
            "topics": dataclasses.asdict(s.topics), "connector": {"topic.prefix": s.connector.topic_prefix,
                          "table.include.list": s.connector.table_include_list},
            "school": {"org_id": s.school.org_id}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sevisflow.app.audit.scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT
+from testkit.audit_scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT
 from sevisflow.app.cli import main
 from tests.audit_scenario import load_scenario, scenario_config
 

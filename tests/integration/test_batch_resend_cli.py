@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, event
+from testkit.batcher import ORG, event
 from sevisflow.processors.batcher.view import build_view
 from tests.batcher_support import DSO, Batcher, cli, closed_of, records_of, send, send_events, wait_for, write_config
 
@@ -59,7 +59,7 @@ def test_resend_puts_the_rejected_record_back_and_the_worklist_follows_it(env, t
 
         code, out, err = cli(capsys, cfg, "batch", "close", "--dso", DSO, "--yes", "--json")
         assert code == 0, err
-        second = [c for c in closed_of(wait_for(env, lambda evs: len(closed_of(evs)) == 2)) if c["batch_id"] != bid][0]
+        second = next(c for c in closed_of(wait_for(env, lambda evs: len(closed_of(evs)) == 2)) if c["batch_id"] != bid)
         (again,) = records_of(second)
         code, out, _ = cli(capsys, cfg, "todo", "--today", TODAY, "--json")      # in flight: shown as resent
         assert [i["what"] for i in orjson.loads(out)["items"] if i["student_key"] == "S1"] == ["resent"]

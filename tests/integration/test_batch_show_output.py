@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, event
+from testkit.batcher import ORG, event
 from sevisflow.processors.batcher.view import build_view
 from tests.batcher_support import Batcher, send_events, wait_for, write_config
 from tests.helpers import REPO

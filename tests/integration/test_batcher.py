@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, command, event, result
+from testkit.batcher import ORG, command, event, result
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import main as cli_main
+from tests.crashing import EXIT_CODE
 from tests.batcher_support import (
     DSO,
     ORG2,
@@ -83,21 +84,23 @@ def test_close_while_events_keep_arriving(env, tmp_path, capsys):
 def test_kill_9_between_close_and_publish_gives_exactly_one_batch(env, tmp_path):
     # the batcher process's settings: its DSOs too (it refuses commands of anyone else)
     cfg = write_config(env, tmp_path / "sevisflow.toml", school_extra=f'dso_user_ids = ["{DSO}"]\n')
-    argv = [sys.executable, "-m", "sevisflow.processors.batcher", "--config", str(cfg), "--instance", "crash",
-            "--session-timeout-ms", "6000", "--log-level", "WARNING"]
-    proc_env = dict(os.environ, SEVISFLOW_BATCHER_FAULT="kill_before_commit_close", PYTHONPATH=str(REPO))
+    # through tests.crashing: the process ends (137, as kill -9) at the first commit of a transaction that
+    # holds a closed batch, after its events were delivered to Kafka (inside the open transaction)
+    argv = [sys.executable, "-m", "tests.crashing", "sevisflow.processors.batcher", "--config", str(cfg),
+            "--instance", "crash", "--session-timeout-ms", "6000", "--log-level", "WARNING"]
+    proc_env = dict(os.environ, SEVISFLOW_CRASH_AT="kafka.before_commit@batcher.closed", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, cwd=REPO, env=proc_env)
     try:
         send_events(env, [event(f"S{i}", n=i) for i in range(5)])
         wait_for(env, lambda evs: sum(e["type"] == "record_added" for e in evs) == 5)
         cmd = command("close", "close-crash-1", dso_user_id=DSO, at_ms=NOW)
         send_command(env, cmd)
-        assert proc.wait(60) == -signal.SIGKILL
+        assert proc.wait(60) == EXIT_CODE
     finally:
         if proc.poll() is None:
             proc.kill()
     assert closed_of(batch_events(env)) == []  # the uncommitted close is invisible
-    del proc_env["SEVISFLOW_BATCHER_FAULT"]
+    del proc_env["SEVISFLOW_CRASH_AT"]
     proc = subprocess.Popen(argv, cwd=REPO, env=proc_env)
     try:
         evs = wait_for(env, lambda evs: len(closed_of(evs)) >= 1)
@@ -202,7 +205,7 @@ def test_batch_ids_unique_across_restarts_and_two_instances(env):
     finally:
         for b in running:
             b.stop()
-    for org, got in ids.items():
+    for _org, got in ids.items():
         assert len(got) == 4 and len(set(got)) == 4 and got == sorted(got), got
         assert all(len(x) == 14 for x in got)
 

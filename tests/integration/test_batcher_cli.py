@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, event
+from testkit.batcher import ORG, event
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import batch as batch_cli
 from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, send_events, wait_for, write_config

@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, command, event
+from testkit.batcher import ORG, command, event
 from sevisflow.processors.batcher.stage import state_topic
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce, read_topic

@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, event
+from testkit.batcher import ORG, event
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import batch as batch_cli
 from sevisflow.app.cli import main as cli_main

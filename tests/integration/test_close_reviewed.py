@@ -16,7 +16,7 @@ import time
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, event
+from testkit.batcher import ORG, event
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
 from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, records_of, send_events, wait_for, write_config

@@ -24,13 +24,12 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from sevisflow.deploy.local.cluster import kill_node, restart_node
-from sevisflow.deploy.local.stack import KafkaInfo, start_stack, stop_stack
+from sevisflow.deploy.local.stack import KafkaInfo
 from sevisflow.core.config import KafkaSettings, Settings, settings_from_mapping
 from sevisflow.core.kafka_io import (
     Output,
@@ -56,16 +55,10 @@ KEYS = 40
 RESTART_AFTER_S = 25
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[KafkaInfo]:
-    root = REPO / ".local" / "stacks"
-    root.mkdir(parents=True, exist_ok=True)
-    info = start_stack(name="pytest-cluster", postgres=False, kafka_brokers=3, progress=lambda *_: None)
-    assert info.kafka is not None and len(info.kafka.nodes) == 3
-    try:
-        yield info.kafka
-    finally:
-        stop_stack(info, remove=True)
+@pytest.fixture
+def cluster(kafka_cluster: KafkaInfo) -> KafkaInfo:
+    """The session's three-node cluster (tests/integration/conftest.py), also used by the pipeline's test."""
+    return kafka_cluster
 
 
 def _settings(cluster: KafkaInfo, unique: str) -> Settings:

@@ -11,7 +11,7 @@ import json
 import random
 import threading
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,19 @@ from sevisflow.core.errors import SevisflowError, TerminalError
 from sevisflow.core.kafka_io import read_topic
 from tests.helpers import KafkaHandle, PgHandle
 from tests.integration.connector_support import (
-    RunningConnector, by_partition, current_lsn, changes, connector_settings, events, execute, slot_confirmed, wait_caught_up,
-    in_source_order, run_to_end, wait_streaming, wait_until,
+    RunningConnector,
+    by_partition,
+    changes,
+    connector_settings,
+    current_lsn,
+    events,
+    execute,
+    in_source_order,
+    run_to_end,
+    slot_confirmed,
+    wait_caught_up,
+    wait_streaming,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -89,7 +100,7 @@ def test_every_op_and_type(kafka_stack: KafkaHandle, fresh_db: PgHandle, unique:
     assert after["b"] is False
     assert after["d"] == (date(2024, 2, 29) - date(1970, 1, 1)).days
     assert after["tm"] == (13 * 3600 + 45 * 60 + 7) * 1_000_000 + 250_000
-    assert after["ts"] == int(datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()) * 1_000_000 + 6
+    assert after["ts"] == int(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()) * 1_000_000 + 6
     assert after["tstz"] == "2024-05-01T08:00:00.500000Z"   # as Debezium 3.6.1 writes it
     assert after["u"] == "a8983f72-063c-4cf3-833b-4c1d159aa4d4"
     assert after["j"] == '{"k": [1, 2]}' and after["jb"] == '{"z": null}'
@@ -252,9 +263,9 @@ def test_idle_database_heartbeat_advances_slot_and_status(kafka_stack: KafkaHand
                                                           tmp_path: Path) -> None:
     """Only an uncaptured table is written: the slot still confirms, lag stays small and is visible."""
     execute(fresh_db.dsn, "CREATE TABLE captured (id int PRIMARY KEY)", "CREATE TABLE noise (id int, pad text)")
-    from sevisflow.deploy.local.stack import free_port
     from sevisflow.app.cli.connector import status_data
     from sevisflow.core.observability import probe_names, serve_for
+    from sevisflow.deploy.local.stack import free_port
 
     port = free_port()
     s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{"table.include.list": ["public.captured"],
@@ -264,7 +275,7 @@ def test_idle_database_heartbeat_advances_slot_and_status(kafka_stack: KafkaHand
     with server, RunningConnector(s):
         wait_until(lambda: slot_confirmed(fresh_db.dsn, s.connector.slot_name) is not None, 30, "slot")
         start = slot_confirmed(fresh_db.dsn, s.connector.slot_name) or 0
-        for i in range(20):
+        for _ in range(20):
             execute(fresh_db.dsn, "INSERT INTO noise SELECT g, repeat('x', 500) FROM generate_series(1, 200) g")
         target_written = current_lsn(fresh_db.dsn)
         assert target_written - start > 100_000

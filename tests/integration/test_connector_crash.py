@@ -62,6 +62,12 @@ class Writer:
         self.expected.extend(pending)
         self.next_id += 1
 
+    def finish(self, slot: str, timeout: float = 90) -> None:
+        """Stop writing, then wait until the connector has confirmed every change on the slot."""
+        self.stop.set()
+        self.thread.join(30)
+        wait_caught_up(self.dsn, slot, timeout=timeout)
+
     def run(self) -> None:
         conn: psycopg.Connection[Any] | None = None
         while not self.stop.is_set():
@@ -106,6 +112,13 @@ def _check_complete(writer: Writer, settings: Any) -> dict[str, int]:
     return {"events": len(stream), "unique": len(stream_positions), "duplicates": len(stream) - len(stream_positions)}
 
 
+def _stop_cleanly(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM the connector process, which must then exit 0 (its log's tail otherwise)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-3000:]
+
+
 def _env(settings: Any) -> dict[str, str]:
     c, p = settings.connector, settings.postgres
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
@@ -134,7 +147,7 @@ def test_kill_9_at_random_moments_loses_nothing(kafka_stack: KafkaHandle, fresh_
                                                                         "snapshot.fetch.size": 400,
                                                                         "offset.flush.interval.ms": 300})
     env = _env(s)
-    log = open(tmp_path / "connector.log", "ab")
+    log = open(tmp_path / "connector.log", "ab")  # noqa: SIM115 - every restarted connector appends to it; closed at the end
     cmd = [sys.executable, "-m", "sevisflow.connectors.postgres"]
     rnd = random.Random()
     writer = Writer(fresh_db.dsn)
@@ -151,14 +164,10 @@ def test_kill_9_at_random_moments_loses_nothing(kafka_stack: KafkaHandle, fresh_
             kills += 1
             proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=log)
             time.sleep(rnd.uniform(0.8, 2.5))
-        writer.stop.set()
-        writer.thread.join(30)
-        wait_caught_up(fresh_db.dsn, s.connector.slot_name, timeout=90)
+        writer.finish(s.connector.slot_name)
     finally:
         writer.stop.set()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0, (tmp_path / "connector.log").read_text()[-3000:]
+        _stop_cleanly(proc, tmp_path / "connector.log")
         log.close()
     assert kills == 4 and len(writer.expected) > 300
     seen, _ = _observed(s)
@@ -206,9 +215,7 @@ def test_postgres_restart_mid_stream_then_wal_level_check(kafka_stack: KafkaHand
             _pg_ctl(info.postgres.datadir, "restart", "-m", "fast", "-w", "-t", "60")
             before = len(writer.expected)
             wait_until(lambda: len(writer.expected) > before + 100, 60, "writes after the restart")
-            writer.stop.set()
-            writer.thread.join(30)
-            wait_caught_up(pg.dsn, s.connector.slot_name, timeout=60)
+            writer.finish(s.connector.slot_name, timeout=60)
         assert writer.reconnects >= 1
         stats = _check_complete(writer, s)
         assert stats["unique"] == len(writer.expected)
@@ -245,7 +252,7 @@ def test_crash_on_both_sides_of_every_connector_boundary_loses_nothing(
     s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{"table.include.list": ["public.k"],
                                                                         "snapshot.fetch.size": 500,
                                                                         "offset.flush.interval.ms": 200})
-    cmd = [sys.executable, "-m", "sevisflow.connectors.postgres"]
+    cmd = [sys.executable, "-m", "tests.crashing", "sevisflow.connectors.postgres"]
     writer = Writer(fresh_db.dsn)
     crashed: list[str] = []
     with open(tmp_path / "connector.log", "ab") as log:
@@ -262,14 +269,10 @@ def test_crash_on_both_sides_of_every_connector_boundary_loses_nothing(
                 crashed.append(point)
             proc = subprocess.Popen(cmd, env=_env(s), cwd=tmp_path, stdout=log, stderr=log)
             time.sleep(2)
-            writer.stop.set()
-            writer.thread.join(30)
-            wait_caught_up(fresh_db.dsn, s.connector.slot_name, timeout=90)
+            writer.finish(s.connector.slot_name)
         finally:
             writer.stop.set()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(30) == 0, (tmp_path / "connector.log").read_text()[-3000:]
+            _stop_cleanly(proc, tmp_path / "connector.log")
     assert crashed == CRASH_SEQUENCE and len(writer.expected) > 50
     seen, _ = _observed(s)
     assert set(range(1, 6001)) <= {i for op, i, _ in seen if op == "r"}, "snapshot rows missing after the crashes"

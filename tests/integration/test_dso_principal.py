@@ -9,7 +9,7 @@ import dataclasses
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, command, event
+from testkit.batcher import ORG, command, event
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.core.acls import principals
 from sevisflow.core.config import settings_from_mapping, settings_toml

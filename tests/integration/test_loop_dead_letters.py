@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -21,7 +22,6 @@ from collections import Counter
 import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
-from sevisflow.deploy.local.stack import free_port
 from sevisflow.core.config import KafkaSettings
 from sevisflow.core.kafka_io import (
     Output,
@@ -34,6 +34,7 @@ from sevisflow.core.kafka_io import (
 )
 from sevisflow.core.observability import serve_for
 from sevisflow.core.serde import registry
+from sevisflow.deploy.local.stack import free_port
 from tests.helpers import http_get
 
 pytestmark = pytest.mark.integration
@@ -153,7 +154,7 @@ def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_re
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     try:
-        status, body = _wait(lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 503 and r, 60,
+        _, body = _wait(lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 503 and r, 60,
                              "/health to fail")
         assert "non-retriable" in body and "state value" in body and state in body, body
         failures_then = loop._failures
@@ -164,7 +165,7 @@ def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_re
         assert [m.value() for m in read_topic(kafka, out)] == [b"first"], "nothing after the stuck record yet"
         _set_limit(kafka, state, 8 * 1024 * 1024)  # the operator's fix
         _wait(lambda: len(list(read_topic(kafka, out))) >= 3, 60, "processing to resume")
-        status, body = _wait(lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 200 and r, 30,
+        _, body = _wait(lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 200 and r, 30,
                              "/health to recover")
         assert loop.retry_delay_s() == 0.0, "the backoff is reset by a commit"
     finally:
@@ -220,5 +221,5 @@ def test_an_io_error_in_the_handler_is_retried_with_backoff_not_dead_lettered(ka
     assert "I/O error in the handler: OSError [errno 28] No space left on device" in failing[-1]
     assert [m.value() for m in read_topic(kafka, out)] == [b"a", b"write", b"b"]
     assert list(read_topic(kafka, dlq)) == [], "an I/O error is not the record's fault"
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert len(attempts) == 5 and gaps[0] >= 0.25 and gaps[1] >= 0.55 and gaps[2] >= 1.15 and gaps[3] >= 2.35, gaps

@@ -8,19 +8,12 @@ one's visa is changed to a non-F/M/J status while SEVIS holds the record as acti
 
 from __future__ import annotations
 
-import threading
-import time
-
 import orjson
 import pytest
 
 from sevisflow.processors.sevis_events.derive import SPELLING
-from sevisflow.processors.sevis_events.stage import events_topics
-from sevisflow.core.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
-from sevisflow.core.serde import registry
-from sevisflow.core.topics import pipeline_topics
 from tests.helpers import make_settings
-from tests.integration.test_events_hygiene import _view
+from tests.integration.events_support import decoded, run_events_stage, view
 
 pytestmark = pytest.mark.integration
 
@@ -38,38 +31,17 @@ def _top(rec: dict, **top: object) -> dict:
 
 def test_altered_left_and_incomplete_students_reach_the_dead_letter_topic(kafka_stack, unique):
     settings = make_settings(kafka_stack, unique=unique)
-    ensure_topics(settings.kafka, pipeline_topics(settings) + events_topics(settings))
-    views = [_view("S1", 1, {("student", "last_name"): "Smith"}), _view("S2", 2), _view("S3", 3),  # baselines
-             _view("S1", 4),                                                       # back to "O'Brien-Müller"
-             _top(_view("S2", 5, {("student", "visa_type"): "H-1B"}), international=False),
-             _top(_view("S3", 6), program=None)]
-    producer = make_producer(settings.kafka)
-    errors: list = []
-    for v in views:
-        produce(producer, settings.topics.students, v["student_key"].encode(),
-                registry().encode("sevisflow.students.StudentView", v), on_delivery=delivery_raiser(errors))
-    flush_or_raise(producer, errors)
-
-    from sevisflow.processors.sevis_events.stage import run
-
-    stop = threading.Event()
-    t = threading.Thread(target=run, args=(settings, stop), kwargs={"instance": "silent"}, daemon=True)
-    t.start()
+    views = [view("S1", 1, {("student", "last_name"): "Smith"}), view("S2", 2), view("S3", 3),  # baselines
+             view("S1", 4),                                                       # back to "O'Brien-Müller"
+             _top(view("S2", 5, {("student", "visa_type"): "H-1B"}), international=False),
+             _top(view("S3", 6), program=None)]
 
     def dead() -> list[dict]:
-        return [registry().decode(m.value(), "sevisflow.dlq.DeadLetter")
-                for m in read_topic(settings.kafka, settings.topics.dlq) if m.value()]
+        return decoded(settings, settings.topics.dlq, "sevisflow.dlq.DeadLetter")
 
-    try:
-        deadline = time.monotonic() + 90
-        while len({d["student_key"] for d in dead()}) < 3:
-            assert time.monotonic() < deadline, "the events stage wrote no dead letters for the three students"
-            time.sleep(0.5)
-    finally:
-        stop.set()
-        t.join(40)
-    events = [registry().decode(m.value(), "sevisflow.events.SevisEvent")
-              for m in read_topic(settings.kafka, settings.topics.events) if m.value()]
+    run_events_stage(settings, views, "silent", lambda: len({d["student_key"] for d in dead()}) >= 3,
+                     "dead letters for the three students")
+    events = decoded(settings, settings.topics.events, "sevisflow.events.SevisEvent")
     assert [(e["student_key"], e["kind"]) for e in events] == [("S1", "PersonalInfo")]
     assert orjson.loads(events[0]["payload_json"])["FullName"]["LastName"] == "OBrien Muller"
     notes = [p for p in events[0]["problems"] if p.startswith(SPELLING)]
@@ -87,5 +59,5 @@ def test_altered_left_and_incomplete_students_reach_the_dead_letter_topic(kafka_
 
     left = next(d for d in read_letters(settings) if d["code"] == "status_left_fmj")
     assert left["changes"]["student.visa_type"][1] == "H-1B"
-    [item] = [i for i in dead_letter_items([left])]
+    [item] = dead_letter_items([left])
     assert any(line.startswith("in the SIS: student.visa_type:") and line.endswith("→ H-1B") for line in item.detail)

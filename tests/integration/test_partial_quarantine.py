@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sevisflow.processors.batcher.fixtures import ORG, command, event
+from testkit.batcher import ORG, command, event
 from sevisflow.app.audit.decode import decode_message
 from sevisflow.app.audit.verify import guided_batcher_replay
 from sevisflow.core.kafka_io import read_topic

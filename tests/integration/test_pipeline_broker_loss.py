@@ -25,14 +25,14 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from sevisflow.deploy.local.cluster import kill_node, restart_node
-from sevisflow.deploy.local.stack import KafkaInfo, start_stack, stop_stack
+from sevisflow.deploy.local.stack import KafkaInfo
 from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
 from sevisflow.core.config import Settings, settings_from_mapping
 from sevisflow.core.kafka_io import client_config, ensure_topics
@@ -49,15 +49,10 @@ PACE_S = 0.3                  # one SIS commit every 0.3 s: the load runs before
 STAGES = ["connector", "normalize", "events", "batcher"]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[KafkaInfo]:
-    (REPO / ".local" / "stacks").mkdir(parents=True, exist_ok=True)
-    info = start_stack(name="pytest-pipeline-cluster", postgres=False, kafka_brokers=3, progress=lambda *_: None)
-    assert info.kafka is not None and len(info.kafka.nodes) == 3
-    try:
-        yield info.kafka
-    finally:
-        stop_stack(info, remove=True)
+@pytest.fixture
+def cluster(kafka_cluster: KafkaInfo) -> KafkaInfo:
+    """The session's three-node cluster (tests/integration/conftest.py), shared with tests/integration/test_cluster.py."""
+    return kafka_cluster
 
 
 class Progress:

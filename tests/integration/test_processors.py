@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 
 from sevisflow.processors.normalize.debezium import SisFeed
-from sevisflow.processors.normalize.stage import normalize_topics
 from sevisflow.processors.sevis_events.pure import PurePipeline
-from sevisflow.processors.sevis_events.stage import events_topics
 from sevisflow.app.cli import main as cli_main
-from sevisflow.core.kafka_io import TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
+from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import registry
-from sevisflow.core.topics import pipeline_topics
 from tests.helpers import REPO, make_settings
+from testkit.school import feed_on_kafka
 from tests.scenarios import MAPPING, ORG, PKS, school_history
 
 pytestmark = pytest.mark.integration
@@ -40,11 +38,42 @@ def write_config(settings, path: Path) -> Path:
 
 def start(stage: str, config: Path, log: Path, state_dir: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "SEVISFLOW_CONFIG": str(config), "SEVISFLOW_INSTANCE": "it"}
-    if state_dir is not None:   # [state] backend = "rocksdb", small cache and buffers
-        env.update(SEVISFLOW_STATE_BACKEND="rocksdb", SEVISFLOW_STATE_DIR=str(state_dir),
-                   SEVISFLOW_STATE_BLOCK_CACHE_MB="8", SEVISFLOW_STATE_WRITE_BUFFER_MB="4")
-    return subprocess.Popen([sys.executable, "-m", f"processors.{stage}"], cwd=REPO, env=env,
+    if state_dir is not None:   # [state] backend = "rocksdb", small cache and buffers; normalize's cache trimmed
+        env.update(SEVISFLOW_STATE_BACKEND="rocksdb", SEVISFLOW_STATE_DIR=str(state_dir),   # to 20 values
+                   SEVISFLOW_STATE_BLOCK_CACHE_MB="8", SEVISFLOW_STATE_WRITE_BUFFER_MB="4",
+                   SEVISFLOW_STATE_CACHE_ENTRIES="20")
+    return subprocess.Popen([sys.executable, "-m", f"sevisflow.processors.{stage}"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+
+
+def _event_ids(settings) -> Counter:
+    return Counter(registry().decode(m.value())["event_id"] for m in read_topic(settings.kafka, settings.topics.events))
+
+
+def _all_events(settings, want: int) -> Counter:
+    """The event ids on the events topic once there are ``want`` of them, 3 s later (a duplicate shows by then)."""
+    got = _event_ids(settings)
+    if sum(got.values()) >= want:
+        time.sleep(3)
+        got = _event_ids(settings)
+    return got
+
+
+def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _kill_and_restart(procs: dict[str, subprocess.Popen], victim: str, config: Path, log: Path,
+                      state_dir: Path | None = None) -> None:
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait()
+    procs[victim] = start(victim, config, log, state_dir)
 
 
 @pytest.mark.parametrize("backend", ["memory", "rocksdb"])
@@ -52,21 +81,12 @@ def test_kill_9_at_any_point_loses_nothing_and_duplicates_nothing(kafka_stack, u
     state_dir = tmp_path / "state" if backend == "rocksdb" else None
     settings = make_settings(kafka_stack, unique=unique, school={"org_id": ORG})
     prefix = settings.connector.topic_prefix
-    change_topics = [TopicSpec(f"{prefix}.{t}", 2, 1) for t in MAPPING.tables()] + \
-        [TopicSpec(f"{prefix}.transaction", 1, 1)]
-    ensure_topics(settings.kafka, pipeline_topics(settings) + normalize_topics(settings) + events_topics(settings)
-                  + change_topics)
     feed = SisFeed(prefix=prefix, primary_keys=PKS)
     school_history(feed, 40)
     expected = PurePipeline(MAPPING, org_id=ORG, tx_topic=f"{prefix}.transaction").feed(feed.records)
     want = Counter(e["event_id"] for e in expected.events)
     assert len(want) == len(expected.events) > 100
-
-    producer = make_producer(settings.kafka)
-    errors: list = []
-    for r in feed.records:
-        produce(producer, r.topic, r.key, r.value, on_delivery=delivery_raiser(errors))
-    flush_or_raise(producer, errors)
+    feed_on_kafka(settings, feed, MAPPING.tables(), partitions=2)
 
     config = write_config(settings, tmp_path / "sevisflow.toml")
     procs = {s: start(s, config, tmp_path / f"{s}.log", state_dir) for s in ("normalize", "sevis_events")}
@@ -79,25 +99,14 @@ def test_kill_9_at_any_point_loses_nothing_and_duplicates_nothing(kafka_stack, u
             time.sleep(rng.uniform(0.8, 2.0))
             if kills < 6:
                 victim = rng.choice(sorted(procs))
-                procs[victim].send_signal(signal.SIGKILL)
-                procs[victim].wait()
+                _kill_and_restart(procs, victim, config, tmp_path / f"{victim}.log", state_dir)
                 kills += 1
-                procs[victim] = start(victim, config, tmp_path / f"{victim}.log", state_dir)
                 continue
-            got = Counter(registry().decode(m.value())["event_id"] for m in read_topic(settings.kafka, settings.topics.events))
+            got = _all_events(settings, len(want))
             if sum(got.values()) >= len(want):
-                time.sleep(3)   # anything extra (a duplicate) would show up now
-                got = Counter(registry().decode(m.value())["event_id"]
-                              for m in read_topic(settings.kafka, settings.topics.events))
                 break
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_all(procs)
     assert kills == 6
     assert [k for k, n in got.items() if n > 1] == []
     assert set(got) == set(want), (tmp_path / "normalize.log").read_text()[-3000:]
@@ -128,21 +137,13 @@ def test_kill_9_while_a_big_transaction_is_buffered_loses_nothing(kafka_stack, u
 
     settings = make_settings(kafka_stack, unique=unique, school={"org_id": ORG})
     prefix = settings.connector.topic_prefix
-    ensure_topics(settings.kafka, pipeline_topics(settings) + normalize_topics(settings) + events_topics(settings)
-                  + [TopicSpec(f"{prefix}.{t}", 2, 1) for t in MAPPING.tables()]
-                  + [TopicSpec(f"{prefix}.transaction", 1, 1)])
     feed, enrollments = big_school(prefix, students=200)
     big_transaction(feed, enrollments)
     assert len(enrollments) == 10_000
     expected = PurePipeline(MAPPING, org_id=ORG, tx_topic=f"{prefix}.transaction").feed(feed.records)
     want = {e["event_id"] for e in expected.events}
     assert Counter(e["kind"] for e in expected.events) == {"Registration": 200}
-
-    producer = make_producer(settings.kafka)
-    errors: list = []
-    for r in feed.records:
-        produce(producer, r.topic, r.key, r.value, on_delivery=delivery_raiser(errors))
-    flush_or_raise(producer, errors)
+    feed_on_kafka(settings, feed, MAPPING.tables(), partitions=2)
 
     config = write_config(settings, tmp_path / "sevisflow.toml")
     procs = {s: start(s, config, tmp_path / f"{s}.log") for s in ("normalize", "sevis_events")}
@@ -150,27 +151,15 @@ def test_kill_9_while_a_big_transaction_is_buffered_loses_nothing(kafka_stack, u
     try:
         for pause in (4.0, 3.0, 3.0):
             time.sleep(pause)
-            procs["normalize"].send_signal(signal.SIGKILL)
-            procs["normalize"].wait()
-            procs["normalize"] = start("normalize", config, tmp_path / "normalize.log")
+            _kill_and_restart(procs, "normalize", config, tmp_path / "normalize.log")
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             time.sleep(2)
-            got = Counter(registry().decode(m.value())["event_id"]
-                          for m in read_topic(settings.kafka, settings.topics.events))
+            got = _all_events(settings, len(want))
             if sum(got.values()) >= len(want):
-                time.sleep(3)   # anything extra (a duplicate) would show up now
-                got = Counter(registry().decode(m.value())["event_id"]
-                              for m in read_topic(settings.kafka, settings.topics.events))
                 break
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_all(procs)
     assert [k for k, n in got.items() if n > 1] == []
     assert set(got) == want, (tmp_path / "normalize.log").read_text()[-3000:]
     # the buffer was committed in chunks while the transaction was incomplete: the restarts restored it

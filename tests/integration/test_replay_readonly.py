@@ -8,7 +8,7 @@ import orjson
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from sevisflow.app.audit.scenario import OTHER, STUDENT, T0
+from testkit.audit_scenario import OTHER, STUDENT, T0
 from sevisflow.app.cli import main
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
 from tests.audit_scenario import load_scenario, scenario_config

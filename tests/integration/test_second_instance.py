@@ -11,27 +11,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 
 import pytest
 
 from sevisflow.deploy.local.stack import free_port
-from sevisflow.core.config import KafkaSettings
-from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
-from tests.helpers import REPO, http_get
+from tests.helpers import http_get
+from tests.integration.eos_support import EosWorld, stop
 
 pytestmark = pytest.mark.integration
 
 
-def _start(kafka_stack, names, port, log_path):
+def _start(kafka_stack, world, port, log_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
     env.update({"EOS_METRICS_PORT": str(port), "EOS_SESSION_TIMEOUT_MS": "10000", "EOS_STANDBY_CHECK_S": "1"})
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.integration.eos_worker", kafka_stack.bootstrap,
-                                 *names], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        proc = world.start(kafka_stack.bootstrap, env=env, stderr=log)
     proc.log_path = log_path
     return proc
 
@@ -56,34 +51,16 @@ def _ready(port):
 
 
 def test_a_second_instance_takes_over_and_the_first_stands_by_without_fencing_back(kafka_stack, unique, tmp_path):
-    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
-    inp, out, state, group = f"si.in.{unique}", f"si.out.{unique}", f"si.state.{unique}", f"si-{unique}"
-    ensure_topics(kafka, [TopicSpec(inp, 2, 1), TopicSpec(out, 2, 1),
-                          TopicSpec(state, 2, 1, {"cleanup.policy": "compact"})])
-    names = (inp, out, state, group)
-    producer = make_producer(kafka)
-    keys = [f"k{i}".encode() for i in range(6)]
-    sent: Counter = Counter()
-    n = 0
-
-    def feed(count):
-        nonlocal n
-        for _ in range(count):
-            sent[keys[n % len(keys)]] += 1
-            producer.produce(inp, key=keys[n % len(keys)], value=f"m{n}".encode())
-            n += 1
-        assert producer.flush(30) == 0
-
-    def outputs():
-        return list(read_topic(kafka, out))
+    world = EosWorld.create(kafka_stack.bootstrap, "si", unique, keys=6)
+    feed, outputs = world.feed, world.outputs
 
     pa, pb = free_port(), free_port()
     feed(100)
-    a = _start(kafka_stack, names, pa, tmp_path / "a.log")
+    a = _start(kafka_stack, world, pa, tmp_path / "a.log")
     b = None
     try:
         _until(lambda: len(outputs()) >= 100 and _ready(pa)[0] == 200, 90, "A to process", [a])
-        b = _start(kafka_stack, names, pb, tmp_path / "b.log")
+        b = _start(kafka_stack, world, pb, tmp_path / "b.log")
         _until(lambda: _ready(pb)[0] == 200 and _ready(pa)[0] == 503, 90, "B active and A standing by", [a, b])
         assert "standby" in _ready(pa)[1]
         assert http_get(f"http://127.0.0.1:{pa}/health")[0] == 200, "a standby is alive"
@@ -103,23 +80,12 @@ def test_a_second_instance_takes_over_and_the_first_stands_by_without_fencing_ba
         final = outputs()
     finally:
         for p in (a, b):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop(p)
     a_log, b_log = (tmp_path / "a.log").read_text(), (tmp_path / "b.log").read_text()
     assert a_log.count('"stage.standby"') == 1, a_log[-3000:]
     assert a_log.count('"stage.taking_over"') == 1, a_log[-3000:]
     assert '"stage.standby"' not in b_log, "the active instance was fenced back"
     assert '"kafka.standby_check_failed"' not in a_log, "the standby must have seen B in the group, not guessed"
     assert a.returncode == 0, a_log[-2000:]
-    originals = Counter(m.value().split(b"#")[0] for m in final)
-    assert len(final) == 300 and set(originals) == {f"m{i}".encode() for i in range(300)}
-    assert all(c == 1 for c in originals.values()), "an input was written twice"
-    per_key: dict = {}
-    for m in final:
-        per_key.setdefault(m.key(), []).append(int(m.value().split(b"#")[1]))
-    for key, counts in per_key.items():
-        assert counts == list(range(1, sent[key] + 1)), (key, counts)
+    assert world.n == 300
+    world.assert_exactly_once(final)

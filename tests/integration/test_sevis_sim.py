@@ -16,7 +16,7 @@ from sevisflow.sinks.sevis.client import CertificateError, SevisClient
 from sevisflow.sinks.sevis.translog import parse_translog
 from sevisflow.sinks.sevis_sim import SevisSimulator
 from sevisflow.sinks.xml.render import render_batch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, sample_batch, update_record
+from testkit.xml_samples import DSO, ORG_ID, create_record, sample_batch, update_record
 from sevisflow.sinks.xml.render import ClosedBatch
 from sevisflow.sinks.xml.xsd import load_schema, load_translog_schema
 from tests.helpers import EXAMPLES_DIR, XSD_DIR, make_settings
@@ -75,7 +75,7 @@ def test_upload_rules_and_results(sim):
 
 def test_sevis_ids_are_deterministic(tmp_path):
     ids = []
-    for n in range(2):
+    for _n in range(2):
         with SevisSimulator(tmp_path / "certs", XSD_DIR) as s:
             c = client_for(s)
             c.upload(ORG_ID, DSO, "SIMTEST0000009", "a.xml",

@@ -15,7 +15,7 @@ from sevisflow.core.serde import registry
 from sevisflow.core.topics import pipeline_topics
 from sevisflow.sinks.sevis_sim import SevisSimulator
 from sevisflow.sinks.xml.render import ClosedBatch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, update_record
+from testkit.xml_samples import DSO, ORG_ID, create_record, update_record
 from tests.helpers import XSD_DIR, make_settings
 from tests.upload_support import sim_sevis
 

@@ -3,7 +3,7 @@ effect of the SEVIS sink, restart it, and check the end state.
 
 Crashes are real: either ``kill -9`` while SEVIS holds the POST (slow acceptance), or the process's
 own ``os._exit(137)`` at a named point just before / just after a side effect
-(``SEVISFLOW_CRASH_AT``, see :mod:`sevisflow.core.faults`): the outbox moves, the HTTP POST, the
+(``SEVISFLOW_CRASH_AT``, see :mod:`tests.crashing`): the outbox moves, the HTTP POST, the
 download, publishing results or the requeue command. After the restart:
 
 * SEVIS received the batch exactly once (POSTs per BatchID counted at the simulator);
@@ -76,7 +76,7 @@ class Sink:
         if crash:
             env["SEVISFLOW_CRASH_AT"] = crash
         with open(log, "w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "sevisflow.app.cli.__main__", "sink", *(args or ("sevis",))],
+            proc = subprocess.Popen([sys.executable, "-m", "tests.crashing", "sevisflow", "sink", *(args or ("sevis",))],
                                     cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
         return proc, log
 

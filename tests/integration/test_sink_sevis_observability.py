@@ -15,16 +15,18 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sevisflow.deploy.local.stack import free_port
+from sevisflow.app.runner import STAGES
 from sevisflow.core.kafka_io import ensure_topics, read_topic
 from sevisflow.core.observability import serve_for
 from sevisflow.core.topics import pipeline_topics
+from sevisflow.deploy.local.stack import free_port
 from sevisflow.sinks.sevis.client import SevisClient
 from sevisflow.sinks.sevis.stage import run as run_sevis
 from sevisflow.sinks.xml.render import ClosedBatch, render_batch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record
+from testkit.xml_samples import DSO, ORG_ID, create_record
 from sevisflow.sinks.xml.xsd import load_schema
-from tests.helpers import REPO, stage_env, XSD_DIR, http_get, make_settings
+from tests.helpers import REPO, XSD_DIR, http_get, make_settings, stage_env
+from tests.metrics_conventions import problems
 from tests.upload_support import FakePublisher, put_batch, settings_for, sim_sevis, states
 
 pytestmark = pytest.mark.integration
@@ -118,6 +120,9 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
     assert delta("sevisflow_records_out_total", topic=settings.topics.commands) == 3
     assert delta("sevisflow_batch_records_count", kind="upload") == 1
     assert delta("sevisflow_errors_total", kind="sevis_http") == 1
+    # per record: the good batch's 2 accepted and 1 rejected with SEVIS's code
+    assert delta("sevisflow_sevis_results_total", result="accepted", code="none") == 2
+    assert delta("sevisflow_sevis_results_total", result="rejected", code="S1003") == 1
     assert [r["error_code"] for r in pub.published].count("S1003") == 1 and len(pub.requeued) == 1
     # labels are stage names, codes and topics: nothing of a record reaches the metrics
     record_values = {str(v) for r in pub.published for k, v in r.items()
@@ -162,6 +167,8 @@ def test_sink_sevis_process_serves_health_ready_and_metrics(kafka_stack, unique,
         assert _value(samples, "sevisflow_remote_answers_total", op="upload", code="S0000") == 1
         assert _value(samples, "sevisflow_records_in_total", topic="outbox") == 3
         assert _value(samples, "sevisflow_records_out_total", topic=settings.topics.results) == 3
+        assert _value(samples, "sevisflow_sevis_results_total", result="rejected", code="S1003") == 1
+        assert problems(http_get(f"{base}/metrics")[1], STAGES) == []
         results = [m for m in read_topic(settings.kafka, settings.topics.results) if m.value()]
         assert len(results) == 3
         proc.send_signal(signal.SIGTERM)

@@ -7,12 +7,15 @@ import subprocess
 import sys
 import time
 
+import orjson
 import pytest
 
-from sevisflow.deploy.local.stack import free_port
+from sevisflow.app.runner import STAGES
 from sevisflow.core.kafka_io import ensure_topics
 from sevisflow.core.topics import all_topics
-from tests.helpers import REPO, stage_env, http_get, make_settings
+from sevisflow.deploy.local.stack import free_port
+from tests.helpers import REPO, http_get, make_settings, stage_env
+from tests.metrics_conventions import problems
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +44,10 @@ def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
         assert health[0] == 200, health
         status, body = http_get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
-        assert "sevisflow_transactions" in body and "sevisflow_consumer_lag" in body
+        # Prometheus conventions on the live scrape: every family sampled, units in names, process metrics
+        assert problems(body, STAGES) == [] and "process_resident_memory_bytes" in body
         # the worklist gauges follow the open batch: one 2025 change (long overdue) and one Create (no limit)
-        from sevisflow.processors.batcher.fixtures import event
+        from testkit.batcher import event
         from tests.batcher_support import send_events
 
         send_events(settings, [event("S1", n=1), event("S2", "Create", n=2)])
@@ -51,18 +55,29 @@ def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
         while time.monotonic() < deadline + 60:
             body = http_get(f"http://127.0.0.1:{port}/metrics")[1]
             lines = [x for x in body.splitlines() if x.startswith(want)]
-            if len(lines) == 2 and all(x.endswith(" 1.0") for x in lines):
+            # a family is served once it has a sample: transactions after the first commit, the lag once
+            # the assigned partitions were sampled (every 15 s)
+            sampled = all(f"{name}{{" in body for name in ("sevisflow_transactions_total", "sevisflow_consumer_lag"))
+            if len(lines) == 2 and all(x.endswith(" 1.0") for x in lines) and sampled:
                 break
             time.sleep(0.5)
         else:
             raise AssertionError([x for x in body.splitlines() if "deadline" in x or "oldest" in x])
+        assert problems(body, STAGES) == [] and 'stage="batcher"' in body
         age = next(x for x in body.splitlines() if x.startswith("sevisflow_oldest_ready_record_age_seconds{"))
         assert float(age.rsplit(" ", 1)[1]) > 86400 * 30
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-        assert proc.returncode == 0, proc.stderr.read()[-2000:]
+        err = proc.stderr.read()
+        assert proc.returncode == 0, err[-2000:]
         assert time.monotonic() - started < 45, "SIGTERM did not drain within the bound"
+        # at the default log level: where metrics are served, and what runs
+        lines = [orjson.loads(x) for x in err.splitlines() if x.startswith("{")]
+        starting = [x for x in lines if x["event"] == "pipeline.starting"]
+        assert starting and starting[0]["metrics"] == f"http://127.0.0.1:{port}/metrics", err[-2000:]
+        assert [x["stage"] for x in lines if x["event"] == "stage.started"] == ["batcher"]
+        assert any(x["event"] == "pipeline.ready" for x in lines), err[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, event
+from testkit.batcher import BASE_MS, ORG, event
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.core.dlq import dead_letter
 from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce, read_topic
@@ -26,8 +26,8 @@ def test_the_worklist_shows_due_days_rejections_and_data_items_and_records_done_
         code, out, _ = cli(capsys, cfg, "batch", "close", "--dso", DSO, "--yes", "--json")
         assert code == 0, out
         batch_id = orjson.loads(out)["batches"][0]["batch_id"]
-        closed = [e for e in wait_for(env, lambda evs: any(e["type"] == "closed" for e in evs))
-                  if e["type"] == "closed"][0]
+        closed = next(e for e in wait_for(env, lambda evs: any(e["type"] == "closed" for e in evs))
+                  if e["type"] == "closed")
         rec = next(r for r in orjson.loads(closed["records_json"]) if r["student_key"] == "S1")
         send(env, env.topics.results, "sevisflow.results.SevisResult", [{
             "org_id": ORG, "batch_id": batch_id, "request_id": rec["request_id"], "student_key": "S1",

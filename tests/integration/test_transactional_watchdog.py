@@ -25,6 +25,7 @@ from sevisflow.core.kafka_io import (
     producer_config,
     read_topic,
 )
+from tests.integration.eos_support import EosWorld
 
 pytestmark = pytest.mark.integration
 
@@ -138,19 +139,8 @@ def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_c
     import sevisflow.core.kafka_io as kio
 
     monkeypatch.setattr(kio, "TXN_CALL_GRACE_S", 1.0)
-    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
-    inp, out, state, group = f"uo.in.{unique}", f"uo.out.{unique}", f"uo.state.{unique}", f"uo-{unique}"
-    ensure_topics(kafka, [TopicSpec(inp, 2, 1), TopicSpec(out, 2, 1),
-                          TopicSpec(state, 2, 1, {"cleanup.policy": "compact"})])
-    keys = [f"k{i}".encode() for i in range(5)]
-    sent: Counter = Counter()
-    feeder = make_producer(kafka)
-
-    def feed(start: int, n: int) -> None:
-        for i in range(start, start + n):
-            sent[keys[i % len(keys)]] += 1
-            feeder.produce(inp, key=keys[i % len(keys)], value=f"m{i}".encode())
-        assert feeder.flush(30) == 0
+    world = EosWorld.create(kafka_stack.bootstrap, "uo", unique, keys=5)
+    kafka, out, state, group = world.kafka, world.out, world.state, world.group
 
     release = threading.Event()
     made: list = []
@@ -166,9 +156,9 @@ def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_c
         yield Output(out, msg.key(), msg.value() + b"#" + str(n).encode())
 
     CommitsThenHangs.hung = 0
-    loop = TransactionalLoop(kafka, group, [inp], count, transactional_id=f"{group}-0", state_topic=state,
+    loop = TransactionalLoop(kafka, group, [world.inp], count, transactional_id=f"{group}-0", state_topic=state,
                              batch_size=20, txn_timeout_s=8.0, producer_factory=factory, retry_base_s=0.1)
-    feed(0, 150)
+    world.feed(150)
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     try:
@@ -176,7 +166,7 @@ def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_c
         while loop.rebuilds == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert loop.rebuilds >= 1, "the commit's unknown outcome was not handled by a rebuild"
-        feed(150, 150)  # processed on the rebuilt state
+        world.feed(150)  # processed on the rebuilt state
         outputs = _wait_outputs(kafka, out, 300, 60)
         time.sleep(2)  # anything written twice would show up now
         outputs = list(read_topic(kafka, out, timeout_s=10))
@@ -186,12 +176,4 @@ def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_c
         release.set()
     assert CommitsThenHangs.hung == 1, "the injected hang after the commit was not reached"
     assert loop.producer_replacements >= 1 and len(made) >= 2
-    originals = Counter(m.value().split(b"#")[0] for m in outputs)
-    assert len(outputs) == 300, f"expected 300 outputs, got {len(outputs)}"
-    assert set(originals) == {f"m{i}".encode() for i in range(300)}
-    assert all(n == 1 for n in originals.values()), "an input was written twice"
-    per_key: dict = {}
-    for m in outputs:
-        per_key.setdefault(m.key(), []).append(int(m.value().split(b"#")[1]))
-    for key, counts in per_key.items():
-        assert counts == list(range(1, sent[key] + 1)), (key, counts)
+    world.assert_exactly_once(outputs)

@@ -11,7 +11,7 @@ from sevisflow.sinks.sevis.client import CertificateError, SevisClient
 from sevisflow.sinks.sevis.uploader import SevisSink
 from sevisflow.sinks.sevis_sim.certs import make_ca, make_leaf
 from sevisflow.sinks.xml.render import ClosedBatch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record
+from testkit.xml_samples import DSO, ORG_ID, create_record
 from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR
 from tests.upload_support import FakePublisher, outbox_of, put_batch, settings_for, states

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from sevisflow.core.ledger import Ledger, LedgerWriter
-from sevisflow.app.audit.scenario import batcher_run
+from testkit.audit_scenario import batcher_run
 from sevisflow.app.cli import main
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
 from sevisflow.core.serde import registry

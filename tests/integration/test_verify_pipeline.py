@@ -99,3 +99,10 @@ def test_verify_all_over_the_real_pipeline(kafka_stack, fresh_db, unique, tmp_pa
     # the XML sink sealed the batch in its transaction and anchored the head on the ledger topic
     assert [e["batch_id"] for e in Ledger(settings.sevis.outbox_dir).entries()] == [batch_id]
     assert report.anchored == (1, Ledger(settings.sevis.outbox_dir).entries()[0]["hash"]) and report.unanchored == 0
+
+    # verify <BatchID> reads the log only up to the batch's close, and every check still passes
+    from sevisflow.app.cli.verify import verify_one
+
+    one, read = verify_one(settings, batch_id, with_sources=True, timeout_s=30)
+    assert {c.name: c.status for c in one.checks} == {name: "ok" for name in checks}, one.to_json()
+    assert read.startswith("read the log up to"), read

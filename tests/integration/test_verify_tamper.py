@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from sevisflow.core.ledger import Ledger, chain
-from sevisflow.app.audit.scenario import batcher_run
+from testkit.audit_scenario import batcher_run
 from sevisflow.app.cli import main
 from sevisflow.core.errors import TerminalError
 from sevisflow.core.kafka_io import ensure_topics, make_producer
@@ -341,12 +341,12 @@ def test_xml_sink_killed_between_sealing_and_commit_anchors_the_head_on_restart(
 
     from sevisflow.deploy.local.stack import free_port
     from sevisflow.core.ledger import GENESIS, anchored_head, anchors_for, check_anchors, read_anchors
-    from sevisflow.core.faults import ENV_VAR, EXIT_CODE
     from sevisflow.core.kafka_io import flush_or_raise, produce
     from sevisflow.sinks.xml.render import ClosedBatch
-    from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record
+    from testkit.xml_samples import DSO, ORG_ID, create_record
     from sevisflow.core.kafka_io import fence_predecessor
     from sevisflow.sinks.xml.stage import run as run_xml, transactional_id
+    from tests.crashing import ENV_VAR, EXIT_CODE
     from tests.helpers import REPO, stage_env
     from tests.integration.test_sink_kafka import closed_event
 
@@ -362,7 +362,7 @@ def test_xml_sink_killed_between_sealing_and_commit_anchors_the_head_on_restart(
            "SEVISFLOW_SEVIS_QUARANTINE_DIR": str(tmp_path / "quarantine"), "SEVISFLOW_SEVIS_XSD_DIR": str(XSD_DIR),
            "SEVISFLOW_SCHOOL_ORG_ID": settings.school.org_id, "SEVISFLOW_INSTANCE": "xml-1",
            ENV_VAR: "kafka.before_commit:1"}
-    first = subprocess.run([sys.executable, "-m", "sevisflow.app.cli.__main__", "sink", "xml"], cwd=REPO, env=env,
+    first = subprocess.run([sys.executable, "-m", "tests.crashing", "sevisflow", "sink", "xml"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == EXIT_CODE, first.stderr[-2000:]
     ledger = Ledger(outbox)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from sevisflow.app.audit.scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT, decoded_scenario
+from testkit.audit_scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT, decoded_scenario
 from sevisflow.app.audit.timeline import batch_report, format_batch_records, format_timeline, student_timeline
 
 
 def _inputs():
     recs = decoded_scenario()
     changes = recs["sis.public.person"] + recs["sis.public.address"] + recs["sis.public.enrollment"]
-    return dict(changes=changes, events=recs["sevis.events"], batches=recs["sevis.batches"],
-                results=recs["sevis.results"], commands=recs["sevis.batch.commands"])
+    return {"changes": changes, "events": recs["sevis.events"], "batches": recs["sevis.batches"],
+                "results": recs["sevis.results"], "commands": recs["sevis.batch.commands"]}
 
 
 def test_student_timeline_shows_every_step_in_order():

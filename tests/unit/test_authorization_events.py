@@ -19,7 +19,7 @@ from sevisflow.processors.batcher.core import School as BatchSchool
 from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 from sevisflow.sinks.xml.render import ClosedBatch, check_batch
-from sevisflow.sinks.xml.samples import AUTHORIZATION_KINDS, DSO, ORG_ID, update_record
+from testkit.xml_samples import AUTHORIZATION_KINDS, DSO, ORG_ID, update_record
 from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR
 from tests.scenarios import MAPPING, PKS, TABLES, Case, School, base_rows, payload
@@ -182,7 +182,7 @@ def test_withdrawal_of_a_sent_authorisation_stays_a_cancel_record() -> None:
     s = School()
     s.tx(("c", "auth", auth("CPT")))
     cancel = s.tx(*WITHDRAW).events[0]
-    state, outs = apply(BatchSchool(ORG_ID), EventIn(cancel, 1_767_225_601_000))
+    state, _outs = apply(BatchSchool(ORG_ID), EventIn(cancel, 1_767_225_601_000))
     (rec,) = state.records.values()
     assert rec["kind"] == "CPTEmployment.Cancel" and rec["record_id"] == "S00000007:Authorization:90"
 

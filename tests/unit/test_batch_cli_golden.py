@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from testkit.batcher import BASE_MS, ORG, command, event, result
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import batch as cli
 from sevisflow.app.cli import review

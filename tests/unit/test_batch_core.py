@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, Reject, ResultIn, School, SendCommand, Tick, apply
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from testkit.batcher import BASE_MS, ORG, command, event, result
 from sevisflow.processors.batcher.ids import BATCH_ID_LEN, REQUEST_ID_MAX
 
 DSO = "DSOUSER001"
@@ -62,7 +62,7 @@ def test_later_change_of_same_kind_replaces_and_says_why():
     s, outs = run(fresh(), ev(event("S1", n=1, before={"email": "a"}, after={"email": "b"})),
                   ev(event("S1", n=2, before={"email": "b"}, after={"email": "c"})))
     assert types(outs)[-1] == "record_replaced"
-    rep = [o.event for o in outs if o.event["type"] == "record_replaced"][0]
+    rep = next(o.event for o in outs if o.event["type"] == "record_replaced")
     assert "replaces event ev-S1-PersonalInfo-1" in rep["reason"]
     (rec,) = s.records.values()
     assert rec["event_ids"] == ["ev-S1-PersonalInfo-1", "ev-S1-PersonalInfo-2"]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, Reject, School, apply
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+from testkit.batcher import BASE_MS, ORG, command, event
 from sevisflow.processors.batcher.guard import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_RECORD_IDS, CommandPolicy, malformed,
                                       parse_principals)
 from sevisflow.processors.batcher.ids import _MAX_STAMP, next_batch_stamp
@@ -272,11 +272,11 @@ def test_policy_from_settings_and_its_errors():
 
     p = policy(dso_user_ids=[DSO], dso_principals=["User:CN=alice,O=Uni=DSOUSER001"], close_dso="SCHEDDSO01")
     assert p.principals == {"User:CN=alice,O=Uni": DSO} and p.dso_user_ids == {DSO}
-    with pytest.raises(ConfigError, match="school.dso_user_ids: SEVIS user id 'short'"):
+    with pytest.raises(ConfigError, match=r"school\.dso_user_ids: SEVIS user id 'short'"):
         policy(dso_user_ids=["short"])
     with pytest.raises(ConfigError, match="not principal=SEVISUSER"):
         policy(dso_user_ids=[DSO], dso_principals=["User:alice"])
-    with pytest.raises(ConfigError, match="maps to DSOUSER002, which is not in school.dso_user_ids"):
+    with pytest.raises(ConfigError, match=r"maps to DSOUSER002, which is not in school\.dso_user_ids"):
         policy(dso_user_ids=[DSO], dso_principals=["User:bob=DSOUSER002"])
     assert parse_principals([]) == {}
 

@@ -17,7 +17,7 @@ from sevisflow.processors.batcher.core import (
     apply,
     open_view,
 )
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from testkit.batcher import BASE_MS, ORG, command, event, result
 from sevisflow.processors.batcher.stage import OPEN_BATCH_SCHEMA, BatcherStage, BatcherStore, save_diff
 from sevisflow.processors.batcher.view import BatchView, fold, from_open_batch
 from sevisflow.core.config import settings_from_mapping

@@ -8,13 +8,16 @@ the generic decode + builder path.
 from __future__ import annotations
 
 import struct
-from datetime import date, time as dtime
+from datetime import date
+from datetime import time as dtime
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from sevisflow.connectors.postgres import convert as cv, decoder, envelope, pgoutput, snapshot
+from sevisflow.connectors.postgres import convert as cv
+from sevisflow.connectors.postgres import decoder, envelope, pgoutput, snapshot
 from sevisflow.connectors.postgres.envelope import EventBuilder, TableMeta, TxContext
 from sevisflow.connectors.postgres.pgoutput import UNCHANGED, DecodeError, Delete, Insert, Update, Value, decode, encode
 
@@ -263,7 +266,7 @@ def test_random_changes_give_identical_envelopes(msgs: list[Any], schemas: bool)
         if generic:
             b.fast_change = lambda *a: None  # type: ignore[method-assign]
         for i, m in enumerate(msgs):
-            out.append(_outcome(lambda: _records(b, _META, encode(m), tx, 4100 + i)))
+            out.append(_outcome(lambda m=m, i=i: _records(b, _META, encode(m), tx, 4100 + i)))
         out.append(b.transaction_event("t", tx, "END"))
         return out
 
@@ -300,7 +303,7 @@ def test_random_snapshot_rows_are_identical(rows: list[list[Value]]) -> None:
         b = _builder()
         out = []
         for r in rows:
-            res = _outcome(lambda: list(b.iter_read_values(_META, [r], tx, 77, "true")))
+            res = _outcome(lambda r=r: list(b.iter_read_values(_META, [r], tx, 77, "true")))
             out.append(res if isinstance(res, tuple) else [(k, v[:v.index(b'"ts_ms"')]) for k, v in res])
         return out
 
@@ -323,7 +326,7 @@ def test_copy_text_splits_alike() -> None:
     chunks = [b"1\tAna\t\n", "2\tZo\u00eb \u674e \U0001f393\t\t\n3\t\t\n".encode(), b"\n", b"1\\N\n",
               b"1\t\\N\tx\\ty\n", b"\xff\tx\n", b"no newline", b"a\n\n", b"\t\t\n"]
     for data in chunks:
-        c, py = _both(lambda: _outcome(lambda: snapshot.split_copy_text(data)))
+        c, py = _both(lambda data=data: _outcome(lambda: snapshot.split_copy_text(data)))
         assert c == py, data
     assert snapshot._py_split_copy_text(chunks[1]) == [["2", "Zoë 李 🎓", "", ""], ["3", "", ""]]
 
@@ -334,7 +337,7 @@ def test_copy_text_splits_alike() -> None:
 def test_random_copy_text_splits_alike(rows: list[list[str]], junk: bytes) -> None:
     data = "".join("\t".join(r) + "\n" for r in rows).encode()
     for d in (data, data + junk, junk + data):
-        c, py = _both(lambda: _outcome(lambda: snapshot.split_copy_text(d)))
+        c, py = _both(lambda d=d: _outcome(lambda: snapshot.split_copy_text(d)))
         assert c == py
 
 
@@ -393,8 +396,8 @@ def test_c_writer_escapes_text_as_orjson_does() -> None:
         payload = encode(Insert(1, ["1", t, t]))
         ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"{", b",", b"}", None, None, None, None)
         assert decoder.c_module.change_event(payload, ctx, 1, 0, 0, b"}") is not None  # type: ignore[union-attr]
-        c, py = _both(lambda: _builder().fast_change(meta, payload, _tx(), 9))
-        assert c == py == _python_fast(lambda: _builder().fast_change(meta, payload, _tx(), 9)), t
+        c, py = _both(lambda payload=payload: _builder().fast_change(meta, payload, _tx(), 9))
+        assert c == py == _python_fast(lambda payload=payload: _builder().fast_change(meta, payload, _tx(), 9)), t
 
 
 def test_c_writer_hands_over_what_it_cannot_write(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -403,10 +406,10 @@ def test_c_writer_hands_over_what_it_cannot_write(monkeypatch: pytest.MonkeyPatc
     huge = encode(Insert(1, ["1", "a", str(2**64)]))   # int() works, orjson refuses it
     for payload in (not_utf8, huge):
         with decoder.using(True):
-            c_out = _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9))
+            c_out = _outcome(lambda payload=payload: _builder().fast_change(meta, payload, _tx(), 9))
         ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"", b"", b"", None, None, None, None)
         assert decoder.c_module.change_event(payload, ctx, 1, 0, 0, b"}") is None  # type: ignore[union-attr]
-        assert c_out == _python_fast(lambda: _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9)))
+        assert c_out == _python_fast(lambda payload=payload: _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9)))
     # a source block that cannot be cut around the LSN (its commit LSN is the marker): the Python path, same bytes
     tx = TxContext(xid=1, commit_lsn=envelope._LSN_MARK, ts_us=5, begin_lsn=4)
     payload = encode(Insert(1, ["1", "a", "2"]))
@@ -535,7 +538,7 @@ def test_random_keys_and_text_write_the_same_bytes(table: str, changes: list[Any
         for i, (kind, old, new) in enumerate(changes):
             m = (Insert(1, new[:n]) if kind == "I" else Update(1, "O", old[:n], new[:n]) if kind == "UO"
                  else Update(1, None, None, new[:n]) if kind == "U" else Delete(1, "O", old[:n]))
-            out.append(_outcome(lambda: _records(b, meta, encode(m), tx, 4100 + i)))
+            out.append(_outcome(lambda m=m, i=i: _records(b, meta, encode(m), tx, 4100 + i)))
         out.append(b.transaction_event("t", tx, "END"))
         return out
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sevisflow.connectors.postgres import convert as cv, decoder
+from sevisflow.connectors.postgres import convert as cv
+from sevisflow.connectors.postgres import decoder
 from sevisflow.connectors.postgres.envelope import UNAVAILABLE, EventBuilder, TableMeta, TxContext
 from sevisflow.connectors.postgres.pgoutput import UNCHANGED
 from sevisflow.connectors.postgres.snapshot import (
-    InitialOnlySnapshotter, InitialSnapshotter, NeverSnapshotter, SnapshotDecision, WhenNeededSnapshotter,
-    chunk_query, parse_copy_line, snapshotter_for,
+    InitialOnlySnapshotter,
+    InitialSnapshotter,
+    NeverSnapshotter,
+    SnapshotDecision,
+    WhenNeededSnapshotter,
+    chunk_query,
+    parse_copy_line,
+    snapshotter_for,
 )
 from sevisflow.core.errors import ConfigError, TerminalError
 
@@ -168,8 +175,8 @@ def _fast_vs_generic(schemas: bool, txmeta: bool, tombstones: bool) -> None:
                  Delete(1, "K", ["1", None, None, None, None]),
                  Insert(1, row1[:4]),                             # column count differs
                  Insert(1, ["x"] + row1[1:])]                     # conversion fails
-    kw = dict(name="sis", db="d", version="v", schemas_enable=schemas, tombstones_on_delete=tombstones,
-              transaction_metadata=txmeta)
+    kw = {"name": "sis", "db": "d", "version": "v", "schemas_enable": schemas, "tombstones_on_delete": tombstones,
+              "transaction_metadata": txmeta}
     fast, slow = EventBuilder(**kw), EventBuilder(**kw)  # type: ignore[arg-type]
     fast.now_us = slow.now_us = 1_700_000_000_000_001
     ftx, stx = _tx(), _tx()

@@ -28,7 +28,7 @@ import pytest
 from sevisflow.connectors.postgres import convert as cv
 from sevisflow.connectors.postgres.admin import compile_include_list, default_value, include_list_order
 from sevisflow.connectors.postgres.envelope import NO_DEFAULT, EventBuilder, TableMeta, TxContext, build_schemas
-from sevisflow.connectors.postgres.task import snapshot_marker
+from sevisflow.connectors.postgres.snapshot import snapshot_marker
 from sevisflow.processors.normalize.changes import parse_change, parse_tx_marker
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium"

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+from testkit.batcher import BASE_MS, ORG, command, event
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import dso as dso_cli
 from sevisflow.app.cli.student import code_meanings, settle_sevis_id

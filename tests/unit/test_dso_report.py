@@ -6,12 +6,12 @@ import orjson
 import pytest
 
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+from testkit.batcher import BASE_MS, ORG, command, event
 from sevisflow.app.cli.student import report_event
 from sevisflow.core.errors import SevisflowError
 from sevisflow.sinks.xml.render import ClosedBatch, check_batch
-from sevisflow.sinks.xml.samples import DSO as SAMPLE_DSO
-from sevisflow.sinks.xml.samples import ORG_ID, REPORT_KINDS, update_record
+from testkit.xml_samples import DSO as SAMPLE_DSO
+from testkit.xml_samples import ORG_ID, REPORT_KINDS, update_record
 from tests.helpers import XSD_DIR, make_settings
 
 DSO = "DSOUSER001"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, apply
 from sevisflow.processors.batcher.core import School as SchoolState
-from sevisflow.processors.batcher.fixtures import BASE_MS, command, event
+from testkit.batcher import BASE_MS, command, event
 from sevisflow.processors.sevis_events import hygiene
 from sevisflow.processors.sevis_events.derive import Context, derive
 from sevisflow.processors.sevis_events.hygiene import MAX_LENGTH, check_event, text_problem, whole_amount
@@ -25,7 +25,7 @@ from sevisflow.core.config import settings_from_mapping
 from sevisflow.core.serde import registry
 from sevisflow.sinks.outbox import Outbox
 from sevisflow.sinks.xml.render import ClosedBatch, check_batch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID
+from testkit.xml_samples import DSO, ORG_ID
 from sevisflow.sinks.xml.stage import COMMAND_SCHEMA, outputs_for, sink_closed_batch
 from sevisflow.sinks.xml.xsd import ROOT, STUDENT_XSD, _Builder, _q, load_schema
 from tests.helpers import XSD_DIR
@@ -456,7 +456,7 @@ def test_sink_refuses_one_record_and_the_batcher_closes_the_others_at_once() -> 
     outcome2, cmds2, dead2 = _sink_round(state, second[0])
     assert outcome2.status == "written" and cmds2 == [] and dead2 == []
     # the same requeue again changes nothing (a command id takes effect once)
-    again, outs = apply(state, CommandIn(requeue))
+    _again, outs = apply(state, CommandIn(requeue))
     assert not [o for o in outs if isinstance(o, Publish) and o.event["type"] == "closed"]
 
 

@@ -99,13 +99,9 @@ def test_build_context_leaves_secrets_and_local_state_out() -> None:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (whl,) = out.glob("sevisflow-*.whl")
-    return whl
+def wheel(sevisflow_wheel: Path) -> Path:
+    """The session's wheel (tests/conftest.py): built once, from a clean copy of the sources."""
+    return sevisflow_wheel
 
 
 def test_wheel_carries_the_runtime_data(wheel: Path) -> None:

@@ -23,9 +23,9 @@ import yaml
 
 from sevisflow.app import runner
 from sevisflow.app.cli import build_parser
+from sevisflow.core.acls import kafka_user_resources, principals
 from sevisflow.core.config import Settings, settings_from_mapping
 from sevisflow.core.observability import METRICS_PORT, STAGE_METRICS_PORTS
-from sevisflow.core.acls import kafka_user_resources, principals
 from sevisflow.core.topics import all_topics, kafka_topic_resources, to_yaml
 from tests.helpers import REPO
 
@@ -124,7 +124,7 @@ def test_strimzi_cluster_listener_and_user_match_the_settings():
     assert cfg["min.insync.replicas"] == 2 and cfg["transaction.state.log.min.isr"] == 2
     host, port = s.kafka.bootstrap_servers.rsplit(":", 1)
     assert host.startswith(f"{name}-kafka-bootstrap.")
-    listener = [lst for lst in kafka["spec"]["kafka"]["listeners"] if lst["port"] == int(port)][0]
+    listener = next(lst for lst in kafka["spec"]["kafka"]["listeners"] if lst["port"] == int(port))
     assert listener["tls"] is True and listener["authentication"]["type"] == "scram-sha-512"
     assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
 
@@ -164,7 +164,7 @@ def test_each_stage_logs_in_as_its_own_kafka_user():
         path = env["SEVISFLOW_KAFKA_SASL_PASSWORD"][len("file:"):]
         mount = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
         assert len(mount) == 1, f"{stage}: the password file {path} is on no single mount"
-        volume = [v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == mount[0]["name"]][0]
+        volume = next(v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == mount[0]["name"])
         assert volume["secret"]["secretName"] == user, f"{stage} mounts another user's Secret"
         assert volume["secret"]["defaultMode"] == 0o400
         seen.add(user)
@@ -182,14 +182,14 @@ def _containers() -> list[tuple[dict[str, Any], dict[str, Any]]]:
 def test_every_stage_runs_once_with_a_command_the_cli_accepts():
     seen: dict[str, int] = {}
     pending = []
-    for w, c in _containers():
+    for _w, c in _containers():
         assert "command" not in c, "the image's ENTRYPOINT is the CLI; containers pass only args"
         stage = _stage_of(c["args"])
         assert c["name"] == stage
         seen[stage] = seen.get(stage, 0) + 1
         if not _parses(c["args"]):
             pending.append(" ".join(STAGE_COMMANDS[stage]))
-    assert seen == {stage: 1 for stage in STAGE_COMMANDS}
+    assert seen == dict.fromkeys(STAGE_COMMANDS, 1)
     # a command the CLI does not have yet is allowed only for the stage still being built
     assert set(pending) <= {"process batcher"}, pending
 

@@ -15,7 +15,7 @@ TABLE = (XSD_DIR / "SEVISTable.xsd").read_text(encoding="utf-8")
 
 
 def enum(name: str) -> set[str]:
-    m = re.search(r'<xs:simpleType name="%s">(.*?)</xs:simpleType>' % name, TABLE, re.S)
+    m = re.search(rf'<xs:simpleType name="{name}">(.*?)</xs:simpleType>', TABLE, re.S)
     assert m, name
     return set(re.findall(r'value="([^"]*)"', m.group(1)))
 

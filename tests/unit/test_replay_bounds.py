@@ -19,7 +19,7 @@ from sevisflow.app.audit.replay import (
     resolve_range,
     table_rows,
 )
-from sevisflow.app.audit.scenario import BATCH_1, OTHER, STUDENT, decoded_scenario
+from testkit.audit_scenario import BATCH_1, OTHER, STUDENT, decoded_scenario
 from sevisflow.core.errors import SevisflowError
 from sevisflow.core.serde import registry
 
@@ -52,7 +52,7 @@ def test_resolve_range_offsets_times_and_partitions():
 
 def test_decode_avro_expands_json_fields_and_keeps_value_hash():
     recs = decoded_scenario()
-    closed = [d for d in recs["sevis.batches"] if d.value["type"] == "closed"][0]
+    closed = next(d for d in recs["sevis.batches"] if d.value["type"] == "closed")
     assert closed.format == "avro" and closed.schema == "sevisflow.batches.BatchEvent"
     assert isinstance(closed.value["records"], list) and "records_json" not in closed.value
     assert closed.value["batch_id"] == BATCH_1
@@ -104,7 +104,7 @@ def test_student_filter_per_topic_kind():
 
 def test_closed_batch_is_narrowed_to_the_student():
     recs = decoded_scenario()
-    closed = [d for d in recs["sevis.batches"] if d.value["type"] == "closed"][0]
+    closed = next(d for d in recs["sevis.batches"] if d.value["type"] == "closed")
     m = StudentMatcher(OTHER)
     assert m.matches(closed)
     narrowed = m.narrow(closed)

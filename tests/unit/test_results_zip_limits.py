@@ -23,7 +23,7 @@ MIB = 1 << 20
 
 
 def limits(**over) -> SevisSettings:
-    base = dict(max_zip_entries=10, max_entry_bytes=4 * MIB, max_unzipped_bytes=8 * MIB, max_compression_ratio=50.0)
+    base = {'max_zip_entries': 10, 'max_entry_bytes': 4 * MIB, 'max_unzipped_bytes': 8 * MIB, 'max_compression_ratio': 50.0}
     base.update(over)
     return SevisSettings(**base)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event
+from testkit.batcher import BASE_MS, ORG, command, event
 from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import review
 from sevisflow.app.cli.common import clean, format_table

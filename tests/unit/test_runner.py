@@ -4,17 +4,18 @@ any other error stops the pipeline and is reported. Fake stage functions, no Kaf
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 import time
 
 import orjson
 import pytest
 
+from sevisflow.app.runner import Pipeline
 from sevisflow.core.config import settings_from_mapping
 from sevisflow.core.errors import TerminalError, TransientError, UnreachableError
 from sevisflow.core.kafka_io import InstanceFenced
 from sevisflow.core.observability import _all_probes, probe_names
-from sevisflow.app.runner import Pipeline
 from tests.helpers import captured_logs
 
 SETTINGS = settings_from_mapping({}, env={})
@@ -72,7 +73,7 @@ def test_transient_errors_restart_the_stage_with_backoff_and_are_logged_by_class
         assert p.restarts() == {"flaky": 3, "steady": 0}
     finally:
         assert p.stop(5) == []
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert gaps[0] >= 0.045 and gaps[1] >= 0.09 and gaps[2] >= 0.18, gaps   # 0.05, 0.1, 0.2 (the cap)
     restarts = [e for e in _events(logs) if e.get("event") == "stage.restarting"]
     assert [(e["stage"], e["error"], e["attempt"]) for e in restarts] == [

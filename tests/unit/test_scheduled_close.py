@@ -11,7 +11,7 @@ import orjson
 
 from sevisflow.processors.batcher.core import (LATE_AFTER_MS, SCHEDULER_STAGE, CommandIn, EventIn, Reject, School,
                                      SendCommand, Tick, apply)
-from sevisflow.processors.batcher.fixtures import ORG, event
+from testkit.batcher import ORG, event
 from sevisflow.core.worklist.items import DSO_STAGES
 
 DSO = "DSOUSER001"
@@ -43,7 +43,7 @@ def _closed_once_on(day_local: str) -> School:
 
 
 def test_an_on_time_close_stands_at_its_time_and_records_when_it_ran():
-    s, outs = _run(School(ORG), EventIn(event("S1", n=1), _ms("2025-03-03T09:00:00")), _tick("2025-03-03T16:31:40"))
+    _s, outs = _run(School(ORG), EventIn(event("S1", n=1), _ms("2025-03-03T09:00:00")), _tick("2025-03-03T16:31:40"))
     (cmd,) = [o.command for o in outs if isinstance(o, SendCommand)]
     assert cmd["requested_at_ms"] == _ms("2025-03-03T16:30:00")
     pay = orjson.loads(cmd["payload_json"])

@@ -12,9 +12,9 @@ EVENT = "sevisflow.events.SevisEvent"
 
 
 def _event(**over):
-    base = dict(event_id="e1", org_id="ZZZ214F99999000", student_key="S1", kind="PersonalInfo",
-                coalesce_key="PersonalInfo", payload_json="{}",
-                lineage=[dict(topic="sis.public.person", partition=0, offset=7, lsn=123, tx_id=9)])
+    base = {"event_id": "e1", "org_id": "ZZZ214F99999000", "student_key": "S1", "kind": "PersonalInfo",
+                "coalesce_key": "PersonalInfo", "payload_json": "{}",
+                "lineage": [{"topic": "sis.public.person", "partition": 0, "offset": 7, "lsn": 123, "tx_id": 9}]}
     base.update(over)
     return base
 

@@ -14,7 +14,7 @@ from sevisflow.sinks.outbox import Outbox, day_for, safe_name
 from sevisflow.sinks.sevis.translog import parse_translog
 from sevisflow.sinks.sevis.uploader import build_results
 from sevisflow.sinks.xml.render import ClosedBatch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, sample_batch, update_record
+from testkit.xml_samples import DSO, ORG_ID, create_record, sample_batch, update_record
 from sevisflow.sinks.xml.stage import decode_closed, outputs_for, sink_closed_batch
 from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import EXAMPLES_DIR, XSD_DIR, make_settings

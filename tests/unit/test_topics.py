@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import contextlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def test_a_custom_topics_file_is_checked_strictly(tmp_path: Path):
     text = DEFAULT_TOPICS_FILE.read_text()
     ok = tmp_path / "ok.toml"
     ok.write_text(text.replace("retention_days = 90", "retention_days = 400"))
-    dlq = [t for t in pipeline_topics(_settings(topics_file=str(ok))) if t.name == "sevisflow.dlq"][0]
+    dlq = next(t for t in pipeline_topics(_settings(topics_file=str(ok))) if t.name == "sevisflow.dlq")
     assert dlq.config["retention.ms"] == str(400 * 24 * 3600 * 1000)
     bad = tmp_path / "bad.toml"
     bad.write_text(text.replace('role = "dead letters', 'retension_days = 3\nrole = "dead letters'))
@@ -94,7 +94,7 @@ def test_a_custom_topics_file_is_checked_strictly(tmp_path: Path):
     isr.write_text(text.replace('config = { "cleanup.policy" = "delete", "max.message.bytes"',
                                 'config = { "min.insync.replicas" = "2", "cleanup.policy" = "delete", '
                                 '"max.message.bytes"'))
-    with pytest.raises(ConfigError, match="min.insync.replicas"):
+    with pytest.raises(ConfigError, match=r"min\.insync\.replicas"):
         pipeline_topics(_settings(topics_file=str(isr)))
 
 

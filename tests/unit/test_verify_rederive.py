@@ -10,7 +10,7 @@ import pytest
 
 from sevisflow.app.audit.decode import decode_record
 from sevisflow.core.ledger import Ledger, LedgerWriter, check_chain
-from sevisflow.app.audit.scenario import batcher_run
+from testkit.audit_scenario import batcher_run
 from sevisflow.app.audit.verify import VerifyContext, first_difference, first_json_difference, verify_all, verify_batch
 from sevisflow.core.serde import registry
 from tests.helpers import XSD_DIR
@@ -116,7 +116,7 @@ def test_verify_all_checks_what_the_sink_sealed_then_detects_deletion(world):
 
 
 def test_ledger_line_edit_and_truncation_are_detected(world):
-    ctx, ids, _, tmp_path = world
+    ctx, _ids, _, tmp_path = world
     ledger = Ledger(tmp_path / "outbox")
     head = verify_all(ctx, ledger, anchors={}).head
     lines = ledger.path.read_bytes().splitlines()

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sevisflow.processors.batcher.core import CommandIn, EventIn, ResultIn, School, apply
-from sevisflow.processors.batcher.fixtures import BASE_MS, ORG, command, event, result
+from testkit.batcher import BASE_MS, ORG, command, event, result
 from sevisflow.processors.batcher.gauges import worklist_gauges
 from sevisflow.core.observability import StageMetrics
 from sevisflow.core.worklist.deadlines import Deadlines
@@ -49,7 +49,7 @@ def test_open_rejections_count_until_a_later_batch_is_accepted():
     s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
     import orjson
 
-    closed = [o.event for o in outs if getattr(o, "event", {}).get("type") == "closed"][0]
+    closed = next(o.event for o in outs if getattr(o, "event", {}).get("type") == "closed")
     recs = orjson.loads(closed["records_json"])
     answered = at("2025-06-20T09:00:00")
     s, _ = run(s, ResultIn(result(closed["batch_id"], recs[0]["request_id"], status="failure", error_code="S1003"),
@@ -59,7 +59,7 @@ def test_open_rejections_count_until_a_later_batch_is_accepted():
     s, outs = run(s, CommandIn(command("resend", "r1", batch_id=closed["batch_id"], dso_user_id=DSO)))
     assert worklist_gauges([s], D, answered).rejections_open == 1         # resent: still open until accepted
     s, outs = run(s, CommandIn(command("close", "c2", dso_user_id=DSO, at_ms=BASE_MS + 7_200_000)))
-    second = [o.event for o in outs if getattr(o, "event", {}).get("type") == "closed"][0]
+    second = next(o.event for o in outs if getattr(o, "event", {}).get("type") == "closed")
     (again,) = orjson.loads(second["records_json"])
     s, _ = run(s, ResultIn(result(second["batch_id"], again["request_id"]), answered))
     assert worklist_gauges([s], D, answered).rejections_open == 0

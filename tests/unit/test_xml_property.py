@@ -18,7 +18,7 @@ from lxml import etree
 
 from sevisflow.sinks.outbox import Outbox
 from sevisflow.sinks.xml.render import ClosedBatch, check_batch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID, UPDATE_KINDS, create_record, update_record
+from testkit.xml_samples import DSO, ORG_ID, UPDATE_KINDS, create_record, update_record
 from sevisflow.sinks.xml.stage import sink_closed_batch
 from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import XSD_DIR

@@ -8,7 +8,7 @@ import pytest
 from lxml import etree
 
 from sevisflow.sinks.xml.render import ClosedBatch, batch_from_document, check_batch, redact, render_batch
-from sevisflow.sinks.xml.samples import DSO, ORG_ID, create_record, sample_batch, update_record
+from testkit.xml_samples import DSO, ORG_ID, create_record, sample_batch, update_record
 from sevisflow.sinks.xml.xsd import load_schema
 from tests.helpers import EXAMPLES_DIR, XSD_DIR
 

@@ -7,16 +7,19 @@ commits), the outbox through :class:`sevisflow.sinks.outbox.Outbox` lookups (no 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaException
 
 from sevisflow.app.audit.decode import Decoded
-from sevisflow.app.audit.replay import is_change_topic, read_all
+from sevisflow.app.audit.replay import Bound, is_change_topic, plan_replay, read_all, read_plan
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import UnreachableError
 from sevisflow.core.kafka_io import make_consumer
+from sevisflow.core.ledger import Ledger
 
 
 @dataclass
@@ -47,21 +50,30 @@ def change_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     return [t for t in list_topics(settings, timeout_s) if is_change_topic(t, prefix)]
 
 
-def load_inputs(settings: Settings, *, with_changes: bool = True, timeout_s: float = 30.0) -> AuditInputs:
+def load_inputs(settings: Settings, *, with_changes: bool = True, timeout_s: float = 30.0,
+                since_ms: int | None = None, until_ms: int | None = None) -> AuditInputs:
     """Every record of the SEVIS-side topics (and, optionally, the change topics and the transaction
-    topic), decoded, in log order."""
+    topic), decoded, in log order. ``since_ms`` / ``until_ms`` (epoch ms) keep, per partition, only the
+    records from the first one written at or after ``since_ms`` and before the first one written at or
+    after ``until_ms`` (Kafka's time index: the rest of the log is not read)."""
     t = settings.topics
     existing = set(list_topics(settings, timeout_s))
+    frm = Bound("beginning") if since_ms is None else Bound("time", time_ms=since_ms)
+    to = Bound("end") if until_ms is None else Bound("time", time_ms=until_ms)
 
     def read(name: str) -> list[Decoded]:
-        return read_all(settings.kafka, name, timeout_s) if name in existing else []
+        if name not in existing:
+            return []
+        if since_ms is None and until_ms is None:
+            return read_all(settings.kafka, name, timeout_s)
+        return list(read_plan(settings.kafka, plan_replay(settings.kafka, name, frm, to, timeout_s), timeout_s))
 
     inputs = AuditInputs(events=read(t.events), batches=read(t.batches), results=read(t.results),
                          commands=read(t.commands))
     if with_changes:
         prefix = settings.connector.topic_prefix
         for topic in sorted(x for x in existing if is_change_topic(x, prefix)):
-            inputs.changes += read_all(settings.kafka, topic, timeout_s)
+            inputs.changes += read(topic)
         inputs.transactions = read(f"{prefix}.transaction")
     for lst in (inputs.events, inputs.batches, inputs.results, inputs.commands, inputs.changes, inputs.transactions):
         lst.sort(key=lambda d: (d.topic, d.partition, d.offset))
@@ -95,3 +107,70 @@ def outbox_info(settings: Settings, batch_id: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         info["state_error"] = "state.json unreadable"
     return info
+
+
+# ----------------------------------------------------------------------------- one batch: how far to read
+
+SCOPE_SKEW_MS = 60_000
+"""Clock tolerance around a batch's close: the stages' clocks differ a little, and the batcher applies
+inputs written just before the close command slightly after it."""
+
+
+def closed_at_from_archive(settings: Settings, batch_id: str) -> int | None:
+    """When the batch was closed, as the archive says: its manifest (outbox or quarantine), else the ledger
+    line that sealed it; None when neither names a time. Only a hint where to look in the log: the closed
+    event found there is what verify checks (a wrong hint only makes it read more)."""
+    from sevisflow.sinks.outbox import Outbox
+
+    ob = Outbox(settings.sevis.outbox_dir, settings.sevis.quarantine_dir, settings.school.timezone)
+    bd = ob.find(batch_id)
+    paths = [bd.path / "manifest.json"] if bd is not None else []
+    q = ob.find_quarantined(batch_id)
+    if q is not None:
+        paths.append(q / "manifest.json")
+    for p in paths:
+        try:
+            at = orjson.loads(p.read_bytes()).get("closed_at_ms")
+        except (OSError, ValueError):
+            continue
+        if isinstance(at, int):
+            return at
+    try:
+        entries = Ledger(settings.sevis.outbox_dir).entries()
+    except (OSError, ValueError):
+        entries = []   # an unreadable ledger is verify --all's finding; here it only gives no hint
+    for e in reversed(entries):
+        if e.get("batch_id") == batch_id and isinstance(e.get("closed_at_ms"), int):
+            return int(e["closed_at_ms"])
+    return None
+
+
+def find_closed_event(settings: Settings, batch_id: str, closed_at_ms: int,
+                      timeout_s: float = 30.0) -> Decoded | None:
+    """The batch's ``closed`` event on the batches topic, looked up by time (Kafka's time index) from
+    ``closed_at_ms`` minus the clock tolerance, read forward until found (None when it is not there)."""
+    plan = plan_replay(settings.kafka, settings.topics.batches, Bound("time", time_ms=closed_at_ms - SCOPE_SKEW_MS),
+                       Bound("end"), timeout_s)
+    records = read_plan(settings.kafka, plan, timeout_s)
+    try:
+        for d in records:
+            v = d.value
+            if isinstance(v, dict) and v.get("type") == "closed" and v.get("batch_id") == batch_id:
+                return d
+    finally:
+        if isinstance(records, Generator):
+            records.close()   # stop reading here: the reader's consumer is closed at once
+    return None
+
+
+def batch_read_limit(settings: Settings, batch_id: str, timeout_s: float = 30.0) -> int | None:
+    """How far ``verify <BatchID>`` reads every topic (epoch ms, exclusive): the closed event's log time plus
+    the clock tolerance. Nothing written after the close can have gone into the batch. None = read to the
+    end (the archive names no close time, or the closed event is not where it says)."""
+    at = closed_at_from_archive(settings, batch_id)
+    if at is None or settings.topics.batches not in set(list_topics(settings, timeout_s)):
+        return None
+    closed = find_closed_event(settings, batch_id, at, timeout_s)
+    if closed is None or closed.timestamp_ms is None:
+        return None
+    return closed.timestamp_ms + SCOPE_SKEW_MS

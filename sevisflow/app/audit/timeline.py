@@ -21,8 +21,9 @@ the records, which ``sevisflow replay --student`` exports when an auditor needs 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from sevisflow.app.audit.decode import Decoded, iso_ms
 from sevisflow.app.audit.replay import StudentMatcher, table_of
@@ -97,15 +98,41 @@ class StudentTimeline:
                 "steps": [s.to_json() for s in self.steps]}
 
 
+@dataclass
+class _Batched:
+    """What the batch topic says about the student: its steps, and what went out in which batch."""
+
+    steps: list[Step] = field(default_factory=list)
+    sent: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)   # (BatchID, requestID) → record
+    batch_ids: list[str] = field(default_factory=list)
+    close_commands: dict[str, str] = field(default_factory=dict)                # close command id → BatchID
+
+
 def student_timeline(student: str, *, changes: Iterable[Decoded] = (), events: Iterable[Decoded] = (),
                      batches: Iterable[Decoded] = (), results: Iterable[Decoded] = (),
                      commands: Iterable[Decoded] = (), uploads: Mapping[str, Mapping[str, Any]] | None = None,
                      matcher: StudentMatcher | None = None) -> StudentTimeline:
-    """Every recorded step of ``student``, oldest first. Inputs in log order; any may be empty."""
-    matcher = matcher or StudentMatcher(student)
-    steps: list[Step] = []
+    """Every recorded step of ``student``, oldest first. Inputs in log order; any may be empty.
 
-    # events first: their lineage says which source changes were reported
+    One function per source below; events come first because their lineage says which SIS
+    changes were reported, and the batch topic before commands, uploads and results because
+    it says which batches (and requests) carried the student."""
+    steps, reported = _event_steps(student, events)
+    change_steps, unreported = _change_steps(changes, reported, matcher or StudentMatcher(student))
+    steps += change_steps
+    batched = _batch_steps(student, list(batches))
+    steps += batched.steps
+    steps += _command_steps(student, commands, batched)
+    for bid in batched.batch_ids:
+        steps += upload_steps(bid, (uploads or {}).get(bid))
+    steps += _result_steps(student, results, batched.sent)
+    steps.sort(key=Step.sort_key)
+    return StudentTimeline(student, steps, batched.batch_ids, unreported)
+
+
+def _event_steps(student: str, events: Iterable[Decoded]) -> tuple[list[Step], dict[str, list[str]]]:
+    """The student's SEVIS events, and source position → the ids of the events that reported it."""
+    steps: list[Step] = []
     reported: dict[str, list[str]] = {}
     for d in events:
         v = _v(d)
@@ -116,16 +143,22 @@ def student_timeline(student: str, *, changes: Iterable[Decoded] = (), events: I
             reported.setdefault(lineage_ref(pos), []).append(v.get("event_id", ""))
         # at the commit time of the change(s) it reports, like the batch records made from it
         commit = max((p.get("commit_ts_ms") or 0 for p in lineage), default=0) or d.timestamp_ms
+        after = v.get("after")
         steps.append(Step(commit, "event", f"SEVIS event {v.get('kind')} ({v.get('origin', 'sis')})",
                           d.ref, details={"written_at": iso_ms(d.timestamp_ms),
                               "event_id": v.get("event_id"), "kind": v.get("kind"),
                               "coalesce_key": v.get("coalesce_key"), "sevis_id": v.get("sevis_id"),
-                              "changed_fields": sorted((v.get("after") or {}) if isinstance(v.get("after"), dict)
-                                                       else []),
+                              "changed_fields": sorted(after if isinstance(after, dict) else []),
                               "processor_version": v.get("processor_version"),
                               "problems": v.get("problems") or [],
                               "lineage": [lineage_ref(p) for p in lineage]}))
+    return steps, reported
 
+
+def _change_steps(changes: Iterable[Decoded], reported: Mapping[str, list[str]], matcher: StudentMatcher
+                  ) -> tuple[list[Step], int]:
+    """The student's SIS changes (those the matcher recognises or an event reported), and how many went unreported."""
+    steps: list[Step] = []
     unreported = 0
     for d in changes:
         if d.format == "debezium":
@@ -146,12 +179,12 @@ def student_timeline(student: str, *, changes: Iterable[Decoded] = (), events: I
                               "sequence": src.get("sequence"), "snapshot": src.get("snapshot"),
                               "columns": changed_columns(v) if d.format == "debezium" else [],
                               "event_ids": ev_ids}))
+    return steps, unreported
 
-    # batch records; remember what went out in which batch
-    sent: dict[tuple[str, str], dict[str, Any]] = {}
-    student_batches: list[str] = []
-    close_commands: dict[str, str] = {}
-    batch_events = list(batches)
+
+def _batch_steps(student: str, batch_events: list[Decoded]) -> _Batched:
+    """The student's records on the batch topic, the batches that carried them, and those batches' fate."""
+    out = _Batched()
     for d in batch_events:
         v = _v(d)
         if not _is(d, BATCH):
@@ -159,46 +192,62 @@ def student_timeline(student: str, *, changes: Iterable[Decoded] = (), events: I
         t = v.get("type")
         rec = v.get("record") if isinstance(v.get("record"), dict) else None
         if t in RECORD_TYPES and rec and rec.get("student_key") == student:
-            steps.append(Step(v.get("at_ms"), "batch",
-                              f"{t.replace('_', ' ')}: {rec.get('record_id')} ({rec.get('kind')}, "
-                              f"{rec.get('section')}) request {rec.get('request_id')}",
-                              d.ref, request_id=rec.get("request_id"), details={
-                                  "type": t, "revision": v.get("revision"), "record_id": rec.get("record_id"),
-                                  "kind": rec.get("kind"), "status": rec.get("status"),
-                                  "event_ids": rec.get("event_ids") or [], "reason": v.get("reason"),
-                                  "command_id": v.get("command_id"), "sevis_id": rec.get("sevis_id")}))
+            out.steps.append(_record_step(d, v, rec))
         elif t in ("student_held", "student_released") and rec and rec.get("student_key") == student:
-            steps.append(Step(v.get("at_ms"), "batch", f"{t.replace('_', ' ')}: {v.get('reason') or ''}".strip(),
-                              d.ref, details={"type": t, "records": rec.get("records"),
-                                              "command_id": v.get("command_id"), "reason": v.get("reason")}))
+            out.steps.append(Step(v.get("at_ms"), "batch", f"{t.replace('_', ' ')}: {v.get('reason') or ''}".strip(),
+                                  d.ref, details={"type": t, "records": rec.get("records"),
+                                                  "command_id": v.get("command_id"), "reason": v.get("reason")}))
         elif t == "closed":
-            mine = [r for r in v.get("records") or [] if isinstance(r, dict) and r.get("student_key") == student]
-            if not mine:
-                continue
-            bid = v.get("batch_id") or ""
-            student_batches.append(bid)
-            if v.get("command_id"):
-                close_commands[v["command_id"]] = bid
-            for r in mine:
-                sent[(bid, r.get("request_id") or "")] = r
-                steps.append(Step(v.get("at_ms"), "batch",
-                                  f"closed into batch {bid} by {v.get('closed_by')}: {r.get('kind')} "
-                                  f"request {r.get('request_id')}", d.ref, batch_id=bid,
-                                  request_id=r.get("request_id"), details={
-                                      "closed_by": v.get("closed_by"), "command_id": v.get("command_id"),
-                                      "record_id": r.get("record_id"), "kind": r.get("kind"),
-                                      "section": r.get("section"), "sevis_id": r.get("sevis_id"),
-                                      "event_ids": r.get("event_ids") or [],
-                                      "lineage": [lineage_ref(p) for p in r.get("lineage") or []],
-                                      "reason": v.get("reason")}))
+            _closed_steps(student, d, v, out)
     for d in batch_events:
         v = _v(d)
-        if _is(d, BATCH) and v.get("type") in BATCH_LIFECYCLE and v.get("batch_id") in student_batches:
-            steps.append(Step(v.get("at_ms"), "batch", f"batch {v['batch_id']} {v['type']}: {v.get('reason') or ''}"
-                              .strip(), d.ref, batch_id=v["batch_id"],
-                              details={"type": v["type"], "command_id": v.get("command_id"),
-                                       "reason": v.get("reason")}))
+        if _is(d, BATCH) and v.get("type") in BATCH_LIFECYCLE and v.get("batch_id") in out.batch_ids:
+            out.steps.append(Step(v.get("at_ms"), "batch", f"batch {v['batch_id']} {v['type']}: "
+                                  f"{v.get('reason') or ''}".strip(), d.ref, batch_id=v["batch_id"],
+                                  details={"type": v["type"], "command_id": v.get("command_id"),
+                                           "reason": v.get("reason")}))
+    return out
 
+
+def _record_step(d: Decoded, v: Mapping[str, Any], rec: Mapping[str, Any]) -> Step:
+    t = v.get("type") or ""
+    return Step(v.get("at_ms"), "batch",
+                f"{t.replace('_', ' ')}: {rec.get('record_id')} ({rec.get('kind')}, "
+                f"{rec.get('section')}) request {rec.get('request_id')}",
+                d.ref, request_id=rec.get("request_id"), details={
+                    "type": t, "revision": v.get("revision"), "record_id": rec.get("record_id"),
+                    "kind": rec.get("kind"), "status": rec.get("status"),
+                    "event_ids": rec.get("event_ids") or [], "reason": v.get("reason"),
+                    "command_id": v.get("command_id"), "sevis_id": rec.get("sevis_id")})
+
+
+def _closed_steps(student: str, d: Decoded, v: Mapping[str, Any], out: _Batched) -> None:
+    """A ``closed`` event that carried the student's records: one step per record, remembered for the results."""
+    mine = [r for r in v.get("records") or [] if isinstance(r, dict) and r.get("student_key") == student]
+    if not mine:
+        return
+    bid = v.get("batch_id") or ""
+    out.batch_ids.append(bid)
+    if v.get("command_id"):
+        out.close_commands[v["command_id"]] = bid
+    for r in mine:
+        out.sent[(bid, r.get("request_id") or "")] = r
+        out.steps.append(Step(v.get("at_ms"), "batch",
+                              f"closed into batch {bid} by {v.get('closed_by')}: {r.get('kind')} "
+                              f"request {r.get('request_id')}", d.ref, batch_id=bid,
+                              request_id=r.get("request_id"), details={
+                                  "closed_by": v.get("closed_by"), "command_id": v.get("command_id"),
+                                  "record_id": r.get("record_id"), "kind": r.get("kind"),
+                                  "section": r.get("section"), "sevis_id": r.get("sevis_id"),
+                                  "event_ids": r.get("event_ids") or [],
+                                  "lineage": [lineage_ref(p) for p in r.get("lineage") or []],
+                                  "reason": v.get("reason")}))
+
+
+def _command_steps(student: str, commands: Iterable[Decoded], batched: _Batched) -> list[Step]:
+    """The DSO's hold / release of the student, the closes of its batches, requeues and resends of them."""
+    steps: list[Step] = []
+    close_commands = batched.close_commands
     for d in commands:
         v = _v(d)
         if not _is(d, COMMAND):
@@ -213,16 +262,18 @@ def student_timeline(student: str, *, changes: Iterable[Decoded] = (), events: I
                               details={"command_id": v.get("command_id"), "kind": kind,
                                        "dso_user_id": v.get("dso_user_id"), "reason": v.get("reason"),
                                        "reviewed_revision": v.get("reviewed_revision")}))
-        elif kind in ("requeue", "resend") and v.get("batch_id") in student_batches:
+        elif kind in ("requeue", "resend") and v.get("batch_id") in batched.batch_ids:
             what = (f"resend of rejected records of batch {v.get('batch_id')} by {v.get('dso_user_id')}"
                     if kind == "resend" else f"requeue of batch {v.get('batch_id')}")
             steps.append(Step(v.get("requested_at_ms"), "command", what,
                               d.ref, batch_id=v.get("batch_id"),
                               details={"command_id": v.get("command_id"), "reason": v.get("reason")}))
+    return steps
 
-    for bid in student_batches:
-        steps += upload_steps(bid, (uploads or {}).get(bid))
 
+def _result_steps(student: str, results: Iterable[Decoded], sent: Mapping[tuple[str, str], Any]) -> list[Step]:
+    """What SEVIS answered for the student's requests (joined by BatchID + requestID)."""
+    steps: list[Step] = []
     for d in results:
         v = _v(d)
         if not _is(d, RESULT):
@@ -242,9 +293,7 @@ def student_timeline(student: str, *, changes: Iterable[Decoded] = (), events: I
                               "error_message": v.get("error_message"), "sevis_id": v.get("sevis_id"),
                               "kind": v.get("kind"), "processed_at": v.get("processed_at"),
                               "matched": key in sent}))
-
-    steps.sort(key=Step.sort_key)
-    return StudentTimeline(student, steps, student_batches, unreported)
+    return steps
 
 
 def upload_steps(batch_id: str, upload: Mapping[str, Any] | None) -> list[Step]:

@@ -6,8 +6,9 @@ with the reason), from the file back to the SIS:
 1. ``archive``  — the outbox folder's document hashes to the manifest's ``sha256`` and the
    manifest names this batch;
 2. ``render``   — the ``closed`` event on ``sevis.batches``, rendered with the XML sink's own
-   pure renderer (:func:`sevisflow.sinks.xml.render.check_batch`) and the configured XSDs, gives the
-   archived bytes (sha256 equal); else the first differing byte, its line/column and element;
+   pure renderer (:func:`sevisflow.sinks.xml.document.check_document`: the student document, or for an
+   exchange program's batch the EV document) and the configured XSDs, gives the archived bytes (sha256
+   equal); else the first differing byte, its line/column and element;
 3. ``batching`` — the batcher's pure state machine (:func:`sevisflow.processors.batcher.core.apply`)
    re-run over the retained ``sevis.events``, ``sevis.batch.commands`` and ``sevis.results``
    of the school reproduces every ``sevis.batches`` event up to and including this batch's
@@ -293,7 +294,7 @@ def stage_feed(changes: Iterable[Decoded], transactions: Iterable[Decoded] = (),
 
 def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_topic: str | None,
                     transactions: Iterable[Decoded] = (), input_topics: Iterable[str] | None = None,
-                    timezone: str = "UTC") -> dict[str, dict[str, Any]]:
+                    timezone: str = "UTC", ev_programs: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """event_id → SevisEvent re-derived by normalize + sevis_events from the change records (Avro-canonical).
 
     ``transactions`` are the records of ``tx_topic`` (None when the connector writes no
@@ -301,7 +302,10 @@ def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_to
     """
     from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 
-    pipe = PurePipeline(mapping, org_id=org_id, tx_topic=tx_topic, timezone=timezone)   # as sevis_events derives
+    # as sevis_events derives: the school's F/M events, and its exchange programs' EV events (``ev_programs``:
+    # SIS program code → program number, from [[exchange_programs]])
+    pipe = PurePipeline(mapping, org_id=org_id, tx_topic=tx_topic, timezone=timezone,
+                        ev_programs=dict(ev_programs or {}))
     out = PureOutput()
     txs = [d for d in transactions if d.topic == tx_topic] if tx_topic else []
     for d in stage_feed(changes, txs, input_topics):
@@ -339,6 +343,8 @@ class VerifyContext:
     transactions: list[Decoded] = field(default_factory=list)   # its records
     input_topics: list[str] | None = None  # the change topics normalize reads (None: every change topic)
     timezone: str = "UTC"             # school.timezone: sevis_events dates an I-20 by the commit's local day
+    ev_programs: dict[str, str] = field(default_factory=dict)  # SIS program code → program number (EV batches)
+    org_scope: str | None = None      # verify <BatchID>: re-derive the events of this school only (None: all)
     skip_reasons: dict[str, str] = field(default_factory=dict)
     requested_skips: set[str] = field(default_factory=set)   # checks the auditor turned off (not failures)
     report_skips: dict[str, str] = field(default_factory=dict)  # topics that could not be read: what is not checked
@@ -367,154 +373,181 @@ class VerifyContext:
 
     def rederived_events(self) -> dict[str, dict[str, Any]]:
         if self._events is None:
-            orgs = {d.value.get("org_id") for d in self.events if isinstance(d.value, dict)}
+            # one run per school: it derives the school's F/M events and its exchange programs' EV events
+            programs = set(self.ev_programs.values())
+            orgs = {str(d.value.get("org_id") or "") for d in self.events if isinstance(d.value, dict)} - programs
+            if self.org_scope in orgs:
+                orgs = {self.org_scope}
             self._events = {}
             for org in sorted(o for o in orgs if o):
                 self._events.update(rederive_events(self.changes, self.mapping, org, self.tx_topic,
-                                                    self.transactions, self.input_topics, self.timezone))
+                                                    self.transactions, self.input_topics, self.timezone,
+                                                    self.ev_programs))
         return self._events
 
 
+@dataclass
+class _Closed:
+    """The batch's ``closed`` event as the checks read it: where it is on the log, its value, its records."""
+
+    ref: str
+    event: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
 def verify_batch(batch_id: str, ctx: VerifyContext) -> Verdict:
-    """Run the checks of the module docstring for one batch."""
+    """Run the checks of the module docstring for one batch, each in its own function below."""
     t0 = time.perf_counter()
     v = Verdict(batch_id)
-    bd = ctx.outbox.find(batch_id)
-    archived: bytes | None = None
-    if bd is None:
-        q = ctx.outbox.find_quarantined(batch_id)
-        v.add("archive", "failed", "not in the outbox" + (f" (quarantined at {q}: it never validated, "
-                                                            "so it was never uploaded)" if q else ""))
-    else:
-        v.location = f"{bd.day}/{bd.state}"
-        try:
-            manifest = bd.manifest()
-        except (OSError, ValueError) as exc:
-            manifest = None
-            v.add("archive", "failed", f"manifest.json missing or unreadable ({type(exc).__name__})")
-        xml_path = bd.path / ((manifest or {}).get("file") or bd.xml_path.name)
-        if not xml_path.exists():
-            v.add("archive", "failed", f"document {xml_path.name} is missing from {bd.path}")
-        else:
-            archived = xml_path.read_bytes()
-            if manifest is not None:
-                if manifest.get("batch_id") != batch_id:
-                    v.add("archive", "failed", f"manifest names batch {manifest.get('batch_id')}, not {batch_id}")
-                elif manifest.get("sha256") != sha256(archived):
-                    v.add("archive", "failed", f"document sha256 {sha256(archived)} does not match the manifest's "
-                                               f"{manifest.get('sha256')}: the archived file was altered")
-                else:
-                    v.add("archive", "ok", f"sha256 {sha256(archived)} matches the manifest")
-
-    closed = ctx.closed_events().get(batch_id)
-    if closed is None:
+    archived = _check_archive(v, batch_id, ctx)
+    found = ctx.closed_events().get(batch_id)
+    if found is None:
         v.add("render", "failed", "no 'closed' event for this BatchID on the batches topic (retention, or not "
                                   "produced by this pipeline)")
         v.seconds = time.perf_counter() - t0
         return v
-    event = _raw(closed, BATCH_SCHEMA)
-    records = orjson.loads(event.get("records_json") or "[]")
-
-    # 2. render
-    if ctx.schema is None:
-        v.add("render", "skipped", ctx.skip_reasons.get("render", "no SEVIS XSDs configured"))
-    else:
-        from sevisflow.sinks.xml.render import ClosedBatch, check_batch
-
-        rendered = check_batch(ClosedBatch.from_event(event, records), ctx.schema).xml
-        if archived is None:
-            v.add("render", "skipped", f"nothing archived to compare with (re-derived sha256 {sha256(rendered)})")
-        elif rendered == archived:
-            v.add("render", "ok", f"re-rendered from {closed.ref}: identical, sha256 {sha256(rendered)}")
-        else:
-            v.add("render", "failed", f"re-rendered from {closed.ref} (sha256 {sha256(rendered)}) differs from "
-                                      f"the archive: {first_difference(rendered, archived)}")
-
-    # 3. batching
-    if "batching" in ctx.skip_reasons:
-        v.add("batching", "skipped", ctx.skip_reasons["batching"])
-    else:
-        rep = ctx.replay_for(event["org_id"])
-        got = rep.closed.get(batch_id)
-        if got is not None and got == event:
-            n_ev = len({e for r in records for e in r.get("event_ids") or []})
-            v.add("batching", "ok", f"the batcher re-run over the retained events/commands/results reproduces "
-                                    f"the closed event ({len(records)} records from {n_ev} events; "
-                                    f"{rep.reproduced} of {rep.recorded} batch events of {event['org_id']} "
-                                    "reproduced)")
-        elif got is not None:
-            v.add("batching", "failed", f"re-derived closed event differs: {first_json_difference(got, event)}")
-        else:
-            v.add("batching", "failed", f"the batcher re-run stopped after {rep.reproduced} of {rep.recorded} "
-                                        f"recorded batch events: {rep.divergence or 'this batch was never closed'}")
-
-    # 4. events
-    if ctx.mapping is None or "events" in ctx.skip_reasons or not ctx.changes:
-        v.add("events", "skipped", ctx.skip_reasons.get("events", "no mapping file: events not re-derived"
-                                                        if ctx.mapping is None else
-                                                        "no change topics retained: events not re-derived"))
-    else:
-        recorded = {}
-        for d in ctx.events:
-            if d.schema == EVENT_SCHEMA and d.raw is not None:
-                e = _raw(d, EVENT_SCHEMA)
-                recorded.setdefault(e["event_id"], e)
-        derived = ctx.rederived_events()
-        wanted = [e for r in records for e in r.get("event_ids") or []]
-        reported = ctx.reported_commands()
-        problems = []
-        dso = 0
-        for eid in wanted:
-            rec = recorded.get(eid)
-            if rec is None and eid in reported:
-                dso += 1  # reported by a DSO with `sevisflow student report`: the command is the source
-            elif rec is None:
-                problems.append(f"event {eid} is not on the events topic")
-            elif rec.get("origin") == "dso":
-                dso += 1  # added by a DSO with the CLI: no SIS change to re-derive it from
-            elif eid not in derived:
-                problems.append(f"event {eid} is not re-derived from the retained change topics")
-            else:
-                d = first_json_difference(derived[eid], rec)
-                if d:
-                    problems.append(f"event {eid} re-derived differently at {d}")
-        if problems:
-            v.add("events", "failed", f"{len(problems)} of {len(wanted)} events: " + "; ".join(problems[:3]))
-        else:
-            v.add("events", "ok", f"all {len(wanted) - dso} SIS-derived events re-derived identically from the "
-                                  f"change topics" + (f" ({dso} DSO-added)" if dso else ""))
-
-    # 5. sources
-    if not ctx.changes:
-        v.add("sources", "skipped", ctx.skip_reasons.get("sources", "no change topics retained"))
-    else:
-        index = {(d.topic, d.partition, d.offset): d for d in ctx.changes}
-        missing, mismatch, n = [], [], 0
-        reported = ctx.reported_commands()
-        for r in records:
-            for p in r.get("lineage") or []:
-                n += 1
-                if p.get("command_id"):  # a DSO's report: the command must still be on the commands topic
-                    if p["command_id"] not in reported:
-                        missing.append(f"command {p['command_id']}")
-                    continue
-                d = index.get((p.get("topic"), p.get("partition"), p.get("offset")))
-                if d is None:
-                    missing.append(f"{p.get('topic')}[{p.get('partition')}]@{p.get('offset')}")
-                    continue
-                src = (d.value or {}).get("source") or {} if isinstance(d.value, dict) else {}
-                if (p.get("lsn") is not None and src.get("lsn") != p.get("lsn")) or \
-                        (p.get("tx_id") is not None and src.get("txId") != p.get("tx_id")):
-                    mismatch.append(d.ref)
-        if missing or mismatch:
-            v.add("sources", "failed", f"{len(missing)} lineage position(s) not retained ({', '.join(missing[:3])}), "
-                                       f"{len(mismatch)} with another LSN/txId ({', '.join(mismatch[:3])})")
-        else:
-            v.add("sources", "ok", f"all {n} source positions found on the change topics with their LSN/txId")
+    event = _raw(found, BATCH_SCHEMA)
+    closed = _Closed(found.ref, event, orjson.loads(event.get("records_json") or "[]"))
+    v.add("render", *_check_render(ctx, closed, archived))
+    v.add("batching", *_check_batching(ctx, batch_id, closed))
+    v.add("events", *_check_events(ctx, closed))
+    v.add("sources", *_check_sources(ctx, closed))
     for c in v.checks:
         c.requested = c.status == "skipped" and c.name in ctx.requested_skips
     v.seconds = time.perf_counter() - t0
     return v
+
+
+def _check_archive(v: Verdict, batch_id: str, ctx: VerifyContext) -> bytes | None:
+    """1. archive: the outbox document hashes to its manifest's sha256. Returns the archived bytes (if any)."""
+    bd = ctx.outbox.find(batch_id)
+    if bd is None:
+        q = ctx.outbox.find_quarantined(batch_id)
+        v.add("archive", "failed", "not in the outbox" + (f" (quarantined at {q}: it never validated, "
+                                                            "so it was never uploaded)" if q else ""))
+        return None
+    v.location = f"{bd.day}/{bd.state}"
+    try:
+        manifest = bd.manifest()
+    except (OSError, ValueError) as exc:
+        manifest = None
+        v.add("archive", "failed", f"manifest.json missing or unreadable ({type(exc).__name__})")
+    xml_path = bd.path / ((manifest or {}).get("file") or bd.xml_path.name)
+    if not xml_path.exists():
+        v.add("archive", "failed", f"document {xml_path.name} is missing from {bd.path}")
+        return None
+    archived: bytes = xml_path.read_bytes()
+    if manifest is None:
+        return archived
+    digest = sha256(archived)
+    if manifest.get("batch_id") != batch_id:
+        v.add("archive", "failed", f"manifest names batch {manifest.get('batch_id')}, not {batch_id}")
+    elif manifest.get("sha256") != digest:
+        v.add("archive", "failed", f"document sha256 {digest} does not match the manifest's "
+                                   f"{manifest.get('sha256')}: the archived file was altered")
+    else:
+        v.add("archive", "ok", f"sha256 {digest} matches the manifest")
+    return archived
+
+
+def _check_render(ctx: VerifyContext, closed: _Closed, archived: bytes | None) -> tuple[str, str]:
+    """2. render: the closed event through the XML sink's own renderer gives the archived bytes."""
+    if ctx.schema is None:
+        return "skipped", ctx.skip_reasons.get("render", "no SEVIS XSDs configured")
+    from sevisflow.sinks.xml.document import check_document
+    from sevisflow.sinks.xml.render import ClosedBatch
+
+    rendered = check_document(ClosedBatch.from_event(closed.event, closed.records), ctx.schema)[0].xml
+    if archived is None:
+        return "skipped", f"nothing archived to compare with (re-derived sha256 {sha256(rendered)})"
+    if rendered == archived:
+        return "ok", f"re-rendered from {closed.ref}: identical, sha256 {sha256(rendered)}"
+    return "failed", (f"re-rendered from {closed.ref} (sha256 {sha256(rendered)}) differs from "
+                      f"the archive: {first_difference(rendered, archived)}")
+
+
+def _check_batching(ctx: VerifyContext, batch_id: str, closed: _Closed) -> tuple[str, str]:
+    """3. batching: the pure batcher re-run over the school's retained inputs reproduces the closed event."""
+    if "batching" in ctx.skip_reasons:
+        return "skipped", ctx.skip_reasons["batching"]
+    event, records = closed.event, closed.records
+    rep = ctx.replay_for(event["org_id"])
+    got = rep.closed.get(batch_id)
+    if got is not None and got == event:
+        n_ev = len({e for r in records for e in r.get("event_ids") or []})
+        return "ok", (f"the batcher re-run over the retained events/commands/results reproduces "
+                      f"the closed event ({len(records)} records from {n_ev} events; "
+                      f"{rep.reproduced} of {rep.recorded} batch events of {event['org_id']} reproduced)")
+    if got is not None:
+        return "failed", f"re-derived closed event differs: {first_json_difference(got, event)}"
+    return "failed", (f"the batcher re-run stopped after {rep.reproduced} of {rep.recorded} "
+                      f"recorded batch events: {rep.divergence or 'this batch was never closed'}")
+
+
+def _check_events(ctx: VerifyContext, closed: _Closed) -> tuple[str, str]:
+    """4. events: every SIS-derived event of the batch is re-derived identically from the change topics."""
+    if ctx.mapping is None or "events" in ctx.skip_reasons or not ctx.changes:
+        return "skipped", ctx.skip_reasons.get("events", "no mapping file: events not re-derived"
+                                               if ctx.mapping is None else
+                                               "no change topics retained: events not re-derived")
+    recorded: dict[str, dict[str, Any]] = {}
+    for d in ctx.events:
+        if d.schema == EVENT_SCHEMA and d.raw is not None:
+            e = _raw(d, EVENT_SCHEMA)
+            recorded.setdefault(e["event_id"], e)
+    derived = ctx.rederived_events()
+    wanted = [e for r in closed.records for e in r.get("event_ids") or []]
+    reported = ctx.reported_commands()
+    problems: list[str] = []
+    dso = 0
+    for eid in wanted:
+        rec = recorded.get(eid)
+        if rec is None and eid in reported:
+            dso += 1  # reported by a DSO with `sevisflow student report`: the command is the source
+        elif rec is None:
+            problems.append(f"event {eid} is not on the events topic")
+        elif rec.get("origin") == "dso":
+            dso += 1  # added by a DSO with the CLI: no SIS change to re-derive it from
+        elif eid not in derived:
+            problems.append(f"event {eid} is not re-derived from the retained change topics")
+        else:
+            diff = first_json_difference(derived[eid], rec)
+            if diff:
+                problems.append(f"event {eid} re-derived differently at {diff}")
+    if problems:
+        return "failed", f"{len(problems)} of {len(wanted)} events: " + "; ".join(problems[:3])
+    return "ok", (f"all {len(wanted) - dso} SIS-derived events re-derived identically from the "
+                  f"change topics" + (f" ({dso} DSO-added)" if dso else ""))
+
+
+def _check_sources(ctx: VerifyContext, closed: _Closed) -> tuple[str, str]:
+    """5. sources: every lineage position is still on its change topic with the recorded LSN and txId."""
+    if not ctx.changes:
+        return "skipped", ctx.skip_reasons.get("sources", "no change topics retained")
+    index = {(d.topic, d.partition, d.offset): d for d in ctx.changes}
+    missing: list[str] = []
+    mismatch: list[str] = []
+    n = 0
+    reported = ctx.reported_commands()
+    for r in closed.records:
+        for p in r.get("lineage") or []:
+            n += 1
+            if p.get("command_id"):  # a DSO's report: the command must still be on the commands topic
+                if p["command_id"] not in reported:
+                    missing.append(f"command {p['command_id']}")
+                continue
+            d = index.get((p.get("topic"), p.get("partition"), p.get("offset")))
+            if d is None:
+                missing.append(f"{p.get('topic')}[{p.get('partition')}]@{p.get('offset')}")
+                continue
+            src = (d.value or {}).get("source") or {} if isinstance(d.value, dict) else {}
+            if (p.get("lsn") is not None and src.get("lsn") != p.get("lsn")) or \
+                    (p.get("tx_id") is not None and src.get("txId") != p.get("tx_id")):
+                mismatch.append(d.ref)
+    if missing or mismatch:
+        return "failed", (f"{len(missing)} lineage position(s) not retained ({', '.join(missing[:3])}), "
+                          f"{len(mismatch)} with another LSN/txId ({', '.join(mismatch[:3])})")
+    return "ok", f"all {n} source positions found on the change topics with their LSN/txId"
 
 
 @dataclass
@@ -644,15 +677,16 @@ def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = Non
                  "missing from the outbox")
         answered.append(f"batch {bid}: SEVIS answered it ({ref}) but its folder is {where}")
     if ctx.schema is not None:
-        from sevisflow.sinks.xml.render import ClosedBatch, check_batch
+        from sevisflow.sinks.xml.document import check_document
+        from sevisflow.sinks.xml.render import ClosedBatch
 
         for bid in quarantined:
             closed = ctx.closed_events().get(bid)
             if closed is None:
                 continue
             event = _raw(closed, BATCH_SCHEMA)
-            if check_batch(ClosedBatch.from_event(event, orjson.loads(event.get("records_json") or "[]")),
-                           ctx.schema).ok:
+            if check_document(ClosedBatch.from_event(event, orjson.loads(event.get("records_json") or "[]")),
+                              ctx.schema)[0].ok:
                 answered.append(f"batch {bid} is in the quarantine but its document validates against the XSDs: "
                                 "the XML sink quarantines only invalid batches, so its folder was moved there")
     elif quarantined:

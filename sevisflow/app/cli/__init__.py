@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 from typing import NoReturn, Sequence
 
 from sevisflow import __version__
@@ -84,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sevisflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception:  # noqa: BLE001 - the top-level handler for bugs
-        traceback.print_exc()
+    except Exception as exc:  # noqa: BLE001 - the top-level handler for bugs
+        print(log.safe_traceback(exc), file=sys.stderr)   # frames and classes; messages may quote a record
         print("sevisflow: unexpected error (a bug); please report it with the trace above", file=sys.stderr)
         return EXIT_UNEXPECTED
 

@@ -13,7 +13,7 @@ import argparse
 from sevisflow.app.cli.common import add_json_flag, format_table, print_json, settings_from_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("acls", help="Kafka ACLs per principal (least privilege, derived from the topics)",
                        description="Principals: [acls] settings. Rights: sevisflow/core/acls.py (docs/SECURITY.md).")
     asub = p.add_subparsers(dest="acls_command", metavar="ACTION", required=True)

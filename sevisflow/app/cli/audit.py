@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 
 from sevisflow.app.audit.replay import StudentMatcher, layout_from_settings
-from sevisflow.app.audit.sources import load_inputs, outbox_info
+from sevisflow.app.audit.sources import SCOPE_SKEW_MS, closed_at_from_archive, load_inputs, outbox_info
 from sevisflow.app.audit.timeline import (
+    BatchReport,
     batch_report,
     format_batch_records,
     format_timeline,
@@ -20,10 +21,11 @@ from sevisflow.app.audit.timeline import (
     summarize,
 )
 from sevisflow.app.cli.common import add_json_flag, clean, format_table, print_json, settings_from_args
+from sevisflow.core.config import Settings
 from sevisflow.core.errors import SevisflowError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="trace a student or a batch through every stage (read-only)",
                        description="Timelines for auditors: SIS change → SEVIS event → batch record → "
                                    "closed batch → upload → SEVIS result.")
@@ -70,11 +72,26 @@ def cmd_student(args: argparse.Namespace) -> int:
     return 0
 
 
+def batch_inputs_report(settings: Settings, batch_id: str, timeout_s: float) -> BatchReport:
+    """The batch's report, reading the log only from its close on (the time its manifest or ledger line
+    names, less the clock tolerance): the close, its command, the later moves and SEVIS's answers are all
+    written from then on. When they are not found there, the whole log is read."""
+    since = closed_at_from_archive(settings, batch_id)
+    upload = outbox_info(settings, batch_id)
+    if since is not None:
+        inputs = load_inputs(settings, with_changes=False, timeout_s=timeout_s, since_ms=since - SCOPE_SKEW_MS)
+        report = batch_report(batch_id, batches=inputs.batches, results=inputs.results, commands=inputs.commands,
+                              upload=upload)
+        if report.found and report.close_command is not None:
+            return report
+    inputs = load_inputs(settings, with_changes=False, timeout_s=timeout_s)
+    return batch_report(batch_id, batches=inputs.batches, results=inputs.results, commands=inputs.commands,
+                        upload=upload)
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    inputs = load_inputs(settings, with_changes=False, timeout_s=args.timeout)
-    report = batch_report(args.batch_id, batches=inputs.batches, results=inputs.results, commands=inputs.commands,
-                          upload=outbox_info(settings, args.batch_id))
+    report = batch_inputs_report(settings, args.batch_id, args.timeout)
     if args.json:
         print_json(report.to_json())
         return 0 if report.found else 1

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping
 import orjson
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from sevisflow.processors.batcher.ids import is_program
 from sevisflow.processors.batcher.view import BatchView, ClosedBatch, fold, fold_result, from_open_batch
 from sevisflow.app.cli import review
 from sevisflow.app.cli.common import add_json_flag, add_pager_flag, emit, format_table, print_json, settings_from_args
@@ -36,6 +37,7 @@ from sevisflow.core.kafka_io import (
     make_admin,
     make_consumer,
     make_producer,
+    position,
     produce,
     read_topic,
     topic_partitions,
@@ -47,15 +49,17 @@ BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
 COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
 RESULT_SCHEMA = "sevisflow.results.SevisResult"
 OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
+ORG_HELP = ("the OrgID: the school's SEVIS code (default: school.org_id of the settings), or the program number of "
+            "an exchange program ([[exchange_programs]], e.g. P-1-12345) for its J-1 EV batches")
 TAIL_WINDOW = 8
 """Offsets read first from the end of each partition of the view topic (x8 each time the key is not there)."""
 KAFKA_TIMEOUT_S = 10.0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("batch", help="review, hold and close the open SEVIS batch",
                        description="Review what will be sent to SEVIS, keep students out of it, and close it.")
-    p.add_argument("--org", default=None, help="the school's SEVIS code (default: school.org_id of the settings)")
+    p.add_argument("--org", default=None, help=ORG_HELP)
     bsub = p.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
 
     show = bsub.add_parser("show", help="the open batch: every record, what changes, where it came from",
@@ -143,7 +147,13 @@ def _add_history_flag(p: argparse.ArgumentParser) -> None:
 
 
 def org_of(args: argparse.Namespace, settings: Settings) -> str:
-    return getattr(args, "org", None) or settings.school.require_org_id()
+    """``--org`` (the school's code by default); a program number must be a configured exchange program."""
+    org: str = getattr(args, "org", None) or settings.school.require_org_id()
+    if is_program(org) and settings.program(org) is None:
+        known = ", ".join(p.program_number for p in settings.exchange_programs) or "none is configured"
+        raise SevisflowError(f"--org {org} is not a configured exchange program (exchange programs: {known}); add it "
+                             "under [[exchange_programs]] in the settings, or check the program number")
+    return org
 
 
 def check_kafka(settings: Settings, topics: list[str]) -> None:
@@ -167,9 +177,10 @@ def _decoded(settings: Settings, topic: str, schema: str, start: Mapping[int, in
              positions: dict[int, int] | None = None) -> Iterator[dict[str, Any]]:
     for msg in read_topic(settings.kafka, topic, timeout_s=KAFKA_TIMEOUT_S * 3, start=start):
         if positions is not None:
-            positions[msg.partition()] = msg.offset() + 1
-        if msg.value() is not None:
-            yield registry().decode(msg.value(), schema)
+            _, partition, offset = position(msg)
+            positions[partition] = offset + 1
+        if (value := msg.value()) is not None:
+            yield registry().decode(value, schema)
 
 
 def load_view(settings: Settings, org: str, results: bool = False, check: bool = True) -> BatchView:
@@ -457,8 +468,8 @@ def cmd_close(args: argparse.Namespace) -> int:
     from sevisflow.app.cli import dso as dso_cli
 
     settings = settings_from_args(args)
-    dso = dso_cli.resolve_dso(args.dso, settings, "closed")
     org = org_of(args, settings)
+    dso = dso_cli.resolve_dso(args.dso, settings, "closed", org=org)
     person = dso_cli.interactive() and not args.json  # --json is for scripts: it never asks
     if args.revision is None and not person and not args.yes:
         raise SevisflowError("not closed: say which revision you reviewed. Run `sevisflow batch show`, then "
@@ -517,7 +528,7 @@ def _hold_or_release(args: argparse.Namespace, kind: str) -> int:
 
     settings = settings_from_args(args)
     doing = "held" if kind == "hold" else "released"
-    dso = dso_cli.resolve_dso(args.dso, settings, doing)
+    dso = dso_cli.resolve_dso(args.dso, settings, doing, org=org_of(args, settings))
     reason = dso_cli.check_reason(args.reason) if kind == "hold" else args.reason
     if kind == "release" and reason is not None:
         problem = dso_cli.text_problem(reason, "the reason", dso_cli.MAX_REASON_LEN)
@@ -566,21 +577,53 @@ def cmd_release(args: argparse.Namespace) -> int:
     return _hold_or_release(args, "release")
 
 
+def list_orgs(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """``batch list`` shows every OrgID of the institution (the school's, then each exchange program's) unless
+    ``--org`` names one."""
+    if getattr(args, "org", None):
+        return [org_of(args, settings)]
+    return [settings.school.require_org_id(), *(p.program_number for p in settings.exchange_programs)]
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    view = load_view(settings, org_of(args, settings), results=True)
+    orgs = list_orgs(args, settings)
+    views = [load_view(settings, orgs[0], results=True)]
+    views += [load_view(settings, org, results=True, check=False) for org in orgs[1:]]
     tz = settings.school.timezone
     if args.json:
-        print_json(list_json(view, args.limit))
-    else:
-        emit(lambda _: review.list_table(view, tz, args.limit), lambda: review.list_lines(view, tz, args.limit),
-             use_pager=not args.no_pager)
+        out = list_json(views[0], args.limit)
+        if len(views) > 1:  # the exchange programs' EV batches, each like the school's
+            out["programs"] = [list_json(v, args.limit) for v in views[1:]]
+        print_json(out)
+        return 0
+
+    def tables(_: int) -> list[Any]:
+        return [r for v in views for r in review.list_table(v, tz, args.limit)]
+
+    def lines() -> Iterator[str]:
+        for i, v in enumerate(views):
+            if i:
+                yield ""
+            yield from review.list_lines(v, tz, args.limit)
+
+    emit(tables, lines, use_pager=not args.no_pager)
     return 0
+
+
+def org_of_batch(args: argparse.Namespace, settings: Settings, batch_id: str) -> str:
+    """``--org``, else the exchange program whose number a BatchID starts with (``P1123450TB5K3F`` is a batch of
+    P-1-12345), else the school's code: ``batch status``/``resend`` find a program's batch without ``--org``."""
+    if getattr(args, "org", None):
+        return org_of(args, settings)
+    program = next((p for p in settings.exchange_programs
+                    if batch_id.startswith(p.program_number.replace("-", ""))), None)
+    return program.program_number if program is not None else org_of(args, settings)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    view = load_view(settings, org_of(args, settings), results=True)
+    view = load_view(settings, org_of_batch(args, settings, args.batch_id), results=True)
     tz = settings.school.timezone
     if args.json:
         print_json(status_json(view, args.batch_id, tz))
@@ -602,12 +645,12 @@ def cmd_resend(args: argparse.Namespace) -> int:
     from sevisflow.app.cli import dso as dso_cli
 
     settings = settings_from_args(args)
-    dso = dso_cli.resolve_dso(args.dso, settings, "resent")
+    org = org_of_batch(args, settings, args.batch_id)
+    dso = dso_cli.resolve_dso(args.dso, settings, "resent", org=org)
     if args.reason is not None:
         problem = dso_cli.text_problem(args.reason, "the reason", dso_cli.MAX_REASON_LEN)
         if problem:
             raise SevisflowError(f"not resent: {problem}")
-    org = org_of(args, settings)
     view = load_view(settings, org, results=True)
     b = _batch(view, args.batch_id)
     if not b.results:

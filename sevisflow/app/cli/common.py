@@ -255,5 +255,6 @@ def run_stage(settings: Settings, stage: Callable[..., None], *extra: Any, name:
         err = failed[0].error
         if isinstance(err, SevisflowError):
             raise err
-        raise RuntimeError(f"stage {name} failed") from err
+        # not `from err`: its message may quote a record; its traceback is in the stage.failed log line
+        raise RuntimeError(f"stage {name} failed: {type(err).__name__} (traceback in the stage.failed log line)") from None
     return 0

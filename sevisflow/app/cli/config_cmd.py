@@ -8,7 +8,7 @@ from sevisflow.app.cli.common import format_table, print_json, settings_from_arg
 from sevisflow.core.config import describe, example_toml
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("config", help="show the resolved settings (secrets masked)",
                        description="Print the settings in effect after sevisflow.toml and SEVISFLOW_* overrides. "
                                    "Secrets print as ****.")

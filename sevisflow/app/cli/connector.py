@@ -17,13 +17,13 @@ from typing import Any
 import orjson
 
 from sevisflow.app.cli.common import add_json_flag, format_table, print_json, settings_from_args
-from sevisflow.core.log import get_logger
+from sevisflow.core.log import get_logger, get_status_logger
 from sevisflow.core.observability import serve_for
 
 log = get_logger("sevisflow.connector")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("connector", help="run or inspect the PostgreSQL CDC connector",
                        description="Logical replication (pgoutput) from the SIS into Debezium-compatible topics.")
     csub = p.add_subparsers(dest="connector_command", metavar="ACTION", required=True)
@@ -49,9 +49,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     server = serve_for(settings.metrics.port, settings.metrics.host)
+    from sevisflow.app.runner import ROLES, announce
+    from sevisflow.core.observability import ProgressReporter, set_progress_interval
+
+    set_progress_interval(settings.metrics.progress_interval_s)
+    announce(["connector"], server)   # the start-up line, then a progress line per interval
+    get_status_logger().info("stage.started", stage="connector", role=ROLES["connector"])
+    progress = ProgressReporter(["connector"], stop).start()
     try:
         run_connector(settings, stop)
     finally:
+        progress.stop()
         if server:
             server.stop()
         for s, h in previous.items():

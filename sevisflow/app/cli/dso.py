@@ -21,7 +21,7 @@ from typing import Any, Callable, TextIO
 from sevisflow.processors.batcher.guard import MAX_REASON_LEN, text_problem
 from sevisflow.processors.batcher.ids import user_id_problem
 from sevisflow.processors.batcher.view import BatchView, fold
-from sevisflow.core.config import KafkaSettings, Settings
+from sevisflow.core.config import ExchangeProgram, KafkaSettings, Settings
 from sevisflow.core.errors import SevisflowError
 from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import registry
@@ -29,9 +29,14 @@ from sevisflow.core.serde import registry
 BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
 
 
-def resolve_dso(given: str | None, settings: Settings, doing: str, err: TextIO | None = None) -> str:
-    """The acting DSO's SEVIS user id: ``--dso``, else ``school.default_dso`` (echoed on stderr). Raises
-    with the fix when there is none, it is not a SEVIS user id, or not one of ``school.dso_user_ids``."""
+def resolve_dso(given: str | None, settings: Settings, doing: str, err: TextIO | None = None,
+                org: str | None = None) -> str:
+    """The acting person's SEVIS user id: ``--dso``, else ``school.default_dso`` (for an exchange program: its
+    ``ro_user_id``), echoed on stderr. Raises with the fix when there is none, it is not a SEVIS user id, or
+    not one who may act for ``org`` (the school's DSOs; a program's RO and AROs)."""
+    program = settings.program(org) if org else None
+    if program is not None:
+        return _resolve_officer(given, program, doing, err)
     school = settings.school
     user = given or school.default_dso
     if not user:
@@ -45,6 +50,20 @@ def resolve_dso(given: str | None, settings: Settings, doing: str, err: TextIO |
                              "ask the administrator to add your SEVIS user id")
     if not given:
         print(f"acting as {user} (school.default_dso)", file=err or sys.stderr)
+    return user
+
+
+def _resolve_officer(given: str | None, program: ExchangeProgram, doing: str, err: TextIO | None) -> str:
+    """An exchange program's RO/ARO: SEVIS takes its EV batches only under their user ids."""
+    user = given or program.ro_user_id
+    allowed = program.user_ids()
+    if user not in allowed:
+        raise SevisflowError(f"not {doing}: {user} is not the RO or an ARO of exchange program "
+                             f"{program.program_number} ({', '.join(allowed)}); SEVIS refuses an EV batch signed by "
+                             "anyone else: act with --dso <your RO/ARO user id>, or ask the administrator to add it to "
+                             "the program's aro_user_ids")
+    if not given:
+        print(f"acting as {user} (the RO of exchange program {program.program_number})", file=err or sys.stderr)
     return user
 
 
@@ -104,9 +123,9 @@ def view_at_revision(settings: Settings, org: str, revision: int) -> BatchView:
     """The open batch exactly as it was at ``revision``: ``sevis.batches`` folded up to it."""
     view = BatchView(org)
     for msg in read_topic(settings.kafka, settings.topics.batches, timeout_s=90.0):
-        if msg.value() is None:
+        if (value := msg.value()) is None:
             continue
-        ev = registry().decode(msg.value(), BATCH_SCHEMA)
+        ev = registry().decode(value, BATCH_SCHEMA)
         if ev.get("org_id") == org and (ev.get("revision") or 0) <= revision:
             fold(view, ev)
     view.revision = min(view.revision, revision)
@@ -131,8 +150,12 @@ class ClosePlan:
         """(what, how many) of the records being closed: creates, then updates per SEVIS element."""
         out: dict[str, int] = {}
         for r in sorted(self.closing, key=lambda r: (r["section"] != "create", r["kind"])):
-            what = "CreateStudent (new student)" if r["section"] == "create" else \
-                f"UpdateStudent {r['kind'].replace('.', '/')}"
+            ev = r["kind"].startswith("EV.")
+            if r["section"] == "create":
+                what = "CreateEV (new exchange visitor)" if ev else "CreateStudent (new student)"
+            else:
+                what = f"UpdateEV {r['kind'][3:].replace('.', '/')}" if ev else \
+                    f"UpdateStudent {r['kind'].replace('.', '/')}"
             out[what] = out.get(what, 0) + 1
         return list(out.items())
 

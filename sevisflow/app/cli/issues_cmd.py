@@ -19,7 +19,7 @@ from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import SerializationError, registry
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("issues", help="list records the pipeline could not process (dead letters)",
                        description="Dead letters from every stage: what is wrong, for which student, and the fix.")
     p.add_argument("--stage", help="only this stage (normalize, sevis_events, batcher, sink_xml …)")
@@ -76,10 +76,10 @@ def load_issues(settings: Any, stage: str | None = None, code: str | None = None
                 student: str | None = None) -> list[dict[str, Any]]:
     out = []
     for msg in read_topic(settings.kafka, settings.topics.dlq):
-        if msg.value() is None:
+        if (value := msg.value()) is None:
             continue
         try:
-            rec = registry().decode(msg.value(), SCHEMA)
+            rec = registry().decode(value, SCHEMA)
         except SerializationError:
             continue
         if (stage and rec["stage"] != stage) or (code and rec["code"] != code) or \

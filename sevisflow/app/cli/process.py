@@ -13,7 +13,7 @@ import argparse
 from sevisflow.app.cli.common import run_stage, settings_from_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("process", help="run a stream processor (normalize | events | batcher)",
                        description="Run a processor stage in the foreground; stop it with Ctrl-C or SIGTERM.")
     p.add_argument("stage", choices=("normalize", "events", "batcher"),

@@ -23,7 +23,7 @@ from sevisflow.app.audit.replay import (
 from sevisflow.app.cli.common import format_table, settings_from_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "replay", help="read any topic read-only and export it decoded (JSON lines)",
         description="Read a topic between two positions without joining or moving any consumer group, decode "

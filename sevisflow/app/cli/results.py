@@ -15,7 +15,7 @@ from sevisflow.app.cli.common import add_json_flag, add_pager_flag, clean, emit,
 from sevisflow.core.errors import SevisflowError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("results", help="show SEVIS's results for one batch",
                        description="One entry per record: request id, student and name, SEVIS update, "
                                    "accepted or rejected by SEVIS (with SEVIS's code and message).")
@@ -33,16 +33,17 @@ def batch_results(settings: Any, batch_id: str) -> list[dict[str, Any]]:
 
     found: dict[str, dict[str, Any]] = {}
     for msg in read_topic(settings.kafka, settings.topics.results):
-        if msg.value() is None:
+        if (value := msg.value()) is None:
             continue
-        rec = registry().decode(msg.value(), "sevisflow.results.SevisResult")
+        rec = registry().decode(value, "sevisflow.results.SevisResult")
         if rec.get("batch_id") == batch_id:
             found.pop(rec["request_id"], None)
             found[rec["request_id"]] = rec
     return list(found.values())
 
 
-def result_rows(rows: list[dict[str, Any]], names: dict[str, tuple[str, str]]) -> list[tuple[str, ...]]:
+def result_rows(rows: list[dict[str, Any]],
+                names: dict[str, tuple[str, str]]) -> list[tuple[str, str, str, str, str, str]]:
     """(request, student, name, SEVIS update, result, detail) per result; ``names``: request id →
     (display name, SEVIS update in words) from the closed batch."""
     from sevisflow.app.cli import review
@@ -98,7 +99,8 @@ def names_of(settings: Any, org: str, batch_id: str) -> dict[str, tuple[str, str
 def cmd_results(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     rows = batch_results(settings, args.batch_id)
-    org = args.org or settings.school.org_id
+    # the results name their OrgID: an exchange program's batch is found under its program number
+    org = args.org or (rows[0].get("org_id") if rows else None) or settings.school.org_id
     names = names_of(settings, org, args.batch_id) if rows else {}
     if args.json:
         print_json([{**r, "display_name": names.get(r["request_id"], ("", ""))[0] or None,

@@ -49,6 +49,18 @@ TITLES = {
     "CPTEmployment.Cancel": "CPT cancelled", "OPTEmployment.Add": "OPT recommended",
     "OPTEmployment.Cancel": "OPT cancelled", "OPTEmployment.Extend": "STEM OPT extension recommended",
     "Reprint": "I-20 reprint", "DisciplinaryAction": "Disciplinary action",
+    # J-1 exchange visitors (an exchange program's EV batch)
+    "EV.Create": "New exchange visitor record (DS-2019)", "EV.Validate": "Arrival validated",
+    "EV.Biographical": "Exchange visitor's information", "EV.FinancialInfo": "Program funding",
+    "EV.Program.Amend": "Program dates amended", "EV.Program.EditSubject": "Subject/field change",
+    "EV.Program.Extension": "Program extension", "EV.Program.Shorten": "Program shortened",
+    "EV.Program.Matriculate": "Matriculation", "EV.SiteOfActivity.Add": "Site of activity added",
+    "EV.SiteOfActivity.Edit": "Site of activity changed", "EV.SiteOfActivity.Delete": "Site of activity removed",
+    "EV.Dependent.Add": "J-2 dependant added", "EV.Dependent.Edit": "J-2 dependant changed",
+    "EV.Dependent.Delete": "J-2 dependant deleted", "EV.Dependent.EndStatus": "J-2 dependant's status ended",
+    "EV.Dependent.Terminate": "J-2 dependant terminated", "EV.Status.Terminate": "Record terminated",
+    "EV.Status.NoShow": "No-show", "EV.Status.Invalid": "Record invalidated",
+    "EV.Status.CorrectInfraction": "Infraction corrected", "EV.Reprint": "DS-2019 reprint",
 }
 
 #: canonical section of the before/after fields of each SEVIS element
@@ -217,9 +229,20 @@ class Change:
     after: list[str]
 
 
+def _new_word(org_id: str) -> str:
+    """What a create brings: a new student, or in an exchange program's EV batch a new exchange visitor."""
+    from sevisflow.processors.batcher.ids import is_program
+
+    return "new exchange visitor" if is_program(org_id) else "new student"
+
+
 def element(rec: Mapping[str, Any]) -> str:
-    """The SEVIS element as SEVIS names it: ``CreateStudent``, ``Program/Extension``."""
-    return "CreateStudent" if rec["kind"] == "Create" else rec["kind"].replace(".", "/")
+    """The SEVIS element as SEVIS names it: ``CreateStudent``, ``Program/Extension``; for an exchange visitor
+    (EV batch) ``CreateEV``, ``SiteOfActivity/Add``."""
+    kind = rec["kind"]
+    if kind in ("Create", "EV.Create"):
+        return "CreateEV" if kind == "EV.Create" else "CreateStudent"
+    return kind.removeprefix("EV.").replace(".", "/")
 
 
 def title(rec: Mapping[str, Any]) -> str:
@@ -394,15 +417,17 @@ def source_words(rec: Mapping[str, Any], tz: str, chs: Sequence[Change] = ()) ->
         return f"entered by a DSO with `sevisflow student add-info` on {at}"
     if rec["kind"] == "Create":
         what = "student record completed"
+    elif rec["kind"] == "EV.Create":
+        what = "exchange visitor's appointment entered"
     elif rec["kind"] == "Registration":
         what = "enrolment confirmed"
     elif chs and all(c.before is None for c in chs):
-        what = title(rec).lower()
+        what = title(rec).lower().replace("ds-2019", "DS-2019")
     elif chs:
         names = list(dict.fromkeys(c.label for c in chs))
         what = (", ".join(names[:2]) + (" and more" if len(names) > 2 else "")) + " changed"
     else:
-        what = title(rec).lower() + " recorded"
+        what = title(rec).lower().replace("ds-2019", "DS-2019") + " recorded"
     n = len(rec.get("event_ids") or [])
     merged = f" ({n} SIS changes merged)" if n > 1 else ""
     return f"{what} in the SIS on {at}{merged}"
@@ -459,7 +484,8 @@ def _header(view: BatchView, shown: list[dict[str, Any]], flt: Filter) -> list[s
     if not c["records"]:
         lines.append("The open batch is empty: nothing waits to be sent to SEVIS.")
         return lines
-    lines.append(f"{_n(c['records'], 'record')}: {_n(c['creates'], 'new student')}, {_n(c['updates'], 'update')}. "
+    lines.append(f"{_n(c['records'], 'record')}: {_n(c['creates'], _new_word(view.org_id))}, "
+                 f"{_n(c['updates'], 'update')}. "
                  f"Ready to send: {c['ready']}; held: {c['held']}; waiting for a SEVIS ID: {c['waiting']}.")
     if flt.active():
         lines.append(f"Showing {len(shown)} of {c['records']} ({flt.describe()}).")
@@ -822,7 +848,7 @@ def batch_rows(b: ClosedBatch) -> list[tuple[str, str, str, str, str, str]]:
 
 def batch_header(view: BatchView, b: ClosedBatch, tz: str) -> list[str]:
     return [f"Batch {clean(b.batch_id)} of {clean(view.org_id)}: {_n(len(b.records), 'record')} "
-            f"({_n(b.creates, 'new student')}, {_n(b.updates, 'update')})",
+            f"({_n(b.creates, _new_word(view.org_id))}, {_n(b.updates, 'update')})",
             f"Closed by {clean(b.closed_by or 'the scheduler (no person reviewed it)')} on {when(b.at_ms, tz)}; "
             f"{batch_state(b)}"]
 

@@ -19,7 +19,7 @@ from sevisflow.app.cli.common import settings_from_args
 from sevisflow.core.errors import SevisflowError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sevis-sim", help="run a SEVIS batch simulator (HTTPS + client certificates)",
                        description=__doc__)
     p.add_argument("--host", default="127.0.0.1")

@@ -16,7 +16,7 @@ from typing import Any
 from sevisflow.app.cli.common import add_json_flag, format_table, print_json, run_stage, settings_from_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sink", help="run the XML / SEVIS sinks, show the outbox",
                        description="The last stages: closed batches → XSD-valid XML → SEVIS → sevis.results.")
     ssub = p.add_subparsers(dest="sink_command", metavar="STAGE", required=True)

@@ -18,7 +18,7 @@ from sevisflow.deploy.local.stack import StackInfo, stack_status, stacks_root, s
 from sevisflow.core.errors import SevisflowError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stack", help="start/stop a local Kafka + PostgreSQL",
                        description="A real Apache Kafka (KRaft) and PostgreSQL (wal_level=logical) on free ports.")
     ssub = p.add_subparsers(dest="stack_command", metavar="ACTION", required=True)

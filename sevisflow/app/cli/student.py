@@ -36,8 +36,8 @@ from typing import Any
 import orjson
 
 from sevisflow.processors.sevis_events.hygiene import require_clean_add_info
-from sevisflow.app.cli.batch import (KAFKA_TIMEOUT_S, await_answer, await_view, check_kafka, end_offsets, new_command,
-                                 org_of, send_command)
+from sevisflow.app.cli.batch import (KAFKA_TIMEOUT_S, ORG_HELP, await_answer, await_view, check_kafka, end_offsets,
+                                     new_command, org_of, send_command)
 from sevisflow.app.cli.common import add_json_flag, print_json, settings_from_args
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import SevisflowError
@@ -52,10 +52,11 @@ DEP_KEYS = {"last", "first", "birth-date", "gender", "birth-city", "birth-countr
             "relationship", "visa", "email"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("student", help="add SEVIS-only information about a student (passport name, dependents) "
                                        "or report a Reprint / Status Verify / DisciplinaryAction")
-    p.add_argument("--org", default=None, help="the school's SEVIS code (default: school.org_id of the settings)")
+    p.add_argument("--org", default=None, help=ORG_HELP + "; with a program number, `report reprint` asks for a new "
+                                                     "DS-2019 of the exchange visitor (EV Reprint)")
     ssub = p.add_subparsers(dest="student_command", metavar="ACTION", required=True)
     a = ssub.add_parser("add-info", help="record passport name / dependents for the next batch",
                         description="Record SEVIS-only data; it goes into the open batch like any other change.")
@@ -94,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rsub = r.add_subparsers(dest="report_event", metavar="EVENT", required=True)
     rp = rsub.add_parser("reprint", parents=[common], help="Reprint: SEVIS prints a new I-20 (travel, lost, damaged)")
     rp.add_argument("--reason", required=True, metavar="CODE",
-                    help="SEVIS reprint reason code (StudentReprintRequestReasonType: 01, 02, 03, 04, 50, 53)")
+                    help="SEVIS reprint reason code (StudentReprintRequestReasonType: 01, 02, 03, 04, 50, 53; for an "
+                         "exchange program's EV, EVReprintRequestReasonType: 05, 12, 13, 14)")
     rp.add_argument("--remarks", default=None, help="optional remarks (≤500 characters)")
     rp.add_argument("--print-form", choices=("true", "false"), default=None,
                     help="whether SEVIS prints the form (XSD default: true)")
@@ -202,6 +204,7 @@ def parse_dependent(spec: str, settings: Settings) -> dict[str, Any]:
 
 
 REPRINT_REASONS_TYPE = "StudentReprintRequestReasonType"
+EV_REPRINT_REASONS_TYPE = "EVReprintRequestReasonType"
 REMARKS_MAX = 500
 """common:RemarksType (DisciplinaryAction/Explanation, Reprint/Remarks): 1-500 characters."""
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -222,21 +225,27 @@ def _remarks(value: str, what: str) -> str:
 
 
 def report_event(event: str, settings: Settings, *, reason: str | None = None, remarks: str | None = None,
-                 print_form: str | None = None, explanation: str | None = None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(kind, payload, after) of a DSO-reported event, checked against the XSD's rules; raises with the fix."""
+                 print_form: str | None = None, explanation: str | None = None,
+                 ev: bool = False) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(kind, payload, after) of a DSO-reported event, checked against the XSD's rules; raises with the fix.
+    ``ev``: for an exchange program's EV batch (its RO/ARO reports): only ``reprint`` (a new DS-2019)."""
+    if ev and event != "reprint":
+        raise SevisflowError(f"{event} is a student (F/M) event: an exchange program's RO/ARO can report a reprint "
+                             "of the DS-2019 (`report reprint`); other EV changes come from the SIS")
     if event == "reprint":
         code = (reason or "").strip()
-        codes = code_list(settings.sevis.xsd_dir, REPRINT_REASONS_TYPE)
+        type_name = EV_REPRINT_REASONS_TYPE if ev else REPRINT_REASONS_TYPE
+        codes = code_list(settings.sevis.xsd_dir, type_name)
         if (codes is None and not re.fullmatch(r"\d{2}", code)) or (codes is not None and code not in codes):
             allowed = ", ".join(sorted(codes)) if codes else "two digits"
-            raise SevisflowError(f"--reason {code!r} is not a SEVIS reprint reason code ({REPRINT_REASONS_TYPE}); "
+            raise SevisflowError(f"--reason {code!r} is not a SEVIS reprint reason code ({type_name}); "
                                  f"use one of: {allowed}")
         payload: dict[str, Any] = {"Reason": code}
         if remarks is not None:
             payload["Remarks"] = _remarks(remarks, "--remarks")
         if print_form is not None:
             payload["@printForm"] = print_form
-        return "Reprint", payload, {"reprint_reason": code}
+        return ("EV.Reprint" if ev else "Reprint"), payload, {"reprint_reason": code}
     if event == "verify":
         return "Status.Verify", {}, {"status": "verify"}
     if event == "disciplinary":
@@ -252,9 +261,9 @@ def known_student(settings: Settings, org: str, student: str) -> dict[str, Any]:
     """SEVIS ID, last name and display name of a student from the latest events on sevis.events."""
     info: dict[str, Any] = {"sevis_id": None, "last_name": None, "display_name": None, "seen": False}
     for msg in read_topic(settings.kafka, settings.topics.events, timeout_s=KAFKA_TIMEOUT_S * 3):
-        if msg.value() is None:
+        if (value := msg.value()) is None:
             continue
-        ev = registry().decode(msg.value(), EVENT_SCHEMA)
+        ev = registry().decode(value, EVENT_SCHEMA)
         if ev["org_id"] != org or ev["student_key"] != student:
             continue
         info["seen"] = True
@@ -293,9 +302,9 @@ def sevis_id_from_sevis(settings: Settings, org: str, student: str) -> str | Non
     """The SEVIS ID SEVIS returned for the student's Create (sevis.results), if any."""
     found = None
     for msg in read_topic(settings.kafka, settings.topics.results, timeout_s=KAFKA_TIMEOUT_S * 3):
-        if msg.value() is None:
+        if (value := msg.value()) is None:
             continue
-        res = registry().decode(msg.value(), "sevisflow.results.SevisResult")
+        res = registry().decode(value, "sevisflow.results.SevisResult")
         if res.get("org_id") == org and res.get("student_key") == student and res.get("status") == "success" \
                 and res.get("sevis_id"):
             found = res["sevis_id"]
@@ -343,6 +352,9 @@ def cmd_add_info(args: argparse.Namespace) -> int:
         raise SevisflowError(f"--sevis-id {args.sevis_id!r} is not a SEVIS ID (N followed by 10 digits)")
     settings = settings_from_args(args)
     org = org_of(args, settings)
+    if settings.program(org) is not None:
+        raise SevisflowError(f"add-info sends F/M student data (PersonalInfo, Dependent/Add); exchange program {org} "
+                             "takes its exchange visitors' data and J-2 dependents from the SIS: nothing was added")
     passport = _name(args.passport, "passport name", 39) if args.passport else None
     dependents = [parse_dependent(spec, settings) for spec in args.dependent]
     dso = dso_cli.resolve_dso(args.dso, settings, "added")
@@ -403,7 +415,7 @@ def cmd_add_info(args: argparse.Namespace) -> int:
     await_view(settings, org, max(r["revision"] for r in results))
     if args.json:
         print_json({"student_key": args.student, "sevis_id": sevis_id, "dso_user_id": dso, "records": results,
-                    "codes": [{"dependent": label, **{what: meaning for what, meaning in codes}}
+                    "codes": [{"dependent": label, **dict(codes)}
                               for label, codes in meanings]})
     else:
         held = any(r["status"] == "held" for r in results)
@@ -420,12 +432,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.sevis_id and not SEVIS_ID.fullmatch(args.sevis_id):
         raise SevisflowError(f"--sevis-id {args.sevis_id!r} is not a SEVIS ID (N followed by 10 digits)")
     settings = settings_from_args(args)
-    args.dso = resolve_dso(args.dso, settings, "reported")
     org = org_of(args, settings)
+    args.dso = resolve_dso(args.dso, settings, "reported", org=org)
     kind, payload, after = report_event(args.report_event, settings, reason=getattr(args, "reason", None),
                                         remarks=getattr(args, "remarks", None),
                                         print_form=getattr(args, "print_form", None),
-                                        explanation=getattr(args, "explanation", None))
+                                        explanation=getattr(args, "explanation", None),
+                                        ev=settings.program(org) is not None)
     check_kafka(settings, [settings.topics.events, settings.topics.commands, settings.topics.batches,
                            settings.topics.results])
     known = known_student(settings, org, args.student)
@@ -449,6 +462,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         note = {"record_added": "is in the open batch", "record_replaced": "replaces the earlier one in the open batch",
                 "record_held": "is in the open batch but HELD (the student is on hold)"}[done["type"]]
+        show = f"sevisflow batch --org {org} show" if settings.program(org) else "sevisflow batch show"
         print(f"{kind} for student {args.student} ({sevis_id}) {note}, reported by {args.dso}. Review it with "
-              "`sevisflow batch show`; it goes to SEVIS with the next batch you close.")
+              f"`{show}`; it goes to SEVIS with the next batch you close.")
     return 0

@@ -31,10 +31,11 @@ MAX_NOTE = 500
 BAND_WORDS = {"overdue": "OVERDUE", "urgent": "URGENT", "soon": "soon", "ok": "ok", "none": "no legal limit"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("todo", help="the DSO's worklist: what to report or fix, by legal due day",
                        description="Everything a DSO must act on, grouped per student, most urgent first.")
-    p.add_argument("--org", default=None, help="the school's SEVIS code (default: school.org_id of the settings)")
+    p.add_argument("--org", default=None, help="the OrgID: the school's SEVIS code (default: school.org_id of the "
+                                               "settings) or an exchange program's number (P-1-12345)")
     p.add_argument("--student", help="only this student key")
     p.add_argument("--band", choices=("overdue", "urgent", "soon", "ok", "none"), help="only items in this band")
     p.add_argument("--all", action="store_true", help="also show items marked done")
@@ -70,8 +71,8 @@ def read_students(settings: Settings) -> list[dict[str, Any]]:
     """The canonical view of every student (``sevisflow.students``, compacted: the latest value per key)."""
     latest: dict[bytes, bytes | None] = {}
     for msg in read_topic(settings.kafka, settings.topics.students, timeout_s=60.0):
-        if msg.key() is not None:
-            latest[msg.key()] = msg.value()
+        if (key := msg.key()) is not None:
+            latest[key] = msg.value()
     out = []
     for value in latest.values():
         if value is None:
@@ -90,10 +91,10 @@ def read_done(settings: Settings, org: str) -> dict[str, dict[str, Any]]:
     """The done marks of ``org``: item id → the latest mark (who, when, note)."""
     out: dict[str, dict[str, Any]] = {}
     for msg in read_topic(settings.kafka, settings.topics.worklist, timeout_s=30.0):
-        if msg.value() is None or msg.key() != org.encode():
+        if (value := msg.value()) is None or msg.key() != org.encode():
             continue
         try:
-            mark = orjson.loads(msg.value())
+            mark = orjson.loads(value)
         except orjson.JSONDecodeError:
             continue
         if isinstance(mark, dict) and isinstance(mark.get("item_id"), str):
@@ -108,10 +109,10 @@ def read_letters(settings: Settings) -> list[dict[str, Any]]:
 
     out = []
     for msg in read_topic(settings.kafka, settings.topics.dlq, timeout_s=30.0):
-        if msg.value() is None:
+        if (value := msg.value()) is None:
             continue
         try:
-            rec = registry().decode(msg.value(), SCHEMA)
+            rec = registry().decode(value, SCHEMA)
         except SerializationError:
             continue
         raw = rec.pop("source_value", None)
@@ -131,7 +132,9 @@ def build(settings: Settings, org: str, today: date, include_done: bool) -> list
     from sevisflow.app.cli.batch import load_view
 
     view = load_view(settings, org, results=True)
-    return worklist(view.open_records(), view.batches.values(), read_students(settings), read_letters(settings),
+    # term registrations are an F/M duty: an exchange program's list has its open records, rejections and letters
+    students = [] if settings.program(org) is not None else read_students(settings)
+    return worklist(view.open_records(), view.batches.values(), students, read_letters(settings),
                     read_done(settings, org), deadlines_of(settings), today, include_done)
 
 
@@ -191,7 +194,7 @@ def cmd_done(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     org = org_of(args, settings)
-    dso = resolve_dso(args.dso, settings, "marked done")
+    dso = resolve_dso(args.dso, settings, "marked done", org=org)
     note = (args.note or "").strip()
     if not note or len(note) > MAX_NOTE or any(ord(c) < 32 for c in note):
         raise SevisflowError(f"not marked done: the note must be one line of 1–{MAX_NOTE} characters saying what "

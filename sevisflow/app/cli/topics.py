@@ -17,7 +17,7 @@ from sevisflow.core.kafka_io import TopicSpec, ensure_topics
 from sevisflow.core.topics import all_topics, apply_topics, kafka_topic_resources, pipeline_topics, to_yaml
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("topics", help="manage the pipeline's Kafka topics (topics as code: deploy/topics.toml)",
                        description="Topic specs: deploy/topics.toml (config, retention) + [kafka] settings "
                                    "(partitions, replication_factor, min_insync_replicas) + [topics] names.")

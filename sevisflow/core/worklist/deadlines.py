@@ -14,9 +14,10 @@ For a registration it starts at the session's start date. Pure: plain data in, p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 CFR_G3 = "8 CFR 214.3(g)(3)"
@@ -67,7 +68,7 @@ class Deadlines:
     timezone: str = "America/Chicago"
 
     @classmethod
-    def configured(cls, limits: Mapping[str, int], soon_days: int, urgent_days: int, tz: str) -> "Deadlines":
+    def configured(cls, limits: Mapping[str, int], soon_days: int, urgent_days: int, tz: str) -> Deadlines:
         """The defaults with ``limits`` (rule name → days) applied; an unknown rule name is an error."""
         by_name = {r.name: r for r in RULES}
         unknown = sorted(set(limits) - set(by_name))
@@ -91,9 +92,9 @@ class Deadlines:
 
     def local_day(self, at_ms: int) -> date:
         """The school-local calendar day of a moment (deadlines are whole days in the school's zone)."""
-        return datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).astimezone(ZoneInfo(self.timezone)).date()
+        return datetime.fromtimestamp(at_ms / 1000, tz=UTC).astimezone(ZoneInfo(self.timezone)).date()
 
-    def due(self, kind: str, first_change_ms: int, session_start: str | None = None) -> "Due | None":
+    def due(self, kind: str, first_change_ms: int, session_start: str | None = None) -> Due | None:
         """When a record of ``kind`` is legally due, or None when no rule covers it (or its clock is unknown)."""
         rule = self.rule_for(kind)
         if rule is None:

@@ -19,9 +19,10 @@ content changes (a new rejection, a new change).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from sevisflow.core.worklist.deadlines import Deadlines, first_change_ms, session_start_of
 
@@ -252,7 +253,7 @@ def worklist(open_records: Sequence[Mapping[str, Any]], batches: Iterable[Any],
 
 
 def band_counts(items: Iterable[Item]) -> dict[str, int]:
-    counts = {b: 0 for b in ("overdue", "urgent", "soon", "ok", "none")}
+    counts = dict.fromkeys(("overdue", "urgent", "soon", "ok", "none"), 0)
     for i in items:
         counts[i.band] += 1
     return counts

@@ -21,7 +21,7 @@ change (SEVIS event) of the pure pipeline (deploy/sis/replay.py) for the same sc
 * invalid: an outbox document (any state) that fails the XSD, or a quarantined batch.
 
 Used by ``python -m bench.chaos`` (long run, figures in bench/README.md) and, shortened, by
-tests/integration/test_chaos.py. The harness is test tooling: no product module imports it.
+tests/integration/test_chaos.py. The harness is test tooling, so it lives in testkit/ (outside the wheel).
 """
 
 from __future__ import annotations
@@ -36,24 +36,25 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import orjson
 
 from sevisflow.deploy.sis.replay import TODAY, compare_events, replay_events
 from sevisflow.sinks.outbox import STATES, safe_name
 
-REPO = Path(__file__).resolve().parents[2]
-ORG_ID = "ZZZ214F99999000"          # a made-up OrgID (ZZZ: no real school)
-DSO = "dsochaos01"                  # the DSO's SEVIS user id (10 characters)
+REPO = Path(__file__).resolve().parents[1]
+ORG_ID = "ZZZ214F99999000"  # a made-up OrgID (ZZZ: no real school)
+DSO = "dsochaos01"  # the DSO's SEVIS user id (10 characters)
 FAULTS: list[tuple[str, str]] = [
-    ("any", "drop"),            # connection reset before SEVIS looks at the request
-    ("upload", "drop_after"),   # SEVIS took the upload, the answer is lost
-    ("upload", "S0010"),        # "BatchID already used" to our first POST, nothing registered
-    ("upload", "S0013"),        # refused as a whole, nothing registered: the records are re-queued
-    ("download", "S0031"),      # "no such batch" to a download of a batch SEVIS has
+    ("any", "drop"),  # connection reset before SEVIS looks at the request
+    ("upload", "drop_after"),  # SEVIS took the upload, the answer is lost
+    ("upload", "S0010"),  # "BatchID already used" to our first POST, nothing registered
+    ("upload", "S0013"),  # refused as a whole, nothing registered: the records are re-queued
+    ("download", "S0031"),  # "no such batch" to a download of a batch SEVIS has
     ("any", "http500"),
 ]
 """The simulator faults armed now and then (those this simulator knows; see sinks/sevis_sim)."""
@@ -81,12 +82,12 @@ class Plan:
     kills: int = 20
     seed: int = 7
     close_every_s: float = 40.0
-    in_flight_share: float = 0.35      # of the kills: sink sevis while the simulator holds an upload/download
-    results_delay_s: float = 3.0       # SEVIS's results are ready this long after the upload (S0030 before)
+    in_flight_share: float = 0.35  # of the kills: sink sevis while the simulator holds an upload/download
+    results_delay_s: float = 3.0  # SEVIS's results are ready this long after the upload (S0030 before)
     registration_delay_s: float = 2.0  # an accepted upload is unknown to downloads (S0031) this long
-    fault_every: int = 4                # every n-th kill also arms one SEVIS fault (FAULTS; 0 = never)
+    fault_every: int = 4  # every n-th kill also arms one SEVIS fault (FAULTS; 0 = never)
     settle_timeout_s: float = 420.0
-    verify: bool = True                # end with `sevisflow verify --all` (re-derives every closed batch)
+    verify: bool = True  # end with `sevisflow verify --all` (re-derives every closed batch)
 
 
 @dataclass
@@ -108,36 +109,57 @@ class Report:
     @property
     def ok(self) -> bool:
         f = self.figures
-        return bool(f) and f["lost"] == f["duplicated"] == f["sent_twice"] == f["invalid"] == 0 \
-            and f["events_unexpected"] == 0 and f["results_missing"] == 0 and not self.unplanned_exits \
+        return (
+            bool(f)
+            and f["lost"] == f["duplicated"] == f["sent_twice"] == f["invalid"] == 0
+            and f["events_unexpected"] == 0
+            and f["results_missing"] == 0
+            and not self.unplanned_exits
             and f.get("verify_all", "passed") == "passed"
+        )
 
     def as_json(self) -> dict[str, Any]:
-        return {"plan": self.plan, "kills": dict(self.kills), "total_kills": self.total_kills,
-                "in_flight_kills": dict(self.in_flight_kills), "sevis_faults": dict(self.faults),
-                "unplanned_exits": self.unplanned_exits,
-                "closes": dict(self.closes), "figures": self.figures, "details": self.details,
-                "timings": self.timings, "ok": self.ok}
+        return {
+            "plan": self.plan,
+            "kills": dict(self.kills),
+            "total_kills": self.total_kills,
+            "in_flight_kills": dict(self.in_flight_kills),
+            "sevis_faults": dict(self.faults),
+            "unplanned_exits": self.unplanned_exits,
+            "closes": dict(self.closes),
+            "figures": self.figures,
+            "details": self.details,
+            "timings": self.timings,
+            "ok": self.ok,
+        }
 
     def table(self) -> str:
         f = self.figures
-        rows = [("kills", f"{self.total_kills} ({', '.join(f'{k} {n}' for k, n in sorted(self.kills.items()))})"),
-                ("kills with an upload/download in flight",
-                 ", ".join(f"{k} {n}" for k, n in sorted(self.in_flight_kills.items())) or "0"),
-                ("SEVIS faults armed", ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items())) or "0"),
-                ("stage exits not caused by a kill", str(len(self.unplanned_exits))),
-                ("DSO closes (ok / refused or timed out)", f"{self.closes['ok']} / {self.closes['failed']}"),
-                ("changes expected (pure pipeline)", str(f.get("events_expected"))),
-                ("changes on sevis.events", str(f.get("events_on_topic"))),
-                ("batches closed / accepted by SEVIS / re-queued",
-                 f"{f.get('batches_closed')} / {f.get('batches_accepted')} / {f.get('batches_requeued')}"),
-                ("records in accepted documents", str(f.get("records_accepted"))),
-                ("lost", str(f.get("lost"))), ("duplicated", str(f.get("duplicated"))),
-                ("sent twice", str(f.get("sent_twice"))), ("invalid documents", str(f.get("invalid"))),
-                ("accepted batches without published results", str(f.get("results_missing"))),
-                ("POSTs (all) / of a BatchID already accepted", f"{f.get('posts')} / {f.get('reposts_after_accept')}"),
-                ("sevisflow verify --all", str(f.get("verify_all", "not run"))),
-                ("wall time", f"{self.timings.get('total_s', 0):.0f} s")]
+        rows = [
+            ("kills", f"{self.total_kills} ({', '.join(f'{k} {n}' for k, n in sorted(self.kills.items()))})"),
+            (
+                "kills with an upload/download in flight",
+                ", ".join(f"{k} {n}" for k, n in sorted(self.in_flight_kills.items())) or "0",
+            ),
+            ("SEVIS faults armed", ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items())) or "0"),
+            ("stage exits not caused by a kill", str(len(self.unplanned_exits))),
+            ("DSO closes (ok / refused or timed out)", f"{self.closes['ok']} / {self.closes['failed']}"),
+            ("changes expected (pure pipeline)", str(f.get("events_expected"))),
+            ("changes on sevis.events", str(f.get("events_on_topic"))),
+            (
+                "batches closed / accepted by SEVIS / re-queued",
+                f"{f.get('batches_closed')} / {f.get('batches_accepted')} / {f.get('batches_requeued')}",
+            ),
+            ("records in accepted documents", str(f.get("records_accepted"))),
+            ("lost", str(f.get("lost"))),
+            ("duplicated", str(f.get("duplicated"))),
+            ("sent twice", str(f.get("sent_twice"))),
+            ("invalid documents", str(f.get("invalid"))),
+            ("accepted batches without published results", str(f.get("results_missing"))),
+            ("POSTs (all) / of a BatchID already accepted", f"{f.get('posts')} / {f.get('reposts_after_accept')}"),
+            ("sevisflow verify --all", str(f.get("verify_all", "not run"))),
+            ("wall time", f"{self.timings.get('total_s', 0):.0f} s"),
+        ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
@@ -145,32 +167,63 @@ class Report:
 # ----------------------------------------------------------------------------- settings and processes
 
 
-def chaos_raw(bootstrap: str, pg: dict[str, Any], work: Path, unique: str, xsd_dir: str,
-              sim: Any) -> dict[str, dict[str, Any]]:
+def chaos_raw(
+    bootstrap: str, pg: dict[str, Any], work: Path, unique: str, xsd_dir: str, sim: Any
+) -> dict[str, dict[str, Any]]:
     """Settings of one run: per-run topic names, the simulator's URLs and certificates, quick retries."""
-    topics = {name: f"{default}.{unique}" for name, default in [
-        ("students", "sevisflow.students"), ("events", "sevis.events"), ("commands", "sevis.batch.commands"),
-        ("batches", "sevis.batches"), ("results", "sevis.results"), ("dlq", "sevisflow.dlq"),
-        ("open_batches", "sevis.batch.open")]}
+    topics = {
+        name: f"{default}.{unique}"
+        for name, default in [
+            ("students", "sevisflow.students"),
+            ("events", "sevis.events"),
+            ("commands", "sevis.batch.commands"),
+            ("batches", "sevis.batches"),
+            ("results", "sevis.results"),
+            ("dlq", "sevisflow.dlq"),
+            ("open_batches", "sevis.batch.open"),
+        ]
+    }
     return {
         "kafka": {"bootstrap_servers": bootstrap},
         "postgres": pg,
-        "connector": {"topic.prefix": f"sis{unique}", "slot.name": f"slot_{unique}",
-                      "publication.name": f"pub_{unique}", "name": f"conn-{unique}",
-                      "offsets_dir": str(work / "connector"), "heartbeat.interval.ms": 1000,
-                      "offset.flush.interval.ms": 200, "slot.retry.delay.ms": 1000, "slot.max.retries": 60},
-        "school": {"org_id": ORG_ID, "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml"),
-                   "dso_user_ids": [DSO]},
-        "sevis": {"xsd_dir": xsd_dir, "outbox_dir": str(work / "outbox"), "quarantine_dir": str(work / "quarantine"),
-                  "upload_url": sim.upload_url, "download_url": sim.download_url,
-                  "client_cert": str(sim.certs.client_cert), "client_key": str(sim.certs.client_key),
-                  "ca_bundle": str(sim.certs.ca_cert), "user_id": DSO, "poll_interval_s": 1.0,
-                  "retry_base_s": 0.5, "retry_max_s": 4.0, "http_timeout_s": 20.0,
-                  # the harness stands in for an operator who allows re-posting (max_posts > 1, not the
-                  # default): the simulator registers an upload at once, so an unknown outcome that still
-                  # reads S0031 after 15 s and 3 checks was not taken; SEVIS refuses a used BatchID, so a
-                  # re-post is never processed twice (and the run counts it as "sent twice")
-                  "repost_after_s": 15.0, "repost_after_checks": 3, "max_posts": 3},
+        "connector": {
+            "topic.prefix": f"sis{unique}",
+            "slot.name": f"slot_{unique}",
+            "publication.name": f"pub_{unique}",
+            "name": f"conn-{unique}",
+            "offsets_dir": str(work / "connector"),
+            "heartbeat.interval.ms": 1000,
+            "offset.flush.interval.ms": 200,
+            "slot.retry.delay.ms": 1000,
+            "slot.max.retries": 60,
+        },
+        "school": {
+            "org_id": ORG_ID,
+            "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml"),
+            "dso_user_ids": [DSO],
+        },
+        "sevis": {
+            "xsd_dir": xsd_dir,
+            "outbox_dir": str(work / "outbox"),
+            "quarantine_dir": str(work / "quarantine"),
+            "upload_url": sim.upload_url,
+            "download_url": sim.download_url,
+            "client_cert": str(sim.certs.client_cert),
+            "client_key": str(sim.certs.client_key),
+            "ca_bundle": str(sim.certs.ca_cert),
+            "user_id": DSO,
+            "poll_interval_s": 1.0,
+            "retry_base_s": 0.5,
+            "retry_max_s": 4.0,
+            "http_timeout_s": 20.0,
+            # the harness stands in for an operator who allows re-posting (max_posts > 1, not the
+            # default): the simulator registers an upload at once, so an unknown outcome that still
+            # reads S0031 after 15 s and 3 checks was not taken; SEVIS refuses a used BatchID, so a
+            # re-post is never processed twice (and the run counts it as "sent twice")
+            "repost_after_s": 15.0,
+            "repost_after_checks": 3,
+            "max_posts": 3,
+        },
         "topics": topics,
     }
 
@@ -203,7 +256,13 @@ class Stages:
             self.files[name] = log
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "sevisflow.app.cli.__main__", "--log-level", "INFO", *STAGES[name]],
-                cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                cwd=REPO,
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
 
     def start_all(self) -> None:
         for name in STAGES:
@@ -223,8 +282,9 @@ class Stages:
             rc = proc.poll()
             if rc is not None:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-1500:]
-                self.report.unplanned_exits.append({"stage": name, "rc": rc, "at": time.strftime("%H:%M:%S"),
-                                                    "log_tail": tail})
+                self.report.unplanned_exits.append(
+                    {"stage": name, "rc": rc, "at": time.strftime("%H:%M:%S"), "log_tail": tail}
+                )
                 self.say(f"  !! {name} exited by itself (rc {rc}); restarting it")
                 self.start(name)
 
@@ -236,7 +296,7 @@ class Stages:
         for name, proc in self.procs.items():
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:   # a stage that ignores SIGTERM is a finding too
+            except subprocess.TimeoutExpired:  # a stage that ignores SIGTERM is a finding too
                 self.report.details.setdefault("sigterm_ignored", []).append(name)
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
@@ -248,8 +308,15 @@ def cli(config: Path, *args: str, timeout_s: float = 120) -> subprocess.Complete
     """``sevisflow ARGS`` as the DSO runs it (its own process, no terminal)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
     env["SEVISFLOW_CONFIG"] = str(config)
-    return subprocess.run([sys.executable, "-m", "sevisflow.app.cli.__main__", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout_s, cwd=REPO, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "sevisflow.app.cli.__main__", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 _CLOSE_FLAGS: list[str] | None = None
@@ -293,7 +360,7 @@ def _decoded(settings: Any, topic: str) -> list[dict[str, Any]]:
     from sevisflow.core.kafka_io import read_topic
     from sevisflow.core.serde import registry
 
-    return [registry().decode(m.value()) for m in read_topic(settings.kafka, topic, timeout_s=60) if m.value()]
+    return [registry().decode(value) for m in read_topic(settings.kafka, topic, timeout_s=60) if (value := m.value())]
 
 
 def outbox_states(outbox_dir: Path) -> dict[str, list[Path]]:
@@ -330,7 +397,7 @@ def invalid_documents(outbox_dir: Path, quarantine_dir: Path, xsd_dir: str) -> t
                     continue
                 checked += 1
                 try:
-                    if schema.validate(etree.parse(str(xml))):   # the list of XSD errors
+                    if schema.validate(etree.parse(str(xml))):  # the list of XSD errors
                         bad += 1
                 except etree.XMLSyntaxError:
                     bad += 1
@@ -340,20 +407,21 @@ def invalid_documents(outbox_dir: Path, quarantine_dir: Path, xsd_dir: str) -> t
 
 @dataclass
 class EndState:
-    closed: dict[str, list[dict[str, Any]]]          # BatchID -> records, as the batcher closed them
+    closed: dict[str, list[dict[str, Any]]]  # BatchID -> records, as the batcher closed them
     requeued: set[str]
     removed_event_ids: set[str]
     open_records: list[dict[str, Any]]
-    results: dict[str, set[str]]                     # BatchID -> request ids with a published result
+    results: dict[str, set[str]]  # BatchID -> request ids with a published result
 
 
 def read_end_state(settings: Any) -> EndState:
-    from sevisflow.app.cli.batch import load_view
+    from sevisflow.processors.batcher.view import build_view
 
     closed: dict[str, list[dict[str, Any]]] = {}
     requeued: set[str] = set()
     removed: set[str] = set()
-    for e in _decoded(settings, settings.topics.batches):
+    batch_events = _decoded(settings, settings.topics.batches)
+    for e in batch_events:
         if e.get("org_id") != settings.school.org_id:
             continue
         if e["type"] == "closed":
@@ -367,22 +435,26 @@ def read_end_state(settings: Any) -> EndState:
     results: dict[str, set[str]] = {}
     for r in _decoded(settings, settings.topics.results):
         results.setdefault(r.get("batch_id") or "", set()).add(r.get("request_id") or "")
-    view = load_view(settings, settings.school.org_id)
+    view = build_view(settings.school.org_id, batch_events)
     return EndState(closed, requeued, removed, list(view.open_records()), results)
 
 
-def count_outcome(settings: Any, sim: Any, expected: list[dict[str, Any]], snapshot_creates: set[str],
-                  xsd_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def count_outcome(
+    settings: Any, sim: Any, expected: list[dict[str, Any]], snapshot_creates: set[str], xsd_dir: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The figures of a finished run (see the module docstring) and the ids behind any non-zero one."""
-    events = [e for e in _decoded(settings, settings.topics.events)]
+    events = _decoded(settings, settings.topics.events)
     cmp = compare_events(events, expected, snapshot_creates)
     end = read_end_state(settings)
     by_request = {(bid, r["request_id"]): r for bid, recs in end.closed.items() for r in recs}
     with sim.lock:
-        accepted = {bid: [r["request_id"] for r in b.records] for (org, bid), b in sim.batches.items()
-                    if org == settings.school.org_id}
+        accepted = {
+            bid: [r["request_id"] for r in b.records]
+            for (org, bid), b in sim.batches.items()
+            if org == settings.school.org_id
+        }
         requests = [dict(r) for r in sim.requests]
-        posts = dict(getattr(sim, "posts", {}))   # every POST that reached it per BatchID, faults included
+        posts = dict(getattr(sim, "posts", {}))  # every POST that reached it per BatchID, faults included
     in_accepted: Counter = Counter()
     unknown_at_sevis = []
     for bid, rids in accepted.items():
@@ -405,37 +477,54 @@ def count_outcome(settings: Any, sim: Any, expected: list[dict[str, Any]], snaps
     for r in requests:
         if r["op"] == "upload" and r["code"] == "S0000":
             accepted_at.setdefault(r["batch_id"], r["at"])
-    reposts = [r["batch_id"] for r in requests if r["op"] == "upload" and r["batch_id"] in accepted_at
-               and r["at"] > accepted_at[r["batch_id"]]]
+    reposts = [
+        r["batch_id"]
+        for r in requests
+        if r["op"] == "upload" and r["batch_id"] in accepted_at and r["at"] > accepted_at[r["batch_id"]]
+    ]
     results_missing = sorted(bid for bid, rids in accepted.items() if not set(rids) <= end.results.get(bid, set()))
-    checked, bad_xml, quarantined = invalid_documents(Path(settings.sevis.outbox_dir),
-                                                      Path(settings.sevis.quarantine_dir), xsd_dir)
+    checked, bad_xml, quarantined = invalid_documents(
+        Path(settings.sevis.outbox_dir), Path(settings.sevis.quarantine_dir), xsd_dir
+    )
     states = {k: len(v) for k, v in outbox_states(Path(settings.sevis.outbox_dir)).items()}
     figures = {
-        "events_expected": cmp["events_expected"], "events_on_topic": cmp["events_on_topic"],
-        "events_missing": cmp["events_missing"], "events_unexpected": cmp["events_unexpected"],
+        "events_expected": cmp["events_expected"],
+        "events_on_topic": cmp["events_on_topic"],
+        "events_missing": cmp["events_missing"],
+        "events_unexpected": cmp["events_unexpected"],
         "duplicate_event_ids": cmp["duplicate_event_ids"],
-        "batches_closed": len(end.closed), "batches_requeued": len(end.requeued), "batches_accepted": len(accepted),
-        "records_accepted": sum(len(v) for v in accepted.values()), "records_open": len(end.open_records),
+        "batches_closed": len(end.closed),
+        "batches_requeued": len(end.requeued),
+        "batches_accepted": len(accepted),
+        "records_accepted": sum(len(v) for v in accepted.values()),
+        "records_open": len(end.open_records),
         "changes_undone": len(end.removed_event_ids),
         "lost": len(lost_ids) + cmp["events_missing"],
         "duplicated": len(twice_closed) + cmp["duplicate_event_ids"],
         "sent_twice": len(twice_sent) + len(reposts),
-        "reposts_after_accept": len(reposts), "posts": sum(1 for r in requests if r["op"] == "upload"),
+        "reposts_after_accept": len(reposts),
+        "posts": sum(1 for r in requests if r["op"] == "upload"),
         "downloads": sum(1 for r in requests if r["op"] == "download"),
         "batch_ids_posted_more_than_once": sum(1 for n in posts.values() if n > 1),
-        "documents_checked": checked, "invalid": bad_xml + quarantined,
-        "results_missing": len(results_missing), "unknown_at_sevis": len(unknown_at_sevis),
+        "documents_checked": checked,
+        "invalid": bad_xml + quarantined,
+        "results_missing": len(results_missing),
+        "unknown_at_sevis": len(unknown_at_sevis),
         "outbox_states": states,
     }
-    details = {"lost_event_ids": lost_ids[:50], "twice_closed_event_ids": twice_closed[:50],
-               "twice_sent_event_ids": twice_sent[:50], "reposted_batches": reposts,
-               "results_missing_batches": results_missing, "unknown_at_sevis": unknown_at_sevis[:50],
-               "events_missing_keys": cmp["events_missing_keys"][:50],
-               "events_unexpected_keys": cmp["events_unexpected_keys"][:50],
-               "open_by_status": dict(Counter(r.get("status") for r in end.open_records)),
-               "sim_requests": Counter(f"{r['op']} {r['code']}" for r in requests),
-               "posts_per_batch_id": {k: n for k, n in posts.items() if n > 1}}
+    details = {
+        "lost_event_ids": lost_ids[:50],
+        "twice_closed_event_ids": twice_closed[:50],
+        "twice_sent_event_ids": twice_sent[:50],
+        "reposted_batches": reposts,
+        "results_missing_batches": results_missing,
+        "unknown_at_sevis": unknown_at_sevis[:50],
+        "events_missing_keys": cmp["events_missing_keys"][:50],
+        "events_unexpected_keys": cmp["events_unexpected_keys"][:50],
+        "open_by_status": dict(Counter(r.get("status") for r in end.open_records)),
+        "sim_requests": Counter(f"{r['op']} {r['code']}" for r in requests),
+        "posts_per_batch_id": {k: n for k, n in posts.items() if n > 1},
+    }
     return figures, details
 
 
@@ -445,8 +534,17 @@ def count_outcome(settings: Any, sim: Any, expected: list[dict[str, Any]], snaps
 class Chaos:
     """One run on a given Kafka and PostgreSQL database; ``run()`` returns the :class:`Report`."""
 
-    def __init__(self, plan: Plan, bootstrap: str, pg: dict[str, Any], dsn: str, work: Path, xsd_dir: str,
-                 unique: str, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        bootstrap: str,
+        pg: dict[str, Any],
+        dsn: str,
+        work: Path,
+        xsd_dir: str,
+        unique: str,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.plan, self.bootstrap, self.pg, self.dsn, self.work = plan, bootstrap, pg, dsn, work
         self.xsd_dir, self.unique, self.say = xsd_dir, unique, say
         self.rng = random.Random(plan.seed)
@@ -463,12 +561,12 @@ class Chaos:
     # -- set-up
 
     def _setup(self) -> tuple[list[Any], list[dict[str, Any]], set[str]]:
-        from sevisflow.deploy.sis.activity import generate_activity
-        from sevisflow.deploy.sis.generator import generate_school
-        from sevisflow.deploy.sis.load import create_schema, load_school
         from sevisflow.core.config import settings_from_mapping, settings_toml
         from sevisflow.core.kafka_io import ensure_topics
         from sevisflow.core.topics import all_topics
+        from sevisflow.deploy.sis.activity import generate_activity
+        from sevisflow.deploy.sis.generator import generate_school
+        from sevisflow.deploy.sis.load import create_schema, load_school
         from sevisflow.sinks.sevis_sim import SevisSimulator
 
         p = self.plan
@@ -477,8 +575,13 @@ class Chaos:
         create_schema(self.dsn)
         load_school(self.dsn, school)
         known = sorted({row["sevis_id"] for row in school["immigration"] if row.get("sevis_id")})
-        self.sim = SevisSimulator(self.work / "sevis-certs", self.xsd_dir, known_sevis_ids=known,
-                                  results_delay_s=p.results_delay_s, org_ids=[ORG_ID])
+        self.sim = SevisSimulator(
+            self.work / "sevis-certs",
+            self.xsd_dir,
+            known_sevis_ids=known,
+            results_delay_s=p.results_delay_s,
+            org_ids=[ORG_ID],
+        )
         if hasattr(self.sim, "registration_delay_s"):
             self.sim.registration_delay_s = p.registration_delay_s
         self.sim.start()
@@ -514,8 +617,10 @@ class Chaos:
             elif views and time.monotonic() - since > 4 and self._events_on_topic() >= self.n_snapshot_events:
                 return
             time.sleep(1)
-        raise TimeoutError(f"the snapshot did not flow through in {timeout_s:.0f}s (views {last}, events "
-                           f"{self._events_on_topic()} of {self.n_snapshot_events}); logs in {self.work / 'logs'}")
+        raise TimeoutError(
+            f"the snapshot did not flow through in {timeout_s:.0f}s (views {last}, events "
+            f"{self._events_on_topic()} of {self.n_snapshot_events}); logs in {self.work / 'logs'}"
+        )
 
     # -- the actors
 
@@ -553,7 +658,7 @@ class Chaos:
         hold = self.rng.uniform(3.0, 6.0)
         self.sim.fail(op, mode, 1, delay_s=hold)
         deadline = time.monotonic() + 40
-        threading.Thread(target=self._close, daemon=True).start()   # something to upload (and then download)
+        threading.Thread(target=self._close, daemon=True).start()  # something to upload (and then download)
         while time.monotonic() < deadline and not self.stop.is_set():
             with self.sim.lock:
                 pending = any(f.op == op and f.mode == mode for f in self.sim.faults)
@@ -592,7 +697,7 @@ class Chaos:
             if every and k % every == every - 1:
                 killed = self._in_flight_kill()
             if not killed:
-                if not deck:   # every stage once per round, in a seeded order
+                if not deck:  # every stage once per round, in a seeded order
                     deck = self.rng.sample(list(STAGES), len(STAGES))
                 victim = deck.pop()
                 self.stages.kill(victim)
@@ -622,7 +727,8 @@ class Chaos:
                 states = outbox_states(Path(self.settings.sevis.outbox_dir))
                 pending = sum(len(states[s]) for s in ("ready", "sending", "uploaded"))
                 written = {b.name for v in states.values() for b in v} | quarantined_names(
-                    Path(self.settings.sevis.quarantine_dir))
+                    Path(self.settings.sevis.quarantine_dir)
+                )
                 unwritten = {safe_name(b) for b in end.closed} - written
                 if ready and time.monotonic() - last_close > 10:
                     last_close = time.monotonic()
@@ -647,8 +753,10 @@ class Chaos:
         try:
             activity, expected, snapshot_creates = self._setup()
             self.report.timings["setup_s"] = round(time.monotonic() - t_start, 1)
-            self.say(f"school: {self.plan.students} students, {len(activity)} SIS transactions; "
-                     f"{len(expected)} SEVIS events expected; simulator at {self.sim.url}")
+            self.say(
+                f"school: {self.plan.students} students, {len(activity)} SIS transactions; "
+                f"{len(expected)} SEVIS events expected; simulator at {self.sim.url}"
+            )
             self.stages = Stages(self.config, self.work / "logs", self.report, self.say)
             self.stages.start_all()
             self._await_snapshot()

@@ -1,0 +1,272 @@
+"""Scale: a generated school through the real pipeline — snapshot time, peak memory per stage, steady-state latency.
+
+``python -m bench.scale [--students 100000] [--share 0.35] [--rate 1000] [--duration 300]
+[--modes separate,together] [--steady-in separate] [--backend rocksdb] [--kafka BOOTSTRAP --pg DSN]``
+
+Per mode, on a fresh SIS database and fresh topics: the reference school (sevisflow.deploy.sis) is
+COPY-loaded into PostgreSQL, then the connector, normalize, sevis_events and the batcher start — each in
+its own process (mode ``separate``: ``python -m sevisflow connector run``, ``… process normalize`` …) or
+all in one ``sevisflow run`` (mode ``together``). Measured:
+
+* snapshot: seconds from the start of the processes until every student view the pure pipeline derives
+  from the school is on ``sevisflow.students``, every Create on ``sevis.events``, and every Create in the
+  open batch (folded from ``sevis.batches``); the peak RSS (VmHWM) of each process, sampled from /proc;
+* steady state (the modes in ``--steady-in``): SIS commits at ``--rate`` row changes per second for
+  ``--duration`` seconds — the school's generated activity first (``--activity`` transactions: admits,
+  registrations, moves, …; generating more is slow at 100,000 students), then e-mail changes of every
+  person in turn; p50/p99 latency from the SIS commit
+  (the record's source commit time) to the record in the open batch, as received by a reader; each
+  process's RSS over time (start, end, max of the window).
+
+Without ``--kafka``/``--pg`` it starts a throwaway local Kafka and PostgreSQL. Raw results go to
+``--json-out`` (default bench/results/scale.json). The correctness check (every expected view and Create
+arrived, no unexpected Create) is part of the result; the targets are not checked here (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from psycopg.conninfo import make_conninfo
+
+from bench.scale.harness import (
+    SEPARATE,
+    TOGETHER,
+    Driver,
+    Expected,
+    Stages,
+    Tail,
+    contact_changes,
+    create_database,
+    drop_database,
+    expected_snapshot,
+    run_settings,
+    write_config,
+)
+from sevisflow.core.kafka_io import ensure_topics
+from sevisflow.core.topics import all_topics
+from sevisflow.deploy.sis.activity import generate_activity
+from sevisflow.deploy.sis.generator import generate_school
+from sevisflow.deploy.sis.load import create_schema, load_school
+from sevisflow.deploy.sis.replay import TODAY
+
+REPO = Path(__file__).resolve().parents[2]
+OPS_PER_TX = 1.41   # row changes per generated activity transaction (measured on the generator's output)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
+    p.add_argument("--students", type=int, default=100_000)
+    p.add_argument("--share", type=float, default=0.35, help="international share (default 0.35)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rate", type=float, default=1000.0, help="steady state: SIS row changes per second")
+    p.add_argument("--duration", type=float, default=300.0, help="steady state: seconds of load (0 = none)")
+    p.add_argument("--activity", type=int, default=10_000, help="steady state: how many generated activity "
+                   "transactions (admits, registrations, moves, …) come first; then e-mail changes (default 10000)")
+    p.add_argument("--modes", default="separate,together", help="separate (a process per stage), together (one "
+                   "`sevisflow run`), or both")
+    p.add_argument("--steady-in", default="separate", help="the modes that also run the steady state")
+    p.add_argument("--backend", default="rocksdb", choices=("rocksdb", "memory"), help="[state] backend")
+    p.add_argument("--timeout", type=float, default=1200.0, help="seconds the snapshot may take before the run "
+                   "is reported incomplete")
+    p.add_argument("--settle", type=float, default=10.0, help="after the load: seconds without a new open-batch "
+                   "record that end the run (at most 120 s)")
+    p.add_argument("--sample", type=float, default=1.0, help="seconds between RSS samples")
+    p.add_argument("--kafka", help="bootstrap servers of a running Kafka (with --pg; default: start a local stack)")
+    p.add_argument("--pg", help="libpq conninfo of a PostgreSQL with wal_level=logical (the bench makes and drops "
+                   "a database per mode)")
+    p.add_argument("--work-dir", help="folder for the runs' state, logs and settings (default: a temp folder)")
+    p.add_argument("--json-out", default=str(REPO / "bench" / "results" / "scale.json"))
+    return p
+
+
+@contextmanager
+def services(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(Kafka bootstrap, PostgreSQL conninfo): the given ones, or a local stack started for the run."""
+    if args.kafka and args.pg:
+        yield args.kafka, args.pg
+        return
+    from sevisflow.deploy.local.stack import start_stack, stop_stack
+
+    info = start_stack(name="bench-scale", progress=lambda *_: None)
+    assert info.kafka and info.postgres
+    try:
+        yield info.kafka.bootstrap, info.postgres.dsn
+    finally:
+        stop_stack(info, remove=True)
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _load_avg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def wait_snapshot(tail: Tail, stages: Stages, exp: Expected, timeout_s: float) -> dict[str, Any]:
+    """Seconds (after the processes started) until every expected view, Create event and open-batch Create
+    arrived; the peak RSS of each process by then."""
+    marks: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    why = ""
+    while time.monotonic() < deadline:
+        why = stages.failed() or (f"the reader failed: {tail.error}" if tail.error else "")
+        if why:
+            break
+        now = time.monotonic() - stages.t0
+        if "views" not in marks and exp.views <= tail.views:
+            marks["views"] = now
+        if "create_events" not in marks and exp.creates <= tail.create_events:
+            marks["create_events"] = now
+        if "open_batch" not in marks and exp.creates <= tail.open_creates():
+            marks["open_batch"] = now
+        if len(marks) == 3:
+            break
+        time.sleep(0.5)
+    stages.sample_once()
+    got = tail.open_creates()
+    return {"complete": len(marks) == 3, "failure": why[-3000:], "seconds": marks,
+            "views_expected": len(exp.views), "views_seen": len(exp.views & tail.views),
+            "creates_expected": len(exp.creates), "creates_in_open_batch": len(exp.creates & got),
+            "creates_unexpected": len(got - exp.creates), "open_batch_records": tail.open_records(),
+            "peak_rss_mib": dict(stages.peak_mib), "cpu_s": dict(stages.cpu_s), "load_avg": _load_avg()}
+
+
+def _window(series: list[tuple[float, float]], start: float, end: float) -> dict[str, float]:
+    """RSS over [start, end]: the median of its first and last tenth, and the maximum (MiB)."""
+    vals = [rss for t, rss in series if start <= t <= end]
+    if not vals:
+        return {}
+    tenth = max(1, len(vals) // 10)
+    return {"start_mib": statistics.median(vals[:tenth]), "end_mib": statistics.median(vals[-tenth:]),
+            "max_mib": max(vals), "samples": len(vals)}
+
+
+def _percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else float("nan")
+
+
+def run_steady(args: argparse.Namespace, dsn: str, school: Any, activity: list[Any], tail: Tail,
+               stages: Stages) -> dict[str, Any]:
+    """The activity, then e-mail changes, committed at ``--rate`` for ``--duration``; then wait until the open
+    batch is quiet."""
+    begin = time.monotonic() - stages.t0
+    driver = Driver(dsn, itertools.chain(activity, contact_changes(school)), args.rate, args.duration).start()
+    driver.join()
+    load_end = time.monotonic() - stages.t0
+    seen, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + 120
+    while time.monotonic() < give_up and time.monotonic() - quiet_since < args.settle:
+        if len(tail.latencies) != seen:
+            seen, quiet_since = len(tail.latencies), time.monotonic()
+        if stages.failed():
+            break
+        time.sleep(0.5)
+    end = time.monotonic() - stages.t0
+    stages.sample_once()
+    lat = [ms for at, ms in list(tail.latencies) if at >= driver.started_ms]
+    return {"rate_target": args.rate, "duration_target_s": args.duration, "committed_tx": driver.committed_tx,
+            "committed_row_changes": driver.committed_ops, "load_s": round(driver.elapsed_s, 1),
+            "rate_achieved": driver.committed_ops / driver.elapsed_s if driver.elapsed_s else 0.0,
+            "missed_ops": driver.missed_ops, "kinds": driver.kinds, "driver_error": driver.error, "failure": stages.failed()[-3000:],
+            "records": len(lat), "p50_ms": _percentile(lat, 0.50), "p99_ms": _percentile(lat, 0.99),
+            "max_ms": max(lat) if lat else None, "drain_s": round(end - load_end, 1),
+            "rss": {n: _window(s, begin, end) for n, s in stages.series.items()},
+            "peak_rss_mib": dict(stages.peak_mib), "cpu_s": dict(stages.cpu_s), "load_avg": _load_avg()}
+
+
+def run_mode(mode: str, args: argparse.Namespace, bootstrap: str, server: str, school: Any, exp: Expected,
+             activity: list[Any]) -> dict[str, Any]:
+    """One mode on its own database and topics: load, start the processes, snapshot, maybe steady state."""
+    unique = uuid.uuid4().hex[:8]
+    work = Path(tempfile.mkdtemp(prefix=f"scale-{mode}-", dir=args.work_dir))
+    pg = create_database(server, f"scale_{unique}")
+    stages: Stages | None = None
+    tail: Tail | None = None
+    try:
+        dsn = make_conninfo(**pg)
+        create_schema(dsn)
+        t0 = time.perf_counter()
+        load_school(dsn, school)
+        load_s = time.perf_counter() - t0
+        settings, config = write_config(run_settings(bootstrap, pg, unique, work, args.backend), work / "sevisflow.toml")
+        ensure_topics(settings.kafka, all_topics(settings))
+        _say(f"{mode}: SIS loaded in {load_s:.1f}s; starting the stage processes")
+        stages = Stages(config, work, every_s=args.sample).start(SEPARATE if mode == "separate" else TOGETHER)
+        tail = Tail(settings, t0=stages.t0).start()
+        out: dict[str, Any] = {"mode": mode, "sis_load_s": round(load_s, 1),
+                               "snapshot": wait_snapshot(tail, stages, exp, args.timeout)}
+        _say(f"{mode}: snapshot {json.dumps(out['snapshot'])}")
+        if mode in args.steady_in.split(",") and args.duration > 0 and out["snapshot"]["complete"]:
+            out["steady"] = run_steady(args, dsn, school, activity, tail, stages)
+            _say(f"{mode}: steady {json.dumps({k: v for k, v in out['steady'].items() if k != 'rss'})}")
+        out["rss_series"] = stages.series
+        return out
+    finally:
+        if stages:
+            stages.stop()
+        if tail:
+            tail.stop()
+        drop_database(pg)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if any(m not in ("separate", "together") for m in modes):
+        raise SystemExit(f"--modes: choose from separate, together (got {args.modes!r})")
+    t0 = time.perf_counter()
+    school = generate_school(args.students, args.share, args.seed, TODAY)
+    gen_s = time.perf_counter() - t0
+    exp = expected_snapshot(school)
+    steady = args.duration > 0 and any(m in args.steady_in.split(",") for m in modes)
+    n_tx = min(args.activity, int(args.rate * args.duration / OPS_PER_TX)) if steady else 0
+    activity = generate_activity(school, n_tx, args.seed, TODAY) if n_tx > 0 else []
+    _say(f"{args.students} students generated in {gen_s:.1f}s; expected {len(exp.views)} views, "
+         f"{len(exp.creates)} Creates (pure pipeline, {exp.seconds:.1f}s); {len(activity)} activity transactions")
+    result: dict[str, Any] = {
+        "students": args.students, "share": args.share, "seed": args.seed, "backend": args.backend,
+        "rows": sum(len(v) for v in school.values()), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "load_avg_start": _load_avg(), "cpus": len(__import__("os").sched_getaffinity(0)), "modes": {}}
+    with services(args) as (bootstrap, server):
+        for mode in modes:
+            result["modes"][mode] = run_mode(mode, args, bootstrap, server, school, exp, activity)
+    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_out).write_text(json.dumps(result, indent=1))
+    print_table(result)
+    return 0 if all(m["snapshot"]["complete"] for m in result["modes"].values()) else 1
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The README's rows: per mode, snapshot seconds, peak RSS per process, steady latency and memory."""
+    print(f"\n{result['students']:,} students ({result['rows']:,} SIS rows), backend {result['backend']}")
+    for mode, m in result["modes"].items():
+        s = m["snapshot"]
+        secs = ", ".join(f"{k} {v:.0f}s" for k, v in s["seconds"].items())
+        rss = ", ".join(f"{k} {v:.0f} MiB" for k, v in s["peak_rss_mib"].items())
+        print(f"| {mode} | snapshot: {secs} ({'complete' if s['complete'] else 'INCOMPLETE'}; "
+              f"{s['creates_in_open_batch']}/{s['creates_expected']} Creates) | peak RSS {rss} | load {s['load_avg']} |")
+        st = m.get("steady")
+        if st:
+            mem = ", ".join(f"{k} {w.get('start_mib', 0):.0f}→{w.get('end_mib', 0):.0f} (max {w.get('max_mib', 0):.0f})"
+                            for k, w in st["rss"].items())
+            print(f"| {mode} steady | {st['rate_achieved']:.0f}/s for {st['load_s']}s, {st['records']} records: "
+                  f"p50 {st['p50_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms, max {st['max_ms']} ms | RSS MiB {mem} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

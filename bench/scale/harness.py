@@ -1,0 +1,367 @@
+"""The parts of the scale bench: settings of one run, the expected outcome, stage processes, their memory,
+what reached the topics, and a steady SIS write load.
+
+Everything here runs against real services (a PostgreSQL SIS and a Kafka); nothing is simulated. The
+bench (``python -m bench.scale``) puts the parts together; the CI test runs it at a tiny size.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from sevisflow.core import PACKAGE_ROOT
+from sevisflow.core.config import Settings, settings_from_mapping, settings_toml
+from sevisflow.core.kafka_io import make_consumer, topic_partitions
+from sevisflow.core.serde import registry
+from sevisflow.deploy.sis.activity import Transaction
+from sevisflow.deploy.sis.model import TABLE_ORDER, Op, School
+from sevisflow.deploy.sis.replay import MAPPING, PKS
+from sevisflow.processors.batcher.view import BatchView, fold
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
+
+ORG = "ZZZ214F99999000"   # the generated school's OrgID (ZZZ: not a real school), as the demo's
+DSO = "dsobench01"        # a SEVIS user id (10 characters); no DSO command is sent by the bench
+RECORD_TYPES = ("record_added", "record_replaced", "record_held", "record_released", "record_waiting")
+PIPELINE_TOPICS = {"students": "sevisflow.students", "events": "sevis.events", "commands": "sevis.batch.commands",
+                   "batches": "sevis.batches", "results": "sevis.results", "dlq": "sevisflow.dlq",
+                   "open_batches": "sevis.batch.open", "worklist": "sevis.worklist", "ledger": "sevis.audit.ledger"}
+
+
+# --------------------------------------------------------------------------- settings and databases
+
+
+def run_settings(bootstrap: str, pg: dict[str, Any], unique: str, work: Path, backend: str) -> dict[str, Any]:
+    """The raw settings of one run: topics, groups, slot and publication all carry ``unique`` (a shared Kafka
+    and PostgreSQL can hold many runs), state and connector offsets under ``work``."""
+    return {
+        "kafka": {"bootstrap_servers": bootstrap},
+        "postgres": {"host": pg.get("host") or "127.0.0.1", "port": int(pg.get("port") or 5432),
+                     "dbname": pg["dbname"], "user": pg.get("user") or "postgres"},
+        "connector": {"topic.prefix": f"sis{unique}", "slot.name": f"slot_{unique}",
+                      "publication.name": f"pub_{unique}", "name": f"conn-{unique}",
+                      "offsets_dir": str(work / "connector"), "heartbeat.interval.ms": 1000},
+        "school": {"org_id": ORG, "mapping_file": str(PACKAGE_ROOT / "deploy" / "sis" / "mapping.toml"),
+                   "dso_user_ids": [DSO]},
+        "sevis": {"outbox_dir": str(work / "outbox"), "quarantine_dir": str(work / "quarantine")},
+        "topics": {k: f"{v}.{unique}" for k, v in PIPELINE_TOPICS.items()},
+        "state": {"backend": backend, "dir": str(work / "state")},
+    }
+
+
+def write_config(raw: dict[str, Any], path: Path) -> tuple[Settings, Path]:
+    """The settings object and its file (0600: it names the SIS database) for the stage processes."""
+    path.write_text(settings_toml(raw))
+    path.chmod(0o600)
+    return settings_from_mapping(raw, env={}), path
+
+
+def create_database(server_dsn: str, name: str) -> dict[str, Any]:
+    """A new empty database ``name`` on the server of ``server_dsn``; returns its connection parameters."""
+    params = conninfo_to_dict(server_dsn)
+    with psycopg.connect(make_conninfo(**{**params, "dbname": "postgres"}), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    return {**params, "dbname": name}
+
+
+def drop_database(params: dict[str, Any]) -> None:
+    """Drop a run's database and its (inactive) replication slots: a slot left behind keeps WAL forever."""
+    name = params["dbname"]
+    with psycopg.connect(make_conninfo(**{**params, "dbname": "postgres"}), autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     "WHERE database = %s AND NOT active", (name,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+# --------------------------------------------------------------------------- the expected outcome
+
+
+@dataclass
+class Expected:
+    """What the pure pipeline derives from the school's snapshot: the students with a view, those with a Create."""
+
+    views: set[str]
+    creates: set[str]
+    seconds: float
+
+
+def expected_snapshot(school: School, chunk: int = 20_000) -> Expected:
+    """The school's snapshot through the pure pipeline (normalize + sevis_events, no Kafka), fed in chunks so
+    the Debezium records of a 100,000-student school never sit in memory at once."""
+    t0 = time.perf_counter()
+    feed, pipe, out = SisFeed(primary_keys=PKS), PurePipeline(MAPPING, org_id=ORG), PureOutput()
+    views: set[str] = set()
+    creates: set[str] = set()
+
+    def drain() -> None:
+        for r in feed.records:
+            pipe.feed_one(r.topic, r.key, r.value, out)
+        feed.records.clear()
+        views.update(v.student_key for v in out.views)
+        creates.update(e["student_key"] for e in out.events if e["kind"] == "Create")
+        out.views.clear(), out.events.clear(), out.dead.clear(), out.issues.clear()
+
+    for table in TABLE_ORDER:
+        for row in school.get(table, []):
+            feed.tx(("r", f"public.{table}", None, row), snapshot=True)
+            if len(feed.records) >= chunk:
+                drain()
+    drain()
+    pipe.finish(out)
+    views.update(v.student_key for v in out.views)
+    creates.update(e["student_key"] for e in out.events if e["kind"] == "Create")
+    return Expected(views, creates, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- processes and their memory
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak RSS) of ``pid`` in MiB, and its CPU seconds (user + system); {} once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in status.splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            out[line[:5]] = int(line.split()[1]) / 1024
+    fields = stat.rsplit(")", 1)[1].split()
+    out["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+@dataclass
+class Stages:
+    """The stage processes of one run (``python -m sevisflow …``), their logs, and their memory sampled from
+    /proc every ``every_s`` by a thread: the latest VmHWM, CPU seconds, and (time, VmRSS) over time."""
+
+    config: Path
+    work: Path
+    every_s: float = 1.0
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    peak_mib: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    t0: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, commands: dict[str, list[str]]) -> Stages:
+        self.t0 = time.monotonic()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
+        for name, args in commands.items():
+            log = (self.work / f"{name}.log").open("wb")
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "sevisflow", "--config", str(self.config),
+                                                 *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.series[name] = []
+        threading.Thread(target=self._sample, name="rss-sampler", daemon=True).start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.sample_once()
+            self._stop.wait(self.every_s)
+
+    def sample_once(self) -> None:
+        now = time.monotonic() - self.t0
+        for name, p in self.procs.items():
+            st = proc_status(p.pid)
+            if st:
+                self.peak_mib[name] = max(self.peak_mib.get(name, 0.0), st.get("VmHWM", 0.0))
+                self.cpu_s[name] = st["cpu_s"]
+                self.series[name].append((round(now, 1), st.get("VmRSS", 0.0)))
+
+    def failed(self) -> str:
+        """The first stage process that exited on its own, with the end of its log; "" while all run."""
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                tail = (self.work / f"{name}.log").read_text(errors="replace")[-2000:]
+                return f"stage process {name} exited {p.returncode}:\n{tail}"
+        return ""
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM every process (they drain and stop), SIGKILL what is still there after ``timeout_s``."""
+        self.sample_once()
+        self._stop.set()
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+SEPARATE = {"connector": ["connector", "run"], "normalize": ["process", "normalize"],
+            "events": ["process", "events", "--instance", "bench"],
+            "batcher": ["process", "batcher", "--instance", "bench"]}
+"""Each stage in its own process, as in production (the sinks are not part of the measured path)."""
+TOGETHER = {"all-in-one": ["run", "--stages", "connector,normalize,events,batcher"]}
+"""Every stage of the measured path in one ``sevisflow run`` process."""
+
+
+# --------------------------------------------------------------------------- what reached the topics
+
+
+@dataclass
+class Tail:
+    """Follows the student views, the SEVIS events and sevis.batches of one run from their beginning (read
+    committed, manual assignment: it moves no offsets): the students with a view, the students with a
+    Create event, the open batch (folded from sevis.batches as ``batch show --from-history`` does), and for
+    every record that enters the open batch its latency from the SIS commit (the record's ``at_ms``, the
+    latest source commit time of its lineage) to the moment this reader received it."""
+
+    settings: Settings
+    t0: float = field(default_factory=time.monotonic)
+    views: set[str] = field(default_factory=set)
+    create_events: set[str] = field(default_factory=set)
+    latencies: list[tuple[int, int]] = field(default_factory=list)   # (commit ms, latency ms)
+    first_seen: dict[str, float] = field(default_factory=dict)       # topic key -> seconds after t0 of its last growth
+    error: str = ""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.view = BatchView(ORG)
+
+    def open_creates(self) -> set[str]:
+        with self.lock:
+            return {r["student_key"] for r in self.view.records.values() if r["section"] == "create"}
+
+    def open_records(self) -> int:
+        with self.lock:
+            return len(self.view.records)
+
+    def start(self) -> Tail:
+        threading.Thread(target=self._run, name="scale-tail", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        t = self.settings.topics
+        consumer = make_consumer(self.settings.kafka, group_id=f"bench-scale-{uuid.uuid4().hex[:8]}")
+        try:
+            assign = []
+            for topic in (t.students, t.events, t.batches):
+                parts = topic_partitions(consumer, self.settings.kafka, topic, 30.0) or []
+                assign += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
+            consumer.assign(assign)
+            while not self._stop.is_set():
+                for msg in consumer.consume(1000, 0.2):
+                    if msg.error() is None and msg.value() is not None:
+                        self._take(msg.topic(), msg)
+        except Exception as exc:  # noqa: BLE001 - reported by the bench as an incomplete run
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            consumer.close()
+
+    def _take(self, topic: str, msg: Any) -> None:
+        t = self.settings.topics
+        now = time.monotonic()
+        if topic == t.students:
+            self.views.add((msg.key() or b"").decode())
+            self.first_seen["views"] = now - self.t0
+            return
+        rec = registry().decode(msg.value())
+        if topic == t.events:
+            if rec.get("kind") == "Create":
+                self.create_events.add(rec["student_key"])
+                self.first_seen["create_events"] = now - self.t0
+            return
+        with self.lock:
+            fold(self.view, rec)
+        if rec["type"] in RECORD_TYPES and rec.get("at_ms"):
+            self.latencies.append((int(rec["at_ms"]), int(time.time() * 1000) - int(rec["at_ms"])))
+            self.first_seen["open_batch"] = now - self.t0
+
+
+# --------------------------------------------------------------------------- the steady SIS load
+
+
+def contact_changes(school: School) -> Iterator[Transaction]:
+    """Endless e-mail changes, one person per commit, every person of the school in turn (a third of them
+    international: their change is a SEVIS update; the others' are dropped by normalize, as in a real SIS).
+    Always valid whatever ran before: persons are never deleted."""
+    people = [row["person_id"] for row in school.get("person", [])]
+    n = 0
+    while people:
+        for pid in people:
+            n += 1
+            at = datetime.now(UTC)
+            yield Transaction("contact_change", pid, False, at, (
+                Op("update", "person", {"person_id": pid}, {"email": f"scale.{n}@example.org", "updated_at": at}),))
+
+
+@dataclass
+class Driver:
+    """Commits SIS transactions at ``rate`` row changes per second (each paced by the row changes it holds)
+    for ``duration_s``, from a thread of its own: the generated activity first, then :func:`contact_changes`."""
+
+    dsn: str
+    transactions: Iterable[Transaction]
+    rate: float
+    duration_s: float
+    committed_tx: int = 0
+    committed_ops: int = 0
+    missed_ops: int = 0          # updates or deletes that matched no row (should stay 0)
+    kinds: dict[str, int] = field(default_factory=dict)   # commits by kind of change
+    started: float = 0.0
+    elapsed_s: float = 0.0
+    started_ms: int = 0
+    error: str = ""
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Driver:
+        self._thread = threading.Thread(target=self._run, name="scale-driver", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        if self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                self.started, self.started_ms = time.monotonic(), int(time.time() * 1000)
+                for tx in self.transactions:
+                    now = time.monotonic() - self.started
+                    if now >= self.duration_s:
+                        break
+                    ahead = self.committed_ops / self.rate - now
+                    if ahead > 0:
+                        time.sleep(ahead)
+                    with conn.transaction():
+                        for op in tx.ops:
+                            statement, params = op.sql()
+                            cur = conn.execute(statement.encode(), params)
+                            if op.action != "insert" and cur.rowcount != 1:
+                                self.missed_ops += 1
+                    self.committed_tx += 1
+                    self.committed_ops += len(tx.ops)
+                    self.kinds[tx.kind] = self.kinds.get(tx.kind, 0) + 1
+        except Exception as exc:  # noqa: BLE001 - reported by the bench
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.elapsed_s = time.monotonic() - self.started if self.started else 0.0
