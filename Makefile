@@ -31,9 +31,9 @@ lint: venv ## ruff (lint + format check), mypy (strict on the core) and the impo
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-test: lint deps ## lint, then run unit and integration tests against a real local Kafka + PostgreSQL (12-20 min on 2 cores)
-	@echo "==> running every test against a real Kafka and PostgreSQL: 12-20 minutes on 2 cores"
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+test: lint deps ## lint, then run unit and integration tests against a real local Kafka + PostgreSQL (15-25 min on 2 cores)
+	@echo "==> running every test against a real Kafka and PostgreSQL, in two workers: 15-25 minutes on 2 cores"
+	$(PY) -m pytest tests -n 2 --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 unit: venv ## run only the unit tests (no services)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

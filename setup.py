@@ -30,11 +30,16 @@ class OptionalBuildExt(build_ext):
 
     @staticmethod
     def _skip(exc: BaseException) -> None:
-        print(f"sevisflow: C extension not built ({type(exc).__name__}: {exc}); "
-              "the connector will use its pure-Python decoder", file=sys.stderr)
+        print(
+            f"sevisflow: C extension not built ({type(exc).__name__}: {exc}); "
+            "the connector will use its pure-Python decoder",
+            file=sys.stderr,
+        )
 
 
 setup(
-    ext_modules=[Extension("sevisflow.connectors.postgres._pgtuple", ["connectors/postgres/_pgtuple.c"], optional=True)],
+    ext_modules=[
+        Extension("sevisflow.connectors.postgres._pgtuple", ["connectors/postgres/_pgtuple.c"], optional=True)
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -30,7 +30,6 @@ never *what* it is. New batch folders are assembled under ``<day>/.tmp/`` (files
 written, fsynced) and renamed into ``ready/`` (or the quarantine) in one step.
 """
 
-
 from __future__ import annotations
 
 import hashlib
@@ -41,18 +40,22 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from sevisflow.core.errors import TerminalError
 from sevisflow.core.checkpoints import checkpoint
+from sevisflow.core.errors import TerminalError
 
 STATES = ("ready", "sending", "uploaded", "processed", "failed")
-_FORWARD = {"ready": {"sending", "uploaded", "processed", "failed"}, "sending": {"uploaded", "processed", "failed"},
-            "uploaded": {"processed"}}
+_FORWARD = {
+    "ready": {"sending", "uploaded", "processed", "failed"},
+    "sending": {"uploaded", "processed", "failed"},
+    "uploaded": {"processed"},
+}
 """The state moves there are (forward only); anything else (e.g. processed → ready) is refused by :meth:`Outbox.move`."""
 MANIFEST = "manifest.json"
 STATE_FILE = "state.json"
@@ -62,12 +65,12 @@ _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 def safe_name(batch_id: str) -> str:
     """A file-name-safe, reversible form of a BatchID (14 characters, any character set)."""
-    return re.sub(r"[^A-Za-z0-9._-]", lambda m: "%{:02X}".format(ord(m.group())), batch_id) or "%EMPTY"
+    return re.sub(r"[^A-Za-z0-9._-]", lambda m: f"%{ord(m.group()):02X}", batch_id) or "%EMPTY"
 
 
 def day_for(at_ms: int, tz: str) -> str:
     """The calendar day of ``at_ms`` in the school's time zone (never the wall clock)."""
-    return datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d")
 
 
 def sha256(data: bytes) -> str:
@@ -100,7 +103,7 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def copy_private(path: Path, source: BinaryIO, limit: int, what: str) -> int:
+def copy_private(path: Path, source: IO[bytes], limit: int, what: str) -> int:
     """Stream ``source`` into a new 0600 file, at most ``limit`` bytes; returns the size.
 
     Raises :class:`ValueError` naming ``what`` when the source is longer (the file is removed):
@@ -236,7 +239,7 @@ class Outbox:
         tmp_root = day_root / ".tmp"
         _mkdir(tmp_root)
         _mkdir(target.parent)
-        for stale in tmp_root.glob(f"{target.name}.*"):   # left by a writer killed before its rename
+        for stale in tmp_root.glob(f"{target.name}.*"):  # left by a writer killed before its rename
             shutil.rmtree(stale, ignore_errors=True)
         tmp = tmp_root / f"{target.name}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir(mode=0o700)
@@ -264,30 +267,35 @@ class Outbox:
         existing = self.find(batch_id, day)
         if existing is not None:
             return existing, False
-        path, created = self._assemble(self.root / day, {f"{name}.xml": xml, MANIFEST: dump_json(manifest)},
-                                       self.root / day / "ready" / name)
+        path, created = self._assemble(
+            self.root / day, {f"{name}.xml": xml, MANIFEST: dump_json(manifest)}, self.root / day / "ready" / name
+        )
         return BatchDir(path, day, "ready"), created
 
-    def write_quarantine(self, day: str, batch_id: str, xml: bytes, manifest: dict[str, Any],
-                         problems: list[dict[str, Any]]) -> tuple[Path, bool]:
+    def write_quarantine(
+        self, day: str, batch_id: str, xml: bytes, manifest: dict[str, Any], problems: list[dict[str, Any]]
+    ) -> tuple[Path, bool]:
         """Put a batch that failed validation into the quarantine (never the outbox)."""
         name = safe_name(batch_id)
         existing = self.find_quarantined(batch_id, day)
         if existing is not None:
             return existing, False
-        return self._assemble(self.quarantine_root / day,
-                              {f"{name}.xml": xml, MANIFEST: dump_json(manifest),
-                               "problems.json": dump_json(problems)},
-                              self.quarantine_root / day / name)
+        return self._assemble(
+            self.quarantine_root / day,
+            {f"{name}.xml": xml, MANIFEST: dump_json(manifest), "problems.json": dump_json(problems)},
+            self.quarantine_root / day / name,
+        )
 
     def move(self, batch: BatchDir, state: str) -> BatchDir:
         """Change a batch's state: one rename of its folder."""
         if state not in STATES:
             raise ValueError(f"unknown outbox state {state!r}")
         if not _FORWARD.get(batch.state, set()) >= {state}:
-            raise ValueError(f"batch {batch.name} ({batch.day}): moving it from {batch.state}/ to {state}/ goes "
-                             "backwards; the outbox only moves forward "
-                             "(ready → sending → uploaded → processed, sending → failed)")
+            raise ValueError(
+                f"batch {batch.name} ({batch.day}): moving it from {batch.state}/ to {state}/ goes "
+                "backwards; the outbox only moves forward "
+                "(ready → sending → uploaded → processed, sending → failed)"
+            )
         target_parent = self.root / batch.day / state
         _mkdir(target_parent)
         target = target_parent / batch.name
@@ -314,7 +322,7 @@ class OutboxLock:
         self.role = role
         self._fd: int | None = None
 
-    def acquire(self) -> "OutboxLock":
+    def acquire(self) -> OutboxLock:
         import fcntl
 
         _mkdir(self.path.parent)
@@ -331,15 +339,24 @@ class OutboxLock:
             raise OutboxLocked(
                 f"the outbox {self.path.parent} is in use by another SEVIS sink ({holder.get('role', '?')}, pid "
                 f"{holder.get('pid', '?')} on host {holder.get('host', '?')}"
-                + (f", since {datetime.fromtimestamp(since, tz=timezone.utc).isoformat(timespec='seconds')}"
-                   if isinstance(since, (int, float)) else "")
-                + "): stop it first; two uploaders on one outbox could post a batch twice") from None
+                + (
+                    f", since {datetime.fromtimestamp(since, tz=UTC).isoformat(timespec='seconds')}"
+                    if isinstance(since, (int, float))
+                    else ""
+                )
+                + "): stop it first; two uploaders on one outbox could post a batch twice"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"role": self.role, "pid": os.getpid(), "host": socket.gethostname(),
-                                  "since": round(time.time(), 3)}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {"role": self.role, "pid": os.getpid(), "host": socket.gethostname(), "since": round(time.time(), 3)}
+            ).encode(),
+            0,
+        )
         os.fsync(fd)
         self._fd = fd
         return self
@@ -349,7 +366,7 @@ class OutboxLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
-    def __enter__(self) -> "OutboxLock":
+    def __enter__(self) -> OutboxLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testkit.audit_scenario import scenario_records
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
+from testkit.audit_scenario import scenario_records
 from tests.helpers import make_settings
 
 
@@ -28,8 +28,8 @@ commands = "sevis.batch.commands.{unique}"
 results = "sevis.results.{unique}"
 ledger = "sevis.audit.ledger.{unique}"
 [sevis]
-outbox_dir = "{tmp_path / 'outbox'}"
-quarantine_dir = "{tmp_path / 'quarantine'}"
+outbox_dir = "{tmp_path / "outbox"}"
+quarantine_dir = "{tmp_path / "quarantine"}"
 """)
     return cfg
 
@@ -38,8 +38,13 @@ def load_scenario(kafka_stack, unique: str) -> dict[str, str]:
     """Produce the synthetic audit scenario into per-test topics (1 partition each, as in its lineage)."""
     settings = make_settings(kafka_stack, unique=unique)
     t = settings.topics
-    names = dict(prefix=f"sis{unique}", events=t.events, batches=t.batches, commands=t.commands,
-                 results=t.results)
+    names = {
+        "prefix": f"sis{unique}",
+        "events": t.events,
+        "batches": t.batches,
+        "commands": t.commands,
+        "results": t.results,
+    }
     recs = scenario_records(**names)
     ensure_topics(settings.kafka, [TopicSpec(n, 1, 1) for n in sorted({r[0] for r in recs})])
     producer = make_producer(settings.kafka)

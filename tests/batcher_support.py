@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
-from sevisflow.processors.batcher import batcher_topics
-from sevisflow.processors.batcher import run as run_batcher
-from testkit.batcher import ORG
-from sevisflow.processors.batcher.view import BatchView, build_view
 from sevisflow.app.cli import main as cli_main
 from sevisflow.core.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
 from sevisflow.core.serde import registry
 from sevisflow.core.topics import pipeline_topics
+from sevisflow.processors.batcher import batcher_topics
+from sevisflow.processors.batcher import run as run_batcher
+from sevisflow.processors.batcher.view import BatchView, build_view
+from testkit.batcher import ORG
 from tests.helpers import make_settings
 
 DSO = "DSOUSER001"
@@ -46,7 +47,8 @@ def write_config(settings, path: Path, school_extra: str = "") -> Path:
         f'[sevis]\nxsd_dir = "{settings.sevis.xsd_dir}"\n'
         f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
         f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n'
-        f'open_batches = "{t.open_batches}"\nworklist = "{t.worklist}"\n')
+        f'open_batches = "{t.open_batches}"\nworklist = "{t.worklist}"\n'
+    )
     return path
 
 
@@ -54,7 +56,9 @@ def send(settings, topic: str, schema: str, records: list[dict[str, Any]]) -> No
     producer = make_producer(settings.kafka)
     errors: list[Any] = []
     for r in records:
-        produce(producer, topic, r["org_id"].encode(), registry().encode(schema, r), on_delivery=delivery_raiser(errors))
+        produce(
+            producer, topic, r["org_id"].encode(), registry().encode(schema, r), on_delivery=delivery_raiser(errors)
+        )
     flush_or_raise(producer, errors)
 
 
@@ -67,8 +71,11 @@ def send_command(settings, cmd) -> None:
 
 
 def batch_events(settings) -> list[dict[str, Any]]:
-    return [registry().decode(m.value(), "sevisflow.batches.BatchEvent")
-            for m in read_topic(settings.kafka, settings.topics.batches) if m.value() is not None]
+    return [
+        registry().decode(m.value(), "sevisflow.batches.BatchEvent")
+        for m in read_topic(settings.kafka, settings.topics.batches)
+        if m.value() is not None
+    ]
 
 
 def wait_for(settings, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 40.0) -> list[dict[str, Any]]:

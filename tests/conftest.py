@@ -9,22 +9,28 @@ yourself (e.g. `sevisflow stack up`) while iterating.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from sevisflow.deploy.local.stack import start_stack, stop_stack
+from sevisflow.deploy.local.stack import ensure_os_user, start_stack, stop_stack
 from tests.helpers import REPO, KafkaHandle, PgHandle
 
 # The support modules are plain modules (not test modules): have pytest rewrite their asserts too, so a
 # failing helper assert reports its values like one in the test that calls it.
-pytest.register_assert_rewrite("tests.audit_scenario", "tests.batcher_support", "tests.pipeline_support",
-                               "tests.upload_support", "tests.integration.connector_support")
+pytest.register_assert_rewrite(
+    "tests.audit_scenario",
+    "tests.batcher_support",
+    "tests.pipeline_support",
+    "tests.upload_support",
+    "tests.integration.connector_support",
+)
 
 PG_TIMEZONE = "Pacific/Pago_Pago"
 
@@ -40,6 +46,18 @@ def _stack_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _checkout_lock(name: str) -> Iterator[None]:
+    """One test process of this checkout at a time (e.g. pytest-xdist's workers) inside the block."""
+    import fcntl
+
+    path = REPO / ".local" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def pg_stack(_stack_dir: Path) -> Iterator[PgHandle]:
     """A real PostgreSQL 15+ with wal_level=logical and a database ``sis``."""
@@ -48,8 +66,11 @@ def pg_stack(_stack_dir: Path) -> Iterator[PgHandle]:
         port = int(dict(p.split("=", 1) for p in dsn.split())["port"])
         yield PgHandle(dsn=dsn, port=port)
         return
-    info = start_stack(name="pytest-pg", base=_stack_dir / "pg", kafka=False, pg_timezone=PG_TIMEZONE,
-                       progress=lambda *_: None)
+    with _checkout_lock("pg-os-user"):  # test processes started together (pytest -n) create it once
+        ensure_os_user()
+    info = start_stack(
+        name="pytest-pg", base=_stack_dir / "pg", kafka=False, pg_timezone=PG_TIMEZONE, progress=lambda *_: None
+    )
     assert info.postgres is not None
     try:
         yield PgHandle(dsn=info.postgres.dsn, port=info.postgres.port)
@@ -99,6 +120,9 @@ def fresh_db(pg_stack: PgHandle, unique: str) -> Iterator[PgHandle]:
         yield handle
     finally:
         with psycopg.connect(pg_stack.dsn_for("postgres"), autocommit=True) as conn:
-            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                         "WHERE database = %s AND NOT active", (name,))
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE database = %s AND NOT active",
+                (name,),
+            )
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

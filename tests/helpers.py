@@ -6,12 +6,18 @@ import contextlib
 import io
 import logging
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from sevisflow.core.config import Settings
-
 from testkit.settings import (  # noqa: F401 - shared with bench/, which must not import tests/
-    REPO, TEST_DSO_USER_IDS, TEST_ORG_ID, XSD_DIR, KafkaHandle, PgHandle, make_settings,
+    REPO,
+    TEST_DSO_USER_IDS,
+    TEST_ORG_ID,
+    XSD_DIR,
+    KafkaHandle,
+    PgHandle,
+    make_settings,
 )
 
 EXAMPLES_DIR = REPO.parent / "shared" / "sevis" / "examples"
@@ -32,6 +38,7 @@ def settled(read: Callable[[], int], quiet_s: float, at_least: int = 1) -> Calla
             state["value"], state["since"] = value, now
             return 0
         return value if value >= at_least and now - state["since"] >= quiet_s else 0
+
     return check
 
 
@@ -46,8 +53,9 @@ def wait_for(what: str, pred: Callable[[], Any], timeout_s: float, pipeline: Any
             return value
         failed = pipeline.failed()
         assert not failed, f"a stage failed while waiting for {what}: {[(t.name, t.error) for t in failed]}"
-        assert time.monotonic() < deadline, (f"timed out after {timeout_s:.0f}s waiting for {what}; "
-                                             f"stage threads now:\n{stage_stacks()}")
+        assert time.monotonic() < deadline, (
+            f"timed out after {timeout_s:.0f}s waiting for {what}; stage threads now:\n{stage_stacks()}"
+        )
         time.sleep(every_s)
 
 
@@ -113,14 +121,17 @@ def stage_env(settings: Settings, metrics_port: int) -> dict[str, str]:
 
     Inherited ``SEVISFLOW_*`` variables are dropped, so only what the test sets counts.
     """
-    import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
-    env.update({
-        "SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "SEVISFLOW_METRICS_PORT": str(metrics_port),
-        "SEVISFLOW_METRICS_HOST": "127.0.0.1",
-        **{f"SEVISFLOW_TOPICS_{k.upper()}": getattr(settings.topics, k)
-           for k in ("students", "events", "commands", "batches", "results", "dlq", "ledger")},
-    })
+    env.update(
+        {
+            "SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "SEVISFLOW_METRICS_PORT": str(metrics_port),
+            "SEVISFLOW_METRICS_HOST": "127.0.0.1",
+            **{
+                f"SEVISFLOW_TOPICS_{k.upper()}": getattr(settings.topics, k)
+                for k in ("students", "events", "commands", "batches", "results", "dlq", "ledger")
+            },
+        }
+    )
     return env

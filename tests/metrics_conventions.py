@@ -17,7 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 NAME = re.compile(r"[a-z][a-z0-9_]*")
 PREFIXES = ("sevisflow_", "process_", "python_")
-BAD_UNITS = re.compile(r"(^|_)(ms|millis|milliseconds|microseconds|minutes|hours|days|kilobytes|megabytes|percent)(_|$)")
+BAD_UNITS = re.compile(
+    r"(^|_)(ms|millis|milliseconds|microseconds|minutes|hours|days|kilobytes|megabytes|percent)(_|$)"
+)
 TIME_WORDS = re.compile(r"(^|_)(age|timestamp|duration|latency|behind|time)(_|$)")
 
 

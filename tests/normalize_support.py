@@ -14,7 +14,7 @@ assert that it exceeds that limit (:data:`STATE_MESSAGE_LIMIT`), so a smaller sc
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,7 +29,7 @@ N_STUDENTS, N_TERMS = 400, 50
 STATE_MESSAGE_LIMIT = int(state_topic_spec(Settings(), "normalize").config["max.message.bytes"])
 """The largest record normalize's state changelog takes (8 MiB)."""
 SNAPSHOT_LSN = 900_000
-CONFIRMED = datetime(2040, 1, 25, 15, 0, tzinfo=timezone.utc)
+CONFIRMED = datetime(2040, 1, 25, 15, 0, tzinfo=UTC)
 
 
 def term_id(i: int) -> str:
@@ -59,17 +59,32 @@ def student_rows(n: int) -> dict[str, Any]:
     rows["program"]["program_id"] = pid
     rows["program"]["expected_end_date"] = date(2040, 5, 15)
     del rows["term"]
-    rows["enrollment"] = [{"enrollment_id": pid * 100 + t, "person_id": pid, "term_id": term_id(t),
-                           "status": "REGISTERED", "credit_hours": Decimal("12.0"), "full_time": True,
-                           "confirmed_at": None} for t in range(N_TERMS)]
+    rows["enrollment"] = [
+        {
+            "enrollment_id": pid * 100 + t,
+            "person_id": pid,
+            "term_id": term_id(t),
+            "status": "REGISTERED",
+            "credit_hours": Decimal("12.0"),
+            "full_time": True,
+            "confirmed_at": None,
+        }
+        for t in range(N_TERMS)
+    ]
     return rows
 
 
 def school_tables() -> dict[str, list[dict[str, Any]]]:
     """The whole school by table (for ``sevisflow.deploy.sis.load.load_school``)."""
-    out: dict[str, list[dict[str, Any]]] = {"term": [term_row(i) for i in range(N_TERMS)], "person": [],
-                                            "immigration": [], "address": [], "program": [], "finance": [],
-                                            "enrollment": []}
+    out: dict[str, list[dict[str, Any]]] = {
+        "term": [term_row(i) for i in range(N_TERMS)],
+        "person": [],
+        "immigration": [],
+        "address": [],
+        "program": [],
+        "finance": [],
+        "enrollment": [],
+    }
     for n in range(N_STUDENTS):
         rows = student_rows(n)
         for name in ("person", "immigration", "program", "finance"):
@@ -108,22 +123,31 @@ def big_transaction(feed: SisFeed, enrollments: list[dict[str, Any]]) -> None:
 BIG_TRANSACTION_SQL = (
     "UPDATE public.enrollment SET status = CASE WHEN term_id = %(current)s THEN 'ENROLLED' ELSE status END, "
     "confirmed_at = CASE WHEN term_id = %(current)s THEN %(confirmed)s ELSE confirmed_at END, "
-    "credit_hours = CASE WHEN term_id = %(current)s THEN credit_hours ELSE 12.5 END")
+    "credit_hours = CASE WHEN term_id = %(current)s THEN credit_hours ELSE 12.5 END"
+)
 
 
 # ---------------------------------------------------------------------------- a one-student snapshot
+
 
 def snapshot_records(marks: str, unmapped_last: bool, prefix: str = "sis") -> list[Record]:
     """A one-student snapshot as Debezium writes it: op r, one LSN, no transaction block; marks
     "2" (first/true/last) or "3" (Debezium 3.x: first, first/last_in_data_collection, last)."""
     feed = SisFeed(prefix=prefix, primary_keys=PKS)
     rows = base_rows()
-    order = [("term", rows["term"]), ("person", rows["person"]), ("immigration", rows["immigration"]),
-             ("us", rows["us"]), ("foreign", rows["foreign"]), ("program", rows["program"]),
-             ("finance", rows["finance"]), ("enrollment", rows["enrollment"])]
+    order = [
+        ("term", rows["term"]),
+        ("person", rows["person"]),
+        ("immigration", rows["immigration"]),
+        ("us", rows["us"]),
+        ("foreign", rows["foreign"]),
+        ("program", rows["program"]),
+        ("finance", rows["finance"]),
+        ("enrollment", rows["enrollment"]),
+    ]
     for name, row in order:
         feed.tx(("r", TABLES[name], None, row), snapshot=True)
-    if unmapped_last:   # a captured table the mapping does not read, snapshotted last
+    if unmapped_last:  # a captured table the mapping does not read, snapshotted last
         for i in range(3):
             feed.tx(("r", "public.audit_log", None, {"log_id": i, "what": "login"}), snapshot=True)
     out = []
@@ -144,8 +168,9 @@ def snapshot_records(marks: str, unmapped_last: bool, prefix: str = "sis") -> li
             mark = "last_in_data_collection"
         else:
             mark = "true"
-        src.update(lsn=SNAPSHOT_LSN, txId=None, snapshot=mark,
-                   sequence=orjson.dumps([None, str(SNAPSHOT_LSN)]).decode())
+        src.update(
+            lsn=SNAPSHOT_LSN, txId=None, snapshot=mark, sequence=orjson.dumps([None, str(SNAPSHOT_LSN)]).decode()
+        )
         out.append(Record(r.topic, r.key, orjson.dumps(value)))
     return out
 

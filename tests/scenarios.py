@@ -8,8 +8,9 @@ module's tests and no pytest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -60,6 +61,7 @@ def payload(out: PureOutput, kind: str) -> dict[str, Any]:
 @dataclass
 class Case:
     """One table-driven scenario: SIS ops (after optional ``pre`` transactions) → expected event kinds."""
+
     name: str
     ops: list[tuple[str, str, Any]]
     kinds: list[str]

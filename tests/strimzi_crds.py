@@ -62,8 +62,10 @@ def find_java(min_major: int = MIN_JAVA) -> Path:
     for java in candidates:
         if java.exists() and _java_major(java) >= min_major:
             return java
-    raise CrdError(f"Strimzi {STRIMZI_VERSION}'s CRD generator needs Java {min_major}+; none found in "
-                   f"JAVA_HOME or /usr/lib/jvm (install e.g. openjdk-21-jdk-headless and set JAVA_HOME)")
+    raise CrdError(
+        f"Strimzi {STRIMZI_VERSION}'s CRD generator needs Java {min_major}+; none found in "
+        f"JAVA_HOME or /usr/lib/jvm (install e.g. openjdk-21-jdk-headless and set JAVA_HOME)"
+    )
 
 
 def _run(step: str, cmd: list[str]) -> None:
@@ -86,9 +88,20 @@ def ensure_crds(version: str = STRIMZI_VERSION) -> Path:
         tmp = root / "libs.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _run("fetch io.strimzi:api and crd-generator",
-             ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={tmp}",
-              "-DincludeScope=runtime", f"-Dstrimzi.version={version}"])
+        _run(
+            "fetch io.strimzi:api and crd-generator",
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={tmp}",
+                "-DincludeScope=runtime",
+                f"-Dstrimzi.version={version}",
+            ],
+        )
         if not (tmp / f"api-{version}.jar").exists():
             raise CrdError(f"Maven finished but api-{version}.jar is not in {tmp}")
         (tmp / ".complete").write_text(version)
@@ -96,19 +109,45 @@ def ensure_crds(version: str = STRIMZI_VERSION) -> Path:
         tmp.rename(libs)
     parent = root / "strimzi-parent.pom"
     if not parent.exists():  # its <kafka.version> is the Kafka release this Strimzi is built with
-        _run("fetch io.strimzi:strimzi (parent POM)",
-             ["mvn", "-q", "-B", "dependency:copy", f"-Dartifact=io.strimzi:strimzi:{version}:pom",
-              f"-DoutputDirectory={root}"])
+        _run(
+            "fetch io.strimzi:strimzi (parent POM)",
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "dependency:copy",
+                f"-Dartifact=io.strimzi:strimzi:{version}:pom",
+                f"-DoutputDirectory={root}",
+            ],
+        )
         (root / f"strimzi-{version}.pom").rename(parent)
     tmp = root / "crds.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # The arguments of Strimzi's own build (api pom, execution generate-crd-co-install-v1).
-    _run("generate the CRDs with Strimzi's CrdGenerator",
-         [str(find_java()), "-cp", f"{libs}/*", "io.strimzi.crdgenerator.CrdGenerator",
-          "--label", "app:strimzi", "--label", "strimzi.io/crd-install:true", "--target-kube", "1.16+",
-          "--crd-api-version", "v1", "--api-versions", "v1", "--storage-version", "v1", "--yaml",
-          *(f"{cls}={tmp / (kind + '.yaml')}" for kind, cls in CRD_CLASSES.items())])
+    _run(
+        "generate the CRDs with Strimzi's CrdGenerator",
+        [
+            str(find_java()),
+            "-cp",
+            f"{libs}/*",
+            "io.strimzi.crdgenerator.CrdGenerator",
+            "--label",
+            "app:strimzi",
+            "--label",
+            "strimzi.io/crd-install:true",
+            "--target-kube",
+            "1.16+",
+            "--crd-api-version",
+            "v1",
+            "--api-versions",
+            "v1",
+            "--storage-version",
+            "v1",
+            "--yaml",
+            *(f"{cls}={tmp / (kind + '.yaml')}" for kind, cls in CRD_CLASSES.items()),
+        ],
+    )
     (tmp / ".complete").write_text(version)
     shutil.rmtree(crds, ignore_errors=True)
     tmp.rename(crds)

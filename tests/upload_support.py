@@ -11,9 +11,9 @@ from pathlib import Path
 from sevisflow.sinks.outbox import Outbox
 from sevisflow.sinks.sevis_sim import SevisSimulator
 from sevisflow.sinks.xml.render import ClosedBatch
-from testkit.xml_samples import DSO, ORG_ID, create_record, update_record
 from sevisflow.sinks.xml.stage import sink_closed_batch
 from sevisflow.sinks.xml.xsd import load_schema
+from testkit.xml_samples import DSO, ORG_ID, create_record, update_record
 from tests.helpers import XSD_DIR, make_settings
 
 
@@ -33,19 +33,36 @@ class FakePublisher:
 
 def sim_sevis(sim: SevisSimulator, tmp_path: Path, **over) -> dict:
     """The [sevis] settings that point at ``sim`` with an outbox under ``tmp_path``."""
-    sevis = {"upload_url": sim.upload_url, "download_url": sim.download_url,
-             "client_cert": str(sim.certs.client_cert), "client_key": str(sim.certs.client_key),
-             "ca_bundle": str(sim.certs.ca_cert), "outbox_dir": str(tmp_path / "outbox"),
-             "quarantine_dir": str(tmp_path / "quarantine")}
+    sevis = {
+        "upload_url": sim.upload_url,
+        "download_url": sim.download_url,
+        "client_cert": str(sim.certs.client_cert),
+        "client_key": str(sim.certs.client_key),
+        "ca_bundle": str(sim.certs.ca_cert),
+        "outbox_dir": str(tmp_path / "outbox"),
+        "quarantine_dir": str(tmp_path / "quarantine"),
+    }
     sevis.update(over)
     return sevis
 
 
 def settings_for(sim: SevisSimulator, tmp_path: Path, **over):
-    return make_settings(sevis=sim_sevis(sim, tmp_path, **{"poll_interval_s": 0.0, "retry_base_s": 0.01,
-                                                             "retry_max_s": 0.05, "http_timeout_s": 5.0,
-                                                             "repost_after_s": 0.0, "repost_after_checks": 1, "max_posts": 3,
-                                                             **over}))
+    return make_settings(
+        sevis=sim_sevis(
+            sim,
+            tmp_path,
+            **{
+                "poll_interval_s": 0.0,
+                "retry_base_s": 0.01,
+                "retry_max_s": 0.05,
+                "http_timeout_s": 5.0,
+                "repost_after_s": 0.0,
+                "repost_after_checks": 1,
+                "max_posts": 3,
+                **over,
+            },
+        )
+    )
 
 
 def outbox_of(settings) -> Outbox:
@@ -53,8 +70,11 @@ def outbox_of(settings) -> Outbox:
 
 
 def put_batch(settings, batch_id="UPLTEST0000001", records=None) -> ClosedBatch:
-    records = records or (create_record(1), update_record(2, "Status.Complete", sevis_id="N0000000002"),
-                          update_record(3, "Status.Complete", sevis_id="N0000000003"))
+    records = records or (
+        create_record(1),
+        update_record(2, "Status.Complete", sevis_id="N0000000002"),
+        update_record(3, "Status.Complete", sevis_id="N0000000003"),
+    )
     batch = ClosedBatch(ORG_ID, batch_id, DSO, 1748921400000, tuple(records))
     assert sink_closed_batch(batch, load_schema(XSD_DIR), outbox_of(settings)).status == "written"
     return batch
@@ -62,5 +82,8 @@ def put_batch(settings, batch_id="UPLTEST0000001", records=None) -> ClosedBatch:
 
 def states(settings) -> dict[str, list[str]]:
     ob = outbox_of(settings)
-    return {st: [b.name for b in ob.batches(st)] for st in ("ready", "sending", "uploaded", "processed", "failed")
-            if list(ob.batches(st))}
+    return {
+        st: [b.name for b in ob.batches(st)]
+        for st in ("ready", "sending", "uploaded", "processed", "failed")
+        if list(ob.batches(st))
+    }

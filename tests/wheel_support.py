@@ -20,23 +20,39 @@ from pathlib import Path
 from sevisflow.deploy.local.stack import cache_dir
 from tests.helpers import REPO
 
-_SKIP_DIRS = {".git", ".venv", ".local", "build", "dist", "__pycache__", ".hypothesis", ".pytest_cache",
-              ".mypy_cache", ".ruff_cache", ".import_linter_cache"}
+_SKIP_DIRS = {
+    ".git",
+    ".venv",
+    ".local",
+    "build",
+    "dist",
+    "__pycache__",
+    ".hypothesis",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".import_linter_cache",
+}
 
 
 def source_files(repo: Path = REPO) -> list[str]:
     """The repository's files as a clone of it would hold them (sorted relative paths)."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
-                             capture_output=True, check=True, timeout=60).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=repo,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
         names = {n for n in out.decode().split("\0") if n}
-    except (OSError, subprocess.CalledProcessError):   # no git, or not a checkout: walk, minus caches
+    except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout: walk, minus caches
         names = set()
         for root, dirs, files in os.walk(repo):
             dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.endswith(".egg-info")]
             rel = Path(root).relative_to(repo)
             names.update((rel / f).as_posix() for f in files + [d for d in dirs if (Path(root) / d).is_symlink()])
-    return sorted(n for n in names if os.path.lexists(repo / n))   # a deleted tracked file is not in a clone
+    return sorted(n for n in names if os.path.lexists(repo / n))  # a deleted tracked file is not in a clone
 
 
 def copy_sources(dest: Path, repo: Path = REPO) -> str:
@@ -66,15 +82,28 @@ def build_wheel() -> Path:
         if found:
             return found[0]
         building = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=_mkdir(cache_dir() / "wheels")))
-        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(building), str(src)],
-                              cwd=tmp, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(building), str(src)],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"pip wheel failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-        if out.exists():   # another session built the same sources meanwhile
+        if out.exists():  # another session built the same sources meanwhile
             shutil.rmtree(building, ignore_errors=True)
         else:
             os.replace(building, out)
+        _prune(out.parent, keep=5)
         (wheel,) = out.glob("sevisflow-*.whl")
         return wheel
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Drop all but the ``keep`` newest cached builds (every edit of the sources makes a new one)."""
+    builds = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _mkdir(path: Path) -> Path:
@@ -93,12 +122,28 @@ def fresh_venv(wheel: Path, where: Path) -> Path:
     when it lacks one, pip downloads what the wheel requires into it first."""
     subprocess.run([_base_python(), "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
     python = where / "bin" / "python"
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-compile", "--no-index",
-               "--find-links", str(wheelhouse()), str(wheel)]
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "-q",
+        "--no-compile",
+        "--no-index",
+        "--find-links",
+        str(wheelhouse()),
+        str(wheel),
+    ]
     proc = subprocess.run(install, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:   # first run, or a dependency changed: fetch what the wheel requires
-        fetch = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse()), str(wheel)],
-                               capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:  # first run, or a dependency changed: fetch what the wheel requires
+        fetch = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "-d", str(wheelhouse()), str(wheel)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert fetch.returncode == 0, f"pip download failed:\n{fetch.stderr[-4000:]}"
         for own in wheelhouse().glob("sevisflow-*.whl"):
             own.unlink()

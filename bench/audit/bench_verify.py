@@ -18,10 +18,10 @@ from pathlib import Path
 import orjson
 
 from sevisflow.app.audit.decode import decode_record
-from sevisflow.core.ledger import Ledger, LedgerWriter
-from testkit.audit_scenario import batcher_run
 from sevisflow.app.audit.verify import VerifyContext, verify_all, verify_batch
+from sevisflow.core.ledger import Ledger, LedgerWriter
 from sevisflow.core.serde import registry
+from testkit.audit_scenario import batcher_run
 from testkit.settings import XSD_DIR
 
 
@@ -38,8 +38,10 @@ def main() -> None:
     t0 = time.perf_counter()
     run = batcher_run(updates=a.size, creates=10, batches=a.batches)
     topics = {"events": "sevis.events", "commands": "sevis.batch.commands", "batches": "sevis.batches"}
-    d = {k: [decode_record(topics[k], 0, i, key, v, (1, ts)) for i, (key, v, ts) in enumerate(recs)]
-         for k, recs in run.items()}
+    d = {
+        k: [decode_record(topics[k], 0, i, key, v, (1, ts)) for i, (key, v, ts) in enumerate(recs)]
+        for k, recs in run.items()
+    }
     schema = load_schema(XSD_DIR)
     tmp = Path(tempfile.mkdtemp(prefix="bench-verify-"))
     outbox = Outbox(tmp / "outbox", tmp / "q", "America/Chicago")
@@ -48,12 +50,20 @@ def main() -> None:
         if x.value["type"] == "closed":
             ev = registry().decode(x.raw)
             sink_closed_batch(ClosedBatch.from_event(ev, orjson.loads(ev["records_json"])), schema, outbox)
-            LedgerWriter(Ledger(tmp / "outbox"), "sink-xml", ev["org_id"]).seal_archive(outbox.find(ev["batch_id"]),
-                                                                                         ev["batch_id"])
+            LedgerWriter(Ledger(tmp / "outbox"), "sink-xml", ev["org_id"]).seal_archive(
+                outbox.find(ev["batch_id"]), ev["batch_id"]
+            )
             ids.append(ev["batch_id"])
     build = time.perf_counter() - t0
-    ctx = VerifyContext(batches=d["batches"], events=d["events"], commands=d["commands"], results=[], changes=[],
-                        outbox=outbox, schema=schema)
+    ctx = VerifyContext(
+        batches=d["batches"],
+        events=d["events"],
+        commands=d["commands"],
+        results=[],
+        changes=[],
+        outbox=outbox,
+        schema=schema,
+    )
     t1 = time.perf_counter()
     ctx.replay_for(d["batches"][0].value["org_id"])
     replay = time.perf_counter() - t1
@@ -65,11 +75,15 @@ def main() -> None:
     t2 = time.perf_counter()
     rep = verify_all(ctx, Ledger(tmp / "outbox"), anchors={})
     assert rep.ok
-    print(f"{len(ids)} batches x {a.size + 10} records ({len(d['events'])} events, {len(d['batches'])} batch events); "
-          f"built in {build:.1f} s")
+    print(
+        f"{len(ids)} batches x {a.size + 10} records ({len(d['events'])} events, {len(d['batches'])} batch events); "
+        f"built in {build:.1f} s"
+    )
     print(f"guided batcher replay of the whole school: {replay * 1000:.0f} ms (once per run)")
-    print(f"verify per batch (archive + render + compare): median {statistics.median(times) * 1000:.0f} ms, "
-          f"max {max(times) * 1000:.0f} ms")
+    print(
+        f"verify per batch (archive + render + compare): median {statistics.median(times) * 1000:.0f} ms, "
+        f"max {max(times) * 1000:.0f} ms"
+    )
     print(f"verify --all incl. the ledger check: {(time.perf_counter() - t2) * 1000:.0f} ms")
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import orjson
 
-from sevisflow.core.ledger import Ledger, LedgerWriter
-from testkit.audit_scenario import batcher_run, scenario_records
 from sevisflow.core.config import KafkaSettings
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
+from sevisflow.core.ledger import Ledger, LedgerWriter
 from sevisflow.core.serde import registry
+from testkit.audit_scenario import batcher_run, scenario_records
 from testkit.settings import XSD_DIR
 
 
@@ -31,14 +31,15 @@ def main() -> None:
 
     kafka = KafkaSettings(bootstrap_servers=a.bootstrap)
     recs = scenario_records()
-    run = batcher_run(updates=12, creates=3, batches=3, org="ABC214F12345000", base_ms=1718900000000,
-                      student_base=1000)
+    run = batcher_run(updates=12, creates=3, batches=3, org="ABC214F12345000", base_ms=1718900000000, student_base=1000)
     # the batcher's batches go to topics of their own (suffix .v): the hand-written scenario above is
     # not an execution of the real batcher, so verify would (rightly) refuse it
     names = {"events": "sevis.events.v", "commands": "sevis.batch.commands.v", "batches": "sevis.batches.v"}
     for k, lst in run.items():
         recs += [(names[k], key, value, ts) for key, value, ts in lst]
-    ensure_topics(kafka, [TopicSpec(n, 1, 1) for n in sorted({r[0] for r in recs} | {"sevis.results", "sevis.results.v"})])
+    ensure_topics(
+        kafka, [TopicSpec(n, 1, 1) for n in sorted({r[0] for r in recs} | {"sevis.results", "sevis.results.v"})]
+    )
     producer = make_producer(kafka)
     for topic, key, value, ts in recs:
         producer.produce(topic, key=key, value=value, timestamp=ts)

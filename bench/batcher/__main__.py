@@ -25,35 +25,51 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
 from bench.common import kafka_bootstrap
-from sevisflow.processors.batcher import batcher_topics, run
-from testkit.batcher import ORG, event
-from sevisflow.processors.batcher.view import build_view, from_open_batch
-from sevisflow.app.cli.batch import read_open_batch
 from sevisflow.app.cli import main as cli_main
+from sevisflow.app.cli.batch import read_open_batch
 from sevisflow.core.kafka_io import delivery_raiser, ensure_topics, flush_or_raise, make_producer, produce, read_topic
 from sevisflow.core.serde import registry
 from sevisflow.core.topics import pipeline_topics
+from sevisflow.processors.batcher import batcher_topics, run
+from sevisflow.processors.batcher.view import build_view, from_open_batch
+from testkit.batcher import ORG, event
 from testkit.settings import KafkaHandle, make_settings
 
 DSO = "BENCHDSO01"
 
 
 def _payload(i: int) -> dict:
-    return {"@printForm": "false", "Email": f"student{i}@example.edu",
-            "USAddress": {"Address1": f"{100 + i} College Ave Apt {i % 40}", "City": "Springfield",
-                          "State": "IL", "PostalCode": "62701"}}
+    return {
+        "@printForm": "false",
+        "Email": f"student{i}@example.edu",
+        "USAddress": {
+            "Address1": f"{100 + i} College Ave Apt {i % 40}",
+            "City": "Springfield",
+            "State": "IL",
+            "PostalCode": "62701",
+        },
+    }
 
 
 def _events(round_no: int) -> list[dict]:
-    return [event(f"B{round_no:02d}{i:04d}", n=round_no * 1000 + i, display_name=f"Student{i}, Bench",
-                  payload=_payload(i), before={"us_address": "old"}, after={"us_address": f"{100 + i} College Ave"})
-            for i in range(250)]
+    return [
+        event(
+            f"B{round_no:02d}{i:04d}",
+            n=round_no * 1000 + i,
+            display_name=f"Student{i}, Bench",
+            payload=_payload(i),
+            before={"us_address": "old"},
+            after={"us_address": f"{100 + i} College Ave"},
+        )
+        for i in range(250)
+    ]
 
 
 def _timed(argv: list[str]) -> tuple[float, str]:
@@ -75,10 +91,12 @@ def _pipeline(bootstrap: str) -> Iterator[tuple[Any, list[str]]]:
     ensure_topics(settings.kafka, pipeline_topics(settings) + batcher_topics(settings))
     t = settings.topics
     cfg = Path(tempfile.mkdtemp()) / "sevisflow.toml"
-    cfg.write_text(f'[kafka]\nbootstrap_servers = "{bootstrap}"\n[school]\norg_id = "{ORG}"\n'
-                   f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
-                   f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n'
-                   f'open_batches = "{t.open_batches}"\n')
+    cfg.write_text(
+        f'[kafka]\nbootstrap_servers = "{bootstrap}"\n[school]\norg_id = "{ORG}"\n'
+        f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
+        f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n'
+        f'open_batches = "{t.open_batches}"\n'
+    )
     stop = threading.Event()
     worker = threading.Thread(target=run, args=(settings, stop), kwargs={"instance": "bench"}, daemon=True)
     worker.start()
@@ -92,8 +110,13 @@ def _pipeline(bootstrap: str) -> Iterator[tuple[Any, list[str]]]:
 def _send_round(settings: Any, producer: Any, round_no: int) -> None:
     errors: list = []
     for ev in _events(round_no):
-        produce(producer, settings.topics.events, ORG.encode(), registry().encode("sevisflow.events.SevisEvent", ev),
-                on_delivery=delivery_raiser(errors))
+        produce(
+            producer,
+            settings.topics.events,
+            ORG.encode(),
+            registry().encode("sevisflow.events.SevisEvent", ev),
+            on_delivery=delivery_raiser(errors),
+        )
     flush_or_raise(producer, errors)
 
 
@@ -115,8 +138,10 @@ def bench(bootstrap: str, rounds: int) -> dict:
             t0 = time.perf_counter()
             _send_round(settings, producer, r)
             while True:
-                evs = [registry().decode(m.value(), "sevisflow.batches.BatchEvent")
-                       for m in read_topic(settings.kafka, t.batches)]
+                evs = [
+                    registry().decode(m.value(), "sevisflow.batches.BatchEvent")
+                    for m in read_topic(settings.kafka, t.batches)
+                ]
                 if build_view(ORG, evs).counts()["ready"] == 250:
                     break
                 time.sleep(0.2)
@@ -181,13 +206,16 @@ def summary_history(res: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.batcher", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.batcher", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--history", type=int, default=20, help="closed batches of 250 before the timed show (history case)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs of each show path (history case)")
     p.add_argument("--case", choices=["rounds", "history", "all"], default="all")
-    p.add_argument("--kafka", default=os.environ.get("SEVISFLOW_BENCH_KAFKA"), help="use this Kafka instead of starting one")
+    p.add_argument(
+        "--kafka", default=os.environ.get("SEVISFLOW_BENCH_KAFKA"), help="use this Kafka instead of starting one"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     s: dict = {}
@@ -201,24 +229,38 @@ def main(argv: list[str] | None = None) -> int:
         print(orjson.dumps({"rounds": s, "history": h}, option=orjson.OPT_INDENT_2).decode())
         return 0
     if h:
-        print(f"batcher bench, history case: {h['closed_batches']} closed batches of 250, then 250 open "
-              f"(sevis.batches: {h['batches_topic_records']} records, view topic: {h['view_topic_records']}; "
-              f"built in {h['build_s']:.0f}s); {args.repeat} runs each")
+        print(
+            f"batcher bench, history case: {h['closed_batches']} closed batches of 250, then 250 open "
+            f"(sevis.batches: {h['batches_topic_records']} records, view topic: {h['view_topic_records']}; "
+            f"built in {h['build_s']:.0f}s); {args.repeat} runs each"
+        )
         print(f"{'step':36} {'median':>8} {'min':>8} {'max':>8}")
-        for k, label in (("view", "batch show (view)"), ("view_json", "batch show --json (view)"),
-                         ("history", "batch show --from-history"), ("history_json", "batch show --json --from-history")):
+        for k, label in (
+            ("view", "batch show (view)"),
+            ("view_json", "batch show --json (view)"),
+            ("history", "batch show --from-history"),
+            ("history_json", "batch show --json --from-history"),
+        ):
             v = h[k]
             print(f"{label:36} {v['median_s'] * 1000:7.0f}ms {v['min_s'] * 1000:7.0f}ms {v['max_s'] * 1000:7.0f}ms")
     if not s:
         return 0
     print(f"batcher bench: {args.rounds} rounds of a 250-record open batch")
     print(f"{'step':28} {'median':>8} {'min':>8} {'max':>8}")
-    for k, label in (("show", "batch show (table)"), ("show_json", "batch show --json"),
-                     ("close", "batch close (until closed)"), ("ingest", "250 events → in open batch")):
+    for k, label in (
+        ("show", "batch show (table)"),
+        ("show_json", "batch show --json"),
+        ("close", "batch close (until closed)"),
+        ("ingest", "250 events → in open batch"),
+    ):
         v = s[k]
         print(f"{label:28} {v['median_s'] * 1000:7.0f}ms {v['min_s'] * 1000:7.0f}ms {v['max_s'] * 1000:7.0f}ms")
-    print("per round, show:", ", ".join(f"{x * 1000:.0f}ms" for x in s["show"]["rounds"]),
-          "| sevis.batches records read:", s["batches_topic_records"])
+    print(
+        "per round, show:",
+        ", ".join(f"{x * 1000:.0f}ms" for x in s["show"]["rounds"]),
+        "| sevis.batches records read:",
+        s["batches_topic_records"],
+    )
     return 0
 
 

@@ -93,8 +93,15 @@ def _child(kind: str, job: dict[str, Any], decoder: str | None = None) -> dict[s
     env.pop("SEVISFLOW_PURE_PYTHON_DECODER", None)
     if decoder == "python":
         env["SEVISFLOW_PURE_PYTHON_DECODER"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "bench.connector.child", kind], input=json.dumps(job),
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.connector.child", kind],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"child {kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -107,16 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="measured runs of each kind")
     ap.add_argument("--skip-snapshot", action="store_true")
     ap.add_argument("--no-debezium", action="store_true", help="skip the Debezium 3.6.1 (Kafka Connect) comparison")
-    ap.add_argument("--decoder", choices=["c", "python", "both"], default="both",
-                    help="tuple decoder of the connector runs: the C extension, pure Python (forced with "
-                         "SEVISFLOW_PURE_PYTHON_DECODER=1), or both, alternating within each repeat")
+    ap.add_argument(
+        "--decoder",
+        choices=["c", "python", "both"],
+        default="both",
+        help="tuple decoder of the connector runs: the C extension, pure Python (forced with "
+        "SEVISFLOW_PURE_PYTHON_DECODER=1), or both, alternating within each repeat",
+    )
     args = ap.parse_args(argv)
 
     import signal
 
     from sevisflow.deploy.local.stack import find_pg_bin, start_stack, stop_stack
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally below: stop the stack
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: stop the stack
 
     root = REPO / ".local" / "stacks"
     root.mkdir(parents=True, exist_ok=True)
@@ -135,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute("SELECT pg_reload_conf()")
             conn.execute(SCHEMA)
             print(f"preloading {args.rows} rows…", flush=True)
-            conn.execute("INSERT INTO bench_person SELECT r.* FROM generate_series(1, %s) g, LATERAL bench_row(g) r",
-                         (args.rows,))
+            conn.execute(
+                "INSERT INTO bench_person SELECT r.* FROM generate_series(1, %s) g, LATERAL bench_row(g) r",
+                (args.rows,),
+            )
             conn.execute("INSERT INTO bench_snap SELECT * FROM bench_person")
             conn.execute("VACUUM ANALYZE bench_person")
             conn.execute("VACUUM ANALYZE bench_snap")
@@ -149,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute("CALL bench_changes(%s, %s)", (n_tx, args.rows))
             gen_s = time.monotonic() - t0
             end_lsn = _lsn(conn)
-        results["workload"] = {"transactions": n_tx, "changes": n_tx * 100, "wal_bytes": end_lsn - start_lsn,
-                               "generate_s": round(gen_s, 1)}
+        results["workload"] = {
+            "transactions": n_tx,
+            "changes": n_tx * 100,
+            "wal_bytes": end_lsn - start_lsn,
+            "generate_s": round(gen_s, 1),
+        }
         print(f"  {n_tx * 100} changes, {(end_lsn - start_lsn) / 1e6:.0f} MB WAL in {gen_s:.0f}s", flush=True)
 
         def copy_slot(name: str) -> None:
@@ -159,20 +176,32 @@ def main(argv: list[str] | None = None) -> int:
 
         def drop_slot(name: str) -> None:
             with psycopg.connect(dsn, autocommit=True) as c:
-                c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                          "WHERE slot_name = %s", (name,))
+                c.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (name,)
+                )
 
         conninfo = f"host=127.0.0.1 port={info.postgres.port} dbname=sis user=postgres"
-        runs: dict[str, list[dict[str, Any]]] = {"raw": [], "raw_pg2": [], "pg_recvlogical": [], "connector": [],
-                                                 "snapshot": [], "debezium": [], "connector_python": [],
-                                                 "snapshot_python": []}
+        runs: dict[str, list[dict[str, Any]]] = {
+            "raw": [],
+            "raw_pg2": [],
+            "pg_recvlogical": [],
+            "connector": [],
+            "snapshot": [],
+            "debezium": [],
+            "connector_python": [],
+            "snapshot_python": [],
+        }
         decoders = ["c", "python"] if args.decoder == "both" else [args.decoder]
 
         def slot_state(name: str) -> tuple[bool, int]:
             with psycopg.connect(dsn, autocommit=True) as c:
-                row = c.execute("SELECT active, (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots "
-                                "WHERE slot_name = %s", (name,)).fetchone()
+                row = c.execute(
+                    "SELECT active, (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots "
+                    "WHERE slot_name = %s",
+                    (name,),
+                ).fetchone()
             return (bool(row[0]), int(row[1] or 0)) if row else (False, 0)
+
         bindir = find_pg_bin()
         for rep in range(args.repeat):
             slot = f"raw_{rep}"
@@ -192,40 +221,83 @@ def main(argv: list[str] | None = None) -> int:
             slot = f"rl_{rep}"
             copy_slot(slot)
             t0 = time.monotonic()
-            subprocess.run([str(bindir / "pg_recvlogical"), "-h", "127.0.0.1", "-p", str(info.postgres.port),
-                            "-U", "postgres", "-d", "sis", "-S", slot, "--start", "--no-loop", "-f", "/dev/null",
-                            "-E", f"{end_lsn >> 32:X}/{end_lsn & 0xFFFFFFFF:X}",
-                            "-o", "proto_version=1", "-o", "publication_names=bench_pub"], check=True,
-                           capture_output=True, timeout=600)
+            subprocess.run(
+                [
+                    str(bindir / "pg_recvlogical"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(info.postgres.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "sis",
+                    "-S",
+                    slot,
+                    "--start",
+                    "--no-loop",
+                    "-f",
+                    "/dev/null",
+                    "-E",
+                    f"{end_lsn >> 32:X}/{end_lsn & 0xFFFFFFFF:X}",
+                    "-o",
+                    "proto_version=1",
+                    "-o",
+                    "publication_names=bench_pub",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
             rl_s = time.monotonic() - t0
             drop_slot(slot)
             runs["pg_recvlogical"].append({"seconds": rl_s})
             print(f"  pg_recvlogical #{rep + 1}: {n_tx * 100 / rl_s:,.0f} changes/s", flush=True)
 
             # both decoders in every repeat, the order alternating, so that load drift hits both alike
-            for dec in (decoders if rep % 2 == 0 else decoders[::-1]):
+            for dec in decoders if rep % 2 == 0 else decoders[::-1]:
                 tag = f"{rep}{'' if dec == 'c' else 'py'}"
                 slot = f"conn_{tag}"
                 copy_slot(slot)
                 offsets = base / f"offsets_{tag}"
                 offsets.mkdir()
                 name = f"bench{tag}"
-                (offsets / f"{name}.{slot}.json").write_text(json.dumps(
-                    {"slot_name": slot, "snapshot_completed": True, "snapshotted_tables": ["public.bench_person"],
-                     "snapshot": None}))
-                settings = {"kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
-                            "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
-                            "connector": {"name": name, "slot_name": slot, "topic_prefix": f"bench{tag}",
-                                          "publication_name": "bench_pub",
-                                          "table_include_list": ["public.bench_person"],
-                                          "offsets_dir": str(offsets), "heartbeat_interval_ms": 0}}
-                r = _child("stream", {"settings": settings, "end_lsn": end_lsn,
-                                      "last_commit_lsn": runs["raw"][-1]["last_commit_lsn"]}, dec)
+                (offsets / f"{name}.{slot}.json").write_text(
+                    json.dumps(
+                        {
+                            "slot_name": slot,
+                            "snapshot_completed": True,
+                            "snapshotted_tables": ["public.bench_person"],
+                            "snapshot": None,
+                        }
+                    )
+                )
+                settings = {
+                    "kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
+                    "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
+                    "connector": {
+                        "name": name,
+                        "slot_name": slot,
+                        "topic_prefix": f"bench{tag}",
+                        "publication_name": "bench_pub",
+                        "table_include_list": ["public.bench_person"],
+                        "offsets_dir": str(offsets),
+                        "heartbeat_interval_ms": 0,
+                    },
+                }
+                r = _child(
+                    "stream",
+                    {"settings": settings, "end_lsn": end_lsn, "last_commit_lsn": runs["raw"][-1]["last_commit_lsn"]},
+                    dec,
+                )
                 drop_slot(slot)
                 runs["connector" if dec == "c" else "connector_python"].append(r)
-                print(f"  connector ({r.get('decoder')} decoder) #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} "
-                      f"changes/s acked, {r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, "
-                      f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB", flush=True)
+                print(
+                    f"  connector ({r.get('decoder')} decoder) #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} "
+                    f"changes/s acked, {r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, "
+                    f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
+                    flush=True,
+                )
 
             if not args.no_debezium:
                 from bench.connector import debezium_run
@@ -233,12 +305,23 @@ def main(argv: list[str] | None = None) -> int:
                 slot = f"dbz_{rep}"
                 copy_slot(slot)
                 try:
-                    r = debezium_run.run(base / f"dbz_{rep}", info.kafka.bootstrap, info.postgres.port, slot,
-                                         "bench_pub", f"dbz{rep}", end_lsn, slot_state)
+                    r = debezium_run.run(
+                        base / f"dbz_{rep}",
+                        info.kafka.bootstrap,
+                        info.postgres.port,
+                        slot,
+                        "bench_pub",
+                        f"dbz{rep}",
+                        end_lsn,
+                        slot_state,
+                    )
                     runs["debezium"].append(r)
-                    print(f"  Debezium {debezium_run.VERSION} #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s "
-                          f"acked, {r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, "
-                          f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB", flush=True)
+                    print(
+                        f"  Debezium {debezium_run.VERSION} #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s "
+                        f"acked, {r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, "
+                        f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
+                        flush=True,
+                    )
                 except Exception as exc:  # noqa: BLE001 - report, keep the other figures
                     print(f"  Debezium run failed: {exc}", flush=True)
                     results.setdefault("debezium_errors", []).append(str(exc))
@@ -249,19 +332,29 @@ def main(argv: list[str] | None = None) -> int:
                 tag = f"{rep}{'' if dec == 'c' else 'py'}"
                 slot = f"snap_{tag}"
                 offsets = base / f"snap_offsets_{tag}"
-                settings = {"kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
-                            "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
-                            "connector": {"name": f"snap{tag}", "slot_name": slot, "topic_prefix": f"snap{tag}",
-                                          "publication_name": f"snap_pub{tag}",
-                                          "table_include_list": ["public.bench_snap"], "offsets_dir": str(offsets),
-                                          "snapshot_mode": "initial_only", "heartbeat_interval_ms": 0,
-                                          "provide_transaction_metadata": False}}
+                settings = {
+                    "kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
+                    "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
+                    "connector": {
+                        "name": f"snap{tag}",
+                        "slot_name": slot,
+                        "topic_prefix": f"snap{tag}",
+                        "publication_name": f"snap_pub{tag}",
+                        "table_include_list": ["public.bench_snap"],
+                        "offsets_dir": str(offsets),
+                        "snapshot_mode": "initial_only",
+                        "heartbeat_interval_ms": 0,
+                        "provide_transaction_metadata": False,
+                    },
+                }
                 r = _child("snapshot", {"settings": settings}, dec)
                 drop_slot(slot)
                 runs["snapshot" if dec == "c" else "snapshot_python"].append(r)
-                print(f"  snapshot ({r.get('decoder')} decoder) #{rep + 1}: {r['rows'] / r['seconds']:,.0f} rows/s "
-                      f"acked, {r['cpu_s'] / r['rows'] * 1e6:.2f} µs CPU/row, peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
-                      flush=True)
+                print(
+                    f"  snapshot ({r.get('decoder')} decoder) #{rep + 1}: {r['rows'] / r['seconds']:,.0f} rows/s "
+                    f"acked, {r['cpu_s'] / r['rows'] * 1e6:.2f} µs CPU/row, peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
+                    flush=True,
+                )
         results["runs"] = runs
         t0 = time.perf_counter()
         for _ in range(10_000_000):
@@ -291,11 +384,15 @@ def _report(results: dict[str, Any]) -> None:
     print()
     print(f"| what ({n:,} changes, {results['workload']['wal_bytes'] / 1e6:.0f} MB WAL) | min | median | max |")
     print("|---|---|---|---|")
-    print(f"| physical limit: raw batch drain, no decode (changes/s) | {raw[0]:,.0f} | **{raw[1]:,.0f}** | {raw[2]:,.0f} |")
+    print(
+        f"| physical limit: raw batch drain, no decode (changes/s) | {raw[0]:,.0f} | **{raw[1]:,.0f}** | {raw[2]:,.0f} |"
+    )
     if runs.get("raw_pg2"):
         p2 = med_rate(runs["raw_pg2"], n)
-        print(f"| psycopg2 LogicalReplicationConnection drain, no decode (changes/s) | {p2[0]:,.0f} | {p2[1]:,.0f} "
-              f"| {p2[2]:,.0f} |")
+        print(
+            f"| psycopg2 LogicalReplicationConnection drain, no decode (changes/s) | {p2[0]:,.0f} | {p2[1]:,.0f} "
+            f"| {p2[2]:,.0f} |"
+        )
     print(f"| pg_recvlogical → /dev/null (changes/s) | {rl[0]:,.0f} | {rl[1]:,.0f} | {rl[2]:,.0f} |")
     con = (0.0, 0.0, 0.0)
     for key, label in (("connector", "C decoder"), ("connector_python", "pure-Python decoder")):
@@ -304,16 +401,22 @@ def _report(results: dict[str, Any]) -> None:
         con = med_rate(runs[key], n)
         cpu = statistics.median(r["cpu_s"] / n * 1e6 for r in runs[key])
         rss = max(r["maxrss_kb"] for r in runs[key]) / 1024
-        print(f"| **connector ({label}), WAL → Kafka acknowledged (changes/s)** | {con[0]:,.0f} | **{con[1]:,.0f}** "
-              f"| {con[2]:,.0f} |")
+        print(
+            f"| **connector ({label}), WAL → Kafka acknowledged (changes/s)** | {con[0]:,.0f} | **{con[1]:,.0f}** "
+            f"| {con[2]:,.0f} |"
+        )
         print(f"| connector ({label}) / physical limit | | **{con[1] / raw[1]:.2f}×** | |")
         pairs = sorted(r["seconds"] / c["seconds"] for r, c in zip(runs["raw"], runs[key]))
-        print(f"| connector ({label}) / the raw drain just before it, per repeat "
-              f"| {pairs[0]:.2f}× | {statistics.median(pairs):.2f}× | {pairs[-1]:.2f}× |")
+        print(
+            f"| connector ({label}) / the raw drain just before it, per repeat "
+            f"| {pairs[0]:.2f}× | {statistics.median(pairs):.2f}× | {pairs[-1]:.2f}× |"
+        )
         if all("seconds_confirmed" in r for r in runs[key]):
             conf = med_rate([{"seconds": r["seconds_confirmed"]} for r in runs[key]], n)
-            print(f"| connector ({label}) to the slot's confirmation at the next offset flush (changes/s; the "
-                  f"old stop condition) | {conf[0]:,.0f} | {conf[1]:,.0f} | {conf[2]:,.0f} |")
+            print(
+                f"| connector ({label}) to the slot's confirmation at the next offset flush (changes/s; the "
+                f"old stop condition) | {conf[0]:,.0f} | {conf[1]:,.0f} | {conf[2]:,.0f} |"
+            )
         print(f"| connector ({label}) client CPU per change (µs, median) | | **{cpu:.2f}** | |")
         print(f"| connector ({label}) peak RSS (MiB, max of runs) | | **{rss:.0f}** | |")
     if runs.get("connector"):
@@ -322,12 +425,16 @@ def _report(results: dict[str, Any]) -> None:
         dz = med_rate(runs["debezium"], n)
         dcpu = statistics.median(r["cpu_s"] / n * 1e6 for r in runs["debezium"])
         drss = max(r["maxrss_kb"] for r in runs["debezium"]) / 1024
-        print(f"| Debezium 3.6.1.Final on Kafka Connect 4.3.0 standalone (broker 4.4.0), acknowledged (changes/s) | {dz[0]:,.0f} "
-              f"| **{dz[1]:,.0f}** | {dz[2]:,.0f} |")
+        print(
+            f"| Debezium 3.6.1.Final on Kafka Connect 4.3.0 standalone (broker 4.4.0), acknowledged (changes/s) | {dz[0]:,.0f} "
+            f"| **{dz[1]:,.0f}** | {dz[2]:,.0f} |"
+        )
         print(f"| Debezium JVM CPU per change (µs) / peak RSS (MiB) | | {dcpu:.2f} / {drss:.0f} | |")
         print(f"| connector / Debezium (median throughput) | | **{con[1] / dz[1]:.2f}×** | |")
     if calib:
-        print(f"| machine load check: 10M empty Python loop iterations, ms (lower = less contended) | | {calib:.0f} | |")
+        print(
+            f"| machine load check: 10M empty Python loop iterations, ms (lower = less contended) | | {calib:.0f} | |"
+        )
     for key, label in (("snapshot", "C decoder"), ("snapshot_python", "pure-Python decoder")):
         snaps = runs.get(key) or []
         if not snaps:
@@ -335,8 +442,9 @@ def _report(results: dict[str, Any]) -> None:
         sn = med_rate(snaps, snaps[0]["rows"])
         srss = max(r["maxrss_kb"] for r in snaps) / 1024
         scpu = statistics.median(r["cpu_s"] / r["rows"] * 1e6 for r in snaps)
-        print(f"| **snapshot ({label}) → Kafka acknowledged (rows/s)** | {sn[0]:,.0f} | **{sn[1]:,.0f}** "
-              f"| {sn[2]:,.0f} |")
+        print(
+            f"| **snapshot ({label}) → Kafka acknowledged (rows/s)** | {sn[0]:,.0f} | **{sn[1]:,.0f}** | {sn[2]:,.0f} |"
+        )
         print(f"| snapshot ({label}) client CPU per row (µs) / peak RSS (MiB) | | {scpu:.2f} / {srss:.0f} | |")
 
 

@@ -69,10 +69,18 @@ def run_stream(job: dict[str, Any]) -> dict[str, Any]:
     if err:
         raise err[0]
     if (metrics.confirmed_lsn or 0) < job["end_lsn"]:
-        raise RuntimeError(f"the slot was not confirmed to the workload's end ({metrics.confirmed_lsn} < {job['end_lsn']})")
-    return {"seconds": t1 - t0, "seconds_confirmed": t2 - t0, "cpu_s": cpu_end - cpu_start,
-            "cpu_total_s": cpu_end - cpu0, "maxrss_kb": rss, "events": metrics.events_total,
-            "task_thread_cpu_s": thread_cpu[0] if thread_cpu else None}
+        raise RuntimeError(
+            f"the slot was not confirmed to the workload's end ({metrics.confirmed_lsn} < {job['end_lsn']})"
+        )
+    return {
+        "seconds": t1 - t0,
+        "seconds_confirmed": t2 - t0,
+        "cpu_s": cpu_end - cpu_start,
+        "cpu_total_s": cpu_end - cpu0,
+        "maxrss_kb": rss,
+        "events": metrics.events_total,
+        "task_thread_cpu_s": thread_cpu[0] if thread_cpu else None,
+    }
 
 
 def _until_acked(task: Any, last_commit_lsn: int, th: threading.Thread) -> tuple[float, float]:
@@ -109,8 +117,13 @@ def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
     _dump_profile(prof, "snapshot")
     cpu1, rss = _usage()
     task.close()
-    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, "rows": metrics.snapshot_rows,
-            "task_thread_cpu_s": tcpu1 - tcpu0}
+    return {
+        "seconds": t1 - t0,
+        "cpu_s": cpu1 - cpu0,
+        "maxrss_kb": rss,
+        "rows": metrics.snapshot_rows,
+        "task_thread_cpu_s": tcpu1 - tcpu0,
+    }
 
 
 def _profiler() -> Any:
@@ -151,7 +164,7 @@ def run_raw(job: dict[str, Any]) -> dict[str, Any]:
     while commits < want:
         items = repl.read_batch(100_000, 0.0)
         if not items:
-            time.sleep(0.02)   # let the server's send buffer fill: batched sends are cheaper for the walsender
+            time.sleep(0.02)  # let the server's send buffer fill: batched sends are cheaper for the walsender
             continue
         for _, payload in items:
             if payload is not None:
@@ -159,12 +172,18 @@ def run_raw(job: dict[str, Any]) -> dict[str, Any]:
                 nbytes += len(payload)
                 if payload[0] == 67:
                     commits += 1
-                    last_commit_lsn = int.from_bytes(payload[10:18], "big")   # Commit: flags, LSN, end LSN, ts
+                    last_commit_lsn = int.from_bytes(payload[10:18], "big")  # Commit: flags, LSN, end LSN, ts
     t1 = time.monotonic()
     cpu1, rss = _usage()
     repl.close()
-    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "maxrss_kb": rss, "messages": messages, "bytes": nbytes,
-            "last_commit_lsn": last_commit_lsn}
+    return {
+        "seconds": t1 - t0,
+        "cpu_s": cpu1 - cpu0,
+        "maxrss_kb": rss,
+        "messages": messages,
+        "bytes": nbytes,
+        "last_commit_lsn": last_commit_lsn,
+    }
 
 
 def run_raw_pg2(job: dict[str, Any]) -> dict[str, Any]:
@@ -174,8 +193,9 @@ def run_raw_pg2(job: dict[str, Any]) -> dict[str, Any]:
 
     conn = psycopg2.connect(job["conninfo"], connection_factory=psycopg2.extras.LogicalReplicationConnection)
     cur = conn.cursor()
-    cur.start_replication(slot_name=job["slot"], decode=False,
-                          options={"proto_version": "1", "publication_names": job["publication"]})
+    cur.start_replication(
+        slot_name=job["slot"], decode=False, options={"proto_version": "1", "publication_names": job["publication"]}
+    )
     state = {"commits": 0, "messages": 0, "bytes": 0}
     want = job["commits"]
 
@@ -208,7 +228,8 @@ def main() -> int:
     out = {"stream": run_stream, "snapshot": run_snapshot, "raw": run_raw, "raw_pg2": run_raw_pg2}[kind](job)
     if kind in ("stream", "snapshot"):
         from sevisflow.connectors.postgres import decoder
-        out["decoder"] = decoder.name()   # c, or python (not built / SEVISFLOW_PURE_PYTHON_DECODER=1)
+
+        out["decoder"] = decoder.name()  # c, or python (not built / SEVISFLOW_PURE_PYTHON_DECODER=1)
     print(json.dumps(out))
     return 0
 

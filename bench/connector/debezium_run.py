@@ -15,11 +15,11 @@ CPU is the JVM's utime+stime over that window, peak RSS its VmHWM.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sevisflow.deploy.local.debezium import CONNECT_VERSION, VERSION, ensure_jars, jars_dir  # noqa: F401 - re-exported
 
@@ -37,38 +37,81 @@ def _proc_hwm_kb(pid: int) -> int:
     return 0
 
 
-def run(work: Path, bootstrap: str, pg_port: int, slot: str, publication: str, prefix: str, end_lsn: int,
-        slot_state: Callable[[str], tuple[bool, int]], timeout_s: float = 900) -> dict[str, Any]:
+def run(
+    work: Path,
+    bootstrap: str,
+    pg_port: int,
+    slot: str,
+    publication: str,
+    prefix: str,
+    end_lsn: int,
+    slot_state: Callable[[str], tuple[bool, int]],
+    timeout_s: float = 900,
+) -> dict[str, Any]:
     """One Debezium run; ``slot_state(slot)`` returns (active, confirmed_flush_lsn)."""
     from sevisflow.deploy.local.stack import free_port, java_bin
 
     libs = ensure_jars()
     work.mkdir(parents=True, exist_ok=True)
     worker = work / "worker.properties"
-    worker.write_text("\n".join([
-        f"bootstrap.servers={bootstrap}",
-        "key.converter=org.apache.kafka.connect.json.JsonConverter",
-        "value.converter=org.apache.kafka.connect.json.JsonConverter",
-        "key.converter.schemas.enable=false", "value.converter.schemas.enable=false",
-        f"offset.storage.file.filename={work / 'offsets.dat'}", "offset.flush.interval.ms=1000",
-        f"listeners=http://127.0.0.1:{free_port()}",
-    ]) + "\n")
+    worker.write_text(
+        "\n".join(
+            [
+                f"bootstrap.servers={bootstrap}",
+                "key.converter=org.apache.kafka.connect.json.JsonConverter",
+                "value.converter=org.apache.kafka.connect.json.JsonConverter",
+                "key.converter.schemas.enable=false",
+                "value.converter.schemas.enable=false",
+                f"offset.storage.file.filename={work / 'offsets.dat'}",
+                "offset.flush.interval.ms=1000",
+                f"listeners=http://127.0.0.1:{free_port()}",
+            ]
+        )
+        + "\n"
+    )
     conn = work / "debezium.properties"
-    conn.write_text("\n".join([
-        "name=dbz-bench", "connector.class=io.debezium.connector.postgresql.PostgresConnector", "tasks.max=1",
-        "database.hostname=127.0.0.1", f"database.port={pg_port}", "database.user=postgres", "database.password=",
-        "database.dbname=sis", "plugin.name=pgoutput", f"slot.name={slot}", f"publication.name={publication}",
-        "publication.autocreate.mode=disabled", "snapshot.mode=no_data", f"topic.prefix={prefix}",
-        "table.include.list=public.bench_person", "provide.transaction.metadata=true",
-        "topic.creation.default.replication.factor=1", "topic.creation.default.partitions=3",
-    ]) + "\n")
+    conn.write_text(
+        "\n".join(
+            [
+                "name=dbz-bench",
+                "connector.class=io.debezium.connector.postgresql.PostgresConnector",
+                "tasks.max=1",
+                "database.hostname=127.0.0.1",
+                f"database.port={pg_port}",
+                "database.user=postgres",
+                "database.password=",
+                "database.dbname=sis",
+                "plugin.name=pgoutput",
+                f"slot.name={slot}",
+                f"publication.name={publication}",
+                "publication.autocreate.mode=disabled",
+                "snapshot.mode=no_data",
+                f"topic.prefix={prefix}",
+                "table.include.list=public.bench_person",
+                "provide.transaction.metadata=true",
+                "topic.creation.default.replication.factor=1",
+                "topic.creation.default.partitions=3",
+            ]
+        )
+        + "\n"
+    )
     log4j = work / "log4j2.properties"
-    log4j.write_text("status = error\nappender.file.type = File\nappender.file.name = file\n"
-                     f"appender.file.fileName = {work / 'connect.log'}\n"
-                     "appender.file.layout.type = PatternLayout\nappender.file.layout.pattern = [%d] %p %m (%c)%n\n"
-                     "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n")
-    cmd = [java_bin(), "-Xmx1g", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
-           "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(conn)]
+    log4j.write_text(
+        "status = error\nappender.file.type = File\nappender.file.name = file\n"
+        f"appender.file.fileName = {work / 'connect.log'}\n"
+        "appender.file.layout.type = PatternLayout\nappender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+        "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n"
+    )
+    cmd = [
+        java_bin(),
+        "-Xmx1g",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{libs}/*",
+        "org.apache.kafka.connect.cli.ConnectStandalone",
+        str(worker),
+        str(conn),
+    ]
     out = open(work / "stdout.log", "wb")  # noqa: SIM115 - the worker's output while it runs; closed below
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

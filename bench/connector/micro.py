@@ -19,32 +19,57 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Any, Callable
+from typing import Any
 
-from sevisflow.connectors.postgres import convert as cv, decoder, snapshot as snap
+from sevisflow.connectors.postgres import convert as cv
+from sevisflow.connectors.postgres import decoder
+from sevisflow.connectors.postgres import snapshot as snap
 from sevisflow.connectors.postgres.envelope import EventBuilder, TableMeta, TxContext
 from sevisflow.connectors.postgres.pgoutput import Delete, Insert, Update, Value, decode, encode
 
-COLUMNS = (("id", cv.INT8, -1), ("sevis_id", cv.TEXT, -1), ("first_name", cv.TEXT, -1), ("last_name", cv.TEXT, -1),
-           ("birth_date", cv.DATE, -1), ("citizenship", cv.BPCHAR, 6), ("visa_type", cv.TEXT, -1),
-           ("email", cv.TEXT, -1), ("major_cip", cv.TEXT, -1), ("program_end", cv.DATE, -1),
-           ("updated_at", cv.TIMESTAMPTZ, -1))
+COLUMNS = (
+    ("id", cv.INT8, -1),
+    ("sevis_id", cv.TEXT, -1),
+    ("first_name", cv.TEXT, -1),
+    ("last_name", cv.TEXT, -1),
+    ("birth_date", cv.DATE, -1),
+    ("citizenship", cv.BPCHAR, 6),
+    ("visa_type", cv.TEXT, -1),
+    ("email", cv.TEXT, -1),
+    ("major_cip", cv.TEXT, -1),
+    ("program_end", cv.DATE, -1),
+    ("updated_at", cv.TIMESTAMPTZ, -1),
+)
 
 
 def _meta() -> TableMeta:
-    return TableMeta(schema="public", table="bench_person", topic="bench.public.bench_person",
-                     columns=tuple(c for c, _, _ in COLUMNS),
-                     mappings=tuple(cv.column_mapping(o, m) for _, o, m in COLUMNS), key_columns=("id",))
+    return TableMeta(
+        schema="public",
+        table="bench_person",
+        topic="bench.public.bench_person",
+        columns=tuple(c for c, _, _ in COLUMNS),
+        mappings=tuple(cv.column_mapping(o, m) for _, o, m in COLUMNS),
+        key_columns=("id",),
+    )
 
 
 def bench_row(i: int) -> list[Value]:
     """The text values of bench/connector/__main__.py's ``bench_row(i)``."""
-    return [str(i), f"N{i:010d}", f"First{i % 9973}", f"Last{i % 7919}",
-            (date(1990, 1, 1) + timedelta(days=i % 4000)).isoformat(), ["IN", "CN", "BR", "NG", "DE", "KR"][i % 6],
-            ["F-1", "J-1", "M-1"][i % 3], f"student{i}@example.edu", f"{i % 99:02d}.{i % 9999:04d}",
-            (date(2026, 5, 15) + timedelta(days=i % 900)).isoformat(),
-            f"2026-01-{1 + i // 86400 % 28:02d} {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}+00"]
+    return [
+        str(i),
+        f"N{i:010d}",
+        f"First{i % 9973}",
+        f"Last{i % 7919}",
+        (date(1990, 1, 1) + timedelta(days=i % 4000)).isoformat(),
+        ["IN", "CN", "BR", "NG", "DE", "KR"][i % 6],
+        ["F-1", "J-1", "M-1"][i % 3],
+        f"student{i}@example.edu",
+        f"{i % 99:02d}.{i % 9999:04d}",
+        (date(2026, 5, 15) + timedelta(days=i % 900)).isoformat(),
+        f"2026-01-{1 + i // 86400 % 28:02d} {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}+00",
+    ]
 
 
 def payloads(n: int) -> list[bytes]:
@@ -133,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res: dict[str, list[float]] = {}
     for _ in range(2):  # alternate the decoders twice; keep each one's best
-        for use_c in ([True, False] if decoder.c_module is not None else [False]):
+        for use_c in [True, False] if decoder.c_module is not None else [False]:
             with decoder.using(use_c):
                 tag = "c" if use_c else "python"
                 res.setdefault(f"stream {tag}", []).append(_best(stream, n, args.repeat))
@@ -141,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                 if use_c:
                     res.setdefault("batch c", []).append(_best(batch, n, args.repeat))
                 res.setdefault(f"snapshot {tag}", []).append(_best(snapshot, n, args.repeat))
-                res.setdefault(f"split {tag}", []).append(_best(lambda: snap.split_copy_text(copy_text), n, args.repeat))
+                res.setdefault(f"split {tag}", []).append(
+                    _best(lambda: snap.split_copy_text(copy_text), n, args.repeat)
+                )
                 res.setdefault(f"generic {tag}", []).append(_best(generic, n, max(2, args.repeat // 2)))
     t0 = time.perf_counter()
     for _ in range(10_000_000):
@@ -150,14 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     best = {k: min(v) for k, v in res.items()}
     print(f"| µs per item, best of {args.repeat} × 2 ({n:,} items) | C decoder | pure Python | Python ÷ C |")
     print("|---|---|---|---|")
-    for label, key in (("stream `fast_change` (bytes → key + JSON)", "stream"),
-                       ("stream loop: per-change Python loop over `fast_change` + produce", "loop"),
-                       ("snapshot `iter_read_values` (text row → key + JSON)", "snapshot"),
-                       ("snapshot `split_copy_text` (COPY text → rows)", "split"),
-                       ("generic `decode` + builder (reference)", "generic")):
+    for label, key in (
+        ("stream `fast_change` (bytes → key + JSON)", "stream"),
+        ("stream loop: per-change Python loop over `fast_change` + produce", "loop"),
+        ("snapshot `iter_read_values` (text row → key + JSON)", "snapshot"),
+        ("snapshot `split_copy_text` (COPY text → rows)", "split"),
+        ("generic `decode` + builder (reference)", "generic"),
+    ):
         c, py = best.get(f"{key} c"), best[f"{key} python"]
         print(f"| {label} | {c:.2f} | {py:.2f} | {py / c:.2f}× |" if c else f"| {label} | – | {py:.2f} | |")
-    print(f"| stream loop: `change_batch` (C) + produce | {min(res['batch c']):.2f} | – | |" if "batch c" in res else "")
+    print(
+        f"| stream loop: `change_batch` (C) + produce | {min(res['batch c']):.2f} | – | |" if "batch c" in res else ""
+    )
     print(f"\nmachine load check: 10M empty Python loop iterations {calib:.0f} ms")
     return 0
 

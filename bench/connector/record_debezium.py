@@ -84,10 +84,12 @@ STREAM = [
     "DELETE FROM rec_full WHERE id = 2",
     "DELETE FROM rec_default WHERE id = 2",
     # one transaction over three tables
-    ["INSERT INTO rec_full (id, label) VALUES (20, 'multi')",
-     "INSERT INTO rec_ckey (m, z, a) VALUES ('oo', 8, '2026-03-03')",
-     "UPDATE rec_default SET code = 'MULTI' WHERE id = 1",
-     "DELETE FROM rec_ckey WHERE m = 'nn'"],
+    [
+        "INSERT INTO rec_full (id, label) VALUES (20, 'multi')",
+        "INSERT INTO rec_ckey (m, z, a) VALUES ('oo', 8, '2026-03-03')",
+        "UPDATE rec_default SET code = 'MULTI' WHERE id = 1",
+        "DELETE FROM rec_ckey WHERE m = 'nn'",
+    ],
 ]
 
 
@@ -98,8 +100,10 @@ def _lsn(dsn: str) -> int:
 
 def _slot(dsn: str, slot: str) -> tuple[bool, int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT active, (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots "
-                           "WHERE slot_name = %s", (slot,)).fetchone()
+        row = conn.execute(
+            "SELECT active, (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
     return (bool(row[0]), int(row[1] or 0)) if row else (False, 0)
 
 
@@ -122,12 +126,18 @@ def _read(kafka: Any, topic: str, prefix: str) -> list[dict[str, Any]]:
     out = []
     for m in read_topic(kafka, topic, timeout_s=30):
         k, v = m.key(), m.value()
-        out.append({
-            "topic": "sis" + topic[len(prefix):], "partition": m.partition(), "offset": m.offset(),
-            "key": None if k is None else _unprefixed(k.decode(), prefix),
-            "value": None if v is None else json.loads(_unprefixed(v.decode(), prefix)),
-            "headers": [[h, None if b is None else _unprefixed(b.decode(), prefix)] for h, b in (m.headers() or [])],
-        })
+        out.append(
+            {
+                "topic": "sis" + topic[len(prefix) :],
+                "partition": m.partition(),
+                "offset": m.offset(),
+                "key": None if k is None else _unprefixed(k.decode(), prefix),
+                "value": None if v is None else json.loads(_unprefixed(v.decode(), prefix)),
+                "headers": [
+                    [h, None if b is None else _unprefixed(b.decode(), prefix)] for h, b in (m.headers() or [])
+                ],
+            }
+        )
     return sorted(out, key=lambda r: (r["partition"], r["offset"]))
 
 
@@ -135,16 +145,26 @@ def _settings(info: Any, prefix: str, slot: str, schemas: bool, work: Path) -> A
     from sevisflow.core.config import settings_from_mapping
 
     pg = info.postgres
-    return settings_from_mapping({
-        "kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3, "replication_factor": 1},
-        "postgres": {"host": "127.0.0.1", "port": pg.port, "dbname": pg.dbname, "user": pg.user},
-        "school": {"org_id": "ABC214F00001000"},
-        "connector": {"name": f"conn-{prefix}", "topic.prefix": prefix, "slot.name": slot,
-                      "publication.name": f"pub_{prefix}", "table.include.list": [f"public.{t}" for t in TABLES],
-                      "provide.transaction.metadata": True, "value.converter.schemas.enable": schemas,
-                      "heartbeat.interval.ms": 500, "offset.flush.interval.ms": 300,
-                      "offsets_dir": str(work / "offsets")},
-    }, env={})
+    return settings_from_mapping(
+        {
+            "kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3, "replication_factor": 1},
+            "postgres": {"host": "127.0.0.1", "port": pg.port, "dbname": pg.dbname, "user": pg.user},
+            "school": {"org_id": "ABC214F00001000"},
+            "connector": {
+                "name": f"conn-{prefix}",
+                "topic.prefix": prefix,
+                "slot.name": slot,
+                "publication.name": f"pub_{prefix}",
+                "table.include.list": [f"public.{t}" for t in TABLES],
+                "provide.transaction.metadata": True,
+                "value.converter.schemas.enable": schemas,
+                "heartbeat.interval.ms": 500,
+                "offset.flush.interval.ms": 300,
+                "offsets_dir": str(work / "offsets"),
+            },
+        },
+        env={},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from sevisflow.connectors.postgres import run_connector
-    from sevisflow.deploy.local.debezium import connector_properties, ensure_jars, read_properties, SHIPPED_WORKER, write_properties
+    from sevisflow.deploy.local.debezium import (
+        SHIPPED_WORKER,
+        connector_properties,
+        ensure_jars,
+        read_properties,
+        write_properties,
+    )
     from sevisflow.deploy.local.stack import free_port, java_bin, start_stack, stop_stack
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -171,15 +197,25 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SCHEMA)
             conn.execute(SEED)
-        runs = {("debezium", True): "dbzon", ("debezium", False): "dbzoff", ("debezium-aligned", False): "dbzal",
-                ("sevisflow", True): "sfon", ("sevisflow", False): "sfoff"}
+        runs = {
+            ("debezium", True): "dbzon",
+            ("debezium", False): "dbzoff",
+            ("debezium-aligned", False): "dbzal",
+            ("sevisflow", True): "sfon",
+            ("sevisflow", False): "sfoff",
+        }
         # Debezium: one worker, two connectors (converters per connector)
         libs = ensure_jars()
         work = base / "debezium"
         work.mkdir()
         worker = read_properties(SHIPPED_WORKER)
-        worker.update({"bootstrap.servers": info.kafka.bootstrap, "offset.storage.file.filename": str(work / "off.dat"),
-                       "listeners": f"http://127.0.0.1:{free_port()}"})
+        worker.update(
+            {
+                "bootstrap.servers": info.kafka.bootstrap,
+                "offset.storage.file.filename": str(work / "off.dat"),
+                "listeners": f"http://127.0.0.1:{free_port()}",
+            }
+        )
         write_properties(work / "worker.properties", worker)
         files = []
         for (who, schemas), prefix in runs.items():
@@ -187,29 +223,52 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             on = "true" if schemas else "false"
             props = connector_properties(
-                info.postgres.port, info.postgres.dbname, f"slot_{prefix}", prefix, **{
-                    "name": f"rec-{prefix}", "publication.name": f"pub_{prefix}",
+                info.postgres.port,
+                info.postgres.dbname,
+                f"slot_{prefix}",
+                prefix,
+                **{
+                    "name": f"rec-{prefix}",
+                    "publication.name": f"pub_{prefix}",
                     "table.include.list": ",".join(f"public.{t}" for t in TABLES),
                     "key.converter": "org.apache.kafka.connect.json.JsonConverter",
                     "value.converter": "org.apache.kafka.connect.json.JsonConverter",
-                    "key.converter.schemas.enable": on, "value.converter.schemas.enable": on,
-                    "topic.creation.default.partitions": "3"})
+                    "key.converter.schemas.enable": on,
+                    "value.converter.schemas.enable": on,
+                    "topic.creation.default.partitions": "3",
+                },
+            )
             props["database.user"] = info.postgres.user
-            if who == "debezium-aligned":   # the two settings that make Debezium write what sevisflow writes
-                props.update({"extended.headers.enabled": "false", "value.converter.replace.null.with.default": "false"})
+            if who == "debezium-aligned":  # the two settings that make Debezium write what sevisflow writes
+                props.update(
+                    {"extended.headers.enabled": "false", "value.converter.replace.null.with.default": "false"}
+                )
             write_properties(work / f"{prefix}.properties", props)
             files.append(str(work / f"{prefix}.properties"))
         log4j = work / "log4j2.properties"
-        log4j.write_text("status = error\nappender.file.type = File\nappender.file.name = file\n"
-                         f"appender.file.fileName = {work / 'connect.log'}\nappender.file.layout.type = PatternLayout\n"
-                         "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
-                         "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n")
+        log4j.write_text(
+            "status = error\nappender.file.type = File\nappender.file.name = file\n"
+            f"appender.file.fileName = {work / 'connect.log'}\nappender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n"
+        )
         print("starting Debezium 3.6.1 (three connectors) and sevisflow's connector (twice)…", flush=True)
         with open(work / "stdout.log", "wb") as out:  # the worker keeps its own copy of the descriptor
-            proc = subprocess.Popen([java_bin(), "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "-cp",
-                                     f"{libs}/*", "org.apache.kafka.connect.cli.ConnectStandalone",
-                                     str(work / "worker.properties"), *files],
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [
+                    java_bin(),
+                    "-Xmx512m",
+                    f"-Dlog4j2.configurationFile={log4j}",
+                    "-cp",
+                    f"{libs}/*",
+                    "org.apache.kafka.connect.cli.ConnectStandalone",
+                    str(work / "worker.properties"),
+                    *files,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         settings = {}
         for (who, schemas), prefix in runs.items():
             if who != "sevisflow":
@@ -222,25 +281,31 @@ def main(argv: list[str] | None = None) -> int:
         alive = lambda: proc.poll() is None and all(t.is_alive() for t, _ in threads)  # noqa: E731
         for prefix in runs.values():
             _wait(f"slot_{prefix} streaming", lambda prefix=prefix: _slot(dsn, f"slot_{prefix}")[0], 300, alive)
-        time.sleep(5)   # Debezium's snapshot rows are produced before its slot turns active; let them land
+        time.sleep(5)  # Debezium's snapshot rows are produced before its slot turns active; let them land
         print("playing the operations…", flush=True)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for step in STREAM:
                 with conn.transaction():
-                    for sql in ([step] if isinstance(step, str) else step):
+                    for sql in [step] if isinstance(step, str) else step:
                         conn.execute(sql)
         target = _lsn(dsn)
         for prefix in runs.values():
-            _wait(f"slot_{prefix} to confirm", lambda prefix=prefix: _slot(dsn, f"slot_{prefix}")[1] >= target, 300,
-                  alive)
+            _wait(
+                f"slot_{prefix} to confirm", lambda prefix=prefix: _slot(dsn, f"slot_{prefix}")[1] >= target, 300, alive
+            )
         time.sleep(3)
         args.out.mkdir(parents=True, exist_ok=True)
         for (who, schemas), prefix in runs.items():
             topics = [f"{prefix}.public.{t}" for t in TABLES] + [f"{prefix}.transaction"]
             records = [r for t in topics for r in _read(_kafka(info), t, prefix)]
             path = args.out / f"{who}-schemas-{'on' if schemas else 'off'}.json"
-            path.write_text(json.dumps({"connector": who, "schemas_enable": schemas, "records": records},
-                                       indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            path.write_text(
+                json.dumps(
+                    {"connector": who, "schemas_enable": schemas, "records": records}, indent=1, ensure_ascii=False
+                )
+                + "\n",
+                encoding="utf-8",
+            )
             print(f"  {path.relative_to(REPO)}: {len(records)} records", flush=True)
         return 0
     finally:
@@ -260,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
 def _kafka(info: Any) -> Any:
     from sevisflow.core.config import settings_from_mapping
 
-    return settings_from_mapping({"kafka": {"bootstrap_servers": info.kafka.bootstrap},
-                                  "school": {"org_id": "ABC214F00001000"}}, env={}).kafka
+    return settings_from_mapping(
+        {"kafka": {"bootstrap_servers": info.kafka.bootstrap}, "school": {"org_id": "ABC214F00001000"}}, env={}
+    ).kafka
 
 
 if __name__ == "__main__":

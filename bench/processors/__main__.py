@@ -19,8 +19,8 @@ from bench.common import kafka_bootstrap
 from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.normalize.mapping import load_mapping
 from sevisflow.processors.sevis_events.pure import PurePipeline
-from testkit.settings import REPO, KafkaHandle, make_settings
 from testkit.school import ORG, feed_on_kafka, school_history
+from testkit.settings import REPO, KafkaHandle, make_settings
 
 MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")
 
@@ -32,8 +32,14 @@ def pure(n: int) -> dict[str, float]:
     out = PurePipeline(MAPPING, org_id=ORG).feed(feed.records)
     dt = time.perf_counter() - t0
     changes = sum(1 for r in feed.records if r.value is not None and not r.topic.endswith(".transaction"))
-    return {"records": len(feed.records), "row_changes": changes, "events": len(out.events), "seconds": dt,
-            "row_changes_per_s": changes / dt, "events_per_s": len(out.events) / dt}
+    return {
+        "records": len(feed.records),
+        "row_changes": changes,
+        "events": len(out.events),
+        "seconds": dt,
+        "row_changes_per_s": changes / dt,
+        "events_per_s": len(out.events) / dt,
+    }
 
 
 def through_kafka(n: int, bootstrap: str) -> dict[str, float]:
@@ -59,10 +65,17 @@ def through_kafka(n: int, bootstrap: str) -> dict[str, float]:
     res["events_stage_s"] = time.perf_counter() - t0 - 15 * loop2.batch_timeout_s
     res["events_cpu_s"] = time.process_time() - c0
     from sevisflow.core.kafka_io import read_topic
+
     n_events = sum(1 for _ in read_topic(settings.kafka, settings.topics.events))
-    res.update({"normalize_inputs": views, "student_versions": loop2.processed, "events": n_events,
-                "row_changes_per_s": changes / (res["normalize_s"] + res["events_stage_s"]),
-                "events_per_s": n_events / (res["normalize_s"] + res["events_stage_s"])})
+    res.update(
+        {
+            "normalize_inputs": views,
+            "student_versions": loop2.processed,
+            "events": n_events,
+            "row_changes_per_s": changes / (res["normalize_s"] + res["events_stage_s"]),
+            "events_per_s": n_events / (res["normalize_s"] + res["events_stage_s"]),
+        }
+    )
     return res
 
 
@@ -73,18 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pure-only", action="store_true")
     args = ap.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})   # one core
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
     p = pure(args.students)
-    print(f"pure functions, {args.students} students: {p['row_changes']} row changes → {p['events']} events "
-          f"in {p['seconds']:.2f}s = {p['row_changes_per_s']:,.0f} row changes/s, {p['events_per_s']:,.0f} events/s")
+    print(
+        f"pure functions, {args.students} students: {p['row_changes']} row changes → {p['events']} events "
+        f"in {p['seconds']:.2f}s = {p['row_changes_per_s']:,.0f} row changes/s, {p['events_per_s']:,.0f} events/s"
+    )
     if args.pure_only:
         return 0
     with kafka_bootstrap(args.kafka, "bench-processors") as bootstrap:
         k = through_kafka(args.students, bootstrap)
-    print(f"through Kafka (exactly-once, both stages, one core): {k['row_changes']} row changes → {k['events']} "
-          f"events; normalize {k['normalize_s']:.1f}s + sevis_events {k['events_stage_s']:.1f}s = "
-          f"{k['row_changes_per_s']:,.0f} row changes/s, {k['events_per_s']:,.0f} events/s "
-          f"(CPU time of this process {k['normalize_cpu_s'] + k['events_cpu_s']:.1f}s, incl. client threads)")
+    print(
+        f"through Kafka (exactly-once, both stages, one core): {k['row_changes']} row changes → {k['events']} "
+        f"events; normalize {k['normalize_s']:.1f}s + sevis_events {k['events_stage_s']:.1f}s = "
+        f"{k['row_changes_per_s']:,.0f} row changes/s, {k['events_per_s']:,.0f} events/s "
+        f"(CPU time of this process {k['normalize_cpu_s'] + k['events_cpu_s']:.1f}s, incl. client threads)"
+    )
     return 0
 
 

@@ -26,10 +26,10 @@ arrived, no unexpected Create) is part of the result; the targets are not checke
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +48,6 @@ from bench.scale.harness import (
     Expected,
     Stages,
     Tail,
-    contact_changes,
     create_database,
     drop_database,
     expected_snapshot,
@@ -63,7 +62,7 @@ from sevisflow.deploy.sis.load import create_schema, load_school
 from sevisflow.deploy.sis.replay import TODAY
 
 REPO = Path(__file__).resolve().parents[2]
-OPS_PER_TX = 1.41   # row changes per generated activity transaction (measured on the generator's output)
+OPS_PER_TX = 1.41  # row changes per generated activity transaction (measured on the generator's output)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,20 +72,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--rate", type=float, default=1000.0, help="steady state: SIS row changes per second")
     p.add_argument("--duration", type=float, default=300.0, help="steady state: seconds of load (0 = none)")
-    p.add_argument("--activity", type=int, default=10_000, help="steady state: how many generated activity "
-                   "transactions (admits, registrations, moves, …) come first; then e-mail changes (default 10000)")
-    p.add_argument("--modes", default="separate,together", help="separate (a process per stage), together (one "
-                   "`sevisflow run`), or both")
+    p.add_argument(
+        "--activity",
+        type=int,
+        default=10_000,
+        help="steady state: how many generated activity "
+        "transactions (admits, registrations, moves, …) come first; then e-mail changes (default 10000)",
+    )
+    p.add_argument("--writers", type=int, default=4, help="steady state: SIS writer processes (default 4)")
+    p.add_argument(
+        "--modes",
+        default="separate,together",
+        help="separate (a process per stage), together (one `sevisflow run`), or both",
+    )
     p.add_argument("--steady-in", default="separate", help="the modes that also run the steady state")
     p.add_argument("--backend", default="rocksdb", choices=("rocksdb", "memory"), help="[state] backend")
-    p.add_argument("--timeout", type=float, default=1200.0, help="seconds the snapshot may take before the run "
-                   "is reported incomplete")
-    p.add_argument("--settle", type=float, default=10.0, help="after the load: seconds without a new open-batch "
-                   "record that end the run (at most 120 s)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1200.0,
+        help="seconds the snapshot may take before the run is reported incomplete",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="after the load: seconds without a new open-batch record that end the run (default 30)",
+    )
+    p.add_argument(
+        "--drain-max",
+        type=float,
+        default=300.0,
+        help="after the load: wait at most this long for the open batch to go quiet (default 300 s)",
+    )
+    p.add_argument(
+        "--rss-limit",
+        type=float,
+        default=12_000,
+        help="MiB: a stage process above it stops the run (reported as a failure; default 12000, 0 = none)",
+    )
     p.add_argument("--sample", type=float, default=1.0, help="seconds between RSS samples")
     p.add_argument("--kafka", help="bootstrap servers of a running Kafka (with --pg; default: start a local stack)")
-    p.add_argument("--pg", help="libpq conninfo of a PostgreSQL with wal_level=logical (the bench makes and drops "
-                   "a database per mode)")
+    p.add_argument(
+        "--pg",
+        help="libpq conninfo of a PostgreSQL with wal_level=logical (the bench makes and drops a database per mode)",
+    )
     p.add_argument("--work-dir", help="folder for the runs' state, logs and settings (default: a temp folder)")
     p.add_argument("--json-out", default=str(REPO / "bench" / "results" / "scale.json"))
     return p
@@ -110,6 +140,18 @@ def services(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
 
 def _say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit the stages ran from, and the stage files changed since (a shared working tree moves)."""
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "changed": git("status", "--short", "--", "sevisflow", "connectors", "processors").splitlines(),
+    }
 
 
 def _load_avg() -> list[float]:
@@ -138,11 +180,21 @@ def wait_snapshot(tail: Tail, stages: Stages, exp: Expected, timeout_s: float) -
         time.sleep(0.5)
     stages.sample_once()
     got = tail.open_creates()
-    return {"complete": len(marks) == 3, "failure": why[-3000:], "seconds": marks,
-            "views_expected": len(exp.views), "views_seen": len(exp.views & tail.views),
-            "creates_expected": len(exp.creates), "creates_in_open_batch": len(exp.creates & got),
-            "creates_unexpected": len(got - exp.creates), "open_batch_records": tail.open_records(),
-            "peak_rss_mib": dict(stages.peak_mib), "cpu_s": dict(stages.cpu_s), "load_avg": _load_avg()}
+    return {
+        "complete": len(marks) == 3,
+        "failure": why[-3000:],
+        "seconds": marks,
+        "views_expected": len(exp.views),
+        "views_seen": len(exp.views & tail.views),
+        "creates_expected": len(exp.creates),
+        "creates_in_open_batch": len(exp.creates & got),
+        "creates_unexpected": len(got - exp.creates),
+        "creates_unexpected_keys": sorted(got - exp.creates)[:20],
+        "open_batch_records": tail.open_records(),
+        "peak_rss_mib": dict(stages.peak_mib),
+        "cpu_s": dict(stages.cpu_s),
+        "load_avg": _load_avg(),
+    }
 
 
 def _window(series: list[tuple[float, float]], start: float, end: float) -> dict[str, float]:
@@ -151,8 +203,12 @@ def _window(series: list[tuple[float, float]], start: float, end: float) -> dict
     if not vals:
         return {}
     tenth = max(1, len(vals) // 10)
-    return {"start_mib": statistics.median(vals[:tenth]), "end_mib": statistics.median(vals[-tenth:]),
-            "max_mib": max(vals), "samples": len(vals)}
+    return {
+        "start_mib": statistics.median(vals[:tenth]),
+        "end_mib": statistics.median(vals[-tenth:]),
+        "max_mib": max(vals),
+        "samples": len(vals),
+    }
 
 
 def _percentile(values: list[int], q: float) -> float:
@@ -160,15 +216,25 @@ def _percentile(values: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else float("nan")
 
 
-def run_steady(args: argparse.Namespace, dsn: str, school: Any, activity: list[Any], tail: Tail,
-               stages: Stages) -> dict[str, Any]:
+def _behind_s(tail: Tail, last_commit_ms: int, since_ms: int) -> float | None:
+    """Seconds between the last SIS commit of the load and the newest commit whose record reached the open
+    batch: 0 when the pipeline kept up, growing when it fell behind."""
+    newest = max((at for at, _ in list(tail.latencies) if at >= since_ms), default=None)
+    return None if newest is None else max(0.0, (last_commit_ms - newest) / 1000)
+
+
+def run_steady(
+    args: argparse.Namespace, dsn: str, school: Any, activity: list[Any], tail: Tail, stages: Stages
+) -> dict[str, Any]:
     """The activity, then e-mail changes, committed at ``--rate`` for ``--duration``; then wait until the open
-    batch is quiet."""
+    batch is quiet for ``--settle`` seconds (at most ``--drain-max``)."""
     begin = time.monotonic() - stages.t0
-    driver = Driver(dsn, itertools.chain(activity, contact_changes(school)), args.rate, args.duration).start()
-    driver.join()
+    people = [row["person_id"] for row in school.get("person", [])]
+    driver = Driver(dsn, activity, people, args.rate, args.duration, args.writers).run()
     load_end = time.monotonic() - stages.t0
-    seen, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + 120
+    last_commit_ms = driver.started_ms + int(driver.elapsed_s * 1000)
+    behind_at_load_end = _behind_s(tail, last_commit_ms, driver.started_ms)
+    seen, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + args.drain_max
     while time.monotonic() < give_up and time.monotonic() - quiet_since < args.settle:
         if len(tail.latencies) != seen:
             seen, quiet_since = len(tail.latencies), time.monotonic()
@@ -178,18 +244,35 @@ def run_steady(args: argparse.Namespace, dsn: str, school: Any, activity: list[A
     end = time.monotonic() - stages.t0
     stages.sample_once()
     lat = [ms for at, ms in list(tail.latencies) if at >= driver.started_ms]
-    return {"rate_target": args.rate, "duration_target_s": args.duration, "committed_tx": driver.committed_tx,
-            "committed_row_changes": driver.committed_ops, "load_s": round(driver.elapsed_s, 1),
-            "rate_achieved": driver.committed_ops / driver.elapsed_s if driver.elapsed_s else 0.0,
-            "missed_ops": driver.missed_ops, "kinds": driver.kinds, "driver_error": driver.error, "failure": stages.failed()[-3000:],
-            "records": len(lat), "p50_ms": _percentile(lat, 0.50), "p99_ms": _percentile(lat, 0.99),
-            "max_ms": max(lat) if lat else None, "drain_s": round(end - load_end, 1),
-            "rss": {n: _window(s, begin, end) for n, s in stages.series.items()},
-            "peak_rss_mib": dict(stages.peak_mib), "cpu_s": dict(stages.cpu_s), "load_avg": _load_avg()}
+    return {
+        "rate_target": args.rate,
+        "duration_target_s": args.duration,
+        "writers": args.writers,
+        "committed_tx": driver.committed_tx,
+        "committed_row_changes": driver.committed_ops,
+        "load_s": round(driver.elapsed_s, 1),
+        "rate_achieved": driver.committed_ops / driver.elapsed_s if driver.elapsed_s else 0.0,
+        "missed_ops": driver.missed_ops,
+        "kinds": driver.kinds,
+        "driver_error": driver.error,
+        "failure": stages.failed()[-3000:],
+        "records": len(lat),
+        "p50_ms": _percentile(lat, 0.50),
+        "p99_ms": _percentile(lat, 0.99),
+        "max_ms": max(lat) if lat else None,
+        "behind_at_load_end_s": behind_at_load_end,
+        "behind_at_end_s": _behind_s(tail, last_commit_ms, driver.started_ms),
+        "drain_s": round(end - load_end, 1),
+        "rss": {n: _window(s, begin, end) for n, s in stages.series.items()},
+        "peak_rss_mib": dict(stages.peak_mib),
+        "cpu_s": dict(stages.cpu_s),
+        "load_avg": _load_avg(),
+    }
 
 
-def run_mode(mode: str, args: argparse.Namespace, bootstrap: str, server: str, school: Any, exp: Expected,
-             activity: list[Any]) -> dict[str, Any]:
+def run_mode(
+    mode: str, args: argparse.Namespace, bootstrap: str, server: str, school: Any, exp: Expected, activity: list[Any]
+) -> dict[str, Any]:
     """One mode on its own database and topics: load, start the processes, snapshot, maybe steady state."""
     unique = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix=f"scale-{mode}-", dir=args.work_dir))
@@ -202,13 +285,20 @@ def run_mode(mode: str, args: argparse.Namespace, bootstrap: str, server: str, s
         t0 = time.perf_counter()
         load_school(dsn, school)
         load_s = time.perf_counter() - t0
-        settings, config = write_config(run_settings(bootstrap, pg, unique, work, args.backend), work / "sevisflow.toml")
+        settings, config = write_config(
+            run_settings(bootstrap, pg, unique, work, args.backend), work / "sevisflow.toml"
+        )
         ensure_topics(settings.kafka, all_topics(settings))
         _say(f"{mode}: SIS loaded in {load_s:.1f}s; starting the stage processes")
-        stages = Stages(config, work, every_s=args.sample).start(SEPARATE if mode == "separate" else TOGETHER)
+        stages = Stages(config, work, every_s=args.sample, rss_limit_mib=args.rss_limit).start(
+            SEPARATE if mode == "separate" else TOGETHER
+        )
         tail = Tail(settings, t0=stages.t0).start()
-        out: dict[str, Any] = {"mode": mode, "sis_load_s": round(load_s, 1),
-                               "snapshot": wait_snapshot(tail, stages, exp, args.timeout)}
+        out: dict[str, Any] = {
+            "mode": mode,
+            "sis_load_s": round(load_s, 1),
+            "snapshot": wait_snapshot(tail, stages, exp, args.timeout),
+        }
         _say(f"{mode}: snapshot {json.dumps(out['snapshot'])}")
         if mode in args.steady_in.split(",") and args.duration > 0 and out["snapshot"]["complete"]:
             out["steady"] = run_steady(args, dsn, school, activity, tail, stages)
@@ -236,12 +326,22 @@ def main(argv: list[str] | None = None) -> int:
     steady = args.duration > 0 and any(m in args.steady_in.split(",") for m in modes)
     n_tx = min(args.activity, int(args.rate * args.duration / OPS_PER_TX)) if steady else 0
     activity = generate_activity(school, n_tx, args.seed, TODAY) if n_tx > 0 else []
-    _say(f"{args.students} students generated in {gen_s:.1f}s; expected {len(exp.views)} views, "
-         f"{len(exp.creates)} Creates (pure pipeline, {exp.seconds:.1f}s); {len(activity)} activity transactions")
+    _say(
+        f"{args.students} students generated in {gen_s:.1f}s; expected {len(exp.views)} views, "
+        f"{len(exp.creates)} Creates (pure pipeline, {exp.seconds:.1f}s); {len(activity)} activity transactions"
+    )
     result: dict[str, Any] = {
-        "students": args.students, "share": args.share, "seed": args.seed, "backend": args.backend,
-        "rows": sum(len(v) for v in school.values()), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "load_avg_start": _load_avg(), "cpus": len(__import__("os").sched_getaffinity(0)), "modes": {}}
+        "students": args.students,
+        "share": args.share,
+        "seed": args.seed,
+        "backend": args.backend,
+        "rows": sum(len(v) for v in school.values()),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "load_avg_start": _load_avg(),
+        "code": _code_version(),
+        "cpus": len(__import__("os").sched_getaffinity(0)),
+        "modes": {},
+    }
     with services(args) as (bootstrap, server):
         for mode in modes:
             result["modes"][mode] = run_mode(mode, args, bootstrap, server, school, exp, activity)
@@ -258,14 +358,21 @@ def print_table(result: dict[str, Any]) -> None:
         s = m["snapshot"]
         secs = ", ".join(f"{k} {v:.0f}s" for k, v in s["seconds"].items())
         rss = ", ".join(f"{k} {v:.0f} MiB" for k, v in s["peak_rss_mib"].items())
-        print(f"| {mode} | snapshot: {secs} ({'complete' if s['complete'] else 'INCOMPLETE'}; "
-              f"{s['creates_in_open_batch']}/{s['creates_expected']} Creates) | peak RSS {rss} | load {s['load_avg']} |")
+        print(
+            f"| {mode} | snapshot: {secs} ({'complete' if s['complete'] else 'INCOMPLETE'}; "
+            f"{s['creates_in_open_batch']}/{s['creates_expected']} Creates) | peak RSS {rss} | load {s['load_avg']} |"
+        )
         st = m.get("steady")
         if st:
-            mem = ", ".join(f"{k} {w.get('start_mib', 0):.0f}→{w.get('end_mib', 0):.0f} (max {w.get('max_mib', 0):.0f})"
-                            for k, w in st["rss"].items())
-            print(f"| {mode} steady | {st['rate_achieved']:.0f}/s for {st['load_s']}s, {st['records']} records: "
-                  f"p50 {st['p50_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms, max {st['max_ms']} ms | RSS MiB {mem} |")
+            mem = ", ".join(
+                f"{k} {w.get('start_mib', 0):.0f}→{w.get('end_mib', 0):.0f} (max {w.get('max_mib', 0):.0f})"
+                for k, w in st["rss"].items()
+            )
+            print(
+                f"| {mode} steady | {st['rate_achieved']:.0f}/s for {st['load_s']}s, {st['records']} records: "
+                f"p50 {st['p50_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms, max {st['max_ms']} ms; behind at load end "
+                f"{st['behind_at_load_end_s']} s, after {st['drain_s']} s of drain {st['behind_at_end_s']} s | RSS MiB {mem} |"
+            )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ bench (``python -m bench.scale``) puts the parts together; the CI test runs it a
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -14,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,12 +37,20 @@ from sevisflow.processors.batcher.view import BatchView, fold
 from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 
-ORG = "ZZZ214F99999000"   # the generated school's OrgID (ZZZ: not a real school), as the demo's
-DSO = "dsobench01"        # a SEVIS user id (10 characters); no DSO command is sent by the bench
+ORG = "ZZZ214F99999000"  # the generated school's OrgID (ZZZ: not a real school), as the demo's
+DSO = "dsobench01"  # a SEVIS user id (10 characters); no DSO command is sent by the bench
 RECORD_TYPES = ("record_added", "record_replaced", "record_held", "record_released", "record_waiting")
-PIPELINE_TOPICS = {"students": "sevisflow.students", "events": "sevis.events", "commands": "sevis.batch.commands",
-                   "batches": "sevis.batches", "results": "sevis.results", "dlq": "sevisflow.dlq",
-                   "open_batches": "sevis.batch.open", "worklist": "sevis.worklist", "ledger": "sevis.audit.ledger"}
+PIPELINE_TOPICS = {
+    "students": "sevisflow.students",
+    "events": "sevis.events",
+    "commands": "sevis.batch.commands",
+    "batches": "sevis.batches",
+    "results": "sevis.results",
+    "dlq": "sevisflow.dlq",
+    "open_batches": "sevis.batch.open",
+    "worklist": "sevis.worklist",
+    "ledger": "sevis.audit.ledger",
+}
 
 
 # --------------------------------------------------------------------------- settings and databases
@@ -51,13 +61,25 @@ def run_settings(bootstrap: str, pg: dict[str, Any], unique: str, work: Path, ba
     and PostgreSQL can hold many runs), state and connector offsets under ``work``."""
     return {
         "kafka": {"bootstrap_servers": bootstrap},
-        "postgres": {"host": pg.get("host") or "127.0.0.1", "port": int(pg.get("port") or 5432),
-                     "dbname": pg["dbname"], "user": pg.get("user") or "postgres"},
-        "connector": {"topic.prefix": f"sis{unique}", "slot.name": f"slot_{unique}",
-                      "publication.name": f"pub_{unique}", "name": f"conn-{unique}",
-                      "offsets_dir": str(work / "connector"), "heartbeat.interval.ms": 1000},
-        "school": {"org_id": ORG, "mapping_file": str(PACKAGE_ROOT / "deploy" / "sis" / "mapping.toml"),
-                   "dso_user_ids": [DSO]},
+        "postgres": {
+            "host": pg.get("host") or "127.0.0.1",
+            "port": int(pg.get("port") or 5432),
+            "dbname": pg["dbname"],
+            "user": pg.get("user") or "postgres",
+        },
+        "connector": {
+            "topic.prefix": f"sis{unique}",
+            "slot.name": f"slot_{unique}",
+            "publication.name": f"pub_{unique}",
+            "name": f"conn-{unique}",
+            "offsets_dir": str(work / "connector"),
+            "heartbeat.interval.ms": 1000,
+        },
+        "school": {
+            "org_id": ORG,
+            "mapping_file": str(PACKAGE_ROOT / "deploy" / "sis" / "mapping.toml"),
+            "dso_user_ids": [DSO],
+        },
         "sevis": {"outbox_dir": str(work / "outbox"), "quarantine_dir": str(work / "quarantine")},
         "topics": {k: f"{v}.{unique}" for k, v in PIPELINE_TOPICS.items()},
         "state": {"backend": backend, "dir": str(work / "state")},
@@ -83,8 +105,10 @@ def drop_database(params: dict[str, Any]) -> None:
     """Drop a run's database and its (inactive) replication slots: a slot left behind keeps WAL forever."""
     name = params["dbname"]
     with psycopg.connect(make_conninfo(**{**params, "dbname": "postgres"}), autocommit=True) as conn:
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     "WHERE database = %s AND NOT active", (name,))
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s AND NOT active",
+            (name,),
+        )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
@@ -155,6 +179,8 @@ class Stages:
     config: Path
     work: Path
     every_s: float = 1.0
+    rss_limit_mib: float = 0.0
+    """A process above this RSS stops the run (a shared box must not run out of memory); 0 = no limit."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     peak_mib: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
@@ -167,8 +193,12 @@ class Stages:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
         for name, args in commands.items():
             log = (self.work / f"{name}.log").open("wb")
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "sevisflow", "--config", str(self.config),
-                                                 *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "sevisflow", "--config", str(self.config), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
             self.series[name] = []
         threading.Thread(target=self._sample, name="rss-sampler", daemon=True).start()
         return self
@@ -189,6 +219,9 @@ class Stages:
 
     def failed(self) -> str:
         """The first stage process that exited on its own, with the end of its log; "" while all run."""
+        for name, peak in self.peak_mib.items():
+            if self.rss_limit_mib and peak > self.rss_limit_mib:
+                return f"stage process {name} went over --rss-limit ({peak:.0f} > {self.rss_limit_mib:.0f} MiB)"
         for name, p in self.procs.items():
             if p.poll() is not None:
                 tail = (self.work / f"{name}.log").read_text(errors="replace")[-2000:]
@@ -211,9 +244,12 @@ class Stages:
                 p.wait()
 
 
-SEPARATE = {"connector": ["connector", "run"], "normalize": ["process", "normalize"],
-            "events": ["process", "events", "--instance", "bench"],
-            "batcher": ["process", "batcher", "--instance", "bench"]}
+SEPARATE = {
+    "connector": ["connector", "run"],
+    "normalize": ["process", "normalize"],
+    "events": ["process", "events", "--instance", "bench"],
+    "batcher": ["process", "batcher", "--instance", "bench"],
+}
 """Each stage in its own process, as in production (the sinks are not part of the measured path)."""
 TOGETHER = {"all-in-one": ["run", "--stages", "connector,normalize,events,batcher"]}
 """Every stage of the measured path in one ``sevisflow run`` process."""
@@ -234,8 +270,8 @@ class Tail:
     t0: float = field(default_factory=time.monotonic)
     views: set[str] = field(default_factory=set)
     create_events: set[str] = field(default_factory=set)
-    latencies: list[tuple[int, int]] = field(default_factory=list)   # (commit ms, latency ms)
-    first_seen: dict[str, float] = field(default_factory=dict)       # topic key -> seconds after t0 of its last growth
+    latencies: list[tuple[int, int]] = field(default_factory=list)  # (commit ms, latency ms)
+    first_seen: dict[str, float] = field(default_factory=dict)  # topic key -> seconds after t0 of its last growth
     error: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -299,69 +335,117 @@ class Tail:
 # --------------------------------------------------------------------------- the steady SIS load
 
 
-def contact_changes(school: School) -> Iterator[Transaction]:
-    """Endless e-mail changes, one person per commit, every person of the school in turn (a third of them
+def contact_changes(people: list[int], tag: str) -> Iterator[Transaction]:
+    """Endless e-mail changes, one person per commit, each of ``people`` in turn (a third of a school is
     international: their change is a SEVIS update; the others' are dropped by normalize, as in a real SIS).
     Always valid whatever ran before: persons are never deleted."""
-    people = [row["person_id"] for row in school.get("person", [])]
     n = 0
     while people:
         for pid in people:
             n += 1
             at = datetime.now(UTC)
-            yield Transaction("contact_change", pid, False, at, (
-                Op("update", "person", {"person_id": pid}, {"email": f"scale.{n}@example.org", "updated_at": at}),))
+            yield Transaction(
+                "contact_change",
+                pid,
+                False,
+                at,
+                (
+                    Op(
+                        "update",
+                        "person",
+                        {"person_id": pid},
+                        {"email": f"scale.{tag}.{n}@example.org", "updated_at": at},
+                    ),
+                ),
+            )
+
+
+def write_load(
+    dsn: str,
+    transactions: list[Transaction],
+    people: list[int],
+    tag: str,
+    rate: float,
+    duration_s: float,
+    start_at: float,
+    results: Any,
+) -> None:
+    """One writer process: ``transactions`` then e-mail changes of ``people``, committed one by one from
+    ``start_at`` (wall clock) at ``rate`` row changes per second for ``duration_s``; its counts go to
+    ``results`` (a multiprocessing queue)."""
+    out: dict[str, Any] = {"committed_tx": 0, "committed_ops": 0, "missed_ops": 0, "kinds": {}, "error": ""}
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            time.sleep(max(0.0, start_at - time.time()))
+            began = time.monotonic()
+            for tx in itertools.chain(transactions, contact_changes(people, tag)):
+                now = time.monotonic() - began
+                if now >= duration_s:
+                    break
+                ahead = out["committed_ops"] / rate - now
+                if ahead > 0:
+                    time.sleep(ahead)
+                with conn.transaction():
+                    for op in tx.ops:
+                        statement, params = op.sql()
+                        cur = conn.execute(statement.encode(), params)
+                        out["missed_ops"] += int(op.action != "insert" and cur.rowcount != 1)
+                out["committed_tx"] += 1
+                out["committed_ops"] += len(tx.ops)
+                out["kinds"][tx.kind] = out["kinds"].get(tx.kind, 0) + 1
+            out["elapsed_s"] = time.monotonic() - began
+    except Exception as exc:  # noqa: BLE001 - reported by the bench
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    results.put(out)
 
 
 @dataclass
 class Driver:
-    """Commits SIS transactions at ``rate`` row changes per second (each paced by the row changes it holds)
-    for ``duration_s``, from a thread of its own: the generated activity first, then :func:`contact_changes`."""
+    """The steady SIS load: ``writers`` processes, each with its own connection, together committing
+    ``rate`` row changes per second for ``duration_s`` — the generated activity first, split by person
+    (a person's changes keep their order), then :func:`contact_changes`. One Python writer commits only a
+    few hundred transactions per second on a loaded 2-core box, hence several."""
 
     dsn: str
-    transactions: Iterable[Transaction]
+    transactions: list[Transaction]
+    people: list[int]
     rate: float
     duration_s: float
+    writers: int = 4
     committed_tx: int = 0
     committed_ops: int = 0
-    missed_ops: int = 0          # updates or deletes that matched no row (should stay 0)
-    kinds: dict[str, int] = field(default_factory=dict)   # commits by kind of change
-    started: float = 0.0
+    missed_ops: int = 0  # updates or deletes that matched no row (should stay 0)
+    kinds: dict[str, int] = field(default_factory=dict)  # commits by kind of change
     elapsed_s: float = 0.0
     started_ms: int = 0
     error: str = ""
-    _thread: threading.Thread | None = None
 
-    def start(self) -> Driver:
-        self._thread = threading.Thread(target=self._run, name="scale-driver", daemon=True)
-        self._thread.start()
+    def run(self) -> Driver:
+        ctx = multiprocessing.get_context("spawn")  # the bench has Kafka client threads: no fork
+        results = ctx.Queue()
+        start_at = time.time() + 3.0  # every writer connected and ready by then
+        self.started_ms = int(start_at * 1000)
+        procs = []
+        for w in range(self.writers):
+            txs = [tx for tx in self.transactions if tx.person_id % self.writers == w]
+            people = [p for p in self.people if p % self.writers == w]
+            procs.append(
+                ctx.Process(
+                    target=write_load,
+                    args=(self.dsn, txs, people, f"w{w}", self.rate / self.writers, self.duration_s, start_at, results),
+                    daemon=True,
+                )
+            )
+            procs[-1].start()
+        outs = [results.get(timeout=self.duration_s + 120) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        for out in outs:
+            self.committed_tx += out["committed_tx"]
+            self.committed_ops += out["committed_ops"]
+            self.missed_ops += out["missed_ops"]
+            self.elapsed_s = max(self.elapsed_s, out.get("elapsed_s", 0.0))
+            self.error = self.error or out["error"]
+            for k, n in out["kinds"].items():
+                self.kinds[k] = self.kinds.get(k, 0) + n
         return self
-
-    def join(self) -> None:
-        if self._thread:
-            self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                self.started, self.started_ms = time.monotonic(), int(time.time() * 1000)
-                for tx in self.transactions:
-                    now = time.monotonic() - self.started
-                    if now >= self.duration_s:
-                        break
-                    ahead = self.committed_ops / self.rate - now
-                    if ahead > 0:
-                        time.sleep(ahead)
-                    with conn.transaction():
-                        for op in tx.ops:
-                            statement, params = op.sql()
-                            cur = conn.execute(statement.encode(), params)
-                            if op.action != "insert" and cur.rowcount != 1:
-                                self.missed_ops += 1
-                    self.committed_tx += 1
-                    self.committed_ops += len(tx.ops)
-                    self.kinds[tx.kind] = self.kinds.get(tx.kind, 0) + 1
-        except Exception as exc:  # noqa: BLE001 - reported by the bench
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.elapsed_s = time.monotonic() - self.started if self.started else 0.0

@@ -27,8 +27,16 @@ from sevisflow.core.errors import ConfigError
 # column.mask.hash.<algorithm>.with.salt.<salt> and column.mask.hash.v2.<algorithm>.with.salt.<salt>
 MASK_KEY = re.compile(r"column\.mask\.hash\.(?:(v[12])\.)?([A-Za-z0-9-]+)\.with\.salt\.(.+)")
 # Java MessageDigest names → hashlib names
-ALGORITHMS = {"MD5": "md5", "SHA-1": "sha1", "SHA-224": "sha224", "SHA-256": "sha256", "SHA-384": "sha384",
-              "SHA-512": "sha512", "SHA3-256": "sha3_256", "SHA3-512": "sha3_512"}
+ALGORITHMS = {
+    "MD5": "md5",
+    "SHA-1": "sha1",
+    "SHA-224": "sha224",
+    "SHA-256": "sha256",
+    "SHA-384": "sha384",
+    "SHA-512": "sha512",
+    "SHA3-256": "sha3_256",
+    "SHA3-512": "sha3_512",
+}
 
 
 def _patterns(where: str, text: str) -> tuple[re.Pattern[str], ...]:
@@ -48,7 +56,7 @@ class HashMask:
     """One ``column.mask.hash…`` setting: which columns, which digest, which salt."""
 
     patterns: tuple[re.Pattern[str], ...]
-    algorithm: str            # hashlib name
+    algorithm: str  # hashlib name
     salt: bytes
 
     def digest(self, value: str, length: int | None) -> str:
@@ -95,20 +103,29 @@ class ColumnPolicy:
                 raise ConfigError(f"connector.{key}: use column.mask.hash.v2.<algorithm>.with.salt.<salt>")
             version, alg, salt = m.groups()
             if version != "v2":
-                raise ConfigError(f"connector.{key}: only Debezium's v2 hashing (of the value's text) is "
-                                  "supported; the unversioned (v1) form hashes Java-serialised objects, which "
-                                  "no other system can reproduce: use column.mask.hash.v2.…")
+                raise ConfigError(
+                    f"connector.{key}: only Debezium's v2 hashing (of the value's text) is "
+                    "supported; the unversioned (v1) form hashes Java-serialised objects, which "
+                    "no other system can reproduce: use column.mask.hash.v2.…"
+                )
             if alg not in ALGORITHMS:
-                raise ConfigError(f"connector.{key}: unknown hash algorithm {alg!r}: use one of "
-                                  f"{', '.join(ALGORITHMS)}")
+                raise ConfigError(
+                    f"connector.{key}: unknown hash algorithm {alg!r}: use one of {', '.join(ALGORITHMS)}"
+                )
             masks.append(HashMask(_patterns(f"connector.{key}", columns), ALGORITHMS[alg], salt.encode("utf-8")))
         return cls(exclude, tuple(masks))
 
     def __bool__(self) -> bool:
         return bool(self.exclude or self.masks)
 
-    def for_table(self, schema: str, table: str, columns: Sequence[str], key_columns: Sequence[str],
-                  lengths: Sequence[int | None] = ()) -> TablePolicy | None:
+    def for_table(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        key_columns: Sequence[str],
+        lengths: Sequence[int | None] = (),
+    ) -> TablePolicy | None:
         """The policy of ``schema.table`` or None when no column of it is excluded or masked.
 
         Raises :class:`ConfigError` when a primary-key column is matched."""
@@ -127,8 +144,10 @@ class ColumnPolicy:
                     break
         bad = [c for c in key_columns if c in excluded or c in masked]
         if bad:
-            raise ConfigError(f"{schema}.{table}.{bad[0]} is a primary-key column: it cannot be excluded or masked "
-                              "(normalize links rows by it); narrow column.exclude.list / column.mask.hash")
+            raise ConfigError(
+                f"{schema}.{table}.{bad[0]} is a primary-key column: it cannot be excluded or masked "
+                "(normalize links rows by it); narrow column.exclude.list / column.mask.hash"
+            )
         if not excluded and not masked:
             return None
         return TablePolicy(frozenset(excluded), masked)

@@ -65,10 +65,31 @@ FLOAT4, FLOAT8, MONEY, BPCHAR, VARCHAR, DATE, TIME, TIMESTAMP = 700, 701, 790, 1
 TIMESTAMPTZ, INTERVAL, TIMETZ, NUMERIC, UUID, JSONB = 1184, 1186, 1266, 1700, 2950, 3802
 
 ARRAY_ELEMENT: dict[int, int] = {
-    1000: BOOL, 1001: BYTEA, 1002: CHAR, 1003: NAME, 1016: INT8, 1005: INT2, 1007: INT4, 1009: TEXT,
-    1028: OID, 199: JSON, 143: XML, 1021: FLOAT4, 1022: FLOAT8, 791: MONEY, 1014: BPCHAR, 1015: VARCHAR,
-    1182: DATE, 1183: TIME, 1115: TIMESTAMP, 1185: TIMESTAMPTZ, 1187: INTERVAL, 1270: TIMETZ,
-    1231: NUMERIC, 2951: UUID, 3807: JSONB,
+    1000: BOOL,
+    1001: BYTEA,
+    1002: CHAR,
+    1003: NAME,
+    1016: INT8,
+    1005: INT2,
+    1007: INT4,
+    1009: TEXT,
+    1028: OID,
+    199: JSON,
+    143: XML,
+    1021: FLOAT4,
+    1022: FLOAT8,
+    791: MONEY,
+    1014: BPCHAR,
+    1015: VARCHAR,
+    1182: DATE,
+    1183: TIME,
+    1115: TIMESTAMP,
+    1185: TIMESTAMPTZ,
+    1187: INTERVAL,
+    1270: TIMETZ,
+    1231: NUMERIC,
+    2951: UUID,
+    3807: JSONB,
 }
 
 
@@ -78,11 +99,11 @@ class PgType:
 
     oid: int
     name: str
-    kind: str                       # pg_type.typtype: b base, e enum, d domain, c composite, r range …
-    element: int = 0                # typelem for arrays (typcategory 'A')
-    base: int = 0                   # typbasetype for domains
+    kind: str  # pg_type.typtype: b base, e enum, d domain, c composite, r range …
+    element: int = 0  # typelem for arrays (typcategory 'A')
+    base: int = 0  # typbasetype for domains
     base_typmod: int = -1
-    labels: tuple[str, ...] = ()    # enum labels in sort order
+    labels: tuple[str, ...] = ()  # enum labels in sort order
     is_array: bool = False
 
 
@@ -95,7 +116,7 @@ class ColumnMapping:
 
     convert: Converter
     schema: dict[str, Any] = field(default_factory=dict)
-    is_string: bool = True          # the unchanged-TOAST placeholder is only type-correct for strings
+    is_string: bool = True  # the unchanged-TOAST placeholder is only type-correct for strings
 
 
 # --------------------------------------------------------------------------- scalar converters
@@ -196,7 +217,7 @@ def to_zoned_timestamp(s: str, precision: int = 6) -> str:
     if len(s) >= 22 and s[-3:] == "+00" and s[4] == "-" and s[10] == " ":
         body = s[11:-3]
         dot = body.find(".")
-        frac = body[dot + 1:] if dot >= 0 else ""
+        frac = body[dot + 1 :] if dot >= 0 else ""
         base = body[:dot] if dot >= 0 else body
         return s[:10] + "T" + base + ("." + (frac + "000000")[:precision] if precision else "") + "Z"
     try:
@@ -233,9 +254,14 @@ def to_bytea_base64(s: str) -> str:
     return base64.b64encode(raw).decode()
 
 
-_INTERVAL_UNITS = {"year": 12 * _DAYS_PER_MONTH_AVG * _US_PER_DAY, "years": 12 * _DAYS_PER_MONTH_AVG * _US_PER_DAY,
-                   "mon": _DAYS_PER_MONTH_AVG * _US_PER_DAY, "mons": _DAYS_PER_MONTH_AVG * _US_PER_DAY,
-                   "day": _US_PER_DAY, "days": _US_PER_DAY}
+_INTERVAL_UNITS = {
+    "year": 12 * _DAYS_PER_MONTH_AVG * _US_PER_DAY,
+    "years": 12 * _DAYS_PER_MONTH_AVG * _US_PER_DAY,
+    "mon": _DAYS_PER_MONTH_AVG * _US_PER_DAY,
+    "mons": _DAYS_PER_MONTH_AVG * _US_PER_DAY,
+    "day": _US_PER_DAY,
+    "days": _US_PER_DAY,
+}
 
 
 def to_micro_duration(s: str) -> int:
@@ -279,6 +305,7 @@ def make_decimal_precise(scale: int) -> Callable[[str], Any]:
         if d is None:
             return None
         return _unscaled_bytes(int(d.scaleb(scale).to_integral_value()))
+
     return conv
 
 
@@ -302,7 +329,7 @@ def to_double(s: str) -> float:
 def parse_array(s: str, elem: Converter) -> Any:
     """PostgreSQL array text (``{1,2,NULL}``, ``{{a,"b c"}}``, ``[0:1]={1,2}``) → nested lists."""
     if s.startswith("["):
-        s = s[s.index("=") + 1:]
+        s = s[s.index("=") + 1 :]
     pos = 0
     n = len(s)
 
@@ -363,8 +390,9 @@ def _schema(typ: str, name: str | None = None, params: Mapping[str, str] | None 
     return out
 
 
-def column_mapping(type_oid: int, typmod: int, lookup: TypeLookup | None = None,
-                   decimal_mode: str = "precise", _depth: int = 0) -> ColumnMapping:
+def column_mapping(
+    type_oid: int, typmod: int, lookup: TypeLookup | None = None, decimal_mode: str = "precise", _depth: int = 0
+) -> ColumnMapping:
     """The converter and Connect schema for a column of type ``type_oid`` with ``typmod``."""
     if type_oid == BOOL:
         return ColumnMapping(to_bool, _schema("boolean"), False)
@@ -380,13 +408,28 @@ def column_mapping(type_oid: int, typmod: int, lookup: TypeLookup | None = None,
             return ColumnMapping(to_double, _schema("double"), False)
         if typmod >= 4:
             precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-            return ColumnMapping(make_decimal_precise(scale), _schema(
-                "bytes", "org.apache.kafka.connect.data.Decimal",
-                {"scale": str(scale), "connect.decimal.precision": str(precision)}), False)
-        return ColumnMapping(to_variable_decimal, _schema(
-            "struct", "io.debezium.data.VariableScaleDecimal", None,
-            fields=[{"type": "int32", "optional": False, "field": "scale"},
-                    {"type": "bytes", "optional": False, "field": "value"}]), False)
+            return ColumnMapping(
+                make_decimal_precise(scale),
+                _schema(
+                    "bytes",
+                    "org.apache.kafka.connect.data.Decimal",
+                    {"scale": str(scale), "connect.decimal.precision": str(precision)},
+                ),
+                False,
+            )
+        return ColumnMapping(
+            to_variable_decimal,
+            _schema(
+                "struct",
+                "io.debezium.data.VariableScaleDecimal",
+                None,
+                fields=[
+                    {"type": "int32", "optional": False, "field": "scale"},
+                    {"type": "bytes", "optional": False, "field": "value"},
+                ],
+            ),
+            False,
+        )
     if type_oid in (TEXT, VARCHAR, BPCHAR, NAME, CHAR, MONEY):
         return ColumnMapping(None, _schema("string"))
     if type_oid == DATE:
@@ -405,7 +448,9 @@ def column_mapping(type_oid: int, typmod: int, lookup: TypeLookup | None = None,
         return ColumnMapping(conv, _schema("string", "io.debezium.time.ZonedTimestamp"))
     if type_oid == TIMETZ:
         p = typmod if 0 <= typmod <= 6 else 6
-        return ColumnMapping(functools.partial(to_zoned_time, precision=p), _schema("string", "io.debezium.time.ZonedTime"))
+        return ColumnMapping(
+            functools.partial(to_zoned_time, precision=p), _schema("string", "io.debezium.time.ZonedTime")
+        )
     if type_oid == UUID:
         return ColumnMapping(None, _schema("string", "io.debezium.data.Uuid"))
     if type_oid in (JSON, JSONB):
@@ -425,8 +470,9 @@ def column_mapping(type_oid: int, typmod: int, lookup: TypeLookup | None = None,
     if elem_oid is not None:
         elem = column_mapping(elem_oid, -1 if elem_oid != NUMERIC else typmod, lookup, decimal_mode, _depth + 1)
         econv = elem.convert
-        return ColumnMapping(functools.partial(parse_array, elem=econv),
-                             _schema("array", items={**elem.schema, "optional": True}), False)
+        return ColumnMapping(
+            functools.partial(parse_array, elem=econv), _schema("array", items={**elem.schema, "optional": True}), False
+        )
     if info is not None:
         if info.kind == "e":
             return ColumnMapping(None, _schema("string", "io.debezium.data.Enum", {"allowed": ",".join(info.labels)}))

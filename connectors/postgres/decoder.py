@@ -23,12 +23,12 @@ from sevisflow.connectors.postgres import convert as cv
 from sevisflow.core.log import get_logger
 
 FORCE_PYTHON_ENV = "SEVISFLOW_PURE_PYTHON_DECODER"
-MEMO_SIZE = 8192    # memo entries per column before the memo is cleared (envelope._MEMO_SIZE is this)
+MEMO_SIZE = 8192  # memo entries per column before the memo is cleared (envelope._MEMO_SIZE is this)
 
 log = get_logger(__name__)
 
 
-API = 5             # _pgtuple.API this code expects; a stale build (not rebuilt since) is ignored
+API = 5  # _pgtuple.API this code expects; a stale build (not rebuilt since) is ignored
 _stale = False
 
 
@@ -91,6 +91,7 @@ def set_active(use_c: bool) -> None:
     run both and the offline micro-benchmark; the connector itself decides once, at import."""
     global active
     from sevisflow.connectors.postgres import envelope, pgoutput, snapshot
+
     active = c_module if use_c else None
     envelope._fast_row = pick(envelope._py_fast_row, "fast_row")
     envelope._c_read_row = pick(None, "read_row")

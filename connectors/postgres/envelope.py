@@ -50,18 +50,38 @@ UNAVAILABLE = "__debezium_unavailable_value"
 UNAVAILABLE_BYTES = base64.b64encode(UNAVAILABLE.encode()).decode()
 
 # (topic, key, value, headers)
-Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+Record = tuple[str, bytes | None, bytes | None, list[tuple[str, str | bytes | None]] | None]
 
 # pure converters returning immutable values, worth memoising in the fast paths
-_MEMO_CONVERTERS = frozenset({cv.to_date_days, cv.to_zoned_timestamp, cv.to_micro_timestamp, cv.to_milli_timestamp,
-                              cv.to_micro_time, cv.to_milli_time})
+_MEMO_CONVERTERS = frozenset(
+    {
+        cv.to_date_days,
+        cv.to_zoned_timestamp,
+        cv.to_micro_timestamp,
+        cv.to_milli_timestamp,
+        cv.to_micro_time,
+        cv.to_milli_time,
+    }
+)
 
-NO_DEFAULT = object()    # a column without a constant default (TableMeta.defaults)
+NO_DEFAULT = object()  # a column without a constant default (TableMeta.defaults)
 
 # Kafka Connect's JsonConverter writes a schema's members in this order (asJsonSchema, then "field"):
 # the key's bytes, and so its murmur2 partition, depend on it
-_CONNECT_ORDER = ("type", "fields", "items", "keys", "values", "optional", "name", "version", "doc", "parameters",
-                  "default", "field")
+_CONNECT_ORDER = (
+    "type",
+    "fields",
+    "items",
+    "keys",
+    "values",
+    "optional",
+    "name",
+    "version",
+    "doc",
+    "parameters",
+    "default",
+    "field",
+)
 
 
 def connect_order(schema: Any) -> Any:
@@ -70,8 +90,11 @@ def connect_order(schema: Any) -> Any:
         return [connect_order(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    known = {k: connect_order(schema[k]) if k in ("fields", "items", "keys", "values") else schema[k]
-             for k in _CONNECT_ORDER if k in schema}
+    known = {
+        k: connect_order(schema[k]) if k in ("fields", "items", "keys", "values") else schema[k]
+        for k in _CONNECT_ORDER
+        if k in schema
+    }
     known.update((k, v) for k, v in schema.items() if k not in known)
     return known
 
@@ -88,11 +111,11 @@ class TableMeta:
     topic: str
     columns: tuple[str, ...]
     mappings: tuple[ColumnMapping, ...]
-    key_columns: tuple[str, ...]               # primary key, in key order; empty = no key (null Kafka key)
-    optional: tuple[bool, ...] = ()            # per column: nullable (for schemas.enable)
+    key_columns: tuple[str, ...]  # primary key, in key order; empty = no key (null Kafka key)
+    optional: tuple[bool, ...] = ()  # per column: nullable (for schemas.enable)
     relid: int = 0
-    policy: TablePolicy | None = None          # columns excluded or hash-masked (connectors/postgres/columns.py)
-    defaults: tuple[Any, ...] = ()             # per column: its constant default, converted, or NO_DEFAULT
+    policy: TablePolicy | None = None  # columns excluded or hash-masked (connectors/postgres/columns.py)
+    defaults: tuple[Any, ...] = ()  # per column: its constant default, converted, or NO_DEFAULT
     _key_idx: tuple[int, ...] = field(default=(), init=False)
     _convs: tuple[Any, ...] = field(default=(), init=False)
     _conv_items: tuple[Any, ...] = field(default=(), init=False)
@@ -100,7 +123,7 @@ class TableMeta:
     _fields: tuple[tuple[str, Any, Any], ...] = field(default=(), init=False)  # (name, converter, memo)
     _conv_memo_items: tuple[tuple[int, str, Any, Any], ...] = field(default=(), init=False)
     _full_name: str = field(default="", init=False)
-    _fast_keys: bool = field(default=False, init=False)     # converted key values compare like their text
+    _fast_keys: bool = field(default=False, init=False)  # converted key values compare like their text
     _c_names: tuple[bytes, ...] | None = field(default=None, init=False)  # b'"column":' each, for the C writer
     value_schema: dict[str, Any] | None = field(default=None, init=False)
     key_schema: dict[str, Any] | None = field(default=None, init=False)
@@ -112,18 +135,22 @@ class TableMeta:
             raise ValueError(f"{self.schema}.{self.table}: key columns {missing} not among the columns")
         self._key_idx = tuple(pos[k] for k in self.key_columns)
         self._convs = tuple(m.convert for m in self.mappings)
-        self._conv_items = tuple((i, c, m.convert) for i, (c, m) in enumerate(zip(self.columns, self.mappings))
-                                 if m.convert is not None)
-        self._placeholders = tuple(UNAVAILABLE_BYTES if m.schema.get("type") == "bytes" else UNAVAILABLE
-                                   for m in self.mappings)
+        self._conv_items = tuple(
+            (i, c, m.convert) for i, (c, m) in enumerate(zip(self.columns, self.mappings)) if m.convert is not None
+        )
+        self._placeholders = tuple(
+            UNAVAILABLE_BYTES if m.schema.get("type") == "bytes" else UNAVAILABLE for m in self.mappings
+        )
         if not self.optional:
             self.optional = tuple(c not in self.key_columns for c in self.columns)
         # the fast paths memoise the costlier pure converters (dates and times repeat, and an update's old
         # and new row share most values): (name, converter, cache) with cache None for text and integers
-        self._fields = tuple((c, conv, {} if conv in _MEMO_CONVERTERS else None)
-                             for c, conv in zip(self.columns, self._convs))
-        self._conv_memo_items = tuple((i, c, conv, memo) for i, (c, conv, memo) in enumerate(self._fields)
-                                      if conv is not None)
+        self._fields = tuple(
+            (c, conv, {} if conv in _MEMO_CONVERTERS else None) for c, conv in zip(self.columns, self._convs)
+        )
+        self._conv_memo_items = tuple(
+            (i, c, conv, memo) for i, (c, conv, memo) in enumerate(self._fields) if conv is not None
+        )
         self._full_name = f"{self.schema}.{self.table}"
         # the fast path detects a primary-key change on converted values: only exact for converters that
         # map distinct text to distinct values (text itself, integers); other key types take the generic path
@@ -131,16 +158,20 @@ class TableMeta:
         # the C event writer emits every column and key column in order: only right when names are unique
         # (a dict would merge duplicates)
         # (a table with excluded or masked columns takes the generic path: the C writer emits every column as is)
-        if len(set(self.columns)) == len(self.columns) and len(set(self.key_columns)) == len(self.key_columns) \
-                and self.policy is None:
+        if (
+            len(set(self.columns)) == len(self.columns)
+            and len(set(self.key_columns)) == len(self.key_columns)
+            and self.policy is None
+        ):
             self._c_names = tuple(orjson.dumps(c) + b":" for c in self.columns)
 
     @property
     def full_name(self) -> str:
         return f"{self.schema}.{self.table}"
 
-    def row(self, values: Sequence[Value], old: Sequence[Value] | None = None,
-            old_row: dict[str, Any] | None = None) -> dict[str, Any]:
+    def row(
+        self, values: Sequence[Value], old: Sequence[Value] | None = None, old_row: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Column name → JSON value. ``old`` (the FULL old row) fills unchanged TOAST values of an update;
         ``old_row`` (``old`` already converted) saves converting the columns an update left equal."""
         out = dict(zip(self.columns, values))
@@ -189,7 +220,7 @@ class TableMeta:
         for i in self._key_idx:
             v = values[i]
             conv = self._convs[i]
-            out[self.columns[i]] = v if (v is None or conv is None or v is UNCHANGED) else conv(v)  # type: ignore[arg-type]
+            out[self.columns[i]] = v if (v is None or conv is None or v is UNCHANGED) else conv(v)
         return out
 
     def key_text(self, values: Sequence[Value]) -> tuple[Value, ...]:
@@ -200,7 +231,7 @@ class TableMeta:
 def _field(schema: dict[str, Any], name: str, optional: bool, default: Any = NO_DEFAULT) -> dict[str, Any]:
     out = {**schema, "optional": optional}
     if default is not NO_DEFAULT and default is not None:
-        out["default"] = default    # the column's constant default, as Debezium puts it in the Connect schema
+        out["default"] = default  # the column's constant default, as Debezium puts it in the Connect schema
     out["field"] = name
     return out
 
@@ -208,15 +239,25 @@ def _field(schema: dict[str, Any], name: str, optional: bool, default: Any = NO_
 def source_schema() -> dict[str, Any]:
     s = "string"
     return {
-        "type": "struct", "name": "io.debezium.connector.postgresql.Source", "version": 1, "optional": False,
+        "type": "struct",
+        "name": "io.debezium.connector.postgresql.Source",
+        "version": 1,
+        "optional": False,
         "field": "source",
         "fields": [
             {"type": s, "optional": False, "field": "version"},
             {"type": s, "optional": False, "field": "connector"},
             {"type": s, "optional": False, "field": "name"},
             {"type": "int64", "optional": False, "field": "ts_ms"},
-            {"type": s, "optional": True, "name": "io.debezium.data.Enum", "version": 1,
-             "parameters": {"allowed": SNAPSHOT_ALLOWED}, "default": "false", "field": "snapshot"},
+            {
+                "type": s,
+                "optional": True,
+                "name": "io.debezium.data.Enum",
+                "version": 1,
+                "parameters": {"allowed": SNAPSHOT_ALLOWED},
+                "default": "false",
+                "field": "snapshot",
+            },
             {"type": s, "optional": False, "field": "db"},
             {"type": s, "optional": True, "field": "sequence"},
             {"type": "int64", "optional": True, "field": "ts_us"},
@@ -233,53 +274,96 @@ def source_schema() -> dict[str, Any]:
 
 
 def transaction_block_schema() -> dict[str, Any]:
-    return {"type": "struct", "name": "event.block", "version": 1, "optional": True, "field": "transaction",
-            "fields": [{"type": "string", "optional": False, "field": "id"},
-                       {"type": "int64", "optional": False, "field": "total_order"},
-                       {"type": "int64", "optional": False, "field": "data_collection_order"}]}
+    return {
+        "type": "struct",
+        "name": "event.block",
+        "version": 1,
+        "optional": True,
+        "field": "transaction",
+        "fields": [
+            {"type": "string", "optional": False, "field": "id"},
+            {"type": "int64", "optional": False, "field": "total_order"},
+            {"type": "int64", "optional": False, "field": "data_collection_order"},
+        ],
+    }
 
 
 _S, _I = "string", "int64"
 # the Connect schemas of the transaction topic's records, as Debezium 3.6.1 writes them (schemas.enable=true)
-TX_KEY_SCHEMA = {"type": "struct", "fields": [{"type": _S, "optional": False, "field": "id"}], "optional": False,
-                 "name": "io.debezium.connector.common.TransactionMetadataKey", "version": 1}
+TX_KEY_SCHEMA = {
+    "type": "struct",
+    "fields": [{"type": _S, "optional": False, "field": "id"}],
+    "optional": False,
+    "name": "io.debezium.connector.common.TransactionMetadataKey",
+    "version": 1,
+}
 TX_VALUE_SCHEMA = {
-    "type": "struct", "fields": [
-        {"type": _S, "optional": False, "field": "status"}, {"type": _S, "optional": False, "field": "id"},
+    "type": "struct",
+    "fields": [
+        {"type": _S, "optional": False, "field": "status"},
+        {"type": _S, "optional": False, "field": "id"},
         {"type": _I, "optional": True, "field": "event_count"},
-        {"type": "array", "items": {"type": "struct", "fields": [
-            {"type": _S, "optional": False, "field": "data_collection"},
-            {"type": _I, "optional": False, "field": "event_count"}],
-            "optional": True, "name": "event.collection", "version": 1}, "optional": True, "field": "data_collections"},
-        {"type": _I, "optional": False, "field": "ts_ms"}],
-    "optional": False, "name": "io.debezium.connector.common.TransactionMetadataValue", "version": 1}
+        {
+            "type": "array",
+            "items": {
+                "type": "struct",
+                "fields": [
+                    {"type": _S, "optional": False, "field": "data_collection"},
+                    {"type": _I, "optional": False, "field": "event_count"},
+                ],
+                "optional": True,
+                "name": "event.collection",
+                "version": 1,
+            },
+            "optional": True,
+            "field": "data_collections",
+        },
+        {"type": _I, "optional": False, "field": "ts_ms"},
+    ],
+    "optional": False,
+    "name": "io.debezium.connector.common.TransactionMetadataValue",
+    "version": 1,
+}
 
 
 def build_schemas(meta: TableMeta) -> None:
     """Fill ``meta.value_schema`` / ``meta.key_schema`` (Connect JSON schemas) once per table version."""
     dropped = meta.policy.excluded if meta.policy is not None else frozenset()
     defaults = meta.defaults or (NO_DEFAULT,) * len(meta.columns)
-    row_fields = [_field(m.schema, c, o, d) for c, m, o, d in zip(meta.columns, meta.mappings, meta.optional, defaults)
-                  if c not in dropped]
+    row_fields = [
+        _field(m.schema, c, o, d)
+        for c, m, o, d in zip(meta.columns, meta.mappings, meta.optional, defaults)
+        if c not in dropped
+    ]
     row_name = f"{meta.topic}.Value"
-    meta.value_schema = connect_order({
-        "type": "struct", "optional": False, "name": f"{meta.topic}.Envelope", "version": 2,
-        "fields": [
-            {"type": "struct", "fields": row_fields, "optional": True, "name": row_name, "field": "before"},
-            {"type": "struct", "fields": row_fields, "optional": True, "name": row_name, "field": "after"},
-            source_schema(),
-            transaction_block_schema(),
-            {"type": "string", "optional": False, "field": "op"},
-            {"type": "int64", "optional": True, "field": "ts_ms"},
-            {"type": "int64", "optional": True, "field": "ts_us"},
-            {"type": "int64", "optional": True, "field": "ts_ns"},
-        ],
-    })
+    meta.value_schema = connect_order(
+        {
+            "type": "struct",
+            "optional": False,
+            "name": f"{meta.topic}.Envelope",
+            "version": 2,
+            "fields": [
+                {"type": "struct", "fields": row_fields, "optional": True, "name": row_name, "field": "before"},
+                {"type": "struct", "fields": row_fields, "optional": True, "name": row_name, "field": "after"},
+                source_schema(),
+                transaction_block_schema(),
+                {"type": "string", "optional": False, "field": "op"},
+                {"type": "int64", "optional": True, "field": "ts_ms"},
+                {"type": "int64", "optional": True, "field": "ts_us"},
+                {"type": "int64", "optional": True, "field": "ts_ns"},
+            ],
+        }
+    )
     if meta.key_columns:
         idx = {c: i for i, c in enumerate(meta.columns)}
-        meta.key_schema = connect_order({"type": "struct", "optional": False, "name": f"{meta.topic}.Key",
-                                         "fields": [_field(meta.mappings[idx[k]].schema, k, False)
-                                                    for k in meta.key_columns]})
+        meta.key_schema = connect_order(
+            {
+                "type": "struct",
+                "optional": False,
+                "name": f"{meta.topic}.Key",
+                "fields": [_field(meta.mappings[idx[k]].schema, k, False) for k in meta.key_columns],
+            }
+        )
 
 
 @dataclass
@@ -287,11 +371,11 @@ class TxContext:
     """The transaction an event belongs to, as the stream (or snapshot) knows it."""
 
     xid: int | None
-    commit_lsn: int | None          # None for snapshot events
-    ts_us: int                      # commit time (stream) / snapshot start time
+    commit_lsn: int | None  # None for snapshot events
+    ts_us: int  # commit time (stream) / snapshot start time
     snapshot: str = "false"
-    begin_lsn: int | None = None    # LSN of the Begin message: Debezium's BEGIN id is "<txId>:<begin lsn>"
-    end_lsn: int | None = None      # end of the commit record, once the Commit came: the END record's id
+    begin_lsn: int | None = None  # LSN of the Begin message: Debezium's BEGIN id is "<txId>:<begin lsn>"
+    end_lsn: int | None = None  # end of the commit record, once the Commit came: the END record's id
     total_order: int = 0
     per_table: dict[str, int] = field(default_factory=dict)
     source_bases: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
@@ -305,8 +389,15 @@ class TxContext:
 class EventBuilder:
     """Builds the change records of one connector (its name, database and converter options)."""
 
-    def __init__(self, name: str, db: str, version: str, schemas_enable: bool = False,
-                 tombstones_on_delete: bool = True, transaction_metadata: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        db: str,
+        version: str,
+        schemas_enable: bool = False,
+        tombstones_on_delete: bool = True,
+        transaction_metadata: bool = False,
+    ) -> None:
         self.name = name
         self.db = db
         self.version = version
@@ -314,13 +405,14 @@ class EventBuilder:
         self.tombstones_on_delete = tombstones_on_delete
         self.transaction_metadata = transaction_metadata
         self._read_sources: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self._now_us = 0    # see now_us
-        self._tail = b""    # b',"ts_ms":…,"ts_us":…,"ts_ns":…}' of now_us: the envelope's end, for the C writer
+        self._now_us = 0  # see now_us
+        self._tail = b""  # b',"ts_ms":…,"ts_us":…,"ts_ns":…}' of now_us: the envelope's end, for the C writer
 
     # -- serialisation
 
-    def _value_bytes(self, meta: TableMeta | None, payload: dict[str, Any], schema: dict[str, Any] | None = None
-                     ) -> bytes:
+    def _value_bytes(
+        self, meta: TableMeta | None, payload: dict[str, Any], schema: dict[str, Any] | None = None
+    ) -> bytes:
         if not self.schemas_enable:
             return orjson.dumps(payload)
         if schema is None and meta is not None:
@@ -348,8 +440,9 @@ class EventBuilder:
 
     # -- the stream's fast path: pgoutput bytes → (op, key, value) in one pass
 
-    def fast_change(self, meta: TableMeta, buf: bytes, tx: TxContext, lsn: int
-                    ) -> tuple[str, bytes | None, bytes] | None:
+    def fast_change(
+        self, meta: TableMeta, buf: bytes, tx: TxContext, lsn: int
+    ) -> tuple[str, bytes | None, bytes] | None:
         """The record of an Insert/Update/Delete payload in the common case, byte-identical to
         :meth:`insert` / :meth:`update` / :meth:`delete` on the decoded message.
 
@@ -372,7 +465,7 @@ class EventBuilder:
                 name = meta._full_name
                 tail = self._tail if self._now_us else self._clock_tail()
                 if self.transaction_metadata:  # the counters move only once the event is written (as _count,
-                    per_table = tx.per_table       # inlined: this is the measured path)
+                    per_table = tx.per_table  # inlined: this is the measured path)
                     n = per_table.get(name, 0) + 1
                     rec = c_event(buf, ctx, lsn, tx.total_order + 1, n, tail)
                     if rec is not None:
@@ -389,8 +482,14 @@ class EventBuilder:
         payload_before, payload_after, op, key_row = rows
         # from here on nothing returns None: the transaction counters below are updated exactly once
         key = self.row_key(meta, key_row)
-        payload = _payload(payload_before, payload_after, self.source(meta, tx, lsn), self._tx_block(meta, tx, lsn),
-                           op, self._now_us or time.time_ns() // 1000)
+        payload = _payload(
+            payload_before,
+            payload_after,
+            self.source(meta, tx, lsn),
+            self._tx_block(meta, tx, lsn),
+            op,
+            self._now_us or time.time_ns() // 1000,
+        )
         if self.schemas_enable:
             return op, key, self._value_bytes(meta, payload)
         return op, key, _dumps(payload)
@@ -441,8 +540,11 @@ class EventBuilder:
             return ()
         txb: tuple[Any, ...] = (None, None, None, None)
         if self.transaction_metadata:
-            txb = tuple(_dumps({"id": f"{tx.xid}:{_LSN_MARK}", "total_order": _LSN_MARK,
-                                "data_collection_order": _LSN_MARK}).split(mark))
+            txb = tuple(
+                _dumps(
+                    {"id": f"{tx.xid}:{_LSN_MARK}", "total_order": _LSN_MARK, "data_collection_order": _LSN_MARK}
+                ).split(mark)
+            )
             if len(txb) != 4:
                 return ()
         return (meta._fields, meta._c_names, meta._key_idx, meta._fast_keys, *src, *txb)
@@ -465,13 +567,15 @@ class EventBuilder:
     def _clock_tail(self) -> bytes:
         return self._tail_for(time.time_ns() // 1000)
 
-    def read_values(self, meta: TableMeta, rows: Sequence[Sequence[Value]], tx: TxContext, lsn: int,
-                    snapshot: str) -> list[tuple[bytes | None, bytes]]:
+    def read_values(
+        self, meta: TableMeta, rows: Sequence[Sequence[Value]], tx: TxContext, lsn: int, snapshot: str
+    ) -> list[tuple[bytes | None, bytes]]:
         """(key, value) of many snapshot rows of one table, byte-identical to :meth:`read` row by row."""
         return list(self.iter_read_values(meta, rows, tx, lsn, snapshot))
 
-    def iter_read_values(self, meta: TableMeta, rows: Sequence[Sequence[Value]], tx: TxContext, lsn: int,
-                         snapshot: str) -> Iterator[tuple[bytes | None, bytes]]:
+    def iter_read_values(
+        self, meta: TableMeta, rows: Sequence[Sequence[Value]], tx: TxContext, lsn: int, snapshot: str
+    ) -> Iterator[tuple[bytes | None, bytes]]:
         """:meth:`read_values` one row at a time. Produce each pair before taking the next: holding a
         chunk's worth of fresh ~600-byte values costs new memory pages (measured: about 2× the CPU per row
         on the bench box), while producing at once lets the allocator reuse the same memory."""
@@ -488,8 +592,11 @@ class EventBuilder:
         c_read_event = _c_read_event if not schemas and meta._c_names is not None else None
         names, key_idx = meta._c_names, meta._key_idx
         head = b'{"before":null,"after":'
-        tail = b',"source":%b,"transaction":null,"op":"r"%b' % (dumps(src), self._tail_for(now_us)) \
-            if c_read_event is not None else b""
+        tail = (
+            b',"source":%b,"transaction":null,"op":"r"%b' % (dumps(src), self._tail_for(now_us))
+            if c_read_event is not None
+            else b""
+        )
         for values in rows:
             if c_read_event is not None:
                 rec = c_read_event(values, fields, names, key_idx, head, tail)
@@ -515,8 +622,9 @@ class EventBuilder:
 
     # -- pieces
 
-    def source(self, meta: TableMeta | None, tx: TxContext, lsn: int | None, snapshot: str | None = None
-               ) -> dict[str, Any]:
+    def source(
+        self, meta: TableMeta | None, tx: TxContext, lsn: int | None, snapshot: str | None = None
+    ) -> dict[str, Any]:
         """The ``source`` block: the transaction's per-table template (built once) with this event's positions.
         Every path (the stream's fast path included) builds it here, so their bytes cannot drift apart."""
         base_key = (meta._full_name if meta else "", snapshot)
@@ -524,11 +632,22 @@ class EventBuilder:
         if base is None:
             ts_us = tx.ts_us
             base = tx.source_bases[base_key] = {
-                "version": self.version, "connector": "postgresql", "name": self.name,
-                "ts_ms": ts_us // 1000, "snapshot": snapshot or tx.snapshot, "db": self.db,
-                "sequence": None, "ts_us": ts_us, "ts_ns": ts_us * 1000,
-                "schema": meta.schema if meta else "", "table": meta.table if meta else "",
-                "txId": tx.xid, "lsn": None, "xmin": None, "origin": None, "origin_lsn": None,
+                "version": self.version,
+                "connector": "postgresql",
+                "name": self.name,
+                "ts_ms": ts_us // 1000,
+                "snapshot": snapshot or tx.snapshot,
+                "db": self.db,
+                "sequence": None,
+                "ts_us": ts_us,
+                "ts_ns": ts_us * 1000,
+                "schema": meta.schema if meta else "",
+                "table": meta.table if meta else "",
+                "txId": tx.xid,
+                "lsn": None,
+                "xmin": None,
+                "origin": None,
+                "origin_lsn": None,
             }
         src = base.copy()
         commit = tx.commit_lsn
@@ -558,12 +677,26 @@ class EventBuilder:
         n = _count(tx, meta._full_name)
         return {"id": f"{tx.xid}:{lsn}", "total_order": tx.total_order, "data_collection_order": n}
 
-    def _envelope(self, meta: TableMeta, op: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-                  tx: TxContext, lsn: int | None, snapshot: str | None = None) -> bytes:
+    def _envelope(
+        self,
+        meta: TableMeta,
+        op: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        tx: TxContext,
+        lsn: int | None,
+        snapshot: str | None = None,
+    ) -> bytes:
         if meta.policy is not None:
             before, after = meta.policy.apply(before), meta.policy.apply(after)
-        payload = _payload(before, after, self.source(meta, tx, lsn, snapshot), self._tx_block(meta, tx, lsn), op,
-                           self.now_us or time.time_ns() // 1000)
+        payload = _payload(
+            before,
+            after,
+            self.source(meta, tx, lsn, snapshot),
+            self._tx_block(meta, tx, lsn),
+            op,
+            self.now_us or time.time_ns() // 1000,
+        )
         return self._value_bytes(meta, payload)
 
     # -- events
@@ -572,8 +705,14 @@ class EventBuilder:
         """A snapshot row (op ``r``). Its source block is the same for every row of a table: built once."""
         after = meta.row(values)
         key = self.row_key(meta, after)
-        payload = _payload(None, meta.policy.apply(after) if meta.policy is not None else after,
-                           self._read_source(meta, tx, lsn, snapshot), None, "r", time.time_ns() // 1000)
+        payload = _payload(
+            None,
+            meta.policy.apply(after) if meta.policy is not None else after,
+            self._read_source(meta, tx, lsn, snapshot),
+            None,
+            "r",
+            time.time_ns() // 1000,
+        )
         return (meta.topic, key, self._value_bytes(meta, payload), None)
 
     def insert(self, meta: TableMeta, new: Sequence[Value], tx: TxContext, lsn: int) -> list[Record]:
@@ -581,29 +720,46 @@ class EventBuilder:
         key = self.key_bytes(meta, meta.key_of(after))
         return [(meta.topic, key, self._envelope(meta, "c", None, after, tx, lsn), None)]
 
-    def update(self, meta: TableMeta, old: Sequence[Value] | None, old_kind: str | None, new: Sequence[Value],
-               tx: TxContext, lsn: int) -> list[Record]:
+    def update(
+        self,
+        meta: TableMeta,
+        old: Sequence[Value] | None,
+        old_kind: str | None,
+        new: Sequence[Value],
+        tx: TxContext,
+        lsn: int,
+    ) -> list[Record]:
         """An update; a changed primary key becomes delete + tombstone + create, as in Debezium."""
         full_old = old if old_kind == "O" else None
-        before = meta.row(old) if full_old is not None else None
+        before = meta.row(full_old) if full_old is not None else None
         after = meta.row(new, full_old, before if before is not None else {})
-        if old is not None and meta.key_columns and any(old[i] != new[i] for i in meta._key_idx):
-            # a 'K' tuple has every column, non-key ones null
-            if UNCHANGED not in meta.key_text(new):
-                old_key = self.key_bytes(meta, meta.key(old))
-                new_key = self.key_bytes(meta, meta.key(new))
-                if before is None:  # only the key columns were sent ('K')
-                    before = meta.key_only_row()
-                    before.update(meta.key(old) or {})
-                # the headers hold the other key as Connect's SimpleHeaderConverter writes a struct: plain
-                # JSON, without the schema wrapper even with schemas.enable (as Debezium's do)
-                new_hdr = [("__debezium.newkey", orjson.dumps(meta.key(new)))]
-                out: list[Record] = [(meta.topic, old_key, self._envelope(meta, "d", before, None, tx, lsn), new_hdr)]
-                if self.tombstones_on_delete:   # Debezium puts the newkey header on the tombstone too
-                    out.append((meta.topic, old_key, None, list(new_hdr)))
-                out.append((meta.topic, new_key, self._envelope(meta, "c", None, after, tx, lsn),
-                            [("__debezium.oldkey", orjson.dumps(meta.key(old)))]))
-                return out
+        # a changed primary key whose new value is fully sent (a 'K' tuple has every column, non-key ones null)
+        if (
+            old is not None
+            and meta.key_columns
+            and any(old[i] != new[i] for i in meta._key_idx)
+            and UNCHANGED not in meta.key_text(new)
+        ):
+            old_key = self.key_bytes(meta, meta.key(old))
+            new_key = self.key_bytes(meta, meta.key(new))
+            if before is None:  # only the key columns were sent ('K')
+                before = meta.key_only_row()
+                before.update(meta.key(old) or {})
+            # the headers hold the other key as Connect's SimpleHeaderConverter writes a struct: plain
+            # JSON, without the schema wrapper even with schemas.enable (as Debezium's do)
+            new_hdr: list[tuple[str, str | bytes | None]] = [("__debezium.newkey", orjson.dumps(meta.key(new)))]
+            out: list[Record] = [(meta.topic, old_key, self._envelope(meta, "d", before, None, tx, lsn), new_hdr)]
+            if self.tombstones_on_delete:  # Debezium puts the newkey header on the tombstone too
+                out.append((meta.topic, old_key, None, list(new_hdr)))
+            out.append(
+                (
+                    meta.topic,
+                    new_key,
+                    self._envelope(meta, "c", None, after, tx, lsn),
+                    [("__debezium.oldkey", orjson.dumps(meta.key(old)))],
+                )
+            )
+            return out
         key = self.key_bytes(meta, meta.key_of(after))
         return [(meta.topic, key, self._envelope(meta, "u", before, after, tx, lsn), None)]
 
@@ -625,8 +781,12 @@ class EventBuilder:
     def message(self, topic: str, prefix: str, content: bytes, tx: TxContext, lsn: int) -> Record:
         """A logical decoding message (``pg_logical_emit_message``) on ``<prefix>.message``, op ``m``."""
         now_us = time.time_ns() // 1000
-        payload = {"op": "m", "ts_ms": now_us // 1000, "source": self.source(None, tx, lsn),
-                   "message": {"prefix": prefix, "content": base64.b64encode(content).decode()}}
+        payload = {
+            "op": "m",
+            "ts_ms": now_us // 1000,
+            "source": self.source(None, tx, lsn),
+            "message": {"prefix": prefix, "content": base64.b64encode(content).decode()},
+        }
         key = orjson.dumps({"prefix": prefix})
         if self.schemas_enable:
             return (topic, key, orjson.dumps({"schema": None, "payload": payload}), None)
@@ -639,15 +799,21 @@ class EventBuilder:
         end = status == "END"
         tid = f"{tx.xid}:{tx.end_lsn}" if end and tx.end_lsn is not None else tx.id
         payload = {
-            "status": status, "id": tid,
+            "status": status,
+            "id": tid,
             "event_count": tx.total_order if end else None,
             "data_collections": [{"data_collection": k, "event_count": v} for k, v in tx.per_table.items()]
-            if end else None,
+            if end
+            else None,
             "ts_ms": tx.ts_us // 1000,
         }
         if self.schemas_enable:
-            return (topic, orjson.dumps({"schema": TX_KEY_SCHEMA, "payload": {"id": tid}}),
-                    orjson.dumps({"schema": TX_VALUE_SCHEMA, "payload": payload}), None)
+            return (
+                topic,
+                orjson.dumps({"schema": TX_KEY_SCHEMA, "payload": {"id": tid}}),
+                orjson.dumps({"schema": TX_VALUE_SCHEMA, "payload": payload}),
+                None,
+            )
         return (topic, orjson.dumps({"id": tid}), orjson.dumps(payload), None)
 
 
@@ -657,11 +823,25 @@ _LSN_MARK = 7_394_512_840_193_846_271  # stands for the LSN in the serialised so
 _MEMO_SIZE = 8192
 
 
-def _payload(before: dict[str, Any] | None, after: dict[str, Any] | None, source: dict[str, Any],
-             transaction: dict[str, Any] | None, op: str, now_us: int) -> dict[str, Any]:
+def _payload(
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    source: dict[str, Any],
+    transaction: dict[str, Any] | None,
+    op: str,
+    now_us: int,
+) -> dict[str, Any]:
     """The Debezium envelope's fields in their order (the C writer writes the same from ``_c_context``)."""
-    return {"before": before, "after": after, "source": source, "transaction": transaction, "op": op,
-            "ts_ms": now_us // 1000, "ts_us": now_us, "ts_ns": now_us * 1000}
+    return {
+        "before": before,
+        "after": after,
+        "source": source,
+        "transaction": transaction,
+        "op": op,
+        "ts_ms": now_us // 1000,
+        "ts_us": now_us,
+        "ts_ns": now_us * 1000,
+    }
 
 
 def _count(tx: TxContext, table: str) -> int:
@@ -678,12 +858,14 @@ def _remember(memo: dict[Any, Any], conv: Any, v: Any) -> Any:
     r = memo[v] = conv(v)
     return r
 
+
 _U16 = struct.Struct(">H").unpack_from
 _U32 = struct.Struct(">I").unpack_from
 
 
-def _fast_rows(meta: TableMeta, buf: bytes
-               ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str, dict[str, Any]] | None:
+def _fast_rows(
+    meta: TableMeta, buf: bytes
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str, dict[str, Any]] | None:
     """An Insert/Update/Delete payload's (before, after, op, row holding the key), decoded by the fast row loop;
     None — with no side effect — for anything the generic path must handle (see ``fast_change``)."""
     fields = meta._fields
@@ -745,7 +927,7 @@ def _fast_row(buf: bytes, pos: int, fields: tuple[tuple[str, Any, Any], ...]) ->
             kind = buf[pos]
             if kind == 116:  # 't'
                 end = pos + 5 + u32(buf, pos + 1)[0]
-                v = buf[pos + 5:end].decode()
+                v = buf[pos + 5 : end].decode()
                 pos = end
                 if conv is None:
                     out[name] = v

@@ -42,8 +42,10 @@ def classify(exc: BaseException, what: str) -> SevisflowError:
         if state.startswith("28"):
             return TerminalError(msg + " — check database.user / database.password")
         if state == "42501":
-            return TerminalError(msg + " — the user needs REPLICATION (or superuser), SELECT on the captured "
-                                 "tables, and ownership of the tables or CREATE on the database to manage the publication")
+            return TerminalError(
+                msg + " — the user needs REPLICATION (or superuser), SELECT on the captured "
+                "tables, and ownership of the tables or CREATE on the database to manage the publication"
+            )
         return TerminalError(msg)
     if isinstance(exc, KafkaException):
         err: KafkaError = exc.args[0]

@@ -32,22 +32,42 @@ class ConnectorMetrics:
         self.registry = CollectorRegistry()
         labels = {"stage": STAGE, "connector": name, "slot": slot}
         lbl = list(labels)
-        self._events = Counter("sevisflow_connector_events", "change events produced to Kafka", lbl + ["op"],
-                               registry=self.registry)
-        self._snapshot_rows = Counter("sevisflow_connector_snapshot_rows", "snapshot rows produced", lbl,
-                                      registry=self.registry)
-        self._snap_progress = Gauge("sevisflow_connector_snapshot_progress_ratio",
-                                    "snapshot progress 0..1 (1 when done or not needed)", lbl, registry=self.registry)
-        self._lag = Gauge("sevisflow_connector_slot_lag_bytes", "WAL bytes between the server's position and "
-                          "the slot's confirmed_flush_lsn", lbl, registry=self.registry)
-        self._confirmed = Gauge("sevisflow_connector_confirmed_lsn", "last LSN confirmed to PostgreSQL", lbl,
-                                registry=self.registry)
-        self._last_event = Gauge("sevisflow_connector_last_event_timestamp_seconds",
-                                 "wall-clock time of the last change event produced", lbl, registry=self.registry)
-        self._behind = Gauge("sevisflow_connector_behind_source_seconds",
-                             "now minus the commit time of the last streamed transaction", lbl, registry=self.registry)
-        self._restarts = Counter("sevisflow_connector_restarts", "task restarts after transient errors", lbl,
-                                 registry=self.registry)
+        self._events = Counter(
+            "sevisflow_connector_events", "change events produced to Kafka", lbl + ["op"], registry=self.registry
+        )
+        self._snapshot_rows = Counter(
+            "sevisflow_connector_snapshot_rows", "snapshot rows produced", lbl, registry=self.registry
+        )
+        self._snap_progress = Gauge(
+            "sevisflow_connector_snapshot_progress_ratio",
+            "snapshot progress 0..1 (1 when done or not needed)",
+            lbl,
+            registry=self.registry,
+        )
+        self._lag = Gauge(
+            "sevisflow_connector_slot_lag_bytes",
+            "WAL bytes between the server's position and the slot's confirmed_flush_lsn",
+            lbl,
+            registry=self.registry,
+        )
+        self._confirmed = Gauge(
+            "sevisflow_connector_confirmed_lsn", "last LSN confirmed to PostgreSQL", lbl, registry=self.registry
+        )
+        self._last_event = Gauge(
+            "sevisflow_connector_last_event_timestamp_seconds",
+            "wall-clock time of the last change event produced",
+            lbl,
+            registry=self.registry,
+        )
+        self._behind = Gauge(
+            "sevisflow_connector_behind_source_seconds",
+            "now minus the commit time of the last streamed transaction",
+            lbl,
+            registry=self.registry,
+        )
+        self._restarts = Counter(
+            "sevisflow_connector_restarts", "task restarts after transient errors", lbl, registry=self.registry
+        )
         self._labels = labels
         self.events_total = 0
         self.snapshot_rows = 0
@@ -102,14 +122,25 @@ class ConnectorMetrics:
     def _snapshot_line_maybe(self, info: dict[str, Any], ratio: float) -> None:
         """``connector.snapshot_progress`` (rows done of the estimate, tables done): the first, then one per
         quarter progress interval, and the last (``completed``) always."""
-        facts = {"snapshot_rows": info.get("rows", 0), "snapshot_rows_estimate": info.get("total_estimate") or None,
-                 "snapshot_tables_done": info.get("tables_done"), "snapshot_tables": info.get("tables")}
+        facts = {
+            "snapshot_rows": info.get("rows", 0),
+            "snapshot_rows_estimate": info.get("total_estimate") or None,
+            "snapshot_tables_done": info.get("tables_done"),
+            "snapshot_tables": info.get("tables"),
+        }
         tally(STAGE).set(**facts)
         if progress_lines() and (info.get("completed") or self._snapshot_line.due()):
-            status.info("connector.snapshot_progress", stage=STAGE, connector=self.name,
-                        rows=facts["snapshot_rows"], rows_estimate=facts["snapshot_rows_estimate"],
-                        tables_done=facts["snapshot_tables_done"], tables=facts["snapshot_tables"],
-                        percent=round(100 * ratio, 1), completed=bool(info.get("completed")))
+            status.info(
+                "connector.snapshot_progress",
+                stage=STAGE,
+                connector=self.name,
+                rows=facts["snapshot_rows"],
+                rows_estimate=facts["snapshot_rows_estimate"],
+                tables_done=facts["snapshot_tables_done"],
+                tables=facts["snapshot_tables"],
+                percent=round(100 * ratio, 1),
+                completed=bool(info.get("completed")),
+            )
 
     def snapshot_not_needed(self) -> None:
         self._snap_progress.labels(**self._labels).set(1.0)
@@ -144,12 +175,20 @@ class ConnectorMetrics:
 
     def status(self) -> dict[str, Any]:
         return {
-            "connector": self.name, "slot": self.slot, "state": self.state, "pid": os.getpid(),
-            "events_total": self.events_total, "snapshot_rows": self.snapshot_rows,
+            "connector": self.name,
+            "slot": self.slot,
+            "state": self.state,
+            "pid": os.getpid(),
+            "events_total": self.events_total,
+            "snapshot_rows": self.snapshot_rows,
             "events_per_second": round(self.events_per_second(), 1),
-            "last_event_ms": self.last_event_ms, "last_commit_ms": self.last_commit_ms,
-            "confirmed_lsn": self.confirmed_lsn, "slot_lag_bytes": self.slot_lag_bytes,
-            "snapshot": self.snapshot, "last_error": self.last_error, "updated_ms": int(time.time() * 1000),
+            "last_event_ms": self.last_event_ms,
+            "last_commit_ms": self.last_commit_ms,
+            "confirmed_lsn": self.confirmed_lsn,
+            "slot_lag_bytes": self.slot_lag_bytes,
+            "snapshot": self.snapshot,
+            "last_error": self.last_error,
+            "updated_ms": int(time.time() * 1000),
         }
 
     def write_status(self, path: os.PathLike[str] | str) -> None:

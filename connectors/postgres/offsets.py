@@ -28,15 +28,15 @@ from sevisflow.core.errors import TerminalError
 
 @dataclass
 class SnapshotProgress:
-    lsn: int                                # consistent point the rows are read at (stamped as source.lsn)
-    tables: list[str]                       # schema.table, in snapshot order
+    lsn: int  # consistent point the rows are read at (stamped as source.lsn)
+    tables: list[str]  # schema.table, in snapshot order
     done: list[str] = field(default_factory=list)
     current: str | None = None
     last_key: list[str | None] | None = None
-    rows: int = 0                           # rows acknowledged so far (all tables)
+    rows: int = 0  # rows acknowledged so far (all tables)
     total_estimate: int = 0
     started_ms: int = 0
-    resumed: int = 0                        # how many times this snapshot was resumed
+    resumed: int = 0  # how many times this snapshot was resumed
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ConnectorState:
     slot_name: str
     snapshot_completed: bool = False
     snapshotted_tables: list[str] = field(default_factory=list)
-    snapshot: SnapshotProgress | None = None   # not None while a snapshot is in progress
+    snapshot: SnapshotProgress | None = None  # not None while a snapshot is in progress
 
     @property
     def offset_exists(self) -> bool:
@@ -71,8 +71,10 @@ class StateStore:
             state.snapshot = SnapshotProgress(**snap) if snap else None
             return state
         except (ValueError, TypeError) as exc:
-            raise TerminalError(f"connector state file {self.path} is unreadable ({exc}); "
-                                "move it away to start over (a new snapshot per snapshot.mode)") from exc
+            raise TerminalError(
+                f"connector state file {self.path} is unreadable ({exc}); "
+                "move it away to start over (a new snapshot per snapshot.mode)"
+            ) from exc
 
     def save(self, state: ConnectorState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

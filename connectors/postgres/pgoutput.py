@@ -65,7 +65,7 @@ class DecodeError(ValueError):
 
 @dataclass(slots=True)
 class Column:
-    flags: int          # bit 1: part of the replica identity key
+    flags: int  # bit 1: part of the replica identity key
     name: str
     type_oid: int
     typmod: int
@@ -80,14 +80,14 @@ class Relation:
     relid: int
     namespace: str
     name: str
-    replica_identity: str   # 'd' default, 'n' nothing, 'f' full, 'i' index
+    replica_identity: str  # 'd' default, 'n' nothing, 'f' full, 'i' index
     columns: tuple[Column, ...]
 
 
 @dataclass(slots=True)
 class Begin:
-    final_lsn: int          # LSN of the transaction's commit record
-    commit_ts_us: int       # Unix µs
+    final_lsn: int  # LSN of the transaction's commit record
+    commit_ts_us: int  # Unix µs
     xid: int
 
 
@@ -95,7 +95,7 @@ class Begin:
 class Commit:
     flags: int
     commit_lsn: int
-    end_lsn: int            # the position to confirm once everything of this transaction is durable
+    end_lsn: int  # the position to confirm once everything of this transaction is durable
     commit_ts_us: int
 
 
@@ -121,7 +121,7 @@ class Insert:
 @dataclass(slots=True)
 class Update:
     relid: int
-    old_kind: str | None    # None (no old tuple sent), 'K' (key columns only) or 'O' (whole old row, FULL)
+    old_kind: str | None  # None (no old tuple sent), 'K' (key columns only) or 'O' (whole old row, FULL)
     old: list[Value] | None
     new: list[Value]
 
@@ -129,7 +129,7 @@ class Update:
 @dataclass(slots=True)
 class Delete:
     relid: int
-    old_kind: str           # 'K' or 'O'
+    old_kind: str  # 'K' or 'O'
     old: list[Value]
 
 
@@ -169,7 +169,7 @@ def _tuple(buf: bytes, pos: int) -> tuple[list[Value], int]:
         if kind == 116:  # 't' text
             ln = u32(buf, pos)[0]
             pos += 4
-            append(buf[pos:pos + ln].decode())
+            append(buf[pos : pos + ln].decode())
             pos += ln
         elif kind == 110:  # 'n' null
             append(None)
@@ -178,7 +178,7 @@ def _tuple(buf: bytes, pos: int) -> tuple[list[Value], int]:
         elif kind == 98:  # 'b' binary (only with the binary option, which we do not request)
             ln = u32(buf, pos)[0]
             pos += 4
-            append(bytes(buf[pos:pos + ln]))
+            append(bytes(buf[pos : pos + ln]))
             pos += ln
         else:
             raise DecodeError(f"unknown tuple column kind {kind!r}")
@@ -264,7 +264,7 @@ def _decode(buf: bytes) -> PgOutputMessage:
         lsn = _I64(buf, 2)[0]
         prefix, pos = _cstring(buf, 10)
         ln = _U32(buf, pos)[0]
-        content = bytes(buf[pos + 4:pos + 4 + ln])
+        content = bytes(buf[pos + 4 : pos + 4 + ln])
         if len(content) != ln:
             raise DecodeError("Message content shorter than its length")
         return Message(bool(flags & 1), lsn, prefix, content)
@@ -305,10 +305,19 @@ def encode(msg: PgOutputMessage) -> bytes:
     if isinstance(msg, Commit):
         return b"C" + struct.pack(">BQQq", msg.flags, msg.commit_lsn, msg.end_lsn, msg.commit_ts_us - PG_EPOCH_UNIX_US)
     if isinstance(msg, Relation):
-        cols = b"".join(struct.pack(">B", c.flags) + _enc_cstring(c.name) + struct.pack(">Ii", c.type_oid, c.typmod)
-                        for c in msg.columns)
-        return (b"R" + struct.pack(">I", msg.relid) + _enc_cstring(msg.namespace) + _enc_cstring(msg.name)
-                + msg.replica_identity.encode() + struct.pack(">H", len(msg.columns)) + cols)
+        cols = b"".join(
+            struct.pack(">B", c.flags) + _enc_cstring(c.name) + struct.pack(">Ii", c.type_oid, c.typmod)
+            for c in msg.columns
+        )
+        return (
+            b"R"
+            + struct.pack(">I", msg.relid)
+            + _enc_cstring(msg.namespace)
+            + _enc_cstring(msg.name)
+            + msg.replica_identity.encode()
+            + struct.pack(">H", len(msg.columns))
+            + cols
+        )
     if isinstance(msg, TypeInfo):
         return b"Y" + struct.pack(">I", msg.oid) + _enc_cstring(msg.namespace) + _enc_cstring(msg.name)
     if isinstance(msg, Insert):
@@ -322,8 +331,13 @@ def encode(msg: PgOutputMessage) -> bytes:
         opts = (1 if msg.cascade else 0) | (2 if msg.restart_identity else 0)
         return b"T" + struct.pack(">IB", len(msg.relids), opts) + b"".join(struct.pack(">I", r) for r in msg.relids)
     if isinstance(msg, Message):
-        return (b"M" + struct.pack(">Bq", 1 if msg.transactional else 0, msg.lsn) + _enc_cstring(msg.prefix)
-                + struct.pack(">I", len(msg.content)) + msg.content)
+        return (
+            b"M"
+            + struct.pack(">Bq", 1 if msg.transactional else 0, msg.lsn)
+            + _enc_cstring(msg.prefix)
+            + struct.pack(">I", len(msg.content))
+            + msg.content
+        )
     if isinstance(msg, Origin):
         return b"O" + struct.pack(">q", msg.lsn) + _enc_cstring(msg.name)
     raise TypeError(f"cannot encode {type(msg).__name__}")

@@ -49,12 +49,17 @@ class ReplicationConnection:
     def __init__(self, conninfo: str, application_name: str = "sevisflow-connector") -> None:
         try:
             self.conn: psycopg.Connection[Any] = psycopg.connect(
-                conninfo, replication="database", autocommit=True, options=SESSION_OPTIONS,
-                application_name=application_name, connect_timeout=10)
+                conninfo,
+                replication="database",
+                autocommit=True,
+                options=SESSION_OPTIONS,
+                application_name=application_name,
+                connect_timeout=10,
+            )
         except psycopg.Error as exc:
             raise classify(exc, "opening the replication connection") from exc
         self.streaming = False
-        self.received_lsn = 0           # highest WAL position seen (XLogData or keepalive)
+        self.received_lsn = 0  # highest WAL position seen (XLogData or keepalive)
         self.reply_requested = False
         self.server_version = self.conn.info.server_version
 
@@ -82,8 +87,10 @@ class ReplicationConnection:
     def start(self, slot: str, publication: str, start_lsn: int = 0) -> None:
         """START_REPLICATION from ``start_lsn`` (0 = the slot's confirmed_flush_lsn)."""
         pub = publication.replace("'", "''").replace('"', '""')
-        q = (f'START_REPLICATION SLOT "{_slot_ident(slot)}" LOGICAL {format_lsn(start_lsn)} '
-             f"(proto_version '1', publication_names '\"{pub}\"', messages 'true')")
+        q = (
+            f'START_REPLICATION SLOT "{_slot_ident(slot)}" LOGICAL {format_lsn(start_lsn)} '
+            f"(proto_version '1', publication_names '\"{pub}\"', messages 'true')"
+        )
         try:
             self.conn.execute(q.encode())
         except psycopg.Error as exc:
@@ -171,6 +178,8 @@ def _err(pgconn: Any) -> str:
 
 def _slot_ident(name: str) -> str:
     if not re.fullmatch(r"[a-z0-9_]{1,63}", name):
-        raise ConfigError(f"slot.name {name!r} is not a valid replication slot name "
-                          "(lower-case letters, digits and underscores, at most 63)")
+        raise ConfigError(
+            f"slot.name {name!r} is not a valid replication slot name "
+            "(lower-case letters, digits and underscores, at most 63)"
+        )
     return name

@@ -73,7 +73,8 @@ class InitialSnapshotter(Snapshotter):
         if offset_exists and not slot_exists and not snapshot_in_progress:
             raise TerminalError(
                 "the connector's offset says the snapshot is done, but the replication slot is gone: changes "
-                "since then cannot be streamed. Restart with snapshot.mode=when_needed to take a new snapshot")
+                "since then cannot be streamed. Restart with snapshot.mode=when_needed to take a new snapshot"
+            )
         return SnapshotDecision(snapshot=not offset_exists or snapshot_in_progress, stream=True)
 
     def snapshot_new_tables(self) -> bool:
@@ -140,8 +141,9 @@ def parse_copy_line(line: str) -> list[Value]:
     return fields
 
 
-def begin_snapshot_transaction(conn: psycopg.Connection[Any], snapshot_name: str, tables: Sequence[str] = (),
-                               lock_timeout_ms: int = 10_000) -> int | None:
+def begin_snapshot_transaction(
+    conn: psycopg.Connection[Any], snapshot_name: str, tables: Sequence[str] = (), lock_timeout_ms: int = 10_000
+) -> int | None:
     """Open the REPEATABLE READ, READ ONLY transaction that sees exactly the exported snapshot.
 
     Returns the snapshot's xmin (used as source.txId of snapshot events).
@@ -153,21 +155,26 @@ def begin_snapshot_transaction(conn: psycopg.Connection[Any], snapshot_name: str
         # none can commit while we read (one committed between slot creation and here would still
         # empty the table for us; its 't' event then follows in the stream).
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_timeout_ms}ms")))
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(*t.split(".", 1)) for t in tables)))
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(*t.split(".", 1)) for t in tables)
+            )
+        )
     row = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8").fetchone()
     return int(row[0]) if row and row[0] is not None else None
 
 
-def chunk_query(meta: TableMeta, key_types: Sequence[str], after_key: Sequence[Value] | None,
-                limit: int | None) -> sql.Composed:
+def chunk_query(
+    meta: TableMeta, key_types: Sequence[str], after_key: Sequence[Value] | None, limit: int | None
+) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in meta.columns)
     q = sql.SQL("SELECT {} FROM {}").format(cols, sql.Identifier(meta.schema, meta.table))
     if meta.key_columns:
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in meta.key_columns)
         if after_key is not None:
             vals = sql.SQL(", ").join(
-                sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t)) for v, t in zip(after_key, key_types))
+                sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t)) for v, t in zip(after_key, key_types)
+            )
             q = sql.SQL("{} WHERE ({}) > ({})").format(q, keys, vals)
         q = sql.SQL("{} ORDER BY {}").format(q, keys)
         if limit:
@@ -175,8 +182,13 @@ def chunk_query(meta: TableMeta, key_types: Sequence[str], after_key: Sequence[V
     return sql.SQL("COPY ({}) TO STDOUT").format(q)
 
 
-def read_chunks(conn: psycopg.Connection[Any], meta: TableMeta, key_types: Sequence[str],
-                after_key: Sequence[Value] | None, chunk_rows: int) -> Iterator[list[list[Value]]]:
+def read_chunks(
+    conn: psycopg.Connection[Any],
+    meta: TableMeta,
+    key_types: Sequence[str],
+    after_key: Sequence[Value] | None,
+    chunk_rows: int,
+) -> Iterator[list[list[Value]]]:
     """Chunks of rows (text values) of one table in primary-key order, starting after ``after_key``."""
     while True:
         limit = chunk_rows if meta.key_columns else None
@@ -270,9 +282,9 @@ class SnapshotMarks:
     """
 
     def __init__(self, first: bool, resumed_table: str | None = None) -> None:
-        self._first = first                   # the snapshot's first row is still to come
-        self._resumed = resumed_table         # a table resumed mid-way: its first row was produced before
-        self._table: str | None = None        # the table of the last chunk taken
+        self._first = first  # the snapshot's first row is still to come
+        self._resumed = resumed_table  # a table resumed mid-way: its first row was produced before
+        self._table: str | None = None  # the table of the last chunk taken
         self._held: tuple[TableMeta, Sequence[Value], bool, bool] | None = None  # row, first overall, first in table
 
     @property

@@ -86,13 +86,17 @@ FLUSH_TIMEOUT_S = 120.0
 class _Stream:
     """The stream loop's state between read batches: the open transaction and the tables seen."""
 
-    metas: dict[int, TableMeta | None] = field(default_factory=dict)       # relid → its meta (None: not captured)
-    rels: dict[int, tuple[Any, ...] | None] = field(default_factory=dict)  # relid → builder.batch_entry, this transaction
+    metas: dict[int, TableMeta | None] = field(default_factory=dict)  # relid → its meta (None: not captured)
+    rels: dict[int, tuple[Any, ...] | None] = field(
+        default_factory=dict
+    )  # relid → builder.batch_entry, this transaction
     tx: TxContext | None = None
-    announced: bool = False          # the open transaction's BEGIN record is produced
+    announced: bool = False  # the open transaction's BEGIN record is produced
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys("cudtm", 0))
     last_commit_ms: int | None = None
-    no_tx: TxContext = field(default_factory=lambda: TxContext(xid=None, commit_lsn=None, ts_us=0))  # events outside a transaction
+    no_tx: TxContext = field(
+        default_factory=lambda: TxContext(xid=None, commit_lsn=None, ts_us=0)
+    )  # events outside a transaction
 
 
 @dataclass
@@ -101,9 +105,9 @@ class _SnapshotRun:
 
     tx: TxContext
     lsn: int
-    table: str | None              # the table of the last row produced
-    key: list[Any] | None          # its key (text), where a resumed snapshot goes on
-    finished: list[str]            # tables read to the end
+    table: str | None  # the table of the last row produced
+    key: list[Any] | None  # its key (text), where a resumed snapshot goes on
+    finished: list[str]  # tables read to the end
     rows: int
 
 
@@ -126,9 +130,13 @@ class ConnectorTask:
         self.confirmed_lsn = 0
         self.known_topics: set[str] = set()
         self.builder = EventBuilder(
-            name=self.c.topic_prefix, db=settings.postgres.dbname, version=__version__,
-            schemas_enable=self.c.schemas_enable, tombstones_on_delete=self.c.tombstones_on_delete,
-            transaction_metadata=self.c.provide_transaction_metadata)
+            name=self.c.topic_prefix,
+            db=settings.postgres.dbname,
+            version=__version__,
+            schemas_enable=self.c.schemas_enable,
+            tombstones_on_delete=self.c.tombstones_on_delete,
+            transaction_metadata=self.c.provide_transaction_metadata,
+        )
         self.tx_topic = f"{self.c.topic_prefix}.transaction"
         self.msg_topic = f"{self.c.topic_prefix}.message"
         self._heartbeat_ok = True
@@ -142,8 +150,13 @@ class ConnectorTask:
         """Connect, prepare, snapshot if the mode says so, then stream until ``stop`` is set."""
         c = self.c
         try:
-            self.query = psycopg.connect(self.conninfo, autocommit=True, options=SESSION_OPTIONS,
-                                         application_name="sevisflow-connector-query", connect_timeout=10)
+            self.query = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                options=SESSION_OPTIONS,
+                application_name="sevisflow-connector-query",
+                connect_timeout=10,
+            )
             info = admin.server_info(self.query)
         except psycopg.Error as exc:
             raise classify(exc, "connecting to the SIS database") from exc
@@ -157,33 +170,55 @@ class ConnectorTask:
             raise classify(exc, "preparing the publication") from exc
         if not tables:
             log.warning("connector.no_tables", include_list=len(c.table_include_list))
-        self.catalog = admin.Catalog(self.query, c.topic_prefix, c.decimal_handling_mode,
-                                     ColumnPolicy.from_settings(c.column_exclude_list, c.column_mask_hash))
-        log.info("connector.starting", slot=c.slot_name, publication=c.publication_name, publication_action=pub,
-                 tables=tables, snapshot_mode=c.snapshot_mode, slot_exists=slot is not None)
+        self.catalog = admin.Catalog(
+            self.query,
+            c.topic_prefix,
+            c.decimal_handling_mode,
+            ColumnPolicy.from_settings(c.column_exclude_list, c.column_mask_hash),
+        )
+        log.info(
+            "connector.starting",
+            slot=c.slot_name,
+            publication=c.publication_name,
+            publication_action=pub,
+            tables=tables,
+            snapshot_mode=c.snapshot_mode,
+            slot_exists=slot is not None,
+        )
         decoder.log_choice()  # connector.decoder: c or python, once per process
         if slot is not None:
             admin.check_slot(slot, info.dbname)
             if slot.active:
-                raise SlotInUseError(f"replication slot {c.slot_name!r} is in use by another process "
-                                     f"(pid {slot.active_pid}); stop that connector or choose another slot.name")
+                raise SlotInUseError(
+                    f"replication slot {c.slot_name!r} is in use by another process "
+                    f"(pid {slot.active_pid}); stop that connector or choose another slot.name"
+                )
 
-        self.producer = make_producer(self.settings.kafka, **{
-            "on_delivery": self._on_delivery, "delivery.report.only.error": True,
-            "partitioner": "murmur2_random",      # Java's partitioner: same partition as Debezium for a key
-            "linger.ms": 20, "batch.size": 1_000_000, "queue.buffering.max.kbytes": 65536,
+        overrides: dict[str, Any] = {
+            "on_delivery": self._on_delivery,
+            "delivery.report.only.error": True,
+            "partitioner": "murmur2_random",  # Java's partitioner: same partition as Debezium for a key
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.kbytes": 65536,
             "queue.buffering.max.messages": 200_000,
-        })
-        self._ensure_topics([self.catalog.topic_for(*t.split(".", 1)) for t in tables]
-                            + ([self.tx_topic] if c.provide_transaction_metadata else []))
+        }
+        self.producer = make_producer(self.settings.kafka, **overrides)
+        self._ensure_topics(
+            [self.catalog.topic_for(*t.split(".", 1)) for t in tables]
+            + ([self.tx_topic] if c.provide_transaction_metadata else [])
+        )
 
         state = self.store.load()
         if state.slot_name != c.slot_name:  # pragma: no cover - the file name contains the slot
             state = ConnectorState(slot_name=c.slot_name)
         policy = snapshotter_for(c.snapshot_mode)
         decision = policy.decide(state.offset_exists, state.snapshot is not None, slot is not None)
-        new_tables = [t for t in tables if t not in state.snapshotted_tables] \
-            if state.snapshot_completed and policy.snapshot_new_tables() else []
+        new_tables = (
+            [t for t in tables if t not in state.snapshotted_tables]
+            if state.snapshot_completed and policy.snapshot_new_tables()
+            else []
+        )
 
         self.repl = ReplicationConnection(self.conninfo)
         if slot is None:
@@ -242,9 +277,22 @@ class ConnectorTask:
         if not wanted:
             return
         # the transaction topic has one partition: its BEGIN/END records stay in commit order
-        ensure_topics(k, [TopicSpec(n, 1 if n == self.tx_topic else k.partitions, k.replication_factor,
-                                    {"cleanup.policy": "delete", "retention.ms": AUDIT_RETENTION_MS,
-                                     "min.insync.replicas": str(k.min_insync_replicas)}) for n in wanted])
+        ensure_topics(
+            k,
+            [
+                TopicSpec(
+                    n,
+                    1 if n == self.tx_topic else k.partitions,
+                    k.replication_factor,
+                    {
+                        "cleanup.policy": "delete",
+                        "retention.ms": AUDIT_RETENTION_MS,
+                        "min.insync.replicas": str(k.min_insync_replicas),
+                    },
+                )
+                for n in wanted
+            ],
+        )
         self.known_topics.update(wanted)
 
     def _produce(self, records: list[Record]) -> None:
@@ -326,8 +374,13 @@ class ConnectorTask:
                 state.snapshot.resumed += 1
             state.snapshot.lsn = lsn
             self.store.save(state)
-            log.info("connector.snapshot_resume", consistent_lsn=format_lsn(lsn), tables=state.snapshot.tables,
-                     done=len(state.snapshot.done), rows=state.snapshot.rows)
+            log.info(
+                "connector.snapshot_resume",
+                consistent_lsn=format_lsn(lsn),
+                tables=state.snapshot.tables,
+                done=len(state.snapshot.done),
+                rows=state.snapshot.rows,
+            )
             assert snap_name is not None
             self._snapshot(snap_name, state)
         finally:
@@ -338,16 +391,23 @@ class ConnectorTask:
         prog = state.snapshot
         assert prog is not None
         self.metrics.state = "snapshot"
-        conn = psycopg.connect(self.conninfo, options=SESSION_OPTIONS, autocommit=True,
-                               application_name="sevisflow-connector-snapshot")
+        conn = psycopg.connect(
+            self.conninfo, options=SESSION_OPTIONS, autocommit=True, application_name="sevisflow-connector-snapshot"
+        )
         try:
             xmin = begin_snapshot_transaction(conn, snapshot_name, [t for t in prog.tables if t not in prog.done])
             tx = TxContext(xid=xmin, commit_lsn=None, ts_us=time.time_ns() // 1000, snapshot="true")
-            marks = SnapshotMarks(first=prog.rows == 0 and not prog.done and prog.resumed == 0,
-                                  resumed_table=prog.current)
+            marks = SnapshotMarks(
+                first=prog.rows == 0 and not prog.done and prog.resumed == 0, resumed_table=prog.current
+            )
             run = _SnapshotRun(tx, prog.lsn, prog.current, prog.last_key, list(prog.done), prog.rows)
-            log.info("connector.snapshot_started", tables=prog.tables, consistent_lsn=format_lsn(prog.lsn),
-                     rows_estimate=prog.total_estimate, resumed=prog.resumed)
+            log.info(
+                "connector.snapshot_started",
+                tables=prog.tables,
+                consistent_lsn=format_lsn(prog.lsn),
+                rows_estimate=prog.total_estimate,
+                resumed=prog.resumed,
+            )
             for table in prog.tables:
                 if table in run.finished:
                     continue
@@ -370,8 +430,9 @@ class ConnectorTask:
             conn.close()
         self._snapshot_done(state, run.rows)
 
-    def _table_chunks(self, conn: psycopg.Connection[Any], table: str, prog: SnapshotProgress
-                      ) -> tuple[TableMeta, Iterator[list[Any]]]:
+    def _table_chunks(
+        self, conn: psycopg.Connection[Any], table: str, prog: SnapshotProgress
+    ) -> tuple[TableMeta, Iterator[list[Any]]]:
         """The table's meta (its topic made) and its rows in key order, chunk by chunk, after the resumed key."""
         schema, name = table.split(".", 1)
         cols = self.catalog.table_columns(table)
@@ -407,9 +468,17 @@ class ConnectorTask:
         checkpoint("connector.before_snapshot_progress")
         self.store.save(state)
         checkpoint("connector.after_snapshot_progress")
-        self.metrics.snapshot_progress(added, {"table": prog.current, "rows": run.rows, "tables_done": len(done),
-                                               "tables": len(prog.tables), "total_estimate": prog.total_estimate,
-                                               "completed": False})
+        self.metrics.snapshot_progress(
+            added,
+            {
+                "table": prog.current,
+                "rows": run.rows,
+                "tables_done": len(done),
+                "tables": len(prog.tables),
+                "total_estimate": prog.total_estimate,
+                "completed": False,
+            },
+        )
         self._write_status()
 
     def _snapshot_done(self, state: ConnectorState, rows: int) -> None:
@@ -422,9 +491,17 @@ class ConnectorTask:
         checkpoint("connector.before_snapshot_done")
         self.store.save(state)
         checkpoint("connector.after_snapshot_done")
-        self.metrics.snapshot_progress(0, {"table": None, "rows": rows, "tables_done": len(prog.tables),
-                                           "tables": len(prog.tables), "total_estimate": prog.total_estimate,
-                                           "completed": True})
+        self.metrics.snapshot_progress(
+            0,
+            {
+                "table": None,
+                "rows": rows,
+                "tables_done": len(prog.tables),
+                "tables": len(prog.tables),
+                "total_estimate": prog.total_estimate,
+                "completed": True,
+            },
+        )
         log.info("connector.snapshot_completed", rows=rows, tables=len(prog.tables))
 
     # ------------------------------------------------------------------ stream
@@ -537,8 +614,9 @@ class ConnectorTask:
         counts["u"] += n_u
         counts["d"] += n_d
 
-    def _c_run(self, items: list[tuple[int, bytes | None]], start: int, relid: int, meta: TableMeta,
-               tx: TxContext, st: _Stream) -> tuple[int, int, int, int]:
+    def _c_run(
+        self, items: list[tuple[int, bytes | None]], start: int, relid: int, meta: TableMeta, tx: TxContext, st: _Stream
+    ) -> tuple[int, int, int, int]:
         """Hand the run of changes from ``start`` to the C writer: (index after it, creates, updates, deletes).
         The index is ``start`` when it took nothing (a table it does not write)."""
         builder = self.builder
@@ -547,8 +625,10 @@ class ConnectorTask:
             entry = st.rels[relid] = builder.batch_entry(meta, tx)
         if entry is None:
             return start, 0, 0, 0
-        nxt, a, b, d, pending = builder.change_batch(items, start, st.rels, builder.batch_tx(tx), builder.batch_tail(),
-                                                     self.producer.produce, builder.tombstones_on_delete)  # type: ignore[union-attr]
+        produce = self.producer.produce  # type: ignore[union-attr]
+        nxt, a, b, d, pending = builder.change_batch(
+            items, start, st.rels, builder.batch_tx(tx), builder.batch_tail(), produce, builder.tombstones_on_delete
+        )
         if pending:  # its produce() found the queue full
             self._produce(pending)
         return nxt, a, b, d
@@ -637,8 +717,9 @@ class ConnectorTask:
         if not admin.included(name, self.patterns):
             return None
         identity = [col.name for col in rel.columns if col.is_key] if rel.replica_identity != "f" else []
-        meta = self.catalog.table_meta(rel.namespace, rel.name, [(col.name, col.type_oid, col.typmod)
-                                                                  for col in rel.columns], rel.relid, identity)
+        meta = self.catalog.table_meta(
+            rel.namespace, rel.name, [(col.name, col.type_oid, col.typmod) for col in rel.columns], rel.relid, identity
+        )
         self._ensure_topics([meta.topic])
         log.info("connector.relation", table=name, columns=len(rel.columns), key=list(meta.key_columns))
         return meta
@@ -650,8 +731,10 @@ class ConnectorTask:
                 admin.emit_heartbeat(self.query, HEARTBEAT_PREFIX, self.c.name)  # type: ignore[arg-type]
             except psycopg.errors.InsufficientPrivilege:
                 self._heartbeat_ok = False
-                log.warning("connector.heartbeat_disabled", reason="no EXECUTE on pg_logical_emit_message; "
-                            "the slot still advances on server keepalives")
+                log.warning(
+                    "connector.heartbeat_disabled",
+                    reason="no EXECUTE on pg_logical_emit_message; the slot still advances on server keepalives",
+                )
             except psycopg.Error as exc:
                 raise classify(exc, "emitting a heartbeat") from exc
 

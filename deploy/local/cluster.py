@@ -52,8 +52,14 @@ DEFAULT_HEAP = "320m"
 class KafkaCluster:
     """``nodes`` combined broker+controller nodes forming one KRaft cluster."""
 
-    def __init__(self, base: Path, nodes: int = 3, security: str = "plaintext", heap: str = DEFAULT_HEAP,
-                 users: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(
+        self,
+        base: Path,
+        nodes: int = 3,
+        security: str = "plaintext",
+        heap: str = DEFAULT_HEAP,
+        users: tuple[str, ...] | list[str] = (),
+    ) -> None:
         if nodes < 1:
             raise StackError("Kafka cluster", "needs at least one node")
         self.base = base
@@ -79,8 +85,17 @@ class KafkaCluster:
             data.mkdir(parents=True, exist_ok=True)
             props = broker_properties(node_id, ports[2 * i], ports[2 * i + 1], voters, data, security, internal_rf)
             _, log = write_node_files(home, props)
-            nodes.append(KafkaNode(node_id=node_id, port=ports[2 * i], controller_port=ports[2 * i + 1],
-                                   home=str(home), datadir=str(data), log=str(log), heap=self.heap))
+            nodes.append(
+                KafkaNode(
+                    node_id=node_id,
+                    port=ports[2 * i],
+                    controller_port=ports[2 * i + 1],
+                    home=str(home),
+                    datadir=str(data),
+                    log=str(log),
+                    heap=self.heap,
+                )
+            )
         cluster_id = _kafka_cluster_id()
         for node in nodes:
             format_storage(Path(node.home), self.heap, cluster_id, security)
@@ -90,15 +105,24 @@ class KafkaCluster:
             node.pid = proc.pid
             procs.append(proc)
         first = nodes[0]
-        info = KafkaInfo(port=first.port, controller_port=first.controller_port, datadir=first.datadir,
-                         log=first.log, pid=first.pid, security=self.security, tls_dir=security.tls_dir,
-                         sasl_username=CLIENT_USER if self.security != "plaintext" else "",
-                         sasl_password_file=security.client_password_file, nodes=nodes,
-                         principal_password_files=dict(security.principal_files))
+        info = KafkaInfo(
+            port=first.port,
+            controller_port=first.controller_port,
+            datadir=first.datadir,
+            log=first.log,
+            pid=first.pid,
+            security=self.security,
+            tls_dir=security.tls_dir,
+            sasl_username=CLIENT_USER if self.security != "plaintext" else "",
+            sasl_password_file=security.client_password_file,
+            nodes=nodes,
+            principal_password_files=dict(security.principal_files),
+        )
         try:
             for node, proc in zip(nodes, procs):
-                KafkaService._wait_ready(info, proc, Path(node.home), timeout_s=timeout_s,
-                                         brokers=self.nodes, port=node.port)
+                KafkaService._wait_ready(
+                    info, proc, Path(node.home), timeout_s=timeout_s, brokers=self.nodes, port=node.port
+                )
         except BaseException:
             KafkaService.stop(info)
             raise

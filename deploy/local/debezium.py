@@ -41,8 +41,20 @@ def ensure_jars() -> Path:
     tmp = libs.with_name("libs.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                    f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"], check=True, timeout=900)
+    subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
+        ],
+        check=True,
+        timeout=900,
+    )
     (tmp / ".complete").write_text(VERSION)
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
@@ -62,20 +74,29 @@ def read_properties(path: Path) -> dict[str, str]:
 
 
 def write_properties(path: Path, values: Mapping[str, str]) -> None:
-    path.write_text("".join(f"{k}={str(v).replace(chr(92), chr(92) * 2)}\n" for k, v in values.items()),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(f"{k}={str(v).replace(chr(92), chr(92) * 2)}\n" for k, v in values.items()), encoding="utf-8"
+    )
     path.chmod(0o600)
 
 
 def connector_properties(pg_port: int, dbname: str, slot: str, topic_prefix: str, **overrides: str) -> dict[str, str]:
     """The shipped connector file with this machine's values: local PostgreSQL, one broker."""
     props = read_properties(SHIPPED_CONNECTOR)
-    props.update({"database.hostname": "127.0.0.1", "database.port": str(pg_port), "database.dbname": dbname,
-                  "database.user": "postgres",
-                  "database.password": "", "slot.name": slot, "topic.prefix": topic_prefix,
-                  "topic.creation.default.replication.factor": "1",
-                  "topic.creation.transaction.replication.factor": "1",
-                  "topic.creation.transaction.include": f"{topic_prefix}\\.transaction"})
+    props.update(
+        {
+            "database.hostname": "127.0.0.1",
+            "database.port": str(pg_port),
+            "database.dbname": dbname,
+            "database.user": "postgres",
+            "database.password": "",
+            "slot.name": slot,
+            "topic.prefix": topic_prefix,
+            "topic.creation.default.replication.factor": "1",
+            "topic.creation.transaction.replication.factor": "1",
+            "topic.creation.transaction.include": f"{topic_prefix}\\.transaction",
+        }
+    )
     props.update(overrides)
     return props
 
@@ -90,19 +111,33 @@ class ConnectStandalone:
         work.mkdir(parents=True, exist_ok=True)
         self.work = work
         worker = read_properties(SHIPPED_WORKER)
-        worker.update({"bootstrap.servers": bootstrap, "offset.storage.file.filename": str(work / "offsets.dat"),
-                       "listeners": f"http://127.0.0.1:{free_port()}"})
+        worker.update(
+            {
+                "bootstrap.servers": bootstrap,
+                "offset.storage.file.filename": str(work / "offsets.dat"),
+                "listeners": f"http://127.0.0.1:{free_port()}",
+            }
+        )
         write_properties(work / "worker.properties", worker)
         write_properties(work / "connector.properties", connector)
         log4j = work / "log4j2.properties"
-        log4j.write_text("status = error\nappender.file.type = File\nappender.file.name = file\n"
-                         f"appender.file.fileName = {work / 'connect.log'}\n"
-                         "appender.file.layout.type = PatternLayout\n"
-                         "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
-                         "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n")
-        self.cmd = [java_bin(), "-Xmx512m", f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
-                    "org.apache.kafka.connect.cli.ConnectStandalone", str(work / "worker.properties"),
-                    str(work / "connector.properties")]
+        log4j.write_text(
+            "status = error\nappender.file.type = File\nappender.file.name = file\n"
+            f"appender.file.fileName = {work / 'connect.log'}\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = WARN\nrootLogger.appenderRef.file.ref = file\n"
+        )
+        self.cmd = [
+            java_bin(),
+            "-Xmx512m",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{libs}/*",
+            "org.apache.kafka.connect.cli.ConnectStandalone",
+            str(work / "worker.properties"),
+            str(work / "connector.properties"),
+        ]
         self._out = open(work / "stdout.log", "wb")  # noqa: SIM115 - the worker's output for its lifetime; closed by stop()
         self.proc = subprocess.Popen(self.cmd, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
 

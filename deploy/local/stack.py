@@ -86,8 +86,9 @@ def _run(step: str, cmd: list[str], log: Path | None = None, **kw: object) -> su
         raise StackError(step, f"{cmd[0]} not found ({exc})") from exc
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-15:]
-        raise StackError(step, f"`{' '.join(cmd[:3])} …` exited {proc.returncode}",
-                         "\n".join(detail) or (tail(log) if log else ""))
+        raise StackError(
+            step, f"`{' '.join(cmd[:3])} …` exited {proc.returncode}", "\n".join(detail) or (tail(log) if log else "")
+        )
     return proc
 
 
@@ -98,8 +99,10 @@ def find_pg_bin() -> Path | None:
     """The newest installed PostgreSQL server's bin folder (Debian layout), if any."""
     root = Path("/usr/lib/postgresql")
     if root.is_dir():
-        versions = sorted((p for p in root.iterdir() if (p / "bin" / "initdb").exists()),
-                          key=lambda p: int(p.name) if p.name.isdigit() else 0)
+        versions = sorted(
+            (p for p in root.iterdir() if (p / "bin" / "initdb").exists()),
+            key=lambda p: int(p.name) if p.name.isdigit() else 0,
+        )
         if versions:
             return versions[-1] / "bin"
     initdb = shutil.which("initdb")
@@ -112,12 +115,17 @@ def ensure_pg_installed() -> Path:
     if found:
         return found
     if os.geteuid() != 0:
-        raise StackError("install PostgreSQL", "no PostgreSQL server found and not root; "
-                         "install it with: sudo apt-get install -y postgresql")
+        raise StackError(
+            "install PostgreSQL",
+            "no PostgreSQL server found and not root; install it with: sudo apt-get install -y postgresql",
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     _run("install PostgreSQL (apt-get update)", ["apt-get", "update", "-q"], env=env)
-    _run("install PostgreSQL (apt-get install)", ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                                                  "postgresql", "postgresql-contrib"], env=env)
+    _run(
+        "install PostgreSQL (apt-get install)",
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql", "postgresql-contrib"],
+        env=env,
+    )
     found = find_pg_bin()
     if not found:
         raise StackError("install PostgreSQL", "apt-get succeeded but no initdb was found")
@@ -131,7 +139,10 @@ def ensure_os_user(name: str = PG_USER) -> tuple[int, int] | None:
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        _run("create PostgreSQL OS user", ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+        _run(
+            "create PostgreSQL OS user",
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        )
         pw = pwd.getpwnam(name)
     return pw.pw_uid, pw.pw_gid
 
@@ -181,9 +192,23 @@ class PostgresService:
             root.mkdir(parents=True, exist_ok=True)
         datadir = root / "data"
         log = root / "postgres.log"
-        _run("PostgreSQL initdb", self._as_owner([str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
-                                                  "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
-                                                  "--no-sync"]), cwd=root)
+        _run(
+            "PostgreSQL initdb",
+            self._as_owner(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(datadir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            ),
+            cwd=root,
+        )
         port = free_port()
         conf = {
             "listen_addresses": "'127.0.0.1'",
@@ -209,15 +234,35 @@ class PostgresService:
         log.touch()
         if ids:
             os.chown(log, *ids)
-        proc = subprocess.run(self._as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log),
-                                              "-w", "-t", "60", "start"]), capture_output=True, text=True, cwd=root)
+        proc = subprocess.run(
+            self._as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "60", "start"]),
+            capture_output=True,
+            text=True,
+            cwd=root,
+        )
         if proc.returncode != 0:
             raise StackError("PostgreSQL start", f"pg_ctl exited {proc.returncode}", tail(log))
         pid = int((datadir / "postmaster.pid").read_text().split()[0])
         info = PostgresInfo(port=port, datadir=str(datadir), socket_dir=str(datadir), pid=pid, root=str(root))
-        _run("PostgreSQL create database", [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                                            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", "CREATE DATABASE sis"],
-             log=log)
+        _run(
+            "PostgreSQL create database",
+            [
+                str(bindir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qc",
+                "CREATE DATABASE sis",
+            ],
+            log=log,
+        )
         self.info = info
         return info
 
@@ -253,9 +298,20 @@ def ensure_kafka_jars() -> Path:
     tmp = libs.with_name("libs.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _run("fetch Kafka jars (mvn dependency:copy-dependencies)",
-         ["mvn", "-q", "-B", "-f", str(HERE / "kafka" / "pom.xml"), "dependency:copy-dependencies",
-          f"-DoutputDirectory={tmp}", "-DincludeScope=runtime", f"-Dkafka.version={KAFKA_VERSION}"])
+    _run(
+        "fetch Kafka jars (mvn dependency:copy-dependencies)",
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(HERE / "kafka" / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
+            f"-Dkafka.version={KAFKA_VERSION}",
+        ],
+    )
     if not any(tmp.glob("kafka_2.13-*.jar")):
         raise StackError("fetch Kafka jars", f"Maven finished but no kafka_2.13 jar is in {tmp}")
     (tmp / ".complete").write_text(KAFKA_VERSION)
@@ -345,18 +401,22 @@ class KafkaInfo:
         if self.security == "sasl_ssl":
             tls = Path(self.tls_dir)
             if user is not None and user not in self.principal_password_files:
-                raise StackError("Kafka principals", f"no SASL user {user!r} in this stack "
-                                 f"(known: {', '.join(sorted(self.principal_password_files))})")
-            out.update({
-                "security_protocol": "SASL_SSL",
-                "ssl_ca_location": str(tls / "ca.pem"),
-                "ssl_certificate_location": str(tls / "client.pem"),
-                "ssl_key_location": str(tls / "client.key"),
-                "ssl_key_password": f"file:{tls / 'client.key.password'}",
-                "sasl_mechanism": SCRAM_MECHANISM,
-                "sasl_username": user or self.sasl_username,
-                "sasl_password": f"file:{self.principal_password_files[user] if user else self.sasl_password_file}",
-            })
+                raise StackError(
+                    "Kafka principals",
+                    f"no SASL user {user!r} in this stack (known: {', '.join(sorted(self.principal_password_files))})",
+                )
+            out.update(
+                {
+                    "security_protocol": "SASL_SSL",
+                    "ssl_ca_location": str(tls / "ca.pem"),
+                    "ssl_certificate_location": str(tls / "client.pem"),
+                    "ssl_key_location": str(tls / "client.key"),
+                    "ssl_key_password": f"file:{tls / 'client.key.password'}",
+                    "sasl_mechanism": SCRAM_MECHANISM,
+                    "sasl_username": user or self.sasl_username,
+                    "sasl_password": f"file:{self.principal_password_files[user] if user else self.sasl_password_file}",
+                }
+            )
         return out
 
     def probe_config(self) -> dict[str, object]:
@@ -364,13 +424,18 @@ class KafkaInfo:
         conf: dict[str, object] = {"bootstrap.servers": self.bootstrap}
         if self.security == "sasl_ssl":
             tls = Path(self.tls_dir)
-            conf.update({
-                "security.protocol": "SASL_SSL", "ssl.ca.location": str(tls / "ca.pem"),
-                "ssl.certificate.location": str(tls / "client.pem"), "ssl.key.location": str(tls / "client.key"),
-                "ssl.key.password": (tls / "client.key.password").read_text().strip(),
-                "sasl.mechanism": SCRAM_MECHANISM, "sasl.username": self.sasl_username,
-                "sasl.password": Path(self.sasl_password_file).read_text().strip(),
-            })
+            conf.update(
+                {
+                    "security.protocol": "SASL_SSL",
+                    "ssl.ca.location": str(tls / "ca.pem"),
+                    "ssl.certificate.location": str(tls / "client.pem"),
+                    "ssl.key.location": str(tls / "client.key"),
+                    "ssl.key.password": (tls / "client.key.password").read_text().strip(),
+                    "sasl.mechanism": SCRAM_MECHANISM,
+                    "sasl.username": self.sasl_username,
+                    "sasl.password": Path(self.sasl_password_file).read_text().strip(),
+                }
+            )
         return conf
 
 
@@ -387,7 +452,9 @@ class _Security:
     @classmethod
     def prepare(cls, mode: str, home: Path, users: tuple[str, ...] | list[str] = ()) -> _Security:
         if mode not in SECURITY_MODES:
-            raise StackError("Kafka security", f"unknown security mode {mode!r}; use one of {', '.join(SECURITY_MODES)}")
+            raise StackError(
+                "Kafka security", f"unknown security mode {mode!r}; use one of {', '.join(SECURITY_MODES)}"
+            )
         if mode == "plaintext":
             return cls(mode)
         from sevisflow.deploy.local.tls import make_tls_files
@@ -396,10 +463,18 @@ class _Security:
         tls = make_tls_files(secret_dir)
         pw_file = _write_secret(secret_dir / "sasl.password", secrets.token_hex(16))
         # one SCRAM user per principal of the ACL model, each password in its own 0600 file
-        files = {u: str(_write_secret(secret_dir / f"{u}.password", secrets.token_hex(16)))
-                 for u in users if u not in (ADMIN_USER, CLIENT_USER)}
-        return cls(mode, tls_dir=tls.dir, admin_password=secrets.token_hex(16), client_password_file=str(pw_file),
-                   principal_files=files)
+        files = {
+            u: str(_write_secret(secret_dir / f"{u}.password", secrets.token_hex(16)))
+            for u in users
+            if u not in (ADMIN_USER, CLIENT_USER)
+        }
+        return cls(
+            mode,
+            tls_dir=tls.dir,
+            admin_password=secrets.token_hex(16),
+            client_password_file=str(pw_file),
+            principal_files=files,
+        )
 
     def client_password(self) -> str:
         return Path(self.client_password_file).read_text().strip()
@@ -408,8 +483,12 @@ class _Security:
         """``kafka-storage format --add-scram`` arguments: the SCRAM users exist from the first start."""
         if self.mode == "plaintext":
             return []
-        args = ["--add-scram", f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={self.admin_password}]",
-                "--add-scram", f"{SCRAM_MECHANISM}=[name={CLIENT_USER},password={self.client_password()}]"]
+        args = [
+            "--add-scram",
+            f"{SCRAM_MECHANISM}=[name={ADMIN_USER},password={self.admin_password}]",
+            "--add-scram",
+            f"{SCRAM_MECHANISM}=[name={CLIENT_USER},password={self.client_password()}]",
+        ]
         for user, path in sorted(self.principal_files.items()):
             args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={Path(path).read_text().strip()}]"]
         return args
@@ -423,8 +502,9 @@ def _write_secret(path: Path, value: str) -> Path:
     return path
 
 
-def broker_properties(node_id: int, port: int, controller_port: int, voters: str, data: Path,
-                      security: _Security, internal_rf: int = 1) -> dict[str, str]:
+def broker_properties(
+    node_id: int, port: int, controller_port: int, voters: str, data: Path, security: _Security, internal_rf: int = 1
+) -> dict[str, str]:
     """server.properties of one combined broker+controller node.
 
     ``voters`` is the static controller quorum (``1@127.0.0.1:p1,2@…``); ``internal_rf`` the
@@ -457,44 +537,47 @@ def broker_properties(node_id: int, port: int, controller_port: int, voters: str
     }
     if internal_rf > 1:
         # fail over quickly: a dead node is fenced (and leaves the ISRs) after 3 s, not 9 s
-        props.update({
-            "broker.heartbeat.interval.ms": "500",
-            "broker.session.timeout.ms": "3000",
-            "controller.quorum.election.timeout.ms": "1000",
-            "controller.quorum.fetch.timeout.ms": "2000",
-            "default.replication.factor": str(internal_rf),
-            "min.insync.replicas": str(min(2, internal_rf)),
-            "unclean.leader.election.enable": "false",
-            "num.replica.fetchers": "1",
-            "num.network.threads": "2",
-            "num.io.threads": "2",
-            "background.threads": "2",
-            "log.cleaner.threads": "1",
-        })
+        props.update(
+            {
+                "broker.heartbeat.interval.ms": "500",
+                "broker.session.timeout.ms": "3000",
+                "controller.quorum.election.timeout.ms": "1000",
+                "controller.quorum.fetch.timeout.ms": "2000",
+                "default.replication.factor": str(internal_rf),
+                "min.insync.replicas": str(min(2, internal_rf)),
+                "unclean.leader.election.enable": "false",
+                "num.replica.fetchers": "1",
+                "num.network.threads": "2",
+                "num.io.threads": "2",
+                "background.threads": "2",
+                "log.cleaner.threads": "1",
+            }
+        )
     if security.mode == "sasl_ssl":
         tls = Path(security.tls_dir)
         listener = client.lower()
-        props.update({
-            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
-            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
-            f"listener.name.{listener}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config":
-                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        props.update(
+            {
+                "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+                "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+                f"listener.name.{listener}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
                 f'username="{ADMIN_USER}" password="{security.admin_password}";',
-            "ssl.keystore.type": "PEM",
-            "ssl.keystore.location": str(tls / "broker.pem"),
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(tls / "ca.pem"),
-            # mutual TLS on a SASL_SSL listener needs the listener prefix (the bare key applies to SSL listeners only)
-            f"listener.name.{listener}.ssl.client.auth": "required",
-            "ssl.endpoint.identification.algorithm": "https",
-            # least privilege: KRaft's authorizer, deny what no ACL allows (sevisflow/core/acls.py gives the ACLs).
-            # Super users: the brokers' own user, the operator, and ANONYMOUS — the principal of the
-            # CONTROLLER listener, which is plaintext on the loopback interface of this local stack only
-            # (brokers register with the controllers over it); the client listener has no anonymous access.
-            "authorizer.class.name": AUTHORIZER,
-            "allow.everyone.if.no.acl.found": "false",
-            "super.users": f"User:{ADMIN_USER};User:{CLIENT_USER};User:ANONYMOUS",
-        })
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(tls / "broker.pem"),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(tls / "ca.pem"),
+                # mutual TLS on a SASL_SSL listener needs the listener prefix (the bare key applies to SSL listeners only)
+                f"listener.name.{listener}.ssl.client.auth": "required",
+                "ssl.endpoint.identification.algorithm": "https",
+                # least privilege: KRaft's authorizer, deny what no ACL allows (sevisflow/core/acls.py gives the ACLs).
+                # Super users: the brokers' own user, the operator, and ANONYMOUS — the principal of the
+                # CONTROLLER listener, which is plaintext on the loopback interface of this local stack only
+                # (brokers register with the controllers over it); the client listener has no anonymous access.
+                "authorizer.class.name": AUTHORIZER,
+                "allow.everyone.if.no.acl.found": "false",
+                "super.users": f"User:{ADMIN_USER};User:{CLIENT_USER};User:ANONYMOUS",
+            }
+        )
     return props
 
 
@@ -523,23 +606,46 @@ def write_node_files(home: Path, props: dict[str, str]) -> tuple[Path, Path]:
 def java_cmd(home: Path, heap: str) -> list[str]:
     """The JVM command line (small heap, serial GC, C1 only: quick to start on small machines)."""
     libs = ensure_kafka_jars()
-    return [java_bin(), f"-Xmx{heap}", "-Xss1m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
-            "-cp", f"{libs}/*"]
+    return [
+        java_bin(),
+        f"-Xmx{heap}",
+        "-Xss1m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+        "-cp",
+        f"{libs}/*",
+    ]
 
 
 def format_storage(home: Path, heap: str, cluster_id: str, security: _Security) -> None:
     """``kafka-storage format`` for one node (creating the SCRAM users of a secured stack)."""
-    _run("Kafka storage format", java_cmd(home, heap) + [
-        "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(home / "server.properties"),
-        "--ignore-formatted"] + security.format_args(), log=home / "server.log")
+    _run(
+        "Kafka storage format",
+        java_cmd(home, heap)
+        + [
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(home / "server.properties"),
+            "--ignore-formatted",
+        ]
+        + security.format_args(),
+        log=home / "server.log",
+    )
 
 
 def launch_node(home: Path, heap: str) -> subprocess.Popen[bytes]:
     """Start one node in its own process group (so a stop or kill -9 reaches the whole JVM)."""
     with open(home / "stdout.log", "ab") as stdout:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(java_cmd(home, heap) + ["kafka.Kafka", str(home / "server.properties")],
-                                stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            java_cmd(home, heap) + ["kafka.Kafka", str(home / "server.properties")],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 class KafkaService:
@@ -550,8 +656,9 @@ class KafkaService:
     are created at format time. :meth:`KafkaInfo.kafka_settings` gives the client settings.
     """
 
-    def __init__(self, base: Path, heap: str = "768m", security: str = "plaintext",
-                 users: tuple[str, ...] | list[str] = ()) -> None:
+    def __init__(
+        self, base: Path, heap: str = "768m", security: str = "plaintext", users: tuple[str, ...] | list[str] = ()
+    ) -> None:
         self.base = base
         self.heap = heap
         self.security = security
@@ -570,25 +677,41 @@ class KafkaService:
         _, log = write_node_files(home, props)
         format_storage(home, self.heap, _kafka_cluster_id(), security)
         proc = launch_node(home, self.heap)
-        info = KafkaInfo(port=port, controller_port=cport, datadir=str(data), log=str(log), pid=proc.pid,
-                         security=self.security, tls_dir=security.tls_dir,
-                         sasl_username=CLIENT_USER if self.security != "plaintext" else "",
-                         sasl_password_file=security.client_password_file,
-                         principal_password_files=dict(security.principal_files))
+        info = KafkaInfo(
+            port=port,
+            controller_port=cport,
+            datadir=str(data),
+            log=str(log),
+            pid=proc.pid,
+            security=self.security,
+            tls_dir=security.tls_dir,
+            sasl_username=CLIENT_USER if self.security != "plaintext" else "",
+            sasl_password_file=security.client_password_file,
+            principal_password_files=dict(security.principal_files),
+        )
         self._wait_ready(info, proc, home)
         return info
 
     @staticmethod
-    def _wait_ready(info: KafkaInfo, proc: subprocess.Popen[bytes], home: Path, timeout_s: float = 90,
-                    brokers: int = 1, port: int | None = None) -> None:
+    def _wait_ready(
+        info: KafkaInfo,
+        proc: subprocess.Popen[bytes],
+        home: Path,
+        timeout_s: float = 90,
+        brokers: int = 1,
+        port: int | None = None,
+    ) -> None:
         from confluent_kafka.admin import AdminClient
 
         port = port or info.port
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise StackError("Kafka start", f"broker exited with {proc.returncode}",
-                                 tail(home / "server.log") or tail(home / "stdout.log"))
+                raise StackError(
+                    "Kafka start",
+                    f"broker exited with {proc.returncode}",
+                    tail(home / "server.log") or tail(home / "stdout.log"),
+                )
             if port_open(port):
                 # a logger object is a valid setting, though the client's annotations allow only scalars
                 conf: dict[str, Any] = {**info.probe_config(), "log_level": 0, "logger": _null_logger()}
@@ -602,8 +725,11 @@ class KafkaService:
                     pass
             time.sleep(0.3)
         proc.kill()
-        raise StackError("Kafka start", f"broker not ready within {timeout_s}s",
-                         tail(home / "server.log") or tail(home / "stdout.log"))
+        raise StackError(
+            "Kafka start",
+            f"broker not ready within {timeout_s}s",
+            tail(home / "server.log") or tail(home / "stdout.log"),
+        )
 
     @staticmethod
     def stop(info: KafkaInfo, timeout_s: float = 30) -> None:
@@ -711,10 +837,13 @@ class StackInfo:
     @classmethod
     def load(cls, base: Path) -> StackInfo:
         raw = json.loads((base / STATE_FILE).read_text())
-        return cls(name=raw["name"], base=raw["base"],
-                   postgres=PostgresInfo(**raw["postgres"]) if raw.get("postgres") else None,
-                   kafka=_kafka_info_from(raw["kafka"]) if raw.get("kafka") else None,
-                   extra=raw.get("extra", {}))
+        return cls(
+            name=raw["name"],
+            base=raw["base"],
+            postgres=PostgresInfo(**raw["postgres"]) if raw.get("postgres") else None,
+            kafka=_kafka_info_from(raw["kafka"]) if raw.get("kafka") else None,
+            extra=raw.get("extra", {}),
+        )
 
     def env(self) -> dict[str, str]:
         """SEVISFLOW_* variables that point the pipeline at this stack."""
@@ -741,10 +870,17 @@ def stacks_root() -> Path:
     return Path(os.environ.get("SEVISFLOW_STACKS_DIR", Path.cwd() / ".local" / "stacks"))
 
 
-def start_stack(name: str | None = None, base: Path | None = None, postgres: bool = True, kafka: bool = True,
-                pg_timezone: str = "UTC", progress: Callable[[str], None] = print,
-                kafka_brokers: int = 1, kafka_security: str = "plaintext",
-                acl_settings: Settings | None = None) -> StackInfo:
+def start_stack(
+    name: str | None = None,
+    base: Path | None = None,
+    postgres: bool = True,
+    kafka: bool = True,
+    pg_timezone: str = "UTC",
+    progress: Callable[[str], None] = print,
+    kafka_brokers: int = 1,
+    kafka_security: str = "plaintext",
+    acl_settings: Settings | None = None,
+) -> StackInfo:
     """Start PostgreSQL and/or Kafka in a fresh folder; stop what started if a later step fails.
 
     ``kafka_brokers=3`` starts a three-node KRaft cluster (deploy/local/cluster.py) instead of
@@ -820,8 +956,11 @@ def write_principal_envs(info: StackInfo, acl_settings: Settings, progress: Call
     roles = principal_role(acl_settings)
     for user in sorted(info.kafka.principal_password_files):
         env = {f"SEVISFLOW_KAFKA_{k.upper()}": v for k, v in info.kafka.kafka_settings(user).items()}
-        _write_secret(folder / f"{user}.env", f"# sevisflow principal {user} (role {roles.get(user, '?')})\n"
-                      + "".join(f"export {k}={v}\n" for k, v in env.items()))
+        _write_secret(
+            folder / f"{user}.env",
+            f"# sevisflow principal {user} (role {roles.get(user, '?')})\n"
+            + "".join(f"export {k}={v}\n" for k, v in env.items()),
+        )
     return folder
 
 
@@ -844,11 +983,16 @@ def stack_status(info: StackInfo) -> dict[str, object]:
         "name": info.name,
         "base": info.base,
         "postgres": {"port": info.postgres.port, "running": _alive(info.postgres.pid) and port_open(info.postgres.port)}
-        if info.postgres else None,
-        "kafka": {"bootstrap": info.kafka.bootstrap, "security": info.kafka.security,
-                  "nodes": len(info.kafka.nodes) or 1,
-                  "running": all(_alive(pid) for pid in info.kafka.all_pids()) and port_open(info.kafka.port)}
-        if info.kafka else None,
+        if info.postgres
+        else None,
+        "kafka": {
+            "bootstrap": info.kafka.bootstrap,
+            "security": info.kafka.security,
+            "nodes": len(info.kafka.nodes) or 1,
+            "running": all(_alive(pid) for pid in info.kafka.all_pids()) and port_open(info.kafka.port),
+        }
+        if info.kafka
+        else None,
     }
 
 

@@ -44,8 +44,12 @@ class TlsFiles:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sevisflow local stack"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sevisflow local stack"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -54,20 +58,43 @@ def _write(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _issue(subject: str, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey,
-           ca_name: x509.Name, days: int, *, ca: bool = False, sans: list[x509.GeneralName] | None = None,
-           usages: list[x509.ObjectIdentifier] | None = None) -> x509.Certificate:
+def _issue(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    days: int,
+    *,
+    ca: bool = False,
+    sans: list[x509.GeneralName] | None = None,
+    usages: list[x509.ObjectIdentifier] | None = None,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(subject)).issuer_name(ca_name if not ca else _name(subject))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(ca_name if not ca else _name(subject))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+    )
     if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
-            critical=True)
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     if usages:
@@ -84,26 +111,47 @@ def make_tls_files(folder: Path, days: int = 2) -> TlsFiles:
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
 
     broker_key = ec.generate_private_key(ec.SECP256R1())
-    broker_cert = _issue("localhost", broker_key, ca_key, ca_cert.subject, days,
-                         sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-                         usages=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-    broker_pem = (broker_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption())
-                  + broker_cert.public_bytes(serialization.Encoding.PEM) + ca_pem)
+    broker_cert = _issue(
+        "localhost",
+        broker_key,
+        ca_key,
+        ca_cert.subject,
+        days,
+        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    broker_pem = (
+        broker_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        + broker_cert.public_bytes(serialization.Encoding.PEM)
+        + ca_pem
+    )
 
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client_cert = _issue("sevisflow", client_key, ca_key, ca_cert.subject, days,
-                         usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    client_cert = _issue(
+        "sevisflow", client_key, ca_key, ca_cert.subject, days, usages=[ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     password = secrets.token_hex(16)
 
-    files = TlsFiles(dir=str(folder), ca=str(folder / "ca.pem"), broker_keystore=str(folder / "broker.pem"),
-                     client_cert=str(folder / "client.pem"), client_key=str(folder / "client.key"),
-                     client_key_password_file=str(folder / "client.key.password"))
+    files = TlsFiles(
+        dir=str(folder),
+        ca=str(folder / "ca.pem"),
+        broker_keystore=str(folder / "broker.pem"),
+        client_cert=str(folder / "client.pem"),
+        client_key=str(folder / "client.key"),
+        client_key_password_file=str(folder / "client.key.password"),
+    )
     _write(Path(files.ca), ca_pem)
     _write(Path(files.broker_keystore), broker_pem)
     _write(Path(files.client_cert), client_cert.public_bytes(serialization.Encoding.PEM) + ca_pem)
-    _write(Path(files.client_key), client_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password.encode())))
+    _write(
+        Path(files.client_key),
+        client_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password.encode()),
+        ),
+    )
     _write(Path(files.client_key_password_file), password.encode())
     return files

@@ -12,33 +12,70 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from sevisflow.deploy.sis import refdata, terms
 from sevisflow.deploy.sis.builder import UTC, IdCounters, SchoolBuilder, ascii_fold, weighted
 from sevisflow.deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER, Op, Row, School, Transaction, World
 
-__all__ = ["AUTHORIZATION_KINDS", "CHANGE_KINDS", "EXTRA_KINDS", "Op", "Transaction", "World", "activity_span",
-           "generate_activity", "generate_authorizations", "in_registration_window"]
+__all__ = [
+    "AUTHORIZATION_KINDS",
+    "CHANGE_KINDS",
+    "EXTRA_KINDS",
+    "Op",
+    "Transaction",
+    "World",
+    "activity_span",
+    "generate_activity",
+    "generate_authorizations",
+    "in_registration_window",
+]
 
 # The kinds the brief asks for; every activity of at least len(CHANGE_KINDS) changes has each.
 CHANGE_KINDS: tuple[str, ...] = (
-    "address_move", "name_change", "contact_change", "major_change", "term_registration",
-    "withdrawal", "completion", "extension", "shortening", "new_admit", "dependent_added",
+    "address_move",
+    "name_change",
+    "contact_change",
+    "major_change",
+    "term_registration",
+    "withdrawal",
+    "completion",
+    "extension",
+    "shortening",
+    "new_admit",
+    "dependent_added",
     "domestic_change",
 )
 # Further everyday changes: a REGISTERED row for next term (not reportable), a funding update.
 EXTRA_KINDS: tuple[str, ...] = ("course_signup", "finance_change")
 _WEIGHTS: dict[str, int] = {
-    "address_move": 12, "name_change": 4, "contact_change": 10, "major_change": 6,
-    "term_registration": 20, "withdrawal": 3, "completion": 5, "extension": 5, "shortening": 2,
-    "new_admit": 6, "dependent_added": 3, "domestic_change": 15, "course_signup": 6,
+    "address_move": 12,
+    "name_change": 4,
+    "contact_change": 10,
+    "major_change": 6,
+    "term_registration": 20,
+    "withdrawal": 3,
+    "completion": 5,
+    "extension": 5,
+    "shortening": 2,
+    "new_admit": 6,
+    "dependent_added": 3,
+    "domestic_change": 15,
+    "course_signup": 6,
     "finance_change": 3,
 }
-_DOMESTIC_SUBKINDS = ("address_move", "contact_change", "name_change", "major_change",
-                      "term_registration", "withdrawal", "course_signup")
+_DOMESTIC_SUBKINDS = (
+    "address_move",
+    "contact_change",
+    "name_change",
+    "major_change",
+    "term_registration",
+    "withdrawal",
+    "course_signup",
+)
 
 
 @dataclass
@@ -114,8 +151,7 @@ class _Activity:
         if foreign is not None and rng.random() < 0.2:
             self.tx.update("address", foreign, **self.builder().foreign_place(foreign["country"]))
             return "foreign address"
-        self.tx.update("address", physical,
-                       **self.builder().us_place("US_PHYSICAL", local=rng.random() < 0.85))
+        self.tx.update("address", physical, **self.builder().us_place("US_PHYSICAL", local=rng.random() < 0.85))
         note = "US address"
         if rng.random() < 0.25:
             phone, code = self.builder().phone("US")
@@ -163,7 +199,8 @@ class _Activity:
         if r < 0.75:
             local = f"{ascii_fold(p['first_name'] or p['last_name'])}.{ascii_fold(p['last_name'])}"
             changes["email"] = f"{local}{rng.randint(100, 999)}@" + rng.choice(
-                ("example.com", "example.net", "example.org"))
+                ("example.com", "example.net", "example.org")
+            )
         if r >= 0.6:
             changes["phone"], changes["phone_country_code"] = self.builder().phone("US")
         self.touch_person(pid, **changes)
@@ -198,8 +235,9 @@ class _Activity:
         if row is not None and row["status"] != "REGISTERED":
             return None
         if row is None:
-            new = self.builder().enrollment(pid, t, program["degree_level"], "ENROLLED", self.at,
-                                            full_time=self.rng.random() > 0.05)
+            new = self.builder().enrollment(
+                pid, t, program["degree_level"], "ENROLLED", self.at, full_time=self.rng.random() > 0.05
+            )
             self.tx.insert("enrollment", new)
             note = "enrolled (walk-in)"
         else:
@@ -256,33 +294,45 @@ class _Activity:
 
     def new_admit(self) -> tuple[int, str]:
         """A new international admit who needs an I-20: every table of theirs in one commit."""
-        rows = self.builder().international(stage="new_admit",
-                                            visa=weighted(self.rng, (("F-1", 90), ("M-1", 5), ("J-1", 5))))
+        rows = self.builder().international(
+            stage="new_admit", visa=weighted(self.rng, (("F-1", 90), ("M-1", 5), ("J-1", 5)))
+        )
         rows["person"][0]["updated_at"] = self.at
         for table in TABLE_ORDER:
             for row in rows[table]:
                 self.tx.insert(table, row)
         immigration = rows["immigration"][0]
-        return (rows["person"][0]["person_id"],
-                f"{immigration['visa_type']}, issue reason {immigration['issue_reason']}")
+        return (
+            rows["person"][0]["person_id"],
+            f"{immigration['visa_type']}, issue reason {immigration['issue_reason']}",
+        )
 
     def dependent_added(self, pid: int) -> str | None:
         immigration = self.world.immigration(pid)
         finance = self.world.finance(pid)
-        if immigration is None or immigration["visa_type"] not in ("F-1", "M-1") or finance is None \
-                or self.studying(pid) is None:
+        if (
+            immigration is None
+            or immigration["visa_type"] not in ("F-1", "M-1")
+            or finance is None
+            or self.studying(pid) is None
+        ):
             return None
         student = self.world.person(pid)
         if student["birth_date"] is None or (self.day - student["birth_date"]).days < 22 * 365:
             return None
-        has_spouse = any(d["relationship"] == "SPOUSE" and d["status"] == "ACTIVE"
-                         for d in self.world.of("dependent", pid))
+        has_spouse = any(
+            d["relationship"] == "SPOUSE" and d["status"] == "ACTIVE" for d in self.world.of("dependent", pid)
+        )
         relationship = "CHILD" if has_spouse else "SPOUSE"
         visa = "F-2" if immigration["visa_type"] == "F-1" else "M-2"
         self.tx.insert("dependent", self.builder().dependent(student, relationship, visa))
         cost = 6000 if relationship == "SPOUSE" else 4000
-        self.tx.update("finance", finance, dependent_expenses=finance["dependent_expenses"] + cost,
-                       personal_funds=finance["personal_funds"] + cost)
+        self.tx.update(
+            "finance",
+            finance,
+            dependent_expenses=finance["dependent_expenses"] + cost,
+            personal_funds=finance["personal_funds"] + cost,
+        )
         return relationship.lower()
 
     def course_signup(self, pid: int) -> str | None:
@@ -290,11 +340,13 @@ class _Activity:
         if program is None:
             return None
         t = terms.regular(terms.last_started_ordinal(self.day) + 1)
-        if t.start_date > program["expected_end_date"] or t.term_id not in self.known_terms \
-                or self.world.enrollment(pid, t.term_id) is not None:
+        if (
+            t.start_date > program["expected_end_date"]
+            or t.term_id not in self.known_terms
+            or self.world.enrollment(pid, t.term_id) is not None
+        ):
             return None
-        self.tx.insert("enrollment", self.builder().enrollment(pid, t, program["degree_level"],
-                                                               "REGISTERED", None))
+        self.tx.insert("enrollment", self.builder().enrollment(pid, t, program["degree_level"], "REGISTERED", None))
         return f"registered for {t.term_id}"
 
     def finance_change(self, pid: int) -> str | None:
@@ -302,8 +354,12 @@ class _Activity:
         if finance is None or self.active(pid) is None:
             return None
         raise_by = int(finance["tuition"] * self.rng.uniform(0.02, 0.06))
-        self.tx.update("finance", finance, tuition=finance["tuition"] + raise_by,
-                       personal_funds=finance["personal_funds"] + raise_by)
+        self.tx.update(
+            "finance",
+            finance,
+            tuition=finance["tuition"] + raise_by,
+            personal_funds=finance["personal_funds"] + raise_by,
+        )
         return "tuition increase"
 
 
@@ -432,18 +488,37 @@ def generate_activity(school: School, n_changes: int, seed: int, today: date) ->
 
 # Kept out of generate_activity's schedule on purpose: a new kind there would re-draw every later
 # change of every seed (and the demo's expected counts). generate_authorizations is its own stream.
-AUTHORIZATION_KINDS: tuple[str, ...] = ("rcl_approved", "cpt_approved", "opt_recommended", "stem_extension",
-                                        "authorization_withdrawn")
+AUTHORIZATION_KINDS: tuple[str, ...] = (
+    "rcl_approved",
+    "cpt_approved",
+    "opt_recommended",
+    "stem_extension",
+    "authorization_withdrawn",
+)
 _RCL_REASONS = ("ENGLISH_LANGUAGE", "READING", "TEACHING_METHODS", "COURSE_LEVEL", "MEDICAL", "FINAL_TERM")
 
 
 def _authorization_row(act: _Activity, pid: int, kind: str, start: date, end: date) -> Row:
     rng = act.rng
-    row: Row = {"authorization_id": act.ids.take("student_authorization"), "person_id": pid, "kind": kind,
-                "status": "APPROVED", "start_date": start, "end_date": end, "time_basis": None,
-                "employer_name": None, "employer_line1": None, "employer_line2": None, "employer_city": None,
-                "employer_state": None, "employer_postal_code": None, "course_relevance": None,
-                "rcl_reason": None, "academic_year_met": None, "remarks": None}
+    row: Row = {
+        "authorization_id": act.ids.take("student_authorization"),
+        "person_id": pid,
+        "kind": kind,
+        "status": "APPROVED",
+        "start_date": start,
+        "end_date": end,
+        "time_basis": None,
+        "employer_name": None,
+        "employer_line1": None,
+        "employer_line2": None,
+        "employer_city": None,
+        "employer_state": None,
+        "employer_postal_code": None,
+        "course_relevance": None,
+        "rcl_reason": None,
+        "academic_year_met": None,
+        "remarks": None,
+    }
     if kind == "RCL":
         row["rcl_reason"] = rng.choice(_RCL_REASONS)
     else:
@@ -452,15 +527,23 @@ def _authorization_row(act: _Activity, pid: int, kind: str, start: date, end: da
         row["academic_year_met"] = True
     if kind in ("CPT", "STEM_OPT"):
         place = act.builder().us_place("US_PHYSICAL", local=rng.random() < 0.7)
-        row.update({"employer_name": rng.choice(refdata.EMPLOYERS), "employer_line1": place["line1"],
-                    "employer_line2": place["line2"], "employer_city": place["city"],
-                    "employer_state": place["state"], "employer_postal_code": place["postal_code"],
-                    "course_relevance": "Training directly related to the student's major field of study"})
+        row.update(
+            {
+                "employer_name": rng.choice(refdata.EMPLOYERS),
+                "employer_line1": place["line1"],
+                "employer_line2": place["line2"],
+                "employer_city": place["city"],
+                "employer_state": place["state"],
+                "employer_postal_code": place["postal_code"],
+                "course_relevance": "Training directly related to the student's major field of study",
+            }
+        )
     return row
 
 
 def _authorize(act: _Activity, kind: str) -> tuple[int, str] | None:
     """One approval (or a withdrawal) for a fitting student: active F-1 with a SEVIS ID."""
+
     def fits(pid: int) -> bool:
         imm = act.world.immigration(pid) or {}
         return bool(act.active(pid) and imm.get("visa_type") == "F-1" and imm.get("sevis_id"))
@@ -495,8 +578,9 @@ def _authorize(act: _Activity, kind: str) -> tuple[int, str] | None:
     return pid, kind.replace("_", " ")
 
 
-def generate_authorizations(school: School, seed: int, today: date, *,
-                            kinds: tuple[str, ...] = AUTHORIZATION_KINDS) -> list[Transaction]:
+def generate_authorizations(
+    school: School, seed: int, today: date, *, kinds: tuple[str, ...] = AUTHORIZATION_KINDS
+) -> list[Transaction]:
     """A few DSO approvals (and one withdrawal) for active F-1 students, one commit each, a day apart.
 
     Deterministic from (school, seed, today); its own random stream, so generate_activity is unchanged.

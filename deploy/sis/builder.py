@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import random
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from sevisflow.deploy.sis import refdata, terms
 from sevisflow.deploy.sis.model import Row, School, empty_school
@@ -22,17 +23,27 @@ SCHOOL_EMAIL_DOMAIN = "students.example.edu"
 
 # Regular terms (SP/FA) a programme lasts.
 PROGRAM_TERMS: dict[str, int] = {
-    "ASSOCIATE": 4, "BACHELORS": 8, "MASTERS": 4, "DOCTORATE": 10,
-    "LANGUAGE": 2, "CERTIFICATE": 2, "NON_DEGREE": 2,
+    "ASSOCIATE": 4,
+    "BACHELORS": 8,
+    "MASTERS": 4,
+    "DOCTORATE": 10,
+    "LANGUAGE": 2,
+    "CERTIFICATE": 2,
+    "NON_DEGREE": 2,
 }
 GRADUATE_LEVELS = frozenset({"MASTERS", "DOCTORATE"})
 # (min, max) age when the programme starts
 _START_AGE: dict[str, tuple[int, int]] = {
-    "ASSOCIATE": (17, 30), "BACHELORS": (17, 23), "MASTERS": (21, 35), "DOCTORATE": (22, 36),
-    "LANGUAGE": (17, 35), "CERTIFICATE": (18, 40), "NON_DEGREE": (19, 30),
+    "ASSOCIATE": (17, 30),
+    "BACHELORS": (17, 23),
+    "MASTERS": (21, 35),
+    "DOCTORATE": (22, 36),
+    "LANGUAGE": (17, 35),
+    "CERTIFICATE": (18, 40),
+    "NON_DEGREE": (19, 30),
 }
 _ENGLISH_NATIVE = frozenset({"IE", "CA", "US"})
-UTC = timezone.utc
+UTC = UTC
 
 T = TypeVar("T")
 
@@ -84,8 +95,10 @@ class IdCounters:
     @classmethod
     def after(cls, school: School) -> IdCounters:
         """Counters that continue after every id already in `school`."""
+
         def nxt(table: str, column: str, default: int) -> int:
             return max((r[column] for r in school.get(table, [])), default=default - 1) + 1
+
         return cls(
             person=nxt("person", "person_id", 1001),
             address=nxt("address", "address_id", 1),
@@ -99,8 +112,9 @@ class IdCounters:
 class SchoolBuilder:
     """Builds the rows of one student at a time; shared by the school and activity generators."""
 
-    def __init__(self, rng: random.Random, today: date, ids: IdCounters | None = None,
-                 used_sevis_ids: set[str] | None = None) -> None:
+    def __init__(
+        self, rng: random.Random, today: date, ids: IdCounters | None = None, used_sevis_ids: set[str] | None = None
+    ) -> None:
         self.rng = rng
         self.today = today
         self.ids = ids or IdCounters()
@@ -136,8 +150,9 @@ class SchoolBuilder:
             return rng.choice("6789") + f"{rng.randrange(10**9):09d}", code
         return rng.choice("23456789") + f"{rng.randrange(10**8):08d}", code
 
-    def person(self, citizenship: str, birth_country: str, birth_date: date, *,
-               foreign_phone: bool, school_email: bool) -> Row:
+    def person(
+        self, citizenship: str, birth_country: str, birth_date: date, *, foreign_phone: bool, school_email: bool
+    ) -> Row:
         """A `person` row with a name typical for the country of citizenship."""
         rng = self.rng
         person_id = self.ids.take("person")
@@ -158,7 +173,8 @@ class SchoolBuilder:
             email = f"{local}{person_id % 1000}@{SCHOOL_EMAIL_DOMAIN}"
         else:
             email = f"{ascii_fold(first or last)}.{ascii_fold(last)}{rng.randint(1, 99)}@" + rng.choice(
-                ("example.com", "example.net", "example.org"))
+                ("example.com", "example.net", "example.org")
+            )
         phone, phone_cc = self.phone(citizenship if foreign_phone else "US")
         return {
             "person_id": person_id,
@@ -196,10 +212,10 @@ class SchoolBuilder:
             line1, line2 = f"PO Box {rng.randint(100, 9999)}", None
         else:
             line1 = f"{rng.randint(100, 2999)} {rng.choice(refdata.US_STREETS)}"
-            line2 = rng.choice((None, None, f"Apt {rng.randint(1, 40)}{rng.choice('ABCD')}",
-                                f"Unit {rng.randint(100, 999)}"))
-        return {"line1": line1, "line2": line2, "city": city, "state": state,
-                "postal_code": zip_code, "country": "US"}
+            line2 = rng.choice(
+                (None, None, f"Apt {rng.randint(1, 40)}{rng.choice('ABCD')}", f"Unit {rng.randint(100, 999)}")
+            )
+        return {"line1": line1, "line2": line2, "city": city, "state": state, "postal_code": zip_code, "country": "US"}
 
     def foreign_place(self, country: str) -> Row:
         """Address fields of a home-country address."""
@@ -207,23 +223,46 @@ class SchoolBuilder:
         city, province, postal = rng.choice(refdata.FOREIGN_PLACES[country])
         line1 = f"{rng.randint(1, 300)} {rng.choice(refdata.FOREIGN_STREETS[country])}"
         line2 = rng.choice((None, None, f"Flat {rng.randint(1, 30)}", f"Building {rng.randint(1, 9)}"))
-        return {"line1": line1, "line2": line2, "city": city, "state": province,
-                "postal_code": postal, "country": country}
+        return {
+            "line1": line1,
+            "line2": line2,
+            "city": city,
+            "state": province,
+            "postal_code": postal,
+            "country": country,
+        }
 
     def us_address(self, person_id: int, kind: str, local: bool) -> Row:
         """An `address` row in the US."""
-        return {"address_id": self.ids.take("address"), "person_id": person_id, "kind": kind,
-                **self.us_place(kind, local)}
+        return {
+            "address_id": self.ids.take("address"),
+            "person_id": person_id,
+            "kind": kind,
+            **self.us_place(kind, local),
+        }
 
     def foreign_address(self, person_id: int, country: str) -> Row:
         """A FOREIGN `address` row."""
-        return {"address_id": self.ids.take("address"), "person_id": person_id, "kind": "FOREIGN",
-                **self.foreign_place(country)}
+        return {
+            "address_id": self.ids.take("address"),
+            "person_id": person_id,
+            "kind": "FOREIGN",
+            **self.foreign_place(country),
+        }
 
     # ---- programme, enrollment ----------------------------------------------------------------
 
-    def program(self, person_id: int, level: str, first: int, status: str, *,
-                international: bool, citizenship: str, is_current: bool = True) -> Row:
+    def program(
+        self,
+        person_id: int,
+        level: str,
+        first: int,
+        status: str,
+        *,
+        international: bool,
+        citizenship: str,
+        is_current: bool = True,
+    ) -> Row:
         """A `program` row spanning PROGRAM_TERMS[level] regular terms from ordinal `first`."""
         rng = self.rng
         if level in ("CERTIFICATE", "NON_DEGREE") and rng.random() < 0.5 and international:
@@ -246,12 +285,19 @@ class SchoolBuilder:
             else:
                 eng_req, eng_met = True, rng.random() < 0.95
         return {
-            "program_id": self.ids.take("program"), "person_id": person_id, "degree_level": level,
-            "major_cip": major, "second_major_cip": second, "minor_cip": minor,
+            "program_id": self.ids.take("program"),
+            "person_id": person_id,
+            "degree_level": level,
+            "major_cip": major,
+            "second_major_cip": second,
+            "minor_cip": minor,
             "start_date": terms.regular(first).start_date,
             "expected_end_date": terms.regular(first + PROGRAM_TERMS[level] - 1).end_date,
-            "status": status, "english_required": eng_req, "english_met": eng_met,
-            "english_not_required_reason": eng_reason, "is_current": is_current,
+            "status": status,
+            "english_required": eng_req,
+            "english_met": eng_met,
+            "english_not_required_reason": eng_reason,
+            "is_current": is_current,
         }
 
     def course_load(self, level: str, full_time: bool) -> tuple[Decimal, bool]:
@@ -266,16 +312,24 @@ class SchoolBuilder:
             hours += 0.5
         return Decimal(f"{hours:.1f}"), full_time
 
-    def enrollment(self, person_id: int, t: Term, level: str, status: str,
-                   confirmed_at: datetime | None, *, full_time: bool = True) -> Row:
+    def enrollment(
+        self, person_id: int, t: Term, level: str, status: str, confirmed_at: datetime | None, *, full_time: bool = True
+    ) -> Row:
         """An `enrollment` row."""
         hours, ft = self.course_load(level, full_time)
-        return {"enrollment_id": self.ids.take("enrollment"), "person_id": person_id,
-                "term_id": t.term_id, "status": status, "credit_hours": hours, "full_time": ft,
-                "confirmed_at": confirmed_at}
+        return {
+            "enrollment_id": self.ids.take("enrollment"),
+            "person_id": person_id,
+            "term_id": t.term_id,
+            "status": status,
+            "credit_hours": hours,
+            "full_time": ft,
+            "confirmed_at": confirmed_at,
+        }
 
-    def enrollments(self, person_id: int, level: str, first: int, last: int,
-                    final_status: str | None, part_time_share: float) -> list[Row]:
+    def enrollments(
+        self, person_id: int, level: str, first: int, last: int, final_status: str | None, part_time_share: float
+    ) -> list[Row]:
         """Enrollment history for regular terms `first`..`last` (plus the odd summer term).
 
         The term in progress on `today` is ENROLLED only if confirmation already happened;
@@ -297,15 +351,31 @@ class SchoolBuilder:
                 status = final_status
             rows.append(self.enrollment(person_id, t, level, status, confirmed, full_time=full))
             summer = terms.term(t.year, "SU")
-            if (t.season == "SP" and ordinal < min(last, program_end) and summer.end_date < self.today
-                    and summer.term_id in self.term_ids and rng.random() < 0.08):
-                rows.append(self.enrollment(person_id, summer, level, "ENROLLED",
-                                            at_time(rng, summer.start_date + timedelta(days=3)),
-                                            full_time=False))
+            if (
+                t.season == "SP"
+                and ordinal < min(last, program_end)
+                and summer.end_date < self.today
+                and summer.term_id in self.term_ids
+                and rng.random() < 0.08
+            ):
+                rows.append(
+                    self.enrollment(
+                        person_id,
+                        summer,
+                        level,
+                        "ENROLLED",
+                        at_time(rng, summer.start_date + timedelta(days=3)),
+                        full_time=False,
+                    )
+                )
         nxt = terms.regular(self.next_ordinal)
-        if (final_status is None and first <= self.next_ordinal <= min(last, program_end)
-                and (nxt.start_date - self.today).days <= 75 and nxt.term_id in self.term_ids
-                and rng.random() < 0.65):
+        if (
+            final_status is None
+            and first <= self.next_ordinal <= min(last, program_end)
+            and (nxt.start_date - self.today).days <= 75
+            and nxt.term_id in self.term_ids
+            and rng.random() < 0.65
+        ):
             rows.append(self.enrollment(person_id, nxt, level, "REGISTERED", None))
         return rows
 
@@ -322,14 +392,14 @@ class SchoolBuilder:
         if stage == "deferred":
             return self.next_ordinal + 1, self.next_ordinal
         if stage == "completed":
-            last_ended = self.last_started if terms.regular(self.last_started).end_date < self.today \
-                else self.last_started - 1
+            last_ended = (
+                self.last_started if terms.regular(self.last_started).end_date < self.today else self.last_started - 1
+            )
             end = rng.randint(terms.ordinal_on_or_after(self.today - timedelta(days=700)), last_ended)
             return end - n + 1, end
         first = rng.randint(today_ordinal - n + 1, self.last_started)  # started, not yet over
         just_ended = terms.regular(self.last_started).end_date
-        if stage == "active" and just_ended < self.today <= just_ended + timedelta(days=60) \
-                and rng.random() < 0.15:
+        if stage == "active" and just_ended < self.today <= just_ended + timedelta(days=60) and rng.random() < 0.15:
             first = self.last_started - n + 1  # finished last term; completion not recorded yet
         if stage == "terminated":
             return first, rng.randint(first, self.last_started)
@@ -341,35 +411,62 @@ class SchoolBuilder:
         """All rows of one F-1 / M-1 / J-1 student in `stage` (random when None)."""
         rng = self.rng
         visa = visa or weighted(rng, (("F-1", 85), ("M-1", 6), ("J-1", 9)))
-        stage = stage or weighted(rng, (("new_admit", 6), ("initial", 8), ("deferred", 1),
-                                        ("declined", 1), ("active", 76), ("completed", 5),
-                                        ("terminated", 3)))
+        stage = stage or weighted(
+            rng,
+            (
+                ("new_admit", 6),
+                ("initial", 8),
+                ("deferred", 1),
+                ("declined", 1),
+                ("active", 76),
+                ("completed", 5),
+                ("terminated", 3),
+            ),
+        )
         if visa == "M-1":
             level = weighted(rng, (("CERTIFICATE", 7), ("NON_DEGREE", 3)))
         elif visa == "J-1":
             level = weighted(rng, (("NON_DEGREE", 60), ("DOCTORATE", 25), ("MASTERS", 15)))
         else:
-            level = weighted(rng, (("BACHELORS", 38), ("MASTERS", 35), ("DOCTORATE", 12),
-                                   ("LANGUAGE", 5), ("ASSOCIATE", 5), ("CERTIFICATE", 3),
-                                   ("NON_DEGREE", 2)))
+            level = weighted(
+                rng,
+                (
+                    ("BACHELORS", 38),
+                    ("MASTERS", 35),
+                    ("DOCTORATE", 12),
+                    ("LANGUAGE", 5),
+                    ("ASSOCIATE", 5),
+                    ("CERTIFICATE", 3),
+                    ("NON_DEGREE", 2),
+                ),
+            )
         citizenship = weighted(rng, refdata.INTERNATIONAL_COUNTRY_WEIGHTS)
         birth_country = citizenship
         if rng.random() < 0.05:
             birth_country = weighted(rng, refdata.INTERNATIONAL_COUNTRY_WEIGHTS)
         first, last = self.first_ordinal(level, stage)
-        program_status = {"new_admit": "ADMITTED", "initial": "ADMITTED", "deferred": "DEFERRED",
-                          "declined": "DECLINED", "active": "ACTIVE", "completed": "COMPLETED",
-                          "terminated": rng.choice(("WITHDRAWN", "WITHDRAWN", "DISMISSED"))}[stage]
+        program_status = {
+            "new_admit": "ADMITTED",
+            "initial": "ADMITTED",
+            "deferred": "DEFERRED",
+            "declined": "DECLINED",
+            "active": "ACTIVE",
+            "completed": "COMPLETED",
+            "terminated": rng.choice(("WITHDRAWN", "WITHDRAWN", "DISMISSED")),
+        }[stage]
         admitted = stage in ("new_admit", "initial", "deferred", "declined")
         issue_reason = "S" if rng.random() < 0.1 else "I"
         in_us = not admitted or issue_reason == "S"
         prior_bachelors = level in GRADUATE_LEVELS and stage == "active" and rng.random() < 0.2
         born = self.birth_date(level, terms.regular(first).start_date)
         if prior_bachelors:  # old enough to have started the bachelor's here at 17
-            born = max(min(born, years_before(terms.regular(first - 8).start_date, 17)),
-                       years_before(self.today, 46) + timedelta(days=1))
-        person = self.person(citizenship, birth_country, born,
-                             foreign_phone=not in_us or rng.random() < 0.25, school_email=not admitted)
+            born = max(
+                min(born, years_before(terms.regular(first - 8).start_date, 17)),
+                years_before(self.today, 46) + timedelta(days=1),
+            )
+        person = self.person(
+            citizenship, birth_country, born, foreign_phone=not in_us or rng.random() < 0.25, school_email=not admitted
+        )
         pid = person["person_id"]
         out = empty_school()
         out["person"].append(person)
@@ -378,15 +475,25 @@ class SchoolBuilder:
         sevis_id = None if stage == "new_admit" else self.sevis_id()
         issued = None
         if sevis_id is not None:
-            issued = min(start - timedelta(days=rng.randint(45, 150)),
-                         self.today - timedelta(days=rng.randint(1, 30)))
-        out["immigration"].append({
-            "person_id": pid, "visa_type": visa, "sevis_id": sevis_id,
-            "sevis_status": {"new_admit": None, "initial": "INITIAL", "deferred": "INITIAL",
-                             "declined": "CANCELED", "active": "ACTIVE", "completed": "COMPLETED",
-                             "terminated": "TERMINATED"}[stage],
-            "issue_reason": issue_reason, "i20_issue_date": issued,
-        })
+            issued = min(start - timedelta(days=rng.randint(45, 150)), self.today - timedelta(days=rng.randint(1, 30)))
+        out["immigration"].append(
+            {
+                "person_id": pid,
+                "visa_type": visa,
+                "sevis_id": sevis_id,
+                "sevis_status": {
+                    "new_admit": None,
+                    "initial": "INITIAL",
+                    "deferred": "INITIAL",
+                    "declined": "CANCELED",
+                    "active": "ACTIVE",
+                    "completed": "COMPLETED",
+                    "terminated": "TERMINATED",
+                }[stage],
+                "issue_reason": issue_reason,
+                "i20_issue_date": issued,
+            }
+        )
 
         out["address"].append(self.foreign_address(pid, citizenship))
         if in_us and not (stage == "completed" and rng.random() < 0.3):
@@ -395,11 +502,18 @@ class SchoolBuilder:
                 out["address"].append(self.us_address(pid, "US_MAILING", local=rng.random() < 0.5))
 
         if prior_bachelors:
-            out["program"].append(self.program(pid, "BACHELORS", first - 8, "COMPLETED",
-                                               international=True, citizenship=citizenship,
-                                               is_current=False))
-        program = self.program(pid, level, first, program_status, international=True,
-                               citizenship=citizenship)
+            out["program"].append(
+                self.program(
+                    pid,
+                    "BACHELORS",
+                    first - 8,
+                    "COMPLETED",
+                    international=True,
+                    citizenship=citizenship,
+                    is_current=False,
+                )
+            )
+        program = self.program(pid, level, first, program_status, international=True, citizenship=citizenship)
         out["program"].append(program)
 
         if stage in ("active", "completed", "terminated"):
@@ -416,8 +530,17 @@ class SchoolBuilder:
     def domestic(self) -> School:
         """All rows of one domestic student (citizen, permanent resident or non-F/M/J visa)."""
         rng = self.rng
-        level = weighted(rng, (("BACHELORS", 55), ("ASSOCIATE", 10), ("MASTERS", 22),
-                               ("DOCTORATE", 5), ("CERTIFICATE", 5), ("NON_DEGREE", 3)))
+        level = weighted(
+            rng,
+            (
+                ("BACHELORS", 55),
+                ("ASSOCIATE", 10),
+                ("MASTERS", 22),
+                ("DOCTORATE", 5),
+                ("CERTIFICATE", 5),
+                ("NON_DEGREE", 3),
+            ),
+        )
         stage = weighted(rng, (("initial", 8), ("active", 80), ("completed", 7), ("terminated", 5)))
         visa_kind = weighted(rng, (("citizen", 80), ("H-1B", 9), ("LPR", 9), ("B-2", 2)))
         citizenship = "US" if visa_kind == "citizen" else weighted(rng, refdata.INTERNATIONAL_COUNTRY_WEIGHTS)
@@ -426,23 +549,26 @@ class SchoolBuilder:
             birth_country = weighted(rng, refdata.INTERNATIONAL_COUNTRY_WEIGHTS)
         first, last = self.first_ordinal(level, stage)
         born = self.birth_date(level, terms.regular(first).start_date)
-        person = self.person(citizenship, birth_country, born, foreign_phone=False,
-                             school_email=stage != "initial")
+        person = self.person(citizenship, birth_country, born, foreign_phone=False, school_email=stage != "initial")
         pid = person["person_id"]
         out = empty_school()
         out["person"].append(person)
         if visa_kind != "citizen":
-            out["immigration"].append({
-                "person_id": pid, "visa_type": None if visa_kind == "LPR" else visa_kind,
-                "sevis_id": None, "sevis_status": None, "issue_reason": None, "i20_issue_date": None,
-            })
+            out["immigration"].append(
+                {
+                    "person_id": pid,
+                    "visa_type": None if visa_kind == "LPR" else visa_kind,
+                    "sevis_id": None,
+                    "sevis_status": None,
+                    "issue_reason": None,
+                    "i20_issue_date": None,
+                }
+            )
         out["address"].append(self.us_address(pid, "US_PHYSICAL", local=stage != "initial"))
         if rng.random() < 0.3:
             out["address"].append(self.us_address(pid, "US_MAILING", local=False))
-        status = {"initial": "ADMITTED", "active": "ACTIVE", "completed": "COMPLETED",
-                  "terminated": "WITHDRAWN"}[stage]
-        out["program"].append(self.program(pid, level, first, status, international=False,
-                                           citizenship=citizenship))
+        status = {"initial": "ADMITTED", "active": "ACTIVE", "completed": "COMPLETED", "terminated": "WITHDRAWN"}[stage]
+        out["program"].append(self.program(pid, level, first, status, international=False, citizenship=citizenship))
         if stage != "initial":
             final = "WITHDRAWN" if stage == "terminated" else None
             out["enrollment"] += self.enrollments(pid, level, first, last, final, 0.25)
@@ -475,10 +601,19 @@ class SchoolBuilder:
         pool = weighted(rng, refdata.COUNTRIES[country][0])
         first, _, own_last = self.name(pool, gender)
         last = student["last_name"] if relationship == "CHILD" or rng.random() < 0.6 else own_last
-        return {"dependent_id": self.ids.take("dependent"), "person_id": student["person_id"],
-                "first_name": first, "last_name": last, "birth_date": born, "gender": gender,
-                "birth_country": country, "citizenship_country": country,
-                "relationship": relationship, "visa_type": visa, "status": "ACTIVE"}
+        return {
+            "dependent_id": self.ids.take("dependent"),
+            "person_id": student["person_id"],
+            "first_name": first,
+            "last_name": last,
+            "birth_date": born,
+            "gender": gender,
+            "birth_country": country,
+            "citizenship_country": country,
+            "relationship": relationship,
+            "visa_type": visa,
+            "status": "ACTIVE",
+        }
 
     def family(self, student: Row, visa: str) -> list[Row]:
         """A spouse and sometimes children."""
@@ -490,10 +625,15 @@ class SchoolBuilder:
     def finance(self, person_id: int, level: str, visa: str, dependents: list[Row]) -> Row:
         """Cost of attendance and funding for one academic year; funding covers the costs."""
         rng = self.rng
-        tuition_range = {"ASSOCIATE": (9000, 18000), "BACHELORS": (28000, 52000),
-                         "MASTERS": (30000, 58000), "DOCTORATE": (30000, 55000),
-                         "LANGUAGE": (9000, 16000), "CERTIFICATE": (14000, 26000),
-                         "NON_DEGREE": (15000, 30000)}[level]
+        tuition_range = {
+            "ASSOCIATE": (9000, 18000),
+            "BACHELORS": (28000, 52000),
+            "MASTERS": (30000, 58000),
+            "DOCTORATE": (30000, 55000),
+            "LANGUAGE": (9000, 16000),
+            "CERTIFICATE": (14000, 26000),
+            "NON_DEGREE": (15000, 30000),
+        }[level]
         months = 12 if visa == "M-1" or level == "LANGUAGE" else rng.choice((9, 9, 9, 12))
         tuition = rng.randint(*tuition_range)
         living = rng.randint(12000, 21000) * months // 9
@@ -511,10 +651,17 @@ class SchoolBuilder:
             other_funds = int((total - school_funds) * rng.uniform(0.3, 1.0))
             source = rng.choice(refdata.OTHER_FUND_SOURCES)
         personal = total - school_funds - other_funds + rng.randint(0, 8000)
-        return {"person_id": person_id, "academic_term_months": months, "tuition": tuition,
-                "living_expenses": living, "dependent_expenses": dependent_expenses,
-                "other_costs": other_costs,
-                "other_costs_remarks": refdata.OTHER_COST_REMARKS if other_costs else None,
-                "personal_funds": personal,
-                "school_funds": school_funds, "school_funds_remarks": remarks,
-                "other_funds": other_funds, "other_funds_source": source}
+        return {
+            "person_id": person_id,
+            "academic_term_months": months,
+            "tuition": tuition,
+            "living_expenses": living,
+            "dependent_expenses": dependent_expenses,
+            "other_costs": other_costs,
+            "other_costs_remarks": refdata.OTHER_COST_REMARKS if other_costs else None,
+            "personal_funds": personal,
+            "school_funds": school_funds,
+            "school_funds_remarks": remarks,
+            "other_funds": other_funds,
+            "other_funds_source": source,
+        }

@@ -40,31 +40,89 @@ EXCHANGE_TABLES = ("exchange_visitor", "exchange_funding", "exchange_site", "exc
 
 # the kinds of a season; every season of at least len(EV_KINDS) changes has each
 EV_KINDS: tuple[str, ...] = (
-    "ev_new_appointment", "ev_sevis_id_recorded", "ev_arrival", "ev_address_move", "ev_site_added", "ev_site_moved", "ev_site_closed",
-    "ev_extension", "ev_early_end", "ev_termination", "ev_no_show", "ev_cancelled", "ev_amend",
-    "ev_subject_change", "ev_funding_change", "ev_dependent_added", "ev_dependent_corrected",
-    "ev_dependent_departed", "ev_dependent_error",
+    "ev_new_appointment",
+    "ev_sevis_id_recorded",
+    "ev_arrival",
+    "ev_address_move",
+    "ev_site_added",
+    "ev_site_moved",
+    "ev_site_closed",
+    "ev_extension",
+    "ev_early_end",
+    "ev_termination",
+    "ev_no_show",
+    "ev_cancelled",
+    "ev_amend",
+    "ev_subject_change",
+    "ev_funding_change",
+    "ev_dependent_added",
+    "ev_dependent_corrected",
+    "ev_dependent_departed",
+    "ev_dependent_error",
 )
-_WEIGHTS = {"ev_new_appointment": 6, "ev_sevis_id_recorded": 5, "ev_arrival": 12, "ev_address_move": 8, "ev_site_added": 4,
-            "ev_site_moved": 3, "ev_site_closed": 2, "ev_extension": 5, "ev_early_end": 2, "ev_termination": 1,
-            "ev_no_show": 1, "ev_cancelled": 1, "ev_amend": 3, "ev_subject_change": 2, "ev_funding_change": 3,
-            "ev_dependent_added": 3, "ev_dependent_corrected": 1, "ev_dependent_departed": 1,
-            "ev_dependent_error": 1}
-_DEPARTMENTS = (("11.0701", "Computer Science"), ("40.0801", "Physics"), ("26.0101", "Biology"),
-                ("27.0101", "Mathematics"), ("14.1901", "Mechanical Engineering"), ("45.0601", "Economics"),
-                ("14.0801", "Civil Engineering"), ("30.7001", "Data Science"))
-_BUILDINGS = ("Loomis Laboratory", "Siebel Center", "Morrill Hall", "Altgeld Hall", "Mechanical Engineering Building",
-              "David Kinley Hall", "Newmark Laboratory", "Beckman Institute")
-_LABS = (("Argonne Partner Laboratory", "Lemont", "Illinois", "60439"),
-         ("Prairie Research Institute Field Station", "Champaign", "Illinois", "61820"),
-         ("Fermi Partner Facility", "Batavia", "Illinois", "60510"))
+_WEIGHTS = {
+    "ev_new_appointment": 6,
+    "ev_sevis_id_recorded": 5,
+    "ev_arrival": 12,
+    "ev_address_move": 8,
+    "ev_site_added": 4,
+    "ev_site_moved": 3,
+    "ev_site_closed": 2,
+    "ev_extension": 5,
+    "ev_early_end": 2,
+    "ev_termination": 1,
+    "ev_no_show": 1,
+    "ev_cancelled": 1,
+    "ev_amend": 3,
+    "ev_subject_change": 2,
+    "ev_funding_change": 3,
+    "ev_dependent_added": 3,
+    "ev_dependent_corrected": 1,
+    "ev_dependent_departed": 1,
+    "ev_dependent_error": 1,
+}
+_DEPARTMENTS = (
+    ("11.0701", "Computer Science"),
+    ("40.0801", "Physics"),
+    ("26.0101", "Biology"),
+    ("27.0101", "Mathematics"),
+    ("14.1901", "Mechanical Engineering"),
+    ("45.0601", "Economics"),
+    ("14.0801", "Civil Engineering"),
+    ("30.7001", "Data Science"),
+)
+_BUILDINGS = (
+    "Loomis Laboratory",
+    "Siebel Center",
+    "Morrill Hall",
+    "Altgeld Hall",
+    "Mechanical Engineering Building",
+    "David Kinley Hall",
+    "Newmark Laboratory",
+    "Beckman Institute",
+)
+_LABS = (
+    ("Argonne Partner Laboratory", "Lemont", "Illinois", "60439"),
+    ("Prairie Research Institute Field Station", "Champaign", "Illinois", "61820"),
+    ("Fermi Partner Facility", "Batavia", "Illinois", "60510"),
+)
 _SCHOLAR_CATEGORIES = (("RESEARCH_SCHOLAR", 55), ("PROFESSOR", 15), ("SHORT_TERM_SCHOLAR", 20), ("SPECIALIST", 10))
-_POSITIONS = {"RESEARCH_SCHOLAR": ("POSTDOC", "RESEARCHER"), "PROFESSOR": ("PROFESSOR", "ASSOCIATE_PROFESSOR"),
-              "SHORT_TERM_SCHOLAR": ("VISITING_SCHOLAR",), "SPECIALIST": ("VISITING_SCHOLAR",)}
+_POSITIONS = {
+    "RESEARCH_SCHOLAR": ("POSTDOC", "RESEARCHER"),
+    "PROFESSOR": ("PROFESSOR", "ASSOCIATE_PROFESSOR"),
+    "SHORT_TERM_SCHOLAR": ("VISITING_SCHOLAR",),
+    "SPECIALIST": ("VISITING_SCHOLAR",),
+}
 _MONTHS = {"RESEARCH_SCHOLAR": (12, 36), "PROFESSOR": (6, 24), "SHORT_TERM_SCHOLAR": (1, 5), "SPECIALIST": (3, 12)}
 _STUDENT_CATEGORY = {"MASTERS": "STUDENT_MASTERS", "DOCTORATE": "STUDENT_DOCTORATE", "BACHELORS": "STUDENT_BACHELORS"}
-_SEVIS_STATUS_TO_EV = {None: "PENDING", "INITIAL": "PENDING", "ACTIVE": "CHECKED_IN", "COMPLETED": "COMPLETED",
-                       "TERMINATED": "TERMINATED", "CANCELED": "CANCELLED"}
+_SEVIS_STATUS_TO_EV = {
+    None: "PENDING",
+    "INITIAL": "PENDING",
+    "ACTIVE": "CHECKED_IN",
+    "COMPLETED": "COMPLETED",
+    "TERMINATED": "TERMINATED",
+    "CANCELED": "CANCELLED",
+}
 
 
 @dataclass
@@ -81,8 +139,10 @@ class _Ids:
 
     @classmethod
     def after(cls, school: School) -> _Ids:
-        return cls(site=max((r["site_id"] for r in school.get("exchange_site", [])), default=0) + 1,
-                   dependent=max((r["dependent_id"] for r in school.get("exchange_dependent", [])), default=0) + 1)
+        return cls(
+            site=max((r["site_id"] for r in school.get("exchange_site", [])), default=0) + 1,
+            dependent=max((r["dependent_id"] for r in school.get("exchange_dependent", [])), default=0) + 1,
+        )
 
 
 def _months_after(day: date, months: int) -> date:
@@ -105,57 +165,123 @@ class ExchangeBuilder:
         else:
             name, city, state, zip_code = rng.choice(_LABS)
             line1 = f"{rng.randint(1, 9700)} {rng.choice(refdata.US_STREETS)}"
-        return {"site_id": self.ids.take("site"), "person_id": pid, "site_name": name[:60], "line1": line1,
-                "line2": None, "city": city, "state": state, "postal_code": zip_code, "is_primary": primary,
-                "is_active": True, "sevis_site_id": None}
+        return {
+            "site_id": self.ids.take("site"),
+            "person_id": pid,
+            "site_name": name[:60],
+            "line1": line1,
+            "line2": None,
+            "city": city,
+            "state": state,
+            "postal_code": zip_code,
+            "is_primary": primary,
+            "is_active": True,
+            "sevis_site_id": None,
+        }
 
     def funding(self, pid: int, category: str) -> Row:
         rng = self.rng
-        row: Row = {"person_id": pid, "us_govt_funds": False, "sponsor_funds": 0, "us_agency": None,
-                    "us_agency_funds": 0, "intl_org": None, "intl_org_funds": 0, "home_govt_funds": 0,
-                    "binational_funds": 0, "other_org": None, "other_org_funds": 0, "personal_funds": 0}
+        row: Row = {
+            "person_id": pid,
+            "us_govt_funds": False,
+            "sponsor_funds": 0,
+            "us_agency": None,
+            "us_agency_funds": 0,
+            "intl_org": None,
+            "intl_org_funds": 0,
+            "home_govt_funds": 0,
+            "binational_funds": 0,
+            "other_org": None,
+            "other_org_funds": 0,
+            "personal_funds": 0,
+        }
         r = rng.random()
         if category == "SHORT_TERM_SCHOLAR" or r < 0.2:
             row["home_govt_funds" if rng.random() < 0.5 else "personal_funds"] = rng.randint(8, 30) * 1000
         else:
             row["sponsor_funds"] = rng.randint(45, 78) * 1000
             if r > 0.8:
-                row.update(us_govt_funds=True, us_agency=rng.choice(("NSF", "NIH", "DOE")),
-                           us_agency_funds=rng.randint(10, 30) * 1000)
+                row.update(
+                    us_govt_funds=True,
+                    us_agency=rng.choice(("NSF", "HHS", "DOE")),
+                    us_agency_funds=rng.randint(10, 30) * 1000,
+                )
             elif r > 0.7:
-                row.update(other_org=rng.choice(("Alexander von Humboldt Foundation", "Japan Society for the "
-                                                 "Promotion of Science", "Fulbright Commission")),
-                           other_org_funds=rng.randint(5, 25) * 1000)
+                row.update(
+                    other_org=rng.choice(
+                        (
+                            "Alexander von Humboldt Foundation",
+                            "Japan Society for the Promotion of Science",
+                            "Fulbright Commission",
+                        )
+                    ),
+                    other_org_funds=rng.randint(5, 25) * 1000,
+                )
         return row
 
     def dependent(self, ev: Row, relationship: str, accompanying: bool = True) -> Row:
         rng = self.rng
-        d = self.people.dependent(ev, relationship, "F-2")   # the F/M builder's realistic spouse or child
-        born = min(d["birth_date"], years_before(self.today, 1))   # a J-2 is at least a year old: no newborn
+        d = self.people.dependent(ev, relationship, "F-2")  # the F/M builder's realistic spouse or child
+        born = min(d["birth_date"], years_before(self.today, 1))  # a J-2 is at least a year old: no newborn
         country = ev["citizenship_country"]
-        return {"dependent_id": self.ids.take("dependent"), "person_id": ev["person_id"],
-                "first_name": d["first_name"], "last_name": d["last_name"], "birth_date": born,
-                "gender": d["gender"], "birth_city": rng.choice(refdata.FOREIGN_PLACES[country])[0],
-                "birth_country": country, "citizenship_country": country, "residence_country": country,
-                "relationship": relationship, "status": "ACTIVE", "end_reason": None, "end_date": None,
-                "accompanying": accompanying, "sevis_id": None}
+        return {
+            "dependent_id": self.ids.take("dependent"),
+            "person_id": ev["person_id"],
+            "first_name": d["first_name"],
+            "last_name": d["last_name"],
+            "birth_date": born,
+            "gender": d["gender"],
+            "birth_city": rng.choice(refdata.FOREIGN_PLACES[country])[0],
+            "birth_country": country,
+            "citizenship_country": country,
+            "residence_country": country,
+            "relationship": relationship,
+            "status": "ACTIVE",
+            "end_reason": None,
+            "end_date": None,
+            "accompanying": accompanying,
+            "sevis_id": None,
+        }
 
-    def appointment(self, pid: int, category: str, begin: date, end: date, status: str, home: str,
-                    program: str = SCHOLAR_PROGRAM, subject: tuple[str, str] | None = None) -> Row:
+    def appointment(
+        self,
+        pid: int,
+        category: str,
+        begin: date,
+        end: date,
+        status: str,
+        home: str,
+        program: str = SCHOLAR_PROGRAM,
+        subject: tuple[str, str] | None = None,
+    ) -> Row:
         rng = self.rng
         cip, dept = subject or rng.choice(_DEPARTMENTS)
         position = rng.choice(_POSITIONS.get(category, ("GRADUATE_STUDENT",)))
         if category.startswith("STUDENT"):
             position = "VISITING_STUDENT" if category == "STUDENT_NON_DEGREE" else "GRADUATE_STUDENT"
-        return {"person_id": pid, "sponsor_program": program, "category": category, "position_title": position,
-                "department": dept, "subject_cip": cip,
-                "subject_remarks": (f"Research in {dept}" if not category.startswith("STUDENT")
-                                    else f"Studies in {dept}"),
-                "home_country": home, "begin_date": begin, "end_date": end, "status": status,
-                "checked_in_on": (max(begin - timedelta(days=rng.randint(0, 5)), begin - timedelta(days=25))
-                                  if status != "PENDING" else None),
-                "end_reason": None, "end_remarks": None, "termination_reason": None, "termination_date": None,
-                "change_remarks": None}
+        return {
+            "person_id": pid,
+            "sponsor_program": program,
+            "category": category,
+            "position_title": position,
+            "department": dept,
+            "subject_cip": cip,
+            "subject_remarks": (f"Research in {dept}" if not category.startswith("STUDENT") else f"Studies in {dept}"),
+            "home_country": home,
+            "begin_date": begin,
+            "end_date": end,
+            "status": status,
+            "checked_in_on": (
+                max(begin - timedelta(days=rng.randint(0, 5)), begin - timedelta(days=25))
+                if status != "PENDING"
+                else None
+            ),
+            "end_reason": None,
+            "end_remarks": None,
+            "termination_reason": None,
+            "termination_date": None,
+            "change_remarks": None,
+        }
 
     def scholar(self, stage: str | None = None) -> School:
         """All rows of one J-1 scholar: person, immigration, addresses, appointment, funding, sites, J-2s."""
@@ -166,7 +292,7 @@ class ExchangeBuilder:
         months = rng.randint(lo, hi)
         if stage == "new":
             begin = self.today + timedelta(days=rng.randint(20, 100))
-        elif stage == "pending":   # a DS-2019 issued: arrives within the next two months
+        elif stage == "pending":  # a DS-2019 issued: arrives within the next two months
             begin = self.today + timedelta(days=rng.randint(5, 60))
         elif stage == "active":
             begin = self.today - timedelta(days=rng.randint(20, max(21, months * 30 - 40)))
@@ -175,17 +301,26 @@ class ExchangeBuilder:
         end = _months_after(begin, months)
         citizenship = weighted(rng, refdata.INTERNATIONAL_COUNTRY_WEIGHTS)
         born = years_before(self.today, rng.randint(27, 58)) - timedelta(days=rng.randint(0, 364))
-        person = people.person(citizenship, citizenship, born, foreign_phone=stage in ("new", "pending"),
-                               school_email=False)
-        if person["birth_city"] is None:   # a sponsor has the DS-2019 data: the birth city is always known
+        person = people.person(
+            citizenship, citizenship, born, foreign_phone=stage in ("new", "pending"), school_email=False
+        )
+        if person["birth_city"] is None:  # a sponsor has the DS-2019 data: the birth city is always known
             person["birth_city"] = rng.choice(refdata.FOREIGN_PLACES[citizenship])[0]
         pid = person["person_id"]
         out = empty_school()
         out["person"].append(person)
-        out["immigration"].append({
-            "person_id": pid, "visa_type": "J-1", "sevis_id": None if stage == "new" else people.sevis_id(),
-            "sevis_status": {"new": None, "pending": "INITIAL", "active": "ACTIVE", "completed": "COMPLETED"}[stage],
-            "issue_reason": None, "i20_issue_date": None})
+        out["immigration"].append(
+            {
+                "person_id": pid,
+                "visa_type": "J-1",
+                "sevis_id": None if stage == "new" else people.sevis_id(),
+                "sevis_status": {"new": None, "pending": "INITIAL", "active": "ACTIVE", "completed": "COMPLETED"}[
+                    stage
+                ],
+                "issue_reason": None,
+                "i20_issue_date": None,
+            }
+        )
         out["address"].append(people.foreign_address(pid, citizenship))
         if stage in ("active", "completed"):
             out["address"].append(people.us_address(pid, "US_PHYSICAL", local=True))
@@ -210,19 +345,34 @@ class ExchangeBuilder:
         status = _SEVIS_STATUS_TO_EV.get(immigration["sevis_status"], "PENDING")
         if program["status"] == "DEFERRED" or (status == "CHECKED_IN" and program["start_date"] > self.today):
             status = "PENDING"
-        ev = self.appointment(pid, category, program["start_date"], program["expected_end_date"], status,
-                              person["citizenship_country"], STUDENT_PROGRAM, (program["major_cip"], "the major"))
+        ev = self.appointment(
+            pid,
+            category,
+            program["start_date"],
+            program["expected_end_date"],
+            status,
+            person["citizenship_country"],
+            STUDENT_PROGRAM,
+            (program["major_cip"], "the major"),
+        )
         ev["subject_remarks"] = "Degree studies" if category != "STUDENT_NON_DEGREE" else "Non-degree exchange studies"
         if status == "TERMINATED":
-            ev.update(termination_reason="DISCIPLINARY" if program["status"] == "DISMISSED" else "NOT_PURSUING",
-                      termination_date=min(self.today, program["expected_end_date"]) - timedelta(days=30))
+            ev.update(
+                termination_reason="DISCIPLINARY" if program["status"] == "DISMISSED" else "NOT_PURSUING",
+                termination_date=min(self.today, program["expected_end_date"]) - timedelta(days=30),
+            )
         out["exchange_visitor"].append(ev)
         fund = self.funding(pid, category)
-        fund.update(sponsor_funds=(finance or {}).get("school_funds") or 0,
-                    personal_funds=(finance or {}).get("personal_funds") or 0,
-                    other_org=(finance or {}).get("other_funds_source"),
-                    other_org_funds=(finance or {}).get("other_funds") or 0, us_govt_funds=False, us_agency=None,
-                    us_agency_funds=0, home_govt_funds=0)
+        fund.update(
+            sponsor_funds=(finance or {}).get("school_funds") or 0,
+            personal_funds=(finance or {}).get("personal_funds") or 0,
+            other_org=(finance or {}).get("other_funds_source"),
+            other_org_funds=(finance or {}).get("other_funds") or 0,
+            us_govt_funds=False,
+            us_agency=None,
+            us_agency_funds=0,
+            home_govt_funds=0,
+        )
         if not any(fund[k] for k in ("sponsor_funds", "personal_funds", "other_org_funds")):
             fund["personal_funds"] = 20000
         out["exchange_funding"].append(fund)
@@ -263,6 +413,7 @@ def generate_exchange(school: School, seed: int, today: date, scholars: int = 20
 
 
 # ---------------------------------------------------------------------------- a season of activity
+
 
 class _Season:
     """Change makers, one per kind: each returns a note, or None when ``pid`` does not fit."""
@@ -336,8 +487,14 @@ class _Season:
             return None
         s = sites[0]
         city, state, zip_code = self.rng.choice(refdata.SCHOOL_TOWN)
-        self.tx.update("exchange_site", s, line1=f"{self.rng.randint(100, 1999)} {self.rng.choice(refdata.US_STREETS)}",
-                       city=city, state=state, postal_code=zip_code)
+        self.tx.update(
+            "exchange_site",
+            s,
+            line1=f"{self.rng.randint(100, 1999)} {self.rng.choice(refdata.US_STREETS)}",
+            city=city,
+            state=state,
+            postal_code=zip_code,
+        )
         return "site moved"
 
     def ev_site_closed(self, pid: int) -> str | None:
@@ -351,9 +508,12 @@ class _Season:
         ev = self.ev(pid)
         if not self.active_end_ok(pid) or ev["category"] in ("SHORT_TERM_SCHOLAR",) or ev["category"].startswith("STU"):
             return None
-        self.tx.update("exchange_visitor", ev, end_date=_months_after(ev["end_date"] + timedelta(days=1),
-                                                                       self.rng.randint(3, 12)),
-                       change_remarks="Appointment renewed by the department")
+        self.tx.update(
+            "exchange_visitor",
+            ev,
+            end_date=_months_after(ev["end_date"] + timedelta(days=1), self.rng.randint(3, 12)),
+            change_remarks="Appointment renewed by the department",
+        )
         return "end date later"
 
     def ev_early_end(self, pid: int) -> str | None:
@@ -361,14 +521,20 @@ class _Season:
         new_end = self.day + timedelta(days=self.rng.randint(10, 40))
         if not ev["begin_date"] < new_end < ev["end_date"] - timedelta(days=30):
             return None
-        self.tx.update("exchange_visitor", ev, end_date=new_end, end_reason="WITHDREW",
-                       end_remarks="Accepted a position at the home institution")
+        self.tx.update(
+            "exchange_visitor",
+            ev,
+            end_date=new_end,
+            end_reason="WITHDREW",
+            end_remarks="Accepted a position at the home institution",
+        )
         return "ends early"
 
     def ev_termination(self, pid: int) -> str | None:
         ev = self.ev(pid)
-        self.tx.update("exchange_visitor", ev, status="TERMINATED", termination_reason="NOT_PURSUING",
-                       termination_date=self.day)
+        self.tx.update(
+            "exchange_visitor", ev, status="TERMINATED", termination_reason="NOT_PURSUING", termination_date=self.day
+        )
         return "terminated: not pursuing program activities"
 
     def ev_no_show(self, pid: int) -> str | None:
@@ -390,15 +556,26 @@ class _Season:
         if not (self.world.immigration(pid) or {}).get("sevis_id") or ev["begin_date"] < self.day + timedelta(days=10):
             return None
         shift = timedelta(days=self.rng.choice((14, 30, 31, 45)))
-        self.tx.update("exchange_visitor", ev, begin_date=ev["begin_date"] + shift, end_date=ev["end_date"] + shift,
-                       change_remarks="Visa appointment delayed arrival")
+        self.tx.update(
+            "exchange_visitor",
+            ev,
+            begin_date=ev["begin_date"] + shift,
+            end_date=ev["end_date"] + shift,
+            change_remarks="Visa appointment delayed arrival",
+        )
         return "dates moved later"
 
     def ev_subject_change(self, pid: int) -> str | None:
         ev = self.ev(pid)
         cip, dept = self.rng.choice([d for d in _DEPARTMENTS if d[0] != ev["subject_cip"]])
-        self.tx.update("exchange_visitor", ev, subject_cip=cip, department=dept, subject_remarks=f"Research in {dept}",
-                       change_remarks="Joined another research group")
+        self.tx.update(
+            "exchange_visitor",
+            ev,
+            subject_cip=cip,
+            department=dept,
+            subject_remarks=f"Research in {dept}",
+            change_remarks="Joined another research group",
+        )
         return "subject field"
 
     def ev_funding_change(self, pid: int) -> str | None:
@@ -413,8 +590,10 @@ class _Season:
         if len(deps) > 3 or self.ev(pid)["category"] == "SHORT_TERM_SCHOLAR":
             return None
         spouse = any(d["relationship"] == "SPOUSE" for d in deps)
-        self.tx.insert("exchange_dependent", self.eb.dependent(self.world.person(pid), "CHILD" if spouse else "SPOUSE",
-                                                               accompanying=False))
+        self.tx.insert(
+            "exchange_dependent",
+            self.eb.dependent(self.world.person(pid), "CHILD" if spouse else "SPOUSE", accompanying=False),
+        )
         return "child" if spouse else "spouse"
 
     def ev_dependent_corrected(self, pid: int) -> str | None:
@@ -422,8 +601,9 @@ class _Season:
         if not deps:
             return None
         d = deps[0]
-        city = self.rng.choice([c for c, _, _ in refdata.FOREIGN_PLACES[d["birth_country"]] if c != d["birth_city"]]
-                               or [d["birth_city"]])
+        city = self.rng.choice(
+            [c for c, _, _ in refdata.FOREIGN_PLACES[d["birth_country"]] if c != d["birth_city"]] or [d["birth_city"]]
+        )
         if city == d["birth_city"]:
             return None
         self.tx.update("exchange_dependent", d, birth_city=city)
@@ -452,12 +632,17 @@ class _Season:
         return self.world.of("exchange_dependent", pid)
 
 
-_POOLS: dict[str, tuple[str, ...]] = {"ev_sevis_id_recorded": ("PENDING",), "ev_arrival": ("PENDING",), "ev_no_show": ("PENDING",),
-                                      "ev_cancelled": ("PENDING",), "ev_amend": ("PENDING",)}
+_POOLS: dict[str, tuple[str, ...]] = {
+    "ev_sevis_id_recorded": ("PENDING",),
+    "ev_arrival": ("PENDING",),
+    "ev_no_show": ("PENDING",),
+    "ev_cancelled": ("PENDING",),
+    "ev_amend": ("PENDING",),
+}
 
 
 def _one(season: _Season, kind: str) -> tuple[int, str] | None:
-    season.eb.people.today = season.eb.today = season.day   # new rows are made as of the change's day
+    season.eb.people.today = season.eb.today = season.day  # new rows are made as of the change's day
     if kind == "ev_new_appointment":
         return season.ev_new_appointment()
     make: Callable[[int], str | None] = getattr(season, kind)
@@ -485,11 +670,11 @@ def generate_exchange_activity(school: School, seed: int, today: date, n_changes
     kinds += rng.choices(list(_WEIGHTS), weights=list(_WEIGHTS.values()), k=n_changes - len(kinds))
     rng.shuffle(kinds)
     if n_changes >= 8:
-        for early in ("ev_amend", "ev_cancelled"):      # before the DS-2019's begin date
+        for early in ("ev_amend", "ev_cancelled"):  # before the DS-2019's begin date
             if early in kinds:
                 kinds.remove(early)
                 kinds.insert(rng.randrange(0, n_changes // 4), early)
-        if "ev_no_show" in kinds:                       # seen only after the begin date has passed
+        if "ev_no_show" in kinds:  # seen only after the begin date has passed
             kinds.remove("ev_no_show")
             kinds.insert(rng.randrange(n_changes * 3 // 4, n_changes), "ev_no_show")
     out: list[Transaction] = []
@@ -514,5 +699,13 @@ def with_exchange(school: School, seed: int, today: date, scholars: int = 20) ->
     return {t: list(school.get(t, [])) + extra.get(t, []) for t in set(school) | set(extra)}
 
 
-__all__ = ["EV_KINDS", "EXCHANGE_TABLES", "SCHOLAR_PROGRAM", "STUDENT_PROGRAM", "ExchangeBuilder",
-           "generate_exchange", "generate_exchange_activity", "with_exchange"]
+__all__ = [
+    "EV_KINDS",
+    "EXCHANGE_TABLES",
+    "SCHOLAR_PROGRAM",
+    "STUDENT_PROGRAM",
+    "ExchangeBuilder",
+    "generate_exchange",
+    "generate_exchange_activity",
+    "with_exchange",
+]

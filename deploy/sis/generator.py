@@ -15,11 +15,17 @@ from datetime import date
 
 from sevisflow.deploy.sis.builder import SchoolBuilder
 from sevisflow.deploy.sis.model import (
-    INTERNATIONAL_VISAS, PRIMARY_KEYS, TABLE_ORDER, Row, School, empty_school, is_international, merge,
+    INTERNATIONAL_VISAS,
+    PRIMARY_KEYS,
+    TABLE_ORDER,
+    Row,
+    School,
+    empty_school,
+    is_international,
+    merge,
 )
 
-__all__ = ["INTERNATIONAL_VISAS", "PRIMARY_KEYS", "TABLE_ORDER", "Row", "School", "generate_school",
-           "is_international"]
+__all__ = ["INTERNATIONAL_VISAS", "PRIMARY_KEYS", "TABLE_ORDER", "Row", "School", "generate_school", "is_international"]
 
 
 def generate_school(n_students: int, international_share: float, seed: int, today: date) -> School:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import orjson
 import psycopg
@@ -39,8 +39,11 @@ def create_schema(conninfo: str, *, replace: bool = False) -> None:
     with psycopg.connect(conninfo) as conn:
         if replace:
             conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(PUBLICATION)))
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
-                sql.SQL(", ").join(sql.Identifier("public", t) for t in reversed(TABLES))))
+            conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
+                    sql.SQL(", ").join(sql.Identifier("public", t) for t in reversed(TABLES))
+                )
+            )
         conn.execute(SCHEMA_SQL.read_text(encoding="utf-8").encode())
 
 
@@ -55,7 +58,8 @@ def load_school(conninfo: str, school: School) -> dict[str, int]:
                 continue
             columns = list(rows[0])
             statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                sql.Identifier("public", table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+                sql.Identifier("public", table), sql.SQL(", ").join(map(sql.Identifier, columns))
+            )
             with cur.copy(statement) as copy:
                 for row in rows:
                     if len(row) != len(columns):
@@ -80,7 +84,8 @@ def play_activity(conninfo: str, transactions: Iterable[Transaction]) -> int:
                     if op.action != "insert" and cur.rowcount != 1:
                         raise ActivityDriftError(
                             f"{tx.kind} of person {tx.person_id}: {op.action} {op.table} {dict(op.key)}"
-                            f" matched {cur.rowcount} rows")
+                            f" matched {cur.rowcount} rows"
+                        )
             done += 1
     return done
 
@@ -89,25 +94,47 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sevisflow.deploy.sis.load", description=__doc__.split("\n")[0])
     p.add_argument("--dsn", required=True, help="libpq conninfo or URI of the SIS database")
     p.add_argument("--students", type=int, required=True, help="number of students")
-    p.add_argument("--international-share", type=float, default=0.3,
-                   help="share of F-1/M-1/J-1 students, 0..1 (default 0.3)")
+    p.add_argument(
+        "--international-share", type=float, default=0.3, help="share of F-1/M-1/J-1 students, 0..1 (default 0.3)"
+    )
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    p.add_argument("--activity", type=int, default=0, metavar="K",
-                   help="after loading, play K change transactions (default 0)")
-    p.add_argument("--authorizations", action="store_true",
-                   help="then play a few DSO approvals (RCL, CPT, OPT, STEM OPT) and one withdrawal")
-    p.add_argument("--exchange", type=int, default=0, metavar="N",
-                   help="the school sponsors J-1 exchange visitors: add N J-1 scholars (program RSCH) and the "
-                        "sponsor's records of its J-1 students (program STUD); F/M rows and activity are unchanged")
-    p.add_argument("--exchange-activity", type=int, default=0, metavar="K",
-                   help="with --exchange: then play K sponsor-side changes (arrivals, sites, extensions, ...)")
-    p.add_argument("--today", type=date.fromisoformat, default=None,
-                   help="the date the data is generated for, YYYY-MM-DD (default: the current date)")
+    p.add_argument(
+        "--activity", type=int, default=0, metavar="K", help="after loading, play K change transactions (default 0)"
+    )
+    p.add_argument(
+        "--authorizations",
+        action="store_true",
+        help="then play a few DSO approvals (RCL, CPT, OPT, STEM OPT) and one withdrawal",
+    )
+    p.add_argument(
+        "--exchange",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the school sponsors J-1 exchange visitors: add N J-1 scholars (program RSCH) and the "
+        "sponsor's records of its J-1 students (program STUD); F/M rows and activity are unchanged",
+    )
+    p.add_argument(
+        "--exchange-activity",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --exchange: then play K sponsor-side changes (arrivals, sites, extensions, ...)",
+    )
+    p.add_argument(
+        "--today",
+        type=date.fromisoformat,
+        default=None,
+        help="the date the data is generated for, YYYY-MM-DD (default: the current date)",
+    )
     p.add_argument("--replace", action="store_true", help="drop existing SIS tables first")
     p.add_argument("--no-schema", action="store_true", help="the schema exists already")
-    p.add_argument("--play-only", action="store_true",
-                   help="do not create or load: play --activity/--authorizations on the school loaded before "
-                        "with the same --students, --international-share, --seed and --today (while the pipeline runs)")
+    p.add_argument(
+        "--play-only",
+        action="store_true",
+        help="do not create or load: play --activity/--authorizations on the school loaded before "
+        "with the same --students, --international-share, --seed and --today (while the pipeline runs)",
+    )
     return p
 
 
@@ -131,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.authorizations:
             played += play_activity(args.dsn, generate_authorizations(school, args.seed, today))
         if args.exchange and args.exchange_activity:
-            played += play_activity(args.dsn, generate_exchange_activity(full, args.seed, today,
-                                                                         args.exchange_activity))
+            played += play_activity(
+                args.dsn, generate_exchange_activity(full, args.seed, today, args.exchange_activity)
+            )
     except (psycopg.Error, ActivityDriftError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,30 +8,56 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 Row = dict[str, Any]
 School = dict[str, list[Row]]
 
 # Load order: parents before children (foreign keys).
 TABLE_ORDER: tuple[str, ...] = (
-    "person", "immigration", "address", "term", "program", "enrollment", "finance", "dependent",
-    "student_authorization", "exchange_visitor", "exchange_funding", "exchange_site", "exchange_dependent",
+    "person",
+    "immigration",
+    "address",
+    "term",
+    "program",
+    "enrollment",
+    "finance",
+    "dependent",
+    "student_authorization",
+    "exchange_visitor",
+    "exchange_funding",
+    "exchange_site",
+    "exchange_dependent",
 )
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
-    "person": ("person_id",), "immigration": ("person_id",), "address": ("address_id",),
-    "term": ("term_id",), "program": ("program_id",), "enrollment": ("enrollment_id",),
-    "finance": ("person_id",), "dependent": ("dependent_id",),
+    "person": ("person_id",),
+    "immigration": ("person_id",),
+    "address": ("address_id",),
+    "term": ("term_id",),
+    "program": ("program_id",),
+    "enrollment": ("enrollment_id",),
+    "finance": ("person_id",),
+    "dependent": ("dependent_id",),
     "student_authorization": ("authorization_id",),
-    "exchange_visitor": ("person_id",), "exchange_funding": ("person_id",), "exchange_site": ("site_id",),
+    "exchange_visitor": ("person_id",),
+    "exchange_funding": ("person_id",),
+    "exchange_site": ("site_id",),
     "exchange_dependent": ("dependent_id",),
 }
 INTERNATIONAL_VISAS = frozenset({"F-1", "M-1", "J-1"})
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-_PERSON_TABLES = ("address", "program", "enrollment", "dependent", "student_authorization", "exchange_site",
-                  "exchange_dependent")
+_PERSON_TABLES = (
+    "address",
+    "program",
+    "enrollment",
+    "dependent",
+    "student_authorization",
+    "exchange_site",
+    "exchange_dependent",
+)
 
 
 def empty_school() -> School:
@@ -72,8 +98,7 @@ class Op:
             return f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(self.values.values())
         if self.action == "update":
             sets = ", ".join(f'"{c}" = %s' for c in self.values)
-            return (f"UPDATE {table} SET {sets} WHERE {where}",
-                    (*self.values.values(), *self.key.values()))
+            return (f"UPDATE {table} SET {sets} WHERE {where}", (*self.values.values(), *self.key.values()))
         if self.action == "delete":
             return f"DELETE FROM {table} WHERE {where}", tuple(self.key.values())
         raise ValueError(f"unknown action {self.action!r}")
@@ -109,9 +134,9 @@ class World:
 
     def __init__(self, school: School) -> None:
         self.rows: dict[str, dict[tuple[Any, ...], Row]] = {
-            t: {_pk(t, r): dict(r) for r in school.get(t, [])} for t in TABLE_ORDER}
-        self.by_person: dict[str, dict[int, list[tuple[Any, ...]]]] = {
-            t: defaultdict(list) for t in _PERSON_TABLES}
+            t: {_pk(t, r): dict(r) for r in school.get(t, [])} for t in TABLE_ORDER
+        }
+        self.by_person: dict[str, dict[int, list[tuple[Any, ...]]]] = {t: defaultdict(list) for t in _PERSON_TABLES}
         for table in _PERSON_TABLES:
             for key, row in self.rows[table].items():
                 self.by_person[table][row["person_id"]].append(key)

@@ -10,7 +10,7 @@ bench (bench/chaos), which must not import the tests.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ def feed_ops(world: World, tx: Transaction) -> list[tuple[str, str, dict[str, An
             out.append(("c", table, None, dict(op.values)))
         else:
             before = dict(world.rows[op.table][tuple(op.key.values())])
-            out.append(("u", table, before, {**before, **op.values}) if op.action == "update"
-                       else ("d", table, before, None))
+            out.append(
+                ("u", table, before, {**before, **op.values}) if op.action == "update" else ("d", table, before, None)
+            )
         world.apply(op)
     return out
 
@@ -63,7 +64,7 @@ class Replay:
         return out
 
     def play(self, tx: Transaction) -> PureOutput:
-        self.feed.ts_ms = int(tx.at.timestamp() * 1000) - 1000   # the commit time is the activity's time
+        self.feed.ts_ms = int(tx.at.timestamp() * 1000) - 1000  # the commit time is the activity's time
         self.feed.tx(*feed_ops(self.world, tx))
         return self.take()
 
@@ -72,8 +73,9 @@ class Replay:
         return imm["visa_type"] if imm else None
 
 
-def replay_events(students: int, share: float, seed: int, activity: int) -> tuple[list[dict[str, Any]],
-                                                                                 list[dict[str, Any]]]:
+def replay_events(
+    students: int, share: float, seed: int, activity: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(snapshot events, activity events) the pure pipeline derives for the school and its activity."""
     r = Replay(students=students, share=share, seed=seed, n_activity=activity)
     return list(r.snapshot.events), [e for tx in r.activity for e in r.play(tx).events]
@@ -88,7 +90,7 @@ def expected_events(students: int, share: float, seed: int, activity: int) -> tu
 def commit_date(lineage: list[dict[str, Any]]) -> str | None:
     """The (UTC) date of the latest source commit in ``lineage``."""
     ms = max((p.get("commit_ts_ms") or 0 for p in lineage or []), default=0)
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date().isoformat() if ms else None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date().isoformat() if ms else None
 
 
 def canonical_payload(payload: Any, lineage: list[dict[str, Any]]) -> bytes:
@@ -108,28 +110,41 @@ def canonical_payload(payload: Any, lineage: list[dict[str, Any]]) -> bytes:
         if isinstance(v, dict):
             return {k: ("<commit date>" if k == "IssDate" and x in days else walk(x)) for k, x in v.items()}
         return [walk(x) for x in v] if isinstance(v, list) else v
+
     return orjson.dumps(walk(payload), option=orjson.OPT_SORT_KEYS)
 
 
 def event_content(e: dict[str, Any]) -> tuple[Any, ...]:
     """What must agree between a real and a pure event (event ids and source positions differ)."""
-    return (e["student_key"], e["kind"], e["coalesce_key"],
-            canonical_payload(orjson.loads(e["payload_json"]), e["lineage"]), len(e["lineage"]))
+    return (
+        e["student_key"],
+        e["kind"],
+        e["coalesce_key"],
+        canonical_payload(orjson.loads(e["payload_json"]), e["lineage"]),
+        len(e["lineage"]),
+    )
 
 
-def compare_events(events: list[dict[str, Any]], expected: list[dict[str, Any]],
-                   snapshot_creates: set[str]) -> dict[str, Any]:
+def compare_events(
+    events: list[dict[str, Any]], expected: list[dict[str, Any]], snapshot_creates: set[str]
+) -> dict[str, Any]:
     """Events of a real run against the pure pipeline's: counts of missing, unexpected and repeated ones.
 
     A snapshot Create is compared by student and kind only: its content depends on the order the
     snapshot rows arrive in (connector + normalize)."""
+
     def key(e: dict[str, Any]) -> tuple[Any, ...]:
         c = event_content(e)
         return c[:3] if e["kind"] == "Create" and e["student_key"] in snapshot_creates else c
+
     ids = Counter(e["event_id"] for e in events)
     got, want = Counter(map(key, events)), Counter(map(key, expected))
-    return {"events_expected": len(expected), "events_on_topic": len(events),
-            "duplicate_event_ids": sum(1 for n in ids.values() if n > 1),
-            "events_missing": sum((want - got).values()), "events_unexpected": sum((got - want).values()),
-            "events_missing_keys": [list(k[:3]) for k in want - got],
-            "events_unexpected_keys": [list(k[:3]) for k in got - want]}
+    return {
+        "events_expected": len(expected),
+        "events_on_topic": len(events),
+        "duplicate_event_ids": sum(1 for n in ids.values() if n > 1),
+        "events_missing": sum((want - got).values()),
+        "events_unexpected": sum((got - want).values()),
+        "events_missing_keys": [list(k[:3]) for k in want - got],
+        "events_unexpected_keys": [list(k[:3]) for k in got - want],
+    }

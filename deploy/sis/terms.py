@@ -9,8 +9,8 @@ after this one" is plain arithmetic, which program start/end dates need.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import date, timedelta
+from functools import lru_cache
 
 # season -> (earliest start month/day, length in days, display name); starts fall on a Monday and
 # the lengths make every term end on a Friday.

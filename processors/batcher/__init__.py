@@ -11,4 +11,4 @@ from __future__ import annotations
 
 from sevisflow.processors.batcher.stage import batcher_topics, build_loop, group_id, run, state_topic
 
-__all__ = ["run", "build_loop", "batcher_topics", "state_topic", "group_id"]
+__all__ = ["batcher_topics", "build_loop", "group_id", "run", "state_topic"]

@@ -15,9 +15,12 @@ from sevisflow.core.errors import SevisflowError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sevisflow.processors.batcher", description=__doc__)
     p.add_argument("--config", default=None, help="settings file (default: $SEVISFLOW_CONFIG or ./sevisflow.toml)")
-    p.add_argument("--instance", default=None,
-                   help="stable name of this instance (default $SEVISFLOW_INSTANCE or the host name); "
-                        "a restart with the same name takes over at once")
+    p.add_argument(
+        "--instance",
+        default=None,
+        help="stable name of this instance (default $SEVISFLOW_INSTANCE or the host name); "
+        "a restart with the same name takes over at once",
+    )
     p.add_argument("--session-timeout-ms", type=int, default=None, help="consumer session timeout")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)

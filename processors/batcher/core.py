@@ -27,18 +27,25 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Mapping, Union
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
+from sevisflow.core.worklist.deadlines import Deadlines, first_change_ms, session_start_of
 from sevisflow.processors.batcher import ev_refs
 from sevisflow.processors.batcher.guard import CommandPolicy, malformed, unauthorized, untimely
-from sevisflow.processors.batcher.ids import (BATCH_ID_PREFIX, is_program, next_org_stamp, org_batch_id, request_id,
-                                             user_id_problem)
-from sevisflow.core.worklist.deadlines import Deadlines, first_change_ms, session_start_of
+from sevisflow.processors.batcher.ids import (
+    BATCH_ID_PREFIX,
+    is_program,
+    next_org_stamp,
+    org_batch_id,
+    request_id,
+    user_id_problem,
+)
 
 MAX_PER_SECTION = 250
 """XSD maxOccurs of CreateStudent/Student and UpdateStudent/Student, and of CreateEV/ExchangeVisitor and
@@ -78,10 +85,17 @@ class School:
     batches: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     def meta(self) -> dict[str, Any]:
-        return {"org_id": self.org_id, "revision": self.revision, "seq": self.seq,
-                "last_stamp": self.last_stamp, "open_since": self.open_since,
-                "sched_date": self.sched_date, "held": dict(self.held), "id_prefix": self.id_prefix,
-                "early_rev": self.early_rev}
+        return {
+            "org_id": self.org_id,
+            "revision": self.revision,
+            "seq": self.seq,
+            "last_stamp": self.last_stamp,
+            "open_since": self.open_since,
+            "sched_date": self.sched_date,
+            "held": dict(self.held),
+            "id_prefix": self.id_prefix,
+            "early_rev": self.early_rev,
+        }
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,7 @@ class Tick:
     """[school] close_early_when_due: the rule table in force (None = never close early)."""
 
 
-Input = Union[EventIn, CommandIn, ResultIn, Tick]
+Input = EventIn | CommandIn | ResultIn | Tick
 
 
 @dataclass(frozen=True)
@@ -150,15 +164,15 @@ class Reject:
     code: str
     reason: str
     student_key: str | None = None
-    at_ms: int | None = None       # when the input has no log time (a tick): the clock reading it came from
-    stage: str = "batcher"         # the dead letter's stage (SCHEDULER_STAGE: shown to the DSO)
+    at_ms: int | None = None  # when the input has no log time (a tick): the clock reading it came from
+    stage: str = "batcher"  # the dead letter's stage (SCHEDULER_STAGE: shown to the DSO)
 
 
 SCHEDULER_STAGE = "scheduler"
 """Dead-letter stage of the scheduler's notices (a missed daily close): the DSO's worklist shows them."""
 
 
-Output = Union[Publish, SendCommand, Reject]
+Output = Publish | SendCommand | Reject
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -193,8 +207,9 @@ def hold_reason(by: str | None, reason: str | None) -> str:
     return f"held by {by or 'a DSO'}" + (f": {reason}" if reason else "")
 
 
-def status_of(section: str, student_key: str, sevis_id: str | None, held: Mapping[str, Any],
-              rec: Mapping[str, Any] | None = None) -> str:
+def status_of(
+    section: str, student_key: str, sevis_id: str | None, held: Mapping[str, Any], rec: Mapping[str, Any] | None = None
+) -> str:
     """held / waiting (no SEVIS ID yet; for ``rec``, an EV dependent event without its dependent SEVIS ID) / open."""
     if student_key in held:
         return "held"
@@ -253,32 +268,61 @@ class _Tx:
 
     def finish(self) -> School:
         return dataclasses.replace(
-            self.s, revision=self.revision, seq=self.seq, last_stamp=self.last_stamp, id_prefix=self.id_prefix,
-            open_since=self.open_since, sched_date=self.sched_date, early_rev=self.early_rev, held=self.held,
+            self.s,
+            revision=self.revision,
+            seq=self.seq,
+            last_stamp=self.last_stamp,
+            id_prefix=self.id_prefix,
+            open_since=self.open_since,
+            sched_date=self.sched_date,
+            early_rev=self.early_rev,
+            held=self.held,
             records=self.records,
-            sevis_ids=self.sevis_ids, commands=self.commands, batches=self.batches)
+            sevis_ids=self.sevis_ids,
+            commands=self.commands,
+            batches=self.batches,
+        )
 
-    def emit(self, type_: str, at_ms: int, *, record: Mapping[str, Any] | None = None,
-             records: list[dict[str, Any]] | None = None, batch: str | None = None,
-             closed_by: str | None = None, command_id: str | None = None, reason: str | None = None,
-             bump: bool = True) -> None:
+    def emit(
+        self,
+        type_: str,
+        at_ms: int,
+        *,
+        record: Mapping[str, Any] | None = None,
+        records: list[dict[str, Any]] | None = None,
+        batch: str | None = None,
+        closed_by: str | None = None,
+        command_id: str | None = None,
+        reason: str | None = None,
+        bump: bool = True,
+    ) -> None:
         if bump:
             self.revision += 1
-        self.out.append(Publish({
-            "org_id": self.s.org_id, "batch_id": batch, "type": type_, "revision": self.revision,
-            "at_ms": int(at_ms),
-            "record_json": dumps(record) if record is not None else None,
-            "records_json": dumps(records) if records is not None else None,
-            "closed_by": closed_by, "command_id": command_id, "reason": reason,
-        }))
+        self.out.append(
+            Publish(
+                {
+                    "org_id": self.s.org_id,
+                    "batch_id": batch,
+                    "type": type_,
+                    "revision": self.revision,
+                    "at_ms": int(at_ms),
+                    "record_json": dumps(record) if record is not None else None,
+                    "records_json": dumps(records) if records is not None else None,
+                    "closed_by": closed_by,
+                    "command_id": command_id,
+                    "reason": reason,
+                }
+            )
+        )
 
     def ensure_open(self, at_ms: int, reason: str | None = None, command_id: str | None = None) -> None:
         if self.open_since is None:
             self.emit("opened", at_ms, reason=reason, command_id=command_id)
             self.open_since = self.revision
 
-    def put_record(self, rec: dict[str, Any], type_: str, at_ms: int, reason: str | None = None,
-                   command_id: str | None = None) -> None:
+    def put_record(
+        self, rec: dict[str, Any], type_: str, at_ms: int, reason: str | None = None, command_id: str | None = None
+    ) -> None:
         """Store ``rec`` (a new dict) and publish ``type_`` for it; its ``rev`` is the new revision."""
         self.ensure_open(at_ms, command_id=command_id)
         rec["rev"] = self.revision + 1
@@ -294,8 +338,7 @@ class _Tx:
         return self.seq
 
     def student_records(self, student_key: str) -> list[dict[str, Any]]:
-        return sorted((r for r in self.records.values() if r["student_key"] == student_key),
-                      key=lambda r: r["seq"])
+        return sorted((r for r in self.records.values() if r["student_key"] == student_key), key=lambda r: r["seq"])
 
     def reject_command(self, cmd: Mapping[str, Any], at_ms: int, reason: str, dead_letter: str | None = None) -> None:
         """Refuse ``cmd`` with ``reason`` (a ``command_rejected`` event the CLI shows); ``dead_letter`` = also
@@ -304,11 +347,17 @@ class _Tx:
         stored (garbage must not grow the state)."""
         if malformed(cmd) is None:
             self.w("commands")[cmd["command_id"]] = {"kind": cmd.get("kind"), "at_ms": at_ms, "rejected": reason}
-        self.emit("command_rejected", at_ms, command_id=str(cmd.get("command_id") or "")[:200], reason=reason,
-                  bump=False)
+        self.emit(
+            "command_rejected", at_ms, command_id=str(cmd.get("command_id") or "")[:200], reason=reason, bump=False
+        )
         if dead_letter:
-            self.out.append(Reject(dead_letter, f"command {str(cmd.get('command_id'))[:200]!r}: {reason}",
-                                   _short(cmd.get("student_key"))))
+            self.out.append(
+                Reject(
+                    dead_letter,
+                    f"command {str(cmd.get('command_id'))[:200]!r}: {reason}",
+                    _short(cmd.get("student_key")),
+                )
+            )
 
     def learn_ev_ids(self, student_key: str, res: Mapping[str, Any], at_ms: int, why: str) -> None:
         """Remember the dependent SEVIS IDs and SiteIds SEVIS assigned (with the SIS keys they belong to) and
@@ -323,8 +372,12 @@ class _Tx:
                 continue
             new["status"] = status_of(rec["section"], student_key, new.get("sevis_id"), self.held, new)
             released = rec["status"] == "waiting" and new["status"] != "waiting"
-            self.put_record(new, "record_released" if released else "record_replaced", at_ms,
-                            reason=f"SEVIS's id of the dependent or site arrived ({why})")
+            self.put_record(
+                new,
+                "record_released" if released else "record_replaced",
+                at_ms,
+                reason=f"SEVIS's id of the dependent or site arrived ({why})",
+            )
 
     def learn_sevis_id(self, student_key: str, sevis_id: str, at_ms: int, why: str) -> None:
         """Remember the student's SEVIS ID and release their waiting updates."""
@@ -361,14 +414,23 @@ def open_view(school: School) -> dict[str, Any]:
     the revision is published as an event.
     """
     records = sorted(school.records.values(), key=lambda r: (r["section"] != "create", r["seq"]))
-    text: str | None = dumps(records)
-    if len(text) > MAX_OPEN_VIEW_BYTES:
-        text = None
+    dumped = dumps(records)
+    text = dumped if len(dumped) <= MAX_OPEN_VIEW_BYTES else None
     return {
-        "org_id": school.org_id, "revision": school.revision, "records_json": text, "record_count": len(records),
-        "held": [{"student_key": k, "at_ms": int(v.get("at_ms") or 0), "reason": hold_reason(v.get("by"), v.get("reason")),
-                  "by": v.get("by"), "why": v.get("reason")}
-                 for k, v in sorted(school.held.items())],
+        "org_id": school.org_id,
+        "revision": school.revision,
+        "records_json": text,
+        "record_count": len(records),
+        "held": [
+            {
+                "student_key": k,
+                "at_ms": int(v.get("at_ms") or 0),
+                "reason": hold_reason(v.get("by"), v.get("reason")),
+                "by": v.get("by"),
+                "why": v.get("reason"),
+            }
+            for k, v in sorted(school.held.items())
+        ],
     }
 
 
@@ -400,8 +462,9 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None
     kind = ev.get("kind") or ""
     ckey = ev.get("coalesce_key") or ""
     if not student or not kind or not ckey:
-        tx.out.append(Reject("bad_event", f"event {ev.get('event_id')} lacks student_key, kind or coalesce_key",
-                             student or None))
+        tx.out.append(
+            Reject("bad_event", f"event {ev.get('event_id')} lacks student_key, kind or coalesce_key", student or None)
+        )
         return
     try:
         payload = _json_obj(ev.get("payload_json"), "payload_json")
@@ -417,11 +480,16 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None
     event_id = ev["event_id"]
     section = "create" if kind in CREATE_KINDS else "update"
     known = tx.sevis_ids.get(student)
-    if (ev.get("origin") == "dso" and section == "update" and ev.get("sevis_id") and known
-            and ev["sevis_id"] != known):
-        tx.out.append(Reject("sevis_id_mismatch", f"event {event_id}: the DSO gave SEVIS ID {ev['sevis_id']} but "
-                             f"{known} is the one known for the student (from SEVIS or the SIS); the event is not "
-                             "used and no open update is re-targeted - resend it with the right ID", student))
+    if ev.get("origin") == "dso" and section == "update" and ev.get("sevis_id") and known and ev["sevis_id"] != known:
+        tx.out.append(
+            Reject(
+                "sevis_id_mismatch",
+                f"event {event_id}: the DSO gave SEVIS ID {ev['sevis_id']} but "
+                f"{known} is the one known for the student (from SEVIS or the SIS); the event is not "
+                "used and no open update is re-targeted - resend it with the right ID",
+                student,
+            )
+        )
         return
     if ev.get("sevis_id") and section == "update":
         tx.learn_sevis_id(student, ev["sevis_id"], at_ms, f"on event {event_id}")
@@ -436,56 +504,102 @@ def _on_event(tx: _Tx, ev: Mapping[str, Any], at_ms: int, command_id: str | None
 
     problems = list(ev.get("problems") or [])
     if section == "create" and tx.sevis_ids.get(student):
-        problems.append(f"student already has SEVIS ID {tx.sevis_ids[student]}; SEVIS rejects a second "
-                        f"Create ({'S2141' if kind == 'EV.Create' else 'S1004'}) - check the SIS record")
+        problems.append(
+            f"student already has SEVIS ID {tx.sevis_ids[student]}; SEVIS rejects a second "
+            f"Create ({'S2141' if kind == 'EV.Create' else 'S1004'}) - check the SIS record"
+        )
 
     if existing is not None:
         merged_before = {**(before or {}), **(existing.get("before") or {})}
         merged_after = {**(existing.get("after") or {}), **(after or {})}
-        if existing.get("before") is not None and before is not None and after is not None \
-                and merged_after == merged_before:
+        if (
+            existing.get("before") is not None
+            and before is not None
+            and after is not None
+            and merged_after == merged_before
+        ):
             fields = ", ".join(sorted(merged_before)) or "the values"
-            tx.drop_record(rid, commit_ms, reason=f"undone by event {event_id} from {_source(lineage)}: "
-                                                    f"{fields} back to what SEVIS already has", command_id=command_id)
+            tx.drop_record(
+                rid,
+                commit_ms,
+                reason=f"undone by event {event_id} from {_source(lineage)}: {fields} back to what SEVIS already has",
+                command_id=command_id,
+            )
             return
         seq = tx.next_seq()
         rec = dict(existing)
-        rec.update({
-            "request_id": request_id(seq, student), "seq": seq, "kind": kind,
-            # events carry only the changed elements (e.g. PersonalInfo with just Email): a later event of
-            # the same kind adds to / overrides the earlier one element by element; another kind replaces it
-            "payload": {**existing["payload"], **payload} if existing["kind"] == kind else payload,
-            "sevis_id": sevis_id, "event_ids": [*existing["event_ids"], event_id],
-            "lineage": [*existing["lineage"], *lineage],
-            "before": merged_before if (before is not None or existing.get("before") is not None) else None,
-            "after": merged_after if (after is not None or existing.get("after") is not None) else None,
-            "display_name": ev.get("display_name") or existing.get("display_name"),
-            "problems": problems, "origin": ev.get("origin") or "sis", "at_ms": commit_ms,
-            "replaced": [*existing.get("replaced", []), {
-                "event_id": existing["event_ids"][-1], "kind": existing["kind"], "at_ms": existing["at_ms"],
-                "by_event_id": event_id, "by_kind": kind}],
-        })
+        rec.update(
+            {
+                "request_id": request_id(seq, student),
+                "seq": seq,
+                "kind": kind,
+                # events carry only the changed elements (e.g. PersonalInfo with just Email): a later event of
+                # the same kind adds to / overrides the earlier one element by element; another kind replaces it
+                "payload": {**existing["payload"], **payload} if existing["kind"] == kind else payload,
+                "sevis_id": sevis_id,
+                "event_ids": [*existing["event_ids"], event_id],
+                "lineage": [*existing["lineage"], *lineage],
+                "before": merged_before if (before is not None or existing.get("before") is not None) else None,
+                "after": merged_after if (after is not None or existing.get("after") is not None) else None,
+                "display_name": ev.get("display_name") or existing.get("display_name"),
+                "problems": problems,
+                "origin": ev.get("origin") or "sis",
+                "at_ms": commit_ms,
+                "replaced": [
+                    *existing.get("replaced", []),
+                    {
+                        "event_id": existing["event_ids"][-1],
+                        "kind": existing["kind"],
+                        "at_ms": existing["at_ms"],
+                        "by_event_id": event_id,
+                        "by_kind": kind,
+                    },
+                ],
+            }
+        )
         rec = ev_refs.fill(rec, tx.sevis_ids) or rec
         rec["status"] = status_of(section, student, sevis_id, tx.held, rec)
-        tx.put_record(rec, "record_replaced", commit_ms,
-                      reason=f"later change of {ckey} (event {event_id} from {_source(lineage)}) "
-                             f"replaces event {existing['event_ids'][-1]}", command_id=command_id)
+        tx.put_record(
+            rec,
+            "record_replaced",
+            commit_ms,
+            reason=f"later change of {ckey} (event {event_id} from {_source(lineage)}) "
+            f"replaces event {existing['event_ids'][-1]}",
+            command_id=command_id,
+        )
         return
 
     seq = tx.next_seq()
     rec = {
-        "record_id": rid, "request_id": request_id(seq, student), "section": section, "student_key": student,
-        "sevis_id": sevis_id, "kind": kind, "coalesce_key": ckey, "payload": payload,
-        "user_defined_a": student if len(student) <= 10 else None, "user_defined_b": None,
-        "event_ids": [event_id], "lineage": lineage, "display_name": ev.get("display_name"),
-        "before": before, "after": after, "problems": problems, "origin": ev.get("origin") or "sis",
-        "seq": seq, "at_ms": commit_ms, "replaced": [],
+        "record_id": rid,
+        "request_id": request_id(seq, student),
+        "section": section,
+        "student_key": student,
+        "sevis_id": sevis_id,
+        "kind": kind,
+        "coalesce_key": ckey,
+        "payload": payload,
+        "user_defined_a": student if len(student) <= 10 else None,
+        "user_defined_b": None,
+        "event_ids": [event_id],
+        "lineage": lineage,
+        "display_name": ev.get("display_name"),
+        "before": before,
+        "after": after,
+        "problems": problems,
+        "origin": ev.get("origin") or "sis",
+        "seq": seq,
+        "at_ms": commit_ms,
+        "replaced": [],
     }
     rec = ev_refs.fill(rec, tx.sevis_ids) or rec
     rec["status"] = status_of(section, student, sevis_id, tx.held, rec)
-    reason = {"open": None, "held": f"student {student} is on hold",
-              "waiting": (sevis_id and ev_refs.waits_for(rec))
-              or "waiting for the student's SEVIS ID (SEVIS assigns it when it processes the Create)"}
+    reason = {
+        "open": None,
+        "held": f"student {student} is on hold",
+        "waiting": (sevis_id and ev_refs.waits_for(rec))
+        or "waiting for the student's SEVIS ID (SEVIS assigns it when it processes the Create)",
+    }
     tx.put_record(rec, _TYPE_FOR_STATUS[rec["status"]], commit_ms, reason=reason[rec["status"]], command_id=command_id)
 
 
@@ -512,8 +626,10 @@ def _on_result(tx: _Tx, res: Mapping[str, Any], at_ms: int) -> None:
         tx.learn_sevis_id(student, res["sevis_id"], at_ms, f"Create accepted in batch {bid}")
         return
     if res.get("status") != "success":
-        note = (f"the Create failed in batch {bid} ({res.get('error_code') or 'no code'}); these updates "
-                "wait until a corrected Create is accepted")
+        note = (
+            f"the Create failed in batch {bid} ({res.get('error_code') or 'no code'}); these updates "
+            "wait until a corrected Create is accepted"
+        )
         for r in tx.student_records(student):
             if r["status"] == "waiting" and note not in r["problems"]:
                 new = dict(r, problems=[*r["problems"], note])
@@ -532,8 +648,11 @@ def _note_outcome(tx: _Tx, bid: str, rec: Mapping[str, Any], res: Mapping[str, A
         tx.w("batches")[bid] = dict(stored, rejected=rejected)
         return
     for other, b in list(tx.batches.items()):
-        open_rej = {q: r for q, r in (b.get("rejected") or {}).items()
-                    if r["record_id"] == rid and not r.get("resolved_in") and other != bid}
+        open_rej = {
+            q: r
+            for q, r in (b.get("rejected") or {}).items()
+            if r["record_id"] == rid and not r.get("resolved_in") and other != bid
+        }
         if open_rej:
             rejected = dict(b["rejected"])
             for q, r in open_rej.items():
@@ -543,8 +662,12 @@ def _note_outcome(tx: _Tx, bid: str, rec: Mapping[str, Any], res: Mapping[str, A
 
 def open_rejections(school: School) -> list[dict[str, Any]]:
     """SEVIS rejections of the kept batches not yet made good by a later acceptance of the same record."""
-    return [dict(r, batch_id=bid, request_id=q) for bid, b in school.batches.items()
-            for q, r in (b.get("rejected") or {}).items() if not r.get("resolved_in")]
+    return [
+        dict(r, batch_id=bid, request_id=q)
+        for bid, b in school.batches.items()
+        for q, r in (b.get("rejected") or {}).items()
+        if not r.get("resolved_in")
+    ]
 
 
 # -- commands
@@ -554,7 +677,7 @@ def _on_command(tx: _Tx, inp: CommandIn) -> None:
     """Check the command (shape, time, who), then apply it; every refusal says why (guard.py)."""
     cmd = inp.command
     raw_at = cmd.get("requested_at_ms")
-    at_ms = raw_at if isinstance(raw_at, int) and 0 < raw_at < 10 ** 13 else int(inp.log_ms or 0)
+    at_ms = raw_at if isinstance(raw_at, int) and 0 < raw_at < 10**13 else int(inp.log_ms or 0)
     problem = malformed(cmd)
     if problem and not (isinstance(cmd.get("command_id"), str) and cmd.get("command_id")):
         tx.out.append(Reject("malformed_command", problem, _short(cmd.get("student_key"))))
@@ -562,9 +685,15 @@ def _on_command(tx: _Tx, inp: CommandIn) -> None:
     cid = cmd["command_id"]
     if cid in tx.commands:
         done = tx.commands[cid]
-        tx.out.append(Reject("duplicate_command", f"command {cid[:200]!r} was applied before "
-                             f"({'refused' if done.get('rejected') else done.get('kind')}); a command id takes "
-                             "effect once", _short(cmd.get("student_key"))))
+        tx.out.append(
+            Reject(
+                "duplicate_command",
+                f"command {cid[:200]!r} was applied before "
+                f"({'refused' if done.get('rejected') else done.get('kind')}); a command id takes "
+                "effect once",
+                _short(cmd.get("student_key")),
+            )
+        )
         return
     if problem:
         tx.reject_command(cmd, at_ms, f"malformed command: {problem}", dead_letter="malformed_command")
@@ -609,8 +738,12 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     reviewed = cmd.get("reviewed_revision")
     limit = reviewed if reviewed is not None else cmd.get("basis_revision")
     if limit is not None and limit > tx.revision:
-        tx.reject_command(cmd, at_ms, f"nothing closed: revision {limit} does not exist (the open batch is at "
-                                      f"revision {tx.revision}); close a revision `sevisflow batch show` displayed")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"nothing closed: revision {limit} does not exist (the open batch is at "
+            f"revision {tx.revision}); close a revision `sevisflow batch show` displayed",
+        )
         return
     eligible, changed, kept = [], 0, 0
     for rec in tx.records.values():
@@ -632,8 +765,11 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     if kept:
         notes.append(f"{kept} record(s) held or waiting for a SEVIS ID stay open")
     if not eligible:
-        tx.reject_command(cmd, at_ms, "nothing to close" + (": " + "; ".join(notes) if notes else
-                                                             ": the open batch has no record ready to send"))
+        tx.reject_command(
+            cmd,
+            at_ms,
+            "nothing to close" + (": " + "; ".join(notes) if notes else ": the open batch has no record ready to send"),
+        )
         return
 
     creates = sorted((r for r in eligible if r["section"] == "create"), key=lambda r: r["seq"])
@@ -652,21 +788,28 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         tx.reject_command(cmd, at_ms, f"nothing closed: no BatchID can be made ({exc})", dead_letter="bad_stamp")
         return
     if prefix != tx.id_prefix:
-        notes.append(f"BatchIDs now start with {prefix}: the {tx.id_prefix} ids were exhausted by a far-future "
-                     "time stored before commands were time-checked")
+        notes.append(
+            f"BatchIDs now start with {prefix}: the {tx.id_prefix} ids were exhausted by a far-future "
+            "time stored before commands were time-checked"
+        )
     if cid.startswith("scheduled:"):
         notes.append("scheduled close: no person reviewed these records")
     elif reviewed is not None:
         notes.append(f"{dso} reviewed revision {reviewed}")
     elif cmd.get("kind") == "close":  # not the batcher's own re-send of a requeue (close_now)
-        notes.append(f"closed without a reviewed revision (as read at revision {limit})" if limit is not None
-                     else "closed without a reviewed revision")
+        notes.append(
+            f"closed without a reviewed revision (as read at revision {limit})"
+            if limit is not None
+            else "closed without a reviewed revision"
+        )
     for i in range(n_docs):
         tx.id_prefix, tx.last_stamp = stamps[i]
         bid = org_batch_id(tx.s.org_id, tx.last_stamp, tx.id_prefix)
         ids.append(bid)
-        part = creates[i * MAX_PER_SECTION:(i + 1) * MAX_PER_SECTION] + \
-            updates[i * MAX_PER_SECTION:(i + 1) * MAX_PER_SECTION]
+        part = (
+            creates[i * MAX_PER_SECTION : (i + 1) * MAX_PER_SECTION]
+            + updates[i * MAX_PER_SECTION : (i + 1) * MAX_PER_SECTION]
+        )
         content = [final_record(r) for r in part]
         for r in part:
             del records[r["record_id"]]
@@ -675,7 +818,7 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         if notes:
             reason += "; " + "; ".join(notes)
         tx.emit("closed", at_ms, records=content, batch=bid, closed_by=dso, command_id=cid, reason=reason)
-    for old in sorted(batches, key=lambda b: batches[b]["at_ms"])[:max(0, len(batches) - KEEP_CLOSED_BATCHES)]:
+    for old in sorted(batches, key=lambda b: batches[b]["at_ms"])[: max(0, len(batches) - KEEP_CLOSED_BATCHES)]:
         del batches[old]
     tx.open_since = None
     tx.w("commands")[cid] = {"kind": "close", "at_ms": at_ms, "batch_ids": ids, "reviewed_revision": reviewed}
@@ -688,8 +831,12 @@ def _hold(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     dso, why_text = cmd.get("dso_user_id"), cmd.get("reason")
     current = tx.held.get(student)
     if current is not None:
-        tx.reject_command(cmd, at_ms, f"student {student} is already on hold "
-                                      f"({hold_reason(current.get('by'), current.get('reason'))}); nothing changed")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"student {student} is already on hold "
+            f"({hold_reason(current.get('by'), current.get('reason'))}); nothing changed",
+        )
         return
     why = hold_reason(dso, why_text)
     tx.w("held")[student] = {"by": dso, "reason": why_text, "at_ms": at_ms}
@@ -699,8 +846,13 @@ def _hold(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
             tx.put_record(dict(rec, status="held"), "record_held", at_ms, reason=why, command_id=cid)
             n += 1
     tx.w("commands")[cid] = {"kind": "hold", "at_ms": at_ms}
-    tx.emit("student_held", at_ms, record={"student_key": student, "records": n, "by": dso, "why": why_text},
-            command_id=cid, reason=why)
+    tx.emit(
+        "student_held",
+        at_ms,
+        record={"student_key": student, "records": n, "by": dso, "why": why_text},
+        command_id=cid,
+        reason=why,
+    )
 
 
 def _release(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
@@ -718,8 +870,13 @@ def _release(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
             tx.put_record(new, "record_released", at_ms, reason=f"released by {who}", command_id=cid)
             n += 1
     tx.w("commands")[cid] = {"kind": "release", "at_ms": at_ms}
-    tx.emit("student_released", at_ms, record={"student_key": student, "records": n, "was_held": True, "by": who},
-            command_id=cid, reason=f"released by {who}")
+    tx.emit(
+        "student_released",
+        at_ms,
+        record={"student_key": student, "records": n, "was_held": True, "by": who},
+        command_id=cid,
+        reason=f"released by {who}",
+    )
 
 
 def _requeue(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
@@ -747,14 +904,30 @@ def _requeue(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         # the XML sink refused some records of a batch a DSO closed: the valid ones go out at once in a new
         # document (new BatchID, same DSO, same close time), without waiting for another close; records that
         # meanwhile changed, are held or wait for a SEVIS ID stay open for the DSO's review
-        _close(tx, {"command_id": cid, "dso_user_id": stored.get("closed_by"), "record_ids": fresh,
-                    "reviewed_revision": None, "reason": f"re-sent at once: the records of {bid} that passed the "
-                                                         "XSD (the others went to the DSO)"}, at_ms)
+        _close(
+            tx,
+            {
+                "command_id": cid,
+                "dso_user_id": stored.get("closed_by"),
+                "record_ids": fresh,
+                "reviewed_revision": None,
+                "reason": f"re-sent at once: the records of {bid} that passed the XSD (the others went to the DSO)",
+            },
+            at_ms,
+        )
         tx.w("commands")[cid] = {**tx.commands[cid], "kind": "requeue", "batch_id": bid}
 
 
-def _put_back(tx: _Tx, old: Mapping[str, Any], bid: str, why: str, cid: str, at_ms: int,
-              extra: Mapping[str, Any] | None = None, known_id_first: bool = False) -> bool:
+def _put_back(
+    tx: _Tx,
+    old: Mapping[str, Any],
+    bid: str,
+    why: str,
+    cid: str,
+    at_ms: int,
+    extra: Mapping[str, Any] | None = None,
+    known_id_first: bool = False,
+) -> bool:
     """Put a record of closed batch ``bid`` back into the open batch; True when it went back as it was
     closed and is ready (no newer open change of the same key). A newer open change of the same key is
     not duplicated: it wins, and takes the old record's elements it does not change (SEVIS never got
@@ -770,10 +943,18 @@ def _put_back(tx: _Tx, old: Mapping[str, Any], bid: str, why: str, cid: str, at_
         rec["lineage"] = [*old["lineage"], *current["lineage"]]
         if old.get("before") is not None or current.get("before") is not None:
             rec["before"] = {**(current.get("before") or {}), **(old.get("before") or {})}
-        rec["replaced"] = [*old.get("replaced", []), {"event_id": old["event_ids"][-1], "kind": old["kind"],
-                                                      "at_ms": old["at_ms"], "by_event_id": current["event_ids"][-1],
-                                                      "by_kind": current["kind"], "requeued_from": bid},
-                           *current.get("replaced", [])]
+        rec["replaced"] = [
+            *old.get("replaced", []),
+            {
+                "event_id": old["event_ids"][-1],
+                "kind": old["kind"],
+                "at_ms": old["at_ms"],
+                "by_event_id": current["event_ids"][-1],
+                "by_kind": current["kind"],
+                "requeued_from": bid,
+            },
+            *current.get("replaced", []),
+        ]
         tx.put_record(rec, "record_replaced", at_ms, reason=f"{why}; the newer open change wins", command_id=cid)
         return False
     seq = tx.next_seq()
@@ -786,7 +967,8 @@ def _put_back(tx: _Tx, old: Mapping[str, Any], bid: str, why: str, cid: str, at_
         rec = filled
     rec["status"] = status_of(old["section"], student, sevis_id, tx.held, rec)
     tx.put_record(rec, _TYPE_FOR_STATUS[rec["status"]], at_ms, reason=why, command_id=cid)
-    return rec["status"] == "open"
+    status: str = rec["status"]
+    return status == "open"
 
 
 def _resend(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
@@ -795,24 +977,37 @@ def _resend(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     cid, bid, dso = cmd["command_id"], cmd.get("batch_id") or "", cmd.get("dso_user_id")
     stored = tx.batches.get(bid)
     if stored is None:
-        tx.reject_command(cmd, at_ms, f"resend: batch {bid} is unknown to the batcher (it keeps the last "
-                                      f"{KEEP_CLOSED_BATCHES} closed batches); check the BatchID with "
-                                      "`sevisflow batch list`")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"resend: batch {bid} is unknown to the batcher (it keeps the last "
+            f"{KEEP_CLOSED_BATCHES} closed batches); check the BatchID with "
+            "`sevisflow batch list`",
+        )
         return
     if stored.get("requeued"):
-        tx.reject_command(cmd, at_ms, f"resend: batch {bid} was re-queued as a whole before; its records are "
-                                      "already back in the open batch or in a later batch")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"resend: batch {bid} was re-queued as a whole before; its records are "
+            "already back in the open batch or in a later batch",
+        )
         return
     rejected = stored.get("rejected") or {}
     by_record = {r["record_id"]: (q, r) for q, r in rejected.items()}
     records = {r["record_id"]: r for r in stored["records"]}
     by_request = {r["request_id"]: r["record_id"] for r in stored["records"]}
-    wanted = [by_request.get(x, x) for x in (cmd.get("record_ids") or [])] or \
-        sorted(rid for rid, (_, r) in by_record.items() if not r.get("resolved_in") and not r.get("resent_at_ms"))
+    wanted = [by_request.get(x, x) for x in (cmd.get("record_ids") or [])] or sorted(
+        rid for rid, (_, r) in by_record.items() if not r.get("resolved_in") and not r.get("resent_at_ms")
+    )
     if not wanted:
-        why = ("SEVIS rejected none of its records" if stored.get("processed") and not rejected else
-               "it has no SEVIS result yet" if not stored.get("processed") else
-               "every rejected record was accepted later or resent before")
+        why = (
+            "SEVIS rejected none of its records"
+            if stored.get("processed") and not rejected
+            else "it has no SEVIS result yet"
+            if not stored.get("processed")
+            else "every rejected record was accepted later or resent before"
+        )
         tx.reject_command(cmd, at_ms, f"resend: nothing to resend in batch {bid}: {why}")
         return
     for rid in wanted:
@@ -833,14 +1028,19 @@ def _resend(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     new_rejected = dict(rejected)
     for rid in wanted:
         q, r = by_record[rid]
-        marker = {"resent_from": {"batch_id": bid, "request_id": q, "code": r.get("code"), "by": dso,
-                                  "at_ms": at_ms}}
+        marker = {"resent_from": {"batch_id": bid, "request_id": q, "code": r.get("code"), "by": dso, "at_ms": at_ms}}
         _put_back(tx, records[rid], bid, why, cid, at_ms, extra=marker, known_id_first=True)
         new_rejected[q] = dict(r, resent_at_ms=at_ms, resent_by=dso)
     tx.w("batches")[bid] = dict(stored, rejected=new_rejected)
     tx.w("commands")[cid] = {"kind": "resend", "at_ms": at_ms, "batch_id": bid, "record_ids": wanted}
-    tx.emit("resent", at_ms, batch=bid, command_id=cid, reason=why,
-            record={"batch_id": bid, "record_ids": wanted, "by": dso})
+    tx.emit(
+        "resent",
+        at_ms,
+        batch=bid,
+        command_id=cid,
+        reason=why,
+        record={"batch_id": bid, "record_ids": wanted, "by": dso},
+    )
 
 
 def _close_now(cmd: Mapping[str, Any]) -> bool:
@@ -853,13 +1053,25 @@ def _close_now(cmd: Mapping[str, Any]) -> bool:
 
 
 REPORT_KINDS: dict[str, tuple[str, ...]] = {
-    "Reprint": ("Reason",), "Status.Verify": (), "DisciplinaryAction": ("Explanation",), "EV.Reprint": ("Reason",)}
+    "Reprint": ("Reason",),
+    "Status.Verify": (),
+    "DisciplinaryAction": ("Explanation",),
+    "EV.Reprint": ("Reason",),
+}
 """Events a DSO (for an exchange program: its RO/ARO) reports with ``sevisflow student report`` (no SIS change
 triggers them) → required children."""
 ADD_INFO_KINDS: dict[str, tuple[str, ...]] = {
     "PersonalInfo": ("FullName",),
-    "Dependent.Add": ("FullName", "BirthDate", "Gender", "BirthCountryCode", "CitizenshipCountryCode", "VisaType",
-                      "Relationship")}
+    "Dependent.Add": (
+        "FullName",
+        "BirthDate",
+        "Gender",
+        "BirthCountryCode",
+        "CitizenshipCountryCode",
+        "VisaType",
+        "Relationship",
+    ),
+}
 """SEVIS-only data a DSO adds with ``sevisflow student add-info`` (passport name, a new dependent) → required
 children; sent as ``report`` commands too, so they are checked like every DSO command."""
 _DEPENDENT_KEY = re.compile(r"Dependent:new-[0-9a-f]{10}")
@@ -872,7 +1084,11 @@ def _coalesce_key(kind: str, body: Mapping[str, Any], payload: Mapping[str, Any]
         return kind
     if kind == "PersonalInfo":
         full = payload.get("FullName")
-        ok = isinstance(full, dict) and full.get("PassportName") and body.get("coalesce_key") == "PersonalInfo.PassportName"
+        ok = (
+            isinstance(full, dict)
+            and full.get("PassportName")
+            and body.get("coalesce_key") == "PersonalInfo.PassportName"
+        )
         return "PersonalInfo.PassportName" if ok else None
     key = body.get("coalesce_key")
     return key if isinstance(key, str) and _DEPENDENT_KEY.fullmatch(key) else None
@@ -901,13 +1117,21 @@ def _report(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     kind, payload = body.get("kind"), body.get("payload")
     allowed = {**REPORT_KINDS, **ADD_INFO_KINDS}
     if kind not in allowed or not isinstance(payload, dict):
-        tx.reject_command(cmd, at_ms, f"report: event {str(kind)[:40]!r} cannot be reported by a DSO "
-                                      f"(one of {', '.join(allowed)}, with a payload object)")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"report: event {str(kind)[:40]!r} cannot be reported by a DSO "
+            f"(one of {', '.join(allowed)}, with a payload object)",
+        )
         return
     if is_program(tx.s.org_id) != kind.startswith("EV."):
         where = "an exchange program's EV batch" if is_program(tx.s.org_id) else "the school's student batch"
-        tx.reject_command(cmd, at_ms, f"report: {kind} cannot go into {where} ({tx.s.org_id}); EV events go under "
-                                      "the program number (--org P-…), student events under the school's code")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"report: {kind} cannot go into {where} ({tx.s.org_id}); EV events go under "
+            "the program number (--org P-…), student events under the school's code",
+        )
         return
     missing = [k for k in allowed[kind] if not payload.get(k)]
     if missing:
@@ -915,33 +1139,61 @@ def _report(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         return
     ckey = _coalesce_key(kind, body, payload)
     if ckey is None:
-        tx.reject_command(cmd, at_ms, f"report: {kind} needs a passport name (PersonalInfo.PassportName) or a "
-                                      "new-dependent key (Dependent:new-<10 hex digits>)")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"report: {kind} needs a passport name (PersonalInfo.PassportName) or a "
+            "new-dependent key (Dependent:new-<10 hex digits>)",
+        )
         return
     known = tx.sevis_ids.get(student)
-    if body.get("sevis_id") is not None and not (isinstance(body["sevis_id"], str) and _SEVIS_ID.fullmatch(body["sevis_id"])):
-        tx.reject_command(cmd, at_ms, f"report: {str(body['sevis_id'])[:20]!r} is not a SEVIS ID (N and 10 digits)",
-                          dead_letter="malformed_command")
+    if body.get("sevis_id") is not None and not (
+        isinstance(body["sevis_id"], str) and _SEVIS_ID.fullmatch(body["sevis_id"])
+    ):
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"report: {str(body['sevis_id'])[:20]!r} is not a SEVIS ID (N and 10 digits)",
+            dead_letter="malformed_command",
+        )
         return
     if body.get("sevis_id") and known and body["sevis_id"] != known:
-        tx.reject_command(cmd, at_ms, f"report: SEVIS ID {body['sevis_id']} differs from {known}, the SEVIS ID known "
-                                      f"for student {student}; nothing was added (fix the ID, or the SIS record)")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"report: SEVIS ID {body['sevis_id']} differs from {known}, the SEVIS ID known "
+            f"for student {student}; nothing was added (fix the ID, or the SIS record)",
+        )
         return
     sevis_id = body.get("sevis_id") or known
     if not sevis_id:
-        tx.reject_command(cmd, at_ms, f"report: no SEVIS ID is known for student {student}; {kind} can only be "
-                                      "sent for a student already in SEVIS")
+        tx.reject_command(
+            cmd,
+            at_ms,
+            f"report: no SEVIS ID is known for student {student}; {kind} can only be "
+            "sent for a student already in SEVIS",
+        )
         return
     tx.w("commands")[cid] = {"kind": "report", "at_ms": at_ms}
-    _on_event(tx, {
-        "event_id": cid, "student_key": student, "sevis_id": sevis_id, "kind": kind, "coalesce_key": ckey,
-        "payload_json": dumps(payload), "before_json": None,
-        "after_json": dumps(body["after"] if isinstance(body.get("after"), dict) else {}),
-        "origin": "dso", "problems": [],
-        "display_name": body["display_name"][:200] if isinstance(body.get("display_name"), str) else None,
-        "lineage": [{"command_id": cid, "dso_user_id": dso,
-                     "requested_at_ms": at_ms}],
-    }, at_ms, command_id=cid)
+    _on_event(
+        tx,
+        {
+            "event_id": cid,
+            "student_key": student,
+            "sevis_id": sevis_id,
+            "kind": kind,
+            "coalesce_key": ckey,
+            "payload_json": dumps(payload),
+            "before_json": None,
+            "after_json": dumps(body["after"] if isinstance(body.get("after"), dict) else {}),
+            "origin": "dso",
+            "problems": [],
+            "display_name": body["display_name"][:200] if isinstance(body.get("display_name"), str) else None,
+            "lineage": [{"command_id": cid, "dso_user_id": dso, "requested_at_ms": at_ms}],
+        },
+        at_ms,
+        command_id=cid,
+    )
 
 
 # -- scheduler
@@ -999,29 +1251,47 @@ def _on_tick(tx: _Tx, tick: Tick) -> None:
     late_ms = tick.now_ms - due_ms
     if missed:
         shown = missed if len(missed) <= 5 else missed[:2] + [f"… {len(missed) - 4} more …"] + missed[-2:]
-        tx.out.append(Reject("scheduled_close_missed",
-                             f"the scheduled daily close ({tick.close_at} {tick.timezone}) did not run on "
-                             f"{len(missed)} day(s): {', '.join(shown)} — the batcher was not running at that time. "
-                             f"Records of those days were not sent then; they go with the close of {day}, run at "
-                             f"{ran}. Check with `sevisflow batch status` that nothing had a deadline on those days.",
-                             at_ms=tick.now_ms, stage=SCHEDULER_STAGE))
+        tx.out.append(
+            Reject(
+                "scheduled_close_missed",
+                f"the scheduled daily close ({tick.close_at} {tick.timezone}) did not run on "
+                f"{len(missed)} day(s): {', '.join(shown)} — the batcher was not running at that time. "
+                f"Records of those days were not sent then; they go with the close of {day}, run at "
+                f"{ran}. Check with `sevisflow batch status` that nothing had a deadline on those days.",
+                at_ms=tick.now_ms,
+                stage=SCHEDULER_STAGE,
+            )
+        )
     if not any(r["status"] == "open" for r in tx.records.values()):
         return  # skipped when empty
     if user_id_problem(tick.close_dso):
         return  # checked at start-up; never send a close SEVIS would refuse
     late = late_ms > LATE_AFTER_MS
-    when = (f"scheduled daily close of {day} at {tick.close_at} {tick.timezone}, run at {ran}"
-            + (f", {late_ms // 60000} min late (the batcher was not running at its time)" if late else ""))
-    tx.out.append(SendCommand({
-        "command_id": f"scheduled:{tx.s.org_id}:{day}", "org_id": tx.s.org_id, "kind": "close",
-        "dso_user_id": tick.close_dso, "student_key": None, "record_ids": [], "reviewed_revision": None,
-        "batch_id": None, "reason": when,
-        # on time it stands at its scheduled time; late, at the time it really ran (the reason has both)
-        "requested_at_ms": tick.now_ms if late else due_ms,
-        "payload_json": dumps({"scheduled_for": day, "scheduled_at_ms": due_ms, "ran_at_ms": tick.now_ms,
-                               "missed_days": missed}),
-        "principal": None, "basis_revision": None,
-    }))
+    when = f"scheduled daily close of {day} at {tick.close_at} {tick.timezone}, run at {ran}" + (
+        f", {late_ms // 60000} min late (the batcher was not running at its time)" if late else ""
+    )
+    tx.out.append(
+        SendCommand(
+            {
+                "command_id": f"scheduled:{tx.s.org_id}:{day}",
+                "org_id": tx.s.org_id,
+                "kind": "close",
+                "dso_user_id": tick.close_dso,
+                "student_key": None,
+                "record_ids": [],
+                "reviewed_revision": None,
+                "batch_id": None,
+                "reason": when,
+                # on time it stands at its scheduled time; late, at the time it really ran (the reason has both)
+                "requested_at_ms": tick.now_ms if late else due_ms,
+                "payload_json": dumps(
+                    {"scheduled_for": day, "scheduled_at_ms": due_ms, "ran_at_ms": tick.now_ms, "missed_days": missed}
+                ),
+                "principal": None,
+                "basis_revision": None,
+            }
+        )
+    )
 
 
 def next_close_day(tick: Tick) -> date:
@@ -1054,15 +1324,37 @@ def _early_close(tx: _Tx, tick: Tick) -> None:
     now = datetime.fromtimestamp(tick.now_ms / 1000, tz)
     today = now.date().isoformat()
     tx.early_rev = tx.revision
-    reason = (f"early scheduled close at {now.isoformat(timespec='seconds')}: {len(urgent)} ready record(s) would be "
-              f"overdue before the next scheduled close ({next_day.isoformat()} {tick.close_at} {tick.timezone}); "
-              f"the first was due {min(urgent).isoformat()}")
-    tx.out.append(SendCommand({
-        "command_id": f"scheduled:{tx.s.org_id}:{today}:early-{tx.revision}", "org_id": tx.s.org_id,
-        "kind": "close", "dso_user_id": tick.close_dso, "student_key": None, "record_ids": [],
-        "reviewed_revision": None, "batch_id": None, "reason": reason, "requested_at_ms": tick.now_ms,
-        "payload_json": dumps({"early": True, "scheduled_for": today, "scheduled_at_ms": tick.now_ms,
-                               "ran_at_ms": tick.now_ms, "missed_days": [], "next_scheduled_day": next_day.isoformat(),
-                               "first_due": min(urgent).isoformat()}),
-        "principal": None, "basis_revision": None,
-    }))
+    reason = (
+        f"early scheduled close at {now.isoformat(timespec='seconds')}: {len(urgent)} ready record(s) would be "
+        f"overdue before the next scheduled close ({next_day.isoformat()} {tick.close_at} {tick.timezone}); "
+        f"the first was due {min(urgent).isoformat()}"
+    )
+    tx.out.append(
+        SendCommand(
+            {
+                "command_id": f"scheduled:{tx.s.org_id}:{today}:early-{tx.revision}",
+                "org_id": tx.s.org_id,
+                "kind": "close",
+                "dso_user_id": tick.close_dso,
+                "student_key": None,
+                "record_ids": [],
+                "reviewed_revision": None,
+                "batch_id": None,
+                "reason": reason,
+                "requested_at_ms": tick.now_ms,
+                "payload_json": dumps(
+                    {
+                        "early": True,
+                        "scheduled_for": today,
+                        "scheduled_at_ms": tick.now_ms,
+                        "ran_at_ms": tick.now_ms,
+                        "missed_days": [],
+                        "next_scheduled_day": next_day.isoformat(),
+                        "first_due": min(urgent).isoformat(),
+                    }
+                ),
+                "principal": None,
+                "basis_revision": None,
+            }
+        )
+    )

@@ -9,11 +9,11 @@ record), so the numbers need no extra reading of Kafka. A school's "today" is it
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
-from sevisflow.processors.batcher.core import School, open_rejections
 from sevisflow.core.worklist.deadlines import BANDS, Deadlines, first_change_ms, session_start_of
+from sevisflow.processors.batcher.core import School, open_rejections
 
 ALL_BANDS = (*BANDS, "none")
 """Deadline bands of the gauge; ``none`` = a record no legal limit covers (a Create, financial information)."""
@@ -21,7 +21,7 @@ ALL_BANDS = (*BANDS, "none")
 
 @dataclass
 class WorklistGauges:
-    records_by_band: dict[str, int] = field(default_factory=lambda: {b: 0 for b in ALL_BANDS})
+    records_by_band: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ALL_BANDS, 0))
     oldest_ready_age_s: float = 0.0
     rejections_open: int = 0
     oldest_rejection_age_s: float = 0.0

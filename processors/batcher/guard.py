@@ -21,8 +21,9 @@ Three layers, each answering with a reason (never an exception):
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from sevisflow.processors.batcher.ids import PROGRAM_NUMBER, user_id_problem
 
@@ -67,8 +68,10 @@ def parse_principals(entries: list[str]) -> dict[str, str]:
         principal, sep, user = entry.rpartition("=")
         principal, user = principal.strip(), user.strip()
         if not sep or not principal or user_id_problem(user):
-            raise ValueError(f"{entry!r} is not principal=SEVISUSER (e.g. \"User:alice=JSMITH0001\"; "
-                             "the SEVIS user id has exactly 10 characters)")
+            raise ValueError(
+                f'{entry!r} is not principal=SEVISUSER (e.g. "User:alice=JSMITH0001"; '
+                "the SEVIS user id has exactly 10 characters)"
+            )
         out[principal] = user
     return out
 
@@ -96,8 +99,10 @@ def malformed(cmd: Mapping[str, Any]) -> str | None:
         return p
     kind = cmd.get("kind")
     if kind == "result":
-        return ("a 'result' command is refused: SEVIS results (and the SEVIS IDs they assign) come only "
-                "from sevis.results, written by the SEVIS sink")
+        return (
+            "a 'result' command is refused: SEVIS results (and the SEVIS IDs they assign) come only "
+            "from sevis.results, written by the SEVIS sink"
+        )
     if kind not in KINDS:
         shown = repr(kind)[:40]
         return f"unknown command kind {shown} (one of {', '.join(KINDS)})"
@@ -153,11 +158,15 @@ def untimely(cmd: Mapping[str, Any], log_ms: int | None) -> str | None:
         return None
     at = int(cmd["requested_at_ms"])
     if at > log_ms + MAX_FUTURE_MS:
-        return (f"requested_at_ms is {(at - log_ms) / 60000:.0f} minutes after the command's Kafka timestamp "
-                f"(at most {MAX_FUTURE_MS // 60000}): check the clock of the computer that sent it")
+        return (
+            f"requested_at_ms is {(at - log_ms) / 60000:.0f} minutes after the command's Kafka timestamp "
+            f"(at most {MAX_FUTURE_MS // 60000}): check the clock of the computer that sent it"
+        )
     if at < log_ms - MAX_PAST_MS and cmd.get("kind") in DSO_KINDS:  # a sink's requeue carries the close's time
-        return (f"requested_at_ms is {(log_ms - at) / 3600000:.0f} hours before the command's Kafka timestamp "
-                f"(at most {MAX_PAST_MS // 3600000}): a stale or replayed command")
+        return (
+            f"requested_at_ms is {(log_ms - at) / 3600000:.0f} hours before the command's Kafka timestamp "
+            f"(at most {MAX_PAST_MS // 3600000}): a stale or replayed command"
+        )
     return None
 
 
@@ -172,17 +181,20 @@ def unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy) -> str | None:
     user = cmd.get("dso_user_id") or ""
     if kind == "close" and str(cmd["command_id"]).startswith(SCHEDULED_PREFIX):
         if not policy.close_dso or user != policy.close_dso:
-            return (f"a scheduled close must carry school.close_dso ({policy.close_dso or 'not set'}), "
-                    f"not {user!r}")
+            return f"a scheduled close must carry school.close_dso ({policy.close_dso or 'not set'}), not {user!r}"
         if cmd.get("reviewed_revision") is not None:
             return "a scheduled close cannot claim a reviewed revision: no person reviewed it"
         return None
     if user not in policy.dso_user_ids:
         if not policy.dso_user_ids:
-            return ("no DSO is configured for the school: add the DSOs' SEVIS user ids to school.dso_user_ids "
-                    "in the batcher's settings")
-        return (f"SEVIS user id {user!r} is not one of the school's DSOs (school.dso_user_ids); "
-                "ask the administrator to add it")
+            return (
+                "no DSO is configured for the school: add the DSOs' SEVIS user ids to school.dso_user_ids "
+                "in the batcher's settings"
+            )
+        return (
+            f"SEVIS user id {user!r} is not one of the school's DSOs (school.dso_user_ids); "
+            "ask the administrator to add it"
+        )
     return _principal_problem(cmd, policy, user)
 
 
@@ -191,22 +203,25 @@ def _program_unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy, org: st
     an EV batch whose userID is not an RO/ARO of the program, so nobody else may close or change one)."""
     users = policy.programs.get(org)
     if not users:
-        return (f"OrgID {org} is not a configured exchange program ([[exchange_programs]] in the batcher's "
-                "settings): nothing of it is batched or signed; add the program, or check the OrgID")
+        return (
+            f"OrgID {org} is not a configured exchange program ([[exchange_programs]] in the batcher's "
+            "settings): nothing of it is batched or signed; add the program, or check the OrgID"
+        )
     kind = cmd["kind"]
     if kind not in DSO_KINDS:
         return None
     user = cmd.get("dso_user_id") or ""
     if kind == "close" and str(cmd["command_id"]).startswith(SCHEDULED_PREFIX):
         if user != users[0]:
-            return (f"a scheduled close of exchange program {org} must carry its RO's user id ({users[0]}), "
-                    f"not {user!r}")
+            return f"a scheduled close of exchange program {org} must carry its RO's user id ({users[0]}), not {user!r}"
         if cmd.get("reviewed_revision") is not None:
             return "a scheduled close cannot claim a reviewed revision: no person reviewed it"
         return None
     if user not in users:
-        return (f"SEVIS user id {user!r} is not the RO or an ARO of exchange program {org} (exchange_programs "
-                f"ro_user_id / aro_user_ids: {', '.join(users)}): SEVIS refuses an EV batch signed by anyone else")
+        return (
+            f"SEVIS user id {user!r} is not the RO or an ARO of exchange program {org} (exchange_programs "
+            f"ro_user_id / aro_user_ids: {', '.join(users)}): SEVIS refuses an EV batch signed by anyone else"
+        )
     return _principal_problem(cmd, policy, user)
 
 
@@ -216,8 +231,7 @@ def _principal_problem(cmd: Mapping[str, Any], policy: CommandPolicy, user: str)
         return None
     principal = cmd.get("principal")
     if not principal:
-        return ("the command carries no authenticated principal; send it with sevisflow using your own "
-                "Kafka credentials")
+        return "the command carries no authenticated principal; send it with sevisflow using your own Kafka credentials"
     mapped = policy.principals.get(principal)
     if mapped is None:
         return f"principal {principal!r} is not mapped to a DSO (school.dso_principals)"

@@ -93,18 +93,21 @@ def user_id_problem(user_id: str | None) -> str | None:
     if not user_id:
         return "a SEVIS user id is required (exactly 10 characters, as you log in to SEVIS)"
     if len(user_id) != USER_ID_LEN:
-        return (f"SEVIS user id {user_id!r} has {len(user_id)} characters; SEVIS needs exactly "
-                f"{USER_ID_LEN} (the user name you log in to SEVIS with)")
+        return (
+            f"SEVIS user id {user_id!r} has {len(user_id)} characters; SEVIS needs exactly "
+            f"{USER_ID_LEN} (the user name you log in to SEVIS with)"
+        )
     if any(c.isspace() or not c.isprintable() for c in user_id):
         return f"SEVIS user id {user_id!r} contains blanks or control characters"
     return None
+
 
 # -- exchange programs (EV batches)
 
 PROGRAM_NUMBER = re.compile(r"[PG]-[1-7]-\d{5}")
 """A J-1 program number (the OrgID of EV batches); the exact ranges are checked where programs are configured."""
 _EV_STAMP_LEN = BATCH_ID_LEN - 7
-_MAX_EV_STAMP = 36 ** _EV_STAMP_LEN - 1
+_MAX_EV_STAMP = 36**_EV_STAMP_LEN - 1
 _B36_UPPER = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 

@@ -46,12 +46,24 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import orjson
 from confluent_kafka import Message
 
+from sevisflow.core.checkpoints import checkpoint
+from sevisflow.core.config import Settings
+from sevisflow.core.dlq import dead_letter
+from sevisflow.core.errors import ConfigError
+from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics, position
+from sevisflow.core.log import get_logger
+from sevisflow.core.observability import StageMetrics
+from sevisflow.core.serde import SerializationError, registry
+from sevisflow.core.state import CommittedState, open_committed
+from sevisflow.core.topics import pipeline_topics, stage_group, state_topic_spec
+from sevisflow.core.topics import state_topic as core_state_topic
+from sevisflow.core.worklist.deadlines import Deadlines
 from sevisflow.processors.batcher.core import (
     CommandIn,
     EventIn,
@@ -68,18 +80,6 @@ from sevisflow.processors.batcher.core import (
 from sevisflow.processors.batcher.gauges import worklist_gauges
 from sevisflow.processors.batcher.guard import MAX_FUTURE_MS, CommandPolicy, parse_principals
 from sevisflow.processors.batcher.ids import BATCH_ID_PREFIX, user_id_problem
-from sevisflow.core.checkpoints import checkpoint
-from sevisflow.core.config import Settings
-from sevisflow.core.dlq import dead_letter
-from sevisflow.core.errors import ConfigError
-from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
-from sevisflow.core.state import CommittedState, open_committed
-from sevisflow.core.log import get_logger
-from sevisflow.core.serde import SerializationError, registry
-from sevisflow.core.topics import pipeline_topics, stage_group, state_topic_spec
-from sevisflow.core.topics import state_topic as core_state_topic
-from sevisflow.core.observability import StageMetrics
-from sevisflow.core.worklist.deadlines import Deadlines
 
 log = get_logger(__name__)
 
@@ -179,12 +179,21 @@ def load_school(store: StateStore, partition: int, org: str) -> School:
         elif kind == b"b":
             batches[rest] = orjson.loads(value)
     m = meta or {}
-    return School(org_id=org, revision=m.get("revision", 0), seq=m.get("seq", 0),
-                  last_stamp=m.get("last_stamp", 0), id_prefix=m.get("id_prefix") or BATCH_ID_PREFIX,
-                  open_since=m.get("open_since"),
-                  sched_date=m.get("sched_date"), early_rev=int(m.get("early_rev") or 0), held=m.get("held", {}),
-                  records=records,
-                  sevis_ids=sevis_ids, commands=commands, batches=batches)
+    return School(
+        org_id=org,
+        revision=m.get("revision", 0),
+        seq=m.get("seq", 0),
+        last_stamp=m.get("last_stamp", 0),
+        id_prefix=m.get("id_prefix") or BATCH_ID_PREFIX,
+        open_since=m.get("open_since"),
+        sched_date=m.get("sched_date"),
+        early_rev=int(m.get("early_rev") or 0),
+        held=m.get("held", {}),
+        records=records,
+        sevis_ids=sevis_ids,
+        commands=commands,
+        batches=batches,
+    )
 
 
 def save_diff(store: StateStore, partition: int, old: School, new: School) -> None:
@@ -192,8 +201,12 @@ def save_diff(store: StateStore, partition: int, old: School, new: School) -> No
     org = new.org_id
     if old.meta() != new.meta():
         store.put(partition, _k("m", org), orjson.dumps(new.meta()))
-    for kind, a, b in (("r", old.records, new.records), ("s", old.sevis_ids, new.sevis_ids),
-                       ("c", old.commands, new.commands), ("b", old.batches, new.batches)):
+    for kind, a, b in (
+        ("r", old.records, new.records),
+        ("s", old.sevis_ids, new.sevis_ids),
+        ("c", old.commands, new.commands),
+        ("b", old.batches, new.batches),
+    ):
         if a is b:
             continue
         for key in set(a) | set(b):
@@ -228,13 +241,16 @@ class BatcherStage:
         if not self.policy.dso_user_ids:
             log.warning("batcher.no_dsos", fix="set school.dso_user_ids: every DSO command is refused until then")
         elif not self.policy.principals and settings.kafka.security_protocol != "PLAINTEXT":
-            log.warning("batcher.principals_unchecked",
-                        fix="set school.dso_principals to bind each DSO user id to its Kafka principal")
+            log.warning(
+                "batcher.principals_unchecked",
+                fix="set school.dso_principals to bind each DSO user id to its Kafka principal",
+            )
 
     # -- record path
 
     def handle(self, msg: Message, store: StateStore) -> list[Output]:
-        kind = self.topics.get(msg.topic())
+        topic, partition, _ = position(msg)
+        kind = self.topics.get(topic)
         value = msg.value()
         if kind is None or value is None:
             return []
@@ -250,14 +266,29 @@ class BatcherStage:
                 rec = registry().decode(value, RESULT_SCHEMA)
                 inp = ResultIn(rec, self._log_time(msg, rec))
         except SerializationError as exc:
-            return [dead_letter(self.settings.topics.dlq, "batcher", "undecodable", f"{kind} not decodable: {exc}",
-                                self._log_time(msg, {}), msg=msg)]
+            return [
+                dead_letter(
+                    self.settings.topics.dlq,
+                    "batcher",
+                    "undecodable",
+                    f"{kind} not decodable: {exc}",
+                    self._log_time(msg, {}),
+                    msg=msg,
+                )
+            ]
         org = rec.get("org_id") or (msg.key() or b"").decode(errors="replace")
         if not ORG_ID.fullmatch(org):
-            return [dead_letter(self.settings.topics.dlq, "batcher", "bad_org_id",
-                                f"{kind} names OrgID {org[:40]!r}, which is not a SEVIS OrgID", self._log_time(msg, {}),
-                                msg=msg)]
-        return self._apply(store, msg.partition(), org, inp, msg)
+            return [
+                dead_letter(
+                    self.settings.topics.dlq,
+                    "batcher",
+                    "bad_org_id",
+                    f"{kind} names OrgID {org[:40]!r}, which is not a SEVIS OrgID",
+                    self._log_time(msg, {}),
+                    msg=msg,
+                )
+            ]
+        return self._apply(store, partition, org, inp, msg)
 
     def _apply(self, store: StateStore, partition: int, org: str, inp: Any, msg: Message | None) -> list[Output]:
         cache = store.cache if isinstance(store, BatcherStore) else {}
@@ -268,9 +299,17 @@ class BatcherStage:
             log.error("batcher.input_failed", org=org, error=type(exc).__name__)
             if msg is None:
                 return []
-            return [dead_letter(self.settings.topics.dlq, "batcher", "batcher_error",
-                                f"the batcher could not apply this input ({type(exc).__name__}: {str(exc)[:300]}); "
-                                "the school's state is unchanged", self._log_time(msg, {}), msg=msg)]
+            return [
+                dead_letter(
+                    self.settings.topics.dlq,
+                    "batcher",
+                    "batcher_error",
+                    f"the batcher could not apply this input ({type(exc).__name__}: {str(exc)[:300]}); "
+                    "the school's state is unchanged",
+                    self._log_time(msg, {}),
+                    msg=msg,
+                )
+            ]
         save_diff(store, partition, old, new)
         cache[(partition, org)] = new
         if isinstance(store, BatcherStore) and view_changed(old, new):
@@ -285,8 +324,13 @@ class BatcherStage:
         outs = []
         for partition, org in sorted(store.view_dirty - store.view_sent):
             school = store.cache.get((partition, org)) or load_school(store, partition, org)
-            outs.append(Output(self.settings.topics.open_batches, org.encode(),
-                               registry().encode(OPEN_BATCH_SCHEMA, open_view(school))))
+            outs.append(
+                Output(
+                    self.settings.topics.open_batches,
+                    org.encode(),
+                    registry().encode(OPEN_BATCH_SCHEMA, open_view(school)),
+                )
+            )
             store.view_sent.add((partition, org))
         if outs:  # a school's records changed: the gauges follow (throttled)
             self.update_gauges(store)
@@ -302,26 +346,47 @@ class BatcherStage:
                 result.append(Output(t.batches, key, registry().encode(BATCH_SCHEMA, ev)))
                 if ev["type"] == "closed":
                     n = len(orjson.loads(ev["records_json"]))
-                    log.info("batcher.closed", org=org, batch_id=ev["batch_id"], records=n,
-                             command_id=ev["command_id"])
+                    log.info("batcher.closed", org=org, batch_id=ev["batch_id"], records=n, command_id=ev["command_id"])
                     checkpoint("batcher.closed")  # a crash test stops at the next commit (kafka.before_commit)
                 elif ev["type"] == "command_rejected":
                     log.warning("batcher.command_rejected", org=org, command_id=ev["command_id"])
             elif isinstance(out, SendCommand):
                 sched = orjson.loads(out.command.get("payload_json") or "{}")
                 late_s = (out.command["requested_at_ms"] - sched.get("scheduled_at_ms", 0)) / 1000
-                log.info("batcher.scheduled_close", org=org, command_id=out.command["command_id"],
-                         scheduled_at_ms=sched.get("scheduled_at_ms"), ran_at_ms=sched.get("ran_at_ms"))
+                log.info(
+                    "batcher.scheduled_close",
+                    org=org,
+                    command_id=out.command["command_id"],
+                    scheduled_at_ms=sched.get("scheduled_at_ms"),
+                    ran_at_ms=sched.get("ran_at_ms"),
+                )
                 if late_s > 0:
-                    log.warning("batcher.scheduled_close_late", org=org, command_id=out.command["command_id"],
-                                late_s=round(late_s), missed_days=len(sched.get("missed_days") or []))
+                    log.warning(
+                        "batcher.scheduled_close_late",
+                        org=org,
+                        command_id=out.command["command_id"],
+                        late_s=round(late_s),
+                        missed_days=len(sched.get("missed_days") or []),
+                    )
                 result.append(Output(t.commands, key, registry().encode(COMMAND_SCHEMA, out.command)))
             elif isinstance(out, Reject):
-                log.warning("batcher.scheduled_close_missed" if out.stage != "batcher" else "batcher.rejected_input",
-                            org=org, code=out.code, student_key=out.student_key)
-                result.append(dead_letter(t.dlq, out.stage, out.code, out.reason,
-                                          self._log_time(msg, {}) if msg is not None else (out.at_ms or 0),
-                                          msg=msg, student_key=out.student_key))
+                log.warning(
+                    "batcher.scheduled_close_missed" if out.stage != "batcher" else "batcher.rejected_input",
+                    org=org,
+                    code=out.code,
+                    student_key=out.student_key,
+                )
+                result.append(
+                    dead_letter(
+                        t.dlq,
+                        out.stage,
+                        out.code,
+                        out.reason,
+                        self._log_time(msg, {}) if msg is not None else (out.at_ms or 0),
+                        msg=msg,
+                        student_key=out.student_key,
+                    )
+                )
         return result
 
     @staticmethod
@@ -329,7 +394,7 @@ class BatcherStage:
         """The input's time from the log (never the batcher's clock): the Kafka record timestamp."""
         if msg is None:
             return 0
-        ts_type, ts = msg.timestamp()
+        _, ts = msg.timestamp()
         return int(ts) if ts and ts > 0 else 0
 
     # -- idle path: the daily scheduled close
@@ -349,8 +414,11 @@ class BatcherStage:
         if not force and now - self._last_gauges < GAUGES_EVERY_S:
             return
         self._last_gauges = now
-        schools = [store.cache.get((p, org)) or load_school(store, p, org)
-                   for p in sorted(store.partitions) for org in store.orgs(p)]
+        schools = [
+            store.cache.get((p, org)) or load_school(store, p, org)
+            for p in sorted(store.partitions)
+            for org in store.orgs(p)
+        ]
         g = worklist_gauges(schools, self.deadlines, int(now * 1000))
         self.metrics.worklist(g.records_by_band, g.oldest_ready_age_s, g.rejections_open, g.oldest_rejection_age_s)
 
@@ -362,8 +430,13 @@ class BatcherStage:
         if now - self._last_tick < TICK_EVERY_S:
             return []
         self._last_tick = now
-        tick = Tick(now_ms=int(now * 1000), timezone=school.timezone, close_at=school.close_at,
-                    close_dso=school.close_dso, close_early=self.deadlines if school.close_early_when_due else None)
+        tick = Tick(
+            now_ms=int(now * 1000),
+            timezone=school.timezone,
+            close_at=school.close_at,
+            close_dso=school.close_dso,
+            close_early=self.deadlines if school.close_early_when_due else None,
+        )
         outs: list[Output] = []
         for p in sorted(store.partitions):
             for org in store.orgs(p):
@@ -394,8 +467,10 @@ def command_policy(settings: Settings) -> CommandPolicy:
     officers = {u for users in programs.values() for u in users}
     unknown = sorted(set(principals.values()) - set(school.dso_user_ids) - officers)
     if unknown:
-        raise ConfigError(f"school.dso_principals maps to {unknown[0]}, which is not in school.dso_user_ids (nor an "
-                          "RO/ARO of an exchange program): add it there or remove the mapping")
+        raise ConfigError(
+            f"school.dso_principals maps to {unknown[0]}, which is not in school.dso_user_ids (nor an "
+            "RO/ARO of an exchange program): add it there or remove the mapping"
+        )
     return CommandPolicy(frozenset(school.dso_user_ids), principals, school.close_dso, programs)
 
 
@@ -404,8 +479,10 @@ def _clock_problem(log_ms: int, now_ms: int | None = None) -> str | None:
     (the time window of requested_at_ms is checked against it): refused before the core sees it."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     if log_ms > now_ms + MAX_FUTURE_MS:
-        return (f"not applied: the command's Kafka timestamp is {(log_ms - now_ms) / 60000:.0f} minutes ahead of the "
-                "batcher's clock; check the clock of the computer that sent it")
+        return (
+            f"not applied: the command's Kafka timestamp is {(log_ms - now_ms) / 60000:.0f} minutes ahead of the "
+            "batcher's clock; check the clock of the computer that sent it"
+        )
     return None
 
 
@@ -426,8 +503,9 @@ def _check_schedule(close_at: str, close_dso: str, timezone: str) -> None:
         raise ConfigError(f"school.timezone = {timezone!r} is not a known time zone (e.g. America/Chicago)") from None
 
 
-def build_loop(settings: Settings, instance: str | None = None,
-               consumer_overrides: dict[str, Any] | None = None) -> tuple[TransactionalLoop, BatcherStage]:
+def build_loop(
+    settings: Settings, instance: str | None = None, consumer_overrides: dict[str, Any] | None = None
+) -> tuple[TransactionalLoop, BatcherStage]:
     """The batcher's transactional loop (not started)."""
     stage = BatcherStage(settings)
     group = group_id(settings)
@@ -437,18 +515,31 @@ def build_loop(settings: Settings, instance: str | None = None,
     overrides.update(consumer_overrides or {})
     # the open-batch views go out once per changed school per transaction, after every input was
     # handled (a 500-event poll writes one view, not 500): they commit or abort with their events
-    loop = TransactionalLoop(settings.kafka, group, [t.events, t.commands, t.results], stage.handle,
-                             transactional_id=f"{group}-{instance}", state_topic=state_topic(settings),
-                             on_idle=stage.on_idle, consumer_overrides=overrides,
-                             state=BatcherStore(open_committed(settings.state, f"{group}-{instance}")),
-                             stall_after_s=settings.metrics.stall_after_s, before_commit=stage.view_outputs,
-                             dlq_topic=settings.topics.dlq, stage="batcher")
+    loop = TransactionalLoop(
+        settings.kafka,
+        group,
+        [t.events, t.commands, t.results],
+        stage.handle,
+        transactional_id=f"{group}-{instance}",
+        state_topic=state_topic(settings),
+        on_idle=stage.on_idle,
+        consumer_overrides=overrides,
+        state=BatcherStore(open_committed(settings.state, f"{group}-{instance}")),
+        stall_after_s=settings.metrics.stall_after_s,
+        before_commit=stage.view_outputs,
+        dlq_topic=settings.topics.dlq,
+        stage="batcher",
+    )
     stage.metrics = loop.metrics
     return loop, stage
 
 
-def run(settings: Settings, stop_event: threading.Event, instance: str | None = None,
-        consumer_overrides: dict[str, Any] | None = None) -> None:
+def run(
+    settings: Settings,
+    stop_event: threading.Event,
+    instance: str | None = None,
+    consumer_overrides: dict[str, Any] | None = None,
+) -> None:
     """Run the batcher until ``stop_event`` is set (for ``sevisflow run`` and tests)."""
     loop, _ = build_loop(settings, instance=instance, consumer_overrides=consumer_overrides)
     # like the other processors: create what is missing (after an upgrade, the open-batch view topic),

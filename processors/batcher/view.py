@@ -8,8 +8,9 @@ and renders this view; the golden tests render views built from fixed events.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import orjson
 
@@ -43,8 +44,9 @@ class ClosedBatch:
             return "closed, no SEVIS result yet"
         ok = sum(1 for r in self.results.values() if r.get("status") == "success")
         bad = len(self.results) - ok
-        return f"processed: {ok} ok, {bad} failed" + ("" if len(self.results) >= len(self.records)
-                                                      else f", {len(self.records) - len(self.results)} pending")
+        return f"processed: {ok} ok, {bad} failed" + (
+            "" if len(self.results) >= len(self.records) else f", {len(self.records) - len(self.results)} pending"
+        )
 
 
 @dataclass
@@ -68,9 +70,17 @@ class BatchView:
         for key, h in sorted(self.held.items()):
             recs = [r for r in self.records.values() if r["student_key"] == key]
             name = next((r.get("display_name") for r in recs if r.get("display_name")), None)
-            out.append({"student_key": key, "display_name": name, "by": h.get("by"), "why": h.get("why"),
-                        "at_ms": h.get("at_ms"), "reason": h.get("reason"),
-                        "records": sum(1 for r in recs if r["status"] == "held")})
+            out.append(
+                {
+                    "student_key": key,
+                    "display_name": name,
+                    "by": h.get("by"),
+                    "why": h.get("why"),
+                    "at_ms": h.get("at_ms"),
+                    "reason": h.get("reason"),
+                    "records": sum(1 for r in recs if r["status"] == "held"),
+                }
+            )
         return out
 
     def counts(self) -> dict[str, int]:
@@ -99,8 +109,12 @@ def fold(view: BatchView, ev: Mapping[str, Any]) -> None:
     elif t == "record_removed" and rec:
         view.records.pop(rec["record_id"], None)
     elif t == "student_held" and rec:
-        view.held[rec["student_key"]] = {"at_ms": ev["at_ms"], "reason": ev.get("reason"), "by": rec.get("by"),
-                                         "why": rec.get("why")}
+        view.held[rec["student_key"]] = {
+            "at_ms": ev["at_ms"],
+            "reason": ev.get("reason"),
+            "by": rec.get("by"),
+            "why": rec.get("why"),
+        }
     elif t == "student_released" and rec:
         view.held.pop(rec["student_key"], None)
     elif t == "closed":
@@ -109,8 +123,9 @@ def fold(view: BatchView, ev: Mapping[str, Any]) -> None:
             cur = view.records.get(r["record_id"])
             if cur is not None and cur.get("request_id") == r.get("request_id"):
                 del view.records[r["record_id"]]
-        view.batches[ev["batch_id"]] = ClosedBatch(ev["batch_id"], ev.get("closed_by"), ev["at_ms"],
-                                                   ev.get("command_id"), ev.get("reason"), records)
+        view.batches[ev["batch_id"]] = ClosedBatch(
+            ev["batch_id"], ev.get("closed_by"), ev["at_ms"], ev.get("command_id"), ev.get("reason"), records
+        )
     elif t in ("requeued", "failed", "accepted") and ev.get("batch_id") in view.batches:
         view.batches[ev["batch_id"]].status = t
     elif t == "resent" and rec and ev.get("batch_id") in view.batches:  # rejected records back in the open batch
@@ -138,13 +153,18 @@ def from_open_batch(value: Mapping[str, Any]) -> BatchView | None:
     for rec in orjson.loads(value["records_json"]):
         view.records[rec["record_id"]] = rec
     for h in value.get("held") or []:
-        view.held[h["student_key"]] = {"at_ms": h["at_ms"], "reason": h.get("reason"), "by": h.get("by"),
-                                       "why": h.get("why")}
+        view.held[h["student_key"]] = {
+            "at_ms": h["at_ms"],
+            "reason": h.get("reason"),
+            "by": h.get("by"),
+            "why": h.get("why"),
+        }
     return view
 
 
-def build_view(org_id: str, events: Iterable[Mapping[str, Any]],
-               results: Iterable[Mapping[str, Any]] = ()) -> BatchView:
+def build_view(
+    org_id: str, events: Iterable[Mapping[str, Any]], results: Iterable[Mapping[str, Any]] = ()
+) -> BatchView:
     view = BatchView(org_id)
     for ev in events:
         fold(view, ev)

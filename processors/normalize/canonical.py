@@ -21,12 +21,12 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 EPOCH = date(1970, 1, 1)
-EPOCH_DT = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH_DT = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_YEAR, MAX_YEAR = 1900, 2100
 
 
@@ -41,8 +41,8 @@ class ValueProblem(Exception):
 
 @dataclass(frozen=True)
 class FieldType:
-    kind: str                       # str | date | timestamp | int | decimal | bool | enum
-    values: str | None = None       # enum: the value table's name
+    kind: str  # str | date | timestamp | int | decimal | bool | enum
+    values: str | None = None  # enum: the value table's name
     builtin_default: str | None = None  # enum: builtin used when the mapping has no such table
 
 
@@ -50,7 +50,7 @@ class FieldType:
 class Section:
     name: str
     fields: dict[str, FieldType]
-    keyed: bool = False             # one entry per slot (address kind, term, dependent)
+    keyed: bool = False  # one entry per slot (address kind, term, dependent)
     slot_name: str = ""
     slots: tuple[str, ...] | None = None  # allowed slots (None: any value)
 
@@ -62,68 +62,209 @@ B = FieldType("bool")
 COUNTRY = FieldType("enum", "country", "iso2_to_sevis")
 GENDER = FieldType("enum", "gender")
 
-SECTIONS: dict[str, Section] = {s.name: s for s in [
-    Section("student", {
-        "first_name": S, "middle_name": S, "last_name": S, "preferred_name": S, "birth_date": D,
-        "gender": GENDER, "birth_city": S, "birth_country": COUNTRY, "citizenship_country": COUNTRY,
-        "email": S, "phone": S, "phone_country_code": S, "commuter": B,
-        "visa_type": FieldType("enum", "visa_type"), "sevis_id": S, "sevis_status": S, "issue_reason": S,
-        "i20_issue_date": D,
-    }),
-    Section("address", {
-        "line1": S, "line2": S, "city": S, "state": S, "postal_code": S, "country": COUNTRY,
-    }, keyed=True, slot_name="address kind", slots=("us_physical", "us_mailing", "foreign")),
-    Section("program", {
-        "degree_level": FieldType("enum", "edu_level"), "major_cip": S, "second_major_cip": S, "minor_cip": S,
-        "start_date": D, "end_date": D, "status": FieldType("enum", "program_status"),
-        "english_required": B, "english_met": B, "english_not_required_reason": S, "extension_reason": S,
-    }),
-    Section("finance", {
-        "academic_term_months": I, "tuition": I, "living_expenses": I, "dependent_expenses": I,
-        "other_costs": I, "other_costs_remarks": S, "personal_funds": I, "school_funds": I,
-        "school_funds_remarks": S, "other_funds": I, "other_funds_source": S, "employment_funds": I,
-    }),
-    Section("registration", {
-        "status": FieldType("enum", "enrollment_status"), "full_time": B, "credit_hours": FieldType("decimal"),
-        "confirmed_at": FieldType("timestamp"), "session_start": D, "session_end": D,
-        "next_session_start": D, "last_session": B,
-    }, keyed=True, slot_name="term"),
-    Section("dependent", {
-        "first_name": S, "last_name": S, "birth_date": D, "gender": GENDER, "birth_city": S,
-        "birth_country": COUNTRY, "citizenship_country": COUNTRY,
-        "relationship": FieldType("enum", "relationship"), "visa_type": FieldType("enum", "dependent_visa"),
-        "status": FieldType("enum", "dependent_status"), "dependent_sevis_id": S,
-    }, keyed=True, slot_name="dependent"),
-    Section("authorization", {
-        "kind": FieldType("enum", "authorization_kind"), "status": FieldType("enum", "authorization_status"),
-        "start_date": D, "end_date": D, "time_basis": FieldType("enum", "employment_time"),
-        "employer_name": S, "employer_line1": S, "employer_line2": S, "employer_city": S,
-        "employer_state": FieldType("enum", "us_state", "us_state_names"), "employer_postal_code": S,
-        "course_relevance": S, "rcl_reason": FieldType("enum", "rcl_reason"), "academic_year_met": B, "remarks": S,
-    }, keyed=True, slot_name="authorization"),
-    # J-1 exchange visitors: the sponsor's records (docs/MAPPING.md, "Exchange visitors")
-    Section("exchange", {
-        "sis_program": S, "category": FieldType("enum", "ev_category"), "position": FieldType("enum", "ev_position"),
-        "subject_cip": S, "subject_remarks": S, "residence_country": COUNTRY, "start_date": D, "end_date": D,
-        "status": FieldType("enum", "ev_status"), "end_reason": FieldType("enum", "ev_end_reason"), "end_remarks": S,
-        "termination_reason": FieldType("enum", "ev_termination_reason"), "termination_date": D, "change_remarks": S,
-    }),
-    Section("ev_funding", {
-        "us_govt_funds": B, "sponsor_funds": I, "us_agency": S, "us_agency_funds": I, "intl_org": S,
-        "intl_org_funds": I, "home_govt_funds": I, "binational_funds": I, "other_org": S, "other_org_funds": I,
-        "personal_funds": I,
-    }),
-    Section("ev_site", {
-        "name": S, "line1": S, "line2": S, "city": S, "state": FieldType("enum", "us_state", "us_state_names"),
-        "postal_code": S, "primary": B, "active": B, "site_sevis_id": S,
-    }, keyed=True, slot_name="site of activity"),
-    Section("ev_dependent", {
-        "first_name": S, "last_name": S, "birth_date": D, "gender": GENDER, "birth_city": S, "birth_country": COUNTRY,
-        "citizenship_country": COUNTRY, "residence_country": COUNTRY, "relationship": FieldType("enum", "relationship"),
-        "status": FieldType("enum", "ev_dependent_status"), "end_reason": FieldType("enum", "ev_dependent_end_reason"),
-        "end_date": D, "accompanying": B, "dependent_sevis_id": S,
-    }, keyed=True, slot_name="J-2 dependent"),
-]}
+SECTIONS: dict[str, Section] = {
+    s.name: s
+    for s in [
+        Section(
+            "student",
+            {
+                "first_name": S,
+                "middle_name": S,
+                "last_name": S,
+                "preferred_name": S,
+                "birth_date": D,
+                "gender": GENDER,
+                "birth_city": S,
+                "birth_country": COUNTRY,
+                "citizenship_country": COUNTRY,
+                "email": S,
+                "phone": S,
+                "phone_country_code": S,
+                "commuter": B,
+                "visa_type": FieldType("enum", "visa_type"),
+                "sevis_id": S,
+                "sevis_status": S,
+                "issue_reason": S,
+                "i20_issue_date": D,
+            },
+        ),
+        Section(
+            "address",
+            {
+                "line1": S,
+                "line2": S,
+                "city": S,
+                "state": S,
+                "postal_code": S,
+                "country": COUNTRY,
+            },
+            keyed=True,
+            slot_name="address kind",
+            slots=("us_physical", "us_mailing", "foreign"),
+        ),
+        Section(
+            "program",
+            {
+                "degree_level": FieldType("enum", "edu_level"),
+                "major_cip": S,
+                "second_major_cip": S,
+                "minor_cip": S,
+                "start_date": D,
+                "end_date": D,
+                "status": FieldType("enum", "program_status"),
+                "english_required": B,
+                "english_met": B,
+                "english_not_required_reason": S,
+                "extension_reason": S,
+            },
+        ),
+        Section(
+            "finance",
+            {
+                "academic_term_months": I,
+                "tuition": I,
+                "living_expenses": I,
+                "dependent_expenses": I,
+                "other_costs": I,
+                "other_costs_remarks": S,
+                "personal_funds": I,
+                "school_funds": I,
+                "school_funds_remarks": S,
+                "other_funds": I,
+                "other_funds_source": S,
+                "employment_funds": I,
+            },
+        ),
+        Section(
+            "registration",
+            {
+                "status": FieldType("enum", "enrollment_status"),
+                "full_time": B,
+                "credit_hours": FieldType("decimal"),
+                "confirmed_at": FieldType("timestamp"),
+                "session_start": D,
+                "session_end": D,
+                "next_session_start": D,
+                "last_session": B,
+            },
+            keyed=True,
+            slot_name="term",
+        ),
+        Section(
+            "dependent",
+            {
+                "first_name": S,
+                "last_name": S,
+                "birth_date": D,
+                "gender": GENDER,
+                "birth_city": S,
+                "birth_country": COUNTRY,
+                "citizenship_country": COUNTRY,
+                "relationship": FieldType("enum", "relationship"),
+                "visa_type": FieldType("enum", "dependent_visa"),
+                "status": FieldType("enum", "dependent_status"),
+                "dependent_sevis_id": S,
+            },
+            keyed=True,
+            slot_name="dependent",
+        ),
+        Section(
+            "authorization",
+            {
+                "kind": FieldType("enum", "authorization_kind"),
+                "status": FieldType("enum", "authorization_status"),
+                "start_date": D,
+                "end_date": D,
+                "time_basis": FieldType("enum", "employment_time"),
+                "employer_name": S,
+                "employer_line1": S,
+                "employer_line2": S,
+                "employer_city": S,
+                "employer_state": FieldType("enum", "us_state", "us_state_names"),
+                "employer_postal_code": S,
+                "course_relevance": S,
+                "rcl_reason": FieldType("enum", "rcl_reason"),
+                "academic_year_met": B,
+                "remarks": S,
+            },
+            keyed=True,
+            slot_name="authorization",
+        ),
+        # J-1 exchange visitors: the sponsor's records (docs/MAPPING.md, "Exchange visitors")
+        Section(
+            "exchange",
+            {
+                "sis_program": S,
+                "category": FieldType("enum", "ev_category"),
+                "position": FieldType("enum", "ev_position"),
+                "subject_cip": S,
+                "subject_remarks": S,
+                "residence_country": COUNTRY,
+                "start_date": D,
+                "end_date": D,
+                "status": FieldType("enum", "ev_status"),
+                "end_reason": FieldType("enum", "ev_end_reason"),
+                "end_remarks": S,
+                "termination_reason": FieldType("enum", "ev_termination_reason"),
+                "termination_date": D,
+                "change_remarks": S,
+            },
+        ),
+        Section(
+            "ev_funding",
+            {
+                "us_govt_funds": B,
+                "sponsor_funds": I,
+                "us_agency": S,
+                "us_agency_funds": I,
+                "intl_org": S,
+                "intl_org_funds": I,
+                "home_govt_funds": I,
+                "binational_funds": I,
+                "other_org": S,
+                "other_org_funds": I,
+                "personal_funds": I,
+            },
+        ),
+        Section(
+            "ev_site",
+            {
+                "name": S,
+                "line1": S,
+                "line2": S,
+                "city": S,
+                "state": FieldType("enum", "us_state", "us_state_names"),
+                "postal_code": S,
+                "primary": B,
+                "active": B,
+                "site_sevis_id": S,
+            },
+            keyed=True,
+            slot_name="site of activity",
+        ),
+        Section(
+            "ev_dependent",
+            {
+                "first_name": S,
+                "last_name": S,
+                "birth_date": D,
+                "gender": GENDER,
+                "birth_city": S,
+                "birth_country": COUNTRY,
+                "citizenship_country": COUNTRY,
+                "residence_country": COUNTRY,
+                "relationship": FieldType("enum", "relationship"),
+                "status": FieldType("enum", "ev_dependent_status"),
+                "end_reason": FieldType("enum", "ev_dependent_end_reason"),
+                "end_date": D,
+                "accompanying": B,
+                "dependent_sevis_id": S,
+            },
+            keyed=True,
+            slot_name="J-2 dependent",
+        ),
+    ]
+}
 
 #: canonical exchange-visitor statuses the events stage understands
 EV_STATUSES = ("initial", "active", "completed", "no_show", "invalid", "terminated")
@@ -155,8 +296,11 @@ def _decimal(raw: Any, scale: int | None) -> Decimal:
             pass
         if scale is not None:
             return _from_b64(s, scale)
-        raise ValueProblem("bad_number", "not a number (a Debezium NUMERIC in base64 needs decimal.handling.mode="
-                                         "string, the schema wrapper, or 'scale' in the mapping)")
+        raise ValueProblem(
+            "bad_number",
+            "not a number (a Debezium NUMERIC in base64 needs decimal.handling.mode="
+            "string, the schema wrapper, or 'scale' in the mapping)",
+        )
     raise ValueProblem("bad_number", f"a {type(raw).__name__} where a number was expected")
 
 
@@ -204,12 +348,12 @@ def to_timestamp(raw: Any) -> str:
         except ValueError as exc:
             raise ValueProblem("bad_timestamp", "not an ISO timestamp") from exc
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
     else:
         raise ValueProblem("bad_timestamp", f"a {type(raw).__name__} where a timestamp was expected")
     if not MIN_YEAR <= dt.year <= MAX_YEAR:
         raise ValueProblem("date_out_of_range", f"year {dt.year} outside {MIN_YEAR}-{MAX_YEAR}")
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 _TRUE = {"true", "t", "y", "yes", "1"}
@@ -278,7 +422,16 @@ class EmptyView:
 def new_view(student_key: str, link: str | None) -> dict[str, Any]:
     """A view with nothing in it yet: the starting point for a new student key."""
     return {
-        "student_key": student_key, "link": link, "exists": False, "international": False,
-        "student": {}, "address": {}, "program": {}, "finance": {}, "registration": {}, "dependent": {},
-        "authorization": {}, "src": {},
+        "student_key": student_key,
+        "link": link,
+        "exists": False,
+        "international": False,
+        "student": {},
+        "address": {},
+        "program": {},
+        "finance": {},
+        "registration": {},
+        "dependent": {},
+        "authorization": {},
+        "src": {},
     }

@@ -40,12 +40,12 @@ class ChangeFormatError(Exception):
 class RowChange:
     """One row change, decoded, with everything needed to find it again."""
 
-    table: str                   # schema.table
-    op: str                      # c | u | d | r
-    key: Any                     # primary-key struct (dict) or None
+    table: str  # schema.table
+    op: str  # c | u | d | r
+    key: Any  # primary-key struct (dict) or None
     before: dict[str, Any] | None
     after: dict[str, Any] | None
-    position: tuple[int, int]    # (commit_order, lsn)
+    position: tuple[int, int]  # (commit_order, lsn)
     lsn: int | None
     sequence: str | None
     tx_id: int | None
@@ -54,8 +54,8 @@ class RowChange:
     topic: str = ""
     partition: int = 0
     offset: int = 0
-    in_tx: bool = False          # carries Debezium's "transaction" block: an END marker will follow
-    snapshot_mark: str | None = None   # source.snapshot as sent: "first" | "true" | "last" | "incremental" …
+    in_tx: bool = False  # carries Debezium's "transaction" block: an END marker will follow
+    snapshot_mark: str | None = None  # source.snapshot as sent: "first" | "true" | "last" | "incremental" …
 
     @property
     def row_id(self) -> str:
@@ -63,20 +63,57 @@ class RowChange:
         return self.table + ":" + orjson.dumps(k, option=orjson.OPT_SORT_KEYS).decode()
 
     def lineage(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "table": self.table,
-                "lsn": self.lsn, "sequence": self.sequence, "tx_id": self.tx_id, "commit_ts_ms": self.commit_ts_ms}
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "table": self.table,
+            "lsn": self.lsn,
+            "sequence": self.sequence,
+            "tx_id": self.tx_id,
+            "commit_ts_ms": self.commit_ts_ms,
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return {"t": self.table, "op": self.op, "k": self.key, "b": self.before, "a": self.after,
-                "pos": list(self.position), "lsn": self.lsn, "seq": self.sequence, "tx": self.tx_id,
-                "ts": self.commit_ts_ms, "snap": self.snapshot, "topic": self.topic, "p": self.partition,
-                "o": self.offset, "tx_b": self.in_tx, "sm": self.snapshot_mark}
+        return {
+            "t": self.table,
+            "op": self.op,
+            "k": self.key,
+            "b": self.before,
+            "a": self.after,
+            "pos": list(self.position),
+            "lsn": self.lsn,
+            "seq": self.sequence,
+            "tx": self.tx_id,
+            "ts": self.commit_ts_ms,
+            "snap": self.snapshot,
+            "topic": self.topic,
+            "p": self.partition,
+            "o": self.offset,
+            "tx_b": self.in_tx,
+            "sm": self.snapshot_mark,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RowChange:
-        return cls(d["t"], d["op"], d["k"], d["b"], d["a"], (d["pos"][0], d["pos"][1]), d["lsn"], d["seq"],
-                   d["tx"], d["ts"], d["snap"], d["topic"], d["p"], d["o"], d.get("tx_b", False),
-                   d.get("sm"))
+        return cls(
+            d["t"],
+            d["op"],
+            d["k"],
+            d["b"],
+            d["a"],
+            (d["pos"][0], d["pos"][1]),
+            d["lsn"],
+            d["seq"],
+            d["tx"],
+            d["ts"],
+            d["snap"],
+            d["topic"],
+            d["p"],
+            d["o"],
+            d.get("tx_b", False),
+            d.get("sm"),
+        )
 
 
 def _unwrap(obj: Any) -> tuple[Any, dict[str, Any] | None]:
@@ -157,8 +194,9 @@ def commit_order(sequence: str | None, lsn: int | None) -> int:
     return lsn or 0
 
 
-def parse_change(key_bytes: bytes | None, value_bytes: bytes | None, topic: str = "", partition: int = 0,
-                 offset: int = 0) -> RowChange | None:
+def parse_change(
+    key_bytes: bytes | None, value_bytes: bytes | None, topic: str = "", partition: int = 0, offset: int = 0
+) -> RowChange | None:
     """Decode one change-topic record; None for tombstones. Raises :class:`ChangeFormatError`."""
     if value_bytes is None:
         return None
@@ -205,9 +243,24 @@ def parse_change(key_bytes: bytes | None, value_bytes: bytes | None, topic: str 
         raise ChangeFormatError(f"op {op} without 'after'")
     if op == "d" and before is None and key is None:
         raise ChangeFormatError("delete without 'before' or key")
-    return RowChange(f"{schema_name}.{table_name}", op, key, before, after,
-                     (commit_order(sequence, lsn), lsn or 0), lsn, sequence, tx_id, ts, snapshot,
-                     topic, partition, offset, isinstance(payload.get("transaction"), dict), mark)
+    return RowChange(
+        f"{schema_name}.{table_name}",
+        op,
+        key,
+        before,
+        after,
+        (commit_order(sequence, lsn), lsn or 0),
+        lsn,
+        sequence,
+        tx_id,
+        ts,
+        snapshot,
+        topic,
+        partition,
+        offset,
+        isinstance(payload.get("transaction"), dict),
+        mark,
+    )
 
 
 @dataclass(frozen=True)
@@ -218,7 +271,7 @@ class TxMarker:
     tx_id: int | None
     event_count: int
     counts: dict[str, int]
-    lsn: int | None = None       # the LSN in Debezium's "txId:LSN" transaction id, when present
+    lsn: int | None = None  # the LSN in Debezium's "txId:LSN" transaction id, when present
 
 
 def parse_tx_marker(value_bytes: bytes | None) -> TxMarker | None:

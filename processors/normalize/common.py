@@ -13,12 +13,25 @@ from sevisflow.core.kafka_io import Output
 from sevisflow.core.serde import registry
 
 
-def dlq_output(settings: Settings, stage: str, code: str, reason: str, *, at_ms: int, student_key: str | None,
-               field: str | None, topic: str | None, partition: int | None, offset: int | None,
-               key: bytes | None, value: bytes | None) -> Output:
+def dlq_output(
+    settings: Settings,
+    stage: str,
+    code: str,
+    reason: str,
+    *,
+    at_ms: int,
+    student_key: str | None,
+    field: str | None,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    key: bytes | None,
+    value: bytes | None,
+) -> Output:
     """A dead letter whose source position may be an earlier record than the one being handled."""
-    rec = dead_letter_record(stage, code, reason, at_ms, student_key=student_key, field=field,
-                             source_key=key, source_value=value)
+    rec = dead_letter_record(
+        stage, code, reason, at_ms, student_key=student_key, field=field, source_key=key, source_value=value
+    )
     rec.update({"source_topic": topic, "source_partition": partition, "source_offset": offset})
     out_key = student_key.encode() if student_key else key
     return Output(settings.topics.dlq, out_key, registry().encode(DLQ_SCHEMA, rec))

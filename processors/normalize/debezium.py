@@ -9,10 +9,11 @@ transaction's BEGIN/END markers (with per-table counts) go to the transaction to
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
@@ -30,24 +31,36 @@ def _debezium_value(v: Any, style: str) -> Any:
     """Python value → how Debezium's JsonConverter writes it (style 'debezium') or ISO strings ('iso')."""
     if isinstance(v, datetime):
         if style == "debezium":
-            dt = v if v.tzinfo else v.replace(tzinfo=timezone.utc)
-            return v.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if v.tzinfo else \
-                int((dt - datetime(1970, 1, 1, tzinfo=timezone.utc)).total_seconds() * 1_000_000)
+            dt = v if v.tzinfo else v.replace(tzinfo=UTC)
+            return (
+                v.astimezone(UTC).isoformat().replace("+00:00", "Z")
+                if v.tzinfo
+                else int((dt - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1_000_000)
+            )
         return v.isoformat()
     if isinstance(v, date):
         return (v - EPOCH).days if style == "debezium" else v.isoformat()
     if isinstance(v, Decimal):
         if style == "debezium":
-            unscaled = int(v.scaleb(-v.as_tuple().exponent))  # type: ignore[operator]
+            unscaled = int(v.scaleb(_scale(v)))
             n = max(1, (unscaled.bit_length() + 8) // 8)
             return base64.b64encode(unscaled.to_bytes(n, "big", signed=True)).decode()
         return str(v)
     return v
 
 
+def _scale(d: Decimal) -> int:
+    """Digits after the point of a finite decimal (the ``scale`` of Connect's Decimal)."""
+    exponent = d.as_tuple().exponent
+    if not isinstance(exponent, int):
+        raise ValueError(f"{d} is not a finite decimal: Connect's Decimal cannot carry it")
+    return -exponent
+
+
 def _schema_of(row: dict[str, Any], style: str) -> list[dict[str, Any]]:
     fields = []
     for k, v in row.items():
+        f: dict[str, Any]
         if style != "debezium" and isinstance(v, (date, Decimal)):
             f = {"type": "string"}
         elif isinstance(v, bool):
@@ -55,13 +68,19 @@ def _schema_of(row: dict[str, Any], style: str) -> list[dict[str, Any]]:
         elif isinstance(v, int):
             f = {"type": "int64"}
         elif isinstance(v, datetime):
-            f = {"type": "string", "name": "io.debezium.time.ZonedTimestamp"} if v.tzinfo else \
-                {"type": "int64", "name": "io.debezium.time.MicroTimestamp"}
+            f = (
+                {"type": "string", "name": "io.debezium.time.ZonedTimestamp"}
+                if v.tzinfo
+                else {"type": "int64", "name": "io.debezium.time.MicroTimestamp"}
+            )
         elif isinstance(v, date):
             f = {"type": "int32", "name": "io.debezium.time.Date"}
         elif isinstance(v, Decimal):
-            f = {"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
-                 "parameters": {"scale": str(-v.as_tuple().exponent)}}
+            f = {
+                "type": "bytes",
+                "name": "org.apache.kafka.connect.data.Decimal",
+                "parameters": {"scale": str(_scale(v))},
+            }
         else:
             f = {"type": "string"}
         fields.append({"field": k, "optional": True, **f})
@@ -74,12 +93,12 @@ class SisFeed:
 
     prefix: str = "sis"
     schema_wrapper: bool = False
-    style: str = "debezium"          # 'debezium' (int dates, base64 decimals) or 'iso'
+    style: str = "debezium"  # 'debezium' (int dates, base64 decimals) or 'iso'
     transactions: bool = True
     primary_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     lsn: int = 1_000_000
     tx_id: int = 500
-    ts_ms: int = 1_767_225_600_000   # 2026-01-01T00:00:00Z, advanced 1 s per transaction
+    ts_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z, advanced 1 s per transaction
     last_commit: int = 0
     records: list[Record] = field(default_factory=list)
 
@@ -104,41 +123,72 @@ class SisFeed:
             self.lsn += 16
             row = after if after is not None else before
             assert row is not None
-            source = {"version": "2.7.0.Final", "connector": "postgresql", "name": self.prefix,
-                      "ts_ms": self.ts_ms, "snapshot": "true" if snapshot else "false", "db": "sis",
-                      "sequence": orjson.dumps([str(self.last_commit), str(self.lsn)]).decode(),
-                      "schema": table.split(".")[0], "table": table.split(".")[1],
-                      "txId": self.tx_id, "lsn": self.lsn, "xmin": None}
+            source = {
+                "version": "2.7.0.Final",
+                "connector": "postgresql",
+                "name": self.prefix,
+                "ts_ms": self.ts_ms,
+                "snapshot": "true" if snapshot else "false",
+                "db": "sis",
+                "sequence": orjson.dumps([str(self.last_commit), str(self.lsn)]).decode(),
+                "schema": table.split(".")[0],
+                "table": table.split(".")[1],
+                "txId": self.tx_id,
+                "lsn": self.lsn,
+                "xmin": None,
+            }
             payload: dict[str, Any] = {
                 "before": None if before is None else {k: _debezium_value(v, self.style) for k, v in before.items()},
                 "after": None if after is None else {k: _debezium_value(v, self.style) for k, v in after.items()},
-                "source": source, "op": op, "ts_ms": self.ts_ms + 5,
+                "source": source,
+                "op": op,
+                "ts_ms": self.ts_ms + 5,
             }
             if self.transactions and not snapshot:
                 counts[table] = counts.get(table, 0) + 1
-                payload["transaction"] = {"id": f"{self.tx_id}:{self.lsn}", "total_order": sum(counts.values()),
-                                          "data_collection_order": counts[table]}
+                payload["transaction"] = {
+                    "id": f"{self.tx_id}:{self.lsn}",
+                    "total_order": sum(counts.values()),
+                    "data_collection_order": counts[table],
+                }
             value: Any = payload
             key: Any = self._key(table, row)
             if self.schema_wrapper:
                 fields = _schema_of(row, self.style)
-                value = {"schema": {"type": "struct", "name": f"{self.prefix}.{table}.Envelope", "fields": [
-                    {"field": "before", "type": "struct", "optional": True, "fields": fields},
-                    {"field": "after", "type": "struct", "optional": True, "fields": fields},
-                    {"field": "source", "type": "struct", "fields": []},
-                    {"field": "op", "type": "string"}, {"field": "ts_ms", "type": "int64", "optional": True}]},
-                         "payload": payload}
+                value = {
+                    "schema": {
+                        "type": "struct",
+                        "name": f"{self.prefix}.{table}.Envelope",
+                        "fields": [
+                            {"field": "before", "type": "struct", "optional": True, "fields": fields},
+                            {"field": "after", "type": "struct", "optional": True, "fields": fields},
+                            {"field": "source", "type": "struct", "fields": []},
+                            {"field": "op", "type": "string"},
+                            {"field": "ts_ms", "type": "int64", "optional": True},
+                        ],
+                    },
+                    "payload": payload,
+                }
                 key = {"schema": {"type": "struct", "fields": []}, "payload": key}
             out.append(Record(self.topic(table), orjson.dumps(key), orjson.dumps(value)))
             if op == "d":
                 out.append(Record(self.topic(table), orjson.dumps(key), None))
         if self.transactions and not snapshot:
             tx_key = orjson.dumps({"id": f"{self.tx_id}:{self.lsn}"})
-            begin = {"status": "BEGIN", "id": f"{self.tx_id}:{self.lsn}", "event_count": None,
-                     "data_collections": None, "ts_ms": self.ts_ms}
-            end = {"status": "END", "id": f"{self.tx_id}:{self.lsn}", "event_count": sum(counts.values()),
-                   "data_collections": [{"data_collection": t, "event_count": n} for t, n in counts.items()],
-                   "ts_ms": self.ts_ms}
+            begin = {
+                "status": "BEGIN",
+                "id": f"{self.tx_id}:{self.lsn}",
+                "event_count": None,
+                "data_collections": None,
+                "ts_ms": self.ts_ms,
+            }
+            end = {
+                "status": "END",
+                "id": f"{self.tx_id}:{self.lsn}",
+                "event_count": sum(counts.values()),
+                "data_collections": [{"data_collection": t, "event_count": n} for t, n in counts.items()],
+                "ts_ms": self.ts_ms,
+            }
             self.records.append(Record(self.tx_topic, tx_key, orjson.dumps(begin)))
             self.records.extend(out)
             self.records.append(Record(self.tx_topic, tx_key, orjson.dumps(end)))

@@ -57,7 +57,7 @@ class FieldSpec:
 @dataclass(frozen=True)
 class Lookup:
     reference: str  # the reference table's name
-    on: str         # the column of this table holding the reference key
+    on: str  # the column of this table holding the reference key
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,9 @@ class Feed:
     table: str
     section: str
     fields: tuple[FieldSpec, ...]
-    link: str | None = None           # column pointing at the student (None: the student table itself)
-    slot: str | None = None           # fixed slot (keyed sections), e.g. "foreign"
-    slot_column: str | None = None    # or: the column whose value names the slot
+    link: str | None = None  # column pointing at the student (None: the student table itself)
+    slot: str | None = None  # fixed slot (keyed sections), e.g. "foreign"
+    slot_column: str | None = None  # or: the column whose value names the slot
     slots: dict[str, str] | None = None  # SIS slot value → canonical slot (None: the value itself)
     where: dict[str, Any] = field(default_factory=dict)  # only rows with these column values count
     lookup: Lookup | None = None
@@ -170,28 +170,36 @@ def mapping_from_dict(raw: TMapping[str, Any], origin: str = "mapping") -> Mappi
     references = []
     for i, r in enumerate(raw.get("reference", [])):
         _check_keys(r, {"table", "name", "key"}, f"reference[{i}]", origin)
-        references.append(Reference(_need(r, "table", f"reference[{i}]", origin),
-                                    _need(r, "name", f"reference[{i}]", origin),
-                                    _need(r, "key", f"reference[{i}]", origin)))
+        references.append(
+            Reference(
+                _need(r, "table", f"reference[{i}]", origin),
+                _need(r, "name", f"reference[{i}]", origin),
+                _need(r, "key", f"reference[{i}]", origin),
+            )
+        )
     ref_names = {r.name for r in references}
 
     feeds = []
     for i, f in enumerate(raw.get("feed", [])):
         where = f"feed[{i}]"
-        _check_keys(f, {"table", "section", "link", "slot", "slot_column", "slots", "where", "lookup", "fields"},
-                    where, origin)
+        _check_keys(
+            f, {"table", "section", "link", "slot", "slot_column", "slots", "where", "lookup", "fields"}, where, origin
+        )
         table = _need(f, "table", where, origin)
         section = _need(f, "section", where, origin)
         if section not in SECTIONS:
-            raise ConfigError(f"{origin}: {where} ({table}): unknown section {section!r} "
-                              f"(known: {', '.join(SECTIONS)})")
+            raise ConfigError(
+                f"{origin}: {where} ({table}): unknown section {section!r} (known: {', '.join(SECTIONS)})"
+            )
         sec = SECTIONS[section]
         link = f.get("link")
         if table != student_table and not link:
             raise ConfigError(f"{origin}: {where} ({table}) needs 'link', the column that points at the student")
         if sec.keyed and not (f.get("slot") or f.get("slot_column")):
-            raise ConfigError(f"{origin}: {where} ({table}): section {section} has one entry per "
-                              f"{sec.slot_name}; give 'slot' or 'slot_column'")
+            raise ConfigError(
+                f"{origin}: {where} ({table}): section {section} has one entry per "
+                f"{sec.slot_name}; give 'slot' or 'slot_column'"
+            )
         if f.get("slot") and sec.slots and f["slot"] not in sec.slots:
             raise ConfigError(f"{origin}: {where} ({table}): slot {f['slot']!r} is not one of {sec.slots}")
         if f.get("slots") and sec.slots:
@@ -202,15 +210,20 @@ def mapping_from_dict(raw: TMapping[str, Any], origin: str = "mapping") -> Mappi
         if "lookup" in f:
             lk = f["lookup"]
             _check_keys(lk, {"reference", "on"}, f"{where}.lookup", origin)
-            lookup = Lookup(_need(lk, "reference", f"{where}.lookup", origin), _need(lk, "on", f"{where}.lookup", origin))
+            lookup = Lookup(
+                _need(lk, "reference", f"{where}.lookup", origin), _need(lk, "on", f"{where}.lookup", origin)
+            )
             if lookup.reference not in ref_names:
-                raise ConfigError(f"{origin}: {where}.lookup names reference {lookup.reference!r}, "
-                                  f"which no [[reference]] defines")
+                raise ConfigError(
+                    f"{origin}: {where}.lookup names reference {lookup.reference!r}, which no [[reference]] defines"
+                )
         specs = []
         for name, col in _need(f, "fields", where, origin).items():
             if name not in sec.fields:
-                raise ConfigError(f"{origin}: {where} ({table}): section {section} has no field {name!r} "
-                                  f"(known: {', '.join(sec.fields)})")
+                raise ConfigError(
+                    f"{origin}: {where} ({table}): section {section} has no field {name!r} "
+                    f"(known: {', '.join(sec.fields)})"
+                )
             scale = None
             if isinstance(col, dict):
                 _check_keys(col, {"column", "scale"}, f"{where}.fields.{name}", origin)
@@ -220,14 +233,24 @@ def mapping_from_dict(raw: TMapping[str, Any], origin: str = "mapping") -> Mappi
                 raise ConfigError(f"{origin}: {where}.fields.{name} must name a column")
             from_lookup = False
             if lookup and col.startswith(lookup.reference + "."):
-                col, from_lookup = col[len(lookup.reference) + 1:], True
+                col, from_lookup = col[len(lookup.reference) + 1 :], True
             specs.append(FieldSpec(name, col, from_lookup, scale))
             ft = sec.fields[name]
             if ft.values and ft.values not in values and ft.builtin_default is None:
                 raise ConfigError(f"{origin}: field {section}.{name} needs a [values.{ft.values}] table")
-        feeds.append(Feed(table=table, section=section, fields=tuple(specs), link=link, slot=f.get("slot"),
-                          slot_column=f.get("slot_column"), slots=f.get("slots"), where=dict(f.get("where", {})),
-                          lookup=lookup))
+        feeds.append(
+            Feed(
+                table=table,
+                section=section,
+                fields=tuple(specs),
+                link=link,
+                slot=f.get("slot"),
+                slot_column=f.get("slot_column"),
+                slots=f.get("slots"),
+                where=dict(f.get("where", {})),
+                lookup=lookup,
+            )
+        )
     if not any(f.table == student_table for f in feeds):
         raise ConfigError(f"{origin}: no [[feed]] reads the student table {student_table}")
     # builtin defaults for value tables the mapping does not list
@@ -237,8 +260,9 @@ def mapping_from_dict(raw: TMapping[str, Any], origin: str = "mapping") -> Mappi
                 values[ft.values] = _value_table(ft.values, {"builtin": ft.builtin_default}, origin)
     if "us_state" not in values:
         values["us_state"] = _value_table("us_state", {"builtin": "us_state_names"}, origin)
-    return Mapping(student_table, student_key, student_id, visas, tuple(feeds), tuple(references), values, origin,
-                   other_visas)
+    return Mapping(
+        student_table, student_key, student_id, visas, tuple(feeds), tuple(references), values, origin, other_visas
+    )
 
 
 def _value_table(name: str, spec: Any, origin: str) -> ValueTable:
@@ -255,8 +279,9 @@ def _value_table(name: str, spec: Any, origin: str) -> ValueTable:
         if builtin == "identity":
             unmapped = "keep"
         elif builtin not in codes.BUILTINS:
-            raise ConfigError(f"{origin}: values.{name}.builtin {builtin!r} is unknown "
-                              f"(known: identity, {', '.join(codes.BUILTINS)})")
+            raise ConfigError(
+                f"{origin}: values.{name}.builtin {builtin!r} is unknown (known: identity, {', '.join(codes.BUILTINS)})"
+            )
         else:
             table.update(codes.BUILTINS[builtin])
             if builtin == "us_state_names":

@@ -26,16 +26,16 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from sevisflow.processors.normalize.common import dlq_output, mapping_path, msg_time
-from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
-from sevisflow.processors.normalize.mapping import Mapping, load_mapping
-from sevisflow.processors.normalize.view import Normalizer, Result
 from sevisflow.core.config import Settings, StateSettings
 from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics, position
 from sevisflow.core.log import get_logger
 from sevisflow.core.serde import registry
 from sevisflow.core.state import CommittedState, open_committed
 from sevisflow.core.topics import pipeline_topics, stage_group, state_topic, state_topic_spec
+from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
+from sevisflow.processors.normalize.common import dlq_output, mapping_path, msg_time
+from sevisflow.processors.normalize.mapping import Mapping, load_mapping
+from sevisflow.processors.normalize.view import Normalizer, Result
 
 log = get_logger(__name__)
 
@@ -88,7 +88,7 @@ class StoreKV:
             value = self.cache[key]
             k = key.encode()
             if value is None and k not in committed:
-                staged.pop(k, None)   # made and dropped in one transaction (e.g. a transaction buffer)
+                staged.pop(k, None)  # made and dropped in one transaction (e.g. a transaction buffer)
             else:
                 staged[k] = None if value is None else orjson.dumps(value)
         self.dirty.clear()
@@ -169,9 +169,8 @@ class NormalizeStage:
         self.applied = frozenset(self.topics)
         self.prefix = settings.connector.topic_prefix + "."
         self.subscription = [*self.topics, connector_pattern(settings)]
-        self.normalizer = Normalizer(mapping, store.kv, use_transactions=self.tx_topic is not None,
-                                     hold_streamed=True)
-        self.consumer: Any = None    # the loop's consumer (build_loop): watermarks and positions
+        self.normalizer = Normalizer(mapping, store.kv, use_transactions=self.tx_topic is not None, hold_streamed=True)
+        self.consumer: Any = None  # the loop's consumer (build_loop): watermarks and positions
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
         outs = self._handle(msg)
@@ -201,10 +200,14 @@ class NormalizeStage:
         if marks is None:
             marks = self._watermarks()
             if marks is None:
-                return []          # broker not answering: try again on the next record or idle turn
+                return []  # broker not answering: try again on the next record or idle turn
             self.store.kv.put("sw", marks)
-            log.info("normalize.snapshot_end_seen", rows=st.get("n"), by="last" if st.get("last") else "stream",
-                     partitions=len(marks))
+            log.info(
+                "normalize.snapshot_end_seen",
+                rows=st.get("n"),
+                by="last" if st.get("last") else "stream",
+                partitions=len(marks),
+            )
         if not self._reached(marks, idle):
             return []
         res = self.normalizer.release_snapshot()
@@ -270,9 +273,22 @@ class NormalizeStage:
                 res = self.normalizer.on_change(ch) if ch else Result()
         except ChangeFormatError as exc:
             log.warning("normalize.bad_record", topic=msg.topic(), partition=msg.partition(), offset=msg.offset())
-            return [dlq_output(self.settings, "normalize", "bad_change_event", str(exc), at_ms=msg_time(msg),
-                               student_key=None, field=None, topic=msg.topic(), partition=msg.partition(),
-                               offset=msg.offset(), key=msg.key(), value=msg.value())]
+            return [
+                dlq_output(
+                    self.settings,
+                    "normalize",
+                    "bad_change_event",
+                    str(exc),
+                    at_ms=msg_time(msg),
+                    student_key=None,
+                    field=None,
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    key=msg.key(),
+                    value=msg.value(),
+                )
+            ]
         return self.outputs(res, msg)
 
     def _handle_other(self, msg: Message) -> list[Output]:
@@ -292,43 +308,75 @@ class NormalizeStage:
         outs: list[Output] = []
         for d in res.dead:
             ch = d.change
-            log.info("normalize.dead_letter", code=d.code, student=d.student_key,
-                     topic=ch.topic if ch else None, offset=ch.offset if ch else None)
+            log.info(
+                "normalize.dead_letter",
+                code=d.code,
+                student=d.student_key,
+                topic=ch.topic if ch else None,
+                offset=ch.offset if ch else None,
+            )
             value = orjson.dumps(ch.to_json()) if ch else (msg.value() if msg is not None else None)
-            outs.append(dlq_output(self.settings, "normalize", d.code, d.reason,
-                                   at_ms=(ch.commit_ts_ms if ch and ch.commit_ts_ms else msg_time(msg)),
-                                   student_key=d.student_key, field=d.field,
-                                   topic=ch.topic if ch else (msg.topic() if msg is not None else None),
-                                   partition=ch.partition if ch else (msg.partition() if msg is not None else None),
-                                   offset=ch.offset if ch else (msg.offset() if msg is not None else None),
-                                   key=orjson.dumps(ch.key) if ch else None, value=value))
+            outs.append(
+                dlq_output(
+                    self.settings,
+                    "normalize",
+                    d.code,
+                    d.reason,
+                    at_ms=(ch.commit_ts_ms if ch and ch.commit_ts_ms else msg_time(msg)),
+                    student_key=d.student_key,
+                    field=d.field,
+                    topic=ch.topic if ch else (msg.topic() if msg is not None else None),
+                    partition=ch.partition if ch else (msg.partition() if msg is not None else None),
+                    offset=ch.offset if ch else (msg.offset() if msg is not None else None),
+                    key=orjson.dumps(ch.key) if ch else None,
+                    value=value,
+                )
+            )
         for u in res.updates:
             commit = max((x.get("commit_ts_ms") or 0 for x in u.lineage), default=0) or None
-            rec = {"student_key": u.student_key, "exists": bool(u.view.get("exists")),
-                   "international": bool(u.view.get("international")),
-                   "sevis_id": u.view.get("student", {}).get("sevis_id"),
-                   "view_json": orjson.dumps(u.view).decode(), "unit_id": u.unit_id, "snapshot": u.snapshot,
-                   "commit_ts_ms": commit, "lineage": u.lineage, "processor_version": PROCESSOR_VERSION}
-            outs.append(Output(self.settings.topics.students, u.student_key.encode(),
-                               registry().encode(STUDENT_SCHEMA, rec)))
+            rec = {
+                "student_key": u.student_key,
+                "exists": bool(u.view.get("exists")),
+                "international": bool(u.view.get("international")),
+                "sevis_id": u.view.get("student", {}).get("sevis_id"),
+                "view_json": orjson.dumps(u.view).decode(),
+                "unit_id": u.unit_id,
+                "snapshot": u.snapshot,
+                "commit_ts_ms": commit,
+                "lineage": u.lineage,
+                "processor_version": PROCESSOR_VERSION,
+            }
+            outs.append(
+                Output(self.settings.topics.students, u.student_key.encode(), registry().encode(STUDENT_SCHEMA, rec))
+            )
         return outs
 
 
-def build_loop(settings: Settings, mapping: Mapping | None = None, batch_size: int = 2000
-               ) -> tuple[TransactionalLoop, NormalizeStage]:
+def build_loop(
+    settings: Settings, mapping: Mapping | None = None, batch_size: int = 2000
+) -> tuple[TransactionalLoop, NormalizeStage]:
     """The normalize stage's transactional loop (not started)."""
     mapping = mapping or load_mapping(mapping_path(settings))
     group = stage_group(settings, "normalize")
-    instance = f"{group}-sequencer"   # the same for every instance: the newest fences the others
+    instance = f"{group}-sequencer"  # the same for every instance: the newest fences the others
     store = NormalizeStore(open_committed(settings.state, instance), cache_bound(settings.state))
     stage = NormalizeStage(settings, mapping, store)
-    loop = TransactionalLoop(settings.kafka, group, stage.subscription, stage.handle, transactional_id=instance,
-                             state_topic=state_topic(settings, "normalize"), batch_size=batch_size,
-                             state=store, state_partitions={STATE_PARTITION}, on_idle=stage.on_idle,
-                             consumer_overrides={"session.timeout.ms": 10000,
-                                                 "topic.metadata.refresh.interval.ms": 5000},
-                             stall_after_s=settings.metrics.stall_after_s, dlq_topic=settings.topics.dlq,
-                             stage="normalize")
+    loop = TransactionalLoop(
+        settings.kafka,
+        group,
+        stage.subscription,
+        stage.handle,
+        transactional_id=instance,
+        state_topic=state_topic(settings, "normalize"),
+        batch_size=batch_size,
+        state=store,
+        state_partitions={STATE_PARTITION},
+        on_idle=stage.on_idle,
+        consumer_overrides={"session.timeout.ms": 10000, "topic.metadata.refresh.interval.ms": 5000},
+        stall_after_s=settings.metrics.stall_after_s,
+        dlq_topic=settings.topics.dlq,
+        stage="normalize",
+    )
     stage.consumer = loop.consumer
     return loop, stage
 
@@ -346,8 +394,12 @@ def check_transaction_topic(settings: Settings, stage: NormalizeStage) -> None:
         return
     tmd = md.topics.get(stage.tx_topic)
     if tmd is not None and tmd.error is None and len(tmd.partitions) > 1:
-        log.error("normalize.transaction_topic_partitions", topic=stage.tx_topic, partitions=len(tmd.partitions),
-                  fix="recreate it with one partition (deploy/topics.toml [transaction] partitions = 1)")
+        log.error(
+            "normalize.transaction_topic_partitions",
+            topic=stage.tx_topic,
+            partitions=len(tmd.partitions),
+            fix="recreate it with one partition (deploy/topics.toml [transaction] partitions = 1)",
+        )
 
 
 def ensure_stage_topics(settings: Settings) -> None:

@@ -84,15 +84,15 @@ from sevisflow.processors.normalize.changes import RowChange, TxMarker
 from sevisflow.processors.normalize.mapping import Feed, Mapping
 
 US_SLOTS = ("us_physical", "us_mailing")
-SNAPSHOT_CHUNK = 500   # row ids per ``si:<n>`` key: a changelog record stays small, writes stay O(rows)
-CHUNK_ITEMS = 256      # items per chunk of a chunked list (transaction buffer, END queue, held rows)
-CHUNK_BYTES = 256 * 1024   # ... and about this many bytes of JSON: far below the changelog's message limit
-
+SNAPSHOT_CHUNK = 500  # row ids per ``si:<n>`` key: a changelog record stays small, writes stay O(rows)
+CHUNK_ITEMS = 256  # items per chunk of a chunked list (transaction buffer, END queue, held rows)
+CHUNK_BYTES = 256 * 1024  # ... and about this many bytes of JSON: far below the changelog's message limit
 
 
 APPLIED_TX_MEMORY = 256
 """How many applied transaction ids normalize remembers, to drop an END that arrives again (a connector
 re-sends at most what it had not confirmed: one offset-flush interval, far fewer transactions than this)."""
+
 
 class KV(Protocol):
     def get(self, key: str) -> Any: ...
@@ -131,7 +131,7 @@ class Chunked:
 
     def header(self) -> dict[str, Any] | None:
         h = self.kv.get(self.name)
-        if isinstance(h, list):   # stored by an older version: migrate in place
+        if isinstance(h, list):  # stored by an older version: migrate in place
             items, h = h, None
             self.kv.put(self.name, None)
             for item in items:
@@ -157,7 +157,7 @@ class Chunked:
         if chunk is None or len(chunk) >= CHUNK_ITEMS or (chunk and h["b"] + size > CHUNK_BYTES):
             last, chunk, h["b"] = h["e"], [], 0
             h["e"] = last + 1
-        chunk.append(item)          # in place: the KV hands out its own decoded copy
+        chunk.append(item)  # in place: the KV hands out its own decoded copy
         self.kv.put(f"{self.name}:{last}", chunk)
         h["b"] += size
         h["n"] += 1
@@ -199,7 +199,7 @@ class Chunked:
         out: list[Any] = []
         for i in range(h["h"], h["e"]):
             chunk = self.kv.get(f"{self.name}:{i}") or []
-            out.extend(chunk[h["o"]:] if i == h["h"] else chunk)
+            out.extend(chunk[h["o"] :] if i == h["h"] else chunk)
         return out
 
     def clear(self) -> None:
@@ -259,8 +259,8 @@ class Normalizer:
         for t in [r.table for r in mapping.references] + [mapping.student_table] + mapping.tables():
             rank.setdefault(t, len(rank))
         self._table_rank = rank
-        self._unlinks: dict[str, str] = {}          # student ids deleted in the unit being applied
-        self._moves: list[tuple[str, str, str]] = []   # (link, old key, new key) found by the current change
+        self._unlinks: dict[str, str] = {}  # student ids deleted in the unit being applied
+        self._moves: list[tuple[str, str, str]] = []  # (link, old key, new key) found by the current change
 
     # ------------------------------------------------------------------ entry points
 
@@ -292,18 +292,18 @@ class Normalizer:
                 return out
             return self._apply_unit([ch])
         if self.snapshot_status() is not None:
-            self._snap_flag("ended")   # a streamed transaction's row: the snapshot is over at the source
+            self._snap_flag("ended")  # a streamed transaction's row: the snapshot is over at the source
         Chunked(self.kv, f"t:{ch.tx_id}").append(ch.to_json())
         return self._flush()
 
     def on_marker(self, marker: TxMarker) -> Result:
         self._boot()
         if self.snapshot_status() is not None:
-            self._snap_flag("ended")   # transaction markers only come from streaming, after the snapshot
+            self._snap_flag("ended")  # transaction markers only come from streaming, after the snapshot
         if marker.status != "END" or marker.tx_id is None or not self.use_transactions:
             return Result()
         if marker.tx_id in (self.kv.get("m") or {}).get("done", ()):
-            return Result()     # an END re-sent after its transaction was applied (an at-least-once connector)
+            return Result()  # an END re-sent after its transaction was applied (an at-least-once connector)
         counts = {t: n for t, n in marker.counts.items() if t in self.tables}
         entry = {"tx": marker.tx_id, "counts": counts, "total": marker.event_count, "by_table": bool(marker.counts)}
         if marker.lsn is not None:
@@ -340,7 +340,7 @@ class Normalizer:
                     break
             if self.snapshot_status() is not None:
                 if self.hold_streamed:
-                    break          # applied after the snapshot (release_snapshot)
+                    break  # applied after the snapshot (release_snapshot)
                 out.extend(self._release_rows())
             q.drop_first()
             raw = buf.items()
@@ -351,7 +351,7 @@ class Normalizer:
             meta = dict(self.kv.get("m") or {})
             if raw:
                 meta["upto"] = list(max(tuple(meta.get("upto", (-1, -1))), rows[-1].position))
-            meta["done"] = [*meta.get("done", ())[-(APPLIED_TX_MEMORY - 1):], head["tx"]]
+            meta["done"] = [*meta.get("done", ())[-(APPLIED_TX_MEMORY - 1) :], head["tx"]]
             self.kv.put("m", meta)
         return out
 
@@ -394,7 +394,7 @@ class Normalizer:
             self.kv.put(f"si:{k}", chunk)
             meta["k"] = k + 1
             meta["n"] += 1
-        self.kv.put(f"s:{rid}", ch.to_json())   # a re-delivered row (resumed snapshot): the last copy wins
+        self.kv.put(f"s:{rid}", ch.to_json())  # a re-delivered row (resumed snapshot): the last copy wins
         if ch.snapshot_mark == "last":
             meta["last"] = True
         self.kv.put("s", meta)
@@ -471,29 +471,43 @@ class Normalizer:
         if skey not in before:
             # copy on first write in a unit: published views are never mutated afterwards
             before[skey] = view
-            view = orjson.loads(orjson.dumps(view)) if view is not None else None  # JSON data only: faster than deepcopy
+            view = (
+                orjson.loads(orjson.dumps(view)) if view is not None else None
+            )  # JSON data only: faster than deepcopy
             if view is not None:
                 self.kv.put(f"v:{skey}", view)
         if view is None:
             view = new_view(skey, None if link is None else str(link))
         return view
 
-    def _apply_change(self, ch: RowChange, before: dict[str, Any], lineage: dict[str, list[dict[str, Any]]],
-                      res: Result) -> None:
+    def _apply_change(
+        self, ch: RowChange, before: dict[str, Any], lineage: dict[str, list[dict[str, Any]]], res: Result
+    ) -> None:
         idx_key = f"r:{ch.row_id}"
         idx = self.kv.get(idx_key) or {}
         if idx and tuple(idx["p"]) >= ch.position:
             return  # already applied (at-least-once source) or older than what we have
         if ch.op == "t":
-            res.dead.append(DeadItem("truncate", f"table {ch.table} was truncated; sevisflow does not apply "
-                                     "truncates (re-snapshot the table)", ch))
+            res.dead.append(
+                DeadItem(
+                    "truncate",
+                    f"table {ch.table} was truncated; sevisflow does not apply truncates (re-snapshot the table)",
+                    ch,
+                )
+            )
             return
         ref = self.mapping.reference_of(ch.table)
         if ref is not None:
             row = ch.after if ch.after is not None else ch.before or {}
             if ref.key not in row:
-                res.dead.append(DeadItem("mapping_missing_column", f"reference {ref.name}: table {ch.table} has no "
-                                         f"column {ref.key!r} (fix the mapping file)", ch, field=ref.key))
+                res.dead.append(
+                    DeadItem(
+                        "mapping_missing_column",
+                        f"reference {ref.name}: table {ch.table} has no column {ref.key!r} (fix the mapping file)",
+                        ch,
+                        field=ref.key,
+                    )
+                )
                 return
             self.kv.put(f"ref:{ref.name}:{row[ref.key]}", ch.after)
             self.kv.put(idx_key, {"p": list(ch.position)})
@@ -514,7 +528,7 @@ class Normalizer:
             except _Skip:
                 entry = {**idx, "p": list(ch.position), "c": [list(c) for c in old_contrib]}
                 self.kv.put(idx_key, entry)
-                for link, old, _new in self._moves:   # the student row was not applied: nor is its new key
+                for link, old, _new in self._moves:  # the student row was not applied: nor is its new key
                     self.kv.put(f"l:{link}", old)
                 self._moves = []
                 return
@@ -595,12 +609,12 @@ class Normalizer:
             self.kv.put(f"r:{rid}", {**idx, "c": moved})
         if self.kv.get(f"v:{old}") is not None:
             gone = self._view(old, None, before)
-            gone["rekeyed_to"] = new       # not a removed student: it goes on under the new key
+            gone["rekeyed_to"] = new  # not a removed student: it goes on under the new key
             self._finish(gone)
             touched.add(old)
         if self.kv.get(f"v:{new}") is not None:
             view = self._view(new, None, before)
-            view["rekeyed_from"] = old     # sevis_events must not take it for a new student (no 2nd Create)
+            view["rekeyed_from"] = old  # sevis_events must not take it for a new student (no 2nd Create)
             self._finish(view)
             touched.add(new)
 
@@ -638,10 +652,15 @@ class Normalizer:
         for feed in feeds:
             missing = sorted(feed.columns - row.keys())
             if missing:
-                res.dead.append(DeadItem("mapping_missing_column",
-                                         f"the mapping reads column {missing[0]!r} of {ch.table}, which the change "
-                                         f"event does not have (fix {self.mapping.origin} or the capture)",
-                                         ch, field=missing[0]))
+                res.dead.append(
+                    DeadItem(
+                        "mapping_missing_column",
+                        f"the mapping reads column {missing[0]!r} of {ch.table}, which the change "
+                        f"event does not have (fix {self.mapping.origin} or the capture)",
+                        ch,
+                        field=missing[0],
+                    )
+                )
                 raise _Skip
         for fi, feed in enumerate(self.mapping.feeds):
             if feed.table != ch.table:
@@ -663,20 +682,32 @@ class Normalizer:
         if feed.table == m.student_table and feed.link is None:
             skey = row.get(m.student_key)
             if skey is None or skey == "":
-                res.dead.append(DeadItem("missing_student_key", f"{ch.table} row has no student key "
-                                         f"({m.student_key})", ch, field=m.student_key))
+                res.dead.append(
+                    DeadItem(
+                        "missing_student_key",
+                        f"{ch.table} row has no student key ({m.student_key})",
+                        ch,
+                        field=m.student_key,
+                    )
+                )
                 raise _Skip
             link = row.get(m.student_id)
             prev = self.kv.get(f"l:{link}")
             self.kv.put(f"l:{link}", str(skey))
-            self._unlinks.pop(str(link), None)   # deleted and back in the same unit: a key change
+            self._unlinks.pop(str(link), None)  # deleted and back in the same unit: a key change
             if prev is not None and prev != str(skey):
                 self._moves.append((str(link), prev, str(skey)))
             return str(skey)
         link = row.get(feed.link or "")
         if link is None:
-            res.dead.append(DeadItem("missing_link", f"{ch.table} row does not say which student it belongs to "
-                                     f"({feed.link} is null)", ch, field=feed.link))
+            res.dead.append(
+                DeadItem(
+                    "missing_link",
+                    f"{ch.table} row does not say which student it belongs to ({feed.link} is null)",
+                    ch,
+                    field=feed.link,
+                )
+            )
             raise _Skip
         skey = self.kv.get(f"l:{link}")
         if skey is None:
@@ -693,19 +724,29 @@ class Normalizer:
             return ""
         raw = row.get(feed.slot_column)
         if raw is None:
-            res.dead.append(DeadItem("missing_field", f"{ch.table}.{feed.slot_column} is null", ch, skey,
-                                     feed.slot_column))
+            res.dead.append(
+                DeadItem("missing_field", f"{ch.table}.{feed.slot_column} is null", ch, skey, feed.slot_column)
+            )
             raise _Skip
         if feed.slots is not None:
             if str(raw) not in feed.slots:
-                res.dead.append(DeadItem("bad_code", f"{ch.table}.{feed.slot_column}: value not listed in the "
-                                         f"mapping's slots ({', '.join(feed.slots)})", ch, skey, feed.slot_column))
+                res.dead.append(
+                    DeadItem(
+                        "bad_code",
+                        f"{ch.table}.{feed.slot_column}: value not listed in the "
+                        f"mapping's slots ({', '.join(feed.slots)})",
+                        ch,
+                        skey,
+                        feed.slot_column,
+                    )
+                )
                 raise _Skip
             return feed.slots[str(raw)]
         return str(raw)
 
-    def _convert(self, feed: Feed, row: dict[str, Any], slot: str, ch: RowChange, res: Result,
-                 skey: str) -> dict[str, Any]:
+    def _convert(
+        self, feed: Feed, row: dict[str, Any], slot: str, ch: RowChange, res: Result, skey: str
+    ) -> dict[str, Any]:
         sec = SECTIONS[feed.section]
         ref_row: dict[str, Any] | None = None
         if feed.lookup:
@@ -736,11 +777,23 @@ class Normalizer:
                     out[spec.name] = convert(ft, raw, spec.scale)
                     if rounds(ft, raw, spec.scale):
                         # a note, not a refusal: the rounded value is used and the DSO sees both
-                        res.dead.append(DeadItem("value_rounded", f"{ch.table}.{spec.column} → {fname}: a fraction "
-                                                 "in a whole-dollar field was rounded to the nearest dollar for "
-                                                 "SEVIS; correct the SIS if the amount is wrong", ch, skey, fname))
-                    if feed.section == "address" and spec.name == "state" and slot in US_SLOTS \
-                            and out[spec.name] is not None:
+                        res.dead.append(
+                            DeadItem(
+                                "value_rounded",
+                                f"{ch.table}.{spec.column} → {fname}: a fraction "
+                                "in a whole-dollar field was rounded to the nearest dollar for "
+                                "SEVIS; correct the SIS if the amount is wrong",
+                                ch,
+                                skey,
+                                fname,
+                            )
+                        )
+                    if (
+                        feed.section == "address"
+                        and spec.name == "state"
+                        and slot in US_SLOTS
+                        and out[spec.name] is not None
+                    ):
                         found, val = self.mapping.values["us_state"].lookup(out[spec.name])
                         if not found:
                             raise ValueProblem("bad_code", "not a US state name or code")
@@ -754,13 +807,14 @@ class Normalizer:
 
     # ------------------------------------------------------------------ view edits
 
-    def _set(self, c: tuple[Any, ...], vals: dict[str, Any], ch: RowChange, before: dict[str, Any],
-             touched: set[str]) -> None:
+    def _set(
+        self, c: tuple[Any, ...], vals: dict[str, Any], ch: RowChange, before: dict[str, Any], touched: set[str]
+    ) -> None:
         skey, section, slot, fi = c
         view = self._view(skey, None, before)
         sec = SECTIONS[section]
         if section == "student" and ch.table == self.mapping.student_table and self.mapping.feeds[fi].link is None:
-            if not view["exists"]:     # a student (re)appears under this key: no earlier key change applies
+            if not view["exists"]:  # a student (re)appears under this key: no earlier key change applies
                 view.pop("rekeyed_from", None)
                 view.pop("rekeyed_to", None)
             view["exists"] = True

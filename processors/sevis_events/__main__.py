@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 import threading
 
-from sevisflow.processors.sevis_events import run
 from sevisflow.core import log
 from sevisflow.core.config import load_settings
+from sevisflow.processors.sevis_events import run
 
 if __name__ == "__main__":
     log.configure("INFO")

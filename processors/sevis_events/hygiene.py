@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 MAX_AMOUNT = 99_999_999
 """XSD: FinancialInfo amounts are xs:nonNegativeInteger with maxInclusive 99999999."""
@@ -44,10 +45,9 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Keys: "<kind path>/<element path>", kind path = "Create" or the UpdateStudent event ("Program/Extension").
 # Values: the element's xs:maxLength. Checked against the XSD files by tests/unit/test_hygiene.py.
 
-_NAMES = {"FullName/LastName": 80, "FullName/FirstName": 80, "FullName/PassportName": 39,
-          "FullName/PreferredName": 180}
-_US_ADDR = {"Address1": 64, "Address2": 64, "City": 60}            # common:USAddrDoctorType
-_US_ADDR_STRICT = {"Address1": 60, "Address2": 60, "City": 60}     # common:USAddressType (CPT employer)
+_NAMES = {"FullName/LastName": 80, "FullName/FirstName": 80, "FullName/PassportName": 39, "FullName/PreferredName": 180}
+_US_ADDR = {"Address1": 64, "Address2": 64, "City": 60}  # common:USAddrDoctorType
+_US_ADDR_STRICT = {"Address1": 60, "Address2": 60, "City": 60}  # common:USAddressType (CPT employer)
 _FOREIGN_ADDR = {"Address1": 60, "Address2": 60, "City": 60, "Province": 30, "PostalCode": 20}
 _PHONE = {"Telephone/Phone/Foreign/CountryNumber": 4, "Telephone/Phone/Foreign/PhoneNumber": 20}
 _PERSONAL = {**_NAMES, "BirthCity": 100, "Email": 255, **_PHONE}
@@ -62,37 +62,51 @@ def _under(prefix: str, table: Mapping[str, int]) -> dict[str, int]:
 
 MAX_LENGTH: dict[str, int] = {
     **_under("Create/PersonalInfo", _PERSONAL),
-    **_under("Create/USAddress", _US_ADDR), **_under("Create/MailingAddress", _US_ADDR),
+    **_under("Create/USAddress", _US_ADDR),
+    **_under("Create/MailingAddress", _US_ADDR),
     **_under("Create/ForeignAddress", _FOREIGN_ADDR),
-    **_under("Create/EducationalInfo", _EDU), **_under("Create/FinancialInfo", _FIN),
+    **_under("Create/EducationalInfo", _EDU),
+    **_under("Create/FinancialInfo", _FIN),
     **_under("Create/CreateDependent/Dependent", _DEPENDENT),
     "Create/Remarks": 500,
     **_under("PersonalInfo", _PERSONAL),
-    **_under("PersonalInfo/USAddress", _US_ADDR), **_under("PersonalInfo/MailingAddress", _US_ADDR),
+    **_under("PersonalInfo/USAddress", _US_ADDR),
+    **_under("PersonalInfo/MailingAddress", _US_ADDR),
     **_under("PersonalInfo/ForeignAddress", _FOREIGN_ADDR),
     **_under("Registration/USAddress", _US_ADDR),
-    "Program/Extension/Explanation": 500, "Program/Extension/Remarks": 500,
+    "Program/Extension/Explanation": 500,
+    "Program/Extension/Remarks": 500,
     **_under("Program/Edit", {"EngProficiency/NotRequiredReason": 500}),
-    **_under("EducationLevel/Change/EducationalInfo", _EDU), **_under("EducationLevel/Change/FinancialInfo", _FIN),
+    **_under("EducationLevel/Change/EducationalInfo", _EDU),
+    **_under("EducationLevel/Change/FinancialInfo", _FIN),
     "EducationLevel/Change/Remarks": 500,
     **_under("FinancialInfo", _FIN),
     "Status/Terminate/OtherRemarks": 500,
-    **_under("Dependent/Add", _DEPENDENT), **_under("Dependent/Edit", _DEPENDENT),
+    **_under("Dependent/Add", _DEPENDENT),
+    **_under("Dependent/Edit", _DEPENDENT),
     "AuthDropBelowFC/Add/Remarks": 500,
-    "CPTEmployment/Add/EmployerName": 100, **_under("CPTEmployment/Add/EmployerAddress", _US_ADDR_STRICT),
-    "CPTEmployment/Add/CourseRelevance": 250, "CPTEmployment/Add/EmploymentRemarks": 250,
+    "CPTEmployment/Add/EmployerName": 100,
+    **_under("CPTEmployment/Add/EmployerAddress", _US_ADDR_STRICT),
+    "CPTEmployment/Add/CourseRelevance": 250,
+    "CPTEmployment/Add/EmploymentRemarks": 250,
     "CPTEmployment/Cancel/EmployerName": 100,
     "OPTEmployment/Add/Remarks": 250,
-    "OPTEmployment/Extend/Employer/EmployerName": 121, "OPTEmployment/Extend/Employer/CourseRelevance": 1000,
+    "OPTEmployment/Extend/Employer/EmployerName": 121,
+    "OPTEmployment/Extend/Employer/CourseRelevance": 1000,
     **_under("OPTEmployment/Extend/Employer/EmployerAddress", _US_ADDR),
-    "Reprint/Remarks": 500, "DisciplinaryAction/Explanation": 500,
+    "Reprint/Remarks": 500,
+    "DisciplinaryAction/Explanation": 500,
 }
 
 MAX_OCCURS: dict[str, int] = {"Create/CreateDependent/Dependent": 25}
 """Repeated elements the events stage emits, with the XSD's maxOccurs."""
 
-_FIN_REQUIRED = ("FinancialInfo/AcademicTerm", "FinancialInfo/Expense/Tuition", "FinancialInfo/Expense/LivingExpense",
-                 "FinancialInfo/Funding/Personal")
+_FIN_REQUIRED = (
+    "FinancialInfo/AcademicTerm",
+    "FinancialInfo/Expense/Tuition",
+    "FinancialInfo/Expense/LivingExpense",
+    "FinancialInfo/Funding/Personal",
+)
 REQUIRED_ELEMENTS: dict[str, tuple[str, ...]] = {"Create": _FIN_REQUIRED, "EducationLevel/Change": _FIN_REQUIRED}
 """Elements the XSD requires (FinancialType) that derive leaves out when the SIS value was refused (a negative
 tuition): the event is refused too, rather than sent incomplete."""
@@ -100,15 +114,21 @@ tuition): the event is refused too, rather than sent incomplete."""
 REQUIRED_TEXT = frozenset({"CPTEmployment/Add/EmployerName", "CPTEmployment/Cancel/EmployerName"})
 """Required elements a formatter may leave empty (a value of spaces only): present but empty is refused."""
 
-FREE_TEXT = frozenset({"Remarks", "OtherRemarks", "Explanation", "NotRequiredReason", "CourseRelevance",
-                       "EmploymentRemarks"})
+FREE_TEXT = frozenset(
+    {"Remarks", "OtherRemarks", "Explanation", "NotRequiredReason", "CourseRelevance", "EmploymentRemarks"}
+)
 """Elements of remarks types (``whiteSpace="preserve"``): TAB/LF/CR are allowed there, nowhere else."""
 
 AMOUNTS = frozenset({"Tuition", "LivingExpense", "DependentExp", "Amount", "Personal", "Employment"})
 """FinancialInfo leaves that are dollar amounts (inside ``FinancialInfo`` only)."""
 
-DATE_PAIRS = (("PrgStartDate", "PrgEndDate"), ("NewPrgStartDate", "NewPrgEndDate"), ("StartDate", "EndDate"),
-              ("CurrentSessionStartDate", "CurrentSessionEndDate"), ("CurrentSessionEndDate", "NextSessionStartDate"))
+DATE_PAIRS = (
+    ("PrgStartDate", "PrgEndDate"),
+    ("NewPrgStartDate", "NewPrgEndDate"),
+    ("StartDate", "EndDate"),
+    ("CurrentSessionStartDate", "CurrentSessionEndDate"),
+    ("CurrentSessionEndDate", "NextSessionStartDate"),
+)
 """(earlier, later) siblings in one element: the later may not come before the earlier."""
 
 
@@ -129,12 +149,19 @@ def text_problem(value: str, field: str, max_len: int | None = None, free_text: 
     """Characters a batch cannot carry, or more than ``max_len`` characters."""
     bad = _REFUSED.search(value) or (None if free_text else _LINE_CONTROLS.search(value))
     if bad:
-        return Finding("invalid_character", field,
-                       f"{field} contains a control or XML-invalid character (U+{ord(bad.group()):04X} at position "
-                       f"{bad.start() + 1}) that a SEVIS batch cannot carry: remove it in the SIS")
+        return Finding(
+            "invalid_character",
+            field,
+            f"{field} contains a control or XML-invalid character (U+{ord(bad.group()):04X} at position "
+            f"{bad.start() + 1}) that a SEVIS batch cannot carry: remove it in the SIS",
+        )
     if max_len is not None and len(value) > max_len:
-        return Finding("too_long", field, f"{field} is {len(value)} characters long; SEVIS allows at most {max_len}: "
-                                          "shorten it in the SIS (sevisflow never cuts values)")
+        return Finding(
+            "too_long",
+            field,
+            f"{field} is {len(value)} characters long; SEVIS allows at most {max_len}: "
+            "shorten it in the SIS (sevisflow never cuts values)",
+        )
     return None
 
 
@@ -158,8 +185,11 @@ def whole_amount(value: Any) -> int | None:
 
 def amount_problem(value: Any, field: str) -> Finding | None:
     if whole_amount(value) is None or (isinstance(value, str) and not re.fullmatch(r"\d{1,8}", value)):
-        return Finding("bad_amount", field, f"{field} must be a whole number of dollars from 0 to "
-                                            f"{MAX_AMOUNT:,}: correct the amount in the SIS")
+        return Finding(
+            "bad_amount",
+            field,
+            f"{field} must be a whole number of dollars from 0 to {MAX_AMOUNT:,}: correct the amount in the SIS",
+        )
     return None
 
 
@@ -181,8 +211,9 @@ def date_problem(value: Any, field: str) -> Finding | None:
 def order_problem(earlier: Any, later: Any, earlier_field: str, later_field: str) -> Finding | None:
     a, b = parse_date(earlier), parse_date(later)
     if a is not None and b is not None and b < a:
-        return Finding("date_order", later_field, f"{later_field} is before {earlier_field}: correct the dates "
-                                                  "in the SIS")
+        return Finding(
+            "date_order", later_field, f"{later_field} is before {earlier_field}: correct the dates in the SIS"
+        )
     return None
 
 
@@ -218,8 +249,9 @@ def _objects(value: Any, path: str) -> Iterable[tuple[str, Mapping[str, Any]]]:
             yield from _objects(item, path)
 
 
-def check_event(kind: str, payload: Mapping[str, Any], view: Mapping[str, Any] | None = None,
-                as_of: date | None = None) -> list[Finding]:
+def check_event(
+    kind: str, payload: Mapping[str, Any], view: Mapping[str, Any] | None = None, as_of: date | None = None
+) -> list[Finding]:
     """Every finding for one event payload (empty = clean). ``view`` (the student view the event comes from)
     adds cross-checks the payload alone cannot make (a new programme end against the start date); ``as_of``
     (the change's commit date) refuses birth dates after it. Field names are ``<kind>:<element path>``."""
@@ -246,8 +278,8 @@ def check_event(kind: str, payload: Mapping[str, Any], view: Mapping[str, Any] |
         elif leaf.endswith("Date") and value is not None and not leaf.startswith("@"):
             bad = date_problem(value, field)
             add(bad)
-            if bad is None and leaf == "BirthDate" and as_of is not None \
-                    and parse_date(value) > as_of + timedelta(days=1):  # type: ignore[operator]
+            born = parse_date(value) if bad is None and leaf == "BirthDate" else None
+            if born is not None and as_of is not None and born > as_of + timedelta(days=1):
                 add(Finding("bad_date", field, f"{field} is after the change that records it: correct it in the SIS"))
     for path, obj in _objects(payload, ""):
         for a, b in DATE_PAIRS:
@@ -262,16 +294,27 @@ def check_event(kind: str, payload: Mapping[str, Any], view: Mapping[str, Any] |
         for step in rest.split("/"):
             node = node.get(step) if isinstance(node, Mapping) else None
         if isinstance(node, (list, tuple)) and len(node) > limit:
-            add(Finding("too_many", f"{kind}:{rest}", f"{kind}:{rest} has {len(node)} entries; SEVIS takes at most "
-                                                      f"{limit} in one record: add the others with a later update"))
+            add(
+                Finding(
+                    "too_many",
+                    f"{kind}:{rest}",
+                    f"{kind}:{rest} has {len(node)} entries; SEVIS takes at most "
+                    f"{limit} in one record: add the others with a later update",
+                )
+            )
     for rel in REQUIRED_ELEMENTS.get(kp, ()):
         node = payload
         for step in rel.split("/"):
             node = node.get(step) if isinstance(node, Mapping) else None
         if node is None:
-            add(Finding("missing_field", f"{kind}:{rel}",
-                        f"{kind}:{rel} is required by SEVIS but has no usable value (see the issue on that "
-                        "finance field): correct it in the SIS"))
+            add(
+                Finding(
+                    "missing_field",
+                    f"{kind}:{rel}",
+                    f"{kind}:{rel} is required by SEVIS but has no usable value (see the issue on that "
+                    "finance field): correct it in the SIS",
+                )
+            )
     if view is not None and kind in ("Program.Extension", "Program.Shorten"):
         start = ((view.get("program") or {}) if isinstance(view, Mapping) else {}).get("start_date")
         add(order_problem(start, payload.get("NewPrgEndDate"), "program.start_date", f"{kind}:NewPrgEndDate"))
@@ -285,12 +328,19 @@ def refusal_reason(kind: str, findings: list[Finding]) -> str:
 
 # --------------------------------------------------------------------------- the DSO's own values (CLI)
 
-_ADD_INFO_OPTION = {"FullName/PassportName": "--passport", "FullName/LastName": "last=", "FullName/FirstName": "first=",
-                    "BirthCity": "birth-city=", "Email": "email=", "BirthDate": "birth-date="}
+_ADD_INFO_OPTION = {
+    "FullName/PassportName": "--passport",
+    "FullName/LastName": "last=",
+    "FullName/FirstName": "first=",
+    "BirthCity": "birth-city=",
+    "Email": "email=",
+    "BirthDate": "birth-date=",
+}
 
 
-def add_info_findings(passport: str | None, last_name: str | None,
-                      dependents: Iterable[Mapping[str, Any]]) -> list[str]:
+def add_info_findings(
+    passport: str | None, last_name: str | None, dependents: Iterable[Mapping[str, Any]]
+) -> list[str]:
     """``sevisflow student add-info``: the same checks on what the DSO typed, as messages naming the option."""
     out: list[str] = []
     if passport is not None or last_name is not None:
@@ -306,8 +356,9 @@ def add_info_findings(passport: str | None, last_name: str | None,
     return out
 
 
-def require_clean_add_info(passport: str | None, last_name: str | None,
-                           dependents: Iterable[Mapping[str, Any]]) -> None:
+def require_clean_add_info(
+    passport: str | None, last_name: str | None, dependents: Iterable[Mapping[str, Any]]
+) -> None:
     """Raise :class:`~sevisflow.core.errors.SevisflowError` (exit 1) listing every refused value; nothing is sent."""
     from sevisflow.core.errors import SevisflowError
 

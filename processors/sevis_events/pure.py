@@ -6,8 +6,9 @@ schema) and by the benchmark; the Kafka stages call the same :class:`Normalizer`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
 from sevisflow.processors.normalize.mapping import Mapping
@@ -20,7 +21,7 @@ class PureOutput:
     views: list[StudentUpdate] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     dead: list[DeadItem] = field(default_factory=list)
-    issues: list[tuple[str, Issue]] = field(default_factory=list)   # (student_key, issue)
+    issues: list[tuple[str, Issue]] = field(default_factory=list)  # (student_key, issue)
 
     def kinds(self) -> list[str]:
         return [e["kind"] for e in self.events]
@@ -29,13 +30,19 @@ class PureOutput:
 class PurePipeline:
     """Feed change records (topic, key, value); collect views, events, dead letters and issues."""
 
-    def __init__(self, mapping: Mapping, org_id: str = "ZZZ214F99999000", tx_topic: str | None = "sis.transaction",
-                 use_transactions: bool = True, timezone: str = "UTC",
-                 ev_programs: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        mapping: Mapping,
+        org_id: str = "ZZZ214F99999000",
+        tx_topic: str | None = "sis.transaction",
+        use_transactions: bool = True,
+        timezone: str = "UTC",
+        ev_programs: dict[str, str] | None = None,
+    ) -> None:
         self.mapping = mapping
         self.org_id = org_id
-        self.ev_programs = dict(ev_programs or {})   # [[exchange_programs]]: SIS program code → program number
-        self.timezone = timezone     # school.timezone, as the stage passes it (the I-20 issue-date fallback)
+        self.ev_programs = dict(ev_programs or {})  # [[exchange_programs]]: SIS program code → program number
+        self.timezone = timezone  # school.timezone, as the stage passes it (the I-20 issue-date fallback)
         self.tx_topic = tx_topic
         self.kv = DictKV()
         self.normalizer = Normalizer(mapping, self.kv, use_transactions=use_transactions and tx_topic is not None)
@@ -53,8 +60,9 @@ class PurePipeline:
         snapshot is complete; without Kafka, "complete" is the first streamed change or the end)."""
         self._take(self.normalizer.finish(), out)
 
-    def feed_one(self, topic: str, key: bytes | None, value: bytes | None, out: PureOutput, partition: int = 0,
-                 offset: int = 0) -> None:
+    def feed_one(
+        self, topic: str, key: bytes | None, value: bytes | None, out: PureOutput, partition: int = 0, offset: int = 0
+    ) -> None:
         try:
             if topic == self.tx_topic:
                 marker = parse_tx_marker(value)

@@ -26,9 +26,29 @@ from typing import Any
 
 from sevisflow.processors.sevis_events import hygiene
 
-_SPECIAL = str.maketrans({"ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O",
-                          "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "ł": "l", "Ł": "L", "ı": "i", "þ": "th",
-                          "Þ": "Th", "ħ": "h", "Ħ": "H"})
+_SPECIAL = str.maketrans(
+    {
+        "ß": "ss",
+        "ẞ": "SS",
+        "æ": "ae",
+        "Æ": "AE",
+        "œ": "oe",
+        "Œ": "OE",
+        "ø": "o",
+        "Ø": "O",
+        "đ": "d",
+        "Đ": "D",
+        "ð": "d",
+        "Ð": "D",
+        "ł": "l",
+        "Ł": "L",
+        "ı": "i",
+        "þ": "th",
+        "Þ": "Th",
+        "ħ": "h",
+        "Ħ": "H",
+    }
+)
 _NAME_OK = re.compile(r"^[A-Za-z ]+$")
 _EMAIL = re.compile(r"^[0-9a-zA-Z._%?=^+\-!#$'/*{|}~`&]+@[0-9a-zA-Z.\-]+\.[0-9a-zA-Z.]{2,512}$")
 _CIP = re.compile(r"^\d{2}\.\d{4}$")
@@ -58,8 +78,11 @@ def sevis_name(text: str | None, field: str, max_len: int = 80) -> str | None:
         return None
     if not _NAME_OK.match(s):
         kind = "digits" if any(c.isdigit() for c in s) else "characters other than A-Z and space"
-        raise FormatProblem("name_rejected", field, f"{field} has {kind} after transliteration; "
-                            "enter the passport spelling in Latin letters in the SIS")
+        raise FormatProblem(
+            "name_rejected",
+            field,
+            f"{field} has {kind} after transliteration; enter the passport spelling in Latin letters in the SIS",
+        )
     if len(s) > max_len:
         raise FormatProblem("name_rejected", field, f"{field} is longer than {max_len} characters")
     return s
@@ -74,8 +97,9 @@ def name_alterations(text: str | None) -> list[str]:
     special = text.translate(_SPECIAL)
     if special != text:
         how.append("special letters spelled out")
-    if any(unicodedata.combining(c) for c in unicodedata.normalize("NFKD", special)) \
-            or unicodedata.normalize("NFKD", special) != special and not how:
+    if any(unicodedata.combining(c) for c in unicodedata.normalize("NFKD", special)) or (
+        unicodedata.normalize("NFKD", special) != special and not how
+    ):
         how.append("accents removed")
     if "-" in text or "‐" in text:
         how.append("hyphen made a space")
@@ -165,8 +189,12 @@ def telephone(st: dict[str, Any]) -> dict[str, Any] | None:
     """Digits only (spaces, dashes, parentheses and a leading + are punctuation); letters — an extension, a note —
     are refused (``bad_phone``) rather than merged into the number."""
     if re.search(r"[^\W\d_]", str(st.get("phone") or "")):
-        raise FormatProblem("bad_phone", "student.phone", "student.phone contains letters (an extension or a note?): "
-                            "SEVIS takes the number only — keep just the number in the SIS")
+        raise FormatProblem(
+            "bad_phone",
+            "student.phone",
+            "student.phone contains letters (an extension or a note?): "
+            "SEVIS takes the number only — keep just the number in the SIS",
+        )
     digits = re.sub(r"\D", "", str(st.get("phone") or ""))
     if not digits:
         return None
@@ -211,8 +239,9 @@ def employer_address(auth: dict[str, Any], field: str, sevis_type: str) -> dict[
     try:
         out = us_address(a, field, 60 if strict else 64)
     except FormatProblem as p:  # name the canonical field (employer_line1), not an address slot's
-        raise FormatProblem(p.code, p.field.replace(f"{field}.", f"{field}_"),
-                            p.reason.replace(f"{field}.", f"{field}_")) from None
+        raise FormatProblem(
+            p.code, p.field.replace(f"{field}.", f"{field}_"), p.reason.replace(f"{field}.", f"{field}_")
+        ) from None
     if strict:
         for k, el in (("city", "City"), ("state", "State")):
             if el not in out:

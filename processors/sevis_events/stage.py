@@ -18,14 +18,14 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
-from sevisflow.processors.normalize.common import dlq_output, msg_time
-from sevisflow.processors.sevis_events.derive import Context, derive
 from sevisflow.core.config import Settings
-from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics
-from sevisflow.core.state import open_committed
+from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics, position
 from sevisflow.core.log import get_logger
 from sevisflow.core.serde import SerializationError, registry
+from sevisflow.core.state import open_committed
 from sevisflow.core.topics import pipeline_topics, stage_group, state_topic, state_topic_spec
+from sevisflow.processors.normalize.common import dlq_output, msg_time
+from sevisflow.processors.sevis_events.derive import Context, derive
 
 log = get_logger(__name__)
 
@@ -64,6 +64,7 @@ def view_changes(prev: dict[str, Any] | None, new: dict[str, Any], field: str | 
         walk(prev.get(top), new.get(top), top)
     return out
 
+
 class EventsStage:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -72,25 +73,46 @@ class EventsStage:
         self.ev_programs = {p.sis_program: p.program_number for p in settings.exchange_programs}
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
-        key = msg.key()
-        if msg.value() is None or key is None:
+        key, value = msg.key(), msg.value()
+        if value is None or key is None:
             return []
+        partition = position(msg)[1]
         try:
-            rec = registry().decode(msg.value(), STUDENT_SCHEMA)
+            rec = registry().decode(value, STUDENT_SCHEMA)
             view = orjson.loads(rec["view_json"])
         except (SerializationError, orjson.JSONDecodeError) as exc:
-            return [dlq_output(self.settings, "sevis_events", "bad_student_record", str(exc), at_ms=msg_time(msg),
-                               student_key=None, field=None, topic=msg.topic(), partition=msg.partition(),
-                               offset=msg.offset(), key=key, value=msg.value())]
-        raw_prev = state.get(msg.partition(), key)
+            return [
+                dlq_output(
+                    self.settings,
+                    "sevis_events",
+                    "bad_student_record",
+                    str(exc),
+                    at_ms=msg_time(msg),
+                    student_key=None,
+                    field=None,
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    key=key,
+                    value=msg.value(),
+                )
+            ]
+        raw_prev = state.get(partition, key)
         prev = orjson.loads(raw_prev) if raw_prev else None
         lineage = list(rec.get("lineage") or [])
-        ctx = Context(self.org_id, rec["unit_id"], lineage, rec.get("commit_ts_ms"),
-                      bool(rec.get("snapshot")), self.settings.school.timezone, self.ev_programs)
+        ctx = Context(
+            self.org_id,
+            rec["unit_id"],
+            lineage,
+            rec.get("commit_ts_ms"),
+            bool(rec.get("snapshot")),
+            self.settings.school.timezone,
+            self.ev_programs,
+        )
         out = derive(prev, view, ctx)
-        state.put(msg.partition(), key, rec["view_json"].encode())
+        state.put(partition, key, rec["view_json"].encode())
         outs: list[Output] = []
-        for e in out.events:   # keyed by the event's OrgID: the school's code, or an EV program number
+        for e in out.events:  # keyed by the event's OrgID: the school's code, or an EV program number
             outs.append(Output(self.settings.topics.events, e["org_id"].encode(), registry().encode(EVENT_SCHEMA, e)))
         first: dict[str, Any] = lineage[0] if lineage else {}
         for i in out.issues:
@@ -98,25 +120,44 @@ class EventsStage:
             # the dead letter keeps what changed in the SIS (before → after) so the DSO can act in SEVIS RTI
             # without opening the SIS; its reason stays free of values, since reasons are logged
             changed = view_changes(prev, view, i.field)
-            outs.append(dlq_output(self.settings, "sevis_events", i.code, i.reason,
-                                   at_ms=rec.get("commit_ts_ms") or msg_time(msg), student_key=rec["student_key"],
-                                   field=i.field, topic=first.get("topic", msg.topic()),
-                                   partition=first.get("partition", msg.partition()),
-                                   offset=first.get("offset", msg.offset()), key=key,
-                                   value=orjson.dumps({"changes": changed}) if changed else None))
+            outs.append(
+                dlq_output(
+                    self.settings,
+                    "sevis_events",
+                    i.code,
+                    i.reason,
+                    at_ms=rec.get("commit_ts_ms") or msg_time(msg),
+                    student_key=rec["student_key"],
+                    field=i.field,
+                    topic=first.get("topic", msg.topic()),
+                    partition=first.get("partition", msg.partition()),
+                    offset=first.get("offset", msg.offset()),
+                    key=key,
+                    value=orjson.dumps({"changes": changed}) if changed else None,
+                )
+            )
         return outs
 
 
-def build_loop(settings: Settings, instance: str | None = None, batch_size: int = 2000
-               ) -> tuple[TransactionalLoop, EventsStage]:
+def build_loop(
+    settings: Settings, instance: str | None = None, batch_size: int = 2000
+) -> tuple[TransactionalLoop, EventsStage]:
     group = stage_group(settings, "events")
     instance = instance or os.environ.get("SEVISFLOW_INSTANCE") or socket.gethostname()
     stage = EventsStage(settings)
-    loop = TransactionalLoop(settings.kafka, group, [settings.topics.students], stage.handle,
-                             transactional_id=f"{group}-{instance}", state_topic=state_topic(settings, "events"),
-                             batch_size=batch_size, stall_after_s=settings.metrics.stall_after_s,
-                             dlq_topic=settings.topics.dlq, stage="events",
-                             state=StateStore(open_committed(settings.state, f"{group}-{instance}")))
+    loop = TransactionalLoop(
+        settings.kafka,
+        group,
+        [settings.topics.students],
+        stage.handle,
+        transactional_id=f"{group}-{instance}",
+        state_topic=state_topic(settings, "events"),
+        batch_size=batch_size,
+        stall_after_s=settings.metrics.stall_after_s,
+        dlq_topic=settings.topics.dlq,
+        stage="events",
+        state=StateStore(open_committed(settings.state, f"{group}-{instance}")),
+    )
     return loop, stage
 
 

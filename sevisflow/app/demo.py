@@ -6,36 +6,38 @@ demo with exit 1 and its reason, and the stack is always stopped at the end.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from lxml import etree
 
+from sevisflow.app.runner import STAGES, Pipeline
+from sevisflow.core import PACKAGE_ROOT
+from sevisflow.core.config import ConnectorSettings, Settings, settings_from_mapping, settings_toml
+from sevisflow.core.errors import SevisflowError
+from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import all_topics
 from sevisflow.deploy.local.stack import StackInfo, start_stack, stop_stack
 from sevisflow.deploy.sis.activity import generate_activity, generate_authorizations
 from sevisflow.deploy.sis.exchange import EXCHANGE_TABLES, SCHOLAR_PROGRAM, generate_exchange_activity, with_exchange
 from sevisflow.deploy.sis.generator import generate_school
 from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow.core import PACKAGE_ROOT
-from sevisflow.core.config import ConnectorSettings, Settings, settings_from_mapping, settings_toml
-from sevisflow.core.errors import SevisflowError
-from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer, read_topic
-from sevisflow.app.runner import STAGES, Pipeline
-from sevisflow.core.serde import registry
-from sevisflow.core.topics import all_topics
 
 DEMO_ORG_ID = "ZZZ214F99999000"  # the generated school's OrgID (ZZZ: not a real school)
 DEMO_TODAY = date(2026, 10, 5)  # a fixed "today" so every demo run generates the same school
-DSO_USER_ID = "dsodemo001"      # the demo DSO's SEVIS user id (exactly 10 characters)
-DEMO_PROGRAM = "P-1-99999"      # the J-1 research-scholar program the demo school sponsors (fictional number)
-RO_USER_ID = "rodemo0001"       # the SEVIS user id of that program's Responsible Officer
+DSO_USER_ID = "dsodemo001"  # the demo DSO's SEVIS user id (exactly 10 characters)
+DEMO_PROGRAM = "P-1-99999"  # the J-1 research-scholar program the demo school sponsors (fictional number)
+RO_USER_ID = "rodemo0001"  # the SEVIS user id of that program's Responsible Officer
 
 
 class DemoFailed(SevisflowError):
@@ -103,6 +105,7 @@ def _settled(read: Callable[[], int], quiet_s: float) -> Callable[[], int]:
             state["value"], state["since"] = value, now
             return 0
         return value if value > 0 and now - state["since"] >= quiet_s else 0
+
     return check
 
 
@@ -117,17 +120,26 @@ def step_stack(ctx: DemoContext) -> str:
     raw = {
         "kafka": {"bootstrap_servers": ctx.stack.kafka.bootstrap},
         "postgres": {"host": "127.0.0.1", "port": ctx.stack.postgres.port, "dbname": "sis", "user": "postgres"},
-        "connector": {"offsets_dir": str(base / "connector"), "heartbeat.interval.ms": 2000,
-                      # the sponsor's J-1 records too (the default list is the F/M tables)
-                      "table.include.list": ConnectorSettings().table_include_list
-                      + [f"public.{t}" for t in EXCHANGE_TABLES]},
-        "school": {"org_id": DEMO_ORG_ID, "mapping_file": str(PACKAGE_ROOT / "deploy" / "sis" / "mapping.toml"),
-                   "dso_user_ids": [DSO_USER_ID]},
-        "sevis": {"xsd_dir": ctx.xsd_dir, "outbox_dir": str(base / "outbox"),
-                  "quarantine_dir": str(base / "quarantine")},
+        "connector": {
+            "offsets_dir": str(base / "connector"),
+            "heartbeat.interval.ms": 2000,
+            # the sponsor's J-1 records too (the default list is the F/M tables)
+            "table.include.list": ConnectorSettings().table_include_list + [f"public.{t}" for t in EXCHANGE_TABLES],
+        },
+        "school": {
+            "org_id": DEMO_ORG_ID,
+            "mapping_file": str(PACKAGE_ROOT / "deploy" / "sis" / "mapping.toml"),
+            "dso_user_ids": [DSO_USER_ID],
+        },
+        "sevis": {
+            "xsd_dir": ctx.xsd_dir,
+            "outbox_dir": str(base / "outbox"),
+            "quarantine_dir": str(base / "quarantine"),
+        },
         # the research-scholar program is configured; the J-1 students' program (STUD) is not
-        "exchange_programs": [{"program_number": DEMO_PROGRAM, "sis_program": SCHOLAR_PROGRAM,
-                               "ro_user_id": RO_USER_ID}],
+        "exchange_programs": [
+            {"program_number": DEMO_PROGRAM, "sis_program": SCHOLAR_PROGRAM, "ro_user_id": RO_USER_ID}
+        ],
     }
     ctx.settings = settings_from_mapping(raw, env={})
     ctx.facts["raw_settings"] = raw
@@ -159,8 +171,11 @@ def step_prove_slot(ctx: DemoContext) -> str:
         conn.execute("SELECT pg_create_logical_replication_slot('demo_probe', 'test_decoding')")
         try:
             conn.execute("UPDATE person SET email = email WHERE person_id = (SELECT min(person_id) FROM person)")
-            changes = conn.execute("SELECT count(*) FROM pg_logical_slot_get_changes('demo_probe', NULL, NULL) "
-                                   "WHERE data LIKE 'table public.person: UPDATE%'").fetchone()[0]
+            row = conn.execute(
+                "SELECT count(*) FROM pg_logical_slot_get_changes('demo_probe', NULL, NULL) "
+                "WHERE data LIKE 'table public.person: UPDATE%'"
+            ).fetchone()
+            changes = row[0] if row else 0
         finally:
             conn.execute("SELECT pg_drop_replication_slot('demo_probe')")
     if changes != 1:
@@ -191,24 +206,38 @@ def step_simulator(ctx: DemoContext) -> str:
     assert ctx.stack and ctx.settings
     full = ctx.facts["full"]
     known = sorted({row["sevis_id"] for rows in full.values() for row in rows if row.get("sevis_id")})
-    sim = SevisSimulator(Path(ctx.stack.base) / "sevis-certs", ctx.xsd_dir, known_sevis_ids=known,
-                         results_delay_s=1.0, org_ids=list(ctx.settings.org_ids()))
+    sim = SevisSimulator(
+        Path(ctx.stack.base) / "sevis-certs",
+        ctx.xsd_dir,
+        known_sevis_ids=known,
+        results_delay_s=1.0,
+        org_ids=list(ctx.settings.org_ids()),
+    )
     sim.start()
     ctx.simulator = sim
     certs = sim.certs
     raw = ctx.facts["raw_settings"]
-    raw["sevis"].update({
-        "upload_url": sim.upload_url, "download_url": sim.download_url,
-        "client_cert": str(certs.client_cert), "client_key": str(certs.client_key),
-        "ca_bundle": str(certs.ca_cert), "user_id": DSO_USER_ID,
-        "poll_interval_s": 1.0, "retry_base_s": 0.5, "retry_max_s": 2.0,
-    })
+    raw["sevis"].update(
+        {
+            "upload_url": sim.upload_url,
+            "download_url": sim.download_url,
+            "client_cert": str(certs.client_cert),
+            "client_key": str(certs.client_key),
+            "ca_bundle": str(certs.ca_cert),
+            "user_id": DSO_USER_ID,
+            "poll_interval_s": 1.0,
+            "retry_base_s": 0.5,
+            "retry_max_s": 2.0,
+        }
+    )
     ctx.settings = settings_from_mapping(raw, env={})
     config_file = Path(ctx.stack.base) / "sevisflow.toml"
     config_file.write_text(settings_toml(raw))
     config_file.chmod(0o600)
     ctx.facts["config_file"] = config_file
-    return f"listening on {sim.upload_url.rsplit('/', 2)[0]} (client certificate required), {len(known)} SEVIS IDs known"
+    return (
+        f"listening on {sim.upload_url.rsplit('/', 2)[0]} (client certificate required), {len(known)} SEVIS IDs known"
+    )
 
 
 def step_pipeline(ctx: DemoContext) -> str:
@@ -233,17 +262,22 @@ def step_activity(ctx: DemoContext) -> str:
     school = ctx.facts["school"]
     # a term of changes, then the DSO's approvals of reduced course load, CPT and OPT (and a withdrawal)
     # and a season of the sponsor's J-1 records: arrivals, sites, extensions, early ends, dependents …
-    txs = generate_activity(school, ctx.activity, ctx.seed, DEMO_TODAY) + \
-        generate_authorizations(school, ctx.seed, DEMO_TODAY) + \
-        generate_exchange_activity(ctx.facts["full"], ctx.seed, DEMO_TODAY, ctx.exchange_activity)
+    txs = (
+        generate_activity(school, ctx.activity, ctx.seed, DEMO_TODAY)
+        + generate_authorizations(school, ctx.seed, DEMO_TODAY)
+        + generate_exchange_activity(ctx.facts["full"], ctx.seed, DEMO_TODAY, ctx.exchange_activity)
+    )
     played = play_activity(ctx.stack.postgres.dsn, txs)
     kinds: dict[str, int] = {}
     for tx in txs:
         kinds[tx.kind] = kinds.get(tx.kind, 0) + 1
     s = ctx.settings
     before = ctx.facts.get("events_after_snapshot", 0)
-    events = _wait("the SEVIS events of the activity",
-                   _settled(lambda: max(0, _count(s, s.topics.events) - before), quiet_s=5), 300)
+    events = _wait(
+        "the SEVIS events of the activity",
+        _settled(lambda: max(0, _count(s, s.topics.events) - before), quiet_s=5),
+        300,
+    )
     ctx.facts["activity_kinds"] = kinds
     summary = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     return f"{played} SIS transactions committed ({summary}) → {events} more SEVIS events"
@@ -268,8 +302,9 @@ def step_dso_report(ctx: DemoContext) -> str:
         raise DemoFailed("no student with a SEVIS ID in the open batch to report a reprint for")
     student = known[0]
     _say(f"    $ sevisflow student report {student} reprint --reason 02 --dso {DSO_USER_ID}")
-    out = orjson.loads(_cli(ctx, "student", "report", student, "reprint", "--reason", "02",
-                            "--dso", DSO_USER_ID, "--json").stdout)
+    out = orjson.loads(
+        _cli(ctx, "student", "report", student, "reprint", "--reason", "02", "--dso", DSO_USER_ID, "--json").stdout
+    )
     ctx.facts["reported"] = out
     return f"{out['kind']} for student {student}: {out['outcome']} (origin: DSO {DSO_USER_ID})"
 
@@ -295,8 +330,14 @@ def step_sevis_forgets(ctx: DemoContext) -> str:
     SEVIS ID, as if the SIS held a mistyped one (SEVIS answers S1003 for that student's records only)."""
     reported = (ctx.facts.get("reported") or {}).get("student_key")
     records = ctx.facts["open_batch"].get("records", [])
-    ready = [r for r in records if r.get("section") == "update" and r.get("sevis_id") and r.get("status") == "open"
-             and r.get("student_key") != reported]
+    ready = [
+        r
+        for r in records
+        if r.get("section") == "update"
+        and r.get("sevis_id")
+        and r.get("status") == "open"
+        and r.get("student_key") != reported
+    ]
     if not ready:
         raise DemoFailed("no ready update in the open batch for SEVIS to reject")
     victim = ready[0]
@@ -305,8 +346,10 @@ def step_sevis_forgets(ctx: DemoContext) -> str:
     with ctx.simulator.lock:
         ctx.simulator.known.discard(sid)
     ctx.facts["victim"] = {"student_key": victim["student_key"], "sevis_id": sid}
-    return (f"the simulator no longer knows {sid} (student {victim['student_key']}): its {sharing} record(s) in "
-            "this batch will be rejected with S1003")
+    return (
+        f"the simulator no longer knows {sid} (student {victim['student_key']}): its {sharing} record(s) in "
+        "this batch will be rejected with S1003"
+    )
 
 
 def step_dso_close(ctx: DemoContext) -> str:
@@ -339,11 +382,17 @@ def step_ro_ev_batch(ctx: DemoContext) -> str:
         raise DemoFailed(f"the open EV batch of {org} is empty: no exchange visitor's event reached the batcher")
     shown = _cli(ctx, "batch", "--org", org, "show", "--width", "100").stdout.rstrip().splitlines()
     _show(shown, 12, f"sevisflow batch --org {org} show   (the RO's terminal, 100 columns; first lines)")
-    visitors = sorted({r["student_key"] for r in data["records"] if r.get("section") == "update"
-                       and r.get("sevis_id") and r.get("status") == "open"})
+    visitors = sorted(
+        {
+            r["student_key"]
+            for r in data["records"]
+            if r.get("section") == "update" and r.get("sevis_id") and r.get("status") == "open"
+        }
+    )
     if visitors:
-        out = orjson.loads(_cli(ctx, "student", "--org", org, "report", visitors[0], "reprint", "--reason", "05",
-                                "--json").stdout)
+        out = orjson.loads(
+            _cli(ctx, "student", "--org", org, "report", visitors[0], "reprint", "--reason", "05", "--json").stdout
+        )
         _say(f"    $ sevisflow student --org {org} report {visitors[0]} reprint --reason 05")
         _say(f"      {out['kind']} for exchange visitor {visitors[0]}: {out['outcome']} (by {out['dso_user_id']})")
         ctx.facts["ev_reprint"] = out
@@ -355,28 +404,42 @@ def step_ro_ev_batch(ctx: DemoContext) -> str:
         raise DemoFailed(f"the close of {org} printed no BatchID that appears as closed on sevis.batches")
     ctx.facts["ev_batch_ids"] = ids
     ctx.facts["batch_ids"] += ids
-    return (f"closed {len(ids)} EV batch(es) of exchange program {org}, signed by its RO {RO_USER_ID}: "
-            f"{', '.join(ids)}")
+    return f"closed {len(ids)} EV batch(es) of exchange program {org}, signed by its RO {RO_USER_ID}: {', '.join(ids)}"
 
 
 def _is_closed(ctx: DemoContext, batch_id: str) -> bool:
     assert ctx.settings
     for msg in read_topic(ctx.settings.kafka, ctx.settings.topics.batches):
-        ev = registry().decode(msg.value())
+        if (value := msg.value()) is None:
+            continue
+        ev = registry().decode(value)
         if ev["type"] == "closed" and ev.get("batch_id") == batch_id:
             return True
     return False
 
 
-UPDATE_ELEMENTS = ("PersonalInfo", "Registration", "Program", "EducationLevel", "Status", "FinancialInfo",
-                   "AuthDropBelowFC", "CPTEmployment", "OPTEmployment", "Dependent", "DisciplinaryAction", "Reprint")
+UPDATE_ELEMENTS = (
+    "PersonalInfo",
+    "Registration",
+    "Program",
+    "EducationLevel",
+    "Status",
+    "FinancialInfo",
+    "AuthDropBelowFC",
+    "CPTEmployment",
+    "OPTEmployment",
+    "Dependent",
+    "DisciplinaryAction",
+    "Reprint",
+)
 """The UpdateStudent event elements the demo counts in the written documents."""
 
 
 EV_ROOT = "SEVISBatchCreateUpdateEV"
-DOCUMENTS = {"SEVISBatchCreateUpdateStudent": ("Create-UpdateStudent.xsd", "CreateStudent/Student",
-                                               "UpdateStudent/Student"),
-             EV_ROOT: ("Create-UpdateExchangeVisitor.xsd", "CreateEV/ExchangeVisitor", "UpdateEV/ExchangeVisitor")}
+DOCUMENTS = {
+    "SEVISBatchCreateUpdateStudent": ("Create-UpdateStudent.xsd", "CreateStudent/Student", "UpdateStudent/Student"),
+    EV_ROOT: ("Create-UpdateExchangeVisitor.xsd", "CreateEV/ExchangeVisitor", "UpdateEV/ExchangeVisitor"),
+}
 """Per document root: the XSD the demo validates it with, its create and update records."""
 
 
@@ -388,20 +451,22 @@ def step_xml(ctx: DemoContext) -> str:
     assert ctx.settings
     s = ctx.settings
     outbox = Outbox(s.sevis.outbox_dir, s.sevis.quarantine_dir, s.school.timezone)
-    schemas = {root: etree.XMLSchema(etree.parse(str(Path(ctx.xsd_dir) / xsd))) for root, (xsd, _, _)
-               in DOCUMENTS.items()}
+    schemas = {
+        root: etree.XMLSchema(etree.parse(str(Path(ctx.xsd_dir) / xsd))) for root, (xsd, _, _) in DOCUMENTS.items()
+    }
     lines = []
     elements: dict[str, dict[str, int]] = {root: {} for root in DOCUMENTS}
     ctx.facts["batch_ids"] = [b for bid in ctx.facts["batch_ids"] for b in _written(ctx, outbox, bid)]
     ctx.facts["ev_batch_ids"] = [b for b in ctx.facts["batch_ids"] if b.startswith(DEMO_PROGRAM.replace("-", ""))]
     for batch_id in ctx.facts["batch_ids"]:
-        found = _wait(f"the XML of {batch_id}", lambda b=batch_id: outbox.find(b), 120)
+        found = _wait(f"the XML of {batch_id}", functools.partial(outbox.find, batch_id), 120)
         xml_path = found.xml_path
         doc = etree.parse(str(xml_path))
         root = str(doc.getroot().tag)
         if root not in schemas or not schemas[root].validate(doc):
-            raise DemoFailed(f"{xml_path} does not validate: "
-                             f"{schemas[root].error_log.last_error if root in schemas else root}")
+            raise DemoFailed(
+                f"{xml_path} does not validate: {schemas[root].error_log.last_error if root in schemas else root}"
+            )
         _, creates, updates = DOCUMENTS[root]
         mode = oct(xml_path.stat().st_mode & 0o777)
         for record in doc.findall(updates):
@@ -409,13 +474,17 @@ def step_xml(ctx: DemoContext) -> str:
                 if tag in UPDATE_ELEMENTS or (root == EV_ROOT and tag not in ("UserDefinedA", "UserDefinedB")):
                     elements[root][tag] = elements[root].get(tag, 0) + 1
         org = doc.findtext("BatchHeader/OrgID")
-        lines.append(f"{xml_path.relative_to(Path(s.sevis.outbox_dir))}: {root} of {org}, "
-                     f"{len(doc.findall(creates))} creates + {len(doc.findall(updates))} updates, "
-                     f"XSD-valid, mode {mode}, sha256 {found.manifest().get('sha256', '')[:16]}…")
+        lines.append(
+            f"{xml_path.relative_to(Path(s.sevis.outbox_dir))}: {root} of {org}, "
+            f"{len(doc.findall(creates))} creates + {len(doc.findall(updates))} updates, "
+            f"XSD-valid, mode {mode}, sha256 {found.manifest().get('sha256', '')[:16]}…"
+        )
     for line in lines:
         _say(f"      {line}")
-    _say("      update elements: " + ", ".join(f"{k} {n}" for k, n in
-                                               sorted(elements["SEVISBatchCreateUpdateStudent"].items())))
+    _say(
+        "      update elements: "
+        + ", ".join(f"{k} {n}" for k, n in sorted(elements["SEVISBatchCreateUpdateStudent"].items()))
+    )
     _say("      EV update elements: " + ", ".join(f"{k} {n}" for k, n in sorted(elements[EV_ROOT].items())))
     return f"{len(lines)} document(s) written and validated against the SEVIS XSDs in {ctx.xsd_dir}"
 
@@ -435,8 +504,10 @@ def _written(ctx: DemoContext, outbox: Any, batch_id: str) -> list[str]:
         ev = registry().decode(value) if value else {}
         if ev.get("type") == "closed" and ev.get("command_id") == command_id:
             follow.append(ev["batch_id"])
-    _say(f"    {batch_id}: the XML sink refused some of its records (quarantined, each one a DSO item with the "
-         f"reason); the valid ones went out at once as {', '.join(follow) or 'nothing'}")
+    _say(
+        f"    {batch_id}: the XML sink refused some of its records (quarantined, each one a DSO item with the "
+        f"reason); the valid ones went out at once as {', '.join(follow) or 'nothing'}"
+    )
     return follow
 
 
@@ -449,29 +520,42 @@ def step_results(ctx: DemoContext) -> str:
         rows = batch_results(ctx.settings, bid)
         ok = sum(1 for r in rows if r["status"] == "success")
         if ctx.simulator.upload_count(bid, "S0000") != 1 or not ok:
-            raise DemoFailed(f"the EV batch {bid} was not accepted by SEVIS (uploads answered S0000: "
-                             f"{ctx.simulator.upload_count(bid, 'S0000')}, records accepted: {ok})")
-        created = sum(1 for r in rows if r["status"] == "success" and r.get("kind") == "EV.Create"
-                      and r.get("sevis_id"))
-        _say(f"    EV batch {bid} of {DEMO_PROGRAM}: accepted by SEVIS (S0000); {ok} of {len(rows)} exchange "
-             f"visitor record(s) accepted, {created} new exchange visitor(s) got a SEVIS ID")
+            raise DemoFailed(
+                f"the EV batch {bid} was not accepted by SEVIS (uploads answered S0000: "
+                f"{ctx.simulator.upload_count(bid, 'S0000')}, records accepted: {ok})"
+            )
+        created = sum(
+            1 for r in rows if r["status"] == "success" and r.get("kind") == "EV.Create" and r.get("sevis_id")
+        )
+        _say(
+            f"    EV batch {bid} of {DEMO_PROGRAM}: accepted by SEVIS (S0000); {ok} of {len(rows)} exchange "
+            f"visitor record(s) accepted, {created} new exchange visitor(s) got a SEVIS ID"
+        )
     totals, reasons = ctx.facts["totals"], ctx.facts["reasons"]
     why = "; ".join(f"{n}× {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
-    return (f"records sent {totals['sent']}, accepted {totals['accepted']}, rejected {totals['rejected']}"
-            + (f" ({why})" if why else ""))
+    return f"records sent {totals['sent']}, accepted {totals['accepted']}, rejected {totals['rejected']}" + (
+        f" ({why})" if why else ""
+    )
+
+
+def _results_if(ctx: DemoContext, batch_id: str, expected: int) -> list[dict[str, Any]] | None:
+    """The SEVIS results of ``batch_id`` once there are ``expected`` of them (else None: wait on)."""
+    from sevisflow.app.cli.results import batch_results
+
+    assert ctx.settings
+    rows = batch_results(ctx.settings, batch_id)
+    return rows if len(rows) >= expected else None
 
 
 def _count_results(ctx: DemoContext, batch_ids: list[str]) -> None:
     """Wait for SEVIS's result of every record of ``batch_ids``; add them to the demo's totals."""
-    from sevisflow.app.cli.results import batch_results
 
     assert ctx.settings
     totals = ctx.facts.setdefault("totals", {"sent": 0, "accepted": 0, "rejected": 0})
     reasons: dict[str, int] = ctx.facts.setdefault("reasons", {})
     for batch_id in batch_ids:
         expected = _records_in_closed(ctx, batch_id)
-        rows = _wait(f"SEVIS results of {batch_id}",
-                     lambda b=batch_id: (r if len(r := batch_results(ctx.settings, b)) >= expected else None), 180)
+        rows = _wait(f"SEVIS results of {batch_id}", functools.partial(_results_if, ctx, batch_id, expected), 180)
         out = _cli(ctx, "results", batch_id).stdout.rstrip().splitlines()
         _say(f"    $ sevisflow results {batch_id}   (last lines)")
         for line in out[-6:]:
@@ -491,7 +575,9 @@ def _records_in_closed(ctx: DemoContext, batch_id: str) -> int:
 
     assert ctx.settings
     for msg in read_topic(ctx.settings.kafka, ctx.settings.topics.batches):
-        ev = registry().decode(msg.value())
+        if (value := msg.value()) is None:
+            continue
+        ev = registry().decode(value)
         if ev["type"] == "closed" and ev.get("batch_id") == batch_id:
             return len(orjson.loads(ev["records_json"] or "[]"))
     return 0
@@ -527,11 +613,15 @@ def step_cannot_send(ctx: DemoContext) -> str:
             cannot[program] = cannot.get(program, 0) + 1
     configured = len(by_program.get(SCHOLAR_PROGRAM, ()))
     if cannot.get(SCHOLAR_PROGRAM):
-        raise DemoFailed(f"{cannot[SCHOLAR_PROGRAM]} \"cannot send\" item(s) for exchange visitors of the configured "
-                         f"program {SCHOLAR_PROGRAM} ({DEMO_PROGRAM})")
+        raise DemoFailed(
+            f'{cannot[SCHOLAR_PROGRAM]} "cannot send" item(s) for exchange visitors of the configured '
+            f"program {SCHOLAR_PROGRAM} ({DEMO_PROGRAM})"
+        )
     others = ", ".join(f"{n} for program {p} (not configured)" for p, n in sorted(cannot.items())) or "none elsewhere"
-    return (f"\"cannot send\" items: 0 for the {configured} exchange visitor(s) of {SCHOLAR_PROGRAM} ({DEMO_PROGRAM}, "
-            f"configured); {others}")
+    return (
+        f'"cannot send" items: 0 for the {configured} exchange visitor(s) of {SCHOLAR_PROGRAM} ({DEMO_PROGRAM}, '
+        f"configured); {others}"
+    )
 
 
 def _show(lines: list[str], first: int, title: str) -> None:
@@ -560,7 +650,12 @@ def step_worklist(ctx: DemoContext) -> str:
         raise DemoFailed(f"the worklist does not show the SEVIS rejection of student {victim['student_key']}")
     for item in rejections[:1]:
         _say(f"    the rejection, as the worklist shows it ({item['item_id']}):")
-        for line in [item["title"], *item["detail"], f"due {item['due_on']} ({item['band']})", f"to do: {item['action']}"]:
+        for line in [
+            item["title"],
+            *item["detail"],
+            f"due {item['due_on']} ({item['band']})",
+            f"to do: {item['action']}",
+        ]:
             _say(f"      {line}")
     batch_id = rejections[0]["title"].rsplit(" ", 1)[1]
     # the fix: the SEVIS ID is right after all (the simulator stands in for SEVIS RTI / the corrected SIS)
@@ -569,14 +664,14 @@ def step_worklist(ctx: DemoContext) -> str:
     _say(f"    fix: SEVIS knows {victim['sevis_id']} again (the simulator stands in for the correction)")
     args = ["batch", "resend", batch_id, "--dso", DSO_USER_ID, "--reason", "SEVIS ID checked in SEVIS RTI"]
     out = _cli(ctx, *args).stdout.rstrip().splitlines()
-    _show(out, 8, "sevisflow " + " ".join(args[:3]) + f" --dso {DSO_USER_ID} --reason \"SEVIS ID checked in SEVIS RTI\"")
+    _show(out, 8, "sevisflow " + " ".join(args[:3]) + f' --dso {DSO_USER_ID} --reason "SEVIS ID checked in SEVIS RTI"')
     shown = orjson.loads(_cli(ctx, "batch", "show", "--json").stdout)
     revision = str(shown["revision"])
-    out = _cli(ctx, "batch", "close", "--revision", revision, "--dso", DSO_USER_ID, "--timeout", "60").stdout
-    _show(out.rstrip().splitlines(), 8, f"sevisflow batch close --revision {revision} --dso {DSO_USER_ID}")
+    closed = _cli(ctx, "batch", "close", "--revision", revision, "--dso", DSO_USER_ID, "--timeout", "60").stdout
+    _show(closed.rstrip().splitlines(), 8, f"sevisflow batch close --revision {revision} --dso {DSO_USER_ID}")
     import re
 
-    new_ids = [b for b in dict.fromkeys(re.findall(r"\b(S\d{13})\b", out)) if _is_closed(ctx, b)]
+    new_ids = [b for b in dict.fromkeys(re.findall(r"\b(S\d{13})\b", closed)) if _is_closed(ctx, b)]
     if not new_ids:
         raise DemoFailed("the close after the resend printed no closed BatchID")
     ctx.facts["batch_ids"] += new_ids
@@ -588,8 +683,10 @@ def step_worklist(ctx: DemoContext) -> str:
     head = _cli(ctx, "todo", "--no-pager").stdout.splitlines()[0]
     _say(f"    $ sevisflow todo   (after the fix, first line)\n      {head}")
     ctx.facts["resent"] = sum(1 for i in items if i["what"] == "rejected" and i["student_key"] == victim["student_key"])
-    return (f"{len(items)} worklist item(s); the rejection of {victim['student_key']} in {batch_id} was fixed, resent "
-            f"in {', '.join(new_ids)}, accepted, and left the worklist")
+    return (
+        f"{len(items)} worklist item(s); the rejection of {victim['student_key']} in {batch_id} was fixed, resent "
+        f"in {', '.join(new_ids)}, accepted, and left the worklist"
+    )
 
 
 def step_verify(ctx: DemoContext) -> str:
@@ -629,18 +726,32 @@ STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("XML batch files in the outbox", step_xml),
     ("upload to SEVIS (simulator), results back into the pipeline", step_results),
     ("items for the DSO", step_issues),
-    ("no \"cannot send\" item for the configured J-1 program's exchange visitors", step_cannot_send),
+    ('no "cannot send" item for the configured J-1 program\'s exchange visitors', step_cannot_send),
     ("the DSO's worklist: due days, the SEVIS rejection and its fix", step_worklist),
     ("an auditor verifies the archived batches", step_verify),
 ]
 
 
-def run_demo(students: int = 300, international_share: float = 0.35, seed: int = 7,
-             xsd_dir: str | None = None, keep: bool = False, activity: int = 150, scholars: int = 12,
-             exchange_activity: int = 40) -> int:
+def run_demo(
+    students: int = 300,
+    international_share: float = 0.35,
+    seed: int = 7,
+    xsd_dir: str | None = None,
+    keep: bool = False,
+    activity: int = 150,
+    scholars: int = 12,
+    exchange_activity: int = 40,
+) -> int:
     xsd = xsd_dir or str(Path("../shared/sevis/xsd").resolve())  # the [sevis] xsd_dir default
-    ctx = DemoContext(students=students, international_share=international_share, seed=seed, xsd_dir=xsd,
-                      activity=activity, scholars=scholars, exchange_activity=exchange_activity)
+    ctx = DemoContext(
+        students=students,
+        international_share=international_share,
+        seed=seed,
+        xsd_dir=xsd,
+        activity=activity,
+        scholars=scholars,
+        exchange_activity=exchange_activity,
+    )
     started = time.monotonic()
     try:
         for number, (title, fn) in enumerate(STEPS, 1):
@@ -662,9 +773,15 @@ def run_demo(students: int = 300, international_share: float = 0.35, seed: int =
             stop_stack(ctx.stack, remove=True)
     totals = ctx.facts.get("totals")
     if totals:
-        _say(f"summary: {totals['sent']} records sent to SEVIS, {totals['accepted']} accepted, "
-             f"{totals['rejected']} rejected"
-             + (f"; {ctx.facts['resent']} of the rejected were fixed, resent and accepted (each counted as sent "
-                "twice: once rejected, once accepted)" if ctx.facts.get("resent") else ""))
+        _say(
+            f"summary: {totals['sent']} records sent to SEVIS, {totals['accepted']} accepted, "
+            f"{totals['rejected']} rejected"
+            + (
+                f"; {ctx.facts['resent']} of the rejected were fixed, resent and accepted (each counted as sent "
+                "twice: once rejected, once accepted)"
+                if ctx.facts.get("resent")
+                else ""
+            )
+        )
     _say(f"demo finished in {time.monotonic() - started:.1f}s")
     return 0

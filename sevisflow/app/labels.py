@@ -38,21 +38,44 @@ NO_SOURCE = "no label source"
 
 #: NIEM im:StudentEducationLevelCodeSimpleType
 EDU_LEVEL = {
-    "01": "primary school", "02": "secondary school", "03": "associate", "04": "bachelor's", "05": "master's",
-    "06": "doctorate", "07": "language training", "08": "high school", "09": "flight training",
-    "10": "other vocational school", "11": "other",
+    "01": "primary school",
+    "02": "secondary school",
+    "03": "associate",
+    "04": "bachelor's",
+    "05": "master's",
+    "06": "doctorate",
+    "07": "language training",
+    "08": "high school",
+    "09": "flight training",
+    "10": "other vocational school",
+    "11": "other",
 }
 #: NIEM im:StudentTerminationCodeSimpleType (SEVISTable.xsd StudentTerminationReasonType accepts a subset)
 TERMINATION_REASON = {
-    "01": "unauthorized withdrawal", "02": "death", "03": "unauthorized employment",
-    "04": "unauthorized drop below full course", "05": "authorized drop below full course time exceeded",
-    "06": "change of nonimmigrant classification", "07": "change of nonimmigrant classification denied",
-    "08": "expulsion", "09": "suspension", "10": "absent from country for five months", "11": "failure to enroll",
-    "12": "costs exceed resources", "13": "transfer student no show", "14": "denied transfer",
-    "15": "extension denied", "16": "otherwise failing to maintain status",
-    "17": "violation of change of status requirements", "18": "change of status denied",
-    "19": "change of status withdrawn", "20": "change of status approved", "21": "transfer withdrawn",
-    "22": "no show - manual termination", "23": "authorized early withdrawal", "24": "no show - system termination",
+    "01": "unauthorized withdrawal",
+    "02": "death",
+    "03": "unauthorized employment",
+    "04": "unauthorized drop below full course",
+    "05": "authorized drop below full course time exceeded",
+    "06": "change of nonimmigrant classification",
+    "07": "change of nonimmigrant classification denied",
+    "08": "expulsion",
+    "09": "suspension",
+    "10": "absent from country for five months",
+    "11": "failure to enroll",
+    "12": "costs exceed resources",
+    "13": "transfer student no show",
+    "14": "denied transfer",
+    "15": "extension denied",
+    "16": "otherwise failing to maintain status",
+    "17": "violation of change of status requirements",
+    "18": "change of status denied",
+    "19": "change of status withdrawn",
+    "20": "change of status approved",
+    "21": "transfer withdrawn",
+    "22": "no show - manual termination",
+    "23": "authorized early withdrawal",
+    "24": "no show - system termination",
     "25": "school withdrawn",
 }
 #: SEVISTable.xsd type annotations (values in the order the annotation names them)
@@ -62,20 +85,26 @@ GENDER = {"M": "male", "F": "female", "U": "unknown"}
 EMPLOYMENT_TIME = {"01": "full time", "02": "part time"}
 #: Terra Dotta knowledge base, "Canceling F-1 Student Records" (the SEVIS drop-down)
 CANCEL_REASON = {
-    "01": "student not attending", "02": "visa issued for different SEVIS ID",
-    "03": "student registered under different SEVIS ID", "04": "student arrived under different SEVIS ID",
-    "05": "record created in error", "06": "offer withdrawn",
+    "01": "student not attending",
+    "02": "visa issued for different SEVIS ID",
+    "03": "student registered under different SEVIS ID",
+    "04": "student arrived under different SEVIS ID",
+    "05": "record created in error",
+    "06": "offer withdrawn",
 }
 
 #: code kinds whose labels are tables above; cip/country are looked up separately
 TABLES: dict[str, dict[str, str]] = {
-    "edu_level": EDU_LEVEL, "termination_reason": TERMINATION_REASON, "visa_type": VISA_TYPE,
-    "relationship": RELATIONSHIP, "gender": GENDER, "employment_time": EMPLOYMENT_TIME,
+    "edu_level": EDU_LEVEL,
+    "termination_reason": TERMINATION_REASON,
+    "visa_type": VISA_TYPE,
+    "relationship": RELATIONSHIP,
+    "gender": GENDER,
+    "employment_time": EMPLOYMENT_TIME,
     "cancel_reason": CANCEL_REASON,
 }
 #: code kinds shown as codes, for want of a public label source
-UNLABELLED = ("reprint_reason", "rcl_reason", "dependent_termination_reason", "dependent_cancel_reason",
-              "issue_reason")
+UNLABELLED = ("reprint_reason", "rcl_reason", "dependent_termination_reason", "dependent_cancel_reason", "issue_reason")
 
 _XS = "{http://www.w3.org/2001/XMLSchema}"
 _lock = threading.Lock()

@@ -116,7 +116,8 @@ def announce(names: list[str], server: Any) -> None:
 
 def stage_function(name: str) -> Callable[[Settings, threading.Event], None]:
     module, _, attr = STAGES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    fn: Callable[[Settings, threading.Event], None] = getattr(importlib.import_module(module), attr)
+    return fn
 
 
 @dataclass
@@ -183,8 +184,12 @@ class Pipeline:
         while not self.stop_event.wait(every_s):
             ok, why = readiness()
             if ok and was is not True:
-                status.info("pipeline.ready", stages=self.names, metrics=metrics_url(self.server),
-                            after_s=round(time.monotonic() - began, 1))
+                status.info(
+                    "pipeline.ready",
+                    stages=self.names,
+                    metrics=metrics_url(self.server),
+                    after_s=round(time.monotonic() - began, 1),
+                )
             elif not ok and was is True:
                 log.warning("pipeline.not_ready", reason=why)
             was = ok
@@ -208,8 +213,14 @@ class Pipeline:
                 delay = self.backoff_s(attempt, exc.retry_after_s)
                 holder.restarts += 1
                 holder.last_transient = type(exc).__name__
-                log.warning("stage.restarting", stage=holder.name, error=type(exc).__name__, attempt=attempt,
-                            restarts=holder.restarts, backoff_s=round(delay, 2))
+                log.warning(
+                    "stage.restarting",
+                    stage=holder.name,
+                    error=type(exc).__name__,
+                    attempt=attempt,
+                    restarts=holder.restarts,
+                    backoff_s=round(delay, 2),
+                )
                 if self.stop_event.wait(delay):
                     return
             except BaseException as exc:  # noqa: BLE001 - reported by failed()/stop()
@@ -219,8 +230,16 @@ class Pipeline:
     def _failed(self, holder: StageThread, exc: BaseException) -> None:
         """Report a stage's failure (class, traceback, no message that may quote data) and stop the others."""
         holder.error = exc
-        log.error("stage.failed", stage=holder.name, error=type(exc).__name__, detail=safe_message(exc),
-                  traceback=safe_traceback(exc))
+        # an expected error (SevisflowError: a setting, a lock, a refused login) names its fix in its
+        # message; a traceback is for the unexpected, where the frames are what a maintainer needs
+        trace = None if isinstance(exc, SevisflowError) else safe_traceback(exc)
+        log.error(
+            "stage.failed",
+            stage=holder.name,
+            error=type(exc).__name__,
+            detail=safe_message(exc),
+            traceback=trace,
+        )
         why = f"stage {holder.name} failed: {type(exc).__name__}"
         register_probe(f"stage:{holder.name}", lambda: (False, why), lambda: (False, why))
         others = [n for n in self.names if n != holder.name]
@@ -235,8 +254,15 @@ class Pipeline:
         probe = f"stage:{holder.name}:standby"
         why = f"standby: {fenced.instance_id} is active in another process"
         register_probe(probe, lambda: (True, "ok"), lambda: (False, why))
-        log.warning("stage.standby", stage=holder.name, instance=fenced.instance_id, group=fenced.group_id,
-                    check_every_s=self.standby_check_s, standbys=holder.standbys, detail=str(fenced)[:500])
+        log.warning(
+            "stage.standby",
+            stage=holder.name,
+            instance=fenced.instance_id,
+            group=fenced.group_id,
+            check_every_s=self.standby_check_s,
+            standbys=holder.standbys,
+            detail=str(fenced)[:500],
+        )
         try:
             while not self.stop_event.wait(self.standby_check_s):
                 if not fenced.identity_in_use():

@@ -86,8 +86,16 @@ class Grant:
 def principals(settings: Settings) -> dict[str, list[str]]:
     """``{role: [SASL user name, …]}`` from the ``[acls]`` settings."""
     a = settings.acls
-    return {"connector": [a.connector], "normalize": [a.normalize], "events": [a.events], "batcher": [a.batcher],
-            "sink-xml": [a.sink_xml], "sink-sevis": [a.sink_sevis], "dso": list(a.dso), "auditor": list(a.auditor)}
+    return {
+        "connector": [a.connector],
+        "normalize": [a.normalize],
+        "events": [a.events],
+        "batcher": [a.batcher],
+        "sink-xml": [a.sink_xml],
+        "sink-sevis": [a.sink_sevis],
+        "dso": list(a.dso),
+        "auditor": list(a.auditor),
+    }
 
 
 def principal_role(settings: Settings) -> dict[str, str]:
@@ -131,8 +139,10 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
     state = state_topics(settings)
     out: dict[str, list[Grant]] = {}
 
-    out["connector"] = [_g(TOPIC, n, (WRITE, DESCRIBE, CREATE), "its change topics (created on first use)")
-                        for n in changes + [message_topic(settings)]]
+    out["connector"] = [
+        _g(TOPIC, n, (WRITE, DESCRIBE, CREATE), "its change topics (created on first use)")
+        for n in changes + [message_topic(settings)]
+    ]
 
     def stage(role: str, inputs: Sequence[str], outputs: Sequence[str], why_in: str, why_out: str) -> list[Grant]:
         grants = [_g(TOPIC, n, (READ, DESCRIBE), why_in) for n in inputs]
@@ -145,38 +155,62 @@ def role_grants(settings: Settings) -> dict[str, list[Grant]]:
         if state.get(role):
             grants.append(_g(GROUP, RESTORE_GROUP_PREFIX, (READ, DESCRIBE), "state restore (never commits)", PREFIXED))
         if role != "sink-xml":
-            grants += [_g(TOPIC, n, (DESCRIBE,), "checks at start that the pipeline topics exist")
-                       for n in pipeline]
+            grants += [_g(TOPIC, n, (DESCRIBE,), "checks at start that the pipeline topics exist") for n in pipeline]
         return grants
 
     out["normalize"] = stage("normalize", changes, [t.students], "change topics", "the student view")
     out["events"] = stage("events", [t.students], [t.events], "the student view", "SEVIS events")
-    out["batcher"] = stage("batcher", [t.events, t.commands, t.results], [t.batches, t.open_batches],
-                           "events, commands, results", "batches and the open-batch view")
+    out["batcher"] = stage(
+        "batcher",
+        [t.events, t.commands, t.results],
+        [t.batches, t.open_batches],
+        "events, commands, results",
+        "batches and the open-batch view",
+    )
     out["sink-xml"] = stage("sink-xml", [t.batches], [t.commands], "closed batches", "requeue commands")
     ledger = [t.ledger] if "ledger" in PIPELINE_KEYS else []  # the audit ledger's anchored head
-    anchors_reader = [_g(GROUP, READER_GROUP_PREFIX, (READ, DESCRIBE), "reads the ledger's anchors at start "
-                         "(one-shot reader, never commits)", PREFIXED)] if ledger else []
-    out["sink-xml"] += [_g(TOPIC, n, (READ, WRITE, DESCRIBE), "anchors the audit ledger's head")
-                        for n in ledger] + anchors_reader
-    out["sink-sevis"] = [_g(TOPIC, n, (READ, WRITE, DESCRIBE), "anchors the audit ledger's head")
-                         for n in ledger] + anchors_reader
-    out["sink-sevis"] += [_g(TOPIC, t.results, (WRITE, DESCRIBE), "SEVIS results"),
-                         _g(TOPIC, t.commands, (WRITE, DESCRIBE), "requeue commands"),
-                         _g(TOPIC, t.dlq, (WRITE, DESCRIBE), "dead letters")]
+    anchors_reader = (
+        [
+            _g(
+                GROUP,
+                READER_GROUP_PREFIX,
+                (READ, DESCRIBE),
+                "reads the ledger's anchors at start (one-shot reader, never commits)",
+                PREFIXED,
+            )
+        ]
+        if ledger
+        else []
+    )
+    out["sink-xml"] += [
+        _g(TOPIC, n, (READ, WRITE, DESCRIBE), "anchors the audit ledger's head") for n in ledger
+    ] + anchors_reader
+    out["sink-sevis"] = [
+        _g(TOPIC, n, (READ, WRITE, DESCRIBE), "anchors the audit ledger's head") for n in ledger
+    ] + anchors_reader
+    out["sink-sevis"] += [
+        _g(TOPIC, t.results, (WRITE, DESCRIBE), "SEVIS results"),
+        _g(TOPIC, t.commands, (WRITE, DESCRIBE), "requeue commands"),
+        _g(TOPIC, t.dlq, (WRITE, DESCRIBE), "dead letters"),
+    ]
     if ledger:  # both sinks read the anchored head at start with a one-shot reader (read_topic)
         for role in ("sink-xml", "sink-sevis"):
-            out[role].append(_g(GROUP, READER_GROUP_PREFIX, (READ, DESCRIBE), "one-shot reader (never commits)",
-                                PREFIXED))
+            out[role].append(
+                _g(GROUP, READER_GROUP_PREFIX, (READ, DESCRIBE), "one-shot reader (never commits)", PREFIXED)
+            )
     dso_reads = [t.students, t.events, t.commands, t.batches, t.open_batches, t.results, t.dlq] + worklist + ledger
-    out["dso"] = ([_g(TOPIC, n, (READ, DESCRIBE), "what the DSO commands show") for n in dso_reads]
-                  + [_g(TOPIC, t.commands, (WRITE,), "close, hold, release, report")]
-                  + [_g(TOPIC, n, (WRITE,), "marks worklist items done") for n in worklist]
-                  + [_g(GROUP, p, (READ, DESCRIBE), "the CLI's one-shot readers", PREFIXED)
-                     for p in (CLI_GROUP_PREFIX, READER_GROUP_PREFIX, AUDIT_GROUP_PREFIX)])
-    out["auditor"] = ([_g(TOPIC, n, (READ, DESCRIBE), "history") for n in changes + pipeline]
-                      + [_g(GROUP, p, (READ, DESCRIBE), "one-shot readers", PREFIXED)
-                         for p in (READER_GROUP_PREFIX, AUDIT_GROUP_PREFIX)])
+    out["dso"] = (
+        [_g(TOPIC, n, (READ, DESCRIBE), "what the DSO commands show") for n in dso_reads]
+        + [_g(TOPIC, t.commands, (WRITE,), "close, hold, release, report")]
+        + [_g(TOPIC, n, (WRITE,), "marks worklist items done") for n in worklist]
+        + [
+            _g(GROUP, p, (READ, DESCRIBE), "the CLI's one-shot readers", PREFIXED)
+            for p in (CLI_GROUP_PREFIX, READER_GROUP_PREFIX, AUDIT_GROUP_PREFIX)
+        ]
+    )
+    out["auditor"] = [_g(TOPIC, n, (READ, DESCRIBE), "history") for n in changes + pipeline] + [
+        _g(GROUP, p, (READ, DESCRIBE), "one-shot readers", PREFIXED) for p in (READER_GROUP_PREFIX, AUDIT_GROUP_PREFIX)
+    ]
     return {role: _merge(grants) for role, grants in out.items()}
 
 
@@ -186,17 +220,30 @@ def _merge(grants: Iterable[Grant]) -> list[Grant]:
     for g in grants:
         key = (g.resource_type, g.name, g.pattern)
         prev = by.get(key)
-        by[key] = g if prev is None else Grant(g.resource_type, g.name, g.pattern, prev.operations | g.operations,
-                                               prev.why if g.why in prev.why else f"{prev.why}; {g.why}")
+        by[key] = (
+            g
+            if prev is None
+            else Grant(
+                g.resource_type,
+                g.name,
+                g.pattern,
+                prev.operations | g.operations,
+                prev.why if g.why in prev.why else f"{prev.why}; {g.why}",
+            )
+        )
     return list(by.values())
 
 
 def acl_model(settings: Settings) -> list[Acl]:
     """Every ALLOW rule of the deployment, sorted (``User:<name>`` principals)."""
     grants = role_grants(settings)
-    out = {Acl(f"User:{name}", g.resource_type, g.name, g.pattern, op)
-           for role, names in principals(settings).items() for name in names
-           for g in grants[role] for op in g.operations}
+    out = {
+        Acl(f"User:{name}", g.resource_type, g.name, g.pattern, op)
+        for role, names in principals(settings).items()
+        for name in names
+        for g in grants[role]
+        for op in g.operations
+    }
     return sorted(out)
 
 
@@ -239,9 +286,11 @@ def plan_acls(wanted: Iterable[Acl], existing: Iterable[Acl], managed: Iterable[
     """Compare the model with the cluster's ALLOW rules. Only rules of ``managed`` principals are ever
     deleted: another application's ACLs on the same cluster are left alone."""
     want, have, ours = set(wanted), set(existing), set(managed)
-    return AclPlan(creates=sorted(want - have),
-                   deletes=sorted(a for a in have - want if a.principal in ours),
-                   unchanged=sorted(want & have))
+    return AclPlan(
+        creates=sorted(want - have),
+        deletes=sorted(a for a in have - want if a.principal in ours),
+        unchanged=sorted(want & have),
+    )
 
 
 def managed_principals(settings: Settings) -> list[str]:
@@ -251,16 +300,27 @@ def managed_principals(settings: Settings) -> list[str]:
 def _binding(a: Acl) -> Any:
     from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
-    return AclBinding(ResourceType[a.resource_type.upper()], a.name, ResourcePatternType[a.pattern.upper()],
-                      a.principal, "*", AclOperation[a.operation.upper()], AclPermissionType.ALLOW)
+    return AclBinding(
+        ResourceType[a.resource_type.upper()],
+        a.name,
+        ResourcePatternType[a.pattern.upper()],
+        a.principal,
+        "*",
+        AclOperation[a.operation.upper()],
+        AclPermissionType.ALLOW,
+    )
 
 
 def _from_binding(b: Any) -> Acl | None:
-    if b.permission_type.name != "ALLOW" or b.host != "*" or b.restype.name not in ("TOPIC", "GROUP",
-                                                                                          "TRANSACTIONAL_ID"):
+    if (
+        b.permission_type.name != "ALLOW"
+        or b.host != "*"
+        or b.restype.name not in ("TOPIC", "GROUP", "TRANSACTIONAL_ID")
+    ):
         return None
-    return Acl(b.principal, b.restype.name.lower(), b.name, b.resource_pattern_type.name.lower(),
-               b.operation.name.lower())
+    return Acl(
+        b.principal, b.restype.name.lower(), b.name, b.resource_pattern_type.name.lower(), b.operation.name.lower()
+    )
 
 
 def current_acls(kafka: Any, timeout_s: float = 30.0) -> list[Acl]:
@@ -279,23 +339,30 @@ def current_acls(kafka: Any, timeout_s: float = 30.0) -> list[Acl]:
 
     admin = make_admin(kafka)
     # None matches any name, principal and host (AclBindingFilter's docs), though its annotations say str
-    flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
-                           AclOperation.ANY, AclPermissionType.ANY)
+    anything: Any = None
+    flt = AclBindingFilter(
+        ResourceType.ANY, anything, ResourcePatternType.ANY, anything, anything, AclOperation.ANY, AclPermissionType.ANY
+    )
     try:
         bindings = admin.describe_acls(flt, request_timeout=timeout_s).result()
     except KafkaException as exc:
         err = exc.args[0]
         if err.name() in ("SECURITY_DISABLED", "CLUSTER_AUTHORIZATION_FAILED"):
-            raise TerminalError(f"Kafka at {kafka.bootstrap_servers} refused to list ACLs ({err.name()}): "
-                                + ("the brokers run without an authorizer (authorizer.class.name)"
-                                   if err.name() == "SECURITY_DISABLED" else
-                                   f"run this as the admin principal, not {kafka.sasl_username or 'anonymous'}")) from exc
+            raise TerminalError(
+                f"Kafka at {kafka.bootstrap_servers} refused to list ACLs ({err.name()}): "
+                + (
+                    "the brokers run without an authorizer (authorizer.class.name)"
+                    if err.name() == "SECURITY_DISABLED"
+                    else f"run this as the admin principal, not {kafka.sasl_username or 'anonymous'}"
+                )
+            ) from exc
         raise UnreachableError(f"could not list the ACLs of {kafka.bootstrap_servers}: {err.str()}") from exc
     return [a for a in (_from_binding(b) for b in bindings) if a is not None]
 
 
-def apply_acls(settings: Settings, dry_run: bool = False, timeout_s: float = 30.0,
-               show: Callable[[str], None] | None = None) -> AclPlan:
+def apply_acls(
+    settings: Settings, dry_run: bool = False, timeout_s: float = 30.0, show: Callable[[str], None] | None = None
+) -> AclPlan:
     """Make the cluster's ACLs for sevisflow's principals match the model; idempotent.
 
     Order: list the rules, plan, show the diff, stop on ``dry_run``; create the missing rules
@@ -324,9 +391,11 @@ def apply_acls(settings: Settings, dry_run: bool = False, timeout_s: float = 30.
                 acl = _from_binding(binding)
                 shown = acl.render() if acl is not None else str(binding)
                 if err.code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED:
-                    raise TerminalError(f"could not {what} ({shown}): Kafka refused it (CLUSTER_AUTHORIZATION_FAILED); "
-                                        f"run `sevisflow acls apply` as the admin principal (acls.admin), not "
-                                        f"{settings.kafka.sasl_username or 'anonymous'}") from exc
+                    raise TerminalError(
+                        f"could not {what} ({shown}): Kafka refused it (CLUSTER_AUTHORIZATION_FAILED); "
+                        f"run `sevisflow acls apply` as the admin principal (acls.admin), not "
+                        f"{settings.kafka.sasl_username or 'anonymous'}"
+                    ) from exc
                 raise TerminalError(f"could not {what} ({shown}): {err.str()[:300]}") from exc
 
     if plan.creates:
@@ -335,8 +404,11 @@ def apply_acls(settings: Settings, dry_run: bool = False, timeout_s: float = 30.
         filters = []
         for a in plan.deletes:
             b = _binding(a)
-            filters.append(AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
-                                            b.operation, b.permission_type))
+            filters.append(
+                AclBindingFilter(
+                    b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation, b.permission_type
+                )
+            )
         wait(admin.delete_acls(filters, request_timeout=timeout_s), "delete ACL")
     # return once the broker answers with the new rules: a stage started right after sees them
     import time
@@ -367,20 +439,34 @@ def kafka_user_resources(settings: Settings, cluster: str, namespace: str) -> li
     for name, user_grants in by_user.items():
         acls = []
         for g in sorted(_merge(user_grants), key=lambda g: (g.resource_type, g.name, g.pattern)):
-            resource: dict[str, Any] = {"type": {TOPIC: "topic", GROUP: "group", TXN: "transactionalId"}[g.resource_type],
-                                        "name": g.name, "patternType": "prefix" if g.pattern == PREFIXED else "literal"}
-            ops = [{READ: "Read", WRITE: "Write", DESCRIBE: "Describe", CREATE: "Create"}[o]
-                   for o in sorted(g.operations)]
+            resource: dict[str, Any] = {
+                "type": {TOPIC: "topic", GROUP: "group", TXN: "transactionalId"}[g.resource_type],
+                "name": g.name,
+                "patternType": "prefix" if g.pattern == PREFIXED else "literal",
+            }
+            ops = [
+                {READ: "Read", WRITE: "Write", DESCRIBE: "Describe", CREATE: "Create"}[o] for o in sorted(g.operations)
+            ]
             acls.append({"resource": resource, "operations": ops})
-        docs.append({
-            "apiVersion": "kafka.strimzi.io/v1",
-            "kind": "KafkaUser",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"strimzi.io/cluster": cluster, "app.kubernetes.io/part-of": "sevisflow",
-                                    "app.kubernetes.io/component": roles[name].replace("+", ".")}},
-            "spec": {"authentication": {"type": "scram-sha-512"},
-                     "authorization": {"type": "simple", "acls": acls}},
-        })
+        docs.append(
+            {
+                "apiVersion": "kafka.strimzi.io/v1",
+                "kind": "KafkaUser",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {
+                        "strimzi.io/cluster": cluster,
+                        "app.kubernetes.io/part-of": "sevisflow",
+                        "app.kubernetes.io/component": roles[name].replace("+", "."),
+                    },
+                },
+                "spec": {
+                    "authentication": {"type": "scram-sha-512"},
+                    "authorization": {"type": "simple", "acls": acls},
+                },
+            }
+        )
     return docs
 
 
@@ -391,7 +477,9 @@ def role_table(settings: Settings) -> list[tuple[str, str, str, str]]:
     for role in ROLES:
         for g in sorted(grants[role], key=lambda g: (g.resource_type, g.name)):
             shown = f"{g.name}*" if g.pattern == PREFIXED else g.name
-            rows.append((role, ", ".join(o.upper() for o in sorted(g.operations)), f"{g.resource_type} `{shown}`", g.why))
+            rows.append(
+                (role, ", ".join(o.upper() for o in sorted(g.operations)), f"{g.resource_type} `{shown}`", g.why)
+            )
     return rows
 
 

@@ -16,14 +16,16 @@ each field's ``alias`` says which.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sevisflow.core.errors import ConfigError
@@ -72,12 +74,13 @@ def setting(default: Any, help: str, alias: str | None = None, choices: tuple[st
     """Declare a setting: its default, what it is for, and optional Debezium-style alias."""
     meta = {"help": help, "alias": alias, "choices": choices}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return field(default_factory=functools.partial(type(default), default), metadata=meta)  # a fresh copy
     return field(default=default, metadata=meta)
 
 
-def _check_range(section: str, obj: object, names: tuple[str, ...], low: float, high: float | None = None,
-                 unit: str = "") -> None:
+def _check_range(
+    section: str, obj: object, names: tuple[str, ...], low: float, high: float | None = None, unit: str = ""
+) -> None:
     """Each named setting of ``obj`` within [low, high] (no upper bound when None), or a ConfigError naming it."""
     for name in names:
         value = getattr(obj, name)
@@ -94,30 +97,41 @@ def _check_port(where: str, port: int, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class KafkaSettings:
-    bootstrap_servers: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma separated", alias="bootstrap.servers")
+    bootstrap_servers: str = setting(
+        "127.0.0.1:9092", "Kafka bootstrap servers, comma separated", alias="bootstrap.servers"
+    )
     security_protocol: str = setting(
-        "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", alias="security.protocol",
+        "PLAINTEXT",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        alias="security.protocol",
         choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     )
     ssl_ca_location: str = setting("", "CA bundle that signed the brokers' certificates", alias="ssl.ca.location")
-    ssl_certificate_location: str = setting("", "client certificate (PEM) for mutual TLS", alias="ssl.certificate.location")
+    ssl_certificate_location: str = setting(
+        "", "client certificate (PEM) for mutual TLS", alias="ssl.certificate.location"
+    )
     ssl_key_location: str = setting("", "client private key (PEM) for mutual TLS", alias="ssl.key.location")
     ssl_key_password: Secret = setting(Secret(""), "password of the client key", alias="ssl.key.password")
-    sasl_mechanism: str = setting("SCRAM-SHA-512", "SASL mechanism", alias="sasl.mechanism",
-                                  choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_mechanism: str = setting(
+        "SCRAM-SHA-512", "SASL mechanism", alias="sasl.mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
     sasl_username: str = setting("", "SASL user name", alias="sasl.username")
     sasl_password: Secret = setting(Secret(""), "SASL password (or file:/path)", alias="sasl.password")
     replication_factor: int = setting(1, "replication factor for topics sevisflow creates")
     min_insync_replicas: int = setting(1, "min.insync.replicas for topics sevisflow creates")
     partitions: int = setting(3, "default partition count for topics sevisflow creates")
-    topics_file: str = setting("", "topic specs (TOML) for `sevisflow topics apply`; empty = the built-in deploy/topics.toml")
+    topics_file: str = setting(
+        "", "topic specs (TOML) for `sevisflow topics apply`; empty = the built-in deploy/topics.toml"
+    )
 
     def __post_init__(self) -> None:
         _check_range("kafka", self, ("partitions", "replication_factor", "min_insync_replicas"), 1)
         if self.min_insync_replicas > self.replication_factor:
-            raise ConfigError(f"kafka.min_insync_replicas = {self.min_insync_replicas} is more than "
-                              f"kafka.replication_factor = {self.replication_factor}: no write could ever succeed; "
-                              "lower min_insync_replicas")
+            raise ConfigError(
+                f"kafka.min_insync_replicas = {self.min_insync_replicas} is more than "
+                f"kafka.replication_factor = {self.replication_factor}: no write could ever succeed; "
+                "lower min_insync_replicas"
+            )
 
 
 @dataclass(frozen=True)
@@ -135,8 +149,12 @@ class PostgresSettings:
     def conninfo(self, **extra: str) -> str:
         """A libpq conninfo string (the password revealed only here)."""
         parts = {
-            "host": self.host, "port": str(self.port), "dbname": self.dbname,
-            "user": self.user, "sslmode": self.sslmode, **extra,
+            "host": self.host,
+            "port": str(self.port),
+            "dbname": self.dbname,
+            "user": self.user,
+            "sslmode": self.sslmode,
+            **extra,
         }
         pw = self.password.reveal() if self.password else ""
         if pw:
@@ -157,42 +175,70 @@ class ConnectorSettings:
     slot_name: str = setting("sevisflow", "logical replication slot", alias="slot.name")
     publication_name: str = setting("sevisflow_sis", "publication the slot reads", alias="publication.name")
     publication_autocreate_mode: str = setting(
-        "filtered", "disabled | all_tables | filtered (like Debezium)", alias="publication.autocreate.mode",
+        "filtered",
+        "disabled | all_tables | filtered (like Debezium)",
+        alias="publication.autocreate.mode",
         choices=("disabled", "all_tables", "filtered"),
     )
     table_include_list: list[str] = setting(
-        ["public.person", "public.immigration", "public.address", "public.program", "public.term",
-         "public.enrollment", "public.finance", "public.dependent", "public.student_authorization"],
-        "captured tables, schema.table", alias="table.include.list",
+        [
+            "public.person",
+            "public.immigration",
+            "public.address",
+            "public.program",
+            "public.term",
+            "public.enrollment",
+            "public.finance",
+            "public.dependent",
+            "public.student_authorization",
+        ],
+        "captured tables, schema.table",
+        alias="table.include.list",
     )
-    snapshot_mode: str = setting("initial", "initial | never | initial_only | when_needed", alias="snapshot.mode",
-                                 choices=("initial", "never", "initial_only", "when_needed"))
+    snapshot_mode: str = setting(
+        "initial",
+        "initial | never | initial_only | when_needed",
+        alias="snapshot.mode",
+        choices=("initial", "never", "initial_only", "when_needed"),
+    )
     snapshot_fetch_size: int = setting(10000, "rows per snapshot chunk", alias="snapshot.fetch.size")
     heartbeat_interval_ms: int = setting(10000, "heartbeat period; 0 disables", alias="heartbeat.interval.ms")
-    provide_transaction_metadata: bool = setting(True, "write BEGIN/END to <prefix>.transaction",
-                                                 alias="provide.transaction.metadata")
-    schemas_enable: bool = setting(False, "JsonConverter schemas.enable: wrap payloads with their schema",
-                                   alias="value.converter.schemas.enable")
+    provide_transaction_metadata: bool = setting(
+        True, "write BEGIN/END to <prefix>.transaction", alias="provide.transaction.metadata"
+    )
+    schemas_enable: bool = setting(
+        False, "JsonConverter schemas.enable: wrap payloads with their schema", alias="value.converter.schemas.enable"
+    )
     offsets_dir: str = setting(".local/connector", "where the connector keeps its snapshot progress")
     offset_flush_interval_ms: int = setting(
-        1000, "how often the connector waits for Kafka's acks and then confirms the LSN to PostgreSQL",
-        alias="offset.flush.interval.ms")
+        1000,
+        "how often the connector waits for Kafka's acks and then confirms the LSN to PostgreSQL",
+        alias="offset.flush.interval.ms",
+    )
     decimal_handling_mode: str = setting(
-        "precise", "numeric columns: precise (Connect Decimal, base64 bytes) | string | double",
-        alias="decimal.handling.mode", choices=("precise", "string", "double"))
-    tombstones_on_delete: bool = setting(True, "send a tombstone (null value) after each delete",
-                                         alias="tombstones.on.delete")
-    slot_max_retries: int = setting(6, "attempts while the slot is in use by another process",
-                                    alias="slot.max.retries")
+        "precise",
+        "numeric columns: precise (Connect Decimal, base64 bytes) | string | double",
+        alias="decimal.handling.mode",
+        choices=("precise", "string", "double"),
+    )
+    tombstones_on_delete: bool = setting(
+        True, "send a tombstone (null value) after each delete", alias="tombstones.on.delete"
+    )
+    slot_max_retries: int = setting(6, "attempts while the slot is in use by another process", alias="slot.max.retries")
     slot_retry_delay_ms: int = setting(10000, "wait between those attempts", alias="slot.retry.delay.ms")
-    errors_max_retries: int = setting(-1, "restarts after transient errors (PostgreSQL/Kafka down); -1 = no limit",
-                                      alias="errors.max.retries")
+    errors_max_retries: int = setting(
+        -1, "restarts after transient errors (PostgreSQL/Kafka down); -1 = no limit", alias="errors.max.retries"
+    )
     column_exclude_list: list[str] = setting(
-        [], "columns never sent to the change topics: regular expressions on schema.table.column",
-        alias="column.exclude.list")
+        [],
+        "columns never sent to the change topics: regular expressions on schema.table.column",
+        alias="column.exclude.list",
+    )
     column_mask_hash: dict[str, str] = setting(
-        {}, "hash-masked columns, written with Debezium's key names: "
-            '"column.mask.hash.v2.SHA-256.with.salt.<salt>" = "<regex on schema.table.column>, …"')
+        {},
+        "hash-masked columns, written with Debezium's key names: "
+        '"column.mask.hash.v2.SHA-256.with.salt.<salt>" = "<regex on schema.table.column>, …"',
+    )
 
 
 # SEVIS's OrganizationIDType: a school code (F/M schools) or an exchange-visitor program number.
@@ -201,44 +247,66 @@ ORG_ID_PATTERN = re.compile(r"[A-Z]{3}214F\d{8}|P-[1-4]-\d{5}|G-[1-7]-\d{5}")
 
 @dataclass(frozen=True)
 class SchoolSettings:
-    org_id: str = setting("", "REQUIRED: the school's SEVIS code (OrgID), e.g. ABC214F12345000 — no default, "
-                              "because a made-up code would send a school's records under another OrgID")
+    org_id: str = setting(
+        "",
+        "REQUIRED: the school's SEVIS code (OrgID), e.g. ABC214F12345000 — no default, "
+        "because a made-up code would send a school's records under another OrgID",
+    )
     timezone: str = setting("America/Chicago", "the school's local time zone (scheduled close, dates)")
     mapping_file: str = setting("deploy/sis/mapping.toml", "how the SIS tables map to the canonical student")
     close_at: str = setting("", "scheduled daily close, local HH:MM; empty = off")
     close_dso: str = setting("", "SEVIS user id (10 chars) recorded for scheduled closes")
-    close_early_when_due: bool = setting(False, "with close_at: also close at once (a scheduled close, not "
-                                                "reviewed) when a ready record would be overdue before the next "
-                                                "scheduled close ([deadlines] rules)")
-    dso_user_ids: list[str] = setting([], "SEVIS user ids (10 chars each) of the school's DSOs: the batcher refuses "
-                                          "close/hold/release/report from anyone else")
-    dso_principals: list[str] = setting([], "with Kafka authentication: \"principal=SEVISUSER\" entries, e.g. "
-                                            "\"User:alice=JSMITH0001\"; a DSO command must come from the principal "
-                                            "mapped to its user id (empty = principals are not checked)")
+    close_early_when_due: bool = setting(
+        False,
+        "with close_at: also close at once (a scheduled close, not "
+        "reviewed) when a ready record would be overdue before the next "
+        "scheduled close ([deadlines] rules)",
+    )
+    dso_user_ids: list[str] = setting(
+        [],
+        "SEVIS user ids (10 chars each) of the school's DSOs: the batcher refuses "
+        "close/hold/release/report from anyone else",
+    )
+    dso_principals: list[str] = setting(
+        [],
+        'with Kafka authentication: "principal=SEVISUSER" entries, e.g. '
+        '"User:alice=JSMITH0001"; a DSO command must come from the principal '
+        "mapped to its user id (empty = principals are not checked)",
+    )
     default_dso: str = setting("", "SEVIS user id the DSO commands use when --dso is not given (echoed)")
 
     def __post_init__(self) -> None:
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"school.timezone = {self.timezone!r} is not a known time zone: use an IANA name "
-                              "such as America/Chicago") from None
+            raise ConfigError(
+                f"school.timezone = {self.timezone!r} is not a known time zone: use an IANA name "
+                "such as America/Chicago"
+            ) from None
         if self.close_at and not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", self.close_at):
-            raise ConfigError(f"school.close_at = {self.close_at!r}: use local HH:MM (24-hour), e.g. 17:30, "
-                              "or leave it empty for no scheduled close")
+            raise ConfigError(
+                f"school.close_at = {self.close_at!r}: use local HH:MM (24-hour), e.g. 17:30, "
+                "or leave it empty for no scheduled close"
+            )
         if self.close_early_when_due and not self.close_at:
-            raise ConfigError("school.close_early_when_due = true needs school.close_at (the scheduled close it "
-                              "runs ahead of): set close_at, or turn close_early_when_due off")
+            raise ConfigError(
+                "school.close_early_when_due = true needs school.close_at (the scheduled close it "
+                "runs ahead of): set close_at, or turn close_early_when_due off"
+            )
         if self.org_id and not ORG_ID_PATTERN.fullmatch(self.org_id):
-            raise ConfigError(f"school.org_id = {self.org_id!r} is not a SEVIS OrgID: use your school code as SEVIS "
-                              "shows it (3 letters, 214F, 8 digits, e.g. ABC214F12345000) or a J program number "
-                              "(P-1-12345)")
+            raise ConfigError(
+                f"school.org_id = {self.org_id!r} is not a SEVIS OrgID: use your school code as SEVIS "
+                "shows it (3 letters, 214F, 8 digits, e.g. ABC214F12345000) or a J program number "
+                "(P-1-12345)"
+            )
 
     def require_org_id(self) -> str:
         """The OrgID, or a ConfigError naming the fix: every stage that reports for a school needs it."""
         if not self.org_id:
-            raise ConfigError("school.org_id is not set: add org_id = \"<your SEVIS school code>\" under [school] "
-                              f"in the config file (or set {ENV_PREFIX}SCHOOL_ORG_ID)")
+            raise ConfigError(
+                'school.org_id is not set: add org_id = "<your SEVIS school code>" under [school] '
+                f"in the config file (or set {ENV_PREFIX}SCHOOL_ORG_ID)"
+            )
         return self.org_id
 
 
@@ -255,16 +323,24 @@ class SevisSettings:
     ca_bundle: str = setting("", "CA bundle to verify SEVIS's server certificate; empty = system CAs")
     user_id: str = setting("", "SEVIS batch user id (10 chars) sent with uploads")
     poll_interval_s: float = setting(60.0, "seconds between result downloads for a pending batch")
-    quarantine_dir: str = setting(".local/quarantine", "where batches that fail XSD validation are kept (never uploaded)")
+    quarantine_dir: str = setting(
+        ".local/quarantine", "where batches that fail XSD validation are kept (never uploaded)"
+    )
     http_timeout_s: float = setting(120.0, "timeout of one upload/download HTTPS request")
     retry_base_s: float = setting(30.0, "first back-off after a network error, HTTP 5xx or S0001 (doubles per try)")
     retry_max_s: float = setting(1800.0, "longest back-off between tries of one upload or download")
-    repost_after_s: float = setting(1800.0, "an upload whose outcome is unknown is posted again (same BatchID) only "
-                                            "after SEVIS answered S0031 for this long since our last POST ...")
+    repost_after_s: float = setting(
+        1800.0,
+        "an upload whose outcome is unknown is posted again (same BatchID) only "
+        "after SEVIS answered S0031 for this long since our last POST ...",
+    )
     repost_after_checks: int = setting(3, "... and at least this many times since that POST")
-    max_posts: int = setting(1, "most POSTs of one BatchID whose outcome is unknown; 1 (the default) never posts a "
-                                "batch again by itself: an unknown outcome is settled by downloading, or waits for "
-                                "the operator (`sevisflow sink requeue`); more allows re-posting after S0031")
+    max_posts: int = setting(
+        1,
+        "most POSTs of one BatchID whose outcome is unknown; 1 (the default) never posts a "
+        "batch again by itself: an unknown outcome is settled by downloading, or waits for "
+        "the operator (`sevisflow sink requeue`); more allows re-posting after S0031",
+    )
     max_response_bytes: int = setting(134217728, "largest HTTPS answer read from SEVIS (the download zip included)")
     max_unzipped_bytes: int = setting(536870912, "largest total size of the files in a downloaded results zip")
     max_zip_entries: int = setting(2000, "most files in a downloaded results zip")
@@ -272,15 +348,31 @@ class SevisSettings:
     max_compression_ratio: float = setting(200.0, "largest uncompressed/compressed ratio of one zip entry")
 
     def __post_init__(self) -> None:
-        _check_range("sevis", self, ("max_posts", "max_response_bytes", "max_unzipped_bytes", "max_zip_entries",
-                                     "max_entry_bytes", "max_compression_ratio", "repost_after_checks"), 1)
+        _check_range(
+            "sevis",
+            self,
+            (
+                "max_posts",
+                "max_response_bytes",
+                "max_unzipped_bytes",
+                "max_zip_entries",
+                "max_entry_bytes",
+                "max_compression_ratio",
+                "repost_after_checks",
+            ),
+            1,
+        )
         _check_range("sevis", self, ("repost_after_s",), 0)
 
-    ENDPOINTS = {
-        "test": ("https://egov.ice.gov/sbtsevisbatch/action/batchUpload",
-                 "https://egov.ice.gov/sbtsevisbatch/action/batchDownload"),
-        "production": ("https://egov.ice.gov/sevisbatch/action/batchUpload",
-                       "https://egov.ice.gov/sevisbatch/action/batchDownload"),
+    ENDPOINTS: ClassVar[dict[str, tuple[str, str]]] = {
+        "test": (
+            "https://egov.ice.gov/sbtsevisbatch/action/batchUpload",
+            "https://egov.ice.gov/sbtsevisbatch/action/batchDownload",
+        ),
+        "production": (
+            "https://egov.ice.gov/sevisbatch/action/batchUpload",
+            "https://egov.ice.gov/sevisbatch/action/batchDownload",
+        ),
     }
 
     def upload_endpoint(self) -> str:
@@ -302,18 +394,25 @@ class TopicSettings:
     open_batches: str = setting("sevis.batch.open", "compacted open batch per school (what `batch show` reads)")
     dlq: str = setting("sevisflow.dlq", "dead letters with reason and source position")
     worklist: str = setting("sevis.worklist", "the DSO worklist's done marks (who, when, note)")
-    ledger: str = setting("sevis.audit.ledger", "compacted: the audit ledger's head, anchored by the sinks "
-                                                    "each time they seal (verify checks the ledger file against it)")
+    ledger: str = setting(
+        "sevis.audit.ledger",
+        "compacted: the audit ledger's head, anchored by the sinks "
+        "each time they seal (verify checks the ledger file against it)",
+    )
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    port: int = setting(0, "port of /metrics, /health and /ready for this process; 0 = off "
-                           "(conventional ports: deploy/systemd/*.env)")
+    port: int = setting(
+        0, "port of /metrics, /health and /ready for this process; 0 = off (conventional ports: deploy/systemd/*.env)"
+    )
     host: str = setting("0.0.0.0", "address the metrics server listens on")
     stall_after_s: float = setting(120.0, "/health fails when a stage's loop has not turned for this long")
-    progress_interval_s: float = setting(60.0, "how often long-running commands log a progress line (records "
-                                               "in/out, consumer lag per stage; snapshot rows every quarter of it)")
+    progress_interval_s: float = setting(
+        60.0,
+        "how often long-running commands log a progress line (records "
+        "in/out, consumer lag per stage; snapshot rows every quarter of it)",
+    )
 
     def __post_init__(self) -> None:
         _check_port("metrics.port", self.port, allow_zero=True)
@@ -328,8 +427,10 @@ PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 class AclSettings:
     """The Kafka principals (SASL user names) of each role, for the ACLs of sevisflow/core/acls.py."""
 
-    admin: str = setting("sevisflow-admin", "operator principal: applies topics and ACLs (a super user of the "
-                                            "local secure stack; holds no ACL of its own)")
+    admin: str = setting(
+        "sevisflow-admin",
+        "operator principal: applies topics and ACLs (a super user of the local secure stack; holds no ACL of its own)",
+    )
     connector: str = setting("sevisflow-connector", "principal of the connector stage")
     normalize: str = setting("sevisflow-normalize", "principal of the normalize stage")
     events: str = setting("sevisflow-events", "principal of the sevis_events stage")
@@ -344,47 +445,73 @@ class AclSettings:
         # a DSO, an auditor and the admin never share one with anybody else
         kind = {"admin": "admin", "dso": "dso", "auditor": "auditor"}
         seen: dict[str, str] = {}
-        for role in ("admin", "connector", "normalize", "events", "batcher", "sink_xml", "sink_sevis", "dso",
-                     "auditor"):
+        for role in (
+            "admin",
+            "connector",
+            "normalize",
+            "events",
+            "batcher",
+            "sink_xml",
+            "sink_sevis",
+            "dso",
+            "auditor",
+        ):
             value = getattr(self, role)
-            for name in (value if isinstance(value, list) else [value]):
+            for name in value if isinstance(value, list) else [value]:
                 if not PRINCIPAL_NAME.fullmatch(name):
-                    raise ConfigError(f"acls.{role} = {name!r} is not a principal name: use letters, digits and "
-                                      ". _ @ - (the SASL user name, without 'User:')")
+                    raise ConfigError(
+                        f"acls.{role} = {name!r} is not a principal name: use letters, digits and "
+                        ". _ @ - (the SASL user name, without 'User:')"
+                    )
                 if name in seen and (kind.get(role, "stage") != kind.get(seen[name], "stage") or role in kind):
-                    raise ConfigError(f"acls.{role}: {name!r} is also acls.{seen[name]}; a DSO, an auditor and the "
-                                      "admin each need a principal of their own, or least privilege is lost")
+                    raise ConfigError(
+                        f"acls.{role}: {name!r} is also acls.{seen[name]}; a DSO, an auditor and the "
+                        "admin each need a principal of their own, or least privilege is lost"
+                    )
                 seen.setdefault(name, role)
 
 
 @dataclass(frozen=True)
 class DeadlineSettings:
     limits: dict[str, int] = setting(
-        {}, "legal limits in days to override, by rule (name_address, program_change, dependents, status_end, "
-            "discipline, registration), e.g. a stricter internal target: { name_address = 14 }")
+        {},
+        "legal limits in days to override, by rule (name_address, program_change, dependents, status_end, "
+        "discipline, registration), e.g. a stricter internal target: { name_address = 14 }",
+    )
     soon_days: int = setting(7, "a record due within this many days is 'soon'")
     urgent_days: int = setting(2, "a record due within this many days is 'urgent'")
 
     def __post_init__(self) -> None:
         if not 0 <= self.urgent_days <= self.soon_days:
-            raise ConfigError(f"deadlines: urgent_days = {self.urgent_days} and soon_days = {self.soon_days}: "
-                              "use 0 ≤ urgent_days ≤ soon_days")
+            raise ConfigError(
+                f"deadlines: urgent_days = {self.urgent_days} and soon_days = {self.soon_days}: "
+                "use 0 ≤ urgent_days ≤ soon_days"
+            )
 
 
 @dataclass(frozen=True)
 class StateSettings:
     """Where the processors keep their working state (the changelog topics stay the source of truth)."""
 
-    backend: str = setting("memory", "processor state store: memory (Python dicts: fastest, memory grows with the "
-                                     "SIS) or rocksdb (on disk under state.dir: memory bounded by the cache and "
-                                     "write buffers below); both are rebuilt from the changelog topics on start",
-                           choices=("memory", "rocksdb"))
-    dir: str = setting(".local/state", "folder of the rocksdb state stores, one sub-folder per stage instance "
-                                "(0700, files 0600: state holds personal data)")
+    backend: str = setting(
+        "memory",
+        "processor state store: memory (Python dicts: fastest, memory grows with the "
+        "SIS) or rocksdb (on disk under state.dir: memory bounded by the cache and "
+        "write buffers below); both are rebuilt from the changelog topics on start",
+        choices=("memory", "rocksdb"),
+    )
+    dir: str = setting(
+        ".local/state",
+        "folder of the rocksdb state stores, one sub-folder per stage instance "
+        "(0700, files 0600: state holds personal data)",
+    )
     block_cache_mb: int = setting(64, "rocksdb: block cache per stage instance, in MiB")
     write_buffer_mb: int = setting(16, "rocksdb: memtable size per stage instance, in MiB (two may be in memory)")
-    cache_entries: int = setting(10000, "rocksdb: decoded state values normalize keeps in memory between Kafka "
-                                        "transactions (least recently used dropped first); 0 = keep every one")
+    cache_entries: int = setting(
+        10000,
+        "rocksdb: decoded state values normalize keeps in memory between Kafka "
+        "transactions (least recently used dropped first); 0 = keep every one",
+    )
 
     def __post_init__(self) -> None:
         _check_range("state", self, ("block_cache_mb", "write_buffer_mb"), 1, 65536, " (MiB)")
@@ -402,8 +529,10 @@ SEVIS_USER_ID = re.compile(r"[^\s]{10}")
 def _user_id_problem(where: str, value: str) -> str | None:
     """Why ``value`` cannot be a SEVIS user id (exactly 10 characters, no blanks), or None."""
     if not SEVIS_USER_ID.fullmatch(value) or not value.isprintable():
-        return (f"{where} = {value!r} is not a SEVIS user id: use the RO/ARO's SEVIS user name, exactly 10 "
-                "characters without blanks")
+        return (
+            f"{where} = {value!r} is not a SEVIS user id: use the RO/ARO's SEVIS user name, exactly 10 "
+            "characters without blanks"
+        )
     return None
 
 
@@ -415,30 +544,47 @@ class ExchangeProgram:
     one batch stream per program, signed by that program's RO/ARO; the school's F/M OrgID never carries them.
     """
 
-    program_number: str = setting("", "REQUIRED: the program number SEVIS shows for the sponsor program, the OrgID "
-                                      "of its EV batches, e.g. P-1-12345 (P-1..4 or G-1..7, then 5 digits)")
-    sis_program: str = setting("", "REQUIRED: the SIS's code for this sponsor program (the J-1 rows carry it), "
-                                   "e.g. RSCH")
-    ro_user_id: str = setting("", "REQUIRED: SEVIS user id (10 chars) of the program's Responsible Officer: the "
-                                  "userID of its EV batches, and who `--org <program number>` acts as by default")
-    aro_user_ids: list[str] = setting([], "SEVIS user ids (10 chars each) of the program's Alternate Responsible "
-                                          "Officers, who may also review, hold and close its EV batches")
+    program_number: str = setting(
+        "",
+        "REQUIRED: the program number SEVIS shows for the sponsor program, the OrgID "
+        "of its EV batches, e.g. P-1-12345 (P-1..4 or G-1..7, then 5 digits)",
+    )
+    sis_program: str = setting(
+        "", "REQUIRED: the SIS's code for this sponsor program (the J-1 rows carry it), e.g. RSCH"
+    )
+    ro_user_id: str = setting(
+        "",
+        "REQUIRED: SEVIS user id (10 chars) of the program's Responsible Officer: the "
+        "userID of its EV batches, and who `--org <program number>` acts as by default",
+    )
+    aro_user_ids: list[str] = setting(
+        [],
+        "SEVIS user ids (10 chars each) of the program's Alternate Responsible "
+        "Officers, who may also review, hold and close its EV batches",
+    )
 
     def __post_init__(self) -> None:
         if not self.program_number:
-            raise ConfigError("program_number is missing: add program_number = \"P-1-12345\" (the program number "
-                              "SEVIS shows for the sponsor program)")
+            raise ConfigError(
+                'program_number is missing: add program_number = "P-1-12345" (the program number '
+                "SEVIS shows for the sponsor program)"
+            )
         if not PROGRAM_NUMBER_PATTERN.fullmatch(self.program_number):
-            raise ConfigError(f"program_number = {self.program_number!r} is not a J-1 program number: use it as SEVIS "
-                              "shows it, P-<1-4>-<5 digits> or G-<1-7>-<5 digits>, e.g. P-1-12345")
+            raise ConfigError(
+                f"program_number = {self.program_number!r} is not a J-1 program number: use it as SEVIS "
+                "shows it, P-<1-4>-<5 digits> or G-<1-7>-<5 digits>, e.g. P-1-12345"
+            )
         if not self.sis_program.strip():
-            raise ConfigError(f"sis_program is missing for {self.program_number}: add the SIS's code of this sponsor "
-                              "program (the value its J-1 rows carry), e.g. sis_program = \"RSCH\"")
+            raise ConfigError(
+                f"sis_program is missing for {self.program_number}: add the SIS's code of this sponsor "
+                'program (the value its J-1 rows carry), e.g. sis_program = "RSCH"'
+            )
         if not self.ro_user_id:
-            raise ConfigError(f"ro_user_id is missing for {self.program_number}: add the SEVIS user id of the "
-                              "program's RO/ARO (10 characters); SEVIS refuses an EV batch signed by anyone else")
-        for where, value in (("ro_user_id", self.ro_user_id),
-                             *(("aro_user_ids", v) for v in self.aro_user_ids)):
+            raise ConfigError(
+                f"ro_user_id is missing for {self.program_number}: add the SEVIS user id of the "
+                "program's RO/ARO (10 characters); SEVIS refuses an EV batch signed by anyone else"
+            )
+        for where, value in (("ro_user_id", self.ro_user_id), *(("aro_user_ids", v) for v in self.aro_user_ids)):
             problem = _user_id_problem(where, value)
             if problem:
                 raise ConfigError(problem)
@@ -453,8 +599,10 @@ def _build_programs(values: Any, origin: str) -> tuple[ExchangeProgram, ...]:
     if values is None:
         return ()
     if not isinstance(values, list) or not all(isinstance(v, (dict, ExchangeProgram)) for v in values):
-        raise ConfigError(f"{origin}: exchange_programs must be a list of tables: write one [[exchange_programs]] "
-                          "(two brackets) per program, with program_number, sis_program and ro_user_id")
+        raise ConfigError(
+            f"{origin}: exchange_programs must be a list of tables: write one [[exchange_programs]] "
+            "(two brackets) per program, with program_number, sis_program and ro_user_id"
+        )
     out: list[ExchangeProgram] = []
     for i, raw in enumerate(values, 1):
         where = f"[[exchange_programs]] #{i}"
@@ -472,14 +620,17 @@ def _build_programs(values: Any, origin: str) -> tuple[ExchangeProgram, ...]:
         for i, p in enumerate(out, 1):
             value = getattr(p, field_name)
             if value in seen:
-                raise ConfigError(f"{origin}: [[exchange_programs]] #{i}: {field_name} {value!r} is also in "
-                                  f"#{seen[value]}: list each sponsor program once")
+                raise ConfigError(
+                    f"{origin}: [[exchange_programs]] #{i}: {field_name} {value!r} is also in "
+                    f"#{seen[value]}: list each sponsor program once"
+                )
             seen[value] = i
     return tuple(out)
 
 
-def _programs_from_env(env: Mapping[str, str], current: tuple[ExchangeProgram, ...],
-                       origin: str) -> tuple[ExchangeProgram, ...]:
+def _programs_from_env(
+    env: Mapping[str, str], current: tuple[ExchangeProgram, ...], origin: str
+) -> tuple[ExchangeProgram, ...]:
     """``SEVISFLOW_EXCHANGE_PROGRAMS`` (a JSON list of tables) replaces the file's list."""
     text = env.get(f"{ENV_PREFIX}EXCHANGE_PROGRAMS")
     if text is None:
@@ -487,9 +638,11 @@ def _programs_from_env(env: Mapping[str, str], current: tuple[ExchangeProgram, .
     try:
         values = json.loads(text)
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}EXCHANGE_PROGRAMS is not JSON: give a list of objects, e.g. "
-                          '[{"program_number": "P-1-12345", "sis_program": "RSCH", '
-                          '"ro_user_id": "ROUSER0001"}]') from None
+        raise ConfigError(
+            f"{ENV_PREFIX}EXCHANGE_PROGRAMS is not JSON: give a list of objects, e.g. "
+            '[{"program_number": "P-1-12345", "sis_program": "RSCH", '
+            '"ro_user_id": "ROUSER0001"}]'
+        ) from None
     return _build_programs(values, f"environment variable {ENV_PREFIX}EXCHANGE_PROGRAMS")
 
 
@@ -510,7 +663,7 @@ class Settings:
     exchange_programs: tuple[ExchangeProgram, ...] = ()
     """The J-1 programs the institution sponsors ([[exchange_programs]]); empty = no J program."""
 
-    def replace(self, **sections: Any) -> "Settings":
+    def replace(self, **sections: Any) -> Settings:
         """A copy with some fields changed, e.g. ``replace(kafka={"bootstrap_servers": b})``;
         ``exchange_programs`` takes the whole list (tables or :class:`ExchangeProgram`)."""
         changed: dict[str, Any] = {}
@@ -530,8 +683,10 @@ class Settings:
             if sec.name == PROGRAMS:
                 out[sec.name] = [dataclasses.asdict(p) for p in obj]
                 continue
-            out[sec.name] = {f.name: (str(v) if isinstance(v := getattr(obj, f.name), Secret) else v)
-                             for f in dataclasses.fields(obj)}
+            out[sec.name] = {
+                f.name: (str(v) if isinstance(v := getattr(obj, f.name), Secret) else v)
+                for f in dataclasses.fields(obj)
+            }
         return out
 
     def program(self, org_id: str | None) -> ExchangeProgram | None:
@@ -559,19 +714,24 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     file = Path(path if path is not None else env.get("SEVISFLOW_CONFIG", DEFAULT_CONFIG_FILE))
     raw: dict[str, Any] = {}
     if file.is_dir():
-        raise ConfigError(f"config path {file} is a folder, not a settings file: pass the file itself "
-                          f"(e.g. --config {file / DEFAULT_CONFIG_FILE})")
+        raise ConfigError(
+            f"config path {file} is a folder, not a settings file: pass the file itself "
+            f"(e.g. --config {file / DEFAULT_CONFIG_FILE})"
+        )
     if file.exists():
         try:
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): "
-                              "save the file as UTF-8") from None
+            raise ConfigError(
+                f"{file}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}): save the file as UTF-8"
+            ) from None
         except PermissionError:
-            raise ConfigError(f"{file}: not readable by this user: fix its owner or mode (it may hold "
-                              "secrets, so 0600 for the user that runs sevisflow)") from None
+            raise ConfigError(
+                f"{file}: not readable by this user: fix its owner or mode (it may hold "
+                "secrets, so 0600 for the user that runs sevisflow)"
+            ) from None
     elif explicit:
         raise ConfigError(f"config file {file} does not exist (fix the path or unset SEVISFLOW_CONFIG)")
     settings = settings_from_mapping(raw, env, origin=str(file))
@@ -579,14 +739,18 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     return settings
 
 
-def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None, origin: str = "config") -> Settings:
+def settings_from_mapping(
+    raw: Mapping[str, Any], env: Mapping[str, str] | None = None, origin: str = "config"
+) -> Settings:
     """Build :class:`Settings` from parsed TOML plus environment overrides."""
     env = {} if env is None else env
     sections: dict[str, Any] = {}
     unknown_sections = set(raw) - {f.name for f in dataclasses.fields(Settings)}
     if unknown_sections:
-        raise ConfigError(f"{origin}: unknown section [{sorted(unknown_sections)[0]}] "
-                          f"(known: {', '.join(f.name for f in dataclasses.fields(Settings))})")
+        raise ConfigError(
+            f"{origin}: unknown section [{sorted(unknown_sections)[0]}] "
+            f"(known: {', '.join(f.name for f in dataclasses.fields(Settings))})"
+        )
     for sec in dataclasses.fields(Settings):
         if sec.name == PROGRAMS:
             programs = _build_programs(raw.get(PROGRAMS, []), origin)
@@ -600,9 +764,11 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None 
     settings = Settings(**sections)
     clash = settings.program(settings.school.org_id)
     if clash is not None:
-        raise ConfigError(f"{origin}: exchange program {clash.program_number} is school.org_id too: school.org_id is "
-                          "the school's F/M code (e.g. ABC214F12345000); a program number goes only under "
-                          "[[exchange_programs]]")
+        raise ConfigError(
+            f"{origin}: exchange program {clash.program_number} is school.org_id too: school.org_id is "
+            "the school's F/M code (e.g. ABC214F12345000); a program number goes only under "
+            "[[exchange_programs]]"
+        )
     return settings
 
 
@@ -617,11 +783,15 @@ def _check_secret_files(settings: Settings, origin: str) -> None:
             if isinstance(value, Secret) and value._value.startswith("file:"):
                 path = Path(value._value[5:])
                 if not path.is_file():
-                    raise ConfigError(f"{origin}: {sec.name}.{f.name} names the secret file {path}, which does not "
-                                      "exist: create it or fix the path")
+                    raise ConfigError(
+                        f"{origin}: {sec.name}.{f.name} names the secret file {path}, which does not "
+                        "exist: create it or fix the path"
+                    )
                 if not os.access(path, os.R_OK):
-                    raise ConfigError(f"{origin}: {sec.name}.{f.name}: secret file {path} is not readable by this "
-                                      "user: fix its owner or mode (0600 for the user that runs sevisflow)")
+                    raise ConfigError(
+                        f"{origin}: {sec.name}.{f.name}: secret file {path} is not readable by this "
+                        "user: fix its owner or mode (0600 for the user that runs sevisflow)"
+                    )
 
 
 def _section_type(sec: dataclasses.Field[Any]) -> type:
@@ -645,8 +815,10 @@ def _moved(section: str, key: str, where: str) -> ConfigError | None:
     if target is None:
         return None
     new_sec, new_key = target
-    return ConfigError(f"{where} is no longer a setting: use [{new_sec}] {new_key} instead "
-                       f"(env {ENV_PREFIX}{new_sec.upper()}_{new_key.upper()})")
+    return ConfigError(
+        f"{where} is no longer a setting: use [{new_sec}] {new_key} instead "
+        f"(env {ENV_PREFIX}{new_sec.upper()}_{new_key.upper()})"
+    )
 
 
 def _build_section(cls: type, section: str, values: Mapping[str, Any], env: Mapping[str, str], origin: str) -> Any:
@@ -664,14 +836,15 @@ def _build_section(cls: type, section: str, values: Mapping[str, Any], env: Mapp
                 raise ConfigError(f"{origin}: connector.{key}: expected a comma-separated list of column patterns")
             kwargs.setdefault("column_mask_hash", {})[key] = value
             continue
-        f = by_key.get(key)
-        if f is None:
+        found = by_key.get(key)
+        if found is None:
             moved = _moved(section, key, f"{origin}: {section}.{key}")
             if moved is not None:
                 raise moved
-            raise ConfigError(f"{origin}: unknown key {section}.{key} "
-                              f"(known: {', '.join(x.name for x in dataclasses.fields(cls))})")
-        kwargs[f.name] = _coerce(value, hints[f.name], f"{section}.{key}", f, from_env=False)
+            raise ConfigError(
+                f"{origin}: unknown key {section}.{key} (known: {', '.join(x.name for x in dataclasses.fields(cls))})"
+            )
+        kwargs[found.name] = _coerce(value, hints[found.name], f"{section}.{key}", found, from_env=False)
     for f in dataclasses.fields(cls):
         env_key = f"{ENV_PREFIX}{section}_{f.name}".upper()
         if env_key in env:
@@ -679,11 +852,16 @@ def _build_section(cls: type, section: str, values: Mapping[str, Any], env: Mapp
     known_env = {f"{ENV_PREFIX}{section}_{f.name}".upper() for f in dataclasses.fields(cls)}
     for key in env:
         if key.startswith(f"{ENV_PREFIX}{section.upper()}_") and key not in known_env:
-            moved = _moved(section, key[len(ENV_PREFIX) + len(section) + 1:].lower(), f"environment variable {key}")
+            moved = _moved(section, key[len(ENV_PREFIX) + len(section) + 1 :].lower(), f"environment variable {key}")
             if moved is not None:
                 raise moved
             raise ConfigError(f"unknown environment variable {key} (known: {', '.join(sorted(known_env))})")
     return cls(**kwargs)
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    """A setting's default value (a fresh one for a list or dict)."""
+    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 def _coerce(value: Any, typ: Any, where: str, f: dataclasses.Field[Any], from_env: bool) -> Any:
@@ -696,7 +874,11 @@ def _coerce(value: Any, typ: Any, where: str, f: dataclasses.Field[Any], from_en
         if typ is bool:
             if isinstance(value, bool):
                 return value
-            if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            if (
+                from_env
+                and isinstance(value, str)
+                and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off")
+            ):
                 return value.lower() in ("1", "true", "yes", "on")
             raise TypeError
         if typ is int:
@@ -726,8 +908,9 @@ def _coerce(value: Any, typ: Any, where: str, f: dataclasses.Field[Any], from_en
             if from_env and isinstance(value, str):
                 value = json.loads(value)
             item_type = typing.get_args(typ)[1]
-            if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, item_type)
-                                               and not isinstance(v, bool) for k, v in value.items()):
+            if isinstance(value, dict) and all(
+                isinstance(k, str) and isinstance(v, item_type) and not isinstance(v, bool) for k, v in value.items()
+            ):
                 return dict(value)
             raise TypeError
         if origin is list:
@@ -753,18 +936,20 @@ def describe() -> list[tuple[str, str, str]]:
     for sec in dataclasses.fields(Settings):
         cls = _section_type(sec)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = _default_of(f)
             alias = f.metadata.get("alias")
             key = f"{sec.name}{'[]' if sec.name == PROGRAMS else ''}.{f.name}" + (f" ({alias})" if alias else "")
             rows.append((key, str(default), f.metadata.get("help", "")))
     return rows
 
 
-
 def example_toml() -> str:
     """A commented sevisflow.toml with every setting at its default (``sevisflow config --example``)."""
-    lines = ["# sevisflow settings. Every key is optional except those marked REQUIRED; shown values are the defaults.",
-             "# Environment variables SEVISFLOW_<SECTION>_<KEY> override this file.", ""]
+    lines = [
+        "# sevisflow settings. Every key is optional except those marked REQUIRED; shown values are the defaults.",
+        "# Environment variables SEVISFLOW_<SECTION>_<KEY> override this file.",
+        "",
+    ]
     for sec in dataclasses.fields(Settings):
         cls = _section_type(sec)
         if sec.name == PROGRAMS:
@@ -772,25 +957,31 @@ def example_toml() -> str:
             continue
         lines.append(f"[{sec.name}]")
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = _default_of(f)
             alias = f.metadata.get("alias")
-            lines.append(f"# {f.metadata.get('help', '')}" + (f" (also: \"{alias}\")" if alias else ""))
+            lines.append(f"# {f.metadata.get('help', '')}" + (f' (also: "{alias}")' if alias else ""))
             lines.append(f"# {f.name} = {_toml_value(default)}")
         lines.append("")
     return "\n".join(lines)
 
 
-_PROGRAM_EXAMPLE = {"program_number": "P-1-12345", "sis_program": "RSCH", "ro_user_id": "ROUSER0001",
-                    "aro_user_ids": ["AROUSER001"]}
+_PROGRAM_EXAMPLE = {
+    "program_number": "P-1-12345",
+    "sis_program": "RSCH",
+    "ro_user_id": "ROUSER0001",
+    "aro_user_ids": ["AROUSER001"],
+}
 
 
 def _example_programs() -> list[str]:
     """The commented ``[[exchange_programs]]`` block of the example file (none by default: no J program)."""
-    lines = ["# J-1 exchange visitor programs the institution sponsors: one [[exchange_programs]] table per program",
-             "# number (none = no J program; nothing changes). Each program's EV batches go under its program number,",
-             "# never under school.org_id, and are signed by its RO/ARO. Environment: SEVISFLOW_EXCHANGE_PROGRAMS as",
-             "# a JSON list of tables replaces them. For example:",
-             "# [[exchange_programs]]"]
+    lines = [
+        "# J-1 exchange visitor programs the institution sponsors: one [[exchange_programs]] table per program",
+        "# number (none = no J program; nothing changes). Each program's EV batches go under its program number,",
+        "# never under school.org_id, and are signed by its RO/ARO. Environment: SEVISFLOW_EXCHANGE_PROGRAMS as",
+        "# a JSON list of tables replaces them. For example:",
+        "# [[exchange_programs]]",
+    ]
     for f in dataclasses.fields(ExchangeProgram):
         lines.append(f"#   # {f.metadata.get('help', '')}")
         lines.append(f"#   {f.name} = {_toml_value(_PROGRAM_EXAMPLE[f.name])}")

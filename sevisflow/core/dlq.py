@@ -17,9 +17,18 @@ from sevisflow.core.serde import registry
 SCHEMA = "sevisflow.dlq.DeadLetter"
 
 
-def dead_letter_record(stage: str, code: str, reason: str, at_ms: int, *, msg: Message | None = None,
-                       student_key: str | None = None, field: str | None = None,
-                       source_key: bytes | None = None, source_value: bytes | None = None) -> dict[str, Any]:
+def dead_letter_record(
+    stage: str,
+    code: str,
+    reason: str,
+    at_ms: int,
+    *,
+    msg: Message | None = None,
+    student_key: str | None = None,
+    field: str | None = None,
+    source_key: bytes | None = None,
+    source_value: bytes | None = None,
+) -> dict[str, Any]:
     """The DeadLetter record (plain dict) for one bad input."""
     return {
         "stage": stage,
@@ -36,11 +45,30 @@ def dead_letter_record(stage: str, code: str, reason: str, at_ms: int, *, msg: M
     }
 
 
-def dead_letter(dlq_topic: str, stage: str, code: str, reason: str, at_ms: int, *, msg: Message | None = None,
-                student_key: str | None = None, field: str | None = None,
-                source_key: bytes | None = None, source_value: bytes | None = None) -> Output:
+def dead_letter(
+    dlq_topic: str,
+    stage: str,
+    code: str,
+    reason: str,
+    at_ms: int,
+    *,
+    msg: Message | None = None,
+    student_key: str | None = None,
+    field: str | None = None,
+    source_key: bytes | None = None,
+    source_value: bytes | None = None,
+) -> Output:
     """An :class:`~sevisflow.core.kafka_io.Output` for the DLQ, to produce in the stage's own transaction."""
-    record = dead_letter_record(stage, code, reason, at_ms, msg=msg, student_key=student_key, field=field,
-                                source_key=source_key, source_value=source_value)
+    record = dead_letter_record(
+        stage,
+        code,
+        reason,
+        at_ms,
+        msg=msg,
+        student_key=student_key,
+        field=field,
+        source_key=source_key,
+        source_value=source_value,
+    )
     key = (student_key.encode() if student_key else None) or (msg.key() if msg is not None else source_key)
     return Output(dlq_topic, key, registry().encode(SCHEMA, record))

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -64,9 +64,12 @@ LIBRDKAFKA_LOG.addFilter(_SelfRetriedAsInfo())
 
 def client_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     """librdkafka settings for any client: bootstrap servers plus security."""
-    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol,
-                            # librdkafka's own messages go through our JSON logs, not raw to stderr
-                            "logger": LIBRDKAFKA_LOG}
+    conf: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "security.protocol": kafka.security_protocol,
+        # librdkafka's own messages go through our JSON logs, not raw to stderr
+        "logger": LIBRDKAFKA_LOG,
+    }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         if kafka.ssl_ca_location:
             conf["ssl.ca.location"] = kafka.ssl_ca_location
@@ -105,8 +108,9 @@ def _remember_auth_failures(kafka: KafkaSettings) -> Callable[[KafkaError], None
     return on_error
 
 
-def kafka_failure(kafka: KafkaSettings, exc: KafkaException | None, doing: str = "",
-                  client: Any = None) -> UnreachableError | TerminalError:
+def kafka_failure(
+    kafka: KafkaSettings, exc: KafkaException | None, doing: str = "", client: Any = None
+) -> UnreachableError | TerminalError:
     """The error to raise when a Kafka request failed: a refused login is terminal and says so.
 
     librdkafka reports a refused SASL login only through ``error_cb``, served by ``poll``: with the
@@ -114,16 +118,24 @@ def kafka_failure(kafka: KafkaSettings, exc: KafkaException | None, doing: str =
     if client is not None and kafka.security_protocol.startswith("SASL"):
         client.poll(0.5)
     reason = _AUTH_FAILURES.get((kafka.bootstrap_servers, kafka.sasl_username))
-    if reason is None and exc is not None and exc.args and isinstance(exc.args[0], KafkaError) \
-            and exc.args[0].code() in _AUTH_CODES:
+    if (
+        reason is None
+        and exc is not None
+        and exc.args
+        and isinstance(exc.args[0], KafkaError)
+        and exc.args[0].code() in _AUTH_CODES
+    ):
         reason = exc.args[0].str()
     if reason is not None:
-        return TerminalError(f"Kafka at {kafka.bootstrap_servers} refused the login of SASL user "
-                             f"{kafka.sasl_username!r} ({reason}): check kafka.sasl_username, kafka.sasl_password "
-                             "and kafka.sasl_mechanism")
+        return TerminalError(
+            f"Kafka at {kafka.bootstrap_servers} refused the login of SASL user "
+            f"{kafka.sasl_username!r} ({reason}): check kafka.sasl_username, kafka.sasl_password "
+            "and kafka.sasl_mechanism"
+        )
     shown = exc.args[0].str() if exc is not None and exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
-    return UnreachableError(f"Kafka at {kafka.bootstrap_servers} is not reachable{' ' + doing if doing else ''}: "
-                            f"{shown}")
+    return UnreachableError(
+        f"Kafka at {kafka.bootstrap_servers} is not reachable{' ' + doing if doing else ''}: {shown}"
+    )
 
 
 _Client = TypeVar("_Client")
@@ -135,8 +147,11 @@ def _new_client(factory: Callable[[dict[str, Any]], _Client], conf: dict[str, An
         return factory(conf)
     except KafkaException as exc:
         reason = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
-        hint = ("check kafka.ssl_key_password, ssl_key_location, ssl_certificate_location and ssl_ca_location"
-                if "ssl" in reason.lower() else "check the [kafka] settings")
+        hint = (
+            "check kafka.ssl_key_password, ssl_key_location, ssl_certificate_location and ssl_ca_location"
+            if "ssl" in reason.lower()
+            else "check the [kafka] settings"
+        )
         raise ConfigError(f"the Kafka client refused its settings: {reason}: {hint}") from None
 
 
@@ -147,13 +162,16 @@ def make_producer(kafka: KafkaSettings, transactional_id: str | None = None, **o
 
 def producer_config(kafka: KafkaSettings, transactional_id: str | None = None, **overrides: Any) -> dict[str, Any]:
     """The settings :func:`make_producer` uses."""
-    conf = client_config(kafka, **{
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
-        "message.max.bytes": 8 * 1024 * 1024,
-    })
+    conf = client_config(
+        kafka,
+        **{
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "message.max.bytes": 8 * 1024 * 1024,
+        },
+    )
     if transactional_id:
         conf["transactional.id"] = transactional_id
         conf["transaction.timeout.ms"] = 60000
@@ -163,14 +181,17 @@ def producer_config(kafka: KafkaSettings, transactional_id: str | None = None, *
 
 def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> Consumer:
     """A consumer that never auto-commits and reads only committed transactions."""
-    conf = client_config(kafka, **{
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "partition.assignment.strategy": "cooperative-sticky",
-    })
+    conf = client_config(
+        kafka,
+        **{
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+        },
+    )
     conf.update(overrides)
     return _new_client(Consumer, conf)
 
@@ -211,8 +232,12 @@ def ensure_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], timeout_s: f
     if not wanted:
         return []
     futures = admin.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
-                  config=dict(s.config)) for s in wanted],
+        [
+            NewTopic(
+                s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=dict(s.config)
+            )
+            for s in wanted
+        ],
         operation_timeout=timeout_s,
     )
     created = []
@@ -232,8 +257,12 @@ def _wait_for_metadata(admin: AdminClient, names: Iterable[str], timeout_s: floa
     names = list(names)
     while time.monotonic() < deadline:
         md = admin.list_topics(timeout=timeout_s)
-        if all(n in md.topics and md.topics[n].error is None and
-               all(p.leader >= 0 for p in md.topics[n].partitions.values()) for n in names):
+        if all(
+            n in md.topics
+            and md.topics[n].error is None
+            and all(p.leader >= 0 for p in md.topics[n].partitions.values())
+            for n in names
+        ):
             return
         time.sleep(0.1)
     raise UnreachableError(f"topics {names} did not get leaders within {timeout_s}s")
@@ -241,15 +270,23 @@ def _wait_for_metadata(admin: AdminClient, names: Iterable[str], timeout_s: floa
 
 def delivery_raiser(errors: list[KafkaError]) -> Callable[[KafkaError | None, Message], None]:
     """A delivery callback that records failures so :func:`flush_or_raise` can report them."""
+
     def on_delivery(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             errors.append(err)
+
     return on_delivery
 
 
-def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
-            partition: int | None = None, headers: list[tuple[str, bytes]] | None = None,
-            on_delivery: Callable[..., None] | None = None) -> None:
+def produce(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    partition: int | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+    on_delivery: Callable[..., None] | None = None,
+) -> None:
     """Produce one record, waiting for queue space instead of failing (backpressure)."""
     kwargs: dict[str, Any] = {"key": key, "value": value}
     if partition is not None:
@@ -275,15 +312,17 @@ def flush_or_raise(producer: Producer, errors: list[KafkaError], timeout_s: floa
         raise UnreachableError(f"Kafka refused {len(errors)} records: {errors[0].str()}")
 
 
-def read_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0,
-               start: Mapping[int, int] | None = None) -> Iterator[Message]:
+def read_topic(
+    kafka: KafkaSettings, topic: str, timeout_s: float = 30.0, start: Mapping[int, int] | None = None
+) -> Generator[Message, None, None]:
     """Every committed record of ``topic`` from the beginning (or ``start`` offsets) to its current end.
 
     Uses manual assignment and no group commits, so it never moves anyone's offsets:
     safe for the CLI, auditors and tests.
     """
-    consumer = make_consumer(kafka, group_id=f"sevisflow-reader-{uuid.uuid4().hex[:12]}",
-                             **{"enable.partition.eof": True})
+    consumer = make_consumer(
+        kafka, group_id=f"sevisflow-reader-{uuid.uuid4().hex[:12]}", **{"enable.partition.eof": True}
+    )
     try:
         parts = topic_partitions(consumer, kafka, topic, timeout_s)
         if parts is None:
@@ -335,8 +374,9 @@ def topic_partitions(consumer: Consumer, kafka: KafkaSettings, topic: str, timeo
     return sorted(tmd.partitions)
 
 
-def watermarks(consumer: Consumer, topic: str, partitions: Iterable[int], timeout_s: float
-               ) -> dict[int, tuple[int, int]]:
+def watermarks(
+    consumer: Consumer, topic: str, partitions: Iterable[int], timeout_s: float
+) -> dict[int, tuple[int, int]]:
     """``{partition: (low, high)}``, each retried while a new leader takes over (see :func:`_watermarks`)."""
     return {p: _watermarks(consumer, TopicPartition(topic, p), timeout_s) for p in partitions}
 
@@ -354,11 +394,14 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float) -> tup
             return int(low), int(high)
         except KafkaException as exc:
             err = exc.args[0]
-            if not err.retriable() and err.code() not in (KafkaError.OFFSET_NOT_AVAILABLE,
-                                                          KafkaError.LEADER_NOT_AVAILABLE,
-                                                          KafkaError.NOT_LEADER_FOR_PARTITION,
-                                                          KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
-                                                          KafkaError.REQUEST_TIMED_OUT):
+            if not err.retriable() and err.code() not in (
+                KafkaError.OFFSET_NOT_AVAILABLE,
+                KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.NOT_LEADER_FOR_PARTITION,
+                KafkaError._TIMED_OUT,
+                KafkaError._TRANSPORT,
+                KafkaError.REQUEST_TIMED_OUT,
+            ):
                 raise
             if time.monotonic() > deadline:
                 raise UnreachableError(f"no watermarks for {tp.topic}[{tp.partition}]: {err.str()}") from exc
@@ -516,8 +559,9 @@ def fence_predecessor(kafka: KafkaSettings, transactional_id: str, timeout_s: fl
     producer = make_producer(kafka, transactional_id=transactional_id)
     try:
         # a partial, not a closure: the `del` below must drop this frame's only reference
-        call_with_deadline("init_transactions", functools.partial(producer.init_transactions, timeout_s),
-                           timeout_s + TXN_CALL_GRACE_S)
+        call_with_deadline(
+            "init_transactions", functools.partial(producer.init_transactions, timeout_s), timeout_s + TXN_CALL_GRACE_S
+        )
     except KafkaException as exc:
         raise UnreachableError(f"could not fence transactional id {transactional_id}: {exc.args[0].str()}") from exc
     except ProducerStuck as exc:
@@ -543,8 +587,10 @@ class InstanceFenced(TerminalError):
     """
 
     def __init__(self, kafka: KafkaSettings, group_id: str, instance_id: str, detail: str) -> None:
-        super().__init__(f"stage identity {instance_id!r} (consumer group {group_id}) was taken over by another "
-                         f"process ({detail}); this instance stops processing and stands by until that one is gone")
+        super().__init__(
+            f"stage identity {instance_id!r} (consumer group {group_id}) was taken over by another "
+            f"process ({detail}); this instance stops processing and stands by until that one is gone"
+        )
         self.kafka = kafka
         self.group_id = group_id
         self.instance_id = instance_id
@@ -554,8 +600,9 @@ class InstanceFenced(TerminalError):
         try:
             return static_member_id(self.kafka, self.group_id, self.instance_id) is not None
         except Exception as exc:  # noqa: BLE001 - unknown counts as "in use": a standby must never fence a live one
-            log.warning("kafka.standby_check_failed", group=self.group_id, instance=self.instance_id,
-                        error=type(exc).__name__)
+            log.warning(
+                "kafka.standby_check_failed", group=self.group_id, instance=self.instance_id, error=type(exc).__name__
+            )
             return True
 
 
@@ -574,19 +621,34 @@ def static_member_id(kafka: KafkaSettings, group_id: str, instance_id: str, time
     return None
 
 
-FENCED_CODES = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
-                          KafkaError.FENCED_INSTANCE_ID})
+FENCED_CODES = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.FENCED_INSTANCE_ID}
+)
 """Errors that mean a newer instance with this identity exists (producer epoch bumped, or the static
 consumer member replaced)."""
 
-RECORD_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
-                           KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
+RECORD_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+    }
+)
 """Produce errors that belong to one record (too large, invalid): retrying the same record cannot help."""
 
-NON_RETRIABLE_CODES = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-                                 KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                                 KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError._UNKNOWN_TOPIC,
-                                 KafkaError.POLICY_VIOLATION, KafkaError.UNSUPPORTED_VERSION})
+NON_RETRIABLE_CODES = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.UNSUPPORTED_VERSION,
+    }
+)
 """Errors a retry cannot fix until someone changes something (ACLs, topics, the cluster): the loop keeps
 retrying (with backoff) but ``/health`` turns false with the reason until a transaction commits."""
 
@@ -677,16 +739,29 @@ class TransactionalLoop:
     ``kafka.before_commit``, ``kafka.after_commit``.
     """
 
-    def __init__(self, kafka: KafkaSettings, group_id: str, input_topics: Sequence[str],
-                 handler: RecordHandler, transactional_id: str | None = None,
-                 state_topic: str | None = None, batch_size: int = 500, batch_timeout_s: float = 0.2,
-                 on_idle: Callable[[StateStore], Iterable[Output]] | None = None,
-                 consumer_overrides: Mapping[str, Any] | None = None, state: StateStore | None = None,
-                 state_partitions: Iterable[int] | None = None, stage: str | None = None,
-                 stall_after_s: float = 120.0, txn_timeout_s: float = TXN_CALL_TIMEOUT_S,
-                 producer_factory: Callable[[str], Producer] | None = None,
-                 before_commit: Callable[[StateStore], Iterable[Output]] | None = None,
-                 dlq_topic: str | None = None, retry_base_s: float = 0.5, retry_max_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        group_id: str,
+        input_topics: Sequence[str],
+        handler: RecordHandler,
+        transactional_id: str | None = None,
+        state_topic: str | None = None,
+        batch_size: int = 500,
+        batch_timeout_s: float = 0.2,
+        on_idle: Callable[[StateStore], Iterable[Output]] | None = None,
+        consumer_overrides: Mapping[str, Any] | None = None,
+        state: StateStore | None = None,
+        state_partitions: Iterable[int] | None = None,
+        stage: str | None = None,
+        stall_after_s: float = 120.0,
+        txn_timeout_s: float = TXN_CALL_TIMEOUT_S,
+        producer_factory: Callable[[str], Producer] | None = None,
+        before_commit: Callable[[StateStore], Iterable[Output]] | None = None,
+        dlq_topic: str | None = None,
+        retry_base_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ) -> None:
         self.kafka = kafka
         self.group_id = group_id
         self.input_topics = list(input_topics)
@@ -751,8 +826,10 @@ class TransactionalLoop:
         if self._problem:
             return False, self._problem
         if self._failing_since is not None and time.monotonic() - self._failing_since > self.stall_after_s:
-            return False, (f"no transaction committed for {time.monotonic() - self._failing_since:.0f}s "
-                           f"({self._failures} failed): {self._last_failure}")
+            return False, (
+                f"no transaction committed for {time.monotonic() - self._failing_since:.0f}s "
+                f"({self._failures} failed): {self._last_failure}"
+            )
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -767,6 +844,7 @@ class TransactionalLoop:
 
     def stop_when(self, stop_event: threading.Event, name: str) -> None:
         """:meth:`stop` once ``stop_event`` is set (a stage's ``run(settings, stop_event)``), from a daemon thread."""
+
         def watch() -> None:
             stop_event.wait()
             self.stop()
@@ -776,8 +854,9 @@ class TransactionalLoop:
     def run(self, max_idle_polls: int | None = None) -> None:
         """Run until :meth:`stop` (or ``max_idle_polls`` empty polls in a row, for tests)."""
         self._init_transactions()
-        self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+        self.consumer.subscribe(
+            self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         probe = f"{self.stage}:{self.transactional_id}"
         register_probe(probe, self.health, self.ready)
         idle = 0
@@ -854,8 +933,13 @@ class TransactionalLoop:
         except _RecordFailed as exc:
             # the handler may have staged part of its state: drop the whole try, redo it with the record dead-lettered
             self._poison[exc.position] = exc.reason
-            log.warning("kafka.record_failed", stage=self.stage, topic=exc.position[0], partition=exc.position[1],
-                        offset=exc.position[2])
+            log.warning(
+                "kafka.record_failed",
+                stage=self.stage,
+                topic=exc.position[0],
+                partition=exc.position[1],
+                offset=exc.position[2],
+            )
             self.metrics.transaction("redo")
             self._abort_and_rewind()
             return True
@@ -872,9 +956,13 @@ class TransactionalLoop:
             if err.code() in FENCED_CODES:
                 self.metrics.transaction("abort")
                 self.state.abort()
-                raise InstanceFenced(self.kafka, self.group_id, self.transactional_id, f"producer: {err.str()}") from exc
-            self._failed(f"{'commit' if committing else 'transaction'}: {err.str()}",
-                         retriable=err.code() not in NON_RETRIABLE_CODES)
+                raise InstanceFenced(
+                    self.kafka, self.group_id, self.transactional_id, f"producer: {err.str()}"
+                ) from exc
+            self._failed(
+                f"{'commit' if committing else 'transaction'}: {err.str()}",
+                retriable=err.code() not in NON_RETRIABLE_CODES,
+            )
             if committing and not err.txn_requires_abort():
                 # neither committed for sure nor abortable: the broker may have committed
                 self._recover_unknown_outcome(f"commit_transaction: {err.name()}")
@@ -887,8 +975,13 @@ class TransactionalLoop:
                 self._abort_and_rewind()
             return False
         except ProducerStuck as exc:
-            log.warning("kafka.producer_stuck", stage=self.stage, call=exc.call, waited_s=round(exc.waited_s, 1),
-                        records=len(records))
+            log.warning(
+                "kafka.producer_stuck",
+                stage=self.stage,
+                call=exc.call,
+                waited_s=round(exc.waited_s, 1),
+                records=len(records),
+            )
             self._failed(f"{exc.call} did not return within {exc.waited_s:.0f}s", retriable=True)
             if exc.call == "commit_transaction":
                 self._recover_unknown_outcome(exc.call)
@@ -899,8 +992,9 @@ class TransactionalLoop:
         except OSError as exc:
             # the handler's own side effect failed (e.g. the XML sink's disk is full): retried with backoff;
             # /health turns false if nothing commits for stall_after_s
-            self._failed(f"I/O error in the handler: {type(exc).__name__} [errno {exc.errno}] {exc.strerror}",
-                         retriable=True)
+            self._failed(
+                f"I/O error in the handler: {type(exc).__name__} [errno {exc.errno}] {exc.strerror}", retriable=True
+            )
             self._abort_and_rewind()
             return False
         except InstanceFenced:
@@ -941,8 +1035,9 @@ class TransactionalLoop:
         if self._poison:
             self._poison = {k: v for k, v in self._poison.items() if k[2] > done.get((k[0], k[1]), -1)}
         if self._refused:  # hook outputs (on_idle, before_commit) were replaced in this very commit
-            self._refused = {k: v for k, v in self._refused.items()
-                             if k[0] == "record" and k[3] > done.get((k[1], k[2]), -1)}
+            self._refused = {
+                k: v for k, v in self._refused.items() if k[0] == "record" and k[3] > done.get((k[1], k[2]), -1)
+            }
 
     def _handle(self, msg: Message) -> None:
         """Run the handler for one record (or dead-letter it when it failed before) and emit its outputs."""
@@ -956,9 +1051,12 @@ class TransactionalLoop:
         except (KafkaException, ProducerStuck, TransientError, TerminalError, ConfigError, OSError, MemoryError):
             raise  # the environment, not the record: retried (transient) or the stage stops (terminal)
         except Exception as exc:  # any other failure is the record's: it goes to the DLQ
-            raise _RecordFailed(pos, f"{self.stage} could not process {pos[0]}[{pos[1]}]@{pos[2]}: "
-                                     f"{type(exc).__name__} at {_where(exc)}; the record was skipped. "
-                                     "Fix the source data or the stage and re-send it if it matters") from exc
+            raise _RecordFailed(
+                pos,
+                f"{self.stage} could not process {pos[0]}[{pos[1]}]@{pos[2]}: "
+                f"{type(exc).__name__} at {_where(exc)}; the record was skipped. "
+                "Fix the source data or the stage and re-send it if it matters",
+            ) from exc
         for i, out in enumerate(outs):
             self._emit(out, ("record", pos[0], pos[1], pos[2], i), msg)
 
@@ -980,8 +1078,11 @@ class TransactionalLoop:
     def _send_offsets(self, positions: list[TopicPartition]) -> None:
         producer, timeout = self.producer, self.txn_timeout_s
         group = self.consumer.consumer_group_metadata()
-        call_with_deadline("send_offsets_to_transaction",
-                           lambda: producer.send_offsets_to_transaction(positions, group, timeout), self._deadline_s)
+        call_with_deadline(
+            "send_offsets_to_transaction",
+            lambda: producer.send_offsets_to_transaction(positions, group, timeout),
+            self._deadline_s,
+        )
 
     def _commit(self) -> None:
         """Commit; a retriable failure (e.g. a timeout while the coordinator moves) is retried, not aborted."""
@@ -1018,9 +1119,12 @@ class TransactionalLoop:
                 culprits[where] = (size, origin, out, err)
         for size, origin, out, err in culprits.values():
             if origin[0] == "state":
-                raise _TxnFailed(f"state value of {size} bytes (key {len(out.key or b'')} bytes) refused by "
-                                 f"{out.topic}[{origin[1]}]: {err.str()}; this stage's state values must be split "
-                                 "into smaller ones", retriable=False)
+                raise _TxnFailed(
+                    f"state value of {size} bytes (key {len(out.key or b'')} bytes) refused by "
+                    f"{out.topic}[{origin[1]}]: {err.str()}; this stage's state values must be split "
+                    "into smaller ones",
+                    retriable=False,
+                )
             self._refuse(origin, out, err, size)
         if culprits:
             raise _Redo
@@ -1055,8 +1159,12 @@ class TransactionalLoop:
             log.info("kafka.identity_check_failed", stage=self.stage, error=type(exc).__name__)
             return
         if holder is not None and mine and holder != mine:
-            raise InstanceFenced(self.kafka, self.group_id, self.transactional_id,
-                                 f"member {holder} now holds group.instance.id {self.transactional_id}")
+            raise InstanceFenced(
+                self.kafka,
+                self.group_id,
+                self.transactional_id,
+                f"member {holder} now holds group.instance.id {self.transactional_id}",
+            )
 
     def _emit(self, out: Output, origin: tuple[Any, ...], msg: Message | None) -> None:
         """Produce one output, or its dead letter when Kafka refused it for good before."""
@@ -1077,27 +1185,42 @@ class TransactionalLoop:
 
     def _refuse(self, origin: tuple[Any, ...], out: Output, err: KafkaError, size: int) -> None:
         code = "output_too_large" if "LARGE" in err.name() or "SIZE" in err.name() else "output_invalid"
-        where = ("input " + f"{origin[1]}[{origin[2]}]@{origin[3]}" if origin[0] == "record" else f"the {origin[0]} hook")
-        reason = (f"{self.stage}: the output for {out.topic} derived from {where} ({size} bytes) was refused by Kafka: "
-                  f"{err.str()}. It was dead-lettered instead of written; raise the topic's max.message.bytes "
-                  "or make the record smaller, then re-send the source record")
+        where = "input " + f"{origin[1]}[{origin[2]}]@{origin[3]}" if origin[0] == "record" else f"the {origin[0]} hook"
+        reason = (
+            f"{self.stage}: the output for {out.topic} derived from {where} ({size} bytes) was refused by Kafka: "
+            f"{err.str()}. It was dead-lettered instead of written; raise the topic's max.message.bytes "
+            "or make the record smaller, then re-send the source record"
+        )
         self._refused[origin] = (out.topic, out.key, code, reason)
-        log.warning("kafka.output_refused", stage=self.stage, topic=out.topic, bytes=size, code=err.name(),
-                    origin=":".join(str(x) for x in origin))
+        log.warning(
+            "kafka.output_refused",
+            stage=self.stage,
+            topic=out.topic,
+            bytes=size,
+            code=err.name(),
+            origin=":".join(str(x) for x in origin),
+        )
 
-    def _produce_dead_letter(self, code: str, reason: str, msg: Message | None = None, key: bytes | None = None) -> None:
+    def _produce_dead_letter(
+        self, code: str, reason: str, msg: Message | None = None, key: bytes | None = None
+    ) -> None:
         """A DeadLetter (the shape of :mod:`sevisflow.dlq`) for a record or output the loop had to leave out."""
         from sevisflow.core.dlq import dead_letter_record  # dlq imports this module's Output
 
         value = msg.value() if msg is not None else None
         at_ms = msg.timestamp()[1] if msg is not None and msg.timestamp()[1] > 0 else 0
-        record = dead_letter_record(self.stage, code, reason, at_ms,
-                                    source_key=msg.key() if msg is not None else key,
-                                    source_value=value if value is not None and len(value) <= DLQ_SOURCE_VALUE_MAX
-                                    else None)
+        record = dead_letter_record(
+            self.stage,
+            code,
+            reason,
+            at_ms,
+            source_key=msg.key() if msg is not None else key,
+            source_value=value if value is not None and len(value) <= DLQ_SOURCE_VALUE_MAX else None,
+        )
         if msg is not None:
-            record.update({"source_topic": msg.topic(), "source_partition": msg.partition(),
-                           "source_offset": msg.offset()})
+            record.update(
+                {"source_topic": msg.topic(), "source_partition": msg.partition(), "source_offset": msg.offset()}
+            )
         dl_key = record["source_key"]
         if dl_key is not None and len(dl_key) > DLQ_SOURCE_VALUE_MAX:
             dl_key = record["source_key"] = None
@@ -1110,8 +1233,15 @@ class TransactionalLoop:
             if err is not None:
                 failures.append((origin, out, err))
 
-        produce(self.producer, out.topic, out.key, out.value, partition=out.partition, headers=out.headers,
-                on_delivery=on_delivery)
+        produce(
+            self.producer,
+            out.topic,
+            out.key,
+            out.value,
+            partition=out.partition,
+            headers=out.headers,
+            on_delivery=on_delivery,
+        )
         self._out_counts[out.topic] = self._out_counts.get(out.topic, 0) + 1
         if out.value is not None and registry().schema_name_of(out.value) == DEAD_LETTER_SCHEMA:
             code = registry().decode(out.value).get("code", "unknown")
@@ -1205,7 +1335,9 @@ class TransactionalLoop:
             err = exc.args[0]
             if err.code() in FENCED_CODES:
                 self.state.abort()
-                raise InstanceFenced(self.kafka, self.group_id, self.transactional_id, f"producer: {err.str()}") from exc
+                raise InstanceFenced(
+                    self.kafka, self.group_id, self.transactional_id, f"producer: {err.str()}"
+                ) from exc
             self._replace_producer(f"abort_transaction: {err.name()}")
         except ProducerStuck as exc:
             self._replace_producer(exc.call)
@@ -1218,8 +1350,9 @@ class TransactionalLoop:
         if assignment:
             committed = self.consumer.committed(assignment, timeout=30)
             for tp in committed:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition,
-                                                  tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+                self.consumer.seek(
+                    TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+                )
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.state_topic:
@@ -1240,9 +1373,13 @@ def restore_partition(kafka: KafkaSettings, topic: str, partition: int, timeout_
     return restore_partitions(kafka, topic, [partition], timeout_s)[partition]
 
 
-def restore_partitions(kafka: KafkaSettings, topic: str, partitions: Sequence[int], timeout_s: float = 60.0,
-                       into: Callable[[dict[int, dict[bytes, bytes | None]]], None] | None = None
-                       ) -> dict[int, dict[bytes, bytes]]:
+def restore_partitions(
+    kafka: KafkaSettings,
+    topic: str,
+    partitions: Sequence[int],
+    timeout_s: float = 60.0,
+    into: Callable[[dict[int, dict[bytes, bytes | None]]], None] | None = None,
+) -> dict[int, dict[bytes, bytes]]:
     """Rebuild partitions of a compacted changelog into dicts (last value per key wins), one consumer for all.
 
     With ``into``, nothing is kept: each polled chunk goes to ``into`` as ``{partition: {key: value or

@@ -77,11 +77,20 @@ def check_chain(entries: Iterable[dict[str, Any]]) -> tuple[list[ChainProblem], 
     for i, e in enumerate(entries, start=1):
         bid = e.get("batch_id")
         if e.get("seq") != i:
-            problems.append(ChainProblem(i, bid, f"sequence number {e.get('seq')} where {i} was expected "
-                                                  "(a line was removed or inserted)"))
+            problems.append(
+                ChainProblem(
+                    i, bid, f"sequence number {e.get('seq')} where {i} was expected (a line was removed or inserted)"
+                )
+            )
         if e.get("prev") != prev:
-            problems.append(ChainProblem(i, bid, "link broken: 'prev' is not the hash of the line before "
-                                                  "(a line before it was removed, changed or reordered)"))
+            problems.append(
+                ChainProblem(
+                    i,
+                    bid,
+                    "link broken: 'prev' is not the hash of the line before "
+                    "(a line before it was removed, changed or reordered)",
+                )
+            )
         if entry_hash(e) != e.get("hash"):
             problems.append(ChainProblem(i, bid, "entry altered: its content does not match its hash"))
         prev = e.get("hash") or ""
@@ -95,12 +104,31 @@ def chain(prev_entries: list[dict[str, Any]], fields: dict[str, Any]) -> dict[st
     return e
 
 
-def new_entry(prev_entries: list[dict[str, Any]], *, batch_id: str, day: str, file: str, xml_sha256: str,
-              manifest_sha256: str, closed_at_ms: int | None, state: str = "ready") -> dict[str, Any]:
+def new_entry(
+    prev_entries: list[dict[str, Any]],
+    *,
+    batch_id: str,
+    day: str,
+    file: str,
+    xml_sha256: str,
+    manifest_sha256: str,
+    closed_at_ms: int | None,
+    state: str = "ready",
+) -> dict[str, Any]:
     """An ``archive`` entry: the document and manifest of one batch as the XML sink filed them."""
-    return chain(prev_entries, {"kind": ARCHIVE, "batch_id": batch_id, "day": day, "file": file,
-                                "xml_sha256": xml_sha256, "manifest_sha256": manifest_sha256,
-                                "closed_at_ms": closed_at_ms, "state": state})
+    return chain(
+        prev_entries,
+        {
+            "kind": ARCHIVE,
+            "batch_id": batch_id,
+            "day": day,
+            "file": file,
+            "xml_sha256": xml_sha256,
+            "manifest_sha256": manifest_sha256,
+            "closed_at_ms": closed_at_ms,
+            "state": state,
+        },
+    )
 
 
 def _parse(data: bytes) -> list[dict[str, Any]]:
@@ -134,8 +162,9 @@ class Ledger:
         """Append ready-made entries (O_APPEND, fsync; the file is created 0600)."""
         self.seal(lambda _: entries, prechained=True)
 
-    def seal(self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-             prechained: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def seal(
+        self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], prechained: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Append what ``make(current entries)`` returns, chained, under ``flock``; fsynced before return.
 
         Returns (all entries now, the new ones). The lock makes the read-chain-append one step for
@@ -200,17 +229,26 @@ def archive_fields(bd: Any) -> dict[str, Any]:
     """The ``archive`` entry's fields for a batch folder just filed (``bd``: a sevisflow.sinks.outbox.BatchDir)."""
     m = orjson.loads((bd.path / "manifest.json").read_bytes())
     file = m.get("file") or bd.xml_path.name
-    return {"kind": ARCHIVE, "batch_id": m.get("batch_id") or bd.name, "day": bd.day, "file": file,
-            "xml_sha256": file_sha256(bd.path / file), "manifest_sha256": file_sha256(bd.path / "manifest.json"),
-            "closed_at_ms": m.get("closed_at_ms"), "state": bd.state}
+    return {
+        "kind": ARCHIVE,
+        "batch_id": m.get("batch_id") or bd.name,
+        "day": bd.day,
+        "file": file,
+        "xml_sha256": file_sha256(bd.path / file),
+        "manifest_sha256": file_sha256(bd.path / "manifest.json"),
+        "closed_at_ms": m.get("closed_at_ms"),
+        "state": bd.state,
+    }
 
 
 def seal_archive(ledger: Ledger, bd: Any, batch_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Seal a batch's document + manifest once (a re-delivered batch finds its line and adds none)."""
+
     def make(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if sealed_by_batch(entries).get(batch_id, {}).get("archive") is not None:
             return []
         return [archive_fields(bd)]
+
     return ledger.seal(make)
 
 
@@ -218,14 +256,19 @@ def seal_evidence(ledger: Ledger, bd: Any, batch_id: str) -> tuple[list[dict[str
     """Seal the folder's evidence files not sealed yet, and its state when it went further than sealed.
 
     A file sealed once is never sealed again (a changed copy stays a difference verify reports)."""
+
     def make(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         known = sealed_by_batch(entries).get(batch_id, {"files": {}, "state": None})
-        files = {rel: file_sha256(p) for rel, p in evidence_files(bd.path, bd.xml_path.name).items()
-                 if rel not in known["files"]}
+        files = {
+            rel: file_sha256(p)
+            for rel, p in evidence_files(bd.path, bd.xml_path.name).items()
+            if rel not in known["files"]
+        }
         further = known["state"] is None or STATE_RANK.get(bd.state, 0) > STATE_RANK[known["state"]]
         if not files and not further:
             return []
         return [{"kind": EVIDENCE, "batch_id": batch_id, "day": bd.day, "state": bd.state, "files": files}]
+
     return ledger.seal(make)
 
 
@@ -244,10 +287,17 @@ def anchor_key(org_id: str, writer: str, ledger_path: Path) -> bytes:
 def anchor_value(entries: list[dict[str, Any]], writer: str, ledger_path: Path, now_ms: int | None = None) -> bytes:
     """The head record a writer publishes after it moved the head (``seq`` 0 = an empty ledger)."""
     last = entries[-1] if entries else {}
-    return orjson.dumps({"seq": last.get("seq") or 0, "hash": last.get("hash") or GENESIS,
-                         "batch_id": last.get("batch_id"), "writer": writer, "ledger": ledger_id(ledger_path),
-                         "at_ms": int(time.time() * 1000) if now_ms is None else now_ms},
-                        option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        {
+            "seq": last.get("seq") or 0,
+            "hash": last.get("hash") or GENESIS,
+            "batch_id": last.get("batch_id"),
+            "writer": writer,
+            "ledger": ledger_id(ledger_path),
+            "at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
 
 
 def anchors_for(anchors: Mapping[str, Mapping[str, Any]], ledger_path: Path) -> dict[str, Mapping[str, Any]]:
@@ -286,11 +336,15 @@ def check_anchors(entries: list[dict[str, Any]], anchors: Mapping[str, Mapping[s
         if seq == 0:
             continue
         if seq > len(entries):
-            problems.append(f"the head anchored by {key} is line {seq} ({str(h)[:16]}…), but the ledger has "
-                            f"{len(entries)} line(s): it was truncated, emptied or replaced by an older copy")
+            problems.append(
+                f"the head anchored by {key} is line {seq} ({str(h)[:16]}…), but the ledger has "
+                f"{len(entries)} line(s): it was truncated, emptied or replaced by an older copy"
+            )
         elif entries[seq - 1].get("hash") != h:
-            problems.append(f"ledger line {seq} is not the one anchored by {key} ({str(h)[:16]}…): the ledger was "
-                            "rewritten (lines removed and the chain re-linked, or the file replaced)")
+            problems.append(
+                f"ledger line {seq} is not the one anchored by {key} ({str(h)[:16]}…): the ledger was "
+                "rewritten (lines removed and the chain re-linked, or the file replaced)"
+            )
     return problems
 
 
@@ -309,8 +363,10 @@ def writer_anchors(kafka: Any, topic: str, timeout_s: float = 30.0) -> dict[str,
 
     anchors = read_anchors(kafka, topic, timeout_s)
     if anchors is None:
-        raise TerminalError(f"the audit ledger topic {topic} does not exist: create it with `sevisflow topics "
-                            "apply` ([topics] ledger); the sinks anchor the ledger's head there")
+        raise TerminalError(
+            f"the audit ledger topic {topic} does not exist: create it with `sevisflow topics "
+            "apply` ([topics] ledger); the sinks anchor the ledger's head there"
+        )
     return anchors
 
 
@@ -329,7 +385,6 @@ def read_anchors(kafka: Any, topic: str, timeout_s: float = 30.0) -> dict[str, d
     return latest_anchors((m.key(), m.value()) for m in read_topic(kafka, topic, timeout_s))
 
 
-
 class LedgerWriter:
     """One writer of the ledger (a sink): seals under the lock, refuses a ledger that lost its anchors.
 
@@ -337,8 +392,9 @@ class LedgerWriter:
     new head joins them, so a ledger replaced while the sink runs is refused at the next seal too.
     """
 
-    def __init__(self, ledger: Ledger, writer: str, org_id: str,
-                 anchors: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, writer: str, org_id: str, anchors: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
         self.ledger = ledger
         self.writer = writer
         self.org_id = org_id
@@ -349,20 +405,25 @@ class LedgerWriter:
 
         problems = check_anchors(entries, self.anchors)
         if problems:
-            raise TerminalError(f"the audit ledger {self.ledger.path} is not the one anchored on the ledger topic: "
-                                f"{problems[0]}. Nothing was sealed: restore the ledger from the backup (or find who "
-                                "changed it); the sink does not extend a ledger it cannot trust")
+            raise TerminalError(
+                f"the audit ledger {self.ledger.path} is not the one anchored on the ledger topic: "
+                f"{problems[0]}. Nothing was sealed: restore the ledger from the backup (or find who "
+                "changed it); the sink does not extend a ledger it cannot trust"
+            )
 
-    def _seal(self, sealer: Callable[..., tuple[list[dict[str, Any]], list[dict[str, Any]]]], bd: Any,
-              batch_id: str) -> tuple[bytes, bytes]:
+    def _seal(
+        self, sealer: Callable[..., tuple[list[dict[str, Any]], list[dict[str, Any]]]], bd: Any, batch_id: str
+    ) -> tuple[bytes, bytes]:
         entries, _ = sealer(_Checked(self.ledger, self.check), bd, batch_id)
         key, value = self._anchor(entries)
         self.anchors[key.decode()] = orjson.loads(value)
         return key, value
 
     def _anchor(self, entries: list[dict[str, Any]]) -> tuple[bytes, bytes]:
-        return (anchor_key(self.org_id, self.writer, self.ledger.path),
-                anchor_value(entries, self.writer, self.ledger.path))
+        return (
+            anchor_key(self.org_id, self.writer, self.ledger.path),
+            anchor_value(entries, self.writer, self.ledger.path),
+        )
 
     def seal_archive(self, bd: Any, batch_id: str) -> tuple[bytes, bytes]:
         """Seal the document + manifest (once) and return the head record (key, value) to publish."""
@@ -386,9 +447,11 @@ class _Checked(Ledger):
         super().__init__(inner.path.parent)
         self._guard = guard
 
-    def seal(self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-             prechained: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def seal(
+        self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], prechained: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         def guarded(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             self._guard(entries)
             return make(entries)
+
         return super().seal(guarded, prechained)

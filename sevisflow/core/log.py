@@ -78,8 +78,9 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
 def _set_status_level() -> None:
     """Status lines at INFO while the root shows WARNING or more; quiet when ERROR or less is asked for."""
     root_level = logging.getLogger().level
-    logging.getLogger(STATUS_LOGGER).setLevel(min(logging.INFO, root_level) if root_level <= logging.WARNING
-                                              else root_level)
+    logging.getLogger(STATUS_LOGGER).setLevel(
+        min(logging.INFO, root_level) if root_level <= logging.WARNING else root_level
+    )
 
 
 class StructLogger:
@@ -138,16 +139,20 @@ def safe_traceback(exc: BaseException, limit: int = 40) -> str:
     while cur is not None and id(cur) not in seen and len(seen) < 10:
         seen.add(id(cur))
         frames = traceback.extract_tb(cur.__traceback__, limit=limit)
-        lines = [f'  File "{f.filename}", line {f.lineno}, in {f.name}' + (f"\n    {f.line}" if f.line else "")
-                 for f in frames]
+        lines = [
+            f'  File "{f.filename}", line {f.lineno}, in {f.name}' + (f"\n    {f.line}" if f.line else "")
+            for f in frames
+        ]
         msg = safe_message(cur)
         name = f"{type(cur).__module__}.{type(cur).__qualname__}".removeprefix("builtins.")
         tail = f": {msg}" if msg is not None else " (message left out: it may quote record values)"
         parts.append("\n".join(["Traceback (most recent call last):", *lines, name + tail]))
         nxt = cur.__cause__ if cur.__cause__ is not None else (None if cur.__suppress_context__ else cur.__context__)
         if nxt is not None:
-            parts.append("The above exception was the direct cause of the following exception:"
-                         if cur.__cause__ is not None else
-                         "During handling of the above exception, another exception occurred:")
+            parts.append(
+                "The above exception was the direct cause of the following exception:"
+                if cur.__cause__ is not None
+                else "During handling of the above exception, another exception occurred:"
+            )
         cur = nxt
     return "\n\n".join(reversed(parts))

@@ -85,40 +85,82 @@ class _Families:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.records_in = Counter("sevisflow_records_in", "records read, by stage and topic",
-                                  ["stage", "topic"], registry=r)
-        self.records_out = Counter("sevisflow_records_out", "records written, by stage and topic",
-                                   ["stage", "topic"], registry=r)
-        self.errors = Counter("sevisflow_errors", "errors by stage and kind (kafka, postgres, sevis_http, "
-                              "validation, serialization, …)", ["stage", "kind"], registry=r)
-        self.dlq = Counter("sevisflow_dlq_records", "records sent to the dead-letter topic, by stage and code",
-                           ["stage", "code"], registry=r)
-        self.transactions = Counter("sevisflow_transactions", "Kafka transactions by outcome (commit/abort)",
-                                    ["stage", "outcome"], registry=r)
-        self.batch_size = Histogram("sevisflow_batch_records", "records per batch (poll batches of a processor, "
-                                    "records per SEVIS batch document of the sinks)", ["stage", "kind"],
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.consumer_lag = Gauge("sevisflow_consumer_lag", "records between the group's position and the end "
-                                  "of the partition", ["stage", "topic", "partition"], registry=r)
-        self.last_progress = Gauge("sevisflow_last_progress_timestamp_seconds", "when the stage last did work",
-                                   ["stage"], registry=r)
-        self.remote_answers = Counter("sevisflow_remote_answers", "answers of a remote service (SEVIS) by operation "
-                                      "(upload, probe, download, process) and result code (S0000, S0010, …)",
-                                      ["stage", "op", "code"], registry=r)
-        self.sevis_results = Counter("sevisflow_sevis_results", "per-record results in SEVIS's transaction logs: "
-                                     "result (accepted, rejected) and SEVIS's error code (none when accepted)",
-                                     ["stage", "result", "code"], registry=r)
+        self.records_in = Counter(
+            "sevisflow_records_in", "records read, by stage and topic", ["stage", "topic"], registry=r
+        )
+        self.records_out = Counter(
+            "sevisflow_records_out", "records written, by stage and topic", ["stage", "topic"], registry=r
+        )
+        self.errors = Counter(
+            "sevisflow_errors",
+            "errors by stage and kind (kafka, postgres, sevis_http, validation, serialization, …)",
+            ["stage", "kind"],
+            registry=r,
+        )
+        self.dlq = Counter(
+            "sevisflow_dlq_records",
+            "records sent to the dead-letter topic, by stage and code",
+            ["stage", "code"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            "sevisflow_transactions", "Kafka transactions by outcome (commit/abort)", ["stage", "outcome"], registry=r
+        )
+        self.batch_size = Histogram(
+            "sevisflow_batch_records",
+            "records per batch (poll batches of a processor, records per SEVIS batch document of the sinks)",
+            ["stage", "kind"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "sevisflow_consumer_lag",
+            "records between the group's position and the end of the partition",
+            ["stage", "topic", "partition"],
+            registry=r,
+        )
+        self.last_progress = Gauge(
+            "sevisflow_last_progress_timestamp_seconds", "when the stage last did work", ["stage"], registry=r
+        )
+        self.remote_answers = Counter(
+            "sevisflow_remote_answers",
+            "answers of a remote service (SEVIS) by operation "
+            "(upload, probe, download, process) and result code (S0000, S0010, …)",
+            ["stage", "op", "code"],
+            registry=r,
+        )
+        self.sevis_results = Counter(
+            "sevisflow_sevis_results",
+            "per-record results in SEVIS's transaction logs: "
+            "result (accepted, rejected) and SEVIS's error code (none when accepted)",
+            ["stage", "result", "code"],
+            registry=r,
+        )
         # the DSO's worklist, from the batcher's open batch and kept batches (processors/batcher/gauges.py)
-        self.deadline_records = Gauge("sevisflow_deadline_records", "open-batch records by legal deadline band "
-                                      "(overdue, urgent, soon, ok; none = no legal limit)", ["stage", "band"],
-                                      registry=r)
-        self.oldest_ready = Gauge("sevisflow_oldest_ready_record_age_seconds", "age of the oldest record ready to "
-                                  "send, from the SIS change that started its legal clock (0 = none)", ["stage"],
-                                  registry=r)
-        self.rejections_open = Gauge("sevisflow_rejections_open", "records SEVIS rejected and no later batch got "
-                                     "accepted (resent ones included until accepted)", ["stage"], registry=r)
-        self.oldest_rejection = Gauge("sevisflow_oldest_open_rejection_age_seconds", "age of the oldest open SEVIS "
-                                      "rejection, from its result (0 = none)", ["stage"], registry=r)
+        self.deadline_records = Gauge(
+            "sevisflow_deadline_records",
+            "open-batch records by legal deadline band (overdue, urgent, soon, ok; none = no legal limit)",
+            ["stage", "band"],
+            registry=r,
+        )
+        self.oldest_ready = Gauge(
+            "sevisflow_oldest_ready_record_age_seconds",
+            "age of the oldest record ready to send, from the SIS change that started its legal clock (0 = none)",
+            ["stage"],
+            registry=r,
+        )
+        self.rejections_open = Gauge(
+            "sevisflow_rejections_open",
+            "records SEVIS rejected and no later batch got accepted (resent ones included until accepted)",
+            ["stage"],
+            registry=r,
+        )
+        self.oldest_rejection = Gauge(
+            "sevisflow_oldest_open_rejection_age_seconds",
+            "age of the oldest open SEVIS rejection, from its result (0 = none)",
+            ["stage"],
+            registry=r,
+        )
 
 
 _FAMILIES: dict[int, _Families] = {}
@@ -195,8 +237,9 @@ class StageMetrics:
             except KeyError:
                 pass
 
-    def worklist(self, by_band: Mapping[str, int], oldest_ready_s: float, rejections_open: int,
-                 oldest_rejection_s: float) -> None:
+    def worklist(
+        self, by_band: Mapping[str, int], oldest_ready_s: float, rejections_open: int, oldest_rejection_s: float
+    ) -> None:
         """Set the worklist gauges (counts and ages only: no student is named)."""
         for band, n in by_band.items():
             self._f.deadline_records.labels(self.stage, band).set(n)
@@ -235,8 +278,9 @@ def result_code_label(code: Any) -> str:
     return text if RESULT_CODE.fullmatch(text) else "other"
 
 
-def compute_lag(positions: Mapping[tuple[str, int], int], high_watermarks: Mapping[tuple[str, int], int]) -> dict[
-        tuple[str, int], int]:
+def compute_lag(
+    positions: Mapping[tuple[str, int], int], high_watermarks: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
     """Lag per partition: end offset minus position; a partition without a position yet counts from 0."""
     out = {}
     for tp, high in high_watermarks.items():
@@ -248,8 +292,13 @@ def compute_lag(positions: Mapping[tuple[str, int], int], high_watermarks: Mappi
 class ConsumerLagSampler:
     """Samples a confluent-kafka consumer's lag at most every ``interval_s`` (each sample asks the brokers)."""
 
-    def __init__(self, consumer: Any, metrics: StageMetrics, interval_s: float = 15.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        consumer: Any,
+        metrics: StageMetrics,
+        interval_s: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.consumer = consumer
         self.metrics = metrics
         self.interval_s = interval_s
@@ -330,8 +379,9 @@ class RateLimit:
     """True at the first ``due()``, then at most once per ``interval_s`` (default: ``scale`` times the
     progress interval), so a progress line never floods the log however often the work reports."""
 
-    def __init__(self, interval_s: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 scale: float = 1.0) -> None:
+    def __init__(
+        self, interval_s: float | None = None, clock: Callable[[], float] = time.monotonic, scale: float = 1.0
+    ) -> None:
         self.interval_s = interval_s
         self.clock = clock
         self.scale = scale
@@ -418,8 +468,9 @@ class ProgressReporter:
         last = time.monotonic()
         while not self._wait(progress_interval()):
             now = time.monotonic()
-            status.info("progress", interval_s=round(now - last, 1),
-                        stages=progress_fields(self.stages, before, now - last))
+            status.info(
+                "progress", interval_s=round(now - last, 1), stages=progress_fields(self.stages, before, now - last)
+            )
             before = {s: c for s, (c, _) in tallies().items()}
             last = now
 
@@ -499,8 +550,9 @@ def serve_for(port: int, host: str = "0.0.0.0") -> ObservabilityServer | None:
     """Start the process's /metrics, /health and /ready on ``port`` (0 = off), backed by the probes."""
     if port <= 0:
         return None
-    return ObservabilityServer(port, process_registry(), ready=lambda: _all_probes("ready"),
-                               health=lambda: _all_probes("health"), host=host).start()
+    return ObservabilityServer(
+        port, process_registry(), ready=lambda: _all_probes("ready"), health=lambda: _all_probes("health"), host=host
+    ).start()
 
 
 # --------------------------------------------------------------------------- HTTP server
@@ -579,9 +631,14 @@ class ObservabilityServer:
     the process is alive as long as it can answer.
     """
 
-    def __init__(self, port: int = METRICS_PORT, registry: CollectorRegistry | None = None,
-                 ready: Callable[[], ReadyResult] | None = None, health: Callable[[], ReadyResult] | None = None,
-                 host: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        port: int = METRICS_PORT,
+        registry: CollectorRegistry | None = None,
+        ready: Callable[[], ReadyResult] | None = None,
+        health: Callable[[], ReadyResult] | None = None,
+        host: str = "0.0.0.0",
+    ) -> None:
         self.host = host
         self.requested_port = port
         self.registry = registry if registry is not None else process_registry()
@@ -600,12 +657,18 @@ class ObservabilityServer:
         try:
             self._httpd = ThreadingHTTPServer((self.host, self.requested_port), handler)
         except OSError as exc:
-            raise ConfigError(f"metrics.port {self.requested_port} on {self.host}: cannot listen ({exc.strerror}); "
-                              "another process (another sevisflow stage?) uses it: pick a free port or 0 to "
-                              "turn the metrics server off") from None
+            raise ConfigError(
+                f"metrics.port {self.requested_port} on {self.host}: cannot listen ({exc.strerror}); "
+                "another process (another sevisflow stage?) uses it: pick a free port or 0 to "
+                "turn the metrics server off"
+            ) from None
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name=f"observability-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"observability-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         log.info("observability.listening", host=self.host, port=self.port)
         return self

@@ -40,7 +40,7 @@ class SchemaRegistry:
         self.folder = folder
         self.current: dict[str, dict[str, Any]] = {}
         self.by_fingerprint: dict[bytes, dict[str, Any]] = {}
-        self._fp_of_current: dict[str, bytes] = {}   # computing CRC-64 per record cost ~1.5 ms
+        self._fp_of_current: dict[str, bytes] = {}  # computing CRC-64 per record cost ~1.5 ms
         for path in sorted(folder.glob("*.avsc")):
             schema = self._parse(path, {})
             self.current[schema["name"]] = schema
@@ -66,8 +66,9 @@ class SchemaRegistry:
         try:
             return self.current[name]
         except KeyError:
-            raise SerializationError(f"no Avro schema named {name!r} in {self.folder} "
-                                     f"(known: {', '.join(sorted(self.current))})") from None
+            raise SerializationError(
+                f"no Avro schema named {name!r} in {self.folder} (known: {', '.join(sorted(self.current))})"
+            ) from None
 
     def encode(self, name: str, record: dict[str, Any]) -> bytes:
         """Single-object-encode ``record`` with the current schema ``name``."""
@@ -87,8 +88,9 @@ class SchemaRegistry:
             raise SerializationError("value is not Avro single-object encoded (missing C3 01 marker)")
         writer = self.by_fingerprint.get(data[2:10])
         if writer is None:
-            raise SerializationError(f"unknown writer schema fingerprint {data[2:10].hex()}; "
-                                     "is schemas/history/ missing a version?")
+            raise SerializationError(
+                f"unknown writer schema fingerprint {data[2:10].hex()}; is schemas/history/ missing a version?"
+            )
         reader_schema = self.schema(reader) if reader else writer
         try:
             return fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, reader_schema)  # type: ignore[return-value]

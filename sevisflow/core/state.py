@@ -207,7 +207,7 @@ class RocksState:
         from rocksdict import WriteBatch
 
         if isinstance(data, _PartitionView) and data._state is self and data._partition == partition:
-            return   # already here: the loop restored it straight from the changelog
+            return  # already here: the loop restored it straight from the changelog
         self.drop(partition)
         pre = _prefix(partition)
         batch = WriteBatch(raw_mode=True)

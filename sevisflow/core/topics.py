@@ -47,22 +47,33 @@ PIPELINE_KEYS = ("students", "events", "commands", "batches", "results", "dlq", 
 
 # Each stage's own names. A deployment's names carry the suffix of its pipeline topics (tests run many
 # deployments on one broker: ``sevisflow.students.<unique>`` → ``sevisflow-normalize-<unique>``).
-STAGE_GROUPS = {"normalize": "sevisflow-normalize", "events": "sevisflow-events",
-                "batcher": "sevisflow-batcher", "sink-xml": "sevisflow-sink-xml"}
-STATE_TOPICS = {"normalize": "sevisflow.normalize.state", "events": "sevisflow.events.state",
-                "batcher": "sevisflow.batcher.state"}
+STAGE_GROUPS = {
+    "normalize": "sevisflow-normalize",
+    "events": "sevisflow-events",
+    "batcher": "sevisflow-batcher",
+    "sink-xml": "sevisflow-sink-xml",
+}
+STATE_TOPICS = {
+    "normalize": "sevisflow.normalize.state",
+    "events": "sevisflow.events.state",
+    "batcher": "sevisflow.batcher.state",
+}
 # the batcher's closes must be compactable at once (a closed batch replaces the open one)
 _STATE_TOPIC_EXTRA = {"batcher": {"min.compaction.lag.ms": "0"}}
 # the pipeline topic whose suffix names the stage's group and state topic
-_SUFFIX_FROM = {"normalize": ("students", "sevisflow.students"), "events": ("students", "sevisflow.students"),
-                "batcher": ("batches", "sevis.batches"), "sink-xml": ("batches", "sevis.batches")}
+_SUFFIX_FROM = {
+    "normalize": ("students", "sevisflow.students"),
+    "events": ("students", "sevisflow.students"),
+    "batcher": ("batches", "sevis.batches"),
+    "sink-xml": ("batches", "sevis.batches"),
+}
 
 
 def stage_suffix(settings: Settings, stage: str) -> str:
     """The deployment suffix of ``stage``'s names: "" for the default topic names."""
     key, default = _SUFFIX_FROM[stage]
     name = getattr(settings.topics, key)
-    return name[len(default) + 1:] if name.startswith(default + ".") else ""
+    return name[len(default) + 1 :] if name.startswith(default + ".") else ""
 
 
 def _suffixed(name: str, settings: Settings, stage: str) -> str:
@@ -113,8 +124,13 @@ def _topic_def(key: str, raw: Mapping[str, Any], where: str) -> TopicDef:
     partitions = raw.get("partitions")
     if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
         raise ConfigError(f"{where}: [{key}].partitions must be a positive whole number")
-    return TopicDef(key=key, role=str(raw.get("role", "")), config=cfg, copartition=str(raw.get("copartition", "")),
-                    partitions=partitions)
+    return TopicDef(
+        key=key,
+        role=str(raw.get("role", "")),
+        config=cfg,
+        copartition=str(raw.get("copartition", "")),
+        partitions=partitions,
+    )
 
 
 @lru_cache(maxsize=8)
@@ -152,13 +168,19 @@ def _check_kafka(k: KafkaSettings) -> None:
     if k.replication_factor < 1 or k.partitions < 1 or k.min_insync_replicas < 1:
         raise ConfigError("kafka.partitions, kafka.replication_factor and kafka.min_insync_replicas must be ≥ 1")
     if k.min_insync_replicas > k.replication_factor:
-        raise ConfigError(f"kafka.min_insync_replicas = {k.min_insync_replicas} is more than kafka.replication_factor = "
-                          f"{k.replication_factor}: no write could ever succeed")
+        raise ConfigError(
+            f"kafka.min_insync_replicas = {k.min_insync_replicas} is more than kafka.replication_factor = "
+            f"{k.replication_factor}: no write could ever succeed"
+        )
 
 
 def _spec(name: str, d: TopicDef, k: KafkaSettings) -> TopicSpec:
-    return TopicSpec(name, d.partitions or k.partitions, k.replication_factor,
-                     {**d.config, "min.insync.replicas": str(k.min_insync_replicas)})
+    return TopicSpec(
+        name,
+        d.partitions or k.partitions,
+        k.replication_factor,
+        {**d.config, "min.insync.replicas": str(k.min_insync_replicas)},
+    )
 
 
 def pipeline_topics(settings: Settings) -> list[TopicSpec]:
@@ -182,9 +204,17 @@ def state_topic_spec(settings: Settings, stage: str) -> TopicSpec:
     """A processor's state changelog: compacted, every partition (the loop restores the partitions it is
     assigned on its inputs), large messages allowed (a view or a batch is one record)."""
     k = settings.kafka
-    return TopicSpec(state_topic(settings, stage), k.partitions, k.replication_factor, {
-        "cleanup.policy": "compact", "min.insync.replicas": str(k.min_insync_replicas),
-        "max.message.bytes": str(8 * 1024 * 1024), **_STATE_TOPIC_EXTRA.get(stage, {})})
+    return TopicSpec(
+        state_topic(settings, stage),
+        k.partitions,
+        k.replication_factor,
+        {
+            "cleanup.policy": "compact",
+            "min.insync.replicas": str(k.min_insync_replicas),
+            "max.message.bytes": str(8 * 1024 * 1024),
+            **_STATE_TOPIC_EXTRA.get(stage, {}),
+        },
+    )
 
 
 def stage_topics(settings: Settings) -> list[TopicSpec]:
@@ -243,7 +273,9 @@ class TopicPlan:
         for name, have, want in self.partition_increases:
             lines.append(f"~ partitions {name}  {have} -> {want}")
         for c in self.config_changes:
-            lines.append(f"~ config   {c.topic}  {c.key}: {c.current if c.current is not None else '(unset)'} -> {c.wanted}")
+            lines.append(
+                f"~ config   {c.topic}  {c.key}: {c.current if c.current is not None else '(unset)'} -> {c.wanted}"
+            )
         for p in self.problems:
             lines.append(f"! {p}")
         if not lines:
@@ -261,8 +293,9 @@ def _norm(key: str, value: str | None) -> str | None:
     return value.strip()
 
 
-def plan_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], admin: Any = None,
-                timeout_s: float = 30.0) -> TopicPlan:
+def plan_topics(
+    kafka: KafkaSettings, specs: Sequence[TopicSpec], admin: Any = None, timeout_s: float = 30.0
+) -> TopicPlan:
     """Compare ``specs`` with the cluster: topics to create, partitions to add, config to set, problems."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import ConfigResource
@@ -279,9 +312,11 @@ def plan_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], admin: Any = N
         tmd = md.topics.get(spec.name)
         if tmd is None or (tmd.error is not None and not tmd.partitions):
             if spec.replication_factor > brokers:
-                plan.problems.append(f"{spec.name}: replication factor {spec.replication_factor} needs "
-                                     f"{spec.replication_factor} brokers, the cluster has {brokers}; not created "
-                                     f"(lower kafka.replication_factor or add brokers)")
+                plan.problems.append(
+                    f"{spec.name}: replication factor {spec.replication_factor} needs "
+                    f"{spec.replication_factor} brokers, the cluster has {brokers}; not created "
+                    f"(lower kafka.replication_factor or add brokers)"
+                )
             else:
                 plan.creates.append(spec)
             continue
@@ -290,15 +325,19 @@ def plan_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], admin: Any = N
         if have < spec.partitions:
             plan.partition_increases.append((spec.name, have, spec.partitions))
         elif have > spec.partitions:
-            plan.problems.append(f"{spec.name}: has {have} partitions, spec says {spec.partitions}; Kafka cannot remove "
-                                 f"partitions and apply never deletes a topic: left as it is (raise kafka.partitions "
-                                 f"to {have} to match)")
+            plan.problems.append(
+                f"{spec.name}: has {have} partitions, spec says {spec.partitions}; Kafka cannot remove "
+                f"partitions and apply never deletes a topic: left as it is (raise kafka.partitions "
+                f"to {have} to match)"
+            )
         rfs = {len(p.replicas) for p in tmd.partitions.values()}
         if rfs != {spec.replication_factor}:
             shown = "/".join(str(r) for r in sorted(rfs))
-            plan.problems.append(f"{spec.name}: replication factor is {shown}, spec says {spec.replication_factor}; "
-                                 f"apply cannot change it (the admin API cannot reassign replicas safely on its own): "
-                                 f"use kafka-reassign-partitions (or Strimzi/Cruise Control) — see docs/OPERATIONS.md")
+            plan.problems.append(
+                f"{spec.name}: replication factor is {shown}, spec says {spec.replication_factor}; "
+                f"apply cannot change it (the admin API cannot reassign replicas safely on its own): "
+                f"use kafka-reassign-partitions (or Strimzi/Cruise Control) — see docs/OPERATIONS.md"
+            )
     if existing:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in existing]
         futures = admin.describe_configs(resources, request_timeout=timeout_s)
@@ -319,9 +358,14 @@ def plan_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], admin: Any = N
     return plan
 
 
-def apply_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], allow_partition_increase: bool = False,
-                 dry_run: bool = False, timeout_s: float = 30.0,
-                 show: Callable[[str], None] | None = None) -> TopicPlan:
+def apply_topics(
+    kafka: KafkaSettings,
+    specs: Sequence[TopicSpec],
+    allow_partition_increase: bool = False,
+    dry_run: bool = False,
+    timeout_s: float = 30.0,
+    show: Callable[[str], None] | None = None,
+) -> TopicPlan:
     """Make the cluster match ``specs``, as far as that is safe; return the plan that was carried out.
 
     The order:
@@ -349,8 +393,10 @@ def apply_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], allow_partiti
     plan = plan_topics(kafka, specs, admin=admin, timeout_s=timeout_s)
     if not allow_partition_increase and plan.partition_increases:
         for name, have, want in plan.partition_increases:
-            plan.problems.append(f"{name}: partitions {have} -> {want} not applied: adding partitions moves keys; "
-                                 f"drain the stages and pass --allow-partition-increase (docs/OPERATIONS.md)")
+            plan.problems.append(
+                f"{name}: partitions {have} -> {want} not applied: adding partitions moves keys; "
+                f"drain the stages and pass --allow-partition-increase (docs/OPERATIONS.md)"
+            )
     if show:
         show(plan.render())
     if dry_run or plan.empty():
@@ -367,23 +413,42 @@ def apply_topics(kafka: KafkaSettings, specs: Sequence[TopicSpec], allow_partiti
     from confluent_kafka import KafkaError
 
     if plan.creates:
-        wait(admin.create_topics([NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
-                                           config=dict(s.config)) for s in plan.creates],
-                                 operation_timeout=timeout_s), "create topic", (KafkaError.TOPIC_ALREADY_EXISTS,))
+        wait(
+            admin.create_topics(
+                [
+                    NewTopic(
+                        s.name,
+                        num_partitions=s.partitions,
+                        replication_factor=s.replication_factor,
+                        config=dict(s.config),
+                    )
+                    for s in plan.creates
+                ],
+                operation_timeout=timeout_s,
+            ),
+            "create topic",
+            (KafkaError.TOPIC_ALREADY_EXISTS,),
+        )
         _wait_for_metadata(admin, [s.name for s in plan.creates], timeout_s)
         log.info("topics.created", topics=[s.name for s in plan.creates])
     if plan.config_changes:
         by_topic: dict[str, list[ConfigEntry]] = {}
         for c in plan.config_changes:
             by_topic.setdefault(c.topic, []).append(
-                ConfigEntry(c.key, c.wanted, incremental_operation=AlterConfigOpType.SET))
-        resources = [ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=entries)
-                     for t, entries in by_topic.items()]
+                ConfigEntry(c.key, c.wanted, incremental_operation=AlterConfigOpType.SET)
+            )
+        resources = [
+            ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=entries) for t, entries in by_topic.items()
+        ]
         wait(admin.incremental_alter_configs(resources, request_timeout=timeout_s), "change the config of")
         log.info("topics.config_changed", changes=len(plan.config_changes), topics=sorted(by_topic))
     if allow_partition_increase and plan.partition_increases:
-        wait(admin.create_partitions([NewPartitions(n, want) for n, _, want in plan.partition_increases],
-                                     operation_timeout=timeout_s), "add partitions to")
+        wait(
+            admin.create_partitions(
+                [NewPartitions(n, want) for n, _, want in plan.partition_increases], operation_timeout=timeout_s
+            ),
+            "add partitions to",
+        )
         log.info("topics.partitions_added", topics=[n for n, _, _ in plan.partition_increases])
     return plan
 
@@ -395,14 +460,23 @@ def kafka_topic_resources(specs: Sequence[TopicSpec], cluster: str, namespace: s
     """Strimzi ``KafkaTopic`` resources for ``specs`` (Kubernetes object names must be DNS-1123)."""
     out = []
     for s in specs:
-        out.append({
-            "apiVersion": "kafka.strimzi.io/v1",
-            "kind": "KafkaTopic",
-            "metadata": {"name": k8s_name(s.name), "namespace": namespace,
-                         "labels": {"strimzi.io/cluster": cluster, "app.kubernetes.io/part-of": "sevisflow"}},
-            "spec": {"topicName": s.name, "partitions": s.partitions, "replicas": s.replication_factor,
-                     "config": {k: s.config[k] for k in sorted(s.config)}},
-        })
+        out.append(
+            {
+                "apiVersion": "kafka.strimzi.io/v1",
+                "kind": "KafkaTopic",
+                "metadata": {
+                    "name": k8s_name(s.name),
+                    "namespace": namespace,
+                    "labels": {"strimzi.io/cluster": cluster, "app.kubernetes.io/part-of": "sevisflow"},
+                },
+                "spec": {
+                    "topicName": s.name,
+                    "partitions": s.partitions,
+                    "replicas": s.replication_factor,
+                    "config": {k: s.config[k] for k in sorted(s.config)},
+                },
+            }
+        )
     return out
 
 
@@ -413,6 +487,7 @@ def k8s_name(topic: str) -> str:
 
 def to_yaml(docs: Sequence[Any]) -> str:
     """A small YAML writer for manifests made of dicts, lists, strings and numbers (no PyYAML needed)."""
+
     def scalar(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -429,7 +504,9 @@ def to_yaml(docs: Sequence[Any]) -> str:
                     lines.append(f"{pad}{k}:")
                     lines.extend(emit(item, indent + 1))
                 else:
-                    lines.append(f"{pad}{k}: {scalar(item) if not isinstance(item, (dict, list)) else '{}' if isinstance(item, dict) else '[]'}")
+                    lines.append(
+                        f"{pad}{k}: {scalar(item) if not isinstance(item, (dict, list)) else '{}' if isinstance(item, dict) else '[]'}"
+                    )
         else:
             for item in v:
                 if isinstance(item, (dict, list)) and item:

@@ -47,9 +47,18 @@ from sevisflow.sinks.sevis.translog import LimitError, TransactionLog, TranslogE
 
 USER_AGENT = "sevisflow/0.1 (batch client)"
 _CHUNK = 64 * 1024
-_CERT_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN",
-                "ACCESS_DENIED", "HANDSHAKE_FAILURE", "CERTIFICATE_REVOKED", "CERTIFICATE_EXPIRED",
-                "DECRYPT_ERROR", "UNSUPPORTED_CERTIFICATE")
+_CERT_ALERTS = (
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "UNKNOWN_CA",
+    "CERTIFICATE_UNKNOWN",
+    "ACCESS_DENIED",
+    "HANDSHAKE_FAILURE",
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_EXPIRED",
+    "DECRYPT_ERROR",
+    "UNSUPPORTED_CERTIFICATE",
+)
 
 
 class CertificateError(TerminalError):
@@ -101,7 +110,8 @@ def _client_context(s: SevisSettings) -> ssl.SSLContext:
     if not s.client_cert:
         raise CertificateError(
             "no client certificate configured: set [sevis] client_cert to the PEM or PKCS#12 (.p12/.pfx) file "
-            "registered for batch in SEVIS RTI (SEVIS only accepts batch uploads with it)")
+            "registered for batch in SEVIS RTI (SEVIS only accepts batch uploads with it)"
+        )
     cert = Path(s.client_cert)
     if not cert.is_file():
         raise CertificateError(f"client certificate {cert} does not exist or is not a file ([sevis] client_cert)")
@@ -120,10 +130,12 @@ def _client_context(s: SevisSettings) -> ssl.SSLContext:
     except ssl.SSLError as exc:
         raise CertificateError(
             f"cannot load the client certificate {cert} with its key ({exc.reason or 'ssl error'}): "
-            "is client_key the matching key, and client_key_password right?") from None
+            "is client_key the matching key, and client_key_password right?"
+        ) from None
     except (OSError, ValueError, TypeError):
-        raise CertificateError(f"cannot read the client certificate {cert} or its key "
-                               "(check the files' permissions and the key password)") from None
+        raise CertificateError(
+            f"cannot read the client certificate {cert} or its key (check the files' permissions and the key password)"
+        ) from None
     return ctx
 
 
@@ -132,11 +144,11 @@ def _load_pkcs12(ctx: ssl.SSLContext, path: Path, password: str | None) -> None:
     from cryptography.hazmat.primitives.serialization import pkcs12
 
     try:
-        key, cert, extra = pkcs12.load_key_and_certificates(path.read_bytes(),
-                                                            password.encode() if password else None)
+        key, cert, extra = pkcs12.load_key_and_certificates(path.read_bytes(), password.encode() if password else None)
     except (ValueError, TypeError):
-        raise CertificateError(f"cannot open the PKCS#12 file {path}: wrong client_key_password or not a "
-                               "PKCS#12 file") from None
+        raise CertificateError(
+            f"cannot open the PKCS#12 file {path}: wrong client_key_password or not a PKCS#12 file"
+        ) from None
     if key is None or cert is None:
         raise CertificateError(f"the PKCS#12 file {path} holds no key and certificate pair")
     one_time = secrets.token_urlsafe(24).encode()
@@ -146,8 +158,13 @@ def _load_pkcs12(ctx: ssl.SSLContext, path: Path, password: str | None) -> None:
         pem = tmp / "client.pem"
         fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.BestAvailableEncryption(one_time)))
+            fh.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(one_time),
+                )
+            )
             fh.write(cert.public_bytes(serialization.Encoding.PEM))
             for c in extra or []:
                 fh.write(c.public_bytes(serialization.Encoding.PEM))
@@ -156,17 +173,17 @@ def _load_pkcs12(ctx: ssl.SSLContext, path: Path, password: str | None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def multipart(fields: list[tuple[str, str]], file_field: tuple[str, str, bytes] | None,
-              boundary: str) -> bytes:
+def multipart(fields: list[tuple[str, str]], file_field: tuple[str, str, bytes] | None, boundary: str) -> bytes:
     """A ``multipart/form-data`` body like curl's ``-F``: text parts, then the file part (no part Content-Type)."""
     out = bytearray()
     for name, value in fields:
-        out += f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n".encode()
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
         out += value.encode() + b"\r\n"
     if file_field is not None:
         name, filename, data = file_field
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
-                f"filename=\"{filename}\"\r\n\r\n").encode()
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n\r\n'
+        ).encode()
         out += data + (b"" if data.endswith(b"\r\n") else b"\r\n") + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out)
@@ -175,16 +192,20 @@ def multipart(fields: list[tuple[str, str]], file_field: tuple[str, str, bytes] 
 def _certificate_refused(exc: ssl.SSLError, host: str) -> CertificateError | None:
     """The server's TLS alert says it refused our client certificate: a terminal error naming the fix."""
     if any(a in (exc.reason or "").upper() for a in _CERT_ALERTS):
-        return CertificateError(f"the server at {host} refused our TLS client certificate ({exc.reason}): is "
-                                "[sevis] client_cert the certificate registered for batch in SEVIS RTI?")
+        return CertificateError(
+            f"the server at {host} refused our TLS client certificate ({exc.reason}): is "
+            "[sevis] client_cert the certificate registered for batch in SEVIS RTI?"
+        )
     return None
 
 
 def _tls_failure(exc: ssl.SSLError, host: str) -> CertificateError | None:
     """A TLS error that is about certificates (the server's not trusted, or ours refused), else None."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return CertificateError(f"the server at {host} is not trusted ({exc.verify_message}); set [sevis] ca_bundle "
-                                "to the CA that signed it")
+        return CertificateError(
+            f"the server at {host} is not trusted ({exc.verify_message}); set [sevis] ca_bundle "
+            "to the CA that signed it"
+        )
     return _certificate_refused(exc, host)
 
 
@@ -199,25 +220,29 @@ class SevisClient:
         self._ctx = _client_context(settings)
 
     def upload(self, org_id: str, user_id: str, batch_id: str, file_name: str, xml: bytes) -> UploadReply:
-        status, _, body = self._post(self.upload_url, [("orgid", org_id), ("userid", user_id), ("batchid", batch_id)],
-                                     ("xml", file_name, xml))
+        status, _, body = self._post(
+            self.upload_url, [("orgid", org_id), ("userid", user_id), ("batchid", batch_id)], ("xml", file_name, xml)
+        )
         try:
             log = parse_translog(body)
         except TranslogError as exc:
-            raise TransientError(f"SEVIS upload answer for batch {batch_id} is not a transaction log ({exc}); "
-                                 "will retry") from None
+            raise TransientError(
+                f"SEVIS upload answer for batch {batch_id} is not a transaction log ({exc}); will retry"
+            ) from None
         return UploadReply(status, log, body)
 
     def download(self, org_id: str, user_id: str, batch_id: str) -> DownloadReply:
-        status, _, body = self._post(self.download_url,
-                                     [("orgid", org_id), ("userid", user_id), ("batchid", batch_id)], None)
+        status, _, body = self._post(
+            self.download_url, [("orgid", org_id), ("userid", user_id), ("batchid", batch_id)], None
+        )
         if body[:4] == b"PK\x03\x04":
             return DownloadReply(status, body, None)
         try:
             log = parse_translog(body)
         except TranslogError as exc:
-            raise TransientError(f"SEVIS download answer for batch {batch_id} is neither a zip nor a "
-                                 f"transaction log ({exc}); will retry") from None
+            raise TransientError(
+                f"SEVIS download answer for batch {batch_id} is neither a zip nor a transaction log ({exc}); will retry"
+            ) from None
         return DownloadReply(status, None, log)
 
     def _read_capped(self, resp: http.client.HTTPResponse, host: str) -> bytes:
@@ -225,8 +250,10 @@ class SevisClient:
         cap = self.settings.max_response_bytes
         declared = resp.getheader("Content-Length")
         if declared and declared.strip().isdigit() and int(declared) > cap:
-            raise LimitError(f"the answer from {host} announces {int(declared)} bytes, more than [sevis] "
-                             f"max_response_bytes = {cap}; raise it if SEVIS really sends that much")
+            raise LimitError(
+                f"the answer from {host} announces {int(declared)} bytes, more than [sevis] "
+                f"max_response_bytes = {cap}; raise it if SEVIS really sends that much"
+            )
         buf = bytearray()
         while True:
             chunk = resp.read(min(_CHUNK, cap + 1 - len(buf)))
@@ -234,8 +261,10 @@ class SevisClient:
                 return bytes(buf)
             buf += chunk
             if len(buf) > cap:
-                raise LimitError(f"the answer from {host} is longer than [sevis] max_response_bytes = {cap} "
-                                 "bytes; reading stopped there (raise it if SEVIS really sends that much)")
+                raise LimitError(
+                    f"the answer from {host} is longer than [sevis] max_response_bytes = {cap} "
+                    "bytes; reading stopped there (raise it if SEVIS really sends that much)"
+                )
 
     def _diagnose(self, host: str, port: int) -> None:
         """After a reset: was it our certificate? Raises :class:`CertificateError` if so.
@@ -247,13 +276,15 @@ class SevisClient:
         ctx = _client_context(self.settings)
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         try:
-            with socket.create_connection((host, port), timeout=min(self.timeout, 15.0)) as raw:
-                with ctx.wrap_socket(raw, server_hostname=host) as tls:
-                    tls.settimeout(0.5)
-                    try:
-                        tls.recv(1)
-                    except (socket.timeout, TimeoutError):
-                        pass
+            with (
+                socket.create_connection((host, port), timeout=min(self.timeout, 15.0)) as raw,
+                ctx.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                tls.settimeout(0.5)
+                try:
+                    tls.recv(1)
+                except TimeoutError:
+                    pass
         except ssl.SSLError as exc:
             refused = _certificate_refused(exc, host)
             if refused is not None:
@@ -261,16 +292,21 @@ class SevisClient:
         except OSError:
             pass
 
-    def _post(self, url: str, fields: list[tuple[str, str]],
-              file_field: tuple[str, str, bytes] | None) -> tuple[int, dict[str, str], bytes]:
+    def _post(
+        self, url: str, fields: list[tuple[str, str]], file_field: tuple[str, str, bytes] | None
+    ) -> tuple[int, dict[str, str], bytes]:
         """POST a multipart form; the answer's status, headers and body, or the error that classifies the failure."""
         parts = urlsplit(url)
         if parts.scheme != "https":
             raise TerminalError(f"SEVIS endpoint {url} is not https")
         boundary = f"------------------------sevisflow{uuid.uuid4().hex}"
         body = multipart(fields, file_field, boundary)
-        headers = {"Accept": "*/*", "User-Agent": USER_AGENT,
-                   "Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(len(body))}
+        headers = {
+            "Accept": "*/*",
+            "User-Agent": USER_AGENT,
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(body)),
+        }
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -296,8 +332,9 @@ class SevisClient:
         except (OSError, http.client.HTTPException) as exc:
             raise NotSent(f"cannot reach {host}:{port} ({type(exc).__name__}: {exc}); nothing was sent") from None
 
-    def _exchange(self, conn: http.client.HTTPSConnection, host: str, port: int, path: str, body: bytes,
-                  headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
+    def _exchange(
+        self, conn: http.client.HTTPSConnection, host: str, port: int, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPResponse, bytes]:
         """Send the request and read the capped answer; once the request may have left, failures are transient."""
         try:
             conn.request("POST", path, body=body, headers=headers)
@@ -311,9 +348,11 @@ class SevisClient:
             raise TransientError(f"TLS error talking to {host}: {exc.reason or exc}") from None
         except (ConnectionResetError, BrokenPipeError) as exc:
             self._diagnose(host, port)
-            raise TransientError(f"connection to {host} was reset ({type(exc).__name__}); "
-                                 "if this repeats, check that the client certificate is accepted") from None
-        except (socket.timeout, TimeoutError):
+            raise TransientError(
+                f"connection to {host} was reset ({type(exc).__name__}); "
+                "if this repeats, check that the client certificate is accepted"
+            ) from None
+        except TimeoutError:
             raise TransientError(f"no answer from {host} within {self.timeout}s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise TransientError(f"cannot reach {host}:{port} ({type(exc).__name__}: {exc})") from None
@@ -331,9 +370,12 @@ class SevisClient:
         if resp.status >= 500:
             raise TransientError(f"SEVIS answered HTTP {resp.status}; will retry")
         if resp.status in (401, 403):
-            raise CertificateError(f"SEVIS answered HTTP {resp.status}: the client certificate is not allowed "
-                                   "(registered for batch in SEVIS RTI?)")
+            raise CertificateError(
+                f"SEVIS answered HTTP {resp.status}: the client certificate is not allowed "
+                "(registered for batch in SEVIS RTI?)"
+            )
         if resp.status >= 400:
-            raise TerminalError(f"SEVIS answered HTTP {resp.status} to {url_path}: check [sevis] upload_url / "
-                                "download_url")
+            raise TerminalError(
+                f"SEVIS answered HTTP {resp.status} to {url_path}: check [sevis] upload_url / download_url"
+            )
         return resp.status, resp_headers, data

@@ -16,9 +16,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from sevisflow.core.ledger import Ledger, LedgerWriter, writer_anchors
 from sevisflow.core.config import Settings
 from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
+from sevisflow.core.ledger import Ledger, LedgerWriter, writer_anchors
 from sevisflow.core.log import get_logger
 from sevisflow.core.observability import StageMetrics, register_probe, unregister_probe
 from sevisflow.core.serde import registry
@@ -42,16 +42,28 @@ class KafkaPublisher:
         errors: list[KafkaError] = []
         cb = delivery_raiser(errors)
         for rec in records:
-            produce(self.producer, self.settings.topics.results, org_id.encode(),
-                    registry().encode(RESULT_SCHEMA, rec), on_delivery=cb)
+            produce(
+                self.producer,
+                self.settings.topics.results,
+                org_id.encode(),
+                registry().encode(RESULT_SCHEMA, rec),
+                on_delivery=cb,
+            )
         flush_or_raise(self.producer, errors)
 
     def requeue(self, org_id: str, batch_id: str, record_ids: list[str], reason: str, code: str) -> None:
         import time
 
-        out = requeue_command(self.settings, org_id, batch_id, record_ids, reason=reason,
-                              at_ms=int(time.time() * 1000), command_id=f"requeue-{batch_id}",
-                              extra={"code": code})
+        out = requeue_command(
+            self.settings,
+            org_id,
+            batch_id,
+            record_ids,
+            reason=reason,
+            at_ms=int(time.time() * 1000),
+            command_id=f"requeue-{batch_id}",
+            extra={"code": code},
+        )
         errors: list[KafkaError] = []
         produce(self.producer, out.topic, out.key, out.value, on_delivery=delivery_raiser(errors))
         flush_or_raise(self.producer, errors)
@@ -66,8 +78,9 @@ class KafkaPublisher:
         self.producer.flush(10)
 
 
-def run(settings: Settings, stop_event: threading.Event, tick_s: float = 1.0,
-        publisher: Any = None, client: Any = None) -> None:
+def run(
+    settings: Settings, stop_event: threading.Event, tick_s: float = 1.0, publisher: Any = None, client: Any = None
+) -> None:
     """Upload ready batches and download results until ``stop_event`` is set.
 
     Raises :class:`~sevisflow.core.errors.TerminalError` (e.g. a client certificate SEVIS
@@ -94,10 +107,13 @@ def run(settings: Settings, stop_event: threading.Event, tick_s: float = 1.0,
         raise
     stall_after_s = settings.metrics.stall_after_s
     if stall_after_s < settings.sevis.http_timeout_s:
-        log.warning("sink_sevis.stall_below_http_timeout", stall_after_s=stall_after_s,
-                    http_timeout_s=settings.sevis.http_timeout_s,
-                    hint="a slow but answering SEVIS makes /health fail: raise [metrics] stall_after_s "
-                         "above [sevis] http_timeout_s")
+        log.warning(
+            "sink_sevis.stall_below_http_timeout",
+            stall_after_s=stall_after_s,
+            http_timeout_s=settings.sevis.http_timeout_s,
+            hint="a slow but answering SEVIS makes /health fail: raise [metrics] stall_after_s "
+            "above [sevis] http_timeout_s",
+        )
     passes = 0
 
     def health() -> tuple[bool, str]:

@@ -11,8 +11,9 @@ a truncated file would be worse than downloading it again.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO
 
 from lxml import etree
 
@@ -146,18 +147,32 @@ def _record(rec: etree._Element) -> RecordResult | None:
     result = _child(rec, "Result")
     ok = _bool(_attr(result, "status"))
     code = _text(result, "ErrorCode")
-    deps = tuple({"dependent_sevis_id": _attr(d, "dependentSevisID"),
-                  "user_defined_a": _text(d, "UserDefinedA"), "user_defined_b": _text(d, "UserDefinedB")}
-                 for d in rec if isinstance(d.tag, str) and _local(d.tag) == "Dependent")
-    sites = tuple({"site_id": _text(s, "SiteId"), "site_name": _text(s, "SiteName")}
-                  for s in rec if isinstance(s.tag, str) and _local(s.tag) == "SiteOfActivity")
+    deps = tuple(
+        {
+            "dependent_sevis_id": _attr(d, "dependentSevisID"),
+            "user_defined_a": _text(d, "UserDefinedA"),
+            "user_defined_b": _text(d, "UserDefinedB"),
+        }
+        for d in rec
+        if isinstance(d.tag, str) and _local(d.tag) == "Dependent"
+    )
+    sites = tuple(
+        {"site_id": _text(s, "SiteId"), "site_name": _text(s, "SiteName")}
+        for s in rec
+        if isinstance(s.tag, str) and _local(s.tag) == "SiteOfActivity"
+    )
     return RecordResult(
         request_id=rid,
         ok=bool(ok) if ok is not None else code is None and result is not None,
-        sevis_id=_attr(rec, "sevisID"), user_id=_attr(rec, "userID"),
-        user_defined_a=_text(rec, "UserDefinedA"), user_defined_b=_text(rec, "UserDefinedB"),
-        processed_at=_text(rec, "ProcessDate"), error_code=code, error_message=_text(result, "ErrorMessage"),
-        dependents=deps, sites=sites,
+        sevis_id=_attr(rec, "sevisID"),
+        user_id=_attr(rec, "userID"),
+        user_defined_a=_text(rec, "UserDefinedA"),
+        user_defined_b=_text(rec, "UserDefinedB"),
+        processed_at=_text(rec, "ProcessDate"),
+        error_code=code,
+        error_message=_text(result, "ErrorMessage"),
+        dependents=deps,
+        sites=sites,
     )
 
 
@@ -171,9 +186,17 @@ def parse_translog(data: bytes | BinaryIO) -> TransactionLog:
     libxml2's limits stay on (``huge_tree`` off): no XXE, no entity expansion.
     """
     source: BinaryIO = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    events = etree.iterparse(source, events=("start", "end"), resolve_entities=False, no_network=True,
-                             load_dtd=False, dtd_validation=False, huge_tree=False, remove_comments=True,
-                             remove_pis=True)
+    events = etree.iterparse(
+        source,
+        events=("start", "end"),
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
     path: list[str] = []
     root_seen = False
     batch_id = org_id = system = upload_file = None
@@ -232,9 +255,16 @@ def parse_translog(data: bytes | BinaryIO) -> TransactionLog:
     if not root_seen:
         raise TranslogError("transaction log is empty")
     return TransactionLog(
-        batch_id=batch_id, org_id=org_id, status=status, system=system,
-        upload=upload, upload_file_name=upload_file, process=process, download=download,
-        counts=counts, records=tuple(records),
+        batch_id=batch_id,
+        org_id=org_id,
+        status=status,
+        system=system,
+        upload=upload,
+        upload_file_name=upload_file,
+        process=process,
+        download=download,
+        counts=counts,
+        records=tuple(records),
     )
 
 
@@ -245,8 +275,9 @@ def _take(free: list[Mapping[str, Any]], field: str, value: str | None) -> Mappi
     return found
 
 
-def assign_new_ids(expected: Mapping[str, Any] | None, result: RecordResult) -> tuple[list[dict[str, Any]],
-                                                                                    list[dict[str, Any]]]:
+def assign_new_ids(
+    expected: Mapping[str, Any] | None, result: RecordResult
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The dependent SEVIS IDs and SiteIds of one record, each with the SIS key it belongs to (``sis_key``).
 
     ``expected`` is the manifest's ``new_ids`` of the record (the dependents and sites it asked

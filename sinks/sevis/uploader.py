@@ -67,23 +67,30 @@ import struct
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import orjson
 
-from sevisflow.core.ledger import STATE_RANK, Ledger, LedgerWriter, evidence_files, sealed_by_batch
+from sevisflow.core.checkpoints import checkpoint
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import TerminalError, TransientError, UnreachableError
-from sevisflow.core.checkpoints import checkpoint
+from sevisflow.core.ledger import STATE_RANK, Ledger, LedgerWriter, evidence_files, sealed_by_batch
 from sevisflow.core.log import get_logger
 from sevisflow.core.observability import Heartbeat, StageMetrics
 from sevisflow.sinks.outbox import BatchDir, Outbox, copy_private, create_evidence, replace_private, write_private
 from sevisflow.sinks.sevis.client import Backpressure, CertificateError, DownloadReply, NotSent, SevisClient
 from sevisflow.sinks.sevis.translog import (
-    LimitError, MismatchError, RecordResult, TransactionLog, TranslogError, assign_new_ids, parse_translog,
+    LimitError,
+    MismatchError,
+    RecordResult,
+    TransactionLog,
+    TranslogError,
+    assign_new_ids,
+    parse_translog,
 )
 
 log = get_logger(__name__)
@@ -217,13 +224,14 @@ def classify(posts: list[Post], operator_requeue: bool = False) -> str:
 def _iso(t: float | None) -> str | None:
     if not t:
         return None
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="seconds")
 
 
 def later_evidence(bd: BatchDir) -> str | None:
     """A file in a ``ready/`` folder that only a later state writes (the folder was moved back), or None."""
-    later = [n for n in ("upload-response.xml", "results", "reason.json", OPERATOR_REQUEUE)
-             if (bd.path / n).exists()] + [p.name for p in bd.path.glob("post-*.json")]
+    later = [
+        n for n in ("upload-response.xml", "results", "reason.json", OPERATOR_REQUEUE) if (bd.path / n).exists()
+    ] + [p.name for p in bd.path.glob("post-*.json")]
     return sorted(later)[0] if later else None
 
 
@@ -248,12 +256,16 @@ def describe(bd: BatchDir, now: float | None = None, max_posts: int = 3) -> str:
             if posts[-1].code in REFUSED_CODES:
                 extra = f"; a later POST was refused ({posts[-1].code}): operator action may be needed"
             elif posts[-1].code == DUPLICATE:
-                extra = "; SEVIS answered S0010 to a later POST (it holds this BatchID): waiting for a download to show it"
+                extra = (
+                    "; SEVIS answered S0010 to a later POST (it holds this BatchID): waiting for a download to show it"
+                )
             elif unknown_posts(posts) >= max_posts:
                 extra = "; no more POSTs allowed: check SEVIS, then `sevisflow sink requeue` if it has nothing"
-            return (f"outcome unknown since {_iso(first.at)} ({len(posts)} POST{'s' if len(posts) != 1 else ''}), "
-                    f"{state.get('checks', 0)} checks"
-                    f"{', S0031 x' + str(s31.get('count')) if s31.get('count') else ''}, next check {when}{extra}")
+            return (
+                f"outcome unknown since {_iso(first.at)} ({len(posts)} POST{'s' if len(posts) != 1 else ''}), "
+                f"{state.get('checks', 0)} checks"
+                f"{', S0031 x' + str(s31.get('count')) if s31.get('count') else ''}, next check {when}{extra}"
+            )
         if verdict == "refused":
             return "refused by SEVIS: re-queuing its records"
         if verdict == "accepted":
@@ -279,14 +291,20 @@ def describe(bd: BatchDir, now: float | None = None, max_posts: int = 3) -> str:
 class SevisSink:
     """One pass over the outbox per :meth:`step`; safe to run again after a crash at any point."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, publisher: Publisher,
-                 client: Transport | None = None, clock: Callable[[], float] = time.time,
-                 metrics: StageMetrics | None = None, ledger: LedgerWriter | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        publisher: Publisher,
+        client: Transport | None = None,
+        clock: Callable[[], float] = time.time,
+        metrics: StageMetrics | None = None,
+        ledger: LedgerWriter | None = None,
+    ) -> None:
         self.settings = settings
         # every file this sink writes into a batch folder is sealed on the audit ledger, with the state the
         # batch reached; the head is anchored on the ledger topic when the publisher can (Kafka), see _seal
-        self.ledger = ledger if ledger is not None else LedgerWriter(Ledger(outbox.root), STAGE,
-                                                                     settings.school.org_id)
+        self.ledger = ledger if ledger is not None else LedgerWriter(Ledger(outbox.root), STAGE, settings.school.org_id)
         self.outbox = outbox
         self.publisher = publisher
         self.client = client if client is not None else SevisClient(settings.sevis)
@@ -425,21 +443,30 @@ class SevisSink:
             report.uploaded += 1
         elif verdict == "refused":
             code = "operator" if operator else (posts[-1].code or "operator")
-            self._fail(bd, manifest, code, "the operator found that SEVIS has no upload of it" if operator
-                       else f"SEVIS refused the upload with {code}")
+            self._fail(
+                bd,
+                manifest,
+                code,
+                "the operator found that SEVIS has no upload of it"
+                if operator
+                else f"SEVIS refused the upload with {code}",
+            )
             report.failed += 1
         elif verdict == "post":
             self._post(bd, manifest, state, posts, report)
         else:
             self._resolve(bd, manifest, state, posts, report)
 
-    def _post(self, bd: BatchDir, manifest: dict[str, Any], state: dict[str, Any], posts: list[Post],
-              report: StepReport) -> None:
+    def _post(
+        self, bd: BatchDir, manifest: dict[str, Any], state: dict[str, Any], posts: list[Post], report: StepReport
+    ) -> None:
         batch_id = manifest["batch_id"]
         n = (posts[-1].n if posts else 0) + 1
         if not create_evidence(bd.path / f"post-{n}.json", orjson.dumps({"n": n, "at": self.clock()})):
-            raise TerminalError(f"batch {batch_id}: post-{n}.json exists already in {bd.path}: is another "
-                                "SEVIS sink working on this outbox?")
+            raise TerminalError(
+                f"batch {batch_id}: post-{n}.json exists already in {bd.path}: is another "
+                "SEVIS sink working on this outbox?"
+            )
         self._seal(bd)  # the evidence that this POST is about to be made is sealed before it is made
         state.pop("s0031", None)
         xml = bd.xml_path.read_bytes()
@@ -490,22 +517,35 @@ class SevisSink:
         create_evidence(bd.path / f"post-{n}.answer.json", orjson.dumps({"code": code, "at": self.clock()}))
         self._seal(bd)  # SEVIS's answer (and the POST it answers) is sealed as soon as it is on disk
 
-    def _retry_later(self, bd: BatchDir, state: dict[str, Any], report: StepReport, why: str, tries: int,
-                     exc: BaseException | None = None) -> None:
+    def _retry_later(
+        self,
+        bd: BatchDir,
+        state: dict[str, Any],
+        report: StepReport,
+        why: str,
+        tries: int,
+        exc: BaseException | None = None,
+    ) -> None:
         delay = self._backoff(tries, exc.retry_after_s if isinstance(exc, Backpressure) else 0.0)
         state.update(last_upload_error=why, next_check_at=self.clock() + delay)
         self._save(bd, state)
         report.retried += 1
 
-    def _resolve(self, bd: BatchDir, manifest: dict[str, Any], state: dict[str, Any], posts: list[Post],
-                 report: StepReport) -> None:
+    def _ask_sevis(self, manifest: dict[str, Any]) -> DownloadReply:
+        """SEVIS's answer to a download of the batch, between the download's two checkpoints."""
+        checkpoint("sevis.before_download")
+        reply = self.client.download(manifest["org_id"], self._user(manifest), manifest["batch_id"])
+        checkpoint("sevis.after_download")
+        return reply
+
+    def _resolve(
+        self, bd: BatchDir, manifest: dict[str, Any], state: dict[str, Any], posts: list[Post], report: StepReport
+    ) -> None:
         """Outcome unknown: ask SEVIS by downloading. Never posts unless S0031 persisted long enough."""
         batch_id = manifest["batch_id"]
         state["checks"] = state.get("checks", 0) + 1
         try:
-            checkpoint("sevis.before_download")
-            reply = self.client.download(manifest["org_id"], self._user(manifest), batch_id)
-            checkpoint("sevis.after_download")
+            reply = self._ask_sevis(manifest)
         except TerminalError:
             raise
         except TransientError as exc:
@@ -518,8 +558,9 @@ class SevisSink:
         last = posts[-1]
         if code in ("S0000", "S0030"):
             log.info("sevis.upload_confirmed_by_download", batch_id=batch_id, code=code)
-            state.update(last_upload_code="S0000", accepted_at=self.clock(), next_check_at=self.clock(),
-                         last_upload_error=None)
+            state.update(
+                last_upload_code="S0000", accepted_at=self.clock(), next_check_at=self.clock(), last_upload_error=None
+            )
             state.pop("s0031", None)
             self._save(bd, state)
             up = self._move(bd, "uploaded")
@@ -535,16 +576,27 @@ class SevisSink:
             state["s0031"] = s31
             waited = self.clock() - last.at
             s = self.settings.sevis
-            if (s31["count"] >= s.repost_after_checks and waited >= s.repost_after_s
-                    and unknown_posts(posts) < s.max_posts and last.code not in REFUSED_CODES | {DUPLICATE}):
-                log.warning("sevis.repost_after_s0031", batch_id=batch_id, checks=s31["count"],
-                            waited_s=round(waited, 1), post=last.n + 1)
+            if (
+                s31["count"] >= s.repost_after_checks
+                and waited >= s.repost_after_s
+                and unknown_posts(posts) < s.max_posts
+                and last.code not in REFUSED_CODES | {DUPLICATE}
+            ):
+                log.warning(
+                    "sevis.repost_after_s0031",
+                    batch_id=batch_id,
+                    checks=s31["count"],
+                    waited_s=round(waited, 1),
+                    post=last.n + 1,
+                )
                 self._post(bd, manifest, state, posts, report)
                 return
             delay = self._backoff(state["checks"])
             delay = min(delay, s.repost_after_s - waited) if waited < s.repost_after_s else min(delay, s.retry_base_s)
-            state.update(next_check_at=self.clock() + delay,
-                         last_upload_error="SEVIS answers S0031 (no such batch, or not registered yet)")
+            state.update(
+                next_check_at=self.clock() + delay,
+                last_upload_error="SEVIS answers S0031 (no such batch, or not registered yet)",
+            )
             self._save(bd, state)
             report.retried += 1
             return
@@ -557,9 +609,10 @@ class SevisSink:
         self.publisher.requeue(manifest["org_id"], manifest["batch_id"], record_ids, reason, code)
         checkpoint("sevis.after_requeue")
         self.metrics.records_out(self.settings.topics.commands, len(record_ids))
-        replace_private(bd.path / "reason.json",
-                        orjson.dumps({"code": code, "reason": reason, "requeued": len(record_ids)},
-                                     option=orjson.OPT_INDENT_2))
+        replace_private(
+            bd.path / "reason.json",
+            orjson.dumps({"code": code, "reason": reason, "requeued": len(record_ids)}, option=orjson.OPT_INDENT_2),
+        )
         self._move(bd, "failed")
         log.error("sevis.batch_failed", batch_id=manifest["batch_id"], code=code, requeued=len(record_ids))
 
@@ -572,17 +625,17 @@ class SevisSink:
         state["download_tries"] = state.get("download_tries", 0) + 1
         state["last_download_try"] = self.clock()
         try:
-            checkpoint("sevis.before_download")
-            reply = self.client.download(manifest["org_id"], self._user(manifest), batch_id)
-            checkpoint("sevis.after_download")
+            reply = self._ask_sevis(manifest)
         except TerminalError:
             raise
         except TransientError as exc:
             self.metrics.error(error_kind(exc))
             delay = self._backoff(state["download_tries"], exc.retry_after_s if isinstance(exc, Backpressure) else 0)
             refused = isinstance(exc, TranslogError)  # e.g. an answer over max_response_bytes
-            state.update(last_download_error=f"unusable results: {exc}" if refused else str(exc),
-                         next_check_at=self.clock() + delay)
+            state.update(
+                last_download_error=f"unusable results: {exc}" if refused else str(exc),
+                next_check_at=self.clock() + delay,
+            )
             self._history(state, "download_refused" if refused else "download_error", kind=error_kind(exc))
             self._save(bd, state)
             report.retried += 1
@@ -607,8 +660,9 @@ class SevisSink:
         state["next_check_at"] = self.clock() + delay
         self._save(bd, state)
 
-    def _process_zip(self, bd: BatchDir, manifest: dict[str, Any], state: dict[str, Any], data: bytes,
-                     report: StepReport) -> None:
+    def _process_zip(
+        self, bd: BatchDir, manifest: dict[str, Any], state: dict[str, Any], data: bytes, report: StepReport
+    ) -> None:
         """Unpack (capped), parse, check, publish one result per record, then move to ``processed``.
 
         Order: 1. unpack the zip into results/ (streamed, capped); 2. parse the log incrementally
@@ -618,6 +672,7 @@ class SevisSink:
         in ``sink status``). A crash before 4 repeats 1–3: the same results are published again.
         """
         batch_id = manifest["batch_id"]
+
         def accept(log_path: Path) -> TransactionLog:
             with open(log_path, "rb") as fh:
                 parsed = parse_translog(fh)
@@ -631,8 +686,10 @@ class SevisSink:
         except (TranslogError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
             err = exc if isinstance(exc, TranslogError) else TranslogError(f"not a usable zip ({exc})")
             self.metrics.error(error_kind(err))
-            state.update(last_download_error=f"unusable results: {err}",
-                         next_check_at=self.clock() + self._backoff(state.get("download_tries", 1)))
+            state.update(
+                last_download_error=f"unusable results: {err}",
+                next_check_at=self.clock() + self._backoff(state.get("download_tries", 1)),
+            )
             self._history(state, "download_refused", kind=error_kind(err))
             self._save(bd, state)
             report.retried += 1
@@ -646,16 +703,25 @@ class SevisSink:
         self.metrics.remote_answer("process", tlog.process_code or "none")
         self.metrics.records_out(self.settings.topics.results, len(results))
         self.metrics.sevis_results(results)  # per record: accepted, or rejected by SEVIS's error code
-        state.update(processed_at=self.clock(), process_code=tlog.process_code, last_download_error=None,
-                     success=sum(1 for r in results if r["status"] == "success"),
-                     failure=sum(1 for r in results if r["status"] != "success"))
+        state.update(
+            processed_at=self.clock(),
+            process_code=tlog.process_code,
+            last_download_error=None,
+            success=sum(1 for r in results if r["status"] == "success"),
+            failure=sum(1 for r in results if r["status"] != "success"),
+        )
         state.pop("s0031", None)
         self._history(state, "processed", code=tlog.process_code)
         self._save(bd, state)
         self._move(bd, "processed")
         report.processed += 1
-        log.info("sevis.processed", batch_id=batch_id, process_code=tlog.process_code,
-                 success=state["success"], failure=state["failure"])
+        log.info(
+            "sevis.processed",
+            batch_id=batch_id,
+            process_code=tlog.process_code,
+            success=state["success"],
+            failure=state["failure"],
+        )
 
 
 def _record_count(manifest: dict[str, Any]) -> int:
@@ -670,12 +736,14 @@ def check_log_matches(manifest: dict[str, Any], tlog: TransactionLog) -> None:
         raise MismatchError(
             f"the transaction log is for BatchID {tlog.batch_id!r} / OrgID {tlog.org_id!r}, but the batch is "
             f"{manifest.get('batch_id')!r} / {manifest.get('org_id')!r}: nothing was published; check the batch in "
-            "SEVIS (the download answered another batch)")
+            "SEVIS (the download answered another batch)"
+        )
     ours = {r.get("request_id") for r in manifest.get("records", [])}
     if tlog.records and ours and not any(r.request_id in ours for r in tlog.records):
         raise MismatchError(
             f"none of the {len(tlog.records)} results in the transaction log of {tlog.batch_id} is a request of "
-            "this batch: SEVIS holds another upload under this BatchID; nothing was published")
+            "this batch: SEVIS holds another upload under this BatchID; nothing was published"
+        )
 
 
 def _check_central_directory(data: bytes, max_entries: int) -> None:
@@ -688,12 +756,15 @@ def _check_central_directory(data: bytes, max_entries: int) -> None:
     if entries == 0xFFFF or cd_size == 0xFFFFFFFF:
         raise LimitError("the results zip uses ZIP64 (more than 65,535 files or 4 GiB of directory): refused")
     if entries > max_entries or cd_size > max_entries * 1024:
-        raise LimitError(f"the results zip lists {entries} files ({cd_size} bytes of directory), more than [sevis] "
-                         f"max_zip_entries = {max_entries}")
+        raise LimitError(
+            f"the results zip lists {entries} files ({cd_size} bytes of directory), more than [sevis] "
+            f"max_zip_entries = {max_entries}"
+        )
 
 
-def extract_results(data: bytes, batch_dir: Path, limits: Any,
-                    accept: Callable[[Path], Any] | None = None) -> tuple[Path, Any]:
+def extract_results(
+    data: bytes, batch_dir: Path, limits: Any, accept: Callable[[Path], Any] | None = None
+) -> tuple[Path, Any]:
     """Unpack a results zip into ``<batch>/results/`` with caps; returns (log path, ``accept``'s value).
 
     Caps (``[sevis]``): ``max_zip_entries`` files, ``max_entry_bytes`` per file,
@@ -713,20 +784,27 @@ def extract_results(data: bytes, batch_dir: Path, limits: Any,
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
             if len(infos) > limits.max_zip_entries:
-                raise LimitError(f"the results zip has {len(infos)} files, more than [sevis] max_zip_entries = "
-                                 f"{limits.max_zip_entries}")
+                raise LimitError(
+                    f"the results zip has {len(infos)} files, more than [sevis] max_zip_entries = "
+                    f"{limits.max_zip_entries}"
+                )
             for info in infos:
                 base = Path(info.filename.replace("\\", "/")).name
                 if not base or base.startswith(".") or "\x00" in base:
                     continue
                 if info.file_size > limits.max_entry_bytes:
-                    raise LimitError(f"zip entry {base} declares {info.file_size} bytes, more than [sevis] "
-                                     f"max_entry_bytes = {limits.max_entry_bytes}")
-                if info.file_size > _RATIO_MIN_BYTES and \
-                        info.file_size > limits.max_compression_ratio * max(1, info.compress_size):
-                    raise LimitError(f"zip entry {base} inflates {info.file_size / max(1, info.compress_size):.0f}"
-                                     f"-fold, more than [sevis] max_compression_ratio = "
-                                     f"{limits.max_compression_ratio:g}")
+                    raise LimitError(
+                        f"zip entry {base} declares {info.file_size} bytes, more than [sevis] "
+                        f"max_entry_bytes = {limits.max_entry_bytes}"
+                    )
+                if info.file_size > _RATIO_MIN_BYTES and info.file_size > limits.max_compression_ratio * max(
+                    1, info.compress_size
+                ):
+                    raise LimitError(
+                        f"zip entry {base} inflates {info.file_size / max(1, info.compress_size):.0f}"
+                        f"-fold, more than [sevis] max_compression_ratio = "
+                        f"{limits.max_compression_ratio:g}"
+                    )
                 budget = min(limits.max_entry_bytes, limits.max_unzipped_bytes - total)
                 target = tmp / base
                 if target.exists():
@@ -735,12 +813,16 @@ def extract_results(data: bytes, batch_dir: Path, limits: Any,
                     with zf.open(info) as src:
                         size = copy_private(target, src, budget, f"zip entry {base}")
                 except ValueError as exc:
-                    raise LimitError(f"{exc}: over [sevis] max_entry_bytes = {limits.max_entry_bytes} or "
-                                     f"max_unzipped_bytes = {limits.max_unzipped_bytes} in all") from None
+                    raise LimitError(
+                        f"{exc}: over [sevis] max_entry_bytes = {limits.max_entry_bytes} or "
+                        f"max_unzipped_bytes = {limits.max_unzipped_bytes} in all"
+                    ) from None
                 total += size
                 if size > _RATIO_MIN_BYTES and size > limits.max_compression_ratio * max(1, info.compress_size):
-                    raise LimitError(f"zip entry {base} inflated {size / max(1, info.compress_size):.0f}-fold, more "
-                                     f"than [sevis] max_compression_ratio = {limits.max_compression_ratio:g}")
+                    raise LimitError(
+                        f"zip entry {base} inflated {size / max(1, info.compress_size):.0f}-fold, more "
+                        f"than [sevis] max_compression_ratio = {limits.max_compression_ratio:g}"
+                    )
                 lower = base.lower()
                 if lower == TRANSLOG_NAME or (log_name is None and lower.endswith(".xml") and "transaction" in lower):
                     log_name = base if lower == TRANSLOG_NAME or log_name is None else log_name
@@ -768,25 +850,57 @@ def build_results(manifest: dict[str, Any], tlog: TransactionLog) -> list[dict[s
         rid = rec.get("request_id")
         known.add(rid)
         r = by_request.get(rid)
-        base = {"org_id": manifest["org_id"], "batch_id": manifest["batch_id"], "request_id": rid,
-                "student_key": rec.get("student_key"), "kind": rec.get("kind"),
-                "process_code": tlog.process_code, "dependents_json": None, "sites_json": None}
+        base = {
+            "org_id": manifest["org_id"],
+            "batch_id": manifest["batch_id"],
+            "request_id": rid,
+            "student_key": rec.get("student_key"),
+            "kind": rec.get("kind"),
+            "process_code": tlog.process_code,
+            "dependents_json": None,
+            "sites_json": None,
+        }
         if r is None:
-            out.append({**base, "status": "failure", "sevis_id": rec.get("sevis_id"), "error_code": None,
-                        "error_message": "SEVIS returned no result for this record in the transaction log",
-                        "processed_at": None})
+            out.append(
+                {
+                    **base,
+                    "status": "failure",
+                    "sevis_id": rec.get("sevis_id"),
+                    "error_code": None,
+                    "error_message": "SEVIS returned no result for this record in the transaction log",
+                    "processed_at": None,
+                }
+            )
             continue
-        out.append({**base, "status": "success" if r.ok else "failure",
-                    "sevis_id": r.sevis_id or rec.get("sevis_id"), "error_code": r.error_code,
-                    "error_message": r.error_message, "processed_at": r.processed_at,
-                    **_new_ids_json(rec.get("new_ids"), r)})
+        out.append(
+            {
+                **base,
+                "status": "success" if r.ok else "failure",
+                "sevis_id": r.sevis_id or rec.get("sevis_id"),
+                "error_code": r.error_code,
+                "error_message": r.error_message,
+                "processed_at": r.processed_at,
+                **_new_ids_json(rec.get("new_ids"), r),
+            }
+        )
     for r in tlog.records:
         if r.request_id not in known:
-            out.append({"org_id": manifest["org_id"], "batch_id": manifest["batch_id"], "request_id": r.request_id,
-                        "student_key": None, "kind": None, "status": "success" if r.ok else "failure",
-                        "sevis_id": r.sevis_id, "error_code": r.error_code, "error_message": r.error_message,
-                        "process_code": tlog.process_code, "processed_at": r.processed_at,
-                        **_new_ids_json(None, r)})
+            out.append(
+                {
+                    "org_id": manifest["org_id"],
+                    "batch_id": manifest["batch_id"],
+                    "request_id": r.request_id,
+                    "student_key": None,
+                    "kind": None,
+                    "status": "success" if r.ok else "failure",
+                    "sevis_id": r.sevis_id,
+                    "error_code": r.error_code,
+                    "error_message": r.error_message,
+                    "process_code": tlog.process_code,
+                    "processed_at": r.processed_at,
+                    **_new_ids_json(None, r),
+                }
+            )
     return out
 
 
@@ -794,5 +908,7 @@ def _new_ids_json(expected: Any, r: RecordResult) -> dict[str, str | None]:
     """``dependents_json`` / ``sites_json`` of a result: the ids SEVIS assigned (dependent SEVIS IDs, an
     exchange visitor's SiteIds), each with the SIS key it belongs to when the manifest names it."""
     deps, sites = assign_new_ids(expected if isinstance(expected, dict) else None, r)
-    return {"dependents_json": orjson.dumps(deps).decode() if deps else None,
-            "sites_json": orjson.dumps(sites).decode() if sites else None}
+    return {
+        "dependents_json": orjson.dumps(deps).decode() if deps else None,
+        "sites_json": orjson.dumps(sites).decode() if sites else None,
+    }

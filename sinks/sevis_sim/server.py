@@ -48,11 +48,12 @@ import ssl
 import threading
 import time
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from lxml import etree
@@ -65,12 +66,28 @@ from sevisflow.sinks.xml.xsd_ev import EV_ROOT, EVSchema, load_ev_schema
 ORG_RE = re.compile(r"^([A-Z]{3}214F\d{8}|[PG]-\d-\d{4,5})$")
 SEVIS_ID_RE = re.compile(r"^N\d{10}$")
 PROGRAM_RE = re.compile(r"^(P-[1-4]-\d{5}|G-[1-7]-\d{5})$")
-SECTIONS = {EV_ROOT: ("CreateEV/ExchangeVisitor", "UpdateEV/ExchangeVisitor"),
-            "SEVISBatchCreateUpdateStudent": ("CreateStudent/Student", "UpdateStudent/Student")}
+SECTIONS = {
+    EV_ROOT: ("CreateEV/ExchangeVisitor", "UpdateEV/ExchangeVisitor"),
+    "SEVISBatchCreateUpdateStudent": ("CreateStudent/Student", "UpdateStudent/Student"),
+}
 UPLOAD_PATH = "/sevisbatch/action/batchUpload"
 DOWNLOAD_PATH = "/sevisbatch/action/batchDownload"
-FAULT_MODES = ("http500", "S0001", "slow", "malformed", "drop", "http503", "slow_accept", "drop_after", "S0010",
-               "S0013", "S0031", "foreign_log", "bomb", "huge")
+FAULT_MODES = (
+    "http500",
+    "S0001",
+    "slow",
+    "malformed",
+    "drop",
+    "http503",
+    "slow_accept",
+    "drop_after",
+    "S0010",
+    "S0013",
+    "S0031",
+    "foreign_log",
+    "bomb",
+    "huge",
+)
 
 
 @dataclass
@@ -98,18 +115,29 @@ class _Fault:
 
 
 def _now_iso(t: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(time.time() if t is None else t, tz=UTC).isoformat(timespec="milliseconds")
 
 
 class SevisSimulator:
     """The simulator; thread safe. ``known_sevis_ids`` seeds the students SEVIS already has."""
 
-    def __init__(self, cert_dir: str | Path, xsd_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0,
-                 known_sevis_ids: Iterable[str] = (), accept_any_sevis_id: bool = False,
-                 results_delay_s: float = 0.0, org_ids: Iterable[str] | None = None,
-                 record_errors: dict[str, tuple[str, str]] | None = None, system: str = "PROD-SIM",
-                 make_missing_certs: bool = True, registration_delay_s: float = 0.0,
-                 registration_delay_downloads: int = 0) -> None:
+    def __init__(
+        self,
+        cert_dir: str | Path,
+        xsd_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        known_sevis_ids: Iterable[str] = (),
+        accept_any_sevis_id: bool = False,
+        results_delay_s: float = 0.0,
+        org_ids: Iterable[str] | None = None,
+        record_errors: dict[str, tuple[str, str]] | None = None,
+        system: str = "PROD-SIM",
+        make_missing_certs: bool = True,
+        registration_delay_s: float = 0.0,
+        registration_delay_downloads: int = 0,
+    ) -> None:
         cert_dir = Path(cert_dir)
         if make_missing_certs and not (cert_dir / "server.pem").is_file():
             self.certs: CertPaths = make_certs(cert_dir, hosts=tuple({host, "127.0.0.1", "localhost"}))
@@ -172,8 +200,9 @@ class SevisSimulator:
 
         self._server = Server((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        daemon=True, name="sevis-sim")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="sevis-sim"
+        )
         self._thread.start()
         return self.url
 
@@ -183,7 +212,7 @@ class SevisSimulator:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "SevisSimulator":
+    def __enter__(self) -> SevisSimulator:
         self.start()
         return self
 
@@ -225,8 +254,11 @@ class SevisSimulator:
     def control(self, body: dict[str, Any]) -> dict[str, Any]:
         """The control endpoint's logic: add faults, known ids, change the delay; returns the state."""
         with self.lock:
-            for f in body.get("fail", []) if isinstance(body.get("fail"), list) else \
-                    ([body["fail"]] if body.get("fail") else []):
+            for f in (
+                body.get("fail", [])
+                if isinstance(body.get("fail"), list)
+                else ([body["fail"]] if body.get("fail") else [])
+            ):
                 self.fail(f.get("op", "upload"), f["mode"], int(f.get("count", 1)), float(f.get("delay_s", 2.0)))
             self.known.update(body.get("known_sevis_ids", []))
             if "results_delay_s" in body:
@@ -243,12 +275,24 @@ class SevisSimulator:
 
     def summary(self) -> dict[str, Any]:
         with self.lock:
-            return {"batches": [{"org_id": b.org_id, "batch_id": b.batch_id, "records": len(b.records),
-                                 "process_code": b.process_code} for b in self.batches.values()],
-                    "requests": list(self.requests), "known_sevis_ids": len(self.known),
-                    "pending_faults": [f.__dict__ for f in self.faults], "results_delay_s": self.results_delay_s,
-                    "registration_delay_s": self.registration_delay_s,
-                    "registration_delay_downloads": self.registration_delay_downloads, "posts": dict(self.posts)}
+            return {
+                "batches": [
+                    {
+                        "org_id": b.org_id,
+                        "batch_id": b.batch_id,
+                        "records": len(b.records),
+                        "process_code": b.process_code,
+                    }
+                    for b in self.batches.values()
+                ],
+                "requests": list(self.requests),
+                "known_sevis_ids": len(self.known),
+                "pending_faults": [f.__dict__ for f in self.faults],
+                "results_delay_s": self.results_delay_s,
+                "registration_delay_s": self.registration_delay_s,
+                "registration_delay_downloads": self.registration_delay_downloads,
+                "posts": dict(self.posts),
+            }
 
     def post_count(self, batch_id: str) -> int:
         """Upload POSTs of ``batch_id`` that reached the simulator, whatever was answered (faults included)."""
@@ -257,13 +301,25 @@ class SevisSimulator:
 
     def upload_count(self, batch_id: str | None = None, code: str | None = None) -> int:
         with self.lock:
-            return sum(1 for r in self.requests if r["op"] == "upload" and (batch_id is None or r["batch_id"] == batch_id)
-                       and (code is None or r["code"] == code))
+            return sum(
+                1
+                for r in self.requests
+                if r["op"] == "upload"
+                and (batch_id is None or r["batch_id"] == batch_id)
+                and (code is None or r["code"] == code)
+            )
 
     # ------------------------------------------------------------------ protocol
 
-    def _log_xml(self, org: str, batch: str, upload: tuple[str, str | None] | None = None,
-                 process: _Batch | None = None, download: str | None = None, status: bool = True) -> bytes:
+    def _log_xml(
+        self,
+        org: str,
+        batch: str,
+        upload: tuple[str, str | None] | None = None,
+        process: _Batch | None = None,
+        download: str | None = None,
+        status: bool = True,
+    ) -> bytes:
         root = etree.Element("TransactionLog")
         h = etree.SubElement(root, "BatchHeader")
         etree.SubElement(h, "BatchID").text = batch
@@ -275,8 +331,9 @@ class SevisSimulator:
             if fname:
                 etree.SubElement(u, "FileName").text = fname[:30]
         if process is not None:
-            p = etree.SubElement(d, "Process", resultCode=process.process_code,
-                                 dateTimeStamp=_now_iso(process.received_at + 1))
+            p = etree.SubElement(
+                d, "Process", resultCode=process.process_code, dateTimeStamp=_now_iso(process.received_at + 1)
+            )
             rc = etree.SubElement(p, "RecordCount")
             ok = sum(1 for r in process.records if r["ok"])
             etree.SubElement(rc, "Success").text = str(ok)
@@ -326,8 +383,9 @@ class SevisSimulator:
 
         def answer(code: str) -> tuple[int, bytes, str]:
             with self.lock:
-                self.requests.append({"op": "upload", "org_id": org, "batch_id": batch_id, "code": code,
-                                      "at": time.time()})
+                self.requests.append(
+                    {"op": "upload", "org_id": org, "batch_id": batch_id, "code": code, "at": time.time()}
+                )
             return 200, self._log_xml(org, batch_id, upload=(code, fname), status=code == "S0000"), code
 
         if not org or not user or not batch_id or not data:
@@ -352,8 +410,9 @@ class SevisSimulator:
                 return answer("S0013")
             if any(len(doc.findall(path)) > 250 for path in SECTIONS.get(str(doc.tag), ("", ""))):
                 return answer("S0013")
-            b = _Batch(org, batch_id, user, time.time(), fname,
-                       unregistered_downloads=self.registration_delay_downloads)
+            b = _Batch(
+                org, batch_id, user, time.time(), fname, unregistered_downloads=self.registration_delay_downloads
+            )
             (self._process_ev if is_ev else self._process)(b, doc)
             self.batches[(org, batch_id)] = b
             return answer("S0000")
@@ -370,8 +429,11 @@ class SevisSimulator:
         for section in ("CreateEV", "UpdateEV"):
             for visitor in doc.findall(f"{section}/ExchangeVisitor"):
                 rid, sid = visitor.get("requestID", ""), visitor.get("sevisID") or ""
-                r: dict[str, Any] = {"request_id": rid, "UserDefinedA": visitor.findtext("UserDefinedA"),
-                                     "UserDefinedB": visitor.findtext("UserDefinedB")}
+                r: dict[str, Any] = {
+                    "request_id": rid,
+                    "UserDefinedA": visitor.findtext("UserDefinedA"),
+                    "UserDefinedB": visitor.findtext("UserDefinedB"),
+                }
                 if sid:
                     r["sevis_id"] = sid
                 seed = f"{b.org_id}|{b.batch_id}|{rid}"
@@ -381,8 +443,7 @@ class SevisSimulator:
                     code, msg = self.record_errors[rid]
                     r.update(ok=False, code=code, message=msg)
                 elif section == "CreateEV":
-                    r.update(ev_rules.create_ev(self.ev, visitor, self._new_sevis_id(seed), self._new_sevis_id,
-                                                b.pdfs))
+                    r.update(ev_rules.create_ev(self.ev, visitor, self._new_sevis_id(seed), self._new_sevis_id, b.pdfs))
                 elif sid in self.known or (self.accept_any and SEVIS_ID_RE.match(sid)):
                     r.update(ev_rules.update_ev(self.ev, visitor, sid, self._new_sevis_id, seed, b.pdfs))
                 else:
@@ -394,8 +455,11 @@ class SevisSimulator:
         seen: set[str] = set()
         for st in doc.findall("CreateStudent/Student"):
             rid = st.get("requestID", "")
-            r: dict[str, Any] = {"request_id": rid, "UserDefinedA": st.findtext("UserDefinedA"),
-                                 "UserDefinedB": st.findtext("UserDefinedB")}
+            r: dict[str, Any] = {
+                "request_id": rid,
+                "UserDefinedA": st.findtext("UserDefinedA"),
+                "UserDefinedB": st.findtext("UserDefinedB"),
+            }
             if rid in seen:
                 r.update(ok=False, code="S1004", message="Duplicate record in this batch")
             elif rid in self.record_errors:
@@ -406,19 +470,28 @@ class SevisSimulator:
                 r.update(ok=True, sevis_id=sid)
                 deps = []
                 for i, dep in enumerate(st.findall("CreateDependent/Dependent")):
-                    deps.append({"id": self._new_sevis_id(f"{sid}|dep|{i}"),
-                                 "UserDefinedA": dep.findtext("UserDefinedA"),
-                                 "UserDefinedB": dep.findtext("UserDefinedB")})
+                    deps.append(
+                        {
+                            "id": self._new_sevis_id(f"{sid}|dep|{i}"),
+                            "UserDefinedA": dep.findtext("UserDefinedA"),
+                            "UserDefinedB": dep.findtext("UserDefinedB"),
+                        }
+                    )
                 r["dependents"] = deps
                 if st.get("printForm") in ("true", "1"):
-                    b.pdfs[f"{sid}_I20.pdf"] = (b"%PDF-1.4\n% sevisflow simulator: a placeholder I-20 for "
-                                                + sid.encode() + b"\n%%EOF\n")
+                    b.pdfs[f"{sid}_I20.pdf"] = (
+                        b"%PDF-1.4\n% sevisflow simulator: a placeholder I-20 for " + sid.encode() + b"\n%%EOF\n"
+                    )
             seen.add(rid)
             b.records.append(r)
         for st in doc.findall("UpdateStudent/Student"):
             rid, sid = st.get("requestID", ""), st.get("sevisID", "")
-            r = {"request_id": rid, "sevis_id": sid, "UserDefinedA": st.findtext("UserDefinedA"),
-                 "UserDefinedB": st.findtext("UserDefinedB")}
+            r = {
+                "request_id": rid,
+                "sevis_id": sid,
+                "UserDefinedA": st.findtext("UserDefinedA"),
+                "UserDefinedB": st.findtext("UserDefinedB"),
+            }
             if rid in seen:
                 r.update(ok=False, code="S1004", message="Duplicate record in this batch")
             elif rid in self.record_errors:
@@ -437,8 +510,9 @@ class SevisSimulator:
             b = self.batches.get((org, batch_id))
             if b is not None and fault is not None and fault.mode == "S0031":
                 b = None
-            if b is not None and (b.unregistered_downloads > 0
-                                  or time.time() < b.received_at + self.registration_delay_s):
+            if b is not None and (
+                b.unregistered_downloads > 0 or time.time() < b.received_at + self.registration_delay_s
+            ):
                 b.unregistered_downloads = max(0, b.unregistered_downloads - 1)
                 b = None  # accepted, but not registered yet: SEVIS does not know it
             if b is None:
@@ -447,12 +521,19 @@ class SevisSimulator:
                 code = "S0030"
             else:
                 code = "S0000"
-            self.requests.append({"op": "download", "org_id": org, "batch_id": batch_id, "code": code,
-                                  "at": time.time()})
+            self.requests.append(
+                {"op": "download", "org_id": org, "batch_id": batch_id, "code": code, "at": time.time()}
+            )
             if code != "S0000" or b is None:
                 return 200, self._log_xml(org, batch_id, download=code, status=False), "application/xml", code
-            log = self._log_xml(org, batch_id, upload=("S0000", b.file_name), process=b, download="S0000",
-                                status=b.process_code == "S0000")
+            log = self._log_xml(
+                org,
+                batch_id,
+                upload=("S0000", b.file_name),
+                process=b,
+                download="S0000",
+                status=b.process_code == "S0000",
+            )
             if fault is not None and fault.mode == "malformed":
                 log = log[: len(log) // 2]
             if fault is not None and fault.mode == "foreign_log":
@@ -493,8 +574,9 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
             raise ValueError("part without headers")
         if content.endswith(b"\r\n"):
             content = content[:-2]
-        disp = next((h for h in head.decode("latin-1").split("\r\n") if h.lower().startswith("content-disposition")),
-                    "")
+        disp = next(
+            (h for h in head.decode("latin-1").split("\r\n") if h.lower().startswith("content-disposition")), ""
+        )
         name = re.search(r'\bname="([^"]*)"', disp)
         if not name:
             raise ValueError("part without a name")
@@ -563,7 +645,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         if parts.path == "/_sim/state":
             self._send(200, json.dumps(self.simulator.summary(), default=str).encode(), "application/json")
@@ -573,7 +655,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found", "text/plain")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         path = urlsplit(self.path).path
         try:
             fields = self._fields()
@@ -581,8 +663,9 @@ class _Handler(BaseHTTPRequestHandler):
             fields = None
         if path == "/_sim/control":
             try:
-                self._send(200, json.dumps(self.simulator.control(fields or {}), default=str).encode(),
-                           "application/json")
+                self._send(
+                    200, json.dumps(self.simulator.control(fields or {}), default=str).encode(), "application/json"
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 self._send(400, str(exc).encode(), "text/plain")
             return
@@ -595,14 +678,24 @@ class _Handler(BaseHTTPRequestHandler):
             if done:
                 return
             if fault is not None and fault.mode in ("S0001", "malformed"):
-                body = sim._log_xml(str((fields or {}).get("orgid", "")), str((fields or {}).get("batchid", "")),
-                                    upload=("S0001", None), status=False)
+                body = sim._log_xml(
+                    str((fields or {}).get("orgid", "")),
+                    str((fields or {}).get("batchid", "")),
+                    upload=("S0001", None),
+                    status=False,
+                )
                 if fault.mode == "malformed":
                     body = body[: len(body) // 2]
                 with sim.lock:
-                    sim.requests.append({"op": "upload", "org_id": (fields or {}).get("orgid"),
-                                         "batch_id": (fields or {}).get("batchid"), "code": "S0001",
-                                         "at": time.time()})
+                    sim.requests.append(
+                        {
+                            "op": "upload",
+                            "org_id": (fields or {}).get("orgid"),
+                            "batch_id": (fields or {}).get("batchid"),
+                            "code": "S0001",
+                            "at": time.time(),
+                        }
+                    )
                 self._send(200, body)
                 return
             if fields is None:
@@ -611,8 +704,9 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and fault.mode in ("S0010", "S0013"):
                 org, bid = str(fields.get("orgid", "")), str(fields.get("batchid", ""))
                 with sim.lock:
-                    sim.requests.append({"op": "upload", "org_id": org, "batch_id": bid, "code": fault.mode,
-                                         "at": time.time()})
+                    sim.requests.append(
+                        {"op": "upload", "org_id": org, "batch_id": bid, "code": fault.mode, "at": time.time()}
+                    )
                 self._send(200, sim._log_xml(org, bid, upload=(fault.mode, None), status=False))
                 return
             status, body, _ = sim.handle_upload(fields)
@@ -633,8 +727,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         sim = self.simulator
         if fault is not None and fault.mode == "S0001":
-            self._send(200, sim._log_xml(str(fields.get("orgid", "")), str(fields.get("batchid", "")),
-                                         download="S0001", status=False))
+            self._send(
+                200,
+                sim._log_xml(
+                    str(fields.get("orgid", "")), str(fields.get("batchid", "")), download="S0001", status=False
+                ),
+            )
             return
         status, body, ctype, _ = sim.handle_download(fields, fault)
         self._send(status, body, ctype)

@@ -18,8 +18,9 @@ of an element that also has attributes.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from lxml import etree
 
@@ -41,9 +42,14 @@ class ClosedBatch:
     records: tuple[Mapping[str, Any], ...]
 
     @classmethod
-    def from_event(cls, event: Mapping[str, Any], records: Iterable[Mapping[str, Any]]) -> "ClosedBatch":
-        return cls(org_id=event["org_id"], batch_id=event.get("batch_id") or "", closed_by=event.get("closed_by") or "",
-                   at_ms=int(event["at_ms"]), records=tuple(records))
+    def from_event(cls, event: Mapping[str, Any], records: Iterable[Mapping[str, Any]]) -> ClosedBatch:
+        return cls(
+            org_id=event["org_id"],
+            batch_id=event.get("batch_id") or "",
+            closed_by=event.get("closed_by") or "",
+            at_ms=int(event["at_ms"]),
+            records=tuple(records),
+        )
 
     @property
     def creates(self) -> list[Mapping[str, Any]]:
@@ -73,9 +79,16 @@ class Problem:
     at_fault: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "request_id": self.request_id,
-                "record_id": self.record_id, "student_key": self.student_key, "kind": self.kind,
-                "field": self.field, "at_fault": self.at_fault}
+        return {
+            "code": self.code,
+            "message": self.message,
+            "request_id": self.request_id,
+            "record_id": self.record_id,
+            "student_key": self.student_key,
+            "kind": self.kind,
+            "field": self.field,
+            "at_fault": self.at_fault,
+        }
 
 
 @dataclass
@@ -121,14 +134,17 @@ def _set_attr(el: etree._Element, name: str, value: Any, path: str) -> None:
     try:
         el.set(name, _text(value))
     except ValueError:
-        raise _Refused("invalid_character", "contains characters XML cannot carry (control characters)",
-                       f"{path}/@{name}") from None
+        raise _Refused(
+            "invalid_character", "contains characters XML cannot carry (control characters)", f"{path}/@{name}"
+        ) from None
 
 
 def _fill(el: etree._Element, content: Mapping[str, Any], model: ElementModel, path: str) -> None:
     """Put ``content`` (attributes, text, children) into ``el``, children in XSD order."""
-    attrs = sorted((k[1:] for k in content if k.startswith("@")),
-                   key=lambda a: (model.attributes.index(a) if a in model.attributes else len(model.attributes), a))
+    attrs = sorted(
+        (k[1:] for k in content if k.startswith("@")),
+        key=lambda a: (model.attributes.index(a) if a in model.attributes else len(model.attributes), a),
+    )
     for name in attrs:
         value = content["@" + name]
         if value is None:
@@ -162,8 +178,7 @@ def _append(parent: etree._Element, name: str, value: Any, model: ElementModel, 
         _set_text(el, value, path)
 
 
-def _student_create(rec: Mapping[str, Any], batch: ClosedBatch,
-                    model: ElementModel) -> etree._Element:
+def _student_create(rec: Mapping[str, Any], batch: ClosedBatch, model: ElementModel) -> etree._Element:
     payload = rec.get("payload") or {}
     if not isinstance(payload, Mapping):
         raise _Refused("bad_payload", "payload is not an object", None)
@@ -181,8 +196,7 @@ def _student_create(rec: Mapping[str, Any], batch: ClosedBatch,
     return el
 
 
-def _student_update(rec: Mapping[str, Any], batch: ClosedBatch,
-                    model: ElementModel) -> etree._Element:
+def _student_update(rec: Mapping[str, Any], batch: ClosedBatch, model: ElementModel) -> etree._Element:
     kind = str(rec.get("kind") or "")
     steps = kind.split(".")
     # validate the path before creating anything
@@ -194,8 +208,12 @@ def _student_update(rec: Mapping[str, Any], batch: ClosedBatch,
             raise _Refused("unknown_kind", f"kind {kind!r} is not an UpdateStudent event in this XSD", None)
         m = nxt
     if m.choice_of_events:
-        raise _Refused("unknown_kind", f"kind {kind!r} names a group of events, not one event "
-                       f"(one of: {', '.join(kind + '.' + c for c in m.order)})", None)
+        raise _Refused(
+            "unknown_kind",
+            f"kind {kind!r} names a group of events, not one event "
+            f"(one of: {', '.join(kind + '.' + c for c in m.order)})",
+            None,
+        )
     payload = rec.get("payload") or {}
     if not isinstance(payload, Mapping):
         raise _Refused("bad_payload", "payload is not an object", None)
@@ -215,10 +233,19 @@ def _student_update(rec: Mapping[str, Any], batch: ClosedBatch,
     return el
 
 
-def _record_problem(rec: Mapping[str, Any], code: str, message: str, field: str | None,
-                    at_fault: bool = True) -> Problem:
-    return Problem(code=code, message=message, request_id=rec.get("request_id"), record_id=rec.get("record_id"),
-                   student_key=rec.get("student_key"), kind=rec.get("kind"), field=field, at_fault=at_fault)
+def _record_problem(
+    rec: Mapping[str, Any], code: str, message: str, field: str | None, at_fault: bool = True
+) -> Problem:
+    return Problem(
+        code=code,
+        message=message,
+        request_id=rec.get("request_id"),
+        record_id=rec.get("record_id"),
+        student_key=rec.get("student_key"),
+        kind=rec.get("kind"),
+        field=field,
+        at_fault=at_fault,
+    )
 
 
 def _precheck(rec: Mapping[str, Any], section: str, seen: set[str]) -> None:
@@ -231,8 +258,9 @@ def _precheck(rec: Mapping[str, Any], section: str, seen: set[str]) -> None:
         raise _Refused("missing_sevis_id", "an update needs the student's SEVIS ID (N + 10 digits)", "@sevisID")
 
 
-def build_tree(batch: ClosedBatch, schema: StudentSchema) -> tuple[etree._Element, list[Problem],
-                                                                   list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+def build_tree(
+    batch: ClosedBatch, schema: StudentSchema
+) -> tuple[etree._Element, list[Problem], list[Mapping[str, Any]], list[Mapping[str, Any]]]:
     """Build the document tree; records that cannot be rendered are left out with a :class:`Problem`.
 
     Returns (root, problems, rendered creates, rendered updates).
@@ -254,9 +282,16 @@ def build_tree(batch: ClosedBatch, schema: StudentSchema) -> tuple[etree._Elemen
         container = etree.SubElement(root, tag)
         for rec in records:
             if len(rendered[section]) >= MAX_RECORDS_PER_SECTION:
-                problems.append(_record_problem(
-                    rec, "too_many_records", f"a batch holds at most {MAX_RECORDS_PER_SECTION} {tag} records; "
-                    "this record is re-queued for the next batch", None, at_fault=False))
+                problems.append(
+                    _record_problem(
+                        rec,
+                        "too_many_records",
+                        f"a batch holds at most {MAX_RECORDS_PER_SECTION} {tag} records; "
+                        "this record is re-queued for the next batch",
+                        None,
+                        at_fault=False,
+                    )
+                )
                 continue
             try:
                 _precheck(rec, section, seen)
@@ -265,8 +300,9 @@ def build_tree(batch: ClosedBatch, schema: StudentSchema) -> tuple[etree._Elemen
                 problems.append(_record_problem(rec, exc.code, exc.message, exc.field))
                 continue
             except (KeyError, TypeError, AttributeError) as exc:
-                problems.append(_record_problem(rec, "bad_record", f"malformed batch record ({type(exc).__name__})",
-                                                None))
+                problems.append(
+                    _record_problem(rec, "bad_record", f"malformed batch record ({type(exc).__name__})", None)
+                )
                 continue
             container.append(student)
             seen.add(rec["request_id"])
@@ -300,10 +336,15 @@ _ATTR_RE = re.compile(r"attribute '([^']+)'")
 def redact(message: str) -> str:
     """Drop the offending value from an lxml message: it may be a name or a birth date."""
     message = re.sub(r"The value '.*?' (?=is not|has a length|is not accepted)", "The value ", message, flags=re.S)
-    message = re.sub(r"^(Element '[^']+'(?:, attribute '[^']+')?: )'.*?' (?=is not)", r"\1the value ", message,
-                     flags=re.S)
-    message = re.sub(r"\[facet 'enumeration'\] The value is not an element of the set \{.*\}",
-                     "[facet 'enumeration'] The value is not one of the allowed codes", message, flags=re.S)
+    message = re.sub(
+        r"^(Element '[^']+'(?:, attribute '[^']+')?: )'.*?' (?=is not)", r"\1the value ", message, flags=re.S
+    )
+    message = re.sub(
+        r"\[facet 'enumeration'\] The value is not an element of the set \{.*\}",
+        "[facet 'enumeration'] The value is not one of the allowed codes",
+        message,
+        flags=re.S,
+    )
     return message.strip()
 
 
@@ -377,8 +418,9 @@ def _to_content(el: etree._Element, model: ElementModel) -> Any:
 
 def batch_from_document(xml: bytes, schema: StudentSchema, at_ms: int = 0) -> ClosedBatch:
     """Parse a batch document back into a :class:`ClosedBatch` (for round-trip checks and audits)."""
-    root = etree.fromstring(xml, parser=etree.XMLParser(remove_comments=True, remove_blank_text=True,
-                                                        resolve_entities=False))
+    root = etree.fromstring(
+        xml, parser=etree.XMLParser(remove_comments=True, remove_blank_text=True, resolve_entities=False)
+    )
     batch_id = root.findtext("BatchHeader/BatchID") or ""
     org_id = root.findtext("BatchHeader/OrgID") or ""
     records: list[dict[str, Any]] = []
@@ -387,26 +429,46 @@ def batch_from_document(xml: bytes, schema: StudentSchema, at_ms: int = 0) -> Cl
         rid = content.pop("@requestID")
         content.pop("@userID", None)
         uda, udb = content.pop("UserDefinedA", None), content.pop("UserDefinedB", None)
-        records.append({"record_id": f"{udb or rid}:Create", "request_id": rid, "section": "create",
-                        "student_key": udb, "sevis_id": None, "kind": "Create", "payload": content,
-                        "user_defined_a": uda, "user_defined_b": udb})
+        records.append(
+            {
+                "record_id": f"{udb or rid}:Create",
+                "request_id": rid,
+                "section": "create",
+                "student_key": udb,
+                "sevis_id": None,
+                "kind": "Create",
+                "payload": content,
+                "user_defined_a": uda,
+                "user_defined_b": udb,
+            }
+        )
     for st in root.findall("UpdateStudent/Student"):
         rid, sid = st.get("requestID"), st.get("sevisID")
         uda, udb = st.findtext("UserDefinedA"), st.findtext("UserDefinedB")
-        event = [c for c in st if isinstance(c.tag, str) and c.tag not in ("UserDefinedA", "UserDefinedB")][0]
-        steps, model = [event.tag], schema.update_student.children[event.tag]
-        node = event
+        node = next(c for c in st if isinstance(c.tag, str) and c.tag not in ("UserDefinedA", "UserDefinedB"))
+        steps = [str(node.tag)]
+        model = schema.update_student.children[steps[-1]]
         while model.choice_of_events:
-            sub = [c for c in node if isinstance(c.tag, str) and c.tag not in ("UserDefinedA", "UserDefinedB")]
-            node = sub[0]
-            steps.append(node.tag)
-            model = model.children[node.tag]
+            node = next(c for c in node if isinstance(c.tag, str) and c.tag not in ("UserDefinedA", "UserDefinedB"))
+            steps.append(str(node.tag))
+            model = model.children[steps[-1]]
         payload = _to_content(node, model)
         if not isinstance(payload, dict):
             payload = {} if payload == "" else {"#text": payload}
         kind = ".".join(steps)
-        records.append({"record_id": f"{sid}:{kind}", "request_id": rid, "section": "update",
-                        "student_key": udb, "sevis_id": sid, "kind": kind, "payload": payload,
-                        "user_defined_a": uda, "user_defined_b": udb})
-    return ClosedBatch(org_id=org_id, batch_id=batch_id, closed_by=root.get("userID", ""), at_ms=at_ms,
-                       records=tuple(records))
+        records.append(
+            {
+                "record_id": f"{sid}:{kind}",
+                "request_id": rid,
+                "section": "update",
+                "student_key": udb,
+                "sevis_id": sid,
+                "kind": kind,
+                "payload": payload,
+                "user_defined_a": uda,
+                "user_defined_b": udb,
+            }
+        )
+    return ClosedBatch(
+        org_id=org_id, batch_id=batch_id, closed_by=root.get("userID", ""), at_ms=at_ms, records=tuple(records)
+    )

@@ -27,19 +27,20 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import orjson
 from confluent_kafka import Message
 
-from sevisflow.core.ledger import Ledger, LedgerWriter, writer_anchors
 from sevisflow.core.config import Settings
 from sevisflow.core.dlq import dead_letter
-from sevisflow.core.kafka_io import Output, StateStore, TransactionalLoop, fence_predecessor
-from sevisflow.core.topics import stage_group
+from sevisflow.core.kafka_io import Output, RecordHandler, StateStore, TransactionalLoop, fence_predecessor
+from sevisflow.core.ledger import Ledger, LedgerWriter, writer_anchors
 from sevisflow.core.log import get_logger
 from sevisflow.core.serde import SerializationError, registry
+from sevisflow.core.topics import stage_group
 from sevisflow.sinks.outbox import BatchDir, Outbox, day_for, safe_name, sha256
 from sevisflow.sinks.xml.document import check_document
 from sevisflow.sinks.xml.render import Checked, ClosedBatch, Problem
@@ -72,14 +73,21 @@ def _is_create(r: Mapping[str, Any]) -> bool:
 def _manifest_record(r: Mapping[str, Any]) -> dict[str, Any]:
     """One record of the manifest; an EV record that creates dependents or sites also lists their SIS keys
     (``new_ids``), with which the SEVIS sink matches the ids SEVIS returns to them."""
-    out = {"request_id": r.get("request_id"), "record_id": r.get("record_id"), "student_key": r.get("student_key"),
-           "kind": r.get("kind"), "section": r.get("section"), "sevis_id": r.get("sevis_id")}
+    out = {
+        "request_id": r.get("request_id"),
+        "record_id": r.get("record_id"),
+        "student_key": r.get("student_key"),
+        "kind": r.get("kind"),
+        "section": r.get("section"),
+        "sevis_id": r.get("sevis_id"),
+    }
     refs = new_ids(r)
     return {**out, "new_ids": refs} if refs else out
 
 
-def manifest_for(batch: ClosedBatch, checked: Checked, day: str, schema: StudentSchema, file_name: str,
-                 version: str | None = None) -> dict[str, Any]:
+def manifest_for(
+    batch: ClosedBatch, checked: Checked, day: str, schema: StudentSchema, file_name: str, version: str | None = None
+) -> dict[str, Any]:
     """The manifest kept beside the XML: what is in the file and its sha256 (no personal data).
     ``version``: the XSD version the document was checked with (default: the student schema's)."""
     return {
@@ -116,16 +124,27 @@ def sink_closed_batch(batch: ClosedBatch, schema: StudentSchema, outbox: Outbox)
             _check_same(found, manifest)
             return XmlOutcome(batch, "exists", str(found.path), checked)
         bd, created = outbox.write_ready(day, batch.batch_id, checked.xml, manifest)
-        log.info("sink_xml.written" if created else "sink_xml.exists", batch_id=batch.batch_id, day=day,
-                 records=len(checked.rendered), sha256=manifest["sha256"])
+        log.info(
+            "sink_xml.written" if created else "sink_xml.exists",
+            batch_id=batch.batch_id,
+            day=day,
+            records=len(checked.rendered),
+            sha256=manifest["sha256"],
+        )
         return XmlOutcome(batch, "written" if created else "exists", str(bd.path), checked)
     problems = checked.problems
     bad = checked.bad_request_ids()
     requeue = [r.get("record_id") for r in batch.records if r.get("request_id") not in bad]
-    path, created = outbox.write_quarantine(day, batch.batch_id, checked.xml, manifest,
-                                            [p.as_dict() for p in problems])
-    log.warning("sink_xml.quarantined", batch_id=batch.batch_id, day=day, problems=len(problems),
-                refused=len(bad), requeued=len(requeue), first_written=created)
+    path, created = outbox.write_quarantine(day, batch.batch_id, checked.xml, manifest, [p.as_dict() for p in problems])
+    log.warning(
+        "sink_xml.quarantined",
+        batch_id=batch.batch_id,
+        day=day,
+        problems=len(problems),
+        refused=len(bad),
+        requeued=len(requeue),
+        first_written=created,
+    )
     dead = [p for p in problems if p.at_fault]
     return XmlOutcome(batch, "quarantined", str(path), checked, [r for r in requeue if r], dead)
 
@@ -136,8 +155,13 @@ def _check_same(found: BatchDir, manifest: dict[str, Any]) -> None:
     except (OSError, ValueError):
         return
     if old.get("sha256") != manifest["sha256"]:
-        log.error("sink_xml.closed_batch_changed", batch_id=manifest["batch_id"], state=found.state,
-                  kept_sha256=old.get("sha256"), new_sha256=manifest["sha256"])
+        log.error(
+            "sink_xml.closed_batch_changed",
+            batch_id=manifest["batch_id"],
+            state=found.state,
+            kept_sha256=old.get("sha256"),
+            new_sha256=manifest["sha256"],
+        )
 
 
 def outputs_for(outcome: XmlOutcome, settings: Settings, msg: Message | None = None) -> list[Output]:
@@ -150,33 +174,64 @@ def outputs_for(outcome: XmlOutcome, settings: Settings, msg: Message | None = N
     others = "wait for the DSO's next close" if header else "are sent again at once"
     for p in outcome.dead:
         where = f"record {p.request_id} ({p.kind})" if p.request_id else "the batch header"
-        reason = (f"batch {b.batch_id}: {where} does not validate against the SEVIS XSD: "
-                  f"{p.field or '-'}: {p.message}. "
-                  + (f"This record was taken out (the document is kept in the quarantine); the batch's other "
-                     f"records {others}. Fix the data in the SIS and the change goes into a later batch."
-                     if p.request_id else "The batch was quarantined; fix the setting or the DSO user id and close "
-                     "again."))
-        outs.append(dead_letter(settings.topics.dlq, STAGE, p.code, reason, b.at_ms, msg=msg,
-                                student_key=p.student_key, field=p.field))
+        reason = (
+            f"batch {b.batch_id}: {where} does not validate against the SEVIS XSD: "
+            f"{p.field or '-'}: {p.message}. "
+            + (
+                f"This record was taken out (the document is kept in the quarantine); the batch's other "
+                f"records {others}. Fix the data in the SIS and the change goes into a later batch."
+                if p.request_id
+                else "The batch was quarantined; fix the setting or the DSO user id and close again."
+            )
+        )
+        outs.append(
+            dead_letter(
+                settings.topics.dlq, STAGE, p.code, reason, b.at_ms, msg=msg, student_key=p.student_key, field=p.field
+            )
+        )
     if outcome.requeue_record_ids:
         refused = sorted(outcome.checked.bad_request_ids()) if outcome.checked else []
         # only records at fault and no header problem: the batcher closes the valid ones again at once (new
         # BatchID); each round refuses at least one record, so this ends. A header problem waits for the DSO.
-        outs.append(requeue_command(settings, b.org_id, b.batch_id, outcome.requeue_record_ids,
-                                    reason="batch failed XSD validation; valid records re-queued"
-                                           + ("" if header or not refused else " and sent again at once"),
-                                    at_ms=b.at_ms, command_id=f"requeue-{b.batch_id}-xsd",
-                                    extra={"refused_request_ids": refused, "close_now": bool(refused) and not header}))
+        outs.append(
+            requeue_command(
+                settings,
+                b.org_id,
+                b.batch_id,
+                outcome.requeue_record_ids,
+                reason="batch failed XSD validation; valid records re-queued"
+                + ("" if header or not refused else " and sent again at once"),
+                at_ms=b.at_ms,
+                command_id=f"requeue-{b.batch_id}-xsd",
+                extra={"refused_request_ids": refused, "close_now": bool(refused) and not header},
+            )
+        )
     return outs
 
 
-def requeue_command(settings: Settings, org_id: str, batch_id: str, record_ids: list[str], reason: str,
-                    at_ms: int, command_id: str, extra: dict[str, Any] | None = None) -> Output:
+def requeue_command(
+    settings: Settings,
+    org_id: str,
+    batch_id: str,
+    record_ids: list[str],
+    reason: str,
+    at_ms: int,
+    command_id: str,
+    extra: dict[str, Any] | None = None,
+) -> Output:
     """A ``requeue`` BatchCommand: these records of ``batch_id`` go back into the open batch."""
     record = {
-        "command_id": command_id, "org_id": org_id, "kind": "requeue", "dso_user_id": None, "student_key": None,
-        "record_ids": list(record_ids), "reviewed_revision": None, "batch_id": batch_id, "reason": reason,
-        "requested_at_ms": at_ms, "payload_json": orjson.dumps(extra).decode() if extra else None,
+        "command_id": command_id,
+        "org_id": org_id,
+        "kind": "requeue",
+        "dso_user_id": None,
+        "student_key": None,
+        "record_ids": list(record_ids),
+        "reviewed_revision": None,
+        "batch_id": batch_id,
+        "reason": reason,
+        "requested_at_ms": at_ms,
+        "payload_json": orjson.dumps(extra).decode() if extra else None,
     }
     return Output(settings.topics.commands, org_id.encode(), registry().encode(COMMAND_SCHEMA, record))
 
@@ -203,21 +258,30 @@ def seal_output(settings: Settings, writer: LedgerWriter, outbox: Outbox, outcom
     return [Output(settings.topics.ledger, key, value)]
 
 
-def make_handler(settings: Settings, schema: StudentSchema, outbox: Outbox,  # type: ignore[no-untyped-def]
-                 writer: LedgerWriter | None = None):
+def make_handler(
+    settings: Settings, schema: StudentSchema, outbox: Outbox, writer: LedgerWriter | None = None
+) -> RecordHandler:
     def handle(msg: Message, state: StateStore) -> Iterable[Output]:
-        if msg.value() is None:
+        if (value := msg.value()) is None:
             return []
         try:
-            batch = decode_closed(msg.value())
+            batch = decode_closed(value)
         except (SerializationError, ValueError, KeyError) as exc:
-            return [dead_letter(settings.topics.dlq, STAGE, "bad_batch_event",
-                                f"undecodable BatchEvent: {type(exc).__name__}: {exc}",
-                                msg.timestamp()[1] if msg.timestamp()[1] > 0 else 0, msg=msg)]
+            return [
+                dead_letter(
+                    settings.topics.dlq,
+                    STAGE,
+                    "bad_batch_event",
+                    f"undecodable BatchEvent: {type(exc).__name__}: {exc}",
+                    msg.timestamp()[1] if msg.timestamp()[1] > 0 else 0,
+                    msg=msg,
+                )
+            ]
         if batch is None:
             return []
         outcome = sink_closed_batch(batch, schema, outbox)
         return outputs_for(outcome, settings, msg) + (seal_output(settings, writer, outbox, outcome) if writer else [])
+
     return handle
 
 
@@ -239,8 +303,13 @@ def ledger_writer(settings: Settings, outbox: Outbox) -> LedgerWriter:
     return writer
 
 
-def build_loop(settings: Settings, schema: StudentSchema, outbox: Outbox,
-               instance: str | None = None, writer: LedgerWriter | None = None) -> TransactionalLoop:
+def build_loop(
+    settings: Settings,
+    schema: StudentSchema,
+    outbox: Outbox,
+    instance: str | None = None,
+    writer: LedgerWriter | None = None,
+) -> TransactionalLoop:
     """The XML sink's loop with a stable identity, like the processors'.
 
     ``transactional.id`` = ``group.instance.id`` = ``<group>-<instance>`` (``$SEVISFLOW_INSTANCE``,
@@ -248,11 +317,17 @@ def build_loop(settings: Settings, schema: StudentSchema, outbox: Outbox,
     the broker aborts at once (read_committed readers of the commands and DLQ topics do not wait
     for ``transaction.timeout.ms``), and takes its partitions back without a session timeout.
     """
-    return TransactionalLoop(settings.kafka, group_id(settings), [settings.topics.batches],
-                             make_handler(settings, schema, outbox, writer),
-                             transactional_id=transactional_id(settings, instance),
-                             batch_size=50, dlq_topic=settings.topics.dlq,
-                             stall_after_s=settings.metrics.stall_after_s, stage="sink-xml")
+    return TransactionalLoop(
+        settings.kafka,
+        group_id(settings),
+        [settings.topics.batches],
+        make_handler(settings, schema, outbox, writer),
+        transactional_id=transactional_id(settings, instance),
+        batch_size=50,
+        dlq_topic=settings.topics.dlq,
+        stall_after_s=settings.metrics.stall_after_s,
+        stage="sink-xml",
+    )
 
 
 def transactional_id(settings: Settings, instance: str | None = None) -> str:
@@ -260,8 +335,9 @@ def transactional_id(settings: Settings, instance: str | None = None) -> str:
     return f"{group_id(settings)}-{instance or os.environ.get('SEVISFLOW_INSTANCE') or socket.gethostname()}"
 
 
-def run(settings: Settings, stop_event: threading.Event, max_idle_polls: int | None = None,
-        instance: str | None = None) -> None:
+def run(
+    settings: Settings, stop_event: threading.Event, max_idle_polls: int | None = None, instance: str | None = None
+) -> None:
     """Run the XML sink until ``stop_event`` is set.
 
     Commit order per polled batch of records, inside one Kafka transaction:

@@ -47,14 +47,14 @@ class ElementModel:
     name: str
     simple: bool = True
     order: dict[str, int] = field(default_factory=dict)
-    children: dict[str, "ElementModel"] = field(default_factory=dict)
+    children: dict[str, ElementModel] = field(default_factory=dict)
     attributes: list[str] = field(default_factory=list)
     required_attributes: list[str] = field(default_factory=list)
     choice_of_events: bool = False
     """True when the content holds an ``xs:choice`` of complex elements (e.g. ``Program``,
     ``Status``, ``Dependent``): its child is a sub-event (``Program.Extension``)."""
 
-    def child(self, name: str) -> "ElementModel | None":
+    def child(self, name: str) -> ElementModel | None:
         return self.children.get(name)
 
 
@@ -95,12 +95,13 @@ class _Builder:
         for node in root:
             if not isinstance(node.tag, str):
                 continue
-            if node.tag in (_q("complexType"), _q("simpleType")) and node.get("name"):
-                self.types[(tns, node.get("name"))] = node
-            elif node.tag == _q("element") and node.get("name"):
-                self.elements[(tns, node.get("name"))] = node
-            elif node.tag in (_q("import"), _q("include")) and node.get("schemaLocation"):
-                self._load(path.parent / node.get("schemaLocation"))
+            name, location = node.get("name"), node.get("schemaLocation")
+            if node.tag in (_q("complexType"), _q("simpleType")) and name:
+                self.types[(tns, name)] = node
+            elif node.tag == _q("element") and name:
+                self.elements[(tns, name)] = node
+            elif node.tag in (_q("import"), _q("include")) and location:
+                self._load(path.parent / location)
 
     def _resolve(self, node: etree._Element, qname: str) -> etree._Element | None:
         prefix, _, local = qname.rpartition(":")
@@ -113,24 +114,31 @@ class _Builder:
         return found
 
     def _ctype_of(self, decl: etree._Element) -> etree._Element | None:
-        ctype = self._resolve(decl, decl.get("type")) if decl.get("type") else decl.find(_q("complexType"))
+        type_name = decl.get("type")
+        ctype = self._resolve(decl, type_name) if type_name else decl.find(_q("complexType"))
         if ctype is None or ctype.tag != _q("complexType"):
             return None
         return ctype
 
     def element_model(self, decl: etree._Element, name: str | None = None) -> ElementModel:
-        name = name or decl.get("name", "")
+        name_: str = name or decl.get("name") or ""
         ctype = self._ctype_of(decl)
         if ctype is None:
-            return ElementModel(name=name)
+            return ElementModel(name=name_)
         self._pinned.append(ctype)
-        key = (name, id(ctype))
+        key = (name_, id(ctype))
         model = self._element_models.get(key)
         if model is not None:
             return model
         tm = self._type_model(ctype)
-        model = ElementModel(name=name, simple=tm.simple, order=tm.order, attributes=tm.attributes,
-                             required_attributes=tm.required_attributes, choice_of_events=tm.choice_of_events)
+        model = ElementModel(
+            name=name_,
+            simple=tm.simple,
+            order=tm.order,
+            attributes=tm.attributes,
+            required_attributes=tm.required_attributes,
+            choice_of_events=tm.choice_of_events,
+        )
         self._element_models[key] = model  # before recursing, so recursive types terminate
         for child_name, child_decl in tm.decls.items():
             model.children[child_name] = self.element_model(child_decl, child_name)
@@ -177,13 +185,16 @@ class _Builder:
                     self._walk_particle(child, tm)
         elif tag == _q("element"):
             name = node.get("name")
-            if name is None and node.get("ref"):
-                prefix, _, local = node.get("ref").rpartition(":")
+            ref = node.get("ref")
+            if name is None and ref:
+                prefix, _, local = ref.rpartition(":")
                 ns = node.nsmap.get(prefix or None, "")
                 target = self.elements.get((ns or "", local))
                 if target is None:
                     return
                 node, name = target, local
+            if name is None:
+                return  # neither a name nor a ref: not an element declaration SEVIS's XSDs use
             if name not in tm.order:
                 tm.order[name] = len(tm.order)
                 tm.decls[name] = node
@@ -204,7 +215,8 @@ class StudentSchema:
         if not entry.is_file():
             raise ConfigError(
                 f"SEVIS schema {entry} not found: set [sevis] xsd_dir to the folder with the official XSDs "
-                "(Create-UpdateStudent.xsd, Common.xsd, SEVISTable.xsd) downloaded from ICE")
+                "(Create-UpdateStudent.xsd, Common.xsd, SEVISTable.xsd) downloaded from ICE"
+            )
         builder = _Builder(entry)
         decl = builder.elements.get(("", ROOT))
         if decl is None:

@@ -25,10 +25,29 @@ STUDENTS, SHARE, SEED, ACTIVITY = 150, 0.4, 11, 80
 @pytest.fixture(scope="module")
 def demo_run():
     proc = subprocess.run(
-        [sys.executable, "-m", "sevisflow.app.cli.__main__", "--log-level", "INFO", "demo", "--students", str(STUDENTS),
-         "--international-share", str(SHARE), "--seed", str(SEED), "--activity", str(ACTIVITY),
-         "--xsd-dir", str(XSD_DIR)],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "sevisflow.app.cli.__main__",
+            "--log-level",
+            "INFO",
+            "demo",
+            "--students",
+            str(STUDENTS),
+            "--international-share",
+            str(SHARE),
+            "--seed",
+            str(SEED),
+            "--activity",
+            str(ACTIVITY),
+            "--xsd-dir",
+            str(XSD_DIR),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return proc
 
 
@@ -40,8 +59,7 @@ def test_demo_runs_every_step_to_the_end(demo_run):
     assert "XSD-valid, mode 0o600" in out
     # the DSO's reprint and the DSO-approved CPT/OPT/RCL reach the validated documents
     assert re.search(r"Reprint for student \S+: record_added", out), out[-3000:]
-    elements = {k: int(n) for k, n in re.findall(r"(\w+) (\d+)", out.split("update elements: ", 1)[1]
-                                                        .splitlines()[0])}
+    elements = {k: int(n) for k, n in re.findall(r"(\w+) (\d+)", out.split("update elements: ", 1)[1].splitlines()[0])}
     assert elements.get("Reprint", 0) >= 1, elements
     # four approvals (RCL, CPT, OPT, STEM extension), one of them withdrawn before the close: it cancels out
     authorizations = sum(elements.get(k, 0) for k in ("AuthDropBelowFC", "CPTEmployment", "OPTEmployment"))
@@ -66,16 +84,18 @@ def test_demo_closes_uploads_and_gets_one_ev_batch_accepted_next_to_the_fm_batch
     SEVISBatchCreateUpdateEV, SEVIS accepts it; the program's exchange visitors have no "cannot send" item."""
     out = demo_run.stdout
     assert demo_run.returncode == 0, out[-3000:] + demo_run.stderr[-3000:]
-    closed = re.search(r"closed (\d+) EV batch\(es\) of exchange program (\S+), signed by its RO (\w+): (P\w{13})",
-                       out)
+    closed = re.search(r"closed (\d+) EV batch\(es\) of exchange program (\S+), signed by its RO (\w+): (P\w{13})", out)
     assert closed and closed.group(2) == DEMO_PROGRAM and closed.group(1) == "1", out[-4000:]
     # the batch written is the one closed (or, had the XML sink refused a record, the one it re-closed at once)
     accepted = re.search(rf"EV batch (P\w{{13}}) of {DEMO_PROGRAM}: accepted by SEVIS \(S0000\); (\d+) of (\d+)", out)
     assert accepted and int(accepted.group(2)) >= 1, out[-4000:]
     batch_id = accepted.group(1)
     assert batch_id == closed.group(4) or f"{closed.group(4)}: the XML sink refused some of its records" in out
-    assert re.search(rf"{batch_id}\S*: SEVISBatchCreateUpdateEV of {DEMO_PROGRAM}, \d+ creates \+ "
-                     r"\d+ updates, XSD-valid, mode 0o600", out), out[-6000:]
+    assert re.search(
+        rf"{batch_id}\S*: SEVISBatchCreateUpdateEV of {DEMO_PROGRAM}, \d+ creates \+ "
+        r"\d+ updates, XSD-valid, mode 0o600",
+        out,
+    ), out[-6000:]
     assert re.search(r"SEVISBatchCreateUpdateStudent of ZZZ214F99999000, \d+ creates", out)
     assert re.search(r"EV\.Reprint for exchange visitor \S+: record_added \(by rodemo0001\)", out), out[-6000:]
     assert re.search(r'"cannot send" items: 0 for the \d+ exchange visitor\(s\) of RSCH', out), out[-3000:]

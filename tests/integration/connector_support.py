@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import psycopg
@@ -18,9 +19,16 @@ from tests.helpers import KafkaHandle, PgHandle, make_settings
 
 
 def connector_settings(kafka: KafkaHandle, pg: PgHandle, unique: str, tmp: Path, **connector: Any) -> Settings:
-    conf = {"table.include.list": ["public.*"], "publication.name": f"pub_{unique}",
-            "heartbeat.interval.ms": 200, "offset.flush.interval.ms": 200, "snapshot.fetch.size": 500,
-            "offsets_dir": str(tmp / "offsets"), "slot.retry.delay.ms": 300, "name": f"conn-{unique}"}
+    conf = {
+        "table.include.list": ["public.*"],
+        "publication.name": f"pub_{unique}",
+        "heartbeat.interval.ms": 200,
+        "offset.flush.interval.ms": 200,
+        "snapshot.fetch.size": 500,
+        "offsets_dir": str(tmp / "offsets"),
+        "slot.retry.delay.ms": 300,
+        "name": f"conn-{unique}",
+    }
     conf.update(connector)
     settings = make_settings(kafka=kafka, pg=pg, unique=unique, connector=conf)
     return settings.replace(kafka={"partitions": 2})
@@ -41,7 +49,7 @@ class RunningConnector:
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             self.error = exc
 
-    def __enter__(self) -> "RunningConnector":
+    def __enter__(self) -> RunningConnector:
         self.thread.start()
         return self
 
@@ -69,8 +77,9 @@ def current_lsn(dsn: str) -> int:
 
 def slot_confirmed(dsn: str, slot: str) -> int | None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots "
-                           "WHERE slot_name = %s", (slot,)).fetchone()
+        row = conn.execute(
+            "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
     return None if row is None else row[0]
 
 
@@ -116,15 +125,21 @@ def wait_streaming(settings: Settings, timeout: float = 60) -> None:
     """Until the connector reports it finished its snapshot and streams."""
     from sevisflow.app.cli.connector import status_data
 
-    wait_until(lambda: ((status_data(settings).get("reported") or {}).get("state") == "streaming"), timeout,
-               "the connector to stream", interval=0.2)
+    wait_until(
+        lambda: (status_data(settings).get("reported") or {}).get("state") == "streaming",
+        timeout,
+        "the connector to stream",
+        interval=0.2,
+    )
 
 
 def in_source_order(vals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Events of several partitions in WAL order: snapshot first, then (commit lsn, lsn); a PK change's d before c."""
+
     def key(v: dict[str, Any]) -> tuple[int, int, int, int]:
         commit, lsn = json.loads(v["source"]["sequence"])
         return (0 if v["op"] == "r" else 1, int(commit or 0), int(lsn), 0 if v["op"] == "d" else 1)
+
     return sorted(vals, key=key)
 
 

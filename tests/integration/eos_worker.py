@@ -15,10 +15,10 @@ import signal
 import sys
 import threading
 
+from sevisflow.app.runner import Pipeline
 from sevisflow.core.config import settings_from_mapping
 from sevisflow.core.kafka_io import Output, StateStore, TransactionalLoop
 from sevisflow.core.log import configure
-from sevisflow.app.runner import Pipeline
 from sevisflow.core.state import open_committed
 from tests import crashing
 
@@ -36,10 +36,18 @@ def main(bootstrap: str, inp: str, out: str, state_topic: str, group: str) -> in
     instance = os.environ.get("EOS_INSTANCE", "worker")
 
     def stage(settings, stop: threading.Event) -> None:
-        loop = TransactionalLoop(settings.kafka, group, [inp], handler, transactional_id=f"{group}-{instance}",
-                                 state_topic=state_topic, batch_size=50, consumer_overrides=overrides,
-                                 dlq_topic=f"{out}.dlq",
-                                 state=StateStore(open_committed(settings.state, f"{group}-{instance}")))
+        loop = TransactionalLoop(
+            settings.kafka,
+            group,
+            [inp],
+            handler,
+            transactional_id=f"{group}-{instance}",
+            state_topic=state_topic,
+            batch_size=50,
+            consumer_overrides=overrides,
+            dlq_topic=f"{out}.dlq",
+            state=StateStore(open_committed(settings.state, f"{group}-{instance}")),
+        )
         loop.stop_when(stop, "eos")
         loop.run()
 
@@ -48,10 +56,13 @@ def main(bootstrap: str, inp: str, out: str, state_topic: str, group: str) -> in
     port = int(os.environ.get("EOS_METRICS_PORT", "0"))
     state_dir = os.environ.get("EOS_STATE_DIR", "")
     state = {"backend": "rocksdb", "dir": state_dir, "block_cache_mb": 8, "write_buffer_mb": 4} if state_dir else {}
-    settings = settings_from_mapping({"kafka": {"bootstrap_servers": bootstrap},
-                                      "metrics": {"port": port, "host": "127.0.0.1"}, "state": state}, env={})
-    pipeline = Pipeline(settings, ["eos"], functions={"eos": stage},
-                        standby_check_s=float(os.environ.get("EOS_STANDBY_CHECK_S", "15"))).start()
+    settings = settings_from_mapping(
+        {"kafka": {"bootstrap_servers": bootstrap}, "metrics": {"port": port, "host": "127.0.0.1"}, "state": state},
+        env={},
+    )
+    pipeline = Pipeline(
+        settings, ["eos"], functions={"eos": stage}, standby_check_s=float(os.environ.get("EOS_STANDBY_CHECK_S", "15"))
+    ).start()
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop_event.set())
     while not pipeline.stop_event.wait(0.2) and any(t.thread.is_alive() for t in pipeline.threads):
         pass

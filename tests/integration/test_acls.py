@@ -62,7 +62,7 @@ def world(secure_stack: StackInfo) -> Iterator[dict]:
     op = _settings_kafka(secure_stack.kafka.kafka_settings())
     tables = Settings().connector.table_include_list + [NEW_TABLE]
     settings = dataclasses.replace(make_settings(unique=unique, connector={"table.include.list": tables}), kafka=op)
-    new_topic = f"{settings.connector.topic_prefix}.{NEW_TABLE}"   # left for the connector to create
+    new_topic = f"{settings.connector.topic_prefix}.{NEW_TABLE}"  # left for the connector to create
     specs = [s for s in all_topics(settings) if s.name != new_topic] + [TopicSpec(message_topic(settings), 1, 1)]
     topics = [s.name for s in specs]
     ensure_topics(op, specs)
@@ -71,8 +71,13 @@ def world(secure_stack: StackInfo) -> Iterator[dict]:
         producer.produce(t, key=b"seed", value=b"seed", partition=0)
     assert producer.flush(30) == 0
     apply_stack_acls(secure_stack, settings)
-    yield {"settings": settings, "topics": topics, "acls": acl_model(settings), "info": secure_stack,
-           "new_topic": new_topic}
+    yield {
+        "settings": settings,
+        "topics": topics,
+        "acls": acl_model(settings),
+        "info": secure_stack,
+        "new_topic": new_topic,
+    }
 
 
 NEW_TABLE = "public.table_added_later"
@@ -90,8 +95,15 @@ def _user(world: dict, role: str) -> str:
 def _write_results(kafka, topics: list[str]) -> dict[str, int | None]:
     """Produce one record to each topic (plain producer: no idempotence, so no cluster right is
     needed first); ``{topic: None | Kafka error code}``."""
-    conf = client_config(kafka, **{"acks": "all", "enable.idempotence": False, "message.timeout.ms": 20000,
-                                   "topic.metadata.refresh.interval.ms": 1000})
+    conf = client_config(
+        kafka,
+        **{
+            "acks": "all",
+            "enable.idempotence": False,
+            "message.timeout.ms": 20000,
+            "topic.metadata.refresh.interval.ms": 1000,
+        },
+    )
     producer = Producer(conf)
     result: dict[str, int | None] = {}
 
@@ -118,8 +130,9 @@ def test_each_principal_writes_exactly_the_topics_the_model_allows(world, role):
         if may and err is not None:
             wrong.append(f"{topic}: refused ({KafkaError(err).name()}) although the model allows WRITE")
         if not may and err != KafkaError.TOPIC_AUTHORIZATION_FAILED:
-            wrong.append(f"{topic}: {'written' if err is None else KafkaError(err).name()}, "
-                         "expected TOPIC_AUTHORIZATION_FAILED")
+            wrong.append(
+                f"{topic}: {'written' if err is None else KafkaError(err).name()}, expected TOPIC_AUTHORIZATION_FAILED"
+            )
     assert not wrong, f"{role} ({user}):\n" + "\n".join(wrong)
     t = world["settings"].topics
     writable = {topic for topic, err in got.items() if err is None}
@@ -137,14 +150,18 @@ def test_each_principal_writes_exactly_the_topics_the_model_allows(world, role):
         assert t.events not in writable and t.students in writable
     if role == "connector":
         assert t.students not in writable and t.dlq not in writable
-        assert writable == {name for name in world["topics"]
-                            if name.startswith(world["settings"].connector.topic_prefix + ".")}
+        assert writable == {
+            name for name in world["topics"] if name.startswith(world["settings"].connector.topic_prefix + ".")
+        }
 
 
 def _group_for(world: dict, role: str) -> str:
     groups = stage_groups(world["settings"])
-    return groups.get(role) or {"dso": "sevisflow-cli-", "auditor": "sevisflow-audit-"}.get(role, "sevisflow-reader-") \
+    return (
+        groups.get(role)
+        or {"dso": "sevisflow-cli-", "auditor": "sevisflow-audit-"}.get(role, "sevisflow-reader-")
         + uuid.uuid4().hex[:6]
+    )
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -163,8 +180,9 @@ def test_each_principal_reads_exactly_the_topics_the_model_allows(world, role):
                 seen.add(msg.topic())
     finally:
         consumer.close()
-    assert seen == expected, (f"{role}: read {sorted(seen - expected)} without a right; "
-                              f"could not read {sorted(expected - seen)}")
+    assert seen == expected, (
+        f"{role}: read {sorted(seen - expected)} without a right; could not read {sorted(expected - seen)}"
+    )
     if role == "auditor":
         t = world["settings"].topics
         assert {t.events, t.commands, t.batches, t.results, t.dlq} <= seen
@@ -174,8 +192,10 @@ TRANSACTIONAL = {
     # role: (inputs, outputs) — the role's real inputs and outputs, from the settings
     "normalize": (lambda s: [f"{s.connector.topic_prefix}.transaction"], lambda s: [s.topics.students]),
     "events": (lambda s: [s.topics.students], lambda s: [s.topics.events]),
-    "batcher": (lambda s: [s.topics.events, s.topics.commands, s.topics.results],
-                lambda s: [s.topics.batches, s.topics.open_batches]),
+    "batcher": (
+        lambda s: [s.topics.events, s.topics.commands, s.topics.results],
+        lambda s: [s.topics.batches, s.topics.open_batches],
+    ),
     "sink-xml": (lambda s: [s.topics.batches], lambda s: [s.topics.commands, s.topics.ledger]),
 }
 
@@ -201,8 +221,9 @@ def _transaction(kafka, group: str, txn_id: str, inputs: list[str], outputs: lis
         producer.begin_transaction()
         for t in outputs:
             producer.produce(t, key=b"txn", value=b"txn")
-        producer.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in got.items()],
-                                             consumer.consumer_group_metadata(), 30)
+        producer.send_offsets_to_transaction(
+            [TopicPartition(t, p, o) for (t, p), o in got.items()], consumer.consumer_group_metadata(), 30
+        )
         producer.commit_transaction(30)
     finally:
         consumer.close()
@@ -235,15 +256,18 @@ def test_idempotent_producers_of_the_non_transactional_roles(world):
     """The connector, the SEVIS sink and a DSO use sevisflow's idempotent producer (make_producer):
     it needs no cluster-wide right, only WRITE on a topic."""
     s = world["settings"]
-    cases = {"connector": [f"{s.connector.topic_prefix}.public.person"], "sink-sevis": [s.topics.results,
-                                                                                   s.topics.commands,
-                                                                                   s.topics.ledger],
-             "dso": [s.topics.commands]}
+    cases = {
+        "connector": [f"{s.connector.topic_prefix}.public.person"],
+        "sink-sevis": [s.topics.results, s.topics.commands, s.topics.ledger],
+        "dso": [s.topics.commands],
+    }
     for role, topics in cases.items():
         producer = make_producer(_as(world, _user(world, role)).kafka)
         errors: list = []
         for t in topics:
-            producer.produce(t, key=b"k", value=b"v", on_delivery=lambda e, m, errors=errors: errors.append(e) if e else None)
+            producer.produce(
+                t, key=b"k", value=b"v", on_delivery=lambda e, m, errors=errors: errors.append(e) if e else None
+            )
         assert producer.flush(30) == 0 and not errors, (role, errors)
 
 
@@ -267,10 +291,12 @@ def test_acls_apply_shows_the_diff_is_idempotent_and_repairs_drift(world, tmp_pa
     s = world["settings"]
     info = world["info"]
     config = tmp_path / "sevisflow.toml"
-    raw = {"kafka": dict(info.kafka.kafka_settings().items()),
-           "topics": dataclasses.asdict(s.topics), "connector": {"topic.prefix": s.connector.topic_prefix,
-                         "table.include.list": s.connector.table_include_list},
-           "school": {"org_id": s.school.org_id}}
+    raw = {
+        "kafka": dict(info.kafka.kafka_settings().items()),
+        "topics": dataclasses.asdict(s.topics),
+        "connector": {"topic.prefix": s.connector.topic_prefix, "table.include.list": s.connector.table_include_list},
+        "school": {"org_id": s.school.org_id},
+    }
     config.write_text(settings_toml(raw))
     capsys.readouterr()
     assert main(["--config", str(config), "acls", "apply", "--dry-run"]) == 0
@@ -282,12 +308,26 @@ def test_acls_apply_shows_the_diff_is_idempotent_and_repairs_drift(world, tmp_pa
     admin = make_admin(_settings_kafka(info.kafka.kafka_settings()))
     from confluent_kafka.admin import AclBindingFilter
 
-    gone = AclBindingFilter(ResourceType.TOPIC, s.topics.commands, ResourcePatternType.LITERAL, dso, "*",
-                            AclOperation.WRITE, AclPermissionType.ALLOW)
+    gone = AclBindingFilter(
+        ResourceType.TOPIC,
+        s.topics.commands,
+        ResourcePatternType.LITERAL,
+        dso,
+        "*",
+        AclOperation.WRITE,
+        AclPermissionType.ALLOW,
+    )
     for fut in admin.delete_acls([gone]).values():
         fut.result()
-    extra = AclBinding(ResourceType.TOPIC, s.topics.events, ResourcePatternType.LITERAL, dso, "*",
-                       AclOperation.WRITE, AclPermissionType.ALLOW)
+    extra = AclBinding(
+        ResourceType.TOPIC,
+        s.topics.events,
+        ResourcePatternType.LITERAL,
+        dso,
+        "*",
+        AclOperation.WRITE,
+        AclPermissionType.ALLOW,
+    )
     for fut in admin.create_acls([extra]).values():
         fut.result()
     time.sleep(1)

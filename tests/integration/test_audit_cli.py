@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from testkit.audit_scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT
 from sevisflow.app.cli import main
+from testkit.audit_scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT
 from tests.audit_scenario import load_scenario, scenario_config
 
 pytestmark = pytest.mark.integration
@@ -19,9 +19,17 @@ def test_audit_student_and_batch(kafka_stack, unique, tmp_path, capsys):
     capsys.readouterr()
     assert main(["--config", str(cfg), "audit", "student", STUDENT]) == 0
     text = capsys.readouterr().out
-    for needle in ("record replaced", "record held", "record released", f"closed into batch {BATCH_1}",
-                   "failure S1056", f"closed into batch {BATCH_2}", f"{BATCH_2} request 4.{STUDENT}: success",
-                   "DSO command hold", f"DSO command close of batch {BATCH_1} by {DSO}"):
+    for needle in (
+        "record replaced",
+        "record held",
+        "record released",
+        f"closed into batch {BATCH_1}",
+        "failure S1056",
+        f"closed into batch {BATCH_2}",
+        f"{BATCH_2} request 4.{STUDENT}: success",
+        "DSO command hold",
+        f"DSO command close of batch {BATCH_1} by {DSO}",
+    ):
         assert needle in text, needle
     assert "Exampel" not in text and OTHER not in text
 

@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from testkit.batcher import ORG, command, event, result
-from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import main as cli_main
-from tests.crashing import EXIT_CODE
+from sevisflow.processors.batcher.view import build_view
+from testkit.batcher import ORG, command, event, result
 from tests.batcher_support import (
     DSO,
     ORG2,
@@ -31,6 +30,7 @@ from tests.batcher_support import (
     wait_for,
     write_config,
 )
+from tests.crashing import EXIT_CODE
 from tests.helpers import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
@@ -51,7 +51,7 @@ def test_close_while_events_keep_arriving(env, tmp_path, capsys):
 
     def stream() -> None:
         for i in range(0, 300, 10):
-            send_events(env, events[i:i + 10])
+            send_events(env, events[i : i + 10])
             time.sleep(0.2)
 
     producer = threading.Thread(target=stream)
@@ -66,8 +66,12 @@ def test_close_while_events_keep_arriving(env, tmp_path, capsys):
             time.sleep(0.1)
         producer.join()
         assert closes >= 1
-        evs = wait_for(env, lambda evs: sum(len(records_of(c)) for c in closed_of(evs))
-                       + build_view(ORG, evs).counts()["records"] == 300)
+        evs = wait_for(
+            env,
+            lambda evs: (
+                sum(len(records_of(c)) for c in closed_of(evs)) + build_view(ORG, evs).counts()["records"] == 300
+            ),
+        )
         if build_view(ORG, evs).counts()["records"]:
             assert cli_main(["--config", str(cfg), "batch", "close", "--dso", DSO, "--yes"]) == 0
             evs = batch_events(env)
@@ -86,8 +90,20 @@ def test_kill_9_between_close_and_publish_gives_exactly_one_batch(env, tmp_path)
     cfg = write_config(env, tmp_path / "sevisflow.toml", school_extra=f'dso_user_ids = ["{DSO}"]\n')
     # through tests.crashing: the process ends (137, as kill -9) at the first commit of a transaction that
     # holds a closed batch, after its events were delivered to Kafka (inside the open transaction)
-    argv = [sys.executable, "-m", "tests.crashing", "sevisflow.processors.batcher", "--config", str(cfg),
-            "--instance", "crash", "--session-timeout-ms", "6000", "--log-level", "WARNING"]
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.crashing",
+        "sevisflow.processors.batcher",
+        "--config",
+        str(cfg),
+        "--instance",
+        "crash",
+        "--session-timeout-ms",
+        "6000",
+        "--log-level",
+        "WARNING",
+    ]
     proc_env = dict(os.environ, SEVISFLOW_CRASH_AT="kafka.before_commit@batcher.closed", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, cwd=REPO, env=proc_env)
     try:
@@ -134,17 +150,32 @@ def test_600_updates_make_three_batches_in_order(env):
 def test_coalesce_undo_hold_release_and_waiting_updates(env):
     batcher = Batcher(env)
     try:
-        send_events(env, [
-            event("S1", n=1, before={"email": "a"}, after={"email": "b"}),
-            event("S1", n=2, before={"email": "b"}, after={"email": "c"}),          # replaces n=1
-            event("S2", "Program.Extension", n=3, coalesce_key="Program.EndDate",
-                  before={"end": "2026-05-15"}, after={"end": "2026-12-15"}),
-            event("S2", "Program.Shorten", n=4, coalesce_key="Program.EndDate",
-                  before={"end": "2026-12-15"}, after={"end": "2026-05-15"}),        # undoes n=3
-            event("S3", "Create", n=5, payload={"@printForm": "true"}),
-            event("S3", "Registration", n=6, sevis_id=None),                         # waits for the ID
-            event("S4", n=7),
-        ])
+        send_events(
+            env,
+            [
+                event("S1", n=1, before={"email": "a"}, after={"email": "b"}),
+                event("S1", n=2, before={"email": "b"}, after={"email": "c"}),  # replaces n=1
+                event(
+                    "S2",
+                    "Program.Extension",
+                    n=3,
+                    coalesce_key="Program.EndDate",
+                    before={"end": "2026-05-15"},
+                    after={"end": "2026-12-15"},
+                ),
+                event(
+                    "S2",
+                    "Program.Shorten",
+                    n=4,
+                    coalesce_key="Program.EndDate",
+                    before={"end": "2026-12-15"},
+                    after={"end": "2026-05-15"},
+                ),  # undoes n=3
+                event("S3", "Create", n=5, payload={"@printForm": "true"}),
+                event("S3", "Registration", n=6, sevis_id=None),  # waits for the ID
+                event("S4", n=7),
+            ],
+        )
         send_command(env, command("hold", "h1", student_key="S4", dso_user_id=DSO, reason="check the I-20", at_ms=NOW))
         wait_for(env, lambda evs: any(e["type"] == "student_held" for e in evs))
         view = view_of(env)
@@ -157,11 +188,20 @@ def test_coalesce_undo_hold_release_and_waiting_updates(env):
         (first,) = closed_of(evs)
         assert sorted(r["record_id"] for r in records_of(first)) == ["S1:PersonalInfo", "S3:Create"]
         create = next(r for r in records_of(first) if r["kind"] == "Create")
-        send(env, env.topics.results, "sevisflow.results.SevisResult",
-             [result(first["batch_id"], create["request_id"], status="success", sevis_id="N0000012345")])
+        send(
+            env,
+            env.topics.results,
+            "sevisflow.results.SevisResult",
+            [result(first["batch_id"], create["request_id"], status="success", sevis_id="N0000012345")],
+        )
         send_command(env, command("release", "r1", student_key="S4", dso_user_id=DSO, at_ms=NOW))
-        wait_for(env, lambda evs: any(e["type"] == "student_released" for e in evs)
-                 and any(e["type"] == "record_released" and "S3" in e["record_json"] for e in evs))
+        wait_for(
+            env,
+            lambda evs: (
+                any(e["type"] == "student_released" for e in evs)
+                and any(e["type"] == "record_released" and "S3" in e["record_json"] for e in evs)
+            ),
+        )
         send_command(env, command("close", "c2", dso_user_id=DSO, at_ms=NOW))
         evs = wait_for(env, lambda evs: len(closed_of(evs)) == 2)
     finally:
@@ -196,11 +236,11 @@ def test_batch_ids_unique_across_restarts_and_two_instances(env):
         running.append(Batcher(env, instance="a"))
         close_both()
         running.pop().stop()
-        running.append(Batcher(env, instance="a"))    # restart
+        running.append(Batcher(env, instance="a"))  # restart
         close_both()
-        running.append(Batcher(env, instance="b"))    # second instance: rebalance
+        running.append(Batcher(env, instance="b"))  # second instance: rebalance
         close_both()
-        running.pop(0).stop()                          # b takes everything after a's session times out
+        running.pop(0).stop()  # b takes everything after a's session times out
         close_both()
     finally:
         for b in running:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from testkit.batcher import ORG, event
-from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import batch as batch_cli
+from sevisflow.processors.batcher.view import build_view
+from testkit.batcher import ORG, event
 from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, send_events, wait_for, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
@@ -22,11 +22,20 @@ def test_dso_day_through_the_cli(env, tmp_path, capsys):
         code, _, err = cli(capsys, cfg, "batch", "close", "--dso", DSO, "--yes")
         assert code == 1 and "nothing to close" in err
 
-        send_events(env, [
-            event("S1", n=1, display_name="Chen, Wei", before={"email": "a"}, after={"email": "b"},
-                  payload={"@printForm": "false", "FullName": {"LastName": "Chen", "FirstName": "Wei"}}),
-            event("S2", n=2, display_name="Okafor, Ada"),
-        ])
+        send_events(
+            env,
+            [
+                event(
+                    "S1",
+                    n=1,
+                    display_name="Chen, Wei",
+                    before={"email": "a"},
+                    after={"email": "b"},
+                    payload={"@printForm": "false", "FullName": {"LastName": "Chen", "FirstName": "Wei"}},
+                ),
+                event("S2", n=2, display_name="Okafor, Ada"),
+            ],
+        )
         wait_for(env, lambda evs: build_view(ORG, evs).counts()["records"] == 2)
 
         code, out, _ = cli(capsys, cfg, "batch", "show")
@@ -42,17 +51,36 @@ def test_dso_day_through_the_cli(env, tmp_path, capsys):
         code, _, err = cli(capsys, cfg, "batch", "hold", "S2", "--dso", DSO, "--reason", "again")
         assert code == 1 and "student S2 is already on hold (by DSOUSER001 since" in err and "check I-20" in err
 
-        code, out, _ = cli(capsys, cfg, "student", "add-info", "S1", "--dso", DSO, "--passport", "CHEN WEI",
-                           "--dependent", "last=Chen,first=Mei,birth-date=2019-03-02,gender=F,birth-country=CH,"
-                                          "citizenship=CH,relationship=child,visa=F-2", "--json")
+        code, out, _ = cli(
+            capsys,
+            cfg,
+            "student",
+            "add-info",
+            "S1",
+            "--dso",
+            DSO,
+            "--passport",
+            "CHEN WEI",
+            "--dependent",
+            "last=Chen,first=Mei,birth-date=2019-03-02,gender=F,birth-country=CH,"
+            "citizenship=CH,relationship=child,visa=F-2",
+            "--json",
+        )
         assert code == 0, out
         added = orjson.loads(out)
         assert [e["kind"] for e in added["records"]] == ["PersonalInfo", "Dependent.Add"]
         assert added["dso_user_id"] == DSO and added["codes"][0]["birth country"] == "China (CH)"
         code, _, err = cli(capsys, cfg, "student", "add-info", "S1", "--passport", "X1234567")
         assert code == 1 and "digits" in err
-        code, _, err = cli(capsys, cfg, "student", "add-info", "S1", "--dependent",
-                           "last=Chen,birth-date=2019-03-02,gender=F,birth-country=ZZ,citizenship=CH,relationship=child")
+        code, _, err = cli(
+            capsys,
+            cfg,
+            "student",
+            "add-info",
+            "S1",
+            "--dependent",
+            "last=Chen,birth-date=2019-03-02,gender=F,birth-country=ZZ,citizenship=CH,relationship=child",
+        )
         assert code == 1 and "not a SEVIS country code" in err
 
         evs = wait_for(env, lambda evs: build_view(ORG, evs).counts()["records"] == 4)

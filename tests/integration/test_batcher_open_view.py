@@ -7,10 +7,10 @@ import time
 import orjson
 import pytest
 
-from testkit.batcher import ORG, event
-from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import batch as batch_cli
 from sevisflow.app.cli import main as cli_main
+from sevisflow.processors.batcher.view import build_view
+from testkit.batcher import ORG, event
 from tests.batcher_support import (
     DSO,
     ORG2,
@@ -66,10 +66,15 @@ def test_show_from_the_view_equals_the_history_through_a_dso_day(env, tmp_path, 
     batcher = Batcher(env)
     try:
         # adds (two schools share the topics), then a replacement of S1's change
-        send_events(env, [event("S1", n=1, display_name="Chen, Wei", before={"email": "a"}, after={"email": "b"}),
-                          event("S2", n=2, display_name="Okafor, Ada"),
-                          event("S3", "Create", n=3, display_name="Novak, Ana"),
-                          event("T1", n=4, org=ORG2)])
+        send_events(
+            env,
+            [
+                event("S1", n=1, display_name="Chen, Wei", before={"email": "a"}, after={"email": "b"}),
+                event("S2", n=2, display_name="Okafor, Ada"),
+                event("S3", "Create", n=3, display_name="Novak, Ana"),
+                event("T1", n=4, org=ORG2),
+            ],
+        )
         records_in_history(env, 3)
         send_events(env, [event("S1", n=5, before={"email": "b"}, after={"email": "c"})])
         wait_for(env, lambda evs: any(e["type"] == "record_replaced" for e in evs))
@@ -87,8 +92,9 @@ def test_show_from_the_view_equals_the_history_through_a_dso_day(env, tmp_path, 
 
         # close through the view: exactly the ready records the DSO saw, nothing else
         ready = {r["record_id"] for r in shown["records"] if r["status"] == "open"}
-        closed = orjson.loads(cli(capsys, cfg, "batch", "close", "--dso", DSO, "--revision", str(shown["revision"]),
-                                  "--json"))
+        closed = orjson.loads(
+            cli(capsys, cfg, "batch", "close", "--dso", DSO, "--revision", str(shown["revision"]), "--json")
+        )
         (batch,) = closed["batches"]
         closed_ev = next(e for e in closed_of(batch_events(env)) if e["batch_id"] == batch["batch_id"])
         assert {r["record_id"] for r in records_of(closed_ev)} == ready
@@ -133,9 +139,9 @@ def test_show_falls_back_to_the_history_when_the_view_has_nothing(env, tmp_path,
 
 def test_the_view_reader_finds_the_latest_committed_value_far_back_and_skips_aborted_ones(env):
     """Other schools' views after ours (past the first read window), and an aborted newer one."""
-    from sevisflow.processors.batcher.core import School, open_view
     from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
     from sevisflow.core.serde import registry
+    from sevisflow.processors.batcher.core import School, open_view
 
     topic = env.topics.open_batches
 
@@ -147,8 +153,14 @@ def test_the_view_reader_finds_the_latest_committed_value_far_back_and_skips_abo
     produce(producer, topic, ORG.encode(), value(ORG, 1), partition=1, on_delivery=delivery_raiser(errors))
     produce(producer, topic, ORG.encode(), value(ORG, 2), partition=1, on_delivery=delivery_raiser(errors))
     for i in range(100):
-        produce(producer, topic, f"OTHER{i:03d}".encode(), value(f"OTHER{i:03d}", i), partition=1,
-                on_delivery=delivery_raiser(errors))
+        produce(
+            producer,
+            topic,
+            f"OTHER{i:03d}".encode(),
+            value(f"OTHER{i:03d}", i),
+            partition=1,
+            on_delivery=delivery_raiser(errors),
+        )
     flush_or_raise(producer, errors)
     assert batch_cli.read_open_batch(env, ORG)["revision"] == 2
     assert batch_cli.read_open_batch(env, "OTHER099")["revision"] == 99

@@ -23,10 +23,36 @@ STAGES = {"connector", "normalize", "events", "batcher"}
 @pytest.mark.timeout(300)
 def test_scale_bench_small_is_complete_and_measures_what_it_claims(kafka_stack, pg_stack, tmp_path):
     out = tmp_path / "scale.json"
-    rc = main(["--students", "300", "--rate", "20", "--duration", "20", "--activity", "100", "--modes", "separate",
-               "--steady-in", "separate", "--settle", "3", "--timeout", "180", "--sample", "0.5",
-               "--kafka", kafka_stack.bootstrap, "--pg", pg_stack.dsn, "--work-dir", str(tmp_path),
-               "--json-out", str(out)])
+    rc = main(
+        [
+            "--students",
+            "300",
+            "--rate",
+            "20",
+            "--duration",
+            "20",
+            "--activity",
+            "100",
+            "--modes",
+            "separate",
+            "--steady-in",
+            "separate",
+            "--settle",
+            "3",
+            "--timeout",
+            "180",
+            "--sample",
+            "0.5",
+            "--kafka",
+            kafka_stack.bootstrap,
+            "--pg",
+            pg_stack.dsn,
+            "--work-dir",
+            str(tmp_path),
+            "--json-out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     run = result["modes"]["separate"]
     why = json.dumps({k: v for k, v in run.items() if k != "rss_series"}, indent=1)[:6000]
@@ -35,7 +61,7 @@ def test_scale_bench_small_is_complete_and_measures_what_it_claims(kafka_stack, 
     snap = run["snapshot"]
     assert snap["complete"] and not snap["failure"], why
     assert snap["views_expected"] == 300 and snap["views_seen"] == 300, why
-    assert snap["creates_expected"] > 0, why   # the pure pipeline's oracle is not empty: the check can fail
+    assert snap["creates_expected"] > 0, why  # the pure pipeline's oracle is not empty: the check can fail
     assert snap["creates_in_open_batch"] == snap["creates_expected"], why
     assert snap["creates_unexpected"] == 0, why
     assert snap["open_batch_records"] >= snap["creates_expected"], why
@@ -46,12 +72,13 @@ def test_scale_bench_small_is_complete_and_measures_what_it_claims(kafka_stack, 
     steady = run["steady"]
     assert not steady["driver_error"] and not steady["failure"], why
     assert steady["missed_ops"] == 0, why
-    assert steady["kinds"].get("contact_change", 0) > 0 and len(steady["kinds"]) > 1, why   # activity, then e-mails
-    assert steady["committed_row_changes"] >= 200, why          # 20/s for 20 s, paced (≥ half of it)
-    assert steady["records"] > 0, why                           # SIS changes reached the open batch …
-    assert 0 <= steady["p50_ms"] <= steady["p99_ms"] <= steady["max_ms"], why   # … each with its latency
+    assert steady["kinds"].get("contact_change", 0) > 0 and len(steady["kinds"]) > 1, why  # activity, then e-mails
+    assert steady["committed_row_changes"] >= 200, why  # 20/s for 20 s, paced (≥ half of it)
+    assert steady["records"] > 0, why  # SIS changes reached the open batch …
+    assert 0 <= steady["p50_ms"] <= steady["p99_ms"] <= steady["max_ms"], why  # … each with its latency
     assert not math.isnan(steady["p99_ms"]), why
-    for name in STAGES:                                          # memory over the steady window, per process
+    assert steady["behind_at_end_s"] is not None and steady["behind_at_end_s"] >= 0, why
+    for name in STAGES:  # memory over the steady window, per process
         window = steady["rss"][name]
         assert window["samples"] >= 10 and window["max_mib"] >= window["start_mib"] > 20, why
         assert len(run["rss_series"][name]) >= 20, why

@@ -27,8 +27,20 @@ pytestmark = pytest.mark.integration
 
 # 45 s of activity and four kills (every stage dies once per two runs on average): kills 2 and 4 hit the
 # SEVIS sink while the simulator holds its upload or download, kill 3 also arms a SEVIS fault.
-PLAN = Plan(students=40, share=0.5, activity=30, minutes=0.75, kills=4, seed=5, close_every_s=15.0,
-            in_flight_share=0.5, results_delay_s=2.0, fault_every=3, settle_timeout_s=240.0, verify=False)
+PLAN = Plan(
+    students=40,
+    share=0.5,
+    activity=30,
+    minutes=0.75,
+    kills=4,
+    seed=5,
+    close_every_s=15.0,
+    in_flight_share=0.5,
+    results_delay_s=2.0,
+    fault_every=3,
+    settle_timeout_s=240.0,
+    verify=False,
+)
 
 
 @pytest.mark.timeout(900)
@@ -55,8 +67,7 @@ def test_stages_killed_at_random_lose_nothing_and_send_nothing_twice(kafka_stack
     sim = chaos.sim
     with sim.lock:
         key = sorted(sim.batches)[0]
-        sim.requests.append({"op": "upload", "org_id": ORG_ID, "batch_id": key[1], "code": "S0010",
-                             "at": time.time()})
+        sim.requests.append({"op": "upload", "org_id": ORG_ID, "batch_id": key[1], "code": "S0010", "at": time.time()})
         del sim.batches[key]
     doc = next(p for p in Path(chaos.settings.sevis.outbox_dir).glob("*/processed/*/*.xml") if p.stem == p.parent.name)
     doc.write_bytes(b"<SEVISBatchCreateUpdateEVStudent/>")

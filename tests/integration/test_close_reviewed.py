@@ -16,10 +16,20 @@ import time
 import orjson
 import pytest
 
-from testkit.batcher import ORG, event
-from sevisflow.processors.batcher.view import build_view
 from sevisflow.core.kafka_io import delivery_raiser, flush_or_raise, make_producer, produce
-from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, records_of, send_events, wait_for, write_config
+from sevisflow.processors.batcher.view import build_view
+from testkit.batcher import ORG, event
+from tests.batcher_support import (
+    DSO,
+    Batcher,
+    batch_events,
+    cli,
+    closed_of,
+    records_of,
+    send_events,
+    wait_for,
+    write_config,
+)
 from tests.helpers import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
@@ -43,8 +53,13 @@ def test_a_change_between_show_and_close_stays_open_and_the_audit_records_the_re
 
         # meanwhile: a new student, and a new change of a record the DSO reviewed
         send_events(env, [event("S3", n=3), event("S1", n=4, payload={"@printForm": "false", "Email": "new@x.edu"})])
-        wait_for(env, lambda evs: build_view(ORG, evs).counts()["records"] == 3
-                 and build_view(ORG, evs).records["S1:PersonalInfo"]["rev"] > revision)
+        wait_for(
+            env,
+            lambda evs: (
+                build_view(ORG, evs).counts()["records"] == 3
+                and build_view(ORG, evs).records["S1:PersonalInfo"]["rev"] > revision
+            ),
+        )
 
         # without a terminal, a close must name the revision (or --yes for an unreviewed script close)
         code, _, err = cli(capsys, cfg, "batch", "close", "--dso", DSO)
@@ -57,7 +72,9 @@ def test_a_change_between_show_and_close_stays_open_and_the_audit_records_the_re
         result = orjson.loads(out)
         assert [b["records"] for b in result["batches"]] == [1] and result["reviewed_revision"] == revision
         assert result["plan"]["closing"] == ["S2:PersonalInfo"]
-        assert result["plan"]["changed_since"] == ["S1:PersonalInfo"] and result["plan"]["added_since"] == ["S3:PersonalInfo"]
+        assert result["plan"]["changed_since"] == ["S1:PersonalInfo"] and result["plan"]["added_since"] == [
+            "S3:PersonalInfo"
+        ]
         note = result["batches"][0]["note"]
         assert "1 reviewed record(s) changed after revision" in note and f"{DSO} reviewed revision {revision}" in note
         batch_id = result["batches"][0]["batch_id"]
@@ -80,17 +97,27 @@ def test_a_change_between_show_and_close_stays_open_and_the_audit_records_the_re
         batcher.stop()
     closed = closed_of(batch_events(env))
     assert [sorted(r["record_id"] for r in records_of(c)) for c in closed] == [
-        ["S2:PersonalInfo"], ["S1:PersonalInfo", "S3:PersonalInfo"]]
+        ["S2:PersonalInfo"],
+        ["S1:PersonalInfo", "S3:PersonalInfo"],
+    ]
     s1 = next(r for r in records_of(closed[1]) if r["record_id"] == "S1:PersonalInfo")
     assert s1["payload"]["Email"] == "new@x.edu"  # the content closed is the content the second close covered
 
 
-def _run_on_a_terminal(argv: list[str], answer: str, timeout_s: float = 90.0,
-                       prompt: bytes = b"Type yes to close:") -> tuple[int, str]:
+def _run_on_a_terminal(
+    argv: list[str], answer: str, timeout_s: float = 90.0, prompt: bytes = b"Type yes to close:"
+) -> tuple[int, str]:
     """Run the CLI with stdin and stdout on a pseudo-terminal, type ``answer`` at the prompt."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.app.cli.__main__", *argv], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sevisflow.app.cli.__main__", *argv],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        close_fds=True,
+    )
     os.close(slave)
     out, answered = b"", False
     deadline = time.monotonic() + timeout_s
@@ -129,9 +156,19 @@ def test_on_a_terminal_the_close_shows_the_counts_and_needs_yes(env, tmp_path):
         code, out = _run_on_a_terminal(["--config", str(cfg), "batch", "close"], "yes")
         assert code == 0 and "Closed 3 records into 1 batch" in out, out
         # add-info on a terminal: the meaning of each code, then "yes" or nothing is added
-        code, out = _run_on_a_terminal(["--config", str(cfg), "student", "add-info", "S1", "--dependent",
-                                        "last=Li,birth-date=2019-03-02,gender=M,birth-country=CN,citizenship=CN,"
-                                        "relationship=child"], "", prompt=b"Type yes to add:")
+        code, out = _run_on_a_terminal(
+            [
+                "--config",
+                str(cfg),
+                "student",
+                "add-info",
+                "S1",
+                "--dependent",
+                "last=Li,birth-date=2019-03-02,gender=M,birth-country=CN,citizenship=CN,relationship=child",
+            ],
+            "",
+            prompt=b"Type yes to add:",
+        )
         assert code == 1 and "birth country   Comoros (CN)" in out and "Nothing was added." in out, out
     finally:
         batcher.stop()
@@ -143,8 +180,13 @@ def _put_student(env, key: str) -> None:
     """A student normalize knows (sevisflow.students) but no event has brought into the open batch yet."""
     producer = make_producer(env.kafka)
     errors: list = []
-    produce(producer, env.topics.students, key.encode(), b'{"student_key": "%s"}' % key.encode(),
-            on_delivery=delivery_raiser(errors))
+    produce(
+        producer,
+        env.topics.students,
+        key.encode(),
+        b'{"student_key": "%s"}' % key.encode(),
+        on_delivery=delivery_raiser(errors),
+    )
     flush_or_raise(producer, errors)
 
 
@@ -152,8 +194,14 @@ def test_dso_actions_record_who_and_refuse_what_the_pipeline_does_not_know(env, 
     cfg = write_config(env, tmp_path / "sevisflow.toml")
     batcher = Batcher(env)
     try:
-        send_events(env, [event("S1", n=1, sevis_id="N0000000042",
-                                payload={"@printForm": "false", "FullName": {"LastName": "Chen"}})])
+        send_events(
+            env,
+            [
+                event(
+                    "S1", n=1, sevis_id="N0000000042", payload={"@printForm": "false", "FullName": {"LastName": "Chen"}}
+                )
+            ],
+        )
         _put_student(env, "S50")
         wait_for(env, lambda evs: build_view(ORG, evs).counts()["records"] == 1)
 
@@ -161,8 +209,11 @@ def test_dso_actions_record_who_and_refuse_what_the_pipeline_does_not_know(env, 
         code, _, err = cli(capsys, cfg, "batch", "hold", "S1", "--reason", "check")
         assert code == 1 and "say who you are with --dso" in err
         # the hold reason is checked
-        for reason, why in (("", "the hold reason is missing"), ("x" * 501, "501 characters long"),
-                            ("ok\x1b[31m", "control or invisible character (U+001B")):
+        for reason, why in (
+            ("", "the hold reason is missing"),
+            ("x" * 501, "501 characters long"),
+            ("ok\x1b[31m", "control or invisible character (U+001B"),
+        ):
             code, _, err = cli(capsys, cfg, "batch", "hold", "S1", "--dso", DSO, "--reason", reason)
             assert code == 1 and why in err, err
         # unknown students are refused; a student normalize knows can be held before any record exists
@@ -178,12 +229,15 @@ def test_dso_actions_record_who_and_refuse_what_the_pipeline_does_not_know(env, 
         assert code == 1 and "not on hold; nothing to release" in err
 
         # add-info: who, the meaning of every code, the known SEVIS ID, a known student
-        dep = ("last=Chen,first=Mei,birth-date=2019-03-02,gender=F,birth-country=CN,citizenship=CH,"
-               "relationship=child,visa=F-2")
+        dep = (
+            "last=Chen,first=Mei,birth-date=2019-03-02,gender=F,birth-country=CN,citizenship=CH,"
+            "relationship=child,visa=F-2"
+        )
         code, _, err = cli(capsys, cfg, "student", "add-info", "S404", "--dso", DSO, "--dependent", dep)
         assert code == 1 and "not known to the pipeline" in err
-        code, _, err = cli(capsys, cfg, "student", "add-info", "S1", "--dso", DSO, "--dependent", dep,
-                           "--sevis-id", "N0000000099")
+        code, _, err = cli(
+            capsys, cfg, "student", "add-info", "S1", "--dso", DSO, "--dependent", dep, "--sevis-id", "N0000000099"
+        )
         assert code == 1 and "--sevis-id N0000000099 differs from N0000000042" in err and "nothing was added" in err
         code, out, err = cli(capsys, cfg, "student", "add-info", "S1", "--dso", DSO, "--dependent", dep)
         assert code == 0, err

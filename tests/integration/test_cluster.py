@@ -28,8 +28,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from sevisflow.deploy.local.cluster import kill_node, restart_node
-from sevisflow.deploy.local.stack import KafkaInfo
 from sevisflow.core.config import KafkaSettings, Settings, settings_from_mapping
 from sevisflow.core.kafka_io import (
     Output,
@@ -42,6 +40,8 @@ from sevisflow.core.kafka_io import (
     read_topic,
 )
 from sevisflow.core.topics import AUDIT_RETENTION_MS, apply_topics, pipeline_topics, plan_topics
+from sevisflow.deploy.local.cluster import kill_node, restart_node
+from sevisflow.deploy.local.stack import KafkaInfo
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.integration
@@ -62,12 +62,23 @@ def cluster(kafka_cluster: KafkaInfo) -> KafkaInfo:
 
 
 def _settings(cluster: KafkaInfo, unique: str) -> Settings:
-    return settings_from_mapping({
-        "kafka": {**cluster.kafka_settings(), "replication_factor": 3, "min_insync_replicas": 2},
-        "topics": {name: f"{default}.{unique}" for name, default in [
-            ("students", "sevisflow.students"), ("events", "sevis.events"), ("commands", "sevis.batch.commands"),
-            ("batches", "sevis.batches"), ("results", "sevis.results"), ("dlq", "sevisflow.dlq")]},
-    }, env={})
+    return settings_from_mapping(
+        {
+            "kafka": {**cluster.kafka_settings(), "replication_factor": 3, "min_insync_replicas": 2},
+            "topics": {
+                name: f"{default}.{unique}"
+                for name, default in [
+                    ("students", "sevisflow.students"),
+                    ("events", "sevis.events"),
+                    ("commands", "sevis.batch.commands"),
+                    ("batches", "sevis.batches"),
+                    ("results", "sevis.results"),
+                    ("dlq", "sevisflow.dlq"),
+                ]
+            },
+        },
+        env={},
+    )
 
 
 def test_topics_apply_replicates_three_ways_and_shows_drift(cluster, unique):
@@ -100,13 +111,17 @@ def test_topics_apply_replicates_three_ways_and_shows_drift(cluster, unique):
     assert _config_value(admin, dlq, "retention.ms", str(90 * 86400000)) == str(90 * 86400000)
 
     # someone shortens the retention of sevis.events by hand: apply shows it and puts it back
-    alter = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.events, incremental_configs=[
-        ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)])
+    alter = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        settings.topics.events,
+        incremental_configs=[ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)],
+    )
     admin.incremental_alter_configs([alter])[alter].result()
     _config_value(admin, settings.topics.events, "retention.ms", "3600000")
     expected = [(settings.topics.events, "retention.ms", "3600000")]
-    plan = _settled_plan(settings.kafka, specs, lambda p: [(c.topic, c.key, c.current) for c in p.config_changes]
-                         == expected)
+    plan = _settled_plan(
+        settings.kafka, specs, lambda p: [(c.topic, c.key, c.current) for c in p.config_changes] == expected
+    )
     assert [(c.topic, c.key, c.current) for c in plan.config_changes] == expected
     apply_topics(settings.kafka, specs, allow_partition_increase=True)
     _config_value(admin, settings.topics.events, "retention.ms", AUDIT_RETENTION_MS)
@@ -152,7 +167,7 @@ def _coordinator(kafka: KafkaSettings, group: str) -> int:
         try:
             desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
             return int(desc.coordinator.id)
-        except Exception:  # noqa: BLE001 - the group may not be known yet
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
@@ -173,16 +188,26 @@ def test_kill_minus_9_one_broker_under_load_loses_and_duplicates_nothing(cluster
     kafka = _settings(cluster, unique).kafka
     inp, out, state, group = f"cl.in.{unique}", f"cl.out.{unique}", f"cl.state.{unique}", f"cl-{unique}"
     replicated = {"min.insync.replicas": "2"}
-    ensure_topics(kafka, [TopicSpec(inp, 3, 3, replicated), TopicSpec(out, 3, 3, replicated),
-                          TopicSpec(state, 3, 3, {**replicated, "cleanup.policy": "compact"})])
+    ensure_topics(
+        kafka,
+        [
+            TopicSpec(inp, 3, 3, replicated),
+            TopicSpec(out, 3, 3, replicated),
+            TopicSpec(state, 3, 3, {**replicated, "cleanup.policy": "compact"}),
+        ],
+    )
 
     def handler(msg, st: StateStore):
         count = int(st.get(msg.partition(), msg.key()) or b"0") + 1
         st.put(msg.partition(), msg.key(), str(count).encode())
         yield Output(out, msg.key(), msg.value() + b"#" + str(count).encode())
 
-    loops = [TransactionalLoop(kafka, group, [inp], handler, transactional_id=f"{group}-{i}", state_topic=state,
-                               batch_size=100) for i in range(2)]
+    loops = [
+        TransactionalLoop(
+            kafka, group, [inp], handler, transactional_id=f"{group}-{i}", state_topic=state, batch_size=100
+        )
+        for i in range(2)
+    ]
     errors: list[BaseException] = []
 
     def run(loop: TransactionalLoop) -> None:
@@ -217,8 +242,12 @@ def test_kill_minus_9_one_broker_under_load_loses_and_duplicates_nothing(cluster
         for i in range(TOTAL):
             key = f"student-{i % KEYS}".encode()
             sent[key] += 1
-            producer.produce(inp, key=key, value=f"m{i}".encode(),
-                             on_delivery=lambda err, msg: err and delivery_errors.append(err.str()))
+            producer.produce(
+                inp,
+                key=key,
+                value=f"m{i}".encode(),
+                on_delivery=lambda err, msg: err and delivery_errors.append(err.str()),
+            )
             producer.poll(0)
             if i % 100 == 99:
                 time.sleep(0.25)  # ~400 records/s for ~10 s
@@ -270,14 +299,21 @@ def test_kill_minus_9_one_broker_under_load_loses_and_duplicates_nothing(cluster
         restarter.join(RESTART_AFTER_S + 120)
     rejoined = _wait_full_isr(kafka, [inp, out, state], 90)
     restarted_at = restart_info.get("started", killed_at + RESTART_AFTER_S)
-    processed_while_down = max((n for t, n in progress if t < restarted_at), default=0) - \
-        max((n for t, n in progress if t < killed_at), default=0)
+    processed_while_down = max((n for t, n in progress if t < restarted_at), default=0) - max(
+        (n for t, n in progress if t < killed_at), default=0
+    )
     figures = {
-        "records_sent": TOTAL, "records_out": len(values), "distinct_inputs_out": len(originals),
-        "duplicates": duplicates, "killed_node": victim, "aborted_transactions": sum(lp.aborts for lp in loops),
+        "records_sent": TOTAL,
+        "records_out": len(values),
+        "distinct_inputs_out": len(originals),
+        "duplicates": duplicates,
+        "killed_node": victim,
+        "aborted_transactions": sum(lp.aborts for lp in loops),
         "stuck_producers_replaced": sum(lp.producer_replacements for lp in loops),
-        "longest_stall_after_kill_s": round(stall, 2), "all_processed_s_after_kill": round(done_at - killed_at, 2),
-        "node_down_s": round(restarted_at - killed_at, 2), "processed_while_node_down": processed_while_down,
+        "longest_stall_after_kill_s": round(stall, 2),
+        "all_processed_s_after_kill": round(done_at - killed_at, 2),
+        "node_down_s": round(restarted_at - killed_at, 2),
+        "processed_while_node_down": processed_while_down,
         "killed_node_back_in_every_isr_s": round(time.monotonic() - restarted_at, 2) if rejoined else None,
     }
     print("cluster figures:", json.dumps(figures))

@@ -21,8 +21,14 @@ from tests.integration.eos_support import EosWorld, stop
 
 pytestmark = pytest.mark.integration
 
-CRASHES = [("kafka.before_send_offsets", 2), ("kafka.before_commit", 2), ("kafka.after_commit", 2),
-           ("kafka.before_commit", 1), ("kafka.after_commit", 1), ("kafka.before_send_offsets", 1)]
+CRASHES = [
+    ("kafka.before_send_offsets", 2),
+    ("kafka.before_commit", 2),
+    ("kafka.after_commit", 2),
+    ("kafka.before_commit", 1),
+    ("kafka.after_commit", 1),
+    ("kafka.before_send_offsets", 1),
+]
 
 
 def test_crash_just_before_and_after_each_commit_step_loses_and_duplicates_nothing(kafka_stack, unique):
@@ -36,7 +42,9 @@ def test_crash_just_before_and_after_each_commit_step_loses_and_duplicates_nothi
             rc = proc.wait(90)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"the worker armed at {point}:{nth} did not reach it: {proc.stderr.read()[-2000:]}") from None
+            raise AssertionError(
+                f"the worker armed at {point}:{nth} did not reach it: {proc.stderr.read()[-2000:]}"
+            ) from None
         err = proc.stderr.read().decode()
         assert rc == EXIT_CODE, f"{point}:{nth}: exit {rc}\n{err[-2000:]}"
         assert f'"point":"{point}"' in err, err[-1000:]

@@ -20,11 +20,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from sevisflow.deploy.local.stack import PG_USER, find_pg_bin, start_stack, stop_stack
 from sevisflow.core.errors import TerminalError
+from sevisflow.deploy.local.stack import PG_USER, find_pg_bin, start_stack, stop_stack
 from tests.helpers import REPO, KafkaHandle, PgHandle
 from tests.integration.connector_support import (
-    RunningConnector, connector_settings, events, execute, run_to_end, wait_caught_up, wait_until,
+    RunningConnector,
+    connector_settings,
+    events,
+    execute,
+    run_to_end,
+    wait_caught_up,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -38,7 +44,7 @@ class Writer:
         self.next_id = first_id
         self.first_id = first_id
         self.rows: dict[int, int] = {}
-        self.expected: list[tuple[str, int, int]] = []     # (op, id, v after — or before for deletes)
+        self.expected: list[tuple[str, int, int]] = []  # (op, id, v after — or before for deletes)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.reconnects = 0
@@ -58,7 +64,7 @@ class Writer:
             if i % 3 == 0 and i - 2 in rows:
                 conn.execute("DELETE FROM k WHERE id = %s", (i - 2,))
                 pending.append(("d", i - 2, rows.pop(i - 2)))
-        self.rows = rows          # only after COMMIT returned
+        self.rows = rows  # only after COMMIT returned
         self.expected.extend(pending)
         self.next_id += 1
 
@@ -122,30 +128,47 @@ def _stop_cleanly(proc: subprocess.Popen[bytes], log: Path) -> None:
 def _env(settings: Any) -> dict[str, str]:
     c, p = settings.connector, settings.postgres
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
-    env.update({
-        "PYTHONPATH": str(REPO), "SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "SEVISFLOW_KAFKA_PARTITIONS": str(settings.kafka.partitions),
-        "SEVISFLOW_POSTGRES_HOST": p.host, "SEVISFLOW_POSTGRES_PORT": str(p.port),
-        "SEVISFLOW_POSTGRES_DBNAME": p.dbname, "SEVISFLOW_POSTGRES_USER": p.user,
-        "SEVISFLOW_CONNECTOR_NAME": c.name, "SEVISFLOW_CONNECTOR_SLOT_NAME": c.slot_name,
-        "SEVISFLOW_CONNECTOR_TOPIC_PREFIX": c.topic_prefix, "SEVISFLOW_CONNECTOR_PUBLICATION_NAME": c.publication_name,
-        "SEVISFLOW_CONNECTOR_TABLE_INCLUDE_LIST": ",".join(c.table_include_list),
-        "SEVISFLOW_CONNECTOR_OFFSETS_DIR": c.offsets_dir,
-        "SEVISFLOW_CONNECTOR_HEARTBEAT_INTERVAL_MS": str(c.heartbeat_interval_ms),
-        "SEVISFLOW_CONNECTOR_OFFSET_FLUSH_INTERVAL_MS": str(c.offset_flush_interval_ms),
-        "SEVISFLOW_CONNECTOR_SNAPSHOT_FETCH_SIZE": str(c.snapshot_fetch_size),
-        "SEVISFLOW_CONNECTOR_SLOT_RETRY_DELAY_MS": "300", "SEVISFLOW_CONNECTOR_SLOT_MAX_RETRIES": "50",
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(REPO),
+            "SEVISFLOW_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "SEVISFLOW_KAFKA_PARTITIONS": str(settings.kafka.partitions),
+            "SEVISFLOW_POSTGRES_HOST": p.host,
+            "SEVISFLOW_POSTGRES_PORT": str(p.port),
+            "SEVISFLOW_POSTGRES_DBNAME": p.dbname,
+            "SEVISFLOW_POSTGRES_USER": p.user,
+            "SEVISFLOW_CONNECTOR_NAME": c.name,
+            "SEVISFLOW_CONNECTOR_SLOT_NAME": c.slot_name,
+            "SEVISFLOW_CONNECTOR_TOPIC_PREFIX": c.topic_prefix,
+            "SEVISFLOW_CONNECTOR_PUBLICATION_NAME": c.publication_name,
+            "SEVISFLOW_CONNECTOR_TABLE_INCLUDE_LIST": ",".join(c.table_include_list),
+            "SEVISFLOW_CONNECTOR_OFFSETS_DIR": c.offsets_dir,
+            "SEVISFLOW_CONNECTOR_HEARTBEAT_INTERVAL_MS": str(c.heartbeat_interval_ms),
+            "SEVISFLOW_CONNECTOR_OFFSET_FLUSH_INTERVAL_MS": str(c.offset_flush_interval_ms),
+            "SEVISFLOW_CONNECTOR_SNAPSHOT_FETCH_SIZE": str(c.snapshot_fetch_size),
+            "SEVISFLOW_CONNECTOR_SLOT_RETRY_DELAY_MS": "300",
+            "SEVISFLOW_CONNECTOR_SLOT_MAX_RETRIES": "50",
+        }
+    )
     return env
 
 
-def test_kill_9_at_random_moments_loses_nothing(kafka_stack: KafkaHandle, fresh_db: PgHandle, unique: str,
-                                                tmp_path: Path) -> None:
-    execute(fresh_db.dsn, "CREATE TABLE k (id int PRIMARY KEY, v int NOT NULL)", "ALTER TABLE k REPLICA IDENTITY FULL",
-            "INSERT INTO k SELECT g, 7 FROM generate_series(1, 20000) g")
-    s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{"table.include.list": ["public.k"],
-                                                                        "snapshot.fetch.size": 400,
-                                                                        "offset.flush.interval.ms": 300})
+def test_kill_9_at_random_moments_loses_nothing(
+    kafka_stack: KafkaHandle, fresh_db: PgHandle, unique: str, tmp_path: Path
+) -> None:
+    execute(
+        fresh_db.dsn,
+        "CREATE TABLE k (id int PRIMARY KEY, v int NOT NULL)",
+        "ALTER TABLE k REPLICA IDENTITY FULL",
+        "INSERT INTO k SELECT g, 7 FROM generate_series(1, 20000) g",
+    )
+    s = connector_settings(
+        kafka_stack,
+        fresh_db,
+        unique,
+        tmp_path,
+        **{"table.include.list": ["public.k"], "snapshot.fetch.size": 400, "offset.flush.interval.ms": 300},
+    )
     env = _env(s)
     log = open(tmp_path / "connector.log", "ab")  # noqa: SIM115 - every restarted connector appends to it; closed at the end
     cmd = [sys.executable, "-m", "sevisflow.connectors.postgres"]
@@ -157,7 +180,7 @@ def test_kill_9_at_random_moments_loses_nothing(kafka_stack: KafkaHandle, fresh_
         # changes committed before the slot exists are snapshot state, not stream events: write after it
         wait_until(lambda: s.connector.slot_name in _slots(fresh_db.dsn), 60, "the slot")
         writer.thread.start()
-        time.sleep(rnd.uniform(0.1, 0.8))     # usually lands in the snapshot
+        time.sleep(rnd.uniform(0.1, 0.8))  # usually lands in the snapshot
         for _ in range(4):
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
@@ -180,7 +203,7 @@ def test_kill_9_at_random_moments_loses_nothing(kafka_stack: KafkaHandle, fresh_
     assert stats["unique"] == len(writer.expected)
     text = (tmp_path / "connector.log").read_text()
     assert "Traceback" not in text
-    assert '"after"' not in text and '"before"' not in text    # logs carry positions and counts, never rows
+    assert '"after"' not in text and '"before"' not in text  # logs carry positions and counts, never rows
     assert "connector.snapshot_resume" in text or "connector.streaming" in text
 
 
@@ -194,14 +217,16 @@ def _pg_ctl(datadir: str, *args: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
 
 
-def test_postgres_restart_mid_stream_then_wal_level_check(kafka_stack: KafkaHandle, unique: str,
-                                                          tmp_path: Path) -> None:
+def test_postgres_restart_mid_stream_then_wal_level_check(
+    kafka_stack: KafkaHandle, unique: str, tmp_path: Path
+) -> None:
     root = REPO / ".local" / "stacks"
     root.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="pytest-pgrestart-", dir=root))
     base.chmod(0o755)
-    info = start_stack(name="pytest-pgrestart", base=base, kafka=False, pg_timezone="Asia/Kathmandu",
-                       progress=lambda *_: None)
+    info = start_stack(
+        name="pytest-pgrestart", base=base, kafka=False, pg_timezone="Asia/Kathmandu", progress=lambda *_: None
+    )
     try:
         assert info.postgres is not None
         pg = PgHandle(dsn=info.postgres.dsn, port=info.postgres.port)
@@ -209,7 +234,7 @@ def test_postgres_restart_mid_stream_then_wal_level_check(kafka_stack: KafkaHand
         s = connector_settings(kafka_stack, pg, unique, tmp_path, **{"table.include.list": ["public.k"]})
         writer = Writer(pg.dsn)
         with RunningConnector(s):
-            wait_until(lambda: (s.connector.slot_name in _slots(pg.dsn)), 30, "slot")
+            wait_until(lambda: s.connector.slot_name in _slots(pg.dsn), 30, "slot")
             writer.thread.start()
             wait_until(lambda: len(writer.expected) > 100, 30, "writes before the restart")
             _pg_ctl(info.postgres.datadir, "restart", "-m", "fast", "-w", "-t", "60")
@@ -221,8 +246,11 @@ def test_postgres_restart_mid_stream_then_wal_level_check(kafka_stack: KafkaHand
         assert stats["unique"] == len(writer.expected)
 
         # wal_level below logical: a real server's answer, and a message that says what to change
-        execute(pg.dsn, f"SELECT pg_drop_replication_slot('{s.connector.slot_name}')",
-                "ALTER SYSTEM SET wal_level = 'replica'")
+        execute(
+            pg.dsn,
+            f"SELECT pg_drop_replication_slot('{s.connector.slot_name}')",
+            "ALTER SYSTEM SET wal_level = 'replica'",
+        )
         _pg_ctl(info.postgres.datadir, "restart", "-m", "fast", "-w", "-t", "60")
         with pytest.raises(TerminalError, match=r"wal_level is 'replica'.*wal_level = logical"):
             run_to_end(s, timeout=30)
@@ -239,19 +267,31 @@ def _slots(dsn: str) -> list[str]:
 # the snapshot's progress file (saved only after Kafka acked the chunk), the "snapshot done" state, and the
 # LSN acknowledgement to PostgreSQL (sent only after Kafka acked everything up to it).
 CRASH_SEQUENCE = [
-    "connector.before_snapshot_progress:3", "connector.after_snapshot_progress:2",
-    "connector.before_snapshot_done", "connector.after_snapshot_done",
-    "connector.before_lsn_ack:3", "connector.after_lsn_ack:3",
+    "connector.before_snapshot_progress:3",
+    "connector.after_snapshot_progress:2",
+    "connector.before_snapshot_done",
+    "connector.after_snapshot_done",
+    "connector.before_lsn_ack:3",
+    "connector.after_lsn_ack:3",
 ]
 
 
 def test_crash_on_both_sides_of_every_connector_boundary_loses_nothing(
-        kafka_stack: KafkaHandle, fresh_db: PgHandle, unique: str, tmp_path: Path) -> None:
-    execute(fresh_db.dsn, "CREATE TABLE k (id int PRIMARY KEY, v int NOT NULL)", "ALTER TABLE k REPLICA IDENTITY FULL",
-            "INSERT INTO k SELECT g, 7 FROM generate_series(1, 6000) g")
-    s = connector_settings(kafka_stack, fresh_db, unique, tmp_path, **{"table.include.list": ["public.k"],
-                                                                        "snapshot.fetch.size": 500,
-                                                                        "offset.flush.interval.ms": 200})
+    kafka_stack: KafkaHandle, fresh_db: PgHandle, unique: str, tmp_path: Path
+) -> None:
+    execute(
+        fresh_db.dsn,
+        "CREATE TABLE k (id int PRIMARY KEY, v int NOT NULL)",
+        "ALTER TABLE k REPLICA IDENTITY FULL",
+        "INSERT INTO k SELECT g, 7 FROM generate_series(1, 6000) g",
+    )
+    s = connector_settings(
+        kafka_stack,
+        fresh_db,
+        unique,
+        tmp_path,
+        **{"table.include.list": ["public.k"], "snapshot.fetch.size": 500, "offset.flush.interval.ms": 200},
+    )
     cmd = [sys.executable, "-m", "tests.crashing", "sevisflow.connectors.postgres"]
     writer = Writer(fresh_db.dsn)
     crashed: list[str] = []
@@ -264,8 +304,9 @@ def test_crash_on_both_sides_of_every_connector_boundary_loses_nothing(
                     # streamed changes from here on: the snapshot is complete and the slot exists
                     wait_until(lambda: s.connector.slot_name in _slots(fresh_db.dsn), 60, "the slot")
                     writer.thread.start()
-                assert proc.wait(120) == 137, f"{point} was never reached:\n" + \
-                    (tmp_path / "connector.log").read_text()[-3000:]
+                assert proc.wait(120) == 137, (
+                    f"{point} was never reached:\n" + (tmp_path / "connector.log").read_text()[-3000:]
+                )
                 crashed.append(point)
             proc = subprocess.Popen(cmd, env=_env(s), cwd=tmp_path, stdout=log, stderr=log)
             time.sleep(2)
@@ -276,7 +317,7 @@ def test_crash_on_both_sides_of_every_connector_boundary_loses_nothing(
     assert crashed == CRASH_SEQUENCE and len(writer.expected) > 50
     seen, _ = _observed(s)
     assert set(range(1, 6001)) <= {i for op, i, _ in seen if op == "r"}, "snapshot rows missing after the crashes"
-    stats = _check_complete(writer, s)      # every committed change present; duplicates identical
+    stats = _check_complete(writer, s)  # every committed change present; duplicates identical
     assert stats["unique"] == len(writer.expected)
     text = (tmp_path / "connector.log").read_text()
     assert text.count('"event":"crash_point"') == len(CRASH_SEQUENCE)

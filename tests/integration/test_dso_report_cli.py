@@ -5,9 +5,19 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from testkit.batcher import ORG, event
 from sevisflow.processors.batcher.view import build_view
-from tests.batcher_support import DSO, Batcher, batch_events, cli, closed_of, records_of, send_events, wait_for, write_config
+from testkit.batcher import ORG, event
+from tests.batcher_support import (
+    DSO,
+    Batcher,
+    batch_events,
+    cli,
+    closed_of,
+    records_of,
+    send_events,
+    wait_for,
+    write_config,
+)
 from tests.helpers import XSD_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_log_handler_swap")]
@@ -31,8 +41,9 @@ def test_dso_reports_a_reprint_through_the_cli(env, tmp_path, capsys):
         code, _, err = cli(capsys, cfg, "student", "report", "S9", "verify", "--dso", DSO)
         assert code == 1 and "no SEVIS ID is known for student S9" in err and "--sevis-id" in err
 
-        code, out, err = cli(capsys, cfg, "student", "report", "S1", "reprint", "--reason", "02", "--dso", DSO,
-                             "--json")
+        code, out, err = cli(
+            capsys, cfg, "student", "report", "S1", "reprint", "--reason", "02", "--dso", DSO, "--json"
+        )
         assert code == 0, err
         reported = orjson.loads(out)
         assert reported["kind"] == "Reprint" and reported["outcome"] == "record_added"

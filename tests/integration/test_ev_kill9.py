@@ -51,20 +51,40 @@ NOW = int(time.time() * 1000)
 
 def _program_config(env, path):
     cfg = write_config(env, path, school_extra=f'dso_user_ids = ["{DSO}"]\n')
-    cfg.write_text(cfg.read_text() + f'\n[[exchange_programs]]\nprogram_number = "{PROGRAM}"\nsis_program = "RSCH"\n'
-                                      f'ro_user_id = "{RO}"\n')
+    cfg.write_text(
+        cfg.read_text() + f'\n[[exchange_programs]]\nprogram_number = "{PROGRAM}"\nsis_program = "RSCH"\n'
+        f'ro_user_id = "{RO}"\n'
+    )
     return cfg
 
 
 def _ev(student: str, n: int) -> dict:
-    return event(student, "EV.Biographical", n=n, org=PROGRAM, sevis_id=f"N{n:010d}",
-                 payload={"@printForm": "false", "EmailAddress": f"v{n}@example.org"})
+    return event(
+        student,
+        "EV.Biographical",
+        n=n,
+        org=PROGRAM,
+        sevis_id=f"N{n:010d}",
+        payload={"@printForm": "false", "EmailAddress": f"v{n}@example.org"},
+    )
 
 
 def test_kill_9_between_the_ev_close_and_its_commit_gives_exactly_one_ev_batch(env, tmp_path):
     cfg = _program_config(env, tmp_path / "sevisflow.toml")
-    argv = [sys.executable, "-m", "tests.crashing", "sevisflow.processors.batcher", "--config", str(cfg),
-            "--instance", "evcrash", "--session-timeout-ms", "6000", "--log-level", "WARNING"]
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.crashing",
+        "sevisflow.processors.batcher",
+        "--config",
+        str(cfg),
+        "--instance",
+        "evcrash",
+        "--session-timeout-ms",
+        "6000",
+        "--log-level",
+        "WARNING",
+    ]
     proc_env = dict(os.environ, SEVISFLOW_CRASH_AT="kafka.before_commit@batcher.closed", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, cwd=REPO, env=proc_env)
     try:
@@ -83,8 +103,9 @@ def test_kill_9_between_the_ev_close_and_its_commit_gives_exactly_one_ev_batch(e
         wait_for(env, lambda evs: len(closed_of(evs, PROGRAM)) >= 1, timeout=90)
         send_command(env, cmd)  # the same command again: still one batch
         send_events(env, [_ev("J99", 99)])
-        evs = wait_for(env, lambda evs: any(e["type"] == "record_added" and "J99" in e["record_json"] for e in evs),
-                       timeout=90)
+        evs = wait_for(
+            env, lambda evs: any(e["type"] == "record_added" and "J99" in e["record_json"] for e in evs), timeout=90
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -97,8 +118,10 @@ def test_kill_9_between_the_ev_close_and_its_commit_gives_exactly_one_ev_batch(e
 @pytest.mark.parametrize("point", ["sevis.after_post", "sevis.before_publish"])
 def test_a_sevis_sink_crash_on_the_ev_batchs_way_sends_it_once(kafka_stack, unique, sim, tmp_path, point):
     sink = Sink(kafka_stack, unique, sim, tmp_path)
-    records = [create_record(1), update_record(2, "EV.Program.Extension", UPDATE_PAYLOADS["EV.Program.Extension"],
-                                               sevis_id="N0000000002")]
+    records = [
+        create_record(1),
+        update_record(2, "EV.Program.Extension", UPDATE_PAYLOADS["EV.Program.Extension"], sevis_id="N0000000002"),
+    ]
     batch = batch_of(records, f"P199999{unique[:7]:0>7}"[:14].upper())
     outbox = Outbox(sink.settings.sevis.outbox_dir, sink.settings.sevis.quarantine_dir, sink.settings.school.timezone)
     assert sink_closed_batch(batch, load_schema(XSD_DIR), outbox).status == "written"

@@ -36,13 +36,13 @@ pytestmark = pytest.mark.integration
 
 TODAY = date(2026, 10, 5)
 SEED = 11
-PROGRAMS = {"RSCH": "P-1-54321", "STUD": "P-1-54322"}   # scholars and J-1 students: two sponsor programs
+PROGRAMS = {"RSCH": "P-1-54321", "STUD": "P-1-54322"}  # scholars and J-1 students: two sponsor programs
 
 
 def _expected(school: dict[str, list[dict[str, Any]]], activity: list[Any]) -> list[dict[str, Any]]:
     """The EV events the pure pipeline derives: the snapshot's Creates, then the season's updates."""
     world, feed = World(school), SisFeed(primary_keys=PKS)
-    feed.ts_ms = int(time.time() * 1000)    # the real commits happen now: birth dates are checked against them
+    feed.ts_ms = int(time.time() * 1000)  # the real commits happen now: birth dates are checked against them
     pipe = PurePipeline(MAPPING, ev_programs=PROGRAMS)
     for table in TABLE_ORDER:
         for row in school[table]:
@@ -57,21 +57,37 @@ def _expected(school: dict[str, list[dict[str, Any]]], activity: list[Any]) -> l
 
 
 def _content(e: dict[str, Any]) -> tuple[Any, ...]:
-    return (e["org_id"], e["student_key"], e["kind"], e["coalesce_key"],
-            orjson.dumps(orjson.loads(e["payload_json"]), option=orjson.OPT_SORT_KEYS))
+    return (
+        e["org_id"],
+        e["student_key"],
+        e["kind"],
+        e["coalesce_key"],
+        orjson.dumps(orjson.loads(e["payload_json"]), option=orjson.OPT_SORT_KEYS),
+    )
 
 
 def test_sponsor_records_reach_sevis_events_as_the_programs_ev_events(kafka_stack, fresh_db, unique, tmp_path):
     settings = make_settings(
-        kafka_stack, fresh_db, unique,
-        connector={"publication.name": f"pub_{unique}", "offsets_dir": str(tmp_path / "connector"),
-                   "name": f"conn-{unique}", "heartbeat.interval.ms": 500, "offset.flush.interval.ms": 200,
-                   "table.include.list": ConnectorSettings().table_include_list
-                   + [f"public.{t}" for t in EXCHANGE_TABLES]},
-        school={"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")})
-    settings = dataclasses.replace(settings, exchange_programs=tuple(
-        ExchangeProgram(program_number=number, sis_program=code, ro_user_id="ROUSER0001")
-        for code, number in PROGRAMS.items()))
+        kafka_stack,
+        fresh_db,
+        unique,
+        connector={
+            "publication.name": f"pub_{unique}",
+            "offsets_dir": str(tmp_path / "connector"),
+            "name": f"conn-{unique}",
+            "heartbeat.interval.ms": 500,
+            "offset.flush.interval.ms": 200,
+            "table.include.list": ConnectorSettings().table_include_list + [f"public.{t}" for t in EXCHANGE_TABLES],
+        },
+        school={"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
+    )
+    settings = dataclasses.replace(
+        settings,
+        exchange_programs=tuple(
+            ExchangeProgram(program_number=number, sis_program=code, ro_user_id="ROUSER0001")
+            for code, number in PROGRAMS.items()
+        ),
+    )
     school = with_exchange(generate_school(30, 0.5, SEED, TODAY), SEED, TODAY, 6)
     activity = generate_exchange_activity(school, SEED, TODAY, 24)
     expected = _expected(school, activity)
@@ -96,11 +112,15 @@ def test_sponsor_records_reach_sevis_events_as_the_programs_ev_events(kafka_stac
     ev = [e for e in got if e["kind"].startswith("EV.")]
     got_c, want_c = Counter(map(_content, ev)), Counter(map(_content, expected))
     assert got_c == want_c, ([k[:3] for k in got_c - want_c], [k[:3] for k in want_c - got_c])
-    sponsored = school["exchange_visitor"] + [op.values for tx in activity for op in tx.ops
-                                              if op.table == "exchange_visitor" and op.action == "insert"]
+    sponsored = school["exchange_visitor"] + [
+        op.values for tx in activity for op in tx.ops if op.table == "exchange_visitor" and op.action == "insert"
+    ]
     numbers = {f"S{r['person_id']:08d}": PROGRAMS[r["sponsor_program"]] for r in sponsored}
-    assert all(m.key() == e["org_id"].encode() == numbers[e["student_key"]].encode()
-               for m, e in zip(msgs, got) if e["kind"].startswith("EV."))
+    assert all(
+        m.key() == e["org_id"].encode() == numbers[e["student_key"]].encode()
+        for m, e in zip(msgs, got)
+        if e["kind"].startswith("EV.")
+    )
     assert len({e["event_id"] for e in ev}) == len(ev)
     j1 = set(numbers)
     letters = [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.dlq, timeout_s=10)]

@@ -19,9 +19,12 @@ pytestmark = pytest.mark.integration
 def test_control_character_is_refused_in_the_events_stage_other_students_flow(kafka_stack, unique):
     settings = make_settings(kafka_stack, unique=unique)
     line = ("address", "us_physical", "line1")
-    views = [view("S1", 1), view("S2", 2),  # baselines: no events
-             view("S1", 3, {line: "9 Elm\x1bSt", ("student", "email"): "s1@example.org"}),
-             view("S2", 4, {line: "9 Elm St"})]
+    views = [
+        view("S1", 1),
+        view("S2", 2),  # baselines: no events
+        view("S1", 3, {line: "9 Elm\x1bSt", ("student", "email"): "s1@example.org"}),
+        view("S2", 4, {line: "9 Elm St"}),
+    ]
 
     def events():
         return decoded(settings, settings.topics.events, "sevisflow.events.SevisEvent")
@@ -33,5 +36,6 @@ def test_control_character_is_refused_in_the_events_stage_other_students_flow(ka
     assert got["S2"]["USAddress"]["Address1"] == "9 Elm St"
     dead = decoded(settings, settings.topics.dlq, "sevisflow.dlq.DeadLetter")
     assert [(d["stage"], d["code"], d["student_key"], d["field"]) for d in dead] == [
-        ("sevis_events", "invalid_character", "S1", "address.us_physical.line1")]
+        ("sevis_events", "invalid_character", "S1", "address.us_physical.line1")
+    ]
     assert "Elm" not in dead[0]["reason"] and "U+001B" in dead[0]["reason"]

@@ -67,8 +67,15 @@ def _wait(pred, timeout_s, what):
 def test_a_failing_record_and_a_too_large_output_are_dead_lettered_and_the_stage_goes_on(kafka_stack, unique):
     kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
     inp, out, dlq, state = f"dl.in.{unique}", f"dl.out.{unique}", f"dl.dlq.{unique}", f"dl.state.{unique}"
-    ensure_topics(kafka, [TopicSpec(inp, 1, 1), TopicSpec(out, 1, 1, {"max.message.bytes": str(LIMIT)}),
-                          TopicSpec(dlq, 1, 1), TopicSpec(state, 1, 1, {"cleanup.policy": "compact"})])
+    ensure_topics(
+        kafka,
+        [
+            TopicSpec(inp, 1, 1),
+            TopicSpec(out, 1, 1, {"max.message.bytes": str(LIMIT)}),
+            TopicSpec(dlq, 1, 1),
+            TopicSpec(state, 1, 1, {"cleanup.policy": "compact"}),
+        ],
+    )
 
     def handler(msg, st):
         value = msg.value()
@@ -87,8 +94,17 @@ def test_a_failing_record_and_a_too_large_output_are_dead_lettered_and_the_stage
     first = [f"a{i}".encode() for i in range(30)] + [b"boom"] + [f"b{i}".encode() for i in range(30)] + [b"big"]
     later = [f"c{i}".encode() for i in range(30)] + [b"huge", b"d0"]
     _feed(kafka, inp, first)
-    loop = TransactionalLoop(kafka, f"dl-{unique}", [inp], handler, transactional_id=f"dl-{unique}-0",
-                             state_topic=state, dlq_topic=dlq, batch_size=25, retry_base_s=0.1)
+    loop = TransactionalLoop(
+        kafka,
+        f"dl-{unique}",
+        [inp],
+        handler,
+        transactional_id=f"dl-{unique}-0",
+        state_topic=state,
+        dlq_topic=dlq,
+        batch_size=25,
+        retry_base_s=0.1,
+    )
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     try:
@@ -128,8 +144,11 @@ def test_a_failing_record_and_a_too_large_output_are_dead_lettered_and_the_stage
 
 def _set_limit(kafka, topic, value):
     admin = make_admin(kafka)
-    res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
-        ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)])
+    res = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)],
+    )
     for fut in admin.incremental_alter_configs([res]).values():
         fut.result(30)
 
@@ -137,8 +156,14 @@ def _set_limit(kafka, topic, value):
 def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_recovers(kafka_stack, unique):
     kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
     inp, out, state = f"st.in.{unique}", f"st.out.{unique}", f"st.state.{unique}"
-    ensure_topics(kafka, [TopicSpec(inp, 1, 1), TopicSpec(out, 1, 1),
-                          TopicSpec(state, 1, 1, {"cleanup.policy": "compact", "max.message.bytes": str(LIMIT)})])
+    ensure_topics(
+        kafka,
+        [
+            TopicSpec(inp, 1, 1),
+            TopicSpec(out, 1, 1),
+            TopicSpec(state, 1, 1, {"cleanup.policy": "compact", "max.message.bytes": str(LIMIT)}),
+        ],
+    )
 
     def handler(msg, st):
         if msg.value() == b"grow":
@@ -148,14 +173,24 @@ def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_re
     _feed(kafka, inp, [b"first", b"grow", b"after"])
     port = free_port()
     server = serve_for(port, "127.0.0.1")
-    loop = TransactionalLoop(kafka, f"st-{unique}", [inp], handler, transactional_id=f"st-{unique}-0",
-                             state_topic=state, dlq_topic=f"{out}.dlq", batch_size=1, retry_base_s=0.2,
-                             retry_max_s=1.6)
+    loop = TransactionalLoop(
+        kafka,
+        f"st-{unique}",
+        [inp],
+        handler,
+        transactional_id=f"st-{unique}-0",
+        state_topic=state,
+        dlq_topic=f"{out}.dlq",
+        batch_size=1,
+        retry_base_s=0.2,
+        retry_max_s=1.6,
+    )
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     try:
-        _, body = _wait(lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 503 and r, 60,
-                             "/health to fail")
+        _, body = _wait(
+            lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 503 and r, 60, "/health to fail"
+        )
         assert "non-retriable" in body and "state value" in body and state in body, body
         failures_then = loop._failures
         time.sleep(6)
@@ -165,8 +200,9 @@ def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_re
         assert [m.value() for m in read_topic(kafka, out)] == [b"first"], "nothing after the stuck record yet"
         _set_limit(kafka, state, 8 * 1024 * 1024)  # the operator's fix
         _wait(lambda: len(list(read_topic(kafka, out))) >= 3, 60, "processing to resume")
-        _, body = _wait(lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 200 and r, 30,
-                             "/health to recover")
+        _, body = _wait(
+            lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 200 and r, 30, "/health to recover"
+        )
         assert loop.retry_delay_s() == 0.0, "the backoff is reset by a commit"
     finally:
         loop.stop()
@@ -193,8 +229,16 @@ def test_an_io_error_in_the_handler_is_retried_with_backoff_not_dead_lettered(ka
         yield Output(out, msg.key(), msg.value())
 
     _feed(kafka, inp, [b"a", b"write", b"b"])
-    loop = TransactionalLoop(kafka, f"io-{unique}", [inp], handler, transactional_id=f"io-{unique}-0",
-                             dlq_topic=dlq, retry_base_s=0.3, stall_after_s=1.5)
+    loop = TransactionalLoop(
+        kafka,
+        f"io-{unique}",
+        [inp],
+        handler,
+        transactional_id=f"io-{unique}-0",
+        dlq_topic=dlq,
+        retry_base_s=0.3,
+        stall_after_s=1.5,
+    )
     runner = threading.Thread(target=loop.run, daemon=True)
     seen: list = []
     watching = threading.Event()

@@ -11,17 +11,34 @@ from typing import Any
 import orjson
 import pytest
 
+from sevisflow.app.runner import Pipeline
+from sevisflow.core.kafka_io import (
+    TopicSpec,
+    delivery_raiser,
+    ensure_topics,
+    flush_or_raise,
+    make_consumer,
+    make_producer,
+    produce,
+    read_topic,
+)
+from sevisflow.core.serde import registry
+from sevisflow.core.topics import all_topics, pipeline_topics, state_topic
 from sevisflow.processors.normalize.mapping import load_mapping
 from sevisflow.processors.normalize.stage import NormalizeStage, NormalizeStore, normalize_topics
 from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
-from sevisflow.core.kafka_io import (TopicSpec, delivery_raiser, ensure_topics, flush_or_raise, make_consumer, make_producer,
-                                produce, read_topic)
-from sevisflow.app.runner import Pipeline
-from sevisflow.core.serde import registry
-from sevisflow.core.topics import all_topics, pipeline_topics, state_topic
 from tests.helpers import REPO, make_settings, settled, wait_for
-from tests.normalize_support import (BIG_TRANSACTION_SQL, CONFIRMED, CURRENT, N_STUDENTS, N_TERMS,
-                                     STATE_MESSAGE_LIMIT, school_tables, snapshot_records, streamed_after_snapshot)
+from tests.normalize_support import (
+    BIG_TRANSACTION_SQL,
+    CONFIRMED,
+    CURRENT,
+    N_STUDENTS,
+    N_TERMS,
+    STATE_MESSAGE_LIMIT,
+    school_tables,
+    snapshot_records,
+    streamed_after_snapshot,
+)
 from tests.scenarios import MAPPING
 
 pytestmark = pytest.mark.integration
@@ -61,8 +78,12 @@ def test_the_running_stage_releases_a_snapshot_whose_last_table_it_does_not_map(
 
     pipeline = Pipeline(settings, ["normalize", "events"], serve_metrics=False).start()
     try:
-        views = wait_for("the snapshot's student view", lambda: [
-            registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.students)], 90, pipeline)
+        views = wait_for(
+            "the snapshot's student view",
+            lambda: [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.students)],
+            90,
+            pipeline,
+        )
         assert [(v["student_key"], v["snapshot"]) for v in views] == [("S00000007", True)]
         # streaming goes on behind it, in order
         streamed = streamed_after_snapshot(prefix)
@@ -73,13 +94,22 @@ def test_the_running_stage_releases_a_snapshot_whose_last_table_it_does_not_map(
         failed = pipeline.stop()
     assert not failed, [(f.name, f.error) for f in failed]
     expected = PurePipeline(MAPPING, org_id=settings.school.org_id, tx_topic=f"{prefix}.transaction").feed(
-        snap + streamed)
+        snap + streamed
+    )
     assert sorted(e["event_id"] for e in _events(settings)) == sorted(e["event_id"] for e in expected.events)
     assert [e["kind"] for e in expected.events] == ["Program.Extension", "PersonalInfo"]
 
 
-@pytest.mark.parametrize("order", ["transaction_topic_first", "unmapped_topic_first", "unmapped_topic_last",
-                                   "tables_first", "unmapped_topic_first_then_idle"])
+@pytest.mark.parametrize(
+    "order",
+    [
+        "transaction_topic_first",
+        "unmapped_topic_first",
+        "unmapped_topic_last",
+        "tables_first",
+        "unmapped_topic_first_then_idle",
+    ],
+)
 def test_the_stage_releases_the_snapshot_whatever_topic_it_reads_first(kafka_stack, unique, order):
     """The stage's handler fed real Kafka records in a chosen read order (a consumer of many topics may
     read any partition first), its watermarks read from the real broker."""
@@ -114,23 +144,30 @@ def test_the_stage_releases_the_snapshot_whatever_topic_it_reads_first(kafka_sta
         stage.consumer.close()
     assert stage.normalizer.snapshot_status() is None, "the snapshot was not released"
     views = [registry().decode(o.value) for o in outputs if o.topic == settings.topics.students]
-    assert [v["snapshot"] for v in views] == [True] + [False] * len({r.key for r in streamed if "transaction" in r.topic})
+    assert [v["snapshot"] for v in views] == [True] + [False] * len(
+        {r.key for r in streamed if "transaction" in r.topic}
+    )
 
     pure = PurePipeline(MAPPING, org_id=settings.school.org_id, tx_topic=tx_topic)
     expected = pure.feed(snap + streamed)
-    assert [(v["student_key"], v["view_json"]) for v in views] == \
-        [(u.student_key, orjson.dumps(u.view).decode()) for u in expected.views]
+    assert [(v["student_key"], v["view_json"]) for v in views] == [
+        (u.student_key, orjson.dumps(u.view).decode()) for u in expected.views
+    ]
     derived = PureOutput()
     from sevisflow.processors.normalize.view import StudentUpdate
+
     replay = PurePipeline(MAPPING, org_id=settings.school.org_id)
     for v in views:
-        replay.apply_view(StudentUpdate(v["student_key"], orjson.loads(v["view_json"]), v["lineage"], v["unit_id"],
-                                        v["snapshot"]), derived)
+        replay.apply_view(
+            StudentUpdate(v["student_key"], orjson.loads(v["view_json"]), v["lineage"], v["unit_id"], v["snapshot"]),
+            derived,
+        )
     assert sorted(e["event_id"] for e in derived.events) == sorted(e["event_id"] for e in expected.events)
 
 
-def test_a_transaction_larger_than_a_state_record_flows_through_to_the_right_events(kafka_stack, fresh_db, unique,
-                                                                                     tmp_path):
+def test_a_transaction_larger_than_a_state_record_flows_through_to_the_right_events(
+    kafka_stack, fresh_db, unique, tmp_path
+):
     """PostgreSQL → connector → normalize → sevis_events: a school of 400 students x 50 terms, then one
     UPDATE of all 20,000 enrollment rows in one commit. Before chunking, normalize's transaction buffer
     outgrew the message size and the stage retried forever; now every student gets its one Registration,
@@ -141,11 +178,19 @@ def test_a_transaction_larger_than_a_state_record_flows_through_to_the_right_eve
     from sevisflow.deploy.sis.load import create_schema, load_school
 
     settings = make_settings(
-        kafka_stack, fresh_db, unique,
-        connector={"publication.name": f"pub_{unique}", "offsets_dir": str(tmp_path / "connector"),
-                   "name": f"conn-{unique}", "heartbeat.interval.ms": 500, "offset.flush.interval.ms": 200,
-                   "snapshot.fetch.size": 5000},
-        school={"mapping_file": MAPPING_FILE})
+        kafka_stack,
+        fresh_db,
+        unique,
+        connector={
+            "publication.name": f"pub_{unique}",
+            "offsets_dir": str(tmp_path / "connector"),
+            "name": f"conn-{unique}",
+            "heartbeat.interval.ms": 500,
+            "offset.flush.interval.ms": 200,
+            "snapshot.fetch.size": 5000,
+        },
+        school={"mapping_file": MAPPING_FILE},
+    )
     create_schema(fresh_db.dsn)
     load_school(fresh_db.dsn, school_tables())
     ensure_topics(settings.kafka, all_topics(settings))
@@ -154,15 +199,20 @@ def test_a_transaction_larger_than_a_state_record_flows_through_to_the_right_eve
     t0 = time.monotonic()
     pipeline = Pipeline(settings, ["connector", "normalize", "events"], serve_metrics=False).start()
     try:
-        wait_for("the snapshot's student views", settled(lambda: sum(1 for _ in read_topic(settings.kafka, t.students)),
-                                                         3.0, N_STUDENTS), 240, pipeline)
+        wait_for(
+            "the snapshot's student views",
+            settled(lambda: sum(1 for _ in read_topic(settings.kafka, t.students)), 3.0, N_STUDENTS),
+            240,
+            pipeline,
+        )
         assert _events(settings) == [], "students already in SEVIS: the snapshot is the baseline"
         started = time.monotonic()
         with psycopg.connect(fresh_db.dsn) as conn:
             cur = conn.execute(BIG_TRANSACTION_SQL, {"current": CURRENT, "confirmed": CONFIRMED})
             assert cur.rowcount == N_STUDENTS * N_TERMS == 20_000
-        wait_for("one Registration per student", settled(lambda: len(_events(settings)), 3.0, N_STUDENTS), 240,
-                 pipeline)
+        wait_for(
+            "one Registration per student", settled(lambda: len(_events(settings)), 3.0, N_STUDENTS), 240, pipeline
+        )
         took, snapshot_s = time.monotonic() - started, started - t0
     finally:
         failed = pipeline.stop()
@@ -176,9 +226,11 @@ def test_a_transaction_larger_than_a_state_record_flows_through_to_the_right_eve
     rederive_s = time.monotonic() - t1
     buffered = _buffer_bytes(settings)
     assert buffered > STATE_MESSAGE_LIMIT, f"the transaction's buffer ({buffered} bytes) fits in one record"
-    print(f"snapshot of {N_STUDENTS * (N_TERMS + 6) + N_TERMS} rows: {snapshot_s:.1f} s; the "
-          f"{N_STUDENTS * N_TERMS}-row transaction ({buffered} bytes buffered) through connector + normalize + "
-          f"sevis_events: {took:.1f} s; verify's re-derivation: {rederive_s:.1f} s")
+    print(
+        f"snapshot of {N_STUDENTS * (N_TERMS + 6) + N_TERMS} rows: {snapshot_s:.1f} s; the "
+        f"{N_STUDENTS * N_TERMS}-row transaction ({buffered} bytes buffered) through connector + normalize + "
+        f"sevis_events: {took:.1f} s; verify's re-derivation: {rederive_s:.1f} s"
+    )
 
 
 def _buffer_bytes(settings: Any) -> int:

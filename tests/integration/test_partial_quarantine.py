@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from testkit.batcher import ORG, command, event
 from sevisflow.app.audit.decode import decode_message
 from sevisflow.app.audit.verify import guided_batcher_replay
 from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import registry
 from sevisflow.sinks.xml.render import ClosedBatch, check_batch
 from sevisflow.sinks.xml.xsd import load_schema
+from testkit.batcher import ORG, command, event
 from tests.batcher_support import DSO, Batcher, closed_of, records_of, send_command, send_events, setup_topics, wait_for
 from tests.helpers import XSD_DIR, make_settings
 
@@ -31,10 +31,12 @@ def _decoded(settings, topic):
 
 
 def test_one_bad_record_quarantined_the_good_ones_go_out_without_another_close(kafka_stack, unique, tmp_path: Path):
-    settings = make_settings(kafka_stack, unique=unique,
-                             school={"org_id": ORG, "timezone": "America/Chicago"},
-                             sevis={"outbox_dir": str(tmp_path / "outbox"),
-                                    "quarantine_dir": str(tmp_path / "quarantine")})
+    settings = make_settings(
+        kafka_stack,
+        unique=unique,
+        school={"org_id": ORG, "timezone": "America/Chicago"},
+        sevis={"outbox_dir": str(tmp_path / "outbox"), "quarantine_dir": str(tmp_path / "quarantine")},
+    )
     setup_topics(settings)
     # the bad one comes straight onto sevis.events (an older processor, or a forged producer): the events stage
     # would have refused it, so the sink's validation is the last line here
@@ -62,10 +64,15 @@ def test_one_bad_record_quarantined_the_good_ones_go_out_without_another_close(k
         batcher.stop()
 
     # exactly one DSO close; the second document was closed by the sink's requeue, at once, same DSO and time
-    cmds = [registry().decode(m.value(), "sevisflow.commands.BatchCommand")
-            for m in read_topic(settings.kafka, settings.topics.commands) if m.value()]
+    cmds = [
+        registry().decode(m.value(), "sevisflow.commands.BatchCommand")
+        for m in read_topic(settings.kafka, settings.topics.commands)
+        if m.value()
+    ]
     assert [(c["kind"], c["command_id"]) for c in cmds] == [
-        ("close", "close-dso-1"), ("requeue", f"requeue-{first['batch_id']}-xsd")]
+        ("close", "close-dso-1"),
+        ("requeue", f"requeue-{first['batch_id']}-xsd"),
+    ]
     assert second["command_id"] == f"requeue-{first['batch_id']}-xsd"
     assert (second["closed_by"], second["at_ms"]) == (first["closed_by"], first["at_ms"])
     assert len(records_of(first)) == GOOD + 1
@@ -77,14 +84,20 @@ def test_one_bad_record_quarantined_the_good_ones_go_out_without_another_close(k
     rendered = check_batch(ClosedBatch.from_event(second, records_of(second)), load_schema(XSD_DIR))
     assert rendered.ok and ready.read_bytes() == rendered.xml
     # the bad record went to the DSO, naming the field, without the value
-    dead = [registry().decode(m.value(), "sevisflow.dlq.DeadLetter")
-            for m in read_topic(settings.kafka, settings.topics.dlq) if m.value()]
+    dead = [
+        registry().decode(m.value(), "sevisflow.dlq.DeadLetter")
+        for m in read_topic(settings.kafka, settings.topics.dlq)
+        if m.value()
+    ]
     assert [(d["stage"], d["student_key"]) for d in dead] == [("sink_xml", "S0009")]
     assert "Email" in (dead[0]["field"] or "") and "not an e-mail" not in dead[0]["reason"]
     # verify's batching check: the pure batcher over the retained inputs reproduces every batch event, both closes
-    rep = guided_batcher_replay(ORG, _decoded(settings, settings.topics.events),
-                                _decoded(settings, settings.topics.commands),
-                                _decoded(settings, settings.topics.results),
-                                _decoded(settings, settings.topics.batches))
+    rep = guided_batcher_replay(
+        ORG,
+        _decoded(settings, settings.topics.events),
+        _decoded(settings, settings.topics.commands),
+        _decoded(settings, settings.topics.results),
+        _decoded(settings, settings.topics.batches),
+    )
     assert rep.divergence is None and rep.reproduced == rep.recorded
     assert rep.closed[second["batch_id"]] == second and rep.closed[first["batch_id"]] == first

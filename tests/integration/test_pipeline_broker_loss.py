@@ -31,21 +31,28 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from sevisflow.app.runner import Pipeline
+from sevisflow.core.config import Settings, settings_from_mapping
+from sevisflow.core.kafka_io import client_config, ensure_topics
+from sevisflow.core.topics import all_topics
 from sevisflow.deploy.local.cluster import kill_node, restart_node
 from sevisflow.deploy.local.stack import KafkaInfo
 from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow.core.config import Settings, settings_from_mapping
-from sevisflow.core.kafka_io import client_config, ensure_topics
-from sevisflow.app.runner import Pipeline
-from sevisflow.core.topics import all_topics
 from tests.helpers import REPO, count, settled, wait_for
-from tests.pipeline_support import close_with_cli, compare_with_pure, decoded, expected_outcome, pipeline_raw, write_config
+from tests.pipeline_support import (
+    close_with_cli,
+    compare_with_pure,
+    decoded,
+    expected_outcome,
+    pipeline_raw,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
 STUDENTS, SHARE, SEED, ACTIVITY = 60, 0.35, 7, 60
-RESTART_AFTER_S = 20          # the supervisor (Kubernetes, systemd) brings the killed broker back
-PACE_S = 0.3                  # one SIS commit every 0.3 s: the load runs before, during and after the kill
+RESTART_AFTER_S = 20  # the supervisor (Kubernetes, systemd) brings the killed broker back
+PACE_S = 0.3  # one SIS commit every 0.3 s: the load runs before, during and after the kill
 STAGES = ["connector", "normalize", "events", "batcher"]
 
 
@@ -61,8 +68,9 @@ class Progress:
     def __init__(self, settings: Settings, topic: str) -> None:
         self.samples: list[tuple[float, int]] = []
         self.stop = threading.Event()
-        self.consumer = Consumer({**client_config(settings.kafka), "group.id": "progress-probe",
-                                  "enable.auto.commit": False})
+        self.consumer = Consumer(
+            {**client_config(settings.kafka), "group.id": "progress-probe", "enable.auto.commit": False}
+        )
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.tps = [TopicPartition(topic, p) for p in parts]
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -112,14 +120,16 @@ def leader_of(settings: Settings, topic: str, partition: int = 0) -> int:
 
 
 def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_once(
-        cluster, fresh_db, unique, tmp_path, capsys):
+    cluster, fresh_db, unique, tmp_path, capsys
+):
     from sevisflow.deploy.sis.activity import generate_activity
     from sevisflow.deploy.sis.generator import generate_school
     from tests.school_replay import TODAY
 
     t_start = time.monotonic()
-    raw = pipeline_raw({**cluster.kafka_settings(), "replication_factor": 3, "min_insync_replicas": 2},
-                       fresh_db, unique, tmp_path)
+    raw = pipeline_raw(
+        {**cluster.kafka_settings(), "replication_factor": 3, "min_insync_replicas": 2}, fresh_db, unique, tmp_path
+    )
     settings = settings_from_mapping(raw, env={})
     config = write_config(raw, tmp_path / "sevisflow.toml")
     t = settings.topics
@@ -136,7 +146,8 @@ def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_onc
     assert all(s.config.get("min.insync.replicas") == "2" for s in specs)
 
     expected_events, expected_records, snapshot_creates = expected_outcome(
-        settings.school.org_id, int(time.time() * 1000), STUDENTS, SHARE, SEED, ACTIVITY)
+        settings.school.org_id, int(time.time() * 1000), STUDENTS, SHARE, SEED, ACTIVITY
+    )
     replaced_before = producers_replaced()
     pipeline = Pipeline(settings, STAGES, restart_base_s=1.0, restart_max_s=5.0, serve_metrics=False).start()
     progress: Progress | None = None
@@ -158,37 +169,56 @@ def test_broker_killed_during_sis_activity_every_change_in_the_batch_exactly_onc
                     restart["started"] = time.monotonic()
                     restart_node(cluster, victim)
                     restart["ready"] = time.monotonic()
+
                 restarter = threading.Timer(RESTART_AFTER_S, bring_back)
                 restarter.daemon = True
                 restarter.start()
             time.sleep(PACE_S)
         activity_done = time.monotonic()
         n_expected = len(expected_events)
-        wait_for(f"all {n_expected} SEVIS events", settled(lambda: count(settings, t.events), 3.0, n_expected),
-                 150, pipeline, every_s=1.0)
+        wait_for(
+            f"all {n_expected} SEVIS events",
+            settled(lambda: count(settings, t.events), 3.0, n_expected),
+            150,
+            pipeline,
+            every_s=1.0,
+        )
         caught_up = time.monotonic()
         # the batcher has taken in every event once its open batch holds what the pure batcher holds
         from sevisflow.app.cli.batch import load_view
 
         want_open = {r["record_id"] for r in expected_records}
-        wait_for("the open batch to hold every expected record",
-                 lambda: want_open <= {r["record_id"] for r in load_view(settings, settings.school.org_id)
-                                       .open_records() if r["status"] == "open"}, 60, pipeline)
+        wait_for(
+            "the open batch to hold every expected record",
+            lambda: (
+                want_open
+                <= {
+                    r["record_id"]
+                    for r in load_view(settings, settings.school.org_id).open_records()
+                    if r["status"] == "open"
+                }
+            ),
+            60,
+            pipeline,
+        )
         batch_ids = close_with_cli(config, capsys)
         if restarter is not None:
             restarter.join(RESTART_AFTER_S + 120)
         figures = {
-            "sis_transactions": ACTIVITY, "killed_node": victim, "node_down_s": round(
-                restart.get("started", killed_at) - killed_at, 1),
+            "sis_transactions": ACTIVITY,
+            "killed_node": victim,
+            "node_down_s": round(restart.get("started", killed_at) - killed_at, 1),
             "node_back_s_after_restart": round(restart.get("ready", 0) - restart.get("started", 0), 1),
             "activity_ended_s_after_kill": round(activity_done - killed_at, 1),
             "all_events_s_after_kill": round(caught_up - killed_at, 1),
             "longest_view_stall_after_kill_s": progress.longest_stall_after(killed_at, caught_up),
             "stage_restarts": pipeline.restarts(),
             "restart_errors": {th.name: th.last_transient for th in pipeline.threads if th.last_transient},
-            "stuck_producers_replaced": {stage: n - replaced_before.get(stage, 0)
-                                         for stage, n in producers_replaced().items()
-                                         if n > replaced_before.get(stage, 0)},
+            "stuck_producers_replaced": {
+                stage: n - replaced_before.get(stage, 0)
+                for stage, n in producers_replaced().items()
+                if n > replaced_before.get(stage, 0)
+            },
         }
     finally:
         if progress is not None:

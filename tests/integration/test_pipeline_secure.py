@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+
 import orjson
 import pytest
 
+from sevisflow.app.cli import main
+from sevisflow.app.cli.batch import load_view
+from sevisflow.app.runner import Pipeline, stage_function
+from sevisflow.core.acls import principals
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.kafka_io import ensure_topics
+from sevisflow.core.topics import all_topics
 from sevisflow.deploy.local.stack import apply_stack_acls
 from sevisflow.deploy.sis.activity import generate_activity
 from sevisflow.deploy.sis.generator import generate_school
 from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
-from sevisflow.app.cli import main
-from sevisflow.app.cli.batch import load_view
-from sevisflow.core.acls import principals
-from sevisflow.core.config import settings_from_mapping
-from sevisflow.core.kafka_io import ensure_topics
-from sevisflow.app.runner import Pipeline, stage_function
-from sevisflow.core.topics import all_topics
 from tests.helpers import captured_logs, count, settled, wait_for
 from tests.pipeline_support import (
     DSO,
@@ -48,19 +49,19 @@ STUDENTS, SHARE, SEED, ACTIVITY = 40, 0.5, 7, 15
 SECRET_KEYS = {"sasl_password": "SEVISFLOW_KAFKA_SASL_PASSWORD", "ssl_key_password": "SEVISFLOW_KAFKA_SSL_KEY_PASSWORD"}
 
 
-
 def test_pipeline_over_tls_and_sasl_closes_the_expected_batch_and_leaks_no_secret(
-        secure_stack, fresh_db, unique, tmp_path, capsys, monkeypatch):
+    secure_stack, fresh_db, unique, tmp_path, capsys, monkeypatch
+):
     assert secure_stack.kafka is not None
     kafka = dict(secure_stack.kafka.kafka_settings())
     assert kafka["security_protocol"] == "SASL_SSL"
     # the secrets as literal values in the environment; the settings file holds none
-    secrets = {key: Path(kafka.pop(key)[len("file:"):]).read_text().strip() for key in SECRET_KEYS}
+    secrets = {key: Path(kafka.pop(key)[len("file:") :]).read_text().strip() for key in SECRET_KEYS}
     assert all(len(v) >= 8 for v in secrets.values())
     for key, var in SECRET_KEYS.items():
         monkeypatch.setenv(var, secrets[key])
     raw = pipeline_raw(kafka, fresh_db, unique, tmp_path)
-    raw["school"].setdefault("dso_user_ids", [DSO])   # the batcher applies commands of the school's DSOs only
+    raw["school"].setdefault("dso_user_ids", [DSO])  # the batcher applies commands of the school's DSOs only
     config = write_config(raw, tmp_path / "sevisflow.toml")
     settings = settings_from_mapping(raw, env={var: secrets[key] for key, var in SECRET_KEYS.items()})
     t = settings.topics
@@ -68,7 +69,7 @@ def test_pipeline_over_tls_and_sasl_closes_the_expected_batch_and_leaks_no_secre
     def as_principal(user: str) -> tuple[dict, dict[str, str]]:
         """(raw settings of ``user`` without its secrets, its secrets as literal env values)."""
         own = dict(secure_stack.kafka.kafka_settings(user))
-        env = {var: Path(own.pop(key)[len("file:"):]).read_text().strip() for key, var in SECRET_KEYS.items()}
+        env = {var: Path(own.pop(key)[len("file:") :]).read_text().strip() for key, var in SECRET_KEYS.items()}
         return dict(raw, kafka=own), env
 
     # least privilege: every stage with its own principal; the ACLs of this test's topic names applied
@@ -87,7 +88,8 @@ def test_pipeline_over_tls_and_sasl_closes_the_expected_batch_and_leaks_no_secre
     load_school(fresh_db.dsn, school)
     activity = generate_activity(school, ACTIVITY, SEED, TODAY)
     expected_events, expected_records, snapshot_creates = expected_outcome(
-        settings.school.org_id, int(time.time() * 1000), STUDENTS, SHARE, SEED, ACTIVITY)
+        settings.school.org_id, int(time.time() * 1000), STUDENTS, SHARE, SEED, ACTIVITY
+    )
     assert expected_records, "the activity must leave records to close"
 
     started = time.monotonic()
@@ -95,20 +97,35 @@ def test_pipeline_over_tls_and_sasl_closes_the_expected_batch_and_leaks_no_secre
         capsys.readouterr()
         assert main(["--config", str(config), "--log-level", "DEBUG", "config"]) == 0
         printed = capsys.readouterr()
-        ensure_topics(settings.kafka, all_topics(settings))   # the operator (a super user) makes the topics
+        ensure_topics(settings.kafka, all_topics(settings))  # the operator (a super user) makes the topics
         apply_stack_acls(secure_stack, settings)
-        pipeline = Pipeline(settings, STAGES, serve_metrics=False, functions=functions,
-                            restart_base_s=1.0, restart_max_s=5.0).start()
+        pipeline = Pipeline(
+            settings, STAGES, serve_metrics=False, functions=functions, restart_base_s=1.0, restart_max_s=5.0
+        ).start()
         try:
             wait_for("the snapshot's student views", settled(lambda: count(settings, t.students), 2.0), 90, pipeline)
             play_activity(fresh_db.dsn, activity)
-            wait_for(f"all {len(expected_events)} SEVIS events",
-                     settled(lambda: count(settings, t.events), 2.0, len(expected_events)), 90, pipeline)
+            wait_for(
+                f"all {len(expected_events)} SEVIS events",
+                settled(lambda: count(settings, t.events), 2.0, len(expected_events)),
+                90,
+                pipeline,
+            )
             want = {r["record_id"] for r in expected_records}
-            wait_for("the open batch to hold every expected record",
-                     lambda: want <= {r["record_id"] for r in load_view(settings, settings.school.org_id)
-                                      .open_records() if r["status"] == "open"}, 60, pipeline)
-            for var, value in dso_env.items():   # the DSO's own credentials, literal values
+            wait_for(
+                "the open batch to hold every expected record",
+                lambda: (
+                    want
+                    <= {
+                        r["record_id"]
+                        for r in load_view(settings, settings.school.org_id).open_records()
+                        if r["status"] == "open"
+                    }
+                ),
+                60,
+                pipeline,
+            )
+            for var, value in dso_env.items():  # the DSO's own credentials, literal values
                 monkeypatch.setenv(var, value)
             batch_ids = close_with_cli(dso_config, capsys)
         finally:

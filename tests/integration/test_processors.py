@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sevisflow.processors.normalize.debezium import SisFeed
-from sevisflow.processors.sevis_events.pure import PurePipeline
 from sevisflow.app.cli import main as cli_main
 from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import registry
-from tests.helpers import REPO, make_settings
+from sevisflow.processors.normalize.debezium import SisFeed
+from sevisflow.processors.sevis_events.pure import PurePipeline
 from testkit.school import feed_on_kafka
+from tests.helpers import REPO, make_settings
 from tests.scenarios import MAPPING, ORG, PKS, school_history
 
 pytestmark = pytest.mark.integration
@@ -32,18 +32,28 @@ def write_config(settings, path: Path) -> Path:
         f'[connector]\n"topic.prefix" = "{settings.connector.topic_prefix}"\n'
         f'[school]\norg_id = "{ORG}"\nmapping_file = "{REPO / "deploy/sis/mapping.toml"}"\n'
         f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
-        f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n')
+        f'results = "{t.results}"\ndlq = "{t.dlq}"\nstudents = "{t.students}"\n'
+    )
     return path
 
 
 def start(stage: str, config: Path, log: Path, state_dir: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "SEVISFLOW_CONFIG": str(config), "SEVISFLOW_INSTANCE": "it"}
-    if state_dir is not None:   # [state] backend = "rocksdb", small cache and buffers; normalize's cache trimmed
-        env.update(SEVISFLOW_STATE_BACKEND="rocksdb", SEVISFLOW_STATE_DIR=str(state_dir),   # to 20 values
-                   SEVISFLOW_STATE_BLOCK_CACHE_MB="8", SEVISFLOW_STATE_WRITE_BUFFER_MB="4",
-                   SEVISFLOW_STATE_CACHE_ENTRIES="20")
-    return subprocess.Popen([sys.executable, "-m", f"sevisflow.processors.{stage}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+    if state_dir is not None:  # [state] backend = "rocksdb", small cache and buffers; normalize's cache trimmed
+        env.update(
+            SEVISFLOW_STATE_BACKEND="rocksdb",
+            SEVISFLOW_STATE_DIR=str(state_dir),  # to 20 values
+            SEVISFLOW_STATE_BLOCK_CACHE_MB="8",
+            SEVISFLOW_STATE_WRITE_BUFFER_MB="4",
+            SEVISFLOW_STATE_CACHE_ENTRIES="20",
+        )
+    return subprocess.Popen(
+        [sys.executable, "-m", f"sevisflow.processors.{stage}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),
+    )
 
 
 def _event_ids(settings) -> Counter:
@@ -69,8 +79,9 @@ def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
             p.kill()
 
 
-def _kill_and_restart(procs: dict[str, subprocess.Popen], victim: str, config: Path, log: Path,
-                      state_dir: Path | None = None) -> None:
+def _kill_and_restart(
+    procs: dict[str, subprocess.Popen], victim: str, config: Path, log: Path, state_dir: Path | None = None
+) -> None:
     procs[victim].send_signal(signal.SIGKILL)
     procs[victim].wait()
     procs[victim] = start(victim, config, log, state_dir)
@@ -110,7 +121,7 @@ def test_kill_9_at_any_point_loses_nothing_and_duplicates_nothing(kafka_stack, u
     assert kills == 6
     assert [k for k, n in got.items() if n > 1] == []
     assert set(got) == set(want), (tmp_path / "normalize.log").read_text()[-3000:]
-    if state_dir is not None:   # killed stages' folders were swept by their successors, the last ones removed
+    if state_dir is not None:  # killed stages' folders were swept by their successors, the last ones removed
         assert list(state_dir.iterdir()) == []
     # per student, events arrive in source order
     events = [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.events)]

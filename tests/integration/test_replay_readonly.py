@@ -8,9 +8,9 @@ import orjson
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from testkit.audit_scenario import OTHER, STUDENT, T0
 from sevisflow.app.cli import main
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_admin, make_consumer, make_producer
+from testkit.audit_scenario import OTHER, STUDENT, T0
 from tests.audit_scenario import load_scenario, scenario_config
 from tests.helpers import make_settings
 
@@ -40,8 +40,10 @@ def test_replay_never_moves_committed_offsets_nor_creates_groups(kafka_stack, un
     # a "pipeline" group that has processed part of the topic
     group = f"pipeline-{unique}"
     consumer = make_consumer(settings.kafka, group)
-    consumer.commit(offsets=[TopicPartition(topic, 0, 7), TopicPartition(topic, 1, 3), TopicPartition(topic, 2, 20)],
-                    asynchronous=False)
+    consumer.commit(
+        offsets=[TopicPartition(topic, 0, 7), TopicPartition(topic, 1, 3), TopicPartition(topic, 2, 20)],
+        asynchronous=False,
+    )
     consumer.close()
     before = _committed(settings.kafka, group, topic, 3)
     assert before == {0: 7, 1: 3, 2: 20}
@@ -50,8 +52,9 @@ def test_replay_never_moves_committed_offsets_nor_creates_groups(kafka_stack, un
     cfg = scenario_config(tmp_path, kafka_stack.bootstrap, unique)
     out = tmp_path / "all.jsonl"
     assert main(["--config", str(cfg), "replay", topic, "--output", str(out)]) == 0
-    assert main(["--config", str(cfg), "replay", topic, "--from", "5", "--to", "0:10,1:9,2:8",
-                 "--format", "table"]) == 0
+    assert (
+        main(["--config", str(cfg), "replay", topic, "--from", "5", "--to", "0:10,1:9,2:8", "--format", "table"]) == 0
+    )
 
     assert _committed(settings.kafka, group, topic, 3) == before
     assert _groups(settings.kafka) == groups_before  # replay joined and created no group

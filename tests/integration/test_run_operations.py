@@ -47,7 +47,8 @@ def _personal_values(dsn: str) -> set[str]:
 
 
 def test_run_without_sevis_upload_says_what_runs_reports_progress_and_serves_clean_metrics(
-        kafka_stack, fresh_db, unique, tmp_path):
+    kafka_stack, fresh_db, unique, tmp_path
+):
     raw = pipeline_raw({"bootstrap_servers": kafka_stack.bootstrap}, fresh_db, unique, tmp_path)
     port = free_port()
     raw["metrics"] = {"port": port, "host": "127.0.0.1", "progress_interval_s": PROGRESS_S}
@@ -62,11 +63,16 @@ def test_run_without_sevis_upload_says_what_runs_reports_progress_and_serves_cle
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
     log_path = tmp_path / "run.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "sevisflow", "--config", str(config), "run",
-                                 "--skip", "sink-sevis"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                stderr=log_file)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sevisflow", "--config", str(config), "run", "--skip", "sink-sevis"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     began = time.monotonic()
     try:
+
         def wait(what: str, pred, timeout_s: float = 150.0):
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:

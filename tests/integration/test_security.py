@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from sevisflow.deploy.local.stack import StackInfo
 from sevisflow.app.cli import main
 from sevisflow.core.config import Settings, settings_from_mapping
 from sevisflow.core.kafka_io import (
@@ -34,10 +33,10 @@ from sevisflow.core.kafka_io import (
     make_producer,
     read_topic,
 )
+from sevisflow.deploy.local.stack import StackInfo
 from tests.helpers import captured_logs
 
 pytestmark = pytest.mark.integration
-
 
 
 def _secrets(info: StackInfo) -> list[str]:
@@ -51,13 +50,12 @@ def _env(info: StackInfo, literal: bool = False) -> dict[str, str]:
     env = dict(info.env())
     if literal:
         for key in ("SEVISFLOW_KAFKA_SASL_PASSWORD", "SEVISFLOW_KAFKA_SSL_KEY_PASSWORD"):
-            env[key] = Path(env[key][len("file:"):]).read_text().strip()
+            env[key] = Path(env[key][len("file:") :]).read_text().strip()
     return env
 
 
 def _settings(info: StackInfo, literal: bool = False) -> Settings:
     return settings_from_mapping({}, env=_env(info, literal))
-
 
 
 def test_stack_writes_no_secret_and_requires_tls_and_sasl(secure_stack):
@@ -85,8 +83,14 @@ def test_stack_writes_no_secret_and_requires_tls_and_sasl(secure_stack):
 def _metadata_error(conf: dict[str, object]) -> str | None:
     """None when ``conf`` can read cluster metadata within a few seconds, else the error seen."""
     errors: list[str] = []
-    admin = AdminClient({**conf, "error_cb": lambda e: errors.append(e.str()), "log_level": 0,
-                         "logger": logging.getLogger("test.quiet")})
+    admin = AdminClient(
+        {
+            **conf,
+            "error_cb": lambda e: errors.append(e.str()),
+            "log_level": 0,
+            "logger": logging.getLogger("test.quiet"),
+        }
+    )
     try:
         admin.list_topics(timeout=3)
         return None
@@ -101,8 +105,9 @@ def test_plaintext_wrong_password_and_no_client_cert_are_refused(secure_stack):
     assert _metadata_error(good) is None
     assert _metadata_error({"bootstrap.servers": settings.kafka.bootstrap_servers}) is not None
     assert _metadata_error({**good, "sasl.password": "not-the-password"}) is not None
-    no_cert = {k: v for k, v in good.items() if k not in ("ssl.certificate.location", "ssl.key.location",
-                                                           "ssl.key.password")}
+    no_cert = {
+        k: v for k, v in good.items() if k not in ("ssl.certificate.location", "ssl.key.location", "ssl.key.password")
+    }
     assert _metadata_error(no_cert) is not None
 
 
@@ -115,16 +120,22 @@ def test_topics_produce_consume_and_transactional_loop_over_sasl_ssl(secure_stac
         # the CLI, with the secrets given as literal environment values: config print, topics as code
         for key, value in _env(secure_stack, literal=True).items():
             monkeypatch.setenv(key, value)
-        for name, default in [("students", "sevisflow.students"), ("events", "sevis.events"),
-                              ("commands", "sevis.batch.commands"), ("batches", "sevis.batches"),
-                              ("results", "sevis.results"), ("dlq", "sevisflow.dlq")]:
+        for name, default in [
+            ("students", "sevisflow.students"),
+            ("events", "sevis.events"),
+            ("commands", "sevis.batch.commands"),
+            ("batches", "sevis.batches"),
+            ("results", "sevis.results"),
+            ("dlq", "sevisflow.dlq"),
+        ]:
             monkeypatch.setenv(f"SEVISFLOW_TOPICS_{name.upper()}", f"{default}.{unique}")
         assert main(["--log-level", "DEBUG", "config"]) == 0
         assert main(["--log-level", "DEBUG", "topics", "apply", "--pipeline-only"]) == 0
         assert main(["--log-level", "DEBUG", "topics", "apply", "--pipeline-only", "--dry-run"]) == 0
 
-        ensure_topics(kafka, [TopicSpec(inp, 2, 1), TopicSpec(out, 2, 1),
-                              TopicSpec(state, 2, 1, {"cleanup.policy": "compact"})])
+        ensure_topics(
+            kafka, [TopicSpec(inp, 2, 1), TopicSpec(out, 2, 1), TopicSpec(state, 2, 1, {"cleanup.policy": "compact"})]
+        )
         producer = make_producer(kafka, debug="security,broker,conf")
         keys = [f"k{i}".encode() for i in range(10)]
         for i in range(200):
@@ -165,8 +176,7 @@ def test_topics_produce_consume_and_transactional_loop_over_sasl_ssl(secure_stac
 
 
 @pytest.mark.usefixtures("no_log_handler_swap")
-def test_a_refused_sasl_login_and_a_wrong_key_password_are_named_as_such(secure_stack, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_a_refused_sasl_login_and_a_wrong_key_password_are_named_as_such(secure_stack, tmp_path, capsys, monkeypatch):
     """Exit 1 with what is wrong and which setting to fix — not "Kafka unreachable", not a traceback."""
     cfg = tmp_path / "sevisflow.toml"
     cfg.write_text('[school]\norg_id = "ABC214F12345000"\n')
@@ -177,7 +187,9 @@ def test_a_refused_sasl_login_and_a_wrong_key_password_are_named_as_such(secure_
     err = capsys.readouterr().err
     assert code == 1 and "refused the login of SASL user" in err and "kafka.sasl_password" in err, err
     assert "not-the-password" not in err and "Traceback" not in err
-    monkeypatch.setenv("SEVISFLOW_KAFKA_SASL_PASSWORD", _env(secure_stack, literal=True)["SEVISFLOW_KAFKA_SASL_PASSWORD"])
+    monkeypatch.setenv(
+        "SEVISFLOW_KAFKA_SASL_PASSWORD", _env(secure_stack, literal=True)["SEVISFLOW_KAFKA_SASL_PASSWORD"]
+    )
     monkeypatch.setenv("SEVISFLOW_KAFKA_SSL_KEY_PASSWORD", "wrong-key-password")
     code = main(["--config", str(cfg), "batch", "list"])
     err = capsys.readouterr().err

@@ -32,10 +32,20 @@ from tests.upload_support import put_batch, sim_sevis, states
 
 pytestmark = pytest.mark.integration
 
-ACCEPTED_PATH = ["sevis.before_move_sending", "sevis.after_move_sending", "sevis.before_post", "sevis.after_post",
-                 "sevis.before_move_uploaded", "sevis.after_move_uploaded", "sevis.before_download",
-                 "sevis.after_download", "sevis.before_publish", "sevis.after_publish",
-                 "sevis.before_move_processed", "sevis.after_move_processed"]
+ACCEPTED_PATH = [
+    "sevis.before_move_sending",
+    "sevis.after_move_sending",
+    "sevis.before_post",
+    "sevis.after_post",
+    "sevis.before_move_uploaded",
+    "sevis.after_move_uploaded",
+    "sevis.before_download",
+    "sevis.after_download",
+    "sevis.before_publish",
+    "sevis.after_publish",
+    "sevis.before_move_processed",
+    "sevis.after_move_processed",
+]
 REFUSED_PATH = ["sevis.before_requeue", "sevis.after_requeue", "sevis.before_move_failed", "sevis.after_move_failed"]
 
 
@@ -46,8 +56,9 @@ def _wait(cond, timeout: float, what: str, proc: subprocess.Popen | None = None,
         if got:
             return got
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sink exited ({proc.returncode}) waiting for {what}: "
-                                 f"{log.read_text()[-3000:] if log else ''}")
+            raise AssertionError(
+                f"the sink exited ({proc.returncode}) waiting for {what}: {log.read_text()[-3000:] if log else ''}"
+            )
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -56,8 +67,16 @@ class Sink:
     """`sevisflow sink sevis` processes over one outbox, one SEVIS simulator, per-test topics."""
 
     def __init__(self, kafka_stack, unique: str, sim, tmp_path: Path, **sevis) -> None:
-        over = {"poll_interval_s": 0.2, "retry_base_s": 0.1, "retry_max_s": 0.5, "http_timeout_s": 5.0,
-                "repost_after_s": 0.0, "repost_after_checks": 1, "max_posts": 3, **sevis}
+        over = {
+            "poll_interval_s": 0.2,
+            "retry_base_s": 0.1,
+            "retry_max_s": 0.5,
+            "http_timeout_s": 5.0,
+            "repost_after_s": 0.0,
+            "repost_after_checks": 1,
+            "max_posts": 3,
+            **sevis,
+        }
         self.settings = make_settings(kafka_stack, unique=unique, sevis=sim_sevis(sim, tmp_path, **over))
         ensure_topics(self.settings.kafka, pipeline_topics(self.settings))
         self.sim = sim
@@ -65,9 +84,22 @@ class Sink:
         self.runs = 0
         self.env = stage_env(self.settings, 0)
         self.env["SEVISFLOW_SCHOOL_ORG_ID"] = self.settings.school.org_id
-        self.env.update({f"SEVISFLOW_SEVIS_{k.upper()}": str(getattr(self.settings.sevis, k))
-                         for k in ("xsd_dir", "upload_url", "download_url", "client_cert", "client_key", "ca_bundle",
-                                   "outbox_dir", "quarantine_dir", *over)})
+        self.env.update(
+            {
+                f"SEVISFLOW_SEVIS_{k.upper()}": str(getattr(self.settings.sevis, k))
+                for k in (
+                    "xsd_dir",
+                    "upload_url",
+                    "download_url",
+                    "client_cert",
+                    "client_key",
+                    "ca_bundle",
+                    "outbox_dir",
+                    "quarantine_dir",
+                    *over,
+                )
+            }
+        )
 
     def start(self, *args: str, crash: str | None = None) -> tuple[subprocess.Popen, Path]:
         self.runs += 1
@@ -76,8 +108,14 @@ class Sink:
         if crash:
             env["SEVISFLOW_CRASH_AT"] = crash
         with open(log, "w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "tests.crashing", "sevisflow", "sink", *(args or ("sevis",))],
-                                    cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.crashing", "sevisflow", "sink", *(args or ("sevis",))],
+                cwd=REPO,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         return proc, log
 
     def crash_at(self, point: str) -> None:
@@ -191,9 +229,16 @@ def test_a_second_sink_on_the_same_outbox_is_refused(kafka_stack, unique, sim, t
     sink = Sink(kafka_stack, unique, sim, tmp_path)
     first, log1 = sink.start()
     try:
-        _wait(lambda: (Path(sink.settings.sevis.outbox_dir) / ".sink-sevis.lock").exists()
-              and str(first.pid) in (Path(sink.settings.sevis.outbox_dir) / ".sink-sevis.lock").read_text(),
-              60, "the first sink to hold the outbox", first, log1)
+        _wait(
+            lambda: (
+                (Path(sink.settings.sevis.outbox_dir) / ".sink-sevis.lock").exists()
+                and str(first.pid) in (Path(sink.settings.sevis.outbox_dir) / ".sink-sevis.lock").read_text()
+            ),
+            60,
+            "the first sink to hold the outbox",
+            first,
+            log1,
+        )
         second, log2 = sink.start()
         assert second.wait(60) == 1
         text = log2.read_text()

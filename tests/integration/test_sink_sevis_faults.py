@@ -57,8 +57,7 @@ def test_accepted_but_the_client_never_saw_the_answer(sim, tmp_path, mode):
 
 def test_delayed_registration_within_the_grace_is_waited_out(sim, tmp_path):
     """S0031 right after our own (unanswered) POST means "not registered yet": no re-post before the grace."""
-    settings = settings_for(sim, tmp_path, http_timeout_s=1.0, repost_after_checks=6, repost_after_s=0.0,
-                            max_posts=3)
+    settings = settings_for(sim, tmp_path, http_timeout_s=1.0, repost_after_checks=6, repost_after_s=0.0, max_posts=3)
     put_batch(settings)
     sim.registration_delay_downloads = 4
     sim.fail("upload", "slow_accept", 1, delay_s=3.0)
@@ -72,8 +71,7 @@ def test_delayed_registration_within_the_grace_is_waited_out(sim, tmp_path):
 def test_registration_slower_than_the_grace_never_makes_sevis_process_twice(sim, tmp_path):
     """Past the grace the same BatchID is posted again: SEVIS answers S0010 (it has it), which after our
     own POST is "unknown" again: resolved by download, not re-queued. SEVIS processed it once."""
-    settings = settings_for(sim, tmp_path, http_timeout_s=1.0, repost_after_checks=2, repost_after_s=0.0,
-                            max_posts=3)
+    settings = settings_for(sim, tmp_path, http_timeout_s=1.0, repost_after_checks=2, repost_after_s=0.0, max_posts=3)
     put_batch(settings)
     sim.registration_delay_downloads = 3
     sim.fail("upload", "drop_after", 1)
@@ -104,9 +102,9 @@ def test_unknown_outcome_waits_visibly_and_posts_at_most_max_posts(sim, tmp_path
 def test_a_refusal_after_an_unknown_post_requeues_nothing(sim, tmp_path):
     """The first POST is lost (unknown), the re-post is refused (S0013): the first may still have been
     taken, so nothing is re-queued and nothing is posted again; the status asks for the operator."""
-    settings = settings_for(sim, tmp_path, max_posts=3)   # a school that allows re-posting
+    settings = settings_for(sim, tmp_path, max_posts=3)  # a school that allows re-posting
     put_batch(settings)
-    sim.fail("upload", "drop", 1)   # the first POST: no answer
+    sim.fail("upload", "drop", 1)  # the first POST: no answer
     sim.fail("upload", "S0013", 1)  # the re-post (after S0031; grace 0 in this test): refused
     pub = FakePublisher()
     sink = SevisSink(settings, outbox_of(settings), pub)
@@ -126,16 +124,18 @@ def test_s0010_to_our_first_post_is_someone_elses_batch_id_and_requeues(sim, tmp
     sim.fail("upload", "S0010", 1)
     pub = FakePublisher()
     drive(SevisSink(settings, outbox_of(settings), pub), lambda: "failed" in states(settings))
-    assert pub.requeued == [{"batch_id": BATCH, "record_ids": [r["record_id"] for r in batch.records],
-                             "code": "S0010"}]
+    assert pub.requeued == [{"batch_id": BATCH, "record_ids": [r["record_id"] for r in batch.records], "code": "S0010"}]
     assert sim.post_count(BATCH) == 1 and not pub.published
 
 
-@pytest.mark.parametrize("mode, kind, over", [
-    ("foreign_log", "sevis_mismatch", {}),
-    ("bomb", "sevis_limit", {}),
-    ("huge", "sevis_limit", {"max_response_bytes": 1024 * 1024}),
-])
+@pytest.mark.parametrize(
+    "mode, kind, over",
+    [
+        ("foreign_log", "sevis_mismatch", {}),
+        ("bomb", "sevis_limit", {}),
+        ("huge", "sevis_limit", {"max_response_bytes": 1024 * 1024}),
+    ],
+)
 def test_hostile_downloads_publish_nothing_and_stay_resolvable(sim, tmp_path, mode, kind, over):
     settings = settings_for(sim, tmp_path, **over)
     put_batch(settings)
@@ -146,8 +146,11 @@ def test_hostile_downloads_publish_nothing_and_stay_resolvable(sim, tmp_path, mo
     sink.step()  # download: refused
     assert states(settings) == {"uploaded": [BATCH]} and not pub.published
     bd = next(outbox_of(settings).batches("uploaded"))
-    assert bd.state_data()["history"][-1] == {"at": bd.state_data()["history"][-1]["at"], "what": "download_refused",
-                                              "kind": kind}
+    assert bd.state_data()["history"][-1] == {
+        "at": bd.state_data()["history"][-1]["at"],
+        "what": "download_refused",
+        "kind": kind,
+    }
     assert "last error: unusable results" in describe(bd)
     assert not (bd.path / "results").exists() and not list(bd.path.glob(".results-*"))
     # the next download is a good one: resolved without the operator

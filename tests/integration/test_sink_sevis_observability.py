@@ -23,8 +23,8 @@ from sevisflow.deploy.local.stack import free_port
 from sevisflow.sinks.sevis.client import SevisClient
 from sevisflow.sinks.sevis.stage import run as run_sevis
 from sevisflow.sinks.xml.render import ClosedBatch, render_batch
-from testkit.xml_samples import DSO, ORG_ID, create_record
 from sevisflow.sinks.xml.xsd import load_schema
+from testkit.xml_samples import DSO, ORG_ID, create_record
 from tests.helpers import REPO, XSD_DIR, http_get, make_settings, stage_env
 from tests.metrics_conventions import problems
 from tests.upload_support import FakePublisher, put_batch, settings_for, sim_sevis, states
@@ -34,11 +34,12 @@ pytestmark = pytest.mark.integration
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-
-
 def _samples(body: str) -> Samples:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(body) for s in fam.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(body)
+        for s in fam.samples
+    }
 
 
 def _value(samples: Samples, name: str, **labels: str) -> float:
@@ -61,8 +62,12 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
     put_batch(settings, "OBSDUPE0000001")
     # the second BatchID is already used at SEVIS → S0010, the batch fails and its 3 records are re-queued
     other = ClosedBatch(ORG_ID, "OBSDUPE0000001", DSO, 0, (create_record(99),))
-    assert SevisClient(settings.sevis).upload(ORG_ID, DSO, "OBSDUPE0000001", "x.xml",
-                                              render_batch(other, load_schema(XSD_DIR))).code == "S0000"
+    assert (
+        SevisClient(settings.sevis)
+        .upload(ORG_ID, DSO, "OBSDUPE0000001", "x.xml", render_batch(other, load_schema(XSD_DIR)))
+        .code
+        == "S0000"
+    )
     sim.fail("upload", "slow", 1, delay_s=6.0)  # the first upload of the stage hangs for 6 s
     sim.fail("download", "http500", 1)  # the first results download fails: counted as an error, retried
 
@@ -93,8 +98,11 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
         assert ready == (503, "sink-sevis: first pass over the outbox not done yet\n")
 
         # the answer comes: healthy again, ready, both batches handled
-        _wait_for(lambda: states(settings) == {"processed": ["OBSGOOD0000001"], "failed": ["OBSDUPE0000001"]},
-                  60, "both batches to be handled")
+        _wait_for(
+            lambda: states(settings) == {"processed": ["OBSGOOD0000001"], "failed": ["OBSDUPE0000001"]},
+            60,
+            "both batches to be handled",
+        )
         _wait_for(lambda: http_get(f"{base}/ready")[0] == 200, 20, "/ready")
         assert http_get(f"{base}/health") == (200, "ok\n")
         status, body = http_get(f"{base}/metrics")
@@ -125,8 +133,9 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
     assert delta("sevisflow_sevis_results_total", result="rejected", code="S1003") == 1
     assert [r["error_code"] for r in pub.published].count("S1003") == 1 and len(pub.requeued) == 1
     # labels are stage names, codes and topics: nothing of a record reaches the metrics
-    record_values = {str(v) for r in pub.published for k, v in r.items()
-                     if k in ("student_key", "sevis_id", "request_id") and v}
+    record_values = {
+        str(v) for r in pub.published for k, v in r.items() if k in ("student_key", "sevis_id", "request_id") and v
+    }
     assert record_values and not any(v in body for v in record_values)
     # the stage's probe is gone once it stopped (a restarted stage registers it again)
     from sevisflow.core.observability import _PROBES
@@ -135,22 +144,47 @@ def test_sink_sevis_counts_codes_and_a_hung_upload_fails_health(sim, tmp_path):
 
 
 def test_sink_sevis_process_serves_health_ready_and_metrics(kafka_stack, unique, sim, tmp_path):
-    settings = make_settings(kafka_stack, unique=unique, sevis=sim_sevis(
-        sim, tmp_path, poll_interval_s=0.2, retry_base_s=0.1, retry_max_s=0.5))
+    settings = make_settings(
+        kafka_stack,
+        unique=unique,
+        sevis=sim_sevis(sim, tmp_path, poll_interval_s=0.2, retry_base_s=0.1, retry_max_s=0.5),
+    )
     ensure_topics(settings.kafka, pipeline_topics(settings))
     batch_id = f"OP{unique:0>12}"
     put_batch(settings, batch_id)
     port = free_port()
     env = stage_env(settings, port)
-    env.update({
-        **{f"SEVISFLOW_SEVIS_{k.upper()}": str(getattr(settings.sevis, k))
-           for k in ("xsd_dir", "upload_url", "download_url", "client_cert", "client_key", "ca_bundle",
-                     "outbox_dir", "quarantine_dir", "poll_interval_s", "retry_base_s", "retry_max_s")},
-    })
-    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.app.cli.__main__", "sink", "sevis"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env.update(
+        {
+            **{
+                f"SEVISFLOW_SEVIS_{k.upper()}": str(getattr(settings.sevis, k))
+                for k in (
+                    "xsd_dir",
+                    "upload_url",
+                    "download_url",
+                    "client_cert",
+                    "client_key",
+                    "ca_bundle",
+                    "outbox_dir",
+                    "quarantine_dir",
+                    "poll_interval_s",
+                    "retry_base_s",
+                    "retry_max_s",
+                )
+            },
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sevisflow.app.cli.__main__", "sink", "sevis"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             assert proc.poll() is None, proc.stderr.read()[-2000:]
             return http_get(f"{base}/ready")[0] == 200

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from confluent_kafka import TopicPartition
 
-from sevisflow.deploy.local.stack import port_open, start_stack, stop_stack, stacks_root
 from sevisflow.core.config import KafkaSettings
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_consumer, make_producer, read_topic
+from sevisflow.deploy.local.stack import port_open, stacks_root, start_stack, stop_stack
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +84,7 @@ def test_logical_slot_receives_insert(fresh_db, unique):
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, name text)")
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (f"s_{unique}",))
         conn.execute("INSERT INTO t VALUES (1, 'committed row')")
-        rows = conn.execute("SELECT data FROM pg_logical_slot_get_changes(%s, NULL, NULL)",
-                            (f"s_{unique}",)).fetchall()
+        rows = conn.execute("SELECT data FROM pg_logical_slot_get_changes(%s, NULL, NULL)", (f"s_{unique}",)).fetchall()
         conn.execute("SELECT pg_drop_replication_slot(%s)", (f"s_{unique}",))
     changes = [r[0] for r in rows]
     assert any("INSERT" in c and "committed row" in c for c in changes), changes
@@ -115,4 +114,6 @@ def test_two_stacks_at_once_then_nothing_left_behind():
     for pid in pids:
         out = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
         assert out == "" or out.startswith("Z"), f"process {pid} still running ({out})"
-    assert not any(p.name.startswith(("t1-", "t2-")) and p.name.endswith(first.name[-6:]) for p in stacks_root().iterdir())
+    assert not any(
+        p.name.startswith(("t1-", "t2-")) and p.name.endswith(first.name[-6:]) for p in stacks_root().iterdir()
+    )

@@ -20,16 +20,19 @@ from tests.metrics_conventions import problems
 pytestmark = pytest.mark.integration
 
 
-
-
 def test_batcher_process_serves_health_ready_and_metrics(kafka_stack, unique):
     settings = make_settings(kafka=kafka_stack, unique=unique)
     ensure_topics(settings.kafka, all_topics(settings))
     port = free_port()
     env = stage_env(settings, port)
-    proc = subprocess.Popen([sys.executable, "-m", "sevisflow.app.cli.__main__", "process", "batcher",
-                             "--instance", f"obs-{unique}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sevisflow.app.cli.__main__", "process", "batcher", "--instance", f"obs-{unique}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         ready = (0, "")

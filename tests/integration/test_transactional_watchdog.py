@@ -66,8 +66,16 @@ def test_a_send_offsets_call_that_never_returns_is_fenced_and_every_input_writte
     def copy(msg, state):
         yield Output(out, msg.key(), msg.value())
 
-    loop = TransactionalLoop(kafka, group, [inp], copy, transactional_id=f"{group}-0", batch_size=50,
-                             txn_timeout_s=2.0, producer_factory=factory)
+    loop = TransactionalLoop(
+        kafka,
+        group,
+        [inp],
+        copy,
+        transactional_id=f"{group}-0",
+        batch_size=50,
+        txn_timeout_s=2.0,
+        producer_factory=factory,
+    )
     runner = threading.Thread(target=loop.run, daemon=True)
     started = time.monotonic()
     runner.start()
@@ -129,8 +137,9 @@ def _wait_outputs(kafka, topic, n, timeout_s):
     return outputs
 
 
-def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_changelog(kafka_stack, unique,
-                                                                                       monkeypatch):
+def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_changelog(
+    kafka_stack, unique, monkeypatch
+):
     """The broker committed, the loop only saw a deadline pass: it must take state and offsets from Kafka.
 
     Before the fix the loop dropped its staged state and kept its older in-memory state while the
@@ -156,8 +165,18 @@ def test_a_commit_that_lands_but_outlives_its_deadline_rebuilds_state_from_the_c
         yield Output(out, msg.key(), msg.value() + b"#" + str(n).encode())
 
     CommitsThenHangs.hung = 0
-    loop = TransactionalLoop(kafka, group, [world.inp], count, transactional_id=f"{group}-0", state_topic=state,
-                             batch_size=20, txn_timeout_s=8.0, producer_factory=factory, retry_base_s=0.1)
+    loop = TransactionalLoop(
+        kafka,
+        group,
+        [world.inp],
+        count,
+        transactional_id=f"{group}-0",
+        state_topic=state,
+        batch_size=20,
+        txn_timeout_s=8.0,
+        producer_factory=factory,
+        retry_base_s=0.1,
+    )
     world.feed(150)
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()

@@ -11,8 +11,8 @@ from sevisflow.sinks.sevis.client import CertificateError, SevisClient
 from sevisflow.sinks.sevis.uploader import SevisSink
 from sevisflow.sinks.sevis_sim.certs import make_ca, make_leaf
 from sevisflow.sinks.xml.render import ClosedBatch
-from testkit.xml_samples import DSO, ORG_ID, create_record
 from sevisflow.sinks.xml.xsd import load_schema
+from testkit.xml_samples import DSO, ORG_ID, create_record
 from tests.helpers import XSD_DIR
 from tests.upload_support import FakePublisher, outbox_of, put_batch, settings_for, states
 
@@ -37,7 +37,8 @@ def test_upload_download_partial_success(sim, tmp_path):
     assert [(r["request_id"], r["status"], r["error_code"]) for r in pub.published] == [
         (batch.records[0]["request_id"], "success", None),
         (batch.records[1]["request_id"], "success", None),
-        (batch.records[2]["request_id"], "failure", "S1003")]
+        (batch.records[2]["request_id"], "failure", "S1003"),
+    ]
     new_id = pub.published[0]["sevis_id"]
     assert new_id and new_id.startswith("N") and pub.published[0]["student_key"] == "S00000001"
     assert all(r["process_code"] == "S0020" for r in pub.published)
@@ -57,8 +58,12 @@ def test_retry_on_http_errors_and_s0001_then_never_again_after_restart(sim, tmp_
     assert sim.upload_count("UPLTEST0000001", "S0000") == 1 and sim.upload_count(code="S0010") == 0
     folder = next(outbox_of(settings).batches("processed")).path
     # the two HTTP 500s left the outcome unknown: each was followed by a download (S0031) before the next POST
-    assert sorted(p.name for p in folder.glob("post-*.json") if "answer" not in p.name) == \
-        ["post-1.json", "post-2.json", "post-3.json", "post-4.json"]
+    assert sorted(p.name for p in folder.glob("post-*.json") if "answer" not in p.name) == [
+        "post-1.json",
+        "post-2.json",
+        "post-3.json",
+        "post-4.json",
+    ]
     assert sim.post_count("UPLTEST0000001") == 4
     probes = [r["code"] for r in sim.requests if r["op"] == "download"]
     assert probes[:2] == ["S0031", "S0031"]
@@ -102,12 +107,17 @@ def test_duplicate_batch_id_fails_the_batch_and_requeues(sim, tmp_path):
     other = ClosedBatch(ORG_ID, "UPLTEST0000001", DSO, 0, (create_record(99),))
     from sevisflow.sinks.xml.render import render_batch
 
-    assert SevisClient(settings.sevis).upload(ORG_ID, DSO, "UPLTEST0000001", "x.xml",
-                                              render_batch(other, load_schema(XSD_DIR))).code == "S0000"
+    assert (
+        SevisClient(settings.sevis)
+        .upload(ORG_ID, DSO, "UPLTEST0000001", "x.xml", render_batch(other, load_schema(XSD_DIR)))
+        .code
+        == "S0000"
+    )
     pub = FakePublisher()
     drive(SevisSink(settings, outbox_of(settings), pub), lambda: "failed" in states(settings))
-    assert pub.requeued == [{"batch_id": "UPLTEST0000001", "record_ids": [r["record_id"] for r in batch.records],
-                             "code": "S0010"}]
+    assert pub.requeued == [
+        {"batch_id": "UPLTEST0000001", "record_ids": [r["record_id"] for r in batch.records], "code": "S0010"}
+    ]
     folder = next(outbox_of(settings).batches("failed")).path
     assert json.loads((folder / "reason.json").read_text())["code"] == "S0010"
     sink = SevisSink(settings, outbox_of(settings), pub)

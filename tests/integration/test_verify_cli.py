@@ -7,16 +7,18 @@ import shutil
 import orjson
 import pytest
 
-from sevisflow.core.ledger import Ledger, LedgerWriter
-from testkit.audit_scenario import batcher_run
 from sevisflow.app.cli import main
 from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
+from sevisflow.core.ledger import Ledger, LedgerWriter
 from sevisflow.core.serde import registry
+from testkit.audit_scenario import batcher_run
 from tests.audit_scenario import scenario_config
 from tests.helpers import XSD_DIR, make_settings
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="no SEVIS XSDs")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="no SEVIS XSDs"),
+]
 
 
 def test_verify_all_then_tamper(kafka_stack, unique, tmp_path, capsys):

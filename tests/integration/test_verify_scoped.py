@@ -1,6 +1,6 @@
 """``sevisflow verify <BatchID>`` reads the log only up to the batch's close, and still catches tampering.
 
-The batches are made by the real batcher (:func:`sevisflow.app.audit.scenario.batcher_run`) on a real
+The batches are made by the real batcher (:func:`testkit.audit_scenario.batcher_run`) on a real
 Kafka and filed by the XML sink's own function, as in ``test_verify_cli.py``. The close time comes from
 the batch's manifest; the closed event is looked up by Kafka's time index. These tests are about what is
 read and what is caught, not about time (bench/audit measures that).

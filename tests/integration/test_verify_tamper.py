@@ -18,20 +18,22 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sevisflow.core.ledger import Ledger, chain
-from testkit.audit_scenario import batcher_run
 from sevisflow.app.cli import main
 from sevisflow.core.errors import TerminalError
 from sevisflow.core.kafka_io import ensure_topics, make_producer
+from sevisflow.core.ledger import Ledger, chain
 from sevisflow.core.serde import registry
 from sevisflow.core.topics import pipeline_topics
 from sevisflow.sinks.outbox import Outbox
 from sevisflow.sinks.sevis_sim import SevisSimulator
+from testkit.audit_scenario import batcher_run
 from tests.helpers import XSD_DIR, make_settings
 from tests.upload_support import FakePublisher, sim_sevis
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="no SEVIS XSDs")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="no SEVIS XSDs"),
+]
 
 
 def _config(path: Path, settings, xsd_dir: Path = XSD_DIR) -> Path:
@@ -43,8 +45,22 @@ bootstrap_servers = "{settings.kafka.bootstrap_servers}"
 org_id = "{settings.school.org_id}"
 timezone = "{settings.school.timezone}"
 [topics]
-{chr(10).join(f'{k} = "{getattr(t, k)}"' for k in ("students", "events", "commands", "batches", "results", "dlq",
-                                                   "open_batches", "worklist", "ledger"))}
+{
+        chr(10).join(
+            f'{k} = "{getattr(t, k)}"'
+            for k in (
+                "students",
+                "events",
+                "commands",
+                "batches",
+                "results",
+                "dlq",
+                "open_batches",
+                "worklist",
+                "ledger",
+            )
+        )
+    }
 [sevis]
 outbox_dir = "{s.outbox_dir}"
 quarantine_dir = "{s.quarantine_dir}"
@@ -87,9 +103,17 @@ def world(kafka_stack, tmp_path_factory):
     sim = SevisSimulator(base / "certs", XSD_DIR, accept_any_sevis_id=True)
     sim.start()
     unique = uuid.uuid4().hex[:10]
-    settings = make_settings(kafka_stack, unique=unique,
-                             sevis={**sim_sevis(sim, base), "poll_interval_s": 0.0, "retry_base_s": 0.01,
-                                    "retry_max_s": 0.05, "http_timeout_s": 10.0})
+    settings = make_settings(
+        kafka_stack,
+        unique=unique,
+        sevis={
+            **sim_sevis(sim, base),
+            "poll_interval_s": 0.0,
+            "retry_base_s": 0.01,
+            "retry_max_s": 0.05,
+            "http_timeout_s": 10.0,
+        },
+    )
     ensure_topics(settings.kafka, pipeline_topics(settings))
     run = batcher_run(updates=4, creates=1, batches=2)
     t = settings.topics
@@ -202,8 +226,10 @@ def test_changed_document_and_rewritten_ledger_without_xsds_fails(world, capsys)
     for e in ledger.entries():
         fields = {k: v for k, v in e.items() if k not in ("seq", "prev", "hash")}
         if e["batch_id"] == world.ids[1] and e["kind"] == "archive":
-            fields.update(xml_sha256=m["sha256"],
-                          manifest_sha256=hashlib.sha256((bd.path / "manifest.json").read_bytes()).hexdigest())
+            fields.update(
+                xml_sha256=m["sha256"],
+                manifest_sha256=hashlib.sha256((bd.path / "manifest.json").read_bytes()).hexdigest(),
+            )
         rewritten.append(chain(rewritten, fields))
     ledger.path.write_bytes(b"".join(orjson.dumps(e, option=orjson.OPT_SORT_KEYS) + b"\n" for e in rewritten))
     no_xsd = world.base / "no-xsd"
@@ -229,14 +255,18 @@ def test_a_check_that_cannot_run_fails_the_verdict_unless_allowed(world, capsys)
     assert world.verify(capsys, "--allow-skipped", cfg=cfg)[0] == 0
     # the batches topic unreadable (a name that does not exist): the batching check cannot run
     bad = world.base / "no-topic.toml"
-    bad.write_text(world.cfg.read_text().replace(f'batches = "{world.settings.topics.batches}"',
-                                                 'batches = "sevis.batches.does-not-exist"'))
+    bad.write_text(
+        world.cfg.read_text().replace(
+            f'batches = "{world.settings.topics.batches}"', 'batches = "sevis.batches.does-not-exist"'
+        )
+    )
     code, out = world.verify(capsys, cfg=bad)
     assert code in (1, 3) and "does not exist or is not readable" in out, out
 
 
-@pytest.mark.parametrize("target", ["manifest.json", "results/sevis_transaction_log.xml", "upload-response.xml",
-                                    "post-1.answer.json", "pdf"])
+@pytest.mark.parametrize(
+    "target", ["manifest.json", "results/sevis_transaction_log.xml", "upload-response.xml", "post-1.answer.json", "pdf"]
+)
 def test_edits_to_sealed_files_fail(world, capsys, target):
     """Tamper case 4: manifest fields other than sha256, the transaction log, the upload response, the I-20s."""
     ob = world.restore()
@@ -276,7 +306,7 @@ def test_processed_batch_moved_back_to_ready_fails_and_is_never_posted_again(wor
     code, out = world.verify(capsys)
     assert code == 1, out
     assert f"batch {world.ids[0]} was sealed in processed/" in out and "moved backwards" in out
-    assert f"SEVIS answered it" in out and f"back in {bd.day}/ready/" in out
+    assert "SEVIS answered it" in out and f"back in {bd.day}/ready/" in out
     # even with the evidence files removed too, the ledger keeps the sink from posting it again
     for p in list(ready.iterdir()):
         if p.name not in ("manifest.json", bd.xml_path.name):
@@ -296,10 +326,10 @@ def test_anchored_head_survives_a_restart_and_catches_an_older_copy(world, capsy
     from sevisflow.sinks.xml.stage import ledger_writer
 
     ob = world.restore()
-    ledger_writer(world.settings, ob)              # a restarted XML sink: the ledger holds its anchor
+    ledger_writer(world.settings, ob)  # a restarted XML sink: the ledger holds its anchor
     stop = threading.Event()
     stop.set()
-    run_sevis(world.settings, stop)                # a restarted SEVIS sink: reconciles, re-anchors, stops
+    run_sevis(world.settings, stop)  # a restarted SEVIS sink: reconciles, re-anchors, stops
     assert world.verify(capsys)[0] == 0
 
     shutil.copy(world.older_ledger, Ledger(world.outbox_dir).path)  # the copy taken before the uploads
@@ -321,8 +351,11 @@ def test_a_copy_of_the_outbox_is_verified_against_the_anchors_of_the_original(wo
     shutil.copytree(world.outbox_dir, copy / "outbox")
     (copy / "quarantine").mkdir()
     cfg = world.base / "copy.toml"
-    cfg.write_text(world.cfg.read_text().replace(str(world.outbox_dir), str(copy / "outbox"))
-                   .replace(str(world.quarantine_dir), str(copy / "quarantine")))
+    cfg.write_text(
+        world.cfg.read_text()
+        .replace(str(world.outbox_dir), str(copy / "outbox"))
+        .replace(str(world.quarantine_dir), str(copy / "quarantine"))
+    )
     code, out = world.verify(capsys, cfg=cfg)
     assert code == 3 and "--anchored-as" in out, out
     original = str(Ledger(world.outbox_dir).path)
@@ -339,31 +372,45 @@ def test_xml_sink_killed_between_sealing_and_commit_anchors_the_head_on_restart(
     import subprocess
     import sys
 
-    from sevisflow.deploy.local.stack import free_port
+    from sevisflow.core.kafka_io import fence_predecessor, flush_or_raise, produce
     from sevisflow.core.ledger import GENESIS, anchored_head, anchors_for, check_anchors, read_anchors
-    from sevisflow.core.kafka_io import flush_or_raise, produce
+    from sevisflow.deploy.local.stack import free_port
     from sevisflow.sinks.xml.render import ClosedBatch
+    from sevisflow.sinks.xml.stage import run as run_xml
+    from sevisflow.sinks.xml.stage import transactional_id
     from testkit.xml_samples import DSO, ORG_ID, create_record
-    from sevisflow.core.kafka_io import fence_predecessor
-    from sevisflow.sinks.xml.stage import run as run_xml, transactional_id
     from tests.crashing import ENV_VAR, EXIT_CODE
     from tests.helpers import REPO, stage_env
     from tests.integration.test_sink_kafka import closed_event
 
     outbox = tmp_path / "outbox"
-    settings = make_settings(kafka_stack, unique=unique, sevis={
-        "outbox_dir": str(outbox), "quarantine_dir": str(tmp_path / "quarantine"), "xsd_dir": str(XSD_DIR)})
+    settings = make_settings(
+        kafka_stack,
+        unique=unique,
+        sevis={"outbox_dir": str(outbox), "quarantine_dir": str(tmp_path / "quarantine"), "xsd_dir": str(XSD_DIR)},
+    )
     ensure_topics(settings.kafka, pipeline_topics(settings))
     batch = ClosedBatch(ORG_ID, f"LG{unique:0>12}", DSO, 1748921400000, (create_record(1),))
     producer = make_producer(settings.kafka)
     produce(producer, settings.topics.batches, ORG_ID.encode(), closed_event(batch))
     flush_or_raise(producer, [])
-    env = {**stage_env(settings, free_port()), "SEVISFLOW_SEVIS_OUTBOX_DIR": str(outbox),
-           "SEVISFLOW_SEVIS_QUARANTINE_DIR": str(tmp_path / "quarantine"), "SEVISFLOW_SEVIS_XSD_DIR": str(XSD_DIR),
-           "SEVISFLOW_SCHOOL_ORG_ID": settings.school.org_id, "SEVISFLOW_INSTANCE": "xml-1",
-           ENV_VAR: "kafka.before_commit:1"}
-    first = subprocess.run([sys.executable, "-m", "tests.crashing", "sevisflow", "sink", "xml"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=120)
+    env = {
+        **stage_env(settings, free_port()),
+        "SEVISFLOW_SEVIS_OUTBOX_DIR": str(outbox),
+        "SEVISFLOW_SEVIS_QUARANTINE_DIR": str(tmp_path / "quarantine"),
+        "SEVISFLOW_SEVIS_XSD_DIR": str(XSD_DIR),
+        "SEVISFLOW_SCHOOL_ORG_ID": settings.school.org_id,
+        "SEVISFLOW_INSTANCE": "xml-1",
+        ENV_VAR: "kafka.before_commit:1",
+    }
+    first = subprocess.run(
+        [sys.executable, "-m", "tests.crashing", "sevisflow", "sink", "xml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert first.returncode == EXIT_CODE, first.stderr[-2000:]
     ledger = Ledger(outbox)
     entries = ledger.entries()

@@ -52,26 +52,44 @@ def test_the_wheel_holds_the_sevisflow_namespace_its_data_and_no_tests(sevisflow
     top_level = zipfile.ZipFile(sevisflow_wheel).read(f"{dist_info.pop()}/top_level.txt").decode().split()
     assert top_level == ["sevisflow"], top_level
 
-    modules = {f"sevisflow/{p.relative_to(REPO / 'sevisflow').as_posix()}"
-               for p in (REPO / "sevisflow").rglob("*.py") if "__pycache__" not in p.parts}
-    for folder in PRODUCT_DIRS:   # the linked stage folders (rglob does not follow the links)
-        modules |= {f"sevisflow/{p.relative_to(REPO).as_posix()}" for p in (REPO / folder).rglob("*.py")
-                    if "__pycache__" not in p.parts}
+    modules = {
+        f"sevisflow/{p.relative_to(REPO / 'sevisflow').as_posix()}"
+        for p in (REPO / "sevisflow").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    for folder in PRODUCT_DIRS:  # the linked stage folders (rglob does not follow the links)
+        modules |= {
+            f"sevisflow/{p.relative_to(REPO).as_posix()}"
+            for p in (REPO / folder).rglob("*.py")
+            if "__pycache__" not in p.parts
+        }
     assert modules - names == set(), "modules missing from the wheel"
 
-    data = {f"sevisflow/{p.relative_to(REPO).as_posix()}" for folder in PRODUCT_DIRS
-            for suffix in ("*.avsc", "*.sql", "*.toml") for p in (REPO / folder).rglob(suffix)}
-    assert {"sevisflow/schemas/sevis_event.avsc", "sevisflow/deploy/sis/mapping.toml",
-            "sevisflow/deploy/sis/schema.sql", "sevisflow/deploy/topics.toml"} <= data
+    data = {
+        f"sevisflow/{p.relative_to(REPO).as_posix()}"
+        for folder in PRODUCT_DIRS
+        for suffix in ("*.avsc", "*.sql", "*.toml")
+        for p in (REPO / folder).rglob(suffix)
+    }
+    assert {
+        "sevisflow/schemas/sevis_event.avsc",
+        "sevisflow/deploy/sis/mapping.toml",
+        "sevisflow/deploy/sis/schema.sql",
+        "sevisflow/deploy/topics.toml",
+    } <= data
     assert data - names == set(), "data the pipeline reads at run time is missing from the wheel"
     assert any(re.fullmatch(r"sevisflow/connectors/postgres/_pgtuple\.[^/]+\.so", n) for n in names), "C decoder"
 
-    tests = sorted(n for n in names if re.search(r"(^|/)(tests?|conftest\.py|test_[^/]*\.py)(/|$)", n))
+    # test code (and the fixtures and samples that once lived beside the stages) stays in tests/
+    tests = sorted(
+        n for n in names if re.search(r"(^|/)(tests?|conftest\.py|test_[^/]*\.py|fixtures\.py|samples\.py)(/|$)", n)
+    )
     assert tests == [], f"test code in the wheel: {tests}"
 
 
-def test_the_installed_wheel_runs_the_pipeline_to_an_xsd_valid_document(sevisflow_wheel, kafka_stack, fresh_db,
-                                                                         unique, tmp_path):
+def test_the_installed_wheel_runs_the_pipeline_to_an_xsd_valid_document(
+    sevisflow_wheel, kafka_stack, fresh_db, unique, tmp_path
+):
     work = tmp_path / "work"
     work.mkdir()
     bin_dir = fresh_venv(sevisflow_wheel, tmp_path / "venv")
@@ -80,8 +98,15 @@ def test_the_installed_wheel_runs_the_pipeline_to_an_xsd_valid_document(sevisflo
     env.update(SEVISFLOW_CONFIG=str(config), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
 
     def sevisflow(*args: str, timeout_s: float = 120) -> str:
-        proc = subprocess.run([str(bin_dir / "sevisflow"), *args], cwd=work, env=env, capture_output=True, text=True,
-                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [str(bin_dir / "sevisflow"), *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 0, f"sevisflow {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
         return proc.stdout
 
@@ -96,13 +121,31 @@ def test_the_installed_wheel_runs_the_pipeline_to_an_xsd_valid_document(sevisflo
     assert events and len(snapshot_creates) == len(events), "the school's snapshot gives Creates to report"
     log = work / "run.log"
     with log.open("w") as out:
-        run = subprocess.Popen([str(bin_dir / "sevisflow"), "run", "--skip", "sink-sevis"], cwd=work, env=env,
-                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        run = subprocess.Popen(
+            [str(bin_dir / "sevisflow"), "run", "--skip", "sink-sevis"],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         alive = _alive(run, log)
         shown = _poll("the snapshot's Creates ready in the open batch", lambda: _ready(sevisflow, len(events)), alive)
-        closed = orjson.loads(sevisflow("batch", "close", "--revision", str(shown["revision"]), "--dso", DSO,
-                                        "--json", "--timeout", "60", timeout_s=120))
+        closed = orjson.loads(
+            sevisflow(
+                "batch",
+                "close",
+                "--revision",
+                str(shown["revision"]),
+                "--dso",
+                DSO,
+                "--json",
+                "--timeout",
+                "60",
+                timeout_s=120,
+            )
+        )
         batch_ids = closed.get("batch_ids") or [b["batch_id"] for b in closed.get("batches", [])]
         assert len(batch_ids) == 1, closed
         doc = _poll("the XML sink's document", lambda: _document(work / "outbox", batch_ids[0]), alive)
@@ -117,7 +160,7 @@ def test_the_installed_wheel_runs_the_pipeline_to_an_xsd_valid_document(sevisflo
     errors = _xsd_errors(tree)
     assert errors == [], errors[:5]
     created = tree.getroot().findall("./CreateStudent/Student")
-    assert len(created) == len(events), etree.tostring(tree.getroot())[:2000]   # one Create per new admit
+    assert len(created) == len(events), etree.tostring(tree.getroot())[:2000]  # one Create per new admit
 
 
 def _write_config(work: Path, kafka: Any, pg: Any, unique: str) -> Path:
@@ -125,16 +168,34 @@ def _write_config(work: Path, kafka: Any, pg: Any, unique: str) -> Path:
     raw = {
         "kafka": {"bootstrap_servers": kafka.bootstrap},
         "postgres": {"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user},
-        "connector": {"topic.prefix": f"sis{unique}", "slot.name": f"slot_{unique}", "name": f"conn-{unique}",
-                      "offsets_dir": str(work / "connector"), "heartbeat.interval.ms": 500,
-                      "offset.flush.interval.ms": 200},
+        "connector": {
+            "topic.prefix": f"sis{unique}",
+            "slot.name": f"slot_{unique}",
+            "name": f"conn-{unique}",
+            "offsets_dir": str(work / "connector"),
+            "heartbeat.interval.ms": 500,
+            "offset.flush.interval.ms": 200,
+        },
         "school": {"org_id": TEST_ORG_ID, "dso_user_ids": [DSO]},
-        "sevis": {"xsd_dir": str(XSD_DIR), "outbox_dir": str(work / "outbox"),
-                  "quarantine_dir": str(work / "quarantine")},
-        "topics": {name: f"{default}.{unique}" for name, default in [
-            ("students", "sevisflow.students"), ("events", "sevis.events"), ("commands", "sevis.batch.commands"),
-            ("batches", "sevis.batches"), ("results", "sevis.results"), ("dlq", "sevisflow.dlq"),
-            ("open_batches", "sevis.batch.open"), ("worklist", "sevis.worklist"), ("ledger", "sevis.audit.ledger")]},
+        "sevis": {
+            "xsd_dir": str(XSD_DIR),
+            "outbox_dir": str(work / "outbox"),
+            "quarantine_dir": str(work / "quarantine"),
+        },
+        "topics": {
+            name: f"{default}.{unique}"
+            for name, default in [
+                ("students", "sevisflow.students"),
+                ("events", "sevis.events"),
+                ("commands", "sevis.batch.commands"),
+                ("batches", "sevis.batches"),
+                ("results", "sevis.results"),
+                ("dlq", "sevisflow.dlq"),
+                ("open_batches", "sevis.batch.open"),
+                ("worklist", "sevis.worklist"),
+                ("ledger", "sevis.audit.ledger"),
+            ]
+        },
     }
     path = work / "sevisflow.toml"
     path.write_text(settings_toml(raw))
@@ -153,8 +214,9 @@ def _load_school(python: Path, work: Path, env: dict[str, str], dsn: str) -> dic
         f"load_school(sys.argv[1], generate_school({STUDENTS}, {SHARE}, {SEED}, TODAY))\n"
         "print(json.dumps({'package': sevisflow.__file__, 'decoder': c.__file__}))\n"
     )
-    proc = subprocess.run([str(python), "-c", probe, dsn], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [str(python), "-c", probe, dsn], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -162,6 +224,7 @@ def _load_school(python: Path, work: Path, env: dict[str, str], dsn: str) -> dic
 def _alive(run: subprocess.Popen[bytes], log: Path) -> Callable[[], None]:
     def check() -> None:
         assert run.poll() is None, f"`sevisflow run` exited with {run.returncode}:\n{log.read_text()[-3000:]}"
+
     return check
 
 

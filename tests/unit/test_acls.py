@@ -40,14 +40,20 @@ S = make_settings(unique="u1")
 
 def _writers(settings, topic: str) -> set[str]:
     acls = acl_model(settings)
-    return {role for role, names in principals(settings).items()
-            if any(allowed(acls, f"User:{n}", WRITE, TOPIC, topic) for n in names)}
+    return {
+        role
+        for role, names in principals(settings).items()
+        if any(allowed(acls, f"User:{n}", WRITE, TOPIC, topic) for n in names)
+    }
 
 
 def _readers(settings, topic: str) -> set[str]:
     acls = acl_model(settings)
-    return {role for role, names in principals(settings).items()
-            if any(allowed(acls, f"User:{n}", READ, TOPIC, topic) for n in names)}
+    return {
+        role
+        for role, names in principals(settings).items()
+        if any(allowed(acls, f"User:{n}", READ, TOPIC, topic) for n in names)
+    }
 
 
 def test_who_writes_each_topic():
@@ -113,8 +119,14 @@ def test_every_pipeline_topic_has_a_writer_so_a_new_topic_cannot_be_forgotten():
 
 
 def test_names_follow_the_settings():
-    s = settings_from_mapping({"acls": {"dso": ["jsmith", "akhan"], "batcher": "b-1"},
-                               "topics": {"events": "x.events"}, "connector": {"topic.prefix": "erp"}}, env={})
+    s = settings_from_mapping(
+        {
+            "acls": {"dso": ["jsmith", "akhan"], "batcher": "b-1"},
+            "topics": {"events": "x.events"},
+            "connector": {"topic.prefix": "erp"},
+        },
+        env={},
+    )
     acls = acl_model(s)
     assert allowed(acls, "User:jsmith", WRITE, TOPIC, s.topics.commands)
     assert allowed(acls, "User:akhan", WRITE, TOPIC, s.topics.commands)
@@ -126,19 +138,30 @@ def test_names_follow_the_settings():
 
 def test_one_principal_for_every_stage_gets_the_union_for_sevisflow_run():
     stages = ("connector", "normalize", "events", "batcher", "sink_xml", "sink_sevis")
-    s = settings_from_mapping({"acls": {k: "sevisflow-run" for k in stages}}, env={})
+    s = settings_from_mapping({"acls": dict.fromkeys(stages, "sevisflow-run")}, env={})
     acls = acl_model(s)
     for a in acl_model(Settings()):
         if a.principal.startswith("User:sevisflow-") and a.principal not in (
-                "User:sevisflow-dso", "User:sevisflow-auditor"):
+            "User:sevisflow-dso",
+            "User:sevisflow-auditor",
+        ):
             assert allowed(acls, "User:sevisflow-run", a.operation, a.resource_type, a.name), a
     assert not allowed(acls, "User:sevisflow-run", WRITE, TOPIC, "sevis.worklist"), "not a DSO's right"
     users = [d["metadata"]["name"] for d in kafka_user_resources(s, cluster="c", namespace="n")]
     assert sorted(users) == ["sevisflow-auditor", "sevisflow-dso", "sevisflow-run"]
 
 
-@pytest.mark.parametrize("bad", [{"dso": ["sevisflow-batcher"]}, {"auditor": ["User:x"]}, {"events": ""},
-                                 {"dso": ["a", "a"]}, {"auditor": ["sevisflow-dso"]}, {"batcher": "sevisflow-admin"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"dso": ["sevisflow-batcher"]},
+        {"auditor": ["User:x"]},
+        {"events": ""},
+        {"dso": ["a", "a"]},
+        {"auditor": ["sevisflow-dso"]},
+        {"batcher": "sevisflow-admin"},
+    ],
+)
 def test_bad_principal_settings_are_refused(bad):
     with pytest.raises(ConfigError, match="acls"):
         settings_from_mapping({"acls": bad}, env={})
@@ -168,8 +191,10 @@ def test_kafka_users_carry_the_model():
         for n in names:
             spec = users[n]["spec"]
             assert spec["authentication"] == {"type": "scram-sha-512"} and spec["authorization"]["type"] == "simple"
-            got = {(a["resource"]["type"], a["resource"]["name"], a["resource"]["patternType"],
-                    tuple(a["operations"])) for a in spec["authorization"]["acls"]}
+            got = {
+                (a["resource"]["type"], a["resource"]["name"], a["resource"]["patternType"], tuple(a["operations"]))
+                for a in spec["authorization"]["acls"]
+            }
             assert len(got) == len(grants[role])
             for a in spec["authorization"]["acls"]:
                 assert a["resource"]["patternType"] in ("literal", "prefix")

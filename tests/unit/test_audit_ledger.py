@@ -7,10 +7,21 @@ import threading
 import orjson
 import pytest
 
-from sevisflow.core.ledger import (Ledger, LedgerWriter, anchor_key, anchored_head, anchors_for, chain,
-                                    check_anchors, check_chain, latest_anchors, seal_archive, seal_evidence,
-                                    sealed_by_batch)
 from sevisflow.core.errors import TerminalError
+from sevisflow.core.ledger import (
+    Ledger,
+    LedgerWriter,
+    anchor_key,
+    anchored_head,
+    anchors_for,
+    chain,
+    check_anchors,
+    check_chain,
+    latest_anchors,
+    seal_archive,
+    seal_evidence,
+    sealed_by_batch,
+)
 from sevisflow.sinks.outbox import Outbox
 
 
@@ -67,8 +78,13 @@ def test_anchors_catch_truncation_an_older_copy_and_relinking(tmp_path):
     assert "older copy" in check_anchors(entries[:1], anchors)[0]
     assert "older copy" in check_anchors([], anchors)[0]
     # a batch removed and the chain re-linked (a forged second line): same length, another hash at line 2
-    relinked = [entries[0], chain(entries[:1], {k: v for k, v in entries[1].items() if k not in ("seq", "prev", "hash")}
-                                  | {"batch_id": "SFORGED0000002"})]
+    relinked = [
+        entries[0],
+        chain(
+            entries[:1],
+            {k: v for k, v in entries[1].items() if k not in ("seq", "prev", "hash")} | {"batch_id": "SFORGED0000002"},
+        ),
+    ]
     assert check_chain(relinked)[0] == [], "the chain alone looks intact"
     assert "rewritten" in check_anchors(relinked, anchors)[0]
     assert "unreadable" in check_anchors(entries, {key.decode(): {"unreadable": True}})[0]

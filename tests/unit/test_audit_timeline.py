@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from testkit.audit_scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT, decoded_scenario
 from sevisflow.app.audit.timeline import batch_report, format_batch_records, format_timeline, student_timeline
+from testkit.audit_scenario import BATCH_1, BATCH_2, DSO, OTHER, STUDENT, decoded_scenario
 
 
 def _inputs():
     recs = decoded_scenario()
     changes = recs["sis.public.person"] + recs["sis.public.address"] + recs["sis.public.enrollment"]
-    return {"changes": changes, "events": recs["sevis.events"], "batches": recs["sevis.batches"],
-                "results": recs["sevis.results"], "commands": recs["sevis.batch.commands"]}
+    return {
+        "changes": changes,
+        "events": recs["sevis.events"],
+        "batches": recs["sevis.batches"],
+        "results": recs["sevis.results"],
+        "commands": recs["sevis.batch.commands"],
+    }
 
 
 def test_student_timeline_shows_every_step_in_order():
@@ -20,9 +25,11 @@ def test_student_timeline_shows_every_step_in_order():
     # every stage is there
     assert set(stages) == {"sis", "event", "batch", "command", "result"}
     assert tl.batches == [BATCH_1, BATCH_2]
+
     # the story, in order
     def idx(prefix: str) -> int:
         return next(i for i, w in enumerate(whats) if w.startswith(prefix))
+
     order = [
         idx("SIS change u public.person → event(s) e-208"),
         idx("SEVIS event PersonalInfo"),
@@ -76,8 +83,13 @@ def test_timeline_json_and_table_carry_no_names():
 
 def test_upload_steps_from_outbox_state():
     inputs = _inputs()
-    uploads = {BATCH_1: {"state": "processed", "day": "2024-06-19",
-                         "history": [{"at": 1718781000.5, "what": "upload", "code": "S0000"}]}}
+    uploads = {
+        BATCH_1: {
+            "state": "processed",
+            "day": "2024-06-19",
+            "history": [{"at": 1718781000.5, "what": "upload", "code": "S0000"}],
+        }
+    }
     tl = student_timeline(STUDENT, uploads=uploads, **inputs)
     up = [s for s in tl.steps if s.stage == "upload"]
     assert len(up) == 1 and up[0].what == f"upload of batch {BATCH_1} S0000" and up[0].at_ms == 1718781000500
@@ -106,6 +118,7 @@ def test_batch_report_unknown_batch_and_pending_and_unmatched():
     r = batch_report(BATCH_1, batches=inputs["batches"], results=inputs["results"][:1] + inputs["results"][2:])
     assert r.unmatched_results == []
     from dataclasses import replace
+
     bogus = replace(inputs["results"][0], value=dict(inputs["results"][0].value, request_id="zz.S9"))
     r = batch_report(BATCH_1, batches=inputs["batches"], results=[bogus])
     assert [u["request_id"] for u in r.unmatched_results] == ["zz.S9"]

@@ -20,13 +20,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from testkit.batcher import BASE_MS, ORG, command, event, result
-from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import batch as cli
 from sevisflow.app.cli import review
 from sevisflow.app.labels import Labels
 from sevisflow.core.worklist.deadlines import Deadlines
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+from sevisflow.processors.batcher.view import build_view
+from testkit.batcher import BASE_MS, ORG, command, event, result
 from tests.helpers import XSD_DIR
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -37,15 +37,30 @@ LABELS = Labels(XSD_DIR)
 US_OLD = {"line1": "12 Elm St", "city": "Springfield", "state": "IL", "postal_code": "62701"}
 US_NEW = {"line1": "400 N Oak Ave", "line2": "Apt 2", "city": "Chicago", "state": "IL", "postal_code": "60601"}
 CREATE_PAYLOAD = {
-    "@printForm": "true", "IssueReason": "I",
-    "PersonalInfo": {"FullName": {"LastName": "Garcia", "FirstName": "Lucia"}, "BirthDate": "2001-03-02",
-                     "Gender": "F", "BirthCountryCode": "MX", "CitizenshipCountryCode": "MX", "VisaType": "01"},
+    "@printForm": "true",
+    "IssueReason": "I",
+    "PersonalInfo": {
+        "FullName": {"LastName": "Garcia", "FirstName": "Lucia"},
+        "BirthDate": "2001-03-02",
+        "Gender": "F",
+        "BirthCountryCode": "MX",
+        "CitizenshipCountryCode": "MX",
+        "VisaType": "01",
+    },
     "ForeignAddress": {"Address1": "Calle 5 #10", "City": "Puebla", "CountryCode": "MX"},
-    "EducationalInfo": {"EduLevel": {"Level": "05"}, "MajorCode1": "11.0701", "IssDate": "2025-06-15",
-                        "PrgStartDate": "2025-08-20", "PrgEndDate": "2027-05-15",
-                        "EngProficiency": {"EngRequired": "false"}},
-    "FinancialInfo": {"AcademicTerm": "09", "Expense": {"Tuition": "30000", "LivingExpense": "15000"},
-                      "Funding": {"Personal": "45000"}},
+    "EducationalInfo": {
+        "EduLevel": {"Level": "05"},
+        "MajorCode1": "11.0701",
+        "IssDate": "2025-06-15",
+        "PrgStartDate": "2025-08-20",
+        "PrgEndDate": "2027-05-15",
+        "EngProficiency": {"EngRequired": "false"},
+    },
+    "FinancialInfo": {
+        "AcademicTerm": "09",
+        "Expense": {"Tuition": "30000", "LivingExpense": "15000"},
+        "Funding": {"Personal": "45000"},
+    },
 }
 
 
@@ -75,44 +90,167 @@ def scenario():
         published.extend(o.event for o in outs if isinstance(o, Publish))
         return outs
 
-    feed(EventIn(event("S1001", n=1, display_name="Chen, Wei", table="public.person",
-                       before={"email": "wei@old.example", "first_name": "Wei"},
-                       after={"email": "wei@new.example", "first_name": "Wei"}), BASE_MS))
-    feed(EventIn(event("S1001", n=2, display_name="Chen, Wei", table="public.person",
-                       before={"email": "wei@new.example"}, after={"email": "wei.chen@example.edu"}), BASE_MS))
-    feed(EventIn(event("S1005", n=3, display_name="Haddad, Omar",
-                       before={"address.us_physical": US_OLD}, after={"address.us_physical": US_NEW}), BASE_MS))
-    feed(EventIn(event("S1002", "Program.Extension", n=4, coalesce_key="Program.EndDate", table="public.program",
-                       display_name="Okafor, Ada", before={"end_date": "2026-05-15"}, after={"end_date": "2026-12-18"},
-                       payload={"@printForm": "true", "NewPrgEndDate": "2026-12-18", "Explanation": "Thesis"}),
-                 BASE_MS))
-    feed(EventIn(event("S1002", "Program.Edit", n=5, table="public.program", display_name="Okafor, Ada",
-                       before={"major_cip": "52.0301"}, after={"major_cip": "26.0101"},
-                       payload={"@printForm": "true", "MajorCode1": "26.0101"}), BASE_MS))
-    feed(EventIn(event("S1003", "Create", n=6, table="public.person", display_name="Garcia, Lucia",
-                       payload=CREATE_PAYLOAD, after={"student": "new record"}), BASE_MS))
-    feed(EventIn(event("S1003", "Registration", n=7, sevis_id=None, table="public.enrollment",
-                       display_name="Garcia, Lucia",
-                       before={"registration": None},
-                       after={"registration": {"status": "enrolled", "full_time": True, "credit_hours": "1E+1",
-                                               "session_start": "2025-08-20", "session_end": "2025-12-12",
-                                               "confirmed_at": "2025-08-25T14:30:00Z"}}), BASE_MS))
-    feed(EventIn(event("S1006", "Dependent.Add", n=8, table="public.dependent", display_name="Silva, Ana",
-                       before=None,
-                       after={"first_name": "Rui", "last_name": "Silva", "birth_date": "2019-04-01",
-                              "birth_country": "BR", "citizenship_country": "BR", "relationship": "02",
-                              "visa_type": "04", "status": "active"}), BASE_MS))
-    feed(EventIn(event("S1004", n=9, display_name="Novak, Petr\x1b[2J", table="public.person",
-                       problems=["US address has no ZIP code"],
-                       before={"birth_country": "CN", "commuter": False},
-                       after={"birth_country": "CH", "commuter": True}), BASE_MS))
+    feed(
+        EventIn(
+            event(
+                "S1001",
+                n=1,
+                display_name="Chen, Wei",
+                table="public.person",
+                before={"email": "wei@old.example", "first_name": "Wei"},
+                after={"email": "wei@new.example", "first_name": "Wei"},
+            ),
+            BASE_MS,
+        )
+    )
+    feed(
+        EventIn(
+            event(
+                "S1001",
+                n=2,
+                display_name="Chen, Wei",
+                table="public.person",
+                before={"email": "wei@new.example"},
+                after={"email": "wei.chen@example.edu"},
+            ),
+            BASE_MS,
+        )
+    )
+    feed(
+        EventIn(
+            event(
+                "S1005",
+                n=3,
+                display_name="Haddad, Omar",
+                before={"address.us_physical": US_OLD},
+                after={"address.us_physical": US_NEW},
+            ),
+            BASE_MS,
+        )
+    )
+    feed(
+        EventIn(
+            event(
+                "S1002",
+                "Program.Extension",
+                n=4,
+                coalesce_key="Program.EndDate",
+                table="public.program",
+                display_name="Okafor, Ada",
+                before={"end_date": "2026-05-15"},
+                after={"end_date": "2026-12-18"},
+                payload={"@printForm": "true", "NewPrgEndDate": "2026-12-18", "Explanation": "Thesis"},
+            ),
+            BASE_MS,
+        )
+    )
+    feed(
+        EventIn(
+            event(
+                "S1002",
+                "Program.Edit",
+                n=5,
+                table="public.program",
+                display_name="Okafor, Ada",
+                before={"major_cip": "52.0301"},
+                after={"major_cip": "26.0101"},
+                payload={"@printForm": "true", "MajorCode1": "26.0101"},
+            ),
+            BASE_MS,
+        )
+    )
+    feed(
+        EventIn(
+            event(
+                "S1003",
+                "Create",
+                n=6,
+                table="public.person",
+                display_name="Garcia, Lucia",
+                payload=CREATE_PAYLOAD,
+                after={"student": "new record"},
+            ),
+            BASE_MS,
+        )
+    )
+    feed(
+        EventIn(
+            event(
+                "S1003",
+                "Registration",
+                n=7,
+                sevis_id=None,
+                table="public.enrollment",
+                display_name="Garcia, Lucia",
+                before={"registration": None},
+                after={
+                    "registration": {
+                        "status": "enrolled",
+                        "full_time": True,
+                        "credit_hours": "1E+1",
+                        "session_start": "2025-08-20",
+                        "session_end": "2025-12-12",
+                        "confirmed_at": "2025-08-25T14:30:00Z",
+                    }
+                },
+            ),
+            BASE_MS,
+        )
+    )
+    feed(
+        EventIn(
+            event(
+                "S1006",
+                "Dependent.Add",
+                n=8,
+                table="public.dependent",
+                display_name="Silva, Ana",
+                before=None,
+                after={
+                    "first_name": "Rui",
+                    "last_name": "Silva",
+                    "birth_date": "2019-04-01",
+                    "birth_country": "BR",
+                    "citizenship_country": "BR",
+                    "relationship": "02",
+                    "visa_type": "04",
+                    "status": "active",
+                },
+            ),
+            BASE_MS,
+        )
+    )
+    feed(
+        EventIn(
+            event(
+                "S1004",
+                n=9,
+                display_name="Novak, Petr\x1b[2J",
+                table="public.person",
+                problems=["US address has no ZIP code"],
+                before={"birth_country": "CN", "commuter": False},
+                after={"birth_country": "CH", "commuter": True},
+            ),
+            BASE_MS,
+        )
+    )
     feed(CommandIn(command("hold", "h-1", student_key="S1004", dso_user_id=DSO, reason="call student")))
-    feed(CommandIn(command("hold", "h-2", student_key="S1099", dso_user_id=DSO, reason="documents pending",
-                           at_ms=BASE_MS + 3_700_000)))
+    feed(
+        CommandIn(
+            command(
+                "hold",
+                "h-2",
+                student_key="S1099",
+                dso_user_id=DSO,
+                reason="documents pending",
+                at_ms=BASE_MS + 3_700_000,
+            )
+        )
+    )
     return s, published, feed
 
 
-GOLDEN_TODAY = date(2025, 6, 30)   # 15 days after the scenario's changes: legal due days are near
+GOLDEN_TODAY = date(2025, 6, 30)  # 15 days after the scenario's changes: legal due days are near
 
 
 def views():
@@ -156,8 +294,11 @@ def test_batch_close_list_status_golden():
     view, published, feed = views()
     ready = [r["record_id"] for r in view.open_records() if r["status"] == "open"]
     at = BASE_MS + 7_200_000
-    outs = feed(CommandIn(command("close", "close-1", dso_user_id=DSO, record_ids=ready,
-                                  reviewed_revision=view.revision, at_ms=at)))
+    outs = feed(
+        CommandIn(
+            command("close", "close-1", dso_user_id=DSO, record_ids=ready, reviewed_revision=view.revision, at_ms=at)
+        )
+    )
     events = [o.event for o in outs if isinstance(o, Publish)]
     published = published + events
     res = cli.close_json(events, "close-1")
@@ -167,8 +308,10 @@ def test_batch_close_list_status_golden():
     recs = orjson.loads(closed["records_json"])
     create = next(r for r in recs if r["kind"] == "Create")
     ext = next(r for r in recs if r["kind"] == "Program.Extension")
-    results = [result(closed["batch_id"], create["request_id"], sevis_id="N0009876543"),
-               result(closed["batch_id"], ext["request_id"], status="failure", error_code="S1110")]
+    results = [
+        result(closed["batch_id"], create["request_id"], sevis_id="N0009876543"),
+        result(closed["batch_id"], ext["request_id"], status="failure", error_code="S1110"),
+    ]
     view = build_view(ORG, published, results)
     check("batch_list.txt", cli.render_list(view, TZ, 20, width=80))
     check("batch_list.json", as_json(cli.list_json(view, 20)))
@@ -179,8 +322,9 @@ def test_batch_close_list_status_golden():
     from sevisflow.app.cli.results import result_lines, result_table
 
     b = view.batches[closed["batch_id"]]
-    names = {r["request_id"]: (r.get("display_name") or "", f"{review.title(r)} ({review.element(r)})")
-             for r in b.records}
+    names = {
+        r["request_id"]: (r.get("display_name") or "", f"{review.title(r)} ({review.element(r)})") for r in b.records
+    }
     check("results_80.txt", review.render_text(result_table(b.batch_id, results, names), 80))
     check("results_pipe.txt", "\n".join(result_lines(b.batch_id, results, names)) + "\n")
 
@@ -191,12 +335,28 @@ def test_status_of_unknown_batch_is_a_clear_error():
 
 
 ISSUES = [
-    {"at_ms": BASE_MS + 60_000, "stage": "normalize", "code": "bad_code", "student_key": "S1007",
-     "field": "student.birth_country", "reason": "value 'XX' is not in [values.country]",
-     "source_topic": "sis.public.person", "source_partition": 0, "source_offset": 812},
-    {"at_ms": BASE_MS + 120_000, "stage": "sevis_events", "code": "incomplete_record", "student_key": "S1008",
-     "field": "finance.tuition", "reason": "CreateStudent waits for: finance.tuition",
-     "source_topic": "sevisflow.students", "source_partition": 1, "source_offset": 55},
+    {
+        "at_ms": BASE_MS + 60_000,
+        "stage": "normalize",
+        "code": "bad_code",
+        "student_key": "S1007",
+        "field": "student.birth_country",
+        "reason": "value 'XX' is not in [values.country]",
+        "source_topic": "sis.public.person",
+        "source_partition": 0,
+        "source_offset": 812,
+    },
+    {
+        "at_ms": BASE_MS + 120_000,
+        "stage": "sevis_events",
+        "code": "incomplete_record",
+        "student_key": "S1008",
+        "field": "finance.tuition",
+        "reason": "CreateStudent waits for: finance.tuition",
+        "source_topic": "sevisflow.students",
+        "source_partition": 1,
+        "source_offset": 55,
+    },
 ]
 
 
@@ -228,15 +388,25 @@ def todo_items():
     published = published + [o.event for o in outs if isinstance(o, Publish)]
     closed = next(o.event for o in outs if isinstance(o, Publish) and o.event["type"] == "closed")
     recs = {r["kind"]: r for r in orjson.loads(closed["records_json"])}
-    results = [result(closed["batch_id"], recs["Create"]["request_id"], sevis_id="N0009876543"),
-               dict(result(closed["batch_id"], recs["Program.Extension"]["request_id"], status="failure",
-                           error_code="S1003"), error_message="SEVIS ID not found")]
+    results = [
+        result(closed["batch_id"], recs["Create"]["request_id"], sevis_id="N0009876543"),
+        dict(
+            result(closed["batch_id"], recs["Program.Extension"]["request_id"], status="failure", error_code="S1003"),
+            error_message="SEVIS ID not found",
+        ),
+    ]
     view = build_view(ORG, published, results)
-    students = [{"student_key": "S1010", "student": {"first_name": "Ji-woo", "last_name": "Kim"},
-                 "program": {"status": "initial"},
-                 "registration": {"SU25": {"status": "not_enrolled", "session_start": "2025-06-02"}}}]
-    return worklist(view.open_records(), view.batches.values(), students, ISSUES, {}, Deadlines(timezone=TZ),
-                    GOLDEN_TODAY)
+    students = [
+        {
+            "student_key": "S1010",
+            "student": {"first_name": "Ji-woo", "last_name": "Kim"},
+            "program": {"status": "initial"},
+            "registration": {"SU25": {"status": "not_enrolled", "session_start": "2025-06-02"}},
+        }
+    ]
+    return worklist(
+        view.open_records(), view.batches.values(), students, ISSUES, {}, Deadlines(timezone=TZ), GOLDEN_TODAY
+    )
 
 
 def test_todo_golden():
@@ -256,5 +426,6 @@ def test_the_dso_guide_shows_the_worklist_and_every_deadline_rule():
     section = guide.split("Which rule gives each due date", 1)[1]
     rows = re.findall(r"^\| `(\w+)` \| (.+?) \| (\d+) days \| (.+?) \| (.+?) \|$", section, flags=re.M)
     clocks = {"change": "the SIS change (first change of the record)", "session_start": "the session's start date"}
-    assert [(r.name, ", ".join(f"`{k}`" for k in r.kinds), r.days, clocks[r.clock], r.source) for r in RULES] == \
-        [(n, kinds, int(d), clock, src) for n, kinds, d, clock, src in rows]
+    assert [(r.name, ", ".join(f"`{k}`" for k in r.kinds), r.days, clocks[r.clock], r.source) for r in RULES] == [
+        (n, kinds, int(d), clock, src) for n, kinds, d, clock, src in rows
+    ]

@@ -9,9 +9,19 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, Reject, ResultIn, School, SendCommand, Tick, apply
-from testkit.batcher import BASE_MS, ORG, command, event, result
+from sevisflow.processors.batcher.core import (
+    CommandIn,
+    EventIn,
+    Publish,
+    Reject,
+    ResultIn,
+    School,
+    SendCommand,
+    Tick,
+    apply,
+)
 from sevisflow.processors.batcher.ids import BATCH_ID_LEN, REQUEST_ID_MAX
+from testkit.batcher import BASE_MS, ORG, command, event, result
 
 DSO = "DSOUSER001"
 
@@ -59,8 +69,11 @@ def test_apply_does_not_mutate_input_state():
 
 
 def test_later_change_of_same_kind_replaces_and_says_why():
-    s, outs = run(fresh(), ev(event("S1", n=1, before={"email": "a"}, after={"email": "b"})),
-                  ev(event("S1", n=2, before={"email": "b"}, after={"email": "c"})))
+    s, outs = run(
+        fresh(),
+        ev(event("S1", n=1, before={"email": "a"}, after={"email": "b"})),
+        ev(event("S1", n=2, before={"email": "b"}, after={"email": "c"})),
+    )
     assert types(outs)[-1] == "record_replaced"
     rep = next(o.event for o in outs if o.event["type"] == "record_replaced")
     assert "replaces event ev-S1-PersonalInfo-1" in rep["reason"]
@@ -72,16 +85,36 @@ def test_later_change_of_same_kind_replaces_and_says_why():
 
 
 def test_coalescing_merges_changed_elements_of_the_same_kind():
-    a = event("S1", n=1, payload={"@printForm": "false", "Email": "a@x.edu"}, before={"email": "o"}, after={"email": "a"})
-    b = event("S1", n=2, payload={"@printForm": "false", "Telephone": {"TelephoneExemptInd": "N"}},
-              before={"phone": "1"}, after={"phone": "2"})
+    a = event(
+        "S1", n=1, payload={"@printForm": "false", "Email": "a@x.edu"}, before={"email": "o"}, after={"email": "a"}
+    )
+    b = event(
+        "S1",
+        n=2,
+        payload={"@printForm": "false", "Telephone": {"TelephoneExemptInd": "N"}},
+        before={"phone": "1"},
+        after={"phone": "2"},
+    )
     s, _ = run(fresh(), ev(a), ev(b))
-    assert s.records["S1:PersonalInfo"]["payload"] == {"@printForm": "false", "Email": "a@x.edu",
-                                                       "Telephone": {"TelephoneExemptInd": "N"}}
-    ext = event("S2", "Program.Extension", n=3, coalesce_key="Program.EndDate",
-                payload={"@printForm": "true", "NewPrgEndDate": "2027-01-01", "Explanation": "x"})
-    sho = event("S2", "Program.Shorten", n=4, coalesce_key="Program.EndDate",
-                payload={"@printForm": "true", "NewPrgEndDate": "2026-01-01"})
+    assert s.records["S1:PersonalInfo"]["payload"] == {
+        "@printForm": "false",
+        "Email": "a@x.edu",
+        "Telephone": {"TelephoneExemptInd": "N"},
+    }
+    ext = event(
+        "S2",
+        "Program.Extension",
+        n=3,
+        coalesce_key="Program.EndDate",
+        payload={"@printForm": "true", "NewPrgEndDate": "2027-01-01", "Explanation": "x"},
+    )
+    sho = event(
+        "S2",
+        "Program.Shorten",
+        n=4,
+        coalesce_key="Program.EndDate",
+        payload={"@printForm": "true", "NewPrgEndDate": "2026-01-01"},
+    )
     s, _ = run(s, ev(ext), ev(sho))
     rec = s.records["S2:Program.EndDate"]
     assert rec["kind"] == "Program.Shorten" and rec["payload"] == {"@printForm": "true", "NewPrgEndDate": "2026-01-01"}
@@ -101,10 +134,22 @@ def test_different_kinds_are_separate_records():
 
 
 def test_undo_leaves_no_record():
-    later = event("S1", "Program.Extension", n=1, coalesce_key="Program.EndDate",
-                  before={"program_end": "2026-05-15"}, after={"program_end": "2026-12-15"})
-    back = event("S1", "Program.Shorten", n=2, coalesce_key="Program.EndDate",
-                 before={"program_end": "2026-12-15"}, after={"program_end": "2026-05-15"})
+    later = event(
+        "S1",
+        "Program.Extension",
+        n=1,
+        coalesce_key="Program.EndDate",
+        before={"program_end": "2026-05-15"},
+        after={"program_end": "2026-12-15"},
+    )
+    back = event(
+        "S1",
+        "Program.Shorten",
+        n=2,
+        coalesce_key="Program.EndDate",
+        before={"program_end": "2026-12-15"},
+        after={"program_end": "2026-05-15"},
+    )
     s, outs = run(fresh(), ev(later), ev(back))
     assert s.records == {}
     assert types(outs)[-1] == "record_removed"
@@ -144,8 +189,9 @@ def test_failed_create_keeps_updates_waiting_with_a_problem():
     s, _ = run(fresh(), ev(event("S9", "Create", n=1)), ev(event("S9", n=2, sevis_id=None)))
     s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
     (c,) = closed(outs)
-    s, outs = run(s, ResultIn(result(c["batch_id"], recs(c)[0]["request_id"], status="failure",
-                                     error_code="S1004"), BASE_MS))
+    s, outs = run(
+        s, ResultIn(result(c["batch_id"], recs(c)[0]["request_id"], status="failure", error_code="S1004"), BASE_MS)
+    )
     assert s.records["S9:PersonalInfo"]["status"] == "waiting"
     assert "S1004" in s.records["S9:PersonalInfo"]["problems"][-1]
 
@@ -287,15 +333,22 @@ def test_scheduled_close_fires_once_a_day_at_local_time_and_skips_empty():
     s, _ = run(s, ev(event("S2", n=2)))
     s, outs = run(s, _tick("2025-03-10T16:30:00"))
     (cmd,) = [o.command for o in outs if isinstance(o, SendCommand)]
-    assert cmd["requested_at_ms"] == int(datetime(2025, 3, 10, 16, 30, tzinfo=ZoneInfo("America/Chicago")).timestamp() * 1000)
+    assert cmd["requested_at_ms"] == int(
+        datetime(2025, 3, 10, 16, 30, tzinfo=ZoneInfo("America/Chicago")).timestamp() * 1000
+    )
 
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("ev"), st.integers(0, 5), st.sampled_from(["PersonalInfo", "Registration"]), st.integers(0, 3)),
-    st.tuples(st.just("close"), st.integers(0, 3)),
-    st.tuples(st.just("hold"), st.integers(0, 5)),
-    st.tuples(st.just("release"), st.integers(0, 5)),
-), max_size=40)
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("ev"), st.integers(0, 5), st.sampled_from(["PersonalInfo", "Registration"]), st.integers(0, 3)
+        ),
+        st.tuples(st.just("close"), st.integers(0, 3)),
+        st.tuples(st.just("hold"), st.integers(0, 5)),
+        st.tuples(st.just("release"), st.integers(0, 5)),
+    ),
+    max_size=40,
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -314,8 +367,18 @@ def test_property_every_event_ends_up_in_exactly_one_place(program):
         elif op[0] == "close":
             s, outs = apply(s, CommandIn(command("close", f"c{i}", dso_user_id=DSO, at_ms=BASE_MS + op[1])))
         else:
-            s, outs = apply(s, CommandIn(command(op[0], f"{op[0]}{i}", student_key=f"S{op[1]}", dso_user_id=DSO,
-                                                 reason="check the I-20" if op[0] == "hold" else None)))
+            s, outs = apply(
+                s,
+                CommandIn(
+                    command(
+                        op[0],
+                        f"{op[0]}{i}",
+                        student_key=f"S{op[1]}",
+                        dso_user_id=DSO,
+                        reason="check the I-20" if op[0] == "hold" else None,
+                    )
+                ),
+            )
         closed_events += closed(outs)
     ids = [c["batch_id"] for c in closed_events]
     assert len(set(ids)) == len(ids)
@@ -338,8 +401,18 @@ def _closed_with_results(*outcomes):
     (c,) = closed(outs)
     for r, outcome in zip(recs(c), outcomes):
         ok = outcome == "ok"
-        s, _ = run(s, ResultIn(result(c["batch_id"], r["request_id"], status="success" if ok else "failure",
-                                      error_code=None if ok else outcome), BASE_MS))
+        s, _ = run(
+            s,
+            ResultIn(
+                result(
+                    c["batch_id"],
+                    r["request_id"],
+                    status="success" if ok else "failure",
+                    error_code=None if ok else outcome,
+                ),
+                BASE_MS,
+            ),
+        )
     return s, c
 
 
@@ -353,9 +426,9 @@ def test_resend_puts_only_the_rejected_record_back_with_its_clock_and_a_new_requ
     s, outs = run(s, CommandIn(command("resend", "rs1", batch_id=bid, dso_user_id=DSO)))
     assert types(outs) == ["opened", "record_added", "resent"]
     rec = s.records["S1:PersonalInfo"]
-    assert rec["request_id"] != old["request_id"] and rec["at_ms"] == old["at_ms"]    # same clock
+    assert rec["request_id"] != old["request_id"] and rec["at_ms"] == old["at_ms"]  # same clock
     assert rec["resent_from"]["batch_id"] == bid and rec["resent_from"]["code"] == "S1003"
-    assert "S2:PersonalInfo" not in s.records                                          # accepted: not resent
+    assert "S2:PersonalInfo" not in s.records  # accepted: not resent
     _, again = run(s, CommandIn(command("resend", "rs2", batch_id=bid, dso_user_id=DSO)))
     assert types(again) == ["command_rejected"] and "resent before" in again[0].event["reason"]
     # the next close sends it; SEVIS accepts it: the rejection is resolved
@@ -369,23 +442,29 @@ def test_resend_refuses_what_sevis_did_not_reject_and_unknown_batches():
     s, c = _closed_with_results("S1003", "ok")
     bid = c["batch_id"]
     for cid, fields, why in (
-            ("x1", {"batch_id": "S0000000000001"}, "unknown to the batcher"),
-            ("x2", {"batch_id": bid, "record_ids": ["S2:PersonalInfo"]}, "was not rejected by SEVIS"),
-            ("x3", {"batch_id": bid, "record_ids": ["S9:Nope"]}, "is not a record of this batch")):
+        ("x1", {"batch_id": "S0000000000001"}, "unknown to the batcher"),
+        ("x2", {"batch_id": bid, "record_ids": ["S2:PersonalInfo"]}, "was not rejected by SEVIS"),
+        ("x3", {"batch_id": bid, "record_ids": ["S9:Nope"]}, "is not a record of this batch"),
+    ):
         s2, outs = run(s, CommandIn(command("resend", cid, dso_user_id=DSO, **fields)))
         assert types(outs) == ["command_rejected"] and why in outs[0].event["reason"], outs
         assert s2.records == {}
-    s, c = _closed_with_results()                                   # no result yet
+    s, c = _closed_with_results()  # no result yet
     _, outs = run(s, CommandIn(command("resend", "x4", batch_id=c["batch_id"], dso_user_id=DSO)))
     assert "no SEVIS result yet" in outs[0].event["reason"]
 
 
 def test_resend_of_a_record_with_a_newer_open_change_does_not_duplicate_it():
     s, c = _closed_with_results("S1003", "ok")
-    s, _ = run(s, ev(event("S1", n=5, payload={"@printForm": "false", "Telephone": "1"}, before={"e": "b"},
-                           after={"e": "c"})))
-    s, outs = run(s, CommandIn(command("resend", "rs1", batch_id=c["batch_id"], dso_user_id=DSO,
-                                       record_ids=[recs(c)[0]["request_id"]])))
+    s, _ = run(
+        s, ev(event("S1", n=5, payload={"@printForm": "false", "Telephone": "1"}, before={"e": "b"}, after={"e": "c"}))
+    )
+    s, outs = run(
+        s,
+        CommandIn(
+            command("resend", "rs1", batch_id=c["batch_id"], dso_user_id=DSO, record_ids=[recs(c)[0]["request_id"]])
+        ),
+    )
     assert types(outs) == ["record_replaced", "resent"]
     (rec,) = s.records.values()
     assert rec["payload"] == {"@printForm": "false", "Email": "s1@example.edu", "Telephone": "1"}
@@ -397,11 +476,23 @@ def test_resend_is_a_dso_command_checked_like_the_others():
 
     s, c = _closed_with_results("S1003", "ok")
     policy = CommandPolicy(frozenset({DSO}))
-    _, outs = run(s, CommandIn(command("resend", "u1", batch_id=c["batch_id"], dso_user_id="NOTADSO001"),
-                               log_ms=BASE_MS + 3_600_000, policy=policy))
+    _, outs = run(
+        s,
+        CommandIn(
+            command("resend", "u1", batch_id=c["batch_id"], dso_user_id="NOTADSO001"),
+            log_ms=BASE_MS + 3_600_000,
+            policy=policy,
+        ),
+    )
     assert types(outs) == ["command_rejected"] and "not one of the school's DSOs" in outs[0].event["reason"]
-    _, outs = run(s, CommandIn(command("resend", "u2", batch_id=c["batch_id"], dso_user_id=DSO),
-                               log_ms=BASE_MS + 3_600_000 + 30 * 3600 * 1000, policy=policy))
+    _, outs = run(
+        s,
+        CommandIn(
+            command("resend", "u2", batch_id=c["batch_id"], dso_user_id=DSO),
+            log_ms=BASE_MS + 3_600_000 + 30 * 3600 * 1000,
+            policy=policy,
+        ),
+    )
     assert "stale or replayed" in outs[0].event["reason"]
     _, outs = run(s, CommandIn(command("resend", "u3", dso_user_id=DSO), log_ms=BASE_MS + 3_600_000, policy=policy))
     assert "resend: the batch id is missing" in outs[0].event["reason"]
@@ -414,25 +505,26 @@ def _early_tick(local: str, close_at="16:30"):
     from sevisflow.core.worklist.deadlines import Deadlines
 
     dt = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("America/Chicago"))
-    return Tick(int(dt.timestamp() * 1000), "America/Chicago", close_at, DSO,
-                close_early=Deadlines(timezone="America/Chicago"))
+    return Tick(
+        int(dt.timestamp() * 1000), "America/Chicago", close_at, DSO, close_early=Deadlines(timezone="America/Chicago")
+    )
 
 
 def test_early_close_fires_once_when_a_ready_record_would_be_overdue_before_the_next_close():
     # BASE_MS is 2025-06-15 (Chicago): a PersonalInfo change then is due 2025-07-06 (21 days)
     s, _ = run(fresh(), ev(event("S1", n=1)))
-    s, _ = run(s, _tick("2025-07-05T16:31:00"))                     # decide the daily closes up to the 5th
+    s, _ = run(s, _tick("2025-07-05T16:31:00"))  # decide the daily closes up to the 5th
     s, _ = run(s, CommandIn(command("close", "c0", dso_user_id=DSO)))  # (the records went out)
-    s, _ = run(s, ev(event("S2", n=2)))                              # due 2025-07-06 as well
-    s, outs = run(s, _early_tick("2025-07-05T18:00:00"))             # next close: 07-06 16:30, still on time
+    s, _ = run(s, ev(event("S2", n=2)))  # due 2025-07-06 as well
+    s, outs = run(s, _early_tick("2025-07-05T18:00:00"))  # next close: 07-06 16:30, still on time
     assert [o for o in outs if isinstance(o, SendCommand)] == []
-    s, _ = run(s, _early_tick("2025-07-06T16:31:00"))                # the daily close of the 6th runs
-    s, _ = run(s, ev(event("S3", n=3)))                              # after it: due 07-06, next close 07-07
+    s, _ = run(s, _early_tick("2025-07-06T16:31:00"))  # the daily close of the 6th runs
+    s, _ = run(s, ev(event("S3", n=3)))  # after it: due 07-06, next close 07-07
     s, outs = run(s, _early_tick("2025-07-06T17:00:00"))
     (cmd,) = [o.command for o in outs if isinstance(o, SendCommand)]
     assert cmd["command_id"].startswith(f"scheduled:{ORG}:2025-07-06:early-")
     assert cmd["dso_user_id"] == DSO and cmd["reviewed_revision"] is None and "overdue" in cmd["reason"]
-    _, again = run(s, _early_tick("2025-07-06T17:00:02"))             # not twice before it is applied
+    _, again = run(s, _early_tick("2025-07-06T17:00:02"))  # not twice before it is applied
     assert [o for o in again if isinstance(o, SendCommand)] == []
     s, outs = run(s, CommandIn(cmd))
     (c,) = closed(outs)
@@ -441,9 +533,9 @@ def test_early_close_fires_once_when_a_ready_record_would_be_overdue_before_the_
 
 def test_without_the_setting_or_for_records_without_a_limit_no_early_close():
     s, _ = run(fresh(), ev(event("S1", n=1)), ev(event("S9", "Create", n=2)))
-    _, outs = run(s, _tick("2025-07-10T10:00:00"))                    # overdue, but the setting is off
+    _, outs = run(s, _tick("2025-07-10T10:00:00"))  # overdue, but the setting is off
     assert [o.command["command_id"] for o in outs if isinstance(o, SendCommand)] == []
-    s, _ = run(fresh(), ev(event("S9", "Create", n=2)))             # a Create has no legal limit
+    s, _ = run(fresh(), ev(event("S9", "Create", n=2)))  # a Create has no legal limit
     _, outs = run(s, _early_tick("2025-07-10T10:00:00"))
     assert [o for o in outs if isinstance(o, SendCommand)] == []
 
@@ -452,21 +544,34 @@ def test_the_batcher_stage_tick_sends_the_early_close_on_the_commands_topic():
     """The stage's idle tick (its clock, the settings' rule table) reaches the early close of the core."""
     from datetime import datetime as _dt
 
-    from sevisflow.processors.batcher.stage import BatcherStage, BatcherStore
     from sevisflow.core.config import settings_from_mapping
     from sevisflow.core.serde import registry
+    from sevisflow.processors.batcher.stage import BatcherStage, BatcherStore
 
-    settings = settings_from_mapping({"school": {
-        "org_id": ORG, "timezone": "America/Chicago", "close_at": "16:30", "close_dso": DSO,
-        "close_early_when_due": True, "dso_user_ids": [DSO]}}, env={})
+    settings = settings_from_mapping(
+        {
+            "school": {
+                "org_id": ORG,
+                "timezone": "America/Chicago",
+                "close_at": "16:30",
+                "close_dso": DSO,
+                "close_early_when_due": True,
+                "dso_user_ids": [DSO],
+            }
+        },
+        env={},
+    )
     stage, store = BatcherStage(settings), BatcherStore()
     store.load_partition(0, {})
     today = _dt.now(ZoneInfo("America/Chicago")).date().isoformat()
-    stage._apply(store, 0, ORG, ev(event("S1", n=1)), None)            # a 2025 change: long overdue
+    stage._apply(store, 0, ORG, ev(event("S1", n=1)), None)  # a 2025 change: long overdue
     store.cache[(0, ORG)] = dataclasses_replace(store.cache[(0, ORG)], sched_date=today)  # today's close decided
     outs = stage._tick(store)
-    (cmd,) = [registry().decode(o.value, "sevisflow.commands.BatchCommand") for o in outs
-              if o.topic == settings.topics.commands]
+    (cmd,) = [
+        registry().decode(o.value, "sevisflow.commands.BatchCommand")
+        for o in outs
+        if o.topic == settings.topics.commands
+    ]
     assert cmd["command_id"].startswith(f"scheduled:{ORG}:{today}:early-") and cmd["dso_user_id"] == DSO
     stage._last_tick = 0.0
     assert not [o for o in stage._tick(store) if o.topic == settings.topics.commands]  # decided: not twice

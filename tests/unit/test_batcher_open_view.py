@@ -6,6 +6,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.serde import registry
 from sevisflow.processors.batcher import core
 from sevisflow.processors.batcher.core import (
     MAX_OPEN_VIEW_BYTES,
@@ -17,11 +19,9 @@ from sevisflow.processors.batcher.core import (
     apply,
     open_view,
 )
-from testkit.batcher import BASE_MS, ORG, command, event, result
 from sevisflow.processors.batcher.stage import OPEN_BATCH_SCHEMA, BatcherStage, BatcherStore, save_diff
 from sevisflow.processors.batcher.view import BatchView, fold, from_open_batch
-from sevisflow.core.config import settings_from_mapping
-from sevisflow.core.serde import registry
+from testkit.batcher import BASE_MS, ORG, command, event, result
 
 DSO = "DSOUSER001"
 ORG2 = "XYZ214F00001000"
@@ -29,8 +29,13 @@ ORG2 = "XYZ214F00001000"
 
 def shown(view: BatchView) -> dict:
     """What `batch show` (and `close`) use of a view."""
-    return {"org_id": view.org_id, "revision": view.revision, "records": view.open_records(),
-            "held": view.held, "counts": view.counts()}
+    return {
+        "org_id": view.org_id,
+        "revision": view.revision,
+        "records": view.open_records(),
+        "held": view.held,
+        "counts": view.counts(),
+    }
 
 
 class Both:
@@ -69,8 +74,12 @@ def test_view_equals_history_through_adds_replacements_holds_waiting_close_rollo
     assert set(b.history.held) == {"S1"} and b.history.counts()["held"] == 2
     b(CommandIn(command("close", "c0", dso_user_id="short")))  # rejected: no revision change
     b(CommandIn(command("close", "c1", dso_user_id=DSO)))  # closes S2's Create only
-    b(ResultIn(result(b.state.commands["c1"]["batch_ids"][0], "x", student="S2", kind="Create",
-                      sevis_id="N0000000042"), BASE_MS + 7))  # releases S2's update
+    b(
+        ResultIn(
+            result(b.state.commands["c1"]["batch_ids"][0], "x", student="S2", kind="Create", sevis_id="N0000000042"),
+            BASE_MS + 7,
+        )
+    )  # releases S2's update
     b(CommandIn(command("release", "r1", student_key="S1", dso_user_id=DSO)))
     for i in range(300):  # rollover past 250 at the next close
         b(EventIn(event(f"R{i:03d}", n=100 + i), BASE_MS + 100 + i))
@@ -80,13 +89,20 @@ def test_view_equals_history_through_adds_replacements_holds_waiting_close_rollo
     assert b.history.counts()["records"] == 303 - 250  # S1 ×2, S2, 300 R…: the second document
 
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("ev"), st.integers(0, 5), st.sampled_from(["PersonalInfo", "Registration", "Create"]),
-              st.integers(0, 3)),
-    st.tuples(st.just("close"), st.integers(0, 3)),
-    st.tuples(st.just("hold"), st.integers(0, 5)),
-    st.tuples(st.just("release"), st.integers(0, 5)),
-), max_size=40)
+ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("ev"),
+            st.integers(0, 5),
+            st.sampled_from(["PersonalInfo", "Registration", "Create"]),
+            st.integers(0, 3),
+        ),
+        st.tuples(st.just("close"), st.integers(0, 3)),
+        st.tuples(st.just("hold"), st.integers(0, 5)),
+        st.tuples(st.just("release"), st.integers(0, 5)),
+    ),
+    max_size=40,
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -96,8 +112,19 @@ def test_property_view_equals_history_after_every_input(program):
     for i, op in enumerate(program):
         if op[0] == "ev":
             _, stu, kind, val = op
-            b(EventIn(event(f"S{stu}", kind, n=i, before={"v": 0}, after={"v": val},
-                            sevis_id=None if stu == 5 else "N0000000001"), BASE_MS + i))
+            b(
+                EventIn(
+                    event(
+                        f"S{stu}",
+                        kind,
+                        n=i,
+                        before={"v": 0},
+                        after={"v": val},
+                        sevis_id=None if stu == 5 else "N0000000001",
+                    ),
+                    BASE_MS + i,
+                )
+            )
         elif op[0] == "close":
             b(CommandIn(command("close", f"c{i}", dso_user_id=DSO, at_ms=BASE_MS + op[1])))
         else:

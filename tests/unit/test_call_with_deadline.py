@@ -16,6 +16,7 @@ def test_returns_what_the_call_returns():
 def test_hands_back_the_calls_own_error():
     def boom():
         raise ValueError("refused")
+
     with pytest.raises(ValueError, match="refused"):
         call_with_deadline("commit_transaction", boom, 5.0)
 

@@ -76,8 +76,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _sevisflow(*argv: str, stdout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sevisflow.app.cli", *argv], stdout=stdout, stderr=subprocess.PIPE,
-                          cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "sevisflow.app.cli", *argv],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 @pytest.mark.parametrize("argv", [("config", "--keys"), ("--help",), ("batch", "show", "--help")])
@@ -90,12 +96,17 @@ def test_a_reader_that_went_away_ends_the_command_quietly(argv):
     finally:
         os.close(w)
     assert done.returncode == 0, done.stderr.decode()
-    assert done.stderr.decode() == ""   # no BrokenPipeError, no "Exception ignored"
+    assert done.stderr.decode() == ""  # no BrokenPipeError, no "Exception ignored"
 
 
 def test_piped_into_head_exits_cleanly():
-    done = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m sevisflow.app.cli config --keys | head -1"],
-                          capture_output=True, cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {sys.executable} -m sevisflow.app.cli config --keys | head -1"],
+        capture_output=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0 and done.stderr.decode() == ""
     assert done.stdout.decode().splitlines()[0].startswith("key")
 
@@ -109,14 +120,14 @@ def test_long_output_goes_through_the_pager_short_output_does_not(tmp_path, monk
     long_text = "".join(f"line {i}\n" for i in range(50))
     common.page(long_text)
     assert paged.read_text() == long_text and capsys.readouterr().out == ""
-    common.page(long_text, use_pager=False)   # --no-pager
+    common.page(long_text, use_pager=False)  # --no-pager
     assert capsys.readouterr().out == long_text
 
 
 def test_quitting_the_pager_early_is_not_an_error(monkeypatch):
     monkeypatch.setenv("SEVISFLOW_PAGER", "head -1")
     monkeypatch.setenv("LINES", "10")
-    common.page("".join(f"line {i} " + "x" * 200 + "\n" for i in range(5000)))   # far more than a pipe buffer
+    common.page("".join(f"line {i} " + "x" * 200 + "\n" for i in range(5000)))  # far more than a pipe buffer
 
 
 def test_pager_off_with_an_empty_value_or_cat(monkeypatch):
@@ -159,12 +170,12 @@ def test_on_a_terminal_the_table_takes_the_terminals_width(columns):
         chunks.append(data)
     os.waitpid(pid, 0)
     out = b"".join(chunks).decode()
-    assert "\x1b[" in out   # colours on a terminal
+    assert "\x1b[" in out  # colours on a terminal
     import re
 
     plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in out.replace("\r\n", "\n").split("\n")]
     assert max(len(line) for line in plain) <= columns
-    assert max(len(line) for line in plain) > min(columns - 10, 100)   # it uses the width it has
+    assert max(len(line) for line in plain) > min(columns - 10, 100)  # it uses the width it has
     assert any("Garcia, Lucia" in line for line in plain)
 
 
@@ -173,14 +184,16 @@ def test_width_lays_the_table_out_even_into_a_pipe(capsys):
     from tests.unit.test_batch_cli_golden import LABELS, TZ, views
 
     view = views()[0]
-    common.emit(lambda w: review.show_table(view, TZ, LABELS, width=w), lambda: review.show_lines(view, TZ, LABELS),
-                width=80)
+    common.emit(
+        lambda w: review.show_table(view, TZ, LABELS, width=w), lambda: review.show_lines(view, TZ, LABELS), width=80
+    )
     out = capsys.readouterr().out
     assert "\x1b" not in out and "─" * 40 in out and max(len(x.rstrip()) for x in out.splitlines()) <= 80
     assert [x.rstrip() for x in out.splitlines()] == review.render_text(
-        review.show_table(view, TZ, LABELS, width=80), 80).splitlines()
+        review.show_table(view, TZ, LABELS, width=80), 80
+    ).splitlines()
     common.emit(lambda w: review.show_table(view, TZ, LABELS, width=w), lambda: review.show_lines(view, TZ, LABELS))
-    assert capsys.readouterr().out == "\n".join(review.show_lines(view, TZ, LABELS)) + "\n"   # a pipe: plain lines
+    assert capsys.readouterr().out == "\n".join(review.show_lines(view, TZ, LABELS)) + "\n"  # a pipe: plain lines
 
 
 def test_a_pager_that_cannot_start_means_printing(monkeypatch, capsys):

@@ -44,8 +44,15 @@ def test_an_unknown_time_zone_is_refused_when_the_config_loads(tmp_path, capsys)
     assert code == EXIT_EXPECTED and "'America/Chicag' is not a known time zone" in err
 
 
-@pytest.mark.parametrize("argv", [["--log-level", "LOUD", "batch", "show"], ["batch", "shwo"],
-                                  ["batch", "close", "--no-such-flag"], ["config", "--nope"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-level", "LOUD", "batch", "show"],
+        ["batch", "shwo"],
+        ["batch", "close", "--no-such-flag"],
+        ["config", "--nope"],
+    ],
+)
 def test_usage_errors_have_their_own_exit_code(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
@@ -54,13 +61,16 @@ def test_usage_errors_have_their_own_exit_code(argv, capsys):
     assert "usage:" in err and "error:" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"postgres": {"port": 70000}}, "postgres.port = 70000 is not a TCP port"),
-    ({"metrics": {"port": -1}}, "metrics.port = -1 is not a TCP port"),
-    ({"kafka": {"partitions": 0}}, "kafka.partitions = 0: must be at least 1"),
-    ({"kafka": {"replication_factor": 1, "min_insync_replicas": 2}}, "no write could ever succeed"),
-    ({"school": {"close_at": "5pm"}}, "use local HH:MM"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"postgres": {"port": 70000}}, "postgres.port = 70000 is not a TCP port"),
+        ({"metrics": {"port": -1}}, "metrics.port = -1 is not a TCP port"),
+        ({"kafka": {"partitions": 0}}, "kafka.partitions = 0: must be at least 1"),
+        ({"kafka": {"replication_factor": 1, "min_insync_replicas": 2}}, "no write could ever succeed"),
+        ({"school": {"close_at": "5pm"}}, "use local HH:MM"),
+    ],
+)
 def test_values_are_checked_when_the_config_loads(raw, message):
     with pytest.raises(ConfigError, match=message):
         settings_from_mapping(raw, env={})
@@ -87,10 +97,16 @@ def test_a_metrics_port_in_use_is_a_clear_error():
 
 def test_a_wrong_ssl_key_password_is_a_config_error_naming_the_setting(tmp_path: Path):
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.BestAvailableEncryption(b"the-right-password"))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"the-right-password"),
+    )
     (tmp_path / "client.key").write_bytes(pem)
-    kafka = KafkaSettings(security_protocol="SSL", ssl_key_location=str(tmp_path / "client.key"),
-                          ssl_key_password=Secret("a-wrong-password"))
+    kafka = KafkaSettings(
+        security_protocol="SSL",
+        ssl_key_location=str(tmp_path / "client.key"),
+        ssl_key_password=Secret("a-wrong-password"),
+    )
     with pytest.raises(ConfigError, match=r"the Kafka client refused its settings: .*check kafka.ssl_key_password"):
         make_producer(kafka)

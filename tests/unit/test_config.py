@@ -17,8 +17,10 @@ def test_defaults_without_any_file(tmp_path, monkeypatch):
 
 def test_file_values_and_debezium_aliases(tmp_path):
     f = tmp_path / "sevisflow.toml"
-    f.write_text('[connector]\n"slot.name" = "myslot"\n"table.include.list" = "public.a, public.b"\n'
-                 '[kafka]\nbootstrap_servers = "k:1"\n')
+    f.write_text(
+        '[connector]\n"slot.name" = "myslot"\n"table.include.list" = "public.a, public.b"\n'
+        '[kafka]\nbootstrap_servers = "k:1"\n'
+    )
     s = load_settings(f, env={})
     assert s.connector.slot_name == "myslot"
     assert s.connector.table_include_list == ["public.a", "public.b"]
@@ -27,19 +29,24 @@ def test_file_values_and_debezium_aliases(tmp_path):
 
 def test_environment_overrides_file(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('[postgres]\nport = 5433\n')
-    s = load_settings(f, env={"SEVISFLOW_POSTGRES_PORT": "6000", "SEVISFLOW_CONNECTOR_PROVIDE_TRANSACTION_METADATA": "false"})
+    f.write_text("[postgres]\nport = 5433\n")
+    s = load_settings(
+        f, env={"SEVISFLOW_POSTGRES_PORT": "6000", "SEVISFLOW_CONNECTOR_PROVIDE_TRANSACTION_METADATA": "false"}
+    )
     assert s.postgres.port == 6000
     assert s.connector.provide_transaction_metadata is False
 
 
-@pytest.mark.parametrize("toml, key", [
-    ('[kafka]\nbootstrap_server = "x"\n', "kafka.bootstrap_server"),
-    ('[nosuch]\na = 1\n', "[nosuch]"),
-    ('[postgres]\nport = "five"\n', "postgres.port"),
-    ('[connector]\n"snapshot.mode" = "sometimes"\n', "connector.snapshot.mode"),
-    ('[connector]\nheartbeat_interval_ms = true\n', "connector.heartbeat_interval_ms"),
-])
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ('[kafka]\nbootstrap_server = "x"\n', "kafka.bootstrap_server"),
+        ("[nosuch]\na = 1\n", "[nosuch]"),
+        ('[postgres]\nport = "five"\n', "postgres.port"),
+        ('[connector]\n"snapshot.mode" = "sometimes"\n', "connector.snapshot.mode"),
+        ("[connector]\nheartbeat_interval_ms = true\n", "connector.heartbeat_interval_ms"),
+    ],
+)
 def test_bad_file_values_name_the_key(tmp_path, toml, key):
     f = tmp_path / "c.toml"
     f.write_text(toml)
@@ -104,14 +111,19 @@ def test_committed_example_is_current():
     assert committed.read_text() == example_toml(), "regenerate: sevisflow config --example > sevisflow.example.toml"
 
 
-@pytest.mark.parametrize("toml", ['[connector]\nmetrics_port = 9400\n', '[connector]\n"metrics.port" = 9400\n'])
+@pytest.mark.parametrize("toml", ["[connector]\nmetrics_port = 9400\n", '[connector]\n"metrics.port" = 9400\n'])
 def test_connector_metrics_port_moved_to_the_metrics_section(tmp_path, toml):
     f = tmp_path / "old.toml"
     f.write_text(toml)
-    with pytest.raises(ConfigError, match=r"connector\.metrics[._]port is no longer a setting: use \[metrics\] port "
-                                          r"instead \(env SEVISFLOW_METRICS_PORT\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"connector\.metrics[._]port is no longer a setting: use \[metrics\] port "
+        r"instead \(env SEVISFLOW_METRICS_PORT\)",
+    ):
         load_settings(f, env={})
-    with pytest.raises(ConfigError, match=r"SEVISFLOW_CONNECTOR_METRICS_PORT is no longer a setting: use \[metrics\] port"):
+    with pytest.raises(
+        ConfigError, match=r"SEVISFLOW_CONNECTOR_METRICS_PORT is no longer a setting: use \[metrics\] port"
+    ):
         settings_from_mapping({}, env={"SEVISFLOW_CONNECTOR_METRICS_PORT": "9400"})
     f.write_text("[metrics]\nport = 9400\n")
     assert load_settings(f, env={}).metrics.port == 9400
@@ -124,8 +136,10 @@ def test_org_id_has_no_made_up_default_and_a_stage_refuses_to_start_without_it()
     assert s.school.org_id == ""
     with pytest.raises(ConfigError, match=r"school.org_id is not set: add org_id = .* under \[school\]"):
         EventsStage(s)
-    assert EventsStage(settings_from_mapping({"school": {"org_id": "ABC214F12345000"}}, env={})).org_id \
+    assert (
+        EventsStage(settings_from_mapping({"school": {"org_id": "ABC214F12345000"}}, env={})).org_id
         == "ABC214F12345000"
+    )
 
 
 @pytest.mark.parametrize("org", ["ABC214F12345000", "P-1-12345", "G-7-00001"])

@@ -24,10 +24,20 @@ def _policy() -> ColumnPolicy:
 def _meta(policy: ColumnPolicy | None = None) -> TableMeta:
     columns = ("id", "name", "born", "passport_no")
     table = (policy or _policy()).for_table("public", "person", columns, ("id",), [None, None, None, 12])
-    return TableMeta(schema="public", table="person", topic="sis.public.person", columns=columns,
-                     mappings=(cv.column_mapping(cv.INT8, -1), cv.column_mapping(cv.TEXT, -1),
-                               cv.column_mapping(cv.DATE, -1), cv.column_mapping(cv.TEXT, -1)),
-                     key_columns=("id",), policy=table)
+    return TableMeta(
+        schema="public",
+        table="person",
+        topic="sis.public.person",
+        columns=columns,
+        mappings=(
+            cv.column_mapping(cv.INT8, -1),
+            cv.column_mapping(cv.TEXT, -1),
+            cv.column_mapping(cv.DATE, -1),
+            cv.column_mapping(cv.TEXT, -1),
+        ),
+        key_columns=("id",),
+        policy=table,
+    )
 
 
 def _tx() -> TxContext:
@@ -42,8 +52,10 @@ ROW = ["1", "Ana", "1990-05-01", "X1234567"]
 
 
 def test_settings_take_debeziums_names():
-    s = settings_from_mapping({"connector": {"column.exclude.list": r"public\.person\.born",
-                                             MASK_KEY: r"public\.person\.passport_no"}}, env={})
+    s = settings_from_mapping(
+        {"connector": {"column.exclude.list": r"public\.person\.born", MASK_KEY: r"public\.person\.passport_no"}},
+        env={},
+    )
     assert s.connector.column_exclude_list == [r"public\.person\.born"]
     assert s.connector.column_mask_hash == {MASK_KEY: r"public\.person\.passport_no"}
 
@@ -54,10 +66,14 @@ def test_every_event_drops_excluded_columns_and_hashes_masked_ones(schemas: bool
     meta = _meta()
     if schemas:
         build_schemas(meta)
-    events = [b.insert(meta, ROW, _tx(), 4000)[0], b.update(meta, ROW, "O", ROW[:3] + ["Y7654321"], _tx(), 4100)[0],
-              b.delete(meta, ROW, "O", _tx(), 4200)[0], b.read(meta, ROW, _tx(), 3000, "true"),
-              *[(meta.topic, k, v, None) for k, v in b.read_values(meta, [ROW], _tx(), 3000, "last")]]
-    assert b.fast_change(meta, b"I\x00\x00\x00\x01N", _tx(), 1) is None   # never the C/fast path
+    events = [
+        b.insert(meta, ROW, _tx(), 4000)[0],
+        b.update(meta, ROW, "O", ROW[:3] + ["Y7654321"], _tx(), 4100)[0],
+        b.delete(meta, ROW, "O", _tx(), 4200)[0],
+        b.read(meta, ROW, _tx(), 3000, "true"),
+        *[(meta.topic, k, v, None) for k, v in b.read_values(meta, [ROW], _tx(), 3000, "last")],
+    ]
+    assert b.fast_change(meta, b"I\x00\x00\x00\x01N", _tx(), 1) is None  # never the C/fast path
     for _, key, value, _ in events:
         ev = orjson.loads(value)
         payload = ev["payload"] if schemas else ev
@@ -87,14 +103,17 @@ def test_the_same_value_always_gives_the_same_pseudonym_and_nulls_stay_null():
     assert table.apply({"id": 3, "passport_no": None}) == {"id": 3, "passport_no": None}
 
 
-@pytest.mark.parametrize("exclude, masks, message", [
-    ([r"public\.person\.id"], {}, "public.person.id is a primary-key column"),
-    ([], {MASK_KEY: r"public\.person\.id"}, "public.person.id is a primary-key column"),
-    ([r"public\.person\.(born"], {}, "is not a regular expression"),
-    ([], {"column.mask.hash.v2.ROT13.with.salt.x": "a"}, "unknown hash algorithm 'ROT13'"),
-    ([], {"column.mask.hash.SHA-256.with.salt.x": "a"}, "only Debezium's v2 hashing"),
-    ([], {"column.mask.hash.v1.SHA-256.with.salt.x": "a"}, "only Debezium's v2 hashing"),
-])
+@pytest.mark.parametrize(
+    "exclude, masks, message",
+    [
+        ([r"public\.person\.id"], {}, "public.person.id is a primary-key column"),
+        ([], {MASK_KEY: r"public\.person\.id"}, "public.person.id is a primary-key column"),
+        ([r"public\.person\.(born"], {}, "is not a regular expression"),
+        ([], {"column.mask.hash.v2.ROT13.with.salt.x": "a"}, "unknown hash algorithm 'ROT13'"),
+        ([], {"column.mask.hash.SHA-256.with.salt.x": "a"}, "only Debezium's v2 hashing"),
+        ([], {"column.mask.hash.v1.SHA-256.with.salt.x": "a"}, "only Debezium's v2 hashing"),
+    ],
+)
 def test_bad_column_settings_are_refused_with_the_fix(exclude, masks, message):
     with pytest.raises(ConfigError, match=message):
         ColumnPolicy.from_settings(exclude, masks).for_table("public", "person", ("id", "born"), ("id",))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -34,8 +34,10 @@ def test_dates_and_times_match_debezium() -> None:
     assert cv.to_micro_time("13:45:07.25") == (13 * 3600 + 45 * 60 + 7) * 1_000_000 + 250_000
     assert cv.to_micro_time("24:00:00") == 86_400_000_000
     assert cv.to_milli_time("00:00:01.5") == 1500
-    assert cv.to_micro_timestamp("2024-01-02 03:04:05.000006") == \
-        int(datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc).timestamp()) * 1_000_000 + 6
+    assert (
+        cv.to_micro_timestamp("2024-01-02 03:04:05.000006")
+        == int(datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC).timestamp()) * 1_000_000 + 6
+    )
     assert cv.to_milli_timestamp("1969-12-31 23:59:59.999") == -1
     assert cv.to_micro_timestamp("infinity") == cv.INT64_MAX
     # Debezium 3.6.1 writes the column's precision (6 by default), e.g. "2026-01-01T00:00:01.000000Z"
@@ -53,9 +55,16 @@ def test_timestamp_special_paths_agree_with_fast_path() -> None:
     assert cv._special_timestamp_us("0001-01-01 00:00:00 BC") == cv._days_from_civil(0, 1, 1) * 86_400_000_000
 
 
-@pytest.mark.parametrize("text,precision,scale,unscaled", [
-    ("12.5", 4, 1, 125), ("-0.5", 4, 1, -5), ("0.0", 4, 1, 0), ("99999999.99", 10, 2, 9999999999), ("-128", 5, 0, -128),
-])
+@pytest.mark.parametrize(
+    "text,precision,scale,unscaled",
+    [
+        ("12.5", 4, 1, 125),
+        ("-0.5", 4, 1, -5),
+        ("0.0", 4, 1, 0),
+        ("99999999.99", 10, 2, 9999999999),
+        ("-128", 5, 0, -128),
+    ],
+)
 def test_numeric_precise_is_javas_bigdecimal_bytes(text: str, precision: int, scale: int, unscaled: int) -> None:
     m = cv.column_mapping(cv.NUMERIC, _numeric_typmod(precision, scale))
     raw = base64.b64decode(m.convert(text))  # type: ignore[misc]
@@ -76,8 +85,15 @@ def test_numeric_other_modes() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.decimals(min_value=Decimal("-99999999.99"), max_value=Decimal("99999999.99"), places=2,
-                   allow_nan=False, allow_infinity=False))
+@given(
+    st.decimals(
+        min_value=Decimal("-99999999.99"),
+        max_value=Decimal("99999999.99"),
+        places=2,
+        allow_nan=False,
+        allow_infinity=False,
+    )
+)
 def test_numeric_precise_round_trip(d: Decimal) -> None:
     text = f"{d:.2f}"
     raw = base64.b64decode(cv.make_decimal_precise(2)(text))

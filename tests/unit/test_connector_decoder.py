@@ -23,29 +23,84 @@ from sevisflow.connectors.postgres.pgoutput import UNCHANGED, DecodeError, Delet
 
 # (column, type oid, typmod): every type the reference SIS schema uses, and then some
 SIS_COLUMNS: tuple[tuple[str, int, int], ...] = (
-    ("id", cv.INT8, -1), ("small", cv.INT2, -1), ("n", cv.INT4, -1),
-    ("amount", cv.NUMERIC, ((10 << 16) | 2) + 4), ("gpa", cv.NUMERIC, -1),
-    ("name", cv.TEXT, -1), ("code", cv.BPCHAR, 6), ("active", cv.BOOL, -1), ("born", cv.DATE, -1),
-    ("seen", cv.TIMESTAMP, -1), ("seen_ms", cv.TIMESTAMP, 3), ("at", cv.TIMESTAMPTZ, -1),
-    ("at3", cv.TIMESTAMPTZ, 3), ("uid", cv.UUID, -1), ("doc", cv.JSONB, -1), ("tags", 1009, -1),
-    ("nums", 1007, -1), ("ratio", cv.FLOAT8, -1), ("starts", cv.TIME, -1), ("notes", cv.TEXT, -1),
+    ("id", cv.INT8, -1),
+    ("small", cv.INT2, -1),
+    ("n", cv.INT4, -1),
+    ("amount", cv.NUMERIC, ((10 << 16) | 2) + 4),
+    ("gpa", cv.NUMERIC, -1),
+    ("name", cv.TEXT, -1),
+    ("code", cv.BPCHAR, 6),
+    ("active", cv.BOOL, -1),
+    ("born", cv.DATE, -1),
+    ("seen", cv.TIMESTAMP, -1),
+    ("seen_ms", cv.TIMESTAMP, 3),
+    ("at", cv.TIMESTAMPTZ, -1),
+    ("at3", cv.TIMESTAMPTZ, 3),
+    ("uid", cv.UUID, -1),
+    ("doc", cv.JSONB, -1),
+    ("tags", 1009, -1),
+    ("nums", 1007, -1),
+    ("ratio", cv.FLOAT8, -1),
+    ("starts", cv.TIME, -1),
+    ("notes", cv.TEXT, -1),
 )
 
 
 def _meta(columns: tuple[tuple[str, int, int], ...] = SIS_COLUMNS) -> TableMeta:
-    return TableMeta(schema="sis", table="person", topic="sis.sis.person",
-                     columns=tuple(c for c, _, _ in columns),
-                     mappings=tuple(cv.column_mapping(oid, mod) for _, oid, mod in columns), key_columns=("id",))
+    return TableMeta(
+        schema="sis",
+        table="person",
+        topic="sis.sis.person",
+        columns=tuple(c for c, _, _ in columns),
+        mappings=tuple(cv.column_mapping(oid, mod) for _, oid, mod in columns),
+        key_columns=("id",),
+    )
 
 
-ROW1: list[Value] = ["42", "-7", "2147483647", "12345.60", "3.875", "Zoë Ångström 李小龍 🎓", "F1    ", "t",
-                     "2001-02-03", "2024-05-01 12:00:00.123456", "2024-05-01 12:00:00.5", "2024-05-01 12:00:00+00",
-                     "2024-05-01 12:00:00.123456+00", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-                     '{"major": "Física", "n": [1, 2]}', '{alpha,"b c",NULL}', "{1,-2,NULL}", "3.25", "08:30:00",
-                     "x" * 300]
-ROW2: list[Value] = ["42", None, "-9223372036854775808", "-0.01", None, "Ana", None, "f", "infinity",
-                     None, "1999-12-31 23:59:59", None, "1970-01-01 00:00:00+00", None, None, "{}", None,
-                     "-1e+100", None, None]
+ROW1: list[Value] = [
+    "42",
+    "-7",
+    "2147483647",
+    "12345.60",
+    "3.875",
+    "Zoë Ångström 李小龍 🎓",
+    "F1    ",
+    "t",
+    "2001-02-03",
+    "2024-05-01 12:00:00.123456",
+    "2024-05-01 12:00:00.5",
+    "2024-05-01 12:00:00+00",
+    "2024-05-01 12:00:00.123456+00",
+    "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    '{"major": "Física", "n": [1, 2]}',
+    '{alpha,"b c",NULL}',
+    "{1,-2,NULL}",
+    "3.25",
+    "08:30:00",
+    "x" * 300,
+]
+ROW2: list[Value] = [
+    "42",
+    None,
+    "-9223372036854775808",
+    "-0.01",
+    None,
+    "Ana",
+    None,
+    "f",
+    "infinity",
+    None,
+    "1999-12-31 23:59:59",
+    None,
+    "1970-01-01 00:00:00+00",
+    None,
+    None,
+    "{}",
+    None,
+    "-1e+100",
+    None,
+    None,
+]
 
 
 def _builder(schemas: bool = False, txmeta: bool = True) -> EventBuilder:
@@ -93,7 +148,9 @@ def _outcome(fn: Any) -> Any:
 
 
 def test_the_extension_is_built_and_chosen() -> None:
-    assert decoder.c_module is not None, "sevisflow.connectors.postgres._pgtuple is missing: run `pip install -e .` (needs gcc)"
+    assert decoder.c_module is not None, (
+        "sevisflow.connectors.postgres._pgtuple is missing: run `pip install -e .` (needs gcc)"
+    )
     assert decoder.forced_python or decoder.name() == "c"
     with decoder.using(False):
         assert decoder.name() == "python"
@@ -109,11 +166,17 @@ def test_the_extension_is_built_and_chosen() -> None:
 
 
 MESSAGES = [
-    Insert(1, ROW1), Insert(1, ROW2), Update(1, "O", ROW1, ROW2), Update(1, None, None, ROW1),
-    Update(1, "O", ROW2, ROW2[:19] + [UNCHANGED]),            # unchanged TOAST, filled from the old row
-    Update(1, None, None, ROW1[:19] + [UNCHANGED]),           # unchanged TOAST, placeholder
-    Update(1, "K", ["42"] + [None] * 19, ROW1), Update(1, "O", ROW1, ["43"] + ROW1[1:]),   # 'K'; key change
-    Delete(1, "O", ROW1), Delete(1, "K", ["42"] + [None] * 19), Insert(1, ["43"] + [None] * 19),
+    Insert(1, ROW1),
+    Insert(1, ROW2),
+    Update(1, "O", ROW1, ROW2),
+    Update(1, None, None, ROW1),
+    Update(1, "O", ROW2, ROW2[:19] + [UNCHANGED]),  # unchanged TOAST, filled from the old row
+    Update(1, None, None, ROW1[:19] + [UNCHANGED]),  # unchanged TOAST, placeholder
+    Update(1, "K", ["42"] + [None] * 19, ROW1),
+    Update(1, "O", ROW1, ["43"] + ROW1[1:]),  # 'K'; key change
+    Delete(1, "O", ROW1),
+    Delete(1, "K", ["42"] + [None] * 19),
+    Insert(1, ["43"] + [None] * 19),
 ]
 
 
@@ -133,21 +196,24 @@ def test_every_sis_type_gives_identical_envelopes(schemas: bool) -> None:
     c, py = _both(run)
     assert c == py
     assert c == run(generic=True)
-    fast_hits, _ = _both(lambda: [_builder(schemas).fast_change(meta, encode(m), _tx(), 1) is not None
-                                  for m in MESSAGES])
+    fast_hits, _ = _both(
+        lambda: [_builder(schemas).fast_change(meta, encode(m), _tx(), 1) is not None for m in MESSAGES]
+    )
     assert fast_hits == [True, True, True, True, False, False, False, False, True, False, True]
 
 
 def test_decode_gives_the_same_objects_and_errors() -> None:
     payloads = [encode(m) for m in MESSAGES] + [encode(Insert(1, [b"\x00\xff", None, UNCHANGED, "é"]))]
-    bad = [b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x09ab",     # value shorter than its length
-           b"I\x00\x00\x00\x01N\x00\x02n",                        # fewer values than announced
-           b"I\x00\x00\x00\x01N\x00\x01x",                        # unknown kind
-           b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x01\xff",    # not UTF-8
-           b"I\x00\x00\x00\x01N\x00"]
+    bad = [
+        b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x09ab",  # value shorter than its length
+        b"I\x00\x00\x00\x01N\x00\x02n",  # fewer values than announced
+        b"I\x00\x00\x00\x01N\x00\x01x",  # unknown kind
+        b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x01\xff",  # not UTF-8
+        b"I\x00\x00\x00\x01N\x00",
+    ]
     c, py = _both(lambda: [_outcome(lambda p=p: decode(p)) for p in payloads + bad])
     assert c == py
-    assert all(isinstance(r, tuple) and r[0] is DecodeError for r in c[len(payloads):])
+    assert all(isinstance(r, tuple) and r[0] is DecodeError for r in c[len(payloads) :])
     assert c[-6].new == [b"\x00\xff", None, UNCHANGED, "é"]
 
 
@@ -167,34 +233,75 @@ def test_snapshot_rows_are_identical(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_c_fast_row_matches_python_on_edge_integers_and_bools() -> None:
     cols = (("id", cv.INT8, -1), ("a", cv.INT2, -1), ("b", cv.BOOL, -1))
     fields = _meta(cols)._fields
-    cases = [["0", "-0", "t"], ["007", "+5", "f"], ["9" * 18, "1", "true"], ["-" + "9" * 19, "1", ""],
-             ["1_000", " 2", "t"], ["٣", "1", "t"], ["-", "1", "t"], ["", "1", "t"], ["1.5", "1", "t"]]
+    cases = [
+        ["0", "-0", "t"],
+        ["007", "+5", "f"],
+        ["9" * 18, "1", "true"],
+        ["-" + "9" * 19, "1", ""],
+        ["1_000", " 2", "t"],
+        ["٣", "1", "t"],
+        ["-", "1", "t"],
+        ["", "1", "t"],
+        ["1.5", "1", "t"],
+    ]
     for values in cases:
         buf = encode(Insert(1, values))
         c = decoder.c_module.fast_row(buf, 6, fields)  # type: ignore[union-attr]
         py = envelope._py_fast_row(buf, 6, fields)
-        assert c == py and [type(v) for v in (c or ({}, 0))[0].values()] == \
-            [type(v) for v in (py or ({}, 0))[0].values()], values
+        assert c == py and [type(v) for v in (c or ({}, 0))[0].values()] == [
+            type(v) for v in (py or ({}, 0))[0].values()
+        ], values
 
 
 def test_c_dates_and_zoned_timestamps_match_python() -> None:
     """The two converters the C loop does itself, on their fast-path shapes and just outside them."""
-    dates = ["2024-02-29", "2023-02-29", "2000-02-29", "1900-02-29", "0001-01-01", "0000-01-01", "9999-12-31",
-             "1970-01-01", "1969-12-31", "2024-13-01", "2024-00-10", "2024-04-31", "2024-4-01", "20240101",
-             "infinity", "-infinity", "0044-03-15 BC", "12345-01-01", "2024-01-01x", "2024-01-0١"]
-    stamps = ["2024-05-01 12:00:00+00", "2024-05-01 12:00:00.5+00", "2024-05-01 12:00:00.1234567+00",
-              "2024-05-01 12:00:00.123456+00", "1999-12-31 23:59:59.000001+00", "2024-05-01 12:00:00+02",
-              "2024-05-01 12:00:00+05:30", "infinity", "-infinity", "0044-03-15 12:00:00+00 BC",
-              "12345-05-01 12:00:00+00", "2024-05-01T12:00:00+00", "2024-05-01 12:00:0١+00",
-              "2024-05-01 1.2:00:00.5+00", "2024-05-01 12:00:00." + "9" * 40 + "+00"]
+    dates = [
+        "2024-02-29",
+        "2023-02-29",
+        "2000-02-29",
+        "1900-02-29",
+        "0001-01-01",
+        "0000-01-01",
+        "9999-12-31",
+        "1970-01-01",
+        "1969-12-31",
+        "2024-13-01",
+        "2024-00-10",
+        "2024-04-31",
+        "2024-4-01",
+        "20240101",
+        "infinity",
+        "-infinity",
+        "0044-03-15 BC",
+        "12345-01-01",
+        "2024-01-01x",
+        "2024-01-0١",
+    ]
+    stamps = [
+        "2024-05-01 12:00:00+00",
+        "2024-05-01 12:00:00.5+00",
+        "2024-05-01 12:00:00.1234567+00",
+        "2024-05-01 12:00:00.123456+00",
+        "1999-12-31 23:59:59.000001+00",
+        "2024-05-01 12:00:00+02",
+        "2024-05-01 12:00:00+05:30",
+        "infinity",
+        "-infinity",
+        "0044-03-15 12:00:00+00 BC",
+        "12345-05-01 12:00:00+00",
+        "2024-05-01T12:00:00+00",
+        "2024-05-01 12:00:0١+00",
+        "2024-05-01 1.2:00:00.5+00",
+        "2024-05-01 12:00:00." + "9" * 40 + "+00",
+    ]
     meta = _meta((("id", cv.INT8, -1), ("d", cv.DATE, -1), ("at", cv.TIMESTAMPTZ, -1)))
     for i in range(max(len(dates), len(stamps))):
         buf = encode(Insert(1, ["1", dates[i % len(dates)], stamps[i % len(stamps)]]))
         c = decoder.c_module.fast_row(buf, 6, meta._fields)  # type: ignore[union-attr]
         assert c == envelope._py_fast_row(buf, 6, meta._fields), (dates[i % len(dates)], stamps[i % len(stamps)])
     assert c is not None and decoder.c_module.fast_row(  # type: ignore[union-attr]
-        encode(Insert(1, ["1", "2024-02-29", "2024-05-01 12:00:00.5+00"])), 6, meta._fields)[0] == \
-        {"id": 1, "d": 19782, "at": "2024-05-01T12:00:00.500000Z"}
+        encode(Insert(1, ["1", "2024-02-29", "2024-05-01 12:00:00.5+00"])), 6, meta._fields
+    )[0] == {"id": 1, "d": 19782, "at": "2024-05-01T12:00:00.500000Z"}
 
 
 # --------------------------------------------------------------------------- property tests
@@ -203,10 +310,12 @@ _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
 _VALUE: dict[str, st.SearchStrategy[str]] = {
     "id": st.integers(1, 5).map(str),
     "small": st.integers(-32768, 32767).map(str),
-    "n": st.integers(-2**31, 2**31 - 1).map(str),
-    "amount": st.decimals(min_value=-10**8 + 1, max_value=10**8 - 1, places=2).map(lambda d: f"{d:.2f}"),
+    "n": st.integers(-(2**31), 2**31 - 1).map(str),
+    "amount": st.decimals(min_value=-(10**8) + 1, max_value=10**8 - 1, places=2).map(lambda d: f"{d:.2f}"),
     "gpa": st.one_of(st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str), st.just("NaN")),
-    "name": _text, "code": _text, "notes": _text,
+    "name": _text,
+    "code": _text,
+    "notes": _text,
     "active": st.sampled_from(["t", "f"]),
     "born": st.one_of(st.dates().map(date.isoformat), st.sampled_from(["infinity", "-infinity", "0044-03-15 BC"])),
     "seen": st.datetimes().map(lambda d: d.isoformat(sep=" ")),
@@ -215,10 +324,12 @@ _VALUE: dict[str, st.SearchStrategy[str]] = {
     "at3": st.datetimes().map(lambda d: d.isoformat(sep=" ") + "+00"),
     "uid": st.uuids().map(str),
     "doc": st.dictionaries(st.sampled_from(["a", "é", "k"]), st.integers()).map(
-        lambda d: "{" + ", ".join(f'"{k}": {v}' for k, v in d.items()) + "}"),
+        lambda d: "{" + ", ".join(f'"{k}": {v}' for k, v in d.items()) + "}"
+    ),
     "tags": st.lists(st.from_regex(r"[a-z]{1,5}", fullmatch=True), max_size=4).map(lambda xs: "{" + ",".join(xs) + "}"),
-    "nums": st.lists(st.one_of(st.integers(-2**31, 2**31 - 1).map(str), st.just("NULL")), max_size=4).map(
-        lambda xs: "{" + ",".join(xs) + "}"),
+    "nums": st.lists(st.one_of(st.integers(-(2**31), 2**31 - 1).map(str), st.just("NULL")), max_size=4).map(
+        lambda xs: "{" + ",".join(xs) + "}"
+    ),
     "ratio": st.floats(allow_nan=False, allow_infinity=False).map(repr),
     "starts": st.times().map(dtime.isoformat),
 }
@@ -279,7 +390,7 @@ def test_random_changes_give_identical_envelopes(msgs: list[Any], schemas: bool)
 @given(st.binary(max_size=60), st.integers(0, 3))
 def test_random_tuple_bytes_decode_alike(tail: bytes, ncols: int) -> None:
     """Arbitrary (mostly malformed) TupleData: the C loops agree with Python or hand over to it."""
-    cols = (("id", cv.INT8, -1), ("name", cv.TEXT, -1), ("born", cv.DATE, -1))[:max(ncols, 1)]
+    cols = (("id", cv.INT8, -1), ("name", cv.TEXT, -1), ("born", cv.DATE, -1))[: max(ncols, 1)]
     fields = _meta(cols)._fields
     buf = struct.pack(">H", ncols) + tail
     assert decoder.c_module.fast_row(buf, 0, fields) == envelope._py_fast_row(buf, 0, fields)  # type: ignore[union-attr]
@@ -304,7 +415,7 @@ def test_random_snapshot_rows_are_identical(rows: list[list[Value]]) -> None:
         out = []
         for r in rows:
             res = _outcome(lambda r=r: list(b.iter_read_values(_META, [r], tx, 77, "true")))
-            out.append(res if isinstance(res, tuple) else [(k, v[:v.index(b'"ts_ms"')]) for k, v in res])
+            out.append(res if isinstance(res, tuple) else [(k, v[: v.index(b'"ts_ms"')]) for k, v in res])
         return out
 
     c, py = _both(run)
@@ -313,7 +424,7 @@ def test_random_snapshot_rows_are_identical(rows: list[list[Value]]) -> None:
 
 def test_memo_is_shared_and_bounded() -> None:
     """The C loop fills the same per-column memo as Python and clears it at the same size."""
-    meta = _meta((("id", cv.INT8, -1), ("seen", cv.TIMESTAMP, -1)))   # a memoised converter the C loop calls
+    meta = _meta((("id", cv.INT8, -1), ("seen", cv.TIMESTAMP, -1)))  # a memoised converter the C loop calls
     memo = meta._fields[1][2]
     for i in range(decoder.MEMO_SIZE + 3):
         d = date.fromordinal(date(2000, 1, 1).toordinal() + i)
@@ -323,8 +434,17 @@ def test_memo_is_shared_and_bounded() -> None:
 
 
 def test_copy_text_splits_alike() -> None:
-    chunks = [b"1\tAna\t\n", "2\tZo\u00eb \u674e \U0001f393\t\t\n3\t\t\n".encode(), b"\n", b"1\\N\n",
-              b"1\t\\N\tx\\ty\n", b"\xff\tx\n", b"no newline", b"a\n\n", b"\t\t\n"]
+    chunks = [
+        b"1\tAna\t\n",
+        "2\tZo\u00eb \u674e \U0001f393\t\t\n3\t\t\n".encode(),
+        b"\n",
+        b"1\\N\n",
+        b"1\t\\N\tx\\ty\n",
+        b"\xff\tx\n",
+        b"no newline",
+        b"a\n\n",
+        b"\t\t\n",
+    ]
     for data in chunks:
         c, py = _both(lambda data=data: _outcome(lambda: snapshot.split_copy_text(data)))
         assert c == py, data
@@ -332,8 +452,14 @@ def test_copy_text_splits_alike() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.one_of(_text, st.sampled_from(["\\N", "a\\tb", "\\\\"])), min_size=1, max_size=5),
-                min_size=1, max_size=6), st.binary(max_size=3))
+@given(
+    st.lists(
+        st.lists(st.one_of(_text, st.sampled_from(["\\N", "a\\tb", "\\\\"])), min_size=1, max_size=5),
+        min_size=1,
+        max_size=6,
+    ),
+    st.binary(max_size=3),
+)
 def test_random_copy_text_splits_alike(rows: list[list[str]], junk: bytes) -> None:
     data = "".join("\t".join(r) + "\n" for r in rows).encode()
     for d in (data, data + junk, junk + data):
@@ -343,6 +469,7 @@ def test_random_copy_text_splits_alike(rows: list[list[str]], junk: bytes) -> No
 
 # --------------------------------------------------------------------------- the C event writer
 
+
 def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[bool]:
     """Wrap envelope.<name> (the C writer) to record whether each call wrote the record."""
     real, seen = getattr(envelope, name), []
@@ -351,6 +478,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[bool]:
         r = real(*a)
         seen.append(r is not None)
         return r
+
     monkeypatch.setattr(envelope, name, spy)
     return seen
 
@@ -367,8 +495,9 @@ def _python_fast(fn: Any) -> Any:
 
 
 @pytest.mark.parametrize("txmeta", [True, False])
-def test_c_writer_takes_the_common_events_and_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch,
-                                                                   txmeta: bool) -> None:
+def test_c_writer_takes_the_common_events_and_writes_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch, txmeta: bool
+) -> None:
     meta = _meta()
 
     def run() -> list[Any]:
@@ -388,9 +517,15 @@ def test_c_writer_takes_the_common_events_and_writes_the_same_bytes(monkeypatch:
 
 
 def test_c_writer_escapes_text_as_orjson_does() -> None:
-    cols = (("id", cv.INT8, -1), ("t", cv.TEXT, -1), ("\"k\u00e9\n", cv.TEXT, -1))
-    meta = TableMeta(schema="s", table="t", topic="x.s.t", columns=tuple(c for c, _, _ in cols),
-                     mappings=tuple(cv.column_mapping(o, m) for _, o, m in cols), key_columns=("id", "\"k\u00e9\n"))
+    cols = (("id", cv.INT8, -1), ("t", cv.TEXT, -1), ('"k\u00e9\n', cv.TEXT, -1))
+    meta = TableMeta(
+        schema="s",
+        table="t",
+        topic="x.s.t",
+        columns=tuple(c for c, _, _ in cols),
+        mappings=tuple(cv.column_mapping(o, m) for _, o, m in cols),
+        key_columns=("id", '"k\u00e9\n'),
+    )
     texts = ["".join(map(chr, range(1, 128))), 'a"b\\c', "Zoë 李 🎓 \u2028\u2029\ufeff\x7f", "", "x" * 5000]
     for t in texts:
         payload = encode(Insert(1, ["1", t, t]))
@@ -403,13 +538,15 @@ def test_c_writer_escapes_text_as_orjson_does() -> None:
 def test_c_writer_hands_over_what_it_cannot_write(monkeypatch: pytest.MonkeyPatch) -> None:
     meta = _meta((("id", cv.INT8, -1), ("name", cv.TEXT, -1), ("n", cv.INT8, -1)))
     not_utf8 = b"I\x00\x00\x00\x01N\x00\x03t\x00\x00\x00\x011t\x00\x00\x00\x01\xffn"
-    huge = encode(Insert(1, ["1", "a", str(2**64)]))   # int() works, orjson refuses it
+    huge = encode(Insert(1, ["1", "a", str(2**64)]))  # int() works, orjson refuses it
     for payload in (not_utf8, huge):
         with decoder.using(True):
             c_out = _outcome(lambda payload=payload: _builder().fast_change(meta, payload, _tx(), 9))
         ctx = (meta._fields, meta._c_names, meta._key_idx, True, b"", b"", b"", None, None, None, None)
         assert decoder.c_module.change_event(payload, ctx, 1, 0, 0, b"}") is None  # type: ignore[union-attr]
-        assert c_out == _python_fast(lambda payload=payload: _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9)))
+        assert c_out == _python_fast(
+            lambda payload=payload: _outcome(lambda: _builder().fast_change(meta, payload, _tx(), 9))
+        )
     # a source block that cannot be cut around the LSN (its commit LSN is the marker): the Python path, same bytes
     tx = TxContext(xid=1, commit_lsn=envelope._LSN_MARK, ts_us=5, begin_lsn=4)
     payload = encode(Insert(1, ["1", "a", "2"]))
@@ -417,11 +554,20 @@ def test_c_writer_hands_over_what_it_cannot_write(monkeypatch: pytest.MonkeyPatc
         seen = _counting(monkeypatch, "_c_change_event")
         c = _builder().fast_change(meta, payload, tx, 9)
     assert seen == [] and tx.c_contexts == {"sis.person": (meta, ())}
-    assert c == _python_fast(lambda: _builder().fast_change(
-        meta, payload, TxContext(xid=1, commit_lsn=envelope._LSN_MARK, ts_us=5, begin_lsn=4), 9))
+    assert c == _python_fast(
+        lambda: _builder().fast_change(
+            meta, payload, TxContext(xid=1, commit_lsn=envelope._LSN_MARK, ts_us=5, begin_lsn=4), 9
+        )
+    )
     # duplicate column names: a dict would merge them, so the C writer is not used
-    dup = TableMeta(schema="s", table="t", topic="x", columns=("a", "a"),
-                    mappings=(cv.column_mapping(cv.TEXT, -1),) * 2, key_columns=())
+    dup = TableMeta(
+        schema="s",
+        table="t",
+        topic="x",
+        columns=("a", "a"),
+        mappings=(cv.column_mapping(cv.TEXT, -1),) * 2,
+        key_columns=(),
+    )
     assert dup._c_names is None
 
 
@@ -438,8 +584,9 @@ def test_c_writer_follows_a_table_redefined_mid_transaction() -> None:
     assert c == _python_fast(run) and b'"v":7' in c[0][2] and b'"v":"7"' in c[1][2] and b'"v":7' in c[2][2]
 
 
-def _stream_like(msgs: list[Any], txmeta: bool, tombstones: bool, fail_at: int | None, use_batch: bool
-                 ) -> tuple[list[Any], TxContext]:
+def _stream_like(
+    msgs: list[Any], txmeta: bool, tombstones: bool, fail_at: int | None, use_batch: bool
+) -> tuple[list[Any], TxContext]:
     """The stream loop's produce sequence for ``msgs`` (None = a keepalive), with change_batch taking runs
     of changes (``use_batch``) or change by change (fast_change, else the generic path); ``fail_at``:
     the produce() call that finds the queue full."""
@@ -474,13 +621,21 @@ def _stream_like(msgs: list[Any], txmeta: bool, tombstones: bool, fail_at: int |
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(_messages(), st.sampled_from(MESSAGES), st.none()), min_size=1, max_size=8),
-       st.booleans(), st.booleans(), st.one_of(st.none(), st.integers(1, 6)))
-def test_c_batch_produces_what_the_loop_produces(msgs: list[Any], txmeta: bool, tombstones: bool,
-                                                 fail_at: int | None) -> None:
+@given(
+    st.lists(st.one_of(_messages(), st.sampled_from(MESSAGES), st.none()), min_size=1, max_size=8),
+    st.booleans(),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(1, 6)),
+)
+def test_c_batch_produces_what_the_loop_produces(
+    msgs: list[Any], txmeta: bool, tombstones: bool, fail_at: int | None
+) -> None:
     def outcome(r: Any) -> Any:  # a value that does not convert raises, the same either way
-        return r if isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], type) else \
-            (r[0], r[1].total_order, r[1].per_table)
+        return (
+            r
+            if isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], type)
+            else (r[0], r[1].total_order, r[1].per_table)
+        )
 
     with decoder.using(True):
         assert envelope._c_change_batch is not None
@@ -516,19 +671,39 @@ def test_c_batch_stops_where_it_must() -> None:
 
 
 _KEYED: dict[str, TableMeta] = {
-    "no key": TableMeta(schema="s", table="n", topic="x.s.n", columns=("a", "b"),
-                        mappings=(cv.column_mapping(cv.TEXT, -1), cv.column_mapping(cv.INT4, -1)), key_columns=()),
-    "two keys": TableMeta(schema="s", table="k", topic="x.s.k", columns=("a", "b", "c"),
-                          mappings=(cv.column_mapping(cv.TEXT, -1), cv.column_mapping(cv.INT4, -1),
-                                    cv.column_mapping(cv.FLOAT8, -1)), key_columns=("b", "a")),
+    "no key": TableMeta(
+        schema="s",
+        table="n",
+        topic="x.s.n",
+        columns=("a", "b"),
+        mappings=(cv.column_mapping(cv.TEXT, -1), cv.column_mapping(cv.INT4, -1)),
+        key_columns=(),
+    ),
+    "two keys": TableMeta(
+        schema="s",
+        table="k",
+        topic="x.s.k",
+        columns=("a", "b", "c"),
+        mappings=(cv.column_mapping(cv.TEXT, -1), cv.column_mapping(cv.INT4, -1), cv.column_mapping(cv.FLOAT8, -1)),
+        key_columns=("b", "a"),
+    ),
 }
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(sorted(_KEYED)), st.lists(st.tuples(st.sampled_from(["I", "UO", "U", "D"]),
-       st.lists(st.one_of(st.none(), _text, st.integers(-3, 3).map(str)), min_size=3, max_size=3),
-       st.lists(st.one_of(st.none(), _text, st.integers(-3, 3).map(str)), min_size=3, max_size=3)),
-       min_size=1, max_size=4), st.booleans())
+@given(
+    st.sampled_from(sorted(_KEYED)),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["I", "UO", "U", "D"]),
+            st.lists(st.one_of(st.none(), _text, st.integers(-3, 3).map(str)), min_size=3, max_size=3),
+            st.lists(st.one_of(st.none(), _text, st.integers(-3, 3).map(str)), min_size=3, max_size=3),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.booleans(),
+)
 def test_random_keys_and_text_write_the_same_bytes(table: str, changes: list[Any], txmeta: bool) -> None:
     meta = _KEYED[table]
     n = len(meta.columns)
@@ -536,8 +711,15 @@ def test_random_keys_and_text_write_the_same_bytes(table: str, changes: list[Any
     def run() -> list[Any]:
         b, tx, out = _builder(txmeta=txmeta), _tx(), []
         for i, (kind, old, new) in enumerate(changes):
-            m = (Insert(1, new[:n]) if kind == "I" else Update(1, "O", old[:n], new[:n]) if kind == "UO"
-                 else Update(1, None, None, new[:n]) if kind == "U" else Delete(1, "O", old[:n]))
+            m = (
+                Insert(1, new[:n])
+                if kind == "I"
+                else Update(1, "O", old[:n], new[:n])
+                if kind == "UO"
+                else Update(1, None, None, new[:n])
+                if kind == "U"
+                else Delete(1, "O", old[:n])
+            )
             out.append(_outcome(lambda m=m, i=i: _records(b, meta, encode(m), tx, 4100 + i)))
         out.append(b.transaction_event("t", tx, "END"))
         return out
@@ -549,13 +731,13 @@ def test_random_keys_and_text_write_the_same_bytes(table: str, changes: list[Any
 def test_c_snapshot_writer_takes_the_rows_and_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(envelope.time, "time_ns", lambda: 1_700_000_000_000_000_123)
     meta = _meta()
-    rows = [list(ROW1), list(ROW2), ["44"] + [None] * 19, tuple(ROW1), ["45"] + ROW1[1:5] + ["\x01\"\\ ü"] + ROW1[6:]]
+    rows = [list(ROW1), list(ROW2), ["44"] + [None] * 19, tuple(ROW1), ["45"] + ROW1[1:5] + ['\x01"\\ ü'] + ROW1[6:]]
     tx = TxContext(xid=9, commit_lsn=None, ts_us=1000, snapshot="true")
     expected = _python_fast(lambda: _builder().read_values(meta, rows, tx, 77, "true"))
     with decoder.using(True):
         seen = _counting(monkeypatch, "_c_read_event")
         assert _builder().read_values(meta, rows, tx, 77, "true") == expected
-    assert seen == [True, True, True, False, True]   # a tuple row is the Python loop's
+    assert seen == [True, True, True, False, True]  # a tuple row is the Python loop's
     assert expected == [(r[1], r[2]) for r in (_builder().read(meta, row, tx, 77, "true") for row in rows)]
     assert _both(lambda: _builder().read_values(meta, rows, tx, 77, "true"))[1] == expected
     # a failing conversion raises the Python loop's error
@@ -574,6 +756,13 @@ def test_the_choice_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
         with decoder.using(use_c):
             decoder.log_choice()
             decoder.log_choice()
-    assert seen == [("connector.decoder", {"decoder": "c", "reason": "active"}),
-                    ("connector.decoder", {"decoder": "python", "reason": decoder.FORCE_PYTHON_ENV if decoder.forced_python
-                                           else "switched off (decoder.set_active)"})]
+    assert seen == [
+        ("connector.decoder", {"decoder": "c", "reason": "active"}),
+        (
+            "connector.decoder",
+            {
+                "decoder": "python",
+                "reason": decoder.FORCE_PYTHON_ENV if decoder.forced_python else "switched off (decoder.set_active)",
+            },
+        ),
+    ]

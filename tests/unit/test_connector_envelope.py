@@ -23,11 +23,19 @@ from sevisflow.core.errors import ConfigError, TerminalError
 
 
 def _meta() -> TableMeta:
-    return TableMeta(schema="public", table="person", topic="sis.public.person",
-                     columns=("id", "name", "born", "notes"),
-                     mappings=(cv.column_mapping(cv.INT8, -1), cv.column_mapping(cv.TEXT, -1),
-                               cv.column_mapping(cv.DATE, -1), cv.column_mapping(cv.TEXT, -1)),
-                     key_columns=("id",))
+    return TableMeta(
+        schema="public",
+        table="person",
+        topic="sis.public.person",
+        columns=("id", "name", "born", "notes"),
+        mappings=(
+            cv.column_mapping(cv.INT8, -1),
+            cv.column_mapping(cv.TEXT, -1),
+            cv.column_mapping(cv.DATE, -1),
+            cv.column_mapping(cv.TEXT, -1),
+        ),
+        key_columns=("id",),
+    )
 
 
 def _tx() -> TxContext:
@@ -44,8 +52,24 @@ def test_insert_envelope_fields_and_order() -> None:
     assert ev["op"] == "c" and ev["before"] is None
     assert ev["after"] == {"id": 1, "name": "Ana", "born": 1, "notes": None}
     src = ev["source"]
-    assert list(src) == ["version", "connector", "name", "ts_ms", "snapshot", "db", "sequence", "ts_us", "ts_ns",
-                         "schema", "table", "txId", "lsn", "xmin", "origin", "origin_lsn"]
+    assert list(src) == [
+        "version",
+        "connector",
+        "name",
+        "ts_ms",
+        "snapshot",
+        "db",
+        "sequence",
+        "ts_us",
+        "ts_ns",
+        "schema",
+        "table",
+        "txId",
+        "lsn",
+        "xmin",
+        "origin",
+        "origin_lsn",
+    ]
     assert src["connector"] == "postgresql" and src["snapshot"] == "false" and src["db"] == "sisdb"
     assert src["sequence"] == '["5000","4000"]' and src["lsn"] == 4000 and src["txId"] == 700
     assert src["ts_ms"] == 1_700_000_000_123 and src["ts_us"] == 1_700_000_000_123_456
@@ -108,9 +132,13 @@ def test_transaction_metadata_counts() -> None:
     tx.end_lsn = 5200
     _, key, end, _ = b.transaction_event("sis.transaction", tx, "END")
     assert orjson.loads(key) == {"id": "700:5200"}  # type: ignore[arg-type]
-    assert orjson.loads(end) == {"status": "END", "id": "700:5200", "event_count": 2,  # type: ignore[arg-type]
-                                 "data_collections": [{"data_collection": "public.person", "event_count": 2}],
-                                 "ts_ms": 1_700_000_000_123}
+    assert orjson.loads(end) == {
+        "status": "END",
+        "id": "700:5200",
+        "event_count": 2,  # type: ignore[arg-type]
+        "data_collections": [{"data_collection": "public.person", "event_count": 2}],
+        "ts_ms": 1_700_000_000_123,
+    }
 
 
 def test_snapshot_read_event() -> None:
@@ -121,16 +149,19 @@ def test_snapshot_read_event() -> None:
     assert ev["op"] == "r" and ev["source"]["snapshot"] == "last" and ev["source"]["sequence"] == '[null,"777"]'
 
 
-@pytest.mark.parametrize("cls,facts,expected", [
-    (InitialSnapshotter, (False, False, False), SnapshotDecision(True, True)),
-    (InitialSnapshotter, (True, False, True), SnapshotDecision(False, True)),
-    (InitialSnapshotter, (False, True, True), SnapshotDecision(True, True)),
-    (InitialOnlySnapshotter, (False, False, False), SnapshotDecision(True, False)),
-    (InitialOnlySnapshotter, (True, False, True), SnapshotDecision(False, False)),
-    (NeverSnapshotter, (False, False, False), SnapshotDecision(False, True)),
-    (WhenNeededSnapshotter, (True, False, False), SnapshotDecision(True, True)),
-    (WhenNeededSnapshotter, (True, False, True), SnapshotDecision(False, True)),
-])
+@pytest.mark.parametrize(
+    "cls,facts,expected",
+    [
+        (InitialSnapshotter, (False, False, False), SnapshotDecision(True, True)),
+        (InitialSnapshotter, (True, False, True), SnapshotDecision(False, True)),
+        (InitialSnapshotter, (False, True, True), SnapshotDecision(True, True)),
+        (InitialOnlySnapshotter, (False, False, False), SnapshotDecision(True, False)),
+        (InitialOnlySnapshotter, (True, False, True), SnapshotDecision(False, False)),
+        (NeverSnapshotter, (False, False, False), SnapshotDecision(False, True)),
+        (WhenNeededSnapshotter, (True, False, False), SnapshotDecision(True, True)),
+        (WhenNeededSnapshotter, (True, False, True), SnapshotDecision(False, True)),
+    ],
+)
 def test_snapshot_policy(cls: type, facts: tuple[bool, bool, bool], expected: SnapshotDecision) -> None:
     assert cls().decide(*facts) == expected
 
@@ -159,24 +190,45 @@ def test_chunk_query_is_resumable_by_key() -> None:
 def _fast_vs_generic(schemas: bool, txmeta: bool, tombstones: bool) -> None:
     from sevisflow.connectors.postgres.pgoutput import Delete, Insert, Update, encode
 
-    meta = TableMeta(schema="public", table="person", topic="sis.public.person",
-                     columns=("id", "name", "born", "notes", "at"),
-                     mappings=(cv.column_mapping(cv.INT8, -1), cv.column_mapping(cv.TEXT, -1),
-                               cv.column_mapping(cv.DATE, -1), cv.column_mapping(cv.TEXT, -1),
-                               cv.column_mapping(cv.TIMESTAMPTZ, -1)),
-                     key_columns=("id",))
+    meta = TableMeta(
+        schema="public",
+        table="person",
+        topic="sis.public.person",
+        columns=("id", "name", "born", "notes", "at"),
+        mappings=(
+            cv.column_mapping(cv.INT8, -1),
+            cv.column_mapping(cv.TEXT, -1),
+            cv.column_mapping(cv.DATE, -1),
+            cv.column_mapping(cv.TEXT, -1),
+            cv.column_mapping(cv.TIMESTAMPTZ, -1),
+        ),
+        key_columns=("id",),
+    )
     row1 = ["1", "Ana é", "1970-01-02", None, "2024-05-01 12:00:00.5+00"]
     row2 = ["1", "Ana", "1999-12-31", "n\tx\\y", "2024-05-01 12:00:00+00"]
-    msgs = [Insert(1, row1), Update(1, "O", row1, row2), Update(1, None, None, row2), Delete(1, "O", row2),
-            Insert(1, ["2", None, None, None, None])]
-    fallbacks = [Update(1, "O", row1, ["3"] + row1[1:]),          # key change
-                 Update(1, "K", ["1", None, None, None, None], row2),
-                 Update(1, "O", row1, row1[:3] + [UNCHANGED, row1[4]]),
-                 Delete(1, "K", ["1", None, None, None, None]),
-                 Insert(1, row1[:4]),                             # column count differs
-                 Insert(1, ["x"] + row1[1:])]                     # conversion fails
-    kw = {"name": "sis", "db": "d", "version": "v", "schemas_enable": schemas, "tombstones_on_delete": tombstones,
-              "transaction_metadata": txmeta}
+    msgs = [
+        Insert(1, row1),
+        Update(1, "O", row1, row2),
+        Update(1, None, None, row2),
+        Delete(1, "O", row2),
+        Insert(1, ["2", None, None, None, None]),
+    ]
+    fallbacks = [
+        Update(1, "O", row1, ["3"] + row1[1:]),  # key change
+        Update(1, "K", ["1", None, None, None, None], row2),
+        Update(1, "O", row1, row1[:3] + [UNCHANGED, row1[4]]),
+        Delete(1, "K", ["1", None, None, None, None]),
+        Insert(1, row1[:4]),  # column count differs
+        Insert(1, ["x"] + row1[1:]),
+    ]  # conversion fails
+    kw = {
+        "name": "sis",
+        "db": "d",
+        "version": "v",
+        "schemas_enable": schemas,
+        "tombstones_on_delete": tombstones,
+        "transaction_metadata": txmeta,
+    }
     fast, slow = EventBuilder(**kw), EventBuilder(**kw)  # type: ignore[arg-type]
     fast.now_us = slow.now_us = 1_700_000_000_000_001
     ftx, stx = _tx(), _tx()
@@ -220,8 +272,9 @@ def _fast_vs_generic(schemas: bool, txmeta: bool, tombstones: bool) -> None:
 @pytest.mark.parametrize("schemas", [False, True])
 @pytest.mark.parametrize("txmeta", [False, True])
 @pytest.mark.parametrize("tombstones", [False, True])
-def test_fast_paths_are_byte_identical_to_the_generic_ones(schemas: bool, txmeta: bool, tombstones: bool,
-                                                           use_c: bool) -> None:
+def test_fast_paths_are_byte_identical_to_the_generic_ones(
+    schemas: bool, txmeta: bool, tombstones: bool, use_c: bool
+) -> None:
     assert not use_c or decoder.c_module is not None, "the C extension is not built: pip install -e ."
     with decoder.using(use_c):
         assert decoder.name() == ("c" if use_c else "python")

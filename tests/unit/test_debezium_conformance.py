@@ -38,19 +38,23 @@ ALLOWED = {
     "ts": "top-level ts_ms/ts_us/ts_ns: the time the connector processed the event, different in any two runs",
     "source.version": "the product version (Debezium's '3.6.1.Final' vs sevisflow's own)",
     "snapshot position": "a snapshot row's source.lsn/sequence/txId/ts_*: each connector reads at its own "
-                         "slot's consistent point, in its own snapshot transaction, at its own time",
+    "slot's consistent point, in its own snapshot transaction, at its own time",
     "source.sequence[0]": "Debezium writes the last commit LSN it had processed; sevisflow the commit LSN of the "
-                          "event's own transaction, a pure function of the WAL, identical after any restart",
+    "event's own transaction, a pure function of the WAL, identical after any restart",
     "context headers": "Debezium 3.6.1 adds __debezium.context.{connectorLogicalName,taskId,connectorName,runId} "
-                       "(extended.headers.enabled=true); runId is random per start, and nothing downstream "
-                       "reads them; Debezium with extended.headers.enabled=false writes none, as sevisflow",
+    "(extended.headers.enabled=true); runId is random per start, and nothing downstream "
+    "reads them; Debezium with extended.headers.enabled=false writes none, as sevisflow",
     "null with default": "Debezium's JsonConverter writes a nullable column's default where the value is null "
-                         "(replace.null.with.default=true): a key-only old row (REPLICA IDENTITY DEFAULT) then "
-                         "shows made-up values; sevisflow writes null, as Debezium with "
-                         "value.converter.replace.null.with.default=false does",
+    "(replace.null.with.default=true): a key-only old row (REPLICA IDENTITY DEFAULT) then "
+    "shows made-up values; sevisflow writes null, as Debezium with "
+    "value.converter.replace.null.with.default=false does",
 }
-CONTEXT_HEADERS = ["__debezium.context.connectorLogicalName", "__debezium.context.taskId",
-                   "__debezium.context.connectorName", "__debezium.context.runId"]
+CONTEXT_HEADERS = [
+    "__debezium.context.connectorLogicalName",
+    "__debezium.context.taskId",
+    "__debezium.context.connectorName",
+    "__debezium.context.runId",
+]
 
 
 def _load(name: str) -> list[dict[str, Any]]:
@@ -82,25 +86,26 @@ def _by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str | None], list[
     return out
 
 
-def _comparable(rec: dict[str, Any], schemas: bool, defaults: dict[tuple[str, str], Any],
-                ours: dict[str, Any] | None = None) -> dict[str, Any]:
+def _comparable(
+    rec: dict[str, Any], schemas: bool, defaults: dict[tuple[str, str], Any], ours: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The record with every ALLOWED difference taken out (and nothing else)."""
     rec = copy.deepcopy(rec)
-    del rec["partition"], rec["offset"]      # positions: compared on their own (see _by_key)
+    del rec["partition"], rec["offset"]  # positions: compared on their own (see _by_key)
     rec["headers"] = [h for h in rec["headers"] if not h[0].startswith("__debezium.context.")]  # context headers
     p = _payload(rec["value"], schemas)
     if p is None or rec["topic"] == "sis.transaction":
         return rec
-    for k in ("ts_ms", "ts_us", "ts_ns"):                                                   # ts
+    for k in ("ts_ms", "ts_us", "ts_ns"):  # ts
         p.pop(k)
     src = p["source"]
-    src.pop("version")                                                                      # source.version
+    src.pop("version")  # source.version
     if p["op"] == "r":
-        for k in ("lsn", "sequence", "txId", "ts_ms", "ts_us", "ts_ns"):                    # snapshot position
+        for k in ("lsn", "sequence", "txId", "ts_ms", "ts_us", "ts_ns"):  # snapshot position
             src.pop(k)
     else:
-        src["sequence"] = json.loads(src["sequence"])[1]                                    # source.sequence[0]
-    if ours is not None and p.get("before") is not None:                                    # null with default
+        src["sequence"] = json.loads(src["sequence"])[1]  # source.sequence[0]
+    if ours is not None and p.get("before") is not None:  # null with default
         ob = _payload(ours["value"], schemas)["before"]
         for col, v in p["before"].items():
             if ob.get(col) is None and v is not None and defaults.get((rec["topic"], col)) == v:
@@ -121,9 +126,10 @@ def test_every_record_matches_recorded_debezium_but_for_the_allowed_differences(
         assert len(d_recs) == len(s_by_key[k]), k
         for d, s in zip(d_recs, s_by_key[k]):
             assert _comparable(d, schemas, defaults, s) == _comparable(s, schemas, defaults), d
-    if not schemas:     # one topic prefix in both runs' key bytes: the real producers picked the same partitions
-        assert [(r["topic"], r["key"], r["partition"]) for r in theirs] == \
-            [(r["topic"], r["key"], r["partition"]) for r in ours]
+    if not schemas:  # one topic prefix in both runs' key bytes: the real producers picked the same partitions
+        assert [(r["topic"], r["key"], r["partition"]) for r in theirs] == [
+            (r["topic"], r["key"], r["partition"]) for r in ours
+        ]
     # the recording covers what it claims: every op, tombstones, PK-change headers, defaults, three partitions
     ops = {(_payload(r["value"], schemas) or {}).get("op") for r in ours if r["topic"] != "sis.transaction"}
     assert ops == {"r", "c", "u", "d", None}
@@ -134,10 +140,11 @@ def test_every_record_matches_recorded_debezium_but_for_the_allowed_differences(
 
 def test_debezium_with_the_two_alignment_settings_needs_no_header_or_null_allowance() -> None:
     aligned, ours = _load("debezium-aligned-schemas-off"), _load("sevisflow-schemas-off")
-    assert [(r["topic"], r["key"], r["partition"]) for r in aligned] == \
-        [(r["topic"], r["key"], r["partition"]) for r in ours]
+    assert [(r["topic"], r["key"], r["partition"]) for r in aligned] == [
+        (r["topic"], r["key"], r["partition"]) for r in ours
+    ]
     for d, s in zip(aligned, ours):
-        assert d["headers"] == s["headers"]      # no context headers at all, and the same PK-change headers
+        assert d["headers"] == s["headers"]  # no context headers at all, and the same PK-change headers
         dv = _comparable(d, False, {})
         if dv["value"] is not None and dv["value"].get("source", {}).get("snapshot", "") is None:
             # replace.null.with.default=false shows Debezium's own null where its schema default says "false"
@@ -155,18 +162,23 @@ def test_transaction_records_and_ids_as_debezium_writes_them(mode: str) -> None:
     theirs, ours = _load(f"debezium-schemas-{mode}"), _load(f"sevisflow-schemas-{mode}")
     tx_d = [r for r in theirs if r["topic"] == "sis.transaction"]
     tx_s = [r for r in ours if r["topic"] == "sis.transaction"]
-    assert len(tx_s) >= 16 and tx_d == tx_s      # BEGIN and END: keys, ids, counts, commit time, schemas
+    assert len(tx_s) >= 16 and tx_d == tx_s  # BEGIN and END: keys, ids, counts, commit time, schemas
     begins = {}
     for r in tx_s:
         v = _payload(r["value"], schemas)
         xid, lsn = (int(x) for x in v["id"].split(":"))
         if v["status"] == "BEGIN":
             begins[xid] = lsn
-        else:   # END's id carries the commit record's end LSN, past every event of the transaction
+        else:  # END's id carries the commit record's end LSN, past every event of the transaction
             assert lsn > begins[xid]
-            events = [_payload(e["value"], schemas) for e in ours if e["value"] is not None
-                      and e["topic"] != "sis.transaction" and _payload(e["value"], schemas)["source"]["txId"] == xid
-                      and _payload(e["value"], schemas)["op"] != "r"]
+            events = [
+                _payload(e["value"], schemas)
+                for e in ours
+                if e["value"] is not None
+                and e["topic"] != "sis.transaction"
+                and _payload(e["value"], schemas)["source"]["txId"] == xid
+                and _payload(e["value"], schemas)["op"] != "r"
+            ]
             assert events and all(lsn > e["source"]["lsn"] for e in events)
             # normalize keys transactions by the xid part
             marker = parse_tx_marker(orjson.dumps(r["value"]))
@@ -187,8 +199,11 @@ def test_snapshot_markers_follow_debezium_3s_rule(who: str) -> None:
     order would put rec_ckey first)."""
     for mode in ("off", "on"):
         recs = _load(f"{who}-schemas-{mode}")
-        rows = [(r["topic"], _payload(json.loads(r["key"]), mode == "on"), _payload(r["value"], mode == "on"))
-                for r in recs if r["value"] is not None and _payload(r["value"], mode == "on").get("op") == "r"]
+        rows = [
+            (r["topic"], _payload(json.loads(r["key"]), mode == "on"), _payload(r["value"], mode == "on"))
+            for r in recs
+            if r["value"] is not None and _payload(r["value"], mode == "on").get("op") == "r"
+        ]
         # rows of a table spread over partitions: both read a table in key order (the seed rows' order)
         rows.sort(key=lambda x: (x[0], list(x[1].values())))
         assert len(rows) == 6
@@ -201,22 +216,32 @@ def test_snapshot_markers_follow_debezium_3s_rule(who: str) -> None:
         assert firsts == ["sis.public.rec_full"] and lasts == ["sis.public.rec_ckey"]
         for t, marks in by_table.items():
             n = len(marks)
-            expected = [snapshot_marker(t in firsts and i == 0, i == 0, i == n - 1, t in lasts and i == n - 1)
-                        for i in range(n)]
+            expected = [
+                snapshot_marker(t in firsts and i == 0, i == 0, i == n - 1, t in lasts and i == n - 1) for i in range(n)
+            ]
             assert marks == expected, (who, mode, t)
         assert {m for ms in by_table.values() for m in ms} == {
-            "first", "first_in_data_collection", "last_in_data_collection", "last"}
+            "first",
+            "first_in_data_collection",
+            "last_in_data_collection",
+            "last",
+        }
 
 
 def test_snapshot_reads_tables_in_include_list_order() -> None:
     pats = compile_include_list(["public.rec_full", "public.rec_d.*", "public\\..*"])
     names = ["public.a", "public.rec_ckey", "public.rec_default", "public.rec_dz", "public.rec_full"]
-    assert include_list_order(names, pats) == ["public.rec_full", "public.rec_default", "public.rec_dz",
-                                               "public.a", "public.rec_ckey"]
+    assert include_list_order(names, pats) == [
+        "public.rec_full",
+        "public.rec_default",
+        "public.rec_dz",
+        "public.a",
+        "public.rec_ckey",
+    ]
 
 
 def test_snapshot_marker_rule() -> None:
-    assert snapshot_marker(True, True, True, True) == "first"       # a one-row snapshot
+    assert snapshot_marker(True, True, True, True) == "first"  # a one-row snapshot
     assert snapshot_marker(False, True, True, True) == "last"
     assert snapshot_marker(False, True, True, False) == "first_in_data_collection"
     assert snapshot_marker(False, False, True, False) == "last_in_data_collection"
@@ -225,14 +250,26 @@ def test_snapshot_marker_rule() -> None:
 
 # ---------------------------------------------------------------- today's code against Debezium's recorded bytes
 
+
 def _ckey_meta(topic: str = "sis.public.rec_ckey") -> TableMeta:
     """public.rec_ckey of the recording: (m text, z integer, a date, note text DEFAULT 'n/a'), PK (z, a, m)."""
-    mappings = (cv.column_mapping(cv.TEXT, -1), cv.column_mapping(cv.INT4, -1), cv.column_mapping(cv.DATE, -1),
-                cv.column_mapping(cv.TEXT, -1))
+    mappings = (
+        cv.column_mapping(cv.TEXT, -1),
+        cv.column_mapping(cv.INT4, -1),
+        cv.column_mapping(cv.DATE, -1),
+        cv.column_mapping(cv.TEXT, -1),
+    )
     defaults = tuple(default_value(e, m) for e, m in zip([None, None, None, "'n/a'::text"], mappings))
-    return TableMeta(schema="public", table="rec_ckey", topic=topic, columns=("m", "z", "a", "note"),
-                     mappings=mappings, key_columns=("z", "a", "m"), optional=(False, False, False, True),
-                     defaults=defaults)
+    return TableMeta(
+        schema="public",
+        table="rec_ckey",
+        topic=topic,
+        columns=("m", "z", "a", "note"),
+        mappings=mappings,
+        key_columns=("z", "a", "m"),
+        optional=(False, False, False, True),
+        defaults=defaults,
+    )
 
 
 def test_key_bytes_with_schemas_equal_debezium_so_the_partition_is_the_same() -> None:
@@ -253,7 +290,7 @@ def test_column_defaults_from_catalog_expressions() -> None:
     assert default_value("true", m(cv.BOOL, -1)) is True
     assert default_value("'it''s'::character varying", m(cv.VARCHAR, 16)) == "it's"
     assert default_value("(-5)", m(cv.INT4, -1)) == -5
-    for expr in ("now()", "nextval('s'::regclass)", "NULL::text", None):   # not constants: no default
+    for expr in ("now()", "nextval('s'::regclass)", "NULL::text", None):  # not constants: no default
         assert default_value(expr, m(cv.TEXT, -1)) is NO_DEFAULT
 
 
@@ -264,8 +301,14 @@ def test_transaction_records_with_schemas_equal_debezium_bytes() -> None:
     xid, begin_lsn = (int(x) for x in begin["value"]["payload"]["id"].split(":"))
     end_lsn = int(end["value"]["payload"]["id"].split(":")[1])
     [table] = [d["data_collection"] for d in end["value"]["payload"]["data_collections"]]
-    tx = TxContext(xid=xid, commit_lsn=end_lsn - 48, ts_us=begin["value"]["payload"]["ts_ms"] * 1000,
-                   begin_lsn=begin_lsn, per_table={table: 1}, total_order=1)
+    tx = TxContext(
+        xid=xid,
+        commit_lsn=end_lsn - 48,
+        ts_us=begin["value"]["payload"]["ts_ms"] * 1000,
+        begin_lsn=begin_lsn,
+        per_table={table: 1},
+        total_order=1,
+    )
     _, key, value, _ = b.transaction_event("sis.transaction", tx, "BEGIN")
     assert key is not None and key.decode() == begin["key"] and orjson.loads(value) == begin["value"]  # type: ignore[arg-type]
     tx.end_lsn = end_lsn
@@ -284,15 +327,26 @@ def test_pk_change_tombstone_carries_newkey_and_key_only_before_takes_not_null_d
     assert out[1][1] is not None and out[1][1].decode() == tomb["key"]
     assert [(h, v.decode()) for h, v in out[1][3] or []] == [tuple(h) for h in tomb["headers"]]
     # REPLICA IDENTITY DEFAULT: the NOT NULL columns with a default get it (Debezium's schema forbids null there)
-    d = [r for r in _load("debezium-aligned-schemas-off")
-         if r["topic"] == "sis.public.rec_default" and r["value"] and r["value"]["op"] == "d"][-1]
-    full = TableMeta(schema="public", table="rec_default", topic="sis.public.rec_default",
-                     columns=("id", "amount", "active", "label"),
-                     mappings=(cv.column_mapping(cv.INT4, -1), cv.column_mapping(cv.NUMERIC, (10 << 16 | 2) + 4),
-                               cv.column_mapping(cv.BOOL, -1), cv.column_mapping(cv.TEXT, -1)),
-                     key_columns=("id",), optional=(False, False, False, True))
-    full.defaults = tuple(default_value(e, m) for e, m in
-                          zip([None, "12.50", "true", "'none'::text"], full.mappings))
+    d = [
+        r
+        for r in _load("debezium-aligned-schemas-off")
+        if r["topic"] == "sis.public.rec_default" and r["value"] and r["value"]["op"] == "d"
+    ][-1]
+    full = TableMeta(
+        schema="public",
+        table="rec_default",
+        topic="sis.public.rec_default",
+        columns=("id", "amount", "active", "label"),
+        mappings=(
+            cv.column_mapping(cv.INT4, -1),
+            cv.column_mapping(cv.NUMERIC, (10 << 16 | 2) + 4),
+            cv.column_mapping(cv.BOOL, -1),
+            cv.column_mapping(cv.TEXT, -1),
+        ),
+        key_columns=("id",),
+        optional=(False, False, False, True),
+    )
+    full.defaults = tuple(default_value(e, m) for e, m in zip([None, "12.50", "true", "'none'::text"], full.mappings))
     [(_, _, v, _), _] = b.delete(full, ["2", None, None, None], "K", tx, 9)
     before = orjson.loads(v)["before"]  # type: ignore[arg-type]
     assert before == {k: d["value"]["before"][k] for k in before}

@@ -7,21 +7,22 @@ import io
 
 import pytest
 
-from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from testkit.batcher import BASE_MS, ORG, command, event
-from sevisflow.processors.batcher.view import build_view
 from sevisflow.app.cli import dso as dso_cli
 from sevisflow.app.cli.student import code_meanings, settle_sevis_id
 from sevisflow.core.config import settings_from_mapping
 from sevisflow.core.errors import SevisflowError
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
+from sevisflow.processors.batcher.view import build_view
+from testkit.batcher import BASE_MS, ORG, command, event
 from tests.helpers import XSD_DIR
 
 DSO = "DSOUSER001"
 
 
 def _settings(**school):
-    return settings_from_mapping({"school": {"org_id": "ZZZ214F99999000", **school},
-                                  "sevis": {"xsd_dir": str(XSD_DIR)}}, env={})
+    return settings_from_mapping(
+        {"school": {"org_id": "ZZZ214F99999000", **school}, "sevis": {"xsd_dir": str(XSD_DIR)}}, env={}
+    )
 
 
 def test_resolve_dso_needs_an_id_echoes_the_default_and_checks_the_list():
@@ -49,24 +50,39 @@ def test_principal_is_the_sasl_user_or_the_certificate_subject(tmp_path):
     assert dso_cli.principal_of(kafka()) is None
     assert dso_cli.principal_of(kafka(security_protocol="SASL_SSL", sasl_username="jsmith")) == "User:jsmith"
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Uni"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "jsmith")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Uni"), x509.NameAttribute(NameOID.COMMON_NAME, "jsmith")]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     pem = tmp_path / "dso.crt"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    assert dso_cli.principal_of(kafka(security_protocol="SSL", ssl_certificate_location=str(pem))) == \
-        "User:CN=jsmith,O=Uni"
+    assert (
+        dso_cli.principal_of(kafka(security_protocol="SSL", ssl_certificate_location=str(pem)))
+        == "User:CN=jsmith,O=Uni"
+    )
     with pytest.raises(SevisflowError, match="cannot read the client certificate"):
         dso_cli.principal_of(kafka(security_protocol="SSL", ssl_certificate_location=str(tmp_path / "none.crt")))
 
 
 def test_check_reason_refuses_what_a_hold_cannot_carry():
     assert dso_cli.check_reason(" call the student ") == "call the student"
-    for bad, why in ((None, "missing"), ("", "missing"), ("a\tb", r"U\+0009"), ("x" * 501, "501 characters"),
-                     ("\u202eevil", r"U\+202E")):
+    for bad, why in (
+        (None, "missing"),
+        ("", "missing"),
+        ("a\tb", r"U\+0009"),
+        ("x" * 501, "501 characters"),
+        ("\u202eevil", r"U\+202E"),
+    ):
         with pytest.raises(SevisflowError, match=why):
             dso_cli.check_reason(bad)
 
@@ -84,8 +100,8 @@ def test_close_plan_compares_the_reviewed_revision_with_now():
     feed(EventIn(event("S2", "Create", n=2), BASE_MS))
     feed(EventIn(event("S4", n=4), BASE_MS))
     reviewed = build_view(ORG, published)
-    feed(EventIn(event("S3", n=3), BASE_MS))                       # added after
-    feed(EventIn(event("S1", n=5), BASE_MS))                       # changed after
+    feed(EventIn(event("S3", n=3), BASE_MS))  # added after
+    feed(EventIn(event("S1", n=5), BASE_MS))  # changed after
     feed(CommandIn(command("close", "c0", dso_user_id=DSO, record_ids=["S4:PersonalInfo"])))  # closed meanwhile
     plan = dso_cli.plan_close(reviewed, build_view(ORG, published))
     assert [r["record_id"] for r in plan.closing] == ["S2:Create"]
@@ -109,11 +125,20 @@ def test_confirm_takes_only_yes():
 
 
 def test_add_info_codes_are_echoed_with_their_meaning():
-    dep = {"BirthCountryCode": "CN", "CitizenshipCountryCode": "CH", "VisaType": "04", "Relationship": "02",
-           "Gender": "F"}
+    dep = {
+        "BirthCountryCode": "CN",
+        "CitizenshipCountryCode": "CH",
+        "VisaType": "04",
+        "Relationship": "02",
+        "Gender": "F",
+    }
     assert code_meanings(dep, _settings()) == [
-        ("birth country", "Comoros (CN)"), ("citizenship", "China (CH)"), ("visa", "F-2 (04)"),
-        ("relationship", "child (02)"), ("gender", "female (F)")]
+        ("birth country", "Comoros (CN)"),
+        ("citizenship", "China (CH)"),
+        ("visa", "F-2 (04)"),
+        ("relationship", "child (02)"),
+        ("gender", "female (F)"),
+    ]
 
 
 def test_a_differing_sevis_id_is_refused_naming_the_known_one():
@@ -131,8 +156,17 @@ def test_audit_says_who_reviewed_a_close_as_its_command_records_it():
     from sevisflow.app.audit.timeline import reviewed_by
 
     assert reviewed_by({"command_id": "close-1", "dso_user_id": DSO, "reviewed_revision": 42}) == f"{DSO} (revision 42)"
-    assert reviewed_by({"command_id": "scheduled:ZZZ214F99999000:2026-12-03", "dso_user_id": "SCHEDDSO01",
-                        "reviewed_revision": None}) == "none (scheduled close: no person reviewed it)"
-    assert reviewed_by({"command_id": "close-2", "dso_user_id": DSO, "reviewed_revision": None,
-                        "basis_revision": 7}) == \
-        "none (closed with --yes without a reviewed revision; bound to revision 7 as read)"
+    assert (
+        reviewed_by(
+            {
+                "command_id": "scheduled:ZZZ214F99999000:2026-12-03",
+                "dso_user_id": "SCHEDDSO01",
+                "reviewed_revision": None,
+            }
+        )
+        == "none (scheduled close: no person reviewed it)"
+    )
+    assert (
+        reviewed_by({"command_id": "close-2", "dso_user_id": DSO, "reviewed_revision": None, "basis_revision": 7})
+        == "none (closed with --yes without a reviewed revision; bound to revision 7 as read)"
+    )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from testkit.batcher import BASE_MS, ORG, command, event
 from sevisflow.app.cli.student import report_event
 from sevisflow.core.errors import SevisflowError
+from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
 from sevisflow.sinks.xml.render import ClosedBatch, check_batch
+from testkit.batcher import BASE_MS, ORG, command, event
 from testkit.xml_samples import DSO as SAMPLE_DSO
 from testkit.xml_samples import ORG_ID, REPORT_KINDS, update_record
 from tests.helpers import XSD_DIR, make_settings
@@ -46,11 +46,14 @@ def test_verify_and_disciplinary_payloads(settings):
     assert kind == "DisciplinaryAction" and payload == {"Explanation": "Suspended after a hearing"}
 
 
-@pytest.mark.parametrize("text,message", [
-    ("x" * 501, "501 characters long; SEVIS allows at most 500"),
-    ("   ", "is empty"),
-    ("bad\x07bell", "control character \\(U\\+0007 at position 4\\)"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("x" * 501, "501 characters long; SEVIS allows at most 500"),
+        ("   ", "is empty"),
+        ("bad\x07bell", "control character \\(U\\+0007 at position 4\\)"),
+    ],
+)
 def test_explanation_too_long_empty_or_with_control_characters(settings, text, message):
     with pytest.raises(SevisflowError, match=message):
         report_event("disciplinary", settings, explanation=text)
@@ -64,11 +67,22 @@ def test_explanation_of_500_characters_with_newlines_is_accepted(settings):
 # ----------------------------------------------------------------------------- batcher core
 
 
-def report(cid: str, kind: str, payload: dict, *, student: str = "S1", sevis_id: str | None = "N0000000001",
-           dso: str | None = DSO, at_ms: int = BASE_MS + 5_000) -> CommandIn:
+def report(
+    cid: str,
+    kind: str,
+    payload: dict,
+    *,
+    student: str = "S1",
+    sevis_id: str | None = "N0000000001",
+    dso: str | None = DSO,
+    at_ms: int = BASE_MS + 5_000,
+) -> CommandIn:
     body = {"kind": kind, "payload": payload, "sevis_id": sevis_id, "after": {"x": 1}, "display_name": "Doe, J"}
-    return CommandIn(command("report", cid, dso_user_id=dso, student_key=student, at_ms=at_ms,
-                             payload_json=orjson.dumps(body).decode()))
+    return CommandIn(
+        command(
+            "report", cid, dso_user_id=dso, student_key=student, at_ms=at_ms, payload_json=orjson.dumps(body).decode()
+        )
+    )
 
 
 def run(state, *inputs):
@@ -110,14 +124,17 @@ def test_report_uses_the_sevis_id_the_batcher_knows():
     assert outs[-1]["type"] == "record_added" and s.records["S1:Status.Verify"]["sevis_id"] == "N0000000042"
 
 
-@pytest.mark.parametrize("kwargs,kind,payload,why", [
-    ({"dso": "short"}, "Reprint", {"Reason": "02"}, "exactly 10"),
-    ({"dso": None}, "Reprint", {"Reason": "02"}, "user id is required"),
-    ({"sevis_id": None}, "Reprint", {"Reason": "02"}, "no SEVIS ID is known for student S1"),
-    ({}, "Status.Complete", {}, "cannot be reported by a DSO"),
-    ({}, "Reprint", {}, "Reprint needs Reason"),
-    ({}, "DisciplinaryAction", {"Explanation": ""}, "DisciplinaryAction needs Explanation"),
-])
+@pytest.mark.parametrize(
+    "kwargs,kind,payload,why",
+    [
+        ({"dso": "short"}, "Reprint", {"Reason": "02"}, "exactly 10"),
+        ({"dso": None}, "Reprint", {"Reason": "02"}, "user id is required"),
+        ({"sevis_id": None}, "Reprint", {"Reason": "02"}, "no SEVIS ID is known for student S1"),
+        ({}, "Status.Complete", {}, "cannot be reported by a DSO"),
+        ({}, "Reprint", {}, "Reprint needs Reason"),
+        ({}, "DisciplinaryAction", {"Explanation": ""}, "DisciplinaryAction needs Explanation"),
+    ],
+)
 def test_bad_reports_are_rejected_with_the_reason(kwargs, kind, payload, why):
     s, outs = run(School(ORG), report("rep-x", kind, payload, **kwargs))
     assert [o["type"] for o in outs] == ["command_rejected"] and why in outs[0]["reason"]
@@ -140,8 +157,14 @@ def test_reported_record_is_closed_like_any_other():
 # ----------------------------------------------------------------------------- XML (render + XSD)
 
 
-@pytest.mark.parametrize("kind,path", [("Reprint", "Reprint/Reason"), ("Status.Verify", "Status/Verify"),
-                                       ("DisciplinaryAction", "DisciplinaryAction/Explanation")])
+@pytest.mark.parametrize(
+    "kind,path",
+    [
+        ("Reprint", "Reprint/Reason"),
+        ("Status.Verify", "Status/Verify"),
+        ("DisciplinaryAction", "DisciplinaryAction/Explanation"),
+    ],
+)
 def test_each_reported_event_renders_and_validates(schema, kind, path):
     from lxml import etree
 
@@ -176,35 +199,73 @@ def test_batch_with_a_reported_record_verifies_identical(tmp_path, schema):
 
     org = ORG_ID
     ev = event("S2", n=1, org=org, origin="dso", payload={"@printForm": "false", "Email": "s@example.edu"})
-    body = {"kind": "Reprint", "payload": {"Reason": "02", "@printForm": "true"}, "sevis_id": "N0000000007",
-            "after": {"reprint_reason": "02"}, "display_name": None}
-    rep = command("report", "report-abc", org=org, dso_user_id=DSO, student_key="S1", at_ms=BASE_MS + 2_000,
-                  payload_json=orjson.dumps(body).decode())
+    body = {
+        "kind": "Reprint",
+        "payload": {"Reason": "02", "@printForm": "true"},
+        "sevis_id": "N0000000007",
+        "after": {"reprint_reason": "02"},
+        "display_name": None,
+    }
+    rep = command(
+        "report",
+        "report-abc",
+        org=org,
+        dso_user_id=DSO,
+        student_key="S1",
+        at_ms=BASE_MS + 2_000,
+        payload_json=orjson.dumps(body).decode(),
+    )
     close = command("close", "close-1", org=org, dso_user_id=DSO, at_ms=BASE_MS + 60_000)
     state, batches = School(org), []
     for inp in (EventIn(ev, BASE_MS + 1_000), CommandIn(rep), CommandIn(close)):
         state, outs = apply(state, inp)
         batches += [o.event for o in outs if isinstance(o, Publish)]
     enc = registry().encode
-    events = [decode_record("sevis.events", 0, 0, org.encode(), enc("sevisflow.events.SevisEvent", ev),
-                            (1, BASE_MS + 1_000))]
-    commands = [decode_record("sevis.batch.commands", 0, i, org.encode(), enc("sevisflow.commands.BatchCommand", c),
-                              (1, c["requested_at_ms"])) for i, c in enumerate((rep, close))]
-    dec_batches = [decode_record("sevis.batches", 0, i, org.encode(), enc("sevisflow.batches.BatchEvent", b),
-                                 (1, b["at_ms"])) for i, b in enumerate(batches)]
+    events = [
+        decode_record("sevis.events", 0, 0, org.encode(), enc("sevisflow.events.SevisEvent", ev), (1, BASE_MS + 1_000))
+    ]
+    commands = [
+        decode_record(
+            "sevis.batch.commands",
+            0,
+            i,
+            org.encode(),
+            enc("sevisflow.commands.BatchCommand", c),
+            (1, c["requested_at_ms"]),
+        )
+        for i, c in enumerate((rep, close))
+    ]
+    dec_batches = [
+        decode_record("sevis.batches", 0, i, org.encode(), enc("sevisflow.batches.BatchEvent", b), (1, b["at_ms"]))
+        for i, b in enumerate(batches)
+    ]
     closed = next(b for b in batches if b["type"] == "closed")
     outbox = Outbox(tmp_path / "outbox", tmp_path / "q", "America/Chicago")
     res = sink_closed_batch(ClosedBatch.from_event(closed, orjson.loads(closed["records_json"])), schema, outbox)
     assert res.status == "written"
     # a change topic is retained (any record): the sources check then runs and finds the report command
-    ctx = VerifyContext(batches=dec_batches, events=events, commands=commands, results=[], changes=[events[0]],
-                        outbox=outbox, schema=schema)
+    ctx = VerifyContext(
+        batches=dec_batches,
+        events=events,
+        commands=commands,
+        results=[],
+        changes=[events[0]],
+        outbox=outbox,
+        schema=schema,
+    )
     v = verify_batch(closed["batch_id"], ctx)
     status = {c.name: c.status for c in v.checks}
     assert status["archive"] == status["render"] == status["batching"] == status["sources"] == "ok", v.to_json()
     # without the retained report command the batch no longer verifies
-    ctx2 = VerifyContext(batches=dec_batches, events=events, commands=commands[1:], results=[], changes=[events[0]],
-                         outbox=outbox, schema=schema)
+    ctx2 = VerifyContext(
+        batches=dec_batches,
+        events=events,
+        commands=commands[1:],
+        results=[],
+        changes=[events[0]],
+        outbox=outbox,
+        schema=schema,
+    )
     v2 = verify_batch(closed["batch_id"], ctx2)
     bad = {c.name: c.message for c in v2.checks if c.status == "failed"}
     assert "batching" in bad and "command report-abc" in bad["sources"]

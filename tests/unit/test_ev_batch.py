@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sevisflow.core.config import settings_from_mapping
 from sevisflow.core.errors import ConfigError
@@ -58,23 +60,48 @@ def test_ev_and_fm_records_never_share_a_batch():
 
 
 def test_ev_create_is_a_create_and_its_sevis_id_releases_waiting_updates():
-    s, _ = run(School(PROGRAM), EventIn(ev_event("J1", "EV.Create", payload={"@printForm": "true"}, n=1, sevis_id=None), BASE_MS),
-               EventIn(ev_event("J1", "EV.Validate", n=2, sevis_id=None,
-                                payload={"USAddress": {"Address1": "1 Main St", "PostalCode": "60601"}}), BASE_MS))
+    s, _ = run(
+        School(PROGRAM),
+        EventIn(ev_event("J1", "EV.Create", payload={"@printForm": "true"}, n=1, sevis_id=None), BASE_MS),
+        EventIn(
+            ev_event(
+                "J1",
+                "EV.Validate",
+                n=2,
+                sevis_id=None,
+                payload={"USAddress": {"Address1": "1 Main St", "PostalCode": "60601"}},
+            ),
+            BASE_MS,
+        ),
+    )
     assert s.records["J1:EV.Create"]["section"] == "create"
     assert s.records["J1:EV.Validate"]["status"] == "waiting"
     s, outs = apply(s, close_cmd("c1"))
     (doc,) = closed(outs)
     create = orjson.loads(doc["records_json"])[0]
-    s, _ = apply(s, ResultIn(result(doc["batch_id"], create["request_id"], org=PROGRAM, student="J1",
-                                    kind="EV.Create", sevis_id="N0012345678"), AT))
+    s, _ = apply(
+        s,
+        ResultIn(
+            result(
+                doc["batch_id"],
+                create["request_id"],
+                org=PROGRAM,
+                student="J1",
+                kind="EV.Create",
+                sevis_id="N0012345678",
+            ),
+            AT,
+        ),
+    )
     assert s.sevis_ids == {"J1": "N0012345678"}
     assert s.records["J1:EV.Validate"]["status"] == "open" and s.records["J1:EV.Validate"]["sevis_id"] == "N0012345678"
 
 
 def test_250_creates_and_250_updates_per_ev_document():
-    events = [EventIn(ev_event(f"C{i:03d}", "EV.Create", n=i, payload={"@printForm": "true"}, sevis_id=None), BASE_MS)
-              for i in range(260)]
+    events = [
+        EventIn(ev_event(f"C{i:03d}", "EV.Create", n=i, payload={"@printForm": "true"}, sevis_id=None), BASE_MS)
+        for i in range(260)
+    ]
     events += [EventIn(ev_event(f"U{i:03d}", n=1000 + i), BASE_MS) for i in range(520)]
     s, _ = run(School(PROGRAM), *events)
     s, outs = apply(s, close_cmd("c-big"))
@@ -94,18 +121,20 @@ def test_batch_ids_are_unique_per_org_id():
         fm, _ = apply(fm, EventIn(event(f"F{n}", n=n), BASE_MS))
         ev, outs = apply(ev, close_cmd(f"ce{n}"))
         ids[PROGRAM] += [d["batch_id"] for d in closed(outs)]
-        fm, outs = apply(fm, CommandIn(command("close", f"cf{n}", dso_user_id=DSO, at_ms=AT), log_ms=AT,
-                                       policy=POLICY))
+        fm, outs = apply(fm, CommandIn(command("close", f"cf{n}", dso_user_id=DSO, at_ms=AT), log_ms=AT, policy=POLICY))
         ids[ORG] += [d["batch_id"] for d in closed(outs)]
     for got in ids.values():
         assert len(got) == 3 and len(set(got)) == 3 and got == sorted(got)
 
 
-@pytest.mark.parametrize("user,org,why", [
-    (DSO, PROGRAM, "'DSOUSER001' is not the RO or an ARO of exchange program P-1-12345"),
-    (RO, OTHER_PROGRAM, "OrgID G-3-54321 is not a configured exchange program"),
-    (RO, ORG, "'ROUSER0001' is not one of the school's DSOs"),
-])
+@pytest.mark.parametrize(
+    "user,org,why",
+    [
+        (DSO, PROGRAM, "'DSOUSER001' is not the RO or an ARO of exchange program P-1-12345"),
+        (RO, OTHER_PROGRAM, "OrgID G-3-54321 is not a configured exchange program"),
+        (RO, ORG, "'ROUSER0001' is not one of the school's DSOs"),
+    ],
+)
 def test_the_guard_refuses_others_with_a_dead_letter(user, org, why):
     s, _ = run(School(org), EventIn(event("J1", "EV.Biographical", n=1, org=org), BASE_MS))
     new, outs = apply(s, close_cmd("c-x", user=user, org=org))
@@ -145,8 +174,15 @@ def test_a_scheduled_close_of_a_program_carries_its_ro():
 def test_ev_reprint_is_reported_by_the_ro():
     s, _ = run(School(PROGRAM), EventIn(ev_event("J1", n=1, sevis_id="N0012345678"), BASE_MS))
     body = {"kind": "EV.Reprint", "payload": {"Reason": "05"}, "sevis_id": "N0012345678", "after": {}}
-    cmd = command("report", "rep-1", org=PROGRAM, dso_user_id=RO, student_key="J1", at_ms=AT,
-                  payload_json=orjson.dumps(body).decode())
+    cmd = command(
+        "report",
+        "rep-1",
+        org=PROGRAM,
+        dso_user_id=RO,
+        student_key="J1",
+        at_ms=AT,
+        payload_json=orjson.dumps(body).decode(),
+    )
     s, _ = apply(s, CommandIn(cmd, log_ms=AT, policy=POLICY))
     rec = s.records["J1:EV.Reprint"]
     assert rec["origin"] == "dso" and rec["payload"] == {"Reason": "05"} and rec["sevis_id"] == "N0012345678"
@@ -154,10 +190,16 @@ def test_ev_reprint_is_reported_by_the_ro():
 
 
 def test_policy_from_settings_knows_the_programs_and_their_principals():
-    raw = {"school": {"org_id": "ZZZ214F99999000", "dso_user_ids": [DSO],
-                      "dso_principals": ["User:alice=DSOUSER001", "User:rosa=ROUSER0001"]},
-           "exchange_programs": [{"program_number": PROGRAM, "sis_program": "RSCH", "ro_user_id": RO,
-                                  "aro_user_ids": [ARO]}]}
+    raw = {
+        "school": {
+            "org_id": "ZZZ214F99999000",
+            "dso_user_ids": [DSO],
+            "dso_principals": ["User:alice=DSOUSER001", "User:rosa=ROUSER0001"],
+        },
+        "exchange_programs": [
+            {"program_number": PROGRAM, "sis_program": "RSCH", "ro_user_id": RO, "aro_user_ids": [ARO]}
+        ],
+    }
     p = command_policy(settings_from_mapping(raw, env={}))
     assert p.programs == {PROGRAM: (RO, ARO)} and p.principals["User:rosa"] == RO
     raw["school"]["dso_principals"] = ["User:eve=EVEUSER001"]
@@ -172,12 +214,15 @@ def test_ev_batch_ids_carry_the_program_and_never_equal_another_orgs():
 
     ids = set()
     for org in (ORG, PROGRAM, OTHER_PROGRAM):
-        s, _ = run(School(org), EventIn(event("X1", "EV.Biographical" if org != ORG else "PersonalInfo", n=1, org=org),
-                                        BASE_MS))
+        s, _ = run(
+            School(org),
+            EventIn(event("X1", "EV.Biographical" if org != ORG else "PersonalInfo", n=1, org=org), BASE_MS),
+        )
         user = DSO if org == ORG else RO
         policy = CommandPolicy(frozenset({DSO}), {}, programs={PROGRAM: (RO,), OTHER_PROGRAM: (RO,)})
-        _, outs = apply(s, CommandIn(command("close", f"c-{org}", org=org, dso_user_id=user, at_ms=AT), log_ms=AT,
-                                     policy=policy))
+        _, outs = apply(
+            s, CommandIn(command("close", f"c-{org}", org=org, dso_user_id=user, at_ms=AT), log_ms=AT, policy=policy)
+        )
         ids |= {d["batch_id"] for d in closed(outs)}
     assert len(ids) == 3 and all(len(i) == 14 for i in ids)
     assert {i[:7] for i in ids} == {"S" + str(AT)[:6], "P112345", "G354321"}
@@ -185,7 +230,7 @@ def test_ev_batch_ids_carry_the_program_and_never_equal_another_orgs():
     assert next_ev_stamp(AT, 0) == AT // 1000 and next_ev_stamp(AT, AT // 1000 + 5) == AT // 1000 + 6
     assert org_batch_id(ORG, AT) == f"S{AT:013d}"
     with pytest.raises(ValueError):
-        next_ev_stamp(10 ** 20, 0)
+        next_ev_stamp(10**20, 0)
 
 
 def test_the_acl_model_lets_the_dso_principal_close_an_ev_batch_and_read_its_answer():
@@ -193,14 +238,15 @@ def test_the_acl_model_lets_the_dso_principal_close_an_ev_batch_and_read_its_ans
     the program number; who may act for the program is the batcher's guard (above), not Kafka's."""
     from sevisflow.core.acls import READ, TOPIC, WRITE, acl_model, allowed
 
-    raw = {"school": {"org_id": "ZZZ214F99999000", "dso_user_ids": [DSO]},
-           "exchange_programs": [{"program_number": PROGRAM, "sis_program": "RSCH", "ro_user_id": RO}]}
+    raw = {
+        "school": {"org_id": "ZZZ214F99999000", "dso_user_ids": [DSO]},
+        "exchange_programs": [{"program_number": PROGRAM, "sis_program": "RSCH", "ro_user_id": RO}],
+    }
     s = settings_from_mapping(raw, env={})
     acls = acl_model(s)
     dso = f"User:{s.acls.dso[0]}"
     assert allowed(acls, dso, WRITE, TOPIC, s.topics.commands)
-    assert all(allowed(acls, dso, READ, TOPIC, t) for t in (s.topics.batches, s.topics.open_batches,
-                                                              s.topics.results))
+    assert all(allowed(acls, dso, READ, TOPIC, t) for t in (s.topics.batches, s.topics.open_batches, s.topics.results))
     assert not allowed(acls, dso, WRITE, TOPIC, s.topics.batches)
     assert acls == acl_model(s.replace(exchange_programs=[]))  # programs add no rule and take none away
 
@@ -210,18 +256,67 @@ def test_the_stages_daily_tick_signs_the_programs_scheduled_close_with_its_ro():
     from sevisflow.core.serde import registry
     from sevisflow.processors.batcher.stage import BatcherStage, BatcherStore
 
-    raw = {"school": {"org_id": ORG, "timezone": "America/Chicago", "close_at": "00:00", "close_dso": "SCHEDDSO01",
-                      "dso_user_ids": [DSO]},
-           "exchange_programs": [{"program_number": PROGRAM, "sis_program": "RSCH", "ro_user_id": RO}]}
+    raw = {
+        "school": {
+            "org_id": ORG,
+            "timezone": "America/Chicago",
+            "close_at": "00:00",
+            "close_dso": "SCHEDDSO01",
+            "dso_user_ids": [DSO],
+        },
+        "exchange_programs": [{"program_number": PROGRAM, "sis_program": "RSCH", "ro_user_id": RO}],
+    }
     settings = settings_from_mapping(raw, env={})
     stage, store = BatcherStage(settings), BatcherStore()
     store.load_partition(0, {})
     stage._apply(store, 0, ORG, EventIn(event("F1", n=1), BASE_MS), None)
     stage._apply(store, 0, PROGRAM, EventIn(ev_event("J1", n=2), BASE_MS), None)
-    cmds = [registry().decode(o.value, "sevisflow.commands.BatchCommand") for o in stage._tick(store)
-            if o.topic == settings.topics.commands]
+    cmds = [
+        registry().decode(o.value, "sevisflow.commands.BatchCommand")
+        for o in stage._tick(store)
+        if o.topic == settings.topics.commands
+    ]
     assert {c["org_id"]: c["dso_user_id"] for c in cmds} == {ORG: "SCHEDDSO01", PROGRAM: RO}
     for c in cmds:  # each is accepted by the guard of the same settings and closes its own OrgID
-        _, outs = apply(store.cache[(0, c["org_id"])],
-                        CommandIn(c, log_ms=c["requested_at_ms"], policy=stage.policy))
+        _, outs = apply(store.cache[(0, c["org_id"])], CommandIn(c, log_ms=c["requested_at_ms"], policy=stage.policy))
         assert [d["closed_by"] for d in closed(outs)] == [c["dso_user_id"]]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    org=st.one_of(
+        st.sampled_from([PROGRAM, OTHER_PROGRAM, "G-7-00001", "P-4-99999"]),
+        st.from_regex(r"[PG]-[1-7]-\d{5}", fullmatch=True),
+    ),
+    kind=st.sampled_from(["close", "hold", "release", "report", "resend", "requeue"]),
+    user=st.sampled_from([RO, ARO, DSO, "SCHEDDSO01", "INTRUDER01"]),
+    scheduled=st.booleans(),
+)
+def test_no_command_acts_for_a_program_unless_configured_and_sent_by_its_officers(org, kind, user, scheduled):
+    """Whatever the kind, user or id form: a program that is not configured is refused and dead-lettered; a configured
+    one takes a person's command only from its RO/AROs (a scheduled close only from its RO); nothing crashes."""
+    s, _ = run(School(org), EventIn(ev_event("J1", n=1) | {"org_id": org}, BASE_MS))
+    cid = f"scheduled:{org}:2025-06-15" if scheduled and kind == "close" else f"{kind}-1"
+    cmd = command(
+        kind,
+        cid,
+        org=org,
+        dso_user_id=user,
+        at_ms=AT,
+        student_key="J1",
+        reason="why",
+        batch_id="S1750000000000",
+        payload_json=orjson.dumps(
+            {"kind": "EV.Reprint", "payload": {"Reason": "05"}, "sevis_id": "N0000000001"}
+        ).decode(),
+    )
+    new, outs = apply(s, CommandIn(cmd, log_ms=AT, policy=POLICY))
+    codes = [o.code for o in outs if isinstance(o, Reject)]
+    allowed = org == PROGRAM and (
+        kind == "requeue" or (user == RO if cid.startswith("scheduled:") else user in (RO, ARO))
+    )
+    if not allowed:
+        assert codes == ["unauthorized_command"] and new.records == s.records and not closed(outs)
+    else:
+        assert "unauthorized_command" not in codes
+        assert all(d["closed_by"] == user for d in closed(outs))

@@ -20,10 +20,12 @@ def load(*programs, **school):
 
 def test_programs_load_from_toml_and_are_found_by_number(tmp_path):
     f = tmp_path / "s.toml"
-    f.write_text('[school]\norg_id = "ZZZ214F99999000"\n\n'
-                 '[[exchange_programs]]\nprogram_number = "P-1-12345"\nsis_program = "RSCH"\nro_user_id = "ROUSER0001"\n'
-                 'aro_user_ids = ["AROUSER001"]\n\n'
-                 '[[exchange_programs]]\nprogram_number = "G-7-00001"\nsis_program = "GOVT"\nro_user_id = "ROUSER0002"\n')
+    f.write_text(
+        '[school]\norg_id = "ZZZ214F99999000"\n\n'
+        '[[exchange_programs]]\nprogram_number = "P-1-12345"\nsis_program = "RSCH"\nro_user_id = "ROUSER0001"\n'
+        'aro_user_ids = ["AROUSER001"]\n\n'
+        '[[exchange_programs]]\nprogram_number = "G-7-00001"\nsis_program = "GOVT"\nro_user_id = "ROUSER0002"\n'
+    )
     s = load_settings(f, env={})
     assert [p.program_number for p in s.exchange_programs] == ["P-1-12345", "G-7-00001"]
     assert s.program("P-1-12345").user_ids() == ("ROUSER0001", "AROUSER001")
@@ -36,17 +38,23 @@ def test_no_program_is_the_default_and_changes_nothing():
     assert Settings().exchange_programs == () and load().org_ids() == ("ZZZ214F99999000",)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"program_number": "P-5-12345"}, "#1 (P-5-12345): program_number = 'P-5-12345' is not a J-1 program number"),
-    ({"program_number": "ZZZ214F99999000"}, "is not a J-1 program number: use it as SEVIS shows it"),
-    ({"program_number": ""}, "#1: program_number is missing: add program_number = \"P-1-12345\""),
-    ({"sis_program": " "}, "sis_program is missing for P-1-12345"),
-    ({"ro_user_id": "RO1"}, "ro_user_id = 'RO1' is not a SEVIS user id: use the RO/ARO's SEVIS user name, exactly 10"),
-    ({"ro_user_id": ""}, "ro_user_id is missing for P-1-12345"),
-    ({"aro_user_ids": ["ARO USER01"]}, "aro_user_ids = 'ARO USER01' is not a SEVIS user id"),
-    ({"colour": "blue"}, "unknown key exchange_programs.colour (known: program_number, sis_program, ro_user_id"),
-    ({"ro_user_id": 12}, "exchange_programs.ro_user_id: expected str, got 12"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"program_number": "P-5-12345"}, "#1 (P-5-12345): program_number = 'P-5-12345' is not a J-1 program number"),
+        ({"program_number": "ZZZ214F99999000"}, "is not a J-1 program number: use it as SEVIS shows it"),
+        ({"program_number": ""}, '#1: program_number is missing: add program_number = "P-1-12345"'),
+        ({"sis_program": " "}, "sis_program is missing for P-1-12345"),
+        (
+            {"ro_user_id": "RO1"},
+            "ro_user_id = 'RO1' is not a SEVIS user id: use the RO/ARO's SEVIS user name, exactly 10",
+        ),
+        ({"ro_user_id": ""}, "ro_user_id is missing for P-1-12345"),
+        ({"aro_user_ids": ["ARO USER01"]}, "aro_user_ids = 'ARO USER01' is not a SEVIS user id"),
+        ({"colour": "blue"}, "unknown key exchange_programs.colour (known: program_number, sis_program, ro_user_id"),
+        ({"ro_user_id": 12}, "exchange_programs.ro_user_id: expected str, got 12"),
+    ],
+)
 def test_each_mistake_names_the_table_the_key_and_the_fix(change, message):
     with pytest.raises(ConfigError, match="exchange_programs") as err:
         load({**GOOD, **change})
@@ -70,8 +78,10 @@ def test_a_single_table_instead_of_a_list_says_how_to_write_it(tmp_path):
 
 
 def test_the_environment_replaces_the_list_with_json():
-    env = {"SEVISFLOW_EXCHANGE_PROGRAMS": '[{"program_number": "G-1-00042", "sis_program": "GV", '
-                                          '"ro_user_id": "ROUSER0009"}]'}
+    env = {
+        "SEVISFLOW_EXCHANGE_PROGRAMS": '[{"program_number": "G-1-00042", "sis_program": "GV", '
+        '"ro_user_id": "ROUSER0009"}]'
+    }
     s = settings_from_mapping({"school": SCHOOL, "exchange_programs": [GOOD]}, env=env)
     assert [p.program_number for p in s.exchange_programs] == ["G-1-00042"]
     with pytest.raises(ConfigError, match="SEVISFLOW_EXCHANGE_PROGRAMS is not JSON"):

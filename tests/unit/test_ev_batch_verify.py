@@ -16,8 +16,9 @@ from testkit.audit_scenario import batcher_run
 from tests.ev_support import UPDATE_PAYLOADS, create_payload
 from tests.helpers import XSD_DIR
 
-pytestmark = pytest.mark.skipif(not (XSD_DIR / "Create-UpdateExchangeVisitor.xsd").exists(),
-                                reason="SEVIS XSDs not present")
+pytestmark = pytest.mark.skipif(
+    not (XSD_DIR / "Create-UpdateExchangeVisitor.xsd").exists(), reason="SEVIS XSDs not present"
+)
 PROGRAM, RO = "P-1-12345", "ROUSER0001"
 EV_KINDS = ("EV.Validate", "EV.Biographical", "EV.Program.Extension", "EV.FinancialInfo", "EV.SiteOfActivity.Add")
 
@@ -31,24 +32,57 @@ def ev_run(base_ms: int) -> dict[str, list[tuple[bytes, bytes, int]]]:
         nonlocal state
         out[topic].append((key, value, ts))
         state, outs = apply(state, inp)
-        out["batches"] += [(key, registry().encode("sevisflow.batches.BatchEvent", o.event), ts)
-                           for o in outs if isinstance(o, Publish)]
+        out["batches"] += [
+            (key, registry().encode("sevisflow.batches.BatchEvent", o.event), ts)
+            for o in outs
+            if isinstance(o, Publish)
+        ]
 
     for n, kind in enumerate(("EV.Create", *EV_KINDS), 1):
         ts += 1000
         payload = create_payload(n) if kind == "EV.Create" else UPDATE_PAYLOADS[kind]
-        ev = {"event_id": f"ev-j{n}", "org_id": PROGRAM, "student_key": f"J{n:07d}",
-              "sevis_id": None if kind == "EV.Create" else f"N{n:010d}", "kind": kind, "coalesce_key": kind,
-              "payload_json": orjson.dumps(payload).decode(), "before_json": None, "after_json": None,
-              "origin": "sis", "display_name": None, "problems": [], "processor_version": "test",
-              "lineage": [{"topic": "sis.public.exchange_visitor", "partition": 0, "offset": n,
-                           "table": "public.exchange_visitor", "lsn": 9000 + n, "sequence": None, "tx_id": 700 + n,
-                           "commit_ts_ms": ts - 500}]}
+        ev = {
+            "event_id": f"ev-j{n}",
+            "org_id": PROGRAM,
+            "student_key": f"J{n:07d}",
+            "sevis_id": None if kind == "EV.Create" else f"N{n:010d}",
+            "kind": kind,
+            "coalesce_key": kind,
+            "payload_json": orjson.dumps(payload).decode(),
+            "before_json": None,
+            "after_json": None,
+            "origin": "sis",
+            "display_name": None,
+            "problems": [],
+            "processor_version": "test",
+            "lineage": [
+                {
+                    "topic": "sis.public.exchange_visitor",
+                    "partition": 0,
+                    "offset": n,
+                    "table": "public.exchange_visitor",
+                    "lsn": 9000 + n,
+                    "sequence": None,
+                    "tx_id": 700 + n,
+                    "commit_ts_ms": ts - 500,
+                }
+            ],
+        }
         run(EventIn(ev, ts), "events", registry().encode("sevisflow.events.SevisEvent", ev))
     ts += 60_000
-    cmd = {"command_id": "close-ev", "org_id": PROGRAM, "kind": "close", "dso_user_id": RO, "student_key": None,
-           "record_ids": [], "reviewed_revision": None, "batch_id": None, "reason": None, "requested_at_ms": ts,
-           "payload_json": None}
+    cmd = {
+        "command_id": "close-ev",
+        "org_id": PROGRAM,
+        "kind": "close",
+        "dso_user_id": RO,
+        "student_key": None,
+        "record_ids": [],
+        "reviewed_revision": None,
+        "batch_id": None,
+        "reason": None,
+        "requested_at_ms": ts,
+        "payload_json": None,
+    }
     run(CommandIn(cmd), "commands", registry().encode("sevisflow.commands.BatchCommand", cmd))
     return out
 
@@ -76,8 +110,15 @@ def world(tmp_path):
         assert out.status == "written", out
         writer.seal_archive(outbox.find(e["batch_id"]), e["batch_id"])
         ids[e["org_id"]] = e["batch_id"]
-    ctx = VerifyContext(batches=d["batches"], events=d["events"], commands=d["commands"], results=[], changes=[],
-                        outbox=outbox, schema=schema)
+    ctx = VerifyContext(
+        batches=d["batches"],
+        events=d["events"],
+        commands=d["commands"],
+        results=[],
+        changes=[],
+        outbox=outbox,
+        schema=schema,
+    )
     return ctx, ids, outbox, tmp_path
 
 
@@ -89,8 +130,13 @@ def test_the_ev_batch_verifies_like_the_fm_batch(world):
     for org, bid in ids.items():
         v = verify_batch(bid, ctx)
         status = {c.name: c.status for c in v.checks}
-        assert status == {"archive": "ok", "render": "ok", "batching": "ok", "events": "skipped",
-                          "sources": "skipped"}, (org, v.to_json())
+        assert status == {
+            "archive": "ok",
+            "render": "ok",
+            "batching": "ok",
+            "events": "skipped",
+            "sources": "skipped",
+        }, (org, v.to_json())
         assert f"batch events of {org} reproduced" in next(c.message for c in v.checks if c.name == "batching")
     report = verify_all(ctx, Ledger(outbox.root), anchors={})
     assert [v.batch_id for v in report.verdicts if v.ok] == sorted(ids.values()) and not report.missing
@@ -108,8 +154,14 @@ def test_a_changed_ev_document_or_closed_event_fails_verify(world):
     closed = next(x for x in ctx.batches if x.value["type"] == "closed" and x.value["org_id"] == PROGRAM)
     forged = dict(registry().decode(closed.raw), closed_by="OTHERRO001")
     i = ctx.batches.index(closed)
-    ctx.batches[i] = decode_record("sevis.batches", 0, closed.offset, PROGRAM.encode(),
-                                   registry().encode("sevisflow.batches.BatchEvent", forged), (1, closed.timestamp_ms))
+    ctx.batches[i] = decode_record(
+        "sevis.batches",
+        0,
+        closed.offset,
+        PROGRAM.encode(),
+        registry().encode("sevisflow.batches.BatchEvent", forged),
+        (1, closed.timestamp_ms),
+    )
     ctx._closed = None
     v = verify_batch(ids[PROGRAM], ctx)
     status = {c.name: c.status for c in v.checks}

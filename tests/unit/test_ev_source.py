@@ -44,7 +44,7 @@ PROGRAMS = {"RSCH": PROGRAM, "STUD": PROGRAM}
 # sponsor-side change → (EV kinds it must give, kinds it may give besides)
 EXPECTED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "ev_new_appointment": (frozenset({"EV.Create"}), frozenset()),
-    "ev_sevis_id_recorded": (frozenset(), frozenset()),        # SEVIS's answer entered: the baseline moves
+    "ev_sevis_id_recorded": (frozenset(), frozenset()),  # SEVIS's answer entered: the baseline moves
     "ev_arrival": (frozenset({"EV.Validate"}), frozenset()),
     "ev_address_move": (frozenset({"EV.Biographical"}), frozenset()),
     "ev_site_added": (frozenset({"EV.SiteOfActivity.Add"}), frozenset()),
@@ -63,7 +63,7 @@ EXPECTED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "ev_dependent_departed": (frozenset({"EV.Dependent.EndStatus"}), frozenset()),
     "ev_dependent_error": (frozenset({"EV.Dependent.Delete"}), frozenset()),
 }
-TOLD = {"name_altered"}     # a name spelled for SEVIS is sent, and told: not a problem left
+TOLD = {"name_altered"}  # a name spelled for SEVIS is sent, and told: not a problem left
 
 
 @cache
@@ -102,25 +102,34 @@ def configured() -> tuple[PureOutput, list[tuple[Transaction, PureOutput]]]:
 
 # ---------------------------------------------------------------------------- the source data
 
+
 def test_the_f_m_school_and_its_activity_are_the_same_with_or_without_a_j_program() -> None:
     school = base_school()
     before = orjson.dumps(school, default=str)
     fm_activity = generate_activity(school, 150, 7, TODAY)
     full = with_exchange(school, 7, TODAY, 20)
-    assert orjson.dumps(school, default=str) == before                     # not modified
-    assert {t: full[t][:len(school[t])] for t in school} == school           # the school's rows come first, unchanged
-    assert [(tx.kind, tx.person_id, tx.ops) for tx in generate_activity(school, 150, 7, TODAY)] == \
-        [(tx.kind, tx.person_id, tx.ops) for tx in fm_activity]
+    assert orjson.dumps(school, default=str) == before  # not modified
+    assert {t: full[t][: len(school[t])] for t in school} == school  # the school's rows come first, unchanged
+    assert [(tx.kind, tx.person_id, tx.ops) for tx in generate_activity(school, 150, 7, TODAY)] == [
+        (tx.kind, tx.person_id, tx.ops) for tx in fm_activity
+    ]
     # the sponsor's rows never take an id the F/M activity will use
-    new_people = {op.values["person_id"] for tx in fm_activity for op in tx.ops if op.table == "person"
-                  and op.action == "insert"}
-    new_addresses = {op.values["address_id"] for tx in fm_activity for op in tx.ops if op.table == "address"
-                     and op.action == "insert"}
+    new_people = {
+        op.values["person_id"] for tx in fm_activity for op in tx.ops if op.table == "person" and op.action == "insert"
+    }
+    new_addresses = {
+        op.values["address_id"]
+        for tx in fm_activity
+        for op in tx.ops
+        if op.table == "address" and op.action == "insert"
+    }
     extra = generate_exchange(school, 7, TODAY, 20)
     assert all(r["person_id"] >= PERSON_BASE for r in extra["person"]) and not new_people & {
-        r["person_id"] for r in extra["person"]}
+        r["person_id"] for r in extra["person"]
+    }
     assert all(r["address_id"] >= ADDRESS_BASE for r in extra["address"]) and not new_addresses & {
-        r["address_id"] for r in extra["address"]}
+        r["address_id"] for r in extra["address"]
+    }
 
 
 def test_the_sponsor_records_are_deterministic_and_obey_the_schema_rules() -> None:
@@ -130,19 +139,28 @@ def test_the_sponsor_records_are_deterministic_and_obey_the_schema_rules() -> No
     assert [t.ops for t in generate_exchange_activity(again, 7, TODAY, 40)] == [t.ops for t in activity]
     visas = {r["person_id"]: r["visa_type"] for r in school["immigration"]}
     evs = school["exchange_visitor"]
-    assert {r["person_id"] for r in evs} == {p for p, v in visas.items() if v == "J-1"}   # every J-1 has one
+    assert {r["person_id"] for r in evs} == {p for p, v in visas.items() if v == "J-1"}  # every J-1 has one
     assert {r["sponsor_program"] for r in evs} == {"RSCH", "STUD"}
     for r in evs:
         assert r["end_date"] > r["begin_date"]
         assert (r["status"] == "CHECKED_IN") <= (r["checked_in_on"] is not None)
         assert (r["status"] == "TERMINATED") <= bool(r["termination_reason"] and r["termination_date"])
     funded = {r["person_id"]: r for r in school["exchange_funding"]}
-    amounts = ("sponsor_funds", "us_agency_funds", "intl_org_funds", "home_govt_funds", "binational_funds",
-               "other_org_funds", "personal_funds")
+    amounts = (
+        "sponsor_funds",
+        "us_agency_funds",
+        "intl_org_funds",
+        "home_govt_funds",
+        "binational_funds",
+        "other_org_funds",
+        "personal_funds",
+    )
     assert set(funded) == {r["person_id"] for r in evs}
-    assert all(sum(f[a] for a in amounts) >= 1 and (f["us_agency_funds"] == 0 or f["us_agency"]) for f in funded.values())
+    assert all(
+        sum(f[a] for a in amounts) >= 1 and (f["us_agency_funds"] == 0 or f["us_agency"]) for f in funded.values()
+    )
     primaries = Counter(s["person_id"] for s in school["exchange_site"] if s["is_primary"] and s["is_active"])
-    assert set(primaries) == set(funded) and set(primaries.values()) == {1}       # exactly one primary site each
+    assert set(primaries) == set(funded) and set(primaries.values()) == {1}  # exactly one primary site each
     for d in school["exchange_dependent"]:
         assert d["person_id"] in funded and d["birth_date"] < TODAY and d["relationship"] in ("SPOUSE", "CHILD")
 
@@ -156,6 +174,7 @@ def test_a_season_has_every_kind_of_sponsor_change() -> None:
 
 
 # ---------------------------------------------------------------------------- what SEVIS hears
+
 
 def test_each_sponsor_change_gives_the_ev_element_an_ro_would_file(configured) -> None:
     _, out = configured
@@ -191,8 +210,9 @@ def test_no_cannot_send_item_for_a_configured_program_and_one_naming_it_otherwis
     assert all("is not configured" in i.reason for i in told)
 
 
-@pytest.mark.skipif(not (XSD_DIR / "Create-UpdateExchangeVisitor.xsd").is_file(),
-                    reason="needs the EV XSD in SEVISFLOW_TEST_XSD_DIR")
+@pytest.mark.skipif(
+    not (XSD_DIR / "Create-UpdateExchangeVisitor.xsd").is_file(), reason="needs the EV XSD in SEVISFLOW_TEST_XSD_DIR"
+)
 def test_every_derived_event_renders_into_an_xsd_valid_ev_document(configured) -> None:
     """What SEVIS would get: the season's events as batch records (ids SEVIS returns filled in), XSD-valid."""
     snapshot, out = configured
@@ -201,11 +221,21 @@ def test_every_derived_event_renders_into_an_xsd_valid_ev_document(configured) -
     for n, e in enumerate(events, 1):
         payload = _with_sevis_ids(e["kind"], orjson.loads(e["payload_json"]), n)
         create = e["kind"] == "EV.Create"
-        records.append({"record_id": f"{e['student_key']}:{e['kind']}:{n}", "request_id": f"R{n:08d}",
-                        "section": "create" if create else "update", "student_key": e["student_key"],
-                        "sevis_id": None if create else (e["sevis_id"] or f"N{n:010d}"), "kind": e["kind"],
-                        "payload": payload, "user_defined_a": e["student_key"], "user_defined_b": None,
-                        "event_ids": [e["event_id"]], "lineage": []})
+        records.append(
+            {
+                "record_id": f"{e['student_key']}:{e['kind']}:{n}",
+                "request_id": f"R{n:08d}",
+                "section": "create" if create else "update",
+                "student_key": e["student_key"],
+                "sevis_id": None if create else (e["sevis_id"] or f"N{n:010d}"),
+                "kind": e["kind"],
+                "payload": payload,
+                "user_defined_a": e["student_key"],
+                "user_defined_b": None,
+                "event_ids": [e["event_id"]],
+                "lineage": [],
+            }
+        )
     assert len({r["kind"] for r in records}) >= 18
     checked = check_ev_batch(batch_of(records, org=PROGRAM), load_ev_schema(XSD_DIR))
     assert checked.ok, [(p.kind, p.field, p.message) for p in checked.problems][:10]
@@ -238,17 +268,21 @@ def test_the_reference_mapping_translates_every_sponsor_code_the_schema_allows()
     from sevisflow.processors.normalize.canonical import EV_DEPENDENT_STATUSES, EV_STATUSES
 
     sql = (MAPPING_DIR / "schema.sql").read_text()
-    sql = sql[sql.index("CREATE TABLE public.exchange_visitor"):]
-    sql = sql[:sql.index(");\n")]
+    sql = sql[sql.index("CREATE TABLE public.exchange_visitor") :]
+    sql = sql[: sql.index(");\n")]
 
     def allowed(column: str) -> set[str]:
         m = re.search(column + r"\s+text[^\n]*?CHECK \(" + column + r" IN \(([^)]*)\)", sql, re.S)
         assert m, column
         return set(re.findall(r"'([A-Z_]+)'", m.group(1)))
 
-    tables = {"status": ("ev_status", set(EV_STATUSES)), "category": ("ev_category", None),
-              "position_title": ("ev_position", None), "end_reason": ("ev_end_reason", None),
-              "termination_reason": ("ev_termination_reason", None)}
+    tables = {
+        "status": ("ev_status", set(EV_STATUSES)),
+        "category": ("ev_category", None),
+        "position_title": ("ev_position", None),
+        "end_reason": ("ev_end_reason", None),
+        "termination_reason": ("ev_termination_reason", None),
+    }
     for column, (table, canonical) in tables.items():
         values = MAPPING.values[table].values
         assert allowed(column) <= set(values), (column, allowed(column) - set(values))

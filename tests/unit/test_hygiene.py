@@ -15,19 +15,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sevisflow.core.config import settings_from_mapping
+from sevisflow.core.serde import registry
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, apply
 from sevisflow.processors.batcher.core import School as SchoolState
-from testkit.batcher import BASE_MS, command, event
 from sevisflow.processors.sevis_events import hygiene
 from sevisflow.processors.sevis_events.derive import Context, derive
 from sevisflow.processors.sevis_events.hygiene import MAX_LENGTH, check_event, text_problem, whole_amount
-from sevisflow.core.config import settings_from_mapping
-from sevisflow.core.serde import registry
 from sevisflow.sinks.outbox import Outbox
 from sevisflow.sinks.xml.render import ClosedBatch, check_batch
-from testkit.xml_samples import DSO, ORG_ID
 from sevisflow.sinks.xml.stage import COMMAND_SCHEMA, outputs_for, sink_closed_batch
 from sevisflow.sinks.xml.xsd import ROOT, STUDENT_XSD, _Builder, _q, load_schema
+from testkit.batcher import BASE_MS, command, event
+from testkit.xml_samples import DSO, ORG_ID
 from tests.helpers import XSD_DIR
 from tests.scenarios import School
 
@@ -42,8 +42,9 @@ def codes(findings: list[hygiene.Finding]) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------- one test per rule
 
 
-@pytest.mark.parametrize("ch", ["\x00", "\x07", "\x0b", "\x1f", "\x7f", "\x85", "\x9f", "\ud800", "\ufffe", "\uffff",
-                                "\u202e", "\u2066"])
+@pytest.mark.parametrize(
+    "ch", ["\x00", "\x07", "\x0b", "\x1f", "\x7f", "\x85", "\x9f", "\ud800", "\ufffe", "\uffff", "\u202e", "\u2066"]
+)
 def test_control_and_xml_invalid_characters_are_refused_with_field_not_value(ch: str) -> None:
     f = text_problem(f"12 Main{ch}St", "address.us_physical.line1", 64)
     assert f is not None and f.code == "invalid_character" and f.field == "address.us_physical.line1"
@@ -62,21 +63,41 @@ def test_too_long_is_refused_never_cut() -> None:
     assert f is not None and f.code == "too_long" and "65 characters" in f.reason and "at most 64" in f.reason
 
 
-@pytest.mark.parametrize("value,ok", [(0, True), (99_999_999, True), ("31000", True), (31000.0, True),
-                                      (-1, False), (100_000_000, False), (10**30, False), (1.5, False),
-                                      ("1e3", True), ("-5", False), ("abc", False), (float("nan"), False),
-                                      (float("inf"), False), (True, False), (None, False), ("1e999999", False)])
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        (0, True),
+        (99_999_999, True),
+        ("31000", True),
+        (31000.0, True),
+        (-1, False),
+        (100_000_000, False),
+        (10**30, False),
+        (1.5, False),
+        ("1e3", True),
+        ("-5", False),
+        ("abc", False),
+        (float("nan"), False),
+        (float("inf"), False),
+        (True, False),
+        (None, False),
+        ("1e999999", False),
+    ],
+)
 def test_amounts_whole_dollars_within_the_xsd_range(value: Any, ok: bool) -> None:
     assert (whole_amount(value) is not None) is ok
 
 
 def test_amount_in_a_payload_must_be_xsd_digits() -> None:
-    fin = {"Expense": {"Tuition": "-5", "LivingExpense": "100000000"}, "Funding": {"Personal": "1.5",
-                                                                                   "Other": {"Amount": "12",
-                                                                                             "Remarks": "Aunt"}}}
+    fin = {
+        "Expense": {"Tuition": "-5", "LivingExpense": "100000000"},
+        "Funding": {"Personal": "1.5", "Other": {"Amount": "12", "Remarks": "Aunt"}},
+    }
     assert codes(check_event("FinancialInfo", fin)) == [
-        ("bad_amount", "FinancialInfo:Expense/Tuition"), ("bad_amount", "FinancialInfo:Expense/LivingExpense"),
-        ("bad_amount", "FinancialInfo:Funding/Personal")]
+        ("bad_amount", "FinancialInfo:Expense/Tuition"),
+        ("bad_amount", "FinancialInfo:Expense/LivingExpense"),
+        ("bad_amount", "FinancialInfo:Funding/Personal"),
+    ]
 
 
 @pytest.mark.parametrize("value", ["2026-02-30", "0000-01-01", "20260101", "2026-1-1", "", "abc", 20260101])
@@ -88,22 +109,45 @@ def test_birth_date_after_the_change_is_refused() -> None:
     as_of = date(2026, 5, 1)
     assert check_event("Dependent.Add", {"BirthDate": "2026-05-02"}, as_of=as_of) == []  # a day for time zones
     assert codes(check_event("Dependent.Add", {"BirthDate": "2026-06-01"}, as_of=as_of)) == [
-        ("bad_date", "Dependent.Add:BirthDate")]
+        ("bad_date", "Dependent.Add:BirthDate")
+    ]
 
 
-@pytest.mark.parametrize("kind,payload,field", [
-    ("CPTEmployment.Add", {"StartDate": "2026-06-01", "EndDate": "2026-05-31"}, "CPTEmployment.Add:EndDate"),
-    ("OPTEmployment.Extend", {"StartDate": "2026-06-01", "EndDate": "2027-05-31",
-                              "Employer": [{"StartDate": "2026-06-01", "EndDate": "2026-01-01"}]},
-     "OPTEmployment.Extend:Employer/EndDate"),
-    ("AuthDropBelowFC.Add", {"StartDate": "2026-09-01", "EndDate": "2026-08-01"}, "AuthDropBelowFC.Add:EndDate"),
-    ("Create", {"EducationalInfo": {"PrgStartDate": "2026-08-24", "PrgEndDate": "2025-05-15"}},
-     "Create:EducationalInfo/PrgEndDate"),
-    ("Program.ManageSessionDates", {"NewPrgStartDate": "2027-01-10", "NewPrgEndDate": "2026-12-01"},
-     "Program.ManageSessionDates:NewPrgEndDate"),
-    ("Registration", {"CurrentSessionStartDate": "2026-08-24", "CurrentSessionEndDate": "2026-12-18",
-                      "NextSessionStartDate": "2026-12-01"}, "Registration:NextSessionStartDate"),
-])
+@pytest.mark.parametrize(
+    "kind,payload,field",
+    [
+        ("CPTEmployment.Add", {"StartDate": "2026-06-01", "EndDate": "2026-05-31"}, "CPTEmployment.Add:EndDate"),
+        (
+            "OPTEmployment.Extend",
+            {
+                "StartDate": "2026-06-01",
+                "EndDate": "2027-05-31",
+                "Employer": [{"StartDate": "2026-06-01", "EndDate": "2026-01-01"}],
+            },
+            "OPTEmployment.Extend:Employer/EndDate",
+        ),
+        ("AuthDropBelowFC.Add", {"StartDate": "2026-09-01", "EndDate": "2026-08-01"}, "AuthDropBelowFC.Add:EndDate"),
+        (
+            "Create",
+            {"EducationalInfo": {"PrgStartDate": "2026-08-24", "PrgEndDate": "2025-05-15"}},
+            "Create:EducationalInfo/PrgEndDate",
+        ),
+        (
+            "Program.ManageSessionDates",
+            {"NewPrgStartDate": "2027-01-10", "NewPrgEndDate": "2026-12-01"},
+            "Program.ManageSessionDates:NewPrgEndDate",
+        ),
+        (
+            "Registration",
+            {
+                "CurrentSessionStartDate": "2026-08-24",
+                "CurrentSessionEndDate": "2026-12-18",
+                "NextSessionStartDate": "2026-12-01",
+            },
+            "Registration:NextSessionStartDate",
+        ),
+    ],
+)
 def test_end_before_start_is_refused(kind: str, payload: dict[str, Any], field: str) -> None:
     # (the partial Create payloads here also lack FinancialInfo: missing_field findings, not under test)
     assert [c for c in codes(check_event(kind, payload)) if c[0] != "missing_field"] == [("date_order", field)]
@@ -112,7 +156,8 @@ def test_end_before_start_is_refused(kind: str, payload: dict[str, Any], field: 
 def test_new_programme_end_before_the_start_date_of_the_view() -> None:
     view = {"program": {"start_date": "2026-08-24"}}
     assert codes(check_event("Program.Shorten", {"NewPrgEndDate": "2026-01-01"}, view)) == [
-        ("date_order", "Program.Shorten:NewPrgEndDate")]
+        ("date_order", "Program.Shorten:NewPrgEndDate")
+    ]
     assert check_event("Program.Shorten", {"NewPrgEndDate": "2026-12-01"}, view) == []
 
 
@@ -121,12 +166,14 @@ def test_more_dependents_than_the_xsd_takes() -> None:
     fin = {"AcademicTerm": "09", "Expense": {"Tuition": "1", "LivingExpense": "1"}, "Funding": {"Personal": "2"}}
     assert check_event("Create", {"CreateDependent": {"Dependent": [dep] * 25}, "FinancialInfo": fin}) == []
     assert codes(check_event("Create", {"CreateDependent": {"Dependent": [dep] * 26}, "FinancialInfo": fin})) == [
-        ("too_many", "Create:CreateDependent/Dependent")]
+        ("too_many", "Create:CreateDependent/Dependent")
+    ]
 
 
 def test_required_text_left_empty_by_the_formatter() -> None:
     assert codes(check_event("CPTEmployment.Add", {"EmployerName": None})) == [
-        ("missing_field", "CPTEmployment.Add:EmployerName")]
+        ("missing_field", "CPTEmployment.Add:EmployerName")
+    ]
 
 
 # ----------------------------------------------------------------------------- the static table vs the XSD files
@@ -203,8 +250,16 @@ def test_control_character_in_an_address_refuses_that_element_and_says_which_fie
 
 def test_over_long_remarks_refuse_the_event_other_events_flow() -> None:
     new = copy.deepcopy(BASE)
-    new["authorization"] = {"1": {"kind": "rcl", "status": "approved", "rcl_reason": "05", "start_date": "2026-08-24",
-                                  "end_date": "2026-12-18", "remarks": "r" * 501}}
+    new["authorization"] = {
+        "1": {
+            "kind": "rcl",
+            "status": "approved",
+            "rcl_reason": "05",
+            "start_date": "2026-08-24",
+            "end_date": "2026-12-18",
+            "remarks": "r" * 501,
+        }
+    }
     new["program"]["end_date"] = "2027-12-15"
     out = _derive(new)
     assert [e["kind"] for e in out.events] == ["Program.Extension"]
@@ -217,18 +272,30 @@ def test_negative_and_overflowing_amounts_are_issues_not_crashes() -> None:
     new["finance"].update({"tuition": -100, "living_expenses": 10**12, "academic_term_months": "nine"})
     out = _derive(new)
     assert sorted((i.code, i.field) for i in out.issues) == [
-        ("bad_amount", "finance.living_expenses"), ("bad_amount", "finance.tuition"),
-        ("bad_code", "finance.academic_term_months")]
+        ("bad_amount", "finance.living_expenses"),
+        ("bad_amount", "finance.tuition"),
+        ("bad_code", "finance.academic_term_months"),
+    ]
     for e in out.events:  # what is left (personal funds changed? no) validates
         assert "Tuition" not in e["payload_json"]
 
 
 def test_authorisation_ending_before_it_starts_goes_to_the_dso_other_student_flows() -> None:
     bad = copy.deepcopy(BASE)
-    bad["authorization"] = {"1": {"kind": "cpt", "status": "approved", "start_date": "2026-06-01",
-                                  "end_date": "2026-05-01", "time_basis": "01", "employer_name": "Widgets",
-                                  "employer_line1": "1 Way", "employer_city": "Urbana", "employer_state": "IL",
-                                  "employer_postal_code": "61801"}}
+    bad["authorization"] = {
+        "1": {
+            "kind": "cpt",
+            "status": "approved",
+            "start_date": "2026-06-01",
+            "end_date": "2026-05-01",
+            "time_basis": "01",
+            "employer_name": "Widgets",
+            "employer_line1": "1 Way",
+            "employer_city": "Urbana",
+            "employer_state": "IL",
+            "employer_postal_code": "61801",
+        }
+    }
     out = _derive(bad)
     assert out.events == [] and [(i.code, i.field) for i in out.issues] == [("date_order", "authorization[1].end_date")]
     # fixed in the SIS: the Add SEVIS never got goes out now
@@ -260,44 +327,118 @@ def test_create_with_a_control_character_in_the_birth_city_is_not_sent_until_fix
 
 # ----------------------------------------------------------------------------- property: never an invalid event
 
-HOSTILE_CHARS = st.sampled_from(list("abcXYZ '-.,#/0123456789") + ["é", "ß", "ø", "\u4e2d", "\u0416", "\t", "\n",
-                                                                    "\r", "\x00", "\x01", "\x08", "\x0b", "\x1c",
-                                                                    "\x1f", "\x7f", "\x85", "\x9b", "\u202e",
-                                                                    "\u2067", "\ufffe", "\uffff", "\u00a0",
-                                                                    "\u2028", "\U0001f600", "&", "<", ">"])
-raw = st.one_of(st.text(HOSTILE_CHARS, min_size=0, max_size=12), st.text(HOSTILE_CHARS, min_size=55, max_size=70),
-                st.sampled_from(["x" * 64, "x" * 65, "y" * 100, "y" * 101, "z" * 250, "z" * 251, "w" * 500,
-                                 "w" * 501, "v" * 1001, "   "]))
+HOSTILE_CHARS = st.sampled_from(
+    list("abcXYZ '-.,#/0123456789")
+    + [
+        "é",
+        "ß",
+        "ø",
+        "\u4e2d",
+        "\u0416",
+        "\t",
+        "\n",
+        "\r",
+        "\x00",
+        "\x01",
+        "\x08",
+        "\x0b",
+        "\x1c",
+        "\x1f",
+        "\x7f",
+        "\x85",
+        "\x9b",
+        "\u202e",
+        "\u2067",
+        "\ufffe",
+        "\uffff",
+        "\u00a0",
+        "\u2028",
+        "\U0001f600",
+        "&",
+        "<",
+        ">",
+    ]
+)
+raw = st.one_of(
+    st.text(HOSTILE_CHARS, min_size=0, max_size=12),
+    st.text(HOSTILE_CHARS, min_size=55, max_size=70),
+    st.sampled_from(
+        ["x" * 64, "x" * 65, "y" * 100, "y" * 101, "z" * 250, "z" * 251, "w" * 500, "w" * 501, "v" * 1001, "   "]
+    ),
+)
 good_dates = st.sampled_from(["2025-08-25", "2026-08-24", "2026-12-18", "2027-01-19", "2027-05-15", "2004-03-17"])
-dates = st.one_of(good_dates, good_dates, st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31))
-                  .map(date.isoformat),
-                  st.sampled_from(["2026-02-30", "0000-01-01", "20260101", "2026-1-1", "abc"]))
-amounts = st.one_of(st.integers(0, 60_000), st.integers(0, 60_000), st.integers(-10**12, 10**12),
-                    st.sampled_from([0, 99_999_999, 100_000_000, -1, 1.5, 1e30, "12", "-7", "abc", "1e3",
-                                     float("nan"), float("inf")]))
+dates = st.one_of(
+    good_dates,
+    good_dates,
+    st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)).map(date.isoformat),
+    st.sampled_from(["2026-02-30", "0000-01-01", "20260101", "2026-1-1", "abc"]),
+)
+amounts = st.one_of(
+    st.integers(0, 60_000),
+    st.integers(0, 60_000),
+    st.integers(-(10**12), 10**12),
+    st.sampled_from([0, 99_999_999, 100_000_000, -1, 1.5, 1e30, "12", "-7", "abc", "1e3", float("nan"), float("inf")]),
+)
 
 
-TEXT_PATHS = [("student", "first_name"), ("student", "last_name"), ("student", "preferred_name"),
-              ("student", "birth_city"), ("student", "email"), ("student", "phone"), ("student", "phone_country_code"),
-              ("address", "us_physical", "line1"), ("address", "us_physical", "line2"),
-              ("address", "us_physical", "city"),
-              ("address", "us_mailing", "line1"), ("address", "us_mailing", "city"),
-              ("address", "foreign", "line1"), ("address", "foreign", "line2"), ("address", "foreign", "city"),
-              ("address", "foreign", "state"), ("address", "foreign", "postal_code"),
-              ("program", "english_not_required_reason"), ("program", "extension_reason"),
-              ("finance", "other_costs_remarks"), ("finance", "school_funds_remarks"),
-              ("dependent", "1", "first_name"), ("dependent", "1", "last_name"), ("dependent", "1", "birth_city"),
-              ("authorization", "1", "employer_name"), ("authorization", "1", "employer_line1"),
-              ("authorization", "1", "employer_line2"), ("authorization", "1", "employer_city"),
-              ("authorization", "1", "course_relevance"), ("authorization", "1", "remarks")]
-DATE_PATHS = [("student", "birth_date"), ("student", "i20_issue_date"), ("program", "start_date"),
-              ("program", "end_date"), ("registration", "2026FA", "session_start"),
-              ("registration", "2026FA", "session_end"), ("registration", "2026FA", "next_session_start"),
-              ("dependent", "1", "birth_date"), ("authorization", "1", "start_date"),
-              ("authorization", "1", "end_date")]
-AMOUNT_PATHS = [("finance", k) for k in ("tuition", "living_expenses", "dependent_expenses", "personal_funds",
-                                         "other_costs", "school_funds", "other_funds", "employment_funds",
-                                         "academic_term_months")]
+TEXT_PATHS = [
+    ("student", "first_name"),
+    ("student", "last_name"),
+    ("student", "preferred_name"),
+    ("student", "birth_city"),
+    ("student", "email"),
+    ("student", "phone"),
+    ("student", "phone_country_code"),
+    ("address", "us_physical", "line1"),
+    ("address", "us_physical", "line2"),
+    ("address", "us_physical", "city"),
+    ("address", "us_mailing", "line1"),
+    ("address", "us_mailing", "city"),
+    ("address", "foreign", "line1"),
+    ("address", "foreign", "line2"),
+    ("address", "foreign", "city"),
+    ("address", "foreign", "state"),
+    ("address", "foreign", "postal_code"),
+    ("program", "english_not_required_reason"),
+    ("program", "extension_reason"),
+    ("finance", "other_costs_remarks"),
+    ("finance", "school_funds_remarks"),
+    ("dependent", "1", "first_name"),
+    ("dependent", "1", "last_name"),
+    ("dependent", "1", "birth_city"),
+    ("authorization", "1", "employer_name"),
+    ("authorization", "1", "employer_line1"),
+    ("authorization", "1", "employer_line2"),
+    ("authorization", "1", "employer_city"),
+    ("authorization", "1", "course_relevance"),
+    ("authorization", "1", "remarks"),
+]
+DATE_PATHS = [
+    ("student", "birth_date"),
+    ("student", "i20_issue_date"),
+    ("program", "start_date"),
+    ("program", "end_date"),
+    ("registration", "2026FA", "session_start"),
+    ("registration", "2026FA", "session_end"),
+    ("registration", "2026FA", "next_session_start"),
+    ("dependent", "1", "birth_date"),
+    ("authorization", "1", "start_date"),
+    ("authorization", "1", "end_date"),
+]
+AMOUNT_PATHS = [
+    ("finance", k)
+    for k in (
+        "tuition",
+        "living_expenses",
+        "dependent_expenses",
+        "personal_funds",
+        "other_costs",
+        "school_funds",
+        "other_funds",
+        "employment_funds",
+        "academic_term_months",
+    )
+]
 
 
 def _set(v: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -311,22 +452,59 @@ def _set(v: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def hostile_view(draw) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """A clean view that would produce events (a Create, or updates of every kind), with 1-4 hostile values."""
     v = copy.deepcopy(BASE)
-    v["address"]["us_mailing"] = {"line1": "PO Box 1", "line2": None, "city": "Urbana", "state": "IL",
-                                  "postal_code": "61803", "country": "US"}
-    v["finance"].update({"school_funds": 1000, "school_funds_remarks": "Scholarship", "other_costs": 500,
-                         "other_costs_remarks": "Books", "tuition": 31000})
+    v["address"]["us_mailing"] = {
+        "line1": "PO Box 1",
+        "line2": None,
+        "city": "Urbana",
+        "state": "IL",
+        "postal_code": "61803",
+        "country": "US",
+    }
+    v["finance"].update(
+        {
+            "school_funds": 1000,
+            "school_funds_remarks": "Scholarship",
+            "other_costs": 500,
+            "other_costs_remarks": "Books",
+            "tuition": 31000,
+        }
+    )
     v["program"].update({"english_required": False, "english_not_required_reason": "Native speaker"})
     if draw(st.booleans()):
-        v["dependent"] = {"1": {"first_name": "Mei", "last_name": "Li", "birth_date": "2019-03-02", "gender": "F",
-                                "birth_city": "Urbana", "birth_country": "GM", "citizenship_country": "GM",
-                                "relationship": "02", "visa_type": "04", "status": "active"}}
+        v["dependent"] = {
+            "1": {
+                "first_name": "Mei",
+                "last_name": "Li",
+                "birth_date": "2019-03-02",
+                "gender": "F",
+                "birth_city": "Urbana",
+                "birth_country": "GM",
+                "citizenship_country": "GM",
+                "relationship": "02",
+                "visa_type": "04",
+                "status": "active",
+            }
+        }
     if draw(st.booleans()):
-        v["authorization"] = {"1": {
-            "kind": draw(st.sampled_from(["rcl", "cpt", "opt", "opt_stem"])), "status": "approved",
-            "rcl_reason": "05", "start_date": "2026-06-01", "end_date": "2026-08-14", "time_basis": "01",
-            "academic_year_met": True, "employer_name": "Widgets Inc", "employer_line1": "200 Industry Way",
-            "employer_line2": None, "employer_city": "Champaign", "employer_state": "IL",
-            "employer_postal_code": "61820", "course_relevance": "Required internship", "remarks": "Approved"}}
+        v["authorization"] = {
+            "1": {
+                "kind": draw(st.sampled_from(["rcl", "cpt", "opt", "opt_stem"])),
+                "status": "approved",
+                "rcl_reason": "05",
+                "start_date": "2026-06-01",
+                "end_date": "2026-08-14",
+                "time_basis": "01",
+                "academic_year_met": True,
+                "employer_name": "Widgets Inc",
+                "employer_line1": "200 Industry Way",
+                "employer_line2": None,
+                "employer_city": "Champaign",
+                "employer_state": "IL",
+                "employer_postal_code": "61820",
+                "course_relevance": "Required internship",
+                "remarks": "Approved",
+            }
+        }
     if draw(st.booleans()):
         v["registration"]["2026FA"]["status"] = "enrolled"
     n = draw(st.integers(1, 4))
@@ -352,21 +530,36 @@ STATS = {"events": 0, "refused": 0, "examples": 0}
 
 def _record(i: int, e: dict[str, Any]) -> dict[str, Any]:
     section = "create" if e["kind"] == "Create" else "update"
-    return {"record_id": f"{e['student_key']}:{e['coalesce_key']}", "request_id": f"R{i:06d}", "section": section,
-            "student_key": e["student_key"], "sevis_id": e["sevis_id"], "kind": e["kind"],
-            "payload": orjson.loads(e["payload_json"]), "user_defined_a": None, "user_defined_b": None}
+    return {
+        "record_id": f"{e['student_key']}:{e['coalesce_key']}",
+        "request_id": f"R{i:06d}",
+        "section": section,
+        "student_key": e["student_key"],
+        "sevis_id": e["sevis_id"],
+        "kind": e["kind"],
+        "payload": orjson.loads(e["payload_json"]),
+        "user_defined_a": None,
+        "user_defined_b": None,
+    }
 
 
-@settings(max_examples=500, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=500,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(hostile_view())
 def test_hostile_views_never_produce_an_event_that_fails_the_xsd(pair) -> None:
     prev, new = pair
     out = derive(prev, new, CTX)  # never raises
     STATS["examples"] += 1
     STATS["events"] += len(out.events)
-    STATS["refused"] += sum(1 for i in out.issues if i.code in ("invalid_character", "too_long", "bad_amount",
-                                                                 "bad_date", "date_order", "too_many"))
+    STATS["refused"] += sum(
+        1
+        for i in out.issues
+        if i.code in ("invalid_character", "too_long", "bad_amount", "bad_date", "date_order", "too_many")
+    )
     for i, e in enumerate(out.events):
         batch = ClosedBatch(ORG_ID, "S1780000000000", DSO, 0, (_record(i, e),))
         checked = check_batch(batch, SCHEMA)
@@ -409,11 +602,27 @@ def test_add_info_refuses_control_characters_before_touching_kafka(tmp_path: Pat
     from sevisflow.app.cli import main as cli_main
 
     cfg = tmp_path / "s.toml"
-    cfg.write_text(f'[school]\norg_id = "{ORG_ID}"\n[sevis]\nxsd_dir = "{XSD_DIR}"\n'
-                   '[kafka]\nbootstrap_servers = "127.0.0.1:1"\n')  # nothing listens there: must not be needed
+    cfg.write_text(
+        f'[school]\norg_id = "{ORG_ID}"\n[sevis]\nxsd_dir = "{XSD_DIR}"\n[kafka]\nbootstrap_servers = "127.0.0.1:1"\n'
+    )  # nothing listens there: must not be needed
     dep = "last=Li,first=Mei\x07,birth-date=2019-03-02,gender=F,birth-country=CH,citizenship=CH,relationship=child"
-    rc = cli_main(["--config", str(cfg), "student", "add-info", "S1", "--dso", "DSOUSER001", "--sevis-id",
-                   "N0000000001", "--dependent", dep, "--passport", "Zoe" + "e" * 30 + "\u202e"])
+    rc = cli_main(
+        [
+            "--config",
+            str(cfg),
+            "student",
+            "add-info",
+            "S1",
+            "--dso",
+            "DSOUSER001",
+            "--sevis-id",
+            "N0000000001",
+            "--dependent",
+            dep,
+            "--passport",
+            "Zoe" + "e" * 30 + "\u202e",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert "nothing was added" in err and "--passport" in err and "--dependent 1 (first=)" in err
@@ -427,10 +636,14 @@ def _sink_round(state, closed_event):
     """What the XML sink does with one closed event: its requeue command (decoded) and the dead letters."""
     records = orjson.loads(closed_event["records_json"])
     with tempfile.TemporaryDirectory() as tmp:
-        outcome = sink_closed_batch(ClosedBatch.from_event(closed_event, records), SCHEMA,
-                                    Outbox(Path(tmp) / "o", Path(tmp) / "q", "America/Chicago"))
-    settings_ = settings_from_mapping({"school": {"org_id": closed_event["org_id"]},
-                                       "sevis": {"xsd_dir": str(XSD_DIR)}})
+        outcome = sink_closed_batch(
+            ClosedBatch.from_event(closed_event, records),
+            SCHEMA,
+            Outbox(Path(tmp) / "o", Path(tmp) / "q", "America/Chicago"),
+        )
+    settings_ = settings_from_mapping(
+        {"school": {"org_id": closed_event["org_id"]}, "sevis": {"xsd_dir": str(XSD_DIR)}}
+    )
     outs = outputs_for(outcome, settings_)
     cmds = [registry().decode(o.value, COMMAND_SCHEMA) for o in outs if o.topic == settings_.topics.commands]
     return outcome, cmds, [o for o in outs if o.topic == settings_.topics.dlq]

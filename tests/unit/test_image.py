@@ -89,12 +89,24 @@ def test_dockerfile_shape() -> None:
 
 
 def test_build_context_leaves_secrets_and_local_state_out() -> None:
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for pattern in (".git", ".venv", ".local", "tests", "**/*.so", "**/*.key", "**/*.pem", "**/.env"):
         assert pattern in ignored, pattern
-    for needed in ("pyproject.toml", "setup.py", "README.md", "sevisflow", "connectors", "processors",
-                   "sinks", "deploy", "schemas"):
+    for needed in (
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "sevisflow",
+        "connectors",
+        "processors",
+        "sinks",
+        "deploy",
+        "schemas",
+    ):
         assert needed not in ignored, needed
 
 
@@ -110,7 +122,11 @@ def test_wheel_carries_the_runtime_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     schemas = {"sevisflow/" + p.relative_to(REPO).as_posix() for p in (REPO / "schemas").rglob("*.avsc")}
     assert schemas and schemas <= names, schemas - names
-    for data in ("sevisflow/deploy/topics.toml", "sevisflow/deploy/sis/mapping.toml", "sevisflow/deploy/sis/schema.sql"):
+    for data in (
+        "sevisflow/deploy/topics.toml",
+        "sevisflow/deploy/sis/mapping.toml",
+        "sevisflow/deploy/sis/schema.sql",
+    ):
         assert data in names, data
     assert any(re.fullmatch(r"sevisflow/connectors/postgres/_pgtuple\..*\.so", n) for n in names), "C decoder missing"
 
@@ -126,8 +142,12 @@ def test_wheel_installs_only_the_sevisflow_namespace(wheel: Path) -> None:
 def test_wheel_works_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
     """Installed away from the repository, the code finds every file it reads at run time."""
     target = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                           str(wheel)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = (
         "import json, sevisflow.connectors.postgres._pgtuple as c, sevisflow.core.serde as s, sevisflow.core.topics as t\n"
@@ -137,8 +157,9 @@ def test_wheel_works_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
         "                  str(l.SCHEMA_SQL), r.__file__]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for path in json.loads(proc.stdout.splitlines()[-1]):
         assert Path(path).resolve().is_relative_to(target.resolve()), path

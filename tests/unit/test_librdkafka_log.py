@@ -28,8 +28,10 @@ def collected() -> _Collect:
     LIBRDKAFKA_LOG.setLevel(previous)
 
 
-RETRY = ("GETPID [rdkafka#producer-4] [thrd:main]: Failed to acquire idempotence PID from broker "
-         "127.0.0.1:52029/1: Broker: Coordinator load in progress: retrying")
+RETRY = (
+    "GETPID [rdkafka#producer-4] [thrd:main]: Failed to acquire idempotence PID from broker "
+    "127.0.0.1:52029/1: Broker: Coordinator load in progress: retrying"
+)
 
 
 def test_a_self_retried_warning_is_dropped_at_the_default_warning_level(collected: _Collect) -> None:

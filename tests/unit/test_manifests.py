@@ -68,7 +68,7 @@ def _kind(kind: str) -> list[dict[str, Any]]:
 
 def _stage_of(args: list[str]) -> str:
     for stage, cmd in STAGE_COMMANDS.items():
-        if args[-len(cmd):] == cmd:
+        if args[-len(cmd) :] == cmd:
             return stage
     raise AssertionError(f"{args} runs no known stage")
 
@@ -107,8 +107,10 @@ def test_kafka_topics_are_generated_from_the_topic_specs():
     expected = to_yaml(kafka_topic_resources(all_topics(s), cluster=kafka["metadata"]["name"], namespace="sevisflow"))
     text = (K8S / "topics.yaml").read_text()
     body = "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))
-    assert body == expected, ("deploy/k8s/topics.yaml is stale: sevisflow --config deploy/k8s/sevisflow.toml "
-                              "topics manifests > deploy/k8s/topics.yaml (and keep its header comment)")
+    assert body == expected, (
+        "deploy/k8s/topics.yaml is stale: sevisflow --config deploy/k8s/sevisflow.toml "
+        "topics manifests > deploy/k8s/topics.yaml (and keep its header comment)"
+    )
     for t in _docs(K8S / "topics.yaml"):
         assert t["spec"]["replicas"] == 3 and t["spec"]["config"]["min.insync.replicas"] == "2"
 
@@ -135,8 +137,10 @@ def test_kafka_users_are_generated_from_the_acl_model():
     expected = to_yaml(kafka_user_resources(s, cluster=kafka["metadata"]["name"], namespace="sevisflow"))
     text = (K8S / "users.yaml").read_text()
     body = "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))
-    assert body == expected, ("deploy/k8s/users.yaml is stale: sevisflow --config deploy/k8s/sevisflow.toml "
-                              "acls manifests > deploy/k8s/users.yaml (and keep its header comment)")
+    assert body == expected, (
+        "deploy/k8s/users.yaml is stale: sevisflow --config deploy/k8s/sevisflow.toml "
+        "acls manifests > deploy/k8s/users.yaml (and keep its header comment)"
+    )
     users = {u["metadata"]["name"]: u for u in _kind("KafkaUser")}
     assert set(users) == {n for names in principals(s).values() for n in names}
     for u in users.values():
@@ -161,7 +165,7 @@ def test_each_stage_logs_in_as_its_own_kafka_user():
         env = {e["name"]: e.get("value", "") for e in c["env"]}
         user = env["SEVISFLOW_KAFKA_SASL_USERNAME"]
         assert user == principals(s)[stage][0] and user in users, stage
-        path = env["SEVISFLOW_KAFKA_SASL_PASSWORD"][len("file:"):]
+        path = env["SEVISFLOW_KAFKA_SASL_PASSWORD"][len("file:") :]
         mount = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
         assert len(mount) == 1, f"{stage}: the password file {path} is on no single mount"
         volume = next(v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == mount[0]["name"])
@@ -250,7 +254,7 @@ def _check_env_vars(names_values: dict[str, str], base: Settings | None = None) 
     # every variable is a real setting: the config loader rejects unknown SEVISFLOW_<SECTION>_* names
     settings = settings_from_mapping({}, env=setting_vars)
     for key in setting_vars:
-        section, _, field = key[len("SEVISFLOW_"):].lower().partition("_")
+        section, _, field = key[len("SEVISFLOW_") :].lower().partition("_")
         assert hasattr(getattr(settings, section), field), key
 
 
@@ -276,8 +280,9 @@ def test_mounted_secrets_are_declared_or_made_by_strimzi():
             if "configMap" in v:
                 assert v["configMap"]["name"] in configmaps
             if "persistentVolumeClaim" in v:
-                assert v["persistentVolumeClaim"]["claimName"] in {d["metadata"]["name"] for d in
-                                                                    _kind("PersistentVolumeClaim")}
+                assert v["persistentVolumeClaim"]["claimName"] in {
+                    d["metadata"]["name"] for d in _kind("PersistentVolumeClaim")
+                }
 
 
 def test_no_private_key_or_real_password_is_committed():
@@ -335,8 +340,11 @@ def test_systemd_units_run_every_stage_with_its_port():
     assert not _values(template, "Service", "LoadCredential")
     assert not [k for k in env if k.endswith("PASSWORD")]
     dropins = sorted(SYSTEMD.glob("*.service.d/*.conf"))
-    assert {p.parent.name for p in dropins} == {"sevisflow@.service.d", "sevisflow@sink-sevis.service.d",
-                                                 "sevisflow-topics.service.d"}
+    assert {p.parent.name for p in dropins} == {
+        "sevisflow@.service.d",
+        "sevisflow@sink-sevis.service.d",
+        "sevisflow-topics.service.d",
+    }
     for path in dropins:
         dropin = _unit(path)
         denv = dict(v.split("=", 1) for v in _values(dropin, "Service", "Environment"))
@@ -345,7 +353,7 @@ def test_systemd_units_run_every_stage_with_its_port():
         secrets = {k: v for k, v in denv.items() if k.endswith("PASSWORD")}
         assert secrets, path
         for key, value in secrets.items():
-            assert value.startswith("file:%d/") and value[len("file:%d/"):] in credentials, (path, key)
+            assert value.startswith("file:%d/") and value[len("file:%d/") :] in credentials, (path, key)
         for source in (v.split(":", 1)[1] for v in _values(dropin, "Service", "LoadCredential")):
             assert source.startswith("/etc/sevisflow/credentials/"), source
 

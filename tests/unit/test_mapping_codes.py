@@ -37,8 +37,15 @@ def test_state_codes_are_in_the_xsd() -> None:
     assert set(US_STATE_NAMES.values()) <= enum("StateCodeType")
 
 
-@pytest.mark.parametrize("table,xsd_type", [("edu_level", "EduLevelCodeType"), ("relationship", "DependentCodeType"),
-                                            ("dependent_visa", "DependentFMVisaType"), ("gender", "GenderCodeType")])
+@pytest.mark.parametrize(
+    "table,xsd_type",
+    [
+        ("edu_level", "EduLevelCodeType"),
+        ("relationship", "DependentCodeType"),
+        ("dependent_visa", "DependentFMVisaType"),
+        ("gender", "GenderCodeType"),
+    ],
+)
 def test_reference_mapping_values_are_sevis_codes(table: str, xsd_type: str) -> None:
     allowed = enum(xsd_type)
     for v in MAPPING.values[table].values.values():
@@ -52,5 +59,6 @@ def test_reference_mapping_reasons_are_sevis_codes() -> None:
         if isinstance(v, dict):
             assert v.get("reason") is None or v["reason"] in term
             assert v.get("cancel_reason") is None or v["cancel_reason"] in cancel
-    assert {"01", "02"} == {v for k, v in MAPPING.values["visa_type"].values.items()} and \
-        enum("StudentVisaCodeType") == {"01", "02"}
+    assert {"01", "02"} == {v for k, v in MAPPING.values["visa_type"].values.items()} and enum(
+        "StudentVisaCodeType"
+    ) == {"01", "02"}

@@ -64,9 +64,16 @@ def test_every_exported_metric_keeps_the_conventions():
     assert problems(body, STAGES) == []
     names = sample_names(body)
     # units in names; counters end in _total; the per-record SEVIS result counter; process metrics
-    for want in ("sevisflow_connector_behind_source_seconds", "sevisflow_connector_slot_lag_bytes",
-                 "sevisflow_records_in_total", "sevisflow_sevis_results_total", "process_cpu_seconds_total",
-                 "process_resident_memory_bytes", "python_info", "python_gc_collections_total"):
+    for want in (
+        "sevisflow_connector_behind_source_seconds",
+        "sevisflow_connector_slot_lag_bytes",
+        "sevisflow_records_in_total",
+        "sevisflow_sevis_results_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "python_info",
+        "python_gc_collections_total",
+    ):
         assert want in names, want
     assert 'sevisflow_sevis_results_total{code="S1003",result="rejected",stage="sink-sevis"} 1.0' in body
     assert 'sevisflow_sevis_results_total{code="none",result="accepted",stage="sink-sevis"} 1.0' in body
@@ -94,7 +101,7 @@ def test_the_checker_catches_each_broken_convention():
 
 def test_families_without_a_sample_are_not_served():
     registry = CollectorRegistry()
-    StageMetrics("events", registry).records_in("t", 1)   # only records_in and last_progress have samples
+    StageMetrics("events", registry).records_in("t", 1)  # only records_in and last_progress have samples
     body = scrape(registry)
     assert "sevisflow_records_in_total" in body and "sevisflow_deadline_records" not in body
     assert "sevisflow_consumer_lag" not in body and problems(body, STAGES) == []
@@ -103,7 +110,8 @@ def test_families_without_a_sample_are_not_served():
 def test_a_garbled_sevis_error_code_cannot_become_a_label():
     registry = CollectorRegistry()
     StageMetrics("sink-sevis", registry).sevis_results(
-        [{"status": "failure", "error_code": "Jane Doe 2001-02-03"}, {"status": "failure", "error_code": ""}])
+        [{"status": "failure", "error_code": "Jane Doe 2001-02-03"}, {"status": "failure", "error_code": ""}]
+    )
     body = scrape(registry)
     assert 'code="other",result="rejected"' in body and 'code="none",result="rejected"' in body
     assert "Jane" not in body
@@ -132,9 +140,15 @@ def test_every_dashboard_query_names_a_metric_the_code_exports():
         used.update(names)
         assert set(names) <= exported, f"{expr!r} asks for {sorted(set(names) - exported)}, which nothing exports"
     # what an operator watches is on it: lag, throughput, open-batch age, deadlines, rejections
-    for want in ("sevisflow_consumer_lag", "sevisflow_records_in_total", "sevisflow_oldest_ready_record_age_seconds",
-                 "sevisflow_deadline_records", "sevisflow_rejections_open", "sevisflow_sevis_results_total",
-                 "sevisflow_connector_slot_lag_bytes"):
+    for want in (
+        "sevisflow_consumer_lag",
+        "sevisflow_records_in_total",
+        "sevisflow_oldest_ready_record_age_seconds",
+        "sevisflow_deadline_records",
+        "sevisflow_rejections_open",
+        "sevisflow_sevis_results_total",
+        "sevisflow_connector_slot_lag_bytes",
+    ):
         assert want in used, want
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)) and dashboard["uid"] and Path(DASHBOARD).stat().st_size < 200_000

@@ -9,28 +9,32 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from sevisflow.core.errors import ConfigError
 from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change
 from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.normalize.mapping import load_mapping, mapping_from_dict
 from sevisflow.processors.sevis_events.pure import PurePipeline
-from sevisflow.core.errors import ConfigError
 from tests.helpers import REPO
 from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 
 
 def _history(feed: SisFeed) -> None:
     rows = base_rows(sevis_id=None, status="ADMITTED")
-    feed.tx(*[("c", TABLES[n], None, r) for n, r in rows.items()])        # new admit, one commit
+    feed.tx(*[("c", TABLES[n], None, r) for n, r in rows.items()])  # new admit, one commit
     p = rows["program"]
     feed.tx(("u", "public.program", p, {**p, "status": "ACTIVE"}))
     imm = rows["immigration"]
     feed.tx(("u", "public.immigration", imm, {**imm, "sevis_id": "N0000000007", "sevis_status": "ACTIVE"}))
     p2 = {**p, "status": "ACTIVE", "expected_end_date": date(2027, 12, 15)}
     e = rows["enrollment"]
-    feed.tx(("u", "public.program", {**p, "status": "ACTIVE"}, p2),
-            ("u", "public.enrollment", e, {**e, "status": "ENROLLED"}))
-    feed.tx(("u", "public.program", p2, {**p2, "status": "WITHDRAWN"}),
-            ("u", "public.enrollment", {**e, "status": "ENROLLED"}, {**e, "status": "WITHDRAWN"}))
+    feed.tx(
+        ("u", "public.program", {**p, "status": "ACTIVE"}, p2),
+        ("u", "public.enrollment", e, {**e, "status": "ENROLLED"}),
+    )
+    feed.tx(
+        ("u", "public.program", p2, {**p2, "status": "WITHDRAWN"}),
+        ("u", "public.enrollment", {**e, "status": "ENROLLED"}, {**e, "status": "WITHDRAWN"}),
+    )
 
 
 def _interleave(records, seed: int):
@@ -87,14 +91,35 @@ def test_without_transaction_metadata_every_change_is_applied_in_order() -> None
 
 
 def test_decimal_and_date_forms() -> None:
-    value = {"before": None, "after": {"enrollment_id": 1, "credit_hours": "AHg=", "d": 20000},
-             "source": {"schema": "public", "table": "enrollment", "lsn": 5, "txId": 1}, "op": "c"}
+    value = {
+        "before": None,
+        "after": {"enrollment_id": 1, "credit_hours": "AHg=", "d": 20000},
+        "source": {"schema": "public", "table": "enrollment", "lsn": 5, "txId": 1},
+        "op": "c",
+    }
     ch = parse_change(b'{"enrollment_id":1}', orjson.dumps(value), "sis.public.enrollment")
     assert ch is not None and ch.after["credit_hours"] == "AHg=" and ch.table == "public.enrollment"
-    wrapped = {"schema": {"type": "struct", "fields": [{"field": "after", "type": "struct", "fields": [
-        {"field": "credit_hours", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
-         "parameters": {"scale": "1"}},
-        {"field": "d", "type": "int32", "name": "io.debezium.time.Date"}]}]}, "payload": value}
+    wrapped = {
+        "schema": {
+            "type": "struct",
+            "fields": [
+                {
+                    "field": "after",
+                    "type": "struct",
+                    "fields": [
+                        {
+                            "field": "credit_hours",
+                            "type": "bytes",
+                            "name": "org.apache.kafka.connect.data.Decimal",
+                            "parameters": {"scale": "1"},
+                        },
+                        {"field": "d", "type": "int32", "name": "io.debezium.time.Date"},
+                    ],
+                }
+            ],
+        },
+        "payload": value,
+    }
     ch = parse_change(None, orjson.dumps(wrapped), "sis.public.enrollment")
     assert ch is not None and ch.after == {"enrollment_id": 1, "credit_hours": "12.0", "d": "2024-10-04"}
 
@@ -135,31 +160,86 @@ SECOND = {
     "student": {"table": "acad.stu", "key": "stu_no"},
     "international": {"visa_types": ["01", "02"]},
     "feed": [
-        {"table": "acad.stu", "section": "student", "fields": {
-            "last_name": "surname", "first_name": "given_names", "birth_date": "dob", "gender": "sex",
-            "birth_country": "born_in", "citizenship_country": "nationality", "email": "mail",
-            "visa_type": "visa_class", "sevis_id": "sevis_no", "issue_reason": "i20_reason"}},
-        {"table": "acad.contact", "section": "address", "link": "stu_no", "slot": "foreign", "fields": {
-            "line1": "home_street", "city": "home_town", "country": "home_country"}},
-        {"table": "acad.contact", "section": "address", "link": "stu_no", "slot": "us_physical", "fields": {
-            "line1": "local_street", "city": "local_town", "state": "local_state", "postal_code": "local_zip"}},
-        {"table": "acad.study", "section": "program", "link": "stu_no", "fields": {
-            "degree_level": "award", "major_cip": "cip1", "start_date": "begins", "end_date": "ends",
-            "status": "state", "english_required": "esl_req"}},
-        {"table": "acad.study", "section": "finance", "link": "stu_no", "fields": {
-            "academic_term_months": "months", "tuition": {"column": "fees", "scale": 2}, "living_expenses": "living",
-            "personal_funds": "own_funds"}},
-        {"table": "acad.term_reg", "section": "registration", "link": "stu_no", "slot_column": "term_code",
-         "fields": {"status": "reg_state", "session_start": "t_begin", "session_end": "t_end",
-                    "next_session_start": "t_next"}},
+        {
+            "table": "acad.stu",
+            "section": "student",
+            "fields": {
+                "last_name": "surname",
+                "first_name": "given_names",
+                "birth_date": "dob",
+                "gender": "sex",
+                "birth_country": "born_in",
+                "citizenship_country": "nationality",
+                "email": "mail",
+                "visa_type": "visa_class",
+                "sevis_id": "sevis_no",
+                "issue_reason": "i20_reason",
+            },
+        },
+        {
+            "table": "acad.contact",
+            "section": "address",
+            "link": "stu_no",
+            "slot": "foreign",
+            "fields": {"line1": "home_street", "city": "home_town", "country": "home_country"},
+        },
+        {
+            "table": "acad.contact",
+            "section": "address",
+            "link": "stu_no",
+            "slot": "us_physical",
+            "fields": {
+                "line1": "local_street",
+                "city": "local_town",
+                "state": "local_state",
+                "postal_code": "local_zip",
+            },
+        },
+        {
+            "table": "acad.study",
+            "section": "program",
+            "link": "stu_no",
+            "fields": {
+                "degree_level": "award",
+                "major_cip": "cip1",
+                "start_date": "begins",
+                "end_date": "ends",
+                "status": "state",
+                "english_required": "esl_req",
+            },
+        },
+        {
+            "table": "acad.study",
+            "section": "finance",
+            "link": "stu_no",
+            "fields": {
+                "academic_term_months": "months",
+                "tuition": {"column": "fees", "scale": 2},
+                "living_expenses": "living",
+                "personal_funds": "own_funds",
+            },
+        },
+        {
+            "table": "acad.term_reg",
+            "section": "registration",
+            "link": "stu_no",
+            "slot_column": "term_code",
+            "fields": {
+                "status": "reg_state",
+                "session_start": "t_begin",
+                "session_end": "t_end",
+                "next_session_start": "t_next",
+            },
+        },
     ],
     "values": {
-        "country": {"builtin": "identity"},            # this SIS stores SEVIS codes already
+        "country": {"builtin": "identity"},  # this SIS stores SEVIS codes already
         "gender": {"map": {"1": "M", "2": "F"}},
         "visa_type": {"map": {"F1": "01", "M1": "02"}, "unmapped": "keep"},
         "edu_level": {"map": {"BA": "04", "MA": "05", "PHD": "06"}},
-        "program_status": {"map": {"A": "active", "N": "initial", "G": "completed",
-                                   "W": {"value": "terminated", "reason": "23"}}},
+        "program_status": {
+            "map": {"A": "active", "N": "initial", "G": "completed", "W": {"value": "terminated", "reason": "23"}}
+        },
         "enrollment_status": {"map": {"REG": "registered", "CONF": "enrolled", "OUT": "withdrawn"}},
     },
 }
@@ -168,14 +248,42 @@ SECOND = {
 def test_second_sis_schema_needs_only_a_mapping_file() -> None:
     mapping = mapping_from_dict(SECOND, origin="second")
     feed = SisFeed(prefix="uni", primary_keys={"acad.term_reg": ("stu_no", "term_code")})
-    stu = {"stu_no": "A123", "surname": "Lefèvre", "given_names": "Théo", "dob": date(2003, 7, 1), "sex": "1",
-           "born_in": "FR", "nationality": "FR", "mail": "theo@example.fr", "visa_class": "F1", "sevis_no": None,
-           "i20_reason": "I"}
-    contact = {"stu_no": "A123", "home_street": "5 rue de Rivoli", "home_town": "Paris", "home_country": "FR",
-               "local_street": None, "local_town": None, "local_state": None, "local_zip": None}
-    study = {"stu_no": "A123", "award": "MA", "cip1": "45.0601", "begins": date(2026, 8, 24),
-             "ends": date(2028, 5, 15), "state": "N", "esl_req": "N", "months": 9, "fees": Decimal("28000.00"),
-             "living": 14000, "own_funds": 45000}
+    stu = {
+        "stu_no": "A123",
+        "surname": "Lefèvre",
+        "given_names": "Théo",
+        "dob": date(2003, 7, 1),
+        "sex": "1",
+        "born_in": "FR",
+        "nationality": "FR",
+        "mail": "theo@example.fr",
+        "visa_class": "F1",
+        "sevis_no": None,
+        "i20_reason": "I",
+    }
+    contact = {
+        "stu_no": "A123",
+        "home_street": "5 rue de Rivoli",
+        "home_town": "Paris",
+        "home_country": "FR",
+        "local_street": None,
+        "local_town": None,
+        "local_state": None,
+        "local_zip": None,
+    }
+    study = {
+        "stu_no": "A123",
+        "award": "MA",
+        "cip1": "45.0601",
+        "begins": date(2026, 8, 24),
+        "ends": date(2028, 5, 15),
+        "state": "N",
+        "esl_req": "N",
+        "months": 9,
+        "fees": Decimal("28000.00"),
+        "living": 14000,
+        "own_funds": 45000,
+    }
     feed.tx(("c", "acad.stu", None, stu), ("c", "acad.contact", None, contact), ("c", "acad.study", None, study))
     pipe = PurePipeline(mapping, tx_topic="uni.transaction")
     out = pipe.feed(feed.records)
@@ -183,12 +291,26 @@ def test_second_sis_schema_needs_only_a_mapping_file() -> None:
     feed.records.clear()
     # SEVIS ID recorded, then the student arrives: local address, confirmed registration, active
     feed.tx(("u", "acad.stu", stu, {**stu, "sevis_no": "N0009999999"}))
-    contact2 = {**contact, "local_street": "1 Main St", "local_town": "Urbana", "local_state": "IL",
-                "local_zip": "61801"}
-    reg = {"stu_no": "A123", "term_code": "F26", "reg_state": "CONF", "t_begin": date(2026, 8, 24),
-           "t_end": date(2026, 12, 18), "t_next": date(2027, 1, 19)}
-    feed.tx(("u", "acad.contact", contact, contact2), ("u", "acad.study", study, {**study, "state": "A"}),
-            ("c", "acad.term_reg", None, reg))
+    contact2 = {
+        **contact,
+        "local_street": "1 Main St",
+        "local_town": "Urbana",
+        "local_state": "IL",
+        "local_zip": "61801",
+    }
+    reg = {
+        "stu_no": "A123",
+        "term_code": "F26",
+        "reg_state": "CONF",
+        "t_begin": date(2026, 8, 24),
+        "t_end": date(2026, 12, 18),
+        "t_next": date(2027, 1, 19),
+    }
+    feed.tx(
+        ("u", "acad.contact", contact, contact2),
+        ("u", "acad.study", study, {**study, "state": "A"}),
+        ("c", "acad.term_reg", None, reg),
+    )
     feed.tx(("u", "acad.study", {**study, "state": "A"}, {**study, "state": "A", "ends": date(2028, 12, 15)}))
     out = pipe.feed(feed.records)
     assert sorted(out.kinds()) == ["PersonalInfo", "Program.Extension", "Registration"], (out.issues, out.dead)
@@ -198,11 +320,13 @@ def test_second_sis_schema_needs_only_a_mapping_file() -> None:
 
 def test_mapping_errors_name_the_problem() -> None:
     with pytest.raises(ConfigError, match="no field 'nickname'"):
-        mapping_from_dict({**SECOND, "feed": [{"table": "acad.stu", "section": "student",
-                                               "fields": {"nickname": "x"}}]})
+        mapping_from_dict(
+            {**SECOND, "feed": [{"table": "acad.stu", "section": "student", "fields": {"nickname": "x"}}]}
+        )
     with pytest.raises(ConfigError, match="needs 'link'"):
-        mapping_from_dict({**SECOND, "feed": SECOND["feed"] + [{"table": "acad.x", "section": "finance",
-                                                                "fields": {"tuition": "t"}}]})
+        mapping_from_dict(
+            {**SECOND, "feed": SECOND["feed"] + [{"table": "acad.x", "section": "finance", "fields": {"tuition": "t"}}]}
+        )
     with pytest.raises(ConfigError, match="unknown section"):
         mapping_from_dict({**SECOND, "feed": [{"table": "acad.stu", "section": "passport", "fields": {}}]})
     with pytest.raises(ConfigError, match="does not exist"):

@@ -34,10 +34,10 @@ def test_a_resent_transaction_after_it_was_applied_is_applied_once_and_later_one
     feed.tx(("u", "public.person", rows["person"], {**rows["person"], "email": "zoe@new.example"}))
     start = len(feed.records)
     feed.tx(("u", "public.address", rows["us"], {**rows["us"], "line1": "9 New St"}))
-    resent = feed.records[start:]                       # BEGIN, the row, END of the last transaction
+    resent = feed.records[start:]  # BEGIN, the row, END of the last transaction
     feed.tx(("u", "public.person", rows["person"], {**rows["person"], "email": "zoe@third.example"}))
     once = _events(feed.records)
-    twice = _events(feed.records[:start + len(resent)] + resent + feed.records[start + len(resent):])
+    twice = _events(feed.records[: start + len(resent)] + resent + feed.records[start + len(resent) :])
     assert twice == once and len([k for k, _ in once if k == "PersonalInfo"]) == 3
 
 
@@ -48,7 +48,7 @@ def test_a_resent_end_alone_does_not_stop_later_transactions():
     end = feed.records[-1]
     feed.tx(("u", "public.address", rows["us"], {**rows["us"], "line1": "9 New St"}))
     assert b'"END"' in end.value
-    records = feed.records[:start + 3] + [end] + feed.records[start + 3:]
+    records = feed.records[: start + 3] + [end] + feed.records[start + 3 :]
     assert _events(records) == _events(feed.records)
 
 
@@ -71,7 +71,13 @@ def test_a_fraction_in_a_whole_dollar_amount_is_rounded_and_the_dso_is_told():
     assert fin and orjson.loads(fin[-1]["payload_json"])["Expense"]["Tuition"] == "30001"
     [note] = [d for d in out.dead if d.code == "value_rounded"]
     assert note.field == "finance.tuition" and "30000" not in note.reason
-    letter = {"stage": "normalize", "code": note.code, "student_key": note.student_key, "field": note.field,
-              "reason": note.reason, "at_ms": 1}
+    letter = {
+        "stage": "normalize",
+        "code": note.code,
+        "student_key": note.student_key,
+        "field": note.field,
+        "reason": note.reason,
+        "at_ms": 1,
+    }
     [item] = worklist([], [], [], [letter], {}, Deadlines(), __import__("datetime").date(2026, 1, 1))
     assert item.student_key == note.student_key and "finance.tuition" in item.title

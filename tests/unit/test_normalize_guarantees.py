@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,13 +23,19 @@ from sevisflow.processors.normalize.stage import NormalizeStore
 from sevisflow.processors.normalize.view import CHUNK_BYTES, Chunked, DictKV, Normalizer
 from sevisflow.processors.sevis_events.derive import Context, derive
 from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
-from tests.normalize_support import (N_STUDENTS, N_TERMS, STATE_MESSAGE_LIMIT, big_school, big_transaction,
-                                     snapshot_records, streamed_after_snapshot)
+from tests.normalize_support import (
+    N_STUDENTS,
+    N_TERMS,
+    STATE_MESSAGE_LIMIT,
+    big_school,
+    big_transaction,
+    snapshot_records,
+    streamed_after_snapshot,
+)
 from tests.scenarios import MAPPING, PKS, TABLES, School, base_rows
 
-
-
 # ---------------------------------------------------------------------------- one 20,000-row transaction
+
 
 class MeteredStore(NormalizeStore):
     """The stage's state store; records what each Kafka transaction would write to the changelog."""
@@ -39,7 +45,7 @@ class MeteredStore(NormalizeStore):
         self.largest = 0
         self.largest_key = b""
         self.written = 0
-        self.peak: dict[bytes, int] = {}   # the largest value each key ever had
+        self.peak: dict[bytes, int] = {}  # the largest value each key ever had
 
     def commit_like_the_loop(self) -> None:
         for kv in self.staged().values():
@@ -60,7 +66,7 @@ def run_stage_mode(pipe: PurePipeline, records: list[Record], store: MeteredStor
         pipe.feed_one(r.topic, r.key, r.value, out, 0, i)
         st = pipe.normalizer.snapshot_status()
         if st is not None and st.get("ended"):
-            pipe._take(pipe.normalizer.release_snapshot(), out)   # what the stage does once caught up
+            pipe._take(pipe.normalizer.release_snapshot(), out)  # what the stage does once caught up
         if i % batch == batch - 1:
             store.commit_like_the_loop()
     store.commit_like_the_loop()
@@ -90,18 +96,24 @@ def big() -> dict[str, Any]:
     # consumer of the transaction topic may
     end = [r for r in tx_records if r.topic == feed.tx_topic]
     rows = [r for r in tx_records if r.topic != feed.tx_topic]
-    return {"state": dict(store.committed_partition(0)), "views": dict(pipe.last_view), "expected": expected,
-            "tx": tx_records, "end_first": end + rows, "rows": len(rows)}
+    return {
+        "state": dict(store.committed_partition(0)),
+        "views": dict(pipe.last_view),
+        "expected": expected,
+        "tx": tx_records,
+        "end_first": end + rows,
+        "rows": len(rows),
+    }
 
 
-@pytest.mark.parametrize("order", ["end_first"])   # the END read before its 20,000 rows: the harder order
+@pytest.mark.parametrize("order", ["end_first"])  # the END read before its 20,000 rows: the harder order
 def test_a_transaction_larger_than_a_changelog_record_is_chunked_linear_and_gives_the_right_events(big, order):
     assert big["rows"] == N_STUDENTS * N_TERMS == 20_000
     store = MeteredStore()
-    store.load_partition(0, dict(big["state"]))      # the school, as the stage left it
+    store.load_partition(0, dict(big["state"]))  # the school, as the stage left it
     pipe = stage_pipe(store)
     pipe.last_view = dict(big["views"])
-    out = run_stage_mode(pipe, big[order], store, batch=800)   # 25 Kafka transactions, as the stage commits
+    out = run_stage_mode(pipe, big[order], store, batch=800)  # 25 Kafka transactions, as the stage commits
 
     # the right events: one Registration per student for the current term, nothing else
     assert Counter(e["kind"] for e in out.events) == {"Registration": N_STUDENTS}
@@ -139,7 +151,7 @@ def test_the_chunked_list_keeps_order_counts_and_reads_an_old_plain_list():
     assert lst.first() == items[700] and lst.items() == items[700:] and len(lst) == 1300
     lst.clear()
     assert kv.data == {}
-    kv.put("q", [{"tx": 1}, {"tx": 2}])          # an END queue written by an older version
+    kv.put("q", [{"tx": 1}, {"tx": 2}])  # an END queue written by an older version
     q = Chunked(kv, "q")
     q.append({"tx": 3})
     assert q.items() == [{"tx": 1}, {"tx": 2}, {"tx": 3}] and isinstance(kv.get("q"), dict)
@@ -151,11 +163,17 @@ ORDERS = {
     # as produced: the snapshot, then streaming
     "snapshot_first": lambda snap, st: snap + st,
     # the transaction topic (and the streamed rows) read before any snapshot row
-    "stream_first": lambda snap, st: [r for r in st if r.topic.endswith(".transaction")]
-    + [r for r in st if not r.topic.endswith(".transaction")] + snap,
+    "stream_first": lambda snap, st: (
+        [r for r in st if r.topic.endswith(".transaction")]
+        + [r for r in st if not r.topic.endswith(".transaction")]
+        + snap
+    ),
     # the transaction topic first, then the snapshot, then the streamed rows
-    "markers_first": lambda snap, st: [r for r in st if r.topic.endswith(".transaction")] + snap
-    + [r for r in st if not r.topic.endswith(".transaction")],
+    "markers_first": lambda snap, st: (
+        [r for r in st if r.topic.endswith(".transaction")]
+        + snap
+        + [r for r in st if not r.topic.endswith(".transaction")]
+    ),
 }
 
 
@@ -191,7 +209,7 @@ def test_the_snapshot_is_released_whatever_the_read_order_and_the_last_table(ord
     assert seen, "the end of the snapshot must be seen"
     pipe._take(pipe.normalizer.release_snapshot(), out)
     assert _events(out) == _events(expected)
-    assert [u.snapshot for u in out.views][:1] == [True]          # the snapshot unit comes first
+    assert [u.snapshot for u in out.views][:1] == [True]  # the snapshot unit comes first
     assert pipe.normalizer.snapshot_status() is None and pipe.kv.get("b") is True
     assert not [k for k in pipe.kv.data if k.startswith(("s:", "si:", "t:", "sp", "q"))]
 
@@ -218,7 +236,7 @@ def test_with_no_snapshot_the_start_up_hold_ends_with_the_first_streamed_record(
     feed.tx(*[("c", TABLES[n], None, r) for n, r in rows.items()])
     feed.tx(("u", "public.person", rows["person"], {**rows["person"], "email": "zoe@new.example"}))
     streamed = feed.records
-    pipe, out, seen = _stage_mode(streamed[:1])     # a BEGIN: the snapshot question is settled
+    pipe, out, seen = _stage_mode(streamed[:1])  # a BEGIN: the snapshot question is settled
     assert seen == [0]
     pipe._take(pipe.normalizer.release_snapshot(), out)
     for i, r in enumerate(streamed[1:]):
@@ -229,9 +247,10 @@ def test_with_no_snapshot_the_start_up_hold_ends_with_the_first_streamed_record(
 
 # ---------------------------------------------------------------------------- identity
 
+
 def test_after_a_student_key_change_a_termination_is_reported_under_the_new_key():
     school = School()
-    assert [e["kind"] for e in school.seed_out.events] == []        # in SEVIS already: the baseline
+    assert [e["kind"] for e in school.seed_out.events] == []  # in SEVIS already: the baseline
     renamed = school.tx(("u", "person", {"school_id": "S00000099"}))
     assert renamed.events == [] and not renamed.issues
     new = next(u.view for u in renamed.views if u.student_key == "S00000099")
@@ -259,7 +278,7 @@ def test_a_student_row_deleted_and_inserted_in_one_commit_with_a_new_key_keeps_i
 
 def test_a_deleted_students_id_reused_by_a_new_student_brings_none_of_the_old_rows():
     school = School()
-    school.tx(("d", "person", {}))                   # deleted; its other rows stay (no cascade)
+    school.tx(("d", "person", {}))  # deleted; its other rows stay (no cascade)
     assert school.pipe.kv.get("l:7") is None and school.pipe.kv.get("lm:7") is None
     newcomer = {**base_rows()["person"], "school_id": "S00000555", "first_name": "Ana", "last_name": "Lima"}
     out = school.tx(("c", "person", newcomer))
@@ -268,7 +287,7 @@ def test_a_deleted_students_id_reused_by_a_new_student_brings_none_of_the_old_ro
     assert view["program"] == {} and view["address"] == {} and view["registration"] == {}
     assert view["finance"] == {} and view["student"].get("sevis_id") is None and not view["international"]
     old = school.pipe.kv.get("v:S00000007")
-    assert not old["exists"] and old["program"]["status"] == "active"   # the old rows stay where they were
+    assert not old["exists"] and old["program"]["status"] == "active"  # the old rows stay where they were
     # a row the SIS now links to the newcomer (it references the reused id) does follow the newcomer
     imm = {**base_rows()["immigration"], "sevis_id": None, "sevis_status": None, "visa_type": "F-1"}
     out = school.tx(("u", "immigration", imm))
@@ -278,12 +297,13 @@ def test_a_deleted_students_id_reused_by_a_new_student_brings_none_of_the_old_ro
 
 # ---------------------------------------------------------------------------- I-20 issue date
 
+
 def test_the_i20_issue_date_fallback_is_the_commits_date_in_the_schools_time_zone():
     school = School(sevis_id=None, status="ADMITTED")
     view = school.pipe.kv.get("v:S00000007")
     assert view["student"].get("i20_issue_date") is None
     # 2026-01-02 03:30 UTC is still 1 January in Chicago (21:30), already 2 January in UTC
-    at = int(datetime(2026, 1, 2, 3, 30, tzinfo=timezone.utc).timestamp() * 1000)
+    at = int(datetime(2026, 1, 2, 3, 30, tzinfo=UTC).timestamp() * 1000)
 
     def iss(tz: str) -> str:
         d = derive(None, view, Context("ABC214F12345000", "u1", [], at, False, tz))
@@ -297,6 +317,7 @@ def test_the_i20_issue_date_fallback_is_the_commits_date_in_the_schools_time_zon
     pipe = PurePipeline(MAPPING, timezone="America/Chicago")
     out = PureOutput()
     from sevisflow.processors.normalize.view import StudentUpdate
+
     pipe.apply_view(StudentUpdate("S00000007", view, [{"commit_ts_ms": at}], "u1", False), out)
     assert orjson.loads(out.events[0]["payload_json"])["EducationalInfo"]["IssDate"] == "2026-01-01"
 
@@ -338,17 +359,26 @@ class _Msg:
 
 @pytest.mark.parametrize("tz,day", [("America/Chicago", "2026-01-01"), ("Europe/Berlin", "2026-01-02")])
 def test_the_events_stage_dates_the_i20_in_the_configured_school_time_zone(tz, day):
-    from sevisflow.processors.sevis_events.stage import EVENT_SCHEMA, STUDENT_SCHEMA, EventsStage
     from sevisflow.core.kafka_io import StateStore
     from sevisflow.core.serde import registry
+    from sevisflow.processors.sevis_events.stage import EVENT_SCHEMA, STUDENT_SCHEMA, EventsStage
     from tests.helpers import make_settings
 
     school = School(sevis_id=None, status="ADMITTED")
     view = school.pipe.kv.get("v:S00000007")
-    at = int(datetime(2026, 1, 2, 3, 30, tzinfo=timezone.utc).timestamp() * 1000)
-    rec = {"student_key": "S00000007", "exists": True, "international": True, "sevis_id": None,
-           "view_json": orjson.dumps(view).decode(), "unit_id": "u1", "snapshot": False, "commit_ts_ms": at,
-           "lineage": [], "processor_version": "test"}
+    at = int(datetime(2026, 1, 2, 3, 30, tzinfo=UTC).timestamp() * 1000)
+    rec = {
+        "student_key": "S00000007",
+        "exists": True,
+        "international": True,
+        "sevis_id": None,
+        "view_json": orjson.dumps(view).decode(),
+        "unit_id": "u1",
+        "snapshot": False,
+        "commit_ts_ms": at,
+        "lineage": [],
+        "processor_version": "test",
+    }
     settings = make_settings(school={"timezone": tz})
     outs = EventsStage(settings).handle(_Msg(b"S00000007", registry().encode(STUDENT_SCHEMA, rec)), StateStore())
     events = [registry().decode(o.value, EVENT_SCHEMA) for o in outs if o.topic == settings.topics.events]

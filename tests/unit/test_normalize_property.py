@@ -12,17 +12,46 @@ from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.sevis_events.pure import PurePipeline
 from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 
-ANY = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.text(max_size=12),
-                st.dates(date(1, 1, 1), date(9999, 12, 31)), st.floats(allow_nan=True, allow_infinity=True),
-                st.sampled_from(["F-1", "M-1", "J-1", "ZZ", "XX", "US", "CN", "Illinois", "Ontario", "ACTIVE",
-                                 "WITHDRAWN", "ENROLLED", "FOREIGN", "US_PHYSICAL", "11.0701", "00.0000", "Sm1th",
-                                 "王", "N0000000001", "1e400", "AHg="]))
+ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.text(max_size=12),
+    st.dates(date(1, 1, 1), date(9999, 12, 31)),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "F-1",
+            "M-1",
+            "J-1",
+            "ZZ",
+            "XX",
+            "US",
+            "CN",
+            "Illinois",
+            "Ontario",
+            "ACTIVE",
+            "WITHDRAWN",
+            "ENROLLED",
+            "FOREIGN",
+            "US_PHYSICAL",
+            "11.0701",
+            "00.0000",
+            "Sm1th",
+            "王",
+            "N0000000001",
+            "1e400",
+            "AHg=",
+        ]
+    ),
+)
 
 
 @st.composite
 def mutated_row(draw):
-    rows = base_rows(sevis_id=draw(st.sampled_from([None, "N0001234567"])),
-                     status=draw(st.sampled_from(["ADMITTED", "ACTIVE"])))
+    rows = base_rows(
+        sevis_id=draw(st.sampled_from([None, "N0001234567"])), status=draw(st.sampled_from(["ADMITTED", "ACTIVE"]))
+    )
     name = draw(st.sampled_from(sorted(rows)))
     row = dict(rows[name])
     for col in draw(st.lists(st.sampled_from(sorted(row)), max_size=4, unique=True)):

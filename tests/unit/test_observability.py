@@ -62,8 +62,9 @@ def test_metrics_endpoint_exposes_stage_metrics():
     assert s[("sevisflow_errors_total", (("kind", "kafka"), ("stage", "normalize")))] == 1
     assert s[("sevisflow_dlq_records_total", (("code", "unmapped_code"), ("stage", "normalize")))] == 2
     assert s[("sevisflow_transactions_total", (("outcome", "commit"), ("stage", "normalize")))] == 1
-    assert s[("sevisflow_consumer_lag", (("partition", "0"), ("stage", "normalize"),
-                                         ("topic", "sis.public.person")))] == 7
+    assert (
+        s[("sevisflow_consumer_lag", (("partition", "0"), ("stage", "normalize"), ("topic", "sis.public.person")))] == 7
+    )
     # the slot's lag is the connector's own gauge (sevisflow_connector_slot_lag_bytes): no second family
     assert not any(name == "sevisflow_replication_slot_lag_bytes" for name, _ in s)
     assert s[("sevisflow_batch_records_count", (("kind", "sevis_document"), ("stage", "batcher")))] == 1
@@ -79,8 +80,9 @@ def test_ready_follows_its_callable_and_health_its_heartbeat():
     def ready():
         return (True, "ok") if state["ready"] else (False, "restoring state")
 
-    with ObservabilityServer(0, CollectorRegistry(), ready=ready, health=lambda: beat.alive(30),
-                             host="127.0.0.1") as server:
+    with ObservabilityServer(
+        0, CollectorRegistry(), ready=ready, health=lambda: beat.alive(30), host="127.0.0.1"
+    ) as server:
         assert _get(server.port, "/ready")[0::2] == (503, "restoring state\n")
         assert _get(server.port, "/health")[0] == 200
         state["ready"] = True
@@ -119,7 +121,10 @@ def test_server_answers_concurrent_probes_and_stops_cleanly():
 
 def test_compute_lag():
     assert compute_lag({("t", 0): 10, ("t", 1): -1001}, {("t", 0): 15, ("t", 1): 4, ("t", 2): 0}) == {
-        ("t", 0): 5, ("t", 1): 4, ("t", 2): 0}
+        ("t", 0): 5,
+        ("t", 1): 4,
+        ("t", 2): 0,
+    }
 
 
 @dataclass

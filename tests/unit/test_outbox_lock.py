@@ -24,8 +24,9 @@ time.sleep(120)
 
 
 def test_second_holder_is_refused_with_pid_and_host_and_kill_9_frees_it(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "outbox")], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "outbox")], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         with pytest.raises(OutboxLocked) as err:
@@ -52,8 +53,7 @@ def test_second_holder_is_refused_with_pid_and_host_and_kill_9_frees_it(tmp_path
 
 
 def test_same_process_cannot_hold_it_twice_and_release_frees_it(tmp_path):
-    with OutboxLock(tmp_path):
-        with pytest.raises(OutboxLocked, match="in use by another SEVIS sink"):
-            OutboxLock(tmp_path).acquire()
+    with OutboxLock(tmp_path), pytest.raises(OutboxLocked, match="in use by another SEVIS sink"):
+        OutboxLock(tmp_path).acquire()
     with OutboxLock(tmp_path):
         pass

@@ -22,8 +22,17 @@ def test_begin_and_commit_by_hand() -> None:
 
 
 def test_relation_by_hand() -> None:
-    payload = (b"R" + struct.pack(">I", 16384) + b"public\0person\0" + b"f" + struct.pack(">H", 2)
-               + b"\x01id\0" + struct.pack(">Ii", 20, -1) + b"\x00name\0" + struct.pack(">Ii", 1043, 104))
+    payload = (
+        b"R"
+        + struct.pack(">I", 16384)
+        + b"public\0person\0"
+        + b"f"
+        + struct.pack(">H", 2)
+        + b"\x01id\0"
+        + struct.pack(">Ii", 20, -1)
+        + b"\x00name\0"
+        + struct.pack(">Ii", 1043, 104)
+    )
     rel = pg.decode(payload)
     assert isinstance(rel, pg.Relation)
     assert (rel.relid, rel.namespace, rel.name, rel.replica_identity) == (16384, "public", "person", "f")
@@ -33,7 +42,17 @@ def test_relation_by_hand() -> None:
 
 def test_insert_update_delete_tuples_by_hand() -> None:
     word = "Zoë €".encode()
-    tup = struct.pack(">H", 4) + b"t" + struct.pack(">I", 2) + b"42" + b"n" + b"u" + b"t" + struct.pack(">I", len(word)) + word
+    tup = (
+        struct.pack(">H", 4)
+        + b"t"
+        + struct.pack(">I", 2)
+        + b"42"
+        + b"n"
+        + b"u"
+        + b"t"
+        + struct.pack(">I", len(word))
+        + word
+    )
     ins = pg.decode(b"I" + struct.pack(">I", 7) + b"N" + tup)
     assert ins == pg.Insert(7, ["42", None, UNCHANGED, "Zoë €"])
 
@@ -87,15 +106,31 @@ def test_round_trip_changes(relid: int, new: list, old: list | None, kind: str) 
 
 
 @settings(max_examples=100, deadline=None)
-@given(lsn=lsns, end=lsns, xid=st.integers(0, 2**32 - 1), ts=st.integers(0, 2**52),
-       cols=st.lists(st.tuples(st.integers(0, 1), st.text(alphabet=st.characters(blacklist_characters="\0",
-                                                                                   blacklist_categories=("Cs",)),
-                                                           min_size=1, max_size=10),
-                               st.integers(1, 2**32 - 1), st.integers(-1, 2**31 - 1)), max_size=8))
+@given(
+    lsn=lsns,
+    end=lsns,
+    xid=st.integers(0, 2**32 - 1),
+    ts=st.integers(0, 2**52),
+    cols=st.lists(
+        st.tuples(
+            st.integers(0, 1),
+            st.text(
+                alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=10
+            ),
+            st.integers(1, 2**32 - 1),
+            st.integers(-1, 2**31 - 1),
+        ),
+        max_size=8,
+    ),
+)
 def test_round_trip_control_messages(lsn: int, end: int, xid: int, ts: int, cols: list) -> None:
-    for msg in [pg.Begin(lsn, ts, xid), pg.Commit(0, lsn, end, ts),
-                pg.Relation(xid, "s", "t", "f", tuple(pg.Column(*c) for c in cols)),
-                pg.Message(True, lsn, "p", b"\x00\xff"), pg.Truncate((1, 2, 3), False, True)]:
+    for msg in [
+        pg.Begin(lsn, ts, xid),
+        pg.Commit(0, lsn, end, ts),
+        pg.Relation(xid, "s", "t", "f", tuple(pg.Column(*c) for c in cols)),
+        pg.Message(True, lsn, "p", b"\x00\xff"),
+        pg.Truncate((1, 2, 3), False, True),
+    ]:
         assert pg.decode(pg.encode(msg)) == msg
 
 

@@ -24,8 +24,8 @@ EXPECTED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "address_move": (frozenset({"PersonalInfo"}), frozenset()),
     "name_change": (frozenset({"PersonalInfo"}), frozenset()),
     "contact_change": (frozenset({"PersonalInfo"}), frozenset()),
-    "major_change": (frozenset({"Program.Edit"}), frozenset({"Program.Extension"})),   # + end date later
-    "term_registration": (frozenset({"Registration"}), frozenset({"PersonalInfo"})),   # + address at check-in
+    "major_change": (frozenset({"Program.Edit"}), frozenset({"Program.Extension"})),  # + end date later
+    "term_registration": (frozenset({"Registration"}), frozenset({"PersonalInfo"})),  # + address at check-in
     "withdrawal": (frozenset({"Status.Terminate"}), frozenset()),
     "completion": (frozenset({"Status.Complete"}), frozenset()),
     "extension": (frozenset({"Program.Extension"}), frozenset()),
@@ -34,7 +34,7 @@ EXPECTED: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "dependent_added": (frozenset({"Dependent.Add", "FinancialInfo"}), frozenset()),
     "finance_change": (frozenset({"FinancialInfo"}), frozenset()),
     "domestic_change": (frozenset(), frozenset()),
-    "course_signup": (frozenset(), frozenset()),    # a REGISTERED row is not an enrolment
+    "course_signup": (frozenset(), frozenset()),  # a REGISTERED row is not an enrolment
 }
 
 
@@ -50,16 +50,28 @@ def problems(out: PureOutput) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def replayed() -> list[tuple[Transaction, str | None, PureOutput]]:
     r = Replay()
-    assert Counter(r.snapshot.kinds()) == {"Create": 4}   # new admits of the snapshot still need an I-20
+    assert Counter(r.snapshot.kinds()) == {"Create": 4}  # new admits of the snapshot still need an I-20
     assert not r.snapshot.dead and not problems(r.snapshot)
     return [(tx, r.visa(tx), r.play(tx)) for tx in r.activity]
 
 
 def test_the_demo_activity_has_the_documented_mix(replayed):
     assert Counter(tx.kind for tx, _, _ in replayed) == {
-        "address_move": 12, "completion": 6, "contact_change": 17, "course_signup": 21, "dependent_added": 3,
-        "domestic_change": 25, "extension": 9, "finance_change": 6, "major_change": 6, "name_change": 8,
-        "new_admit": 5, "shortening": 3, "term_registration": 25, "withdrawal": 4}
+        "address_move": 12,
+        "completion": 6,
+        "contact_change": 17,
+        "course_signup": 21,
+        "dependent_added": 3,
+        "domestic_change": 25,
+        "extension": 9,
+        "finance_change": 6,
+        "major_change": 6,
+        "name_change": 8,
+        "new_admit": 5,
+        "shortening": 3,
+        "term_registration": 25,
+        "withdrawal": 4,
+    }
 
 
 def test_every_reported_students_change_gives_the_event_a_dso_would_file(replayed):
@@ -74,8 +86,9 @@ def test_every_reported_students_change_gives_the_event_a_dso_would_file(replaye
         if tx.kind == "major_change":
             assert ("Program.Extension" in got) == ("end date later" in tx.note)
         if tx.kind == "withdrawal":
-            assert [e["payload_json"] for e in out.events] == ['{"Reason":"23"}' if "withdrawn" in tx.note
-                                                                else '{"Reason":"08"}']
+            assert [e["payload_json"] for e in out.events] == [
+                '{"Reason":"23"}' if "withdrawn" in tx.note else '{"Reason":"08"}'
+            ]
     assert not wrong, wrong
 
 
@@ -92,7 +105,7 @@ def test_no_sevis_problem_is_left_for_the_dso(replayed):
             assert not out.dead and not problems(out), (tx.kind, problems(out))
             for e in out.events:
                 warnings = [p for p in e["problems"] if not p.startswith(SPELLING)]
-                assert warnings == [] or e["kind"] == "Program.Extension", e   # default Explanation flagged
+                assert warnings == [] or e["kind"] == "Program.Extension", e  # default Explanation flagged
 
 
 def test_j1_changes_become_dead_letters_naming_the_update(replayed):
@@ -122,13 +135,29 @@ def test_every_international_change_is_reported_or_explained(replayed):
 def test_a_change_sevis_cannot_take_becomes_a_dead_letter_with_a_reason():
     """A registration for a term the SIS has no dates for, and a removed e-mail, cannot be sent."""
     r = Replay(students=40, share=0.5, seed=3, n_activity=0)
-    pid = next(p for p in r.world.international if r.world.immigration(p)["visa_type"] == "F-1"
-               and (r.world.program(p) or {}).get("status") == "ACTIVE")
+    pid = next(
+        p
+        for p in r.world.international
+        if r.world.immigration(p)["visa_type"] == "F-1" and (r.world.program(p) or {}).get("status") == "ACTIVE"
+    )
     person = r.world.person(pid)
     enr_id = max(row["enrollment_id"] for row in r.school["enrollment"]) + 1
-    r.feed.tx(("c", "public.enrollment", None, {
-        "enrollment_id": enr_id, "person_id": pid, "term_id": "2031SP", "status": "ENROLLED",
-        "credit_hours": None, "full_time": True, "confirmed_at": None}))
+    r.feed.tx(
+        (
+            "c",
+            "public.enrollment",
+            None,
+            {
+                "enrollment_id": enr_id,
+                "person_id": pid,
+                "term_id": "2031SP",
+                "status": "ENROLLED",
+                "credit_hours": None,
+                "full_time": True,
+                "confirmed_at": None,
+            },
+        )
+    )
     out = r.take()
     assert not out.events
     assert [(x.code, x.field) for _, x in out.issues] == [("missing_field", "registration[2031SP].session_start")]

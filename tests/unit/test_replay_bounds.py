@@ -19,9 +19,9 @@ from sevisflow.app.audit.replay import (
     resolve_range,
     table_rows,
 )
-from testkit.audit_scenario import BATCH_1, OTHER, STUDENT, decoded_scenario
 from sevisflow.core.errors import SevisflowError
 from sevisflow.core.serde import registry
+from testkit.audit_scenario import BATCH_1, OTHER, STUDENT, decoded_scenario
 
 
 def test_parse_bound_forms():
@@ -46,8 +46,10 @@ def test_resolve_range_offsets_times_and_partitions():
     assert resolve_range([0, 1, 2], marks, Bound("offset", offset=3), Bound("end"), look) == {0: (3, 10), 1: (5, 8)}
     assert resolve_range([0, 1], marks, Bound("time", time_ms=1000), Bound("time", time_ms=2000), look) == {0: (4, 9)}
     assert resolve_range([0, 1], marks, Bound("partitions", partitions={1: 6}), Bound("end"), look) == {1: (6, 8)}
-    assert resolve_range([0, 1], marks, Bound("beginning"), Bound("partitions", partitions={0: 2}), look) == \
-        {0: (0, 2), 1: (5, 8)}
+    assert resolve_range([0, 1], marks, Bound("beginning"), Bound("partitions", partitions={0: 2}), look) == {
+        0: (0, 2),
+        1: (5, 8),
+    }
 
 
 def test_decode_avro_expands_json_fields_and_keeps_value_hash():
@@ -75,10 +77,22 @@ def test_decode_debezium_with_and_without_schema_wrapper_and_tombstone():
 
 def test_decode_dead_letter_bytes_fields_recursively():
     env = {"before": None, "after": {"person_id": 9}, "op": "c", "source": {}, "ts_ms": 1}
-    dl = registry().encode("sevisflow.dlq.DeadLetter", {
-        "stage": "normalize", "reason": "bad", "code": "bad_code", "student_key": None, "field": None,
-        "source_topic": "sis.public.person", "source_partition": 0, "source_offset": 1,
-        "source_key": b'{"person_id": 9}', "source_value": orjson.dumps(env), "at_ms": 5})
+    dl = registry().encode(
+        "sevisflow.dlq.DeadLetter",
+        {
+            "stage": "normalize",
+            "reason": "bad",
+            "code": "bad_code",
+            "student_key": None,
+            "field": None,
+            "source_topic": "sis.public.person",
+            "source_partition": 0,
+            "source_offset": 1,
+            "source_key": b'{"person_id": 9}',
+            "source_value": orjson.dumps(env),
+            "at_ms": 5,
+        },
+    )
     fmt, v, _ = decode_value(dl)
     assert fmt == "avro"
     assert v["source_value"] == {"format": "debezium", "value": env}

@@ -23,7 +23,12 @@ MIB = 1 << 20
 
 
 def limits(**over) -> SevisSettings:
-    base = {'max_zip_entries': 10, 'max_entry_bytes': 4 * MIB, 'max_unzipped_bytes': 8 * MIB, 'max_compression_ratio': 50.0}
+    base = {
+        "max_zip_entries": 10,
+        "max_entry_bytes": 4 * MIB,
+        "max_unzipped_bytes": 8 * MIB,
+        "max_compression_ratio": 50.0,
+    }
     base.update(over)
     return SevisSettings(**base)
 
@@ -41,8 +46,7 @@ def left_over(folder: Path) -> list[str]:
 
 
 def test_a_normal_zip_is_unpacked_privately(tmp_path):
-    path, _ = extract_results(zip_of({TRANSLOG_NAME: LOG, "N0000000001_I20.pdf": b"%PDF-1.4 x"}), tmp_path,
-                              limits())
+    path, _ = extract_results(zip_of({TRANSLOG_NAME: LOG, "N0000000001_I20.pdf": b"%PDF-1.4 x"}), tmp_path, limits())
     assert path == tmp_path / "results" / TRANSLOG_NAME and path.read_bytes() == LOG
     assert (tmp_path / "results" / "N0000000001_I20.pdf").stat().st_mode & 0o777 == 0o600
     # a second download of the same batch replaces results/ in one rename
@@ -52,19 +56,28 @@ def test_a_normal_zip_is_unpacked_privately(tmp_path):
 
 def test_path_traversal_names_land_inside_results(tmp_path):
     (tmp_path / "b").mkdir()
-    extract_results(zip_of({"../../" + TRANSLOG_NAME: LOG, "/etc/evil.pdf": b"x", "a/../../.hidden": b"y"}),
-                    tmp_path / "b", limits())
+    extract_results(
+        zip_of({"../../" + TRANSLOG_NAME: LOG, "/etc/evil.pdf": b"x", "a/../../.hidden": b"y"}),
+        tmp_path / "b",
+        limits(),
+    )
     assert left_over(tmp_path / "b" / "results") == ["evil.pdf", TRANSLOG_NAME]
     assert not (tmp_path / TRANSLOG_NAME).exists() and not (tmp_path / "evil.pdf").exists()
 
 
-@pytest.mark.parametrize("entries, over, match", [
-    ({f"f{i}.pdf": b"x" for i in range(11)} | {TRANSLOG_NAME: LOG}, {}, "max_zip_entries"),
-    ({TRANSLOG_NAME: LOG, "big.pdf": bytes(5 * MIB)}, {"max_compression_ratio": 1e9}, "max_entry_bytes"),
-    ({TRANSLOG_NAME: LOG, "a.pdf": bytes(3 * MIB), "b.pdf": bytes(3 * MIB), "c.pdf": bytes(3 * MIB)},
-     {"max_compression_ratio": 1e9}, "max_unzipped_bytes"),
-    ({TRANSLOG_NAME: LOG, "bomb.pdf": bytes(3 * MIB)}, {}, "max_compression_ratio"),
-])
+@pytest.mark.parametrize(
+    "entries, over, match",
+    [
+        ({f"f{i}.pdf": b"x" for i in range(11)} | {TRANSLOG_NAME: LOG}, {}, "max_zip_entries"),
+        ({TRANSLOG_NAME: LOG, "big.pdf": bytes(5 * MIB)}, {"max_compression_ratio": 1e9}, "max_entry_bytes"),
+        (
+            {TRANSLOG_NAME: LOG, "a.pdf": bytes(3 * MIB), "b.pdf": bytes(3 * MIB), "c.pdf": bytes(3 * MIB)},
+            {"max_compression_ratio": 1e9},
+            "max_unzipped_bytes",
+        ),
+        ({TRANSLOG_NAME: LOG, "bomb.pdf": bytes(3 * MIB)}, {}, "max_compression_ratio"),
+    ],
+)
 def test_caps_refuse_with_the_key_to_raise(tmp_path, entries, over, match):
     with pytest.raises(LimitError, match=match):
         extract_results(zip_of(entries), tmp_path, limits(**over))
@@ -89,10 +102,15 @@ def test_a_lying_header_is_caught_while_inflating_and_memory_stays_small(tmp_pat
     local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(raw), 100, len(name), 0) + name + raw
     zf = zipfile.ZipFile(io.BytesIO(good))
     first = zf.infolist()[0]
-    cd_first = good[good.index(b"PK\x01\x02"):good.index(b"PK\x05\x06")]
-    offset = len(good[:good.index(b"PK\x01\x02")])
-    central = cd_first + struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(raw), 100,
-                                     len(name), 0, 0, 0, 0, 0, offset) + name
+    cd_first = good[good.index(b"PK\x01\x02") : good.index(b"PK\x05\x06")]
+    offset = len(good[: good.index(b"PK\x01\x02")])
+    central = (
+        cd_first
+        + struct.pack(
+            "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(raw), 100, len(name), 0, 0, 0, 0, 0, offset
+        )
+        + name
+    )
     body = good[:offset] + local
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 2, 2, len(central), len(body), 0)
     data = body + central + end
@@ -121,8 +139,17 @@ def test_a_zip_without_a_transaction_log_is_refused(tmp_path):
     assert left_over(tmp_path) == []
 
 
-@pytest.mark.parametrize("key, value", [("max_zip_entries", 0), ("max_entry_bytes", -1), ("max_compression_ratio", 0.5),
-                                        ("max_response_bytes", 0), ("max_posts", 0), ("repost_after_s", -1.0)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("max_zip_entries", 0),
+        ("max_entry_bytes", -1),
+        ("max_compression_ratio", 0.5),
+        ("max_response_bytes", 0),
+        ("max_posts", 0),
+        ("repost_after_s", -1.0),
+    ],
+)
 def test_caps_are_checked_when_the_config_loads(key, value):
     from sevisflow.core.config import settings_from_mapping
     from sevisflow.core.errors import ConfigError

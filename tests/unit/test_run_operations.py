@@ -29,14 +29,19 @@ from sevisflow.core.observability import (
 from tests.helpers import TEST_ORG_ID
 
 # a record a stage was processing when it broke: none of it may reach a log line or the terminal
-RECORD = {"student_key": "S00000042", "given_name": "Zenobia", "surname": "Quixley",
-          "birth_date": "2001-02-03", "passport_number": "X98765432"}
+RECORD = {
+    "student_key": "S00000042",
+    "given_name": "Zenobia",
+    "surname": "Quixley",
+    "birth_date": "2001-02-03",
+    "passport_number": "X98765432",
+}
 PII = ("Zenobia", "Quixley", "2001-02-03", "X98765432")
 STARTED: list[str] = []
 
 
 def _parse_passport(record: dict) -> int:
-    return int(record["passport_number"])   # ValueError: the message quotes the passport number
+    return int(record["passport_number"])  # ValueError: the message quotes the passport number
 
 
 def _handle(record: dict) -> None:
@@ -84,8 +89,10 @@ def config(tmp_path, monkeypatch):
     for key in [k for k in os.environ if k.startswith("SEVISFLOW_")]:
         monkeypatch.delenv(key)
     path = tmp_path / "sevisflow.toml"
-    path.write_text(f'[school]\norg_id = "{TEST_ORG_ID}"\n[metrics]\nport = 0\n'
-                    f'[sevis]\nclient_cert = "{tmp_path}/no-such-cert.pem"\n')
+    path.write_text(
+        f'[school]\norg_id = "{TEST_ORG_ID}"\n[metrics]\nport = 0\n'
+        f'[sevis]\nclient_cert = "{tmp_path}/no-such-cert.pem"\n'
+    )
     path.chmod(0o600)
     STARTED.clear()
     return path
@@ -102,12 +109,12 @@ def test_status_lines_show_at_the_default_level_and_only_they(monkeypatch):
     handler.setFormatter(sflog.JsonFormatter())
     root = logging.getLogger()
     old = root.level
-    sflog.configure("WARNING")   # the CLI's default (the first call installs the JSON handler)
+    sflog.configure("WARNING")  # the CLI's default (the first call installs the JSON handler)
     root.addHandler(handler)
     try:
         sflog.get_status_logger().info("pipeline.starting", stages=["normalize"])
         sflog.get_logger("sevisflow.x").info("chatty.detail")
-        sflog.configure("ERROR")     # asked for quiet: no status lines either
+        sflog.configure("ERROR")  # asked for quiet: no status lines either
         sflog.get_status_logger().info("progress")
     finally:
         root.removeHandler(handler)
@@ -120,10 +127,10 @@ def test_progress_lines_are_rate_limited():
     now = [0.0]
     limit = RateLimit(10.0, clock=lambda: now[0])
     fired = []
-    for step in range(200):          # work reporting every 0.5 s for 100 s
+    for step in range(200):  # work reporting every 0.5 s for 100 s
         now[0] = step * 0.5
         fired.append(limit.due())
-    assert sum(fired) == 10 and fired[0]   # the first at once, then one per 10 s
+    assert sum(fired) == 10 and fired[0]  # the first at once, then one per 10 s
 
 
 def test_the_progress_line_gives_records_rate_and_lag_per_stage():
@@ -147,7 +154,7 @@ def test_the_progress_line_gives_records_rate_and_lag_per_stage():
         status.setLevel(old_level)
         set_progress_interval(old_interval)
     lines = [e for e in _lines(buf.getvalue()) if e["event"] == "progress"]
-    assert 2 <= len(lines) <= 5, lines    # ~1.2 s at one line per 0.3 s: not one per record
+    assert 2 <= len(lines) <= 5, lines  # ~1.2 s at one line per 0.3 s: not one per record
     last = lines[-1]["stages"]["ops-test-stage"]
     assert last["lag"] == 3 and last["partitions"] == 2 and last["records_in"] >= 30
     assert last["records_in_per_s"] > 0 and "records_out_per_s" in last
@@ -171,8 +178,10 @@ def test_a_crashing_stage_logs_its_traceback_but_not_the_record(config, monkeypa
     assert "test_run_operations.py" in tb
     stopping = [e for e in lines if e["event"] == "pipeline.stopping"]
     assert stopping and stopping[0]["stopping"] == ["events"]
-    assert ("sevisflow: error: stage normalize failed: RuntimeError (traceback in the stage.failed log line); "
-            "stopped the other stages too: events") in err
+    assert (
+        "sevisflow: error: stage normalize failed: RuntimeError (traceback in the stage.failed log line); "
+        "stopped the other stages too: events"
+    ) in err
 
 
 def test_the_json_formatter_logs_an_exception_without_its_message():
@@ -189,8 +198,14 @@ def test_the_json_formatter_logs_an_exception_without_its_message():
 
 
 def test_a_stage_setting_error_names_stage_and_key_and_starts_nothing(config, monkeypatch, capsys):
-    _wire(monkeypatch, connector="quick_stage", normalize="quick_stage", events="quick_stage",
-          batcher="quick_stage", **{"sink-xml": "quick_stage"})
+    _wire(
+        monkeypatch,
+        connector="quick_stage",
+        normalize="quick_stage",
+        events="quick_stage",
+        batcher="quick_stage",
+        **{"sink-xml": "quick_stage"},
+    )
     assert main(["--config", str(config), "run"]) == 1
     err = capsys.readouterr().err
     assert STARTED == [], "a stage was started although another one's setting is wrong"
@@ -200,8 +215,14 @@ def test_a_stage_setting_error_names_stage_and_key_and_starts_nothing(config, mo
 
 
 def test_skip_sink_sevis_runs_the_rest_without_a_certificate_and_says_what_runs(config, monkeypatch, capsys):
-    _wire(monkeypatch, connector="quick_stage", normalize="quick_stage", events="quick_stage",
-          batcher="quick_stage", **{"sink-xml": "quick_stage"})
+    _wire(
+        monkeypatch,
+        connector="quick_stage",
+        normalize="quick_stage",
+        events="quick_stage",
+        batcher="quick_stage",
+        **{"sink-xml": "quick_stage"},
+    )
     assert main(["--config", str(config), "run", "--skip", "sink-sevis"]) == 0
     lines = _lines(capsys.readouterr().err)
     assert STARTED == ["quick"] * 5
@@ -237,10 +258,15 @@ def test_a_caller_that_narrates_itself_can_turn_the_status_lines_off(config, mon
     from sevisflow.core.observability import progress_lines
 
     sflog.configure("WARNING")
-    p = runner.Pipeline(load_settings(str(config)), ["normalize"], functions={"normalize": quick_stage},
-                        serve_metrics=False, status_lines=False).start()
+    p = runner.Pipeline(
+        load_settings(str(config)),
+        ["normalize"],
+        functions={"normalize": quick_stage},
+        serve_metrics=False,
+        status_lines=False,
+    ).start()
     try:
-        assert not progress_lines()     # the connector's snapshot lines are off too
+        assert not progress_lines()  # the connector's snapshot lines are off too
     finally:
         p.stop(5)
         runner.set_progress_lines(True)
@@ -253,7 +279,8 @@ def test_a_setting_error_inside_a_running_stage_names_stage_key_and_the_stopped_
     assert main(["--config", str(config), "run", "--stages", "normalize,events,batcher"]) == 1
     err = capsys.readouterr().err
     failed = next(e for e in _lines(err) if e["event"] == "stage.failed")
-    assert failed["detail"].startswith("school.mapping_file = /nowhere/mapping.toml")   # a setting's message is kept
+    assert failed["detail"].startswith("school.mapping_file = /nowhere/mapping.toml")  # a setting's message is kept
     assert err.strip().splitlines()[-1] == (
         "sevisflow: error: stage normalize failed: ConfigError: school.mapping_file = /nowhere/mapping.toml: "
-        "no such file; point it at the SIS mapping; stopped the other stages too: events, batcher")
+        "no such file; point it at the SIS mapping; stopped the other stages too: events, batcher"
+    )

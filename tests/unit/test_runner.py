@@ -22,8 +22,7 @@ SETTINGS = settings_from_mapping({}, env={})
 
 
 def _pipeline(**fns) -> Pipeline:
-    return Pipeline(SETTINGS, list(fns), functions=fns, serve_metrics=False,
-                    restart_base_s=0.05, restart_max_s=0.2)
+    return Pipeline(SETTINGS, list(fns), functions=fns, serve_metrics=False, restart_base_s=0.05, restart_max_s=0.2)
 
 
 def _wait(pred, timeout_s: float = 10.0) -> None:
@@ -74,11 +73,14 @@ def test_transient_errors_restart_the_stage_with_backoff_and_are_logged_by_class
     finally:
         assert p.stop(5) == []
     gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert gaps[0] >= 0.045 and gaps[1] >= 0.09 and gaps[2] >= 0.18, gaps   # 0.05, 0.1, 0.2 (the cap)
+    assert gaps[0] >= 0.045 and gaps[1] >= 0.09 and gaps[2] >= 0.18, gaps  # 0.05, 0.1, 0.2 (the cap)
     restarts = [e for e in _events(logs) if e.get("event") == "stage.restarting"]
     assert [(e["stage"], e["error"], e["attempt"]) for e in restarts] == [
-        ("flaky", "UnreachableError", 1), ("flaky", "TransientError", 2), ("flaky", "TransientError", 3)]
-    assert "Jane" not in logs.getvalue() and "127.0.0.1:1" not in logs.getvalue()   # class only, no message
+        ("flaky", "UnreachableError", 1),
+        ("flaky", "TransientError", 2),
+        ("flaky", "TransientError", 3),
+    ]
+    assert "Jane" not in logs.getvalue() and "127.0.0.1:1" not in logs.getvalue()  # class only, no message
 
 
 def test_backoff_doubles_up_to_the_cap_and_honours_retry_after():
@@ -114,8 +116,9 @@ def test_stop_during_the_backoff_ends_the_stage_without_a_failure():
         attempts.append(1)
         raise UnreachableError("PostgreSQL is not reachable")
 
-    p = Pipeline(SETTINGS, ["pg"], functions={"pg": always_down}, serve_metrics=False,
-                 restart_base_s=30.0, restart_max_s=30.0).start()
+    p = Pipeline(
+        SETTINGS, ["pg"], functions={"pg": always_down}, serve_metrics=False, restart_base_s=30.0, restart_max_s=30.0
+    ).start()
     _wait(lambda: p.threads[0].restarts == 1)
     t0 = time.monotonic()
     assert p.stop(5) == []

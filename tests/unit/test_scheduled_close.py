@@ -9,10 +9,19 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from sevisflow.processors.batcher.core import (LATE_AFTER_MS, SCHEDULER_STAGE, CommandIn, EventIn, Reject, School,
-                                     SendCommand, Tick, apply)
-from testkit.batcher import ORG, event
 from sevisflow.core.worklist.items import DSO_STAGES
+from sevisflow.processors.batcher.core import (
+    LATE_AFTER_MS,
+    SCHEDULER_STAGE,
+    CommandIn,
+    EventIn,
+    Reject,
+    School,
+    SendCommand,
+    Tick,
+    apply,
+)
+from testkit.batcher import ORG, event
 
 DSO = "DSOUSER001"
 TZ = "America/Chicago"
@@ -47,8 +56,12 @@ def test_an_on_time_close_stands_at_its_time_and_records_when_it_ran():
     (cmd,) = [o.command for o in outs if isinstance(o, SendCommand)]
     assert cmd["requested_at_ms"] == _ms("2025-03-03T16:30:00")
     pay = orjson.loads(cmd["payload_json"])
-    assert pay == {"scheduled_for": "2025-03-03", "scheduled_at_ms": _ms("2025-03-03T16:30:00"),
-                   "ran_at_ms": _ms("2025-03-03T16:31:40"), "missed_days": []}
+    assert pay == {
+        "scheduled_for": "2025-03-03",
+        "scheduled_at_ms": _ms("2025-03-03T16:30:00"),
+        "ran_at_ms": _ms("2025-03-03T16:31:40"),
+        "missed_days": [],
+    }
     assert "run at 2025-03-03T16:31:40-06:00" in cmd["reason"] and "late" not in cmd["reason"]
 
 
@@ -84,9 +97,24 @@ def test_days_missed_while_the_batcher_was_down_are_dead_lettered_for_the_dso():
 
 def test_missed_days_are_reported_even_when_nothing_was_open():
     s = _closed_once_on("2025-03-03")
-    s, _ = _run(s, CommandIn({"command_id": "c-close", "org_id": ORG, "kind": "close", "dso_user_id": DSO,
-                              "student_key": None, "record_ids": [], "reviewed_revision": None, "batch_id": None,
-                              "reason": None, "requested_at_ms": _ms("2025-03-03T18:00:00"), "payload_json": None}))
+    s, _ = _run(
+        s,
+        CommandIn(
+            {
+                "command_id": "c-close",
+                "org_id": ORG,
+                "kind": "close",
+                "dso_user_id": DSO,
+                "student_key": None,
+                "record_ids": [],
+                "reviewed_revision": None,
+                "batch_id": None,
+                "reason": None,
+                "requested_at_ms": _ms("2025-03-03T18:00:00"),
+                "payload_json": None,
+            }
+        ),
+    )
     s, outs = _run(s, _tick("2025-03-06T17:00:00"))
     assert [o.code for o in outs if isinstance(o, Reject)] == ["scheduled_close_missed"]
     assert not [o for o in outs if isinstance(o, SendCommand)]  # nothing open: no close, but the gap is reported
@@ -100,8 +128,10 @@ def test_the_missed_close_reaches_the_dso_worklist_and_other_batcher_letters_do_
     s = _closed_once_on("2025-03-03")
     _, outs = _run(s, _tick("2025-03-06T17:00:00"))
     (notice,) = [o for o in outs if isinstance(o, Reject)]
-    letters = [dead_letter_record(notice.stage, notice.code, notice.reason, notice.at_ms),
-               dead_letter_record("batcher", "malformed_command", "operator's business", notice.at_ms)]
+    letters = [
+        dead_letter_record(notice.stage, notice.code, notice.reason, notice.at_ms),
+        dead_letter_record("batcher", "malformed_command", "operator's business", notice.at_ms),
+    ]
     (item,) = dead_letter_items(letters)
     assert item.title == "scheduled close missed" and "2025-03-04, 2025-03-05" in item.detail[0]
     assert item.student_key is None and "batch status" in item.action

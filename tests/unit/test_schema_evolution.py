@@ -29,8 +29,16 @@ def sample(schema: Any) -> Any:
         if t == "enum":
             return schema["symbols"][0]
         return sample(t)
-    return {"string": "x", "long": 7, "int": 3, "boolean": True, "bytes": b"b", "double": 1.5, "float": 1.5,
-            "null": None}[schema]
+    return {
+        "string": "x",
+        "long": 7,
+        "int": 3,
+        "boolean": True,
+        "bytes": b"b",
+        "double": 1.5,
+        "float": 1.5,
+        "null": None,
+    }[schema]
 
 
 def _kept(old: Any, new: Any) -> bool:

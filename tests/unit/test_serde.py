@@ -12,9 +12,15 @@ EVENT = "sevisflow.events.SevisEvent"
 
 
 def _event(**over):
-    base = {"event_id": "e1", "org_id": "ZZZ214F99999000", "student_key": "S1", "kind": "PersonalInfo",
-                "coalesce_key": "PersonalInfo", "payload_json": "{}",
-                "lineage": [{"topic": "sis.public.person", "partition": 0, "offset": 7, "lsn": 123, "tx_id": 9}]}
+    base = {
+        "event_id": "e1",
+        "org_id": "ZZZ214F99999000",
+        "student_key": "S1",
+        "kind": "PersonalInfo",
+        "coalesce_key": "PersonalInfo",
+        "payload_json": "{}",
+        "lineage": [{"topic": "sis.public.person", "partition": 0, "offset": 7, "lsn": 123, "tx_id": 9}],
+    }
     base.update(over)
     return base
 
@@ -29,8 +35,13 @@ def test_round_trip_fills_defaults():
 
 def test_every_shipped_schema_parses():
     names = set(registry().current)
-    assert {"sevisflow.events.SevisEvent", "sevisflow.batches.BatchEvent", "sevisflow.commands.BatchCommand",
-            "sevisflow.results.SevisResult", "sevisflow.dlq.DeadLetter"} <= names
+    assert {
+        "sevisflow.events.SevisEvent",
+        "sevisflow.batches.BatchEvent",
+        "sevisflow.commands.BatchCommand",
+        "sevisflow.results.SevisResult",
+        "sevisflow.dlq.DeadLetter",
+    } <= names
 
 
 def test_unknown_field_is_refused_with_schema_name():
@@ -52,8 +63,12 @@ def test_not_avro_is_a_clear_error():
 
 def test_old_writer_schema_is_resolved_by_fingerprint(tmp_path):
     old = {"type": "record", "name": "Thing", "namespace": "t", "fields": [{"name": "a", "type": "string"}]}
-    new = {"type": "record", "name": "Thing", "namespace": "t",
-           "fields": [{"name": "a", "type": "string"}, {"name": "b", "type": ["null", "long"], "default": None}]}
+    new = {
+        "type": "record",
+        "name": "Thing",
+        "namespace": "t",
+        "fields": [{"name": "a", "type": "string"}, {"name": "b", "type": ["null", "long"], "default": None}],
+    }
     (tmp_path / "history").mkdir()
     (tmp_path / "history" / "thing.v1.avsc").write_text(json.dumps(old))
     (tmp_path / "thing.avsc").write_text(json.dumps(new))

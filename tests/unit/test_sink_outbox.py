@@ -14,9 +14,9 @@ from sevisflow.sinks.outbox import Outbox, day_for, safe_name
 from sevisflow.sinks.sevis.translog import parse_translog
 from sevisflow.sinks.sevis.uploader import build_results
 from sevisflow.sinks.xml.render import ClosedBatch
-from testkit.xml_samples import DSO, ORG_ID, create_record, sample_batch, update_record
 from sevisflow.sinks.xml.stage import decode_closed, outputs_for, sink_closed_batch
 from sevisflow.sinks.xml.xsd import load_schema
+from testkit.xml_samples import DSO, ORG_ID, create_record, sample_batch, update_record
 from tests.helpers import EXAMPLES_DIR, XSD_DIR, make_settings
 
 
@@ -95,27 +95,48 @@ def test_invalid_batch_is_quarantined_with_dead_letters_and_requeue(outbox, sche
 
 def test_decode_closed_batch_event():
     batch = sample_batch(1, 1)
-    value = registry().encode("sevisflow.batches.BatchEvent", {
-        "org_id": ORG_ID, "batch_id": batch.batch_id, "type": "closed", "revision": 3, "at_ms": batch.at_ms,
-        "records_json": orjson.dumps(list(batch.records)).decode(), "closed_by": DSO})
+    value = registry().encode(
+        "sevisflow.batches.BatchEvent",
+        {
+            "org_id": ORG_ID,
+            "batch_id": batch.batch_id,
+            "type": "closed",
+            "revision": 3,
+            "at_ms": batch.at_ms,
+            "records_json": orjson.dumps(list(batch.records)).decode(),
+            "closed_by": DSO,
+        },
+    )
     decoded = decode_closed(value)
     assert decoded == batch
-    other = registry().encode("sevisflow.batches.BatchEvent", {"org_id": ORG_ID, "type": "opened", "revision": 0,
-                                                                "at_ms": 1})
+    other = registry().encode(
+        "sevisflow.batches.BatchEvent", {"org_id": ORG_ID, "type": "opened", "revision": 0, "at_ms": 1}
+    )
     assert decode_closed(other) is None
 
 
 def test_results_follow_the_batch_and_carry_new_sevis_ids():
     log = parse_translog((EXAMPLES_DIR / "transaction-log-valid.xml").read_bytes())
-    manifest = {"org_id": ORG_ID, "batch_id": "FICT2025000001", "records": [
-        {"request_id": "C-1001-0001", "record_id": "S1:Create", "student_key": "S1", "kind": "Create"},
-        {"request_id": "U-2003-PEXT-01", "record_id": "S2:Program.Extension", "student_key": "S2",
-         "kind": "Program.Extension", "sevis_id": "N0000000102"},
-        {"request_id": "U-LOST", "record_id": "S3:Status.Complete", "student_key": "S3", "kind": "Status.Complete"}]}
+    manifest = {
+        "org_id": ORG_ID,
+        "batch_id": "FICT2025000001",
+        "records": [
+            {"request_id": "C-1001-0001", "record_id": "S1:Create", "student_key": "S1", "kind": "Create"},
+            {
+                "request_id": "U-2003-PEXT-01",
+                "record_id": "S2:Program.Extension",
+                "student_key": "S2",
+                "kind": "Program.Extension",
+                "sevis_id": "N0000000102",
+            },
+            {"request_id": "U-LOST", "record_id": "S3:Status.Complete", "student_key": "S3", "kind": "Status.Complete"},
+        ],
+    }
     results = build_results(manifest, log)
     assert [(r["request_id"], r["status"], r["sevis_id"], r["error_code"]) for r in results] == [
         ("C-1001-0001", "success", "N0000000199", None),
         ("U-2003-PEXT-01", "failure", "N0000000102", "S1100"),
-        ("U-LOST", "failure", None, None)]
+        ("U-LOST", "failure", None, None),
+    ]
     for r in results:
         registry().encode("sevisflow.results.SevisResult", r)

@@ -15,15 +15,19 @@ from sevisflow.processors.sevis_events.pure import PurePipeline
 from tests.scenarios import MAPPING
 
 TODAY = date(2026, 10, 5)
-EXPECTED = {"rcl_approved": "AuthDropBelowFC.Add", "cpt_approved": "CPTEmployment.Add",
-            "opt_recommended": "OPTEmployment.Add", "stem_extension": "OPTEmployment.Extend"}
+EXPECTED = {
+    "rcl_approved": "AuthDropBelowFC.Add",
+    "cpt_approved": "CPTEmployment.Add",
+    "opt_recommended": "OPTEmployment.Add",
+    "stem_extension": "OPTEmployment.Extend",
+}
 
 
 def test_table_is_in_the_schema_with_full_identity_and_in_the_publication() -> None:
     sql = SCHEMA_SQL.read_text(encoding="utf-8")
     assert "CREATE TABLE public.student_authorization" in sql
     assert "ALTER TABLE public.student_authorization REPLICA IDENTITY FULL;" in sql
-    publication = sql[sql.index("CREATE PUBLICATION"):]
+    publication = sql[sql.index("CREATE PUBLICATION") :]
     assert "public.student_authorization" in publication
     assert "student_authorization" in TABLE_ORDER and PRIMARY_KEYS["student_authorization"] == ("authorization_id",)
     assert "public.student_authorization" in MAPPING.tables()

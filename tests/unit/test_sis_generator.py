@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,24 +20,77 @@ from hypothesis import strategies as st
 
 from sevisflow.deploy.sis import refdata
 from sevisflow.deploy.sis.activity import (
-    CHANGE_KINDS, EXTRA_KINDS, Op, Transaction, World, activity_span, generate_activity,
+    CHANGE_KINDS,
+    EXTRA_KINDS,
+    Op,
+    Transaction,
+    World,
+    activity_span,
+    generate_activity,
 )
 from sevisflow.deploy.sis.generator import (
-    INTERNATIONAL_VISAS, PRIMARY_KEYS, TABLE_ORDER, School, generate_school,
+    INTERNATIONAL_VISAS,
+    PRIMARY_KEYS,
+    TABLE_ORDER,
+    School,
+    generate_school,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 TODAY = date(2026, 10, 5)
 
 US_STATES = {
-    "Alabama", "Alaska", "Arizona", "Arkansas", "California", "Colorado", "Connecticut",
-    "Delaware", "District of Columbia", "Florida", "Georgia", "Hawaii", "Idaho", "Illinois",
-    "Indiana", "Iowa", "Kansas", "Kentucky", "Louisiana", "Maine", "Maryland", "Massachusetts",
-    "Michigan", "Minnesota", "Mississippi", "Missouri", "Montana", "Nebraska", "Nevada",
-    "New Hampshire", "New Jersey", "New Mexico", "New York", "North Carolina", "North Dakota",
-    "Ohio", "Oklahoma", "Oregon", "Pennsylvania", "Rhode Island", "South Carolina",
-    "South Dakota", "Tennessee", "Texas", "Utah", "Vermont", "Virginia", "Washington",
-    "West Virginia", "Wisconsin", "Wyoming",
+    "Alabama",
+    "Alaska",
+    "Arizona",
+    "Arkansas",
+    "California",
+    "Colorado",
+    "Connecticut",
+    "Delaware",
+    "District of Columbia",
+    "Florida",
+    "Georgia",
+    "Hawaii",
+    "Idaho",
+    "Illinois",
+    "Indiana",
+    "Iowa",
+    "Kansas",
+    "Kentucky",
+    "Louisiana",
+    "Maine",
+    "Maryland",
+    "Massachusetts",
+    "Michigan",
+    "Minnesota",
+    "Mississippi",
+    "Missouri",
+    "Montana",
+    "Nebraska",
+    "Nevada",
+    "New Hampshire",
+    "New Jersey",
+    "New Mexico",
+    "New York",
+    "North Carolina",
+    "North Dakota",
+    "Ohio",
+    "Oklahoma",
+    "Oregon",
+    "Pennsylvania",
+    "Rhode Island",
+    "South Carolina",
+    "South Dakota",
+    "Tennessee",
+    "Texas",
+    "Utah",
+    "Vermont",
+    "Virginia",
+    "Washington",
+    "West Virginia",
+    "Wisconsin",
+    "Wyoming",
 }
 CIP = re.compile(r"^\d{2}\.\d{4}$")
 SEVIS_ID = re.compile(r"^N\d{10}$")
@@ -117,10 +170,11 @@ def check_school(school: School, today: date, max_age: int = 45) -> None:
         assert funds >= costs, f
         assert f["school_funds"] == 0 or f["school_funds_remarks"]
         assert f["other_funds"] == 0 or f["other_funds_source"]
-        assert f["other_costs"] == 0 or f["other_costs_remarks"]   # SEVIS takes other costs only with remarks
+        assert f["other_costs"] == 0 or f["other_costs_remarks"]  # SEVIS takes other costs only with remarks
 
-    spouses = Counter(d["person_id"] for d in school["dependent"]
-                      if d["relationship"] == "SPOUSE" and d["status"] == "ACTIVE")
+    spouses = Counter(
+        d["person_id"] for d in school["dependent"] if d["relationship"] == "SPOUSE" and d["status"] == "ACTIVE"
+    )
     assert max(spouses.values(), default=1) == 1
     for d in school["dependent"]:
         student_visa = immigration[d["person_id"]]["visa_type"]
@@ -156,6 +210,7 @@ def activity(school: School) -> list[Transaction]:
 
 # ---- determinism ------------------------------------------------------------------------------
 
+
 def test_same_seed_gives_identical_school_and_activity(school: School, activity: list[Transaction]) -> None:
     assert generate_school(600, 0.4, 11, TODAY) == school
     assert generate_activity(school, 400, 11, TODAY) == activity
@@ -186,21 +241,24 @@ def test_output_does_not_depend_on_hash_seed_or_process() -> None:
     digests = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        out = subprocess.run([sys.executable, "-c", _DIGEST], cwd=REPO, env=env, check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _DIGEST], cwd=REPO, env=env, check=True, capture_output=True, text=True
+        )
         digests.add(out.stdout.strip())
     assert len(digests) == 1
 
 
 # ---- no wall clock ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("module", ["generator", "builder", "model", "activity", "terms", "refdata"])
 def test_modules_never_read_the_clock(module: str) -> None:
     tree = ast.parse((REPO / "deploy" / "sis" / f"{module}.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            assert node.func.attr not in {"today", "now", "utcnow", "time", "monotonic", "perf_counter",
-                                          "time_ns"}, f"{module} reads the clock (line {node.lineno})"
+            assert node.func.attr not in {"today", "now", "utcnow", "time", "monotonic", "perf_counter", "time_ns"}, (
+                f"{module} reads the clock (line {node.lineno})"
+            )
         if isinstance(node, ast.Import):
             assert all(a.name != "time" for a in node.names), f"{module} imports time"
         if isinstance(node, ast.ImportFrom):
@@ -214,7 +272,7 @@ def test_everything_is_relative_to_the_today_argument() -> None:
     today = date(2003, 3, 3)
     school = generate_school(300, 0.5, 9, today)
     check_school(school, today)
-    limit = datetime(2003, 3, 3, tzinfo=timezone.utc)
+    limit = datetime(2003, 3, 3, tzinfo=UTC)
     assert all(p["updated_at"] < limit for p in school["person"])
     assert all(e["confirmed_at"] < limit for e in school["enrollment"] if e["confirmed_at"])
     assert all(i["i20_issue_date"] <= today for i in school["immigration"] if i["i20_issue_date"])
@@ -223,18 +281,23 @@ def test_everything_is_relative_to_the_today_argument() -> None:
     start, end = activity_span(today)
     transactions = generate_activity(school, 200, 9, today)
     assert all(start <= tx.at <= end for tx in transactions)
-    assert end < datetime(2004, 1, 1, tzinfo=timezone.utc)
+    assert end < datetime(2004, 1, 1, tzinfo=UTC)
 
 
 # ---- the school -------------------------------------------------------------------------------
+
 
 def test_school_satisfies_the_schema_rules(school: School) -> None:
     check_school(school, TODAY)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(0, 80), share=st.floats(0, 1), seed=st.integers(0, 2**32),
-       today=st.dates(date(2000, 1, 1), date(2040, 12, 31)))
+@given(
+    n=st.integers(0, 80),
+    share=st.floats(0, 1),
+    seed=st.integers(0, 2**32),
+    today=st.dates(date(2000, 1, 1), date(2040, 12, 31)),
+)
 def test_any_school_satisfies_the_rules_and_the_share(n: int, share: float, seed: int, today: date) -> None:
     school = generate_school(n, share, seed, today)
     check_school(school, today)
@@ -268,8 +331,7 @@ def test_names_are_realistically_awkward(school: School) -> None:
         assert needle in text, f"no name contains {needle!r}"
     chinese = set(refdata.POOLS["chinese"].family)
     assert any(p["last_name"] in chinese for p in school["person"])
-    assert any(p["first_name"] is None for p in generate_school(3000, 1.0, 2, TODAY)["person"]), \
-        "no mononymous person"
+    assert any(p["first_name"] is None for p in generate_school(3000, 1.0, 2, TODAY)["person"]), "no mononymous person"
 
 
 def test_sevis_id_is_missing_only_for_new_admits(school: School) -> None:
@@ -296,7 +358,7 @@ def test_every_student_has_the_expected_addresses(school: School) -> None:
 
 def test_enrollments_follow_the_calendar(school: School) -> None:
     terms = {t["term_id"]: t for t in school["term"]}
-    limit = datetime.combine(TODAY, datetime.min.time(), timezone.utc)
+    limit = datetime.combine(TODAY, datetime.min.time(), UTC)
     for e in school["enrollment"]:
         t = terms[e["term_id"]]
         if e["confirmed_at"] is not None:
@@ -327,6 +389,7 @@ def test_dependents_exist_and_match_the_student(school: School) -> None:
 
 
 # ---- activity ---------------------------------------------------------------------------------
+
 
 def test_activity_has_every_change_kind(activity: list[Transaction]) -> None:
     assert len(activity) == 400
@@ -382,8 +445,7 @@ def test_domestic_changes_concern_domestic_students_only(school: School, activit
 
 def test_changes_do_what_their_kind_says(activity: list[Transaction]) -> None:
     def changed(kind: str) -> list[dict[str, Any]]:
-        return [dict(op.values) for tx in activity if tx.kind == kind for op in tx.ops
-                if op.action == "update"]
+        return [dict(op.values) for tx in activity if tx.kind == kind for op in tx.ops if op.action == "update"]
 
     assert all(set(v) <= {"status"} for v in changed("withdrawal") + changed("completion"))
     assert {"WITHDRAWN", "DISMISSED", "DROPPED"} >= {v["status"] for v in changed("withdrawal")}
@@ -393,19 +455,25 @@ def test_changes_do_what_their_kind_says(activity: list[Transaction]) -> None:
     assert any({"last_name", "first_name", "middle_name"} & set(v) for v in changed("name_change"))
     regs = changed("term_registration")
     assert any(v.get("status") == "ENROLLED" and v["confirmed_at"] is not None for v in regs) or any(
-        op.values.get("status") == "ENROLLED" for tx in activity if tx.kind == "term_registration"
-        for op in tx.ops if op.action == "insert")
+        op.values.get("status") == "ENROLLED"
+        for tx in activity
+        if tx.kind == "term_registration"
+        for op in tx.ops
+        if op.action == "insert"
+    )
 
 
 # ---- SQL rendering ----------------------------------------------------------------------------
 
+
 def test_ops_render_to_parameterised_sql() -> None:
     ins = Op("insert", "person", {}, {"person_id": 1, "last_name": "O'Brien"})
-    assert ins.sql() == ('INSERT INTO public."person" ("person_id", "last_name") VALUES (%s, %s)',
-                         (1, "O'Brien"))
+    assert ins.sql() == ('INSERT INTO public."person" ("person_id", "last_name") VALUES (%s, %s)', (1, "O'Brien"))
     upd = Op("update", "enrollment", {"enrollment_id": 7}, {"status": "ENROLLED", "credit_hours": Decimal("12.0")})
-    assert upd.sql() == ('UPDATE public."enrollment" SET "status" = %s, "credit_hours" = %s '
-                         'WHERE "enrollment_id" = %s', ("ENROLLED", Decimal("12.0"), 7))
+    assert upd.sql() == (
+        'UPDATE public."enrollment" SET "status" = %s, "credit_hours" = %s WHERE "enrollment_id" = %s',
+        ("ENROLLED", Decimal("12.0"), 7),
+    )
     dele = Op("delete", "address", {"address_id": 3}, {})
     assert dele.sql() == ('DELETE FROM public."address" WHERE "address_id" = %s', (3,))
     with pytest.raises(ValueError):

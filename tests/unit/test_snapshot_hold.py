@@ -41,18 +41,38 @@ def _school() -> tuple[dict[str, list[dict[str, Any]]], str]:
     for table in TABLE_ORDER:
         for row in school[table]:
             feed.tx(("r", f"public.{table}", None, row), snapshot=True)
-    creates = sorted(e["student_key"] for e in PurePipeline(MAPPING).feed(feed.records).events
-                     if e["kind"] == "Create")
+    creates = sorted(e["student_key"] for e in PurePipeline(MAPPING).feed(feed.records).events if e["kind"] == "Create")
     assert creates, "the school must have new admits without a SEVIS ID"
     skey = creates[0]
     pid = next(p["person_id"] for p in school["person"] if p["school_id"] == skey)
-    school["address"].append({"address_id": 90_001, "person_id": pid, "kind": "US_PHYSICAL",
-                              "line1": "12 College Avenue", "line2": None, "city": "Springfield", "state": "Illinois",
-                              "postal_code": "62701", "country": "US"})
-    spouse = dict(school["dependent"][0]) if school["dependent"] else {
-        "first_name": "Cheikh", "last_name": "Ndiaye", "birth_date": date(1996, 12, 14), "gender": "M",
-        "birth_country": "SN", "citizenship_country": "SN", "relationship": "SPOUSE", "visa_type": "F-2",
-        "status": "ACTIVE"}
+    school["address"].append(
+        {
+            "address_id": 90_001,
+            "person_id": pid,
+            "kind": "US_PHYSICAL",
+            "line1": "12 College Avenue",
+            "line2": None,
+            "city": "Springfield",
+            "state": "Illinois",
+            "postal_code": "62701",
+            "country": "US",
+        }
+    )
+    spouse = (
+        dict(school["dependent"][0])
+        if school["dependent"]
+        else {
+            "first_name": "Cheikh",
+            "last_name": "Ndiaye",
+            "birth_date": date(1996, 12, 14),
+            "gender": "M",
+            "birth_country": "SN",
+            "citizenship_country": "SN",
+            "relationship": "SPOUSE",
+            "visa_type": "F-2",
+            "status": "ACTIVE",
+        }
+    )
     spouse.update(dependent_id=90_001, person_id=pid)
     school["dependent"].append(spouse)
     return school, skey
@@ -64,8 +84,12 @@ def _as_debezium_snapshot(records: list[Record]) -> list[Record]:
     for i, r in enumerate(records):
         value = orjson.loads(r.value)
         src = value["source"]
-        src.update(lsn=SNAPSHOT_LSN, txId=None, sequence=orjson.dumps([None, str(SNAPSHOT_LSN)]).decode(),
-                   snapshot="first" if i == 0 else "last" if i == len(records) - 1 else "true")
+        src.update(
+            lsn=SNAPSHOT_LSN,
+            txId=None,
+            sequence=orjson.dumps([None, str(SNAPSHOT_LSN)]).decode(),
+            snapshot="first" if i == 0 else "last" if i == len(records) - 1 else "true",
+        )
         out.append(Record(r.topic, r.key, orjson.dumps(value)))
     return out
 
@@ -111,10 +135,26 @@ def _feed(pipe: PurePipeline, records: list[Record], seed: int | None) -> PureOu
 
 
 def _summary(out: PureOutput) -> tuple[Any, ...]:
-    views = sorted((u.student_key, orjson.dumps(u.view, option=orjson.OPT_SORT_KEYS), u.unit_id, u.snapshot,
-                    orjson.dumps(u.lineage, option=orjson.OPT_SORT_KEYS)) for u in out.views)
-    events = sorted((e["event_id"], e["kind"], e["student_key"], e["payload_json"],
-                     orjson.dumps(e["lineage"], option=orjson.OPT_SORT_KEYS)) for e in out.events)
+    views = sorted(
+        (
+            u.student_key,
+            orjson.dumps(u.view, option=orjson.OPT_SORT_KEYS),
+            u.unit_id,
+            u.snapshot,
+            orjson.dumps(u.lineage, option=orjson.OPT_SORT_KEYS),
+        )
+        for u in out.views
+    )
+    events = sorted(
+        (
+            e["event_id"],
+            e["kind"],
+            e["student_key"],
+            e["payload_json"],
+            orjson.dumps(e["lineage"], option=orjson.OPT_SORT_KEYS),
+        )
+        for e in out.events
+    )
     return views, events, sorted((d.code, d.student_key or "") for d in out.dead)
 
 
@@ -135,7 +175,7 @@ def test_the_snapshot_gives_the_same_views_and_event_ids_however_it_interleaves(
     shuffled = list(records)
     random.Random(99).shuffle(shuffled)
     got = _summary(_feed(PurePipeline(MAPPING), _as_debezium_snapshot(shuffled), 3))[1]
-    assert [e[:4] for e in got] == [e[:4] for e in reference[1]]   # lineage offsets differ, ids do not
+    assert [e[:4] for e in got] == [e[:4] for e in reference[1]]  # lineage offsets differ, ids do not
 
 
 def test_each_student_gets_one_view_with_the_lineage_of_all_its_snapshot_rows(school):
@@ -165,7 +205,7 @@ def test_rows_re_sent_by_a_resumed_snapshot_count_once(school):
     data, _ = school
     records = _snapshot(data)
     reference = _summary(_feed(PurePipeline(MAPPING), records, 5))
-    resent = records[: len(records) // 2] + records[len(records) // 3:]   # a resume re-sends from its checkpoint
+    resent = records[: len(records) // 2] + records[len(records) // 3 :]  # a resume re-sends from its checkpoint
     again = _summary(_feed(PurePipeline(MAPPING), resent, 5))
     strip = lambda s: [(i, k, sk, p) for i, k, sk, p, _ in s[1]]  # noqa: E731 - offsets differ, ids must not
     assert strip(again) == strip(reference)
@@ -177,8 +217,8 @@ def test_the_stage_holds_streamed_transactions_until_the_snapshot_is_released(sc
     the streamed transactions in order — the same as the pure pipeline."""
     data, _ = school
     activity = generate_activity(data, 15, 7, TODAY)
-    from tests.school_replay import feed_ops
     from sevisflow.deploy.sis.model import World
+    from tests.school_replay import feed_ops
 
     world, feed = World(data), SisFeed(primary_keys=PKS, lsn=SNAPSHOT_LSN + 1000)
     for tx in activity:

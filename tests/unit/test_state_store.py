@@ -14,8 +14,9 @@ from sevisflow.core.state import MemoryState, RocksState, open_committed
 
 @pytest.fixture(params=["memory", "rocksdb"])
 def s(request, tmp_path):
-    settings = settings_from_mapping({"state": {"backend": request.param, "dir": str(tmp_path / "state"),
-                                                "block_cache_mb": 8, "write_buffer_mb": 4}})
+    settings = settings_from_mapping(
+        {"state": {"backend": request.param, "dir": str(tmp_path / "state"), "block_cache_mb": 8, "write_buffer_mb": 4}}
+    )
     store = StateStore(open_committed(settings.state, "stage-a"))
     assert isinstance(store.committed, RocksState if request.param == "rocksdb" else MemoryState)
     yield store
@@ -25,7 +26,7 @@ def s(request, tmp_path):
 def test_staged_writes_visible_then_committed(s):
     s.put(0, b"k", b"v1")
     assert s.get(0, b"k") == b"v1"
-    assert s.committed.get(0, b"k") is None   # nothing reaches the committed layer before commit
+    assert s.committed.get(0, b"k") is None  # nothing reaches the committed layer before commit
     s.commit()
     assert s.get(0, b"k") == b"v1" and s.staged() == {}
     assert s.committed.get(0, b"k") == b"v1"
@@ -60,7 +61,7 @@ def test_partitions_are_separate_and_load_replaces(s):
         s.put(p, b"k", str(p).encode())
     s.commit()
     assert [s.get(p, b"k") for p in (0, 1, 255, 256)] == [b"0", b"1", b"255", b"256"]
-    s.load_partition(1, {b"x": b"new"})        # a restore wipes what the partition held before
+    s.load_partition(1, {b"x": b"new"})  # a restore wipes what the partition held before
     assert dict(s.items(1)) == {b"x": b"new"}
     assert dict(s.items(0)) == {b"k": b"0"} and dict(s.items(256)) == {b"k": b"256"}
     s.drop_partition(255)
@@ -80,8 +81,9 @@ def test_rocksdb_folder_is_private_and_removed_on_close(tmp_path):
     store.apply({0: {b"student": b"personal data"}})
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o700
     files = [f for f in store.path.iterdir() if f.is_file()]
-    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), \
-        {f.name: oct(f.stat().st_mode) for f in files}
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), {
+        f.name: oct(f.stat().st_mode) for f in files
+    }
     store.close()
     assert not store.path.exists()
 
@@ -96,12 +98,13 @@ def test_rocksdb_two_stores_of_one_name_in_one_process_do_not_collide(tmp_path):
 
 
 def test_rocksdb_folder_left_by_a_killed_process_is_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     left = tmp_path / f"stage-a.{int(dead.stdout)}.0"
     left.mkdir()
     (left / "000009.sst").write_bytes(b"old state")
-    alive = tmp_path / f"stage-a.{os.getppid()}.0"   # a live process's folder is left alone
+    alive = tmp_path / f"stage-a.{os.getppid()}.0"  # a live process's folder is left alone
     alive.mkdir()
     store = RocksState(tmp_path, "stage-a", 8, 4)
     assert not left.exists() and alive.exists()
@@ -116,7 +119,7 @@ def test_rocksdb_restore_by_chunks_keeps_the_last_value_and_drops_tombstoned_key
     store.commit()
     store.committed.drop(3)
     store.committed.apply({3: {b"a": b"1", b"b": b"1"}})
-    store.committed.apply({3: {b"a": b"2", b"b": None}})   # a later chunk: a new value, a tombstone
+    store.committed.apply({3: {b"a": b"2", b"b": None}})  # a later chunk: a new value, a tombstone
     store.load_partition(3, store.committed.partition(3))
     assert dict(store.items(3)) == {b"a": b"2"}
     store.close()

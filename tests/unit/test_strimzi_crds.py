@@ -23,10 +23,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sevisflow.deploy.local.stack import cache_dir
 from sevisflow.core.acls import kafka_user_resources
 from sevisflow.core.config import settings_from_mapping
 from sevisflow.core.topics import all_topics, kafka_topic_resources
+from sevisflow.deploy.local.stack import cache_dir
 from tests.helpers import REPO
 from tests.strimzi_crds import STRIMZI_VERSION, ensure_crds, load_crds, served_schema
 
@@ -52,8 +52,11 @@ def _strict(schema: Any) -> Any:
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if out.pop("nullable", False) and "type" in out:
         out["type"] = [out["type"], "null"]
-    if ("properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -87,9 +90,15 @@ def _rendered() -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{f}:{doc['kind']}/{doc['metadata']['name']}", doc
     for gen in kust.get("configMapGenerator", []):
         data = {Path(f).name: (K8S / f).read_text() for f in gen["files"]}
-        yield f"configMapGenerator:{gen['name']}", {
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": gen["name"], "namespace": kust["namespace"]}, "data": data}
+        yield (
+            f"configMapGenerator:{gen['name']}",
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": gen["name"], "namespace": kust["namespace"]},
+                "data": data,
+            },
+        )
     settings = settings_from_mapping(tomllib.loads((K8S / "sevisflow.toml").read_text()), env={})
     for doc in kafka_topic_resources(all_topics(settings), cluster="sevisflow", namespace=kust["namespace"]):
         yield f"topics manifests:{doc['metadata']['name']}", doc

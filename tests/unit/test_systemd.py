@@ -39,16 +39,22 @@ def units(tmp_path: Path) -> Path:
 
 
 def _exposure(unit: Path) -> float:
-    proc = subprocess.run([_analyze(), "security", "--offline=yes", "--no-pager", str(unit)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [_analyze(), "security", "--offline=yes", "--no-pager", str(unit)], capture_output=True, text=True, timeout=120
+    )
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", proc.stdout)
     assert m, proc.stdout[-2000:] + proc.stderr[-2000:]
     return float(m.group(1))
 
 
 def _verify(*units: Path) -> list[str]:
-    proc = subprocess.run([_analyze(), "verify", "--no-pager", *map(str, units)], capture_output=True, text=True,
-                          timeout=120, cwd=units[0].parent)
+    proc = subprocess.run(
+        [_analyze(), "verify", "--no-pager", *map(str, units)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=units[0].parent,
+    )
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line and not MISSING_BINARY.search(line)]
 
 
@@ -65,9 +71,15 @@ def test_topics_unit_is_rated_ok(units: Path) -> None:
 
 def test_an_unhardened_unit_is_rated_exposed(units: Path) -> None:
     text = (units / "sevisflow@.service").read_text()
-    bare = "\n".join(line for line in text.splitlines()
-                     if not re.match(r"(Protect|Private|Restrict|SystemCall|Capability|NoNew|Lock|Remove|Keyring|"
-                                     r"Device|ProcSubset|Ambient)", line))
+    bare = "\n".join(
+        line
+        for line in text.splitlines()
+        if not re.match(
+            r"(Protect|Private|Restrict|SystemCall|Capability|NoNew|Lock|Remove|Keyring|"
+            r"Device|ProcSubset|Ambient)",
+            line,
+        )
+    )
     for d in units.glob("*.service.d"):
         shutil.rmtree(d)
     instance = units / "sevisflow@connector.service"

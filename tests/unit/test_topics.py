@@ -33,16 +33,23 @@ def _settings(**kafka):
 
 def test_pipeline_topics_keep_their_names_and_take_replication_from_settings():
     local = {s.name: s for s in pipeline_topics(_settings())}
-    assert list(local) == ["sevisflow.students", "sevis.events", "sevis.batch.commands", "sevis.batches",
-                           "sevis.results", "sevisflow.dlq", "sevis.batch.open", "sevis.worklist",
-                           "sevis.audit.ledger"]
+    assert list(local) == [
+        "sevisflow.students",
+        "sevis.events",
+        "sevis.batch.commands",
+        "sevis.batches",
+        "sevis.results",
+        "sevisflow.dlq",
+        "sevis.batch.open",
+        "sevis.worklist",
+        "sevis.audit.ledger",
+    ]
     assert all(s.partitions == 3 and s.replication_factor == 1 for s in local.values())
     assert local["sevisflow.students"].config["cleanup.policy"] == "compact"
     assert local["sevis.events"].config["retention.ms"] == AUDIT_RETENTION_MS
     assert local["sevisflow.dlq"].config["retention.ms"] == str(90 * 24 * 3600 * 1000)
     prod = pipeline_topics(_settings(replication_factor=3, min_insync_replicas=2, partitions=6))
-    assert all(s.replication_factor == 3 and s.partitions == 6 and s.config["min.insync.replicas"] == "2"
-               for s in prod)
+    assert all(s.replication_factor == 3 and s.partitions == 6 and s.config["min.insync.replicas"] == "2" for s in prod)
 
 
 def test_min_insync_above_replication_is_refused():
@@ -56,8 +63,10 @@ def test_change_topics_match_what_the_connector_creates():
     assert names == [f"sis.{t}" for t in s.connector.table_include_list] + ["sis.transaction"]
     # the connector creates change topics with kafka.partitions (the transaction topic: 1), delete,
     # AUDIT_RETENTION_MS (connectors/postgres/task.py)
-    assert all(t.config == {"cleanup.policy": "delete", "retention.ms": AUDIT_RETENTION_MS,
-                            "min.insync.replicas": "1"} for t in change_topics(s))
+    assert all(
+        t.config == {"cleanup.policy": "delete", "retention.ms": AUDIT_RETENTION_MS, "min.insync.replicas": "1"}
+        for t in change_topics(s)
+    )
     assert [t.partitions for t in change_topics(s)] == [3] * len(s.connector.table_include_list) + [1]
 
 
@@ -71,7 +80,13 @@ def test_copartitioned_topics_have_equal_partitions():
     s = _settings(partitions=6)
     by_name = {t.name: t for t in pipeline_topics(s)}
     groups = copartition_groups(s)
-    assert set(groups["org"]) == {"sevis.events", "sevis.batch.commands", "sevis.batches", "sevis.results", "sevis.worklist"}
+    assert set(groups["org"]) == {
+        "sevis.events",
+        "sevis.batch.commands",
+        "sevis.batches",
+        "sevis.results",
+        "sevis.worklist",
+    }
     for names in groups.values():
         assert len({by_name[n].partitions for n in names}) == 1
 
@@ -91,9 +106,12 @@ def test_a_custom_topics_file_is_checked_strictly(tmp_path: Path):
     with pytest.raises(ConfigError):
         pipeline_topics(_settings(topics_file=str(missing)))
     isr = tmp_path / "isr.toml"
-    isr.write_text(text.replace('config = { "cleanup.policy" = "delete", "max.message.bytes"',
-                                'config = { "min.insync.replicas" = "2", "cleanup.policy" = "delete", '
-                                '"max.message.bytes"'))
+    isr.write_text(
+        text.replace(
+            'config = { "cleanup.policy" = "delete", "max.message.bytes"',
+            'config = { "min.insync.replicas" = "2", "cleanup.policy" = "delete", "max.message.bytes"',
+        )
+    )
     with pytest.raises(ConfigError, match=r"min\.insync\.replicas"):
         pipeline_topics(_settings(topics_file=str(isr)))
 
@@ -137,14 +155,17 @@ class FakeAdmin:
     topics: dict[str, tuple[int, int, dict[str, str]]] = field(default_factory=dict)  # partitions, rf, config
 
     def list_topics(self, timeout=None):
-        return _Md({i: object() for i in range(self.brokers)},
-                   {n: _TopicMd({p: _Part(list(range(rf))) for p in range(parts)})
-                    for n, (parts, rf, _) in self.topics.items()})
+        return _Md(
+            {i: object() for i in range(self.brokers)},
+            {
+                n: _TopicMd({p: _Part(list(range(rf))) for p in range(parts)})
+                for n, (parts, rf, _) in self.topics.items()
+            },
+        )
 
     def describe_configs(self, resources, request_timeout=None):
         defaults = {"cleanup.policy": "delete", "retention.ms": "604800000", "min.insync.replicas": "1"}
-        return {r: _Done({k: _Entry(v) for k, v in {**defaults, **self.topics[r.name][2]}.items()})
-                for r in resources}
+        return {r: _Done({k: _Entry(v) for k, v in {**defaults, **self.topics[r.name][2]}.items()}) for r in resources}
 
 
 def test_plan_lists_creates_partitions_config_and_what_it_cannot_change():
@@ -156,18 +177,25 @@ def test_plan_lists_creates_partitions_config_and_what_it_cannot_change():
         TopicSpec("rf", 3, 3, {}),
         TopicSpec("cfg", 3, 3, {"retention.ms": "1000", "min.insync.replicas": "2"}),
     ]
-    admin = FakeAdmin(brokers=3, topics={
-        "same": (3, 3, {"cleanup.policy": "delete,compact", "min.insync.replicas": "2"}),
-        "grow": (3, 3, {}), "shrink": (6, 3, {}), "rf": (3, 1, {}), "cfg": (3, 3, {"retention.ms": "5000"}),
-    })
+    admin = FakeAdmin(
+        brokers=3,
+        topics={
+            "same": (3, 3, {"cleanup.policy": "delete,compact", "min.insync.replicas": "2"}),
+            "grow": (3, 3, {}),
+            "shrink": (6, 3, {}),
+            "rf": (3, 1, {}),
+            "cfg": (3, 3, {"retention.ms": "5000"}),
+        },
+    )
     plan = plan_topics(None, specs, admin=admin)  # type: ignore[arg-type]
     assert [s.name for s in plan.creates] == ["new"]
     assert plan.partition_increases == [("grow", 3, 6)]
     assert {(c.topic, c.key, c.current, c.wanted) for c in plan.config_changes} == {
-        ("cfg", "retention.ms", "5000", "1000"), ("cfg", "min.insync.replicas", "1", "2")}
+        ("cfg", "retention.ms", "5000", "1000"),
+        ("cfg", "min.insync.replicas", "1", "2"),
+    }
     assert any(p.startswith("shrink: has 6 partitions") for p in plan.problems)
-    assert any(p.startswith("rf: replication factor is 1, spec says 3") and "cannot change" in p
-               for p in plan.problems)
+    assert any(p.startswith("rf: replication factor is 1, spec says 3") and "cannot change" in p for p in plan.problems)
     assert plan.unchanged == ["same", "shrink", "rf"]
     text = plan.render()
     assert "+ create   new" in text and "~ partitions grow  3 -> 6" in text

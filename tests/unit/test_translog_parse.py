@@ -10,8 +10,13 @@ from tests.helpers import EXAMPLES_DIR
 
 def test_processed_log_example():
     log = parse_translog((EXAMPLES_DIR / "transaction-log-valid.xml").read_bytes())
-    assert (log.batch_id, log.org_id, log.upload_code, log.process_code, log.download_code) == \
-        ("FICT2025000001", "ZZZ214F99999000", "S0000", "S0020", "S0000")
+    assert (log.batch_id, log.org_id, log.upload_code, log.process_code, log.download_code) == (
+        "FICT2025000001",
+        "ZZZ214F99999000",
+        "S0000",
+        "S0020",
+        "S0000",
+    )
     assert log.counts == {"success": 1, "failure": 1, "total": 2}
     ok, bad = log.records
     assert ok.ok and ok.sevis_id == "N0000000199" and ok.request_id == "C-1001-0001"
@@ -36,8 +41,11 @@ def test_tolerates_namespaces_unknown_and_missing_elements():
       </tl:Process></tl:BatchDetail></tl:TransactionLog>"""
     log = parse_translog(data)
     assert log.org_id is None and log.status is None and log.process_code == "S0020"
-    assert [(r.request_id, r.ok, r.error_code) for r in log.records] == \
-        [("R1", True, None), ("R2", False, "S1003"), ("R3", False, None)]
+    assert [(r.request_id, r.ok, r.error_code) for r in log.records] == [
+        ("R1", True, None),
+        ("R2", False, "S1003"),
+        ("R3", False, None),
+    ]
     assert log.records[2].dependents[0]["dependent_sevis_id"] == "N0000000009"
 
 
@@ -56,9 +64,12 @@ def test_no_entity_expansion():
 
 def test_billion_laughs_is_refused_not_expanded():
     lol = b'<!ENTITY a0 "lollollollollollollollollollol">' + b"".join(
-        f'<!ENTITY a{i} "{("&a" + str(i - 1) + ";") * 10}">'.encode() for i in range(1, 10))
-    data = b'<?xml version="1.0"?><!DOCTYPE TransactionLog [' + lol + b']><TransactionLog><BatchHeader>' \
-           b'<BatchID>&a9;</BatchID></BatchHeader></TransactionLog>'
+        f'<!ENTITY a{i} "{("&a" + str(i - 1) + ";") * 10}">'.encode() for i in range(1, 10)
+    )
+    data = (
+        b'<?xml version="1.0"?><!DOCTYPE TransactionLog [' + lol + b"]><TransactionLog><BatchHeader>"
+        b"<BatchID>&a9;</BatchID></BatchHeader></TransactionLog>"
+    )
     try:
         log = parse_translog(data)
     except TranslogError:
@@ -67,8 +78,10 @@ def test_billion_laughs_is_refused_not_expanded():
 
 
 def test_a_text_node_over_libxml2s_limit_is_refused():
-    data = b"<TransactionLog><BatchHeader><BatchID>" + b"x" * (11 * 1024 * 1024) + b"</BatchID></BatchHeader>" \
-           b"</TransactionLog>"
+    data = (
+        b"<TransactionLog><BatchHeader><BatchID>" + b"x" * (11 * 1024 * 1024) + b"</BatchID></BatchHeader>"
+        b"</TransactionLog>"
+    )
     with pytest.raises(TranslogError, match="not well-formed"):
         parse_translog(data)
 
@@ -82,14 +95,19 @@ def test_parsing_is_incremental_memory_follows_one_record_not_the_document(tmp_p
 
     from tests.helpers import REPO
 
-    rec = ('<Record requestID="R{0}" sevisID="N{0:010d}"><ProcessDate>2025-01-01</ProcessDate>'
-           '<Result status="true"/><PhysicalCorrectedAddress><Address1>' + "a" * 2000 +
-           '</Address1></PhysicalCorrectedAddress></Record>')
+    rec = (
+        '<Record requestID="R{0}" sevisID="N{0:010d}"><ProcessDate>2025-01-01</ProcessDate>'
+        '<Result status="true"/><PhysicalCorrectedAddress><Address1>'
+        + "a" * 2000
+        + "</Address1></PhysicalCorrectedAddress></Record>"
+    )
     path = tmp_path / "log.xml"
     with open(path, "w") as fh:
-        fh.write('<TransactionLog><BatchHeader><BatchID>B1</BatchID><OrgID>O1</OrgID></BatchHeader>'
-                 '<BatchDetail status="true"><Upload resultCode="S0000"><FileName>f.xml</FileName></Upload>'
-                 '<Process resultCode="S0000"><RecordCount><Success>20000</Success></RecordCount>')
+        fh.write(
+            "<TransactionLog><BatchHeader><BatchID>B1</BatchID><OrgID>O1</OrgID></BatchHeader>"
+            '<BatchDetail status="true"><Upload resultCode="S0000"><FileName>f.xml</FileName></Upload>'
+            '<Process resultCode="S0000"><RecordCount><Success>20000</Success></RecordCount>'
+        )
         for i in range(20000):
             fh.write(rec.format(i))
         fh.write('</Process><Download resultCode="S0000"/></BatchDetail></TransactionLog>')
@@ -102,8 +120,10 @@ def test_parsing_is_incremental_memory_follows_one_record_not_the_document(tmp_p
         "with open(sys.argv[1], 'rb') as fh:\n"
         "    log = parse_translog(fh)\n"
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "print(len(log.records), log.records[-1].sevis_id, log.batch_id, log.counts['success'], after - before)\n")
-    out = subprocess.run([sys.executable, "-c", probe, str(path)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=True).stdout.split()
+        "print(len(log.records), log.records[-1].sevis_id, log.batch_id, log.counts['success'], after - before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
+    ).stdout.split()
     assert out[:4] == ["20000", "N0000019999", "B1", "20000"]
     assert int(out[4]) < size / 2, f"parsing a {size} byte log grew the process by {out[4]} bytes"

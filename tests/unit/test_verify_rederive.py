@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from sevisflow.app.audit.decode import decode_record
-from sevisflow.core.ledger import Ledger, LedgerWriter, check_chain
-from testkit.audit_scenario import batcher_run
 from sevisflow.app.audit.verify import VerifyContext, first_difference, first_json_difference, verify_all, verify_batch
+from sevisflow.core.ledger import Ledger, LedgerWriter, check_chain
 from sevisflow.core.serde import registry
+from testkit.audit_scenario import batcher_run
 from tests.helpers import XSD_DIR
 
 pytestmark = pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="SEVIS XSDs not present")
@@ -20,8 +20,10 @@ pytestmark = pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exist
 
 def _decoded(run, topic_names=None):
     names = topic_names or {"events": "sevis.events", "commands": "sevis.batch.commands", "batches": "sevis.batches"}
-    return {k: [decode_record(names[k], 0, i, key, value, (1, ts)) for i, (key, value, ts) in enumerate(v)]
-            for k, v in run.items()}
+    return {
+        k: [decode_record(names[k], 0, i, key, value, (1, ts)) for i, (key, value, ts) in enumerate(v)]
+        for k, v in run.items()
+    }
 
 
 @pytest.fixture
@@ -43,8 +45,15 @@ def world(tmp_path):
         out = sink_closed_batch(ClosedBatch.from_event(ev, orjson.loads(ev["records_json"])), schema, outbox)
         assert out.status == "written", out
         writer.seal_archive(outbox.find(ev["batch_id"]), ev["batch_id"])  # what the XML sink does in its transaction
-    ctx = VerifyContext(batches=d["batches"], events=d["events"], commands=d["commands"], results=[], changes=[],
-                        outbox=outbox, schema=schema)
+    ctx = VerifyContext(
+        batches=d["batches"],
+        events=d["events"],
+        commands=d["commands"],
+        results=[],
+        changes=[],
+        outbox=outbox,
+        schema=schema,
+    )
     return ctx, [c.value["batch_id"] for c in closed], outbox, tmp_path
 
 
@@ -89,8 +98,14 @@ def test_tampered_event_breaks_the_batching_check(world):
     ctx, ids, _, _ = world
     ev = registry().decode(ctx.events[2].raw)
     ev["payload_json"] = ev["payload_json"].replace("Springfield", "Elsewhere")
-    ctx.events[2] = decode_record("sevis.events", 0, 2, ctx.events[2].raw_key,
-                                  registry().encode("sevisflow.events.SevisEvent", ev), (1, ctx.events[2].timestamp_ms))
+    ctx.events[2] = decode_record(
+        "sevis.events",
+        0,
+        2,
+        ctx.events[2].raw_key,
+        registry().encode("sevisflow.events.SevisEvent", ev),
+        (1, ctx.events[2].timestamp_ms),
+    )
     v = verify_batch(ids[0], ctx)
     b = next(c for c in v.checks if c.name == "batching")
     assert b.status == "failed" and "cannot reproduce recorded event" in b.message
@@ -164,8 +179,7 @@ def test_full_chain_from_change_records_to_document(tmp_path):
     feed = SisFeed(primary_keys=scen.PKS)
     feed.tx(*[("c", scen.TABLES[n], None, r) for n, r in rows.items()])
     feed.tx(("u", "public.person", rows["person"], {**rows["person"], "email": "zoe.new@example.com"}))
-    feed.tx(("u", "public.program", rows["program"], {**rows["program"], "expected_end_date":
-                                                        scen.date(2027, 12, 17)}))
+    feed.tx(("u", "public.program", rows["program"], {**rows["program"], "expected_end_date": scen.date(2027, 12, 17)}))
     # give every change record a position, as Kafka would
     changes, counts = [], {}
     for r in feed.records:
@@ -184,16 +198,37 @@ def test_full_chain_from_change_records_to_document(tmp_path):
         events.append(decode_record("sevis.events", 0, i, org.encode(), raw, (1, ts + i)))
         state, outs = apply(state, EventIn(registry().decode(raw), ts + i))
         batches += [o.event for o in outs if isinstance(o, Publish)]
-    cmd = {"command_id": "close-1", "org_id": org, "kind": "close", "dso_user_id": "dsouser001", "student_key": None,
-           "record_ids": [], "reviewed_revision": None, "batch_id": None, "reason": None,
-           "requested_at_ms": ts + 10_000, "payload_json": None}
+    cmd = {
+        "command_id": "close-1",
+        "org_id": org,
+        "kind": "close",
+        "dso_user_id": "dsouser001",
+        "student_key": None,
+        "record_ids": [],
+        "reviewed_revision": None,
+        "batch_id": None,
+        "reason": None,
+        "requested_at_ms": ts + 10_000,
+        "payload_json": None,
+    }
     state, outs = apply(state, CommandIn(cmd))
     batches += [o.event for o in outs if isinstance(o, Publish)]
-    dec_batches = [decode_record("sevis.batches", 0, i, org.encode(),
-                                 registry().encode("sevisflow.batches.BatchEvent", b), (1, ts + 10_000))
-                   for i, b in enumerate(batches)]
-    commands = [decode_record("sevis.batch.commands", 0, 0, org.encode(),
-                              registry().encode("sevisflow.commands.BatchCommand", cmd), (1, ts + 10_000))]
+    dec_batches = [
+        decode_record(
+            "sevis.batches", 0, i, org.encode(), registry().encode("sevisflow.batches.BatchEvent", b), (1, ts + 10_000)
+        )
+        for i, b in enumerate(batches)
+    ]
+    commands = [
+        decode_record(
+            "sevis.batch.commands",
+            0,
+            0,
+            org.encode(),
+            registry().encode("sevisflow.commands.BatchCommand", cmd),
+            (1, ts + 10_000),
+        )
+    ]
     closed = [b for b in batches if b["type"] == "closed"]
     assert len(closed) == 1
     schema = load_schema(XSD_DIR)
@@ -204,23 +239,57 @@ def test_full_chain_from_change_records_to_document(tmp_path):
     # as the reader gives them: the transaction topic apart from the change topics
     txs = [d for d in changes if d.topic == feed.tx_topic]
     rows = [d for d in changes if d.topic != feed.tx_topic]
-    ctx = VerifyContext(batches=dec_batches, events=events, commands=commands, results=[], changes=rows,
-                        outbox=outbox, schema=schema, mapping=scen.MAPPING, tx_topic=feed.tx_topic, transactions=txs)
+    ctx = VerifyContext(
+        batches=dec_batches,
+        events=events,
+        commands=commands,
+        results=[],
+        changes=rows,
+        outbox=outbox,
+        schema=schema,
+        mapping=scen.MAPPING,
+        tx_topic=feed.tx_topic,
+        transactions=txs,
+    )
     v = verify_batch(closed[0]["batch_id"], ctx)
-    assert {c.name: c.status for c in v.checks} == {"archive": "ok", "render": "ok", "batching": "ok",
-                                                    "events": "ok", "sources": "ok"}, v.to_json()
+    assert {c.name: c.status for c in v.checks} == {
+        "archive": "ok",
+        "render": "ok",
+        "batching": "ok",
+        "events": "ok",
+        "sources": "ok",
+    }, v.to_json()
     # without the transaction topic every streamed change waits for an END: nothing is re-derived
-    bare = VerifyContext(batches=dec_batches, events=events, commands=commands, results=[], changes=rows,
-                         outbox=outbox, schema=schema, mapping=scen.MAPPING, tx_topic=feed.tx_topic)
+    bare = VerifyContext(
+        batches=dec_batches,
+        events=events,
+        commands=commands,
+        results=[],
+        changes=rows,
+        outbox=outbox,
+        schema=schema,
+        mapping=scen.MAPPING,
+        tx_topic=feed.tx_topic,
+    )
     assert next(c for c in verify_batch(closed[0]["batch_id"], bare).checks if c.name == "events").status == "failed"
 
     # a change record altered in the retained log: the events check names the event and the field
     i = next(k for k, d in enumerate(changes) if d.topic.endswith("person") and d.value["op"] == "u")
     val = changes[i].value
     val = {**val, "after": {**val["after"], "email": "someone.else@example.com"}}
-    changes[i] = decode_record(changes[i].topic, 0, changes[i].offset, changes[i].raw_key, orjson.dumps(val),
-                               (1, changes[i].timestamp_ms))
-    ctx2 = VerifyContext(batches=dec_batches, events=events, commands=commands, results=[], changes=changes,
-                         outbox=outbox, schema=schema, mapping=scen.MAPPING, tx_topic=feed.tx_topic)
+    changes[i] = decode_record(
+        changes[i].topic, 0, changes[i].offset, changes[i].raw_key, orjson.dumps(val), (1, changes[i].timestamp_ms)
+    )
+    ctx2 = VerifyContext(
+        batches=dec_batches,
+        events=events,
+        commands=commands,
+        results=[],
+        changes=changes,
+        outbox=outbox,
+        schema=schema,
+        mapping=scen.MAPPING,
+        tx_topic=feed.tx_topic,
+    )
     ev_check = next(c for c in verify_batch(closed[0]["batch_id"], ctx2).checks if c.name == "events")
     assert ev_check.status == "failed" and "re-derived differently at" in ev_check.message

@@ -18,27 +18,36 @@ from lxml import etree
 
 from sevisflow.sinks.outbox import Outbox
 from sevisflow.sinks.xml.render import ClosedBatch, check_batch
-from testkit.xml_samples import DSO, ORG_ID, UPDATE_KINDS, create_record, update_record
 from sevisflow.sinks.xml.stage import sink_closed_batch
 from sevisflow.sinks.xml.xsd import load_schema
+from testkit.xml_samples import DSO, ORG_ID, UPDATE_KINDS, create_record, update_record
 from tests.helpers import XSD_DIR
 
 STUDENTS_PER_BATCH = 25
 EXAMPLES = 45
 SCHEMA = load_schema(XSD_DIR)
 
-name_chars = st.sampled_from(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'- ")
-                             + list("ÀÉÎÕÜßçñøåłŁőšžÞðĀ") + ["\u4e2d", "\u0416", "\u00e9", "\u0627"])
+name_chars = st.sampled_from(
+    list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'- ")
+    + list("ÀÉÎÕÜßçñøåłŁőšžÞðĀ")
+    + ["\u4e2d", "\u0416", "\u00e9", "\u0627"]
+)
 good_names = st.one_of(
     st.text(name_chars, min_size=1, max_size=30),
-    st.sampled_from(["O'Brien", "Anne-Marie", "Nguyễn", "Müller-Lüdenscheidt", "D'Angelo-Smith", "Ødegård",
-                     "x" * 80]))
+    st.sampled_from(["O'Brien", "Anne-Marie", "Nguyễn", "Müller-Lüdenscheidt", "D'Angelo-Smith", "Ødegård", "x" * 80]),
+)
 names = st.one_of(good_names, st.sampled_from(["y" * 81, "", "R2D2", "Lee 3rd"]))
-dates = st.one_of(st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2099, 12, 31)),
-                  st.sampled_from([dt.date(2000, 2, 29), dt.date(1999, 12, 31), dt.date(2024, 2, 29),
-                                   dt.date(1, 1, 1), dt.date(9999, 12, 31)])).map(lambda d: d.isoformat())
-good_addresses = st.one_of(st.text(name_chars | st.sampled_from(list("0123456789#,.")), min_size=1, max_size=60)
-                           .filter(lambda a: a.strip()), st.just("9" * 60), st.just("Apartment " * 5 + "Suite 1234"))
+dates = st.one_of(
+    st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2099, 12, 31)),
+    st.sampled_from(
+        [dt.date(2000, 2, 29), dt.date(1999, 12, 31), dt.date(2024, 2, 29), dt.date(1, 1, 1), dt.date(9999, 12, 31)]
+    ),
+).map(lambda d: d.isoformat())
+good_addresses = st.one_of(
+    st.text(name_chars | st.sampled_from(list("0123456789#,.")), min_size=1, max_size=60).filter(lambda a: a.strip()),
+    st.just("9" * 60),
+    st.just("Apartment " * 5 + "Suite 1234"),
+)
 addresses = st.one_of(good_addresses, st.just("Apartment " * 7), st.just(" "))
 
 
@@ -46,16 +55,20 @@ addresses = st.one_of(good_addresses, st.just("Apartment " * 7), st.just(" "))
 def student(draw, i: int, clean: bool):
     nm, addr = (good_names, good_addresses) if clean else (names, addresses)
     if draw(st.booleans()):
-        return create_record(i, last=draw(nm), first=draw(nm), birth=draw(dates), address1=draw(addr),
-                             start=draw(dates), end=draw(dates))
+        return create_record(
+            i, last=draw(nm), first=draw(nm), birth=draw(dates), address1=draw(addr), start=draw(dates), end=draw(dates)
+        )
     kind = draw(st.sampled_from(UPDATE_KINDS))
     rec = update_record(i, kind)
     if kind == "PersonalInfo":
-        rec["payload"] = {"@printForm": draw(st.sampled_from(["true", "false"])),
-                          "FullName": {"FirstName": draw(nm), "LastName": draw(nm)},
-                          "USAddress": {"PostalCode": draw(st.sampled_from(["62704", "00000"] if clean else
-                                                                           ["62704", "6270", "00000"])),
-                                        "Address1": draw(addr)}}
+        rec["payload"] = {
+            "@printForm": draw(st.sampled_from(["true", "false"])),
+            "FullName": {"FirstName": draw(nm), "LastName": draw(nm)},
+            "USAddress": {
+                "PostalCode": draw(st.sampled_from(["62704", "00000"] if clean else ["62704", "6270", "00000"])),
+                "Address1": draw(addr),
+            },
+        }
     elif kind in ("Program.Extension", "Program.Shorten"):
         rec["payload"]["NewPrgEndDate"] = draw(dates)
     return rec
@@ -77,8 +90,12 @@ def _alone_ok(rec) -> bool:
     return check_batch(ClosedBatch(ORG_ID, "ALONE000000001", DSO, 0, (rec,)), SCHEMA).ok
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
 @given(batches())
 def test_written_documents_validate_or_records_are_refused_with_reason(batch):
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,8 +8,8 @@ import pytest
 from lxml import etree
 
 from sevisflow.sinks.xml.render import ClosedBatch, batch_from_document, check_batch, redact, render_batch
-from testkit.xml_samples import DSO, ORG_ID, create_record, sample_batch, update_record
 from sevisflow.sinks.xml.xsd import load_schema
+from testkit.xml_samples import DSO, ORG_ID, create_record, sample_batch, update_record
 from tests.helpers import EXAMPLES_DIR, XSD_DIR
 
 
@@ -52,8 +52,13 @@ def test_payload_key_order_does_not_matter(schema):
     expected = render_batch(batch, schema)
     for seed in range(5):
         rnd = random.Random(seed)
-        shuffled = ClosedBatch(batch.org_id, batch.batch_id, batch.closed_by, batch.at_ms,
-                               tuple(_shuffle(dict(r), rnd) for r in batch.records))
+        shuffled = ClosedBatch(
+            batch.org_id,
+            batch.batch_id,
+            batch.closed_by,
+            batch.at_ms,
+            tuple(_shuffle(dict(r), rnd) for r in batch.records),
+        )
         assert render_batch(shuffled, schema) == expected
 
 
@@ -89,8 +94,11 @@ def test_unknown_kind_and_element_are_refused_with_reason(schema):
     good = update_record(4, "Status.Complete")
     checked = check_batch(ClosedBatch(ORG_ID, "SFTEST00000003", DSO, 0, (bad_kind, unknown, no_id, good)), schema)
     codes = {p.request_id: p.code for p in checked.problems}
-    assert codes == {bad_kind["request_id"]: "unknown_kind", unknown["request_id"]: "unknown_element",
-                     no_id["request_id"]: "missing_sevis_id"}
+    assert codes == {
+        bad_kind["request_id"]: "unknown_kind",
+        unknown["request_id"]: "unknown_element",
+        no_id["request_id"]: "missing_sevis_id",
+    }
     assert [r["request_id"] for r in checked.rendered] == [good["request_id"]]
 
 
@@ -127,7 +135,7 @@ def test_control_characters_are_refused(schema):
 
 
 def test_redact_drops_values_with_apostrophes():
-    msg = ("Element 'LastName': [facet 'pattern'] The value 'O'Br1en' is not accepted by the pattern '\\D+'.")
+    msg = "Element 'LastName': [facet 'pattern'] The value 'O'Br1en' is not accepted by the pattern '\\D+'."
     assert "Br1en" not in redact(msg)
     msg2 = "Element 'BirthDate': '2001-13-01' is not a valid value of the atomic type 'DateType'."
     assert "2001" not in redact(msg2)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -39,7 +39,7 @@ def iso_ms(ms: int | None) -> str | None:
     """``2024-06-19T10:00:00.000Z`` for epoch milliseconds (UTC), None for None/negative."""
     if ms is None or ms < 0:
         return None
-    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -118,10 +118,17 @@ class Decoded:
     def to_json(self) -> dict[str, Any]:
         """The JSON-lines export of one record (what an auditor keeps)."""
         return {
-            "topic": self.topic, "partition": self.partition, "offset": self.offset,
-            "timestamp": iso_ms(self.timestamp_ms), "timestamp_ms": self.timestamp_ms,
-            "timestamp_type": self.timestamp_type, "key": self.key, "format": self.format,
-            "schema": self.schema, "value_sha256": self.value_sha256, "value": self.value,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": iso_ms(self.timestamp_ms),
+            "timestamp_ms": self.timestamp_ms,
+            "timestamp_type": self.timestamp_type,
+            "key": self.key,
+            "format": self.format,
+            "schema": self.schema,
+            "value_sha256": self.value_sha256,
+            "value": self.value,
         }
 
     @property
@@ -130,20 +137,34 @@ class Decoded:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-def decode_record(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                  timestamp: tuple[int, int] | None = None) -> Decoded:
+def decode_record(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    timestamp: tuple[int, int] | None = None,
+) -> Decoded:
     """Decode one record (pure: no Kafka needed, so tests build records by hand)."""
     kfmt, kval, _ = decode_value(key)
     if kfmt == "tombstone":
         kval = None
     fmt, val, schema = decode_value(value)
     ts_type, ts = timestamp if timestamp is not None else (0, -1)
-    return Decoded(topic=topic, partition=partition, offset=offset,
-                   timestamp_ms=ts if ts is not None and ts >= 0 else None,
-                   timestamp_type=TIMESTAMP_TYPES.get(ts_type, str(ts_type)),
-                   key=kval, value=val, format=fmt, schema=schema,
-                   value_sha256=hashlib.sha256(value).hexdigest() if value is not None else None, raw=value,
-                   raw_key=key)
+    return Decoded(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=ts if ts is not None and ts >= 0 else None,
+        timestamp_type=TIMESTAMP_TYPES.get(ts_type, str(ts_type)),
+        key=kval,
+        value=val,
+        format=fmt,
+        schema=schema,
+        value_sha256=hashlib.sha256(value).hexdigest() if value is not None else None,
+        raw=value,
+        raw_key=key,
+    )
 
 
 def decode_message(msg: Any) -> Decoded:

@@ -33,10 +33,11 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import orjson
 from confluent_kafka import TopicPartition
@@ -44,9 +45,9 @@ from confluent_kafka import TopicPartition
 from sevisflow.app.audit.decode import Decoded, decode_message, iso_ms
 from sevisflow.core.config import KafkaSettings, Settings
 from sevisflow.core.errors import SevisflowError
-from sevisflow.core.kafka_io import make_consumer, read_topic, topic_partitions, watermarks
+from sevisflow.core.kafka_io import make_consumer, position, read_topic, topic_partitions, watermarks
 
-_NEVER = 2 ** 62
+_NEVER = 2**62
 _PER_PARTITION = re.compile(r"^\d+:\d+(,\d+:\d+)*$")
 
 
@@ -80,7 +81,7 @@ def parse_time(text: str) -> int:
     except ValueError:
         raise SevisflowError(f"{text!r} is not a time: use ISO-8601 like 2024-06-19 or 2024-06-19T10:00:00Z") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
 
@@ -99,13 +100,19 @@ def parse_bound(text: str | None, default: str) -> Bound:
     return Bound("time", time_ms=parse_time(t))
 
 
-def resolve_range(partitions: Sequence[int], watermarks: Mapping[int, tuple[int, int]], frm: Bound, to: Bound,
-                  offset_for_time: Callable[[int, int], int]) -> dict[int, tuple[int, int]]:
+def resolve_range(
+    partitions: Sequence[int],
+    watermarks: Mapping[int, tuple[int, int]],
+    frm: Bound,
+    to: Bound,
+    offset_for_time: Callable[[int, int], int],
+) -> dict[int, tuple[int, int]]:
     """``{partition: (start, end)}`` (end exclusive) of the partitions that have records in range.
 
     ``offset_for_time(partition, ms)`` is Kafka's ``offsets_for_times`` for one partition
     (the first offset whose timestamp ≥ ms, or the high watermark when none). Pure.
     """
+
     def pos(b: Bound, p: int, is_start: bool) -> int:
         low, high = watermarks[p]
         if b.kind == "beginning":
@@ -204,7 +211,8 @@ class StudentMatcher:
             return any(str(row.get(c)) in self.sis_ids for c in self.layout.link_columns if row.get(c) is not None)
         if d.format == "tombstone":
             return isinstance(d.key, dict) and any(
-                str(d.key.get(c)) in self.sis_ids for c in self.layout.link_columns if d.key.get(c) is not None)
+                str(d.key.get(c)) in self.sis_ids for c in self.layout.link_columns if d.key.get(c) is not None
+            )
         if d.format == "avro" and isinstance(v, dict):
             if v.get("student_key") == self.student:
                 return True
@@ -212,8 +220,9 @@ class StudentMatcher:
             if isinstance(rec, dict) and rec.get("student_key") == self.student:
                 return True
             recs = v.get("records")
-            if isinstance(recs, list) and any(isinstance(r, dict) and r.get("student_key") == self.student
-                                              for r in recs):
+            if isinstance(recs, list) and any(
+                isinstance(r, dict) and r.get("student_key") == self.student for r in recs
+            ):
                 return True
         return d.key == self.student
 
@@ -268,24 +277,24 @@ def read_plan(kafka: KafkaSettings, plan: ReplayPlan, timeout_s: float = 30.0) -
     if not plan.ranges:
         return
     # partitions without records in range start past any end, so read_topic does not assign them
-    start = {p: _NEVER for p in plan.partitions}
+    start = dict.fromkeys(plan.partitions, _NEVER)
     start.update({p: s for p, (s, _) in plan.ranges.items()})
     left = set(plan.ranges)
     stream = read_topic(kafka, plan.topic, timeout_s=timeout_s, start=start)
     try:
         for msg in stream:
-            p = msg.partition()
+            _, p, offset = position(msg)
             if p not in plan.ranges:
                 continue
             s, e = plan.ranges[p]
-            if msg.offset() >= e:
+            if offset >= e:
                 left.discard(p)
                 if not left:
                     return
                 continue
-            if msg.offset() >= s:
+            if offset >= s:
                 yield decode_message(msg)
-            if msg.offset() + 1 >= e:
+            if offset + 1 >= e:
                 left.discard(p)
                 if not left:
                     return
@@ -313,8 +322,9 @@ def student_matcher_for(settings: Settings, topic: str, student: str, timeout_s:
     return matcher
 
 
-def replay(settings: Settings, topic: str, frm: Bound, to: Bound, student: str | None = None,
-           timeout_s: float = 30.0) -> Iterator[Decoded]:
+def replay(
+    settings: Settings, topic: str, frm: Bound, to: Bound, student: str | None = None, timeout_s: float = 30.0
+) -> Iterator[Decoded]:
     """The decoded records of ``topic`` between the bounds, only ``student``'s when given."""
     plan = plan_replay(settings.kafka, topic, frm, to, timeout_s)
     matcher = student_matcher_for(settings, topic, student, timeout_s) if student else None
@@ -358,8 +368,11 @@ def summary(d: Decoded) -> tuple[str, str]:
         short = (d.schema or "").rsplit(".", 1)[-1]
         what = v.get("type") or v.get("kind") or v.get("status") or v.get("code") or ""
         extra = v.get("batch_id") or ""
-        student = v.get("student_key") or ((v.get("record") or {}).get("student_key")
-                                           if isinstance(v.get("record"), dict) else "") or ""
+        student = (
+            v.get("student_key")
+            or ((v.get("record") or {}).get("student_key") if isinstance(v.get("record"), dict) else "")
+            or ""
+        )
         if isinstance(v.get("records"), list):
             extra = f"{extra} ({len(v['records'])} records)".strip()
         return f"{short} {what} {extra}".strip(), str(student)

@@ -50,8 +50,14 @@ def change_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     return [t for t in list_topics(settings, timeout_s) if is_change_topic(t, prefix)]
 
 
-def load_inputs(settings: Settings, *, with_changes: bool = True, timeout_s: float = 30.0,
-                since_ms: int | None = None, until_ms: int | None = None) -> AuditInputs:
+def load_inputs(
+    settings: Settings,
+    *,
+    with_changes: bool = True,
+    timeout_s: float = 30.0,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> AuditInputs:
     """Every record of the SEVIS-side topics (and, optionally, the change topics and the transaction
     topic), decoded, in log order. ``since_ms`` / ``until_ms`` (epoch ms) keep, per partition, only the
     records from the first one written at or after ``since_ms`` and before the first one written at or
@@ -68,8 +74,9 @@ def load_inputs(settings: Settings, *, with_changes: bool = True, timeout_s: flo
             return read_all(settings.kafka, name, timeout_s)
         return list(read_plan(settings.kafka, plan_replay(settings.kafka, name, frm, to, timeout_s), timeout_s))
 
-    inputs = AuditInputs(events=read(t.events), batches=read(t.batches), results=read(t.results),
-                         commands=read(t.commands))
+    inputs = AuditInputs(
+        events=read(t.events), batches=read(t.batches), results=read(t.results), commands=read(t.commands)
+    )
     if with_changes:
         prefix = settings.connector.topic_prefix
         for topic in sorted(x for x in existing if is_change_topic(x, prefix)):
@@ -138,19 +145,23 @@ def closed_at_from_archive(settings: Settings, batch_id: str) -> int | None:
     try:
         entries = Ledger(settings.sevis.outbox_dir).entries()
     except (OSError, ValueError):
-        entries = []   # an unreadable ledger is verify --all's finding; here it only gives no hint
+        entries = []  # an unreadable ledger is verify --all's finding; here it only gives no hint
     for e in reversed(entries):
         if e.get("batch_id") == batch_id and isinstance(e.get("closed_at_ms"), int):
             return int(e["closed_at_ms"])
     return None
 
 
-def find_closed_event(settings: Settings, batch_id: str, closed_at_ms: int,
-                      timeout_s: float = 30.0) -> Decoded | None:
+def find_closed_event(settings: Settings, batch_id: str, closed_at_ms: int, timeout_s: float = 30.0) -> Decoded | None:
     """The batch's ``closed`` event on the batches topic, looked up by time (Kafka's time index) from
     ``closed_at_ms`` minus the clock tolerance, read forward until found (None when it is not there)."""
-    plan = plan_replay(settings.kafka, settings.topics.batches, Bound("time", time_ms=closed_at_ms - SCOPE_SKEW_MS),
-                       Bound("end"), timeout_s)
+    plan = plan_replay(
+        settings.kafka,
+        settings.topics.batches,
+        Bound("time", time_ms=closed_at_ms - SCOPE_SKEW_MS),
+        Bound("end"),
+        timeout_s,
+    )
     records = read_plan(settings.kafka, plan, timeout_s)
     try:
         for d in records:
@@ -159,7 +170,7 @@ def find_closed_event(settings: Settings, batch_id: str, closed_at_ms: int,
                 return d
     finally:
         if isinstance(records, Generator):
-            records.close()   # stop reading here: the reader's consumer is closed at once
+            records.close()  # stop reading here: the reader's consumer is closed at once
     return None
 
 

@@ -29,8 +29,7 @@ from sevisflow.app.audit.decode import Decoded, iso_ms
 from sevisflow.app.audit.replay import StudentMatcher, table_of
 
 STAGE_ORDER = {"sis": 0, "event": 1, "command": 2, "batch": 3, "upload": 4, "result": 5}
-RECORD_TYPES = ("record_added", "record_replaced", "record_held", "record_released", "record_waiting",
-                "record_removed")
+RECORD_TYPES = ("record_added", "record_replaced", "record_held", "record_released", "record_waiting", "record_removed")
 BATCH_LIFECYCLE = ("requeued", "failed", "accepted")
 
 
@@ -47,12 +46,19 @@ class Step:
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def sort_key(self) -> tuple[Any, ...]:
-        return (self.at_ms if self.at_ms is not None else 2 ** 62, STAGE_ORDER.get(self.stage, 9), self.ref)
+        return (self.at_ms if self.at_ms is not None else 2**62, STAGE_ORDER.get(self.stage, 9), self.ref)
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": iso_ms(self.at_ms), "at_ms": self.at_ms, "stage": self.stage, "what": self.what,
-                "ref": self.ref, "batch_id": self.batch_id, "request_id": self.request_id,
-                "details": dict(self.details)}
+        return {
+            "at": iso_ms(self.at_ms),
+            "at_ms": self.at_ms,
+            "stage": self.stage,
+            "what": self.what,
+            "ref": self.ref,
+            "batch_id": self.batch_id,
+            "request_id": self.request_id,
+            "details": dict(self.details),
+        }
 
 
 def _v(d: Decoded) -> dict[str, Any]:
@@ -94,8 +100,12 @@ class StudentTimeline:
     unreported_changes: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"student": self.student, "batches": self.batches, "unreported_changes": self.unreported_changes,
-                "steps": [s.to_json() for s in self.steps]}
+        return {
+            "student": self.student,
+            "batches": self.batches,
+            "unreported_changes": self.unreported_changes,
+            "steps": [s.to_json() for s in self.steps],
+        }
 
 
 @dataclass
@@ -103,15 +113,22 @@ class _Batched:
     """What the batch topic says about the student: its steps, and what went out in which batch."""
 
     steps: list[Step] = field(default_factory=list)
-    sent: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)   # (BatchID, requestID) → record
+    sent: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (BatchID, requestID) → record
     batch_ids: list[str] = field(default_factory=list)
-    close_commands: dict[str, str] = field(default_factory=dict)                # close command id → BatchID
+    close_commands: dict[str, str] = field(default_factory=dict)  # close command id → BatchID
 
 
-def student_timeline(student: str, *, changes: Iterable[Decoded] = (), events: Iterable[Decoded] = (),
-                     batches: Iterable[Decoded] = (), results: Iterable[Decoded] = (),
-                     commands: Iterable[Decoded] = (), uploads: Mapping[str, Mapping[str, Any]] | None = None,
-                     matcher: StudentMatcher | None = None) -> StudentTimeline:
+def student_timeline(
+    student: str,
+    *,
+    changes: Iterable[Decoded] = (),
+    events: Iterable[Decoded] = (),
+    batches: Iterable[Decoded] = (),
+    results: Iterable[Decoded] = (),
+    commands: Iterable[Decoded] = (),
+    uploads: Mapping[str, Mapping[str, Any]] | None = None,
+    matcher: StudentMatcher | None = None,
+) -> StudentTimeline:
     """Every recorded step of ``student``, oldest first. Inputs in log order; any may be empty.
 
     One function per source below; events come first because their lineage says which SIS
@@ -144,19 +161,31 @@ def _event_steps(student: str, events: Iterable[Decoded]) -> tuple[list[Step], d
         # at the commit time of the change(s) it reports, like the batch records made from it
         commit = max((p.get("commit_ts_ms") or 0 for p in lineage), default=0) or d.timestamp_ms
         after = v.get("after")
-        steps.append(Step(commit, "event", f"SEVIS event {v.get('kind')} ({v.get('origin', 'sis')})",
-                          d.ref, details={"written_at": iso_ms(d.timestamp_ms),
-                              "event_id": v.get("event_id"), "kind": v.get("kind"),
-                              "coalesce_key": v.get("coalesce_key"), "sevis_id": v.get("sevis_id"),
-                              "changed_fields": sorted(after if isinstance(after, dict) else []),
-                              "processor_version": v.get("processor_version"),
-                              "problems": v.get("problems") or [],
-                              "lineage": [lineage_ref(p) for p in lineage]}))
+        steps.append(
+            Step(
+                commit,
+                "event",
+                f"SEVIS event {v.get('kind')} ({v.get('origin', 'sis')})",
+                d.ref,
+                details={
+                    "written_at": iso_ms(d.timestamp_ms),
+                    "event_id": v.get("event_id"),
+                    "kind": v.get("kind"),
+                    "coalesce_key": v.get("coalesce_key"),
+                    "sevis_id": v.get("sevis_id"),
+                    "changed_fields": sorted(after if isinstance(after, dict) else []),
+                    "processor_version": v.get("processor_version"),
+                    "problems": v.get("problems") or [],
+                    "lineage": [lineage_ref(p) for p in lineage],
+                },
+            )
+        )
     return steps, reported
 
 
-def _change_steps(changes: Iterable[Decoded], reported: Mapping[str, list[str]], matcher: StudentMatcher
-                  ) -> tuple[list[Step], int]:
+def _change_steps(
+    changes: Iterable[Decoded], reported: Mapping[str, list[str]], matcher: StudentMatcher
+) -> tuple[list[Step], int]:
     """The student's SIS changes (those the matcher recognises or an event reported), and how many went unreported."""
     steps: list[Step] = []
     unreported = 0
@@ -171,14 +200,25 @@ def _change_steps(changes: Iterable[Decoded], reported: Mapping[str, list[str]],
         if not ev_ids:
             unreported += 1
         op = v.get("op") if d.format == "debezium" else d.format
-        steps.append(Step(src.get("ts_ms") or v.get("ts_ms") or d.timestamp_ms, "sis",
-                          f"SIS change {op} {table_of(d) or d.topic}" +
-                          (f" → event(s) {', '.join(ev_ids)}" if ev_ids else " (no SEVIS event)"),
-                          d.ref, details={
-                              "op": op, "table": table_of(d), "lsn": src.get("lsn"), "tx_id": src.get("txId"),
-                              "sequence": src.get("sequence"), "snapshot": src.get("snapshot"),
-                              "columns": changed_columns(v) if d.format == "debezium" else [],
-                              "event_ids": ev_ids}))
+        steps.append(
+            Step(
+                src.get("ts_ms") or v.get("ts_ms") or d.timestamp_ms,
+                "sis",
+                f"SIS change {op} {table_of(d) or d.topic}"
+                + (f" → event(s) {', '.join(ev_ids)}" if ev_ids else " (no SEVIS event)"),
+                d.ref,
+                details={
+                    "op": op,
+                    "table": table_of(d),
+                    "lsn": src.get("lsn"),
+                    "tx_id": src.get("txId"),
+                    "sequence": src.get("sequence"),
+                    "snapshot": src.get("snapshot"),
+                    "columns": changed_columns(v) if d.format == "debezium" else [],
+                    "event_ids": ev_ids,
+                },
+            )
+        )
     return steps, unreported
 
 
@@ -194,31 +234,59 @@ def _batch_steps(student: str, batch_events: list[Decoded]) -> _Batched:
         if t in RECORD_TYPES and rec and rec.get("student_key") == student:
             out.steps.append(_record_step(d, v, rec))
         elif t in ("student_held", "student_released") and rec and rec.get("student_key") == student:
-            out.steps.append(Step(v.get("at_ms"), "batch", f"{t.replace('_', ' ')}: {v.get('reason') or ''}".strip(),
-                                  d.ref, details={"type": t, "records": rec.get("records"),
-                                                  "command_id": v.get("command_id"), "reason": v.get("reason")}))
+            out.steps.append(
+                Step(
+                    v.get("at_ms"),
+                    "batch",
+                    f"{t.replace('_', ' ')}: {v.get('reason') or ''}".strip(),
+                    d.ref,
+                    details={
+                        "type": t,
+                        "records": rec.get("records"),
+                        "command_id": v.get("command_id"),
+                        "reason": v.get("reason"),
+                    },
+                )
+            )
         elif t == "closed":
             _closed_steps(student, d, v, out)
     for d in batch_events:
         v = _v(d)
         if _is(d, BATCH) and v.get("type") in BATCH_LIFECYCLE and v.get("batch_id") in out.batch_ids:
-            out.steps.append(Step(v.get("at_ms"), "batch", f"batch {v['batch_id']} {v['type']}: "
-                                  f"{v.get('reason') or ''}".strip(), d.ref, batch_id=v["batch_id"],
-                                  details={"type": v["type"], "command_id": v.get("command_id"),
-                                           "reason": v.get("reason")}))
+            out.steps.append(
+                Step(
+                    v.get("at_ms"),
+                    "batch",
+                    f"batch {v['batch_id']} {v['type']}: {v.get('reason') or ''}".strip(),
+                    d.ref,
+                    batch_id=v["batch_id"],
+                    details={"type": v["type"], "command_id": v.get("command_id"), "reason": v.get("reason")},
+                )
+            )
     return out
 
 
 def _record_step(d: Decoded, v: Mapping[str, Any], rec: Mapping[str, Any]) -> Step:
     t = v.get("type") or ""
-    return Step(v.get("at_ms"), "batch",
-                f"{t.replace('_', ' ')}: {rec.get('record_id')} ({rec.get('kind')}, "
-                f"{rec.get('section')}) request {rec.get('request_id')}",
-                d.ref, request_id=rec.get("request_id"), details={
-                    "type": t, "revision": v.get("revision"), "record_id": rec.get("record_id"),
-                    "kind": rec.get("kind"), "status": rec.get("status"),
-                    "event_ids": rec.get("event_ids") or [], "reason": v.get("reason"),
-                    "command_id": v.get("command_id"), "sevis_id": rec.get("sevis_id")})
+    return Step(
+        v.get("at_ms"),
+        "batch",
+        f"{t.replace('_', ' ')}: {rec.get('record_id')} ({rec.get('kind')}, "
+        f"{rec.get('section')}) request {rec.get('request_id')}",
+        d.ref,
+        request_id=rec.get("request_id"),
+        details={
+            "type": t,
+            "revision": v.get("revision"),
+            "record_id": rec.get("record_id"),
+            "kind": rec.get("kind"),
+            "status": rec.get("status"),
+            "event_ids": rec.get("event_ids") or [],
+            "reason": v.get("reason"),
+            "command_id": v.get("command_id"),
+            "sevis_id": rec.get("sevis_id"),
+        },
+    )
 
 
 def _closed_steps(student: str, d: Decoded, v: Mapping[str, Any], out: _Batched) -> None:
@@ -232,16 +300,27 @@ def _closed_steps(student: str, d: Decoded, v: Mapping[str, Any], out: _Batched)
         out.close_commands[v["command_id"]] = bid
     for r in mine:
         out.sent[(bid, r.get("request_id") or "")] = r
-        out.steps.append(Step(v.get("at_ms"), "batch",
-                              f"closed into batch {bid} by {v.get('closed_by')}: {r.get('kind')} "
-                              f"request {r.get('request_id')}", d.ref, batch_id=bid,
-                              request_id=r.get("request_id"), details={
-                                  "closed_by": v.get("closed_by"), "command_id": v.get("command_id"),
-                                  "record_id": r.get("record_id"), "kind": r.get("kind"),
-                                  "section": r.get("section"), "sevis_id": r.get("sevis_id"),
-                                  "event_ids": r.get("event_ids") or [],
-                                  "lineage": [lineage_ref(p) for p in r.get("lineage") or []],
-                                  "reason": v.get("reason")}))
+        out.steps.append(
+            Step(
+                v.get("at_ms"),
+                "batch",
+                f"closed into batch {bid} by {v.get('closed_by')}: {r.get('kind')} request {r.get('request_id')}",
+                d.ref,
+                batch_id=bid,
+                request_id=r.get("request_id"),
+                details={
+                    "closed_by": v.get("closed_by"),
+                    "command_id": v.get("command_id"),
+                    "record_id": r.get("record_id"),
+                    "kind": r.get("kind"),
+                    "section": r.get("section"),
+                    "sevis_id": r.get("sevis_id"),
+                    "event_ids": r.get("event_ids") or [],
+                    "lineage": [lineage_ref(p) for p in r.get("lineage") or []],
+                    "reason": v.get("reason"),
+                },
+            )
+        )
 
 
 def _command_steps(student: str, commands: Iterable[Decoded], batched: _Batched) -> list[Step]:
@@ -253,21 +332,42 @@ def _command_steps(student: str, commands: Iterable[Decoded], batched: _Batched)
         if not _is(d, COMMAND):
             continue
         kind = v.get("kind")
-        if (kind in ("hold", "release") and v.get("student_key") == student) or \
-                (kind == "close" and v.get("command_id") in close_commands):
+        if (kind in ("hold", "release") and v.get("student_key") == student) or (
+            kind == "close" and v.get("command_id") in close_commands
+        ):
             target = f" of batch {close_commands[v['command_id']]}" if kind == "close" else ""
-            steps.append(Step(v.get("requested_at_ms"), "command",
-                              f"DSO command {kind}{target} by {v.get('dso_user_id') or 'the scheduler'}", d.ref,
-                              batch_id=close_commands.get(v.get("command_id") or ""),
-                              details={"command_id": v.get("command_id"), "kind": kind,
-                                       "dso_user_id": v.get("dso_user_id"), "reason": v.get("reason"),
-                                       "reviewed_revision": v.get("reviewed_revision")}))
+            steps.append(
+                Step(
+                    v.get("requested_at_ms"),
+                    "command",
+                    f"DSO command {kind}{target} by {v.get('dso_user_id') or 'the scheduler'}",
+                    d.ref,
+                    batch_id=close_commands.get(v.get("command_id") or ""),
+                    details={
+                        "command_id": v.get("command_id"),
+                        "kind": kind,
+                        "dso_user_id": v.get("dso_user_id"),
+                        "reason": v.get("reason"),
+                        "reviewed_revision": v.get("reviewed_revision"),
+                    },
+                )
+            )
         elif kind in ("requeue", "resend") and v.get("batch_id") in batched.batch_ids:
-            what = (f"resend of rejected records of batch {v.get('batch_id')} by {v.get('dso_user_id')}"
-                    if kind == "resend" else f"requeue of batch {v.get('batch_id')}")
-            steps.append(Step(v.get("requested_at_ms"), "command", what,
-                              d.ref, batch_id=v.get("batch_id"),
-                              details={"command_id": v.get("command_id"), "reason": v.get("reason")}))
+            what = (
+                f"resend of rejected records of batch {v.get('batch_id')} by {v.get('dso_user_id')}"
+                if kind == "resend"
+                else f"requeue of batch {v.get('batch_id')}"
+            )
+            steps.append(
+                Step(
+                    v.get("requested_at_ms"),
+                    "command",
+                    what,
+                    d.ref,
+                    batch_id=v.get("batch_id"),
+                    details={"command_id": v.get("command_id"), "reason": v.get("reason")},
+                )
+            )
     return steps
 
 
@@ -285,14 +385,26 @@ def _result_steps(student: str, results: Iterable[Decoded], sent: Mapping[tuple[
         detail = f" {v.get('error_code')}" if v.get("error_code") else ""
         if v.get("sevis_id") and status == "success":
             detail += f", SEVIS ID {v['sevis_id']}"
-        steps.append(Step(d.timestamp_ms, "result",
-                          f"SEVIS result for {key[0]} request {key[1]}: {status}{detail}"
-                          + ("" if key in sent else " (no matching closed record found)"),
-                          d.ref, batch_id=key[0], request_id=key[1], details={
-                              "status": status, "error_code": v.get("error_code"),
-                              "error_message": v.get("error_message"), "sevis_id": v.get("sevis_id"),
-                              "kind": v.get("kind"), "processed_at": v.get("processed_at"),
-                              "matched": key in sent}))
+        steps.append(
+            Step(
+                d.timestamp_ms,
+                "result",
+                f"SEVIS result for {key[0]} request {key[1]}: {status}{detail}"
+                + ("" if key in sent else " (no matching closed record found)"),
+                d.ref,
+                batch_id=key[0],
+                request_id=key[1],
+                details={
+                    "status": status,
+                    "error_code": v.get("error_code"),
+                    "error_message": v.get("error_message"),
+                    "sevis_id": v.get("sevis_id"),
+                    "kind": v.get("kind"),
+                    "processed_at": v.get("processed_at"),
+                    "matched": key in sent,
+                },
+            )
+        )
     return steps
 
 
@@ -305,12 +417,27 @@ def upload_steps(batch_id: str, upload: Mapping[str, Any] | None) -> list[Step]:
     for h in upload.get("history") or []:
         at = h.get("at")
         code = h.get("code") or h.get("error") or ""
-        out.append(Step(int(at * 1000) if isinstance(at, (int, float)) else None, "upload",
-                        f"{h.get('what')} of batch {batch_id} {code}".strip(), ref, batch_id=batch_id,
-                        details=dict(h)))
+        out.append(
+            Step(
+                int(at * 1000) if isinstance(at, (int, float)) else None,
+                "upload",
+                f"{h.get('what')} of batch {batch_id} {code}".strip(),
+                ref,
+                batch_id=batch_id,
+                details=dict(h),
+            )
+        )
     if not out:
-        out.append(Step(None, "upload", f"batch {batch_id} is in the outbox, state {upload.get('state')}", ref,
-                        batch_id=batch_id, details={"state": upload.get("state")}))
+        out.append(
+            Step(
+                None,
+                "upload",
+                f"batch {batch_id} is in the outbox, state {upload.get('state')}",
+                ref,
+                batch_id=batch_id,
+                details={"state": upload.get("state")},
+            )
+        )
     return out
 
 
@@ -330,15 +457,27 @@ class BatchReport:
 
     def counts(self) -> dict[str, int]:
         st = [r["result"]["status"] if r.get("result") else "pending" for r in self.records]
-        return {"records": len(self.records),
-                "creates": sum(1 for r in self.records if r.get("section") == "create"),
-                "updates": sum(1 for r in self.records if r.get("section") != "create"),
-                "success": st.count("success"), "failure": st.count("failure"), "pending": st.count("pending")}
+        return {
+            "records": len(self.records),
+            "creates": sum(1 for r in self.records if r.get("section") == "create"),
+            "updates": sum(1 for r in self.records if r.get("section") != "create"),
+            "success": st.count("success"),
+            "failure": st.count("failure"),
+            "pending": st.count("pending"),
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "found": self.found, "closed": self.closed,
-                "close_command": self.close_command, "counts": self.counts(), "records": self.records,
-                "lifecycle": self.lifecycle, "unmatched_results": self.unmatched_results, "upload": self.upload}
+        return {
+            "batch_id": self.batch_id,
+            "found": self.found,
+            "closed": self.closed,
+            "close_command": self.close_command,
+            "counts": self.counts(),
+            "records": self.records,
+            "lifecycle": self.lifecycle,
+            "unmatched_results": self.unmatched_results,
+            "upload": self.upload,
+        }
 
 
 def reviewed_by(close: Mapping[str, Any]) -> str:
@@ -347,13 +486,22 @@ def reviewed_by(close: Mapping[str, Any]) -> str:
         return "none (scheduled close: no person reviewed it)"
     if close.get("reviewed_revision") is None:
         basis = close.get("basis_revision")
-        return ("none (closed with --yes without a reviewed revision"
-                + (f"; bound to revision {basis} as read" if basis is not None else "") + ")")
+        return (
+            "none (closed with --yes without a reviewed revision"
+            + (f"; bound to revision {basis} as read" if basis is not None else "")
+            + ")"
+        )
     return f"{close.get('dso_user_id')} (revision {close['reviewed_revision']})"
 
 
-def batch_report(batch_id: str, *, batches: Iterable[Decoded], results: Iterable[Decoded] = (),
-                 commands: Iterable[Decoded] = (), upload: Mapping[str, Any] | None = None) -> BatchReport:
+def batch_report(
+    batch_id: str,
+    *,
+    batches: Iterable[Decoded],
+    results: Iterable[Decoded] = (),
+    commands: Iterable[Decoded] = (),
+    upload: Mapping[str, Any] | None = None,
+) -> BatchReport:
     """Who closed ``batch_id``, when, what it contained, and what SEVIS answered per record."""
     report = BatchReport(batch_id, found=False, upload=dict(upload) if upload else None)
     closed_ev: Decoded | None = None
@@ -364,47 +512,79 @@ def batch_report(batch_id: str, *, batches: Iterable[Decoded], results: Iterable
         if v.get("type") == "closed" and closed_ev is None:
             closed_ev = d
         elif v.get("type") != "closed":
-            report.lifecycle.append({"type": v.get("type"), "at": iso_ms(v.get("at_ms")), "at_ms": v.get("at_ms"),
-                                     "reason": v.get("reason"), "command_id": v.get("command_id"), "ref": d.ref})
+            report.lifecycle.append(
+                {
+                    "type": v.get("type"),
+                    "at": iso_ms(v.get("at_ms")),
+                    "at_ms": v.get("at_ms"),
+                    "reason": v.get("reason"),
+                    "command_id": v.get("command_id"),
+                    "ref": d.ref,
+                }
+            )
     if closed_ev is None:
         return report
     v = _v(closed_ev)
     report.found = True
-    report.closed = {"org_id": v.get("org_id"), "closed_by": v.get("closed_by"), "at": iso_ms(v.get("at_ms")),
-                     "at_ms": v.get("at_ms"), "command_id": v.get("command_id"), "revision": v.get("revision"),
-                     "reason": v.get("reason"), "ref": closed_ev.ref}
+    report.closed = {
+        "org_id": v.get("org_id"),
+        "closed_by": v.get("closed_by"),
+        "at": iso_ms(v.get("at_ms")),
+        "at_ms": v.get("at_ms"),
+        "command_id": v.get("command_id"),
+        "revision": v.get("revision"),
+        "reason": v.get("reason"),
+        "ref": closed_ev.ref,
+    }
     for d in commands:
         c = _v(d)
         if _is(d, COMMAND) and c.get("command_id") == v.get("command_id") and c.get("kind") == "close":
-            report.close_command = {"command_id": c.get("command_id"), "dso_user_id": c.get("dso_user_id"),
-                                    "requested_at": iso_ms(c.get("requested_at_ms")),
-                                    "requested_at_ms": c.get("requested_at_ms"),
-                                    "reviewed_revision": c.get("reviewed_revision"),
-                                    "reviewed_by": reviewed_by(c),
-                                    "record_ids": len(c.get("record_ids") or []), "reason": c.get("reason"),
-                                    "ref": d.ref}
+            report.close_command = {
+                "command_id": c.get("command_id"),
+                "dso_user_id": c.get("dso_user_id"),
+                "requested_at": iso_ms(c.get("requested_at_ms")),
+                "requested_at_ms": c.get("requested_at_ms"),
+                "reviewed_revision": c.get("reviewed_revision"),
+                "reviewed_by": reviewed_by(c),
+                "record_ids": len(c.get("record_ids") or []),
+                "reason": c.get("reason"),
+                "ref": d.ref,
+            }
             break
     by_request: dict[str, dict[str, Any]] = {}
     for r in v.get("records") or []:
-        entry = {"request_id": r.get("request_id"), "record_id": r.get("record_id"), "section": r.get("section"),
-                 "student_key": r.get("student_key"), "sevis_id": r.get("sevis_id"), "kind": r.get("kind"),
-                 "event_ids": r.get("event_ids") or [],
-                 "lineage": [lineage_ref(p) for p in r.get("lineage") or []],
-                 "replaced": len(r.get("replaced") or []), "result": None}
+        entry = {
+            "request_id": r.get("request_id"),
+            "record_id": r.get("record_id"),
+            "section": r.get("section"),
+            "student_key": r.get("student_key"),
+            "sevis_id": r.get("sevis_id"),
+            "kind": r.get("kind"),
+            "event_ids": r.get("event_ids") or [],
+            "lineage": [lineage_ref(p) for p in r.get("lineage") or []],
+            "replaced": len(r.get("replaced") or []),
+            "result": None,
+        }
         report.records.append(entry)
         by_request[r.get("request_id") or ""] = entry
     for d in results:
         res = _v(d)
         if not _is(d, RESULT) or res.get("batch_id") != batch_id:
             continue
-        summary = {"status": res.get("status"), "error_code": res.get("error_code"),
-                   "error_message": res.get("error_message"), "sevis_id": res.get("sevis_id"),
-                   "process_code": res.get("process_code"), "processed_at": res.get("processed_at"), "ref": d.ref}
-        entry = by_request.get(res.get("request_id") or "")
-        if entry is None:
+        summary = {
+            "status": res.get("status"),
+            "error_code": res.get("error_code"),
+            "error_message": res.get("error_message"),
+            "sevis_id": res.get("sevis_id"),
+            "process_code": res.get("process_code"),
+            "processed_at": res.get("processed_at"),
+            "ref": d.ref,
+        }
+        matched = by_request.get(res.get("request_id") or "")
+        if matched is None:
             report.unmatched_results.append({"request_id": res.get("request_id"), **summary})
         else:
-            entry["result"] = summary  # a later result for the same request wins (log order)
+            matched["result"] = summary  # a later result for the same request wins (log order)
     return report
 
 

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -65,8 +66,12 @@ class Check:
     requested: bool = False  # skipped because the auditor asked (--no-sources), not because it could not run
 
     def to_json(self) -> dict[str, Any]:
-        return {"check": self.name, "status": self.status, "message": self.message,
-                **({"requested": True} if self.requested else {})}
+        return {
+            "check": self.name,
+            "status": self.status,
+            "message": self.message,
+            **({"requested": True} if self.requested else {}),
+        }
 
 
 @dataclass
@@ -89,8 +94,13 @@ class Verdict:
         self.checks.append(Check(name, status, message, requested and status == "skipped"))
 
     def to_json(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "ok": self.ok, "location": self.location,
-                "seconds": round(self.seconds, 4), "checks": [c.to_json() for c in self.checks]}
+        return {
+            "batch_id": self.batch_id,
+            "ok": self.ok,
+            "location": self.location,
+            "seconds": round(self.seconds, 4),
+            "checks": [c.to_json() for c in self.checks],
+        }
 
 
 # ----------------------------------------------------------------------------- differences
@@ -107,11 +117,15 @@ def first_difference(expected: bytes, actual: bytes) -> str:
     where = element_at(actual, line) or element_at(expected, line) or "?"
     if i == n:
         longer = "re-derived" if len(expected) > len(actual) else "archived"
-        return (f"the {longer} document is longer: the first {n} bytes agree, then it goes on "
-                f"({len(expected)} vs {len(actual)} bytes; line {line}, element {where})")
-    return (f"first difference at byte {i} (line {line}, column {col}) in element {where}: "
-            f"re-derived has {expected[i:i + 1]!r}, archived has {actual[i:i + 1]!r} "
-            f"(re-derived {len(expected)} bytes, archived {len(actual)} bytes)")
+        return (
+            f"the {longer} document is longer: the first {n} bytes agree, then it goes on "
+            f"({len(expected)} vs {len(actual)} bytes; line {line}, element {where})"
+        )
+    return (
+        f"first difference at byte {i} (line {line}, column {col}) in element {where}: "
+        f"re-derived has {expected[i : i + 1]!r}, archived has {actual[i : i + 1]!r} "
+        f"(re-derived {len(expected)} bytes, archived {len(actual)} bytes)"
+    )
 
 
 def element_at(xml: bytes, line: int) -> str | None:
@@ -166,19 +180,24 @@ def first_json_difference(a: Any, b: Any, path: str = "") -> str | None:
 class BatcherReplay:
     """Outcome of :func:`guided_batcher_replay` for one school."""
 
-    reproduced: int            # recorded sevis.batches events reproduced, in order
-    recorded: int              # recorded sevis.batches events of the school
+    reproduced: int  # recorded sevis.batches events reproduced, in order
+    recorded: int  # recorded sevis.batches events of the school
     closed: dict[str, dict[str, Any]]  # batch_id → reproduced closed event
-    divergence: str | None     # why the replay stopped early
+    divergence: str | None  # why the replay stopped early
 
 
 def _raw(d: Decoded, schema: str) -> dict[str, Any]:
     return registry().decode(d.raw or b"", schema)
 
 
-def guided_batcher_replay(org_id: str, events: Iterable[Decoded], commands: Iterable[Decoded],
-                          results: Iterable[Decoded], batches: Iterable[Decoded],
-                          until_batch: str | None = None) -> BatcherReplay:
+def guided_batcher_replay(
+    org_id: str,
+    events: Iterable[Decoded],
+    commands: Iterable[Decoded],
+    results: Iterable[Decoded],
+    batches: Iterable[Decoded],
+    until_batch: str | None = None,
+) -> BatcherReplay:
     """Re-run :func:`sevisflow.processors.batcher.core.apply` over the school's inputs and match the recorded output.
 
     Each input topic is taken in its own log order; at each step, of the three topics' next
@@ -220,14 +239,18 @@ def guided_batcher_replay(org_id: str, events: Iterable[Decoded], commands: Iter
         for _, i in order:
             inp = queues[i][heads[i]][1]
             nxt_ev = recorded[pos] if pos < len(recorded) else None
-            if (i == 1 and nxt_ev and nxt_ev["type"] == "command_rejected"
-                    and nxt_ev.get("command_id") == inp.command.get("command_id")):
+            if (
+                i == 1
+                and nxt_ev
+                and nxt_ev["type"] == "command_rejected"
+                and nxt_ev.get("command_id") == inp.command.get("command_id")
+            ):
                 # who may act and the batcher's clock are settings of the day, not in the log: a refusal the
                 # batcher recorded is taken as recorded (a refusal sends nothing to SEVIS)
                 inp = CommandIn(inp.command, log_ms=inp.log_ms, refused=nxt_ev.get("reason"))
             new, outs = apply(state, inp)
             pubs = [o.event for o in outs if isinstance(o, Publish)]
-            if pubs and pubs == recorded[pos:pos + len(pubs)]:
+            if pubs and pubs == recorded[pos : pos + len(pubs)]:
                 chosen = (i, new, pubs)
                 break
             if not pubs and silent is None:
@@ -236,13 +259,18 @@ def guided_batcher_replay(org_id: str, events: Iterable[Decoded], commands: Iter
         chosen = chosen or silent
         if chosen is None:
             nxt = recorded[pos] if pos < len(recorded) else None
-            want = (f"recorded event #{pos + 1} ({nxt['type']}, revision {nxt['revision']})" if nxt
-                    else "no further recorded event")
+            want = (
+                f"recorded event #{pos + 1} ({nxt['type']}, revision {nxt['revision']})"
+                if nxt
+                else "no further recorded event"
+            )
             got = []
             for i, pubs in tried:
                 d = first_json_difference(pubs[0], nxt) if nxt else None
-                got.append(f"the next {names[i]} input gives {pubs[0]['type']} revision {pubs[0]['revision']}"
-                           + (f" (first difference at {d})" if d else ""))
+                got.append(
+                    f"the next {names[i]} input gives {pubs[0]['type']} revision {pubs[0]['revision']}"
+                    + (f" (first difference at {d})" if d else "")
+                )
             return BatcherReplay(pos, len(recorded), closed, f"cannot reproduce {want}: " + "; ".join(got))
         i, state, pubs = chosen
         heads[i] += 1
@@ -256,8 +284,9 @@ def guided_batcher_replay(org_id: str, events: Iterable[Decoded], commands: Iter
 # ----------------------------------------------------------------------------- events (pure pipeline)
 
 
-def stage_feed(changes: Iterable[Decoded], transactions: Iterable[Decoded] = (),
-               input_topics: Iterable[str] | None = None) -> list[Decoded]:
+def stage_feed(
+    changes: Iterable[Decoded], transactions: Iterable[Decoded] = (), input_topics: Iterable[str] | None = None
+) -> list[Decoded]:
     """The records the normalize stage consumes, in one order it could have consumed them.
 
     The stage reads every mapped change topic *and* the transaction topic (its BEGIN/END
@@ -292,9 +321,16 @@ def stage_feed(changes: Iterable[Decoded], transactions: Iterable[Decoded] = (),
     return out
 
 
-def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_topic: str | None,
-                    transactions: Iterable[Decoded] = (), input_topics: Iterable[str] | None = None,
-                    timezone: str = "UTC", ev_programs: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def rederive_events(
+    changes: Iterable[Decoded],
+    mapping: Any,
+    org_id: str,
+    tx_topic: str | None,
+    transactions: Iterable[Decoded] = (),
+    input_topics: Iterable[str] | None = None,
+    timezone: str = "UTC",
+    ev_programs: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """event_id → SevisEvent re-derived by normalize + sevis_events from the change records (Avro-canonical).
 
     ``transactions`` are the records of ``tx_topic`` (None when the connector writes no
@@ -304,13 +340,14 @@ def rederive_events(changes: Iterable[Decoded], mapping: Any, org_id: str, tx_to
 
     # as sevis_events derives: the school's F/M events, and its exchange programs' EV events (``ev_programs``:
     # SIS program code → program number, from [[exchange_programs]])
-    pipe = PurePipeline(mapping, org_id=org_id, tx_topic=tx_topic, timezone=timezone,
-                        ev_programs=dict(ev_programs or {}))
+    pipe = PurePipeline(
+        mapping, org_id=org_id, tx_topic=tx_topic, timezone=timezone, ev_programs=dict(ev_programs or {})
+    )
     out = PureOutput()
     txs = [d for d in transactions if d.topic == tx_topic] if tx_topic else []
     for d in stage_feed(changes, txs, input_topics):
         pipe.feed_one(d.topic, _key_bytes(d), d.raw, out, d.partition, d.offset)
-    pipe.finish(out)   # a snapshot with nothing streamed after it is applied at the end, as the stage does
+    pipe.finish(out)  # a snapshot with nothing streamed after it is applied at the end, as the stage does
     events = {}
     for e in out.events:
         canon = registry().decode(registry().encode(EVENT_SCHEMA, e), EVENT_SCHEMA)
@@ -336,17 +373,17 @@ class VerifyContext:
     commands: list[Decoded]
     results: list[Decoded]
     changes: list[Decoded]
-    outbox: Any                       # sevisflow.sinks.outbox.Outbox
-    schema: Any | None                # sevisflow.sinks.xml.xsd.StudentSchema, None = no XSDs
-    mapping: Any | None = None        # sevisflow.processors.normalize.mapping.Mapping, None = skip the events check
-    tx_topic: str | None = None       # the transaction topic normalize reads (None: no transaction metadata)
-    transactions: list[Decoded] = field(default_factory=list)   # its records
+    outbox: Any  # sevisflow.sinks.outbox.Outbox
+    schema: Any | None  # sevisflow.sinks.xml.xsd.StudentSchema, None = no XSDs
+    mapping: Any | None = None  # sevisflow.processors.normalize.mapping.Mapping, None = skip the events check
+    tx_topic: str | None = None  # the transaction topic normalize reads (None: no transaction metadata)
+    transactions: list[Decoded] = field(default_factory=list)  # its records
     input_topics: list[str] | None = None  # the change topics normalize reads (None: every change topic)
-    timezone: str = "UTC"             # school.timezone: sevis_events dates an I-20 by the commit's local day
+    timezone: str = "UTC"  # school.timezone: sevis_events dates an I-20 by the commit's local day
     ev_programs: dict[str, str] = field(default_factory=dict)  # SIS program code → program number (EV batches)
-    org_scope: str | None = None      # verify <BatchID>: re-derive the events of this school only (None: all)
+    org_scope: str | None = None  # verify <BatchID>: re-derive the events of this school only (None: all)
     skip_reasons: dict[str, str] = field(default_factory=dict)
-    requested_skips: set[str] = field(default_factory=set)   # checks the auditor turned off (not failures)
+    requested_skips: set[str] = field(default_factory=set)  # checks the auditor turned off (not failures)
     report_skips: dict[str, str] = field(default_factory=dict)  # topics that could not be read: what is not checked
     _closed: dict[str, Decoded] | None = None
     _replays: dict[str, BatcherReplay] = field(default_factory=dict)
@@ -362,14 +399,21 @@ class VerifyContext:
 
     def replay_for(self, org_id: str) -> BatcherReplay:
         if org_id not in self._replays:
-            self._replays[org_id] = guided_batcher_replay(org_id, self.events, self.commands, self.results,
-                                                          self.batches)
+            self._replays[org_id] = guided_batcher_replay(
+                org_id, self.events, self.commands, self.results, self.batches
+            )
         return self._replays[org_id]
 
     def reported_commands(self) -> set[str]:
         """Ids of the retained ``report`` commands (DSO-reported events have no SIS change behind them)."""
-        return {d.value.get("command_id") for d in self.commands
-                if d.schema == COMMAND_SCHEMA and isinstance(d.value, dict) and d.value.get("kind") == "report"}
+        return {
+            cid
+            for d in self.commands
+            if d.schema == COMMAND_SCHEMA
+            and isinstance(d.value, dict)
+            and d.value.get("kind") == "report"
+            and isinstance(cid := d.value.get("command_id"), str)
+        }
 
     def rederived_events(self) -> dict[str, dict[str, Any]]:
         if self._events is None:
@@ -380,9 +424,18 @@ class VerifyContext:
                 orgs = {self.org_scope}
             self._events = {}
             for org in sorted(o for o in orgs if o):
-                self._events.update(rederive_events(self.changes, self.mapping, org, self.tx_topic,
-                                                    self.transactions, self.input_topics, self.timezone,
-                                                    self.ev_programs))
+                self._events.update(
+                    rederive_events(
+                        self.changes,
+                        self.mapping,
+                        org,
+                        self.tx_topic,
+                        self.transactions,
+                        self.input_topics,
+                        self.timezone,
+                        self.ev_programs,
+                    )
+                )
         return self._events
 
 
@@ -402,8 +455,11 @@ def verify_batch(batch_id: str, ctx: VerifyContext) -> Verdict:
     archived = _check_archive(v, batch_id, ctx)
     found = ctx.closed_events().get(batch_id)
     if found is None:
-        v.add("render", "failed", "no 'closed' event for this BatchID on the batches topic (retention, or not "
-                                  "produced by this pipeline)")
+        v.add(
+            "render",
+            "failed",
+            "no 'closed' event for this BatchID on the batches topic (retention, or not produced by this pipeline)",
+        )
         v.seconds = time.perf_counter() - t0
         return v
     event = _raw(found, BATCH_SCHEMA)
@@ -423,8 +479,11 @@ def _check_archive(v: Verdict, batch_id: str, ctx: VerifyContext) -> bytes | Non
     bd = ctx.outbox.find(batch_id)
     if bd is None:
         q = ctx.outbox.find_quarantined(batch_id)
-        v.add("archive", "failed", "not in the outbox" + (f" (quarantined at {q}: it never validated, "
-                                                            "so it was never uploaded)" if q else ""))
+        v.add(
+            "archive",
+            "failed",
+            "not in the outbox" + (f" (quarantined at {q}: it never validated, so it was never uploaded)" if q else ""),
+        )
         return None
     v.location = f"{bd.day}/{bd.state}"
     try:
@@ -443,8 +502,12 @@ def _check_archive(v: Verdict, batch_id: str, ctx: VerifyContext) -> bytes | Non
     if manifest.get("batch_id") != batch_id:
         v.add("archive", "failed", f"manifest names batch {manifest.get('batch_id')}, not {batch_id}")
     elif manifest.get("sha256") != digest:
-        v.add("archive", "failed", f"document sha256 {digest} does not match the manifest's "
-                                   f"{manifest.get('sha256')}: the archived file was altered")
+        v.add(
+            "archive",
+            "failed",
+            f"document sha256 {digest} does not match the manifest's "
+            f"{manifest.get('sha256')}: the archived file was altered",
+        )
     else:
         v.add("archive", "ok", f"sha256 {digest} matches the manifest")
     return archived
@@ -462,8 +525,10 @@ def _check_render(ctx: VerifyContext, closed: _Closed, archived: bytes | None) -
         return "skipped", f"nothing archived to compare with (re-derived sha256 {sha256(rendered)})"
     if rendered == archived:
         return "ok", f"re-rendered from {closed.ref}: identical, sha256 {sha256(rendered)}"
-    return "failed", (f"re-rendered from {closed.ref} (sha256 {sha256(rendered)}) differs from "
-                      f"the archive: {first_difference(rendered, archived)}")
+    return "failed", (
+        f"re-rendered from {closed.ref} (sha256 {sha256(rendered)}) differs from "
+        f"the archive: {first_difference(rendered, archived)}"
+    )
 
 
 def _check_batching(ctx: VerifyContext, batch_id: str, closed: _Closed) -> tuple[str, str]:
@@ -475,21 +540,28 @@ def _check_batching(ctx: VerifyContext, batch_id: str, closed: _Closed) -> tuple
     got = rep.closed.get(batch_id)
     if got is not None and got == event:
         n_ev = len({e for r in records for e in r.get("event_ids") or []})
-        return "ok", (f"the batcher re-run over the retained events/commands/results reproduces "
-                      f"the closed event ({len(records)} records from {n_ev} events; "
-                      f"{rep.reproduced} of {rep.recorded} batch events of {event['org_id']} reproduced)")
+        return "ok", (
+            f"the batcher re-run over the retained events/commands/results reproduces "
+            f"the closed event ({len(records)} records from {n_ev} events; "
+            f"{rep.reproduced} of {rep.recorded} batch events of {event['org_id']} reproduced)"
+        )
     if got is not None:
         return "failed", f"re-derived closed event differs: {first_json_difference(got, event)}"
-    return "failed", (f"the batcher re-run stopped after {rep.reproduced} of {rep.recorded} "
-                      f"recorded batch events: {rep.divergence or 'this batch was never closed'}")
+    return "failed", (
+        f"the batcher re-run stopped after {rep.reproduced} of {rep.recorded} "
+        f"recorded batch events: {rep.divergence or 'this batch was never closed'}"
+    )
 
 
 def _check_events(ctx: VerifyContext, closed: _Closed) -> tuple[str, str]:
     """4. events: every SIS-derived event of the batch is re-derived identically from the change topics."""
     if ctx.mapping is None or "events" in ctx.skip_reasons or not ctx.changes:
-        return "skipped", ctx.skip_reasons.get("events", "no mapping file: events not re-derived"
-                                               if ctx.mapping is None else
-                                               "no change topics retained: events not re-derived")
+        return "skipped", ctx.skip_reasons.get(
+            "events",
+            "no mapping file: events not re-derived"
+            if ctx.mapping is None
+            else "no change topics retained: events not re-derived",
+        )
     recorded: dict[str, dict[str, Any]] = {}
     for d in ctx.events:
         if d.schema == EVENT_SCHEMA and d.raw is not None:
@@ -516,8 +588,10 @@ def _check_events(ctx: VerifyContext, closed: _Closed) -> tuple[str, str]:
                 problems.append(f"event {eid} re-derived differently at {diff}")
     if problems:
         return "failed", f"{len(problems)} of {len(wanted)} events: " + "; ".join(problems[:3])
-    return "ok", (f"all {len(wanted) - dso} SIS-derived events re-derived identically from the "
-                  f"change topics" + (f" ({dso} DSO-added)" if dso else ""))
+    return "ok", (
+        f"all {len(wanted) - dso} SIS-derived events re-derived identically from the "
+        f"change topics" + (f" ({dso} DSO-added)" if dso else "")
+    )
 
 
 def _check_sources(ctx: VerifyContext, closed: _Closed) -> tuple[str, str]:
@@ -541,32 +615,40 @@ def _check_sources(ctx: VerifyContext, closed: _Closed) -> tuple[str, str]:
                 missing.append(f"{p.get('topic')}[{p.get('partition')}]@{p.get('offset')}")
                 continue
             src = (d.value or {}).get("source") or {} if isinstance(d.value, dict) else {}
-            if (p.get("lsn") is not None and src.get("lsn") != p.get("lsn")) or \
-                    (p.get("tx_id") is not None and src.get("txId") != p.get("tx_id")):
+            if (p.get("lsn") is not None and src.get("lsn") != p.get("lsn")) or (
+                p.get("tx_id") is not None and src.get("txId") != p.get("tx_id")
+            ):
                 mismatch.append(d.ref)
     if missing or mismatch:
-        return "failed", (f"{len(missing)} lineage position(s) not retained ({', '.join(missing[:3])}), "
-                          f"{len(mismatch)} with another LSN/txId ({', '.join(mismatch[:3])})")
+        return "failed", (
+            f"{len(missing)} lineage position(s) not retained ({', '.join(missing[:3])}), "
+            f"{len(mismatch)} with another LSN/txId ({', '.join(mismatch[:3])})"
+        )
     return "ok", f"all {n} source positions found on the change topics with their LSN/txId"
 
 
 @dataclass
 class AllReport:
     verdicts: list[Verdict]
-    missing: list[str]                 # closed on the topic, in neither outbox nor quarantine
-    chain_problems: list[str]          # the ledger: chain, anchors, sealed files and states
+    missing: list[str]  # closed on the topic, in neither outbox nor quarantine
+    chain_problems: list[str]  # the ledger: chain, anchors, sealed files and states
     head: str
-    answered: list[str] = field(default_factory=list)   # SEVIS has it, but the folder is not where it must be
-    skipped: list[str] = field(default_factory=list)    # whole-outbox checks that could not run, with the reason
-    anchored: tuple[int, str] | None = None             # the furthest head anchored on the ledger topic
-    unanchored: int = 0                # ledger lines after the anchored head (a sink between sealing and anchoring)
+    answered: list[str] = field(default_factory=list)  # SEVIS has it, but the folder is not where it must be
+    skipped: list[str] = field(default_factory=list)  # whole-outbox checks that could not run, with the reason
+    anchored: tuple[int, str] | None = None  # the furthest head anchored on the ledger topic
+    unanchored: int = 0  # ledger lines after the anchored head (a sink between sealing and anchoring)
     expected_head_found: bool | None = None
 
     @property
     def ok(self) -> bool:
         """Nothing failed (checks that could not run aside: see :attr:`complete`)."""
-        return all(v.ok for v in self.verdicts) and not self.missing and not self.chain_problems \
-            and not self.answered and self.expected_head_found is not False
+        return (
+            all(v.ok for v in self.verdicts)
+            and not self.missing
+            and not self.chain_problems
+            and not self.answered
+            and self.expected_head_found is not False
+        )
 
     @property
     def complete(self) -> bool:
@@ -574,11 +656,21 @@ class AllReport:
         return not self.skipped and all(v.complete for v in self.verdicts)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "complete": self.complete, "batches": [v.to_json() for v in self.verdicts],
-                "missing": self.missing, "answered_problems": self.answered, "skipped": self.skipped,
-                "ledger": {"head": self.head, "problems": self.chain_problems,
-                           "anchored": {"seq": self.anchored[0], "hash": self.anchored[1]} if self.anchored else None,
-                           "unanchored_lines": self.unanchored, "expected_head_found": self.expected_head_found}}
+        return {
+            "ok": self.ok,
+            "complete": self.complete,
+            "batches": [v.to_json() for v in self.verdicts],
+            "missing": self.missing,
+            "answered_problems": self.answered,
+            "skipped": self.skipped,
+            "ledger": {
+                "head": self.head,
+                "problems": self.chain_problems,
+                "anchored": {"seq": self.anchored[0], "hash": self.anchored[1]} if self.anchored else None,
+                "unanchored_lines": self.unanchored,
+                "expected_head_found": self.expected_head_found,
+            },
+        }
 
 
 def answered_batches(results: Iterable[Decoded]) -> dict[str, str]:
@@ -600,18 +692,24 @@ def _ledger_problems(entries: list[dict[str, Any]], ob: Any, by_id: Mapping[str,
         lines = ", ".join(str(n) for n in s["lines"][:3])
         bd = ob.find(bid)
         if bd is None:
-            where = ("is in the quarantine now: a batch the XML sink filed as valid was moved there"
-                     if ob.find_quarantined(bid) is not None else "is no longer in the outbox: its folder was "
-                                                                      "deleted or moved out")
+            where = (
+                "is in the quarantine now: a batch the XML sink filed as valid was moved there"
+                if ob.find_quarantined(bid) is not None
+                else "is no longer in the outbox: its folder was deleted or moved out"
+            )
             out.append(f"sealed batch {bid} (ledger line {lines}) {where}")
             continue
         a = s["archive"]
         if a is not None:
             mpath, xpath = bd.path / "manifest.json", bd.path / (a.get("file") or bd.xml_path.name)
             if not mpath.exists() or file_sha256(mpath) != a.get("manifest_sha256"):
-                out.append(f"sealed batch {bid}: manifest.json differs from the one sealed on ledger line {a.get('seq')}")
+                out.append(
+                    f"sealed batch {bid}: manifest.json differs from the one sealed on ledger line {a.get('seq')}"
+                )
             if not xpath.exists() or file_sha256(xpath) != a.get("xml_sha256"):
-                out.append(f"sealed batch {bid}: the document differs from the one sealed on ledger line {a.get('seq')}")
+                out.append(
+                    f"sealed batch {bid}: the document differs from the one sealed on ledger line {a.get('seq')}"
+                )
         else:
             out.append(f"batch {bid}: its evidence is sealed (ledger line {lines}) but its document never was")
         for rel, digest in sorted(s["files"].items()):
@@ -621,21 +719,32 @@ def _ledger_problems(entries: list[dict[str, Any]], ob: Any, by_id: Mapping[str,
             elif file_sha256(p) != digest:
                 out.append(f"sealed batch {bid}: {rel} differs from the copy sealed on the ledger")
         if s["state"] and STATE_RANK.get(bd.state, 0) < STATE_RANK[s["state"]]:
-            out.append(f"batch {bid} was sealed in {s['state']}/ but its folder is in {bd.day}/{bd.state}/: it was "
-                       "moved backwards (the SEVIS sink refuses to post it again)")
+            out.append(
+                f"batch {bid} was sealed in {s['state']}/ but its folder is in {bd.day}/{bd.state}/: it was "
+                "moved backwards (the SEVIS sink refuses to post it again)"
+            )
         extra = sorted(set(evidence_files(bd.path, bd.xml_path.name)) - set(s["files"]))
         if extra:
-            out.append(f"batch {bid}: {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''} not sealed (added by "
-                       "hand, or the SEVIS sink stopped before sealing it: it seals leftovers when it starts)")
+            out.append(
+                f"batch {bid}: {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''} not sealed (added by "
+                "hand, or the SEVIS sink stopped before sealing it: it seals leftovers when it starts)"
+            )
     for bid in sorted(set(by_id) - set(sealed)):
-        out.append(f"batch {bid} is in the outbox ({by_id[bid].day}/{by_id[bid].state}) but was never sealed: the XML "
-                   "sink seals every batch it files, so this folder was put there by hand (or before sealing existed)")
+        out.append(
+            f"batch {bid} is in the outbox ({by_id[bid].day}/{by_id[bid].state}) but was never sealed: the XML "
+            "sink seals every batch it files, so this folder was put there by hand (or before sealing existed)"
+        )
     return out
 
 
-def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = None,
-               progress: Callable[[Verdict], None] | None = None,
-               anchors: Mapping[str, Mapping[str, Any]] | None = None, anchored_as: str | None = None) -> AllReport:
+def verify_all(
+    ctx: VerifyContext,
+    ledger: Ledger,
+    expect_head: str | None = None,
+    progress: Callable[[Verdict], None] | None = None,
+    anchors: Mapping[str, Mapping[str, Any]] | None = None,
+    anchored_as: str | None = None,
+) -> AllReport:
     """Every outbox batch, every closed batch, every batch SEVIS answered, and the ledger against its anchors.
 
     Read-only: the sinks seal (see :mod:`sevisflow.core.ledger`). ``anchors`` are the heads read from
@@ -672,9 +781,13 @@ def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = Non
         bd = ob.find(bid)
         if bd is not None and bd.state in ("uploaded", "processed"):
             continue
-        where = (f"back in {bd.day}/{bd.state}/" if bd is not None else
-                 "in the quarantine (never uploadable)" if ob.find_quarantined(bid) is not None else
-                 "missing from the outbox")
+        where = (
+            f"back in {bd.day}/{bd.state}/"
+            if bd is not None
+            else "in the quarantine (never uploadable)"
+            if ob.find_quarantined(bid) is not None
+            else "missing from the outbox"
+        )
         answered.append(f"batch {bid}: SEVIS answered it ({ref}) but its folder is {where}")
     if ctx.schema is not None:
         from sevisflow.sinks.xml.document import check_document
@@ -685,13 +798,18 @@ def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = Non
             if closed is None:
                 continue
             event = _raw(closed, BATCH_SCHEMA)
-            if check_document(ClosedBatch.from_event(event, orjson.loads(event.get("records_json") or "[]")),
-                              ctx.schema)[0].ok:
-                answered.append(f"batch {bid} is in the quarantine but its document validates against the XSDs: "
-                                "the XML sink quarantines only invalid batches, so its folder was moved there")
+            if check_document(
+                ClosedBatch.from_event(event, orjson.loads(event.get("records_json") or "[]")), ctx.schema
+            )[0].ok:
+                answered.append(
+                    f"batch {bid} is in the quarantine but its document validates against the XSDs: "
+                    "the XML sink quarantines only invalid batches, so its folder was moved there"
+                )
     elif quarantined:
-        skipped.append(f"quarantine: {len(quarantined)} quarantined batch(es) not re-validated "
-                       f"({ctx.skip_reasons.get('render', 'no SEVIS XSDs')})")
+        skipped.append(
+            f"quarantine: {len(quarantined)} quarantined batch(es) not re-validated "
+            f"({ctx.skip_reasons.get('render', 'no SEVIS XSDs')})"
+        )
 
     entries = ledger.entries()
     problems, head = check_chain(entries)
@@ -699,14 +817,18 @@ def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = Non
     anchored = None
     unanchored = 0
     if anchors is None:
-        skipped.append("anchor: the ledger topic could not be read, so a truncated or replaced ledger would not "
-                       "show" + (f" ({ctx.skip_reasons['anchor']})" if "anchor" in ctx.skip_reasons else ""))
+        skipped.append(
+            "anchor: the ledger topic could not be read, so a truncated or replaced ledger would not "
+            "show" + (f" ({ctx.skip_reasons['anchor']})" if "anchor" in ctx.skip_reasons else "")
+        )
     else:
         mine = anchors_for(anchors, Path(anchored_as) if anchored_as else ledger.path)
         if not mine and anchors:
             others = sorted({str(a.get("ledger")) for a in anchors.values() if a.get("ledger")})
-            skipped.append(f"anchor: the ledger topic anchors ledger(s) at {', '.join(others[:3])}, not at "
-                           f"{ledger.path}: if this outbox is a copy, pass --anchored-as <the original ledger path>")
+            skipped.append(
+                f"anchor: the ledger topic anchors ledger(s) at {', '.join(others[:3])}, not at "
+                f"{ledger.path}: if this outbox is a copy, pass --anchored-as <the original ledger path>"
+            )
         anchors = mine
         chain += check_anchors(entries, anchors)
         anchored = anchored_head(anchors)
@@ -716,8 +838,10 @@ def verify_all(ctx: VerifyContext, ledger: Ledger, expect_head: str | None = Non
     if expect_head:
         found = any(e.get("hash") == expect_head for e in entries)
         if not found:
-            chain.append(f"the expected ledger head {expect_head[:16]}… is not in the ledger: "
-                         "the ledger was truncated or replaced")
+            chain.append(
+                f"the expected ledger head {expect_head[:16]}… is not in the ledger: "
+                "the ledger was truncated or replaced"
+            )
     return AllReport(verdicts, sorted(missing), chain, head, answered, skipped, anchored, unanchored, found)
 
 

@@ -14,15 +14,32 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from sevisflow import __version__
 from sevisflow.core.errors import SevisflowError
 
 # Command modules, in the order --help lists them. A module that is not there yet is skipped.
 COMMAND_MODULES = [
-    "stack", "demo", "config_cmd", "topics", "acls", "run", "connector", "process", "batch", "student",
-    "todo", "issues_cmd", "sink", "results", "sevis_sim", "replay", "audit", "verify",
+    "stack",
+    "demo",
+    "config_cmd",
+    "topics",
+    "acls",
+    "run",
+    "connector",
+    "process",
+    "batch",
+    "student",
+    "todo",
+    "issues_cmd",
+    "sink",
+    "results",
+    "sevis_sim",
+    "replay",
+    "audit",
+    "verify",
 ]
 
 EXIT_OK, EXIT_EXPECTED, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -51,9 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="SIS changes → Kafka → SEVIS batch uploads. Every command has --help.",
     )
     parser.add_argument("--version", action="version", version=f"sevisflow {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="settings file (default: $SEVISFLOW_CONFIG or ./sevisflow.toml)")
-    parser.add_argument("--log-level", default="WARNING", type=_log_level, metavar="LEVEL",
-                        help=f"log level for the JSON logs on stderr: {', '.join(LOG_LEVELS)} (default WARNING)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="settings file (default: $SEVISFLOW_CONFIG or ./sevisflow.toml)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=_log_level,
+        metavar="LEVEL",
+        help=f"log level for the JSON logs on stderr: {', '.join(LOG_LEVELS)} (default WARNING)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"sevisflow.app.cli.{name}").register(sub)
@@ -84,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sevisflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the top-level handler for bugs
-        print(log.safe_traceback(exc), file=sys.stderr)   # frames and classes; messages may quote a record
+        print(log.safe_traceback(exc), file=sys.stderr)  # frames and classes; messages may quote a record
         print("sevisflow: unexpected error (a bug); please report it with the trace above", file=sys.stderr)
         return EXIT_UNEXPECTED
 
@@ -92,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry_point() -> None:
     try:
         code = main()
-        sys.stdout.flush()   # a closed pipe shows here, not in the interpreter's exit
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
     except BrokenPipeError:  # also `sevisflow --help | head -1`
         from sevisflow.app.cli.common import quiet_broken_pipe
 

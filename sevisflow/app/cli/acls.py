@@ -14,8 +14,11 @@ from sevisflow.app.cli.common import add_json_flag, format_table, print_json, se
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("acls", help="Kafka ACLs per principal (least privilege, derived from the topics)",
-                       description="Principals: [acls] settings. Rights: sevisflow/core/acls.py (docs/SECURITY.md).")
+    p = sub.add_parser(
+        "acls",
+        help="Kafka ACLs per principal (least privilege, derived from the topics)",
+        description="Principals: [acls] settings. Rights: sevisflow/core/acls.py (docs/SECURITY.md).",
+    )
     asub = p.add_subparsers(dest="acls_command", metavar="ACTION", required=True)
     ls = asub.add_parser("list", help="show every principal's ACLs (no Kafka needed)")
     add_json_flag(ls)
@@ -36,12 +39,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     roles = principal_role(settings)
     acls = acl_model(settings)
     if args.json:
-        print_json([{"principal": a.principal, "role": roles[a.principal[5:]], "operation": a.operation,
-                     "resource_type": a.resource_type, "name": a.name, "pattern": a.pattern} for a in acls])
+        print_json(
+            [
+                {
+                    "principal": a.principal,
+                    "role": roles[a.principal[5:]],
+                    "operation": a.operation,
+                    "resource_type": a.resource_type,
+                    "name": a.name,
+                    "pattern": a.pattern,
+                }
+                for a in acls
+            ]
+        )
         return 0
-    print(format_table(["PRINCIPAL", "ROLE", "OPERATION", "RESOURCE", "NAME", "PATTERN"],
-                       [[a.principal, roles[a.principal[5:]], a.operation.upper(), a.resource_type, a.name, a.pattern]
-                        for a in acls]))
+    print(
+        format_table(
+            ["PRINCIPAL", "ROLE", "OPERATION", "RESOURCE", "NAME", "PATTERN"],
+            [
+                [a.principal, roles[a.principal[5:]], a.operation.upper(), a.resource_type, a.name, a.pattern]
+                for a in acls
+            ],
+        )
+    )
     return 0
 
 
@@ -49,7 +69,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from sevisflow.core.acls import apply_acls
 
     settings = settings_from_args(args)
-    print(f"acls: sevisflow principals against {settings.kafka.bootstrap_servers}" + (" (dry run)" if args.dry_run else ""))
+    print(
+        f"acls: sevisflow principals against {settings.kafka.bootstrap_servers}"
+        + (" (dry run)" if args.dry_run else "")
+    )
     plan = apply_acls(settings, dry_run=args.dry_run, show=print)
     if not args.dry_run and not plan.empty():
         print("applied")

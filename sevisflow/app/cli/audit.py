@@ -26,24 +26,36 @@ from sevisflow.core.errors import SevisflowError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("audit", help="trace a student or a batch through every stage (read-only)",
-                       description="Timelines for auditors: SIS change → SEVIS event → batch record → "
-                                   "closed batch → upload → SEVIS result.")
+    p = sub.add_parser(
+        "audit",
+        help="trace a student or a batch through every stage (read-only)",
+        description="Timelines for auditors: SIS change → SEVIS event → batch record → "
+        "closed batch → upload → SEVIS result.",
+    )
     asub = p.add_subparsers(dest="audit_command", metavar="WHAT", required=True)
-    st = asub.add_parser("student", help="the timeline of one student across all topics",
-                         description="Every recorded step of one student: SIS changes on the change topics, "
-                                     "SEVIS events, batch records (added, replaced, held, released, closed), "
-                                     "uploads and SEVIS results.")
+    st = asub.add_parser(
+        "student",
+        help="the timeline of one student across all topics",
+        description="Every recorded step of one student: SIS changes on the change topics, "
+        "SEVIS events, batch records (added, replaced, held, released, closed), "
+        "uploads and SEVIS results.",
+    )
     st.add_argument("student", help="the student key (e.g. S00001234)")
-    st.add_argument("--no-changes", action="store_true",
-                    help="skip reading the change topics (faster; SIS steps then come only from event lineage)")
+    st.add_argument(
+        "--no-changes",
+        action="store_true",
+        help="skip reading the change topics (faster; SIS steps then come only from event lineage)",
+    )
     st.add_argument("--timeout", type=float, default=30.0, help="Kafka timeout in seconds")
     add_json_flag(st)
     st.set_defaults(func=cmd_student)
-    bt = asub.add_parser("batch", help="who closed a batch, when, what it held, what SEVIS answered",
-                         description="One closed batch: the close and its command (who, when, reviewed revision), "
-                                     "every record with its source lineage, and SEVIS's answer per record "
-                                     "(joined by requestID).")
+    bt = asub.add_parser(
+        "batch",
+        help="who closed a batch, when, what it held, what SEVIS answered",
+        description="One closed batch: the close and its command (who, when, reviewed revision), "
+        "every record with its source lineage, and SEVIS's answer per record "
+        "(joined by requestID).",
+    )
     bt.add_argument("batch_id", help="the BatchID (14 characters)")
     bt.add_argument("--timeout", type=float, default=30.0, help="Kafka timeout in seconds")
     add_json_flag(bt)
@@ -54,20 +66,33 @@ def cmd_student(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     inputs = load_inputs(settings, with_changes=not args.no_changes, timeout_s=args.timeout)
     matcher = StudentMatcher(args.student, layout_from_settings(settings))
-    closed_ids = {(d.value or {}).get("batch_id") for d in inputs.batches
-                  if isinstance(d.value, dict) and d.value.get("type") == "closed"}
+    closed_ids = {
+        (d.value or {}).get("batch_id")
+        for d in inputs.batches
+        if isinstance(d.value, dict) and d.value.get("type") == "closed"
+    }
     uploads = {b: info for b in closed_ids if b and (info := outbox_info(settings, b))}
-    tl = student_timeline(args.student, changes=inputs.changes, events=inputs.events, batches=inputs.batches,
-                          results=inputs.results, commands=inputs.commands, uploads=uploads, matcher=matcher)
+    tl = student_timeline(
+        args.student,
+        changes=inputs.changes,
+        events=inputs.events,
+        batches=inputs.batches,
+        results=inputs.results,
+        commands=inputs.commands,
+        uploads=uploads,
+        matcher=matcher,
+    )
     if args.json:
         print_json(tl.to_json())
         return 0 if tl.steps else 1
     if not tl.steps:
         raise SevisflowError(f"nothing recorded for student {args.student} on the retained topics")
-    print(f"student {args.student}: {len(tl.steps)} step(s) "
-          + ", ".join(f"{k} {v}" for k, v in summarize(tl.steps).items())
-          + (f"; batches {', '.join(tl.batches)}" if tl.batches else "; not in any closed batch")
-          + (f"; {tl.unreported_changes} SIS change(s) without a SEVIS event" if tl.unreported_changes else ""))
+    print(
+        f"student {args.student}: {len(tl.steps)} step(s) "
+        + ", ".join(f"{k} {v}" for k, v in summarize(tl.steps).items())
+        + (f"; batches {', '.join(tl.batches)}" if tl.batches else "; not in any closed batch")
+        + (f"; {tl.unreported_changes} SIS change(s) without a SEVIS event" if tl.unreported_changes else "")
+    )
     print(format_table(["WHEN (UTC)", "STAGE", "WHAT", "RECORDED AT"], format_timeline(tl)))
     return 0
 
@@ -80,13 +105,15 @@ def batch_inputs_report(settings: Settings, batch_id: str, timeout_s: float) -> 
     upload = outbox_info(settings, batch_id)
     if since is not None:
         inputs = load_inputs(settings, with_changes=False, timeout_s=timeout_s, since_ms=since - SCOPE_SKEW_MS)
-        report = batch_report(batch_id, batches=inputs.batches, results=inputs.results, commands=inputs.commands,
-                              upload=upload)
+        report = batch_report(
+            batch_id, batches=inputs.batches, results=inputs.results, commands=inputs.commands, upload=upload
+        )
         if report.found and report.close_command is not None:
             return report
     inputs = load_inputs(settings, with_changes=False, timeout_s=timeout_s)
-    return batch_report(batch_id, batches=inputs.batches, results=inputs.results, commands=inputs.commands,
-                        upload=upload)
+    return batch_report(
+        batch_id, batches=inputs.batches, results=inputs.results, commands=inputs.commands, upload=upload
+    )
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -102,8 +129,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print(f"batch {args.batch_id} of {c.get('org_id')}")
     print(f"  closed by     {c.get('closed_by')} at {c.get('at')} (revision {c.get('revision')}, {c.get('ref')})")
     if cmd:
-        print(f"  close command {cmd.get('command_id')} by {cmd.get('dso_user_id') or 'the scheduler'}, "
-              f"requested {cmd.get('requested_at')} ({cmd.get('ref')})")
+        print(
+            f"  close command {cmd.get('command_id')} by {cmd.get('dso_user_id') or 'the scheduler'}, "
+            f"requested {cmd.get('requested_at')} ({cmd.get('ref')})"
+        )
         print(f"  reviewed by   {cmd.get('reviewed_by')}")
     if c.get("reason"):
         print(f"  note          {clean(c['reason'])}")
@@ -114,9 +143,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
         print(f"  outbox        {up.get('state')} ({up.get('day', '')}) sha256 {up.get('sha256', '-')}")
     for ev in report.lifecycle:
         print(f"  {ev['type']:<13} {ev['at']} {clean(ev.get('reason') or '')}")
-    print(format_table(["REQUEST ID", "STUDENT", "KIND", "SEVIS ID", "SOURCES", "SEVIS RESULT"],
-                       format_batch_records(report)))
+    print(
+        format_table(
+            ["REQUEST ID", "STUDENT", "KIND", "SEVIS ID", "SOURCES", "SEVIS RESULT"], format_batch_records(report)
+        )
+    )
     if report.unmatched_results:
-        print(f"{len(report.unmatched_results)} result(s) name a requestID that is not in the batch: "
-              + ", ".join(str(r['request_id']) for r in report.unmatched_results))
+        print(
+            f"{len(report.unmatched_results)} result(s) name a requestID that is not in the batch: "
+            + ", ".join(str(r["request_id"]) for r in report.unmatched_results)
+        )
     return 0

@@ -18,22 +18,21 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from sevisflow.processors.batcher.ids import is_program
-from sevisflow.processors.batcher.view import BatchView, ClosedBatch, fold, fold_result, from_open_batch
 from sevisflow.app.cli import review
 from sevisflow.app.cli.common import add_json_flag, add_pager_flag, emit, format_table, print_json, settings_from_args
+from sevisflow.app.labels import Labels
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import SevisflowError, UnreachableError
-from sevisflow.app.labels import Labels
 from sevisflow.core.kafka_io import (
-    kafka_failure,
     delivery_raiser,
     flush_or_raise,
+    kafka_failure,
     make_admin,
     make_consumer,
     make_producer,
@@ -44,81 +43,135 @@ from sevisflow.core.kafka_io import (
     watermarks,
 )
 from sevisflow.core.serde import registry
+from sevisflow.processors.batcher.ids import is_program
+from sevisflow.processors.batcher.view import BatchView, ClosedBatch, fold, fold_result, from_open_batch
 
 BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
 COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
 RESULT_SCHEMA = "sevisflow.results.SevisResult"
 OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
-ORG_HELP = ("the OrgID: the school's SEVIS code (default: school.org_id of the settings), or the program number of "
-            "an exchange program ([[exchange_programs]], e.g. P-1-12345) for its J-1 EV batches")
+ORG_HELP = (
+    "the OrgID: the school's SEVIS code (default: school.org_id of the settings), or the program number of "
+    "an exchange program ([[exchange_programs]], e.g. P-1-12345) for its J-1 EV batches"
+)
 TAIL_WINDOW = 8
 """Offsets read first from the end of each partition of the view topic (x8 each time the key is not there)."""
 KAFKA_TIMEOUT_S = 10.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("batch", help="review, hold and close the open SEVIS batch",
-                       description="Review what will be sent to SEVIS, keep students out of it, and close it.")
+    p = sub.add_parser(
+        "batch",
+        help="review, hold and close the open SEVIS batch",
+        description="Review what will be sent to SEVIS, keep students out of it, and close it.",
+    )
     p.add_argument("--org", default=None, help=ORG_HELP)
     bsub = p.add_subparsers(dest="batch_command", metavar="ACTION", required=True)
 
-    show = bsub.add_parser("show", help="the open batch: every record, what changes, where it came from",
-                           description="The open batch in plain language: per record only the fields that change "
-                                       "(before → after), codes with their meaning, what happened in the SIS, and "
-                                       "the status. Fits the terminal; long output is paged; plain lines in a pipe.")
+    show = bsub.add_parser(
+        "show",
+        help="the open batch: every record, what changes, where it came from",
+        description="The open batch in plain language: per record only the fields that change "
+        "(before → after), codes with their meaning, what happened in the SIS, and "
+        "the status. Fits the terminal; long output is paged; plain lines in a pipe.",
+    )
     show.add_argument("--student", metavar="KEY", help="only this student (SIS student key), in full detail")
     show.add_argument("--name", metavar="TEXT", help="only students whose name contains TEXT (any case)")
     show.add_argument("--status", choices=["ready", "held", "waiting"], help="only records with this status")
-    show.add_argument("--element", metavar="NAME",
-                      help="only this SEVIS element: CreateStudent, PersonalInfo, Registration, Program, "
-                           "Program/Extension, FinancialInfo, Dependent, Status …")
-    show.add_argument("--verbose", "-v", action="store_true",
-                      help="also the SIS tables, record/request/event ids and replaced changes of every record")
+    show.add_argument(
+        "--element",
+        metavar="NAME",
+        help="only this SEVIS element: CreateStudent, PersonalInfo, Registration, Program, "
+        "Program/Extension, FinancialInfo, Dependent, Status …",
+    )
+    show.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also the SIS tables, record/request/event ids and replaced changes of every record",
+    )
     add_json_flag(show)
     add_pager_flag(show, width=True)
     _add_history_flag(show)
     show.set_defaults(func=cmd_show)
 
-    close = bsub.add_parser("close", help="close what you reviewed into batch(es) for upload",
-                            description="Close the ready records of the revision you reviewed (`batch show` prints "
-                                        "it). Records added or changed since stay open for the next review.")
-    close.add_argument("--revision", type=int, default=None, metavar="N",
-                       help="the revision `sevisflow batch show` displayed: exactly its ready records are closed "
-                            "(required without a terminal, unless --yes)")
-    close.add_argument("--yes", action="store_true",
-                       help="do not ask for confirmation; without --revision: close what is ready now, recorded "
-                            "as closed without a reviewed revision (for scripts)")
-    close.add_argument("--dso", default=None, metavar="USERID",
-                       help="your SEVIS user id (exactly 10 characters; default: school.default_dso)")
+    close = bsub.add_parser(
+        "close",
+        help="close what you reviewed into batch(es) for upload",
+        description="Close the ready records of the revision you reviewed (`batch show` prints "
+        "it). Records added or changed since stay open for the next review.",
+    )
+    close.add_argument(
+        "--revision",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the revision `sevisflow batch show` displayed: exactly its ready records are closed "
+        "(required without a terminal, unless --yes)",
+    )
+    close.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation; without --revision: close what is ready now, recorded "
+        "as closed without a reviewed revision (for scripts)",
+    )
+    close.add_argument(
+        "--dso",
+        default=None,
+        metavar="USERID",
+        help="your SEVIS user id (exactly 10 characters; default: school.default_dso)",
+    )
     close.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
     add_json_flag(close)
     _add_history_flag(close)
     close.set_defaults(func=cmd_close)
 
-    for name, helptext in (("hold", "keep a student's records out of the batch until released"),
-                           ("release", "put a held student's records back into the batch")):
+    for name, helptext in (
+        ("hold", "keep a student's records out of the batch until released"),
+        ("release", "put a held student's records back into the batch"),
+    ):
         c = bsub.add_parser(name, help=helptext)
         c.add_argument("student", help="the student's id in the SIS (student key)")
-        c.add_argument("--dso", default=None, metavar="USERID",
-                       help="your SEVIS user id, recorded with the action (default: school.default_dso)")
-        c.add_argument("--reason", default=None, required=name == "hold",
-                       help="why (one line, at most 500 characters; recorded and shown to other DSOs)"
-                       + ("" if name == "hold" else " (optional)"))
+        c.add_argument(
+            "--dso",
+            default=None,
+            metavar="USERID",
+            help="your SEVIS user id, recorded with the action (default: school.default_dso)",
+        )
+        c.add_argument(
+            "--reason",
+            default=None,
+            required=name == "hold",
+            help="why (one line, at most 500 characters; recorded and shown to other DSOs)"
+            + ("" if name == "hold" else " (optional)"),
+        )
         c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
         add_json_flag(c)
         c.set_defaults(func=cmd_hold if name == "hold" else cmd_release)
 
-    rs = bsub.add_parser("resend", help="after a fix, put records SEVIS rejected back into the open batch",
-                         description="Once the cause of a SEVIS rejection is fixed (in the SIS, with `sevisflow student "
-                                     "add-info`, or in SEVIS RTI), put the rejected record(s) of a closed batch back "
-                                     "into the open batch: the next close sends them (new requestID, original due "
-                                     "day). A newer open change of the same record is not duplicated: it wins.")
+    rs = bsub.add_parser(
+        "resend",
+        help="after a fix, put records SEVIS rejected back into the open batch",
+        description="Once the cause of a SEVIS rejection is fixed (in the SIS, with `sevisflow student "
+        "add-info`, or in SEVIS RTI), put the rejected record(s) of a closed batch back "
+        "into the open batch: the next close sends them (new requestID, original due "
+        "day). A newer open change of the same record is not duplicated: it wins.",
+    )
     rs.add_argument("batch_id", metavar="BatchID", help="the closed batch SEVIS answered (`sevisflow todo` names it)")
-    rs.add_argument("--record", action="append", default=[], metavar="RECORD_ID",
-                    help="a rejected record (record id or requestID); repeat for several; default: every rejected "
-                         "record of the batch not yet resent")
-    rs.add_argument("--dso", default=None, metavar="USERID",
-                    help="your SEVIS user id, recorded with the action (default: school.default_dso)")
+    rs.add_argument(
+        "--record",
+        action="append",
+        default=[],
+        metavar="RECORD_ID",
+        help="a rejected record (record id or requestID); repeat for several; default: every rejected "
+        "record of the batch not yet resent",
+    )
+    rs.add_argument(
+        "--dso",
+        default=None,
+        metavar="USERID",
+        help="your SEVIS user id, recorded with the action (default: school.default_dso)",
+    )
     rs.add_argument("--reason", default=None, help="what was fixed (one line, at most 500 characters; recorded)")
     rs.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
     add_json_flag(rs)
@@ -138,9 +191,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _add_history_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from-history", action="store_true",
-                   help="rebuild the open batch from the whole history of sevis.batches instead of reading the "
-                        "batcher's open-batch view (slower; the same result)")
+    p.add_argument(
+        "--from-history",
+        action="store_true",
+        help="rebuild the open batch from the whole history of sevis.batches instead of reading the "
+        "batcher's open-batch view (slower; the same result)",
+    )
 
 
 # ----------------------------------------------------------------------------- Kafka access
@@ -151,8 +207,10 @@ def org_of(args: argparse.Namespace, settings: Settings) -> str:
     org: str = getattr(args, "org", None) or settings.school.require_org_id()
     if is_program(org) and settings.program(org) is None:
         known = ", ".join(p.program_number for p in settings.exchange_programs) or "none is configured"
-        raise SevisflowError(f"--org {org} is not a configured exchange program (exchange programs: {known}); add it "
-                             "under [[exchange_programs]] in the settings, or check the program number")
+        raise SevisflowError(
+            f"--org {org} is not a configured exchange program (exchange programs: {known}); add it "
+            "under [[exchange_programs]] in the settings, or check the program number"
+        )
     return org
 
 
@@ -164,17 +222,25 @@ def check_kafka(settings: Settings, topics: list[str]) -> None:
     except KafkaException as exc:
         failure = kafka_failure(settings.kafka, exc, client=admin)
         if isinstance(failure, UnreachableError):
-            raise UnreachableError(f"{failure}. Is the pipeline running? Check kafka.bootstrap_servers in your "
-                                   "settings.") from None
+            raise UnreachableError(
+                f"{failure}. Is the pipeline running? Check kafka.bootstrap_servers in your settings."
+            ) from None
         raise failure from None
     missing = [t for t in topics if t not in md.topics]
     if missing:
-        raise SevisflowError(f"topic {missing[0]} does not exist in Kafka at {settings.kafka.bootstrap_servers}; "
-                             "the pipeline has not been set up (run `sevisflow topics create`)")
+        raise SevisflowError(
+            f"topic {missing[0]} does not exist in Kafka at {settings.kafka.bootstrap_servers}; "
+            "the pipeline has not been set up (run `sevisflow topics create`)"
+        )
 
 
-def _decoded(settings: Settings, topic: str, schema: str, start: Mapping[int, int] | None = None,
-             positions: dict[int, int] | None = None) -> Iterator[dict[str, Any]]:
+def _decoded(
+    settings: Settings,
+    topic: str,
+    schema: str,
+    start: Mapping[int, int] | None = None,
+    positions: dict[int, int] | None = None,
+) -> Iterator[dict[str, Any]]:
     for msg in read_topic(settings.kafka, topic, timeout_s=KAFKA_TIMEOUT_S * 3, start=start):
         if positions is not None:
             _, partition, offset = position(msg)
@@ -208,8 +274,11 @@ def read_open_batch(settings: Settings, org: str) -> dict[str, Any] | None:
     key = org.encode()
     # the end of a partition is known only from an empty fetch (the last offsets are transaction
     # markers, never delivered): answer it at once instead of after the default 500 ms long poll
-    consumer = make_consumer(settings.kafka, group_id=f"sevisflow-cli-{uuid.uuid4().hex[:8]}",
-                             **{"enable.partition.eof": True, "fetch.wait.max.ms": 10})
+    consumer = make_consumer(
+        settings.kafka,
+        group_id=f"sevisflow-cli-{uuid.uuid4().hex[:8]}",
+        **{"enable.partition.eof": True, "fetch.wait.max.ms": 10},
+    )
     try:
         try:
             partitions = topic_partitions(consumer, settings.kafka, topic, KAFKA_TIMEOUT_S)
@@ -299,8 +368,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     try:
         md = consumer.list_topics(topic, timeout=KAFKA_TIMEOUT_S)
         parts = sorted(md.topics[topic].partitions)
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)[1]
-                for p in parts}
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=KAFKA_TIMEOUT_S)[1] for p in parts}
     except KafkaException as exc:
         raise UnreachableError(f"Kafka at {settings.kafka.bootstrap_servers} is not reachable: {exc}") from None
     finally:
@@ -310,23 +378,39 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 def send_command(settings: Settings, command: dict[str, Any]) -> None:
     producer = make_producer(settings.kafka)
     errors: list[Any] = []
-    produce(producer, settings.topics.commands, command["org_id"].encode(),
-            registry().encode(COMMAND_SCHEMA, command), on_delivery=delivery_raiser(errors))
+    produce(
+        producer,
+        settings.topics.commands,
+        command["org_id"].encode(),
+        registry().encode(COMMAND_SCHEMA, command),
+        on_delivery=delivery_raiser(errors),
+    )
     flush_or_raise(producer, errors, timeout_s=KAFKA_TIMEOUT_S * 2)
 
 
 def new_command(org: str, kind: str, **fields: Any) -> dict[str, Any]:
     cmd: dict[str, Any] = {
-        "command_id": f"{kind}-{uuid.uuid4().hex}", "org_id": org, "kind": kind, "dso_user_id": None,
-        "student_key": None, "record_ids": [], "reviewed_revision": None, "batch_id": None, "reason": None,
-        "requested_at_ms": int(time.time() * 1000), "payload_json": None, "principal": None, "basis_revision": None,
+        "command_id": f"{kind}-{uuid.uuid4().hex}",
+        "org_id": org,
+        "kind": kind,
+        "dso_user_id": None,
+        "student_key": None,
+        "record_ids": [],
+        "reviewed_revision": None,
+        "batch_id": None,
+        "reason": None,
+        "requested_at_ms": int(time.time() * 1000),
+        "payload_json": None,
+        "principal": None,
+        "basis_revision": None,
     }
     cmd.update(fields)
     return cmd
 
 
-def await_answer(settings: Settings, command_id: str, start: dict[int, int], done_types: set[str],
-                 timeout_s: float) -> list[dict[str, Any]]:
+def await_answer(
+    settings: Settings, command_id: str, start: dict[int, int], done_types: set[str], timeout_s: float
+) -> list[dict[str, Any]]:
     """The batcher's events for ``command_id`` (all of one transaction), or a clear error on timeout."""
     positions = dict(start)
     deadline = time.monotonic() + timeout_s
@@ -342,7 +426,8 @@ def await_answer(settings: Settings, command_id: str, start: dict[int, int], don
             raise SevisflowError(
                 f"the batcher did not answer within {timeout_s:g}s; it is probably not running. Your request "
                 f"({command_id}) is stored and will be applied when the batcher runs: check with "
-                "`sevisflow batch list` / `sevisflow batch show` before trying again")
+                "`sevisflow batch list` / `sevisflow batch show` before trying again"
+            )
         time.sleep(0.25)
 
 
@@ -366,13 +451,15 @@ def labels_of(settings: Settings) -> Labels:
     return Labels(settings.sevis.xsd_dir)
 
 
-def show_json(view: BatchView, tz: str, labels: Labels | None = None,
-              flt: review.Filter = review.Filter()) -> dict[str, Any]:
+def show_json(
+    view: BatchView, tz: str, labels: Labels | None = None, flt: review.Filter = review.Filter()
+) -> dict[str, Any]:
     return review.show_json(view, tz, labels or Labels(None), flt)
 
 
-def render_show(view: BatchView, tz: str, labels: Labels | None = None, width: int = 100,
-                flt: review.Filter = review.Filter()) -> str:
+def render_show(
+    view: BatchView, tz: str, labels: Labels | None = None, width: int = 100, flt: review.Filter = review.Filter()
+) -> str:
     """``batch show`` as a terminal of ``width`` columns shows it (without colours)."""
     return review.render_text(review.show_table(view, tz, labels or Labels(None), flt, width=width), width)
 
@@ -383,36 +470,71 @@ def close_json(events: list[dict[str, Any]], command_id: str) -> dict[str, Any]:
         if e["type"] != "closed":
             continue
         recs = orjson.loads(e["records_json"])
-        batches.append({"batch_id": e["batch_id"], "creates": sum(1 for r in recs if r["section"] == "create"),
-                        "updates": sum(1 for r in recs if r["section"] == "update"), "records": len(recs),
-                        "note": e.get("reason")})
+        batches.append(
+            {
+                "batch_id": e["batch_id"],
+                "creates": sum(1 for r in recs if r["section"] == "create"),
+                "updates": sum(1 for r in recs if r["section"] == "update"),
+                "records": len(recs),
+                "note": e.get("reason"),
+            }
+        )
     first = next((e for e in events if e["type"] == "closed"), {})
-    return {"command_id": command_id, "closed_by": first.get("closed_by"), "at_ms": first.get("at_ms"),
-            "batches": batches}
+    return {
+        "command_id": command_id,
+        "closed_by": first.get("closed_by"),
+        "at_ms": first.get("at_ms"),
+        "batches": batches,
+    }
 
 
 def render_close(result: Mapping[str, Any], tz: str) -> str:
     total = sum(b["records"] for b in result["batches"])
     n = len(result["batches"])
-    lines = [f"Closed {_n(total, 'record')} into {n} batch{'es' if n != 1 else ''} "
-             f"(closed by {result['closed_by']} at {local_time(result['at_ms'], tz)}):", ""]
-    lines.append(format_table(["BatchID", "Creates", "Updates", "Records"],
-                              [[b["batch_id"], b["creates"], b["updates"], b["records"]] for b in result["batches"]]))
-    notes = sorted({part for b in result["batches"] for part in (b.get("note") or "").split("; ")
-                    if part and not part.startswith("document ")})
+    lines = [
+        f"Closed {_n(total, 'record')} into {n} batch{'es' if n != 1 else ''} "
+        f"(closed by {result['closed_by']} at {local_time(result['at_ms'], tz)}):",
+        "",
+    ]
+    lines.append(
+        format_table(
+            ["BatchID", "Creates", "Updates", "Records"],
+            [[b["batch_id"], b["creates"], b["updates"], b["records"]] for b in result["batches"]],
+        )
+    )
+    notes = sorted(
+        {
+            part
+            for b in result["batches"]
+            for part in (b.get("note") or "").split("; ")
+            if part and not part.startswith("document ")
+        }
+    )
     if notes:
         lines += ["", *[f"Note: {x}" for x in notes]]
-    lines += ["", "The batch files are written and uploaded by the pipeline; follow them with "
-                  "`sevisflow batch list`."]
+    lines += ["", "The batch files are written and uploaded by the pipeline; follow them with `sevisflow batch list`."]
     return "\n".join(lines)
 
 
 def list_json(view: BatchView, limit: int) -> dict[str, Any]:
     batches = sorted(view.batches.values(), key=lambda b: b.batch_id, reverse=True)[:limit]
-    return {"org_id": view.org_id, "open": view.counts(),
-            "batches": [{"batch_id": b.batch_id, "closed_at_ms": b.at_ms, "closed_by": b.closed_by,
-                         "creates": b.creates, "updates": b.updates, "status": b.state(),
-                         "state_words": review.batch_state(b), "command_id": b.command_id} for b in batches]}
+    return {
+        "org_id": view.org_id,
+        "open": view.counts(),
+        "batches": [
+            {
+                "batch_id": b.batch_id,
+                "closed_at_ms": b.at_ms,
+                "closed_by": b.closed_by,
+                "creates": b.creates,
+                "updates": b.updates,
+                "status": b.state(),
+                "state_words": review.batch_state(b),
+                "command_id": b.command_id,
+            }
+            for b in batches
+        ],
+    }
 
 
 def render_list(view: BatchView, tz: str, limit: int, width: int = 100) -> str:
@@ -428,12 +550,28 @@ def _batch(view: BatchView, batch_id: str) -> ClosedBatch:
 
 def status_json(view: BatchView, batch_id: str, tz: str) -> dict[str, Any]:
     b = _batch(view, batch_id)
-    return {"batch_id": b.batch_id, "org_id": view.org_id, "closed_by": b.closed_by, "closed_at_ms": b.at_ms,
-            "status": b.state(), "creates": b.creates, "updates": b.updates, "note": b.reason,
-            "records": [{"request_id": r["request_id"], "student_key": r["student_key"],
-                         "display_name": r.get("display_name"), "sevis_id": r.get("sevis_id"),
-                         "element": element(r), "result": b.results.get(r["request_id"]),
-                         "result_words": review.result_words(b.results.get(r["request_id"]))} for r in b.records]}
+    return {
+        "batch_id": b.batch_id,
+        "org_id": view.org_id,
+        "closed_by": b.closed_by,
+        "closed_at_ms": b.at_ms,
+        "status": b.state(),
+        "creates": b.creates,
+        "updates": b.updates,
+        "note": b.reason,
+        "records": [
+            {
+                "request_id": r["request_id"],
+                "student_key": r["student_key"],
+                "display_name": r.get("display_name"),
+                "sevis_id": r.get("sevis_id"),
+                "element": element(r),
+                "result": b.results.get(r["request_id"]),
+                "result_words": review.result_words(b.results.get(r["request_id"])),
+            }
+            for r in b.records
+        ],
+    }
 
 
 def render_status(view: BatchView, batch_id: str, tz: str, width: int = 100) -> str:
@@ -455,11 +593,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         print_json(show_json(view, tz, labels, flt))
         return 0
     if flt.student and not review.selected(view, flt) and flt.student not in view.held:
-        raise SevisflowError(f"student {flt.student} has no record in the open batch of {view.org_id} "
-                             f"(revision {view.revision}); `sevisflow batch show` lists them all")
-    emit(lambda width: review.show_table(view, tz, labels, flt, args.verbose, width),
-         lambda: review.show_lines(view, tz, labels, flt, args.verbose), use_pager=not args.no_pager,
-         width=max(40, args.width) if args.width else None)
+        raise SevisflowError(
+            f"student {flt.student} has no record in the open batch of {view.org_id} "
+            f"(revision {view.revision}); `sevisflow batch show` lists them all"
+        )
+    emit(
+        lambda width: review.show_table(view, tz, labels, flt, args.verbose, width),
+        lambda: review.show_lines(view, tz, labels, flt, args.verbose),
+        use_pager=not args.no_pager,
+        width=max(40, args.width) if args.width else None,
+    )
     return 0
 
 
@@ -472,22 +615,29 @@ def cmd_close(args: argparse.Namespace) -> int:
     dso = dso_cli.resolve_dso(args.dso, settings, "closed", org=org)
     person = dso_cli.interactive() and not args.json  # --json is for scripts: it never asks
     if args.revision is None and not person and not args.yes:
-        raise SevisflowError("not closed: say which revision you reviewed. Run `sevisflow batch show`, then "
-                             "`sevisflow batch close --revision N` with the revision it printed (a script that closes "
-                             "whatever is ready, unreviewed, says --yes)")
+        raise SevisflowError(
+            "not closed: say which revision you reviewed. Run `sevisflow batch show`, then "
+            "`sevisflow batch close --revision N` with the revision it printed (a script that closes "
+            "whatever is ready, unreviewed, says --yes)"
+        )
     current = load_open_view(settings, org, from_history=args.from_history)
     revision = current.revision if args.revision is None else args.revision
     if revision > current.revision or revision < 0:
-        raise SevisflowError(f"not closed: revision {revision} does not exist; the open batch of {org} is at revision "
-                             f"{current.revision} (`sevisflow batch show`)")
+        raise SevisflowError(
+            f"not closed: revision {revision} does not exist; the open batch of {org} is at revision "
+            f"{current.revision} (`sevisflow batch show`)"
+        )
     reviewed_view = current if revision == current.revision else dso_cli.view_at_revision(settings, org, revision)
     plan = dso_cli.plan_close(reviewed_view, current)
     changes = plan.changes_text()
     if not plan.closing:
         c = current.counts()
-        why = ("; ".join(changes) if changes else
-               f"revision {revision} has no record ready to send"
-               + (f" ({c['held']} held, {c['waiting']} waiting for a SEVIS ID)" if c["records"] else ""))
+        why = (
+            "; ".join(changes)
+            if changes
+            else f"revision {revision} has no record ready to send"
+            + (f" ({c['held']} held, {c['waiting']} waiting for a SEVIS ID)" if c["records"] else "")
+        )
         raise SevisflowError(f"nothing to close: {why}")
     reviewed = args.revision is not None or person
     if person and not args.yes:
@@ -501,11 +651,16 @@ def cmd_close(args: argparse.Namespace) -> int:
             print("Not closed; nothing was sent.")
             return 1
     start = end_offsets(settings, settings.topics.batches)
-    cmd = new_command(org, "close", dso_user_id=dso, record_ids=[r["record_id"] for r in plan.ready],
-                      reviewed_revision=revision if reviewed else None,
-                      basis_revision=None if reviewed else revision,
-                      principal=dso_cli.principal_of(settings.kafka),
-                      reason="closed with sevisflow batch close" + ("" if reviewed else " --yes (not reviewed)"))
+    cmd = new_command(
+        org,
+        "close",
+        dso_user_id=dso,
+        record_ids=[r["record_id"] for r in plan.ready],
+        reviewed_revision=revision if reviewed else None,
+        basis_revision=None if reviewed else revision,
+        principal=dso_cli.principal_of(settings.kafka),
+        reason="closed with sevisflow batch close" + ("" if reviewed else " --yes (not reviewed)"),
+    )
     send_command(settings, cmd)
     events = await_answer(settings, cmd["command_id"], start, {"closed"}, args.timeout)
     rejected = [e for e in events if e["type"] == "command_rejected"]
@@ -539,16 +694,24 @@ def _hold_or_release(args: argparse.Namespace, kind: str) -> int:
     held = view.held.get(args.student)
     tz = settings.school.timezone
     if kind == "hold" and held is not None:
-        raise SevisflowError(f"student {args.student} is already on hold (by {held.get('by') or 'a DSO'} since "
-                             f"{local_time(held.get('at_ms'), tz)}: {held.get('why') or 'no reason given'}); "
-                             "nothing changed")
+        raise SevisflowError(
+            f"student {args.student} is already on hold (by {held.get('by') or 'a DSO'} since "
+            f"{local_time(held.get('at_ms'), tz)}: {held.get('why') or 'no reason given'}); "
+            "nothing changed"
+        )
     if kind == "release" and held is None:
         raise SevisflowError(f"student {args.student} is not on hold; nothing to release")
     if kind == "hold" and not dso_cli.known_to_pipeline(settings, view, args.student):
         raise dso_cli.unknown_student(args.student, settings)
     start = end_offsets(settings, settings.topics.batches)
-    cmd = new_command(org, kind, student_key=args.student, dso_user_id=dso, reason=reason,
-                      principal=dso_cli.principal_of(settings.kafka))
+    cmd = new_command(
+        org,
+        kind,
+        student_key=args.student,
+        dso_user_id=dso,
+        reason=reason,
+        principal=dso_cli.principal_of(settings.kafka),
+    )
     send_command(settings, cmd)
     done = "student_held" if kind == "hold" else "student_released"
     events = await_answer(settings, cmd["command_id"], start, {done}, args.timeout)
@@ -560,12 +723,15 @@ def _hold_or_release(args: argparse.Namespace, kind: str) -> int:
     if args.json:
         print_json({"command_id": cmd["command_id"], "action": kind, "dso_user_id": dso, **summary})
     elif kind == "hold":
-        print(f"Student {args.student} is on hold (by {dso}: {reason}): {summary['records']} open record(s) are kept "
-              "out of the batch, and later changes of this student are held too, until you run "
-              f"`sevisflow batch release {args.student} --dso {dso}`.")
+        print(
+            f"Student {args.student} is on hold (by {dso}: {reason}): {summary['records']} open record(s) are kept "
+            "out of the batch, and later changes of this student are held too, until you run "
+            f"`sevisflow batch release {args.student} --dso {dso}`."
+        )
     else:
-        print(f"Student {args.student} is released by {dso}: {summary['records']} record(s) are back in the "
-              "open batch.")
+        print(
+            f"Student {args.student} is released by {dso}: {summary['records']} record(s) are back in the open batch."
+        )
     return 0
 
 
@@ -616,8 +782,9 @@ def org_of_batch(args: argparse.Namespace, settings: Settings, batch_id: str) ->
     P-1-12345), else the school's code: ``batch status``/``resend`` find a program's batch without ``--org``."""
     if getattr(args, "org", None):
         return org_of(args, settings)
-    program = next((p for p in settings.exchange_programs
-                    if batch_id.startswith(p.program_number.replace("-", ""))), None)
+    program = next(
+        (p for p in settings.exchange_programs if batch_id.startswith(p.program_number.replace("-", ""))), None
+    )
     return program.program_number if program is not None else org_of(args, settings)
 
 
@@ -629,15 +796,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(status_json(view, args.batch_id, tz))
     else:
         b = _batch(view, args.batch_id)
-        emit(lambda _: review.batch_table(view, b, tz), lambda: review.batch_lines(view, b, tz),
-             use_pager=not args.no_pager)
+        emit(
+            lambda _: review.batch_table(view, b, tz),
+            lambda: review.batch_lines(view, b, tz),
+            use_pager=not args.no_pager,
+        )
     return 0
 
 
 def rejected_records(b: ClosedBatch) -> list[dict[str, Any]]:
     """The records of ``b`` SEVIS rejected and nobody resent yet (what ``batch resend`` puts back)."""
-    return [r for r in b.records if (b.results.get(r["request_id"]) or {}).get("status") not in (None, "success")
-            and r["record_id"] not in b.resent]
+    return [
+        r
+        for r in b.records
+        if (b.results.get(r["request_id"]) or {}).get("status") not in (None, "success")
+        and r["record_id"] not in b.resent
+    ]
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
@@ -654,24 +828,40 @@ def cmd_resend(args: argparse.Namespace) -> int:
     view = load_view(settings, org, results=True)
     b = _batch(view, args.batch_id)
     if not b.results:
-        raise SevisflowError(f"not resent: batch {b.batch_id} has no SEVIS result yet; only records SEVIS rejected "
-                             "can be resent (`sevisflow batch status " + b.batch_id + "`)")
+        raise SevisflowError(
+            f"not resent: batch {b.batch_id} has no SEVIS result yet; only records SEVIS rejected "
+            "can be resent (`sevisflow batch status " + b.batch_id + "`)"
+        )
     rejected = {r["record_id"]: r for r in rejected_records(b)}
     by_request = {r["request_id"]: r["record_id"] for r in b.records}
     wanted = [by_request.get(x, x) for x in args.record] or sorted(rejected)
     if not wanted:
-        raise SevisflowError(f"not resent: batch {b.batch_id} has no rejected record left to resend (SEVIS accepted "
-                             "the others, or they were resent before)")
+        raise SevisflowError(
+            f"not resent: batch {b.batch_id} has no rejected record left to resend (SEVIS accepted "
+            "the others, or they were resent before)"
+        )
     for rid in wanted:
         if rid not in rejected:
             known = rid in {r["record_id"] for r in b.records}
-            why = ("was resent before" if rid in b.resent else "was not rejected by SEVIS") if known else \
-                "is not a record of this batch"
-            raise SevisflowError(f"not resent: record {rid} {why} (rejected records of {b.batch_id}: "
-                                 f"{', '.join(sorted(rejected)) or 'none'}); nothing was sent")
+            why = (
+                ("was resent before" if rid in b.resent else "was not rejected by SEVIS")
+                if known
+                else "is not a record of this batch"
+            )
+            raise SevisflowError(
+                f"not resent: record {rid} {why} (rejected records of {b.batch_id}: "
+                f"{', '.join(sorted(rejected)) or 'none'}); nothing was sent"
+            )
     start = end_offsets(settings, settings.topics.batches)
-    cmd = new_command(org, "resend", dso_user_id=dso, batch_id=b.batch_id, record_ids=wanted, reason=args.reason,
-                      principal=dso_cli.principal_of(settings.kafka))
+    cmd = new_command(
+        org,
+        "resend",
+        dso_user_id=dso,
+        batch_id=b.batch_id,
+        record_ids=wanted,
+        reason=args.reason,
+        principal=dso_cli.principal_of(settings.kafka),
+    )
     send_command(settings, cmd)
     events = await_answer(settings, cmd["command_id"], start, {"resent"}, args.timeout)
     refused = [e for e in events if e["type"] == "command_rejected"]
@@ -680,11 +870,20 @@ def cmd_resend(args: argparse.Namespace) -> int:
     newer = [orjson.loads(e["record_json"])["record_id"] for e in events if e["type"] == "record_replaced"]
     await_view(settings, org, max(e["revision"] for e in events))
     if args.json:
-        print_json({"command_id": cmd["command_id"], "batch_id": b.batch_id, "dso_user_id": dso,
-                    "record_ids": wanted, "merged_into_newer_change": newer})
+        print_json(
+            {
+                "command_id": cmd["command_id"],
+                "batch_id": b.batch_id,
+                "dso_user_id": dso,
+                "record_ids": wanted,
+                "merged_into_newer_change": newer,
+            }
+        )
         return 0
-    print(f"Resent by {dso}: {_n(len(wanted), 'record')} of batch {b.batch_id} back in the open batch; the next close "
-          "sends them (`sevisflow batch show`).")
+    print(
+        f"Resent by {dso}: {_n(len(wanted), 'record')} of batch {b.batch_id} back in the open batch; the next close "
+        "sends them (`sevisflow batch show`)."
+    )
     for rid in wanted:
         res = b.results.get(rejected[rid]["request_id"]) or {}
         merged = " — merged into a newer open change of the same record" if rid in newer else ""

@@ -16,7 +16,8 @@ import shlex
 import shutil
 import subprocess
 import sys
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import orjson
 
@@ -33,7 +34,9 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode() + "\n"
+    )
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -42,8 +45,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     Cells are passed through :func:`clean`, so data never sends control characters to a terminal."""
     cells = [[clean(h) for h in headers]] + [["" if c is None else clean(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells[1:]]
     return "\n".join(lines)
 
@@ -55,17 +57,24 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\
 def clean(value: Any) -> str:
     """Text safe for a terminal: every control character of the data is shown escaped (``\\x1b``)."""
     text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                        else f"\\u{ord(m.group()):04x}", text)
+    return _CONTROL.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
+    )
 
 
 def add_pager_flag(parser: argparse.ArgumentParser, width: bool = False) -> None:
-    parser.add_argument("--no-pager", action="store_true",
-                        help="on a terminal, print everything at once instead of paging long output")
+    parser.add_argument(
+        "--no-pager", action="store_true", help="on a terminal, print everything at once instead of paging long output"
+    )
     if width:
-        parser.add_argument("--width", type=int, default=None, metavar="COLUMNS",
-                            help="lay the table out for this many columns (also into a file or a pipe, "
-                                 "without colours); default: the terminal's width, plain lines in a pipe")
+        parser.add_argument(
+            "--width",
+            type=int,
+            default=None,
+            metavar="COLUMNS",
+            help="lay the table out for this many columns (also into a file or a pipe, "
+            "without colours); default: the terminal's width, plain lines in a pipe",
+        )
 
 
 def is_terminal() -> bool:
@@ -97,7 +106,7 @@ class _Pager:
 
     def __init__(self, cmd: list[str]) -> None:
         env = dict(os.environ)
-        env.setdefault("LESS", "FRX")   # quit if one screen, keep colours, leave the text on screen
+        env.setdefault("LESS", "FRX")  # quit if one screen, keep colours, leave the text on screen
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env)
         self.gone = False
 
@@ -123,7 +132,7 @@ class _Pager:
             try:
                 self.proc.wait()
                 return
-            except KeyboardInterrupt:   # Ctrl-C belongs to the pager while it runs
+            except KeyboardInterrupt:  # Ctrl-C belongs to the pager while it runs
                 continue
 
 
@@ -143,7 +152,7 @@ def page_pieces(pieces: Iterable[str], use_pager: bool = True) -> None:
     pager: _Pager | None = None
     try:
         for piece in pieces:
-            if cmd is None:   # no pager: each piece as soon as it is ready
+            if cmd is None:  # no pager: each piece as soon as it is ready
                 sys.stdout.write(piece)
                 sys.stdout.flush()
                 continue
@@ -156,7 +165,7 @@ def page_pieces(pieces: Iterable[str], use_pager: bool = True) -> None:
             if cmd is not None and lines >= screen:
                 try:
                     pager = _Pager(cmd)
-                except OSError:   # no such pager: print instead
+                except OSError:  # no such pager: print instead
                     cmd = None
                     sys.stdout.write("".join(held))
                     sys.stdout.flush()
@@ -172,8 +181,12 @@ def page_pieces(pieces: Iterable[str], use_pager: bool = True) -> None:
             pager.close()
 
 
-def emit(renderables: Callable[[int], Iterable[Any]], lines: Callable[[], Iterable[str]],
-         use_pager: bool = True, width: int | None = None) -> None:
+def emit(
+    renderables: Callable[[int], Iterable[Any]],
+    lines: Callable[[], Iterable[str]],
+    use_pager: bool = True,
+    width: int | None = None,
+) -> None:
     """Output for people. On a terminal: ``renderables(width)`` (rich) rendered at the terminal's
     width piece by piece, paged when longer than the screen; into a pipe or a file: ``lines()``
     written one by one (no colours, no wrapping) — or, when ``width`` is given (``--width``), the
@@ -181,8 +194,9 @@ def emit(renderables: Callable[[int], Iterable[Any]], lines: Callable[[], Iterab
     if width is not None and not is_terminal():
         from rich.console import Console
 
-        con = Console(width=width, color_system=None, force_terminal=False, highlight=False, soft_wrap=False,
-                      file=sys.stdout)
+        con = Console(
+            width=width, color_system=None, force_terminal=False, highlight=False, soft_wrap=False, file=sys.stdout
+        )
         for i, r in enumerate(renderables(width)):
             if i:
                 con.print()
@@ -239,8 +253,8 @@ def run_stage(settings: Settings, stage: Callable[..., None], *extra: Any, name:
     import signal
     import time
 
-    from sevisflow.core.errors import SevisflowError
     from sevisflow.app.runner import Pipeline
+    from sevisflow.core.errors import SevisflowError
 
     def fn(s: Settings, stop: Any) -> None:
         stage(s, stop, *extra)
@@ -256,5 +270,7 @@ def run_stage(settings: Settings, stage: Callable[..., None], *extra: Any, name:
         if isinstance(err, SevisflowError):
             raise err
         # not `from err`: its message may quote a record; its traceback is in the stage.failed log line
-        raise RuntimeError(f"stage {name} failed: {type(err).__name__} (traceback in the stage.failed log line)") from None
+        raise RuntimeError(
+            f"stage {name} failed: {type(err).__name__} (traceback in the stage.failed log line)"
+        ) from None
     return 0

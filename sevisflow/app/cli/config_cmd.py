@@ -9,9 +9,12 @@ from sevisflow.core.config import describe, example_toml
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("config", help="show the resolved settings (secrets masked)",
-                       description="Print the settings in effect after sevisflow.toml and SEVISFLOW_* overrides. "
-                                   "Secrets print as ****.")
+    p = sub.add_parser(
+        "config",
+        help="show the resolved settings (secrets masked)",
+        description="Print the settings in effect after sevisflow.toml and SEVISFLOW_* overrides. "
+        "Secrets print as ****.",
+    )
     p.add_argument("--keys", action="store_true", help="list every setting with its default and meaning")
     p.add_argument("--example", action="store_true", help="print a commented example sevisflow.toml")
     p.set_defaults(func=run)

@@ -24,8 +24,11 @@ log = get_logger("sevisflow.connector")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("connector", help="run or inspect the PostgreSQL CDC connector",
-                       description="Logical replication (pgoutput) from the SIS into Debezium-compatible topics.")
+    p = sub.add_parser(
+        "connector",
+        help="run or inspect the PostgreSQL CDC connector",
+        description="Logical replication (pgoutput) from the SIS into Debezium-compatible topics.",
+    )
     csub = p.add_subparsers(dest="connector_command", metavar="ACTION", required=True)
     run = csub.add_parser("run", help="snapshot (per snapshot.mode) and stream until stopped")
     run.set_defaults(func=cmd_run)
@@ -39,8 +42,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     masked = settings.masked()
-    log.info("connector.config", connector=masked["connector"], postgres=masked["postgres"],
-             kafka={"bootstrap_servers": masked["kafka"]["bootstrap_servers"]})
+    log.info(
+        "connector.config",
+        connector=masked["connector"],
+        postgres=masked["postgres"],
+        kafka={"bootstrap_servers": masked["kafka"]["bootstrap_servers"]},
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -53,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sevisflow.core.observability import ProgressReporter, set_progress_interval
 
     set_progress_interval(settings.metrics.progress_interval_s)
-    announce(["connector"], server)   # the start-up line, then a progress line per interval
+    announce(["connector"], server)  # the start-up line, then a progress line per interval
     get_status_logger().info("stage.started", stage="connector", role=ROLES["connector"])
     progress = ProgressReporter(["connector"], stop).start()
     try:
@@ -73,17 +80,29 @@ def status_data(settings: Any) -> dict[str, Any]:
 
     c = settings.connector
     store = StateStore(c.offsets_dir, c.name, c.slot_name)
-    out: dict[str, Any] = {"connector": c.name, "slot": c.slot_name, "reported": None, "slot_live": None,
-                           "snapshot_state": None}
+    out: dict[str, Any] = {
+        "connector": c.name,
+        "slot": c.slot_name,
+        "reported": None,
+        "slot_live": None,
+        "snapshot_state": None,
+    }
     if store.status_path.exists():
         out["reported"] = orjson.loads(store.status_path.read_bytes())
     if store.path.exists():
         state = store.load()
-        out["snapshot_state"] = {"completed": state.snapshot_completed,
-                                 "in_progress": None if state.snapshot is None else {
-                                     "table": state.snapshot.current, "rows": state.snapshot.rows,
-                                     "tables_done": len(state.snapshot.done), "tables": len(state.snapshot.tables),
-                                     "total_estimate": state.snapshot.total_estimate}}
+        out["snapshot_state"] = {
+            "completed": state.snapshot_completed,
+            "in_progress": None
+            if state.snapshot is None
+            else {
+                "table": state.snapshot.current,
+                "rows": state.snapshot.rows,
+                "tables_done": len(state.snapshot.done),
+                "tables": len(state.snapshot.tables),
+                "total_estimate": state.snapshot.total_estimate,
+            },
+        }
     try:
         import psycopg
 
@@ -91,11 +110,21 @@ def status_data(settings: Any) -> dict[str, Any]:
 
         with psycopg.connect(settings.postgres.conninfo(), autocommit=True, connect_timeout=5) as conn:
             slot = slot_info(conn, c.slot_name)
-        out["slot_live"] = None if slot is None else {
-            "active": slot.active, "active_pid": slot.active_pid, "lag_bytes": slot.lag_bytes,
-            "confirmed_flush_lsn": slot.confirmed_flush_lsn, "wal_status": slot.wal_status}
+        out["slot_live"] = (
+            None
+            if slot is None
+            else {
+                "active": slot.active,
+                "active_pid": slot.active_pid,
+                "lag_bytes": slot.lag_bytes,
+                "confirmed_flush_lsn": slot.confirmed_flush_lsn,
+                "wal_status": slot.wal_status,
+            }
+        )
     except Exception as exc:  # noqa: BLE001 - status must show what it can
-        out["slot_live_error"] = type(exc).__name__ + ": " + str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        out["slot_live_error"] = (
+            type(exc).__name__ + ": " + str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        )
     return out
 
 

@@ -15,22 +15,24 @@ removed after N is left open and reported.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
-from sevisflow.processors.batcher.guard import MAX_REASON_LEN, text_problem
-from sevisflow.processors.batcher.ids import user_id_problem
-from sevisflow.processors.batcher.view import BatchView, fold
 from sevisflow.core.config import ExchangeProgram, KafkaSettings, Settings
 from sevisflow.core.errors import SevisflowError
 from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import registry
+from sevisflow.processors.batcher.guard import MAX_REASON_LEN, text_problem
+from sevisflow.processors.batcher.ids import user_id_problem
+from sevisflow.processors.batcher.view import BatchView, fold
 
 BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
 
 
-def resolve_dso(given: str | None, settings: Settings, doing: str, err: TextIO | None = None,
-                org: str | None = None) -> str:
+def resolve_dso(
+    given: str | None, settings: Settings, doing: str, err: TextIO | None = None, org: str | None = None
+) -> str:
     """The acting person's SEVIS user id: ``--dso``, else ``school.default_dso`` (for an exchange program: its
     ``ro_user_id``), echoed on stderr. Raises with the fix when there is none, it is not a SEVIS user id, or
     not one who may act for ``org`` (the school's DSOs; a program's RO and AROs)."""
@@ -40,14 +42,17 @@ def resolve_dso(given: str | None, settings: Settings, doing: str, err: TextIO |
     school = settings.school
     user = given or school.default_dso
     if not user:
-        raise SevisflowError(f"not {doing}: say who you are with --dso <your SEVIS user id> "
-                             "(or set school.default_dso in the settings)")
+        raise SevisflowError(
+            f"not {doing}: say who you are with --dso <your SEVIS user id> (or set school.default_dso in the settings)"
+        )
     problem = user_id_problem(user)
     if problem:
         raise SevisflowError(f"not {doing}: {problem}; give your SEVIS user id with --dso")
     if school.dso_user_ids and user not in school.dso_user_ids:
-        raise SevisflowError(f"not {doing}: {user} is not one of the school's DSOs (school.dso_user_ids); "
-                             "ask the administrator to add your SEVIS user id")
+        raise SevisflowError(
+            f"not {doing}: {user} is not one of the school's DSOs (school.dso_user_ids); "
+            "ask the administrator to add your SEVIS user id"
+        )
     if not given:
         print(f"acting as {user} (school.default_dso)", file=err or sys.stderr)
     return user
@@ -58,10 +63,12 @@ def _resolve_officer(given: str | None, program: ExchangeProgram, doing: str, er
     user = given or program.ro_user_id
     allowed = program.user_ids()
     if user not in allowed:
-        raise SevisflowError(f"not {doing}: {user} is not the RO or an ARO of exchange program "
-                             f"{program.program_number} ({', '.join(allowed)}); SEVIS refuses an EV batch signed by "
-                             "anyone else: act with --dso <your RO/ARO user id>, or ask the administrator to add it to "
-                             "the program's aro_user_ids")
+        raise SevisflowError(
+            f"not {doing}: {user} is not the RO or an ARO of exchange program "
+            f"{program.program_number} ({', '.join(allowed)}); SEVIS refuses an EV batch signed by "
+            "anyone else: act with --dso <your RO/ARO user id>, or ask the administrator to add it to "
+            "the program's aro_user_ids"
+        )
     if not given:
         print(f"acting as {user} (the RO of exchange program {program.program_number})", file=err or sys.stderr)
     return user
@@ -79,8 +86,10 @@ def principal_of(kafka: KafkaSettings) -> str | None:
             with open(kafka.ssl_certificate_location, "rb") as fh:
                 cert = x509.load_pem_x509_certificate(fh.read())
         except (OSError, ValueError) as exc:
-            raise SevisflowError(f"cannot read the client certificate {kafka.ssl_certificate_location} "
-                                 f"(kafka.ssl_certificate_location): {exc}") from None
+            raise SevisflowError(
+                f"cannot read the client certificate {kafka.ssl_certificate_location} "
+                f"(kafka.ssl_certificate_location): {exc}"
+            ) from None
         return f"User:{cert.subject.rfc4514_string()}"
     return None
 
@@ -89,8 +98,9 @@ def check_reason(reason: str | None) -> str:
     """A hold reason a person typed: required, one line, at most 500 characters."""
     problem = text_problem(reason, "the hold reason", MAX_REASON_LEN)
     if problem:
-        raise SevisflowError(f"not held: {problem}; say why with --reason \"…\" (one line, at most "
-                             f"{MAX_REASON_LEN} characters)")
+        raise SevisflowError(
+            f'not held: {problem}; say why with --reason "…" (one line, at most {MAX_REASON_LEN} characters)'
+        )
     return str(reason).strip()
 
 
@@ -111,9 +121,11 @@ def known_to_pipeline(settings: Settings, view: BatchView, student: str) -> bool
 
 
 def unknown_student(student: str, settings: Settings) -> SevisflowError:
-    return SevisflowError(f"student {student!r} is not known to the pipeline (not in the open batch, not in "
-                          f"{settings.topics.students}): check the student key (the student's id in the SIS); "
-                          "nothing was sent")
+    return SevisflowError(
+        f"student {student!r} is not known to the pipeline (not in the open batch, not in "
+        f"{settings.topics.students}): check the student key (the student's id in the SIS); "
+        "nothing was sent"
+    )
 
 
 # ----------------------------------------------------------------------------- closing a revision
@@ -154,29 +166,45 @@ class ClosePlan:
             if r["section"] == "create":
                 what = "CreateEV (new exchange visitor)" if ev else "CreateStudent (new student)"
             else:
-                what = f"UpdateEV {r['kind'][3:].replace('.', '/')}" if ev else \
-                    f"UpdateStudent {r['kind'].replace('.', '/')}"
+                what = (
+                    f"UpdateEV {r['kind'][3:].replace('.', '/')}"
+                    if ev
+                    else f"UpdateStudent {r['kind'].replace('.', '/')}"
+                )
             out[what] = out.get(what, 0) + 1
         return list(out.items())
 
     def changes_text(self) -> list[str]:
         lines = []
         if self.changed:
-            lines.append(f"{len(self.changed)} record(s) you reviewed changed after revision {self.revision} and stay "
-                         "open for review: " + ", ".join(_who(r) for r in self.changed))
+            lines.append(
+                f"{len(self.changed)} record(s) you reviewed changed after revision {self.revision} and stay "
+                "open for review: " + ", ".join(_who(r) for r in self.changed)
+            )
         if self.removed:
-            lines.append(f"{len(self.removed)} record(s) you reviewed were undone or closed after revision "
-                         f"{self.revision}: " + ", ".join(_who(r) for r in self.removed))
+            lines.append(
+                f"{len(self.removed)} record(s) you reviewed were undone or closed after revision "
+                f"{self.revision}: " + ", ".join(_who(r) for r in self.removed)
+            )
         if self.added:
-            lines.append(f"{len(self.added)} record(s) arrived after revision {self.revision} and stay open: "
-                         + ", ".join(_who(r) for r in self.added))
+            lines.append(
+                f"{len(self.added)} record(s) arrived after revision {self.revision} and stay open: "
+                + ", ".join(_who(r) for r in self.added)
+            )
         return lines
 
     def to_json(self) -> dict[str, Any]:
         def ids(rs: list[dict[str, Any]]) -> list[str]:
             return [r["record_id"] for r in rs]
-        return {"revision": self.revision, "current_revision": self.current, "closing": ids(self.closing),
-                "changed_since": ids(self.changed), "removed_since": ids(self.removed), "added_since": ids(self.added)}
+
+        return {
+            "revision": self.revision,
+            "current_revision": self.current,
+            "closing": ids(self.closing),
+            "changed_since": ids(self.changed),
+            "removed_since": ids(self.removed),
+            "added_since": ids(self.added),
+        }
 
 
 def _who(rec: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ line per issue. Filters narrow the list; ``--json`` prints everything for tools 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from sevisflow.app.cli.common import add_json_flag, add_pager_flag, clean, emit, print_json, settings_from_args
 from sevisflow.core.dlq import SCHEMA
@@ -20,8 +21,11 @@ from sevisflow.core.serde import SerializationError, registry
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("issues", help="list records the pipeline could not process (dead letters)",
-                       description="Dead letters from every stage: what is wrong, for which student, and the fix.")
+    p = sub.add_parser(
+        "issues",
+        help="list records the pipeline could not process (dead letters)",
+        description="Dead letters from every stage: what is wrong, for which student, and the fix.",
+    )
     p.add_argument("--stage", help="only this stage (normalize, sevis_events, batcher, sink_xml …)")
     p.add_argument("--code", help="only this code, e.g. incomplete_record")
     p.add_argument("--student", help="only this student key")
@@ -38,10 +42,18 @@ def issue_rows(items: list[dict[str, Any]], tz: str) -> list[tuple[str, ...]]:
     """One row per dead letter, every value escaped for the terminal; times in the school's zone."""
     from sevisflow.app.cli.review import when
 
-    return [(when(r["at_ms"], tz), clean(r["stage"]), clean(r["code"]), clean(r.get("student_key") or ""),
-             clean(r.get("field") or ""), clean(r["reason"]),
-             clean(f"{r.get('source_topic') or ''}[{r.get('source_partition')}]@{r.get('source_offset')}"))
-            for r in items]
+    return [
+        (
+            when(r["at_ms"], tz),
+            clean(r["stage"]),
+            clean(r["code"]),
+            clean(r.get("student_key") or ""),
+            clean(r.get("field") or ""),
+            clean(r["reason"]),
+            clean(f"{r.get('source_topic') or ''}[{r.get('source_partition')}]@{r.get('source_offset')}"),
+        )
+        for r in items
+    ]
 
 
 def issue_lines(items: list[dict[str, Any]], tz: str) -> Iterator[str]:
@@ -63,17 +75,24 @@ def issue_table(items: list[dict[str, Any]], tz: str, width: int = 100) -> Itera
     con = Console(width=width, color_system=None, force_terminal=False, highlight=False)
     rows = [[[Text(h, style="bold")] for h in ("When", "Student", "What could not be processed")]]
     for when_, stage, code, student, fld, reason, source in issue_rows(items, tz):
-        words = when_.split(" ")   # "Jun 15, 2025 10:07 CDT": the day on one line, the time below
+        words = when_.split(" ")  # "Jun 15, 2025 10:07 CDT": the day on one line, the time below
         when_lines = [Text(" ".join(words[:3]))] + ([Text(" ".join(words[3:]))] if len(words) > 3 else [])
-        rows.append([when_lines, [Text(student or "-")],
-                     [Text(reason)] + ([Text(f"field: {fld}")] if fld else [])
-                     + [Text(f"{code}, found by {stage}, input at {source}", style="dim")]])
+        rows.append(
+            [
+                when_lines,
+                [Text(student or "-")],
+                [Text(reason)]
+                + ([Text(f"field: {fld}")] if fld else [])
+                + [Text(f"{code}, found by {stage}, input at {source}", style="dim")],
+            ]
+        )
     yield _grid_piece(con, widths, rows)
     yield Text(f"{len(items)} issue(s)")
 
 
-def load_issues(settings: Any, stage: str | None = None, code: str | None = None,
-                student: str | None = None) -> list[dict[str, Any]]:
+def load_issues(
+    settings: Any, stage: str | None = None, code: str | None = None, student: str | None = None
+) -> list[dict[str, Any]]:
     out = []
     for msg in read_topic(settings.kafka, settings.topics.dlq):
         if (value := msg.value()) is None:
@@ -82,10 +101,13 @@ def load_issues(settings: Any, stage: str | None = None, code: str | None = None
             rec = registry().decode(value, SCHEMA)
         except SerializationError:
             continue
-        if (stage and rec["stage"] != stage) or (code and rec["code"] != code) or \
-                (student and rec.get("student_key") != student):
+        if (
+            (stage and rec["stage"] != stage)
+            or (code and rec["code"] != code)
+            or (student and rec.get("student_key") != student)
+        ):
             continue
-        rec.pop("source_value", None)   # the raw input may hold personal data: not for terminals
+        rec.pop("source_value", None)  # the raw input may hold personal data: not for terminals
         rec.pop("source_key", None)
         rec["dlq_position"] = f"{msg.partition()}@{msg.offset()}"
         out.append(rec)
@@ -97,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     items = load_issues(settings, args.stage, args.code, args.student)
     if args.limit:
-        items = items[-args.limit:]
+        items = items[-args.limit :]
     if args.json:
         print_json(items)
         return 0

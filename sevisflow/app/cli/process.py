@@ -14,13 +14,20 @@ from sevisflow.app.cli.common import run_stage, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("process", help="run a stream processor (normalize | events | batcher)",
-                       description="Run a processor stage in the foreground; stop it with Ctrl-C or SIGTERM.")
-    p.add_argument("stage", choices=("normalize", "events", "batcher"),
-                   help="normalize: change topics → sevisflow.students; events: sevisflow.students → sevis.events; "
-                        "batcher: sevis.events + commands + results → sevis.batches")
-    p.add_argument("--instance", default=None,
-                   help="events/batcher: stable instance id (default $SEVISFLOW_INSTANCE or host)")
+    p = sub.add_parser(
+        "process",
+        help="run a stream processor (normalize | events | batcher)",
+        description="Run a processor stage in the foreground; stop it with Ctrl-C or SIGTERM.",
+    )
+    p.add_argument(
+        "stage",
+        choices=("normalize", "events", "batcher"),
+        help="normalize: change topics → sevisflow.students; events: sevisflow.students → sevis.events; "
+        "batcher: sevis.events + commands + results → sevis.batches",
+    )
+    p.add_argument(
+        "--instance", default=None, help="events/batcher: stable instance id (default $SEVISFLOW_INSTANCE or host)"
+    )
     p.set_defaults(func=run)
 
 

@@ -19,16 +19,17 @@ escape sequence in a name…) is shown escaped, never sent to the terminal.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sevisflow.processors.batcher.view import BatchView, ClosedBatch
 from sevisflow.app.cli.common import clean, print_renderables
 from sevisflow.app.labels import Labels
 from sevisflow.core.worklist.deadlines import Deadlines, first_change_ms, session_start_of
+from sevisflow.processors.batcher.view import BatchView, ClosedBatch
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -38,84 +39,184 @@ RESULT_WORDS = {None: "no SEVIS result yet", "success": "accepted by SEVIS", "fa
 
 #: SEVIS element → what it means for the student
 TITLES = {
-    "Create": "New student record", "PersonalInfo": "Personal information", "Registration": "Term registration",
-    "Program.ManageSessionDates": "Program dates", "Program.Extension": "Program extension",
-    "Program.Shorten": "Program shortened", "Program.Edit": "Program change",
-    "EducationLevel.Change": "Education level change", "FinancialInfo": "Financial information",
-    "Status.Complete": "Program completed", "Status.Terminate": "Record terminated", "Status.Cancel": "Record cancelled",
-    "Status.Verify": "Status verification", "Dependent.Add": "Dependant added", "Dependent.Edit": "Dependant changed",
-    "Dependent.Terminate": "Dependant terminated", "AuthDropBelowFC.Add": "Reduced course load authorized",
-    "AuthDropBelowFC.Cancel": "Reduced course load cancelled", "CPTEmployment.Add": "CPT authorized",
-    "CPTEmployment.Cancel": "CPT cancelled", "OPTEmployment.Add": "OPT recommended",
-    "OPTEmployment.Cancel": "OPT cancelled", "OPTEmployment.Extend": "STEM OPT extension recommended",
-    "Reprint": "I-20 reprint", "DisciplinaryAction": "Disciplinary action",
+    "Create": "New student record",
+    "PersonalInfo": "Personal information",
+    "Registration": "Term registration",
+    "Program.ManageSessionDates": "Program dates",
+    "Program.Extension": "Program extension",
+    "Program.Shorten": "Program shortened",
+    "Program.Edit": "Program change",
+    "EducationLevel.Change": "Education level change",
+    "FinancialInfo": "Financial information",
+    "Status.Complete": "Program completed",
+    "Status.Terminate": "Record terminated",
+    "Status.Cancel": "Record cancelled",
+    "Status.Verify": "Status verification",
+    "Dependent.Add": "Dependant added",
+    "Dependent.Edit": "Dependant changed",
+    "Dependent.Terminate": "Dependant terminated",
+    "AuthDropBelowFC.Add": "Reduced course load authorized",
+    "AuthDropBelowFC.Cancel": "Reduced course load cancelled",
+    "CPTEmployment.Add": "CPT authorized",
+    "CPTEmployment.Cancel": "CPT cancelled",
+    "OPTEmployment.Add": "OPT recommended",
+    "OPTEmployment.Cancel": "OPT cancelled",
+    "OPTEmployment.Extend": "STEM OPT extension recommended",
+    "Reprint": "I-20 reprint",
+    "DisciplinaryAction": "Disciplinary action",
     # J-1 exchange visitors (an exchange program's EV batch)
-    "EV.Create": "New exchange visitor record (DS-2019)", "EV.Validate": "Arrival validated",
-    "EV.Biographical": "Exchange visitor's information", "EV.FinancialInfo": "Program funding",
-    "EV.Program.Amend": "Program dates amended", "EV.Program.EditSubject": "Subject/field change",
-    "EV.Program.Extension": "Program extension", "EV.Program.Shorten": "Program shortened",
-    "EV.Program.Matriculate": "Matriculation", "EV.SiteOfActivity.Add": "Site of activity added",
-    "EV.SiteOfActivity.Edit": "Site of activity changed", "EV.SiteOfActivity.Delete": "Site of activity removed",
-    "EV.Dependent.Add": "J-2 dependant added", "EV.Dependent.Edit": "J-2 dependant changed",
-    "EV.Dependent.Delete": "J-2 dependant deleted", "EV.Dependent.EndStatus": "J-2 dependant's status ended",
-    "EV.Dependent.Terminate": "J-2 dependant terminated", "EV.Status.Terminate": "Record terminated",
-    "EV.Status.NoShow": "No-show", "EV.Status.Invalid": "Record invalidated",
-    "EV.Status.CorrectInfraction": "Infraction corrected", "EV.Reprint": "DS-2019 reprint",
+    "EV.Create": "New exchange visitor record (DS-2019)",
+    "EV.Validate": "Arrival validated",
+    "EV.Biographical": "Exchange visitor's information",
+    "EV.FinancialInfo": "Program funding",
+    "EV.Program.Amend": "Program dates amended",
+    "EV.Program.EditSubject": "Subject/field change",
+    "EV.Program.Extension": "Program extension",
+    "EV.Program.Shorten": "Program shortened",
+    "EV.Program.Matriculate": "Matriculation",
+    "EV.SiteOfActivity.Add": "Site of activity added",
+    "EV.SiteOfActivity.Edit": "Site of activity changed",
+    "EV.SiteOfActivity.Delete": "Site of activity removed",
+    "EV.Dependent.Add": "J-2 dependant added",
+    "EV.Dependent.Edit": "J-2 dependant changed",
+    "EV.Dependent.Delete": "J-2 dependant deleted",
+    "EV.Dependent.EndStatus": "J-2 dependant's status ended",
+    "EV.Dependent.Terminate": "J-2 dependant terminated",
+    "EV.Status.Terminate": "Record terminated",
+    "EV.Status.NoShow": "No-show",
+    "EV.Status.Invalid": "Record invalidated",
+    "EV.Status.CorrectInfraction": "Infraction corrected",
+    "EV.Reprint": "DS-2019 reprint",
 }
 
 #: canonical section of the before/after fields of each SEVIS element
-SECTION_OF = {"PersonalInfo": "student", "Registration": "registration", "Program": "program",
-              "EducationLevel": "program", "FinancialInfo": "finance", "Status": "program", "Dependent": "dependent",
-              "AuthDropBelowFC": "authorization", "CPTEmployment": "authorization",
-              "OPTEmployment": "authorization"}
+SECTION_OF = {
+    "PersonalInfo": "student",
+    "Registration": "registration",
+    "Program": "program",
+    "EducationLevel": "program",
+    "FinancialInfo": "finance",
+    "Status": "program",
+    "Dependent": "dependent",
+    "AuthDropBelowFC": "authorization",
+    "CPTEmployment": "authorization",
+    "OPTEmployment": "authorization",
+}
 
 FIELD_LABELS = {
-    "first_name": "first name", "middle_name": "middle name", "last_name": "last name",
-    "preferred_name": "preferred name", "birth_date": "birth date", "birth_city": "birth city",
-    "birth_country": "birth country", "citizenship_country": "citizenship", "email": "e-mail",
-    "phone": "phone", "phone_country_code": "phone country code", "commuter": "commuter student",
-    "visa_type": "visa type", "issue_reason": "issue reason", "i20_issue_date": "I-20 issue date",
-    "address.us_physical": "US address", "address.us_mailing": "US mailing address",
+    "first_name": "first name",
+    "middle_name": "middle name",
+    "last_name": "last name",
+    "preferred_name": "preferred name",
+    "birth_date": "birth date",
+    "birth_city": "birth city",
+    "birth_country": "birth country",
+    "citizenship_country": "citizenship",
+    "email": "e-mail",
+    "phone": "phone",
+    "phone_country_code": "phone country code",
+    "commuter": "commuter student",
+    "visa_type": "visa type",
+    "issue_reason": "issue reason",
+    "i20_issue_date": "I-20 issue date",
+    "address.us_physical": "US address",
+    "address.us_mailing": "US mailing address",
     "address.foreign": "foreign address",
-    "program.degree_level": "education level", "program.major_cip": "major", "program.second_major_cip": "second major",
-    "program.minor_cip": "minor", "program.start_date": "program start", "program.end_date": "program end",
-    "program.status": "program status", "program.english_required": "English proficiency required",
+    "program.degree_level": "education level",
+    "program.major_cip": "major",
+    "program.second_major_cip": "second major",
+    "program.minor_cip": "minor",
+    "program.start_date": "program start",
+    "program.end_date": "program end",
+    "program.status": "program status",
+    "program.english_required": "English proficiency required",
     "program.english_met": "English requirement met",
     "program.english_not_required_reason": "why English is not required",
     "program.extension_reason": "reason for the extension",
-    "finance.academic_term_months": "academic term", "finance.tuition": "tuition",
-    "finance.living_expenses": "living expenses", "finance.dependent_expenses": "dependants' expenses",
-    "finance.other_costs": "other costs", "finance.other_costs_remarks": "other costs (remarks)",
-    "finance.personal_funds": "personal funds", "finance.school_funds": "school funds",
-    "finance.school_funds_remarks": "school funds (remarks)", "finance.other_funds": "other funds",
-    "finance.other_funds_source": "other funds (source)", "finance.employment_funds": "on-campus employment",
-    "registration.status": "enrolment", "registration.full_time": "full time",
-    "registration.credit_hours": "credit hours", "registration.confirmed_at": "attendance confirmed",
-    "registration.session_start": "session start", "registration.session_end": "session end",
-    "registration.next_session_start": "next session start", "registration.last_session": "last session",
-    "dependent.relationship": "relationship", "dependent.visa_type": "visa type", "dependent.status": "status",
+    "finance.academic_term_months": "academic term",
+    "finance.tuition": "tuition",
+    "finance.living_expenses": "living expenses",
+    "finance.dependent_expenses": "dependants' expenses",
+    "finance.other_costs": "other costs",
+    "finance.other_costs_remarks": "other costs (remarks)",
+    "finance.personal_funds": "personal funds",
+    "finance.school_funds": "school funds",
+    "finance.school_funds_remarks": "school funds (remarks)",
+    "finance.other_funds": "other funds",
+    "finance.other_funds_source": "other funds (source)",
+    "finance.employment_funds": "on-campus employment",
+    "registration.status": "enrolment",
+    "registration.full_time": "full time",
+    "registration.credit_hours": "credit hours",
+    "registration.confirmed_at": "attendance confirmed",
+    "registration.session_start": "session start",
+    "registration.session_end": "session end",
+    "registration.next_session_start": "next session start",
+    "registration.last_session": "last session",
+    "dependent.relationship": "relationship",
+    "dependent.visa_type": "visa type",
+    "dependent.status": "status",
     "dependent.dependent_sevis_id": "dependant SEVIS ID",
-    "authorization.approved": "approved", "authorization.kind": "authorization",
-    "authorization.start_date": "start", "authorization.end_date": "end", "authorization.time_basis": "full/part time",
-    "authorization.employer_name": "employer", "authorization.rcl_reason": "reason",
-    "reprint_reason": "reprint reason", "disciplinary_action": "disciplinary action", "status": "status",
+    "authorization.approved": "approved",
+    "authorization.kind": "authorization",
+    "authorization.start_date": "start",
+    "authorization.end_date": "end",
+    "authorization.time_basis": "full/part time",
+    "authorization.employer_name": "employer",
+    "authorization.rcl_reason": "reason",
+    "reprint_reason": "reprint reason",
+    "disciplinary_action": "disciplinary action",
+    "status": "status",
 }
 
 #: field → kind of SEVIS code (sevisflow.app.labels)
 CODE_KIND = {
-    "birth_country": "country", "citizenship_country": "country", "country": "country", "visa_type": "visa_type",
-    "gender": "gender", "degree_level": "edu_level", "major_cip": "cip", "second_major_cip": "cip",
-    "minor_cip": "cip", "relationship": "relationship", "time_basis": "employment_time",
-    "rcl_reason": "rcl_reason", "reprint_reason": "reprint_reason", "issue_reason": "issue_reason",
+    "birth_country": "country",
+    "citizenship_country": "country",
+    "country": "country",
+    "visa_type": "visa_type",
+    "gender": "gender",
+    "degree_level": "edu_level",
+    "major_cip": "cip",
+    "second_major_cip": "cip",
+    "minor_cip": "cip",
+    "relationship": "relationship",
+    "time_basis": "employment_time",
+    "rcl_reason": "rcl_reason",
+    "reprint_reason": "reprint_reason",
+    "issue_reason": "issue_reason",
 }
-DATE_FIELDS = {"birth_date", "i20_issue_date", "start_date", "end_date", "session_start", "session_end",
-               "next_session_start"}
-BOOL_FIELDS = {"commuter", "english_required", "english_met", "full_time", "last_session", "approved",
-               "academic_year_met"}
-MONEY_FIELDS = {"tuition", "living_expenses", "dependent_expenses", "other_costs", "personal_funds", "school_funds",
-                "other_funds", "employment_funds"}
+DATE_FIELDS = {
+    "birth_date",
+    "i20_issue_date",
+    "start_date",
+    "end_date",
+    "session_start",
+    "session_end",
+    "next_session_start",
+}
+BOOL_FIELDS = {
+    "commuter",
+    "english_required",
+    "english_met",
+    "full_time",
+    "last_session",
+    "approved",
+    "academic_year_met",
+}
+MONEY_FIELDS = {
+    "tuition",
+    "living_expenses",
+    "dependent_expenses",
+    "other_costs",
+    "personal_funds",
+    "school_funds",
+    "other_funds",
+    "employment_funds",
+}
 AUTH_KINDS = {"rcl": "reduced course load", "cpt": "CPT", "opt": "OPT", "opt_stem": "STEM OPT extension"}
 ADDRESS_KEYS = {"line1", "line2", "city", "state", "postal_code", "country"}
+
 
 def _n(count: int, word: str, plural: str | None = None) -> str:
     return f"{count} {word if count == 1 else (plural or word + 's')}"
@@ -147,7 +248,7 @@ def _timestamp(text: str, tz: str) -> str:
     except ValueError:
         return clean(text)
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return when(int(t.timestamp() * 1000), tz)
 
 
@@ -178,11 +279,14 @@ def _is_address(v: Any) -> bool:
 def address_lines(a: Mapping[str, Any], labels: Labels) -> list[str]:
     """An address as it is written on an envelope (country by name)."""
     lines = [clean(a[k]) for k in ("line1", "line2") if a.get(k)]
-    place = " ".join(x for x in (", ".join(clean(a[k]) for k in ("city", "state") if a.get(k)),
-                                 clean(a.get("postal_code") or "")) if x)
+    place = " ".join(
+        x
+        for x in (", ".join(clean(a[k]) for k in ("city", "state") if a.get(k)), clean(a.get("postal_code") or ""))
+        if x
+    )
     if place:
         lines.append(place)
-    if a.get("country") and a["country"] != "US":   # a US address needs no country line
+    if a.get("country") and a["country"] != "US":  # a US address needs no country line
         lines.append(labels.describe("country", a["country"]))
     return lines or ["(empty)"]
 
@@ -214,6 +318,7 @@ def value_lines(field: str, value: Any, labels: Labels, tz: str) -> list[str]:
         return [number(value)]
     if isinstance(value, (dict, list)):
         import orjson
+
         return [clean(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())]
     return [clean(value)]
 
@@ -223,9 +328,9 @@ def value_lines(field: str, value: Any, labels: Labels, tz: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Change:
-    field: str             # canonical path, e.g. "email", "address.us_physical", "registration.credit_hours"
+    field: str  # canonical path, e.g. "email", "address.us_physical", "registration.credit_hours"
     label: str
-    before: list[str] | None   # None: the record adds something new (no before at all)
+    before: list[str] | None  # None: the record adds something new (no before at all)
     after: list[str]
 
 
@@ -263,8 +368,11 @@ def _flatten(before: Any, after: Any, prefix: str, adding: bool) -> Iterator[tup
     for k in list(dict.fromkeys([*a, *b])):
         bv, av = b.get(k), a.get(k)
         path = f"{prefix}.{k}" if prefix else str(k)
-        if (isinstance(bv, Mapping) or isinstance(av, Mapping)) and not (_is_address(bv) or _is_address(av)) \
-                and not str(k).startswith("address."):
+        if (
+            (isinstance(bv, Mapping) or isinstance(av, Mapping))
+            and not (_is_address(bv) or _is_address(av))
+            and not str(k).startswith("address.")
+        ):
             yield from _flatten(bv, av, path, adding or not bv)
         else:
             yield path, bv, av, adding
@@ -306,11 +414,15 @@ def changes(rec: Mapping[str, Any], labels: Labels, tz: str) -> list[Change]:
         if b == a or (added and a is None):
             continue
         q = path if "." in path or section in (None, "student") else f"{section}.{path}"
-        out.append(Change(q, _label(section, q), None if added else value_lines(q, b, labels, tz),
-                          value_lines(q, a, labels, tz)))
+        out.append(
+            Change(
+                q, _label(section, q), None if added else value_lines(q, b, labels, tz), value_lines(q, a, labels, tz)
+            )
+        )
     if section == "dependent":
-        out = [Change(f"dependent.{c.field}" if "." not in c.field else c.field, c.label, c.before, c.after)
-               for c in out]
+        out = [
+            Change(f"dependent.{c.field}" if "." not in c.field else c.field, c.label, c.before, c.after) for c in out
+        ]
     return sorted(out, key=lambda c: _ORDER.get(c.field, len(_ORDER)))
 
 
@@ -353,18 +465,23 @@ def create_summary(rec: Mapping[str, Any], labels: Labels) -> list[str]:
     pi, edu, fin = p.get("PersonalInfo") or {}, p.get("EducationalInfo") or {}, p.get("FinancialInfo") or {}
     out = [f"name: {_full_name(pi.get('FullName'))}"]
     if pi.get("BirthDate") or pi.get("BirthCountryCode"):
-        out.append(f"born: {day(pi['BirthDate']) if pi.get('BirthDate') else '(no date)'} in "
-                   f"{labels.describe('country', pi.get('BirthCountryCode'))}; "
-                   f"citizen of {labels.describe('country', pi.get('CitizenshipCountryCode'))}")
+        out.append(
+            f"born: {day(pi['BirthDate']) if pi.get('BirthDate') else '(no date)'} in "
+            f"{labels.describe('country', pi.get('BirthCountryCode'))}; "
+            f"citizen of {labels.describe('country', pi.get('CitizenshipCountryCode'))}"
+        )
     if pi.get("VisaType") or p.get("IssueReason"):
-        out.append(f"visa: {labels.describe('visa_type', pi.get('VisaType'))}; "
-                   f"issue reason: {labels.describe('issue_reason', p.get('IssueReason'))}")
+        out.append(
+            f"visa: {labels.describe('visa_type', pi.get('VisaType'))}; "
+            f"issue reason: {labels.describe('issue_reason', p.get('IssueReason'))}"
+        )
     level = (edu.get("EduLevel") or {}).get("Level")
     if level:
         remarks = (edu.get("EduLevel") or {}).get("OtherRemarks")
         out.append("level: " + labels.describe("edu_level", level) + (f" ({clean(remarks)})" if remarks else ""))
-    majors = [labels.describe("cip", edu[k]) for k in ("MajorCode1", "MajorCode2") if edu.get(k)
-              and edu[k] != "00.0000"]
+    majors = [
+        labels.describe("cip", edu[k]) for k in ("MajorCode1", "MajorCode2") if edu.get(k) and edu[k] != "00.0000"
+    ]
     if majors:
         out.append("program: " + "; ".join(majors))
     if edu.get("PrgStartDate") or edu.get("PrgEndDate"):
@@ -382,19 +499,25 @@ def create_summary(rec: Mapping[str, Any], labels: Labels) -> list[str]:
                 parts.append(f"{word} {money(v)}")
         return ", ".join(parts)
 
-    c = amounts(costs, (("Tuition", "tuition"), ("LivingExpense", "living"), ("DependentExp", "dependants"),
-                        ("Other", "other")))
-    f = amounts(funds, (("Personal", "personal"), ("School", "school"), ("Employment", "on-campus work"),
-                        ("Other", "other")))
+    c = amounts(
+        costs, (("Tuition", "tuition"), ("LivingExpense", "living"), ("DependentExp", "dependants"), ("Other", "other"))
+    )
+    f = amounts(
+        funds, (("Personal", "personal"), ("School", "school"), ("Employment", "on-campus work"), ("Other", "other"))
+    )
     if c or f:
         term = fin.get("AcademicTerm")
         out.append("costs" + (f" for {int(term)} months" if term and str(term).isdigit() else "") + f": {c or '-'}")
         out.append(f"funding: {f or '-'}")
     deps = (p.get("CreateDependent") or {}).get("Dependent") or []
     if deps:
-        out.append("dependants: " + "; ".join(
-            f"{_full_name(d.get('FullName'))} ({labels.describe('relationship', d.get('Relationship'))})"
-            for d in deps))
+        out.append(
+            "dependants: "
+            + "; ".join(
+                f"{_full_name(d.get('FullName'))} ({labels.describe('relationship', d.get('Relationship'))})"
+                for d in deps
+            )
+        )
     return out
 
 
@@ -446,8 +569,8 @@ class Filter:
 
     student: str | None = None
     name: str | None = None
-    status: str | None = None      # ready | held | waiting
-    element: str | None = None     # CreateStudent, PersonalInfo, Program, Program/Extension … (case-insensitive)
+    status: str | None = None  # ready | held | waiting
+    element: str | None = None  # CreateStudent, PersonalInfo, Program, Program/Extension … (case-insensitive)
 
     def active(self) -> bool:
         return any((self.student, self.name, self.status, self.element))
@@ -467,8 +590,12 @@ class Filter:
         return True
 
     def describe(self) -> str:
-        parts = [f"student {self.student}" if self.student else "", f"name contains {self.name!r}" if self.name else "",
-                 f"status {self.status}" if self.status else "", f"element {self.element}" if self.element else ""]
+        parts = [
+            f"student {self.student}" if self.student else "",
+            f"name contains {self.name!r}" if self.name else "",
+            f"status {self.status}" if self.status else "",
+            f"element {self.element}" if self.element else "",
+        ]
         return ", ".join(clean(p) for p in parts if p)
 
 
@@ -484,9 +611,11 @@ def _header(view: BatchView, shown: list[dict[str, Any]], flt: Filter) -> list[s
     if not c["records"]:
         lines.append("The open batch is empty: nothing waits to be sent to SEVIS.")
         return lines
-    lines.append(f"{_n(c['records'], 'record')}: {_n(c['creates'], _new_word(view.org_id))}, "
-                 f"{_n(c['updates'], 'update')}. "
-                 f"Ready to send: {c['ready']}; held: {c['held']}; waiting for a SEVIS ID: {c['waiting']}.")
+    lines.append(
+        f"{_n(c['records'], 'record')}: {_n(c['creates'], _new_word(view.org_id))}, "
+        f"{_n(c['updates'], 'update')}. "
+        f"Ready to send: {c['ready']}; held: {c['held']}; waiting for a SEVIS ID: {c['waiting']}."
+    )
     if flt.active():
         lines.append(f"Showing {len(shown)} of {c['records']} ({flt.describe()}).")
     return lines
@@ -510,8 +639,8 @@ def _hold_parts(view: BatchView, tz: str, only: str | None = None) -> list[tuple
         who = h.get("by") or h.get("dso_user_id")
         why = h.get("why")
         text = h.get("reason") or ""
-        if why is None and text.startswith("held by "):   # older holds: the batcher's "held by <who>: <why>"
-            said_by, _, why = text[len("held by "):].partition(": ")
+        if why is None and text.startswith("held by "):  # older holds: the batcher's "held by <who>: <why>"
+            said_by, _, why = text[len("held by ") :].partition(": ")
             who = who or (said_by if said_by != "a DSO" else None)
         elif why is None:
             why = text or None
@@ -529,8 +658,7 @@ def _holds(view: BatchView, tz: str, only: str | None = None) -> list[str]:
     parts = _hold_parts(view, tz, only)
     if not parts:
         return []
-    return [HOLDS_TITLE] + [f"  {key}" + (f" {name}" if name else "") + ": " + "; ".join(p)
-                            for key, name, p in parts]
+    return [HOLDS_TITLE] + [f"  {key}" + (f" {name}" if name else "") + ": " + "; ".join(p) for key, name, p in parts]
 
 
 def _holds_grid(view: BatchView, tz: str, only: str | None, width: int) -> list[Any]:
@@ -542,8 +670,9 @@ def _holds_grid(view: BatchView, tz: str, only: str | None, width: int) -> list[
     if not parts:
         return []
     con = Console(width=width, color_system=None, force_terminal=False, highlight=False)
-    rows = [[[Text(key, style="bold")] + ([Text(name)] if name else []), [Text(x) for x in p]]
-            for key, name, p in parts]
+    rows = [
+        [[Text(key, style="bold")] + ([Text(name)] if name else []), [Text(x) for x in p]] for key, name, p in parts
+    ]
     return [Text(HOLDS_TITLE, style="bold"), _grid_piece(con, (18, max(30, min(width, 120) - 20)), rows)]
 
 
@@ -551,11 +680,12 @@ def _footer(view: BatchView, flt: Filter) -> list[str]:
     c = view.counts()
     if not c["ready"]:
         return []
-    out = [f"Close what you reviewed with: sevisflow batch close --revision {view.revision} "
-           "--dso <your SEVIS user id>"]
+    out = [f"Close what you reviewed with: sevisflow batch close --revision {view.revision} --dso <your SEVIS user id>"]
     if flt.active():
-        out.append(f"(a close takes all {_n(c['ready'], 'ready record')} of revision {view.revision}, "
-                   "not only the ones shown here)")
+        out.append(
+            f"(a close takes all {_n(c['ready'], 'ready record')} of revision {view.revision}, "
+            "not only the ones shown here)"
+        )
     return out
 
 
@@ -589,13 +719,17 @@ def record_lines(rec: Mapping[str, Any], labels: Labels, tz: str, verbose: bool 
     if verbose:
         tables = _tables(rec)
         out.append("SIS tables: " + (", ".join(clean(t) for t in tables) if tables else "(none: entered by a DSO)"))
-        out.append(f"record {clean(rec['record_id'])}, request {clean(rec['request_id'])}, "
-                   f"SEVIS ID {clean(rec.get('sevis_id') or '(none yet)')}, changed in revision {rec.get('rev')}")
+        out.append(
+            f"record {clean(rec['record_id'])}, request {clean(rec['request_id'])}, "
+            f"SEVIS ID {clean(rec.get('sevis_id') or '(none yet)')}, changed in revision {rec.get('rev')}"
+        )
         out.append("events: " + ", ".join(clean(e) for e in rec.get("event_ids") or []))
         for x in rec.get("replaced") or []:
-            out.append(f"replaced: the change of {when(x.get('at_ms'), tz)} (event {clean(x.get('event_id'))}) by "
-                       f"event {clean(x.get('by_event_id'))}"
-                       + (f", after batch {clean(x['requeued_from'])} was refused" if x.get("requeued_from") else ""))
+            out.append(
+                f"replaced: the change of {when(x.get('at_ms'), tz)} (event {clean(x.get('event_id'))}) by "
+                f"event {clean(x.get('by_event_id'))}"
+                + (f", after batch {clean(x['requeued_from'])} was refused" if x.get("requeued_from") else "")
+            )
     return out
 
 
@@ -603,7 +737,7 @@ def selected(view: BatchView, flt: Filter) -> list[dict[str, Any]]:
     """The records shown, most urgent first (by legal due day, when :func:`annotate_due` set one), then in
     the order they will be sent."""
     recs = [r for r in view.open_records() if flt.keep(r)]
-    return sorted(recs, key=lambda r: (r["due"]["on"] if r.get("due") else "9999-12-31"))
+    return sorted(recs, key=lambda r: r["due"]["on"] if r.get("due") else "9999-12-31")
 
 
 def annotate_due(view: BatchView, deadlines: Deadlines, today: date) -> None:
@@ -612,14 +746,23 @@ def annotate_due(view: BatchView, deadlines: Deadlines, today: date) -> None:
         due = deadlines.due(r["kind"], first_change_ms(r), session_start_of(r))
         if due is None:
             continue
-        view.records[rid] = {**r, "due": {
-            "on": due.due_on.isoformat(), "days_left": (due.due_on - today).days,
-            "band": deadlines.band(due.due_on, today), "rule": due.rule.name, "limit_days": due.rule.days,
-            "clock": due.rule.clock, "clock_start": due.clock_start.isoformat(), "source": due.rule.source}}
+        view.records[rid] = {
+            **r,
+            "due": {
+                "on": due.due_on.isoformat(),
+                "days_left": (due.due_on - today).days,
+                "band": deadlines.band(due.due_on, today),
+                "rule": due.rule.name,
+                "limit_days": due.rule.days,
+                "clock": due.rule.clock,
+                "clock_start": due.clock_start.isoformat(),
+                "source": due.rule.source,
+            },
+        }
 
 
 def due_line(rec: Mapping[str, Any]) -> str | None:
-    """"due Oct 11, 2026 (in 5 days)" with the rule, or None when no legal limit applies."""
+    """ "due Oct 11, 2026 (in 5 days)" with the rule, or None when no legal limit applies."""
     d = rec.get("due")
     if not d:
         return None
@@ -630,8 +773,9 @@ def due_line(rec: Mapping[str, Any]) -> str | None:
     return f"{head} {day(d['on'])} ({when_}): {d['limit_days']}-day limit from {start}"
 
 
-def show_lines(view: BatchView, tz: str, labels: Labels, flt: Filter = Filter(),
-               verbose: bool = False) -> Iterator[str]:
+def show_lines(
+    view: BatchView, tz: str, labels: Labels, flt: Filter = Filter(), verbose: bool = False
+) -> Iterator[str]:
     """The open batch as plain lines (a pipe, a file, an e-mail): one block per record."""
     recs = selected(view, flt)
     yield from _header(view, recs, flt)
@@ -666,7 +810,7 @@ def _widths(width: int, count: int) -> tuple[int, int, int, int]:
     num = max(2, len(str(max(count, 1))))
     student = 18 if width >= 90 else 14
     status = 20 if width >= 120 else 11
-    change = max(24, min(100, width - num - student - status - 6))   # 2 spaces between the 4 columns
+    change = max(24, min(100, width - num - student - status - 6))  # 2 spaces between the 4 columns
     return num, student, change, status
 
 
@@ -728,8 +872,9 @@ class _Lines:
             yield Segment.line()
 
 
-def show_table(view: BatchView, tz: str, labels: Labels, flt: Filter = Filter(), verbose: bool = False,
-               width: int = 100) -> Iterator[Any]:
+def show_table(
+    view: BatchView, tz: str, labels: Labels, flt: Filter = Filter(), verbose: bool = False, width: int = 100
+) -> Iterator[Any]:
     """The open batch as rich renderables for a terminal of ``width`` columns, produced piece by
     piece: a header, the table in pieces of :data:`CHUNK` records (same columns), the holds."""
     from rich.console import Console
@@ -745,19 +890,37 @@ def show_table(view: BatchView, tz: str, labels: Labels, flt: Filter = Filter(),
         top.append("─" * min(width, sum(widths) + 2 * (len(widths) - 1)), style="dim")
     for start in range(0, len(recs), CHUNK):
         rows = []
-        for i, r in enumerate(recs[start:start + CHUNK], start + 1):
+        for i, r in enumerate(recs[start : start + CHUNK], start + 1):
             who = [Text(clean(r["student_key"]), style="bold")]
             if r.get("display_name"):
                 who.append(Text(clean(r["display_name"])))
             body = [Text.assemble((title(r), "bold"), (f" ({element(r)})", "dim"))]
             for line in record_lines(r, labels, tz, verbose or bool(flt.student)):
-                quiet = line.startswith(("replaces ", "SIS tables", "record ", "events: ", "replaced: ",
-                                         "reported by DSO", "entered by a DSO")) or " in the SIS on " in line
+                quiet = (
+                    line.startswith(
+                        (
+                            "replaces ",
+                            "SIS tables",
+                            "record ",
+                            "events: ",
+                            "replaced: ",
+                            "reported by DSO",
+                            "entered by a DSO",
+                        )
+                    )
+                    or " in the SIS on " in line
+                )
                 alert = line.startswith(("! ", "OVERDUE", "URGENT"))
                 body.append(Text(line, style="red" if alert else ("dim" if quiet else "")))
             st = status_words(r)
-            rows.append([[Text(str(i).rjust(widths[0]))], who, body,
-                         [Text(st, style={"ready": "green", "held": "yellow"}.get(st, "cyan"))]])
+            rows.append(
+                [
+                    [Text(str(i).rjust(widths[0]))],
+                    who,
+                    body,
+                    [Text(st, style={"ready": "green", "held": "yellow"}.get(st, "cyan"))],
+                ]
+            )
         piece = _grid_piece(measure, widths, rows)
         if start == 0:
             piece.lines = top.lines + piece.lines
@@ -774,34 +937,59 @@ def show_table(view: BatchView, tz: str, labels: Labels, flt: Filter = Filter(),
 
 def show_json(view: BatchView, tz: str, labels: Labels, flt: Filter = Filter()) -> dict[str, Any]:
     """Everything of ``batch show`` for tools: raw values, the SIS tables, and the words shown to people."""
+
     def rec_json(r: Mapping[str, Any]) -> dict[str, Any]:
         lineage = r.get("lineage") or []
         last = lineage[-1] if lineage else {}
         chs = [] if r["kind"] == "Create" else changes(r, labels, tz)
         before, after = r.get("before") or {}, r.get("after") or {}
-        src = {"origin": r.get("origin") or "sis", "tables": _tables(r), "table": last.get("table"),
-               "commit_ts_ms": last.get("commit_ts_ms") or r.get("at_ms"),
-               "commit_time": when(last.get("commit_ts_ms") or r.get("at_ms"), tz),
-               "changes_merged": len(r.get("event_ids") or []), "words": source_words(r, tz, chs)}
+        src = {
+            "origin": r.get("origin") or "sis",
+            "tables": _tables(r),
+            "table": last.get("table"),
+            "commit_ts_ms": last.get("commit_ts_ms") or r.get("at_ms"),
+            "commit_time": when(last.get("commit_ts_ms") or r.get("at_ms"), tz),
+            "changes_merged": len(r.get("event_ids") or []),
+            "words": source_words(r, tz, chs),
+        }
         if last.get("command_id"):
             src.update(command_id=last["command_id"], dso_user_id=last.get("dso_user_id"))
         return {
-            "record_id": r["record_id"], "request_id": r["request_id"], "student_key": r["student_key"],
-            "display_name": r.get("display_name"), "sevis_id": r.get("sevis_id"), "section": r["section"],
-            "element": element(r), "title": title(r), "kind": r["kind"], "status": r["status"],
+            "record_id": r["record_id"],
+            "request_id": r["request_id"],
+            "student_key": r["student_key"],
+            "display_name": r.get("display_name"),
+            "sevis_id": r.get("sevis_id"),
+            "section": r["section"],
+            "element": element(r),
+            "title": title(r),
+            "kind": r["kind"],
+            "status": r["status"],
             "status_words": status_words(r),
-            "changes": [{"field": k, "before": before.get(k), "after": after.get(k)}
-                        for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)],
+            "changes": [
+                {"field": k, "before": before.get(k), "after": after.get(k)}
+                for k in sorted(set(before) | set(after))
+                if before.get(k) != after.get(k)
+            ],
             "changes_words": [{"field": c.field, "label": c.label, "before": c.before, "after": c.after} for c in chs],
             "summary": create_summary(r, labels) if r["kind"] == "Create" else [],
-            "source": src, "problems": list(r.get("problems") or []), "replaced": list(r.get("replaced") or []),
-            "event_ids": list(r.get("event_ids") or []), "revision": r.get("rev"), "due": r.get("due"),
+            "source": src,
+            "problems": list(r.get("problems") or []),
+            "replaced": list(r.get("replaced") or []),
+            "event_ids": list(r.get("event_ids") or []),
+            "revision": r.get("rev"),
+            "due": r.get("due"),
         }
 
     held = [{"student_key": k, **{x: v.get(x) for x in sorted(v)}} for k, v in sorted(view.held.items())]
-    return {"org_id": view.org_id, "revision": view.revision, "counts": view.counts(),
-            "filters": {k: v for k, v in vars(flt).items() if v}, "held_students": held,
-            "records": [rec_json(r) for r in selected(view, flt)]}
+    return {
+        "org_id": view.org_id,
+        "revision": view.revision,
+        "counts": view.counts(),
+        "filters": {k: v for k, v in vars(flt).items() if v},
+        "held_students": held,
+        "records": [rec_json(r) for r in selected(view, flt)],
+    }
 
 
 # ----------------------------------------------------------------------------- closed batches
@@ -832,8 +1020,9 @@ def batch_state(b: ClosedBatch) -> str:
     waiting = max(0, len(b.records) - len(b.results))
     if not b.results:
         return "uploaded, no SEVIS result yet" if b.status == "accepted" else "closed, no SEVIS result yet"
-    parts = [f"{ok} accepted by SEVIS", f"{bad} rejected by SEVIS"] + ([f"{waiting} without result yet"]
-                                                                       if waiting else [])
+    parts = [f"{ok} accepted by SEVIS", f"{bad} rejected by SEVIS"] + (
+        [f"{waiting} without result yet"] if waiting else []
+    )
     return ", ".join(parts)
 
 
@@ -841,16 +1030,26 @@ def batch_rows(b: ClosedBatch) -> list[tuple[str, str, str, str, str, str]]:
     rows = []
     for r in b.records:
         res = b.results.get(r["request_id"])
-        rows.append((clean(r["request_id"]), clean(r["student_key"]), clean(r.get("display_name") or ""),
-                     f"{title(r)} ({element(r)})", result_words(res), result_detail(res)))
+        rows.append(
+            (
+                clean(r["request_id"]),
+                clean(r["student_key"]),
+                clean(r.get("display_name") or ""),
+                f"{title(r)} ({element(r)})",
+                result_words(res),
+                result_detail(res),
+            )
+        )
     return rows
 
 
 def batch_header(view: BatchView, b: ClosedBatch, tz: str) -> list[str]:
-    return [f"Batch {clean(b.batch_id)} of {clean(view.org_id)}: {_n(len(b.records), 'record')} "
-            f"({_n(b.creates, _new_word(view.org_id))}, {_n(b.updates, 'update')})",
-            f"Closed by {clean(b.closed_by or 'the scheduler (no person reviewed it)')} on {when(b.at_ms, tz)}; "
-            f"{batch_state(b)}"]
+    return [
+        f"Batch {clean(b.batch_id)} of {clean(view.org_id)}: {_n(len(b.records), 'record')} "
+        f"({_n(b.creates, _new_word(view.org_id))}, {_n(b.updates, 'update')})",
+        f"Closed by {clean(b.closed_by or 'the scheduler (no person reviewed it)')} on {when(b.at_ms, tz)}; "
+        f"{batch_state(b)}",
+    ]
 
 
 def batch_lines(view: BatchView, b: ClosedBatch, tz: str) -> Iterator[str]:
@@ -893,14 +1092,25 @@ def batch_table(view: BatchView, b: ClosedBatch, tz: str) -> list[Any]:
 
 def list_rows(view: BatchView, tz: str, limit: int) -> list[tuple[str, ...]]:
     batches = sorted(view.batches.values(), key=lambda b: b.batch_id, reverse=True)[:limit]
-    return [(clean(b.batch_id), when(b.at_ms, tz), clean(b.closed_by or "scheduler"), str(b.creates), str(b.updates),
-             batch_state(b)) for b in batches]
+    return [
+        (
+            clean(b.batch_id),
+            when(b.at_ms, tz),
+            clean(b.closed_by or "scheduler"),
+            str(b.creates),
+            str(b.updates),
+            batch_state(b),
+        )
+        for b in batches
+    ]
 
 
 def list_header(view: BatchView) -> list[str]:
     c = view.counts()
-    return [f"Open batch of {clean(view.org_id)} (revision {view.revision}): {_n(c['records'], 'record')} "
-            f"({c['ready']} ready, {c['held']} held, {c['waiting']} waiting for SEVIS ID)"]
+    return [
+        f"Open batch of {clean(view.org_id)} (revision {view.revision}): {_n(c['records'], 'record')} "
+        f"({c['ready']} ready, {c['held']} held, {c['waiting']} waiting for SEVIS ID)"
+    ]
 
 
 def list_table(view: BatchView, tz: str, limit: int) -> list[Any]:
@@ -937,8 +1147,16 @@ def render_text(renderables: Iterable[Any], width: int) -> str:
     """Renderables as plain text of ``width`` columns (no colours): for golden files and captures."""
     from rich.console import Console
 
-    con = Console(width=width, color_system=None, force_terminal=False, legacy_windows=False, record=False,
-                  no_color=True, highlight=False, soft_wrap=False)
+    con = Console(
+        width=width,
+        color_system=None,
+        force_terminal=False,
+        legacy_windows=False,
+        record=False,
+        no_color=True,
+        highlight=False,
+        soft_wrap=False,
+    )
     with con.capture() as cap:
         print_renderables(con, renderables)
     return "\n".join(line.rstrip() for line in cap.get().rstrip("\n").split("\n")) + "\n"

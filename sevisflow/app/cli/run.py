@@ -18,15 +18,23 @@ from sevisflow.core.log import safe_message
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="run all stages together in one process",
-                       description="Runs the connector, processors and sinks as threads of one process. "
-                                   "SIGTERM or Ctrl-C drains them and exits. Without a SEVIS client "
-                                   "certificate, `--skip sink-sevis` runs everything up to the XML outbox.")
-    p.add_argument("--stages", default=",".join(STAGES),
-                   help=f"comma-separated subset (default all: {','.join(STAGES)})")
-    p.add_argument("--skip", default="", metavar="STAGES",
-                   help="comma-separated stages not to run, e.g. `--skip sink-sevis` to write the XML outbox "
-                        "without uploading to SEVIS")
+    p = sub.add_parser(
+        "run",
+        help="run all stages together in one process",
+        description="Runs the connector, processors and sinks as threads of one process. "
+        "SIGTERM or Ctrl-C drains them and exits. Without a SEVIS client "
+        "certificate, `--skip sink-sevis` runs everything up to the XML outbox.",
+    )
+    p.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated subset (default all: {','.join(STAGES)})"
+    )
+    p.add_argument(
+        "--skip",
+        default="",
+        metavar="STAGES",
+        help="comma-separated stages not to run, e.g. `--skip sink-sevis` to write the XML outbox "
+        "without uploading to SEVIS",
+    )
     p.set_defaults(func=run)
 
 
@@ -49,8 +57,9 @@ def failure_message(failed: list[StageThread], names: list[str]) -> str:
     err = first.error
     assert err is not None
     why = safe_message(err)
-    text = f"stage {first.name} failed: {type(err).__name__}" + (f": {why}" if why else
-                                                                 " (traceback in the stage.failed log line)")
+    text = f"stage {first.name} failed: {type(err).__name__}" + (
+        f": {why}" if why else " (traceback in the stage.failed log line)"
+    )
     others = [n for n in names if n not in {t.name for t in failed}]
     if others:
         text += f"; stopped the other stages too: {', '.join(others)}"

@@ -14,23 +14,34 @@ import argparse
 import json
 from pathlib import Path
 
-from sevisflow.deploy.local.stack import StackInfo, stack_status, stacks_root, start_stack, stop_stack
 from sevisflow.core.errors import SevisflowError
+from sevisflow.deploy.local.stack import StackInfo, stack_status, stacks_root, start_stack, stop_stack
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("stack", help="start/stop a local Kafka + PostgreSQL",
-                       description="A real Apache Kafka (KRaft) and PostgreSQL (wal_level=logical) on free ports.")
+    p = sub.add_parser(
+        "stack",
+        help="start/stop a local Kafka + PostgreSQL",
+        description="A real Apache Kafka (KRaft) and PostgreSQL (wal_level=logical) on free ports.",
+    )
     ssub = p.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
     up = ssub.add_parser("up", help="start a stack in the background")
     up.add_argument("--name", default="default", help="stack name (several may run at once)")
     up.add_argument("--no-postgres", action="store_true", help="start only Kafka")
     up.add_argument("--no-kafka", action="store_true", help="start only PostgreSQL")
-    up.add_argument("--brokers", type=int, default=1, metavar="N",
-                    help="Kafka nodes: 1 (default) or 3 for a replicated KRaft cluster (RF 3, min.insync.replicas 2)")
-    up.add_argument("--secure", action="store_true",
-                    help="Kafka requires TLS (client certificates from a throwaway CA) and SASL/SCRAM-SHA-512, and "
-                         "authorizes every request: one user per principal ([acls] settings) with its ACLs")
+    up.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Kafka nodes: 1 (default) or 3 for a replicated KRaft cluster (RF 3, min.insync.replicas 2)",
+    )
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="Kafka requires TLS (client certificates from a throwaway CA) and SASL/SCRAM-SHA-512, and "
+        "authorizes every request: one user per principal ([acls] settings) with its ACLs",
+    )
     up.set_defaults(func=cmd_up)
     down = ssub.add_parser("down", help="stop a stack and delete its data")
     down.add_argument("--name", default="default")
@@ -47,7 +58,9 @@ def _base(name: str) -> Path:
 def cmd_up(args: argparse.Namespace) -> int:
     base = _base(args.name)
     if (base / "stack.json").exists():
-        raise SevisflowError(f"stack {args.name!r} is already up ({base}); run `sevisflow stack down --name {args.name}`")
+        raise SevisflowError(
+            f"stack {args.name!r} is already up ({base}); run `sevisflow stack down --name {args.name}`"
+        )
     if args.brokers < 1:
         raise SevisflowError("--brokers must be at least 1")
     acl_settings = None
@@ -55,9 +68,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         from sevisflow.app.cli.common import settings_from_args
 
         acl_settings = settings_from_args(args)  # [acls] principal names and the topic names the ACLs cover
-    info = start_stack(name=args.name, base=base, postgres=not args.no_postgres, kafka=not args.no_kafka,
-                       kafka_brokers=args.brokers, kafka_security="sasl_ssl" if args.secure else "plaintext",
-                       acl_settings=acl_settings)
+    info = start_stack(
+        name=args.name,
+        base=base,
+        postgres=not args.no_postgres,
+        kafka=not args.no_kafka,
+        kafka_brokers=args.brokers,
+        kafka_security="sasl_ssl" if args.secure else "plaintext",
+        acl_settings=acl_settings,
+    )
     env = info.env()
     if args.brokers >= 3 and not args.no_kafka:
         env["SEVISFLOW_KAFKA_REPLICATION_FACTOR"] = "3"
@@ -67,9 +86,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     for k, v in env.items():
         print(f"  {k}={v}")
     if info.extra.get("principals_dir"):
-        print(f"That is the operator (a super user: topics apply, acls apply). Each stage, DSO and auditor has its "
-              f"own user and rights (docs/SECURITY.md); run it with its file:\n  source "
-              f"{Path(info.extra['principals_dir']) / '<user>.env'}")
+        print(
+            f"That is the operator (a super user: topics apply, acls apply). Each stage, DSO and auditor has its "
+            f"own user and rights (docs/SECURITY.md); run it with its file:\n  source "
+            f"{Path(info.extra['principals_dir']) / '<user>.env'}"
+        )
         for user in sorted(info.kafka.principal_password_files if info.kafka else {}):
             print(f"  {user}")
     return 0

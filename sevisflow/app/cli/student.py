@@ -35,74 +35,143 @@ from typing import Any
 
 import orjson
 
-from sevisflow.processors.sevis_events.hygiene import require_clean_add_info
-from sevisflow.app.cli.batch import (KAFKA_TIMEOUT_S, ORG_HELP, await_answer, await_view, check_kafka, end_offsets,
-                                     new_command, org_of, send_command)
+from sevisflow.app.cli.batch import (
+    KAFKA_TIMEOUT_S,
+    ORG_HELP,
+    await_answer,
+    await_view,
+    check_kafka,
+    end_offsets,
+    new_command,
+    org_of,
+    send_command,
+)
 from sevisflow.app.cli.common import add_json_flag, print_json, settings_from_args
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import SevisflowError
 from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import registry
+from sevisflow.processors.sevis_events.hygiene import require_clean_add_info
 
 EVENT_SCHEMA = "sevisflow.events.SevisEvent"
 SEVIS_ID = re.compile(r"^N\d{10}$")
 RELATIONSHIP = {"spouse": "01", "child": "02", "01": "01", "02": "02"}
 VISA = {"f-2": "04", "f2": "04", "04": "04", "m-2": "05", "m2": "05", "05": "05"}
-DEP_KEYS = {"last", "first", "birth-date", "gender", "birth-city", "birth-country", "citizenship",
-            "relationship", "visa", "email"}
+DEP_KEYS = {
+    "last",
+    "first",
+    "birth-date",
+    "gender",
+    "birth-city",
+    "birth-country",
+    "citizenship",
+    "relationship",
+    "visa",
+    "email",
+}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("student", help="add SEVIS-only information about a student (passport name, dependents) "
-                                       "or report a Reprint / Status Verify / DisciplinaryAction")
-    p.add_argument("--org", default=None, help=ORG_HELP + "; with a program number, `report reprint` asks for a new "
-                                                     "DS-2019 of the exchange visitor (EV Reprint)")
+    p = sub.add_parser(
+        "student",
+        help="add SEVIS-only information about a student (passport name, dependents) "
+        "or report a Reprint / Status Verify / DisciplinaryAction",
+    )
+    p.add_argument(
+        "--org",
+        default=None,
+        help=ORG_HELP + "; with a program number, `report reprint` asks for a new "
+        "DS-2019 of the exchange visitor (EV Reprint)",
+    )
     ssub = p.add_subparsers(dest="student_command", metavar="ACTION", required=True)
-    a = ssub.add_parser("add-info", help="record passport name / dependents for the next batch",
-                        description="Record SEVIS-only data; it goes into the open batch like any other change.")
+    a = ssub.add_parser(
+        "add-info",
+        help="record passport name / dependents for the next batch",
+        description="Record SEVIS-only data; it goes into the open batch like any other change.",
+    )
     a.add_argument("student", help="the student's id in the SIS (student key)")
-    a.add_argument("--passport", metavar="NAME",
-                   help="the name exactly as printed in the passport (SEVIS PassportName, ≤39 characters, no "
-                        "digits). Passport numbers and dates cannot be sent by batch: enter them in SEVIS RTI")
-    a.add_argument("--last-name", help="the student's last name in SEVIS (needed with --passport when the "
-                                       "pipeline has not seen it)")
-    a.add_argument("--dependent", action="append", default=[], metavar="SPEC",
-                   help="a new F-2/M-2 dependent, e.g. \"last=Li,first=Mei,birth-date=2019-03-02,gender=F,"
-                        "birth-country=CH,citizenship=CH,relationship=child,visa=F-2\" (birth-city, email optional); "
-                        "repeat for several")
-    a.add_argument("--sevis-id", help="the student's SEVIS ID (N + 10 digits) when the pipeline does not know it; "
-                                      "refused when it differs from the one SEVIS returned or the pipeline knows")
-    a.add_argument("--dso", default=None, metavar="USERID",
-                   help="your SEVIS user id, recorded as who added it (default: school.default_dso)")
-    a.add_argument("--yes", action="store_true", help="on a terminal, add without asking to confirm the codes' meanings")
+    a.add_argument(
+        "--passport",
+        metavar="NAME",
+        help="the name exactly as printed in the passport (SEVIS PassportName, ≤39 characters, no "
+        "digits). Passport numbers and dates cannot be sent by batch: enter them in SEVIS RTI",
+    )
+    a.add_argument(
+        "--last-name",
+        help="the student's last name in SEVIS (needed with --passport when the pipeline has not seen it)",
+    )
+    a.add_argument(
+        "--dependent",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help='a new F-2/M-2 dependent, e.g. "last=Li,first=Mei,birth-date=2019-03-02,gender=F,'
+        'birth-country=CH,citizenship=CH,relationship=child,visa=F-2" (birth-city, email optional); '
+        "repeat for several",
+    )
+    a.add_argument(
+        "--sevis-id",
+        help="the student's SEVIS ID (N + 10 digits) when the pipeline does not know it; "
+        "refused when it differs from the one SEVIS returned or the pipeline knows",
+    )
+    a.add_argument(
+        "--dso",
+        default=None,
+        metavar="USERID",
+        help="your SEVIS user id, recorded as who added it (default: school.default_dso)",
+    )
+    a.add_argument(
+        "--yes", action="store_true", help="on a terminal, add without asking to confirm the codes' meanings"
+    )
     a.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
-    a.add_argument("--print-form", choices=("true", "false"), default=None,
-                   help="ask SEVIS for a new I-20 (default: true for dependents, false for the passport name)")
+    a.add_argument(
+        "--print-form",
+        choices=("true", "false"),
+        default=None,
+        help="ask SEVIS for a new I-20 (default: true for dependents, false for the passport name)",
+    )
     add_json_flag(a)
     a.set_defaults(func=cmd_add_info)
 
-    r = ssub.add_parser("report", help="report a Reprint, Status/Verify or DisciplinaryAction for the next batch",
-                        description="Report a SEVIS event no SIS change triggers; it goes into the open batch with "
-                                    "you as its origin, to be reviewed and closed like any other record.")
+    r = ssub.add_parser(
+        "report",
+        help="report a Reprint, Status/Verify or DisciplinaryAction for the next batch",
+        description="Report a SEVIS event no SIS change triggers; it goes into the open batch with "
+        "you as its origin, to be reviewed and closed like any other record.",
+    )
     r.add_argument("student", help="the student's id in the SIS (student key)")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dso", default=None, metavar="USERID",
-                        help="your SEVIS user id (exactly 10 characters), recorded as who reported it "
-                             "(default: school.default_dso)")
+    common.add_argument(
+        "--dso",
+        default=None,
+        metavar="USERID",
+        help="your SEVIS user id (exactly 10 characters), recorded as who reported it (default: school.default_dso)",
+    )
     common.add_argument("--sevis-id", help="the student's SEVIS ID (N + 10 digits) when the pipeline does not know it")
     common.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the batcher (default 30)")
     add_json_flag(common)
     rsub = r.add_subparsers(dest="report_event", metavar="EVENT", required=True)
     rp = rsub.add_parser("reprint", parents=[common], help="Reprint: SEVIS prints a new I-20 (travel, lost, damaged)")
-    rp.add_argument("--reason", required=True, metavar="CODE",
-                    help="SEVIS reprint reason code (StudentReprintRequestReasonType: 01, 02, 03, 04, 50, 53; for an "
-                         "exchange program's EV, EVReprintRequestReasonType: 05, 12, 13, 14)")
+    rp.add_argument(
+        "--reason",
+        required=True,
+        metavar="CODE",
+        help="SEVIS reprint reason code (StudentReprintRequestReasonType: 01, 02, 03, 04, 50, 53; for an "
+        "exchange program's EV, EVReprintRequestReasonType: 05, 12, 13, 14)",
+    )
     rp.add_argument("--remarks", default=None, help="optional remarks (≤500 characters)")
-    rp.add_argument("--print-form", choices=("true", "false"), default=None,
-                    help="whether SEVIS prints the form (XSD default: true)")
+    rp.add_argument(
+        "--print-form",
+        choices=("true", "false"),
+        default=None,
+        help="whether SEVIS prints the form (XSD default: true)",
+    )
     rsub.add_parser("verify", parents=[common], help="Status/Verify: verify the student's status")
-    dp = rsub.add_parser("disciplinary", parents=[common],
-                         help="DisciplinaryAction: a disciplinary action the school took against the student")
+    dp = rsub.add_parser(
+        "disciplinary",
+        parents=[common],
+        help="DisciplinaryAction: a disciplinary action the school took against the student",
+    )
     dp.add_argument("--explanation", required=True, help="what happened (1-500 characters; sent to SEVIS)")
     r.set_defaults(func=cmd_report)
 
@@ -133,9 +202,14 @@ def _name(value: str, what: str, max_len: int, required: bool = True) -> str:
     if len(value) > max_len:
         raise SevisflowError(f"{what} is {len(value)} characters long; SEVIS allows at most {max_len}")
     if any(c.isdigit() for c in value):
-        raise SevisflowError(f"{what} may not contain digits (SEVIS rule)"
-                             + ("; passport numbers cannot be sent in a student batch — enter them in SEVIS RTI"
-                                if what == "passport name" else ""))
+        raise SevisflowError(
+            f"{what} may not contain digits (SEVIS rule)"
+            + (
+                "; passport numbers cannot be sent in a student batch — enter them in SEVIS RTI"
+                if what == "passport name"
+                else ""
+            )
+        )
     return value
 
 
@@ -146,8 +220,10 @@ def _country(value: str, what: str, settings: Settings, type_name: str) -> str:
         if not re.fullmatch(r"[A-Z]{2}", value):
             raise SevisflowError(f"{what} {value!r} is not a two-letter SEVIS country code")
     elif value not in codes:
-        raise SevisflowError(f"{what} {value!r} is not a SEVIS country code ({type_name}); SEVIS uses its own "
-                             "codes, e.g. CH = China, GM = Germany, KS = South Korea")
+        raise SevisflowError(
+            f"{what} {value!r} is not a SEVIS country code ({type_name}); SEVIS uses its own "
+            "codes, e.g. CH = China, GM = Germany, KS = South Korea"
+        )
     return value
 
 
@@ -164,8 +240,9 @@ def parse_dependent(spec: str, settings: Settings) -> dict[str, Any]:
         if k not in DEP_KEYS:
             raise SevisflowError(f"--dependent: unknown key {k!r} (known: {', '.join(sorted(DEP_KEYS))})")
         fields[k] = v.strip()
-    missing = [k for k in ("last", "birth-date", "gender", "birth-country", "citizenship", "relationship")
-               if not fields.get(k)]
+    missing = [
+        k for k in ("last", "birth-date", "gender", "birth-country", "citizenship", "relationship") if not fields.get(k)
+    ]
     if missing:
         raise SevisflowError(f"--dependent: {', '.join(missing)} missing")
     try:
@@ -187,10 +264,13 @@ def parse_dependent(spec: str, settings: Settings) -> dict[str, Any]:
     if fields.get("first"):
         full["FirstName"] = _name(fields["first"], "dependent's first name", 80)
     payload: dict[str, Any] = {
-        "FullName": full, "BirthDate": born.isoformat(), "Gender": gender,
+        "FullName": full,
+        "BirthDate": born.isoformat(),
+        "Gender": gender,
         "BirthCountryCode": _country(fields["birth-country"], "birth-country", settings, "BirthCntryCodeType"),
         "CitizenshipCountryCode": _country(fields["citizenship"], "citizenship", settings, "CntryCodeWithoutType"),
-        "VisaType": visa, "Relationship": rel,
+        "VisaType": visa,
+        "Relationship": rel,
     }
     if fields.get("birth-city"):
         if len(fields["birth-city"]) > 100:
@@ -219,27 +299,39 @@ def _remarks(value: str, what: str) -> str:
         raise SevisflowError(f"{what} is {len(value)} characters long; SEVIS allows at most {REMARKS_MAX}: shorten it")
     bad = _XML_BAD.search(value)
     if bad:
-        raise SevisflowError(f"{what} contains a control character (U+{ord(bad.group()):04X} at position "
-                             f"{bad.start() + 1}) that a SEVIS batch cannot carry: remove it")
+        raise SevisflowError(
+            f"{what} contains a control character (U+{ord(bad.group()):04X} at position "
+            f"{bad.start() + 1}) that a SEVIS batch cannot carry: remove it"
+        )
     return value
 
 
-def report_event(event: str, settings: Settings, *, reason: str | None = None, remarks: str | None = None,
-                 print_form: str | None = None, explanation: str | None = None,
-                 ev: bool = False) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def report_event(
+    event: str,
+    settings: Settings,
+    *,
+    reason: str | None = None,
+    remarks: str | None = None,
+    print_form: str | None = None,
+    explanation: str | None = None,
+    ev: bool = False,
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(kind, payload, after) of a DSO-reported event, checked against the XSD's rules; raises with the fix.
     ``ev``: for an exchange program's EV batch (its RO/ARO reports): only ``reprint`` (a new DS-2019)."""
     if ev and event != "reprint":
-        raise SevisflowError(f"{event} is a student (F/M) event: an exchange program's RO/ARO can report a reprint "
-                             "of the DS-2019 (`report reprint`); other EV changes come from the SIS")
+        raise SevisflowError(
+            f"{event} is a student (F/M) event: an exchange program's RO/ARO can report a reprint "
+            "of the DS-2019 (`report reprint`); other EV changes come from the SIS"
+        )
     if event == "reprint":
         code = (reason or "").strip()
         type_name = EV_REPRINT_REASONS_TYPE if ev else REPRINT_REASONS_TYPE
         codes = code_list(settings.sevis.xsd_dir, type_name)
         if (codes is None and not re.fullmatch(r"\d{2}", code)) or (codes is not None and code not in codes):
             allowed = ", ".join(sorted(codes)) if codes else "two digits"
-            raise SevisflowError(f"--reason {code!r} is not a SEVIS reprint reason code ({type_name}); "
-                                 f"use one of: {allowed}")
+            raise SevisflowError(
+                f"--reason {code!r} is not a SEVIS reprint reason code ({type_name}); use one of: {allowed}"
+            )
         payload: dict[str, Any] = {"Reason": code}
         if remarks is not None:
             payload["Remarks"] = _remarks(remarks, "--remarks")
@@ -273,15 +365,21 @@ def known_student(settings: Settings, org: str, student: str) -> dict[str, Any]:
             payload = orjson.loads(ev["payload_json"])
         except orjson.JSONDecodeError:
             continue
-        full = (payload.get("PersonalInfo") or {}).get("FullName") if ev["kind"] == "Create" else payload.get("FullName")
+        full = (
+            (payload.get("PersonalInfo") or {}).get("FullName") if ev["kind"] == "Create" else payload.get("FullName")
+        )
         if isinstance(full, dict) and full.get("LastName"):
             info["last_name"] = full["LastName"]
     return info
 
 
-CODE_FIELDS = (("BirthCountryCode", "birth country", "country"), ("CitizenshipCountryCode", "citizenship", "country"),
-               ("VisaType", "visa", "visa_type"), ("Relationship", "relationship", "relationship"),
-               ("Gender", "gender", "gender"))
+CODE_FIELDS = (
+    ("BirthCountryCode", "birth country", "country"),
+    ("CitizenshipCountryCode", "citizenship", "country"),
+    ("VisaType", "visa", "visa_type"),
+    ("Relationship", "relationship", "relationship"),
+    ("Gender", "gender", "gender"),
+)
 """The coded fields of a new dependent, and the label table (sevisflow.app.labels) that says what each code means."""
 
 
@@ -305,35 +403,57 @@ def sevis_id_from_sevis(settings: Settings, org: str, student: str) -> str | Non
         if (value := msg.value()) is None:
             continue
         res = registry().decode(value, "sevisflow.results.SevisResult")
-        if res.get("org_id") == org and res.get("student_key") == student and res.get("status") == "success" \
-                and res.get("sevis_id"):
+        if (
+            res.get("org_id") == org
+            and res.get("student_key") == student
+            and res.get("status") == "success"
+            and res.get("sevis_id")
+        ):
             found = res["sevis_id"]
     return found
 
 
-def settle_sevis_id(given: str | None, known: dict[str, Any], from_sevis: str | None, student: str,
-                    doing: str) -> str | None:
+def settle_sevis_id(
+    given: str | None, known: dict[str, Any], from_sevis: str | None, student: str, doing: str
+) -> str | None:
     """The SEVIS ID to use; refuses one that differs from what SEVIS returned or the pipeline knows."""
     reference = from_sevis or known.get("sevis_id")
     if given and reference and given != reference:
         where = "SEVIS returned" if from_sevis else "the pipeline knows (from the SIS)"
-        raise SevisflowError(f"--sevis-id {given} differs from {reference}, the SEVIS ID {where} for student "
-                             f"{student}; nothing was {doing}. Use {reference}, or correct the SIS record if it "
-                             "holds the wrong ID")
+        raise SevisflowError(
+            f"--sevis-id {given} differs from {reference}, the SEVIS ID {where} for student "
+            f"{student}; nothing was {doing}. Use {reference}, or correct the SIS record if it "
+            "holds the wrong ID"
+        )
     return given or reference
 
 
-def send_report(settings: Settings, org: str, student: str, dso: str, body: dict[str, Any], reason: str,
-                start: dict[int, int], timeout_s: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def send_report(
+    settings: Settings,
+    org: str,
+    student: str,
+    dso: str,
+    body: dict[str, Any],
+    reason: str,
+    start: dict[int, int],
+    timeout_s: float,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """One ``report`` command, and the batcher's answer: (command, the deciding event, the record)."""
     from sevisflow.app.cli.dso import principal_of
 
-    cmd = new_command(org, "report", dso_user_id=dso, student_key=student, reason=reason,
-                      payload_json=orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(),
-                      principal=principal_of(settings.kafka))
+    cmd = new_command(
+        org,
+        "report",
+        dso_user_id=dso,
+        student_key=student,
+        reason=reason,
+        payload_json=orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(),
+        principal=principal_of(settings.kafka),
+    )
     send_command(settings, cmd)
-    events = await_answer(settings, cmd["command_id"], start, {"record_added", "record_replaced", "record_held"},
-                          timeout_s)
+    events = await_answer(
+        settings, cmd["command_id"], start, {"record_added", "record_replaced", "record_held"}, timeout_s
+    )
     rejected = [e for e in events if e["type"] == "command_rejected"]
     if rejected:
         raise SevisflowError(f"the batcher refused: {rejected[0]['reason']}")
@@ -353,8 +473,10 @@ def cmd_add_info(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     org = org_of(args, settings)
     if settings.program(org) is not None:
-        raise SevisflowError(f"add-info sends F/M student data (PersonalInfo, Dependent/Add); exchange program {org} "
-                             "takes its exchange visitors' data and J-2 dependents from the SIS: nothing was added")
+        raise SevisflowError(
+            f"add-info sends F/M student data (PersonalInfo, Dependent/Add); exchange program {org} "
+            "takes its exchange visitors' data and J-2 dependents from the SIS: nothing was added"
+        )
     passport = _name(args.passport, "passport name", 39) if args.passport else None
     dependents = [parse_dependent(spec, settings) for spec in args.dependent]
     dso = dso_cli.resolve_dso(args.dso, settings, "added")
@@ -364,34 +486,61 @@ def cmd_add_info(args: argparse.Namespace) -> int:
     known = known_student(settings, org, args.student)
     if not known["seen"] and not dso_cli.known_to_pipeline(settings, load_open_view(settings, org), args.student):
         raise dso_cli.unknown_student(args.student, settings)
-    sevis_id = settle_sevis_id(args.sevis_id, known, sevis_id_from_sevis(settings, org, args.student), args.student,
-                               "added")
+    sevis_id = settle_sevis_id(
+        args.sevis_id, known, sevis_id_from_sevis(settings, org, args.student), args.student, "added"
+    )
     if not sevis_id:
-        raise SevisflowError(f"no SEVIS ID is known for student {args.student}: SEVIS-only data can be sent once "
-                             "the student is in SEVIS; give the ID with --sevis-id N0000000000")
+        raise SevisflowError(
+            f"no SEVIS ID is known for student {args.student}: SEVIS-only data can be sent once "
+            "the student is in SEVIS; give the ID with --sevis-id N0000000000"
+        )
     bodies: list[tuple[str, dict[str, Any]]] = []
     if passport:
         last = args.last_name or known["last_name"]
         if not last:
-            raise SevisflowError(f"the last name of student {args.student} is not known to the pipeline; give it "
-                                 "with --last-name (SEVIS needs it next to the passport name)")
+            raise SevisflowError(
+                f"the last name of student {args.student} is not known to the pipeline; give it "
+                "with --last-name (SEVIS needs it next to the passport name)"
+            )
         pf = args.print_form or "false"
-        bodies.append((f"passport name {passport}", {
-            "kind": "PersonalInfo", "coalesce_key": "PersonalInfo.PassportName", "sevis_id": sevis_id,
-            "payload": {"@printForm": pf, "FullName": {"LastName": _name(last, "last name", 80),
-                                                       "PassportName": passport}},
-            "after": {"passport_name": passport}, "display_name": known["display_name"]}))
+        bodies.append(
+            (
+                f"passport name {passport}",
+                {
+                    "kind": "PersonalInfo",
+                    "coalesce_key": "PersonalInfo.PassportName",
+                    "sevis_id": sevis_id,
+                    "payload": {
+                        "@printForm": pf,
+                        "FullName": {"LastName": _name(last, "last name", 80), "PassportName": passport},
+                    },
+                    "after": {"passport_name": passport},
+                    "display_name": known["display_name"],
+                },
+            )
+        )
     meanings = []
     for dep in dependents:
         pf = args.print_form or "true"
         ident = hashlib.sha256(orjson.dumps([dep["FullName"], dep["BirthDate"]], option=orjson.OPT_SORT_KEYS))
-        label = f"{dep['FullName']['LastName']}, {dep['FullName'].get('FirstName', '')} " \
-                f"({'spouse' if dep['Relationship'] == '01' else 'child'}, born {dep['BirthDate']})"
+        label = (
+            f"{dep['FullName']['LastName']}, {dep['FullName'].get('FirstName', '')} "
+            f"({'spouse' if dep['Relationship'] == '01' else 'child'}, born {dep['BirthDate']})"
+        )
         meanings.append((label, code_meanings(dep, settings)))
-        bodies.append((f"dependent {label}", {
-            "kind": "Dependent.Add", "coalesce_key": f"Dependent:new-{ident.hexdigest()[:10]}", "sevis_id": sevis_id,
-            "payload": {"@printForm": pf, **dep}, "after": {"new_dependent": label},
-            "display_name": known["display_name"]}))
+        bodies.append(
+            (
+                f"dependent {label}",
+                {
+                    "kind": "Dependent.Add",
+                    "coalesce_key": f"Dependent:new-{ident.hexdigest()[:10]}",
+                    "sevis_id": sevis_id,
+                    "payload": {"@printForm": pf, **dep},
+                    "after": {"new_dependent": label},
+                    "display_name": known["display_name"],
+                },
+            )
+        )
     if not args.json:
         print(f"Student {args.student} ({sevis_id}), as {dso}:")
         if passport:
@@ -400,28 +549,57 @@ def cmd_add_info(args: argparse.Namespace) -> int:
             print(f"  dependent {label}:")
             for what, meaning in codes:
                 print(f"    {what:<15} {meaning}")
-    if dso_cli.interactive() and not args.json and not args.yes \
-            and not dso_cli.confirm("Is every code what you mean? Type yes to add: "):
+    if (
+        dso_cli.interactive()
+        and not args.json
+        and not args.yes
+        and not dso_cli.confirm("Is every code what you mean? Type yes to add: ")
+    ):
         print("Nothing was added.")
         return 1
     start = end_offsets(settings, t.batches)
     results = []
     for what, body in bodies:
-        cmd, done, rec = send_report(settings, org, args.student, dso, body,
-                                     f"{body['kind']} added with sevisflow student add-info", start, args.timeout)
-        results.append({"command_id": cmd["command_id"], "kind": body["kind"], "coalesce_key": body["coalesce_key"],
-                        "record_id": rec["record_id"], "status": rec["status"], "outcome": done["type"], "what": what,
-                        "revision": done["revision"]})
+        cmd, done, rec = send_report(
+            settings,
+            org,
+            args.student,
+            dso,
+            body,
+            f"{body['kind']} added with sevisflow student add-info",
+            start,
+            args.timeout,
+        )
+        results.append(
+            {
+                "command_id": cmd["command_id"],
+                "kind": body["kind"],
+                "coalesce_key": body["coalesce_key"],
+                "record_id": rec["record_id"],
+                "status": rec["status"],
+                "outcome": done["type"],
+                "what": what,
+                "revision": done["revision"],
+            }
+        )
     await_view(settings, org, max(r["revision"] for r in results))
     if args.json:
-        print_json({"student_key": args.student, "sevis_id": sevis_id, "dso_user_id": dso, "records": results,
-                    "codes": [{"dependent": label, **dict(codes)}
-                              for label, codes in meanings]})
+        print_json(
+            {
+                "student_key": args.student,
+                "sevis_id": sevis_id,
+                "dso_user_id": dso,
+                "records": results,
+                "codes": [{"dependent": label, **dict(codes)} for label, codes in meanings],
+            }
+        )
     else:
         held = any(r["status"] == "held" for r in results)
-        print(f"Added to the open batch: {', '.join(r['what'] for r in results)}"
-              + (" (HELD: the student is on hold)" if held else "")
-              + ". Review them with `sevisflow batch show`; they go to SEVIS with the next batch you close.")
+        print(
+            f"Added to the open batch: {', '.join(r['what'] for r in results)}"
+            + (" (HELD: the student is on hold)" if held else "")
+            + ". Review them with `sevisflow batch show`; they go to SEVIS with the next batch you close."
+        )
     return 0
 
 
@@ -434,35 +612,71 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     org = org_of(args, settings)
     args.dso = resolve_dso(args.dso, settings, "reported", org=org)
-    kind, payload, after = report_event(args.report_event, settings, reason=getattr(args, "reason", None),
-                                        remarks=getattr(args, "remarks", None),
-                                        print_form=getattr(args, "print_form", None),
-                                        explanation=getattr(args, "explanation", None),
-                                        ev=settings.program(org) is not None)
-    check_kafka(settings, [settings.topics.events, settings.topics.commands, settings.topics.batches,
-                           settings.topics.results])
+    kind, payload, after = report_event(
+        args.report_event,
+        settings,
+        reason=getattr(args, "reason", None),
+        remarks=getattr(args, "remarks", None),
+        print_form=getattr(args, "print_form", None),
+        explanation=getattr(args, "explanation", None),
+        ev=settings.program(org) is not None,
+    )
+    check_kafka(
+        settings, [settings.topics.events, settings.topics.commands, settings.topics.batches, settings.topics.results]
+    )
     known = known_student(settings, org, args.student)
-    sevis_id = settle_sevis_id(args.sevis_id, known, sevis_id_from_sevis(settings, org, args.student), args.student,
-                               "reported")
+    sevis_id = settle_sevis_id(
+        args.sevis_id, known, sevis_id_from_sevis(settings, org, args.student), args.student, "reported"
+    )
     if not sevis_id:
-        raise SevisflowError(f"no SEVIS ID is known for student {args.student}: {kind} can only be sent for a "
-                             "student already in SEVIS; give the ID with --sevis-id N0000000000 (nothing was sent)")
+        raise SevisflowError(
+            f"no SEVIS ID is known for student {args.student}: {kind} can only be sent for a "
+            "student already in SEVIS; give the ID with --sevis-id N0000000000 (nothing was sent)"
+        )
     start = end_offsets(settings, settings.topics.batches)
-    body = {"kind": kind, "payload": payload, "sevis_id": sevis_id, "after": after,
-            "display_name": known["display_name"]}
-    cmd, done, rec = send_report(settings, org, args.student, args.dso, body,
-                                 f"{kind} reported with sevisflow student report", start, args.timeout)
+    body = {
+        "kind": kind,
+        "payload": payload,
+        "sevis_id": sevis_id,
+        "after": after,
+        "display_name": known["display_name"],
+    }
+    cmd, done, rec = send_report(
+        settings,
+        org,
+        args.student,
+        args.dso,
+        body,
+        f"{kind} reported with sevisflow student report",
+        start,
+        args.timeout,
+    )
     events = [done]
     rec = orjson.loads(done["record_json"])
     await_view(settings, org, max(e["revision"] for e in events))
     if args.json:
-        print_json({"command_id": cmd["command_id"], "student_key": args.student, "sevis_id": sevis_id,
-                    "kind": kind, "record_id": rec["record_id"], "request_id": rec["request_id"],
-                    "status": rec["status"], "outcome": done["type"], "dso_user_id": args.dso})
+        print_json(
+            {
+                "command_id": cmd["command_id"],
+                "student_key": args.student,
+                "sevis_id": sevis_id,
+                "kind": kind,
+                "record_id": rec["record_id"],
+                "request_id": rec["request_id"],
+                "status": rec["status"],
+                "outcome": done["type"],
+                "dso_user_id": args.dso,
+            }
+        )
     else:
-        note = {"record_added": "is in the open batch", "record_replaced": "replaces the earlier one in the open batch",
-                "record_held": "is in the open batch but HELD (the student is on hold)"}[done["type"]]
+        note = {
+            "record_added": "is in the open batch",
+            "record_replaced": "replaces the earlier one in the open batch",
+            "record_held": "is in the open batch but HELD (the student is on hold)",
+        }[done["type"]]
         show = f"sevisflow batch --org {org} show" if settings.program(org) else "sevisflow batch show"
-        print(f"{kind} for student {args.student} ({sevis_id}) {note}, reported by {args.dso}. Review it with "
-              f"`{show}`; it goes to SEVIS with the next batch you close.")
+        print(
+            f"{kind} for student {args.student} ({sevis_id}) {note}, reported by {args.dso}. Review it with "
+            f"`{show}`; it goes to SEVIS with the next batch you close."
+        )
     return 0

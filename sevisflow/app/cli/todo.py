@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import date, datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -32,10 +33,17 @@ BAND_WORDS = {"overdue": "OVERDUE", "urgent": "URGENT", "soon": "soon", "ok": "o
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("todo", help="the DSO's worklist: what to report or fix, by legal due day",
-                       description="Everything a DSO must act on, grouped per student, most urgent first.")
-    p.add_argument("--org", default=None, help="the OrgID: the school's SEVIS code (default: school.org_id of the "
-                                               "settings) or an exchange program's number (P-1-12345)")
+    p = sub.add_parser(
+        "todo",
+        help="the DSO's worklist: what to report or fix, by legal due day",
+        description="Everything a DSO must act on, grouped per student, most urgent first.",
+    )
+    p.add_argument(
+        "--org",
+        default=None,
+        help="the OrgID: the school's SEVIS code (default: school.org_id of the "
+        "settings) or an exchange program's number (P-1-12345)",
+    )
     p.add_argument("--student", help="only this student key")
     p.add_argument("--band", choices=("overdue", "urgent", "soon", "ok", "none"), help="only items in this band")
     p.add_argument("--all", action="store_true", help="also show items marked done")
@@ -47,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     done = tsub.add_parser("done", help="record that an item needs nothing more (who, why)")
     done.add_argument("item_id", metavar="ITEM", help="the item's id, as `sevisflow todo` shows it")
     done.add_argument("--dso", metavar="USERID", help="your SEVIS user id (or school.default_dso)")
-    done.add_argument("--note", required=True, help="what was done, e.g. \"reported in SEVIS RTI on 10/21\"")
+    done.add_argument("--note", required=True, help='what was done, e.g. "reported in SEVIS RTI on 10/21"')
     done.add_argument("--org", default=None, help=argparse.SUPPRESS)
     done.add_argument("--today", type=date.fromisoformat, help=argparse.SUPPRESS)
     done.set_defaults(func=cmd_done)
@@ -64,7 +72,7 @@ def deadlines_of(settings: Settings) -> Deadlines:
 def today_of(settings: Settings, given: date | None) -> date:
     if given is not None:
         return given
-    return datetime.now(timezone.utc).astimezone(ZoneInfo(settings.school.timezone)).date()
+    return datetime.now(UTC).astimezone(ZoneInfo(settings.school.timezone)).date()
 
 
 def read_students(settings: Settings) -> list[dict[str, Any]]:
@@ -134,8 +142,16 @@ def build(settings: Settings, org: str, today: date, include_done: bool) -> list
     view = load_view(settings, org, results=True)
     # term registrations are an F/M duty: an exchange program's list has its open records, rejections and letters
     students = [] if settings.program(org) is not None else read_students(settings)
-    return worklist(view.open_records(), view.batches.values(), students, read_letters(settings),
-                    read_done(settings, org), deadlines_of(settings), today, include_done)
+    return worklist(
+        view.open_records(),
+        view.batches.values(),
+        students,
+        read_letters(settings),
+        read_done(settings, org),
+        deadlines_of(settings),
+        today,
+        include_done,
+    )
 
 
 def _due_text(item: Item, today: date) -> str:
@@ -148,9 +164,11 @@ def _due_text(item: Item, today: date) -> str:
 
 def todo_lines(items: list[Item], today: date) -> Iterator[str]:
     counts = band_counts(items)
-    yield (f"Worklist for {today.isoformat()}: {len(items)} item(s) — {counts['overdue']} overdue, "
-           f"{counts['urgent']} urgent, {counts['soon']} soon, {counts['ok']} ok, {counts['none']} without a "
-           "legal limit")
+    yield (
+        f"Worklist for {today.isoformat()}: {len(items)} item(s) — {counts['overdue']} overdue, "
+        f"{counts['urgent']} urgent, {counts['soon']} soon, {counts['ok']} ok, {counts['none']} without a "
+        "legal limit"
+    )
     student: object = object()
     for i in items:
         if i.student_key != student:
@@ -161,8 +179,10 @@ def todo_lines(items: list[Item], today: date) -> Iterator[str]:
         for d in i.detail:
             yield clean(f"      {d}")
         if i.rule:
-            yield clean(f"      rule: {i.rule['limit_days']} days from the {i.rule['clock'].replace('_', ' ')} "
-                        f"({i.rule['source']})")
+            yield clean(
+                f"      rule: {i.rule['limit_days']} days from the {i.rule['clock'].replace('_', ' ')} "
+                f"({i.rule['source']})"
+            )
         yield clean(f"      to do: {i.action}")
         if i.done:
             yield clean(f"      done by {i.done.get('by')}: {i.done.get('note')}")
@@ -180,8 +200,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.band:
         items = [i for i in items if i.band == args.band]
     if args.json:
-        print_json({"org_id": org, "today": today.isoformat(), "counts": band_counts(items),
-                    "items": [i.to_json() for i in items]})
+        print_json(
+            {
+                "org_id": org,
+                "today": today.isoformat(),
+                "counts": band_counts(items),
+                "items": [i.to_json() for i in items],
+            }
+        )
         return 0
     lines = list(todo_lines(items, today))
     emit(lambda width: lines, lambda: lines, use_pager=not args.no_pager)
@@ -197,18 +223,29 @@ def cmd_done(args: argparse.Namespace) -> int:
     dso = resolve_dso(args.dso, settings, "marked done", org=org)
     note = (args.note or "").strip()
     if not note or len(note) > MAX_NOTE or any(ord(c) < 32 for c in note):
-        raise SevisflowError(f"not marked done: the note must be one line of 1–{MAX_NOTE} characters saying what "
-                             "was done")
+        raise SevisflowError(
+            f"not marked done: the note must be one line of 1–{MAX_NOTE} characters saying what was done"
+        )
     items = {i.item_id: i for i in build(settings, org, today_of(settings, args.today), include_done=True)}
     item = items.get(args.item_id)
     if item is None:
-        raise SevisflowError(f"not marked done: there is no item {args.item_id!r} in the worklist of {org} "
-                             "(run `sevisflow todo` for the ids)")
+        raise SevisflowError(
+            f"not marked done: there is no item {args.item_id!r} in the worklist of {org} "
+            "(run `sevisflow todo` for the ids)"
+        )
     if item.done is not None:
         print(f"item {item.item_id} was already marked done by {item.done.get('by')}: {item.done.get('note')}")
         return 0
-    mark = {"org_id": org, "item_id": item.item_id, "student_key": item.student_key, "title": item.title,
-            "by": dso, "principal": principal_of(settings.kafka), "note": note, "at_ms": int(time.time() * 1000)}
+    mark = {
+        "org_id": org,
+        "item_id": item.item_id,
+        "student_key": item.student_key,
+        "title": item.title,
+        "by": dso,
+        "principal": principal_of(settings.kafka),
+        "note": note,
+        "at_ms": int(time.time() * 1000),
+    }
     producer = make_producer(settings.kafka)
     errors: list[Any] = []
     produce(producer, settings.topics.worklist, org.encode(), orjson.dumps(mark), on_delivery=delivery_raiser(errors))

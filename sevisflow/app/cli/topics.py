@@ -18,9 +18,12 @@ from sevisflow.core.topics import all_topics, apply_topics, kafka_topic_resource
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("topics", help="manage the pipeline's Kafka topics (topics as code: deploy/topics.toml)",
-                       description="Topic specs: deploy/topics.toml (config, retention) + [kafka] settings "
-                                   "(partitions, replication_factor, min_insync_replicas) + [topics] names.")
+    p = sub.add_parser(
+        "topics",
+        help="manage the pipeline's Kafka topics (topics as code: deploy/topics.toml)",
+        description="Topic specs: deploy/topics.toml (config, retention) + [kafka] settings "
+        "(partitions, replication_factor, min_insync_replicas) + [topics] names.",
+    )
     tsub = p.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
 
     ls = tsub.add_parser("list", help="show every topic's spec (no Kafka needed)")
@@ -33,10 +36,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     a = tsub.add_parser("apply", help="show the diff to the cluster, then apply it (idempotent; never deletes)")
     a.add_argument("--dry-run", action="store_true", help="only show the diff")
-    a.add_argument("--allow-partition-increase", action="store_true",
-                   help="also add partitions (moves keys: drain the stages first, see docs/OPERATIONS.md)")
-    a.add_argument("--pipeline-only", action="store_true",
-                   help="only the topics between the stages (not change topics nor state changelogs)")
+    a.add_argument(
+        "--allow-partition-increase",
+        action="store_true",
+        help="also add partitions (moves keys: drain the stages first, see docs/OPERATIONS.md)",
+    )
+    a.add_argument(
+        "--pipeline-only",
+        action="store_true",
+        help="only the topics between the stages (not change topics nor state changelogs)",
+    )
     a.set_defaults(func=cmd_apply)
 
     m = tsub.add_parser("manifests", help="print Strimzi KafkaTopic resources (YAML) for every topic")
@@ -53,12 +62,27 @@ def _specs(args: argparse.Namespace) -> list[TopicSpec]:
 def cmd_list(args: argparse.Namespace) -> int:
     specs = _specs(args)
     if args.json:
-        print_json([{"name": s.name, "partitions": s.partitions, "replication_factor": s.replication_factor,
-                     "config": dict(s.config)} for s in specs])
+        print_json(
+            [
+                {
+                    "name": s.name,
+                    "partitions": s.partitions,
+                    "replication_factor": s.replication_factor,
+                    "config": dict(s.config),
+                }
+                for s in specs
+            ]
+        )
         return 0
-    print(format_table(["TOPIC", "PARTITIONS", "RF", "CONFIG"],
-                       [[s.name, s.partitions, s.replication_factor,
-                         " ".join(f"{k}={v}" for k, v in sorted(s.config.items()))] for s in specs]))
+    print(
+        format_table(
+            ["TOPIC", "PARTITIONS", "RF", "CONFIG"],
+            [
+                [s.name, s.partitions, s.replication_factor, " ".join(f"{k}={v}" for k, v in sorted(s.config.items()))]
+                for s in specs
+            ],
+        )
+    )
     return 0
 
 
@@ -73,10 +97,13 @@ def create(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     specs = _specs(args)
-    print(f"topics: {len(specs)} specs against {settings.kafka.bootstrap_servers}"
-          + (" (dry run)" if args.dry_run else ""))
-    plan = apply_topics(settings.kafka, specs, allow_partition_increase=args.allow_partition_increase,
-                        dry_run=args.dry_run, show=print)
+    print(
+        f"topics: {len(specs)} specs against {settings.kafka.bootstrap_servers}"
+        + (" (dry run)" if args.dry_run else "")
+    )
+    plan = apply_topics(
+        settings.kafka, specs, allow_partition_increase=args.allow_partition_increase, dry_run=args.dry_run, show=print
+    )
     if args.dry_run:
         return 0
     if not plan.empty():

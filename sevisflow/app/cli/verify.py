@@ -17,58 +17,83 @@ import argparse
 import sys
 import time
 
-from sevisflow.core.ledger import Ledger
 from sevisflow.app.audit.verify import Verdict, VerifyContext, verify_all, verify_batch
 from sevisflow.app.cli.common import add_json_flag, print_json, settings_from_args
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import SevisflowError
+from sevisflow.core.ledger import Ledger
 
 EXIT_VERIFIED, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "verify", help="prove archived batches by re-deriving them from the log (sha256)",
+        "verify",
+        help="prove archived batches by re-deriving them from the log (sha256)",
         description="Re-derive a batch from the retained topics (batcher, renderer and, with a mapping, "
-                    "normalize + sevis_events) and compare with the archived document; --all checks every "
-                    "batch and the audit ledger's hash chain.")
+        "normalize + sevis_events) and compare with the archived document; --all checks every "
+        "batch and the audit ledger's hash chain.",
+    )
     p.add_argument("batch_id", nargs="?", help="the BatchID to verify")
-    p.add_argument("--all", action="store_true", help="every batch of the outbox and of the batches topic, "
-                                                      "plus the ledger chain")
-    p.add_argument("--no-seal", action="store_true", help=argparse.SUPPRESS)  # verify no longer writes: kept for scripts
-    p.add_argument("--allow-skipped", action="store_true",
-                   help="exit 0 even when a check could not run (XSDs not loadable, a topic not readable); "
-                        "without it such a run exits 3")
-    p.add_argument("--head", default=None, metavar="HASH",
-                   help="--all: a ledger head noted earlier; fails when it is no longer in the chain")
-    p.add_argument("--anchored-as", default=None, metavar="PATH",
-                   help="--all on a copy of the outbox: the path of audit-ledger.jsonl where the sinks wrote it "
-                        "(the anchors on the ledger topic name it)")
-    p.add_argument("--no-sources", action="store_true",
-                   help="skip the change topics (no events/sources checks; much faster on big SIS histories)")
+    p.add_argument(
+        "--all", action="store_true", help="every batch of the outbox and of the batches topic, plus the ledger chain"
+    )
+    p.add_argument(
+        "--no-seal", action="store_true", help=argparse.SUPPRESS
+    )  # verify no longer writes: kept for scripts
+    p.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="exit 0 even when a check could not run (XSDs not loadable, a topic not readable); "
+        "without it such a run exits 3",
+    )
+    p.add_argument(
+        "--head",
+        default=None,
+        metavar="HASH",
+        help="--all: a ledger head noted earlier; fails when it is no longer in the chain",
+    )
+    p.add_argument(
+        "--anchored-as",
+        default=None,
+        metavar="PATH",
+        help="--all on a copy of the outbox: the path of audit-ledger.jsonl where the sinks wrote it "
+        "(the anchors on the ledger topic name it)",
+    )
+    p.add_argument(
+        "--no-sources",
+        action="store_true",
+        help="skip the change topics (no events/sources checks; much faster on big SIS histories)",
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="Kafka timeout in seconds")
     add_json_flag(p)
     p.set_defaults(func=cmd_verify)
 
 
-def load_context(settings: Settings, with_sources: bool = True, timeout_s: float = 30.0,
-                 until_ms: int | None = None) -> VerifyContext:
+def load_context(
+    settings: Settings, with_sources: bool = True, timeout_s: float = 30.0, until_ms: int | None = None
+) -> VerifyContext:
     """Read the topics and load the XSDs and the mapping (what cannot be loaded is skipped, with the reason).
 
     ``until_ms``: read each topic only up to the first record written at or after it (one batch's verify)."""
-    from sevisflow.app.audit.sources import load_inputs
+    from sevisflow.app.audit.sources import list_topics, load_inputs
     from sevisflow.sinks.xml.stage import make_outbox
-
-    from sevisflow.app.audit.sources import list_topics
 
     inputs = load_inputs(settings, with_changes=with_sources, timeout_s=timeout_s, until_ms=until_ms)
     skip: dict[str, str] = {}
     requested: set[str] = set()
     existing = set(list_topics(settings, timeout_s))
     t = settings.topics
-    report_skips = {name: f"topic {topic} does not exist or is not readable"
-                    for name, topic in (("batches", t.batches), ("events", t.events), ("commands", t.commands),
-                                        ("results", t.results)) if topic not in existing}
+    report_skips = {
+        name: f"topic {topic} does not exist or is not readable"
+        for name, topic in (
+            ("batches", t.batches),
+            ("events", t.events),
+            ("commands", t.commands),
+            ("results", t.results),
+        )
+        if topic not in existing
+    }
     if t.batches not in existing or t.events not in existing or t.commands not in existing:
         skip["batching"] = "the batches, events or commands topic is not readable: the batcher cannot be re-run"
     schema = None
@@ -93,24 +118,43 @@ def load_context(settings: Settings, with_sources: bool = True, timeout_s: float
             topics = [t for t in stage_inputs if t != tx_topic]
         except Exception as exc:  # noqa: BLE001 - any failure: the check is skipped and says why
             skip["events"] = f"mapping file not loadable ({type(exc).__name__}: {exc})"
-        if mapping is not None and tx_topic and not inputs.transactions and any(
-                isinstance(d.value, dict) and isinstance(d.value.get("transaction"), dict) for d in inputs.changes):
-            skip["events"] = (f"the transaction topic {tx_topic} is not retained: normalize applies transactions "
-                              "in the order of its END records, so the events cannot be re-derived without it")
+        if (
+            mapping is not None
+            and tx_topic
+            and not inputs.transactions
+            and any(isinstance(d.value, dict) and isinstance(d.value.get("transaction"), dict) for d in inputs.changes)
+        ):
+            skip["events"] = (
+                f"the transaction topic {tx_topic} is not retained: normalize applies transactions "
+                "in the order of its END records, so the events cannot be re-derived without it"
+            )
     else:
         skip["events"] = "--no-sources: events not re-derived"
         skip["sources"] = "--no-sources: change topics not read"
         requested |= {"events", "sources"}
-    return VerifyContext(batches=inputs.batches, events=inputs.events, commands=inputs.commands,
-                         results=inputs.results, changes=inputs.changes, outbox=make_outbox(settings),
-                         schema=schema, mapping=mapping, tx_topic=tx_topic, transactions=inputs.transactions,
-                         input_topics=topics, skip_reasons=skip, timezone=settings.school.timezone,
-                         ev_programs={p.sis_program: p.program_number for p in settings.exchange_programs},
-                         requested_skips=requested, report_skips=report_skips)
+    return VerifyContext(
+        batches=inputs.batches,
+        events=inputs.events,
+        commands=inputs.commands,
+        results=inputs.results,
+        changes=inputs.changes,
+        outbox=make_outbox(settings),
+        schema=schema,
+        mapping=mapping,
+        tx_topic=tx_topic,
+        transactions=inputs.transactions,
+        input_topics=topics,
+        skip_reasons=skip,
+        timezone=settings.school.timezone,
+        ev_programs={p.sis_program: p.program_number for p in settings.exchange_programs},
+        requested_skips=requested,
+        report_skips=report_skips,
+    )
 
 
-def verify_one(settings: Settings, batch_id: str, with_sources: bool = True,
-               timeout_s: float = 30.0) -> tuple[Verdict, str]:
+def verify_one(
+    settings: Settings, batch_id: str, with_sources: bool = True, timeout_s: float = 30.0
+) -> tuple[Verdict, str]:
     """``verify <BatchID>``: read the log only up to the batch's close, verify, and say what was read.
 
     The close is found from the time the batch's manifest (or ledger line) names, through Kafka's time
@@ -129,12 +173,17 @@ def verify_one(settings: Settings, batch_id: str, with_sources: bool = True,
         ctx.org_scope = closed.value.get("org_id") if closed is not None and isinstance(closed.value, dict) else None
         v = verify_batch(batch_id, ctx)
         if v.ok:
-            return v, (f"read the log up to {iso_ms(until)} (the batch's close + {SCOPE_SKEW_MS // 1000} s) "
-                       f"in {time.perf_counter() - t0 - v.seconds:.1f} s")
+            return v, (
+                f"read the log up to {iso_ms(until)} (the batch's close + {SCOPE_SKEW_MS // 1000} s) "
+                f"in {time.perf_counter() - t0 - v.seconds:.1f} s"
+            )
     ctx = load_context(settings, with_sources, timeout_s)
     v = verify_batch(batch_id, ctx)
-    why = ("the archive names no close time found on the log" if until is None
-           else "reading up to the close did not verify, so the whole log was checked")
+    why = (
+        "the archive names no close time found on the log"
+        if until is None
+        else "reading up to the close did not verify, so the whole log was checked"
+    )
     return v, f"read the whole log ({why}) in {time.perf_counter() - t0 - v.seconds:.1f} s"
 
 
@@ -149,8 +198,11 @@ def _exit(ok: bool, complete: bool, allow_skipped: bool) -> int:
         print("verify: FAILED", file=sys.stderr)
         return EXIT_FAILED
     if not complete and not allow_skipped:
-        print("verify: INCOMPLETE — a check could not run (see 'skipped'); nothing is proven by it. "
-              "Fix what it names, or pass --allow-skipped to accept that", file=sys.stderr)
+        print(
+            "verify: INCOMPLETE — a check could not run (see 'skipped'); nothing is proven by it. "
+            "Fix what it names, or pass --allow-skipped to accept that",
+            file=sys.stderr,
+        )
         return EXIT_INCOMPLETE
     return EXIT_VERIFIED
 
@@ -179,8 +231,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if anchors is None:
         ctx.skip_reasons.setdefault("anchor", f"topic {settings.topics.ledger} does not exist or is not readable")
     load_s = time.perf_counter() - t0
-    report = verify_all(ctx, Ledger(settings.sevis.outbox_dir), expect_head=args.head, anchors=anchors,
-                        anchored_as=args.anchored_as)
+    report = verify_all(
+        ctx, Ledger(settings.sevis.outbox_dir), expect_head=args.head, anchors=anchors, anchored_as=args.anchored_as
+    )
     if args.json:
         print_json(report.to_json())
         return _exit(report.ok, report.complete, args.allow_skipped)
@@ -203,11 +256,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         anchor = f"anchored line {report.anchored[0]} {report.anchored[1][:16]}… on {settings.topics.ledger}"
         if report.unanchored:
-            anchor += f" ({report.unanchored} later line(s) not anchored yet: a sink stopped between sealing and " \
-                      "publishing; it anchors them when it starts)"
-    print(f"{n_ok} of {len(report.verdicts)} batch(es) verified; {len(report.missing)} missing; "
-          f"{len(report.answered)} SEVIS-answered batch(es) out of place; "
-          f"ledger {'intact' if not report.chain_problems else 'BROKEN'}, head {report.head}, {anchor}"
-          + (f"; {len(report.skipped)} check(s) could not run" if report.skipped else "")
-          + f". Read the log in {load_s:.1f} s, {per * 1000:.0f} ms per batch.")
+            anchor += (
+                f" ({report.unanchored} later line(s) not anchored yet: a sink stopped between sealing and "
+                "publishing; it anchors them when it starts)"
+            )
+    print(
+        f"{n_ok} of {len(report.verdicts)} batch(es) verified; {len(report.missing)} missing; "
+        f"{len(report.answered)} SEVIS-answered batch(es) out of place; "
+        f"ledger {'intact' if not report.chain_problems else 'BROKEN'}, head {report.head}, {anchor}"
+        + (f"; {len(report.skipped)} check(s) could not run" if report.skipped else "")
+        + f". Read the log in {load_s:.1f} s, {per * 1000:.0f} ms per batch."
+    )
     return _exit(report.ok, report.complete, args.allow_skipped)

@@ -21,8 +21,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 CFR_G3 = "8 CFR 214.3(g)(3)"
-ICE_FACT_SHEET = "ICE fact sheet \"SEVIS Reporting Requirements for Designated School Officials\""
-SITS_REG = "Study in the States, SEVIS Help Hub, \"Registration\""
+ICE_FACT_SHEET = 'ICE fact sheet "SEVIS Reporting Requirements for Designated School Officials"'
+SITS_REG = 'Study in the States, SEVIS Help Hub, "Registration"'
 
 
 @dataclass(frozen=True)
@@ -32,25 +32,53 @@ class Rule:
     name: str
     kinds: tuple[str, ...]
     days: int
-    clock: str          # "change": the SIS commit of the first change | "session_start": the session's start date
+    clock: str  # "change": the SIS commit of the first change | "session_start": the session's start date
     what: str
     source: str
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("name_address", ("PersonalInfo",), 21, "change",
-         "a student's legal name or U.S. address changed", CFR_G3),
-    Rule("program_change", ("Program.Edit", "Program.Extension", "EducationLevel"), 21, "change",
-         "a change of program (major, level) or an extension", f"{CFR_G3}; {ICE_FACT_SHEET}"),
-    Rule("dependents", ("Dependent.Add", "Dependent.Edit"), 21, "change",
-         "a dependant was added or a dependant's name or address changed", CFR_G3),
-    Rule("status_end", ("Status.Terminate", "Status.Complete"), 21, "change",
-         "early completion, withdrawal, failure to maintain status or to complete", CFR_G3),
-    Rule("discipline", ("DisciplinaryAction",), 21, "change",
-         "a disciplinary action following a criminal conviction", CFR_G3),
-    Rule("registration", ("Registration",), 30, "session_start",
-         "registration for a session (an Initial student not registered is a No-Show risk)",
-         f"{CFR_G3}(iii); {ICE_FACT_SHEET}; {SITS_REG}"),
+    Rule("name_address", ("PersonalInfo",), 21, "change", "a student's legal name or U.S. address changed", CFR_G3),
+    Rule(
+        "program_change",
+        ("Program.Edit", "Program.Extension", "EducationLevel"),
+        21,
+        "change",
+        "a change of program (major, level) or an extension",
+        f"{CFR_G3}; {ICE_FACT_SHEET}",
+    ),
+    Rule(
+        "dependents",
+        ("Dependent.Add", "Dependent.Edit"),
+        21,
+        "change",
+        "a dependant was added or a dependant's name or address changed",
+        CFR_G3,
+    ),
+    Rule(
+        "status_end",
+        ("Status.Terminate", "Status.Complete"),
+        21,
+        "change",
+        "early completion, withdrawal, failure to maintain status or to complete",
+        CFR_G3,
+    ),
+    Rule(
+        "discipline",
+        ("DisciplinaryAction",),
+        21,
+        "change",
+        "a disciplinary action following a criminal conviction",
+        CFR_G3,
+    ),
+    Rule(
+        "registration",
+        ("Registration",),
+        30,
+        "session_start",
+        "registration for a session (an Initial student not registered is a No-Show risk)",
+        f"{CFR_G3}(iii); {ICE_FACT_SHEET}; {SITS_REG}",
+    ),
 )
 """The default table, from the regulation and ICE's guidance. Kinds without a rule (a Create, financial
 information, a reprint …) have no legal limit: they are listed without a due date."""
@@ -77,8 +105,7 @@ class Deadlines:
         bad = [n for n, d in limits.items() if d < 0]
         if bad:
             raise ValueError(f"deadlines.limits.{bad[0]} = {limits[bad[0]]}: a limit is a number of days, ≥ 0")
-        rules = tuple(Rule(r.name, r.kinds, int(limits.get(r.name, r.days)), r.clock, r.what, r.source)
-                      for r in RULES)
+        rules = tuple(Rule(r.name, r.kinds, int(limits.get(r.name, r.days)), r.clock, r.what, r.source) for r in RULES)
         return cls(rules, soon_days, urgent_days, tz)
 
     def rule_for(self, kind: str) -> Rule | None:
@@ -125,9 +152,15 @@ class Due:
     due_on: date
 
     def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule.name, "limit_days": self.rule.days, "clock": self.rule.clock,
-                "clock_start": self.clock_start.isoformat(), "due_on": self.due_on.isoformat(),
-                "what": self.rule.what, "source": self.rule.source}
+        return {
+            "rule": self.rule.name,
+            "limit_days": self.rule.days,
+            "clock": self.rule.clock,
+            "clock_start": self.clock_start.isoformat(),
+            "due_on": self.due_on.isoformat(),
+            "what": self.rule.what,
+            "source": self.rule.source,
+        }
 
 
 def first_change_ms(record: Mapping[str, Any]) -> int:
