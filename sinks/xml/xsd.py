@@ -206,27 +206,47 @@ class _Builder:
                     tm.required_attributes.append(name)
 
 
+@dataclass
+class LoadedSchema:
+    """One SEVIS batch schema, loaded: its builder, the root's element model, validator and version."""
+
+    builder: _Builder
+    root: ElementModel
+    validator: etree.XMLSchema
+    version: str
+
+
+def load_batch_schema(xsd_dir: Path, filename: str, root: str, missing_hint: str) -> LoadedSchema:
+    """Load ``filename`` from the XSD folder; every problem is a ConfigError that names the file and the fix."""
+    entry = xsd_dir / filename
+    if not entry.is_file():
+        raise ConfigError(f"SEVIS schema {entry} not found: {missing_hint}")
+    builder = _Builder(entry)
+    decl = builder.elements.get(("", root))
+    if decl is None:
+        raise ConfigError(f"{entry} does not declare the root element {root}")
+    model = builder.element_model(decl)
+    try:
+        tree = etree.parse(str(entry))
+        validator = etree.XMLSchema(tree)
+    except (etree.XMLSchemaParseError, etree.XMLSyntaxError) as exc:
+        raise ConfigError(f"SEVIS schema {entry} does not compile: {exc}") from exc
+    return LoadedSchema(builder, model, validator, tree.getroot().get("version", ""))
+
+
 class StudentSchema:
     """The loaded student batch schema: validator plus element model of the root."""
 
     def __init__(self, xsd_dir: str | Path) -> None:
         self.xsd_dir = Path(xsd_dir)
-        entry = self.xsd_dir / STUDENT_XSD
-        if not entry.is_file():
-            raise ConfigError(
-                f"SEVIS schema {entry} not found: set [sevis] xsd_dir to the folder with the official XSDs "
-                "(Create-UpdateStudent.xsd, Common.xsd, SEVISTable.xsd) downloaded from ICE"
-            )
-        builder = _Builder(entry)
-        decl = builder.elements.get(("", ROOT))
-        if decl is None:
-            raise ConfigError(f"{entry} does not declare the root element {ROOT}")
-        self.root = builder.element_model(decl)
-        try:
-            self.validator = etree.XMLSchema(etree.parse(str(entry)))
-        except (etree.XMLSchemaParseError, etree.XMLSyntaxError) as exc:
-            raise ConfigError(f"SEVIS schema {entry} does not compile: {exc}") from exc
-        self.version = etree.parse(str(entry)).getroot().get("version", "")
+        loaded = load_batch_schema(
+            self.xsd_dir,
+            STUDENT_XSD,
+            ROOT,
+            "set [sevis] xsd_dir to the folder with the official XSDs "
+            "(Create-UpdateStudent.xsd, Common.xsd, SEVISTable.xsd) downloaded from ICE",
+        )
+        self.root, self.validator, self.version = loaded.root, loaded.validator, loaded.version
         self._lock = threading.Lock()
 
     @property

@@ -27,8 +27,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from sevisflow.core.errors import ConfigError
-from sevisflow.sinks.xml.xsd import XS, ElementModel, _Builder
+from sevisflow.sinks.xml.xsd import XS, ElementModel, _Builder, load_batch_schema
 
 EV_XSD = "Create-UpdateExchangeVisitor.xsd"
 EV_ROOT = "SEVISBatchCreateUpdateEV"
@@ -59,23 +58,15 @@ class EVSchema:
 
     def __init__(self, xsd_dir: str | Path) -> None:
         self.xsd_dir = Path(xsd_dir)
-        entry = self.xsd_dir / EV_XSD
-        if not entry.is_file():
-            raise ConfigError(
-                f"SEVIS exchange-visitor schema {entry} not found: an EV (J-1) batch needs {EV_XSD} (with the "
-                "Common.xsd and SEVISTable.xsd it imports) in [sevis] xsd_dir; download it from ICE with the "
-                "student batch schemas"
-            )
-        builder = _Builder(entry)
-        decl = builder.elements.get(("", EV_ROOT))
-        if decl is None:
-            raise ConfigError(f"{entry} does not declare the root element {EV_ROOT}")
-        self.root = builder.element_model(decl)
-        try:
-            self.validator = etree.XMLSchema(etree.parse(str(entry)))
-        except (etree.XMLSchemaParseError, etree.XMLSyntaxError) as exc:
-            raise ConfigError(f"SEVIS schema {entry} does not compile: {exc}") from exc
-        self.version = etree.parse(str(entry)).getroot().get("version", "")
+        loaded = load_batch_schema(
+            self.xsd_dir,
+            EV_XSD,
+            EV_ROOT,
+            f"an EV (J-1) batch needs {EV_XSD} (with the Common.xsd and SEVISTable.xsd it imports) in "
+            "[sevis] xsd_dir; download it from ICE with the student batch schemas",
+        )
+        builder = loaded.builder
+        self.root, self.validator, self.version = loaded.root, loaded.validator, loaded.version
         self.subtypes = _subtypes(builder)
         abstract_ids = {id(builder.types[("", name)]): name for name in self.subtypes}
         # the models built for elements whose declared type is abstract (keyed by model identity)
