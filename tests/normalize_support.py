@@ -184,3 +184,46 @@ def streamed_after_snapshot(prefix: str = "sis") -> list[Record]:
     feed.tx(("u", "public.program", p, {**p, "expected_end_date": date(2027, 12, 15)}))
     feed.tx(("u", "public.person", rows["person"], {**rows["person"], "email": "zoe@new.example"}))
     return feed.records
+
+
+# ---------------------------------------------------------------------------- a generated school's snapshot
+
+
+def as_debezium_snapshot(records: list[Record], lsn: int = SNAPSHOT_LSN) -> list[Record]:
+    """What a real snapshot looks like: one LSN, no transaction id, "first" … "true" … "last"."""
+    out = []
+    for i, r in enumerate(records):
+        value = orjson.loads(r.value)
+        value["source"].update(
+            lsn=lsn,
+            txId=None,
+            sequence=orjson.dumps([None, str(lsn)]).decode(),
+            snapshot="first" if i == 0 else "last" if i == len(records) - 1 else "true",
+        )
+        out.append(Record(r.topic, r.key, orjson.dumps(value)))
+    return out
+
+
+def generated_school_feed(
+    prefix: str, students: int, activity: int, today: date, seed: int = 7
+) -> tuple[list[Record], list[Record]]:
+    """The reference generator's school (half international) as the connector's snapshot, then
+    ``activity`` of its SIS transactions streamed after it: (snapshot records, streamed records)."""
+    from sevisflow.deploy.sis.activity import generate_activity
+    from sevisflow.deploy.sis.generator import generate_school
+    from sevisflow.deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER, World
+    from tests.school_replay import feed_ops
+
+    pks = {f"public.{t}": cols for t, cols in PRIMARY_KEYS.items()}
+    school = generate_school(students, 0.5, seed, today)
+    snap = SisFeed(prefix=prefix, primary_keys=pks)
+    for table in TABLE_ORDER:
+        for row in school[table]:
+            snap.tx(("r", f"public.{table}", None, row), snapshot=True)
+    world = World(school)
+    txs = generate_activity(school, activity, seed, today)
+    streamed = SisFeed(prefix=prefix, primary_keys=pks, lsn=SNAPSHOT_LSN + 1000, last_commit=SNAPSHOT_LSN + 1000)
+    for tx in txs:
+        streamed.ts_ms = int(tx.at.timestamp() * 1000) - 1000
+        streamed.tx(*feed_ops(world, tx))
+    return as_debezium_snapshot(snap.records), streamed.records

@@ -1,7 +1,7 @@
-"""``verify <BatchID>`` with many closed batches in the log: the read up to the batch's close vs the whole log.
+"""``verify <BatchID>`` and ``audit student`` with many closed batches in the log, each against the whole-log way.
 
-    .venv/bin/python -m bench.audit.scale [--batches 100] [--size 20] [--repeat 5] [--kafka BOOTSTRAP]
-                                          [--xsd-dir DIR]
+    .venv/bin/python -m bench.audit.scale [--case verify|student|all] [--batches 100] [--size 20] [--repeat 5]
+                                          [--kafka BOOTSTRAP] [--xsd-dir DIR]
 
 Builds one school's history with the real batcher (:func:`testkit.audit_scenario.batcher_run`:
 ``--batches`` rounds of ``--size`` update events + 2 Creates, each closed by a DSO), produces it to
@@ -15,7 +15,17 @@ batch, it times, ``--repeat`` times each, alternating:
 * ``cli``     — the command itself in a fresh process (``python -m sevisflow verify <BatchID>``),
   interpreter start and imports included: what an auditor waits for.
 
-No change topics: the events and sources checks are skipped here (see bench/README.md).
+For a student of the first, middle and last batch (case ``student``), ``--repeat`` times each, alternating:
+
+* ``subset``  — what ``sevisflow audit student <key>`` does now (:func:`sevisflow.app.cli.audit.student_from_log`):
+  every topic read, only the records holding the student key or one of its BatchIDs decoded, the outbox
+  looked up for the student's batches only;
+* ``whole``   — the earlier behaviour: every record decoded, the outbox looked up for every closed batch;
+* ``cli``     — ``python -m sevisflow audit student <key> --json`` in a fresh process, and the same with
+  ``--decode-all`` (``cli_all``).
+
+Every timeline must equal the whole log's. No change topics: the events and sources checks of verify are
+skipped, and ``audit student`` has no SIS steps here (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -38,8 +48,11 @@ import orjson
 REPO = Path(__file__).resolve().parents[2]
 
 
-def build(bootstrap: str, tmp: Path, batches: int, size: int, xsd_dir: str) -> tuple[Path, list[str], int]:
-    """The school's topics and sealed outbox; returns (config file, batch ids, records produced)."""
+def build(
+    bootstrap: str, tmp: Path, batches: int, size: int, xsd_dir: str
+) -> tuple[Path, list[str], int, dict[str, str]]:
+    """The school's topics and sealed outbox; returns (config file, batch ids, records produced, the student
+    key of each batch's last record)."""
     from sevisflow.core.config import load_settings
     from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
     from sevisflow.core.ledger import Ledger, LedgerWriter
@@ -85,14 +98,16 @@ xsd_dir = "{xsd_dir}"
     outbox = Outbox(settings.sevis.outbox_dir, settings.sevis.quarantine_dir, settings.school.timezone)
     writer = LedgerWriter(Ledger(settings.sevis.outbox_dir), "sink-xml", settings.school.org_id)
     schema = load_schema(xsd_dir)
-    ids = []
+    ids, students = [], {}
     for _, value, _ in run["batches"]:
         ev = registry().decode(value)
         if ev["type"] == "closed":
-            sink_closed_batch(ClosedBatch.from_event(ev, orjson.loads(ev["records_json"])), schema, outbox)
+            records = orjson.loads(ev["records_json"])
+            sink_closed_batch(ClosedBatch.from_event(ev, records), schema, outbox)
             writer.seal_archive(outbox.find(ev["batch_id"]), ev["batch_id"])
             ids.append(ev["batch_id"])
-    return cfg, ids, n
+            students[ev["batch_id"]] = records[-1]["student_key"]
+    return cfg, ids, n, students
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -138,6 +153,131 @@ def one_run(cfg: Path, bid: str) -> dict[str, float]:
     return {"scoped": s, "whole": w, "cli": c, "scoped_cpu": s_cpu, "whole_cpu": w_cpu, "cli_cpu": c_cpu}
 
 
+def whole_log_timeline(settings: Any, student: str) -> dict[str, Any]:
+    """``audit student`` as it was before the subset read: every record of every topic decoded, the outbox
+    looked up for every closed batch of the log."""
+    from sevisflow.app.audit.replay import StudentMatcher, layout_from_settings
+    from sevisflow.app.audit.sources import load_inputs, outbox_info
+    from sevisflow.app.audit.timeline import student_timeline
+
+    inputs = load_inputs(settings, with_changes=True, timeout_s=60)
+    closed_ids = {
+        (d.value or {}).get("batch_id")
+        for d in inputs.batches
+        if isinstance(d.value, dict) and d.value.get("type") == "closed"
+    }
+    uploads = {b: info for b in closed_ids if b and (info := outbox_info(settings, b))}
+    tl = student_timeline(
+        student,
+        changes=inputs.changes,
+        events=inputs.events,
+        batches=inputs.batches,
+        results=inputs.results,
+        commands=inputs.commands,
+        uploads=uploads,
+        matcher=StudentMatcher(student, layout_from_settings(settings)),
+    )
+    return tl.to_json()
+
+
+def student_run(cfg: Path, student: str) -> dict[str, float]:
+    """One repeat of the four ways for one student; every timeline must be the whole log's."""
+    from sevisflow.app.cli.audit import student_from_log
+    from sevisflow.core.config import load_settings
+
+    settings = load_settings(cfg, env={})
+    s, s_cpu, (tl, read) = cpu_timed(lambda: student_from_log(settings, student, timeout_s=60))
+    assert read is not None and read.records.decoded < read.records.read, read.to_json()
+    w, w_cpu, whole = cpu_timed(lambda: whole_log_timeline(settings, student))
+    assert tl.to_json() == whole and whole["steps"], (student, whole)
+    out: dict[str, float] = {
+        "subset": s,
+        "subset_cpu": s_cpu,
+        "whole": w,
+        "whole_cpu": w_cpu,
+        "decoded": read.records.decoded,
+        "read": read.records.read,
+    }
+    for name, extra in (("cli", []), ("cli_all", ["--decode-all"])):
+        c, c_cpu, proc = cpu_timed(
+            lambda extra=extra: subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "sevisflow",
+                    "--config",
+                    str(cfg),
+                    "audit",
+                    "student",
+                    student,
+                    "--json",
+                    *extra,
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        got = orjson.loads(proc.stdout)
+        got.pop("read")
+        assert got == orjson.loads(orjson.dumps(whole)), (name, student)
+        out[name], out[f"{name}_cpu"] = c, c_cpu
+    return out
+
+
+def _medians(rs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+
+
+def _cell(med: dict[str, float], k: str) -> str:
+    return f"{med[k]:.2f} ({med[k + '_cpu']:.2f})"
+
+
+def verify_case(cfg: Path, ids: list[str], repeat: int) -> None:
+    picks = {"first": ids[0], "middle": ids[len(ids) // 2], "last": ids[-1]}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in picks}
+    for i in range(repeat):
+        for which, bid in picks.items():
+            runs[which].append(one_run(cfg, bid))
+        print(f"verify: repeat {i + 1} done", flush=True)
+    print(
+        f"\nverify <BatchID>, {len(ids)} closed batches in the log, median of {repeat}, "
+        f"wall seconds (CPU seconds); load average at the end {os.getloadavg()[0]:.1f}:"
+    )
+    print("| batch | read up to its close (now) | whole log (before) | `sevisflow verify <BatchID>` (new process) |")
+    print("|---|---|---|---|")
+    for which, rs in runs.items():
+        med = _medians(rs)
+        print(f"| {which} ({picks[which]}) | {_cell(med, 'scoped')} | {_cell(med, 'whole')} | {_cell(med, 'cli')} |")
+
+
+def student_case(cfg: Path, ids: list[str], students: dict[str, str], repeat: int) -> None:
+    picks = {"first": students[ids[0]], "middle": students[ids[len(ids) // 2]], "last": students[ids[-1]]}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in picks}
+    for i in range(repeat):
+        for which, student in picks.items():
+            runs[which].append(student_run(cfg, student))
+        print(f"student: repeat {i + 1} done", flush=True)
+    print(
+        f"\naudit student <key>, {len(ids)} closed batches in the log, median of {repeat}, "
+        f"wall seconds (CPU seconds); load average at the end {os.getloadavg()[0]:.1f}:"
+    )
+    print(
+        "| student of batch | records decoded | subset decoded (now) | whole log decoded (before) "
+        "| `sevisflow audit student <key> --json` (new process) | same with `--decode-all` (new process) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for which, rs in runs.items():
+        med = _medians(rs)
+        print(
+            f"| {which} ({picks[which]}) | {med['decoded']:.0f} of {med['read']:,.0f} "
+            f"| {_cell(med, 'subset')} | {_cell(med, 'whole')} "
+            f"| {_cell(med, 'cli')} | {_cell(med, 'cli_all')} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.common import kafka_bootstrap
     from testkit.settings import XSD_DIR
@@ -152,30 +292,19 @@ def main(argv: list[str] | None = None) -> int:
         default=str(XSD_DIR),
         help="the SEVIS XSDs (default: $SEVISFLOW_TEST_XSD_DIR or ../shared/sevis/xsd)",
     )
+    ap.add_argument("--case", choices=("verify", "student", "all"), default="all")
     args = ap.parse_args(argv)
     with kafka_bootstrap(args.kafka, "bench-audit") as bootstrap, tempfile.TemporaryDirectory() as tmp:
-        t_build, (cfg, ids, n) = timed(lambda: build(bootstrap, Path(tmp), args.batches, args.size, args.xsd_dir))
+        t_build, (cfg, ids, n, students) = timed(
+            lambda: build(bootstrap, Path(tmp), args.batches, args.size, args.xsd_dir)
+        )
         print(
             f"{len(ids)} closed batches, {n:,} records on the SEVIS-side topics; built in {t_build:.0f} s", flush=True
         )
-        picks = {"first": ids[0], "middle": ids[len(ids) // 2], "last": ids[-1]}
-        runs: dict[str, list[dict[str, float]]] = {k: [] for k in picks}
-        for i in range(args.repeat):
-            for which, bid in picks.items():
-                runs[which].append(one_run(cfg, bid))
-            print(f"repeat {i + 1} done", flush=True)
-    print(
-        f"\nverify <BatchID>, {len(ids)} closed batches in the log, median of {args.repeat}, "
-        f"wall seconds (CPU seconds); load average at the end {os.getloadavg()[0]:.1f}:"
-    )
-    print("| batch | read up to its close (now) | whole log (before) | `sevisflow verify <BatchID>` (new process) |")
-    print("|---|---|---|---|")
-    for which, rs in runs.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        print(
-            f"| {which} ({picks[which]}) | {med['scoped']:.2f} ({med['scoped_cpu']:.2f}) "
-            f"| {med['whole']:.2f} ({med['whole_cpu']:.2f}) | {med['cli']:.2f} ({med['cli_cpu']:.2f}) |"
-        )
+        if args.case in ("verify", "all"):
+            verify_case(cfg, ids, args.repeat)
+        if args.case in ("student", "all"):
+            student_case(cfg, ids, students, args.repeat)
     return 0
 
 

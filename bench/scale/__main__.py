@@ -86,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         help="separate (a process per stage), together (one `sevisflow run`), or both",
     )
     p.add_argument("--steady-in", default="separate", help="the modes that also run the steady state")
-    p.add_argument("--backend", default="rocksdb", choices=("rocksdb", "memory"), help="[state] backend")
+    p.add_argument(
+        "--backend",
+        default="rocksdb",
+        help="[state] backend: rocksdb, memory, or both side by side in one run (rocksdb,memory)",
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -118,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         help="libpq conninfo of a PostgreSQL with wal_level=logical (the bench makes and drops a database per mode)",
     )
     p.add_argument("--work-dir", help="folder for the runs' state, logs and settings (default: a temp folder)")
+    p.add_argument("--keep", action="store_true", help="keep each run's folder (logs, settings, state) for a look")
     p.add_argument("--json-out", default=str(REPO / "bench" / "results" / "scale.json"))
     return p
 
@@ -271,7 +276,14 @@ def run_steady(
 
 
 def run_mode(
-    mode: str, args: argparse.Namespace, bootstrap: str, server: str, school: Any, exp: Expected, activity: list[Any]
+    mode: str,
+    backend: str,
+    args: argparse.Namespace,
+    bootstrap: str,
+    server: str,
+    school: Any,
+    exp: Expected,
+    activity: list[Any],
 ) -> dict[str, Any]:
     """One mode on its own database and topics: load, start the processes, snapshot, maybe steady state."""
     unique = uuid.uuid4().hex[:8]
@@ -285,24 +297,23 @@ def run_mode(
         t0 = time.perf_counter()
         load_school(dsn, school)
         load_s = time.perf_counter() - t0
-        settings, config = write_config(
-            run_settings(bootstrap, pg, unique, work, args.backend), work / "sevisflow.toml"
-        )
+        settings, config = write_config(run_settings(bootstrap, pg, unique, work, backend), work / "sevisflow.toml")
         ensure_topics(settings.kafka, all_topics(settings))
-        _say(f"{mode}: SIS loaded in {load_s:.1f}s; starting the stage processes")
+        _say(f"{mode}/{backend}: SIS loaded in {load_s:.1f}s; starting the stage processes")
         stages = Stages(config, work, every_s=args.sample, rss_limit_mib=args.rss_limit).start(
             SEPARATE if mode == "separate" else TOGETHER
         )
         tail = Tail(settings, t0=stages.t0).start()
         out: dict[str, Any] = {
             "mode": mode,
+            "backend": backend,
             "sis_load_s": round(load_s, 1),
             "snapshot": wait_snapshot(tail, stages, exp, args.timeout),
         }
-        _say(f"{mode}: snapshot {json.dumps(out['snapshot'])}")
+        _say(f"{mode}/{backend}: snapshot {json.dumps(out['snapshot'])}")
         if mode in args.steady_in.split(",") and args.duration > 0 and out["snapshot"]["complete"]:
             out["steady"] = run_steady(args, dsn, school, activity, tail, stages)
-            _say(f"{mode}: steady {json.dumps({k: v for k, v in out['steady'].items() if k != 'rss'})}")
+            _say(f"{mode}/{backend}: steady {json.dumps({k: v for k, v in out['steady'].items() if k != 'rss'})}")
         out["rss_series"] = stages.series
         return out
     finally:
@@ -311,7 +322,10 @@ def run_mode(
         if tail:
             tail.stop()
         drop_database(pg)
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            _say(f"{mode}/{backend}: logs and state kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in args.modes.split(",") if m]
     if any(m not in ("separate", "together") for m in modes):
         raise SystemExit(f"--modes: choose from separate, together (got {args.modes!r})")
+    backends = [b for b in args.backend.split(",") if b]
+    if not backends or any(b not in ("rocksdb", "memory") for b in backends):
+        raise SystemExit(f"--backend: choose from rocksdb, memory (got {args.backend!r})")
     t0 = time.perf_counter()
     school = generate_school(args.students, args.share, args.seed, TODAY)
     gen_s = time.perf_counter() - t0
@@ -344,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     with services(args) as (bootstrap, server):
         for mode in modes:
-            result["modes"][mode] = run_mode(mode, args, bootstrap, server, school, exp, activity)
+            for backend in backends:  # side by side: the same school, services and load, one after the other
+                name = mode if len(backends) == 1 else f"{mode}/{backend}"
+                result["modes"][name] = run_mode(mode, backend, args, bootstrap, server, school, exp, activity)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(result, indent=1))
     print_table(result)
@@ -354,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(result: dict[str, Any]) -> None:
     """The README's rows: per mode, snapshot seconds, peak RSS per process, steady latency and memory."""
     print(f"\n{result['students']:,} students ({result['rows']:,} SIS rows), backend {result['backend']}")
-    for mode, m in result["modes"].items():
+    for name, m in result["modes"].items():
+        mode = f"{name} ({m.get('backend', result['backend'])})"
         s = m["snapshot"]
         secs = ", ".join(f"{k} {v:.0f}s" for k, v in s["seconds"].items())
         rss = ", ".join(f"{k} {v:.0f} MiB" for k, v in s["peak_rss_mib"].items())

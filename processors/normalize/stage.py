@@ -26,8 +26,17 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 
+from sevisflow.core.checkpoints import checkpoint
 from sevisflow.core.config import Settings, StateSettings
-from sevisflow.core.kafka_io import Output, StateStore, TopicSpec, TransactionalLoop, ensure_topics, position
+from sevisflow.core.kafka_io import (
+    Output,
+    StateStore,
+    TopicSpec,
+    TransactionalLoop,
+    ensure_topics,
+    make_admin,
+    position,
+)
 from sevisflow.core.log import get_logger
 from sevisflow.core.serde import registry
 from sevisflow.core.state import CommittedState, open_committed
@@ -171,36 +180,48 @@ class NormalizeStage:
         self.subscription = [*self.topics, connector_pattern(settings)]
         self.normalizer = Normalizer(mapping, store.kv, use_transactions=self.tx_topic is not None, hold_streamed=True)
         self.consumer: Any = None  # the loop's consumer (build_loop): watermarks and positions
+        self._admin: Any = None  # made on first use: the snapshot's end watermarks
+        self._sliced = False  # a release slice was applied in the current transaction (by on_idle)
+        self._release_views = self._release_dead = 0  # counted over a release, for its closing log line
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
         outs = self._handle(msg)
         topic, partition, offset = position(msg)
         self.store.handled[(topic, partition)] = offset + 1
-        if self.normalizer.snapshot_status() is not None:
-            outs.extend(self.check_snapshot(msg, idle=False))
+        if self.normalizer.snapshot_status() is not None and not self.normalizer.releasing():
+            self.check_snapshot(idle=False)
         return outs
 
     def on_idle(self, state: StateStore) -> list[Output]:
         if self.normalizer.snapshot_status() is None:
             return []
-        return self.check_snapshot(None, idle=True)
+        if not self.normalizer.releasing():
+            self.check_snapshot(idle=True)
+        return self._release_slice()
+
+    def before_commit(self, state: StateStore) -> list[Output]:
+        """One slice of a snapshot release per Kafka transaction (after this transaction's records)."""
+        if self._sliced:
+            self._sliced = False  # this transaction's slice came from on_idle
+            return []
+        return self._release_slice()
 
     # -- the initial snapshot (docs/MAPPING.md, "The initial snapshot")
 
-    def check_snapshot(self, msg: Message | None, idle: bool) -> list[Output]:
-        """Apply the held snapshot once it is complete: its end was seen (a row with source.snapshot
+    def check_snapshot(self, idle: bool) -> None:
+        """Start applying the held snapshot once it is complete: its end was seen (a row with source.snapshot
         "last" of any captured table, or any streamed record — a row of any table or a transaction
         marker) and every partition of every connector topic has been consumed up to the high
         watermark read at that moment, so every row produced before the end has been held. No
         particular row has to be read first: see docs/MAPPING.md, "The initial snapshot"."""
         st = self.normalizer.snapshot_status()
         if not st or not (st.get("last") or st.get("ended")):
-            return []
+            return
         marks = self.store.kv.get("sw")
         if marks is None:
             marks = self._watermarks()
             if marks is None:
-                return []  # broker not answering: try again on the next record or idle turn
+                return  # broker not answering: try again on the next record or idle turn
             self.store.kv.put("sw", marks)
             log.info(
                 "normalize.snapshot_end_seen",
@@ -209,31 +230,59 @@ class NormalizeStage:
                 partitions=len(marks),
             )
         if not self._reached(marks, idle):
-            return []
-        res = self.normalizer.release_snapshot()
+            return
+        self.normalizer.begin_release()
         self.store.kv.put("sw", None)
-        log.info("normalize.snapshot_applied", rows=st.get("n"), views=len(res.updates), dead=len(res.dead))
-        return self.outputs(res, msg)
+        log.info("normalize.snapshot_release_started", rows=st.get("n"), groups=st.get("g", 0))
+
+    def _release_slice(self) -> list[Output]:
+        """Apply the next slice of a snapshot being released (``[state] release_slice_rows``, whole students):
+        the transaction, its memory and its time (well inside max.poll.interval.ms) do not grow with the school."""
+        if not self.normalizer.releasing():
+            return []
+        checkpoint("normalize.release_slice")
+        res, done = self.normalizer.release_step(self.settings.state.release_slice_rows)
+        self._sliced = True
+        self._release_views += len(res.updates)
+        self._release_dead += len(res.dead)
+        if done:
+            log.info("normalize.snapshot_applied", views=self._release_views, dead=self._release_dead)
+            self._release_views = self._release_dead = 0
+        return self.outputs(res, None)
 
     def _watermarks(self) -> dict[str, list[int]] | None:
+        """Low and high watermark of every partition of every connector topic, in two ListOffsets requests
+        from an admin client (the loop's consumer's own query waits behind its long-poll fetch, ~0.5 s per
+        partition: 13 s for a school's 28 input partitions)."""
         from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
 
         if self.consumer is None:
             return {}
-        marks: dict[str, list[int]] = {}
         try:
             md = self.consumer.list_topics(timeout=10)
-            for topic in sorted(set(self.topics) | {t for t in md.topics if t.startswith(self.prefix)}):
-                tmd = md.topics.get(topic)
-                if tmd is None or tmd.error is not None:
-                    continue
-                for p in tmd.partitions:
-                    low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                    marks[f"{topic}|{p}"] = [low, high]
+            tps = [
+                TopicPartition(topic, p)
+                for topic in sorted(set(self.topics) | {t for t in md.topics if t.startswith(self.prefix)})
+                if (tmd := md.topics.get(topic)) is not None and tmd.error is None
+                for p in tmd.partitions
+            ]
+            if not tps:
+                return {}
+            if self._admin is None:
+                self._admin = make_admin(self.settings.kafka)
+            ends = []
+            for spec in (OffsetSpec.earliest(), OffsetSpec.latest()):
+                futures = self._admin.list_offsets(dict.fromkeys(tps, spec), request_timeout=10)
+                ends.append({(tp.topic, tp.partition): f.result(timeout=15).offset for tp, f in futures.items()})
         except KafkaException as exc:
             log.warning("normalize.snapshot_watermarks_failed", error=exc.args[0].str())
             return None
-        return marks
+        except TimeoutError:
+            log.warning("normalize.snapshot_watermarks_failed", error="ListOffsets timed out")
+            return None
+        low, high = ends
+        return {f"{topic}|{p}": [low[(topic, p)], high[(topic, p)]] for topic, p in sorted(high)}
 
     def _reached(self, marks: dict[str, list[int]], idle: bool) -> bool:
         """Whether this consumer is at or past every watermark. Between polls only the records handled
@@ -372,6 +421,7 @@ def build_loop(
         state=store,
         state_partitions={STATE_PARTITION},
         on_idle=stage.on_idle,
+        before_commit=stage.before_commit,
         consumer_overrides={"session.timeout.ms": 10000, "topic.metadata.refresh.interval.ms": 5000},
         stall_after_s=settings.metrics.stall_after_s,
         dlq_topic=settings.topics.dlq,
@@ -386,8 +436,6 @@ def check_transaction_topic(settings: Settings, stage: NormalizeStage) -> None:
     commit order, and transactions may be applied out of order (deploy/topics.toml sets one)."""
     if not stage.tx_topic:
         return
-    from sevisflow.core.kafka_io import make_admin
-
     try:
         md = make_admin(settings.kafka).list_topics(stage.tx_topic, timeout=10)
     except Exception:  # noqa: BLE001 - only a check; the loop reports an unreachable broker itself

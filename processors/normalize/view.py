@@ -44,14 +44,14 @@ when ``provide.transaction.metadata`` is on, and then writes the END).
 
 Snapshot rows (op ``r`` / ``source.snapshot`` first|true|last) all share one position and carry no
 transaction block, and they arrive interleaved across every change topic and partition in no fixed
-order. They are *held* (``s:``/``si:``/``s`` keys below; a re-delivered row replaces the earlier copy
-of the same table + key) and applied as one unit when the snapshot is complete, sorted by
-:meth:`Normalizer.snapshot_order` (references, the student table, then the other tables in mapping
+order. They are *held* (``s:``/``sg:``/``s`` keys below; a re-delivered row replaces the earlier copy
+of the same table + key) and applied when the snapshot is complete, one student id at a time, sorted
+by :meth:`Normalizer.snapshot_order` (references, the student table, then the other tables in mapping
 order; primary key within a table): each affected student's view is published once, with the
 lineage of all its snapshot rows, so a new admit gives one complete Create whose id does not depend
 on arrival order. Who decides "complete": the Kafka stage (``hold_streamed=True``: streamed work
-waits behind the snapshot in ``sp`` / the END queue, and the stage calls :meth:`release_snapshot`
-once it has consumed everything produced before the snapshot's end); the pure pipeline
+waits behind the snapshot in ``sp`` / the END queue, and the stage calls :meth:`release_step`, a
+slice per Kafka transaction, once it has consumed everything produced before the snapshot's end); the pure pipeline
 (``hold_streamed=False``) releases it just before the first streamed change is applied, or at the
 end of the feed (:meth:`finish`).
 
@@ -64,11 +64,22 @@ not, or a transaction marker): the connector streams only after its snapshot. Th
 releases once it has consumed every input partition up to the high watermarks read at that moment.
 
 ==============  ==========================================================================
-``s``            the held snapshot: ``k`` id chunks, ``n`` rows, ``last`` ("last" row seen),
-                 ``ended`` (a streamed record seen after it), ``boot`` (the start-up hold)
+``s``            the held snapshot: ``n`` rows, ``g`` groups, ``k`` ``sl`` chunks, ``last`` ("last" row
+                 seen), ``ended`` (a streamed record seen after it), ``boot`` (the start-up hold),
+                 ``r`` the release under way (``i`` next group of ``n``)
 ``s:<row id>``   one held snapshot row (the last copy delivered)
-``si:<n>``       the row ids of the held snapshot, in chunks of :data:`SNAPSHOT_CHUNK`
+``sg:<group>``   the row ids of one group: the rows of one student id ("" = references, no student)
+``sl:<n>``       the groups, first seen first, in chunks of :data:`SNAPSHOT_CHUNK`
+``sr:<n>``       the release plan: the groups in the order they are applied (id order, "" first)
 ``sp``           streamed row changes applied on arrival, held behind an incomplete snapshot (chunked)
+
+Applying the snapshot: one unit per group — the reference rows first, then each student id's rows
+(its student row, then its other rows in :meth:`Normalizer.snapshot_order`) — so each student's view
+is published once, with the lineage of all its snapshot rows, and the unit, its id and the events
+derived from it do not depend on arrival order or on how the release is sliced. The Kafka stage
+applies a slice of groups per Kafka transaction (:meth:`Normalizer.release_step`): no transaction,
+state value or poll interval grows with the school. A row that names another student than its
+group's (a row linked to two students) is parked until that student's row is applied, as in streaming.
 ==============  ==========================================================================
 """
 
@@ -84,7 +95,7 @@ from sevisflow.processors.normalize.changes import RowChange, TxMarker
 from sevisflow.processors.normalize.mapping import Feed, Mapping
 
 US_SLOTS = ("us_physical", "us_mailing")
-SNAPSHOT_CHUNK = 500  # row ids per ``si:<n>`` key: a changelog record stays small, writes stay O(rows)
+SNAPSHOT_CHUNK = 500  # groups per ``sl:<n>``/``sr:<n>`` key: a changelog record stays small, writes stay O(rows)
 CHUNK_ITEMS = 256  # items per chunk of a chunked list (transaction buffer, END queue, held rows)
 CHUNK_BYTES = 256 * 1024  # ... and about this many bytes of JSON: far below the changelog's message limit
 
@@ -383,47 +394,148 @@ class Normalizer:
             self.kv.put("s", {**meta, flag: True})
 
     def _hold_snapshot(self, ch: RowChange) -> None:
-        meta = dict(self.kv.get("s") or {"k": 0, "n": 0})
+        meta = self._grouped_meta()
         rid = ch.row_id
-        if self.kv.get(f"s:{rid}") is None:
-            k = max(meta["k"] - 1, 0)
-            chunk = self.kv.get(f"si:{k}") or []
-            if len(chunk) >= SNAPSHOT_CHUNK:
-                k, chunk = k + 1, []
-            chunk.append(rid)
-            self.kv.put(f"si:{k}", chunk)
-            meta["k"] = k + 1
+        group = self.snapshot_group(ch)
+        held = self.kv.get(f"s:{rid}")
+        if held is not None:  # a re-delivered row (resumed snapshot): the last copy wins
+            was = self.snapshot_group(RowChange.from_json(held))
+            if was != group:
+                members = [r for r in self.kv.get(f"sg:{was}") or [] if r != rid]
+                self.kv.put(f"sg:{was}", members or None)
+                held = None
+        if held is None:
+            members = self.kv.get(f"sg:{group}")
+            if members is None:
+                self._list_group(meta, group)
+                members = []
+            members.append(rid)
+            self.kv.put(f"sg:{group}", members)
             meta["n"] += 1
-        self.kv.put(f"s:{rid}", ch.to_json())  # a re-delivered row (resumed snapshot): the last copy wins
+        self.kv.put(f"s:{rid}", ch.to_json())
         if ch.snapshot_mark == "last":
             meta["last"] = True
         self.kv.put("s", meta)
 
-    def _release_rows(self) -> Result:
-        """Apply the held snapshot rows as one unit (deterministic order) and forget them."""
-        meta = self.kv.get("s")
-        if meta is None:
-            return Result()
-        rows: list[RowChange] = []
-        for k in range(meta["k"]):
-            for rid in self.kv.get(f"si:{k}") or []:
-                d = self.kv.get(f"s:{rid}")
-                if d is not None:
-                    rows.append(RowChange.from_json(d))
-                    self.kv.put(f"s:{rid}", None)
-            self.kv.put(f"si:{k}", None)
-        self.kv.put("s", None)
-        if self.hold_streamed:
-            self.kv.put("b", True)
-        if not rows:
-            return Result()
-        rows.sort(key=self.snapshot_order)
-        return self._apply_unit(rows)
+    def snapshot_group(self, ch: RowChange) -> str:
+        """The student id a held snapshot row belongs to ("" for reference rows and rows naming no student,
+        which are applied first). The snapshot is applied one group after the other, in id order."""
+        if self.mapping.reference_of(ch.table) is not None:
+            return ""
+        row = ch.after or ch.before or {}
+        links = []
+        for feed in self.mapping.feeds_of(ch.table):
+            value = row.get(self.mapping.student_id if feed.link is None else feed.link)
+            if value is not None:
+                links.append(str(value))
+        return min(links, default="")
 
-    def release_snapshot(self) -> Result:
-        """Apply the held snapshot, then the streamed work held behind it (the stage calls this once
-        the snapshot is complete; :meth:`finish` at the end of a pure feed)."""
-        out = self._release_rows()
+    def _list_group(self, meta: dict[str, Any], group: str) -> None:
+        """Note a new group (``sl:<n>`` chunks, first seen first): the release plan is built from them."""
+        k = max(meta["k"] - 1, 0)
+        chunk = self.kv.get(f"sl:{k}") or []
+        if len(chunk) >= SNAPSHOT_CHUNK:
+            k, chunk = k + 1, []
+        chunk.append(group)
+        self.kv.put(f"sl:{k}", chunk)
+        meta["k"] = k + 1
+        meta["g"] = meta.get("g", 0) + 1
+
+    def _grouped_meta(self) -> dict[str, Any]:
+        """The held snapshot's meta, its index converted to groups if an older version held it (``si:<n>``)."""
+        meta = dict(self.kv.get("s") or {"k": 0, "n": 0})
+        if "g" in meta:
+            return meta
+        old_chunks, meta["k"], meta["g"], meta["n"] = meta["k"], 0, 0, 0
+        for k in range(old_chunks):
+            for rid in self.kv.get(f"si:{k}") or []:
+                held = self.kv.get(f"s:{rid}")
+                if held is None:
+                    continue
+                group = self.snapshot_group(RowChange.from_json(held))
+                members = self.kv.get(f"sg:{group}")
+                if members is None:
+                    self._list_group(meta, group)
+                    members = []
+                members.append(rid)
+                self.kv.put(f"sg:{group}", members)
+                meta["n"] += 1
+            self.kv.put(f"si:{k}", None)
+        return meta
+
+    def releasing(self) -> bool:
+        """Whether the held snapshot is being applied (stage mode: one slice per Kafka transaction)."""
+        meta = self.kv.get("s")
+        return meta is not None and "r" in meta
+
+    def begin_release(self) -> None:
+        """The snapshot is complete: fix the order its groups are applied in (``sr:<n>`` chunks)."""
+        meta = self._grouped_meta()
+        groups: list[str] = []
+        for k in range(meta["k"]):
+            groups.extend(self.kv.get(f"sl:{k}") or [])
+            self.kv.put(f"sl:{k}", None)
+        groups.sort()
+        for i in range(0, len(groups), SNAPSHOT_CHUNK):
+            self.kv.put(f"sr:{i // SNAPSHOT_CHUNK}", groups[i : i + SNAPSHOT_CHUNK])
+        meta.update(k=0, r={"i": 0, "n": len(groups), "done": meta.get("r", {}).get("done", 0)})
+        self.kv.put("s", meta)
+
+    def _release_groups(self, max_rows: int | None) -> tuple[Result, bool]:
+        """Apply the held snapshot's next groups, each as one unit (its rows in :meth:`snapshot_order`),
+        until about ``max_rows`` rows are applied (at least one group; None = all); True once nothing is held."""
+        out = Result()
+        rows_applied = 0
+        while True:
+            meta = self.kv.get("s")
+            if meta is None:
+                return out, True
+            if "r" not in meta:
+                self.begin_release()
+                meta = self.kv.get("s")
+            plan = meta["r"]
+            if plan["i"] >= plan["n"]:
+                for i in range(0, plan["n"], SNAPSHOT_CHUNK):
+                    self.kv.put(f"sr:{i // SNAPSHOT_CHUNK}", None)
+                if meta.get("k"):  # groups held while this plan was applied (a snapshot re-sent): one more round
+                    self.begin_release()
+                    continue
+                self.kv.put("s", None)
+                if self.hold_streamed:
+                    self.kv.put("b", True)
+                return out, True
+            if max_rows is not None and rows_applied >= max_rows:
+                return out, False
+            i = plan["i"]
+            group = (self.kv.get(f"sr:{i // SNAPSHOT_CHUNK}") or [])[i % SNAPSHOT_CHUNK]
+            rows: list[RowChange] = []
+            for rid in self.kv.get(f"sg:{group}") or []:
+                held = self.kv.get(f"s:{rid}")
+                if held is not None:
+                    rows.append(RowChange.from_json(held))
+                    self.kv.put(f"s:{rid}", None)
+            self.kv.put(f"sg:{group}", None)
+            meta = self.kv.get("s")  # applying never touches "s", but re-read: it is the KV's copy
+            self.kv.put("s", {**meta, "n": meta["n"] - len(rows), "r": {**plan, "i": i + 1, "done": plan["done"] + 1}})
+            if rows:
+                rows.sort(key=self.snapshot_order)
+                out.extend(self._apply_unit(rows))
+                rows_applied += len(rows)
+
+    def _release_rows(self) -> Result:
+        """Apply the whole held snapshot (pure mode: just before the first streamed change)."""
+        return self._release_groups(None)[0]
+
+    def release_step(self, max_rows: int | None = None) -> tuple[Result, bool]:
+        """Apply the next slice of the held snapshot (about ``max_rows`` rows; None = all of it) and, once
+        it is all applied, the streamed work held behind it. True when the release is complete.
+
+        The groups — one per student id, in id order, after the reference rows — and so the units, views
+        and event ids are the same however the release is sliced: the stage applies one slice per Kafka
+        transaction, so no transaction (and no poll interval) grows with the school."""
+        out, done = self._release_groups(max_rows)
+        if not done:
+            return out, False
         sp = Chunked(self.kv, "sp")
         held = sp.items()
         if held:
@@ -432,7 +544,11 @@ class Normalizer:
                 out.extend(self.on_change(RowChange.from_json(d)))
         if self.use_transactions:
             out.extend(self._flush())
-        return out
+        return out, True
+
+    def release_snapshot(self) -> Result:
+        """Apply the held snapshot, then the streamed work held behind it, all at once (:meth:`finish`)."""
+        return self.release_step(None)[0]
 
     def finish(self) -> Result:
         """End of a pure feed: whatever snapshot is still held is complete."""

@@ -512,9 +512,15 @@ class StateSettings:
         "rocksdb: decoded state values normalize keeps in memory between Kafka "
         "transactions (least recently used dropped first); 0 = keep every one",
     )
+    release_slice_rows: int = setting(
+        4000,
+        "normalize: held initial-snapshot rows applied per Kafka transaction when the snapshot is "
+        "released (whole students; bounds that transaction's memory and time whatever the school's size)",
+    )
 
     def __post_init__(self) -> None:
         _check_range("state", self, ("block_cache_mb", "write_buffer_mb"), 1, 65536, " (MiB)")
+        _check_range("state", self, ("release_slice_rows",), 1, 10_000_000, " (rows)")
         if self.cache_entries < 0:
             raise ConfigError(f"state.cache_entries = {self.cache_entries} is negative: use 0 (no bound) or more")
         if not self.dir.strip():

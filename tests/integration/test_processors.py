@@ -177,3 +177,78 @@ def test_kill_9_while_a_big_transaction_is_buffered_loses_nothing(kafka_stack, u
     state = [m.key() for m in read_topic(settings.kafka, f"sevisflow.normalize.state.{unique}")]
     chunk_keys = {k for k in state if k.startswith(b"t:") and k.count(b":") == 2}
     assert len(chunk_keys) >= 10_000 // 256, "the transaction buffer is written as chunks"
+
+
+def test_kill_9_while_the_snapshot_is_released_slice_by_slice_loses_and_duplicates_nothing(
+    kafka_stack, unique, tmp_path
+):
+    """A 120-student snapshot (then 30 streamed SIS transactions) released 60 rows per Kafka transaction:
+    normalize ends itself like kill -9 before a slice, after a slice is applied but before its commit,
+    and just after a slice's commit. Each restart restores the release's progress from the changelog and
+    goes on: every student's snapshot view is published once, every event once, as the pure pipeline
+    derives them."""
+    from datetime import date
+
+    from tests.crashing import ENV_VAR, EXIT_CODE
+    from tests.normalize_support import generated_school_feed
+
+    settings = make_settings(kafka_stack, unique=unique, school={"org_id": ORG})
+    prefix = settings.connector.topic_prefix
+    snap, streamed = generated_school_feed(prefix, students=120, activity=30, today=date(2026, 10, 5))
+    expected = PurePipeline(MAPPING, org_id=ORG, tx_topic=f"{prefix}.transaction").feed(snap + streamed)
+    want = Counter(e["event_id"] for e in expected.events)
+    assert len(want) == len(expected.events) > 20 and any(e["kind"] == "Create" for e in expected.events)
+    feed = SisFeed(prefix=prefix)
+    feed.records = snap + streamed
+    feed_on_kafka(settings, feed, MAPPING.tables(), partitions=2)
+    config = write_config(settings, tmp_path / "sevisflow.toml")
+    log = tmp_path / "normalize.log"
+    env = {
+        **{k: v for k, v in os.environ.items() if k != ENV_VAR},
+        "SEVISFLOW_CONFIG": str(config),
+        "SEVISFLOW_INSTANCE": "it",
+        "SEVISFLOW_STATE_RELEASE_SLICE_ROWS": "60",
+        "PYTHONPATH": str(REPO),
+    }
+    for armed in (
+        "normalize.release_slice:3",
+        "kafka.before_commit:2@normalize.release_slice",
+        "kafka.after_commit:2@normalize.release_slice",
+    ):
+        with open(log, "ab") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.crashing", "sevisflow.processors.normalize"],
+                cwd=REPO,
+                env={**env, ENV_VAR: armed},
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+            try:
+                rc = proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise AssertionError(
+                    f"normalize armed at {armed} never reached it: {log.read_text()[-2000:]}"
+                ) from None
+        assert rc == EXIT_CODE, f"{armed}: exit {rc}\n{log.read_text()[-2000:]}"
+    procs = {
+        s: start(s, config, log if s == "normalize" else tmp_path / f"{s}.log") for s in ("normalize", "sevis_events")
+    }
+    got: Counter = Counter()
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            got = _all_events(settings, len(want))
+            if sum(got.values()) >= len(want):
+                break
+    finally:
+        _stop_all(procs)
+    text = log.read_text()
+    assert text.count('"point":"') == 3 and text.count("normalize.snapshot_release_started") == 1, text[-3000:]
+    assert "normalize.snapshot_applied" in text
+    assert [k for k, n in got.items() if n > 1] == []
+    assert set(got) == set(want), text[-3000:]
+    views = [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.students)]
+    per_student = Counter(v["student_key"] for v in views if v["snapshot"])
+    assert len(per_student) == 120 and set(per_student.values()) == {1}, per_student.most_common(3)

@@ -146,7 +146,8 @@ class _FakeConsumer:
     def position(self, tps):
         return [_TP(tp.topic, tp.partition, self.positions[tp.partition]) for tp in tps]
 
-    def get_watermark_offsets(self, tp, timeout=None):
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        assert cached, "the sampler must not query the broker from the processing loop"
         return 0, self.highs[tp.partition]
 
 

@@ -27,6 +27,7 @@ from sevisflow.processors.normalize.mapping import load_mapping
 from sevisflow.processors.normalize.view import DictKV, Normalizer
 from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 from tests.helpers import REPO
+from tests.normalize_support import as_debezium_snapshot
 
 MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")
 TODAY = date(2026, 10, 5)
@@ -79,19 +80,7 @@ def _school() -> tuple[dict[str, list[dict[str, Any]]], str]:
 
 
 def _as_debezium_snapshot(records: list[Record]) -> list[Record]:
-    """What a real snapshot looks like: one LSN, no transaction id, "first" … "true" … "last"."""
-    out = []
-    for i, r in enumerate(records):
-        value = orjson.loads(r.value)
-        src = value["source"]
-        src.update(
-            lsn=SNAPSHOT_LSN,
-            txId=None,
-            sequence=orjson.dumps([None, str(SNAPSHOT_LSN)]).decode(),
-            snapshot="first" if i == 0 else "last" if i == len(records) - 1 else "true",
-        )
-        out.append(Record(r.topic, r.key, orjson.dumps(value)))
-    return out
+    return as_debezium_snapshot(records, SNAPSHOT_LSN)
 
 
 def _snapshot(school: dict[str, list[dict[str, Any]]], late: tuple[str, ...] = ()) -> list[Record]:
@@ -244,8 +233,116 @@ def test_the_stage_holds_streamed_transactions_until_the_snapshot_is_released(sc
     assert staged.normalizer.snapshot_status()["last"] and staged.normalizer.snapshot_status()["ended"]
     staged._take(staged.normalizer.release_snapshot(), out)
     assert staged.normalizer.snapshot_status() is None and not staged.kv.get("q") and not staged.kv.get("sp")
-    assert not [k for k in staged.kv.data if k.startswith(("s:", "si:", "t:"))]
+    assert not [k for k in staged.kv.data if k.startswith(("s:", "si:", "sg:", "sl:", "sr:", "t:"))]
     assert _summary(out)[1] == expected[1]
+
+
+def _held(records: list[Record], kv: DictKV | None = None) -> PurePipeline:
+    """The Kafka stage's mode with the whole snapshot (and whatever follows it) held, not yet released."""
+    pipe = PurePipeline(MAPPING)
+    if kv is not None:
+        pipe.kv = kv
+    pipe.normalizer = Normalizer(MAPPING, pipe.kv, use_transactions=True, hold_streamed=True)
+    out = PureOutput()
+    for off, rec in enumerate(records):
+        pipe.feed_one(rec.topic, rec.key, rec.value, out, 0, off)
+    assert not out.views
+    return pipe
+
+
+def _release_in_slices(pipe: PurePipeline, max_rows: int | None) -> tuple[PureOutput, list[int]]:
+    """Release one slice at a time, as the stage does once per Kafka transaction; rows applied per slice."""
+    out = PureOutput()
+    sizes = []
+    pipe.normalizer.begin_release()
+    while True:
+        before = pipe.normalizer.snapshot_status()
+        res, done = pipe.normalizer.release_step(max_rows)
+        after = pipe.normalizer.snapshot_status()
+        sizes.append(before["n"] - (after["n"] if after else 0))
+        pipe._take(res, out)
+        if done:
+            return out, sizes
+
+
+def test_a_snapshot_released_in_slices_gives_the_same_views_events_and_state_as_at_once(school):
+    """The stage applies a slice of students per Kafka transaction, so a 100,000-student school's first
+    start is many bounded transactions instead of one that outlives max.poll.interval.ms. Slicing must
+    not show: same views, unit ids, lineage, event ids and final state, whatever the slice size."""
+    data, _ = school
+    activity = generate_activity(data, 15, 7, TODAY)
+    from sevisflow.deploy.sis.model import World
+    from tests.school_replay import feed_ops
+
+    world, feed = World(data), SisFeed(primary_keys=PKS, lsn=SNAPSHOT_LSN + 1000)
+    for tx in activity:
+        feed.ts_ms = int(tx.at.timestamp() * 1000) - 1000
+        feed.tx(*feed_ops(world, tx))
+    records = _snapshot(data) + feed.records
+    rows = sum(1 for r in records if b'"snapshot":"' in r.value and b'"snapshot":"false"' not in r.value)
+
+    whole = _held(records)
+    largest = max(len(v) for k, v in whole.kv.data.items() if k.startswith("sg:") and k != "sg:")
+    expected, sizes = _release_in_slices(whole, None)
+    assert sizes == [rows] and expected.events
+    for max_rows in (1, 7, 50):
+        sliced = _held(records)
+        got, sizes = _release_in_slices(sliced, max_rows)
+        assert _summary(got) == _summary(expected), f"slices of {max_rows} rows"
+        assert sliced.kv.data == whole.kv.data, f"slices of {max_rows} rows: the state differs"
+        assert sum(sizes) == rows and len(sizes) > rows // (max_rows + 20)
+        # a slice stops at the first whole student past max_rows; the reference rows (terms) are one group
+        # of their own, applied first
+        refs = sum(1 for r in records if any(r.topic.endswith("." + ref.table) for ref in MAPPING.references))
+        assert refs and sizes[0] >= refs and max(sizes[1:]) < max_rows + largest, sizes
+
+
+def test_each_student_is_one_unit_whose_id_names_its_own_last_row(school):
+    data, _ = school
+    out, _ = _release_in_slices(_held(_snapshot(data)), 10)
+    assert len({u.unit_id for u in out.views}) == len(out.views), "one unit per student"
+    assert Counter(u.student_key for u in out.views).most_common(1)[0][1] == 1
+
+
+def test_a_snapshot_held_by_the_previous_version_is_released_the_same(school):
+    """State written before groups existed (one ``si:<n>`` list of row ids) is converted on release."""
+    data, _ = school
+    records = _snapshot(data)
+    expected, _ = _release_in_slices(_held(records), None)
+    old = _held(records)
+    kv = old.kv.data
+    rids = [rid for k in sorted(k for k in kv if k.startswith("sl:")) for g in kv[k] for rid in kv[f"sg:{g}"]]
+    for key in [k for k in kv if k.startswith(("sg:", "sl:"))]:
+        del kv[key]
+    for i in range(0, len(rids), 500):
+        kv[f"si:{i // 500}"] = rids[i : i + 500]
+    meta = kv["s"]
+    kv["s"] = {"k": (len(rids) + 499) // 500, "n": len(rids), **{f: meta[f] for f in ("last", "ended") if f in meta}}
+    got, _ = _release_in_slices(old, 25)
+    assert _summary(got) == _summary(expected)
+    assert not [k for k in kv if k.startswith(("s:", "si:", "sg:", "sl:", "sr:"))]
+
+
+def test_rows_held_while_a_release_is_under_way_are_applied_too(school):
+    """A snapshot re-sent (a connector restarted mid-snapshot) while normalize applies the held one:
+    rows of students still waiting join their group, rows of students already applied get a next round."""
+    data, _ = school
+    records = _snapshot(data)
+    pipe = _held(records)
+    pipe.normalizer.begin_release()
+    out = PureOutput()
+    res, done = pipe.normalizer.release_step(30)
+    pipe._take(res, out)
+    assert not done
+    for off, rec in enumerate(records):  # the whole snapshot again
+        pipe.feed_one(rec.topic, rec.key, rec.value, out, 1, off)
+    while not done:
+        res, done = pipe.normalizer.release_step(30)
+        pipe._take(res, out)
+    assert pipe.normalizer.snapshot_status() is None
+    assert not [k for k in pipe.kv.data if k.startswith(("s:", "sg:", "sl:", "sr:"))]
+    students = {u.student_key for u in _release_in_slices(_held(records), None)[0].views}
+    assert {u.student_key for u in out.views} == students
 
 
 def test_without_a_snapshot_only_the_start_up_hold_applies(school):

@@ -170,3 +170,29 @@ def decode_record(
 def decode_message(msg: Any) -> Decoded:
     """Decode a confluent-kafka ``Message``."""
     return decode_record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp())
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as read, not yet decoded: a reader that needs few of many records (``audit student``)
+    keeps these and decodes only the ones a byte test cannot rule out (decoding is most of the cost)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: tuple[int, int] | None = None
+
+    def decode(self) -> Decoded:
+        return decode_record(self.topic, self.partition, self.offset, self.key, self.value, self.timestamp)
+
+    def mentions(self, needles: tuple[bytes, ...]) -> bool:
+        """Whether the value bytes hold any of ``needles`` (an empty needle is in every value)."""
+        v = self.value
+        return v is not None and any(n in v for n in needles)
+
+
+def raw_message(msg: Any) -> RawRecord:
+    """A confluent-kafka ``Message`` → :class:`RawRecord` (the bytes only; nothing decoded)."""
+    return RawRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp())

@@ -1,24 +1,27 @@
 """The thin reader behind ``sevisflow audit`` and ``verify``: Kafka topics and the outbox → decoded inputs.
 
-Read-only: topics through :func:`sevisflow.app.audit.replay.read_all` (manual assignment, no
-commits), the outbox through :class:`sevisflow.sinks.outbox.Outbox` lookups (no moves, no writes).
+Read-only: topics through :func:`sevisflow.app.audit.replay.read_all` and
+:func:`sevisflow.core.kafka_io.read_topic` (manual assignment, no commits), the outbox through
+:class:`sevisflow.sinks.outbox.Outbox` lookups (no moves, no writes).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from confluent_kafka import KafkaException
 
-from sevisflow.app.audit.decode import Decoded
+from sevisflow.app.audit.decode import Decoded, RawRecord, raw_message
 from sevisflow.app.audit.replay import Bound, is_change_topic, plan_replay, read_all, read_plan
+from sevisflow.app.audit.timeline import StudentRecords, student_records
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import UnreachableError
-from sevisflow.core.kafka_io import make_consumer
+from sevisflow.core.kafka_io import make_consumer, read_topic
 from sevisflow.core.ledger import Ledger
 
 
@@ -85,6 +88,88 @@ def load_inputs(
     for lst in (inputs.events, inputs.batches, inputs.results, inputs.commands, inputs.changes, inputs.transactions):
         lst.sort(key=lambda d: (d.topic, d.partition, d.offset))
     return inputs
+
+
+# ----------------------------------------------------------------------------- one student: what to decode
+
+
+@dataclass
+class StudentRead:
+    """What ``audit student`` read to build one student's timeline (printed with it, so an auditor knows)."""
+
+    sevis_topics: list[str]
+    change_topics: list[str]
+    records: StudentRecords
+    changes_read: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.records
+        return {
+            "sevis_topics": self.sevis_topics,
+            "change_topics": self.change_topics,
+            "sevis_records_read": r.read,
+            "sevis_records_decoded": r.decoded,
+            "byte_test": r.byte_test,
+            "change_records_read": self.changes_read,
+        }
+
+    def describe(self) -> str:
+        """One line per kind of topic: what was read whole, why, and how much of it was decoded."""
+        r = self.records
+        how = (
+            f"decoded {r.decoded:,} of {r.read:,} records (those holding the student key or one of its BatchIDs)"
+            if r.byte_test
+            else f"decoded all {r.read:,} records (the key has characters JSON may escape)"
+        )
+        lines = [f"read whole: {', '.join(self.sevis_topics)} (keyed by OrgID, not by student); {how}"]
+        if self.change_topics:
+            lines.append(
+                f"read whole: {', '.join(self.change_topics)} (keyed by the row's primary key); "
+                f"decoded all {self.changes_read:,} records"
+            )
+        return "\n".join(lines)
+
+
+def _read_raw(settings: Settings, topics: Sequence[str], timeout_s: float) -> list[list[RawRecord]]:
+    """Every record of each topic, undecoded, in offset order per partition; the topics are read at once
+    (one consumer each, in threads: librdkafka waits without the GIL, so the end-of-topic waits overlap)."""
+
+    def one(topic: str) -> list[RawRecord]:
+        return [raw_message(m) for m in read_topic(settings.kafka, topic, timeout_s=timeout_s)]
+
+    if not topics:
+        return []
+    with ThreadPoolExecutor(max_workers=len(topics)) as pool:
+        return list(pool.map(one, topics))
+
+
+def load_student_inputs(
+    settings: Settings, student: str, *, with_changes: bool = True, timeout_s: float = 30.0
+) -> tuple[AuditInputs, StudentRead]:
+    """What one student's timeline needs: the SEVIS-side topics read whole but only the records that can
+    concern the student decoded (:func:`~sevisflow.app.audit.timeline.student_records`), and, optionally,
+    the change topics read and decoded whole (the student matcher learns the SIS ids from them in log
+    order). None of these topics is keyed by student: events, commands, batches and results are keyed by
+    OrgID, change topics by the row's primary key, so no partition can be left out."""
+    t = settings.topics
+    existing = set(list_topics(settings, timeout_s))
+    sevis = [n for n in (t.events, t.batches, t.commands, t.results) if n in existing]
+    changes = sorted(x for x in existing if is_change_topic(x, settings.connector.topic_prefix)) if with_changes else []
+    raw = dict(zip([*sevis, *changes], _read_raw(settings, [*sevis, *changes], timeout_s), strict=True))
+    for lst in raw.values():
+        lst.sort(key=lambda r: (r.partition, r.offset))
+    recs = student_records(
+        student,
+        events=raw.get(t.events, []),
+        batches=raw.get(t.batches, []),
+        commands=raw.get(t.commands, []),
+        results=raw.get(t.results, []),
+    )
+    inputs = AuditInputs(events=recs.events, batches=recs.batches, results=recs.results, commands=recs.commands)
+    for topic in changes:
+        inputs.changes += [r.decode() for r in raw[topic]]
+    read = StudentRead(sevis, changes, recs, changes_read=len(inputs.changes))
+    return inputs, read
 
 
 def outbox_info(settings: Settings, batch_id: str) -> dict[str, Any] | None:

@@ -2,7 +2,8 @@
 
 No Kafka and no clock here: the functions take :class:`~sevisflow.app.audit.decode.Decoded`
 records (as :mod:`sevisflow.app.audit.sources` reads them, or as a test builds them) and
-return plain data. The CLI (:mod:`sevisflow.app.cli.audit`) only reads and prints.
+return plain data; :func:`student_records` picks, from undecoded records, the few that one student's
+timeline can use. The CLI (:mod:`sevisflow.app.cli.audit`) only reads and prints.
 
 A student's timeline follows one student through every stage::
 
@@ -21,11 +22,12 @@ the records, which ``sevisflow replay --student`` exports when an auditor needs 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sevisflow.app.audit.decode import Decoded, iso_ms
+from sevisflow.app.audit.decode import Decoded, RawRecord, iso_ms
 from sevisflow.app.audit.replay import StudentMatcher, table_of
 
 STAGE_ORDER = {"sis": 0, "event": 1, "command": 2, "batch": 3, "upload": 4, "result": 5}
@@ -145,6 +147,87 @@ def student_timeline(
     steps += _result_steps(student, results, batched.sent)
     steps.sort(key=Step.sort_key)
     return StudentTimeline(student, steps, batched.batch_ids, unreported)
+
+
+def student_batches(student: str, batches: Iterable[Decoded]) -> tuple[list[str], list[str]]:
+    """The BatchIDs of the closed batches that carried ``student``, and the ids of the commands that closed
+    them (what :func:`student_timeline` joins commands, uploads and results by)."""
+    out = _Batched()
+    for d in batches:
+        v = _v(d)
+        if _is(d, BATCH) and v.get("type") == "closed":
+            _closed_steps(student, d, v, out)
+    return out.batch_ids, list(out.close_commands)
+
+
+# ----------------------------------------------------------------------------- what one student needs
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._:@+-]+")
+
+
+def student_needle(student: str) -> bytes | None:
+    """Bytes that every SEVIS-side record about ``student`` holds in its value; None when there are none.
+
+    The key is written as is in the Avro string fields (``student_key``) and, by the batcher's JSON,
+    inside ``record_json`` / ``records_json``. JSON writes letters, digits and ``._:@+-`` unescaped, so a
+    record without these bytes cannot name such a key. Any other key could be escaped: no byte test."""
+    return student.encode() if _PLAIN_KEY.fullmatch(student) else None
+
+
+@dataclass
+class StudentRecords:
+    """The SEVIS-side records that may concern one student, decoded; how many were read and decoded."""
+
+    events: list[Decoded] = field(default_factory=list)
+    batches: list[Decoded] = field(default_factory=list)
+    commands: list[Decoded] = field(default_factory=list)
+    results: list[Decoded] = field(default_factory=list)
+    read: int = 0
+    decoded: int = 0
+    byte_test: bool = True
+    """False: the key has characters JSON may escape, so every record was decoded"""
+
+
+def student_records(
+    student: str,
+    *,
+    events: Sequence[RawRecord] = (),
+    batches: Sequence[RawRecord] = (),
+    commands: Sequence[RawRecord] = (),
+    results: Sequence[RawRecord] = (),
+) -> StudentRecords:
+    """The records :func:`student_timeline` can use for ``student``, decoded, in the order given; the others
+    are not decoded (decoding is most of the cost of reading a school's whole history).
+
+    A record is decoded when its value bytes hold the student key (:func:`student_needle`), or, once the
+    closed events naming the student are known, one of those batches' BatchIDs (lifecycle events,
+    requeues and resends, SEVIS results) or of their close command ids. Each rule of the timeline that
+    selects a record compares one of these strings with a field of it, so the timeline is the one the
+    whole log gives (tests/integration/test_audit_student_scale.py compares both on a real Kafka)."""
+    needle = student_needle(student)
+    n = len(events) + len(batches) + len(commands) + len(results)
+    if needle is None:
+
+        def every(lst: Sequence[RawRecord]) -> list[Decoded]:
+            return [r.decode() for r in lst]
+
+        return StudentRecords(
+            every(events), every(batches), every(commands), every(results), read=n, decoded=n, byte_test=False
+        )
+    mine = (needle,)
+    first = {i: r.decode() for i, r in enumerate(batches) if r.mentions(mine)}
+    batch_ids, close_ids = student_batches(student, first.values())
+    later = tuple(b.encode() for b in batch_ids)
+    rest = {i: r.decode() for i, r in enumerate(batches) if i not in first and r.mentions(later)}
+    out = StudentRecords(
+        events=[r.decode() for r in events if r.mentions(mine)],
+        batches=[d for _, d in sorted({**first, **rest}.items())],
+        commands=[r.decode() for r in commands if r.mentions(mine + later + tuple(c.encode() for c in close_ids))],
+        results=[r.decode() for r in results if r.mentions(mine + later)],
+        read=n,
+    )
+    out.decoded = len(out.events) + len(out.batches) + len(out.commands) + len(out.results)
+    return out
 
 
 def _event_steps(student: str, events: Iterable[Decoded]) -> tuple[list[Step], dict[str, list[str]]]:

@@ -11,12 +11,21 @@ from __future__ import annotations
 import argparse
 
 from sevisflow.app.audit.replay import StudentMatcher, layout_from_settings
-from sevisflow.app.audit.sources import SCOPE_SKEW_MS, closed_at_from_archive, load_inputs, outbox_info
+from sevisflow.app.audit.sources import (
+    SCOPE_SKEW_MS,
+    StudentRead,
+    closed_at_from_archive,
+    load_inputs,
+    load_student_inputs,
+    outbox_info,
+)
 from sevisflow.app.audit.timeline import (
     BatchReport,
+    StudentTimeline,
     batch_report,
     format_batch_records,
     format_timeline,
+    student_batches,
     student_timeline,
     summarize,
 )
@@ -46,6 +55,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="skip reading the change topics (faster; SIS steps then come only from event lineage)",
     )
+    st.add_argument(
+        "--decode-all",
+        action="store_true",
+        help="decode every record of every topic read, not only those that can concern the student "
+        "(slower; the same timeline: a cross-check)",
+    )
     st.add_argument("--timeout", type=float, default=30.0, help="Kafka timeout in seconds")
     add_json_flag(st)
     st.set_defaults(func=cmd_student)
@@ -62,28 +77,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bt.set_defaults(func=cmd_batch)
 
 
-def cmd_student(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    inputs = load_inputs(settings, with_changes=not args.no_changes, timeout_s=args.timeout)
-    matcher = StudentMatcher(args.student, layout_from_settings(settings))
-    closed_ids = {
-        (d.value or {}).get("batch_id")
-        for d in inputs.batches
-        if isinstance(d.value, dict) and d.value.get("type") == "closed"
-    }
-    uploads = {b: info for b in closed_ids if b and (info := outbox_info(settings, b))}
+def student_from_log(
+    settings: Settings, student: str, *, with_changes: bool = True, decode_all: bool = False, timeout_s: float = 30.0
+) -> tuple[StudentTimeline, StudentRead | None]:
+    """One student's timeline from the log, and what was read for it (None with ``decode_all``: every
+    record of the topics decoded, as before; the same timeline, kept as a cross-check and for the bench).
+    The outbox is looked up only for the batches that carried the student."""
+    if decode_all:
+        inputs, read = load_inputs(settings, with_changes=with_changes, timeout_s=timeout_s), None
+    else:
+        inputs, read = load_student_inputs(settings, student, with_changes=with_changes, timeout_s=timeout_s)
+    batch_ids, _ = student_batches(student, inputs.batches)
+    uploads = {b: info for b in batch_ids if b and (info := outbox_info(settings, b))}
     tl = student_timeline(
-        args.student,
+        student,
         changes=inputs.changes,
         events=inputs.events,
         batches=inputs.batches,
         results=inputs.results,
         commands=inputs.commands,
         uploads=uploads,
-        matcher=matcher,
+        matcher=StudentMatcher(student, layout_from_settings(settings)),
+    )
+    return tl, read
+
+
+def cmd_student(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    tl, read = student_from_log(
+        settings, args.student, with_changes=not args.no_changes, decode_all=args.decode_all, timeout_s=args.timeout
     )
     if args.json:
-        print_json(tl.to_json())
+        print_json({**tl.to_json(), "read": read.to_json() if read else {"decode_all": True}})
         return 0 if tl.steps else 1
     if not tl.steps:
         raise SevisflowError(f"nothing recorded for student {args.student} on the retained topics")
@@ -94,6 +119,7 @@ def cmd_student(args: argparse.Namespace) -> int:
         + (f"; {tl.unreported_changes} SIS change(s) without a SEVIS event" if tl.unreported_changes else "")
     )
     print(format_table(["WHEN (UTC)", "STAGE", "WHAT", "RECORDED AT"], format_timeline(tl)))
+    print(read.describe() if read else "read every topic whole and decoded every record (--decode-all)")
     return 0
 
 
