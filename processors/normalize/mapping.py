@@ -105,6 +105,8 @@ class Mapping:
     origin: str = "mapping"
     # visas of students SEVIS holds in another batch (J-1 → EV): their changes become dead letters
     other_sevis_visas: frozenset[str] = frozenset()
+    _feeds_by_table: dict[str, tuple[Feed, ...]] = field(init=False, repr=False, compare=False)
+    _reference_by_table: dict[str, Reference] = field(init=False, repr=False, compare=False)
 
     def tables(self) -> list[str]:
         """Every SIS table (schema.table) the mapping reads, in a stable order."""
@@ -115,11 +117,19 @@ class Mapping:
             seen.setdefault(r.table, None)
         return list(seen)
 
+    def __post_init__(self) -> None:
+        # per-table lookups, asked for every row change: computed once (the mapping is immutable)
+        by_table: dict[str, list[Feed]] = {}
+        for f in self.feeds:
+            by_table.setdefault(f.table, []).append(f)
+        object.__setattr__(self, "_feeds_by_table", {t: tuple(fs) for t, fs in by_table.items()})
+        object.__setattr__(self, "_reference_by_table", {r.table: r for r in reversed(self.references)})
+
     def feeds_of(self, table: str) -> list[Feed]:
-        return [f for f in self.feeds if f.table == table]
+        return list(self._feeds_by_table.get(table, ()))
 
     def reference_of(self, table: str) -> Reference | None:
-        return next((r for r in self.references if r.table == table), None)
+        return self._reference_by_table.get(table)
 
     def value_table(self, name: str) -> ValueTable | None:
         return self.values.get(name)

@@ -1248,11 +1248,23 @@ class TransactionalLoop:
             self._dead_letters[code] = self._dead_letters.get(code, 0) + 1
 
     def _produce_state(self) -> None:
+        """The transaction's state changes to the changelog: one delivery callback per partition and no
+        per-record objects (a stage writes several state records per input record)."""
         if not self.state_topic:
             return
+        topic, failures, written = self.state_topic, self._delivery_failures, 0
         for partition, kv in self.state.staged().items():
+            origin = ("state", partition)
+
+            def on_delivery(err: KafkaError | None, msg: Message, origin: tuple[Any, ...] = origin) -> None:
+                if err is not None:
+                    failures.append((origin, Output(topic, msg.key(), msg.value(), partition=msg.partition()), err))
+
             for key, value in kv.items():
-                self._produce(Output(self.state_topic, key, value, partition=partition), ("state", partition))
+                produce(self.producer, topic, key, value, partition=partition, on_delivery=on_delivery)
+            written += len(kv)
+        if written:
+            self._out_counts[topic] = self._out_counts.get(topic, 0) + written
 
     def _next_positions(self, records: list[Message]) -> list[TopicPartition]:
         last: dict[tuple[str, int], int] = {}
