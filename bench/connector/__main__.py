@@ -88,8 +88,10 @@ def _lsn(conn: psycopg.Connection[Any]) -> int:
     return int(conn.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8").fetchone()[0])  # type: ignore[index]
 
 
-def _child(kind: str, job: dict[str, Any], decoder: str | None = None) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def _child(kind: str, job: dict[str, Any], decoder: str | None = None, repo: Path = REPO) -> dict[str, Any]:
+    """One measured run in a child process, of the connector code in ``repo`` (this checkout, or another
+    copy for an A/B: its bench/connector/child.py runs, with its own sevisflow)."""
+    env = dict(os.environ, PYTHONPATH=str(repo))
     env.pop("SEVISFLOW_PURE_PYTHON_DECODER", None)
     if decoder == "python":
         env["SEVISFLOW_PURE_PYTHON_DECODER"] = "1"
@@ -99,7 +101,7 @@ def _child(kind: str, job: dict[str, Any], decoder: str | None = None) -> dict[s
         capture_output=True,
         text=True,
         env=env,
-        cwd=REPO,
+        cwd=repo,
         timeout=900,
     )
     if proc.returncode != 0:
@@ -113,6 +115,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=500_000, help="preloaded rows (and snapshot table size)")
     ap.add_argument("--repeat", type=int, default=3, help="measured runs of each kind")
     ap.add_argument("--skip-snapshot", action="store_true")
+    ap.add_argument(
+        "--snapshot-only",
+        action="store_true",
+        help="only the snapshot runs: no change workload, no raw / pg_recvlogical / stream / Debezium runs",
+    )
+    ap.add_argument(
+        "--snapshot-fetch-size",
+        type=int,
+        default=None,
+        help="snapshot.fetch.size of the snapshot runs (rows per chunk; the connector's default when not given)",
+    )
+    ap.add_argument(
+        "--snapshot-ab",
+        type=Path,
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="also run every snapshot with the connector code of another copy of the repository (e.g. the code "
+        "before a change), alternating with this one in each repeat; reported side by side (repeatable)",
+    )
     ap.add_argument("--no-debezium", action="store_true", help="skip the Debezium 3.6.1 (Kafka Connect) comparison")
     ap.add_argument(
         "--decoder",
@@ -135,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     base.chmod(0o755)
     print("starting PostgreSQL + Kafka…", flush=True)
     info = start_stack(name="bench-connector", base=base, progress=lambda *_: None)
-    results: dict[str, Any] = {"args": vars(args), "runs": {}}
+    results: dict[str, Any] = {
+        "args": {k: [str(p) for p in v] if k == "snapshot_ab" else v for k, v in vars(args).items()},
+        "runs": {},
+        "loadavg_start": os.getloadavg(),
+    }
     try:
         assert info.postgres and info.kafka
         dsn = info.postgres.dsn
-        n_tx = args.changes // 100
+        n_tx = 0 if args.snapshot_only else args.changes // 100
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
             conn.execute("ALTER SYSTEM SET logical_decoding_work_mem = '256MB'")
@@ -159,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"workload: {n_tx} transactions × 100 changes (40% I / 50% U / 10% D)…", flush=True)
             t0 = time.monotonic()
             conn.execute("SET synchronous_commit = off")
-            conn.execute("CALL bench_changes(%s, %s)", (n_tx, args.rows))
+            if n_tx:
+                conn.execute("CALL bench_changes(%s, %s)", (n_tx, args.rows))
             gen_s = time.monotonic() - t0
             end_lsn = _lsn(conn)
         results["workload"] = {
@@ -190,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             "debezium": [],
             "connector_python": [],
             "snapshot_python": [],
+            **{f"snapshot_ab:{p.resolve()}": [] for p in args.snapshot_ab},
         }
         decoders = ["c", "python"] if args.decoder == "both" else [args.decoder]
 
@@ -204,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
 
         bindir = find_pg_bin()
         for rep in range(args.repeat):
+            if args.snapshot_only:
+                _snapshot_runs(args, info, base, decoders, rep, runs)
+                continue
             slot = f"raw_{rep}"
             copy_slot(slot)
             r = _child("raw", {"conninfo": conninfo, "slot": slot, "publication": "bench_pub", "commits": n_tx})
@@ -328,38 +359,14 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     drop_slot(slot)
 
-            for dec in (decoders if rep % 2 == 0 else decoders[::-1]) if not args.skip_snapshot else ():
-                tag = f"{rep}{'' if dec == 'c' else 'py'}"
-                slot = f"snap_{tag}"
-                offsets = base / f"snap_offsets_{tag}"
-                settings = {
-                    "kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
-                    "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
-                    "connector": {
-                        "name": f"snap{tag}",
-                        "slot_name": slot,
-                        "topic_prefix": f"snap{tag}",
-                        "publication_name": f"snap_pub{tag}",
-                        "table_include_list": ["public.bench_snap"],
-                        "offsets_dir": str(offsets),
-                        "snapshot_mode": "initial_only",
-                        "heartbeat_interval_ms": 0,
-                        "provide_transaction_metadata": False,
-                    },
-                }
-                r = _child("snapshot", {"settings": settings}, dec)
-                drop_slot(slot)
-                runs["snapshot" if dec == "c" else "snapshot_python"].append(r)
-                print(
-                    f"  snapshot ({r.get('decoder')} decoder) #{rep + 1}: {r['rows'] / r['seconds']:,.0f} rows/s "
-                    f"acked, {r['cpu_s'] / r['rows'] * 1e6:.2f} µs CPU/row, peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
-                    flush=True,
-                )
+            if not args.skip_snapshot:
+                _snapshot_runs(args, info, base, decoders, rep, runs)
         results["runs"] = runs
         t0 = time.perf_counter()
         for _ in range(10_000_000):
             pass
         results["calibration_ms"] = (time.perf_counter() - t0) * 1000
+        results["loadavg_end"] = os.getloadavg()
         _report(results)
         out = REPO / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
@@ -370,6 +377,58 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _drop_slot(dsn: str, name: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (name,))
+
+
+def _snapshot_runs(
+    args: argparse.Namespace, info: Any, base: Path, decoders: list[str], rep: int, runs: dict[str, list[Any]]
+) -> None:
+    """One repeat of the snapshot runs: ``bench_snap`` read by the connector (snapshot.mode=initial_only), per
+    decoder — and with ``--snapshot-ab``, per version too, the order alternating from repeat to repeat."""
+    kinds: list[tuple[str, Path | None]] = [(dec, None) for dec in decoders]
+    kinds += [("c", p.resolve()) for p in args.snapshot_ab]
+    for dec, other in kinds if rep % 2 == 0 else kinds[::-1]:
+        tag = f"{rep}{'' if dec == 'c' else 'py'}{f'ab{kinds.index((dec, other))}' if other else ''}"
+        slot = f"snap_{tag}"
+        offsets = base / f"snap_offsets_{tag}"
+        settings = {
+            "kafka": {"bootstrap_servers": info.kafka.bootstrap, "partitions": 3},
+            "postgres": {"host": "127.0.0.1", "port": info.postgres.port, "dbname": "sis"},
+            "connector": {
+                "name": f"snap{tag}",
+                "slot_name": slot,
+                "topic_prefix": f"snap{tag}",
+                "publication_name": f"snap_pub{tag}",
+                "table_include_list": ["public.bench_snap"],
+                "offsets_dir": str(offsets),
+                "snapshot_mode": "initial_only",
+                "heartbeat_interval_ms": 0,
+                "provide_transaction_metadata": False,
+                **({"snapshot_fetch_size": args.snapshot_fetch_size} if args.snapshot_fetch_size else {}),
+            },
+        }
+        r = _child("snapshot", {"settings": settings}, dec, other or REPO)
+        _drop_slot(info.postgres.dsn, slot)
+        runs[f"snapshot_ab:{other}" if other else "snapshot" if dec == "c" else "snapshot_python"].append(r)
+        print(
+            f"  snapshot ({r.get('decoder')} decoder{', ' + str(other) if other else ''}) #{rep + 1}: {r['rows'] / r['seconds']:,.0f} rows/s "
+            f"acked, {r['cpu_s'] / r['rows'] * 1e6:.2f} µs CPU/row, peak RSS {r['maxrss_kb'] / 1024:.0f} MiB, "
+            f"{r.get('minor_faults', 0) / r['rows']:.2f} minor page faults/row",
+            flush=True,
+        )
+        if r.get("phase_s"):
+            print(
+                f"    snapshot phase alone: {r['rows'] / r['phase_s']:,.0f} rows/s, "
+                f"{r['phase_cpu_s'] / r['rows'] * 1e6:.2f} µs CPU/row; the whole machine "
+                f"{r['phase_box_busy_s'] / r['rows'] * 1e6:.2f} µs CPU/row, "
+                f"{r['phase_box_busy_s'] / r['phase_s']:.2f} of {r['box_cores']} cores busy; CPU s by command "
+                f"{r.get('phase_cpu_by_command_s')}",
+                flush=True,
+            )
+
+
 def _report(results: dict[str, Any]) -> None:
     n = results["workload"]["changes"]
     runs = results["runs"]
@@ -378,10 +437,20 @@ def _report(results: dict[str, Any]) -> None:
         rates = sorted(count / r["seconds"] for r in rs)
         return rates[0], statistics.median(rates), rates[-1]
 
-    raw = med_rate(runs["raw"], n)
-    rl = med_rate(runs["pg_recvlogical"], n)
     calib = results.get("calibration_ms")
     print()
+    la0, la1 = results.get("loadavg_start"), results.get("loadavg_end")
+    if la0 and la1:
+        print(
+            f"load average (1/5/15 min): start {la0[0]:.2f} {la0[1]:.2f} {la0[2]:.2f}, end {la1[0]:.2f} {la1[1]:.2f} {la1[2]:.2f}"
+        )
+    if not runs.get("raw"):
+        print("| what (snapshot only) | min | median | max |")
+        print("|---|---|---|---|")
+        _report_snapshots(runs, calib)
+        return
+    raw = med_rate(runs["raw"], n)
+    rl = med_rate(runs["pg_recvlogical"], n)
     print(f"| what ({n:,} changes, {results['workload']['wal_bytes'] / 1e6:.0f} MB WAL) | min | median | max |")
     print("|---|---|---|---|")
     print(
@@ -431,11 +500,23 @@ def _report(results: dict[str, Any]) -> None:
         )
         print(f"| Debezium JVM CPU per change (µs) / peak RSS (MiB) | | {dcpu:.2f} / {drss:.0f} | |")
         print(f"| connector / Debezium (median throughput) | | **{con[1] / dz[1]:.2f}×** | |")
+    _report_snapshots(runs, calib)
+
+
+def _med_rate(rs: list[dict[str, Any]], count: float) -> tuple[float, float, float]:
+    rates = sorted(count / r["seconds"] for r in rs)
+    return rates[0], statistics.median(rates), rates[-1]
+
+
+def _report_snapshots(runs: dict[str, Any], calib: float | None) -> None:
     if calib:
         print(
             f"| machine load check: 10M empty Python loop iterations, ms (lower = less contended) | | {calib:.0f} | |"
         )
-    for key, label in (("snapshot", "C decoder"), ("snapshot_python", "pure-Python decoder")):
+    med_rate = _med_rate
+    kinds = [("snapshot", "C decoder")]
+    kinds += [(k, f"C decoder, {k.split(':', 1)[1]}") for k in runs if k.startswith("snapshot_ab:")]
+    for key, label in kinds + [("snapshot_python", "pure-Python decoder")]:
         snaps = runs.get(key) or []
         if not snaps:
             continue
@@ -446,6 +527,22 @@ def _report(results: dict[str, Any]) -> None:
             f"| **snapshot ({label}) → Kafka acknowledged (rows/s)** | {sn[0]:,.0f} | **{sn[1]:,.0f}** | {sn[2]:,.0f} |"
         )
         print(f"| snapshot ({label}) client CPU per row (µs) / peak RSS (MiB) | | {scpu:.2f} / {srss:.0f} | |")
+        if all(r.get("phase_s") for r in snaps):
+            ph = med_rate([{"seconds": r["phase_s"]} for r in snaps], snaps[0]["rows"])
+            pcpu = statistics.median(r["phase_cpu_s"] / r["rows"] * 1e6 for r in snaps)
+            print(
+                f"| snapshot ({label}), the snapshot phase alone (reading → acknowledged, rows/s) | {ph[0]:,.0f} "
+                f"| **{ph[1]:,.0f}** | {ph[2]:,.0f} |"
+            )
+            print(f"| snapshot ({label}), the snapshot phase alone: client CPU per row (µs) | | {pcpu:.2f} | |")
+            if all(r.get("phase_box_busy_s") is not None for r in snaps):
+                bcpu = statistics.median(r["phase_box_busy_s"] / r["rows"] * 1e6 for r in snaps)
+                busy = statistics.median(r["phase_box_busy_s"] / r["phase_s"] for r in snaps)
+                print(
+                    f"| snapshot ({label}), the snapshot phase alone: the whole machine's CPU per row (µs; PostgreSQL, "
+                    f"Kafka and everything else running) / cores busy (of {snaps[0]['box_cores']}) | | {bcpu:.2f} / "
+                    f"{busy:.2f} | |"
+                )
 
 
 if __name__ == "__main__":

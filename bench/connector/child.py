@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import threading
@@ -99,6 +100,39 @@ def _until_acked(task: Any, last_commit_lsn: int, th: threading.Thread) -> tuple
     raise RuntimeError("the connector stopped before the workload's last commit was acknowledged")
 
 
+def _box_busy() -> float:
+    """CPU seconds the whole machine spent busy so far (all cores, /proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_pid() -> dict[int, tuple[str, float]]:
+    """pid → (command, CPU seconds so far, user+sys) of every visible process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    raw = fh.read()
+            except OSError:
+                continue
+            f = raw[raw.rindex(")") + 2 :].split()
+            out[int(pid)] = (raw[raw.index("(") + 1 : raw.rindex(")")], (int(f[11]) + int(f[12])) / tick)
+    return out
+
+
+def _cpu_by_command(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds between two :func:`_cpu_by_pid` samples by command, of the processes alive at both (a
+    process that started or ended in between, like the snapshot's own PostgreSQL backend, is left out)."""
+    out: dict[str, float] = {}
+    for pid, (comm, cpu) in after.items():
+        if pid in before and cpu - before[pid][1] > 0:
+            out[comm] = round(out.get(comm, 0.0) + cpu - before[pid][1], 2)
+    return out
+
+
 def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
     from sevisflow.connectors.postgres.metrics import ConnectorMetrics
     from sevisflow.connectors.postgres.task import ConnectorTask
@@ -107,6 +141,17 @@ def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
     settings = settings_from_mapping(job["settings"], env={})
     metrics = ConnectorMetrics(settings.connector.name, settings.connector.slot_name)
     task = ConnectorTask(settings, threading.Event(), metrics)
+    by_command: dict[str, float] = {}  # the phase's CPU seconds of the other long-lived processes (Kafka: java)
+    phase: list[float] = []  # the snapshot phase alone: reading, producing, acks (no connecting, slot, topics)
+    read_table = task._snapshot
+
+    def timed_snapshot(*args: Any) -> None:
+        t, c, box, procs = time.monotonic(), _usage()[0], _box_busy(), _cpu_by_pid()
+        read_table(*args)
+        phase.extend((time.monotonic() - t, _usage()[0] - c, _box_busy() - box))
+        by_command.update(_cpu_by_command(procs, _cpu_by_pid()))
+
+    task._snapshot = timed_snapshot  # type: ignore[method-assign,assignment]
     cpu0, _ = _usage()
     tcpu0 = time.thread_time()
     t0 = time.monotonic()
@@ -123,6 +168,12 @@ def run_snapshot(job: dict[str, Any]) -> dict[str, Any]:
         "maxrss_kb": rss,
         "rows": metrics.snapshot_rows,
         "task_thread_cpu_s": tcpu1 - tcpu0,
+        "phase_s": phase[0] if phase else None,
+        "phase_cpu_s": phase[1] if phase else None,
+        "phase_box_busy_s": phase[2] if phase else None,  # every process on the machine (PostgreSQL, Kafka, …)
+        "box_cores": os.cpu_count(),
+        "phase_cpu_by_command_s": by_command,
+        "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,  # fresh memory pages touched
     }
 
 
@@ -227,8 +278,10 @@ def main() -> int:
     job = json.loads(sys.stdin.read())
     out = {"stream": run_stream, "snapshot": run_snapshot, "raw": run_raw, "raw_pg2": run_raw_pg2}[kind](job)
     if kind in ("stream", "snapshot"):
+        import sevisflow.connectors.postgres.task as task_module
         from sevisflow.connectors.postgres import decoder
 
+        out["task_file"] = task_module.__file__  # which checkout ran (an A/B against a copy of the repo)
         out["decoder"] = decoder.name()  # c, or python (not built / SEVISFLOW_PURE_PYTHON_DECODER=1)
     print(json.dumps(out))
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,12 @@ READ_BATCH = 4000
 _U32 = struct.Struct(">I").unpack_from
 _NO_ENTRY = object()  # "relation not looked up yet" in the stream loop's rels
 FLUSH_TIMEOUT_S = 120.0
+# Snapshot chunks produced whose acknowledgements may still be coming, one producer each. 1: the COPY of
+# chunk N+1 runs while chunk N is acknowledged, then N is settled and N+1 produced (one producer, produce
+# order kept within each partition). 2: chunk N+1 is also produced before N is settled, through a second
+# producer — slower in every one of seven interleaved runs on the 2-core bench box, by 6-27 %: its broker
+# acknowledges no faster when fed by two producers (bench/README.md, "Connector", 2026-12-04).
+SNAPSHOT_IN_FLIGHT = 1
 
 
 @dataclass(slots=True)
@@ -97,6 +104,18 @@ class _Stream:
     no_tx: TxContext = field(
         default_factory=lambda: TxContext(xid=None, commit_lsn=None, ts_us=0)
     )  # events outside a transaction
+
+
+@dataclass
+class _Sent:
+    """A produced snapshot chunk whose acknowledgements may still be coming: its producer and the resume
+    point that becomes true once Kafka acknowledged it (and every chunk before it)."""
+
+    producer: Producer
+    done: list[str]  # tables finished on Kafka with this chunk (not one whose row is held back)
+    table: str | None  # where a resumed snapshot goes on: this table, after ``key``
+    key: list[Any] | None
+    rows: int  # rows produced up to and including this chunk
 
 
 @dataclass
@@ -194,7 +213,7 @@ class ConnectorTask:
                     f"(pid {slot.active_pid}); stop that connector or choose another slot.name"
                 )
 
-        overrides: dict[str, Any] = {
+        self._producer_overrides: dict[str, Any] = {
             "on_delivery": self._on_delivery,
             "delivery.report.only.error": True,
             "partitioner": "murmur2_random",  # Java's partitioner: same partition as Debezium for a key
@@ -203,7 +222,7 @@ class ConnectorTask:
             "queue.buffering.max.kbytes": 65536,
             "queue.buffering.max.messages": 200_000,
         }
-        self.producer = make_producer(self.settings.kafka, **overrides)
+        self.producer = make_producer(self.settings.kafka, **self._producer_overrides)
         self._ensure_topics(
             [self.catalog.topic_for(*t.split(".", 1)) for t in tables]
             + ([self.tx_topic] if c.provide_transaction_metadata else [])
@@ -308,23 +327,23 @@ class ConnectorTask:
                 except BufferError:
                     self._wait_for_queue()
 
-    def _produce_values(self, topic: str, pairs: Iterable[tuple[bytes | None, bytes]]) -> None:
+    def _produce_values(self, topic: str, pairs: Iterable[tuple[bytes | None, bytes]], producer: Producer) -> None:
         """Produce (key, value) pairs to one topic (no headers) as they come: the snapshot's path."""
-        produce = self.producer.produce  # type: ignore[union-attr]
+        produce = producer.produce
         for key, value in pairs:
             try:
                 produce(topic, value, key)
             except BufferError:
                 while True:
-                    self._wait_for_queue()
+                    self._wait_for_queue(producer)
                     try:
                         produce(topic, value, key)
                         break
                     except BufferError:
                         pass
 
-    def _wait_for_queue(self) -> None:
-        self.producer.poll(0.05)  # type: ignore[union-attr]
+    def _wait_for_queue(self, producer: Producer | None = None) -> None:
+        (producer if producer is not None else self.producer).poll(0.05)  # type: ignore[union-attr]
         self._keep_walsender_alive()
 
     def _keep_walsender_alive(self) -> None:
@@ -333,10 +352,12 @@ class ConnectorTask:
             repl.send_status(self.confirmed_lsn)
             self._next_status = time.monotonic() + STATUS_INTERVAL_S
 
-    def _flush(self) -> None:
-        """Wait until Kafka acknowledged everything produced so far; raise if anything failed."""
+    def _flush(self, producer: Producer | None = None) -> None:
+        """Wait until Kafka acknowledged everything produced so far (through ``producer``, by default the
+        task's); raise if anything failed."""
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
-        while self.producer.flush(1.0):  # type: ignore[union-attr]
+        p = producer if producer is not None else self.producer
+        while p.flush(1.0):  # type: ignore[union-attr]
             self._keep_walsender_alive()
             if time.monotonic() > deadline:
                 raise TransientError(f"Kafka did not acknowledge the connector's events within {FLUSH_TIMEOUT_S:.0f}s")
@@ -387,13 +408,24 @@ class ConnectorTask:
             tmp.close()
 
     def _snapshot(self, snapshot_name: str, state: ConnectorState) -> None:
-        """Read every table of ``state.snapshot`` at ``snapshot_name``; progress is saved only after acks."""
+        """Read every table of ``state.snapshot`` at ``snapshot_name``; progress is saved only after acks.
+
+        Pipelined: chunk N+1 is read (COPY) while Kafka acknowledges chunk N — and produced too when
+        :data:`SNAPSHOT_IN_FLIGHT` > 1. Each chunk in flight has a producer of its own (the task's, and
+        extra ones made for the snapshot), so a chunk's acknowledgement is that producer's flush; chunks
+        are settled oldest first — flushed, delivery errors checked, then their resume point saved — so
+        the saved position never runs ahead of what Kafka acknowledged. The snapshot's ``last`` row goes
+        out only once every other row is acknowledged (normalize takes it as "everything before me is on
+        the broker")."""
         prog = state.snapshot
         assert prog is not None
         self.metrics.state = "snapshot"
         conn = psycopg.connect(
             self.conninfo, options=SESSION_OPTIONS, autocommit=True, application_name="sevisflow-connector-snapshot"
         )
+        assert self.producer is not None
+        ring: list[Producer] = [self.producer]  # chunk n goes to ring[n % SNAPSHOT_IN_FLIGHT]
+        inflight: deque[_Sent] = deque()
         try:
             xmin = begin_snapshot_transaction(conn, snapshot_name, [t for t in prog.tables if t not in prog.done])
             tx = TxContext(xid=xmin, commit_lsn=None, ts_us=time.time_ns() // 1000, snapshot="true")
@@ -408,27 +440,46 @@ class ConnectorTask:
                 rows_estimate=prog.total_estimate,
                 resumed=prog.resumed,
             )
+            n = 0
             for table in prog.tables:
                 if table in run.finished:
                     continue
                 meta, chunks = self._table_chunks(conn, table, prog)
-                for chunk in chunks:
+                for chunk in chunks:  # reading chunk n (COPY) while the chunks before it are being acknowledged
                     if not chunk:
                         continue
-                    self._produce_runs(marks.runs(meta, chunk), run)
-                    self._snapshot_checkpoint(state, run, marks.held_table)
+                    producer = self._ring_producer(ring, n)
+                    n += 1
+                    while any(s.producer is producer for s in inflight):  # its earlier chunk: settle it first
+                        self._snapshot_checkpoint(state, inflight.popleft())
+                    self._produce_runs(marks.runs(meta, chunk), run, producer)
+                    inflight.append(self._sent(run, marks.held_table, producer))
+                    checkpoint("connector.snapshot_chunk_produced")  # produced, acknowledgements outstanding
                     if self.stop.is_set():
+                        while inflight:
+                            self._snapshot_checkpoint(state, inflight.popleft())
                         log.info("connector.snapshot_interrupted", rows=run.rows)
                         return
                 run.finished.append(table)
-            self._produce_runs(marks.finish(), run)
-            self._snapshot_checkpoint(state, run, None)
+            while inflight:  # the last row waits for every other one
+                self._snapshot_checkpoint(state, inflight.popleft())
+            self._produce_runs(marks.finish(), run, self.producer)
+            self._snapshot_checkpoint(state, self._sent(run, None, self.producer))
             conn.execute("ROLLBACK")
         except psycopg.Error as exc:
             raise classify(exc, "reading the snapshot") from exc
         finally:
             conn.close()
+            for extra in ring[1:]:  # empty unless the snapshot failed; what it still holds is re-sent on resume
+                extra.flush(10)
         self._snapshot_done(state, run.rows)
+
+    def _ring_producer(self, ring: list[Producer], n: int) -> Producer:
+        """The producer of the snapshot's ``n``-th chunk: one per chunk in flight, made when first needed."""
+        i = n % SNAPSHOT_IN_FLIGHT
+        if i == len(ring):
+            ring.append(make_producer(self.settings.kafka, **self._producer_overrides))
+        return ring[i]
 
     def _table_chunks(
         self, conn: psycopg.Connection[Any], table: str, prog: SnapshotProgress
@@ -442,29 +493,34 @@ class ConnectorTask:
         after = prog.last_key if table == prog.current else None
         return meta, read_chunks(conn, meta, key_types, after, max(1, self.c.snapshot_fetch_size))
 
-    def _produce_runs(self, runs: Iterable[Run], run: _SnapshotRun) -> None:
-        """Produce each run of rows with its mark, and note the last row produced."""
+    def _produce_runs(self, runs: Iterable[Run], run: _SnapshotRun, producer: Producer) -> None:
+        """Produce each run of rows with its mark through ``producer``, and note the last row produced."""
         read_values = self.builder.iter_read_values
         for meta, rows, mark in runs:
-            self._produce_values(meta.topic, read_values(meta, rows, run.tx, run.lsn, mark))
+            self._produce_values(meta.topic, read_values(meta, rows, run.tx, run.lsn, mark), producer)
             run.table, run.key = meta.full_name, list(meta.key_text(rows[-1]))
             run.rows += len(rows)
 
-    def _snapshot_checkpoint(self, state: ConnectorState, run: _SnapshotRun, held_table: str | None) -> None:
-        """Wait for Kafka's acks, then save the progress: the tables done (not one whose row is held back)
-        and the last produced key of the current one."""
+    @staticmethod
+    def _sent(run: _SnapshotRun, held_table: str | None, producer: Producer) -> _Sent:
+        """The resume point once what was just produced is acknowledged: the tables done (not one whose row
+        is held back) and the last produced key of the current one."""
+        done = [t for t in run.finished if t != held_table]
+        if run.table and run.table not in done:
+            return _Sent(producer, done, run.table, run.key, run.rows)
+        return _Sent(producer, done, None, None, run.rows)
+
+    def _snapshot_checkpoint(self, state: ConnectorState, sent: _Sent) -> None:
+        """Wait for Kafka's acks of the chunk ``sent`` (every earlier one is settled already), then save its
+        resume point; a delivery error raises first, so its progress is never saved."""
         prog = state.snapshot
         assert prog is not None
         self.metrics.heartbeat.beat()
-        self._flush()
-        done = [t for t in run.finished if t != held_table]
-        prog.done = done
-        if run.table and run.table not in done:
-            prog.current, prog.last_key = run.table, run.key
-        else:
-            prog.current, prog.last_key = None, None
-        added = run.rows - prog.rows
-        prog.rows = run.rows
+        self._flush(sent.producer)
+        prog.done = sent.done
+        prog.current, prog.last_key = sent.table, sent.key
+        added = sent.rows - prog.rows
+        prog.rows = sent.rows
         checkpoint("connector.before_snapshot_progress")
         self.store.save(state)
         checkpoint("connector.after_snapshot_progress")
@@ -472,8 +528,8 @@ class ConnectorTask:
             added,
             {
                 "table": prog.current,
-                "rows": run.rows,
-                "tables_done": len(done),
+                "rows": sent.rows,
+                "tables_done": len(sent.done),
                 "tables": len(prog.tables),
                 "total_estimate": prog.total_estimate,
                 "completed": False,

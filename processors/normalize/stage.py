@@ -71,6 +71,10 @@ class StoreKV:
         self.store = store
         self.cache: OrderedDict[str, Any] = OrderedDict()
         self.dirty: set[str] = set()
+        # keys this transaction read and found in neither the staged nor the committed state: dropping one
+        # needs no tombstone. Asking the store instead costs a read per dropped key (a random RocksDB read
+        # per held snapshot row); a key not listed just gets a tombstone, which is harmless.
+        self.absent: set[str] = set()
         self.max_entries = max_entries
 
     def get(self, key: str) -> Any:
@@ -78,8 +82,14 @@ class StoreKV:
             if self.max_entries is not None:
                 self.cache.move_to_end(key)
             return self.cache[key]
-        raw = self.store.get(STATE_PARTITION, key.encode())
-        value = None if raw is None else orjson.loads(raw)
+        k = key.encode()
+        raw = self.store.get(STATE_PARTITION, k)
+        if raw is None:
+            value = None
+            if k not in self.store.staged_partition(STATE_PARTITION):  # not a tombstone staged earlier
+                self.absent.add(key)
+        else:
+            value = orjson.loads(raw)
         self.cache[key] = value
         return value
 
@@ -91,16 +101,16 @@ class StoreKV:
 
     def flush(self) -> None:
         """Encode what changed since the last flush into the store's staged state; then trim the cache."""
-        committed = self.store.committed_partition(STATE_PARTITION)
         staged = self.store.staged_partition(STATE_PARTITION)
         for key in self.dirty:
             value = self.cache[key]
             k = key.encode()
-            if value is None and k not in committed:
+            if value is None and key in self.absent:
                 staged.pop(k, None)  # made and dropped in one transaction (e.g. a transaction buffer)
             else:
                 staged[k] = None if value is None else orjson.dumps(value)
         self.dirty.clear()
+        self.absent.clear()
         if self.max_entries is not None:
             while len(self.cache) > self.max_entries:
                 self.cache.popitem(last=False)
@@ -108,6 +118,7 @@ class StoreKV:
     def reset(self) -> None:
         self.cache.clear()
         self.dirty.clear()
+        self.absent.clear()
 
 
 class NormalizeStore(StateStore):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
@@ -264,9 +266,11 @@ def _slots(dsn: str) -> list[str]:
 
 
 # Each boundary the connector crosses, crashed just before and just after, in the order one run meets them:
-# the snapshot's progress file (saved only after Kafka acked the chunk), the "snapshot done" state, and the
-# LSN acknowledgement to PostgreSQL (sent only after Kafka acked everything up to it).
+# a snapshot chunk produced, its acknowledgements outstanding (the next chunk is read meanwhile), the
+# snapshot's progress file (saved only after Kafka acked the chunk and every one before it), the "snapshot
+# done" state, and the LSN acknowledgement to PostgreSQL (sent only after Kafka acked everything up to it).
 CRASH_SEQUENCE = [
+    "connector.snapshot_chunk_produced:4",
     "connector.before_snapshot_progress:3",
     "connector.after_snapshot_progress:2",
     "connector.before_snapshot_done",
@@ -321,3 +325,95 @@ def test_crash_on_both_sides_of_every_connector_boundary_loses_nothing(
     assert stats["unique"] == len(writer.expected)
     text = (tmp_path / "connector.log").read_text()
     assert text.count('"event":"crash_point"') == len(CRASH_SEQUENCE)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_snapshot_progress_never_runs_ahead_of_kafka_acknowledgements(
+    kafka_stack: KafkaHandle, fresh_db: PgHandle, unique: str, tmp_path: Path, monkeypatch: Any, in_flight: int
+) -> None:
+    """The snapshot is pipelined (chunk N+1 is read — and with two chunks in flight, produced — while chunk N
+    is acknowledged), yet every progress file it saves claims only rows Kafka already has: at each save —
+    the moment after which a kill -9 resumes from that file — every row of a table marked done, and every
+    row of the current table up to the saved key, is read back from the topic. And the pipeline is real:
+    the reader's COPY was already past the saved key at some save, and ``in_flight`` chunks were produced
+    and unsettled at once, never more."""
+    from sevisflow.connectors.postgres import task as task_module
+    from sevisflow.connectors.postgres.offsets import StateStore
+    from sevisflow.core import checkpoints
+
+    monkeypatch.setattr(task_module, "SNAPSHOT_IN_FLIGHT", in_flight)
+    execute(
+        fresh_db.dsn,
+        "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL)",
+        "CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL)",
+        "INSERT INTO a SELECT g, 1 FROM generate_series(1, 2500) g",
+        "INSERT INTO b SELECT g, 2 FROM generate_series(1, 1500) g",
+    )
+    s = connector_settings(
+        kafka_stack,
+        fresh_db,
+        unique,
+        tmp_path,
+        **{"table.include.list": ["public.a", "public.b"], "snapshot.fetch.size": 300, "snapshot.mode": "initial_only"},
+    )
+    c = s.connector
+    state_file = StateStore(c.offsets_dir, c.name, c.slot_name).path
+    total = {"public.a": 2500, "public.b": 1500}
+    order = ["public.a", "public.b"]
+    produced = saved = 0
+    most_in_flight = 0
+    reader_ahead = 0  # saves at which the snapshot session's COPY already read past the saved position
+    checked: list[tuple[list[str], str | None, int]] = []
+    failures: list[str] = []
+
+    def on_kafka(table: str) -> set[int]:
+        topic = f"{c.topic_prefix}.{table}"
+        return {e[2]["id"] for e in events(s, topic) if e[3] is not None and e[3]["op"] == "r"}
+
+    def reader_position() -> tuple[int, int]:
+        """(table index, key after which it reads) of the snapshot session's latest COPY."""
+        with psycopg.connect(fresh_db.dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT query FROM pg_stat_activity WHERE application_name = 'sevisflow-connector-snapshot' "
+                "AND query LIKE 'COPY%'"
+            ).fetchone()
+        assert row is not None, "no snapshot COPY seen in pg_stat_activity"
+        table = 0 if '"public"."a"' in row[0] else 1
+        after = re.search(r"\) > \('(\d+)'", row[0])
+        return table, int(after.group(1)) if after else 0
+
+    def check(name: str) -> None:
+        nonlocal produced, saved, most_in_flight, reader_ahead
+        if name == "connector.snapshot_chunk_produced":
+            produced += 1
+            most_in_flight = max(most_in_flight, produced - saved)
+            return
+        if name != "connector.after_snapshot_progress":
+            return
+        saved += 1
+        snap = orjson.loads(state_file.read_bytes())["snapshot"]
+        claimed = {t: set(range(1, total[t] + 1)) for t in snap["done"]}
+        if snap["current"] is not None:
+            claimed[snap["current"]] = set(range(1, int(snap["last_key"][0]) + 1))
+            if reader_position() > (order.index(snap["current"]), int(snap["last_key"][0])):
+                reader_ahead += 1
+        for table, ids in claimed.items():
+            missing = ids - on_kafka(table)
+            if missing:
+                failures.append(f"save {saved}: {len(missing)} rows of {table} claimed but not on Kafka")
+        checked.append((list(snap["done"]), snap["current"], snap["rows"]))
+
+    previous = checkpoints.set_handler(check)
+    try:
+        run_to_end(s, timeout=120)
+    finally:
+        checkpoints.set_handler(previous)
+    assert not failures, failures
+    # every chunk's progress was checked, through both tables, and the saved count of rows only grew
+    assert len(checked) >= (2500 + 1500) // 300 and checked[-1][0] == order
+    assert any(cur == "public.b" for _, cur, _ in checked) and any(cur == "public.a" for _, cur, _ in checked)
+    assert [r for *_, r in checked] == sorted(r for *_, r in checked)
+    assert reader_ahead >= len(checked) // 2, f"the next chunk's COPY ran ahead at only {reader_ahead} saves"
+    assert most_in_flight == in_flight
+    assert on_kafka("public.a") == set(range(1, 2501)) and on_kafka("public.b") == set(range(1, 1501))
+    assert orjson.loads(state_file.read_bytes())["snapshot_completed"] is True

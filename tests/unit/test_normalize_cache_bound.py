@@ -73,3 +73,39 @@ def test_the_bound_applies_with_the_rocksdb_store_only():
     assert cache_bound(StateSettings()) is None  # memory: the dicts hold it all anyway
     assert cache_bound(StateSettings(backend="rocksdb")) == StateSettings().cache_entries > 0
     assert cache_bound(StateSettings(backend="rocksdb", cache_entries=0)) is None  # 0 = unbounded
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_dropping_a_key_writes_a_tombstone_only_when_the_key_may_be_committed(tmp_path, backend):
+    """normalize knows, without asking the store again, which keys it found absent: one made and dropped
+    in the same transaction writes nothing, a committed one dropped writes a tombstone, and a key whose
+    tombstone is already staged is never taken for absent (its committed value must still be deleted)."""
+    rocks = RocksState(tmp_path, "normalize-kv", 8, 4) if backend == "rocksdb" else None
+    try:
+        store = NormalizeStore(rocks)
+        kv = store.kv
+        kv.put("kept", {"v": 1})
+        kv.put("gone", {"v": 2})
+        store.staged()
+        store.commit()
+
+        assert kv.get("t:1") is None  # a transaction buffer: made and dropped in one transaction
+        kv.put("t:1", ["row"])
+        kv.put("t:1", None)
+        kv.put("gone", None)
+        assert store.staged() == {0: {b"gone": None}}
+        store.commit()
+        assert store.committed_partition(0).get(b"gone") is None and b"t:1" not in dict(store.committed_partition(0))
+
+        kv.put("kept", None)
+        store.staged()  # the tombstone is staged; then the same transaction goes on
+        kv.reset()  # e.g. the value was trimmed from the cache: read back from the store
+        assert kv.get("kept") is None
+        kv.put("kept", {"v": 3})
+        kv.put("kept", None)
+        assert store.staged()[0][b"kept"] is None, "the committed value must still be deleted"
+        store.commit()
+        assert b"kept" not in dict(store.committed_partition(0))
+    finally:
+        if rocks is not None:
+            rocks.close()
