@@ -9,11 +9,17 @@ topics of its own on a Kafka (a throwaway local one unless ``--kafka``), files e
 the XML sink's own function and seals it on the audit ledger. Then, for the first, middle and last
 batch, it times, ``--repeat`` times each, alternating:
 
-* ``scoped``  — what ``sevisflow verify <BatchID>`` does now (:func:`sevisflow.app.cli.verify.verify_one`):
-  locate the closed event by the manifest's close time, read every topic up to it, verify;
-* ``whole``   — the earlier behaviour: read every topic to its end, then verify the batch;
-* ``cli``     — the command itself in a fresh process (``python -m sevisflow verify <BatchID>``),
-  interpreter start and imports included: what an auditor waits for.
+* ``empty``   — ``sevisflow verify <BatchID> --from-start`` (:func:`sevisflow.app.cli.verify.verify_one`):
+  every topic read from its beginning up to the batch's close, the batcher re-run from an empty state;
+* ``all``     — the same without ``--from-start`` after one ``verify --all`` pass (it writes a checkpoint
+  after every 10th batch and the last): the batcher resumes from the newest checkpoint before the batch
+  and the topics are read from its offsets;
+* ``prev``    — the same after the batch before it was verified (its checkpoint is the newest);
+* ``cli``     — the command itself in a fresh process (``python -m sevisflow verify <BatchID>``), with the
+  ``prev`` checkpoints: interpreter start and imports included, what an auditor waits for.
+
+Each way has its own audit folder (``<outbox>/audit``, moved in place before each run), so the runs of
+one repeat alternate. Every verdict must be VERIFIED, from the checkpoint the way says.
 
 For a student of the first, middle and last batch (case ``student``), ``--repeat`` times each, alternating:
 
@@ -31,6 +37,8 @@ skipped, and ``audit student`` has no SIS steps here (see bench/README.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import resource
 import statistics
@@ -129,18 +137,72 @@ def cpu_timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return wall, cpu() - c0, out
 
 
-def one_run(cfg: Path, bid: str) -> dict[str, float]:
-    """One repeat of the three ways for one batch; every verdict must be ok."""
-    from sevisflow.app.audit.verify import verify_batch
-    from sevisflow.app.cli.verify import load_context, verify_one
+AUDIT_SETS = ("empty", "all", "prev")
+
+
+def _use(outbox: Path, which: str) -> None:
+    """Put the audit folder of ``which`` in place (``<outbox>/audit.<which>`` ↔ ``<outbox>/audit``)."""
+    import shutil
+
+    live = outbox / "audit"
+    if live.exists():
+        shutil.rmtree(live)  # what a run wrote in place of the empty set, or a copy of a kept set
+    kept = outbox / f"audit.{which}"
+    if kept.exists():
+        shutil.copytree(kept, live)
+
+
+def prepare_checkpoints(cfg: Path, ids: list[str], picks: dict[str, str]) -> tuple[float, float]:
+    """The audit folders of the ``all`` and ``prev`` ways; returns the ``verify --all`` pass (wall s, CPU s)."""
+    import shutil
+
+    from sevisflow.app.cli import main as cli_main
+    from sevisflow.app.cli.verify import verify_one
     from sevisflow.core.config import load_settings
 
     settings = load_settings(cfg, env={})
-    s, s_cpu, (v, read) = cpu_timed(lambda: verify_one(settings, bid, with_sources=False, timeout_s=60))
-    assert v.ok and read.startswith("read the log up to"), (v.to_json(), read)
-    w, w_cpu, v2 = cpu_timed(lambda: verify_batch(bid, load_context(settings, with_sources=False, timeout_s=60)))
-    assert v2.ok, v2.to_json()
-    c, c_cpu, out = cpu_timed(
+    outbox = Path(settings.sevis.outbox_dir)
+    _use(outbox, "empty")
+    with contextlib.redirect_stdout(io.StringIO()):  # its verdicts
+        w, c, code = cpu_timed(
+            lambda: cli_main(["--config", str(cfg), "verify", "--all", "--no-sources", "--allow-skipped"])
+        )
+    assert code == 0, code
+    shutil.move(outbox / "audit", outbox / "audit.all")
+    for bid in picks.values():
+        k = ids.index(bid)
+        if k:
+            v, read = verify_one(settings, ids[k - 1], with_sources=False, timeout_s=60)
+            assert v.ok and "checkpoint written" in read, read
+    shutil.move(outbox / "audit", outbox / "audit.prev")
+    return w, c
+
+
+def one_run(cfg: Path, ids: list[str], bid: str) -> dict[str, float]:
+    """One repeat of the four ways for one batch; every verdict must be ok, from the checkpoint expected."""
+    from sevisflow.app.cli.verify import verify_one
+    from sevisflow.core.config import load_settings
+
+    settings = load_settings(cfg, env={})
+    outbox = Path(settings.sevis.outbox_dir)
+    k = ids.index(bid)
+    out: dict[str, float] = {}
+    for way in AUDIT_SETS:
+        _use(outbox, way)
+        fresh = way == "empty"
+        w, c, (v, read) = cpu_timed(
+            lambda fresh=fresh: verify_one(settings, bid, with_sources=False, timeout_s=60, from_start=fresh)
+        )
+        before = {"empty": None, "all": (k // 10) * 10 - 1, "prev": k - 1}[way]
+        want = (
+            f"resumed the batcher from the checkpoint after batch {ids[before]}"
+            if before is not None and before >= 0
+            else "read the log up to"
+        )
+        assert v.ok and read.startswith(want), (way, v.to_json(), read)
+        out[way], out[f"{way}_cpu"] = w, c
+    _use(outbox, "prev")
+    c, c_cpu, proc = cpu_timed(
         lambda: subprocess.run(
             [sys.executable, "-m", "sevisflow", "--config", str(cfg), "verify", bid, "--no-sources", "--allow-skipped"],
             cwd=REPO,
@@ -149,8 +211,10 @@ def one_run(cfg: Path, bid: str) -> dict[str, float]:
             timeout=600,
         )
     )
-    assert out.returncode == 0 and "VERIFIED" in out.stdout, out.stdout + out.stderr
-    return {"scoped": s, "whole": w, "cli": c, "scoped_cpu": s_cpu, "whole_cpu": w_cpu, "cli_cpu": c_cpu}
+    assert proc.returncode == 0 and "VERIFIED" in proc.stdout, proc.stdout + proc.stderr
+    assert k == 0 or f"resumed the batcher from the checkpoint after batch {ids[k - 1]}" in proc.stdout, proc.stdout
+    out["cli"], out["cli_cpu"] = c, c_cpu
+    return out
 
 
 def whole_log_timeline(settings: Any, student: str) -> dict[str, Any]:
@@ -237,20 +301,28 @@ def _cell(med: dict[str, float], k: str) -> str:
 
 def verify_case(cfg: Path, ids: list[str], repeat: int) -> None:
     picks = {"first": ids[0], "middle": ids[len(ids) // 2], "last": ids[-1]}
+    all_wall, all_cpu = prepare_checkpoints(cfg, ids, picks)
+    print(f"verify --all (writes the checkpoints): {all_wall:.2f} s ({all_cpu:.2f} CPU s)", flush=True)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in picks}
     for i in range(repeat):
         for which, bid in picks.items():
-            runs[which].append(one_run(cfg, bid))
+            runs[which].append(one_run(cfg, ids, bid))
         print(f"verify: repeat {i + 1} done", flush=True)
     print(
         f"\nverify <BatchID>, {len(ids)} closed batches in the log, median of {repeat}, "
         f"wall seconds (CPU seconds); load average at the end {os.getloadavg()[0]:.1f}:"
     )
-    print("| batch | read up to its close (now) | whole log (before) | `sevisflow verify <BatchID>` (new process) |")
-    print("|---|---|---|---|")
+    print(
+        "| batch | from an empty state (`--from-start`) | from the checkpoints of one `verify --all` "
+        "| from the previous batch's checkpoint | `sevisflow verify <BatchID>` (new process, previous batch's) |"
+    )
+    print("|---|---|---|---|---|")
     for which, rs in runs.items():
         med = _medians(rs)
-        print(f"| {which} ({picks[which]}) | {_cell(med, 'scoped')} | {_cell(med, 'whole')} | {_cell(med, 'cli')} |")
+        print(
+            f"| {which} ({picks[which]}) | {_cell(med, 'empty')} | {_cell(med, 'all')} | {_cell(med, 'prev')} "
+            f"| {_cell(med, 'cli')} |"
+        )
 
 
 def student_case(cfg: Path, ids: list[str], students: dict[str, str], repeat: int) -> None:

@@ -83,6 +83,8 @@ class School:
     sevis_ids: Mapping[str, str] = field(default_factory=dict)
     commands: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     batches: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    student_ids: Mapping[str, tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
+    """Derived: the record ids of each student (see :func:`student_index`); never stored."""
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -239,6 +241,102 @@ def _short(value: Any) -> str | None:
 # ----------------------------------------------------------------------------- transaction
 
 
+class Written(dict[str, Any]):
+    """A copy of one of a school's mappings that lists the keys written since the copy.
+
+    ``apply`` copies a mapping before its first write (the old state stays intact); with thousands of
+    records in an open batch, finding what changed by comparing the two copies cost more than the event
+    itself, so the copy remembers it (:func:`changed_keys`). ``base_id`` is the ``id`` of the mapping it
+    copied: the list is only trusted against that very object, while the caller still holds it.
+    """
+
+    __slots__ = ("base_id", "written")
+
+    def __init__(self, base: Mapping[str, Any]) -> None:
+        super().__init__(base)
+        self.base_id = id(base)
+        self.written: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.written.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.written.add(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.written.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self.written.add(key)
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        other = dict(*args, **kwargs)
+        self.written.update(other)
+        super().update(other)
+
+    def popitem(self) -> tuple[str, Any]:
+        key, value = super().popitem()
+        self.written.add(key)
+        return key, value
+
+    def clear(self) -> None:
+        self.written.update(self)
+        super().clear()
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str] | None:
+    """The keys ``apply`` wrote when it made ``new`` from ``old`` (None: unknown, compare them whole)."""
+    if new is old:
+        return set()
+    if isinstance(new, Written) and new.base_id == id(old):
+        return new.written
+    return None
+
+
+def student_index(school: School) -> Mapping[str, tuple[str, ...]]:
+    """Which record ids each student has in ``school.records``: built once per school state, then carried
+    from state to state by ``apply`` (a lookup instead of a pass over every open record)."""
+    if school.student_ids is None:
+        index: dict[str, list[str]] = {}
+        for rid, rec in school.records.items():
+            index.setdefault(rec["student_key"], []).append(rid)
+        object.__setattr__(school, "student_ids", {k: tuple(v) for k, v in index.items()})
+    return school.student_ids  # type: ignore[return-value]
+
+
+def _carried_index(old: School, records: Mapping[str, Any]) -> Mapping[str, tuple[str, ...]] | None:
+    """``old``'s student index updated for the record ids written (None when ``old`` had none)."""
+    if old.student_ids is None:
+        return None
+    written = changed_keys(old.records, records)
+    if written is None:
+        return None
+    index: Mapping[str, tuple[str, ...]] = old.student_ids
+    copied: dict[str, tuple[str, ...]] | None = None
+    for rid in written:
+        was, now = old.records.get(rid), records.get(rid)
+        s_was = was["student_key"] if was is not None else None
+        s_now = now["student_key"] if now is not None else None
+        if s_was == s_now:
+            continue
+        if copied is None:
+            copied = dict(index)
+            index = copied
+        if s_was is not None:
+            rest = tuple(r for r in copied.get(s_was, ()) if r != rid)
+            if rest:
+                copied[s_was] = rest
+            else:
+                copied.pop(s_was, None)
+        if s_now is not None:
+            copied[s_now] = (*copied.get(s_now, ()), rid)
+    return index
+
+
 class _Tx:
     """Copy-on-write working set of one ``apply`` call."""
 
@@ -260,9 +358,9 @@ class _Tx:
         self.out: list[Output] = []
 
     def w(self, name: str) -> dict[str, Any]:
-        """The named mapping, copied once for writing."""
+        """The named mapping, copied once for writing (a :class:`Written` copy: it lists the keys written)."""
         if name not in self._copied:
-            setattr(self, name, dict(getattr(self, name)))
+            setattr(self, name, Written(getattr(self, name)))
             self._copied.add(name)
         return getattr(self, name)  # type: ignore[no-any-return]
 
@@ -281,6 +379,7 @@ class _Tx:
             sevis_ids=self.sevis_ids,
             commands=self.commands,
             batches=self.batches,
+            student_ids=_carried_index(self.s, self.records),
         )
 
     def emit(
@@ -338,7 +437,15 @@ class _Tx:
         return self.seq
 
     def student_records(self, student_key: str) -> list[dict[str, Any]]:
-        return sorted((r for r in self.records.values() if r["student_key"] == student_key), key=lambda r: r["seq"])
+        """The student's open records by sequence: the school's index, plus the records this call wrote."""
+        ids = set(student_index(self.s).get(student_key, ()))
+        if isinstance(self.records, Written) and self.records.base_id == id(self.s.records):
+            ids.update(self.records.written)
+        elif self.records is not self.s.records:  # pragma: no cover - every write goes through w()
+            ids = set(self.records)
+        recs = self.records
+        found = (recs[k] for k in ids if k in recs and recs[k]["student_key"] == student_key)
+        return sorted(found, key=lambda r: r["seq"])
 
     def reject_command(self, cmd: Mapping[str, Any], at_ms: int, reason: str, dead_letter: str | None = None) -> None:
         """Refuse ``cmd`` with ``reason`` (a ``command_rejected`` event the CLI shows); ``dead_letter`` = also

@@ -74,6 +74,7 @@ from sevisflow.processors.batcher.core import (
     SendCommand,
     Tick,
     apply,
+    changed_keys,
     open_view,
     view_changed,
 )
@@ -209,7 +210,8 @@ def save_diff(store: StateStore, partition: int, old: School, new: School) -> No
     ):
         if a is b:
             continue
-        for key in set(a) | set(b):
+        written = changed_keys(a, b)
+        for key in set(a) | set(b) if written is None else written:
             va, vb = a.get(key), b.get(key)
             if va is vb or (kind == "s" and va == vb):
                 continue

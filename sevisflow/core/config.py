@@ -123,9 +123,14 @@ class KafkaSettings:
     topics_file: str = setting(
         "", "topic specs (TOML) for `sevisflow topics apply`; empty = the built-in deploy/topics.toml"
     )
+    consumer_queue_mb: int = setting(
+        16,
+        "most MiB of records a stage's consumer fetches ahead (librdkafka queued.max.messages.kbytes): "
+        "bounds a stage's memory while it is behind",
+    )
 
     def __post_init__(self) -> None:
-        _check_range("kafka", self, ("partitions", "replication_factor", "min_insync_replicas"), 1)
+        _check_range("kafka", self, ("partitions", "replication_factor", "min_insync_replicas", "consumer_queue_mb"), 1)
         if self.min_insync_replicas > self.replication_factor:
             raise ConfigError(
                 f"kafka.min_insync_replicas = {self.min_insync_replicas} is more than "

@@ -190,6 +190,10 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> Cons
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
+            # librdkafka's default (64 MiB, and 100,000 records per partition) let a stage that was behind
+            # hold hundreds of MiB of fetched records; this bound is still thousands of records ahead
+            "queued.max.messages.kbytes": kafka.consumer_queue_mb * 1024,
+            "queued.min.messages": 10000,
         },
     )
     conf.update(overrides)

@@ -2,8 +2,9 @@
 
 Everything here *reads*: Kafka topics with manual assignment and no offset commits
 (so nothing an auditor runs moves a pipeline consumer group), and the outbox folders.
-The only thing written is the audit ledger (:mod:`sevisflow.core.ledger`), a hash
-chain over the outbox manifests kept next to the outbox.
+The only things written are the audit ledger (:mod:`sevisflow.core.ledger`, by the sinks), a hash
+chain over the outbox manifests kept next to the outbox, and verify's checkpoints of the batcher
+re-run (:mod:`~sevisflow.app.audit.checkpoint`, ``<outbox_dir>/audit/``).
 
 Modules:
 
@@ -13,4 +14,5 @@ Modules:
 * :mod:`~sevisflow.app.audit.sources`  — the thin reader that feeds the pure functions from Kafka
 * :mod:`~sevisflow.core.ledger`   — the hash chain over outbox manifests
 * :mod:`~sevisflow.app.audit.verify`   — re-derive a batch and compare it with the archive
+* :mod:`~sevisflow.app.audit.checkpoint` — where ``verify <BatchID>`` resumes the batcher re-run
 """

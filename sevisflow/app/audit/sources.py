@@ -8,9 +8,9 @@ Read-only: topics through :func:`sevisflow.app.audit.replay.read_all` and
 from __future__ import annotations
 
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -60,22 +60,30 @@ def load_inputs(
     timeout_s: float = 30.0,
     since_ms: int | None = None,
     until_ms: int | None = None,
+    start_offsets: Mapping[str, Mapping[int, int]] | None = None,
 ) -> AuditInputs:
     """Every record of the SEVIS-side topics (and, optionally, the change topics and the transaction
     topic), decoded, in log order. ``since_ms`` / ``until_ms`` (epoch ms) keep, per partition, only the
     records from the first one written at or after ``since_ms`` and before the first one written at or
-    after ``until_ms`` (Kafka's time index: the rest of the log is not read)."""
+    after ``until_ms`` (Kafka's time index: the rest of the log is not read). ``start_offsets``: per topic
+    and partition, the first offset to read (a verify checkpoint's; partitions not named: from the start)."""
     t = settings.topics
     existing = set(list_topics(settings, timeout_s))
     frm = Bound("beginning") if since_ms is None else Bound("time", time_ms=since_ms)
     to = Bound("end") if until_ms is None else Bound("time", time_ms=until_ms)
+    starts = start_offsets or {}
 
     def read(name: str) -> list[Decoded]:
         if name not in existing:
             return []
-        if since_ms is None and until_ms is None:
+        if since_ms is None and until_ms is None and name not in starts:
             return read_all(settings.kafka, name, timeout_s)
-        return list(read_plan(settings.kafka, plan_replay(settings.kafka, name, frm, to, timeout_s), timeout_s))
+        plan = plan_replay(settings.kafka, name, frm, to, timeout_s)
+        if name in starts:
+            first = starts[name]
+            ranges = {p: (max(s, first.get(p, s)), e) for p, (s, e) in plan.ranges.items()}
+            plan = replace(plan, ranges={p: r for p, r in ranges.items() if r[1] > r[0]})
+        return list(read_plan(settings.kafka, plan, timeout_s))
 
     inputs = AuditInputs(
         events=read(t.events), batches=read(t.batches), results=read(t.results), commands=read(t.commands)
@@ -259,14 +267,25 @@ def find_closed_event(settings: Settings, batch_id: str, closed_at_ms: int, time
     return None
 
 
+def batch_close(settings: Settings, batch_id: str, timeout_s: float = 30.0) -> Decoded | None:
+    """The batch's ``closed`` event, found from the close time the archive names (None: the archive names
+    no close time, or the closed event is not where it says)."""
+    at = closed_at_from_archive(settings, batch_id)
+    if at is None or settings.topics.batches not in set(list_topics(settings, timeout_s)):
+        return None
+    return find_closed_event(settings, batch_id, at, timeout_s)
+
+
 def batch_read_limit(settings: Settings, batch_id: str, timeout_s: float = 30.0) -> int | None:
     """How far ``verify <BatchID>`` reads every topic (epoch ms, exclusive): the closed event's log time plus
     the clock tolerance. Nothing written after the close can have gone into the batch. None = read to the
     end (the archive names no close time, or the closed event is not where it says)."""
-    at = closed_at_from_archive(settings, batch_id)
-    if at is None or settings.topics.batches not in set(list_topics(settings, timeout_s)):
-        return None
-    closed = find_closed_event(settings, batch_id, at, timeout_s)
+    closed = batch_close(settings, batch_id, timeout_s)
+    return read_limit_of(closed)
+
+
+def read_limit_of(closed: Decoded | None) -> int | None:
+    """:func:`batch_read_limit` for a closed event already found."""
     if closed is None or closed.timestamp_ms is None:
         return None
     return closed.timestamp_ms + SCOPE_SKEW_MS

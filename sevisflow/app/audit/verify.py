@@ -10,7 +10,8 @@ with the reason), from the file back to the SIS:
    exchange program's batch the EV document) and the configured XSDs, gives the archived bytes (sha256
    equal); else the first differing byte, its line/column and element;
 3. ``batching`` — the batcher's pure state machine (:func:`sevisflow.processors.batcher.core.apply`)
-   re-run over the retained ``sevis.events``, ``sevis.batch.commands`` and ``sevis.results``
+   re-run (from an empty state, or from a :class:`~sevisflow.app.audit.checkpoint.Checkpoint` recorded
+   after an earlier verified batch) over the retained ``sevis.events``, ``sevis.batch.commands`` and ``sevis.results``
    of the school reproduces every ``sevis.batches`` event up to and including this batch's
    ``closed`` event, identical. The three input topics are separate logs, so their
    interleaving is not recorded; the replay follows each topic's order and at every step
@@ -44,6 +45,7 @@ from typing import Any
 
 import orjson
 
+from sevisflow.app.audit.checkpoint import Checkpoint
 from sevisflow.app.audit.decode import Decoded
 from sevisflow.core.ledger import Ledger, check_chain
 from sevisflow.core.serde import registry
@@ -180,10 +182,12 @@ def first_json_difference(a: Any, b: Any, path: str = "") -> str | None:
 class BatcherReplay:
     """Outcome of :func:`guided_batcher_replay` for one school."""
 
-    reproduced: int  # recorded sevis.batches events reproduced, in order
-    recorded: int  # recorded sevis.batches events of the school
+    reproduced: int  # recorded sevis.batches events reproduced, in order (those before a checkpoint included)
+    recorded: int  # recorded sevis.batches events of the school (those before a checkpoint included)
     closed: dict[str, dict[str, Any]]  # batch_id → reproduced closed event
     divergence: str | None  # why the replay stopped early
+    snapshots: dict[str, Checkpoint] = field(default_factory=dict)  # batch_id → the replay right after its close
+    resumed_from: Checkpoint | None = None  # the checkpoint it started from (None: from an empty state)
 
 
 def _raw(d: Decoded, schema: str) -> dict[str, Any]:
@@ -197,6 +201,8 @@ def guided_batcher_replay(
     results: Iterable[Decoded],
     batches: Iterable[Decoded],
     until_batch: str | None = None,
+    start: Checkpoint | None = None,
+    snapshots: bool = False,
 ) -> BatcherReplay:
     """Re-run :func:`sevisflow.processors.batcher.core.apply` over the school's inputs and match the recorded output.
 
@@ -205,29 +211,45 @@ def guided_batcher_replay(
     events is applied; when none publishes anything an input with no output is applied;
     otherwise the replay has diverged and says where. Stops after ``until_batch``'s closed
     event when given. Pure apart from the batcher it calls.
+
+    ``start``: resume from a checkpoint (its state; records before its offsets are left out, whatever
+    was read); None = from an empty state. ``snapshots``: record a :class:`Checkpoint` right after every
+    reproduced closed event (its offsets: per partition, just after the last record of the school applied
+    or matched, so they do not depend on how far the log was read).
     """
     from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, ResultIn, School, apply
 
-    def mine(ds: Iterable[Decoded], schema: str) -> list[tuple[int, dict[str, Any]]]:
+    begin: Mapping[str, Mapping[int, int]] = start.offsets if start is not None else {}
+
+    def mine(ds: Iterable[Decoded], schema: str) -> list[tuple[int, dict[str, Any], Decoded]]:
         out = []
         for d in sorted(ds, key=lambda x: (x.partition, x.offset)):
-            if d.raw is None or d.schema != schema:
+            if d.raw is None or d.schema != schema or d.offset < begin.get(d.topic, {}).get(d.partition, 0):
                 continue
             rec = _raw(d, schema)
             if rec.get("org_id") == org_id:
-                out.append((d.timestamp_ms or 0, rec))
+                out.append((d.timestamp_ms or 0, rec, d))
         return out
 
     queues: list[list[Any]] = [
-        [(ts, EventIn(r, ts)) for ts, r in mine(events, EVENT_SCHEMA)],
-        [(ts, CommandIn(r, log_ms=ts)) for ts, r in mine(commands, COMMAND_SCHEMA)],
-        [(ts, ResultIn(r, ts)) for ts, r in mine(results, RESULT_SCHEMA)],
+        [(ts, EventIn(r, ts), d) for ts, r, d in mine(events, EVENT_SCHEMA)],
+        [(ts, CommandIn(r, log_ms=ts), d) for ts, r, d in mine(commands, COMMAND_SCHEMA)],
+        [(ts, ResultIn(r, ts), d) for ts, r, d in mine(results, RESULT_SCHEMA)],
     ]
-    recorded = [r for _, r in mine(batches, BATCH_SCHEMA)]
+    rec_d = mine(batches, BATCH_SCHEMA)
+    recorded = [r for _, r, _ in rec_d]
     heads = [0, 0, 0]
-    state = School(org_id=org_id)
+    state = start.state if start is not None else School(org_id=org_id)
+    before = start.reproduced if start is not None else 0
     pos = 0
     closed: dict[str, dict[str, Any]] = {}
+    snaps: dict[str, Checkpoint] = {}
+    # per topic/partition: just after the last record of the school applied (matched), and that record's sha256
+    last: dict[tuple[str, int], tuple[int, str | None]] = {}
+    if start is not None:
+        for t, ps in start.offsets.items():
+            for p, o in ps.items():
+                last[(t, p)] = (o, start.anchors.get(t, {}).get(p))
     names = ("sevis.events", "sevis.batch.commands", "sevis.results")
     while any(heads[i] < len(queues[i]) for i in range(3)):
         if until_batch and until_batch in closed:
@@ -260,7 +282,7 @@ def guided_batcher_replay(
         if chosen is None:
             nxt = recorded[pos] if pos < len(recorded) else None
             want = (
-                f"recorded event #{pos + 1} ({nxt['type']}, revision {nxt['revision']})"
+                f"recorded event #{before + pos + 1} ({nxt['type']}, revision {nxt['revision']})"
                 if nxt
                 else "no further recorded event"
             )
@@ -271,14 +293,40 @@ def guided_batcher_replay(
                     f"the next {names[i]} input gives {pubs[0]['type']} revision {pubs[0]['revision']}"
                     + (f" (first difference at {d})" if d else "")
                 )
-            return BatcherReplay(pos, len(recorded), closed, f"cannot reproduce {want}: " + "; ".join(got))
+            return BatcherReplay(
+                before + pos,
+                before + len(recorded),
+                closed,
+                f"cannot reproduce {want}: " + "; ".join(got),
+                snaps,
+                start,
+            )
         i, state, pubs = chosen
+        applied = queues[i][heads[i]][2]
+        last[(applied.topic, applied.partition)] = (applied.offset + 1, applied.value_sha256)
         heads[i] += 1
-        for p in pubs:
-            if p["type"] == "closed" and p.get("batch_id"):
-                closed[p["batch_id"]] = p
+        for _, _, m in rec_d[pos : pos + len(pubs)]:
+            last[(m.topic, m.partition)] = (m.offset + 1, m.value_sha256)
+        for k, ev in enumerate(pubs):
+            if ev["type"] == "closed" and ev.get("batch_id"):
+                closed[ev["batch_id"]] = ev
+                if snapshots:
+                    at = rec_d[pos + k][2]
+                    snaps[ev["batch_id"]] = _snapshot(org_id, ev["batch_id"], at, state, last, before + pos + len(pubs))
         pos += len(pubs)
-    return BatcherReplay(pos, len(recorded), closed, None)
+    return BatcherReplay(before + pos, before + len(recorded), closed, None, snaps, start)
+
+
+def _snapshot(
+    org_id: str, batch_id: str, at: Decoded, state: Any, last: Mapping[tuple[str, int], tuple[int, str | None]], n: int
+) -> Checkpoint:
+    offsets: dict[str, dict[int, int]] = {}
+    anchors: dict[str, dict[int, str]] = {}
+    for (t, p), (o, digest) in sorted(last.items()):
+        offsets.setdefault(t, {})[p] = o
+        if digest is not None:
+            anchors.setdefault(t, {})[p] = digest
+    return Checkpoint(org_id, batch_id, at.topic, at.partition, at.offset, at.timestamp_ms, state, offsets, anchors, n)
 
 
 # ----------------------------------------------------------------------------- events (pure pipeline)
@@ -385,6 +433,8 @@ class VerifyContext:
     skip_reasons: dict[str, str] = field(default_factory=dict)
     requested_skips: set[str] = field(default_factory=set)  # checks the auditor turned off (not failures)
     report_skips: dict[str, str] = field(default_factory=dict)  # topics that could not be read: what is not checked
+    resume: Checkpoint | None = None  # the batcher re-run of its school starts from it (None: from empty)
+    snapshots: bool = False  # record the batcher re-run after every close (checkpoints to write)
     _closed: dict[str, Decoded] | None = None
     _replays: dict[str, BatcherReplay] = field(default_factory=dict)
     _events: dict[str, dict[str, Any]] | None = None
@@ -399,8 +449,9 @@ class VerifyContext:
 
     def replay_for(self, org_id: str) -> BatcherReplay:
         if org_id not in self._replays:
+            start = self.resume if self.resume is not None and self.resume.org_id == org_id else None
             self._replays[org_id] = guided_batcher_replay(
-                org_id, self.events, self.commands, self.results, self.batches
+                org_id, self.events, self.commands, self.results, self.batches, start=start, snapshots=self.snapshots
             )
         return self._replays[org_id]
 
@@ -540,10 +591,15 @@ def _check_batching(ctx: VerifyContext, batch_id: str, closed: _Closed) -> tuple
     got = rep.closed.get(batch_id)
     if got is not None and got == event:
         n_ev = len({e for r in records for e in r.get("event_ids") or []})
+        how = (
+            f", resumed from the checkpoint after batch {rep.resumed_from.label}"
+            if rep.resumed_from is not None
+            else ", from an empty state"
+        )
         return "ok", (
             f"the batcher re-run over the retained events/commands/results reproduces "
             f"the closed event ({len(records)} records from {n_ev} events; "
-            f"{rep.reproduced} of {rep.recorded} batch events of {event['org_id']} reproduced)"
+            f"{rep.reproduced} of {rep.recorded} batch events of {event['org_id']} reproduced{how})"
         )
     if got is not None:
         return "failed", f"re-derived closed event differs: {first_json_difference(got, event)}"
@@ -638,6 +694,8 @@ class AllReport:
     anchored: tuple[int, str] | None = None  # the furthest head anchored on the ledger topic
     unanchored: int = 0  # ledger lines after the anchored head (a sink between sealing and anchoring)
     expected_head_found: bool | None = None
+    checkpoint_problems: list[str] = field(default_factory=list)  # verify's own checkpoints altered or forged
+    checkpoint_notes: list[str] = field(default_factory=list)  # checkpoints written, deleted ones written again
 
     @property
     def ok(self) -> bool:
@@ -647,6 +705,7 @@ class AllReport:
             and not self.missing
             and not self.chain_problems
             and not self.answered
+            and not self.checkpoint_problems
             and self.expected_head_found is not False
         )
 
@@ -670,6 +729,7 @@ class AllReport:
                 "unanchored_lines": self.unanchored,
                 "expected_head_found": self.expected_head_found,
             },
+            "checkpoints": {"problems": self.checkpoint_problems, "notes": self.checkpoint_notes},
         }
 
 

@@ -1,0 +1,159 @@
+"""CPU per event of the batcher stage as its open batch grows (no Kafka: the stage's own handle and view).
+
+``python -m bench.batcher.big_open_batch [--sizes 1000,5000,20000] [--events 2000] [--repeat 3]
+[--compare-with REV] [--json-out FILE]``
+
+For each size N: an open batch of N records (one PersonalInfo update per student, SEVIS IDs known) is
+built through ``BatcherStage.handle``; then ``--events`` more events are timed — 3 in 4 replace a
+student's open record, 1 in 4 adds a new student — committed every 200 events with the open-batch view
+published at each commit, as the stage's transactional loop does. The figure is CPU microseconds per
+timed event. ``--compare-with REV`` runs the same measurement on the code of git revision REV (exported
+to a temporary folder with ``git archive``) in turn with the working tree, each repeat in a fresh child
+process, so both are measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+COMMIT_EVERY = 200
+
+
+class _Msg:
+    """The parts of a consumed Kafka message the stage reads."""
+
+    def __init__(self, topic: str, value: bytes, key: bytes, offset: int, ts: int) -> None:
+        self._topic, self._value, self._key, self._offset, self._ts = topic, value, key, offset, ts
+
+    def topic(self) -> str:
+        return self._topic
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return self._key
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)
+
+    def error(self) -> None:
+        return None
+
+
+def measure(size: int, events: int) -> dict[str, Any]:
+    """One measurement in this process (the child's entry point)."""
+    from sevisflow.core.serde import registry
+    from sevisflow.processors.batcher.stage import BatcherStage, BatcherStore
+    from testkit.batcher import BASE_MS, ORG, event
+    from testkit.settings import make_settings
+
+    settings = make_settings(None, unique="bench", school={"org_id": ORG, "dso_user_ids": ["DSOUSER001"]})
+    stage, store = BatcherStage(settings), BatcherStore()
+    store.partitions.add(0)
+    topic = settings.topics.events
+    offset = 0
+
+    def feed(student: str, n: int) -> None:
+        nonlocal offset
+        offset += 1
+        ev = event(student, n=n, sevis_id=f"N{int(student[1:]):010d}")
+        stage.handle(
+            _Msg(topic, registry().encode("sevisflow.events.SevisEvent", ev), ORG.encode(), offset, BASE_MS), store
+        )
+
+    def commit() -> None:
+        stage.view_outputs(store)
+        store.commit()
+
+    for i in range(size):
+        feed(f"S{i:07d}", i)
+        if i % 500 == 499:
+            commit()
+    commit()
+    c0, t0 = time.process_time(), time.perf_counter()
+    for j in range(events):
+        student = f"S{(j * 7919) % size:07d}" if j % 4 else f"S{size + j:07d}"
+        feed(student, size + j)
+        if j % COMMIT_EVERY == COMMIT_EVERY - 1:
+            commit()
+    commit()
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    return {"size": size, "events": events, "cpu_us_per_event": cpu / events * 1e6, "wall_s": wall}
+
+
+def _child(tree: Path, size: int, events: int) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    code = (  # this file's measure(), over the tree's sevisflow and testkit
+        "import importlib.util, json, sys; sys.path.insert(0, sys.argv[1]); "
+        "spec = importlib.util.spec_from_file_location('big_open_batch', sys.argv[2]); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "import sevisflow; assert sevisflow.__file__.startswith(sys.argv[1]), sevisflow.__file__; "
+        "print(json.dumps(m.measure(int(sys.argv[3]), int(sys.argv[4]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tree), __file__, str(size), str(events)],
+        env=env,
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,5000,20000")
+    ap.add_argument("--events", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    trees: dict[str, Path] = {"now": REPO}
+    tmp = None
+    if args.compare_with:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-batcher-")
+        old = Path(tmp.name)
+        archive = subprocess.run(["git", "archive", args.compare_with], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+        trees = {f"before ({args.compare_with})": old, "now": REPO}
+    rows: list[dict[str, Any]] = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        samples: dict[str, list[float]] = {name: [] for name in trees}
+        for _ in range(args.repeat):
+            for name, tree in trees.items():  # interleaved: both see the same neighbours
+                samples[name].append(_child(tree, size, args.events)["cpu_us_per_event"])
+        row = {"size": size, "events": args.events, "repeat": args.repeat}
+        for name, values in samples.items():
+            row[name] = {"median_us": statistics.median(values), "samples": values}
+        rows.append(row)
+        print(
+            f"open batch {size:>6}: "
+            + "; ".join(f"{name} {statistics.median(v):,.0f} µs/event" for name, v in samples.items()),
+            flush=True,
+        )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"rows": rows, "load_avg": os.getloadavg()}, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
