@@ -508,6 +508,33 @@ MAX_OPEN_VIEW_BYTES = 6 * 1024 * 1024
 8 MiB, and a refused record would abort the batcher's transaction again and again."""
 
 
+MIN_RECORD_JSON_BYTES = 150
+"""No open record encodes shorter (its record id, student key, kind, section, status, seq, rev, payload and
+lineage keys alone are longer): above MAX_OPEN_VIEW_BYTES / this many records the view cannot carry them."""
+
+
+VIEW_SLICE = 256
+"""Records encoded per call while the view is measured against MAX_OPEN_VIEW_BYTES."""
+
+
+def _records_json_within_limit(records: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """``dumps`` of the records in display order, or None when that exceeds MAX_OPEN_VIEW_BYTES — found
+    without encoding a big open batch whole at every commit (90,000 open records are >100 MB of JSON)."""
+    if len(records) > MAX_OPEN_VIEW_BYTES // MIN_RECORD_JSON_BYTES:
+        return None
+    ordered = sorted(records.values(), key=lambda r: (r["section"] != "create", r["seq"]))
+    parts: list[bytes] = []
+    size = 1  # "[" and "]", and a "," between two slices: 2 + the slices + (slices - 1)
+    for i in range(0, len(ordered), VIEW_SLICE):
+        # a slice encoded as a list is "[" + its records joined by "," + "]": its inside joins on with ","
+        part = orjson.dumps(ordered[i : i + VIEW_SLICE], option=orjson.OPT_SORT_KEYS)[1:-1]
+        size += len(part) + 1
+        if size > MAX_OPEN_VIEW_BYTES:
+            return None
+        parts.append(part)
+    return (b"[" + b",".join(parts) + b"]").decode()
+
+
 def view_changed(old: School, new: School) -> bool:
     """Whether ``apply`` changed what ``batch show`` displays (apply copies what it changes)."""
     return old.revision != new.revision or old.records is not new.records or old.held is not new.held
@@ -520,14 +547,11 @@ def open_view(school: School) -> dict[str, Any]:
     every record event carries the stored record, and every change of the records, the holds or
     the revision is published as an event.
     """
-    records = sorted(school.records.values(), key=lambda r: (r["section"] != "create", r["seq"]))
-    dumped = dumps(records)
-    text = dumped if len(dumped) <= MAX_OPEN_VIEW_BYTES else None
     return {
         "org_id": school.org_id,
         "revision": school.revision,
-        "records_json": text,
-        "record_count": len(records),
+        "records_json": _records_json_within_limit(school.records),
+        "record_count": len(school.records),
         "held": [
             {
                 "student_key": k,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -197,3 +198,34 @@ def test_save_diff_and_view_agree_on_a_restored_school():
     store = BatcherStore()
     save_diff(store, 0, School(ORG), s)
     assert open_view(load_school(store, 0, ORG)) == open_view(s)
+
+
+@pytest.mark.parametrize("slice_records", [1, 2, 256])
+def test_the_view_carries_the_records_exactly_as_one_encoding_would_up_to_the_byte_limit(monkeypatch, slice_records):
+    monkeypatch.setattr(core, "VIEW_SLICE", slice_records)  # encoded and measured in slices of this many
+    s = School(ORG)
+    for i in range(4):
+        s, _ = apply(s, EventIn(event(f"S{i}", n=i, display_name="Åsa Ñúñez-Øster"), BASE_MS + i))
+    s, _ = apply(s, EventIn(event("S9", "Create", n=9), BASE_MS + 9))
+    ordered = sorted(s.records.values(), key=lambda r: (r["section"] != "create", r["seq"]))
+    whole = core.dumps(ordered)
+    assert open_view(s)["records_json"] == whole
+    assert orjson.loads(whole)[0]["section"] == "create"  # Creates first, then by sequence
+    limit = len(whole.encode())  # bytes, not characters: the names are not ASCII
+    monkeypatch.setattr(core, "MAX_OPEN_VIEW_BYTES", limit)
+    assert open_view(s)["records_json"] == whole
+    monkeypatch.setattr(core, "MAX_OPEN_VIEW_BYTES", limit - 1)
+    assert open_view(s)["records_json"] is None
+
+
+def test_a_batch_with_more_records_than_could_fit_is_not_encoded_at_all(monkeypatch):
+    s = School(ORG)
+    for i in range(3):
+        s, _ = apply(s, EventIn(event(f"S{i}", n=i), BASE_MS + i))
+    shortest = min(len(core.dumps(r).encode()) for r in s.records.values())
+    assert shortest > core.MIN_RECORD_JSON_BYTES  # the bound the shortcut relies on
+    monkeypatch.setattr(core, "MAX_OPEN_VIEW_BYTES", 2 * core.MIN_RECORD_JSON_BYTES)  # room for 2 at most
+    monkeypatch.setattr(core, "dumps", lambda _: (_ for _ in ()).throw(AssertionError("encoded")))
+    monkeypatch.setattr(core.orjson, "dumps", lambda *a, **k: (_ for _ in ()).throw(AssertionError("encoded")))
+    value = open_view(s)
+    assert value["records_json"] is None and value["record_count"] == 3
