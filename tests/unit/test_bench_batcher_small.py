@@ -1,0 +1,45 @@
+"""The big-open-batch bench (``python -m bench.batcher.big_open_batch``) at a tiny size, so it cannot rot:
+both the working tree and the code of the last commit measured side by side, in child processes, no Kafka.
+
+Checks that every repeat of both versions produced a figure, never how fast (the figures are the bench's).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from testkit.settings import REPO
+
+
+def test_big_open_batch_bench_measures_both_versions_side_by_side(tmp_path):
+    out = tmp_path / "big_open_batch.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.batcher.big_open_batch",
+            "--sizes",
+            "30,60",
+            "--events",
+            "40",
+            "--repeat",
+            "2",
+            "--compare-with",
+            "HEAD",
+            "--json-out",
+            str(out),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["size"] for r in rows] == [30, 60]
+    for row in rows:
+        versions = [k for k in row if k not in ("size", "events", "repeat")]
+        assert sorted(versions) == ["before (HEAD)", "now"], row
+        for name in versions:
+            assert len(row[name]["samples"]) == 2 and all(v > 0 for v in row[name]["samples"]), row
