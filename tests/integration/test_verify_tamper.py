@@ -126,8 +126,17 @@ def world(kafka_stack, tmp_path_factory):
     ids = [registry().decode(v)["batch_id"] for _, v, _ in run["batches"] if registry().decode(v)["type"] == "closed"]
     assert len(ids) == 2
 
-    run_xml(settings, threading.Event(), max_idle_polls=8, instance=f"tamper-{unique}")
     w = World(base, settings, sim, ids)
+    # until both batches are sealed, not for a number of idle polls: on a busy CI box the group join alone
+    # outlasted 8 idle polls and the sink stopped before it had read anything
+    xml_stop = threading.Event()
+    xml = threading.Thread(target=run_xml, args=(settings, xml_stop), kwargs={"instance": f"tamper-{unique}"})
+    xml.start()
+    deadline = time.monotonic() + 120
+    while len(Ledger(w.outbox_dir).entries()) < len(ids) and xml.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    xml_stop.set()
+    xml.join(60)
     assert [e["batch_id"] for e in Ledger(w.outbox_dir).entries()] == ids, "the XML sink sealed both batches"
     shutil.copy(Ledger(w.outbox_dir).path, w.older_ledger)
 
