@@ -541,3 +541,18 @@ def batcher_run(
         }
         run(CommandIn(cmd), "commands", registry().encode("sevisflow.commands.BatchCommand", cmd))
     return out
+
+
+def produce_batcher_run(kafka: Any, topics: Any, run: dict[str, list[tuple[bytes, bytes, int]]]) -> None:
+    """Create the batcher's topics (one partition each) and produce a :func:`batcher_run` onto them, with the
+    records' own timestamps. ``kafka``/``topics``: the settings' ``kafka`` and ``topics`` sections."""
+    from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
+
+    names = {"events": topics.events, "commands": topics.commands, "batches": topics.batches}
+    ensure_topics(kafka, [TopicSpec(n, 1, 1) for n in [*names.values(), topics.results]])
+    producer = make_producer(kafka)
+    for k, recs in run.items():
+        for key, value, ts in recs:
+            producer.produce(names[k], key=key, value=value, timestamp=ts)
+    if producer.flush(30) != 0:
+        raise RuntimeError("the scenario's records were not all acknowledged within 30 s")

@@ -8,10 +8,9 @@ import orjson
 import pytest
 
 from sevisflow.app.cli import main
-from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
 from sevisflow.core.ledger import Ledger, LedgerWriter
 from sevisflow.core.serde import registry
-from testkit.audit_scenario import batcher_run
+from testkit.audit_scenario import batcher_run, produce_batcher_run
 from tests.audit_scenario import scenario_config
 from tests.helpers import XSD_DIR, make_settings
 
@@ -30,13 +29,7 @@ def test_verify_all_then_tamper(kafka_stack, unique, tmp_path, capsys):
     settings = make_settings(kafka_stack, unique=unique)
     t = settings.topics
     run = batcher_run(updates=12, creates=3, batches=3)
-    names = {"events": t.events, "commands": t.commands, "batches": t.batches}
-    ensure_topics(settings.kafka, [TopicSpec(n, 1, 1) for n in [*names.values(), t.results]])
-    producer = make_producer(settings.kafka)
-    for k, recs in run.items():
-        for key, value, ts in recs:
-            producer.produce(names[k], key=key, value=value, timestamp=ts)
-    assert producer.flush(30) == 0
+    produce_batcher_run(settings.kafka, t, run)
     cfg = scenario_config(tmp_path, kafka_stack.bootstrap, unique)
     cfg.write_text(cfg.read_text().replace("[sevis]", f'[sevis]\nxsd_dir = "{XSD_DIR}"'))
     outbox = Outbox(tmp_path / "outbox", tmp_path / "quarantine", settings.school.timezone)

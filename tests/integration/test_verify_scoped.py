@@ -15,10 +15,9 @@ from confluent_kafka.admin import AdminClient
 
 from sevisflow.app.cli import main
 from sevisflow.core.config import load_settings
-from sevisflow.core.kafka_io import TopicSpec, ensure_topics, make_producer
 from sevisflow.core.ledger import Ledger, LedgerWriter
 from sevisflow.core.serde import registry
-from testkit.audit_scenario import batcher_run
+from testkit.audit_scenario import batcher_run, produce_batcher_run
 from tests.audit_scenario import scenario_config
 from tests.helpers import XSD_DIR
 
@@ -43,13 +42,7 @@ def world(kafka_stack, unique, tmp_path):
     settings = load_settings(cfg, env={})
     t = settings.topics
     run = batcher_run(updates=6, creates=2, batches=ROUNDS)
-    names = {"events": t.events, "commands": t.commands, "batches": t.batches}
-    ensure_topics(settings.kafka, [TopicSpec(n, 1, 1) for n in [*names.values(), t.results]])
-    producer = make_producer(settings.kafka)
-    for k, recs in run.items():
-        for key, value, ts in recs:
-            producer.produce(names[k], key=key, value=value, timestamp=ts)
-    assert producer.flush(30) == 0
+    produce_batcher_run(settings.kafka, t, run)
     outbox = Outbox(settings.sevis.outbox_dir, settings.sevis.quarantine_dir, settings.school.timezone)
     writer = LedgerWriter(Ledger(settings.sevis.outbox_dir), "sink-xml", settings.school.org_id)
     ids = []
