@@ -465,13 +465,15 @@ def batcher_run(
     dso: str = DSO,
     base_ms: int = 1_750_000_000_000,
     student_base: int = 0,
+    member_school: bool = False,
 ) -> dict[str, list[tuple[bytes, bytes, int]]]:
     """Inputs and outputs of the *real* batcher (:func:`sevisflow.processors.batcher.core.apply`), encoded.
 
     ``batches`` rounds of ``creates`` Create + ``updates`` update events (payloads from
     :mod:`testkit.xml_samples`, valid against the SEVIS XSD), each round closed by a DSO
     command. Returns ``{"events"|"commands"|"batches": [(key, value, timestamp_ms)]}`` in
-    log order, ready to produce to Kafka or to decode for pure tests.
+    log order, ready to produce to Kafka or to decode for pure tests. ``member_school``: ``org`` is a member school
+    ([[schools]]), closed with the member form of BatchIDs as the batcher does.
     """
     from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
     from testkit.xml_samples import UPDATE_KINDS, create_payload, update_record
@@ -539,7 +541,11 @@ def batcher_run(
             "requested_at_ms": ts,
             "payload_json": None,
         }
-        run(CommandIn(cmd), "commands", registry().encode("sevisflow.commands.BatchCommand", cmd))
+        run(
+            CommandIn(cmd, member_school=member_school),
+            "commands",
+            registry().encode("sevisflow.commands.BatchCommand", cmd),
+        )
     return out
 
 

@@ -32,6 +32,7 @@ def base_rows(
         "person": {
             "person_id": 7,
             "school_id": "S00000007",
+            "school_code": None,
             "first_name": "Zoë",
             "middle_name": None,
             "last_name": "O'Brien-Müller",

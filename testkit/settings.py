@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sevisflow.core.config import Settings, settings_from_mapping
 
@@ -48,10 +49,11 @@ _TOPICS = [
 
 
 def make_settings(
-    kafka: KafkaHandle | None = None, pg: PgHandle | None = None, unique: str = "", **sections: dict
+    kafka: KafkaHandle | None = None, pg: PgHandle | None = None, unique: str = "", **sections: Any
 ) -> Settings:
-    """Settings pointing at the test stack; per-test topic names when ``unique`` is given."""
-    raw: dict[str, dict] = {k: dict(v) for k, v in sections.items()}
+    """Settings pointing at the test stack; per-test topic names when ``unique`` is given (a list section,
+    ``exchange_programs`` or ``schools``, is given as a list of tables)."""
+    raw: dict[str, Any] = {k: list(v) if isinstance(v, (list, tuple)) else dict(v) for k, v in sections.items()}
     if kafka:
         raw.setdefault("kafka", {})["bootstrap_servers"] = kafka.bootstrap
     if pg:

@@ -30,8 +30,14 @@ ORG2 = "XYZ214F00001000"
 FAST = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 
-def batcher_settings(kafka_stack, unique, **school):
-    return make_settings(kafka_stack, unique=unique, school={"org_id": ORG, "timezone": "America/Chicago", **school})
+def batcher_settings(kafka_stack, unique, schools=(), **school):
+    """A per-test batcher's settings: [school] ORG (America/Chicago), plus member schools ([[schools]] tables)."""
+    return make_settings(
+        kafka_stack,
+        unique=unique,
+        school={"org_id": ORG, "timezone": "America/Chicago", **school},
+        schools=list(schools),
+    )
 
 
 def setup_topics(settings) -> None:

@@ -122,26 +122,37 @@ class Expected:
     views: set[str]
     creates: set[str]
     seconds: float
+    creates_by_org: dict[str, set[str]] = field(default_factory=dict)
+    """OrgID -> the students with a Create in its batch (one OrgID unless the SIS holds several schools)."""
 
 
-def expected_snapshot(school: School, chunk: int = 20_000) -> Expected:
+def expected_snapshot(school: School, chunk: int = 20_000, schools: dict[str, str] | None = None) -> Expected:
     """The school's snapshot through the pure pipeline (normalize + sevis_events, no Kafka), fed in chunks so
-    the Debezium records of a 100,000-student school never sit in memory at once."""
+    the Debezium records of a 100,000-student school never sit in memory at once. ``schools``: the member
+    schools' SIS codes -> OrgIDs, when the SIS holds several ([[schools]])."""
     t0 = time.perf_counter()
     # the snapshot's rows carry the time they are read (source.ts_ms), as the connector's do: with the feed's
     # default (2026-01-01) a dependent born since then fails the "birth date after the change" check here
     # but not in the stages, and the run counted those students' Creates as unexpected
     now_ms = int(time.time() * 1000)
-    feed, pipe, out = SisFeed(primary_keys=PKS, ts_ms=now_ms), PurePipeline(MAPPING, org_id=ORG), PureOutput()
+    feed, out = SisFeed(primary_keys=PKS, ts_ms=now_ms), PureOutput()
+    pipe = PurePipeline(MAPPING, org_id=ORG, schools=schools or {})
     views: set[str] = set()
     creates: set[str] = set()
+    by_org: dict[str, set[str]] = {}
+
+    def take_events() -> None:
+        for e in out.events:
+            if e["kind"] == "Create":
+                creates.add(e["student_key"])
+                by_org.setdefault(e["org_id"], set()).add(e["student_key"])
 
     def drain() -> None:
         for r in feed.records:
             pipe.feed_one(r.topic, r.key, r.value, out)
         feed.records.clear()
         views.update(v.student_key for v in out.views)
-        creates.update(e["student_key"] for e in out.events if e["kind"] == "Create")
+        take_events()
         out.views.clear(), out.events.clear(), out.dead.clear(), out.issues.clear()
 
     for table in TABLE_ORDER:
@@ -152,8 +163,8 @@ def expected_snapshot(school: School, chunk: int = 20_000) -> Expected:
     drain()
     pipe.finish(out)
     views.update(v.student_key for v in out.views)
-    creates.update(e["student_key"] for e in out.events if e["kind"] == "Create")
-    return Expected(views, creates, time.perf_counter() - t0)
+    take_events()
+    return Expected(views, creates, time.perf_counter() - t0, by_org)
 
 
 # --------------------------------------------------------------------------- processes and their memory

@@ -179,6 +179,7 @@ class SchoolBuilder:
         return {
             "person_id": person_id,
             "school_id": f"S{person_id:08d}",
+            "school_code": None,  # the main school; generate_vendor sets member schools' codes
             "first_name": first,
             "middle_name": middle,
             "last_name": last,

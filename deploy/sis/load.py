@@ -2,7 +2,7 @@
 
     python -m sevisflow.deploy.sis.load --dsn "host=… port=… dbname=…" --students 2000 \\
         --international-share 0.3 --seed 7 [--activity 500] [--authorizations] [--today 2026-10-05] [--replace] \\
-        [--exchange 20 --exchange-activity 40]
+        [--exchange 20 --exchange-activity 40] [--schools NORTH=300,SOUTH=200]
 
 The school is loaded with COPY in one transaction (fast: 20k students in seconds); each activity
 transaction is its own commit, so the connector sees the same transaction boundaries every run.
@@ -22,7 +22,7 @@ from psycopg import sql
 
 from sevisflow.deploy.sis.activity import Transaction, generate_activity, generate_authorizations
 from sevisflow.deploy.sis.exchange import generate_exchange_activity, with_exchange
-from sevisflow.deploy.sis.generator import TABLE_ORDER, School, generate_school
+from sevisflow.deploy.sis.generator import TABLE_ORDER, Row, School, generate_school, generate_vendor
 
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 PUBLICATION = "sevisflow_sis"
@@ -47,6 +47,22 @@ def create_schema(conninfo: str, *, replace: bool = False) -> None:
         conn.execute(SCHEMA_SQL.read_text(encoding="utf-8").encode())
 
 
+def column_runs(rows: Sequence[Row]) -> list[tuple[tuple[str, ...], list[Row]]]:
+    """`rows` cut into runs of consecutive rows with the same columns, in order: one COPY each.
+
+    Rows made before a column existed (e.g. person rows without `school_code`) load next to newer ones:
+    a column a row does not have gets the table's default (NULL for school_code).
+    """
+    runs: list[tuple[tuple[str, ...], list[Row]]] = []
+    for row in rows:
+        columns = tuple(row)
+        if runs and set(runs[-1][0]) == set(columns):
+            runs[-1][1].append(row)
+        else:
+            runs.append((columns, [row]))
+    return runs
+
+
 def load_school(conninfo: str, school: School) -> dict[str, int]:
     """COPY every table of `school` in foreign-key order, in one transaction; return row counts."""
     counts: dict[str, int] = {}
@@ -54,17 +70,13 @@ def load_school(conninfo: str, school: School) -> dict[str, int]:
         for table in TABLES:
             rows = school.get(table, [])
             counts[table] = len(rows)
-            if not rows:
-                continue
-            columns = list(rows[0])
-            statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                sql.Identifier("public", table), sql.SQL(", ").join(map(sql.Identifier, columns))
-            )
-            with cur.copy(statement) as copy:
-                for row in rows:
-                    if len(row) != len(columns):
-                        raise ValueError(f"{table}: row has columns {sorted(row)}, expected {columns}")
-                    copy.write_row([row[c] for c in columns])
+            for columns, run in column_runs(rows):
+                statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    sql.Identifier("public", table), sql.SQL(", ").join(map(sql.Identifier, columns))
+                )
+                with cur.copy(statement) as copy:
+                    for row in run:
+                        copy.write_row([row[c] for c in columns])
     return counts
 
 
@@ -90,6 +102,17 @@ def play_activity(conninfo: str, transactions: Iterable[Transaction]) -> int:
     return done
 
 
+def member_schools(text: str) -> list[tuple[str, int]]:
+    """`--schools` value `NORTH=300,SOUTH=200` → [("NORTH", 300), ("SOUTH", 200)]."""
+    out: list[tuple[str, int]] = []
+    for part in text.split(","):
+        code, sep, n = part.partition("=")
+        if not sep or not code.strip() or not n.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r}: give CODE=N (e.g. NORTH=300), comma-separated")
+        out.append((code.strip(), int(n)))
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sevisflow.deploy.sis.load", description=__doc__.split("\n")[0])
     p.add_argument("--dsn", required=True, help="libpq conninfo or URI of the SIS database")
@@ -105,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
         "--authorizations",
         action="store_true",
         help="then play a few DSO approvals (RCL, CPT, OPT, STEM OPT) and one withdrawal",
+    )
+    p.add_argument(
+        "--schools",
+        type=member_schools,
+        default=[],
+        metavar="CODE=N[,CODE=N...]",
+        help="one SIS for several schools: besides the --students of the main school (person.school_code NULL), "
+        "N students of each member school CODE (person.school_code = CODE), e.g. NORTH=300,SOUTH=200",
     )
     p.add_argument(
         "--exchange",
@@ -144,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The only wall-clock read of sevisflow.deploy.sis, and only when the user gives no --today.
     today: date = args.today or date.today()
     try:
-        school = generate_school(args.students, args.international_share, args.seed, today)
+        if args.schools:
+            schools = [(None, args.students), *args.schools]
+            school = generate_vendor(schools, args.international_share, args.seed, today)
+        else:
+            school = generate_school(args.students, args.international_share, args.seed, today)
         # the F/M activity is generated from the school without the sponsor's rows: the same with or without them
         full = with_exchange(school, args.seed, today, args.exchange) if args.exchange else school
         counts: dict[str, int] = {}

@@ -11,6 +11,9 @@
 CREATE TABLE public.person (
     person_id           bigint PRIMARY KEY,
     school_id           text NOT NULL UNIQUE CHECK (school_id ~ '^S[0-9]{8}$'),
+    -- the member school of a multi-school SIS (one vendor, many F/M schools): the value a [[schools]] entry
+    -- of the settings names as sis_school; NULL = the deployment's main school ([school])
+    school_code         text,
     first_name          text CHECK (first_name <> ''),          -- NULL for mononymous people
     middle_name         text,
     last_name           text NOT NULL CHECK (last_name <> ''),

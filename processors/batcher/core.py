@@ -122,6 +122,9 @@ class CommandIn:
     log_ms: int | None = None
     policy: CommandPolicy | None = None
     refused: str | None = None
+    member_school: bool = False
+    """The OrgID is a member school ([[schools]]): its BatchIDs take the member form (ids.member_batch_id), so
+    they never equal the main school's, whose scheduled close runs at the same time."""
 
 
 @dataclass(frozen=True)
@@ -356,6 +359,7 @@ class _Tx:
         self.batches = s.batches
         self._copied: set[str] = set()
         self.out: list[Output] = []
+        self.member_ids = False  # a member school's command: its BatchIDs take the member form
 
     def w(self, name: str) -> dict[str, Any]:
         """The named mapping, copied once for writing (a :class:`Written` copy: it lists the keys written)."""
@@ -807,6 +811,7 @@ def open_rejections(school: School) -> list[dict[str, Any]]:
 def _on_command(tx: _Tx, inp: CommandIn) -> None:
     """Check the command (shape, time, who), then apply it; every refusal says why (guard.py)."""
     cmd = inp.command
+    tx.member_ids = inp.member_school
     raw_at = cmd.get("requested_at_ms")
     at_ms = raw_at if isinstance(raw_at, int) and 0 < raw_at < 10**13 else int(inp.log_ms or 0)
     problem = malformed(cmd)
@@ -913,7 +918,7 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     prefix, last = tx.id_prefix, tx.last_stamp
     try:
         for _ in range(n_docs):
-            prefix, last = next_org_stamp(tx.s.org_id, at_ms, last, prefix)
+            prefix, last = next_org_stamp(tx.s.org_id, at_ms, last, prefix, tx.member_ids)
             stamps.append((prefix, last))
     except ValueError as exc:
         tx.reject_command(cmd, at_ms, f"nothing closed: no BatchID can be made ({exc})", dead_letter="bad_stamp")
@@ -935,7 +940,7 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         )
     for i in range(n_docs):
         tx.id_prefix, tx.last_stamp = stamps[i]
-        bid = org_batch_id(tx.s.org_id, tx.last_stamp, tx.id_prefix)
+        bid = org_batch_id(tx.s.org_id, tx.last_stamp, tx.id_prefix, tx.member_ids)
         ids.append(bid)
         part = (
             creates[i * MAX_PER_SECTION : (i + 1) * MAX_PER_SECTION]

@@ -15,7 +15,10 @@ Three layers, each answering with a reason (never an exception):
   and, when principals are configured (authentication on), the command's principal must map to that
   user id. A scheduled close must carry the configured ``school.close_dso``. A command for a J-1
   program number (EV batches) must name a configured program (``[[exchange_programs]]``; any other is
-  refused, whoever sent it) and come from its RO or an ARO; its scheduled close carries the RO.
+  refused, whoever sent it) and come from its RO or an ARO; its scheduled close carries the RO. A command
+  for a member school of a many-school deployment (``[[schools]]``) is checked against that school's DSOs
+  and its scheduled close carries its ``close_dso``: a DSO of one school never acts for another. An F/M
+  OrgID that is neither ``school.org_id`` nor a member school is refused, whoever sent it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ MAX_PAST_MS = 26 * 3600 * 1000
 
 
 @dataclass(frozen=True)
+class SchoolPolicy:
+    """Who may act for one member school ([[schools]]): its DSOs, and the user id of its scheduled closes."""
+
+    dso_user_ids: frozenset[str] = frozenset()
+    close_dso: str = ""
+
+
+@dataclass(frozen=True)
 class CommandPolicy:
     """Who may act for the school, from the settings ([school] dso_user_ids, dso_principals, close_dso)."""
 
@@ -58,6 +69,11 @@ class CommandPolicy:
     programs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """J-1 program number → the SEVIS user ids of its RO (first: the scheduled close signs with it) and AROs
     ([[exchange_programs]]): only they act for the program; a program not listed is refused."""
+    main_org_id: str = ""
+    """school.org_id: the F/M OrgID the fields above are for; "" = any F/M OrgID that is not a member school's
+    (policies built by hand in tests). When set, an F/M OrgID neither this nor a member school's is refused."""
+    schools: Mapping[str, SchoolPolicy] = field(default_factory=dict)
+    """Member school OrgID → its DSOs and close_dso ([[schools]]): only they act for that school."""
 
 
 def parse_principals(entries: list[str]) -> dict[str, str]:
@@ -175,27 +191,42 @@ def unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy) -> str | None:
     org = str(cmd.get("org_id") or "")
     if PROGRAM_NUMBER.fullmatch(org):
         return _program_unauthorized(cmd, policy, org)
+    member = policy.schools.get(org)
+    if member is None and policy.main_org_id and org != policy.main_org_id:
+        return (
+            f"OrgID {org[:40]!r} is neither school.org_id ({policy.main_org_id}) nor a member school ([[schools]] "
+            "in the batcher's settings): nobody may act for it here; add the school as a [[schools]] entry, "
+            "or check the OrgID"
+        )
     kind = cmd["kind"]
     if kind not in DSO_KINDS:
         return None
+    if member is not None:
+        dsos, close_dso, closer = member.dso_user_ids, member.close_dso, f"the close_dso of member school {org}"
+    else:
+        dsos, close_dso, closer = policy.dso_user_ids, policy.close_dso, "school.close_dso"
     user = cmd.get("dso_user_id") or ""
     if kind == "close" and str(cmd["command_id"]).startswith(SCHEDULED_PREFIX):
-        if not policy.close_dso or user != policy.close_dso:
-            return f"a scheduled close must carry school.close_dso ({policy.close_dso or 'not set'}), not {user!r}"
+        if not close_dso or user != close_dso:
+            return f"a scheduled close must carry {closer} ({close_dso or 'not set'}), not {user!r}"
         if cmd.get("reviewed_revision") is not None:
             return "a scheduled close cannot claim a reviewed revision: no person reviewed it"
         return None
-    if user not in policy.dso_user_ids:
-        if not policy.dso_user_ids:
-            return (
-                "no DSO is configured for the school: add the DSOs' SEVIS user ids to school.dso_user_ids "
-                "in the batcher's settings"
-            )
+    if user in dsos:
+        return _principal_problem(cmd, policy, user)
+    if member is not None:
         return (
-            f"SEVIS user id {user!r} is not one of the school's DSOs (school.dso_user_ids); "
-            "ask the administrator to add it"
+            f"SEVIS user id {user!r} is not one of the DSOs of member school {org} (dso_user_ids of its "
+            "[[schools]] entry): a DSO acts only for their own school; ask the administrator to add it there"
         )
-    return _principal_problem(cmd, policy, user)
+    if not dsos:
+        return (
+            "no DSO is configured for the school: add the DSOs' SEVIS user ids to school.dso_user_ids "
+            "in the batcher's settings"
+        )
+    return (
+        f"SEVIS user id {user!r} is not one of the school's DSOs (school.dso_user_ids); ask the administrator to add it"
+    )
 
 
 def _program_unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy, org: str) -> str | None:

@@ -17,6 +17,12 @@ An exchange program's EV batches (its OrgID is a program number, ``P-1-12345``) 
 *seconds* stamp, ``P1123450TB5K3F`` — the same rules (per OrgID, strictly increasing,
 anchored to the close's clock, from the log only), and never equal to another OrgID's id.
 
+A member school of a many-school deployment (``[[schools]]``: one more F/M OrgID next to the
+main school) uses :func:`member_batch_id`: ``M`` + 6 characters derived from its OrgID (the
+first a letter) + 7 base-36 digits of a seconds stamp, e.g. ``MQ4ZK1B0TB5K3F``. Why not
+``S`` + milliseconds: the scheduled close gives every school the same clock, so two schools'
+``S`` ids would be equal, and the outbox, the sinks and ``verify`` find a batch by its BatchID alone.
+
 A requestID is ``<base36 record sequence>.<student key>``, cut to 20 characters.
 The sequence is per school and never reused, so two records of one batch never
 share a requestID, and the student key in it lets a DSO read a SEVIS log by eye.
@@ -24,6 +30,7 @@ share a requestID, and the student key in it lets a DSO read a SEVIS log by eye.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 BATCH_ID_PREFIX = "S"
@@ -131,6 +138,13 @@ def ev_batch_id(org_id: str, stamp: int) -> str:
     BatchID alone, so the BatchIDs of every OrgID of the institution must differ, and a scheduled close gives the
     school and each program the same clock. The program number in the id keeps them apart, and the DSO sees whose
     batch it is."""
+    value = org_id.replace("-", "") + _stamp_digits(stamp)
+    assert len(value) == BATCH_ID_LEN, value
+    return value
+
+
+def _stamp_digits(stamp: int) -> str:
+    """A seconds stamp as 7 upper-case base-36 digits (the end of a program's or a member school's BatchID)."""
     digits = ""
     n = stamp
     while True:
@@ -138,18 +152,43 @@ def ev_batch_id(org_id: str, stamp: int) -> str:
         digits = _B36_UPPER[r] + digits
         if n == 0:
             break
-    value = org_id.replace("-", "") + digits.rjust(_EV_STAMP_LEN, "0")
+    return digits.rjust(_EV_STAMP_LEN, "0")
+
+
+def member_batch_prefix(org_id: str) -> str:
+    """The first 7 characters of a member school's BatchIDs: ``M``, a letter, 5 base-36 digits, from a hash of the
+    OrgID. The second character is a letter, so no id of the main school (a letter + 13 digits) or of a program
+    (``P``/``G`` + digits) starts the same; two member schools with the same prefix are refused at start-up."""
+    n = int.from_bytes(hashlib.sha256(org_id.encode()).digest()[:8], "big")
+    letter, rest = _B36_UPPER[10 + n % 26], n // 26 % 36**5
+    digits = ""
+    for _ in range(5):
+        rest, r = divmod(rest, 36)
+        digits = _B36_UPPER[r] + digits
+    return "M" + letter + digits
+
+
+def member_batch_id(org_id: str, stamp: int) -> str:
+    """A member school's BatchID: :func:`member_batch_prefix` + 7 base-36 digits of a seconds stamp (14 characters;
+    the stamp follows the programs' rules, :func:`next_ev_stamp`)."""
+    value = member_batch_prefix(org_id) + _stamp_digits(stamp)
     assert len(value) == BATCH_ID_LEN, value
     return value
 
 
-def next_org_stamp(org_id: str, requested_at_ms: int, last_stamp: int, prefix: str) -> tuple[str, int]:
-    """(prefix, stamp) of the next BatchID of ``org_id`` (a school or a program); ValueError when none can be made."""
-    if is_program(org_id):
+def next_org_stamp(
+    org_id: str, requested_at_ms: int, last_stamp: int, prefix: str, member: bool = False
+) -> tuple[str, int]:
+    """(prefix, stamp) of the next BatchID of ``org_id`` (a school, a member school, a program); ValueError when none
+    can be made."""
+    if is_program(org_id) or member:
         return prefix, next_ev_stamp(requested_at_ms, last_stamp)
     return next_batch_stamp(requested_at_ms, last_stamp, prefix)
 
 
-def org_batch_id(org_id: str, stamp: int, prefix: str = BATCH_ID_PREFIX) -> str:
-    """The BatchID of ``stamp`` for ``org_id``: ``S`` + 13 digits for a school, the program's form for a program."""
-    return ev_batch_id(org_id, stamp) if is_program(org_id) else batch_id(stamp, prefix)
+def org_batch_id(org_id: str, stamp: int, prefix: str = BATCH_ID_PREFIX, member: bool = False) -> str:
+    """The BatchID of ``stamp`` for ``org_id``: ``S`` + 13 digits for the school, the member form for a member school
+    (``member``), the program's form for a program."""
+    if is_program(org_id):
+        return ev_batch_id(org_id, stamp)
+    return member_batch_id(org_id, stamp) if member else batch_id(stamp, prefix)

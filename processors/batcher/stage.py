@@ -79,8 +79,8 @@ from sevisflow.processors.batcher.core import (
     view_changed,
 )
 from sevisflow.processors.batcher.gauges import worklist_gauges
-from sevisflow.processors.batcher.guard import MAX_FUTURE_MS, CommandPolicy, parse_principals
-from sevisflow.processors.batcher.ids import BATCH_ID_PREFIX, user_id_problem
+from sevisflow.processors.batcher.guard import MAX_FUTURE_MS, CommandPolicy, SchoolPolicy, parse_principals
+from sevisflow.processors.batcher.ids import BATCH_ID_PREFIX, member_batch_prefix, user_id_problem
 
 log = get_logger(__name__)
 
@@ -230,6 +230,7 @@ class BatcherStage:
         self.topics = {t.events: "event", t.commands: "command", t.results: "result"}
         self._last_tick = 0.0
         self._last_gauges = 0.0
+        self._unscheduled_warned: set[str] = set()  # member schools told once: no close_dso, no scheduled close
         self.metrics: StageMetrics | None = None  # the loop's (build_loop sets it): the worklist gauges
         school = settings.school
         if school.close_at:
@@ -293,6 +294,8 @@ class BatcherStage:
         return self._apply(store, partition, org, inp, msg)
 
     def _apply(self, store: StateStore, partition: int, org: str, inp: Any, msg: Message | None) -> list[Output]:
+        if isinstance(inp, CommandIn) and not inp.member_school and self.settings.member_school(org) is not None:
+            inp = dataclasses.replace(inp, member_school=True)  # a member school's BatchIDs: ids.member_batch_id
         cache = store.cache if isinstance(store, BatcherStore) else {}
         old = cache.get((partition, org)) or load_school(store, partition, org)
         try:
@@ -443,9 +446,30 @@ class BatcherStage:
         for p in sorted(store.partitions):
             for org in store.orgs(p):
                 program = self.settings.program(org)  # an exchange program's scheduled close is signed by its RO
-                org_tick = tick if program is None else dataclasses.replace(tick, close_dso=program.ro_user_id)
+                member = self.settings.member_school(org)  # a member school's by its close_dso
+                if program is not None:
+                    org_tick = dataclasses.replace(tick, close_dso=program.ro_user_id)
+                elif member is not None:
+                    if not member.close_dso:
+                        self._warn_unscheduled(org)
+                        continue  # not closed on schedule: no close_dso signs for it (warned once)
+                    org_tick = dataclasses.replace(tick, close_dso=member.close_dso)
+                else:
+                    org_tick = tick
                 outs += self._apply(store, p, org, org_tick, None)
         return outs
+
+    def _warn_unscheduled(self, org: str) -> None:
+        """A member school without close_dso is not closed on schedule: said once per school and process."""
+        if org in self._unscheduled_warned:
+            return
+        self._unscheduled_warned.add(org)
+        log.warning(
+            "batcher.member_not_scheduled",
+            org=org,
+            fix="set close_dso in this school's [[schools]] entry to close it at school.close_at, "
+            "or close it by hand (`sevisflow batch --org <OrgID> close`)",
+        )
 
 
 ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,29}")
@@ -467,13 +491,24 @@ def command_policy(settings: Settings) -> CommandPolicy:
         raise ConfigError(f"school.dso_principals: {exc}") from None
     programs = {p.program_number: p.user_ids() for p in settings.exchange_programs}
     officers = {u for users in programs.values() for u in users}
-    unknown = sorted(set(principals.values()) - set(school.dso_user_ids) - officers)
+    # member schools ([[schools]]): each one's DSOs act for it alone; a principal may be mapped to one of them
+    members = {m.org_id: SchoolPolicy(frozenset(m.dso_user_ids), m.close_dso) for m in settings.schools}
+    prefixes: dict[str, str] = {}
+    for m in settings.schools:  # their BatchIDs must never be equal: the outbox and the sinks find a batch by it
+        other = prefixes.setdefault(member_batch_prefix(m.org_id), m.org_id)
+        if other != m.org_id:
+            raise ConfigError(
+                f"[[schools]] {other} and {m.org_id} would share the BatchID prefix {member_batch_prefix(m.org_id)}: "
+                "run them in two deployments, or report this to the sevisflow maintainers"
+            )
+    member_dsos = {u for m in settings.schools for u in m.dso_user_ids}
+    unknown = sorted(set(principals.values()) - set(school.dso_user_ids) - officers - member_dsos)
     if unknown:
         raise ConfigError(
             f"school.dso_principals maps to {unknown[0]}, which is not in school.dso_user_ids (nor an "
-            "RO/ARO of an exchange program): add it there or remove the mapping"
+            "RO/ARO of an exchange program, nor a DSO of a [[schools]] member): add it there or remove the mapping"
         )
-    return CommandPolicy(frozenset(school.dso_user_ids), principals, school.close_dso, programs)
+    return CommandPolicy(frozenset(school.dso_user_ids), principals, school.close_dso, programs, school.org_id, members)
 
 
 def _clock_problem(log_ms: int, now_ms: int | None = None) -> str | None:

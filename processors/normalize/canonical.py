@@ -86,6 +86,7 @@ SECTIONS: dict[str, Section] = {
                 "sevis_status": S,
                 "issue_reason": S,
                 "i20_issue_date": D,
+                "school_code": S,  # member school of a multi-school deployment; null = the main school
             },
         ),
         Section(

@@ -17,6 +17,12 @@ Rules (docs/MAPPING.md "What is reported"):
   missing fields, raised again only when that list changes. After the Create, updates are derived as
   usual with ``sevis_id`` null: the batcher holds them until SEVIS returns the ID.
 * A SEVIS ID that appears without a Create from us (record made in SEVIS RTI) sets the baseline.
+* Many schools in one deployment: an F/M student's events go under the OrgID of the student's school,
+  ``student.school_code`` (empty = the main school, ``ctx.org_id``; a member's SIS code → its OrgID,
+  ``ctx.schools``). An unknown code is an ``unknown_school`` issue and no event; a student SEVIS holds whose
+  code changed (a move between member schools) is a ``school_changed`` issue and no event for that change
+  (the transfer is made in SEVIS RTI), later changes go under the new school. EV views are routed by their
+  sponsor program, not by school.
 * Updates: ``PersonalInfo`` (names, birth data, citizenship, e-mail, phone, US/mailing/foreign
   address), ``Registration`` (a term registration becomes *enrolled*), ``Program.ManageSessionDates``
   (start date of an initial/deferred student), ``Program.Extension`` / ``Program.Shorten`` (end date
@@ -35,6 +41,7 @@ Rules (docs/MAPPING.md "What is reported"):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Mapping
@@ -92,6 +99,11 @@ class Context:
     timezone: str = "UTC"  # the school's time zone (school.timezone): a commit's local calendar date
     # J-1 sponsor programs the settings configure: the SIS's program code → program number (the EV batch OrgID)
     ev_programs: Mapping[str, str] = field(default_factory=dict)
+    # member F/M schools ([[schools]]): the SIS's school code (student.school_code) → the school's OrgID; a
+    # student with an empty code belongs to the main school (``org_id``)
+    schools: Mapping[str, str] = field(default_factory=dict)
+    # the main school's OrgID once ``org_id`` was routed to a member school ("" = ``org_id`` is the main one)
+    main_org_id: str = ""
 
 
 @dataclass
@@ -289,6 +301,10 @@ def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context
         return ev_derive.derive_ev(prev, new, ctx)  # reported: EV events, or issues (ev_derive's own rules)
     if not _intl(new):
         return _not_reported(prev, new, ctx)  # reported: status_left_fmj / student_removed / not_reported_visa
+    routed = _route(prev, new, ctx)
+    if isinstance(routed, Derived):
+        return routed  # reported: unknown_school / school_changed
+    ctx = routed
     b = _Builder(prev if _intl(prev) else None, new, ctx)
     p = b.prev
     if not _sevis_id(new):
@@ -355,6 +371,59 @@ def derive(prev: dict[str, Any] | None, new: dict[str, Any] | None, ctx: Context
     _dependents(b)
     _authorizations(b)
     return b.out
+
+
+ROUTING_CODES = ("unknown_school", "school_changed")
+
+
+def school_code(v: dict[str, Any] | None) -> str:
+    """The view's SIS school code (``student.school_code``), "" for the main school (null, blank or absent: a view
+    written before the field existed belongs to the main school)."""
+    code = _sub(v, "student").get("school_code")
+    return code.strip() if isinstance(code, str) else ""
+
+
+def school_org(v: dict[str, Any] | None, ctx: Context) -> str | None:
+    """The F/M OrgID of the view's school: the main school's for an empty code, a member's, or None (unknown)."""
+    code = school_code(v)
+    return ctx.schools.get(code) if code else (ctx.main_org_id or ctx.org_id)
+
+
+def _route(prev: dict[str, Any] | None, new: dict[str, Any], ctx: Context) -> Context | Derived:
+    """The context whose ``org_id`` is the new view's school, or the issues that stop this change: an unknown
+    school code, and/or a student SEVIS holds who moved to another school (a transfer is made in SEVIS RTI)."""
+    org = school_org(new, ctx)
+    key = new.get("student_key")
+    code = school_code(new)
+    main = ctx.main_org_id or ctx.org_id
+    routed = ctx if org in (None, ctx.org_id) else dataclasses.replace(ctx, org_id=org, main_org_id=main)
+    issues: list[Issue] = []
+    if org is None:
+        shown = code[:40]
+        issues.append(
+            Issue(
+                "unknown_school",
+                f"student {key}: SIS school code {shown!r} is not a configured school, so nothing is "
+                f'reported for this change: add a [[schools]] entry with sis_school = "{shown}" (its '
+                "org_id and DSOs) to the settings, or correct person.school_code in the SIS row",
+                "student.school_code",
+            )
+        )
+    if prev is not None and _intl(prev) and school_code(prev) != code:
+        before = school_org(prev, routed)
+        if _sevis_id(prev) or (before is not None and _create_went_out(prev, routed)):
+            to = org or f"school code {code[:40]!r} (not configured)"
+            issues.append(
+                Issue(
+                    "school_changed",
+                    f"student {key} moved from {before or 'an unconfigured school'} to {to} in the SIS: "
+                    "sevisflow does not move a SEVIS record between schools, so nothing is reported for "
+                    "this change; transfer the student in SEVIS RTI (or correct person.school_code in the "
+                    f"SIS row); later changes are reported under {org or 'that school once it is configured'}",
+                    "student.school_code",
+                )
+            )
+    return Derived(issues=issues) if issues else routed
 
 
 def _create_went_out(p: dict[str, Any] | None, ctx: Context) -> bool:
@@ -442,6 +511,7 @@ def _not_reported(prev: dict[str, Any] | None, new: dict[str, Any], ctx: Context
     same = prev is not None and prev.get("not_reported_visa") == visa
     shadow_prev = {**prev, "international": True} if prev is not None and same else None
     shadow = derive(shadow_prev, {**new, "international": True}, ctx)
+    out.issues.extend(i for i in shadow.issues if i.code in ROUTING_CODES)  # no school: nothing to name below
     for e in shadow.events:
         if e["kind"] == "Create":
             what = "a new SEVIS record"

@@ -38,10 +38,12 @@ class PurePipeline:
         use_transactions: bool = True,
         timezone: str = "UTC",
         ev_programs: dict[str, str] | None = None,
+        schools: dict[str, str] | None = None,
     ) -> None:
         self.mapping = mapping
         self.org_id = org_id
         self.ev_programs = dict(ev_programs or {})  # [[exchange_programs]]: SIS program code → program number
+        self.schools = dict(schools or {})  # [[schools]]: SIS school code → the member school's OrgID
         self.timezone = timezone  # school.timezone, as the stage passes it (the I-20 issue-date fallback)
         self.tx_topic = tx_topic
         self.kv = DictKV()
@@ -84,7 +86,9 @@ class PurePipeline:
     def apply_view(self, upd: StudentUpdate, out: PureOutput) -> None:
         prev = self.last_view.get(upd.student_key)
         commit = max((x.get("commit_ts_ms") or 0 for x in upd.lineage), default=0) or None
-        ctx = Context(self.org_id, upd.unit_id, upd.lineage, commit, upd.snapshot, self.timezone, self.ev_programs)
+        ctx = Context(
+            self.org_id, upd.unit_id, upd.lineage, commit, upd.snapshot, self.timezone, self.ev_programs, self.schools
+        )
         d = derive(prev, upd.view, ctx)
         out.events.extend(d.events)
         out.issues.extend((upd.student_key, i) for i in d.issues)

@@ -71,6 +71,8 @@ class EventsStage:
         self.org_id = settings.school.require_org_id()
         # J-1 sponsor programs: their exchange visitors' events go to the program number's EV batch stream
         self.ev_programs = {p.sis_program: p.program_number for p in settings.exchange_programs}
+        # member schools ([[schools]]): an F/M student's events go under the OrgID of student.school_code
+        self.schools = settings.school_codes()
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
         key, value = msg.key(), msg.value()
@@ -108,11 +110,12 @@ class EventsStage:
             bool(rec.get("snapshot")),
             self.settings.school.timezone,
             self.ev_programs,
+            self.schools,
         )
         out = derive(prev, view, ctx)
         state.put(partition, key, rec["view_json"].encode())
         outs: list[Output] = []
-        for e in out.events:  # keyed by the event's OrgID: the school's code, or an EV program number
+        for e in out.events:  # keyed by the event's OrgID: the student's school's code, or an EV program number
             outs.append(Output(self.settings.topics.events, e["org_id"].encode(), registry().encode(EVENT_SCHEMA, e)))
         first: dict[str, Any] = lineage[0] if lineage else {}
         for i in out.issues:

@@ -33,7 +33,10 @@ from sevisflow.core.errors import ConfigError
 ENV_PREFIX = "SEVISFLOW_"
 DEFAULT_CONFIG_FILE = "sevisflow.toml"
 PROGRAMS = "exchange_programs"
-"""The one list-of-tables section: ``[[exchange_programs]]``."""
+"""A list-of-tables section: ``[[exchange_programs]]``."""
+SCHOOLS = "schools"
+"""The other list-of-tables section: ``[[schools]]`` (member schools of a many-school deployment)."""
+LIST_SECTIONS = (PROGRAMS, SCHOOLS)
 
 
 class Secret:
@@ -658,6 +661,140 @@ def _programs_from_env(
 
 
 @dataclass(frozen=True)
+class MemberSchool:
+    """One more F/M school of a many-school deployment (a ``[[schools]]`` table): its own SEVIS OrgID and DSOs.
+
+    Why a list next to [school]: a vendor (or a multi-campus university) runs one pipeline over one SIS for
+    several schools; the SIS tells a student's school by ``person.school_code`` (canonical
+    ``student.school_code``). A student whose code is empty belongs to [school]; one whose code is a member's
+    ``sis_school`` is reported under that member's OrgID, and only that member's DSOs act on its batches.
+    """
+
+    org_id: str = setting(
+        "",
+        "REQUIRED: the member school's SEVIS school code (OrgID), e.g. ABC214F12345000 — "
+        "an F/M school code, not a J program number",
+    )
+    sis_school: str = setting(
+        "",
+        "REQUIRED: the SIS's code of this school: the value of person.school_code "
+        "(canonical student.school_code) on its students' rows, e.g. EAST",
+    )
+    dso_user_ids: list[str] = setting(
+        [],
+        "SEVIS user ids (10 chars each) of this school's DSOs: only they may review, "
+        "close, hold or release its batches",
+    )
+    close_dso: str = setting(
+        "",
+        "SEVIS user id (10 chars) that signs this school's scheduled closes when "
+        "school.close_at is set; empty = this school is not closed on schedule",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.org_id:
+            raise ConfigError(
+                'org_id is missing: add org_id = "ABC214F12345000" (the member school\'s SEVIS school code)'
+            )
+        if PROGRAM_NUMBER_PATTERN.fullmatch(self.org_id):
+            raise ConfigError(
+                f"org_id = {self.org_id!r} is a J-1 program number, not a school code: a program goes under "
+                "[[exchange_programs]]; use the member school's F/M code (e.g. ABC214F12345000)"
+            )
+        if not ORG_ID_PATTERN.fullmatch(self.org_id):
+            raise ConfigError(
+                f"org_id = {self.org_id!r} is not a SEVIS school code: use it as SEVIS shows it "
+                "(3 letters, 214F, 8 digits, e.g. ABC214F12345000)"
+            )
+        if not self.sis_school.strip():
+            raise ConfigError(
+                f"sis_school is missing for {self.org_id}: add the value person.school_code has on this "
+                'school\'s students in the SIS, e.g. sis_school = "EAST"'
+            )
+        if self.sis_school != self.sis_school.strip():
+            raise ConfigError(
+                f"sis_school = {self.sis_school!r} for {self.org_id} has blanks around it: write the code "
+                "exactly as person.school_code holds it, without leading or trailing blanks"
+            )
+        users = [*(("dso_user_ids", v) for v in self.dso_user_ids)]
+        if self.close_dso:
+            users.append(("close_dso", self.close_dso))
+        for where, value in users:
+            problem = _user_id_problem(where, value)
+            if problem:
+                raise ConfigError(problem.replace("the RO/ARO's", "the DSO's"))
+
+
+def _build_schools(values: Any, origin: str) -> tuple[MemberSchool, ...]:
+    """``[[schools]]`` → member schools; every error names the table (#n, and its org_id when known)."""
+    if values is None:
+        return ()
+    if not isinstance(values, list) or not all(isinstance(v, (dict, MemberSchool)) for v in values):
+        raise ConfigError(
+            f"{origin}: schools must be a list of tables: write one [[schools]] (two brackets) per member "
+            "school, with org_id, sis_school and dso_user_ids"
+        )
+    out: list[MemberSchool] = []
+    for i, raw in enumerate(values, 1):
+        where = f"[[schools]] #{i}"
+        if isinstance(raw, MemberSchool):
+            out.append(raw)
+            continue
+        shown = raw.get("org_id")
+        where += f" ({shown})" if isinstance(shown, str) and shown else ""
+        try:
+            out.append(_build_section(MemberSchool, SCHOOLS, raw, {}, origin))
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {where}: {str(exc).removeprefix(origin + ': ')}") from None
+    for field_name in ("org_id", "sis_school"):
+        seen: dict[str, int] = {}
+        for i, m in enumerate(out, 1):
+            value = getattr(m, field_name)
+            if value in seen:
+                raise ConfigError(
+                    f"{origin}: [[schools]] #{i}: {field_name} {value!r} is also in #{seen[value]}: "
+                    "list each member school once, each with its own SIS code"
+                )
+            seen[value] = i
+    return tuple(out)
+
+
+def _schools_from_env(
+    env: Mapping[str, str], current: tuple[MemberSchool, ...], origin: str
+) -> tuple[MemberSchool, ...]:
+    """``SEVISFLOW_SCHOOLS`` (a JSON list of tables) replaces the file's list."""
+    text = env.get(f"{ENV_PREFIX}SCHOOLS")
+    if text is None:
+        return current
+    try:
+        values = json.loads(text)
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}SCHOOLS is not JSON: give a list of objects, e.g. "
+            '[{"org_id": "ABC214F12345000", "sis_school": "EAST", "dso_user_ids": ["EASTDSO001"]}]'
+        ) from None
+    return _build_schools(values, f"environment variable {ENV_PREFIX}SCHOOLS")
+
+
+def _check_schools(settings: Settings, origin: str) -> None:
+    """Member schools against [school] and [[exchange_programs]]: no OrgID twice, in any role."""
+    main = settings.school.org_id
+    for i, m in enumerate(settings.schools, 1):
+        if m.org_id == main:
+            raise ConfigError(
+                f"{origin}: [[schools]] #{i} ({m.org_id}) is school.org_id too: [school] is the main school "
+                "(students with an empty school_code); list only the other schools under [[schools]]"
+            )
+        if settings.program(m.org_id) is not None:  # pragma: no cover - a program number is refused above
+            raise ConfigError(f"{origin}: [[schools]] #{i} ({m.org_id}) is an exchange program's number too")
+    if settings.schools and not main:
+        raise ConfigError(
+            f"{origin}: [[schools]] is set but school.org_id is not: the main school's OrgID is used for "
+            'students with an empty school_code; add org_id = "<main school code>" under [school]'
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything sevisflow can be told. Build it with :func:`load_settings`."""
 
@@ -673,6 +810,8 @@ class Settings:
     state: StateSettings = field(default_factory=StateSettings)
     exchange_programs: tuple[ExchangeProgram, ...] = ()
     """The J-1 programs the institution sponsors ([[exchange_programs]]); empty = no J program."""
+    schools: tuple[MemberSchool, ...] = ()
+    """Member F/M schools of a many-school deployment ([[schools]]); empty = [school] is the only school."""
 
     def replace(self, **sections: Any) -> Settings:
         """A copy with some fields changed, e.g. ``replace(kafka={"bootstrap_servers": b})``;
@@ -681,6 +820,9 @@ class Settings:
         for name, values in sections.items():
             if name == PROGRAMS:
                 changed[name] = _build_programs(list(values), "replace()")
+                continue
+            if name == SCHOOLS:
+                changed[name] = _build_schools(list(values), "replace()")
                 continue
             current = getattr(self, name)
             changed[name] = dataclasses.replace(current, **dict(values))
@@ -691,7 +833,7 @@ class Settings:
         out: dict[str, Any] = {}
         for sec in dataclasses.fields(self):
             obj = getattr(self, sec.name)
-            if sec.name == PROGRAMS:
+            if sec.name in LIST_SECTIONS:
                 out[sec.name] = [dataclasses.asdict(p) for p in obj]
                 continue
             out[sec.name] = {
@@ -709,9 +851,26 @@ class Settings:
         return next((p for p in self.exchange_programs if p.sis_program == sis_program), None)
 
     def org_ids(self) -> tuple[str, ...]:
-        """Every OrgID sevisflow reports for: the school's F/M code (when set), then each program number."""
+        """Every OrgID sevisflow reports for: the school's F/M code (when set), each member school's ([[schools]]),
+        then each program number."""
         school = (self.school.org_id,) if self.school.org_id else ()
-        return school + tuple(p.program_number for p in self.exchange_programs)
+        members = tuple(m.org_id for m in self.schools)
+        return school + members + tuple(p.program_number for p in self.exchange_programs)
+
+    def member_school(self, org_id: str | None) -> MemberSchool | None:
+        """The member school ([[schools]]) whose OrgID is ``org_id``, or None (the main school, a program, unknown)."""
+        return next((m for m in self.schools if m.org_id == org_id), None)
+
+    def org_for_school_code(self, code: str | None) -> str | None:
+        """The F/M OrgID of a student whose SIS school code (``student.school_code``) is ``code``: empty or None →
+        school.org_id (the main school); a member's ``sis_school`` → its org_id; any other code → None."""
+        if code is None or not str(code).strip():
+            return self.school.org_id
+        return next((m.org_id for m in self.schools if m.sis_school == code), None)
+
+    def school_codes(self) -> dict[str, str]:
+        """Member schools as the events stage routes them: SIS school code → OrgID."""
+        return {m.sis_school: m.org_id for m in self.schools}
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -767,6 +926,9 @@ def settings_from_mapping(
             programs = _build_programs(raw.get(PROGRAMS, []), origin)
             sections[sec.name] = _programs_from_env(env, programs, origin)
             continue
+        if sec.name == SCHOOLS:
+            sections[sec.name] = _schools_from_env(env, _build_schools(raw.get(SCHOOLS, []), origin), origin)
+            continue
         cls = _section_type(sec)
         values = raw.get(sec.name, {})
         if not isinstance(values, dict):
@@ -780,6 +942,7 @@ def settings_from_mapping(
             "the school's F/M code (e.g. ABC214F12345000); a program number goes only under "
             "[[exchange_programs]]"
         )
+    _check_schools(settings, origin)
     return settings
 
 
@@ -787,8 +950,8 @@ def _check_secret_files(settings: Settings, origin: str) -> None:
     """A ``file:`` secret must exist and be readable when the config loads, not when a client first needs it."""
     for sec in dataclasses.fields(settings):
         obj = getattr(settings, sec.name)
-        if sec.name == PROGRAMS:
-            continue  # no secret in a program
+        if sec.name in LIST_SECTIONS:
+            continue  # no secret in a program or a member school
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if isinstance(value, Secret) and value._value.startswith("file:"):
@@ -808,6 +971,8 @@ def _check_secret_files(settings: Settings, origin: str) -> None:
 def _section_type(sec: dataclasses.Field[Any]) -> type:
     if sec.name == PROGRAMS:
         return ExchangeProgram
+    if sec.name == SCHOOLS:
+        return MemberSchool
     hints = typing.get_type_hints(Settings)
     return hints[sec.name]  # type: ignore[no-any-return]
 
@@ -949,7 +1114,7 @@ def describe() -> list[tuple[str, str, str]]:
         for f in dataclasses.fields(cls):
             default = _default_of(f)
             alias = f.metadata.get("alias")
-            key = f"{sec.name}{'[]' if sec.name == PROGRAMS else ''}.{f.name}" + (f" ({alias})" if alias else "")
+            key = f"{sec.name}{'[]' if sec.name in LIST_SECTIONS else ''}.{f.name}" + (f" ({alias})" if alias else "")
             rows.append((key, str(default), f.metadata.get("help", "")))
     return rows
 
@@ -965,6 +1130,9 @@ def example_toml() -> str:
         cls = _section_type(sec)
         if sec.name == PROGRAMS:
             lines += _example_programs()
+            continue
+        if sec.name == SCHOOLS:
+            lines += _example_schools()
             continue
         lines.append(f"[{sec.name}]")
         for f in dataclasses.fields(cls):
@@ -996,6 +1164,30 @@ def _example_programs() -> list[str]:
     for f in dataclasses.fields(ExchangeProgram):
         lines.append(f"#   # {f.metadata.get('help', '')}")
         lines.append(f"#   {f.name} = {_toml_value(_PROGRAM_EXAMPLE[f.name])}")
+    return lines + [""]
+
+
+_SCHOOL_EXAMPLE = {
+    "org_id": "ABC214F12345001",
+    "sis_school": "EAST",
+    "dso_user_ids": ["EASTDSO001"],
+    "close_dso": "EASTDSO001",
+}
+
+
+def _example_schools() -> list[str]:
+    """The commented ``[[schools]]`` block of the example file (none by default: [school] is the only school)."""
+    lines = [
+        "# Member F/M schools of a many-school deployment (one SIS, one pipeline, several SEVIS school codes): one",
+        "# [[schools]] table per school (none = [school] is the only school; nothing changes). A student whose SIS",
+        "# person.school_code is a member's sis_school goes under that member's org_id and only its DSOs act on its",
+        "# batches; an empty school_code = [school]. Environment: SEVISFLOW_SCHOOLS as a JSON list of tables",
+        "# replaces them. For example:",
+        "# [[schools]]",
+    ]
+    for f in dataclasses.fields(MemberSchool):
+        lines.append(f"#   # {f.metadata.get('help', '')}")
+        lines.append(f"#   {f.name} = {_toml_value(_SCHOOL_EXAMPLE[f.name])}")
     return lines + [""]
 
 

@@ -213,8 +213,11 @@ def test_coalesce_undo_hold_release_and_waiting_updates(env):
     assert second["batch_id"] > first["batch_id"]
 
 
-def test_batch_ids_unique_across_restarts_and_two_instances(env):
-    """Every close uses the same requested time (skewed clocks): ids still never repeat."""
+def test_batch_ids_unique_across_restarts_and_two_instances(kafka_stack, unique):
+    """Every close uses the same requested time (skewed clocks): ids still never repeat. ORG2 is a member school
+    ([[schools]]) with the same DSO: the batcher refuses a command for an F/M OrgID it was not configured for."""
+    env = batcher_settings(kafka_stack, unique, schools=[{"org_id": ORG2, "sis_school": "TWO", "dso_user_ids": [DSO]}])
+    setup_topics(env)
     ids: dict[str, list[str]] = {ORG: [], ORG2: []}
     n = 0
 

@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from sevisflow.deploy.sis.activity import World, generate_activity
-from sevisflow.deploy.sis.generator import PRIMARY_KEYS, TABLE_ORDER, generate_school
+from sevisflow.deploy.sis.generator import PRIMARY_KEYS, TABLE_ORDER, generate_school, generate_vendor
 from sevisflow.deploy.sis.load import PUBLICATION, ActivityDriftError, create_schema, load_school, play_activity
 from tests.helpers import REPO, PgHandle
 
@@ -227,3 +227,35 @@ def test_cli_plays_activity_on_the_school_loaded_before(fresh_db: PgHandle) -> N
     assert again.returncode == 1 and again.stderr.startswith("error:"), again.stderr
     with psycopg.connect(fresh_db.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM person").fetchone() == (300 + new_admits,)
+
+
+def test_cli_loads_several_schools_into_one_sis(fresh_db: PgHandle) -> None:
+    """--schools: member schools' students carry their person.school_code, the main school's are NULL."""
+    args = [sys.executable, "-m", "sevisflow.deploy.sis.load", "--dsn", fresh_db.dsn, "--students", "30"]
+    args += ["--schools", "NORTH=20,SOUTH=10", "--seed", "7", "--today", "2026-10-05", "--activity", "40"]
+    report = orjson.loads(subprocess.run(args, cwd=REPO, check=True, capture_output=True, text=True).stdout)
+    assert report["rows"]["person"] == 60 and report["activity"] == 40
+    with psycopg.connect(fresh_db.dsn) as conn:
+        loaded: dict[str | None, int] = dict(
+            conn.execute(
+                "SELECT school_code, count(*) FROM person WHERE person_id <= (SELECT min(person_id) + 59 FROM person) "
+                "GROUP BY school_code"
+            ).fetchall()
+        )
+    assert loaded == {None: 30, "NORTH": 20, "SOUTH": 10}
+    bad = subprocess.run(args[:-4] + ["--schools", "NORTH"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "give CODE=N" in bad.stderr
+
+
+def test_rows_without_the_school_code_column_load_beside_rows_with_it(fresh_db: PgHandle) -> None:
+    """Person rows made before `school_code` existed (no such key) load next to newer rows: NULL, the main school."""
+    school = generate_vendor([(None, 6), ("NORTH", 6)], 0.5, 3, TODAY)
+    for p in school["person"][::2]:
+        if p["school_code"] is None:
+            del p["school_code"]
+    assert any("school_code" not in p for p in school["person"])
+    create_schema(fresh_db.dsn)
+    assert load_school(fresh_db.dsn, school)["person"] == 12
+    with psycopg.connect(fresh_db.dsn) as conn:
+        got: dict[int, str | None] = dict(conn.execute("SELECT person_id, school_code FROM person").fetchall())
+    assert got == {p["person_id"]: p.get("school_code") for p in school["person"]}

@@ -154,6 +154,34 @@ def test_orphans_are_applied_when_their_student_arrives() -> None:
     assert v["international"] and v["program"]["degree_level"] == "05" and v["address"]["foreign"]["country"] == "GM"
 
 
+@pytest.mark.parametrize(
+    "raw,expected", [("NORTH", "NORTH"), (" NORTH ", "NORTH"), (None, None), ("", None), ("   ", None)]
+)
+def test_school_code_of_the_person_row_is_the_views_member_school(raw: str | None, expected: str | None) -> None:
+    """person.school_code → student.school_code (str: trimmed); null, empty or blank = None (the main school)."""
+    feed = SisFeed(primary_keys=PKS)
+    rows = base_rows()
+    rows["person"]["school_code"] = raw
+    feed.tx(*[("c", TABLES[n], None, r) for n, r in rows.items()])
+    out = PurePipeline(MAPPING).feed(feed.records)
+    assert out.dead == []
+    v = out.views[-1].view
+    assert v["exists"] and v["international"] and v["student"]["last_name"] == "O'Brien-Müller"
+    assert "school_code" in v["student"] and v["student"]["school_code"] == expected
+
+
+def test_a_student_moved_to_another_school_changes_the_views_school_code() -> None:
+    feed = SisFeed(primary_keys=PKS)
+    rows = base_rows()
+    person = {**rows["person"], "school_code": "NORTH"}
+    feed.tx(*[("c", TABLES[n], None, person if n == "person" else r) for n, r in rows.items()])
+    feed.tx(("u", "public.person", person, {**person, "school_code": "SOUTH"}))
+    feed.tx(("u", "public.person", {**person, "school_code": "SOUTH"}, {**person, "school_code": ""}))
+    out = PurePipeline(MAPPING).feed(feed.records)
+    assert out.dead == []
+    assert [v.view["student"]["school_code"] for v in out.views] == ["NORTH", "SOUTH", None]
+
+
 # ---------------------------------------------------------------------------- a second, differently shaped SIS
 
 SECOND = {

@@ -34,7 +34,9 @@ from sevisflow.deploy.sis.generator import (
     TABLE_ORDER,
     School,
     generate_school,
+    generate_vendor,
 )
+from sevisflow.deploy.sis.load import column_runs
 
 REPO = Path(__file__).resolve().parents[2]
 TODAY = date(2026, 10, 5)
@@ -461,6 +463,92 @@ def test_changes_do_what_their_kind_says(activity: list[Transaction]) -> None:
         for op in tx.ops
         if op.action == "insert"
     )
+
+
+# ---- many schools in one SIS (generate_vendor) -----------------------------------------------
+
+VENDOR_SCHOOLS = [("NORTH", 120), ("SOUTH", 80), ("WEST", 0), ("EAST", 37)]
+
+
+@pytest.fixture(scope="module")
+def vendor() -> School:
+    return generate_vendor(VENDOR_SCHOOLS, 0.4, 11, TODAY)
+
+
+def _school_of(school: School) -> dict[int, str | None]:
+    return {p["person_id"]: p["school_code"] for p in school["person"]}
+
+
+def test_a_single_school_has_no_school_code(school: School) -> None:
+    assert {p["school_code"] for p in school["person"]} == {None}
+    assert generate_vendor([(None, 600)], 0.4, 11, TODAY) == school  # the same school, row for row
+
+
+def test_vendor_ids_are_unique_across_schools(vendor: School) -> None:
+    check_school(vendor, TODAY)  # primary keys, school ids and SEVIS ids unique; no dangling person_id
+    assert len(vendor["person"]) == sum(n for _, n in VENDOR_SCHOOLS)
+    assert len({t["term_id"] for t in vendor["term"]}) == len(vendor["term"])  # one calendar, not one per school
+
+
+def test_every_person_row_of_a_school_carries_its_code(vendor: School) -> None:
+    by_code = Counter(p["school_code"] for p in vendor["person"])
+    assert by_code == Counter({code: n for code, n in VENDOR_SCHOOLS if n})
+    # the rows of the other tables point at persons of one school each; dependants are rows of `dependent`
+    code_of = _school_of(vendor)
+    students_with_dependents = {d["person_id"] for d in vendor["dependent"]}
+    assert students_with_dependents and {code_of[pid] for pid in students_with_dependents} <= {"NORTH", "SOUTH", "EAST"}
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.4, 1.0])
+def test_each_school_has_the_international_share(share: float) -> None:
+    vendor = generate_vendor(VENDOR_SCHOOLS, share, 5, TODAY)
+    code_of = _school_of(vendor)
+    intl = Counter(code_of[pid] for pid in international_ids(vendor))
+    for code, n in VENDOR_SCHOOLS:
+        assert sum(1 for c in code_of.values() if c == code) == n
+        assert intl[code] == round(n * share), code
+    assert {f["person_id"] for f in vendor["finance"]} == international_ids(vendor)
+
+
+def test_vendor_is_deterministic_and_its_activity_keeps_it_valid(vendor: School) -> None:
+    assert generate_vendor(VENDOR_SCHOOLS, 0.4, 11, TODAY) == vendor
+    assert generate_vendor(VENDOR_SCHOOLS, 0.4, 12, TODAY) != vendor
+    transactions = generate_activity(vendor, 200, 11, TODAY)
+    last = max(tx.at for tx in transactions).date()
+    check_school(after(vendor, transactions), last, max_age=46)  # as test_activity_keeps_the_school_valid
+    admitted = [op.values for tx in transactions for op in tx.ops if op.table == "person" and op.action == "insert"]
+    assert admitted and all(p["school_code"] is None for p in admitted)  # new admits join the main school
+
+
+def test_vendor_rejects_bad_schools() -> None:
+    with pytest.raises(ValueError, match="given twice"):
+        generate_vendor([("NORTH", 3), ("NORTH", 4)], 0.5, 1, TODAY)
+    for blank in ("", "  ", " NORTH"):
+        with pytest.raises(ValueError, match="non-empty code"):
+            generate_vendor([(blank, 3)], 0.5, 1, TODAY)
+    with pytest.raises(ValueError, match=">= 0"):
+        generate_vendor([("NORTH", -1)], 0.5, 1, TODAY)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        generate_vendor([("NORTH", 3)], 1.5, 1, TODAY)
+
+
+def test_schema_has_the_school_code_column() -> None:
+    schema = (REPO / "deploy" / "sis" / "schema.sql").read_text(encoding="utf-8")
+    person = schema[schema.index("CREATE TABLE public.person (") :].split(");", 1)[0]
+    assert re.search(r"^\s+school_code\s+text,", person, re.MULTILINE)
+
+
+def test_load_cuts_rows_with_other_columns_into_separate_copies() -> None:
+    old = {"person_id": 1, "school_id": "S00000001"}
+    new = {"person_id": 2, "school_id": "S00000002", "school_code": "NORTH"}
+    swapped = {"school_code": None, "person_id": 3, "school_id": "S00000003"}
+    runs = column_runs([old, old, new, swapped, old])
+    assert [(cols, [r["person_id"] for r in rows]) for cols, rows in runs] == [
+        (("person_id", "school_id"), [1, 1]),
+        (("person_id", "school_id", "school_code"), [2, 3]),
+        (("person_id", "school_id"), [1]),
+    ]
+    assert column_runs([]) == []
 
 
 # ---- SQL rendering ----------------------------------------------------------------------------

@@ -203,6 +203,7 @@ def guided_batcher_replay(
     until_batch: str | None = None,
     start: Checkpoint | None = None,
     snapshots: bool = False,
+    member_school: bool = False,
 ) -> BatcherReplay:
     """Re-run :func:`sevisflow.processors.batcher.core.apply` over the school's inputs and match the recorded output.
 
@@ -215,7 +216,8 @@ def guided_batcher_replay(
     ``start``: resume from a checkpoint (its state; records before its offsets are left out, whatever
     was read); None = from an empty state. ``snapshots``: record a :class:`Checkpoint` right after every
     reproduced closed event (its offsets: per partition, just after the last record of the school applied
-    or matched, so they do not depend on how far the log was read).
+    or matched, so they do not depend on how far the log was read). ``member_school``: ``org_id`` is a member school
+    ([[schools]]), whose BatchIDs the batcher makes in the member form, as the batcher's settings say.
     """
     from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, ResultIn, School, apply
 
@@ -233,7 +235,7 @@ def guided_batcher_replay(
 
     queues: list[list[Any]] = [
         [(ts, EventIn(r, ts), d) for ts, r, d in mine(events, EVENT_SCHEMA)],
-        [(ts, CommandIn(r, log_ms=ts), d) for ts, r, d in mine(commands, COMMAND_SCHEMA)],
+        [(ts, CommandIn(r, log_ms=ts, member_school=member_school), d) for ts, r, d in mine(commands, COMMAND_SCHEMA)],
         [(ts, ResultIn(r, ts), d) for ts, r, d in mine(results, RESULT_SCHEMA)],
     ]
     rec_d = mine(batches, BATCH_SCHEMA)
@@ -269,7 +271,9 @@ def guided_batcher_replay(
             ):
                 # who may act and the batcher's clock are settings of the day, not in the log: a refusal the
                 # batcher recorded is taken as recorded (a refusal sends nothing to SEVIS)
-                inp = CommandIn(inp.command, log_ms=inp.log_ms, refused=nxt_ev.get("reason"))
+                inp = CommandIn(
+                    inp.command, log_ms=inp.log_ms, refused=nxt_ev.get("reason"), member_school=member_school
+                )
             new, outs = apply(state, inp)
             pubs = [o.event for o in outs if isinstance(o, Publish)]
             if pubs and pubs == recorded[pos : pos + len(pubs)]:
@@ -378,6 +382,7 @@ def rederive_events(
     input_topics: Iterable[str] | None = None,
     timezone: str = "UTC",
     ev_programs: Mapping[str, str] | None = None,
+    schools: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """event_id → SevisEvent re-derived by normalize + sevis_events from the change records (Avro-canonical).
 
@@ -387,9 +392,15 @@ def rederive_events(
     from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 
     # as sevis_events derives: the school's F/M events, and its exchange programs' EV events (``ev_programs``:
-    # SIS program code → program number, from [[exchange_programs]])
+    # SIS program code → program number, from [[exchange_programs]]); member schools' F/M events under their
+    # OrgIDs (``schools``: SIS school code → OrgID, from [[schools]])
     pipe = PurePipeline(
-        mapping, org_id=org_id, tx_topic=tx_topic, timezone=timezone, ev_programs=dict(ev_programs or {})
+        mapping,
+        org_id=org_id,
+        tx_topic=tx_topic,
+        timezone=timezone,
+        ev_programs=dict(ev_programs or {}),
+        schools=dict(schools or {}),
     )
     out = PureOutput()
     txs = [d for d in transactions if d.topic == tx_topic] if tx_topic else []
@@ -429,6 +440,8 @@ class VerifyContext:
     input_topics: list[str] | None = None  # the change topics normalize reads (None: every change topic)
     timezone: str = "UTC"  # school.timezone: sevis_events dates an I-20 by the commit's local day
     ev_programs: dict[str, str] = field(default_factory=dict)  # SIS program code → program number (EV batches)
+    schools: dict[str, str] = field(default_factory=dict)  # member schools: SIS school code → OrgID ([[schools]])
+    main_org: str = ""  # school.org_id: with member schools, one run from it derives every school's F/M events
     org_scope: str | None = None  # verify <BatchID>: re-derive the events of this school only (None: all)
     skip_reasons: dict[str, str] = field(default_factory=dict)
     requested_skips: set[str] = field(default_factory=set)  # checks the auditor turned off (not failures)
@@ -451,7 +464,14 @@ class VerifyContext:
         if org_id not in self._replays:
             start = self.resume if self.resume is not None and self.resume.org_id == org_id else None
             self._replays[org_id] = guided_batcher_replay(
-                org_id, self.events, self.commands, self.results, self.batches, start=start, snapshots=self.snapshots
+                org_id,
+                self.events,
+                self.commands,
+                self.results,
+                self.batches,
+                start=start,
+                snapshots=self.snapshots,
+                member_school=org_id in self.schools.values(),
             )
         return self._replays[org_id]
 
@@ -469,10 +489,14 @@ class VerifyContext:
     def rederived_events(self) -> dict[str, dict[str, Any]]:
         if self._events is None:
             # one run per school: it derives the school's F/M events and its exchange programs' EV events
-            programs = set(self.ev_programs.values())
+            programs, members = set(self.ev_programs.values()), set(self.schools.values())
             orgs = {str(d.value.get("org_id") or "") for d in self.events if isinstance(d.value, dict)} - programs
-            if self.org_scope in orgs:
-                orgs = {self.org_scope}
+            orgs -= members  # a member school's events come from the main school's run (routed by school code)
+            if members and self.main_org:
+                orgs.add(self.main_org)
+            scope = self.main_org if self.org_scope in members else self.org_scope
+            if scope in orgs:
+                orgs = {scope}
             self._events = {}
             for org in sorted(o for o in orgs if o):
                 self._events.update(
@@ -485,6 +509,7 @@ class VerifyContext:
                         self.input_topics,
                         self.timezone,
                         self.ev_programs,
+                        self.schools,
                     )
                 )
         return self._events

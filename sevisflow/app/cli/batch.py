@@ -43,7 +43,7 @@ from sevisflow.core.kafka_io import (
     watermarks,
 )
 from sevisflow.core.serde import registry
-from sevisflow.processors.batcher.ids import is_program
+from sevisflow.processors.batcher.ids import is_program, member_batch_prefix
 from sevisflow.processors.batcher.view import BatchView, ClosedBatch, fold, fold_result, from_open_batch
 
 BATCH_SCHEMA = "sevisflow.batches.BatchEvent"
@@ -51,8 +51,9 @@ COMMAND_SCHEMA = "sevisflow.commands.BatchCommand"
 RESULT_SCHEMA = "sevisflow.results.SevisResult"
 OPEN_BATCH_SCHEMA = "sevisflow.batches.OpenBatch"
 ORG_HELP = (
-    "the OrgID: the school's SEVIS code (default: school.org_id of the settings), or the program number of "
-    "an exchange program ([[exchange_programs]], e.g. P-1-12345) for its J-1 EV batches"
+    "the OrgID: the school's SEVIS code (default: school.org_id of the settings), a member school's code "
+    "([[schools]]), or the program number of an exchange program ([[exchange_programs]], e.g. P-1-12345) "
+    "for its J-1 EV batches"
 )
 TAIL_WINDOW = 8
 """Offsets read first from the end of each partition of the view topic (x8 each time the key is not there)."""
@@ -203,13 +204,25 @@ def _add_history_flag(p: argparse.ArgumentParser) -> None:
 
 
 def org_of(args: argparse.Namespace, settings: Settings) -> str:
-    """``--org`` (the school's code by default); a program number must be a configured exchange program."""
+    """``--org`` (the school's code by default); a program number must be a configured exchange program, and
+    with member schools ([[schools]]) a school code must be the main school's or a member's."""
     org: str = getattr(args, "org", None) or settings.school.require_org_id()
     if is_program(org) and settings.program(org) is None:
         known = ", ".join(p.program_number for p in settings.exchange_programs) or "none is configured"
         raise SevisflowError(
             f"--org {org} is not a configured exchange program (exchange programs: {known}); add it "
             "under [[exchange_programs]] in the settings, or check the program number"
+        )
+    if (
+        settings.schools
+        and not is_program(org)
+        and org != settings.school.org_id
+        and settings.member_school(org) is None
+    ):
+        known = ", ".join(m.org_id for m in settings.schools)
+        raise SevisflowError(
+            f"--org {org} is neither school.org_id ({settings.school.org_id}) nor a member school "
+            f"([[schools]]: {known}); add it under [[schools]] in the settings, or check the school code"
         )
     return org
 
@@ -744,11 +757,16 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def list_orgs(args: argparse.Namespace, settings: Settings) -> list[str]:
-    """``batch list`` shows every OrgID of the institution (the school's, then each exchange program's) unless
+    """``batch list`` shows every OrgID of the deployment (the school's, each member school's, then each exchange
+    program's) unless
     ``--org`` names one."""
     if getattr(args, "org", None):
         return [org_of(args, settings)]
-    return [settings.school.require_org_id(), *(p.program_number for p in settings.exchange_programs)]
+    return [
+        settings.school.require_org_id(),
+        *(m.org_id for m in settings.schools),
+        *(p.program_number for p in settings.exchange_programs),
+    ]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -759,8 +777,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     tz = settings.school.timezone
     if args.json:
         out = list_json(views[0], args.limit)
-        if len(views) > 1:  # the exchange programs' EV batches, each like the school's
-            out["programs"] = [list_json(v, args.limit) for v in views[1:]]
+        rest = list(zip(orgs[1:], views[1:], strict=True))
+        members = [list_json(v, args.limit) for org, v in rest if settings.member_school(org) is not None]
+        programs = [list_json(v, args.limit) for org, v in rest if settings.member_school(org) is None]
+        if members:  # the member schools' batches ([[schools]]), each like the school's
+            out["schools"] = members
+        if programs:  # the exchange programs' EV batches, each like the school's
+            out["programs"] = programs
         print_json(out)
         return 0
 
@@ -779,13 +802,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def org_of_batch(args: argparse.Namespace, settings: Settings, batch_id: str) -> str:
     """``--org``, else the exchange program whose number a BatchID starts with (``P1123450TB5K3F`` is a batch of
-    P-1-12345), else the school's code: ``batch status``/``resend`` find a program's batch without ``--org``."""
+    P-1-12345), else the member school whose prefix it starts with (ids.member_batch_prefix), else the school's
+    code: ``batch status``/``resend`` find a program's or a member school's batch without ``--org``."""
     if getattr(args, "org", None):
         return org_of(args, settings)
     program = next(
         (p for p in settings.exchange_programs if batch_id.startswith(p.program_number.replace("-", ""))), None
     )
-    return program.program_number if program is not None else org_of(args, settings)
+    if program is not None:
+        return program.program_number
+    member = next((m for m in settings.schools if batch_id.startswith(member_batch_prefix(m.org_id))), None)
+    return member.org_id if member is not None else org_of(args, settings)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

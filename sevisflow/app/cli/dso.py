@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from sevisflow.core.config import ExchangeProgram, KafkaSettings, Settings
+from sevisflow.core.config import ExchangeProgram, KafkaSettings, MemberSchool, Settings
 from sevisflow.core.errors import SevisflowError
 from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import registry
@@ -39,6 +39,9 @@ def resolve_dso(
     program = settings.program(org) if org else None
     if program is not None:
         return _resolve_officer(given, program, doing, err)
+    member = settings.member_school(org) if org else None
+    if member is not None:
+        return _resolve_member_dso(given, member, settings.school.default_dso, doing, err)
     school = settings.school
     user = given or school.default_dso
     if not user:
@@ -55,6 +58,31 @@ def resolve_dso(
         )
     if not given:
         print(f"acting as {user} (school.default_dso)", file=err or sys.stderr)
+    return user
+
+
+def _resolve_member_dso(
+    given: str | None, member: MemberSchool, default_dso: str, doing: str, err: TextIO | None
+) -> str:
+    """A member school's DSO ([[schools]] dso_user_ids): a DSO of one school never acts for another.
+    ``school.default_dso`` is used only when it is one of this school's DSOs."""
+    user = given or (default_dso if default_dso in member.dso_user_ids else "")
+    if not user:
+        raise SevisflowError(
+            f"not {doing}: say who you are with --dso <your SEVIS user id> (a DSO of member school "
+            f"{member.org_id}: the dso_user_ids of its [[schools]] entry)"
+        )
+    problem = user_id_problem(user)
+    if problem:
+        raise SevisflowError(f"not {doing}: {problem}; give your SEVIS user id with --dso")
+    if user not in member.dso_user_ids:
+        raise SevisflowError(
+            f"not {doing}: {user} is not one of the DSOs of member school {member.org_id} (dso_user_ids of its "
+            "[[schools]] entry); a DSO acts only for their own school: ask the administrator to add your SEVIS "
+            "user id there"
+        )
+    if not given:
+        print(f"acting as {user} (school.default_dso, a DSO of {member.org_id})", file=err or sys.stderr)
     return user
 
 

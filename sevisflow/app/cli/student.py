@@ -479,7 +479,7 @@ def cmd_add_info(args: argparse.Namespace) -> int:
         )
     passport = _name(args.passport, "passport name", 39) if args.passport else None
     dependents = [parse_dependent(spec, settings) for spec in args.dependent]
-    dso = dso_cli.resolve_dso(args.dso, settings, "added")
+    dso = dso_cli.resolve_dso(args.dso, settings, "added", org=org)
     require_clean_add_info(passport, args.last_name, dependents)  # control characters, lengths, dates: before Kafka
     t = settings.topics
     check_kafka(settings, [t.events, t.commands, t.batches, t.results])

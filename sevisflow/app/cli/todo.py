@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--org",
         default=None,
         help="the OrgID: the school's SEVIS code (default: school.org_id of the "
-        "settings) or an exchange program's number (P-1-12345)",
+        "settings), a member school's code ([[schools]]) or an exchange program's number (P-1-12345)",
     )
     p.add_argument("--student", help="only this student key")
     p.add_argument("--band", choices=("overdue", "urgent", "soon", "ok", "none"), help="only items in this band")
@@ -136,17 +136,37 @@ def read_letters(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
+def of_school(
+    settings: Settings, org: str, students: list[dict[str, Any]], letters: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """With member schools ([[schools]]): the students of F/M school ``org`` (by ``student.school_code``), and the
+    dead letters minus those about another school's students, so a school's DSOs see only their own students.
+    A student whose code is no configured school (``unknown_school``) stays on the main school's list."""
+    main = settings.school.org_id
+
+    def org_of_view(view: dict[str, Any]) -> str:
+        return settings.org_for_school_code((view.get("student") or {}).get("school_code")) or main
+
+    orgs = {v.get("student_key"): org_of_view(v) for v in students}
+    mine = [v for v in students if orgs[v.get("student_key")] == org]
+    kept = [d for d in letters if orgs.get(d.get("student_key"), main) == org]
+    return mine, kept
+
+
 def build(settings: Settings, org: str, today: date, include_done: bool) -> list[Item]:
     from sevisflow.app.cli.batch import load_view
 
     view = load_view(settings, org, results=True)
     # term registrations are an F/M duty: an exchange program's list has its open records, rejections and letters
     students = [] if settings.program(org) is not None else read_students(settings)
+    letters = read_letters(settings)
+    if settings.schools and settings.program(org) is None:
+        students, letters = of_school(settings, org, students, letters)
     return worklist(
         view.open_records(),
         view.batches.values(),
         students,
-        read_letters(settings),
+        letters,
         read_done(settings, org),
         deadlines_of(settings),
         today,

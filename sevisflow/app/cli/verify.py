@@ -170,6 +170,8 @@ def load_context(
         skip_reasons=skip,
         timezone=settings.school.timezone,
         ev_programs={p.sis_program: p.program_number for p in settings.exchange_programs},
+        schools=settings.school_codes(),
+        main_org=settings.school.org_id,
         requested_skips=requested,
         report_skips=report_skips,
         resume=start,

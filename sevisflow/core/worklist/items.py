@@ -296,6 +296,10 @@ DSO_ACTIONS: Mapping[str, str] = {
     "incomplete_record": "complete the SIS record (the Create then goes out by itself), or create the record in "
     "SEVIS RTI and enter its SEVIS ID in the SIS",
     "needs_dso": "make the change in SEVIS RTI (or correct the SIS), then mark this done",
+    "unknown_school": "correct person.school_code in the SIS, or ask the administrator to add a [[schools]] entry "
+    "with that sis_school (the next change is then reported)",
+    "school_changed": "transfer the student's record in SEVIS RTI to the new school (or correct "
+    "person.school_code in the SIS), then mark this done",
 }
 
 
