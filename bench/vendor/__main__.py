@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import shutil
 import signal
 import statistics
@@ -437,7 +438,9 @@ def run(args: argparse.Namespace, bootstrap: str, server: str) -> dict[str, Any]
         _say(f"closes: {json.dumps(out['closes'])}")
 
         # 3. steady load, kill instance b of events and batcher
+        # every school's persons in a seeded random order: the load reaches every school, not the first few
         people = [r["person_id"] for r in vendor["person"]]
+        random.Random(args.seed).shuffle(people)
         killed: dict[str, int] = {}
 
         def kill_later() -> None:

@@ -502,10 +502,10 @@ class StateSettings:
     """Where the processors keep their working state (the changelog topics stay the source of truth)."""
 
     backend: str = setting(
-        "memory",
-        "processor state store: memory (Python dicts: fastest, memory grows with the "
-        "SIS) or rocksdb (on disk under state.dir: memory bounded by the cache and "
-        "write buffers below); both are rebuilt from the changelog topics on start",
+        "rocksdb",
+        "processor state store: rocksdb (on disk under state.dir: memory bounded by the "
+        "cache and write buffers below) or memory (Python dicts: memory grows with the SIS; "
+        "for tests and tiny schools); both are rebuilt from the changelog topics on start",
         choices=("memory", "rocksdb"),
     )
     dir: str = setting(

@@ -8,7 +8,8 @@ assigned (and after a commit of unknown outcome), and a RocksDB folder is wiped 
 That is why RocksDB runs without its write-ahead log: nothing on disk has to survive a crash.
 
 The RocksDB layer bounds memory by configuration (``[state]`` block cache and write buffers) instead
-of by the size of the SIS; the memory layer is the default because it is faster while the state fits.
+of by the size of the SIS, and is the default; the memory layer (dicts) is for tests and tiny schools, where the
+state fits and nothing needs bounding.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def test_the_bound_also_holds_over_the_memory_store(school):
 
 
 def test_the_bound_applies_with_the_rocksdb_store_only():
-    assert cache_bound(StateSettings()) is None  # memory: the dicts hold it all anyway
+    assert cache_bound(StateSettings(backend="memory")) is None  # memory: the dicts hold it all anyway
     assert cache_bound(StateSettings(backend="rocksdb")) == StateSettings().cache_entries > 0
     assert cache_bound(StateSettings(backend="rocksdb", cache_entries=0)) is None  # 0 = unbounded
 
