@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-SUITES = ["connector", "processors", "state", "batcher", "sinks", "audit", "chaos", "review", "scale"]
+SUITES = ["connector", "processors", "state", "batcher", "sinks", "audit", "chaos", "review", "scale", "vendor"]
 
 
 def main(argv: list[str]) -> int:
