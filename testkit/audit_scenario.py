@@ -562,3 +562,30 @@ def produce_batcher_run(kafka: Any, topics: Any, run: dict[str, list[tuple[bytes
             producer.produce(names[k], key=key, value=value, timestamp=ts)
     if producer.flush(30) != 0:
         raise RuntimeError("the scenario's records were not all acknowledged within 30 s")
+
+
+def sealed_batcher_runs(
+    runs: list[dict[str, list[tuple[bytes, bytes, int]]]], outbox: Any, schema: Any
+) -> tuple[dict[str, list[Decoded]], dict[str, str]]:
+    """Several :func:`batcher_run` outputs as one log per topic (their records interleaved by time, as on shared
+    topics), every closed batch written by the real XML sink into ``outbox`` and sealed in its ledger, as the sink
+    does: (decoded logs by short name — events, commands, batches —, OrgID → BatchID of its closed batch)."""
+    from sevisflow.core.ledger import Ledger, LedgerWriter
+    from sevisflow.sinks.xml.render import ClosedBatch
+    from sevisflow.sinks.xml.stage import sink_closed_batch
+
+    names = {"events": "sevis.events", "commands": "sevis.batch.commands", "batches": "sevis.batches"}
+    logs: dict[str, list[Decoded]] = {}
+    for k, topic in names.items():
+        merged = sorted((r for run in runs for r in run[k]), key=lambda r: r[2])
+        logs[k] = [decode_record(topic, 0, i, key, value, (1, ts)) for i, (key, value, ts) in enumerate(merged)]
+    writer = LedgerWriter(Ledger(outbox.root), "sink-xml", "ZZZ")
+    ids: dict[str, str] = {}
+    for c in (x for x in logs["batches"] if x.value["type"] == "closed"):
+        e = registry().decode(c.raw)
+        out = sink_closed_batch(ClosedBatch.from_event(e, orjson.loads(e["records_json"])), schema, outbox)
+        if out.status != "written":
+            raise AssertionError(f"the XML sink did not write batch {e['batch_id']}: {out}")
+        writer.seal_archive(outbox.find(e["batch_id"]), e["batch_id"])
+        ids[e["org_id"]] = e["batch_id"]
+    return logs, ids

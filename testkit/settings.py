@@ -68,3 +68,17 @@ def make_settings(
         raw.setdefault("connector", {}).setdefault("topic.prefix", f"sis{unique}")
         raw["connector"].setdefault("slot.name", f"slot_{unique}")
     return settings_from_mapping(raw, env={})
+
+
+def connector_section(unique: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """A test connector's ``[connector]`` table: its publication, name and offsets per test, quick heartbeats and
+    offset flushes (so a test does not wait on them); ``extra`` adds or overrides keys (dotted names as in the
+    settings file, e.g. ``**{"snapshot.fetch.size": 5000}``)."""
+    return {
+        "publication.name": f"pub_{unique}",
+        "name": f"conn-{unique}",
+        "offsets_dir": str(tmp_path / "connector"),
+        "heartbeat.interval.ms": 500,
+        "offset.flush.interval.ms": 200,
+        **extra,
+    }

@@ -17,6 +17,7 @@ from testkit.settings import (  # noqa: F401 - shared with bench/, which must no
     XSD_DIR,
     KafkaHandle,
     PgHandle,
+    connector_section,
     make_settings,
 )
 

@@ -20,7 +20,7 @@ from sevisflow.core.kafka_io import read_topic
 from sevisflow.core.serde import registry
 from sevisflow.deploy.sis.replay import canonical_payload, event_content, expected_events
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from tests.helpers import REPO, TEST_ORG_ID, XSD_DIR
+from tests.helpers import REPO, TEST_ORG_ID, XSD_DIR, connector_section
 
 DSO = "dsotest001"
 
@@ -43,15 +43,9 @@ def pipeline_raw(kafka: dict[str, Any], pg: Any, unique: str, tmp_path: Path) ->
     return {
         "kafka": kafka,
         "postgres": {"host": pg.host, "port": pg.port, "dbname": pg.dbname, "user": pg.user},
-        "connector": {
-            "topic.prefix": f"sis{unique}",
-            "slot.name": f"slot_{unique}",
-            "publication.name": f"pub_{unique}",
-            "name": f"conn-{unique}",
-            "offsets_dir": str(tmp_path / "connector"),
-            "heartbeat.interval.ms": 500,
-            "offset.flush.interval.ms": 200,
-        },
+        "connector": connector_section(
+            unique, tmp_path, **{"topic.prefix": f"sis{unique}", "slot.name": f"slot_{unique}"}
+        ),
         "school": {
             "org_id": TEST_ORG_ID,
             "mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml"),

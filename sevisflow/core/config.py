@@ -25,7 +25,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sevisflow.core.errors import ConfigError
@@ -608,56 +608,75 @@ class ExchangeProgram:
         return (self.ro_user_id, *(u for u in self.aro_user_ids if u != self.ro_user_id))
 
 
-def _build_programs(values: Any, origin: str) -> tuple[ExchangeProgram, ...]:
-    """``[[exchange_programs]]`` → programs; every error names the table (#n, and its number when known)."""
-    if values is None:
-        return ()
-    if not isinstance(values, list) or not all(isinstance(v, (dict, ExchangeProgram)) for v in values):
-        raise ConfigError(
-            f"{origin}: exchange_programs must be a list of tables: write one [[exchange_programs]] "
-            "(two brackets) per program, with program_number, sis_program and ro_user_id"
-        )
-    out: list[ExchangeProgram] = []
-    for i, raw in enumerate(values, 1):
-        where = f"[[exchange_programs]] #{i}"
-        if isinstance(raw, ExchangeProgram):
-            out.append(raw)
-            continue
-        shown = raw.get("program_number")
-        where += f" ({shown})" if isinstance(shown, str) and shown else ""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _TableList(Generic[T]):
+    """How one list-of-tables section (``[[exchange_programs]]``, ``[[schools]]``) is read and checked: the same
+    errors, each naming the table (#n and its ``label`` field) and the fix, for every such list."""
+
+    cls: type[T]
+    section: str
+    label: str  # the field that names a table in errors, e.g. program_number
+    unique: tuple[str, ...]  # fields no two tables may share
+    needs: str  # what a table holds, for the "not a list of tables" error
+    once: str  # the fix when a unique field repeats
+    env_example: str  # a JSON example for the environment variable
+
+    def build(self, values: Any, origin: str) -> tuple[T, ...]:
+        if values is None:
+            return ()
+        if not isinstance(values, list) or not all(isinstance(v, (dict, self.cls)) for v in values):
+            raise ConfigError(
+                f"{origin}: {self.section} must be a list of tables: write one [[{self.section}]] "
+                f"(two brackets) per {self.needs}"
+            )
+        out: list[T] = []
+        for i, raw in enumerate(values, 1):
+            if isinstance(raw, self.cls):
+                out.append(raw)
+                continue
+            shown = raw.get(self.label)
+            where = f"[[{self.section}]] #{i}" + (f" ({shown})" if isinstance(shown, str) and shown else "")
+            try:
+                out.append(_build_section(self.cls, self.section, raw, {}, origin))
+            except ConfigError as exc:
+                raise ConfigError(f"{origin}: {where}: {str(exc).removeprefix(origin + ': ')}") from None
+        for field_name in self.unique:
+            seen: dict[str, int] = {}
+            for i, item in enumerate(out, 1):
+                value = getattr(item, field_name)
+                if value in seen:
+                    raise ConfigError(
+                        f"{origin}: [[{self.section}]] #{i}: {field_name} {value!r} is also in #{seen[value]}: "
+                        f"{self.once}"
+                    )
+                seen[value] = i
+        return tuple(out)
+
+    def from_env(self, env: Mapping[str, str], current: tuple[T, ...]) -> tuple[T, ...]:
+        """``SEVISFLOW_<SECTION>`` (a JSON list of tables) replaces the file's list."""
+        name = f"{ENV_PREFIX}{self.section.upper()}"
+        text = env.get(name)
+        if text is None:
+            return current
         try:
-            out.append(_build_section(ExchangeProgram, "exchange_programs", raw, {}, origin))
-        except ConfigError as exc:
-            raise ConfigError(f"{origin}: {where}: {str(exc).removeprefix(origin + ': ')}") from None
-    for field_name in ("program_number", "sis_program"):
-        seen: dict[str, int] = {}
-        for i, p in enumerate(out, 1):
-            value = getattr(p, field_name)
-            if value in seen:
-                raise ConfigError(
-                    f"{origin}: [[exchange_programs]] #{i}: {field_name} {value!r} is also in "
-                    f"#{seen[value]}: list each sponsor program once"
-                )
-            seen[value] = i
-    return tuple(out)
+            values = json.loads(text)
+        except ValueError:
+            raise ConfigError(f"{name} is not JSON: give a list of objects, e.g. {self.env_example}") from None
+        return self.build(values, f"environment variable {name}")
 
 
-def _programs_from_env(
-    env: Mapping[str, str], current: tuple[ExchangeProgram, ...], origin: str
-) -> tuple[ExchangeProgram, ...]:
-    """``SEVISFLOW_EXCHANGE_PROGRAMS`` (a JSON list of tables) replaces the file's list."""
-    text = env.get(f"{ENV_PREFIX}EXCHANGE_PROGRAMS")
-    if text is None:
-        return current
-    try:
-        values = json.loads(text)
-    except ValueError:
-        raise ConfigError(
-            f"{ENV_PREFIX}EXCHANGE_PROGRAMS is not JSON: give a list of objects, e.g. "
-            '[{"program_number": "P-1-12345", "sis_program": "RSCH", '
-            '"ro_user_id": "ROUSER0001"}]'
-        ) from None
-    return _build_programs(values, f"environment variable {ENV_PREFIX}EXCHANGE_PROGRAMS")
+PROGRAM_TABLES = _TableList(
+    ExchangeProgram,
+    PROGRAMS,
+    "program_number",
+    ("program_number", "sis_program"),
+    "program, with program_number, sis_program and ro_user_id",
+    "list each sponsor program once",
+    '[{"program_number": "P-1-12345", "sis_program": "RSCH", "ro_user_id": "ROUSER0001"}]',
+)
 
 
 @dataclass(frozen=True)
@@ -725,55 +744,15 @@ class MemberSchool:
                 raise ConfigError(problem.replace("the RO/ARO's", "the DSO's"))
 
 
-def _build_schools(values: Any, origin: str) -> tuple[MemberSchool, ...]:
-    """``[[schools]]`` → member schools; every error names the table (#n, and its org_id when known)."""
-    if values is None:
-        return ()
-    if not isinstance(values, list) or not all(isinstance(v, (dict, MemberSchool)) for v in values):
-        raise ConfigError(
-            f"{origin}: schools must be a list of tables: write one [[schools]] (two brackets) per member "
-            "school, with org_id, sis_school and dso_user_ids"
-        )
-    out: list[MemberSchool] = []
-    for i, raw in enumerate(values, 1):
-        where = f"[[schools]] #{i}"
-        if isinstance(raw, MemberSchool):
-            out.append(raw)
-            continue
-        shown = raw.get("org_id")
-        where += f" ({shown})" if isinstance(shown, str) and shown else ""
-        try:
-            out.append(_build_section(MemberSchool, SCHOOLS, raw, {}, origin))
-        except ConfigError as exc:
-            raise ConfigError(f"{origin}: {where}: {str(exc).removeprefix(origin + ': ')}") from None
-    for field_name in ("org_id", "sis_school"):
-        seen: dict[str, int] = {}
-        for i, m in enumerate(out, 1):
-            value = getattr(m, field_name)
-            if value in seen:
-                raise ConfigError(
-                    f"{origin}: [[schools]] #{i}: {field_name} {value!r} is also in #{seen[value]}: "
-                    "list each member school once, each with its own SIS code"
-                )
-            seen[value] = i
-    return tuple(out)
-
-
-def _schools_from_env(
-    env: Mapping[str, str], current: tuple[MemberSchool, ...], origin: str
-) -> tuple[MemberSchool, ...]:
-    """``SEVISFLOW_SCHOOLS`` (a JSON list of tables) replaces the file's list."""
-    text = env.get(f"{ENV_PREFIX}SCHOOLS")
-    if text is None:
-        return current
-    try:
-        values = json.loads(text)
-    except ValueError:
-        raise ConfigError(
-            f"{ENV_PREFIX}SCHOOLS is not JSON: give a list of objects, e.g. "
-            '[{"org_id": "ABC214F12345000", "sis_school": "EAST", "dso_user_ids": ["EASTDSO001"]}]'
-        ) from None
-    return _build_schools(values, f"environment variable {ENV_PREFIX}SCHOOLS")
+SCHOOL_TABLES = _TableList(
+    MemberSchool,
+    SCHOOLS,
+    "org_id",
+    ("org_id", "sis_school"),
+    "member school, with org_id, sis_school and dso_user_ids",
+    "list each member school once, each with its own SIS code",
+    '[{"org_id": "ABC214F12345000", "sis_school": "EAST", "dso_user_ids": ["EASTDSO001"]}]',
+)
 
 
 def _check_schools(settings: Settings, origin: str) -> None:
@@ -819,10 +798,10 @@ class Settings:
         changed: dict[str, Any] = {}
         for name, values in sections.items():
             if name == PROGRAMS:
-                changed[name] = _build_programs(list(values), "replace()")
+                changed[name] = PROGRAM_TABLES.build(list(values), "replace()")
                 continue
             if name == SCHOOLS:
-                changed[name] = _build_schools(list(values), "replace()")
+                changed[name] = SCHOOL_TABLES.build(list(values), "replace()")
                 continue
             current = getattr(self, name)
             changed[name] = dataclasses.replace(current, **dict(values))
@@ -923,11 +902,10 @@ def settings_from_mapping(
         )
     for sec in dataclasses.fields(Settings):
         if sec.name == PROGRAMS:
-            programs = _build_programs(raw.get(PROGRAMS, []), origin)
-            sections[sec.name] = _programs_from_env(env, programs, origin)
+            sections[sec.name] = PROGRAM_TABLES.from_env(env, PROGRAM_TABLES.build(raw.get(PROGRAMS, []), origin))
             continue
         if sec.name == SCHOOLS:
-            sections[sec.name] = _schools_from_env(env, _build_schools(raw.get(SCHOOLS, []), origin), origin)
+            sections[sec.name] = SCHOOL_TABLES.from_env(env, SCHOOL_TABLES.build(raw.get(SCHOOLS, []), origin))
             continue
         cls = _section_type(sec)
         values = raw.get(sec.name, {})

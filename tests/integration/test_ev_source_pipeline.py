@@ -30,7 +30,7 @@ from sevisflow.deploy.sis.model import World
 from sevisflow.deploy.sis.replay import MAPPING, PKS, feed_ops
 from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.sevis_events.pure import PurePipeline
-from tests.helpers import REPO, count, make_settings, settled, wait_for
+from tests.helpers import REPO, connector_section, count, make_settings, settled, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,14 +71,11 @@ def test_sponsor_records_reach_sevis_events_as_the_programs_ev_events(kafka_stac
         kafka_stack,
         fresh_db,
         unique,
-        connector={
-            "publication.name": f"pub_{unique}",
-            "offsets_dir": str(tmp_path / "connector"),
-            "name": f"conn-{unique}",
-            "heartbeat.interval.ms": 500,
-            "offset.flush.interval.ms": 200,
-            "table.include.list": ConnectorSettings().table_include_list + [f"public.{t}" for t in EXCHANGE_TABLES],
-        },
+        connector=connector_section(
+            unique,
+            tmp_path,
+            **{"table.include.list": ConnectorSettings().table_include_list + [f"public.{t}" for t in EXCHANGE_TABLES]},
+        ),
         school={"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
     )
     settings = dataclasses.replace(

@@ -27,7 +27,7 @@ from sevisflow.core.topics import all_topics, pipeline_topics, state_topic
 from sevisflow.processors.normalize.mapping import load_mapping
 from sevisflow.processors.normalize.stage import NormalizeStage, NormalizeStore, normalize_topics
 from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
-from tests.helpers import REPO, make_settings, settled, wait_for
+from tests.helpers import REPO, connector_section, make_settings, settled, wait_for
 from tests.normalize_support import (
     BIG_TRANSACTION_SQL,
     CONFIRMED,
@@ -181,14 +181,7 @@ def test_a_transaction_larger_than_a_state_record_flows_through_to_the_right_eve
         kafka_stack,
         fresh_db,
         unique,
-        connector={
-            "publication.name": f"pub_{unique}",
-            "offsets_dir": str(tmp_path / "connector"),
-            "name": f"conn-{unique}",
-            "heartbeat.interval.ms": 500,
-            "offset.flush.interval.ms": 200,
-            "snapshot.fetch.size": 5000,
-        },
+        connector=connector_section(unique, tmp_path, **{"snapshot.fetch.size": 5000}),
         school={"mapping_file": MAPPING_FILE},
     )
     create_schema(fresh_db.dsn)

@@ -16,7 +16,7 @@ from sevisflow.core.serde import registry
 from sevisflow.core.topics import all_topics
 from sevisflow.deploy.sis.generator import generate_vendor
 from sevisflow.deploy.sis.load import create_schema, load_school
-from tests.helpers import REPO, make_settings, wait_for
+from tests.helpers import REPO, connector_section, make_settings, wait_for
 from tests.school_replay import TODAY
 
 pytestmark = pytest.mark.integration
@@ -59,13 +59,7 @@ def test_school_code_reaches_the_student_views_through_connector_and_normalize(
         kafka_stack,
         fresh_db,
         unique,
-        connector={
-            "publication.name": f"pub_{unique}",
-            "offsets_dir": str(tmp_path / "connector"),
-            "name": f"conn-{unique}",
-            "heartbeat.interval.ms": 500,
-            "offset.flush.interval.ms": 200,
-        },
+        connector=connector_section(unique, tmp_path),
         school={"mapping_file": MAPPING_FILE},
     )
     create_schema(fresh_db.dsn)

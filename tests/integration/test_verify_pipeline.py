@@ -19,7 +19,7 @@ from sevisflow.core.topics import all_topics
 from sevisflow.deploy.sis.activity import generate_activity
 from sevisflow.deploy.sis.generator import generate_school
 from sevisflow.deploy.sis.load import create_schema, load_school, play_activity
-from tests.helpers import REPO, XSD_DIR, count, make_settings, settled, wait_for
+from tests.helpers import REPO, XSD_DIR, connector_section, count, make_settings, settled, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -65,13 +65,7 @@ def test_verify_all_over_the_real_pipeline(kafka_stack, fresh_db, unique, tmp_pa
         kafka_stack,
         fresh_db,
         unique,
-        connector={
-            "publication.name": f"pub_{unique}",
-            "offsets_dir": str(tmp_path / "connector"),
-            "name": f"conn-{unique}",
-            "heartbeat.interval.ms": 500,
-            "offset.flush.interval.ms": 200,
-        },
+        connector=connector_section(unique, tmp_path),
         school={"mapping_file": str(REPO / "deploy" / "sis" / "mapping.toml")},
         sevis={
             "xsd_dir": str(XSD_DIR),

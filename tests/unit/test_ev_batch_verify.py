@@ -9,10 +9,10 @@ import pytest
 
 from sevisflow.app.audit.decode import decode_record
 from sevisflow.app.audit.verify import VerifyContext, verify_all, verify_batch
-from sevisflow.core.ledger import Ledger, LedgerWriter
+from sevisflow.core.ledger import Ledger
 from sevisflow.core.serde import registry
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from testkit.audit_scenario import batcher_run
+from testkit.audit_scenario import batcher_run, sealed_batcher_runs
 from tests.ev_support import UPDATE_PAYLOADS, create_payload
 from tests.helpers import XSD_DIR
 
@@ -90,26 +90,14 @@ def ev_run(base_ms: int) -> dict[str, list[tuple[bytes, bytes, int]]]:
 @pytest.fixture
 def world(tmp_path):
     from sevisflow.sinks.outbox import Outbox
-    from sevisflow.sinks.xml.render import ClosedBatch
-    from sevisflow.sinks.xml.stage import sink_closed_batch
     from sevisflow.sinks.xml.xsd import load_schema
 
     schema = load_schema(XSD_DIR)
-    fm, ev = batcher_run(updates=4, creates=1, batches=1), ev_run(1_750_000_000_000)
-    names = {"events": "sevis.events", "commands": "sevis.batch.commands", "batches": "sevis.batches"}
-    d = {}
-    for k in names:  # one log per topic: the school's and the program's records interleaved by time
-        merged = sorted(fm[k] + ev[k], key=lambda r: r[2])
-        d[k] = [decode_record(names[k], 0, i, key, value, (1, ts)) for i, (key, value, ts) in enumerate(merged)]
     outbox = Outbox(tmp_path / "outbox", tmp_path / "quarantine", "America/Chicago")
-    writer = LedgerWriter(Ledger(tmp_path / "outbox"), "sink-xml", "ZZZ")
-    ids = {}
-    for c in (x for x in d["batches"] if x.value["type"] == "closed"):
-        e = registry().decode(c.raw)
-        out = sink_closed_batch(ClosedBatch.from_event(e, orjson.loads(e["records_json"])), schema, outbox)
-        assert out.status == "written", out
-        writer.seal_archive(outbox.find(e["batch_id"]), e["batch_id"])
-        ids[e["org_id"]] = e["batch_id"]
+    # one log per topic: the school's and the program's records interleaved by time
+    d, ids = sealed_batcher_runs(
+        [batcher_run(updates=4, creates=1, batches=1), ev_run(1_750_000_000_000)], outbox, schema
+    )
     ctx = VerifyContext(
         batches=d["batches"],
         events=d["events"],

@@ -487,33 +487,17 @@ def test_verify_reproduces_a_member_schools_batch_next_to_the_main_schools(tmp_p
     """The real batcher closes the main school's and a member school's batch at the same time on the same topics, the
     real XML sink writes both (two BatchIDs), and verify re-runs the batcher per OrgID with the member form: both
     verify; without [[schools]] in verify's settings the member's batch does not reproduce."""
-    from sevisflow.app.audit.decode import decode_record
     from sevisflow.app.audit.verify import VerifyContext, verify_batch
-    from sevisflow.core.ledger import Ledger, LedgerWriter
     from sevisflow.sinks.outbox import Outbox
-    from sevisflow.sinks.xml.render import ClosedBatch
-    from sevisflow.sinks.xml.stage import sink_closed_batch
     from sevisflow.sinks.xml.xsd import load_schema
-    from testkit.audit_scenario import batcher_run
+    from testkit.audit_scenario import batcher_run, sealed_batcher_runs
     from tests.helpers import XSD_DIR
 
     schema = load_schema(XSD_DIR)
     main = batcher_run(updates=3, creates=1, org=MAIN)
     east = batcher_run(updates=3, creates=1, org=EAST, student_base=50, member_school=True)
-    names = {"events": "sevis.events", "commands": "sevis.batch.commands", "batches": "sevis.batches"}
-    d = {}
-    for k in names:
-        merged = sorted(main[k] + east[k], key=lambda r: r[2])
-        d[k] = [decode_record(names[k], 0, i, key, value, (1, ts)) for i, (key, value, ts) in enumerate(merged)]
     outbox = Outbox(tmp_path / "outbox", tmp_path / "quarantine", "America/Chicago")
-    writer = LedgerWriter(Ledger(tmp_path / "outbox"), "sink-xml", "ZZZ")
-    ids = {}
-    for c in (x for x in d["batches"] if x.value["type"] == "closed"):
-        e = registry().decode(c.raw)
-        out = sink_closed_batch(ClosedBatch.from_event(e, orjson.loads(e["records_json"])), schema, outbox)
-        assert out.status == "written", out
-        writer.seal_archive(outbox.find(e["batch_id"]), e["batch_id"])
-        ids[e["org_id"]] = e["batch_id"]
+    d, ids = sealed_batcher_runs([main, east], outbox, schema)
     assert set(ids) == {MAIN, EAST} and ids[MAIN] != ids[EAST]
     assert ids[EAST].startswith("M") and ids[MAIN].startswith("S")
 
