@@ -397,10 +397,11 @@ def run(args: argparse.Namespace, bootstrap: str, server: str) -> dict[str, Any]
         ]
         settings, config = write_config(raw, work / "sevisflow.toml")
         ensure_topics(settings.kafka, all_topics(settings))
-        commands = {"connector": ["connector", "run"], "normalize": ["process", "normalize"]}
+        level = ["--log-level", args.stage_log_level] if args.stage_log_level else []
+        commands = {"connector": [*level, "connector", "run"], "normalize": [*level, "process", "normalize"]}
         for stage in ("events", "batcher"):
             for k in range(args.instances):
-                commands[f"{stage}-{'ab'[k] if k < 2 else k}"] = ["process", stage, "--instance", f"v{k}"]
+                commands[f"{stage}-{'ab'[k] if k < 2 else k}"] = [*level, "process", stage, "--instance", f"v{k}"]
         stages = Stages(config, work, every_s=args.sample, rss_limit_mib=args.rss_limit).start(commands)
         tail = VendorTail(settings).start()
         out["snapshot"] = wait_creates(tail, stages, want, args.timeout)
@@ -511,6 +512,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pg", help="libpq conninfo of a PostgreSQL with wal_level=logical")
     p.add_argument("--work-dir", help="folder for the run's state, logs and settings (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the run's folder")
+    p.add_argument("--stage-log-level", default="", help="the stage processes' --log-level (default theirs)")
     p.add_argument("--json-out", default=str(REPO / "bench" / "results" / "vendor.json"))
     return p
 

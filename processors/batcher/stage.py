@@ -548,7 +548,10 @@ def build_loop(
     group = group_id(settings)
     instance = instance or os.environ.get("SEVISFLOW_INSTANCE") or socket.gethostname()
     t = settings.topics
-    overrides: dict[str, Any] = {"partition.assignment.strategy": "range"}
+    # range: one member gets the same partition number of every input (cooperative-sticky does not); a metadata
+    # refresh every 10 s (librdkafka: 5 min) ends soon the hold of a member that joined before it knew every
+    # input topic (TransactionalLoop(copartitioned=True))
+    overrides: dict[str, Any] = {"partition.assignment.strategy": "range", "topic.metadata.refresh.interval.ms": 10000}
     overrides.update(consumer_overrides or {})
     # the open-batch views go out once per changed school per transaction, after every input was
     # handled (a 500-event poll writes one view, not 500): they commit or abort with their events
@@ -566,6 +569,7 @@ def build_loop(
         before_commit=stage.view_outputs,
         dlq_topic=settings.topics.dlq,
         stage="batcher",
+        copartitioned=True,
     )
     stage.metrics = loop.metrics
     return loop, stage

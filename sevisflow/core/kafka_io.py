@@ -765,8 +765,14 @@ class TransactionalLoop:
         dlq_topic: str | None = None,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
+        copartitioned: bool = False,
     ) -> None:
         self.kafka = kafka
+        # the inputs are co-partitioned (one key's records share a partition number on every input topic, and the
+        # state of a key lives under that number): a partition number is processed only when this member holds it
+        # on every input topic (see _on_assign)
+        self.copartitioned = copartitioned
+        self.paused: list[TopicPartition] = []
         self.group_id = group_id
         self.input_topics = list(input_topics)
         self.handler = handler
@@ -1371,8 +1377,28 @@ class TransactionalLoop:
                 )
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        wanted = {tp.partition for tp in partitions}
+        self.paused = []
+        if self.copartitioned:
+            split = split_numbers(self.input_topics, [(tp.topic, tp.partition) for tp in partitions])
+            # a member that joined before it knew every input topic (metadata of new topics arrives late) gets
+            # that topic's partitions nowhere, or another member gets them: a key's records would then be handled
+            # in two places, one of them without the key's state. Hold those numbers (paused, state not restored)
+            # until the next rebalance, which the metadata refresh that finds the topic brings. A pause outlives
+            # a rebalance in librdkafka, so every whole number is resumed explicitly.
+            consumer.assign(partitions)
+            consumer.resume([tp for tp in partitions if tp.partition not in split])
+            if split:
+                self.paused = [tp for tp in partitions if tp.partition in split]
+                consumer.pause(self.paused)
+                wanted -= split
+                log.warning(
+                    "kafka.not_copartitioned",
+                    group=self.group_id,
+                    held=sorted(split),
+                    fix="waiting for a rebalance that gives this member every input topic's partitions",
+                )
         if self.state_topic:
-            wanted = {tp.partition for tp in partitions}
             if self.state_partitions is not None:
                 wanted &= self.state_partitions
             self._restore_state(self.state_topic, sorted(wanted))
@@ -1382,6 +1408,17 @@ class TransactionalLoop:
         for p in {tp.partition for tp in partitions}:
             self.state.drop_partition(p)
         log.info("kafka.revoked", group=self.group_id, partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])
+
+
+def split_numbers(topics: Sequence[str], assigned: Iterable[tuple[str, int]]) -> set[int]:
+    """The partition numbers assigned on some of ``topics`` but not on all of them (co-partitioned inputs: those
+    must not be processed here, the rest of that number's records may be with another member)."""
+    by_topic: dict[str, set[int]] = {t: set() for t in topics}
+    for topic, partition in assigned:
+        by_topic.setdefault(topic, set()).add(partition)
+    numbers = set().union(*by_topic.values()) if by_topic else set()
+    whole = set.intersection(*by_topic.values()) if by_topic else set()
+    return numbers - whole
 
 
 def restore_partition(kafka: KafkaSettings, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes]:
