@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from psycopg.conninfo import make_conninfo
 
 from bench.scale.__main__ import TODAY, _code_version, _load_avg, _say, services
@@ -231,13 +231,18 @@ def send_and_time(settings: Any, tail: VendorTail, cmds: list[dict[str, Any]], t
 
 def lagging(settings: Any, stage: str, topics: list[str], slack: int) -> int:
     """Records of ``topics`` that ``stage``'s consumer group has not committed yet (read from the group's committed
-    offsets; the bench never joins the group). ``slack``: offsets at a partition's end nobody reads — the commit
-    marker that ends a transactional producer's last transaction."""
+    offsets; the bench never joins the group), or -1 while they cannot be read: a killed instance's open
+    transaction holds offsets the broker will not answer for until that transaction times out. ``slack``: offsets
+    at a partition's end nobody reads — the commit marker that ends a transactional producer's last transaction."""
     consumer = make_consumer(settings.kafka, group_id=stage_group(settings, stage))
     try:
         tps = [TopicPartition(t, p) for t in topics for p in topic_partitions(consumer, settings.kafka, t, 30.0) or []]
         lag = 0
-        for tp in consumer.committed(tps, timeout=30):
+        try:
+            committed = consumer.committed(tps, timeout=10)
+        except KafkaException:
+            return -1
+        for tp in committed:
             high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)[1]
             lag += max(0, high - slack - max(tp.offset, 0))
         return lag
