@@ -16,12 +16,15 @@ per topic; :func:`decoded_scenario` the same records decoded (for pure tests).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sevisflow.app.audit.decode import Decoded, decode_record
 from sevisflow.core.serde import registry
+
+if TYPE_CHECKING:
+    from sevisflow.app.audit.verify import VerifyContext
 
 ORG = "ZZZ214F99999000"
 DSO = "dsouser001"
@@ -589,3 +592,22 @@ def sealed_batcher_runs(
         writer.seal_archive(outbox.find(e["batch_id"]), e["batch_id"])
         ids[e["org_id"]] = e["batch_id"]
     return logs, ids
+
+
+def batcher_verify_context(logs: dict[str, list[Decoded]], outbox: Any, schema: Any, **options: Any) -> VerifyContext:
+    """What verify reads for batcher runs: the decoded ``logs`` (events, commands, batches, as
+    :func:`sealed_batcher_runs` gives them), no results and no change records (so the events and sources checks
+    are skipped), and the outbox and schema the batches were written with. ``options``: further
+    :class:`~sevisflow.app.audit.verify.VerifyContext` fields (e.g. ``schools``, ``main_org``)."""
+    from sevisflow.app.audit.verify import VerifyContext
+
+    return VerifyContext(
+        batches=logs["batches"],
+        events=logs["events"],
+        commands=logs["commands"],
+        results=[],
+        changes=[],
+        outbox=outbox,
+        schema=schema,
+        **options,
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,14 @@ def connector_section(unique: str, tmp_path: Path, **extra: Any) -> dict[str, An
         "offset.flush.interval.ms": 200,
         **extra,
     }
+
+
+def run_bench_on_stack(
+    main: Callable[[list[str]], int], args: list[str], kafka: KafkaHandle, pg: PgHandle, work_dir: Path
+) -> tuple[int, dict[str, Any]]:
+    """Run a bench that starts its own stages (the ``main`` of ``bench.scale`` or ``bench.vendor``) with ``args`` on
+    the test stack, its runs under ``work_dir``: (exit code, the JSON results it wrote). Why one place: the small CI
+    runs of those benches point them at the stack and read their results alike."""
+    out = work_dir / "bench-results.json"
+    rc = main([*args, "--kafka", kafka.bootstrap, "--pg", pg.dsn, "--work-dir", str(work_dir), "--json-out", str(out)])
+    return rc, json.loads(out.read_text())

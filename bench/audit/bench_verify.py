@@ -18,10 +18,10 @@ from pathlib import Path
 import orjson
 
 from sevisflow.app.audit.decode import decode_record
-from sevisflow.app.audit.verify import VerifyContext, verify_all, verify_batch
+from sevisflow.app.audit.verify import verify_all, verify_batch
 from sevisflow.core.ledger import Ledger, LedgerWriter
 from sevisflow.core.serde import registry
-from testkit.audit_scenario import batcher_run
+from testkit.audit_scenario import batcher_run, batcher_verify_context
 from testkit.settings import XSD_DIR
 
 
@@ -55,15 +55,7 @@ def main() -> None:
             )
             ids.append(ev["batch_id"])
     build = time.perf_counter() - t0
-    ctx = VerifyContext(
-        batches=d["batches"],
-        events=d["events"],
-        commands=d["commands"],
-        results=[],
-        changes=[],
-        outbox=outbox,
-        schema=schema,
-    )
+    ctx = batcher_verify_context(d, outbox, schema)
     t1 = time.perf_counter()
     ctx.replay_for(d["batches"][0].value["org_id"])
     replay = time.perf_counter() - t1

@@ -191,8 +191,8 @@ def unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy) -> str | None:
     org = str(cmd.get("org_id") or "")
     if PROGRAM_NUMBER.fullmatch(org):
         return _program_unauthorized(cmd, policy, org)
-    member = policy.schools.get(org)
-    if member is None and policy.main_org_id and org != policy.main_org_id:
+    school = _school_policy(policy, org)
+    if school is None:
         return (
             f"OrgID {org[:40]!r} is neither school.org_id ({policy.main_org_id}) nor a member school ([[schools]] "
             "in the batcher's settings): nobody may act for it here; add the school as a [[schools]] entry, "
@@ -201,25 +201,23 @@ def unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy) -> str | None:
     kind = cmd["kind"]
     if kind not in DSO_KINDS:
         return None
-    if member is not None:
-        dsos, close_dso, closer = member.dso_user_ids, member.close_dso, f"the close_dso of member school {org}"
-    else:
-        dsos, close_dso, closer = policy.dso_user_ids, policy.close_dso, "school.close_dso"
+    member = org in policy.schools  # the member and main school differ only in how a refusal names their settings
     user = cmd.get("dso_user_id") or ""
     if kind == "close" and str(cmd["command_id"]).startswith(SCHEDULED_PREFIX):
-        if not close_dso or user != close_dso:
-            return f"a scheduled close must carry {closer} ({close_dso or 'not set'}), not {user!r}"
+        if not school.close_dso or user != school.close_dso:
+            closer = f"the close_dso of member school {org}" if member else "school.close_dso"
+            return f"a scheduled close must carry {closer} ({school.close_dso or 'not set'}), not {user!r}"
         if cmd.get("reviewed_revision") is not None:
             return "a scheduled close cannot claim a reviewed revision: no person reviewed it"
         return None
-    if user in dsos:
+    if user in school.dso_user_ids:
         return _principal_problem(cmd, policy, user)
-    if member is not None:
+    if member:
         return (
             f"SEVIS user id {user!r} is not one of the DSOs of member school {org} (dso_user_ids of its "
             "[[schools]] entry): a DSO acts only for their own school; ask the administrator to add it there"
         )
-    if not dsos:
+    if not school.dso_user_ids:
         return (
             "no DSO is configured for the school: add the DSOs' SEVIS user ids to school.dso_user_ids "
             "in the batcher's settings"
@@ -227,6 +225,18 @@ def unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy) -> str | None:
     return (
         f"SEVIS user id {user!r} is not one of the school's DSOs (school.dso_user_ids); ask the administrator to add it"
     )
+
+
+def _school_policy(policy: CommandPolicy, org: str) -> SchoolPolicy | None:
+    """Who may act for F/M OrgID ``org``: a member school's own DSOs and close_dso ([[schools]]), else [school]'s;
+    None when ``org`` is neither school.org_id nor a member school (any OrgID is [school]'s when main_org_id is
+    not set, as in policies built by hand)."""
+    member = policy.schools.get(org)
+    if member is not None:
+        return member
+    if policy.main_org_id and org != policy.main_org_id:
+        return None
+    return SchoolPolicy(policy.dso_user_ids, policy.close_dso)
 
 
 def _program_unauthorized(cmd: Mapping[str, Any], policy: CommandPolicy, org: str) -> str | None:

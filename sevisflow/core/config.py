@@ -22,7 +22,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -540,14 +540,15 @@ PROGRAM_NUMBER_PATTERN = re.compile(r"P-[1-4]-\d{5}|G-[1-7]-\d{5}")
 SEVIS_USER_ID = re.compile(r"[^\s]{10}")
 
 
-def _user_id_problem(where: str, value: str) -> str | None:
-    """Why ``value`` cannot be a SEVIS user id (exactly 10 characters, no blanks), or None."""
-    if not SEVIS_USER_ID.fullmatch(value) or not value.isprintable():
-        return (
-            f"{where} = {value!r} is not a SEVIS user id: use the RO/ARO's SEVIS user name, exactly 10 "
-            "characters without blanks"
-        )
-    return None
+def _check_user_ids(users: Iterable[tuple[str, str]], officer: str) -> None:
+    """Raise on the first ``(field, value)`` whose value cannot be a SEVIS user id (exactly 10 characters, no
+    blanks): SEVIS refuses a batch signed by it. ``officer`` names whose user name to use instead (e.g. RO/ARO)."""
+    for where, value in users:
+        if not SEVIS_USER_ID.fullmatch(value) or not value.isprintable():
+            raise ConfigError(
+                f"{where} = {value!r} is not a SEVIS user id: use the {officer}'s SEVIS user name, exactly 10 "
+                "characters without blanks"
+            )
 
 
 @dataclass(frozen=True)
@@ -598,10 +599,7 @@ class ExchangeProgram:
                 f"ro_user_id is missing for {self.program_number}: add the SEVIS user id of the "
                 "program's RO/ARO (10 characters); SEVIS refuses an EV batch signed by anyone else"
             )
-        for where, value in (("ro_user_id", self.ro_user_id), *(("aro_user_ids", v) for v in self.aro_user_ids)):
-            problem = _user_id_problem(where, value)
-            if problem:
-                raise ConfigError(problem)
+        _check_user_ids([("ro_user_id", self.ro_user_id), *(("aro_user_ids", v) for v in self.aro_user_ids)], "RO/ARO")
 
     def user_ids(self) -> tuple[str, ...]:
         """Who may act for the program: the RO first (the scheduled close signs with it), then the AROs."""
@@ -735,13 +733,8 @@ class MemberSchool:
                 f"sis_school = {self.sis_school!r} for {self.org_id} has blanks around it: write the code "
                 "exactly as person.school_code holds it, without leading or trailing blanks"
             )
-        users = [*(("dso_user_ids", v) for v in self.dso_user_ids)]
-        if self.close_dso:
-            users.append(("close_dso", self.close_dso))
-        for where, value in users:
-            problem = _user_id_problem(where, value)
-            if problem:
-                raise ConfigError(problem.replace("the RO/ARO's", "the DSO's"))
+        closer = [("close_dso", self.close_dso)] if self.close_dso else []
+        _check_user_ids([*(("dso_user_ids", v) for v in self.dso_user_ids), *closer], "DSO")
 
 
 SCHOOL_TABLES = _TableList(

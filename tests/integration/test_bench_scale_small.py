@@ -14,6 +14,7 @@ import math
 import pytest
 
 from bench.scale.__main__ import main
+from testkit.settings import run_bench_on_stack
 
 pytestmark = pytest.mark.integration
 
@@ -22,38 +23,9 @@ STAGES = {"connector", "normalize", "events", "batcher"}
 
 @pytest.mark.timeout(300)
 def test_scale_bench_small_is_complete_and_measures_what_it_claims(kafka_stack, pg_stack, tmp_path):
-    out = tmp_path / "scale.json"
-    rc = main(
-        [
-            "--students",
-            "300",
-            "--rate",
-            "20",
-            "--duration",
-            "20",
-            "--activity",
-            "100",
-            "--modes",
-            "separate",
-            "--steady-in",
-            "separate",
-            "--settle",
-            "3",
-            "--timeout",
-            "180",
-            "--sample",
-            "0.5",
-            "--kafka",
-            kafka_stack.bootstrap,
-            "--pg",
-            pg_stack.dsn,
-            "--work-dir",
-            str(tmp_path),
-            "--json-out",
-            str(out),
-        ]
-    )
-    result = json.loads(out.read_text())
+    args = ["--students", "300", "--rate", "20", "--duration", "20", "--activity", "100", "--modes", "separate"]
+    args += ["--steady-in", "separate", "--settle", "3", "--timeout", "180", "--sample", "0.5"]
+    rc, result = run_bench_on_stack(main, args, kafka_stack, pg_stack, tmp_path)
     run = result["modes"]["separate"]
     why = json.dumps({k: v for k, v in run.items() if k != "rss_series"}, indent=1)[:6000]
     assert rc == 0, why

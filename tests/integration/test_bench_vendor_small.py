@@ -14,28 +14,17 @@ import json
 import pytest
 
 from bench.vendor.__main__ import main
+from testkit.settings import run_bench_on_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.timeout(420)
 def test_vendor_bench_small_loses_and_duplicates_nothing_across_a_kill(kafka_stack, pg_stack, tmp_path):
-    out = tmp_path / "vendor.json"
     args = ["--schools", "3", "--students", "150", "--baseline", "1", "--during", "1", "--partitions", "3"]
     args += ["--rate", "30", "--duration", "12", "--kill-after", "4", "--writers", "1", "--settle", "5"]
     args += ["--drain-max", "120", "--timeout", "180", "--close-timeout", "120", "--sample", "0.5"]
-    args += [
-        "--kafka",
-        kafka_stack.bootstrap,
-        "--pg",
-        pg_stack.dsn,
-        "--work-dir",
-        str(tmp_path),
-        "--json-out",
-        str(out),
-    ]
-    rc = main(args)
-    result = json.loads(out.read_text())
+    rc, result = run_bench_on_stack(main, args, kafka_stack, pg_stack, tmp_path)
     why = json.dumps(result, indent=1, default=str)[:6000]
     assert rc == 0, why
     snap = result["snapshot"]

@@ -8,11 +8,11 @@ import orjson
 import pytest
 
 from sevisflow.app.audit.decode import decode_record
-from sevisflow.app.audit.verify import VerifyContext, verify_all, verify_batch
+from sevisflow.app.audit.verify import verify_all, verify_batch
 from sevisflow.core.ledger import Ledger
 from sevisflow.core.serde import registry
 from sevisflow.processors.batcher.core import CommandIn, EventIn, Publish, School, apply
-from testkit.audit_scenario import batcher_run, sealed_batcher_runs
+from testkit.audit_scenario import batcher_run, batcher_verify_context, sealed_batcher_runs
 from tests.ev_support import UPDATE_PAYLOADS, create_payload
 from tests.helpers import XSD_DIR
 
@@ -98,16 +98,7 @@ def world(tmp_path):
     d, ids = sealed_batcher_runs(
         [batcher_run(updates=4, creates=1, batches=1), ev_run(1_750_000_000_000)], outbox, schema
     )
-    ctx = VerifyContext(
-        batches=d["batches"],
-        events=d["events"],
-        commands=d["commands"],
-        results=[],
-        changes=[],
-        outbox=outbox,
-        schema=schema,
-    )
-    return ctx, ids, outbox, tmp_path
+    return batcher_verify_context(d, outbox, schema), ids, outbox, tmp_path
 
 
 def test_the_ev_batch_verifies_like_the_fm_batch(world):

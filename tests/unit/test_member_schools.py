@@ -490,7 +490,7 @@ def test_verify_reproduces_a_member_schools_batch_next_to_the_main_schools(tmp_p
     from sevisflow.app.audit.verify import VerifyContext, verify_batch
     from sevisflow.sinks.outbox import Outbox
     from sevisflow.sinks.xml.xsd import load_schema
-    from testkit.audit_scenario import batcher_run, sealed_batcher_runs
+    from testkit.audit_scenario import batcher_run, batcher_verify_context, sealed_batcher_runs
     from tests.helpers import XSD_DIR
 
     schema = load_schema(XSD_DIR)
@@ -502,17 +502,7 @@ def test_verify_reproduces_a_member_schools_batch_next_to_the_main_schools(tmp_p
     assert ids[EAST].startswith("M") and ids[MAIN].startswith("S")
 
     def ctx(schools: dict[str, str]) -> VerifyContext:
-        return VerifyContext(
-            batches=d["batches"],
-            events=d["events"],
-            commands=d["commands"],
-            results=[],
-            changes=[],
-            outbox=outbox,
-            schema=schema,
-            schools=schools,
-            main_org=MAIN,
-        )
+        return batcher_verify_context(d, outbox, schema, schools=schools, main_org=MAIN)
 
     for org, bid in ids.items():
         v = verify_batch(bid, ctx({"EAST": EAST}))

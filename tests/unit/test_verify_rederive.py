@@ -12,7 +12,7 @@ from sevisflow.app.audit.decode import decode_record
 from sevisflow.app.audit.verify import VerifyContext, first_difference, first_json_difference, verify_all, verify_batch
 from sevisflow.core.ledger import Ledger, LedgerWriter, check_chain
 from sevisflow.core.serde import registry
-from testkit.audit_scenario import batcher_run
+from testkit.audit_scenario import batcher_run, batcher_verify_context
 from tests.helpers import XSD_DIR
 
 pytestmark = pytest.mark.skipif(not (XSD_DIR / "Create-UpdateStudent.xsd").exists(), reason="SEVIS XSDs not present")
@@ -45,16 +45,7 @@ def world(tmp_path):
         out = sink_closed_batch(ClosedBatch.from_event(ev, orjson.loads(ev["records_json"])), schema, outbox)
         assert out.status == "written", out
         writer.seal_archive(outbox.find(ev["batch_id"]), ev["batch_id"])  # what the XML sink does in its transaction
-    ctx = VerifyContext(
-        batches=d["batches"],
-        events=d["events"],
-        commands=d["commands"],
-        results=[],
-        changes=[],
-        outbox=outbox,
-        schema=schema,
-    )
-    return ctx, [c.value["batch_id"] for c in closed], outbox, tmp_path
+    return batcher_verify_context(d, outbox, schema), [c.value["batch_id"] for c in closed], outbox, tmp_path
 
 
 def test_verify_batch_identical(world):
