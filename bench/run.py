@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark suite in bench/ one after the other.
 
-Each suite is a package ``bench/<name>/`` with a ``__main__``; it starts the services it needs
+Each suite is a package ``bench/<name>/`` with a ``__main__`` (or a module, e.g. ``processors.boundaries``); it starts the services it needs
 (the same local stack as the tests), prints its table, and writes its raw results under
 bench/results/. The tables in bench/README.md are copied from these runs.
 Run one suite alone with ``python -m bench.<name>``; choose suites with ``python -m bench.run NAME…``.
@@ -13,14 +13,26 @@ import subprocess
 import sys
 import time
 
-SUITES = ["connector", "processors", "state", "batcher", "sinks", "audit", "chaos", "review", "scale", "vendor"]
+SUITES = [
+    "connector",
+    "processors",
+    "processors.boundaries",
+    "state",
+    "batcher",
+    "sinks",
+    "audit",
+    "chaos",
+    "review",
+    "scale",
+    "vendor",
+]
 
 
 def main(argv: list[str]) -> int:
     chosen = argv or SUITES
     failed = []
     for name in chosen:
-        if importlib.util.find_spec(f"bench.{name}.__main__") is None:
+        if importlib.util.find_spec(f"bench.{name}") is None:
             print(f"== bench.{name}: not present, skipped")
             continue
         print(f"== bench.{name}", flush=True)
