@@ -25,6 +25,7 @@ import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -57,8 +58,9 @@ class RowChange:
     in_tx: bool = False  # carries Debezium's "transaction" block: an END marker will follow
     snapshot_mark: str | None = None  # source.snapshot as sent: "first" | "true" | "last" | "incremental" …
 
-    @property
+    @cached_property
     def row_id(self) -> str:
+        """The row's identity in normalize's state (table + primary key); asked several times per change."""
         k = self.key if self.key is not None else (self.after or self.before)
         return self.table + ":" + orjson.dumps(k, option=orjson.OPT_SORT_KEYS).decode()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping as TMapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,15 @@ class Feed:
     where: dict[str, Any] = field(default_factory=dict)  # only rows with these column values count
     lookup: Lookup | None = None
 
-    @property
-    def columns(self) -> set[str]:
+    @cached_property
+    def columns(self) -> frozenset[str]:
+        """The row columns this feed reads (checked on every row change: computed once per feed)."""
         cols = {f.column for f in self.fields if not f.from_lookup}
         cols |= set(self.where)
         for c in (self.link, self.slot_column, self.lookup.on if self.lookup else None):
             if c:
                 cols.add(c)
-        return cols
+        return frozenset(cols)
 
 
 @dataclass(frozen=True)

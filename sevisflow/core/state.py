@@ -80,8 +80,15 @@ class MemoryState:
         """Nothing to release (the dicts go with the object)."""
 
 
+_PREFIXES: dict[int, bytes] = {}
+
+
 def _prefix(partition: int) -> bytes:
-    return partition.to_bytes(4, "big")
+    """The 4-byte key prefix of a partition (asked on every read: built once per partition)."""
+    pre = _PREFIXES.get(partition)
+    if pre is None:
+        pre = _PREFIXES[partition] = partition.to_bytes(4, "big")
+    return pre
 
 
 class _PartitionView(Mapping[bytes, bytes]):
