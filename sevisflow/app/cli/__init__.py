@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from sevisflow import __version__
 from sevisflow.core.errors import SevisflowError
+from sevisflow.core.malloc import cap_malloc_arenas
 
 # Command modules, in the order --help lists them. A module that is not there yet is skipped.
 COMMAND_MODULES = [
@@ -114,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
+    """The ``sevisflow`` command as a process: caps the allocator's arenas before any thread starts (a stage's
+    memory, :mod:`sevisflow.core.malloc`), then runs :func:`main` and exits with its status."""
+    cap_malloc_arenas()
     try:
         code = main()
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
