@@ -7,9 +7,9 @@ For each size N: an open batch of N records (one PersonalInfo update per student
 built through ``BatcherStage.handle``; then ``--events`` more events are timed — 3 in 4 replace a
 student's open record, 1 in 4 adds a new student — committed every 200 events with the open-batch view
 published at each commit, as the stage's transactional loop does. The figure is CPU microseconds per
-timed event. ``--compare-with REV`` runs the same measurement on the code of git revision REV (exported
-to a temporary folder with ``git archive``) in turn with the working tree, each repeat in a fresh child
-process, so both are measured side by side in one run.
+timed event (and the child's peak RSS, the build included). ``--compare-with REV`` runs the same
+measurement on the code of git revision REV (exported to a temporary folder with ``git archive``) in turn
+with the working tree, each repeat in a fresh child process, so both are measured side by side in one run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -95,7 +96,14 @@ def measure(size: int, events: int) -> dict[str, Any]:
             commit()
     commit()
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    return {"size": size, "events": events, "cpu_us_per_event": cpu / events * 1e6, "wall_s": wall}
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {
+        "size": size,
+        "events": events,
+        "cpu_us_per_event": cpu / events * 1e6,
+        "wall_s": wall,
+        "max_rss_mib": rss_mib,
+    }
 
 
 def _child(tree: Path, size: int, events: int) -> dict[str, Any]:
@@ -137,16 +145,22 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for size in [int(s) for s in args.sizes.split(",")]:
         samples: dict[str, list[float]] = {name: [] for name in trees}
+        rss: dict[str, list[float]] = {name: [] for name in trees}
         for _ in range(args.repeat):
             for name, tree in trees.items():  # interleaved: both see the same neighbours
-                samples[name].append(_child(tree, size, args.events)["cpu_us_per_event"])
+                got = _child(tree, size, args.events)
+                samples[name].append(got["cpu_us_per_event"])
+                rss[name].append(got["max_rss_mib"])
         row = {"size": size, "events": args.events, "repeat": args.repeat}
         for name, values in samples.items():
-            row[name] = {"median_us": statistics.median(values), "samples": values}
+            row[name] = {"median_us": statistics.median(values), "samples": values, "max_rss_mib": max(rss[name])}
         rows.append(row)
         print(
             f"open batch {size:>6}: "
-            + "; ".join(f"{name} {statistics.median(v):,.0f} µs/event" for name, v in samples.items()),
+            + "; ".join(
+                f"{name} {statistics.median(v):,.0f} µs/event (peak RSS {max(rss[name]):,.0f} MiB)"
+                for name, v in samples.items()
+            ),
             flush=True,
         )
     if args.json_out:

@@ -5,7 +5,10 @@ the input (the event's commit time, the command's ``requested_at_ms``, the
 scheduler's tick), so replaying the same inputs gives the same outputs byte for
 byte (what ``sevisflow verify`` relies on). ``apply`` never mutates its input
 state: it copies what it changes and shares the rest, so the Kafka adapter can
-find the changed records by identity.
+find the changed records by identity. The state's mappings are persistent hash
+maps (:class:`PMap`): a write makes a new version in O(log n) that shares the
+rest with the old one, so an event costs about the same with 100 or 100,000
+records in the open batch.
 
 State of a school (:class:`School`), and how it resumes: the adapter stores it in
 the compacted changelog ``sevisflow.batcher.state`` (one key per record, per
@@ -26,13 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+import immutables
 import orjson
 
 from sevisflow.core.worklist.deadlines import Deadlines, first_change_ms, session_start_of
@@ -85,6 +91,8 @@ class School:
     batches: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     student_ids: Mapping[str, tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
     """Derived: the record ids of each student (see :func:`student_index`); never stored."""
+    records_bytes: int | None = field(default=None, compare=False, repr=False)
+    """Derived: the bytes of the records' canonical JSON, summed (see :func:`records_json_bytes`); never stored."""
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -244,58 +252,145 @@ def _short(value: Any) -> str | None:
 # ----------------------------------------------------------------------------- transaction
 
 
-class Written(dict[str, Any]):
-    """A copy of one of a school's mappings that lists the keys written since the copy.
+class _Persistent(Mapping[str, Any]):
+    """Read side shared by :class:`PMap` and :class:`Written`: a persistent hash map (``immutables.Map``, a HAMT)
+    read at C speed, equal to any mapping with the same items (``immutables.Map`` alone never equals a dict)."""
 
-    ``apply`` copies a mapping before its first write (the old state stays intact); with thousands of
-    records in an open batch, finding what changed by comparing the two copies cost more than the event
-    itself, so the copy remembers it (:func:`changed_keys`). ``base_id`` is the ``id`` of the mapping it
-    copied: the list is only trusted against that very object, while the caller still holds it.
-    """
+    __slots__ = ("_map",)
+    _map: immutables.Map[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._map[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._map.get(key, default)
+
+    def keys(self) -> KeysView[str]:
+        return _Keys(self)
+
+    def values(self) -> ValuesView[Any]:
+        return _Values(self)
+
+    def items(self) -> ItemsView[str, Any]:
+        return _Items(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Persistent):
+            return bool(self._map == other._map)
+        if isinstance(other, Mapping):
+            return len(self) == len(other) and all(k in other and other[k] == v for k, v in self._map.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to dicts, and as unhashable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self._map)!r})"
+
+
+class _Keys(KeysView[str]):
+    __slots__ = ("_of",)
+
+    def __init__(self, of: _Persistent) -> None:
+        super().__init__(of)
+        self._of = of  # live, as a dict's view: iterated after a write, it shows the write
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._of._map)
+
+
+class _Values(ValuesView[Any]):
+    __slots__ = ("_of",)
+
+    def __init__(self, of: _Persistent) -> None:
+        super().__init__(of)
+        self._of = of
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._of._map.values())
+
+
+class _Items(ItemsView[str, Any]):
+    __slots__ = ("_of",)
+
+    def __init__(self, of: _Persistent) -> None:
+        super().__init__(of)
+        self._of = of
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._of._map.items())
+
+
+_EMPTY: immutables.Map[str, Any] = immutables.Map()
+
+
+class PMap(_Persistent):
+    """One of a school's mappings as ``apply`` leaves it: immutable, sharing all but O(log n) of its structure
+    with the mapping it was made from, so an event costs the same with 100 or 100,000 open records.
+
+    ``written`` lists the keys written since ``base_id``'s mapping (see :func:`changed_keys`); empty for a
+    mapping made from scratch."""
+
+    __slots__ = ("base_id", "written")
+
+    def __init__(
+        self,
+        items: Mapping[str, Any] | immutables.Map[str, Any] = _EMPTY,
+        base_id: int | None = None,
+        written: AbstractSet[str] = frozenset(),
+    ) -> None:
+        self._map = items if isinstance(items, immutables.Map) else immutables.Map(items)
+        self.base_id = base_id
+        self.written = written
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PMap, (dict(self._map),))
+
+
+class Written(_Persistent, MutableMapping[str, Any]):
+    """The working copy of one of a school's mappings during one ``apply``: it lists the keys written.
+
+    It starts from the old mapping's structure (no copy when that is a :class:`PMap`; a plain dict, e.g. a
+    state loaded from the changelog, is converted once) and each write makes a new version of it in
+    O(log n), so the old mapping stays intact whatever happens (an exception midway included). With
+    thousands of records in an open batch, finding what changed by comparing the two versions cost more than
+    the event itself, so the copy remembers it (:func:`changed_keys`). ``base_id`` is the ``id`` of the
+    mapping it started from: the list is only trusted against that very object, while the caller still
+    holds it."""
 
     __slots__ = ("base_id", "written")
 
     def __init__(self, base: Mapping[str, Any]) -> None:
-        super().__init__(base)
+        self._map = base._map if isinstance(base, _Persistent) else immutables.Map(base)
         self.base_id = id(base)
         self.written: set[str] = set()
 
     def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
+        self._map = self._map.set(key, value)
         self.written.add(key)
 
     def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
+        self._map = self._map.delete(key)
         self.written.add(key)
 
-    def pop(self, key: str, *default: Any) -> Any:
-        self.written.add(key)
-        return super().pop(key, *default)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        self.written.add(key)
-        return super().setdefault(key, default)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        other = dict(*args, **kwargs)
-        self.written.update(other)
-        super().update(other)
-
-    def popitem(self) -> tuple[str, Any]:
-        key, value = super().popitem()
-        self.written.add(key)
-        return key, value
-
-    def clear(self) -> None:
-        self.written.update(self)
-        super().clear()
+    def frozen(self) -> PMap:
+        """The finished mapping, for the new state (this working copy is not written again)."""
+        return PMap(self._map, self.base_id, frozenset(self.written))
 
 
-def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str] | None:
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> AbstractSet[str] | None:
     """The keys ``apply`` wrote when it made ``new`` from ``old`` (None: unknown, compare them whole)."""
     if new is old:
         return set()
-    if isinstance(new, Written) and new.base_id == id(old):
+    if isinstance(new, (PMap, Written)) and new.base_id == id(old):
         return new.written
     return None
 
@@ -307,8 +402,37 @@ def student_index(school: School) -> Mapping[str, tuple[str, ...]]:
         index: dict[str, list[str]] = {}
         for rid, rec in school.records.items():
             index.setdefault(rec["student_key"], []).append(rid)
-        object.__setattr__(school, "student_ids", {k: tuple(v) for k, v in index.items()})
+        object.__setattr__(school, "student_ids", PMap({k: tuple(v) for k, v in index.items()}))
     return school.student_ids  # type: ignore[return-value]
+
+
+def _record_bytes(rec: Mapping[str, Any] | None) -> int:
+    return 0 if rec is None else len(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS))
+
+
+def records_json_bytes(school: School) -> int:
+    """The bytes of ``dumps`` of the school's records as one list (the open-batch view's ``records_json``):
+    summed once per school state, then carried from state to state by ``apply`` (two records encoded per
+    record written), so a commit learns whether a big open batch fits the view without encoding it."""
+    if school.records_bytes is None:
+        object.__setattr__(school, "records_bytes", sum(_record_bytes(r) for r in school.records.values()))
+    total: int = school.records_bytes  # type: ignore[assignment]
+    return 2 + total + max(0, len(school.records) - 1)  # "[", "]" and a "," between two records
+
+
+def _carried_bytes(old: School, records: Mapping[str, Any]) -> int | None:
+    """``old``'s record bytes updated for the record ids written (None when ``old`` had none)."""
+    if old.records_bytes is None:
+        return None
+    written = changed_keys(old.records, records)
+    if written is None:
+        return None
+    total = old.records_bytes
+    for rid in written:
+        was, now = old.records.get(rid), records.get(rid)
+        if was is not now:
+            total += _record_bytes(now) - _record_bytes(was)
+    return total
 
 
 def _carried_index(old: School, records: Mapping[str, Any]) -> Mapping[str, tuple[str, ...]] | None:
@@ -319,7 +443,7 @@ def _carried_index(old: School, records: Mapping[str, Any]) -> Mapping[str, tupl
     if written is None:
         return None
     index: Mapping[str, tuple[str, ...]] = old.student_ids
-    copied: dict[str, tuple[str, ...]] | None = None
+    copied: Written | None = None
     for rid in written:
         was, now = old.records.get(rid), records.get(rid)
         s_was = was["student_key"] if was is not None else None
@@ -327,8 +451,7 @@ def _carried_index(old: School, records: Mapping[str, Any]) -> Mapping[str, tupl
         if s_was == s_now:
             continue
         if copied is None:
-            copied = dict(index)
-            index = copied
+            copied = Written(index)
         if s_was is not None:
             rest = tuple(r for r in copied.get(s_was, ()) if r != rid)
             if rest:
@@ -337,7 +460,7 @@ def _carried_index(old: School, records: Mapping[str, Any]) -> Mapping[str, tupl
                 copied.pop(s_was, None)
         if s_now is not None:
             copied[s_now] = (*copied.get(s_now, ()), rid)
-    return index
+    return index if copied is None else copied.frozen()
 
 
 class _Tx:
@@ -361,14 +484,21 @@ class _Tx:
         self.out: list[Output] = []
         self.member_ids = False  # a member school's command: its BatchIDs take the member form
 
-    def w(self, name: str) -> dict[str, Any]:
-        """The named mapping, copied once for writing (a :class:`Written` copy: it lists the keys written)."""
+    def w(self, name: str) -> Written:
+        """The named mapping, made writable once (a :class:`Written` copy-on-write version: it lists the keys
+        written)."""
         if name not in self._copied:
             setattr(self, name, Written(getattr(self, name)))
             self._copied.add(name)
-        return getattr(self, name)  # type: ignore[no-any-return]
+        return cast(Written, getattr(self, name))
+
+    def _done(self, name: str) -> Mapping[str, Any]:
+        """The named mapping for the new state: a written one frozen (nothing writes it after ``apply``)."""
+        value = getattr(self, name)
+        return value.frozen() if isinstance(value, Written) else cast(Mapping[str, Any], value)
 
     def finish(self) -> School:
+        records = self._done("records")
         return dataclasses.replace(
             self.s,
             revision=self.revision,
@@ -378,12 +508,13 @@ class _Tx:
             open_since=self.open_since,
             sched_date=self.sched_date,
             early_rev=self.early_rev,
-            held=self.held,
-            records=self.records,
-            sevis_ids=self.sevis_ids,
-            commands=self.commands,
-            batches=self.batches,
-            student_ids=_carried_index(self.s, self.records),
+            held=self._done("held"),
+            records=records,
+            sevis_ids=self._done("sevis_ids"),
+            commands=self._done("commands"),
+            batches=self._done("batches"),
+            student_ids=_carried_index(self.s, records),
+            records_bytes=_carried_bytes(self.s, records),
         )
 
     def emit(
@@ -521,12 +652,22 @@ VIEW_SLICE = 256
 """Records encoded per call while the view is measured against MAX_OPEN_VIEW_BYTES."""
 
 
-def _records_json_within_limit(records: Mapping[str, Mapping[str, Any]]) -> str | None:
+def _records_json_within_limit(school: School) -> str | None:
     """``dumps`` of the records in display order, or None when that exceeds MAX_OPEN_VIEW_BYTES — found
-    without encoding a big open batch whole at every commit (90,000 open records are >100 MB of JSON)."""
+    without encoding a big open batch at every commit (90,000 open records are >100 MB of JSON): no record
+    is encoded when there are too many to fit, nor when their carried size (:func:`records_json_bytes`)
+    is too big."""
+    records = school.records
     if len(records) > MAX_OPEN_VIEW_BYTES // MIN_RECORD_JSON_BYTES:
         return None
-    ordered = sorted(records.values(), key=lambda r: (r["section"] != "create", r["seq"]))
+    if records_json_bytes(school) > MAX_OPEN_VIEW_BYTES:
+        return None
+    creates: list[Mapping[str, Any]] = []
+    updates: list[Mapping[str, Any]] = []
+    for r in records.values():
+        (creates if r["section"] == "create" else updates).append(r)
+    by_seq = operator.itemgetter("seq")
+    ordered = sorted(creates, key=by_seq) + sorted(updates, key=by_seq)  # creates first, each by sequence
     parts: list[bytes] = []
     size = 1  # "[" and "]", and a "," between two slices: 2 + the slices + (slices - 1)
     for i in range(0, len(ordered), VIEW_SLICE):
@@ -554,7 +695,7 @@ def open_view(school: School) -> dict[str, Any]:
     return {
         "org_id": school.org_id,
         "revision": school.revision,
-        "records_json": _records_json_within_limit(school.records),
+        "records_json": _records_json_within_limit(school),
         "record_count": len(school.records),
         "held": [
             {
@@ -954,7 +1095,10 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
         if notes:
             reason += "; " + "; ".join(notes)
         tx.emit("closed", at_ms, records=content, batch=bid, closed_by=dso, command_id=cid, reason=reason)
-    for old in sorted(batches, key=lambda b: batches[b]["at_ms"])[: max(0, len(batches) - KEEP_CLOSED_BATCHES)]:
+    # the oldest go first; a tie (one close, several documents) by BatchID, i.e. in the order they were made (the
+    # stamps of a school only grow): the persistent mapping has no insertion order to fall back on
+    oldest_first = sorted(batches, key=lambda b: (batches[b]["at_ms"], b))
+    for old in oldest_first[: max(0, len(batches) - KEEP_CLOSED_BATCHES)]:
         del batches[old]
     tx.open_since = None
     tx.w("commands")[cid] = {"kind": "close", "at_ms": at_ms, "batch_ids": ids, "reviewed_revision": reviewed}

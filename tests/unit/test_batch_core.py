@@ -63,9 +63,9 @@ def test_first_record_opens_batch_and_is_added():
 
 def test_apply_does_not_mutate_input_state():
     s1, _ = run(fresh(), ev(event("S1", n=1)))
-    snapshot = orjson.dumps(s1.records, option=orjson.OPT_SORT_KEYS)
+    snapshot = orjson.dumps(dict(s1.records), option=orjson.OPT_SORT_KEYS)
     run(s1, ev(event("S1", n=2)), CommandIn(command("close", "c1", dso_user_id=DSO)))
-    assert orjson.dumps(s1.records, option=orjson.OPT_SORT_KEYS) == snapshot
+    assert orjson.dumps(dict(s1.records), option=orjson.OPT_SORT_KEYS) == snapshot
 
 
 def test_later_change_of_same_kind_replaces_and_says_why():
