@@ -205,18 +205,23 @@ class Stages:
 
     def start(self, commands: dict[str, list[str]]) -> Stages:
         self.t0 = time.monotonic()
+        self.spawn(commands)
+        threading.Thread(target=self._sample, name="rss-sampler", daemon=True).start()
+        return self
+
+    def spawn(self, commands: dict[str, list[str]]) -> None:
+        """Start ``commands`` as stage processes (``sevisflow --config … <args>``), each logging to ``<name>.log``;
+        also after :meth:`start`, for a process that joins a running pipeline late."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEVISFLOW_")}
         for name, args in commands.items():
             log = (self.work / f"{name}.log").open("wb")
+            self.series[name] = []
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "sevisflow", "--config", str(self.config), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-            self.series[name] = []
-        threading.Thread(target=self._sample, name="rss-sampler", daemon=True).start()
-        return self
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -225,7 +230,7 @@ class Stages:
 
     def sample_once(self) -> None:
         now = time.monotonic() - self.t0
-        for name, p in self.procs.items():
+        for name, p in list(self.procs.items()):  # spawn() may add one meanwhile
             st = proc_status(p.pid)
             if st:
                 self.peak_mib[name] = max(self.peak_mib.get(name, 0.0), st.get("VmHWM", 0.0))

@@ -273,6 +273,14 @@ def drain(settings: Any, tail: VendorTail, settle_s: float, max_s: float) -> dic
     return {"seconds": round(time.monotonic() - t0, 1), "lag_at_end": lags}
 
 
+def start_late(stages: Stages, commands: dict[str, list[str]], after_s: float) -> None:
+    """Start ``commands`` ``after_s`` after the others, as a slow or restarted instance joins a running group
+    (the group rebalances while records flow)."""
+    time.sleep(after_s)
+    stages.spawn(commands)
+    _say(f"started late ({after_s:g} s): {sorted(commands)}")
+
+
 def _dist(values: list[float]) -> dict[str, float | int | None]:
     if not values:
         return {"n": 0, "median_s": None, "max_s": None}
@@ -407,7 +415,10 @@ def run(args: argparse.Namespace, bootstrap: str, server: str) -> dict[str, Any]
         for stage in ("events", "batcher"):
             for k in range(args.instances):
                 commands[f"{stage}-{'ab'[k] if k < 2 else k}"] = [*level, "process", stage, "--instance", f"v{k}"]
+        late = {name: commands.pop(name) for name in args.start_late if name in commands}
         stages = Stages(config, work, every_s=args.sample, rss_limit_mib=args.rss_limit).start(commands)
+        if late:
+            start_late(stages, late, args.start_late_after)
         tail = VendorTail(settings).start()
         out["snapshot"] = wait_creates(tail, stages, want, args.timeout)
         out["snapshot"]["peak_rss_mib"] = dict(stages.peak_mib)
@@ -518,6 +529,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="folder for the run's state, logs and settings (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the run's folder")
     p.add_argument("--stage-log-level", default="", help="the stage processes' --log-level (default theirs)")
+    p.add_argument(
+        "--start-late",
+        nargs="*",
+        default=[],
+        help="stage processes started --start-late-after s after the others (e.g. batcher-b events-b)",
+    )
+    p.add_argument("--start-late-after", type=float, default=3.0, help="seconds (default 3)")
     p.add_argument("--json-out", default=str(REPO / "bench" / "results" / "vendor.json"))
     return p
 
