@@ -4,8 +4,8 @@ glibc gives a thread that meets a locked arena a new one, up to 8 per core, and 
 arena is rarely handed back while anything else lives in it. A stage runs librdkafka's and RocksDB's
 threads next to Python, so its resident memory also grows with how many arenas those threads spread
 over, not only with what it holds. Measured on the 100,000-student snapshot (bench/README.md, "Scale",
-"Allocator arenas"): normalize peaked at 515-561 MiB with glibc's default, 468-469 MiB with four arenas
-(449-552 with two), for 1-2 % more CPU.
+"Allocator arenas"): normalize peaked under 500 MiB in 4 of 6 capped runs and in none of 3 uncapped ones
+(its peak is bimodal, ≈450-470 or ≈515-560 MiB, either way), for 1-2 % more CPU with four arenas.
 
 An operator's own ``MALLOC_ARENA_MAX`` (read by glibc at start-up) wins: the cap is set only when it is
 not in the environment.
