@@ -27,15 +27,25 @@ def _changelog(kafka_stack) -> tuple[object, str]:
     return settings.kafka, topic
 
 
+def _write(kafka, name: str, topic: str, key: bytes, value: bytes, commit: bool = True):
+    """A transactional writer ``name`` that writes ``key`` = ``value`` in a transaction, committed or left open
+    (flushed, so the record is in the log while its transaction is not finished)."""
+    producer = make_producer(kafka, f"{name}-{topic}")
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, key=key, value=value, partition=0)
+    if commit:
+        producer.commit_transaction(30)
+    else:
+        producer.flush(30)
+    return producer
+
+
 def test_a_restore_that_starts_while_a_commit_is_in_flight_holds_that_commits_state(kafka_stack):
     """The previous holder's last transaction is still being committed when the restore starts (as right after
     a rebalance: its markers are not written yet): the restore waits for it instead of ending before it."""
     kafka, topic = _changelog(kafka_stack)
-    writer = make_producer(kafka, f"writer-{topic}")
-    writer.init_transactions(30)
-    writer.begin_transaction()
-    writer.produce(topic, key=b"early", value=b"1", partition=0)
-    writer.commit_transaction(30)
+    writer = _write(kafka, "writer", topic, b"early", b"1")
     writer.begin_transaction()
     writer.produce(topic, key=b"last", value=b"2", partition=0)
     writer.flush(30)  # written, not yet committed: the restore's read_committed view ends before it
@@ -52,16 +62,8 @@ def test_a_restore_that_starts_while_a_commit_is_in_flight_holds_that_commits_st
 
 def test_a_transaction_its_dead_writer_left_open_is_left_out_after_the_grace(kafka_stack):
     kafka, topic = _changelog(kafka_stack)
-    done = make_producer(kafka, f"done-{topic}")
-    done.init_transactions(30)
-    done.begin_transaction()
-    done.produce(topic, key=b"kept", value=b"committed", partition=0)
-    done.commit_transaction(30)
-    dead = make_producer(kafka, f"dead-{topic}")  # begins, writes, never commits: as if killed
-    dead.init_transactions(30)
-    dead.begin_transaction()
-    dead.produce(topic, key=b"lost", value=b"never committed", partition=0)
-    dead.flush(30)
+    _write(kafka, "done", topic, b"kept", b"committed")
+    dead = _write(kafka, "dead", topic, b"lost", b"never committed", commit=False)  # as if killed mid-transaction
     try:
         t0 = time.monotonic()
         restored = restore_partitions(kafka, topic, [0], timeout_s=30, pending_grace_s=2.0)[0]
