@@ -135,6 +135,28 @@ def main(argv: list[str] | None = None) -> int:
         help="also run every snapshot with the connector code of another copy of the repository (e.g. the code "
         "before a change), alternating with this one in each repeat; reported side by side (repeatable)",
     )
+    ap.add_argument(
+        "--stream-ab",
+        type=Path,
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="also run every stream with the connector code of another copy of the repository (e.g. the code "
+        "before a change), C decoder, alternating with this one in each repeat; reported side by side (repeatable)",
+    )
+    ap.add_argument(
+        "--stream-compression",
+        metavar="CODEC",
+        action="append",
+        default=[],
+        help="also run every stream of this checkout with the producer's compression.type set to CODEC (none, "
+        "lz4, zstd, …; the connector's own setting otherwise), interleaved; reported side by side (repeatable)",
+    )
+    ap.add_argument(
+        "--results",
+        default="connector.json",
+        help="file name of the raw JSON under bench/results/ (default connector.json)",
+    )
     ap.add_argument("--no-debezium", action="store_true", help="skip the Debezium 3.6.1 (Kafka Connect) comparison")
     ap.add_argument(
         "--decoder",
@@ -158,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     print("starting PostgreSQL + Kafka…", flush=True)
     info = start_stack(name="bench-connector", base=base, progress=lambda *_: None)
     results: dict[str, Any] = {
-        "args": {k: [str(p) for p in v] if k == "snapshot_ab" else v for k, v in vars(args).items()},
+        "args": {k: [str(p) for p in v] if k in ("snapshot_ab", "stream_ab") else v for k, v in vars(args).items()},
         "runs": {},
         "loadavg_start": os.getloadavg(),
     }
@@ -210,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         conninfo = f"host=127.0.0.1 port={info.postgres.port} dbname=sis user=postgres"
         runs: dict[str, list[dict[str, Any]]] = {
             "raw": [],
+            "raw_python_receive": [],
             "raw_pg2": [],
             "pg_recvlogical": [],
             "connector": [],
@@ -218,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             "connector_python": [],
             "snapshot_python": [],
             **{f"snapshot_ab:{p.resolve()}": [] for p in args.snapshot_ab},
+            **{f"stream_ab:{p.resolve()}": [] for p in args.stream_ab},
+            **{f"stream_compression:{c}": [] for c in args.stream_compression},
         }
         decoders = ["c", "python"] if args.decoder == "both" else [args.decoder]
 
@@ -240,7 +265,25 @@ def main(argv: list[str] | None = None) -> int:
             r = _child("raw", {"conninfo": conninfo, "slot": slot, "publication": "bench_pub", "commits": n_tx})
             drop_slot(slot)
             runs["raw"].append(r)
-            print(f"  raw drain #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s", flush=True)
+            print(
+                f"  raw drain #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s, "
+                f"{r['cpu_s'] / r['messages'] * 1e6:.2f} µs CPU/message",
+                flush=True,
+            )
+
+            # the same drain with read_batch's Python loop (SEVISFLOW_PURE_PYTHON_DECODER=1 switches off the C one)
+            slot = f"rawpy_{rep}"
+            copy_slot(slot)
+            r = _child(
+                "raw", {"conninfo": conninfo, "slot": slot, "publication": "bench_pub", "commits": n_tx}, "python"
+            )
+            drop_slot(slot)
+            runs["raw_python_receive"].append(r)
+            print(
+                f"  raw drain, Python read loop #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s, "
+                f"{r['cpu_s'] / r['messages'] * 1e6:.2f} µs CPU/message",
+                flush=True,
+            )
 
             slot = f"pg2_{rep}"
             copy_slot(slot)
@@ -285,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             runs["pg_recvlogical"].append({"seconds": rl_s})
             print(f"  pg_recvlogical #{rep + 1}: {n_tx * 100 / rl_s:,.0f} changes/s", flush=True)
 
-            # both decoders in every repeat, the order alternating, so that load drift hits both alike
-            for dec in decoders if rep % 2 == 0 else decoders[::-1]:
-                tag = f"{rep}{'' if dec == 'c' else 'py'}"
+            # every variant in every repeat, the order alternating, so that load drift hits all alike
+            variants = _stream_variants(args, decoders)
+            for key, dec, other, codec in variants if rep % 2 == 0 else variants[::-1]:
+                tag = f"{rep}{'' if dec == 'c' else 'py'}{f'v{variants.index((key, dec, other, codec))}' if other or codec else ''}"
                 slot = f"conn_{tag}"
                 copy_slot(slot)
                 offsets = base / f"offsets_{tag}"
@@ -316,17 +360,23 @@ def main(argv: list[str] | None = None) -> int:
                         "heartbeat_interval_ms": 0,
                     },
                 }
-                r = _child(
-                    "stream",
-                    {"settings": settings, "end_lsn": end_lsn, "last_commit_lsn": runs["raw"][-1]["last_commit_lsn"]},
-                    dec,
-                )
+                job = {"settings": settings, "end_lsn": end_lsn, "last_commit_lsn": runs["raw"][-1]["last_commit_lsn"]}
+                if codec:
+                    job["compression"] = codec
+                r = _child("stream", job, dec, other or REPO)
                 drop_slot(slot)
-                runs["connector" if dec == "c" else "connector_python"].append(r)
+                r["raw_seconds"] = runs["raw"][-1]["seconds"]  # the raw drain just before, same repeat
+                r["topic_bytes"] = _topic_bytes(Path(info.kafka.datadir), f"bench{tag}.")
+                runs[key].append(r)
                 print(
-                    f"  connector ({r.get('decoder')} decoder) #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} "
-                    f"changes/s acked, {r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change, "
-                    f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB",
+                    f"  connector ({r.get('decoder')} decoder{', ' + str(other) if other else ''}"
+                    f"{', compression ' + codec if codec else ''}) #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} "
+                    f"changes/s acked, {r['cpu_s'] / (n_tx * 100) * 1e6:.2f} µs CPU/change "
+                    f"(task thread {(r.get('task_thread_cpu_s') or 0) / (n_tx * 100) * 1e6:.2f}, "
+                    f"in read_batch {(r.get('read_batch_cpu_s') or 0) / (n_tx * 100) * 1e6:.2f}), "
+                    f"peak RSS {r['maxrss_kb'] / 1024:.0f} MiB, topic {r['topic_bytes'] / 1e6:.1f} MB, "
+                    f"receive {r.get('receive', '?')}, machine {(r.get('box_busy_s') or 0) / (n_tx * 100) * 1e6:.2f} "
+                    f"µs CPU/change, by command {r.get('cpu_by_command_s')}",
                     flush=True,
                 )
 
@@ -370,11 +420,26 @@ def main(argv: list[str] | None = None) -> int:
         _report(results)
         out = REPO / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "connector.json").write_text(json.dumps(results, indent=1))
+        (out / args.results).write_text(json.dumps(results, indent=1))
     finally:
         stop_stack(info, remove=True)
         shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def _stream_variants(args: argparse.Namespace, decoders: list[str]) -> list[tuple[str, str, Path | None, str | None]]:
+    """(results key, decoder, other checkout or None, compression override or None) of one repeat's stream runs."""
+    out: list[tuple[str, str, Path | None, str | None]] = [
+        ("connector" if dec == "c" else "connector_python", dec, None, None) for dec in decoders
+    ]
+    out += [(f"stream_ab:{p.resolve()}", "c", p.resolve(), None) for p in args.stream_ab]
+    out += [(f"stream_compression:{c}", "c", None, c) for c in args.stream_compression]
+    return out
+
+
+def _topic_bytes(log_dir: Path, prefix: str) -> int:
+    """Bytes of the log segments the broker holds for the topics named ``prefix…`` (what compression changes)."""
+    return sum(f.stat().st_size for d in log_dir.glob(f"{prefix}*") if d.is_dir() for f in d.glob("*.log"))
 
 
 def _drop_slot(dsn: str, name: str) -> None:
@@ -456,6 +521,16 @@ def _report(results: dict[str, Any]) -> None:
     print(
         f"| physical limit: raw batch drain, no decode (changes/s) | {raw[0]:,.0f} | **{raw[1]:,.0f}** | {raw[2]:,.0f} |"
     )
+    rcpu = statistics.median(r["cpu_s"] / r["messages"] * 1e6 for r in runs["raw"])
+    print(f"| raw batch drain: client CPU per message (µs) | | {rcpu:.2f} | |")
+    if runs.get("raw_python_receive"):
+        rp = med_rate(runs["raw_python_receive"], n)
+        rpcpu = statistics.median(r["cpu_s"] / r["messages"] * 1e6 for r in runs["raw_python_receive"])
+        print(
+            f"| raw batch drain with read_batch's Python loop (changes/s) | {rp[0]:,.0f} | {rp[1]:,.0f} "
+            f"| {rp[2]:,.0f} |"
+        )
+        print(f"| raw batch drain with read_batch's Python loop: client CPU per message (µs) | | {rpcpu:.2f} | |")
     if runs.get("raw_pg2"):
         p2 = med_rate(runs["raw_pg2"], n)
         print(
@@ -464,11 +539,17 @@ def _report(results: dict[str, Any]) -> None:
         )
     print(f"| pg_recvlogical → /dev/null (changes/s) | {rl[0]:,.0f} | {rl[1]:,.0f} | {rl[2]:,.0f} |")
     con = (0.0, 0.0, 0.0)
-    for key, label in (("connector", "C decoder"), ("connector_python", "pure-Python decoder")):
+    stream_kinds = [("connector", "C decoder"), ("connector_python", "pure-Python decoder")]
+    stream_kinds += [(k, f"C decoder, {k.split(':', 1)[1]}") for k in runs if k.startswith("stream_ab:")]
+    stream_kinds += [
+        (k, f"C decoder, compression {k.split(':', 1)[1]}") for k in runs if k.startswith("stream_compression:")
+    ]
+    for key, label in stream_kinds:
         if not runs.get(key):
             continue
         con = med_rate(runs[key], n)
-        cpu = statistics.median(r["cpu_s"] / n * 1e6 for r in runs[key])
+        cpus = sorted(r["cpu_s"] / n * 1e6 for r in runs[key])
+        cpu = statistics.median(cpus)
         rss = max(r["maxrss_kb"] for r in runs[key]) / 1024
         print(
             f"| **connector ({label}), WAL → Kafka acknowledged (changes/s)** | {con[0]:,.0f} | **{con[1]:,.0f}** "
@@ -486,7 +567,38 @@ def _report(results: dict[str, Any]) -> None:
                 f"| connector ({label}) to the slot's confirmation at the next offset flush (changes/s; the "
                 f"old stop condition) | {conf[0]:,.0f} | {conf[1]:,.0f} | {conf[2]:,.0f} |"
             )
-        print(f"| connector ({label}) client CPU per change (µs, median) | | **{cpu:.2f}** | |")
+        print(f"| connector ({label}) client CPU per change (µs) | {cpus[0]:.2f} | **{cpu:.2f}** | {cpus[-1]:.2f} |")
+        if all(r.get("task_thread_cpu_s") for r in runs[key]):
+            th = sorted(r["task_thread_cpu_s"] / n * 1e6 for r in runs[key])
+            print(
+                f"| connector ({label}) of which the task thread (µs per change, whole run) | {th[0]:.2f} "
+                f"| {statistics.median(th):.2f} | {th[-1]:.2f} |"
+            )
+        if all(r.get("read_batch_cpu_s") for r in runs[key]):
+            rb = sorted(r["read_batch_cpu_s"] / n * 1e6 for r in runs[key])
+            print(
+                f"| connector ({label}) of which receiving, in read_batch (µs per change) | {rb[0]:.2f} "
+                f"| {statistics.median(rb):.2f} | {rb[-1]:.2f} |"
+            )
+        if all(r.get("box_busy_s") for r in runs[key]):
+            box = sorted(r["box_busy_s"] / n * 1e6 for r in runs[key])
+            busy = statistics.median(r["box_busy_s"] / r["seconds"] for r in runs[key])
+            print(
+                f"| connector ({label}) the whole machine's CPU per change (µs; PostgreSQL, Kafka, everything) / "
+                f"cores busy (of {runs[key][0]['box_cores']}) | {box[0]:.2f} | {statistics.median(box):.2f} / "
+                f"{busy:.2f} | {box[-1]:.2f} |"
+            )
+            for comm in ("java", "postgres"):
+                per = sorted(r["cpu_by_command_s"].get(comm, 0.0) / n * 1e6 for r in runs[key])
+                print(
+                    f"| connector ({label}) {comm} CPU per change (µs) | {per[0]:.2f} | {statistics.median(per):.2f} "
+                    f"| {per[-1]:.2f} |"
+                )
+        if all("topic_bytes" in r for r in runs[key]):
+            tb = sorted(r["topic_bytes"] / 1e6 for r in runs[key])
+            print(
+                f"| connector ({label}) topic size on the broker (MB of log segments) | {tb[0]:.1f} | {statistics.median(tb):.1f} | {tb[-1]:.1f} |"
+            )
         print(f"| connector ({label}) peak RSS (MiB, max of runs) | | **{rss:.0f}** | |")
     if runs.get("connector"):
         con = med_rate(runs["connector"], n)

@@ -5,6 +5,7 @@
 * ``stream``: run_connector on a copied slot until every event up to the workload's last commit
   (``last_commit_lsn``) is produced and Kafka acknowledged it (the producer's queue is empty): the
   measured time; then on until the slot confirmed ``end_lsn`` (the offset flush; reported apart);
+  ``compression`` in the job overrides the producers' compression.type;
 * ``snapshot``: run_connector with snapshot.mode=initial_only on a fresh slot until it returns;
 * ``raw``: the physical limit — drain the copied slot with the same psycopg 3 CopyBoth reader, batch
   reads and a 20 ms sleep whenever the socket is empty, counting messages, decoding nothing;
@@ -36,9 +37,17 @@ def run_stream(job: dict[str, Any]) -> dict[str, Any]:
     stop = threading.Event()
     from sevisflow.connectors.postgres.metrics import ConnectorMetrics
 
+    if job.get("compression"):  # --stream-compression: the connector's producers with another compression.type
+        import sevisflow.connectors.postgres.task as task_module
+
+        make_producer = task_module.make_producer
+        codec = job["compression"]
+        task_module.make_producer = lambda kafka, **kw: make_producer(kafka, **{**kw, "compression.type": codec})
+
     metrics = ConnectorMetrics(settings.connector.name, settings.connector.slot_name)
     task = ConnectorTask(settings, stop, metrics)
     err: list[BaseException] = []
+    receive_cpu = _time_read_batch()
 
     thread_cpu: list[float] = []
 
@@ -57,15 +66,20 @@ def run_stream(job: dict[str, Any]) -> dict[str, Any]:
     th.start()
     while metrics.state not in ("streaming", "done", "stopped") and th.is_alive():
         time.sleep(0.001)
+    procs = _cpu_by_pid()  # before the clock starts: the /proc walk is not the connector's work
+    box0 = _box_busy()
     t0 = time.monotonic()
     cpu_start, _ = _usage()
     t1, cpu_end = _until_acked(task, job["last_commit_lsn"], th)
+    box1 = _box_busy()
+    by_command = _cpu_by_command(procs, _cpu_by_pid())  # the measured window, per command (Kafka: java)
     while th.is_alive() and (metrics.confirmed_lsn or 0) < job["end_lsn"]:
         time.sleep(0.005)
     t2 = time.monotonic()
     _, rss = _usage()
     stop.set()
     th.join(60)
+    receive = getattr(task.repl, "receive_path", "python")  # which read loop received the stream
     task.close()
     if err:
         raise err[0]
@@ -81,7 +95,35 @@ def run_stream(job: dict[str, Any]) -> dict[str, Any]:
         "maxrss_kb": rss,
         "events": metrics.events_total,
         "task_thread_cpu_s": thread_cpu[0] if thread_cpu else None,
+        "receive": receive,
+        "box_busy_s": box1 - box0,  # every process on the machine in the measured window
+        "box_cores": os.cpu_count(),
+        "cpu_by_command_s": by_command,
+        "read_batch_cpu_s": receive_cpu[0],  # the task thread's CPU inside read_batch (receiving), whole run
+        "read_batches": receive_cpu[1],
+        "read_items": receive_cpu[2],
+        "compression": job.get("compression"),
     }
+
+
+def _time_read_batch() -> list[Any]:
+    """Count the calling thread's CPU inside ReplicationConnection.read_batch: [seconds, calls, items]
+    (two thread_time calls per batch of up to 4,000 items: no measurable cost)."""
+    from sevisflow.connectors.postgres.replication import ReplicationConnection
+
+    acc: list[Any] = [0.0, 0, 0]
+    read_batch = ReplicationConnection.read_batch
+
+    def timed(self: Any, max_items: int, timeout_s: float) -> Any:
+        t = time.thread_time()
+        items = read_batch(self, max_items, timeout_s)
+        acc[0] += time.thread_time() - t
+        acc[1] += 1
+        acc[2] += len(items)
+        return items
+
+    ReplicationConnection.read_batch = timed  # type: ignore[method-assign]
+    return acc
 
 
 def _until_acked(task: Any, last_commit_lsn: int, th: threading.Thread) -> tuple[float, float]:
