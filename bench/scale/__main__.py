@@ -16,7 +16,8 @@ all in one ``sevisflow run`` (mode ``together``). Measured:
   registrations, moves, …; generating more is slow at 100,000 students), then e-mail changes of every
   person in turn; p50/p99 latency from the SIS commit
   (the record's source commit time) to the record in the open batch, as received by a reader; each
-  process's RSS over time (start, end, max of the window).
+  process's RSS over time (start, end, max of the window); where that latency goes, per hop (connector,
+  then each stage's wait and commit: bench/scale/hops.py), with the CPU each stage and the box used.
 
 Without ``--kafka``/``--pg`` it starts a throwaway local Kafka and PostgreSQL. Raw results go to
 ``--json-out`` (default bench/results/scale.json). The correctness check (every expected view and Create
@@ -54,6 +55,7 @@ from bench.scale.harness import (
     run_settings,
     write_config,
 )
+from bench.scale.hops import HopLog, SourceTimes, hop_breakdown
 from sevisflow.core.kafka_io import ensure_topics
 from sevisflow.core.topics import all_topics
 from sevisflow.deploy.sis.activity import generate_activity
@@ -163,6 +165,18 @@ def _load_avg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole box since boot (/proc/stat): busy = all but idle and iowait."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def _busy_share(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """The share of the box's CPU time that was busy between two :func:`_cpu_ticks` readings."""
+    total = end[1] - start[1]
+    return round((end[0] - start[0]) / total, 3) if total else 0.0
+
+
 def wait_snapshot(tail: Tail, stages: Stages, exp: Expected, timeout_s: float) -> dict[str, Any]:
     """Seconds (after the processes started) until every expected view, Create event and open-batch Create
     arrived; the peak RSS of each process by then."""
@@ -234,9 +248,20 @@ def run_steady(
     """The activity, then e-mail changes, committed at ``--rate`` for ``--duration``; then wait until the open
     batch is quiet for ``--settle`` seconds (at most ``--drain-max``)."""
     begin = time.monotonic() - stages.t0
+    load_avg_start = _load_avg()
+    stages.sample_once()
+    cpu_at_start, ticks_at_start, read_at = dict(stages.cpu_s), _cpu_ticks(), time.monotonic()
     people = [row["person_id"] for row in school.get("person", [])]
+    hop_log = HopLog(since_ms=int(time.time() * 1000))
+    source = SourceTimes(tail.settings, hop_log).start()
+    tail.hops = hop_log
     driver = Driver(dsn, activity, people, args.rate, args.duration, args.writers).run()
     load_end = time.monotonic() - stages.t0
+    stages.sample_once()
+    busy_during_load = _busy_share(ticks_at_start, _cpu_ticks())
+    read_s = time.monotonic() - read_at  # the load, and the writers' 3 s start
+    cores_during_load = {n: round((cpu - cpu_at_start.get(n, 0.0)) / read_s, 2) for n, cpu in stages.cpu_s.items()}
+    load_avg_at_load_end = _load_avg()
     last_commit_ms = driver.started_ms + int(driver.elapsed_s * 1000)
     behind_at_load_end = _behind_s(tail, last_commit_ms, driver.started_ms)
     seen, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + args.drain_max
@@ -248,6 +273,10 @@ def run_steady(
         time.sleep(0.5)
     end = time.monotonic() - stages.t0
     stages.sample_once()
+    source.stop()
+    tail.hops = None
+    hops = hop_breakdown(hop_log)
+    hops.update(source_reader_cpu_s=round(source.cpu_s, 2), source_reader_error=source.error)
     lat = [ms for at, ms in list(tail.latencies) if at >= driver.started_ms]
     return {
         "rate_target": args.rate,
@@ -268,9 +297,15 @@ def run_steady(
         "behind_at_load_end_s": behind_at_load_end,
         "behind_at_end_s": _behind_s(tail, last_commit_ms, driver.started_ms),
         "drain_s": round(end - load_end, 1),
+        "hops": hops,
         "rss": {n: _window(s, begin, end) for n, s in stages.series.items()},
         "peak_rss_mib": dict(stages.peak_mib),
         "cpu_s": dict(stages.cpu_s),
+        "cpu_s_at_start": cpu_at_start,
+        "cores_during_load": cores_during_load,
+        "box_busy_during_load": busy_during_load,
+        "load_avg_start": load_avg_start,
+        "load_avg_at_load_end": load_avg_at_load_end,
         "load_avg": _load_avg(),
     }
 
@@ -393,6 +428,24 @@ def print_table(result: dict[str, Any]) -> None:
                 f"p50 {st['p50_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms, max {st['max_ms']} ms; behind at load end "
                 f"{st['behind_at_load_end_s']} s, after {st['drain_s']} s of drain {st['behind_at_end_s']} s | RSS MiB {mem} |"
             )
+            print_hops(mode, st)
+
+
+def print_hops(mode: str, steady: dict[str, Any]) -> None:
+    """Per hop p50/p99/max seconds (SIS commit → connector → each stage's output produced → visible)."""
+    h = steady.get("hops") or {}
+    if not h.get("hops"):
+        print(f"| {mode} hops | none joined ({h.get('source_reader_error') or 'no record seen at every hop'}) |")
+        return
+    print(
+        f"| {mode} hops | {h['joined_records']} of {h['open_batch_records']} open-batch records joined; "
+        f"load {steady.get('load_avg_start')} → {steady.get('load_avg_at_load_end')}; box CPU busy "
+        f"{steady.get('box_busy_during_load', 0):.0%} during the load; stage cores {steady.get('cores_during_load')}; "
+        f"sampler CPU {h['bookkeeping_cpu_s'] + h['source_reader_cpu_s']:.1f} s |"
+    )
+    print("| hop | p50 s | p99 s | max s |")
+    for name, v in [*h["hops"].items(), ("total", h["total"])]:
+        print(f"| {name} | {v['p50_s']:.2f} | {v['p99_s']:.2f} | {v['max_s']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -16,16 +16,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench.scale.hops import HopLog, lineage_commit_ms
 from sevisflow.core import PACKAGE_ROOT
 from sevisflow.core.config import Settings, settings_from_mapping, settings_toml
 from sevisflow.core.kafka_io import make_consumer, topic_partitions
@@ -293,6 +295,8 @@ class Tail:
     latencies: list[tuple[int, int]] = field(default_factory=list)  # (commit ms, latency ms)
     first_seen: dict[str, float] = field(default_factory=dict)  # topic key -> seconds after t0 of its last growth
     error: str = ""
+    hops: HopLog | None = None
+    """Set for the steady phase: each output's times per (student, SIS commit), for the per-hop breakdown."""
     _stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -335,21 +339,50 @@ class Tail:
     def _take(self, topic: str, msg: Any) -> None:
         t = self.settings.topics
         now = time.monotonic()
+        now_ms = int(time.time() * 1000)
         if topic == t.students:
             self.views.add((msg.key() or b"").decode())
             self.first_seen["views"] = now - self.t0
+            if self.hops is not None:  # only then decoded: the snapshot's views are not slowed down
+                self._note_hop("normalize", msg, now_ms, lambda: self._view_times(msg))
             return
         rec = registry().decode(msg.value())
         if topic == t.events:
             if rec.get("kind") == "Create":
                 self.create_events.add(rec["student_key"])
                 self.first_seen["create_events"] = now - self.t0
+            if self.hops is not None:
+                self._note_hop(
+                    "events", msg, now_ms, lambda: (rec["student_key"], lineage_commit_ms(rec.get("lineage")))
+                )
             return
         with self.lock:
             fold(self.view, rec)
         if rec["type"] in RECORD_TYPES and rec.get("at_ms"):
-            self.latencies.append((int(rec["at_ms"]), int(time.time() * 1000) - int(rec["at_ms"])))
+            self.latencies.append((int(rec["at_ms"]), now_ms - int(rec["at_ms"])))
             self.first_seen["open_batch"] = now - self.t0
+            if self.hops is not None and rec.get("record_json"):
+                self._note_hop(
+                    "batcher",
+                    msg,
+                    now_ms,
+                    lambda: (orjson.loads(rec["record_json"]).get("student_key", ""), int(rec["at_ms"])),
+                )
+
+    @staticmethod
+    def _view_times(msg: Any) -> tuple[str, int | None]:
+        rec = registry().decode(msg.value())
+        return rec["student_key"], rec.get("commit_ts_ms")
+
+    def _note_hop(
+        self, stage: str, msg: Any, seen_ms: int, key_and_commit: Callable[[], tuple[str, int | None]]
+    ) -> None:
+        """Note ``msg`` (a ``stage`` output) in the hop log: produced at its Kafka timestamp, seen now."""
+        assert self.hops is not None
+        began = time.thread_time()
+        key, commit_ms = key_and_commit()
+        self.hops.note(stage, key, commit_ms, int(msg.timestamp()[1]), seen_ms)
+        self.hops.bookkeeping_s += time.thread_time() - began
 
 
 # --------------------------------------------------------------------------- the steady SIS load

@@ -54,3 +54,15 @@ def test_scale_bench_small_is_complete_and_measures_what_it_claims(kafka_stack, 
         window = steady["rss"][name]
         assert window["samples"] >= 10 and window["max_mib"] >= window["start_mib"] > 20, why
         assert len(run["rss_series"][name]) >= 20, why
+
+    hops = steady["hops"]  # where the latency goes: every hop measured on records joined across all topics
+    assert not hops["source_reader_error"] and hops["joined_records"] > 0, why
+    assert hops["joined_records"] <= hops["open_batch_records"], why
+    for name in ("connector", "normalize", "events", "batcher", "normalize.wait", "normalize.commit", "batcher.commit"):
+        h = hops["hops"][name]
+        assert 0 <= h["p50_s"] <= h["p99_s"] <= h["max_s"], (name, why)
+    # the hops of one record add up to its latency, which is the bench's own span (SIS commit → open batch)
+    assert 0 < hops["total"]["p50_s"] <= hops["total"]["max_s"] <= steady["max_ms"] / 1000 + 0.001, why
+    assert hops["bookkeeping_cpu_s"] >= 0 and hops["source_reader_cpu_s"] > 0, why
+    assert steady["load_avg_start"] and steady["cpu_s_at_start"].keys() == STAGES, why
+    assert steady["cores_during_load"].keys() == STAGES and 0 < steady["box_busy_during_load"] <= 1, why
