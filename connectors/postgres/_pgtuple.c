@@ -27,7 +27,8 @@
  *   change_batch(items, start, rels, ...)      the stream loop's common case over a run of read-batch
  *                                              items: change_event + produce() per change
  *   set_libpq / receive                        ReplicationConnection.read_batch's read loop over libpq
- *                                              (see the section above set_dumps)
+ *                                              (see the sections above set_dumps)
+ *   copy_out(pgconn_ptr)                       snapshot._copy_rows's COPY OUT loop over the same libpq
  *
  * ``fields`` is TableMeta._fields: a tuple of (name, converter or None, memo dict or None). Converters
  * done in C: None (text as is), int (int2/int4/int8/oid text without sign tricks, at most 18 digits),
@@ -1210,6 +1211,75 @@ static PyObject *receive(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return Py_BuildValue("(iKO)", status, received, reply ? Py_True : Py_False);
 }
 
+/* ---------------------------------------------------------------------------------------------------
+ * Receiving a snapshot chunk's COPY OUT (API 7). PostgreSQL sends one CopyData per row, so the Python
+ * loop of snapshot._copy_rows paid a psycopg get_copy_data call, a memoryview, a bytes copy and a list
+ * append per row, holding the GIL the whole time, waits included. copy_out() runs that loop over the
+ * same libpq functions set_libpq received (see receive above): PQgetCopyData(conn, &buf, 0) blocks
+ * until a row, the end of the COPY (-1) or a failure (-2), and each row is appended to one buffer. The
+ * GIL is released for the whole loop, waits included: the buffer is PyMem_Raw memory, which needs no
+ * GIL, and the thread takes the GIL back once per chunk rather than once per row (a GIL handed back and
+ * forth per row would let any busy Python thread stall the read for its switch interval).
+ *
+ *   copy_out(pgconn_ptr) -> (status, data)
+ *       data: every row received, joined (b"" for none); status: what ended the loop, -1 (the COPY
+ *       ended: the caller reads the result with get_result, as before) or -2 (libpq failed: the
+ *       caller raises what psycopg's get_copy_data raises). Nothing else is done with the connection.
+ */
+static PyObject *copy_out(PyObject *self, PyObject *arg) {
+    if (g_get_copy_data == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "copy_out before set_libpq");
+        return NULL;
+    }
+    void *conn = PyLong_AsVoidPtr(arg);
+    if (conn == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "copy_out on a closed connection (no PGconn)");
+        return NULL;
+    }
+    get_copy_data_fn get_copy_data = g_get_copy_data;  /* as set now, whatever set_libpq does meanwhile */
+    freemem_fn freemem = g_freemem;
+    char *acc = NULL;
+    size_t used = 0, cap = 0;
+    int status, no_memory = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        char *buf = NULL;
+        int n = get_copy_data(conn, &buf, 0);
+        if (n <= 0) {
+            status = n;  /* libpq hands out a buffer only with a row, so nothing to free */
+            break;
+        }
+        if (used + (size_t)n > cap) {
+            size_t want = cap ? cap * 2 : 65536;
+            while (want < used + (size_t)n)
+                want *= 2;
+            char *grown = PyMem_RawRealloc(acc, want);
+            if (grown == NULL) {
+                freemem(buf);
+                no_memory = 1;  /* MemoryError, the rest of the COPY unread (as the Python loop would) */
+                status = -2;
+                break;
+            }
+            acc = grown;
+            cap = want;
+        }
+        memcpy(acc + used, buf, (size_t)n);
+        used += (size_t)n;
+        freemem(buf);
+    }
+    Py_END_ALLOW_THREADS
+    if (no_memory || used > (size_t)PY_SSIZE_T_MAX) {
+        PyMem_RawFree(acc);
+        return PyErr_NoMemory();
+    }
+    PyObject *data = PyBytes_FromStringAndSize(acc, (Py_ssize_t)used);
+    PyMem_RawFree(acc);
+    if (data == NULL)
+        return NULL;
+    return Py_BuildValue("(iN)", status, data);
+}
+
 static PyObject *set_dumps(PyObject *self, PyObject *fn) {
     Py_XSETREF(g_dumps, Py_NewRef(fn));
     Py_RETURN_NONE;
@@ -1254,6 +1324,8 @@ static PyMethodDef methods[] = {
      "set_libpq(get_copy_data_addr, freemem_addr): the loaded libpq's PQgetCopyData and PQfreemem"},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
      "receive(pgconn_ptr, out, max_items, received_lsn) -> (status, received_lsn, reply_requested)"},
+    {"copy_out", copy_out, METH_O,
+     "copy_out(pgconn_ptr) -> (status, data): a COPY OUT's rows joined, read with the GIL released"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1263,7 +1335,7 @@ static struct PyModuleDef module = {
 };
 
 /* Bumped whenever a signature changes: decoder.py refuses a stale build (and uses Python) instead of failing. */
-#define PGTUPLE_API 6
+#define PGTUPLE_API 7
 
 PyMODINIT_FUNC PyInit__pgtuple(void) {
     PyObject *m = PyModule_Create(&module);

@@ -28,7 +28,7 @@ MEMO_SIZE = 8192  # memo entries per column before the memo is cleared (envelope
 log = get_logger(__name__)
 
 
-API = 6  # _pgtuple.API this code expects; a stale build (not rebuilt since) is ignored
+API = 7  # _pgtuple.API this code expects; a stale build (not rebuilt since) is ignored
 _stale = False
 
 

@@ -21,7 +21,8 @@ implementation), ``_pgtuple.receive`` runs the per-message loop — PQgetCopyDat
 (lsn, payload) tuples — over the libpq psycopg loaded, whose function addresses are found once from the
 process's loaded libraries (the extension links no libpq of its own: PGconn is opaque, another build may
 lay it out differently). Otherwise the Python loop below does the same; both return identical items.
-:func:`log_receive_choice` logs the choice once per process (``connector.receive``, ``receive=c|python``).
+The snapshot's COPY reader (``_pgtuple.copy_out``) uses the same hand-over: :func:`c_libpq_unusable`.
+:func:`log_c_choice` logs the choice once per process (``connector.receive``, ``receive=c|python``).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class ReplicationConnection:
         reason = _c_receive_unusable(pgconn)
         self._receive = None if reason else getattr(decoder.c_module, "receive", None)
         self.receive_path = "c" if self._receive is not None else "python"
-        log_receive_choice(self.receive_path, reason or "active")
+        log_c_choice("receive", reason)
 
     # -- streaming
 
@@ -231,15 +232,21 @@ class ReplicationConnection:
 
 _libpq_reason: str | None = None  # None: not looked for yet; "": the C module has the functions; else why not
 _backend_pid: Any = None  # the loaded libpq's PQbackendPID: checks that a PGconn* is one it understands
-_receive_logged = False
+_choices_logged: set[str] = set()  # the C loops whose choice was logged (log_c_choice)
 
 
 def _c_receive_unusable(pgconn: Any) -> str:
     """Why the C read loop cannot serve ``pgconn`` ("" when it can)."""
+    return c_libpq_unusable(pgconn, "receive")
+
+
+def c_libpq_unusable(pgconn: Any, c_name: str) -> str:
+    """Why the C module's ``c_name`` — a loop over the libpq psycopg loaded: ``receive`` here, ``copy_out``
+    for the snapshot — cannot serve ``pgconn`` ("" when it can). The libpq is looked up once per process."""
     if decoder.active is None:
         return "the decoder is python"
-    if getattr(decoder.c_module, "receive", None) is None:
-        return "extension built without receive"
+    if getattr(decoder.c_module, c_name, None) is None:
+        return f"extension built without {c_name}"
     global _libpq_reason
     if _libpq_reason is None:
         _libpq_reason = _hand_libpq_to_c()
@@ -298,12 +305,12 @@ def _loaded_libpq() -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def log_receive_choice(path: str, reason: str) -> None:
-    """Log once per process which read loop receives the stream, and why when it is the Python one."""
-    global _receive_logged
-    if not _receive_logged:
-        _receive_logged = True
-        log.info("connector.receive", receive=path, reason=reason)
+def log_c_choice(loop: str, reason: str) -> None:
+    """Log once per process whether the C loop ``loop`` (``receive``, ``copy``) runs, and why not when it
+    does not (``connector.<loop>``, ``<loop>=c|python``; ``reason`` "" = it runs)."""
+    if loop not in _choices_logged:
+        _choices_logged.add(loop)
+        log.info(f"connector.{loop}", **{loop: "python" if reason else "c"}, reason=reason or "active")
 
 
 def _err(pgconn: Any) -> str:

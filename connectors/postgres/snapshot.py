@@ -27,7 +27,8 @@ still replays everything after the main slot's position, so the final state per 
 Reading. ``COPY (SELECT cols FROM t WHERE (pk) > (last) ORDER BY pk LIMIT n) TO STDOUT`` in text
 format: values stay in PostgreSQL's text form, the same form pgoutput streams, so one converter
 serves both and a row gives identical JSON from snapshot and stream. Tables without a primary
-key are read in one piece (they cannot resume mid-table).
+key are read in one piece (they cannot resume mid-table). PostgreSQL sends one CopyData message per
+row; the C decoder's ``copy_out`` receives them all with the GIL released (see :func:`_receive_copy`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import psycopg
 from psycopg import pq, sql
 
 from sevisflow.connectors.postgres import decoder as _decoder
+from sevisflow.connectors.postgres import replication
 from sevisflow.connectors.postgres.envelope import TableMeta
 from sevisflow.connectors.postgres.pgoutput import Value
 from sevisflow.core.errors import ConfigError, TerminalError
@@ -213,6 +215,38 @@ def _copy_rows(conn: psycopg.Connection[Any], query: bytes) -> list[list[Value]]
         while pgconn.get_result() is not None:
             pass
         raise psycopg.OperationalError(msg.decode(errors="replace"))
+    data = _receive_copy(pgconn)
+    res = pgconn.get_result()
+    if res is not None and res.status != pq.ExecStatus.COMMAND_OK:
+        raise psycopg.OperationalError((res.error_message or b"COPY failed").decode(errors="replace"))
+    while pgconn.get_result() is not None:
+        pass
+    if not data:
+        return []
+    return split_copy_text(data)
+
+
+def _receive_copy(pgconn: Any) -> bytes:
+    """Every row of the COPY OUT in progress on ``pgconn``, joined; returns at its end (get_result is next).
+
+    With the C decoder and psycopg's bundled libpq, ``_pgtuple.copy_out`` runs the per-row loop over that
+    libpq with the GIL released; otherwise :func:`_receive_copy_py` does. Both return the same bytes and
+    raise the same errors."""
+    reason = replication.c_libpq_unusable(pgconn, "copy_out")
+    replication.log_c_choice("copy", reason)
+    if reason:
+        return _receive_copy_py(pgconn)
+    assert _decoder.c_module is not None
+    n, data = _decoder.c_module.copy_out(pgconn.pgconn_ptr)
+    if n == -1:
+        return data
+    if n == -2:  # what psycopg's get_copy_data raises in the Python loop
+        raise psycopg.OperationalError(f"receiving copy data failed: {pgconn.get_error_message()}")
+    raise psycopg.OperationalError(pgconn.error_message.decode(errors="replace"))
+
+
+def _receive_copy_py(pgconn: Any) -> bytes:
+    """:func:`_receive_copy` in Python, one ``get_copy_data`` per row: the reference and the fallback."""
     parts: list[bytes] = []
     get = pgconn.get_copy_data
     while True:
@@ -220,17 +254,9 @@ def _copy_rows(conn: psycopg.Connection[Any], query: bytes) -> list[list[Value]]
         if n > 0:
             parts.append(bytes(data))
         elif n == -1:
-            break
+            return b"".join(parts)
         else:
             raise psycopg.OperationalError(pgconn.error_message.decode(errors="replace"))
-    res = pgconn.get_result()
-    if res is not None and res.status != pq.ExecStatus.COMMAND_OK:
-        raise psycopg.OperationalError((res.error_message or b"COPY failed").decode(errors="replace"))
-    while pgconn.get_result() is not None:
-        pass
-    if not parts:
-        return []
-    return split_copy_text(b"".join(parts))
 
 
 def split_copy_text(data: bytes) -> list[list[Value]]:

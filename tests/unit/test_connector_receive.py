@@ -238,9 +238,9 @@ def test_the_c_loop_is_chosen_only_when_everything_is_there(monkeypatch: pytest.
 def test_the_choice_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(replication.log, "info", lambda event, **fields: seen.append((event, fields)))
-    monkeypatch.setattr(replication, "_receive_logged", False)
-    replication.log_receive_choice("python", "the decoder is python")
-    replication.log_receive_choice("c", "active")
+    monkeypatch.setattr(replication, "_choices_logged", set())
+    replication.log_c_choice("receive", "the decoder is python")
+    replication.log_c_choice("receive", "")
     assert seen == [("connector.receive", {"receive": "python", "reason": "the decoder is python"})]
 
 
