@@ -9,7 +9,6 @@ compares the two loops on a real PostgreSQL.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,44 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sevisflow.connectors.postgres import decoder, replication, snapshot
+from tests.fake_libpq import FakeLibpq, Script
 
 pytestmark = pytest.mark.skipif(
     decoder.c_module is None or not hasattr(decoder.c_module, "copy_out"), reason="C extension not built"
 )
 
-GET_COPY_DATA = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int)
-FREEMEM = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 PGCONN_PTR = 0xC0FFEE
 ERROR = "server closed the connection unexpectedly"
-
-Script = list[bytes | int]  # a row (one CopyData), or what PQgetCopyData returns instead (-1, -2, 0)
-
-
-class FakeLibpq:
-    """PQgetCopyData (blocking mode) / PQfreemem over a script; every buffer handed out must come back."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = list(script)
-        self.live: dict[int, Any] = {}
-        self.handed = self.freed = 0
-        self.get_copy_data = GET_COPY_DATA(self._get_copy_data)
-        self.freemem = FREEMEM(self._freemem)
-
-    def _get_copy_data(self, conn: int, bufp: Any, async_: int) -> int:
-        assert conn == PGCONN_PTR and async_ == 0
-        step = self.script.pop(0)
-        if isinstance(step, int):
-            return step
-        buf = ctypes.create_string_buffer(step, len(step))
-        self.live[ctypes.addressof(buf)] = buf
-        self.handed += 1
-        bufp[0] = ctypes.addressof(buf)
-        return len(step)
-
-    def _freemem(self, addr: int) -> None:
-        assert addr in self.live, "freed a buffer it was not handed, or twice"
-        self.freed += 1
-        del self.live[addr]
 
 
 class FakePGconn:
@@ -88,9 +57,9 @@ def real_libpq_afterwards() -> Iterator[None]:
 
 def _receive(script: Script, c_loop: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``_receive_copy`` over the script with one loop: its bytes, or the error's type and text."""
-    fake = FakeLibpq(script)
+    fake = FakeLibpq(script, PGCONN_PTR, 0)
     assert decoder.c_module is not None
-    decoder.c_module.set_libpq(_address(fake.get_copy_data), _address(fake.freemem))
+    fake.install()
     reason = "" if c_loop else "switched off by the test"
     monkeypatch.setattr(snapshot.replication, "c_libpq_unusable", lambda pgconn, c_name: reason)
     try:
@@ -108,10 +77,6 @@ def _both(script: Script, monkeypatch: pytest.MonkeyPatch) -> Any:
     py = _receive(script, False, monkeypatch)
     assert c == py
     return c
-
-
-def _address(fn: Any) -> int:
-    return ctypes.cast(fn, ctypes.c_void_p).value or 0
 
 
 def test_rows_are_joined_in_order(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,6 @@ the two loops on a real PostgreSQL.
 
 from __future__ import annotations
 
-import ctypes
 import socket
 import struct
 from collections.abc import Iterator
@@ -24,15 +23,11 @@ from hypothesis import strategies as st
 from sevisflow.connectors.postgres import decoder, replication
 from sevisflow.connectors.postgres.replication import KEEPALIVE, ReplicationConnection
 from sevisflow.core.errors import TransientError
+from tests.fake_libpq import FakeLibpq, Script
 
 pytestmark = pytest.mark.skipif(
     decoder.c_module is None or not hasattr(decoder.c_module, "receive"), reason="C extension not built"
 )
-
-GET_COPY_DATA = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int)
-FREEMEM = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-Script = list[bytes | int]  # a CopyData message, or what PQgetCopyData returns instead (0, -1, -2)
 
 
 def xlog(start: int, end: int, payload: bytes, send_time: int = 7) -> bytes:
@@ -41,36 +36,6 @@ def xlog(start: int, end: int, payload: bytes, send_time: int = 7) -> bytes:
 
 def keepalive(end: int, reply: int = 0, send_time: int = 9) -> bytes:
     return b"k" + struct.pack(">QqB", end, send_time, reply)
-
-
-class FakeLibpq:
-    """PQgetCopyData / PQfreemem over a script; every buffer handed out must come back to PQfreemem."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = list(script)
-        self.live: dict[int, Any] = {}
-        self.handed = self.freed = 0
-        self.get_copy_data = GET_COPY_DATA(self._get_copy_data)
-        self.freemem = FREEMEM(self._freemem)
-
-    def _get_copy_data(self, conn: int, bufp: Any, async_: int) -> int:
-        assert conn == FakePGconn.pgconn_ptr and async_ == 1
-        step = self.script.pop(0) if self.script else 0
-        if isinstance(step, int):
-            return step
-        buf = ctypes.create_string_buffer(step, len(step))
-        self.live[ctypes.addressof(buf)] = buf
-        self.handed += 1
-        bufp[0] = ctypes.addressof(buf)
-        return len(step)
-
-    def _freemem(self, addr: int) -> None:
-        self.freed += 1
-        self.live.pop(addr, None)
-
-    def install(self) -> None:
-        assert decoder.c_module is not None
-        decoder.c_module.set_libpq(_address(self.get_copy_data), _address(self.freemem))
 
 
 class FakePGconn:
@@ -104,10 +69,6 @@ class FakePGconn:
         raise AssertionError("consume_input without data")
 
 
-def _address(fn: Any) -> int:
-    return ctypes.cast(fn, ctypes.c_void_p).value or 0
-
-
 @pytest.fixture(autouse=True)
 def real_libpq_afterwards() -> Iterator[None]:
     yield
@@ -134,7 +95,7 @@ def _connection(sock: socket.socket, pgconn: Any, c_loop: bool) -> ReplicationCo
 
 def _drain(script: Script, sock: socket.socket, c_loop: bool, max_items: int, calls: int) -> tuple[Any, ...]:
     """``calls`` read_batch calls over the script; their items (or the exception), received_lsn, reply_requested."""
-    fake = FakeLibpq(script)
+    fake = FakeLibpq(script, FakePGconn.pgconn_ptr, 1)
     fake.install()
     conn = _connection(sock, FakePGconn(script), c_loop)
     batches: list[Any] = []
@@ -247,7 +208,7 @@ def test_the_choice_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_closed_connection_raises_psycopgs_error_without_entering_c(quiet_socket: socket.socket) -> None:
     """A closed PGconn has no pointer (psycopg's PQgetCopyData then fails with -2): the C loop must not
     be handed a freed PGconn, and the error is the one the Python loop raises."""
-    fake = FakeLibpq([xlog(1, 2, b"B")])
+    fake = FakeLibpq([xlog(1, 2, b"B")], FakePGconn.pgconn_ptr, 1)
     fake.install()
     pgconn = FakePGconn([-2])
     pgconn.pgconn_ptr = None  # type: ignore[assignment]
