@@ -260,30 +260,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.snapshot_only:
                 _snapshot_runs(args, info, base, decoders, rep, runs)
                 continue
-            slot = f"raw_{rep}"
-            copy_slot(slot)
-            r = _child("raw", {"conninfo": conninfo, "slot": slot, "publication": "bench_pub", "commits": n_tx})
-            drop_slot(slot)
-            runs["raw"].append(r)
-            print(
-                f"  raw drain #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s, "
-                f"{r['cpu_s'] / r['messages'] * 1e6:.2f} µs CPU/message",
-                flush=True,
-            )
-
-            # the same drain with read_batch's Python loop (SEVISFLOW_PURE_PYTHON_DECODER=1 switches off the C one)
-            slot = f"rawpy_{rep}"
-            copy_slot(slot)
-            r = _child(
-                "raw", {"conninfo": conninfo, "slot": slot, "publication": "bench_pub", "commits": n_tx}, "python"
-            )
-            drop_slot(slot)
-            runs["raw_python_receive"].append(r)
-            print(
-                f"  raw drain, Python read loop #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s, "
-                f"{r['cpu_s'] / r['messages'] * 1e6:.2f} µs CPU/message",
-                flush=True,
-            )
+            # the raw drain with read_batch's C loop, then with its Python loop (SEVISFLOW_PURE_PYTHON_DECODER=1
+            # switches off the C one)
+            for kind, decoder_choice, label in (
+                ("raw", None, ""),
+                ("raw_python_receive", "python", ", Python read loop"),
+            ):
+                slot = f"{kind}_{rep}"
+                copy_slot(slot)
+                job = {"conninfo": conninfo, "slot": slot, "publication": "bench_pub", "commits": n_tx}
+                r = _child("raw", job, decoder_choice)
+                drop_slot(slot)
+                runs[kind].append(r)
+                print(
+                    f"  raw drain{label} #{rep + 1}: {n_tx * 100 / r['seconds']:,.0f} changes/s, "
+                    f"{r['cpu_s'] / r['messages'] * 1e6:.2f} µs CPU/message",
+                    flush=True,
+                )
 
             slot = f"pg2_{rep}"
             copy_slot(slot)
