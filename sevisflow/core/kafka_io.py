@@ -503,6 +503,12 @@ TXN_CALL_GRACE_S = 10.0
 """How much longer than its own timeout a transactional call may block before the producer is
 written off as stuck: librdkafka's ``send_offsets_to_transaction`` can ignore its timeout and block
 forever when the group coordinator's broker died (librdkafka issues #5456 and #5511)."""
+TXN_LINGER_MS = 1000
+"""How long a stage's transactional producer lets records wait to fill a batch. Its outputs and state
+records are invisible until the loop commits, and the loop flushes before every commit (a flush sends
+at once, whatever the linger), so a long linger adds no latency; it sends a transaction's records in
+fewer, larger batches than the 5 ms of :func:`producer_config` would (bench/README.md, "Scale",
+"Producer linger")."""
 
 
 class ProducerStuck(Exception):
@@ -800,7 +806,9 @@ class TransactionalLoop:
         static.update(consumer_overrides or {})
         self.consumer = make_consumer(kafka, group_id, **static)
         self.txn_timeout_s = txn_timeout_s
-        self._producer_factory = producer_factory or (lambda tid: make_producer(kafka, transactional_id=tid))
+        self._producer_factory = producer_factory or (
+            lambda tid: make_producer(kafka, transactional_id=tid, **{"linger.ms": TXN_LINGER_MS})
+        )
         self.producer = self._producer_factory(self.transactional_id)
         self.processed = 0
         self.aborts = 0
