@@ -123,16 +123,3 @@ def test_the_c_loop_is_used_only_when_everything_is_there() -> None:
     assert replication.c_libpq_unusable(Closed(), "no_such_function") == "extension built without no_such_function"
     with decoder.using(False):
         assert replication.c_libpq_unusable(Closed(), "copy_out") == "the decoder is python"
-
-
-def test_the_choice_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(replication.log, "info", lambda event, **fields: seen.append((event, fields)))
-    monkeypatch.setattr(replication, "_choices_logged", set())
-    replication.log_c_choice("copy", "the decoder is python")
-    replication.log_c_choice("copy", "")
-    replication.log_c_choice("receive", "")
-    assert seen == [
-        ("connector.copy", {"copy": "python", "reason": "the decoder is python"}),
-        ("connector.receive", {"receive": "c", "reason": "active"}),
-    ]

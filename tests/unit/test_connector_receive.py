@@ -196,13 +196,17 @@ def test_the_c_loop_is_chosen_only_when_everything_is_there(monkeypatch: pytest.
     assert replication._c_receive_unusable(Conn()) == "extension built without receive"
 
 
-def test_the_choice_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_loops_choice_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(replication.log, "info", lambda event, **fields: seen.append((event, fields)))
     monkeypatch.setattr(replication, "_choices_logged", set())
-    replication.log_c_choice("receive", "the decoder is python")
+    replication.log_c_choice("copy", "the decoder is python")
+    replication.log_c_choice("copy", "")
     replication.log_c_choice("receive", "")
-    assert seen == [("connector.receive", {"receive": "python", "reason": "the decoder is python"})]
+    assert seen == [
+        ("connector.copy", {"copy": "python", "reason": "the decoder is python"}),
+        ("connector.receive", {"receive": "c", "reason": "active"}),
+    ]
 
 
 def test_a_closed_connection_raises_psycopgs_error_without_entering_c(quiet_socket: socket.socket) -> None:
