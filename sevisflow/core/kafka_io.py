@@ -745,6 +745,11 @@ class TransactionalLoop:
     abort the old open transaction, and the consumer is rewound as after any abort (or, for
     ``commit_transaction``, the state rebuilt as above).
 
+    Idle work: with no records polled, ``on_idle(state)`` may do work of the stage's own (normalize applies
+    a slice of its held snapshot, the batcher runs its scheduler); its outputs commit like a record's. After
+    a turn that did work the next poll does not wait (``batch_timeout_s`` is for an idle stage), so a
+    snapshot released in slices is not slowed by one poll timeout per slice.
+
     Checkpoints (:func:`sevisflow.core.checkpoints.checkpoint`, where the crash tests stop it): ``kafka.before_send_offsets``,
     ``kafka.before_commit``, ``kafka.after_commit``.
     """
@@ -878,20 +883,23 @@ class TransactionalLoop:
         probe = f"{self.stage}:{self.transactional_id}"
         register_probe(probe, self.health, self.ready)
         idle = 0
+        idle_work = False  # the last on_idle turn did work: it may have more, so poll without waiting
         try:
             while self._running:
                 self.heartbeat.beat()
-                batch = self.consumer.consume(self.batch_size, self.batch_timeout_s)
+                batch = self.consumer.consume(self.batch_size, 0 if idle_work else self.batch_timeout_s)
                 self._polling = True
                 self._lag.maybe_sample()
                 records = [m for m in batch if not self._is_error(m)]
                 idle_outputs = list(self.on_idle(self.state)) if (self.on_idle and not records) else []
+                idle_work = bool(idle_outputs)
                 if not records and not idle_outputs and not self.state.staged():
                     idle += 1
                     if max_idle_polls is not None and idle >= max_idle_polls:
                         return
                     continue
                 idle = 0
+                idle_work = idle_work or not records  # on_idle staged state only: still work done
                 if not self._process_in_transaction(records, idle_outputs):
                     self._back_off()
         finally:
