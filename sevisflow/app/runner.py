@@ -47,6 +47,7 @@ from sevisflow.core.config import Settings
 from sevisflow.core.errors import ConfigError, SevisflowError, TransientError
 from sevisflow.core.kafka_io import InstanceFenced
 from sevisflow.core.log import get_logger, get_status_logger, safe_message, safe_traceback
+from sevisflow.core.malloc import keep_trimming
 from sevisflow.core.observability import (
     ProgressReporter,
     metrics_url,
@@ -158,6 +159,7 @@ class Pipeline:
 
     def start(self) -> Pipeline:
         preflight(self.settings, [n for n in self.names if n not in self.functions])
+        keep_trimming(self.stop_event)  # free memory back to the OS while the stages run (core/malloc.py)
         set_progress_interval(self.settings.metrics.progress_interval_s)
         set_progress_lines(self.status_lines)
         if self.serve_metrics:
