@@ -12,9 +12,9 @@ not in the environment.
 
 Free memory inside an arena stays resident until glibc trims it, which it does only at the top of the
 main heap. A stage process therefore also runs :func:`keep_trimming`: ``malloc_trim(0)``, which returns
-every free page of every arena to the OS, whenever the resident size grew by :data:`TRIM_AFTER_GROWTH_MIB`. Measured on the same snapshot
-(bench/README.md, "Scale", "Trimming free memory"): normalize's peak was 397-425 MiB in 4 runs, against
-481-552 MiB without, for 5-11 % more CPU during the snapshot.
+every free page of every arena to the OS, whenever the resident size grew by :data:`TRIM_AFTER_GROWTH_MIB`.
+Measured on the same snapshot (bench/README.md, "Scale", "Trimming free memory"): normalize's peak was
+397-425 MiB in 4 runs, against 481-552 MiB without, for 5-11 % more CPU during the snapshot.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ TRIM_EVERY_S = 1.0
 """How often a stage process looks at its resident size (one read of ``/proc/self/statm``)."""
 TRIM_AFTER_GROWTH_MIB = 32
 """Trim when the resident size grew this much since the last trim. A trim walks every free chunk of every
-arena and advises the kernel page by page (~10 ms on a fragmented 900 MB heap), and memory it returns that is
+arena and advises the kernel page by page (~13 ms on a fragmented 900 MB heap), and memory it returns that is
 used again costs page faults: so not on a timer, only when the process grew."""
 
 
