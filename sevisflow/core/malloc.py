@@ -14,7 +14,8 @@ Free memory inside an arena stays resident until glibc trims it, which it does o
 main heap. A stage process therefore also runs :func:`keep_trimming`: ``malloc_trim(0)``, which returns
 every free page of every arena to the OS, whenever the resident size grew by :data:`TRIM_AFTER_GROWTH_MIB`.
 Measured on the same snapshot (bench/README.md, "Scale", "Trimming free memory"): normalize's peak was
-397-425 MiB in 4 runs, against 481-552 MiB without, for 5-11 % more CPU during the snapshot.
+397-427 MiB in 6 runs, against 481-552 MiB without. The snapshot's CPU: +5 and +11 % in two pairs of runs,
++0.4 % in a third.
 """
 
 from __future__ import annotations
