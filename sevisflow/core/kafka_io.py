@@ -892,14 +892,14 @@ class TransactionalLoop:
                 self._lag.maybe_sample()
                 records = [m for m in batch if not self._is_error(m)]
                 idle_outputs = list(self.on_idle(self.state)) if (self.on_idle and not records) else []
-                idle_work = bool(idle_outputs)
                 if not records and not idle_outputs and not self.state.staged():
+                    idle_work = False
                     idle += 1
                     if max_idle_polls is not None and idle >= max_idle_polls:
                         return
                     continue
                 idle = 0
-                idle_work = idle_work or not records  # on_idle staged state only: still work done
+                idle_work = not records  # on_idle made outputs or staged state: it may have more
                 if not self._process_in_transaction(records, idle_outputs):
                     self._back_off()
         finally:
