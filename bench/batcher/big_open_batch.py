@@ -1,13 +1,16 @@
 """CPU per event of the batcher stage as its open batch grows (no Kafka: the stage's own handle and view).
 
 ``python -m bench.batcher.big_open_batch [--sizes 1000,5000,20000] [--events 2000] [--repeat 3]
-[--compare-with REV] [--json-out FILE]``
+[--passes 5] [--backend memory|rocksdb] [--compare-with REV] [--json-out FILE]``
 
 For each size N: an open batch of N records (one PersonalInfo update per student, SEVIS IDs known) is
 built through ``BatcherStage.handle``; then ``--events`` more events are timed — 3 in 4 replace a
 student's open record, 1 in 4 adds a new student — committed every 200 events with the open-batch view
 published at each commit, as the stage's transactional loop does. The figure is CPU microseconds per
-timed event (and the child's peak RSS, the build included). ``--compare-with REV`` runs the same
+timed event (and the child's peak RSS, the build included). Then the stage's periodic passes over the
+whole open batch are timed (``--passes`` times each, median): the worklist gauges (every 5 s in a running
+stage) and the scheduler tick with ``close_early_when_due`` (every 2 s), both with the state in RocksDB as in a
+running stage (``--backend``; the per-event figure uses the same store). ``--compare-with REV`` runs the same
 measurement on the code of git revision REV (exported to a temporary folder with ``git archive``) in turn
 with the working tree, each repeat in a fresh child process, so both are measured side by side in one run.
 """
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,15 +62,22 @@ class _Msg:
         return None
 
 
-def measure(size: int, events: int) -> dict[str, Any]:
+def measure(size: int, events: int, passes: int = 0, backend: str = "memory") -> dict[str, Any]:
     """One measurement in this process (the child's entry point)."""
+    from prometheus_client import CollectorRegistry
+
+    from sevisflow.core.observability import StageMetrics
     from sevisflow.core.serde import registry
+    from sevisflow.core.state import open_committed
     from sevisflow.processors.batcher.stage import BatcherStage, BatcherStore
     from testkit.batcher import BASE_MS, ORG, event
     from testkit.settings import make_settings
 
-    settings = make_settings(None, unique="bench", school={"org_id": ORG, "dso_user_ids": ["DSOUSER001"]})
-    stage, store = BatcherStage(settings), BatcherStore()
+    state_dir = tempfile.mkdtemp(prefix="bench-batcher-state-")
+    school = {"org_id": ORG, "dso_user_ids": ["DSOUSER001"], "close_at": "23:59", "close_dso": "DSOUSER001"}
+    school["close_early_when_due"] = True
+    settings = make_settings(None, unique="bench", school=school, state={"backend": backend, "dir": state_dir})
+    stage, store = BatcherStage(settings), BatcherStore(open_committed(settings.state, "bench-batcher"))
     store.partitions.add(0)
     topic = settings.topics.events
     offset = 0
@@ -97,26 +108,50 @@ def measure(size: int, events: int) -> dict[str, Any]:
     commit()
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+    stage.metrics = StageMetrics("batcher", CollectorRegistry())
+
+    def gauges() -> None:
+        stage.update_gauges(store, force=True)
+
+    def tick() -> None:
+        stage._last_tick = 0.0  # due now: the scheduler's pass, as every TICK_EVERY_S in a running stage
+        stage._tick(store)
+        store.commit()  # as the loop's transaction would (before close_at a tick changes no state)
+
+    timed: dict[str, float] = {}
+    for name, fn in (("gauges", gauges), ("tick", tick)):
+        fn()  # the first pass after the build works everything out in both versions: not counted
+        runs = []
+        for _ in range(passes):
+            c = time.process_time()
+            fn()
+            runs.append((time.process_time() - c) * 1000)
+        timed[f"{name}_ms"] = statistics.median(runs) if runs else 0.0
+    store.close()
+    shutil.rmtree(state_dir, ignore_errors=True)
     return {
         "size": size,
         "events": events,
         "cpu_us_per_event": cpu / events * 1e6,
         "wall_s": wall,
         "max_rss_mib": rss_mib,
+        "backend": backend,
+        **timed,
     }
 
 
-def _child(tree: Path, size: int, events: int) -> dict[str, Any]:
+def _child(tree: Path, size: int, events: int, passes: int, backend: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     code = (  # this file's measure(), over the tree's sevisflow and testkit
         "import importlib.util, json, sys; sys.path.insert(0, sys.argv[1]); "
         "spec = importlib.util.spec_from_file_location('big_open_batch', sys.argv[2]); "
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
         "import sevisflow; assert sevisflow.__file__.startswith(sys.argv[1]), sevisflow.__file__; "
-        "print(json.dumps(m.measure(int(sys.argv[3]), int(sys.argv[4]))))"
+        "print(json.dumps(m.measure(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tree), __file__, str(size), str(events)],
+        [sys.executable, "-c", code, str(tree), __file__, str(size), str(events), str(passes), backend],
         env=env,
         cwd=tree,
         check=True,
@@ -131,6 +166,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,5000,20000")
     ap.add_argument("--events", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=5, help="timed gauge and tick passes per child (median)")
+    ap.add_argument("--backend", default="rocksdb", choices=("memory", "rocksdb"), help="[state] backend")
     ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
@@ -146,19 +183,30 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         samples: dict[str, list[float]] = {name: [] for name in trees}
         rss: dict[str, list[float]] = {name: [] for name in trees}
+        passes: dict[str, dict[str, list[float]]] = {name: {"gauges_ms": [], "tick_ms": []} for name in trees}
         for _ in range(args.repeat):
             for name, tree in trees.items():  # interleaved: both see the same neighbours
-                got = _child(tree, size, args.events)
+                got = _child(tree, size, args.events, args.passes, args.backend)
                 samples[name].append(got["cpu_us_per_event"])
                 rss[name].append(got["max_rss_mib"])
-        row = {"size": size, "events": args.events, "repeat": args.repeat}
+                for key, values in passes[name].items():
+                    values.append(got[key])
+        row: dict[str, Any] = {"size": size, "events": args.events, "repeat": args.repeat, "backend": args.backend}
         for name, values in samples.items():
-            row[name] = {"median_us": statistics.median(values), "samples": values, "max_rss_mib": max(rss[name])}
+            row[name] = {
+                "median_us": statistics.median(values),
+                "samples": values,
+                "max_rss_mib": max(rss[name]),
+                **{f"{k}_median": statistics.median(v) for k, v in passes[name].items()},
+                **{f"{k}_samples": v for k, v in passes[name].items()},
+            }
         rows.append(row)
         print(
             f"open batch {size:>6}: "
             + "; ".join(
-                f"{name} {statistics.median(v):,.0f} µs/event (peak RSS {max(rss[name]):,.0f} MiB)"
+                f"{name} {statistics.median(v):,.0f} µs/event, gauges "
+                f"{statistics.median(passes[name]['gauges_ms']):,.1f} ms, tick {statistics.median(passes[name]['tick_ms']):,.1f} ms"
+                f" (peak RSS {max(rss[name]):,.0f} MiB)"
                 for name, v in samples.items()
             ),
             flush=True,

@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo
 import immutables
 import orjson
 
-from sevisflow.core.worklist.deadlines import Deadlines, first_change_ms, session_start_of
+from sevisflow.core.worklist.deadlines import Deadlines, DueMemo, first_change_ms, session_start_of
 from sevisflow.processors.batcher import ev_refs
 from sevisflow.processors.batcher.guard import CommandPolicy, malformed, unauthorized, untimely
 from sevisflow.processors.batcher.ids import (
@@ -151,6 +151,8 @@ class Tick:
     close_dso: str
     close_early: Deadlines | None = None
     """[school] close_early_when_due: the rule table in force (None = never close early)."""
+    due_memo: DueMemo | None = field(default=None, compare=False, repr=False)
+    """The adapter's memo of each record's due date (the same answers, worked out once per record version)."""
 
 
 Input = EventIn | CommandIn | ResultIn | Tick
@@ -1592,10 +1594,14 @@ def _early_close(tx: _Tx, tick: Tick) -> None:
         return  # the daily close runs in this very tick
     next_day = next_close_day(tick)
     urgent = []
-    for r in tx.records.values():
+    memo = tick.due_memo
+    for rid, r in tx.records.items():
         if r["status"] != "open" or r.get("rev", 0) <= tx.early_rev:
             continue
-        due = deadlines.due(r["kind"], first_change_ms(r), session_start_of(r))
+        if memo is not None:
+            due = memo.of(tx.s.org_id, rid, r, deadlines)[1]
+        else:
+            due = deadlines.due(r["kind"], first_change_ms(r), session_start_of(r))
         if due is not None and due.due_on < next_day:
             urgent.append(due.due_on)
     if not urgent:

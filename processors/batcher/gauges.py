@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sevisflow.core.worklist.deadlines import BANDS, Deadlines, first_change_ms, session_start_of
+from sevisflow.core.worklist.deadlines import BANDS, Deadlines, DueMemo, first_change_ms, session_start_of
 from sevisflow.processors.batcher.core import School, open_rejections
 
 ALL_BANDS = (*BANDS, "none")
@@ -27,14 +27,23 @@ class WorklistGauges:
     oldest_rejection_age_s: float = 0.0
 
 
-def worklist_gauges(schools: Iterable[School], deadlines: Deadlines, now_ms: int) -> WorklistGauges:
-    """The gauges over ``schools`` at ``now_ms`` (ages in seconds; 0 when there is nothing)."""
+def worklist_gauges(
+    schools: Iterable[School], deadlines: Deadlines, now_ms: int, memo: DueMemo | None = None
+) -> WorklistGauges:
+    """The gauges over ``schools`` at ``now_ms`` (ages in seconds; 0 when there is nothing).
+
+    With ``memo`` (the stage's) a record's due date is worked out once per version of the record, not once
+    per pass, and the memo is swept at the end: this pass asked about every open record of every school."""
     g = WorklistGauges()
     today = deadlines.local_day(now_ms)
     for school in schools:
-        for rec in school.records.values():
-            clock = first_change_ms(rec)
-            due = deadlines.due(rec["kind"], clock, session_start_of(rec))
+        org = school.org_id
+        for rid, rec in school.records.items():
+            if memo is not None:
+                clock, due = memo.of(org, rid, rec, deadlines)
+            else:
+                clock = first_change_ms(rec)
+                due = deadlines.due(rec["kind"], clock, session_start_of(rec))
             g.records_by_band[deadlines.band(due.due_on, today) if due else "none"] += 1
             if rec.get("status") == "open" and clock:
                 g.oldest_ready_age_s = max(g.oldest_ready_age_s, (now_ms - clock) / 1000)
@@ -42,4 +51,6 @@ def worklist_gauges(schools: Iterable[School], deadlines: Deadlines, now_ms: int
             g.rejections_open += 1
             if rej.get("at_ms"):
                 g.oldest_rejection_age_s = max(g.oldest_rejection_age_s, (now_ms - int(rej["at_ms"])) / 1000)
+    if memo is not None:
+        memo.sweep()
     return g

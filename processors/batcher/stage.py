@@ -63,7 +63,7 @@ from sevisflow.core.serde import SerializationError, registry
 from sevisflow.core.state import CommittedState, open_committed
 from sevisflow.core.topics import pipeline_topics, stage_group, state_topic_spec
 from sevisflow.core.topics import state_topic as core_state_topic
-from sevisflow.core.worklist.deadlines import Deadlines
+from sevisflow.core.worklist.deadlines import Deadlines, DueMemo
 from sevisflow.processors.batcher.core import (
     CommandIn,
     EventIn,
@@ -122,8 +122,16 @@ class BatcherStore(StateStore):
         self.partitions: set[int] = set()
         self.view_dirty: set[tuple[int, str]] = set()
         self.view_sent: set[tuple[int, str]] = set()
+        # the schools with committed state, per partition: listed at assignment, then kept up to date at
+        # each commit, so listing them (every tick and gauge pass) is not a pass over every key
+        self._orgs: dict[int, set[str]] = {}
 
     def commit(self) -> None:
+        for partition, kv in self._staged.items():
+            orgs = self._orgs.setdefault(partition, set())
+            for key, value in kv.items():
+                if key.startswith(b"m|"):
+                    (orgs.add if value is not None else orgs.discard)(key[2:].decode())
         super().commit()
         self.view_dirty -= self.view_sent
         self.view_sent.clear()
@@ -137,12 +145,14 @@ class BatcherStore(StateStore):
         super().load_partition(partition, data)
         self._forget(partition)
         self.partitions.add(partition)
+        self._orgs[partition] = {k[2:].decode() for k, _ in self.committed.items(partition) if k.startswith(b"m|")}
         self.view_dirty |= {(partition, org) for org in self.orgs(partition)}
 
     def drop_partition(self, partition: int) -> None:
         super().drop_partition(partition)
         self._forget(partition)
         self.partitions.discard(partition)
+        self._orgs.pop(partition, None)
 
     def _forget(self, partition: int) -> None:
         for key in [k for k in self.cache if k[0] == partition]:
@@ -151,7 +161,12 @@ class BatcherStore(StateStore):
         self.view_sent = {k for k in self.view_sent if k[0] != partition}
 
     def orgs(self, partition: int) -> list[str]:
-        return sorted(k[2:].decode() for k, _ in self.items(partition) if k.startswith(b"m|"))
+        """The schools with state in ``partition``, this transaction's new ones included."""
+        orgs = set(self._orgs.get(partition, ()))
+        for key, value in self._staged.get(partition, {}).items():
+            if key.startswith(b"m|"):
+                (orgs.add if value is not None else orgs.discard)(key[2:].decode())
+        return sorted(orgs)
 
 
 def _k(kind: str, org: str, rest: str = "") -> bytes:
@@ -241,6 +256,7 @@ class BatcherStage:
             self.deadlines = Deadlines.configured(d.limits, d.soon_days, d.urgent_days, school.timezone)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        self.due_memo = DueMemo(self.deadlines)  # due dates worked out once per record version, not per pass
         if not self.policy.dso_user_ids:
             log.warning("batcher.no_dsos", fix="set school.dso_user_ids: every DSO command is refused until then")
         elif not self.policy.principals and settings.kafka.security_protocol != "PLAINTEXT":
@@ -424,7 +440,7 @@ class BatcherStage:
             for p in sorted(store.partitions)
             for org in store.orgs(p)
         ]
-        g = worklist_gauges(schools, self.deadlines, int(now * 1000))
+        g = worklist_gauges(schools, self.deadlines, int(now * 1000), self.due_memo)
         self.metrics.worklist(g.records_by_band, g.oldest_ready_age_s, g.rejections_open, g.oldest_rejection_age_s)
 
     def _tick(self, store: StateStore) -> list[Output]:
@@ -441,6 +457,7 @@ class BatcherStage:
             close_at=school.close_at,
             close_dso=school.close_dso,
             close_early=self.deadlines if school.close_early_when_due else None,
+            due_memo=self.due_memo,
         )
         outs: list[Output] = []
         for p in sorted(store.partitions):
@@ -457,6 +474,8 @@ class BatcherStage:
                 else:
                     org_tick = tick
                 outs += self._apply(store, p, org, org_tick, None)
+        if self.metrics is None:
+            self.due_memo.sweep()  # no gauge pass sweeps it (a stage run without metrics)
         return outs
 
     def _warn_unscheduled(self, org: str) -> None:

@@ -1,7 +1,8 @@
 """The big-open-batch bench (``python -m bench.batcher.big_open_batch``) at a tiny size, so it cannot rot:
 both the working tree and the code of the last commit measured side by side, in child processes, no Kafka.
 
-Checks that every repeat of both versions produced a figure, never how fast (the figures are the bench's).
+Checks that every repeat of both versions produced a figure (per event, and per gauge and tick pass), never
+how fast (the figures are the bench's).
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def test_big_open_batch_bench_measures_both_versions_side_by_side(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["size"] for r in rows] == [30, 60]
     for row in rows:
-        versions = [k for k in row if k not in ("size", "events", "repeat")]
+        versions = [k for k in row if k not in ("size", "events", "repeat", "backend")]
         assert sorted(versions) == ["before (HEAD)", "now"], row
+        assert row["backend"] == "rocksdb"
         for name in versions:
             assert len(row[name]["samples"]) == 2 and all(v > 0 for v in row[name]["samples"]), row
+            for periodic in ("gauges_ms_samples", "tick_ms_samples"):  # the periodic passes were timed too
+                assert len(row[name][periodic]) == 2 and all(v > 0 for v in row[name][periodic]), row
