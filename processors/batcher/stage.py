@@ -128,10 +128,7 @@ class BatcherStore(StateStore):
 
     def commit(self) -> None:
         for partition, kv in self._staged.items():
-            orgs = self._orgs.setdefault(partition, set())
-            for key, value in kv.items():
-                if key.startswith(b"m|"):
-                    (orgs.add if value is not None else orgs.discard)(key[2:].decode())
+            _follow_meta_keys(self._orgs.setdefault(partition, set()), kv)
         super().commit()
         self.view_dirty -= self.view_sent
         self.view_sent.clear()
@@ -163,10 +160,15 @@ class BatcherStore(StateStore):
     def orgs(self, partition: int) -> list[str]:
         """The schools with state in ``partition``, this transaction's new ones included."""
         orgs = set(self._orgs.get(partition, ()))
-        for key, value in self._staged.get(partition, {}).items():
-            if key.startswith(b"m|"):
-                (orgs.add if value is not None else orgs.discard)(key[2:].decode())
+        _follow_meta_keys(orgs, self._staged.get(partition, {}))
         return sorted(orgs)
+
+
+def _follow_meta_keys(orgs: set[str], writes: Mapping[bytes, bytes | None]) -> None:
+    """Update a set of schools for ``writes``: a school is there while its meta key ``m|<org>`` is."""
+    for key, value in writes.items():
+        if key.startswith(b"m|"):
+            (orgs.add if value is not None else orgs.discard)(key[2:].decode())
 
 
 def _k(kind: str, org: str, rest: str = "") -> bytes:
