@@ -9,8 +9,9 @@ student's open record, 1 in 4 adds a new student — committed every 200 events 
 published at each commit, as the stage's transactional loop does. The figure is CPU microseconds per
 timed event (and the child's peak RSS, the build included). Then the stage's periodic passes over the
 whole open batch are timed (``--passes`` times each, median): the worklist gauges (every 5 s in a running
-stage) and the scheduler tick with ``close_early_when_due`` (every 2 s), both with the state in RocksDB as in a
-running stage (``--backend``; the per-event figure uses the same store). ``--compare-with REV`` runs the same
+stage) and the scheduler tick with ``close_early_when_due`` (every 2 s). The state is in RocksDB, as in a
+running stage (``--backend``, for the per-event figure too; the tables in bench/README.md made before
+2026-12-05 used the memory store). ``--compare-with REV`` runs the same
 measurement on the code of git revision REV (exported to a temporary folder with ``git archive``) in turn
 with the working tree, each repeat in a fresh child process, so both are measured side by side in one run.
 """
@@ -62,7 +63,7 @@ class _Msg:
         return None
 
 
-def measure(size: int, events: int, passes: int = 0, backend: str = "memory") -> dict[str, Any]:
+def measure(size: int, events: int, passes: int = 0, backend: str = "rocksdb") -> dict[str, Any]:
     """One measurement in this process (the child's entry point)."""
     from prometheus_client import CollectorRegistry
 
@@ -74,6 +75,7 @@ def measure(size: int, events: int, passes: int = 0, backend: str = "memory") ->
     from testkit.settings import make_settings
 
     state_dir = tempfile.mkdtemp(prefix="bench-batcher-state-")
+    # a daily close at 23:59 that has not run yet: every timed tick checks the early close and closes nothing
     school = {"org_id": ORG, "dso_user_ids": ["DSOUSER001"], "close_at": "23:59", "close_dso": "DSOUSER001"}
     school["close_early_when_due"] = True
     settings = make_settings(None, unique="bench", school=school, state={"backend": backend, "dir": state_dir})
