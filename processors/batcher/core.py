@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo
 import immutables
 import orjson
 
-from sevisflow.core.worklist.deadlines import Deadlines, DueMemo, first_change_ms, session_start_of
+from sevisflow.core.worklist.deadlines import Deadlines, DueMemo
 from sevisflow.processors.batcher import ev_refs
 from sevisflow.processors.batcher.guard import CommandPolicy, malformed, unauthorized, untimely
 from sevisflow.processors.batcher.ids import (
@@ -1594,14 +1594,11 @@ def _early_close(tx: _Tx, tick: Tick) -> None:
         return  # the daily close runs in this very tick
     next_day = next_close_day(tick)
     urgent = []
-    memo = tick.due_memo
+    memo = tick.due_memo if tick.due_memo is not None else DueMemo(deadlines)  # none lent: one for this tick
     for rid, r in tx.records.items():
         if r["status"] != "open" or r.get("rev", 0) <= tx.early_rev:
             continue
-        if memo is not None:
-            due = memo.of(tx.s.org_id, rid, r, deadlines)[1]
-        else:
-            due = deadlines.due(r["kind"], first_change_ms(r), session_start_of(r))
+        due = memo.of(tx.s.org_id, rid, r, deadlines)[1]
         if due is not None and due.due_on < next_day:
             urgent.append(due.due_on)
     if not urgent:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sevisflow.core.worklist.deadlines import BANDS, Deadlines, DueMemo, first_change_ms, session_start_of
+from sevisflow.core.worklist.deadlines import BANDS, Deadlines, DueMemo
 from sevisflow.processors.batcher.core import School, open_rejections
 
 ALL_BANDS = (*BANDS, "none")
@@ -36,14 +36,11 @@ def worklist_gauges(
     per pass, and the memo is swept at the end: this pass asked about every open record of every school."""
     g = WorklistGauges()
     today = deadlines.local_day(now_ms)
+    memo = memo if memo is not None else DueMemo(deadlines)  # none lent: one for this pass
     for school in schools:
         org = school.org_id
         for rid, rec in school.records.items():
-            if memo is not None:
-                clock, due = memo.of(org, rid, rec, deadlines)
-            else:
-                clock = first_change_ms(rec)
-                due = deadlines.due(rec["kind"], clock, session_start_of(rec))
+            clock, due = memo.of(org, rid, rec, deadlines)
             g.records_by_band[deadlines.band(due.due_on, today) if due else "none"] += 1
             if rec.get("status") == "open" and clock:
                 g.oldest_ready_age_s = max(g.oldest_ready_age_s, (now_ms - clock) / 1000)
@@ -51,6 +48,5 @@ def worklist_gauges(
             g.rejections_open += 1
             if rej.get("at_ms"):
                 g.oldest_rejection_age_s = max(g.oldest_rejection_age_s, (now_ms - int(rej["at_ms"])) / 1000)
-    if memo is not None:
-        memo.sweep()
+    memo.sweep()
     return g
