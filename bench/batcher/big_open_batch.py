@@ -1,7 +1,7 @@
 """CPU per event of the batcher stage as its open batch grows (no Kafka: the stage's own handle and view).
 
 ``python -m bench.batcher.big_open_batch [--sizes 1000,5000,20000] [--events 2000] [--repeat 3]
-[--passes 5] [--backend memory|rocksdb] [--compare-with REV] [--json-out FILE]``
+[--passes 5] [--backend memory|rocksdb] [--gc frozen|default|both] [--compare-with REV] [--json-out FILE]``
 
 For each size N: an open batch of N records (one PersonalInfo update per student, SEVIS IDs known) is
 built through ``BatcherStage.handle``; then ``--events`` more events are timed — 3 in 4 replace a
@@ -11,7 +11,10 @@ timed event (and the child's peak RSS, the build included). Then the stage's per
 whole open batch are timed (``--passes`` times each, median): the worklist gauges (every 5 s in a running
 stage) and the scheduler tick with ``close_early_when_due`` (every 2 s). The state is in RocksDB, as in a
 running stage (``--backend``, for the per-event figure too; the tables in bench/README.md made before
-2026-12-05 used the memory store). ``--compare-with REV`` runs the same
+2026-12-05 used the memory store). ``--gc``: with ``frozen`` (the default) the child runs
+:func:`sevisflow.core.collector.keep_old_objects_frozen`, as a running stage does, with ``default`` Python's
+collector as it comes; ``both`` measures the two in turn. The full collector passes during the timed events
+are counted (``gc_full_passes``, ``gc_full_ms``). ``--compare-with REV`` runs the same
 measurement on the code of git revision REV (exported to a temporary folder with ``git archive``) in turn
 with the working tree, each repeat in a fresh child process, so both are measured side by side in one run.
 """
@@ -63,8 +66,14 @@ class _Msg:
         return None
 
 
-def measure(size: int, events: int, passes: int = 0, backend: str = "rocksdb") -> dict[str, Any]:
-    """One measurement in this process (the child's entry point)."""
+def measure(
+    size: int, events: int, passes: int = 0, backend: str = "rocksdb", gc_mode: str = "frozen"
+) -> dict[str, Any]:
+    """One measurement in this process (the child's entry point). A tree older than the freezer is
+    measured with the collector as it comes, and says so (``gc``)."""
+    import gc
+    import threading
+
     from prometheus_client import CollectorRegistry
 
     from sevisflow.core.observability import StageMetrics
@@ -73,6 +82,25 @@ def measure(size: int, events: int, passes: int = 0, backend: str = "rocksdb") -
     from sevisflow.processors.batcher.stage import BatcherStage, BatcherStore
     from testkit.batcher import BASE_MS, ORG, event
     from testkit.settings import make_settings
+
+    stop_freezing = threading.Event()
+    if gc_mode == "frozen":
+        try:
+            from sevisflow.core.collector import keep_old_objects_frozen
+        except ImportError:
+            gc_mode = "default (no freezer in this tree)"
+        else:
+            keep_old_objects_frozen(stop_freezing)
+    full_passes: list[float] = []
+    began: list[float] = []
+
+    def note_full_pass(phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            began.append(time.perf_counter())
+        elif began:
+            full_passes.append((time.perf_counter() - began.pop()) * 1000)
 
     state_dir = tempfile.mkdtemp(prefix="bench-batcher-state-")
     # a daily close at 23:59 that has not run yet: every timed tick checks the early close and closes nothing
@@ -101,6 +129,7 @@ def measure(size: int, events: int, passes: int = 0, backend: str = "rocksdb") -
         if i % 500 == 499:
             commit()
     commit()
+    gc.callbacks.append(note_full_pass)
     c0, t0 = time.process_time(), time.perf_counter()
     for j in range(events):
         student = f"S{(j * 7919) % size:07d}" if j % 4 else f"S{size + j:07d}"
@@ -109,6 +138,7 @@ def measure(size: int, events: int, passes: int = 0, backend: str = "rocksdb") -
             commit()
     commit()
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    gc.callbacks.remove(note_full_pass)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
     stage.metrics = StageMetrics("batcher", CollectorRegistry())
@@ -132,6 +162,7 @@ def measure(size: int, events: int, passes: int = 0, backend: str = "rocksdb") -
         timed[f"{name}_ms"] = statistics.median(runs) if runs else 0.0
     store.close()
     shutil.rmtree(state_dir, ignore_errors=True)
+    stop_freezing.set()
     return {
         "size": size,
         "events": events,
@@ -139,21 +170,24 @@ def measure(size: int, events: int, passes: int = 0, backend: str = "rocksdb") -
         "wall_s": wall,
         "max_rss_mib": rss_mib,
         "backend": backend,
+        "gc": gc_mode,
+        "gc_full_passes": len(full_passes),
+        "gc_full_ms": sum(full_passes),
         **timed,
     }
 
 
-def _child(tree: Path, size: int, events: int, passes: int, backend: str) -> dict[str, Any]:
+def _child(tree: Path, size: int, events: int, passes: int, backend: str, gc_mode: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     code = (  # this file's measure(), over the tree's sevisflow and testkit
         "import importlib.util, json, sys; sys.path.insert(0, sys.argv[1]); "
         "spec = importlib.util.spec_from_file_location('big_open_batch', sys.argv[2]); "
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
         "import sevisflow; assert sevisflow.__file__.startswith(sys.argv[1]), sevisflow.__file__; "
-        "print(json.dumps(m.measure(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])))"
+        "print(json.dumps(m.measure(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7])))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tree), __file__, str(size), str(events), str(passes), backend],
+        [sys.executable, "-c", code, str(tree), __file__, str(size), str(events), str(passes), backend, gc_mode],
         env=env,
         cwd=tree,
         check=True,
@@ -170,25 +204,37 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--passes", type=int, default=5, help="timed gauge and tick passes per child (median)")
     ap.add_argument("--backend", default="rocksdb", choices=("memory", "rocksdb"), help="[state] backend")
+    ap.add_argument(
+        "--gc",
+        default="frozen",
+        choices=("frozen", "default", "both"),
+        help="frozen: the stage's freezer runs (core/collector.py); default: Python's collector as it comes",
+    )
     ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    trees: dict[str, Path] = {"now": REPO}
+    modes = ["default", "frozen"] if args.gc == "both" else [args.gc]
+    # version name → (source tree, collector mode)
+    trees: dict[str, tuple[Path, str]] = {("now" if len(modes) == 1 else f"gc {mode}"): (REPO, mode) for mode in modes}
     tmp = None
     if args.compare_with:
         tmp = tempfile.TemporaryDirectory(prefix="bench-batcher-")
         old = Path(tmp.name)
         archive = subprocess.run(["git", "archive", args.compare_with], cwd=REPO, check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-        trees = {f"before ({args.compare_with})": old, "now": REPO}
+        trees = {f"before ({args.compare_with})": (old, modes[0]), **trees}
     rows: list[dict[str, Any]] = []
     for size in [int(s) for s in args.sizes.split(",")]:
         samples: dict[str, list[float]] = {name: [] for name in trees}
         rss: dict[str, list[float]] = {name: [] for name in trees}
-        passes: dict[str, dict[str, list[float]]] = {name: {"gauges_ms": [], "tick_ms": []} for name in trees}
+        passes: dict[str, dict[str, list[float]]] = {
+            name: {"gauges_ms": [], "tick_ms": [], "gc_full_passes": [], "gc_full_ms": []} for name in trees
+        }
+        collector: dict[str, str] = {}
         for _ in range(args.repeat):
-            for name, tree in trees.items():  # interleaved: both see the same neighbours
-                got = _child(tree, size, args.events, args.passes, args.backend)
+            for name, (tree, mode) in trees.items():  # interleaved: both see the same neighbours
+                got = _child(tree, size, args.events, args.passes, args.backend, mode)
+                collector[name] = got.get("gc", "default (no freezer in this tree)")
                 samples[name].append(got["cpu_us_per_event"])
                 rss[name].append(got["max_rss_mib"])
                 for key, values in passes[name].items():
@@ -199,6 +245,7 @@ def main() -> None:
                 "median_us": statistics.median(values),
                 "samples": values,
                 "max_rss_mib": max(rss[name]),
+                "gc": collector[name],
                 **{f"{k}_median": statistics.median(v) for k, v in passes[name].items()},
                 **{f"{k}_samples": v for k, v in passes[name].items()},
             }
@@ -208,7 +255,8 @@ def main() -> None:
             + "; ".join(
                 f"{name} {statistics.median(v):,.0f} µs/event, gauges "
                 f"{statistics.median(passes[name]['gauges_ms']):,.1f} ms, tick {statistics.median(passes[name]['tick_ms']):,.1f} ms"
-                f" (peak RSS {max(rss[name]):,.0f} MiB)"
+                f", {statistics.median(passes[name]['gc_full_passes']):.0f} full collector passes"
+                f" ({statistics.median(passes[name]['gc_full_ms']):,.0f} ms) (peak RSS {max(rss[name]):,.0f} MiB)"
                 for name, v in samples.items()
             ),
             flush=True,

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sevisflow import __version__
+from sevisflow.core.collector import keep_old_objects_frozen
 from sevisflow.core.config import Settings
 from sevisflow.core.errors import ConfigError, SevisflowError, TransientError
 from sevisflow.core.kafka_io import InstanceFenced
@@ -160,6 +161,7 @@ class Pipeline:
     def start(self) -> Pipeline:
         preflight(self.settings, [n for n in self.names if n not in self.functions])
         keep_trimming(self.stop_event)  # free memory back to the OS while the stages run (core/malloc.py)
+        keep_old_objects_frozen(self.stop_event)  # the cyclic collector walks only young objects (core/collector.py)
         set_progress_interval(self.settings.metrics.progress_interval_s)
         set_progress_lines(self.status_lines)
         if self.serve_metrics:
