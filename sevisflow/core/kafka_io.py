@@ -745,6 +745,11 @@ class TransactionalLoop:
     abort the old open transaction, and the consumer is rewound as after any abort (or, for
     ``commit_transaction``, the state rebuilt as above).
 
+    Polling: a poll waits up to ``batch_timeout_s`` for the first record only, then takes what else has been
+    fetched already (up to ``batch_size``) without waiting, so a record never waits for a batch to fill. Under
+    a backlog the batches stay full; a steady trickle is taken as it comes, each transaction holding what
+    arrived while the previous one ran.
+
     Idle work: with no records polled, ``on_idle(state)`` may do work of the stage's own (normalize applies
     a slice of its held snapshot, the batcher runs its scheduler); its outputs commit like a record's. After
     a turn that did work the next poll does not wait (``batch_timeout_s`` is for an idle stage), so a
@@ -887,7 +892,7 @@ class TransactionalLoop:
         try:
             while self._running:
                 self.heartbeat.beat()
-                batch = self.consumer.consume(self.batch_size, 0 if idle_work else self.batch_timeout_s)
+                batch = self._poll(0 if idle_work else self.batch_timeout_s)
                 self._polling = True
                 self._lag.maybe_sample()
                 records = [m for m in batch if not self._is_error(m)]
@@ -909,6 +914,14 @@ class TransactionalLoop:
             self.state.close()
 
     # -- internals
+
+    def _poll(self, timeout_s: float) -> list[Message]:
+        """Up to ``batch_size`` records: wait at most ``timeout_s`` for the first, then take only what is
+        fetched already (librdkafka's batch consume waits for a full batch or the whole timeout)."""
+        first = self.consumer.consume(1, timeout_s)
+        if not first or self.batch_size <= 1:
+            return list(first)
+        return [*first, *self.consumer.consume(self.batch_size - 1, 0)]
 
     def _is_error(self, msg: Message) -> bool:
         err = msg.error()
