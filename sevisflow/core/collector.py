@@ -5,7 +5,7 @@ that survived since the last full pass reach a quarter of those it found then. A
 decoded in memory: the batcher its whole open batch (about 7 tracked objects per record), normalize and
 sevis_events their decoded caches. Replacing records makes new survivors, so full passes keep coming, and
 each one walks the whole batch while every thread of the process waits (the GIL): measured on the batcher
-with 80,000 open records (bench/batcher/big_open_batch.py, ``--gc``), each full pass took 1.2 s, two of
+with 80,000 open records (bench/batcher/big_open_batch.py, ``--gc``), each full pass took 1.0-1.4 s, two of
 them came during 40,000 events, and they were a quarter of that CPU (bench/README.md, "Batcher").
 
 :func:`keep_old_objects_frozen` moves what has lived for a while into the collector's permanent generation

@@ -745,10 +745,11 @@ class TransactionalLoop:
     abort the old open transaction, and the consumer is rewound as after any abort (or, for
     ``commit_transaction``, the state rebuilt as above).
 
-    Polling: a poll waits up to ``batch_timeout_s`` for the first record only, then takes what else has been
-    fetched already (up to ``batch_size``) without waiting, so a record never waits for a batch to fill. Under
-    a backlog the batches stay full; a steady trickle is taken as it comes, each transaction holding what
-    arrived while the previous one ran.
+    Polling: a poll waits up to ``batch_timeout_s`` for its first record; then it gathers more (up to
+    ``batch_size``) until ``batch_timeout_s`` has passed since the previous transaction ended. A record that
+    reaches an idle stage is handled at once (librdkafka's batch consume, called alone, waited out the whole
+    timeout first), while under steady input a transaction still starts at most every ``batch_timeout_s``: a
+    Kafka transaction costs CPU in the stage and the broker, so more of them would slow a busy box.
 
     Idle work: with no records polled, ``on_idle(state)`` may do work of the stage's own (normalize applies
     a slice of its held snapshot, the batcher runs its scheduler); its outputs commit like a record's. After
@@ -834,6 +835,7 @@ class TransactionalLoop:
         self.stall_after_s = stall_after_s
         self._lag = ConsumerLagSampler(self.consumer, self.metrics)
         self._polling = False
+        self._turn_ended = 0.0  # when the last transaction (or failed try) ended: paces the polls (_poll)
         self._out_counts: dict[str, int] = {}
         self._dead_letters: dict[str, int] = {}
         # records the handler failed on, by (topic, partition, offset) → reason; outputs refused for
@@ -907,6 +909,7 @@ class TransactionalLoop:
                 idle_work = not records  # on_idle made outputs or staged state: it may have more
                 if not self._process_in_transaction(records, idle_outputs):
                     self._back_off()
+                self._turn_ended = time.monotonic()
         finally:
             unregister_probe(probe)
             self.consumer.close()
@@ -916,12 +919,14 @@ class TransactionalLoop:
     # -- internals
 
     def _poll(self, timeout_s: float) -> list[Message]:
-        """Up to ``batch_size`` records: wait at most ``timeout_s`` for the first, then take only what is
-        fetched already (librdkafka's batch consume waits for a full batch or the whole timeout)."""
+        """Up to ``batch_size`` records: wait at most ``timeout_s`` for the first, then gather until
+        ``batch_timeout_s`` after the end of the previous transaction (librdkafka's batch consume returns only
+        with a full batch or after its whole timeout, so it is asked only for what that pacing leaves)."""
         first = self.consumer.consume(1, timeout_s)
         if not first or self.batch_size <= 1:
             return list(first)
-        return [*first, *self.consumer.consume(self.batch_size - 1, 0)]
+        gather_s = max(0.0, self._turn_ended + self.batch_timeout_s - time.monotonic())
+        return [*first, *self.consumer.consume(self.batch_size - 1, gather_s)]
 
     def _is_error(self, msg: Message) -> bool:
         err = msg.error()

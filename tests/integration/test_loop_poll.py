@@ -1,8 +1,8 @@
-"""A record never waits for a batch to fill: the loop's poll waits for the first record only, then takes what is
-fetched already. librdkafka's batch consume (``consume(n, timeout)``) returns only with n records or after the
-whole timeout, so a trickle of records used to wait ``batch_timeout_s`` in every stage. Proved on a real broker,
-with the loop's consumer behind a spy that logs every consume: a lone record is handled long before a poll
-timeout of 30 s, and a backlog is still taken in large batches."""
+"""How the loop polls: a record that reaches an idle stage is handled at once, steady input is still taken in
+transactions paced ``batch_timeout_s`` apart, and a backlog in large batches. librdkafka's batch consume
+(``consume(n, timeout)``) returns only with n records or after the whole timeout, so it used to hold every
+record of a quiet stage for up to ``batch_timeout_s``. Proved on a real broker, with the loop's consumer behind
+a spy that logs every consume: what it asked for, how long it let librdkafka wait, and what came back."""
 
 from __future__ import annotations
 
@@ -28,56 +28,60 @@ from sevisflow.core.kafka_io import (
 
 pytestmark = pytest.mark.integration
 
-POLL_TIMEOUT_S = 30.0
+POLL_TIMEOUT_S = 1.0
 BACKLOG = 600
+TRICKLE = 40
+TRICKLE_EVERY_S = 0.05
 
 
 class ConsumeSpy:
-    """The loop's real consumer; every ``consume`` is logged as (records asked, timeout, records returned)."""
+    """The loop's real consumer; every ``consume`` is logged as (records asked, timeout, values returned)."""
 
-    def __init__(self, consumer: Any, calls: list[tuple[int, float, int]]) -> None:
+    def __init__(self, consumer: Any, calls: list[tuple[int, float, list[bytes]]]) -> None:
         self._consumer = consumer
         self._calls = calls
 
     def consume(self, num_messages: int, timeout: float) -> Any:
         got = self._consumer.consume(num_messages, timeout)
-        self._calls.append((num_messages, timeout, len(got)))
+        self._calls.append((num_messages, timeout, [m.value() for m in got if m.error() is None]))
         return got
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._consumer, name)
 
 
-def _send(kafka: KafkaSettings, topic: str, values: list[bytes]) -> None:
+def _send(kafka: KafkaSettings, topic: str, values: list[bytes], every_s: float = 0.0) -> None:
     producer = make_producer(kafka)
     errors: list[KafkaError] = []
     for v in values:
         produce(producer, topic, b"k", v, on_delivery=delivery_raiser(errors))
+        if every_s:
+            producer.flush(5)
+            time.sleep(every_s)
     flush_or_raise(producer, errors)
 
 
-def test_a_lone_record_is_handled_without_waiting_for_the_batch_to_fill_and_a_backlog_still_comes_in_batches(
-    kafka_stack, unique
-):
+def test_an_idle_stage_takes_a_record_at_once_steady_input_is_paced_and_a_backlog_comes_in_batches(kafka_stack, unique):
     kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
     inp, out, state = f"poll.in.{unique}", f"poll.out.{unique}", f"poll.state.{unique}"
     ensure_topics(
         kafka, [TopicSpec(inp, 1, 1), TopicSpec(out, 1, 1), TopicSpec(state, 1, 1, {"cleanup.policy": "compact"})]
     )
     _send(kafka, inp, [f"backlog {i}".encode() for i in range(BACKLOG)])
-    handled: dict[bytes, float] = {}
-    backlog_done = threading.Event()
-    lone_seen = threading.Event()
+    handled: list[bytes] = []
+    seen = {"backlog": threading.Event(), "lone": threading.Event(), "trickle": threading.Event()}
 
     def handler(msg: Any, st: Any) -> list[Output]:
-        handled[msg.value()] = time.monotonic()
+        handled.append(msg.value())
         if len(handled) == BACKLOG:
-            backlog_done.set()
+            seen["backlog"].set()
         if msg.value() == b"lone":
-            lone_seen.set()
+            seen["lone"].set()
+        if msg.value() == f"trickle {TRICKLE - 1}".encode():
+            seen["trickle"].set()
         return [Output(out, b"k", msg.value())]
 
-    calls: list[tuple[int, float, int]] = []
+    calls: list[tuple[int, float, list[bytes]]] = []
     loop = TransactionalLoop(
         kafka,
         f"poll-{unique}",
@@ -92,24 +96,30 @@ def test_a_lone_record_is_handled_without_waiting_for_the_batch_to_fill_and_a_ba
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     try:
-        assert backlog_done.wait(60)
-        time.sleep(1.0)  # the loop is back in a waiting poll
-        sent = time.monotonic()
+        assert seen["backlog"].wait(60)
+        time.sleep(POLL_TIMEOUT_S * 1.5)  # idle: no transaction for longer than the pacing interval
         _send(kafka, inp, [b"lone"])
-        assert lone_seen.wait(POLL_TIMEOUT_S / 2), "the lone record waited for the poll's whole timeout"
-        handled_after_s = handled[b"lone"] - sent
+        assert seen["lone"].wait(30)
+        time.sleep(POLL_TIMEOUT_S * 1.5)
+        _send(kafka, inp, [f"trickle {i}".encode() for i in range(TRICKLE)], every_s=TRICKLE_EVERY_S)
+        assert seen["trickle"].wait(30)
     finally:
         loop.stop()
-        runner.join(POLL_TIMEOUT_S + 30)
+        runner.join(30)
     assert not runner.is_alive()
-
-    assert handled_after_s < POLL_TIMEOUT_S / 2
     assert sorted(m.value() for m in read_topic(kafka, out)) == sorted(handled)  # every record's output, once
-    # a waiting poll asks for one record; what follows it takes the rest without waiting
-    waits = [c for c in calls if c[1] > 0]
-    assert waits and all(asked == 1 for asked, _, _ in waits)
-    follow_ups = [c for c in calls if c[0] > 1]
-    assert follow_ups and all(timeout == 0 for _, timeout, _ in follow_ups)
+    assert len(handled) == BACKLOG + 1 + TRICKLE
+
+    # every poll that may wait asks librdkafka for one record only
+    assert all(asked == 1 for asked, timeout, _ in calls if timeout == POLL_TIMEOUT_S)
     # the backlog came in large batches, not record by record
-    assert max(got for _, _, got in calls) >= BACKLOG // 4
-    assert sum(got for _, _, got in calls) == BACKLOG + 1
+    assert max(len(got) for _, _, got in calls) >= BACKLOG // 4
+    # the lone record, at an idle stage: taken by a poll for one record, and nothing gathered after it
+    lone = next(i for i, (_, _, got) in enumerate(calls) if b"lone" in got)
+    assert calls[lone][0] == 1
+    assert calls[lone + 1][0] > 1 and calls[lone + 1][1] == 0
+    # the trickle (one record every 50 ms for 2 s): a few transactions paced ~1 s apart, not one per record
+    firsts = [i for i, (asked, _, got) in enumerate(calls) if asked == 1 and any(v.startswith(b"trickle") for v in got)]
+    trickle_s = TRICKLE * TRICKLE_EVERY_S
+    assert 1 <= len(firsts) <= trickle_s / POLL_TIMEOUT_S + 3
+    assert any(calls[i + 1][1] > 0 for i in firsts)  # gathered for the rest of the interval
