@@ -422,13 +422,14 @@ def write_load(
     duration_s: float,
     start_at: float,
     results: Any,
+    alone: bool = True,
 ) -> None:
     """One writer process: ``transactions`` then e-mail changes of ``people``, committed one by one from
     ``start_at`` (wall clock) at ``rate`` row changes per second for ``duration_s``; its counts go to
-    ``results`` (a multiprocessing queue). A one-statement transaction is sent as that statement alone
-    (autocommit), as an application does: PostgreSQL commits it as one transaction, the same in the WAL and
-    the change stream as BEGIN, statement, COMMIT, for a third of the round trips (the load generator shares
-    the 2 cores with the pipeline it measures)."""
+    ``results`` (a multiprocessing queue). With ``alone`` a one-statement transaction is sent as that statement
+    (autocommit), as an application does: PostgreSQL commits it as one transaction, the same in the WAL and the
+    change stream as BEGIN, statement, COMMIT, for a third of the round trips. The load generator shares the 2
+    cores with the pipeline it measures: ``python -m bench.scale.writer_cpu`` measures both ways."""
     out: dict[str, Any] = {"committed_tx": 0, "committed_ops": 0, "missed_ops": 0, "kinds": {}, "error": ""}
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -441,7 +442,7 @@ def write_load(
                 ahead = out["committed_ops"] / rate - now
                 if ahead > 0:
                     time.sleep(ahead)
-                if len(tx.ops) == 1:  # one statement is one transaction by itself: one round trip, not three
+                if alone and len(tx.ops) == 1:  # one statement is one transaction by itself: one round trip
                     statement, params = tx.ops[0].sql()
                     cur = conn.execute(statement.encode(), params)
                     out["missed_ops"] += int(tx.ops[0].action != "insert" and cur.rowcount != 1)

@@ -143,21 +143,27 @@ def test_the_stages_make_no_reference_cycles_per_record():
     assert found == 0
 
 
-def test_the_pipeline_runs_the_freezer_and_stops_it_with_the_stages():
+def test_the_pipeline_runs_its_memory_threads_and_stops_them_with_the_stages():
+    """Every long-running command (`sevisflow run`, `process`, `connector run`) runs its stages in a Pipeline: it
+    trims freed native memory (glibc only, core/malloc.py) and keeps the collector off old objects while they run."""
     from sevisflow.app.runner import Pipeline
     from sevisflow.core.config import Settings
+    from sevisflow.core.malloc import free_memory_trimmer
 
-    def freezers() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "gc-freeze"]
+    names = {"gc-freeze"} | ({"malloc-trim"} if free_memory_trimmer() is not None else set())
 
-    assert not freezers()
+    def helpers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name in names]
+
+    assert not helpers()
     pipeline = Pipeline(
         Settings(), ["x"], functions={"x": lambda s, stop: stop.wait(30)}, serve_metrics=False, status_lines=False
     ).start()
-    running = freezers()
-    assert len(running) == 1
+    running = helpers()
+    assert sorted(t.name for t in running) == sorted(names)
     assert _until(lambda: gc.get_freeze_count() > 0)
     pipeline.stop_event.set()
-    running[0].join(5)
-    assert not running[0].is_alive()
+    for thread in running:
+        thread.join(5)
+        assert not thread.is_alive()
     assert gc.get_freeze_count() == 0

@@ -139,25 +139,3 @@ def test_without_trimming_the_freed_memory_stays_resident():
     assert not trimming
     assert before > 200
     assert after > before * 0.9
-
-
-@glibc
-def test_the_pipeline_trims_while_it_runs_and_stops_trimming_with_it():
-    """Every long-running command (`sevisflow run`, `process`, `connector run`) runs its stages in a Pipeline."""
-    import threading
-
-    from sevisflow.app.runner import Pipeline
-    from sevisflow.core.config import Settings
-
-    def trimmers() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "malloc-trim"]
-
-    assert not trimmers()
-    pipeline = Pipeline(
-        Settings(), ["x"], functions={"x": lambda s, stop: stop.wait(30)}, serve_metrics=False, status_lines=False
-    ).start()
-    running = trimmers()
-    assert len(running) == 1
-    pipeline.stop_event.set()
-    running[0].join(5)
-    assert not running[0].is_alive()
