@@ -746,10 +746,10 @@ class TransactionalLoop:
     ``commit_transaction``, the state rebuilt as above).
 
     Polling: a poll waits up to ``batch_timeout_s`` for its first record; then it gathers more (up to
-    ``batch_size``) until ``batch_timeout_s`` has passed since the previous transaction ended. A record that
-    reaches an idle stage is handled at once (librdkafka's batch consume, called alone, waited out the whole
-    timeout first), while under steady input a transaction still starts at most every ``batch_timeout_s``: a
-    Kafka transaction costs CPU in the stage and the broker, so more of them would slow a busy box.
+    ``batch_size``) until ``[kafka] commit_interval_ms`` (200) has passed since the previous transaction ended.
+    A record that reaches an idle stage is handled at once (librdkafka's batch consume, called alone, waited out
+    the whole timeout first), while under steady input a transaction starts at most every ``commit_interval_ms``:
+    a Kafka transaction costs CPU in the stage and the broker, so more of them would slow a busy box.
 
     Idle work: with no records polled, ``on_idle(state)`` may do work of the stage's own (normalize applies
     a slice of its held snapshot, the batcher runs its scheduler); its outputs commit like a record's. After
@@ -799,6 +799,7 @@ class TransactionalLoop:
         self.state_partitions = None if state_partitions is None else frozenset(state_partitions)
         self.batch_size = batch_size
         self.batch_timeout_s = batch_timeout_s
+        self.commit_interval_s = kafka.commit_interval_ms / 1000
         self.on_idle = on_idle
         # outputs that summarise the whole transaction (e.g. one view per changed key), written last
         self.before_commit = before_commit
@@ -920,12 +921,12 @@ class TransactionalLoop:
 
     def _poll(self, timeout_s: float) -> list[Message]:
         """Up to ``batch_size`` records: wait at most ``timeout_s`` for the first, then gather until
-        ``batch_timeout_s`` after the end of the previous transaction (librdkafka's batch consume returns only
+        ``commit_interval_s`` after the end of the previous transaction (librdkafka's batch consume returns only
         with a full batch or after its whole timeout, so it is asked only for what that pacing leaves)."""
         first = self.consumer.consume(1, timeout_s)
         if not first or self.batch_size <= 1:
             return list(first)
-        gather_s = max(0.0, self._turn_ended + self.batch_timeout_s - time.monotonic())
+        gather_s = max(0.0, self._turn_ended + self.commit_interval_s - time.monotonic())
         return [*first, *self.consumer.consume(self.batch_size - 1, gather_s)]
 
     def _is_error(self, msg: Message) -> bool:

@@ -1,5 +1,5 @@
 """How the loop polls: a record that reaches an idle stage is handled at once, steady input is still taken in
-transactions paced ``batch_timeout_s`` apart, and a backlog in large batches. librdkafka's batch consume
+transactions paced ``[kafka] commit_interval_ms`` apart, and a backlog in large batches. librdkafka's batch consume
 (``consume(n, timeout)``) returns only with n records or after the whole timeout, so it used to hold every
 record of a quiet stage for up to ``batch_timeout_s``. Proved on a real broker, with the loop's consumer behind
 a spy that logs every consume: what it asked for, how long it let librdkafka wait, and what came back."""
@@ -62,7 +62,7 @@ def _send(kafka: KafkaSettings, topic: str, values: list[bytes], every_s: float 
 
 
 def test_an_idle_stage_takes_a_record_at_once_steady_input_is_paced_and_a_backlog_comes_in_batches(kafka_stack, unique):
-    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
+    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap, commit_interval_ms=int(POLL_TIMEOUT_S * 1000))
     inp, out, state = f"poll.in.{unique}", f"poll.out.{unique}", f"poll.state.{unique}"
     ensure_topics(
         kafka, [TopicSpec(inp, 1, 1), TopicSpec(out, 1, 1), TopicSpec(state, 1, 1, {"cleanup.policy": "compact"})]
@@ -123,3 +123,40 @@ def test_an_idle_stage_takes_a_record_at_once_steady_input_is_paced_and_a_backlo
     trickle_s = TRICKLE * TRICKLE_EVERY_S
     assert 1 <= len(firsts) <= trickle_s / POLL_TIMEOUT_S + 3
     assert any(calls[i + 1][1] > 0 for i in firsts)  # gathered for the rest of the interval
+
+
+def test_with_no_commit_interval_each_record_of_a_trickle_is_taken_as_it_comes(kafka_stack, unique):
+    """``commit_interval_ms = 0``: the operator's trade of CPU for latency (bench/README.md, "Polling for the first
+    record"): no gathering after a transaction, so a trickle makes about one transaction per record."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap, commit_interval_ms=0)
+    inp, out, state = f"poll0.in.{unique}", f"poll0.out.{unique}", f"poll0.state.{unique}"
+    ensure_topics(
+        kafka, [TopicSpec(inp, 1, 1), TopicSpec(out, 1, 1), TopicSpec(state, 1, 1, {"cleanup.policy": "compact"})]
+    )
+    last = threading.Event()
+    calls: list[tuple[int, float, list[bytes]]] = []
+
+    def handler(msg: Any, st: Any) -> list[Output]:
+        if msg.value() == f"trickle {TRICKLE - 1}".encode():
+            last.set()
+        return [Output(out, b"k", msg.value())]
+
+    loop = TransactionalLoop(
+        kafka, f"poll0-{unique}", [inp], handler, transactional_id=f"poll0-{unique}-0", state_topic=state
+    )
+    loop.consumer = ConsumeSpy(loop.consumer, calls)
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    try:
+        time.sleep(2.0)  # subscribed and assigned
+        _send(kafka, inp, [f"trickle {i}".encode() for i in range(TRICKLE)], every_s=TRICKLE_EVERY_S)
+        assert last.wait(30)
+    finally:
+        loop.stop()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert len(list(read_topic(kafka, out))) == TRICKLE
+    gathers = [timeout for asked, timeout, _ in calls if asked > 1]
+    assert gathers and set(gathers) == {0}
+    firsts = [i for i, (asked, _, got) in enumerate(calls) if asked == 1 and got]
+    assert len(firsts) >= TRICKLE // 2  # about one transaction per record, where 1 s of pacing made at most 5

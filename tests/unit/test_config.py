@@ -153,3 +153,11 @@ def test_org_id_in_the_wrong_format_is_refused_when_the_config_loads(org):
         settings_from_mapping({"school": {"org_id": org}}, env={"SEVISFLOW_SCHOOL_TIMEZONE": "UTC"})
     with pytest.raises(ConfigError, match="is not a SEVIS OrgID"):
         settings_from_mapping({}, env={"SEVISFLOW_SCHOOL_ORG_ID": org})
+
+
+@pytest.mark.parametrize("value", [-1, 60_001])
+def test_commit_interval_out_of_range_is_refused_with_its_name(value):
+    from sevisflow.core.config import KafkaSettings
+
+    with pytest.raises(ConfigError, match=r"kafka\.commit_interval_ms"):
+        KafkaSettings(commit_interval_ms=value)
