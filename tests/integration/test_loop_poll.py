@@ -127,7 +127,7 @@ def test_an_idle_stage_takes_a_record_at_once_steady_input_is_paced_and_a_backlo
 
 def test_with_no_commit_interval_each_record_of_a_trickle_is_taken_as_it_comes(kafka_stack, unique):
     """``commit_interval_ms = 0``: the operator's trade of CPU for latency (bench/README.md, "Polling for the first
-    record"): no gathering after a transaction, so a trickle makes about one transaction per record."""
+    record"): no gathering after a transaction, so a trickle is taken in many small transactions."""
     kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap, commit_interval_ms=0)
     inp, out, state = f"poll0.in.{unique}", f"poll0.out.{unique}", f"poll0.state.{unique}"
     ensure_topics(
@@ -159,4 +159,4 @@ def test_with_no_commit_interval_each_record_of_a_trickle_is_taken_as_it_comes(k
     gathers = [timeout for asked, timeout, _ in calls if asked > 1]
     assert gathers and set(gathers) == {0}
     firsts = [i for i, (asked, _, got) in enumerate(calls) if asked == 1 and got]
-    assert len(firsts) >= TRICKLE // 2  # about one transaction per record, where 1 s of pacing made at most 5
+    assert len(firsts) >= TRICKLE // 4  # about one transaction per record or two, where 1 s of pacing made at most 5
