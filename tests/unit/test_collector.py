@@ -144,7 +144,7 @@ def test_the_stages_make_no_reference_cycles_per_record():
 
 
 def test_the_pipeline_runs_its_memory_threads_and_stops_them_with_the_stages():
-    """Every long-running command (`sevisflow run`, `process`, `connector run`) runs its stages in a Pipeline: it
+    """`sevisflow run`, `process` and `sink` run their stages in a Pipeline: it
     trims freed native memory (glibc only, core/malloc.py) and keeps the collector off old objects while they run."""
     from sevisflow.app.runner import Pipeline
     from sevisflow.core.config import Settings
