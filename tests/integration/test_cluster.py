@@ -90,6 +90,7 @@ def test_topics_apply_replicates_three_ways_and_shows_drift(cluster, unique):
     dlq = settings.topics.dlq
     # drift made by hand before the first apply: too few partitions and replication factor 2
     ensure_topics(settings.kafka, [TopicSpec(dlq, 2, 2, {})])
+    _wait_until_every_node_knows(cluster, dlq)
 
     shown: list[str] = []
     plan = apply_topics(settings.kafka, specs, show=shown.append)
@@ -128,6 +129,30 @@ def test_topics_apply_replicates_three_ways_and_shows_drift(cluster, unique):
     plan = _settled_plan(settings.kafka, specs, lambda p: p.empty())
     assert plan.empty(), plan.render()
     assert len(plan.problems) == 1 and "replication factor is 2" in plan.problems[0]
+
+
+def _wait_until_every_node_knows(cluster: KafkaInfo, topic: str, timeout_s: float = 30) -> None:
+    """Wait until each node's metadata has ``topic`` with a leader for every partition.
+
+    A new topic reaches the nodes' metadata caches one after the other; ``ensure_topics`` waits
+    for the node its own client asks, and ``apply_topics`` may ask another one. Without this wait
+    apply sometimes planned to create the topic the test had just made.
+    """
+    deadline = time.monotonic() + timeout_s
+    for node in cluster.nodes:
+        while True:
+            # a fresh client knowing one node: its only usable connection is to that node
+            admin = AdminClient({"bootstrap.servers": node.bootstrap})
+            tmd = admin.list_topics(topic, timeout=10).topics.get(topic)
+            if (
+                tmd is not None
+                and tmd.error is None
+                and tmd.partitions
+                and all(p.leader >= 0 for p in tmd.partitions.values())
+            ):
+                break
+            assert time.monotonic() < deadline, f"node {node.bootstrap} never had {topic} in its metadata"
+            time.sleep(0.1)
 
 
 def _settled_plan(kafka: KafkaSettings, specs, done, timeout_s: float = 20):  # type: ignore[no-untyped-def]
