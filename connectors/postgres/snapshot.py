@@ -205,25 +205,41 @@ def read_chunks(
 def _copy_rows(conn: psycopg.Connection[Any], query: bytes) -> list[list[Value]]:
     """Run a ``COPY … TO STDOUT`` on the libpq connection directly (no per-row Python generator).
 
-    PostgreSQL sends one CopyData per row; we still split on newlines in case a server does not.
+    PostgreSQL sends one CopyData per row; we still split on newlines in case a server does not. However
+    the COPY ends, every result of the query is read before this returns or raises, so the connection
+    takes the next query (an error left unread would make it refuse with "another command is already in
+    progress").
     """
     pgconn = conn.pgconn
     pgconn.send_query(query)
-    res = pgconn.get_result()
-    if res is None or res.status != pq.ExecStatus.COPY_OUT:
-        msg = (res.error_message if res is not None else pgconn.error_message) or b"COPY did not start"
-        while pgconn.get_result() is not None:
-            pass
-        raise psycopg.OperationalError(msg.decode(errors="replace"))
-    data = _receive_copy(pgconn)
-    res = pgconn.get_result()
-    if res is not None and res.status != pq.ExecStatus.COMMAND_OK:
-        raise psycopg.OperationalError((res.error_message or b"COPY failed").decode(errors="replace"))
-    while pgconn.get_result() is not None:
-        pass
+    try:
+        res = pgconn.get_result()
+        if res is None or res.status != pq.ExecStatus.COPY_OUT:
+            msg = (res.error_message if res is not None else pgconn.error_message) or b"COPY did not start"
+            raise psycopg.OperationalError(msg.decode(errors="replace"))
+        data = _receive_copy(pgconn)
+        res = pgconn.get_result()
+        if res is not None and res.status != pq.ExecStatus.COMMAND_OK:
+            raise psycopg.OperationalError((res.error_message or b"COPY failed").decode(errors="replace"))
+    finally:
+        _drain_results(pgconn)
     if not data:
         return []
     return split_copy_text(data)
+
+
+def _drain_results(pgconn: Any) -> None:
+    """Read what is left of the current query's results; stop on a connection that is gone.
+
+    A COPY left part-way (an exception while receiving) is read to its end first: libpq answers every
+    ``get_result`` with COPY_OUT until then."""
+    while pgconn.status == pq.ConnStatus.OK:
+        res = pgconn.get_result()
+        if res is None:
+            return
+        if res.status == pq.ExecStatus.COPY_OUT:
+            while pgconn.get_copy_data(0)[0] > 0:
+                pass
 
 
 def _receive_copy(pgconn: Any) -> bytes:

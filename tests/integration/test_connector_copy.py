@@ -150,7 +150,12 @@ def _outcome(dsn: str, way: str, query: bytes, signal: str | None) -> tuple[Any,
         if signal:
             res = other.pgconn.get_result()
             assert res is not None and res.get_value(0, 0) == b"t", "the signal was not sent"
-        return result, (conn.pgconn.status, conn.pgconn.transaction_status), len(calls)
+        state = (conn.pgconn.status, conn.pgconn.transaction_status)
+        try:
+            after: Any = conn.execute("SELECT 'next query'").fetchone()
+        except psycopg.Error as exc:
+            after = type(exc)
+        return result, state, len(calls), after
     finally:
         conn.close()
         other.close()
@@ -177,6 +182,25 @@ def test_a_failing_copy_ends_alike(fresh_db: PgHandle, query: bytes, signal: str
     assert c[2] == 1 and py[2] == 0
     kind, message = c[0]
     assert issubclass(kind, psycopg.OperationalError) and error in message
+    # the failed COPY leaves nothing pending: a connection the server kept takes the next query
+    expected_next = psycopg.OperationalError if signal == "pg_terminate_backend" else ("next query",)
+    assert c[3] == py[3] == expected_next
+
+
+def test_a_copy_abandoned_part_way_leaves_the_connection_usable(fresh_db: PgHandle, monkeypatch: Any) -> None:
+    """An exception while rows are still coming (here raised after the first row) must not leave the
+    COPY open on the connection: the rest is read and dropped, and the next query runs."""
+
+    def first_row_then_fail(pgconn: Any) -> bytes:
+        n, _ = pgconn.get_copy_data(0)
+        assert n > 0
+        raise RuntimeError("the receiver failed")
+
+    monkeypatch.setattr(snapshot, "_receive_copy", first_row_then_fail)
+    with psycopg.connect(fresh_db.dsn, autocommit=True) as conn:
+        with pytest.raises(RuntimeError, match="the receiver failed"):
+            snapshot._copy_rows(conn, b"COPY (SELECT i FROM generate_series(1, 50000) i) TO STDOUT")
+        assert conn.execute("SELECT count(*) FROM generate_series(1, 3)").fetchone() == (3,)
 
 
 def _count_while(stop: threading.Event, counted: list[int]) -> None:
