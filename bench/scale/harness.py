@@ -15,22 +15,21 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import TopicPartition
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench.common import TopicFollower
 from bench.scale.hops import HopLog, lineage_commit_ms
 from sevisflow.core import PACKAGE_ROOT
 from sevisflow.core.config import Settings, settings_from_mapping, settings_toml
-from sevisflow.core.kafka_io import make_consumer, topic_partitions
 from sevisflow.core.serde import registry
 from sevisflow.deploy.sis.activity import Transaction
 from sevisflow.deploy.sis.model import TABLE_ORDER, Op, School
@@ -281,12 +280,12 @@ TOGETHER = {"all-in-one": ["run", "--stages", "connector,normalize,events,batche
 
 
 @dataclass
-class Tail:
+class Tail(TopicFollower):
     """Follows the student views, the SEVIS events and sevis.batches of one run from their beginning (read
-    committed, manual assignment: it moves no offsets): the students with a view, the students with a
-    Create event, the open batch (folded from sevis.batches as ``batch show --from-history`` does), and for
-    every record that enters the open batch its latency from the SIS commit (the record's ``at_ms``, the
-    latest source commit time of its lineage) to the moment this reader received it."""
+    committed): the students with a view, the students with a Create event, the open batch (folded from
+    sevis.batches as ``batch show --from-history`` does), and for every record that enters the open batch its
+    latency from the SIS commit (the record's ``at_ms``, the latest source commit time of its lineage) to the
+    moment this reader received it."""
 
     settings: Settings
     t0: float = field(default_factory=time.monotonic)
@@ -294,11 +293,10 @@ class Tail:
     create_events: set[str] = field(default_factory=set)
     latencies: list[tuple[int, int]] = field(default_factory=list)  # (commit ms, latency ms)
     first_seen: dict[str, float] = field(default_factory=dict)  # topic key -> seconds after t0 of its last growth
-    error: str = ""
     hops: HopLog | None = None
     """Set for the steady phase: each output's times per (student, SIS commit), for the per-hop breakdown."""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    name: ClassVar[str] = "bench-scale-tail"
 
     def __post_init__(self) -> None:
         self.view = BatchView(ORG)
@@ -311,30 +309,12 @@ class Tail:
         with self.lock:
             return len(self.view.records)
 
-    def start(self) -> Tail:
-        threading.Thread(target=self._run, name="scale-tail", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
+    def assignment(self, consumer: Any) -> list[TopicPartition]:
         t = self.settings.topics
-        consumer = make_consumer(self.settings.kafka, group_id=f"bench-scale-{uuid.uuid4().hex[:8]}")
-        try:
-            assign = []
-            for topic in (t.students, t.events, t.batches):
-                parts = topic_partitions(consumer, self.settings.kafka, topic, 30.0) or []
-                assign += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
-            consumer.assign(assign)
-            while not self._stop.is_set():
-                for msg in consumer.consume(1000, 0.2):
-                    if msg.error() is None and msg.value() is not None:
-                        self._take(msg.topic(), msg)
-        except Exception as exc:  # noqa: BLE001 - reported by the bench as an incomplete run
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            consumer.close()
+        return self.from_beginning(consumer, (t.students, t.events, t.batches))
+
+    def take(self, msg: Any) -> None:
+        self._take(msg.topic(), msg)
 
     def _take(self, topic: str, msg: Any) -> None:
         t = self.settings.topics

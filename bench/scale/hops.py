@@ -18,17 +18,15 @@ hops add up to the bench's own latency record by record, and each splits into wa
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from confluent_kafka import TopicPartition
 
+from bench.common import TopicFollower
 from sevisflow.core.config import Settings
-from sevisflow.core.kafka_io import make_consumer, topic_partitions, watermarks
+from sevisflow.core.kafka_io import topic_partitions, watermarks
 
 STAGES = ("normalize", "events", "batcher")
 """The transactional stages, in pipeline order; each one's output topic is read by the bench's Tail."""
@@ -134,30 +132,27 @@ def hop_breakdown(log: HopLog) -> dict[str, Any]:
 
 
 @dataclass
-class SourceTimes:
+class SourceTimes(TopicFollower):
     """Reads what the connector produces from now on (the transaction topic's END markers, or without
     transaction metadata every change topic) and notes, per SIS commit time, when the connector produced
-    it. Manual assignment, no group commits: it moves no offsets."""
+    it. :meth:`start` returns once the reader is at the topics' current ends: the load may begin."""
 
     settings: Settings
     log: HopLog
-    error: str = ""
-    cpu_s: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def start(self, timeout_s: float = 30.0) -> SourceTimes:
-        """Start reading; returns once the reader is assigned at the topics' current ends (the load may begin)."""
-        self._thread = threading.Thread(target=self._run, name="scale-hops-source", daemon=True)
-        self._thread.start()
-        self._ready.wait(timeout_s)
-        return self
+    name: ClassVar[str] = "bench-scale-hops-source"
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+    def assignment(self, consumer: Any) -> list[TopicPartition]:
+        kafka = self.settings.kafka
+        assign = []
+        for topic in self._topics(consumer):
+            parts = topic_partitions(consumer, kafka, topic, 30.0) or []
+            for p, (_, high) in watermarks(consumer, topic, parts, 30.0).items():
+                assign.append(TopicPartition(topic, p, high))
+        return assign
+
+    def take(self, msg: Any) -> None:
+        self.log.note_source(connector_commit_ms(msg.value()), int(msg.timestamp()[1]))
 
     def _topics(self, consumer: Any) -> list[str]:
         c = self.settings.connector
@@ -166,25 +161,3 @@ class SourceTimes:
             return [tx]
         md = consumer.list_topics(timeout=30)
         return sorted(t for t in md.topics if t.startswith(c.topic_prefix + ".") and t != tx)
-
-    def _run(self) -> None:
-        kafka = self.settings.kafka
-        consumer = make_consumer(kafka, group_id=f"bench-scale-hops-{uuid.uuid4().hex[:8]}")
-        try:
-            assign = []
-            for topic in self._topics(consumer):
-                parts = topic_partitions(consumer, kafka, topic, 30.0) or []
-                for p, (_, high) in watermarks(consumer, topic, parts, 30.0).items():
-                    assign.append(TopicPartition(topic, p, high))
-            consumer.assign(assign)
-            self._ready.set()
-            while not self._stop.is_set():
-                for msg in consumer.consume(1000, 0.2):
-                    if msg.error() is None:
-                        self.log.note_source(connector_commit_ms(msg.value()), int(msg.timestamp()[1]))
-        except Exception as exc:  # noqa: BLE001 - reported with the breakdown
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self._ready.set()
-            self.cpu_s = time.thread_time()
-            consumer.close()

@@ -40,12 +40,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from psycopg.conninfo import make_conninfo
 
+from bench.common import TopicFollower
 from bench.scale.__main__ import TODAY, _code_version, _load_avg, _say, services
 from bench.scale.harness import (
     ORG,
@@ -105,27 +106,18 @@ def split_school(school: School, code: str) -> tuple[School, School]:
 
 
 @dataclass
-class VendorTail:
-    """Follows sevis.events and sevis.batches from the beginning (read committed, manual assignment): every
-    school's open batch (folded as ``batch show --from-history`` does), each event id and its OrgID, each
-    closed batch's records, and when each close command's ``closed`` event arrived."""
+class VendorTail(TopicFollower):
+    """Follows sevis.events and sevis.batches from the beginning (read committed): every school's open batch
+    (folded as ``batch show --from-history`` does), each event id and its OrgID, each closed batch's records,
+    and when each close command's ``closed`` event arrived."""
 
-    settings: Any
     views: dict[str, BatchView] = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)  # (event id, OrgID), as on the topic
     closed: list[dict[str, Any]] = field(default_factory=list)
     closed_at: dict[str, float] = field(default_factory=dict)  # command id -> monotonic time seen
     rejected: dict[str, str] = field(default_factory=dict)  # command id -> reason
-    error: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> VendorTail:
-        threading.Thread(target=self._run, name="vendor-tail", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
+    name: ClassVar[str] = "bench-vendor-tail"
 
     def view(self, org: str) -> BatchView:
         with self.lock:
@@ -144,23 +136,12 @@ class VendorTail:
         with self.lock:
             return sum(len(v.records) for v in self.views.values())
 
-    def _run(self) -> None:
+    def assignment(self, consumer: Any) -> list[TopicPartition]:
         t = self.settings.topics
-        consumer = make_consumer(self.settings.kafka, group_id=f"bench-vendor-{uuid.uuid4().hex[:8]}")
-        try:
-            assign = []
-            for topic in (t.events, t.batches):
-                parts = topic_partitions(consumer, self.settings.kafka, topic, 30.0) or []
-                assign += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
-            consumer.assign(assign)
-            while not self._stop.is_set():
-                for msg in consumer.consume(1000, 0.2):
-                    if msg.error() is None and msg.value() is not None:
-                        self._take(msg.topic(), registry().decode(msg.value()))
-        except Exception as exc:  # noqa: BLE001 - reported by the bench as an incomplete run
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            consumer.close()
+        return self.from_beginning(consumer, (t.events, t.batches))
+
+    def take(self, msg: Any) -> None:
+        self._take(msg.topic(), registry().decode(msg.value()))
 
     def _take(self, topic: str, rec: dict[str, Any]) -> None:
         now = time.monotonic()
