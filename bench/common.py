@@ -3,12 +3,18 @@ background reader of the topics a run writes."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -97,3 +103,34 @@ class TopicFollower:
             self._ready.set()
             self.cpu_s = time.thread_time()
             consumer.close()
+
+
+def exported_tree(rev: str, repo: Path) -> tempfile.TemporaryDirectory[str]:
+    """The files of git revision ``rev`` of ``repo`` in a temporary folder (``git archive``), to measure an
+    older version side by side with the working tree; the caller cleans it up."""
+    tmp = tempfile.TemporaryDirectory(prefix="bench-tree-")
+    archive = subprocess.run(["git", "archive", rev], cwd=repo, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", tmp.name], input=archive.stdout, check=True)
+    return tmp
+
+
+def run_in_tree(tree: Path, module_file: str, function: str, *args: Any) -> dict[str, Any]:
+    """``function(*args)`` of the bench module ``module_file`` in a fresh Python process over ``tree``'s code
+    (its sevisflow and testkit first on the path); ``args`` and the returned dict travel as JSON. A fresh child per
+    measurement: no version's imports, caches or heap leak into another's."""
+    code = (
+        "import importlib.util, json, sys; sys.path.insert(0, sys.argv[1]); "
+        "spec = importlib.util.spec_from_file_location('measured', sys.argv[2]); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "import sevisflow; assert sevisflow.__file__.startswith(sys.argv[1]), sevisflow.__file__; "
+        "print(json.dumps(getattr(m, sys.argv[3])(*json.loads(sys.argv[4]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tree), module_file, function, json.dumps(list(args))],
+        env=dict(os.environ, PYTHONPATH=str(tree)),
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -27,8 +27,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -178,23 +176,10 @@ def measure(
 
 
 def _child(tree: Path, size: int, events: int, passes: int, backend: str, gc_mode: str) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    code = (  # this file's measure(), over the tree's sevisflow and testkit
-        "import importlib.util, json, sys; sys.path.insert(0, sys.argv[1]); "
-        "spec = importlib.util.spec_from_file_location('big_open_batch', sys.argv[2]); "
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-        "import sevisflow; assert sevisflow.__file__.startswith(sys.argv[1]), sevisflow.__file__; "
-        "print(json.dumps(m.measure(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7])))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tree), __file__, str(size), str(events), str(passes), backend, gc_mode],
-        env=env,
-        cwd=tree,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    # imported here, not at the top: a child process runs measure() over an older tree's bench package
+    from bench.common import run_in_tree
+
+    return run_in_tree(tree, __file__, "measure", size, events, passes, backend, gc_mode)
 
 
 def main() -> None:
@@ -218,11 +203,10 @@ def main() -> None:
     trees: dict[str, tuple[Path, str]] = {("now" if len(modes) == 1 else f"gc {mode}"): (REPO, mode) for mode in modes}
     tmp = None
     if args.compare_with:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-batcher-")
-        old = Path(tmp.name)
-        archive = subprocess.run(["git", "archive", args.compare_with], cwd=REPO, check=True, capture_output=True)
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-        trees = {f"before ({args.compare_with})": (old, modes[0]), **trees}
+        from bench.common import exported_tree
+
+        tmp = exported_tree(args.compare_with, REPO)
+        trees = {f"before ({args.compare_with})": (Path(tmp.name), modes[0]), **trees}
     rows: list[dict[str, Any]] = []
     for size in [int(s) for s in args.sizes.split(",")]:
         samples: dict[str, list[float]] = {name: [] for name in trees}

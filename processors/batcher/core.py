@@ -56,6 +56,15 @@ from sevisflow.processors.batcher.ids import (
 MAX_PER_SECTION = 250
 """XSD maxOccurs of CreateStudent/Student and UpdateStudent/Student, and of CreateEV/ExchangeVisitor and
 UpdateEV/ExchangeVisitor (an exchange program's EV batches: the same 250 + 250 per document)."""
+RECORD_HISTORY = 50
+"""How many merged events (``event_ids``, ``replaced``) and four times as many source changes (``lineage``) an
+open record keeps. A student changed over and over while the batch is open (a runaway SIS job) would otherwise
+grow the record with every change: each replacement rewrites the whole record to the state changelog and to
+sevis.batches, so the cost grows with the square of the changes, and past the changelog's 8 MiB record limit
+the stage stops for every school on the partition. The older history is not lost: every replacement's own
+event is on sevis.batches. ``history_trimmed`` counts what was left out and keeps the earliest change time
+(the record's reporting clock)."""
+
 CREATE_KINDS = frozenset({"Create", "EV.Create"})
 """Event kinds that go into the create section (a new SEVIS record: F/M student, J-1 exchange visitor)."""
 KEEP_CLOSED_BATCHES = 60
@@ -236,6 +245,37 @@ def status_of(
 
 
 _TYPE_FOR_STATUS = {"open": "record_added", "held": "record_held", "waiting": "record_waiting"}
+
+
+def trim_history(rec: dict[str, Any], keep: int = RECORD_HISTORY) -> None:
+    """Bound ``rec``'s history lists in place (see :data:`RECORD_HISTORY`): the newest entries stay, and
+    ``history_trimmed`` counts the ones left out and keeps the earliest change time among them."""
+    limits = {"event_ids": keep, "replaced": keep, "lineage": 4 * keep}
+    over = {k: len(rec.get(k) or []) - n for k, n in limits.items() if len(rec.get(k) or []) > n}
+    if not over:
+        return
+    trimmed = dict(rec.get("history_trimmed") or {})
+    dropped_times = [int(r.get("at_ms") or 0) for r in (rec.get("replaced") or [])[: over.get("replaced", 0)]]
+    earliest = min([t for t in [*dropped_times, int(trimmed.get("first_at_ms") or 0)] if t > 0], default=0)
+    for key, n in over.items():
+        rec[key] = list(rec[key][n:])
+        trimmed[key] = int(trimmed.get(key) or 0) + n
+    if earliest:
+        trimmed["first_at_ms"] = earliest
+    rec["history_trimmed"] = trimmed
+
+
+def merged_trimmed(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``history_trimmed`` of a record made of two (a refused record merged with the newer open one):
+    the counts added up, the earliest change time kept."""
+    out: dict[str, Any] = {}
+    for part in (a or {}, b or {}):
+        for key, value in part.items():
+            if key == "first_at_ms":
+                out[key] = min(int(value), int(out.get(key) or value))
+            else:
+                out[key] = int(out.get(key) or 0) + int(value)
+    return out
 
 
 def _source(lineage: list[dict[str, Any]]) -> str:
@@ -562,6 +602,7 @@ class _Tx:
         """Store ``rec`` (a new dict) and publish ``type_`` for it; its ``rev`` is the new revision."""
         self.ensure_open(at_ms, command_id=command_id)
         rec["rev"] = self.revision + 1
+        trim_history(rec)
         self.w("records")[rec["record_id"]] = rec
         self.emit(type_, at_ms, record=rec, reason=reason, command_id=command_id)
 
@@ -1237,6 +1278,9 @@ def _put_back(
             },
             *current.get("replaced", []),
         ]
+        trimmed = merged_trimmed(old.get("history_trimmed"), current.get("history_trimmed"))
+        if trimmed:
+            rec["history_trimmed"] = trimmed
         tx.put_record(rec, "record_replaced", at_ms, reason=f"{why}; the newer open change wins", command_id=cid)
         return False
     seq = tx.next_seq()

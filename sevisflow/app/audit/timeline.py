@@ -645,7 +645,8 @@ def batch_report(
             "kind": r.get("kind"),
             "event_ids": r.get("event_ids") or [],
             "lineage": [lineage_ref(p) for p in r.get("lineage") or []],
-            "replaced": len(r.get("replaced") or []),
+            "replaced": len(r.get("replaced") or []) + int((r.get("history_trimmed") or {}).get("replaced") or 0),
+            "history_trimmed": dict(r.get("history_trimmed") or {}),
             "result": None,
         }
         report.records.append(entry)

@@ -551,9 +551,15 @@ def source_words(rec: Mapping[str, Any], tz: str, chs: Sequence[Change] = ()) ->
         what = (", ".join(names[:2]) + (" and more" if len(names) > 2 else "")) + " changed"
     else:
         what = title(rec).lower().replace("ds-2019", "DS-2019") + " recorded"
-    n = len(rec.get("event_ids") or [])
+    n = _history_count(rec, "event_ids")
     merged = f" ({n} SIS changes merged)" if n > 1 else ""
     return f"{what} in the SIS on {at}{merged}"
+
+
+def _history_count(rec: Mapping[str, Any], key: str) -> int:
+    """How many ``key`` entries (``event_ids``, ``replaced``) the record has had, those its bounded history
+    no longer lists included (``history_trimmed``)."""
+    return len(rec.get(key) or []) + int((rec.get("history_trimmed") or {}).get(key) or 0)
 
 
 def status_words(rec: Mapping[str, Any]) -> str:
@@ -713,7 +719,7 @@ def record_lines(rec: Mapping[str, Any], labels: Labels, tz: str, verbose: bool 
         out.append(due)
     for p in rec.get("problems") or []:
         out.append(f"! {clean(p)}")
-    n = len(rec.get("replaced") or [])
+    n = _history_count(rec, "replaced")
     if n and not verbose:
         out.append(f"replaces {_n(n, 'earlier change')} of the same kind (only the latest is sent)")
     if verbose:
@@ -723,6 +729,13 @@ def record_lines(rec: Mapping[str, Any], labels: Labels, tz: str, verbose: bool 
             f"record {clean(rec['record_id'])}, request {clean(rec['request_id'])}, "
             f"SEVIS ID {clean(rec.get('sevis_id') or '(none yet)')}, changed in revision {rec.get('rev')}"
         )
+        trimmed = rec.get("history_trimmed") or {}
+        if trimmed:
+            out.append(
+                f"history: the record lists its latest changes only; {_n(int(trimmed.get('event_ids') or 0), 'earlier event')}"
+                f" and {_n(int(trimmed.get('replaced') or 0), 'earlier replacement')} are on sevis.batches "
+                f"(`sevisflow audit student {clean(rec['student_key'])}`)"
+            )
         out.append("events: " + ", ".join(clean(e) for e in rec.get("event_ids") or []))
         for x in rec.get("replaced") or []:
             out.append(
@@ -949,7 +962,7 @@ def show_json(view: BatchView, tz: str, labels: Labels, flt: Filter = Filter()) 
             "table": last.get("table"),
             "commit_ts_ms": last.get("commit_ts_ms") or r.get("at_ms"),
             "commit_time": when(last.get("commit_ts_ms") or r.get("at_ms"), tz),
-            "changes_merged": len(r.get("event_ids") or []),
+            "changes_merged": _history_count(r, "event_ids"),
             "words": source_words(r, tz, chs),
         }
         if last.get("command_id"):
@@ -977,6 +990,7 @@ def show_json(view: BatchView, tz: str, labels: Labels, flt: Filter = Filter()) 
             "problems": list(r.get("problems") or []),
             "replaced": list(r.get("replaced") or []),
             "event_ids": list(r.get("event_ids") or []),
+            "history_trimmed": dict(r.get("history_trimmed") or {}),
             "revision": r.get("rev"),
             "due": r.get("due"),
         }

@@ -167,8 +167,10 @@ def first_change_ms(record: Mapping[str, Any]) -> int:
     """When the school first learned of what a batcher record reports: the earliest time it holds.
 
     A record replaced by later changes of the same key keeps the first change's clock (``replaced``
-    lists what it replaced, with their times)."""
+    lists what it replaced, with their times; ``history_trimmed.first_at_ms`` the earliest of those a
+    record changed very often no longer lists)."""
     times = [int(record.get("at_ms") or 0)] + [int(r.get("at_ms") or 0) for r in record.get("replaced") or []]
+    times.append(int((record.get("history_trimmed") or {}).get("first_at_ms") or 0))
     times = [t for t in times if t > 0]
     return min(times) if times else 0
 
