@@ -104,6 +104,18 @@ APPLIED_TX_MEMORY = 256
 """How many applied transaction ids normalize remembers, to drop an END that arrives again (a connector
 re-sends at most what it had not confirmed: one offset-flush interval, far fewer transactions than this)."""
 
+MAX_ENTRIES_PER_SECTION = 200
+"""The most entries a keyed section of one student's view holds (terms of enrollment, dependents,
+authorisations, sites): far above any real student (decades of terms), and what keeps a view, one state
+value re-encoded at every change, small. A row that would add one more is a ``too_many_rows`` dead letter.
+Unbounded, a student given 5,000 enrollment rows made a 1.2 MB view at 2 ms per row, growing with every
+row, and past the changelog's 8 MiB record limit normalize would stop for the whole school."""
+
+MAX_PARKED_PER_STUDENT_ID = 500
+"""The most rows kept waiting for a student row that has not arrived (``o:<link>``, one state value). Rows
+that point at an id no student has (a placeholder id such as 0 in messy SIS data) would otherwise pile up
+in one value until the changelog refuses it; past this, such a row is an ``orphan_limit`` dead letter."""
+
 
 class KV(Protocol):
     def get(self, key: str) -> Any: ...
@@ -787,6 +799,7 @@ class Normalizer:
             if any(row.get(c) != v for c, v in feed.where.items()):
                 continue
             slot = self._slot(feed, row, ch, res, skey)
+            self._check_room(feed, slot, ch, res, skey)
             vals = self._convert(feed, row, slot, ch, res, skey)
             c = (skey, feed.section, slot, fi)
             contrib.append(c)
@@ -828,6 +841,19 @@ class Normalizer:
         skey = self.kv.get(f"l:{link}")
         if skey is None:
             parked = list(self.kv.get(f"o:{link}") or [])
+            if len(parked) >= MAX_PARKED_PER_STUDENT_ID:
+                res.dead.append(
+                    DeadItem(
+                        "orphan_limit",
+                        f"{ch.table} row points at student id {str(link)[:40]!r} ({feed.link}), which no student "
+                        f"row has, and {len(parked)} rows already wait for it (the most normalize keeps); this "
+                        f"row is not kept: fix {feed.link} in the SIS (a placeholder id?) or load the student row "
+                        f"first, then update the row again",
+                        ch,
+                        field=feed.link,
+                    )
+                )
+                raise _Skip
             parked.append(ch.to_json())
             self.kv.put(f"o:{link}", parked)
             return None
@@ -859,6 +885,27 @@ class Normalizer:
                 raise _Skip
             return feed.slots[str(raw)]
         return str(raw)
+
+    def _check_room(self, feed: Feed, slot: str, ch: RowChange, res: Result, skey: str) -> None:
+        """Refuse a row that would add an entry to a full keyed section (:data:`MAX_ENTRIES_PER_SECTION`)."""
+        if not SECTIONS[feed.section].keyed:
+            return
+        view = self.kv.get(f"v:{skey}")
+        entries = (view or {}).get(feed.section) or {}
+        if slot in entries or len(entries) < MAX_ENTRIES_PER_SECTION:
+            return
+        res.dead.append(
+            DeadItem(
+                "too_many_rows",
+                f"student {skey} already has {len(entries)} {feed.section} entries in its view (the most "
+                f"normalize keeps); this {ch.table} row would add one more and is not applied: remove stale "
+                f"{ch.table} rows of this student in the SIS, then update this row again",
+                ch,
+                skey,
+                feed.slot_column or None,
+            )
+        )
+        raise _Skip
 
     def _convert(
         self, feed: Feed, row: dict[str, Any], slot: str, ch: RowChange, res: Result, skey: str
