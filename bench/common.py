@@ -3,15 +3,17 @@ background reader of the topics a run writes."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -134,3 +136,61 @@ def run_in_tree(tree: Path, module_file: str, function: str, *args: Any) -> dict
         text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def parts_side_by_side(
+    module_file: str, size: int, repeat: int, compare_with: str | None, repo: Path
+) -> dict[str, dict[str, Any]]:
+    """Run ``measure(size)`` of the bench module ``module_file`` ``repeat`` times in fresh children: over the
+    working tree, and with ``compare_with`` also over that git revision, interleaved so both see the same
+    neighbours. ``measure`` returns ``{"parts": [{figure: value}, …]}`` (a run cut in parts); the answer
+    per version: ``parts``, the median of every figure part by part, and ``runs``, everything measured."""
+    trees = {"now": repo}
+    tmp = exported_tree(compare_with, repo) if compare_with else None
+    if tmp is not None:
+        trees = {f"before ({compare_with})": Path(tmp.name), **trees}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    try:
+        for _ in range(repeat):
+            for name, tree in trees.items():
+                runs[name].append(run_in_tree(tree, module_file, "measure", size))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    out: dict[str, dict[str, Any]] = {}
+    for name, got in runs.items():
+        parts = []
+        for k in range(len(got[0]["parts"])):
+            at = [g["parts"][k] for g in got]
+            parts.append({key: statistics.median(p[key] for p in at) for key in at[0]})
+        out[name] = {"parts": parts, "runs": got}
+    return out
+
+
+def side_by_side_main(
+    argv: list[str] | None,
+    prog: str,
+    module_file: str,
+    size_flag: str,
+    size_default: int,
+    line: Callable[[dict[str, Any]], str],
+    repo: Path,
+) -> int:
+    """The command line of a bench whose ``measure(size)`` cuts a run in parts (:func:`parts_side_by_side`):
+    ``--<size_flag> N --repeat N --compare-with REV --json-out FILE``; prints each version's parts with
+    ``line``."""
+    ap = argparse.ArgumentParser(prog=prog)
+    ap.add_argument(f"--{size_flag}", dest="size", type=int, default=size_default)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args(argv)
+    versions = parts_side_by_side(module_file, args.size, args.repeat, args.compare_with, repo)
+    for name, got in versions.items():
+        print(f"{name}:")
+        for part in got["parts"]:
+            print("  " + line(part))
+    if args.json_out:
+        result = {size_flag: args.size, "repeat": args.repeat, "load_avg": os.getloadavg(), **versions}
+        Path(args.json_out).write_text(json.dumps(result, indent=1))
+    return 0

@@ -12,10 +12,6 @@ repeat in a fresh child process (medians of ``--repeat``).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -72,44 +68,17 @@ def measure(changes: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.batcher.hot_record")
-    ap.add_argument("--changes", type=int, default=10_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
-    ap.add_argument("--json-out", default=None)
-    args = ap.parse_args(argv)
     # imported here, not at the top: a child process runs measure() over an older tree's bench package
-    from bench.common import exported_tree, run_in_tree
+    from bench.common import side_by_side_main
 
-    trees = {"now": REPO}
-    tmp = None
-    if args.compare_with:
-        tmp = exported_tree(args.compare_with, REPO)
-        trees = {f"before ({args.compare_with})": Path(tmp.name), **trees}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    try:
-        for _ in range(args.repeat):
-            for name, tree in trees.items():  # interleaved: both see the same neighbours
-                runs[name].append(run_in_tree(tree, __file__, "measure", args.changes))
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    result: dict[str, Any] = {"changes": args.changes, "repeat": args.repeat, "load_avg": os.getloadavg()}
-    for name, got in runs.items():
-        rows = []
-        for k in range(len(got[0]["parts"])):
-            at = [g["parts"][k] for g in got]
-            rows.append({key: statistics.median(p[key] for p in at) for key in at[0]})
-        result[name] = {"parts": rows, "runs": got}
-        print(f"{name}:")
-        for r in rows:
-            print(
-                f"  after {r['after']:>7,.0f} changes: {r['cpu_us_per_event']:>8,.0f} µs/event, largest state value "
-                f"{r['largest_state_value_kib']:>7,.0f} KiB, largest output {r['largest_output_kib']:>7,.0f} KiB"
-            )
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=1))
-    return 0
+    return side_by_side_main(argv, "python -m bench.batcher.hot_record", __file__, "changes", 10_000, _line, REPO)
+
+
+def _line(part: dict[str, Any]) -> str:
+    return (
+        f"after {part['after']:>7,.0f} changes: {part['cpu_us_per_event']:>8,.0f} µs/event, largest state value "
+        f"{part['largest_state_value_kib']:>7,.0f} KiB, largest output {part['largest_output_kib']:>7,.0f} KiB"
+    )
 
 
 if __name__ == "__main__":

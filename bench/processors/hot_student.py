@@ -12,10 +12,6 @@ tree, each repeat in a fresh child process (medians of ``--repeat``).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,36 +22,9 @@ COMMIT_EVERY = 300
 PARTS = 5
 
 
-class _Msg:
-    """The parts of a consumed Kafka message the stage reads."""
-
-    def __init__(self, topic: str, key: bytes | None, value: bytes | None, offset: int) -> None:
-        self._topic, self._key, self._value, self._offset = topic, key, value, offset
-
-    def topic(self) -> str:
-        return self._topic
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 0)
-
-    def error(self) -> None:
-        return None
-
-
 def measure(rows: int) -> dict[str, Any]:
     """One run in this process (the child's entry point)."""
+    from bench.batcher.big_open_batch import _Msg
     from sevisflow.core.state import open_committed
     from sevisflow.processors.normalize.debezium import SisFeed
     from sevisflow.processors.normalize.mapping import load_mapping
@@ -80,7 +49,7 @@ def measure(rows: int) -> dict[str, Any]:
     msgs = []
     for r in feed.records:
         offsets[r.topic] = offsets.get(r.topic, -1) + 1
-        msgs.append(_Msg(r.topic, r.key, r.value, offsets[r.topic]))
+        msgs.append(_Msg(r.topic, r.value, r.key, offsets[r.topic], 0))
     part = max(len(msgs) // PARTS, 1)
     parts: list[dict[str, float]] = []
     biggest = dead = 0
@@ -113,44 +82,17 @@ def measure(rows: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.processors.hot_student")
-    ap.add_argument("--rows", type=int, default=5000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
-    ap.add_argument("--json-out", default=None)
-    args = ap.parse_args(argv)
     # imported here, not at the top: a child process runs measure() over an older tree's bench package
-    from bench.common import exported_tree, run_in_tree
+    from bench.common import side_by_side_main
 
-    trees = {"now": REPO}
-    tmp = None
-    if args.compare_with:
-        tmp = exported_tree(args.compare_with, REPO)
-        trees = {f"before ({args.compare_with})": Path(tmp.name), **trees}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    try:
-        for _ in range(args.repeat):
-            for name, tree in trees.items():  # interleaved: both see the same neighbours
-                runs[name].append(run_in_tree(tree, __file__, "measure", args.rows))
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    result: dict[str, Any] = {"rows": args.rows, "repeat": args.repeat, "load_avg": os.getloadavg()}
-    for name, got in runs.items():
-        rows = []
-        for k in range(len(got[0]["parts"])):
-            at = [g["parts"][k] for g in got]
-            rows.append({key: statistics.median(p[key] for p in at) for key in at[0]})
-        result[name] = {"parts": rows, "runs": got}
-        print(f"{name}:")
-        for r in rows:
-            print(
-                f"  after {r['after_records']:>7,.0f} records: {r['cpu_us_per_record']:>7,.0f} µs/record, largest "
-                f"value {r['largest_value_kib']:>6,.0f} KiB, {r['dead_letters']:,.0f} dead letters"
-            )
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=1))
-    return 0
+    return side_by_side_main(argv, "python -m bench.processors.hot_student", __file__, "rows", 5000, _line, REPO)
+
+
+def _line(part: dict[str, Any]) -> str:
+    return (
+        f"after {part['after_records']:>7,.0f} records: {part['cpu_us_per_record']:>7,.0f} µs/record, largest "
+        f"value {part['largest_value_kib']:>6,.0f} KiB, {part['dead_letters']:,.0f} dead letters"
+    )
 
 
 if __name__ == "__main__":
