@@ -58,14 +58,14 @@ MAX_PER_SECTION = 250
 UpdateEV/ExchangeVisitor (an exchange program's EV batches: the same 250 + 250 per document)."""
 RECORD_HISTORY = 20
 """How many entries of each history list an open record keeps: merged events (``event_ids``), replacements
-(``replaced``) and source changes (``lineage``). A student changed over and over while the batch is open (a runaway SIS job) would
-otherwise grow the record with every change: each replacement rewrites the whole record to the state
-changelog and to sevis.batches, so the cost grows with the square of the changes, and past the changelog's
-8 MiB record limit the batcher stops for every school on the partition. The bound is tight enough that a
-closed document of 500 such records (250 creates, 250 updates), which is one state value and one
-``closed`` event, still fits in one record. The older history is not lost: every replacement's own event is
-on sevis.batches. ``history_trimmed`` counts what was left out and keeps the earliest change time (the
-record's reporting clock)."""
+(``replaced``) and source changes (``lineage``). A student changed over and over while the batch is open (a
+runaway SIS job) would otherwise grow the record with every change: each replacement rewrites the whole record
+to the state changelog and to sevis.batches, so the cost grows with the square of the changes, and past the
+changelog's 8 MiB record limit the batcher stops for every school on the partition. The bound is tight enough
+that a closed document of 500 such records (250 creates, 250 updates), which is one state value and one
+``closed`` event, still fits in one record. The older history is not lost: every replacement's own event is on
+sevis.batches. ``history_trimmed`` counts what was left out and keeps the earliest change time (the record's
+reporting clock)."""
 
 CREATE_KINDS = frozenset({"Create", "EV.Create"})
 """Event kinds that go into the create section (a new SEVIS record: F/M student, J-1 exchange visitor)."""
