@@ -31,17 +31,17 @@ import dataclasses
 import math
 import operator
 import re
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from zoneinfo import ZoneInfo
 
 import immutables
 import orjson
 
-from sevisflow.core.worklist.deadlines import Deadlines, DueMemo
+from sevisflow.core.worklist.deadlines import Deadlines, Due, DueMemo
 from sevisflow.processors.batcher import ev_refs
 from sevisflow.processors.batcher.guard import CommandPolicy, malformed, unauthorized, untimely
 from sevisflow.processors.batcher.ids import (
@@ -296,15 +296,61 @@ def _short(value: Any) -> str | None:
 # ----------------------------------------------------------------------------- transaction
 
 
+class Spilled:
+    """A record whose committed value is in the stage's state store, not in memory (see :func:`spilled`).
+
+    It keeps the fields that passes over every open record look at — the record's version (``rev``) and
+    ``status`` for the worklist gauges and the early-close check, which need not read back records whose due
+    date the stage's :class:`~sevisflow.core.worklist.deadlines.DueMemo` already knows; ``section`` and
+    ``seq`` for the open-batch view, which takes a spilled record's stored JSON as it is (:meth:`Loader.raw`).
+    Reading the key through the mapping loads the record with the mapping's ``load``; the stub itself is
+    never shown (only :func:`peek_items` sees it). The batcher keeps an open batch's records in its RocksDB
+    store this way, so memory does not follow the open batch (about 2.3 KB per record as dicts, ~650 bytes
+    as stored JSON, ~80 bytes as a stub)."""
+
+    __slots__ = ("rev", "section", "seq", "status")
+
+    def __init__(self, rev: int | None, status: str | None, section: str | None, seq: int | None) -> None:
+        self.rev = rev
+        self.status = status
+        self.section = section
+        self.seq = seq
+
+    @classmethod
+    def of(cls, rec: Mapping[str, Any]) -> Spilled:
+        return cls(rec.get("rev"), rec.get("status"), rec.get("section"), rec.get("seq"))
+
+    def __repr__(self) -> str:
+        return f"Spilled(rev={self.rev}, status={self.status!r}, section={self.section!r}, seq={self.seq})"
+
+
+class Loader(Protocol):
+    """Reads spilled records back (the stage's state store)."""
+
+    def __call__(self, record_id: str) -> Any:
+        """The record, decoded."""
+
+    def raw(self, record_id: str) -> bytes:
+        """The record as stored: ``dumps`` of it (canonical JSON, sorted keys), not decoded."""
+
+
 class _Persistent(Mapping[str, Any]):
     """Read side shared by :class:`PMap` and :class:`Written`: a persistent hash map (``immutables.Map``, a HAMT)
-    read at C speed, equal to any mapping with the same items (``immutables.Map`` alone never equals a dict)."""
+    read at C speed, equal to any mapping with the same items (``immutables.Map`` alone never equals a dict).
+    A value may be :class:`Spilled`: it is read with ``load`` (the mapping's loader), never shown as the stub."""
 
-    __slots__ = ("_map",)
+    __slots__ = ("_map", "load")
     _map: immutables.Map[str, Any]
+    load: Loader | None
 
     def __getitem__(self, key: str) -> Any:
-        return self._map[key]
+        value = self._map[key]
+        return self._loaded(key) if type(value) is Spilled else value
+
+    def _loaded(self, key: str) -> Any:
+        if self.load is None:  # pragma: no cover - spilled() never makes a marker without a loader
+            raise KeyError(f"{key!r} is spilled to a state store and this mapping has no loader")
+        return self.load(key)
 
     def __contains__(self, key: object) -> bool:
         return key in self._map
@@ -316,7 +362,8 @@ class _Persistent(Mapping[str, Any]):
         return len(self._map)
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._map.get(key, default)
+        value = self._map.get(key, default)
+        return self._loaded(key) if type(value) is Spilled else value
 
     def keys(self) -> KeysView[str]:
         return _Keys(self)
@@ -327,17 +374,22 @@ class _Persistent(Mapping[str, Any]):
     def items(self) -> ItemsView[str, Any]:
         return _Items(self)
 
+    def _iter_items(self) -> Iterator[tuple[str, Any]]:
+        if self.load is None:
+            return iter(self._map.items())
+        return ((k, self._loaded(k) if type(v) is Spilled else v) for k, v in self._map.items())
+
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, _Persistent):
+        if isinstance(other, _Persistent) and self.load is None and other.load is None:
             return bool(self._map == other._map)
         if isinstance(other, Mapping):
-            return len(self) == len(other) and all(k in other and other[k] == v for k, v in self._map.items())
+            return len(self) == len(other) and all(k in other and other[k] == v for k, v in self._iter_items())
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # equal to dicts, and as unhashable
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({dict(self._map)!r})"
+        return f"{type(self).__name__}({dict(self._iter_items())!r})"
 
 
 class _Keys(KeysView[str]):
@@ -359,7 +411,10 @@ class _Values(ValuesView[Any]):
         self._of = of
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._of._map.values())
+        of = self._of
+        if of.load is None:
+            return iter(of._map.values())
+        return (v for _, v in of._iter_items())
 
 
 class _Items(ItemsView[str, Any]):
@@ -370,7 +425,7 @@ class _Items(ItemsView[str, Any]):
         self._of = of
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter(self._of._map.items())
+        return self._of._iter_items()
 
 
 _EMPTY: immutables.Map[str, Any] = immutables.Map()
@@ -381,7 +436,7 @@ class PMap(_Persistent):
     with the mapping it was made from, so an event costs the same with 100 or 100,000 open records.
 
     ``written`` lists the keys written since ``base_id``'s mapping (see :func:`changed_keys`); empty for a
-    mapping made from scratch."""
+    mapping made from scratch. ``load`` reads its :class:`Spilled` values (see :func:`spilled`)."""
 
     __slots__ = ("base_id", "written")
 
@@ -390,13 +445,15 @@ class PMap(_Persistent):
         items: Mapping[str, Any] | immutables.Map[str, Any] = _EMPTY,
         base_id: int | None = None,
         written: AbstractSet[str] = frozenset(),
+        load: Loader | None = None,
     ) -> None:
         self._map = items if isinstance(items, immutables.Map) else immutables.Map(items)
         self.base_id = base_id
         self.written = written
+        self.load = load
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PMap, (dict(self._map),))
+        return (PMap, (dict(self._iter_items()),))
 
 
 class Written(_Persistent, MutableMapping[str, Any]):
@@ -413,7 +470,10 @@ class Written(_Persistent, MutableMapping[str, Any]):
     __slots__ = ("base_id", "written")
 
     def __init__(self, base: Mapping[str, Any]) -> None:
-        self._map = base._map if isinstance(base, _Persistent) else immutables.Map(base)
+        if isinstance(base, _Persistent):
+            self._map, self.load = base._map, base.load
+        else:
+            self._map, self.load = immutables.Map(base), None
         self.base_id = id(base)
         self.written: set[str] = set()
 
@@ -427,7 +487,47 @@ class Written(_Persistent, MutableMapping[str, Any]):
 
     def frozen(self) -> PMap:
         """The finished mapping, for the new state (this working copy is not written again)."""
-        return PMap(self._map, self.base_id, frozenset(self.written))
+        return PMap(self._map, self.base_id, frozenset(self.written), self.load)
+
+
+def spilled(records: Mapping[str, Any], keys: Iterable[str], load: Loader) -> PMap:
+    """``records`` with the records under ``keys`` left to ``load`` (each becomes a :class:`Spilled` stub): the
+    caller has them in its store, committed, and reads them back through ``load``. Keys not in ``records``
+    are skipped. Equal to ``records``; a new mapping, so :func:`changed_keys` against it starts afresh."""
+    m = records._map if isinstance(records, _Persistent) else immutables.Map(records)
+    out = m.mutate()
+    for key in keys:
+        rec = out.get(key)
+        if rec is not None and type(rec) is not Spilled:
+            out[key] = Spilled.of(rec)
+    return PMap(out.finish(), load=load)
+
+
+def peek_items(records: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """The records' items with each spilled one as its :class:`Spilled` stub (nothing read back): for a pass
+    over every open record that needs only their :func:`record_status` and :func:`record_rev`."""
+    return records._map.items() if isinstance(records, _Persistent) else records.items()
+
+
+def record_status(rec: Any) -> str | None:
+    """The status of a record or of its :class:`Spilled` stub."""
+    return rec.status if type(rec) is Spilled else rec.get("status")
+
+
+def record_rev(rec: Any) -> int:
+    """The ``rev`` of a record or of its :class:`Spilled` stub (0 when it has none)."""
+    rev = rec.rev if type(rec) is Spilled else rec.get("rev")
+    return rev or 0
+
+
+def memo_due(
+    memo: DueMemo, org: str, rid: str, rec: Any, records: Mapping[str, Any], deadlines: Deadlines | None = None
+) -> tuple[int, Due | None]:
+    """``memo``'s clock and due date of the record ``rid`` (``rec`` as :func:`peek_items` gave it): a spilled
+    record is read back from ``records`` only when the memo does not know its version."""
+    if type(rec) is Spilled:
+        return memo.of_rev(org, rid, rec.rev, records, deadlines)
+    return memo.of(org, rid, rec, deadlines)
 
 
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> AbstractSet[str] | None:
@@ -624,7 +724,7 @@ class _Tx:
         elif self.records is not self.s.records:  # pragma: no cover - every write goes through w()
             ids = set(self.records)
         recs = self.records
-        found = (recs[k] for k in ids if k in recs and recs[k]["student_key"] == student_key)
+        found = [r for r in map(recs.get, ids) if r is not None and r["student_key"] == student_key]
         return sorted(found, key=lambda r: r["seq"])
 
     def reject_command(self, cmd: Mapping[str, Any], at_ms: int, reason: str, dead_letter: str | None = None) -> None:
@@ -693,31 +793,32 @@ MIN_RECORD_JSON_BYTES = 150
 lineage keys alone are longer): above MAX_OPEN_VIEW_BYTES / this many records the view cannot carry them."""
 
 
-VIEW_SLICE = 256
-"""Records encoded per call while the view is measured against MAX_OPEN_VIEW_BYTES."""
-
-
 def _records_json_within_limit(school: School) -> str | None:
     """``dumps`` of the records in display order, or None when that exceeds MAX_OPEN_VIEW_BYTES — found
     without encoding a big open batch at every commit (90,000 open records are >100 MB of JSON): no record
     is encoded when there are too many to fit, nor when their carried size (:func:`records_json_bytes`)
-    is too big."""
+    is too big. A spilled record is taken as stored (its canonical JSON), neither read back nor encoded."""
     records = school.records
     if len(records) > MAX_OPEN_VIEW_BYTES // MIN_RECORD_JSON_BYTES:
         return None
     if records_json_bytes(school) > MAX_OPEN_VIEW_BYTES:
         return None
-    creates: list[Mapping[str, Any]] = []
-    updates: list[Mapping[str, Any]] = []
-    for r in records.values():
-        (creates if r["section"] == "create" else updates).append(r)
-    by_seq = operator.itemgetter("seq")
+    creates: list[tuple[int, str, Any]] = []
+    updates: list[tuple[int, str, Any]] = []
+    for rid, r in peek_items(records):
+        if type(r) is Spilled:
+            (creates if r.section == "create" else updates).append((r.seq, rid, r))  # type: ignore[arg-type]
+        else:
+            (creates if r["section"] == "create" else updates).append((r["seq"], rid, r))
+    by_seq = operator.itemgetter(0)
     ordered = sorted(creates, key=by_seq) + sorted(updates, key=by_seq)  # creates first, each by sequence
+    load = records.load if isinstance(records, _Persistent) else None
     parts: list[bytes] = []
-    size = 1  # "[" and "]", and a "," between two slices: 2 + the slices + (slices - 1)
-    for i in range(0, len(ordered), VIEW_SLICE):
-        # a slice encoded as a list is "[" + its records joined by "," + "]": its inside joins on with ","
-        part = orjson.dumps(ordered[i : i + VIEW_SLICE], option=orjson.OPT_SORT_KEYS)[1:-1]
+    size = 1  # "[" and "]", and a "," between two records: 2 + the records + (records - 1)
+    for _, rid, r in ordered:
+        part = (
+            load.raw(rid) if type(r) is Spilled and load is not None else orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+        )
         size += len(part) + 1
         if size > MAX_OPEN_VIEW_BYTES:
             return None
@@ -1590,7 +1691,7 @@ def _on_tick(tx: _Tx, tick: Tick) -> None:
                 stage=SCHEDULER_STAGE,
             )
         )
-    if not any(r["status"] == "open" for r in tx.records.values()):
+    if not any(record_status(r) == "open" for _, r in peek_items(tx.records)):
         return  # skipped when empty
     if user_id_problem(tick.close_dso):
         return  # checked at start-up; never send a close SEVIS would refuse
@@ -1641,10 +1742,10 @@ def _early_close(tx: _Tx, tick: Tick) -> None:
     next_day = next_close_day(tick)
     urgent = []
     memo = tick.due_memo if tick.due_memo is not None else DueMemo(deadlines)  # none lent: one for this tick
-    for rid, r in tx.records.items():
-        if r["status"] != "open" or r.get("rev", 0) <= tx.early_rev:
+    for rid, r in peek_items(tx.records):
+        if record_status(r) != "open" or record_rev(r) <= tx.early_rev:
             continue
-        due = memo.of(tx.s.org_id, rid, r, deadlines)[1]
+        due = memo_due(memo, tx.s.org_id, rid, r, tx.records, deadlines)[1]
         if due is not None and due.due_on < next_day:
             urgent.append(due.due_on)
     if not urgent:

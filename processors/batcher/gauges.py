@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sevisflow.core.worklist.deadlines import BANDS, Deadlines, DueMemo
-from sevisflow.processors.batcher.core import School, open_rejections
+from sevisflow.processors.batcher.core import School, memo_due, open_rejections, peek_items, record_status
 
 ALL_BANDS = (*BANDS, "none")
 """Deadline bands of the gauge; ``none`` = a record no legal limit covers (a Create, financial information)."""
@@ -39,10 +39,11 @@ def worklist_gauges(
     memo = memo if memo is not None else DueMemo(deadlines)  # none lent: one for this pass
     for school in schools:
         org = school.org_id
-        for rid, rec in school.records.items():
-            clock, due = memo.of(org, rid, rec, deadlines)
+        records = school.records
+        for rid, rec in peek_items(records):  # a spilled record is read back only if the memo lacks its version
+            clock, due = memo_due(memo, org, rid, rec, records, deadlines)
             g.records_by_band[deadlines.band(due.due_on, today) if due else "none"] += 1
-            if rec.get("status") == "open" and clock:
+            if record_status(rec) == "open" and clock:
                 g.oldest_ready_age_s = max(g.oldest_ready_age_s, (now_ms - clock) / 1000)
         for rej in open_rejections(school):
             g.rejections_open += 1

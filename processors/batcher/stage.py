@@ -46,6 +46,8 @@ import re
 import socket
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -67,15 +69,18 @@ from sevisflow.core.worklist.deadlines import Deadlines, DueMemo
 from sevisflow.processors.batcher.core import (
     CommandIn,
     EventIn,
+    PMap,
     Publish,
     Reject,
     ResultIn,
     School,
     SendCommand,
+    Spilled,
     Tick,
     apply,
     changed_keys,
     open_view,
+    spilled,
     view_changed,
 )
 from sevisflow.processors.batcher.gauges import worklist_gauges
@@ -109,8 +114,19 @@ def batcher_topics(settings: Settings) -> list[TopicSpec]:
 # ----------------------------------------------------------------------------- state store
 
 
+HOT_RECORDS = 4096
+"""Committed open records the batcher keeps decoded (the most recently written or read, across its schools);
+every other open record is read back from the state store when an input, a close or the view needs it."""
+
+
 class BatcherStore(StateStore):
     """The loop's state store plus a cache of decoded :class:`School` values, dropped on abort.
+
+    A school's open records stay in memory only until the transaction that wrote them commits: then they are
+    *spilled* (:func:`~sevisflow.processors.batcher.core.spilled`), i.e. the school keeps their ids and reads
+    them back from this store when it needs them, the last ``HOT_RECORDS`` written or read kept decoded. So the
+    batcher's memory follows its RocksDB block cache, not the size of its open batches (docs/ARCHITECTURE.md,
+    "Batcher").
 
     It also tracks which schools' open-batch view must be (re)published: ``view_dirty`` until a
     transaction that carried the view commits (``view_sent`` are those of the open transaction).
@@ -119,6 +135,8 @@ class BatcherStore(StateStore):
     def __init__(self, committed: CommittedState | None = None) -> None:
         super().__init__(committed)
         self.cache: dict[tuple[int, str], School] = {}
+        self.hot: OrderedDict[tuple[int, str, str], dict[str, Any]] = OrderedDict()
+        """The committed records kept decoded, least recently written first."""
         self.partitions: set[int] = set()
         self.view_dirty: set[tuple[int, str]] = set()
         self.view_sent: set[tuple[int, str]] = set()
@@ -127,11 +145,35 @@ class BatcherStore(StateStore):
         self._orgs: dict[int, set[str]] = {}
 
     def commit(self) -> None:
+        written: dict[tuple[int, str], list[str]] = {}
         for partition, kv in self._staged.items():
             _follow_meta_keys(self._orgs.setdefault(partition, set()), kv)
+            for key in kv:
+                if key.startswith(b"r|"):
+                    org, _, rid = key[2:].decode().partition("|")
+                    written.setdefault((partition, org), []).append(rid)
         super().commit()
         self.view_dirty -= self.view_sent
         self.view_sent.clear()
+        for (partition, org), rids in written.items():
+            self._spill(partition, org, rids)
+
+    def _spill(self, partition: int, org: str, rids: list[str]) -> None:
+        """Leave the committed records ``rids`` of a cached school to the store, the newest kept decoded."""
+        school = self.cache.get((partition, org))
+        for rid in rids:
+            self.hot.pop((partition, org, rid), None)
+        if school is None:
+            return
+        records = school.records
+        for rid in rids:
+            rec = records.get(rid)
+            if rec is not None:
+                self.hot[(partition, org, rid)] = rec  # the newest, last to go
+        while len(self.hot) > HOT_RECORDS:
+            self.hot.popitem(last=False)
+        spilled_records = spilled(records, rids, RecordLoader(self, partition, org))
+        self.cache[(partition, org)] = dataclasses.replace(school, records=spilled_records)
 
     def abort(self) -> None:
         super().abort()
@@ -154,6 +196,8 @@ class BatcherStore(StateStore):
     def _forget(self, partition: int) -> None:
         for key in [k for k in self.cache if k[0] == partition]:
             del self.cache[key]
+        for hot in [k for k in self.hot if k[0] == partition]:
+            del self.hot[hot]
         self.view_dirty = {k for k in self.view_dirty if k[0] != partition}
         self.view_sent = {k for k in self.view_sent if k[0] != partition}
 
@@ -171,14 +215,59 @@ def _follow_meta_keys(orgs: set[str], writes: Mapping[bytes, bytes | None]) -> N
             (orgs.add if value is not None else orgs.discard)(key[2:].decode())
 
 
+_SORTED = orjson.OPT_SORT_KEYS
+
+
 def _k(kind: str, org: str, rest: str = "") -> bytes:
     return f"{kind}|{org}|{rest}".encode() if rest else f"{kind}|{org}".encode()
 
 
+class RecordLoader:
+    """Reads one school's spilled open records back from the stage's store (core.Loader), keeping the last
+    ``HOT_RECORDS`` read or written decoded (a spilled record is always its committed value: a write un-spills
+    it until the commit).
+
+    It holds the store weakly: the store's cache holds the school that holds the loader, and a strong
+    reference back would make every store a reference cycle, left to the collector when it goes."""
+
+    __slots__ = ("_hot", "_org", "_partition", "_store")
+
+    def __init__(self, store: StateStore, partition: int, org: str) -> None:
+        self._hot = store.hot if isinstance(store, BatcherStore) else None
+        self._store = weakref.ref(store)
+        self._partition = partition
+        self._org = org
+
+    def __call__(self, record_id: str) -> dict[str, Any]:
+        key = (self._partition, self._org, record_id)
+        hot = self._hot
+        if hot is not None and (rec := hot.get(key)) is not None:
+            hot.move_to_end(key)
+            return rec
+        loaded: dict[str, Any] = orjson.loads(self.raw(record_id))
+        if hot is not None:  # one event reads its student's records several times (index, diff, size)
+            hot[key] = loaded
+            if len(hot) > HOT_RECORDS:
+                hot.popitem(last=False)
+        return loaded
+
+    def raw(self, record_id: str) -> bytes:
+        store = self._store()
+        if store is None:
+            raise KeyError(f"open record {record_id!r} of {self._org}: the batcher's state store is closed")
+        value = store.get(self._partition, _k("r", self._org, record_id))
+        if value is None:  # the school says the store has it: a bug, not bad input
+            raise KeyError(f"open record {record_id!r} of {self._org} is missing from the batcher's state store")
+        return value
+
+
 def load_school(store: StateStore, partition: int, org: str) -> School:
-    """Rebuild one school's state from the store's keys."""
+    """Rebuild one school's state from the store's keys; the open records stay in the store (spilled)."""
     meta: dict[str, Any] | None = None
-    records, sevis_ids, commands, batches = {}, {}, {}, {}
+    stubs: dict[str, Spilled] = {}
+    index: dict[str, list[str]] = {}
+    records_bytes = 0
+    sevis_ids, commands, batches = {}, {}, {}
     prefix_meta = _k("m", org)
     for key, value in store.items(partition):
         if key == prefix_meta:
@@ -189,7 +278,10 @@ def load_school(store: StateStore, partition: int, org: str) -> School:
             continue
         kind, rest = parts[0], parts[2].decode()
         if kind == b"r":
-            records[rest] = orjson.loads(value)
+            rec = orjson.loads(value)  # read once for its stub and the student index, then left to the store
+            stubs[rest] = Spilled.of(rec)
+            index.setdefault(rec["student_key"], []).append(rest)
+            records_bytes += len(value)  # the length of dumps(rec) (key order does not change it)
         elif kind == b"s":
             sevis_ids[rest] = orjson.loads(value)
         elif kind == b"c":
@@ -207,10 +299,12 @@ def load_school(store: StateStore, partition: int, org: str) -> School:
         sched_date=m.get("sched_date"),
         early_rev=int(m.get("early_rev") or 0),
         held=m.get("held", {}),
-        records=records,
+        records=PMap(stubs, load=RecordLoader(store, partition, org)),
         sevis_ids=sevis_ids,
         commands=commands,
         batches=batches,
+        student_ids=PMap({k: tuple(v) for k, v in index.items()}),
+        records_bytes=records_bytes,
     )
 
 
@@ -232,7 +326,10 @@ def save_diff(store: StateStore, partition: int, old: School, new: School) -> No
             va, vb = a.get(key), b.get(key)
             if va is vb or (kind == "s" and va == vb):
                 continue
-            store.put(partition, _k(kind, org, key), None if vb is None else orjson.dumps(vb))
+            if vb is None:
+                store.put(partition, _k(kind, org, key), None)
+            else:  # a record as the open-batch view carries it (sorted keys): a spilled one is taken as stored
+                store.put(partition, _k(kind, org, key), orjson.dumps(vb, option=_SORTED if kind == "r" else 0))
 
 
 # ----------------------------------------------------------------------------- the stage

@@ -9,6 +9,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from sevisflow.core.state import MemoryState
 from sevisflow.core.worklist.deadlines import Deadlines, Due, DueMemo
 from sevisflow.processors.batcher.core import CommandIn, EventIn, School, SendCommand, Tick, apply
@@ -63,6 +65,25 @@ def test_a_due_date_is_worked_out_once_per_version_of_a_record():
     again = worklist_gauges([s], deadlines, now, memo)
     assert deadlines.calls[5:] == ["Status.Terminate"]
     assert again == worklist_gauges([s], Deadlines(timezone=TZ), now)  # what the pass without a memo says
+
+
+def test_a_record_read_back_from_the_state_store_is_the_version_the_memo_knows():
+    """The batcher reads spilled records back as new dicts: the memo goes by ``rev``, and holds no record."""
+    deadlines = CountingDeadlines(timezone=TZ)
+    memo = DueMemo(deadlines)
+    s = school_with(3)
+    now = at("2025-07-01T12:00:00")
+    first = worklist_gauges([s], deadlines, now, memo)
+    read_back = dataclasses.replace(s, records={k: orjson.loads(orjson.dumps(v)) for k, v in s.records.items()})
+    assert worklist_gauges([read_back], deadlines, now, memo) == first and len(deadlines.calls) == 3
+    assert not any(isinstance(hit[0], dict) for per_org in memo._asked.values() for hit in per_org.values())
+    rid = next(iter(s.records))
+    newer = dict(read_back.records[rid], rev=s.revision + 1, kind="Status.Terminate")
+    worklist_gauges([dataclasses.replace(s, records={**read_back.records, rid: newer})], deadlines, now, memo)
+    assert deadlines.calls[3:] == ["Status.Terminate"]  # another version: worked out afresh
+    no_rev = {k: v for k, v in newer.items() if k != "rev"}
+    worklist_gauges([dataclasses.replace(s, records={rid: no_rev})], deadlines, now, memo)
+    assert len(deadlines.calls) == 5  # a record without a rev is known by identity only
 
 
 def test_the_memo_forgets_records_that_left_the_open_batch():

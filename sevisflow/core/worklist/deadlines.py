@@ -192,18 +192,21 @@ class DueMemo:
 
     The batcher's gauges (every few seconds) and its early-close check (every scheduler tick) ask for the
     due date of every open record; with tens of thousands open, working it out each time (the rule lookup,
-    the school-local day) took a large part of a second per pass. A stored record is never changed in
-    place — a change makes a new dict — so a remembered answer holds while the record it was made for is the
-    one asked about; another record under the same id, or another rule table, is worked out afresh.
-    :meth:`sweep` keeps only the records asked about since the previous sweep, so the memo follows the
-    open batch instead of growing (about 90 bytes per open record: the records are shared, and so is one
-    ``Due`` per rule and clock day).
+    the school-local day) took a large part of a second per pass. A record's version is its ``rev`` (the
+    batcher gives every stored version of a record a new one: the school's revision that made it), so a
+    remembered answer holds while the record asked about has the ``rev`` it was made for; another version,
+    or another rule table, is worked out afresh. The memo holds the ``rev``, not the record: the batcher
+    keeps most open records in its state store rather than in memory (a record read back is a new dict), and
+    the memo must neither pin them in memory nor miss on them. A record without a ``rev`` (not a batcher's)
+    is remembered by identity instead. :meth:`sweep` keeps only the records asked about since the previous
+    sweep, so the memo follows the open batch instead of growing (about 90 bytes per open record; one
+    ``Due`` per rule and clock day is shared).
     """
 
     def __init__(self, deadlines: Deadlines) -> None:
         self.deadlines = deadlines
-        self._kept: dict[str, dict[str, tuple[Mapping[str, Any], int, Due | None]]] = {}
-        self._asked: dict[str, dict[str, tuple[Mapping[str, Any], int, Due | None]]] = {}
+        self._kept: dict[str, dict[str, tuple[object, int, Due | None]]] = {}
+        self._asked: dict[str, dict[str, tuple[object, int, Due | None]]] = {}
         self._dues: dict[tuple[str, date], Due] = {}  # equal answers shared: many records start the same day
 
     def of(
@@ -216,13 +219,33 @@ class DueMemo:
         if asked is None:
             asked = self._asked[org] = {}
         hit = asked.get(record_id) or self._kept.get(org, {}).get(record_id)
-        if hit is None or hit[0] is not record:
+        rev = record.get("rev")
+        version: object = rev if type(rev) is int else record  # type, not isinstance: a bool is no rev
+        if hit is None or (hit[0] != version if type(version) is int else hit[0] is not version):
             clock, due = record_due(record, self.deadlines)
             if due is not None:
                 due = self._dues.setdefault((due.rule.name, due.clock_start), due)
-            hit = (record, clock, due)
+            hit = (version, clock, due)
         asked[record_id] = hit
         return hit[1], hit[2]
+
+    def of_rev(
+        self,
+        org: str,
+        record_id: str,
+        rev: int | None,
+        records: Mapping[str, Mapping[str, Any]],
+        deadlines: Deadlines | None = None,
+    ) -> tuple[int, Due | None]:
+        """:meth:`of` for a record known by its ``rev`` only: ``records[record_id]`` is read (for the batcher,
+        from its state store) only when the memo does not know that version."""
+        same_rules = deadlines is None or deadlines is self.deadlines or deadlines == self.deadlines
+        if type(rev) is int and same_rules:
+            hit = self._asked.get(org, {}).get(record_id) or self._kept.get(org, {}).get(record_id)
+            if hit is not None and type(hit[0]) is int and hit[0] == rev:
+                self._asked.setdefault(org, {})[record_id] = hit
+                return hit[1], hit[2]
+        return self.of(org, record_id, records[record_id], deadlines)
 
     def sweep(self) -> None:
         """Forget the records not asked about since the last sweep (closed, removed or replaced ones)."""
