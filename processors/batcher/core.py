@@ -8,7 +8,9 @@ state: it copies what it changes and shares the rest, so the Kafka adapter can
 find the changed records by identity. The state's mappings are persistent hash
 maps (:class:`PMap`): a write makes a new version in O(log n) that shares the
 rest with the old one, so an event costs about the same with 100 or 100,000
-records in the open batch.
+records in the open batch. The adapter may leave committed records in its state
+store (:func:`spilled`): the mapping then reads them back on demand, and ``apply``
+cannot tell the difference.
 
 State of a school (:class:`School`), and how it resumes: the adapter stores it in
 the compacted changelog ``sevisflow.batcher.state`` (one key per record, per

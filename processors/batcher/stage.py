@@ -33,6 +33,9 @@ key                        value (JSON)
 ``b|<org>|<batch_id>``     a closed batch's content (requeue, result matching)
 =========================  =====================================================
 
+Once a transaction commits, the school's open records it wrote are left to the store
+(:class:`BatcherStore`, "spilled"): memory holds their ids and stubs, not the records.
+
 Resume rule: the state is exactly the effect of every input up to the committed
 offsets of the three input topics; after a crash the loop restores it and goes
 on with the first uncommitted input.
