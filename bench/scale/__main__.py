@@ -217,7 +217,8 @@ def wait_snapshot(tail: Tail, stages: Stages, exp: Expected, timeout_s: float) -
 
 
 def _window(series: list[tuple[float, float]], start: float, end: float) -> dict[str, float]:
-    """RSS over [start, end]: the median of its first and last tenth, and the maximum (MiB)."""
+    """A memory series (RSS, or the state stores') over [start, end]: the median of its first and last tenth,
+    and the maximum (MiB)."""
     vals = [rss for t, rss in series if start <= t <= end]
     if not vals:
         return {}
@@ -299,6 +300,7 @@ def run_steady(
         "drain_s": round(end - load_end, 1),
         "hops": hops,
         "rss": {n: _window(s, begin, end) for n, s in stages.series.items()},
+        "state_store_mib": {n: _window(s, begin, end) for n, s in stages.state_series.items()},
         "peak_rss_mib": dict(stages.peak_mib),
         "cpu_s": dict(stages.cpu_s),
         "cpu_s_at_start": cpu_at_start,
@@ -350,6 +352,7 @@ def run_mode(
             out["steady"] = run_steady(args, dsn, school, activity, tail, stages)
             _say(f"{mode}/{backend}: steady {json.dumps({k: v for k, v in out['steady'].items() if k != 'rss'})}")
         out["rss_series"] = stages.series
+        out["state_store_series"] = stages.state_series
         return out
     finally:
         if stages:
@@ -428,6 +431,13 @@ def print_table(result: dict[str, Any]) -> None:
                 f"p50 {st['p50_ms']:.0f} ms, p99 {st['p99_ms']:.0f} ms, max {st['max_ms']} ms; behind at load end "
                 f"{st['behind_at_load_end_s']} s, after {st['drain_s']} s of drain {st['behind_at_end_s']} s | RSS MiB {mem} |"
             )
+            state = ", ".join(
+                f"{k} {w.get('start_mib', 0):.0f}→{w.get('end_mib', 0):.0f} (max {w.get('max_mib', 0):.0f})"
+                for k, w in st.get("state_store_mib", {}).items()
+                if w
+            )
+            if state:
+                print(f"| {mode} steady: RocksDB state stores' memory (MiB, first → last tenth) | {state} |")
             print_hops(mode, st)
 
 

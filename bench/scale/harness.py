@@ -11,10 +11,12 @@ import itertools
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -187,6 +189,29 @@ def proc_status(pid: int) -> dict[str, float]:
     return out
 
 
+def free_port() -> int:
+    """A TCP port free on this host now (for a stage process's ``/metrics``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+STATE_MEMORY_METRIC = "sevisflow_state_store_memory_bytes"
+
+
+def state_store_bytes(port: int, timeout_s: float = 2.0) -> float | None:
+    """The sum of ``sevisflow_state_store_memory_bytes`` on a process's ``/metrics``; None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(STATE_MEMORY_METRIC + "{")
+    )
+
+
 @dataclass
 class Stages:
     """The stage processes of one run (``python -m sevisflow …``), their logs, and their memory sampled from
@@ -201,6 +226,12 @@ class Stages:
     peak_mib: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    state_every_s: float = 5.0
+    """How often each process's ``/metrics`` is read for its state stores' memory (0 = never)."""
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    state_series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Per process, (seconds, MiB) its RocksDB stores hold by RocksDB's accounting
+    (``sevisflow_state_store_memory_bytes``, summed): the part of its RSS that ``[state]`` bounds."""
     t0: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -217,17 +248,34 @@ class Stages:
         for name, args in commands.items():
             log = (self.work / f"{name}.log").open("wb")
             self.series[name] = []
+            own_env = dict(env)
+            if self.state_every_s > 0:
+                self.metrics_ports[name] = free_port()
+                self.state_series[name] = []
+                own_env["SEVISFLOW_METRICS_PORT"] = str(self.metrics_ports[name])
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "sevisflow", "--config", str(self.config), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=own_env,
             )
 
     def _sample(self) -> None:
+        next_state = 0.0
         while not self._stop.is_set():
             self.sample_once()
+            if self.state_every_s > 0 and time.monotonic() >= next_state:
+                next_state = time.monotonic() + self.state_every_s
+                self.sample_state_memory()
             self._stop.wait(self.every_s)
+
+    def sample_state_memory(self) -> None:
+        """Read each process's state-store memory from its ``/metrics`` (a process not serving yet is skipped)."""
+        now = time.monotonic() - self.t0
+        for name, port in list(self.metrics_ports.items()):
+            total = state_store_bytes(port)
+            if total is not None:
+                self.state_series[name].append((round(now, 1), total / (1 << 20)))
 
     def sample_once(self) -> None:
         now = time.monotonic() - self.t0

@@ -46,11 +46,14 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from sevisflow.core.errors import ConfigError
 from sevisflow.core.log import get_logger, get_status_logger
+from sevisflow.core.state import state_memory
 
 log = get_logger(__name__)
 status = get_status_logger()
@@ -168,12 +171,30 @@ _FAMILIES_LOCK = threading.Lock()
 _PROCESS_REGISTRY: CollectorRegistry | None = None
 
 
+class StateStoreMemoryCollector(Collector):
+    """``sevisflow_state_store_memory_bytes{store, part}``: what each RocksDB state store of the process holds in
+    memory, read from RocksDB at each scrape — the part of the resident size that ``[state]`` bounds."""
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "sevisflow_state_store_memory_bytes",
+            "Memory of a stage's RocksDB state store by part: block_cache (bounded by state.block_cache_mb), "
+            "memtables (state.write_buffer_mb, two), table_readers (index and filter blocks of the files on disk)",
+            labels=["store", "part"],
+        )
+        for store, part, n in state_memory():
+            family.add_metric([store, part], n)
+        yield family
+
+
 def register_runtime_collectors(registry: CollectorRegistry) -> None:
     """Add prometheus_client's process (CPU, memory, open files), platform (Python version) and
-    garbage-collector metrics: ``process_*``, ``python_info``, ``python_gc_*``."""
+    garbage-collector metrics: ``process_*``, ``python_info``, ``python_gc_*``; and the state stores'
+    memory (:class:`StateStoreMemoryCollector`)."""
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    registry.register(StateStoreMemoryCollector())
 
 
 def process_registry() -> CollectorRegistry:

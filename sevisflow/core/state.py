@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -116,6 +117,17 @@ class _PartitionView(Mapping[bytes, bytes]):
 
 _open_lock = threading.Lock()
 _open_paths: set[str] = set()
+_live: weakref.WeakValueDictionary[str, RocksState] = weakref.WeakValueDictionary()
+"""The open RocksDB stores of this process by folder (for the memory gauge)."""
+
+MEMORY_PROPERTIES = {
+    "block_cache": "rocksdb.block-cache-usage",
+    "memtables": "rocksdb.size-all-mem-tables",
+    "table_readers": "rocksdb.estimate-table-readers-mem",
+}
+"""The parts of a RocksDB store's memory, by RocksDB's own accounting: the block cache (bounded by
+``block_cache_mb``), the memtables (by ``write_buffer_mb``, two of them, plus one being flushed), and the
+index and filter blocks of the open table files (outside the cache: they follow the data on disk)."""
 
 
 class RocksState:
@@ -174,6 +186,11 @@ class RocksState:
             raise
         finally:
             os.umask(old)
+        self.name = name
+        self._closed = False
+        self._lock = threading.Lock()  # the metrics thread reads the memory while the loop may close
+        with _open_lock:
+            _live[str(self.path)] = self
         self._write_opts = WriteOptions()
         # rebuilt from the changelog after any restart; rocksdict's stub types this property as a method
         self._write_opts.disable_wal = True  # type: ignore[method-assign, assignment]
@@ -232,10 +249,19 @@ class RocksState:
     def drop(self, partition: int) -> None:
         self._db.delete_range(_prefix(partition), _prefix(partition + 1), self._write_opts)
 
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of each part of :data:`MEMORY_PROPERTIES` (empty once closed)."""
+        with self._lock:
+            if self._closed:
+                return {}
+            return {part: self._db.property_int_value(prop) or 0 for part, prop in MEMORY_PROPERTIES.items()}
+
     def close(self) -> None:
         """Close and remove the folder (the changelog has everything)."""
         try:
-            self._db.close()
+            with self._lock:
+                self._closed = True
+                self._db.close()
         finally:
             shutil.rmtree(self.path, ignore_errors=True)
             self._forget()
@@ -243,6 +269,14 @@ class RocksState:
     def _forget(self) -> None:
         with _open_lock:
             _open_paths.discard(str(self.path))
+            _live.pop(str(self.path), None)
+
+
+def state_memory() -> list[tuple[str, str, int]]:
+    """``(store name, part, bytes)`` of every open RocksDB store of this process (the stages' state)."""
+    with _open_lock:
+        stores = list(_live.values())
+    return [(st.name, part, n) for st in stores for part, n in st.memory_bytes().items()]
 
 
 def _sweep(base: Path, name: str) -> None:

@@ -3,7 +3,7 @@ SIS changes at 20 per second, each stage in its own process on the session's rea
 
 Checks that the result is complete and right — every student view and every Create the pure pipeline
 derives reached the topics and the open batch, none unexpected, latencies recorded for the steady
-changes, every process's memory sampled — never how fast (the targets are the bench's, not CI's).
+changes, every process's memory sampled (its RSS, and its state stores' by RocksDB's accounting) — never how fast (the targets are the bench's, not CI's).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_scale_bench_small_is_complete_and_measures_what_it_claims(kafka_stack, 
     args += ["--steady-in", "separate", "--settle", "3", "--timeout", "180", "--sample", "0.5"]
     rc, result = run_bench_on_stack(main, args, kafka_stack, pg_stack, tmp_path)
     run = result["modes"]["separate"]
-    why = json.dumps({k: v for k, v in run.items() if k != "rss_series"}, indent=1)[:6000]
+    why = json.dumps({k: v for k, v in run.items() if k not in ("rss_series", "state_store_series")}, indent=1)[:6000]
     assert rc == 0, why
 
     snap = run["snapshot"]
@@ -54,6 +54,9 @@ def test_scale_bench_small_is_complete_and_measures_what_it_claims(kafka_stack, 
         window = steady["rss"][name]
         assert window["samples"] >= 10 and window["max_mib"] >= window["start_mib"] > 20, why
         assert len(run["rss_series"][name]) >= 20, why
+    for name in STAGES - {"connector"}:  # and what of it their RocksDB stores hold, read from their /metrics
+        window = steady["state_store_mib"][name]
+        assert window["samples"] >= 2 and 0 < window["start_mib"] <= window["max_mib"] < 200, why
 
     hops = steady["hops"]  # where the latency goes: every hop measured on records joined across all topics
     assert not hops["source_reader_error"] and hops["joined_records"] > 0, why

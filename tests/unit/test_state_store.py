@@ -123,3 +123,37 @@ def test_rocksdb_restore_by_chunks_keeps_the_last_value_and_drops_tombstoned_key
     store.load_partition(3, store.committed.partition(3))
     assert dict(store.items(3)) == {b"a": b"2"}
     store.close()
+
+
+def test_a_rocksdb_store_shows_its_memory_on_the_metrics_page_within_its_configured_bounds(tmp_path):
+    """``sevisflow_state_store_memory_bytes``: the part of a stage's resident size that ``[state]`` bounds, by
+    RocksDB's own accounting; the series goes when the store closes."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sevisflow.core.observability import register_runtime_collectors
+
+    registry = CollectorRegistry()
+    register_runtime_collectors(registry)
+
+    def shown() -> dict[str, float]:
+        lines = generate_latest(registry).decode().splitlines()
+        prefix = 'sevisflow_state_store_memory_bytes{part="'
+        return {
+            line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith(prefix) and 'store="normalize-test"' in line
+        }
+
+    store = RocksState(tmp_path, "normalize-test", block_cache_mb=1, write_buffer_mb=1)
+    for chunk in range(8):  # ~4 MB: several memtable flushes into table files
+        store.apply({0: {f"k{chunk}-{i}".encode(): os.urandom(200) for i in range(2_500)}})
+    for chunk in range(8):
+        for i in range(0, 2_500, 7):
+            assert store.get(0, f"k{chunk}-{i}".encode()) is not None
+    parts = shown()
+    assert set(parts) == {"block_cache", "memtables", "table_readers"}
+    assert 0 < parts["block_cache"] <= 1.1 * (1 << 20)  # full, and no more than block_cache_mb
+    assert 0 < parts["memtables"] <= 3 * (1 << 20)  # at most two memtables and one being flushed
+    assert parts["table_readers"] > 0
+    store.close()
+    assert shown() == {} and store.memory_bytes() == {}
