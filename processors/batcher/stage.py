@@ -685,7 +685,7 @@ def build_loop(
         state_topic=state_topic(settings),
         on_idle=stage.on_idle,
         consumer_overrides=overrides,
-        state=BatcherStore(open_committed(settings.state, f"{group}-{instance}")),
+        state=BatcherStore(open_committed(settings.state, f"{group}-{instance}", "batcher")),
         stall_after_s=settings.metrics.stall_after_s,
         before_commit=stage.view_outputs,
         dlq_topic=settings.topics.dlq,

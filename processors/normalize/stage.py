@@ -419,7 +419,7 @@ def build_loop(
     mapping = mapping or load_mapping(mapping_path(settings))
     group = stage_group(settings, "normalize")
     instance = f"{group}-sequencer"  # the same for every instance: the newest fences the others
-    store = NormalizeStore(open_committed(settings.state, instance), cache_bound(settings.state))
+    store = NormalizeStore(open_committed(settings.state, instance, "normalize"), cache_bound(settings.state))
     stage = NormalizeStage(settings, mapping, store)
     loop = TransactionalLoop(
         settings.kafka,

@@ -159,7 +159,7 @@ def build_loop(
         stall_after_s=settings.metrics.stall_after_s,
         dlq_topic=settings.topics.dlq,
         stage="events",
-        state=StateStore(open_committed(settings.state, f"{group}-{instance}")),
+        state=StateStore(open_committed(settings.state, f"{group}-{instance}", "events")),
     )
     return loop, stage
 

@@ -172,18 +172,22 @@ _PROCESS_REGISTRY: CollectorRegistry | None = None
 
 
 class StateStoreMemoryCollector(Collector):
-    """``sevisflow_state_store_memory_bytes{store, part}``: what each RocksDB state store of the process holds in
-    memory, read from RocksDB at each scrape — the part of the resident size that ``[state]`` bounds."""
+    """``sevisflow_state_store_memory_bytes{stage, part}``: what the stage's RocksDB state store holds in memory,
+    read from RocksDB at each scrape — the part of the resident size that ``[state]`` bounds. Served only while
+    a store is open (a process without one, e.g. ``connector run``, has no such family)."""
 
     def collect(self) -> Iterable[Metric]:
+        memory = state_memory()
+        if not memory:
+            return
         family = GaugeMetricFamily(
             "sevisflow_state_store_memory_bytes",
             "Memory of a stage's RocksDB state store by part: block_cache (bounded by state.block_cache_mb), "
             "memtables (state.write_buffer_mb, two), table_readers (index and filter blocks of the files on disk)",
-            labels=["store", "part"],
+            labels=["stage", "part"],
         )
-        for store, part, n in state_memory():
-            family.add_metric([store, part], n)
+        for (stage, part), n in sorted(memory.items()):
+            family.add_metric([stage, part], n)
         yield family
 
 

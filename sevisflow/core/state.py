@@ -145,7 +145,9 @@ class RocksState:
 
     streams_restore = True
 
-    def __init__(self, root: str | os.PathLike[str], name: str, block_cache_mb: int, write_buffer_mb: int) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], name: str, block_cache_mb: int, write_buffer_mb: int, stage: str = ""
+    ) -> None:
         from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteOptions
 
         base = Path(root)
@@ -187,6 +189,7 @@ class RocksState:
         finally:
             os.umask(old)
         self.name = name
+        self.stage = stage or name
         self._closed = False
         self._lock = threading.Lock()  # the metrics thread reads the memory while the loop may close
         with _open_lock:
@@ -272,11 +275,16 @@ class RocksState:
             _live.pop(str(self.path), None)
 
 
-def state_memory() -> list[tuple[str, str, int]]:
-    """``(store name, part, bytes)`` of every open RocksDB store of this process (the stages' state)."""
+def state_memory() -> dict[tuple[str, str], int]:
+    """Bytes by ``(stage, part)`` of the open RocksDB stores of this process (the stages' state), summed over
+    the stores of one stage."""
     with _open_lock:
         stores = list(_live.values())
-    return [(st.name, part, n) for st in stores for part, n in st.memory_bytes().items()]
+    out: dict[tuple[str, str], int] = {}
+    for st in stores:
+        for part, n in st.memory_bytes().items():
+            out[(st.stage, part)] = out.get((st.stage, part), 0) + n
+    return out
 
 
 def _sweep(base: Path, name: str) -> None:
@@ -298,8 +306,9 @@ def _sweep(base: Path, name: str) -> None:
             pass
 
 
-def open_committed(settings: StateSettings, name: str) -> CommittedState:
-    """The committed layer ``[state]`` asks for; ``name`` is the stage instance (its transactional id)."""
+def open_committed(settings: StateSettings, name: str, stage: str = "") -> CommittedState:
+    """The committed layer ``[state]`` asks for; ``name`` is the stage instance (its transactional id), ``stage``
+    the stage's name on /metrics."""
     if settings.backend == "rocksdb":
-        return RocksState(settings.dir, name, settings.block_cache_mb, settings.write_buffer_mb)
+        return RocksState(settings.dir, name, settings.block_cache_mb, settings.write_buffer_mb, stage)
     return MemoryState()

@@ -7,22 +7,36 @@ prometheus_client's process/platform/GC collectors), served by the real Observab
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from sevisflow.app.runner import STAGES
 from sevisflow.connectors.postgres.metrics import ConnectorMetrics
 from sevisflow.core.observability import ObservabilityServer, StageMetrics, register_runtime_collectors
+from sevisflow.core.state import RocksState
 from tests.helpers import REPO, http_get
 from tests.metrics_conventions import problems, sample_names
 
 DASHBOARD = REPO / "deploy" / "grafana" / "sevisflow-pipeline.json"
 
 
-def exercised_registry() -> CollectorRegistry:
-    """A registry holding every family the code exports, each with a sample."""
+@pytest.fixture
+def exercised_registry(tmp_path: Path) -> Iterator[CollectorRegistry]:
+    """A registry holding every family the code exports, each with a sample; a stage's RocksDB state store is
+    open meanwhile (its memory family is served while one is)."""
+    store = RocksState(tmp_path, "sevisflow-normalize-sequencer", 1, 1, stage="normalize")
+    store.apply({0: {b"k": b"v"}})
+    try:
+        yield _filled_registry()
+    finally:
+        store.close()
+
+
+def _filled_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     register_runtime_collectors(registry)
     m = StageMetrics("normalize", registry)
@@ -59,8 +73,8 @@ def scrape(registry: CollectorRegistry) -> str:
     return body
 
 
-def test_every_exported_metric_keeps_the_conventions():
-    body = scrape(exercised_registry())
+def test_every_exported_metric_keeps_the_conventions(exercised_registry):
+    body = scrape(exercised_registry)
     assert problems(body, STAGES) == []
     names = sample_names(body)
     # units in names; counters end in _total; the per-record SEVIS result counter; process metrics
@@ -73,6 +87,7 @@ def test_every_exported_metric_keeps_the_conventions():
         "process_resident_memory_bytes",
         "python_info",
         "python_gc_collections_total",
+        "sevisflow_state_store_memory_bytes",
     ):
         assert want in names, want
     assert 'sevisflow_sevis_results_total{code="S1003",result="rejected",stage="sink-sevis"} 1.0' in body
@@ -128,11 +143,11 @@ def _exprs(node: object) -> list[str]:
 METRIC = re.compile(r"\b((?:sevisflow|process|python)_[a-z0-9_]+)\b")
 
 
-def test_every_dashboard_query_names_a_metric_the_code_exports():
+def test_every_dashboard_query_names_a_metric_the_code_exports(exercised_registry):
     dashboard = orjson.loads(DASHBOARD.read_bytes())
     exprs = _exprs(dashboard)
     assert len(exprs) >= 15
-    exported = sample_names(scrape(exercised_registry()))
+    exported = sample_names(scrape(exercised_registry))
     used: set[str] = set()
     for expr in exprs:
         names = METRIC.findall(expr)

@@ -127,7 +127,7 @@ def test_rocksdb_restore_by_chunks_keeps_the_last_value_and_drops_tombstoned_key
 
 def test_a_rocksdb_store_shows_its_memory_on_the_metrics_page_within_its_configured_bounds(tmp_path):
     """``sevisflow_state_store_memory_bytes``: the part of a stage's resident size that ``[state]`` bounds, by
-    RocksDB's own accounting; the series goes when the store closes."""
+    RocksDB's own accounting; the family goes when the store closes."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from sevisflow.core.observability import register_runtime_collectors
@@ -141,10 +141,12 @@ def test_a_rocksdb_store_shows_its_memory_on_the_metrics_page_within_its_configu
         return {
             line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in lines
-            if line.startswith(prefix) and 'store="normalize-test"' in line
+            if line.startswith(prefix) and 'stage="normalize"' in line
         }
 
-    store = RocksState(tmp_path, "normalize-test", block_cache_mb=1, write_buffer_mb=1)
+    store = RocksState(
+        tmp_path, "sevisflow-normalize-sequencer", block_cache_mb=1, write_buffer_mb=1, stage="normalize"
+    )
     for chunk in range(8):  # ~4 MB: several memtable flushes into table files
         store.apply({0: {f"k{chunk}-{i}".encode(): os.urandom(200) for i in range(2_500)}})
     for chunk in range(8):
@@ -157,3 +159,4 @@ def test_a_rocksdb_store_shows_its_memory_on_the_metrics_page_within_its_configu
     assert parts["table_readers"] > 0
     store.close()
     assert shown() == {} and store.memory_bytes() == {}
+    assert "sevisflow_state_store_memory_bytes" not in generate_latest(registry).decode()  # no empty family
