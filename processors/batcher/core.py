@@ -350,7 +350,7 @@ class _Persistent(Mapping[str, Any]):
         return self._loaded(key) if type(value) is Spilled else value
 
     def _loaded(self, key: str) -> Any:
-        if self.load is None:  # pragma: no cover - spilled() never makes a marker without a loader
+        if self.load is None:  # pragma: no cover - spilled() never makes a stub without a loader
             raise KeyError(f"{key!r} is spilled to a state store and this mapping has no loader")
         return self.load(key)
 

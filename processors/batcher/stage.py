@@ -139,7 +139,7 @@ class BatcherStore(StateStore):
         super().__init__(committed)
         self.cache: dict[tuple[int, str], School] = {}
         self.hot: OrderedDict[tuple[int, str, str], dict[str, Any]] = OrderedDict()
-        """The committed records kept decoded, least recently written first."""
+        """The committed open records kept decoded, least recently used first (see RecordLoader)."""
         self.partitions: set[int] = set()
         self.view_dirty: set[tuple[int, str]] = set()
         self.view_sent: set[tuple[int, str]] = set()
