@@ -213,20 +213,16 @@ class DueMemo:
         self, org: str, record_id: str, record: Mapping[str, Any], deadlines: Deadlines | None = None
     ) -> tuple[int, Due | None]:
         """``(first_change_ms, due)`` of one of school ``org``'s records (by ``deadlines``, default the memo's)."""
-        if deadlines is not None and deadlines is not self.deadlines and deadlines != self.deadlines:
-            return record_due(record, deadlines)
-        asked = self._asked.get(org)
-        if asked is None:
-            asked = self._asked[org] = {}
-        hit = asked.get(record_id) or self._kept.get(org, {}).get(record_id)
+        if not self._same_rules(deadlines):
+            return record_due(record, deadlines)  # type: ignore[arg-type]  # not None: _same_rules(None) holds
         rev = record.get("rev")
         version: object = rev if type(rev) is int else record  # type, not isinstance: a bool is no rev
-        if hit is None or (hit[0] != version if type(version) is int else hit[0] is not version):
+        hit = self._known(org, record_id, version)
+        if hit is None:
             clock, due = record_due(record, self.deadlines)
             if due is not None:
                 due = self._dues.setdefault((due.rule.name, due.clock_start), due)
-            hit = (version, clock, due)
-        asked[record_id] = hit
+            hit = self._asked.setdefault(org, {})[record_id] = (version, clock, due)
         return hit[1], hit[2]
 
     def of_rev(
@@ -239,13 +235,26 @@ class DueMemo:
     ) -> tuple[int, Due | None]:
         """:meth:`of` for a record known by its ``rev`` only: ``records[record_id]`` is read (for the batcher,
         from its state store) only when the memo does not know that version."""
-        same_rules = deadlines is None or deadlines is self.deadlines or deadlines == self.deadlines
-        if type(rev) is int and same_rules:
-            hit = self._asked.get(org, {}).get(record_id) or self._kept.get(org, {}).get(record_id)
-            if hit is not None and type(hit[0]) is int and hit[0] == rev:
-                self._asked.setdefault(org, {})[record_id] = hit
-                return hit[1], hit[2]
+        hit = self._known(org, record_id, rev) if type(rev) is int and self._same_rules(deadlines) else None
+        if hit is not None:
+            return hit[1], hit[2]
         return self.of(org, record_id, records[record_id], deadlines)
+
+    def _same_rules(self, deadlines: Deadlines | None) -> bool:
+        return deadlines is None or deadlines is self.deadlines or deadlines == self.deadlines
+
+    def _known(self, org: str, record_id: str, version: object) -> tuple[object, int, Due | None] | None:
+        """The remembered answer for this version of the record (noted as asked about), or None."""
+        hit = self._asked.get(org, {}).get(record_id) or self._kept.get(org, {}).get(record_id)
+        if hit is None:
+            return None
+        if type(version) is int:
+            if type(hit[0]) is not int or hit[0] != version:
+                return None
+        elif hit[0] is not version:
+            return None
+        self._asked.setdefault(org, {})[record_id] = hit
+        return hit
 
     def sweep(self) -> None:
         """Forget the records not asked about since the last sweep (closed, removed or replaced ones)."""
