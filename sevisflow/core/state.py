@@ -126,8 +126,9 @@ MEMORY_PROPERTIES = {
     "table_readers": "rocksdb.estimate-table-readers-mem",
 }
 """The parts of a RocksDB store's memory, by RocksDB's own accounting: the block cache (bounded by
-``block_cache_mb``), the memtables (by ``write_buffer_mb``, two of them, plus one being flushed), and the
-index and filter blocks of the open table files (outside the cache: they follow the data on disk)."""
+``block_cache_mb``), the memtables (by ``write_buffer_mb``: at most two, the one being written and one being
+flushed), and the index and filter blocks of the open table files (outside the cache: they follow the data
+on disk)."""
 
 
 class RocksState:

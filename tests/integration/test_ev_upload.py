@@ -218,19 +218,29 @@ def test_on_kafka_the_ids_sevis_returns_reach_the_waiting_ev_record(kafka_stack,
         mixed = batch_of([create_record(2), fm_create(3)], batch_id=f"EM{unique[-12:]:0>12}")
         send(settings, settings.topics.batches, "sevisflow.batches.BatchEvent", [_closed(b) for b in (batch, mixed)])
         stop = threading.Event()
-        threads = [
-            threading.Thread(target=f, args=(settings, stop), daemon=True) for f in (run_batcher, run_xml, run_sevis)
-        ]
-        for t in threads:
-            t.start()
 
-        def released() -> dict | None:
+        def dependent_edit(type_: str) -> dict | None:
             for m in read_topic(settings.kafka, settings.topics.batches):
                 ev = registry().decode(m.value(), "sevisflow.batches.BatchEvent") if m.value() else {}
                 rec = orjson.loads(ev.get("record_json") or "null") or {}
-                if ev.get("type") == "record_released" and rec.get("kind") == "EV.Dependent.Edit":
+                if ev.get("type") == type_ and rec.get("kind") == "EV.Dependent.Edit":
                     return rec
             return None
+
+        def released() -> dict | None:
+            return dependent_edit("record_released")
+
+        # the batcher holds the edit (record_waiting: no dependent id yet) before SEVIS's answer exists: were the
+        # answer applied first, the edit would come in already filled, as record_added, and nothing be released
+        threads = [threading.Thread(target=run_batcher, args=(settings, stop), daemon=True)]
+        threads[0].start()
+        deadline = time.monotonic() + 60
+        while (waiting := dependent_edit("record_waiting")) is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert waiting is not None and waiting["status"] == "waiting", waiting
+        threads += [threading.Thread(target=f, args=(settings, stop), daemon=True) for f in (run_xml, run_sevis)]
+        for t in threads[1:]:
+            t.start()
 
         try:
             deadline = time.monotonic() + 120

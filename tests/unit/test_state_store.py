@@ -155,7 +155,7 @@ def test_a_rocksdb_store_shows_its_memory_on_the_metrics_page_within_its_configu
     parts = shown()
     assert set(parts) == {"block_cache", "memtables", "table_readers"}
     assert 0 < parts["block_cache"] <= 1.1 * (1 << 20)  # full, and no more than block_cache_mb
-    assert 0 < parts["memtables"] <= 3 * (1 << 20)  # at most two memtables and one being flushed
+    assert 0 < parts["memtables"] <= 3 * (1 << 20)  # at most two memtables (one written, one flushing), with slack
     assert parts["table_readers"] > 0
     store.close()
     assert shown() == {} and store.memory_bytes() == {}
