@@ -66,9 +66,14 @@ releases once it has consumed every input partition up to the high watermarks re
 ==============  ==========================================================================
 ``s``            the held snapshot: ``n`` rows, ``g`` groups, ``k`` ``sl`` chunks, ``last`` ("last" row
                  seen), ``ended`` (a streamed record seen after it), ``boot`` (the start-up hold),
-                 ``r`` the release under way (``i`` next group of ``n``)
+                 ``r`` the release under way (``i`` next group of ``n``, ``u`` units of group ``i``
+                 applied)
 ``s:<row id>``   one held snapshot row (the last copy delivered)
-``sg:<group>``   the row ids of one group: the rows of one student id ("" = references, no student)
+``sg:<group>``   the row ids of one group: the rows of one student id ("" = references, no student);
+                 a list, chunked once it holds :data:`CHUNK_ITEMS` ids (a group of any size is many
+                 small values)
+``su:<group>``   a group larger than :data:`SNAPSHOT_UNIT_ROWS` being applied: its row ids in snapshot
+                 order, taken from the front one unit at a time (chunked)
 ``sl:<n>``       the groups, first seen first, in chunks of :data:`SNAPSHOT_CHUNK`
 ``sr:<n>``       the release plan: the groups in the order they are applied (id order, "" first)
 ``sp``           streamed row changes applied on arrival, held behind an incomplete snapshot (chunked)
@@ -76,7 +81,9 @@ releases once it has consumed every input partition up to the high watermarks re
 Applying the snapshot: one unit per group — the reference rows first, then each student id's rows
 (its student row, then its other rows in :meth:`Normalizer.snapshot_order`) — so each student's view
 is published once, with the lineage of all its snapshot rows, and the unit, its id and the events
-derived from it do not depend on arrival order or on how the release is sliced. The Kafka stage
+derived from it do not depend on arrival order or on how the release is sliced. A group of more than
+:data:`SNAPSHOT_UNIT_ROWS` rows (a big reference table, or rows naming a placeholder student id) is
+applied as several units of that many rows, in the same order. The Kafka stage
 applies a slice of groups per Kafka transaction (:meth:`Normalizer.release_step`): no transaction,
 state value or poll interval grows with the school. A row that names another student than its
 group's (a row linked to two students) is parked until that student's row is applied, as in streaming.
@@ -96,6 +103,11 @@ from sevisflow.processors.normalize.mapping import Feed, Mapping
 
 US_SLOTS = ("us_physical", "us_mailing")
 SNAPSHOT_CHUNK = 500  # groups per ``sl:<n>``/``sr:<n>`` key: a changelog record stays small, writes stay O(rows)
+SNAPSHOT_UNIT_ROWS = 5_000
+"""The most held snapshot rows applied as one unit. A student's rows are one unit (one view version, one
+Create); only a group larger than this — a reference table, or rows naming a placeholder student id — is
+applied in several, in snapshot order. A real student has far fewer rows (a view section holds at most
+:data:`MAX_ENTRIES_PER_SECTION` entries)."""
 CHUNK_ITEMS = 256  # items per chunk of a chunked list (transaction buffer, END queue, held rows)
 CHUNK_BYTES = 256 * 1024  # ... and about this many bytes of JSON: far below the changelog's message limit
 
@@ -115,6 +127,13 @@ MAX_PARKED_PER_STUDENT_ID = 500
 """The most rows kept waiting for a student row that has not arrived (``o:<link>``, one state value). Rows
 that point at an id no student has (a placeholder id such as 0 in messy SIS data) would otherwise pile up
 in one value until the changelog refuses it; past this, such a row is an ``orphan_limit`` dead letter."""
+
+MAX_LINKED_ROWS_PER_STUDENT_ID = 5_000
+"""The most rows linked to one student id (``lm:<link>``, one state value: the rows that follow the student
+when its id changes). A real student has a few hundred at most (each keyed view section holds 200); rows of
+an unkeyed table (addresses) are not bounded by the view, so a placeholder student that exists in the SIS
+and collects every row nobody else owns would grow this value past the changelog's limit. Past this, a row
+that would link one more is a ``too_many_rows`` dead letter."""
 
 
 class KV(Protocol):
@@ -410,24 +429,48 @@ class Normalizer:
         rid = ch.row_id
         group = self.snapshot_group(ch)
         held = self.kv.get(f"s:{rid}")
-        if held is not None:  # a re-delivered row (resumed snapshot): the last copy wins
-            was = self.snapshot_group(RowChange.from_json(held))
-            if was != group:
-                members = [r for r in self.kv.get(f"sg:{was}") or [] if r != rid]
-                self.kv.put(f"sg:{was}", members or None)
-                held = None
-        if held is None:
-            members = self.kv.get(f"sg:{group}")
-            if members is None:
-                self._list_group(meta, group)
-                members = []
-            members.append(rid)
-            self.kv.put(f"sg:{group}", members)
-            meta["n"] += 1
+        # a re-delivered row (resumed snapshot): the last copy wins; one that now names another student
+        # moves to that group (its entry in a chunked old group stays, and is passed over when applied)
+        was = None if held is None else self.snapshot_group(RowChange.from_json(held))
+        if was != group:
+            self._join_group(meta, group, rid)
+            if held is None:
+                meta["n"] += 1
+            elif isinstance(old := self.kv.get(f"sg:{was}"), list) and rid in old:
+                old.remove(rid)
+                self.kv.put(f"sg:{was}", old or None)
         self.kv.put(f"s:{rid}", ch.to_json())
         if ch.snapshot_mark == "last":
             meta["last"] = True
         self.kv.put("s", meta)
+
+    def _join_group(self, meta: dict[str, Any], group: str, rid: str) -> None:
+        """Add a held row to its group, listing the group if it is new. ``sg:<group>`` is a plain list while
+        it holds fewer than :data:`CHUNK_ITEMS` ids (a student's rows: one value, as before) and a chunked
+        list past that, so a group of any size is many small values."""
+        key = f"sg:{group}"
+        members = self.kv.get(key)
+        if not members:
+            self._list_group(meta, group)
+            self.kv.put(key, [rid])
+        elif isinstance(members, list) and len(members) < CHUNK_ITEMS:
+            members.append(rid)  # in place: the KV hands out its own decoded copy
+            self.kv.put(key, members)
+        else:
+            Chunked(self.kv, key).append(rid)  # a full plain list becomes the first chunk
+
+    def _take_group(self, group: str) -> tuple[list[str], bool]:
+        """The row ids held in a group, which is emptied (either form of ``sg:<group>``), and whether they
+        are exact: a chunked group may list a row that moved to another group or was listed twice."""
+        key = f"sg:{group}"
+        members = self.kv.get(key)
+        if members is None or isinstance(members, list):
+            self.kv.put(key, None)
+            return members or [], True
+        chunked = Chunked(self.kv, key)
+        rids: list[str] = chunked.items()
+        chunked.clear()
+        return rids, False
 
     def snapshot_group(self, ch: RowChange) -> str:
         """The student id a held snapshot row belongs to ("" for reference rows and rows naming no student,
@@ -464,13 +507,7 @@ class Normalizer:
                 held = self.kv.get(f"s:{rid}")
                 if held is None:
                     continue
-                group = self.snapshot_group(RowChange.from_json(held))
-                members = self.kv.get(f"sg:{group}")
-                if members is None:
-                    self._list_group(meta, group)
-                    members = []
-                members.append(rid)
-                self.kv.put(f"sg:{group}", members)
+                self._join_group(meta, self.snapshot_group(RowChange.from_json(held)), rid)
                 meta["n"] += 1
             self.kv.put(f"si:{k}", None)
         return meta
@@ -520,19 +557,51 @@ class Normalizer:
                 return out, False
             i = plan["i"]
             group = (self.kv.get(f"sr:{i // SNAPSHOT_CHUNK}") or [])[i % SNAPSHOT_CHUNK]
-            rows: list[RowChange] = []
-            for rid in self.kv.get(f"sg:{group}") or []:
-                held = self.kv.get(f"s:{rid}")
-                if held is not None:
-                    rows.append(RowChange.from_json(held))
-                    self.kv.put(f"s:{rid}", None)
-            self.kv.put(f"sg:{group}", None)
+            rows, group_done = self._next_unit(group, plan)
+            for ch in rows:
+                self.kv.put(f"s:{ch.row_id}", None)
+            step = {"i": i + 1, "done": plan["done"] + 1, "u": 0} if group_done else {"u": plan.get("u", 0) + 1}
             meta = self.kv.get("s")  # applying never touches "s", but re-read: it is the KV's copy
-            self.kv.put("s", {**meta, "n": meta["n"] - len(rows), "r": {**plan, "i": i + 1, "done": plan["done"] + 1}})
+            self.kv.put("s", {**meta, "n": meta["n"] - len(rows), "r": {**plan, **step}})
             if rows:
-                rows.sort(key=self.snapshot_order)
                 out.extend(self._apply_unit(rows))
                 rows_applied += len(rows)
+
+    def _next_unit(self, group: str, plan: dict[str, Any]) -> tuple[list[RowChange], bool]:
+        """The next unit of a group's held rows, in :meth:`snapshot_order`, and whether it is the group's last.
+
+        A group is one unit, unless it holds more than :data:`SNAPSHOT_UNIT_ROWS` rows (a reference table,
+        or rows naming a placeholder student id in messy SIS data): then its rows are put in order once
+        (``su:<group>``) and applied that many at a time, so no unit, transaction or poll grows with it.
+        Entries whose row was applied already, or that now belongs to another group, are passed over."""
+        queue = Chunked(self.kv, f"su:{group}")
+        if not plan.get("u"):
+            # emptied now: a row re-sent while the group's units are applied joins it anew, for a next round
+            members, exact = self._take_group(group)
+            if len(members) <= SNAPSHOT_UNIT_ROWS:
+                rows = self._held_rows(group, members, exact)
+                rows.sort(key=self.snapshot_order)
+                return rows, True
+            for _, rid in sorted((self.snapshot_order(ch), ch.row_id) for ch in self._held_rows(group, members)):
+                queue.append(rid)
+        rids: list[str] = []
+        while len(rids) < SNAPSHOT_UNIT_ROWS and (rid := queue.first()) is not None:
+            rids.append(rid)
+            queue.drop_first()
+        return self._held_rows(group, rids), not len(queue)
+
+    def _held_rows(self, group: str, rids: list[str], exact: bool = False) -> list[RowChange]:
+        """The held rows of ``rids`` that are still held and (unless ``exact``) still belong to ``group``, each once."""
+        if exact:
+            return [RowChange.from_json(held) for rid in rids if (held := self.kv.get(f"s:{rid}")) is not None]
+        rows: dict[str, RowChange] = {}
+        for rid in rids:
+            held = self.kv.get(f"s:{rid}")
+            if held is not None and rid not in rows:
+                ch = RowChange.from_json(held)
+                if self.snapshot_group(ch) == group:
+                    rows[rid] = ch
+        return list(rows.values())
 
     def _release_rows(self) -> Result:
         """Apply the whole held snapshot (pure mode: just before the first streamed change)."""
@@ -839,6 +908,8 @@ class Normalizer:
             )
             raise _Skip
         skey = self.kv.get(f"l:{link}")
+        if skey is not None:
+            self._check_linked(feed, link, ch, res, str(skey))
         if skey is None:
             parked = list(self.kv.get(f"o:{link}") or [])
             if len(parked) >= MAX_PARKED_PER_STUDENT_ID:
@@ -885,6 +956,24 @@ class Normalizer:
                 raise _Skip
             return feed.slots[str(raw)]
         return str(raw)
+
+    def _check_linked(self, feed: Feed, link: Any, ch: RowChange, res: Result, skey: str) -> None:
+        """Refuse a row that would link one more row to a student id that has :data:`MAX_LINKED_ROWS_PER_STUDENT_ID`."""
+        members = self.kv.get(f"lm:{link}")
+        if not members or len(members) < MAX_LINKED_ROWS_PER_STUDENT_ID or ch.row_id in members:
+            return
+        res.dead.append(
+            DeadItem(
+                "too_many_rows",
+                f"student {skey} already has {len(members)} SIS rows linked to it (the most normalize keeps); "
+                f"this {ch.table} row would add one more and is not applied: remove stale rows of this student "
+                f"in the SIS (or fix {feed.link} if it names the wrong student), then update this row again",
+                ch,
+                skey,
+                feed.link,
+            )
+        )
+        raise _Skip
 
     def _check_room(self, feed: Feed, slot: str, ch: RowChange, res: Result, skey: str) -> None:
         """Refuse a row that would add an entry to a full keyed section (:data:`MAX_ENTRIES_PER_SECTION`)."""

@@ -648,6 +648,15 @@ RECORD_ERRORS = frozenset(
 )
 """Produce errors that belong to one record (too large, invalid): retrying the same record cannot help."""
 
+
+def _state_refused(size: int, key: bytes | None, topic: str, partition: int, err: KafkaError) -> str:
+    """Why a transaction cannot commit when Kafka refuses one of its state values (not one record's fault)."""
+    return (
+        f"state value of {size} bytes (key {len(key or b'')} bytes) refused by {topic}[{partition}]: "
+        f"{err.str()}; this stage's state values must be split into smaller ones"
+    )
+
+
 NON_RETRIABLE_CODES = frozenset(
     {
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
@@ -1164,12 +1173,7 @@ class TransactionalLoop:
                 culprits[where] = (size, origin, out, err)
         for size, origin, out, err in culprits.values():
             if origin[0] == "state":
-                raise _TxnFailed(
-                    f"state value of {size} bytes (key {len(out.key or b'')} bytes) refused by "
-                    f"{out.topic}[{origin[1]}]: {err.str()}; this stage's state values must be split "
-                    "into smaller ones",
-                    retriable=False,
-                )
+                raise _TxnFailed(_state_refused(size, out.key, out.topic, origin[1], err), retriable=False)
             self._refuse(origin, out, err, size)
         if culprits:
             raise _Redo
@@ -1306,7 +1310,15 @@ class TransactionalLoop:
                     failures.append((origin, Output(topic, msg.key(), msg.value(), partition=msg.partition()), err))
 
             for key, value in kv.items():
-                produce(self.producer, topic, key, value, partition=partition, on_delivery=on_delivery)
+                try:
+                    produce(self.producer, topic, key, value, partition=partition, on_delivery=on_delivery)
+                except KafkaException as exc:  # above the producer's own message.max.bytes: never queued
+                    if exc.args[0].code() not in RECORD_ERRORS:
+                        raise
+                    raise _TxnFailed(
+                        _state_refused(len(key) + len(value or b""), key, topic, partition, exc.args[0]),
+                        retriable=False,
+                    ) from exc
             written += len(kv)
         if written:
             self._out_counts[topic] = self._out_counts.get(topic, 0) + written

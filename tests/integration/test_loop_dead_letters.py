@@ -8,7 +8,8 @@
   dead-lettered;
 * a state value the changelog refuses is not one record's fault: the loop cannot commit, says so on
   ``/health`` (false, with the reason), retries with a capped exponential backoff, and carries on by
-  itself once the topic accepts the value again.
+  itself once the topic accepts the value again; one above the producer's own limit gets the same
+  reason and backoff.
 """
 
 from __future__ import annotations
@@ -210,6 +211,54 @@ def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_re
         if server:
             server.stop()
     assert [m.value() for m in read_topic(kafka, out)] == [b"first", b"grow", b"after"]
+
+
+def test_a_state_value_above_the_producers_own_limit_says_so_and_backs_off(kafka_stack, unique):
+    """Above the producer's ``message.max.bytes`` (8 MiB) a state value is refused before it is queued: the
+    same clear reason on ``/health`` as a refusal by the broker (it was a bare "Message size too large"
+    and counted as retriable), and the same backoff."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
+    inp, out, state = f"sh.in.{unique}", f"sh.out.{unique}", f"sh.state.{unique}"
+    ensure_topics(kafka, [TopicSpec(inp, 1, 1), TopicSpec(out, 1, 1), TopicSpec(state, 1, 1)])
+
+    def handler(msg, st):
+        if msg.value() == b"grow":
+            st.put(msg.partition(), b"buffer", HUGE)
+        yield Output(out, msg.key(), msg.value())
+
+    _feed(kafka, inp, [b"first", b"grow", b"after"])
+    port = free_port()
+    server = serve_for(port, "127.0.0.1")
+    loop = TransactionalLoop(
+        kafka,
+        f"sh-{unique}",
+        [inp],
+        handler,
+        transactional_id=f"sh-{unique}-0",
+        state_topic=state,
+        dlq_topic=f"{out}.dlq",
+        batch_size=1,
+        retry_base_s=0.2,
+        retry_max_s=1.6,
+    )
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    try:
+        _, body = _wait(
+            lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 503 and r, 60, "/health to fail"
+        )
+        assert "non-retriable" in body and f"state value of {len(HUGE) + 6} bytes" in body, body
+        assert "must be split" in body and state in body, body
+        failures_then = loop._failures
+        time.sleep(4)
+        assert 1 <= loop._failures - failures_then <= 6, loop._failures - failures_then
+        assert [m.value() for m in read_topic(kafka, out)] == [b"first"], "nothing after the stuck record"
+    finally:
+        loop.stop()
+        runner.join(30)
+        if server:
+            server.stop()
+    assert not runner.is_alive()
 
 
 def test_an_io_error_in_the_handler_is_retried_with_backoff_not_dead_lettered(kafka_stack, unique):

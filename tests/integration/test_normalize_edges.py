@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from sevisflow.app.runner import Pipeline
+from sevisflow.core import kafka_io
 from sevisflow.core.kafka_io import (
     TopicSpec,
     delivery_raiser,
@@ -24,8 +25,10 @@ from sevisflow.core.kafka_io import (
 )
 from sevisflow.core.serde import registry
 from sevisflow.core.topics import all_topics, pipeline_topics, state_topic
+from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.normalize.mapping import load_mapping
 from sevisflow.processors.normalize.stage import NormalizeStage, NormalizeStore, normalize_topics
+from sevisflow.processors.normalize.view import MAX_PARKED_PER_STUDENT_ID
 from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 from tests.helpers import REPO, connector_section, make_settings, settled, wait_for
 from tests.normalize_support import (
@@ -35,11 +38,12 @@ from tests.normalize_support import (
     N_STUDENTS,
     N_TERMS,
     STATE_MESSAGE_LIMIT,
+    as_debezium_snapshot,
     school_tables,
     snapshot_records,
     streamed_after_snapshot,
 )
-from tests.scenarios import MAPPING
+from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 
 pytestmark = pytest.mark.integration
 
@@ -163,6 +167,63 @@ def test_the_stage_releases_the_snapshot_whatever_topic_it_reads_first(kafka_sta
             derived,
         )
     assert sorted(e["event_id"] for e in derived.events) == sorted(e["event_id"] for e in expected.events)
+
+
+def test_a_snapshot_with_more_rows_under_one_student_id_than_a_state_record_holds_is_released(
+    kafka_stack, unique, monkeypatch
+):
+    """A snapshot in which 10,000 address rows name a placeholder person id 0 (no such student), the
+    stage's producer taking records of at most 320 KiB (8 MiB in production: ~200,000 such rows). The
+    held rows of one student id were one state value: past the limit the producer refused it, and
+    normalize stopped applying anything for the whole school. Now the school's student comes through,
+    the rows beyond what may wait for id 0 are dead letters, and the group is many small records."""
+    limit = 320 * 1024
+    plain = kafka_io.producer_config
+    monkeypatch.setattr(
+        kafka_io,
+        "producer_config",
+        lambda *a, **kw: {**plain(*a, **kw), "message.max.bytes": limit, "batch.size": limit // 2},
+    )
+    settings = make_settings(kafka_stack, unique=unique, school={"mapping_file": MAPPING_FILE})
+    prefix = settings.connector.topic_prefix
+    _topics_for(settings, with_unmapped=False)
+    feed, rows = SisFeed(prefix=prefix, primary_keys=PKS), base_rows()
+    for name, row in rows.items():
+        feed.tx(("r", TABLES[name], None, row), snapshot=True)
+    placeholder = 10_000
+    for i in range(placeholder):
+        feed.tx(("r", "public.address", None, {**rows["us"], "address_id": 700_000 + i, "person_id": 0}), snapshot=True)
+    ids = [f'public.address:{{"address_id":{700_000 + i}}}' for i in range(placeholder)]
+    assert len(orjson.dumps(ids)) > limit, "the premise: the group's row ids would not fit in one record"
+    _produce_all(settings, as_debezium_snapshot(feed.records))
+
+    pipeline = Pipeline(settings, ["normalize"], serve_metrics=False).start()
+    try:
+        views = wait_for(
+            "the snapshot's student view",
+            lambda: [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.students)],
+            120,
+            pipeline,
+        )
+        refused = placeholder - MAX_PARKED_PER_STUDENT_ID
+        dead = wait_for(
+            "the placeholder rows' dead letters",
+            settled(lambda: len(list(read_topic(settings.kafka, settings.topics.dlq))), 2.0, refused),
+            120,
+            pipeline,
+        )
+    finally:
+        failed = pipeline.stop()
+    assert not failed, [(f.name, f.error) for f in failed]
+    assert [v["student_key"] for v in views] == [rows["person"]["school_id"]]
+    letters = [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.dlq)]
+    assert dead == refused and Counter(d["code"] for d in letters) == {"orphan_limit": refused}
+    sizes: dict[bytes, int] = {}
+    for m in read_topic(settings.kafka, state_topic(settings, "normalize")):
+        sizes[m.key()] = max(sizes.get(m.key(), 0), len(m.value() or b""))
+    group = {k: n for k, n in sizes.items() if k.startswith(b"sg:0")}
+    assert len(group) > 10 and max(group.values()) < 16 * 1024, "the group is many small records"
+    assert max(sizes.values()) < limit  # the largest: the 500 rows waiting for id 0 (o:0), ~200 KB
 
 
 def test_a_transaction_larger_than_a_state_record_flows_through_to_the_right_events(

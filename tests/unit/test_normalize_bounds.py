@@ -12,7 +12,11 @@ from __future__ import annotations
 import orjson
 
 from sevisflow.processors.normalize.debezium import SisFeed
-from sevisflow.processors.normalize.view import MAX_ENTRIES_PER_SECTION, MAX_PARKED_PER_STUDENT_ID
+from sevisflow.processors.normalize.view import (
+    MAX_ENTRIES_PER_SECTION,
+    MAX_LINKED_ROWS_PER_STUDENT_ID,
+    MAX_PARKED_PER_STUDENT_ID,
+)
 from sevisflow.processors.sevis_events.pure import PurePipeline
 from tests.scenarios import MAPPING, PKS, TABLES, base_rows
 
@@ -79,3 +83,43 @@ def test_rows_waiting_for_a_student_id_nobody_has_are_bounded_and_others_flow():
     assert len(pipe.kv.data["o:0"]) == MAX_PARKED_PER_STUDENT_ID
     # the real student is not held up by them
     assert out.views and out.views[-1].view["student_key"] == rows["person"]["school_id"]
+
+
+def test_a_student_collecting_rows_of_an_unkeyed_table_is_bounded_and_others_flow():
+    """Addresses are slots, not a keyed section: the view does not bound how many rows name one student.
+    Every such row was listed under the student's id (``lm:<id>``, one state value, 40 bytes a row): a
+    placeholder student that exists in the SIS and collects ~200,000 rows would outgrow a Kafka record."""
+    feed, pipe = SisFeed(primary_keys=PKS), PurePipeline(MAPPING)
+    rows = base_rows()
+    feed.tx(*[("c", TABLES[n], None, r) for n, r in rows.items()])
+    pipe.feed(feed.records)
+    feed.records.clear()
+    linked_before = len(pipe.kv.data[f"lm:{rows['person']['person_id']}"])  # its own rows of the linked tables
+    extra = 25
+    made = []
+    for i in range(MAX_LINKED_ROWS_PER_STUDENT_ID - linked_before + extra):
+        made.append({**rows["us"], "address_id": 50_000 + i})
+        feed.tx(("c", "public.address", None, made[-1]))
+    other = {**rows["person"], "person_id": 8, "school_id": "S00000008", "email": "other@example.edu"}
+    feed.tx(("c", "public.person", None, other))
+    out = pipe.feed(feed.records)
+    feed.records.clear()
+    link = rows["person"]["person_id"]
+    assert len(pipe.kv.data[f"lm:{link}"]) == MAX_LINKED_ROWS_PER_STUDENT_ID
+    assert len(orjson.dumps(pipe.kv.data[f"lm:{link}"])) < 256 * 1024
+    refused = [d for d in out.dead if d.code == "too_many_rows"]
+    assert len(refused) == extra
+    assert all(d.student_key == rows["person"]["school_id"] and d.field == "person_id" for d in refused)
+    assert "SIS rows linked to it" in refused[0].reason and "remove stale rows" in refused[0].reason
+    assert out.views[-1].student_key == "S00000008", "another student is not held up"
+
+    # a linked row still changes; once a row is deleted there is room for a refused one when it next changes
+    kept, dropped = made[0], made[-1]
+    feed.tx(("d", "public.address", kept, None))
+    feed.tx(("u", "public.address", dropped, {**dropped, "city": "Urbana"}))
+    out = pipe.feed(feed.records)
+    assert out.dead == []
+    members = pipe.kv.data[f"lm:{link}"]
+    assert len(members) == MAX_LINKED_ROWS_PER_STUDENT_ID
+    assert any(str(dropped["address_id"]) in m for m in members)
+    assert not any(f'"address_id":{kept["address_id"]}}}' in m for m in members)

@@ -22,9 +22,10 @@ import pytest
 from sevisflow.deploy.sis.activity import generate_activity
 from sevisflow.deploy.sis.generator import generate_school
 from sevisflow.deploy.sis.model import PRIMARY_KEYS, TABLE_ORDER
+from sevisflow.processors.normalize import view as view_module
 from sevisflow.processors.normalize.debezium import Record, SisFeed
 from sevisflow.processors.normalize.mapping import load_mapping
-from sevisflow.processors.normalize.view import DictKV, Normalizer
+from sevisflow.processors.normalize.view import MAX_PARKED_PER_STUDENT_ID, Chunked, DictKV, Normalizer
 from sevisflow.processors.sevis_events.pure import PureOutput, PurePipeline
 from tests.helpers import REPO
 from tests.normalize_support import as_debezium_snapshot
@@ -250,6 +251,12 @@ def _held(records: list[Record], kv: DictKV | None = None) -> PurePipeline:
     return pipe
 
 
+def _group_ids(kv: DictKV, key: str) -> list[str]:
+    """A held group's row ids, a plain list or chunked."""
+    value = kv.get(key)
+    return Chunked(kv, key).items() if isinstance(value, dict) else list(value or [])
+
+
 def _release_in_slices(pipe: PurePipeline, max_rows: int | None) -> tuple[PureOutput, list[int]]:
     """Release one slice at a time, as the stage does once per Kafka transaction; rows applied per slice."""
     out = PureOutput()
@@ -282,7 +289,7 @@ def test_a_snapshot_released_in_slices_gives_the_same_views_events_and_state_as_
     rows = sum(1 for r in records if b'"snapshot":"' in r.value and b'"snapshot":"false"' not in r.value)
 
     whole = _held(records)
-    largest = max(len(v) for k, v in whole.kv.data.items() if k.startswith("sg:") and k != "sg:")
+    largest = max(len(_group_ids(whole.kv, k)) for k in whole.kv.data if k.startswith("sg:") and k.count(":") == 1)
     expected, sizes = _release_in_slices(whole, None)
     assert sizes == [rows] and expected.events
     for max_rows in (1, 7, 50):
@@ -311,7 +318,8 @@ def test_a_snapshot_held_by_the_previous_version_is_released_the_same(school):
     expected, _ = _release_in_slices(_held(records), None)
     old = _held(records)
     kv = old.kv.data
-    rids = [rid for k in sorted(k for k in kv if k.startswith("sl:")) for g in kv[k] for rid in kv[f"sg:{g}"]]
+    groups = [g for k in sorted(k for k in kv if k.startswith("sl:")) for g in kv[k]]
+    rids = [rid for g in groups for rid in _group_ids(old.kv, f"sg:{g}")]
     for key in [k for k in kv if k.startswith(("sg:", "sl:"))]:
         del kv[key]
     for i in range(0, len(rids), 500):
@@ -321,6 +329,136 @@ def test_a_snapshot_held_by_the_previous_version_is_released_the_same(school):
     got, _ = _release_in_slices(old, 25)
     assert _summary(got) == _summary(expected)
     assert not [k for k in kv if k.startswith(("s:", "si:", "sg:", "sl:", "sr:"))]
+
+
+def test_groups_held_as_plain_lists_by_the_previous_version_are_released_the_same(school):
+    """Before big groups were chunked, ``sg:<group>`` was one list of row ids however long: such state is
+    read and released."""
+    data, _ = school
+    records = _with_crowded_groups(data, 300, 300)
+    expected, _ = _release_in_slices(_held(records), None)
+    old = _held(records)
+    kv = old.kv.data
+    headers = [k for k, v in kv.items() if k.startswith("sg:") and isinstance(v, dict)]
+    assert len(headers) == 2, "the reference group and the placeholder id's group are chunked"
+    plain = {k: _group_ids(old.kv, k) for k in kv if k.startswith("sg:") and k.count(":") == 1}
+    for key in [k for k in kv if k.startswith("sg:")]:
+        del kv[key]
+    kv.update(plain)
+    got, _ = _release_in_slices(old, 25)
+    assert _summary(got) == _summary(expected)
+    assert not [k for k in kv if k.startswith(("s:", "sg:", "su:", "sl:", "sr:"))]
+
+
+def _with_crowded_groups(school: dict[str, list[dict[str, Any]]], terms: int, placeholder_rows: int) -> list[Record]:
+    """The snapshot plus ``terms`` more rows of the reference table (one group, "") and ``placeholder_rows``
+    addresses naming person id 0, which no student has (one group, "0"): messy SIS data."""
+    data = {t: list(rows) for t, rows in school.items()}
+    proto_term, proto_address = data["term"][0], data["address"][0]
+    for i in range(terms):
+        data["term"].append({**proto_term, "term_id": f"X{i:05d}"})
+    for i in range(placeholder_rows):
+        data["address"].append({**proto_address, "address_id": 700_000 + i, "person_id": 0})
+    return _snapshot(data)
+
+
+def test_no_held_value_grows_with_the_rows_of_one_group(school):
+    """Every state value is a changelog record (8 MiB at most, re-encoded when it changes). A group's row
+    ids were one list: a reference table or a placeholder student id with ~200,000 rows would outgrow it
+    and stop normalize for the whole school. Now a group is a chunked list: no value grows with it."""
+    data, _ = school
+    pipe = _held(_with_crowded_groups(data, 3000, 3000))
+    sizes = {k: len(orjson.dumps(v)) for k, v in pipe.kv.data.items()}
+    group_ids = {g: Chunked(pipe.kv, f"sg:{g}").items() for g in ("", "0")}
+    assert len(group_ids[""]) > 3000 and len(group_ids["0"]) == 3000
+    assert all(len(orjson.dumps(ids)) > 100_000 for ids in group_ids.values()), "the premise: big groups"
+    assert max(sizes.values()) < 16 * 1024, max(sizes.items(), key=lambda kv: kv[1])
+
+
+def test_a_group_too_big_for_one_unit_is_applied_in_units_with_the_same_result(school, monkeypatch):
+    """A group of more than SNAPSHOT_UNIT_ROWS rows is applied that many at a time, in snapshot order:
+    no transaction or poll grows with it, and nothing visible changes — views, events and dead letters
+    are those of one unit, however the release is sliced."""
+    data, _ = school
+    records = _with_crowded_groups(data, 230, MAX_PARKED_PER_STUDENT_ID + 120)
+    one_unit, _ = _release_in_slices(_held(records), None)
+    assert [d.code for d in one_unit.dead].count("orphan_limit") == 120
+
+    monkeypatch.setattr(view_module, "SNAPSHOT_UNIT_ROWS", 100)
+    whole = _held(records)
+    units: list[list[str]] = []
+    real_apply = whole.normalizer._apply_unit
+    whole.normalizer._apply_unit = lambda rows: units.append([c.row_id for c in rows]) or real_apply(rows)
+    got, _ = _release_in_slices(whole, None)
+    assert _summary(got) == _summary(one_unit)
+    assert max(len(u) for u in units) == 100
+    crowded = [u for u in units if len(u) == 100]
+    assert len(crowded) >= 2 + 5, "the reference group and the placeholder id's group each took several units"
+    in_order = [rid for u in units for rid in u]
+    assert len(in_order) == len(set(in_order)), "no row applied twice"
+    assert not [k for k in whole.kv.data if k.startswith(("s:", "sg:", "su:", "sl:", "sr:"))]
+    for max_rows in (1, 7, 250):
+        sliced = _held(records)
+        out, sizes = _release_in_slices(sliced, max_rows)
+        assert _summary(out) == _summary(one_unit), f"slices of {max_rows} rows"
+        assert sliced.kv.data == whole.kv.data, f"slices of {max_rows} rows: the state differs"
+        assert max(sizes) <= max(max_rows, 100) + 100, sizes
+
+
+def test_a_snapshot_re_sent_while_a_big_group_is_half_applied_is_applied_once(school, monkeypatch):
+    """A connector restarted mid-snapshot re-sends it while normalize is inside a group's units: rows of
+    that group still queued take their new copy, rows already applied come back in a next round."""
+    monkeypatch.setattr(view_module, "SNAPSHOT_UNIT_ROWS", 100)
+    data, _ = school
+    records = _with_crowded_groups(data, 450, 0)
+    expected, _ = _release_in_slices(_held(records), None)
+    pipe = _held(records)
+    pipe.normalizer.begin_release()
+    out = PureOutput()
+    res, done = pipe.normalizer.release_step(1)  # the first unit of the reference group
+    pipe._take(res, out)
+    assert not done and pipe.kv.get("s")["r"]["u"] == 1 and len(Chunked(pipe.kv, "su:")) > 0
+    for off, rec in enumerate(records):
+        pipe.feed_one(rec.topic, rec.key, rec.value, out, 1, off)
+    while not done:
+        res, done = pipe.normalizer.release_step(50)
+        pipe._take(res, out)
+    assert pipe.normalizer.snapshot_status() is None
+    assert not [k for k in pipe.kv.data if k.startswith(("s:", "sg:", "su:", "sl:", "sr:"))]
+    assert {u.student_key for u in out.views} == {u.student_key for u in expected.views}
+
+
+@pytest.mark.parametrize("from_group", ["a student's", "a chunked placeholder id's"])
+def test_a_row_re_sent_under_another_student_id_is_applied_to_that_student_only(school, from_group):
+    """A resumed snapshot re-sends a row that changed meanwhile: the last copy wins, in its new group —
+    whether it left a student's group (a plain list, the entry removed) or a chunked group (the entry
+    stays there and is passed over)."""
+    data, _ = school
+    with_us_address = {a["person_id"] for a in data["address"] if a["kind"] == "US_PHYSICAL"}
+    other = next(p for p in data["person"] if p["person_id"] not in with_us_address)
+    if from_group == "a student's":
+        records = _snapshot(data)
+        address = next(a for a in data["address"] if a["kind"] == "US_PHYSICAL")
+    else:
+        records = _with_crowded_groups(data, 0, 300)
+        address = {**next(a for a in data["address"] if a["kind"] == "US_PHYSICAL"), "address_id": 700_005}
+    was = _held(records)
+    feed = SisFeed(primary_keys=PKS)
+    moved_row = {**address, "person_id": other["person_id"], "line1": "1 Moved Row Street"}
+    feed.tx(("r", "public.address", None, moved_row), snapshot=True)
+    pipe = _held(records + _as_debezium_snapshot(feed.records))
+    assert pipe.normalizer.snapshot_status()["n"] == was.normalizer.snapshot_status()["n"], "the row counts once"
+    out, _ = _release_in_slices(pipe, 40)
+    holders = [
+        u.student_key
+        for u in out.views
+        if any(x.get("line1") == "1 Moved Row Street" for x in u.view["address"].values())
+    ]
+    assert holders == [other["school_id"]]
+    assert not [k for k in pipe.kv.data if k.startswith(("s:", "sg:", "su:", "sl:", "sr:"))]
+    if from_group != "a student's":
+        assert [d.code for d in out.dead] == [], "299 rows wait for id 0, below the bound"
+        assert len(pipe.kv.get("o:0")) == 299
 
 
 def test_rows_held_while_a_release_is_under_way_are_applied_too(school):
