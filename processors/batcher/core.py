@@ -33,7 +33,7 @@ import dataclasses
 import math
 import operator
 import re
-from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, MutableMapping, ValuesView
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -101,7 +101,8 @@ class School:
     records: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     sevis_ids: Mapping[str, str] = field(default_factory=dict)
     commands: Mapping[str, dict[str, Any]] = field(default_factory=dict)
-    batches: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    batches: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The last KEEP_CLOSED_BATCHES closed batches; committed ones as :class:`SpilledBatch` in the stage."""
     student_ids: Mapping[str, tuple[str, ...]] | None = field(default=None, compare=False, repr=False)
     """Derived: the record ids of each student (see :func:`student_index`); never stored."""
     records_bytes: int | None = field(default=None, compare=False, repr=False)
@@ -324,6 +325,65 @@ class Spilled:
 
     def __repr__(self) -> str:
         return f"Spilled(rev={self.rev}, status={self.status!r}, section={self.section!r}, seq={self.seq})"
+
+
+class SpilledBatch(Mapping[str, Any]):
+    """A kept closed batch whose content (``records``, up to 500 records) is in the stage's state store: its
+    other fields — who closed it and when, SEVIS's rejections, ``processed``, ``requeued`` — stay in memory,
+    and reading ``records`` reads the content back with ``load``. The batcher keeps the last
+    :data:`KEEP_CLOSED_BATCHES` closed batches of every school this way, so memory does not follow how much
+    its schools closed (up to 30,000 records per school, ~2.3 KB each as dicts). Only a SEVIS result, a
+    requeue or a resend of that batch reads the content; the passes over every kept batch (the rejection
+    gauges, the oldest batch to forget at a close) read the fields. Equal to the batch as a dict; pickled as one."""
+
+    __slots__ = ("_bid", "_fields", "_load")
+
+    def __init__(self, bid: str, fields: Mapping[str, Any], load: Callable[[str], list[dict[str, Any]]]) -> None:
+        self._bid = bid
+        self._fields = {k: v for k, v in fields.items() if k != "records"}
+        self._load = load
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "records":
+            return self._load(self._bid)
+        return self._fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "records":
+            return self._load(self._bid)
+        return self._fields.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key == "records" or key in self._fields
+
+    def __iter__(self) -> Iterator[str]:
+        yield "records"
+        yield from self._fields
+
+    def __len__(self) -> int:
+        return len(self._fields) + 1
+
+    __hash__ = None  # type: ignore[assignment]  # equal to dicts (Mapping's __eq__), and as unhashable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self.items()),))
+
+    def __repr__(self) -> str:
+        return f"SpilledBatch({self._bid!r}, {self._fields!r})"
+
+
+def spilled_batches(
+    batches: Mapping[str, Any], keys: Iterable[str], load: Callable[[str], list[dict[str, Any]]]
+) -> PMap:
+    """``batches`` with the batches under ``keys`` left to ``load`` (each becomes a :class:`SpilledBatch`): the
+    caller has them in its store, committed. Keys not in ``batches`` are skipped. Equal to ``batches``."""
+    m = batches._map if isinstance(batches, _Persistent) else immutables.Map(batches)
+    out = m.mutate()
+    for key in keys:
+        batch = out.get(key)
+        if batch is not None and type(batch) is not SpilledBatch:
+            out[key] = SpilledBatch(key, batch, load)
+    return PMap(out.finish())
 
 
 class Loader(Protocol):

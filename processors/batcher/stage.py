@@ -79,11 +79,13 @@ from sevisflow.processors.batcher.core import (
     School,
     SendCommand,
     Spilled,
+    SpilledBatch,
     Tick,
     apply,
     changed_keys,
     open_view,
     spilled,
+    spilled_batches,
     view_changed,
 )
 from sevisflow.processors.batcher.gauges import worklist_gauges
@@ -120,6 +122,9 @@ def batcher_topics(settings: Settings) -> list[TopicSpec]:
 HOT_RECORDS = 4096
 """Committed open records the batcher keeps decoded (the most recently written or read, across its schools);
 every other open record is read back from the state store when an input, a close or the view needs it."""
+HOT_BATCHES = 8
+"""Kept closed batches whose content the batcher keeps decoded (the most recently read): SEVIS's results for
+one batch read its content once per result record."""
 
 
 class BatcherStore(StateStore):
@@ -140,6 +145,8 @@ class BatcherStore(StateStore):
         self.cache: dict[tuple[int, str], School] = {}
         self.hot: OrderedDict[tuple[int, str, str], dict[str, Any]] = OrderedDict()
         """The committed open records kept decoded, least recently used first (see RecordLoader)."""
+        self.hot_batches: OrderedDict[tuple[int, str, str], list[dict[str, Any]]] = OrderedDict()
+        """The content of kept closed batches read lately, least recently used first (see BatchLoader)."""
         self.partitions: set[int] = set()
         self.view_dirty: set[tuple[int, str]] = set()
         self.view_sent: set[tuple[int, str]] = set()
@@ -149,17 +156,20 @@ class BatcherStore(StateStore):
 
     def commit(self) -> None:
         written: dict[tuple[int, str], list[str]] = {}
+        closed: dict[tuple[int, str], list[str]] = {}
         for partition, kv in self._staged.items():
             _follow_meta_keys(self._orgs.setdefault(partition, set()), kv)
             for key in kv:
-                if key.startswith(b"r|"):
-                    org, _, rid = key[2:].decode().partition("|")
-                    written.setdefault((partition, org), []).append(rid)
+                if key.startswith((b"r|", b"b|")):
+                    org, _, rest = key[2:].decode().partition("|")
+                    (written if key[0] == ord("r") else closed).setdefault((partition, org), []).append(rest)
         super().commit()
         self.view_dirty -= self.view_sent
         self.view_sent.clear()
         for (partition, org), rids in written.items():
             self._spill(partition, org, rids)
+        for (partition, org), bids in closed.items():
+            self._spill_batches(partition, org, bids)
 
     def _spill(self, partition: int, org: str, rids: list[str]) -> None:
         """Leave the committed records ``rids`` of a cached school to the store, the newest kept decoded."""
@@ -177,6 +187,15 @@ class BatcherStore(StateStore):
             self.hot.popitem(last=False)
         spilled_records = spilled(records, rids, RecordLoader(self, partition, org))
         self.cache[(partition, org)] = dataclasses.replace(school, records=spilled_records)
+
+    def _spill_batches(self, partition: int, org: str, bids: list[str]) -> None:
+        """Leave the content of the committed closed batches ``bids`` of a cached school to the store."""
+        for bid in bids:
+            self.hot_batches.pop((partition, org, bid), None)
+        school = self.cache.get((partition, org))
+        if school is not None:
+            batches = spilled_batches(school.batches, bids, BatchLoader(self, partition, org))
+            self.cache[(partition, org)] = dataclasses.replace(school, batches=batches)
 
     def abort(self) -> None:
         super().abort()
@@ -201,6 +220,8 @@ class BatcherStore(StateStore):
             del self.cache[key]
         for hot in [k for k in self.hot if k[0] == partition]:
             del self.hot[hot]
+        for hot in [k for k in self.hot_batches if k[0] == partition]:
+            del self.hot_batches[hot]
         self.view_dirty = {k for k in self.view_dirty if k[0] != partition}
         self.view_sent = {k for k in self.view_sent if k[0] != partition}
 
@@ -264,13 +285,48 @@ class RecordLoader:
         return value
 
 
+class BatchLoader:
+    """Reads the content of one school's kept closed batches back from the stage's store, keeping the last
+    ``HOT_BATCHES`` read decoded (a closed batch's content never changes). Holds the store weakly, as
+    :class:`RecordLoader` does."""
+
+    __slots__ = ("_hot", "_org", "_partition", "_store")
+
+    def __init__(self, store: StateStore, partition: int, org: str) -> None:
+        self._hot = store.hot_batches if isinstance(store, BatcherStore) else None
+        self._store = weakref.ref(store)
+        self._partition = partition
+        self._org = org
+
+    def __call__(self, bid: str) -> list[dict[str, Any]]:
+        key = (self._partition, self._org, bid)
+        hot = self._hot
+        if hot is not None and (content := hot.get(key)) is not None:
+            hot.move_to_end(key)
+            return content
+        store = self._store()
+        if store is None:
+            raise KeyError(f"closed batch {bid!r} of {self._org}: the batcher's state store is closed")
+        value = store.get(self._partition, _k("b", self._org, bid))
+        if value is None:  # the school says the store has it: a bug, not bad input
+            raise KeyError(f"closed batch {bid!r} of {self._org} is missing from the batcher's state store")
+        loaded: list[dict[str, Any]] = orjson.loads(value)["records"]
+        if hot is not None:
+            hot[key] = loaded
+            if len(hot) > HOT_BATCHES:
+                hot.popitem(last=False)
+        return loaded
+
+
 def load_school(store: StateStore, partition: int, org: str) -> School:
-    """Rebuild one school's state from the store's keys; the open records stay in the store (spilled)."""
+    """Rebuild one school's state from the store's keys; the open records and the closed batches' content stay
+    in the store (spilled)."""
     meta: dict[str, Any] | None = None
     stubs: dict[str, Spilled] = {}
     index: dict[str, list[str]] = {}
     records_bytes = 0
     sevis_ids, commands, batches = {}, {}, {}
+    batch_loader = BatchLoader(store, partition, org)
     prefix_meta = _k("m", org)
     for key, value in store.items(partition):
         if key == prefix_meta:
@@ -289,8 +345,8 @@ def load_school(store: StateStore, partition: int, org: str) -> School:
             sevis_ids[rest] = orjson.loads(value)
         elif kind == b"c":
             commands[rest] = orjson.loads(value)
-        elif kind == b"b":
-            batches[rest] = orjson.loads(value)
+        elif kind == b"b":  # its content is read once here, then left to the store
+            batches[rest] = SpilledBatch(rest, orjson.loads(value), batch_loader)
     m = meta or {}
     return School(
         org_id=org,

@@ -1,0 +1,34 @@
+"""The closed-batches bench (``python -m bench.batcher.closed_batches``) at a tiny size, so it cannot rot: the
+working tree and the code of the last commit measured side by side, in child processes, no Kafka.
+
+Checks that every repeat of both versions closed, answered and measured what it says, never how fast or how
+big (the figures are the bench's).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from testkit.settings import REPO
+
+
+def test_closed_batches_bench_measures_both_versions_side_by_side(tmp_path):
+    out = tmp_path / "closed_batches.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.batcher.closed_batches", "--closes", "3", "--per-close", "260"]
+        + ["--repeat", "2", "--compare-with", "HEAD", "--json-out", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    summary = json.loads(out.read_text())["summary"]
+    assert sorted(summary) == ["before (HEAD)", "now"]
+    for name, fig in summary.items():
+        assert len(fig["samples"]) == 2, name
+        for run in fig["samples"]:
+            assert run["kept_batches"] == 6, "260 records make two documents (250 updates at most each)"
+            assert run["results"] == 3 * 260
+            assert run["max_rss_mib"] > 0 and run["cpu_ms_per_close"] > 0 and run["cpu_us_per_result"] > 0
