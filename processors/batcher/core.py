@@ -73,6 +73,15 @@ CREATE_KINDS = frozenset({"Create", "EV.Create"})
 """Event kinds that go into the create section (a new SEVIS record: F/M student, J-1 exchange visitor)."""
 KEEP_CLOSED_BATCHES = 60
 """Closed batches whose content the state keeps (for requeue and result matching)."""
+COMMAND_MEMORY_MS = 7 * 86_400_000
+"""How long after its Kafka time a command id (applied or refused) is remembered, so that it takes effect once.
+Longer is not needed: a DSO's command more than ``guard.MAX_PAST_MS`` (26 h) older than its Kafka time is
+refused as untimely anyway, a sink's requeue sent again finds its batch requeued, a resend finds its records
+resent. Without a bound every command ever applied, and every forged command refused, stayed in the state
+(and the batcher's memory) for good."""
+COMMAND_SWEEP_EVERY = 1024
+"""Commands past :data:`COMMAND_MEMORY_MS` are dropped from the state each time a school's remembered commands
+reach a multiple of this (what is remembered does not depend on when: the duplicate check looks at the time)."""
 
 # ----------------------------------------------------------------------------- data
 
@@ -1168,8 +1177,8 @@ def _on_command(tx: _Tx, inp: CommandIn) -> None:
         tx.out.append(Reject("malformed_command", problem, _short(cmd.get("student_key"))))
         return
     cid = cmd["command_id"]
-    if cid in tx.commands:
-        done = tx.commands[cid]
+    done = tx.commands.get(cid)
+    if done is not None and _remembered(done, inp.log_ms):
         tx.out.append(
             Reject(
                 "duplicate_command",
@@ -1180,6 +1189,32 @@ def _on_command(tx: _Tx, inp: CommandIn) -> None:
             )
         )
         return
+    _checked_and_applied(tx, inp, cmd, at_ms, problem)
+    if inp.log_ms:
+        entry = tx.commands.get(cid)
+        if entry is not None and entry.get("log_ms") != inp.log_ms:
+            tx.w("commands")[cid] = {**entry, "log_ms": inp.log_ms}
+        if len(tx.commands) % COMMAND_SWEEP_EVERY == 0:
+            _forget_old_commands(tx, inp.log_ms)
+
+
+def _remembered(done: Mapping[str, Any], log_ms: int | None) -> bool:
+    """Whether a stored command still makes a command with the same id a duplicate, at Kafka time ``log_ms``."""
+    if not log_ms:
+        return True
+    seen = done.get("log_ms") or done.get("at_ms") or 0
+    return bool(seen >= log_ms - COMMAND_MEMORY_MS)
+
+
+def _forget_old_commands(tx: _Tx, log_ms: int) -> None:
+    stale = [cid for cid, done in tx.commands.items() if not _remembered(done, log_ms)]
+    if stale:
+        commands = tx.w("commands")
+        for cid in stale:
+            del commands[cid]
+
+
+def _checked_and_applied(tx: _Tx, inp: CommandIn, cmd: Mapping[str, Any], at_ms: int, problem: str | None) -> None:
     if problem:
         tx.reject_command(cmd, at_ms, f"malformed command: {problem}", dead_letter="malformed_command")
         return
