@@ -891,7 +891,8 @@ class Normalizer:
                 raise _Skip
             link = row.get(m.student_id)
             prev = self.kv.get(f"l:{link}")
-            self.kv.put(f"l:{link}", str(skey))
+            if prev != str(skey):  # unchanged (most student-row changes): no state write, no changelog record
+                self.kv.put(f"l:{link}", str(skey))
             self._unlinks.pop(str(link), None)  # deleted and back in the same unit: a key change
             if prev is not None and prev != str(skey):
                 self._moves.append((str(link), prev, str(skey)))
