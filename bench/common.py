@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -138,13 +138,12 @@ def run_in_tree(tree: Path, module_file: str, function: str, *args: Any) -> dict
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def parts_side_by_side(
-    module_file: str, size: int, repeat: int, compare_with: str | None, repo: Path
-) -> dict[str, dict[str, Any]]:
-    """Run ``measure(size)`` of the bench module ``module_file`` ``repeat`` times in fresh children: over the
-    working tree, and with ``compare_with`` also over that git revision, interleaved so both see the same
-    neighbours. ``measure`` returns ``{"parts": [{figure: value}, …]}`` (a run cut in parts); the answer
-    per version: ``parts``, the median of every figure part by part, and ``runs``, everything measured."""
+def runs_side_by_side(
+    module_file: str, args: Sequence[Any], repeat: int, compare_with: str | None, repo: Path
+) -> dict[str, list[dict[str, Any]]]:
+    """Run ``measure(*args)`` of the bench module ``module_file`` ``repeat`` times in fresh children: over the
+    working tree (``now``), and with ``compare_with`` also over that git revision (``before (REV)``),
+    interleaved so both see the same neighbours. Every run's answer, per version."""
     trees = {"now": repo}
     tmp = exported_tree(compare_with, repo) if compare_with else None
     if tmp is not None:
@@ -153,10 +152,28 @@ def parts_side_by_side(
     try:
         for _ in range(repeat):
             for name, tree in trees.items():
-                runs[name].append(run_in_tree(tree, module_file, "measure", size))
+                runs[name].append(run_in_tree(tree, module_file, "measure", *args))
     finally:
         if tmp is not None:
             tmp.cleanup()
+    return runs
+
+
+def medians(runs: dict[str, list[dict[str, Any]]], figures: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per version of :func:`runs_side_by_side`: the median of each of ``figures``, and ``samples``, every run."""
+    return {
+        name: {f: statistics.median(r[f] for r in got) for f in figures} | {"samples": got}
+        for name, got in runs.items()
+    }
+
+
+def parts_side_by_side(
+    module_file: str, size: int, repeat: int, compare_with: str | None, repo: Path
+) -> dict[str, dict[str, Any]]:
+    """:func:`runs_side_by_side` of ``measure(size)``, which returns ``{"parts": [{figure: value}, …]}`` (a run
+    cut in parts); the answer per version: ``parts``, the median of every figure part by part, and ``runs``,
+    everything measured."""
+    runs = runs_side_by_side(module_file, [size], repeat, compare_with, repo)
     out: dict[str, dict[str, Any]] = {}
     for name, got in runs.items():
         parts = []

@@ -106,3 +106,14 @@ def result(
         "processed_at": None,
         "dependents_json": None,
     }
+
+
+def run(state: Any, *inputs: Any) -> tuple[Any, list[Any]]:
+    """Apply the batcher core to each input in turn: the last state and every output, in order."""
+    from sevisflow.processors.batcher.core import apply
+
+    outs: list[Any] = []
+    for inp in inputs:
+        state, o = apply(state, inp)
+        outs += o
+    return state, outs

@@ -136,3 +136,17 @@ def stage_env(settings: Settings, metrics_port: int) -> dict[str, str]:
         }
     )
     return env
+
+
+def bench_results(module: str, json_out: Any, *args: str, timeout_s: float = 240) -> Any:
+    """Run ``python -m <module> <args> --json-out <json_out>`` from the repository (a bench's small case) and
+    return what it wrote."""
+    import json
+    import subprocess
+    import sys
+
+    from testkit.settings import REPO
+
+    cmd = [sys.executable, "-m", module, *args, "--json-out", str(json_out)]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=timeout_s)
+    return json.loads(open(json_out).read())

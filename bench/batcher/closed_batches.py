@@ -118,13 +118,9 @@ def measure(closes: int, per_close: int, backend: str = "rocksdb") -> dict[str, 
     }
 
 
-def _child(tree: Path, closes: int, per_close: int, backend: str) -> dict[str, Any]:
-    from bench.common import run_in_tree
-
-    return run_in_tree(tree, __file__, "measure", closes, per_close, backend)
-
-
 def main() -> None:
+    from bench.common import medians, runs_side_by_side
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--closes", type=int, default=60)
     ap.add_argument("--per-close", type=int, default=500)
@@ -133,22 +129,10 @@ def main() -> None:
     ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    trees: dict[str, Path] = {"now": REPO}
-    tmp = None
-    if args.compare_with:
-        from bench.common import exported_tree
-
-        tmp = exported_tree(args.compare_with, REPO)
-        trees = {f"before ({args.compare_with})": Path(tmp.name), **trees}
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    for _ in range(args.repeat):
-        for name, tree in trees.items():  # interleaved: both see the same neighbours
-            samples[name].append(_child(tree, args.closes, args.per_close, args.backend))
+    measured = [args.closes, args.per_close, args.backend]
+    runs = runs_side_by_side(__file__, measured, args.repeat, args.compare_with, REPO)
     figures = ("max_rss_mib", "rss_after_closes_mib", "cpu_ms_per_close", "cpu_us_per_result", "gauges_ms")
-    summary = {
-        name: {f: statistics.median(s[f] for s in runs) for f in figures} | {"samples": runs}
-        for name, runs in samples.items()
-    }
+    summary = medians(runs, figures)
     for name, fig in summary.items():
         print(
             f"{name}: {args.closes} closes of {args.per_close}: peak RSS {fig['max_rss_mib']:,.0f} MiB, "
@@ -159,8 +143,6 @@ def main() -> None:
     if args.json_out:
         out = {"args": vars(args), "summary": summary, "load_avg": os.getloadavg()}
         Path(args.json_out).write_text(json.dumps(out, indent=1))
-    if tmp is not None:
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

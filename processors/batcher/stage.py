@@ -246,76 +246,86 @@ def _k(kind: str, org: str, rest: str = "") -> bytes:
     return f"{kind}|{org}|{rest}".encode() if rest else f"{kind}|{org}".encode()
 
 
-class RecordLoader:
-    """Reads one school's spilled open records back from the stage's store (core.Loader), keeping the last
-    ``HOT_RECORDS`` read or written decoded (a spilled record is always its committed value: a write un-spills
-    it until the commit).
+class _SpillReader:
+    """Reads one school's spilled values back from the stage's store, keeping the last ones read decoded in one of
+    the store's least-recently-used caches (:class:`RecordLoader`, :class:`BatchLoader`).
 
-    It holds the store weakly: the store's cache holds the school that holds the loader, and a strong
+    It holds the store weakly: the store's cache holds the school that holds the reader, and a strong
     reference back would make every store a reference cycle, left to the collector when it goes."""
 
     __slots__ = ("_hot", "_org", "_partition", "_store")
 
-    def __init__(self, store: StateStore, partition: int, org: str) -> None:
-        self._hot = store.hot if isinstance(store, BatcherStore) else None
+    def __init__(self, store: StateStore, partition: int, org: str, hot: OrderedDict[Any, Any] | None) -> None:
+        self._hot = hot
         self._store = weakref.ref(store)
         self._partition = partition
         self._org = org
 
-    def __call__(self, record_id: str) -> dict[str, Any]:
-        key = (self._partition, self._org, record_id)
-        hot = self._hot
-        if hot is not None and (rec := hot.get(key)) is not None:
-            hot.move_to_end(key)
-            return rec
-        loaded: dict[str, Any] = orjson.loads(self.raw(record_id))
-        if hot is not None:  # one event reads its student's records several times (index, diff, size)
-            hot[key] = loaded
-            if len(hot) > HOT_RECORDS:
-                hot.popitem(last=False)
-        return loaded
-
-    def raw(self, record_id: str) -> bytes:
+    def _stored(self, kind: str, name: str, what: str) -> bytes:
+        """The stored value of ``name`` (a ``kind`` key of the school): it must be there."""
         store = self._store()
         if store is None:
-            raise KeyError(f"open record {record_id!r} of {self._org}: the batcher's state store is closed")
-        value = store.get(self._partition, _k("r", self._org, record_id))
+            raise KeyError(f"{what} {name!r} of {self._org}: the batcher's state store is closed")
+        value = store.get(self._partition, _k(kind, self._org, name))
         if value is None:  # the school says the store has it: a bug, not bad input
-            raise KeyError(f"open record {record_id!r} of {self._org} is missing from the batcher's state store")
+            raise KeyError(f"{what} {name!r} of {self._org} is missing from the batcher's state store")
+        return value
+
+    def _cached(self, name: str) -> Any:
+        """``name``'s decoded value if the cache has it (now the most recently used), else None."""
+        hot = self._hot
+        if hot is None:
+            return None
+        key = (self._partition, self._org, name)
+        value = hot.get(key)
+        if value is not None:
+            hot.move_to_end(key)
+        return value
+
+    def _keep(self, name: str, value: Any, keep: int) -> Any:
+        """Cache ``name``'s decoded ``value`` (the ``keep`` most recently used stay); returns it."""
+        hot = self._hot
+        if hot is not None:
+            hot[(self._partition, self._org, name)] = value
+            if len(hot) > keep:
+                hot.popitem(last=False)
         return value
 
 
-class BatchLoader:
-    """Reads the content of one school's kept closed batches back from the stage's store, keeping the last
-    ``HOT_BATCHES`` read decoded (a closed batch's content never changes). Holds the store weakly, as
-    :class:`RecordLoader` does."""
+class RecordLoader(_SpillReader):
+    """Reads one school's spilled open records back (core.Loader), keeping the last ``HOT_RECORDS`` read or
+    written decoded (a spilled record is always its committed value: a write un-spills it until the commit;
+    one event reads its student's records several times: index, diff, size)."""
 
-    __slots__ = ("_hot", "_org", "_partition", "_store")
+    __slots__ = ()
 
     def __init__(self, store: StateStore, partition: int, org: str) -> None:
-        self._hot = store.hot_batches if isinstance(store, BatcherStore) else None
-        self._store = weakref.ref(store)
-        self._partition = partition
-        self._org = org
+        super().__init__(store, partition, org, store.hot if isinstance(store, BatcherStore) else None)
+
+    def __call__(self, record_id: str) -> dict[str, Any]:
+        rec: dict[str, Any] | None = self._cached(record_id)
+        if rec is None:
+            rec = self._keep(record_id, orjson.loads(self.raw(record_id)), HOT_RECORDS)
+        return rec
+
+    def raw(self, record_id: str) -> bytes:
+        return self._stored("r", record_id, "open record")
+
+
+class BatchLoader(_SpillReader):
+    """Reads the content of one school's kept closed batches back, keeping the last ``HOT_BATCHES`` read decoded
+    (a closed batch's content never changes)."""
+
+    __slots__ = ()
+
+    def __init__(self, store: StateStore, partition: int, org: str) -> None:
+        super().__init__(store, partition, org, store.hot_batches if isinstance(store, BatcherStore) else None)
 
     def __call__(self, bid: str) -> list[dict[str, Any]]:
-        key = (self._partition, self._org, bid)
-        hot = self._hot
-        if hot is not None and (content := hot.get(key)) is not None:
-            hot.move_to_end(key)
-            return content
-        store = self._store()
-        if store is None:
-            raise KeyError(f"closed batch {bid!r} of {self._org}: the batcher's state store is closed")
-        value = store.get(self._partition, _k("b", self._org, bid))
-        if value is None:  # the school says the store has it: a bug, not bad input
-            raise KeyError(f"closed batch {bid!r} of {self._org} is missing from the batcher's state store")
-        loaded: list[dict[str, Any]] = orjson.loads(value)["records"]
-        if hot is not None:
-            hot[key] = loaded
-            if len(hot) > HOT_BATCHES:
-                hot.popitem(last=False)
-        return loaded
+        content: list[dict[str, Any]] | None = self._cached(bid)
+        if content is None:
+            content = self._keep(bid, orjson.loads(self._stored("b", bid, "closed batch"))["records"], HOT_BATCHES)
+        return content
 
 
 def load_school(store: StateStore, partition: int, org: str) -> School:

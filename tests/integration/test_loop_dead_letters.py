@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import threading
@@ -154,21 +155,16 @@ def _set_limit(kafka, topic, value):
         fut.result(30)
 
 
-def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_recovers(kafka_stack, unique):
-    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
-    inp, out, state = f"st.in.{unique}", f"st.out.{unique}", f"st.state.{unique}"
-    ensure_topics(
-        kafka,
-        [
-            TopicSpec(inp, 1, 1),
-            TopicSpec(out, 1, 1),
-            TopicSpec(state, 1, 1, {"cleanup.policy": "compact", "max.message.bytes": str(LIMIT)}),
-        ],
-    )
+@contextlib.contextmanager
+def _loop_stuck_on_a_state_value(kafka, name: str, value: bytes, state_config: dict[str, str]):
+    """A loop whose second input stages ``value`` as state, with ``/health`` served: yields (loop, port,
+    output topic, state topic); stops the loop and the server after."""
+    inp, out, state = f"{name}.in", f"{name}.out", f"{name}.state"
+    ensure_topics(kafka, [TopicSpec(inp, 1, 1), TopicSpec(out, 1, 1), TopicSpec(state, 1, 1, state_config)])
 
     def handler(msg, st):
         if msg.value() == b"grow":
-            st.put(msg.partition(), b"buffer", BIG)
+            st.put(msg.partition(), b"buffer", value)
         yield Output(out, msg.key(), msg.value())
 
     _feed(kafka, inp, [b"first", b"grow", b"after"])
@@ -176,10 +172,10 @@ def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_re
     server = serve_for(port, "127.0.0.1")
     loop = TransactionalLoop(
         kafka,
-        f"st-{unique}",
+        name,
         [inp],
         handler,
-        transactional_id=f"st-{unique}-0",
+        transactional_id=f"{name}-0",
         state_topic=state,
         dlq_topic=f"{out}.dlq",
         batch_size=1,
@@ -189,9 +185,25 @@ def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_re
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     try:
-        _, body = _wait(
-            lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 503 and r, 60, "/health to fail"
-        )
+        yield loop, port, out, state
+    finally:
+        loop.stop()
+        runner.join(30)
+        if server:
+            server.stop()
+    assert not runner.is_alive()
+
+
+def _health_fails(port: int) -> str:
+    _, body = _wait(lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 503 and r, 60, "/health to fail")
+    return str(body)
+
+
+def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_recovers(kafka_stack, unique):
+    kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
+    config = {"cleanup.policy": "compact", "max.message.bytes": str(LIMIT)}
+    with _loop_stuck_on_a_state_value(kafka, f"st-{unique}", BIG, config) as (loop, port, out, state):
+        body = _health_fails(port)
         assert "non-retriable" in body and "state value" in body and state in body, body
         failures_then = loop._failures
         time.sleep(6)
@@ -205,11 +217,6 @@ def test_a_state_value_the_changelog_refuses_turns_health_false_backs_off_and_re
             lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 200 and r, 30, "/health to recover"
         )
         assert loop.retry_delay_s() == 0.0, "the backoff is reset by a commit"
-    finally:
-        loop.stop()
-        runner.join(30)
-        if server:
-            server.stop()
     assert [m.value() for m in read_topic(kafka, out)] == [b"first", b"grow", b"after"]
 
 
@@ -218,47 +225,14 @@ def test_a_state_value_above_the_producers_own_limit_says_so_and_backs_off(kafka
     same clear reason on ``/health`` as a refusal by the broker (it was a bare "Message size too large"
     and counted as retriable), and the same backoff."""
     kafka = KafkaSettings(bootstrap_servers=kafka_stack.bootstrap)
-    inp, out, state = f"sh.in.{unique}", f"sh.out.{unique}", f"sh.state.{unique}"
-    ensure_topics(kafka, [TopicSpec(inp, 1, 1), TopicSpec(out, 1, 1), TopicSpec(state, 1, 1)])
-
-    def handler(msg, st):
-        if msg.value() == b"grow":
-            st.put(msg.partition(), b"buffer", HUGE)
-        yield Output(out, msg.key(), msg.value())
-
-    _feed(kafka, inp, [b"first", b"grow", b"after"])
-    port = free_port()
-    server = serve_for(port, "127.0.0.1")
-    loop = TransactionalLoop(
-        kafka,
-        f"sh-{unique}",
-        [inp],
-        handler,
-        transactional_id=f"sh-{unique}-0",
-        state_topic=state,
-        dlq_topic=f"{out}.dlq",
-        batch_size=1,
-        retry_base_s=0.2,
-        retry_max_s=1.6,
-    )
-    runner = threading.Thread(target=loop.run, daemon=True)
-    runner.start()
-    try:
-        _, body = _wait(
-            lambda: (r := http_get(f"http://127.0.0.1:{port}/health"))[0] == 503 and r, 60, "/health to fail"
-        )
+    with _loop_stuck_on_a_state_value(kafka, f"sh-{unique}", HUGE, {}) as (loop, port, out, state):
+        body = _health_fails(port)
         assert "non-retriable" in body and f"state value of {len(HUGE) + 6} bytes" in body, body
         assert "must be split" in body and state in body, body
         failures_then = loop._failures
         time.sleep(4)
         assert 1 <= loop._failures - failures_then <= 6, loop._failures - failures_then
         assert [m.value() for m in read_topic(kafka, out)] == [b"first"], "nothing after the stuck record"
-    finally:
-        loop.stop()
-        runner.join(30)
-        if server:
-            server.stop()
-    assert not runner.is_alive()
 
 
 def test_an_io_error_in_the_handler_is_retried_with_backoff_not_dead_lettered(kafka_stack, unique):

@@ -12,19 +12,11 @@ from __future__ import annotations
 from sevisflow.processors.batcher import core
 from sevisflow.processors.batcher.core import COMMAND_MEMORY_MS, CommandIn, EventIn, Publish, Reject, School, apply
 from sevisflow.processors.batcher.guard import CommandPolicy
-from testkit.batcher import BASE_MS, ORG, command, event
+from testkit.batcher import BASE_MS, ORG, command, event, run
 
 DSO = "DSOUSER001"
 POLICY = CommandPolicy(frozenset({DSO}))
 DAY = 86_400_000
-
-
-def _run(state: School, *inputs):
-    outs = []
-    for inp in inputs:
-        state, o = apply(state, inp)
-        outs += o
-    return state, outs
 
 
 def _kinds(outs) -> list[str]:
@@ -49,19 +41,19 @@ def test_a_flood_of_forged_commands_leaves_only_the_last_days_in_the_state(monke
 
 
 def test_within_the_window_a_command_id_still_takes_effect_once():
-    s, _ = _run(School(ORG), EventIn(event("S1", n=1), BASE_MS))
+    s, _ = run(School(ORG), EventIn(event("S1", n=1), BASE_MS))
     close = command("close", "c1", dso_user_id=DSO)
     at = close["requested_at_ms"]
     s, outs = apply(s, CommandIn(close, log_ms=at, policy=POLICY))
     assert "closed" in _kinds(outs)
-    s, outs = _run(s, EventIn(event("S2", n=2), BASE_MS))
+    s, outs = run(s, EventIn(event("S2", n=2), BASE_MS))
     s, again = apply(s, CommandIn(close, log_ms=at + COMMAND_MEMORY_MS - 60_000, policy=POLICY))
     assert [o.code for o in again if isinstance(o, Reject)] == ["duplicate_command"] and "closed" not in _kinds(again)
 
 
 def test_a_command_sent_again_after_the_window_takes_no_second_effect(monkeypatch):
     monkeypatch.setattr(core, "COMMAND_SWEEP_EVERY", 1)  # swept at every command: the id is gone
-    s, _ = _run(School(ORG), EventIn(event("S1", n=1), BASE_MS))
+    s, _ = run(School(ORG), EventIn(event("S1", n=1), BASE_MS))
     close = command("close", "c1", dso_user_id=DSO)
     at = close["requested_at_ms"]
     s, outs = apply(s, CommandIn(close, log_ms=at, policy=POLICY))
@@ -70,7 +62,7 @@ def test_a_command_sent_again_after_the_window_takes_no_second_effect(monkeypatc
     s, outs = apply(s, CommandIn(requeue, log_ms=at + 60_000, policy=POLICY))
     assert "requeued" in _kinds(outs) and len(s.records) == 1
     later = at + COMMAND_MEMORY_MS + DAY
-    s, outs = _run(s, EventIn(event("S2", n=2), later - 1000))
+    s, outs = run(s, EventIn(event("S2", n=2), later - 1000))
     forged = command("close", "x1", dso_user_id="NOTADSO001", at_ms=later - 500)
     s, _ = apply(s, CommandIn(forged, log_ms=later - 500, policy=POLICY))  # its sweep drops the two old ids
     assert "c1" not in s.commands and "rq1" not in s.commands and "x1" in s.commands
@@ -82,7 +74,7 @@ def test_a_command_sent_again_after_the_window_takes_no_second_effect(monkeypatc
 
 
 def test_pure_replays_without_a_log_time_remember_every_command():
-    s, _ = _run(School(ORG), EventIn(event("S1", n=1), BASE_MS))
+    s, _ = run(School(ORG), EventIn(event("S1", n=1), BASE_MS))
     close = command("close", "c1", dso_user_id=DSO)
     s, _ = apply(s, CommandIn(close))
     s, again = apply(s, CommandIn(close))

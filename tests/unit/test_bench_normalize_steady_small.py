@@ -7,24 +7,22 @@ bench's).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from testkit.settings import REPO
+from tests.helpers import bench_results
 
 
 def test_steady_bench_measures_both_versions_side_by_side(tmp_path):
-    out = tmp_path / "steady.json"
-    subprocess.run(
-        [sys.executable, "-m", "bench.processors.steady", "--students", "40", "--changes", "60"]
-        + ["--repeat", "2", "--compare-with", "HEAD", "--json-out", str(out)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=240,
-    )
-    summary = json.loads(out.read_text())["summary"]
+    summary = bench_results(
+        "bench.processors.steady",
+        tmp_path / "out.json",
+        "--students",
+        "40",
+        "--changes",
+        "60",
+        "--repeat",
+        "2",
+        "--compare-with",
+        "HEAD",
+    )["summary"]
     assert sorted(summary) == ["before (HEAD)", "now"]
     for name, fig in summary.items():
         assert len(fig["samples"]) == 2, name
