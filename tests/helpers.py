@@ -150,3 +150,12 @@ def bench_results(module: str, json_out: Any, *args: str, timeout_s: float = 240
     cmd = [sys.executable, "-m", module, *args, "--json-out", str(json_out)]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=timeout_s)
     return json.loads(open(json_out).read())
+
+
+def side_by_side_runs(module: str, json_out: Any, *args: str, repeat: int = 2) -> list[dict[str, Any]]:
+    """A side-by-side bench's small case against the last commit (``--compare-with HEAD``): checks that it
+    measured both versions ``repeat`` times and returns every run, both versions'."""
+    summary = bench_results(module, json_out, *args, "--repeat", str(repeat), "--compare-with", "HEAD")["summary"]
+    assert sorted(summary) == ["before (HEAD)", "now"], summary.keys()
+    assert all(len(fig["samples"]) == repeat for fig in summary.values())
+    return [run for fig in summary.values() for run in fig["samples"]]

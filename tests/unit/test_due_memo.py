@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -16,7 +15,7 @@ from sevisflow.core.worklist.deadlines import Deadlines, Due, DueMemo
 from sevisflow.processors.batcher.core import CommandIn, EventIn, School, SendCommand, Tick, apply
 from sevisflow.processors.batcher.gauges import worklist_gauges
 from sevisflow.processors.batcher.stage import BatcherStore
-from testkit.batcher import BASE_MS, ORG, command, event
+from testkit.batcher import BASE_MS, ORG, command, event, run
 
 TZ = "America/Chicago"
 DSO = "DSOUSER001"
@@ -35,14 +34,6 @@ class CountingDeadlines(Deadlines):
 
 def at(local: str) -> int:
     return int(datetime.fromisoformat(local).replace(tzinfo=ZoneInfo(TZ)).timestamp() * 1000)
-
-
-def run(state: School, *inputs: Any) -> tuple[School, list[Any]]:
-    outs: list[Any] = []
-    for inp in inputs:
-        state, o = apply(state, inp)
-        outs += o
-    return state, outs
 
 
 def school_with(n: int) -> School:
