@@ -721,6 +721,7 @@ class Normalizer:
             values: dict[tuple[Any, ...], dict[str, Any]] = {}
         else:
             try:
+                self._check_linked(ch, idx, res)
                 new_contrib, values = self._contributions(ch, res)
             except _Skip:
                 entry = {**idx, "p": list(ch.position), "c": [list(c) for c in old_contrib]}
@@ -909,8 +910,6 @@ class Normalizer:
             )
             raise _Skip
         skey = self.kv.get(f"l:{link}")
-        if skey is not None:
-            self._check_linked(feed, link, ch, res, str(skey))
         if skey is None:
             parked = list(self.kv.get(f"o:{link}") or [])
             if len(parked) >= MAX_PARKED_PER_STUDENT_ID:
@@ -958,23 +957,31 @@ class Normalizer:
             return feed.slots[str(raw)]
         return str(raw)
 
-    def _check_linked(self, feed: Feed, link: Any, ch: RowChange, res: Result, skey: str) -> None:
-        """Refuse a row that would link one more row to a student id that has :data:`MAX_LINKED_ROWS_PER_STUDENT_ID`."""
-        members = self.kv.get(f"lm:{link}")
-        if not members or len(members) < MAX_LINKED_ROWS_PER_STUDENT_ID or ch.row_id in members:
-            return
-        res.dead.append(
-            DeadItem(
-                "too_many_rows",
-                f"student {skey} already has {len(members)} SIS rows linked to it (the most normalize keeps); "
-                f"this {ch.table} row would add one more and is not applied: remove stale rows of this student "
-                f"in the SIS (or fix {feed.link} if it names the wrong student), then update this row again",
-                ch,
-                skey,
-                feed.link,
+    def _check_linked(self, ch: RowChange, idx: dict[str, Any], res: Result) -> None:
+        """Refuse a row that would link one more row to a student id that has :data:`MAX_LINKED_ROWS_PER_STUDENT_ID`
+        (only a row gaining a link reads the list: an update of a linked row costs nothing here)."""
+        row = ch.after or {}
+        known = idx.get("k") or ()
+        for feed in self.mapping.feeds_of(ch.table):
+            link = row.get(feed.link) if feed.link is not None else None
+            if link is None or str(link) in known:
+                continue
+            members = self.kv.get(f"lm:{link}")
+            if not members or len(members) < MAX_LINKED_ROWS_PER_STUDENT_ID or ch.row_id in members:
+                continue
+            skey = self.kv.get(f"l:{link}")
+            res.dead.append(
+                DeadItem(
+                    "too_many_rows",
+                    f"student {skey} already has {len(members)} SIS rows linked to it (the most normalize keeps); "
+                    f"this {ch.table} row would add one more and is not applied: remove stale rows of this student "
+                    f"in the SIS (or fix {feed.link} if it names the wrong student), then update this row again",
+                    ch,
+                    None if skey is None else str(skey),
+                    feed.link,
+                )
             )
-        )
-        raise _Skip
+            raise _Skip
 
     def _check_room(self, feed: Feed, slot: str, ch: RowChange, res: Result, skey: str) -> None:
         """Refuse a row that would add an entry to a full keyed section (:data:`MAX_ENTRIES_PER_SECTION`)."""
