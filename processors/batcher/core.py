@@ -116,6 +116,8 @@ class School:
     """Derived: the record ids of each student (see :func:`student_index`); never stored."""
     records_bytes: int | None = field(default=None, compare=False, repr=False)
     """Derived: the bytes of the records' canonical JSON, summed (see :func:`records_json_bytes`); never stored."""
+    rejected_ids: Mapping[str, bool] | None = field(default=None, compare=False, repr=False)
+    """Derived: record ids SEVIS rejected in a kept batch (see :func:`_rejected_record_ids`); never stored."""
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -621,6 +623,32 @@ def student_index(school: School) -> Mapping[str, tuple[str, ...]]:
     return school.student_ids  # type: ignore[return-value]
 
 
+def _rejected_record_ids(batches: Mapping[str, Mapping[str, Any]]) -> Mapping[str, bool]:
+    """The record ids with a SEVIS rejection in one of ``batches`` (resolved or not): built once per school state,
+    then carried by ``apply``, which adds each new rejection's record and starts over at a close (it may keep
+    a resolved or forgotten one until then). A success of a record not in it has no rejection to resolve, so
+    it skips the pass over every kept batch (up to 60, their fields read through :class:`SpilledBatch`)."""
+    return PMap({r["record_id"]: True for b in batches.values() for r in (b.get("rejected") or {}).values()})
+
+
+_last_request_index: tuple[list[dict[str, Any]], dict[Any, dict[str, Any]]] | None = None
+
+
+def _record_with_request(records: list[dict[str, Any]], request_id: Any) -> dict[str, Any] | None:
+    """The first of a closed batch's ``records`` with ``request_id``, or None. SEVIS answers a batch record by
+    record, so the index of the last content looked up is kept (by identity: a closed batch's content is never
+    changed in place, and the loader hands out the same list while it keeps the batch decoded); one result
+    costs a lookup, not a pass over up to 500 records. A cache only: the answer is the pass's."""
+    global _last_request_index
+    last = _last_request_index
+    if last is None or last[0] is not records:
+        index: dict[Any, dict[str, Any]] = {}
+        for r in records:
+            index.setdefault(r.get("request_id"), r)
+        last = _last_request_index = (records, index)
+    return last[1].get(request_id)
+
+
 def _record_bytes(rec: Mapping[str, Any] | None) -> int:
     return 0 if rec is None else len(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS))
 
@@ -695,6 +723,7 @@ class _Tx:
         self.sevis_ids = s.sevis_ids
         self.commands = s.commands
         self.batches = s.batches
+        self.rejected_ids: Mapping[str, bool] | None = s.rejected_ids
         self._copied: set[str] = set()
         self.out: list[Output] = []
         self.member_ids = False  # a member school's command: its BatchIDs take the member form
@@ -730,6 +759,7 @@ class _Tx:
             batches=self._done("batches"),
             student_ids=_carried_index(self.s, records),
             records_bytes=_carried_bytes(self.s, records),
+            rejected_ids=self.rejected_ids,
         )
 
     def emit(
@@ -1104,7 +1134,7 @@ def _on_result(tx: _Tx, res: Mapping[str, Any], at_ms: int) -> None:
     stored = tx.batches.get(bid)
     rec = None
     if stored is not None:
-        rec = next((r for r in stored["records"] if r.get("request_id") == res.get("request_id")), None)
+        rec = _record_with_request(stored["records"], res.get("request_id"))
         if not stored.get("processed"):
             tx.w("batches")[bid] = dict(stored, processed=True)
         if rec is not None:
@@ -1139,6 +1169,14 @@ def _note_outcome(tx: _Tx, bid: str, rec: Mapping[str, Any], res: Mapping[str, A
         rejected = dict(stored.get("rejected") or {})
         rejected[rec["request_id"]] = {"record_id": rid, "code": res.get("error_code"), "at_ms": at_ms}
         tx.w("batches")[bid] = dict(stored, rejected=rejected)
+        if tx.rejected_ids is not None and rid not in tx.rejected_ids:
+            ids = Written(tx.rejected_ids)
+            ids[rid] = True
+            tx.rejected_ids = ids.frozen()
+        return
+    if tx.rejected_ids is None:
+        tx.rejected_ids = _rejected_record_ids(tx.batches)
+    if rid not in tx.rejected_ids:
         return
     for other, b in list(tx.batches.items()):
         open_rej = {
@@ -1343,6 +1381,7 @@ def _close(tx: _Tx, cmd: Mapping[str, Any], at_ms: int) -> None:
     oldest_first = sorted(batches, key=lambda b: (batches[b]["at_ms"], b))
     for old in oldest_first[: max(0, len(batches) - KEEP_CLOSED_BATCHES)]:
         del batches[old]
+    tx.rejected_ids = None  # rebuilt at the next success: it forgets what the close forgot
     tx.open_since = None
     tx.w("commands")[cid] = {"kind": "close", "at_ms": at_ms, "batch_ids": ids, "reviewed_revision": reviewed}
     if tx.records:

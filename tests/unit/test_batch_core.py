@@ -581,3 +581,62 @@ def dataclasses_replace(obj, **changes):
     import dataclasses
 
     return dataclasses.replace(obj, **changes)
+
+
+def _two_batches_of_the_same_students():
+    """S1–S3 closed into one batch, changed again and closed into a second: each record is in both."""
+    s, _ = run(fresh(), *(ev(event(f"S{i}", n=i, before={"e": "a"}, after={"e": "b"})) for i in (1, 2, 3)))
+    s, outs = run(s, CommandIn(command("close", "c1", dso_user_id=DSO)))
+    (first,) = closed(outs)
+    s, _ = run(s, *(ev(event(f"S{i}", n=10 + i, before={"e": "b"}, after={"e": "c"})) for i in (1, 2, 3)))
+    s, outs = run(s, CommandIn(command("close", "c2", dso_user_id=DSO, at_ms=BASE_MS + 7_200_000)))
+    (second,) = closed(outs)
+    return s, [first, second]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    answers=st.permutations([(b, i) for b in (0, 1) for i in range(3)]),
+    failures=st.sets(st.sampled_from([(b, i) for b in (0, 1) for i in range(3)])),
+)
+def test_an_acceptance_resolves_the_earlier_rejections_of_its_record_whatever_the_order_of_results(answers, failures):
+    """A success looks for earlier rejections only among records SEVIS rejected (an index carried from state to
+    state): SEVIS's results in any order, any of them rejections, say and leave what the pass over every kept
+    batch at every result says and leaves."""
+    import dataclasses
+
+    from sevisflow.processors.batcher.core import open_rejections
+
+    start, batches = _two_batches_of_the_same_students()
+    carried, rebuilt = start, start
+    for b, i in answers:
+        rec = recs(batches[b])[i]
+        failed = (b, i) in failures
+        res = ResultIn(
+            result(
+                batches[b]["batch_id"],
+                rec["request_id"],
+                status="failure" if failed else "success",
+                error_code="S1003" if failed else None,
+            ),
+            BASE_MS + 9_000_000,
+        )
+        carried, said = apply(carried, res)
+        rebuilt, said_again = apply(dataclasses.replace(rebuilt, rejected_ids=None), res)
+        assert said == said_again
+        assert open_rejections(carried) == open_rejections(rebuilt)
+        if carried.rejected_ids is not None:  # None until a success needs it
+            assert {r["record_id"] for r in open_rejections(carried)} <= set(carried.rejected_ids)
+    # a record is left rejected only where no batch of it was accepted after (or besides) the rejection
+    still_open = {(r["batch_id"], r["record_id"]) for r in open_rejections(carried)}
+    for b, i in failures:
+        record_id = recs(batches[b])[i]["record_id"]
+        accepted_elsewhere = any(
+            (o, i) not in failures and answers.index((o, i)) > answers.index((b, i)) for o in (0, 1) if o != b
+        )
+        assert ((batches[b]["batch_id"], record_id) in still_open) is not accepted_elsewhere
+    # a close starts the index over (it forgets the batches the close forgot)
+    after_close, _ = run(
+        carried, ev(event("S4", n=40)), CommandIn(command("close", "c3", dso_user_id=DSO, at_ms=BASE_MS + 14_400_000))
+    )
+    assert after_close.rejected_ids is None
