@@ -44,7 +44,7 @@ from sevisflow.core.topics import pipeline_topics, stage_group, state_topic, sta
 from sevisflow.processors.normalize.changes import ChangeFormatError, parse_change, parse_tx_marker
 from sevisflow.processors.normalize.common import dlq_output, mapping_path, msg_time
 from sevisflow.processors.normalize.mapping import Mapping, load_mapping
-from sevisflow.processors.normalize.view import Normalizer, Result
+from sevisflow.processors.normalize.view import Normalizer, Result, view_key
 
 log = get_logger(__name__)
 
@@ -76,6 +76,7 @@ class StoreKV:
         # per held snapshot row); a key not listed just gets a tombstone, which is harmless.
         self.absent: set[str] = set()
         self.max_entries = max_entries
+        self.encoded: dict[str, tuple[Any, bytes]] = {}  # see encoded_as
 
     def get(self, key: str) -> Any:
         if key in self.cache:
@@ -99,18 +100,31 @@ class StoreKV:
             self.cache.move_to_end(key)
         self.dirty.add(key)
 
+    def encoded_as(self, key: str, value: Any, raw: bytes) -> None:
+        """``raw`` is ``orjson.dumps(value)``, made anyway (a published view's ``view_json``): the flush writes it
+        for ``key`` instead of encoding ``value`` again, if ``value`` is then still the key's value (the same
+        object). Sound because a value handed out is not changed in place once encoded: a unit copies a view
+        before it changes it (``Normalizer._view``), and the copy is a new object."""
+        if key in self.dirty and self.cache.get(key) is value:
+            self.encoded[key] = (value, raw)
+
     def flush(self) -> None:
         """Encode what changed since the last flush into the store's staged state; then trim the cache."""
         staged = self.store.staged_partition(STATE_PARTITION)
+        encoded = self.encoded
         for key in self.dirty:
             value = self.cache[key]
             k = key.encode()
             if value is None and key in self.absent:
                 staged.pop(k, None)  # made and dropped in one transaction (e.g. a transaction buffer)
+            elif value is None:
+                staged[k] = None
             else:
-                staged[k] = None if value is None else orjson.dumps(value)
+                known = encoded.get(key)
+                staged[k] = known[1] if known is not None and known[0] is value else orjson.dumps(value)
         self.dirty.clear()
         self.absent.clear()
+        encoded.clear()
         if self.max_entries is not None:
             while len(self.cache) > self.max_entries:
                 self.cache.popitem(last=False)
@@ -119,6 +133,7 @@ class StoreKV:
         self.cache.clear()
         self.dirty.clear()
         self.absent.clear()
+        self.encoded.clear()
 
 
 class NormalizeStore(StateStore):
@@ -394,12 +409,14 @@ class NormalizeStage:
             )
         for u in res.updates:
             commit = max((x.get("commit_ts_ms") or 0 for x in u.lineage), default=0) or None
+            view_json = orjson.dumps(u.view)
+            self.store.kv.encoded_as(view_key(u.student_key), u.view, view_json)
             rec = {
                 "student_key": u.student_key,
                 "exists": bool(u.view.get("exists")),
                 "international": bool(u.view.get("international")),
                 "sevis_id": u.view.get("student", {}).get("sevis_id"),
-                "view_json": orjson.dumps(u.view).decode(),
+                "view_json": view_json.decode(),
                 "unit_id": u.unit_id,
                 "snapshot": u.snapshot,
                 "commit_ts_ms": commit,

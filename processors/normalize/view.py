@@ -136,6 +136,11 @@ and collects every row nobody else owns would grow this value past the changelog
 that would link one more is a ``too_many_rows`` dead letter."""
 
 
+def view_key(student_key: str) -> str:
+    """The state key of a student's view."""
+    return f"v:{student_key}"
+
+
 class KV(Protocol):
     def get(self, key: str) -> Any: ...
     def put(self, key: str, value: Any) -> None: ...
@@ -350,51 +355,67 @@ class Normalizer:
         entry = {"tx": marker.tx_id, "counts": counts, "total": marker.event_count, "by_table": bool(marker.counts)}
         if marker.lsn is not None:
             entry["lsn"] = marker.lsn
-        Chunked(self.kv, "q").append(entry)
-        return self._flush()
+        q = Chunked(self.kv, "q")
+        if q.first() is not None:
+            q.append(entry)
+            return self._flush()
+        applied = self._apply_tx(entry)  # nothing queued before it (the usual case): applied now if it can be
+        if applied is None:
+            q.append(entry)  # it waits for its rows
+            return Result()
+        return applied
 
     # ------------------------------------------------------------------ transactions
 
     def _flush(self) -> Result:
+        """Apply the queued transactions whose rows are all here, in END order; stop at the first that is not."""
         out = Result()
         q = Chunked(self.kv, "q")
         while True:
             head = q.first()
             if head is None:
                 break
-            buf = Chunked(self.kv, f"t:{head['tx']}")
-            meta_now = self.kv.get("m") or {}
-            if head["tx"] in meta_now.get("done", ()) and not len(buf):
-                q.drop_first()  # the same END twice in the queue: the first one applied the transaction
-                continue
-            upto = tuple(meta_now.get("upto", (-1, -1)))
-            # An END behind a transaction already applied means the transaction topic is not in commit
-            # order (it must have one partition). Its rows that arrive late are applied on arrival (they
-            # are behind ``upto``), so waiting for them would block every later transaction for good.
-            late = head.get("lsn") is not None and head["lsn"] < upto[0]
-            if not late:
-                if head["by_table"]:
-                    have = buf.counts()
-                    complete = all(have.get(t, 0) >= n for t, n in head["counts"].items())
-                else:
-                    complete = len(buf) >= head["total"]
-                if not complete:
-                    break
-            if self.snapshot_status() is not None:
-                if self.hold_streamed:
-                    break  # applied after the snapshot (release_snapshot)
-                out.extend(self._release_rows())
+            applied = self._apply_tx(head)
+            if applied is None:
+                break
             q.drop_first()
-            raw = buf.items()
-            if raw:
-                buf.clear()
-                rows = sorted((RowChange.from_json(d) for d in raw), key=lambda c: (c.position, c.table, c.offset))
-                out.extend(self._apply_unit(rows))
-            meta = dict(self.kv.get("m") or {})
-            if raw:
-                meta["upto"] = list(max(tuple(meta.get("upto", (-1, -1))), rows[-1].position))
-            meta["done"] = [*meta.get("done", ())[-(APPLIED_TX_MEMORY - 1) :], head["tx"]]
-            self.kv.put("m", meta)
+            out.extend(applied)
+        return out
+
+    def _apply_tx(self, head: dict[str, Any]) -> Result | None:
+        """Apply the transaction of END entry ``head`` if every row it counts is here (None: it must wait)."""
+        buf = Chunked(self.kv, f"t:{head['tx']}")
+        meta_now = self.kv.get("m") or {}
+        if head["tx"] in meta_now.get("done", ()) and not len(buf):
+            return Result()  # the same END twice in the queue: the first one applied the transaction
+        upto = tuple(meta_now.get("upto", (-1, -1)))
+        # An END behind a transaction already applied means the transaction topic is not in commit
+        # order (it must have one partition). Its rows that arrive late are applied on arrival (they
+        # are behind ``upto``), so waiting for them would block every later transaction for good.
+        late = head.get("lsn") is not None and head["lsn"] < upto[0]
+        if not late:
+            if head["by_table"]:
+                have = buf.counts()
+                complete = all(have.get(t, 0) >= n for t, n in head["counts"].items())
+            else:
+                complete = len(buf) >= head["total"]
+            if not complete:
+                return None
+        out = Result()
+        if self.snapshot_status() is not None:
+            if self.hold_streamed:
+                return None  # applied after the snapshot (release_snapshot)
+            out.extend(self._release_rows())
+        raw = buf.items()
+        if raw:
+            buf.clear()
+            rows = sorted((RowChange.from_json(d) for d in raw), key=lambda c: (c.position, c.table, c.offset))
+            out.extend(self._apply_unit(rows))
+        meta = dict(self.kv.get("m") or {})
+        if raw:
+            meta["upto"] = list(max(tuple(meta.get("upto", (-1, -1))), rows[-1].position))
+        meta["done"] = [*meta.get("done", ())[-(APPLIED_TX_MEMORY - 1) :], head["tx"]]
+        self.kv.put("m", meta)
         return out
 
     # ------------------------------------------------------------------ the initial snapshot
@@ -657,14 +678,14 @@ class Normalizer:
             unit_id += ":" + last.row_id
         snapshot = all(c.snapshot for c in changes)
         for skey, old in before.items():
-            view = self.kv.get(f"v:{skey}")
+            view = self.kv.get(view_key(skey))
             if view is None or view == old:
                 continue
             res.updates.append(StudentUpdate(skey, view, lineage[skey], unit_id, snapshot))
         return res
 
     def _view(self, skey: str, link: Any, before: dict[str, Any]) -> dict[str, Any]:
-        view: dict[str, Any] | None = self.kv.get(f"v:{skey}")
+        view: dict[str, Any] | None = self.kv.get(view_key(skey))
         if skey not in before:
             # copy on first write in a unit: published views are never mutated afterwards
             before[skey] = view
@@ -672,7 +693,7 @@ class Normalizer:
                 orjson.loads(orjson.dumps(view)) if view is not None else None
             )  # JSON data only: faster than deepcopy
             if view is not None:
-                self.kv.put(f"v:{skey}", view)
+                self.kv.put(view_key(skey), view)
         if view is None:
             view = new_view(skey, None if link is None else str(link))
         return view
@@ -805,12 +826,12 @@ class Normalizer:
                     c = [new, *c[1:]]
                 moved.append(c)
             self.kv.put(f"r:{rid}", {**idx, "c": moved})
-        if self.kv.get(f"v:{old}") is not None:
+        if self.kv.get(view_key(old)) is not None:
             gone = self._view(old, None, before)
             gone["rekeyed_to"] = new  # not a removed student: it goes on under the new key
             self._finish(gone)
             touched.add(old)
-        if self.kv.get(f"v:{new}") is not None:
+        if self.kv.get(view_key(new)) is not None:
             view = self._view(new, None, before)
             view["rekeyed_from"] = old  # sevis_events must not take it for a new student (no 2nd Create)
             self._finish(view)
@@ -818,7 +839,7 @@ class Normalizer:
 
     def _move_part(self, c: tuple[Any, ...], new: str, rid: str, before: dict[str, Any]) -> None:
         old, section, slot, fi = c
-        if self.kv.get(f"v:{old}") is None:
+        if self.kv.get(view_key(old)) is None:
             return
         src = self._view(old, None, before)
         dst = self._view(new, None, before)
@@ -987,7 +1008,7 @@ class Normalizer:
         """Refuse a row that would add an entry to a full keyed section (:data:`MAX_ENTRIES_PER_SECTION`)."""
         if not SECTIONS[feed.section].keyed:
             return
-        view = self.kv.get(f"v:{skey}")
+        view = self.kv.get(view_key(skey))
         entries = (view or {}).get(feed.section) or {}
         if slot in entries or len(entries) < MAX_ENTRIES_PER_SECTION:
             return
@@ -1097,7 +1118,7 @@ class Normalizer:
 
     def _remove(self, c: tuple[Any, ...], row_id: str, before: dict[str, Any], touched: set[str]) -> None:
         skey, section, slot, fi = c
-        view = self.kv.get(f"v:{skey}")
+        view = self.kv.get(view_key(skey))
         if view is None:
             return
         view = self._view(skey, None, before)
@@ -1126,4 +1147,4 @@ class Normalizer:
             view["not_reported_visa"] = visa
         else:
             view.pop("not_reported_visa", None)
-        self.kv.put(f"v:{view['student_key']}", view)
+        self.kv.put(view_key(view["student_key"]), view)
