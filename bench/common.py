@@ -143,15 +143,17 @@ def runs_side_by_side(
 ) -> dict[str, list[dict[str, Any]]]:
     """Run ``measure(*args)`` of the bench module ``module_file`` ``repeat`` times in fresh children: over the
     working tree (``now``), and with ``compare_with`` also over that git revision (``before (REV)``),
-    interleaved so both see the same neighbours. Every run's answer, per version."""
+    interleaved so both see the same neighbours, the order alternating from repeat to repeat (neither always
+    runs first). Every run's answer, per version."""
     trees = {"now": repo}
     tmp = exported_tree(compare_with, repo) if compare_with else None
     if tmp is not None:
         trees = {f"before ({compare_with})": Path(tmp.name), **trees}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     try:
-        for _ in range(repeat):
-            for name, tree in trees.items():
+        for r in range(repeat):
+            in_turn = list(trees.items())
+            for name, tree in in_turn if r % 2 == 0 else in_turn[::-1]:
                 runs[name].append(run_in_tree(tree, module_file, "measure", *args))
     finally:
         if tmp is not None:

@@ -25,3 +25,23 @@ def test_processors_bench_through_kafka_measures_the_whole_history(kafka_stack):
     assert got["student_versions"] > 0 and got["normalize_inputs"] >= got["row_changes"]
     for stage in ("normalize", "events"):
         assert 0 < got[f"{stage}_main_thread_cpu_s"] <= got[f"{stage}_cpu_s"] + 0.05, got
+
+
+@pytest.mark.timeout(300)
+def test_the_side_by_side_through_kafka_bench_measures_both_trees_on_one_broker(kafka_stack, tmp_path):
+    from tests.helpers import bench_results
+
+    out = bench_results(
+        "bench.processors.kafka_side_by_side",
+        tmp_path / "out.json",
+        *("--compare-with", "HEAD", "--students", "5", "--repeat", "2", "--kafka", kafka_stack.bootstrap),
+        timeout_s=280,
+    )
+    summary = out["summary"]
+    assert sorted(summary) == ["before (HEAD)", "now"]
+    expected = pure(5)
+    for fig in summary.values():
+        assert len(fig["samples"]) == 2
+        for run in fig["samples"]:
+            assert run["row_changes"] == expected["row_changes"] and run["events"] == expected["events"] > 0
+            assert run["normalize_main_thread_cpu_s"] > 0 and run["events_main_thread_cpu_s"] > 0

@@ -1,0 +1,62 @@
+"""normalize + sevis_events through one Kafka, the working tree side by side with another git revision.
+
+``python -m bench.processors.kafka_side_by_side --compare-with REV [--students 2000] [--repeat 4]
+[--kafka BOOTSTRAP] [--json-out FILE]``
+
+One broker for every run (a throwaway local Kafka unless ``--kafka``), then ``bench.processors``' through-Kafka
+measurement of a ``--students`` school over the working tree and over REV's code (``git archive``) in turn, each
+run in a fresh process, the order alternating from repeat to repeat. Pinned to one core, broker included, as
+``python -m bench.processors`` is. ``--compare-with HEAD`` on a clean working tree measures one version twice:
+what two identical trees differ by here is the smallest change this bench can show. Figures per run: row changes/s
+through both stages, and the CPU of each stage's own thread (apart from the client library's threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+FIGURES = ("row_changes_per_s", "normalize_main_thread_cpu_s", "events_main_thread_cpu_s", "normalize_s")
+
+
+def measure(students: int, bootstrap: str) -> dict[str, Any]:
+    """One through-Kafka run in this process (the child's entry point), on fresh topics of the shared broker."""
+    from bench.processors.__main__ import through_kafka
+
+    got = through_kafka(students, bootstrap)
+    return {f: got[f] for f in ("row_changes", "events", *FIGURES)}
+
+
+def main() -> None:
+    from bench.common import kafka_bootstrap, medians, runs_side_by_side
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--compare-with", required=True, help="git revision measured side by side with the working tree")
+    ap.add_argument("--students", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=4)
+    ap.add_argument("--kafka", default=None, help="bootstrap servers of a running Kafka (default: start a local one)")
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, for the broker too
+    with kafka_bootstrap(args.kafka, "bench-processors-side-by-side") as bootstrap:
+        runs = runs_side_by_side(__file__, [args.students, bootstrap], args.repeat, args.compare_with, REPO)
+    summary = medians(runs, FIGURES)
+    for name, fig in summary.items():
+        print(
+            f"{name}: {fig['row_changes_per_s']:,.0f} row changes/s through Kafka; own thread CPU normalize "
+            f"{fig['normalize_main_thread_cpu_s']:.2f} s, sevis_events {fig['events_main_thread_cpu_s']:.2f} s "
+            f"(medians of {args.repeat})",
+            flush=True,
+        )
+    if args.json_out:
+        out = {"args": vars(args), "summary": summary, "load_avg": os.getloadavg()}
+        Path(args.json_out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
