@@ -169,6 +169,23 @@ def medians(runs: dict[str, list[dict[str, Any]]], figures: Sequence[str]) -> di
     }
 
 
+def report_side_by_side(
+    runs: dict[str, list[dict[str, Any]]],
+    figures: Sequence[str],
+    args: argparse.Namespace,
+    describe: Callable[[dict[str, Any]], str],
+) -> dict[str, dict[str, Any]]:
+    """:func:`medians` of ``runs``, one line per version (``describe`` words its medians) and, with
+    ``args.json_out``, the file: the arguments, the medians with every run, the load average. Returns the medians."""
+    summary = medians(runs, figures)
+    for name, fig in summary.items():
+        print(f"{name}: {describe(fig)} (medians of {args.repeat})", flush=True)
+    if args.json_out:
+        out = {"args": vars(args), "summary": summary, "load_avg": os.getloadavg()}
+        Path(args.json_out).write_text(json.dumps(out, indent=1))
+    return summary
+
+
 def parts_side_by_side(
     module_file: str, size: int, repeat: int, compare_with: str | None, repo: Path
 ) -> dict[str, dict[str, Any]]:

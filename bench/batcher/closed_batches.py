@@ -17,7 +17,6 @@ tree, each repeat in a fresh child, so both are measured side by side in one run
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -119,7 +118,7 @@ def measure(closes: int, per_close: int, backend: str = "rocksdb") -> dict[str, 
 
 
 def main() -> None:
-    from bench.common import medians, runs_side_by_side
+    from bench.common import report_side_by_side, runs_side_by_side
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--closes", type=int, default=60)
@@ -132,17 +131,16 @@ def main() -> None:
     measured = [args.closes, args.per_close, args.backend]
     runs = runs_side_by_side(__file__, measured, args.repeat, args.compare_with, REPO)
     figures = ("max_rss_mib", "rss_after_closes_mib", "cpu_ms_per_close", "cpu_us_per_result", "gauges_ms")
-    summary = medians(runs, figures)
-    for name, fig in summary.items():
-        print(
-            f"{name}: {args.closes} closes of {args.per_close}: peak RSS {fig['max_rss_mib']:,.0f} MiB, "
-            f"after the closes {fig['rss_after_closes_mib']:,.0f} MiB; close {fig['cpu_ms_per_close']:,.1f} ms, "
-            f"result {fig['cpu_us_per_result']:,.0f} µs, gauges {fig['gauges_ms']:,.1f} ms (CPU, medians of {args.repeat})",
-            flush=True,
-        )
-    if args.json_out:
-        out = {"args": vars(args), "summary": summary, "load_avg": os.getloadavg()}
-        Path(args.json_out).write_text(json.dumps(out, indent=1))
+    report_side_by_side(
+        runs,
+        figures,
+        args,
+        lambda fig: (
+            f"{args.closes} closes of {args.per_close}: peak RSS {fig['max_rss_mib']:,.0f} MiB, after the closes "
+            f"{fig['rss_after_closes_mib']:,.0f} MiB; CPU per close {fig['cpu_ms_per_close']:,.1f} ms, per result "
+            f"{fig['cpu_us_per_result']:,.0f} µs, gauges {fig['gauges_ms']:,.1f} ms"
+        ),
+    )
 
 
 if __name__ == "__main__":

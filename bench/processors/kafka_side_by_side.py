@@ -14,7 +14,6 @@ through both stages, and the CPU of each stage's own thread (apart from the clie
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def measure(students: int, bootstrap: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    from bench.common import kafka_bootstrap, medians, runs_side_by_side
+    from bench.common import kafka_bootstrap, report_side_by_side, runs_side_by_side
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compare-with", required=True, help="git revision measured side by side with the working tree")
@@ -45,17 +44,15 @@ def main() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, for the broker too
     with kafka_bootstrap(args.kafka, "bench-processors-side-by-side") as bootstrap:
         runs = runs_side_by_side(__file__, [args.students, bootstrap], args.repeat, args.compare_with, REPO)
-    summary = medians(runs, FIGURES)
-    for name, fig in summary.items():
-        print(
-            f"{name}: {fig['row_changes_per_s']:,.0f} row changes/s through Kafka; own thread CPU normalize "
-            f"{fig['normalize_main_thread_cpu_s']:.2f} s, sevis_events {fig['events_main_thread_cpu_s']:.2f} s "
-            f"(medians of {args.repeat})",
-            flush=True,
-        )
-    if args.json_out:
-        out = {"args": vars(args), "summary": summary, "load_avg": os.getloadavg()}
-        Path(args.json_out).write_text(json.dumps(out, indent=1))
+    report_side_by_side(
+        runs,
+        FIGURES,
+        args,
+        lambda fig: (
+            f"{fig['row_changes_per_s']:,.0f} row changes/s through Kafka; own thread CPU normalize "
+            f"{fig['normalize_main_thread_cpu_s']:.2f} s, sevis_events {fig['events_main_thread_cpu_s']:.2f} s"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ git revision REV is measured in turn with the working tree, each repeat in a fre
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import shutil
 import tempfile
@@ -102,7 +100,7 @@ def measure(students: int, changes: int, seed: int = 7) -> dict[str, Any]:
 
 
 def main() -> None:
-    from bench.common import medians, runs_side_by_side
+    from bench.common import report_side_by_side, runs_side_by_side
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", type=int, default=10000)
@@ -113,18 +111,16 @@ def main() -> None:
     args = ap.parse_args()
     runs = runs_side_by_side(__file__, [args.students, args.changes], args.repeat, args.compare_with, REPO)
     figures = ("cpu_us_per_change", "rocksdb_reads_per_change", "state_reads_per_change", "state_writes_per_change")
-    summary = medians(runs, figures)
-    for name, fig in summary.items():
-        print(
-            f"{name}: {fig['cpu_us_per_change']:,.0f} µs CPU per change; per change "
-            f"{fig['rocksdb_reads_per_change']:.2f} RocksDB reads, {fig['state_reads_per_change']:.1f} state reads, "
-            f"{fig['state_writes_per_change']:.2f} state writes (medians of {args.repeat})",
-            flush=True,
-        )
-    if args.json_out:
-        Path(args.json_out).write_text(
-            json.dumps({"args": vars(args), "summary": summary, "load_avg": os.getloadavg()}, indent=1)
-        )
+    report_side_by_side(
+        runs,
+        figures,
+        args,
+        lambda fig: (
+            f"{fig['cpu_us_per_change']:,.0f} µs CPU per change; per change {fig['rocksdb_reads_per_change']:.2f} "
+            f"RocksDB reads, {fig['state_reads_per_change']:.1f} state reads, "
+            f"{fig['state_writes_per_change']:.2f} state writes"
+        ),
+    )
 
 
 if __name__ == "__main__":
