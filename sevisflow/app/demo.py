@@ -459,16 +459,16 @@ def step_xml(ctx: DemoContext) -> str:
     ctx.facts["batch_ids"] = [b for bid in ctx.facts["batch_ids"] for b in _written(ctx, outbox, bid)]
     ctx.facts["ev_batch_ids"] = [b for b in ctx.facts["batch_ids"] if b.startswith(DEMO_PROGRAM.replace("-", ""))]
     for batch_id in ctx.facts["batch_ids"]:
-        found = _wait(f"the XML of {batch_id}", functools.partial(outbox.find, batch_id), 120)
+        found, data, file_mode, manifest = read_document(outbox, batch_id)
         xml_path = found.xml_path
-        doc = etree.parse(str(xml_path))
+        doc = etree.ElementTree(etree.fromstring(data))
         root = str(doc.getroot().tag)
         if root not in schemas or not schemas[root].validate(doc):
             raise DemoFailed(
                 f"{xml_path} does not validate: {schemas[root].error_log.last_error if root in schemas else root}"
             )
         _, creates, updates = DOCUMENTS[root]
-        mode = oct(xml_path.stat().st_mode & 0o777)
+        mode = oct(file_mode)
         for record in doc.findall(updates):
             for tag in (str(child.tag) for child in record):
                 if tag in UPDATE_ELEMENTS or (root == EV_ROOT and tag not in ("UserDefinedA", "UserDefinedB")):
@@ -477,7 +477,7 @@ def step_xml(ctx: DemoContext) -> str:
         lines.append(
             f"{xml_path.relative_to(Path(s.sevis.outbox_dir))}: {root} of {org}, "
             f"{len(doc.findall(creates))} creates + {len(doc.findall(updates))} updates, "
-            f"XSD-valid, mode {mode}, sha256 {found.manifest().get('sha256', '')[:16]}…"
+            f"XSD-valid, mode {mode}, sha256 {manifest.get('sha256', '')[:16]}…"
         )
     for line in lines:
         _say(f"      {line}")
@@ -487,6 +487,22 @@ def step_xml(ctx: DemoContext) -> str:
     )
     _say("      EV update elements: " + ", ".join(f"{k} {n}" for k, n in sorted(elements[EV_ROOT].items())))
     return f"{len(lines)} document(s) written and validated against the SEVIS XSDs in {ctx.xsd_dir}"
+
+
+def read_document(outbox: Any, batch_id: str, tries: int = 20) -> tuple[Any, bytes, int, dict[str, Any]]:
+    """A written batch's folder, its XML (bytes and file mode, from one open file) and its manifest. The SEVIS
+    sink moves the folder on (pending → uploaded → …) while the demo reads it: a read that finds it gone looks
+    for the folder again, where it went."""
+    for _ in range(tries):
+        found = _wait(f"the XML of {batch_id}", functools.partial(outbox.find, batch_id), 120)
+        try:
+            with open(found.xml_path, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode & 0o777
+                data = f.read()
+            return found, data, mode, found.manifest()
+        except FileNotFoundError:
+            continue  # moved between finding and reading
+    raise DemoFailed(f"the XML of {batch_id} moved {tries} times while the demo read it")
 
 
 def _written(ctx: DemoContext, outbox: Any, batch_id: str) -> list[str]:
