@@ -66,8 +66,13 @@ def _topics_for(settings: Any, with_unmapped: bool) -> None:
     ensure_topics(settings.kafka, pipeline_topics(settings) + normalize_topics(settings) + specs)
 
 
+def _decoded(settings: Any, topic: str) -> list[dict[str, Any]]:
+    """Every record of ``topic`` so far, decoded."""
+    return [registry().decode(m.value()) for m in read_topic(settings.kafka, topic)]
+
+
 def _events(settings: Any) -> list[dict[str, Any]]:
-    return [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.events)]
+    return _decoded(settings, settings.topics.events)
 
 
 def test_the_running_stage_releases_a_snapshot_whose_last_table_it_does_not_map(kafka_stack, unique):
@@ -84,7 +89,7 @@ def test_the_running_stage_releases_a_snapshot_whose_last_table_it_does_not_map(
     try:
         views = wait_for(
             "the snapshot's student view",
-            lambda: [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.students)],
+            lambda: _decoded(settings, settings.topics.students),
             90,
             pipeline,
         )
@@ -201,7 +206,7 @@ def test_a_snapshot_with_more_rows_under_one_student_id_than_a_state_record_hold
     try:
         views = wait_for(
             "the snapshot's student view",
-            lambda: [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.students)],
+            lambda: _decoded(settings, settings.topics.students),
             120,
             pipeline,
         )
@@ -216,7 +221,7 @@ def test_a_snapshot_with_more_rows_under_one_student_id_than_a_state_record_hold
         failed = pipeline.stop()
     assert not failed, [(f.name, f.error) for f in failed]
     assert [v["student_key"] for v in views] == [rows["person"]["school_id"]]
-    letters = [registry().decode(m.value()) for m in read_topic(settings.kafka, settings.topics.dlq)]
+    letters = _decoded(settings, settings.topics.dlq)
     assert dead == refused and Counter(d["code"] for d in letters) == {"orphan_limit": refused}
     sizes: dict[bytes, int] = {}
     for m in read_topic(settings.kafka, state_topic(settings, "normalize")):
