@@ -29,6 +29,8 @@
  *   set_libpq / receive                        ReplicationConnection.read_batch's read loop over libpq
  *                                              (see the sections above set_dumps)
  *   copy_out(pgconn_ptr)                       snapshot._copy_rows's COPY OUT loop over the same libpq
+ *   copy_lines / copy_batch                    a snapshot chunk kept as its COPY text: read_event +
+ *                                              produce() per row, straight from the bytes
  *
  * ``fields`` is TableMeta._fields: a tuple of (name, converter or None, memo dict or None). Converters
  * done in C: None (text as is), int (int2/int4/int8/oid text without sign tricks, at most 18 digits),
@@ -37,6 +39,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <ctype.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -589,6 +592,32 @@ static int names_ok(PyObject *fields, PyObject *names) {
     return 1;
 }
 
+/* One value in PostgreSQL's text form (UTF-8 bytes p, n) as the JSON its converter gives: 1 = written,
+ * 0 = fall back (error maybe set; invalid UTF-8 included, as bytes.decode() would refuse it). */
+static int w_text_value(wbuf *w, const char *p, Py_ssize_t n, PyObject *conv, PyObject *memo) {
+    long long iv;
+    if (conv == Py_None) {
+        Py_ssize_t k = 0;
+        while (k < n && (unsigned char)p[k] < 0x80)
+            k++;
+        if (k < n) {  /* not ASCII: only valid UTF-8 passes, as with bytes.decode() */
+            PyObject *t = PyUnicode_DecodeUTF8(p, n, NULL);
+            if (t == NULL)
+                return 0;
+            Py_DECREF(t);
+        }
+        return w_str(w, p, n);
+    }
+    if (conv == (PyObject *)&PyLong_Type && small_int(p, n, &iv))
+        return w_ll(w, iv);
+    PyObject *v = convert_value(p, n, NULL, conv, memo);
+    if (v == NULL)
+        return 0;
+    int ok = w_obj(w, v);
+    Py_DECREF(v);
+    return ok;
+}
+
 /*
  * pgoutput TupleData at *pos as a JSON object (what orjson.dumps(_fast_row(...)[0]) gives). Records
  * where each value's JSON starts and ends in w (vs, ve). 1 = written, 0 = fall back (error maybe set).
@@ -621,31 +650,8 @@ static int w_tuple(wbuf *w, const unsigned char *buf, Py_ssize_t len, Py_ssize_t
                 return 0;
             const char *p = (const char *)buf + pos + 5;
             pos += 5 + n;
-            long long iv;
-            if (conv == Py_None) {
-                Py_ssize_t k = 0;
-                while (k < n && (unsigned char)p[k] < 0x80)
-                    k++;
-                if (k < n) {  /* not ASCII: only valid UTF-8 passes, as with bytes.decode() */
-                    PyObject *t = PyUnicode_DecodeUTF8(p, n, NULL);
-                    if (t == NULL)
-                        return 0;
-                    Py_DECREF(t);
-                }
-                if (!w_str(w, p, n))
-                    return 0;
-            } else if (conv == (PyObject *)&PyLong_Type && small_int(p, n, &iv)) {
-                if (!w_ll(w, iv))
-                    return 0;
-            } else {
-                PyObject *v = convert_value(p, n, NULL, conv, memo);
-                if (v == NULL)
-                    return 0;
-                int ok = w_obj(w, v);
-                Py_DECREF(v);
-                if (!ok)
-                    return 0;
-            }
+            if (!w_text_value(w, p, n, conv, memo))
+                return 0;
         } else {
             return 0;  /* 'u' (unchanged TOAST), 'b' (binary) or garbage: the generic path */
         }
@@ -1083,6 +1089,198 @@ out:
 }
 
 /* ---------------------------------------------------------------------------------------------------
+ * Snapshot chunks kept as COPY text (API 8). split_copy made a str per value and a list per row, which
+ * read_event then read back value by value, and the Python loop around it called produce() once per
+ * row; copy_batch writes each row's record straight from the COPY bytes and produces it, as
+ * change_batch does for the stream. It unescapes what COPY TO writes (\N for NULL, \b \f \n \r \t \v
+ * and \\, any other character after a backslash standing for itself, as parse_copy_line reads them)
+ * and leaves a row with an octal or hex escape to the Python path.
+ *
+ *   copy_lines(data) -> list[int] | None
+ *       the offset of every line's start and len(data) last; None when data is empty or does not end
+ *       in a newline (the Python path decides)
+ *   copy_batch(data, starts, start, stop, fields, names, key_idx, head, tail, produce, topic)
+ *       -> (next, pending)
+ *       rows start..stop-1 (row i: data[starts[i]:starts[i+1] - 1]): each row's record as read_event
+ *       writes it from the values parse_copy_line gives, produced with produce(topic, value, key).
+ *       Stops before a row it does not write (a field count other than len(fields), an octal or hex
+ *       escape, anything read_event declines, conversion errors included) and returns that row's index
+ *       with pending None: the caller's Python path then produces it or raises its error. When
+ *       produce() raises BufferError, returns the next index and pending = (key, value), the record
+ *       the caller still has to produce once there is room.
+ */
+static PyObject *copy_lines(PyObject *self, PyObject *arg) {
+    if (!PyBytes_CheckExact(arg))
+        Py_RETURN_NONE;
+    const char *buf = PyBytes_AS_STRING(arg);
+    Py_ssize_t len = PyBytes_GET_SIZE(arg);
+    if (len == 0 || buf[len - 1] != '\n')
+        Py_RETURN_NONE;
+    PyObject *starts = PyList_New(0);
+    if (starts == NULL)
+        return NULL;
+    const char *line = buf, *end = buf + len;
+    while (line <= end) {
+        PyObject *o = PyLong_FromSsize_t(line - buf);
+        if (o == NULL || PyList_Append(starts, o) < 0) {
+            Py_XDECREF(o);
+            Py_DECREF(starts);
+            return NULL;
+        }
+        Py_DECREF(o);
+        if (line == end)
+            break;
+        line = (const char *)memchr(line, '\n', end - line) + 1;  /* found: the data ends in one */
+    }
+    return starts;
+}
+
+/* The text of one COPY field f[0:n], unescaped into *scratch when it has backslashes: 1 with (*p, *n)
+ * the value's bytes, 2 for \N (NULL), 0 for an escape the Python path must read (octal, hex). */
+static int copy_field(const char *f, Py_ssize_t n, wbuf *scratch, const char **p_out, Py_ssize_t *n_out) {
+    if (n == 2 && f[0] == '\\' && f[1] == 'N')
+        return 2;
+    const char *bs = memchr(f, '\\', n);
+    if (bs == NULL) {
+        *p_out = f;
+        *n_out = n;
+        return 1;
+    }
+    scratch->n = 0;
+    if (!w_grow(scratch, n))
+        return 0;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        char c = f[i];
+        if (c != '\\' || i + 1 == n) {  /* a backslash ending the field stands for itself, as in Python */
+            scratch->p[scratch->n++] = c;
+            i++;
+            continue;
+        }
+        char e = f[i + 1];
+        if ((e >= '0' && e <= '7') || (e == 'x' && i + 2 < n && isxdigit((unsigned char)f[i + 2])))
+            return 0;
+        switch (e) {
+        case 'b': c = '\b'; break;
+        case 'f': c = '\f'; break;
+        case 'n': c = '\n'; break;
+        case 'r': c = '\r'; break;
+        case 't': c = '\t'; break;
+        case 'v': c = '\v'; break;
+        default: c = e;  /* \\ and any other character: the character itself */
+        }
+        scratch->p[scratch->n++] = c;
+        i += 2;
+    }
+    *p_out = scratch->p;
+    *n_out = scratch->n;
+    return 1;
+}
+
+/* One COPY line as a JSON object of its fields, value offsets in vs/ve: 1 written, 0 fall back. */
+static int w_copy_row(wbuf *w, wbuf *scratch, const char *line, const char *eol, PyObject *fields, PyObject *names,
+                      Py_ssize_t *vs, Py_ssize_t *ve) {
+    Py_ssize_t nf = PyTuple_GET_SIZE(fields);
+    const char *f = line;
+    if (!W_LIT(w, "{"))
+        return 0;
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        PyObject *name, *conv, *memo;
+        if (f == NULL || !field_parts(PyTuple_GET_ITEM(fields, i), &name, &conv, &memo))
+            return 0;  /* fewer fields than columns */
+        const char *tab = memchr(f, '\t', eol - f);
+        const char *fend = tab != NULL ? tab : eol;
+        const char *p = NULL;
+        Py_ssize_t n = 0;
+        int kind = copy_field(f, fend - f, scratch, &p, &n);
+        if (kind == 0 || (i > 0 && !W_LIT(w, ",")) || !w_bytes(w, PyTuple_GET_ITEM(names, i)))
+            return 0;
+        vs[i] = w->n;
+        if (kind == 2 ? !W_LIT(w, "null") : !w_text_value(w, p, n, conv, memo))
+            return 0;
+        ve[i] = w->n;
+        f = tab != NULL ? tab + 1 : NULL;
+    }
+    if (f != NULL)
+        return 0;  /* more fields than columns */
+    return W_LIT(w, "}");
+}
+
+static PyObject *copy_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError,
+                        "copy_batch(data, starts, start, stop, fields, names, key_idx, head, tail, produce, topic)");
+        return NULL;
+    }
+    PyObject *data = args[0], *starts = args[1], *fields = args[4], *names = args[5], *key_idx = args[6];
+    PyObject *head = args[7], *tail = args[8], *produce = args[9], *topic = args[10];
+    Py_ssize_t i = PyLong_AsSsize_t(args[2]), stop = PyLong_AsSsize_t(args[3]);
+    if ((i == -1 || stop == -1) && PyErr_Occurred())
+        return NULL;
+    if (!PyBytes_CheckExact(data) || !PyList_CheckExact(starts) || i < 0 || stop < i ||
+        stop >= PyList_GET_SIZE(starts) || !names_ok(fields, names) ||
+        !key_idx_ok(key_idx, PyTuple_GET_SIZE(fields)) || !PyBytes_CheckExact(head) || !PyBytes_CheckExact(tail))
+        return Py_BuildValue("(nO)", i, Py_None);
+    const char *buf = PyBytes_AS_STRING(data);
+    Py_ssize_t len = PyBytes_GET_SIZE(data), nf = PyTuple_GET_SIZE(fields);
+    PyObject *pending = NULL;
+    wbuf w = {NULL, 0, 0}, scratch = {NULL, 0, 0};
+    Py_ssize_t *offs = PyMem_Malloc(sizeof(Py_ssize_t) * (2 * nf + 1));
+    if (offs == NULL || !w_grow(&w, 1024)) {
+        PyMem_Free(offs);
+        PyMem_Free(w.p);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t *vs = offs, *ve = offs + nf;
+    for (; i < stop; i++) {
+        Py_ssize_t a = PyLong_AsSsize_t(PyList_GET_ITEM(starts, i));
+        Py_ssize_t b = PyLong_AsSsize_t(PyList_GET_ITEM(starts, i + 1));
+        if ((a == -1 || b == -1) && PyErr_Occurred())
+            goto fail;
+        if (a < 0 || b <= a || b > len || buf[b - 1] != '\n')
+            break;  /* not a line of data: the Python path reads it */
+        w.n = 0;
+        if (!w_bytes(&w, head) || !w_copy_row(&w, &scratch, buf + a, buf + b - 1, fields, names, vs, ve) ||
+            !w_bytes(&w, tail)) {
+            if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+                goto fail;
+            PyErr_Clear();  /* declined: the Python path redoes the row and raises its own error */
+            break;
+        }
+        PyObject *key = PyTuple_GET_SIZE(key_idx) > 0 ? key_json(&w, names, key_idx, vs, ve) : Py_NewRef(Py_None);
+        if (key == NULL)
+            goto fail;
+        PyObject *value = PyBytes_FromStringAndSize(w.p, w.n);
+        if (value == NULL) {
+            Py_DECREF(key);
+            goto fail;
+        }
+        int rc = produce3(produce, topic, value, key);
+        if (rc == 0)
+            pending = PyTuple_Pack(2, key, value);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (rc < 0 || (rc == 0 && pending == NULL))
+            goto fail;
+        if (rc == 0) {  /* hand the rest back: the caller waits for room */
+            i++;
+            break;
+        }
+    }
+    PyMem_Free(offs);
+    PyMem_Free(w.p);
+    PyMem_Free(scratch.p);
+    PyObject *res = Py_BuildValue("(nO)", i, pending != NULL ? pending : Py_None);
+    Py_XDECREF(pending);
+    return res;
+fail:
+    PyMem_Free(offs);
+    PyMem_Free(w.p);
+    PyMem_Free(scratch.p);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------
  * Receiving the replication stream (API 6). ReplicationConnection.read_batch's Python loop paid, per
  * message, a get_copy_data call, its memoryview, a slice, a struct unpack and a tuple: a raw drain cost
  * 1.1 µs of client CPU per message in Python and 0.56 µs with this loop (bench.connector, 2026-12-04),
@@ -1320,6 +1518,9 @@ static PyMethodDef methods[] = {
      "change_batch(items, start, rels, tx, tail, produce, tombstones) -> (next, n_c, n_u, n_d, pending)"},
     {"read_event", (PyCFunction)(void (*)(void))read_event, METH_FASTCALL,
      "read_event(values, fields, names, key_idx, head, tail) -> (key, value) | None: a snapshot row's record"},
+    {"copy_lines", copy_lines, METH_O, "copy_lines(data) -> list[int] | None: where each COPY text line starts"},
+    {"copy_batch", (PyCFunction)(void (*)(void))copy_batch, METH_FASTCALL,
+     "copy_batch(data, starts, start, stop, fields, names, key_idx, head, tail, produce, topic) -> (next, pending)"},
     {"set_libpq", set_libpq, METH_VARARGS,
      "set_libpq(get_copy_data_addr, freemem_addr): the loaded libpq's PQgetCopyData and PQfreemem"},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
@@ -1335,7 +1536,7 @@ static struct PyModuleDef module = {
 };
 
 /* Bumped whenever a signature changes: decoder.py refuses a stale build (and uses Python) instead of failing. */
-#define PGTUPLE_API 7
+#define PGTUPLE_API 8
 
 PyMODINIT_FUNC PyInit__pgtuple(void) {
     PyObject *m = PyModule_Create(&module);

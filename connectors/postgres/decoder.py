@@ -28,7 +28,7 @@ MEMO_SIZE = 8192  # memo entries per column before the memo is cleared (envelope
 log = get_logger(__name__)
 
 
-API = 7  # _pgtuple.API this code expects; a stale build (not rebuilt since) is ignored
+API = 8  # _pgtuple.API this code expects; a stale build (not rebuilt since) is ignored
 _stale = False
 
 
@@ -100,6 +100,8 @@ def set_active(use_c: bool) -> None:
     envelope._c_change_batch = pick(None, "change_batch")
     pgoutput._tuple = pgoutput._c_tuple if active is not None else pgoutput._py_tuple
     snapshot._c_split_copy = pick(None, "split_copy")
+    snapshot._c_copy_lines = pick(None, "copy_lines")
+    snapshot._c_copy_batch = pick(None, "copy_batch")
 
 
 @contextmanager

@@ -386,6 +386,15 @@ class TxContext:
         return f"{self.xid}:{self.begin_lsn if self.begin_lsn is not None else self.commit_lsn}"
 
 
+@dataclass(frozen=True, slots=True)
+class ReadEnvelope:
+    """A run of read events' common parts for the C decoder's batch loop (:meth:`EventBuilder.read_envelope`):
+    the events' time, and ``c_args`` = (fields, names, key_idx, head, tail) as ``copy_batch`` takes them."""
+
+    now_us: int
+    c_args: tuple[Any, ...]
+
+
 class EventBuilder:
     """Builds the change records of one connector (its name, database and converter options)."""
 
@@ -573,25 +582,44 @@ class EventBuilder:
         """(key, value) of many snapshot rows of one table, byte-identical to :meth:`read` row by row."""
         return list(self.iter_read_values(meta, rows, tx, lsn, snapshot))
 
+    def read_envelope(self, meta: TableMeta, tx: TxContext, lsn: int, snapshot: str) -> ReadEnvelope | None:
+        """What the C decoder needs to write whole read events of ``meta`` for one run of rows (the envelope
+        around "after" is the same for every row of the run, serialised once); None when it cannot write
+        them (no C decoder, ``schemas.enable``, a table whose fields it does not take)."""
+        if _c_read_event is None or self.schemas_enable or meta._c_names is None:
+            return None
+        now_us = time.time_ns() // 1000
+        src = self._read_source(meta, tx, lsn, snapshot)
+        tail = b',"source":%b,"transaction":null,"op":"r"%b' % (_dumps(src), self._tail_for(now_us))
+        return ReadEnvelope(now_us, (meta._fields, meta._c_names, meta._key_idx, _READ_HEAD, tail))
+
     def iter_read_values(
-        self, meta: TableMeta, rows: Sequence[Sequence[Value]], tx: TxContext, lsn: int, snapshot: str
+        self,
+        meta: TableMeta,
+        rows: Sequence[Sequence[Value]],
+        tx: TxContext,
+        lsn: int,
+        snapshot: str,
+        now_us: int | None = None,
     ) -> Iterator[tuple[bytes | None, bytes]]:
         """:meth:`read_values` one row at a time. Produce each pair before taking the next: holding a
         chunk's worth of fresh ~600-byte values costs new memory pages (measured: about 2× the CPU per row
-        on the bench box), while producing at once lets the allocator reuse the same memory."""
+        on the bench box), while producing at once lets the allocator reuse the same memory. ``now_us``:
+        the events' ``ts_ms``/``ts_us`` time (a row the C batch loop left takes its run's)."""
         src = self._read_source(meta, tx, lsn, snapshot)
         columns = meta.columns
         conv_items = meta._conv_memo_items
         schemas = self.schemas_enable
         dumps = _dumps
-        now_us = time.time_ns() // 1000
+        if now_us is None:
+            now_us = time.time_ns() // 1000
         c_read_row, fields = _c_read_row, meta._fields  # the C decoder's row loop, or None
         policy = meta.policy
         # the C decoder writes the whole record (without schemas): the envelope around "after" is the same
         # for every row of this call, serialised once
         c_read_event = _c_read_event if not schemas and meta._c_names is not None else None
         names, key_idx = meta._c_names, meta._key_idx
-        head = b'{"before":null,"after":'
+        head = _READ_HEAD
         tail = (
             b',"source":%b,"transaction":null,"op":"r"%b' % (dumps(src), self._tail_for(now_us))
             if c_read_event is not None
@@ -818,6 +846,7 @@ class EventBuilder:
 
 
 _dumps = orjson.dumps
+_READ_HEAD = b'{"before":null,"after":'  # a read event's JSON up to its row
 _MISS = object()
 _LSN_MARK = 7_394_512_840_193_846_271  # stands for the LSN in the serialised source block (_source_parts)
 _MEMO_SIZE = 8192

@@ -35,16 +35,16 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import psycopg
 from psycopg import pq, sql
 
 from sevisflow.connectors.postgres import decoder as _decoder
 from sevisflow.connectors.postgres import replication
-from sevisflow.connectors.postgres.envelope import TableMeta
+from sevisflow.connectors.postgres.envelope import ReadEnvelope, TableMeta
 from sevisflow.connectors.postgres.pgoutput import Value
 from sevisflow.core.errors import ConfigError, TerminalError
 
@@ -190,7 +190,7 @@ def read_chunks(
     key_types: Sequence[str],
     after_key: Sequence[Value] | None,
     chunk_rows: int,
-) -> Iterator[list[list[Value]]]:
+) -> Iterator[Sequence[Sequence[Value]]]:
     """Chunks of rows (text values) of one table in primary-key order, starting after ``after_key``."""
     while True:
         limit = chunk_rows if meta.key_columns else None
@@ -202,7 +202,7 @@ def read_chunks(
         after_key = meta.key_text(rows[-1])
 
 
-def _copy_rows(conn: psycopg.Connection[Any], query: bytes) -> list[list[Value]]:
+def _copy_rows(conn: psycopg.Connection[Any], query: bytes) -> Sequence[Sequence[Value]]:
     """Run a ``COPY … TO STDOUT`` on the libpq connection directly (no per-row Python generator).
 
     PostgreSQL sends one CopyData per row; we still split on newlines in case a server does not. However
@@ -225,7 +225,7 @@ def _copy_rows(conn: psycopg.Connection[Any], query: bytes) -> list[list[Value]]
         _drain_results(pgconn)
     if not data:
         return []
-    return split_copy_text(data)
+    return copy_rows_of(data)
 
 
 def _drain_results(pgconn: Any) -> None:
@@ -292,8 +292,75 @@ def _py_split_copy_text(data: bytes) -> list[list[Value]]:
     return [parse_copy_line(line) for line in lines]
 
 
-# split_copy of the C decoder (connectors/postgres/decoder.py), or None: the Python split above
+def copy_rows_of(data: bytes) -> Sequence[Sequence[Value]]:
+    """A COPY chunk's rows: kept as its text (:class:`CopyChunk`) with the C decoder, split otherwise."""
+    starts = _c_copy_lines(data) if _c_copy_lines is not None else None
+    if starts is None:
+        return split_copy_text(data)
+    return CopyChunk(data, starts, 0, len(starts) - 1)
+
+
+class CopyChunk(Sequence[Sequence[Value]]):
+    """Rows ``lo`` to ``hi - 1`` of a COPY chunk, kept as the text PostgreSQL sent (``starts``: where each
+    line starts, the text's length last).
+
+    The snapshot produces a chunk's rows with the C decoder's ``copy_batch`` (:meth:`produce_events`),
+    which writes each record from the text without a str per value or a list per row. A row asked for on
+    its own (the row held back for its mark, the resume key) or by iterating is split as
+    :func:`split_copy_text` splits it; a slice is another view of the same text."""
+
+    __slots__ = ("data", "hi", "lo", "starts")
+
+    def __init__(self, data: bytes, starts: list[int], lo: int, hi: int) -> None:
+        self.data, self.starts, self.lo, self.hi = data, starts, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    @overload
+    def __getitem__(self, i: int) -> Sequence[Value]: ...
+    @overload
+    def __getitem__(self, i: slice) -> CopyChunk: ...
+    def __getitem__(self, i: int | slice) -> Sequence[Value] | CopyChunk:
+        n = self.hi - self.lo
+        if isinstance(i, slice):
+            lo, hi, step = i.indices(n)
+            if step != 1:
+                raise ValueError("a CopyChunk slice takes consecutive rows")
+            return CopyChunk(self.data, self.starts, self.lo + lo, self.lo + max(lo, hi))
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("CopyChunk index out of range")
+        return split_copy_text(self.data[self.starts[self.lo + i] : self.starts[self.lo + i + 1]])[0]
+
+    def __iter__(self) -> Iterator[Sequence[Value]]:
+        if self.hi == self.lo:
+            return iter(())
+        return iter(split_copy_text(self.data[self.starts[self.lo] : self.starts[self.hi]]))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and [list(r) for r in self] == [list(r) for r in other]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def produce_events(
+        self, start: int, envelope: ReadEnvelope, produce: Callable[..., Any], topic: str
+    ) -> tuple[int, tuple[bytes | None, bytes] | None]:
+        """Produce the read events of rows ``start`` on through ``produce(topic, value, key)``, in C. Returns
+        where it stopped and what is pending: at the end, or before a row the Python path must take
+        (pending None), or after a row ``produce`` had no room for (pending: its (key, value))."""
+        assert _c_copy_batch is not None
+        nxt, pending = _c_copy_batch(self.data, self.starts, self.lo + start, self.hi, *envelope.c_args, produce, topic)
+        return nxt - self.lo, pending
+
+
+# the C decoder's functions (connectors/postgres/decoder.py), or None: the Python code above
 _c_split_copy = _decoder.pick(None, "split_copy")
+_c_copy_lines = _decoder.pick(None, "copy_lines")
+_c_copy_batch = _decoder.pick(None, "copy_batch")
 
 
 def snapshot_marker(first: bool, first_in_table: bool, last_in_table: bool, last: bool) -> str:

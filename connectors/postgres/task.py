@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from sevisflow import __version__
 from sevisflow.connectors.postgres import admin, decoder
 from sevisflow.connectors.postgres.columns import ColumnPolicy
 from sevisflow.connectors.postgres.convert import SESSION_OPTIONS
-from sevisflow.connectors.postgres.envelope import EventBuilder, Record, TableMeta, TxContext
+from sevisflow.connectors.postgres.envelope import EventBuilder, ReadEnvelope, Record, TableMeta, TxContext
 from sevisflow.connectors.postgres.errors import SlotInUseError, classify
 from sevisflow.connectors.postgres.metrics import ConnectorMetrics
 from sevisflow.connectors.postgres.offsets import ConnectorState, SnapshotProgress, StateStore
@@ -51,6 +51,7 @@ from sevisflow.connectors.postgres.pgoutput import (
     Truncate,
     TypeInfo,
     Update,
+    Value,
     decode,
     format_lsn,
 )
@@ -59,6 +60,7 @@ from sevisflow.connectors.postgres.pgoutput import (
 )
 from sevisflow.connectors.postgres.replication import ReplicationConnection
 from sevisflow.connectors.postgres.snapshot import (
+    CopyChunk,
     Run,
     SnapshotMarks,
     begin_snapshot_transaction,
@@ -483,7 +485,7 @@ class ConnectorTask:
 
     def _table_chunks(
         self, conn: psycopg.Connection[Any], table: str, prog: SnapshotProgress
-    ) -> tuple[TableMeta, Iterator[list[Any]]]:
+    ) -> tuple[TableMeta, Iterator[Sequence[Sequence[Value]]]]:
         """The table's meta (its topic made) and its rows in key order, chunk by chunk, after the resumed key."""
         schema, name = table.split(".", 1)
         cols = self.catalog.table_columns(table)
@@ -495,11 +497,31 @@ class ConnectorTask:
 
     def _produce_runs(self, runs: Iterable[Run], run: _SnapshotRun, producer: Producer) -> None:
         """Produce each run of rows with its mark through ``producer``, and note the last row produced."""
-        read_values = self.builder.iter_read_values
         for meta, rows, mark in runs:
-            self._produce_values(meta.topic, read_values(meta, rows, run.tx, run.lsn, mark), producer)
+            envelope = self.builder.read_envelope(meta, run.tx, run.lsn, mark)
+            if isinstance(rows, CopyChunk) and envelope is not None:
+                self._produce_copy_run(meta, rows, run, mark, envelope, producer)
+            else:
+                read_values = self.builder.iter_read_values(meta, rows, run.tx, run.lsn, mark)
+                self._produce_values(meta.topic, read_values, producer)
             run.table, run.key = meta.full_name, list(meta.key_text(rows[-1]))
             run.rows += len(rows)
+
+    def _produce_copy_run(
+        self, meta: TableMeta, rows: CopyChunk, run: _SnapshotRun, mark: str, envelope: ReadEnvelope, producer: Producer
+    ) -> None:
+        """A run kept as COPY text, produced by the C decoder's loop; a row it leaves (an escape it does not
+        read, a value its converter refuses) goes through the Python path, which produces it or raises."""
+        produce, i, n = producer.produce, 0, len(rows)
+        while i < n:
+            i, pending = rows.produce_events(i, envelope, produce, meta.topic)
+            if pending is not None:  # no room in the producer's queue: wait, then hand it over
+                self._wait_for_queue(producer)
+                self._produce_values(meta.topic, [pending], producer)
+            elif i < n:
+                one = self.builder.iter_read_values(meta, rows[i : i + 1], run.tx, run.lsn, mark, envelope.now_us)
+                self._produce_values(meta.topic, one, producer)
+                i += 1
 
     @staticmethod
     def _sent(run: _SnapshotRun, held_table: str | None, producer: Producer) -> _Sent:

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from sevisflow.connectors.postgres import convert as cv
-from sevisflow.connectors.postgres import decoder, snapshot
+from sevisflow.connectors.postgres import decoder, envelope, snapshot
 from sevisflow.connectors.postgres.envelope import TableMeta
 from sevisflow.connectors.postgres.pgoutput import Value
 from tests.helpers import PgHandle
 from tests.integration.connector_support import execute
+from tests.snapshot_support import RecordingProducer, snapshot_records, snapshot_task
 
 pytestmark = [
     pytest.mark.integration,
@@ -100,7 +102,7 @@ def _receive(way: str) -> Iterator[list[int]]:
         mp.undo()
 
 
-def _read_all(dsn: str, way: str, chunk_rows: int) -> tuple[list[list[list[Value]]], int]:
+def _read_all(dsn: str, way: str, chunk_rows: int) -> tuple[list[Sequence[Sequence[Value]]], int]:
     with psycopg.connect(dsn, autocommit=True) as conn, _receive(way) as calls:
         return list(snapshot.read_chunks(conn, _meta(), ["int4"], None, chunk_rows)), len(calls)
 
@@ -229,3 +231,32 @@ def test_other_threads_run_while_the_c_loop_waits(fresh_db: PgHandle) -> None:
             counter.join()
     assert len(rows) == 2000 and len(calls) == 1 and copy_s >= 1.5
     assert copy_rate > 0.3 * idle_rate, (copy_rate, idle_rate)
+
+
+def test_the_c_loop_writes_real_copy_text_as_the_python_path_does(
+    fresh_db: PgHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The awkward table read by PostgreSQL's own COPY and produced by the snapshot's loop: with the C decoder
+    the chunks stay COPY text and ``copy_batch`` writes their records (escapes, NULLs, non-ASCII and
+    120 KB values included), some produce() calls refused; the records equal the all-Python path's."""
+    _fill(fresh_db.dsn)
+    monkeypatch.setattr(envelope.time, "time_ns", lambda: 1_700_000_000_000_000_123)
+    written = [0]
+
+    def counted(*args: Any) -> Any:
+        out = decoder.c_module.copy_batch(*args)  # type: ignore[union-attr]
+        written[0] += out[0] - args[2]  # the rows it produced (a refused one included: it is handed over)
+        return out
+
+    results = {}
+    for way in ("c", "python"):
+        with psycopg.connect(fresh_db.dsn, autocommit=True) as conn, _receive(way):
+            if way == "c":
+                monkeypatch.setattr(snapshot, "_c_copy_batch", counted)  # after _receive picked the C hooks
+            chunks = list(snapshot.read_chunks(conn, _meta(), ["int4"], None, 700))
+            assert all(isinstance(ch, snapshot.CopyChunk) for ch in chunks) == (way == "c")
+            results[way] = snapshot_records(snapshot_task(tmp_path), _meta(), chunks, RecordingProducer({5, 701}))
+    assert results["c"] == results["python"]
+    records, rows = results["c"]
+    assert rows == len(records) == ROWS
+    assert written[0] >= ROWS - 2 * len(chunks)  # all but the rows held back for their marks
