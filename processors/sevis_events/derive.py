@@ -766,6 +766,8 @@ def _changed(a: dict[str, Any], c: dict[str, Any], fields: tuple[str, ...]) -> l
 def _personal_info(b: _Builder) -> None:
     ps, ns = _sub(b.prev, "student"), _sub(b.new, "student")
     pa, na = _sub(b.prev, "address"), _sub(b.new, "address")
+    if ps == ns and pa == na:
+        return  # not-reportable: every check below compares a field of these two sections, and none changed
     payload: dict[str, Any] = {}
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}

@@ -225,28 +225,60 @@ def kind_path(kind: str) -> str:
     return kind.replace(".", "/")
 
 
-def _leaves(value: Any, path: str) -> Iterable[tuple[str, Any, Mapping[str, Any] | None]]:
-    """(path, leaf value, parent object) for every leaf; list items share their element's path."""
-    if isinstance(value, Mapping):
+@dataclass(frozen=True, slots=True)
+class _LeafRules:
+    """What :func:`check_event` checks at one leaf path of one kind, worked out once per (kind, path)."""
+
+    field: str  # "<kind>:<path>", the finding's field
+    required: bool  # REQUIRED_TEXT
+    max_len: int | None  # MAX_LENGTH
+    free_text: bool  # FREE_TEXT: line breaks allowed
+    amount_leaf: bool  # the leaf is an AMOUNTS name (a non-finite float is a bad amount, else a bad value)
+    amount: bool  # checked as a whole-dollar amount (an AMOUNTS leaf of a financial element)
+    date: bool  # checked as a calendar date
+    birth: bool  # BirthDate: also not after the change
+
+
+_RULES: dict[tuple[str, str], _LeafRules] = {}
+_RULES_MAX = 20_000  # kinds × element paths are a few hundred; the bound only guards against the unforeseen
+
+
+def _rules(kind: str, path: str) -> _LeafRules:
+    key = (kind, path)
+    r = _RULES.get(key)
+    if r is None:
+        kp, leaf = kind_path(kind), path.rsplit("/", 1)[-1]
+        amount_leaf = leaf in AMOUNTS
+        r = _LeafRules(
+            field=f"{kind}:{path}",
+            required=f"{kp}/{path}" in REQUIRED_TEXT,
+            max_len=MAX_LENGTH.get(f"{kp}/{path}"),
+            free_text=leaf in FREE_TEXT,
+            amount_leaf=amount_leaf,
+            amount=amount_leaf and ("FinancialInfo" in path or kind == "FinancialInfo"),
+            date=leaf.endswith("Date") and not leaf.startswith("@"),
+            birth=leaf == "BirthDate",
+        )
+        if len(_RULES) >= _RULES_MAX:
+            _RULES.clear()
+        _RULES[key] = r
+    return r
+
+
+def _walk(value: Any, path: str, leaves: list[tuple[str, Any]], objects: list[tuple[str, Mapping[str, Any]]]) -> None:
+    """Every leaf (path, value) and every object (path, object) under ``value``, in document order; list
+    items share their element's path."""
+    if type(value) is dict or isinstance(value, Mapping):
+        objects.append((path, value))
         for k, v in value.items():
             sub = f"{path}/{k}" if path else str(k)
-            if isinstance(v, (Mapping, list, tuple)):
-                yield from _leaves(v, sub)
+            if type(v) is dict or type(v) is list or isinstance(v, (Mapping, list, tuple)):
+                _walk(v, sub, leaves, objects)
             else:
-                yield sub, v, value
+                leaves.append((sub, v))
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _leaves(item, path)
-
-
-def _objects(value: Any, path: str) -> Iterable[tuple[str, Mapping[str, Any]]]:
-    if isinstance(value, Mapping):
-        yield path, value
-        for k, v in value.items():
-            yield from _objects(v, f"{path}/{k}" if path else str(k))
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _objects(item, path)
+            _walk(item, path, leaves, objects)
 
 
 def check_event(
@@ -264,24 +296,30 @@ def check_event(
             seen.add((f.code, f.field))
             out.append(f)
 
-    for path, value, _parent in _leaves(payload, ""):
-        field = f"{kind}:{path}"
-        leaf = path.rsplit("/", 1)[-1]
-        if f"{kp}/{path}" in REQUIRED_TEXT and (value is None or (isinstance(value, str) and not value.strip())):
+    leaves: list[tuple[str, Any]] = []
+    objects: list[tuple[str, Mapping[str, Any]]] = []
+    _walk(payload, "", leaves, objects)
+    for path, value in leaves:
+        r = _RULES.get((kind, path)) or _rules(kind, path)
+        field = r.field
+        if r.required and (value is None or (isinstance(value, str) and not value.strip())):
             add(Finding("missing_field", field, f"{field} is empty (SEVIS requires it): fill it in the SIS"))
         if isinstance(value, str):
-            add(text_problem(value, field, MAX_LENGTH.get(f"{kp}/{path}"), leaf in FREE_TEXT))
+            # every character the two patterns refuse is a control or format character, which str.isprintable()
+            # also refuses: a printable value can only be too long
+            if not value.isprintable() or (r.max_len is not None and len(value) > r.max_len):
+                add(text_problem(value, field, r.max_len, r.free_text))
         elif isinstance(value, float) and not math.isfinite(value):
-            add(Finding("bad_amount" if leaf in AMOUNTS else "bad_value", field, f"{field} is not a number"))
-        if leaf in AMOUNTS and ("FinancialInfo" in path or kind == "FinancialInfo"):
+            add(Finding("bad_amount" if r.amount_leaf else "bad_value", field, f"{field} is not a number"))
+        if r.amount:
             add(amount_problem(value, field))
-        elif leaf.endswith("Date") and value is not None and not leaf.startswith("@"):
+        elif r.date and value is not None:
             bad = date_problem(value, field)
             add(bad)
-            born = parse_date(value) if bad is None and leaf == "BirthDate" else None
+            born = parse_date(value) if bad is None and r.birth else None
             if born is not None and as_of is not None and born > as_of + timedelta(days=1):
                 add(Finding("bad_date", field, f"{field} is after the change that records it: correct it in the SIS"))
-    for path, obj in _objects(payload, ""):
+    for path, obj in objects:
         for a, b in DATE_PAIRS:
             if a in obj and b in obj:
                 prefix = f"{kind}:{path}/" if path else f"{kind}:"

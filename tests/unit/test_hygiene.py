@@ -57,6 +57,82 @@ def test_tab_and_newline_only_in_free_text() -> None:
     assert text_problem("Ünïcödé ok — 北京", "City", 60) is None
 
 
+def test_every_character_text_problem_refuses_is_one_str_isprintable_refuses() -> None:
+    """check_event runs text_problem's patterns only on values that are not str.isprintable() (or too long):
+    every code point either pattern matches must be non-printable, or a value could slip through."""
+    refused = [
+        chr(c) for c in range(0x110000) if hygiene._REFUSED.match(chr(c)) or hygiene._LINE_CONTROLS.match(chr(c))
+    ]
+    assert len(refused) > 2000  # controls, C1, the surrogates, U+FFFE/FFFF, the bidi controls
+    assert [f"U+{ord(ch):04X}" for ch in refused if ch.isprintable()] == []
+
+
+_leaf_text = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["", "  ", "ok", "a\tb", "x" * 700, "Main\x85St", "\u202eevil", "line\none"]),
+)
+_payload = st.recursive(
+    st.one_of(_leaf_text, st.none(), st.integers(), st.floats(), st.sampled_from(["2020-02-30", "2001-02-03"])),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "FullName",
+                    "LastName",
+                    "Remarks",
+                    "Address1",
+                    "BirthDate",
+                    "Tuition",
+                    "EmployerName",
+                    "Add",
+                    "StartDate",
+                    "EndDate",
+                    "Email",
+                    "Other",
+                    "Expense",
+                    "@code",
+                ]
+            ),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["Create", "FinancialInfo", "CPTEmployment.Add", "Dependent.Edit", "Bio"]), _payload)
+def test_a_string_leaf_is_refused_exactly_when_text_problem_refuses_it(kind: str, payload: Any) -> None:
+    """Walked independently here: each string leaf's text findings in check_event are text_problem's own
+    verdict on it (control characters, XML-invalid characters, length), cold rules cache or warm."""
+    if not isinstance(payload, dict):
+        payload = {"Remarks": payload}
+
+    def leaves(value: Any, path: str) -> list[tuple[str, Any]]:
+        if isinstance(value, dict):
+            return [x for k, v in value.items() for x in leaves(v, f"{path}/{k}" if path else k)]
+        if isinstance(value, list):
+            return [x for item in value if isinstance(item, (dict, list)) for x in leaves(item, path)]
+        return [(path, value)]
+
+    hygiene._RULES.clear()
+    cold = codes(check_event(kind, payload))
+    warm = codes(check_event(kind, payload))
+    assert cold == warm
+    kp = hygiene.kind_path(kind)
+    expected: set[tuple[str, str]] = set()  # list items share a path: a field's verdicts over all its leaves
+    for path, value in leaves(payload, ""):
+        if isinstance(value, str):
+            field = f"{kind}:{path}"
+            leaf = path.rsplit("/", 1)[-1]
+            verdict = text_problem(value, field, MAX_LENGTH.get(f"{kp}/{path}"), leaf in hygiene.FREE_TEXT)
+            if verdict is not None:
+                expected.add((verdict.code, field))
+    assert {(c, f) for c, f in cold if c in ("invalid_character", "too_long")} == expected
+
+
 def test_too_long_is_refused_never_cut() -> None:
     assert text_problem("x" * 64, "f", 64) is None
     f = text_problem("x" * 65, "f", 64)
@@ -564,7 +640,9 @@ def test_hostile_views_never_produce_an_event_that_fails_the_xsd(pair) -> None:
         batch = ClosedBatch(ORG_ID, "S1780000000000", DSO, 0, (_record(i, e),))
         checked = check_batch(batch, SCHEMA)
         assert checked.ok, (e["kind"], [p.as_dict() for p in checked.problems])
-        for path, value, _ in hygiene._leaves(orjson.loads(e["payload_json"]), ""):
+        leaves: list[tuple[str, Any]] = []
+        hygiene._walk(orjson.loads(e["payload_json"]), "", leaves, [])
+        for path, value in leaves:
             key = f"{hygiene.kind_path(e['kind'])}/{path}"
             if isinstance(value, str) and key not in MAX_LENGTH:  # the table covers every bounded string emitted
                 assert _bounded(key) is None, f"{key} has an XSD maxLength but is not in hygiene.MAX_LENGTH"
