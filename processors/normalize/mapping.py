@@ -108,6 +108,7 @@ class Mapping:
     # visas of students SEVIS holds in another batch (J-1 → EV): their changes become dead letters
     other_sevis_visas: frozenset[str] = frozenset()
     _feeds_by_table: dict[str, tuple[Feed, ...]] = field(init=False, repr=False, compare=False)
+    _indexed_feeds_by_table: dict[str, tuple[tuple[int, Feed], ...]] = field(init=False, repr=False, compare=False)
     _reference_by_table: dict[str, Reference] = field(init=False, repr=False, compare=False)
 
     def tables(self) -> list[str]:
@@ -125,10 +126,18 @@ class Mapping:
         for f in self.feeds:
             by_table.setdefault(f.table, []).append(f)
         object.__setattr__(self, "_feeds_by_table", {t: tuple(fs) for t, fs in by_table.items()})
+        indexed: dict[str, list[tuple[int, Feed]]] = {}
+        for i, f in enumerate(self.feeds):
+            indexed.setdefault(f.table, []).append((i, f))
+        object.__setattr__(self, "_indexed_feeds_by_table", {t: tuple(fs) for t, fs in indexed.items()})
         object.__setattr__(self, "_reference_by_table", {r.table: r for r in reversed(self.references)})
 
-    def feeds_of(self, table: str) -> list[Feed]:
-        return list(self._feeds_by_table.get(table, ()))
+    def feeds_of(self, table: str) -> tuple[Feed, ...]:
+        return self._feeds_by_table.get(table, ())
+
+    def indexed_feeds_of(self, table: str) -> tuple[tuple[int, Feed], ...]:
+        """(index in :attr:`feeds`, feed) of every feed of ``table``: a contribution names its feed by index."""
+        return self._indexed_feeds_by_table.get(table, ())
 
     def reference_of(self, table: str) -> Reference | None:
         return self._reference_by_table.get(table)

@@ -97,9 +97,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from sevisflow.processors.normalize.canonical import SECTIONS, ValueProblem, convert, new_view, rounds
+from sevisflow.processors.normalize.canonical import SECTIONS, FieldType, ValueProblem, convert, new_view, rounds
 from sevisflow.processors.normalize.changes import RowChange, TxMarker
-from sevisflow.processors.normalize.mapping import Feed, Mapping
+from sevisflow.processors.normalize.mapping import Feed, Mapping, ValueTable
 
 US_SLOTS = ("us_physical", "us_mailing")
 SNAPSHOT_CHUNK = 500  # groups per ``sl:<n>``/``sr:<n>`` key: a changelog record stays small, writes stay O(rows)
@@ -298,6 +298,20 @@ class Result:
         self.dead.extend(other.dead)
 
 
+@dataclass(frozen=True, slots=True)
+class _FieldPlan:
+    """One field of a feed as :meth:`Normalizer._convert` reads it: its column, type, value table (enums) and
+    whether it is an address's state (checked against the US states in a US slot)."""
+
+    name: str
+    column: str
+    from_lookup: bool
+    scale: int | None
+    ft: FieldType
+    table: ValueTable | None
+    us_state: bool
+
+
 class _Skip(Exception):
     pass
 
@@ -317,6 +331,7 @@ class Normalizer:
         self._table_rank = rank
         self._unlinks: dict[str, str] = {}  # student ids deleted in the unit being applied
         self._moves: list[tuple[str, str, str]] = []  # (link, old key, new key) found by the current change
+        self._plans: dict[int, tuple[_FieldPlan, ...]] = {}  # per feed index: its fields as _convert reads them
 
     # ------------------------------------------------------------------ entry points
 
@@ -874,10 +889,11 @@ class Normalizer:
         row = ch.after or {}
         contrib: list[tuple[Any, ...]] = []
         values: dict[tuple[Any, ...], dict[str, Any]] = {}
-        feeds = self.mapping.feeds_of(ch.table)
-        for feed in feeds:
-            missing = sorted(feed.columns - row.keys())
-            if missing:
+        indexed = self.mapping.indexed_feeds_of(ch.table)
+        keys = row.keys()
+        for _fi, feed in indexed:
+            if not keys >= feed.columns:
+                missing = sorted(feed.columns - keys)
                 res.dead.append(
                     DeadItem(
                         "mapping_missing_column",
@@ -888,9 +904,7 @@ class Normalizer:
                     )
                 )
                 raise _Skip
-        for fi, feed in enumerate(self.mapping.feeds):
-            if feed.table != ch.table:
-                continue
+        for fi, feed in indexed:
             skey = self._student_of(feed, row, ch, res)
             if skey is None:
                 return None, None
@@ -898,7 +912,7 @@ class Normalizer:
                 continue
             slot = self._slot(feed, row, ch, res, skey)
             self._check_room(feed, slot, ch, res, skey)
-            vals = self._convert(feed, row, slot, ch, res, skey)
+            vals = self._convert(fi, feed, row, slot, ch, res, skey)
             c = (skey, feed.section, slot, fi)
             contrib.append(c)
             values[c] = vals
@@ -1032,62 +1046,73 @@ class Normalizer:
         )
         raise _Skip
 
+    def _field_plan(self, fi: int, feed: Feed) -> tuple[_FieldPlan, ...]:
+        """What :meth:`_convert` needs per field of feed ``fi``, resolved once per feed (the mapping is fixed)."""
+        plan = self._plans.get(fi)
+        if plan is None:
+            sec = SECTIONS[feed.section]
+            steps = []
+            for spec in feed.fields:
+                ft = sec.fields[spec.name]
+                table = None
+                if ft.kind == "enum":
+                    table = self.mapping.value_table(ft.values or "")
+                    assert table is not None
+                us_state = feed.section == "address" and spec.name == "state"
+                steps.append(_FieldPlan(spec.name, spec.column, spec.from_lookup, spec.scale, ft, table, us_state))
+            plan = self._plans[fi] = tuple(steps)
+        return plan
+
     def _convert(
-        self, feed: Feed, row: dict[str, Any], slot: str, ch: RowChange, res: Result, skey: str
+        self, fi: int, feed: Feed, row: dict[str, Any], slot: str, ch: RowChange, res: Result, skey: str
     ) -> dict[str, Any]:
-        sec = SECTIONS[feed.section]
         ref_row: dict[str, Any] | None = None
         if feed.lookup:
             ref_row = self.kv.get(f"ref:{feed.lookup.reference}:{row.get(feed.lookup.on)}")
         out: dict[str, Any] = {}
         problems: list[DeadItem] = []
-        for spec in feed.fields:
-            raw = (ref_row or {}).get(spec.column) if spec.from_lookup else row.get(spec.column)
-            ft = sec.fields[spec.name]
-            fname = f"{feed.section}.{spec.name}"
+        us_slot = slot in US_SLOTS
+        for step in self._field_plan(fi, feed):
+            name = step.name
+            raw = (ref_row or {}).get(step.column) if step.from_lookup else row.get(step.column)
             try:
                 if raw is None:
-                    out[spec.name] = None
-                elif ft.kind == "enum":
-                    table = self.mapping.value_table(ft.values or "")
-                    assert table is not None
-                    found, val = table.lookup(raw)
+                    out[name] = None
+                elif step.table is not None:
+                    found, val = step.table.lookup(raw)
                     if not found:
-                        raise ValueProblem("bad_code", f"value not in the mapping's [values.{table.name}] table")
+                        raise ValueProblem("bad_code", f"value not in the mapping's [values.{step.table.name}] table")
                     if isinstance(val, dict):
-                        out[spec.name] = val.get("value")
+                        out[name] = val.get("value")
                         for k, v in val.items():
                             if k != "value":
-                                out[f"{spec.name}_{k}"] = v
+                                out[f"{name}_{k}"] = v
                     else:
-                        out[spec.name] = val
+                        out[name] = val
                 else:
-                    out[spec.name] = convert(ft, raw, spec.scale)
-                    if rounds(ft, raw, spec.scale):
+                    ft = step.ft
+                    out[name] = convert(ft, raw, step.scale)
+                    if ft.kind == "int" and rounds(ft, raw, step.scale):
                         # a note, not a refusal: the rounded value is used and the DSO sees both
                         res.dead.append(
                             DeadItem(
                                 "value_rounded",
-                                f"{ch.table}.{spec.column} → {fname}: a fraction "
+                                f"{ch.table}.{step.column} → {feed.section}.{name}: a fraction "
                                 "in a whole-dollar field was rounded to the nearest dollar for "
                                 "SEVIS; correct the SIS if the amount is wrong",
                                 ch,
                                 skey,
-                                fname,
+                                f"{feed.section}.{name}",
                             )
                         )
-                    if (
-                        feed.section == "address"
-                        and spec.name == "state"
-                        and slot in US_SLOTS
-                        and out[spec.name] is not None
-                    ):
-                        found, val = self.mapping.values["us_state"].lookup(out[spec.name])
+                    if step.us_state and us_slot and out[name] is not None:
+                        found, val = self.mapping.values["us_state"].lookup(out[name])
                         if not found:
                             raise ValueProblem("bad_code", "not a US state name or code")
-                        out[spec.name] = val
+                        out[name] = val
             except ValueProblem as p:
-                problems.append(DeadItem(p.code, f"{ch.table}.{spec.column} → {fname}: {p.reason}", ch, skey, fname))
+                fname = f"{feed.section}.{name}"
+                problems.append(DeadItem(p.code, f"{ch.table}.{step.column} → {fname}: {p.reason}", ch, skey, fname))
         if problems:
             res.dead.extend(problems)
             raise _Skip
