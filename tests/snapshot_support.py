@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ class RecordingProducer:
     """A producer that keeps what it is given and refuses the calls listed in ``refuse`` with BufferError
     (the n-th produce() call, counting refused ones), as a full librdkafka queue does."""
 
-    def __init__(self, refuse: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(self, refuse: Collection[int] = ()) -> None:
         self.records: list[tuple[str, bytes | None, bytes | None]] = []
         self.calls = 0
         self.refuse = refuse

@@ -28,6 +28,7 @@ from sevisflow.connectors.postgres import decoder
 from sevisflow.connectors.postgres import snapshot as snap
 from sevisflow.connectors.postgres.envelope import EventBuilder, TableMeta, TxContext
 from sevisflow.connectors.postgres.pgoutput import Delete, Insert, Update, Value, decode, encode
+from testkit.connector import table_meta
 
 COLUMNS = (
     ("id", cv.INT8, -1),
@@ -45,14 +46,7 @@ COLUMNS = (
 
 
 def _meta() -> TableMeta:
-    return TableMeta(
-        schema="public",
-        table="bench_person",
-        topic="bench.public.bench_person",
-        columns=tuple(c for c, _, _ in COLUMNS),
-        mappings=tuple(cv.column_mapping(o, m) for _, o, m in COLUMNS),
-        key_columns=("id",),
-    )
+    return table_meta(COLUMNS, schema="public", table="bench_person", prefix="bench")
 
 
 def bench_row(i: int) -> list[Value]:

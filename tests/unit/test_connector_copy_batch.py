@@ -21,6 +21,7 @@ from sevisflow.connectors.postgres import decoder, envelope, snapshot
 from sevisflow.connectors.postgres.envelope import TableMeta
 from sevisflow.connectors.postgres.pgoutput import Value
 from sevisflow.connectors.postgres.snapshot import CopyChunk
+from testkit.connector import table_meta
 from tests.snapshot_support import RecordingProducer, copy_text, snapshot_records, snapshot_task
 
 pytestmark = pytest.mark.skipif(
@@ -39,15 +40,8 @@ COLUMNS: tuple[tuple[str, int, int], ...] = (
 )
 
 
-def _meta(key: tuple[str, ...] = ("id",)) -> TableMeta:
-    return TableMeta(
-        schema="sis",
-        table="person",
-        topic="sis.sis.person",
-        columns=tuple(c for c, _, _ in COLUMNS),
-        mappings=tuple(cv.column_mapping(oid, mod) for _, oid, mod in COLUMNS),
-        key_columns=key,
-    )
+def _meta() -> TableMeta:
+    return table_meta(COLUMNS)
 
 
 _awkward_text = st.one_of(

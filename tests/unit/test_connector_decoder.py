@@ -20,6 +20,7 @@ from sevisflow.connectors.postgres import convert as cv
 from sevisflow.connectors.postgres import decoder, envelope, pgoutput, snapshot
 from sevisflow.connectors.postgres.envelope import EventBuilder, TableMeta, TxContext
 from sevisflow.connectors.postgres.pgoutput import UNCHANGED, DecodeError, Delete, Insert, Update, Value, decode, encode
+from testkit.connector import table_meta
 
 # (column, type oid, typmod): every type the reference SIS schema uses, and then some
 SIS_COLUMNS: tuple[tuple[str, int, int], ...] = (
@@ -47,14 +48,7 @@ SIS_COLUMNS: tuple[tuple[str, int, int], ...] = (
 
 
 def _meta(columns: tuple[tuple[str, int, int], ...] = SIS_COLUMNS) -> TableMeta:
-    return TableMeta(
-        schema="sis",
-        table="person",
-        topic="sis.sis.person",
-        columns=tuple(c for c, _, _ in columns),
-        mappings=tuple(cv.column_mapping(oid, mod) for _, oid, mod in columns),
-        key_columns=("id",),
-    )
+    return table_meta(columns)
 
 
 ROW1: list[Value] = [
