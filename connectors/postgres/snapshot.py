@@ -29,6 +29,8 @@ format: values stay in PostgreSQL's text form, the same form pgoutput streams, s
 serves both and a row gives identical JSON from snapshot and stream. Tables without a primary
 key are read in one piece (they cannot resume mid-table). PostgreSQL sends one CopyData message per
 row; the C decoder's ``copy_out`` receives them all with the GIL released (see :func:`_receive_copy`).
+With the C decoder a chunk then stays that text (:class:`CopyChunk`), and its records are written from it
+and produced in C (``copy_batch``); otherwise it is split into rows of text values.
 """
 
 from __future__ import annotations
