@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from sevisflow.connectors.postgres import convert as cv
 from sevisflow.connectors.postgres import decoder, envelope, snapshot
-from sevisflow.connectors.postgres.envelope import TableMeta
+from sevisflow.connectors.postgres.envelope import TableMeta, TxContext
 from sevisflow.connectors.postgres.pgoutput import Value
 from sevisflow.connectors.postgres.snapshot import CopyChunk
 from testkit.connector import table_meta
@@ -231,3 +231,67 @@ def test_a_random_chunk_slices_like_a_list(rows: list[list[str]], data: st.DataO
     b = data.draw(st.integers(-8, 8))
     assert list(_rows_iter(chunk[a:b])) == rows[a:b]
     assert len(chunk[a:b]) == len(rows[a:b])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(st.binary(max_size=6), st.sampled_from([b"\\N", b"\\", b"\\x4", b"\\1", b"\xff", b"12"])),
+            min_size=1,
+            max_size=10,
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_hostile_copy_text_gives_the_python_path_s_records_or_its_error(
+    tmp_path: Path, fixed_clock: None, lines: list[list[bytes]]
+) -> None:
+    """Bytes no PostgreSQL would send — wrong field counts, lone backslashes, octal and hex escapes, invalid
+    UTF-8, stray carriage returns: the C loop never crashes. For valid UTF-8 it hands the producer exactly
+    what the Python path hands it, and ends the same way (done, or the same error after the same rows). For
+    invalid UTF-8 both fail the snapshot: the Python path decodes the whole chunk first and produces nothing
+    of it; the C loop fails at the first row it cannot read, after the rows before it (which a resumed
+    snapshot sends again, as after any row whose value cannot be converted)."""
+    text = b"".join(b"\t".join(fields).replace(b"\n", b"") + b"\n" for fields in lines)
+    meta = _meta()
+    runs = {}
+    for use_c in (False, True):
+        producer = RecordingProducer()
+        with decoder.using(use_c):
+            outcome = _outcome(
+                lambda p=producer: snapshot_records(snapshot_task(tmp_path), meta, [snapshot.copy_rows_of(text)], p)
+            )
+        runs[use_c] = (outcome, producer.records)
+    (expected, py_records), (got, c_records) = runs[False], runs[True]
+    try:
+        text.decode()
+    except UnicodeDecodeError:
+        assert expected[0] is UnicodeDecodeError and py_records == []
+        assert isinstance(got[0], type), got  # failed too
+        assert len(c_records) < len(lines)
+    else:
+        assert got == expected and c_records == py_records
+
+
+def test_copy_batch_refuses_line_offsets_that_do_not_fit_the_text() -> None:
+    """Offsets past the end, backwards or not at a line's end: the C loop stops there (the Python path
+    then reads the row) instead of reading outside the text."""
+    assert decoder.c_module is not None
+    meta = _meta()
+    env = envelope.EventBuilder(name="sis", db="d", version="v").read_envelope(
+        meta, TxContext(xid=9, commit_lsn=None, ts_us=1000, snapshot="true"), 77, "true"
+    )
+    assert env is not None
+    data = copy_text([["1", "a", None, "t", None, "1", None, None]])
+    producer = RecordingProducer()
+    for starts in ([0, len(data) + 5], [5, 2], [0, len(data) - 1], [-3, len(data)]):
+        out = decoder.c_module.copy_batch(data, starts, 0, 1, *env.c_args, producer.produce, meta.topic)
+        assert out == (0, None), starts
+    assert producer.records == []
+    assert decoder.c_module.copy_batch(data, [0, len(data)], 0, 1, *env.c_args, producer.produce, meta.topic) == (
+        1,
+        None,
+    )
+    assert len(producer.records) == 1
