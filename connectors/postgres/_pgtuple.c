@@ -1233,6 +1233,8 @@ static PyObject *copy_batch(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     Py_ssize_t *vs = offs, *ve = offs + nf;
     for (; i < stop; i++) {
+        if (i + 1 >= PyList_GET_SIZE(starts))
+            break;  /* the list shrank under a callback (produce, a converter): read no further */
         Py_ssize_t a = PyLong_AsSsize_t(PyList_GET_ITEM(starts, i));
         Py_ssize_t b = PyLong_AsSsize_t(PyList_GET_ITEM(starts, i + 1));
         if ((a == -1 || b == -1) && PyErr_Occurred())

@@ -295,3 +295,22 @@ def test_copy_batch_refuses_line_offsets_that_do_not_fit_the_text() -> None:
         None,
     )
     assert len(producer.records) == 1
+
+
+def test_a_callback_shrinking_the_offsets_stops_the_loop_without_reading_past_them() -> None:
+    assert decoder.c_module is not None
+    meta = _meta()
+    env = envelope.EventBuilder(name="sis", db="d", version="v").read_envelope(
+        meta, TxContext(xid=9, commit_lsn=None, ts_us=1000, snapshot="true"), 77, "true"
+    )
+    assert env is not None
+    data = copy_text([[str(i), "a", None, "t", None, "1", None, None] for i in range(1, 6)])
+    starts = decoder.c_module.copy_lines(data)
+    produced: list[bytes | None] = []
+
+    def produce(topic: str, value: bytes, key: bytes | None) -> None:
+        produced.append(key)
+        del starts[2:]  # a hostile callback: where row 1 ends and every later offset are gone
+
+    assert decoder.c_module.copy_batch(data, starts, 0, 5, *env.c_args, produce, meta.topic) == (1, None)
+    assert produced == [b'{"id":1}']
