@@ -63,6 +63,8 @@ class FormatProblem(Exception):
 
 def fold(text: str) -> str:
     """Steps 1–2 above: accents and special letters to ASCII where a standard folding exists."""
+    if text.isascii():  # no special letter, nothing to decompose, no combining mark: already folded
+        return text
     decomposed = unicodedata.normalize("NFKD", text.translate(_SPECIAL))
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
