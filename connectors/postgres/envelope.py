@@ -573,6 +573,10 @@ class EventBuilder:
         """The envelope's end after ``op`` (its three timestamps) as JSON, for the C writer."""
         return b',"ts_ms":%d,"ts_us":%d,"ts_ns":%d}' % (now_us // 1000, now_us, now_us * 1000)
 
+    def _read_tail(self, src: dict[str, Any], now_us: int) -> bytes:
+        """A read event's JSON after its row: the source block, no transaction, op "r" and the timestamps."""
+        return b',"source":%b,"transaction":null,"op":"r"%b' % (_dumps(src), self._tail_for(now_us))
+
     def _clock_tail(self) -> bytes:
         return self._tail_for(time.time_ns() // 1000)
 
@@ -590,7 +594,7 @@ class EventBuilder:
             return None
         now_us = time.time_ns() // 1000
         src = self._read_source(meta, tx, lsn, snapshot)
-        tail = b',"source":%b,"transaction":null,"op":"r"%b' % (_dumps(src), self._tail_for(now_us))
+        tail = self._read_tail(src, now_us)
         return ReadEnvelope(now_us, (meta._fields, meta._c_names, meta._key_idx, _READ_HEAD, tail))
 
     def iter_read_values(
@@ -620,11 +624,7 @@ class EventBuilder:
         c_read_event = _c_read_event if not schemas and meta._c_names is not None else None
         names, key_idx = meta._c_names, meta._key_idx
         head = _READ_HEAD
-        tail = (
-            b',"source":%b,"transaction":null,"op":"r"%b' % (dumps(src), self._tail_for(now_us))
-            if c_read_event is not None
-            else b""
-        )
+        tail = self._read_tail(src, now_us) if c_read_event is not None else b""
         for values in rows:
             if c_read_event is not None:
                 rec = c_read_event(values, fields, names, key_idx, head, tail)

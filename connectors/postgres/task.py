@@ -498,7 +498,8 @@ class ConnectorTask:
     def _produce_runs(self, runs: Iterable[Run], run: _SnapshotRun, producer: Producer) -> None:
         """Produce each run of rows with its mark through ``producer``, and note the last row produced."""
         for meta, rows, mark in runs:
-            envelope = self.builder.read_envelope(meta, run.tx, run.lsn, mark)
+            # the held-back row of a chunk comes as a plain row: no envelope for the C loop to build for it
+            envelope = self.builder.read_envelope(meta, run.tx, run.lsn, mark) if isinstance(rows, CopyChunk) else None
             if isinstance(rows, CopyChunk) and envelope is not None:
                 self._produce_copy_run(meta, rows, run, mark, envelope, producer)
             else:

@@ -55,6 +55,20 @@ class FieldSpec:
     scale: int | None = None  # decimal scale of a Debezium bytes-encoded NUMERIC without a schema
 
 
+@dataclass(frozen=True, slots=True)
+class FieldPlan:
+    """One field of a feed as normalize converts it (:meth:`Mapping.field_plan`): its column, type, value table
+    (enums) and whether it is an address's state (checked against the US states in a US slot)."""
+
+    name: str
+    column: str
+    from_lookup: bool
+    scale: int | None
+    ft: FieldType
+    table: ValueTable | None
+    us_state: bool
+
+
 @dataclass(frozen=True)
 class Lookup:
     reference: str  # the reference table's name
@@ -110,6 +124,7 @@ class Mapping:
     _feeds_by_table: dict[str, tuple[Feed, ...]] = field(init=False, repr=False, compare=False)
     _indexed_feeds_by_table: dict[str, tuple[tuple[int, Feed], ...]] = field(init=False, repr=False, compare=False)
     _reference_by_table: dict[str, Reference] = field(init=False, repr=False, compare=False)
+    _field_plans: dict[int, tuple[FieldPlan, ...]] = field(init=False, repr=False, compare=False)
 
     def tables(self) -> list[str]:
         """Every SIS table (schema.table) the mapping reads, in a stable order."""
@@ -131,6 +146,7 @@ class Mapping:
             indexed.setdefault(f.table, []).append((i, f))
         object.__setattr__(self, "_indexed_feeds_by_table", {t: tuple(fs) for t, fs in indexed.items()})
         object.__setattr__(self, "_reference_by_table", {r.table: r for r in reversed(self.references)})
+        object.__setattr__(self, "_field_plans", {})  # filled by field_plan, feed by feed
 
     def feeds_of(self, table: str) -> tuple[Feed, ...]:
         return self._feeds_by_table.get(table, ())
@@ -138,6 +154,24 @@ class Mapping:
     def indexed_feeds_of(self, table: str) -> tuple[tuple[int, Feed], ...]:
         """(index in :attr:`feeds`, feed) of every feed of ``table``: a contribution names its feed by index."""
         return self._indexed_feeds_by_table.get(table, ())
+
+    def field_plan(self, fi: int) -> tuple[FieldPlan, ...]:
+        """The fields of feed ``fi`` as normalize converts them at every row change, resolved once."""
+        plan = self._field_plans.get(fi)
+        if plan is None:
+            feed = self.feeds[fi]
+            sec = SECTIONS[feed.section]
+            steps = []
+            for spec in feed.fields:
+                ft = sec.fields[spec.name]
+                table = None
+                if ft.kind == "enum":
+                    table = self.value_table(ft.values or "")
+                    assert table is not None
+                us_state = feed.section == "address" and spec.name == "state"
+                steps.append(FieldPlan(spec.name, spec.column, spec.from_lookup, spec.scale, ft, table, us_state))
+            plan = self._field_plans[fi] = tuple(steps)
+        return plan
 
     def reference_of(self, table: str) -> Reference | None:
         return self._reference_by_table.get(table)

@@ -97,9 +97,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from sevisflow.processors.normalize.canonical import SECTIONS, FieldType, ValueProblem, convert, new_view, rounds
+from sevisflow.processors.normalize.canonical import SECTIONS, ValueProblem, convert, new_view, rounds
 from sevisflow.processors.normalize.changes import RowChange, TxMarker
-from sevisflow.processors.normalize.mapping import Feed, Mapping, ValueTable
+from sevisflow.processors.normalize.mapping import Feed, Mapping
 
 US_SLOTS = ("us_physical", "us_mailing")
 SNAPSHOT_CHUNK = 500  # groups per ``sl:<n>``/``sr:<n>`` key: a changelog record stays small, writes stay O(rows)
@@ -298,20 +298,6 @@ class Result:
         self.dead.extend(other.dead)
 
 
-@dataclass(frozen=True, slots=True)
-class _FieldPlan:
-    """One field of a feed as :meth:`Normalizer._convert` reads it: its column, type, value table (enums) and
-    whether it is an address's state (checked against the US states in a US slot)."""
-
-    name: str
-    column: str
-    from_lookup: bool
-    scale: int | None
-    ft: FieldType
-    table: ValueTable | None
-    us_state: bool
-
-
 class _Skip(Exception):
     pass
 
@@ -331,7 +317,6 @@ class Normalizer:
         self._table_rank = rank
         self._unlinks: dict[str, str] = {}  # student ids deleted in the unit being applied
         self._moves: list[tuple[str, str, str]] = []  # (link, old key, new key) found by the current change
-        self._plans: dict[int, tuple[_FieldPlan, ...]] = {}  # per feed index: its fields as _convert reads them
 
     # ------------------------------------------------------------------ entry points
 
@@ -1046,23 +1031,6 @@ class Normalizer:
         )
         raise _Skip
 
-    def _field_plan(self, fi: int, feed: Feed) -> tuple[_FieldPlan, ...]:
-        """What :meth:`_convert` needs per field of feed ``fi``, resolved once per feed (the mapping is fixed)."""
-        plan = self._plans.get(fi)
-        if plan is None:
-            sec = SECTIONS[feed.section]
-            steps = []
-            for spec in feed.fields:
-                ft = sec.fields[spec.name]
-                table = None
-                if ft.kind == "enum":
-                    table = self.mapping.value_table(ft.values or "")
-                    assert table is not None
-                us_state = feed.section == "address" and spec.name == "state"
-                steps.append(_FieldPlan(spec.name, spec.column, spec.from_lookup, spec.scale, ft, table, us_state))
-            plan = self._plans[fi] = tuple(steps)
-        return plan
-
     def _convert(
         self, fi: int, feed: Feed, row: dict[str, Any], slot: str, ch: RowChange, res: Result, skey: str
     ) -> dict[str, Any]:
@@ -1072,7 +1040,7 @@ class Normalizer:
         out: dict[str, Any] = {}
         problems: list[DeadItem] = []
         us_slot = slot in US_SLOTS
-        for step in self._field_plan(fi, feed):
+        for step in self.mapping.field_plan(fi):
             name = step.name
             raw = (ref_row or {}).get(step.column) if step.from_lookup else row.get(step.column)
             try:
