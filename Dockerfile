@@ -5,7 +5,7 @@
 # nothing secret is in the image (.dockerignore keeps keys, .env files and local stacks out of the
 # build context). Linted by tests/unit/test_image.py (hadolint).
 
-# ---- build: the sevisflow wheel (with the C decoder connectors/postgres/_pgtuple.c) and every
+# ---- build: the sevisflow wheel (with the C decoder connectors/postgres/_pgtuple.c and the compiled core) and every
 # dependency's wheel, so the runtime stage installs offline and needs no compiler.
 FROM python:3.11-slim-bookworm AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -17,10 +17,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# setup.py builds the C decoder as optional (a failed compile falls back to pure Python); here a
-# missing decoder is a build error: the wheel must carry it.
+# setup.py builds the C decoder and the processors' compiled core as optional (a failed compile falls
+# back to Python); here a missing one is a build error: the wheel must carry both.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
-    && python -m zipfile -l /wheels/sevisflow-*.whl | grep -q '_pgtuple\..*\.so'
+    && python -m zipfile -l /wheels/sevisflow-*.whl | grep -q '_pgtuple\..*\.so' \
+    && python -m zipfile -l /wheels/sevisflow-*.whl | grep -q 'compiled_core__mypyc\..*\.so'
 
 # ---- runtime
 FROM python:3.11-slim-bookworm AS runtime

@@ -1,12 +1,17 @@
-"""Build hook for the optional C extension; everything else is in pyproject.toml.
+"""Build hook for the optional compiled parts; everything else is in pyproject.toml.
 
-``sevisflow.connectors.postgres._pgtuple`` speeds up the connector's per-value loops. It is optional: when
-there is no C compiler (or no Python headers) the install still succeeds and the connector uses its
-pure-Python decoder, which produces identical output (see connectors/postgres/decoder.py).
+* ``sevisflow.connectors.postgres._pgtuple`` (C) speeds up the connector's per-value loops; without it the
+  connector uses its pure-Python decoder, which produces identical output (connectors/postgres/decoder.py).
+* The processors' pure core (the modules in ``COMPILED_CORE``) is compiled with mypyc, from the same typed
+  Python source: the same code, run as C (docs/ARCHITECTURE.md, "The compiled core"). Without a compiler,
+  or with ``SEVISFLOW_INTERPRETED=1``, the modules run as plain Python.
+
+Both are optional: a failed compile is reported and the install still succeeds.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from setuptools import Extension, setup
@@ -14,32 +19,80 @@ from setuptools.command.build_ext import build_ext
 
 
 class OptionalBuildExt(build_ext):
-    """build_ext that reports a failed compile instead of failing the install."""
+    """build_ext that reports a failed compile instead of failing the install.
 
-    def run(self) -> None:
+    The compiled core is all or nothing: its modules call each other inside one shared library, so one
+    module compiled beside another interpreted would give two copies of a class. When any of them fails,
+    none is kept.
+    """
+
+    def build_extensions(self) -> None:
+        self.check_extensions_list(self.extensions)
+        core = [e for e in self.extensions if e.name in CORE_NAMES]
+        for ext in self.extensions:
+            if ext not in core:
+                try:
+                    self.build_extension(ext)
+                except Exception as exc:  # noqa: BLE001 - a failed C decoder leaves the pure-Python one
+                    _skipped("the C decoder", "the connector uses its pure-Python decoder", exc)
         try:
-            super().run()
-        except Exception as exc:  # noqa: BLE001 - any build failure leaves the pure-Python decoder
-            self._skip(exc)
+            for ext in core:
+                self.build_extension(ext)
+        except Exception as exc:  # noqa: BLE001 - a failed compile leaves the interpreted core
+            _skipped("the compiled core", "the processors run it interpreted", exc)
+            for ext in core:
+                built = self.get_ext_fullpath(ext.name)
+                if os.path.exists(built):
+                    os.remove(built)
+            self.extensions = [e for e in self.extensions if e not in core]
 
-    def build_extension(self, ext: Extension) -> None:
-        try:
-            super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
-            self._skip(exc)
 
-    @staticmethod
-    def _skip(exc: BaseException) -> None:
-        print(
-            f"sevisflow: C extension not built ({type(exc).__name__}: {exc}); "
-            "the connector will use its pure-Python decoder",
-            file=sys.stderr,
+def _skipped(what: str, instead: str, exc: BaseException) -> None:
+    print(f"sevisflow: {what} not built ({type(exc).__name__}: {exc}); {instead}", file=sys.stderr)
+
+
+COMPILED_CORE = [
+    "sevisflow/processors/normalize/changes.py",
+    "sevisflow/processors/normalize/canonical.py",
+    "sevisflow/processors/normalize/mapping.py",
+    "sevisflow/processors/normalize/view.py",
+    "sevisflow/processors/sevis_events/derive.py",
+    "sevisflow/processors/sevis_events/ev_derive.py",
+    "sevisflow/processors/sevis_events/hygiene.py",
+    "sevisflow/processors/sevis_events/sevis_format.py",
+]
+"""The per-row-change code of normalize and sevis_events (tests/unit/test_compiled_core.py checks the list)."""
+
+
+def compiled_core() -> list[Extension]:
+    """mypyc's extensions for the pure core, or none (interpreted) when mypyc is missing or refuses."""
+    if os.environ.get("SEVISFLOW_INTERPRETED"):
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        print("sevisflow: mypyc not installed; the processors run their core interpreted", file=sys.stderr)
+        return []
+    try:
+        # the type check mypyc runs cannot see the runtime dependencies in an isolated build environment
+        return list(
+            mypycify(
+                ["--ignore-missing-imports", "--no-warn-unused-configs", *COMPILED_CORE],
+                group_name="sevisflow.compiled_core",
+            )
         )
+    except BaseException as exc:  # noqa: BLE001 - mypyc exits (SystemExit) on a type error: stay interpreted
+        _skipped("the compiled core", "the processors run it interpreted", exc)
+        return []
 
+
+CORE_EXTENSIONS = compiled_core()
+CORE_NAMES = {e.name for e in CORE_EXTENSIONS}
 
 setup(
     ext_modules=[
-        Extension("sevisflow.connectors.postgres._pgtuple", ["connectors/postgres/_pgtuple.c"], optional=True)
+        Extension("sevisflow.connectors.postgres._pgtuple", ["connectors/postgres/_pgtuple.c"], optional=True),
+        *CORE_EXTENSIONS,
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
@@ -107,25 +109,74 @@ class TopicFollower:
             consumer.close()
 
 
+INTERPRETED = "interpreted"
+"""``--compare-with interpreted``: the working tree without its compiled core, beside the working tree."""
+
+
 def exported_tree(rev: str, repo: Path) -> tempfile.TemporaryDirectory[str]:
     """The files of git revision ``rev`` of ``repo`` in a temporary folder (``git archive``), to measure an
-    older version side by side with the working tree; the caller cleans it up."""
+    older version side by side with the working tree, with its compiled parts built as an install builds them
+    (:func:`build_compiled`); the caller cleans it up."""
     tmp = tempfile.TemporaryDirectory(prefix="bench-tree-")
     archive = subprocess.run(["git", "archive", rev], cwd=repo, check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", tmp.name], input=archive.stdout, check=True)
+    if not os.environ.get("SEVISFLOW_INTERPRETED"):
+        build_compiled(Path(tmp.name))
     return tmp
+
+
+def build_compiled(tree: Path) -> None:
+    """Build ``tree``'s compiled parts (the C decoder, and the compiled core where that version has one) and put
+    them beside their sources, as ``pip install -e`` does: otherwise an older version would run interpreted
+    beside a compiled working tree. A wheel build (about a minute)."""
+    with tempfile.TemporaryDirectory(prefix="bench-wheel-") as out:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, str(tree)],
+            check=True,
+            capture_output=True,
+        )
+        (wheel,) = Path(out).glob("sevisflow-*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if name.endswith(".so"):
+                    (tree / name).write_bytes(zf.read(name))  # sevisflow/processors/... is a link into the tree
+
+
+def interpreted_tree(repo: Path) -> tempfile.TemporaryDirectory[str]:
+    """A copy of the working tree without its compiled core (the C decoder kept), as a host without mypyc
+    runs it; the caller cleans it up."""
+    skip = {".venv", ".local", ".git", "build", "__pycache__", ".hypothesis", ".mypy_cache", ".ruff_cache"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return {n for n in names if n in skip or (n.endswith(".so") and not n.startswith("_pgtuple"))}
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-tree-")
+    shutil.copytree(repo, Path(tmp.name) / "t", symlinks=True, ignore=ignore)
+    return tmp
+
+
+def _compared_tree(compare_with: str, repo: Path) -> tuple[str, Path, tempfile.TemporaryDirectory[str]]:
+    if compare_with == INTERPRETED:
+        tmp = interpreted_tree(repo)
+        return INTERPRETED, Path(tmp.name) / "t", tmp
+    tmp = exported_tree(compare_with, repo)
+    return f"before ({compare_with})", Path(tmp.name), tmp
 
 
 def run_in_tree(tree: Path, module_file: str, function: str, *args: Any) -> dict[str, Any]:
     """``function(*args)`` of the bench module ``module_file`` in a fresh Python process over ``tree``'s code
-    (its sevisflow and testkit first on the path); ``args`` and the returned dict travel as JSON. A fresh child per
-    measurement: no version's imports, caches or heap leak into another's."""
+    (its sevisflow and testkit first on the path); ``args`` and the returned dict travel as JSON, with
+    ``compiled_core``: whether normalize ran compiled. A fresh child per measurement: no version's imports,
+    caches or heap leak into another's."""
     code = (
-        "import importlib.util, json, sys; sys.path.insert(0, sys.argv[1]); "
+        "import importlib.util, json, sys, types; sys.path.insert(0, sys.argv[1]); "
         "spec = importlib.util.spec_from_file_location('measured', sys.argv[2]); "
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
         "import sevisflow; assert sevisflow.__file__.startswith(sys.argv[1]), sevisflow.__file__; "
-        "print(json.dumps(getattr(m, sys.argv[3])(*json.loads(sys.argv[4]))))"
+        "out = getattr(m, sys.argv[3])(*json.loads(sys.argv[4])); "
+        "from sevisflow.processors.normalize import view; "
+        "out['compiled_core'] = not isinstance(view.Normalizer.on_change, types.FunctionType); "
+        "print(json.dumps(out))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tree), module_file, function, json.dumps(list(args))],
@@ -142,13 +193,20 @@ def runs_side_by_side(
     module_file: str, args: Sequence[Any], repeat: int, compare_with: str | None, repo: Path
 ) -> dict[str, list[dict[str, Any]]]:
     """Run ``measure(*args)`` of the bench module ``module_file`` ``repeat`` times in fresh children: over the
-    working tree (``now``), and with ``compare_with`` also over that git revision (``before (REV)``),
-    interleaved so both see the same neighbours, the order alternating from repeat to repeat (neither always
-    runs first). Every run's answer, per version."""
+    working tree (``now``), and with ``compare_with`` also over that git revision (``before (REV)``, its compiled
+    parts built) or, with ``interpreted``, over the working tree without its compiled core, interleaved so both
+    see the same neighbours, the order alternating from repeat to repeat (neither always runs first). Every run's
+    answer, per version. With ``SEVISFLOW_INTERPRETED`` set, every version runs interpreted (the benches' small
+    cases in the tests: no builds)."""
+    temps: list[tempfile.TemporaryDirectory[str]] = []
     trees = {"now": repo}
-    tmp = exported_tree(compare_with, repo) if compare_with else None
-    if tmp is not None:
-        trees = {f"before ({compare_with})": Path(tmp.name), **trees}
+    if os.environ.get("SEVISFLOW_INTERPRETED"):
+        temps.append(interpreted_tree(repo))
+        trees["now"] = Path(temps[-1].name) / "t"
+    if compare_with:
+        name, tree, tmp = _compared_tree(compare_with, repo)
+        temps.append(tmp)
+        trees = {name: tree, **trees}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     try:
         for r in range(repeat):
@@ -156,7 +214,7 @@ def runs_side_by_side(
             for name, tree in in_turn if r % 2 == 0 else in_turn[::-1]:
                 runs[name].append(run_in_tree(tree, module_file, "measure", *args))
     finally:
-        if tmp is not None:
+        for tmp in temps:
             tmp.cleanup()
     return runs
 

@@ -138,24 +138,34 @@ def stage_env(settings: Settings, metrics_port: int) -> dict[str, str]:
     return env
 
 
-def bench_results(module: str, json_out: Any, *args: str, timeout_s: float = 240) -> Any:
+def bench_results(module: str, json_out: Any, *args: str, timeout_s: float = 240, interpreted: bool = True) -> Any:
     """Run ``python -m <module> <args> --json-out <json_out>`` from the repository (a bench's small case) and
-    return what it wrote."""
+    return what it wrote. ``interpreted``: a side-by-side bench runs every version interpreted, so it builds no
+    older version's compiled core (a minute each; tests/integration/test_compiled_core_build.py does build)."""
     import json
+    import os
     import subprocess
     import sys
 
     from testkit.settings import REPO
 
     cmd = [sys.executable, "-m", module, *args, "--json-out", str(json_out)]
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=timeout_s)
+    env = {k: v for k, v in os.environ.items() if k != "SEVISFLOW_INTERPRETED"}
+    if interpreted:
+        env["SEVISFLOW_INTERPRETED"] = "1"
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=timeout_s)
     return json.loads(open(json_out).read())
 
 
-def side_by_side_runs(module: str, json_out: Any, *args: str, repeat: int = 2) -> list[dict[str, Any]]:
+def side_by_side_runs(
+    module: str, json_out: Any, *args: str, repeat: int = 2, compare_with: str = "HEAD", interpreted: bool = True
+) -> list[dict[str, Any]]:
     """A side-by-side bench's small case against the last commit (``--compare-with HEAD``): checks that it
     measured both versions ``repeat`` times and returns every run, both versions'."""
-    summary = bench_results(module, json_out, *args, "--repeat", str(repeat), "--compare-with", "HEAD")["summary"]
-    assert sorted(summary) == ["before (HEAD)", "now"], summary.keys()
+    summary = bench_results(
+        module, json_out, *args, "--repeat", str(repeat), "--compare-with", compare_with, interpreted=interpreted
+    )["summary"]
+    before = "interpreted" if compare_with == "interpreted" else f"before ({compare_with})"
+    assert sorted(summary) == sorted([before, "now"]), summary.keys()
     assert all(len(fig["samples"]) == repeat for fig in summary.values())
     return [run for fig in summary.values() for run in fig["samples"]]

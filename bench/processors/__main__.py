@@ -1,6 +1,7 @@
 """Benchmark normalize + sevis_events on one core: pure functions, then through a real Kafka.
 
-``python -m bench.processors [--students N] [--kafka BOOTSTRAP | --pure-only]``
+``python -m bench.processors [--students N] [--kafka BOOTSTRAP | --pure-only] [--gc default|frozen]``
+``python -m bench.processors --pure-only --compare-with REV|interpreted [--repeat 5] [--gc …] [--json-out FILE]``
 Without --kafka it starts a throwaway local Kafka (deploy/local/stack.py) and stops it after.
 The input is a generated school history in Debezium format (processors/normalize/debezium.py):
 per student a five-table admission commit, activation, term registration, and an end-date +
@@ -11,12 +12,16 @@ the client library's threads (tests/integration/test_bench_processors_small.py r
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
+import threading
 import time
 import uuid
+from typing import Any
 
-from bench.common import kafka_bootstrap
+from bench.common import kafka_bootstrap, report_side_by_side, runs_side_by_side
+from sevisflow.core.collector import keep_old_objects_frozen
 from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.normalize.mapping import load_mapping
 from sevisflow.processors.sevis_events.pure import PurePipeline
@@ -26,12 +31,23 @@ from testkit.settings import REPO, KafkaHandle, make_settings
 MAPPING = load_mapping(REPO / "deploy/sis/mapping.toml")
 
 
-def pure(n: int) -> dict[str, float]:
+def pure(n: int, gc_mode: str = "default") -> dict[str, float]:
+    """The pure functions over a generated school's history, in this process. ``gc_mode`` ``frozen``: the
+    collector as the running stages have it (the freezer thread, sevisflow/core/collector.py), with the
+    generated input frozen first (in a stage the records wait in the Kafka client's C buffers, not in Python's
+    heap); ``default``: Python's collector as it comes."""
     feed = SisFeed(primary_keys={"public.term": ("term_id",)})
     school_history(feed, n)
+    stop = threading.Event()
+    if gc_mode == "frozen":
+        gc.freeze()
+        keep_old_objects_frozen(stop)
     t0 = time.perf_counter()
-    out = PurePipeline(MAPPING, org_id=ORG).feed(feed.records)
-    dt = time.perf_counter() - t0
+    try:
+        out = PurePipeline(MAPPING, org_id=ORG).feed(feed.records)
+    finally:
+        dt = time.perf_counter() - t0
+        stop.set()
     changes = sum(1 for r in feed.records if r.value is not None and not r.topic.endswith(".transaction"))
     return {
         "records": len(feed.records),
@@ -40,7 +56,15 @@ def pure(n: int) -> dict[str, float]:
         "seconds": dt,
         "row_changes_per_s": changes / dt,
         "events_per_s": len(out.events) / dt,
+        "gc": gc_mode,
     }
+
+
+def measure(n: int, gc_mode: str) -> dict[str, Any]:
+    """One pure run on one core (the child's entry point of ``--compare-with``)."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    return pure(n, gc_mode)
 
 
 def through_kafka(n: int, bootstrap: str) -> dict[str, float]:
@@ -87,10 +111,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--students", type=int, default=2000)
     ap.add_argument("--kafka", help="bootstrap servers of a running Kafka (default: start a local one)")
     ap.add_argument("--pure-only", action="store_true")
+    ap.add_argument(
+        "--gc",
+        choices=("default", "frozen"),
+        default="default",
+        help="pure functions: Python's collector as it comes, or frozen as the running stages keep it",
+    )
+    ap.add_argument(
+        "--compare-with",
+        help="pure functions only: a git revision, or `interpreted` (this tree without its compiled core), "
+        "measured in turn with this tree in fresh processes",
+    )
+    ap.add_argument("--repeat", type=int, default=5, help="with --compare-with: runs per version")
+    ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
+    if args.compare_with:
+        runs = runs_side_by_side(__file__, [args.students, args.gc], args.repeat, args.compare_with, REPO)
+        report_side_by_side(
+            runs,
+            ["row_changes_per_s"],
+            args,
+            lambda m: f"{m['row_changes_per_s']:,.0f} row changes/s (pure functions, gc {args.gc})",
+        )
+        return 0
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
-    p = pure(args.students)
+    p = pure(args.students, args.gc)
     print(
         f"pure functions, {args.students} students: {p['row_changes']} row changes → {p['events']} events "
         f"in {p['seconds']:.2f}s = {p['row_changes_per_s']:,.0f} row changes/s, {p['events_per_s']:,.0f} events/s"

@@ -52,19 +52,24 @@ KAFKA_BATCH = 2000  # records per Kafka transaction in normalize's loop (build_l
 EMBEDDED = ("payload_json", "before_json", "after_json")
 
 
-class FlushingKV(DictKV):
+class FlushingKV:
     """A DictKV that keeps what normalize's StoreKV writes to the changelog: each key put since the last
-    :meth:`flush`, JSON-encoded once (tombstones are not JSON and are left out)."""
+    :meth:`flush`, JSON-encoded once (tombstones are not JSON and are left out). It wraps a DictKV rather
+    than subclassing it: DictKV is compiled (setup.py), and a Python class cannot inherit from it."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.kv = DictKV()
+        self.data = self.kv.data
         self.dirty: set[str] = set()
         self.batch_dirty: set[str] = set()
         self.written: list[bytes] = []
         self.batch_writes = 0  # what a flush per Kafka transaction of KAFKA_BATCH records would write
 
+    def get(self, key: str) -> Any:
+        return self.kv.get(key)
+
     def put(self, key: str, value: Any) -> None:
-        super().put(key, value)
+        self.kv.put(key, value)
         self.dirty.add(key)
         self.batch_dirty.add(key)
 

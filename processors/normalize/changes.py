@@ -22,38 +22,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
 
 import orjson
 
 EPOCH_DT = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-_T = TypeVar("_T")
-
-
-class _once(Generic[_T]):
-    """``functools.cached_property`` without its lock: on Python 3.11 every first access takes a per-class
-    RLock (~1 µs of each row change normalize applies). A change is decoded and read by one thread."""
-
-    def __init__(self, fn: Callable[[Any], _T]) -> None:
-        self.fn = fn
-        self.name = fn.__name__
-        self.__doc__ = fn.__doc__
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> _once[_T]: ...
-    @overload
-    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
-    def __get__(self, obj: object | None, owner: type | None = None) -> _T | _once[_T]:
-        if obj is None:
-            return self
-        value = obj.__dict__[self.name] = self.fn(obj)  # later reads find it in the instance, not here
-        return value
 
 
 class ChangeFormatError(Exception):
@@ -81,11 +57,22 @@ class RowChange:
     in_tx: bool = False  # carries Debezium's "transaction" block: an END marker will follow
     snapshot_mark: str | None = None  # source.snapshot as sent: "first" | "true" | "last" | "incremental" …
 
-    @_once
+    # row_id's cache. Not ``functools.cached_property``: on Python 3.11 its first access takes a per-class
+    # RLock (~1 µs of each row change normalize applies), and a class compiled by mypyc has no __dict__.
+    _row_id: str = field(default="", init=False, repr=False, compare=False)
+
+    @property
     def row_id(self) -> str:
         """The row's identity in normalize's state (table + primary key); asked several times per change."""
-        k = self.key if self.key is not None else (self.after or self.before)
-        return self.table + ":" + orjson.dumps(k, option=orjson.OPT_SORT_KEYS).decode()
+        try:
+            rid = self._row_id
+        except AttributeError:  # compiled: a field with init=False has no value until it is set
+            rid = ""
+        if not rid:
+            k = self.key if self.key is not None else (self.after or self.before)
+            rid = self.table + ":" + orjson.dumps(k, option=orjson.OPT_SORT_KEYS).decode()
+            object.__setattr__(self, "_row_id", rid)  # a cache, not a change: the dataclass stays frozen
+        return rid
 
     def lineage(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping as TMapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +87,17 @@ class Feed:
     slots: dict[str, str] | None = None  # SIS slot value → canonical slot (None: the value itself)
     where: dict[str, Any] = field(default_factory=dict)  # only rows with these column values count
     lookup: Lookup | None = None
+    columns: frozenset[str] = field(init=False, repr=False, compare=False)
+    """The row columns this feed reads (checked on every row change: computed once, with the feed). Not a
+    ``functools.cached_property``: mypyc, which compiles this module, would run it at every read."""
 
-    @cached_property
-    def columns(self) -> frozenset[str]:
-        """The row columns this feed reads (checked on every row change: computed once per feed)."""
+    def __post_init__(self) -> None:
         cols = {f.column for f in self.fields if not f.from_lookup}
         cols |= set(self.where)
         for c in (self.link, self.slot_column, self.lookup.on if self.lookup else None):
             if c:
                 cols.add(c)
-        return frozenset(cols)
+        object.__setattr__(self, "columns", frozenset(cols))
 
 
 @dataclass(frozen=True)

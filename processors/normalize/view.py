@@ -615,8 +615,8 @@ class Normalizer:
             for _, rid in sorted((self.snapshot_order(ch), ch.row_id) for ch in self._held_rows(group, members)):
                 queue.append(rid)
         rids: list[str] = []
-        while len(rids) < SNAPSHOT_UNIT_ROWS and (rid := queue.first()) is not None:
-            rids.append(rid)
+        while len(rids) < SNAPSHOT_UNIT_ROWS and (head := queue.first()) is not None:
+            rids.append(head)
             queue.drop_first()
         return self._held_rows(group, rids), not len(queue)
 
@@ -744,9 +744,10 @@ class Normalizer:
         old_link = idx.get("l")
         if is_student_row and old_link is None and ch.before is not None:
             old_link = ch.before.get(self.mapping.student_id)
+        new_contrib: list[tuple[Any, ...]] | None
+        values: dict[tuple[Any, ...], dict[str, Any]]
         if ch.op == "d":
-            new_contrib: list[tuple[Any, ...]] = []
-            values: dict[tuple[Any, ...], dict[str, Any]] = {}
+            new_contrib, values = [], {}
         else:
             try:
                 self._check_linked(ch, idx, res)
@@ -870,7 +871,10 @@ class Normalizer:
         self._finish(src)
         self._finish(dst)
 
-    def _contributions(self, ch: RowChange, res: Result) -> tuple[Any, Any]:
+    def _contributions(
+        self, ch: RowChange, res: Result
+    ) -> tuple[list[tuple[Any, ...]] | None, dict[tuple[Any, ...], dict[str, Any]]]:
+        """The (student, section, slot, feed) entries a row feeds and their values (None: an orphan row)."""
         row = ch.after or {}
         contrib: list[tuple[Any, ...]] = []
         values: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -878,7 +882,7 @@ class Normalizer:
         keys = row.keys()
         for _fi, feed in indexed:
             if not keys >= feed.columns:
-                missing = sorted(feed.columns - keys)
+                missing = sorted(c for c in feed.columns if c not in keys)  # (not columns - keys: a set)
                 res.dead.append(
                     DeadItem(
                         "mapping_missing_column",
@@ -892,7 +896,7 @@ class Normalizer:
         for fi, feed in indexed:
             skey = self._student_of(feed, row, ch, res)
             if skey is None:
-                return None, None
+                return None, values
             if any(row.get(c) != v for c, v in feed.where.items()):
                 continue
             slot = self._slot(feed, row, ch, res, skey)

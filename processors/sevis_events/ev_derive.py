@@ -48,6 +48,7 @@ from sevisflow.processors.sevis_events.sevis_format import FormatProblem
 EV_VISA = "J-1"
 CLOSED = ("completed", "no_show", "invalid", "terminated")
 OPEN = ("initial", "active")
+OPEN_OR_NONE = (None, *OPEN)
 BIO_FIELDS = (
     "first_name",
     "middle_name",
@@ -198,11 +199,11 @@ def derive_ev(prev: dict[str, Any] | None, new: dict[str, Any], ctx: Context) ->
                 _validate(b, force=True)
             return b.out  # reported: the Create (and Validate), or the issues that hold it back
         if not create_ready(new) and not create_went_out(p, ctx):
-            if _status(new) in (None, *OPEN):
+            if _status(new) in OPEN_OR_NONE:
                 missing = missing_for_create(new)
                 before = (
                     missing_for_create(p)
-                    if p and not _sevis_id(p) and _status(p) in (None, *OPEN) and not ctx.snapshot
+                    if p and not _sevis_id(p) and _status(p) in OPEN_OR_NONE and not ctx.snapshot
                     else None
                 )
                 if missing != before:

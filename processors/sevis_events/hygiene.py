@@ -37,7 +37,10 @@ MAX_AMOUNT = 99_999_999
 
 # Characters refused everywhere: C0 except TAB/LF/CR, DEL + C1, surrogates, the two BMP non-characters XML 1.0
 # excludes, and bidi embedding/override/isolate controls.
-_REFUSED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff\u202a-\u202e\u2066-\u2069]")
+# (the surrogates by chr(): mypyc, which compiles this module, refuses them in a literal)
+_REFUSED = re.compile(
+    f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{chr(0xD800)}-{chr(0xDFFF)}\ufffe\uffff\u202a-\u202e\u2066-\u2069]"
+)
 _LINE_CONTROLS = re.compile("[\t\n\r]")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 

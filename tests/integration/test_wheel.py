@@ -79,6 +79,8 @@ def test_the_wheel_holds_the_sevisflow_namespace_its_data_and_no_tests(sevisflow
     } <= data
     assert data - names == set(), "data the pipeline reads at run time is missing from the wheel"
     assert any(re.fullmatch(r"sevisflow/connectors/postgres/_pgtuple\.[^/]+\.so", n) for n in names), "C decoder"
+    compiled = {n.split(".", 1)[0] for n in names if n.endswith(".so")}
+    assert {"sevisflow/compiled_core__mypyc", "sevisflow/processors/normalize/view"} <= compiled, "the compiled core"
 
     # test code (and the fixtures and samples that once lived beside the stages) stays in tests/
     tests = sorted(

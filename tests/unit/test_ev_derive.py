@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import copy
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,7 +16,7 @@ import pytest
 
 from sevisflow.processors.sevis_events import ev_derive
 from sevisflow.processors.sevis_events.derive import Context, derive
-from tests.unit.test_nothing_silent import unannotated_exits
+from tests.unit.test_nothing_silent import source_of, unannotated_exits
 
 PROGRAM = "P-1-12345"
 SCHOOL = "ZZZ214F99999000"
@@ -617,7 +616,7 @@ def test_event_ids_are_deterministic_and_differ_per_program_and_kind() -> None:
 
 
 def test_every_quiet_exit_of_ev_derive_says_why() -> None:
-    source = Path(ev_derive.__file__).read_text()
+    source = source_of(ev_derive).read_text()
     tree = ast.parse(source)
     names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert {"_create", "_validate", "_biographical", "_program", "_sites", "_dependents", "_status_events"} <= names

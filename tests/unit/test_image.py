@@ -76,6 +76,7 @@ def test_dockerfile_shape() -> None:
         assert re.match(r"FROM python:3\.11-slim(-\w+)? AS \w+$", frm), frm
     assert any("gcc" in i for i in build), "the build stage compiles the C decoder"
     assert any("pip wheel" in i and "_pgtuple" in i for i in build), "a wheel without the decoder fails the build"
+    assert any("pip wheel" in i and "compiled_core__mypyc" in i for i in build), "nor without the compiled core"
     assert not any("gcc" in i for i in run), "no compiler in the runtime image"
     assert any("import sevisflow.connectors.postgres._pgtuple" in i for i in run)
     users = [i.split()[1] for i in run if i.startswith("USER ")]

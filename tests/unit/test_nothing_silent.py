@@ -15,6 +15,7 @@ import ast
 import copy
 from datetime import date
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -516,7 +517,13 @@ def test_no_event_no_issue_only_where_nothing_changed_for_sevis() -> None:
 
 # ----------------------------------------------------------------------------- the walk over derive.py
 
-DERIVE = Path(derive_mod.__file__)
+
+def source_of(module: ModuleType) -> Path:
+    """A module's .py file, also when it runs compiled (its __file__ is then the .so beside it)."""
+    return Path(module.__file__ or "").with_name(module.__name__.rpartition(".")[2] + ".py")
+
+
+DERIVE = source_of(derive_mod)
 MARKS = ("# reported:", "# not-reportable:")
 BUILDER_TELLS = {"issue", "event", "problem"}  # b.issue(…), b.event(…), self.problem(…)
 FUNCTION_TELLS = {"_create", "_auth_add", "_auth_cancel"}  # each emits an event or an issue on every path

@@ -238,7 +238,7 @@ def test_the_stage_holds_streamed_transactions_until_the_snapshot_is_released(sc
     assert _summary(out)[1] == expected[1]
 
 
-def _held(records: list[Record], kv: DictKV | None = None) -> PurePipeline:
+def _held(records: list[Record], kv: DictKV | UnitRecorder | None = None) -> PurePipeline:
     """The Kafka stage's mode with the whole snapshot (and whatever follows it) held, not yet released."""
     pipe = PurePipeline(MAPPING)
     if kv is not None:
@@ -255,6 +255,38 @@ def _group_ids(kv: DictKV, key: str) -> list[str]:
     """A held group's row ids, a plain list or chunked."""
     value = kv.get(key)
     return Chunked(kv, key).items() if isinstance(value, dict) else list(value or [])
+
+
+class UnitRecorder:
+    """A DictKV that also notes the units a release applies: each unit drops its rows from the held
+    snapshot (``s:<row id>`` → None), then moves the release plan (``s``), then is applied. (Noted in
+    the state, not by wrapping ``Normalizer._apply_unit``: the compiled Normalizer's methods are fixed.)"""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.log: list[str | None] = []  # row ids taken, None at each move of the plan
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        if key.startswith("s:") and value is None:
+            self.log.append(key[2:])
+        elif key == "s":
+            self.log.append(None)
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+
+    def units(self) -> list[list[str]]:
+        out: list[list[str]] = [[]]
+        for rid in self.log:
+            if rid is None:
+                out.append([])
+            else:
+                out[-1].append(rid)
+        return [u for u in out if u]
 
 
 def _release_in_slices(pipe: PurePipeline, max_rows: int | None) -> tuple[PureOutput, list[int]]:
@@ -385,11 +417,10 @@ def test_a_group_too_big_for_one_unit_is_applied_in_units_with_the_same_result(s
     assert [d.code for d in one_unit.dead].count("orphan_limit") == 120
 
     monkeypatch.setattr(view_module, "SNAPSHOT_UNIT_ROWS", 100)
-    whole = _held(records)
-    units: list[list[str]] = []
-    real_apply = whole.normalizer._apply_unit
-    whole.normalizer._apply_unit = lambda rows: units.append([c.row_id for c in rows]) or real_apply(rows)
+    recorder = UnitRecorder()
+    whole = _held(records, recorder)
     got, _ = _release_in_slices(whole, None)
+    units = recorder.units()
     assert _summary(got) == _summary(one_unit)
     assert max(len(u) for u in units) == 100
     crowded = [u for u in units if len(u) == 100]
