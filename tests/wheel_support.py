@@ -72,6 +72,18 @@ def copy_sources(dest: Path, repo: Path = REPO) -> str:
     return digest.hexdigest()
 
 
+def pip_wheel(src: Path, out: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``pip wheel`` of the sources in ``src`` into ``out``, verbose (the compiler's lines in the output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(src)],
+        cwd=src.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def build_wheel() -> Path:
     """sevisflow's wheel for the current sources (built once per content, then taken from the cache)."""
     with tempfile.TemporaryDirectory(prefix="sevisflow-src-") as tmp:
@@ -82,13 +94,7 @@ def build_wheel() -> Path:
         if found:
             return found[0]
         building = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=_mkdir(cache_dir() / "wheels")))
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(building), str(src)],
-            cwd=tmp,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        proc = pip_wheel(src, building)
         assert proc.returncode == 0, f"pip wheel failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
         if out.exists():  # another session built the same sources meanwhile
             shutil.rmtree(building, ignore_errors=True)

@@ -12,12 +12,11 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 from tests.helpers import bench_results, side_by_side_runs
-from tests.wheel_support import copy_sources
+from tests.wheel_support import copy_sources, pip_wheel
 
 DECODER = "sevisflow/connectors/postgres/_pgtuple"
 
@@ -34,13 +33,7 @@ def _build(tmp_path: Path, refuse: str) -> tuple[subprocess.CompletedProcess[str
     cc.chmod(cc.stat().st_mode | stat.S_IXUSR)
     env = {**os.environ, "CC": str(cc)}
     env.pop("SEVISFLOW_INTERPRETED", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(src)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = pip_wheel(src, out, env)
     wheels = list(out.glob("sevisflow-*.whl"))
     names = zipfile.ZipFile(wheels[0]).namelist() if wheels else []
     return proc, {n.split(".", 1)[0] for n in names if n.endswith(".so")}
