@@ -276,7 +276,11 @@ def side_by_side_main(
     ap = argparse.ArgumentParser(prog=prog)
     ap.add_argument(f"--{size_flag}", dest="size", type=int, default=size_default)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
+    ap.add_argument(
+        "--compare-with",
+        default=None,
+        help="a git revision (its compiled parts built), or `interpreted` (this tree without its compiled core), measured side by side with the working tree",
+    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
     versions = parts_side_by_side(module_file, args.size, args.repeat, args.compare_with, repo)

@@ -125,7 +125,11 @@ def main() -> None:
     ap.add_argument("--per-close", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backend", default="rocksdb", choices=("memory", "rocksdb"), help="[state] backend")
-    ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
+    ap.add_argument(
+        "--compare-with",
+        default=None,
+        help="a git revision (its compiled parts built), or `interpreted` (this tree without its compiled core), measured side by side with the working tree",
+    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     measured = [args.closes, args.per_close, args.backend]

@@ -34,7 +34,11 @@ def main() -> None:
     from bench.common import kafka_bootstrap, report_side_by_side, runs_side_by_side
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--compare-with", required=True, help="git revision measured side by side with the working tree")
+    ap.add_argument(
+        "--compare-with",
+        required=True,
+        help="a git revision (its compiled parts built), or `interpreted` (this tree without its compiled core), measured side by side with the working tree",
+    )
     ap.add_argument("--students", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=4)
     ap.add_argument("--kafka", default=None, help="bootstrap servers of a running Kafka (default: start a local one)")

@@ -106,7 +106,11 @@ def main() -> None:
     ap.add_argument("--students", type=int, default=10000)
     ap.add_argument("--changes", type=int, default=10000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--compare-with", default=None, help="git revision measured side by side with the working tree")
+    ap.add_argument(
+        "--compare-with",
+        default=None,
+        help="a git revision (its compiled parts built), or `interpreted` (this tree without its compiled core), measured side by side with the working tree",
+    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     runs = runs_side_by_side(__file__, [args.students, args.changes], args.repeat, args.compare_with, REPO)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -190,11 +191,21 @@ def proc_status(pid: int) -> dict[str, float]:
 
 
 def free_port() -> int:
-    """A TCP port free on this host now (for a stage process's ``/metrics``)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port free on this host now (for a stage process's ``/metrics``), below the kernel's ephemeral
+    range: a port the kernel hands out (``bind(0)``) can be handed to another process's outgoing connection
+    (a Kafka client's) before the stage binds it, which a CI run met."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(20000, max(low, 20001)), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # where the stage's metrics server listens
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port between 20000 and the ephemeral range")
 
 
 STATE_MEMORY_METRIC = "sevisflow_state_store_memory_bytes"

@@ -25,6 +25,7 @@ from sevisflow.core.worklist.deadlines import Deadlines
 from sevisflow.core.worklist.items import worklist
 from sevisflow.processors.sevis_events import derive as derive_mod
 from sevisflow.processors.sevis_events.derive import SPELLING, Context, derive
+from tests.helpers import REPO
 from tests.scenarios import School
 
 CTX = Context("ZZZ214F99999000", "u1", [{"topic": "sis.public.person", "partition": 0, "offset": 1}], 1_780_000_000_000)
@@ -519,8 +520,9 @@ def test_no_event_no_issue_only_where_nothing_changed_for_sevis() -> None:
 
 
 def source_of(module: ModuleType) -> Path:
-    """A module's .py file, also when it runs compiled (its __file__ is then the .so beside it)."""
-    return Path(module.__file__ or "").with_name(module.__name__.rpartition(".")[2] + ".py")
+    """A stage module's .py file in the checkout, from its name: when it runs compiled its __file__ is the .so,
+    or (first imported by another compiled module) a path that does not exist."""
+    return (REPO / module.__name__.removeprefix("sevisflow.").replace(".", "/")).with_suffix(".py")
 
 
 DERIVE = source_of(derive_mod)
