@@ -27,6 +27,12 @@ class OptionalBuildExt(build_ext):
     none is kept.
     """
 
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - no usable compiler at all: everything stays Python
+            _skipped("the compiled parts", "the decoder and the core run as Python", exc)
+
     def build_extensions(self) -> None:
         self.check_extensions_list(self.extensions)
         core = [e for e in self.extensions if e.name in CORE_NAMES]
