@@ -10,9 +10,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +32,7 @@ from bench.scale.hops import HopLog, lineage_commit_ms
 from sevisflow.core import PACKAGE_ROOT
 from sevisflow.core.config import Settings, settings_from_mapping, settings_toml
 from sevisflow.core.serde import registry
+from sevisflow.deploy.local.stack import free_port
 from sevisflow.deploy.sis.activity import Transaction
 from sevisflow.deploy.sis.model import TABLE_ORDER, Op, School
 from sevisflow.deploy.sis.replay import MAPPING, PKS
@@ -188,24 +187,6 @@ def proc_status(pid: int) -> dict[str, float]:
     fields = stat.rsplit(")", 1)[1].split()
     out["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
-
-
-def free_port() -> int:
-    """A TCP port free on this host now (for a stage process's ``/metrics``), below the kernel's ephemeral
-    range: a port the kernel hands out (``bind(0)``) can be handed to another process's outgoing connection
-    (a Kafka client's) before the stage binds it, which a CI run met."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for port in random.sample(range(20000, max(low, 20001)), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))  # where the stage's metrics server listens
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free TCP port between 20000 and the ephemeral range")
 
 
 STATE_MEMORY_METRIC = "sevisflow_state_store_memory_bytes"

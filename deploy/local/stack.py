@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import pwd
+import random
 import secrets
 import shutil
 import signal
@@ -60,10 +61,21 @@ def cache_dir() -> Path:
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nobody uses right now, below the kernel's ephemeral range: a port the kernel hands out
+    (``bind(0)``) can go to another process's outgoing connection (a Kafka client's) before the server meant
+    for it binds it, which a CI run met. Free on every address, so a server on 0.0.0.0 can take it too."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(20000, max(low, 20001)), 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port between 20000 and the ephemeral range")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
