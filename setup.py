@@ -4,7 +4,8 @@
   connector uses its pure-Python decoder, which produces identical output (connectors/postgres/decoder.py).
 * The processors' pure core (the modules in ``COMPILED_CORE``) is compiled with mypyc, from the same typed
   Python source: the same code, run as C (docs/ARCHITECTURE.md, "The compiled core"). Without a compiler,
-  or with ``SEVISFLOW_INTERPRETED=1``, the modules run as plain Python.
+  or with ``SEVISFLOW_INTERPRETED=1``, the modules run as plain Python. ``SEVISFLOW_MYPYC_OPT`` sets the C
+  compiler's optimisation level (default 3; the build tests use 0: they check what is built, four times faster).
 
 Both are optional: a failed compile is reported and the install still succeeds.
 """
@@ -88,7 +89,8 @@ def compiled_core() -> list[Extension]:
     config.write_text("[mypy]\nignore_missing_imports = True\nfollow_imports = silent\n")
     try:
         flags = ["--config-file", str(config), "--cache-dir", str(config.with_name("mypyc-cache"))]
-        return list(mypycify([*flags, *COMPILED_CORE], group_name="sevisflow.compiled_core"))
+        opt_level = os.environ.get("SEVISFLOW_MYPYC_OPT", "3")
+        return list(mypycify([*flags, *COMPILED_CORE], group_name="sevisflow.compiled_core", opt_level=opt_level))
     except BaseException as exc:  # noqa: BLE001 - mypyc exits (SystemExit) on a type error: stay interpreted
         _skipped("the compiled core", "the processors run it interpreted", exc)
         return []
