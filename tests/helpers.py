@@ -7,6 +7,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from sevisflow.core.config import Settings
@@ -169,3 +170,10 @@ def side_by_side_runs(
     assert sorted(summary) == sorted([before, "now"]), summary.keys()
     assert all(len(fig["samples"]) == repeat for fig in summary.values())
     return [run for fig in summary.values() for run in fig["samples"]]
+
+
+def source_of(module_name: str) -> Path:
+    """A product module's .py file in the checkout, from its name (``sevisflow.processors.normalize.view``):
+    when it runs compiled its __file__ is the .so, or, first imported by another compiled module, a path that
+    does not exist."""
+    return (REPO / module_name.removeprefix("sevisflow.").replace(".", "/")).with_suffix(".py")

@@ -12,10 +12,9 @@ import ast
 import importlib
 import os
 from importlib.machinery import EXTENSION_SUFFIXES
-from pathlib import Path
 from types import FunctionType
 
-from tests.helpers import REPO
+from tests.helpers import REPO, source_of
 
 INTERPRETED = bool(os.environ.get("SEVISFLOW_INTERPRETED"))
 
@@ -35,11 +34,7 @@ def test_the_core_is_the_per_row_change_code_of_normalize_and_sevis_events() -> 
     for hot in ("normalize.changes", "normalize.view", "sevis_events.derive", "sevis_events.hygiene"):
         assert f"sevisflow.processors.{hot}" in names
     for name in names:
-        assert _source(name).is_file(), name
-
-
-def _source(name: str) -> Path:
-    return (REPO / name.removeprefix("sevisflow.").replace(".", "/")).with_suffix(".py")
+        assert source_of(name).is_file(), name
 
 
 def _compiled(name: str) -> bool:
@@ -64,7 +59,7 @@ def test_no_compiled_module_is_older_than_its_source() -> None:
     (`make venv` rebuilds when a core source changed; a bare pytest after an edit does not)."""
     stale = []
     for name in core_modules():
-        source = _source(name)
+        source = source_of(name)
         built = source.with_suffix(EXTENSION_SUFFIXES[0])
         assert built.exists() is not INTERPRETED, built
         if built.exists() and built.stat().st_mtime < source.stat().st_mtime:

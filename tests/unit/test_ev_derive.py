@@ -16,7 +16,8 @@ import pytest
 
 from sevisflow.processors.sevis_events import ev_derive
 from sevisflow.processors.sevis_events.derive import Context, derive
-from tests.unit.test_nothing_silent import source_of, unannotated_exits
+from tests.helpers import source_of
+from tests.unit.test_nothing_silent import unannotated_exits
 
 PROGRAM = "P-1-12345"
 SCHOOL = "ZZZ214F99999000"
@@ -616,7 +617,7 @@ def test_event_ids_are_deterministic_and_differ_per_program_and_kind() -> None:
 
 
 def test_every_quiet_exit_of_ev_derive_says_why() -> None:
-    source = source_of(ev_derive).read_text()
+    source = source_of(ev_derive.__name__).read_text()
     tree = ast.parse(source)
     names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert {"_create", "_validate", "_biographical", "_program", "_sites", "_dependents", "_status_events"} <= names

@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 import copy
 from datetime import date
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -25,7 +23,7 @@ from sevisflow.core.worklist.deadlines import Deadlines
 from sevisflow.core.worklist.items import worklist
 from sevisflow.processors.sevis_events import derive as derive_mod
 from sevisflow.processors.sevis_events.derive import SPELLING, Context, derive
-from tests.helpers import REPO
+from tests.helpers import source_of
 from tests.scenarios import School
 
 CTX = Context("ZZZ214F99999000", "u1", [{"topic": "sis.public.person", "partition": 0, "offset": 1}], 1_780_000_000_000)
@@ -519,13 +517,7 @@ def test_no_event_no_issue_only_where_nothing_changed_for_sevis() -> None:
 # ----------------------------------------------------------------------------- the walk over derive.py
 
 
-def source_of(module: ModuleType) -> Path:
-    """A stage module's .py file in the checkout, from its name: when it runs compiled its __file__ is the .so,
-    or (first imported by another compiled module) a path that does not exist."""
-    return (REPO / module.__name__.removeprefix("sevisflow.").replace(".", "/")).with_suffix(".py")
-
-
-DERIVE = source_of(derive_mod)
+DERIVE = source_of(derive_mod.__name__)
 MARKS = ("# reported:", "# not-reportable:")
 BUILDER_TELLS = {"issue", "event", "problem"}  # b.issue(…), b.event(…), self.problem(…)
 FUNCTION_TELLS = {"_create", "_auth_add", "_auth_cancel"}  # each emits an event or an issue on every path
