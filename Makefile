@@ -10,8 +10,8 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-# the processors' modules mypyc compiles (setup.py's COMPILED_CORE)
-CORE_SOURCES := $(shell sed -n 's|^ *"sevisflow/\(processors/[a-z_/]*\.py\)",$$|\1|p' setup.py)
+# the modules mypyc compiles (setup.py's COMPILED_CORE; sevisflow/processors is a link to processors/)
+CORE_SOURCES := $(shell sed -n -e 's|^ *"sevisflow/\(processors/[a-z_/]*\.py\)",$$|\1|p' -e 's|^ *"\(sevisflow/core/[a-z_/]*\.py\)",$$|\1|p' setup.py)
 
 $(VENV)/.installed: pyproject.toml setup.py  # the C decoder and the compiled core are built by pip install -e
 	@echo "==> creating $(VENV)"

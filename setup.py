@@ -60,6 +60,7 @@ def _skipped(what: str, instead: str, exc: BaseException) -> None:
 
 
 COMPILED_CORE = [
+    "sevisflow/core/avro_codec.py",
     "sevisflow/processors/normalize/changes.py",
     "sevisflow/processors/normalize/canonical.py",
     "sevisflow/processors/normalize/mapping.py",
@@ -69,7 +70,8 @@ COMPILED_CORE = [
     "sevisflow/processors/sevis_events/hygiene.py",
     "sevisflow/processors/sevis_events/sevis_format.py",
 ]
-"""The per-row-change code of normalize and sevis_events (tests/unit/test_compiled_core.py checks the list)."""
+"""The per-row-change code of normalize and sevis_events, and the Avro codec of their records
+(tests/unit/test_compiled_core.py checks the list)."""
 
 
 def compiled_core() -> list[Extension]:

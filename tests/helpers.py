@@ -175,5 +175,5 @@ def side_by_side_runs(
 def source_of(module_name: str) -> Path:
     """A product module's .py file in the checkout, from its name (``sevisflow.processors.normalize.view``):
     when it runs compiled its __file__ is the .so, or, first imported by another compiled module, a path that
-    does not exist."""
-    return (REPO / module_name.removeprefix("sevisflow.").replace(".", "/")).with_suffix(".py")
+    does not exist. The stages' folders are reached through their links in sevisflow/."""
+    return (REPO / module_name.replace(".", "/")).with_suffix(".py")

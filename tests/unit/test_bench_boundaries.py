@@ -25,8 +25,10 @@ AS_BUILT = {
 PARTS_AND_ALTERNATIVES = {
     "of which orjson.loads (key + value)",
     "Debezium JSON with schemas.enable wrapper",
+    "StudentView Avro through fastavro alone (before the codec)",
     "StudentView Avro with lineage emptied",
     "StudentView as one JSON document (alternative)",
+    "SevisEvent Avro through fastavro alone (before the codec)",
     "SevisEvent Avro with lineage emptied",
     "SevisEvent as one JSON document (alternative)",
 }

@@ -1,4 +1,4 @@
-"""The processors' core is compiled by mypyc at install (setup.py) and runs interpreted where it cannot be.
+"""The processors' core and the Avro codec are compiled by mypyc at install (setup.py), interpreted where they cannot be.
 
 ``make test`` runs the unit tests twice: in the dev install, where the core is compiled, and again under
 ``make unit-interpreted`` (``SEVISFLOW_INTERPRETED=1``, a copy of the tree without the compiled modules).
@@ -29,10 +29,11 @@ def core_modules() -> list[str]:
     raise AssertionError("setup.py has no COMPILED_CORE list")
 
 
-def test_the_core_is_the_per_row_change_code_of_normalize_and_sevis_events() -> None:
+def test_the_core_is_the_per_row_change_code_of_normalize_and_sevis_events_and_their_avro_codec() -> None:
     names = core_modules()
     for hot in ("normalize.changes", "normalize.view", "sevis_events.derive", "sevis_events.hygiene"):
         assert f"sevisflow.processors.{hot}" in names
+    assert "sevisflow.core.avro_codec" in names
     for name in names:
         assert source_of(name).is_file(), name
 
