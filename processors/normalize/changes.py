@@ -36,9 +36,14 @@ class ChangeFormatError(Exception):
     """The record is not a change event this stage understands (→ dead letter ``bad_change_event``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(init=False)
 class RowChange:
-    """One row change, decoded, with everything needed to find it again."""
+    """One row change, decoded, with everything needed to find it again. Not changed once made.
+
+    The ``__init__`` is written out, not generated: compiled by mypyc, a dataclass's generated ``__init__`` still
+    runs as Python (2 µs for these fields, twice per row change: parsed, and again from a transaction's buffer);
+    this one is compiled with the class. Equality and ``repr`` stay the dataclass's.
+    """
 
     table: str  # schema.table
     op: str  # c | u | d | r
@@ -51,28 +56,59 @@ class RowChange:
     tx_id: int | None
     commit_ts_ms: int | None
     snapshot: bool
-    topic: str = ""
-    partition: int = 0
-    offset: int = 0
-    in_tx: bool = False  # carries Debezium's "transaction" block: an END marker will follow
-    snapshot_mark: str | None = None  # source.snapshot as sent: "first" | "true" | "last" | "incremental" …
+    topic: str
+    partition: int
+    offset: int
+    in_tx: bool  # carries Debezium's "transaction" block: an END marker will follow
+    snapshot_mark: str | None  # source.snapshot as sent: "first" | "true" | "last" | "incremental" …
+    # row_id's cache, set on first use. Not ``functools.cached_property``: on Python 3.11 its first access takes
+    # a per-class RLock (~1 µs of each row change normalize applies), and a compiled class has no __dict__.
+    _row_id: str = field(init=False, repr=False, compare=False)
 
-    # row_id's cache. Not ``functools.cached_property``: on Python 3.11 its first access takes a per-class
-    # RLock (~1 µs of each row change normalize applies), and a class compiled by mypyc has no __dict__.
-    _row_id: str = field(default="", init=False, repr=False, compare=False)
+    def __init__(
+        self,
+        table: str,
+        op: str,
+        key: Any,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        position: tuple[int, int],
+        lsn: int | None,
+        sequence: str | None,
+        tx_id: int | None,
+        commit_ts_ms: int | None,
+        snapshot: bool,
+        topic: str = "",
+        partition: int = 0,
+        offset: int = 0,
+        in_tx: bool = False,
+        snapshot_mark: str | None = None,
+    ) -> None:
+        self.table = table
+        self.op = op
+        self.key = key
+        self.before = before
+        self.after = after
+        self.position = position
+        self.lsn = lsn
+        self.sequence = sequence
+        self.tx_id = tx_id
+        self.commit_ts_ms = commit_ts_ms
+        self.snapshot = snapshot
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.in_tx = in_tx
+        self.snapshot_mark = snapshot_mark
+        self._row_id = ""
 
     @property
     def row_id(self) -> str:
         """The row's identity in normalize's state (table + primary key); asked several times per change."""
-        try:
-            rid = self._row_id
-        except AttributeError:  # compiled: a field with init=False has no value until it is set
-            rid = ""
-        if not rid:
+        if not self._row_id:
             k = self.key if self.key is not None else (self.after or self.before)
-            rid = self.table + ":" + orjson.dumps(k, option=orjson.OPT_SORT_KEYS).decode()
-            object.__setattr__(self, "_row_id", rid)  # a cache, not a change: the dataclass stays frozen
-        return rid
+            self._row_id = self.table + ":" + orjson.dumps(k, option=orjson.OPT_SORT_KEYS).decode()
+        return self._row_id
 
     def lineage(self) -> dict[str, Any]:
         return {
@@ -275,15 +311,25 @@ def parse_change(
     )
 
 
-@dataclass(frozen=True)
+@dataclass(init=False)
 class TxMarker:
-    """A BEGIN/END record of the transaction metadata topic."""
+    """A BEGIN/END record of the transaction metadata topic. Not changed once made (``__init__`` written out
+    for mypyc, as :class:`RowChange`'s)."""
 
     status: str
     tx_id: int | None
     event_count: int
     counts: dict[str, int]
-    lsn: int | None = None  # the LSN in Debezium's "txId:LSN" transaction id, when present
+    lsn: int | None  # the LSN in Debezium's "txId:LSN" transaction id, when present
+
+    def __init__(
+        self, status: str, tx_id: int | None, event_count: int, counts: dict[str, int], lsn: int | None = None
+    ) -> None:
+        self.status = status
+        self.tx_id = tx_id
+        self.event_count = event_count
+        self.counts = counts
+        self.lsn = lsn
 
 
 def parse_tx_marker(value_bytes: bytes | None) -> TxMarker | None:

@@ -92,7 +92,7 @@ group's (a row linked to two students) is parked until that student's row is app
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -277,9 +277,10 @@ class DeadItem:
     field: str | None = None
 
 
-@dataclass
+@dataclass(init=False)
 class StudentUpdate:
-    """A new version of one student's view, with the source changes that made it."""
+    """A new version of one student's view, with the source changes that made it. (The ``__init__``s of this
+    class and :class:`Result` are written out: mypyc compiles them, not a dataclass's generated one.)"""
 
     student_key: str
     view: dict[str, Any]
@@ -287,11 +288,24 @@ class StudentUpdate:
     unit_id: str
     snapshot: bool
 
+    def __init__(
+        self, student_key: str, view: dict[str, Any], lineage: list[dict[str, Any]], unit_id: str, snapshot: bool
+    ) -> None:
+        self.student_key = student_key
+        self.view = view
+        self.lineage = lineage
+        self.unit_id = unit_id
+        self.snapshot = snapshot
 
-@dataclass
+
+@dataclass(init=False)
 class Result:
-    updates: list[StudentUpdate] = field(default_factory=list)
-    dead: list[DeadItem] = field(default_factory=list)
+    updates: list[StudentUpdate]
+    dead: list[DeadItem]
+
+    def __init__(self, updates: list[StudentUpdate] | None = None, dead: list[DeadItem] | None = None) -> None:
+        self.updates = [] if updates is None else updates
+        self.dead = [] if dead is None else dead
 
     def extend(self, other: Result) -> None:
         self.updates.extend(other.updates)
