@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "--gc",
         choices=("default", "frozen"),
         default="default",
-        help="pure functions: Python's collector as it comes, or frozen as the running stages keep it",
+        help="Python's collector as it comes, or frozen as the running stages keep it (pure functions: the "
+        "input frozen too)",
     )
     ap.add_argument(
         "--compare-with",
@@ -144,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.pure_only:
         return 0
-    with kafka_bootstrap(args.kafka, "bench-processors") as bootstrap:
+    from bench.processors.kafka_side_by_side import collector
+
+    with kafka_bootstrap(args.kafka, "bench-processors") as bootstrap, collector(args.gc):
         k = through_kafka(args.students, bootstrap)
     print(
         f"through Kafka (exactly-once, both stages, one core): {k['row_changes']} row changes → {k['events']} "

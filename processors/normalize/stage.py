@@ -209,6 +209,7 @@ class NormalizeStage:
         self._admin: Any = None  # made on first use: the snapshot's end watermarks
         self._sliced = False  # a release slice was applied in the current transaction (by on_idle)
         self._release_views = self._release_dead = 0  # counted over a release, for its closing log line
+        self._parsed_marks: tuple[object, list[tuple[tuple[str, int], int]]] = (None, [])  # see _marks_to_reach
 
     def handle(self, msg: Message, state: StateStore) -> list[Output]:
         outs = self._handle(msg)
@@ -317,13 +318,13 @@ class NormalizeStage:
         from confluent_kafka import KafkaException, TopicPartition
 
         missing: list[TopicPartition] = []
-        for name, (low, high) in marks.items():
-            topic, p = name.rsplit("|", 1)
-            if high <= low or self.store.handled.get((topic, int(p)), -1) >= high:
+        handled = self.store.handled
+        for where, high in self._marks_to_reach(marks):
+            if handled.get(where, -1) >= high:
                 continue
             if not idle or self.consumer is None:
                 return False
-            missing.append(TopicPartition(topic, int(p)))
+            missing.append(TopicPartition(*where))
         if not missing:
             return True
         try:
@@ -335,6 +336,18 @@ class NormalizeStage:
         except KafkaException:
             return False
         return all(pos.get((tp.topic, tp.partition), -1) >= marks[f"{tp.topic}|{tp.partition}"][1] for tp in missing)
+
+    def _marks_to_reach(self, marks: dict[str, list[int]]) -> list[tuple[tuple[str, int], int]]:
+        """``marks``' partitions that had records, as ((topic, partition), high watermark): parsed once per marks
+        value, not at every record handled while the snapshot's end is awaited (28 partitions for a school)."""
+        if self._parsed_marks[0] is not marks:
+            parsed = []
+            for name, (low, high) in marks.items():
+                topic, p = name.rsplit("|", 1)
+                if high > low:
+                    parsed.append(((topic, int(p)), high))
+            self._parsed_marks = (marks, parsed)
+        return self._parsed_marks[1]
 
     def _handle(self, msg: Message) -> list[Output]:
         if msg.topic() not in self.applied:
