@@ -45,7 +45,7 @@ import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -87,36 +87,69 @@ FINANCE_FIELDS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(init=False)
 class Context:
-    """What an event needs besides the two views: where the change came from."""
+    """What an event needs besides the two views: where the change came from. Not changed once made
+    (``dataclasses.replace`` makes a routed copy). The ``__init__``s of this class, :class:`Issue` and
+    :class:`Derived` are written out: compiled by mypyc, a dataclass's generated one runs as Python."""
 
     org_id: str
     unit_id: str
     lineage: list[dict[str, Any]]
-    commit_ts_ms: int | None = None
-    snapshot: bool = False
-    timezone: str = "UTC"  # the school's time zone (school.timezone): a commit's local calendar date
+    commit_ts_ms: int | None
+    snapshot: bool
+    timezone: str  # the school's time zone (school.timezone): a commit's local calendar date
     # J-1 sponsor programs the settings configure: the SIS's program code → program number (the EV batch OrgID)
-    ev_programs: Mapping[str, str] = field(default_factory=dict)
+    ev_programs: Mapping[str, str]
     # member F/M schools ([[schools]]): the SIS's school code (student.school_code) → the school's OrgID; a
     # student with an empty code belongs to the main school (``org_id``)
-    schools: Mapping[str, str] = field(default_factory=dict)
+    schools: Mapping[str, str]
     # the main school's OrgID once ``org_id`` was routed to a member school ("" = ``org_id`` is the main one)
-    main_org_id: str = ""
+    main_org_id: str
+
+    def __init__(
+        self,
+        org_id: str,
+        unit_id: str,
+        lineage: list[dict[str, Any]],
+        commit_ts_ms: int | None = None,
+        snapshot: bool = False,
+        timezone: str = "UTC",
+        ev_programs: Mapping[str, str] | None = None,
+        schools: Mapping[str, str] | None = None,
+        main_org_id: str = "",
+    ) -> None:
+        self.org_id = org_id
+        self.unit_id = unit_id
+        self.lineage = lineage
+        self.commit_ts_ms = commit_ts_ms
+        self.snapshot = snapshot
+        self.timezone = timezone
+        self.ev_programs = {} if ev_programs is None else ev_programs
+        self.schools = {} if schools is None else schools
+        self.main_org_id = main_org_id
 
 
-@dataclass
+@dataclass(init=False)
 class Issue:
     code: str
     reason: str
-    field: str | None = None
+    field: str | None
+
+    def __init__(self, code: str, reason: str, field: str | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.field = field
 
 
-@dataclass
+@dataclass(init=False)
 class Derived:
-    events: list[dict[str, Any]] = field(default_factory=list)
-    issues: list[Issue] = field(default_factory=list)
+    events: list[dict[str, Any]]
+    issues: list[Issue]
+
+    def __init__(self, events: list[dict[str, Any]] | None = None, issues: list[Issue] | None = None) -> None:
+        self.events = [] if events is None else events
+        self.issues = [] if issues is None else issues
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -275,10 +275,13 @@ def _walk(value: Any, path: str, leaves: list[tuple[str, Any]], objects: list[tu
         objects.append((path, value))
         for k, v in value.items():
             sub = f"{path}/{k}" if path else str(k)
-            if type(v) is dict or type(v) is list or isinstance(v, (Mapping, list, tuple)):
+            kind = type(v)
+            if kind is dict or kind is list:
                 _walk(v, sub, leaves, objects)
-            else:
+            elif kind is str or kind is int or v is None or not isinstance(v, (Mapping, list, tuple)):  # no ABC check
                 leaves.append((sub, v))
+            else:
+                _walk(v, sub, leaves, objects)
     elif isinstance(value, (list, tuple)):
         for item in value:
             _walk(item, path, leaves, objects)
