@@ -166,9 +166,12 @@ def school_history(feed: SisFeed, n: int) -> None:
         )
 
 
-def feed_on_kafka(settings: Settings, feed: SisFeed, tables: list[str], partitions: int) -> None:
+def feed_on_kafka(
+    settings: Settings, feed: SisFeed, tables: list[str], partitions: int, records: slice = slice(None)
+) -> None:
     """Create the pipeline's and the processors' topics and the change topics of ``tables`` (``partitions``
-    each; the transaction topic one), then produce ``feed``'s records to them (acknowledged on return)."""
+    each; the transaction topic one), then produce ``feed``'s records (those in ``records``) to them
+    (acknowledged on return)."""
     from sevisflow.core.kafka_io import (
         TopicSpec,
         delivery_raiser,
@@ -192,6 +195,6 @@ def feed_on_kafka(settings: Settings, feed: SisFeed, tables: list[str], partitio
     )
     producer = make_producer(settings.kafka)
     errors: list[Exception] = []
-    for r in feed.records:
+    for r in feed.records[records]:
         produce(producer, r.topic, r.key, r.value, on_delivery=delivery_raiser(errors))
     flush_or_raise(producer, errors)

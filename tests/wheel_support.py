@@ -84,6 +84,15 @@ def pip_wheel(src: Path, out: Path, env: dict[str, str] | None = None) -> subpro
     )
 
 
+BUILD_LOG = "build.log"
+
+
+def build_log(wheel: Path) -> str:
+    """The end of pip's output for a wheel :func:`build_wheel` made (the compiler's lines, setup.py's notes)."""
+    log = wheel.with_name(BUILD_LOG)
+    return log.read_text()[-6000:] if log.exists() else "(no build log)"
+
+
 def build_wheel() -> Path:
     """sevisflow's wheel for the current sources (built once per content, then taken from the cache)."""
     with tempfile.TemporaryDirectory(prefix="sevisflow-src-") as tmp:
@@ -96,6 +105,7 @@ def build_wheel() -> Path:
         building = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=_mkdir(cache_dir() / "wheels")))
         proc = pip_wheel(src, building)
         assert proc.returncode == 0, f"pip wheel failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        (building / BUILD_LOG).write_text(proc.stdout + proc.stderr)  # what a test that finds a part missing shows
         if out.exists():  # another session built the same sources meanwhile
             shutil.rmtree(building, ignore_errors=True)
         else:

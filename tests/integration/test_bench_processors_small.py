@@ -27,6 +27,20 @@ def test_processors_bench_through_kafka_measures_the_whole_history(kafka_stack):
         assert 0 < got[f"{stage}_main_thread_cpu_s"] <= got[f"{stage}_cpu_s"] + 0.05, got
 
 
+@pytest.mark.timeout(240)
+def test_the_warm_run_measures_everything_after_the_first_transaction_on_the_streaming_path(kafka_stack):
+    """``--warm``: the stages go through the school's first transaction (BEGIN, the term row, END) unmeasured;
+    every later row change and every event is measured, and normalize does not hold them (no start-up hold:
+    each input record is handled once, as it comes, instead of held and released)."""
+    expected = pure(STUDENTS)
+    got = through_kafka(STUDENTS, kafka_stack.bootstrap, warm=True)
+    assert got["warm"] is True
+    assert got["row_changes"] == expected["row_changes"] - 1  # the term row went before the clock
+    assert got["records"] == expected["records"] - 3
+    assert got["events"] == expected["events"] > 0
+    assert got["normalize_inputs"] == got["records"]  # every measured record handled once: nothing held
+
+
 @pytest.mark.timeout(300)
 def test_the_side_by_side_through_kafka_bench_measures_both_trees_on_one_broker(kafka_stack, tmp_path):
     from tests.helpers import bench_results

@@ -31,7 +31,7 @@ from lxml import etree
 from sevisflow.core.config import settings_toml
 from sevisflow.deploy.sis.replay import expected_events
 from tests.helpers import REPO, TEST_ORG_ID, XSD_DIR
-from tests.wheel_support import fresh_venv
+from tests.wheel_support import build_log, fresh_venv
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,9 @@ def test_the_wheel_holds_the_sevisflow_namespace_its_data_and_no_tests(sevisflow
     assert data - names == set(), "data the pipeline reads at run time is missing from the wheel"
     assert any(re.fullmatch(r"sevisflow/connectors/postgres/_pgtuple\.[^/]+\.so", n) for n in names), "C decoder"
     compiled = {n.split(".", 1)[0] for n in names if n.endswith(".so")}
-    assert {"sevisflow/compiled_core__mypyc", "sevisflow/processors/normalize/view"} <= compiled, "the compiled core"
+    assert {"sevisflow/compiled_core__mypyc", "sevisflow/processors/normalize/view"} <= compiled, build_log(
+        sevisflow_wheel
+    )
 
     # test code (and the fixtures and samples that once lived beside the stages) stays in tests/
     tests = sorted(
