@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sevisflow.core.collector import full_collection, keep_old_objects_frozen
+from sevisflow.core.collector import YOUNG_THRESHOLD, full_collection, keep_old_objects_frozen
 
 
 def _in_generations(objs: list[object]) -> int:
@@ -51,6 +51,22 @@ class Node:
 
     def __init__(self) -> None:
         self.me = self
+
+
+def test_the_young_generation_is_collected_less_often_while_the_freezer_runs_and_as_before_after() -> None:
+    before = gc.get_threshold()
+    stop = threading.Event()
+    thread = keep_old_objects_frozen(stop, every_s=0.05)
+    try:
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
+        young: list[Node] = []
+        passes = gc.get_stats()[0]["collections"]
+        young.extend(Node() for _ in range(YOUNG_THRESHOLD // 2))  # Python's 700 would have run ~14 passes
+        assert gc.get_stats()[0]["collections"] - passes <= 1
+    finally:
+        stop.set()
+        thread.join(5)
+    assert gc.get_threshold() == before
 
 
 def test_objects_that_lived_a_while_are_no_longer_walked_by_the_collector(keeper):
