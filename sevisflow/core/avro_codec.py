@@ -4,8 +4,8 @@ fastavro stays the reference and the fallback: it parses the schemas, computes t
 an older writer version against the current reader, and encodes or refuses every value this codec does not
 take. What this module adds is speed on the hot path. fastavro writes a value of a union (``["null",
 "long"]``) by validating it against each branch in Python; a student view's lineage entry has five such
-fields and cost about 5 µs to write, the whole view 20 µs, a SEVIS event 20 µs to write and 16 to read
-(bench/README.md, "Avro encoding").
+fields and cost about 5 µs to write, the whole view 19 µs, a SEVIS event 22 µs to write and 16 to read
+(bench/README.md, "Avro/JSON boundaries", with this codec's figures beside them).
 
 A :class:`Codec` is planned once per parsed schema, for the types the project's schemas use: records, arrays,
 null, boolean, int, long, string, bytes, and unions of null with one other type (a schema with anything
