@@ -1,6 +1,7 @@
 """Benchmark normalize + sevis_events on one core: pure functions, then through a real Kafka.
 
-``python -m bench.processors [--students N] [--kafka BOOTSTRAP | --pure-only] [--gc default|frozen] [--warm]``
+``python -m bench.processors [--students N] [--kafka BOOTSTRAP | --pure-only] [--gc default|frozen] [--warm]
+[--reorder-window-mb N]``
 ``python -m bench.processors --pure-only --compare-with REV|interpreted [--repeat 5] [--gc …] [--json-out FILE]``
 Without --kafka it starts a throwaway local Kafka (deploy/local/stack.py) and stops it after.
 The input is a generated school history in Debezium format (processors/normalize/debezium.py):
@@ -12,12 +13,15 @@ the client library's threads (tests/integration/test_bench_processors_small.py r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import json
 import os
 import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from bench.common import kafka_bootstrap, report_side_by_side, runs_side_by_side
@@ -73,17 +77,21 @@ def measure(n: int, gc_mode: str) -> dict[str, Any]:
     return pure(n, gc_mode)
 
 
-def through_kafka(n: int, bootstrap: str, warm: bool = False) -> dict[str, float]:
+def through_kafka(n: int, bootstrap: str, warm: bool = False, reorder_window_mb: int | None = None) -> dict[str, float]:
     """Both stages in turn over a generated school's history on fresh topics, every record produced before
     they start. Cold (the default): normalize's first records ever, so all of them go through its start-up
     hold and are applied as it releases (docs/MAPPING.md, "The initial snapshot"). ``warm``: the school's
     first transaction is produced and both stages run through it first, unmeasured, so the measured records
-    take the streaming path a running school's changes take."""
+    take the streaming path a running school's changes take. ``reorder_window_mb``: normalize's ``[kafka]
+    reorder_window_mb`` (None: the default)."""
     from sevisflow.processors.normalize.stage import build_loop as build_normalize
     from sevisflow.processors.sevis_events.stage import build_loop as build_events
 
     unique = uuid.uuid4().hex[:8]
     settings = make_settings(KafkaHandle(bootstrap), unique=unique, school={"org_id": ORG})
+    if reorder_window_mb is not None:
+        kafka = dataclasses.replace(settings.kafka, reorder_window_mb=reorder_window_mb)
+        settings = dataclasses.replace(settings, kafka=kafka)
     feed = SisFeed(prefix=settings.connector.topic_prefix, primary_keys={"public.term": ("term_id",)})
     school_history(feed, n)
     tx_topic = f"{settings.connector.topic_prefix}.transaction"
@@ -152,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         help="through Kafka: the stages run through the school's first transaction before the measured records, "
         "which then take the streaming path (default: all of them go through normalize's start-up hold)",
     )
+    ap.add_argument(
+        "--reorder-window-mb",
+        type=int,
+        default=None,
+        help="through Kafka: normalize's [kafka] reorder_window_mb (default: the setting's default; 0 = records in "
+        "the order fetched)",
+    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
     if args.compare_with:
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.processors.kafka_side_by_side import collector
 
     with kafka_bootstrap(args.kafka, "bench-processors") as bootstrap, collector(args.gc):
-        k = through_kafka(args.students, bootstrap, args.warm)
+        k = through_kafka(args.students, bootstrap, args.warm, args.reorder_window_mb)
     print(
         f"through Kafka ({'warm' if args.warm else 'cold'}; exactly-once, both stages, one core): "
         f"{k['row_changes']} row changes → {k['events']} "
@@ -185,6 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         f"of it the stages' own thread: normalize {k['normalize_main_thread_cpu_s']:.1f}s, "
         f"sevis_events {k['events_main_thread_cpu_s']:.1f}s)"
     )
+    if args.json_out:
+        got = {
+            "students": args.students,
+            "gc": args.gc,
+            "reorder_window_mb": args.reorder_window_mb,
+            "pure": p,
+            "kafka": k,
+        }
+        Path(args.json_out).write_text(json.dumps(got, indent=1) + "\n")
     return 0
 
 

@@ -467,6 +467,7 @@ def build_loop(
         stall_after_s=settings.metrics.stall_after_s,
         dlq_topic=settings.topics.dlq,
         stage="normalize",
+        reorder_window_bytes=settings.kafka.reorder_window_mb << 20,
     )
     stage.consumer = loop.consumer
     return loop, stage

@@ -131,6 +131,13 @@ class KafkaSettings:
         "most MiB of records a stage's consumer fetches ahead (librdkafka queued.max.messages.kbytes): "
         "bounds a stage's memory while it is behind",
     )
+    reorder_window_mb: int = setting(
+        24,
+        "normalize: while it is behind, fetched records up to this many MiB (keys and values) are held back and "
+        "handed over oldest first across partitions, so that a SIS transaction's rows, spread over several "
+        "tables' topics, meet in one Kafka transaction instead of waiting in normalize's state; 0 = in the "
+        "order fetched",
+    )
     commit_interval_ms: int = setting(
         200,
         "how long a transactional stage gathers input after each Kafka transaction before the next one (a "
@@ -141,6 +148,7 @@ class KafkaSettings:
     def __post_init__(self) -> None:
         _check_range("kafka", self, ("partitions", "replication_factor", "min_insync_replicas", "consumer_queue_mb"), 1)
         _check_range("kafka", self, ("commit_interval_ms",), 0, 60_000, " (ms)")
+        _check_range("kafka", self, ("reorder_window_mb",), 0, 4096, " (MiB)")
         if self.min_insync_replicas > self.replication_factor:
             raise ConfigError(
                 f"kafka.min_insync_replicas = {self.min_insync_replicas} is more than "

@@ -36,6 +36,7 @@ from sevisflow.core.errors import ConfigError, TerminalError, TransientError, Un
 from sevisflow.core.log import get_logger
 from sevisflow.core.observability import ConsumerLagSampler, Heartbeat, StageMetrics, register_probe, unregister_probe
 from sevisflow.core.serde import registry
+from sevisflow.core.source_order import SourceOrder
 from sevisflow.core.state import CommittedState, MemoryState
 
 log = get_logger(__name__)
@@ -679,6 +680,12 @@ LOOP_DLQ_CODES = frozenset({"handler_failed", "output_too_large", "output_invali
 """The dead-letter codes the loop itself writes (the handlers write their own, with their own codes)."""
 
 
+def record_bytes(msg: Message) -> int:
+    """What a fetched record weighs in a stage's reorder window: its key's and value's bytes."""
+    key, value = msg.key(), msg.value()
+    return (len(key) if key else 0) + (len(value) if value else 0)
+
+
 class _RecordFailed(Exception):
     """The handler raised for one record: the transaction is redone with that record dead-lettered."""
 
@@ -760,6 +767,12 @@ class TransactionalLoop:
     the whole timeout first), while under steady input a transaction starts at most every ``commit_interval_ms``:
     a Kafka transaction costs CPU in the stage and the broker, so more of them would slow a busy box.
 
+    Produce order (``reorder_window_bytes`` > 0; normalize): while polls come back full, fetched records up to that
+    many bytes of keys and values are held and handed over oldest first by Kafka timestamp across partitions
+    (:mod:`sevisflow.core.source_order`), at most ``batch_size`` per transaction; a short poll (nothing more fetched) hands over the oldest batch held, so a
+    stage that keeps up holds nothing. Held records are in no transaction, so only handled offsets are committed; a
+    rewind or a revoke drops them and they are fetched again.
+
     Idle work: with no records polled, ``on_idle(state)`` may do work of the stage's own (normalize applies
     a slice of its held snapshot, the batcher runs its scheduler); its outputs commit like a record's. After
     a turn that did work the next poll does not wait (``batch_timeout_s`` is for an idle stage), so a
@@ -792,8 +805,14 @@ class TransactionalLoop:
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
         copartitioned: bool = False,
+        reorder_window_bytes: int = 0,
     ) -> None:
         self.kafka = kafka
+        # records held back so that, while the stage is behind, it gets them in produce order across partitions
+        # (sevisflow/core/source_order.py); 0 = handed over as fetched
+        self._order: SourceOrder[Message] | None = (
+            SourceOrder(reorder_window_bytes, size=record_bytes) if reorder_window_bytes > 0 else None
+        )
         # the inputs are co-partitioned (one key's records share a partition number on every input topic, and the
         # state of a key lives under that number): a partition number is processed only when this member holds it
         # on every input topic (see _on_assign)
@@ -843,7 +862,9 @@ class TransactionalLoop:
         self.metrics = StageMetrics(self.stage)
         self.heartbeat = Heartbeat()
         self.stall_after_s = stall_after_s
-        self._lag = ConsumerLagSampler(self.consumer, self.metrics)
+        self._lag = ConsumerLagSampler(
+            self.consumer, self.metrics, held=self._order.held_by_partition if self._order is not None else None
+        )
         self._polling = False
         self._turn_ended = 0.0  # when the last transaction (or failed try) ended: paces the polls (_poll)
         self._out_counts: dict[str, int] = {}
@@ -904,10 +925,17 @@ class TransactionalLoop:
         try:
             while self._running:
                 self.heartbeat.beat()
-                batch = self._poll(0 if idle_work else self.batch_timeout_s)
+                batch = self._poll(0 if idle_work or self._order else self.batch_timeout_s)
                 self._polling = True
                 self._lag.maybe_sample()
                 records = [m for m in batch if not self._is_error(m)]
+                if self._order is not None:
+                    self._order.add(records)
+                    # a full poll: the client has more fetched, so hold the newest (up to the window) for it; one
+                    # batch at most per transaction, as without the window
+                    records = self._order.take(caught_up=len(batch) < self.batch_size, limit=self.batch_size)
+                    if not records and len(self._order):
+                        continue
                 idle_outputs = list(self.on_idle(self.state)) if (self.on_idle and not records) else []
                 if not records and not idle_outputs and not self.state.staged():
                     idle_work = False
@@ -928,14 +956,15 @@ class TransactionalLoop:
 
     # -- internals
 
-    def _poll(self, timeout_s: float) -> list[Message]:
+    def _poll(self, timeout_s: float, min_gather_s: float = 0.0) -> list[Message]:
         """Up to ``batch_size`` records: wait at most ``timeout_s`` for the first, then gather until
-        ``commit_interval_s`` after the end of the previous transaction (librdkafka's batch consume returns only
-        with a full batch or after its whole timeout, so it is asked only for what that pacing leaves)."""
+        ``commit_interval_s`` after the end of the previous transaction, or for ``min_gather_s`` at least
+        (librdkafka's batch consume returns only with a full batch or after its whole timeout, so it is asked only
+        for what that pacing leaves)."""
         first = self.consumer.consume(1, timeout_s)
         if not first or self.batch_size <= 1:
             return list(first)
-        gather_s = max(0.0, self._turn_ended + self.commit_interval_s - time.monotonic())
+        gather_s = max(min_gather_s, self._turn_ended + self.commit_interval_s - time.monotonic())
         return [*first, *self.consumer.consume(self.batch_size - 1, gather_s)]
 
     def _is_error(self, msg: Message) -> bool:
@@ -1415,6 +1444,8 @@ class TransactionalLoop:
     def _rewind(self) -> None:
         """Drop staged state and seek back to the committed offsets: the batch is processed again."""
         self.state.abort()
+        if self._order is not None:
+            self._order.clear()  # fetched again from the committed offsets
         assignment = self.consumer.assignment()
         if assignment:
             committed = self.consumer.committed(assignment, timeout=30)
@@ -1452,6 +1483,8 @@ class TransactionalLoop:
         log.info("kafka.assigned", group=self.group_id, partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._order is not None:
+            self._order.drop([(tp.topic, tp.partition) for tp in partitions])
         for p in {tp.partition for tp in partitions}:
             self.state.drop_partition(p)
         log.info("kafka.revoked", group=self.group_id, partitions=[f"{tp.topic}:{tp.partition}" for tp in partitions])

@@ -315,7 +315,10 @@ def compute_lag(
 
 
 class ConsumerLagSampler:
-    """Samples a confluent-kafka consumer's lag at most every ``interval_s`` (from the last fetch responses)."""
+    """Samples a confluent-kafka consumer's lag at most every ``interval_s`` (from the last fetch responses).
+
+    ``held``: records per partition the stage has fetched but not handled yet (its reorder window,
+    sevisflow/core/source_order.py): the consumer's position is past them, they are still to do."""
 
     def __init__(
         self,
@@ -323,8 +326,10 @@ class ConsumerLagSampler:
         metrics: StageMetrics,
         interval_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
+        held: Callable[[], Mapping[tuple[str, int], int]] | None = None,
     ) -> None:
         self.consumer = consumer
+        self.held = held
         self.metrics = metrics
         self.interval_s = interval_s
         self.clock = clock
@@ -351,6 +356,10 @@ class ConsumerLagSampler:
             self.metrics.error("lag_sample")
             return None
         lags = compute_lag(positions, highs)
+        if self.held is not None:
+            for tp, n in self.held().items():
+                if tp in lags:
+                    lags[tp] += n
         self.metrics.forget_partitions(self._owned - set(lags))
         self._owned = set(lags)
         self.metrics.consumer_lag(lags)

@@ -5,7 +5,8 @@ Run as ``python -m tests.integration.eos_worker BOOTSTRAP IN OUT STATE GROUP`` s
 process, so a fenced instance stands by the way a real one does. Optional environment:
 ``EOS_INSTANCE`` (default ``worker``: the identity is ``<GROUP>-<instance>``), ``EOS_METRICS_PORT``
 (serve /health and /ready), ``EOS_SESSION_TIMEOUT_MS``, ``EOS_STANDBY_CHECK_S``, ``EOS_STATE_DIR`` (keep the
-committed state in RocksDB under this folder, ``[state] backend = "rocksdb"``, instead of in memory).
+committed state in RocksDB under this folder, ``[state] backend = "rocksdb"``, instead of in memory),
+``EOS_REORDER_WINDOW_BYTES`` (the loop's ``reorder_window_bytes``: records held back across its transactions).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main(bootstrap: str, inp: str, out: str, state_topic: str, group: str) -> in
             consumer_overrides=overrides,
             dlq_topic=f"{out}.dlq",
             state=StateStore(open_committed(settings.state, f"{group}-{instance}")),
+            reorder_window_bytes=int(os.environ.get("EOS_REORDER_WINDOW_BYTES", "0")),
         )
         loop.stop_when(stop, "eos")
         loop.run()

@@ -59,3 +59,19 @@ def test_the_side_by_side_through_kafka_bench_measures_both_trees_on_one_broker(
         for run in fig["samples"]:
             assert run["row_changes"] == expected["row_changes"] and run["events"] == expected["events"] > 0
             assert run["normalize_main_thread_cpu_s"] > 0 and run["events_main_thread_cpu_s"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_the_fetch_order_bench_matches_every_handed_record_to_its_produce_position(kafka_stack):
+    from bench.processors.fetch_order import handed_order, order_figures
+
+    assert order_figures([0, 1, 2, 3]) == {"records": 4, "ascending_runs": 1, "median_distance": 0, "p90_distance": 0}
+    assert order_figures([2, 3, 0, 1])["ascending_runs"] == 2
+    assert order_figures([10, 30, 20]) == {"records": 3, "ascending_runs": 2, "median_distance": 1, "p90_distance": 1}
+    expected = pure(STUDENTS)
+    for window_mb in (0, 1):
+        got = handed_order(STUDENTS, kafka_stack.bootstrap, window_mb)
+        assert got["window_mb"] == window_mb
+        assert got["records"] == expected["records"]  # each produced record handed exactly once (else a KeyError)
+        assert got["ascending_runs"] >= 1 and got["normalize_thread_cpu_s"] > 0
+        assert 0 < expected["row_changes"] <= got["rows_records"] < got["records"]

@@ -166,6 +166,14 @@ def test_lag_sampler_samples_at_most_every_interval_and_forgets_revoked_partitio
     assert lag is None
 
 
+def test_records_held_back_by_the_stage_count_as_lag_although_the_consumer_is_past_them():
+    metrics = StageMetrics("normalize", CollectorRegistry())
+    consumer = _FakeConsumer()
+    held = {("in", 1): 4, ("gone", 0): 9}  # partition 1 is at its high watermark, 4 of its records not handled yet
+    sampler = ConsumerLagSampler(consumer, metrics, held=lambda: held)
+    assert sampler.maybe_sample() == {("in", 0): 5, ("in", 1): 4}
+
+
 def test_every_stage_has_a_distinct_metrics_port():
     assert set(runner.STAGES) <= set(STAGE_METRICS_PORTS)
     assert len(set(STAGE_METRICS_PORTS.values())) == len(STAGE_METRICS_PORTS)
