@@ -769,9 +769,9 @@ class TransactionalLoop:
 
     Produce order (``reorder_window_bytes`` > 0; normalize): while polls come back full, fetched records up to that
     many bytes of keys and values are held and handed over oldest first by Kafka timestamp across partitions
-    (:mod:`sevisflow.core.source_order`), at most ``batch_size`` per transaction; a short poll (nothing more fetched) hands over the oldest batch held, so a
-    stage that keeps up holds nothing. Held records are in no transaction, so only handled offsets are committed; a
-    rewind or a revoke drops them and they are fetched again.
+    (:mod:`sevisflow.core.source_order`), at most ``batch_size`` per transaction; a short poll (nothing more
+    fetched) hands over the oldest batch held, so a stage that keeps up holds nothing. Held records are in no
+    transaction, so only handled offsets are committed; a rewind or a revoke drops them and they are fetched again.
 
     Idle work: with no records polled, ``on_idle(state)`` may do work of the stage's own (normalize applies
     a slice of its held snapshot, the batcher runs its scheduler); its outputs commit like a record's. After
@@ -956,15 +956,14 @@ class TransactionalLoop:
 
     # -- internals
 
-    def _poll(self, timeout_s: float, min_gather_s: float = 0.0) -> list[Message]:
+    def _poll(self, timeout_s: float) -> list[Message]:
         """Up to ``batch_size`` records: wait at most ``timeout_s`` for the first, then gather until
-        ``commit_interval_s`` after the end of the previous transaction, or for ``min_gather_s`` at least
-        (librdkafka's batch consume returns only with a full batch or after its whole timeout, so it is asked only
-        for what that pacing leaves)."""
+        ``commit_interval_s`` after the end of the previous transaction (librdkafka's batch consume returns only
+        with a full batch or after its whole timeout, so it is asked only for what that pacing leaves)."""
         first = self.consumer.consume(1, timeout_s)
         if not first or self.batch_size <= 1:
             return list(first)
-        gather_s = max(min_gather_s, self._turn_ended + self.commit_interval_s - time.monotonic())
+        gather_s = max(0.0, self._turn_ended + self.commit_interval_s - time.monotonic())
         return [*first, *self.consumer.consume(self.batch_size - 1, gather_s)]
 
     def _is_error(self, msg: Message) -> bool:

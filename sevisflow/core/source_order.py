@@ -38,8 +38,8 @@ class SourceOrder(Generic[R]):
 
     ``window``: how much may be held while the stage is behind, in ``size`` units (the loop: bytes of keys and
     values; by default one per record). :meth:`take` with ``caught_up`` (the poll drained what the client had
-    fetched) releases everything; otherwise the oldest until what is held fits the window, so a stage that keeps
-    up never waits for the window to fill. Ties (the same millisecond, or no timestamp) go in arrival order.
+    fetched) releases the oldest up to its ``limit``, all of them without one; otherwise the oldest until what is
+    held fits the window, so a stage that keeps up never waits for the window to fill. Ties (the same millisecond, or no timestamp) go in arrival order.
     """
 
     def __init__(self, window: int, size: Callable[[R], int] | None = None) -> None:
