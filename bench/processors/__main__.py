@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.common import kafka_bootstrap, report_side_by_side, runs_side_by_side
 from sevisflow.core.collector import keep_old_objects_frozen
+from sevisflow.core.config import Settings
 from sevisflow.processors.normalize.debezium import SisFeed
 from sevisflow.processors.normalize.mapping import load_mapping
 from sevisflow.processors.sevis_events.pure import PurePipeline
@@ -77,6 +78,18 @@ def measure(n: int, gc_mode: str) -> dict[str, Any]:
     return pure(n, gc_mode)
 
 
+def generated_school(n: int, bootstrap: str, reorder_window_mb: int | None = None) -> tuple[Settings, SisFeed]:
+    """Settings with fresh topic names on ``bootstrap`` (normalize's ``[kafka] reorder_window_mb`` if given) and the
+    history of an ``n``-student school for those topics (not produced yet)."""
+    settings = make_settings(KafkaHandle(bootstrap), unique=uuid.uuid4().hex[:8], school={"org_id": ORG})
+    if reorder_window_mb is not None:
+        kafka = dataclasses.replace(settings.kafka, reorder_window_mb=reorder_window_mb)
+        settings = dataclasses.replace(settings, kafka=kafka)
+    feed = SisFeed(prefix=settings.connector.topic_prefix, primary_keys={"public.term": ("term_id",)})
+    school_history(feed, n)
+    return settings, feed
+
+
 def through_kafka(n: int, bootstrap: str, warm: bool = False, reorder_window_mb: int | None = None) -> dict[str, float]:
     """Both stages in turn over a generated school's history on fresh topics, every record produced before
     they start. Cold (the default): normalize's first records ever, so all of them go through its start-up
@@ -87,13 +100,7 @@ def through_kafka(n: int, bootstrap: str, warm: bool = False, reorder_window_mb:
     from sevisflow.processors.normalize.stage import build_loop as build_normalize
     from sevisflow.processors.sevis_events.stage import build_loop as build_events
 
-    unique = uuid.uuid4().hex[:8]
-    settings = make_settings(KafkaHandle(bootstrap), unique=unique, school={"org_id": ORG})
-    if reorder_window_mb is not None:
-        kafka = dataclasses.replace(settings.kafka, reorder_window_mb=reorder_window_mb)
-        settings = dataclasses.replace(settings, kafka=kafka)
-    feed = SisFeed(prefix=settings.connector.topic_prefix, primary_keys={"public.term": ("term_id",)})
-    school_history(feed, n)
+    settings, feed = generated_school(n, bootstrap, reorder_window_mb)
     tx_topic = f"{settings.connector.topic_prefix}.transaction"
     first = 0
     if warm:  # the first transaction: its BEGIN, rows and END

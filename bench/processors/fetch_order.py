@@ -14,21 +14,17 @@ of normalize's own thread.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from bench.common import kafka_bootstrap
-from bench.processors.__main__ import IDLE_POLLS, MAPPING
-from sevisflow.processors.normalize.debezium import SisFeed
-from testkit.school import ORG, feed_on_kafka, school_history
-from testkit.settings import KafkaHandle, make_settings
+from bench.processors.__main__ import IDLE_POLLS, MAPPING, generated_school
+from testkit.school import feed_on_kafka
 
 
 def order_figures(handed: list[int]) -> dict[str, Any]:
@@ -50,10 +46,7 @@ def handed_order(students: int, bootstrap: str, window_mb: int) -> dict[str, Any
     """normalize over a fresh copy of the school's history; the produce positions in the order it handled them."""
     from sevisflow.processors.normalize.stage import build_loop
 
-    settings = make_settings(KafkaHandle(bootstrap), unique=uuid.uuid4().hex[:8], school={"org_id": ORG})
-    settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, reorder_window_mb=window_mb))
-    feed = SisFeed(prefix=settings.connector.topic_prefix, primary_keys={"public.term": ("term_id",)})
-    school_history(feed, students)
+    settings, feed = generated_school(students, bootstrap, window_mb)
     where = {(r.topic, r.key, r.value): i for i, r in enumerate(feed.records)}
     feed_on_kafka(settings, feed, MAPPING.tables(), partitions=3)
     loop, _ = build_loop(settings, MAPPING)
