@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,17 +26,12 @@ from typing import Any
 
 import orjson
 
+from bench.common import medians
 from sevisflow.core.config import ROCKSDB_COMPRESSIONS, StateSettings
 from sevisflow.core.state import CommittedState, MemoryState, RocksState
 
 VARIANTS = ("memory", *(f"rocksdb-{c}" for c in ROCKSDB_COMPRESSIONS))
 PARTITION = 0
-
-
-def cpu_seconds() -> float:
-    """User + system CPU of this process, every thread."""
-    use = resource.getrusage(resource.RUSAGE_SELF)
-    return use.ru_utime + use.ru_stime
 
 
 def student_value(i: int, value_bytes: int, rnd: random.Random) -> dict[str, Any]:
@@ -73,7 +66,7 @@ def run_once(variant: str, keys: int, value_bytes: int, ops: int, per_tx: int, s
             last.update(chunk)
         order = list(range(keys))
         rnd.shuffle(order)
-        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        cpu0, wall0 = time.process_time(), time.monotonic()  # CPU of every thread
         done = 0
         while done < ops:
             staged: dict[bytes, bytes] = {}
@@ -85,9 +78,9 @@ def run_once(variant: str, keys: int, value_bytes: int, ops: int, per_tx: int, s
                 value["fields"]["f0"] = f"changed-{done}"
                 staged[key] = orjson.dumps(value)
                 done += 1
-            layer.apply({PARTITION: dict(staged)})
+            layer.apply({PARTITION: staged})
             last.update(staged)
-        cpu, wall = cpu_seconds() - cpu0, time.monotonic() - wall0
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         wrong = sum(1 for k, v in last.items() if layer.get(PARTITION, k) != v)
         on_disk = sum(f.stat().st_size for f in root.rglob("*.sst"))
     finally:
@@ -106,21 +99,14 @@ def run_once(variant: str, keys: int, value_bytes: int, ops: int, per_tx: int, s
 def run(
     keys: int, value_bytes: int, ops: int, per_tx: int, repeat: int, variants: tuple[str, ...] = VARIANTS
 ) -> dict[str, Any]:
-    runs: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for r in range(repeat):
         turn = variants[r % len(variants) :] + variants[: r % len(variants)]  # each variant goes first in turn
         for variant in turn:
-            runs.append(run_once(variant, keys, value_bytes, ops, per_tx, seed=r))
-            print(json.dumps(runs[-1]), flush=True)
-    medians = {
-        v: {
-            "us_per_op": statistics.median(x["us_per_op"] for x in runs if x["variant"] == v),
-            "table_files_mib": statistics.median(x["table_files_mib"] for x in runs if x["variant"] == v),
-        }
-        for v in variants
-    }
+            runs[variant].append(run_once(variant, keys, value_bytes, ops, per_tx, seed=r))
+            print(json.dumps(runs[variant][-1]), flush=True)
     args = {"keys": keys, "value_bytes": value_bytes, "ops": ops, "per_transaction": per_tx, "repeat": repeat}
-    return {"args": args, "medians": medians, "runs": runs}
+    return {"args": args, "medians": medians(runs, ("us_per_op", "table_files_mib"))}
 
 
 def main(argv: list[str] | None = None) -> int:
