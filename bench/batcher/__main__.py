@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -90,7 +91,8 @@ def _pipeline(bootstrap: str) -> Iterator[tuple[Any, list[str]]]:
     settings = make_settings(KafkaHandle(bootstrap), unique=unique, school={"org_id": ORG})
     ensure_topics(settings.kafka, pipeline_topics(settings) + batcher_topics(settings))
     t = settings.topics
-    cfg = Path(tempfile.mkdtemp()) / "sevisflow.toml"
+    cfg_dir = tempfile.mkdtemp(prefix="bench-batcher-cli-")
+    cfg = Path(cfg_dir) / "sevisflow.toml"
     cfg.write_text(
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\n[school]\norg_id = "{ORG}"\n'
         f'[topics]\nevents = "{t.events}"\ncommands = "{t.commands}"\nbatches = "{t.batches}"\n'
@@ -105,6 +107,7 @@ def _pipeline(bootstrap: str) -> Iterator[tuple[Any, list[str]]]:
     finally:
         stop.set()
         worker.join(30)
+        shutil.rmtree(cfg_dir, ignore_errors=True)
 
 
 def _send_round(settings: Any, producer: Any, round_no: int) -> None:

@@ -12,7 +12,6 @@ repeat in a fresh child process (medians of ``--repeat``).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,10 @@ def measure(changes: int) -> dict[str, Any]:
 
     school = {"org_id": ORG, "dso_user_ids": ["DSOUSER001"]}
     settings = make_settings(
-        None, unique="hot", school=school, state={"backend": "memory", "dir": tempfile.mkdtemp(prefix="bench-hot-")}
+        None,
+        unique="hot",
+        school=school,
+        state={"backend": "memory"},  # no folder: the memory store writes none
     )
     stage, store = BatcherStage(settings), BatcherStore(open_committed(settings.state, "bench-hot"))
     store.partitions.add(0)

@@ -12,7 +12,6 @@ tree, each repeat in a fresh child process (medians of ``--repeat``).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ def measure(rows: int) -> dict[str, Any]:
     from testkit.settings import make_settings
 
     settings = make_settings(
-        school={"org_id": ORG}, state={"backend": "memory", "dir": tempfile.mkdtemp(prefix="bench-hot-student-")}
+        school={"org_id": ORG},
+        state={"backend": "memory"},  # no folder: the memory store writes none
     )
     feed = SisFeed(prefix=settings.connector.topic_prefix, primary_keys=PKS)
     base = base_rows()

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
-    info = PostgresService(Path(tempfile.mkdtemp(prefix="bench-writer-cpu-"))).start()
+    root = Path(tempfile.mkdtemp(prefix="bench-writer-cpu-"))
+    info = PostgresService(root).start()
     try:
         with psycopg.connect(info.dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE person (person_id int PRIMARY KEY, email text, updated_at timestamptz)")
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(one_run(info.dsn, info.pid, name == "alone", args.rate, args.writers, args.seconds))
     finally:
         PostgresService.stop(info)
+        shutil.rmtree(root, ignore_errors=True)
     summary = {
         name: {
             "writers_cpu_s_per_1000": statistics.median(r["writers_cpu_s"] / r["ops"] * 1000 for r in rs),
