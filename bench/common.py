@@ -4,6 +4,7 @@ background reader of the topics a run writes."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -116,19 +117,49 @@ INTERPRETED = "interpreted"
 def exported_tree(rev: str, repo: Path) -> tempfile.TemporaryDirectory[str]:
     """The files of git revision ``rev`` of ``repo`` in a temporary folder (``git archive``), to measure an
     older version side by side with the working tree, with its compiled parts built as an install builds them
-    (:func:`build_compiled`); the caller cleans it up."""
+    (:func:`compiled_parts`); the caller cleans it up."""
     tmp = tempfile.TemporaryDirectory(prefix="bench-tree-")
     archive = subprocess.run(["git", "archive", rev], cwd=repo, check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", tmp.name], input=archive.stdout, check=True)
     if not os.environ.get("SEVISFLOW_INTERPRETED"):
-        build_compiled(Path(tmp.name))
+        parts = compiled_parts(rev, repo)
+        for so in parts.rglob("*.so"):
+            shutil.copyfile(so, Path(tmp.name) / so.relative_to(parts))
     return tmp
 
 
-def build_compiled(tree: Path) -> None:
+def compiled_parts(rev: str, repo: Path) -> Path:
+    """The compiled parts of git revision ``rev`` (its ``.so`` files, laid out as in the tree), built once and
+    kept under ``repo/.local/bench-compiled/``: every ``--compare-with REV`` after the first skips the build
+    (about a minute). Keyed by the revision's tree, the interpreter and ``SEVISFLOW_MYPYC_OPT`` (the build's
+    inputs); a lock file makes a second process wanting the same build wait for the first and take its result."""
+    tree_id = subprocess.run(
+        ["git", "rev-parse", f"{rev}^{{tree}}"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    opt = os.environ.get("SEVISFLOW_MYPYC_OPT", "3")
+    cache = repo / ".local" / "bench-compiled" / f"{tree_id}-{sys.implementation.cache_tag}-O{opt}"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / f"{cache.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cache.is_dir():
+            with tempfile.TemporaryDirectory(prefix="bench-tree-") as src:
+                archive = subprocess.run(["git", "archive", rev], cwd=repo, check=True, capture_output=True)
+                subprocess.run(["tar", "-x", "-C", src], input=archive.stdout, check=True)
+                building = Path(tempfile.mkdtemp(prefix=".building-", dir=cache.parent))
+                try:
+                    build_compiled(Path(src), building)
+                    building.rename(cache)  # whole or not at all: a failed build leaves no cache behind
+                except BaseException:
+                    shutil.rmtree(building, ignore_errors=True)
+                    raise
+    return cache
+
+
+def build_compiled(tree: Path, into: Path | None = None) -> None:
     """Build ``tree``'s compiled parts (the C decoder, and the compiled core where that version has one) and put
-    them beside their sources, as ``pip install -e`` does: otherwise an older version would run interpreted
-    beside a compiled working tree. A wheel build (about a minute)."""
+    them beside their sources (or at the same paths under ``into``), as ``pip install -e`` does: otherwise an
+    older version would run interpreted beside a compiled working tree. A wheel build (about a minute)."""
+    into = tree if into is None else into
     with tempfile.TemporaryDirectory(prefix="bench-wheel-") as out:
         subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, str(tree)],
@@ -139,7 +170,9 @@ def build_compiled(tree: Path) -> None:
         with zipfile.ZipFile(wheel) as zf:
             for name in zf.namelist():
                 if name.endswith(".so"):
-                    (tree / name).write_bytes(zf.read(name))  # sevisflow/processors/... is a link into the tree
+                    target = into / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(zf.read(name))  # sevisflow/processors/... is a link into the tree
 
 
 def interpreted_tree(repo: Path) -> tempfile.TemporaryDirectory[str]:

@@ -74,6 +74,33 @@ def test_a_side_by_side_bench_runs_an_older_version_compiled_as_an_install_would
     assert all(r["row_changes"] > 0 and r["row_changes_per_s"] > 0 for r in runs)
 
 
+def test_an_older_versions_compiled_parts_are_built_once_and_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compare-with REV`` keeps REV's build under .local/bench-compiled (keyed by its tree and the build's
+    settings): a second side-by-side run of the same revision takes the same files instead of building again."""
+    from bench.common import compiled_parts, exported_tree
+    from testkit.settings import REPO
+
+    monkeypatch.delenv("SEVISFLOW_INTERPRETED", raising=False)
+    monkeypatch.setenv("SEVISFLOW_MYPYC_OPT", "0")
+    first = compiled_parts("HEAD", REPO)  # built here, or by a bench test of this run before it
+    built = {p.relative_to(first).as_posix(): p.stat().st_mtime_ns for p in first.rglob("*.so")}
+    assert any(n.startswith("sevisflow/compiled_core__mypyc") for n in built), built
+    assert any(n.startswith(DECODER) for n in built), built
+    assert first.parent == REPO / ".local" / "bench-compiled" and first.name.endswith("-O0")
+
+    again = compiled_parts("HEAD", REPO)
+    assert again == first
+    assert {p.relative_to(again).as_posix(): p.stat().st_mtime_ns for p in again.rglob("*.so")} == built
+    assert not list(first.parent.glob(".building-*")), "a finished build leaves no half-built folder"
+
+    tree = exported_tree("HEAD", REPO)  # the files of HEAD with those parts beside their sources
+    try:
+        for name in built:
+            assert (Path(tree.name) / name).read_bytes() == (first / name).read_bytes(), name
+    finally:
+        tree.cleanup()
+
+
 def test_compare_with_interpreted_runs_this_tree_without_its_compiled_core(tmp_path: Path) -> None:
     runs = side_by_side_runs(
         "bench.processors", tmp_path / "o.json", "--pure-only", "--students", "30", compare_with="interpreted"
