@@ -10,6 +10,7 @@ included: it is printed by the CLI as "Read the log in … s"). Run:
 from __future__ import annotations
 
 import argparse
+import atexit
 import shutil
 import statistics
 import tempfile
@@ -44,7 +45,8 @@ def main() -> None:
         for k, recs in run.items()
     }
     schema = load_schema(XSD_DIR)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-verify-"))  # removed at the end: it holds rendered batches
+    tmp = Path(tempfile.mkdtemp(prefix="bench-verify-"))
+    atexit.register(shutil.rmtree, tmp, True)  # it holds rendered batches: removed however the bench ends
     outbox = Outbox(tmp / "outbox", tmp / "q", "America/Chicago")
     ids = []
     for x in d["batches"]:
@@ -78,7 +80,6 @@ def main() -> None:
         f"max {max(times) * 1000:.0f} ms"
     )
     print(f"verify --all incl. the ledger check: {(time.perf_counter() - t2) * 1000:.0f} ms")
-    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

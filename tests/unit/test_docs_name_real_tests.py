@@ -70,7 +70,7 @@ def test_every_test_the_docs_name_exists():
     assert not broken, "rename the reference to the test's current name:\n" + "\n".join(broken)
 
 
-def test_a_renamed_test_is_caught(tmp_path):
+def test_a_renamed_test_is_caught():
     """The check itself: a made-up name in a real file, a prefix nothing starts with, a missing file."""
     real = next(iter(files_by_name()))
     for text in (f"{real}::test_that_was_renamed", f"{real}::zz_no_such_prefix…", "tests/unit/test_never_was.py"):
