@@ -8,7 +8,8 @@ import functools
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from testkit.settings import REPO
+
 DOCS = sorted(REPO.glob("docs/*.md")) + [REPO / "README.md", REPO / "bench/README.md"]
 # tests/unit/test_x.py, test_x.py, either with ::name[::name] and an optional … (a prefix)
 REFERENCE = re.compile(r"((?:tests/[\w/]+/)?test_\w+\.py)((?:::\w+)*)(…)?")
